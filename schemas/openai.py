@@ -1,0 +1,175 @@
+"""OpenAI request and response types, as msgspec structs.
+
+Request fields a gateway does not interpret are still declared (default UNSET) so that a
+request survives decode -> encode unchanged on its way to an OpenAI-compatible upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+Content = str | list[dict[str, Any]] | None
+
+
+class Message(Struct, omit_defaults=True):
+    role: Role
+    content: Content = None
+    name: str | UnsetType = UNSET
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+    tool_call_id: str | UnsetType = UNSET
+    function_call: dict[str, Any] | UnsetType = UNSET
+
+
+class StreamOptions(Struct, omit_defaults=True):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Struct, omit_defaults=True):
+    model: str
+    messages: list[Message]
+    stream: bool = False
+    stream_options: StreamOptions | None | UnsetType = UNSET
+    max_tokens: int | None | UnsetType = UNSET
+    max_completion_tokens: int | None | UnsetType = UNSET
+    temperature: float | None | UnsetType = UNSET
+    top_p: float | None | UnsetType = UNSET
+    n: int | None | UnsetType = UNSET
+    stop: str | list[str] | None | UnsetType = UNSET
+    seed: int | None | UnsetType = UNSET
+    presence_penalty: float | None | UnsetType = UNSET
+    frequency_penalty: float | None | UnsetType = UNSET
+    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    logprobs: bool | None | UnsetType = UNSET
+    top_logprobs: int | None | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    tools: list[dict[str, Any]] | None | UnsetType = UNSET
+    tool_choice: str | dict[str, Any] | None | UnsetType = UNSET
+    parallel_tool_calls: bool | None | UnsetType = UNSET
+    response_format: dict[str, Any] | None | UnsetType = UNSET
+    metadata: dict[str, str] | None | UnsetType = UNSET
+
+    def token_limit(self) -> int | None:
+        """The caller's output limit, whichever of the two spellings it used."""
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if isinstance(value, int):
+                return value
+        return None
+
+    def wants_usage_chunk(self) -> bool:
+        return isinstance(self.stream_options, StreamOptions) and self.stream_options.include_usage
+
+
+class CompletionRequest(Struct, omit_defaults=True):
+    """Legacy `/v1/completions` prompt form."""
+
+    model: str
+    prompt: str | list[str]
+    stream: bool = False
+    stream_options: StreamOptions | None | UnsetType = UNSET
+    max_tokens: int | None | UnsetType = UNSET
+    temperature: float | None | UnsetType = UNSET
+    top_p: float | None | UnsetType = UNSET
+    n: int | None | UnsetType = UNSET
+    stop: str | list[str] | None | UnsetType = UNSET
+    seed: int | None | UnsetType = UNSET
+    presence_penalty: float | None | UnsetType = UNSET
+    frequency_penalty: float | None | UnsetType = UNSET
+    echo: bool | None | UnsetType = UNSET
+    logprobs: int | None | UnsetType = UNSET
+    suffix: str | None | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+
+
+class EmbeddingRequest(Struct, omit_defaults=True):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | UnsetType = UNSET
+    dimensions: int | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+class Usage(Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ResponseMessage(Struct, omit_defaults=True):
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+
+
+class Choice(Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None
+    logprobs: Any = None
+
+
+class ChatCompletion(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    object: str = "chat.completion"
+    system_fingerprint: str | None = None
+
+
+class Delta(Struct, omit_defaults=True):
+    role: str | UnsetType = UNSET
+    content: str | None | UnsetType = UNSET
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+
+
+class ChunkChoice(Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    object: str = "chat.completion.chunk"
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+
+
+class ModelCard(Struct):
+    id: str
+    created: int
+    owned_by: str
+    object: str = "model"
+
+
+class ModelList(Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class ErrorBody(Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(Struct):
+    error: ErrorBody
+
+
+chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+completion_request_decoder = msgspec.json.Decoder(CompletionRequest)
+embedding_request_decoder = msgspec.json.Decoder(EmbeddingRequest)

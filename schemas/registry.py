@@ -1,0 +1,38 @@
+"""What workers announce about themselves in the LLMQ_WORKERS and LLMQ_MODELS buckets."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+from msgspec import Struct
+
+
+class WorkerInfo(Struct, omit_defaults=True):
+    id: str
+    backend: str
+    models: list[str]
+    capacity: int
+    in_flight: int = 0
+    circuit: str = "closed"
+    """`closed` (healthy), `open` (backend failing, not fetching) or `half-open` (probing)."""
+    draining: bool = False
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    version: str = ""
+    metrics_url: str = ""
+
+
+class ModelInfo(Struct, omit_defaults=True):
+    name: str
+    backend: str = ""
+    first_seen: float = 0.0
+    kinds: list[str] = msgspec.field(default_factory=lambda: ["chat"])
+    """Job kinds the model's backend accepts: `chat`, `completion`, `embedding`."""
+
+
+worker_info_decoder: Final = msgspec.json.Decoder(WorkerInfo)
+model_info_decoder: Final = msgspec.json.Decoder(ModelInfo)
+registry_encoder: Final = msgspec.json.Encoder()

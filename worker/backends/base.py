@@ -1,0 +1,119 @@
+"""The contract between the worker's job runner and a backend.
+
+A backend turns one OpenAI-shaped request into a stream of `Piece`s (text deltas, tool-call
+deltas, a finish reason, usage). The runner owns everything else: frames, chunk encoding,
+deadlines, cancellation, retries. Cancelling the task that iterates a backend's stream must
+close the upstream request at once (an `async with` around the HTTP stream does that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from msgspec import Struct
+
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
+
+
+class Piece(Struct, omit_defaults=True):
+    """One increment of a generation."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class Embeddings(Struct):
+    vectors: list[list[float]]
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; each bound applies to every upstream call of the backend."""
+
+    connect: float = 5.0
+    first_token: float = 60.0
+    between_tokens: float = 30.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How a worker reaches its backend. Never built from a request body."""
+
+    kind: str = "echo"
+    url: str = ""
+    api_key: str = field(default="", repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    echo_delay: float = 0.0
+    options: dict[str, str] = field(default_factory=dict)
+    """Backend-specific settings (Azure `api_version`, Ollama `keep_alive`, ...)."""
+
+
+class BackendError(Exception):
+    """A failure the client should see with its meaning kept.
+
+    `retryable` failures before the first token are retried on another worker; `status` is
+    the HTTP status the client gets when they are not (or attempts run out).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        type: str = "upstream_error",
+        code: str | None = None,
+        param: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Backend(Protocol):
+    """What every backend module provides."""
+
+    kinds: ClassVar[frozenset[str]]
+    """Job kinds supported: a subset of {"chat", "completion", "embedding"}."""
+
+    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        """Stream a chat completion."""
+        ...
+
+    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        """Stream a legacy text completion (raise BackendError 400 if unsupported)."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
+        """Embed the inputs (raise BackendError 400 if unsupported)."""
+        ...
+
+    async def probe(self) -> bool:
+        """Cheap health check used by the circuit breaker while it is open."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def unsupported(kind: str, backend: str) -> BackendError:
+    return BackendError(
+        f"the {backend} backend does not support {kind} requests",
+        status=400,
+        type="invalid_request_error",
+        code="unsupported_endpoint",
+    )

@@ -1,0 +1,87 @@
+"""The built-in `echo` model: replies with the last user message, one token per word.
+
+Deterministic, honours `max_tokens`, an optional per-token delay and reports usage. It is
+the embedded default that `llmq dev` serves, and what benchmarks use to measure overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Message,
+    Usage,
+)
+from worker.backends.base import BackendConfig, Embeddings, Piece
+
+EMBEDDING_DIMENSIONS = 16
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace word count: echo's tokenizer, and the fallback when an upstream gives none."""
+    return len(text.split())
+
+
+def message_text(message: Message) -> str:
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return " ".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+
+
+def prompt_tokens(messages: list[Message]) -> int:
+    return sum(count_tokens(message_text(m)) for m in messages)
+
+
+class EchoBackend:
+    kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.delay = config.echo_delay
+
+    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        last_user = next((m for m in reversed(request.messages) if m.role == "user"), None)
+        text = message_text(last_user) if last_user else ""
+        return self._words(text, prompt_tokens(request.messages), request.token_limit())
+
+    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        prompt = request.prompt if isinstance(request.prompt, str) else " ".join(request.prompt)
+        limit = request.max_tokens if isinstance(request.max_tokens, int) else None
+        return self._words(prompt, count_tokens(prompt), limit)
+
+    async def _words(self, text: str, n_prompt: int, limit: int | None) -> AsyncIterator[Piece]:
+        words = text.split()
+        finish = "stop"
+        if limit is not None and len(words) > limit:
+            words, finish = words[:limit], "length"
+        for i, word in enumerate(words):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield Piece(content=word if i == 0 else " " + word)
+        n = len(words)
+        yield Piece(finish_reason=finish, usage=Usage(n_prompt, n, n_prompt + n))
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
+        inputs = request.input if isinstance(request.input, list) else [request.input]
+        vectors = []
+        tokens = 0
+        for item in inputs:
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += count_tokens(text)
+            digest = hashlib.sha256(text.encode()).digest()
+            vectors.append([(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSIONS]])
+        return Embeddings(vectors=vectors, usage=Usage(tokens, 0, tokens))
+
+    async def probe(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
