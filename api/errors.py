@@ -1,0 +1,96 @@
+"""One error format for every failure: OpenAI's `{"error": {message, type, param, code}}`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from schemas.openai import ErrorBody, ErrorResponse
+
+_encoder = msgspec.json.Encoder()
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class ApiError(Exception):
+    """Raise anywhere in a request; the handler renders it in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_bytes(body: ErrorBody) -> bytes:
+    return _encoder.encode(ErrorResponse(error=body))
+
+
+def error_response(
+    status: int, body: ErrorBody, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        error_bytes(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.body(), exc.headers)
+
+    async def on_http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        err = ApiError(status, str(exc.detail), code)
+        return error_response(status, err.body(), getattr(exc, "headers", None))
+
+    async def on_validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        err = ApiError(400, str(first.get("msg", "invalid request")), "invalid_request", param=loc)
+        return error_response(400, err.body())
+
+    async def on_unexpected(_request: Request, _exc: Exception) -> Response:
+        err = ApiError(500, "internal error", "internal_error", type="server_error")
+        return error_response(500, err.body())
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,1 @@
+"""HTTP routes: transport only; the logic lives in api.serving and friends."""

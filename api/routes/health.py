@@ -1,0 +1,44 @@
+"""Liveness (`/health`) and readiness (`/ready`: NATS, Redis, live workers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.runtime import Runtime
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    nats_ok = rt.nc.is_connected
+    try:
+        async with asyncio.timeout(rt.settings.redis_timeout):
+            redis_ok = bool(await rt.redis.ping())
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        redis_ok = False
+    workers = rt.registry.live_workers()
+    body: dict[str, object] = {
+        "status": "ok",
+        "nats": nats_ok,
+        "redis": redis_ok,
+        "workers": len(workers),
+        "circuits_open": sorted(w.id for w in workers if w.circuit != "closed"),
+    }
+    failing = [name for name, ok in (("nats", nats_ok), ("redis", redis_ok)) if not ok]
+    if not rt.accepting:
+        failing.append("shutting_down")
+    if failing:
+        body["status"] = "unavailable"
+        body["failing"] = failing
+        return JSONResponse(body, status_code=503)
+    return JSONResponse(body)

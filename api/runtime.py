@@ -1,0 +1,62 @@
+"""The api process's long-lived connections, opened once in the app's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from dispatcher import streams
+from dispatcher.connection import connect
+from dispatcher.dispatch import Dispatcher
+from dispatcher.inbox import ReplyInbox
+from dispatcher.registry import WorkerRegistry
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    inbox: ReplyInbox
+    dispatcher: Dispatcher
+    registry: WorkerRegistry
+    redis: aioredis.Redis
+    open_streams: int = 0
+    accepting: bool = True
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Runtime:
+        nc = await connect(
+            settings.nats_url, f"llmq-api {settings.instance_id}", settings.nats_connect_timeout
+        )
+        js = nc.jetstream()
+        await streams.ensure_streams(js, settings.jobs_max_age)
+        inbox = ReplyInbox(nc, settings.instance_id)
+        await inbox.start()
+        registry = WorkerRegistry(js, ttl=settings.heartbeat * 3)
+        await registry.start()
+        dispatcher = Dispatcher(nc, js, inbox, settings.ping_interval, settings.ack_wait)
+        redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            health_check_interval=10,
+        )
+        return cls(settings, nc, js, inbox, dispatcher, registry, redis)
+
+    async def close(self) -> None:
+        await self.registry.stop()
+        await self.inbox.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()

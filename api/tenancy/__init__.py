@@ -1,0 +1,40 @@
+"""Tenants, API keys, prices, quotas and usage: the Redis data layer the HTTP api calls.
+
+Build one `TenantStore`, one `Quota` and one `UsageReader` per process on one shared
+`redis.asyncio.Redis` client (`connect` builds a suitable one). Every call raises
+`QuotaBackendDown` when Redis is down: answer 503, never let the request through.
+"""
+
+from __future__ import annotations
+
+from api.tenancy.client import connect
+from api.tenancy.errors import QuotaBackendDown, TenantExists, UnknownTenant
+from api.tenancy.models import (
+    ApiKey,
+    LedgerEntry,
+    Price,
+    QuotaDecision,
+    Reservation,
+    Tenant,
+    UsageRow,
+)
+from api.tenancy.quota import Quota
+from api.tenancy.store import TenantStore
+from api.tenancy.usage import UsageReader
+
+__all__ = [
+    "ApiKey",
+    "LedgerEntry",
+    "Price",
+    "Quota",
+    "QuotaBackendDown",
+    "QuotaDecision",
+    "Reservation",
+    "Tenant",
+    "TenantExists",
+    "TenantStore",
+    "UnknownTenant",
+    "UsageReader",
+    "UsageRow",
+    "connect",
+]

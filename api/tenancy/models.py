@@ -1,0 +1,185 @@
+"""The records of the tenancy layer: tenants, API keys, prices, quota decisions, usage.
+
+Plain msgspec structs, no I/O. Limits of 0 mean unlimited; an empty `models` list allows all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+"""No `:` (it separates Redis key parts), no spaces, at most 64 characters."""
+
+TenantName = Annotated[str, Meta(pattern=TENANT_NAME_PATTERN)]
+Count = Annotated[int, Meta(ge=0)]
+Usd = Annotated[float, Meta(ge=0)]
+TenantStatus = Literal["active", "suspended"]
+
+Reason = Literal[
+    "ok",
+    "rate_limit_exceeded",  # rpm, tpm or concurrency: retry soon
+    "insufficient_quota",  # daily / monthly tokens or spend budget: retry next period
+    "suspended",
+    "model_not_allowed",
+    "unknown_tenant",
+]
+LimitName = Literal[
+    "", "rpm", "tpm", "max_concurrent", "daily_tokens", "monthly_tokens", "spend_budget_usd"
+]
+
+
+class Tenant(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: TenantName
+    status: TenantStatus = "active"
+    models: list[str] = []
+    """Models this tenant may call; empty = all."""
+    rpm: Count = 0
+    tpm: Count = 0
+    """Tokens per minute, counted as prompt + max_tokens until the job ends, then actual."""
+    max_concurrent: Count = 0
+    daily_tokens: Count = 0
+    """Per UTC day."""
+    monthly_tokens: Count = 0
+    """Per UTC calendar month."""
+    spend_budget_usd: Usd = 0.0
+    """Per UTC calendar month, priced with the price table."""
+    created_at: float = 0.0
+
+
+TENANT_MUTABLE_FIELDS = frozenset(
+    {
+        "status",
+        "models",
+        "rpm",
+        "tpm",
+        "max_concurrent",
+        "daily_tokens",
+        "monthly_tokens",
+        "spend_budget_usd",
+    }
+)
+
+
+class ApiKey(Struct, kw_only=True):
+    """What is stored about a key: never the secret, only its SHA-256 and a display prefix."""
+
+    id: str
+    tenant: str
+    prefix: str
+    """The first characters of the key (`sk-llmq-AbCd`), so a person can tell keys apart."""
+    sha256: str
+    label: str = ""
+    created_at: float = 0.0
+
+
+class Price(Struct, kw_only=True, forbid_unknown_fields=True):
+    """USD per million tokens. A model without a price costs nothing."""
+
+    input_per_1m: Usd = 0.0
+    output_per_1m: Usd = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+
+
+class Reservation(Struct, kw_only=True):
+    """What an allowed `reserve` holds until `release`."""
+
+    tenant: str
+    model: str
+    job_id: str
+    reserved_tokens: int
+    reserved_usd: float
+    lease_until: float
+    """Unix seconds; after it the concurrency slot is reaped even without a release."""
+
+
+class QuotaDecision(Struct, kw_only=True):
+    """The answer of one `reserve`, with the values for the `x-ratelimit-*` headers.
+
+    `None` limits are unlimited (send no header for them).
+    """
+
+    allowed: bool
+    reason: Reason = "ok"
+    limit: LimitName = ""
+    """Which limit refused the request."""
+    retry_after: float = 0.0
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float = 0.0
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float = 0.0
+    reservation: Reservation | None = None
+    duplicate: bool = False
+    """The job id already held a reservation; nothing new was counted."""
+
+    @property
+    def http_status(self) -> int:
+        """200 allowed; 429 rate limits and budgets; 403 suspended, model or tenant refused."""
+        if self.allowed:
+            return 200
+        if self.reason in ("rate_limit_exceeded", "insufficient_quota"):
+            return 429
+        return 403
+
+    def headers(self) -> dict[str, str]:
+        """`x-ratelimit-*` (only for set limits) and, when refused, `Retry-After`."""
+        out: dict[str, str] = {}
+        if self.limit_requests is not None:
+            out["x-ratelimit-limit-requests"] = str(self.limit_requests)
+            out["x-ratelimit-remaining-requests"] = str(self.remaining_requests or 0)
+            out["x-ratelimit-reset-requests"] = _duration(self.reset_requests)
+        if self.limit_tokens is not None:
+            out["x-ratelimit-limit-tokens"] = str(self.limit_tokens)
+            out["x-ratelimit-remaining-tokens"] = str(self.remaining_tokens or 0)
+            out["x-ratelimit-reset-tokens"] = _duration(self.reset_tokens)
+        if not self.allowed and self.retry_after > 0:
+            out["retry-after"] = str(max(1, math.ceil(self.retry_after)))
+        return out
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's style: `20ms`, `1.5s`, `6m0s`."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+class UsageRow(Struct, kw_only=True):
+    tenant: str
+    day: str
+    """UTC, YYYY-MM-DD."""
+    model: str
+    requests: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class LedgerEntry(Struct, kw_only=True):
+    """One released job, as appended to the ledger stream."""
+
+    id: str
+    """The stream entry id (`<ms>-<seq>`)."""
+    ts: float
+    tenant: str
+    model: str
+    job_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    reserved_tokens: int
+    cost_usd: float
+    status: Literal["ok", "failed"]

@@ -1,0 +1,199 @@
+"""Reserve and release a request's quota: one Lua script each, all state in Redis.
+
+Every api replica shares the counters, so the limits are exact across processes: a request
+is counted (RPM), its prompt + max_tokens held (TPM, daily, monthly, spend) and a
+concurrency slot taken in one atomic step, and its release replaces the held tokens with
+the real ones. A slot carries a lease: if its api dies before releasing, the next
+reservation of the tenant reaps it once the lease has run out.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from api.tenancy.errors import backend_guard
+from api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
+from api.tenancy.periods import periods
+from schemas import names
+
+DEFAULT_LEASE = 900.0
+"""Seconds a slot is held without a release; above the api's max deadline (600 s)."""
+DEFAULT_LEDGER_MAXLEN = 100_000
+DEFAULT_USAGE_TTL_DAYS = 400
+RESERVATION_GRACE = 86_400.0
+"""Seconds a reservation record outlives its lease, so a late release still reconciles."""
+
+
+def _script(name: str) -> str:
+    return resources.files("api.tenancy").joinpath(name).read_text()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _limit(value: int) -> int | None:
+    return None if value < 0 else value
+
+
+class Quota:
+    """The per-request quota check; one instance per api process, sharing its Redis client."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        lease: float = DEFAULT_LEASE,
+        ledger_maxlen: int = DEFAULT_LEDGER_MAXLEN,
+        usage_ttl_days: int = DEFAULT_USAGE_TTL_DAYS,
+    ) -> None:
+        self._redis = redis
+        self._lease = lease
+        self._ledger_maxlen = ledger_maxlen
+        self._usage_ttl = usage_ttl_days * 86_400.0
+        # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
+        self._reserve = redis.register_script(_script("quota.lua"))
+        self._release = redis.register_script(_script("release.lua"))
+
+    async def reserve(
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        job_id: str,
+        *,
+        now: float | None = None,
+        lease: float | None = None,
+    ) -> QuotaDecision:
+        """Check every limit and, if all pass, hold the request's share. Raises
+        `QuotaBackendDown` when Redis is unreachable.
+
+        `max_tokens` must be a number: pass the model's default cap when the client sent none.
+        Calling it again with the same `job_id` answers "allowed" without counting twice.
+        """
+        now = time.time() if now is None else now
+        lease = self._lease if lease is None else lease
+        p = periods(now)
+        keys = [
+            names.tenant_key(tenant),
+            names.PRICES_KEY,
+            names.inflight_key(tenant),
+            names.window_key(tenant, p.minute),
+            names.day_quota_key(tenant, p.day),
+            names.month_quota_key(tenant, p.month),
+            names.reservation_key(tenant, job_id),
+        ]
+        args: list[str | int] = [
+            model,
+            max(0, int(prompt_tokens)),
+            max(0, int(max_tokens)),
+            job_id,
+            _ms(now),
+            _ms(lease),
+            _ms(p.minute_end),
+            _ms(p.day_end),
+            _ms(p.month_end),
+            _ms(lease + RESERVATION_GRACE),
+        ]
+        with backend_guard():
+            raw = cast(list[Any], await self._reserve(keys=keys, args=args))
+        allowed = int(raw[0]) == 1
+        decision = QuotaDecision(
+            allowed=allowed,
+            reason=cast(Reason, _text(raw[1])),
+            limit=cast(LimitName, _text(raw[2])),
+            retry_after=int(raw[3]) / 1000,
+            limit_requests=_limit(int(raw[4])),
+            remaining_requests=_limit(int(raw[5])),
+            reset_requests=int(raw[6]) / 1000,
+            limit_tokens=_limit(int(raw[7])),
+            remaining_tokens=_limit(int(raw[8])),
+            reset_tokens=int(raw[9]) / 1000,
+            duplicate=int(raw[13]) == 1,
+        )
+        if allowed:
+            decision.reservation = Reservation(
+                tenant=tenant,
+                model=model,
+                job_id=job_id,
+                reserved_tokens=int(raw[10]),
+                reserved_usd=float(_text(raw[11])),
+                lease_until=int(raw[12]) / 1000,
+            )
+        return decision
+
+    async def release(
+        self,
+        tenant: str,
+        model: str,
+        job_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        failed: bool = False,
+        now: float | None = None,
+    ) -> bool:
+        """End a job: free its slot, book the real usage in place of the reservation, add
+        usage and a ledger entry. Call it on every end (success, error, timeout, disconnect);
+        `failed=True` with zero tokens gives everything back. True only for the first call
+        per job id; later calls (and jobs never reserved) change nothing but the slot.
+        """
+        now = time.time() if now is None else now
+        day = periods(now).day
+        keys = [
+            names.reservation_key(tenant, job_id),
+            names.inflight_key(tenant),
+            names.usage_key(tenant, day),
+            names.LEDGER_KEY,
+            names.tenant_ledger_key(tenant),
+        ]
+        args: list[str | int] = [
+            job_id,
+            max(0, int(prompt_tokens)),
+            max(0, int(completion_tokens)),
+            1 if failed else 0,
+            _ms(now),
+            _ms(periods(now).day_end + self._usage_ttl),
+            self._ledger_maxlen,
+            tenant,
+            model,
+        ]
+        with backend_guard():
+            raw = cast(list[Any], await self._release(keys=keys, args=args))
+        return int(raw[0]) == 1
+
+    async def extend(
+        self, tenant: str, job_id: str, lease: float, *, now: float | None = None
+    ) -> bool:
+        """Push a running job's lease to `now + lease` (for jobs longer than the default);
+        False when the slot is gone already."""
+        now = time.time() if now is None else now
+        key = names.inflight_key(tenant)
+        until = _ms(now + lease)
+        with backend_guard():
+            changed = await self._redis.zadd(key, {job_id: until}, xx=True, gt=True, ch=True)
+            if changed:
+                await self._redis.pexpireat(key, until + 60_000, gt=True)
+                await self._redis.pexpireat(
+                    names.reservation_key(tenant, job_id),
+                    until + int(RESERVATION_GRACE * 1000),
+                    gt=True,
+                )
+            else:
+                changed = await self._redis.zscore(key, job_id) is not None
+        return bool(changed)
+
+    async def inflight(self, tenant: str, *, now: float | None = None) -> int:
+        """Slots held right now (leases not yet run out)."""
+        now = time.time() if now is None else now
+        with backend_guard():
+            return int(await self._redis.zcount(names.inflight_key(tenant), f"({_ms(now)}", "+inf"))
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)

@@ -1,0 +1,229 @@
+"""Tenants, their API keys and the price table, in Redis.
+
+A key's plaintext is returned once by `create_key` and never stored: Redis holds only its
+SHA-256 (the lookup key) and a short display prefix. Keys are 256-bit random, so a plain
+hash (no salt, no slow KDF) is enough and keeps `resolve_key` to one lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
+from api.tenancy.models import TENANT_MUTABLE_FIELDS, ApiKey, Price, Tenant
+from schemas import names
+
+KEY_PREFIX = "sk-llmq-"
+KEY_RANDOM_BYTES = 32
+DISPLAY_CHARS = 4
+"""Characters of the random part kept for display (`sk-llmq-AbCd…`)."""
+
+# Write a tenant hash only if it is absent (create) or present (update), in one step.
+_PUT_TENANT = """
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if (ARGV[1] == 'create') == exists then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _tenant_fields(tenant: Tenant) -> list[str]:
+    data = msgspec.to_builtins(tenant)
+    data["models"] = msgspec.json.encode(tenant.models).decode()
+    out: list[str] = []
+    for field, value in data.items():
+        out += [field, str(value)]
+    return out
+
+
+def _tenant_from_hash(raw: Mapping[Any, Any]) -> Tenant:
+    data: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    data["models"] = msgspec.json.decode(data.get("models") or "[]")
+    return msgspec.convert(data, Tenant, strict=False)
+
+
+def _validated(tenant: Tenant) -> Tenant:
+    """Struct construction skips constraints; a round trip applies them."""
+    return msgspec.convert(msgspec.to_builtins(tenant), Tenant)
+
+
+class TenantStore:
+    """CRUD of tenants, API keys and prices; every method raises `QuotaBackendDown` when
+    Redis is unreachable."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._put = redis.register_script(_PUT_TENANT)
+
+    # --- tenants --------------------------------------------------------------------------
+
+    async def create(self, tenant: Tenant) -> Tenant:
+        """Store a new tenant; `TenantExists` if the name is taken."""
+        tenant = _validated(tenant)
+        if not tenant.created_at:
+            tenant = msgspec.structs.replace(tenant, created_at=time.time())
+        await self._write("create", tenant)
+        return tenant
+
+    async def get(self, name: str) -> Tenant | None:
+        with backend_guard():
+            raw = await self._redis.hgetall(names.tenant_key(name))
+        return _tenant_from_hash(raw) if raw else None
+
+    async def list_tenants(self) -> list[Tenant]:
+        with backend_guard():
+            members = await self._redis.smembers(names.TENANTS_KEY)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in sorted(_text(m) for m in members):
+                    pipe.hgetall(names.tenant_key(name))
+                rows = await pipe.execute()
+        return [_tenant_from_hash(raw) for raw in rows if raw]
+
+    async def update(self, name: str, changes: Mapping[str, Any]) -> Tenant:
+        """Change some fields (not `name` or `created_at`); validated like `create`.
+        `UnknownTenant` if absent, `ValueError` for a field that cannot change."""
+        bad = set(changes) - TENANT_MUTABLE_FIELDS
+        if bad:
+            raise ValueError(f"cannot change: {', '.join(sorted(bad))}")
+        current = await self.get(name)
+        if current is None:
+            raise UnknownTenant(name)
+        data = msgspec.to_builtins(current) | dict(changes)
+        tenant = msgspec.convert(data, Tenant)
+        await self._write("update", tenant)
+        return tenant
+
+    async def suspend(self, name: str) -> Tenant:
+        """Refuse every new request of the tenant (reserve answers `suspended`) at once."""
+        return await self.update(name, {"status": "suspended"})
+
+    async def resume(self, name: str) -> Tenant:
+        return await self.update(name, {"status": "active"})
+
+    async def delete(self, name: str) -> bool:
+        """Remove the tenant, its keys and its live quota state. Usage and ledger stay for
+        audit (they expire / are capped on their own)."""
+        with backend_guard():
+            keys = await self._redis.hgetall(names.tenant_api_keys_key(name))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for value in keys.values():
+                    record = msgspec.json.decode(_text(value), type=ApiKey)
+                    pipe.delete(names.api_key_key(record.sha256))
+                pipe.delete(
+                    names.tenant_api_keys_key(name),
+                    names.inflight_key(name),
+                )
+                pipe.srem(names.TENANTS_KEY, name)
+                pipe.delete(names.tenant_key(name))
+                results = await pipe.execute()
+        return bool(results[-1])
+
+    async def _write(self, mode: str, tenant: Tenant) -> None:
+        with backend_guard():
+            done = await self._put(
+                keys=[names.tenant_key(tenant.name), names.TENANTS_KEY],
+                args=[mode, tenant.name, *_tenant_fields(tenant)],
+            )
+        if not done:
+            raise TenantExists(tenant.name) if mode == "create" else UnknownTenant(tenant.name)
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    async def create_key(self, tenant: str, label: str = "") -> tuple[str, ApiKey]:
+        """A new key for `tenant`: the plaintext (show it once, never store or log it) and the
+        stored record. `UnknownTenant` if the tenant does not exist."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+        record = ApiKey(
+            id="key_" + secrets.token_hex(8),
+            tenant=tenant,
+            prefix=plaintext[: len(KEY_PREFIX) + DISPLAY_CHARS],
+            sha256=hash_key(plaintext),
+            label=label,
+            created_at=time.time(),
+        )
+        encoded = msgspec.json.encode(record)
+        with backend_guard():
+            if not await self._redis.exists(names.tenant_key(tenant)):
+                raise UnknownTenant(tenant)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(names.api_key_key(record.sha256), encoded, nx=True)
+                pipe.hset(names.tenant_api_keys_key(tenant), record.id, encoded)
+                await pipe.execute()
+        return plaintext, record
+
+    async def list_keys(self, tenant: str) -> list[ApiKey]:
+        with backend_guard():
+            raw = await self._redis.hgetall(names.tenant_api_keys_key(tenant))
+        keys = [msgspec.json.decode(_text(v), type=ApiKey) for v in raw.values()]
+        return sorted(keys, key=lambda k: k.created_at)
+
+    async def revoke_key(self, tenant: str, key_id: str) -> bool:
+        """Stop a key from resolving at once; False if the tenant has no such key."""
+        with backend_guard():
+            value = await self._redis.hget(names.tenant_api_keys_key(tenant), key_id)
+            if value is None:
+                return False
+            record = msgspec.json.decode(_text(value), type=ApiKey)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(names.api_key_key(record.sha256))
+                pipe.hdel(names.tenant_api_keys_key(tenant), key_id)
+                await pipe.execute()
+        return True
+
+    async def resolve_key(self, plaintext: str) -> Tenant | None:
+        """The tenant a bearer key belongs to, or None (unknown, revoked, tenant deleted).
+        A suspended tenant is returned as such; `reserve` refuses it."""
+        if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 256:
+            return None
+        digest = hash_key(plaintext)
+        with backend_guard():
+            value = await self._redis.get(names.api_key_key(digest))
+            if value is None:
+                return None
+            record = msgspec.json.decode(_text(value), type=ApiKey)
+            # The lookup already matched by hash; compare again without timing leaks anyway.
+            if not hmac.compare_digest(record.sha256, digest):
+                return None
+            return await self.get(record.tenant)
+
+    # --- prices -------------------------------------------------------------------------------
+
+    async def set_price(self, model: str, price: Price) -> Price:
+        price = msgspec.convert(msgspec.to_builtins(price), Price)
+        with backend_guard():
+            await self._redis.hset(names.PRICES_KEY, model, msgspec.json.encode(price))
+        return price
+
+    async def get_price(self, model: str) -> Price | None:
+        with backend_guard():
+            value = await self._redis.hget(names.PRICES_KEY, model)
+        return None if value is None else msgspec.json.decode(_text(value), type=Price)
+
+    async def list_prices(self) -> dict[str, Price]:
+        with backend_guard():
+            raw = await self._redis.hgetall(names.PRICES_KEY)
+        return {
+            _text(k): msgspec.json.decode(_text(v), type=Price)
+            for k, v in sorted(raw.items(), key=lambda kv: _text(kv[0]))
+        }
+
+    async def delete_price(self, model: str) -> bool:
+        with backend_guard():
+            return bool(await self._redis.hdel(names.PRICES_KEY, model))

@@ -1,0 +1,71 @@
+"""Keeping this worker visible: its LLMQ_WORKERS entry (heartbeat) and its models in
+LLMQ_MODELS (the catalog that outlives workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from dispatcher import streams
+from schemas import names
+from schemas.registry import ModelInfo, WorkerInfo, registry_encoder
+
+log = logging.getLogger(__name__)
+
+
+class Announcer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        snapshot: Callable[[], WorkerInfo],
+        heartbeat: float,
+        kinds: list[str],
+    ) -> None:
+        self._js = js
+        self._snapshot = snapshot
+        self._heartbeat = heartbeat
+        self._kinds = kinds
+        self._kv: KeyValue | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._kv = await streams.workers_bucket(self._js, ttl=self._heartbeat * 3)
+        info = self._snapshot()
+        models = await streams.models_bucket(self._js)
+        for model in info.models:
+            entry = ModelInfo(name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds)
+            await models.put(names.model_kv_key(model), registry_encoder.encode(entry))
+        await self.beat()
+        self._task = asyncio.create_task(self._loop(), name="heartbeat")
+
+    async def beat(self) -> None:
+        """Publish the current state now (also called when it changes, e.g. circuit opens)."""
+        if self._kv is None:
+            return
+        info = self._snapshot()
+        info.heartbeat_at = time.time()
+        await self._kv.put(info.id, registry_encoder.encode(info))
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self.beat()
+            except Exception as exc:  # noqa: BLE001 - NATS away: the next beat retries
+                log.warning("heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        """Leave the registry at once, so the api stops routing here."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._kv is not None:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self._snapshot().id)

@@ -1,0 +1,305 @@
+"""Running one job: from the JetStream message to the last reply frame.
+
+The message is acked at the point of no return, the first chunk sent to the client; until
+then a failure that may succeed elsewhere (an upstream 5xx, 429, a refused connection) is
+nak'ed so JetStream hands the job to another worker, up to `max_deliver` attempts. A job
+past its deadline or already cancelled is dropped unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import names
+from schemas.frames import Done, failure
+from schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Usage,
+    chat_request_decoder,
+    completion_request_decoder,
+    embedding_request_decoder,
+)
+from worker.backends.base import Backend, BackendError, Piece
+from worker.backends.echo import count_tokens
+from worker.replies import FrameSender
+from worker.responses import ChatBuilder, TextBuilder, embedding_list
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    """What happened to one job, for metrics and the circuit breaker."""
+
+    job_id: str
+    model: str
+    outcome: str
+    """ok | error | upstream_error | retried | cancelled | expired | dropped"""
+    usage: Usage = field(default_factory=Usage)
+    started: float = 0.0
+    first_token: float | None = None
+    ended: float = 0.0
+    backend_failed: bool = False
+
+
+class CancelledJobs:
+    """Job ids cancelled recently, so a job cancelled while still queued is dropped unseen."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, job_id: str) -> None:
+        self._ids[job_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._ids
+
+
+class _Ack:
+    """Acks the message once, at the first chunk or at the end, whichever comes first."""
+
+    __slots__ = ("done", "msg")
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.done = False
+
+    async def ack(self) -> None:
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(Exception):
+                await self.msg.ack()
+
+    async def term(self) -> None:
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(Exception):
+                await self.msg.term()
+
+    async def nak(self, delay: float) -> None:
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(Exception):
+                await self.msg.nak(delay=delay)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        nc: Client,
+        backend: Backend,
+        worker_id: str,
+        upstream_names: dict[str, str],
+        ping_interval: float,
+        max_deliver: int,
+        on_outcome: Callable[[JobOutcome], None] = lambda _o: None,
+    ) -> None:
+        self.nc = nc
+        self.backend = backend
+        self.worker_id = worker_id
+        self.upstream_names = upstream_names
+        self.ping_interval = ping_interval
+        self.max_deliver = max_deliver
+        self.on_outcome = on_outcome
+        self.cancelled = CancelledJobs()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def cancel(self, job_id: str) -> None:
+        self.cancelled.add(job_id)
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+
+    async def run(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        job_id = headers.get(names.H_JOB, "")
+        reply = headers.get(names.H_REPLY, "")
+        deadline_ms = int(headers.get(names.H_DEADLINE, "0") or 0)
+        kind = headers.get(names.H_KIND, "chat")
+        ack = _Ack(msg)
+        if not job_id or not reply:
+            await ack.term()
+            return
+        if (deadline_ms and time.time() * 1000 >= deadline_ms) or job_id in self.cancelled:
+            await ack.term()
+            self.on_outcome(JobOutcome(job_id, "", "expired"))
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks[job_id] = task
+        try:
+            await self._attempt(msg, ack, job_id, reply, deadline_ms, kind)
+        finally:
+            self.tasks.pop(job_id, None)
+
+    async def _attempt(
+        self, msg: Msg, ack: _Ack, job_id: str, reply: str, deadline_ms: int, kind: str
+    ) -> None:
+        attempt = msg.metadata.num_delivered if msg.reply else 1
+        sender = FrameSender(self.nc, reply, self.worker_id)
+        outcome = JobOutcome(job_id, "", "ok", started=time.monotonic())
+        await sender.accepted(attempt)
+        keepalive = asyncio.create_task(self._keepalive(sender, ack))
+        try:
+            timeout = max(deadline_ms / 1000 - time.time(), 0.001) if deadline_ms else None
+            async with asyncio.timeout(timeout):
+                await self._execute(msg.data, kind, sender, ack, outcome)
+        except asyncio.CancelledError:
+            outcome.outcome = "cancelled"
+            await ack.term()
+            raise
+        except TimeoutError:
+            outcome.outcome = "error"
+            await sender.failed(failure(504, "the job's deadline passed", "timeout", "deadline_exceeded"))
+        except BackendError as exc:
+            outcome.backend_failed = exc.status >= 500 or exc.status == 429
+            if exc.retryable and outcome.first_token is None and attempt < self.max_deliver:
+                outcome.outcome = "retried"
+                await ack.nak(delay=min(0.1 * attempt, 1.0))
+                return
+            outcome.outcome = "upstream_error"
+            failed = failure(exc.status, exc.message, exc.type, exc.code, exc.param)
+            failed.retry_after = exc.retry_after
+            await sender.failed(failed)
+        except msgspec.ValidationError as exc:
+            outcome.outcome = "error"
+            await sender.failed(failure(400, str(exc), "invalid_request_error", "invalid_body"))
+        except Exception:
+            log.exception("job %s failed", job_id)
+            outcome.outcome = "error"
+            await sender.failed(failure(500, "the worker failed", "server_error", "worker_error"))
+        finally:
+            keepalive.cancel()
+            await ack.ack()
+            outcome.ended = time.monotonic()
+            self.on_outcome(outcome)
+
+    async def _keepalive(self, sender: FrameSender, ack: _Ack) -> None:
+        """Pings the api while it would otherwise hear nothing; keeps the unacked job ours."""
+        interval = self.ping_interval
+        while True:
+            await asyncio.sleep(interval / 2)
+            if time.monotonic() - sender.last_sent >= interval * 0.9:
+                await sender.ping()
+            if not ack.done:
+                with contextlib.suppress(Exception):
+                    await ack.msg.in_progress()
+
+    async def _execute(
+        self, body: bytes, kind: str, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+    ) -> None:
+        if kind == "embedding":
+            await self._embed(body, sender, outcome)
+            return
+        request: ChatCompletionRequest | CompletionRequest
+        builder: ChatBuilder | TextBuilder
+        if kind == "completion":
+            request = completion_request_decoder.decode(body)
+            upstream = self.upstream_names.get(request.model, request.model)
+            builder = TextBuilder(_job_completion_id("cmpl", outcome.job_id), request.model, int(time.time()), _wants_usage(request))
+            pieces = self.backend.complete(request, upstream)
+        else:
+            request = chat_request_decoder.decode(body)
+            upstream = self.upstream_names.get(request.model, request.model)
+            builder = ChatBuilder(_job_completion_id("chatcmpl", outcome.job_id), request.model, int(time.time()), _wants_usage(request))
+            pieces = self.backend.chat(request, upstream)
+        outcome.model = request.model
+        if request.stream:
+            await self._stream(pieces, builder, sender, ack, outcome)
+        else:
+            await self._collect(pieces, builder, sender, outcome)
+
+    async def _stream(
+        self,
+        pieces: AsyncIterator[Piece],
+        builder: ChatBuilder | TextBuilder,
+        sender: FrameSender,
+        ack: _Ack,
+        outcome: JobOutcome,
+    ) -> None:
+        finish: str | None = None
+        usage: Usage | None = None
+        completion_tokens = 0
+        async for piece in pieces:
+            chunk = builder.piece_chunk(piece)
+            if chunk is not None:
+                if outcome.first_token is None:
+                    outcome.first_token = time.monotonic()
+                    first = builder.first_chunk()
+                    if first is not None:
+                        await sender.chunk(first)
+                    await ack.ack()
+                completion_tokens += 1
+                await sender.chunk(chunk)
+            if piece.finish_reason:
+                finish = piece.finish_reason
+            if piece.usage is not None:
+                usage = piece.usage
+        if outcome.first_token is None:
+            first = builder.first_chunk()
+            if first is not None:
+                await sender.chunk(first)
+        usage = usage or Usage(0, completion_tokens, completion_tokens)
+        outcome.usage = usage
+        await sender.chunk(builder.finish_chunk(finish))
+        if builder.include_usage:
+            await sender.chunk(builder.usage_chunk(usage))
+        await sender.done(Done(usage=usage, finish_reason=finish))
+
+    async def _collect(
+        self,
+        pieces: AsyncIterator[Piece],
+        builder: ChatBuilder | TextBuilder,
+        sender: FrameSender,
+        outcome: JobOutcome,
+    ) -> None:
+        finish: str | None = None
+        usage: Usage | None = None
+        async for piece in pieces:
+            if outcome.first_token is None and (piece.content or piece.tool_calls):
+                outcome.first_token = time.monotonic()
+            builder.add(piece)
+            if piece.finish_reason:
+                finish = piece.finish_reason
+            if piece.usage is not None:
+                usage = piece.usage
+        if usage is None:
+            n = count_tokens("".join(builder.parts))
+            usage = Usage(0, n, n)
+        outcome.usage = usage
+        body = builder.whole(finish, usage)
+        await sender.done(Done(usage=usage, finish_reason=finish, body=msgspec.Raw(body)))
+
+    async def _embed(self, body: bytes, sender: FrameSender, outcome: JobOutcome) -> None:
+        request: EmbeddingRequest = embedding_request_decoder.decode(body)
+        outcome.model = request.model
+        upstream = self.upstream_names.get(request.model, request.model)
+        result = await self.backend.embed(request, upstream)
+        outcome.usage = result.usage
+        payload = embedding_list(result, request.model, request.encoding_format == "base64")
+        await sender.done(Done(usage=result.usage, finish_reason="stop", body=msgspec.Raw(payload)))
+
+
+def _wants_usage(request: ChatCompletionRequest | CompletionRequest) -> bool:
+    options = request.stream_options
+    return bool(options and not isinstance(options, msgspec.UnsetType) and options.include_usage)
+
+
+def _job_completion_id(prefix: str, job_id: str) -> str:
+    return f"{prefix}-{job_id}"
+

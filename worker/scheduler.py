@@ -1,0 +1,164 @@
+"""Capacity: which job runs when, and how much each feed may ask for.
+
+A worker never runs more than `capacity` jobs. Interactive feeds hold lingering pull credit
+equal to the free slots; batch feeds only poll (no-wait) when slots are free and nothing
+interactive is waiting, so interactive traffic always goes first. A job that arrives when
+every slot is taken (two feeds answered at once) is held, interactive before batch, and
+started by the next free slot; held jobs are kept alive with in-progress acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+
+from worker.feed import PullFeed
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        capacity: int,
+        run_job: Callable[[Msg], Awaitable[None]],
+        ack_wait: float,
+    ) -> None:
+        self.capacity = capacity
+        self._run_job = run_job
+        self._ack_wait = ack_wait
+        self.feeds: list[PullFeed] = []
+        self.running = 0
+        self.peak = 0
+        self._held: list[tuple[int, int, Msg]] = []
+        self._order = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._kick = asyncio.Event()
+        self._paused = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # --- feeds call these --------------------------------------------------------------
+
+    def on_job(self, msg: Msg, feed: PullFeed) -> None:
+        if self.running < self.capacity and not self._held:
+            self._start(msg)
+        else:
+            heapq.heappush(self._held, (feed.priority, next(self._order), msg))
+            self.idle.clear()
+        self.kick()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    # --- control -----------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop asking for jobs (circuit open, draining); running and held jobs go on."""
+        self._paused = True
+        self.kick()
+
+    def resume(self) -> None:
+        self._paused = False
+        self.kick()
+
+    @property
+    def in_flight(self) -> int:
+        return self.running
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._credit_loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs or is held; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _start(self, msg: Msg) -> None:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.idle.clear()
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self._run_job(msg)
+        except Exception:  # noqa: BLE001 - one job's bug must not stop the worker
+            log.exception("job runner failed")
+        finally:
+            self.running -= 1
+            while self._held and self.running < self.capacity:
+                self._start(heapq.heappop(self._held)[2])
+            if self.running == 0 and not self._held:
+                self.idle.set()
+            self.kick()
+
+    async def _credit_loop(self) -> None:
+        last_keepalive = time.monotonic()
+        while True:
+            try:
+                await self._top_up()
+            except Exception as exc:  # noqa: BLE001 - NATS hiccups: try again shortly
+                log.warning("pull request failed: %s", exc)
+                await asyncio.sleep(0.2)
+            now = time.monotonic()
+            if self._held and now - last_keepalive > self._ack_wait / 3:
+                last_keepalive = now
+                for _, _, msg in self._held:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await self._kick.wait()
+
+    async def _top_up(self) -> None:
+        free = 0 if self._paused else self.capacity - self.running - len(self._held)
+        if free <= 0:
+            return
+        now = time.monotonic()
+        for feed in self.feeds:
+            if feed.lingering:
+                missing = free - feed.outstanding()
+                if missing > 0:
+                    await feed.request(missing)
+        if self._held:
+            return
+        for feed in self.feeds:
+            if not feed.lingering and feed.empty_until <= now and feed.outstanding() == 0:
+                await feed.request(free)
+                return
