@@ -23,3 +23,46 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server = EmbeddedRedis(Path(tmp_path_factory.mktemp("redis")))
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Factory for in-process apis and workers on the session's servers; all stopped after."""
+    from tests.stack import InProcessApi, Process, env_for, free_port, settings, start_worker
+
+    class Stack:
+        def __init__(self) -> None:
+            self.apis: list[InProcessApi] = []
+            self.workers: list[object] = []
+            self.processes: list[Process] = []
+            self.nats_url = nats_server.url
+            self.redis_url = redis_server.url
+
+        async def api(self, **overrides: object) -> InProcessApi:
+            config = settings(self.nats_url, self.redis_url, port=free_port(), **overrides)
+            api = await InProcessApi(config).start()
+            self.apis.append(api)
+            return api
+
+        async def worker(self, **overrides: object):  # type: ignore[no-untyped-def]
+            worker = await start_worker(settings(self.nats_url, self.redis_url, **overrides))
+            self.workers.append(worker)
+            return worker
+
+        def process(self, *args: str, **env: object) -> Process:
+            proc = Process(
+                list(args),
+                env_for(self.nats_url, self.redis_url, **env),
+                tmp_path / f"proc-{len(self.processes)}.log",
+            )
+            self.processes.append(proc)
+            return proc
+
+    s = Stack()
+    yield s
+    for proc in s.processes:
+        proc.stop()
+    for worker in s.workers:
+        await worker.close()  # type: ignore[attr-defined]
+    for api in s.apis:
+        await api.stop()

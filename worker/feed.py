@@ -3,8 +3,10 @@
 We send the JetStream pull requests ourselves (`$JS.API.CONSUMER.MSG.NEXT`), each on its
 own reply subject, so we always know how many jobs we have asked for and not yet received:
 the scheduler keeps that credit equal to its free slots, which is what makes capacity real
-and load spread by itself. Status messages (408 expired, 404 nothing there, 409 limits)
-close a request; 100 is an idle heartbeat.
+and load spread by itself. Jobs arrive under their own subject, so they are counted against
+the oldest open request (the server fills requests in order); status messages (408
+expired, 404 nothing there, 409 limits) arrive on the request's reply subject and close it;
+100 is an idle heartbeat.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from nats.aio.subscription import Subscription
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _encoder = msgspec.json.Encoder()
+
+EMPTY_POLL_PAUSE = 0.5
+"""Seconds a no-wait feed rests after finding its stream empty."""
 
 
 class PullRequest(msgspec.Struct, omit_defaults=True):
@@ -96,19 +101,18 @@ class PullFeed:
         await self.nc.publish(self._api, _encoder.encode(body), reply=f"{self._inbox}.{token}")
 
     async def _on_msg(self, msg: Msg) -> None:
-        token = msg.subject.rsplit(".", 1)[-1]
         status = msg.headers.get(_STATUS) if msg.headers else None
         if status is not None:
             if status == _HEARTBEAT:
                 return
-            pending = self._pending.pop(token, None)
+            pending = self._pending.pop(msg.subject.rsplit(".", 1)[-1], None)
             if not self.lingering and pending is not None and pending.remaining > 0:
-                self.empty_until = time.monotonic() + 0.25
+                self.empty_until = time.monotonic() + EMPTY_POLL_PAUSE
             self._on_change()
             return
-        pending = self._pending.get(token)
-        if pending is not None:
+        for token, pending in self._pending.items():
             pending.remaining -= 1
             if pending.remaining <= 0:
                 del self._pending[token]
+            break
         self._on_job(msg, self)

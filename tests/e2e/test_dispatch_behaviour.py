@@ -1,0 +1,151 @@
+"""How the queue behaves: real capacity, load spreading, deadlines, missing workers,
+cancel on disconnect, and a worker dying mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+
+from tests.stack import wait_for
+
+
+def _model() -> str:
+    return f"m-{uuid.uuid4().hex[:8]}"
+
+
+async def test_capacity_is_real_and_load_spreads(stack) -> None:  # type: ignore[no-untyped-def]
+    """2 workers x capacity 2, 8 concurrent 1 s requests: ~2 s in all, no worker above 2."""
+    model = _model()
+    api = await stack.api()
+    w1 = await stack.worker(model=[model], capacity=2, echo_delay=0.25)
+    w2 = await stack.worker(model=[model], capacity=2, echo_delay=0.25)
+    await wait_for(lambda: len(api.runtime.registry.workers_for(model)) == 2)
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    start = time.monotonic()
+    results = await asyncio.gather(
+        *[
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "a b c d"}])
+            for _ in range(8)
+        ]
+    )
+    elapsed = time.monotonic() - start
+    assert all(r.choices[0].message.content == "a b c d" for r in results)
+    assert 1.9 <= elapsed < 3.0, elapsed
+    assert w1.scheduler.peak <= 2 and w2.scheduler.peak <= 2
+    assert w1.outcomes.get("ok", 0) >= 2 and w2.outcomes.get("ok", 0) >= 2
+    assert w1.outcomes["ok"] + w2.outcomes["ok"] == 8
+    await client.close()
+
+
+async def test_queued_job_past_deadline_gets_504_and_never_runs(stack) -> None:  # type: ignore[no-untyped-def]
+    model = _model()
+    patient = await stack.api()
+    hurried = await stack.api(deadline=1.0)
+    worker = await stack.worker(model=[model], capacity=1, echo_delay=0.5)
+    await wait_for(lambda: hurried.runtime.registry.workers_for(model))
+    await wait_for(lambda: patient.runtime.registry.workers_for(model))
+    async with httpx.AsyncClient(timeout=10) as client:
+        slow_body = {"model": model, "messages": [{"role": "user", "content": "w1 w2 w3 w4 w5"}]}
+        slow = asyncio.create_task(client.post(f"{patient.url}/v1/chat/completions", json=slow_body))
+        await wait_for(lambda: worker.scheduler.in_flight == 1)
+        started = time.monotonic()
+        body = {"model": model, "messages": [{"role": "user", "content": "never"}]}
+        queued = await client.post(f"{hurried.url}/v1/chat/completions", json=body)
+        assert queued.status_code == 504
+        assert 0.9 < time.monotonic() - started < 1.5
+        assert queued.json()["error"]["code"] == "deadline_exceeded"
+        assert worker.scheduler.held == 0
+        first = await slow
+    assert first.status_code == 200
+    await wait_for(lambda: worker.outcomes.get("expired", 0) == 1, timeout=3)
+    assert worker.outcomes == {"ok": 1, "expired": 1}
+
+
+async def test_unknown_model_404_and_no_worker_503(stack) -> None:  # type: ignore[no-untyped-def]
+    api = await stack.api()
+    async with httpx.AsyncClient(timeout=5) as client:
+        body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+        start = time.monotonic()
+        resp = await client.post(f"{api.url}/v1/chat/completions", json=body)
+        assert resp.status_code == 404
+        assert resp.json()["error"]["code"] == "model_not_found"
+        assert resp.json()["error"]["param"] == "model"
+        model = _model()
+        worker = await stack.worker(model=[model])
+        await wait_for(lambda: api.runtime.registry.workers_for(model))
+        await worker.close()
+        await wait_for(lambda: not api.runtime.registry.workers_for(model))
+        start = time.monotonic()
+        resp = await client.post(f"{api.url}/v1/chat/completions", json={**body, "model": model})
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "no_worker"
+        assert time.monotonic() - start < 1.0
+
+
+async def test_client_disconnect_cancels_the_worker(stack) -> None:  # type: ignore[no-untyped-def]
+    model = _model()
+    api = await stack.api()
+    worker = await stack.worker(model=[model], echo_delay=0.2)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    words = " ".join(f"w{i}" for i in range(100))
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": words}]}
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", f"{api.url}/v1/chat/completions", json=body) as resp:
+            seen = 0
+            async for line in resp.aiter_lines():
+                if line.startswith("data: "):
+                    seen += 1
+                if seen >= 3:
+                    break
+            assert worker.scheduler.in_flight == 1
+    left = time.monotonic()
+    await wait_for(lambda: worker.scheduler.in_flight == 0, timeout=2)
+    assert time.monotonic() - left < 1.0
+    assert worker.outcomes.get("cancelled") == 1
+
+
+async def test_worker_killed_mid_stream_ends_with_error_then_done(stack) -> None:  # type: ignore[no-untyped-def]
+    model = _model()
+    api = await stack.api()
+    proc = stack.process("worker", "--model", model, "--echo-delay", "0.1")
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
+    words = " ".join(f"w{i}" for i in range(200))
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": words}]}
+    events: list[str] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{api.url}/v1/chat/completions", json=body) as resp:
+            killed_at = 0.0
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[6:])
+                if len(events) == 5:
+                    proc.signal(signal.SIGKILL)
+                    killed_at = time.monotonic()
+            ended = time.monotonic()
+    assert events[-1] == "[DONE]"
+    assert '"error"' in events[-2] and "worker" in events[-2]
+    assert ended - killed_at <= api.settings.ping_interval * 3 + 0.5
+
+
+async def test_job_redelivered_when_worker_dies_before_first_token(stack) -> None:  # type: ignore[no-untyped-def]
+    """A worker that took a job and died before answering: another worker runs it."""
+    model = _model()
+    api = await stack.api()
+    doomed = stack.process("worker", "--model", model, "--echo-delay", "2", "--capacity", "1")
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = {"model": model, "messages": [{"role": "user", "content": "survives"}]}
+        pending = asyncio.create_task(client.post(f"{api.url}/v1/chat/completions", json=body))
+        await asyncio.sleep(0.8)
+        doomed.kill()
+        await stack.worker(model=[model])
+        resp = await pending
+    assert resp.status_code == 200
+    assert resp.json()["choices"][0]["message"]["content"] == "survives"

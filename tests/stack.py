@@ -1,0 +1,137 @@
+"""Starting llmq parts for tests: in-process (fast, inspectable) or as real OS processes
+(for SIGKILL and CLI tests). Everything binds to free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from api.app import create_app
+from api.embedded import free_port
+from schemas.settings import Settings
+from worker.main import Worker
+
+FAST = {"heartbeat": 0.5, "ping_interval": 0.3, "ack_wait": 2.0, "pull_expires": 2.0}
+"""Protocol timings shrunk so failure tests finish quickly; api and workers must agree."""
+
+
+def settings(nats_url: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"nats_url": nats_url, "redis_url": redis_url, **FAST}
+    values.update(overrides)
+    return Settings(**values)
+
+
+class InProcessApi:
+    def __init__(self, config: Settings) -> None:
+        self.settings = config
+        self.app = create_app(config)
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_config=None, lifespan="on")
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    async def start(self) -> InProcessApi:
+        self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
+        self.task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                raise RuntimeError("api did not start")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 10)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def start_worker(config: Settings) -> Worker:
+    worker = Worker(config)
+    await worker.start()
+    return worker
+
+
+async def models_of(api_url: str) -> set[str]:
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(f"{api_url}/v1/models")
+        return {m["id"] for m in resp.json()["data"]}
+
+
+class Process:
+    """`llmq <args>` as a child process, in its own process group, output to a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", *args],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
+    values = {"nats_url": nats_url, "redis_url": redis_url, **FAST, **extra}
+    return {f"LLMQ_{k.upper()}": str(v) for k, v in values.items()}
+
+
+__all__ = ["InProcessApi", "Process", "env_for", "free_port", "models_of", "settings", "start_worker", "wait_for"]
