@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import uvicorn
 
 from api.app import create_app
 from schemas.settings import Settings
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn, but SIGTERM is a normal, graceful stop (exit 0), not a re-raised signal.
+
+    On the first SIGTERM/SIGINT the api stops accepting connections, `/ready` turns 503 and
+    open streams get `shutdown_grace` seconds to finish.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        runtime = getattr(self.config.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.accepting = False
+        super().handle_exit(sig, frame)
+        if sig in (signal.SIGTERM, signal.SIGINT) and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -23,4 +42,4 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 def run_api(settings: Settings) -> None:
-    uvicorn.Server(uvicorn_config(settings)).run()
+    ApiServer(uvicorn_config(settings)).run()

@@ -9,11 +9,13 @@ reservation of the tenant reaps it once the lease has run out.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from importlib import resources
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from api.tenancy.errors import backend_guard
 from api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
@@ -55,9 +57,8 @@ class Quota:
         self._lease = lease
         self._ledger_maxlen = ledger_maxlen
         self._usage_ttl = usage_ttl_days * 86_400.0
-        # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
-        self._reserve = redis.register_script(_script("quota.lua"))
-        self._release = redis.register_script(_script("release.lua"))
+        self._reserve = _Script(_script("quota.lua"))
+        self._release = _Script(_script("release.lua"))
 
     async def reserve(
         self,
@@ -100,13 +101,12 @@ class Quota:
             _ms(p.month_end),
             _ms(lease + RESERVATION_GRACE),
         ]
-        with backend_guard():
-            raw = cast(list[Any], await self._reserve(keys=keys, args=args))
-        allowed = int(raw[0]) == 1
+        raw = _text(await self._call(self._reserve, keys, args)).split("|")
+        allowed = raw[0] == "1"
         decision = QuotaDecision(
             allowed=allowed,
-            reason=cast(Reason, _text(raw[1])),
-            limit=cast(LimitName, _text(raw[2])),
+            reason=cast(Reason, raw[1]),
+            limit=cast(LimitName, raw[2]),
             retry_after=int(raw[3]) / 1000,
             limit_requests=_limit(int(raw[4])),
             remaining_requests=_limit(int(raw[5])),
@@ -114,7 +114,7 @@ class Quota:
             limit_tokens=_limit(int(raw[7])),
             remaining_tokens=_limit(int(raw[8])),
             reset_tokens=int(raw[9]) / 1000,
-            duplicate=int(raw[13]) == 1,
+            duplicate=raw[13] == "1",
         )
         if allowed:
             decision.reservation = Reservation(
@@ -122,7 +122,7 @@ class Quota:
                 model=model,
                 job_id=job_id,
                 reserved_tokens=int(raw[10]),
-                reserved_usd=float(_text(raw[11])),
+                reserved_usd=float(raw[11]),
                 lease_until=int(raw[12]) / 1000,
             )
         return decision
@@ -144,11 +144,11 @@ class Quota:
         per job id; later calls (and jobs never reserved) change nothing but the slot.
         """
         now = time.time() if now is None else now
-        day = periods(now).day
+        p = periods(now)
         keys = [
             names.reservation_key(tenant, job_id),
             names.inflight_key(tenant),
-            names.usage_key(tenant, day),
+            names.usage_key(tenant, p.day),
             names.LEDGER_KEY,
             names.tenant_ledger_key(tenant),
         ]
@@ -158,14 +158,22 @@ class Quota:
             max(0, int(completion_tokens)),
             1 if failed else 0,
             _ms(now),
-            _ms(periods(now).day_end + self._usage_ttl),
+            _ms(p.day_end + self._usage_ttl),
             self._ledger_maxlen,
             tenant,
             model,
         ]
+        raw = _text(await self._call(self._release, keys, args))
+        return raw.startswith("1|")
+
+    async def _call(self, script: _Script, keys: list[str], args: list[str | int]) -> Any:
+        """EVALSHA, and SCRIPT LOAD only when the server does not know the script (yet)."""
         with backend_guard():
-            raw = cast(list[Any], await self._release(keys=keys, args=args))
-        return int(raw[0]) == 1
+            try:
+                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self._redis.script_load(script.source)
+                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
 
     async def extend(
         self, tenant: str, job_id: str, lease: float, *, now: float | None = None
@@ -193,6 +201,14 @@ class Quota:
         now = time.time() if now is None else now
         with backend_guard():
             return int(await self._redis.zcount(names.inflight_key(tenant), f"({_ms(now)}", "+inf"))
+
+
+class _Script:
+    """A Lua source and its SHA-1 (what EVALSHA names it by)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
 def _ms(seconds: float) -> int:

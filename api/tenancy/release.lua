@@ -10,7 +10,7 @@
 -- ARGV[5] now (unix ms)  ARGV[6] usage expires at (unix ms)  ARGV[7] ledger max length
 -- ARGV[8] tenant  ARGV[9] model
 --
--- Returns {released 0|1, cost_usd (string)}.
+-- Returns '<released 0|1>|<cost_usd>'.
 
 local job = ARGV[1]
 -- Always free the slot, even without a reservation record (nothing else can hold it).
@@ -19,7 +19,7 @@ redis.call('ZREM', KEYS[2], job)
 local r = redis.call('HMGET', KEYS[1], 'need', 'in_price', 'out_price', 'cost', 'win', 'day',
   'month')
 if not r[1] then
-  return {0, '0'}
+  return '0|0'
 end
 redis.call('DEL', KEYS[1])
 
@@ -62,4 +62,4 @@ local entry = {'ts', ARGV[5], 'tenant', ARGV[8], 'model', model, 'job', job,
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 
-return {1, usd}
+return '1|' .. usd

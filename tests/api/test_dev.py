@@ -1,0 +1,91 @@
+"""`llmq dev` runs the whole stack and Ctrl-C leaves nothing running; `llmq api` and
+`llmq worker` run as separate processes configured by flags or LLMQ_ variables."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+
+from api.embedded import free_port
+from tests.stack import wait_for
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "dev", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "llmq is running" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        text = log.read_text()
+        assert f"http://127.0.0.1:{port}/v1" in text
+        assert "curl" in text and "from openai import OpenAI" in text
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=_printed_key(text))
+        reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "dev mode works"}])
+        assert reply.choices[0].message.content == "dev mode works"
+        servers = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text.splitlines()[0])]
+        assert len(servers) == 2 and all(_listening(p) for p in servers)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert proc.wait(30) == 0
+        time.sleep(0.3)
+        assert not _listening(port)
+        assert not any(_listening(p) for p in servers)
+        try:
+            os.killpg(proc.pid, 0)
+            leftover = True
+        except ProcessLookupError:
+            leftover = False
+        assert not leftover, "a child of llmq dev is still running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _printed_key(text: str) -> str:
+    match = re.search(r"(sk-llmq-[A-Za-z0-9_\-]+)", text)
+    return match.group(1) if match else "unused"
+
+
+async def test_api_and_worker_processes_from_flags_and_env(stack) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    # nats/redis URLs come from LLMQ_ variables (set by stack.process), the rest from flags.
+    api = stack.process("api", "--port", str(port), "--host", "127.0.0.1")
+    worker = stack.process("worker", "--backend", "echo", "--model", "proc-echo", "--capacity", "4")
+    url = f"http://127.0.0.1:{port}"
+
+    async def serving() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                resp = await client.get(f"{url}/v1/models")
+                return "proc-echo" in resp.text
+        except httpx.HTTPError:
+            return False
+
+    await wait_for(serving, timeout=20)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
+    reply = await client.chat.completions.create(model="proc-echo", messages=[{"role": "user", "content": "two processes"}])
+    assert reply.choices[0].message.content == "two processes"
+    await client.close()
+    assert worker.stop() == 0
+    assert api.stop() == 0
