@@ -1,0 +1,157 @@
+"""Latency llmq adds to a request, compared with calling a fast mock upstream directly.
+
+Starts its own nats-server and Redis-compatible server (free ports), the mock upstream, an
+api and one worker as separate processes, then sends non-streaming chat requests at
+concurrency 1 and 32 to (a) the mock directly and (b) llmq, and prints p50/p99 latency and
+requests/s for each, plus the difference.
+
+    .venv/bin/python bench/overhead.py                     # echo backend (issue 2 budget)
+    .venv/bin/python bench/overhead.py --backend openai    # openai backend -> mock upstream
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
+
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the mock"}]}
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+async def _wait(url: str, needle: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if needle in (await client.get(url)).text:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client: the load generator must cost less than what it
+    measures (httpx's pool falls behind at concurrency 32 on 2 cores)."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port = host, port
+        payload = json.dumps(BODY).encode()
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        writer.write(self.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        return status
+
+
+async def measure(url: str, concurrency: int, total: int, warmup: int = 200) -> dict[str, float]:
+    parsed = urlsplit(url)
+    client = RawClient(parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path)
+    conns = [await client.connect() for _ in range(concurrency)]
+    for _ in range(warmup // concurrency + 1):
+        await asyncio.gather(*[client.call(r, w) for r, w in conns])
+    latencies: list[float] = []
+    remaining = total
+
+    async def loop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            status = await client.call(reader, writer)
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*[loop(r, w) for r, w in conns])
+    elapsed = time.perf_counter() - start
+    for _, writer in conns:
+        writer.close()
+    latencies.sort()
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "rps": len(latencies) / elapsed,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["echo", "openai"], default="echo")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--capacity", type=int, default=64)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
+    nats = EmbeddedNats(tmp / "nats")
+    redis = EmbeddedRedis(tmp / "redis")
+    mock_port, api_port = free_port(), free_port()
+    env = {"LLMQ_NATS_URL": nats.url, "LLMQ_REDIS_URL": redis.url, "LLMQ_LOG_LEVEL": "WARNING"}
+    llmq = [sys.executable, "-m", "api.cli"]
+    worker_args = ["worker", "--model", "bench", "--capacity", str(args.capacity), "--backend", args.backend]
+    worker_env = dict(env)
+    if args.backend == "openai":
+        worker_env["LLMQ_BACKEND_URL"] = f"http://127.0.0.1:{mock_port}/v1"
+    procs = [
+        _spawn([sys.executable, str(ROOT / "bench" / "mock_upstream.py"), str(mock_port)], env, tmp / "mock.log"),
+        _spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
+        _spawn([*llmq, *worker_args], worker_env, tmp / "worker.log"),
+    ]
+    try:
+        await _wait(f"http://127.0.0.1:{mock_port}/v1/models", "mock")
+        await _wait(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
+        direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+        llmq_url = f"http://127.0.0.1:{api_port}/v1/chat/completions"
+        print(f"backend={args.backend} requests={args.requests} cores={os.cpu_count()}")
+        print(f"{'target':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        for concurrency in (1, 32):
+            direct = await measure(direct_url, concurrency, args.requests)
+            via = await measure(llmq_url, concurrency, args.requests)
+            for name, r in (("direct", direct), ("llmq", via)):
+                print(f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps']:>9.0f}")
+            print(f"{'added':<8}{concurrency:>5}{via['p50_ms'] - direct['p50_ms']:>9.2f}{via['p99_ms'] - direct['p99_ms']:>9.2f}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+        nats.stop()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
