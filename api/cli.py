@@ -36,7 +36,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -
         help_text = f"{info.description} (env LLMQ_{name.upper()})"
         annotation = info.annotation
         if annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif name == "model":
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         else:
@@ -45,9 +47,13 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -
 
 
 def settings_from(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
-    overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    overrides = {
+        name: getattr(args, name) for name in fields if getattr(args, name, None) is not None
+    }
     if "model" in overrides:
-        overrides["model"] = [part for spec in overrides["model"] for part in spec.split(",") if part]
+        overrides["model"] = [
+            part for spec in overrides["model"] for part in spec.split(",") if part
+        ]
     return Settings(**overrides)
 
 
@@ -79,7 +85,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    settings = settings_from(args, ["host", "port", "echo_delay", "capacity", "log_level", "log_json"])
+    settings = settings_from(
+        args, ["host", "port", "echo_delay", "capacity", "log_level", "log_json"]
+    )
     setup_logging(settings)
     from api.dev import run_dev
 
@@ -96,10 +104,14 @@ def _run(coro: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmq", description="OpenAI-compatible LLM gateway on NATS")
+    parser = argparse.ArgumentParser(
+        prog="llmq", description="OpenAI-compatible LLM gateway on NATS"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    dev = sub.add_parser("dev", help="run nats-server, a Redis-compatible server, the api and an echo worker")
+    dev = sub.add_parser(
+        "dev", help="run nats-server, a Redis-compatible server, the api and an echo worker"
+    )
     add_settings_flags(dev, ["host", "port", "echo_delay", "capacity", "log_level", "log_json"])
     dev.add_argument("--data-dir", default=None, help="keep server data here (default: a temp dir)")
     dev.set_defaults(handler=cmd_dev)

@@ -32,7 +32,8 @@ llmq is running: {base}/v1   (health: {base}/health, ready: {base}/ready)
     -d '{{"model": "echo", "messages": [{{"role": "user", "content": "hello llmq"}}]}}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{api_key}'); \\
-print(c.chat.completions.create(model='echo', messages=[{{'role': 'user', 'content': 'hi there'}}]).choices[0].message.content)"
+m = [{{'role': 'user', 'content': 'hi there'}}]; \\
+print(c.chat.completions.create(model='echo', messages=m).choices[0].message.content)"
 
 Press Ctrl-C to stop everything.
 """
@@ -44,7 +45,7 @@ def _wait_ready(base: str, timeout: float, children: list[subprocess.Popen[bytes
         if any(child.poll() is not None for child in children):
             return False
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{base}/v1/models", timeout=1) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"{base}/v1/models", timeout=1) as resp:
                 if b'"echo"' in resp.read():
                     return True
         time.sleep(0.1)

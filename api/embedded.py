@@ -57,7 +57,7 @@ class ManagedProcess:
         self.name = name
         self.port = port
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -69,8 +69,9 @@ class ManagedProcess:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.02)
@@ -117,9 +118,9 @@ class EmbeddedNats(ManagedProcess):
 
     def restart(self) -> None:
         """Stop and start again on the same port and data dir (file storage survives)."""
-        argv = list(self.proc.args)  # type: ignore[arg-type]
+        argv = [str(arg) for arg in self.proc.args]  # type: ignore[union-attr]
         self.stop()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -47,7 +47,9 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.code = code
-        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or _TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
         self.param = param
         self.headers = dict(headers or {})
 

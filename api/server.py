@@ -19,7 +19,7 @@ class ApiServer(uvicorn.Server):
     """
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        runtime = getattr(self.config.app.state, "runtime", None)
+        runtime = getattr(getattr(self.config.app, "state", None), "runtime", None)
         if runtime is not None:
             runtime.accepting = False
         super().handle_exit(sig, frame)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
@@ -46,7 +46,12 @@ class Serving:
         body = await read_body(request, self.rt.settings.max_body_bytes)
         req = decode(body, chat_request_decoder)
         if not req.messages:
-            raise ApiError(400, "`messages` must contain at least one message", "invalid_request", param="messages")
+            raise ApiError(
+                400,
+                "`messages` must contain at least one message",
+                "invalid_request",
+                param="messages",
+            )
         return await self._serve(request, req, body, "chat", req.stream)
 
     async def completion(self, request: Request) -> Response:
@@ -91,10 +96,17 @@ class Serving:
         if registry.workers_for(model):
             info = registry.model_info(model)
             if info is not None and kind not in info.kinds:
-                raise ApiError(400, f"model `{model}` does not support {kind} requests", "unsupported_endpoint", param="model")
+                raise ApiError(
+                    400,
+                    f"model `{model}` does not support {kind} requests",
+                    "unsupported_endpoint",
+                    param="model",
+                )
             return model
         if registry.known(model):
-            raise ApiError(503, f"no live worker serves model `{model}`", "no_worker", param="model")
+            raise ApiError(
+                503, f"no live worker serves model `{model}`", "no_worker", param="model"
+            )
         raise ApiError(404, f"The model `{model}` does not exist", "model_not_found", param="model")
 
     async def _collect(self, run: JobRun, headers: dict[str, str]) -> Response:
@@ -119,7 +131,7 @@ class Serving:
         return SSEResponse(self._relay(first, events), headers)
 
     async def _relay(
-        self, first: bytes | Done | Failed, events: AsyncIterator[bytes | Done | Failed]
+        self, first: bytes | Done | Failed, events: AsyncGenerator[bytes | Done | Failed, None]
     ) -> AsyncIterator[bytes]:
         self.rt.open_streams += 1
         try:
@@ -139,7 +151,7 @@ class Serving:
             yield DONE
         finally:
             self.rt.open_streams -= 1
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
 
 def _failed_response(frame: Failed, headers: dict[str, str]) -> Response:

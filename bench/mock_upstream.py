@@ -42,7 +42,13 @@ def _chunks(model: str) -> list[bytes]:
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
         out.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
     out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    out.append({**base, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}})
+    out.append(
+        {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8},
+        }
+    )
     return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in out] + [b"data: [DONE]\n\n"]
 
 
@@ -56,13 +62,21 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     if scope["path"].endswith("/models"):
-        payload = json.dumps({"object": "list", "data": [{"id": "mock", "object": "model"}]}).encode()
+        payload = json.dumps(
+            {"object": "list", "data": [{"id": "mock", "object": "model"}]}
+        ).encode()
         await _send_json(send, payload)
         return
     request = json.loads(body or b"{}")
     model = request.get("model", "mock")
     if request.get("stream"):
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         for chunk in _chunks(model):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
@@ -71,7 +85,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def _send_json(send: Any, payload: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 

@@ -34,7 +34,9 @@ BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from t
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    return subprocess.Popen(
+        args, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT
+    )
 
 
 async def _wait(url: str, needle: str, timeout: float = 30) -> None:
@@ -110,7 +112,9 @@ async def measure(url: str, concurrency: int, total: int, warmup: int = 200) -> 
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["echo", "openai"], default="echo")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--capacity", type=int, default=64)
@@ -122,12 +126,24 @@ async def main() -> None:
     mock_port, api_port = free_port(), free_port()
     env = {"LLMQ_NATS_URL": nats.url, "LLMQ_REDIS_URL": redis.url, "LLMQ_LOG_LEVEL": "WARNING"}
     llmq = [sys.executable, "-m", "api.cli"]
-    worker_args = ["worker", "--model", "bench", "--capacity", str(args.capacity), "--backend", args.backend]
+    worker_args = [
+        "worker",
+        "--model",
+        "bench",
+        "--capacity",
+        str(args.capacity),
+        "--backend",
+        args.backend,
+    ]
     worker_env = dict(env)
     if args.backend == "openai":
         worker_env["LLMQ_BACKEND_URL"] = f"http://127.0.0.1:{mock_port}/v1"
     procs = [
-        _spawn([sys.executable, str(ROOT / "bench" / "mock_upstream.py"), str(mock_port)], env, tmp / "mock.log"),
+        _spawn(
+            [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), str(mock_port)],
+            env,
+            tmp / "mock.log",
+        ),
         _spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
         _spawn([*llmq, *worker_args], worker_env, tmp / "worker.log"),
     ]
@@ -142,8 +158,12 @@ async def main() -> None:
             direct = await measure(direct_url, concurrency, args.requests)
             via = await measure(llmq_url, concurrency, args.requests)
             for name, r in (("direct", direct), ("llmq", via)):
-                print(f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps']:>9.0f}")
-            print(f"{'added':<8}{concurrency:>5}{via['p50_ms'] - direct['p50_ms']:>9.2f}{via['p99_ms'] - direct['p99_ms']:>9.2f}")
+                print(
+                    f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps']:>9.0f}"
+                )
+            added_p50 = via["p50_ms"] - direct["p50_ms"]
+            added_p99 = via["p99_ms"] - direct["p99_ms"]
+            print(f"{'added':<8}{concurrency:>5}{added_p50:>9.2f}{added_p99:>9.2f}")
     finally:
         for proc in procs:
             proc.terminate()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -55,7 +55,7 @@ class JobRun:
         self.accepted_at: float | None = None
         self.first_chunk_at: float | None = None
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         d = self._dispatcher
         silence = d.ping_interval * 3
         deadline = self.spec.deadline_ms / 1000
@@ -160,13 +160,17 @@ class Dispatcher:
             )
         except MaxPayloadError as exc:
             self.inbox.close(spec.job_id)
-            raise DispatchError(413, "request too large for the job queue", "request_too_large") from exc
-        except (NoRespondersError, NoStreamResponseError, NatsTimeoutError, asyncio.TimeoutError) as exc:
+            raise DispatchError(
+                413, "request too large for the job queue", "request_too_large"
+            ) from exc
+        except (TimeoutError, NoRespondersError, NoStreamResponseError, NatsTimeoutError) as exc:
             self.inbox.close(spec.job_id)
             raise DispatchError(503, "the job queue is unavailable", "queue_unavailable") from exc
         except Exception as exc:
             self.inbox.close(spec.job_id)
-            raise DispatchError(503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable") from exc
+            raise DispatchError(
+                503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
+            ) from exc
         return JobRun(self, spec, queue)
 
     async def cancel(self, job_id: str) -> None:

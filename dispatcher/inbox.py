@@ -28,7 +28,9 @@ class ReplyInbox:
         self._orphans_cancelled: set[str] = set()
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._prefix + ">", cb=self._on_frame, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._sub = await self._nc.subscribe(
+            self._prefix + ">", cb=self._on_frame, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
 
     async def stop(self) -> None:
         if self._sub is not None:

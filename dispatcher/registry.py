@@ -65,7 +65,7 @@ class WorkerRegistry:
                     apply(entry.key, entry.value, entry.operation)  # type: ignore[operator]
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep watching whatever broke
+            except Exception as exc:
                 log.warning("registry watch of %s failed: %s", kv._name, exc)
                 await asyncio.sleep(1.0)
 
@@ -105,4 +105,3 @@ class WorkerRegistry:
 
     def model_info(self, model: str) -> ModelInfo | None:
         return self._models.get(model)
-

@@ -97,7 +97,7 @@ async def models_bucket(js: JetStreamContext) -> KeyValue:
 async def _bucket(js: JetStreamContext, name: str, ttl: float, storage: StorageType) -> KeyValue:
     try:
         return await js.key_value(name)
-    except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError
+    except Exception:
         config = KeyValueConfig(bucket=name, history=1, ttl=ttl or None, storage=storage)
         with contextlib.suppress(BadRequestError):
             await js.create_key_value(config)

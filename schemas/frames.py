@@ -52,7 +52,9 @@ class Failed(Struct, tag=ERROR, tag_field="frame", omit_defaults=True):
 def failure(
     status: int, message: str, type: str, code: str | None, param: str | None = None
 ) -> Failed:
-    return Failed(status=status, error=ErrorBody(message=message, type=type, param=param, code=code))
+    return Failed(
+        status=status, error=ErrorBody(message=message, type=type, param=param, code=code)
+    )
 
 
 Frame = Accepted | Done | Failed

@@ -16,7 +16,8 @@ def escape_model(model: str) -> str:
     """Turn a model name into one subject token: keep [A-Za-z0-9_-], percent-escape the rest.
 
     The escape is applied to the UTF-8 bytes, so every name maps to exactly one token and
-    `unescape_model` restores it. `gpt-4.1` -> `gpt-4%2E1`, `llama3:instruct` -> `llama3%3Ainstruct`.
+    `unescape_model` restores it: `gpt-4.1` -> `gpt-4%2E1`,
+    `llama3:instruct` -> `llama3%3Ainstruct`.
     """
     if not model:
         raise ValueError("model name must not be empty")
@@ -89,7 +90,6 @@ WORKERS_BUCKET = "LLMQ_WORKERS"
 MODELS_BUCKET = "LLMQ_MODELS"
 """key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
 of models any worker has ever served, so a known model with no live worker is a 503, not a 404."""
-
 
 
 def model_kv_key(model: str) -> str:

@@ -32,25 +32,25 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
     model: str
     messages: list[Message]
     stream: bool = False
-    stream_options: StreamOptions | None | UnsetType = UNSET
-    max_tokens: int | None | UnsetType = UNSET
-    max_completion_tokens: int | None | UnsetType = UNSET
-    temperature: float | None | UnsetType = UNSET
-    top_p: float | None | UnsetType = UNSET
-    n: int | None | UnsetType = UNSET
-    stop: str | list[str] | None | UnsetType = UNSET
-    seed: int | None | UnsetType = UNSET
-    presence_penalty: float | None | UnsetType = UNSET
-    frequency_penalty: float | None | UnsetType = UNSET
-    logit_bias: dict[str, float] | None | UnsetType = UNSET
-    logprobs: bool | None | UnsetType = UNSET
-    top_logprobs: int | None | UnsetType = UNSET
+    stream_options: StreamOptions | UnsetType | None = UNSET
+    max_tokens: int | UnsetType | None = UNSET
+    max_completion_tokens: int | UnsetType | None = UNSET
+    temperature: float | UnsetType | None = UNSET
+    top_p: float | UnsetType | None = UNSET
+    n: int | UnsetType | None = UNSET
+    stop: str | list[str] | UnsetType | None = UNSET
+    seed: int | UnsetType | None = UNSET
+    presence_penalty: float | UnsetType | None = UNSET
+    frequency_penalty: float | UnsetType | None = UNSET
+    logit_bias: dict[str, float] | UnsetType | None = UNSET
+    logprobs: bool | UnsetType | None = UNSET
+    top_logprobs: int | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
-    tools: list[dict[str, Any]] | None | UnsetType = UNSET
-    tool_choice: str | dict[str, Any] | None | UnsetType = UNSET
-    parallel_tool_calls: bool | None | UnsetType = UNSET
-    response_format: dict[str, Any] | None | UnsetType = UNSET
-    metadata: dict[str, str] | None | UnsetType = UNSET
+    tools: list[dict[str, Any]] | UnsetType | None = UNSET
+    tool_choice: str | dict[str, Any] | UnsetType | None = UNSET
+    parallel_tool_calls: bool | UnsetType | None = UNSET
+    response_format: dict[str, Any] | UnsetType | None = UNSET
+    metadata: dict[str, str] | UnsetType | None = UNSET
 
     def token_limit(self) -> int | None:
         """The caller's output limit, whichever of the two spellings it used."""
@@ -69,18 +69,18 @@ class CompletionRequest(Struct, omit_defaults=True):
     model: str
     prompt: str | list[str]
     stream: bool = False
-    stream_options: StreamOptions | None | UnsetType = UNSET
-    max_tokens: int | None | UnsetType = UNSET
-    temperature: float | None | UnsetType = UNSET
-    top_p: float | None | UnsetType = UNSET
-    n: int | None | UnsetType = UNSET
-    stop: str | list[str] | None | UnsetType = UNSET
-    seed: int | None | UnsetType = UNSET
-    presence_penalty: float | None | UnsetType = UNSET
-    frequency_penalty: float | None | UnsetType = UNSET
-    echo: bool | None | UnsetType = UNSET
-    logprobs: int | None | UnsetType = UNSET
-    suffix: str | None | UnsetType = UNSET
+    stream_options: StreamOptions | UnsetType | None = UNSET
+    max_tokens: int | UnsetType | None = UNSET
+    temperature: float | UnsetType | None = UNSET
+    top_p: float | UnsetType | None = UNSET
+    n: int | UnsetType | None = UNSET
+    stop: str | list[str] | UnsetType | None = UNSET
+    seed: int | UnsetType | None = UNSET
+    presence_penalty: float | UnsetType | None = UNSET
+    frequency_penalty: float | UnsetType | None = UNSET
+    echo: bool | UnsetType | None = UNSET
+    logprobs: int | UnsetType | None = UNSET
+    suffix: str | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
 
 
@@ -127,7 +127,7 @@ class ChatCompletion(Struct):
 
 class Delta(Struct, omit_defaults=True):
     role: str | UnsetType = UNSET
-    content: str | None | UnsetType = UNSET
+    content: str | UnsetType | None = UNSET
     tool_calls: list[dict[str, Any]] | UnsetType = UNSET
 
 

@@ -36,7 +36,9 @@ class InProcessApi:
         self.settings = config
         self.app = create_app(config)
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_config=None, lifespan="on")
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=config.port, log_config=None, lifespan="on"
+            )
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -97,7 +99,7 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115
+        self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", *args],
             env={**os.environ, **env},
@@ -134,4 +136,13 @@ def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
     return {f"LLMQ_{k.upper()}": str(v) for k, v in values.items()}
 
 
-__all__ = ["InProcessApi", "Process", "env_for", "free_port", "models_of", "settings", "start_worker", "wait_for"]
+__all__ = [
+    "InProcessApi",
+    "Process",
+    "env_for",
+    "free_port",
+    "models_of",
+    "settings",
+    "start_worker",
+    "wait_for",
+]

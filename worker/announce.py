@@ -39,7 +39,9 @@ class Announcer:
         info = self._snapshot()
         models = await streams.models_bucket(self._js)
         for model in info.models:
-            entry = ModelInfo(name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds)
+            entry = ModelInfo(
+                name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds
+            )
             await models.put(names.model_kv_key(model), registry_encoder.encode(entry))
         await self.beat()
         self._task = asyncio.create_task(self._loop(), name="heartbeat")
@@ -57,7 +59,7 @@ class Announcer:
             await asyncio.sleep(self._heartbeat)
             try:
                 await self.beat()
-            except Exception as exc:  # noqa: BLE001 - NATS away: the next beat retries
+            except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     async def stop(self) -> None:

@@ -77,7 +77,9 @@ class Worker:
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
-                consumer = await streams.ensure_consumer(js, stream, model, s.ack_wait, s.max_deliver)
+                consumer = await streams.ensure_consumer(
+                    js, stream, model, s.ack_wait, s.max_deliver
+                )
                 feed = PullFeed(
                     nc, stream, consumer,
                     priority=priority,

@@ -165,7 +165,9 @@ class JobRunner:
             raise
         except TimeoutError:
             outcome.outcome = "error"
-            await sender.failed(failure(504, "the job's deadline passed", "timeout", "deadline_exceeded"))
+            await sender.failed(
+                failure(504, "the job's deadline passed", "timeout", "deadline_exceeded")
+            )
         except BackendError as exc:
             outcome.backend_failed = exc.status >= 500 or exc.status == 429
             if exc.retryable and outcome.first_token is None and attempt < self.max_deliver:
@@ -211,12 +213,22 @@ class JobRunner:
         if kind == "completion":
             request = completion_request_decoder.decode(body)
             upstream = self.upstream_names.get(request.model, request.model)
-            builder = TextBuilder(_job_completion_id("cmpl", outcome.job_id), request.model, int(time.time()), _wants_usage(request))
+            builder = TextBuilder(
+                _job_completion_id("cmpl", outcome.job_id),
+                request.model,
+                int(time.time()),
+                _wants_usage(request),
+            )
             pieces = self.backend.complete(request, upstream)
         else:
             request = chat_request_decoder.decode(body)
             upstream = self.upstream_names.get(request.model, request.model)
-            builder = ChatBuilder(_job_completion_id("chatcmpl", outcome.job_id), request.model, int(time.time()), _wants_usage(request))
+            builder = ChatBuilder(
+                _job_completion_id("chatcmpl", outcome.job_id),
+                request.model,
+                int(time.time()),
+                _wants_usage(request),
+            )
             pieces = self.backend.chat(request, upstream)
         outcome.model = request.model
         if request.stream:
@@ -302,4 +314,3 @@ def _wants_usage(request: ChatCompletionRequest | CompletionRequest) -> bool:
 
 def _job_completion_id(prefix: str, job_id: str) -> str:
     return f"{prefix}-{job_id}"
-

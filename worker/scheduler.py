@@ -117,7 +117,7 @@ class Scheduler:
     async def _run(self, msg: Msg) -> None:
         try:
             await self._run_job(msg)
-        except Exception:  # noqa: BLE001 - one job's bug must not stop the worker
+        except Exception:
             log.exception("job runner failed")
         finally:
             self.running -= 1
@@ -132,7 +132,7 @@ class Scheduler:
         while True:
             try:
                 await self._top_up()
-            except Exception as exc:  # noqa: BLE001 - NATS hiccups: try again shortly
+            except Exception as exc:
                 log.warning("pull request failed: %s", exc)
                 await asyncio.sleep(0.2)
             now = time.monotonic()

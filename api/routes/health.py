@@ -24,7 +24,7 @@ async def ready(request: Request) -> JSONResponse:
     try:
         async with asyncio.timeout(rt.settings.redis_timeout):
             redis_ok = bool(await rt.redis.ping())
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
+    except Exception:
         redis_ok = False
     workers = rt.registry.live_workers()
     body: dict[str, object] = {

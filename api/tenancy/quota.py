@@ -9,13 +9,12 @@ reservation of the tenant reaps it once the lease has run out.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from importlib import resources
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.commands.core import AsyncScript
 
 from api.tenancy.errors import backend_guard
 from api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
@@ -57,8 +56,9 @@ class Quota:
         self._lease = lease
         self._ledger_maxlen = ledger_maxlen
         self._usage_ttl = usage_ttl_days * 86_400.0
-        self._reserve = _Script(_script("quota.lua"))
-        self._release = _Script(_script("release.lua"))
+        # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
+        self._reserve = redis.register_script(_script("quota.lua"))
+        self._release = redis.register_script(_script("release.lua"))
 
     async def reserve(
         self,
@@ -166,14 +166,9 @@ class Quota:
         raw = _text(await self._call(self._release, keys, args))
         return raw.startswith("1|")
 
-    async def _call(self, script: _Script, keys: list[str], args: list[str | int]) -> Any:
-        """EVALSHA, and SCRIPT LOAD only when the server does not know the script (yet)."""
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         with backend_guard():
-            try:
-                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self._redis.script_load(script.source)
-                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+            return await script(keys=keys, args=args)
 
     async def extend(
         self, tenant: str, job_id: str, lease: float, *, now: float | None = None
@@ -184,31 +179,23 @@ class Quota:
         key = names.inflight_key(tenant)
         until = _ms(now + lease)
         with backend_guard():
-            changed = await self._redis.zadd(key, {job_id: until}, xx=True, gt=True, ch=True)
-            if changed:
-                await self._redis.pexpireat(key, until + 60_000, gt=True)
-                await self._redis.pexpireat(
-                    names.reservation_key(tenant, job_id),
-                    until + int(RESERVATION_GRACE * 1000),
-                    gt=True,
-                )
-            else:
-                changed = await self._redis.zscore(key, job_id) is not None
-        return bool(changed)
+            score = await self._redis.zscore(key, job_id)
+            if score is None or score <= _ms(now):
+                return False  # released, or its lease already ran out: do not revive it
+            await self._redis.zadd(key, {job_id: until}, xx=True, gt=True)
+            await self._redis.pexpireat(key, until + 60_000, gt=True)
+            await self._redis.pexpireat(
+                names.reservation_key(tenant, job_id),
+                until + int(RESERVATION_GRACE * 1000),
+                gt=True,
+            )
+        return True
 
     async def inflight(self, tenant: str, *, now: float | None = None) -> int:
         """Slots held right now (leases not yet run out)."""
         now = time.time() if now is None else now
         with backend_guard():
             return int(await self._redis.zcount(names.inflight_key(tenant), f"({_ms(now)}", "+inf"))
-
-
-class _Script:
-    """A Lua source and its SHA-1 (what EVALSHA names it by)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
 def _ms(seconds: float) -> int:

@@ -42,7 +42,9 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
         assert f"http://127.0.0.1:{port}/v1" in text
         assert "curl" in text and "from openai import OpenAI" in text
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=_printed_key(text))
-        reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "dev mode works"}])
+        reply = client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "dev mode works"}]
+        )
         assert reply.choices[0].message.content == "dev mode works"
         servers = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text.splitlines()[0])]
         assert len(servers) == 2 and all(_listening(p) for p in servers)
@@ -84,7 +86,9 @@ async def test_api_and_worker_processes_from_flags_and_env(stack) -> None:  # ty
 
     await wait_for(serving, timeout=20)
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
-    reply = await client.chat.completions.create(model="proc-echo", messages=[{"role": "user", "content": "two processes"}])
+    reply = await client.chat.completions.create(
+        model="proc-echo", messages=[{"role": "user", "content": "two processes"}]
+    )
     assert reply.choices[0].message.content == "two processes"
     await client.close()
     assert worker.stop() == 0

@@ -39,8 +39,16 @@ def _assert_error(resp: httpx.Response, status: int, code: str, param: str | Non
         (b'{"model": "x"}', "invalid_request", "messages"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', "invalid_request", "model"),
         (b'{"model": "x", "messages": "hello"}', "invalid_request", "messages"),
-        (b'{"model": "x", "messages": [{"role": "wizard", "content": "x"}]}', "invalid_request", "messages[0].role"),
-        (b'{"model": "x", "messages": [{"role": "user", "content": 5}]}', "invalid_request", "messages[0].content"),
+        (
+            b'{"model": "x", "messages": [{"role": "wizard", "content": "x"}]}',
+            "invalid_request",
+            "messages[0].role",
+        ),
+        (
+            b'{"model": "x", "messages": [{"role": "user", "content": 5}]}',
+            "invalid_request",
+            "messages[0].content",
+        ),
         (b'{"model": "x", "messages": [], "temperature": "hot"}', "invalid_request", "temperature"),
         (b'{"model": "x", "messages": []}', "invalid_request", "messages"),
     ],
@@ -48,7 +56,9 @@ def _assert_error(resp: httpx.Response, status: int, code: str, param: str | Non
 async def test_bad_bodies_get_400(api_url, body: bytes, code: str, param: str | None) -> None:  # type: ignore[no-untyped-def]
     async with httpx.AsyncClient() as client:
         resp = await client.post(
-            f"{api_url.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            f"{api_url.url}/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json"},
         )
     _assert_error(resp, 400, code, param)
 
@@ -94,7 +104,9 @@ async def test_body_over_nats_max_payload_gets_413(stack, tmp_path) -> None:  # 
 async def test_unknown_route_and_method_use_the_error_shape(api_url) -> None:  # type: ignore[no-untyped-def]
     async with httpx.AsyncClient() as client:
         _assert_error(await client.get(f"{api_url.url}/v1/nope"), 404, "not_found")
-        _assert_error(await client.get(f"{api_url.url}/v1/chat/completions"), 405, "method_not_allowed")
+        _assert_error(
+            await client.get(f"{api_url.url}/v1/chat/completions"), 405, "method_not_allowed"
+        )
 
 
 async def test_valid_request_still_served_after_bad_ones(api_url) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,6 @@ import uuid
 
 import httpx
 import openai
-import pytest
 
 from tests.stack import wait_for
 
@@ -30,7 +29,9 @@ async def test_capacity_is_real_and_load_spreads(stack) -> None:  # type: ignore
     start = time.monotonic()
     results = await asyncio.gather(
         *[
-            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "a b c d"}])
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "a b c d"}]
+            )
             for _ in range(8)
         ]
     )
@@ -52,7 +53,9 @@ async def test_queued_job_past_deadline_gets_504_and_never_runs(stack) -> None: 
     await wait_for(lambda: patient.runtime.registry.workers_for(model))
     async with httpx.AsyncClient(timeout=10) as client:
         slow_body = {"model": model, "messages": [{"role": "user", "content": "w1 w2 w3 w4 w5"}]}
-        slow = asyncio.create_task(client.post(f"{patient.url}/v1/chat/completions", json=slow_body))
+        slow = asyncio.create_task(
+            client.post(f"{patient.url}/v1/chat/completions", json=slow_body)
+        )
         await wait_for(lambda: worker.scheduler.in_flight == 1)
         started = time.monotonic()
         body = {"model": model, "messages": [{"role": "user", "content": "never"}]}

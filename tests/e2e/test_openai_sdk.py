@@ -25,7 +25,10 @@ async def test_async_non_streaming_shape(echo) -> None:  # type: ignore[no-untyp
     client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused")
     resp = await client.chat.completions.create(
         model=model,
-        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there world"}],
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there world"},
+        ],
     )
     assert resp.object == "chat.completion"
     assert resp.id.startswith("chatcmpl-")
@@ -37,7 +40,11 @@ async def test_async_non_streaming_shape(echo) -> None:  # type: ignore[no-untyp
     assert resp.choices[0].message.content == "hello there world"
     assert resp.choices[0].finish_reason == "stop"
     assert resp.usage is not None
-    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (5, 3, 8)
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (
+        5,
+        3,
+        8,
+    )
     await client.close()
 
 
@@ -69,7 +76,9 @@ async def test_async_streaming_with_usage(echo) -> None:  # type: ignore[no-unty
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "alpha beta gamma"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["stop"]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
@@ -109,7 +118,9 @@ async def test_sync_client_streaming_and_not(echo) -> None:  # type: ignore[no-u
 
     def call() -> tuple[str, str]:
         client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")
-        whole = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "sync works"}])
+        whole = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "sync works"}]
+        )
         parts = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "sync streams too"}], stream=True
         )

@@ -1,0 +1,39 @@
+"""A Redis client on the session's Valkey, and a fresh tenant name per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from api.embedded import EmbeddedRedis
+from api.tenancy import Quota, TenantStore, UsageReader, connect
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = connect(redis_server.url, timeout=10.0)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def tenant_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(redis: Redis) -> TenantStore:
+    return TenantStore(redis)
+
+
+@pytest.fixture
+def quota(redis: Redis) -> Quota:
+    return Quota(redis)
+
+
+@pytest.fixture
+def usage(redis: Redis) -> UsageReader:
+    return UsageReader(redis)

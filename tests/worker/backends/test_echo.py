@@ -1,0 +1,84 @@
+"""The built-in echo backend: deterministic words, max_tokens, usage, embeddings."""
+
+from __future__ import annotations
+
+from schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Message,
+    Usage,
+)
+from tests.worker.backends.fake_upstreams import collect
+from worker.backends import create_backend
+from worker.backends.base import BackendConfig, Piece
+from worker.backends.echo import EMBEDDING_DIMENSIONS, EchoBackend, count_tokens, message_text
+
+
+def chat(*messages: Message, max_tokens: int | None = None) -> ChatCompletionRequest:
+    return ChatCompletionRequest(model="echo", messages=list(messages), max_tokens=max_tokens)
+
+
+async def test_chat_echoes_the_last_user_message_word_by_word() -> None:
+    backend = create_backend(BackendConfig(kind="echo"))
+    request = chat(
+        Message(role="system", content="ignored here"),
+        Message(role="user", content="first"),
+        Message(role="assistant", content="reply"),
+        Message(role="user", content="hello  big world"),
+    )
+    pieces = await collect(backend.chat(request, "echo"))
+    assert pieces == [
+        Piece(content="hello"),
+        Piece(content=" big"),
+        Piece(content=" world"),
+        Piece(finish_reason="stop", usage=Usage(7, 3, 10)),
+    ]
+
+
+async def test_max_tokens_cuts_with_finish_length() -> None:
+    pieces = await collect(
+        EchoBackend(BackendConfig()).chat(
+            chat(Message(role="user", content="a b c d"), max_tokens=2), "echo"
+        )
+    )
+    assert [p.content for p in pieces] == ["a", " b", None]
+    assert pieces[-1] == Piece(finish_reason="length", usage=Usage(4, 2, 6))
+
+
+async def test_no_user_message_gives_an_empty_answer() -> None:
+    pieces = await collect(
+        EchoBackend(BackendConfig()).chat(chat(Message(role="system", content="s")), "e")
+    )
+    assert pieces == [Piece(finish_reason="stop", usage=Usage(1, 0, 1))]
+
+
+async def test_complete_echoes_the_prompt() -> None:
+    request = CompletionRequest(model="echo", prompt="one two three", max_tokens=5)
+    pieces = await collect(EchoBackend(BackendConfig()).complete(request, "echo"))
+    assert "".join(p.content or "" for p in pieces) == "one two three"
+    assert pieces[-1].usage == Usage(3, 3, 6)
+
+
+async def test_embeddings_are_deterministic_and_sized() -> None:
+    backend = EchoBackend(BackendConfig())
+    first = await backend.embed(EmbeddingRequest(model="echo", input=["a b", "c"]), "echo")
+    again = await backend.embed(EmbeddingRequest(model="echo", input="a b"), "echo")
+    assert [len(v) for v in first.vectors] == [EMBEDDING_DIMENSIONS] * 2
+    assert first.vectors[0] == again.vectors[0]
+    assert first.vectors[0] != first.vectors[1]
+    assert all(-1.0 <= x <= 1.0 for x in first.vectors[0])
+    assert first.usage == Usage(3, 0, 3)
+
+
+async def test_helpers_count_words_and_text_parts() -> None:
+    assert count_tokens("  a  b\nc ") == 3
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
+    assert message_text(Message(role="user", content=parts)) == "a b"
+    assert message_text(Message(role="assistant", content=None)) == ""
+
+
+async def test_probe_and_aclose() -> None:
+    backend = EchoBackend(BackendConfig())
+    assert await backend.probe() is True
+    await backend.aclose()

@@ -1,0 +1,288 @@
+"""Ollama's native API: `/api/chat` and `/api/generate` NDJSON streams, `/api/embed`.
+
+Native rather than Ollama's OpenAI layer because only the native API takes `keep_alive`,
+`num_ctx` and reports exact prompt and output counts. Sampling fields of the request go into
+`options`; `keep_alive` and `num_ctx` come from `BackendConfig.options`. `url` is e.g.
+`http://host:11434`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import msgspec
+from msgspec import Struct
+
+from schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Message,
+    Usage,
+)
+from worker.backends.base import BackendConfig, BackendError, Embeddings, Piece
+from worker.backends.echo import count_tokens, message_text, prompt_tokens
+from worker.backends.http import (
+    Tally,
+    Upstream,
+    base_url,
+    ended_early,
+    json_decoder,
+    malformed,
+    set_if,
+    stream_error,
+)
+
+
+class _Message(Struct):
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _Line(Struct):
+    """One NDJSON line of /api/chat (`message`) or /api/generate (`response`)."""
+
+    message: _Message | None = None
+    response: str | None = None
+    done: bool = False
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    error: Any = None
+
+
+class _Embedded(Struct):
+    embeddings: list[list[float]]
+    prompt_eval_count: int | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_line_decoder = msgspec.json.Decoder(_Line)
+_embedded_decoder = msgspec.json.Decoder(_Embedded)
+
+
+def _invalid(message: str) -> BackendError:
+    return BackendError(message, status=400, type="invalid_request_error")
+
+
+class _NDJSONStream:
+    """One JSON object a line until `"done": true`, which carries the counts."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.done = False
+        self._tally = tally
+        self._tools = 0
+
+    def feed(self, line: str) -> list[Piece]:
+        if not line.strip():
+            return []
+        item = _line_decoder.decode(line)
+        if item.error is not None:
+            raise stream_error({"error": item.error})
+        pieces = []
+        text = item.message.content if item.message else item.response
+        tools = self._tool_calls(item.message.tool_calls if item.message else None)
+        if text or tools:
+            self._tally.add(text)
+            pieces.append(Piece(content=text or None, tool_calls=tools))
+        if item.done:
+            self.done = True
+            if item.done_reason == "length":
+                finish = "length"
+            elif self._tools:
+                finish = "tool_calls"
+            else:
+                finish = "stop"
+            usage = self._tally.usage(item.prompt_eval_count, item.eval_count)
+            pieces.append(Piece(finish_reason=finish, usage=usage))
+        return pieces
+
+    def eof(self) -> list[Piece]:
+        raise ended_early()
+
+    def _tool_calls(self, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """Ollama sends whole calls with object arguments; OpenAI deltas carry index, id, JSON."""
+        if not calls:
+            return None
+        out = []
+        for call in calls:
+            function = call.get("function") or {}
+            arguments = function.get("arguments", {})
+            if not isinstance(arguments, str):
+                arguments = _encoder.encode(arguments).decode()
+            self._tally.add(arguments)
+            out.append(
+                {
+                    "index": self._tools,
+                    "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {"name": function.get("name", ""), "arguments": arguments},
+                }
+            )
+            self._tools += 1
+        return out
+
+
+def _message(message: Message) -> dict[str, Any]:
+    role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
+    out: dict[str, Any] = {"role": role, "content": message_text(message)}
+    if isinstance(message.content, list):
+        images = [_image(part) for part in message.content if part.get("type") == "image_url"]
+        if images:
+            out["images"] = images
+    if message.tool_calls:
+        out["tool_calls"] = [_tool_call(call) for call in message.tool_calls]
+    return out
+
+
+def _image(part: dict[str, Any]) -> str:
+    """Ollama takes bare base64; only data: URLs carry it."""
+    image = part.get("image_url")
+    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+    head, sep, data = url.partition(",")
+    if not (url.startswith("data:") and sep and head.endswith(";base64")):
+        raise _invalid("the ollama backend accepts images only as base64 data: URLs")
+    return data
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    arguments = function.get("arguments") or "{}"
+    if isinstance(arguments, str):
+        try:
+            arguments = json_decoder.decode(arguments)
+        except msgspec.DecodeError:
+            raise _invalid("tool call arguments must be a JSON object") from None
+    return {"function": {"name": function.get("name", ""), "arguments": arguments}}
+
+
+def _format(response_format: Any) -> Any:
+    """json_object → "json", json_schema → the schema (Ollama's structured outputs)."""
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return "json"
+    if response_format.get("type") == "json_schema":
+        return (response_format.get("json_schema") or {}).get("schema")
+    return None
+
+
+class OllamaBackend:
+    kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
+
+    def __init__(self, config: BackendConfig) -> None:
+        self._base = base_url(config, "http://127.0.0.1:11434")
+        auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._upstream = Upstream(config, auth)
+        self._extra: dict[str, Any] = {}
+        keep_alive = config.options.get("keep_alive")
+        if keep_alive:
+            self._extra["keep_alive"] = _number_or_text(keep_alive)
+        num_ctx = config.options.get("num_ctx")
+        self._num_ctx = int(num_ctx) if num_ctx else None
+
+    def __repr__(self) -> str:
+        return f"OllamaBackend(url={self._base!r})"
+
+    def _options(
+        self, request: ChatCompletionRequest | CompletionRequest, limit: int | None
+    ) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        set_if(options, "temperature", request.temperature)
+        set_if(options, "top_p", request.top_p)
+        set_if(options, "seed", request.seed)
+        set_if(options, "presence_penalty", request.presence_penalty)
+        set_if(options, "frequency_penalty", request.frequency_penalty)
+        set_if(options, "num_predict", limit)
+        stop = request.stop
+        if isinstance(stop, str):
+            options["stop"] = [stop]
+        elif stop:
+            options["stop"] = stop
+        if self._num_ctx:
+            options["num_ctx"] = self._num_ctx
+        return options
+
+    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        def body() -> bytes:
+            payload: dict[str, Any] = {
+                "model": upstream_model,
+                "messages": [_message(m) for m in request.messages],
+                "stream": True,
+                **self._extra,
+            }
+            options = self._options(request, request.token_limit())
+            if options:
+                payload["options"] = options
+            if request.tools:
+                payload["tools"] = request.tools
+            fmt = _format(request.response_format)
+            if fmt is not None:
+                payload["format"] = fmt
+            return _encoder.encode(payload)
+
+        tally = Tally(lambda: prompt_tokens(request.messages))
+        return self._upstream.stream(f"{self._base}/api/chat", body, _NDJSONStream(tally))
+
+    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+
+        def body() -> bytes:
+            if len(prompts) != 1:
+                raise _invalid("the ollama backend takes exactly one prompt per request")
+            payload: dict[str, Any] = {
+                "model": upstream_model,
+                "prompt": prompts[0],
+                "stream": True,
+                **self._extra,
+            }
+            limit = request.max_tokens if isinstance(request.max_tokens, int) else None
+            options = self._options(request, limit)
+            if options:
+                payload["options"] = options
+            set_if(payload, "suffix", request.suffix)
+            return _encoder.encode(payload)
+
+        tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
+        return self._upstream.stream(f"{self._base}/api/generate", body, _NDJSONStream(tally))
+
+    async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
+        inputs = request.input
+        if not (isinstance(inputs, str) or all(isinstance(item, str) for item in inputs)):
+            raise _invalid("the ollama backend embeds text only, not token ids")
+
+        def body() -> bytes:
+            payload: dict[str, Any] = {"model": upstream_model, "input": inputs, **self._extra}
+            set_if(payload, "dimensions", request.dimensions)
+            return _encoder.encode(payload)
+
+        raw = await self._upstream.post(f"{self._base}/api/embed", body)
+        try:
+            reply = _embedded_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise malformed(str(exc)) from None
+        tokens = reply.prompt_eval_count
+        if tokens is None:
+            texts = [inputs] if isinstance(inputs, str) else inputs
+            tokens = sum(count_tokens(str(text)) for text in texts)
+        return Embeddings(vectors=reply.embeddings, usage=Usage(tokens, 0, tokens))
+
+    async def probe(self) -> bool:
+        return await self._upstream.probe(f"{self._base}/api/version")
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+
+def _number_or_text(value: str) -> int | float | str:
+    """`keep_alive` "300" or "-1" must be a JSON number; "5m" stays a duration string."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
