@@ -8,10 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api.admission import Admission
+from api.auth import Authenticator
 from api.errors import install_error_handlers
+from api.model_table import ModelTable
 from api.routes import health, openai
 from api.runtime import Runtime
 from api.serving import Serving
+from api.tenancy import Quota, TenantStore, UsageReader
 from schemas.settings import Settings
 
 
@@ -21,11 +25,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.open(settings)
+        store = TenantStore(runtime.redis)
+        quota = Quota(
+            runtime.redis, lease=settings.reservation_lease, ledger_maxlen=settings.ledger_maxlen
+        )
+        admission = Admission(quota, settings.quota_fail_open)
+        models = ModelTable(settings)
+        models.start()
         app.state.runtime = runtime
-        app.state.serving = Serving(runtime)
+        app.state.store = store
+        app.state.usage = UsageReader(runtime.redis)
+        app.state.models = models
+        app.state.serving = Serving(runtime, Authenticator(settings, store), admission, models)
         try:
             yield
         finally:
+            await models.stop()
+            await admission.drain()
             await runtime.close()
 
     app = FastAPI(title="llmq", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -6,6 +6,7 @@ echo worker run as child processes. Ctrl-C (or SIGTERM) stops every one of them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -128,6 +129,25 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
     return code
 
 
+DEV_TENANT = "dev"
+
+
 def dev_key(env: dict[str, str]) -> str | None:
-    """Create the dev tenant and key when the api checks keys; None when auth is off."""
-    return None
+    """Create the `dev` tenant (no limits) and a fresh key for it; None when auth is off."""
+    if env.get("LLMQ_AUTH_MODE", "keys") != "keys":
+        return None
+
+    async def create() -> str:
+        from api.tenancy import Tenant, TenantStore, connect
+
+        redis = connect(env["LLMQ_REDIS_URL"])
+        try:
+            store = TenantStore(redis)
+            if await store.get(DEV_TENANT) is None:
+                await store.create(Tenant(name=DEV_TENANT))
+            key, _ = await store.create_key(DEV_TENANT, label="llmq dev")
+            return key
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(create())

@@ -6,10 +6,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from redis.asyncio import Redis
 
+from api.tenancy import connect as connect_redis
 from dispatcher import streams
 from dispatcher.connection import connect
 from dispatcher.dispatch import Dispatcher
@@ -28,7 +29,7 @@ class Runtime:
     inbox: ReplyInbox
     dispatcher: Dispatcher
     registry: WorkerRegistry
-    redis: aioredis.Redis
+    redis: Redis
     open_streams: int = 0
     accepting: bool = True
     extras: dict[str, object] = field(default_factory=dict)
@@ -45,12 +46,7 @@ class Runtime:
         registry = WorkerRegistry(js, ttl=settings.heartbeat * 3)
         await registry.start()
         dispatcher = Dispatcher(nc, js, inbox, settings.ping_interval, settings.ack_wait)
-        redis = aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            health_check_interval=10,
-        )
+        redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
         return cls(settings, nc, js, inbox, dispatcher, registry, redis)
 
     async def close(self) -> None:

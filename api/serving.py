@@ -1,21 +1,25 @@
-"""Serving an OpenAI request through the job queue: validate, route, submit, relay.
+"""Serving an OpenAI request through the job queue: authenticate, route, admit, submit,
+relay — and account for it exactly once however it ends.
 
-Transport-free: routes hand in the raw body and headers; this module decides the job and
-turns its events into a JSON response or an SSE stream.
+Transport-free: routes hand in the request; this module decides the job and turns its
+events into a JSON response or an SSE stream.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.admission import Admission, Ticket
+from api.auth import Authenticator
 from api.errors import ApiError, error_bytes, error_response
+from api.model_table import ModelTable
 from api.protocol import decode, read_body
 from api.runtime import Runtime
 from api.sse import DONE, SSEResponse, event
@@ -30,54 +34,114 @@ from schemas.openai import (
     completion_request_decoder,
     embedding_request_decoder,
 )
+from worker.backends.echo import message_text
 
 log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
 AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+Event = bytes | Done | Failed
+
+
+@dataclass
+class RequestRecord:
+    """One request as observers (metrics, the request log) see it when it ends."""
+
+    job_id: str
+    route: str
+    tenant: str = ""
+    model: str = ""
+    stream: bool = False
+    status: int = 200
+    error_code: str | None = None
+    worker: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    latency: float = 0.0
+    ttft: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+Observer = Callable[[RequestRecord], None]
 
 
 class Serving:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        auth: Authenticator,
+        admission: Admission,
+        models: ModelTable,
+        observers: list[Observer] | None = None,
+    ) -> None:
         self.rt = runtime
+        self.auth = auth
+        self.admission = admission
+        self.models = models
+        self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:
-        body = await read_body(request, self.rt.settings.max_body_bytes)
-        req = decode(body, chat_request_decoder)
-        if not req.messages:
+        return await self._handle(request, "chat", chat_request_decoder)
+
+    async def completion(self, request: Request) -> Response:
+        return await self._handle(request, "completion", completion_request_decoder)
+
+    async def embedding(self, request: Request) -> Response:
+        return await self._handle(request, "embedding", embedding_request_decoder)
+
+    async def _handle(self, request: Request, kind: str, decoder: msgspec.json.Decoder) -> Response:  # type: ignore[type-arg]
+        record = RequestRecord(job_id=new_job_id(), route=kind)
+        try:
+            return await self._serve(request, kind, decoder, record)
+        except ApiError as exc:
+            record.status, record.error_code = exc.status, exc.code
+            self._observe(record)
+            exc.headers.setdefault("x-request-id", record.job_id)
+            raise
+
+    async def _serve(
+        self,
+        request: Request,
+        kind: str,
+        decoder: msgspec.json.Decoder,
+        record: RequestRecord,  # type: ignore[type-arg]
+    ) -> Response:
+        settings = self.rt.settings
+        if not self.rt.accepting:
+            raise ApiError(503, "the api is shutting down", "shutting_down")
+        record.tenant = await self.auth.tenant(request)
+        body = await read_body(request, settings.max_body_bytes)
+        req: AnyRequest = decode(body, decoder)
+        if isinstance(req, ChatCompletionRequest) and not req.messages:
             raise ApiError(
                 400,
                 "`messages` must contain at least one message",
                 "invalid_request",
                 param="messages",
             )
-        return await self._serve(request, req, body, "chat", req.stream)
-
-    async def completion(self, request: Request) -> Response:
-        body = await read_body(request, self.rt.settings.max_body_bytes)
-        req = decode(body, completion_request_decoder)
-        return await self._serve(request, req, body, "completion", req.stream)
-
-    async def embedding(self, request: Request) -> Response:
-        body = await read_body(request, self.rt.settings.max_body_bytes)
-        req = decode(body, embedding_request_decoder)
-        return await self._serve(request, req, body, "embedding", False)
-
-    async def _serve(
-        self, request: Request, req: AnyRequest, body: bytes, kind: str, stream: bool
-    ) -> Response:
-        if not self.rt.accepting:
-            raise ApiError(503, "the api is shutting down", "shutting_down")
-        tenant = "default"
-        model = self._route(req.model, kind)
-        job_id = new_job_id()
-        settings = self.rt.settings
+        stream = bool(getattr(req, "stream", False))
+        record.stream = stream
+        model = self.models.resolve(req.model)
+        record.model = model
+        self._route(model, kind)
+        req, changed = self._with_defaults(req, model)
+        if changed:
+            body = _encoder.encode(req)
+        max_tokens = (
+            0
+            if isinstance(req, EmbeddingRequest)
+            else _token_limit(req) or settings.default_max_tokens
+        )
+        prompt_estimate = estimate_prompt_tokens(req)
+        ticket = await self.admission.admit(
+            record.tenant, model, prompt_estimate, max_tokens, record.job_id
+        )
         spec = JobSpec(
-            job_id=job_id,
+            job_id=record.job_id,
             model=model,
-            body=body if model == req.model else _with_model(req, model),
-            tenant=tenant,
+            body=body,
+            tenant=record.tenant,
             deadline_ms=int((time.time() + settings.deadline) * 1000),
             kind=kind,
             traceparent=request.headers.get("traceparent"),
@@ -85,13 +149,15 @@ class Serving:
         try:
             run = await self.rt.dispatcher.submit(spec)
         except DispatchError as exc:
-            raise ApiError(exc.status, exc.message, exc.code) from None
-        headers = {"x-request-id": job_id}
+            ticket.finish(0, 0, failed=True)
+            raise ApiError(exc.status, exc.message, exc.code, headers=ticket.headers) from None
+        job = _Job(self, run, ticket, record, prompt_estimate)
+        headers = {"x-request-id": record.job_id, **ticket.headers}
         if stream:
-            return await self._stream(run, headers)
-        return await self._collect(run, headers)
+            return await job.stream(headers)
+        return await job.collect(headers)
 
-    def _route(self, model: str, kind: str) -> str:
+    def _route(self, model: str, kind: str) -> None:
         registry = self.rt.registry
         if registry.workers_for(model):
             info = registry.model_info(model)
@@ -102,47 +168,122 @@ class Serving:
                     "unsupported_endpoint",
                     param="model",
                 )
-            return model
+            return
         if registry.known(model):
             raise ApiError(
                 503, f"no live worker serves model `{model}`", "no_worker", param="model"
             )
         raise ApiError(404, f"The model `{model}` does not exist", "model_not_found", param="model")
 
-    async def _collect(self, run: JobRun, headers: dict[str, str]) -> Response:
-        async for ev in run.events():
-            if isinstance(ev, Done):
-                if not ev.body:
-                    raise ApiError(502, "the worker sent no response body", "empty_response")
-                return Response(bytes(ev.body), media_type="application/json", headers=headers)
-            if isinstance(ev, Failed):
-                return _failed_response(ev, headers)
-        raise ApiError(502, "the job ended without a result", "empty_response")
+    def _with_defaults(self, req: AnyRequest, model: str) -> tuple[AnyRequest, bool]:
+        changes: dict[str, object] = {}
+        if req.model != model:
+            changes["model"] = model
+        defaults = self.models.defaults_for(model)
+        if defaults is not None and not isinstance(req, EmbeddingRequest):
+            if defaults.temperature is not None and not isinstance(req.temperature, float | int):
+                changes["temperature"] = defaults.temperature
+            if defaults.max_tokens is not None and _token_limit(req) is None:
+                changes["max_tokens"] = defaults.max_tokens
+        if not changes:
+            return req, False
+        return msgspec.structs.replace(req, **changes), True
 
-    async def _stream(self, run: JobRun, headers: dict[str, str]) -> Response:
-        events = run.events()
+    def _observe(self, record: RequestRecord) -> None:
+        record.latency = time.monotonic() - record.started
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.exception("request observer failed")
+
+
+class _Job:
+    """One queued job until it ends: relays its events and settles its accounts once."""
+
+    def __init__(
+        self,
+        serving: Serving,
+        run: JobRun,
+        ticket: Ticket,
+        record: RequestRecord,
+        prompt_estimate: int,
+    ) -> None:
+        self.serving = serving
+        self.run = run
+        self.ticket = ticket
+        self.record = record
+        self.prompt_estimate = prompt_estimate
+        self.relayed = 0
+        self.settled = False
+
+    def settle(self, status: int, done: Done | None = None, code: str | None = None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        record = self.record
+        record.status, record.error_code, record.worker = status, code, self.run.worker
+        if self.run.first_chunk_at is not None:
+            record.ttft = self.run.first_chunk_at - record.started
+        if done is not None:
+            record.prompt_tokens = done.usage.prompt_tokens
+            record.completion_tokens = done.usage.completion_tokens
+        else:
+            record.prompt_tokens = self.prompt_estimate if self.run.worker else 0
+            record.completion_tokens = self.relayed
+        self.ticket.finish(record.prompt_tokens, record.completion_tokens, failed=done is None)
+        self.serving._observe(record)
+
+    async def collect(self, headers: dict[str, str]) -> Response:
+        try:
+            async for ev in self.run.events():
+                if isinstance(ev, Done):
+                    if not ev.body:
+                        self.settle(502, code="empty_response")
+                        raise ApiError(502, "the worker sent no response body", "empty_response")
+                    self.settle(200, ev)
+                    return Response(bytes(ev.body), media_type="application/json", headers=headers)
+                if isinstance(ev, Failed):
+                    self.settle(ev.status, code=ev.error.code)
+                    return _failed_response(ev, headers)
+            self.settle(502, code="empty_response")
+            raise ApiError(502, "the job ended without a result", "empty_response")
+        finally:
+            self.settle(499, code="client_closed")
+
+    async def stream(self, headers: dict[str, str]) -> Response:
+        events = self.run.events()
         try:
             first = await events.__anext__()
         except StopAsyncIteration:
+            self.settle(502, code="empty_response")
             raise ApiError(502, "the job ended without a result", "empty_response") from None
+        except BaseException:
+            self.settle(499, code="client_closed")
+            raise
         if isinstance(first, Failed):
             await events.aclose()
+            self.settle(first.status, code=first.error.code)
             return _failed_response(first, headers)
         return SSEResponse(self._relay(first, events), headers)
 
     async def _relay(
-        self, first: bytes | Done | Failed, events: AsyncGenerator[bytes | Done | Failed, None]
+        self, first: Event, events: AsyncGenerator[Event, None]
     ) -> AsyncIterator[bytes]:
-        self.rt.open_streams += 1
+        rt = self.serving.rt
+        rt.open_streams += 1
         try:
-            ev: Any = first
+            ev: Event = first
             while True:
                 if isinstance(ev, bytes):
+                    self.relayed += 1
                     yield b"data: " + ev + b"\n\n"
                 elif isinstance(ev, Failed):
+                    self.settle(ev.status, code=ev.error.code)
                     yield event(error_bytes(ev.error))
                     break
                 else:
+                    self.settle(200, ev)
                     break
                 try:
                     ev = await events.__anext__()
@@ -150,15 +291,33 @@ class Serving:
                     break
             yield DONE
         finally:
-            self.rt.open_streams -= 1
+            rt.open_streams -= 1
+            self.settle(499, code="client_closed")
             await events.aclose()
+
+
+def estimate_prompt_tokens(req: AnyRequest) -> int:
+    """A cheap upper-bound-ish guess (~4 characters a token) for the reservation; the real
+    count from the worker replaces it when the job ends."""
+    if isinstance(req, ChatCompletionRequest):
+        chars = sum(len(message_text(m)) for m in req.messages)
+    elif isinstance(req, CompletionRequest):
+        chars = len(req.prompt) if isinstance(req.prompt, str) else sum(map(len, req.prompt))
+    else:
+        raw = req.input
+        chars = len(raw) if isinstance(raw, str) else sum(len(str(x)) for x in raw)
+    return max(1, chars // 4)
+
+
+def _token_limit(req: AnyRequest) -> int | None:
+    if isinstance(req, ChatCompletionRequest):
+        return req.token_limit()
+    if isinstance(req, CompletionRequest) and isinstance(req.max_tokens, int):
+        return req.max_tokens
+    return None
 
 
 def _failed_response(frame: Failed, headers: dict[str, str]) -> Response:
     if frame.retry_after is not None:
         headers = {**headers, "retry-after": str(max(1, round(frame.retry_after)))}
     return error_response(frame.status, frame.error, headers)
-
-
-def _with_model(req: AnyRequest, model: str) -> bytes:
-    return _encoder.encode(msgspec.structs.replace(req, model=model))

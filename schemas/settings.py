@@ -43,9 +43,9 @@ class Settings(BaseSettings):
         0.0, description="Seconds to wait for a live worker of a known model before a 503."
     )
     auth_mode: Literal["none", "keys", "header"] = Field(
-        "none",
-        description="`keys`: bearer API keys; `header`: trusted tenant header; `none`: one "
-        "anonymous tenant (development only).",
+        "keys",
+        description="`keys`: bearer API keys; `header`: trusted tenant header; `none`: no "
+        "tenants and no quotas (development only).",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS, comma-separated; empty: off."
@@ -55,6 +55,37 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     shutdown_grace: float = Field(
         30.0, description="Seconds open streams may run after SIGTERM before they are cut."
+    )
+
+    # --- tenants and quotas ------------------------------------------------------------
+    tenant_header: str = Field(
+        "X-Tenant-ID", description="auth_mode=header: the header that names the tenant."
+    )
+    trusted_tenants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="auth_mode=header: tenants the header may name, comma-separated.",
+    )
+    default_tenant: str = Field(
+        "", description="auth_mode=header: tenant used when the header is absent; empty = 401."
+    )
+    key_cache_ttl: float = Field(
+        5.0, description="Seconds a resolved API key is cached; a revoked key works this long."
+    )
+    quota_fail_open: bool = Field(
+        False, description="Serve without quota checks while Redis is down (default: 503)."
+    )
+    default_max_tokens: int = Field(
+        4096, description="Tokens reserved for a request that sets no max_tokens."
+    )
+    models_file: str = Field(
+        "", description="TOML file with aliases and per-model defaults; re-read when it changes."
+    )
+    aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Model aliases `alias=model`, comma-separated."
+    )
+    ledger_maxlen: int = Field(100_000, description="Entries kept in the usage ledger stream.")
+    reservation_lease: float = Field(
+        900.0, description="Seconds after which an unreleased concurrency slot is reclaimed."
     )
 
     # --- the job protocol (api and worker must agree) -----------------------------------
@@ -96,7 +127,7 @@ class Settings(BaseSettings):
         2.0, description="Seconds between backend probes while the circuit is open."
     )
 
-    @field_validator("model", "cors_origins", mode="before")
+    @field_validator("model", "cors_origins", "trusted_tenants", "aliases", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -24,9 +24,12 @@ from worker.main import Worker
 FAST = {"heartbeat": 0.5, "ping_interval": 0.3, "ack_wait": 2.0, "pull_expires": 2.0}
 """Protocol timings shrunk so failure tests finish quickly; api and workers must agree."""
 
+DEFAULTS = {**FAST, "auth_mode": "none"}
+"""Tests that are not about tenants run without them; tenancy tests set auth_mode."""
+
 
 def settings(nats_url: str, redis_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"nats_url": nats_url, "redis_url": redis_url, **FAST}
+    values: dict[str, Any] = {"nats_url": nats_url, "redis_url": redis_url, **DEFAULTS}
     values.update(overrides)
     return Settings(**values)
 
@@ -132,7 +135,7 @@ class Process:
 
 
 def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
-    values = {"nats_url": nats_url, "redis_url": redis_url, **FAST, **extra}
+    values = {"nats_url": nats_url, "redis_url": redis_url, **DEFAULTS, **extra}
     return {f"LLMQ_{k.upper()}": str(v) for k, v in values.items()}
 
 

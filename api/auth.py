@@ -1,0 +1,74 @@
+"""Who is calling: the tenant behind a request, by bearer API key or trusted header.
+
+Keys are looked up by their SHA-256 (the store compares in constant time); a resolved key
+is cached for `key_cache_ttl` seconds, keyed by its hash, so the hot path costs no Redis
+round trip. The plaintext key is never stored, logged or kept in the cache.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+
+from api.errors import ApiError
+from api.tenancy import QuotaBackendDown, TenantStore
+from api.tenancy.store import hash_key
+from schemas.settings import Settings
+
+ANONYMOUS = ""
+"""The tenant of auth_mode=none: no tenancy, no quotas."""
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, store: TenantStore) -> None:
+        self.mode = settings.auth_mode
+        self.header = settings.tenant_header
+        self.trusted = frozenset(settings.trusted_tenants)
+        self.default_tenant = settings.default_tenant
+        self.cache_ttl = settings.key_cache_ttl
+        self.store = store
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def tenant(self, request: Request) -> str:
+        if self.mode == "none":
+            return ANONYMOUS
+        if self.mode == "header":
+            return self._from_header(request)
+        return await self._from_key(request)
+
+    def _from_header(self, request: Request) -> str:
+        name = request.headers.get(self.header) or self.default_tenant
+        if not name:
+            raise ApiError(401, f"missing {self.header} header", "missing_tenant")
+        if name not in self.trusted:
+            raise ApiError(403, f"tenant `{name}` is not allowed", "tenant_not_allowed")
+        return name
+
+    async def _from_key(self, request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send `Authorization: Bearer sk-llmq-...`.",
+                "missing_api_key",
+            )
+        digest = hash_key(key)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            tenant = await self.store.resolve_key(key)
+        except QuotaBackendDown:
+            raise ApiError(503, "the tenant store is unavailable", "tenant_store_down") from None
+        if tenant is None:
+            self._cache.pop(digest, None)
+            raise ApiError(403, "Incorrect API key provided.", "invalid_api_key")
+        if self.cache_ttl > 0:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[digest] = (tenant.name, now + self.cache_ttl)
+        return tenant.name

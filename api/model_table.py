@@ -1,0 +1,98 @@
+"""Aliases and per-model defaults: one public name for another, and the temperature /
+max_tokens a model gets when the request leaves them out.
+
+Read from `LLMQ_MODELS_FILE` (TOML) and `LLMQ_ALIASES`; the file is re-read when it
+changes, so an operator edits it without restarting the api:
+
+    [aliases]
+    gpt-4 = "openai:gpt-4.1-mini"
+    fast = "echo"
+
+    [defaults.echo]
+    temperature = 0.2
+    max_tokens = 256
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tomllib
+
+import msgspec
+
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelDefaults(msgspec.Struct, forbid_unknown_fields=True):
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
+    aliases: dict[str, str] = {}
+    defaults: dict[str, ModelDefaults] = {}
+
+
+class ModelTable:
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.models_file
+        self._env_aliases = dict(
+            (a.strip(), b.strip()) for a, _, b in (s.partition("=") for s in settings.aliases)
+        )
+        self.aliases: dict[str, str] = dict(self._env_aliases)
+        self.defaults: dict[str, ModelDefaults] = {}
+        self._mtime = 0.0
+        self._task: asyncio.Task[None] | None = None
+        if self.path:
+            self.reload()
+
+    def resolve(self, name: str) -> str:
+        """The model an alias points to (one level: aliases do not chain)."""
+        return self.aliases.get(name, name)
+
+    def defaults_for(self, model: str) -> ModelDefaults | None:
+        return self.defaults.get(model)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; a broken file keeps the previous table."""
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError as exc:
+            log.warning("models file %s unreadable: %s", self.path, exc)
+            return False
+        if mtime == self._mtime:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                parsed = msgspec.convert(tomllib.load(f), ModelFile)
+        except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+            log.error("models file %s rejected, keeping the previous table: %s", self.path, exc)
+            self._mtime = mtime
+            return False
+        self._mtime = mtime
+        self.aliases = {**parsed.aliases, **self._env_aliases}
+        self.defaults = parsed.defaults
+        log.info(
+            "models file loaded: %d aliases, %d defaults", len(self.aliases), len(self.defaults)
+        )
+        return True
+
+    def start(self, interval: float = 1.0) -> None:
+        if self.path:
+            self._task = asyncio.create_task(self._watch(interval), name="models-file")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload()
