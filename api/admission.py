@@ -104,7 +104,7 @@ def _refusal(decision: QuotaDecision, model: str) -> ApiError:
     message = _MESSAGES.get(reason, reason).format(limit=decision.limit or "this", model=model)
     status = decision.http_status
     error_type = reason if status == 429 else "permission_error"
+    param = "model" if reason == "model_not_allowed" else None
     return ApiError(
-        status, message, reason, type=error_type, param="model" if reason == "model_not_allowed" else None,
-        headers=decision.headers(),
-    )  # fmt: skip
+        status, message, reason, type=error_type, param=param, headers=decision.headers()
+    )

@@ -90,7 +90,7 @@ class Serving:
     async def embedding(self, request: Request) -> Response:
         return await self._handle(request, "embedding", embedding_request_decoder)
 
-    async def _handle(self, request: Request, kind: str, decoder: msgspec.json.Decoder) -> Response:  # type: ignore[type-arg]
+    async def _handle(self, request: Request, kind: str, decoder: msgspec.json.Decoder) -> Response:
         record = RequestRecord(job_id=new_job_id(), route=kind)
         try:
             return await self._serve(request, kind, decoder, record)
@@ -105,7 +105,7 @@ class Serving:
         request: Request,
         kind: str,
         decoder: msgspec.json.Decoder,
-        record: RequestRecord,  # type: ignore[type-arg]
+        record: RequestRecord,
     ) -> Response:
         settings = self.rt.settings
         if not self.rt.accepting:
