@@ -12,7 +12,7 @@ from api.admission import Admission
 from api.auth import Authenticator
 from api.errors import install_error_handlers
 from api.model_table import ModelTable
-from api.routes import health, openai
+from api.routes import admin, health, openai
 from api.runtime import Runtime
 from api.serving import Serving
 from api.tenancy import Quota, TenantStore, UsageReader
@@ -57,4 +57,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     return app

@@ -7,6 +7,7 @@ round trip. The plaintext key is never stored, logged or kept in the cache.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.requests import Request
@@ -15,6 +16,8 @@ from api.errors import ApiError
 from api.tenancy import QuotaBackendDown, TenantStore
 from api.tenancy.store import hash_key
 from schemas.settings import Settings
+
+_DOWN = "\x00down"
 
 ANONYMOUS = ""
 """The tenant of auth_mode=none: no tenancy, no quotas."""
@@ -29,6 +32,7 @@ class Authenticator:
         self.cache_ttl = settings.key_cache_ttl
         self.store = store
         self._cache: dict[str, tuple[str, float]] = {}
+        self._lookups: dict[str, asyncio.Future[str | None]] = {}
 
     async def tenant(self, request: Request) -> str:
         if self.mode == "none":
@@ -60,15 +64,30 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        try:
-            tenant = await self.store.resolve_key(key)
-        except QuotaBackendDown:
-            raise ApiError(503, "the tenant store is unavailable", "tenant_store_down") from None
+        tenant = await self._resolve_once(digest, key)
         if tenant is None:
             self._cache.pop(digest, None)
             raise ApiError(403, "Incorrect API key provided.", "invalid_api_key")
         if self.cache_ttl > 0:
             if len(self._cache) > 100_000:
                 self._cache.clear()
-            self._cache[digest] = (tenant.name, now + self.cache_ttl)
-        return tenant.name
+            self._cache[digest] = (tenant, now + self.cache_ttl)
+        return tenant
+
+    async def _resolve_once(self, digest: str, key: str) -> str | None:
+        """One Redis lookup per key at a time: a burst of requests with a cold cache shares it."""
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._lookups[digest] = pending
+            try:
+                tenant = await self.store.resolve_key(key)
+                pending.set_result(tenant.name if tenant else None)
+            except QuotaBackendDown:
+                pending.set_result(_DOWN)
+            finally:
+                del self._lookups[digest]
+        result = await asyncio.shield(pending)
+        if result is _DOWN:
+            raise ApiError(503, "the tenant store is unavailable", "tenant_store_down")
+        return result

@@ -297,16 +297,21 @@ class _Job:
 
 
 def estimate_prompt_tokens(req: AnyRequest) -> int:
-    """A cheap upper-bound-ish guess (~4 characters a token) for the reservation; the real
-    count from the worker replaces it when the job ends."""
+    """A deliberately high guess for the reservation: tokenizers give about one token per
+    3-4 UTF-8 bytes of English and one per CJK character (3 bytes), never fewer than one a
+    word, and chat formats add a few per message. The worker's real count replaces it when
+    the job ends; guessing high is what keeps budgets from being overshot under concurrency."""
     if isinstance(req, ChatCompletionRequest):
-        chars = sum(len(message_text(m)) for m in req.messages)
+        texts = [message_text(m) for m in req.messages]
+        overhead = 4 * len(texts)
     elif isinstance(req, CompletionRequest):
-        chars = len(req.prompt) if isinstance(req.prompt, str) else sum(map(len, req.prompt))
+        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        overhead = 0
     else:
         raw = req.input
-        chars = len(raw) if isinstance(raw, str) else sum(len(str(x)) for x in raw)
-    return max(1, chars // 4)
+        texts = [raw] if isinstance(raw, str) else [str(x) for x in raw]
+        overhead = 0
+    return overhead + sum(max(len(t.encode()) // 3, len(t.split())) for t in texts) or 1
 
 
 def _token_limit(req: AnyRequest) -> int | None:

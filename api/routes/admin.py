@@ -1,0 +1,186 @@
+"""The admin API under /admin: tenants, API keys, usage, ledger and the price table.
+
+Guarded by `LLMQ_ADMIN_TOKEN` (bearer, compared in constant time); with no token set the
+whole surface answers 403. The same operations exist in the CLI (`llmq tenants|keys|usage|
+prices`), which talks to Redis directly.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from api.errors import ApiError
+from api.tenancy import Price, QuotaBackendDown, Tenant, TenantExists, TenantStore, UnknownTenant, UsageReader
+
+_encoder = msgspec.json.Encoder()
+
+
+def require_admin(request: Request) -> None:
+    token = request.app.state.settings.admin_token
+    if not token:
+        raise ApiError(403, "the admin API is disabled (set LLMQ_ADMIN_TOKEN)", "admin_disabled")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(401, "admin token required", "invalid_admin_token")
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status_code=status, media_type="application/json")
+
+
+def _store(request: Request) -> TenantStore:
+    store: TenantStore = request.app.state.store
+    return store
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        data = msgspec.json.decode(await request.body() or b"{}")
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "expected a JSON object", "invalid_request")
+    return data
+
+
+async def _guarded(coro: Any) -> Any:
+    """Map the tenancy layer's exceptions onto the one error format."""
+    try:
+        return await coro
+    except QuotaBackendDown:
+        raise ApiError(503, "the tenant store is unavailable", "tenant_store_down") from None
+    except UnknownTenant as exc:
+        raise ApiError(404, f"tenant `{exc}` does not exist", "tenant_not_found") from None
+    except TenantExists as exc:
+        raise ApiError(409, f"tenant `{exc}` already exists", "tenant_exists") from None
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ApiError(400, str(exc), "invalid_request") from None
+
+
+async def _tenant_or_404(store: TenantStore, name: str) -> Tenant:
+    tenant = await _guarded(store.get(name))
+    if tenant is None:
+        raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
+    return tenant
+
+
+# --- tenants -----------------------------------------------------------------------------
+
+
+@router.get("/tenants")
+async def list_tenants(request: Request) -> Response:
+    return _json({"object": "list", "data": await _guarded(_store(request).list_tenants())})
+
+
+@router.post("/tenants")
+async def create_tenant(request: Request) -> Response:
+    data = await _body(request)
+    tenant = await _guarded(_store(request).create(_guarded_convert(data, Tenant)))
+    return _json(tenant, 201)
+
+
+def _guarded_convert(data: dict[str, Any], kind: type[Any]) -> Any:
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, str(exc), "invalid_request") from None
+
+
+@router.get("/tenants/{name}")
+async def show_tenant(name: str, request: Request) -> Response:
+    return _json(await _tenant_or_404(_store(request), name))
+
+
+@router.patch("/tenants/{name}")
+async def update_tenant(name: str, request: Request) -> Response:
+    return _json(await _guarded(_store(request).update(name, await _body(request))))
+
+
+@router.post("/tenants/{name}/suspend")
+async def suspend_tenant(name: str, request: Request) -> Response:
+    return _json(await _guarded(_store(request).suspend(name)))
+
+
+@router.post("/tenants/{name}/resume")
+async def resume_tenant(name: str, request: Request) -> Response:
+    return _json(await _guarded(_store(request).resume(name)))
+
+
+@router.delete("/tenants/{name}")
+async def delete_tenant(name: str, request: Request) -> Response:
+    if not await _guarded(_store(request).delete(name)):
+        raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
+    return _json({"id": name, "object": "tenant", "deleted": True})
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+@router.post("/tenants/{name}/keys")
+async def create_key(name: str, request: Request) -> Response:
+    store = _store(request)
+    await _tenant_or_404(store, name)
+    label = str((await _body(request)).get("label", ""))
+    plaintext, record = await _guarded(store.create_key(name, label))
+    return _json({**msgspec.to_builtins(record), "key": plaintext}, 201)
+
+
+@router.get("/tenants/{name}/keys")
+async def list_keys(name: str, request: Request) -> Response:
+    store = _store(request)
+    await _tenant_or_404(store, name)
+    return _json({"object": "list", "data": await _guarded(store.list_keys(name))})
+
+
+@router.delete("/tenants/{name}/keys/{key_id}")
+async def revoke_key(name: str, key_id: str, request: Request) -> Response:
+    if not await _guarded(_store(request).revoke_key(name, key_id)):
+        raise ApiError(404, f"key `{key_id}` of tenant `{name}` does not exist", "key_not_found")
+    return _json({"id": key_id, "object": "api_key", "deleted": True})
+
+
+# --- usage and ledger --------------------------------------------------------------------
+
+
+@router.get("/tenants/{name}/usage")
+async def usage(name: str, request: Request, days: int = 7) -> Response:
+    await _tenant_or_404(_store(request), name)
+    reader: UsageReader = request.app.state.usage
+    rows = await _guarded(reader.usage(name, days=max(1, min(days, 400))))
+    return _json({"object": "list", "tenant": name, "data": rows})
+
+
+@router.get("/ledger")
+async def ledger(request: Request, tenant: str | None = None, count: int = 100) -> Response:
+    reader: UsageReader = request.app.state.usage
+    entries = await _guarded(reader.ledger(tenant, count=max(1, min(count, 10_000))))
+    return _json({"object": "list", "data": entries})
+
+
+# --- prices ------------------------------------------------------------------------------
+
+
+@router.get("/prices")
+async def list_prices(request: Request) -> Response:
+    return _json({"object": "list", "data": await _guarded(_store(request).list_prices())})
+
+
+@router.put("/prices/{model:path}")
+async def set_price(model: str, request: Request) -> Response:
+    price = _guarded_convert(await _body(request), Price)
+    return _json({"model": model, **msgspec.to_builtins(await _guarded(_store(request).set_price(model, price)))})
+
+
+@router.delete("/prices/{model:path}")
+async def delete_price(model: str, request: Request) -> Response:
+    if not await _guarded(_store(request).delete_price(model)):
+        raise ApiError(404, f"no price for model `{model}`", "price_not_found")
+    return _json({"model": model, "deleted": True})

@@ -1,0 +1,174 @@
+"""`llmq tenants|keys|usage|prices`: the admin operations, straight against Redis.
+
+    llmq tenants create acme --rpm 600 --tpm 200000 --max-concurrent 8 --models echo,gpt-4
+    llmq keys create acme            # prints the key once; Redis keeps only its SHA-256
+    llmq usage acme --days 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from api.tenancy import (
+    Price,
+    QuotaBackendDown,
+    Tenant,
+    TenantExists,
+    TenantStore,
+    UnknownTenant,
+    UsageReader,
+    connect,
+)
+from schemas.settings import Settings
+
+LIMIT_FLAGS = {
+    "rpm": int,
+    "tpm": int,
+    "max_concurrent": int,
+    "daily_tokens": int,
+    "monthly_tokens": int,
+    "spend_budget_usd": float,
+}
+
+Command = Callable[[argparse.Namespace, TenantStore, UsageReader], Awaitable[Any]]
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None
+    }
+    if args.models is not None:
+        changes["models"] = [m for m in args.models.split(",") if m]
+    return changes
+
+
+async def _tenants(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
+    action, name = args.action, args.name
+    if action == "list":
+        return await store.list_tenants()
+    if not name:
+        raise ValueError(f"`llmq tenants {action}` needs a tenant NAME")
+    if action == "create":
+        return await store.create(msgspec.convert({"name": name, **_limits(args)}, Tenant))
+    if action == "update":
+        return await store.update(name, _limits(args))
+    if action == "suspend":
+        return await store.suspend(name)
+    if action == "resume":
+        return await store.resume(name)
+    if action == "delete":
+        if not await store.delete(name):
+            raise UnknownTenant(name)
+        return {"deleted": name}
+    tenant = await store.get(name)
+    if tenant is None:
+        raise UnknownTenant(name)
+    return tenant
+
+
+async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
+    if await store.get(args.tenant) is None:
+        raise UnknownTenant(args.tenant)
+    if args.action == "create":
+        plaintext, record = await store.create_key(args.tenant, args.label)
+        return {**msgspec.to_builtins(record), "key": plaintext}
+    if args.action == "list":
+        return await store.list_keys(args.tenant)
+    if not args.key_id:
+        raise ValueError("`llmq keys revoke TENANT KEY_ID` needs the key id (see `keys list`)")
+    if not await store.revoke_key(args.tenant, args.key_id):
+        raise ValueError(f"no key {args.key_id} for tenant {args.tenant}")
+    return {"revoked": args.key_id}
+
+
+async def _usage(args: argparse.Namespace, store: TenantStore, usage: UsageReader) -> Any:
+    if await store.get(args.tenant) is None:
+        raise UnknownTenant(args.tenant)
+    return await usage.usage(args.tenant, days=args.days)
+
+
+async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
+    if args.action == "list":
+        return await store.list_prices()
+    if not args.model:
+        raise ValueError(f"`llmq prices {args.action}` needs a MODEL")
+    if args.action == "set":
+        price = msgspec.convert({"input_per_1m": args.input, "output_per_1m": args.output}, Price)
+        return {"model": args.model, **msgspec.to_builtins(await store.set_price(args.model, price))}
+    return {"model": args.model, "deleted": await store.delete_price(args.model)}
+
+
+def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        url = args.redis_url or Settings().redis_url
+
+        async def go() -> Any:
+            redis = connect(url)
+            try:
+                return await command(args, TenantStore(redis), UsageReader(redis))
+            finally:
+                await redis.aclose()
+
+        try:
+            _print(asyncio.run(go()))
+        except UnknownTenant as exc:
+            print(f"llmq: tenant {exc} does not exist", file=sys.stderr)
+            return 1
+        except TenantExists as exc:
+            print(f"llmq: tenant {exc} already exists", file=sys.stderr)
+            return 1
+        except QuotaBackendDown as exc:
+            print(f"llmq: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+            return 2
+        except (ValueError, msgspec.ValidationError) as exc:
+            print(f"llmq: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run
+
+
+def register(sub: Any) -> None:
+    def parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--redis-url", default=None, help="Redis URL (env LLMQ_REDIS_URL)")
+        return p
+
+    tenants = parser("tenants", "create, list, show, update, suspend, resume or delete tenants")
+    tenants.add_argument(
+        "action", choices=["create", "list", "show", "update", "suspend", "resume", "delete"]
+    )
+    tenants.add_argument("name", nargs="?")
+    for flag, kind in LIMIT_FLAGS.items():
+        tenants.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
+    tenants.add_argument("--models", default=None, help="allowed models, comma-separated")
+    tenants.set_defaults(handler=_runner(_tenants))
+
+    keys = parser("keys", "create, list or revoke a tenant's API keys")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("tenant")
+    keys.add_argument("key_id", nargs="?")
+    keys.add_argument("--label", default="")
+    keys.set_defaults(handler=_runner(_keys))
+
+    usage = parser("usage", "a tenant's usage per day and model")
+    usage.add_argument("tenant")
+    usage.add_argument("--days", type=int, default=7)
+    usage.set_defaults(handler=_runner(_usage))
+
+    prices = parser("prices", "the model price table (USD per 1M tokens)")
+    prices.add_argument("action", choices=["list", "set", "delete"])
+    prices.add_argument("model", nargs="?")
+    prices.add_argument("--input", type=float, default=0.0, help="USD per 1M input tokens")
+    prices.add_argument("--output", type=float, default=0.0, help="USD per 1M output tokens")
+    prices.set_defaults(handler=_runner(_prices))
