@@ -10,9 +10,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.admission import Admission
 from api.auth import Authenticator
+from api.batch_service import BatchService
 from api.errors import install_error_handlers
 from api.model_table import ModelTable
-from api.routes import admin, health, openai
+from api.observability import Observability
+from api.routes import admin, batches, files, health, jobs, metrics, openai
 from api.runtime import Runtime
 from api.serving import Serving
 from api.tenancy import Quota, TenantStore, UsageReader
@@ -37,9 +39,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.usage = UsageReader(runtime.redis)
         app.state.models = models
         app.state.serving = Serving(runtime, Authenticator(settings, store), admission, models)
+        # metrics + request log observers, `llmq-api` micro service
+        app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
+        # async jobs, files and batches (docs/batch.md)
+        app.state.batches = BatchService(settings, runtime, admission, models)
+        await app.state.batches.start()
         try:
             yield
         finally:
+            await app.state.batches.stop()
+            await app.state.observability.stop()
             await models.stop()
             await admission.drain()
             await runtime.close()
@@ -58,4 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(metrics.router)
+    app.include_router(jobs.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     return app

@@ -25,6 +25,11 @@ API_FLAGS = [
 WORKER_FLAGS = [
     "backend", "model", "capacity", "worker_id", "echo_delay", "drain_timeout", "metrics_port",
     "breaker_threshold", "log_json", "log_level",
+    # worker: backend connection
+    "backend_url", "api_key_env", "api_key_file", "backend_header", "azure_deployment",
+    "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
+    "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
+    "backend_token_timeout", "backend_timeout", "backend_http_client", "breaker_probe_interval",
 ]  # fmt: skip
 
 
@@ -39,7 +44,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
-        elif name == "model":
+        elif name in ("model", "backend_header"):  # repeatable
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         else:
             kind: Any = annotation if annotation in (int, float) else str
@@ -131,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    return []
+    from api import ops_cli, tenants_cli
+
+    return [tenants_cli.register, ops_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,10 +46,12 @@ class Runtime:
         registry = WorkerRegistry(js, ttl=settings.heartbeat * 3)
         await registry.start()
         dispatcher = Dispatcher(nc, js, inbox, settings.ping_interval, settings.ack_wait)
+        await dispatcher.start()
         redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
         return cls(settings, nc, js, inbox, dispatcher, registry, redis)
 
     async def close(self) -> None:
+        await self.dispatcher.stop()
         await self.registry.stop()
         await self.inbox.stop()
         with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 from types import FrameType
 
@@ -36,7 +37,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         http="auto",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),  # int: 0.5 s is not 0
         lifespan="on",
     )
 

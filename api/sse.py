@@ -41,7 +41,15 @@ class SSEResponse(Response):
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.extra_headers.items()]
         writer = asyncio.create_task(self._write(send, raw_headers))
         watcher = asyncio.create_task(self._watch(receive))
-        done, _ = await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Cut from outside (the shutdown grace ran out): stop writing, so the relay's
+            # cleanup cancels the job instead of the stream running on unseen.
+            for task in (writer, watcher):
+                task.cancel()
+            await asyncio.gather(writer, watcher, return_exceptions=True)
+            raise
         for task in (writer, watcher):
             if task not in done:
                 task.cancel()

@@ -7,6 +7,10 @@ requests/s for each, plus the difference.
 
     .venv/bin/python bench/overhead.py                     # echo backend (issue 2 budget)
     .venv/bin/python bench/overhead.py --backend openai    # openai backend -> mock upstream
+
+The openai worker is pointed at the mock with `LLMQ_BACKEND_URL`; other `LLMQ_` variables
+in the environment reach every process (e.g. `LLMQ_BACKEND_HTTP_CLIENT=httpx`). The api runs
+with `LLMQ_AUTH_MODE=none`: this measures the dispatch path, not tenancy.
 """
 
 from __future__ import annotations
@@ -124,7 +128,12 @@ async def main() -> None:
     nats = EmbeddedNats(tmp / "nats")
     redis = EmbeddedRedis(tmp / "redis")
     mock_port, api_port = free_port(), free_port()
-    env = {"LLMQ_NATS_URL": nats.url, "LLMQ_REDIS_URL": redis.url, "LLMQ_LOG_LEVEL": "WARNING"}
+    env = {
+        "LLMQ_NATS_URL": nats.url,
+        "LLMQ_REDIS_URL": redis.url,
+        "LLMQ_LOG_LEVEL": "WARNING",
+        "LLMQ_AUTH_MODE": "none",  # the core path: no tenant lookup, no quota script
+    }
     llmq = [sys.executable, "-m", "api.cli"]
     worker_args = [
         "worker",

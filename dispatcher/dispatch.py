@@ -2,19 +2,23 @@
 
 `JobRun.events()` turns the frames of DESIGN.md into what the api relays: chunk bytes, then
 one `Done` or `Failed`. Every wait has a bound: the job's deadline while it is queued, and
-three ping intervals of silence once a worker has it. A worker that dies before its first
-chunk has not acked the job, so JetStream delivers it again: we wait for that redelivery
-(bounded by ack_wait) instead of failing the client.
+three ping intervals of silence once a worker streams it. Until its first chunk a job is
+not acked, so a worker that dies (silence) or gives it back (a ping marked `Llmq-Requeued`)
+leaves it queued for the next worker, still bounded by the deadline; when JetStream gives up
+on it (its max-deliveries advisory) the client hears at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -26,6 +30,13 @@ from schemas import frames, names
 from schemas.frames import Done, Failed, failure
 
 Event = bytes | Done | Failed
+
+
+class _MaxDeliveries(msgspec.Struct):
+    stream_seq: int
+
+
+_advisory_decoder = msgspec.json.Decoder(_MaxDeliveries)
 
 
 class DispatchError(Exception):
@@ -45,54 +56,56 @@ class JobRun:
         self,
         dispatcher: Dispatcher,
         spec: JobSpec,
-        queue: asyncio.Queue[Msg],
+        queue: asyncio.Queue[Msg | None],
     ) -> None:
         self._dispatcher = dispatcher
         self.spec = spec
         self._queue = queue
+        self.seq = 0
+        """The job's sequence in its stream, as the publish ack gave it."""
         self.finished = False
         self.worker: str | None = None
         self.accepted_at: float | None = None
         self.first_chunk_at: float | None = None
 
     async def events(self) -> AsyncGenerator[Event, None]:
-        d = self._dispatcher
-        silence = d.ping_interval * 3
+        silence = self._dispatcher.ping_interval * 3
         deadline = self.spec.deadline_ms / 1000
         accepted = relayed = False
         expected_seq = 0
-        redelivery_by: float | None = None
         try:
             while True:
-                now = time.time()
-                left = deadline - now
+                left = deadline - time.time()
                 if left <= 0:
                     yield failure(504, "the job's deadline passed", "timeout", "deadline_exceeded")
                     return
-                wait = left
-                if accepted:
-                    wait = min(wait, silence)
-                elif redelivery_by is not None:
-                    wait = min(wait, max(redelivery_by - now, 0.0))
                 try:
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(min(left, silence) if accepted else left):
                         msg = await self._queue.get()
                 except TimeoutError:
-                    if time.time() >= deadline:
+                    if not accepted or time.time() >= deadline:
                         continue
-                    if accepted and not relayed:
-                        # Worker lost before its first chunk: JetStream redelivers the job.
+                    if not relayed:
+                        # The worker died before acking: JetStream hands the job to another.
                         accepted = False
-                        redelivery_by = time.time() + d.ack_wait + silence
                         continue
-                    lost = "the worker stopped responding" if accepted else "the job was lost"
-                    yield failure(502, lost, "upstream_error", "worker_lost")
+                    yield failure(
+                        502, "the worker stopped responding", "upstream_error", "worker_lost"
+                    )
+                    return
+                if msg is None:
+                    yield failure(
+                        502,
+                        "every attempt at the job failed",
+                        "upstream_error",
+                        "attempts_exhausted",
+                    )
                     return
                 headers = msg.headers or {}
                 kind = headers.get(names.H_FRAME)
                 seq = int(headers.get(names.H_SEQ, "-1"))
                 if kind == frames.ACCEPTED:
-                    accepted, expected_seq, redelivery_by = True, seq + 1, None
+                    accepted, expected_seq = True, seq + 1
                     self.worker = headers.get(names.H_WORKER)
                     self.accepted_at = time.monotonic()
                     continue
@@ -106,7 +119,8 @@ class JobRun:
                         self.first_chunk_at = time.monotonic()
                     yield msg.data
                 elif kind == frames.PING:
-                    continue
+                    if names.H_REQUEUED in headers:
+                        accepted = False
                 else:
                     frame = frames.frame_decoder.decode(msg.data)
                     if isinstance(frame, Done | Failed):
@@ -120,6 +134,7 @@ class JobRun:
         """Stop listening; if the job did not end by itself, tell its worker to stop."""
         d = self._dispatcher
         d.inbox.close(self.spec.job_id)
+        d.forget(self)
         if not self.finished:
             self.finished = True
             await d.cancel(self.spec.job_id)
@@ -141,6 +156,27 @@ class Dispatcher:
         self.ping_interval = ping_interval
         self.ack_wait = ack_wait
         self.publish_timeout = publish_timeout
+        self._by_seq: dict[int, JobRun] = {}
+        self._advisories: Subscription | None = None
+
+    async def start(self) -> None:
+        subject = names.max_deliveries_advisory(names.JOBS_STREAM)
+        self._advisories = await self.nc.subscribe(subject, cb=self._on_max_deliveries)
+
+    async def stop(self) -> None:
+        if self._advisories is not None:
+            with contextlib.suppress(Exception):
+                await self._advisories.unsubscribe()
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            advisory = _advisory_decoder.decode(msg.data)
+            run = self._by_seq.get(advisory.stream_seq)
+            if run is not None:
+                run._queue.put_nowait(None)
+
+    def forget(self, run: JobRun) -> None:
+        self._by_seq.pop(run.seq, None)
 
     def max_body(self) -> int:
         """Largest body that fits one NATS message, leaving room for the headers."""
@@ -152,7 +188,7 @@ class Dispatcher:
         reply = self.inbox.subject(spec.job_id)
         queue = self.inbox.open(spec.job_id)
         try:
-            await self.js.publish(
+            ack = await self.js.publish(
                 spec.subject,
                 spec.body,
                 timeout=self.publish_timeout,
@@ -171,7 +207,10 @@ class Dispatcher:
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
             ) from exc
-        return JobRun(self, spec, queue)
+        run = JobRun(self, spec, queue)
+        run.seq = ack.seq
+        self._by_seq[ack.seq] = run
+        return run
 
     async def cancel(self, job_id: str) -> None:
         if self.nc.is_connected:

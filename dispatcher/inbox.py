@@ -23,7 +23,7 @@ class ReplyInbox:
     def __init__(self, nc: Client, instance_id: str) -> None:
         self._nc = nc
         self._prefix = names.inbox_prefix(instance_id) + "."
-        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._queues: dict[str, asyncio.Queue[Msg | None]] = {}
         self._sub: Subscription | None = None
         self._orphans_cancelled: set[str] = set()
 
@@ -40,8 +40,9 @@ class ReplyInbox:
     def subject(self, job_id: str) -> str:
         return self._prefix + job_id
 
-    def open(self, job_id: str) -> asyncio.Queue[Msg]:
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+    def open(self, job_id: str) -> asyncio.Queue[Msg | None]:
+        """Frames of the job; `None` is put by the dispatcher when JetStream gave up on it."""
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         self._queues[job_id] = queue
         return queue
 

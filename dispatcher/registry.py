@@ -89,7 +89,12 @@ class WorkerRegistry:
         return [w for w in self._workers.values() if w.heartbeat_at >= oldest]
 
     def workers_for(self, model: str) -> list[WorkerInfo]:
-        return [w for w in self.live_workers() if model in w.models and not w.draining]
+        """Live workers that take jobs of `model` now: not draining, circuit not open."""
+        return [
+            w
+            for w in self.live_workers()
+            if model in w.models and not w.draining and w.circuit != "open"
+        ]
 
     def live_models(self) -> dict[str, list[WorkerInfo]]:
         served: dict[str, list[WorkerInfo]] = {}

@@ -14,12 +14,14 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from schemas import names
 
@@ -102,3 +104,81 @@ async def _bucket(js: JetStreamContext, name: str, ttl: float, storage: StorageT
         with contextlib.suppress(BadRequestError):
             await js.create_key_value(config)
         return await js.key_value(name)
+
+
+# --- async jobs and batches (docs/batch.md) ----------------------------------------------
+
+
+def outcomes_stream_config(max_age: float) -> StreamConfig:
+    """Reply frames of async/batch jobs and LLMQ_BATCH's max-deliveries advisories, kept on
+    disk until the collector has stored them; `max_age` only bounds what nobody collects."""
+    return StreamConfig(
+        name=names.OUTCOMES_STREAM,
+        subjects=[f"{names.OUTCOME_PREFIX}.>", f"{names.MAX_DELIVERIES_ADVISORY}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=max_age,
+    )
+
+
+def webhooks_stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=names.WEBHOOKS_STREAM,
+        subjects=[f"{names.WEBHOOK_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=3600.0,
+    )
+
+
+async def ensure_batch_streams(js: JetStreamContext, retention: float) -> None:
+    """LLMQ_OUTCOMES and LLMQ_WEBHOOKS with their shared durable pull consumers."""
+    await ensure_stream(js, outcomes_stream_config(retention))
+    await ensure_stream(js, webhooks_stream_config())
+    for stream, name, ack_wait in (
+        (names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0),
+        (names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0),
+    ):
+        config = ConsumerConfig(
+            durable_name=name,
+            name=name,
+            description="llmq api replicas",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_waiting=512,
+            max_ack_pending=20_000,
+        )
+        try:
+            await js.consumer_info(stream, name)
+        except NotFoundError:
+            with contextlib.suppress(BadRequestError):
+                await js.add_consumer(stream, config)
+
+
+async def batch_buckets(js: JetStreamContext, retention: float) -> dict[str, KeyValue]:
+    """The KV buckets of async jobs and batches (file storage), by name."""
+    out = {}
+    for name in (
+        names.RESULTS_BUCKET,
+        names.ASYNC_JOBS_BUCKET,
+        names.BATCHES_BUCKET,
+    ):
+        out[name] = await _bucket(js, name, ttl=retention, storage=StorageType.FILE)
+    out[names.FILE_META_BUCKET] = await _bucket(
+        js, names.FILE_META_BUCKET, ttl=0, storage=StorageType.FILE
+    )
+    return out
+
+
+async def files_store(js: JetStreamContext) -> ObjectStore:
+    try:
+        return await js.object_store(names.FILES_OBJECT_STORE)
+    except Exception:
+        with contextlib.suppress(BadRequestError):
+            await js.create_object_store(
+                names.FILES_OBJECT_STORE,
+                config=ObjectStoreConfig(storage=StorageType.FILE, description="llmq files"),
+            )
+        return await js.object_store(names.FILES_OBJECT_STORE)

@@ -72,6 +72,11 @@ def cancel_subject(job_id: str) -> str:
 CANCEL_WILDCARD = f"{CANCEL_PREFIX}.*"
 
 
+def max_deliveries_advisory(stream: str) -> str:
+    """JetStream's advisory when a job of `stream` used up its deliveries (any consumer)."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*"
+
+
 def consumer_name(stream: str, model: str) -> str:
     """Durable pull consumer shared by every worker of `model` on `stream`."""
     kind = "jobs" if stream == JOBS_STREAM else "batch"
@@ -98,6 +103,64 @@ def model_kv_key(model: str) -> str:
 
 
 MICRO_SERVICE = "llmq-worker"
+"""NATS micro service of every worker process (`nats micro ls|info|stats llmq-worker`)."""
+API_MICRO_SERVICE = "llmq-api"
+"""NATS micro service of every api process: how `llmq status` counts the api replicas."""
+
+# --- async jobs and batches (docs/batch.md) ----------------------------------------------
+
+OUTCOMES_STREAM = "LLMQ_OUTCOMES"
+"""Reply frames of async and batch jobs (file storage, work queue), plus the max-deliveries
+advisories of LLMQ_BATCH: results survive an api restart until the collector stores them."""
+OUTCOME_PREFIX = "llmq.outcome"
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{BATCH_STREAM}"
+"""`.<consumer>`: published by the server when a batch job ran out of deliveries."""
+COLLECTOR_CONSUMER = "collector"
+"""The one durable pull consumer on LLMQ_OUTCOMES, shared by every api replica."""
+WEBHOOKS_STREAM = "LLMQ_WEBHOOKS"
+"""Pending webhook deliveries (file, work queue); `llmq.webhook.<job id>`."""
+WEBHOOK_PREFIX = "llmq.webhook"
+WEBHOOK_CONSUMER = "webhooks"
+
+RESULTS_BUCKET = "LLMQ_RESULTS"
+"""key = `results_key(...)`, value = the first final frame (`done`/`error`) of the job; only
+ever created, never updated, so the first result wins."""
+ASYNC_JOBS_BUCKET = "LLMQ_ASYNC_JOBS"
+"""key = `<tenant token>.<job id>`, value = the async job's record."""
+BATCHES_BUCKET = "LLMQ_BATCHES"
+"""key = `<tenant token>.<batch id>`, value = the batch's record (status, counts, lease)."""
+FILE_META_BUCKET = "LLMQ_FILE_META"
+"""key = `<tenant token>.<file id>`, value = the file's record; the bytes are in LLMQ_FILES."""
+FILES_OBJECT_STORE = "LLMQ_FILES"
+"""Object store; object name = `<tenant token>/<file id>`."""
+
+
+def tenant_token(tenant: str) -> str:
+    """A tenant as one subject token / KV key part: `_` for the anonymous tenant (auth_mode
+    none; real names start with a letter or digit), else escaped like `model_kv_key`."""
+    return model_kv_key(tenant) if tenant else "_"
+
+
+def tenant_from_token(token: str) -> str:
+    return "" if token == "_" else unescape_model(token.replace("=", "%"))
+
+
+def outcome_subject(tenant: str, model: str, job_id: str) -> str:
+    """`Llmq-Reply` of an async or batch job: captured by LLMQ_OUTCOMES."""
+    return f"{OUTCOME_PREFIX}.{tenant_token(tenant)}.{escape_model(model)}.{job_id}"
+
+
+def webhook_subject(job_id: str) -> str:
+    return f"{WEBHOOK_PREFIX}.{job_id}"
+
+
+def job_results_key(job_id: str) -> str:
+    return f"job.{job_id}"
+
+
+def line_results_key(batch_hex: str, line: int) -> str:
+    return f"line.{batch_hex}.{line}"
+
 
 # --- headers -----------------------------------------------------------------------------
 
@@ -110,6 +173,9 @@ H_KIND = "Llmq-Kind"
 H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
+H_REQUEUED = "Llmq-Requeued"
+"""On a `ping` frame: the worker gave the job back (retryable failure before its first
+token); it is queued again for the next worker."""
 H_MSG_ID = "Nats-Msg-Id"
 H_TRACEPARENT = "traceparent"
 

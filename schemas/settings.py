@@ -5,6 +5,7 @@ environment or, for the processes that take it, as a `--field-name` command-line
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from typing import Annotated, Literal
@@ -126,6 +127,127 @@ class Settings(BaseSettings):
     breaker_probe_interval: float = Field(
         2.0, description="Seconds between backend probes while the circuit is open."
     )
+
+    # --- worker: backend connection ----------------------------------------------------
+    backend_url: str = Field(
+        "",
+        repr=False,
+        description="Backend base URL. openai: up to /v1 (default https://api.openai.com/v1; "
+        "Azure: https://NAME.openai.azure.com); ollama: http://host:11434; anthropic: "
+        "https://api.anthropic.com.",
+    )
+    api_key_env: str = Field(
+        "",
+        description="Environment variable holding the backend API key (default by backend: "
+        "OPENAI_API_KEY, AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY, OLLAMA_API_KEY).",
+    )
+    api_key_file: str = Field(
+        "", description="File holding the backend API key (instead of an environment variable)."
+    )
+    backend_header: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Extra header `Name: value` sent to the backend; repeat the flag, or put "
+        "several in LLMQ_BACKEND_HEADER separated by newlines or commas.",
+    )
+    azure_deployment: str = Field(
+        "", description="openai on Azure: deployment name (default: the upstream model name)."
+    )
+    azure_api_version: str = Field(
+        "", description="openai on Azure: api-version; setting it or a deployment means Azure."
+    )
+    ollama_keep_alive: str = Field(
+        "", description="ollama: keep_alive (`5m`, `1h`, `-1` = forever, `0` = unload)."
+    )
+    ollama_num_ctx: int = Field(0, ge=0, description="ollama: context length; 0 = model default.")
+    anthropic_max_tokens: int = Field(
+        4096, ge=1, description="anthropic: max_tokens sent when the request sets none."
+    )
+    stream_usage: bool = Field(
+        True,
+        description="openai: ask the upstream for usage (stream_options); off for servers "
+        "that reject it (usage is then counted).",
+    )
+    backend_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to open a connection to the backend."
+    )
+    backend_first_token_timeout: float = Field(
+        60.0, gt=0, description="Seconds the backend may take to send its first token."
+    )
+    backend_token_timeout: float = Field(
+        30.0, gt=0, description="Seconds the backend may pause between two tokens."
+    )
+    backend_timeout: float = Field(
+        600.0, gt=0, description="Seconds one backend call may take in all."
+    )
+    backend_http_client: Literal["auto", "httpx"] = Field(
+        "auto",
+        description="`auto`: llmq's lean HTTP/1.1 client for plain-http upstreams without a "
+        "proxy, httpx otherwise; `httpx`: httpx always.",
+    )
+
+    # --- observability -----------------------------------------------------------------
+    request_log: bool = Field(
+        True, description="api: log one line per request (logger `llmq.request`)."
+    )
+    metrics_tenant_label: bool = Field(
+        False,
+        description="api /metrics: label request, token and quota metrics with the tenant.",
+    )
+    metrics_max_tenants: int = Field(
+        50,
+        ge=0,
+        description="api /metrics: tenants labelled by name (first seen); the rest are `other`.",
+    )
+    metrics_queue_ttl: float = Field(
+        5.0, ge=0, description="api /metrics: seconds queue depths from JetStream are cached."
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", description="Address the worker's /metrics listens on (see metrics_port)."
+    )
+
+    # --- async jobs and batches ---------------------------------------------------------
+    job_deadline: float = Field(
+        86_400.0, gt=0, description="Seconds an async job (POST /v1/jobs) may queue and run."
+    )
+    job_retention: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="Seconds job and batch records and results are kept after their last change.",
+    )
+    files_max_bytes: int = Field(
+        100_000_000, ge=1, description="Largest file accepted by POST /v1/files."
+    )
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests in one batch file.")
+    batch_max_window: float = Field(
+        86_400.0, gt=0, description="Longest completion_window a batch may ask for (seconds)."
+    )
+    batch_max_inflight: int = Field(
+        1_000, ge=1, description="Lines of one batch queued or running at once."
+    )
+    batch_lease: float = Field(
+        15.0, gt=0, description="Seconds an api replica owns a batch without renewing it."
+    )
+    batch_stall: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds without progress after which a batch's missing results are "
+        "looked for (and re-queued when JetStream has no trace of them).",
+    )
+    webhook_secret: str = Field(
+        "", repr=False, description="HMAC-SHA256 key for webhook signatures; empty = unsigned."
+    )
+    webhook_attempts: int = Field(8, ge=1, description="Deliveries tried per webhook.")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds one webhook POST may take.")
+
+    @field_validator("backend_header", mode="before")
+    @classmethod
+    def _split_headers(cls, value: object) -> object:
+        """Newlines, or commas followed by the next `Name:`, separate headers."""
+        if isinstance(value, str):
+            parts = re.split(r"\n|,(?=\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*:)", value)
+            return [part.strip() for part in parts if part.strip()]
+        return value
 
     @field_validator("model", "cors_origins", "trusted_tenants", "aliases", mode="before")
     @classmethod

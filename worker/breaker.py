@@ -1,6 +1,9 @@
 """A circuit breaker per worker: after `threshold` consecutive backend failures the worker
-stops asking for jobs (so they go to healthy workers), probes its backend, and resumes
-when the backend answers."""
+stops asking for jobs (so they go to healthy workers) and probes its backend every
+`probe_interval`. The first probe that gets an answer makes the circuit half-open: the
+worker fetches again, and its next job decides (a success closes the circuit, a failure
+opens it again). Without traffic, a second good probe closes it, so an idle worker does not
+stay half-open for ever."""
 
 from __future__ import annotations
 
@@ -48,15 +51,21 @@ class CircuitBreaker:
             self._task = asyncio.create_task(self._probe_until_healthy(), name="breaker-probe")
 
     async def _probe_until_healthy(self) -> None:
-        while self.state == OPEN:
+        while self.state != CLOSED:
             await asyncio.sleep(self.probe_interval)
             healthy = False
             with contextlib.suppress(Exception):
                 healthy = await self._probe()
-            if healthy:
+            if not healthy:
+                if self.state == HALF_OPEN:
+                    self._set(OPEN)
+                continue
+            self.failures = 0
+            if self.state == OPEN:
                 log.info("backend answers again; circuit half-open")
-                self.failures = 0
                 self._set(HALF_OPEN)
+            elif self.state == HALF_OPEN:
+                self._set(CLOSED)
 
     def _set(self, state: str) -> None:
         if state != self.state:

@@ -20,10 +20,13 @@ from schemas.settings import Settings
 from worker.announce import Announcer
 from worker.backends import create_backend
 from worker.backends.base import Backend, BackendConfig
-from worker.breaker import CircuitBreaker
+from worker.breaker import OPEN, CircuitBreaker
+from worker.config import ConfigError, backend_config_from, describe
 from worker.feed import PullFeed
+from worker.metrics import JobBook, WorkerMetrics
 from worker.runner import JobOutcome, JobRunner
 from worker.scheduler import Scheduler
+from worker.service import WorkerService
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,7 @@ class Worker:
         self.settings = settings
         self.id = settings.worker_id
         self.models = parse_models(settings.model)
-        self.backend_config = backend_config or BackendConfig(
-            kind=settings.backend, echo_delay=settings.echo_delay
-        )
+        self.backend_config = backend_config or backend_config_from(settings)
         self.backend: Backend = create_backend(self.backend_config)
         self.nc: Client | None = None
         self.scheduler = Scheduler(settings.capacity, self._run_job, settings.ack_wait)
@@ -62,7 +63,14 @@ class Worker:
         self.draining = False
         self.started_at = time.time()
         self.outcomes: dict[str, int] = {}
+        self.jobs = JobBook(self.models)  # running jobs and counters: metrics, micro stats
+        self.metrics = WorkerMetrics(self.jobs, self.info)
+        self.service: WorkerService | None = None
         self._stopped = asyncio.Event()
+        self._feed_specs: list[tuple[str, str, int]] = []
+        self._feeds_stopped = False
+        self._circuit_lock = asyncio.Lock()
+        self._circuit_tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -80,23 +88,35 @@ class Worker:
                 consumer = await streams.ensure_consumer(
                     js, stream, model, s.ack_wait, s.max_deliver
                 )
-                feed = PullFeed(
-                    nc, stream, consumer,
-                    priority=priority,
-                    lingering=priority == INTERACTIVE,
-                    expires=s.pull_expires,
-                    on_job=self.scheduler.on_job,
-                    on_change=self.scheduler.kick,
-                )  # fmt: skip
-                await feed.start()
-                self.scheduler.feeds.append(feed)
+                self._feed_specs.append((stream, consumer, priority))
+        self.scheduler.feeds = await self._open_feeds()
+        await self.metrics.serve(s.metrics_host, s.metrics_port)
         self.announcer = Announcer(js, self.info, s.heartbeat, sorted(self.backend.kinds))
         await self.announcer.start()
+        self.service = await WorkerService.open(nc, self.jobs, self.info, VERSION)
         self.scheduler.start()
         log.info(
-            "worker %s serving %s on %s backend, capacity %d",
-            self.id, ", ".join(self.models), self.backend_config.kind, s.capacity,
+            "worker %s serving %s on %s, capacity %d",
+            self.id, ", ".join(self.models), describe(self.backend_config), s.capacity,
         )  # fmt: skip
+
+    async def _open_feeds(self) -> list[PullFeed]:
+        """New pull feeds on every consumer of this worker (new inboxes: pull requests of
+        stopped feeds are never counted again)."""
+        assert self.nc is not None
+        feeds = []
+        for stream, consumer, priority in self._feed_specs:
+            feed = PullFeed(
+                self.nc, stream, consumer,
+                priority=priority,
+                lingering=priority == INTERACTIVE,
+                expires=self.settings.pull_expires,
+                on_job=self.scheduler.on_job,
+                on_change=self.scheduler.kick,
+            )  # fmt: skip
+            await feed.start()
+            feeds.append(feed)
+        return feeds
 
     async def drain(self) -> None:
         """Stop fetching, let in-flight jobs finish (bounded), leave the registry, disconnect."""
@@ -119,8 +139,13 @@ class Worker:
     async def close(self) -> None:
         await self.scheduler.stop()
         await self.breaker.stop()
+        for task in list(self._circuit_tasks):
+            task.cancel()
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.service is not None:
+            await self.service.close()
+        await self.metrics.stop()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -145,13 +170,15 @@ class Worker:
             pid=os.getpid(),
             started_at=self.started_at,
             version=VERSION,
+            metrics_url=self.metrics.url,
         )
 
     # --- callbacks ---------------------------------------------------------------------
 
     async def _run_job(self, msg: Msg) -> None:
         assert self.runner is not None
-        await self.runner.run(msg)
+        with self.jobs.track(msg):
+            await self.runner.run(msg)
 
     async def _on_cancel(self, msg: Msg) -> None:
         if self.runner is not None:
@@ -159,23 +186,59 @@ class Worker:
 
     def _on_outcome(self, outcome: JobOutcome) -> None:
         self.outcomes[outcome.outcome] = self.outcomes.get(outcome.outcome, 0) + 1
+        self.jobs.record(outcome)
         if outcome.outcome not in ("cancelled", "expired", "dropped"):
             self.breaker.record(outcome.backend_failed)
 
     def _on_circuit(self, state: str) -> None:
-        if state == "open":
-            self.scheduler.pause()
-        elif not self.draining:
-            self.scheduler.resume()
-        if self.announcer is not None:
-            asyncio.get_running_loop().create_task(self.announcer.beat())
+        if state == OPEN:
+            self.scheduler.pause()  # at once; the feeds are stopped next
+        task = asyncio.get_running_loop().create_task(self._apply_circuit())
+        self._circuit_tasks.add(task)
+        task.add_done_callback(self._circuit_tasks.discard)
+
+    async def _apply_circuit(self) -> None:
+        """Open: stop the feeds, which also withdraws their pending pull requests (the server
+        drops requests whose reply subject lost interest), so no job waits on this worker.
+        Half-open or closed: fresh feeds, fetch again. Then tell the registry."""
+        async with self._circuit_lock:
+            state = self.breaker.state
+            if state == OPEN and not self._feeds_stopped:
+                self._feeds_stopped = True
+                self.scheduler.pause()
+                for feed in self.scheduler.feeds:
+                    with contextlib.suppress(Exception):
+                        await feed.stop()
+            elif state != OPEN and self._feeds_stopped and not self.draining:
+                self._feeds_stopped = False
+                try:
+                    self.scheduler.feeds = await self._open_feeds()
+                except Exception as exc:
+                    log.warning("could not restart the pull feeds (%s); retrying in 1 s", exc)
+                    self._feeds_stopped = True
+                    asyncio.get_running_loop().call_later(1.0, self._on_circuit, state)
+                    return
+                self.scheduler.resume()
+            elif state != OPEN and not self.draining:
+                self.scheduler.resume()
+            if self.announcer is not None:
+                with contextlib.suppress(Exception):
+                    await self.announcer.beat()
 
 
 async def run_worker(settings: Settings, backend_config: BackendConfig | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     import signal
 
-    worker = Worker(settings, backend_config)
+    if settings.log_level.upper() != "DEBUG":
+        # httpx logs every upstream call at INFO: one line per job is noise (failures are
+        # logged by the worker itself).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        worker = Worker(settings, backend_config)
+    except ConfigError as exc:
+        log.error("cannot start the worker: %s", exc)
+        raise SystemExit(2) from None
     await worker.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

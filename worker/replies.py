@@ -40,6 +40,10 @@ class FrameSender:
     async def ping(self) -> None:
         await self._send(frames.PING, b"")
 
+    async def requeued(self, attempt: int) -> None:
+        """Tell the api the job was given back to the queue (it keeps waiting for it)."""
+        await self._send(frames.PING, b"", {names.H_REQUEUED: str(attempt)})
+
     async def done(self, frame: Done) -> None:
         await self._send(frames.DONE, frame_encoder.encode(frame))
 

@@ -35,6 +35,7 @@ from worker.backends.base import Backend, BackendError, Piece
 from worker.backends.echo import count_tokens
 from worker.replies import FrameSender
 from worker.responses import ChatBuilder, TextBuilder, embedding_list
+from worker.tracing import TRACEPARENT, valid_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,11 @@ class JobRunner:
         task = asyncio.current_task()
         assert task is not None
         self.tasks[job_id] = task
+        trace = TRACEPARENT.set(valid_traceparent(headers.get(names.H_TRACEPARENT)))
         try:
             await self._attempt(msg, ack, job_id, reply, deadline_ms, kind)
         finally:
+            TRACEPARENT.reset(trace)
             self.tasks.pop(job_id, None)
 
     async def _attempt(
@@ -173,6 +176,7 @@ class JobRunner:
             if exc.retryable and outcome.first_token is None and attempt < self.max_deliver:
                 outcome.outcome = "retried"
                 await ack.nak(delay=min(0.1 * attempt, 1.0))
+                await sender.requeued(attempt)
                 return
             outcome.outcome = "upstream_error"
             failed = failure(exc.status, exc.message, exc.type, exc.code, exc.param)

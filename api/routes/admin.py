@@ -15,7 +15,15 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from api.errors import ApiError
-from api.tenancy import Price, QuotaBackendDown, Tenant, TenantExists, TenantStore, UnknownTenant, UsageReader
+from api.tenancy import (
+    Price,
+    QuotaBackendDown,
+    Tenant,
+    TenantExists,
+    TenantStore,
+    UnknownTenant,
+    UsageReader,
+)
 
 _encoder = msgspec.json.Encoder()
 
@@ -25,7 +33,9 @@ def require_admin(request: Request) -> None:
     if not token:
         raise ApiError(403, "the admin API is disabled (set LLMQ_ADMIN_TOKEN)", "admin_disabled")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
         raise ApiError(401, "admin token required", "invalid_admin_token")
 
 
@@ -176,7 +186,12 @@ async def list_prices(request: Request) -> Response:
 @router.put("/prices/{model:path}")
 async def set_price(model: str, request: Request) -> Response:
     price = _guarded_convert(await _body(request), Price)
-    return _json({"model": model, **msgspec.to_builtins(await _guarded(_store(request).set_price(model, price)))})
+    return _json(
+        {
+            "model": model,
+            **msgspec.to_builtins(await _guarded(_store(request).set_price(model, price))),
+        }
+    )
 
 
 @router.delete("/prices/{model:path}")

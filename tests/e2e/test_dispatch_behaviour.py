@@ -152,3 +152,36 @@ async def test_job_redelivered_when_worker_dies_before_first_token(stack) -> Non
         resp = await pending
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "survives"
+
+
+async def test_job_out_of_attempts_fails_fast_not_at_deadline(stack) -> None:  # type: ignore[no-untyped-def]
+    """Its only delivery died with its worker: JetStream's max-deliveries advisory ends it."""
+    model = _model()
+    api = await stack.api(deadline=60.0)
+    doomed = stack.process("worker", "--model", model, "--echo-delay", "5", max_deliver=1)
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = {"model": model, "messages": [{"role": "user", "content": "lost"}]}
+        pending = asyncio.create_task(client.post(f"{api.url}/v1/chat/completions", json=body))
+        await asyncio.sleep(0.8)
+        doomed.kill()
+        started = time.monotonic()
+        resp = await pending
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "attempts_exhausted"
+    assert time.monotonic() - started < api.settings.ack_wait + 3
+
+
+async def test_all_circuits_open_is_a_fast_503(stack) -> None:  # type: ignore[no-untyped-def]
+    model = _model()
+    api = await stack.api()
+    worker = await stack.worker(model=[model])
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    worker.breaker._open()
+    await wait_for(lambda: not api.runtime.registry.workers_for(model), timeout=3)
+    async with httpx.AsyncClient(timeout=10) as client:
+        started = time.monotonic()
+        body = {"model": model, "messages": [{"role": "user", "content": "x"}]}
+        resp = await client.post(f"{api.url}/v1/chat/completions", json=body)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "no_worker"
+    assert time.monotonic() - started < 1.0

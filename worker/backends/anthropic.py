@@ -334,7 +334,7 @@ class AnthropicBackend:
         auth = {"anthropic-version": API_VERSION}
         if config.api_key:
             auth["x-api-key"] = config.api_key
-        self._upstream = Upstream(config, auth)
+        self._upstream = Upstream(config, auth, self._base)
         self._default_max_tokens = int(
             config.options.get("default_max_tokens") or DEFAULT_MAX_TOKENS
         )

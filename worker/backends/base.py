@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from msgspec import Struct
 
@@ -53,6 +54,27 @@ class BackendConfig:
     echo_delay: float = 0.0
     options: dict[str, str] = field(default_factory=dict)
     """Backend-specific settings (Azure `api_version`, Ollama `keep_alive`, ...)."""
+
+    def __repr__(self) -> str:
+        # No key, no header values, no credentials or query string of the URL.
+        return (
+            f"BackendConfig(kind={self.kind!r}, url={redact_url(self.url)!r}, "
+            f"api_key={'<set>' if self.api_key else '<none>'}, headers={sorted(self.headers)}, "
+            f"timeouts={self.timeouts!r}, options={self.options!r})"
+        )
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password@ and query string (Azure SAS tokens, keys in URLs)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class BackendError(Exception):

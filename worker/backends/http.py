@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -22,6 +22,8 @@ import msgspec
 from schemas.openai import Usage
 from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 from worker.backends.echo import count_tokens
+from worker.backends.fasthttp import FastClient, fast_client
+from worker.tracing import add_traceparent
 
 JSON_HEADERS = {"content-type": "application/json"}
 MAX_MESSAGE = 1000
@@ -122,7 +124,29 @@ def parse_error_body(body: bytes) -> UpstreamError:
         return UpstreamError(_text(body.decode("utf-8", "replace").strip()))
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+class Response(Protocol):
+    """What error mapping reads of a response: httpx's, or FastClient's."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class StreamResponse(Response, Protocol):
+    @property
+    def is_error(self) -> bool: ...
+
+    async def aread(self) -> bytes: ...
+
+    def aiter_lines(self) -> AsyncIterator[str]: ...
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from `Retry-After` (delta-seconds or HTTP-date), else `retry-after-ms`."""
     value = headers.get("retry-after")
     if value:
@@ -144,7 +168,7 @@ def retry_after(headers: httpx.Headers) -> float | None:
     return None
 
 
-def error_from_response(response: httpx.Response) -> BackendError:
+def error_from_response(response: Response) -> BackendError:
     """An upstream HTTP error, mapped to what the caller should see (body must be read)."""
     status = response.status_code
     upstream = parse_error_body(response.content)
@@ -302,16 +326,25 @@ def upstream_errors(clock: Clock) -> Iterator[None]:
 class Upstream:
     """One backend's HTTP side: a pooled client and the three kinds of call backends make."""
 
-    def __init__(self, config: BackendConfig, auth_headers: dict[str, str]) -> None:
+    def __init__(self, config: BackendConfig, auth_headers: dict[str, str], base: str = "") -> None:
         self.timeouts = config.timeouts
         headers = {"user-agent": "llmq-worker", **auth_headers}
         headers.update((name.lower(), value) for name, value in config.headers.items())
-        self.client = httpx.AsyncClient(
+        # Plain-http upstreams without a proxy (local model servers) get the lean client:
+        # httpx costs about a millisecond per call. `http_client=httpx` forces httpx.
+        fast = fast_client(
+            base or config.url,
+            headers,
+            config.timeouts.connect,
+            enabled=config.options.get("http_client", "fast") != "httpx",
+        )
+        self.client: httpx.AsyncClient | FastClient = fast or httpx.AsyncClient(
             headers=headers,
             # Reads and writes are bounded by the Clock's asyncio deadlines; httpx bounds
             # only the connect so that its failure is known to be retry-safe.
             timeout=httpx.Timeout(None, connect=config.timeouts.connect),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            event_hooks={"request": [add_traceparent]},  # the job's traceparent, if any
         )
 
     def __repr__(self) -> str:
@@ -335,29 +368,41 @@ class Upstream:
             content = body()
             async with AsyncExitStack() as stack:
                 async with asyncio.timeout_at(clock.deadline()):
-                    response = await stack.enter_async_context(
-                        self.client.stream(
-                            "POST", url, content=content, params=params, headers=JSON_HEADERS
-                        )
+                    response = cast(
+                        StreamResponse,
+                        await stack.enter_async_context(
+                            self.client.stream(
+                                "POST", url, content=content, params=params, headers=JSON_HEADERS
+                            )
+                        ),
                     )
                     if response.is_error:
                         await response.aread()
                         raise error_from_response(response)
-                lines = cast(AsyncGenerator[str, None], response.aiter_lines())
-                stack.push_async_callback(lines.aclose)
+                batches = _line_batches(response)
+                stack.push_async_callback(batches.aclose)
                 while not parser.done:
+                    # One deadline per read from the socket, not per line: a read brings
+                    # every line that has arrived.
                     async with asyncio.timeout_at(clock.deadline()):
-                        line = await anext(lines, None)
-                    pieces = parser.eof() if line is None else parser.feed(line)
-                    if parser.done and line is not None:
-                        await _drain(lines, clock)
-                    for piece in pieces:
-                        clock.started = True
-                        yield piece
-                    if pieces:
-                        clock.tick()
-                    if line is None:
+                        batch = await anext(batches, None)
+                    if batch is None:
+                        pieces = parser.eof()
+                        for piece in pieces:
+                            clock.started = True
+                            yield piece
                         break
+                    for line in batch:
+                        pieces = parser.feed(line)
+                        if parser.done:
+                            await _drain(batches, clock)
+                        for piece in pieces:
+                            clock.started = True
+                            yield piece
+                        if pieces:
+                            clock.tick()
+                        if parser.done:
+                            break
 
     async def post(
         self, url: str, body: Callable[[], bytes], params: dict[str, str] | None = None
@@ -387,7 +432,18 @@ class Upstream:
         await self.client.aclose()
 
 
-async def _drain(lines: AsyncGenerator[str, None], clock: Clock) -> None:
+async def _line_batches(response: StreamResponse) -> AsyncGenerator[list[str], None]:
+    """The body's lines, as many at a time as have arrived (FastClient), else one by one."""
+    batched = getattr(response, "aiter_line_batches", None)
+    if batched is not None:
+        async for batch in batched():
+            yield batch
+        return
+    async for line in response.aiter_lines():
+        yield [line]
+
+
+async def _drain(lines: AsyncGenerator[list[str], None], clock: Clock) -> None:
     """Read the rest of a complete answer (normally just the chunked-body terminator) so that
     the connection goes back to the pool instead of being closed."""
     loop = asyncio.get_running_loop()

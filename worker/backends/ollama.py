@@ -175,7 +175,7 @@ class OllamaBackend:
     def __init__(self, config: BackendConfig) -> None:
         self._base = base_url(config, "http://127.0.0.1:11434")
         auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._upstream = Upstream(config, auth)
+        self._upstream = Upstream(config, auth, self._base)
         self._extra: dict[str, Any] = {}
         keep_alive = config.options.get("keep_alive")
         if keep_alive:

@@ -151,7 +151,7 @@ class OpenAIBackend:
                 if self._azure
                 else {"authorization": f"Bearer {config.api_key}"}
             )
-        self._upstream = Upstream(config, auth)
+        self._upstream = Upstream(config, auth, self._base)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(url={self._base!r}, azure={self._azure})"

@@ -53,8 +53,10 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield server
 
 
-@pytest.fixture
-async def make(upstream: FakeUpstream) -> AsyncIterator[Make]:
+@pytest.fixture(params=["fast", "httpx"])
+async def make(upstream: FakeUpstream, request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    """Every test runs with both HTTP clients of `Upstream`: the lean one used for plain-http
+    upstreams (worker/backends/fasthttp.py) and httpx (https, proxies)."""
     made: list[OpenAIBackend] = []
 
     def factory(timeouts: Timeouts = FAST, url: str | None = None, **options: str) -> OpenAIBackend:
@@ -64,10 +66,13 @@ async def make(upstream: FakeUpstream) -> AsyncIterator[Make]:
             api_key=SECRET,
             headers={"x-org": "llmq-test"},
             timeouts=timeouts,
-            options=options,
+            options={"http_client": request.param, **options},
         )
         backend = create_backend(config)
         assert isinstance(backend, OpenAIBackend)
+        assert (type(backend._upstream.client).__name__ == "FastClient") == (
+            request.param == "fast" and (url is None or url.startswith("http:"))
+        )
         made.append(backend)
         return backend
 

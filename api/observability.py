@@ -1,0 +1,131 @@
+"""What an api process shows operators: Prometheus metrics and the request log (both serving
+observers), and its presence as the NATS micro service `llmq-api`, one instance per replica
+(`nats micro ls`, `llmq status`). Started and stopped by the app's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+
+from nats.aio.msg import Msg
+from nats.micro.service import (
+    EndpointInfo,
+    EndpointStats,
+    Service,
+    ServiceConfig,
+    ServiceInfo,
+    ServiceStats,
+)
+
+from api.metrics import ApiMetrics
+from api.request_log import RequestLog
+from api.runtime import Runtime
+from api.serving import Serving
+from schemas import names
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = "llmq api: OpenAI-compatible HTTP in front of the job queue"
+
+
+class ApiService(Service):
+    """`llmq-api` with live metadata; its one endpoint reports the HTTP requests served."""
+
+    def __init__(self, runtime: Runtime, metrics: ApiMetrics, version: str) -> None:
+        super().__init__(
+            runtime.nc,
+            ServiceConfig(name=names.API_MICRO_SERVICE, version=version, description=DESCRIPTION),
+        )
+        self._rt = runtime
+        self._m = metrics
+        self._host = socket.gethostname()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        s = self._rt.settings
+        self._metadata = {
+            "instance_id": s.instance_id,
+            "host": self._host,
+            "listen": f"{s.host}:{s.port}",
+            "port": str(s.port),
+            "pid": str(os.getpid()),
+            "open_streams": str(self._rt.open_streams),
+            "accepting": "true" if self._rt.accepting else "false",
+        }
+
+    def _subject(self) -> str:
+        return names.inbox_prefix(self._rt.settings.instance_id) + ".>"
+
+    async def _handle_ping_request(self, msg: Msg) -> None:
+        self._refresh()
+        await super()._handle_ping_request(msg)
+
+    def info(self) -> ServiceInfo:
+        self._refresh()
+        return ServiceInfo(
+            id=self._id,
+            name=self._name,
+            version=self._version,
+            description=DESCRIPTION,
+            metadata=self._metadata,
+            endpoints=[
+                EndpointInfo(
+                    name="requests",
+                    subject=self._subject(),
+                    queue_group="",
+                    metadata={"about": "HTTP requests; job replies arrive on this subject"},
+                )
+            ],
+        )
+
+    def stats(self) -> ServiceStats:
+        self._refresh()
+        m = self._m
+        return ServiceStats(
+            id=self._id,
+            name=self._name,
+            version=self._version,
+            started=self._started,
+            metadata=self._metadata,
+            endpoints=[
+                EndpointStats(
+                    name="requests",
+                    subject=self._subject(),
+                    queue_group="",
+                    num_requests=m.count,
+                    num_errors=m.errors,
+                    last_error=m.last_error,
+                    processing_time=m.busy_ns,
+                    average_processing_time=m.busy_ns // m.count if m.count else 0,
+                    data={"open_streams": self._rt.open_streams},
+                )
+            ],
+        )
+
+
+class Observability:
+    def __init__(self, metrics: ApiMetrics, service: ApiService | None) -> None:
+        self.metrics = metrics
+        self.service = service
+
+    @classmethod
+    async def start(cls, runtime: Runtime, serving: Serving, version: str) -> Observability:
+        settings = runtime.settings
+        metrics = ApiMetrics(runtime, version)
+        serving.observers.append(metrics.observe)
+        if settings.request_log:
+            serving.observers.append(RequestLog(settings.log_json).observe)
+        service = ApiService(runtime, metrics, version)
+        try:
+            await service.start()
+        except Exception as exc:
+            log.warning("could not register the %s micro service: %s", names.API_MICRO_SERVICE, exc)
+            return cls(metrics, None)
+        return cls(metrics, service)
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            with contextlib.suppress(Exception):
+                await self.service.stop()

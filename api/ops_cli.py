@@ -1,0 +1,334 @@
+"""`llmq status | top | workers | jobs`: what the cluster is doing, read from NATS directly.
+
+No api is needed: the commands read the worker registry and model catalog (KV), the
+per-model consumers (queue depth, unacked jobs), and ask the `llmq-worker` and `llmq-api`
+micro services for their counters and running jobs. Every command takes `--nats-url`
+(default: LLMQ_NATS_URL) and `--json`; tables fit an 80-column terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+
+from dispatcher import inspect
+from dispatcher.inspect import JobView, Snapshot, WorkerView
+
+WIDTH = 80
+CONNECT_TIMEOUT = 2.0
+CLEAR = "\x1b[H\x1b[2J"
+
+# --- tables ----------------------------------------------------------------------------------
+
+Column = tuple[str, int, str]
+"""(header, width, align `<` or `>`)."""
+
+
+def _cell(value: object, width: int, align: str) -> str:
+    text = str(value)
+    if len(text) > width:
+        text = text[: width - 1] + "~"
+    return f"{text:{align}{width}}"
+
+
+def table(columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = [" ".join(_cell(h, w, a) for h, w, a in columns).rstrip()]
+    for row in rows:
+        lines.append(
+            " ".join(_cell(v, w, a) for v, (_, w, a) in zip(row, columns, strict=True)).rstrip()
+        )
+    return lines
+
+
+def ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+MODEL_COLUMNS: list[Column] = [
+    ("MODEL", 28, "<"), ("WORKERS", 7, ">"), ("IN-FLIGHT", 9, ">"), ("CAPACITY", 8, ">"),
+    ("QUEUED", 7, ">"), ("UNACKED", 7, ">"), ("PULLS", 6, ">"),
+]  # fmt: skip
+WORKER_COLUMNS: list[Column] = [
+    ("WORKER", 20, "<"), ("BACKEND", 7, "<"), ("MODELS", 14, "<"), ("SLOTS", 5, ">"),
+    ("STATE", 12, "<"), ("JOBS", 6, ">"), ("ERRS", 5, ">"), ("SEEN", 4, ">"),
+]  # fmt: skip
+API_COLUMNS: list[Column] = [
+    ("API", 12, "<"), ("HOST", 28, "<"), ("PORT", 6, ">"), ("STREAMS", 8, ">"),
+    ("STATE", 10, "<"),
+]  # fmt: skip
+JOB_COLUMNS: list[Column] = [
+    ("JOB", 12, "<"), ("MODEL", 15, "<"), ("STATE", 9, "<"), ("TENANT", 12, "<"),
+    ("AGE", 6, ">"), ("DEADLINE", 8, ">"), ("WORKER", 12, "<"),
+]  # fmt: skip
+
+
+def worker_rows(workers: Sequence[WorkerView]) -> list[list[object]]:
+    return [
+        [
+            w.info.id,
+            w.info.backend,
+            ",".join(w.info.models),
+            f"{w.info.in_flight}/{w.info.capacity}",
+            w.state,
+            _count(w.jobs),
+            _count(w.errors),
+            ago(w.seen_ago),
+        ]
+        for w in workers
+    ]
+
+
+def render_status(snap: Snapshot, url: str) -> list[str]:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snap.taken_at))
+    draining = sum(1 for w in snap.workers if w.info.draining)
+    queued = sum(m.queued for m in snap.models)
+    in_flight = sum(w.info.in_flight for w in snap.workers)
+    capacity = sum(w.info.capacity for w in snap.workers if not w.info.draining)
+    lines = [
+        f"llmq at {url}  {when}",
+        f"apis {len(snap.apis)}  workers {len(snap.workers)}"
+        + (f" ({draining} draining)" if draining else "")
+        + f"  models {len(snap.models)}  queued {queued}  in flight {in_flight}/{capacity}",
+        "",
+    ]
+    model_rows = [
+        [m.name, m.workers, m.in_flight, m.capacity, m.queued, m.unacked, m.waiting]
+        for m in snap.models
+    ]
+    lines += table(MODEL_COLUMNS, model_rows) if model_rows else ["no models yet"]
+    lines.append("")
+    lines += table(WORKER_COLUMNS, worker_rows(snap.workers)) if snap.workers else ["no workers"]
+    lines.append("")
+    api_rows = [
+        [
+            a.instance or a.id,
+            a.host,
+            a.port,
+            a.open_streams,
+            "accepting" if a.accepting else "draining",
+        ]
+        for a in snap.apis
+    ]
+    lines += table(API_COLUMNS, api_rows) if api_rows else ["no api replicas answered"]
+    lines += [f"! {error}" for error in snap.errors]
+    return lines
+
+
+def render_jobs(jobs: Sequence[JobView], wide: bool) -> list[str]:
+    if not jobs:
+        return ["no jobs running or queued"]
+    columns = list(JOB_COLUMNS)
+    if wide:
+        columns[0] = ("JOB", 32, "<")
+    id_width = columns[0][1]
+    rows = [
+        [
+            j.job_id[:id_width],
+            j.model,
+            j.state,
+            j.tenant,
+            ago(j.age),
+            "-" if j.deadline_in is None else ago(max(0.0, j.deadline_in)),
+            j.worker or "-",
+        ]
+        for j in jobs
+    ]
+    return table(columns, rows)
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def status_json(snap: Snapshot, url: str) -> dict[str, Any]:
+    return {
+        "nats_url": url,
+        "taken_at": snap.taken_at,
+        "apis": msgspec.to_builtins(snap.apis),
+        "workers": [worker_json(w) for w in snap.workers],
+        "models": msgspec.to_builtins(snap.models),
+        "queues": msgspec.to_builtins(snap.queues),
+        "errors": snap.errors,
+    }
+
+
+def worker_json(w: WorkerView) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.structs.asdict(w.info)
+    out.update(
+        state=w.state,
+        jobs=w.jobs,
+        errors=w.errors,
+        in_flight_by_model=w.in_flight_by_model,
+        seen_ago=round(w.seen_ago, 3),
+    )
+    return out
+
+
+def _dump(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def _connect(url: str) -> Client:
+    import nats
+
+    async def quiet(_exc: Exception) -> None:
+        pass
+
+    # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for one
+    # retry per server and bound the whole attempt.
+    async with asyncio.timeout(CONNECT_TIMEOUT * 3):
+        return await nats.connect(
+            servers=[u.strip() for u in url.split(",") if u.strip()],
+            name="llmq-cli",
+            connect_timeout=CONNECT_TIMEOUT,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            error_cb=quiet,
+        )
+
+
+def _url(args: argparse.Namespace) -> str:
+    if args.nats_url:
+        return str(args.nats_url)
+    from schemas.settings import Settings
+
+    return Settings().nats_url
+
+
+def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]) -> int:
+    url = _url(args)
+
+    async def main() -> int:
+        try:
+            nc = await _connect(url)
+        except Exception as exc:
+            print(f"llmq: cannot reach NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            return 1
+        try:
+            return await body(nc, url)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print(lines: list[str]) -> None:
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def body(nc: Client, url: str) -> int:
+        snap = await inspect.snapshot(nc, nc.jetstream(), args.timeout)
+        _print([_dump(status_json(snap, url))] if args.json else render_status(snap, url))
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    async def body(nc: Client, url: str) -> int:
+        js = nc.jetstream()
+        tty = sys.stdout.isatty() and not args.json
+        n = 0
+        while True:
+            started = time.monotonic()
+            snap = await inspect.snapshot(nc, js, args.timeout)
+            if args.json:
+                _print([_dump(status_json(snap, url))])
+            else:
+                width = shutil.get_terminal_size((WIDTH, 24)).columns
+                head = f"llmq top  every {args.interval:g}s  Ctrl-C quits"
+                lines = [head, *render_status(snap, url)]
+                lines = [line[:width] for line in lines]
+                sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
+                _print(lines)
+            n += 1
+            if args.iterations and n >= args.iterations:
+                return 0
+            await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+
+    return _run(args, body)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    async def body(nc: Client, url: str) -> int:
+        snap = await inspect.snapshot(nc, nc.jetstream(), args.timeout)
+        if args.json:
+            _print([_dump([worker_json(w) for w in snap.workers])])
+        elif snap.workers:
+            _print(table(WORKER_COLUMNS, worker_rows(snap.workers)))
+        else:
+            _print(["no workers"])
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    async def body(nc: Client, url: str) -> int:
+        jobs = await inspect.list_jobs(nc, nc.jetstream(), args.limit, args.model, args.timeout)
+        if args.json:
+            _print([_dump(msgspec.to_builtins(jobs))])
+        else:
+            _print(render_jobs(jobs, args.wide))
+        return 0
+
+    return _run(args, body)
+
+
+def register(sub: Any) -> None:
+    def parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--nats-url", default=None, help="NATS server(s) (env LLMQ_NATS_URL)")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=0.5,
+            help="seconds to wait for the workers' and apis' micro service replies",
+        )
+        return p
+
+    status = parser("status", "workers, models, queue depth, in-flight and capacity, apis")
+    status.set_defaults(handler=cmd_status)
+
+    top = parser("top", "`llmq status`, refreshed live")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes")
+    top.set_defaults(handler=cmd_top)
+
+    workers = parser("workers", "live workers: backend, models, slots, circuit, jobs, errors")
+    workers.set_defaults(handler=cmd_workers)
+
+    jobs = parser("jobs", "running jobs (from the workers), then queued ones (from JetStream)")
+    jobs.add_argument("--model", default=None, help="only this model")
+    jobs.add_argument("--limit", type=int, default=50, help="most queued jobs listed")
+    jobs.add_argument("--wide", action="store_true", help="full job ids")
+    jobs.set_defaults(handler=cmd_jobs)

@@ -1,0 +1,39 @@
+"""Async jobs: `POST /v1/jobs`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `DELETE /v1/jobs/{id}`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from api.batch_service import BatchService
+from api.protocol import read_body
+from api.routes.batches import json_response, service, tenant_of
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/jobs")
+async def create_job(request: Request) -> Response:
+    svc: BatchService = service(request)
+    tenant = await tenant_of(request)
+    body = await read_body(request, svc.settings.max_body_bytes)
+    view = await svc.create_job(tenant, body, request.headers.get("traceparent"))
+    return json_response(view, status=202, headers={"x-request-id": view["id"]})
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, limit: int = 20, after: str | None = None) -> Response:
+    tenant = await tenant_of(request)
+    return json_response(await service(request).list_jobs(tenant, limit, after))
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> Response:
+    tenant = await tenant_of(request)
+    return json_response(await service(request).get_job(tenant, job_id))
+
+
+@router.delete("/jobs/{job_id}")
+async def cancel_job(request: Request, job_id: str) -> Response:
+    tenant = await tenant_of(request)
+    return json_response(await service(request).cancel_job(tenant, job_id))

@@ -1,0 +1,306 @@
+"""Async jobs (`/v1/jobs`): one request queued on LLMQ_BATCH, its record in LLMQ_ASYNC_JOBS.
+
+Submit publishes the job (reply subject = its outcome subject, deadline = now +
+`job_deadline`) and then creates its record `queued`. The collector marks it `in_progress`
+on the worker's `accepted` frame and settles it from the stored result; a sweeper in every
+api replica expires jobs past their deadline and fails jobs whose result was lost
+(`reconcile`). Cancel writes a `job_cancelled` result (first result wins) and tells the
+worker to stop. Every transition is a compare-and-set on the record, and a settled record
+never changes again, so the replicas may all do all of this at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from dispatcher.batch import kv as kvs
+from dispatcher.batch.ports import Accounting, Prepared
+from dispatcher.batch.reconcile import quiet
+from dispatcher.batch.records import (
+    FINAL_JOB,
+    JobRecord,
+    Result,
+    encoder,
+    job_decoder,
+    job_view,
+    result_decoder,
+    settle_job,
+    unrun,
+)
+from dispatcher.batch.webhooks import Webhooks
+from dispatcher.dispatch import DispatchError
+from dispatcher.jobs import JobSpec
+from schemas import names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Open:
+    tenant: str
+    model: str
+    expires_at: float
+    since: float
+
+
+class AsyncJobs:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        jobs: KeyValue,
+        results: KeyValue,
+        accounting: Accounting,
+        *,
+        stall: float,
+        publish_timeout: float = 2.0,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.jobs = jobs
+        self.results = results
+        self.accounting = accounting
+        self.stall = stall
+        self.publish_timeout = publish_timeout
+        self.webhooks: Webhooks | None = None
+        self._open: dict[str, _Open] = {}
+        self._follower = kvs.Follower(
+            jobs, "*.*", self._on_record, resync=max(stall, 5.0), name="async-jobs"
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def key(tenant: str, job_id: str) -> str:
+        return f"{names.tenant_token(tenant)}.{job_id}"
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        job_id: str,
+        tenant: str,
+        prepared: Prepared,
+        *,
+        deadline: float,
+        metadata: dict[str, str] | None = None,
+        webhook_url: str | None = None,
+        traceparent: str | None = None,
+    ) -> JobRecord:
+        """Queue the job, then record it. Raises DispatchError when it cannot be queued."""
+        now = time.time()
+        spec = JobSpec(
+            job_id=job_id,
+            model=prepared.model,
+            body=prepared.body,
+            tenant=tenant,
+            deadline_ms=int((now + deadline) * 1000),
+            kind=prepared.kind,
+            batch=True,
+            traceparent=traceparent,
+        )
+        if len(spec.body) > int(self.nc.max_payload) - 1024:
+            raise DispatchError(413, "request too large for the job queue", "request_too_large")
+        reply = names.outcome_subject(tenant, prepared.model, job_id)
+        try:
+            await self.js.publish(
+                spec.subject, spec.body, timeout=self.publish_timeout, headers=spec.headers(reply)
+            )
+        except Exception as exc:
+            raise DispatchError(
+                503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
+            ) from exc
+        record = JobRecord(
+            id=job_id,
+            tenant=tenant,
+            model=prepared.model,
+            kind=prepared.kind,
+            created_at=now,
+            expires_at=now + deadline,
+            metadata=metadata or None,
+            webhook_url=webhook_url or None,
+            webhook="pending" if webhook_url else None,
+        )
+        key = self.key(tenant, job_id)
+        await kvs.retry(
+            lambda: kvs.create_once(self.jobs, key, encoder.encode(record)),
+            f"record job {job_id}",
+            until=lambda: time.time() > now + 10,
+        )
+        # The result may have been stored before the record existed: settle now if so.
+        await self.settle(tenant, job_id)
+        found = await kvs.read(self.jobs, key, job_decoder)
+        return found[0] if found else record
+
+    async def get(self, tenant: str, job_id: str) -> tuple[JobRecord, Result | None] | None:
+        found = await kvs.read(self.jobs, self.key(tenant, job_id), job_decoder)
+        if found is None:
+            return None
+        record = found[0]
+        result = None
+        if record.status in FINAL_JOB:
+            raw = await kvs.read_raw(self.results, names.job_results_key(job_id))
+            result = result_decoder.decode(raw) if raw else None
+        return record, result
+
+    async def list(self, tenant: str) -> list[str]:
+        """The tenant's job ids, newest first (ids are time-ordered)."""
+        keys = await kvs.scan(self.jobs, f"{names.tenant_token(tenant)}.*", meta_only=True)
+        return sorted((k.split(".", 1)[1] for k in keys), reverse=True)
+
+    async def cancel(self, tenant: str, job_id: str) -> JobRecord | None:
+        found = await kvs.read(self.jobs, self.key(tenant, job_id), job_decoder)
+        if found is None:
+            return None
+        record = found[0]
+        if record.status not in FINAL_JOB:
+            await self._end(record, "job_cancelled", "the job was cancelled")
+            with contextlib.suppress(Exception):
+                await self.nc.publish(names.cancel_subject(job_id))
+            found = await kvs.read(self.jobs, self.key(tenant, job_id), job_decoder)
+        return found[0] if found else record
+
+    # --- collector hooks -----------------------------------------------------------------
+
+    async def on_accepted(self, tenant: str, job_id: str) -> None:
+        def start(record: JobRecord) -> JobRecord | None:
+            if record.status != "queued":
+                return None
+            record.status, record.started_at = "in_progress", time.time()
+            return record
+
+        await kvs.mutate(self.jobs, self.key(tenant, job_id), job_decoder, start)
+
+    async def settle(self, tenant: str, job_id: str) -> None:
+        """Bring the record in line with the stored result (no result yet: nothing)."""
+        raw = await kvs.read_raw(self.results, names.job_results_key(job_id))
+        if raw is None:
+            return
+        result = result_decoder.decode(raw)
+        now = time.time()
+        out = await kvs.mutate(
+            self.jobs,
+            self.key(tenant, job_id),
+            job_decoder,
+            lambda r: None if r.status in FINAL_JOB else settle_job(r, result, now),
+        )
+        if out is None:
+            return
+        record = out[0]
+        self._open.pop(self.key(tenant, job_id), None)
+        if record.webhook == "pending" and self.webhooks is not None:
+            await self.webhooks.enqueue(tenant, job_id)
+
+    # --- webhooks ------------------------------------------------------------------------
+
+    async def render(self, tenant: str, job_id: str) -> tuple[str, bytes] | None:
+        found = await self.get(tenant, job_id)
+        if found is None or not found[0].webhook_url or found[0].status not in FINAL_JOB:
+            return None
+        record, result = found
+        return record.webhook_url or "", msgspec.json.encode(job_view(record, result))
+
+    async def record_webhook(
+        self, tenant: str, job_id: str, delivered: bool, attempts: int
+    ) -> None:
+        def note(record: JobRecord) -> JobRecord:
+            record.webhook = "delivered" if delivered else "failed"
+            record.webhook_attempts = attempts
+            return record
+
+        await kvs.mutate(self.jobs, self.key(tenant, job_id), job_decoder, note)
+
+    # --- the sweeper ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._follower.start()
+        self._task = asyncio.create_task(self._sweep_loop(), name="async-jobs-sweeper")
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+        if self._task is not None:
+            await kvs.stop_task(self._task)
+
+    def _on_record(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._open.pop(key, None)
+            return
+        try:
+            record = job_decoder.decode(value)
+        except msgspec.DecodeError:
+            return
+        if record.status in FINAL_JOB:
+            self._open.pop(key, None)
+        else:
+            since = record.started_at or record.created_at
+            self._open[key] = _Open(record.tenant, record.model, record.expires_at, since)
+
+    async def _sweep_loop(self) -> None:
+        last_lost_check = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._expire()
+                if time.monotonic() - last_lost_check >= self.stall:
+                    last_lost_check = time.monotonic()
+                    await self._find_lost()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("async job sweep failed: %s", exc)
+
+    async def _expire(self) -> None:
+        now = time.time()
+        for key, job in list(self._open.items()):
+            if job.expires_at + 1.0 < now:
+                await self._end_key(key, job, "job_expired", "the job's deadline passed")
+
+    async def _find_lost(self) -> None:
+        now = time.time()
+        stale = {k: j for k, j in self._open.items() if now - j.since > self.stall}
+        if not stale or not await quiet(self.js, {j.model for j in stale.values()}):
+            return
+        for key, job in stale.items():
+            log.warning("async job %s has no result and no trace in JetStream: lost", key)
+            await self._end_key(key, job, "job_lost", "the job's result was lost; submit it again")
+
+    async def _end_key(self, key: str, job: _Open, code: str, message: str) -> None:
+        found = await kvs.read(self.jobs, key, job_decoder)
+        if found is None:
+            self._open.pop(key, None)
+            return
+        await self._end(found[0], code, message)
+
+    async def _end(self, record: JobRecord, code: str, message: str) -> None:
+        """End a job that has no result with an `Unrun` one (unless a result wins the race)."""
+        job_id = record.id
+        if await kvs.create_once(self.results, names.job_results_key(job_id), unrun(code, message)):
+            try:
+                await self.accounting.release(
+                    record.tenant, record.model, job_id, 0, 0, failed=True
+                )
+            except Exception as exc:
+                log.warning("could not release job %s: %s", job_id, exc)
+        await self.settle(record.tenant, job_id)
+
+
+def list_page(ids: list[str], limit: int, after: str | None) -> tuple[list[str], bool]:
+    """One page of a newest-first id list, after the id `after` (exclusive)."""
+    start = 0
+    if after is not None:
+        start = next((i + 1 for i, v in enumerate(ids) if v == after), len(ids))
+    page = ids[start : start + limit]
+    return page, start + limit < len(ids)
+
+
+def views(records: list[tuple[JobRecord, Result | None]]) -> list[dict[str, Any]]:
+    return [job_view(r, res) for r, res in records]

@@ -1,0 +1,183 @@
+"""The results collector: turns the reply frames of async and batch jobs into stored results.
+
+Workers send the frames of an async/batch job to `llmq.outcome.<tenant>.<model>.<job id>`,
+which the file-storage work queue LLMQ_OUTCOMES captures, so a result waits on disk while no
+api runs. Every api replica pulls from the one durable consumer `collector`; for each final
+frame (`done` or `error`) it
+
+1. creates the job's key in LLMQ_RESULTS (create-only: the first result wins, so a job that
+   ran twice, or a frame delivered twice, still has exactly one result),
+2. releases the job's quota reservation with the real usage (idempotent per job id),
+3. for an async job, settles its record (status, usage, webhook),
+
+and only then acks the frame: a crash in between redelivers it and the steps repeat
+harmlessly. `accepted` frames mark an async job `in_progress`; pings are dropped.
+
+LLMQ_OUTCOMES also captures the server's max-deliveries advisories for LLMQ_BATCH: a job
+whose workers died `max_deliver` times gets a 502 `worker_lost` result instead of waiting
+for its deadline, and its message is removed from the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from dispatcher.batch import kv as kvs
+from dispatcher.batch.ports import Accounting
+from dispatcher.batch.records import split_line_job_id
+from schemas import frames, names
+from schemas.frames import Done, failure, frame_encoder
+
+log = logging.getLogger(__name__)
+
+JobHook = Callable[[str, str], Awaitable[None]]
+"""(tenant, job id)."""
+
+
+def parse_outcome_subject(subject: str) -> tuple[str, str, str] | None:
+    """(tenant, model, job id) of `llmq.outcome.<tenant>.<model>.<job id>`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != names.OUTCOME_PREFIX:
+        return None
+    try:
+        return names.tenant_from_token(parts[2]), names.unescape_model(parts[3]), parts[4]
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def results_key(job_id: str) -> str:
+    line = split_line_job_id(job_id)
+    if line is not None:
+        return names.line_results_key(*line)
+    return names.job_results_key(job_id)
+
+
+class _Advisory(msgspec.Struct):
+    stream_seq: int
+    deliveries: int = 0
+
+
+class ResultCollector:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        results: KeyValue,
+        accounting: Accounting,
+        on_job_accepted: JobHook,
+        on_job_result: JobHook,
+        fetch_batch: int = 256,
+    ) -> None:
+        self.js = js
+        self.results = results
+        self.accounting = accounting
+        self.on_job_accepted = on_job_accepted
+        self.on_job_result = on_job_result
+        self.fetch_batch = fetch_batch
+        self.stored = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="result-collector")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await kvs.stop_task(self._task)
+
+    async def _loop(self) -> None:
+        sub = None
+        try:
+            while True:
+                try:
+                    if sub is None:
+                        sub = await self.js.pull_subscribe_bind(
+                            durable=names.COLLECTOR_CONSUMER, stream=names.OUTCOMES_STREAM
+                        )
+                    try:
+                        msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
+                    except (NatsTimeoutError, TimeoutError):
+                        continue
+                    await asyncio.gather(*(self._handle(msg) for msg in msgs))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("result collector: fetch failed: %s", exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            # A fetch cut short may leave a message unaccounted for, which would make the
+            # connection's drain wait forever: drop the subscription explicitly.
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            if msg.subject.startswith(names.MAX_DELIVERIES_ADVISORY):
+                await self._exhausted(msg)
+            else:
+                await self._frame(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("result collector: %s on %s; retrying", exc, msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            return
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def _frame(self, msg: Msg) -> None:
+        parsed = parse_outcome_subject(msg.subject)
+        if parsed is None:
+            return
+        tenant, model, job_id = parsed
+        kind = (msg.headers or {}).get(names.H_FRAME)
+        if kind == frames.ACCEPTED:
+            if split_line_job_id(job_id) is None:
+                await self.on_job_accepted(tenant, job_id)
+        elif kind in (frames.DONE, frames.ERROR):
+            await self.store(tenant, model, job_id, msg.data)
+
+    async def store(self, tenant: str, model: str, job_id: str, frame: bytes) -> None:
+        """Record a final frame as the job's result (unless it has one), book its usage."""
+        await kvs.create_once(self.results, results_key(job_id), frame)
+        self.stored += 1
+        decoded = frames.frame_decoder.decode(frame)
+        if isinstance(decoded, Done):
+            usage = decoded.usage
+            await self.accounting.release(
+                tenant, model, job_id, usage.prompt_tokens, usage.completion_tokens, failed=False
+            )
+        else:
+            await self.accounting.release(tenant, model, job_id, 0, 0, failed=True)
+        if split_line_job_id(job_id) is None:
+            await self.on_job_result(tenant, job_id)
+
+    async def _exhausted(self, msg: Msg) -> None:
+        advisory = msgspec.json.decode(msg.data, type=_Advisory)
+        try:
+            job = await self.js.get_msg(names.BATCH_STREAM, seq=advisory.stream_seq)
+        except NotFoundError:
+            return
+        reply = (job.headers or {}).get(names.H_REPLY, "")
+        parsed = parse_outcome_subject(reply)
+        if parsed is not None:
+            tenant, model, job_id = parsed
+            failed = failure(
+                502,
+                f"the job was given to {advisory.deliveries} workers and none of them finished it",
+                "upstream_error",
+                "worker_lost",
+            )
+            await self.store(tenant, model, job_id, frame_encoder.encode(failed))
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_msg(names.BATCH_STREAM, advisory.stream_seq)

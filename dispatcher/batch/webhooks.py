@@ -1,0 +1,199 @@
+"""Webhooks: POSTed once a job ends, retried with backoff, signed with HMAC-SHA256.
+
+A delivery is a message on `llmq.webhook.<job id>` in the file-storage work queue
+LLMQ_WEBHOOKS (`Nats-Msg-Id` = the job id, so settling a job twice queues one delivery).
+Every api replica pulls from the shared durable consumer; a failed POST is nak'ed with the
+next backoff delay, so retries survive api restarts. The body is the job object as
+`GET /v1/jobs/{id}` returns it.
+
+Headers: `Llmq-Webhook-Id` (the job id: deliveries are at least once, deduplicate on it),
+`Llmq-Webhook-Attempt`, and, when `webhook_secret` is set, `Llmq-Signature:
+t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>` (see `verify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from dispatcher.batch import kv as kvs
+from schemas import names
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Llmq-Signature"
+ID_HEADER = "Llmq-Webhook-Id"
+ATTEMPT_HEADER = "Llmq-Webhook-Attempt"
+BACKOFF = (1.0, 2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""Seconds before attempt n+1 (the last value repeats)."""
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, tolerance: float = 300.0, now: float | None = None
+) -> bool:
+    """What a receiver runs: the signature matches and is at most `tolerance` seconds old."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    now = time.time() if now is None else now
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+class _Task(msgspec.Struct):
+    tenant: str
+    job: str
+
+
+Render = Callable[[str, str], Awaitable[tuple[str, bytes] | None]]
+"""(tenant, job id) -> (url, body), or None when there is nothing to send any more."""
+Record = Callable[[str, str, bool, int], Awaitable[None]]
+"""(tenant, job id, delivered, attempts) once a webhook is delivered or given up."""
+
+
+class Webhooks:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        render: Render,
+        record: Record,
+        *,
+        secret: str,
+        attempts: int,
+        timeout: float,
+        backoff: tuple[float, ...] = BACKOFF,
+    ) -> None:
+        self.js = js
+        self.render = render
+        self.record = record
+        self.secret = secret
+        self.attempts = attempts
+        self.timeout = timeout
+        self.backoff = backoff
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, tenant: str, job_id: str) -> None:
+        await self.js.publish(
+            names.webhook_subject(job_id),
+            msgspec.json.encode(_Task(tenant, job_id)),
+            headers={names.H_MSG_ID: f"webhook-{job_id}"},
+        )
+
+    def start(self) -> None:
+        if not self.secret:
+            log.warning("webhook_secret is empty: webhooks are sent unsigned")
+        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        self._task = asyncio.create_task(self._loop(), name="webhooks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await kvs.stop_task(self._task)
+        for task in list(self._running):
+            await kvs.stop_task(task)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _loop(self) -> None:
+        sub = None
+        try:
+            while True:
+                try:
+                    if sub is None:
+                        sub = await self.js.pull_subscribe_bind(
+                            durable=names.WEBHOOK_CONSUMER, stream=names.WEBHOOKS_STREAM
+                        )
+                    free = 32 - len(self._running)
+                    if free <= 0:
+                        await asyncio.sleep(0.05)
+                        continue
+                    try:
+                        msgs = await sub.fetch(free, timeout=1.0)
+                    except (NatsTimeoutError, TimeoutError):
+                        continue
+                    for msg in msgs:
+                        task = asyncio.create_task(self._deliver(msg))
+                        self._running.add(task)
+                        task.add_done_callback(self._running.discard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("webhook fetch failed: %s", exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            # A fetch cut short may leave a message unaccounted for, which would make the
+            # connection's drain wait forever: drop the subscription explicitly.
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _deliver(self, msg: Msg) -> None:
+        try:
+            task = msgspec.json.decode(msg.data, type=_Task)
+        except msgspec.DecodeError:
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered or 1
+        try:
+            rendered = await self.render(task.tenant, task.job)
+        except Exception as exc:
+            log.warning("webhook of job %s: cannot render (%s)", task.job, exc)
+            await msg.nak(delay=self._delay(attempt))
+            return
+        if rendered is None:
+            await msg.ack()
+            return
+        url, body = rendered
+        ok = await self._post(url, body, task.job, attempt)
+        if ok or attempt >= self.attempts:
+            if not ok:
+                log.warning(
+                    "webhook of job %s to %s failed %d times; giving up", task.job, url, attempt
+                )
+            with contextlib.suppress(Exception):
+                await self.record(task.tenant, task.job, ok, attempt)
+            await msg.ack()
+        else:
+            await msg.nak(delay=self._delay(attempt))
+
+    def _delay(self, attempt: int) -> float:
+        return self.backoff[min(attempt - 1, len(self.backoff) - 1)]
+
+    async def _post(self, url: str, body: bytes, job_id: str, attempt: int) -> bool:
+        assert self._client is not None
+        headers = {
+            "content-type": "application/json",
+            ID_HEADER: job_id,
+            ATTEMPT_HEADER: str(attempt),
+            "user-agent": "llmq-webhooks",
+        }
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        try:
+            resp = await self._client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("webhook of job %s to %s: %s", job_id, url, exc)
+            return False
+        return 200 <= resp.status_code < 300

@@ -1,0 +1,157 @@
+"""`llmq status | top | workers | jobs` read NATS directly (no api needed), take --nats-url
+and --json, and fit an 80-column terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from api.cli import main
+from api.embedded import free_port
+from tests.stack import wait_for
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def llmq(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run the CLI in a thread (its own event loop) while the stack runs in this one."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    return code, capsys.readouterr().out
+
+
+def _by(items: list[dict[str, Any]], key: str, value: str) -> dict[str, Any]:
+    (found,) = [item for item in items if item[key] == value]
+    return found
+
+
+async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None:  # type: ignore[no-untyped-def]
+    busy, spare = _name("cli-busy"), _name("cli-spare")
+    api = await stack.api()
+    w1 = await stack.worker(model=[busy], capacity=1, echo_delay=0.25, worker_id=_name("w1"))
+    w2 = await stack.worker(model=[spare], capacity=3, worker_id=_name("w2"))
+    await wait_for(lambda: api.runtime.registry.workers_for(busy))
+    await wait_for(lambda: api.runtime.registry.workers_for(spare))
+    nats_url = stack.nats_url
+    body = {"model": busy, "messages": [{"role": "user", "content": "a b c d"}]}
+    async with httpx.AsyncClient(timeout=20) as client:
+        url = f"{api.url}/v1/chat/completions"
+        tasks = [asyncio.create_task(client.post(url, json=body)) for _ in range(3)]
+        await wait_for(lambda: w1.scheduler.in_flight == 1)
+        await asyncio.sleep(0.2)  # the other two are published and waiting
+
+        code, out = await llmq(capsys, "status", "--nats-url", nats_url, "--json")
+        assert code == 0
+        status = json.loads(out)
+        assert status["nats_url"] == nats_url
+        model = _by(status["models"], "name", busy)
+        assert (model["workers"], model["capacity"], model["in_flight"]) == (1, 1, 1)
+        assert model["queued"] == 2
+        assert _by(status["models"], "name", spare)["capacity"] == 3
+        worker = _by(status["workers"], "id", w1.id)
+        assert worker["in_flight"] == 1 and worker["capacity"] == 1
+        assert worker["backend"] == "echo" and worker["state"] == "ready"
+        assert worker["in_flight_by_model"] == {busy: 1}
+        assert _by(status["workers"], "id", w2.id)["models"] == [spare]
+        assert _by(status["apis"], "instance", api.settings.instance_id)["accepting"] is True
+
+        code, out = await llmq(capsys, "status", "--nats-url", nats_url)
+        assert code == 0
+        lines = out.splitlines()
+        assert all(len(line) <= 80 for line in lines), [ln for ln in lines if len(ln) > 80]
+        assert lines[0].startswith(f"llmq at {nats_url}")
+        (row,) = [ln for ln in lines if ln.startswith(busy)]
+        # unacked 1: a non-streaming job is acked when it ends
+        assert row.split() == [busy, "1", "1", "1", "2", "1", "0"]
+        assert any(ln.startswith("WORKER") for ln in lines)
+        assert any(ln.startswith("API") for ln in lines)
+
+        code, out = await llmq(capsys, "jobs", "--nats-url", nats_url, "--json", "--model", busy)
+        jobs = json.loads(out)
+        assert [j["state"] for j in jobs] == ["running", "queued", "queued"]
+        assert jobs[0]["worker"] == w1.id and all(j["model"] == busy for j in jobs)
+        assert all(len(j["job_id"]) == 32 for j in jobs)
+        assert jobs[1]["deadline_in"] > 0
+        code, out = await llmq(capsys, "jobs", "--nats-url", nats_url, "--model", busy)
+        lines = out.splitlines()
+        assert lines[0].split()[:3] == ["JOB", "MODEL", "STATE"]
+        assert len(lines) == 4 and all(len(line) <= 80 for line in lines)
+        assert jobs[0]["job_id"][:11] in lines[1] and w1.id[:11] in lines[1]
+
+        results = await asyncio.gather(*tasks)
+    ids = {r.headers["x-request-id"] for r in results}
+    assert {j["job_id"] for j in jobs} == ids  # the X-Request-ID of each request
+
+    code, out = await llmq(capsys, "workers", "--nats-url", nats_url, "--json")
+    workers = json.loads(out)
+    assert _by(workers, "id", w1.id)["jobs"] == 3
+    assert _by(workers, "id", w1.id)["errors"] == 0
+    code, out = await llmq(capsys, "workers", "--nats-url", nats_url)
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "WORKER",
+        "BACKEND",
+        "MODELS",
+        "SLOTS",
+        "STATE",
+        "JOBS",
+        "ERRS",
+        "SEEN",
+    ]
+    (row,) = [ln for ln in lines if ln.startswith(w1.id)]
+    assert row.split()[3:7] == ["0/1", "ready", "3", "0"]
+
+
+async def test_top_refreshes_within_80_columns(stack, capsys) -> None:  # type: ignore[no-untyped-def]
+    model = _name("cli-top")
+    await stack.worker(model=[model], worker_id=_name("a-very-long-worker-name-indeed"))
+    code, out = await llmq(
+        capsys, "top", "--nats-url", stack.nats_url, "--interval", "0.1", "--iterations", "2"
+    )
+    assert code == 0
+    frames = out.split("llmq top")
+    assert len(frames) == 3  # "" + two frames
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert model in frames[2]
+    code, out = await llmq(
+        capsys,
+        "top",
+        "--nats-url",
+        stack.nats_url,
+        "--json",
+        "--interval",
+        "0",
+        "--iterations",
+        "2",
+    )
+    assert [json.loads(line)["nats_url"] for line in out.splitlines()] == [stack.nats_url] * 2
+
+
+async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignore[no-untyped-def]
+    url = f"nats://127.0.0.1:{free_port()}"
+    code = await asyncio.to_thread(main, ["status", "--nats-url", url])
+    assert code == 1
+    assert f"cannot reach NATS at {url}" in capsys.readouterr().err
+
+
+async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type: ignore[no-untyped-def]
+    model = _name("cli-proc")
+    await stack.worker(model=[model])
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "api.cli", "workers", "--json"],
+        env={"LLMQ_NATS_URL": stack.nats_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert any(w["models"] == [model] for w in json.loads(proc.stdout))

@@ -1,0 +1,240 @@
+"""Native async jobs end to end: submit, poll, list, cancel, expiry, a model with no live
+worker, signed and retried webhooks, quotas and the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from api.embedded import free_port
+from api.tenancy import Tenant, TenantStore, UsageReader, connect
+from dispatcher.batch.webhooks import SIGNATURE_HEADER, verify
+from tests.stack import wait_for
+
+FINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def model_name() -> str:
+    return f"j-{uuid.uuid4().hex[:8]}"
+
+
+def chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def wait_job(
+    client: httpx.AsyncClient, job_id: str, timeout: float = 15.0, **headers: str
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+        if resp.status_code == 200 and resp.json()["status"] in FINAL:
+            job: dict[str, Any] = resp.json()
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id}: {resp.text}")
+        await asyncio.sleep(0.1)
+
+
+async def test_submit_poll_and_list(stack) -> None:  # type: ignore[no-untyped-def]
+    model = model_name()
+    api = await stack.api()
+    await stack.worker(model=[model], capacity=4)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        resp = await client.post(
+            "/v1/jobs", json=chat(model, "later please", metadata={"order": "42"}, stream=True)
+        )
+        assert resp.status_code == 202, resp.text
+        job = resp.json()
+        assert job["id"].startswith("job_") and job["status"] == "queued"
+        assert resp.headers["x-request-id"] == job["id"]
+        assert job["metadata"] == {"order": "42"} and job["created_at"] and job["expires_at"]
+        done = await wait_job(client, job["id"])
+        assert done["status"] == "completed" and done["status_code"] == 200
+        assert done["result"]["choices"][0]["message"]["content"] == "later please"
+        assert done["result"]["object"] == "chat.completion"  # never streamed
+        assert done["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+        assert done["started_at"] and done["completed_at"] and done["error"] is None
+        ids = [job["id"]]
+        for i in range(4):
+            resp = await client.post("/v1/jobs", json=chat(model, f"n{i}"))
+            ids.append(resp.json()["id"])
+        page = (await client.get("/v1/jobs", params={"limit": 3})).json()
+        newest = ids[::-1]
+        assert [j["id"] for j in page["data"]][:3] == newest[:3] and page["has_more"]
+        rest = (await client.get("/v1/jobs", params={"after": page["last_id"]})).json()
+        assert [j["id"] for j in rest["data"]][:2] == newest[3:5]
+        embed = await client.post(
+            "/v1/jobs", json={"endpoint": "/v1/embeddings", "model": model, "input": "vector"}
+        )
+        assert embed.status_code == 202
+        assert (await wait_job(client, embed.json()["id"]))["result"]["object"] == "list"
+
+
+async def test_bad_requests(stack) -> None:  # type: ignore[no-untyped-def]
+    api = await stack.api()
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        resp = await client.post("/v1/jobs", json=chat("no-such-model", "x"))
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+        resp = await client.post("/v1/jobs", json={"model": "m", "messages": "nope"})
+        assert resp.status_code == 400
+        resp = await client.post("/v1/jobs", json=chat("m", "x", webhook_url="ftp://x"))
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "webhook_url"
+        resp = await client.post("/v1/jobs", content=b"[1, 2]")
+        assert resp.status_code == 400
+        for job_id in ("job_nope", "job_" + "0" * 32, "whatever"):
+            assert (await client.get(f"/v1/jobs/{job_id}")).status_code == 404
+            assert (await client.delete(f"/v1/jobs/{job_id}")).status_code == 404
+
+
+async def test_job_waits_for_a_worker_and_expires_without_one(stack) -> None:  # type: ignore[no-untyped-def]
+    """A known model with no live worker: the job is queued (not a 503) and runs once a
+    worker comes; with nobody to run it, it expires at its deadline."""
+    model = model_name()
+    worker = await stack.worker(model=[model])
+    api = await stack.api(job_deadline=1.5)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    await worker.close()
+    await wait_for(lambda: not api.runtime.registry.workers_for(model))
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        doomed = (await client.post("/v1/jobs", json=chat(model, "nobody"))).json()
+        expired = await wait_job(client, doomed["id"], timeout=6)
+        assert expired["status"] == "expired" and expired["expired_at"]
+        assert expired["error"]["code"] == "job_expired"
+    patient = await stack.api()
+    async with httpx.AsyncClient(base_url=patient.url, timeout=10) as client:
+        job = (await client.post("/v1/jobs", json=chat(model, "eventually"))).json()
+        await asyncio.sleep(0.5)
+        assert (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "queued"
+        await stack.worker(model=[model])
+        done = await wait_job(client, job["id"])
+        assert done["result"]["choices"][0]["message"]["content"] == "eventually"
+
+
+async def test_cancel_stops_the_worker(stack) -> None:  # type: ignore[no-untyped-def]
+    model = model_name()
+    api = await stack.api()
+    worker = await stack.worker(model=[model], echo_delay=0.2)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    words = " ".join(f"w{i}" for i in range(100))
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        job = (await client.post("/v1/jobs", json=chat(model, words))).json()
+
+        async def running() -> bool:
+            resp = await client.get(f"/v1/jobs/{job['id']}")
+            return bool(resp.json()["status"] == "in_progress")
+
+        await wait_for(running, timeout=5)
+        resp = await client.delete(f"/v1/jobs/{job['id']}")
+        assert resp.status_code == 200
+        assert resp.json()["status"] == "cancelled" and resp.json()["cancelled_at"]
+        await wait_for(lambda: worker.outcomes.get("cancelled") == 1, timeout=2)
+        again = await client.delete(f"/v1/jobs/{job['id']}")
+        assert again.json()["status"] == "cancelled"
+
+
+class Receiver:
+    """A webhook endpoint: answers 500 to the first `failures` POSTs, then 200."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[tuple[float, dict[str, str], bytes]] = []
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> Receiver:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode().split("\r\n")[1:]:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.calls.append((time.monotonic(), headers, body))
+        status = "500 Internal Server Error" if len(self.calls) <= self.failures else "200 OK"
+        writer.write(
+            f"HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_webhook_is_signed_and_retried_with_backoff(stack) -> None:  # type: ignore[no-untyped-def]
+    model = model_name()
+    secret = "whsec-test"
+    api = await stack.api(webhook_secret=secret)
+    await stack.worker(model=[model])
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    receiver = await Receiver(failures=2).start()
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        job = (
+            await client.post("/v1/jobs", json=chat(model, "ring me", webhook_url=receiver.url))
+        ).json()
+        assert job["webhook_status"] == "pending"
+        await wait_for(lambda: len(receiver.calls) == 3, timeout=10)
+
+        async def recorded() -> bool:
+            resp = await client.get(f"/v1/jobs/{job['id']}")
+            return bool(resp.json()["webhook_status"] == "delivered")
+
+        await wait_for(recorded, timeout=3)
+    await receiver.stop()
+    times = [t for t, _, _ in receiver.calls]
+    assert times[1] - times[0] >= 0.9 and times[2] - times[1] >= 1.9  # backoff 1 s, 2 s
+    for attempt, (_, headers, body) in enumerate(receiver.calls, start=1):
+        assert headers["llmq-webhook-id"] == job["id"].removeprefix("job_")
+        assert headers["llmq-webhook-attempt"] == str(attempt)
+        assert verify(secret, headers[SIGNATURE_HEADER.lower()], body)
+        assert not verify("wrong", headers[SIGNATURE_HEADER.lower()], body)
+        payload = json.loads(body)
+        assert payload["id"] == job["id"] and payload["status"] == "completed"
+        assert payload["result"]["choices"][0]["message"]["content"] == "ring me"
+
+
+async def test_job_tokens_count_against_quota_and_ledger(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
+    model = model_name()
+    redis = connect(redis_server.url)
+    store = TenantStore(redis)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await store.create(Tenant(name=tenant, max_concurrent=1))
+    key, _ = await store.create_key(tenant)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0)
+    await stack.worker(model=[model], echo_delay=0.1)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    auth = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        job = (await client.post("/v1/jobs", json=chat(model, "a b c d"), headers=auth)).json()
+        # The queued job holds the tenant's one concurrency slot.
+        refused = await client.post("/v1/jobs", json=chat(model, "too many"), headers=auth)
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+        done = await wait_job(client, job["id"], **auth)
+        assert done["usage"]["total_tokens"] == 8
+        await asyncio.sleep(0.2)
+        again = await client.post("/v1/jobs", json=chat(model, "now ok"), headers=auth)
+        assert again.status_code == 202
+        await wait_job(client, again.json()["id"], **auth)
+    reader = UsageReader(redis)
+    (row,) = [r for r in await reader.usage(tenant, days=1) if r.model == model]
+    assert row.requests == 2 and row.prompt_tokens == 4 + 2 and row.completion_tokens == 4 + 2
+    ledger = {e.job_id for e in await reader.ledger(tenant, count=10)}
+    assert ledger == {job["id"].removeprefix("job_"), again.json()["id"].removeprefix("job_")}
+    await redis.aclose()

@@ -1,0 +1,386 @@
+"""A minimal HTTP/1.1 client for upstreams reached over plain http without a proxy.
+
+Local model servers (vLLM, llama.cpp, Ollama, ...) answer in well under a millisecond of
+their own, and httpx's layers (request models, auth and redirect flows, cookie jar, h11)
+cost about a millisecond per call on top: more than llmq's whole added-latency budget.
+This client does only what the backends use: GET and POST with a small body, keep-alive
+connections in a pool, responses parsed by httptools (llhttp, the parser uvicorn uses),
+bodies read as lines. It presents the subset of httpx's API that `Upstream` calls and
+raises httpx's exception types, so error mapping is shared. HTTPS and proxied upstreams
+(hosted APIs, where the network dominates) keep using httpx; see `fast_client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+
+from worker.tracing import TRACEPARENT
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - shipped with uvicorn[standard]
+    httptools = None  # type: ignore[assignment]
+
+READ_SIZE = 65536
+MAX_IDLE = 64
+MAX_HEAD = 64 * 1024
+
+
+def fast_client(
+    url: str, headers: Mapping[str, str], connect_timeout: float, enabled: bool = True
+) -> FastClient | None:
+    """A FastClient for `url` when it can serve it: plain http, no proxy configured for the
+    host, httptools importable; else None (use httpx)."""
+    if not enabled or httptools is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
+        return None
+    proxies = urllib.request.getproxies()
+    if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(
+        parts.hostname
+    ):
+        return None
+    return FastClient(headers, connect_timeout)
+
+
+class _Conn:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class FastResponse:
+    """One response: status and headers at once, the body as it arrives."""
+
+    def __init__(self, client: FastClient, conn: _Conn, origin: tuple[str, int]) -> None:
+        self._client = client
+        self._conn: _Conn | None = conn
+        self._origin = origin
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks: list[bytes] = []
+        self._head_done = False
+        self._complete = False
+        self._bytes_seen = False
+        self._keep_alive = False
+        self._head_bytes = 0
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self.status_code = 0
+        self.headers: dict[str, str] = {}
+        self.content = b""
+
+    # --- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        self.status_code = self._parser.get_status_code()
+        headers: dict[str, str] = {}
+        for name, value in self._raw_headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.headers = headers
+        # Only valid while parsing: llhttp resets it once the message is complete.
+        self._keep_alive = bool(self._parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code >= 400
+
+    async def _fill(self) -> bool:
+        """Read once from the socket into the parser; False at end of stream."""
+        assert self._conn is not None
+        try:
+            data = await self._conn.reader.read(READ_SIZE)
+        except OSError as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from None
+        if not data:
+            if self._head_done and not self._framed():
+                self._complete = True  # body delimited by the connection's end
+                return False
+            if not self._bytes_seen:
+                raise _Stale()
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            )
+        self._bytes_seen = True
+        if not self._head_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD + READ_SIZE:
+                raise httpx.RemoteProtocolError("response head too large")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise httpx.RemoteProtocolError(f"malformed HTTP response: {exc}") from None
+        return True
+
+    def _framed(self) -> bool:
+        return "content-length" in self.headers or "chunked" in self.headers.get(
+            "transfer-encoding", ""
+        )
+
+    async def _read_head(self) -> None:
+        while not self._head_done:
+            await self._fill()
+
+    async def aread(self) -> bytes:
+        while not self._complete and await self._fill():
+            pass
+        self.content = b"".join(self._chunks)
+        self._chunks.clear()
+        await self.aclose()
+        return self.content
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """Lines of the body without their line break (`\\n`, `\\r\\n` or `\\r`)."""
+        async for batch in self.aiter_line_batches():
+            for line in batch:
+                yield line
+
+    async def aiter_line_batches(self) -> AsyncIterator[list[str]]:
+        """The body's complete lines, all that one read from the socket brought at a time."""
+        pending = b""
+        while True:
+            if self._chunks:
+                data = pending + b"".join(self._chunks) if pending else b"".join(self._chunks)
+                self._chunks.clear()
+                if b"\r" in data:
+                    held = data.endswith(b"\r") and not self._complete
+                    if held:
+                        data = data[:-1]
+                    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                    if held:
+                        data += b"\r"  # may be the first half of \r\n
+                *lines, pending = data.split(b"\n")
+                if lines:
+                    yield [line.decode("utf-8", "replace") for line in lines]
+                continue
+            if self._complete or not await self._fill():
+                if not self._chunks:
+                    break
+        if pending:
+            yield [pending.rstrip(b"\r").decode("utf-8", "replace")]
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._complete and self._keep_alive and self._framed():
+            self._client._release(self._origin, conn)
+        else:
+            conn.close()
+
+
+class _Stale(Exception):
+    """A reused keep-alive connection was closed by the server before it answered."""
+
+
+class _Streaming:
+    def __init__(self, client: FastClient, args: tuple[Any, ...]) -> None:
+        self._client = client
+        self._args = args
+        self._response: FastResponse | None = None
+
+    async def __aenter__(self) -> FastResponse:
+        self._response = await self._client._send(*self._args)
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+
+class FastClient:
+    """The part of `httpx.AsyncClient` that `Upstream` uses, for one plain-http origin."""
+
+    def __init__(self, headers: Mapping[str, str], connect_timeout: float) -> None:
+        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+        self._connect_timeout = connect_timeout
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._targets: dict[str, tuple[str, int, str, str]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return "FastClient()"
+
+    # --- httpx-like API ----------------------------------------------------------------------
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Streaming:
+        return _Streaming(self, (method, url, content, params, headers))
+
+    async def post(
+        self,
+        url: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> FastResponse:
+        response = await self._send("POST", url, content, params, headers)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    async def get(self, url: str, *, params: Mapping[str, str] | None = None) -> FastResponse:
+        response = await self._send("GET", url, None, params, None)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _target(self, url: str) -> tuple[str, int, str, str]:
+        """(host, port, Host header, request target) of a URL, cached."""
+        cached = self._targets.get(url)
+        if cached is None:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port or 80
+            host_header = f"[{host}]" if ":" in host else host
+            if port != 80:
+                host_header = f"{host_header}:{port}"
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            cached = (host, port, host_header, target)
+            if len(self._targets) < 256:
+                self._targets[url] = cached
+        return cached
+
+    def _head(
+        self,
+        method: str,
+        target: str,
+        host: str,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
+        if headers:
+            lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        trace = TRACEPARENT.get()
+        if trace:
+            lines.append(f"traceparent: {trace}\r\n")
+        if body is not None:
+            lines.append(f"content-length: {len(body)}\r\n")
+        return "".join(lines).encode("latin-1") + self._fixed + b"\r\n"
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> FastResponse:
+        host, port, host_header, target = self._target(url)
+        if params:
+            target += ("&" if "?" in target else "?") + urlencode(params)
+        request = self._head(method, target, host_header, content, headers)
+        if content:
+            request += content
+        origin = (host, port)
+        for _attempt in range(2):
+            conn, reused = await self._acquire(origin)
+            response = FastResponse(self, conn, origin)
+            try:
+                conn.writer.write(request)
+                if len(request) > READ_SIZE:
+                    await conn.writer.drain()
+                await response._read_head()
+            except _Stale:
+                conn.close()
+                if reused:
+                    continue  # the server closed it while idle; nothing was processed
+                raise httpx.RemoteProtocolError(
+                    "server disconnected without sending a response"
+                ) from None
+            except OSError as exc:
+                conn.close()
+                if reused and not response._bytes_seen:
+                    continue
+                raise httpx.WriteError(str(exc) or type(exc).__name__) from None
+            except BaseException:
+                conn.close()
+                raise
+            return response
+        raise httpx.RemoteProtocolError("server disconnected without sending a response")
+
+    async def _acquire(self, origin: tuple[str, int]) -> tuple[_Conn, bool]:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn, True
+            conn.close()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(origin[0], origin[1])
+        except TimeoutError:
+            raise httpx.ConnectTimeout(
+                f"no connection to {origin[0]}:{origin[1]} within {self._connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"{exc.strerror or exc} ({origin[0]}:{origin[1]})") from None
+        return _Conn(reader, writer), False
+
+    def _release(self, origin: tuple[str, int], conn: _Conn) -> None:
+        idle = self._idle.setdefault(origin, [])
+        if self._closed or len(idle) >= MAX_IDLE or not conn.usable():
+            conn.close()
+        else:
+            idle.append(conn)

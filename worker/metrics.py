@@ -1,0 +1,341 @@
+"""What a worker tells operators about its jobs: the running-job book (read by the NATS micro
+service and by `llmq jobs`) and its Prometheus `/metrics`.
+
+Every job runs inside `JobBook.track` (which knows its stream and model from the subject it
+came on) and ends with one `JobOutcome` passed to `JobBook.record`: the single place where
+job counts, errors and timings are kept. A job is timed from its start to the end of its
+stream (the runner returns only once the last frame is sent), never just to a first reply.
+
+Label values are bounded: models are the worker's own (anything else is `other`), streams
+are two, outcomes a fixed set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from schemas import names
+from schemas.registry import WorkerInfo
+from worker.runner import JobOutcome
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("ok", "error", "upstream_error", "retried", "cancelled", "expired", "dropped")
+ERROR_OUTCOMES = frozenset({"error", "upstream_error", "retried"})
+"""Outcomes that count as errors in the micro service stats (the job failed here)."""
+NOT_RUN = frozenset({"expired", "dropped"})
+"""Outcomes of jobs dropped before their backend was called."""
+CIRCUIT_STATES = ("closed", "half-open", "open")
+OTHER = "other"
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+Source = tuple[str, str]
+"""(stream, model) a job came from."""
+
+_SOURCE: ContextVar[Source | None] = ContextVar("llmq_job_source", default=None)
+
+disable_created_metrics()  # no `_created` series: half the lines, nothing a dashboard uses
+
+
+@dataclass(slots=True)
+class RunningJob:
+    job_id: str
+    stream: str
+    model: str
+    tenant: str
+    started: float
+    """Unix seconds."""
+    deadline: float = 0.0
+    """Unix seconds; 0 = none."""
+
+
+@dataclass(slots=True)
+class JobCounters:
+    """One (stream, model) pair, as the micro service's STATS report it."""
+
+    requests: int = 0
+    errors: int = 0
+    processing_ns: int = 0
+    last_error: str = ""
+
+
+def source_of(subject: str) -> Source:
+    """`llmq.jobs.<escaped model>` -> (LLMQ_JOBS, model)."""
+    prefix, _, token = subject.rpartition(".")
+    stream = names.BATCH_STREAM if prefix == names.BATCH_PREFIX else names.JOBS_STREAM
+    try:
+        return stream, names.unescape_model(token)
+    except (ValueError, UnicodeDecodeError):
+        return stream, token
+
+
+class JobBook:
+    """Running jobs and per-(stream, model) job counters of one worker."""
+
+    def __init__(self, models: Iterable[str]) -> None:
+        self.models = list(models)
+        self._known = frozenset(self.models)
+        self.running: dict[str, RunningJob] = {}
+        self.counters: dict[Source, JobCounters] = {
+            (stream, model): JobCounters()
+            for model in self.models
+            for stream in (names.JOBS_STREAM, names.BATCH_STREAM)
+        }
+        self.listeners: list[Callable[[JobOutcome, str, str], None]] = []
+
+    def model_label(self, model: str) -> str:
+        if model in self._known:
+            return model
+        return self.models[0] if len(self.models) == 1 else OTHER
+
+    @contextlib.contextmanager
+    def track(self, msg: Msg) -> Iterator[None]:
+        """Around one job's run: it counts as running, and its outcome knows its source."""
+        stream, model = source_of(msg.subject)
+        model = self.model_label(model)
+        headers = msg.headers or {}
+        job_id = headers.get(names.H_JOB, "")
+        tenant = headers.get(names.H_TENANT, "")
+        try:
+            deadline = int(headers.get(names.H_DEADLINE, "0") or 0) / 1000
+        except ValueError:
+            deadline = 0.0
+        job = RunningJob(job_id, stream, model, tenant, time.time(), deadline)
+        token = _SOURCE.set((stream, model))
+        self.running[job_id] = job
+        try:
+            yield
+        finally:
+            _SOURCE.reset(token)
+            if self.running.get(job_id) is job:
+                del self.running[job_id]
+
+    def record(self, outcome: JobOutcome) -> None:
+        stream, model = _SOURCE.get() or (names.JOBS_STREAM, self.model_label(outcome.model))
+        counters = self.counters.get((stream, model))
+        if counters is None:
+            counters = self.counters.setdefault((stream, model), JobCounters())
+        counters.requests += 1
+        if outcome.outcome in ERROR_OUTCOMES:
+            counters.errors += 1
+            counters.last_error = f"{outcome.outcome} (job {outcome.job_id})"
+        if outcome.started and outcome.ended >= outcome.started:
+            counters.processing_ns += int((outcome.ended - outcome.started) * 1e9)
+        for listener in self.listeners:
+            try:
+                listener(outcome, stream, model)
+            except Exception:
+                log.exception("job outcome listener failed")
+
+    def in_flight(self) -> dict[Source, int]:
+        counts: dict[Source, int] = {}
+        for job in self.running.values():
+            key = (job.stream, job.model)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+
+class _LiveState(Collector):
+    """Gauges read at scrape time: in-flight, capacity, circuit, draining, identity."""
+
+    def __init__(self, book: JobBook, snapshot: Callable[[], WorkerInfo]) -> None:
+        self._book = book
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # not read at registration: the state may not exist yet
+
+    def collect(self) -> Iterable[Metric]:
+        info = self._snapshot()
+        yield GaugeMetricFamily(
+            "llmq_worker_in_flight", "Jobs this worker is running now.", value=info.in_flight
+        )
+        by_model = GaugeMetricFamily(
+            "llmq_worker_model_in_flight",
+            "Jobs running now, by model and stream.",
+            labels=["model", "stream"],
+        )
+        counts = self._book.in_flight()
+        for model in self._book.models:
+            for stream in (names.JOBS_STREAM, names.BATCH_STREAM):
+                by_model.add_metric([model, stream], counts.get((stream, model), 0))
+        yield by_model
+        yield GaugeMetricFamily(
+            "llmq_worker_capacity", "Most jobs this worker runs at once.", value=info.capacity
+        )
+        circuit = GaugeMetricFamily(
+            "llmq_worker_circuit_state",
+            "Backend circuit breaker: 1 for the current state.",
+            labels=["state"],
+        )
+        for state in CIRCUIT_STATES:
+            circuit.add_metric([state], 1.0 if info.circuit == state else 0.0)
+        yield circuit
+        yield GaugeMetricFamily(
+            "llmq_worker_draining",
+            "1 while the worker drains after SIGTERM.",
+            value=1.0 if info.draining else 0.0,
+        )
+        identity = InfoMetricFamily("llmq_worker", "This worker's identity.")
+        identity.add_metric(
+            [], {"worker_id": info.id, "backend": info.backend, "version": info.version}
+        )
+        yield identity
+
+
+class WorkerMetrics:
+    """A worker's own Prometheus registry (one per Worker, so several fit in one process)."""
+
+    def __init__(self, book: JobBook, snapshot: Callable[[], WorkerInfo]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.jobs = Counter(
+            "llmq_worker_jobs",
+            "Jobs ended, by model, stream and outcome.",
+            ["model", "stream", "outcome"],
+            registry=self.registry,
+        )
+        self.backend_seconds = Histogram(
+            "llmq_worker_backend_duration_seconds",
+            "Seconds from a job's start to the end of its stream (backend calls only).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "llmq_worker_time_to_first_token_seconds",
+            "Seconds from a job's start to the backend's first token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "llmq_worker_tokens",
+            "Tokens processed, by model and direction (in = prompt, out = completion).",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+        self.registry.register(_LiveState(book, snapshot))
+        for model in book.models:  # every series exists from the start
+            for stream in (names.JOBS_STREAM, names.BATCH_STREAM):
+                for outcome in ("ok", "error", "upstream_error"):
+                    self.jobs.labels(model, stream, outcome)
+        book.listeners.append(self.observe)
+        self.server: MetricsServer | None = None
+
+    def observe(self, outcome: JobOutcome, stream: str, model: str) -> None:
+        kind = outcome.outcome if outcome.outcome in OUTCOMES else OTHER
+        self.jobs.labels(model, stream, kind).inc()
+        if kind in NOT_RUN or not outcome.started:
+            return
+        if outcome.ended >= outcome.started:
+            self.backend_seconds.labels(model).observe(outcome.ended - outcome.started)
+        if outcome.first_token is not None:
+            self.ttft.labels(model).observe(max(0.0, outcome.first_token - outcome.started))
+        usage = outcome.usage
+        if usage.prompt_tokens:
+            self.tokens.labels(model, "in").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            self.tokens.labels(model, "out").inc(usage.completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def serve(self, host: str, port: int) -> None:
+        """Serve `/metrics` on `host:port`; port 0 means off."""
+        if port:
+            self.server = MetricsServer(self.render, host, port)
+            await self.server.start()
+
+    @property
+    def url(self) -> str:
+        return self.server.url if self.server is not None else ""
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+
+class MetricsServer:
+    """A tiny HTTP/1.1 server on the worker's event loop: `GET /metrics`, nothing else.
+
+    No thread and no framework: a scrape renders the registry and closes the connection.
+    """
+
+    def __init__(self, render: Callable[[], bytes], host: str, port: int) -> None:
+        self._render = render
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/metrics"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, _, rest = head.decode("latin-1").partition(" ")
+            path = rest.split(" ", 1)[0].split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._render()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"see /metrics\n"
+            head_out = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            writer.write(head_out if method == "HEAD" else head_out + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

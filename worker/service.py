@@ -1,0 +1,169 @@
+"""The worker as the NATS micro service `llmq-worker`.
+
+`nats micro ls`, `nats micro info llmq-worker` and `nats micro stats llmq-worker` list every
+worker: its metadata carries the worker id, backend, models, capacity, in-flight count and
+circuit state, read live on each request.
+
+Jobs do not arrive through a micro endpoint (workers pull them from JetStream), so the
+service declares one endpoint per stream and model that describes where its jobs come from
+(`jobs` on `llmq.jobs.<model>`, queue group = the shared pull consumer `jobs-<model>`) and
+reports the worker's own job counters for it: requests = jobs run, errors = jobs that
+failed here, processing time = start to end of each job's stream. Endpoint `data` holds the
+in-flight count and the running jobs (id, tenant, age), which `llmq jobs` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro.service import (
+    EndpointInfo,
+    EndpointStats,
+    Service,
+    ServiceConfig,
+    ServiceInfo,
+    ServiceStats,
+)
+
+from schemas import names
+from schemas.registry import WorkerInfo
+from worker.metrics import JobBook
+
+DESCRIPTION = "llmq worker: runs the jobs of its models, pulled from JetStream"
+RUNNING_SHOWN = 100
+"""Most running jobs listed per endpoint in STATS data."""
+
+
+def worker_metadata(info: WorkerInfo) -> dict[str, str]:
+    meta = {
+        "worker_id": info.id,
+        "backend": info.backend,
+        "models": ",".join(info.models),
+        "capacity": str(info.capacity),
+        "in_flight": str(info.in_flight),
+        "circuit": info.circuit,
+        "draining": "true" if info.draining else "false",
+        "host": info.host,
+        "pid": str(info.pid),
+    }
+    if info.metrics_url:
+        meta["metrics_url"] = info.metrics_url
+    return meta
+
+
+def endpoint_name(stream: str) -> str:
+    return "batch" if stream == names.BATCH_STREAM else "jobs"
+
+
+def endpoint_subject(stream: str, model: str) -> str:
+    if stream == names.BATCH_STREAM:
+        return names.batch_subject(model)
+    return names.jobs_subject(model)
+
+
+class WorkerService(Service):
+    """nats-py's micro `Service`, with live metadata and job-backed endpoint statistics."""
+
+    def __init__(
+        self, nc: Client, book: JobBook, snapshot: Callable[[], WorkerInfo], version: str
+    ) -> None:
+        super().__init__(
+            nc,
+            ServiceConfig(name=names.MICRO_SERVICE, version=version, description=DESCRIPTION),
+        )
+        self._book = book
+        self._snapshot = snapshot
+        self._refresh()
+
+    @classmethod
+    async def open(
+        cls, nc: Client, book: JobBook, snapshot: Callable[[], WorkerInfo], version: str
+    ) -> WorkerService:
+        service = cls(nc, book, snapshot, version)
+        await service.start()
+        return service
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stop()
+
+    def _refresh(self) -> None:
+        self._metadata = worker_metadata(self._snapshot())
+
+    async def _handle_ping_request(self, msg: Msg) -> None:
+        self._refresh()
+        await super()._handle_ping_request(msg)
+
+    def _sources(self) -> list[tuple[str, str]]:
+        return list(self._book.counters)
+
+    def info(self) -> ServiceInfo:
+        self._refresh()
+        return ServiceInfo(
+            id=self._id,
+            name=self._name,
+            version=self._version,
+            description=DESCRIPTION,
+            metadata=self._metadata,
+            endpoints=[
+                EndpointInfo(
+                    name=endpoint_name(stream),
+                    subject=endpoint_subject(stream, model),
+                    queue_group=names.consumer_name(stream, model),
+                    metadata={"model": model, "stream": stream},
+                )
+                for stream, model in self._sources()
+            ],
+        )
+
+    def stats(self) -> ServiceStats:
+        self._refresh()
+        now = time.time()
+        in_flight = self._book.in_flight()
+        running: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for job in self._book.running.values():
+            shown = running.setdefault((job.stream, job.model), [])
+            if len(shown) < RUNNING_SHOWN:
+                entry: dict[str, Any] = {
+                    "job": job.job_id,
+                    "tenant": job.tenant,
+                    "age": round(now - job.started, 3),
+                }
+                if job.deadline:
+                    entry["deadline_in"] = round(job.deadline - now, 3)
+                shown.append(entry)
+        endpoints = []
+        for source, counters in self._book.counters.items():
+            stream, model = source
+            average = counters.processing_ns // counters.requests if counters.requests else 0
+            endpoints.append(
+                EndpointStats(
+                    name=endpoint_name(stream),
+                    subject=endpoint_subject(stream, model),
+                    queue_group=names.consumer_name(stream, model),
+                    num_requests=counters.requests,
+                    num_errors=counters.errors,
+                    last_error=counters.last_error,
+                    processing_time=counters.processing_ns,
+                    average_processing_time=average,
+                    data={
+                        "model": model,
+                        "stream": stream,
+                        "in_flight": in_flight.get(source, 0),
+                        "running": running.get(source, []),
+                    },
+                )
+            )
+        return ServiceStats(
+            id=self._id,
+            name=self._name,
+            version=self._version,
+            started=self._started,
+            metadata=self._metadata,
+            endpoints=endpoints,
+        )
