@@ -280,6 +280,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
         snap = await inspect.snapshot(nc, nc.jetstream(), args.timeout)
+        for error in snap.errors:
+            print(f"llmq: {error}", file=sys.stderr)
         if args.json:
             _print([_dump([worker_json(w) for w in snap.workers])])
         elif snap.workers:

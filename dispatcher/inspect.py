@@ -99,24 +99,26 @@ async def queue_states(js: JetStreamContext) -> list[QueueState]:
 
 
 async def _bucket_values(js: JetStreamContext, bucket: str, timeout: float) -> list[bytes]:
-    try:
-        kv = await js.key_value(bucket)
-    except Exception:
-        return []
-    values: list[bytes] = []
-    watcher = await kv.watchall()
+    """The current value of every key: the stream's subject list, then the last message of
+    each. (A KV watcher's "caught up" marker can arrive before the values it announces.)"""
+    stream = f"KV_{bucket}"
     try:
         async with asyncio.timeout(timeout):
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value and entry.operation not in ("DEL", "PURGE"):
-                    values.append(entry.value)
-    except TimeoutError:
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+            info = await js.stream_info(stream, subjects_filter=f"$KV.{bucket}.>")
+            subjects = sorted((info.state.subjects or {}) if info.state else {})
+            messages = await asyncio.gather(
+                *(js.get_last_msg(stream, subject) for subject in subjects),
+                return_exceptions=True,
+            )
+    except (NotFoundError, TimeoutError):
+        return []
+    values: list[bytes] = []
+    for msg in messages:
+        if isinstance(msg, BaseException) or not msg.data:
+            continue  # gone meanwhile (expired, deleted)
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            continue
+        values.append(msg.data)
     return values
 
 

@@ -114,7 +114,7 @@ def outcomes_stream_config(max_age: float) -> StreamConfig:
     disk until the collector has stored them; `max_age` only bounds what nobody collects."""
     return StreamConfig(
         name=names.OUTCOMES_STREAM,
-        subjects=[f"{names.OUTCOME_PREFIX}.>", f"{names.MAX_DELIVERIES_ADVISORY}.>"],
+        subjects=[f"{names.OUTCOME_PREFIX}.>", names.BATCH_MAX_DELIVERIES],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=max_age,

@@ -113,8 +113,8 @@ OUTCOMES_STREAM = "LLMQ_OUTCOMES"
 """Reply frames of async and batch jobs (file storage, work queue), plus the max-deliveries
 advisories of LLMQ_BATCH: results survive an api restart until the collector stores them."""
 OUTCOME_PREFIX = "llmq.outcome"
-MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{BATCH_STREAM}"
-"""`.<consumer>`: published by the server when a batch job ran out of deliveries."""
+BATCH_MAX_DELIVERIES = max_deliveries_advisory(BATCH_STREAM)
+"""Published by the server when a batch job ran out of deliveries; captured by OUTCOMES."""
 COLLECTOR_CONSUMER = "collector"
 """The one durable pull consumer on LLMQ_OUTCOMES, shared by every api replica."""
 WEBHOOKS_STREAM = "LLMQ_WEBHOOKS"

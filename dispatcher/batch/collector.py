@@ -121,7 +121,7 @@ class ResultCollector:
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            if msg.subject.startswith(names.MAX_DELIVERIES_ADVISORY):
+            if msg.subject.startswith(names.BATCH_MAX_DELIVERIES.removesuffix("*")):
                 await self._exhausted(msg)
             else:
                 await self._frame(msg)

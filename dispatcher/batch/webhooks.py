@@ -94,8 +94,12 @@ class Webhooks:
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._warned = False
 
     async def enqueue(self, tenant: str, job_id: str) -> None:
+        if not self.secret and not self._warned:
+            self._warned = True
+            log.warning("webhook_secret is empty: webhooks are sent unsigned")
         await self.js.publish(
             names.webhook_subject(job_id),
             msgspec.json.encode(_Task(tenant, job_id)),
@@ -103,8 +107,6 @@ class Webhooks:
         )
 
     def start(self) -> None:
-        if not self.secret:
-            log.warning("webhook_secret is empty: webhooks are sent unsigned")
         self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
         self._task = asyncio.create_task(self._loop(), name="webhooks")
 

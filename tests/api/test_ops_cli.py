@@ -144,8 +144,10 @@ async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignor
 
 
 async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _name("cli-proc")
+    model, gone = _name("cli-proc"), _name("cli-gone")
     await stack.worker(model=[model])
+    left = await stack.worker(model=[gone])
+    await left.close()  # deletes its registry entry: not listed
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "api.cli", "workers", "--json"],
@@ -154,4 +156,6 @@ async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
-    assert any(w["models"] == [model] for w in json.loads(proc.stdout))
+    workers = json.loads(proc.stdout)
+    assert any(w["models"] == [model] for w in workers), (proc.stdout, proc.stderr)
+    assert not any(w["models"] == [gone] for w in workers)
