@@ -1,8 +1,8 @@
 """`llmq tenants|keys|usage|prices`: the admin operations, straight against Redis.
 
-    llmq tenants create acme --rpm 600 --tpm 200000 --max-concurrent 8 --models echo,gpt-4
-    llmq keys create acme            # prints the key once; Redis keeps only its SHA-256
-    llmq usage acme --days 7
+llmq tenants create acme --rpm 600 --tpm 200000 --max-concurrent 8 --models echo,gpt-4
+llmq keys create acme            # prints the key once; Redis keeps only its SHA-256
+llmq usage acme --days 7
 """
 
 from __future__ import annotations
@@ -104,7 +104,10 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
         raise ValueError(f"`llmq prices {args.action}` needs a MODEL")
     if args.action == "set":
         price = msgspec.convert({"input_per_1m": args.input, "output_per_1m": args.output}, Price)
-        return {"model": args.model, **msgspec.to_builtins(await store.set_price(args.model, price))}
+        return {
+            "model": args.model,
+            **msgspec.to_builtins(await store.set_price(args.model, price)),
+        }
     return {"model": args.model, "deleted": await store.delete_price(args.model)}
 
 

@@ -56,6 +56,7 @@ class WorkerRegistry:
     async def _follow(self, kv: KeyValue, apply: object) -> None:
         """Watch a bucket forever; a broken watch is re-opened (it replays current values)."""
         while True:
+            watcher = None
             try:
                 watcher = await kv.watchall()
                 async for entry in watcher:
@@ -68,6 +69,10 @@ class WorkerRegistry:
             except Exception as exc:
                 log.warning("registry watch of %s failed: %s", kv._name, exc)
                 await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
 
     def _on_worker(self, key: str, value: bytes | None, op: str | None) -> None:
         if op in _DELETES or not value:

@@ -126,12 +126,15 @@ class Worker:
         self.scheduler.pause()
         for feed in self.scheduler.feeds:
             await feed.stop()
+        await self.scheduler.hand_back_held()
         if self.announcer is not None:
             with contextlib.suppress(Exception):
                 await self.announcer.beat()
         finished = await self.scheduler.wait_idle(self.settings.drain_timeout)
         if not finished:
-            log.warning("drain timeout: cancelling %d jobs", self.scheduler.in_flight)
+            log.warning("drain timeout: handing back %d jobs", self.scheduler.in_flight)
+            if self.runner is not None:
+                self.runner.shutting_down = True
             self.scheduler.cancel_all()
             await self.scheduler.wait_idle(2.0)
         await self.close()

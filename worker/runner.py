@@ -118,6 +118,8 @@ class JobRunner:
         self.max_deliver = max_deliver
         self.on_outcome = on_outcome
         self.cancelled = CancelledJobs()
+        self.shutting_down = False
+        """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def cancel(self, job_id: str) -> None:
@@ -163,8 +165,11 @@ class JobRunner:
             async with asyncio.timeout(timeout):
                 await self._execute(msg.data, kind, sender, ack, outcome)
         except asyncio.CancelledError:
-            outcome.outcome = "cancelled"
-            await ack.term()
+            if self.shutting_down and job_id not in self.cancelled:
+                await self._hand_back(ack, sender, attempt, outcome)
+            else:
+                outcome.outcome = "cancelled"
+                await ack.term()
             raise
         except TimeoutError:
             outcome.outcome = "error"
@@ -194,6 +199,20 @@ class JobRunner:
             await ack.ack()
             outcome.ended = time.monotonic()
             self.on_outcome(outcome)
+
+    async def _hand_back(
+        self, ack: _Ack, sender: FrameSender, attempt: int, outcome: JobOutcome
+    ) -> None:
+        """The worker stops before the job ended: give it back if nobody saw a token yet,
+        else end the client's stream with a clear error instead of silence."""
+        if not ack.done:
+            outcome.outcome = "retried"
+            await ack.nak(delay=0)
+            await sender.requeued(attempt)
+            return
+        outcome.outcome = "error"
+        message = "the worker shut down mid-stream"
+        await sender.failed(failure(503, message, "service_unavailable", "worker_shutdown"))
 
     async def _keepalive(self, sender: FrameSender, ack: _Ack) -> None:
         """Pings the api while it would otherwise hear nothing; keeps the unacked job ours."""

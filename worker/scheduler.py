@@ -100,6 +100,16 @@ class Scheduler:
         except TimeoutError:
             return False
 
+    async def hand_back_held(self) -> int:
+        """Give jobs that wait for a slot back to JetStream at once (draining)."""
+        held, self._held = self._held, []
+        for _, _, msg in held:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        if self.running == 0:
+            self.idle.set()
+        return len(held)
+
     def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -18,8 +18,8 @@ import pytest
 from api.embedded import EmbeddedRedis, free_port
 from api.serving import estimate_prompt_tokens
 from api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
-from tests.stack import wait_for
 from schemas.openai import chat_request_decoder
+from tests.stack import wait_for
 from worker.backends.base import BackendConfig
 
 ADMIN = "admin-secret"
@@ -63,10 +63,14 @@ async def test_key_auth_401_403_and_revocation(stack, redis) -> None:  # type: i
     async with httpx.AsyncClient() as client:
         resp = await client.post(url, json=_chat(model))
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "missing_api_key"
-        resp = await client.post(url, json=_chat(model), headers={"authorization": "Bearer sk-llmq-wrong"})
+        resp = await client.post(
+            url, json=_chat(model), headers={"authorization": "Bearer sk-llmq-wrong"}
+        )
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "invalid_api_key"
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key)
-    reply = await sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "keyed"}])
+    reply = await sdk.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "keyed"}]
+    )
     assert reply.choices[0].message.content == "keyed"
     store = TenantStore(redis)
     (record,) = await store.list_keys(tenant)
@@ -84,12 +88,17 @@ async def test_trusted_header_mode(stack, redis) -> None:  # type: ignore[no-unt
     await store.create(Tenant(name=allowed))
     await store.create(Tenant(name=fallback))
     api = await stack.api(
-        auth_mode="header", tenant_header="X-Team", trusted_tenants=[allowed, fallback], default_tenant=fallback
+        auth_mode="header",
+        tenant_header="X-Team",
+        trusted_tenants=[allowed, fallback],
+        default_tenant=fallback,
     )
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     url = f"{api.url}/v1/chat/completions"
     async with httpx.AsyncClient() as client:
-        assert (await client.post(url, json=_chat(model), headers={"X-Team": allowed})).status_code == 200
+        assert (
+            await client.post(url, json=_chat(model), headers={"X-Team": allowed})
+        ).status_code == 200
         assert (await client.post(url, json=_chat(model))).status_code == 200
         denied = await client.post(url, json=_chat(model), headers={"X-Team": "intruder"})
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "tenant_not_allowed"
@@ -150,12 +159,19 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
     limits = httpx.Limits(max_connections=100)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         resps = await asyncio.gather(
-            *[client.post(f"{urls[i % 2]}/v1/chat/completions", json=_chat(model), headers=headers) for i in range(500)]
+            *[
+                client.post(
+                    f"{urls[i % 2]}/v1/chat/completions", json=_chat(model), headers=headers
+                )
+                for i in range(500)
+            ]
         )
     codes = [r.status_code for r in resps]
     assert codes.count(200) == 50, {c: codes.count(c) for c in set(codes)}
     assert codes.count(429) == 450, [r.text for r in resps if r.status_code not in (200, 429)][:3]
-    assert {r.json()["error"]["code"] for r in resps if r.status_code == 429} == {"rate_limit_exceeded"}
+    assert {r.json()["error"]["code"] for r in resps if r.status_code == 429} == {
+        "rate_limit_exceeded"
+    }
     served_by = {i % 2 for i, r in enumerate(resps) if r.status_code == 200}
     assert served_by == {0, 1}
 
@@ -168,14 +184,24 @@ async def test_max_concurrent_is_never_exceeded(stack, redis) -> None:  # type: 
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(timeout=30) as client:
         resps = await asyncio.gather(
-            *[client.post(f"{api.url}/v1/chat/completions", json=_chat(model, "a b c"), headers=headers) for _ in range(30)]
+            *[
+                client.post(
+                    f"{api.url}/v1/chat/completions", json=_chat(model, "a b c"), headers=headers
+                )
+                for _ in range(30)
+            ]
         )
         codes = [r.status_code for r in resps]
         assert codes.count(200) == 3 and codes.count(429) == 27
         assert worker.scheduler.peak <= 3
         # Rejected callers that retry later get through, three at a time.
         retry = await asyncio.gather(
-            *[client.post(f"{api.url}/v1/chat/completions", json=_chat(model, "a"), headers=headers) for _ in range(3)]
+            *[
+                client.post(
+                    f"{api.url}/v1/chat/completions", json=_chat(model, "a"), headers=headers
+                )
+                for _ in range(3)
+            ]
         )
         assert [r.status_code for r in retry] == [200, 200, 200]
     await wait_for(lambda: _inflight(redis, tenant, 0))
@@ -195,17 +221,25 @@ async def test_daily_budget_not_exceeded_under_concurrency(stack, redis) -> None
     async with httpx.AsyncClient(timeout=30) as client:
         resps = await asyncio.gather(
             *[
-                client.post(f"{api.url}/v1/chat/completions", json=_chat(model, words, max_tokens=10), headers=headers)
+                client.post(
+                    f"{api.url}/v1/chat/completions",
+                    json=_chat(model, words, max_tokens=10),
+                    headers=headers,
+                )
                 for _ in range(60)
             ]
         )
     codes = [r.status_code for r in resps]
     assert codes.count(200) >= 1 and codes.count(429) >= 1
-    assert {r.json()["error"]["code"] for r in resps if r.status_code == 429} == {"insufficient_quota"}
+    assert {r.json()["error"]["code"] for r in resps if r.status_code == 429} == {
+        "insufficient_quota"
+    }
     await wait_for(lambda: _inflight(redis, tenant, 0))
     rows = await UsageReader(redis).usage(tenant, days=1)
     used = sum(r.prompt_tokens + r.completion_tokens for r in rows)
-    one_reservation = estimate_prompt_tokens(chat_request_decoder.decode(json.dumps(_chat(model, words)))) + 10
+    one_reservation = (
+        estimate_prompt_tokens(chat_request_decoder.decode(json.dumps(_chat(model, words)))) + 10
+    )
     assert used <= 200 + one_reservation
 
 
@@ -230,7 +264,9 @@ async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:
         assert failed.status_code == 502
         timed_out = await client.post(url, json=_chat(model, long_text), headers=headers)
         assert timed_out.status_code == 504
-        async with client.stream("POST", url, json=_chat(model, long_text, stream=True), headers=headers) as resp:
+        async with client.stream(
+            "POST", url, json=_chat(model, long_text, stream=True), headers=headers
+        ) as resp:
             async for line in resp.aiter_lines():
                 if line.startswith("data: "):
                     break
@@ -248,7 +284,10 @@ async def test_slot_released_when_worker_is_killed_mid_job(stack, redis) -> None
     body = _chat(model, " ".join(f"w{i}" for i in range(100)), stream=True)
     async with httpx.AsyncClient(timeout=30) as client:
         async with client.stream(
-            "POST", f"{api.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+            "POST",
+            f"{api.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
         ) as resp:
             seen = 0
             async for line in resp.aiter_lines():
@@ -283,9 +322,7 @@ async def test_redis_down_fails_closed_then_recovers(stack, tmp_path) -> None:  
         assert down.json()["error"]["code"] in ("tenant_store_down", "quota_store_down")
         revived = EmbeddedRedis(tmp_path / "own-redis", port=port)
         try:
-            await wait_for(
-                lambda: _ok(client, url, model, headers), timeout=10, interval=0.2
-            )
+            await wait_for(lambda: _ok(client, url, model, headers), timeout=10, interval=0.2)
         finally:
             revived.stop()
 
@@ -302,25 +339,43 @@ async def test_admin_api_tenants_keys_usage_prices(stack, redis) -> None:  # typ
     name = _name()
     async with httpx.AsyncClient(base_url=api.url) as client:
         assert (await client.get("/admin/tenants")).status_code == 401
-        assert (await client.get("/admin/tenants", headers={"authorization": "Bearer nope"})).status_code == 401
-        created = await client.post("/admin/tenants", json={"name": name, "rpm": 100, "models": [model]}, headers=admin)
+        assert (
+            await client.get("/admin/tenants", headers={"authorization": "Bearer nope"})
+        ).status_code == 401
+        created = await client.post(
+            "/admin/tenants", json={"name": name, "rpm": 100, "models": [model]}, headers=admin
+        )
         assert created.status_code == 201 and created.json()["rpm"] == 100
         dup = await client.post("/admin/tenants", json={"name": name}, headers=admin)
         assert dup.status_code == 409
         bad = await client.post("/admin/tenants", json={"name": "bad name!"}, headers=admin)
         assert bad.status_code == 400 and "error" in bad.json()
-        key = (await client.post(f"/admin/tenants/{name}/keys", json={"label": "ci"}, headers=admin)).json()
+        key = (
+            await client.post(f"/admin/tenants/{name}/keys", json={"label": "ci"}, headers=admin)
+        ).json()
         assert key["key"].startswith("sk-llmq-") and key["label"] == "ci"
         listed = (await client.get(f"/admin/tenants/{name}/keys", headers=admin)).json()["data"]
         assert [k["id"] for k in listed] == [key["id"]] and "key" not in listed[0]
-        assert (await client.put(f"/admin/prices/{model}", json={"input_per_1m": 1000, "output_per_1m": 2000}, headers=admin)).status_code == 200
+        assert (
+            await client.put(
+                f"/admin/prices/{model}",
+                json={"input_per_1m": 1000, "output_per_1m": 2000},
+                headers=admin,
+            )
+        ).status_code == 200
         user = {"authorization": f"Bearer {key['key']}"}
-        ok = await client.post("/v1/chat/completions", json=_chat(model, "one two three"), headers=user)
+        ok = await client.post(
+            "/v1/chat/completions", json=_chat(model, "one two three"), headers=user
+        )
         assert ok.status_code == 200
-        other = await client.post("/v1/chat/completions", json=_chat("not-allowed-model"), headers=user)
+        other = await client.post(
+            "/v1/chat/completions", json=_chat("not-allowed-model"), headers=user
+        )
         assert other.status_code == 404
         await wait_for(lambda: _inflight(redis, name, 0))
-        usage = (await client.get(f"/admin/tenants/{name}/usage?days=1", headers=admin)).json()["data"]
+        usage = (await client.get(f"/admin/tenants/{name}/usage?days=1", headers=admin)).json()[
+            "data"
+        ]
         assert usage[0]["model"] == model and usage[0]["requests"] == 1
         assert usage[0]["prompt_tokens"] == 3 and usage[0]["completion_tokens"] == 3
         assert usage[0]["cost_usd"] == pytest.approx((3 * 1000 + 3 * 2000) / 1e6)
@@ -339,9 +394,17 @@ def test_cli_tenants_keys_usage(redis_server) -> None:  # type: ignore[no-untype
     name = _name()
 
     def llmq(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
-    created = llmq("tenants", "create", name, "--rpm", "60", "--daily-tokens", "1000", "--models", "echo,gpt")
+    created = llmq(
+        "tenants", "create", name, "--rpm", "60", "--daily-tokens", "1000", "--models", "echo,gpt"
+    )
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["models"] == ["echo", "gpt"]
     key = json.loads(llmq("keys", "create", name).stdout)
