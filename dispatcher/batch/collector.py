@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from dispatcher.batch import kv as kvs
+from dispatcher.batch.consume import pull_forever
 from dispatcher.batch.ports import Accounting
 from dispatcher.batch.records import split_line_job_id
 from schemas import frames, names
@@ -94,30 +94,17 @@ class ResultCollector:
             await kvs.stop_task(self._task)
 
     async def _loop(self) -> None:
-        sub = None
-        try:
-            while True:
-                try:
-                    if sub is None:
-                        sub = await self.js.pull_subscribe_bind(
-                            durable=names.COLLECTOR_CONSUMER, stream=names.OUTCOMES_STREAM
-                        )
-                    try:
-                        msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
-                    except (NatsTimeoutError, TimeoutError):
-                        continue
-                    await asyncio.gather(*(self._handle(msg) for msg in msgs))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("result collector: fetch failed: %s", exc)
-                    await asyncio.sleep(0.5)
-        finally:
-            # A fetch cut short may leave a message unaccounted for, which would make the
-            # connection's drain wait forever: drop the subscription explicitly.
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        await pull_forever(
+            self.js,
+            names.OUTCOMES_STREAM,
+            names.COLLECTOR_CONSUMER,
+            lambda: self.fetch_batch,
+            self._handle_all,
+            "result collector",
+        )
+
+    async def _handle_all(self, msgs: list[Msg]) -> None:
+        await asyncio.gather(*(self._handle(msg) for msg in msgs))
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -24,13 +24,16 @@ from collections.abc import Awaitable, Callable
 import httpx
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from dispatcher.batch import kv as kvs
+from dispatcher.batch.consume import pull_forever
 from schemas import names
 
 log = logging.getLogger(__name__)
+
+MAX_DELIVERIES_AT_ONCE = 32
+"""Webhook POSTs in flight per api process."""
 
 SIGNATURE_HEADER = "Llmq-Signature"
 ID_HEADER = "Llmq-Webhook-Id"
@@ -119,37 +122,20 @@ class Webhooks:
             await self._client.aclose()
 
     async def _loop(self) -> None:
-        sub = None
-        try:
-            while True:
-                try:
-                    if sub is None:
-                        sub = await self.js.pull_subscribe_bind(
-                            durable=names.WEBHOOK_CONSUMER, stream=names.WEBHOOKS_STREAM
-                        )
-                    free = 32 - len(self._running)
-                    if free <= 0:
-                        await asyncio.sleep(0.05)
-                        continue
-                    try:
-                        msgs = await sub.fetch(free, timeout=1.0)
-                    except (NatsTimeoutError, TimeoutError):
-                        continue
-                    for msg in msgs:
-                        task = asyncio.create_task(self._deliver(msg))
-                        self._running.add(task)
-                        task.add_done_callback(self._running.discard)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("webhook fetch failed: %s", exc)
-                    await asyncio.sleep(0.5)
-        finally:
-            # A fetch cut short may leave a message unaccounted for, which would make the
-            # connection's drain wait forever: drop the subscription explicitly.
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        await pull_forever(
+            self.js,
+            names.WEBHOOKS_STREAM,
+            names.WEBHOOK_CONSUMER,
+            lambda: MAX_DELIVERIES_AT_ONCE - len(self._running),
+            self._start_all,
+            "webhooks",
+        )
+
+    async def _start_all(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            task = asyncio.create_task(self._deliver(msg))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _deliver(self, msg: Msg) -> None:
         try:
