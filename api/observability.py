@@ -9,20 +9,13 @@ import logging
 import os
 import socket
 
-from nats.aio.msg import Msg
-from nats.micro.service import (
-    EndpointInfo,
-    EndpointStats,
-    Service,
-    ServiceConfig,
-    ServiceInfo,
-    ServiceStats,
-)
+from nats.micro.service import EndpointInfo, EndpointStats
 
 from api.metrics import ApiMetrics
 from api.request_log import RequestLog
 from api.runtime import Runtime
 from api.serving import Serving
+from dispatcher.micro import LiveService
 from schemas import names
 
 log = logging.getLogger(__name__)
@@ -30,22 +23,19 @@ log = logging.getLogger(__name__)
 DESCRIPTION = "llmq api: OpenAI-compatible HTTP in front of the job queue"
 
 
-class ApiService(Service):
+class ApiService(LiveService):
     """`llmq-api` with live metadata; its one endpoint reports the HTTP requests served."""
 
     def __init__(self, runtime: Runtime, metrics: ApiMetrics, version: str) -> None:
-        super().__init__(
-            runtime.nc,
-            ServiceConfig(name=names.API_MICRO_SERVICE, version=version, description=DESCRIPTION),
-        )
+        super().__init__(runtime.nc, names.API_MICRO_SERVICE, version, DESCRIPTION)
         self._rt = runtime
         self._m = metrics
         self._host = socket.gethostname()
         self._refresh()
 
-    def _refresh(self) -> None:
+    def live_metadata(self) -> dict[str, str]:
         s = self._rt.settings
-        self._metadata = {
+        return {
             "instance_id": s.instance_id,
             "host": self._host,
             "listen": f"{s.host}:{s.port}",
@@ -58,51 +48,27 @@ class ApiService(Service):
     def _subject(self) -> str:
         return names.inbox_prefix(self._rt.settings.instance_id) + ".>"
 
-    async def _handle_ping_request(self, msg: Msg) -> None:
-        self._refresh()
-        await super()._handle_ping_request(msg)
+    def endpoint_infos(self) -> list[EndpointInfo]:
+        about = {"about": "HTTP requests; job replies arrive on this subject"}
+        return [
+            EndpointInfo(name="requests", subject=self._subject(), queue_group="", metadata=about)
+        ]
 
-    def info(self) -> ServiceInfo:
-        self._refresh()
-        return ServiceInfo(
-            id=self._id,
-            name=self._name,
-            version=self._version,
-            description=DESCRIPTION,
-            metadata=self._metadata,
-            endpoints=[
-                EndpointInfo(
-                    name="requests",
-                    subject=self._subject(),
-                    queue_group="",
-                    metadata={"about": "HTTP requests; job replies arrive on this subject"},
-                )
-            ],
-        )
-
-    def stats(self) -> ServiceStats:
-        self._refresh()
+    def endpoint_stats(self) -> list[EndpointStats]:
         m = self._m
-        return ServiceStats(
-            id=self._id,
-            name=self._name,
-            version=self._version,
-            started=self._started,
-            metadata=self._metadata,
-            endpoints=[
-                EndpointStats(
-                    name="requests",
-                    subject=self._subject(),
-                    queue_group="",
-                    num_requests=m.count,
-                    num_errors=m.errors,
-                    last_error=m.last_error,
-                    processing_time=m.busy_ns,
-                    average_processing_time=m.busy_ns // m.count if m.count else 0,
-                    data={"open_streams": self._rt.open_streams},
-                )
-            ],
-        )
+        return [
+            EndpointStats(
+                name="requests",
+                subject=self._subject(),
+                queue_group="",
+                num_requests=m.count,
+                num_errors=m.errors,
+                last_error=m.last_error,
+                processing_time=m.busy_ns,
+                average_processing_time=m.busy_ns // m.count if m.count else 0,
+                data={"open_streams": self._rt.open_streams},
+            )
+        ]
 
 
 class Observability:

@@ -20,16 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.micro.service import (
-    EndpointInfo,
-    EndpointStats,
-    Service,
-    ServiceConfig,
-    ServiceInfo,
-    ServiceStats,
-)
+from nats.micro.service import EndpointInfo, EndpointStats
 
+from dispatcher.micro import LiveService
 from schemas import names
 from schemas.registry import WorkerInfo
 from worker.metrics import JobBook
@@ -66,16 +59,13 @@ def endpoint_subject(stream: str, model: str) -> str:
     return names.jobs_subject(model)
 
 
-class WorkerService(Service):
-    """nats-py's micro `Service`, with live metadata and job-backed endpoint statistics."""
+class WorkerService(LiveService):
+    """`llmq-worker` with live metadata and job-backed endpoint statistics."""
 
     def __init__(
         self, nc: Client, book: JobBook, snapshot: Callable[[], WorkerInfo], version: str
     ) -> None:
-        super().__init__(
-            nc,
-            ServiceConfig(name=names.MICRO_SERVICE, version=version, description=DESCRIPTION),
-        )
+        super().__init__(nc, names.MICRO_SERVICE, version, DESCRIPTION)
         self._book = book
         self._snapshot = snapshot
         self._refresh()
@@ -92,37 +82,21 @@ class WorkerService(Service):
         with contextlib.suppress(Exception):
             await self.stop()
 
-    def _refresh(self) -> None:
-        self._metadata = worker_metadata(self._snapshot())
+    def live_metadata(self) -> dict[str, str]:
+        return worker_metadata(self._snapshot())
 
-    async def _handle_ping_request(self, msg: Msg) -> None:
-        self._refresh()
-        await super()._handle_ping_request(msg)
+    def endpoint_infos(self) -> list[EndpointInfo]:
+        return [
+            EndpointInfo(
+                name=endpoint_name(stream),
+                subject=endpoint_subject(stream, model),
+                queue_group=names.consumer_name(stream, model),
+                metadata={"model": model, "stream": stream},
+            )
+            for stream, model in self._book.counters
+        ]
 
-    def _sources(self) -> list[tuple[str, str]]:
-        return list(self._book.counters)
-
-    def info(self) -> ServiceInfo:
-        self._refresh()
-        return ServiceInfo(
-            id=self._id,
-            name=self._name,
-            version=self._version,
-            description=DESCRIPTION,
-            metadata=self._metadata,
-            endpoints=[
-                EndpointInfo(
-                    name=endpoint_name(stream),
-                    subject=endpoint_subject(stream, model),
-                    queue_group=names.consumer_name(stream, model),
-                    metadata={"model": model, "stream": stream},
-                )
-                for stream, model in self._sources()
-            ],
-        )
-
-    def stats(self) -> ServiceStats:
-        self._refresh()
+    def endpoint_stats(self) -> list[EndpointStats]:
         now = time.time()
         in_flight = self._book.in_flight()
         running: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -159,11 +133,4 @@ class WorkerService(Service):
                     },
                 )
             )
-        return ServiceStats(
-            id=self._id,
-            name=self._name,
-            version=self._version,
-            started=self._started,
-            metadata=self._metadata,
-            endpoints=endpoints,
-        )
+        return endpoints

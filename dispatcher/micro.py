@@ -1,0 +1,65 @@
+"""NATS micro services whose metadata and endpoints are computed when asked.
+
+nats-py's `Service` builds INFO and STATS from endpoints registered with handlers, and with a
+null description and null endpoint data, which the io.nats.micro.v1 schemas reject. llmq's
+services describe work that arrives another way (jobs pulled from JetStream, HTTP requests),
+so a subclass says what its metadata and endpoints are right now, and this class answers
+PING, INFO and STATS with it.
+"""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro.service import (
+    EndpointInfo,
+    EndpointStats,
+    Service,
+    ServiceConfig,
+    ServiceInfo,
+    ServiceStats,
+)
+
+
+class LiveService(Service):
+    def __init__(self, nc: Client, name: str, version: str, description: str) -> None:
+        super().__init__(nc, ServiceConfig(name=name, version=version, description=description))
+        self._description = description
+
+    def live_metadata(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def endpoint_infos(self) -> list[EndpointInfo]:
+        raise NotImplementedError
+
+    def endpoint_stats(self) -> list[EndpointStats]:
+        raise NotImplementedError
+
+    def _refresh(self) -> None:
+        self._metadata = self.live_metadata()
+
+    async def _handle_ping_request(self, msg: Msg) -> None:
+        self._refresh()
+        await super()._handle_ping_request(msg)
+
+    def info(self) -> ServiceInfo:
+        self._refresh()
+        return ServiceInfo(
+            id=self._id,
+            name=self._name,
+            version=self._version,
+            description=self._description,
+            metadata=self._metadata,
+            endpoints=self.endpoint_infos(),
+        )
+
+    def stats(self) -> ServiceStats:
+        self._refresh()
+        return ServiceStats(
+            id=self._id,
+            name=self._name,
+            version=self._version,
+            started=self._started,
+            metadata=self._metadata,
+            endpoints=self.endpoint_stats(),
+        )
