@@ -14,6 +14,7 @@ from api.batch_service import BatchService
 from api.errors import install_error_handlers
 from api.model_table import ModelTable
 from api.observability import Observability
+from api.preparation import RequestPreparer
 from api.routes import admin, batches, files, health, jobs, metrics, openai
 from api.runtime import Runtime
 from api.serving import Serving
@@ -38,11 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.usage = UsageReader(runtime.redis)
         app.state.models = models
-        app.state.serving = Serving(runtime, Authenticator(settings, store), admission, models)
+        preparer = RequestPreparer(models, runtime.registry, settings.default_max_tokens)
+        app.state.serving = Serving(runtime, Authenticator(settings, store), admission, preparer)
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
         # async jobs, files and batches (docs/batch.md)
-        app.state.batches = BatchService(settings, runtime, admission, models)
+        app.state.batches = BatchService(settings, runtime, admission, preparer)
         await app.state.batches.start()
         try:
             yield

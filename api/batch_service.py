@@ -19,9 +19,8 @@ import msgspec
 
 from api.admission import Admission
 from api.errors import ApiError
-from api.model_table import ModelTable
+from api.preparation import RequestPreparer
 from api.runtime import Runtime
-from api.serving import estimate_prompt_tokens
 from api.tenancy import Quota, QuotaBackendDown
 from dispatcher import streams
 from dispatcher.batch import kv as kvs
@@ -47,107 +46,35 @@ from dispatcher.batch.records import (
 from dispatcher.batch.runner import BatchRunner, batch_key
 from dispatcher.batch.webhooks import Webhooks
 from dispatcher.dispatch import DispatchError
-from dispatcher.registry import WorkerRegistry
 from schemas import names
-from schemas.openai import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    chat_request_decoder,
-    completion_request_decoder,
-    embedding_request_decoder,
-)
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "chat": chat_request_decoder,
-    "completion": completion_request_decoder,
-    "embedding": embedding_request_decoder,
-}
-_PATH = re.compile(r"at `\$\.?(.*)`")
 _WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 FILE_PURPOSES = frozenset({"batch"})
-
-AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
 # --- ports: request preparation and quota --------------------------------------------------
 
 
 class ApiPreparer:
-    """A body becomes a job the way the interactive path does it: decode, resolve aliases,
-    apply per-model defaults, check the model is known (a model with no live worker is fine:
-    the job waits in the durable queue); async and batch jobs never stream."""
+    """A body becomes a job the way the interactive path does it (`RequestPreparer`), except
+    that a known model with no live worker is fine — the job waits in the durable queue — and
+    async and batch jobs never stream."""
 
-    def __init__(self, settings: Settings, models: ModelTable, registry: WorkerRegistry) -> None:
-        self.settings = settings
-        self.models = models
-        self.registry = registry
+    def __init__(self, preparer: RequestPreparer) -> None:
+        self.preparer = preparer
 
     def prepare(self, kind: str, body: bytes, tenant: str) -> Prepared:
-        decoder = _DECODERS.get(kind)
-        if decoder is None:
-            raise Refused(400, "invalid_endpoint", f"unsupported job kind `{kind}`")
         try:
-            req: AnyRequest = decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            match = _PATH.search(str(exc))
+            p = self.preparer.prepare(kind, body, durable=True)
+        except ApiError as exc:
             raise Refused(
-                400, "invalid_request", str(exc), match.group(1) if match else None
+                exc.status, exc.code or "invalid_request", exc.message, exc.param
             ) from None
-        except msgspec.DecodeError as exc:
-            raise Refused(400, "invalid_json", f"malformed JSON: {exc}") from None
-        if isinstance(req, ChatCompletionRequest) and not req.messages:
-            raise Refused(
-                400, "invalid_request", "`messages` must contain at least one message", "messages"
-            )
-        model = self.models.resolve(req.model)
-        if not self.registry.known(model):
-            raise Refused(404, "model_not_found", f"The model `{model}` does not exist", "model")
-        info = self.registry.model_info(model)
-        if info is not None and kind not in info.kinds:
-            raise Refused(
-                400,
-                "unsupported_endpoint",
-                f"model `{model}` does not support {kind} requests",
-                "model",
-            )
-        changes: dict[str, object] = {}
-        if req.model != model:
-            changes["model"] = model
-        if not isinstance(req, EmbeddingRequest):
-            if req.stream:
-                changes["stream"] = False
-            if req.stream_options is not msgspec.UNSET:
-                changes["stream_options"] = msgspec.UNSET
-            defaults = self.models.defaults_for(model)
-            if defaults is not None:
-                if defaults.temperature is not None and not isinstance(
-                    req.temperature, float | int
-                ):
-                    changes["temperature"] = defaults.temperature
-                if defaults.max_tokens is not None and _token_limit(req) is None:
-                    changes["max_tokens"] = defaults.max_tokens
-        if changes:
-            req = msgspec.structs.replace(req, **changes)
-            body = encoder.encode(req)
-        max_tokens = (
-            0
-            if isinstance(req, EmbeddingRequest)
-            else _token_limit(req) or self.settings.default_max_tokens
-        )
-        return Prepared(model, body, kind, estimate_prompt_tokens(req), max_tokens)
-
-
-def _token_limit(req: AnyRequest) -> int | None:
-    if isinstance(req, ChatCompletionRequest):
-        return req.token_limit()
-    if isinstance(req, CompletionRequest) and isinstance(req.max_tokens, int):
-        return req.max_tokens
-    return None
+        return Prepared(p.model, p.body, p.kind, p.prompt_estimate, p.max_tokens)
 
 
 class QuotaAccounting:
@@ -239,12 +166,12 @@ class BatchService:
         settings: Settings,
         runtime: Runtime,
         admission: Admission,
-        models: ModelTable,
+        preparer: RequestPreparer,
     ) -> None:
         self.settings = settings
         self.rt = runtime
         self.admission = admission
-        self.preparer = ApiPreparer(settings, models, runtime.registry)
+        self.preparer = ApiPreparer(preparer)
         self.accounting: Accounting = (
             NoAccounting()
             if settings.auth_mode == "none"

@@ -19,8 +19,8 @@ from starlette.responses import Response
 from api.admission import Admission, Ticket
 from api.auth import Authenticator
 from api.errors import ApiError, error_bytes, error_response
-from api.model_table import ModelTable
-from api.protocol import decode, read_body
+from api.preparation import RequestPreparer
+from api.protocol import read_body
 from api.runtime import Runtime
 from api.sse import DONE, SSEResponse, event
 from dispatcher.dispatch import DispatchError, JobRun
@@ -30,11 +30,7 @@ from schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    chat_request_decoder,
-    completion_request_decoder,
-    embedding_request_decoder,
 )
-from worker.backends.echo import message_text
 
 log = logging.getLogger(__name__)
 
@@ -72,75 +68,52 @@ class Serving:
         runtime: Runtime,
         auth: Authenticator,
         admission: Admission,
-        models: ModelTable,
+        preparer: RequestPreparer,
         observers: list[Observer] | None = None,
     ) -> None:
         self.rt = runtime
         self.auth = auth
         self.admission = admission
-        self.models = models
+        self.preparer = preparer
         self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:
-        return await self._handle(request, "chat", chat_request_decoder)
+        return await self._handle(request, "chat")
 
     async def completion(self, request: Request) -> Response:
-        return await self._handle(request, "completion", completion_request_decoder)
+        return await self._handle(request, "completion")
 
     async def embedding(self, request: Request) -> Response:
-        return await self._handle(request, "embedding", embedding_request_decoder)
+        return await self._handle(request, "embedding")
 
-    async def _handle(self, request: Request, kind: str, decoder: msgspec.json.Decoder) -> Response:
+    async def _handle(self, request: Request, kind: str) -> Response:
         record = RequestRecord(job_id=new_job_id(), route=kind)
         try:
-            return await self._serve(request, kind, decoder, record)
+            return await self._serve(request, kind, record)
         except ApiError as exc:
             record.status, record.error_code = exc.status, exc.code
             self._observe(record)
             exc.headers.setdefault("x-request-id", record.job_id)
             raise
 
-    async def _serve(
-        self,
-        request: Request,
-        kind: str,
-        decoder: msgspec.json.Decoder,
-        record: RequestRecord,
-    ) -> Response:
+    async def _serve(self, request: Request, kind: str, record: RequestRecord) -> Response:
         settings = self.rt.settings
         if not self.rt.accepting:
             raise ApiError(503, "the api is shutting down", "shutting_down")
         record.tenant = await self.auth.tenant(request)
         body = await read_body(request, settings.max_body_bytes)
-        req: AnyRequest = decode(body, decoder)
-        if isinstance(req, ChatCompletionRequest) and not req.messages:
-            raise ApiError(
-                400,
-                "`messages` must contain at least one message",
-                "invalid_request",
-                param="messages",
-            )
-        stream = bool(getattr(req, "stream", False))
-        record.stream = stream
-        model = self.models.resolve(req.model)
-        record.model = model
-        self._route(model, kind)
-        req, changed = self._with_defaults(req, model)
-        if changed:
-            body = _encoder.encode(req)
-        max_tokens = (
-            0
-            if isinstance(req, EmbeddingRequest)
-            else _token_limit(req) or settings.default_max_tokens
-        )
-        prompt_estimate = estimate_prompt_tokens(req)
+        req = self.preparer.decode(kind, body)
+        record.model = self.preparer.models.resolve(req.model)
+        prepared = self.preparer.prepare_decoded(req, kind, body)
+        record.stream = prepared.stream
         ticket = await self.admission.admit(
-            record.tenant, model, prompt_estimate, max_tokens, record.job_id
-        )
+            record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
+            record.job_id,
+        )  # fmt: skip
         spec = JobSpec(
             job_id=record.job_id,
-            model=model,
-            body=body,
+            model=prepared.model,
+            body=prepared.body,
             tenant=record.tenant,
             deadline_ms=int((time.time() + settings.deadline) * 1000),
             kind=kind,
@@ -151,43 +124,11 @@ class Serving:
         except DispatchError as exc:
             ticket.finish(0, 0, failed=True)
             raise ApiError(exc.status, exc.message, exc.code, headers=ticket.headers) from None
-        job = _Job(self, run, ticket, record, prompt_estimate)
+        job = _Job(self, run, ticket, record, prepared.prompt_estimate)
         headers = {"x-request-id": record.job_id, **ticket.headers}
-        if stream:
+        if prepared.stream:
             return await job.stream(headers)
         return await job.collect(headers)
-
-    def _route(self, model: str, kind: str) -> None:
-        registry = self.rt.registry
-        if registry.workers_for(model):
-            info = registry.model_info(model)
-            if info is not None and kind not in info.kinds:
-                raise ApiError(
-                    400,
-                    f"model `{model}` does not support {kind} requests",
-                    "unsupported_endpoint",
-                    param="model",
-                )
-            return
-        if registry.known(model):
-            raise ApiError(
-                503, f"no live worker serves model `{model}`", "no_worker", param="model"
-            )
-        raise ApiError(404, f"The model `{model}` does not exist", "model_not_found", param="model")
-
-    def _with_defaults(self, req: AnyRequest, model: str) -> tuple[AnyRequest, bool]:
-        changes: dict[str, object] = {}
-        if req.model != model:
-            changes["model"] = model
-        defaults = self.models.defaults_for(model)
-        if defaults is not None and not isinstance(req, EmbeddingRequest):
-            if defaults.temperature is not None and not isinstance(req.temperature, float | int):
-                changes["temperature"] = defaults.temperature
-            if defaults.max_tokens is not None and _token_limit(req) is None:
-                changes["max_tokens"] = defaults.max_tokens
-        if not changes:
-            return req, False
-        return msgspec.structs.replace(req, **changes), True
 
     def _observe(self, record: RequestRecord) -> None:
         record.latency = time.monotonic() - record.started
@@ -294,32 +235,6 @@ class _Job:
             rt.open_streams -= 1
             self.settle(499, code="client_closed")
             await events.aclose()
-
-
-def estimate_prompt_tokens(req: AnyRequest) -> int:
-    """A deliberately high guess for the reservation: tokenizers give about one token per
-    3-4 UTF-8 bytes of English and one per CJK character (3 bytes), never fewer than one a
-    word, and chat formats add a few per message. The worker's real count replaces it when
-    the job ends; guessing high is what keeps budgets from being overshot under concurrency."""
-    if isinstance(req, ChatCompletionRequest):
-        texts = [message_text(m) for m in req.messages]
-        overhead = 4 * len(texts)
-    elif isinstance(req, CompletionRequest):
-        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        overhead = 0
-    else:
-        raw = req.input
-        texts = [raw] if isinstance(raw, str) else [str(x) for x in raw]
-        overhead = 0
-    return overhead + sum(max(len(t.encode()) // 3, len(t.split())) for t in texts) or 1
-
-
-def _token_limit(req: AnyRequest) -> int | None:
-    if isinstance(req, ChatCompletionRequest):
-        return req.token_limit()
-    if isinstance(req, CompletionRequest) and isinstance(req.max_tokens, int):
-        return req.max_tokens
-    return None
 
 
 def _failed_response(frame: Failed, headers: dict[str, str]) -> Response:

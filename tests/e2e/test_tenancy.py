@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from api.embedded import EmbeddedRedis, free_port
-from api.serving import estimate_prompt_tokens
+from api.preparation import estimate_prompt_tokens
 from api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from schemas.openai import chat_request_decoder
 from tests.stack import wait_for

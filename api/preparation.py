@@ -1,0 +1,157 @@
+"""From request body to job: decode and validate, resolve aliases, check the model, apply
+per-model defaults, estimate the tokens to reserve. The same for every way a request
+arrives — interactive HTTP, an async job, a batch line — so they can never disagree.
+
+Raises `ApiError` (400 bad body, 404 unknown model, 503 no live worker, 400 unsupported
+endpoint); no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from api.errors import ApiError
+from api.model_table import ModelTable
+from api.protocol import decode
+from dispatcher.registry import WorkerRegistry
+from schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    chat_request_decoder,
+    completion_request_decoder,
+    embedding_request_decoder,
+)
+from worker.backends.echo import message_text
+
+AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+
+DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    "chat": chat_request_decoder,
+    "completion": completion_request_decoder,
+    "embedding": embedding_request_decoder,
+}
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    request: AnyRequest
+    model: str
+    body: bytes
+    """What to publish: the original bytes, or re-encoded when something was changed."""
+    kind: str
+    stream: bool
+    prompt_estimate: int
+    max_tokens: int
+    """Tokens to reserve for the completion (0 for embeddings)."""
+
+
+class RequestPreparer:
+    def __init__(
+        self, models: ModelTable, registry: WorkerRegistry, default_max_tokens: int
+    ) -> None:
+        self.models = models
+        self.registry = registry
+        self.default_max_tokens = default_max_tokens
+
+    def prepare(self, kind: str, body: bytes, *, durable: bool = False) -> PreparedRequest:
+        """`durable`: an async or batch job, which never streams and may wait in its queue
+        for a worker (so a known model with no live worker is fine)."""
+        return self.prepare_decoded(self.decode(kind, body), kind, body, durable=durable)
+
+    def decode(self, kind: str, body: bytes) -> AnyRequest:
+        decoder = DECODERS.get(kind)
+        if decoder is None:
+            raise ApiError(400, f"unsupported job kind `{kind}`", "invalid_endpoint")
+        req: AnyRequest = decode(body, decoder)
+        if isinstance(req, ChatCompletionRequest) and not req.messages:
+            raise ApiError(
+                400, "`messages` must contain at least one message", "invalid_request",
+                param="messages",
+            )  # fmt: skip
+        return req
+
+    def prepare_decoded(
+        self, req: AnyRequest, kind: str, body: bytes, *, durable: bool = False
+    ) -> PreparedRequest:
+        model = self.models.resolve(req.model)
+        self.check_model(model, kind, need_live_worker=not durable)
+        req, changed = self._adjusted(req, model, durable)
+        if changed:
+            body = _encoder.encode(req)
+        stream = bool(getattr(req, "stream", False))
+        max_tokens = (
+            0 if isinstance(req, EmbeddingRequest) else token_limit(req) or self.default_max_tokens
+        )
+        return PreparedRequest(
+            req, model, body, kind, stream, estimate_prompt_tokens(req), max_tokens
+        )
+
+    def check_model(self, model: str, kind: str, need_live_worker: bool) -> None:
+        registry = self.registry
+        live = bool(registry.workers_for(model))
+        if not live and not registry.known(model):
+            raise ApiError(
+                404, f"The model `{model}` does not exist", "model_not_found", param="model"
+            )
+        if not live and need_live_worker:
+            raise ApiError(
+                503, f"no live worker serves model `{model}`", "no_worker", param="model"
+            )
+        info = registry.model_info(model)
+        if info is not None and kind not in info.kinds:
+            raise ApiError(
+                400, f"model `{model}` does not support {kind} requests", "unsupported_endpoint",
+                param="model",
+            )  # fmt: skip
+
+    def _adjusted(self, req: AnyRequest, model: str, durable: bool) -> tuple[AnyRequest, bool]:
+        changes: dict[str, object] = {}
+        if req.model != model:
+            changes["model"] = model
+        if not isinstance(req, EmbeddingRequest):
+            if durable and req.stream:
+                changes["stream"] = False
+            if durable and req.stream_options is not msgspec.UNSET:
+                changes["stream_options"] = msgspec.UNSET
+            defaults = self.models.defaults_for(model)
+            if defaults is not None:
+                if defaults.temperature is not None and not isinstance(
+                    req.temperature, float | int
+                ):
+                    changes["temperature"] = defaults.temperature
+                if defaults.max_tokens is not None and token_limit(req) is None:
+                    changes["max_tokens"] = defaults.max_tokens
+        if not changes:
+            return req, False
+        return msgspec.structs.replace(req, **changes), True
+
+
+def estimate_prompt_tokens(req: AnyRequest) -> int:
+    """A deliberately high guess for the reservation: tokenizers give about one token per
+    3-4 UTF-8 bytes of English and one per CJK character (3 bytes), never fewer than one a
+    word, and chat formats add a few per message. The worker's real count replaces it when
+    the job ends; guessing high is what keeps budgets from being overshot under concurrency."""
+    if isinstance(req, ChatCompletionRequest):
+        texts = [message_text(m) for m in req.messages]
+        overhead = 4 * len(texts)
+    elif isinstance(req, CompletionRequest):
+        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        overhead = 0
+    else:
+        raw = req.input
+        texts = [raw] if isinstance(raw, str) else [str(x) for x in raw]
+        overhead = 0
+    return overhead + sum(max(len(t.encode()) // 3, len(t.split())) for t in texts) or 1
+
+
+def token_limit(req: AnyRequest) -> int | None:
+    if isinstance(req, ChatCompletionRequest):
+        return req.token_limit()
+    if isinstance(req, CompletionRequest) and isinstance(req.max_tokens, int):
+        return req.max_tokens
+    return None
