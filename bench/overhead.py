@@ -9,8 +9,12 @@ requests/s for each, plus the difference.
     .venv/bin/python bench/overhead.py --backend openai    # openai backend -> mock upstream
 
 The openai worker is pointed at the mock with `LLMQ_BACKEND_URL`; other `LLMQ_` variables
-in the environment reach every process (e.g. `LLMQ_BACKEND_HTTP_CLIENT=httpx`). The api runs
-with `LLMQ_AUTH_MODE=none`: this measures the dispatch path, not tenancy.
+in the environment reach every process (e.g. `LLMQ_BACKEND_HTTP_CLIENT=httpx`). By default
+the api runs with `LLMQ_AUTH_MODE=none`, measuring the dispatch path; `--tenant` runs it with
+API keys and a tenant whose every limit is set, so each request also pays the key lookup
+(cached) and the quota script:
+
+    .venv/bin/python bench/overhead.py --tenant
 """
 
 from __future__ import annotations
@@ -60,12 +64,13 @@ class RawClient:
     """A minimal HTTP/1.1 keep-alive client: the load generator must cost less than what it
     measures (httpx's pool falls behind at concurrency 32 on 2 cores)."""
 
-    def __init__(self, host: str, port: int, path: str) -> None:
+    def __init__(self, host: str, port: int, path: str, key: str = "") -> None:
         self.host, self.port = host, port
         payload = json.dumps(BODY).encode()
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
         self.request = (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
+            f"{auth}Content-Length: {len(payload)}\r\n\r\n"
         ).encode() + payload
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -83,9 +88,11 @@ class RawClient:
         return status
 
 
-async def measure(url: str, concurrency: int, total: int, warmup: int = 200) -> dict[str, float]:
+async def measure(
+    url: str, concurrency: int, total: int, warmup: int = 200, key: str = ""
+) -> dict[str, float]:
     parsed = urlsplit(url)
-    client = RawClient(parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path)
+    client = RawClient(parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path, key)
     conns = [await client.connect() for _ in range(concurrency)]
     for _ in range(warmup // concurrency + 1):
         await asyncio.gather(*[client.call(r, w) for r, w in conns])
@@ -115,6 +122,26 @@ async def measure(url: str, concurrency: int, total: int, warmup: int = 200) -> 
     }
 
 
+async def _bench_tenant(redis_url: str) -> str:
+    """A tenant with every limit set (high), so the quota script takes its longest path."""
+    from api.tenancy import Tenant, TenantStore, connect
+
+    redis = connect(redis_url)
+    try:
+        store = TenantStore(redis)
+        big = 10**12
+        await store.create(
+            Tenant(
+                name="bench", rpm=big, tpm=big, max_concurrent=10_000, daily_tokens=big,
+                monthly_tokens=big, spend_budget_usd=1e9,
+            )
+        )  # fmt: skip
+        key, _ = await store.create_key("bench")
+        return key
+    finally:
+        await redis.aclose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +149,7 @@ async def main() -> None:
     parser.add_argument("--backend", choices=["echo", "openai"], default="echo")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--tenant", action="store_true", help="API keys and quotas on")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
@@ -132,8 +160,9 @@ async def main() -> None:
         "LLMQ_NATS_URL": nats.url,
         "LLMQ_REDIS_URL": redis.url,
         "LLMQ_LOG_LEVEL": "WARNING",
-        "LLMQ_AUTH_MODE": "none",  # the core path: no tenant lookup, no quota script
+        "LLMQ_AUTH_MODE": "keys" if args.tenant else "none",
     }
+    key = await _bench_tenant(redis.url) if args.tenant else ""
     llmq = [sys.executable, "-m", "api.cli"]
     worker_args = [
         "worker",
@@ -161,11 +190,14 @@ async def main() -> None:
         await _wait(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
         direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
         llmq_url = f"http://127.0.0.1:{api_port}/v1/chat/completions"
-        print(f"backend={args.backend} requests={args.requests} cores={os.cpu_count()}")
+        print(
+            f"backend={args.backend} tenant={args.tenant} requests={args.requests} "
+            f"cores={os.cpu_count()}"
+        )
         print(f"{'target':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
         for concurrency in (1, 32):
-            direct = await measure(direct_url, concurrency, args.requests)
-            via = await measure(llmq_url, concurrency, args.requests)
+            direct = await measure(direct_url, concurrency, args.requests, key=key)
+            via = await measure(llmq_url, concurrency, args.requests, key=key)
             for name, r in (("direct", direct), ("llmq", via)):
                 print(
                     f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps']:>9.0f}"
