@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,26 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT
-    )
-
-
-async def _wait_model(url: str, model: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                models = (await client.get(f"{url}/v1/models")).json()["data"]
-                if any(m["id"] == model for m in models):
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
+from bench.processes import spawn, wait_until_served  # noqa: E402
 
 
 def batch_file(lines: int, words: int) -> bytes:
@@ -123,10 +103,10 @@ async def main() -> None:
     llmq = [sys.executable, "-m", "api.cli"]
     ports = [free_port() for _ in range(args.apis)]
     procs = [
-        _spawn([*llmq, "api", "--port", str(port)], env, tmp / f"api-{port}.log") for port in ports
+        spawn([*llmq, "api", "--port", str(port)], env, tmp / f"api-{port}.log") for port in ports
     ]
     procs += [
-        _spawn(
+        spawn(
             [*llmq, "worker", "--model", "bench", "--capacity", str(args.capacity)],
             env,
             tmp / f"worker-{i}.log",
@@ -135,7 +115,7 @@ async def main() -> None:
     ]
     try:
         url = f"http://127.0.0.1:{ports[0]}"
-        await _wait_model(url, "bench")
+        await wait_until_served(f"{url}/v1/models", '"bench"')
         data = batch_file(args.lines, args.words)
         print(
             f"lines={args.lines} words={args.words} workers={args.workers}x{args.capacity} "

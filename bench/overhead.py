@@ -24,40 +24,19 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
+from bench.processes import spawn, wait_until_served  # noqa: E402
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the mock"}]}
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT
-    )
-
-
-async def _wait(url: str, needle: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if needle in (await client.get(url)).text:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
 
 
 class RawClient:
@@ -177,17 +156,17 @@ async def main() -> None:
     if args.backend == "openai":
         worker_env["LLMQ_BACKEND_URL"] = f"http://127.0.0.1:{mock_port}/v1"
     procs = [
-        _spawn(
+        spawn(
             [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), str(mock_port)],
             env,
             tmp / "mock.log",
         ),
-        _spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
-        _spawn([*llmq, *worker_args], worker_env, tmp / "worker.log"),
+        spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
+        spawn([*llmq, *worker_args], worker_env, tmp / "worker.log"),
     ]
     try:
-        await _wait(f"http://127.0.0.1:{mock_port}/v1/models", "mock")
-        await _wait(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
+        await wait_until_served(f"http://127.0.0.1:{mock_port}/v1/models", "mock")
+        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
         direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
         llmq_url = f"http://127.0.0.1:{api_port}/v1/chat/completions"
         print(

@@ -1,0 +1,33 @@
+"""Starting and waiting for the processes a benchmark measures (shared by the bench scripts)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A child process with `env` added to ours, its output in `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+async def wait_until_served(url: str, needle: str, timeout: float = 30) -> None:
+    """Poll `url` until its body contains `needle` (e.g. a model in /v1/models)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if needle in (await client.get(url)).text:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
