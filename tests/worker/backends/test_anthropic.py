@@ -15,6 +15,7 @@ from schemas.openai import (
     Usage,
 )
 from tests.worker.backends.fake_upstreams import (
+    FAST,
     FakeUpstream,
     Reply,
     anthropic_error,
@@ -33,15 +34,8 @@ from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 
 MESSAGES = "/v1/messages"
 SECRET = "sk-ant-api03-test-key"
-FAST = Timeouts(connect=1.0, first_token=3.0, between_tokens=3.0, total=10.0)
 
 Make = Callable[..., AnthropicBackend]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture

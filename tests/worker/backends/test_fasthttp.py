@@ -218,7 +218,7 @@ async def test_leaving_a_stream_early_closes_the_connection(client: FastClient) 
 
 
 @contextlib.contextmanager
-def socket_bound():  # type: ignore[no-untyped-def]
+def socket_bound():
     """A port bound but not listening: connecting to it is refused."""
     import socket
 

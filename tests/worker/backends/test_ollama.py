@@ -16,6 +16,7 @@ from schemas.openai import (
     Usage,
 )
 from tests.worker.backends.fake_upstreams import (
+    FAST,
     FakeUpstream,
     Reply,
     assert_cancel_closes_upstream,
@@ -32,15 +33,8 @@ from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 from worker.backends.ollama import OllamaBackend
 
 CHAT = "/api/chat"
-FAST = Timeouts(connect=1.0, first_token=3.0, between_tokens=3.0, total=10.0)
 
 Make = Callable[..., OllamaBackend]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture

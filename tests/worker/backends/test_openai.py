@@ -23,6 +23,7 @@ from schemas.openai import (
     Usage,
 )
 from tests.worker.backends.fake_upstreams import (
+    FAST,
     FakeUpstream,
     Reply,
     assert_cancel_closes_upstream,
@@ -42,15 +43,8 @@ from worker.backends.openai import OpenAIBackend
 
 CHAT = "/v1/chat/completions"
 SECRET = "sk-test-0123456789abcdef"
-FAST = Timeouts(connect=1.0, first_token=3.0, between_tokens=3.0, total=10.0)
 
 Make = Callable[..., OpenAIBackend]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture(params=["fast", "httpx"])
