@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
-from bench.processes import spawn, wait_until_served  # noqa: E402
+from bench.processes import spawn, stop_all, wait_until_served  # noqa: E402
 
 
 def batch_file(lines: int, words: int) -> bytes:
@@ -130,12 +130,7 @@ async def main() -> None:
                 f"{r['lines_per_s']:>10.0f}"
             )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
-        nats.stop()
-        redis.stop()
+        stop_all(procs, nats, redis)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
-from bench.processes import spawn, wait_until_served  # noqa: E402
+from bench.processes import spawn, stop_all, wait_until_served  # noqa: E402
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the mock"}]}
 
@@ -185,12 +185,7 @@ async def main() -> None:
             added_p99 = via["p99_ms"] - direct["p99_ms"]
             print(f"{'added':<8}{concurrency:>5}{added_p50:>9.2f}{added_p99:>9.2f}")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
-        nats.stop()
-        redis.stop()
+        stop_all(procs, nats, redis)
 
 
 if __name__ == "__main__":

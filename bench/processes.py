@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -31,3 +32,14 @@ async def wait_until_served(url: str, needle: str, timeout: float = 30) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} not ready")
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], *servers: object) -> None:
+    """Terminate the measured processes, then the embedded servers (anything with `stop()`)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+    for server in servers:
+        server.stop()  # type: ignore[attr-defined]

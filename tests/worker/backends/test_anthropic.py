@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +28,6 @@ from tests.worker.backends.fake_upstreams import (
     collect_until_error,
     json_reply,
 )
-from worker.backends import create_backend
 from worker.backends.anthropic import AnthropicBackend
 from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 
@@ -39,25 +38,16 @@ Make = Callable[..., AnthropicBackend]
 
 
 @pytest.fixture
-async def make(upstream: FakeUpstream) -> AsyncIterator[Make]:
-    made: list[AnthropicBackend] = []
-
+def make(upstream: FakeUpstream, built: Callable[[BackendConfig], Any]) -> Make:
     def factory(timeouts: Timeouts = FAST, **options: str) -> AnthropicBackend:
         config = BackendConfig(
-            kind="anthropic",
-            url=upstream.url,
-            api_key=SECRET,
-            timeouts=timeouts,
-            options=options,
+            kind="anthropic", url=upstream.url, api_key=SECRET, timeouts=timeouts, options=options
         )
-        backend = create_backend(config)
+        backend = built(config)
         assert isinstance(backend, AnthropicBackend)
-        made.append(backend)
         return backend
 
-    yield factory
-    for backend in made:
-        await backend.aclose()
+    return factory
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +28,6 @@ from tests.worker.backends.fake_upstreams import (
     ollama_error,
     ollama_generate,
 )
-from worker.backends import create_backend
 from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 from worker.backends.ollama import OllamaBackend
 
@@ -38,19 +37,14 @@ Make = Callable[..., OllamaBackend]
 
 
 @pytest.fixture
-async def make(upstream: FakeUpstream) -> AsyncIterator[Make]:
-    made: list[OllamaBackend] = []
-
+def make(upstream: FakeUpstream, built: Callable[[BackendConfig], Any]) -> Make:
     def factory(timeouts: Timeouts = FAST, **options: str) -> OllamaBackend:
         config = BackendConfig(kind="ollama", url=upstream.url, timeouts=timeouts, options=options)
-        backend = create_backend(config)
+        backend = built(config)
         assert isinstance(backend, OllamaBackend)
-        made.append(backend)
         return backend
 
-    yield factory
-    for backend in made:
-        await backend.aclose()
+    return factory
 
 
 @pytest.fixture

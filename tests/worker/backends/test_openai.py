@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -37,7 +37,6 @@ from tests.worker.backends.fake_upstreams import (
     openai_error,
     sse_data,
 )
-from worker.backends import create_backend
 from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 from worker.backends.openai import OpenAIBackend
 
@@ -48,10 +47,11 @@ Make = Callable[..., OpenAIBackend]
 
 
 @pytest.fixture(params=["fast", "httpx"])
-async def make(upstream: FakeUpstream, request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+def make(
+    upstream: FakeUpstream, built: Callable[[BackendConfig], Any], request: pytest.FixtureRequest
+) -> Make:
     """Every test runs with both HTTP clients of `Upstream`: the lean one used for plain-http
     upstreams (worker/backends/fasthttp.py) and httpx (https, proxies)."""
-    made: list[OpenAIBackend] = []
 
     def factory(timeouts: Timeouts = FAST, url: str | None = None, **options: str) -> OpenAIBackend:
         config = BackendConfig(
@@ -62,17 +62,14 @@ async def make(upstream: FakeUpstream, request: pytest.FixtureRequest) -> AsyncI
             timeouts=timeouts,
             options={"http_client": request.param, **options},
         )
-        backend = create_backend(config)
+        backend = built(config)
         assert isinstance(backend, OpenAIBackend)
         assert (type(backend._upstream.client).__name__ == "FastClient") == (
             request.param == "fast" and (url is None or url.startswith("http:"))
         )
-        made.append(backend)
         return backend
 
-    yield factory
-    for backend in made:
-        await backend.aclose()
+    return factory
 
 
 @pytest.fixture
