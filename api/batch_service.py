@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 import msgspec
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from api.admission import Admission
 from api.errors import ApiError
@@ -46,6 +48,7 @@ from dispatcher.batch.records import (
 from dispatcher.batch.runner import BatchRunner, batch_key
 from dispatcher.batch.webhooks import Webhooks
 from dispatcher.dispatch import DispatchError
+from dispatcher.tasks import stop_task
 from schemas import names
 from schemas.settings import Settings
 
@@ -187,11 +190,11 @@ class BatchService:
 
     async def start(self) -> None:
         s, js, nc = self.settings, self.rt.js, self.rt.nc
-        await streams.ensure_batch_streams(js, s.job_retention)
-        buckets = await streams.batch_buckets(js, s.job_retention)
+        buckets, store = await self._provision()
+        self.rt.provisioner.add("batch streams", self._provision)
         results = buckets[names.RESULTS_BUCKET]
         self._batches_kv = buckets[names.BATCHES_BUCKET]
-        self.files = FileStore(await streams.files_store(js), buckets[names.FILE_META_BUCKET])
+        self.files = FileStore(store, buckets[names.FILE_META_BUCKET])
         self.jobs = AsyncJobs(
             nc,
             js,
@@ -230,6 +233,12 @@ class BatchService:
         self.webhooks.start()
         self._starter = asyncio.create_task(self._start_when_synced())
 
+    async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
+        """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
+        js, retention = self.rt.js, self.settings.job_retention
+        await streams.ensure_batch_streams(js, retention)
+        return await streams.batch_buckets(js, retention), await streams.files_store(js)
+
     async def _start_when_synced(self) -> None:
         """Validation needs the model catalog: wait for the registry's first sync."""
         with contextlib.suppress(TimeoutError):
@@ -241,7 +250,7 @@ class BatchService:
 
     async def stop(self) -> None:
         if self._starter is not None:
-            await kvs.stop_task(self._starter)
+            await stop_task(self._starter)
         for part in (self.runner, self.jobs, self.webhooks, self.collector):
             with contextlib.suppress(Exception):
                 await part.stop()

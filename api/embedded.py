@@ -116,10 +116,15 @@ class EmbeddedNats(ManagedProcess):
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def restart(self) -> None:
-        """Stop and start again on the same port and data dir (file storage survives)."""
+    def restart(self, crash: bool = False) -> None:
+        """Stop (or SIGKILL, as a crash would) and start again on the same port and data
+        dir: file storage survives, memory streams and buckets do not."""
         argv = [str(arg) for arg in self.proc.args]  # type: ignore[union-attr]
-        self.stop()
+        if crash:
+            self.kill()
+            self._log.close()
+        else:
+            self.stop()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True

@@ -16,13 +16,13 @@ changes, so an operator edits it without restarting the api:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tomllib
 
 import msgspec
 
+from dispatcher.tasks import stop_task
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class ModelTable:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def _watch(self, interval: float) -> None:
         while True:

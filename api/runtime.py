@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from api.tenancy import connect as connect_redis
 from dispatcher import streams
-from dispatcher.connection import connect
+from dispatcher.connection import Provisioner, connect, disconnect
 from dispatcher.dispatch import Dispatcher
 from dispatcher.inbox import ReplyInbox
 from dispatcher.registry import WorkerRegistry
@@ -30,14 +30,20 @@ class Runtime:
     dispatcher: Dispatcher
     registry: WorkerRegistry
     redis: Redis
+    provisioner: Provisioner
+    """Steps re-run after a reconnect; the batch service adds its own."""
     open_streams: int = 0
     accepting: bool = True
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
+        provisioner = Provisioner()
         nc = await connect(
-            settings.nats_url, f"llmq-api {settings.instance_id}", settings.nats_connect_timeout
+            settings.nats_url,
+            f"llmq-api {settings.instance_id}",
+            settings.nats_connect_timeout,
+            on_reconnect=provisioner.reconnected,
         )
         js = nc.jetstream()
         await streams.ensure_streams(js, settings.jobs_max_age)
@@ -48,13 +54,16 @@ class Runtime:
         dispatcher = Dispatcher(nc, js, inbox, settings.ping_interval, settings.ack_wait)
         await dispatcher.start()
         redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
-        return cls(settings, nc, js, inbox, dispatcher, registry, redis)
+        provisioner.add("job streams", lambda: streams.ensure_streams(js, settings.jobs_max_age))
+        provisioner.add("registry", registry.rewatch)
+        provisioner.start()
+        return cls(settings, nc, js, inbox, dispatcher, registry, redis, provisioner)
 
     async def close(self) -> None:
+        await self.provisioner.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
         await self.inbox.stop()
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
+        await disconnect(self.nc)
         with contextlib.suppress(Exception):
             await self.redis.aclose()

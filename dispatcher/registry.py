@@ -17,6 +17,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dispatcher import streams
+from dispatcher.batch.kv import Follower
+from schemas import names
 from schemas.registry import (
     ModelInfo,
     WorkerInfo,
@@ -26,7 +28,8 @@ from schemas.registry import (
 
 log = logging.getLogger(__name__)
 
-_DELETES = ("DEL", "PURGE")
+_MODELS_RESYNC = 30.0
+"""Seconds of silence after which the model catalog's watch is re-opened."""
 
 
 class WorkerRegistry:
@@ -35,59 +38,64 @@ class WorkerRegistry:
         self.ttl = ttl
         self._workers: dict[str, WorkerInfo] = {}
         self._models: dict[str, ModelInfo] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        """By LLMQ_MODELS key (`names.model_kv_key`)."""
+        self._followers: list[Follower] = []
         self.synced = asyncio.Event()
+        """Set once both buckets have been replayed."""
 
     async def start(self) -> None:
-        workers = await streams.workers_bucket(self._js, self.ttl)
-        models = await streams.models_bucket(self._js)
-        self._tasks = [
-            asyncio.create_task(self._follow(workers, self._on_worker), name="registry-workers"),
-            asyncio.create_task(self._follow(models, self._on_model), name="registry-models"),
-        ]
+        workers, models = await self._buckets()
+        # Heartbeats keep the workers' watch busy; silence longer than a TTL means it broke.
+        self._followers = [
+            Follower(
+                workers,
+                ">",
+                self._on_worker,
+                self._on_synced,
+                resync=max(self.ttl, 5.0),
+                name="registry-workers",
+            ),
+            Follower(
+                models, ">", self._on_model, self._on_synced, resync=_MODELS_RESYNC,
+                name="registry-models",
+            ),
+        ]  # fmt: skip
+        for follower in self._followers:
+            follower.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for follower in self._followers:
+            await follower.stop()
 
-    async def _follow(self, kv: KeyValue, apply: object) -> None:
-        """Watch a bucket forever; a broken watch is re-opened (it replays current values)."""
-        while True:
-            watcher = None
-            try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        self.synced.set()
-                        continue
-                    apply(entry.key, entry.value, entry.operation)  # type: ignore[operator]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("registry watch of %s failed: %s", kv._name, exc)
-                await asyncio.sleep(1.0)
-            finally:
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
+    async def rewatch(self) -> None:
+        """After a reconnect: make sure both buckets exist and watch them afresh."""
+        await self._buckets()
+        for follower in self._followers:
+            await follower.restart()
 
-    def _on_worker(self, key: str, value: bytes | None, op: str | None) -> None:
-        if op in _DELETES or not value:
+    async def _buckets(self) -> tuple[KeyValue, KeyValue]:
+        return (
+            await streams.workers_bucket(self._js, self.ttl),
+            await streams.models_bucket(self._js),
+        )
+
+    def _on_synced(self) -> None:
+        if all(f.synced.is_set() for f in self._followers):
+            self.synced.set()
+
+    def _on_worker(self, key: str, value: bytes | None) -> None:
+        if not value:
             self._workers.pop(key, None)
             return
         with contextlib.suppress(msgspec.DecodeError):
             self._workers[key] = worker_info_decoder.decode(value)
 
-    def _on_model(self, key: str, value: bytes | None, op: str | None) -> None:
-        if op in _DELETES or not value:
+    def _on_model(self, key: str, value: bytes | None) -> None:
+        if not value:
             self._models.pop(key, None)
             return
         with contextlib.suppress(msgspec.DecodeError):
-            info = model_info_decoder.decode(value)
-            self._models[info.name] = info
+            self._models[key] = model_info_decoder.decode(value)
 
     def live_workers(self) -> list[WorkerInfo]:
         oldest = time.time() - self.ttl
@@ -111,7 +119,10 @@ class WorkerRegistry:
         return served
 
     def known(self, model: str) -> bool:
-        return model in self._models or bool(self.workers_for(model))
+        return self.model_info(model) is not None or bool(self.workers_for(model))
 
     def model_info(self, model: str) -> ModelInfo | None:
-        return self._models.get(model)
+        try:
+            return self._models.get(names.model_kv_key(model))
+        except ValueError:  # an empty name
+            return None

@@ -26,6 +26,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of one test alone, for tests that stop or restart it. Request it before
+    `stack` (so it is stopped after) and point `stack.nats_url` at it."""
+    server = EmbeddedNats(tmp_path / "own-nats")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Factory for in-process apis and workers on the session's servers; all stopped after."""
     from tests.stack import InProcessApi, Process, env_for, free_port, settings, start_worker
@@ -66,3 +75,7 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
         await worker.close()  # type: ignore[attr-defined]
     for api in s.apis:
         await api.stop()
+    # A connection left reconnecting would go on running in the session's one event loop.
+    left_open = [w for w in s.workers if not w.nc.is_closed]  # type: ignore[attr-defined]
+    left_open += [a for a in s.apis if not a.runtime.nc.is_closed]
+    assert not left_open, f"still connected to NATS after stopping: {left_open}"

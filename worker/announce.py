@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dispatcher import streams
+from dispatcher.tasks import stop_task
 from schemas import names
 from schemas.registry import ModelInfo, WorkerInfo, registry_encoder
 
@@ -35,6 +36,12 @@ class Announcer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.provision()
+        self._task = asyncio.create_task(self._loop(), name="heartbeat")
+
+    async def provision(self) -> None:
+        """Make sure both buckets exist (a restarted nats-server has lost LLMQ_WORKERS, which
+        lives in memory), list our models and announce ourselves."""
         self._kv = await streams.workers_bucket(self._js, ttl=self._heartbeat * 3)
         info = self._snapshot()
         models = await streams.models_bucket(self._js)
@@ -44,7 +51,6 @@ class Announcer:
             )
             await models.put(names.model_kv_key(model), registry_encoder.encode(entry))
         await self.beat()
-        self._task = asyncio.create_task(self._loop(), name="heartbeat")
 
     async def beat(self) -> None:
         """Publish the current state now (also called when it changes, e.g. circuit opens)."""
@@ -61,13 +67,13 @@ class Announcer:
                 await self.beat()
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+                with contextlib.suppress(Exception):
+                    await self.provision()  # the bucket may be gone (deleted, or a restart)
 
     async def stop(self) -> None:
         """Leave the registry at once, so the api stops routing here."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         if self._kv is not None:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._snapshot().id)

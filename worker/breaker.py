@@ -12,6 +12,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from dispatcher.tasks import stop_task
+
 log = logging.getLogger(__name__)
 
 CLOSED = "closed"
@@ -75,6 +77,4 @@ class CircuitBreaker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)

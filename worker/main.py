@@ -13,7 +13,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from dispatcher import streams
-from dispatcher.connection import connect
+from dispatcher.connection import Provisioner, connect, disconnect
+from dispatcher.tasks import stop_task
 from schemas import names
 from schemas.registry import WorkerInfo
 from schemas.settings import Settings
@@ -51,6 +52,7 @@ class Worker:
         self.backend_config = backend_config or backend_config_from(settings)
         self.backend: Backend = create_backend(self.backend_config)
         self.nc: Client | None = None
+        self.provisioner = Provisioner()
         self.scheduler = Scheduler(settings.capacity, self._run_job, settings.ack_wait)
         self.runner: JobRunner | None = None
         self.breaker = CircuitBreaker(
@@ -76,29 +78,54 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
-        self.nc = nc = await connect(s.nats_url, f"llmq-worker {self.id}", s.nats_connect_timeout)
-        js = nc.jetstream()
-        await streams.ensure_streams(js, s.jobs_max_age)
+        self.nc = nc = await connect(
+            s.nats_url,
+            f"llmq-worker {self.id}",
+            s.nats_connect_timeout,
+            on_reconnect=self.provisioner.reconnected,
+        )
         self.runner = JobRunner(
             nc, self.backend, self.id, self.models, s.ping_interval, s.max_deliver, self._on_outcome
         )
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
+        self._feed_specs = await self._provision_consumers()
+        self.scheduler.feeds = await self._open_feeds()
+        await self.metrics.serve(s.metrics_host, s.metrics_port)
+        self.announcer = Announcer(
+            nc.jetstream(), self.info, s.heartbeat, sorted(self.backend.kinds)
+        )
+        await self.announcer.start()
+        self.service = await WorkerService.open(nc, self.jobs, self.info, VERSION)
+        self.scheduler.start()
+        self.provisioner.add("consumers", self._reprovision_consumers)
+        self.provisioner.add("registry", self.announcer.provision)
+        self.provisioner.start()
+        log.info(
+            "worker %s serving %s on %s, capacity %d",
+            self.id, ", ".join(self.models), describe(self.backend_config), s.capacity,
+        )  # fmt: skip
+
+    async def _provision_consumers(self) -> list[tuple[str, str, int]]:
+        """The job streams and this worker's durable consumers on them, as feed specs."""
+        assert self.nc is not None
+        s, js = self.settings, self.nc.jetstream()
+        await streams.ensure_streams(js, s.jobs_max_age)
+        specs = []
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
                 consumer = await streams.ensure_consumer(
                     js, stream, model, s.ack_wait, s.max_deliver
                 )
-                self._feed_specs.append((stream, consumer, priority))
-        self.scheduler.feeds = await self._open_feeds()
-        await self.metrics.serve(s.metrics_host, s.metrics_port)
-        self.announcer = Announcer(js, self.info, s.heartbeat, sorted(self.backend.kinds))
-        await self.announcer.start()
-        self.service = await WorkerService.open(nc, self.jobs, self.info, VERSION)
-        self.scheduler.start()
-        log.info(
-            "worker %s serving %s on %s, capacity %d",
-            self.id, ", ".join(self.models), describe(self.backend_config), s.capacity,
-        )  # fmt: skip
+                specs.append((stream, consumer, priority))
+        return specs
+
+    async def _reprovision_consumers(self) -> None:
+        """After a reconnect the server may have lost the consumers and our open pull
+        requests: put the consumers back and ask afresh."""
+        for feed in self.scheduler.feeds:
+            feed.forget()
+        await self._provision_consumers()
+        self.scheduler.kick()
 
     async def _open_feeds(self) -> list[PullFeed]:
         """New pull feeds on every consumer of this worker (new inboxes: pull requests of
@@ -140,18 +167,18 @@ class Worker:
         await self.close()
 
     async def close(self) -> None:
+        await self.provisioner.stop()
         await self.scheduler.stop()
         await self.breaker.stop()
         for task in list(self._circuit_tasks):
-            task.cancel()
+            await stop_task(task)
         if self.announcer is not None:
             await self.announcer.stop()
         if self.service is not None:
             await self.service.close()
         await self.metrics.stop()
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+        if self.nc is not None:
+            await disconnect(self.nc)
         await self.backend.aclose()
         self._stopped.set()
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 
+from dispatcher.tasks import stop_task
 from worker.feed import PullFeed
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await stop_task(self._loop_task)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs or is held; False if `timeout` passed first."""

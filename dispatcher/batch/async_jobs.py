@@ -40,6 +40,7 @@ from dispatcher.batch.records import (
 from dispatcher.batch.webhooks import Webhooks
 from dispatcher.dispatch import DispatchError
 from dispatcher.jobs import JobSpec
+from dispatcher.tasks import retry, stop_task
 from schemas import names
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class AsyncJobs:
             webhook="pending" if webhook_url else None,
         )
         key = self.key(tenant, job_id)
-        await kvs.retry(
+        await retry(
             lambda: kvs.create_once(self.jobs, key, encoder.encode(record)),
             f"record job {job_id}",
             until=lambda: time.time() > now + 10,
@@ -228,7 +229,7 @@ class AsyncJobs:
     async def stop(self) -> None:
         await self._follower.stop()
         if self._task is not None:
-            await kvs.stop_task(self._task)
+            await stop_task(self._task)
 
     def _on_record(self, key: str, value: bytes | None) -> None:
         if value is None:

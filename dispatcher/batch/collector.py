@@ -35,6 +35,7 @@ from dispatcher.batch import kv as kvs
 from dispatcher.batch.consume import pull_forever
 from dispatcher.batch.ports import Accounting
 from dispatcher.batch.records import split_line_job_id
+from dispatcher.tasks import stop_task
 from schemas import frames, names
 from schemas.frames import Done, failure, frame_encoder
 
@@ -91,7 +92,7 @@ class ResultCollector:
 
     async def stop(self) -> None:
         if self._task is not None:
-            await kvs.stop_task(self._task)
+            await stop_task(self._task)
 
     async def _loop(self) -> None:
         await pull_forever(

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from dispatcher.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,11 @@ class Follower:
             await stop_task(self._task)
             self._task = None
 
+    async def restart(self) -> None:
+        """Re-open the watch now (a full replay): after a reconnect the old one may be gone."""
+        await self.stop()
+        self.start()
+
     async def _run(self) -> None:
         while True:
             watcher = None
@@ -193,37 +200,3 @@ class Follower:
                 if watcher is not None:
                     with contextlib.suppress(Exception):
                         await watcher.stop()
-
-
-async def retry(
-    action: Callable[[], Awaitable[T]],
-    what: str,
-    *,
-    until: Callable[[], bool] = lambda: False,
-    pause: float = 0.25,
-    max_pause: float = 2.0,
-) -> T:
-    """Run `action` until it succeeds (NATS down, a restart, a timeout: wait and again).
-    Raises TimeoutError once `until()` is true."""
-    delay = pause
-    while True:
-        try:
-            return await action()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if until():
-                raise TimeoutError(what) from exc
-            log.info("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_pause)
-
-
-async def stop_task(task: asyncio.Task[object] | asyncio.Task[None]) -> None:
-    """Cancel a task and wait for it to end. Cancelled again until it does: asyncio.wait_for
-    inside the NATS client can swallow one cancellation (a reply racing the cancel)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=0.5)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()

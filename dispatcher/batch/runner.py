@@ -68,6 +68,7 @@ from dispatcher.batch.records import (
     unrun,
 )
 from dispatcher.jobs import JobSpec
+from dispatcher.tasks import retry, run_to_end, stop_task
 from schemas import names
 from schemas.frames import Done
 
@@ -151,12 +152,12 @@ class BatchRunner:
         at once instead of after a lease."""
         await self._follower.stop()
         if self._task is not None:
-            await kvs.stop_task(self._task)
+            await stop_task(self._task)
         keys = list(self.runs)
         for task in list(self.runs.values()):
             task.cancel()
         for task in list(self.runs.values()):
-            await kvs.stop_task(task)
+            await stop_task(task)
         for key in keys:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -318,9 +319,12 @@ class _BatchRun:
         except LeaseLost:
             log.info("batch %s is no longer ours", self.key)
         finally:
-            await kvs.stop_task(renew)
-            if self._follower is not None:
-                await self._follower.stop()
+            await run_to_end(self._close(renew))
+
+    async def _close(self, renew: asyncio.Task[None]) -> None:
+        await stop_task(renew)
+        if self._follower is not None:
+            await self._follower.stop()
 
     async def _step(self) -> None:
         status = self.rec.status
@@ -391,7 +395,7 @@ class _BatchRun:
         model, job_id = self.prepared[number].model, line_job_id(self.hex, number)
         deadline = time.monotonic() + 5.0
         try:
-            await kvs.retry(
+            await retry(
                 lambda: self.r.accounting.release(self.tenant, model, job_id, 0, 0, failed=True),
                 f"release {job_id}",
                 until=lambda: time.monotonic() > deadline,

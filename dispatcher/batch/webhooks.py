@@ -26,8 +26,8 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from dispatcher.batch import kv as kvs
 from dispatcher.batch.consume import pull_forever
+from dispatcher.tasks import stop_task
 from schemas import names
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,9 @@ class Webhooks:
 
     async def stop(self) -> None:
         if self._task is not None:
-            await kvs.stop_task(self._task)
+            await stop_task(self._task)
         for task in list(self._running):
-            await kvs.stop_task(task)
+            await stop_task(task)
         if self._client is not None:
             await self._client.aclose()
 

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from api.embedded import EmbeddedNats, free_port
+from api.embedded import free_port
 from tests.stack import wait_for
 
 
@@ -33,8 +33,8 @@ async def test_ready_503_when_redis_is_down(stack) -> None:  # type: ignore[no-u
     assert resp.json()["redis"] is False and resp.json()["failing"] == ["redis"]
 
 
-async def test_ready_503_when_nats_goes_away(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    own = EmbeddedNats(tmp_path / "own-nats")
+async def test_ready_503_when_nats_goes_away(own_nats, stack) -> None:  # type: ignore[no-untyped-def]
+    own = own_nats
     stack.nats_url = own.url
     api = await stack.api()
     async with httpx.AsyncClient() as client:

@@ -13,6 +13,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from api.embedded import EmbeddedNats
 from dispatcher.batch import kv as kvs
 from dispatcher.connection import connect
+from dispatcher.tasks import retry
 from tests.stack import wait_for
 
 
@@ -70,7 +71,7 @@ async def test_follower_replays_after_a_server_restart(tmp_path: Path) -> None:
         await wait_for(lambda: seen.get("x.2") == b"two")
         await asyncio.to_thread(server.restart)
         await wait_for(lambda: nc.is_connected, timeout=10)
-        await kvs.retry(lambda: kv.put("x.3", b"three"), "put")
+        await retry(lambda: kv.put("x.3", b"three"), "put")
         await wait_for(lambda: seen.get("x.3") == b"three", timeout=10)
         await kv.delete("x.1")
         await wait_for(lambda: seen.get("x.1", b"") is None, timeout=5)

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from api.embedded import EmbeddedNats, free_port
+from api.embedded import free_port
 from tests.e2e.test_batches import (
     assert_exactly_once,
     batch_file,
@@ -128,33 +124,6 @@ async def test_several_api_replicas_run_batches_at_once(stack) -> None:  # type:
     assert sum(api.app.state.batches.runner.finalized for api in apis) == 3
 
 
-class _HardRestart:
-    """nats-server killed with SIGKILL (no clean shutdown) and started again on the same
-    port and data directory."""
-
-    def __init__(self, server: EmbeddedNats) -> None:
-        self.server = server
-
-    def __call__(self) -> None:
-        server = self.server
-        argv = [str(arg) for arg in server.proc.args]  # type: ignore[union-attr]
-        server.kill()
-        server._log.close()
-        server._log = open(server.log_path, "ab")
-        server.proc = subprocess.Popen(
-            argv, stdout=server._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        server.wait_listening()
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of this test alone (requested before `stack`, so stopped after it)."""
-    server = EmbeddedNats(tmp_path / "own-nats")
-    yield server
-    server.stop()
-
-
 async def test_nats_server_sigkill_mid_batch(own_nats, stack) -> None:  # type: ignore[no-untyped-def]
     stack.nats_url = own_nats.url
     model = model_name()
@@ -166,7 +135,7 @@ async def test_nats_server_sigkill_mid_batch(own_nats, stack) -> None:  # type: 
         batch = await start_batch(client, data)
         await wait_for(lambda: completed(client, batch["id"]), timeout=15)
         assert await completed(client, batch["id"]) < 40
-        await asyncio.to_thread(_HardRestart(own_nats))
+        await asyncio.to_thread(own_nats.restart, crash=True)
         await wait_for(lambda: api.runtime.nc.is_connected, timeout=10)
         batch = await wait_batch(client, batch["id"], timeout=45)
         output, errors = await results_of(client, batch)

@@ -185,3 +185,30 @@ async def test_all_circuits_open_is_a_fast_503(stack) -> None:  # type: ignore[n
         resp = await client.post(f"{api.url}/v1/chat/completions", json=body)
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "no_worker"
     assert time.monotonic() - started < 1.0
+
+
+async def test_nats_server_restart_loses_memory_state_and_both_sides_put_it_back(
+    own_nats, stack
+) -> None:  # type: ignore[no-untyped-def]
+    """A restarted nats-server has lost LLMQ_JOBS, the workers' consumers on it and
+    LLMQ_WORKERS (all memory storage). The api and the worker re-provision on reconnect, so
+    chat works again without restarting either."""
+    stack.nats_url = own_nats.url
+    model = _model()
+    api = await stack.api()
+    worker = await stack.worker(model=[model])
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "before and after"}]
+    first = await client.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    assert first.choices[0].message.content == "before and after"
+
+    await asyncio.to_thread(own_nats.restart, crash=True)
+    await wait_for(lambda: api.runtime.provisioner.rounds >= 1, timeout=10)
+    await wait_for(lambda: worker.provisioner.rounds >= 1, timeout=10)
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=10)
+    again = await client.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    assert again.choices[0].message.content == "before and after"
+    stream = await client.chat.completions.create(model=model, messages=messages, stream=True)  # type: ignore[arg-type]
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await client.close()
