@@ -16,16 +16,17 @@ from typing import Any
 import httpx
 import uvicorn
 
-from api.app import create_app
 from api.embedded import free_port
+from api.server import uvicorn_config
 from schemas.settings import Settings
 from worker.main import Worker
 
 FAST = {"heartbeat": 0.5, "ping_interval": 0.3, "ack_wait": 2.0, "pull_expires": 2.0}
 """Protocol timings shrunk so failure tests finish quickly; api and workers must agree."""
 
-DEFAULTS = {**FAST, "auth_mode": "none"}
-"""Tests that are not about tenants run without them; tenancy tests set auth_mode."""
+DEFAULTS = {**FAST, "auth_mode": "none", "shutdown_grace": 2.0}
+"""Tests that are not about tenants run without them; tenancy tests set auth_mode. Open
+streams get 2 s when an api stops."""
 
 
 def settings(nats_url: str, redis_url: str, **overrides: Any) -> Settings:
@@ -37,12 +38,8 @@ def settings(nats_url: str, redis_url: str, **overrides: Any) -> Settings:
 class InProcessApi:
     def __init__(self, config: Settings) -> None:
         self.settings = config
-        self.app = create_app(config)
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host="127.0.0.1", port=config.port, log_config=None, lifespan="on"
-            )
-        )
+        self.server = uvicorn.Server(uvicorn_config(config))
+        self.app = self.server.config.app
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -66,10 +63,12 @@ class InProcessApi:
         return self
 
     async def stop(self) -> None:
+        """As on SIGTERM: open streams get `shutdown_grace`, then the lifespan shuts down.
+        Cancelling the server instead would skip the lifespan, and its consumers would go on
+        taking messages meant for later tests."""
         self.server.should_exit = True
         if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.task, 10)
+            await asyncio.wait_for(asyncio.shield(self.task), self.settings.shutdown_grace + 10)
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:

@@ -102,8 +102,12 @@ async def test_first_result_wins_and_advisories_become_results(nats_server) -> N
         result = result_decoder.decode(raw)
         assert isinstance(result, Failed) and result.status == 502
         assert result.error.code == "worker_lost" and not isinstance(result, Unrun)
-        info = await js.consumer_info(names.BATCH_STREAM, consumer)
-        assert info.num_pending == 0 and info.num_ack_pending == 0
+
+        async def removed_from_the_queue() -> bool:  # right after the result is stored
+            info = await js.consumer_info(names.BATCH_STREAM, consumer)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(removed_from_the_queue, timeout=5)
         await sub.unsubscribe()
     finally:
         await collector.stop()
