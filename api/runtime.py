@@ -55,6 +55,7 @@ class Runtime:
         await dispatcher.start()
         redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
         provisioner.add("job streams", lambda: streams.ensure_streams(js, settings.jobs_max_age))
+        provisioner.add("lost jobs", dispatcher.find_missing)
         provisioner.add("registry", registry.rewatch)
         provisioner.start()
         return cls(settings, nc, js, inbox, dispatcher, registry, redis, provisioner)

@@ -5,7 +5,8 @@ one `Done` or `Failed`. Every wait has a bound: the job's deadline while it is q
 three ping intervals of silence once a worker streams it. Until its first chunk a job is
 not acked, so a worker that dies (silence) or gives it back (a ping marked `Llmq-Requeued`)
 leaves it queued for the next worker, still bounded by the deadline; when JetStream gives up
-on it (its max-deliveries advisory) the client hears at once.
+on it (its max-deliveries advisory) the client hears at once, and so it does when a restarted
+nats-server lost it (no worker answers within three ping intervals of finding it gone).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from nats.aio.subscription import Subscription
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from dispatcher.inbox import ReplyInbox
+from dispatcher.inbox import Item, ReplyInbox, Signal
 from dispatcher.jobs import JobSpec
 from schemas import frames, names
 from schemas.frames import Done, Failed, failure
@@ -56,7 +57,7 @@ class JobRun:
         self,
         dispatcher: Dispatcher,
         spec: JobSpec,
-        queue: asyncio.Queue[Msg | None],
+        queue: asyncio.Queue[Item],
     ) -> None:
         self._dispatcher = dispatcher
         self.spec = spec
@@ -73,16 +74,30 @@ class JobRun:
         deadline = self.spec.deadline_ms / 1000
         accepted = relayed = False
         expected_seq = 0
+        missing_until: float | None = None
+        """Set when the job was not found in its stream: a worker must show up before this."""
         try:
             while True:
                 left = deadline - time.time()
                 if left <= 0:
                     yield failure(504, "the job's deadline passed", "timeout", "deadline_exceeded")
                     return
+                if accepted:
+                    left = min(left, silence)
+                elif missing_until is not None:
+                    left = min(left, max(0.0, missing_until - time.time()))
                 try:
-                    async with asyncio.timeout(min(left, silence) if accepted else left):
+                    async with asyncio.timeout(left):
                         msg = await self._queue.get()
                 except TimeoutError:
+                    if not accepted and missing_until is not None and time.time() >= missing_until:
+                        yield failure(
+                            503,
+                            "the job queue lost the job (the NATS server restarted); send it again",
+                            "service_unavailable",
+                            "job_lost",
+                        )
+                        return
                     if not accepted or time.time() >= deadline:
                         continue
                     if not relayed:
@@ -93,7 +108,11 @@ class JobRun:
                         502, "the worker stopped responding", "upstream_error", "worker_lost"
                     )
                     return
-                if msg is None:
+                if msg is Signal.MISSING:
+                    if not accepted:
+                        missing_until = time.time() + silence
+                    continue
+                if msg is Signal.EXHAUSTED:
                     yield failure(
                         502,
                         "every attempt at the job failed",
@@ -105,7 +124,7 @@ class JobRun:
                 kind = headers.get(names.H_FRAME)
                 seq = int(headers.get(names.H_SEQ, "-1"))
                 if kind == frames.ACCEPTED:
-                    accepted, expected_seq = True, seq + 1
+                    accepted, expected_seq, missing_until = True, seq + 1, None
                     self.worker = headers.get(names.H_WORKER)
                     self.accepted_at = time.monotonic()
                     continue
@@ -173,10 +192,31 @@ class Dispatcher:
             advisory = _advisory_decoder.decode(msg.data)
             run = self._by_seq.get(advisory.stream_seq)
             if run is not None:
-                run._queue.put_nowait(None)
+                run._queue.put_nowait(Signal.EXHAUSTED)
 
     def forget(self, run: JobRun) -> None:
-        self._by_seq.pop(run.seq, None)
+        # A restarted stream counts from 1 again: the seq may be a newer job's by now.
+        if self._by_seq.get(run.seq) is run:
+            del self._by_seq[run.seq]
+
+    async def find_missing(self) -> None:
+        """After a reconnect: tell every open job that is no longer in LLMQ_JOBS. A worker
+        may have taken it (and answers soon); otherwise a restarted server lost it, and its
+        client hears so now instead of at the job's deadline."""
+        runs = [(seq, run) for seq, run in list(self._by_seq.items()) if not run.finished]
+        for start in range(0, len(runs), 64):
+            chunk = runs[start : start + 64]
+            found = await asyncio.gather(*(self._in_stream(seq, run) for seq, run in chunk))
+            for (_, run), present in zip(chunk, found, strict=True):
+                if not present:
+                    run._queue.put_nowait(Signal.MISSING)
+
+    async def _in_stream(self, seq: int, run: JobRun) -> bool:
+        try:
+            msg = await self.js.get_msg(names.JOBS_STREAM, seq)
+        except NotFoundError:
+            return False
+        return (msg.headers or {}).get(names.H_JOB) == run.spec.job_id
 
     def max_body(self) -> int:
         """Largest body that fits one NATS message, leaving room for the headers."""

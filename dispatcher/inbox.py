@@ -8,6 +8,7 @@ restarted) make us publish that job's cancel, so the worker stops.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 
 from nats.aio.client import Client
@@ -19,11 +20,23 @@ from schemas import names
 log = logging.getLogger(__name__)
 
 
+class Signal(enum.Enum):
+    """What the dispatcher itself puts in a job's queue, beside the worker's frames."""
+
+    EXHAUSTED = "exhausted"
+    """JetStream gave up on the job (its max-deliveries advisory)."""
+    MISSING = "missing"
+    """After a reconnect the job was no longer in its stream: taken, or lost with the server."""
+
+
+Item = Msg | Signal
+
+
 class ReplyInbox:
     def __init__(self, nc: Client, instance_id: str) -> None:
         self._nc = nc
         self._prefix = names.inbox_prefix(instance_id) + "."
-        self._queues: dict[str, asyncio.Queue[Msg | None]] = {}
+        self._queues: dict[str, asyncio.Queue[Item]] = {}
         self._sub: Subscription | None = None
         self._orphans_cancelled: set[str] = set()
 
@@ -40,9 +53,9 @@ class ReplyInbox:
     def subject(self, job_id: str) -> str:
         return self._prefix + job_id
 
-    def open(self, job_id: str) -> asyncio.Queue[Msg | None]:
-        """Frames of the job; `None` is put by the dispatcher when JetStream gave up on it."""
-        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+    def open(self, job_id: str) -> asyncio.Queue[Item]:
+        """Frames of the job, and the dispatcher's signals about it."""
+        queue: asyncio.Queue[Item] = asyncio.Queue()
         self._queues[job_id] = queue
         return queue
 

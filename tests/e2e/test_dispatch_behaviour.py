@@ -190,20 +190,38 @@ async def test_all_circuits_open_is_a_fast_503(stack) -> None:  # type: ignore[n
 async def test_nats_server_restart_loses_memory_state_and_both_sides_put_it_back(
     own_nats, stack
 ) -> None:  # type: ignore[no-untyped-def]
-    """A restarted nats-server has lost LLMQ_JOBS, the workers' consumers on it and
-    LLMQ_WORKERS (all memory storage). The api and the worker re-provision on reconnect, so
-    chat works again without restarting either."""
+    """A restarted nats-server has lost LLMQ_JOBS (and the job queued in it), the workers'
+    consumers and LLMQ_WORKERS: all memory storage. The lost job's client gets 503
+    `job_lost` within seconds, not at its deadline; api and worker re-provision on
+    reconnect, so chat works again without restarting either."""
     stack.nats_url = own_nats.url
     model = _model()
-    api = await stack.api()
-    worker = await stack.worker(model=[model])
+    api = await stack.api(deadline=60.0)
+    worker = await stack.worker(model=[model], capacity=1, echo_delay=0.2)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "before and after"}]
     first = await client.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
     assert first.choices[0].message.content == "before and after"
 
-    await asyncio.to_thread(own_nats.restart, crash=True)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        busy = asyncio.create_task(
+            http.post("/v1/chat/completions", json={"model": model, "messages": [
+                {"role": "user", "content": " ".join(["w"] * 15)}]})
+        )  # fmt: skip
+        await wait_for(lambda: worker.scheduler.in_flight == 1, timeout=5)
+        queued = asyncio.create_task(
+            http.post("/v1/chat/completions", json={"model": model, "messages": messages})
+        )
+        await asyncio.sleep(0.3)  # the second job waits in LLMQ_JOBS for the only slot
+        started = time.monotonic()
+        await asyncio.to_thread(own_nats.restart, crash=True)
+        lost = await queued
+        assert lost.status_code == 503, lost.text
+        assert lost.json()["error"]["code"] == "job_lost"
+        assert time.monotonic() - started < 10  # the deadline is 60 s
+        await busy  # the running job ends one way or the other, never hangs
+
     await wait_for(lambda: api.runtime.provisioner.rounds >= 1, timeout=10)
     await wait_for(lambda: worker.provisioner.rounds >= 1, timeout=10)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=10)
