@@ -18,9 +18,19 @@ from schemas.settings import Settings
 Handler = Callable[[argparse.Namespace], int]
 
 CONNECTION_FLAGS = ["nats_url", "redis_url"]
+# Secrets (LLMQ_ADMIN_TOKEN, LLMQ_WEBHOOK_SECRET, backend keys) have no flag: it would show
+# in `ps`. They come from the environment or a file.
 API_FLAGS = [
-    "host", "port", "deadline", "max_body_bytes", "auth_mode", "admin_token", "cors_origins",
-    "instance_id", "log_json", "log_level", "shutdown_grace",
+    "host", "port", "deadline", "max_deadline", "no_worker_grace", "max_body_bytes",
+    "auth_mode", "cors_origins", "instance_id", "log_json", "log_level", "shutdown_grace",
+    # tenants, quotas and the model table
+    "tenant_header", "trusted_tenants", "default_tenant", "key_cache_ttl", "quota_fail_open",
+    "default_max_tokens", "models_file", "aliases",
+    # observability
+    "request_log", "metrics_tenant_label", "metrics_max_tenants",
+    # async jobs, files and batches
+    "job_deadline", "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
+    "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
 ]  # fmt: skip
 WORKER_FLAGS = [
     "backend", "model", "capacity", "worker_id", "echo_delay", "drain_timeout", "metrics_port",
