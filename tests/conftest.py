@@ -3,6 +3,7 @@ each on a free port with data in a temp dir, stopped at the end."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server = EmbeddedRedis(Path(tmp_path_factory.mktemp("redis")))
     yield server
     server.stop()
+
+
+_LLMQ_TASKS = (
+    "provisioner", "registry-", "heartbeat", "scheduler", "breaker-probe", "models-file",
+    "result-collector", "webhooks", "async-jobs", "batch",
+)  # fmt: skip
+"""Names of the background tasks api and worker start; none may outlive a test's stack."""
 
 
 @pytest.fixture
@@ -79,3 +87,9 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
     left_open = [w for w in s.workers if not w.nc.is_closed]  # type: ignore[attr-defined]
     left_open += [a for a in s.apis if not a.runtime.nc.is_closed]
     assert not left_open, f"still connected to NATS after stopping: {left_open}"
+    left_running = [
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if not t.done() and t.get_name().startswith(_LLMQ_TASKS)
+    ]
+    assert not left_running, f"background tasks still running after stopping: {left_running}"
