@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from api.runtime import Runtime
 from api.serving import RequestRecord
+from dispatcher.connection import ConnectionMetrics
 from dispatcher.inspect import QueueState, queue_states
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(_Live(self))
+        self.registry.register(ConnectionMetrics(lambda: runtime.nc))
         self.queues: list[QueueState] = []
         self.queues_at = 0.0
         self._queue_lock = asyncio.Lock()

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from dispatcher.tasks import retry, stop_task
 
@@ -101,3 +103,29 @@ class Provisioner:
                 await retry(step, f"re-provisioning ({what}) after a reconnect")
             self.rounds += 1
             log.info("re-provisioned after a reconnect: %s", ", ".join(w for w, _ in self.steps))
+
+
+class ConnectionMetrics(Collector):
+    """`llmq_nats_connected` and `llmq_nats_reconnects_total` of a process's connection, read
+    at scrape time (the connection may not exist yet when the registry is built)."""
+
+    def __init__(self, connection: Callable[[], Client | None]) -> None:
+        self._connection = connection
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        nc = self._connection()
+        connected = nc is not None and nc.is_connected
+        reconnects = nc.stats["reconnects"] if nc is not None else 0
+        return [
+            GaugeMetricFamily(
+                "llmq_nats_connected", "1 while connected to NATS.", value=float(connected)
+            ),
+            CounterMetricFamily(
+                "llmq_nats_reconnects",
+                "Reconnects to NATS since start (each re-provisions streams and consumers).",
+                value=reconnects,
+            ),
+        ]

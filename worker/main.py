@@ -66,7 +66,7 @@ class Worker:
         self.started_at = time.time()
         self.outcomes: dict[str, int] = {}
         self.jobs = JobBook(self.models)  # running jobs and counters: metrics, micro stats
-        self.metrics = WorkerMetrics(self.jobs, self.info)
+        self.metrics = WorkerMetrics(self.jobs, self.info, lambda: self.nc)
         self.service: WorkerService | None = None
         self._stopped = asyncio.Event()
         self._feed_specs: list[tuple[str, str, int]] = []

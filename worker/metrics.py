@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +34,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dispatcher.connection import ConnectionMetrics
 from schemas import names
 from schemas.registry import WorkerInfo
 from worker.runner import JobOutcome
@@ -210,7 +212,12 @@ class _LiveState(Collector):
 class WorkerMetrics:
     """A worker's own Prometheus registry (one per Worker, so several fit in one process)."""
 
-    def __init__(self, book: JobBook, snapshot: Callable[[], WorkerInfo]) -> None:
+    def __init__(
+        self,
+        book: JobBook,
+        snapshot: Callable[[], WorkerInfo],
+        connection: Callable[[], Client | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.jobs = Counter(
             "llmq_worker_jobs",
@@ -239,6 +246,7 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.registry.register(_LiveState(book, snapshot))
+        self.registry.register(ConnectionMetrics(connection))
         for model in book.models:  # every series exists from the start
             for stream in (names.JOBS_STREAM, names.BATCH_STREAM):
                 for outcome in ("ok", "error", "upstream_error"):

@@ -12,6 +12,7 @@ import httpx
 import openai
 
 from tests.stack import wait_for
+from tests.worker.test_metrics import value
 
 
 def _model() -> str:
@@ -230,3 +231,11 @@ async def test_nats_server_restart_loses_memory_state_and_both_sides_put_it_back
     stream = await client.chat.completions.create(model=model, messages=messages, stream=True)  # type: ignore[arg-type]
     assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     await client.close()
+
+    # Operators see it: one reconnect each, connected again.
+    async with httpx.AsyncClient() as http:
+        api_text = (await http.get(f"{api.url}/metrics")).text
+    worker_text = worker.metrics.render().decode()
+    for text in (api_text, worker_text):
+        assert value(text, "llmq_nats_reconnects_total") == 1
+        assert value(text, "llmq_nats_connected") == 1
