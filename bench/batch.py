@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -131,6 +132,7 @@ async def main() -> None:
             )
     finally:
         stop_all(procs, nats, redis)
+    shutil.rmtree(tmp, ignore_errors=True)  # reached only after a clean run: logs stay otherwise
 
 
 if __name__ == "__main__":

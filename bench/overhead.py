@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -186,6 +187,7 @@ async def main() -> None:
             print(f"{'added':<8}{concurrency:>5}{added_p50:>9.2f}{added_p99:>9.2f}")
     finally:
         stop_all(procs, nats, redis)
+    shutil.rmtree(tmp, ignore_errors=True)  # reached only after a clean run: logs stay otherwise
 
 
 if __name__ == "__main__":
