@@ -96,6 +96,18 @@ async def models_of(api_url: str) -> set[str]:
         return {m["id"] for m in resp.json()["data"]}
 
 
+async def wait_serving(api_url: str, model: str, timeout: float = 20.0) -> None:
+    """Wait until an api (often a process still starting) lists `model` in /v1/models."""
+
+    async def serving() -> bool:
+        try:
+            return model in await models_of(api_url)
+        except httpx.HTTPError:
+            return False
+
+    await wait_for(serving, timeout=timeout)
+
+
 class Process:
     """`llmq <args>` as a child process, in its own process group, output to a log file."""
 
@@ -147,4 +159,5 @@ __all__ = [
     "settings",
     "start_worker",
     "wait_for",
+    "wait_serving",
 ]

@@ -11,11 +11,10 @@ import subprocess
 import sys
 import time
 
-import httpx
 import openai
 
 from api.embedded import free_port
-from tests.stack import wait_for
+from tests.stack import wait_serving
 
 
 def _listening(port: int) -> bool:
@@ -75,16 +74,7 @@ async def test_api_and_worker_processes_from_flags_and_env(stack) -> None:  # ty
     api = stack.process("api", "--port", str(port), "--host", "127.0.0.1")
     worker = stack.process("worker", "--backend", "echo", "--model", "proc-echo", "--capacity", "4")
     url = f"http://127.0.0.1:{port}"
-
-    async def serving() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                resp = await client.get(f"{url}/v1/models")
-                return "proc-echo" in resp.text
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(serving, timeout=20)
+    await wait_serving(url, "proc-echo")
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
     reply = await client.chat.completions.create(
         model="proc-echo", messages=[{"role": "user", "content": "two processes"}]

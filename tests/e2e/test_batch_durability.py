@@ -20,7 +20,7 @@ from tests.e2e.test_batches import (
     start_batch,
     wait_batch,
 )
-from tests.stack import wait_for
+from tests.stack import wait_for, wait_serving
 
 BATCH = {"batch_lease": 2.0, "batch_stall": 3.0}
 """Short lease and stall timings (the api's side of FAST)."""
@@ -68,16 +68,8 @@ async def test_api_sigkill_mid_batch_and_replacement(stack) -> None:  # type: ig
     doomed = stack.process("api", "--port", str(port), batch_max_inflight=8, **BATCH)
     url = f"http://127.0.0.1:{port}"
     data, expected = batch_file(model, 40, words=4)
+    await wait_serving(url, model)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-
-        async def ready() -> bool:
-            try:
-                resp = await client.get("/v1/models")
-            except httpx.HTTPError:
-                return False
-            return model in {m["id"] for m in resp.json()["data"]}
-
-        await wait_for(ready, timeout=20)
         batch = await start_batch(client, data)
         job = await client.post(
             "/v1/jobs", json={"model": model, "messages": [{"role": "user", "content": "x y"}]}

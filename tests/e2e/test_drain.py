@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from api.embedded import free_port
-from tests.stack import wait_for
+from tests.stack import wait_for, wait_serving
 
 
 def _model() -> str:
@@ -134,15 +134,7 @@ async def test_api_sigterm_stops_accepting_and_lets_open_streams_finish(stack) -
     proc = stack.process("api", "--port", str(port), shutdown_grace=20)
     await stack.worker(model=[model], echo_delay=0.1)
     base = f"http://127.0.0.1:{port}"
-
-    async def serving() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                return model in (await client.get(f"{base}/v1/models")).text
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(serving, timeout=20)
+    await wait_serving(base, model)
     events: list[str] = []
     refused_while_streaming = False
     async with httpx.AsyncClient(timeout=30) as client:
@@ -175,15 +167,7 @@ async def test_api_grace_bounds_a_long_stream(stack) -> None:  # type: ignore[no
     proc = stack.process("api", "--port", str(port), shutdown_grace=1)
     worker = await stack.worker(model=[model], echo_delay=0.1)
     base = f"http://127.0.0.1:{port}"
-
-    async def serving() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                return model in (await client.get(f"{base}/v1/models")).text
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(serving, timeout=20)
+    await wait_serving(base, model)
     async with httpx.AsyncClient(timeout=30) as client:
         body = _chat(model, 200, stream=True)  # ~20 s
         seen = 0

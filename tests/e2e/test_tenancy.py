@@ -19,7 +19,7 @@ from api.embedded import EmbeddedRedis, free_port
 from api.preparation import estimate_prompt_tokens
 from api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from schemas.openai import chat_request_decoder
-from tests.stack import wait_for
+from tests.stack import wait_for, wait_serving
 from worker.backends.base import BackendConfig
 
 ADMIN = "admin-secret"
@@ -141,16 +141,8 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
     for port in ports:
         stack.process("api", "--port", str(port), auth_mode="keys", heartbeat=2.0)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-
-    async def serving(url: str) -> bool:
-        try:
-            async with httpx.AsyncClient() as c:
-                return model in (await c.get(f"{url}/v1/models")).text
-        except httpx.HTTPError:
-            return False
-
     for url in urls:
-        await wait_for(lambda url=url: serving(url), timeout=20)
+        await wait_serving(url, model)
     headers = {"authorization": f"Bearer {key}"}
     # RPM windows are fixed minutes: start early in one so the burst cannot straddle two.
     into_minute = time.time() % 60
