@@ -9,7 +9,7 @@ the `api-key` header.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -168,8 +168,10 @@ class OpenAIBackend:
     def _stream_options(self) -> StreamOptions | Any:
         return StreamOptions(include_usage=True) if self._include_usage else UNSET
 
-    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
-        url, params = self._endpoint("chat/completions", upstream_model)
+    def _streaming_body(
+        self, request: ChatCompletionRequest | CompletionRequest, upstream_model: str
+    ) -> Callable[[], bytes]:
+        """The request as the upstream gets it: its own model name, streamed, with usage."""
 
         def body() -> bytes:
             return _encoder.encode(
@@ -181,22 +183,17 @@ class OpenAIBackend:
                 )
             )
 
+        return body
+
+    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        url, params = self._endpoint("chat/completions", upstream_model)
+        body = self._streaming_body(request, upstream_model)
         tally = Tally(lambda: prompt_tokens(request.messages))
         return self._upstream.stream(url, body, _SSEStream(tally, completion=False), params)
 
     def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
         url, params = self._endpoint("completions", upstream_model)
-
-        def body() -> bytes:
-            return _encoder.encode(
-                msgspec.structs.replace(
-                    request,
-                    model=upstream_model,
-                    stream=True,
-                    stream_options=self._stream_options(),
-                )
-            )
-
+        body = self._streaming_body(request, upstream_model)
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
         return self._upstream.stream(url, body, _SSEStream(tally, completion=True), params)
