@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from api.errors import ApiError
-from api.tenancy import Quota, QuotaBackendDown, QuotaDecision
+from llmq.api.errors import ApiError
+from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
 
 log = logging.getLogger(__name__)
 

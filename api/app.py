@@ -8,18 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api.admission import Admission
-from api.auth import Authenticator
-from api.batch_service import BatchService
-from api.errors import install_error_handlers
-from api.model_table import ModelTable
-from api.observability import Observability
-from api.preparation import RequestPreparer
-from api.routes import admin, batches, files, health, jobs, metrics, openai
-from api.runtime import Runtime
-from api.serving import Serving
-from api.tenancy import Quota, TenantStore, UsageReader
-from schemas.settings import Settings
+from llmq import __version__
+from llmq.api.admission import Admission
+from llmq.api.auth import Authenticator
+from llmq.api.batch_service import BatchService
+from llmq.api.errors import install_error_handlers
+from llmq.api.model_table import ModelTable
+from llmq.api.observability import Observability
+from llmq.api.preparation import RequestPreparer
+from llmq.api.routes import admin, batches, files, health, jobs, metrics, openai
+from llmq.api.runtime import Runtime
+from llmq.api.serving import Serving
+from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.schemas.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await admission.drain()
             await runtime.close()
 
-    app = FastAPI(title="llmq", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="llmq", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     install_error_handlers(app)
     if settings.cors_origins:

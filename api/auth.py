@@ -12,10 +12,10 @@ import time
 
 from starlette.requests import Request
 
-from api.errors import ApiError
-from api.tenancy import QuotaBackendDown, TenantStore
-from api.tenancy.store import hash_key
-from schemas.settings import Settings
+from llmq.api.errors import ApiError
+from llmq.api.tenancy import QuotaBackendDown, TenantStore
+from llmq.api.tenancy.store import hash_key
+from llmq.schemas.settings import Settings
 
 _DOWN = "\x00down"
 

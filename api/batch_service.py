@@ -19,19 +19,19 @@ import msgspec
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from api.admission import Admission
-from api.errors import ApiError
-from api.preparation import RequestPreparer
-from api.runtime import Runtime
-from api.tenancy import Quota, QuotaBackendDown
-from dispatcher import streams
-from dispatcher.batch import kv as kvs
-from dispatcher.batch.async_jobs import AsyncJobs, list_page
-from dispatcher.batch.collector import ResultCollector
-from dispatcher.batch.files import FileStore
-from dispatcher.batch.jsonl import NotJsonl, TooManyLines, parse_input
-from dispatcher.batch.ports import Accounting, NoAccounting, Prepared, Refused
-from dispatcher.batch.records import (
+from llmq.api.admission import Admission
+from llmq.api.errors import ApiError
+from llmq.api.preparation import RequestPreparer
+from llmq.api.runtime import Runtime
+from llmq.api.tenancy import Quota, QuotaBackendDown
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher import streams
+from llmq.dispatcher.batch.async_jobs import AsyncJobs, list_page
+from llmq.dispatcher.batch.collector import ResultCollector
+from llmq.dispatcher.batch.files import FileStore
+from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines, parse_input
+from llmq.dispatcher.batch.ports import Accounting, NoAccounting, Prepared, Refused
+from llmq.dispatcher.batch.records import (
     BATCH_ID_PREFIX,
     JOB_ID_PREFIX,
     KIND_OF_ENDPOINT,
@@ -45,12 +45,12 @@ from dispatcher.batch.records import (
     strip_prefix,
     time_hex,
 )
-from dispatcher.batch.runner import BatchRunner, batch_key
-from dispatcher.batch.webhooks import Webhooks
-from dispatcher.dispatch import DispatchError
-from dispatcher.tasks import stop_task
-from schemas import names
-from schemas.settings import Settings
+from llmq.dispatcher.batch.runner import BatchRunner, batch_key
+from llmq.dispatcher.batch.webhooks import Webhooks
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import names
+from llmq.schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 

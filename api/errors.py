@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from schemas.openai import ErrorBody, ErrorResponse
+from llmq.schemas.openai import ErrorBody, ErrorResponse
 
 _encoder = msgspec.json.Encoder()
 

@@ -28,10 +28,10 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.runtime import Runtime
-from api.serving import RequestRecord
-from dispatcher.connection import ConnectionMetrics
-from dispatcher.inspect import QueueState, queue_states
+from llmq.api.runtime import Runtime
+from llmq.api.serving import RequestRecord
+from llmq.dispatcher.connection import ConnectionMetrics
+from llmq.dispatcher.inspect import QueueState, queue_states
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import tomllib
 
 import msgspec
 
-from dispatcher.tasks import stop_task
-from schemas.settings import Settings
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import socket
 
 from nats.micro.service import EndpointInfo, EndpointStats
 
-from api.metrics import ApiMetrics
-from api.request_log import RequestLog
-from api.runtime import Runtime
-from api.serving import Serving
-from dispatcher.micro import LiveService
-from schemas import names
+from llmq.api.metrics import ApiMetrics
+from llmq.api.request_log import RequestLog
+from llmq.api.runtime import Runtime
+from llmq.api.serving import Serving
+from llmq.dispatcher.micro import LiveService
+from llmq.schemas import names
 
 log = logging.getLogger(__name__)
 

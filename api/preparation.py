@@ -13,11 +13,11 @@ from typing import Any
 
 import msgspec
 
-from api.errors import ApiError
-from api.model_table import ModelTable
-from api.protocol import decode
-from dispatcher.registry import WorkerRegistry
-from schemas.openai import (
+from llmq.api.errors import ApiError
+from llmq.api.model_table import ModelTable
+from llmq.api.protocol import decode
+from llmq.dispatcher.registry import WorkerRegistry
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -25,7 +25,7 @@ from schemas.openai import (
     completion_request_decoder,
     embedding_request_decoder,
 )
-from worker.backends.echo import message_text
+from llmq.schemas.text import message_text
 
 AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 import msgspec
 from starlette.requests import Request
 
-from api.errors import ApiError
+from llmq.api.errors import ApiError
 
 T = TypeVar("T")
 

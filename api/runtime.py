@@ -10,13 +10,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
-from api.tenancy import connect as connect_redis
-from dispatcher import streams
-from dispatcher.connection import Provisioner, connect, disconnect
-from dispatcher.dispatch import Dispatcher
-from dispatcher.inbox import ReplyInbox
-from dispatcher.registry import WorkerRegistry
-from schemas.settings import Settings
+from llmq.api.tenancy import connect as connect_redis
+from llmq.dispatcher import streams
+from llmq.dispatcher.connection import Provisioner, connect, disconnect
+from llmq.dispatcher.dispatch import Dispatcher
+from llmq.dispatcher.inbox import ReplyInbox
+from llmq.dispatcher.registry import WorkerRegistry
+from llmq.schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 

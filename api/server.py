@@ -8,8 +8,8 @@ from types import FrameType
 
 import uvicorn
 
-from api.app import create_app
-from schemas.settings import Settings
+from llmq.api.app import create_app
+from llmq.schemas.settings import Settings
 
 
 class ApiServer(uvicorn.Server):

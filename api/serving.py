@@ -16,17 +16,17 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.admission import Admission, Ticket
-from api.auth import Authenticator
-from api.errors import ApiError, error_bytes, error_response
-from api.preparation import RequestPreparer
-from api.protocol import read_body
-from api.runtime import Runtime
-from api.sse import DONE, SSEResponse, event
-from dispatcher.dispatch import DispatchError, JobRun
-from dispatcher.jobs import JobSpec, new_job_id
-from schemas.frames import Done, Failed
-from schemas.openai import (
+from llmq.api.admission import Admission, Ticket
+from llmq.api.auth import Authenticator
+from llmq.api.errors import ApiError, error_bytes, error_response
+from llmq.api.preparation import RequestPreparer
+from llmq.api.protocol import read_body
+from llmq.api.runtime import Runtime
+from llmq.api.sse import DONE, SSEResponse, event
+from llmq.dispatcher.dispatch import DispatchError, JobRun
+from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.schemas.frames import Done, Failed
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,

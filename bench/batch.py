@@ -27,8 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
 from bench.processes import spawn, stop_all, wait_until_served  # noqa: E402
+from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
 
 
 def batch_file(lines: int, words: int) -> bytes:
@@ -92,7 +92,7 @@ async def main() -> None:
     env = {"LLMQ_NATS_URL": nats.url, "LLMQ_REDIS_URL": redis.url, "LLMQ_LOG_LEVEL": "WARNING"}
     headers: dict[str, str] = {}
     if args.quota:
-        from api.tenancy import Tenant, TenantStore, connect
+        from llmq.api.tenancy import Tenant, TenantStore, connect
 
         client = connect(redis.url)
         await TenantStore(client).create(Tenant(name="bench"))
@@ -101,7 +101,7 @@ async def main() -> None:
         headers = {"X-Tenant-ID": "bench"}
     else:
         env["LLMQ_AUTH_MODE"] = "none"
-    llmq = [sys.executable, "-m", "api.cli"]
+    llmq = [sys.executable, "-m", "llmq.cli"]
     ports = [free_port() for _ in range(args.apis)]
     procs = [
         spawn([*llmq, "api", "--port", str(port)], env, tmp / f"api-{port}.log") for port in ports

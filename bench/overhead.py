@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
 from bench.processes import spawn, stop_all, wait_until_served  # noqa: E402
+from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the mock"}]}
 
@@ -104,7 +104,7 @@ async def measure(
 
 async def _bench_tenant(redis_url: str) -> str:
     """A tenant with every limit set (high), so the quota script takes its longest path."""
-    from api.tenancy import Tenant, TenantStore, connect
+    from llmq.api.tenancy import Tenant, TenantStore, connect
 
     redis = connect(redis_url)
     try:
@@ -143,7 +143,7 @@ async def main() -> None:
         "LLMQ_AUTH_MODE": "keys" if args.tenant else "none",
     }
     key = await _bench_tenant(redis.url) if args.tenant else ""
-    llmq = [sys.executable, "-m", "api.cli"]
+    llmq = [sys.executable, "-m", "llmq.cli"]
     worker_args = [
         "worker",
         "--model",

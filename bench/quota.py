@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from api.embedded import EmbeddedRedis
-from api.tenancy import Price, Quota, Tenant, TenantStore, connect
+from llmq.api.tenancy import Price, Quota, Tenant, TenantStore, connect
+from llmq.embedded import EmbeddedRedis
 
 
 def _pct(samples: list[float], q: float) -> float:

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dispatcher.tasks import retry, stop_task
+from llmq.dispatcher.tasks import retry, stop_task
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from dispatcher.inbox import Item, ReplyInbox, Signal
-from dispatcher.jobs import JobSpec
-from schemas import frames, names
-from schemas.frames import Done, Failed, failure
+from llmq.dispatcher.inbox import Item, ReplyInbox, Signal
+from llmq.dispatcher.jobs import JobSpec
+from llmq.schemas import frames, names
+from llmq.schemas.frames import Done, Failed, failure
 
 Event = bytes | Done | Failed
 

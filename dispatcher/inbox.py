@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from schemas import names
+from llmq.schemas import names
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.micro.service import ServiceVerb, control_subject
 
-from schemas import names
-from schemas.registry import ModelInfo, WorkerInfo, model_info_decoder, worker_info_decoder
+from llmq.schemas import names
+from llmq.schemas.registry import ModelInfo, WorkerInfo, model_info_decoder, worker_info_decoder
 
 STREAMS = (names.JOBS_STREAM, names.BATCH_STREAM)
 _CONSUMER_PAGE = 256

@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from schemas import names
+from llmq.schemas import names
 
 
 def new_job_id() -> str:

@@ -16,10 +16,10 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from dispatcher import streams
-from dispatcher.batch.kv import Follower
-from schemas import names
-from schemas.registry import (
+from llmq.dispatcher import streams
+from llmq.dispatcher.kv import Follower
+from llmq.schemas import names
+from llmq.schemas.registry import (
     ModelInfo,
     WorkerInfo,
     model_info_decoder,

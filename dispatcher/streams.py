@@ -23,7 +23,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from schemas import names
+from llmq.schemas import names
 
 
 def jobs_stream_config(max_age: float) -> StreamConfig:

@@ -12,7 +12,7 @@ from typing import Final
 import msgspec
 from msgspec import Struct
 
-from schemas.openai import ErrorBody, Usage
+from llmq.schemas.openai import ErrorBody, Usage
 
 ACCEPTED: Final = "accepted"
 CHUNK: Final = "chunk"

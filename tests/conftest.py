@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api.embedded import EmbeddedNats, EmbeddedRedis
+from llmq.embedded import EmbeddedNats, EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

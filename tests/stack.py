@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from api.embedded import free_port
-from api.server import uvicorn_config
-from schemas.settings import Settings
-from worker.main import Worker
+from llmq.api.server import uvicorn_config
+from llmq.embedded import free_port
+from llmq.schemas.settings import Settings
+from llmq.worker.main import Worker
 
 FAST = {"heartbeat": 0.5, "ping_interval": 0.3, "ack_wait": 2.0, "pull_expires": 2.0}
 """Protocol timings shrunk so failure tests finish quickly; api and workers must agree."""
@@ -115,7 +115,7 @@ class Process:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", *args],
+            [sys.executable, "-m", "llmq.cli", *args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

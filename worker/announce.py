@@ -12,10 +12,10 @@ from collections.abc import Callable
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from dispatcher import streams
-from dispatcher.tasks import stop_task
-from schemas import names
-from schemas.registry import ModelInfo, WorkerInfo, registry_encoder
+from llmq.dispatcher import streams
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import names
+from llmq.schemas.registry import ModelInfo, WorkerInfo, registry_encoder
 
 log = logging.getLogger(__name__)
 

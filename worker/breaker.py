@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from dispatcher.tasks import stop_task
+from llmq.dispatcher.tasks import stop_task
 
 log = logging.getLogger(__name__)
 

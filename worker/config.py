@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from schemas.settings import Settings
-from worker.backends.base import BackendConfig, Timeouts, redact_url
+from llmq.schemas.settings import Settings
+from llmq.worker.backends.base import BackendConfig, Timeouts, redact_url
 
 __all__ = ["ConfigError", "backend_config_from", "describe", "parse_headers", "redact_url"]
 

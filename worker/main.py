@@ -12,26 +12,26 @@ import time
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from dispatcher import streams
-from dispatcher.connection import Provisioner, connect, disconnect
-from dispatcher.tasks import stop_task
-from schemas import names
-from schemas.registry import WorkerInfo
-from schemas.settings import Settings
-from worker.announce import Announcer
-from worker.backends import create_backend
-from worker.backends.base import Backend, BackendConfig
-from worker.breaker import OPEN, CircuitBreaker
-from worker.config import ConfigError, backend_config_from, describe
-from worker.feed import PullFeed
-from worker.metrics import JobBook, WorkerMetrics
-from worker.runner import JobOutcome, JobRunner
-from worker.scheduler import Scheduler
-from worker.service import WorkerService
+from llmq import __version__
+from llmq.dispatcher import streams
+from llmq.dispatcher.connection import Provisioner, connect, disconnect
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import names
+from llmq.schemas.registry import WorkerInfo
+from llmq.schemas.settings import Settings
+from llmq.worker.announce import Announcer
+from llmq.worker.backends import create_backend
+from llmq.worker.backends.base import Backend, BackendConfig
+from llmq.worker.breaker import OPEN, CircuitBreaker
+from llmq.worker.config import ConfigError, backend_config_from, describe
+from llmq.worker.feed import PullFeed
+from llmq.worker.metrics import JobBook, WorkerMetrics
+from llmq.worker.runner import JobOutcome, JobRunner
+from llmq.worker.scheduler import Scheduler
+from llmq.worker.service import WorkerService
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 INTERACTIVE, BATCH = 0, 1
 
 
@@ -95,7 +95,7 @@ class Worker:
             nc.jetstream(), self.info, s.heartbeat, sorted(self.backend.kinds)
         )
         await self.announcer.start()
-        self.service = await WorkerService.open(nc, self.jobs, self.info, VERSION)
+        self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
         self.scheduler.start()
         self.provisioner.add("consumers", self._reprovision_consumers)
         self.provisioner.add("registry", self.announcer.provision)
@@ -199,7 +199,7 @@ class Worker:
             host=socket.gethostname(),
             pid=os.getpid(),
             started_at=self.started_at,
-            version=VERSION,
+            version=__version__,
             metrics_url=self.metrics.url,
         )
 

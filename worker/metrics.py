@@ -34,10 +34,10 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dispatcher.connection import ConnectionMetrics
-from schemas import names
-from schemas.registry import WorkerInfo
-from worker.runner import JobOutcome
+from llmq.dispatcher.connection import ConnectionMetrics
+from llmq.schemas import names
+from llmq.schemas.registry import WorkerInfo
+from llmq.worker.runner import JobOutcome
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import time
 
 from nats.aio.client import Client
 
-from schemas import frames, names
-from schemas.frames import Accepted, Done, Failed, frame_encoder
+from llmq.schemas import frames, names
+from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder
 
 
 class FrameSender:

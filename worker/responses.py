@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -24,7 +24,7 @@ from schemas.openai import (
     TextCompletion,
     Usage,
 )
-from worker.backends.base import Embeddings, Piece
+from llmq.worker.backends.base import Embeddings, Piece
 
 _encoder = msgspec.json.Encoder()
 

@@ -20,9 +20,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas import names
-from schemas.frames import Done, failure
-from schemas.openai import (
+from llmq.schemas import names
+from llmq.schemas.frames import Done, failure
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -31,11 +31,11 @@ from schemas.openai import (
     completion_request_decoder,
     embedding_request_decoder,
 )
-from worker.backends.base import Backend, BackendError, Piece
-from worker.backends.echo import count_tokens
-from worker.replies import FrameSender
-from worker.responses import ChatBuilder, TextBuilder, embedding_list
-from worker.tracing import TRACEPARENT, valid_traceparent
+from llmq.schemas.text import count_tokens
+from llmq.worker.backends.base import Backend, BackendError, Piece
+from llmq.worker.replies import FrameSender
+from llmq.worker.responses import ChatBuilder, TextBuilder, embedding_list
+from llmq.worker.tracing import TRACEPARENT, valid_traceparent
 
 log = logging.getLogger(__name__)
 

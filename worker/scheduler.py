@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 
-from dispatcher.tasks import stop_task
-from worker.feed import PullFeed
+from llmq.dispatcher.tasks import stop_task
+from llmq.worker.feed import PullFeed
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 from nats.aio.client import Client
 from nats.micro.service import EndpointInfo, EndpointStats
 
-from dispatcher.micro import LiveService
-from schemas import names
-from schemas.registry import WorkerInfo
-from worker.metrics import JobBook
+from llmq.dispatcher.micro import LiveService
+from llmq.schemas import names
+from llmq.schemas.registry import WorkerInfo
+from llmq.worker.metrics import JobBook
 
 DESCRIPTION = "llmq worker: runs the jobs of its models, pulled from JetStream"
 RUNNING_SHOWN = 100

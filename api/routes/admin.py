@@ -14,8 +14,8 @@ import msgspec
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from api.errors import ApiError
-from api.tenancy import (
+from llmq.api.errors import ApiError
+from llmq.api.tenancy import (
     Price,
     QuotaBackendDown,
     Tenant,

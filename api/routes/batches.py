@@ -10,8 +10,8 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.batch_service import BatchService
-from api.protocol import read_body
+from llmq.api.batch_service import BatchService
+from llmq.api.protocol import read_body
 
 router = APIRouter(prefix="/v1")
 _encoder = msgspec.json.Encoder()

@@ -8,9 +8,9 @@ import re
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.errors import ApiError
-from api.protocol import read_body
-from api.routes.batches import json_response, service, tenant_of
+from llmq.api.errors import ApiError
+from llmq.api.protocol import read_body
+from llmq.api.routes.batches import json_response, service, tenant_of
 
 router = APIRouter(prefix="/v1")
 

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.runtime import Runtime
+from llmq.api.runtime import Runtime
 
 router = APIRouter()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.batch_service import BatchService
-from api.protocol import read_body
-from api.routes.batches import json_response, service, tenant_of
+from llmq.api.batch_service import BatchService
+from llmq.api.protocol import read_body
+from llmq.api.routes.batches import json_response, service, tenant_of
 
 router = APIRouter(prefix="/v1")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.metrics import CONTENT_TYPE
+from llmq.api.metrics import CONTENT_TYPE
 
 router = APIRouter()
 

@@ -7,8 +7,8 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.serving import Serving
-from schemas.openai import ModelCard, ModelList
+from llmq.api.serving import Serving
+from llmq.schemas.openai import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1")
 _encoder = msgspec.json.Encoder()

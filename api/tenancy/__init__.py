@@ -7,9 +7,9 @@ Build one `TenantStore`, one `Quota` and one `UsageReader` per process on one sh
 
 from __future__ import annotations
 
-from api.tenancy.client import connect
-from api.tenancy.errors import QuotaBackendDown, TenantExists, UnknownTenant
-from api.tenancy.models import (
+from llmq.api.tenancy.client import connect
+from llmq.api.tenancy.errors import QuotaBackendDown, TenantExists, UnknownTenant
+from llmq.api.tenancy.models import (
     ApiKey,
     LedgerEntry,
     Price,
@@ -18,9 +18,9 @@ from api.tenancy.models import (
     Tenant,
     UsageRow,
 )
-from api.tenancy.quota import Quota
-from api.tenancy.store import TenantStore
-from api.tenancy.usage import UsageReader
+from llmq.api.tenancy.quota import Quota
+from llmq.api.tenancy.store import TenantStore
+from llmq.api.tenancy.usage import UsageReader
 
 __all__ = [
     "ApiKey",

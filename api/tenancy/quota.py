@@ -16,10 +16,10 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from api.tenancy.errors import backend_guard
-from api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
-from api.tenancy.periods import periods
-from schemas import names
+from llmq.api.tenancy.errors import backend_guard
+from llmq.api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
+from llmq.api.tenancy.periods import periods
+from llmq.schemas import names
 
 DEFAULT_LEASE = 900.0
 """Seconds a slot is held without a release; above the api's max deadline (600 s)."""
@@ -30,7 +30,7 @@ RESERVATION_GRACE = 86_400.0
 
 
 def _script(name: str) -> str:
-    return resources.files("api.tenancy").joinpath(name).read_text()
+    return resources.files("llmq.api.tenancy").joinpath(name).read_text()
 
 
 def _text(value: Any) -> str:

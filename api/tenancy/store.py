@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
-from api.tenancy.models import TENANT_MUTABLE_FIELDS, ApiKey, Price, Tenant
-from schemas import names
+from llmq.api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
+from llmq.api.tenancy.models import TENANT_MUTABLE_FIELDS, ApiKey, Price, Tenant
+from llmq.schemas import names
 
 KEY_PREFIX = "sk-llmq-"
 KEY_RANDOM_BYTES = 32

@@ -7,10 +7,10 @@ from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 
-from api.tenancy.errors import backend_guard
-from api.tenancy.models import LedgerEntry, UsageRow
-from api.tenancy.periods import utc_day
-from schemas import names
+from llmq.api.tenancy.errors import backend_guard
+from llmq.api.tenancy.models import LedgerEntry, UsageRow
+from llmq.api.tenancy.periods import utc_day
+from llmq.schemas import names
 
 _FIELDS = {
     "req": "requests",

@@ -23,10 +23,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from dispatcher.batch import kv as kvs
-from dispatcher.batch.ports import Accounting, Prepared
-from dispatcher.batch.reconcile import quiet
-from dispatcher.batch.records import (
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher.batch.ports import Accounting, Prepared
+from llmq.dispatcher.batch.reconcile import quiet
+from llmq.dispatcher.batch.records import (
     FINAL_JOB,
     JobRecord,
     Result,
@@ -37,11 +37,11 @@ from dispatcher.batch.records import (
     settle_job,
     unrun,
 )
-from dispatcher.batch.webhooks import Webhooks
-from dispatcher.dispatch import DispatchError
-from dispatcher.jobs import JobSpec
-from dispatcher.tasks import retry, stop_task
-from schemas import names
+from llmq.dispatcher.batch.webhooks import Webhooks
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.jobs import JobSpec
+from llmq.dispatcher.tasks import retry, stop_task
+from llmq.schemas import names
 
 log = logging.getLogger(__name__)
 

@@ -31,13 +31,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from dispatcher.batch import kv as kvs
-from dispatcher.batch.consume import pull_forever
-from dispatcher.batch.ports import Accounting
-from dispatcher.batch.records import split_line_job_id
-from dispatcher.tasks import stop_task
-from schemas import frames, names
-from schemas.frames import Done, failure, frame_encoder
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher.batch.consume import pull_forever
+from llmq.dispatcher.batch.ports import Accounting
+from llmq.dispatcher.batch.records import split_line_job_id
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import frames, names
+from llmq.schemas.frames import Done, failure, frame_encoder
 
 log = logging.getLogger(__name__)
 

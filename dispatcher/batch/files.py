@@ -14,15 +14,15 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from dispatcher.batch import kv as kvs
-from dispatcher.batch.records import (
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher.batch.records import (
     FILE_ID_PREFIX,
     FileRecord,
     encoder,
     file_decoder,
     time_hex,
 )
-from schemas import names
+from llmq.schemas import names
 
 
 def new_file_id() -> str:

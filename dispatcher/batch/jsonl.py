@@ -14,14 +14,14 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from dispatcher.batch.records import (
+from llmq.dispatcher.batch.records import (
     BATCH_REQUEST_PREFIX,
     BatchUsage,
     RequestCounts,
     Result,
     Unrun,
 )
-from schemas.frames import Done, Failed
+from llmq.schemas.frames import Done, Failed
 
 
 class NotJsonl(ValueError):

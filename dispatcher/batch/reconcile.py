@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from schemas import names
+from llmq.schemas import names
 
 
 async def quiet(js: JetStreamContext, models: Iterable[str]) -> bool:

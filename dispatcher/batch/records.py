@@ -14,8 +14,8 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import Struct
 
-from schemas.frames import Done, Failed
-from schemas.openai import Usage
+from llmq.schemas.frames import Done, Failed
+from llmq.schemas.openai import Usage
 
 JOB_ID_PREFIX: Final = "job_"
 BATCH_ID_PREFIX: Final = "batch_"

@@ -40,9 +40,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from dispatcher.batch import kv as kvs
-from dispatcher.batch.files import FileStore
-from dispatcher.batch.jsonl import (
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher.batch.files import FileStore
+from llmq.dispatcher.batch.jsonl import (
     InputLine,
     NotJsonl,
     TooManyLines,
@@ -50,9 +50,9 @@ from dispatcher.batch.jsonl import (
     parse_input,
     tally,
 )
-from dispatcher.batch.ports import Accounting, Prepared, Preparer, Refused
-from dispatcher.batch.reconcile import quiet
-from dispatcher.batch.records import (
+from llmq.dispatcher.batch.ports import Accounting, Prepared, Preparer, Refused
+from llmq.dispatcher.batch.reconcile import quiet
+from llmq.dispatcher.batch.records import (
     FILE_ID_PREFIX,
     FINAL_BATCH,
     KIND_OF_ENDPOINT,
@@ -67,10 +67,10 @@ from dispatcher.batch.records import (
     result_decoder,
     unrun,
 )
-from dispatcher.jobs import JobSpec
-from dispatcher.tasks import retry, run_to_end, stop_task
-from schemas import names
-from schemas.frames import Done
+from llmq.dispatcher.jobs import JobSpec
+from llmq.dispatcher.tasks import retry, run_to_end, stop_task
+from llmq.schemas import names
+from llmq.schemas.frames import Done
 
 log = logging.getLogger(__name__)
 

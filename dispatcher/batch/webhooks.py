@@ -26,9 +26,9 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from dispatcher.batch.consume import pull_forever
-from dispatcher.tasks import stop_task
-from schemas import names
+from llmq.dispatcher.batch.consume import pull_forever
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import names
 
 log = logging.getLogger(__name__)
 

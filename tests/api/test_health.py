@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from api.embedded import free_port
+from llmq.embedded import free_port
 from tests.stack import wait_for
 
 

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from api.tenancy import Tenant, TenantStore, connect
+from llmq.api.tenancy import Tenant, TenantStore, connect
 from tests.stack import wait_for
 from tests.worker.test_metrics import samples, value
 
@@ -132,9 +132,9 @@ def test_the_observer_is_cheap() -> None:
     import time
     from types import SimpleNamespace
 
-    from api.metrics import ApiMetrics
-    from api.serving import RequestRecord
-    from schemas.settings import Settings
+    from llmq.api.metrics import ApiMetrics
+    from llmq.api.serving import RequestRecord
+    from llmq.schemas.settings import Settings
 
     registry = SimpleNamespace(known=lambda m: m == "m", live_models=dict)
     runtime = SimpleNamespace(

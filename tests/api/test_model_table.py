@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from api.model_table import ModelTable
-from schemas.settings import Settings
+from llmq.api.model_table import ModelTable
+from llmq.schemas.settings import Settings
 from tests.stack import wait_for
 
 

@@ -78,7 +78,7 @@ async def test_oversized_body_gets_413(api_url) -> None:  # type: ignore[no-unty
 
 
 async def test_body_over_nats_max_payload_gets_413(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from api.embedded import EmbeddedNats
+    from llmq.embedded import EmbeddedNats
 
     small = EmbeddedNats(tmp_path / "small-nats", max_payload=4096)
     try:

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from api.logs import JsonFormatter
-from api.request_log import RequestLog
-from api.serving import RequestRecord
-from api.tenancy import Tenant, TenantStore, connect
+from llmq.api.logs import JsonFormatter
+from llmq.api.request_log import RequestLog
+from llmq.api.serving import RequestRecord
+from llmq.api.tenancy import Tenant, TenantStore, connect
 from tests.stack import wait_for
 from tests.worker.backends.fake_upstreams import FakeUpstream, json_reply, openai_chat
 
@@ -144,7 +144,7 @@ async def test_traceparent_reaches_the_upstream(stack) -> None:  # type: ignore[
 
 
 async def test_the_httpx_hook_sends_the_jobs_traceparent() -> None:
-    from worker.tracing import TRACEPARENT, add_traceparent, valid_traceparent
+    from llmq.worker.tracing import TRACEPARENT, add_traceparent, valid_traceparent
 
     seen: list[str | None] = []
 

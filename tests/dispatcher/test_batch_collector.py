@@ -10,16 +10,16 @@ import uuid
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
 
-from dispatcher import streams
-from dispatcher.batch import kv as kvs
-from dispatcher.batch.collector import ResultCollector
-from dispatcher.batch.ports import Prepared
-from dispatcher.batch.records import Unrun, line_job_id, result_decoder, time_hex
-from dispatcher.connection import connect
-from dispatcher.jobs import JobSpec
-from schemas import frames, names
-from schemas.frames import Done, Failed, frame_encoder
-from schemas.openai import Usage
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher import streams
+from llmq.dispatcher.batch.collector import ResultCollector
+from llmq.dispatcher.batch.ports import Prepared
+from llmq.dispatcher.batch.records import Unrun, line_job_id, result_decoder, time_hex
+from llmq.dispatcher.connection import connect
+from llmq.dispatcher.jobs import JobSpec
+from llmq.schemas import frames, names
+from llmq.schemas.frames import Done, Failed, frame_encoder
+from llmq.schemas.openai import Usage
 from tests.stack import wait_for
 
 

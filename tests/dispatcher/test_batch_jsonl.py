@@ -7,10 +7,10 @@ import json
 import msgspec
 import pytest
 
-from dispatcher.batch.jsonl import NotJsonl, TooManyLines, output_line, parse_input, tally
-from dispatcher.batch.records import Unrun
-from schemas.frames import Done, failure
-from schemas.openai import Usage
+from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines, output_line, parse_input, tally
+from llmq.dispatcher.batch.records import Unrun
+from llmq.schemas.frames import Done, failure
+from llmq.schemas.openai import Usage
 
 CHAT = "/v1/chat/completions"
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from dispatcher.batch.collector import parse_outcome_subject, results_key
-from dispatcher.batch.records import (
+from llmq.dispatcher.batch.collector import parse_outcome_subject, results_key
+from llmq.dispatcher.batch.records import (
     JobRecord,
     Unrun,
     line_job_id,
@@ -16,10 +16,10 @@ from dispatcher.batch.records import (
     strip_prefix,
     time_hex,
 )
-from dispatcher.batch.webhooks import sign, verify
-from schemas import names
-from schemas.frames import Done, failure
-from schemas.openai import Usage
+from llmq.dispatcher.batch.webhooks import sign, verify
+from llmq.schemas import names
+from llmq.schemas.frames import Done, failure
+from llmq.schemas.openai import Usage
 
 
 def test_ids_are_time_ordered_hex() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from api.embedded import free_port
+from llmq.embedded import free_port
 from tests.e2e.test_batches import (
     assert_exactly_once,
     batch_file,

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 
-from api.tenancy import Tenant, TenantStore, UsageReader, connect
-from schemas import names
+from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
+from llmq.schemas import names
 from tests.stack import wait_for
 
 FINAL = ("completed", "failed", "expired", "cancelled")

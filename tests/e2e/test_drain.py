@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from api.embedded import free_port
+from llmq.embedded import free_port
 from tests.stack import wait_for, wait_serving
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from api.embedded import free_port
-from api.tenancy import Tenant, TenantStore, UsageReader, connect
-from dispatcher.batch.webhooks import SIGNATURE_HEADER, verify
+from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
+from llmq.dispatcher.batch.webhooks import SIGNATURE_HEADER, verify
+from llmq.embedded import free_port
 from tests.stack import wait_for
 
 FINAL = ("completed", "failed", "cancelled", "expired")

@@ -15,12 +15,12 @@ import httpx
 import openai
 import pytest
 
-from api.embedded import EmbeddedRedis, free_port
-from api.preparation import estimate_prompt_tokens
-from api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
-from schemas.openai import chat_request_decoder
+from llmq.api.preparation import estimate_prompt_tokens
+from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.embedded import EmbeddedRedis, free_port
+from llmq.schemas.openai import chat_request_decoder
+from llmq.worker.backends.base import BackendConfig
 from tests.stack import wait_for, wait_serving
-from worker.backends.base import BackendConfig
 
 ADMIN = "admin-secret"
 
@@ -239,8 +239,8 @@ async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:
     model, broken = _name("m"), _name("broken")
     await stack.worker(model=[model], echo_delay=0.2)
     dead_upstream = BackendConfig(kind="openai", url=f"http://127.0.0.1:{free_port()}/v1")
+    from llmq.worker.main import Worker
     from tests.stack import settings as make_settings
-    from worker.main import Worker
 
     bad = Worker(make_settings(stack.nats_url, stack.redis_url, model=[broken]), dead_upstream)
     await bad.start()
@@ -387,7 +387,7 @@ def test_cli_tenants_keys_usage(redis_server) -> None:  # type: ignore[no-untype
 
     def llmq(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "api.cli", *args],
+            [sys.executable, "-m", "llmq.cli", *args],
             env=env,
             capture_output=True,
             text=True,

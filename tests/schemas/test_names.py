@@ -1,6 +1,6 @@
 import pytest
 
-from schemas.names import escape_model, model_kv_key, unescape_model
+from llmq.schemas.names import escape_model, model_kv_key, unescape_model
 
 
 @pytest.mark.parametrize(

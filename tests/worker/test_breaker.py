@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from llmq.worker.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from tests.stack import wait_for
-from worker.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class Probe:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from api.cli import WORKER_FLAGS, build_parser, settings_from
-from schemas.settings import Settings
-from worker.backends.base import Timeouts
-from worker.config import ConfigError, backend_config_from, describe, parse_headers, redact_url
+from llmq.cli import WORKER_FLAGS, build_parser, settings_from
+from llmq.schemas.settings import Settings
+from llmq.worker.backends.base import Timeouts
+from llmq.worker.config import ConfigError, backend_config_from, describe, parse_headers, redact_url
 
 SECRET = "sk-secret-0123456789"
 

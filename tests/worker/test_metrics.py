@@ -9,13 +9,13 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.embedded import free_port
-from schemas import names
-from schemas.openai import Usage
-from schemas.registry import WorkerInfo
+from llmq.embedded import free_port
+from llmq.schemas import names
+from llmq.schemas.openai import Usage
+from llmq.schemas.registry import WorkerInfo
+from llmq.worker.metrics import JobBook, WorkerMetrics, source_of
+from llmq.worker.runner import JobOutcome
 from tests.stack import wait_for
-from worker.metrics import JobBook, WorkerMetrics, source_of
-from worker.runner import JobOutcome
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

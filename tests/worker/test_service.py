@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import nats
 
-from dispatcher.inspect import micro_gather
-from schemas import names
+from llmq.dispatcher.inspect import micro_gather
+from llmq.schemas import names
 from tests.stack import wait_for
 
 # --- the io.nats.micro.v1 response schemas (JSON Schema draft 7, as nats-io/jsm.go

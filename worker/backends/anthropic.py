@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import msgspec
 from msgspec import Struct
 
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
-from worker.backends.base import BackendConfig, BackendError, Embeddings, Piece, unsupported
-from worker.backends.echo import message_text, prompt_tokens
-from worker.backends.http import (
+from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
+from llmq.schemas.text import message_text, prompt_tokens
+from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece, unsupported
+from llmq.worker.backends.http import (
     SSEDecoder,
     Tally,
     Upstream,

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from msgspec import Struct
 
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
+from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 
 
 class Piece(Struct, omit_defaults=True):

@@ -11,34 +11,16 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    Message,
     Usage,
 )
-from worker.backends.base import BackendConfig, Embeddings, Piece
+from llmq.schemas.text import count_tokens, message_text, prompt_tokens
+from llmq.worker.backends.base import BackendConfig, Embeddings, Piece
 
 EMBEDDING_DIMENSIONS = 16
-
-
-def count_tokens(text: str) -> int:
-    """Whitespace word count: echo's tokenizer, and the fallback when an upstream gives none."""
-    return len(text.split())
-
-
-def message_text(message: Message) -> str:
-    content = message.content
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return " ".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
-
-
-def prompt_tokens(messages: list[Message]) -> int:
-    return sum(count_tokens(message_text(m)) for m in messages)
 
 
 class EchoBackend:

@@ -22,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from worker.tracing import TRACEPARENT
+from llmq.worker.tracing import TRACEPARENT
 
 try:
     import httptools

@@ -19,11 +19,11 @@ from typing import Any, NamedTuple, Protocol, cast
 import httpx
 import msgspec
 
-from schemas.openai import Usage
-from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
-from worker.backends.echo import count_tokens
-from worker.backends.fasthttp import FastClient, fast_client
-from worker.tracing import add_traceparent
+from llmq.schemas.openai import Usage
+from llmq.schemas.text import count_tokens
+from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.fasthttp import FastClient, fast_client
+from llmq.worker.tracing import add_traceparent
 
 JSON_HEADERS = {"content-type": "application/json"}
 MAX_MESSAGE = 1000

@@ -15,16 +15,16 @@ from typing import Any, ClassVar
 import msgspec
 from msgspec import Struct
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     Message,
     Usage,
 )
-from worker.backends.base import BackendConfig, BackendError, Embeddings, Piece
-from worker.backends.echo import count_tokens, message_text, prompt_tokens
-from worker.backends.http import (
+from llmq.schemas.text import count_tokens, message_text, prompt_tokens
+from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece
+from llmq.worker.backends.http import (
     Tally,
     Upstream,
     base_url,

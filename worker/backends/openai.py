@@ -16,16 +16,16 @@ from urllib.parse import quote
 import msgspec
 from msgspec import UNSET, Struct
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     StreamOptions,
     Usage,
 )
-from worker.backends.base import BackendConfig, Embeddings, Piece
-from worker.backends.echo import count_tokens, prompt_tokens
-from worker.backends.http import (
+from llmq.schemas.text import count_tokens, prompt_tokens
+from llmq.worker.backends.base import BackendConfig, Embeddings, Piece
+from llmq.worker.backends.http import (
     SSEDecoder,
     Tally,
     Upstream,

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from api.embedded import EmbeddedRedis
-from api.tenancy import Quota, TenantStore, UsageReader, connect
+from llmq.api.tenancy import Quota, TenantStore, UsageReader, connect
+from llmq.embedded import EmbeddedRedis
 
 
 @pytest.fixture

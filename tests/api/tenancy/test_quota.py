@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from api.embedded import EmbeddedRedis, free_port
-from api.tenancy import Price, Quota, QuotaBackendDown, Tenant, TenantStore
-from api.tenancy.periods import periods
-from schemas import names
+from llmq.api.tenancy import Price, Quota, QuotaBackendDown, Tenant, TenantStore
+from llmq.api.tenancy.periods import periods
+from llmq.embedded import EmbeddedRedis, free_port
+from llmq.schemas import names
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = (int(time.time()) // 60) * 60 + 30.0
@@ -24,7 +24,7 @@ NOW = (int(time.time()) // 60) * 60 + 30.0
 # One OS process: its own event loop, its own Redis client, `n` concurrent reserves.
 _CHILD = """
 import asyncio, json, sys, time
-from api.tenancy import Quota, connect
+from llmq.api.tenancy import Quota, connect
 
 async def main(url, tenant, n, tag, start_at, now):
     redis = connect(url, timeout=10.0, max_connections=100)

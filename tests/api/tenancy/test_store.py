@@ -9,8 +9,8 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from api.tenancy import Price, Tenant, TenantExists, TenantStore, UnknownTenant
-from schemas import names
+from llmq.api.tenancy import Price, Tenant, TenantExists, TenantStore, UnknownTenant
+from llmq.schemas import names
 
 
 async def test_tenant_crud(store: TenantStore, tenant_name: str) -> None:

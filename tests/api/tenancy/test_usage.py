@@ -7,8 +7,8 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from api.tenancy import Price, Quota, Tenant, TenantStore, UsageReader
-from schemas import names
+from llmq.api.tenancy import Price, Quota, Tenant, TenantStore, UsageReader
+from llmq.schemas import names
 
 NOW = (int(time.time()) // 86400) * 86400 + 43_200.0
 """Noon UTC today."""

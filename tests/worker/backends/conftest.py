@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from llmq.worker.backends import create_backend
+from llmq.worker.backends.base import Backend, BackendConfig
 from tests.worker.backends.fake_upstreams import FakeUpstream
-from worker.backends import create_backend
-from worker.backends.base import Backend, BackendConfig
 
 
 @pytest.fixture

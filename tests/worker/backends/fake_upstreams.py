@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from worker.backends.base import BackendError, Piece, Timeouts
+from llmq.worker.backends.base import BackendError, Piece, Timeouts
 
 FAST = Timeouts(connect=1.0, first_token=3.0, between_tokens=3.0, total=10.0)
 """Backend timeouts for tests: generous for a loaded CI machine, short enough to fail fast."""

@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     Message,
     Usage,
 )
+from llmq.worker.backends.anthropic import AnthropicBackend
+from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
@@ -28,8 +30,6 @@ from tests.worker.backends.fake_upstreams import (
     collect_until_error,
     json_reply,
 )
-from worker.backends.anthropic import AnthropicBackend
-from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
 
 MESSAGES = "/v1/messages"
 SECRET = "sk-ant-api03-test-key"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     Message,
     Usage,
 )
+from llmq.schemas.text import count_tokens, message_text
+from llmq.worker.backends import create_backend
+from llmq.worker.backends.base import BackendConfig, Piece
+from llmq.worker.backends.echo import EMBEDDING_DIMENSIONS, EchoBackend
 from tests.worker.backends.fake_upstreams import collect
-from worker.backends import create_backend
-from worker.backends.base import BackendConfig, Piece
-from worker.backends.echo import EMBEDDING_DIMENSIONS, EchoBackend, count_tokens, message_text
 
 
 def chat(*messages: Message, max_tokens: int | None = None) -> ChatCompletionRequest:

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from worker.backends.base import BackendConfig
-from worker.backends.fasthttp import FastClient, fast_client
-from worker.backends.http import Upstream
+from llmq.worker.backends.base import BackendConfig
+from llmq.worker.backends.fasthttp import FastClient, fast_client
+from llmq.worker.backends.http import Upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     Message,
     Usage,
 )
+from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.ollama import OllamaBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
@@ -28,8 +30,6 @@ from tests.worker.backends.fake_upstreams import (
     ollama_error,
     ollama_generate,
 )
-from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
-from worker.backends.ollama import OllamaBackend
 
 CHAT = "/api/chat"
 

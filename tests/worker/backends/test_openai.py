@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from schemas.openai import (
+from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -22,6 +22,8 @@ from schemas.openai import (
     StreamOptions,
     Usage,
 )
+from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.openai import OpenAIBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
@@ -37,8 +39,6 @@ from tests.worker.backends.fake_upstreams import (
     openai_error,
     sse_data,
 )
-from worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
-from worker.backends.openai import OpenAIBackend
 
 CHAT = "/v1/chat/completions"
 SECRET = "sk-test-0123456789abcdef"

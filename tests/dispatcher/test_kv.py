@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 from nats.js.api import KeyValueConfig, StorageType
 
-from api.embedded import EmbeddedNats
-from dispatcher.batch import kv as kvs
-from dispatcher.connection import connect
-from dispatcher.tasks import retry
+from llmq.dispatcher import kv as kvs
+from llmq.dispatcher.connection import connect
+from llmq.dispatcher.tasks import retry
+from llmq.embedded import EmbeddedNats
 from tests.stack import wait_for
 
 

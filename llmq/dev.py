@@ -18,8 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from api.embedded import EmbeddedNats, EmbeddedRedis
-from schemas.settings import Settings
+from llmq.embedded import EmbeddedNats, EmbeddedRedis
+from llmq.schemas.settings import Settings
 
 
 def _banner(base: str, key: str | None) -> str:
@@ -81,7 +81,7 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
         "LLMQ_PORT": str(settings.port),
     }
     key = dev_key(env)
-    llmq = [sys.executable, "-m", "api.cli"]
+    llmq = [sys.executable, "-m", "llmq.cli"]
     children = [
         subprocess.Popen([*llmq, "api"], env=env),
         subprocess.Popen(
@@ -138,7 +138,7 @@ def dev_key(env: dict[str, str]) -> str | None:
         return None
 
     async def create() -> str:
-        from api.tenancy import Tenant, TenantStore, connect
+        from llmq.api.tenancy import Tenant, TenantStore, connect
 
         redis = connect(env["LLMQ_REDIS_URL"])
         try:

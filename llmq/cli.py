@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from schemas.settings import Settings
+from llmq.schemas.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,7 +73,7 @@ def settings_from(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
 
 
 def setup_logging(settings: Settings) -> None:
-    from api.logs import configure
+    from llmq.api.logs import configure
 
     configure(settings.log_level, settings.log_json)
 
@@ -84,7 +84,7 @@ def setup_logging(settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     settings = settings_from(args, CONNECTION_FLAGS + API_FLAGS)
     setup_logging(settings)
-    from api.server import run_api
+    from llmq.api.server import run_api
 
     run_api(settings)
     return 0
@@ -93,7 +93,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from(args, CONNECTION_FLAGS + WORKER_FLAGS)
     setup_logging(settings)
-    from worker.main import run_worker
+    from llmq.worker.main import run_worker
 
     _run(run_worker(settings))
     return 0
@@ -104,7 +104,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         args, ["host", "port", "echo_delay", "capacity", "log_level", "log_json"]
     )
     setup_logging(settings)
-    from api.dev import run_dev
+    from llmq.dev import run_dev
 
     return run_dev(settings, data_dir=args.data_dir)
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from api import ops_cli, tenants_cli
+    from llmq import ops_cli, tenants_cli
 
     return [tenants_cli.register, ops_cli.register]
 

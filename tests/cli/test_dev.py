@@ -13,7 +13,7 @@ import time
 
 import openai
 
-from api.embedded import free_port
+from llmq.embedded import free_port
 from tests.stack import wait_serving
 
 
@@ -28,7 +28,7 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "dev", "--port", str(port)],
+            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from api.tenancy import (
+from llmq.api.tenancy import (
     Price,
     QuotaBackendDown,
     Tenant,
@@ -25,7 +25,7 @@ from api.tenancy import (
     UsageReader,
     connect,
 )
-from schemas.settings import Settings
+from llmq.schemas.settings import Settings
 
 LIMIT_FLAGS = {
     "rpm": int,

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.cli import main
-from api.embedded import free_port
+from llmq.cli import main
+from llmq.embedded import free_port
 from tests.stack import wait_for
 
 
@@ -150,7 +150,7 @@ async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type
     await left.close()  # deletes its registry entry: not listed
     proc = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "api.cli", "workers", "--json"],
+        [sys.executable, "-m", "llmq.cli", "workers", "--json"],
         env={"LLMQ_NATS_URL": stack.nats_url, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         timeout=30,

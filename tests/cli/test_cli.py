@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.cli import API_FLAGS, CONNECTION_FLAGS, WORKER_FLAGS, build_parser, settings_from
-from schemas.settings import Settings
+from llmq.cli import API_FLAGS, CONNECTION_FLAGS, WORKER_FLAGS, build_parser, settings_from
+from llmq.schemas.settings import Settings
 
 
 def _api(*argv: str) -> Settings:

@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from dispatcher import inspect
-from dispatcher.inspect import JobView, Snapshot, WorkerView
+from llmq.dispatcher import inspect
+from llmq.dispatcher.inspect import JobView, Snapshot, WorkerView
 
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
@@ -212,7 +212,7 @@ async def _connect(url: str) -> Client:
 def _url(args: argparse.Namespace) -> str:
     if args.nats_url:
         return str(args.nats_url)
-    from schemas.settings import Settings
+    from llmq.schemas.settings import Settings
 
     return Settings().nats_url
 

@@ -18,7 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from dispatcher.tasks import stop_task
+from llmq.dispatcher.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
