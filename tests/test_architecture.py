@@ -58,8 +58,8 @@ def test_rooms_import_only_what_they_may(room: str) -> None:
         for module in _imports(path)
         if any(_inside(module, banned) for banned in FORBIDDEN[room])
     ]
-    assert not wrong, f"{room}/ must not import " + ", ".join(FORBIDDEN[room]) + ":\n" + "\n".join(
-        wrong
+    assert not wrong, (
+        f"{room}/ must not import " + ", ".join(FORBIDDEN[room]) + ":\n" + "\n".join(wrong)
     )
 
 
