@@ -4,6 +4,10 @@
 MIT licence in LICENSE beside it). `assert_valid("CreateChatCompletionResponse", body)` checks
 one instance against a component schema with jsonschema's Draft 2020-12 validator, resolving
 `#/components/schemas/...` references against the whole document.
+
+The document says `openapi: 3.1.0` but still marks 112 schemas with 3.0's `nullable: true`,
+which JSON Schema ignores; `_nullable` rewrites each into `anyOf: [schema, null]`, so a null
+is valid exactly where OpenAI's document means to allow it.
 """
 
 from __future__ import annotations
@@ -21,9 +25,20 @@ _DOCUMENT = Path(__file__).with_name("openapi.json")
 _BASE = "urn:openai-openapi"
 
 
+def _nullable(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    rewritten = {key: _nullable(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable") is True:
+        return {"anyOf": [rewritten, {"type": "null"}]}
+    return rewritten
+
+
 @cache
 def _registry() -> Registry:
-    contents = json.loads(_DOCUMENT.read_text())
+    contents = _nullable(json.loads(_DOCUMENT.read_text()))
     resource = Resource.from_contents(contents, default_specification=DRAFT202012)
     return Registry().with_resource(_BASE, resource)
 

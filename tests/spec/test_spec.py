@@ -32,3 +32,16 @@ def test_a_null_where_the_spec_wants_a_string_fails() -> None:
 def test_a_missing_required_field_fails() -> None:
     body = {k: v for k, v in CHAT.items() if k != "choices"}
     assert errors("CreateChatCompletionResponse", body)
+
+
+def test_nullable_fields_accept_null_and_only_those() -> None:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+    }
+    assert_valid("CreateChatCompletionStreamResponse", chunk)
+    bad = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "nonsense"}]}
+    assert errors("CreateChatCompletionStreamResponse", bad)
