@@ -17,15 +17,10 @@ from msgspec import Struct
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
 from llmq.schemas.text import message_text, prompt_tokens
 from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece, unsupported
-from llmq.worker.backends.http import (
-    SSEDecoder,
-    Tally,
-    Upstream,
-    base_url,
-    ended_early,
-    json_decoder,
-    stream_error,
-)
+from llmq.worker.upstream.calls import Upstream, base_url
+from llmq.worker.upstream.error_mapping import ended_early, stream_error
+from llmq.worker.upstream.sse import SSEDecoder
+from llmq.worker.upstream.usage import Tally
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -118,6 +113,7 @@ KNOWN_EVENTS = frozenset(
 )
 
 _encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
@@ -250,7 +246,7 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     function = call.get("function") or {}
     arguments = function.get("arguments") or "{}"
     try:
-        parsed = json_decoder.decode(arguments) if isinstance(arguments, str) else arguments
+        parsed = _json_decoder.decode(arguments) if isinstance(arguments, str) else arguments
     except msgspec.DecodeError:
         raise _invalid("tool call arguments must be a JSON object") from None
     return {

@@ -24,16 +24,10 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.text import count_tokens, message_text, prompt_tokens
 from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece
-from llmq.worker.backends.http import (
-    Tally,
-    Upstream,
-    base_url,
-    ended_early,
-    json_decoder,
-    malformed,
-    set_if,
-    stream_error,
-)
+from llmq.worker.upstream.calls import Upstream, base_url
+from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
+from llmq.worker.upstream.ndjson import NDJSONDecoder
+from llmq.worker.upstream.usage import Tally
 
 
 class _Message(Struct):
@@ -59,7 +53,8 @@ class _Embedded(Struct):
 
 
 _encoder = msgspec.json.Encoder()
-_line_decoder = msgspec.json.Decoder(_Line)
+_json_decoder = msgspec.json.Decoder()
+_lines = NDJSONDecoder(_Line)
 _embedded_decoder = msgspec.json.Decoder(_Embedded)
 
 
@@ -76,9 +71,9 @@ class _NDJSONStream:
         self._tools = 0
 
     def feed(self, line: str) -> list[Piece]:
-        if not line.strip():
+        item = _lines.feed(line)
+        if item is None:
             return []
-        item = _line_decoder.decode(line)
         if item.error is not None:
             raise stream_error({"error": item.error})
         pieces = []
@@ -152,7 +147,7 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
     arguments = function.get("arguments") or "{}"
     if isinstance(arguments, str):
         try:
-            arguments = json_decoder.decode(arguments)
+            arguments = _json_decoder.decode(arguments)
         except msgspec.DecodeError:
             raise _invalid("tool call arguments must be a JSON object") from None
     return {"function": {"name": function.get("name", ""), "arguments": arguments}}
@@ -274,6 +269,12 @@ class OllamaBackend:
 
     async def aclose(self) -> None:
         await self._upstream.aclose()
+
+
+def set_if(target: dict[str, Any], key: str, value: Any) -> None:
+    """Copy an optional request field: skips None and msgspec.UNSET."""
+    if value is not None and value is not msgspec.UNSET:
+        target[key] = value
 
 
 def _number_or_text(value: str) -> int | float | str:

@@ -25,16 +25,10 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.text import count_tokens, prompt_tokens
 from llmq.worker.backends.base import BackendConfig, Embeddings, Piece
-from llmq.worker.backends.http import (
-    SSEDecoder,
-    Tally,
-    Upstream,
-    base_url,
-    ended_early,
-    json_decoder,
-    malformed,
-    stream_error,
-)
+from llmq.worker.upstream.calls import Upstream, base_url
+from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
+from llmq.worker.upstream.sse import SSEDecoder
+from llmq.worker.upstream.usage import Tally
 
 AZURE_API_VERSION = "2024-10-21"
 
@@ -68,6 +62,7 @@ class _EmbeddingList(Struct):
 
 
 _encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _embedding_decoder = msgspec.json.Decoder(_EmbeddingList)
 
@@ -101,7 +96,7 @@ class _SSEStream:
             self.done = True
             return [self._final()]
         if name == "error":
-            raise stream_error(json_decoder.decode(data))
+            raise stream_error(_json_decoder.decode(data))
         chunk = _chunk_decoder.decode(data)
         if chunk.error is not None:
             raise stream_error({"error": chunk.error})

@@ -1,7 +1,8 @@
 """The openai backend against a fake OpenAI-compatible server over real HTTP.
 
-Also the home of the shared error and timeout mapping tests (worker/backends/http.py): the
-other two backends' tests check the same paths with their own wire formats.
+Also the home of the shared error and timeout mapping tests (worker/upstream/error_mapping.py,
+timeouts.py, calls.py): the other two backends' tests check the same paths with their own
+wire formats.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def make(
     upstream: FakeUpstream, built: Callable[[BackendConfig], Any], request: pytest.FixtureRequest
 ) -> Make:
     """Every test runs with both HTTP clients of `Upstream`: the lean one used for plain-http
-    upstreams (worker/backends/fasthttp.py) and httpx (https, proxies)."""
+    upstreams (worker/upstream/fast_client.py) and httpx (https, proxies)."""
 
     def factory(timeouts: Timeouts = FAST, url: str | None = None, **options: str) -> OpenAIBackend:
         config = BackendConfig(

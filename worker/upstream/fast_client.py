@@ -5,24 +5,31 @@ their own, and httpx's layers (request models, auth and redirect flows, cookie j
 cost about a millisecond per call on top: more than llmq's whole added-latency budget.
 This client does only what the backends use: GET and POST with a small body, keep-alive
 connections in a pool, responses parsed by httptools (llhttp, the parser uvicorn uses),
-bodies read as lines. It presents the subset of httpx's API that `Upstream` calls and
-raises httpx's exception types, so error mapping is shared. HTTPS and proxied upstreams
-(hosted APIs, where the network dominates) keep using httpx; see `fast_client`.
+bodies read as lines. It implements `UpstreamClient` and raises llmq's own error types
+(`client`). HTTPS and proxied upstreams (hosted APIs, where the network dominates) use
+another client; `choice` decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import httpx
-
 from llmq.worker.tracing import TRACEPARENT
+from llmq.worker.upstream.client import (
+    JSON_HEADERS,
+    ConnectError,
+    ConnectTimeout,
+    LineBatches,
+    Params,
+    ProtocolError,
+    ReadError,
+    StatusError,
+    WriteError,
+)
 
 try:
     import httptools
@@ -33,23 +40,8 @@ READ_SIZE = 65536
 MAX_IDLE = 64
 MAX_HEAD = 64 * 1024
 
-
-def fast_client(
-    url: str, headers: Mapping[str, str], connect_timeout: float, enabled: bool = True
-) -> FastClient | None:
-    """A FastClient for `url` when it can serve it: plain http, no proxy configured for the
-    host, httptools importable; else None (use httpx)."""
-    if not enabled or httptools is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
-        return None
-    proxies = urllib.request.getproxies()
-    if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(
-        parts.hostname
-    ):
-        return None
-    return FastClient(headers, connect_timeout)
+AVAILABLE = httptools is not None
+"""False without httptools: then `choice` never picks this client."""
 
 
 class _Conn:
@@ -115,31 +107,33 @@ class FastResponse:
     def is_error(self) -> bool:
         return self.status_code >= 400
 
+    def status_error(self) -> StatusError:
+        """This answer as llmq's `StatusError` (the body must have been read)."""
+        return StatusError(self.status_code, self.headers, self.content)
+
     async def _fill(self) -> bool:
         """Read once from the socket into the parser; False at end of stream."""
         assert self._conn is not None
         try:
             data = await self._conn.reader.read(READ_SIZE)
         except OSError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from None
+            raise ReadError(str(exc) or type(exc).__name__) from None
         if not data:
             if self._head_done and not self._framed():
                 self._complete = True  # body delimited by the connection's end
                 return False
             if not self._bytes_seen:
                 raise _Stale()
-            raise httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body"
-            )
+            raise ProtocolError("peer closed connection without sending complete message body")
         self._bytes_seen = True
         if not self._head_done:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD + READ_SIZE:
-                raise httpx.RemoteProtocolError("response head too large")
+                raise ProtocolError("response head too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            raise httpx.RemoteProtocolError(f"malformed HTTP response: {exc}") from None
+            raise ProtocolError(f"malformed HTTP response: {exc}") from None
         return True
 
     def _framed(self) -> bool:
@@ -159,14 +153,9 @@ class FastResponse:
         await self.aclose()
         return self.content
 
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        """Lines of the body without their line break (`\\n`, `\\r\\n` or `\\r`)."""
-        async for batch in self.aiter_line_batches():
-            for line in batch:
-                yield line
-
-    async def aiter_line_batches(self) -> AsyncIterator[list[str]]:
-        """The body's complete lines, all that one read from the socket brought at a time."""
+    async def aiter_line_batches(self) -> LineBatches:
+        """The body's complete lines without their line break (`\\n`, `\\r\\n` or `\\r`),
+        all that one read from the socket brought at a time."""
         pending = b""
         while True:
             if self._chunks:
@@ -204,14 +193,24 @@ class _Stale(Exception):
 
 
 class _Streaming:
-    def __init__(self, client: FastClient, args: tuple[Any, ...]) -> None:
+    """`FastClient.stream`: the request is sent on entry, the response closed on exit."""
+
+    def __init__(self, client: FastClient, url: str, body: bytes, params: Params) -> None:
         self._client = client
-        self._args = args
+        self._request = (url, body, params)
         self._response: FastResponse | None = None
 
-    async def __aenter__(self) -> FastResponse:
-        self._response = await self._client._send(*self._args)
-        return self._response
+    async def __aenter__(self) -> LineBatches:
+        url, body, params = self._request
+        response = await self._client._send("POST", url, body, params, JSON_HEADERS)
+        if response.is_error:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise response.status_error()
+        self._response = response
+        return response.aiter_line_batches()
 
     async def __aexit__(
         self,
@@ -224,7 +223,7 @@ class _Streaming:
 
 
 class FastClient:
-    """The part of `httpx.AsyncClient` that `Upstream` uses, for one plain-http origin."""
+    """`UpstreamClient` for plain-http origins: a keep-alive pool per origin."""
 
     def __init__(self, headers: Mapping[str, str], connect_timeout: float) -> None:
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
@@ -236,36 +235,30 @@ class FastClient:
     def __repr__(self) -> str:
         return "FastClient()"
 
-    # --- httpx-like API ----------------------------------------------------------------------
+    # --- UpstreamClient ----------------------------------------------------------------------
 
-    def stream(
+    def stream(self, url: str, body: bytes, params: Params = None) -> _Streaming:
+        return _Streaming(self, url, body, params)
+
+    async def post(self, url: str, body: bytes, params: Params = None) -> bytes:
+        response = await self.request("POST", url, body, params, JSON_HEADERS)
+        if response.is_error:
+            raise response.status_error()
+        return response.content
+
+    async def status(self, url: str, params: Params = None) -> int:
+        return (await self.request("GET", url, None, params)).status_code
+
+    async def request(
         self,
         method: str,
         url: str,
-        *,
-        content: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> _Streaming:
-        return _Streaming(self, (method, url, content, params, headers))
-
-    async def post(
-        self,
-        url: str,
-        *,
-        content: bytes | None = None,
-        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> FastResponse:
-        response = await self._send("POST", url, content, params, headers)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
-
-    async def get(self, url: str, *, params: Mapping[str, str] | None = None) -> FastResponse:
-        response = await self._send("GET", url, None, params, None)
+        """One whole exchange: the response with its body read, whatever its status."""
+        response = await self._send(method, url, body, params, headers)
         try:
             await response.aread()
         finally:
@@ -324,7 +317,7 @@ class FastClient:
         method: str,
         url: str,
         content: bytes | None,
-        params: Mapping[str, str] | None,
+        params: Params,
         headers: Mapping[str, str] | None,
     ) -> FastResponse:
         host, port, host_header, target = self._target(url)
@@ -346,19 +339,17 @@ class FastClient:
                 conn.close()
                 if reused:
                     continue  # the server closed it while idle; nothing was processed
-                raise httpx.RemoteProtocolError(
-                    "server disconnected without sending a response"
-                ) from None
+                raise ProtocolError("server disconnected without sending a response") from None
             except OSError as exc:
                 conn.close()
                 if reused and not response._bytes_seen:
                     continue
-                raise httpx.WriteError(str(exc) or type(exc).__name__) from None
+                raise WriteError(str(exc) or type(exc).__name__) from None
             except BaseException:
                 conn.close()
                 raise
             return response
-        raise httpx.RemoteProtocolError("server disconnected without sending a response")
+        raise ProtocolError("server disconnected without sending a response")
 
     async def _acquire(self, origin: tuple[str, int]) -> tuple[_Conn, bool]:
         idle = self._idle.get(origin)
@@ -371,11 +362,11 @@ class FastClient:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(origin[0], origin[1])
         except TimeoutError:
-            raise httpx.ConnectTimeout(
+            raise ConnectTimeout(
                 f"no connection to {origin[0]}:{origin[1]} within {self._connect_timeout:g}s"
             ) from None
         except OSError as exc:
-            raise httpx.ConnectError(f"{exc.strerror or exc} ({origin[0]}:{origin[1]})") from None
+            raise ConnectError(f"{exc.strerror or exc} ({origin[0]}:{origin[1]})") from None
         return _Conn(reader, writer), False
 
     def _release(self, origin: tuple[str, int], conn: _Conn) -> None:
