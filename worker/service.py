@@ -25,6 +25,7 @@ from nats.micro.service import EndpointInfo, EndpointStats
 from llmq.dispatcher.micro import LiveService
 from llmq.schemas import names
 from llmq.schemas.registry import WorkerInfo
+from llmq.schemas.services import WorkerMetadata
 from llmq.worker.metrics import JobBook
 
 DESCRIPTION = "llmq worker: runs the jobs of its models, pulled from JetStream"
@@ -32,21 +33,19 @@ RUNNING_SHOWN = 100
 """Most running jobs listed per endpoint in STATS data."""
 
 
-def worker_metadata(info: WorkerInfo) -> dict[str, str]:
-    meta = {
-        "worker_id": info.id,
-        "backend": info.backend,
-        "models": ",".join(info.models),
-        "capacity": str(info.capacity),
-        "in_flight": str(info.in_flight),
-        "circuit": info.circuit,
-        "draining": "true" if info.draining else "false",
-        "host": info.host,
-        "pid": str(info.pid),
-    }
-    if info.metrics_url:
-        meta["metrics_url"] = info.metrics_url
-    return meta
+def worker_metadata(info: WorkerInfo) -> WorkerMetadata:
+    return WorkerMetadata(
+        worker_id=info.id,
+        backend=info.backend,
+        models=list(info.models),
+        capacity=info.capacity,
+        in_flight=info.in_flight,
+        circuit=info.circuit,
+        draining=info.draining,
+        host=info.host,
+        pid=info.pid,
+        metrics_url=info.metrics_url,
+    )
 
 
 def endpoint_name(stream: str) -> str:
@@ -83,7 +82,7 @@ class WorkerService(LiveService):
             await self.stop()
 
     def live_metadata(self) -> dict[str, str]:
-        return worker_metadata(self._snapshot())
+        return worker_metadata(self._snapshot()).to_metadata()
 
     def endpoint_infos(self) -> list[EndpointInfo]:
         return [
