@@ -34,7 +34,7 @@ class ApiService(LiveService):
         self._host = socket.gethostname()
         self._refresh()
 
-    def live_metadata(self) -> dict[str, str]:
+    def live_metadata(self) -> ApiMetadata:
         s = self._rt.settings
         return ApiMetadata(
             instance_id=s.instance_id,
@@ -44,7 +44,7 @@ class ApiService(LiveService):
             pid=os.getpid(),
             open_streams=self._rt.open_streams,
             accepting=self._rt.accepting,
-        ).to_metadata()
+        )
 
     def _subject(self) -> str:
         return names.inbox_prefix(self._rt.settings.instance_id) + ".>"

@@ -8,8 +8,17 @@ an older process did not send, or a value that does not parse, reads as its defa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 from msgspec import Struct
+
+from llmq.schemas.registry import WorkerInfo
+
+
+class ServiceMetadata(Protocol):
+    """What a micro service says about itself, as NATS carries it."""
+
+    def to_metadata(self) -> dict[str, str]: ...
 
 
 def _flag(value: bool) -> str:
@@ -53,6 +62,22 @@ class WorkerMetadata(Struct, kw_only=True):
         if self.metrics_url:
             meta["metrics_url"] = self.metrics_url
         return meta
+
+    @classmethod
+    def from_info(cls, info: WorkerInfo) -> WorkerMetadata:
+        """The live part of a worker's registry entry."""
+        return cls(
+            worker_id=info.id,
+            backend=info.backend,
+            models=list(info.models),
+            capacity=info.capacity,
+            in_flight=info.in_flight,
+            circuit=info.circuit,
+            draining=info.draining,
+            host=info.host,
+            pid=info.pid,
+            metrics_url=info.metrics_url,
+        )
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str] | None) -> WorkerMetadata:

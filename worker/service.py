@@ -33,21 +33,6 @@ RUNNING_SHOWN = 100
 """Most running jobs listed per endpoint in STATS data."""
 
 
-def worker_metadata(info: WorkerInfo) -> WorkerMetadata:
-    return WorkerMetadata(
-        worker_id=info.id,
-        backend=info.backend,
-        models=list(info.models),
-        capacity=info.capacity,
-        in_flight=info.in_flight,
-        circuit=info.circuit,
-        draining=info.draining,
-        host=info.host,
-        pid=info.pid,
-        metrics_url=info.metrics_url,
-    )
-
-
 def endpoint_name(stream: str) -> str:
     return "batch" if stream == names.BATCH_STREAM else "jobs"
 
@@ -81,8 +66,8 @@ class WorkerService(LiveService):
         with contextlib.suppress(Exception):
             await self.stop()
 
-    def live_metadata(self) -> dict[str, str]:
-        return worker_metadata(self._snapshot()).to_metadata()
+    def live_metadata(self) -> WorkerMetadata:
+        return WorkerMetadata.from_info(self._snapshot())
 
     def endpoint_infos(self) -> list[EndpointInfo]:
         return [

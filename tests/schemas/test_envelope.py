@@ -12,6 +12,7 @@ from llmq.schemas.envelope import (
     REQUEST_DECODERS,
     EnvelopeError,
     JobEnvelope,
+    JobKind,
     decode_request,
 )
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -49,12 +50,12 @@ def test_headers_on_the_wire() -> None:
 
 @pytest.mark.parametrize("batch", [False, True])
 @pytest.mark.parametrize("kind", JOB_KINDS)
-def test_round_trip(kind: str, batch: bool) -> None:
+def test_round_trip(kind: JobKind, batch: bool) -> None:
     job = JobEnvelope(
         id="j1",
         model="llama3:8b",
         tenant="t",
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         reply="r",
         deadline_ms=42,
         batch=batch,
