@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from llmq.api.runtime import Runtime
 from llmq.api.serving import RequestRecord
 from llmq.dispatcher.connection import ConnectionMetrics
-from llmq.dispatcher.inspect import QueueState, queue_states
+from llmq.dispatcher.probes import QueueState, queue_states
 
 log = logging.getLogger(__name__)
 

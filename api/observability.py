@@ -17,6 +17,7 @@ from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
 from llmq.dispatcher.micro import LiveService
 from llmq.schemas import names
+from llmq.schemas.services import ApiMetadata
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,17 @@ class ApiService(LiveService):
         self._host = socket.gethostname()
         self._refresh()
 
-    def live_metadata(self) -> dict[str, str]:
+    def live_metadata(self) -> ApiMetadata:
         s = self._rt.settings
-        return {
-            "instance_id": s.instance_id,
-            "host": self._host,
-            "listen": f"{s.host}:{s.port}",
-            "port": str(s.port),
-            "pid": str(os.getpid()),
-            "open_streams": str(self._rt.open_streams),
-            "accepting": "true" if self._rt.accepting else "false",
-        }
+        return ApiMetadata(
+            instance_id=s.instance_id,
+            host=self._host,
+            listen=f"{s.host}:{s.port}",
+            port=str(s.port),
+            pid=os.getpid(),
+            open_streams=self._rt.open_streams,
+            accepting=self._rt.accepting,
+        )
 
     def _subject(self) -> str:
         return names.inbox_prefix(self._rt.settings.instance_id) + ".>"

@@ -28,6 +28,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 from llmq.dispatcher.inbox import Item, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import frames, names
+from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, Failed, failure
 
 Event = bytes | Done | Failed
@@ -216,7 +217,10 @@ class Dispatcher:
             msg = await self.js.get_msg(names.JOBS_STREAM, seq)
         except NotFoundError:
             return False
-        return (msg.headers or {}).get(names.H_JOB) == run.spec.job_id
+        try:
+            return JobEnvelope.from_msg(msg).id == run.spec.job_id
+        except EnvelopeError:
+            return False
 
     def max_body(self) -> int:
         """Largest body that fits one NATS message, leaving room for the headers."""

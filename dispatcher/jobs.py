@@ -1,4 +1,4 @@
-"""A job as the api publishes it: the headers of DESIGN.md and the OpenAI body."""
+"""A job as the api publishes it: its envelope (DESIGN.md's headers) and the OpenAI body."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from llmq.schemas import names
+from llmq.schemas.envelope import DEFAULT_KIND, JobEnvelope, job_kind
 
 
 def new_job_id() -> str:
@@ -16,12 +17,15 @@ def new_job_id() -> str:
 
 @dataclass(slots=True)
 class JobSpec:
+    """What the publisher of a job knows before it has a reply subject."""
+
     job_id: str
     model: str
     body: bytes
     tenant: str
     deadline_ms: int
-    kind: str = "chat"
+    kind: str = DEFAULT_KIND
+    """A `JobKind`; an unknown one raises EnvelopeError when the job is published."""
     batch: bool = False
     traceparent: str | None = None
 
@@ -29,19 +33,21 @@ class JobSpec:
     def subject(self) -> str:
         return names.batch_subject(self.model) if self.batch else names.jobs_subject(self.model)
 
-    def headers(self, reply: str) -> dict[str, str]:
-        headers = {
-            names.H_JOB: self.job_id,
-            names.H_TENANT: self.tenant,
-            names.H_REPLY: reply,
-            names.H_DEADLINE: str(self.deadline_ms),
-            names.H_MSG_ID: self.job_id,
-        }
-        if self.kind != "chat":
-            headers[names.H_KIND] = self.kind
-        if self.traceparent:
-            headers[names.H_TRACEPARENT] = self.traceparent
-        return headers
+    def envelope(self, reply: str, msg_id: str = "") -> JobEnvelope:
+        return JobEnvelope(
+            id=self.job_id,
+            model=self.model,
+            tenant=self.tenant,
+            kind=job_kind(self.kind),
+            reply=reply,
+            deadline_ms=self.deadline_ms,
+            batch=self.batch,
+            traceparent=self.traceparent,
+            msg_id=msg_id,
+        )
+
+    def headers(self, reply: str, msg_id: str = "") -> dict[str, str]:
+        return self.envelope(reply, msg_id).to_headers()
 
     def seconds_left(self) -> float:
         return self.deadline_ms / 1000 - time.time()

@@ -3,8 +3,8 @@
 nats-py's `Service` builds INFO and STATS from endpoints registered with handlers, and with a
 null description and null endpoint data, which the io.nats.micro.v1 schemas reject. llmq's
 services describe work that arrives another way (jobs pulled from JetStream, HTTP requests),
-so a subclass says what its metadata and endpoints are right now, and this class answers
-PING, INFO and STATS with it.
+so a subclass says what its metadata (a typed `schemas.services` struct) and endpoints are
+right now, and this class answers PING, INFO and STATS with it.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from nats.micro.service import (
     ServiceStats,
 )
 
+from llmq.schemas.services import ServiceMetadata
+
 
 class LiveService(Service):
     def __init__(self, nc: Client, name: str, version: str, description: str) -> None:
         super().__init__(nc, ServiceConfig(name=name, version=version, description=description))
         self._description = description
 
-    def live_metadata(self) -> dict[str, str]:
+    def live_metadata(self) -> ServiceMetadata:
         raise NotImplementedError
 
     def endpoint_infos(self) -> list[EndpointInfo]:
@@ -36,7 +38,7 @@ class LiveService(Service):
         raise NotImplementedError
 
     def _refresh(self) -> None:
-        self._metadata = self.live_metadata()
+        self._metadata = self.live_metadata().to_metadata()
 
     async def _handle_ping_request(self, msg: Msg) -> None:
         self._refresh()

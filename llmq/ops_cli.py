@@ -20,8 +20,9 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from llmq.dispatcher import inspect
-from llmq.dispatcher.inspect import JobView, Snapshot, WorkerView
+from llmq.dispatcher import inspect, job_list
+from llmq.dispatcher.inspect import Snapshot, WorkerView
+from llmq.dispatcher.job_list import JobView
 
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
@@ -295,7 +296,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
-        jobs = await inspect.list_jobs(nc, nc.jetstream(), args.limit, args.model, args.timeout)
+        jobs = await job_list.list_jobs(nc, nc.jetstream(), args.limit, args.model, args.timeout)
         if args.json:
             _print([_dump(msgspec.to_builtins(jobs))])
         else:

@@ -7,6 +7,8 @@ from typing import Final
 import msgspec
 from msgspec import Struct
 
+from llmq.schemas.envelope import DEFAULT_KIND
+
 
 class WorkerInfo(Struct, omit_defaults=True):
     id: str
@@ -29,8 +31,9 @@ class ModelInfo(Struct, omit_defaults=True):
     name: str
     backend: str = ""
     first_seen: float = 0.0
-    kinds: list[str] = msgspec.field(default_factory=lambda: ["chat"])
-    """Job kinds the model's backend accepts: `chat`, `completion`, `embedding`."""
+    kinds: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_KIND])
+    """Job kinds (`schemas.envelope.JobKind`) the model's backend accepts; kept strings so a
+    kind a newer worker announces does not make the entry unreadable."""
 
 
 worker_info_decoder: Final = msgspec.json.Decoder(WorkerInfo)

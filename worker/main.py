@@ -85,7 +85,14 @@ class Worker:
             on_reconnect=self.provisioner.reconnected,
         )
         self.runner = JobRunner(
-            nc, self.backend, self.id, self.models, s.ping_interval, s.max_deliver, self._on_outcome
+            nc,
+            self.backend,
+            self.id,
+            self.models,
+            s.ping_interval,
+            s.max_deliver,
+            self._on_outcome,
+            self.jobs.track,
         )
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await self._provision_consumers()
@@ -207,8 +214,7 @@ class Worker:
 
     async def _run_job(self, msg: Msg) -> None:
         assert self.runner is not None
-        with self.jobs.track(msg):
-            await self.runner.run(msg)
+        await self.runner.run(msg)
 
     async def _on_cancel(self, msg: Msg) -> None:
         if self.runner is not None:

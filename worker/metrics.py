@@ -1,10 +1,11 @@
 """What a worker tells operators about its jobs: the running-job book (read by the NATS micro
 service and by `llmq jobs`) and its Prometheus `/metrics`.
 
-Every job runs inside `JobBook.track` (which knows its stream and model from the subject it
-came on) and ends with one `JobOutcome` passed to `JobBook.record`: the single place where
-job counts, errors and timings are kept. A job is timed from its start to the end of its
-stream (the runner returns only once the last frame is sent), never just to a first reply.
+Every job runs inside `JobBook.track` and ends with one `JobOutcome` passed to
+`JobBook.record`: the single place where job counts, errors and timings are kept. Both get
+the job's envelope, which says its stream and the model it was queued for. A job is timed
+from its start to the end of its stream (the runner returns only once the last frame is
+sent), never just to a first reply.
 
 Label values are bounded: models are the worker's own (anything else is `other`), streams
 are two, outcomes a fixed set.
@@ -16,26 +17,28 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     disable_created_metrics,
+    make_wsgi_app,
 )
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmq.dispatcher.connection import ConnectionMetrics
 from llmq.schemas import names
+from llmq.schemas.envelope import JobEnvelope
 from llmq.schemas.registry import WorkerInfo
 from llmq.worker.runner import JobOutcome
 
@@ -54,8 +57,6 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 Source = tuple[str, str]
 """(stream, model) a job came from."""
-
-_SOURCE: ContextVar[Source | None] = ContextVar("llmq_job_source", default=None)
 
 disable_created_metrics()  # no `_created` series: half the lines, nothing a dashboard uses
 
@@ -82,16 +83,6 @@ class JobCounters:
     last_error: str = ""
 
 
-def source_of(subject: str) -> Source:
-    """`llmq.jobs.<escaped model>` -> (LLMQ_JOBS, model)."""
-    prefix, _, token = subject.rpartition(".")
-    stream = names.BATCH_STREAM if prefix == names.BATCH_PREFIX else names.JOBS_STREAM
-    try:
-        return stream, names.unescape_model(token)
-    except (ValueError, UnicodeDecodeError):
-        return stream, token
-
-
 class JobBook:
     """Running jobs and per-(stream, model) job counters of one worker."""
 
@@ -111,30 +102,23 @@ class JobBook:
             return model
         return self.models[0] if len(self.models) == 1 else OTHER
 
+    def source(self, job: JobEnvelope) -> Source:
+        return job.stream, self.model_label(job.model)
+
     @contextlib.contextmanager
-    def track(self, msg: Msg) -> Iterator[None]:
-        """Around one job's run: it counts as running, and its outcome knows its source."""
-        stream, model = source_of(msg.subject)
-        model = self.model_label(model)
-        headers = msg.headers or {}
-        job_id = headers.get(names.H_JOB, "")
-        tenant = headers.get(names.H_TENANT, "")
-        try:
-            deadline = int(headers.get(names.H_DEADLINE, "0") or 0) / 1000
-        except ValueError:
-            deadline = 0.0
-        job = RunningJob(job_id, stream, model, tenant, time.time(), deadline)
-        token = _SOURCE.set((stream, model))
-        self.running[job_id] = job
+    def track(self, job: JobEnvelope) -> Iterator[None]:
+        """Around one job's run: it counts as running."""
+        stream, model = self.source(job)
+        running = RunningJob(job.id, stream, model, job.tenant, time.time(), job.deadline)
+        self.running[job.id] = running
         try:
             yield
         finally:
-            _SOURCE.reset(token)
-            if self.running.get(job_id) is job:
-                del self.running[job_id]
+            if self.running.get(job.id) is running:
+                del self.running[job.id]
 
     def record(self, outcome: JobOutcome) -> None:
-        stream, model = _SOURCE.get() or (names.JOBS_STREAM, self.model_label(outcome.model))
+        stream, model = self.source(outcome.job)
         counters = self.counters.get((stream, model))
         if counters is None:
             counters = self.counters.setdefault((stream, model), JobCounters())
@@ -275,8 +259,7 @@ class WorkerMetrics:
     async def serve(self, host: str, port: int) -> None:
         """Serve `/metrics` on `host:port`; port 0 means off."""
         if port:
-            self.server = MetricsServer(self.render, host, port)
-            await self.server.start()
+            self.server = await asyncio.to_thread(MetricsServer.start, self.registry, host, port)
 
     @property
     def url(self) -> str:
@@ -284,25 +267,43 @@ class WorkerMetrics:
 
     async def stop(self) -> None:
         if self.server is not None:
-            await self.server.stop()
-            self.server = None
+            server, self.server = self.server, None
+            await asyncio.to_thread(server.stop)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds is not news
 
 
 class MetricsServer:
-    """A tiny HTTP/1.1 server on the worker's event loop: `GET /metrics`, nothing else.
+    """prometheus-client's WSGI app on its threaded WSGI server (a daemon thread, as its
+    `start_http_server` runs it), answering `/metrics` and 404 for any other path."""
 
-    No thread and no framework: a scrape renders the registry and closes the connection.
-    """
-
-    def __init__(self, render: Callable[[], bytes], host: str, port: int) -> None:
-        self._render = render
+    def __init__(self, server: WSGIServer, thread: threading.Thread, host: str) -> None:
+        self._server = server
+        self._thread = thread
         self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
+        self.port: int = server.server_port
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+    @classmethod
+    def start(cls, registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+        metrics = make_wsgi_app(registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/metrics":
+                result: Iterable[bytes] = metrics(environ, start_response)
+                return result
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"see /metrics\n"]
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        server = make_server(host, port, app, Server, handler_class=_Quiet)
+        thread = threading.Thread(target=server.serve_forever, name="llmq-metrics", daemon=True)
+        thread.start()
+        return cls(server, thread, host)
 
     @property
     def url(self) -> str:
@@ -313,37 +314,8 @@ class MetricsServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/metrics"
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5.0):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = head.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._render()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"see /metrics\n"
-            head_out = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            ).encode()
-            writer.write(head_out if method == "HEAD" else head_out + body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except Exception:
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def stop(self) -> None:
+        """Blocks until the serving thread ended and the port is closed."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2.0)

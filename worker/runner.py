@@ -14,23 +14,16 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from llmq.schemas import names
+from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_request
 from llmq.schemas.frames import Done, failure
-from llmq.schemas.openai import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    Usage,
-    chat_request_decoder,
-    completion_request_decoder,
-    embedding_request_decoder,
-)
+from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.schemas.text import count_tokens
 from llmq.worker.backends.base import Backend, BackendError, Piece
 from llmq.worker.replies import FrameSender
@@ -42,10 +35,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobOutcome:
-    """What happened to one job, for metrics and the circuit breaker."""
+    """What happened to one job, for metrics and the circuit breaker; `job` says which job
+    (its stream and the model it was queued for)."""
 
-    job_id: str
-    model: str
+    job: JobEnvelope
     outcome: str
     """ok | error | upstream_error | retried | cancelled | expired | dropped"""
     usage: Usage = field(default_factory=Usage)
@@ -53,6 +46,14 @@ class JobOutcome:
     first_token: float | None = None
     ended: float = 0.0
     backend_failed: bool = False
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+
+def _untracked(_job: JobEnvelope) -> AbstractContextManager[None]:
+    return nullcontext()
 
 
 class CancelledJobs:
@@ -109,6 +110,7 @@ class JobRunner:
         ping_interval: float,
         max_deliver: int,
         on_outcome: Callable[[JobOutcome], None] = lambda _o: None,
+        track: Callable[[JobEnvelope], AbstractContextManager[None]] = _untracked,
     ) -> None:
         self.nc = nc
         self.backend = backend
@@ -117,6 +119,8 @@ class JobRunner:
         self.ping_interval = ping_interval
         self.max_deliver = max_deliver
         self.on_outcome = on_outcome
+        self.track = track
+        """Around each job's run (the worker's running-job book)."""
         self.cancelled = CancelledJobs()
         self.shutting_down = False
         """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
@@ -129,43 +133,52 @@ class JobRunner:
             task.cancel()
 
     async def run(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        job_id = headers.get(names.H_JOB, "")
-        reply = headers.get(names.H_REPLY, "")
-        deadline_ms = int(headers.get(names.H_DEADLINE, "0") or 0)
-        kind = headers.get(names.H_KIND, "chat")
         ack = _Ack(msg)
-        if not job_id or not reply:
-            await ack.term()
-            return
-        if (deadline_ms and time.time() * 1000 >= deadline_ms) or job_id in self.cancelled:
-            await ack.term()
-            self.on_outcome(JobOutcome(job_id, "", "expired"))
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks[job_id] = task
-        trace = TRACEPARENT.set(valid_traceparent(headers.get(names.H_TRACEPARENT)))
         try:
-            await self._attempt(msg, ack, job_id, reply, deadline_ms, kind)
-        finally:
-            TRACEPARENT.reset(trace)
-            self.tasks.pop(job_id, None)
+            job = JobEnvelope.from_msg(msg)
+        except EnvelopeError as exc:
+            await self._refuse(ack, exc)
+            return
+        if not job.id or not job.reply:
+            await ack.term()
+            return
+        with self.track(job):
+            if (job.deadline_ms and time.time() * 1000 >= job.deadline_ms) or (
+                job.id in self.cancelled
+            ):
+                await ack.term()
+                self.on_outcome(JobOutcome(job, "expired"))
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks[job.id] = task
+            trace = TRACEPARENT.set(valid_traceparent(job.traceparent))
+            try:
+                await self._attempt(msg, ack, job)
+            finally:
+                TRACEPARENT.reset(trace)
+                self.tasks.pop(job.id, None)
 
-    async def _attempt(
-        self, msg: Msg, ack: _Ack, job_id: str, reply: str, deadline_ms: int, kind: str
-    ) -> None:
+    async def _refuse(self, ack: _Ack, error: EnvelopeError) -> None:
+        """A job this worker cannot read (a kind it does not know): fail it, do not retry."""
+        await ack.term()
+        if error.reply:
+            sender = FrameSender(self.nc, error.reply, self.worker_id)
+            failed = failure(400, str(error), "invalid_request_error", "unsupported_kind")
+            await sender.failed(failed)
+
+    async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = msg.metadata.num_delivered if msg.reply else 1
-        sender = FrameSender(self.nc, reply, self.worker_id)
-        outcome = JobOutcome(job_id, "", "ok", started=time.monotonic())
+        sender = FrameSender(self.nc, job.reply, self.worker_id)
+        outcome = JobOutcome(job, "ok", started=time.monotonic())
         await sender.accepted(attempt)
         keepalive = asyncio.create_task(self._keepalive(sender, ack))
         try:
-            timeout = max(deadline_ms / 1000 - time.time(), 0.001) if deadline_ms else None
+            timeout = max(job.deadline - time.time(), 0.001) if job.deadline_ms else None
             async with asyncio.timeout(timeout):
-                await self._execute(msg.data, kind, sender, ack, outcome)
+                await self._execute(msg.data, job.kind, sender, ack, outcome)
         except asyncio.CancelledError:
-            if self.shutting_down and job_id not in self.cancelled:
+            if self.shutting_down and job.id not in self.cancelled:
                 await self._hand_back(ack, sender, attempt, outcome)
             else:
                 outcome.outcome = "cancelled"
@@ -191,7 +204,7 @@ class JobRunner:
             outcome.outcome = "error"
             await sender.failed(failure(400, str(exc), "invalid_request_error", "invalid_body"))
         except Exception:
-            log.exception("job %s failed", job_id)
+            log.exception("job %s failed", job.id)
             outcome.outcome = "error"
             await sender.failed(failure(500, "the worker failed", "server_error", "worker_error"))
         finally:
@@ -226,16 +239,15 @@ class JobRunner:
                     await ack.msg.in_progress()
 
     async def _execute(
-        self, body: bytes, kind: str, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+        self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
-        if kind == "embedding":
-            await self._embed(body, sender, outcome)
+        request = decode_request(kind, body)
+        if isinstance(request, EmbeddingRequest):
+            await self._embed(request, sender, outcome)
             return
-        request: ChatCompletionRequest | CompletionRequest
         builder: ChatBuilder | TextBuilder
-        if kind == "completion":
-            request = completion_request_decoder.decode(body)
-            upstream = self.upstream_names.get(request.model, request.model)
+        upstream = self.upstream_names.get(request.model, request.model)
+        if isinstance(request, CompletionRequest):
             builder = TextBuilder(
                 _job_completion_id("cmpl", outcome.job_id),
                 request.model,
@@ -244,8 +256,6 @@ class JobRunner:
             )
             pieces = self.backend.complete(request, upstream)
         else:
-            request = chat_request_decoder.decode(body)
-            upstream = self.upstream_names.get(request.model, request.model)
             builder = ChatBuilder(
                 _job_completion_id("chatcmpl", outcome.job_id),
                 request.model,
@@ -253,7 +263,6 @@ class JobRunner:
                 _wants_usage(request),
             )
             pieces = self.backend.chat(request, upstream)
-        outcome.model = request.model
         if request.stream:
             await self._stream(pieces, builder, sender, ack, outcome)
         else:
@@ -320,9 +329,9 @@ class JobRunner:
         body = builder.whole(finish, usage)
         await sender.done(Done(usage=usage, finish_reason=finish, body=msgspec.Raw(body)))
 
-    async def _embed(self, body: bytes, sender: FrameSender, outcome: JobOutcome) -> None:
-        request: EmbeddingRequest = embedding_request_decoder.decode(body)
-        outcome.model = request.model
+    async def _embed(
+        self, request: EmbeddingRequest, sender: FrameSender, outcome: JobOutcome
+    ) -> None:
         upstream = self.upstream_names.get(request.model, request.model)
         result = await self.backend.embed(request, upstream)
         outcome.usage = result.usage

@@ -25,28 +25,12 @@ from nats.micro.service import EndpointInfo, EndpointStats
 from llmq.dispatcher.micro import LiveService
 from llmq.schemas import names
 from llmq.schemas.registry import WorkerInfo
+from llmq.schemas.services import WorkerMetadata
 from llmq.worker.metrics import JobBook
 
 DESCRIPTION = "llmq worker: runs the jobs of its models, pulled from JetStream"
 RUNNING_SHOWN = 100
 """Most running jobs listed per endpoint in STATS data."""
-
-
-def worker_metadata(info: WorkerInfo) -> dict[str, str]:
-    meta = {
-        "worker_id": info.id,
-        "backend": info.backend,
-        "models": ",".join(info.models),
-        "capacity": str(info.capacity),
-        "in_flight": str(info.in_flight),
-        "circuit": info.circuit,
-        "draining": "true" if info.draining else "false",
-        "host": info.host,
-        "pid": str(info.pid),
-    }
-    if info.metrics_url:
-        meta["metrics_url"] = info.metrics_url
-    return meta
 
 
 def endpoint_name(stream: str) -> str:
@@ -82,8 +66,8 @@ class WorkerService(LiveService):
         with contextlib.suppress(Exception):
             await self.stop()
 
-    def live_metadata(self) -> dict[str, str]:
-        return worker_metadata(self._snapshot())
+    def live_metadata(self) -> WorkerMetadata:
+        return WorkerMetadata.from_info(self._snapshot())
 
     def endpoint_infos(self) -> list[EndpointInfo]:
         return [

@@ -11,9 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmq.embedded import free_port
 from llmq.schemas import names
+from llmq.schemas.envelope import JobEnvelope
 from llmq.schemas.openai import Usage
 from llmq.schemas.registry import WorkerInfo
-from llmq.worker.metrics import JobBook, WorkerMetrics, source_of
+from llmq.worker.metrics import JobBook, WorkerMetrics
 from llmq.worker.runner import JobOutcome
 from tests.stack import wait_for
 
@@ -30,20 +31,35 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return samples(text).get((name, frozenset(labels.items())))
 
 
-def test_source_of_a_job_subject() -> None:
-    assert source_of(names.jobs_subject("gpt-4.1")) == (names.JOBS_STREAM, "gpt-4.1")
-    assert source_of(names.batch_subject("llama3:8b")) == (names.BATCH_STREAM, "llama3:8b")
+def job(job_id: str, model: str) -> JobEnvelope:
+    return JobEnvelope(id=job_id, model=model)
+
+
+def test_the_book_knows_a_job_by_its_envelope() -> None:
+    book = JobBook(["m1"])
+    batch = JobEnvelope(id="j", model="m1", tenant="t", deadline_ms=5_000, batch=True)
+    with book.track(batch):
+        running = book.running["j"]
+        assert (running.stream, running.model, running.tenant) == (names.BATCH_STREAM, "m1", "t")
+        assert running.deadline == 5.0
+        assert book.in_flight() == {(names.BATCH_STREAM, "m1"): 1}
+    assert book.running == {}
+    book.record(JobOutcome(batch, "ok", started=1.0, ended=2.0))
+    assert book.counters[(names.BATCH_STREAM, "m1")].requests == 1
+    assert book.counters[(names.JOBS_STREAM, "m1")].requests == 0
 
 
 def test_outcomes_feed_counters_histograms_and_live_gauges() -> None:
     state = WorkerInfo(id="w1", backend="echo", models=["m1"], capacity=4, in_flight=2)
     book = JobBook(["m1"])
     metrics = WorkerMetrics(book, lambda: state)
-    ok = JobOutcome("j1", "m1", "ok", Usage(7, 5, 12), started=10.0, first_token=10.2, ended=11.0)
+    ok = JobOutcome(
+        job("j1", "m1"), "ok", Usage(7, 5, 12), started=10.0, first_token=10.2, ended=11.0
+    )
     book.record(ok)
-    book.record(JobOutcome("j2", "m1", "upstream_error", started=20.0, ended=20.5))
-    book.record(JobOutcome("j3", "", "expired"))
-    book.record(JobOutcome("j4", "made-up-model", "ok", started=1.0, ended=1.1))
+    book.record(JobOutcome(job("j2", "m1"), "upstream_error", started=20.0, ended=20.5))
+    book.record(JobOutcome(job("j3", ""), "expired"))
+    book.record(JobOutcome(job("j4", "made-up-model"), "ok", started=1.0, ended=1.1))
     state.circuit = "open"
     text = metrics.render().decode()
     jobs = "llmq_worker_jobs_total"
@@ -73,7 +89,7 @@ def test_several_models_put_strangers_under_other() -> None:
     state = WorkerInfo(id="w", backend="echo", models=["a", "b"], capacity=1)
     book = JobBook(["a", "b"])
     metrics = WorkerMetrics(book, lambda: state)
-    book.record(JobOutcome("j", "zzz", "ok", started=1.0, ended=2.0))
+    book.record(JobOutcome(job("j", "zzz"), "ok", started=1.0, ended=2.0))
     text = metrics.render().decode()
     assert value(text, "llmq_worker_jobs_total", model="other", stream="LLMQ_JOBS", outcome="ok")
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import nats
 
-from llmq.dispatcher.inspect import micro_gather
+from llmq.dispatcher.probes import micro_gather
 from llmq.schemas import names
 from tests.stack import wait_for
 
