@@ -16,7 +16,14 @@ from msgspec import Struct
 
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
 from llmq.schemas.text import message_text, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece, unsupported
+from llmq.worker.backends.base import (
+    AnthropicOptions,
+    BackendConfig,
+    BackendError,
+    Embeddings,
+    Piece,
+    unsupported,
+)
 from llmq.worker.backends.http import (
     SSEDecoder,
     Tally,
@@ -28,7 +35,6 @@ from llmq.worker.backends.http import (
 )
 
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -335,9 +341,7 @@ class AnthropicBackend:
         if config.api_key:
             auth["x-api-key"] = config.api_key
         self._upstream = Upstream(config, auth, self._base)
-        self._default_max_tokens = int(
-            config.options.get("default_max_tokens") or DEFAULT_MAX_TOKENS
-        )
+        self._default_max_tokens = config.options_of(AnthropicOptions).default_max_tokens
 
     def __repr__(self) -> str:
         return f"AnthropicBackend(url={self._base!r})"

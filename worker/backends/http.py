@@ -336,7 +336,7 @@ class Upstream:
             base or config.url,
             headers,
             config.timeouts.connect,
-            enabled=config.options.get("http_client", "fast") != "httpx",
+            enabled=config.http_client != "httpx",
         )
         self.client: httpx.AsyncClient | FastClient = fast or httpx.AsyncClient(
             headers=headers,
