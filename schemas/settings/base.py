@@ -16,7 +16,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "LLMQ_"
 Command = str  # "api" | "worker" | "dev"
@@ -151,6 +156,16 @@ def route(model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _LeafEnv(EnvSettingsSource):
+    """The environment, for settings only: a nested group (`backend.ollama`) reads its own
+    `LLMQ_OLLAMA_*` names, never a JSON blob from `LLMQ_OLLAMA`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if group_type(field) is not None:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class Group(BaseSettings):
     """One concern's settings, read from `LLMQ_<FIELD>` (or a longer shared prefix)."""
 
@@ -158,6 +173,17 @@ class Group(BaseSettings):
 
     commands: ClassVar[tuple[Command, ...]] = ()
     """The commands (`api`, `worker`, `dev`) whose flags include this group's fields."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _LeafEnv(settings_cls), dotenv_settings, file_secret_settings
 
     @model_validator(mode="before")
     @classmethod

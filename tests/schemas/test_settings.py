@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmq.cli import build_parser, flags_for
+from llmq.cli import Command, build_parser, flags_for
 from llmq.schemas.settings import Settings, leaves
 
 # Every setting's environment variable before the split (name -> a value to set and the
@@ -89,7 +89,7 @@ ENV: dict[str, tuple[str, Any]] = {
 }
 
 # Flags per command before flags were derived from the models.
-FLAGS = {
+FLAGS: dict[Command, set[str]] = {
     "dev": {"host", "port", "echo_delay", "capacity", "log_level", "log_json"},
     "api": {
         "nats_url", "redis_url", "host", "port", "deadline", "max_deadline", "no_worker_grace",
@@ -145,7 +145,7 @@ def test_flat_keywords_and_groups_build_settings(monkeypatch: pytest.MonkeyPatch
 
 def test_flags_are_the_same_per_command() -> None:
     for command, expected in FLAGS.items():
-        assert {leaf.flat for leaf in flags_for(command)} == expected, command  # type: ignore[arg-type]
+        assert {leaf.flat for leaf in flags_for(command)} == expected, command
     parser = build_parser()
     args = parser.parse_args(["worker", "--ollama-num-ctx", "2048", "--echo-delay", "0.3"])
     assert args.ollama_num_ctx == 2048 and args.echo_delay == 0.3
@@ -155,3 +155,11 @@ def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
     assert secret == {"admin_token", "webhook_secret"}
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
+
+
+def test_a_variable_named_like_a_group_is_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMQ_OLLAMA", "not json")
+    monkeypatch.setenv("LLMQ_ECHO", "1")
+    monkeypatch.setenv("LLMQ_ECHO_DELAY", "0.3")
+    settings = Settings()
+    assert settings.backend.ollama.num_ctx == 0 and settings.backend.echo.delay == 0.3

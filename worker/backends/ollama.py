@@ -2,7 +2,7 @@
 
 Native rather than Ollama's OpenAI layer because only the native API takes `keep_alive`,
 `num_ctx` and reports exact prompt and output counts. Sampling fields of the request go into
-`options`; `keep_alive` and `num_ctx` come from `BackendConfig.options`. `url` is e.g.
+`options`; `keep_alive` and `num_ctx` come from `OllamaOptions`. `url` is e.g.
 `http://host:11434`.
 """
 
