@@ -31,16 +31,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await Runtime.open(settings)
         store = TenantStore(runtime.redis)
         quota = Quota(
-            runtime.redis, lease=settings.reservation_lease, ledger_maxlen=settings.ledger_maxlen
+            runtime.redis,
+            lease=settings.tenancy.reservation_lease,
+            ledger_maxlen=settings.tenancy.ledger_maxlen,
         )
-        admission = Admission(quota, settings.quota_fail_open)
+        admission = Admission(quota, settings.tenancy.quota_fail_open)
         models = ModelTable(settings)
         models.start()
         app.state.runtime = runtime
         app.state.store = store
         app.state.usage = UsageReader(runtime.redis)
         app.state.models = models
-        preparer = RequestPreparer(models, runtime.registry, settings.default_max_tokens)
+        preparer = RequestPreparer(models, runtime.registry, settings.tenancy.default_max_tokens)
         app.state.serving = Serving(runtime, Authenticator(settings, store), admission, preparer)
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
@@ -61,10 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    if settings.cors_origins:
+    if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=settings.api.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],

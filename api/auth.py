@@ -25,11 +25,11 @@ ANONYMOUS = ""
 
 class Authenticator:
     def __init__(self, settings: Settings, store: TenantStore) -> None:
-        self.mode = settings.auth_mode
-        self.header = settings.tenant_header
-        self.trusted = frozenset(settings.trusted_tenants)
-        self.default_tenant = settings.default_tenant
-        self.cache_ttl = settings.key_cache_ttl
+        self.mode = settings.api.auth_mode
+        self.header = settings.tenancy.tenant_header
+        self.trusted = frozenset(settings.tenancy.trusted_tenants)
+        self.default_tenant = settings.tenancy.default_tenant
+        self.cache_ttl = settings.tenancy.key_cache_ttl
         self.store = store
         self._cache: dict[str, tuple[str, float]] = {}
         self._lookups: dict[str, asyncio.Future[str | None]] = {}

@@ -177,8 +177,8 @@ class BatchService:
         self.preparer = ApiPreparer(preparer)
         self.accounting: Accounting = (
             NoAccounting()
-            if settings.auth_mode == "none"
-            else QuotaAccounting(admission.quota, settings.quota_fail_open)
+            if settings.api.auth_mode == "none"
+            else QuotaAccounting(admission.quota, settings.tenancy.quota_fail_open)
         )
         self.files: FileStore
         self.jobs: AsyncJobs
@@ -201,15 +201,15 @@ class BatchService:
             buckets[names.ASYNC_JOBS_BUCKET],
             results,
             self.accounting,
-            stall=s.batch_stall,
+            stall=s.batch.batch_stall,
         )
         self.webhooks = Webhooks(
             js,
             self.jobs.render,
             self.jobs.record_webhook,
-            secret=s.webhook_secret,
-            attempts=s.webhook_attempts,
-            timeout=s.webhook_timeout,
+            secret=s.batch.webhook_secret,
+            attempts=s.batch.webhook_attempts,
+            timeout=s.batch.webhook_timeout,
         )
         self.jobs.webhooks = self.webhooks
         self.collector = ResultCollector(
@@ -223,11 +223,11 @@ class BatchService:
             self.files,
             self.preparer,
             self.accounting,
-            owner=f"{s.instance_id}-{time_hex()[12:20]}",
-            lease=s.batch_lease,
-            stall=s.batch_stall,
-            max_inflight=s.batch_max_inflight,
-            max_lines=s.batch_max_lines,
+            owner=f"{s.api.instance_id}-{time_hex()[12:20]}",
+            lease=s.batch.batch_lease,
+            stall=s.batch.batch_stall,
+            max_inflight=s.batch.batch_max_inflight,
+            max_lines=s.batch.batch_max_lines,
         )
         self.collector.start()
         self.webhooks.start()
@@ -235,7 +235,7 @@ class BatchService:
 
     async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
         """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
-        js, retention = self.rt.js, self.settings.job_retention
+        js, retention = self.rt.js, self.settings.batch.job_retention
         await streams.ensure_batch_streams(js, retention)
         return await streams.batch_buckets(js, retention), await streams.files_store(js)
 
@@ -311,7 +311,7 @@ class BatchService:
                 job_id,
                 tenant,
                 prepared,
-                deadline=self.settings.job_deadline,
+                deadline=self.settings.batch.job_deadline,
                 metadata=metadata,
                 webhook_url=webhook_url,
                 traceparent=traceparent,
@@ -357,15 +357,15 @@ class BatchService:
                 "invalid_purpose",
                 param="purpose",
             )
-        if len(data) > self.settings.files_max_bytes:
+        if len(data) > self.settings.batch.files_max_bytes:
             raise ApiError(
                 413,
-                f"the file is larger than {self.settings.files_max_bytes} bytes",
+                f"the file is larger than {self.settings.batch.files_max_bytes} bytes",
                 "file_too_large",
                 param="file",
             )
         try:
-            parse_input(data, "", self.settings.batch_max_lines)
+            parse_input(data, "", self.settings.batch.batch_max_lines)
         except NotJsonl as exc:
             raise ApiError(
                 400, f"the file is not JSONL: {exc}", "invalid_file", param="file"
@@ -373,7 +373,7 @@ class BatchService:
         except TooManyLines:
             raise ApiError(
                 400,
-                f"a batch file may hold at most {self.settings.batch_max_lines} requests",
+                f"a batch file may hold at most {self.settings.batch.batch_max_lines} requests",
                 "too_many_requests_in_file",
                 param="file",
             ) from None
@@ -434,7 +434,7 @@ class BatchService:
                 "invalid_endpoint",
                 param="endpoint",
             )
-        window = parse_window(params.completion_window, self.settings.batch_max_window)
+        window = parse_window(params.completion_window, self.settings.batch.batch_max_window)
         file = await self.files.get(tenant, params.input_file_id)
         if file is None:
             raise _not_found("file", params.input_file_id, "input_file_id")

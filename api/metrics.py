@@ -118,7 +118,7 @@ class _Live(Collector):
         yield workers
         yield capacity
         identity = InfoMetricFamily("llmq_api", "This api process.")
-        identity.add_metric([], {"instance": rt.settings.instance_id, "version": m.version})
+        identity.add_metric([], {"instance": rt.settings.api.instance_id, "version": m.version})
         yield identity
 
 
@@ -129,9 +129,9 @@ class ApiMetrics:
         self.runtime = runtime
         self.version = version
         settings = runtime.settings
-        self.tenant_label = settings.metrics_tenant_label
-        self.max_tenants = settings.metrics_max_tenants
-        self.queue_ttl = settings.metrics_queue_ttl
+        self.tenant_label = settings.observability.metrics_tenant_label
+        self.max_tenants = settings.observability.metrics_max_tenants
+        self.queue_ttl = settings.observability.metrics_queue_ttl
         self._tenants: set[str] = set()
         tenant = ["tenant"] if self.tenant_label else []
         self.registry = CollectorRegistry(auto_describe=True)

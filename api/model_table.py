@@ -40,9 +40,10 @@ class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
 
 class ModelTable:
     def __init__(self, settings: Settings) -> None:
-        self.path = settings.models_file
+        self.path = settings.tenancy.models_file
         self._env_aliases = dict(
-            (a.strip(), b.strip()) for a, _, b in (s.partition("=") for s in settings.aliases)
+            (a.strip(), b.strip())
+            for a, _, b in (s.partition("=") for s in settings.tenancy.aliases)
         )
         self.aliases: dict[str, str] = dict(self._env_aliases)
         self.defaults: dict[str, ModelDefaults] = {}

@@ -37,17 +37,17 @@ class ApiService(LiveService):
     def live_metadata(self) -> ApiMetadata:
         s = self._rt.settings
         return ApiMetadata(
-            instance_id=s.instance_id,
+            instance_id=s.api.instance_id,
             host=self._host,
-            listen=f"{s.host}:{s.port}",
-            port=str(s.port),
+            listen=f"{s.api.host}:{s.api.port}",
+            port=str(s.api.port),
             pid=os.getpid(),
             open_streams=self._rt.open_streams,
             accepting=self._rt.accepting,
         )
 
     def _subject(self) -> str:
-        return names.inbox_prefix(self._rt.settings.instance_id) + ".>"
+        return names.inbox_prefix(self._rt.settings.api.instance_id) + ".>"
 
     def endpoint_infos(self) -> list[EndpointInfo]:
         about = {"about": "HTTP requests; job replies arrive on this subject"}
@@ -82,8 +82,8 @@ class Observability:
         settings = runtime.settings
         metrics = ApiMetrics(runtime, version)
         serving.observers.append(metrics.observe)
-        if settings.request_log:
-            serving.observers.append(RequestLog(settings.log_json).observe)
+        if settings.observability.request_log:
+            serving.observers.append(RequestLog(settings.observability.log_json).observe)
         service = ApiService(runtime, metrics, version)
         try:
             await service.start()

@@ -40,21 +40,27 @@ class Runtime:
     async def open(cls, settings: Settings) -> Runtime:
         provisioner = Provisioner()
         nc = await connect(
-            settings.nats_url,
-            f"llmq-api {settings.instance_id}",
-            settings.nats_connect_timeout,
+            settings.connection.nats_url,
+            f"llmq-api {settings.api.instance_id}",
+            settings.connection.nats_connect_timeout,
             on_reconnect=provisioner.reconnected,
         )
         js = nc.jetstream()
-        await streams.ensure_streams(js, settings.jobs_max_age)
-        inbox = ReplyInbox(nc, settings.instance_id)
+        await streams.ensure_streams(js, settings.protocol.jobs_max_age)
+        inbox = ReplyInbox(nc, settings.api.instance_id)
         await inbox.start()
-        registry = WorkerRegistry(js, ttl=settings.heartbeat * 3)
+        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3)
         await registry.start()
-        dispatcher = Dispatcher(nc, js, inbox, settings.ping_interval, settings.ack_wait)
+        dispatcher = Dispatcher(
+            nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
+        )
         await dispatcher.start()
-        redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
-        provisioner.add("job streams", lambda: streams.ensure_streams(js, settings.jobs_max_age))
+        redis = connect_redis(
+            settings.connection.redis_url, timeout=settings.connection.redis_timeout
+        )
+        provisioner.add(
+            "job streams", lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age)
+        )
         provisioner.add("lost jobs", dispatcher.find_missing)
         provisioner.add("registry", registry.rewatch)
         provisioner.start()

@@ -31,13 +31,13 @@ class ApiServer(uvicorn.Server):
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        host=settings.api.host,
+        port=settings.api.port,
         loop="auto",
         http="auto",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),  # int: 0.5 s is not 0
+        timeout_graceful_shutdown=math.ceil(settings.api.shutdown_grace),  # int: 0.5 s is not 0
         lifespan="on",
     )
 

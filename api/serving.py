@@ -101,7 +101,7 @@ class Serving:
         if not self.rt.accepting:
             raise ApiError(503, "the api is shutting down", "shutting_down")
         record.tenant = await self.auth.tenant(request)
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.api.max_body_bytes)
         req = self.preparer.decode(kind, body)
         record.model = self.preparer.models.resolve(req.model)
         prepared = self.preparer.prepare_decoded(req, kind, body)
@@ -115,7 +115,7 @@ class Serving:
             model=prepared.model,
             body=prepared.body,
             tenant=record.tenant,
-            deadline_ms=int((time.time() + settings.deadline) * 1000),
+            deadline_ms=int((time.time() + settings.api.deadline) * 1000),
             kind=kind,
             traceparent=request.headers.get("traceparent"),
         )

@@ -1,7 +1,8 @@
 """The `llmq` command: `dev`, `api`, `worker` (and the operator commands registered below).
 
-Every flag maps to a field of `schemas.settings.Settings`, so each can also be given as an
-`LLMQ_<FIELD>` environment variable; a flag wins over the environment.
+Every flag is a setting of `llmq.schemas.settings` (its groups say which commands take their
+fields), so each can also be given as an `LLMQ_<NAME>` environment variable; a flag wins
+over the environment.
 """
 
 from __future__ import annotations
@@ -11,78 +12,64 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from llmq.schemas.settings import Settings
+from llmq.schemas.settings import Leaf, Settings, leaves
 
 Handler = Callable[[argparse.Namespace], int]
-
-CONNECTION_FLAGS = ["nats_url", "redis_url"]
-# Secrets (LLMQ_ADMIN_TOKEN, LLMQ_WEBHOOK_SECRET, backend keys) have no flag: it would show
-# in `ps`. They come from the environment or a file.
-API_FLAGS = [
-    "host", "port", "deadline", "max_deadline", "no_worker_grace", "max_body_bytes",
-    "auth_mode", "cors_origins", "instance_id", "log_json", "log_level", "shutdown_grace",
-    # tenants, quotas and the model table
-    "tenant_header", "trusted_tenants", "default_tenant", "key_cache_ttl", "quota_fail_open",
-    "default_max_tokens", "models_file", "aliases",
-    # observability
-    "request_log", "metrics_tenant_label", "metrics_max_tenants",
-    # async jobs, files and batches
-    "job_deadline", "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
-    "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
-]  # fmt: skip
-WORKER_FLAGS = [
-    "backend", "model", "capacity", "worker_id", "echo_delay", "drain_timeout", "metrics_port",
-    "breaker_threshold", "log_json", "log_level",
-    # worker: backend connection
-    "backend_url", "api_key_env", "api_key_file", "backend_header", "azure_deployment",
-    "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
-    "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
-    "backend_token_timeout", "backend_timeout", "backend_http_client", "breaker_probe_interval",
-]  # fmt: skip
+Command = Literal["api", "worker", "dev"]
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
-    """One `--field-name` flag per Settings field, typed and documented from the model."""
-    for name in fields:
-        info = Settings.model_fields[name]
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description} (env LLMQ_{name.upper()})"
-        annotation = info.annotation
+def flags_for(command: Command) -> list[Leaf]:
+    """The settings `llmq <command>` takes as flags, as their groups and fields declare.
+    Secrets (LLMQ_ADMIN_TOKEN, LLMQ_WEBHOOK_SECRET, backend keys) never get one: it would
+    show in `ps`; they come from the environment or a file."""
+    return [leaf for leaf in leaves(Settings) if command in leaf.commands]
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, command: Command) -> None:
+    """One `--flat-name` flag per setting of `command`, typed and documented from the model."""
+    for leaf in flags_for(command):
+        help_text = f"{leaf.info.description} (env {leaf.env})"
+        annotation = leaf.info.annotation
         if annotation is bool:
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                leaf.flag,
+                dest=leaf.flat,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
-        elif name in ("model", "backend_header"):  # repeatable
-            parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
+        elif leaf.repeat:
+            parser.add_argument(
+                leaf.flag, dest=leaf.flat, action="append", default=None, help=help_text
+            )
         else:
             kind: Any = annotation if annotation in (int, float) else str
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+            parser.add_argument(leaf.flag, dest=leaf.flat, type=kind, default=None, help=help_text)
 
 
-def settings_from(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
+def settings_from(args: argparse.Namespace, command: Command) -> Settings:
+    """Settings from the environment, with the flags given to `command` on top."""
     overrides = {
-        name: getattr(args, name) for name in fields if getattr(args, name, None) is not None
+        leaf.flat: getattr(args, leaf.flat)
+        for leaf in flags_for(command)
+        if getattr(args, leaf.flat, None) is not None
     }
-    if "model" in overrides:
-        overrides["model"] = [
-            part for spec in overrides["model"] for part in spec.split(",") if part
-        ]
     return Settings(**overrides)
 
 
 def setup_logging(settings: Settings) -> None:
     from llmq.api.logs import configure
 
-    configure(settings.log_level, settings.log_json)
+    configure(settings.observability.log_level, settings.observability.log_json)
 
 
 # --- commands --------------------------------------------------------------------------
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    settings = settings_from(args, CONNECTION_FLAGS + API_FLAGS)
+    settings = settings_from(args, "api")
     setup_logging(settings)
     from llmq.api.server import run_api
 
@@ -91,7 +78,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = settings_from(args, CONNECTION_FLAGS + WORKER_FLAGS)
+    settings = settings_from(args, "worker")
     setup_logging(settings)
     from llmq.worker.main import run_worker
 
@@ -100,9 +87,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    settings = settings_from(
-        args, ["host", "port", "echo_delay", "capacity", "log_level", "log_json"]
-    )
+    settings = settings_from(args, "dev")
     setup_logging(settings)
     from llmq.dev import run_dev
 
@@ -127,16 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser(
         "dev", help="run nats-server, a Redis-compatible server, the api and an echo worker"
     )
-    add_settings_flags(dev, ["host", "port", "echo_delay", "capacity", "log_level", "log_json"])
+    add_settings_flags(dev, "dev")
     dev.add_argument("--data-dir", default=None, help="keep server data here (default: a temp dir)")
     dev.set_defaults(handler=cmd_dev)
 
     api = sub.add_parser("api", help="run the HTTP api")
-    add_settings_flags(api, CONNECTION_FLAGS + API_FLAGS)
+    add_settings_flags(api, "api")
     api.set_defaults(handler=cmd_api)
 
     worker = sub.add_parser("worker", help="run a worker in front of one backend")
-    add_settings_flags(worker, CONNECTION_FLAGS + WORKER_FLAGS)
+    add_settings_flags(worker, "worker")
     worker.set_defaults(handler=cmd_worker)
 
     for register in _extensions():

@@ -70,9 +70,10 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def run_dev(settings: Settings, data_dir: str | None = None) -> int:
-    if not _port_free(settings.host, settings.port):
+    api = settings.api
+    if not _port_free(api.host, api.port):
         print(
-            f"llmq dev: {settings.host}:{settings.port} is in use; pick another with --port",
+            f"llmq dev: {api.host}:{api.port} is in use; pick another with --port",
             file=sys.stderr,
         )
         return 1
@@ -88,8 +89,8 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
         **os.environ,
         "LLMQ_NATS_URL": nats.url,
         "LLMQ_REDIS_URL": redis.url,
-        "LLMQ_HOST": settings.host,
-        "LLMQ_PORT": str(settings.port),
+        "LLMQ_HOST": settings.api.host,
+        "LLMQ_PORT": str(settings.api.port),
     }
     key = dev_key(env)
     llmq = [sys.executable, "-m", "llmq.cli"]
@@ -97,7 +98,8 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
         subprocess.Popen([*llmq, "api"], env=env),
         subprocess.Popen(
             [*llmq, "worker", "--backend", "echo", "--model", "echo",
-             "--capacity", str(settings.capacity), "--echo-delay", str(settings.echo_delay)],
+             "--capacity", str(settings.worker.capacity),
+             "--echo-delay", str(settings.backend.echo.delay)],
             env=env,
         ),
     ]  # fmt: skip
@@ -109,8 +111,8 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    base = f"http://{host}:{settings.port}"
+    host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host
+    base = f"http://{host}:{settings.api.port}"
     code = 0
     try:
         print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)

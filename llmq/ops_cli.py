@@ -215,7 +215,7 @@ def _url(args: argparse.Namespace) -> str:
         return str(args.nats_url)
     from llmq.schemas.settings import Settings
 
-    return Settings().nats_url
+    return Settings().connection.nats_url
 
 
 def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]) -> int:

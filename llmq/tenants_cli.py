@@ -113,7 +113,7 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        url = args.redis_url or Settings().redis_url
+        url = args.redis_url or Settings().connection.redis_url
 
         async def go() -> Any:
             redis = connect(url)

@@ -44,7 +44,7 @@ class InProcessApi:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
+        return f"http://127.0.0.1:{self.settings.api.port}"
 
     @property
     def runtime(self) -> Any:
@@ -68,7 +68,7 @@ class InProcessApi:
         taking messages meant for later tests."""
         self.server.should_exit = True
         if self.task is not None:
-            await asyncio.wait_for(asyncio.shield(self.task), self.settings.shutdown_grace + 10)
+            await asyncio.wait_for(asyncio.shield(self.task), self.settings.api.shutdown_grace + 10)
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:

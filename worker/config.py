@@ -11,11 +11,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from llmq.schemas.settings import Settings
-from llmq.worker.backends.base import BackendConfig, Timeouts, redact_url
+from llmq.schemas.settings import BackendSettings, Settings
+from llmq.worker.backends.base import (
+    AnthropicOptions,
+    BackendConfig,
+    BackendOptions,
+    EchoOptions,
+    OllamaOptions,
+    OpenAIOptions,
+    Timeouts,
+    redact_url,
+)
 
 __all__ = ["ConfigError", "backend_config_from", "describe", "parse_headers", "redact_url"]
 
@@ -43,59 +53,60 @@ def backend_config_from(
 ) -> BackendConfig:
     """The backend configuration described by `settings` (keys read from `environ`)."""
     env = os.environ if environ is None else environ
-    kind = settings.backend.strip().lower()
+    kind = settings.worker.backend.strip().lower()
     if kind not in KINDS:
         raise ConfigError(
-            f"unknown backend {settings.backend!r}; expected one of {', '.join(KINDS)}"
+            f"unknown backend {settings.worker.backend!r}; expected one of {', '.join(KINDS)}"
         )
-    url = settings.backend_url.strip()
+    url = settings.backend.backend_url.strip()
     if url:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--backend-url must be an http(s) URL, got {redact_url(url)!r}")
-    azure = kind == "openai" and bool(settings.azure_deployment or settings.azure_api_version)
+    openai = settings.backend.openai
+    azure = kind == "openai" and bool(openai.azure_deployment or openai.azure_api_version)
     if azure and not url:
         raise ConfigError("Azure OpenAI needs --backend-url https://<resource>.openai.azure.com")
-    options: dict[str, str] = {}
-    if kind == "openai":
-        if settings.azure_deployment:
-            options["azure_deployment"] = settings.azure_deployment
-        if settings.azure_api_version:
-            options["api_version"] = settings.azure_api_version
-        if not settings.stream_usage:
-            options["include_usage"] = "false"
-    elif kind == "ollama":
-        if settings.ollama_keep_alive:
-            options["keep_alive"] = settings.ollama_keep_alive
-        if settings.ollama_num_ctx:
-            options["num_ctx"] = str(settings.ollama_num_ctx)
-    elif kind == "anthropic":
-        options["default_max_tokens"] = str(settings.anthropic_max_tokens)
-    if kind != "echo" and settings.backend_http_client != "auto":
-        options["http_client"] = settings.backend_http_client
     return BackendConfig(
         kind=kind,
         url=url,
-        api_key=_api_key(settings, kind, azure, env),
-        headers=parse_headers(settings.backend_header),
+        api_key=_api_key(settings.backend, kind, azure, env),
+        headers=parse_headers(settings.backend.backend_header),
         timeouts=Timeouts(
-            connect=settings.backend_connect_timeout,
-            first_token=settings.backend_first_token_timeout,
-            between_tokens=settings.backend_token_timeout,
-            total=settings.backend_timeout,
+            connect=settings.backend.backend_connect_timeout,
+            first_token=settings.backend.backend_first_token_timeout,
+            between_tokens=settings.backend.backend_token_timeout,
+            total=settings.backend.backend_timeout,
         ),
-        echo_delay=settings.echo_delay,
-        options=options,
+        http_client="auto" if kind == "echo" else settings.backend.backend_http_client,
+        options=_options(settings.backend, kind),
     )
 
 
-def _api_key(settings: Settings, kind: str, azure: bool, env: Mapping[str, str]) -> str:
+def _options(backend: BackendSettings, kind: str) -> BackendOptions:
+    """The typed options of `kind`, from its settings group."""
+    if kind == "openai":
+        return OpenAIOptions(
+            azure_deployment=backend.openai.azure_deployment,
+            api_version=backend.openai.azure_api_version,
+            include_usage=backend.openai.stream_usage,
+        )
+    if kind == "ollama":
+        return OllamaOptions(
+            keep_alive=backend.ollama.keep_alive, num_ctx=backend.ollama.num_ctx or None
+        )
+    if kind == "anthropic":
+        return AnthropicOptions(default_max_tokens=backend.anthropic.max_tokens)
+    return EchoOptions(delay=backend.echo.delay)
+
+
+def _api_key(backend: BackendSettings, kind: str, azure: bool, env: Mapping[str, str]) -> str:
     if kind == "echo":
         return ""
-    if settings.api_key_file:
-        if settings.api_key_env:
+    if backend.api_key_file:
+        if backend.api_key_env:
             raise ConfigError("give the API key by --api-key-env or --api-key-file, not both")
-        path = Path(settings.api_key_file).expanduser()
+        path = Path(backend.api_key_file).expanduser()
         try:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -104,8 +115,8 @@ def _api_key(settings: Settings, kind: str, azure: bool, env: Mapping[str, str])
             raise ConfigError(f"--api-key-file {str(path)!r} is empty")
         _check_key(key, f"--api-key-file {str(path)!r}")
         return key
-    if settings.api_key_env:
-        name = settings.api_key_env
+    if backend.api_key_env:
+        name = backend.api_key_env
         key = env.get(name, "").strip()
         if not key:
             # Named explicitly: a missing key is a mistake, not a keyless local server.
@@ -154,6 +165,21 @@ def describe(config: BackendConfig) -> str:
         bits.append("with an API key" if config.api_key else "without an API key")
     if config.headers:
         bits.append("headers " + ", ".join(sorted(config.headers)))
-    if config.options:
-        bits.append(", ".join(f"{k}={v}" for k, v in sorted(config.options.items())))
+    options = _changed(config)
+    if options:
+        bits.append(", ".join(f"{k}={v}" for k, v in sorted(options.items())))
     return " ".join(bits[:1]) + (f" ({'; '.join(bits[1:])})" if len(bits) > 1 else "")
+
+
+def _changed(config: BackendConfig) -> dict[str, object]:
+    """Options (the HTTP client included) that differ from their defaults."""
+    changed: dict[str, object] = {}
+    if config.http_client != "auto":
+        changed["http_client"] = config.http_client
+    if config.options is not None and config.kind != "echo":
+        defaults = type(config.options)()
+        for item in fields(config.options):
+            value = getattr(config.options, item.name)
+            if value != getattr(defaults, item.name):
+                changed[item.name] = value
+    return changed

@@ -47,17 +47,19 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 class Worker:
     def __init__(self, settings: Settings, backend_config: BackendConfig | None = None) -> None:
         self.settings = settings
-        self.id = settings.worker_id
-        self.models = parse_models(settings.model)
+        self.id = settings.worker.worker_id
+        self.models = parse_models(settings.worker.model)
         self.backend_config = backend_config or backend_config_from(settings)
         self.backend: Backend = create_backend(self.backend_config)
         self.nc: Client | None = None
         self.provisioner = Provisioner()
-        self.scheduler = Scheduler(settings.capacity, self._run_job, settings.ack_wait)
+        self.scheduler = Scheduler(
+            settings.worker.capacity, self._run_job, settings.protocol.ack_wait
+        )
         self.runner: JobRunner | None = None
         self.breaker = CircuitBreaker(
-            settings.breaker_threshold,
-            settings.breaker_probe_interval,
+            settings.worker.breaker_threshold,
+            settings.worker.breaker_probe_interval,
             self.backend.probe,
             self._on_circuit,
         )
@@ -79,9 +81,9 @@ class Worker:
     async def start(self) -> None:
         s = self.settings
         self.nc = nc = await connect(
-            s.nats_url,
+            s.connection.nats_url,
             f"llmq-worker {self.id}",
-            s.nats_connect_timeout,
+            s.connection.nats_connect_timeout,
             on_reconnect=self.provisioner.reconnected,
         )
         self.runner = JobRunner(
@@ -89,17 +91,17 @@ class Worker:
             self.backend,
             self.id,
             self.models,
-            s.ping_interval,
-            s.max_deliver,
+            s.protocol.ping_interval,
+            s.protocol.max_deliver,
             self._on_outcome,
             self.jobs.track,
         )
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await self._provision_consumers()
         self.scheduler.feeds = await self._open_feeds()
-        await self.metrics.serve(s.metrics_host, s.metrics_port)
+        await self.metrics.serve(s.observability.metrics_host, s.worker.metrics_port)
         self.announcer = Announcer(
-            nc.jetstream(), self.info, s.heartbeat, sorted(self.backend.kinds)
+            nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds)
         )
         await self.announcer.start()
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
@@ -109,19 +111,19 @@ class Worker:
         self.provisioner.start()
         log.info(
             "worker %s serving %s on %s, capacity %d",
-            self.id, ", ".join(self.models), describe(self.backend_config), s.capacity,
+            self.id, ", ".join(self.models), describe(self.backend_config), s.worker.capacity,
         )  # fmt: skip
 
     async def _provision_consumers(self) -> list[tuple[str, str, int]]:
         """The job streams and this worker's durable consumers on them, as feed specs."""
         assert self.nc is not None
         s, js = self.settings, self.nc.jetstream()
-        await streams.ensure_streams(js, s.jobs_max_age)
+        await streams.ensure_streams(js, s.protocol.jobs_max_age)
         specs = []
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
                 consumer = await streams.ensure_consumer(
-                    js, stream, model, s.ack_wait, s.max_deliver
+                    js, stream, model, s.protocol.ack_wait, s.protocol.max_deliver
                 )
                 specs.append((stream, consumer, priority))
         return specs
@@ -144,7 +146,7 @@ class Worker:
                 self.nc, stream, consumer,
                 priority=priority,
                 lingering=priority == INTERACTIVE,
-                expires=self.settings.pull_expires,
+                expires=self.settings.worker.pull_expires,
                 on_job=self.scheduler.on_job,
                 on_change=self.scheduler.kick,
             )  # fmt: skip
@@ -164,7 +166,7 @@ class Worker:
         if self.announcer is not None:
             with contextlib.suppress(Exception):
                 await self.announcer.beat()
-        finished = await self.scheduler.wait_idle(self.settings.drain_timeout)
+        finished = await self.scheduler.wait_idle(self.settings.worker.drain_timeout)
         if not finished:
             log.warning("drain timeout: handing back %d jobs", self.scheduler.in_flight)
             if self.runner is not None:
@@ -199,7 +201,7 @@ class Worker:
             id=self.id,
             backend=self.backend_config.kind,
             models=list(self.models),
-            capacity=self.settings.capacity,
+            capacity=self.settings.worker.capacity,
             in_flight=self.scheduler.in_flight,
             circuit=self.breaker.state,
             draining=self.draining,
@@ -266,7 +268,7 @@ async def run_worker(settings: Settings, backend_config: BackendConfig | None = 
     """Run until SIGTERM/SIGINT, then drain."""
     import signal
 
-    if settings.log_level.upper() != "DEBUG":
+    if settings.observability.log_level.upper() != "DEBUG":
         # httpx logs every upstream call at INFO: one line per job is noise (failures are
         # logged by the worker itself).
         logging.getLogger("httpx").setLevel(logging.WARNING)

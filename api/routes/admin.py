@@ -29,7 +29,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def require_admin(request: Request) -> None:
-    token = request.app.state.settings.admin_token
+    token = request.app.state.settings.api.admin_token
     if not token:
         raise ApiError(403, "the admin API is disabled (set LLMQ_ADMIN_TOKEN)", "admin_disabled")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")

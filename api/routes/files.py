@@ -61,7 +61,7 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | Non
 async def upload_file(request: Request) -> Response:
     svc = service(request)
     tenant = await tenant_of(request)
-    body = await read_body(request, svc.settings.files_max_bytes + 65_536)
+    body = await read_body(request, svc.settings.batch.files_max_bytes + 65_536)
     fields = parse_multipart(body, request.headers.get("content-type", ""))
     if "file" not in fields:
         raise ApiError(400, "missing the `file` field", "invalid_request", param="file")

@@ -22,7 +22,7 @@ async def ready(request: Request) -> JSONResponse:
     rt: Runtime = request.app.state.runtime
     nats_ok = rt.nc.is_connected
     try:
-        async with asyncio.timeout(rt.settings.redis_timeout):
+        async with asyncio.timeout(rt.settings.connection.redis_timeout):
             redis_ok = bool(await rt.redis.ping())
     except Exception:
         redis_ok = False

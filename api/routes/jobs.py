@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1")
 async def create_job(request: Request) -> Response:
     svc: BatchService = service(request)
     tenant = await tenant_of(request)
-    body = await read_body(request, svc.settings.max_body_bytes)
+    body = await read_body(request, svc.settings.api.max_body_bytes)
     view = await svc.create_job(tenant, body, request.headers.get("traceparent"))
     return json_response(view, status=202, headers={"x-request-id": view["id"]})
 

@@ -62,7 +62,7 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
         assert worker["backend"] == "echo" and worker["state"] == "ready"
         assert worker["in_flight_by_model"] == {busy: 1}
         assert _by(status["workers"], "id", w2.id)["models"] == [spare]
-        assert _by(status["apis"], "instance", api.settings.instance_id)["accepting"] is True
+        assert _by(status["apis"], "instance", api.settings.api.instance_id)["accepting"] is True
 
         code, out = await llmq(capsys, "status", "--nats-url", nats_url)
         assert code == 0

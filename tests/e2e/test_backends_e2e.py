@@ -332,7 +332,7 @@ async def test_429_everywhere_gives_429_with_retry_after(
     assert resp.status_code == 429, resp.text
     assert resp.headers["retry-after"] == "7"
     assert resp.json()["error"]["message"] == "Rate limit reached for requests"
-    assert len(upstream.received) == worker.settings.max_deliver == 3
+    assert len(upstream.received) == worker.settings.protocol.max_deliver == 3
     assert worker.outcomes == {"retried": 2, "upstream_error": 1}
 
 

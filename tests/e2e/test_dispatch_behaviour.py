@@ -135,7 +135,7 @@ async def test_worker_killed_mid_stream_ends_with_error_then_done(stack) -> None
             ended = time.monotonic()
     assert events[-1] == "[DONE]"
     assert '"error"' in events[-2] and "worker" in events[-2]
-    assert ended - killed_at <= api.settings.ping_interval * 3 + 0.5
+    assert ended - killed_at <= api.settings.protocol.ping_interval * 3 + 0.5
 
 
 async def test_job_redelivered_when_worker_dies_before_first_token(stack) -> None:  # type: ignore[no-untyped-def]
@@ -170,7 +170,7 @@ async def test_job_out_of_attempts_fails_fast_not_at_deadline(stack) -> None:  #
         resp = await pending
     assert resp.status_code == 502
     assert resp.json()["error"]["code"] == "attempts_exhausted"
-    assert time.monotonic() - started < api.settings.ack_wait + 3
+    assert time.monotonic() - started < api.settings.protocol.ack_wait + 3
 
 
 async def test_all_circuits_open_is_a_fast_503(stack) -> None:  # type: ignore[no-untyped-def]

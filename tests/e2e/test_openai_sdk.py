@@ -142,7 +142,7 @@ async def test_models_lists_live_workers_only(stack) -> None:  # type: ignore[no
     listed = {m.id: m for m in (await client.models.list()).data}
     assert model in listed and listed[model].owned_by == "echo"
     await worker.close()
-    ttl = api.settings.heartbeat * 3
+    ttl = api.settings.protocol.heartbeat * 3
 
     async def gone() -> bool:
         return model not in {m.id for m in (await client.models.list()).data}
@@ -159,7 +159,7 @@ async def test_dead_worker_ages_out_within_ttl(stack) -> None:  # type: ignore[n
     proc.kill()
     killed = asyncio.get_running_loop().time()
     await wait_for(lambda: not api.runtime.registry.workers_for(model), timeout=5)
-    assert asyncio.get_running_loop().time() - killed <= api.settings.heartbeat * 3 + 0.5
+    assert asyncio.get_running_loop().time() - killed <= api.settings.protocol.heartbeat * 3 + 0.5
 
 
 async def test_legacy_completions_and_embeddings(echo) -> None:  # type: ignore[no-untyped-def]

@@ -8,9 +8,15 @@ from typing import Any
 
 import pytest
 
-from llmq.cli import WORKER_FLAGS, build_parser, settings_from
+from llmq.cli import build_parser, settings_from
 from llmq.schemas.settings import Settings
-from llmq.worker.backends.base import Timeouts
+from llmq.worker.backends.base import (
+    AnthropicOptions,
+    EchoOptions,
+    OllamaOptions,
+    OpenAIOptions,
+    Timeouts,
+)
 from llmq.worker.config import ConfigError, backend_config_from, describe, parse_headers, redact_url
 
 SECRET = "sk-secret-0123456789"
@@ -22,7 +28,9 @@ def _settings(**values: Any) -> Settings:
 
 def test_echo_needs_nothing() -> None:
     config = backend_config_from(_settings(echo_delay=0.5), environ={"OPENAI_API_KEY": SECRET})
-    assert config.kind == "echo" and config.echo_delay == 0.5 and config.api_key == ""
+    assert (
+        config.kind == "echo" and config.options == EchoOptions(delay=0.5) and config.api_key == ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,7 +56,7 @@ def test_azure_falls_back_to_openai_key() -> None:
     )
     config = backend_config_from(settings, environ={"OPENAI_API_KEY": SECRET})
     assert config.api_key == SECRET
-    assert config.options == {"azure_deployment": "gpt4o"}
+    assert config.options == OpenAIOptions(azure_deployment="gpt4o")
 
 
 def test_named_key_variable_must_be_set() -> None:
@@ -91,7 +99,7 @@ def test_headers_parsed_and_validated() -> None:
 
 def test_headers_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMQ_BACKEND_HEADER", "X-A: 1, 2\nX-B: b, X-C: c")
-    assert Settings().backend_header == ["X-A: 1, 2", "X-B: b", "X-C: c"]
+    assert Settings().backend.backend_header == ["X-A: 1, 2", "X-B: b", "X-C: c"]
 
 
 def test_options_and_timeouts() -> None:
@@ -108,16 +116,16 @@ def test_options_and_timeouts() -> None:
         ),
         environ={},
     )
-    assert config.options == {"keep_alive": "-1", "num_ctx": "8192"}
+    assert config.options == OllamaOptions(keep_alive="-1", num_ctx=8192)
     assert config.timeouts == Timeouts(connect=1, first_token=2, between_tokens=3, total=4)
     config = backend_config_from(
         _settings(backend="openai", stream_usage=False, azure_deployment=""), environ={}
     )
-    assert config.options == {"include_usage": "false"}
+    assert config.options == OpenAIOptions(include_usage=False)
     config = backend_config_from(_settings(backend="anthropic", anthropic_max_tokens=99), {})
-    assert config.options == {"default_max_tokens": "99"}
+    assert config.options == AnthropicOptions(default_max_tokens=99)
     config = backend_config_from(_settings(backend="ollama", backend_http_client="httpx"), {})
-    assert config.options == {"http_client": "httpx"}
+    assert config.http_client == "httpx" and config.options == OllamaOptions()
 
 
 def test_bad_settings_are_clear() -> None:
@@ -162,11 +170,11 @@ def test_cli_flags_reach_the_settings() -> None:
             "--no-stream-usage",
         ]
     )  # fmt: skip
-    settings = settings_from(args, WORKER_FLAGS)
-    assert settings.model == ["ollama:qwen2.5=qwen2.5", "other"]
-    assert settings.backend_header == ["X-A: 1, 2", "X-B: 3"]
+    settings = settings_from(args, "worker")
+    assert settings.worker.model == ["ollama:qwen2.5=qwen2.5", "other"]
+    assert settings.backend.backend_header == ["X-A: 1, 2", "X-B: 3"]
     config = backend_config_from(settings, environ={"VLLM_KEY": SECRET})
     assert config.headers == {"X-A": "1, 2", "X-B": "3"}
     assert config.timeouts.first_token == 7.5
-    assert config.options == {"include_usage": "false"}
+    assert config.options == OpenAIOptions(include_usage=False)
     assert config.api_key == SECRET

@@ -16,14 +16,20 @@ from msgspec import Struct
 
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
 from llmq.schemas.text import message_text, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece, unsupported
+from llmq.worker.backends.base import (
+    AnthropicOptions,
+    BackendConfig,
+    BackendError,
+    Embeddings,
+    Piece,
+    unsupported,
+)
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, stream_error
 from llmq.worker.upstream.sse import SSEDecoder
 from llmq.worker.upstream.usage import Tally
 
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -331,9 +337,7 @@ class AnthropicBackend:
         if config.api_key:
             auth["x-api-key"] = config.api_key
         self._upstream = Upstream(config, auth, self._base)
-        self._default_max_tokens = int(
-            config.options.get("default_max_tokens") or DEFAULT_MAX_TOKENS
-        )
+        self._default_max_tokens = config.options_of(AnthropicOptions).default_max_tokens
 
     def __repr__(self) -> str:
         return f"AnthropicBackend(url={self._base!r})"

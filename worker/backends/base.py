@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from msgspec import Struct
@@ -43,6 +43,39 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class OpenAIOptions:
+    """openai backend; a deployment or an api-version means Azure OpenAI."""
+
+    azure_deployment: str = ""
+    api_version: str = ""
+    include_usage: bool = True
+    """Ask the upstream for usage (stream_options); off for servers that reject it."""
+
+
+@dataclass(frozen=True)
+class OllamaOptions:
+    keep_alive: str = ""
+    """Ollama's keep_alive: a duration (`5m`), or seconds (`-1` = forever); empty: unset."""
+    num_ctx: int | None = None
+
+
+@dataclass(frozen=True)
+class AnthropicOptions:
+    default_max_tokens: int = 4096
+    """max_tokens sent when the request sets none (Anthropic requires one)."""
+
+
+@dataclass(frozen=True)
+class EchoOptions:
+    delay: float = 0.0
+    """Seconds per token."""
+
+
+BackendOptions = OpenAIOptions | OllamaOptions | AnthropicOptions | EchoOptions
+OptionsT = TypeVar("OptionsT", OpenAIOptions, OllamaOptions, AnthropicOptions, EchoOptions)
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """How a worker reaches its backend. Never built from a request body."""
 
@@ -51,16 +84,22 @@ class BackendConfig:
     api_key: str = field(default="", repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     timeouts: Timeouts = field(default_factory=Timeouts)
-    echo_delay: float = 0.0
-    options: dict[str, str] = field(default_factory=dict)
-    """Backend-specific settings (Azure `api_version`, Ollama `keep_alive`, ...)."""
+    http_client: Literal["auto", "httpx"] = "auto"
+    """`httpx` forces httpx; `auto` lets plain-http upstreams use the lean client."""
+    options: BackendOptions | None = None
+    """The options of `kind`; None: that kind's defaults."""
+
+    def options_of(self, kind: type[OptionsT]) -> OptionsT:
+        """This backend's options, or the defaults when none (or another kind's) are set."""
+        return self.options if isinstance(self.options, kind) else kind()
 
     def __repr__(self) -> str:
         # No key, no header values, no credentials or query string of the URL.
         return (
             f"BackendConfig(kind={self.kind!r}, url={redact_url(self.url)!r}, "
             f"api_key={'<set>' if self.api_key else '<none>'}, headers={sorted(self.headers)}, "
-            f"timeouts={self.timeouts!r}, options={self.options!r})"
+            f"timeouts={self.timeouts!r}, http_client={self.http_client!r}, "
+            f"options={self.options!r})"
         )
 
 

@@ -18,7 +18,7 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.schemas.text import count_tokens, message_text, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, Embeddings, Piece
+from llmq.worker.backends.base import BackendConfig, EchoOptions, Embeddings, Piece
 
 EMBEDDING_DIMENSIONS = 16
 
@@ -27,7 +27,7 @@ class EchoBackend:
     kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
 
     def __init__(self, config: BackendConfig) -> None:
-        self.delay = config.echo_delay
+        self.delay = config.options_of(EchoOptions).delay
 
     def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
         last_user = next((m for m in reversed(request.messages) if m.role == "user"), None)

@@ -2,7 +2,7 @@
 
 Native rather than Ollama's OpenAI layer because only the native API takes `keep_alive`,
 `num_ctx` and reports exact prompt and output counts. Sampling fields of the request go into
-`options`; `keep_alive` and `num_ctx` come from `BackendConfig.options`. `url` is e.g.
+`options`; `keep_alive` and `num_ctx` come from `OllamaOptions`. `url` is e.g.
 `http://host:11434`.
 """
 
@@ -23,7 +23,7 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.schemas.text import count_tokens, message_text, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, Piece
+from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, OllamaOptions, Piece
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
 from llmq.worker.upstream.ndjson import NDJSONDecoder
@@ -172,11 +172,10 @@ class OllamaBackend:
         auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._upstream = Upstream(config, auth, self._base)
         self._extra: dict[str, Any] = {}
-        keep_alive = config.options.get("keep_alive")
-        if keep_alive:
-            self._extra["keep_alive"] = _number_or_text(keep_alive)
-        num_ctx = config.options.get("num_ctx")
-        self._num_ctx = int(num_ctx) if num_ctx else None
+        options = config.options_of(OllamaOptions)
+        if options.keep_alive:
+            self._extra["keep_alive"] = _number_or_text(options.keep_alive)
+        self._num_ctx = options.num_ctx or None
 
     def __repr__(self) -> str:
         return f"OllamaBackend(url={self._base!r})"

@@ -24,7 +24,7 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.schemas.text import count_tokens, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, Embeddings, Piece
+from llmq.worker.backends.base import BackendConfig, Embeddings, OpenAIOptions, Piece
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
 from llmq.worker.upstream.sse import SSEDecoder
@@ -133,12 +133,12 @@ class OpenAIBackend:
     kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
 
     def __init__(self, config: BackendConfig) -> None:
-        options = config.options
+        options = config.options_of(OpenAIOptions)
         self._base = base_url(config, "https://api.openai.com/v1")
-        self._deployment = options.get("azure_deployment", "")
-        self._azure = bool(self._deployment or options.get("api_version"))
-        self._api_version = options.get("api_version") or AZURE_API_VERSION
-        self._include_usage = options.get("include_usage", "true").lower() != "false"
+        self._deployment = options.azure_deployment
+        self._azure = bool(options.azure_deployment or options.api_version)
+        self._api_version = options.api_version or AZURE_API_VERSION
+        self._include_usage = options.include_usage
         auth: dict[str, str] = {}
         if config.api_key:
             auth = (

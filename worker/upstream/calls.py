@@ -74,7 +74,7 @@ class Upstream:
             base or config.url,
             headers,
             config.timeouts.connect,
-            config.options.get("http_client", "fast"),
+            config.http_client,
         )
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ from llmq.worker.upstream.httpx_client import HttpxClient
 
 
 def open_client(
-    url: str, headers: Mapping[str, str], connect_timeout: float, choice: str = "fast"
+    url: str, headers: Mapping[str, str], connect_timeout: float, choice: str = "auto"
 ) -> UpstreamClient:
     """A client for the upstream at `url`; `choice` is the `http_client` backend option."""
     lean = fast_client(url, headers, connect_timeout, enabled=choice != "httpx")

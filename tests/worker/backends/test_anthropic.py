@@ -15,7 +15,7 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.worker.backends.anthropic import AnthropicBackend
-from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.base import AnthropicOptions, BackendConfig, BackendError, Piece, Timeouts
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
@@ -39,9 +39,13 @@ Make = Callable[..., AnthropicBackend]
 
 @pytest.fixture
 def make(upstream: FakeUpstream, built: Callable[[BackendConfig], Any]) -> Make:
-    def factory(timeouts: Timeouts = FAST, **options: str) -> AnthropicBackend:
+    def factory(timeouts: Timeouts = FAST, **options: Any) -> AnthropicBackend:
         config = BackendConfig(
-            kind="anthropic", url=upstream.url, api_key=SECRET, timeouts=timeouts, options=options
+            kind="anthropic",
+            url=upstream.url,
+            api_key=SECRET,
+            timeouts=timeouts,
+            options=AnthropicOptions(**options),
         )
         backend = built(config)
         assert isinstance(backend, AnthropicBackend)
@@ -197,15 +201,15 @@ async def test_images_become_image_blocks(
     ("options", "fields", "expected"),
     [
         ({}, {}, 4096),
-        ({"default_max_tokens": "1000"}, {}, 1000),
-        ({"default_max_tokens": "1000"}, {"max_tokens": 20}, 20),
+        ({"default_max_tokens": 1000}, {}, 1000),
+        ({"default_max_tokens": 1000}, {"max_tokens": 20}, 20),
         ({}, {"max_completion_tokens": 30}, 30),
     ],
 )
 async def test_max_tokens_default_and_override(
     upstream: FakeUpstream,
     make: Make,
-    options: dict[str, str],
+    options: dict[str, int],
     fields: dict[str, int],
     expected: int,
 ) -> None:

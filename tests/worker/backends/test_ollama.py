@@ -15,7 +15,7 @@ from llmq.schemas.openai import (
     Message,
     Usage,
 )
-from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.base import BackendConfig, BackendError, OllamaOptions, Piece, Timeouts
 from llmq.worker.backends.ollama import OllamaBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
@@ -38,8 +38,10 @@ Make = Callable[..., OllamaBackend]
 
 @pytest.fixture
 def make(upstream: FakeUpstream, built: Callable[[BackendConfig], Any]) -> Make:
-    def factory(timeouts: Timeouts = FAST, **options: str) -> OllamaBackend:
-        config = BackendConfig(kind="ollama", url=upstream.url, timeouts=timeouts, options=options)
+    def factory(timeouts: Timeouts = FAST, **options: Any) -> OllamaBackend:
+        config = BackendConfig(
+            kind="ollama", url=upstream.url, timeouts=timeouts, options=OllamaOptions(**options)
+        )
         backend = built(config)
         assert isinstance(backend, OllamaBackend)
         return backend
@@ -76,7 +78,7 @@ async def test_chat_streams_pieces_with_ollama_counts_as_usage(
 async def test_chat_maps_sampling_fields_into_options_and_keep_alive(
     upstream: FakeUpstream, make: Make
 ) -> None:
-    backend = make(keep_alive="10m", num_ctx="8192")
+    backend = make(keep_alive="10m", num_ctx=8192)
     upstream.route(CHAT, ollama_chat(["ok"]))
     request = chat_request(
         temperature=0.3,

@@ -23,7 +23,7 @@ from llmq.schemas.openai import (
     StreamOptions,
     Usage,
 )
-from llmq.worker.backends.base import BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.base import BackendConfig, BackendError, OpenAIOptions, Piece, Timeouts
 from llmq.worker.backends.openai import OpenAIBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
@@ -54,14 +54,15 @@ def make(
     """Every test runs with both HTTP clients of `Upstream`: the lean one used for plain-http
     upstreams (worker/upstream/fast_client.py) and httpx (https, proxies)."""
 
-    def factory(timeouts: Timeouts = FAST, url: str | None = None, **options: str) -> OpenAIBackend:
+    def factory(timeouts: Timeouts = FAST, url: str | None = None, **options: Any) -> OpenAIBackend:
         config = BackendConfig(
             kind="openai",
             url=url if url is not None else f"{upstream.url}/v1",
             api_key=SECRET,
             headers={"x-org": "llmq-test"},
             timeouts=timeouts,
-            options={"http_client": request.param, **options},
+            http_client="httpx" if request.param == "httpx" else "auto",
+            options=OpenAIOptions(**options),
         )
         backend = built(config)
         assert isinstance(backend, OpenAIBackend)
@@ -153,7 +154,7 @@ async def test_include_usage_option_false_omits_stream_options(
     upstream: FakeUpstream, make: Make
 ) -> None:
     upstream.route(CHAT, openai_chat(["ok"]))
-    await collect(make(include_usage="false").chat(chat_request(), "m"))
+    await collect(make(include_usage=False).chat(chat_request(), "m"))
     assert "stream_options" not in upstream.last.json()
 
 

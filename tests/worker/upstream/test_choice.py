@@ -27,11 +27,11 @@ def test_chosen_only_for_plain_http_without_proxy(monkeypatch: pytest.MonkeyPatc
 
 async def test_upstream_picks_the_client_by_base_url_and_option() -> None:
     chosen = [
-        type(Upstream(BackendConfig(kind="openai", options=options), {}, base).client)
-        for base, options in (
-            ("http://127.0.0.1:1/v1", {}),
-            ("https://api.openai.com/v1", {}),
-            ("http://127.0.0.1:1/v1", {"http_client": "httpx"}),
+        type(Upstream(BackendConfig(kind="openai", http_client=client), {}, base).client)
+        for base, client in (
+            ("http://127.0.0.1:1/v1", "auto"),
+            ("https://api.openai.com/v1", "auto"),
+            ("http://127.0.0.1:1/v1", "httpx"),
         )
     ]
     assert chosen == [FastClient, HttpxClient, HttpxClient]

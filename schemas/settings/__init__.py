@@ -1,0 +1,42 @@
+"""All configuration, nested by concern. Every setting can be set as `LLMQ_<NAME>` in the
+environment or, for the processes that take it, as a `--name` command-line flag (see
+`leaves` for the flat names, flags and commands derived from the models)."""
+
+from llmq.schemas.settings.base import Group, Leaf, leaves, setting
+from llmq.schemas.settings.root import Settings
+from llmq.schemas.settings.service import (
+    ApiSettings,
+    BatchSettings,
+    ConnectionSettings,
+    ObservabilitySettings,
+    ProtocolSettings,
+    TenancySettings,
+)
+from llmq.schemas.settings.worker import (
+    AnthropicSettings,
+    BackendSettings,
+    EchoSettings,
+    OllamaSettings,
+    OpenAISettings,
+    WorkerSettings,
+)
+
+__all__ = [
+    "AnthropicSettings",
+    "ApiSettings",
+    "BackendSettings",
+    "BatchSettings",
+    "ConnectionSettings",
+    "EchoSettings",
+    "Group",
+    "Leaf",
+    "ObservabilitySettings",
+    "OllamaSettings",
+    "OpenAISettings",
+    "ProtocolSettings",
+    "Settings",
+    "TenancySettings",
+    "WorkerSettings",
+    "leaves",
+    "setting",
+]

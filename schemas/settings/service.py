@@ -1,0 +1,176 @@
+"""Settings of the connections and of the api process: HTTP serving, tenants and quotas,
+the job protocol both sides agree on, async jobs and batches, observability."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from llmq.schemas.settings.base import Command, Group, setting, split_commas
+
+
+def short_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+class ConnectionSettings(Group):
+    """Where NATS and Redis/Valkey are; api and worker both connect."""
+
+    commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
+
+    nats_url: str = setting("nats://127.0.0.1:4222", "NATS server(s), comma-separated.")
+    nats_connect_timeout: float = setting(5.0, "Seconds to wait for NATS at start.", commands=())
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis or Valkey URL.")
+    redis_timeout: float = setting(
+        1.0, "Seconds before a Redis command counts as down.", commands=()
+    )
+
+
+class ApiSettings(Group):
+    """The HTTP side of the api process."""
+
+    commands: ClassVar[tuple[Command, ...]] = ("api",)
+
+    host: str = setting("127.0.0.1", "Address the api listens on.", commands=("api", "dev"))
+    port: int = setting(8000, "Port the api listens on.", commands=("api", "dev"))
+    instance_id: str = setting(
+        default_factory=short_id, description="This api process's id; names its reply inbox."
+    )
+    deadline: float = setting(
+        120.0, "Default seconds a job may take, queueing included, before a 504."
+    )
+    max_deadline: float = setting(600.0, "Upper bound for a job's deadline (seconds).")
+    max_body_bytes: int = setting(
+        1_000_000, "Largest accepted request body; larger bodies get a 413."
+    )
+    no_worker_grace: float = setting(
+        0.0, "Seconds to wait for a live worker of a known model before a 503."
+    )
+    auth_mode: Literal["none", "keys", "header"] = setting(
+        "keys",
+        "`keys`: bearer API keys; `header`: trusted tenant header; `none`: no "
+        "tenants and no quotas (development only).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = setting(
+        default_factory=list, description="Origins allowed by CORS, comma-separated; empty: off."
+    )
+    admin_token: str = setting("", "Bearer token for /admin; empty disables /admin.", secret=True)
+    shutdown_grace: float = setting(
+        30.0, "Seconds open streams may run after SIGTERM before they are cut."
+    )
+
+    _split = field_validator("cors_origins", mode="before")(split_commas)
+
+
+class TenancySettings(Group):
+    """Tenants, quotas and the model table (aliases, per-model defaults)."""
+
+    commands: ClassVar[tuple[Command, ...]] = ("api",)
+
+    tenant_header: str = setting(
+        "X-Tenant-ID", "auth_mode=header: the header that names the tenant."
+    )
+    trusted_tenants: Annotated[list[str], NoDecode] = setting(
+        default_factory=list,
+        description="auth_mode=header: tenants the header may name, comma-separated.",
+    )
+    default_tenant: str = setting(
+        "", "auth_mode=header: tenant used when the header is absent; empty = 401."
+    )
+    key_cache_ttl: float = setting(
+        5.0, "Seconds a resolved API key is cached; a revoked key works this long."
+    )
+    quota_fail_open: bool = setting(
+        False, "Serve without quota checks while Redis is down (default: 503)."
+    )
+    default_max_tokens: int = setting(
+        4096, "Tokens reserved for a request that sets no max_tokens."
+    )
+    models_file: str = setting(
+        "", "TOML file with aliases and per-model defaults; re-read when it changes."
+    )
+    aliases: Annotated[list[str], NoDecode] = setting(
+        default_factory=list, description="Model aliases `alias=model`, comma-separated."
+    )
+    ledger_maxlen: int = setting(100_000, "Entries kept in the usage ledger stream.", commands=())
+    reservation_lease: float = setting(
+        900.0, "Seconds after which an unreleased concurrency slot is reclaimed.", commands=()
+    )
+
+    _split = field_validator("trusted_tenants", "aliases", mode="before")(split_commas)
+
+
+class ProtocolSettings(Group):
+    """The job protocol: api and worker must agree on these, so neither has a flag."""
+
+    ping_interval: float = setting(
+        1.0, "Seconds between keep-alive frames of a running job; 3 missed = dead."
+    )
+    ack_wait: float = setting(10.0, "Seconds a fetched, unanswered job waits before redelivery.")
+    max_deliver: int = setting(3, "Attempts per job before it fails for good.")
+    jobs_max_age: float = setting(
+        900.0, "Seconds an interactive job may stay in LLMQ_JOBS at most."
+    )
+    heartbeat: float = setting(2.0, "Seconds between worker registry heartbeats.")
+
+
+class BatchSettings(Group):
+    """Async jobs (POST /v1/jobs), files, batches and their webhooks."""
+
+    commands: ClassVar[tuple[Command, ...]] = ("api",)
+
+    job_deadline: float = setting(
+        86_400.0, "Seconds an async job (POST /v1/jobs) may queue and run.", gt=0
+    )
+    job_retention: float = setting(
+        7 * 86_400.0,
+        "Seconds job and batch records and results are kept after their last change.",
+        gt=0,
+    )
+    files_max_bytes: int = setting(100_000_000, "Largest file accepted by POST /v1/files.", ge=1)
+    batch_max_lines: int = setting(50_000, "Most requests in one batch file.", ge=1)
+    batch_max_window: float = setting(
+        86_400.0, "Longest completion_window a batch may ask for (seconds).", gt=0, commands=()
+    )
+    batch_max_inflight: int = setting(1_000, "Lines of one batch queued or running at once.", ge=1)
+    batch_lease: float = setting(
+        15.0, "Seconds an api replica owns a batch without renewing it.", gt=0
+    )
+    batch_stall: float = setting(
+        30.0,
+        "Seconds without progress after which a batch's missing results are "
+        "looked for (and re-queued when JetStream has no trace of them).",
+        gt=0,
+    )
+    webhook_secret: str = setting(
+        "", "HMAC-SHA256 key for webhook signatures; empty = unsigned.", secret=True, repr=False
+    )
+    webhook_attempts: int = setting(8, "Deliveries tried per webhook.", ge=1)
+    webhook_timeout: float = setting(10.0, "Seconds one webhook POST may take.", gt=0)
+
+
+class ObservabilitySettings(Group):
+    """Logs and metrics of both processes."""
+
+    commands: ClassVar[tuple[Command, ...]] = ("api",)
+
+    log_json: bool = setting(
+        False, "Log one JSON object per line.", commands=("api", "worker", "dev")
+    )
+    log_level: str = setting("INFO", "Python log level.", commands=("api", "worker", "dev"))
+    request_log: bool = setting(True, "api: log one line per request (logger `llmq.request`).")
+    metrics_tenant_label: bool = setting(
+        False, "api /metrics: label request, token and quota metrics with the tenant."
+    )
+    metrics_max_tenants: int = setting(
+        50, "api /metrics: tenants labelled by name (first seen); the rest are `other`.", ge=0
+    )
+    metrics_queue_ttl: float = setting(
+        5.0, "api /metrics: seconds queue depths from JetStream are cached.", ge=0, commands=()
+    )
+    metrics_host: str = setting(
+        "0.0.0.0", "Address the worker's /metrics listens on (see metrics_port).", commands=()
+    )
