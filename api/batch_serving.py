@@ -19,6 +19,7 @@ import msgspec
 from llmq.api.errors import ApiError
 from llmq.api.file_serving import FileServing
 from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
+from llmq.api.runtime import Runtime
 from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.records import (
     BATCH_ID_PREFIX,
@@ -63,11 +64,13 @@ class _CreateBatch(msgspec.Struct):
 
 
 class BatchServing:
-    def __init__(self, store: BatchStore, files: FileServing, kick: Callable[[], None]) -> None:
+    def __init__(
+        self, runtime: Runtime, store: BatchStore, files: FileServing, kick: Callable[[], None]
+    ) -> None:
         """`kick`: tell this replica's runner to look at the batches now."""
+        self.rt = runtime
         self.store = store
         self.files = files
-        self.rt = files.rt
         self.kick = kick
 
     async def create(self, tenant: str, body: bytes) -> dict[str, Any]:

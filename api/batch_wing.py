@@ -93,7 +93,7 @@ class BatchWing:
         )
         self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations)
         self.file_serving = FileServing(self.rt, self.files)
-        self.batch_serving = BatchServing(self.store, self.file_serving, self.runner.kick)
+        self.batch_serving = BatchServing(self.rt, self.store, self.file_serving, self.runner.kick)
         self.collector.start()
         self.webhooks.start()
         self._starter = asyncio.create_task(self._start_when_synced())
