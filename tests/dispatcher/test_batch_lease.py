@@ -47,7 +47,8 @@ async def test_store_create_get_list_cancel(nats_server) -> None:  # type: ignor
         await store.create(_record("other"))
         assert (await store.get("acme", first.id)) == first
         assert await store.get("other", first.id) is None  # another tenant's key
-        assert await store.ids("acme") == [second.id, first.id]  # newest first
+        newest_first = sorted([first.id, second.id], reverse=True)  # ids are time-ordered
+        assert await store.ids("acme") == newest_first
         cancelled = await store.cancel("acme", first.id)
         assert cancelled is not None and cancelled.status == "cancelling"
         again = await store.cancel("acme", first.id)  # past cancelling: left as it is
