@@ -170,8 +170,9 @@ async def _dispatch_chunk(run: BatchRun, found: validate.BatchInput, chunk: list
 
 
 async def _publish(
-    run: BatchRun, found: validate.BatchInput, number: int, msg_id: str | None = None
+    run: BatchRun, found: validate.BatchInput, number: int, msg_id: str = ""
 ) -> None:
+    """Queue one line; `msg_id` set: a new `Nats-Msg-Id` (the line is queued again)."""
     prepared = found.prepared[number]
     job_id = line_job_id(run.hex, number)
     spec = JobSpec(
@@ -183,9 +184,7 @@ async def _publish(
         kind=prepared.kind,
         batch=True,
     )
-    headers = spec.headers(names.outcome_subject(run.tenant, prepared.model, job_id))
-    if msg_id is not None:
-        headers[names.H_MSG_ID] = msg_id
+    headers = spec.headers(names.outcome_subject(run.tenant, prepared.model, job_id), msg_id)
     ack = await run.ctx.js.publish(
         spec.subject, spec.body, timeout=run.ctx.publish_timeout, headers=headers
     )
