@@ -98,7 +98,7 @@ async def test_async_job_reservations(stack, redis_server) -> None:  # type: ign
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     long_text = " ".join(f"w{i}" for i in range(40))
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
-        done = (await client.post("/v1/jobs", json=chat(model, "a b c"), headers=auth)).json()
+        done = (await client.post("/v1/jobs", json=chat(model, "a b c d e f"), headers=auth)).json()
         cancelled = (
             await client.post("/v1/jobs", json=chat(model, long_text), headers=auth)
         ).json()
