@@ -30,6 +30,7 @@ from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.batch.runner import BatchRunner
 from llmq.dispatcher.batch.store import BatchStore
 from llmq.dispatcher.batch.webhooks import Webhooks
+from llmq.dispatcher.egress import EgressPolicy
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 
@@ -72,6 +73,7 @@ class BatchWing:
             secret=s.batch.webhook_secret,
             attempts=s.batch.webhook_attempts,
             timeout=s.batch.webhook_timeout,
+            egress=EgressPolicy(s.batch.webhook_allow),
         )
         self.jobs.webhooks = self.webhooks
         self.collector = ResultCollector(
@@ -101,7 +103,7 @@ class BatchWing:
     async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
         """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
         js, retention = self.rt.js, self.rt.settings.batch.job_retention
-        await streams.ensure_batch_streams(js, retention)
+        await streams.ensure_batch_streams(js, retention, self.rt.settings.batch.webhook_attempts)
         return await streams.batch_buckets(js, retention), await streams.files_store(js)
 
     async def _start_when_synced(self) -> None:

@@ -9,7 +9,6 @@ belongs to a tenant; another tenant asking for it gets a 404.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import msgspec
@@ -28,10 +27,8 @@ from llmq.dispatcher.batch.records import (
     time_hex,
 )
 from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.egress import EgressPolicy, EgressRefused
 from llmq.schemas.admission import FAILED, Refusal
-
-_URL = re.compile(r"^https?://[^\s/]+")
-
 
 class JobServing:
     def __init__(
@@ -45,6 +42,7 @@ class JobServing:
         self.jobs = jobs
         self.preparer = preparer
         self.reservations = reservations
+        self.egress = EgressPolicy(runtime.settings.batch.webhook_allow)
 
     async def create(
         self, tenant: str, body: bytes, traceparent: str | None = None
@@ -60,13 +58,8 @@ class JobServing:
         endpoint = (
             _optional(fields.pop("endpoint", None), str, "endpoint") or "/v1/chat/completions"
         )
-        if webhook_url and not _URL.match(webhook_url):
-            raise ApiError(
-                400,
-                "webhook_url must be an http(s) URL",
-                "invalid_webhook_url",
-                param="webhook_url",
-            )
+        if webhook_url:
+            await self._check_webhook(webhook_url)
         if metadata and (
             len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
         ):
@@ -106,6 +99,13 @@ class JobServing:
                 503, f"the job store is unavailable: {type(exc).__name__}", "queue_unavailable"
             ) from None
         return job_view(record, None)
+
+    async def _check_webhook(self, url: str) -> None:
+        """400 unless the egress policy lets llmq call `url` (it checks again at delivery)."""
+        try:
+            await self.egress.check(url)
+        except EgressRefused as exc:
+            raise ApiError(400, str(exc), "invalid_webhook_url", param="webhook_url") from None
 
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         job_id = strip_prefix(public_id, JOB_ID_PREFIX)

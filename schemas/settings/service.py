@@ -150,6 +150,16 @@ class BatchSettings(Group):
     )
     webhook_attempts: int = setting(8, "Deliveries tried per webhook.", ge=1)
     webhook_timeout: float = setting(10.0, "Seconds one webhook POST may take.", gt=0)
+    webhook_allow: Annotated[list[str], NoDecode] = setting(
+        default_factory=list,
+        description="Internal webhook receivers allowed despite the egress checks: host names "
+        "or CIDRs, comma-separated; they may also use plain http.",
+    )
+    file_expiry_sweep: float = setting(
+        60.0, "Seconds between sweeps that delete expired files.", gt=0, commands=()
+    )
+
+    _split = field_validator("webhook_allow", mode="before")(split_commas)
 
 
 class ObservabilitySettings(Group):
