@@ -30,6 +30,7 @@ from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.egress import EgressPolicy, EgressRefused
 from llmq.schemas.admission import FAILED, Refusal
 
+
 class JobServing:
     def __init__(
         self,

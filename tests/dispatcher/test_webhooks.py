@@ -130,7 +130,7 @@ async def test_the_connection_goes_to_the_checked_address(own_nats) -> None:  # 
 
     jobs = Jobs({"pinned": f"http://localhost:{receiver.port}/hook?t=1"})
     policy = EgressPolicy(["127.0.0.2/32"], resolver=resolve)
-    nc, js, sender = await start_sender(own_nats.url, jobs, policy)
+    nc, _js, sender = await start_sender(own_nats.url, jobs, policy)
     try:
         await sender.enqueue("acme", "pinned")
         await wait_for(lambda: "pinned" in jobs.recorded, timeout=10)
@@ -155,7 +155,7 @@ async def test_a_name_that_now_resolves_inside_is_refused_at_delivery(own_nats) 
     assert (await policy.check(url)).address == "93.184.216.34"  # as at submission
     answers["hooks.example"] = ["127.0.0.1"]
     jobs = Jobs({"rebound": url})
-    nc, js, sender = await start_sender(own_nats.url, jobs, policy)
+    nc, _js, sender = await start_sender(own_nats.url, jobs, policy)
     try:
         await sender.enqueue("acme", "rebound")
         await wait_for(lambda: "rebound" in jobs.recorded, timeout=10)
