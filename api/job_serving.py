@@ -18,6 +18,7 @@ from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
+from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import AsyncJobs, list_page
 from llmq.dispatcher.batch.records import (
     JOB_ID_PREFIX,
@@ -38,8 +39,11 @@ class JobServing:
         jobs: AsyncJobs,
         preparer: RequestPreparer,
         reservations: Reservations,
+        scopes: TenantScopes,
     ) -> None:
+        """`scopes`: jobs are stored under the tenant's scope, quotas held by its name."""
         self.rt = runtime
+        self.scopes = scopes
         self.jobs = jobs
         self.preparer = preparer
         self.reservations = reservations
@@ -76,6 +80,7 @@ class JobServing:
                 400, f"unsupported endpoint `{endpoint}`", "invalid_endpoint", param="endpoint"
             )
         prepared = self.preparer.prepare_durable(kind, msgspec.json.encode(fields))
+        scope = await self.scopes.of(tenant)
         job_id = time_hex()
         reservation = await self.reservations.reserve(
             tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens, job_id
@@ -85,7 +90,7 @@ class JobServing:
         try:
             record = await self.jobs.submit(
                 job_id,
-                tenant,
+                scope,
                 prepared,
                 deadline=self.rt.settings.batch.job_deadline,
                 metadata=metadata,
@@ -110,24 +115,26 @@ class JobServing:
 
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         job_id = strip_prefix(public_id, JOB_ID_PREFIX)
-        found = await self.jobs.get(tenant, job_id) if job_id else None
+        found = await self.jobs.get(await self.scopes.of(tenant), job_id) if job_id else None
         if found is None:
             raise not_found("job", public_id)
         return job_view(*found)
 
     async def list(self, tenant: str, limit: int, after: str | None) -> dict[str, Any]:
-        ids = await self.jobs.list(tenant)
+        scope = await self.scopes.of(tenant)
+        ids = await self.jobs.list(scope)
         after_hex = strip_prefix(after, JOB_ID_PREFIX) if after else None
         page, has_more = list_page(ids, page_limit(limit), after_hex)
-        found = await asyncio.gather(*(self.jobs.get(tenant, i) for i in page))
+        found = await asyncio.gather(*(self.jobs.get(scope, i) for i in page))
         return list_body([job_view(*f) for f in found if f is not None], has_more)
 
     async def cancel(self, tenant: str, public_id: str) -> dict[str, Any]:
         job_id = strip_prefix(public_id, JOB_ID_PREFIX)
-        record = await self.jobs.cancel(tenant, job_id) if job_id else None
+        scope = await self.scopes.of(tenant)
+        record = await self.jobs.cancel(scope, job_id) if job_id else None
         if record is None:
             raise not_found("job", public_id)
-        found = await self.jobs.get(tenant, record.id)
+        found = await self.jobs.get(scope, record.id)
         return job_view(*found) if found else job_view(record, None)
 
 

@@ -8,6 +8,7 @@ prices`), which talks to Redis directly.
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 import msgspec
@@ -24,8 +25,10 @@ from llmq.api.tenancy import (
     UnknownTenant,
     UsageReader,
 )
+from llmq.schemas import names
 
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger(__name__)
 
 
 def require_admin(request: Request) -> None:
@@ -126,9 +129,20 @@ async def resume_tenant(name: str, request: Request) -> Response:
 
 @router.delete("/tenants/{name}")
 async def delete_tenant(name: str, request: Request) -> Response:
-    if not await _guarded(_store(request).delete(name)):
+    """Delete the tenant and purge its files, jobs and batches (docs/tenants.md)."""
+    store = _store(request)
+    tenant = await _tenant_or_404(store, name)
+    if not await _guarded(store.delete(name)):
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
-    return _json({"id": name, "object": "tenant", "deleted": True})
+    purged: dict[str, int] = {}
+    scopes = {names.tenant_scope(name, tenant.id), name}  # and what a pre-id tenant left
+    try:
+        for scope in scopes:
+            for kind, count in (await request.app.state.batches.purge_tenant(scope)).items():
+                purged[kind] = purged.get(kind, 0) + count
+    except Exception as exc:  # the data is unreachable anyway: its id is never reused
+        log.warning("tenant %s deleted, but purging its data failed: %s", name, exc)
+    return _json({"id": name, "object": "tenant", "deleted": True, "purged": purged})
 
 
 # --- keys --------------------------------------------------------------------------------

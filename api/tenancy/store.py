@@ -24,6 +24,7 @@ from llmq.schemas import names
 KEY_PREFIX = "sk-llmq-"
 KEY_RANDOM_BYTES = 32
 DISPLAY_CHARS = 4
+TENANT_ID_BYTES = 8
 """Characters of the random part kept for display (`sk-llmq-AbCd…`)."""
 
 # Write a tenant hash only if it is absent (create) or present (update), in one step.
@@ -75,10 +76,13 @@ class TenantStore:
     # --- tenants --------------------------------------------------------------------------
 
     async def create(self, tenant: Tenant) -> Tenant:
-        """Store a new tenant; `TenantExists` if the name is taken."""
+        """Store a new tenant with a new id; `TenantExists` if the name is taken."""
         tenant = _validated(tenant)
-        if not tenant.created_at:
-            tenant = msgspec.structs.replace(tenant, created_at=time.time())
+        tenant = msgspec.structs.replace(
+            tenant,
+            id="t" + secrets.token_hex(TENANT_ID_BYTES),
+            created_at=tenant.created_at or time.time(),
+        )
         await self._write("create", tenant)
         return tenant
 
@@ -86,6 +90,13 @@ class TenantStore:
         with backend_guard():
             raw = await self._redis.hgetall(names.tenant_key(name))
         return _tenant_from_hash(raw) if raw else None
+
+    async def scope(self, name: str) -> str:
+        """The namespace of the tenant's durable data (`names.tenant_scope`); the name
+        itself for a tenant without a record or an id."""
+        with backend_guard():
+            tenant_id = await self._redis.hget(names.tenant_key(name), "id")
+        return names.tenant_scope(name, _text(tenant_id) if tenant_id else "")
 
     async def list_tenants(self) -> list[Tenant]:
         with backend_guard():

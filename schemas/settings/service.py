@@ -158,6 +158,9 @@ class BatchSettings(Group):
     file_expiry_sweep: float = setting(
         60.0, "Seconds between sweeps that delete expired files.", gt=0, commands=()
     )
+    files_min_expiry: float = setting(
+        3600.0, "Shortest expires_after.seconds a file may ask for.", gt=0, commands=()
+    )
 
     _split = field_validator("webhook_allow", mode="before")(split_commas)
 
