@@ -244,7 +244,8 @@ class FileServing:
         ids = [r.id for r in records]
         page, has_more = list_page(ids, max(1, min(limit, 10_000)), after)
         by_id = {r.id: r for r in records}
-        return list_body([file_view(by_id[i]) for i in page], has_more)
+        body = list_body([file_view(by_id[i]) for i in page], has_more)
+        return {k: v for k, v in body.items() if v is not None}  # no ids in an empty page
 
     async def delete(self, tenant: str, file_id: str) -> dict[str, Any]:
         if not await self.files.delete(await self.scopes.of(tenant), file_id):
