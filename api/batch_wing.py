@@ -113,13 +113,26 @@ class BatchWing:
         self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
 
     async def _sweep_files(self) -> None:
-        """Delete expired files (readers already treat them as gone)."""
+        """Delete expired files (readers already treat them as gone) and the data of
+        deleted tenants."""
         while True:
             await asyncio.sleep(self.rt.settings.batch.file_expiry_sweep)
             try:
                 await self.files.sweep()
+                await self.purge_deleted()
             except Exception as exc:
-                log.warning("file expiry sweep failed: %s", exc)
+                log.warning("file sweep failed: %s", exc)
+
+    async def purge_deleted(self) -> dict[str, int]:
+        """Purge the files, jobs and batches of every deleted tenant (`llmq tenants delete`
+        and the admin API leave their scopes in Redis); how many of each."""
+        store = TenantStore(self.rt.redis)
+        purged: dict[str, int] = {}
+        for scope in await store.deleted_scopes():
+            for kind, count in (await self.purge_tenant(scope)).items():
+                purged[kind] = purged.get(kind, 0) + count
+            await store.forget_deleted_scope(scope)
+        return purged
 
     async def purge_tenant(self, scope: str) -> dict[str, int]:
         """Delete every file, job and batch of a deleted tenant's scope."""

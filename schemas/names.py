@@ -217,6 +217,9 @@ TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
 PRICES_KEY = f"{REDIS_PREFIX}prices"
 """Hash: model -> JSON `{"input_per_1m", "output_per_1m"}` (USD per million tokens)."""
+DELETED_SCOPES_KEY = f"{REDIS_PREFIX}deleted-scopes"
+"""Set of the scopes (`tenant_scope`) of deleted tenants whose files, jobs and batches the
+api has yet to purge from JetStream."""
 LEDGER_KEY = f"{REDIS_PREFIX}ledger"
 """Stream: one entry per released job, every tenant (capped with MAXLEN ~)."""
 

@@ -25,7 +25,6 @@ from llmq.api.tenancy import (
     UnknownTenant,
     UsageReader,
 )
-from llmq.schemas import names
 
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
@@ -130,18 +129,13 @@ async def resume_tenant(name: str, request: Request) -> Response:
 @router.delete("/tenants/{name}")
 async def delete_tenant(name: str, request: Request) -> Response:
     """Delete the tenant and purge its files, jobs and batches (docs/tenants.md)."""
-    store = _store(request)
-    tenant = await _tenant_or_404(store, name)
-    if not await _guarded(store.delete(name)):
+    if not await _guarded(_store(request).delete(name)):
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
     purged: dict[str, int] = {}
-    scopes = {names.tenant_scope(name, tenant.id), name}  # and what a pre-id tenant left
     try:
-        for scope in scopes:
-            for kind, count in (await request.app.state.batches.purge_tenant(scope)).items():
-                purged[kind] = purged.get(kind, 0) + count
-    except Exception as exc:  # the data is unreachable anyway: its id is never reused
-        log.warning("tenant %s deleted, but purging its data failed: %s", name, exc)
+        purged = await request.app.state.batches.purge_deleted()
+    except Exception as exc:  # unreachable anyway (ids are never reused); the sweeper retries
+        log.warning("tenant %s deleted; purging its data failed: %s", name, exc)
     return _json({"id": name, "object": "tenant", "deleted": True, "purged": purged})
 
 

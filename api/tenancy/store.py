@@ -130,7 +130,9 @@ class TenantStore:
 
     async def delete(self, name: str) -> bool:
         """Remove the tenant, its keys and its live quota state. Usage and ledger stay for
-        audit (they expire / are capped on their own)."""
+        audit (they expire / are capped on their own). Its scope goes to the deleted
+        scopes, whose files, jobs and batches the api purges (`deleted_scopes`)."""
+        scope = await self.scope(name)
         with backend_guard():
             keys = await self._redis.hgetall(names.tenant_api_keys_key(name))
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -142,9 +144,21 @@ class TenantStore:
                     names.inflight_key(name),
                 )
                 pipe.srem(names.TENANTS_KEY, name)
+                pipe.sadd(names.DELETED_SCOPES_KEY, scope)
                 pipe.delete(names.tenant_key(name))
                 results = await pipe.execute()
         return bool(results[-1])
+
+    async def deleted_scopes(self) -> list[str]:
+        """Scopes of deleted tenants whose durable data still waits to be purged."""
+        with backend_guard():
+            members = await self._redis.smembers(names.DELETED_SCOPES_KEY)
+        return sorted(_text(m) for m in members)
+
+    async def forget_deleted_scope(self, scope: str) -> None:
+        """The scope's data is purged."""
+        with backend_guard():
+            await self._redis.srem(names.DELETED_SCOPES_KEY, scope)
 
     async def _write(self, mode: str, tenant: Tenant) -> None:
         with backend_guard():

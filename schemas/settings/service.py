@@ -156,7 +156,10 @@ class BatchSettings(Group):
         "or CIDRs, comma-separated; they may also use plain http.",
     )
     file_expiry_sweep: float = setting(
-        60.0, "Seconds between sweeps that delete expired files.", gt=0, commands=()
+        60.0,
+        "Seconds between sweeps that delete expired files and deleted tenants' data.",
+        gt=0,
+        commands=(),
     )
     files_min_expiry: float = setting(
         3600.0, "Shortest expires_after.seconds a file may ask for.", gt=0, commands=()
