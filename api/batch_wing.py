@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -125,13 +126,17 @@ class BatchWing:
 
     async def purge_deleted(self) -> dict[str, int]:
         """Purge the files, jobs and batches of every deleted tenant (`llmq tenants delete`
-        and the admin API leave their scopes in Redis); how many of each."""
+        and the admin API leave their scopes in Redis); how many of each. A scope is purged
+        again on every sweep until a batch that ran when its tenant was deleted can write
+        nothing more (its output file), then forgotten."""
         store = TenantStore(self.rt.redis)
+        linger = self.rt.settings.batch.batch_max_window + 3600
         purged: dict[str, int] = {}
-        for scope in await store.deleted_scopes():
+        for scope, deleted_at in (await store.deleted_scopes()).items():
             for kind, count in (await self.purge_tenant(scope)).items():
                 purged[kind] = purged.get(kind, 0) + count
-            await store.forget_deleted_scope(scope)
+            if time.time() - deleted_at > linger:
+                await store.forget_deleted_scope(scope)
         return purged
 
     async def purge_tenant(self, scope: str) -> dict[str, int]:

@@ -218,8 +218,9 @@ TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 PRICES_KEY = f"{REDIS_PREFIX}prices"
 """Hash: model -> JSON `{"input_per_1m", "output_per_1m"}` (USD per million tokens)."""
 DELETED_SCOPES_KEY = f"{REDIS_PREFIX}deleted-scopes"
-"""Set of the scopes (`tenant_scope`) of deleted tenants whose files, jobs and batches the
-api has yet to purge from JetStream."""
+"""Sorted set: scope (`tenant_scope`) of a deleted tenant -> when it was deleted (unix s).
+The api purges its files, jobs and batches from JetStream until a batch that was running
+then can no longer write anything (`BatchSettings.batch_max_window` later)."""
 LEDGER_KEY = f"{REDIS_PREFIX}ledger"
 """Stream: one entry per released job, every tenant (capped with MAXLEN ~)."""
 

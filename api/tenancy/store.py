@@ -144,21 +144,24 @@ class TenantStore:
                     names.inflight_key(name),
                 )
                 pipe.srem(names.TENANTS_KEY, name)
-                pipe.sadd(names.DELETED_SCOPES_KEY, scope)
+                pipe.zadd(names.DELETED_SCOPES_KEY, {scope: time.time()})
                 pipe.delete(names.tenant_key(name))
                 results = await pipe.execute()
         return bool(results[-1])
 
-    async def deleted_scopes(self) -> list[str]:
-        """Scopes of deleted tenants whose durable data still waits to be purged."""
+    async def deleted_scopes(self) -> dict[str, float]:
+        """Scopes of deleted tenants whose durable data is still purged, with when each
+        tenant was deleted (unix seconds)."""
         with backend_guard():
-            members = await self._redis.smembers(names.DELETED_SCOPES_KEY)
-        return sorted(_text(m) for m in members)
+            rows: list[Any] = await self._redis.zrange(
+                names.DELETED_SCOPES_KEY, 0, -1, withscores=True
+            )
+        return {_text(row[0]): float(row[1]) for row in rows}
 
     async def forget_deleted_scope(self, scope: str) -> None:
-        """The scope's data is purged."""
+        """Nothing can be written under the scope any more, and it is purged."""
         with backend_guard():
-            await self._redis.srem(names.DELETED_SCOPES_KEY, scope)
+            await self._redis.zrem(names.DELETED_SCOPES_KEY, scope)
 
     async def _write(self, mode: str, tenant: Tenant) -> None:
         with backend_guard():

@@ -115,7 +115,9 @@ async def test_a_tenant_deleted_by_the_cli_is_unreachable_then_purged(stack) -> 
             return not await stored_keys(api, old_scope)
 
         await wait_for(purged, timeout=10)
-        assert old_scope not in await store.deleted_scopes()
+        # Purged again on each sweep for a while: a batch running at the deletion may
+        # still write its output file.
+        assert old_scope in await store.deleted_scopes()
         assert second.id != first["id"]
         await store.delete(name)
     await redis.aclose()
