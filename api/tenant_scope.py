@@ -10,6 +10,7 @@ turns it into the name before it reaches the quota store.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from llmq.api.errors import ApiError
 from llmq.api.reservations import Reservations
@@ -62,6 +63,12 @@ class ScopedReservations:
 
     async def release(self, reservation: Reservation, usage: JobUsage) -> None:
         await self.inner.release(by_name(reservation), usage)
+
+    def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
+        """Renew these durable reservations (by name) where `Reservations` can renew."""
+        adopt = getattr(self.inner, "adopt", None)
+        if adopt is not None:
+            adopt(names.tenant_of_scope(tenant), job_ids)
 
 
 def by_name(reservation: Reservation) -> Reservation:
