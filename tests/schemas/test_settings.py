@@ -86,6 +86,9 @@ ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_SECRET": ("whs", "whs"),
     "WEBHOOK_ATTEMPTS": ("23", 23),
     "WEBHOOK_TIMEOUT": ("24", 24.0),
+    "WEBHOOK_ALLOW": ("hooks.internal, 10.0.0.0/8", ["hooks.internal", "10.0.0.0/8"]),
+    "FILE_EXPIRY_SWEEP": ("25", 25.0),
+    "FILES_MIN_EXPIRY": ("26", 26.0),
 }
 
 # Flags per command before flags were derived from the models.
@@ -99,6 +102,7 @@ FLAGS: dict[Command, set[str]] = {
         "request_log", "metrics_tenant_label", "metrics_max_tenants", "job_deadline",
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
+        "webhook_allow",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
