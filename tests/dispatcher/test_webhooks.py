@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.webhooks import Webhooks
 from llmq.dispatcher.connection import connect
@@ -164,3 +166,29 @@ async def test_a_name_that_now_resolves_inside_is_refused_at_delivery(own_nats) 
         await sender.stop()
         await nc.close()
         await receiver.stop()
+
+
+async def test_an_unbounded_consumer_from_an_older_version_is_bounded(own_nats) -> None:  # type: ignore[no-untyped-def]
+    """What a deployment had before: no max_age on the stream, no max_deliver."""
+    nc = await connect(own_nats.url, "test")
+    js = nc.jetstream()
+    try:
+        old = StreamConfig(
+            name=names.WEBHOOKS_STREAM, subjects=[f"{names.WEBHOOK_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+        )  # fmt: skip
+        await js.add_stream(old)
+        await js.add_consumer(
+            names.WEBHOOKS_STREAM,
+            ConsumerConfig(
+                durable_name=names.WEBHOOK_CONSUMER, name=names.WEBHOOK_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT, max_deliver=-1,
+            ),
+        )  # fmt: skip
+        await streams.ensure_batch_streams(js, 7200, webhook_attempts=4)
+        info = await js.consumer_info(names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER)
+        assert info.config.max_deliver == 6
+        stream = await js.stream_info(names.WEBHOOKS_STREAM)
+        assert stream.config.max_age == 7200
+    finally:
+        await nc.close()
