@@ -58,8 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await reservations.drain()
             await runtime.close()
 
+    # /openapi.json and /docs describe the public API only; the admin API has its own
+    # document behind the admin token (/admin/openapi.json).
     app = FastAPI(
-        title="llmq", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(openai.router)
-    app.include_router(admin.router)
+    app.include_router(admin.router, include_in_schema=False)
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(files.router)

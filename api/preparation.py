@@ -16,21 +16,14 @@ import msgspec
 from llmq.api.model_table import ModelTable
 from llmq.dispatcher.registry import WorkerRegistry
 from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.envelope import REQUEST_DECODERS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    chat_request_decoder,
-    completion_request_decoder,
-    embedding_request_decoder,
 )
 from llmq.schemas.text import message_text
 
-DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "chat": chat_request_decoder,
-    "completion": completion_request_decoder,
-    "embedding": embedding_request_decoder,
-}
 _encoder = msgspec.json.Encoder()
 _PATH = re.compile(r"at `\$\.?(.*)`")
 
@@ -43,20 +36,17 @@ class RequestPreparer:
         self.registry = registry
         self.default_max_tokens = default_max_tokens
 
-    def prepare(self, kind: str, body: bytes, *, durable: bool = False) -> PreparedRequest:
+    def prepare(self, kind: JobKind, body: bytes, *, durable: bool = False) -> PreparedRequest:
         """`durable`: an async or batch job, which never streams and may wait in its queue
         for a worker (so a known model with no live worker is fine)."""
         return self.prepare_decoded(self.decode(kind, body), kind, body, durable=durable)
 
-    def prepare_durable(self, kind: str, body: bytes) -> PreparedRequest:
+    def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
         """An async job or a batch line (the batch machinery's `Preparer` port)."""
         return self.prepare(kind, body, durable=True)
 
-    def decode(self, kind: str, body: bytes) -> AnyRequest:
-        decoder = DECODERS.get(kind)
-        if decoder is None:
-            raise Refusal(400, f"unsupported job kind `{kind}`", "invalid_endpoint")
-        req: AnyRequest = _decode(body, decoder)
+    def decode(self, kind: JobKind, body: bytes) -> AnyRequest:
+        req: AnyRequest = _decode(body, REQUEST_DECODERS[kind])
         if isinstance(req, ChatCompletionRequest) and not req.messages:
             raise Refusal(
                 400, "`messages` must contain at least one message", "invalid_request",
@@ -65,7 +55,7 @@ class RequestPreparer:
         return req
 
     def prepare_decoded(
-        self, req: AnyRequest, kind: str, body: bytes, *, durable: bool = False
+        self, req: AnyRequest, kind: JobKind, body: bytes, *, durable: bool = False
     ) -> PreparedRequest:
         model = self.models.resolve(req.model)
         self.check_model(model, kind, need_live_worker=not durable)
@@ -80,7 +70,7 @@ class RequestPreparer:
             req, model, body, kind, stream, estimate_prompt_tokens(req), max_tokens
         )
 
-    def check_model(self, model: str, kind: str, need_live_worker: bool) -> None:
+    def check_model(self, model: str, kind: JobKind, need_live_worker: bool) -> None:
         registry = self.registry
         live = bool(registry.workers_for(model))
         if not live and not registry.known(model):

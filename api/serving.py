@@ -26,6 +26,7 @@ from llmq.api.sse import DONE, SSEResponse, event
 from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
+from llmq.schemas.envelope import JobKind
 from llmq.schemas.frames import Done, Failed
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Serving:
     async def embedding(self, request: Request) -> Response:
         return await self._handle(request, "embedding")
 
-    async def _handle(self, request: Request, kind: str) -> Response:
+    async def _handle(self, request: Request, kind: JobKind) -> Response:
         record = RequestRecord(job_id=new_job_id(), route=kind)
         try:
             try:
@@ -94,7 +95,7 @@ class Serving:
             exc.headers.setdefault("x-request-id", record.job_id)
             raise
 
-    async def _serve(self, request: Request, kind: str, record: RequestRecord) -> Response:
+    async def _serve(self, request: Request, kind: JobKind, record: RequestRecord) -> Response:
         settings = self.rt.settings
         if not self.rt.accepting:
             raise ApiError(503, "the api is shutting down", "shutting_down")

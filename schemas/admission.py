@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from llmq.schemas.envelope import JobKind
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
@@ -26,7 +27,7 @@ class PreparedRequest:
     model: str
     body: bytes
     """What to publish: the original bytes, or re-encoded when something was changed."""
-    kind: str
+    kind: JobKind
     stream: bool
     prompt_estimate: int
     max_tokens: int

@@ -38,6 +38,7 @@ from llmq.dispatcher.batch.records import split_line_job_id
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import frames, names
 from llmq.schemas.admission import FAILED, JobUsage
+from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, failure, frame_encoder
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ class ResultCollector:
             job = await self.js.get_msg(names.BATCH_STREAM, seq=advisory.stream_seq)
         except NotFoundError:
             return
-        reply = (job.headers or {}).get(names.H_REPLY, "")
+        try:
+            reply = JobEnvelope.from_headers(job.subject or "", job.headers).reply
+        except EnvelopeError as exc:
+            reply = exc.reply
         parsed = parse_outcome_subject(reply)
         if parsed is not None:
             tenant, model, job_id = parsed

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from llmq.schemas.admission import JobUsage, PreparedRequest, Refusal, Reservation
+from llmq.schemas.envelope import JobKind
 
 
 class Preparer(Protocol):
-    def prepare_durable(self, kind: str, body: bytes) -> PreparedRequest:
+    def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
         """Decode and check `body` for `kind` as a job that may wait in the durable queue;
         raise `Refusal` when it cannot run."""
         ...
