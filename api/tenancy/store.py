@@ -55,7 +55,10 @@ def _tenant_fields(tenant: Tenant) -> list[str]:
 
 
 def _tenant_from_hash(raw: Mapping[Any, Any]) -> Tenant:
-    data: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    """A stored tenant; fields a newer version wrote are skipped, so replicas of two versions
+    can share one Redis during a rolling upgrade (input from the admin API stays strict)."""
+    known = Tenant.__struct_fields__
+    data: dict[str, Any] = {field: _text(v) for k, v in raw.items() if (field := _text(k)) in known}
     data["models"] = msgspec.json.decode(data.get("models") or "[]")
     return msgspec.convert(data, Tenant, strict=False)
 

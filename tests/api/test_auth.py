@@ -151,8 +151,8 @@ async def test_model_not_allowed_and_suspended_are_403(stack, redis) -> None:  #
 
 
 async def _corrupt_record(redis: Redis, tenant: str, _key: str) -> None:
-    """A tenant record with a field this version does not know."""
-    await redis.hset(names.tenant_key(tenant), "colour", "teal")
+    """A tenant record whose limit is not a number."""
+    await redis.hset(names.tenant_key(tenant), "rpm", "lots")
 
 
 async def _wrong_type(redis: Redis, _tenant: str, key: str) -> None:
