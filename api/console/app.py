@@ -1,0 +1,58 @@
+"""Mounting the console on the api: its routers, its static files and its headers (a strict
+Content-Security-Policy: scripts and styles of our own origin only, no inline script)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from llmq.api.console import auth, data
+from llmq.api.console.live import LiveStats
+from llmq.api.serving import Serving
+
+STATIC = Path(__file__).parent / "static"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(auth.router)
+    app.include_router(data.router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
+
+    @app.get("/ui", include_in_schema=False)
+    async def index() -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/ui/", include_in_schema=False)
+    async def slash() -> Response:
+        return RedirectResponse("/ui", status_code=308)
+
+    @app.middleware("http")
+    async def secure_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if request.url.path.startswith("/ui"):
+            for name, value in HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+
+def attach(app: FastAPI, serving: Serving) -> None:
+    """In the lifespan: the overview's live figures observe every request."""
+    app.state.console_live = LiveStats()
+    serving.observers.append(app.state.console_live.observe)
