@@ -88,6 +88,9 @@ ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_SECRET": ("whs", "whs"),
     "WEBHOOK_ATTEMPTS": ("23", 23),
     "WEBHOOK_TIMEOUT": ("24", 24.0),
+    "CONSOLE_ENABLED": ("false", False),
+    "CONSOLE_SESSION_HOURS": ("2", 2.0),
+    "CONSOLE_SECRET": ("cs", "cs"),
 }
 
 # Flags per command before flags were derived from the models.
@@ -101,7 +104,7 @@ FLAGS: dict[Command, set[str]] = {
         "request_log", "metrics_tenant_label", "metrics_max_tenants", "job_deadline",
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
-        "metrics_token_file",
+        "metrics_token_file", "console_enabled", "console_session_hours",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
@@ -156,7 +159,7 @@ def test_flags_are_the_same_per_command() -> None:
 
 def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
-    assert secret == {"admin_token", "webhook_secret", "metrics_token"}
+    assert secret == {"admin_token", "webhook_secret", "metrics_token", "console_secret"}
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 
 
