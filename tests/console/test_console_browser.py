@@ -15,11 +15,11 @@ import openai
 import pytest
 
 pytest.importorskip("selenium", reason="selenium is not installed: pip install -e '.[dev]'")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
-from tests.console.browser import screenshot_on_failure, until  # noqa: E402
-from tests.stack import wait_for  # noqa: E402
+from tests.console.browser import screenshot_on_failure, until
+from tests.stack import wait_for
 
 ADMIN = "console-admin-token"
 pytestmark = pytest.mark.timeout(240)
