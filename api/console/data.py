@@ -65,7 +65,14 @@ async def overview(request: Request) -> Response:
 async def top(request: Request) -> Response:
     snap = await _snapshot(request)
     workers = [
-        {**_plain(w.info), "state": w.state, "jobs": w.jobs, "seen_ago": round(w.seen_ago, 1)}
+        {
+            **_plain(w.info),
+            "in_flight": w.info.in_flight,  # omitted by the struct when 0
+            "circuit": w.info.circuit,
+            "state": w.state,
+            "jobs": w.jobs,
+            "seen_ago": round(w.seen_ago, 1),
+        }
         for w in snap.workers
     ]
     return _json(

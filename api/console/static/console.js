@@ -378,11 +378,13 @@ function workTables(w, cancel) {
     } }, "Cancel") : "");
   const counts = (b) => (b.request_counts ? `${b.request_counts.completed}/${b.request_counts.total} (${b.request_counts.failed} failed)` : "");
   return [
+    h("h4", {}, "Batches"),
     table("batches-" + w.tenant, [
       { title: "batch", value: (b) => b.id }, { title: "status", value: (b) => pill(b.status) },
       { title: "done / total", value: counts }, { title: "created", value: (b) => when(b.created_at) },
       { title: "", value: (b) => c("batch", b) },
     ], w.batches),
+    h("h4", {}, "Async jobs"),
     table("jobs-" + w.tenant, [
       { title: "job", value: (j) => j.id }, { title: "status", value: (j) => pill(j.status) },
       { title: "model", value: (j) => j.model || "" }, { title: "created", value: (j) => when(j.created_at) },
