@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from llmq import __version__
+from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
 from llmq.api.batch_wing import BatchWing
 from llmq.api.console import app as console
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batches = BatchWing(runtime, reservations, preparer)
         await app.state.batches.start()
         console.attach(app, app.state.serving)
+        app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         try:
             yield
         finally:

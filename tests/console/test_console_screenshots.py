@@ -70,7 +70,7 @@ def _shot(driver: Any, folder: Path, name: str, ready: str) -> None:
 
 async def test_screenshots(stack, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = Path(OUT)
-    folder.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     redis_server = EmbeddedRedis(tmp_path / "redis")
     stack.redis_url = redis_server.url
     try:
@@ -112,16 +112,12 @@ async def _run(stack: Any, browser: Any, folder: Path, tmp_path: Path) -> None:
             async for _ in stream:
                 pass
         if name == "acme":
-            lines = "".join(
-                json.dumps(
-                    {
-                        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                        "body": {"model": "echo", "messages": [{"role": "user", "content": "x"}]},
-                    }  # fmt: skip
-                )
-                + "\n"
-                for i in range(5)
-            )
+            line = {
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+            }
+            lines = "".join(json.dumps({"custom_id": f"r{i}", **line}) + "\n" for i in range(5))
             upload = await sdk.files.create(
                 file=("batch.jsonl", io.BytesIO(lines.encode())), purpose="batch"
             )
