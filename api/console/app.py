@@ -3,12 +3,13 @@ Content-Security-Policy: scripts and styles of our own origin only, no inline sc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq.api.console import auth, data
 from llmq.api.console.live import LiveStats
@@ -41,15 +42,29 @@ def install(app: FastAPI) -> None:
     async def slash() -> Response:
         return RedirectResponse("/ui", status_code=308)
 
-    @app.middleware("http")
-    async def secure_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        if request.url.path.startswith("/ui"):
-            for name, value in HEADERS.items():
-                response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(ConsoleHeaders)
+
+
+class ConsoleHeaders:
+    """Adds the console's security headers to its responses (`/ui...`); any other request
+    passes straight through (a pure ASGI middleware: nothing wraps the api's streams)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/ui"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def attach(app: FastAPI, serving: Serving) -> None:

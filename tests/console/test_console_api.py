@@ -57,6 +57,8 @@ async def test_pages_are_static_with_a_strict_csp_and_no_inline_script(stack) ->
             assert asset.status_code == 200 and asset.content, src
             assert "content-security-policy" in asset.headers
         assert not re.search(r'(?:src|href)="(?:https?:)?//', page.text), "no CDN"
+        other = await client.get("/v1/models")
+        assert "content-security-policy" not in other.headers, "only the console's responses"
 
 
 async def test_login_sets_a_hardened_cookie_and_never_takes_the_token_in_a_url(stack) -> None:  # type: ignore[no-untyped-def]
