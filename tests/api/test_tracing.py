@@ -4,6 +4,7 @@ token), collected by the SDK's in-memory exporter; off unless OTEL_* asks."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -129,3 +130,82 @@ def test_the_otlp_exporter_reads_the_standard_variables(monkeypatch) -> None:  #
         assert exporter._endpoint == "http://collector.example:4318/v1/traces"
     finally:
         provider.shutdown()
+
+
+class _Collector:
+    """A real OTLP/HTTP receiver (`POST /v1/traces`, protobuf) in a thread of the test."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        received: list[tuple[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                export = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in export.resource_spans:
+                    attrs = {
+                        a.key: a.value.string_value for a in resource_spans.resource.attributes
+                    }
+                    for scope_spans in resource_spans.scope_spans:
+                        for span in scope_spans.spans:
+                            received.append((attrs.get("service.name", ""), span))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        import threading
+
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_worker_process_exports_its_spans_over_otlp_into_the_api_trace(  # type: ignore[no-untyped-def]
+    stack, spans: InMemorySpanExporter, monkeypatch
+) -> None:
+    """The worker as a real OS process, configured only by OTEL_* variables, sends its spans
+    to an OTLP collector; they continue the trace of the api's request span."""
+    pytest.importorskip("opentelemetry.proto")
+    collector = _Collector()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        model = f"m-{uuid.uuid4().hex[:8]}"
+        worker = stack.process("worker", "--model", model)
+        api = await stack.api()
+        await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=30)
+        sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="none", max_retries=0)
+        reply = await sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "across processes"}]
+        )
+        await sdk.close()
+        assert reply.choices[0].message.content == "across processes"
+        await wait_for(lambda: any(s.name == "llmq.request" for s in spans.get_finished_spans()))
+        await wait_for(lambda: any(s.name == "llmq.job" for _, s in collector.received), 20)
+    finally:
+        await asyncio.to_thread(collector.stop)
+    (request,) = [s for s in spans.get_finished_spans() if s.name == "llmq.request"]
+    remote = {s.name: (service, s) for service, s in collector.received}
+    service, job = remote["llmq.job"]
+    assert service == "llmq-worker", worker.output()
+    assert job.trace_id.hex() == f"{request.context.trace_id:032x}", "one trace"
+    assert job.parent_span_id.hex() == f"{request.context.span_id:016x}"
+    assert {"queue pickup", "backend call", "first token"} <= set(remote)
+    for name in ("queue pickup", "backend call", "first token"):
+        assert remote[name][1].parent_span_id == job.span_id, name
