@@ -139,3 +139,52 @@ async def test_console_tenant_sees_only_its_own_page(stack, browser, redis_serve
         assert "invalid_admin_token" in browser.page_source
 
     await asyncio.to_thread(flow)
+
+
+async def test_console_edits_suspends_and_deletes_with_confirmation(
+    stack, browser, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    models_file = tmp_path / "models.toml"
+    models_file.write_text("[aliases]\n")
+    api = await stack.api(auth_mode="keys", admin_token=ADMIN, models_file=str(models_file))
+    tenant = f"edit-{uuid.uuid4().hex[:6]}"
+    browser.delete_all_cookies()
+
+    def row() -> Any:
+        return _css(browser, f'#tenants-table tr[data-id="{tenant}"]')
+
+    def button(text: str) -> Any:
+        return row().find_element(By.XPATH, f".//button[text()='{text}']")
+
+    def flow() -> None:
+        _log_in(browser, api.url, ADMIN)
+        until(lambda: _css(browser, "#nav-tenants"), "navigation").click()
+        until(lambda: _css(browser, "#tenant-name"), "the form").send_keys(tenant)
+        _css(browser, "#tenant-save").click()
+        until(row, "the tenant")
+        button("Edit").click()
+        rpm = _css(browser, "#tenant-rpm")
+        rpm.clear()
+        rpm.send_keys("700")
+        _css(browser, "#tenant-save").click()
+        until(lambda: "700" in row().text, "the new limit")
+        button("Suspend").click()
+        until(lambda: "suspended" in row().text, "suspended")
+        button("Delete").click()
+        browser.switch_to.alert.dismiss()
+        assert "suspended" in until(row, "still there after a dismissed confirmation").text
+        button("Delete").click()
+        browser.switch_to.alert.accept()
+        until(lambda: not browser.find_elements(By.CSS_SELECTOR, f'tr[data-id="{tenant}"]'), "gone")
+        # the model table, saved from the page, is live at once
+        _css(browser, "#nav-models").click()
+        until(lambda: _css(browser, "#models-save"), "the models page")
+        browser.find_element(By.XPATH, "//button[text()='Add alias']").click()
+        last = browser.find_elements(By.CSS_SELECTOR, "#aliases-table tr.alias-row")[-1]
+        last.find_element(By.CSS_SELECTOR, ".alias").send_keys("smart")
+        last.find_element(By.CSS_SELECTOR, ".target").send_keys("echo")
+        _css(browser, "#models-save").click()
+        until(lambda: api.app.state.models.resolve("smart") == "echo", "the alias live")
+
+    await asyncio.to_thread(flow)
+    assert 'smart = "echo"' in models_file.read_text()
