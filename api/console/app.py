@@ -30,8 +30,8 @@ HEADERS = {
 
 
 def install(app: FastAPI) -> None:
-    app.include_router(auth.router)
-    app.include_router(data.router)
+    app.include_router(auth.router, include_in_schema=False)
+    app.include_router(data.router, include_in_schema=False)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
 
     @app.get("/ui", include_in_schema=False)

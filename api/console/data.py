@@ -155,10 +155,10 @@ async def usage_csv(request: Request, tenant: str = "", days: int = 14) -> Respo
 
 
 async def _work_of(request: Request, tenant: str, limit: int = 20) -> dict[str, Any]:
-    batches = request.app.state.batches
+    wing = request.app.state.batches
     found = await asyncio.gather(
-        batches.list_batches(tenant, limit, None),
-        batches.list_jobs(tenant, limit, None),
+        wing.batch_serving.list(tenant, limit, None),
+        wing.job_serving.list(tenant, limit, None),
         return_exceptions=True,
     )
     out: dict[str, Any] = {"tenant": tenant, "batches": [], "jobs": []}
@@ -179,12 +179,12 @@ async def batches(request: Request, tenant: str = "") -> Response:
 
 @router.post("/batches/{tenant}/{batch_id}/cancel", dependencies=admin_only)
 async def cancel_batch(request: Request, tenant: str, batch_id: str) -> Response:
-    return _json(await request.app.state.batches.cancel_batch(tenant, batch_id))
+    return _json(await request.app.state.batches.batch_serving.cancel(tenant, batch_id))
 
 
 @router.post("/jobs/{tenant}/{job_id}/cancel", dependencies=admin_only)
 async def cancel_job(request: Request, tenant: str, job_id: str) -> Response:
-    return _json(await request.app.state.batches.cancel_job(tenant, job_id))
+    return _json(await request.app.state.batches.job_serving.cancel(tenant, job_id))
 
 
 @router.get("/me")

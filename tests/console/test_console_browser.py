@@ -92,7 +92,7 @@ def _flow(driver: Any, url: str, model: str, tenant: str) -> None:
     revoke.click()
     driver.switch_to.alert.accept()
     until(lambda: not driver.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr"), "revoked")
-    with pytest.raises(openai.PermissionDeniedError) as refused:
+    with pytest.raises(openai.AuthenticationError) as refused:
         sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "again"}])
     assert refused.value.body["code"] == "invalid_api_key"  # type: ignore[index]
     sdk.close()
