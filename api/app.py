@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from llmq import __version__
+from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
 from llmq.api.batch_wing import BatchWing
+from llmq.api.console import app as console
 from llmq.api.errors import install_error_handlers
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # async jobs, files and batches (docs/batch.md)
         app.state.batches = BatchWing(runtime, reservations, preparer)
         await app.state.batches.start()
+        console.attach(app, app.state.serving)
+        app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         try:
             yield
         finally:
@@ -80,4 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    if settings.console.console_enabled:
+        console.install(app)
     return app

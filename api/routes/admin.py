@@ -1,7 +1,8 @@
 """The admin API under /admin: tenants, API keys, usage, ledger and the price table.
 
-Guarded by `LLMQ_ADMIN_TOKEN` (bearer, compared in constant time); with no token set the
-whole surface answers 403. The same operations exist in the CLI (`llmq tenants|keys|usage|
+Guarded by `LLMQ_ADMIN_TOKEN` (bearer, compared in constant time) or an admin session of
+the console (cookie + CSRF header, see api/console/session.py); with no token set the whole
+surface answers 403. The same operations exist in the CLI (`llmq tenants|keys|usage|
 prices`), which talks to Redis directly. The app leaves these routes out of the public
 `/openapi.json`; they are described at `/admin/openapi.json`, behind the same token.
 """
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
+from llmq.api.console.session import admin_session
 from llmq.api.errors import ApiError
 from llmq.api.tenancy import (
     Price,
@@ -36,6 +38,8 @@ def require_admin(request: Request) -> None:
     token = request.app.state.settings.api.admin_token
     if not token:
         raise ApiError(403, "the admin API is disabled (set LLMQ_ADMIN_TOKEN)", "admin_disabled")
+    if "authorization" not in request.headers and admin_session(request):
+        return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()

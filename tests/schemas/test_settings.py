@@ -91,6 +91,9 @@ ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_ALLOW": ("hooks.internal, 10.0.0.0/8", ["hooks.internal", "10.0.0.0/8"]),
     "FILE_EXPIRY_SWEEP": ("25", 25.0),
     "FILES_MIN_EXPIRY": ("26", 26.0),
+    "CONSOLE_ENABLED": ("false", False),
+    "CONSOLE_SESSION_HOURS": ("2", 2.0),
+    "CONSOLE_SECRET": ("cs", "cs"),
 }
 
 # Flags per command before flags were derived from the models.
@@ -105,6 +108,7 @@ FLAGS: dict[Command, set[str]] = {
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
         "webhook_allow", "metrics_token_file",
+        "console_enabled", "console_session_hours",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
@@ -159,7 +163,7 @@ def test_flags_are_the_same_per_command() -> None:
 
 def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
-    assert secret == {"admin_token", "webhook_secret", "metrics_token"}
+    assert secret == {"admin_token", "webhook_secret", "metrics_token", "console_secret"}
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 
 
