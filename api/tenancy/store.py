@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from redis.asyncio import Redis
 from llmq.api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
 from llmq.api.tenancy.models import TENANT_MUTABLE_FIELDS, ApiKey, Price, Tenant
 from llmq.schemas import names
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "sk-llmq-"
 KEY_RANDOM_BYTES = 32
@@ -108,7 +111,17 @@ class TenantStore:
                 for name in sorted(_text(m) for m in members):
                     pipe.hgetall(names.tenant_key(name))
                 rows = await pipe.execute()
-        return [_tenant_from_hash(raw) for raw in rows if raw]
+        tenants = []
+        for raw in rows:
+            if not raw:
+                continue
+            try:
+                tenants.append(_tenant_from_hash(raw))
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                # One damaged record must not hide every other tenant from the operator.
+                name = next((_text(v) for k, v in raw.items() if _text(k) == "name"), "?")
+                log.error("tenant record %s cannot be read; skipped", name)
+        return tenants
 
     async def update(self, name: str, changes: Mapping[str, Any]) -> Tenant:
         """Change some fields (not `name` or `created_at`); validated like `create`.
