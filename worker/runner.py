@@ -270,15 +270,22 @@ class JobRunner:
     ) -> None:
         finish: str | None = None
         usage: Usage | None = None
+        held: list[bytes] = []  # chunks before the first token (a role chunk): still retryable
         async for out in outs:
             if out.tokens and outcome.first_token is None:
                 outcome.first_token = time.monotonic()
+                await ack.ack()  # the point of no return: the client sees a token
+                for chunk in held:
+                    await sender.chunk(chunk)
             if out.chunk:
-                if not ack.done:
-                    await ack.ack()  # the point of no return: the client sees a chunk
-                await sender.chunk(out.chunk)
+                if outcome.first_token is None:
+                    held.append(out.chunk)
+                else:
+                    await sender.chunk(out.chunk)
             if out.usage is not None:
                 usage, finish = out.usage, out.finish_reason
+        for chunk in held if outcome.first_token is None else ():
+            await sender.chunk(chunk)
         usage = usage or Usage()
         outcome.usage = usage
         await sender.done(Done(usage=usage, finish_reason=finish))

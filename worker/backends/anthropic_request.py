@@ -182,7 +182,7 @@ def format_tool(response_format: Any) -> dict[str, Any] | None:
 
 
 def thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:
-    if effort is None or effort == "none":
+    if effort is None or effort is msgspec.UNSET or effort == "none":
         return None
     budget = THINKING_BUDGETS.get(str(effort))
     if budget is None:

@@ -46,7 +46,7 @@ def base_url(config: BackendConfig, default: str) -> str:
 
 @contextmanager
 def upstream_errors(clock: Clock) -> Iterator[None]:
-    """Every failure as a BackendError; nothing is retryable once an Out was yielded."""
+    """Every failure as a BackendError; nothing is retryable once a token was yielded."""
     try:
         yield
     except BackendError as error:
@@ -108,19 +108,19 @@ class Upstream:
                     async with asyncio.timeout_at(clock.deadline()):
                         batch = await anext(batches, None)
                     if batch is None:
-                        outs = parser.eof()
-                        for out in outs:
-                            clock.started = True
+                        for out in parser.eof():
                             yield out
                         break
                     for line in batch:
                         outs = parser.feed(line)
                         if parser.done:
                             await _drain(batches, clock)
+                        tokens = False
                         for out in outs:
-                            clock.started = True
+                            if out.tokens:
+                                tokens = clock.started = True
                             yield out
-                        if outs:
+                        if tokens:
                             clock.tick()
                         if parser.done:
                             break
