@@ -163,7 +163,7 @@ class _Relay:
                 self._finish = choice.finish_reason
             if self._completion:
                 if choice.text:
-                    self._tally.add(choice.text)
+                    self._tally.add(choice.text, choice.index)
                     tokens = True
                 continue
             delta = choice.delta
@@ -171,13 +171,13 @@ class _Relay:
                 continue
             for text in (delta.content, delta.reasoning_content, delta.reasoning, delta.refusal):
                 if text:
-                    self._tally.add(text)
+                    self._tally.add(text, choice.index)
                     tokens = True
             for call in delta.tool_calls or ():
                 tokens = True
                 function = call.get("function")
                 if isinstance(function, dict):
-                    self._tally.add(function.get("arguments"))
+                    self._tally.add(function.get("arguments"), choice.index)
         return tokens
 
     def _final(self) -> Out:

@@ -23,7 +23,14 @@ from llmq.schemas.openai import (
     StreamOptions,
     Usage,
 )
-from llmq.worker.backends.base import BackendConfig, BackendError, Call, OpenAIOptions, Timeouts
+from llmq.worker.backends.base import (
+    BackendConfig,
+    BackendError,
+    Call,
+    OpenAIOptions,
+    ReplyTo,
+    Timeouts,
+)
 from llmq.worker.backends.openai import OpenAIBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
@@ -31,7 +38,9 @@ from tests.worker.backends.fake_upstreams import (
     Piece,
     Reply,
     assert_cancel_closes_upstream,
+    chunks_of,
     collect,
+    collect_outs,
     collect_until_error,
     free_port,
     json_reply,
@@ -599,3 +608,65 @@ async def test_repr_has_no_secret_and_aclose_closes_the_client(make: Make) -> No
     await backend.aclose()
     await asyncio.sleep(0)
     assert backend._upstream.client.is_closed
+
+
+# --- pass-through (issue 10) -----------------------------------------------------------------
+
+
+async def test_the_body_goes_through_byte_for_byte_but_model_and_stream(
+    upstream: FakeUpstream, backend: OpenAIBackend
+) -> None:
+    upstream.route(CHAT, openai_chat(["ok"]))
+    raw = (
+        b'{"model":"public","messages":[{"role":"user","content":"hi"}],'
+        b'"stream":false,"top_k": 40,"min_p":0.050,"guided_json":{"type" : "object"}}'
+    )
+    request = chat_request()
+    await collect(backend.chat(Call.of(request, "served", body=raw)))
+    assert upstream.last.body == (
+        b'{"model":"served","messages":[{"role":"user","content":"hi"}],'
+        b'"stream":true,"top_k":40,"min_p":0.050,"guided_json":{"type" : "object"},'
+        b'"stream_options":{"include_usage":true}}'
+    )
+
+
+async def test_chunks_are_relayed_with_only_id_and_model_rewritten(
+    upstream: FakeUpstream, backend: OpenAIBackend
+) -> None:
+    upstream.route(CHAT, openai_chat(["Hel"], usage=(3, 1)))
+    reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=False)
+    outs = await collect_outs(backend.chat(Call.of(chat_request(), "m", reply)))
+    chunks = chunks_of(outs)
+    first = openai_chunk({"role": "assistant", "content": "", "refusal": None})
+    first |= {"id": "chatcmpl-job", "model": "public"}
+    del first["usage"]  # llmq asked for the usage, the client did not
+    assert chunks[0] == first
+    assert [c["choices"] for c in chunks] == [
+        first["choices"],
+        [{"index": 0, "delta": {"content": "Hel"}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+    ]  # the usage-only chunk is not relayed
+    assert [o.tokens for o in outs] == [False, True, False, False]
+    assert outs[-1].usage == usage(3, 1)
+
+
+async def test_every_choice_is_relayed_and_counted(
+    upstream: FakeUpstream, backend: OpenAIBackend
+) -> None:
+    chunks = [
+        openai_chunk({"content": "a b"}) | {"choices": [
+            {"index": 0, "delta": {"content": "a b"}, "finish_reason": None},
+            {"index": 1, "delta": {"content": "c"}, "finish_reason": None},
+        ]},
+        openai_chunk({}, "stop") | {"choices": [
+            {"index": 1, "delta": {}, "finish_reason": "length"},
+            {"index": 0, "delta": {}, "finish_reason": "stop"},
+        ]},
+    ]  # fmt: skip
+    upstream.route(CHAT, Reply(chunks=sse_data(chunks), content_type="text/event-stream"))
+    reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=True)
+    outs = await collect_outs(backend.chat(Call.of(chat_request(n=2), "m", reply)))
+    indexes = [c["index"] for chunk in chunks_of(outs) for c in chunk["choices"]]
+    assert indexes == [0, 1, 1, 0]
+    assert outs[-1].finish_reason == "stop"
+    assert outs[-1].usage is not None and outs[-1].usage.completion_tokens == 3  # no usage sent
