@@ -28,6 +28,7 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.text import count_tokens, prompt_tokens
 from llmq.worker.backends.base import BackendConfig, Call, Embeddings, OpenAIOptions, Out
+from llmq.worker.chunks import ChatChunks, TextChunks
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
 from llmq.worker.upstream.sse import SSEDecoder
@@ -105,6 +106,7 @@ class _Relay:
         self._id = msgspec.Raw(_encoder.encode(call.reply.id))
         self._model = msgspec.Raw(_encoder.encode(call.reply.model))
         self._include_usage = call.reply.include_usage
+        self._chunks = TextChunks(call.reply) if completion else ChatChunks(call.reply)
         self._finish: str | None = None
         self._usage: Usage | None = None
 
@@ -186,7 +188,11 @@ class _Relay:
             usage = self._tally.usage()
         elif usage.total_tokens == 0:
             usage = self._tally.usage(usage.prompt_tokens, usage.completion_tokens)
-        return Out(usage=usage, finish_reason=self._finish or "stop")
+        chunk = b""
+        if self._include_usage and self._usage is None:
+            # The client asked for a usage chunk the upstream did not send (`--no-stream-usage`).
+            chunk = self._chunks.end(usage, "stop").chunk
+        return Out(chunk, usage=usage, finish_reason=self._finish or "stop")
 
 
 class OpenAIBackend:

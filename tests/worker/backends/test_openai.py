@@ -169,9 +169,13 @@ async def test_chat_forwards_the_request_with_model_streaming_and_credentials(
 async def test_include_usage_option_false_omits_stream_options(
     upstream: FakeUpstream, make: Make
 ) -> None:
-    upstream.route(CHAT, openai_chat(["ok"]))
-    await collect(make(include_usage=False).chat(Call.of(chat_request(), "m")))
+    upstream.route(CHAT, openai_chat(["ok"], usage=None))
+    reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=True)
+    outs = await collect_outs(make(include_usage=False).chat(Call.of(chat_request(), "m", reply)))
     assert "stream_options" not in upstream.last.json()
+    # The client asked for usage the upstream did not send: counted, and sent as its chunk.
+    last = chunks_of(outs)[-1]
+    assert (last["choices"], last["usage"]["completion_tokens"]) == ([], 1)
 
 
 async def test_tool_call_deltas_pass_through_with_finish_tool_calls(
