@@ -10,7 +10,7 @@ by the `azure_deployment` or `api_version` option:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -68,6 +68,12 @@ class _Usage(Struct):
         return usage
 
 
+class _Chunk(Struct):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    error: Any = None
+
+
 class _Vector(Struct):
     embedding: list[float]
     index: int = 0
@@ -82,6 +88,7 @@ _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 _choices_decoder = msgspec.json.Decoder(list[_Choice] | None)
 _usage_decoder = msgspec.json.Decoder(_Usage | None)
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
 _embedding_decoder = msgspec.json.Decoder(_EmbeddingList)
 _NULL = b"null"
 OMITTED_WHEN_NULL = ("system_fingerprint", "service_tier")
@@ -106,6 +113,7 @@ class _Relay:
         self._id = msgspec.Raw(_encoder.encode(call.reply.id))
         self._model = msgspec.Raw(_encoder.encode(call.reply.model))
         self._include_usage = call.reply.include_usage
+        self._folded = not call.request.stream
         self._chunks = TextChunks(call.reply) if completion else ChatChunks(call.reply)
         self._finish: str | None = None
         self._usage: Usage | None = None
@@ -129,6 +137,8 @@ class _Relay:
             return [self._final()]
         if name == "error":
             raise stream_error(_json_decoder.decode(data))
+        if self._folded:
+            return self._fold_input(data)
         fields = raw_fields_decoder.decode(data)
         error = fields.get("error")
         if error is not None and bytes(error) != _NULL:
@@ -155,12 +165,27 @@ class _Relay:
             fields["model"] = self._model
         return [Out(_encoder.encode(fields), tokens=tokens)]
 
+    def _fold_input(self, data: str) -> list[Out]:
+        """A non-streamed request: the chunk goes to `Fold` as the upstream sent it (the fold
+        sets id and model, drops nulls and takes the usage from the last Out), so only the
+        choices and the usage are decoded, once."""
+        chunk = _chunk_decoder.decode(data)
+        if chunk.error is not None:
+            raise stream_error({"error": chunk.error})
+        tokens = self._tally_choices(chunk.choices or ())
+        if chunk.usage is not None:
+            self._usage = chunk.usage.typed()
+        return [Out(data.encode(), tokens=tokens)]
+
     def _count(self, raw: msgspec.Raw | None) -> bool:
         """Tally every choice's output; True when the chunk carries any."""
         if raw is None:
             return False
+        return self._tally_choices(_choices_decoder.decode(raw) or ())
+
+    def _tally_choices(self, choices: Iterable[_Choice]) -> bool:
         tokens = False
-        for choice in _choices_decoder.decode(raw) or ():
+        for choice in choices:
             if choice.finish_reason and (choice.index == 0 or self._finish is None):
                 self._finish = choice.finish_reason
             if self._completion:

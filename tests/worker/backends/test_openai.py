@@ -639,7 +639,7 @@ async def test_chunks_are_relayed_with_only_id_and_model_rewritten(
 ) -> None:
     upstream.route(CHAT, openai_chat(["Hel"], usage=(3, 1)))
     reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=False)
-    outs = await collect_outs(backend.chat(Call.of(chat_request(), "m", reply)))
+    outs = await collect_outs(backend.chat(Call.of(chat_request(stream=True), "m", reply)))
     chunks = chunks_of(outs)
     first = openai_chunk({"role": "assistant", "content": "", "refusal": None})
     first |= {"id": "chatcmpl-job", "model": "public"}
