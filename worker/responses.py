@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from msgspec import Struct
 
 from llmq.schemas.openai import EmbeddingData, EmbeddingList, EmbeddingUsage, Usage
 from llmq.worker.backends.base import Embeddings, ReplyTo
@@ -47,6 +48,15 @@ class Fold:
         self._choices: dict[int, dict[str, Any]] = {}
 
     def add(self, chunk: bytes) -> None:
+        if not self._text:
+            try:  # the common chunk (role, content, finish), typed; anything more: generic
+                plain = _plain_decoder.decode(chunk)
+            except msgspec.ValidationError:
+                pass
+            else:
+                for choice in plain.choices:
+                    self._plain(choice)
+                return
         data = _object_decoder.decode(chunk)
         for key, value in data.items():
             if key == "choices":
@@ -65,6 +75,17 @@ class Fold:
                 _merge_message(folded["message"], value or {})
             elif key != "index":
                 _merge(folded, key, value)
+
+    def _plain(self, choice: _PlainChoice) -> None:
+        folded = self._choices.get(choice.index)
+        if folded is None:
+            folded = self._choices[choice.index] = self._empty(choice.index)
+        content = choice.delta.content
+        if content is not None:
+            message = folded["message"]
+            message["content"] = (message["content"] or "") + content
+        if choice.finish_reason is not None:
+            folded["finish_reason"] = choice.finish_reason
 
     def _empty(self, index: int) -> dict[str, Any]:
         if self._text:
@@ -93,6 +114,32 @@ class Fold:
         return _encoder.encode(body)
 
 
+class _PlainDelta(Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class _PlainChoice(Struct, forbid_unknown_fields=True):
+    delta: _PlainDelta
+    index: int = 0
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class _PlainChunk(Struct, forbid_unknown_fields=True):
+    """A chunk with nothing but id, model, text and finish: what echo and most answers send.
+    Any other field (logprobs, reasoning, tool calls, system_fingerprint, ...) fails this
+    decode and takes the generic path."""
+
+    choices: list[_PlainChoice]
+    id: str = ""
+    object: str = ""
+    created: int = 0
+    model: str = ""
+    usage: Any = None
+
+
+_plain_decoder = msgspec.json.Decoder(_PlainChunk)
 _OWN_FIELDS = frozenset({"id", "object", "created", "model", "usage", "obfuscation"})
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
 

@@ -255,8 +255,7 @@ class JobRunner:
             _job_completion_id("cmpl" if text else "chatcmpl", outcome.job_id),
             request.model,
             int(time.time()),
-            # A non-streamed reply is folded from the chunks and needs the usage in them.
-            _wants_usage(request) or not request.stream,
+            _wants_usage(request),  # a folded reply takes its usage from the last Out
         )
         call = Call(request, upstream, body, reply)
         outs = self.backend.complete(call) if text else self.backend.chat(call)
