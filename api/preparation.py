@@ -21,6 +21,7 @@ from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    patch_body,
 )
 from llmq.schemas.text import message_text
 
@@ -61,7 +62,7 @@ class RequestPreparer:
         self.check_model(model, kind, need_live_worker=not durable)
         req, changed = self._adjusted(req, model, durable)
         if changed:
-            body = _encoder.encode(req)
+            body = patch_body(body, changed)  # fields llmq does not declare stay as they came
         stream = bool(getattr(req, "stream", False))
         max_tokens = (
             0 if isinstance(req, EmbeddingRequest) else token_limit(req) or self.default_max_tokens
@@ -86,7 +87,9 @@ class RequestPreparer:
                 param="model",
             )  # fmt: skip
 
-    def _adjusted(self, req: AnyRequest, model: str, durable: bool) -> tuple[AnyRequest, bool]:
+    def _adjusted(
+        self, req: AnyRequest, model: str, durable: bool
+    ) -> tuple[AnyRequest, dict[str, object]]:
         changes: dict[str, object] = {}
         if req.model != model:
             changes["model"] = model
@@ -104,8 +107,8 @@ class RequestPreparer:
                 if defaults.max_tokens is not None and token_limit(req) is None:
                     changes["max_tokens"] = defaults.max_tokens
         if not changes:
-            return req, False
-        return msgspec.structs.replace(req, **changes), True
+            return req, changes
+        return msgspec.structs.replace(req, **changes), changes
 
 
 def _decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:

@@ -1,7 +1,9 @@
 """OpenAI request and response types, as msgspec structs.
 
-Request fields a gateway does not interpret are still declared (default UNSET) so that a
-request survives decode -> encode unchanged on its way to an OpenAI-compatible upstream.
+The request structs declare what llmq reads (admission, translating backends); they are never
+re-encoded to forward a request: `patch_body` changes named top-level fields of the client's
+JSON and leaves every other byte as it came, so fields llmq does not declare pass through.
+Response fields the spec types as strings are UNSET (omitted) when absent, never null.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
     parallel_tool_calls: bool | UnsetType | None = UNSET
     response_format: dict[str, Any] | UnsetType | None = UNSET
     metadata: dict[str, str] | UnsetType | None = UNSET
+    reasoning_effort: str | UnsetType | None = UNSET
 
     def token_limit(self) -> int | None:
         """The caller's output limit, whichever of the two spellings it used."""
@@ -97,15 +100,28 @@ class EmbeddingRequest(Struct, omit_defaults=True):
 
 
 class Usage(Struct):
+    """Token counts of a whole generation (every choice); the details as the upstream sent
+    them (`cached_tokens`, `reasoning_tokens`, ...), omitted when it sent none."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: dict[str, Any] | UnsetType = UNSET
+    completion_tokens_details: dict[str, Any] | UnsetType = UNSET
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        value = details.get("cached_tokens") if isinstance(details, dict) else None
+        return value if isinstance(value, int) else 0
 
 
 class ResponseMessage(Struct):
     role: str = "assistant"
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET
 
 
 class Choice(Struct):
@@ -122,12 +138,14 @@ class ChatCompletion(Struct):
     choices: list[Choice]
     usage: Usage
     object: str = "chat.completion"
-    system_fingerprint: str | None = None
+    system_fingerprint: str | UnsetType = UNSET
 
 
 class Delta(Struct, omit_defaults=True):
     role: str | UnsetType = UNSET
     content: str | UnsetType | None = UNSET
+    reasoning_content: str | UnsetType = UNSET
+    refusal: str | UnsetType = UNSET
     tool_calls: list[dict[str, Any]] | UnsetType = UNSET
 
 
@@ -144,8 +162,8 @@ class ChatCompletionChunk(Struct):
     model: str
     choices: list[ChunkChoice]
     object: str = "chat.completion.chunk"
-    system_fingerprint: str | None = None
-    usage: Usage | None = None
+    system_fingerprint: str | UnsetType = UNSET
+    usage: Usage | UnsetType = UNSET
 
 
 class ModelCard(Struct):
@@ -191,7 +209,7 @@ class TextCompletion(Struct):
     model: str
     choices: list[TextChoice]
     object: str = "text_completion"
-    usage: Usage | None = None
+    usage: Usage | UnsetType = UNSET
 
 
 class EmbeddingData(Struct):
@@ -210,3 +228,23 @@ class EmbeddingList(Struct):
     model: str
     usage: EmbeddingUsage
     object: str = "list"
+
+
+# --- the client's JSON, patched rather than re-encoded ----------------------------------
+
+RawFields = dict[str, msgspec.Raw]
+raw_fields_decoder: msgspec.json.Decoder[RawFields] = msgspec.json.Decoder(RawFields)
+"""A JSON object's top-level fields, each value kept as its exact bytes."""
+_raw_encoder = msgspec.json.Encoder()
+
+
+def patch_body(body: bytes, changes: dict[str, Any]) -> bytes:
+    """`body` with the named top-level fields set (UNSET removes one); every other field
+    keeps its exact bytes and its place, so fields llmq does not know reach the upstream."""
+    fields = raw_fields_decoder.decode(body)
+    for key, value in changes.items():
+        if value is UNSET:
+            fields.pop(key, None)
+        else:
+            fields[key] = msgspec.Raw(_raw_encoder.encode(value))
+    return _raw_encoder.encode(fields)

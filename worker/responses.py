@@ -1,30 +1,15 @@
-"""Turning backend `Piece`s into OpenAI responses: stream chunks or one whole object.
-
-Each builder encodes with one module-level msgspec encoder; a streamed token costs one
-small struct and one `encode` call.
-"""
+"""Whole OpenAI responses for non-streamed requests: folded from the backend's chunks
+(`Fold`), and the embedding list."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
+from msgspec import Struct
 
-from llmq.schemas.openai import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    Choice,
-    ChunkChoice,
-    Delta,
-    EmbeddingData,
-    EmbeddingList,
-    EmbeddingUsage,
-    ResponseMessage,
-    TextChoice,
-    TextCompletion,
-    Usage,
-)
-from llmq.worker.backends.base import Embeddings, Piece
+from llmq.schemas.openai import EmbeddingData, EmbeddingList, EmbeddingUsage, Usage
+from llmq.worker.backends.base import Embeddings, ReplyTo
 
 _encoder = msgspec.json.Encoder()
 
@@ -47,111 +32,145 @@ def merge_tool_calls(merged: list[dict[str, Any]], deltas: list[dict[str, Any]])
             call["function"]["arguments"] += function["arguments"]
 
 
-class ChatBuilder:
-    """`chat.completion.chunk`s for a stream, or one `chat.completion` at the end."""
+class Fold:
+    """The whole body of a non-streamed request, folded from the chunks a backend made.
 
-    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool) -> None:
-        self.id = completion_id
-        self.model = model
-        self.created = created
-        self.include_usage = include_usage
-        self.parts: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []
+    Generic over what a chunk holds, so no field the upstream sent is lost: per choice (by
+    `index`) strings are concatenated (content, reasoning, refusal, text), lists extended
+    (logprobs), tool-call deltas merged, other values kept last-wins; top-level fields other
+    than id, model, created and object (system_fingerprint, service_tier, ...) are kept.
+    """
 
-    def _chunk(self, delta: Delta, finish: str | None = None) -> bytes:
-        return _encoder.encode(
-            ChatCompletionChunk(
-                id=self.id,
-                created=self.created,
-                model=self.model,
-                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],
-            )
-        )
+    def __init__(self, reply: ReplyTo, text: bool) -> None:
+        self._reply = reply
+        self._text = text
+        self._extra: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
 
-    def first_chunk(self) -> bytes:
-        return self._chunk(Delta(role="assistant", content=""))
+    def add(self, chunk: bytes) -> None:
+        if not self._text:
+            try:  # the common chunk (role, content, finish), typed; anything more: generic
+                plain = _plain_decoder.decode(chunk)
+            except msgspec.ValidationError:
+                pass
+            else:
+                for choice in plain.choices:
+                    self._plain(choice)
+                return
+        data = _object_decoder.decode(chunk)
+        for key, value in data.items():
+            if key == "choices":
+                for choice in value or ():
+                    self._choice(choice)
+            elif key not in _OWN_FIELDS and value is not None:
+                self._extra[key] = value
 
-    def piece_chunk(self, piece: Piece) -> bytes | None:
-        if piece.content is None and not piece.tool_calls:
-            return None
-        delta = Delta(content=piece.content) if piece.content is not None else Delta()
-        if piece.tool_calls:
-            delta.tool_calls = piece.tool_calls
-        return self._chunk(delta)
+    def _choice(self, choice: dict[str, Any]) -> None:
+        index = int(choice.get("index") or 0)
+        folded = self._choices.get(index)
+        if folded is None:
+            folded = self._choices[index] = self._empty(index)
+        for key, value in choice.items():
+            if key == "delta":
+                _merge_message(folded["message"], value or {})
+            elif key != "index":
+                _merge(folded, key, value)
 
-    def finish_chunk(self, finish_reason: str | None) -> bytes:
-        return self._chunk(Delta(), finish_reason or "stop")
+    def _plain(self, choice: _PlainChoice) -> None:
+        folded = self._choices.get(choice.index)
+        if folded is None:
+            folded = self._choices[choice.index] = self._empty(choice.index)
+        content = choice.delta.content
+        if content is not None:
+            message = folded["message"]
+            message["content"] = (message["content"] or "") + content
+        if choice.finish_reason is not None:
+            folded["finish_reason"] = choice.finish_reason
 
-    def usage_chunk(self, usage: Usage) -> bytes:
-        return _encoder.encode(
-            ChatCompletionChunk(
-                id=self.id, created=self.created, model=self.model, choices=[], usage=usage
-            )
-        )
+    def _empty(self, index: int) -> dict[str, Any]:
+        if self._text:
+            return {"index": index, "text": "", "logprobs": None, "finish_reason": None}
+        message = {"role": "assistant", "content": None, "refusal": None}
+        return {"index": index, "message": message, "logprobs": None, "finish_reason": None}
 
-    def add(self, piece: Piece) -> None:
-        if piece.content:
-            self.parts.append(piece.content)
-        if piece.tool_calls:
-            merge_tool_calls(self.tool_calls, piece.tool_calls)
-
-    def whole(self, finish_reason: str | None, usage: Usage) -> bytes:
-        message = ResponseMessage(content="".join(self.parts))
-        if self.tool_calls:
-            message.tool_calls = self.tool_calls
-            if not self.parts:
-                message.content = None
-        return _encoder.encode(
-            ChatCompletion(
-                id=self.id,
-                created=self.created,
-                model=self.model,
-                choices=[Choice(index=0, message=message, finish_reason=finish_reason or "stop")],
-                usage=usage,
-            )
-        )
+    def whole(self, usage: Usage) -> bytes:
+        choices = [self._choices[i] for i in sorted(self._choices)] or [self._empty(0)]
+        for choice in choices:
+            if choice["finish_reason"] is None:
+                choice["finish_reason"] = "stop"
+            message = choice.get("message")
+            if message is not None and message.get("tool_calls") and not message["content"]:
+                message["content"] = None
+        reply = self._reply
+        body: dict[str, Any] = {
+            "id": reply.id,
+            "object": "text_completion" if self._text else "chat.completion",
+            "created": reply.created,
+            "model": reply.model,
+            "choices": choices,
+            "usage": usage,
+        }
+        body.update(self._extra)
+        return _encoder.encode(body)
 
 
-class TextBuilder:
-    """Legacy `text_completion` objects, streamed or whole."""
+class _PlainDelta(Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    content: str | None = None
 
-    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool) -> None:
-        self.id = completion_id
-        self.model = model
-        self.created = created
-        self.include_usage = include_usage
-        self.parts: list[str] = []
 
-    def _object(self, text: str, finish: str | None, usage: Usage | None = None) -> bytes:
-        choices = [TextChoice(index=0, text=text, finish_reason=finish)]
-        return _encoder.encode(
-            TextCompletion(
-                id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
-            )
-        )
+class _PlainChoice(Struct, forbid_unknown_fields=True):
+    delta: _PlainDelta
+    index: int = 0
+    finish_reason: str | None = None
+    logprobs: None = None
 
-    def first_chunk(self) -> bytes | None:
-        return None
 
-    def piece_chunk(self, piece: Piece) -> bytes | None:
-        return self._object(piece.content, None) if piece.content else None
+class _PlainChunk(Struct, forbid_unknown_fields=True):
+    """A chunk with nothing but id, model, text and finish: what echo and most answers send.
+    Any other field (logprobs, reasoning, tool calls, system_fingerprint, ...) fails this
+    decode and takes the generic path."""
 
-    def finish_chunk(self, finish_reason: str | None) -> bytes:
-        return self._object("", finish_reason or "stop")
+    choices: list[_PlainChoice]
+    id: str = ""
+    object: str = ""
+    created: int = 0
+    model: str = ""
+    usage: Any = None
 
-    def usage_chunk(self, usage: Usage) -> bytes:
-        return _encoder.encode(
-            TextCompletion(
-                id=self.id, created=self.created, model=self.model, choices=[], usage=usage
-            )
-        )
 
-    def add(self, piece: Piece) -> None:
-        if piece.content:
-            self.parts.append(piece.content)
+_plain_decoder = msgspec.json.Decoder(_PlainChunk)
+_OWN_FIELDS = frozenset({"id", "object", "created", "model", "usage", "obfuscation"})
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
 
-    def whole(self, finish_reason: str | None, usage: Usage) -> bytes:
-        return self._object("".join(self.parts), finish_reason or "stop", usage)
+
+def _merge_message(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    for key, value in delta.items():
+        if key == "tool_calls":
+            if value:
+                merge_tool_calls(message.setdefault("tool_calls", []), value)
+        elif key == "role":
+            if value:
+                message["role"] = value
+        else:
+            _merge(message, key, value)
+
+
+def _merge(target: dict[str, Any], key: str, value: Any) -> None:
+    """Fold one streamed value into the whole: strings concatenate, lists extend, objects
+    merge, anything else replaces; a null never erases what came before."""
+    if value is None:
+        return
+    current = target.get(key)
+    if isinstance(value, str) and isinstance(current, str):
+        target[key] = current + value
+    elif isinstance(value, list) and isinstance(current, list):
+        current.extend(value)
+    elif isinstance(value, dict) and isinstance(current, dict):
+        for inner, item in value.items():
+            _merge(current, inner, item)
+    else:
+        target[key] = value
 
 
 def embedding_list(result: Embeddings, model: str, base64: bool) -> bytes:

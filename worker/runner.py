@@ -24,10 +24,9 @@ from nats.aio.msg import Msg
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_request
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
-from llmq.schemas.text import count_tokens
-from llmq.worker.backends.base import Backend, BackendError, Piece
+from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.replies import FrameSender
-from llmq.worker.responses import ChatBuilder, TextBuilder, embedding_list
+from llmq.worker.responses import Fold, embedding_list
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 
 log = logging.getLogger(__name__)
@@ -191,7 +190,12 @@ class JobRunner:
             )
         except BackendError as exc:
             outcome.backend_failed = exc.status >= 500 or exc.status == 429
-            if exc.retryable and outcome.first_token is None and attempt < self.max_deliver:
+            if (
+                exc.retryable
+                and outcome.first_token is None
+                and not ack.done
+                and attempt < self.max_deliver
+            ):
                 outcome.outcome = "retried"
                 await ack.nak(delay=min(0.1 * attempt, 1.0))
                 await sender.requeued(attempt)
@@ -246,88 +250,61 @@ class JobRunner:
         if isinstance(request, EmbeddingRequest):
             await self._embed(request, sender, outcome)
             return
-        builder: ChatBuilder | TextBuilder
         upstream = self.upstream_names.get(request.model, request.model)
-        if isinstance(request, CompletionRequest):
-            builder = TextBuilder(
-                _job_completion_id("cmpl", outcome.job_id),
-                request.model,
-                int(time.time()),
-                _wants_usage(request),
-            )
-            pieces = self.backend.complete(request, upstream)
-        else:
-            builder = ChatBuilder(
-                _job_completion_id("chatcmpl", outcome.job_id),
-                request.model,
-                int(time.time()),
-                _wants_usage(request),
-            )
-            pieces = self.backend.chat(request, upstream)
+        text = isinstance(request, CompletionRequest)
+        reply = ReplyTo(
+            _job_completion_id("cmpl" if text else "chatcmpl", outcome.job_id),
+            request.model,
+            int(time.time()),
+            _wants_usage(request),  # a folded reply takes its usage from the last Out
+        )
+        call = Call(request, upstream, body, reply)
+        outs = self.backend.complete(call) if text else self.backend.chat(call)
         if request.stream:
-            await self._stream(pieces, builder, sender, ack, outcome)
+            await self._stream(outs, sender, ack, outcome)
         else:
-            await self._collect(pieces, builder, sender, outcome)
+            await self._collect(outs, Fold(reply, text), sender, outcome)
 
     async def _stream(
-        self,
-        pieces: AsyncIterator[Piece],
-        builder: ChatBuilder | TextBuilder,
-        sender: FrameSender,
-        ack: _Ack,
-        outcome: JobOutcome,
+        self, outs: AsyncIterator[Out], sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
         finish: str | None = None
         usage: Usage | None = None
-        completion_tokens = 0
-        async for piece in pieces:
-            chunk = builder.piece_chunk(piece)
-            if chunk is not None:
+        held: list[bytes] = []  # chunks before the first token (a role chunk): still retryable
+        async for out in outs:
+            if out.tokens and outcome.first_token is None:
+                outcome.first_token = time.monotonic()
+                await ack.ack()  # the point of no return: the client sees a token
+                for chunk in held:
+                    await sender.chunk(chunk)
+            if out.chunk:
                 if outcome.first_token is None:
-                    outcome.first_token = time.monotonic()
-                    first = builder.first_chunk()
-                    if first is not None:
-                        await sender.chunk(first)
-                    await ack.ack()
-                completion_tokens += 1
-                await sender.chunk(chunk)
-            if piece.finish_reason:
-                finish = piece.finish_reason
-            if piece.usage is not None:
-                usage = piece.usage
-        if outcome.first_token is None:
-            first = builder.first_chunk()
-            if first is not None:
-                await sender.chunk(first)
-        usage = usage or Usage(0, completion_tokens, completion_tokens)
+                    held.append(out.chunk)
+                else:
+                    await sender.chunk(out.chunk)
+            if out.usage is not None:
+                usage, finish = out.usage, out.finish_reason
+        for chunk in held if outcome.first_token is None else ():
+            await sender.chunk(chunk)
+        usage = usage or Usage()
         outcome.usage = usage
-        await sender.chunk(builder.finish_chunk(finish))
-        if builder.include_usage:
-            await sender.chunk(builder.usage_chunk(usage))
         await sender.done(Done(usage=usage, finish_reason=finish))
 
     async def _collect(
-        self,
-        pieces: AsyncIterator[Piece],
-        builder: ChatBuilder | TextBuilder,
-        sender: FrameSender,
-        outcome: JobOutcome,
+        self, outs: AsyncIterator[Out], fold: Fold, sender: FrameSender, outcome: JobOutcome
     ) -> None:
         finish: str | None = None
         usage: Usage | None = None
-        async for piece in pieces:
-            if outcome.first_token is None and (piece.content or piece.tool_calls):
+        async for out in outs:
+            if out.tokens and outcome.first_token is None:
                 outcome.first_token = time.monotonic()
-            builder.add(piece)
-            if piece.finish_reason:
-                finish = piece.finish_reason
-            if piece.usage is not None:
-                usage = piece.usage
-        if usage is None:
-            n = count_tokens("".join(builder.parts))
-            usage = Usage(0, n, n)
+            if out.chunk:
+                fold.add(out.chunk)
+            if out.usage is not None:
+                usage, finish = out.usage, out.finish_reason
+        usage = usage or Usage()
         outcome.usage = usage
-        body = builder.whole(finish, usage)
+        body = fold.whole(usage)
         await sender.done(Done(usage=usage, finish_reason=finish, body=msgspec.Raw(body)))
 
     async def _embed(

@@ -1,9 +1,9 @@
 """Anthropic's Messages API (`POST {url}/v1/messages`), streamed, behind the OpenAI shape.
 
-The request is translated (system and developer messages into `system`, tool calls and
-results into content blocks, `stop` into `stop_sequences`, a `max_tokens` that Anthropic
-requires) and the event stream is read back into pieces, tool_use blocks becoming OpenAI
-tool-call deltas. Chat only.
+The request is translated by `anthropic_request` (which refuses, by name, what it cannot
+map) and the event stream is turned into OpenAI chunks: text, thinking as
+`reasoning_content`, tool_use blocks as tool-call deltas, cache reads as
+`usage.prompt_tokens_details.cached_tokens`. Chat only.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import msgspec
 from msgspec import Struct
 
 from llmq.schemas.envelope import JobKind
-from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
-from llmq.schemas.text import message_text, prompt_tokens
+from llmq.schemas.openai import ChatCompletionRequest, EmbeddingRequest, Usage
+from llmq.schemas.text import prompt_tokens
+from llmq.worker.backends import anthropic_request
 from llmq.worker.backends.base import (
     AnthropicOptions,
     BackendConfig,
-    BackendError,
+    Call,
     Embeddings,
-    Piece,
+    Out,
     unsupported,
 )
+from llmq.worker.chunks import ChatChunks
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, stream_error
 from llmq.worker.upstream.sse import SSEDecoder
@@ -125,29 +127,37 @@ _event_decoder = msgspec.json.Decoder(_Event)
 
 
 class _EventStream:
-    """Anthropic's SSE events until `message_stop`; unknown event types are skipped."""
+    """Anthropic's SSE events until `message_stop`, as OpenAI chunks of choice 0; unknown
+    event types are skipped. Text → `content`, thinking → `reasoning_content`, tool_use →
+    tool-call deltas; the input of the forced response_format tool → `content`."""
 
-    def __init__(self, tally: Tally) -> None:
+    def __init__(self, call: Call, tally: Tally) -> None:
         self.done = False
         self._sse = SSEDecoder()
         self._tally = tally
+        self._chunks = ChatChunks(call.reply)
+        self.format_tool: str | None = None
+        """The forced tool that carries a response_format answer (set with the body)."""
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
+        self._answer: set[int] = set()  # content blocks that carry the response_format answer
         self._prompt: int | None = None
+        self._cache_read = 0
+        self._cache_write = 0
         self._output: int | None = None
         self._stop_reason: str | None = None
 
-    def feed(self, line: str) -> list[Piece]:
+    def feed(self, line: str) -> list[Out]:
         event = self._sse.feed(line)
         return self._event(*event) if event else []
 
-    def eof(self) -> list[Piece]:
+    def eof(self) -> list[Out]:
         event = self._sse.flush()
-        pieces = self._event(*event) if event else []
+        outs = self._event(*event) if event else []
         if not self.done:
             raise ended_early()
-        return pieces
+        return outs
 
-    def _event(self, name: str, data: str) -> list[Piece]:
+    def _event(self, name: str, data: str) -> list[Out]:
         if name not in KNOWN_EVENTS:
             return []
         event = _event_decoder.decode(data)
@@ -163,21 +173,34 @@ class _EventStream:
         elif isinstance(event, _MessageStop):
             self.done = True
             finish = FINISH_REASONS.get(self._stop_reason or "end_turn", "stop")
-            return [
-                Piece(finish_reason=finish, usage=self._tally.usage(self._prompt, self._output))
-            ]
+            if self._answer and finish == "tool_calls":
+                finish = "stop"  # the forced tool was the answer, not a call to make
+            return [self._chunks.finish(0, finish), self._chunks.end(self._usage(), finish)]
         elif isinstance(event, _Error):
             kind = event.error.get("type")
             raise stream_error({"error": event.error}, retryable=kind in TRANSIENT_ERRORS)
         return []
 
-    def _block(self, event: _BlockStart) -> list[Piece]:
+    def _text(self, text: str | None, reasoning: bool = False) -> list[Out]:
+        if not text:
+            return []
+        self._tally.add(text)
+        if reasoning:
+            return [self._chunks.delta(reasoning=text)]
+        return [self._chunks.delta(content=text)]
+
+    def _block(self, event: _BlockStart) -> list[Out]:
         block = event.content_block
-        if block.get("type") == "text" and block.get("text"):
-            self._tally.add(block["text"])
-            return [Piece(content=block["text"])]
-        if block.get("type") != "tool_use":
-            return []  # thinking, server tools, ...: not part of the OpenAI answer
+        kind = block.get("type")
+        if kind == "text":
+            return self._text(block.get("text"))
+        if kind == "thinking":
+            return self._text(block.get("thinking"), reasoning=True)
+        if kind != "tool_use":
+            return []  # redacted thinking, server tools: nothing an OpenAI client can read
+        if self.format_tool is not None and block.get("name") == self.format_tool:
+            self._answer.add(event.index)
+            return []
         index = self._tools[event.index] = len(self._tools)
         call = {
             "index": index,
@@ -185,148 +208,50 @@ class _EventStream:
             "type": "function",
             "function": {"name": block.get("name", ""), "arguments": ""},
         }
-        return [Piece(tool_calls=[call])]
+        return [self._chunks.delta(tool_calls=[call])]
 
-    def _delta(self, event: _BlockDelta) -> list[Piece]:
+    def _delta(self, event: _BlockDelta) -> list[Out]:
         delta = event.delta
         kind = delta.get("type")
-        if kind == "text_delta" and delta.get("text"):
-            self._tally.add(delta["text"])
-            return [Piece(content=delta["text"])]
-        if kind == "input_json_delta" and event.index in self._tools and delta.get("partial_json"):
+        if kind == "text_delta":
+            return self._text(delta.get("text"))
+        if kind == "thinking_delta":
+            return self._text(delta.get("thinking"), reasoning=True)
+        if kind != "input_json_delta" or not delta.get("partial_json"):
+            return []
+        if event.index in self._answer:
+            return self._text(delta["partial_json"])
+        if event.index in self._tools:
             self._tally.add(delta["partial_json"])
             call = {
                 "index": self._tools[event.index],
                 "function": {"arguments": delta["partial_json"]},
             }
-            return [Piece(tool_calls=[call])]
+            return [self._chunks.delta(tool_calls=[call])]
         return []
 
     def _count(self, usage: _Usage | None) -> None:
         """Input counts arrive with message_start; output counts are cumulative."""
         if usage is None:
             return
+        if usage.cache_read_input_tokens is not None:
+            self._cache_read = usage.cache_read_input_tokens
+        if usage.cache_creation_input_tokens is not None:
+            self._cache_write = usage.cache_creation_input_tokens
         if usage.input_tokens is not None:
-            self._prompt = (
-                usage.input_tokens
-                + (usage.cache_creation_input_tokens or 0)
-                + (usage.cache_read_input_tokens or 0)
-            )
+            self._prompt = usage.input_tokens + self._cache_write + self._cache_read
         if usage.output_tokens is not None:
             self._output = usage.output_tokens
 
-
-def _invalid(message: str) -> BackendError:
-    return BackendError(message, status=400, type="invalid_request_error")
-
-
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI content (string or parts) as Anthropic content blocks; empty text is dropped."""
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    blocks = []
-    for part in content:
-        kind = part.get("type")
-        if kind == "text":
-            if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            blocks.append(_image(part.get("image_url")))
-        else:
-            raise _invalid(f"the anthropic backend does not support content parts of type {kind!r}")
-    return blocks
-
-
-def _image(image: Any) -> dict[str, Any]:
-    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
-    if url.startswith("data:"):
-        head, _, data = url.partition(",")
-        media_type = head[len("data:") :].split(";")[0]
-        source = {"type": "base64", "media_type": media_type, "data": data}
-        return {"type": "image", "source": source}
-    return {"type": "image", "source": {"type": "url", "url": url}}
-
-
-def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments") or "{}"
-    try:
-        parsed = _json_decoder.decode(arguments) if isinstance(arguments, str) else arguments
-    except msgspec.DecodeError:
-        raise _invalid("tool call arguments must be a JSON object") from None
-    return {
-        "type": "tool_use",
-        "id": call.get("id", ""),
-        "name": function.get("name", ""),
-        "input": parsed if isinstance(parsed, dict) else {},
-    }
-
-
-def _messages(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(system texts, messages): same-role neighbours merged, tool results in user turns."""
-    system: list[str] = []
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role in ("system", "developer"):
-            text = message_text(message)
-            if text:
-                system.append(text)
-            continue
-        if message.role in ("tool", "function"):
-            role = "user"
-            result: dict[str, Any] = {
-                "type": "tool_result",
-                "tool_use_id": message.tool_call_id or "",
-                "content": message_text(message),
-            }
-            blocks = [result]
-        elif message.role == "assistant":
-            role = "assistant"
-            blocks = _blocks(message.content) + [_tool_use(c) for c in message.tool_calls or ()]
-        else:
-            role = "user"
-            blocks = _blocks(message.content)
-        if not blocks:
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return system, out
-
-
-def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for tool in tools:
-        function = tool.get("function") or {}
-        converted = {
-            "name": function.get("name", ""),
-            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-        }
-        if function.get("description"):
-            converted["description"] = function["description"]
-        out.append(converted)
-    return out
-
-
-def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
-    converted: dict[str, Any] | None = None
-    if choice == "auto":
-        converted = {"type": "auto"}
-    elif choice == "required":
-        converted = {"type": "any"}
-    elif choice == "none":
-        converted = {"type": "none"}
-    elif isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name", "")
-        converted = {"type": "tool", "name": name}
-    if parallel is False:
-        converted = converted or {"type": "auto"}
-        if converted["type"] != "none":
-            converted["disable_parallel_tool_use"] = True
-    return converted
+    def _usage(self) -> Usage:
+        """Cache reads as OpenAI's `cached_tokens`; cache writes as `cache_creation_tokens`."""
+        usage = self._tally.usage(self._prompt, self._output)
+        if self._cache_read or self._cache_write:
+            details: dict[str, Any] = {"cached_tokens": self._cache_read}
+            if self._cache_write:
+                details["cache_creation_tokens"] = self._cache_write
+            usage.prompt_tokens_details = details
+        return usage
 
 
 class AnthropicBackend:
@@ -343,43 +268,19 @@ class AnthropicBackend:
     def __repr__(self) -> str:
         return f"AnthropicBackend(url={self._base!r})"
 
-    def _body(self, request: ChatCompletionRequest, upstream_model: str) -> bytes:
-        system, messages = _messages(request.messages)
-        limit = request.token_limit()
-        body: dict[str, Any] = {
-            "model": upstream_model,
-            "max_tokens": limit if limit is not None else self._default_max_tokens,
-            "messages": messages,
-            "stream": True,
-        }
-        if system:
-            body["system"] = "\n\n".join(system)
-        if isinstance(request.temperature, float | int):
-            body["temperature"] = request.temperature
-        if isinstance(request.top_p, float | int):
-            body["top_p"] = request.top_p
-        if isinstance(request.stop, str):
-            body["stop_sequences"] = [request.stop]
-        elif isinstance(request.stop, list) and request.stop:
-            body["stop_sequences"] = request.stop
-        if request.tools:
-            body["tools"] = _tools(request.tools)
-        tool_choice = _tool_choice(request.tool_choice, request.parallel_tool_calls)
-        if tool_choice is not None and request.tools:
-            body["tool_choice"] = tool_choice
-        if isinstance(request.user, str) and request.user:
-            body["metadata"] = {"user_id": request.user}
-        return _encoder.encode(body)
-
-    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+    def chat(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, ChatCompletionRequest)
         tally = Tally(lambda: prompt_tokens(request.messages))
-        return self._upstream.stream(
-            f"{self._base}/v1/messages",
-            lambda: self._body(request, upstream_model),
-            _EventStream(tally),
-        )
+        events = _EventStream(call, tally)
 
-    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+        def body() -> bytes:  # built while iterating: a refused field fails like any error
+            content, events.format_tool = anthropic_request.build(call, self._default_max_tokens)
+            return content
+
+        return self._upstream.stream(f"{self._base}/v1/messages", body, events)
+
+    def complete(self, call: Call) -> AsyncIterator[Out]:
         raise unsupported("completion", "anthropic")
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:

@@ -1,31 +1,86 @@
 """The contract between the worker's job runner and a backend.
 
-A backend turns one OpenAI-shaped request into a stream of `Piece`s (text deltas, tool-call
-deltas, a finish reason, usage). The runner owns everything else: frames, chunk encoding,
-deadlines, cancellation, retries. Cancelling the task that iterates a backend's stream must
-close the upstream request at once (an `async with` around the HTTP stream does that).
+A backend turns one `Call` (the client's request, typed and as the bytes it came in) into a
+stream of `Out`s. Each `Out.chunk` is a complete OpenAI stream chunk as the client will see
+it (`chat.completion.chunk` or `text_completion`, every choice with its index, llmq's id and
+model): a pass-through backend relays the upstream's chunks with only id and model rewritten,
+a translating backend builds them with `worker.chunks`. Nothing is lost between the two: the
+runner sends the chunks as they are, or folds them into one body (`worker.responses.Fold`).
+The last `Out` carries the usage of every choice and the first choice's finish reason.
+The runner owns frames, deadlines, cancellation and retries. Cancelling the task that
+iterates a backend's stream must close the upstream request at once (an `async with` around
+the HTTP stream does that).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 from msgspec import Struct
 
 from llmq.schemas.envelope import JobKind
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 
+_encoder = msgspec.json.Encoder()
 
-class Piece(Struct, omit_defaults=True):
-    """One increment of a generation."""
 
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    finish_reason: str | None = None
+class Out(Struct):
+    """One step of a generation, ready for the client."""
+
+    chunk: bytes = b""
+    """A whole OpenAI stream chunk, encoded; empty when there is nothing to send."""
+    tokens: bool = False
+    """The chunk carries generated output (text, reasoning, a refusal or a tool call)."""
     usage: Usage | None = None
+    """Set on the last Out: the usage of the whole generation, every choice counted."""
+    finish_reason: str | None = None
+    """Set on the last Out: the first choice's finish reason (for the done frame)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """How the client's chunks are named, and whether it gets a usage chunk."""
+
+    id: str = "chatcmpl-llmq"
+    model: str = ""
+    created: int = 0
+    include_usage: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One chat or completion job as a backend gets it."""
+
+    request: ChatCompletionRequest | CompletionRequest
+    """The typed view (decoded once by the runner)."""
+    upstream_model: str
+    body: bytes
+    """The client's JSON as it came (with the api's defaults): what a pass-through forwards."""
+    reply: ReplyTo
+
+    @classmethod
+    def of(
+        cls,
+        request: ChatCompletionRequest | CompletionRequest,
+        upstream_model: str,
+        reply: ReplyTo | None = None,
+        body: bytes | None = None,
+    ) -> Call:
+        """A call built from a typed request (tests, tools): the body is its encoding."""
+        if reply is None:
+            prefix = "cmpl" if isinstance(request, CompletionRequest) else "chatcmpl"
+            reply = ReplyTo(f"{prefix}-llmq", request.model, 0, False)
+        return cls(request, upstream_model, body or _encoder.encode(request), reply)
+
+    @property
+    def choices(self) -> int:
+        """`n`: how many choices the client asked for."""
+        n = self.request.n
+        return n if isinstance(n, int) and n > 0 else 1
 
 
 class Embeddings(Struct):
@@ -151,11 +206,11 @@ class Backend(Protocol):
     kinds: ClassVar[frozenset[JobKind]]
     """Job kinds supported: a subset of `JOB_KINDS`."""
 
-    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
-        """Stream a chat completion."""
+    def chat(self, call: Call) -> AsyncIterator[Out]:
+        """Stream a chat completion (`call.request` is a ChatCompletionRequest)."""
         ...
 
-    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+    def complete(self, call: Call) -> AsyncIterator[Out]:
         """Stream a legacy text completion (raise BackendError 400 if unsupported)."""
         ...
 
@@ -178,4 +233,16 @@ def unsupported(kind: str, backend: str) -> BackendError:
         status=400,
         type="invalid_request_error",
         code="unsupported_endpoint",
+    )
+
+
+def unsupported_parameter(param: str, backend: str, why: str = "") -> BackendError:
+    """A request field this backend cannot honour: a 400 naming it, never a silent drop."""
+    detail = f": {why}" if why else ""
+    return BackendError(
+        f"the {backend} backend does not support the parameter `{param}`{detail}",
+        status=400,
+        type="invalid_request_error",
+        code="unsupported_parameter",
+        param=param,
     )

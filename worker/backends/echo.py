@@ -1,7 +1,8 @@
 """The built-in `echo` model: replies with the last user message, one token per word.
 
-Deterministic, honours `max_tokens`, an optional per-token delay and reports usage. It is
-the embedded default that `llmq dev` serves, and what benchmarks use to measure overhead.
+Deterministic, honours `max_tokens` and `n` (each choice echoes the same words), an optional
+per-token delay and reports usage (every choice counted). It is the embedded default that
+`llmq dev` serves, and what benchmarks use to measure overhead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.schemas.text import count_tokens, message_text, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, EchoOptions, Embeddings, Piece
+from llmq.worker.backends.base import BackendConfig, Call, EchoOptions, Embeddings, Out
+from llmq.worker.chunks import ChatChunks, Chunks, TextChunks
 
 EMBEDDING_DIMENSIONS = 16
 
@@ -30,27 +32,40 @@ class EchoBackend:
     def __init__(self, config: BackendConfig) -> None:
         self.delay = config.options_of(EchoOptions).delay
 
-    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+    def chat(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, ChatCompletionRequest)
         last_user = next((m for m in reversed(request.messages) if m.role == "user"), None)
         text = message_text(last_user) if last_user else ""
-        return self._words(text, prompt_tokens(request.messages), request.token_limit())
+        n_prompt = prompt_tokens(request.messages)
+        return self._words(ChatChunks(call.reply), text, n_prompt, request.token_limit(), call)
 
-    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+    def complete(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, CompletionRequest)
         prompt = request.prompt if isinstance(request.prompt, str) else " ".join(request.prompt)
         limit = request.max_tokens if isinstance(request.max_tokens, int) else None
-        return self._words(prompt, count_tokens(prompt), limit)
+        return self._words(TextChunks(call.reply), prompt, count_tokens(prompt), limit, call)
 
-    async def _words(self, text: str, n_prompt: int, limit: int | None) -> AsyncIterator[Piece]:
+    async def _words(
+        self, chunks: Chunks, text: str, n_prompt: int, limit: int | None, call: Call
+    ) -> AsyncIterator[Out]:
+        """Each of the `n` choices echoes the same words; usage counts them all."""
         words = text.split()
         finish = "stop"
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
+        choices = call.choices
         for i, word in enumerate(words):
             if self.delay:
                 await asyncio.sleep(self.delay)
-            yield Piece(content=word if i == 0 else " " + word)
-        n = len(words)
-        yield Piece(finish_reason=finish, usage=Usage(n_prompt, n, n_prompt + n))
+            token = word if i == 0 else " " + word
+            for index in range(choices):
+                yield chunks.delta(index, content=token)
+        for index in range(choices):
+            yield chunks.finish(index, finish)
+        n = len(words) * choices
+        yield chunks.end(Usage(n_prompt, n, n_prompt + n), finish)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
         raw = request.input

@@ -2,7 +2,9 @@
 
 Native rather than Ollama's OpenAI layer because only the native API takes `keep_alive`,
 `num_ctx` and reports exact prompt and output counts. Sampling fields of the request go into
-`options`; `keep_alive` and `num_ctx` come from `OllamaOptions`. `url` is e.g.
+`options`, `reasoning_effort` into `think`, `response_format` into `format`; `tool_choice`
+"none" sends no tools; a field it cannot honour is a 400 naming it (`CHAT_FIELDS`).
+`keep_alive` and `num_ctx` come from `OllamaOptions`. `url` is e.g.
 `http://host:11434`.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct
 
 from llmq.schemas.envelope import JOB_KINDS, JobKind
 from llmq.schemas.openai import (
@@ -24,7 +26,17 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.schemas.text import count_tokens, message_text, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, BackendError, Embeddings, OllamaOptions, Piece
+from llmq.worker.backends.base import (
+    BackendConfig,
+    BackendError,
+    Call,
+    Embeddings,
+    OllamaOptions,
+    Out,
+    unsupported_parameter,
+)
+from llmq.worker.backends.params import check_fields
+from llmq.worker.chunks import ChatChunks, Chunks, TextChunks
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
 from llmq.worker.upstream.ndjson import NDJSONDecoder
@@ -33,6 +45,7 @@ from llmq.worker.upstream.usage import Tally
 
 class _Message(Struct):
     content: str = ""
+    thinking: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -53,6 +66,23 @@ class _Embedded(Struct):
     prompt_eval_count: int | None = None
 
 
+BACKEND = "ollama"
+_SAMPLING = frozenset(
+    {"max_tokens", "temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"}
+)
+CHAT_FIELDS = _SAMPLING | {
+    "messages",
+    "max_completion_tokens",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+}
+"""What /api/chat honours (options, tools, format, think); anything else is a 400."""
+COMPLETION_FIELDS = _SAMPLING | {"prompt", "stop", "suffix"}
+
 _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 _lines = NDJSONDecoder(_Line)
@@ -64,25 +94,31 @@ def _invalid(message: str) -> BackendError:
 
 
 class _NDJSONStream:
-    """One JSON object a line until `"done": true`, which carries the counts."""
+    """One JSON object a line until `"done": true`, which carries the counts; each line
+    becomes an OpenAI chunk of choice 0 (thinking as `reasoning_content`)."""
 
-    def __init__(self, tally: Tally) -> None:
+    def __init__(self, chunks: Chunks, tally: Tally) -> None:
         self.done = False
+        self._chunks = chunks
         self._tally = tally
         self._tools = 0
 
-    def feed(self, line: str) -> list[Piece]:
+    def feed(self, line: str) -> list[Out]:
         item = _lines.feed(line)
         if item is None:
             return []
         if item.error is not None:
             raise stream_error({"error": item.error})
-        pieces = []
-        text = item.message.content if item.message else item.response
-        tools = self._tool_calls(item.message.tool_calls if item.message else None)
+        outs = []
+        message = item.message
+        if message is not None and message.thinking:
+            self._tally.add(message.thinking)
+            outs.append(self._chunks.delta(reasoning=message.thinking))
+        text = message.content if message else item.response
+        tools = self._tool_calls(message.tool_calls if message else None)
         if text or tools:
             self._tally.add(text)
-            pieces.append(Piece(content=text or None, tool_calls=tools))
+            outs.append(self._chunks.delta(content=text or None, tool_calls=tools))
         if item.done:
             self.done = True
             if item.done_reason == "length":
@@ -92,10 +128,10 @@ class _NDJSONStream:
             else:
                 finish = "stop"
             usage = self._tally.usage(item.prompt_eval_count, item.eval_count)
-            pieces.append(Piece(finish_reason=finish, usage=usage))
-        return pieces
+            outs += [self._chunks.finish(0, finish), self._chunks.end(usage, finish)]
+        return outs
 
-    def eof(self) -> list[Piece]:
+    def eof(self) -> list[Out]:
         raise ended_early()
 
     def _tool_calls(self, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -121,6 +157,26 @@ class _NDJSONStream:
         return out
 
 
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Ollama's messages; a tool result names its call (`tool_call_id`) and its function
+    (`tool_name`: the message's `name`, else the name of the call it answers)."""
+    names: dict[str, str] = {}
+    out = []
+    for message in messages:
+        for call in message.tool_calls or ():
+            names[str(call.get("id", ""))] = (call.get("function") or {}).get("name", "")
+        converted = _message(message)
+        if converted["role"] == "tool":
+            call_id = message.tool_call_id if isinstance(message.tool_call_id, str) else ""
+            name = message.name if isinstance(message.name, str) else names.get(call_id, "")
+            if call_id:
+                converted["tool_call_id"] = call_id
+            if name:
+                converted["tool_name"] = name
+        out.append(converted)
+    return out
+
+
 def _message(message: Message) -> dict[str, Any]:
     role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
     out: dict[str, Any] = {"role": role, "content": message_text(message)}
@@ -139,7 +195,7 @@ def _image(part: dict[str, Any]) -> str:
     url = image.get("url", "") if isinstance(image, dict) else str(image or "")
     head, sep, data = url.partition(",")
     if not (url.startswith("data:") and sep and head.endswith(";base64")):
-        raise _invalid("the ollama backend accepts images only as base64 data: URLs")
+        raise _invalid("images must be base64 data: URLs; a worker fetches no URL")
     return data
 
 
@@ -156,13 +212,34 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
 
 def _format(response_format: Any) -> Any:
     """json_object → "json", json_schema → the schema (Ollama's structured outputs)."""
-    if not isinstance(response_format, dict):
+    if not isinstance(response_format, dict) or response_format.get("type") in (None, "text"):
         return None
     if response_format.get("type") == "json_object":
         return "json"
     if response_format.get("type") == "json_schema":
-        return (response_format.get("json_schema") or {}).get("schema")
-    return None
+        return (response_format.get("json_schema") or {}).get("schema") or "json"
+    raise unsupported_parameter("response_format", BACKEND, f"type {response_format['type']!r}")
+
+
+def _tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The tools to send: none for `tool_choice: "none"`; Ollama cannot force a call."""
+    choice = request.tool_choice
+    if choice in (None, UNSET, "auto"):
+        return request.tools or None
+    if choice == "none":
+        return None
+    raise unsupported_parameter("tool_choice", BACKEND, "Ollama cannot force a tool call")
+
+
+def _think(effort: Any) -> bool | str | None:
+    """`reasoning_effort` as Ollama's `think`: off for "none", the level otherwise."""
+    if effort is None or effort is UNSET:
+        return None
+    if effort == "none":
+        return False
+    if effort in ("low", "medium", "high"):
+        return str(effort)
+    raise unsupported_parameter("reasoning_effort", BACKEND, f"unknown effort {effort!r}")
 
 
 class OllamaBackend:
@@ -182,9 +259,10 @@ class OllamaBackend:
         return f"OllamaBackend(url={self._base!r})"
 
     def _options(
-        self, request: ChatCompletionRequest | CompletionRequest, limit: int | None
+        self, request: ChatCompletionRequest | CompletionRequest, limit: int | None, body: bytes
     ) -> dict[str, Any]:
         options: dict[str, Any] = {}
+        set_if(options, "top_k", _top_k(body))
         set_if(options, "temperature", request.temperature)
         set_if(options, "top_p", request.top_p)
         set_if(options, "seed", request.seed)
@@ -200,48 +278,63 @@ class OllamaBackend:
             options["num_ctx"] = self._num_ctx
         return options
 
-    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+    def chat(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, ChatCompletionRequest)
+
         def body() -> bytes:
+            check_fields(call, CHAT_FIELDS, BACKEND)
+            if request.parallel_tool_calls is False:
+                raise unsupported_parameter("parallel_tool_calls", BACKEND)
             payload: dict[str, Any] = {
-                "model": upstream_model,
-                "messages": [_message(m) for m in request.messages],
+                "model": call.upstream_model,
+                "messages": _messages(request.messages),
                 "stream": True,
                 **self._extra,
             }
-            options = self._options(request, request.token_limit())
+            options = self._options(request, request.token_limit(), call.body)
             if options:
                 payload["options"] = options
-            if request.tools:
-                payload["tools"] = request.tools
+            tools = _tools(request)
+            if tools:
+                payload["tools"] = tools
             fmt = _format(request.response_format)
             if fmt is not None:
                 payload["format"] = fmt
+            think = _think(request.reasoning_effort)
+            if think is not None:
+                payload["think"] = think
             return _encoder.encode(payload)
 
         tally = Tally(lambda: prompt_tokens(request.messages))
-        return self._upstream.stream(f"{self._base}/api/chat", body, _NDJSONStream(tally))
+        stream = _NDJSONStream(ChatChunks(call.reply), tally)
+        return self._upstream.stream(f"{self._base}/api/chat", body, stream)
 
-    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
+    def complete(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, CompletionRequest)
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
 
         def body() -> bytes:
+            check_fields(call, COMPLETION_FIELDS, BACKEND)
             if len(prompts) != 1:
                 raise _invalid("the ollama backend takes exactly one prompt per request")
             payload: dict[str, Any] = {
-                "model": upstream_model,
+                "model": call.upstream_model,
                 "prompt": prompts[0],
                 "stream": True,
                 **self._extra,
             }
             limit = request.max_tokens if isinstance(request.max_tokens, int) else None
-            options = self._options(request, limit)
+            options = self._options(request, limit, call.body)
             if options:
                 payload["options"] = options
             set_if(payload, "suffix", request.suffix)
             return _encoder.encode(payload)
 
         tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
-        return self._upstream.stream(f"{self._base}/api/generate", body, _NDJSONStream(tally))
+        stream = _NDJSONStream(TextChunks(call.reply), tally)
+        return self._upstream.stream(f"{self._base}/api/generate", body, stream)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
         inputs = request.input
@@ -269,6 +362,21 @@ class OllamaBackend:
 
     async def aclose(self) -> None:
         await self._upstream.aclose()
+
+
+class _TopK(Struct):
+    top_k: int | None = None
+
+
+_top_k_decoder = msgspec.json.Decoder(_TopK)
+
+
+def _top_k(body: bytes) -> int | None:
+    """vLLM-style `top_k` (not in OpenAI's schema), which Ollama takes as an option."""
+    try:
+        return _top_k_decoder.decode(body).top_k
+    except msgspec.ValidationError:
+        raise _invalid("`top_k` must be an integer") from None
 
 
 def set_if(target: dict[str, Any], key: str, value: Any) -> None:

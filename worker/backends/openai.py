@@ -1,15 +1,16 @@
 """Any OpenAI-compatible server: OpenAI, Azure OpenAI, vLLM, llama.cpp, LM Studio, TGI.
 
-The caller's request is forwarded as it came (tools, response_format, penalties, ...) with
-only the model replaced and streaming with usage switched on; the SSE reply is read back
-into pieces. `url` is the base including `/v1`. Azure is selected by the `azure_deployment`
-or `api_version` option: `{url}/openai/deployments/{deployment}/...?api-version=...` with
-the `api-key` header.
+A pass-through: the client's JSON is forwarded as it came, byte for byte, with only the model
+name, `stream` and `stream_options` (usage) changed, so every field (`reasoning_effort`,
+vLLM's `top_k`, `guided_json`, ...) reaches the server; each SSE chunk is relayed with only
+its id and model rewritten (`_Relay`). `url` is the base including `/v1`. Azure is selected
+by the `azure_deployment` or `api_version` option:
+`{url}/openai/deployments/{deployment}/...?api-version=...` with the `api-key` header.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -21,11 +22,13 @@ from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    StreamOptions,
     Usage,
+    patch_body,
+    raw_fields_decoder,
 )
 from llmq.schemas.text import count_tokens, prompt_tokens
-from llmq.worker.backends.base import BackendConfig, Embeddings, OpenAIOptions, Piece
+from llmq.worker.backends.base import BackendConfig, Call, Embeddings, OpenAIOptions, Out
+from llmq.worker.chunks import ChatChunks, TextChunks
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
 from llmq.worker.upstream.sse import SSEDecoder
@@ -36,6 +39,9 @@ AZURE_API_VERSION = "2024-10-21"
 
 class _Delta(Struct):
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -46,9 +52,25 @@ class _Choice(Struct):
     finish_reason: str | None = None
 
 
+class _Usage(Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
+
+    def typed(self) -> Usage:
+        usage = Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens)
+        if self.prompt_tokens_details is not None:
+            usage.prompt_tokens_details = self.prompt_tokens_details
+        if self.completion_tokens_details is not None:
+            usage.completion_tokens_details = self.completion_tokens_details
+        return usage
+
+
 class _Chunk(Struct):
     choices: list[_Choice] | None = None
-    usage: Usage | None = None
+    usage: _Usage | None = None
     error: Any = None
 
 
@@ -64,70 +86,138 @@ class _EmbeddingList(Struct):
 
 _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
+_choices_decoder = msgspec.json.Decoder(list[_Choice] | None)
+_usage_decoder = msgspec.json.Decoder(_Usage | None)
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _embedding_decoder = msgspec.json.Decoder(_EmbeddingList)
+_NULL = b"null"
+OMITTED_WHEN_NULL = ("system_fingerprint", "service_tier")
+"""Top-level fields the spec types as strings: a null from the upstream is left out."""
 
 
-class _SSEStream:
-    """`data: {chunk}` events until `data: [DONE]`; text from delta.content or choices[].text."""
+class _Relay:
+    """`data: {chunk}` events until `data: [DONE]`, relayed as they came.
 
-    def __init__(self, tally: Tally, completion: bool) -> None:
+    Each chunk's top-level fields are read as raw bytes: `id` and `model` are replaced by
+    llmq's, a null system_fingerprint or service_tier is left out, the usage is kept only if
+    the client asked for it; every other byte (all choices with their index, logprobs,
+    reasoning, refusals, tool calls, fields llmq does not know) reaches the client as the
+    upstream sent it. Only the choices and the usage are decoded, for the accounting.
+    """
+
+    def __init__(self, call: Call, tally: Tally, completion: bool) -> None:
         self.done = False
         self._sse = SSEDecoder()
         self._tally = tally
         self._completion = completion
+        self._id = msgspec.Raw(_encoder.encode(call.reply.id))
+        self._model = msgspec.Raw(_encoder.encode(call.reply.model))
+        self._include_usage = call.reply.include_usage
+        self._folded = not call.request.stream
+        self._chunks = TextChunks(call.reply) if completion else ChatChunks(call.reply)
         self._finish: str | None = None
         self._usage: Usage | None = None
 
-    def feed(self, line: str) -> list[Piece]:
+    def feed(self, line: str) -> list[Out]:
         event = self._sse.feed(line)
         return self._event(*event) if event else []
 
-    def eof(self) -> list[Piece]:
+    def eof(self) -> list[Out]:
         event = self._sse.flush()
-        pieces = self._event(*event) if event else []
+        outs = self._event(*event) if event else []
         if self.done:
-            return pieces
+            return outs
         if self._finish is None:
             raise ended_early()
-        return [*pieces, self._final()]  # a server that omits [DONE]
+        return [*outs, self._final()]  # a server that omits [DONE]
 
-    def _event(self, name: str, data: str) -> list[Piece]:
+    def _event(self, name: str, data: str) -> list[Out]:
         if data.strip() == "[DONE]":
             self.done = True
             return [self._final()]
         if name == "error":
             raise stream_error(_json_decoder.decode(data))
+        if self._folded:
+            return self._fold_input(data)
+        fields = raw_fields_decoder.decode(data)
+        error = fields.get("error")
+        if error is not None and bytes(error) != _NULL:
+            raise stream_error({"error": _json_decoder.decode(error)})
+        tokens = self._count(fields.get("choices"))
+        usage = fields.get("usage")
+        if usage is not None and bytes(usage) != _NULL:
+            counted = _usage_decoder.decode(usage)
+            if counted is not None:
+                self._usage = counted.typed()
+                if self._include_usage:
+                    fields["usage"] = msgspec.Raw(_encoder.encode(self._usage))
+        if not self._include_usage and "usage" in fields:
+            del fields["usage"]  # asked for by llmq, not by the client
+            if not tokens and bytes(fields.get("choices", b"[]")).strip() == b"[]":
+                return []
+        for key in OMITTED_WHEN_NULL:
+            value = fields.get(key)
+            if value is not None and bytes(value) == _NULL:
+                del fields[key]
+        if "id" in fields:
+            fields["id"] = self._id
+        if "model" in fields:
+            fields["model"] = self._model
+        return [Out(_encoder.encode(fields), tokens=tokens)]
+
+    def _fold_input(self, data: str) -> list[Out]:
+        """A non-streamed request: the chunk goes to `Fold` as the upstream sent it (the fold
+        sets id and model, drops nulls and takes the usage from the last Out), so only the
+        choices and the usage are decoded, once."""
         chunk = _chunk_decoder.decode(data)
         if chunk.error is not None:
             raise stream_error({"error": chunk.error})
+        tokens = self._tally_choices(chunk.choices or ())
         if chunk.usage is not None:
-            self._usage = chunk.usage
-        pieces = []
-        for choice in chunk.choices or ():
-            if choice.index != 0:  # n > 1 is not streamed back; the first choice is the answer
+            self._usage = chunk.usage.typed()
+        return [Out(data.encode(), tokens=tokens)]
+
+    def _count(self, raw: msgspec.Raw | None) -> bool:
+        """Tally every choice's output; True when the chunk carries any."""
+        if raw is None:
+            return False
+        return self._tally_choices(_choices_decoder.decode(raw) or ())
+
+    def _tally_choices(self, choices: Iterable[_Choice]) -> bool:
+        tokens = False
+        for choice in choices:
+            if choice.finish_reason and (choice.index == 0 or self._finish is None):
+                self._finish = choice.finish_reason
+            if self._completion:
+                if choice.text:
+                    self._tally.add(choice.text, choice.index)
+                    tokens = True
                 continue
             delta = choice.delta
-            text = choice.text if self._completion else delta.content if delta else None
-            tools = delta.tool_calls if delta else None
-            if text or tools:
-                self._tally.add(text)
-                for call in tools or ():
-                    function = call.get("function")
-                    if isinstance(function, dict):
-                        self._tally.add(function.get("arguments"))
-                pieces.append(Piece(content=text or None, tool_calls=tools or None))
-            if choice.finish_reason:
-                self._finish = choice.finish_reason
-        return pieces
+            if delta is None:
+                continue
+            for text in (delta.content, delta.reasoning_content, delta.reasoning, delta.refusal):
+                if text:
+                    self._tally.add(text, choice.index)
+                    tokens = True
+            for call in delta.tool_calls or ():
+                tokens = True
+                function = call.get("function")
+                if isinstance(function, dict):
+                    self._tally.add(function.get("arguments"), choice.index)
+        return tokens
 
-    def _final(self) -> Piece:
+    def _final(self) -> Out:
         usage = self._usage
         if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
             usage = self._tally.usage()
         elif usage.total_tokens == 0:
             usage = self._tally.usage(usage.prompt_tokens, usage.completion_tokens)
-        return Piece(finish_reason=self._finish or "stop", usage=usage)
+        chunk = b""
+        if self._include_usage and self._usage is None:
+            # The client asked for a usage chunk the upstream did not send (`--no-stream-usage`).
+            chunk = self._chunks.end(usage, "stop").chunk
+        return Out(chunk, usage=usage, finish_reason=self._finish or "stop")
 
 
 class OpenAIBackend:
@@ -161,38 +251,31 @@ class OpenAIBackend:
             {"api-version": self._api_version},
         )
 
-    def _stream_options(self) -> StreamOptions | Any:
-        return StreamOptions(include_usage=True) if self._include_usage else UNSET
-
-    def _streaming_body(
-        self, request: ChatCompletionRequest | CompletionRequest, upstream_model: str
-    ) -> Callable[[], bytes]:
-        """The request as the upstream gets it: its own model name, streamed, with usage."""
+    def _body(self, call: Call) -> Callable[[], bytes]:
+        """The client's JSON as the upstream gets it: only the model name, `stream` and
+        `stream_options` change; every other field keeps its exact bytes."""
 
         def body() -> bytes:
-            return _encoder.encode(
-                msgspec.structs.replace(
-                    request,
-                    model=upstream_model,
-                    stream=True,
-                    stream_options=self._stream_options(),
-                )
-            )
+            options = {"include_usage": True} if self._include_usage else UNSET
+            changes = {"model": call.upstream_model, "stream": True, "stream_options": options}
+            return patch_body(call.body, changes)
 
         return body
 
-    def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
-        url, params = self._endpoint("chat/completions", upstream_model)
-        body = self._streaming_body(request, upstream_model)
+    def chat(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, ChatCompletionRequest)
+        url, params = self._endpoint("chat/completions", call.upstream_model)
         tally = Tally(lambda: prompt_tokens(request.messages))
-        return self._upstream.stream(url, body, _SSEStream(tally, completion=False), params)
+        return self._upstream.stream(url, self._body(call), _Relay(call, tally, False), params)
 
-    def complete(self, request: CompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
-        url, params = self._endpoint("completions", upstream_model)
-        body = self._streaming_body(request, upstream_model)
+    def complete(self, call: Call) -> AsyncIterator[Out]:
+        request = call.request
+        assert isinstance(request, CompletionRequest)
+        url, params = self._endpoint("completions", call.upstream_model)
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
-        return self._upstream.stream(url, body, _SSEStream(tally, completion=True), params)
+        return self._upstream.stream(url, self._body(call), _Relay(call, tally, True), params)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
         url, params = self._endpoint("embeddings", upstream_model)

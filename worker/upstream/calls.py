@@ -1,4 +1,4 @@
-"""One backend's upstream calls: a streamed POST read into pieces, a JSON POST, a probe.
+"""One backend's upstream calls: a streamed POST read into `Out`s, a JSON POST, a probe.
 
 `Upstream` owns the client (chosen by `choice`) and puts every call under a `Clock`; every
 failure leaves as a `BackendError` (`error_mapping`). Protocol specifics live in small
@@ -15,7 +15,7 @@ from typing import Protocol
 
 import msgspec
 
-from llmq.worker.backends.base import BackendConfig, BackendError, Piece
+from llmq.worker.backends.base import BackendConfig, BackendError, Out
 from llmq.worker.upstream.choice import open_client
 from llmq.worker.upstream.client import LineBatches, Params, StatusError, TransportError
 from llmq.worker.upstream.error_mapping import error_from_status, malformed, transport_error
@@ -26,17 +26,17 @@ DRAIN_SECONDS = 1.0
 
 
 class StreamParser(Protocol):
-    """Turns an upstream's response lines into pieces; knows when the stream is complete."""
+    """Turns an upstream's response lines into outs; knows when the stream is complete."""
 
     done: bool
     """Set once the terminal event was read; the rest of the body is not read."""
 
-    def feed(self, line: str) -> list[Piece]:
+    def feed(self, line: str) -> list[Out]:
         """One line of the body (without its line break)."""
         ...
 
-    def eof(self) -> list[Piece]:
-        """The body ended: the final piece, or raise `ended_early()` if it is incomplete."""
+    def eof(self) -> list[Out]:
+        """The body ended: the final out, or raise `ended_early()` if it is incomplete."""
         ...
 
 
@@ -46,7 +46,7 @@ def base_url(config: BackendConfig, default: str) -> str:
 
 @contextmanager
 def upstream_errors(clock: Clock) -> Iterator[None]:
-    """Every failure as a BackendError; nothing is retryable once a piece went out."""
+    """Every failure as a BackendError; nothing is retryable once a token was yielded."""
     try:
         yield
     except BackendError as error:
@@ -86,8 +86,8 @@ class Upstream:
         body: Callable[[], bytes],
         parser: StreamParser,
         params: Params = None,
-    ) -> AsyncIterator[Piece]:
-        """POST and yield pieces as the parser finds them.
+    ) -> AsyncIterator[Out]:
+        """POST and yield outs as the parser finds them.
 
         `body` is built lazily so that a request the backend cannot translate fails while
         iterating, like every other error. The response is closed on every exit, including
@@ -108,19 +108,19 @@ class Upstream:
                     async with asyncio.timeout_at(clock.deadline()):
                         batch = await anext(batches, None)
                     if batch is None:
-                        pieces = parser.eof()
-                        for piece in pieces:
-                            clock.started = True
-                            yield piece
+                        for out in parser.eof():
+                            yield out
                         break
                     for line in batch:
-                        pieces = parser.feed(line)
+                        outs = parser.feed(line)
                         if parser.done:
                             await _drain(batches, clock)
-                        for piece in pieces:
-                            clock.started = True
-                            yield piece
-                        if pieces:
+                        tokens = False
+                        for out in outs:
+                            if out.tokens:
+                                tokens = clock.started = True
+                            yield out
+                        if tokens:
                             clock.tick()
                         if parser.done:
                             break

@@ -22,13 +22,13 @@ class Clock:
         self.end = now + timeouts.total
         self._next = now + timeouts.first_token
         self.started = False
-        """A piece went to the caller: from now on nothing is retryable."""
+        """A token went to the caller: from now on nothing is retryable."""
 
     def deadline(self) -> float:
         return min(self._next, self.end)
 
     def tick(self) -> None:
-        """A piece was handed over: the between-tokens bound starts again."""
+        """A token was handed over: the between-tokens bound starts again."""
         self._next = self._loop.time() + self.timeouts.between_tokens
 
     def expired(self) -> BackendError:

@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from llmq.worker.backends.base import BackendError, Piece, Timeouts
+from llmq.schemas.openai import Usage
+from llmq.worker.backends.base import BackendError, Out, Timeouts
 
 FAST = Timeouts(connect=1.0, first_token=3.0, between_tokens=3.0, total=10.0)
 """Backend timeouts for tests: generous for a loaded CI machine, short enough to fail fast."""
@@ -461,22 +462,61 @@ def free_port() -> int:
 # --- consuming a backend stream --------------------------------------------------------------
 
 
-async def collect(pieces: AsyncIterator[Piece]) -> list[Piece]:
-    return [piece async for piece in pieces]
+@dataclass
+class Piece:
+    """What choice 0 of one `Out` says, for tests that read a backend's stream by choice 0:
+    its text (chat delta or completion text), its tool-call deltas; the last Out's finish
+    reason and usage."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
 
 
-async def collect_until_error(pieces: AsyncIterator[Piece]) -> tuple[list[Piece], BackendError]:
+def piece_of(out: Out) -> Piece | None:
+    """`out` seen through choice 0; None when it says nothing (a role or finish chunk)."""
+    content = tools = None
+    if out.chunk:
+        for choice in json.loads(out.chunk).get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            if "delta" in choice:
+                content = choice["delta"].get("content") or None
+                tools = choice["delta"].get("tool_calls") or None
+            else:
+                content = choice.get("text") or None
+    piece = Piece(content, tools, out.finish_reason, out.usage)
+    return None if piece == Piece() else piece
+
+
+async def collect_outs(outs: AsyncIterator[Out]) -> list[Out]:
+    return [out async for out in outs]
+
+
+async def collect(outs: AsyncIterator[Out]) -> list[Piece]:
+    return [piece for out in await collect_outs(outs) if (piece := piece_of(out)) is not None]
+
+
+def chunks_of(outs: list[Out]) -> list[dict[str, Any]]:
+    """The chunks a client would get, decoded."""
+    return [json.loads(out.chunk) for out in outs if out.chunk]
+
+
+async def collect_until_error(outs: AsyncIterator[Out]) -> tuple[list[Piece], BackendError]:
     """The pieces that arrived before the stream failed, and the failure."""
     got: list[Piece] = []
     try:
-        async for piece in pieces:
-            got.append(piece)
+        async for out in outs:
+            piece = piece_of(out)
+            if piece is not None:
+                got.append(piece)
     except BackendError as error:
         return got, error
     raise AssertionError(f"the stream did not fail; it yielded {got}")
 
 
-async def assert_cancel_closes_upstream(server: FakeUpstream, pieces: AsyncIterator[Piece]) -> None:
+async def assert_cancel_closes_upstream(server: FakeUpstream, pieces: AsyncIterator[Out]) -> None:
     """Cancel the task iterating `pieces` after its first piece; the server must see the
     connection close within a second."""
     first = asyncio.Event()

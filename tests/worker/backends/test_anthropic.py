@@ -15,10 +15,11 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.worker.backends.anthropic import AnthropicBackend
-from llmq.worker.backends.base import AnthropicOptions, BackendConfig, BackendError, Piece, Timeouts
+from llmq.worker.backends.base import AnthropicOptions, BackendConfig, BackendError, Call, Timeouts
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
+    Piece,
     Reply,
     anthropic_error,
     anthropic_error_body,
@@ -70,11 +71,11 @@ async def test_stream_becomes_pieces_with_usage_including_cached_input(
 ) -> None:
     events = anthropic_events(["Hello", "!"], input_tokens=25, output_tokens=3, cache_read=100)
     upstream.route(MESSAGES, anthropic_stream(events))
-    pieces = await collect(backend.chat(chat_request(), "claude-sonnet-4-5"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "claude-sonnet-4-5")))
     assert pieces == [
         Piece(content="Hello"),
         Piece(content="!"),
-        Piece(finish_reason="stop", usage=Usage(125, 3, 128)),
+        Piece(finish_reason="stop", usage=Usage(125, 3, 128, {"cached_tokens": 100})),
     ]
 
 
@@ -122,9 +123,8 @@ async def test_request_translation_headers_system_tools_and_stop(
         tools=tools,
         tool_choice="required",
         user="u-42",
-        seed=1,
     )
-    await collect(backend.chat(request, "claude-sonnet-4-5"))
+    await collect(backend.chat(Call.of(request, "claude-sonnet-4-5")))
     received = upstream.last
     assert (received.method, received.path) == ("POST", MESSAGES)
     assert received.headers["x-api-key"] == SECRET
@@ -162,7 +162,10 @@ async def test_request_translation_headers_system_tools_and_stop(
             },
         ],
         "stream": True,
-        "system": "You are terse.\n\nUse metric units.",
+        "system": [
+            {"type": "text", "text": "You are terse."},
+            {"type": "text", "text": "Use metric units."},
+        ],
         "temperature": 0.5,
         "stop_sequences": ["###"],
         "tools": [
@@ -184,17 +187,27 @@ async def test_images_become_image_blocks(
     content: list[dict[str, Any]] = [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
     ]
-    await collect(backend.chat(chat_request(Message(role="user", content=content)), "m"))
+    await collect(backend.chat(Call.of(chat_request(Message(role="user", content=content)), "m")))
     assert upstream.last.json()["messages"][0]["content"] == [
         {"type": "text", "text": "What is this?"},
         {
             "type": "image",
             "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"},
         },
-        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
     ]
+
+
+async def test_an_image_url_is_never_fetched_it_is_a_400(
+    upstream: FakeUpstream, backend: AnthropicBackend
+) -> None:
+    upstream.route(MESSAGES, anthropic_stream(anthropic_events(["a cat"])))
+    content = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    request = chat_request(Message(role="user", content=content))
+    _, error = await collect_until_error(backend.chat(Call.of(request, "m")))
+    assert (error.status, error.type) == (400, "invalid_request_error")
+    assert "data: URL" in error.message
+    assert upstream.received == []
 
 
 @pytest.mark.parametrize(
@@ -214,7 +227,7 @@ async def test_max_tokens_default_and_override(
     expected: int,
 ) -> None:
     upstream.route(MESSAGES, anthropic_stream(anthropic_events(["ok"])))
-    await collect(make(**options).chat(chat_request(**fields), "m"))
+    await collect(make(**options).chat(Call.of(chat_request(**fields), "m")))
     assert upstream.last.json()["max_tokens"] == expected
 
 
@@ -222,7 +235,7 @@ async def test_stop_list_becomes_stop_sequences(
     upstream: FakeUpstream, backend: AnthropicBackend
 ) -> None:
     upstream.route(MESSAGES, anthropic_stream(anthropic_events(["ok"])))
-    await collect(backend.chat(chat_request(stop=["a", "b"]), "m"))
+    await collect(backend.chat(Call.of(chat_request(stop=["a", "b"]), "m")))
     assert upstream.last.json()["stop_sequences"] == ["a", "b"]
 
 
@@ -239,7 +252,7 @@ async def test_stop_reasons_map_to_finish_reasons(
     upstream: FakeUpstream, backend: AnthropicBackend, stop_reason: str, finish: str
 ) -> None:
     upstream.route(MESSAGES, anthropic_stream(anthropic_events(["x"], stop_reason=stop_reason)))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert pieces[-1] == Piece(finish_reason=finish, usage=Usage(25, 3, 28))
 
 
@@ -252,7 +265,7 @@ async def test_tool_use_blocks_become_tool_call_deltas(
         tool=("toolu_01A", "get_weather", ['{"city": ', '"Paris"}']),
     )
     upstream.route(MESSAGES, anthropic_stream(events))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert pieces[:-1] == [
         Piece(content="Let me check."),
         Piece(
@@ -286,7 +299,7 @@ async def test_unknown_events_and_thinking_blocks_are_skipped(
     body = [anthropic_event(e) for e in [events[0], *thinking, *events[1:]]]
     body.insert(1, b'event: future_event\ndata: {"type": "future_event", "x": 1}\n\n')
     upstream.route(MESSAGES, Reply(chunks=body, content_type="text/event-stream"))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert [p.content for p in pieces] == ["Hi", None]
 
 
@@ -315,7 +328,7 @@ async def test_http_errors_map_with_anthropics_error_body(
 ) -> None:
     message = "messages.0.content: Input should be a valid list"
     upstream.route(MESSAGES, anthropic_error(status, type_, message))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == []
     assert (error.status, error.type, error.retryable) == (
         expected_status,
@@ -338,7 +351,7 @@ async def test_rate_limit_is_a_429_with_retry_after(
         headers={"retry-after": "12"},
     )
     upstream.route(MESSAGES, reply)
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.retryable, error.retry_after) == (429, True, 12.0)
 
 
@@ -351,7 +364,7 @@ async def test_overloaded_error_event_before_any_text_is_retryable(
         anthropic_event(anthropic_error_body("overloaded_error", "Overloaded")),
     ]
     upstream.route(MESSAGES, Reply(chunks=body, content_type="text/event-stream"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == []
     assert (error.status, error.retryable, error.message) == (
         502,
@@ -368,7 +381,7 @@ async def test_error_event_mid_stream_is_a_non_retryable_502(
     failure = anthropic_error_body("overloaded_error", "Overloaded")
     body = [anthropic_event(e) for e in events[:4]] + [anthropic_event(failure)]
     upstream.route(MESSAGES, Reply(chunks=body, content_type="text/event-stream"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="Hello")]
     assert (error.status, error.retryable, error.message) == (
         502,
@@ -381,7 +394,7 @@ async def test_dropped_mid_stream_is_a_non_retryable_502(
     upstream: FakeUpstream, backend: AnthropicBackend
 ) -> None:
     upstream.route(MESSAGES, anthropic_stream(anthropic_events(["one", " two"]), drop_after=4))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.retryable) == (502, False)
 
@@ -391,7 +404,7 @@ async def test_body_ending_before_message_stop_is_an_error(
 ) -> None:
     events = anthropic_events(["one"])[:-1]
     upstream.route(MESSAGES, anthropic_stream(events))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.code) == (502, "upstream_disconnected")
 
@@ -404,7 +417,7 @@ async def test_pings_do_not_reset_the_between_tokens_timeout(
     body = [anthropic_event(e) for e in events[:4]] + [anthropic_event({"type": "ping"})] * 10
     upstream.route(MESSAGES, Reply(chunks=body, content_type="text/event-stream", gap=0.1))
     # Were pings counted as tokens, the body would end without message_stop: a 502, not this.
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.message) == (504, "upstream timed out: no token for 0.3s")
 
@@ -413,13 +426,13 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(
     upstream: FakeUpstream, backend: AnthropicBackend
 ) -> None:
     upstream.route(MESSAGES, anthropic_stream(anthropic_events(["one", " two"]), hang_after=4))
-    await assert_cancel_closes_upstream(upstream, backend.chat(chat_request(), "m"))
+    await assert_cancel_closes_upstream(upstream, backend.chat(Call.of(chat_request(), "m")))
 
 
 async def test_completion_and_embeddings_are_unsupported(backend: AnthropicBackend) -> None:
     assert backend.kinds == frozenset({"chat"})
     with pytest.raises(BackendError) as caught:
-        backend.complete(CompletionRequest(model="p", prompt="x"), "m")
+        backend.complete(Call.of(CompletionRequest(model="p", prompt="x"), "m"))
     assert (caught.value.status, caught.value.code) == (400, "unsupported_endpoint")
     with pytest.raises(BackendError) as caught:
         await backend.embed(EmbeddingRequest(model="p", input="x"), "m")

@@ -11,9 +11,9 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.text import count_tokens, message_text
 from llmq.worker.backends import create_backend
-from llmq.worker.backends.base import BackendConfig, Piece
+from llmq.worker.backends.base import BackendConfig, Call
 from llmq.worker.backends.echo import EMBEDDING_DIMENSIONS, EchoBackend
-from tests.worker.backends.fake_upstreams import collect
+from tests.worker.backends.fake_upstreams import Piece, collect
 
 
 def chat(*messages: Message, max_tokens: int | None = None) -> ChatCompletionRequest:
@@ -28,7 +28,7 @@ async def test_chat_echoes_the_last_user_message_word_by_word() -> None:
         Message(role="assistant", content="reply"),
         Message(role="user", content="hello  big world"),
     )
-    pieces = await collect(backend.chat(request, "echo"))
+    pieces = await collect(backend.chat(Call.of(request, "echo")))
     assert pieces == [
         Piece(content="hello"),
         Piece(content=" big"),
@@ -40,7 +40,7 @@ async def test_chat_echoes_the_last_user_message_word_by_word() -> None:
 async def test_max_tokens_cuts_with_finish_length() -> None:
     pieces = await collect(
         EchoBackend(BackendConfig()).chat(
-            chat(Message(role="user", content="a b c d"), max_tokens=2), "echo"
+            Call.of(chat(Message(role="user", content="a b c d"), max_tokens=2), "echo")
         )
     )
     assert [p.content for p in pieces] == ["a", " b", None]
@@ -49,14 +49,14 @@ async def test_max_tokens_cuts_with_finish_length() -> None:
 
 async def test_no_user_message_gives_an_empty_answer() -> None:
     pieces = await collect(
-        EchoBackend(BackendConfig()).chat(chat(Message(role="system", content="s")), "e")
+        EchoBackend(BackendConfig()).chat(Call.of(chat(Message(role="system", content="s")), "e"))
     )
     assert pieces == [Piece(finish_reason="stop", usage=Usage(1, 0, 1))]
 
 
 async def test_complete_echoes_the_prompt() -> None:
     request = CompletionRequest(model="echo", prompt="one two three", max_tokens=5)
-    pieces = await collect(EchoBackend(BackendConfig()).complete(request, "echo"))
+    pieces = await collect(EchoBackend(BackendConfig()).complete(Call.of(request, "echo")))
     assert "".join(p.content or "" for p in pieces) == "one two three"
     assert pieces[-1].usage == Usage(3, 3, 6)
 

@@ -15,11 +15,12 @@ from llmq.schemas.openai import (
     Message,
     Usage,
 )
-from llmq.worker.backends.base import BackendConfig, BackendError, OllamaOptions, Piece, Timeouts
+from llmq.worker.backends.base import BackendConfig, BackendError, Call, OllamaOptions, Timeouts
 from llmq.worker.backends.ollama import OllamaBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
+    Piece,
     Reply,
     assert_cancel_closes_upstream,
     collect,
@@ -67,7 +68,7 @@ async def test_chat_streams_pieces_with_ollama_counts_as_usage(
     upstream: FakeUpstream, backend: OllamaBackend
 ) -> None:
     upstream.route(CHAT, ollama_chat(["Bon", "jour"], prompt_eval_count=26, eval_count=3))
-    pieces = await collect(backend.chat(chat_request(), "llama3.2"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "llama3.2")))
     assert pieces == [
         Piece(content="Bon"),
         Piece(content="jour"),
@@ -89,7 +90,7 @@ async def test_chat_maps_sampling_fields_into_options_and_keep_alive(
         frequency_penalty=0.5,
         response_format={"type": "json_object"},
     )
-    await collect(backend.chat(request, "llama3.2:3b"))
+    await collect(backend.chat(Call.of(request, "llama3.2:3b")))
     received = upstream.last
     assert (received.method, received.path) == ("POST", CHAT)
     assert "authorization" not in received.headers
@@ -118,7 +119,7 @@ async def test_minimal_request_has_no_options_and_no_keep_alive(
     upstream: FakeUpstream, backend: OllamaBackend
 ) -> None:
     upstream.route(CHAT, ollama_chat(["ok"]))
-    await collect(backend.chat(chat_request(Message(role="user", content="hi")), "m"))
+    await collect(backend.chat(Call.of(chat_request(Message(role="user", content="hi")), "m")))
     assert upstream.last.json() == {
         "model": "m",
         "messages": [{"role": "user", "content": "hi"}],
@@ -128,7 +129,7 @@ async def test_minimal_request_has_no_options_and_no_keep_alive(
 
 async def test_numeric_keep_alive_is_sent_as_a_number(upstream: FakeUpstream, make: Make) -> None:
     upstream.route(CHAT, ollama_chat(["ok"]))
-    await collect(make(keep_alive="-1").chat(chat_request(), "m"))
+    await collect(make(keep_alive="-1").chat(Call.of(chat_request(), "m")))
     assert upstream.last.json()["keep_alive"] == -1
 
 
@@ -140,7 +141,7 @@ async def test_json_schema_response_format_becomes_format(
     request = chat_request(
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     )
-    await collect(backend.chat(request, "m"))
+    await collect(backend.chat(Call.of(request, "m")))
     assert upstream.last.json()["format"] == schema
 
 
@@ -149,7 +150,7 @@ async def test_done_reason_maps_to_finish_reason(
     upstream: FakeUpstream, backend: OllamaBackend, done_reason: str, finish: str
 ) -> None:
     upstream.route(CHAT, ollama_chat(["a"], done_reason=done_reason))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert pieces[-1].finish_reason == finish
 
 
@@ -158,7 +159,7 @@ async def test_usage_is_counted_when_ollama_omits_the_counts(
 ) -> None:
     reply = ollama_chat(["Bonjour", " tout", " le monde"], prompt_eval_count=None, eval_count=None)
     upstream.route(CHAT, reply)
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     # "Answer in French." + "Say hi" = 5 words; "Bonjour tout le monde" = 4.
     assert pieces[-1].usage == Usage(5, 4, 9)
 
@@ -184,7 +185,7 @@ async def test_tools_and_tool_calls_translate_both_ways(
         ),
         Message(role="tool", content="-3C", tool_call_id="call_1"),
     ]
-    pieces = await collect(backend.chat(chat_request(*history, tools=tools), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(*history, tools=tools), "m")))
     sent = upstream.last.json()
     assert sent["tools"] == tools
     assert sent["messages"] == [
@@ -194,7 +195,7 @@ async def test_tools_and_tool_calls_translate_both_ways(
             "content": "",
             "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
         },
-        {"role": "tool", "content": "-3C"},
+        {"role": "tool", "content": "-3C", "tool_call_id": "call_1", "tool_name": "get_weather"},
     ]
     (call,) = pieces[0].tool_calls or []
     assert call["index"] == 0
@@ -214,7 +215,7 @@ async def test_image_urls_that_are_not_data_urls_are_rejected(
 ) -> None:
     part = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     request = chat_request(Message(role="user", content=[part]))
-    _, error = await collect_until_error(backend.chat(request, "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(request, "m")))
     assert (error.status, error.type) == (400, "invalid_request_error")
     assert upstream.received == []
 
@@ -222,7 +223,7 @@ async def test_image_urls_that_are_not_data_urls_are_rejected(
 async def test_completion_uses_generate(upstream: FakeUpstream, backend: OllamaBackend) -> None:
     upstream.route("/api/generate", ollama_generate(["def", " f"], done_reason="length"))
     request = CompletionRequest(model="p", prompt="# python\n", max_tokens=2, suffix="\n")
-    pieces = await collect(backend.complete(request, "codellama"))
+    pieces = await collect(backend.complete(Call.of(request, "codellama")))
     assert pieces == [
         Piece(content="def"),
         Piece(content=" f"),
@@ -239,7 +240,7 @@ async def test_completion_uses_generate(upstream: FakeUpstream, backend: OllamaB
 
 async def test_completion_with_several_prompts_is_rejected(backend: OllamaBackend) -> None:
     request = CompletionRequest(model="p", prompt=["a", "b"])
-    _, error = await collect_until_error(backend.complete(request, "m"))
+    _, error = await collect_until_error(backend.complete(Call.of(request, "m")))
     assert error.status == 400
 
 
@@ -274,7 +275,7 @@ async def test_unknown_model_is_a_404_with_ollamas_message(
 ) -> None:
     message = 'model "nope" not found, try pulling it first'
     upstream.route(CHAT, ollama_error(404, message))
-    _, error = await collect_until_error(backend.chat(chat_request(), "nope"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "nope")))
     assert (error.status, error.type, error.code, error.message) == (
         404,
         "invalid_request_error",
@@ -290,7 +291,7 @@ async def test_http_errors_map_with_ollamas_error_body(
     upstream: FakeUpstream, backend: OllamaBackend, status: int, expected: int, retryable: bool
 ) -> None:
     upstream.route(CHAT, ollama_error(status, "invalid options: num_predict"))
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.retryable) == (expected, retryable)
     if status == 400:
         assert error.message == "invalid options: num_predict"
@@ -301,7 +302,7 @@ async def test_error_line_mid_stream_is_a_non_retryable_502(
 ) -> None:
     lines = [*ollama_chat(["one"]).chunks[:1], *ndjson([{"error": "an error was encountered"}])]
     upstream.route(CHAT, Reply(chunks=lines, content_type="application/x-ndjson"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.retryable) == (502, False)
     assert error.message == "upstream error: an error was encountered"
@@ -311,7 +312,7 @@ async def test_dropped_mid_stream_is_a_non_retryable_502(
     upstream: FakeUpstream, backend: OllamaBackend
 ) -> None:
     upstream.route(CHAT, ollama_chat(["one", " two"], drop_after=1))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.retryable) == (502, False)
 
@@ -320,7 +321,7 @@ async def test_body_ending_without_done_is_an_error(
     upstream: FakeUpstream, backend: OllamaBackend
 ) -> None:
     upstream.route(CHAT, Reply(chunks=ollama_chat(["one"]).chunks[:1]))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.code) == (502, "upstream_disconnected")
 
@@ -330,7 +331,7 @@ async def test_slow_model_load_hits_the_first_token_timeout(
 ) -> None:
     backend = make(Timeouts(connect=1, first_token=0.2, between_tokens=5, total=5))
     upstream.route(CHAT, ollama_chat(["late"], hang_after=0))
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.type) == (504, "timeout")
 
 
@@ -338,7 +339,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(
     upstream: FakeUpstream, backend: OllamaBackend
 ) -> None:
     upstream.route(CHAT, ollama_chat(["one", " two"], hang_after=1))
-    await assert_cancel_closes_upstream(upstream, backend.chat(chat_request(), "m"))
+    await assert_cancel_closes_upstream(upstream, backend.chat(Call.of(chat_request(), "m")))
 
 
 @pytest.mark.parametrize(("status", "up"), [(200, True), (500, False)])

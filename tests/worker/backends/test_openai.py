@@ -23,14 +23,24 @@ from llmq.schemas.openai import (
     StreamOptions,
     Usage,
 )
-from llmq.worker.backends.base import BackendConfig, BackendError, OpenAIOptions, Piece, Timeouts
+from llmq.worker.backends.base import (
+    BackendConfig,
+    BackendError,
+    Call,
+    OpenAIOptions,
+    ReplyTo,
+    Timeouts,
+)
 from llmq.worker.backends.openai import OpenAIBackend
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
+    Piece,
     Reply,
     assert_cancel_closes_upstream,
+    chunks_of,
     collect,
+    collect_outs,
     collect_until_error,
     free_port,
     json_reply,
@@ -45,6 +55,12 @@ CHAT = "/v1/chat/completions"
 SECRET = "sk-test-0123456789abcdef"
 
 Make = Callable[..., OpenAIBackend]
+
+
+def usage(prompt: int, completion: int) -> Usage:
+    """The usage `openai_usage` sends, details included (relayed as they came)."""
+    details = {"cached_tokens": 0, "audio_tokens": 0}
+    return Usage(prompt, completion, prompt + completion, details, {"reasoning_tokens": 0})
 
 
 @pytest.fixture(params=["fast", "httpx"])
@@ -91,11 +107,11 @@ async def test_chat_streams_pieces_then_finish_and_upstream_usage(
     upstream: FakeUpstream, backend: OpenAIBackend
 ) -> None:
     upstream.route(CHAT, openai_chat(["Hel", "lo!"], usage=(11, 2)))
-    pieces = await collect(backend.chat(chat_request(), "gpt-4o-mini"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "gpt-4o-mini")))
     assert pieces == [
         Piece(content="Hel"),
         Piece(content="lo!"),
-        Piece(finish_reason="stop", usage=Usage(11, 2, 13)),
+        Piece(finish_reason="stop", usage=usage(11, 2)),
     ]
 
 
@@ -124,7 +140,7 @@ async def test_chat_forwards_the_request_with_model_streaming_and_credentials(
         response_format={"type": "json_object"},
         user="end-user-1",
     )
-    await collect(backend.chat(request, "gpt-4o-mini"))
+    await collect(backend.chat(Call.of(request, "gpt-4o-mini")))
     received = upstream.last
     assert (received.method, received.path, received.query) == ("POST", CHAT, {})
     assert received.headers["authorization"] == f"Bearer {SECRET}"
@@ -153,9 +169,13 @@ async def test_chat_forwards_the_request_with_model_streaming_and_credentials(
 async def test_include_usage_option_false_omits_stream_options(
     upstream: FakeUpstream, make: Make
 ) -> None:
-    upstream.route(CHAT, openai_chat(["ok"]))
-    await collect(make(include_usage=False).chat(chat_request(), "m"))
+    upstream.route(CHAT, openai_chat(["ok"], usage=None))
+    reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=True)
+    outs = await collect_outs(make(include_usage=False).chat(Call.of(chat_request(), "m", reply)))
     assert "stream_options" not in upstream.last.json()
+    # The client asked for usage the upstream did not send: counted, and sent as its chunk.
+    last = chunks_of(outs)[-1]
+    assert (last["choices"], last["usage"]["completion_tokens"]) == ([], 1)
 
 
 async def test_tool_call_deltas_pass_through_with_finish_tool_calls(
@@ -174,7 +194,7 @@ async def test_tool_call_deltas_pass_through_with_finish_tool_calls(
         openai_chunk({}, "tool_calls"),
     ]
     upstream.route(CHAT, Reply(chunks=sse_data(chunks), content_type="text/event-stream"))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert [p.tool_calls for p in pieces[:3]] == [
         [head],
         [{"index": 0, "function": {"arguments": '{"city":'}}],
@@ -190,7 +210,7 @@ async def test_usage_is_counted_when_the_upstream_sends_none(
     upstream: FakeUpstream, backend: OpenAIBackend
 ) -> None:
     upstream.route(CHAT, openai_chat(["Hello", " big", " world"], finish="length", usage=None))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert pieces[-1] == Piece(finish_reason="length", usage=Usage(4, 3, 7))
 
 
@@ -203,7 +223,7 @@ async def test_llama_cpp_style_usage_in_finish_chunk_and_no_done(
     ]
     body = sse_data(chunks, done=False)
     upstream.route(CHAT, Reply(chunks=body, content_type="text/event-stream"))
-    pieces = await collect(backend.chat(chat_request(), "m"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="Hi"), Piece(finish_reason="stop", usage=Usage(9, 1, 10))]
 
 
@@ -221,7 +241,7 @@ async def test_sse_framing_variants_are_decoded(
     )
     pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
     upstream.route(CHAT, Reply(chunks=pieces, content_type="text/event-stream"))
-    got = await collect(backend.chat(chat_request(), "m"))
+    got = await collect(backend.chat(Call.of(chat_request(), "m")))
     assert [p.content for p in got] == ["A", "B", None]
     assert got[-1].finish_reason == "stop"
 
@@ -231,11 +251,11 @@ async def test_completion_streams_text_deltas(
 ) -> None:
     upstream.route("/v1/completions", openai_completion(["Once", " upon"], usage=(4, 2)))
     request = CompletionRequest(model="public", prompt="Tell me a story", max_tokens=2)
-    pieces = await collect(backend.complete(request, "gpt-3.5-turbo-instruct"))
+    pieces = await collect(backend.complete(Call.of(request, "gpt-3.5-turbo-instruct")))
     assert pieces == [
         Piece(content="Once"),
         Piece(content=" upon"),
-        Piece(finish_reason="stop", usage=Usage(4, 2, 6)),
+        Piece(finish_reason="stop", usage=usage(4, 2)),
     ]
     assert upstream.last.json() == {
         "model": "gpt-3.5-turbo-instruct",
@@ -283,7 +303,7 @@ async def test_azure_deployment_url_api_version_and_api_key_header(
 ) -> None:
     backend = make(url=upstream.url, azure_deployment="gpt4o-prod", api_version="2024-06-01")
     upstream.route("/openai/deployments/gpt4o-prod/chat/completions", openai_chat(["ok"]))
-    pieces = await collect(backend.chat(chat_request(), "gpt-4o"))
+    pieces = await collect(backend.chat(Call.of(chat_request(), "gpt-4o")))
     assert pieces[0] == Piece(content="ok")
     received = upstream.last
     assert received.query == {"api-version": "2024-06-01"}
@@ -378,7 +398,7 @@ async def test_upstream_error_status_and_message_are_mapped(
     message: str,
 ) -> None:
     upstream.route(CHAT, reply)
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == []
     assert (error.status, error.type, error.code, error.message) == (status, type_, code, message)
     assert error.retryable is (status == 502)
@@ -390,7 +410,7 @@ async def test_upstream_auth_failure_is_a_502_that_does_not_echo_the_key(
 ) -> None:
     message = "Incorrect API key provided: sk-test-***cdef."
     upstream.route(CHAT, openai_error(status, message, code="invalid_api_key"))
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.type, error.retryable) == (502, "upstream_auth_error", False)
     assert error.message == f"the upstream rejected this worker's credentials (HTTP {status})"
 
@@ -403,7 +423,7 @@ async def test_rate_limit_is_a_retryable_429_with_retry_after_seconds(
         429, message, "requests", "rate_limit_exceeded", headers={"retry-after": "7"}
     )
     upstream.route(CHAT, reply)
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.type, error.retryable) == (429, "rate_limit_error", True)
     assert error.retry_after == 7.0
     assert error.message == message
@@ -412,7 +432,7 @@ async def test_rate_limit_is_a_retryable_429_with_retry_after_seconds(
 async def test_retry_after_as_http_date(upstream: FakeUpstream, backend: OpenAIBackend) -> None:
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     upstream.route(CHAT, openai_error(429, "slow down", headers={"retry-after": when}))
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert error.retry_after is not None
     assert 28 <= error.retry_after <= 30
 
@@ -432,7 +452,7 @@ async def test_embedding_errors_use_the_same_mapping(
 
 async def test_connection_refused_is_a_retryable_502(make: Make) -> None:
     backend = make(url=f"http://127.0.0.1:{free_port()}/v1")
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.code, error.retryable) == (502, "upstream_unavailable", True)
     assert await backend.probe() is False
 
@@ -441,7 +461,7 @@ async def test_connection_closed_before_the_response_is_a_retryable_502(
     upstream: FakeUpstream, backend: OpenAIBackend
 ) -> None:
     upstream.route(CHAT, Reply(drop_before_headers=True))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == []
     assert (error.status, error.type, error.retryable) == (502, "upstream_error", True)
 
@@ -452,7 +472,7 @@ async def test_connection_dropped_before_the_first_token_is_retryable(
     # The role chunk arrives (no piece for the caller yet), then the socket closes.
     reply = openai_chat(["never"], drop_after=1)
     upstream.route(CHAT, reply)
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == []
     assert (error.status, error.code, error.retryable) == (502, "upstream_unavailable", True)
 
@@ -461,7 +481,7 @@ async def test_connection_dropped_after_the_first_token_is_not_retryable(
     upstream: FakeUpstream, backend: OpenAIBackend
 ) -> None:
     upstream.route(CHAT, openai_chat(["one", " two"], drop_after=2))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.code, error.retryable) == (502, "upstream_unavailable", False)
 
@@ -471,7 +491,7 @@ async def test_stream_that_ends_without_a_finish_is_an_error(
 ) -> None:
     body = sse_data([openai_chunk({"content": "par"})], done=False)
     upstream.route(CHAT, Reply(chunks=body, content_type="text/event-stream"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="par")]
     assert (error.status, error.code, error.retryable) == (502, "upstream_disconnected", False)
 
@@ -481,7 +501,7 @@ async def test_malformed_event_after_the_first_token(
 ) -> None:
     body = [*sse_data([openai_chunk({"content": "ok"})], done=False), b'data: {"choices": [\n\n']
     upstream.route(CHAT, Reply(chunks=body, content_type="text/event-stream"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="ok")]
     assert (error.status, error.code, error.retryable) == (502, "upstream_malformed", False)
 
@@ -490,7 +510,7 @@ async def test_error_event_in_the_stream(upstream: FakeUpstream, backend: OpenAI
     failure = {"error": {"message": "CUDA out of memory", "type": "server_error", "code": None}}
     body = sse_data([openai_chunk({"content": "ok"}), failure])
     upstream.route(CHAT, Reply(chunks=body, content_type="text/event-stream"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="ok")]
     assert (error.status, error.retryable) == (502, False)
     assert error.message == "upstream error: CUDA out of memory"
@@ -499,7 +519,7 @@ async def test_error_event_in_the_stream(upstream: FakeUpstream, backend: OpenAI
 async def test_llama_cpp_error_field(upstream: FakeUpstream, backend: OpenAIBackend) -> None:
     body = [b'error: {"code":500,"message":"failed to decode","type":"server_error"}\n\n']
     upstream.route(CHAT, Reply(chunks=body, content_type="text/event-stream"))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == []
     assert (error.status, error.message) == (502, "upstream error: failed to decode")
 
@@ -513,7 +533,7 @@ async def test_no_response_within_first_token_timeout_is_a_504(
     backend = make(Timeouts(connect=1, first_token=0.2, between_tokens=5, total=5))
     upstream.route(CHAT, openai_chat(["late"], delay=2))
     started = time.monotonic()
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert time.monotonic() - started < 1.0
     assert (error.status, error.type, error.code) == (504, "timeout", "upstream_timeout")
     assert error.message == "upstream timed out: no first token within 0.2s"
@@ -524,14 +544,14 @@ async def test_headers_but_no_first_token_is_a_first_token_timeout(
 ) -> None:
     backend = make(Timeouts(connect=1, first_token=0.2, between_tokens=5, total=5))
     upstream.route(CHAT, openai_chat(["late"], hang_after=1))  # only the role chunk
-    _, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.message) == (504, "upstream timed out: no first token within 0.2s")
 
 
 async def test_silence_between_tokens_is_a_504(upstream: FakeUpstream, make: Make) -> None:
     backend = make(Timeouts(connect=1, first_token=5, between_tokens=0.2, total=5))
     upstream.route(CHAT, openai_chat(["one", " two"], hang_after=2))
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert pieces == [Piece(content="one")]
     assert (error.status, error.type, error.retryable) == (504, "timeout", False)
     assert error.message == "upstream timed out: no token for 0.2s"
@@ -541,7 +561,7 @@ async def test_total_timeout_bounds_a_steady_stream(upstream: FakeUpstream, make
     backend = make(Timeouts(connect=1, first_token=5, between_tokens=5, total=0.5))
     upstream.route(CHAT, openai_chat([f" w{i}" for i in range(20)], gap=0.1))
     started = time.monotonic()
-    pieces, error = await collect_until_error(backend.chat(chat_request(), "m"))
+    pieces, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert time.monotonic() - started < 1.5
     assert 1 <= len(pieces) < 20
     assert (error.status, error.message) == (
@@ -554,7 +574,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(
     upstream: FakeUpstream, backend: OpenAIBackend
 ) -> None:
     upstream.route(CHAT, openai_chat(["one", " two"], hang_after=2))
-    await assert_cancel_closes_upstream(upstream, backend.chat(chat_request(), "m"))
+    await assert_cancel_closes_upstream(upstream, backend.chat(Call.of(chat_request(), "m")))
 
 
 async def test_connections_are_reused_between_calls(
@@ -562,7 +582,7 @@ async def test_connections_are_reused_between_calls(
 ) -> None:
     upstream.route(CHAT, openai_chat(["a"]))
     for _ in range(3):
-        await collect(backend.chat(chat_request(), "m"))
+        await collect(backend.chat(Call.of(chat_request(), "m")))
     assert len(upstream.received) == 3
     assert upstream.connections == 1
 
@@ -592,3 +612,65 @@ async def test_repr_has_no_secret_and_aclose_closes_the_client(make: Make) -> No
     await backend.aclose()
     await asyncio.sleep(0)
     assert backend._upstream.client.is_closed
+
+
+# --- pass-through (issue 10) -----------------------------------------------------------------
+
+
+async def test_the_body_goes_through_byte_for_byte_but_model_and_stream(
+    upstream: FakeUpstream, backend: OpenAIBackend
+) -> None:
+    upstream.route(CHAT, openai_chat(["ok"]))
+    raw = (
+        b'{"model":"public","messages":[{"role":"user","content":"hi"}],'
+        b'"stream":false,"top_k": 40,"min_p":0.050,"guided_json":{"type" : "object"}}'
+    )
+    request = chat_request()
+    await collect(backend.chat(Call.of(request, "served", body=raw)))
+    assert upstream.last.body == (
+        b'{"model":"served","messages":[{"role":"user","content":"hi"}],'
+        b'"stream":true,"top_k":40,"min_p":0.050,"guided_json":{"type" : "object"},'
+        b'"stream_options":{"include_usage":true}}'
+    )
+
+
+async def test_chunks_are_relayed_with_only_id_and_model_rewritten(
+    upstream: FakeUpstream, backend: OpenAIBackend
+) -> None:
+    upstream.route(CHAT, openai_chat(["Hel"], usage=(3, 1)))
+    reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=False)
+    outs = await collect_outs(backend.chat(Call.of(chat_request(stream=True), "m", reply)))
+    chunks = chunks_of(outs)
+    first = openai_chunk({"role": "assistant", "content": "", "refusal": None})
+    first |= {"id": "chatcmpl-job", "model": "public"}
+    del first["usage"]  # llmq asked for the usage, the client did not
+    assert chunks[0] == first
+    assert [c["choices"] for c in chunks] == [
+        first["choices"],
+        [{"index": 0, "delta": {"content": "Hel"}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+    ]  # the usage-only chunk is not relayed
+    assert [o.tokens for o in outs] == [False, True, False, False]
+    assert outs[-1].usage == usage(3, 1)
+
+
+async def test_every_choice_is_relayed_and_counted(
+    upstream: FakeUpstream, backend: OpenAIBackend
+) -> None:
+    chunks = [
+        openai_chunk({"content": "a b"}) | {"choices": [
+            {"index": 0, "delta": {"content": "a b"}, "finish_reason": None},
+            {"index": 1, "delta": {"content": "c"}, "finish_reason": None},
+        ]},
+        openai_chunk({}, "stop") | {"choices": [
+            {"index": 1, "delta": {}, "finish_reason": "length"},
+            {"index": 0, "delta": {}, "finish_reason": "stop"},
+        ]},
+    ]  # fmt: skip
+    upstream.route(CHAT, Reply(chunks=sse_data(chunks), content_type="text/event-stream"))
+    reply = ReplyTo("chatcmpl-job", "public", 5, include_usage=True)
+    outs = await collect_outs(backend.chat(Call.of(chat_request(n=2), "m", reply)))
+    indexes = [c["index"] for chunk in chunks_of(outs) for c in chunk["choices"]]
+    assert indexes == [0, 1, 1, 0]
+    assert outs[-1].finish_reason == "stop"
+    assert outs[-1].usage is not None and outs[-1].usage.completion_tokens == 3  # no usage sent
