@@ -57,7 +57,9 @@ class Runtime:
         )
         await dispatcher.start()
         redis = connect_with(settings.connection, timeout=settings.connection.redis_timeout)
-        await check_at_start(redis, settings.connection.redis_url, settings.connection.redis_timeout)
+        await check_at_start(
+            redis, settings.connection.redis_url, settings.connection.redis_timeout
+        )
         provisioner.add(
             "job streams", lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age)
         )

@@ -143,35 +143,28 @@ async def connect(
             on_reconnect()
 
     nc = Client()
-    servers = [u.strip() for u in url.split(",") if u.strip()]
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "name": name,
+        "connect_timeout": timeout,
+        "error_cb": on_error,
+        **auth_options(conn),
+    }
+    if reconnect:
+        options.update(
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnected,
+        )
+    else:
+        # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for
+        # one retry per server and bound the whole attempt.
+        options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
     try:
-        if reconnect:
-            await nc.connect(
-                servers=servers,
-                name=name,
-                connect_timeout=timeout,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnected,
-                **auth_options(conn),
-            )
-        else:
-            # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask
-            # for one retry per server and bound the whole attempt.
-            async with asyncio.timeout(timeout * 3):
-                await nc.connect(
-                    servers=servers,
-                    name=name,
-                    connect_timeout=timeout,
-                    allow_reconnect=False,
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=0.1,
-                    error_cb=on_error,
-                    **auth_options(conn),
-                )
+        async with asyncio.timeout(None if reconnect else timeout * 3):
+            await nc.connect(**options)
     except BaseException:
         # A client stopped mid-handshake may never finish closing its transport.
         with contextlib.suppress(Exception):

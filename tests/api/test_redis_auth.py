@@ -150,7 +150,7 @@ async def test_rediss_with_a_ca_verifies_the_server(locked_redis: Any, pki: Any)
             timeout=5.0,
         )
         try:
-            with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
                 await wrong_ca.ping()
         finally:
             await wrong_ca.aclose()

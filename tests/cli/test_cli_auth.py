@@ -4,6 +4,7 @@ protects its own servers with secrets it generates."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -131,7 +132,7 @@ def test_tenants_use_the_redis_password(password_redis: Any, tmp_path: Path) -> 
     assert PASSWORD not in out.stderr
 
 
-async def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) -> None:
+def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "dev"
     log = tmp_path / "dev.log"
@@ -159,11 +160,8 @@ async def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) 
         nats_url = re.search(r"nats-server (nats://\S+)", text).group(1)  # type: ignore[union-attr]
         # Without the token NATS refuses; with it, it answers; the stack serves as before.
         with pytest.raises(NatsRefused):
-            await connect(nats_url, "outsider", timeout=2.0, conn=ConnectionSettings())
-        nc = await connect(
-            nats_url, "insider", timeout=2.0, conn=ConnectionSettings(nats_token=token)
-        )
-        await disconnect(nc)
+            asyncio.run(connect(nats_url, "outsider", timeout=2.0, conn=ConnectionSettings()))
+        asyncio.run(_connect_and_close(nats_url, token))
         status = llmq(
             "status", "--json", LLMQ_NATS_URL=nats_url, LLMQ_NATS_TOKEN_FILE=str(token_file)
         )
@@ -181,6 +179,12 @@ async def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) 
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(30)
+
+
+async def _connect_and_close(url: str, token: str) -> None:
+    nc = await connect(url, "insider", timeout=2.0, conn=ConnectionSettings(nats_token=token))
+    assert nc.is_connected
+    await disconnect(nc)
 
 
 def _argv_of_every_process() -> list[str]:

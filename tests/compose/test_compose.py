@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from llmq.dispatcher.connection import connect, disconnect
-from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_server_binary, redis_server_binary
+from llmq.embedded import EmbeddedNats, nats_server_binary, redis_server_binary
 from llmq.schemas import names
 from llmq.schemas.settings import ConnectionSettings
 from tests.stack import wait_for

@@ -60,7 +60,11 @@ def _case(name: str, tmp_path: Path, pki: Any) -> tuple[str, dict[str, Any], lis
         "nats_tls_cert": str(pki.client),
         "nats_tls_key": str(pki.client_key),
     }
-    return config, good, [{}, {"nats_tls_ca": str(pki.ca)}, {**good, "nats_tls_ca": str(pki.other_ca)}]
+    return (
+        config,
+        good,
+        [{}, {"nats_tls_ca": str(pki.ca)}, {**good, "nats_tls_ca": str(pki.other_ca)}],
+    )
 
 
 CASES = ["token", "user_password", "nkey", "tls"]
@@ -143,7 +147,9 @@ async def test_a_server_not_up_yet_is_still_waited_for(tmp_path: Path, secured_n
 
 
 def test_urls_are_logged_without_userinfo() -> None:
-    assert redact_url("nats://u:secret@h:4222, tls://t0ken@h2:4222") == "nats://h:4222,tls://h2:4222"
+    assert (
+        redact_url("nats://u:secret@h:4222, tls://t0ken@h2:4222") == "nats://h:4222,tls://h2:4222"
+    )
     assert redact_url("redis://:pw@h:6379/0?password=x") == "redis://h:6379/0"
     assert redact_url("nats://h:4222") == "nats://h:4222"
 
