@@ -9,13 +9,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from llmq import __version__
-from llmq.api.admission import Admission
 from llmq.api.auth import Authenticator
-from llmq.api.batch_service import BatchService
+from llmq.api.batch_wing import BatchWing
 from llmq.api.errors import install_error_handlers
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
+from llmq.api.reservations import Reservations
 from llmq.api.routes import admin, batches, files, health, jobs, metrics, openai
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lease=settings.tenancy.reservation_lease,
             ledger_maxlen=settings.tenancy.ledger_maxlen,
         )
-        admission = Admission(quota, settings.tenancy.quota_fail_open)
+        reservations = Reservations(quota, settings.tenancy.quota_fail_open)
         models = ModelTable(settings)
         models.start()
         app.state.runtime = runtime
@@ -43,11 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.usage = UsageReader(runtime.redis)
         app.state.models = models
         preparer = RequestPreparer(models, runtime.registry, settings.tenancy.default_max_tokens)
-        app.state.serving = Serving(runtime, Authenticator(settings, store), admission, preparer)
+        app.state.serving = Serving(runtime, Authenticator(settings, store), reservations, preparer)
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
         # async jobs, files and batches (docs/batch.md)
-        app.state.batches = BatchService(settings, runtime, admission, preparer)
+        app.state.batches = BatchWing(runtime, reservations, preparer)
         await app.state.batches.start()
         try:
             yield
@@ -55,11 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.batches.stop()
             await app.state.observability.stop()
             await models.stop()
-            await admission.drain()
+            await reservations.drain()
             await runtime.close()
 
+    # /openapi.json and /docs describe the public API only; the admin API has its own
+    # document behind the admin token (/admin/openapi.json).
     app = FastAPI(
-        title="llmq", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(openai.router)
-    app.include_router(admin.router)
+    app.include_router(admin.router, include_in_schema=False)
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(files.router)

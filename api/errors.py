@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from llmq.schemas.admission import Refusal
 from llmq.schemas.openai import ErrorBody, ErrorResponse
 
 _encoder = msgspec.json.Encoder()
@@ -57,6 +58,18 @@ class ApiError(Exception):
         return ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
 
 
+def api_error(refusal: Refusal) -> ApiError:
+    """The HTTP form of a domain refusal (from preparation or a quota)."""
+    return ApiError(
+        refusal.status,
+        refusal.message,
+        refusal.code,
+        type=refusal.type,
+        param=refusal.param,
+        headers=refusal.headers,
+    )
+
+
 def error_bytes(body: ErrorBody) -> bytes:
     return _encoder.encode(ErrorResponse(error=body))
 
@@ -73,6 +86,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return error_response(exc.status, exc.body(), exc.headers)
+
+    async def on_refusal(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refusal)
+        err = api_error(exc)
+        return error_response(err.status, err.body(), err.headers)
 
     async def on_http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -93,6 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, err.body())
 
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(Refusal, on_refusal)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_unexpected)

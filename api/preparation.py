@@ -2,52 +2,30 @@
 per-model defaults, estimate the tokens to reserve. The same for every way a request
 arrives — interactive HTTP, an async job, a batch line — so they can never disagree.
 
-Raises `ApiError` (400 bad body, 404 unknown model, 503 no live worker, 400 unsupported
-endpoint); no I/O.
+Raises `Refusal` (400 bad body, 404 unknown model, 503 no live worker, 400 unsupported
+endpoint), which the HTTP edge renders; no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import msgspec
 
-from llmq.api.errors import ApiError
 from llmq.api.model_table import ModelTable
-from llmq.api.protocol import decode
 from llmq.dispatcher.registry import WorkerRegistry
+from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.envelope import REQUEST_DECODERS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    chat_request_decoder,
-    completion_request_decoder,
-    embedding_request_decoder,
 )
 from llmq.schemas.text import message_text
 
-AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
-
-DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "chat": chat_request_decoder,
-    "completion": completion_request_decoder,
-    "embedding": embedding_request_decoder,
-}
 _encoder = msgspec.json.Encoder()
-
-
-@dataclass(slots=True)
-class PreparedRequest:
-    request: AnyRequest
-    model: str
-    body: bytes
-    """What to publish: the original bytes, or re-encoded when something was changed."""
-    kind: str
-    stream: bool
-    prompt_estimate: int
-    max_tokens: int
-    """Tokens to reserve for the completion (0 for embeddings)."""
+_PATH = re.compile(r"at `\$\.?(.*)`")
 
 
 class RequestPreparer:
@@ -58,25 +36,26 @@ class RequestPreparer:
         self.registry = registry
         self.default_max_tokens = default_max_tokens
 
-    def prepare(self, kind: str, body: bytes, *, durable: bool = False) -> PreparedRequest:
+    def prepare(self, kind: JobKind, body: bytes, *, durable: bool = False) -> PreparedRequest:
         """`durable`: an async or batch job, which never streams and may wait in its queue
         for a worker (so a known model with no live worker is fine)."""
         return self.prepare_decoded(self.decode(kind, body), kind, body, durable=durable)
 
-    def decode(self, kind: str, body: bytes) -> AnyRequest:
-        decoder = DECODERS.get(kind)
-        if decoder is None:
-            raise ApiError(400, f"unsupported job kind `{kind}`", "invalid_endpoint")
-        req: AnyRequest = decode(body, decoder)
+    def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
+        """An async job or a batch line (the batch machinery's `Preparer` port)."""
+        return self.prepare(kind, body, durable=True)
+
+    def decode(self, kind: JobKind, body: bytes) -> AnyRequest:
+        req: AnyRequest = _decode(body, REQUEST_DECODERS[kind])
         if isinstance(req, ChatCompletionRequest) and not req.messages:
-            raise ApiError(
+            raise Refusal(
                 400, "`messages` must contain at least one message", "invalid_request",
                 param="messages",
             )  # fmt: skip
         return req
 
     def prepare_decoded(
-        self, req: AnyRequest, kind: str, body: bytes, *, durable: bool = False
+        self, req: AnyRequest, kind: JobKind, body: bytes, *, durable: bool = False
     ) -> PreparedRequest:
         model = self.models.resolve(req.model)
         self.check_model(model, kind, need_live_worker=not durable)
@@ -91,20 +70,18 @@ class RequestPreparer:
             req, model, body, kind, stream, estimate_prompt_tokens(req), max_tokens
         )
 
-    def check_model(self, model: str, kind: str, need_live_worker: bool) -> None:
+    def check_model(self, model: str, kind: JobKind, need_live_worker: bool) -> None:
         registry = self.registry
         live = bool(registry.workers_for(model))
         if not live and not registry.known(model):
-            raise ApiError(
+            raise Refusal(
                 404, f"The model `{model}` does not exist", "model_not_found", param="model"
             )
         if not live and need_live_worker:
-            raise ApiError(
-                503, f"no live worker serves model `{model}`", "no_worker", param="model"
-            )
+            raise Refusal(503, f"no live worker serves model `{model}`", "no_worker", param="model")
         info = registry.model_info(model)
         if info is not None and kind not in info.kinds:
-            raise ApiError(
+            raise Refusal(
                 400, f"model `{model}` does not support {kind} requests", "unsupported_endpoint",
                 param="model",
             )  # fmt: skip
@@ -129,6 +106,24 @@ class RequestPreparer:
         if not changes:
             return req, False
         return msgspec.structs.replace(req, **changes), True
+
+
+def _decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """Decode a body, refusing with a 400 that names the offending field."""
+    if not body:
+        raise Refusal(400, "request body is empty; expected a JSON object", "invalid_json")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH.search(message)
+        param = match.group(1) if match and match.group(1) else None
+        if param is None and "missing required field" in message:
+            field = re.search(r"`(\w+)`", message)
+            param = field.group(1) if field else None
+        raise Refusal(400, message, "invalid_request", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise Refusal(400, f"malformed JSON: {exc}", "invalid_json") from None
 
 
 def estimate_prompt_tokens(req: AnyRequest) -> int:

@@ -1,5 +1,5 @@
-"""Serving an OpenAI request through the job queue: authenticate, route, admit, submit,
-relay — and account for it exactly once however it ends.
+"""Serving an OpenAI request through the job queue: authenticate, route, reserve, submit,
+relay — and release its reservation exactly once however it ends.
 
 Transport-free: routes hand in the request; this module decides the job and turns its
 events into a JSON response or an SSE stream.
@@ -16,27 +16,23 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.admission import Admission, Ticket
 from llmq.api.auth import Authenticator
-from llmq.api.errors import ApiError, error_bytes, error_response
+from llmq.api.errors import ApiError, api_error, error_bytes, error_response
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import read_body
+from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
 from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
+from llmq.schemas.envelope import JobKind
 from llmq.schemas.frames import Done, Failed
-from llmq.schemas.openai import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-)
 
 log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
-AnyRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 Event = bytes | Done | Failed
 
 
@@ -67,13 +63,13 @@ class Serving:
         self,
         runtime: Runtime,
         auth: Authenticator,
-        admission: Admission,
+        reservations: Reservations,
         preparer: RequestPreparer,
         observers: list[Observer] | None = None,
     ) -> None:
         self.rt = runtime
         self.auth = auth
-        self.admission = admission
+        self.reservations = reservations
         self.preparer = preparer
         self.observers: list[Observer] = observers if observers is not None else []
 
@@ -86,17 +82,20 @@ class Serving:
     async def embedding(self, request: Request) -> Response:
         return await self._handle(request, "embedding")
 
-    async def _handle(self, request: Request, kind: str) -> Response:
+    async def _handle(self, request: Request, kind: JobKind) -> Response:
         record = RequestRecord(job_id=new_job_id(), route=kind)
         try:
-            return await self._serve(request, kind, record)
+            try:
+                return await self._serve(request, kind, record)
+            except Refusal as refusal:
+                raise api_error(refusal) from None
         except ApiError as exc:
             record.status, record.error_code = exc.status, exc.code
             self._observe(record)
             exc.headers.setdefault("x-request-id", record.job_id)
             raise
 
-    async def _serve(self, request: Request, kind: str, record: RequestRecord) -> Response:
+    async def _serve(self, request: Request, kind: JobKind, record: RequestRecord) -> Response:
         settings = self.rt.settings
         if not self.rt.accepting:
             raise ApiError(503, "the api is shutting down", "shutting_down")
@@ -106,10 +105,12 @@ class Serving:
         record.model = self.preparer.models.resolve(req.model)
         prepared = self.preparer.prepare_decoded(req, kind, body)
         record.stream = prepared.stream
-        ticket = await self.admission.admit(
+        reservation = await self.reservations.reserve(
             record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
             record.job_id,
         )  # fmt: skip
+        if isinstance(reservation, Refusal):
+            raise reservation
         spec = JobSpec(
             job_id=record.job_id,
             model=prepared.model,
@@ -122,10 +123,10 @@ class Serving:
         try:
             run = await self.rt.dispatcher.submit(spec)
         except DispatchError as exc:
-            ticket.finish(0, 0, failed=True)
-            raise ApiError(exc.status, exc.message, exc.code, headers=ticket.headers) from None
-        job = _Job(self, run, ticket, record, prepared.prompt_estimate)
-        headers = {"x-request-id": record.job_id, **ticket.headers}
+            self.reservations.release_later(reservation, FAILED)
+            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+        job = _Job(self, run, reservation, record, prepared.prompt_estimate)
+        headers = {"x-request-id": record.job_id, **reservation.headers}
         if prepared.stream:
             return await job.stream(headers)
         return await job.collect(headers)
@@ -140,19 +141,19 @@ class Serving:
 
 
 class _Job:
-    """One queued job until it ends: relays its events and settles its accounts once."""
+    """One queued job until it ends: relays its events and releases its reservation once."""
 
     def __init__(
         self,
         serving: Serving,
         run: JobRun,
-        ticket: Ticket,
+        reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
     ) -> None:
         self.serving = serving
         self.run = run
-        self.ticket = ticket
+        self.reservation = reservation
         self.record = record
         self.prompt_estimate = prompt_estimate
         self.relayed = 0
@@ -172,7 +173,8 @@ class _Job:
         else:
             record.prompt_tokens = self.prompt_estimate if self.run.worker else 0
             record.completion_tokens = self.relayed
-        self.ticket.finish(record.prompt_tokens, record.completion_tokens, failed=done is None)
+        usage = JobUsage(record.prompt_tokens, record.completion_tokens, failed=done is None)
+        self.serving.reservations.release_later(self.reservation, usage)
         self.serving._observe(record)
 
     async def collect(self, headers: dict[str, str]) -> Response:

@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 
 from llmq.dispatcher.probes import STREAMS, QueueState, micro_gather, queue_states
 from llmq.schemas import names
-from llmq.schemas.envelope import DEFAULT_KIND, EnvelopeError, JobEnvelope
+from llmq.schemas.envelope import DEFAULT_KIND, EnvelopeError, JobEnvelope, JobKind
 from llmq.schemas.services import WorkerMetadata
 
 
@@ -28,7 +28,7 @@ class JobView:
     """`queued` (not delivered yet), `delivered` (a worker has it, not started or held) or
     `running` (reported by its worker)."""
     tenant: str = ""
-    kind: str = DEFAULT_KIND
+    kind: JobKind = DEFAULT_KIND
     age: float = 0.0
     """Seconds since it was queued (running jobs: since its worker started it)."""
     deadline_in: float | None = None

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from llmq.schemas import names
-from llmq.schemas.envelope import DEFAULT_KIND, JobEnvelope, job_kind
+from llmq.schemas.envelope import DEFAULT_KIND, JobEnvelope, JobKind
 
 
 def new_job_id() -> str:
@@ -24,8 +24,7 @@ class JobSpec:
     body: bytes
     tenant: str
     deadline_ms: int
-    kind: str = DEFAULT_KIND
-    """A `JobKind`; an unknown one raises EnvelopeError when the job is published."""
+    kind: JobKind = DEFAULT_KIND
     batch: bool = False
     traceparent: str | None = None
 
@@ -38,7 +37,7 @@ class JobSpec:
             id=self.job_id,
             model=self.model,
             tenant=self.tenant,
-            kind=job_kind(self.kind),
+            kind=self.kind,
             reply=reply,
             deadline_ms=self.deadline_ms,
             batch=self.batch,

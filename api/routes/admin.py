@@ -2,7 +2,8 @@
 
 Guarded by `LLMQ_ADMIN_TOKEN` (bearer, compared in constant time); with no token set the
 whole surface answers 403. The same operations exist in the CLI (`llmq tenants|keys|usage|
-prices`), which talks to Redis directly.
+prices`), which talks to Redis directly. The app leaves these routes out of the public
+`/openapi.json`; they are described at `/admin/openapi.json`, behind the same token.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from llmq.api.errors import ApiError
@@ -199,3 +201,23 @@ async def delete_price(model: str, request: Request) -> Response:
     if not await _guarded(_store(request).delete_price(model)):
         raise ApiError(404, f"no price for model `{model}`", "price_not_found")
     return _json({"model": model, "deleted": True})
+
+
+# --- its own description -----------------------------------------------------------------
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def admin_openapi(request: Request) -> Response:
+    """The admin API's OpenAPI document, apart from the public one."""
+    document = get_openapi(
+        title="llmq admin API",
+        version=request.app.version,
+        description="Tenants, API keys, usage, the ledger and the price table. Every "
+        "route needs `Authorization: Bearer $LLMQ_ADMIN_TOKEN`.",
+        routes=router.routes,
+    )
+    document.setdefault("components", {})["securitySchemes"] = {
+        "adminToken": {"type": "http", "scheme": "bearer"}
+    }
+    document["security"] = [{"adminToken": []}]
+    return _json(document)

@@ -9,12 +9,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llmq.api.errors import ApiError
+from llmq.api.file_serving import FileServing
 from llmq.api.protocol import read_body
-from llmq.api.routes.batches import json_response, service, tenant_of
+from llmq.api.routes.common import json_response, tenant_of, wing
 
 router = APIRouter(prefix="/v1")
 
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+def serving(request: Request) -> FileServing:
+    return wing(request).file_serving
 
 
 def _params(header: str) -> dict[str, str]:
@@ -59,9 +64,9 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | Non
 
 @router.post("/files")
 async def upload_file(request: Request) -> Response:
-    svc = service(request)
+    svc = serving(request)
     tenant = await tenant_of(request)
-    body = await read_body(request, svc.settings.batch.files_max_bytes + 65_536)
+    body = await read_body(request, svc.max_bytes + 65_536)
     fields = parse_multipart(body, request.headers.get("content-type", ""))
     if "file" not in fields:
         raise ApiError(400, "missing the `file` field", "invalid_request", param="file")
@@ -81,23 +86,23 @@ async def list_files(
     order: str = "desc",
 ) -> Response:
     tenant = await tenant_of(request)
-    return json_response(await service(request).list_files(tenant, purpose, limit, after, order))
+    return json_response(await serving(request).list(tenant, purpose, limit, after, order))
 
 
 @router.get("/files/{file_id}")
 async def get_file(request: Request, file_id: str) -> Response:
     tenant = await tenant_of(request)
-    return json_response(await service(request).get_file(tenant, file_id))
+    return json_response(await serving(request).get(tenant, file_id))
 
 
 @router.get("/files/{file_id}/content")
 async def file_content(request: Request, file_id: str) -> Response:
     tenant = await tenant_of(request)
-    data = await service(request).file_content(tenant, file_id)
+    data = await serving(request).content(tenant, file_id)
     return Response(data, media_type="application/octet-stream")
 
 
 @router.delete("/files/{file_id}")
 async def delete_file(request: Request, file_id: str) -> Response:
     tenant = await tenant_of(request)
-    return json_response(await service(request).delete_file(tenant, file_id))
+    return json_response(await serving(request).delete(tenant, file_id))

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from llmq.dispatcher import kv as kvs
-from llmq.dispatcher.batch.ports import Accounting, Prepared
+from llmq.dispatcher.batch.ports import Reserver, reservation_of
 from llmq.dispatcher.batch.reconcile import quiet
 from llmq.dispatcher.batch.records import (
     FINAL_JOB,
@@ -42,6 +42,7 @@ from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
 from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas import names
+from llmq.schemas.admission import FAILED, PreparedRequest
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class AsyncJobs:
         js: JetStreamContext,
         jobs: KeyValue,
         results: KeyValue,
-        accounting: Accounting,
+        reservations: Reserver,
         *,
         stall: float,
         publish_timeout: float = 2.0,
@@ -70,7 +71,7 @@ class AsyncJobs:
         self.js = js
         self.jobs = jobs
         self.results = results
-        self.accounting = accounting
+        self.reservations = reservations
         self.stall = stall
         self.publish_timeout = publish_timeout
         self.webhooks: Webhooks | None = None
@@ -90,7 +91,7 @@ class AsyncJobs:
         self,
         job_id: str,
         tenant: str,
-        prepared: Prepared,
+        prepared: PreparedRequest,
         *,
         deadline: float,
         metadata: dict[str, str] | None = None,
@@ -286,8 +287,8 @@ class AsyncJobs:
         job_id = record.id
         if await kvs.create_once(self.results, names.job_results_key(job_id), unrun(code, message)):
             try:
-                await self.accounting.release(
-                    record.tenant, record.model, job_id, 0, 0, failed=True
+                await self.reservations.release(
+                    reservation_of(record.tenant, record.model, job_id), FAILED
                 )
             except Exception as exc:
                 log.warning("could not release job %s: %s", job_id, exc)

@@ -33,10 +33,12 @@ from nats.js.kv import KeyValue
 
 from llmq.dispatcher import kv as kvs
 from llmq.dispatcher.batch.consume import pull_forever
-from llmq.dispatcher.batch.ports import Accounting
+from llmq.dispatcher.batch.ports import Reserver, reservation_of
 from llmq.dispatcher.batch.records import split_line_job_id
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import frames, names
+from llmq.schemas.admission import FAILED, JobUsage
+from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, failure, frame_encoder
 
 log = logging.getLogger(__name__)
@@ -73,14 +75,14 @@ class ResultCollector:
         self,
         js: JetStreamContext,
         results: KeyValue,
-        accounting: Accounting,
+        reservations: Reserver,
         on_job_accepted: JobHook,
         on_job_result: JobHook,
         fetch_batch: int = 256,
     ) -> None:
         self.js = js
         self.results = results
-        self.accounting = accounting
+        self.reservations = reservations
         self.on_job_accepted = on_job_accepted
         self.on_job_result = on_job_result
         self.fetch_batch = fetch_batch
@@ -140,13 +142,10 @@ class ResultCollector:
         await kvs.create_once(self.results, results_key(job_id), frame)
         self.stored += 1
         decoded = frames.frame_decoder.decode(frame)
+        usage = FAILED
         if isinstance(decoded, Done):
-            usage = decoded.usage
-            await self.accounting.release(
-                tenant, model, job_id, usage.prompt_tokens, usage.completion_tokens, failed=False
-            )
-        else:
-            await self.accounting.release(tenant, model, job_id, 0, 0, failed=True)
+            usage = JobUsage(decoded.usage.prompt_tokens, decoded.usage.completion_tokens)
+        await self.reservations.release(reservation_of(tenant, model, job_id), usage)
         if split_line_job_id(job_id) is None:
             await self.on_job_result(tenant, job_id)
 
@@ -156,7 +155,10 @@ class ResultCollector:
             job = await self.js.get_msg(names.BATCH_STREAM, seq=advisory.stream_seq)
         except NotFoundError:
             return
-        reply = (job.headers or {}).get(names.H_REPLY, "")
+        try:
+            reply = JobEnvelope.from_headers(job.subject or "", job.headers).reply
+        except EnvelopeError as exc:
+            reply = exc.reply
         parsed = parse_outcome_subject(reply)
         if parsed is not None:
             tenant, model, job_id = parsed

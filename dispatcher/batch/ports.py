@@ -1,74 +1,40 @@
 """What the api plugs into the batch machinery: how a request body becomes a job (model
-aliases, defaults, token estimates) and how its quota is reserved and released."""
+aliases, defaults, token estimates) and how its quota is reserved and released.
+
+The values (`PreparedRequest`, `Refusal`, `Reservation`, `JobUsage`) live in
+`schemas.admission`; the api plugs in the same preparer and reservations its interactive
+path uses, so the three ways a request arrives can never disagree.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(slots=True)
-class Prepared:
-    """A request ready to queue."""
-
-    model: str
-    body: bytes
-    kind: str
-    prompt_tokens: int
-    max_tokens: int
-
-
-class Refused(Exception):
-    """The request cannot run at all (bad body, unknown model, not allowed): it gets an
-    error instead of a result."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.param = param
+from llmq.schemas.admission import JobUsage, PreparedRequest, Refusal, Reservation
+from llmq.schemas.envelope import JobKind
 
 
 class Preparer(Protocol):
-    def prepare(self, kind: str, body: bytes, tenant: str) -> Prepared:
-        """Decode and check `body` for `kind`; raise `Refused` when it cannot run."""
+    def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
+        """Decode and check `body` for `kind` as a job that may wait in the durable queue;
+        raise `Refusal` when it cannot run."""
         ...
 
 
-class Accounting(Protocol):
-    async def reserve(self, tenant: str, prepared: Prepared, job_id: str) -> float | None:
-        """Hold the job's quota. None: held. A number: refused for now (a rate limit or
-        budget), ask again after that many seconds. Raises `Refused` when the tenant may
-        never run it."""
+class Reserver(Protocol):
+    async def reserve(
+        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+    ) -> Reservation | Refusal:
+        """Hold the job's quota, or refuse: for now (`retry_after` set: a rate limit, a
+        budget) or for good (the tenant may never run it)."""
         ...
 
-    async def release(
-        self,
-        tenant: str,
-        model: str,
-        job_id: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        failed: bool,
-    ) -> None:
+    async def release(self, reservation: Reservation, usage: JobUsage) -> None:
         """Book the job's real usage and free its reservation. Idempotent per job id."""
         ...
 
 
-class NoAccounting:
-    """auth_mode none: nothing to hold or book."""
-
-    async def reserve(self, tenant: str, prepared: Prepared, job_id: str) -> float | None:
-        return None
-
-    async def release(
-        self,
-        tenant: str,
-        model: str,
-        job_id: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        failed: bool,
-    ) -> None:
-        return None
+def reservation_of(tenant: str, model: str, job_id: str) -> Reservation:
+    """The reservation of a durable job, named by its job id: whoever ends the job (the
+    collector, a cancel, an expiry) releases it without having held the value."""
+    return Reservation(tenant, model, job_id)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import msgspec
 from msgspec import Struct
 
+from llmq.schemas.envelope import DEFAULT_KIND, JobKind
 from llmq.schemas.frames import Done, Failed
 from llmq.schemas.openai import Usage
 
@@ -86,7 +88,7 @@ class JobRecord(Struct, kw_only=True, omit_defaults=True):
     """32 hex; the `Llmq-Job` header. Public id `job_<id>`."""
     tenant: str
     model: str
-    kind: str = "chat"
+    kind: JobKind = DEFAULT_KIND
     status: JobStatus = "queued"
     created_at: float
     expires_at: float
@@ -105,7 +107,7 @@ class JobRecord(Struct, kw_only=True, omit_defaults=True):
 
 job_decoder: Final = msgspec.json.Decoder(JobRecord)
 
-ENDPOINT_OF_KIND: Final = {
+ENDPOINT_OF_KIND: Final[Mapping[JobKind, str]] = {
     "chat": "/v1/chat/completions",
     "completion": "/v1/completions",
     "embedding": "/v1/embeddings",

@@ -4,9 +4,10 @@ the job protocol both sides agree on, async jobs and batches, observability."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from llmq.schemas.settings.base import Command, Group, setting, split_commas
@@ -221,3 +222,22 @@ class ObservabilitySettings(Group):
     metrics_host: str = setting(
         "0.0.0.0", "Address the worker's /metrics listens on (see metrics_port).", commands=()
     )
+    metrics_token: str = setting(
+        "",
+        "Bearer token that the api's and the worker's /metrics require; empty = open.",
+        secret=True,
+        repr=False,
+    )
+    metrics_token_file: str = setting(
+        "", "File holding metrics_token (read at start).", commands=("api", "worker")
+    )
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> ObservabilitySettings:
+        """A secret from a file (a mounted secret) rather than the environment."""
+        if self.metrics_token_file and not self.metrics_token:
+            token = Path(self.metrics_token_file).expanduser().read_text().strip()
+            if not token:
+                raise ValueError(f"metrics_token_file {self.metrics_token_file} is empty")
+            self.metrics_token = token
+        return self

@@ -13,11 +13,11 @@ from nats.js.api import KeyValueConfig, StorageType
 from llmq.dispatcher import kv as kvs
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.collector import ResultCollector
-from llmq.dispatcher.batch.ports import Prepared
 from llmq.dispatcher.batch.records import Unrun, line_job_id, result_decoder, time_hex
 from llmq.dispatcher.connection import connect
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import frames, names
+from llmq.schemas.admission import JobUsage, Refusal, Reservation
 from llmq.schemas.frames import Done, Failed, frame_encoder
 from llmq.schemas.openai import Usage
 from tests.stack import wait_for
@@ -27,13 +27,22 @@ class Books:
     def __init__(self) -> None:
         self.released: list[tuple[str, str, str, int, int, bool]] = []
 
-    async def reserve(self, tenant: str, prepared: Prepared, job_id: str) -> float | None:
-        return None
+    async def reserve(
+        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+    ) -> Reservation | Refusal:
+        return Reservation(tenant, model, job_id)
 
-    async def release(
-        self, tenant: str, model: str, job_id: str, prompt: int, completion: int, failed: bool
-    ) -> None:
-        self.released.append((tenant, model, job_id, prompt, completion, failed))
+    async def release(self, reservation: Reservation, usage: JobUsage) -> None:
+        self.released.append(
+            (
+                reservation.tenant,
+                reservation.model,
+                reservation.job_id,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.failed,
+            )
+        )
 
 
 async def test_first_result_wins_and_advisories_become_results(nats_server) -> None:  # type: ignore[no-untyped-def]

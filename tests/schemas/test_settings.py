@@ -90,6 +90,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "METRICS_MAX_TENANTS": ("3", 3),
     "METRICS_QUEUE_TTL": ("0", 0.0),
     "METRICS_HOST": ("127.0.0.1", "127.0.0.1"),
+    "METRICS_TOKEN": ("mt", "mt"),
+    "METRICS_TOKEN_FILE": ("/run/secrets/none", "/run/secrets/none"),
     "JOB_DEADLINE": ("15", 15.0),
     "JOB_RETENTION": ("16", 16.0),
     "FILES_MAX_BYTES": ("17", 17),
@@ -114,6 +116,7 @@ FLAGS: dict[Command, set[str]] = {
         "request_log", "metrics_tenant_label", "metrics_max_tenants", "job_deadline",
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
+        "metrics_token_file",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
@@ -122,7 +125,7 @@ FLAGS: dict[Command, set[str]] = {
         "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
         "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
         "backend_token_timeout", "backend_timeout", "backend_http_client",
-        "breaker_probe_interval",
+        "breaker_probe_interval", "metrics_token_file",
     },
 }  # fmt: skip
 
@@ -169,7 +172,8 @@ def test_flags_are_the_same_per_command() -> None:
 def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
     assert secret == {
-        "admin_token", "webhook_secret", "nats_password", "nats_token", "redis_password",
+        "admin_token", "webhook_secret", "metrics_token", "nats_password", "nats_token",
+        "redis_password",
     }  # fmt: skip
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 

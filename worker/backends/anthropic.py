@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import msgspec
 from msgspec import Struct
 
+from llmq.schemas.envelope import JobKind
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
 from llmq.schemas.text import message_text, prompt_tokens
 from llmq.worker.backends.base import (
@@ -329,7 +330,7 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 
 
 class AnthropicBackend:
-    kinds: ClassVar[frozenset[str]] = frozenset({"chat"})
+    kinds: ClassVar[frozenset[JobKind]] = frozenset({"chat"})
 
     def __init__(self, config: BackendConfig) -> None:
         self._base = base_url(config, "https://api.anthropic.com")

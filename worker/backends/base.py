@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from msgspec import Struct
 
+from llmq.schemas.envelope import JobKind
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 
 
@@ -147,8 +148,8 @@ class BackendError(Exception):
 class Backend(Protocol):
     """What every backend module provides."""
 
-    kinds: ClassVar[frozenset[str]]
-    """Job kinds supported: a subset of {"chat", "completion", "embedding"}."""
+    kinds: ClassVar[frozenset[JobKind]]
+    """Job kinds supported: a subset of `JOB_KINDS`."""
 
     def chat(self, request: ChatCompletionRequest, upstream_model: str) -> AsyncIterator[Piece]:
         """Stream a chat completion."""

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
+from llmq.schemas.envelope import JOB_KINDS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -24,7 +25,7 @@ EMBEDDING_DIMENSIONS = 16
 
 
 class EchoBackend:
-    kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
 
     def __init__(self, config: BackendConfig) -> None:
         self.delay = config.options_of(EchoOptions).delay

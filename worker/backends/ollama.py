@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import msgspec
 from msgspec import Struct
 
+from llmq.schemas.envelope import JOB_KINDS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -165,7 +166,7 @@ def _format(response_format: Any) -> Any:
 
 
 class OllamaBackend:
-    kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
 
     def __init__(self, config: BackendConfig) -> None:
         self._base = base_url(config, "http://127.0.0.1:11434")

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import msgspec
 from msgspec import UNSET, Struct
 
+from llmq.schemas.envelope import JOB_KINDS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -130,7 +131,7 @@ class _SSEStream:
 
 
 class OpenAIBackend:
-    kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion", "embedding"})
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
 
     def __init__(self, config: BackendConfig) -> None:
         options = config.options_of(OpenAIOptions)

@@ -1,0 +1,121 @@
+"""The batch wing of one api replica: async jobs, files and batches (docs/batch.md).
+
+`BatchWing` opens the streams and buckets, runs this replica's share of the shared work
+(results collector, batch runner, webhook sender, async-job sweeper) and builds the three
+serving modules the routes of `api.routes.{jobs,files,batches}` call. It plugs the api's
+own request preparer and quota reservations into the batch machinery, so async jobs and
+batch lines are prepared and reserved exactly as interactive requests are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from llmq.api.batch_serving import BatchServing
+from llmq.api.file_serving import FileServing
+from llmq.api.job_serving import JobServing
+from llmq.api.preparation import RequestPreparer
+from llmq.api.reservations import Reservations
+from llmq.api.runtime import Runtime
+from llmq.dispatcher import streams
+from llmq.dispatcher.batch.async_jobs import AsyncJobs
+from llmq.dispatcher.batch.collector import ResultCollector
+from llmq.dispatcher.batch.files import FileStore
+from llmq.dispatcher.batch.records import time_hex
+from llmq.dispatcher.batch.runner import BatchRunner
+from llmq.dispatcher.batch.store import BatchStore
+from llmq.dispatcher.batch.webhooks import Webhooks
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import names
+
+log = logging.getLogger(__name__)
+
+
+class BatchWing:
+    def __init__(
+        self, runtime: Runtime, reservations: Reservations, preparer: RequestPreparer
+    ) -> None:
+        self.rt = runtime
+        self.reservations = reservations
+        self.preparer = preparer
+        self.files: FileStore
+        self.store: BatchStore
+        self.jobs: AsyncJobs
+        self.runner: BatchRunner
+        self.collector: ResultCollector
+        self.webhooks: Webhooks
+        self.job_serving: JobServing
+        self.file_serving: FileServing
+        self.batch_serving: BatchServing
+        self._starter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s, js, nc = self.rt.settings, self.rt.js, self.rt.nc
+        buckets, objects = await self._provision()
+        self.rt.provisioner.add("batch streams", self._provision)
+        results = buckets[names.RESULTS_BUCKET]
+        self.store = BatchStore(buckets[names.BATCHES_BUCKET])
+        self.files = FileStore(objects, buckets[names.FILE_META_BUCKET])
+        self.jobs = AsyncJobs(
+            nc, js, buckets[names.ASYNC_JOBS_BUCKET], results, self.reservations,
+            stall=s.batch.batch_stall,
+        )  # fmt: skip
+        self.webhooks = Webhooks(
+            js,
+            self.jobs.render,
+            self.jobs.record_webhook,
+            secret=s.batch.webhook_secret,
+            attempts=s.batch.webhook_attempts,
+            timeout=s.batch.webhook_timeout,
+        )
+        self.jobs.webhooks = self.webhooks
+        self.collector = ResultCollector(
+            js, results, self.reservations, self.jobs.on_accepted, self.jobs.settle
+        )
+        self.runner = BatchRunner(
+            nc,
+            js,
+            self.store,
+            results,
+            self.files,
+            self.preparer,
+            self.reservations,
+            owner=f"{s.api.instance_id}-{time_hex()[12:20]}",
+            lease=s.batch.batch_lease,
+            stall=s.batch.batch_stall,
+            max_inflight=s.batch.batch_max_inflight,
+            max_lines=s.batch.batch_max_lines,
+        )
+        self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations)
+        self.file_serving = FileServing(self.rt, self.files)
+        self.batch_serving = BatchServing(self.rt, self.store, self.file_serving, self.runner.kick)
+        self.collector.start()
+        self.webhooks.start()
+        self._starter = asyncio.create_task(self._start_when_synced())
+
+    async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
+        """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
+        js, retention = self.rt.js, self.rt.settings.batch.job_retention
+        await streams.ensure_batch_streams(js, retention)
+        return await streams.batch_buckets(js, retention), await streams.files_store(js)
+
+    async def _start_when_synced(self) -> None:
+        """Validation needs the model catalog: wait for the registry's first sync."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.rt.registry.synced.wait()
+        await asyncio.sleep(0.2)
+        self.jobs.start()
+        self.runner.start()
+
+    async def stop(self) -> None:
+        if self._starter is not None:
+            await stop_task(self._starter)
+        for part in (self.runner, self.jobs, self.webhooks, self.collector):
+            with contextlib.suppress(Exception):
+                await part.stop()

@@ -1,0 +1,109 @@
+"""Reservations: hold a job's share of its tenant's quota, and give it back exactly once.
+
+The one path for interactive requests, async jobs and batch lines. `reserve` runs the Lua
+script that checks and reserves every limit and answers a `Reservation` or a `Refusal`;
+whoever ends the job calls `release` with the real usage. The interactive path releases
+with `release_later`, which never blocks the response and survives cancellation (a
+disconnecting client cancels the task that would release). The reservation's lease
+reclaims the slot even if the api process dies before releasing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
+from llmq.schemas.admission import JobUsage, Refusal, Reservation
+
+log = logging.getLogger(__name__)
+
+_MESSAGES = {
+    "rate_limit_exceeded": "Rate limit reached for {limit}. Retry after the indicated time.",
+    "insufficient_quota": "You exceeded your {limit} quota.",
+    "suspended": "This tenant is suspended.",
+    "model_not_allowed": "This tenant may not use model `{model}`.",
+    "unknown_tenant": "Unknown tenant.",
+}
+QUOTA_STORE_RETRY = 1.0
+"""Seconds a batch line waits before asking again while the quota store is away."""
+
+
+class Reservations:
+    def __init__(self, quota: Quota, fail_open: bool) -> None:
+        self.quota = quota
+        self.fail_open = fail_open
+        self._releases: set[asyncio.Task[None]] = set()
+
+    async def reserve(
+        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+    ) -> Reservation | Refusal:
+        """Hold the job's quota. Asking again for the same job id holds nothing twice."""
+        if not tenant:
+            return Reservation(tenant, model, job_id, held=False)
+        try:
+            decision = await self.quota.reserve(tenant, model, prompt_tokens, max_tokens, job_id)
+        except QuotaBackendDown:
+            if self.fail_open:
+                log.warning("redis down: admitting %s without a quota check", job_id)
+                return Reservation(tenant, model, job_id, held=False)
+            return Refusal(
+                503,
+                "the quota store is unavailable",
+                "quota_store_down",
+                retry_after=QUOTA_STORE_RETRY,
+            )
+        if not decision.allowed:
+            return _refusal(decision, model)
+        return Reservation(tenant, model, job_id, headers=decision.headers())
+
+    async def release(self, reservation: Reservation, usage: JobUsage) -> None:
+        """Book the real usage and free the slot. Raises `QuotaBackendDown` when Redis is
+        away (the caller retries); a second release of one job id changes nothing."""
+        if not reservation.held or not reservation.tenant:
+            return
+        await self.quota.release(
+            reservation.tenant,
+            reservation.model,
+            reservation.job_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            failed=usage.failed,
+        )
+
+    def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
+        """`release` in a task of its own, retried while Redis is away."""
+        if not reservation.held:
+            return
+        task = asyncio.get_running_loop().create_task(self._release(reservation, usage))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, reservation: Reservation, usage: JobUsage) -> None:
+        for attempt in range(5):
+            try:
+                await self.release(reservation, usage)
+                return
+            except QuotaBackendDown:
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error("could not release job %s; its lease will reclaim the slot", reservation.job_id)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait for pending releases (at shutdown)."""
+        if self._releases:
+            await asyncio.wait(set(self._releases), timeout=timeout)
+
+
+def _refusal(decision: QuotaDecision, model: str) -> Refusal:
+    reason = decision.reason
+    message = _MESSAGES.get(reason, reason).format(limit=decision.limit or "this", model=model)
+    status = decision.http_status
+    return Refusal(
+        status,
+        message,
+        reason,
+        type=reason if status == 429 else "permission_error",
+        param="model" if reason == "model_not_allowed" else None,
+        headers=decision.headers(),
+        retry_after=max(decision.retry_after, 0.2) if status == 429 else None,
+    )

@@ -1,0 +1,33 @@
+"""What the routes of the batch wing share: the caller's tenant, a JSON reply, and the
+serving modules the app's lifespan built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from fastapi import Request
+from starlette.responses import Response
+
+from llmq.api.batch_wing import BatchWing
+
+_encoder = msgspec.json.Encoder()
+
+
+def wing(request: Request) -> BatchWing:
+    found: BatchWing = request.app.state.batches
+    return found
+
+
+async def tenant_of(request: Request) -> str:
+    tenant: str = await request.app.state.serving.auth.tenant(request)
+    return tenant
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        _encoder.encode(body), status_code=status, media_type="application/json", headers=headers
+    )
