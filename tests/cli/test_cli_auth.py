@@ -65,6 +65,14 @@ def test_status_uses_the_credentials_from_the_environment(token_nats: Any, tmp_p
     assert ok.returncode == 0, ok.stderr
 
 
+def test_a_token_in_the_url_from_the_environment_is_never_shown(token_nats: Any) -> None:
+    with_token = token_nats.url.replace("nats://", f"nats://{TOKEN}@")
+    for args in (("status",), ("status", "--json")):
+        out = llmq(*args, LLMQ_NATS_URL=with_token)
+        assert out.returncode == 0, out.stderr
+        assert token_nats.url in out.stdout and TOKEN not in out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("command", ["status", "top", "workers", "jobs"])
 def test_ops_commands_without_credentials_fail_fast_and_clearly(
     token_nats: Any, command: str
