@@ -4,6 +4,8 @@ ones the process stops at once with a clear message (never hangs, never shows th
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 import uuid
@@ -31,6 +33,60 @@ def _nkey_seed(tmp_path: Path) -> tuple[Path, str]:
     return path, nkeys.from_seed(seed).public_key.decode()
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _jwt(issuer: Any, subject: str, name: str, nats: dict[str, Any]) -> str:
+    """A NATS JWT (ed25519-nkey) as `nsc` would issue it."""
+    claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name,
+              "sub": subject, "jti": uuid.uuid4().hex.upper(), "nats": nats}  # fmt: skip
+    head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    return f"{head}.{body}.{_b64(issuer.sign(f'{head}.{body}'.encode()))}"
+
+
+def _keypair(prefix: int) -> Any:
+    return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
+
+
+def _creds(path: Path, account: Any) -> Path:
+    """A `.creds` file: a user JWT signed by `account` and the user's seed."""
+    user = _keypair(nkeys.PREFIX_BYTE_USER)
+    claims = {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+              "type": "user", "version": 2}  # fmt: skip
+    token = _jwt(account, user.public_key.decode(), "llmq", claims)
+    path.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    return path
+
+
+def _operator_mode(tmp_path: Path) -> tuple[str, Path, Path]:
+    """Decentralized auth: an operator, a system account, the llmq account (JetStream on),
+    its user's creds, and creds signed by an account the server does not know."""
+    operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    account, system = _keypair(nkeys.PREFIX_BYTE_ACCOUNT), _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    limits: dict[str, Any] = {"subs": -1, "data": -1, "payload": -1, "imports": -1,
+                              "exports": -1, "wildcards": True, "conn": -1, "leaf": -1}  # fmt: skip
+    jetstream = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    op_jwt = _jwt(operator, operator.public_key.decode(), "op", {"type": "operator", "version": 2})
+    accounts = {
+        account.public_key.decode(): _jwt(operator, account.public_key.decode(), "llmq",
+            {"limits": {**limits, **jetstream}, "type": "account", "version": 2}),
+        system.public_key.decode(): _jwt(operator, system.public_key.decode(), "SYS",
+            {"limits": limits, "type": "account", "version": 2}),
+    }  # fmt: skip
+    preload = ", ".join(f'{key}: "{token}"' for key, token in accounts.items())
+    config = (
+        f'operator: "{op_jwt}"\nsystem_account: {system.public_key.decode()}\n'
+        f"resolver: MEMORY\nresolver_preload: {{ {preload} }}\n"
+    )
+    stranger = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    return config, _creds(tmp_path / "llmq.creds", account), _creds(tmp_path / "x.creds", stranger)
+
+
 def _case(name: str, tmp_path: Path, pki: Any) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """(server config, the right client settings, wrong client settings)."""
     if name == "token":
@@ -50,6 +106,9 @@ def _case(name: str, tmp_path: Path, pki: Any) -> tuple[str, dict[str, Any], lis
         other_seed, _ = _nkey_seed(tmp_path / "other")
         config = f"authorization {{ users: [{{nkey: {public}}}] }}"
         return config, {"nats_nkey": str(seed_file)}, [{}, {"nats_nkey": str(other_seed)}]
+    if name == "creds":
+        config, good_creds, stranger_creds = _operator_mode(tmp_path)
+        return config, {"nats_creds": str(good_creds)}, [{}, {"nats_creds": str(stranger_creds)}]
     assert name == "tls"
     config = (
         f'tls {{ cert_file: "{pki.server}", key_file: "{pki.server_key}", '
@@ -67,7 +126,7 @@ def _case(name: str, tmp_path: Path, pki: Any) -> tuple[str, dict[str, Any], lis
     )
 
 
-CASES = ["token", "user_password", "nkey", "tls"]
+CASES = ["token", "user_password", "nkey", "creds", "tls"]
 
 
 @pytest.mark.parametrize("case", CASES)
