@@ -10,7 +10,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
-from llmq.api.tenancy import connect as connect_redis
+from llmq.api.tenancy import check_at_start, connect_with
 from llmq.dispatcher import streams
 from llmq.dispatcher.connection import Provisioner, connect, disconnect
 from llmq.dispatcher.dispatch import Dispatcher
@@ -44,6 +44,7 @@ class Runtime:
             f"llmq-api {settings.api.instance_id}",
             settings.connection.nats_connect_timeout,
             on_reconnect=provisioner.reconnected,
+            conn=settings.connection,
         )
         js = nc.jetstream()
         await streams.ensure_streams(js, settings.protocol.jobs_max_age)
@@ -55,8 +56,9 @@ class Runtime:
             nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
         )
         await dispatcher.start()
-        redis = connect_redis(
-            settings.connection.redis_url, timeout=settings.connection.redis_timeout
+        redis = connect_with(settings.connection, timeout=settings.connection.redis_timeout)
+        await check_at_start(
+            redis, settings.connection.redis_url, settings.connection.redis_timeout
         )
         provisioner.add(
             "job streams", lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age)

@@ -42,5 +42,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
-def run_api(settings: Settings) -> None:
-    ApiServer(uvicorn_config(settings)).run()
+def run_api(settings: Settings) -> bool:
+    """Serve until stopped; False when the app never started (e.g. NATS refused it)."""
+    server = ApiServer(uvicorn_config(settings))
+    server.run()
+    return server.started

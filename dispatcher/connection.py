@@ -1,52 +1,177 @@
-"""Opening a NATS connection the same way in every llmq process, and putting back what the
-process needs on the server after every reconnect."""
+"""Opening a NATS connection the same way in every llmq process (credentials, TLS, bounded
+start), and putting back what the process needs on the server after every reconnect."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
 
-import nats
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmq.dispatcher.tasks import retry, stop_task
+from llmq.schemas.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
 
 
+class NatsRefused(RuntimeError):
+    """NATS refused this process's credentials or TLS at start: retrying cannot help, so the
+    process stops with this message instead of retrying forever."""
+
+
+def redact_url(url: str) -> str:
+    """Server URL(s) (comma-separated) without user:password@ and query string, for logs."""
+    out = []
+    for part in url.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        parts = urlsplit(part)
+        if parts.netloc and "@" in parts.netloc:
+            part = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+            parts = urlsplit(part)
+        out.append(parts._replace(query="", fragment="").geturl())
+    return ",".join(out)
+
+
+def has_password(url: str) -> bool:
+    """True when a server URL carries a secret (userinfo or `password=` in its query)."""
+    return any(
+        "@" in urlsplit(p.strip()).netloc or "password=" in urlsplit(p.strip()).query
+        for p in url.split(",")
+    )
+
+
+def tls_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A client TLS context verifying the server against `ca` (the system's CAs when empty),
+    presenting `cert`/`key` when given (mutual TLS)."""
+    context = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
+def auth_options(conn: ConnectionSettings) -> dict[str, Any]:
+    """`nats.connect` keyword arguments for the credentials and TLS `conn` configures."""
+    options: dict[str, Any] = {"inbox_prefix": conn.nats_inbox_prefix or "_INBOX"}
+    if conn.nats_creds:
+        options["user_credentials"] = conn.nats_creds
+    if conn.nats_nkey:
+        options["nkeys_seed"] = conn.nats_nkey
+    if conn.nats_user:
+        options["user"] = conn.nats_user
+        options["password"] = conn.secret("nats_password")
+    token = conn.secret("nats_token")
+    if token:
+        options["token"] = token
+    if conn.nats_tls_ca or conn.nats_tls_cert:
+        options["tls"] = tls_context(conn.nats_tls_ca, conn.nats_tls_cert, conn.nats_tls_key)
+    return options
+
+
+_REFUSALS = ("authorization violation", "authentication", "tls", "secure connection")
+
+
+def _refused(exc: BaseException) -> bool:
+    """An error at start that a retry cannot cure: credentials or TLS."""
+    if isinstance(
+        exc,
+        ssl.SSLError
+        | nats_errors.AuthorizationError
+        | nats_errors.InvalidUserCredentialsError
+        | nats_errors.SecureConnRequiredError
+        | nats_errors.SecureConnWantedError
+        | nats_errors.SecureConnFailedError,
+    ):
+        return True
+    return isinstance(exc, nats_errors.Error) and any(
+        word in str(exc).lower() for word in _REFUSALS
+    )
+
+
 async def connect(
-    url: str, name: str, timeout: float = 5.0, on_reconnect: Callable[[], None] | None = None
+    url: str,
+    name: str,
+    timeout: float = 5.0,
+    on_reconnect: Callable[[], None] | None = None,
+    *,
+    conn: ConnectionSettings | None = None,
+    reconnect: bool = True,
 ) -> Client:
-    """Connect with reconnects forever: a NATS restart must never need a process restart.
-    `on_reconnect` is called (synchronously, in the client's reconnect task) once per
-    reconnect."""
+    """Connect with the credentials and TLS of `conn` (default: from the environment).
+
+    With `reconnect` (the api and worker), reconnects go on forever: a NATS restart must
+    never need a process restart, and a server not up yet is waited for. A refusal of the
+    credentials or TLS at start raises `NatsRefused` at once instead. Without `reconnect`
+    (the CLI) one attempt per server is made, bounded by `timeout`. `on_reconnect` is called
+    (synchronously, in the client's reconnect task) once per reconnect."""
+    conn = conn if conn is not None else ConnectionSettings()
+    starting = True
+    shown = redact_url(url)
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        if starting and _refused(exc):
+            raise NatsRefused(
+                f"NATS at {shown} refused {name!r} (credentials or TLS): "
+                f"{exc or type(exc).__name__}; check LLMQ_NATS_CREDS, _NKEY, _USER/_PASSWORD, "
+                "_TOKEN and LLMQ_NATS_TLS_CA/_CERT/_KEY"
+            ) from exc
+        info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+        if starting and info.get("tls_verify") and not conn.nats_tls_cert:
+            raise NatsRefused(
+                f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
+                "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
+            ) from exc
+        if reconnect:
+            log.warning("nats error: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        if reconnect:
+            log.warning("nats disconnected")
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
         if on_reconnect is not None:
             on_reconnect()
 
-    return await nats.connect(
-        servers=[u.strip() for u in url.split(",") if u.strip()],
-        name=name,
-        connect_timeout=timeout,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        allow_reconnect=True,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnected,
-    )
+    nc = Client()
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "name": name,
+        "connect_timeout": timeout,
+        "error_cb": on_error,
+        **auth_options(conn),
+    }
+    if reconnect:
+        options.update(
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnected,
+        )
+    else:
+        # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for
+        # one retry per server and bound the whole attempt.
+        options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
+    try:
+        async with asyncio.timeout(None if reconnect else timeout * 3):
+            await nc.connect(**options)
+    except BaseException:
+        # A client stopped mid-handshake may never finish closing its transport.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2.0)
+        raise
+    starting = False
+    return nc
 
 
 async def disconnect(nc: Client) -> None:

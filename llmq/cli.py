@@ -50,12 +50,22 @@ def add_settings_flags(parser: argparse.ArgumentParser, command: Command) -> Non
 
 
 def settings_from(args: argparse.Namespace, command: Command) -> Settings:
-    """Settings from the environment, with the flags given to `command` on top."""
+    """Settings from the environment, with the flags given to `command` on top. A server
+    URL flag carrying a password is refused: a command line shows in `ps`."""
+    from llmq.dispatcher.connection import has_password
+
     overrides = {
         leaf.flat: getattr(args, leaf.flat)
         for leaf in flags_for(command)
         if getattr(args, leaf.flat, None) is not None
     }
+    for name in ("nats_url", "redis_url"):
+        if name in overrides and has_password(str(overrides[name])):
+            raise SystemExit(
+                f"llmq {command}: no credentials in --{name.replace('_', '-')} (a command "
+                f"line shows in `ps`); put them in LLMQ_{name.upper()} or the "
+                "LLMQ_NATS_*/LLMQ_REDIS_PASSWORD settings (docs/security.md)"
+            )
     return Settings(**overrides)
 
 
@@ -73,16 +83,20 @@ def cmd_api(args: argparse.Namespace) -> int:
     setup_logging(settings)
     from llmq.api.server import run_api
 
-    run_api(settings)
-    return 0
+    return 0 if run_api(settings) else 3
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from(args, "worker")
     setup_logging(settings)
+    from llmq.dispatcher.connection import NatsRefused
     from llmq.worker.main import run_worker
 
-    _run(run_worker(settings))
+    try:
+        _run(run_worker(settings))
+    except NatsRefused as exc:
+        print(f"llmq worker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

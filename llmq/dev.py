@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmq.embedded import (
@@ -24,6 +26,7 @@ from llmq.embedded import (
     MissingServer,
     nats_server_binary,
     redis_server_binary,
+    write_private,
 )
 from llmq.schemas.settings import Settings
 
@@ -43,6 +46,54 @@ m = [{{'role': 'user', 'content': 'hi there'}}]; \\
 print(c.chat.completions.create(model='echo', messages=m).choices[0].message.content)"
 
 Press Ctrl-C to stop everything.
+"""
+
+
+_CONNECTION_SECRETS = frozenset(
+    f"LLMQ_{name}"
+    for name in (
+        "NATS_CREDS", "NATS_NKEY", "NATS_USER", "NATS_PASSWORD", "NATS_PASSWORD_FILE",
+        "NATS_TOKEN", "NATS_TOKEN_FILE", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY",
+        "REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_TLS_CA",
+    )
+)  # fmt: skip
+"""The caller's connection credentials: dev's own servers take only the ones it generated."""
+
+
+@dataclass(frozen=True)
+class DevSecrets:
+    """A fresh NATS token and Redis password per run, each also in a 0600 file of the data
+    dir: the servers demand them, the api and worker get them in their environment, and
+    the terminal shows only where the files are (the secrets stay out of scrollback)."""
+
+    root: Path
+    nats_token: str
+    redis_password: str
+
+    @classmethod
+    def generate(cls, root: Path) -> DevSecrets:
+        made = cls(root, secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+        write_private(made.nats_token_file, made.nats_token + "\n")
+        write_private(made.redis_password_file, made.redis_password + "\n")
+        return made
+
+    @property
+    def nats_token_file(self) -> Path:
+        return self.root / "nats.token"
+
+    @property
+    def redis_password_file(self) -> Path:
+        return self.root / "redis.password"
+
+    def howto(self, nats_url: str, redis_url: str) -> str:
+        token, password = self.nats_token_file, self.redis_password_file
+        host = nats_url.removeprefix("nats://")
+        return f"""NATS and Redis here require credentials (files readable by you only):
+  NATS token {token}, Redis password {password}
+
+  LLMQ_NATS_URL={nats_url} LLMQ_NATS_TOKEN_FILE={token} llmq status
+  LLMQ_REDIS_URL={redis_url} LLMQ_REDIS_PASSWORD_FILE={password} llmq tenants list
+  NATS_URL="nats://$(cat {token})@{host}" nats stream ls
 """
 
 
@@ -88,12 +139,18 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
         print(f"llmq dev: {exc}", file=sys.stderr)
         return 2
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="llmq-dev-"))
-    nats = EmbeddedNats(root / "nats")
-    redis = EmbeddedRedis(root / "redis")
+    root.mkdir(parents=True, exist_ok=True)
+    dev_secrets = DevSecrets.generate(root)
+    nats = EmbeddedNats(
+        root / "nats", config=f'authorization {{ token: "{dev_secrets.nats_token}" }}'
+    )
+    redis = EmbeddedRedis(root / "redis", password=dev_secrets.redis_password)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in _CONNECTION_SECRETS},
         "LLMQ_NATS_URL": nats.url,
+        "LLMQ_NATS_TOKEN": dev_secrets.nats_token,
         "LLMQ_REDIS_URL": redis.url,
+        "LLMQ_REDIS_PASSWORD": dev_secrets.redis_password,
         "LLMQ_HOST": settings.api.host,
         "LLMQ_PORT": str(settings.api.port),
     }
@@ -122,7 +179,7 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
     try:
         print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)
         if _wait_ready(base, 30, children, key):
-            print(_banner(base, key), flush=True)
+            print(_banner(base, key) + dev_secrets.howto(nats.url, redis.url), flush=True)
         else:
             print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)
             stop, code = True, 1
@@ -158,7 +215,7 @@ def dev_key(env: dict[str, str]) -> str | None:
     async def create() -> str:
         from llmq.api.tenancy import Tenant, TenantStore, connect
 
-        redis = connect(env["LLMQ_REDIS_URL"])
+        redis = connect(env["LLMQ_REDIS_URL"], password=env.get("LLMQ_REDIS_PASSWORD", ""))
         try:
             store = TenantStore(redis)
             if await store.get(DEV_TENANT) is None:

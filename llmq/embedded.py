@@ -109,17 +109,31 @@ class ManagedProcess:
         self.proc.wait(5)
 
 
+def write_private(path: Path, text: str) -> Path:
+    """Write a file only its owner may read (it may hold a secret)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 class EmbeddedNats(ManagedProcess):
-    def __init__(self, data_dir: Path, port: int = 0, max_payload: int | None = None) -> None:
+    """nats-server with JetStream; `config` is nats-server configuration text (an
+    `authorization` block, `tls`, ...) added to a 0600 config file, never to the argv."""
+
+    def __init__(
+        self, data_dir: Path, port: int = 0, max_payload: int | None = None, config: str = ""
+    ) -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             nats_server_binary(), "-a", "127.0.0.1", "-p", str(port),
             "-js", "-sd", str(data_dir / "jetstream"), "-n", f"llmq-dev-{port}",
         ]  # fmt: skip
-        if max_payload:
-            conf = data_dir / "nats.conf"
-            conf.write_text(f"max_payload: {max_payload}\n")
+        if max_payload or config:
+            text = f"max_payload: {max_payload}\n" if max_payload else ""
+            conf = write_private(data_dir / "nats.conf", text + config + "\n")
             argv += ["-c", str(conf)]
         super().__init__("nats-server", argv, port, data_dir / "nats-server.log")
         self.wait_listening()
@@ -145,11 +159,18 @@ class EmbeddedNats(ManagedProcess):
 
 
 class EmbeddedRedis(ManagedProcess):
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    """A Redis-compatible server; with `password`, `requirepass` goes into a 0600 config
+    file (never the argv, which `ps` shows) and `url` stays without it."""
+
+    def __init__(self, data_dir: Path, port: int = 0, password: str = "") -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+        argv = [redis_server_binary()]
+        if password:
+            conf = write_private(data_dir / "redis.conf", f'requirepass "{password}"\n')
+            argv.append(str(conf))
+        argv += [
+            "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(data_dir),
             "--protected-mode", "no",
         ]  # fmt: skip

@@ -190,26 +190,6 @@ def _dump(value: Any) -> str:
 # --- commands --------------------------------------------------------------------------------
 
 
-async def _connect(url: str) -> Client:
-    import nats
-
-    async def quiet(_exc: Exception) -> None:
-        pass
-
-    # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for one
-    # retry per server and bound the whole attempt.
-    async with asyncio.timeout(CONNECT_TIMEOUT * 3):
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
-            name="llmq-cli",
-            connect_timeout=CONNECT_TIMEOUT,
-            allow_reconnect=False,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
-            error_cb=quiet,
-        )
-
-
 def _url(args: argparse.Namespace) -> str:
     if args.nats_url:
         return str(args.nats_url)
@@ -219,16 +199,30 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]) -> int:
+    """Connect as every llmq process does (LLMQ_NATS_* credentials and TLS, from the
+    environment or files only), run `body`, close. The URL shown never carries userinfo."""
+    from llmq.dispatcher.connection import connect, has_password, redact_url
+
     url = _url(args)
+    shown = redact_url(url)
+    if args.nats_url and has_password(args.nats_url):
+        print(
+            "llmq: no credentials in --nats-url (a command line shows in `ps`); use "
+            "LLMQ_NATS_USER/LLMQ_NATS_PASSWORD(_FILE), LLMQ_NATS_TOKEN(_FILE), "
+            "LLMQ_NATS_NKEY or LLMQ_NATS_CREDS",
+            file=sys.stderr,
+        )
+        return 2
 
     async def main() -> int:
         try:
-            nc = await _connect(url)
+            nc = await connect(url, "llmq-cli", CONNECT_TIMEOUT, reconnect=False)
         except Exception as exc:
-            print(f"llmq: cannot reach NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            detail = str(exc) or type(exc).__name__
+            print(f"llmq: cannot reach NATS at {shown}: {detail}", file=sys.stderr)
             return 1
         try:
-            return await body(nc, url)
+            return await body(nc, shown)
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()

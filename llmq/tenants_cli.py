@@ -23,8 +23,9 @@ from llmq.api.tenancy import (
     TenantStore,
     UnknownTenant,
     UsageReader,
-    connect,
+    connect_with,
 )
+from llmq.dispatcher.connection import has_password, redact_url
 from llmq.schemas.settings import Settings
 
 LIMIT_FLAGS = {
@@ -116,10 +117,18 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        url = args.redis_url or Settings().connection.redis_url
+        conn = Settings().connection
+        url = args.redis_url or conn.redis_url
+        if args.redis_url and has_password(args.redis_url):
+            print(
+                "llmq: no password in --redis-url (a command line shows in `ps`); use "
+                "LLMQ_REDIS_PASSWORD(_FILE) or LLMQ_REDIS_URL",
+                file=sys.stderr,
+            )
+            return 2
 
         async def go() -> Any:
-            redis = connect(url)
+            redis = connect_with(conn, url)
             try:
                 return await command(args, TenantStore(redis), UsageReader(redis))
             finally:
@@ -134,7 +143,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
             print(f"llmq: tenant {exc} already exists", file=sys.stderr)
             return 1
         except QuotaBackendDown as exc:
-            print(f"llmq: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+            print(f"llmq: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
             return 2
         except (ValueError, msgspec.ValidationError) as exc:
             print(f"llmq: {exc}", file=sys.stderr)

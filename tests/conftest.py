@@ -4,7 +4,7 @@ each on a free port with data in a temp dir, stopped at the end."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +93,65 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
         if not t.done() and t.get_name().startswith(_LLMQ_TASKS)
     ]
     assert not left_running, f"background tasks still running after stopping: {left_running}"
+
+
+# --- servers with credentials and TLS (tests/dispatcher/test_connection_auth.py, ...) ------
+
+
+class Pki:
+    """A CA and the certificates it signed, as PEM files: `server` for 127.0.0.1,
+    `client` for mutual TLS; `other_ca` signed nothing here (a wrong CA)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca, self.ca_key = root / "ca.pem", root / "ca.key"
+        self.other_ca = root / "other-ca.pem"
+        self.server, self.server_key = root / "server.pem", root / "server.key"
+        self.client, self.client_key = root / "client.pem", root / "client.key"
+
+    def _openssl(self, *args: str) -> None:
+        import subprocess
+
+        subprocess.run(["openssl", *args], cwd=self.root, check=True, capture_output=True)
+
+    def make(self) -> Pki:
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        for ca, key, name in ((self.ca, self.ca_key, "llmq-test-ca"),
+                              (self.other_ca, self.root / "other-ca.key", "other-ca")):  # fmt: skip
+            self._openssl("req", "-x509", *ec, "-keyout", str(key), "-out", str(ca),
+                          "-days", "2", "-subj", f"/CN={name}")  # fmt: skip
+        for cert, key, ext in (
+            (self.server, self.server_key,
+             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+            (self.client, self.client_key, "extendedKeyUsage=clientAuth\n"),
+        ):  # fmt: skip
+            csr, extfile = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+            extfile.write_text(ext)
+            self._openssl("req", *ec, "-keyout", str(key), "-out", str(csr),
+                          "-subj", f"/CN={cert.stem}")  # fmt: skip
+            self._openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca),
+                          "-CAkey", str(self.ca_key), "-CAcreateserial", "-out", str(cert),
+                          "-days", "2", "-extfile", str(extfile))  # fmt: skip
+        return self
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Test certificates, made once per session with the `openssl` binary."""
+    return Pki(Path(tmp_path_factory.mktemp("pki"))).make()
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[Callable[[str], EmbeddedNats]]:
+    """Factory: a nats-server of one test with extra configuration (`authorization`, `tls`).
+    Request it before `stack`, so its servers stop after the stack's processes."""
+    servers: list[EmbeddedNats] = []
+
+    def start(config: str) -> EmbeddedNats:
+        server = EmbeddedNats(tmp_path / f"secured-nats-{len(servers)}", config=config)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

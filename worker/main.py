@@ -85,6 +85,7 @@ class Worker:
             f"llmq-worker {self.id}",
             s.connection.nats_connect_timeout,
             on_reconnect=self.provisioner.reconnected,
+            conn=s.connection,
         )
         self.runner = JobRunner(
             nc,

@@ -7,7 +7,7 @@ Build one `TenantStore`, one `Quota` and one `UsageReader` per process on one sh
 
 from __future__ import annotations
 
-from llmq.api.tenancy.client import connect
+from llmq.api.tenancy.client import check_at_start, connect, connect_with
 from llmq.api.tenancy.errors import QuotaBackendDown, TenantExists, UnknownTenant
 from llmq.api.tenancy.models import (
     ApiKey,
@@ -36,5 +36,7 @@ __all__ = [
     "UnknownTenant",
     "UsageReader",
     "UsageRow",
+    "check_at_start",
     "connect",
+    "connect_with",
 ]

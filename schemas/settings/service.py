@@ -28,6 +28,53 @@ class ConnectionSettings(Group):
     redis_timeout: float = setting(
         1.0, "Seconds before a Redis command counts as down.", commands=()
     )
+    # Credentials and TLS (docs/security.md). Environment or files only: never a flag.
+    nats_creds: str = setting(
+        "", "NATS credentials file (user JWT + nkey seed, as `nsc` writes it).", commands=()
+    )
+    nats_nkey: str = setting("", "File holding the NATS user's nkey seed (SU...).", commands=())
+    nats_user: str = setting("", "NATS user name (with nats_password).", commands=())
+    nats_password: str = setting(
+        "", "NATS password; or give nats_password_file.", secret=True, repr=False
+    )
+    nats_password_file: str = setting("", "File holding the NATS password.", commands=())
+    nats_token: str = setting(
+        "", "NATS authentication token; or give nats_token_file.", secret=True, repr=False
+    )
+    nats_token_file: str = setting("", "File holding the NATS token.", commands=())
+    nats_tls_ca: str = setting(
+        "", "PEM file of the CA that signed the NATS server's certificate.", commands=()
+    )
+    nats_tls_cert: str = setting(
+        "", "PEM client certificate for NATS (mutual TLS; with nats_tls_key).", commands=()
+    )
+    nats_tls_key: str = setting("", "PEM private key of nats_tls_cert.", commands=())
+    nats_inbox_prefix: str = setting(
+        "_INBOX",
+        "Prefix of this process's own NATS reply subjects; give workers their own (e.g. "
+        "`_INBOX_worker`) so their user needs no subscription on the api's `_INBOX.>`.",
+        commands=(),
+    )
+    redis_password: str = setting(
+        "",
+        "Redis/Valkey password (AUTH), used when redis_url carries none; or give "
+        "redis_password_file.",
+        secret=True,
+        repr=False,
+    )
+    redis_password_file: str = setting("", "File holding the Redis password.", commands=())
+    redis_tls_ca: str = setting(
+        "", "PEM CA file to verify the Redis server (with a `rediss://` redis_url).", commands=()
+    )
+
+    def secret(self, name: str) -> str:
+        """`name`'s value, else the stripped content of the file `<name>_file` names."""
+        value = str(getattr(self, name))
+        path = str(getattr(self, f"{name}_file"))
+        if value or not path:
+            return value
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
 
 
 class ApiSettings(Group):

@@ -17,6 +17,21 @@ ENV: dict[str, tuple[str, Any]] = {
     "NATS_CONNECT_TIMEOUT": ("7", 7.0),
     "REDIS_URL": ("redis://r:6379/1", "redis://r:6379/1"),
     "REDIS_TIMEOUT": ("2.5", 2.5),
+    # connection credentials and TLS (issue 12): environment only
+    "NATS_CREDS": ("/s/llmq.creds", "/s/llmq.creds"),
+    "NATS_NKEY": ("/s/llmq.nk", "/s/llmq.nk"),
+    "NATS_USER": ("api", "api"),
+    "NATS_PASSWORD": ("pw", "pw"),
+    "NATS_PASSWORD_FILE": ("/s/pw", "/s/pw"),
+    "NATS_TOKEN": ("tk", "tk"),
+    "NATS_TOKEN_FILE": ("/s/tk", "/s/tk"),
+    "NATS_TLS_CA": ("/s/ca.pem", "/s/ca.pem"),
+    "NATS_TLS_CERT": ("/s/c.pem", "/s/c.pem"),
+    "NATS_TLS_KEY": ("/s/c.key", "/s/c.key"),
+    "NATS_INBOX_PREFIX": ("_INBOX_worker", "_INBOX_worker"),
+    "REDIS_PASSWORD": ("rpw", "rpw"),
+    "REDIS_PASSWORD_FILE": ("/s/rpw", "/s/rpw"),
+    "REDIS_TLS_CA": ("/s/rca.pem", "/s/rca.pem"),
     "HOST": ("0.0.0.0", "0.0.0.0"),
     "PORT": ("9000", 9000),
     "INSTANCE_ID": ("api-1", "api-1"),
@@ -163,7 +178,10 @@ def test_flags_are_the_same_per_command() -> None:
 
 def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
-    assert secret == {"admin_token", "webhook_secret", "metrics_token", "console_secret"}
+    assert secret == {
+        "admin_token", "webhook_secret", "metrics_token", "console_secret", "nats_password",
+        "nats_token", "redis_password",
+    }  # fmt: skip
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 
 
