@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ledger_maxlen=settings.tenancy.ledger_maxlen,
         )
         reservations = Reservations(quota, settings.tenancy.quota_fail_open)
+        reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
         models = ModelTable(settings)
         models.start()
         app.state.runtime = runtime
