@@ -20,6 +20,8 @@ from llmq.api.routes import admin, batches, files, health, jobs, metrics, openai
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.api.usage_booking import UsageBooker
+from llmq.dispatcher.streams import ensure_usage_stream
 from llmq.schemas.settings import Settings
 
 
@@ -50,9 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # async jobs, files and batches (docs/batch.md)
         app.state.batches = BatchWing(runtime, reservations, preparer)
         await app.state.batches.start()
+        # usage the workers report, booked even when the relaying api died (docs/protocol.md)
+        app.state.usage_booker = UsageBooker(runtime.js, reservations)
+        await app.state.usage_booker.start()
+        runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js))
         try:
             yield
         finally:
+            await app.state.usage_booker.stop()
             await app.state.batches.stop()
             await app.state.observability.stop()
             await models.stop()

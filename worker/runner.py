@@ -29,6 +29,7 @@ from llmq.worker.backends.base import Backend, BackendError, Piece
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses import ChatBuilder, TextBuilder, embedding_list
 from llmq.worker.tracing import TRACEPARENT, valid_traceparent
+from llmq.worker.usage_report import report_final_usage
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ class JobRunner:
             keepalive.cancel()
             await ack.ack()
             outcome.ended = time.monotonic()
+            # durable booking when the api is gone (issue 12 finding 13, usage_report.py)
+            await report_final_usage(self.nc, job, outcome.outcome, outcome.usage)
             self.on_outcome(outcome)
 
     async def _hand_back(

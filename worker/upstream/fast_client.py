@@ -52,8 +52,7 @@ class _Conn:
         self.writer = writer
 
     def usable(self) -> bool:
-        """Open, and nothing unread: bytes that arrived after the last response ended
-        (finding 11 of issue 12) would be taken for the next request's answer."""
+        """Open, nothing unread (read as the next request's answer: issue 12, 11)."""
         return (
             not self.writer.is_closing()
             and not self.reader.at_eof()
@@ -76,8 +75,7 @@ class FastResponse:
         self._chunks: list[bytes] = []
         self._head_done = False
         self._complete = False
-        self._leftover = False
-        """Bytes followed the complete response: not its body, and the connection is spent."""
+        self._leftover = False  # bytes followed the complete response: connection spent
         self._bytes_seen = False
         self._keep_alive = False
         self._head_bytes = 0
@@ -88,22 +86,18 @@ class FastResponse:
 
     # --- httptools callbacks -------------------------------------------------------------
 
-    # After `on_message_complete` the parser reads on as if a second response followed:
-    # whatever it finds is leftover, never part of this response.
-
     def on_message_begin(self) -> None:
+        """Past the end of this response the parser reads on as if another followed."""
         if self._complete:
             self._leftover = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._complete:
-            self._leftover = True
+        if self._complete:  # leftover (`on_message_begin` noted it)
             return
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self._complete:
-            self._leftover = True
+        if self._complete:  # leftover (`on_message_begin` noted it)
             return
         self._head_done = True
         self.status_code = self._parser.get_status_code()
@@ -117,14 +111,12 @@ class FastResponse:
         self._keep_alive = bool(self._parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        if self._complete:
-            self._leftover = True
+        if self._complete:  # leftover (`on_message_begin` noted it)
             return
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
-        if self._complete:
-            self._leftover = True
+        if self._complete:  # leftover (`on_message_begin` noted it)
             return
         self._complete = True
 
@@ -160,7 +152,7 @@ class FastResponse:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if self._complete:  # garbage after a complete response: leftover, not an error
+            if self._complete:  # garbage after a complete response: leftover, no error
                 self._leftover = True
                 return True
             raise ProtocolError(f"malformed HTTP response: {exc}") from None
