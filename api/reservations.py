@@ -83,17 +83,22 @@ class Reservations:
         away (the caller retries); a second release of one job id changes nothing."""
         if not reservation.held or not reservation.tenant:
             return
-        # Renewal stops now, whatever the outcome: a release that fails for good leaves
-        # the slot to its lease.
-        self._held.pop((reservation.tenant, reservation.job_id), None)
-        await self.quota.release(
-            reservation.tenant,
-            reservation.model,
-            reservation.job_id,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            failed=usage.failed,
-        )
+        key = (reservation.tenant, reservation.job_id)
+        renewed = key in self._held
+        self._held.pop(key, None)
+        try:
+            await self.quota.release(
+                reservation.tenant,
+                reservation.model,
+                reservation.job_id,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                failed=usage.failed,
+            )
+        except QuotaBackendDown:
+            if renewed:  # the caller retries: keep the slot until it gets through
+                self._held[key] = None
+            raise
 
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
         """`release` in a task of its own, retried while Redis is away."""
@@ -110,6 +115,7 @@ class Reservations:
                 return
             except QuotaBackendDown:
                 await asyncio.sleep(0.2 * 2**attempt)
+        self._held.pop((reservation.tenant, reservation.job_id), None)  # left to its lease
         log.error("could not release job %s; its lease will reclaim the slot", reservation.job_id)
 
     async def drain(self, timeout: float = 5.0) -> None:

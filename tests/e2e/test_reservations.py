@@ -149,7 +149,7 @@ async def test_batch_line_reservations(stack, redis_server) -> None:  # type: ig
 
 # --- issue 12 finding 7: durable work keeps its slot past the reservation lease ------------
 
-LEASE = 2.0
+LEASE = 3.0
 """A short `reservation_lease`: without renewal a slot lapses after this many seconds."""
 
 
@@ -199,7 +199,7 @@ async def test_a_long_batch_line_keeps_its_slot(stack, redis_server) -> None:  #
     api = await _tenant_api(stack)
     worker = await stack.worker(model=[model], capacity=1, echo_delay=0.1)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
-    data, _ = batch_file(model, 1, words=70)  # about 7 s of echo
+    data, _ = batch_file(model, 1, words=90)  # about 9 s of echo
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         batch = await start_batch(client, data, **auth)
         await wait_for(lambda: worker.runner.tasks, timeout=10)  # the line is running
