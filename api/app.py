@@ -22,6 +22,8 @@ from llmq.api.routes import admin, batches, files, health, jobs, metrics, openai
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.api.usage_booking import UsageBooker
+from llmq.dispatcher.streams import ensure_usage_stream
 from llmq.schemas.settings import Settings
 
 
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ledger_maxlen=settings.tenancy.ledger_maxlen,
         )
         reservations = Reservations(quota, settings.tenancy.quota_fail_open)
+        reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
         models = ModelTable(settings)
         models.start()
         app.state.runtime = runtime
@@ -53,9 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.batches.start()
         console.attach(app, app.state.serving)
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
+        # usage the workers report, booked even when the relaying api died (docs/protocol.md)
+        app.state.usage_booker = UsageBooker(runtime.js, reservations)
+        await app.state.usage_booker.start()
+        runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js))
         try:
             yield
         finally:
+            await app.state.usage_booker.stop()
             await app.state.batches.stop()
             await app.state.observability.stop()
             await models.stop()

@@ -6,12 +6,20 @@ whoever ends the job calls `release` with the real usage. The interactive path r
 with `release_later`, which never blocks the response and survives cancellation (a
 disconnecting client cancels the task that would release). The reservation's lease
 reclaims the slot even if the api process dies before releasing.
+
+Work may outlive the lease (an async job or a batch line waits up to a day), so every
+reservation this replica made, or adopted (`adopt`: the open async jobs every replica
+follows, the in-flight lines of a batch whose lease it took over), is renewed every third
+of the lease, many per Redis call, until it is released — here or on any replica: a
+renewal finds a released reservation gone and forgets it. See docs/tenants.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterable
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
@@ -34,6 +42,11 @@ class Reservations:
         self.quota = quota
         self.fail_open = fail_open
         self._releases: set[asyncio.Task[None]] = set()
+        self._held: dict[tuple[str, str], None] = {}
+        """(tenant, job id) of every open reservation this replica renews, oldest first."""
+        self._renewer: asyncio.Task[None] | None = None
+        self.renewals = 0
+        """Renewal rounds run (observability, tests)."""
 
     async def reserve(
         self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
@@ -55,21 +68,37 @@ class Reservations:
             )
         if not decision.allowed:
             return _refusal(decision, model)
+        self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
+
+    def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
+        """Renew these reservations too (made elsewhere, e.g. by a replica that is gone)
+        until they are released; one already released is dropped at the next renewal."""
+        if tenant:
+            for job_id in job_ids:
+                self._held[(tenant, job_id)] = None
 
     async def release(self, reservation: Reservation, usage: JobUsage) -> None:
         """Book the real usage and free the slot. Raises `QuotaBackendDown` when Redis is
         away (the caller retries); a second release of one job id changes nothing."""
         if not reservation.held or not reservation.tenant:
             return
-        await self.quota.release(
-            reservation.tenant,
-            reservation.model,
-            reservation.job_id,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            failed=usage.failed,
-        )
+        key = (reservation.tenant, reservation.job_id)
+        renewed = key in self._held
+        self._held.pop(key, None)
+        try:
+            await self.quota.release(
+                reservation.tenant,
+                reservation.model,
+                reservation.job_id,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                failed=usage.failed,
+            )
+        except QuotaBackendDown:
+            if renewed:  # the caller retries: keep the slot until it gets through
+                self._held[key] = None
+            raise
 
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
         """`release` in a task of its own, retried while Redis is away."""
@@ -86,12 +115,54 @@ class Reservations:
                 return
             except QuotaBackendDown:
                 await asyncio.sleep(0.2 * 2**attempt)
+        self._held.pop((reservation.tenant, reservation.job_id), None)  # left to its lease
         log.error("could not release job %s; its lease will reclaim the slot", reservation.job_id)
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait for pending releases (at shutdown)."""
+        """Wait for pending releases and stop renewing (at shutdown)."""
         if self._releases:
             await asyncio.wait(set(self._releases), timeout=timeout)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+
+    # --- renewal -------------------------------------------------------------------------
+
+    def start_renewal(self) -> None:
+        """Renew the open reservations every third of the lease until `drain`."""
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._renew_loop(), name="reservation-renewal"
+            )
+
+    @property
+    def renew_every(self) -> float:
+        return max(self.quota.lease / 3, 0.05)
+
+    async def renew(self) -> int:
+        """One renewal round: every open reservation, `RENEW_BATCH` per Redis call; those
+        found gone are forgotten. Returns how many are still held."""
+        held = list(self._held)
+        if not held:
+            return 0
+        kept = await self.quota.renew(held)
+        for key, alive in zip(held, kept, strict=True):
+            if not alive:
+                self._held.pop(key, None)
+        self.renewals += 1
+        return sum(kept)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                await self.renew()
+            except QuotaBackendDown:
+                log.warning("redis down: reservations not renewed this round")
+            except Exception as exc:
+                log.warning("renewing reservations failed: %s", exc)
 
 
 def _refusal(decision: QuotaDecision, model: str) -> Refusal:

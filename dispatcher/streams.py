@@ -60,6 +60,45 @@ async def ensure_streams(js: JetStreamContext, jobs_max_age: float) -> None:
     await ensure_stream(js, batch_stream_config())
 
 
+def usage_stream_config() -> StreamConfig:
+    """Final usage of interactive jobs (`schemas.usage`): kept on disk until booked; a day
+    at most (the reservation it would settle is forgotten by then)."""
+    return StreamConfig(
+        name=names.USAGE_STREAM,
+        subjects=[f"{names.USAGE_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=86_400.0,
+    )
+
+
+async def ensure_usage_stream(js: JetStreamContext) -> None:
+    """LLMQ_USAGE and the api replicas' shared durable consumer on it."""
+    await ensure_stream(js, usage_stream_config())
+    await _ensure_shared_consumer(js, names.USAGE_STREAM, names.USAGE_CONSUMER, 10.0)
+
+
+async def _ensure_shared_consumer(
+    js: JetStreamContext, stream: str, name: str, ack_wait: float
+) -> None:
+    config = ConsumerConfig(
+        durable_name=name,
+        name=name,
+        description="llmq api replicas",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_waiting=512,
+        max_ack_pending=20_000,
+    )
+    try:
+        await js.consumer_info(stream, name)
+    except NotFoundError:
+        with contextlib.suppress(BadRequestError):
+            await js.add_consumer(stream, config)
+
+
 async def ensure_consumer(
     js: JetStreamContext, stream: str, model: str, ack_wait: float, max_deliver: int
 ) -> str:

@@ -167,6 +167,21 @@ def outcome_subject(tenant: str, model: str, job_id: str) -> str:
     return f"{OUTCOME_PREFIX}.{tenant_token(tenant)}.{escape_model(model)}.{job_id}"
 
 
+# --- durable booking of interactive usage (docs/protocol.md) --------------------------------
+
+USAGE_STREAM = "LLMQ_USAGE"
+"""The final usage of every interactive job, published by its worker (file, work queue,
+max age one day), so it is booked even when the api that submitted the job is gone."""
+USAGE_PREFIX = "llmq.usage"
+USAGE_CONSUMER = "usage-booker"
+"""The one durable pull consumer on LLMQ_USAGE, shared by every api replica."""
+
+
+def usage_subject(tenant: str, model: str) -> str:
+    """`llmq.usage.<tenant token>.<model>`: where a worker reports a job's final usage."""
+    return f"{USAGE_PREFIX}.{tenant_token(tenant)}.{escape_model(model)}"
+
+
 def webhook_subject(job_id: str) -> str:
     return f"{WEBHOOK_PREFIX}.{job_id}"
 

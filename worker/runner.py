@@ -28,6 +28,7 @@ from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses import Fold, embedding_list
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
+from llmq.worker.usage_report import report_final_usage
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,8 @@ class JobRunner:
             keepalive.cancel()
             await ack.ack()
             outcome.ended = time.monotonic()
+            # durable booking when the api is gone (issue 12 finding 13, usage_report.py)
+            await report_final_usage(self.nc, job, outcome.outcome, outcome.usage)
             self.on_outcome(outcome)
             record_job(outcome, msg)  # OpenTelemetry spans; returns at once when off
 

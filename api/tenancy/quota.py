@@ -4,12 +4,14 @@ Every api replica shares the counters, so the limits are exact across processes:
 is counted (RPM), its prompt + max_tokens held (TPM, daily, monthly, spend) and a
 concurrency slot taken in one atomic step, and its release replaces the held tokens with
 the real ones. A slot carries a lease: if its api dies before releasing, the next
-reservation of the tenant reaps it once the lease has run out.
+reservation of the tenant reaps it once the lease has run out; work that outlives the lease
+(async jobs, batch lines) has it renewed (`renew`, driven by `api.reservations`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -25,6 +27,8 @@ DEFAULT_LEASE = 900.0
 """Seconds a slot is held without a release; above the api's max deadline (600 s)."""
 DEFAULT_LEDGER_MAXLEN = 100_000
 DEFAULT_USAGE_TTL_DAYS = 400
+RENEW_BATCH = 500
+"""Reservations renewed by one script call (it runs atomically: keep each call short)."""
 RESERVATION_GRACE = 86_400.0
 """Seconds a reservation record outlives its lease, so a late release still reconciles."""
 
@@ -59,6 +63,7 @@ class Quota:
         # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
         self._reserve = redis.register_script(_script("quota.lua"))
         self._release = redis.register_script(_script("release.lua"))
+        self._renew = redis.register_script(_script("renew.lua"))
 
     async def reserve(
         self,
@@ -170,26 +175,44 @@ class Quota:
         with backend_guard():
             return await script(keys=keys, args=args)
 
+    async def renew(
+        self,
+        held: Sequence[tuple[str, str]],
+        lease: float | None = None,
+        *,
+        now: float | None = None,
+    ) -> list[bool]:
+        """Push the leases of open reservations, given as (tenant, job id), to `now + lease`
+        in one script call per `RENEW_BATCH`; per reservation, False when it is gone
+        (released, or its lease ran out: a renewal never revives a slot)."""
+        now = time.time() if now is None else now
+        lease = self._lease if lease is None else lease
+        kept: list[bool] = []
+        for start in range(0, len(held), RENEW_BATCH):
+            part = held[start : start + RENEW_BATCH]
+            keys: list[str] = []
+            for tenant, job_id in part:
+                keys += [names.inflight_key(tenant), names.reservation_key(tenant, job_id)]
+            args: list[str | int] = [
+                _ms(now),
+                _ms(now + lease),
+                _ms(RESERVATION_GRACE),
+                *(job_id for _, job_id in part),
+            ]
+            raw = _text(await self._call(self._renew, keys, args))
+            kept += [c == "1" for c in raw]
+        return kept
+
     async def extend(
         self, tenant: str, job_id: str, lease: float, *, now: float | None = None
     ) -> bool:
-        """Push a running job's lease to `now + lease` (for jobs longer than the default);
-        False when the slot is gone already."""
-        now = time.time() if now is None else now
-        key = names.inflight_key(tenant)
-        until = _ms(now + lease)
-        with backend_guard():
-            score = await self._redis.zscore(key, job_id)
-            if score is None or score <= _ms(now):
-                return False  # released, or its lease already ran out: do not revive it
-            await self._redis.zadd(key, {job_id: until}, xx=True, gt=True)
-            await self._redis.pexpireat(key, until + 60_000, gt=True)
-            await self._redis.pexpireat(
-                names.reservation_key(tenant, job_id),
-                until + int(RESERVATION_GRACE * 1000),
-                gt=True,
-            )
-        return True
+        """`renew` of one reservation."""
+        return (await self.renew([(tenant, job_id)], lease, now=now))[0]
+
+    @property
+    def lease(self) -> float:
+        """Seconds a reservation is held without a release or a renewal."""
+        return self._lease
 
     async def inflight(self, tenant: str, *, now: float | None = None) -> int:
         """Slots held right now (leases not yet run out)."""

@@ -62,6 +62,11 @@ async def progress(run: BatchRun) -> None:
     )
     state = run.dispatching
     position = run.record.dispatched
+    # Lines queued before this run took the batch (a previous owner reserved them): renew
+    # their reservations from here on; the lines this run reserves are renewed anyway.
+    run.ctx.reservations.adopt(
+        run.tenant, (line_job_id(run.hex, n) for n in found.valid[:position] if n not in run.done)
+    )
     last_flush = 0.0
     while run.record.status == "in_progress":
         if time.time() >= run.record.expires_at:

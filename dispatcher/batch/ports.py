@@ -8,6 +8,7 @@ path uses, so the three ways a request arrives can never disagree.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from llmq.schemas.admission import JobUsage, PreparedRequest, Refusal, Reservation
@@ -31,6 +32,11 @@ class Reserver(Protocol):
 
     async def release(self, reservation: Reservation, usage: JobUsage) -> None:
         """Book the job's real usage and free its reservation. Idempotent per job id."""
+        ...
+
+    def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
+        """Keep renewing these reservations (made by another replica, or by a batch runner
+        that lost its lease) until they are released; see docs/tenants.md."""
         ...
 
 

@@ -3,6 +3,7 @@ good, and finished exactly once however often it is released."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,8 @@ from redis.asyncio import Redis
 
 from llmq.api.reservations import Reservations
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy.quota import RENEW_BATCH
+from llmq.dispatcher.batch.ports import reservation_of
 from llmq.embedded import EmbeddedRedis, free_port
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
 
@@ -95,3 +98,80 @@ async def test_quota_store_down_fails_closed_or_open() -> None:
         assert isinstance(opened, Reservation) and not opened.held
     finally:
         await down.aclose()
+
+
+# --- renewal (issue 12 finding 7) -----------------------------------------------------------
+
+
+async def test_renewal_keeps_a_slot_past_its_lease_until_released_once(redis: Redis) -> None:
+    tenant = await _tenant(redis, max_concurrent=1)
+    quota = Quota(redis, lease=1.0)
+    reservations = Reservations(quota, fail_open=False)
+    reservations.start_renewal()
+    try:
+        held = await reservations.reserve(tenant, "m", 5, 10, "long-job")
+        assert isinstance(held, Reservation)
+        await asyncio.sleep(3.0)  # three leases
+        assert reservations.renewals >= 3
+        refused = await reservations.reserve(tenant, "m", 1, 1, "other")
+        assert isinstance(refused, Refusal) and refused.code == "rate_limit_exceeded"
+        await reservations.release(held, JobUsage(5, 7))
+        await reservations.release(held, JobUsage(5, 7))
+        assert await quota.inflight(tenant) == 0
+        assert await reservations.renew() == 0  # nothing left to renew
+    finally:
+        await reservations.drain()
+    (entry,) = await UsageReader(redis).ledger(tenant)
+    assert (entry.job_id, entry.completion_tokens, entry.status) == ("long-job", 7, "ok")
+
+
+async def test_another_replica_takes_over_and_never_revives_a_release(redis: Redis) -> None:
+    tenant = await _tenant(redis, max_concurrent=2)
+    first = Reservations(Quota(redis, lease=1.0), fail_open=False)
+    second = Reservations(Quota(redis, lease=1.0), fail_open=False)
+    one = await first.reserve(tenant, "m", 1, 1, "job-a")
+    two = await first.reserve(tenant, "m", 1, 1, "job-b")
+    assert isinstance(one, Reservation) and isinstance(two, Reservation)
+    # `first` dies without renewing; `second` follows the jobs and renews them.
+    second.adopt(tenant, ["job-a", "job-b"])
+    for _ in range(6):
+        await asyncio.sleep(0.3)
+        assert await second.renew() == 2
+    assert await Quota(redis).inflight(tenant) == 2
+    await second.release(reservation_of(tenant, "m", "job-a"), JobUsage(1, 1))
+    await first.release(two, FAILED)  # released elsewhere: the renewer drops it
+    assert await second.renew() == 0
+    assert await Quota(redis).inflight(tenant) == 0
+    ledger = await UsageReader(redis).ledger(tenant)
+    assert sorted((e.job_id, e.status) for e in ledger) == [("job-a", "ok"), ("job-b", "failed")]
+
+
+async def test_a_lapsed_lease_is_not_revived(redis: Redis) -> None:
+    tenant = await _tenant(redis, max_concurrent=1)
+    quota = Quota(redis, lease=0.3)
+    reservations = Reservations(quota, fail_open=False)
+    assert isinstance(await reservations.reserve(tenant, "m", 1, 1, "late"), Reservation)
+    await asyncio.sleep(0.5)
+    assert await reservations.renew() == 0
+    assert await quota.inflight(tenant) == 0
+
+
+async def test_many_reservations_renewed_in_few_calls(redis: Redis) -> None:
+    tenants = [await _tenant(redis) for _ in range(3)]
+    quota = Quota(redis, lease=60.0)
+    held = [(t, f"job-{i}") for t in tenants for i in range(400)]
+    for tenant, job_id in held:
+        await quota.reserve(tenant, "m", 1, 1, job_id, lease=1.0)
+    before = await _script_calls(redis)
+    kept = await quota.renew(held)
+    assert kept == [True] * len(held)
+    assert await _script_calls(redis) - before == -(-len(held) // RENEW_BATCH)
+    await asyncio.sleep(1.2)  # past the first lease: the renewed one holds
+    assert [await quota.inflight(t) for t in tenants] == [400, 400, 400]
+
+
+async def _script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+    )

@@ -145,3 +145,71 @@ async def test_batch_line_reservations(stack, redis_server) -> None:  # type: ig
     assert {job for job, (status,) in ledger.items() if status == "ok"} == completed
     assert set(ledger) <= {f"{batch_hex}-{n}" for n in range(1, 13)}
     await redis.aclose()
+
+
+# --- issue 12 finding 7: durable work keeps its slot past the reservation lease ------------
+
+LEASE = 3.0
+"""A short `reservation_lease`: without renewal a slot lapses after this many seconds."""
+
+
+async def _tenant_api(stack, **overrides: Any):  # type: ignore[no-untyped-def]
+    return await stack.api(auth_mode="keys", key_cache_ttl=0, reservation_lease=LEASE, **overrides)
+
+
+async def test_a_waiting_async_job_keeps_its_slot_when_its_api_is_gone(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The job waits (no worker) for several leases; the api that reserved it stops, the
+    other replica renews the slot: the tenant's one slot stays taken, and the job's
+    reservation is released exactly once when it finally runs."""
+    model = f"r-{uuid.uuid4().hex[:8]}"
+    redis = connect(redis_server.url)
+    tenant, auth = await _tenant(redis, max_concurrent=1)
+    worker = await stack.worker(model=[model])
+    first = await _tenant_api(stack)
+    second = await _tenant_api(stack)
+    for api in (first, second):
+        await wait_for(lambda api=api: api.runtime.registry.workers_for(model))
+    await worker.close()
+    await wait_for(lambda: not second.runtime.registry.workers_for(model))
+    async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+        resp = await client.post("/v1/jobs", json=chat(model, "patient"), headers=auth)
+        assert resp.status_code == 202, resp.text
+        job = resp.json()
+    await first.stop()  # the replica that reserved the job is gone
+    await asyncio.sleep(LEASE * 2.5)
+    assert await Quota(redis).inflight(tenant) == 1
+    async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
+        refused = await client.post("/v1/jobs", json=chat(model, "x"), headers=auth)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        await stack.worker(model=[model])
+        done = await wait_job(client, job["id"], timeout=20, **auth)
+        assert done["status"] == "completed"
+    await _settled(redis, tenant)
+    assert await _ledger(redis, tenant) == {job["id"].removeprefix("job_"): ["ok"]}
+    await redis.aclose()
+
+
+async def test_a_long_batch_line_keeps_its_slot(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A batch line that runs for several leases holds the tenant's one slot all along (an
+    async job is refused meanwhile) and is booked once."""
+    model = f"r-{uuid.uuid4().hex[:8]}"
+    redis = connect(redis_server.url)
+    tenant, auth = await _tenant(redis, max_concurrent=1)
+    api = await _tenant_api(stack)
+    worker = await stack.worker(model=[model], capacity=1, echo_delay=0.1)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    data, _ = batch_file(model, 1, words=90)  # about 9 s of echo
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        batch = await start_batch(client, data, **auth)
+        await wait_for(lambda: worker.runner.tasks, timeout=10)  # the line is running
+        await asyncio.sleep(LEASE * 1.5)
+        refused = await client.post("/v1/jobs", json=chat(model, "x"), headers=auth)
+        assert worker.outcomes.get("ok", 0) == 0, "the line ended too early to tell"
+        assert refused.status_code == 429, refused.text
+        batch = await wait_batch(client, batch["id"], timeout=30, **auth)
+    assert batch["status"] == "completed"
+    await _settled(redis, tenant)
+    batch_hex = batch["id"].removeprefix("batch_")
+    assert await _ledger(redis, tenant) == {f"{batch_hex}-1": ["ok"]}
+    await redis.aclose()

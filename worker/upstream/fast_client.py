@@ -52,7 +52,12 @@ class _Conn:
         self.writer = writer
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        """Open, nothing unread (read as the next request's answer: issue 12, 11)."""
+        return (
+            not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and not getattr(self.reader, "_buffer", b"")  # what the transport read ahead
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -70,6 +75,7 @@ class FastResponse:
         self._chunks: list[bytes] = []
         self._head_done = False
         self._complete = False
+        self._leftover = False  # bytes followed the complete response: connection spent
         self._bytes_seen = False
         self._keep_alive = False
         self._head_bytes = 0
@@ -80,10 +86,19 @@ class FastResponse:
 
     # --- httptools callbacks -------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        """Past the end of this response the parser reads on as if another followed."""
+        if self._complete:
+            self._leftover = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._complete:  # leftover (`on_message_begin` noted it)
+            return
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._complete:  # leftover (`on_message_begin` noted it)
+            return
         self._head_done = True
         self.status_code = self._parser.get_status_code()
         headers: dict[str, str] = {}
@@ -96,9 +111,13 @@ class FastResponse:
         self._keep_alive = bool(self._parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:  # leftover (`on_message_begin` noted it)
+            return
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self._complete:  # leftover (`on_message_begin` noted it)
+            return
         self._complete = True
 
     # --- reading ---------------------------------------------------------------------------
@@ -133,6 +152,9 @@ class FastResponse:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self._complete:  # garbage after a complete response: leftover, no error
+                self._leftover = True
+                return True
             raise ProtocolError(f"malformed HTTP response: {exc}") from None
         return True
 
@@ -182,7 +204,7 @@ class FastResponse:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._complete and self._keep_alive and self._framed():
+        if self._complete and self._keep_alive and self._framed() and not self._leftover:
             self._client._release(self._origin, conn)
         else:
             conn.close()

@@ -18,8 +18,9 @@ from llmq.embedded import EmbeddedRedis, free_port
 from llmq.schemas import names
 
 ROOT = Path(__file__).resolve().parents[3]
-NOW = (int(time.time()) // 60) * 60 + 30.0
-"""Mid-minute, so a test never straddles a window boundary."""
+NOW = (int(time.time()) // 60) * 60 + 3600 + 30.0
+"""Mid-minute, so a test never straddles a window boundary; an hour ahead, so the expiry
+times the scripts derive from it stay in the future however late in the session a test runs."""
 
 # One OS process: its own event loop, its own Redis client, `n` concurrent reserves.
 _CHILD = """

@@ -132,3 +132,84 @@ async def test_leaving_a_stream_early_closes_the_connection(client: FastClient) 
                 break
         await asyncio.wait_for(closed.wait(), 1.0)
         assert not any(client._idle.values())
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",  # a whole second response
+        b"garbage after the end",
+    ],
+    ids=["response", "garbage"],
+)
+async def test_bytes_after_a_complete_response_close_the_connection(
+    client: FastClient, response: bytes, extra: bytes
+) -> None:
+    """Issue 12 finding 11: whatever follows a complete response in the same read is not
+    part of its body, and the connection it came on is never handed to the next request."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(response + extra if n == 1 else response)
+            await writer.drain()
+
+    async with RawServer(handler) as server:
+        first = await client.request("GET", f"{server.url}/a")
+        second = await client.request("GET", f"{server.url}/a")
+        await client.aclose()
+    assert first.content == second.content == b"hello"
+    assert server.connections == 2  # the tainted connection was closed, not pooled
+
+
+async def test_bytes_arriving_while_idle_close_the_connection(client: FastClient) -> None:
+    """Bytes the server sends after a complete response, once it sat in the pool, would be
+    read as the next request's answer: that connection is closed instead."""
+    sent = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            await writer.drain()
+            if n == 1:
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+                await writer.drain()
+                sent.set()
+
+    async with RawServer(handler) as server:
+        first = await client.request("GET", f"{server.url}/a")
+        await asyncio.wait_for(sent.wait(), 5)
+        await asyncio.sleep(0.05)
+        second = await client.request("GET", f"{server.url}/a")
+        await client.aclose()
+    assert first.content == second.content == b"hello"
+    assert server.connections == 2
+
+
+async def test_a_stream_followed_by_extra_bytes_ends_at_its_own_end(client: FastClient) -> None:
+    body = b"data: a\n\ndata: b\n\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(head + body + (b"data: forged\n\n" if n == 1 else b""))
+            await writer.drain()
+
+    async with RawServer(handler) as server:
+        async with client.stream(f"{server.url}/s", b"{}") as batches:
+            lines = [line async for batch in batches for line in batch]
+        second = await client.request("GET", f"{server.url}/a")
+        await client.aclose()
+    assert lines == ["data: a", "", "data: b", ""]
+    assert second.content == body and server.connections == 2

@@ -1,0 +1,101 @@
+"""Booking interactive usage from the workers' reports, whichever api replica is alive.
+
+A worker publishes the final usage of every interactive job on `llmq.usage.<tenant>.<model>`
+(`schemas.usage`, one core publish per job); LLMQ_USAGE keeps it on disk. Every api replica
+pulls from the one durable consumer `usage-booker` and releases the job's reservation with
+that usage. The api that relayed the job releases it too, from the `done` frame: the ledger
+books only the first release of a job id (`release.lua`), so whichever comes second changes
+nothing, and a job whose api died mid-stream is still booked exactly once (issue 12 finding
+13). A failed job's report waits `FAILED_GRACE` first: the relaying api, when alive, books
+its own estimate (prompt estimate + tokens relayed), which the worker cannot know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from llmq.api.reservations import Reservations
+from llmq.dispatcher import streams
+from llmq.dispatcher.batch.consume import pull_forever
+from llmq.dispatcher.batch.ports import reservation_of
+from llmq.dispatcher.tasks import stop_task
+from llmq.schemas import names
+from llmq.schemas.admission import JobUsage
+from llmq.schemas.usage import usage_decoder
+
+log = logging.getLogger(__name__)
+
+FAILED_GRACE = 3.0
+"""Seconds a failed job's report waits, so the api that relayed the job books first."""
+RETRY_DELAY = 1.0
+"""Seconds before a report is offered again when booking failed (Redis away)."""
+
+
+class UsageBooker:
+    def __init__(
+        self, js: JetStreamContext, reservations: Reservations, fetch_batch: int = 256
+    ) -> None:
+        self.js = js
+        self.reservations = reservations
+        self.fetch_batch = fetch_batch
+        self.booked = 0
+        """Reports handled (booked, or found booked already by the relaying api)."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await streams.ensure_usage_stream(self.js)
+        self._task = asyncio.create_task(self._loop(), name="usage-booker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await stop_task(self._task)
+
+    async def _loop(self) -> None:
+        await pull_forever(
+            self.js,
+            names.USAGE_STREAM,
+            names.USAGE_CONSUMER,
+            lambda: self.fetch_batch,
+            self._handle_all,
+            "usage booker",
+        )
+
+    async def _handle_all(self, msgs: list[Msg]) -> None:
+        await asyncio.gather(*(self._handle(msg) for msg in msgs))
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            report = usage_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("usage booker: dropping an unreadable report on %s: %s", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        if report.failed:
+            age = time.time() - msg.metadata.timestamp.timestamp()
+            if age < FAILED_GRACE:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=FAILED_GRACE - age)
+                return
+        usage = JobUsage(report.prompt_tokens, report.completion_tokens, failed=report.failed)
+        try:
+            await self.reservations.release(
+                reservation_of(report.tenant, report.model, report.job_id), usage
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("usage booker: %s booking %s; retrying", exc, report.job_id)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=RETRY_DELAY)
+            return
+        self.booked += 1
+        with contextlib.suppress(Exception):
+            await msg.ack()
