@@ -28,6 +28,7 @@ from llmq.schemas.text import count_tokens
 from llmq.worker.backends.base import Backend, BackendError, Piece
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses import ChatBuilder, TextBuilder, embedding_list
+from llmq.worker.responses_api.adapter import run_response
 from llmq.worker.tracing import TRACEPARENT, valid_traceparent
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,9 @@ class JobRunner:
     async def _execute(
         self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
+        if kind == "response":  # the Responses API: worker/responses_api
+            await self._respond(body, sender, ack, outcome)
+            return
         request = decode_request(kind, body)
         if isinstance(request, EmbeddingRequest):
             await self._embed(request, sender, outcome)
@@ -267,6 +271,16 @@ class JobRunner:
             await self._stream(pieces, builder, sender, ack, outcome)
         else:
             await self._collect(pieces, builder, sender, outcome)
+
+    async def _respond(
+        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+    ) -> None:
+        async def started() -> None:
+            outcome.first_token = time.monotonic()
+            await ack.ack()
+
+        args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
+        outcome.usage = await run_response(*args)
 
     async def _stream(
         self,

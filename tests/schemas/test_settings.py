@@ -86,6 +86,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_SECRET": ("whs", "whs"),
     "WEBHOOK_ATTEMPTS": ("23", 23),
     "WEBHOOK_TIMEOUT": ("24", 24.0),
+    "RESPONSE_RETENTION": ("25", 25.0),
 }
 
 # Flags per command before flags were derived from the models.
@@ -99,6 +100,7 @@ FLAGS: dict[Command, set[str]] = {
         "request_log", "metrics_tenant_label", "metrics_max_tenants", "job_deadline",
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
+        "response_retention",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",

@@ -1,0 +1,114 @@
+"""Running a Responses job on a chat backend: translate the request, run the backend's chat
+stream, fold its pieces into Responses events, and send them as the job's frames.
+
+The runner calls `run_response` for a job of kind `response`; everything else (acks,
+retries, deadlines, cancellation, failures) stays the runner's. Events are held back until
+the first token, so a job retried on another worker before any output never shows the
+client two beginnings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from llmq.schemas.frames import Done
+from llmq.schemas.openai import ChatCompletionRequest, Usage
+from llmq.schemas.responses import skeleton
+from llmq.schemas.text import count_tokens
+from llmq.worker.backends.base import Backend, BackendError, Piece
+from llmq.worker.replies import FrameSender
+from llmq.worker.responses_api.events import ResponseEvents
+from llmq.worker.responses_api.to_chat import Unsupported, chat_request
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+Started = Callable[[], Awaitable[None]]
+"""Called once, at the first output: the runner's point of no return (ack, first token)."""
+
+
+def read_request(body: bytes) -> dict[str, Any]:
+    """The job's body as JSON; msgspec.ValidationError when it is not a Responses request."""
+    request = _decoder.decode(body)
+    if not isinstance(request.get("model"), str):
+        raise msgspec.ValidationError("a response request needs a `model`")
+    return request
+
+
+def chat_of(request: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        chat = chat_request(request)
+    except Unsupported as exc:
+        raise BackendError(
+            str(exc),
+            status=400,
+            type="invalid_request_error",
+            code="unsupported_parameter",
+            param=exc.param,
+        ) from None
+    return msgspec.convert(chat, ChatCompletionRequest)
+
+
+def chunk_of(piece: Piece) -> dict[str, Any]:
+    """One backend piece as the OpenAI chat chunk it stands for (every delta field kept)."""
+    fields: dict[str, Any] = msgspec.to_builtins(piece)
+    finish = fields.pop("finish_reason", None)
+    usage = fields.pop("usage", None)
+    chunk: dict[str, Any] = {"choices": [{"index": 0, "delta": fields, "finish_reason": finish}]}
+    if usage:
+        chunk["usage"] = usage
+    return chunk
+
+
+async def run_response(
+    backend: Backend,
+    upstream_names: Mapping[str, str],
+    body: bytes,
+    job_id: str,
+    sender: FrameSender,
+    started: Started,
+) -> Usage:
+    """Serve one Responses job through `backend.chat`; answers the usage."""
+    request = read_request(body)
+    chat = chat_of(request)
+    stream = bool(request.get("stream"))
+    fold = ResponseEvents(skeleton(request, f"resp_{job_id}", _now()))
+    opening = fold.start()
+    begun = False
+    usage: Usage | None = None
+    texts: list[str] = []
+    async for piece in backend.chat(chat, upstream_names.get(chat.model, chat.model)):
+        if piece.usage is not None:
+            usage = piece.usage
+        if piece.content:
+            texts.append(piece.content)
+        events = fold.feed(chunk_of(piece))
+        if events and not begun:
+            begun = True
+            await started()
+            if stream:
+                await _send(sender, opening)
+        if stream:
+            await _send(sender, events)
+    if usage is None:
+        n = count_tokens("".join(texts))
+        usage = Usage(0, n, n)
+    closing = fold.finish(msgspec.to_builtins(usage))
+    if stream:
+        await _send(sender, closing if begun else [*opening, *closing])
+    body_out = msgspec.Raw(_encoder.encode(fold.response))
+    await sender.done(Done(usage=usage, finish_reason=fold.finish_reason, body=body_out))
+    return usage
+
+
+async def _send(sender: FrameSender, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        await sender.chunk(_encoder.encode(event))
+
+
+def _now() -> int:
+    return int(time.time())
