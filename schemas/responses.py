@@ -135,7 +135,7 @@ def skeleton(request: Json, response_id: str, created_at: int) -> Json:
         "temperature": request.get("temperature", 1.0),
         "text": text or {"format": {"type": "text"}},
         "tool_choice": request.get("tool_choice", "auto"),
-        "tools": request.get("tools") or [],
+        "tools": [_tool_view(t) for t in request.get("tools") or []],
         "top_p": request.get("top_p", 1.0),
         "truncation": request.get("truncation") or "disabled",
         "metadata": request.get("metadata") or {},
@@ -161,3 +161,11 @@ def usage_of(usage: Json | None) -> Json:
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": int(usage.get("total_tokens") or prompt + completion),
     }
+
+
+def _tool_view(tool: Json) -> Json:
+    """A tool as the Response echoes it: a function tool always says `strict` and
+    `parameters` (null when the request left them out)."""
+    if tool.get("type") == "function":
+        return {"strict": None, "parameters": None, **tool}
+    return tool
