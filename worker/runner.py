@@ -275,9 +275,10 @@ class JobRunner:
     async def _respond(
         self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
-        async def started() -> None:
+        async def started(streams: bool) -> None:
             outcome.first_token = time.monotonic()
-            await ack.ack()
+            if streams:
+                await ack.ack()
 
         args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
         outcome.usage = await run_response(*args)

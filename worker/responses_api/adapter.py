@@ -27,8 +27,10 @@ from llmq.worker.responses_api.to_chat import Unsupported, chat_request
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
-Started = Callable[[], Awaitable[None]]
-"""Called once, at the first output: the runner's point of no return (ack, first token)."""
+Started = Callable[[bool], Awaitable[None]]
+"""Called once, at the first output, with whether the job streams: a streamed job reaches
+its point of no return there (the runner acks it); a whole one is acked when it ends, so a
+worker that dies before then leaves it to another."""
 
 
 def read_request(body: bytes) -> dict[str, Any]:
@@ -89,7 +91,7 @@ async def run_response(
         events = fold.feed(chunk_of(piece))
         if events and not begun:
             begun = True
-            await started()
+            await started(stream)
             if stream:
                 await _send(sender, opening)
         if stream:
