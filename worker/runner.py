@@ -29,6 +29,7 @@ from llmq.worker.backends.base import Backend, BackendError, Piece
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses import ChatBuilder, TextBuilder, embedding_list
 from llmq.worker.responses_api.adapter import run_response
+from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, valid_traceparent
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class JobRunner:
         self.shutting_down = False
         """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.responses_upstream: ResponsesPassthrough | None = None
+        """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -280,6 +283,11 @@ class JobRunner:
             if streams:
                 await ack.ack()
 
+        if self.responses_upstream is not None:
+            outcome.usage = await self.responses_upstream.run(
+                self.upstream_names, body, outcome.job_id, sender, started
+            )
+            return
         args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
         outcome.usage = await run_response(*args)
 

@@ -154,3 +154,88 @@ async def test_upstream_error_is_openai_shaped(served, upstream) -> None:  # typ
     with pytest.raises(openai.BadRequestError) as caught:
         await client.responses.create(model=model, input="x")
     assert "bad thing" in str(caught.value)
+
+
+# --- an upstream that serves /v1/responses itself ----------------------------------------
+
+
+def upstream_responses(text: str, usage: tuple[int, int] = (9, 2)) -> Reply:
+    """What an OpenAI-style `/v1/responses` stream looks like, with the upstream's own ids."""
+    base = {
+        "id": "resp_upstream1", "object": "response", "created_at": 1731000000,
+        "status": "in_progress", "error": None, "incomplete_details": None,
+        "instructions": None, "max_output_tokens": None, "model": "upstream-model",
+        "output": [], "parallel_tool_calls": True, "previous_response_id": None,
+        "reasoning": None, "store": False, "temperature": 1.0,
+        "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+        "top_p": 1.0, "truncation": "disabled", "metadata": {}, "background": False,
+    }  # fmt: skip
+    item = {"id": "msg_up1", "type": "message", "status": "in_progress", "role": "assistant"}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    done_item = {**item, "status": "completed", "content": [{**part, "text": text}]}
+    final = {**base, "status": "completed", "completed_at": 1731000001, "output": [done_item]}
+    final["usage"] = {
+        "input_tokens": usage[0], "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": usage[1], "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": sum(usage),
+    }  # fmt: skip
+    where = {"item_id": "msg_up1", "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": base},
+        {"type": "response.in_progress", "response": base},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+        {"type": "response.content_part.added", **where, "part": part},
+        {"type": "response.output_text.delta", **where, "delta": text, "logprobs": [],
+         "obfuscation": "abc"},
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+        {"type": "response.completed", "response": final},
+    ]  # fmt: skip
+    chunks = [
+        f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n".encode()
+        for i, e in enumerate(events)
+    ]
+    return Reply(chunks=chunks, content_type="text/event-stream")
+
+
+async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+    model = f"gpt-{uuid.uuid4().hex[:6]}"
+    api = await stack.api()
+    worker = await stack.worker(
+        model=[f"{model}=upstream-model"],
+        backend="openai",
+        backend_url=f"{upstream.url}/v1",
+        responses_passthrough=True,
+    )
+    await wait_for(lambda: worker.id in {w.id for w in api.runtime.registry.workers_for(model)})
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    upstream.route("/v1/responses", upstream_responses("first answer"))
+    first = await client.responses.create(model=model, input="hi", metadata={"k": "v"})
+    assert first.output_text == "first answer" and first.id.startswith("resp_")
+    assert first.id != "resp_upstream1" and first.model == model and first.store is True
+    assert first.usage is not None and first.usage.input_tokens == 9
+    sent = upstream.last.json()
+    assert upstream.last.path == "/v1/responses"
+    assert sent["model"] == "upstream-model" and sent["store"] is False
+    assert sent["stream"] is True and sent["metadata"] == {"k": "v"}
+
+    upstream.route("/v1/responses", upstream_responses("second answer"))
+    stream = await client.responses.create(
+        model=model, input="again", previous_response_id=first.id, stream=True
+    )
+    events = [event async for event in stream]
+    assert [e.sequence_number for e in events] == list(range(9))
+    delta = next(e for e in events if e.type == "response.output_text.delta")
+    assert delta.obfuscation == "abc"  # type: ignore[union-attr]  # unknown fields pass through
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert final.response.previous_response_id == first.id
+    assert final.response.id == events[0].response.id != "resp_upstream1"  # type: ignore[union-attr]
+    sent = upstream.last.json()
+    assert "previous_response_id" not in sent
+    assert [m.get("role") for m in sent["input"]] == ["user", "assistant", "user"]
+    assert sent["input"][1]["content"][0]["text"] == "first answer"
+    stored = await client.responses.retrieve(final.response.id)
+    assert stored.output_text == "second answer"
+    await client.close()

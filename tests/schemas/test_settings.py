@@ -87,6 +87,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_ATTEMPTS": ("23", 23),
     "WEBHOOK_TIMEOUT": ("24", 24.0),
     "RESPONSE_RETENTION": ("25", 25.0),
+    "RESPONSES_PASSTHROUGH": ("true", True),
 }
 
 # Flags per command before flags were derived from the models.
@@ -109,7 +110,7 @@ FLAGS: dict[Command, set[str]] = {
         "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
         "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
         "backend_token_timeout", "backend_timeout", "backend_http_client",
-        "breaker_probe_interval",
+        "breaker_probe_interval", "responses_passthrough",
     },
 }  # fmt: skip
 
