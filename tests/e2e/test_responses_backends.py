@@ -239,3 +239,21 @@ async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream)
     stored = await client.responses.retrieve(final.response.id)
     assert stored.output_text == "second answer"
     await client.close()
+
+
+async def test_an_error_after_the_stream_began_is_an_error_event(served, upstream) -> None:  # type: ignore[no-untyped-def]
+    model, client = served
+    reply = openai_chat(["one ", "two ", "three"])
+    reply.drop_after = 3  # the upstream connection breaks mid-answer
+    upstream.route(CHAT, reply)
+    stream = await client.responses.create(model=model, input="count", stream=True)
+    events = [event async for event in stream]
+    assert events[0].type == "response.created"
+    assert any(e.type == "response.output_text.delta" for e in events)
+    last = events[-1]
+    assert last.type == "error" and last.code.startswith("upstream_")  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    for event in events:
+        assert_valid("ResponseStreamEvent", dump(event))
+    with pytest.raises(openai.NotFoundError):  # a failed response is not stored
+        await client.responses.retrieve(events[0].response.id)  # type: ignore[union-attr]
