@@ -144,8 +144,9 @@ class ResponsesServing:
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
 
         async def on_final(final: bytes) -> None:
-            stored.response = _fields.decode(final)
-            await self.records.finish(stored, keep=req.stores)
+            if req.stores or conversation is not None:
+                stored.response = _fields.decode(final)
+                await self.records.finish(stored, keep=req.stores)
 
         record.stream = req.stream
         job = ResponseRun(
