@@ -46,8 +46,11 @@ class ResponseRecords:
         return (await self.stored(tenant, public_id)).response
 
     async def delete(self, tenant: str, public_id: str) -> dict[str, Any]:
-        hex_id = public_hex(public_id, RESPONSE_PREFIX)
-        if not hex_id or not await self.store.delete_response(tenant, hex_id):
+        """Forget the response; a background one still running is cancelled first."""
+        found = await self.stored(tenant, public_id)
+        if found.background and found.response.get("status") in _RUNNING:
+            await self.jobs.cancel(tenant, found.id)
+        if not await self.store.delete_response(tenant, found.id):
             raise not_found("response", public_id)
         return {"id": public_id, "object": "response", "deleted": True}
 

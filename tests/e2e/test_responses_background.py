@@ -137,3 +137,40 @@ async def test_background_survives_a_worker_sigkill(stack) -> None:  # type: ign
     done = await poll(client, created.id, timeout=60)
     assert done.status == "completed" and done.output_text == words(12)
     await client.close()
+
+
+async def test_quota_holds_for_background_and_delete_cancels(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A background response holds the tenant's one concurrency slot until it ends, like any
+    job; deleting a running one cancels it and frees the slot."""
+    from llmq.api.tenancy import Tenant, TenantStore, connect
+
+    model = f"bg-{uuid.uuid4().hex[:6]}"
+    redis = connect(redis_server.url)
+    store = TenantStore(redis)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await store.create(Tenant(name=tenant, max_concurrent=1))
+    key, _ = await store.create_key(tenant)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0)
+    await stack.worker(model=[model], echo_delay=0.3)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    slow = await client.responses.create(model=model, input=words(40), background=True)
+    with pytest.raises(openai.RateLimitError):
+        await client.responses.create(model=model, input="refused while the slot is held")
+    await client.responses.delete(slow.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(slow.id)
+    api_jobs = api.app.state.batches.jobs
+    found = await api_jobs.get(tenant, slow.id.removeprefix("resp_"))
+    assert found is not None and found[0].status == "cancelled"
+
+    async def admitted() -> bool:
+        try:
+            resp = await client.responses.create(model=model, input="now ok")
+        except openai.RateLimitError:
+            return False
+        return resp.output_text == "now ok"
+
+    await wait_for(admitted, timeout=15, interval=0.2)
+    await client.close()
+    await redis.aclose()
