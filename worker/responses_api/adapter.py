@@ -78,7 +78,7 @@ async def run_response(
     request = read_request(body)
     chat = chat_of(request)
     stream = bool(request.get("stream"))
-    fold = ResponseEvents(skeleton(request, f"resp_{job_id}", _now()))
+    fold = ResponseEvents(skeleton(request, f"resp_{job_id}", _now()), quiet=not stream)
     opening = fold.start()
     begun = False
     usage: Usage | None = None

@@ -8,13 +8,16 @@ response is the same fold with the events thrown away: `response` is the final o
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
+
+import msgspec
 
 from llmq.schemas.responses import usage_of
 
 Json = dict[str, Any]
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, Any])
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -22,8 +25,10 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 class ResponseEvents:
     """The fold of one chat stream into Responses events and the final Response."""
 
-    def __init__(self, response: Json) -> None:
+    def __init__(self, response: Json, quiet: bool = False) -> None:
         self.response = response
+        self.quiet = quiet
+        """Nobody reads the events (a whole response): they carry no snapshots."""
         self.seq = 0
         self.finish_reason: str | None = None
         self.usage: Json | None = None
@@ -38,8 +43,12 @@ class ResponseEvents:
         self.seq += 1
         return event
 
+    def _copy(self, value: Json) -> Json:
+        """The value as it is now (later deltas change the original)."""
+        return value if self.quiet else _decoder.decode(_encoder.encode(value))
+
     def _snapshot(self, kind: str) -> Json:
-        return self._event(kind, response=copy.deepcopy(self.response))
+        return self._event(kind, response=self._copy(self.response))
 
     def start(self) -> list[Json]:
         return [self._snapshot("response.created"), self._snapshot("response.in_progress")]
@@ -66,9 +75,7 @@ class ResponseEvents:
     def _new_item(self, item: Json) -> Json:
         index = len(self.response["output"])
         self.response["output"].append(item)
-        return self._event(
-            "response.output_item.added", output_index=index, item=copy.deepcopy(item)
-        )
+        return self._event("response.output_item.added", output_index=index, item=self._copy(item))
 
     def _text(self, kind: str, text: str) -> list[Json]:
         events: list[Json] = []
@@ -104,7 +111,7 @@ class ResponseEvents:
         return {"item_id": item["id"], "output_index": index, "content_index": 0}
 
     def _part_event(self, kind: str, item: Json) -> Json:
-        return self._event(kind, **self._where(item), part=copy.deepcopy(item["content"][0]))
+        return self._event(kind, **self._where(item), part=self._copy(item["content"][0]))
 
     def _close_open(self) -> list[Json]:
         item, self._open = self._open, None
@@ -123,7 +130,7 @@ class ResponseEvents:
         index = where["output_index"]
         return [
             *events,
-            self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item)),
+            self._event("response.output_item.done", output_index=index, item=self._copy(item)),
         ]
 
     def _call(self, delta: Json) -> list[Json]:
@@ -171,9 +178,7 @@ class ResponseEvents:
                 )
             )
             events.append(
-                self._event(
-                    "response.output_item.done", output_index=index, item=copy.deepcopy(item)
-                )
+                self._event("response.output_item.done", output_index=index, item=self._copy(item))
             )
         self._calls = {}
         response = self.response
