@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.responses.stop()
             await app.state.batches.stop()
             await app.state.observability.stop()
             await models.stop()

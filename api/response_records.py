@@ -106,7 +106,16 @@ class ResponseRecords:
     async def finish(self, record: StoredResponse, keep: bool) -> None:
         """Store an ended response (if `keep`) and append its items to its conversation,
         once even when several readers finish it at the same time."""
-        if keep:
+        if keep and record.background:  # only while it exists: a delete wins
+            response = record.response
+
+            def end(r: StoredResponse) -> StoredResponse | None:
+                if r.response.get("status") not in _RUNNING:
+                    return None
+                return msgspec.structs.replace(r, response=response)
+
+            await self.store.update_response(record.tenant, record.id, end)
+        elif keep:
             await self.store.put_response(record)
         if record.conversation is None or record.response.get("status") not in _ENDED_WELL:
             return

@@ -21,6 +21,7 @@ from llmq.api.conversations_serving import ConversationsServing
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, not_found
 from llmq.api.protocol import read_body
+from llmq.api.response_finisher import ResponseFinisher
 from llmq.api.response_items import as_items, for_model
 from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
@@ -61,7 +62,9 @@ async def open_responses(
 
     store = await provision()
     rt.provisioner.add("responses buckets", provision)
-    return ResponsesServing(serving, store, jobs), ConversationsServing(store)
+    responses = ResponsesServing(serving, store, jobs)
+    responses.finisher.start()
+    return responses, ConversationsServing(store)
 
 
 class ResponsesServing:
@@ -70,6 +73,10 @@ class ResponsesServing:
         self.store = store
         self.jobs = jobs
         self.records = ResponseRecords(store, jobs)
+        self.finisher = ResponseFinisher(self.records, jobs.jobs)
+
+    async def stop(self) -> None:
+        await self.finisher.stop()
 
     async def create(self, request: Request) -> Response:
         serving, settings = self.serving, self.serving.rt.settings

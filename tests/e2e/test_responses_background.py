@@ -57,9 +57,16 @@ async def test_background_runs_to_completion(stack) -> None:  # type: ignore[no-
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     client = client_of(api.url)
     conv = await client.conversations.create()
-    created = await client.responses.create(
-        model=model, input=words(8), background=True, conversation=conv.id
+    in_conv = await client.responses.create(
+        model=model, input=words(3), background=True, conversation=conv.id
     )
+
+    async def appended() -> bool:  # without anyone reading the response
+        return len((await client.conversations.items.list(conv.id)).data) == 2
+
+    await wait_for(appended, timeout=20)
+    assert (await client.responses.retrieve(in_conv.id)).output_text == words(3)
+    created = await client.responses.create(model=model, input=words(8), background=True)
     assert created.status == "queued" and created.background is True
     assert_valid("Response", dump(created))
     done = await poll(client, created.id)
@@ -68,7 +75,7 @@ async def test_background_runs_to_completion(stack) -> None:  # type: ignore[no-
     assert done.usage is not None and done.usage.output_tokens == 8
     items = await client.conversations.items.list(conv.id, order="asc")
     assert [getattr(i, "role", None) for i in items.data] == ["user", "assistant"]
-    await poll(client, created.id)  # read again: appended once
+    await poll(client, in_conv.id)  # read again: appended once
     assert len((await client.conversations.items.list(conv.id)).data) == 2
     with pytest.raises(openai.BadRequestError):
         await client.responses.create(model=model, input="x", background=True, store=False)
