@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import msgspec
+from nats.errors import MaxPayloadError
 
 from llmq.api.errors import ApiError
 from llmq.api.listing import not_found
@@ -65,6 +66,14 @@ def _metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return metadata
 
 
+def _full(public_id: str) -> ApiError:
+    return ApiError(
+        413,
+        f"conversation {public_id} cannot hold more items (the largest NATS message)",
+        "conversation_too_large",
+    )
+
+
 def _new_items(raw: list[Item] | None) -> list[Item]:
     if raw is not None and len(raw) > MAX_NEW_ITEMS:
         raise ApiError(
@@ -93,7 +102,10 @@ class ConversationsServing:
             metadata=_metadata(req.metadata),
             items=_new_items(req.items),
         )
-        await self.store.create_conversation(conv)
+        try:
+            await self.store.create_conversation(conv)
+        except MaxPayloadError:
+            raise _full(CONVERSATION_PREFIX + conv.id) from None
         return view(conv)
 
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
@@ -126,9 +138,12 @@ class ConversationsServing:
         req: _AddItems = _decode(body, _AddItems)
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
-        updated = await self.store.update_conversation(
-            tenant, conv.id, lambda c: msgspec.structs.replace(c, items=[*c.items, *items])
-        )
+        try:
+            updated = await self.store.update_conversation(
+                tenant, conv.id, lambda c: msgspec.structs.replace(c, items=[*c.items, *items])
+            )
+        except MaxPayloadError:
+            raise _full(public_id) from None
         if updated is None:
             raise not_found("conversation", public_id)
         return list_body(items, False)

@@ -154,3 +154,15 @@ async def test_tenants_see_only_their_own(stack, redis_server) -> None:  # type:
     await mine.close()
     await theirs.close()
     await redis.aclose()
+
+
+async def test_a_full_conversation_is_a_clear_413(echo) -> None:  # type: ignore[no-untyped-def]
+    _api, _model, client = echo
+    conv = await client.conversations.create()
+    big = {"type": "message", "role": "user", "content": "x" * 300_000}
+    with pytest.raises(openai.APIStatusError) as caught:
+        for _ in range(10):  # NATS max_payload is 1 MiB on the test server
+            await client.conversations.items.create(conv.id, items=[big])
+    assert caught.value.status_code == 413
+    assert caught.value.body["code"] == "conversation_too_large"  # type: ignore[index]
+    assert len((await client.conversations.items.list(conv.id)).data) in (2, 3)
