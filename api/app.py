@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from llmq import __version__
+from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
 from llmq.api.batch_wing import BatchWing
+from llmq.api.console import app as console
 from llmq.api.errors import install_error_handlers
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
@@ -62,8 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.batches.start()
         # the Responses API and conversations (docs/responses.md)
         app.state.responses, app.state.conversations = await open_responses(
-            app.state.serving, app.state.batches.jobs
+            app.state.serving, app.state.batches
         )
+        console.attach(app, app.state.serving)
+        app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         try:
             yield
         finally:
@@ -74,8 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await reservations.drain()
             await runtime.close()
 
+    # /openapi.json and /docs describe the public API only; the admin API has its own
+    # document behind the admin token (/admin/openapi.json).
     app = FastAPI(
-        title="llmq", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -89,11 +95,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(openai.router)
-    app.include_router(admin.router)
+    app.include_router(admin.router, include_in_schema=False)
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(responses.router)
     app.include_router(conversations.router)
+    if settings.console.console_enabled:
+        console.install(app)
     return app

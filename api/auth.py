@@ -1,26 +1,85 @@
 """Who is calling: the tenant behind a request, by bearer API key or trusted header.
 
-Keys are looked up by their SHA-256 (the store compares in constant time); a resolved key
-is cached for `key_cache_ttl` seconds, keyed by its hash, so the hot path costs no Redis
-round trip. The plaintext key is never stored, logged or kept in the cache.
+Answers as OpenAI does: no key → 401 `missing_api_key`; a key that does not resolve
+(unknown, revoked, its tenant deleted) → 401 `invalid_api_key`; a suspended tenant → 403
+`suspended`. Keys are looked up by their SHA-256 (the store compares in constant time); an
+active tenant's record is cached for `key_cache_ttl` seconds, keyed by the key's hash, so
+the hot path costs no Redis round trip. The plaintext key is never stored, logged or kept
+in the cache.
+
+Concurrent requests with a cold cache share one lookup, which runs in a task of its own
+with a deadline: whatever it ends with (a tenant, none, Redis down, a record this version
+cannot read, a Redis error) reaches every request waiting on it, so none can hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from llmq.api.errors import ApiError
-from llmq.api.tenancy import QuotaBackendDown, TenantStore
+from llmq.api.tenancy import QuotaBackendDown, Tenant, TenantStore
 from llmq.api.tenancy.store import hash_key
 from llmq.schemas.settings import Settings
 
-_DOWN = "\x00down"
+log = logging.getLogger(__name__)
 
 ANONYMOUS = ""
 """The tenant of auth_mode=none: no tenancy, no quotas."""
+
+CACHE_MAX = 100_000
+"""Cached records at most; the cache is emptied when it would grow past this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The tenant a request acts for, and the models it may use (empty: every model)."""
+
+    tenant: str
+    models: frozenset[str] = frozenset()
+
+    def may_use(self, model: str) -> bool:
+        """`model` is the resolved name (aliases point to it), as the quota script checks."""
+        return not self.models or model in self.models
+
+
+EVERYONE = Caller(ANONYMOUS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """How a lookup failed; each waiter raises its own `ApiError` from it."""
+
+    message: str
+    code: str
+
+    def error(self) -> ApiError:
+        return ApiError(503, self.message, self.code, headers={"retry-after": "1"})
+
+
+_Outcome = Tenant | None | _Failure
+_DOWN = _Failure("the tenant store is unavailable", "tenant_store_down")
+_BROKEN = _Failure("the tenant store could not answer this lookup", "tenant_store_error")
+
+
+def _missing_key() -> ApiError:
+    return ApiError(
+        401,
+        "You didn't provide an API key. Send `Authorization: Bearer sk-llmq-...`.",
+        "missing_api_key",
+        type="invalid_request_error",
+    )
+
+
+def _invalid_key() -> ApiError:
+    return ApiError(
+        401, "Incorrect API key provided.", "invalid_api_key", type="invalid_request_error"
+    )
 
 
 class Authenticator:
@@ -30,16 +89,35 @@ class Authenticator:
         self.trusted = frozenset(settings.tenancy.trusted_tenants)
         self.default_tenant = settings.tenancy.default_tenant
         self.cache_ttl = settings.tenancy.key_cache_ttl
+        # A lookup is at most two Redis commands plus the wait for a pooled connection,
+        # each bounded by redis_timeout; past three of them it is not coming.
+        self.lookup_deadline = 3 * settings.connection.redis_timeout
         self.store = store
-        self._cache: dict[str, tuple[str, float]] = {}
-        self._lookups: dict[str, asyncio.Future[str | None]] = {}
+        self._cache: dict[str, tuple[Tenant, float]] = {}
+        self._lookups: dict[str, asyncio.Task[_Outcome]] = {}
 
     async def tenant(self, request: Request) -> str:
+        """The tenant's name (the hot path: header mode reads no record)."""
         if self.mode == "none":
             return ANONYMOUS
         if self.mode == "header":
             return self._from_header(request)
-        return await self._from_key(request)
+        return (await self._from_key(request)).name
+
+    async def caller(self, request: Request) -> Caller:
+        """The tenant and the models it may use (reads the tenant's record in every mode
+        but `none`)."""
+        if self.mode == "none":
+            return EVERYONE
+        if self.mode == "header":
+            name = self._from_header(request)
+            record = await self._record("tenant:" + name, lambda: self.store.get(name))
+            if record is None:
+                raise ApiError(403, f"tenant `{name}` does not exist", "unknown_tenant")
+            self._refuse_suspended(record)
+        else:
+            record = await self._from_key(request)
+        return Caller(record.name, frozenset(record.models))
 
     def _from_header(self, request: Request) -> str:
         name = request.headers.get(self.header) or self.default_tenant
@@ -49,45 +127,65 @@ class Authenticator:
             raise ApiError(403, f"tenant `{name}` is not allowed", "tenant_not_allowed")
         return name
 
-    async def _from_key(self, request: Request) -> str:
+    async def _from_key(self, request: Request) -> Tenant:
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
-            raise ApiError(
-                401,
-                "You didn't provide an API key. Send `Authorization: Bearer sk-llmq-...`.",
-                "missing_api_key",
-            )
-        digest = hash_key(key)
-        cached = self._cache.get(digest)
+            raise _missing_key()
+        record = await self._record("key:" + hash_key(key), lambda: self.store.resolve_key(key))
+        if record is None:
+            raise _invalid_key()
+        self._refuse_suspended(record)
+        return record
+
+    @staticmethod
+    def _refuse_suspended(record: Tenant) -> None:
+        if record.status != "active":
+            raise ApiError(403, "This tenant is suspended.", "suspended", type="permission_error")
+
+    async def _record(
+        self, cache_key: str, fetch: Callable[[], Awaitable[Tenant | None]]
+    ) -> Tenant | None:
+        """The cached record, else the outcome of the one lookup in flight for `cache_key`.
+        Only active tenants are cached: a resumed tenant is served again at once."""
         now = time.monotonic()
+        cached = self._cache.get(cache_key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        tenant = await self._resolve_once(digest, key)
-        if tenant is None:
-            self._cache.pop(digest, None)
-            raise ApiError(403, "Incorrect API key provided.", "invalid_api_key")
-        if self.cache_ttl > 0:
-            if len(self._cache) > 100_000:
+        task = self._lookups.get(cache_key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(fetch))
+            self._lookups[cache_key] = task
+            task.add_done_callback(lambda done: self._forget(cache_key, done))
+        # A waiter that goes away (client disconnect) must not cancel the others' lookup.
+        outcome = await asyncio.shield(task)
+        if isinstance(outcome, _Failure):
+            raise outcome.error()
+        if outcome is None or outcome.status != "active":
+            self._cache.pop(cache_key, None)
+        elif self.cache_ttl > 0:
+            if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
-            self._cache[digest] = (tenant, now + self.cache_ttl)
-        return tenant
+            self._cache[cache_key] = (outcome, time.monotonic() + self.cache_ttl)
+        return outcome
 
-    async def _resolve_once(self, digest: str, key: str) -> str | None:
-        """One Redis lookup per key at a time: a burst of requests with a cold cache shares it."""
-        pending = self._lookups.get(digest)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._lookups[digest] = pending
-            try:
-                tenant = await self.store.resolve_key(key)
-                pending.set_result(tenant.name if tenant else None)
-            except QuotaBackendDown:
-                pending.set_result(_DOWN)
-            finally:
-                del self._lookups[digest]
-        result = await asyncio.shield(pending)
-        if result is _DOWN:
-            raise ApiError(503, "the tenant store is unavailable", "tenant_store_down")
-        return result
+    def _forget(self, cache_key: str, task: asyncio.Task[_Outcome]) -> None:
+        if self._lookups.get(cache_key) is task:
+            del self._lookups[cache_key]
+
+    async def _lookup(self, fetch: Callable[[], Awaitable[Tenant | None]]) -> _Outcome:
+        """Never raises: every end of the lookup is an outcome all its waiters share."""
+        try:
+            async with asyncio.timeout(self.lookup_deadline):
+                return await fetch()
+        except QuotaBackendDown:
+            return _DOWN
+        except TimeoutError:
+            log.warning("key lookup failed: no answer within %.1fs", self.lookup_deadline)
+            return _DOWN
+        except Exception as exc:
+            # The cause (a record this version cannot read, a Redis error reply) names no
+            # key: Redis holds only hashes, and the plaintext is not in the exception.
+            log.error("key lookup failed: %s: %s", type(exc).__name__, exc)
+            return _BROKEN

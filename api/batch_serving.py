@@ -20,6 +20,7 @@ from llmq.api.errors import ApiError
 from llmq.api.file_serving import FileServing
 from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.runtime import Runtime
+from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.records import (
     BATCH_ID_PREFIX,
@@ -65,10 +66,17 @@ class _CreateBatch(msgspec.Struct):
 
 class BatchServing:
     def __init__(
-        self, runtime: Runtime, store: BatchStore, files: FileServing, kick: Callable[[], None]
+        self,
+        runtime: Runtime,
+        store: BatchStore,
+        files: FileServing,
+        kick: Callable[[], None],
+        scopes: TenantScopes,
     ) -> None:
-        """`kick`: tell this replica's runner to look at the batches now."""
+        """`kick`: tell this replica's runner to look at the batches now; batches are
+        stored under the tenant's scope (`api.tenant_scope`)."""
         self.rt = runtime
+        self.scopes = scopes
         self.store = store
         self.files = files
         self.kick = kick
@@ -89,6 +97,7 @@ class BatchServing:
                 param="endpoint",
             )
         window = parse_window(params.completion_window, self.rt.settings.batch.batch_max_window)
+        tenant = await self.scopes.of(tenant)
         file = await self.files.files.get(tenant, params.input_file_id)
         if file is None:
             raise not_found("file", params.input_file_id, "input_file_id")
@@ -126,20 +135,23 @@ class BatchServing:
         return batch_hex
 
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
-        record = await self.store.get(tenant, self._batch_hex(public_id))
+        scope = await self.scopes.of(tenant)
+        record = await self.store.get(scope, self._batch_hex(public_id))
         if record is None:
             raise not_found("batch", public_id)
         return batch_view(record)
 
     async def list(self, tenant: str, limit: int, after: str | None) -> dict[str, Any]:
-        ids = await self.store.ids(tenant)
+        scope = await self.scopes.of(tenant)
+        ids = await self.store.ids(scope)
         after_hex = strip_prefix(after, BATCH_ID_PREFIX) if after else None
         page, has_more = list_page(ids, page_limit(limit), after_hex)
-        found = await asyncio.gather(*(self.store.get(tenant, i) for i in page))
+        found = await asyncio.gather(*(self.store.get(scope, i) for i in page))
         return list_body([batch_view(f) for f in found if f is not None], has_more)
 
     async def cancel(self, tenant: str, public_id: str) -> dict[str, Any]:
-        record = await self.store.cancel(tenant, self._batch_hex(public_id))
+        scope = await self.scopes.of(tenant)
+        record = await self.store.cancel(scope, self._batch_hex(public_id))
         if record is None:
             raise not_found("batch", public_id)
         self.kick()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -22,14 +24,18 @@ from llmq.api.job_serving import JobServing
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
+from llmq.api.tenancy import TenantStore
+from llmq.api.tenant_scope import ScopedReservations, TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.collector import ResultCollector
 from llmq.dispatcher.batch.files import FileStore
+from llmq.dispatcher.batch.purge import purge_scope
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.batch.runner import BatchRunner
 from llmq.dispatcher.batch.store import BatchStore
 from llmq.dispatcher.batch.webhooks import Webhooks
+from llmq.dispatcher.egress import EgressPolicy
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 
@@ -53,16 +59,24 @@ class BatchWing:
         self.file_serving: FileServing
         self.batch_serving: BatchServing
         self._starter: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._buckets: dict[str, KeyValue] = {}
+        self.purgers: list[Callable[[str], Awaitable[dict[str, int]]]] = []
+        """More data of a tenant scope to delete with it (the Responses API's records)."""
 
     async def start(self) -> None:
         s, js, nc = self.rt.settings, self.rt.js, self.rt.nc
         buckets, objects = await self._provision()
+        self._buckets = buckets
         self.rt.provisioner.add("batch streams", self._provision)
         results = buckets[names.RESULTS_BUCKET]
+        scopes = TenantScopes(TenantStore(self.rt.redis))
+        # The batch machinery names tenants by scope (api.tenant_scope); quotas by name.
+        scoped = ScopedReservations(self.reservations)
         self.store = BatchStore(buckets[names.BATCHES_BUCKET])
         self.files = FileStore(objects, buckets[names.FILE_META_BUCKET])
         self.jobs = AsyncJobs(
-            nc, js, buckets[names.ASYNC_JOBS_BUCKET], results, self.reservations,
+            nc, js, buckets[names.ASYNC_JOBS_BUCKET], results, scoped,
             stall=s.batch.batch_stall,
         )  # fmt: skip
         self.webhooks = Webhooks(
@@ -72,10 +86,11 @@ class BatchWing:
             secret=s.batch.webhook_secret,
             attempts=s.batch.webhook_attempts,
             timeout=s.batch.webhook_timeout,
+            egress=EgressPolicy(s.batch.webhook_allow),
         )
         self.jobs.webhooks = self.webhooks
         self.collector = ResultCollector(
-            js, results, self.reservations, self.jobs.on_accepted, self.jobs.settle
+            js, results, scoped, self.jobs.on_accepted, self.jobs.settle
         )
         self.runner = BatchRunner(
             nc,
@@ -84,24 +99,65 @@ class BatchWing:
             results,
             self.files,
             self.preparer,
-            self.reservations,
+            scoped,
             owner=f"{s.api.instance_id}-{time_hex()[12:20]}",
             lease=s.batch.batch_lease,
             stall=s.batch.batch_stall,
             max_inflight=s.batch.batch_max_inflight,
             max_lines=s.batch.batch_max_lines,
         )
-        self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations)
-        self.file_serving = FileServing(self.rt, self.files)
-        self.batch_serving = BatchServing(self.rt, self.store, self.file_serving, self.runner.kick)
+        self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations, scopes)
+        self.file_serving = FileServing(self.rt, self.files, scopes)
+        self.batch_serving = BatchServing(
+            self.rt, self.store, self.file_serving, self.runner.kick, scopes
+        )
         self.collector.start()
         self.webhooks.start()
         self._starter = asyncio.create_task(self._start_when_synced())
+        self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
+
+    async def _sweep_files(self) -> None:
+        """Delete expired files (readers already treat them as gone) and the data of
+        deleted tenants."""
+        while True:
+            await asyncio.sleep(self.rt.settings.batch.file_expiry_sweep)
+            try:
+                await self.files.sweep()
+                await self.purge_deleted()
+            except Exception as exc:
+                log.warning("file sweep failed: %s", exc)
+
+    async def purge_deleted(self) -> dict[str, int]:
+        """Purge the files, jobs and batches of every deleted tenant (`llmq tenants delete`
+        and the admin API leave their scopes in Redis); how many of each. A scope is purged
+        again on every sweep until a batch that ran when its tenant was deleted can write
+        nothing more (its output file), then forgotten."""
+        store = TenantStore(self.rt.redis)
+        linger = self.rt.settings.batch.batch_max_window + 3600
+        purged: dict[str, int] = {}
+        for scope, deleted_at in (await store.deleted_scopes()).items():
+            for kind, count in (await self.purge_tenant(scope)).items():
+                purged[kind] = purged.get(kind, 0) + count
+            if time.time() - deleted_at > linger:
+                await store.forget_deleted_scope(scope)
+        return purged
+
+    async def purge_tenant(self, scope: str) -> dict[str, int]:
+        """Delete every file, job and batch of a deleted tenant's scope (and what the
+        `purgers` of other wings hold: stored responses, conversations)."""
+        b = self._buckets
+        counts = await purge_scope(
+            scope, self.files, b[names.ASYNC_JOBS_BUCKET], b[names.BATCHES_BUCKET],
+            b[names.RESULTS_BUCKET],
+        )  # fmt: skip
+        for purge in self.purgers:
+            counts.update(await purge(scope))
+        return counts
 
     async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
         """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
         js, retention = self.rt.js, self.rt.settings.batch.job_retention
-        await streams.ensure_batch_streams(js, retention)
+        await streams.ensure_batch_streams(js, retention, self.rt.settings.batch.webhook_attempts)
         return await streams.batch_buckets(js, retention), await streams.files_store(js)
 
     async def _start_when_synced(self) -> None:
@@ -114,8 +170,9 @@ class BatchWing:
         self.runner.start()
 
     async def stop(self) -> None:
-        if self._starter is not None:
-            await stop_task(self._starter)
+        for task in (self._starter, self._sweeper):
+            if task is not None:
+                await stop_task(task)
         for part in (self.runner, self.jobs, self.webhooks, self.collector):
             with contextlib.suppress(Exception):
                 await part.stop()

@@ -9,7 +9,6 @@ belongs to a tenant; another tenant asking for it gets a 404.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import msgspec
@@ -19,6 +18,7 @@ from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
+from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import AsyncJobs, list_page
 from llmq.dispatcher.batch.records import (
     JOB_ID_PREFIX,
@@ -28,9 +28,8 @@ from llmq.dispatcher.batch.records import (
     time_hex,
 )
 from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.egress import EgressPolicy, EgressRefused
 from llmq.schemas.admission import FAILED, Refusal
-
-_URL = re.compile(r"^https?://[^\s/]+")
 
 
 class JobServing:
@@ -40,11 +39,15 @@ class JobServing:
         jobs: AsyncJobs,
         preparer: RequestPreparer,
         reservations: Reservations,
+        scopes: TenantScopes,
     ) -> None:
+        """`scopes`: jobs are stored under the tenant's scope, quotas held by its name."""
         self.rt = runtime
+        self.scopes = scopes
         self.jobs = jobs
         self.preparer = preparer
         self.reservations = reservations
+        self.egress = EgressPolicy(runtime.settings.batch.webhook_allow)
 
     async def create(
         self, tenant: str, body: bytes, traceparent: str | None = None
@@ -60,13 +63,8 @@ class JobServing:
         endpoint = (
             _optional(fields.pop("endpoint", None), str, "endpoint") or "/v1/chat/completions"
         )
-        if webhook_url and not _URL.match(webhook_url):
-            raise ApiError(
-                400,
-                "webhook_url must be an http(s) URL",
-                "invalid_webhook_url",
-                param="webhook_url",
-            )
+        if webhook_url:
+            await self._check_webhook(webhook_url)
         if metadata and (
             len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
         ):
@@ -82,6 +80,7 @@ class JobServing:
                 400, f"unsupported endpoint `{endpoint}`", "invalid_endpoint", param="endpoint"
             )
         prepared = self.preparer.prepare_durable(kind, msgspec.json.encode(fields))
+        scope = await self.scopes.of(tenant)
         job_id = time_hex()
         reservation = await self.reservations.reserve(
             tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens, job_id
@@ -91,7 +90,7 @@ class JobServing:
         try:
             record = await self.jobs.submit(
                 job_id,
-                tenant,
+                scope,
                 prepared,
                 deadline=self.rt.settings.batch.job_deadline,
                 metadata=metadata,
@@ -107,26 +106,35 @@ class JobServing:
             ) from None
         return job_view(record, None)
 
+    async def _check_webhook(self, url: str) -> None:
+        """400 unless the egress policy lets llmq call `url` (it checks again at delivery)."""
+        try:
+            await self.egress.check(url)
+        except EgressRefused as exc:
+            raise ApiError(400, str(exc), "invalid_webhook_url", param="webhook_url") from None
+
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         job_id = strip_prefix(public_id, JOB_ID_PREFIX)
-        found = await self.jobs.get(tenant, job_id) if job_id else None
+        found = await self.jobs.get(await self.scopes.of(tenant), job_id) if job_id else None
         if found is None:
             raise not_found("job", public_id)
         return job_view(*found)
 
     async def list(self, tenant: str, limit: int, after: str | None) -> dict[str, Any]:
-        ids = await self.jobs.list(tenant)
+        scope = await self.scopes.of(tenant)
+        ids = await self.jobs.list(scope)
         after_hex = strip_prefix(after, JOB_ID_PREFIX) if after else None
         page, has_more = list_page(ids, page_limit(limit), after_hex)
-        found = await asyncio.gather(*(self.jobs.get(tenant, i) for i in page))
+        found = await asyncio.gather(*(self.jobs.get(scope, i) for i in page))
         return list_body([job_view(*f) for f in found if f is not None], has_more)
 
     async def cancel(self, tenant: str, public_id: str) -> dict[str, Any]:
         job_id = strip_prefix(public_id, JOB_ID_PREFIX)
-        record = await self.jobs.cancel(tenant, job_id) if job_id else None
+        scope = await self.scopes.of(tenant)
+        record = await self.jobs.cancel(scope, job_id) if job_id else None
         if record is None:
             raise not_found("job", public_id)
-        found = await self.jobs.get(tenant, record.id)
+        found = await self.jobs.get(scope, record.id)
         return job_view(*found) if found else job_view(record, None)
 
 

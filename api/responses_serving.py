@@ -17,6 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmq.api.batch_wing import BatchWing
 from llmq.api.conversations_serving import ConversationsServing
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, not_found
@@ -26,6 +27,8 @@ from llmq.api.response_items import as_items, for_model
 from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
 from llmq.api.serving import RequestRecord, Serving
+from llmq.api.tenancy import TenantStore
+from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import time_hex
@@ -49,7 +52,7 @@ _fields = msgspec.json.Decoder(dict[str, Any])
 
 
 async def open_responses(
-    serving: Serving, jobs: AsyncJobs
+    serving: Serving, wing: BatchWing
 ) -> tuple[ResponsesServing, ConversationsServing]:
     """Provision the buckets (again after a reconnect) and build both serving modules."""
     rt = serving.rt
@@ -62,14 +65,21 @@ async def open_responses(
 
     store = await provision()
     rt.provisioner.add("responses buckets", provision)
-    responses = ResponsesServing(serving, store, jobs)
+    scopes = TenantScopes(TenantStore(rt.redis))
+    responses = ResponsesServing(serving, store, wing.jobs, scopes)
+    wing.purgers.append(store.purge)  # a deleted tenant's responses and conversations
     responses.finisher.start()
     return responses, ConversationsServing(store)
 
 
 class ResponsesServing:
-    def __init__(self, serving: Serving, store: ConversationStore, jobs: AsyncJobs) -> None:
+    def __init__(
+        self, serving: Serving, store: ConversationStore, jobs: AsyncJobs, scopes: TenantScopes
+    ) -> None:
+        """Responses, conversations and background jobs are stored under the tenant's scope
+        (`api.tenant_scope`); quotas are held by its name."""
         self.serving = serving
+        self.scopes = scopes
         self.store = store
         self.jobs = jobs
         self.records = ResponseRecords(store, jobs)
@@ -83,13 +93,14 @@ class ResponsesServing:
         ensure_accepting(serving.rt)
         record = RequestRecord(job_id=time_hex(), route="response")
         record.tenant = tenant = await serving.auth.tenant(request)
+        scope = await self.scopes.of(tenant)
         body = await read_body(request, settings.api.max_body_bytes)
         req, fields = _decode(body)
         _check(req)
         record.model = model = serving.preparer.models.resolve(req.model)
         # A worker serves a Responses job on its chat path: any chat model serves it.
         serving.preparer.check_model(model, "chat", need_live_worker=not req.in_background)
-        history, conversation = await self._history(tenant, req)
+        history, conversation = await self._history(scope, req)
         items = as_items(req.input if isinstance(req.input, str | list) else None)
         context = history + items
         fields["model"], fields["input"] = model, for_model(context)
@@ -108,7 +119,7 @@ class ResponsesServing:
             raise reservation
         stored = StoredResponse(
             id=record.job_id,
-            tenant=tenant,
+            tenant=scope,
             created_at=time.time(),
             response=skeleton(fields, RESPONSE_PREFIX + record.job_id, int(time.time())),
             input_items=items,
@@ -125,12 +136,12 @@ class ResponsesServing:
             await self.store.put_response(stored)
             try:
                 await self.jobs.submit(
-                    record.job_id, tenant, prepared, deadline=settings.batch.job_deadline,
+                    record.job_id, scope, prepared, deadline=settings.batch.job_deadline,
                     traceparent=request.headers.get("traceparent"),
                 )  # fmt: skip
             except DispatchError as exc:
                 serving.reservations.release_later(reservation, FAILED)
-                await self.store.delete_response(tenant, record.job_id)
+                await self.store.delete_response(scope, record.job_id)
                 raise ApiError(exc.status, exc.message, exc.code) from None
             return Response(
                 _encoder.encode(stored.response), media_type="application/json", headers=headers
@@ -161,11 +172,11 @@ class ResponsesServing:
         )
         return await (job.stream(headers) if req.stream else job.collect(headers))
 
-    async def _history(self, tenant: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
+    async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""
         previous, conversation = req.previous_id, req.conversation_id
         if previous is not None:
-            found = await self.records.stored(tenant, previous, "previous_response_id")
+            found = await self.records.stored(scope, previous, "previous_response_id")
             if found.response.get("status") not in ("completed", "incomplete"):
                 raise ApiError(
                     400,
@@ -176,7 +187,7 @@ class ResponsesServing:
             return [*found.context, *found.response.get("output", [])], None
         if conversation is not None:
             hex_id = public_hex(conversation, CONVERSATION_PREFIX)
-            conv = await self.store.get_conversation(tenant, hex_id) if hex_id else None
+            conv = await self.store.get_conversation(scope, hex_id) if hex_id else None
             if conv is None:
                 raise not_found("conversation", conversation, param="conversation")
             return list(conv.items), conv.id

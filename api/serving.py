@@ -23,6 +23,7 @@ from llmq.api.protocol import read_body
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
+from llmq.api.tracing import RequestTrace, begin, mark, traceparent
 from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
@@ -53,6 +54,8 @@ class RequestRecord:
     ttft: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    trace: RequestTrace | None = None
+    """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
 
 
 Observer = Callable[[RequestRecord], None]
@@ -84,6 +87,7 @@ class Serving:
 
     async def _handle(self, request: Request, kind: JobKind) -> Response:
         record = RequestRecord(job_id=new_job_id(), route=kind)
+        record.trace = begin(request, kind, record.started)
         try:
             try:
                 return await self._serve(request, kind, record)
@@ -100,17 +104,20 @@ class Serving:
         if not self.rt.accepting:
             raise ApiError(503, "the api is shutting down", "shutting_down")
         record.tenant = await self.auth.tenant(request)
+        mark(record.trace, "auth")
         body = await read_body(request, settings.api.max_body_bytes)
         req = self.preparer.decode(kind, body)
         record.model = self.preparer.models.resolve(req.model)
         prepared = self.preparer.prepare_decoded(req, kind, body)
         record.stream = prepared.stream
+        mark(record.trace, "prepared")
         reservation = await self.reservations.reserve(
             record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
             record.job_id,
         )  # fmt: skip
         if isinstance(reservation, Refusal):
             raise reservation
+        mark(record.trace, "quota")
         spec = JobSpec(
             job_id=record.job_id,
             model=prepared.model,
@@ -118,13 +125,15 @@ class Serving:
             tenant=record.tenant,
             deadline_ms=int((time.time() + settings.api.deadline) * 1000),
             kind=kind,
-            traceparent=request.headers.get("traceparent"),
+            traceparent=traceparent(record.trace, request.headers.get("traceparent")),
         )
+        mark(record.trace, "submitted")
         try:
             run = await self.rt.dispatcher.submit(spec)
         except DispatchError as exc:
             self.reservations.release_later(reservation, FAILED)
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+        mark(record.trace, "published", run)
         job = _Job(self, run, reservation, record, prepared.prompt_estimate)
         headers = {"x-request-id": record.job_id, **reservation.headers}
         if prepared.stream:

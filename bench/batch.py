@@ -116,7 +116,7 @@ async def main() -> None:
     ]
     try:
         url = f"http://127.0.0.1:{ports[0]}"
-        await wait_until_served(f"{url}/v1/models", '"bench"')
+        await wait_until_served(f"{url}/v1/models", '"bench"', headers=headers)
         data = batch_file(args.lines, args.words)
         print(
             f"lines={args.lines} words={args.words} workers={args.workers}x{args.capacity} "

@@ -167,7 +167,8 @@ async def main() -> None:
     ]
     try:
         await wait_until_served(f"http://127.0.0.1:{mock_port}/v1/models", "mock")
-        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
+        auth = {"authorization": f"Bearer {key}"} if key else None
+        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"', headers=auth)
         direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
         llmq_url = f"http://127.0.0.1:{api_port}/v1/chat/completions"
         print(

@@ -20,13 +20,16 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-async def wait_until_served(url: str, needle: str, timeout: float = 30) -> None:
-    """Poll `url` until its body contains `needle` (e.g. a model in /v1/models)."""
+async def wait_until_served(
+    url: str, needle: str, timeout: float = 30, headers: dict[str, str] | None = None
+) -> None:
+    """Poll `url` until its body contains `needle` (e.g. a model in /v1/models; `headers`:
+    the key or tenant header, which /v1/models needs when the api has tenants)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             try:
-                if needle in (await client.get(url)).text:
+                if needle in (await client.get(url, headers=headers)).text:
                     return
             except httpx.HTTPError:
                 pass

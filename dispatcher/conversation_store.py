@@ -1,9 +1,11 @@
 """Stored responses and conversations (Responses API) in JetStream KV, one namespace per
 tenant, so another tenant's id is simply not found.
 
-Every key starts with `namespace(tenant)`: the one place that decides how a tenant names
-its durable data (today the tenant's name as a token, as files do). Changes of one record
-are compare-and-set (`kv.mutate`), so api replicas may update the same record at once.
+Every key starts with `namespace(scope)`: the one place that decides how a tenant names
+its durable data. The api passes the tenant's scope (`<name>~<immutable id>`,
+`api.tenant_scope`), as for files, jobs and batches, so a tenant deleted and created again
+under its old name starts empty, and `purge` frees a deleted tenant's records. Changes of
+one record are compare-and-set (`kv.mutate`), so api replicas may update one record at once.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from llmq.schemas.responses import (
 _encoder = msgspec.json.Encoder()
 
 
-def namespace(tenant: str) -> str:
-    """The key prefix of a tenant's stored responses and conversations."""
-    return names.tenant_token(tenant)
+def namespace(scope: str) -> str:
+    """The key prefix of a tenant scope's stored responses and conversations."""
+    return names.tenant_token(scope)
 
 
 class ConversationStore:
@@ -39,6 +41,19 @@ class ConversationStore:
     @staticmethod
     def key(tenant: str, hex_id: str) -> str:
         return f"{namespace(tenant)}.{hex_id}"
+
+    async def purge(self, scope: str) -> dict[str, int]:
+        """Delete every stored response and conversation of a deleted tenant's scope; how
+        many of each (kinds with none left out)."""
+        counts = {}
+        pattern = f"{namespace(scope)}.*"
+        for kind, bucket in (("responses", self.responses), ("conversations", self.conversations)):
+            keys = await kvs.scan(bucket, pattern, meta_only=True)
+            for key in keys:
+                await bucket.purge(key)
+            if keys:
+                counts[kind] = len(keys)
+        return counts
 
     # --- responses -----------------------------------------------------------------------
 

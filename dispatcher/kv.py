@@ -94,22 +94,43 @@ async def mutate(
 async def scan(
     kv: KeyValue, pattern: str, *, meta_only: bool = False, timeout: float = 30.0
 ) -> dict[str, bytes]:
-    """Every current key matching `pattern` with its value (b'' when `meta_only`)."""
+    """Every current key matching `pattern` with its value (b'' when `meta_only`).
+
+    nats-py's watcher may send its "that was all" marker before entries the server had
+    already pushed reach us (the consumer-info reply overtakes them), which would make a scan
+    miss keys. So the marker only ends the scan once we have handled as many entries as the
+    server says it delivered; deletes are watched too, so that every delivery is counted.
+    """
     out: dict[str, bytes] = {}
-    watcher = await open_watch(kv, pattern, meta_only=meta_only, ignore_deletes=True)
+    watcher = await open_watch(kv, pattern, meta_only=meta_only)
+    handled = 0
+    marked = False
     try:
         async with asyncio.timeout(timeout):
             async for entry in watcher:
                 if entry is None:
-                    break
-                if entry.operation in _DELETES:
-                    out.pop(entry.key, None)
+                    marked = True
                 else:
-                    out[entry.key] = entry.value or b""
+                    handled += 1
+                    if entry.operation in _DELETES:
+                        out.pop(entry.key, None)
+                    else:
+                        out[entry.key] = entry.value or b""
+                if marked and await _caught_up(watcher, handled):
+                    break
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
     return out
+
+
+async def _caught_up(watcher: KeyValue.KeyWatcher, handled: int) -> bool:
+    sub = watcher._sub  # nats-py keeps the watcher's subscription private
+    if sub is None:
+        return True
+    info = await sub.consumer_info()
+    delivered = info.delivered.consumer_seq if info.delivered else 0
+    return not info.num_pending and handled >= (delivered or 0)
 
 
 async def open_watch(kv: KeyValue, pattern: str, **options: Any) -> KeyValue.KeyWatcher:

@@ -121,23 +121,29 @@ def outcomes_stream_config(max_age: float) -> StreamConfig:
     )
 
 
-def webhooks_stream_config() -> StreamConfig:
+def webhooks_stream_config(max_age: float) -> StreamConfig:
+    """`max_age`: a delivery nobody settles is dropped with its job's records."""
     return StreamConfig(
         name=names.WEBHOOKS_STREAM,
         subjects=[f"{names.WEBHOOK_PREFIX}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        duplicate_window=3600.0,
+        max_age=max_age,
+        duplicate_window=min(3600.0, max_age),
     )
 
 
-async def ensure_batch_streams(js: JetStreamContext, retention: float) -> None:
-    """LLMQ_OUTCOMES and LLMQ_WEBHOOKS with their shared durable pull consumers."""
+async def ensure_batch_streams(
+    js: JetStreamContext, retention: float, webhook_attempts: int = 8
+) -> None:
+    """LLMQ_OUTCOMES and LLMQ_WEBHOOKS with their shared durable pull consumers. A webhook
+    is delivered at most `webhook_attempts` + 2 times (the sender gives up after
+    `webhook_attempts`; the margin covers an ack lost on the way)."""
     await ensure_stream(js, outcomes_stream_config(retention))
-    await ensure_stream(js, webhooks_stream_config())
-    for stream, name, ack_wait in (
-        (names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0),
-        (names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0),
+    await ensure_stream(js, webhooks_stream_config(retention))
+    for stream, name, ack_wait, max_deliver in (
+        (names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, -1),
+        (names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2),
     ):
         config = ConsumerConfig(
             durable_name=name,
@@ -146,15 +152,19 @@ async def ensure_batch_streams(js: JetStreamContext, retention: float) -> None:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=ack_wait,
-            max_deliver=-1,
+            max_deliver=max_deliver,
             max_waiting=512,
             max_ack_pending=20_000,
         )
         try:
-            await js.consumer_info(stream, name)
+            info = await js.consumer_info(stream, name)
         except NotFoundError:
             with contextlib.suppress(BadRequestError):
                 await js.add_consumer(stream, config)
+        else:  # created by an older version (webhooks without max_deliver): bring it up to date
+            if (info.config.max_deliver or -1) != max_deliver:
+                with contextlib.suppress(BadRequestError):
+                    await js.add_consumer(stream, config)
 
 
 async def batch_buckets(js: JetStreamContext, retention: float) -> dict[str, KeyValue]:

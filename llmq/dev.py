@@ -46,13 +46,18 @@ Press Ctrl-C to stop everything.
 """
 
 
-def _wait_ready(base: str, timeout: float, children: list[subprocess.Popen[bytes]]) -> bool:
+def _wait_ready(
+    base: str, timeout: float, children: list[subprocess.Popen[bytes]], key: str | None
+) -> bool:
     deadline = time.monotonic() + timeout
+    # /v1/models needs the key when the api has tenants.
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(f"{base}/v1/models", headers=headers)
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children):
             return False
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{base}/v1/models", timeout=1) as resp:
+            with urllib.request.urlopen(request, timeout=1) as resp:
                 if b'"echo"' in resp.read():
                     return True
         time.sleep(0.1)
@@ -116,7 +121,7 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
     code = 0
     try:
         print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)
-        if _wait_ready(base, 30, children):
+        if _wait_ready(base, 30, children, key):
             print(_banner(base, key), flush=True)
         else:
             print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)

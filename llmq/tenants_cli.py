@@ -34,6 +34,7 @@ LIMIT_FLAGS = {
     "daily_tokens": int,
     "monthly_tokens": int,
     "spend_budget_usd": float,
+    "storage_bytes": int,
 }
 
 Command = Callable[[argparse.Namespace, TenantStore, UsageReader], Awaitable[Any]]
@@ -69,6 +70,8 @@ async def _tenants(args: argparse.Namespace, store: TenantStore, _usage: UsageRe
     if action == "delete":
         if not await store.delete(name):
             raise UnknownTenant(name)
+        # Its files, jobs and batches are unreachable at once (a new tenant of the name gets
+        # a new id); the api's sweeper deletes them (the admin API does so at once).
         return {"deleted": name}
     tenant = await store.get(name)
     if tenant is None:

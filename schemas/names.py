@@ -145,6 +145,23 @@ def tenant_token(tenant: str) -> str:
     return model_kv_key(tenant) if tenant else "_"
 
 
+TENANT_SCOPE_SEPARATOR = "~"
+"""Joins a tenant's name and its immutable id into the scope that keys its durable data
+(files, jobs, batches); tenant names cannot contain it."""
+
+
+def tenant_scope(tenant: str, tenant_id: str) -> str:
+    """The namespace of a tenant's durable data: `<name>~<id>`. A tenant created before ids
+    existed (`tenant_id` empty) keeps its name as the namespace, so its data stays
+    reachable; a tenant created again under the same name gets a new id and starts empty."""
+    return f"{tenant}{TENANT_SCOPE_SEPARATOR}{tenant_id}" if tenant_id else tenant
+
+
+def tenant_of_scope(scope: str) -> str:
+    """The tenant name of a scope (what quotas and usage are keyed by)."""
+    return scope.split(TENANT_SCOPE_SEPARATOR, 1)[0]
+
+
 def tenant_from_token(token: str) -> str:
     return "" if token == "_" else unescape_model(token.replace("=", "%"))
 
@@ -164,6 +181,16 @@ def job_results_key(job_id: str) -> str:
 
 def line_results_key(batch_hex: str, line: int) -> str:
     return f"line.{batch_hex}.{line}"
+
+
+def line_results_pattern(batch_hex: str) -> str:
+    """Every line result of one batch (KV watch pattern)."""
+    return f"line.{batch_hex}.*"
+
+
+def tenant_keys_pattern(scope: str) -> str:
+    """Every record of one tenant scope in a `<tenant token>.<id>` bucket."""
+    return f"{tenant_token(scope)}.*"
 
 
 # --- headers -----------------------------------------------------------------------------
@@ -194,6 +221,10 @@ TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
 PRICES_KEY = f"{REDIS_PREFIX}prices"
 """Hash: model -> JSON `{"input_per_1m", "output_per_1m"}` (USD per million tokens)."""
+DELETED_SCOPES_KEY = f"{REDIS_PREFIX}deleted-scopes"
+"""Sorted set: scope (`tenant_scope`) of a deleted tenant -> when it was deleted (unix s).
+The api purges its files, jobs and batches from JetStream until a batch that was running
+then can no longer write anything (`BatchSettings.batch_max_window` later)."""
 LEDGER_KEY = f"{REDIS_PREFIX}ledger"
 """Stream: one entry per released job, every tenant (capped with MAXLEN ~)."""
 

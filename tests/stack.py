@@ -90,18 +90,21 @@ async def start_worker(config: Settings) -> Worker:
     return worker
 
 
-async def models_of(api_url: str) -> set[str]:
+async def models_of(api_url: str, headers: dict[str, str] | None = None) -> set[str]:
     async with httpx.AsyncClient() as client:
-        resp = await client.get(f"{api_url}/v1/models")
+        resp = await client.get(f"{api_url}/v1/models", headers=headers)
         return {m["id"] for m in resp.json()["data"]}
 
 
-async def wait_serving(api_url: str, model: str, timeout: float = 20.0) -> None:
-    """Wait until an api (often a process still starting) lists `model` in /v1/models."""
+async def wait_serving(
+    api_url: str, model: str, timeout: float = 20.0, headers: dict[str, str] | None = None
+) -> None:
+    """Wait until an api (often a process still starting) lists `model` in /v1/models
+    (`headers`: the key, when the api has tenants)."""
 
     async def serving() -> bool:
         try:
-            return model in await models_of(api_url)
+            return model in await models_of(api_url, headers)
         except httpx.HTTPError:
             return False
 

@@ -101,7 +101,9 @@ class Worker:
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await self._provision_consumers()
         self.scheduler.feeds = await self._open_feeds()
-        await self.metrics.serve(s.observability.metrics_host, s.worker.metrics_port)
+        await self.metrics.serve(
+            s.observability.metrics_host, s.worker.metrics_port, s.observability.metrics_token
+        )
         self.announcer = Announcer(
             nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds)
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import socket
 import threading
@@ -256,10 +257,13 @@ class WorkerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def serve(self, host: str, port: int) -> None:
-        """Serve `/metrics` on `host:port`; port 0 means off."""
+    async def serve(self, host: str, port: int, token: str = "") -> None:
+        """Serve `/metrics` on `host:port`; port 0 means off. With a `token`, a scrape must
+        send it as a bearer token."""
         if port:
-            self.server = await asyncio.to_thread(MetricsServer.start, self.registry, host, port)
+            self.server = await asyncio.to_thread(
+                MetricsServer.start, self.registry, host, port, token
+            )
 
     @property
     def url(self) -> str:
@@ -278,7 +282,8 @@ class _Quiet(WSGIRequestHandler):
 
 class MetricsServer:
     """prometheus-client's WSGI app on its threaded WSGI server (a daemon thread, as its
-    `start_http_server` runs it), answering `/metrics` and 404 for any other path."""
+    `start_http_server` runs it), answering `/metrics` (401 without the bearer token, when
+    one is set; compared in constant time) and 404 for any other path."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread, host: str) -> None:
         self._server = server
@@ -287,11 +292,21 @@ class MetricsServer:
         self.port: int = server.server_port
 
     @classmethod
-    def start(cls, registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    def start(
+        cls, registry: CollectorRegistry, host: str, port: int, token: str = ""
+    ) -> MetricsServer:
         metrics = make_wsgi_app(registry)
+        expected = f"Bearer {token}".encode()
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") == "/metrics":
+                given = str(environ.get("HTTP_AUTHORIZATION", "")).strip().encode()
+                if token and not hmac.compare_digest(given, expected):
+                    start_response(
+                        "401 Unauthorized",
+                        [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+                    )
+                    return [b"bearer token required\n"]
                 result: Iterable[bytes] = metrics(environ, start_response)
                 return result
             start_response("404 Not Found", [("Content-Type", "text/plain")])

@@ -30,7 +30,7 @@ from llmq.worker.replies import FrameSender
 from llmq.worker.responses import ChatBuilder, TextBuilder, embedding_list
 from llmq.worker.responses_api.adapter import run_response
 from llmq.worker.responses_api.passthrough import ResponsesPassthrough
-from llmq.worker.tracing import TRACEPARENT, valid_traceparent
+from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ class JobRunner:
             await ack.ack()
             outcome.ended = time.monotonic()
             self.on_outcome(outcome)
+            record_job(outcome, msg)  # OpenTelemetry spans; returns at once when off
 
     async def _hand_back(
         self, ack: _Ack, sender: FrameSender, attempt: int, outcome: JobOutcome

@@ -1,19 +1,24 @@
 """The admin API under /admin: tenants, API keys, usage, ledger and the price table.
 
-Guarded by `LLMQ_ADMIN_TOKEN` (bearer, compared in constant time); with no token set the
-whole surface answers 403. The same operations exist in the CLI (`llmq tenants|keys|usage|
-prices`), which talks to Redis directly.
+Guarded by `LLMQ_ADMIN_TOKEN` (bearer, compared in constant time) or an admin session of
+the console (cookie + CSRF header, see api/console/session.py); with no token set the whole
+surface answers 403. The same operations exist in the CLI (`llmq tenants|keys|usage|
+prices`), which talks to Redis directly. The app leaves these routes out of the public
+`/openapi.json`; they are described at `/admin/openapi.json`, behind the same token.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
+from llmq.api.console.session import admin_session
 from llmq.api.errors import ApiError
 from llmq.api.tenancy import (
     Price,
@@ -26,12 +31,15 @@ from llmq.api.tenancy import (
 )
 
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger(__name__)
 
 
 def require_admin(request: Request) -> None:
     token = request.app.state.settings.api.admin_token
     if not token:
         raise ApiError(403, "the admin API is disabled (set LLMQ_ADMIN_TOKEN)", "admin_disabled")
+    if "authorization" not in request.headers and admin_session(request):
+        return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
@@ -126,9 +134,15 @@ async def resume_tenant(name: str, request: Request) -> Response:
 
 @router.delete("/tenants/{name}")
 async def delete_tenant(name: str, request: Request) -> Response:
+    """Delete the tenant and purge its files, jobs and batches (docs/tenants.md)."""
     if not await _guarded(_store(request).delete(name)):
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
-    return _json({"id": name, "object": "tenant", "deleted": True})
+    purged: dict[str, int] = {}
+    try:
+        purged = await request.app.state.batches.purge_deleted()
+    except Exception as exc:  # unreachable anyway (ids are never reused); the sweeper retries
+        log.warning("tenant %s deleted; purging its data failed: %s", name, exc)
+    return _json({"id": name, "object": "tenant", "deleted": True, "purged": purged})
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -199,3 +213,23 @@ async def delete_price(model: str, request: Request) -> Response:
     if not await _guarded(_store(request).delete_price(model)):
         raise ApiError(404, f"no price for model `{model}`", "price_not_found")
     return _json({"model": model, "deleted": True})
+
+
+# --- its own description -----------------------------------------------------------------
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def admin_openapi(request: Request) -> Response:
+    """The admin API's OpenAPI document, apart from the public one."""
+    document = get_openapi(
+        title="llmq admin API",
+        version=request.app.version,
+        description="Tenants, API keys, usage, the ledger and the price table. Every "
+        "route needs `Authorization: Bearer $LLMQ_ADMIN_TOKEN`.",
+        routes=router.routes,
+    )
+    document.setdefault("components", {})["securitySchemes"] = {
+        "adminToken": {"type": "http", "scheme": "bearer"}
+    }
+    document["security"] = [{"adminToken": []}]
+    return _json(document)

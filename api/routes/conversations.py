@@ -7,7 +7,8 @@ from starlette.responses import Response
 
 from llmq.api.conversations_serving import ConversationsServing
 from llmq.api.protocol import read_body
-from llmq.api.routes.common import json_response, tenant_of
+from llmq.api.routes.common import json_response
+from llmq.api.routes.responses import scope_of
 
 router = APIRouter(prefix="/v1")
 
@@ -23,27 +24,27 @@ async def _body(request: Request) -> bytes:
 
 @router.post("/conversations")
 async def create(request: Request) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).create(tenant, await _body(request)))
+    scope = await scope_of(request)
+    return json_response(await serving(request).create(scope, await _body(request)))
 
 
 @router.get("/conversations/{conversation_id}")
 async def get(request: Request, conversation_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).get(tenant, conversation_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).get(scope, conversation_id))
 
 
 @router.post("/conversations/{conversation_id}")
 async def update(request: Request, conversation_id: str) -> Response:
-    tenant = await tenant_of(request)
+    scope = await scope_of(request)
     body = await _body(request)
-    return json_response(await serving(request).update(tenant, conversation_id, body))
+    return json_response(await serving(request).update(scope, conversation_id, body))
 
 
 @router.delete("/conversations/{conversation_id}")
 async def delete(request: Request, conversation_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).delete(tenant, conversation_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).delete(scope, conversation_id))
 
 
 @router.get("/conversations/{conversation_id}/items")
@@ -54,25 +55,25 @@ async def list_items(
     order: str = "desc",
     after: str | None = None,
 ) -> Response:
-    tenant = await tenant_of(request)
-    found = await serving(request).list_items(tenant, conversation_id, limit, order, after)
+    scope = await scope_of(request)
+    found = await serving(request).list_items(scope, conversation_id, limit, order, after)
     return json_response(found)
 
 
 @router.post("/conversations/{conversation_id}/items")
 async def add_items(request: Request, conversation_id: str) -> Response:
-    tenant = await tenant_of(request)
+    scope = await scope_of(request)
     body = await _body(request)
-    return json_response(await serving(request).add_items(tenant, conversation_id, body))
+    return json_response(await serving(request).add_items(scope, conversation_id, body))
 
 
 @router.get("/conversations/{conversation_id}/items/{item_id}")
 async def get_item(request: Request, conversation_id: str, item_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).get_item(tenant, conversation_id, item_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).get_item(scope, conversation_id, item_id))
 
 
 @router.delete("/conversations/{conversation_id}/items/{item_id}")
 async def delete_item(request: Request, conversation_id: str, item_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).delete_item(tenant, conversation_id, item_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).delete_item(scope, conversation_id, item_id))

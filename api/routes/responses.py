@@ -17,6 +17,11 @@ def serving(request: Request) -> ResponsesServing:
     return found
 
 
+async def scope_of(request: Request) -> str:
+    """The caller's tenant scope: what its responses and conversations are stored under."""
+    return await serving(request).scopes.of(await tenant_of(request))
+
+
 @router.post("/responses")
 async def create_response(request: Request) -> Response:
     return await serving(request).create(request)
@@ -24,20 +29,20 @@ async def create_response(request: Request) -> Response:
 
 @router.get("/responses/{response_id}")
 async def get_response(request: Request, response_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).records.get(tenant, response_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).records.get(scope, response_id))
 
 
 @router.delete("/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).records.delete(tenant, response_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).records.delete(scope, response_id))
 
 
 @router.post("/responses/{response_id}/cancel")
 async def cancel_response(request: Request, response_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).records.cancel(tenant, response_id))
+    scope = await scope_of(request)
+    return json_response(await serving(request).records.cancel(scope, response_id))
 
 
 @router.get("/responses/{response_id}/input_items")
@@ -48,6 +53,6 @@ async def input_items(
     order: str = "desc",
     after: str | None = None,
 ) -> Response:
-    tenant = await tenant_of(request)
+    scope = await scope_of(request)
     records = serving(request).records
-    return json_response(await records.input_items(tenant, response_id, limit, order, after))
+    return json_response(await records.input_items(scope, response_id, limit, order, after))

@@ -33,6 +33,10 @@ LimitName = Literal[
 
 class Tenant(Struct, kw_only=True, forbid_unknown_fields=True):
     name: TenantName
+    id: str = ""
+    """Immutable, random, given at creation: namespaces the tenant's files, jobs and
+    batches, so a new tenant of a deleted one's name never sees its data. Empty for a
+    tenant created before ids existed (see docs/tenants.md, "Tenant ids")."""
     status: TenantStatus = "active"
     models: list[str] = []
     """Models this tenant may call; empty = all."""
@@ -46,6 +50,8 @@ class Tenant(Struct, kw_only=True, forbid_unknown_fields=True):
     """Per UTC calendar month."""
     spend_budget_usd: Usd = 0.0
     """Per UTC calendar month, priced with the price table."""
+    storage_bytes: Count = 0
+    """Bytes of files (`/v1/files`, batch outputs included) the tenant may keep at once."""
     created_at: float = 0.0
 
 
@@ -59,6 +65,7 @@ TENANT_MUTABLE_FIELDS = frozenset(
         "daily_tokens",
         "monthly_tokens",
         "spend_budget_usd",
+        "storage_bytes",
     }
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -21,9 +22,12 @@ from llmq.api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
 from llmq.api.tenancy.models import TENANT_MUTABLE_FIELDS, ApiKey, Price, Tenant
 from llmq.schemas import names
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "sk-llmq-"
 KEY_RANDOM_BYTES = 32
 DISPLAY_CHARS = 4
+TENANT_ID_BYTES = 8
 """Characters of the random part kept for display (`sk-llmq-AbCd…`)."""
 
 # Write a tenant hash only if it is absent (create) or present (update), in one step.
@@ -54,7 +58,10 @@ def _tenant_fields(tenant: Tenant) -> list[str]:
 
 
 def _tenant_from_hash(raw: Mapping[Any, Any]) -> Tenant:
-    data: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    """A stored tenant; fields a newer version wrote are skipped, so replicas of two versions
+    can share one Redis during a rolling upgrade (input from the admin API stays strict)."""
+    known = Tenant.__struct_fields__
+    data: dict[str, Any] = {field: _text(v) for k, v in raw.items() if (field := _text(k)) in known}
     data["models"] = msgspec.json.decode(data.get("models") or "[]")
     return msgspec.convert(data, Tenant, strict=False)
 
@@ -75,10 +82,13 @@ class TenantStore:
     # --- tenants --------------------------------------------------------------------------
 
     async def create(self, tenant: Tenant) -> Tenant:
-        """Store a new tenant; `TenantExists` if the name is taken."""
+        """Store a new tenant with a new id; `TenantExists` if the name is taken."""
         tenant = _validated(tenant)
-        if not tenant.created_at:
-            tenant = msgspec.structs.replace(tenant, created_at=time.time())
+        tenant = msgspec.structs.replace(
+            tenant,
+            id="t" + secrets.token_hex(TENANT_ID_BYTES),
+            created_at=tenant.created_at or time.time(),
+        )
         await self._write("create", tenant)
         return tenant
 
@@ -87,6 +97,13 @@ class TenantStore:
             raw = await self._redis.hgetall(names.tenant_key(name))
         return _tenant_from_hash(raw) if raw else None
 
+    async def scope(self, name: str) -> str:
+        """The namespace of the tenant's durable data (`names.tenant_scope`); the name
+        itself for a tenant without a record or an id."""
+        with backend_guard():
+            tenant_id = await self._redis.hget(names.tenant_key(name), "id")
+        return names.tenant_scope(name, _text(tenant_id) if tenant_id else "")
+
     async def list_tenants(self) -> list[Tenant]:
         with backend_guard():
             members = await self._redis.smembers(names.TENANTS_KEY)
@@ -94,7 +111,17 @@ class TenantStore:
                 for name in sorted(_text(m) for m in members):
                     pipe.hgetall(names.tenant_key(name))
                 rows = await pipe.execute()
-        return [_tenant_from_hash(raw) for raw in rows if raw]
+        tenants = []
+        for raw in rows:
+            if not raw:
+                continue
+            try:
+                tenants.append(_tenant_from_hash(raw))
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                # One damaged record must not hide every other tenant from the operator.
+                name = next((_text(v) for k, v in raw.items() if _text(k) == "name"), "?")
+                log.error("tenant record %s cannot be read; skipped", name)
+        return tenants
 
     async def update(self, name: str, changes: Mapping[str, Any]) -> Tenant:
         """Change some fields (not `name` or `created_at`); validated like `create`.
@@ -119,7 +146,9 @@ class TenantStore:
 
     async def delete(self, name: str) -> bool:
         """Remove the tenant, its keys and its live quota state. Usage and ledger stay for
-        audit (they expire / are capped on their own)."""
+        audit (they expire / are capped on their own). Its scope goes to the deleted
+        scopes, whose files, jobs and batches the api purges (`deleted_scopes`)."""
+        scope = await self.scope(name)
         with backend_guard():
             keys = await self._redis.hgetall(names.tenant_api_keys_key(name))
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -131,9 +160,24 @@ class TenantStore:
                     names.inflight_key(name),
                 )
                 pipe.srem(names.TENANTS_KEY, name)
+                pipe.zadd(names.DELETED_SCOPES_KEY, {scope: time.time()})
                 pipe.delete(names.tenant_key(name))
                 results = await pipe.execute()
         return bool(results[-1])
+
+    async def deleted_scopes(self) -> dict[str, float]:
+        """Scopes of deleted tenants whose durable data is still purged, with when each
+        tenant was deleted (unix seconds)."""
+        with backend_guard():
+            rows: list[Any] = await self._redis.zrange(
+                names.DELETED_SCOPES_KEY, 0, -1, withscores=True
+            )
+        return {_text(row[0]): float(row[1]) for row in rows}
+
+    async def forget_deleted_scope(self, scope: str) -> None:
+        """Nothing can be written under the scope any more, and it is purged."""
+        with backend_guard():
+            await self._redis.zrem(names.DELETED_SCOPES_KEY, scope)
 
     async def _write(self, mode: str, tenant: Tenant) -> None:
         with backend_guard():

@@ -104,7 +104,7 @@ class AsyncJobs:
             job_id=job_id,
             model=prepared.model,
             body=prepared.body,
-            tenant=tenant,
+            tenant=names.tenant_of_scope(tenant),  # workers and usage know tenants by name
             deadline_ms=int((now + deadline) * 1000),
             kind=prepared.kind,
             batch=True,

@@ -179,7 +179,7 @@ async def _publish(
         job_id=job_id,
         model=prepared.model,
         body=prepared.body,
-        tenant=run.tenant,
+        tenant=names.tenant_of_scope(run.tenant),  # workers and usage know tenants by name
         deadline_ms=run.record.expires_at * 1000,
         kind=prepared.kind,
         batch=True,

@@ -1,14 +1,19 @@
 """`/v1/files`: bytes in the JetStream object store LLMQ_FILES, records in LLMQ_FILE_META.
 
 Object name `<tenant token>/<file id>`, record key `<tenant token>.<file id>`: a tenant only
-ever sees its own files. Upload writes the object first and the record last, delete removes
-the record first, so a file is listed only while its bytes exist.
+ever sees its own files. The tenant here is the tenant's scope (`names.tenant_scope`), so a
+new tenant of a deleted one's name never sees its files. Upload writes the object first and
+the record last, delete removes the record first, so a file is listed only while its bytes
+exist. A file past its `expires_at` is gone for readers at once; `sweep` deletes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import time
+from typing import IO, cast
 
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
@@ -23,6 +28,8 @@ from llmq.dispatcher.batch.records import (
     time_hex,
 )
 from llmq.schemas import names
+
+log = logging.getLogger(__name__)
 
 
 def new_file_id() -> str:
@@ -54,22 +61,27 @@ class FileStore:
     async def put(
         self,
         tenant: str,
-        data: bytes,
+        data: bytes | IO[bytes],
         filename: str,
         purpose: str,
         file_id: str | None = None,
+        expires_at: int | None = None,
     ) -> FileRecord:
-        """Store a file; with a given `file_id` an existing file of that id is replaced (how
-        a batch's output is written again after a crash, under the same id)."""
+        """Store a file (bytes, or a binary file object read in chunks); with a given
+        `file_id` an existing file of that id is replaced (how a batch's output is written
+        again after a crash, under the same id)."""
         file_id = file_id or new_file_id()
-        await self.objects.put(self._object(tenant, file_id), data)
+        # nats reads any object with `readinto` in chunks, off the event loop
+        reader = data if isinstance(data, bytes) else cast(io.BufferedIOBase, data)
+        info = await self.objects.put(self._object(tenant, file_id), reader)
         record = FileRecord(
             id=file_id,
             tenant=tenant,
-            bytes=len(data),
+            bytes=int(info.size or 0),
             created_at=int(time.time()),
             filename=filename,
             purpose=purpose,
+            expires_at=expires_at,
         )
         await self.meta.put(self._key(tenant, file_id), encoder.encode(record))
         return record
@@ -78,7 +90,7 @@ class FileStore:
         if not valid_file_id(file_id):
             return None
         found = await kvs.read(self.meta, self._key(tenant, file_id), file_decoder)
-        return found[0] if found else None
+        return found[0] if found and not _expired(found[0], time.time()) else None
 
     async def content(self, tenant: str, file_id: str) -> bytes | None:
         if await self.get(tenant, file_id) is None:
@@ -90,16 +102,47 @@ class FileStore:
         return bytes(result.data or b"")
 
     async def list(self, tenant: str) -> list[FileRecord]:
-        """The tenant's files, newest first."""
+        """The tenant's live files, newest first."""
         values = await kvs.scan(self.meta, f"{names.tenant_token(tenant)}.*")
+        now = time.time()
         records = [file_decoder.decode(v) for v in values.values() if v]
+        records = [r for r in records if not _expired(r, now)]
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return records
+
+    async def used_bytes(self, tenant: str) -> int:
+        """What the tenant's live files take (its storage quota counts this)."""
+        return sum(r.bytes for r in await self.list(tenant))
 
     async def delete(self, tenant: str, file_id: str) -> bool:
         if await self.get(tenant, file_id) is None:
             return False
-        await self.meta.delete(self._key(tenant, file_id))
+        await self._remove(tenant, file_id)
+        return True
+
+    async def _remove(self, tenant: str, file_id: str) -> None:
+        await self.meta.purge(self._key(tenant, file_id))
         with contextlib.suppress(ObjectNotFoundError, NotFoundError):
             await self.objects.delete(self._object(tenant, file_id))
-        return True
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete every expired file of every tenant; how many were deleted."""
+        now = time.time() if now is None else now
+        deleted = 0
+        for value in (await kvs.scan(self.meta, ">")).values():
+            record = file_decoder.decode(value)
+            if _expired(record, now):
+                await self._remove(record.tenant, record.id)
+                deleted += 1
+        return deleted
+
+    async def purge(self, tenant: str) -> int:
+        """Delete every file of `tenant` (a deleted tenant's scope); how many."""
+        keys = await kvs.scan(self.meta, f"{names.tenant_token(tenant)}.*", meta_only=True)
+        for key in keys:
+            await self._remove(tenant, key.split(".", 1)[1])
+        return len(keys)
+
+
+def _expired(record: FileRecord, now: float) -> bool:
+    return record.expires_at is not None and record.expires_at <= now

@@ -296,7 +296,9 @@ file_decoder: Final = msgspec.json.Decoder(FileRecord)
 
 
 def file_view(record: FileRecord) -> dict[str, Any]:
-    return {
+    """OpenAI's file object; `expires_at` only for a file that expires (the spec types it
+    an integer, so it is omitted rather than null)."""
+    view: dict[str, Any] = {
         "id": record.id,
         "object": "file",
         "bytes": record.bytes,
@@ -304,6 +306,7 @@ def file_view(record: FileRecord) -> dict[str, Any]:
         "filename": record.filename,
         "purpose": record.purpose,
         "status": "processed",
-        "status_details": None,
-        "expires_at": record.expires_at,
     }
+    if record.expires_at is not None:
+        view["expires_at"] = record.expires_at
+    return view

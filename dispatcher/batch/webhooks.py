@@ -6,6 +6,12 @@ Every api replica pulls from the shared durable consumer; a failed POST is nak'e
 next backoff delay, so retries survive api restarts. The body is the job object as
 `GET /v1/jobs/{id}` returns it.
 
+Every URL goes through the egress policy (`dispatcher.egress`) again at delivery time (DNS
+may have changed since the job was submitted) and the POST goes to the address that was
+checked. Whatever goes wrong, a delivery ends within `attempts` tries: a URL the policy
+refuses, or one that cannot be parsed, fails at once (`term`); any other error is retried
+with backoff and then given up. The tenant sees `delivered` or `failed`, never why.
+
 Headers: `Llmq-Webhook-Id` (the job id: deliveries are at least once, deduplicate on it),
 `Llmq-Webhook-Attempt`, and, when `webhook_secret` is set, `Llmq-Signature:
 t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>` (see `verify`).
@@ -27,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from llmq.dispatcher.batch.consume import pull_forever
+from llmq.dispatcher.egress import EgressPolicy, EgressRefused, Target
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 
@@ -86,6 +93,7 @@ class Webhooks:
         attempts: int,
         timeout: float,
         backoff: tuple[float, ...] = BACKOFF,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.js = js
         self.render = render
@@ -94,6 +102,7 @@ class Webhooks:
         self.attempts = attempts
         self.timeout = timeout
         self.backoff = backoff
+        self.egress = egress or EgressPolicy()
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -110,7 +119,10 @@ class Webhooks:
         )
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        # No proxies from the environment: the connection must go to the checked address.
+        self._client = httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, trust_env=False
+        )
         self._task = asyncio.create_task(self._loop(), name="webhooks")
 
     async def stop(self) -> None:
@@ -138,40 +150,56 @@ class Webhooks:
             task.add_done_callback(self._running.discard)
 
     async def _deliver(self, msg: Msg) -> None:
+        """Deliver one webhook; never raises, and always acks, naks or terms the message."""
         try:
             task = msgspec.json.decode(msg.data, type=_Task)
         except msgspec.DecodeError:
-            await msg.term()
+            await _settle(msg.term())
             return
         attempt = msg.metadata.num_delivered or 1
         try:
-            rendered = await self.render(task.tenant, task.job)
-        except Exception as exc:
-            log.warning("webhook of job %s: cannot render (%s)", task.job, exc)
-            await msg.nak(delay=self._delay(attempt))
-            return
+            await self._attempt(msg, task, attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an outage: bounded like a failed POST
+            log.warning("webhook of job %s: %s", task.job, type(exc).__name__)
+            await self._failed(msg, task, attempt, final=attempt >= self.attempts)
+
+    async def _attempt(self, msg: Msg, task: _Task, attempt: int) -> None:
+        rendered = await self.render(task.tenant, task.job)
         if rendered is None:
-            await msg.ack()
+            await _settle(msg.ack())
             return
         url, body = rendered
-        ok = await self._post(url, body, task.job, attempt)
-        if ok or attempt >= self.attempts:
-            if not ok:
-                log.warning(
-                    "webhook of job %s to %s failed %d times; giving up", task.job, url, attempt
-                )
+        try:
+            target = await self.egress.check(url)
+        except EgressRefused as exc:
+            log.warning("webhook of job %s refused: %s", task.job, exc)
+            await self._failed(msg, task, attempt, final=True)
+            return
+        if await self._post(target, body, task.job, attempt):
             with contextlib.suppress(Exception):
-                await self.record(task.tenant, task.job, ok, attempt)
-            await msg.ack()
+                await self.record(task.tenant, task.job, True, attempt)
+            await _settle(msg.ack())
         else:
-            await msg.nak(delay=self._delay(attempt))
+            await self._failed(msg, task, attempt, final=attempt >= self.attempts)
+
+    async def _failed(self, msg: Msg, task: _Task, attempt: int, *, final: bool) -> None:
+        if not final:
+            await _settle(msg.nak(delay=self._delay(attempt)))
+            return
+        log.warning("webhook of job %s failed %d time(s); giving up", task.job, attempt)
+        with contextlib.suppress(Exception):
+            await self.record(task.tenant, task.job, False, attempt)
+        await _settle(msg.term())
 
     def _delay(self, attempt: int) -> float:
         return self.backoff[min(attempt - 1, len(self.backoff) - 1)]
 
-    async def _post(self, url: str, body: bytes, job_id: str, attempt: int) -> bool:
+    async def _post(self, target: Target, body: bytes, job_id: str, attempt: int) -> bool:
         assert self._client is not None
         headers = {
+            "host": target.host_header,
             "content-type": "application/json",
             ID_HEADER: job_id,
             ATTEMPT_HEADER: str(attempt),
@@ -179,9 +207,20 @@ class Webhooks:
         }
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
         try:
-            resp = await self._client.post(url, content=body, headers=headers)
+            resp = await self._client.post(
+                target.pinned_url, content=body, headers=headers, extensions=extensions
+            )
         except httpx.HTTPError as exc:
-            log.info("webhook of job %s to %s: %s", job_id, url, exc)
+            # The host only: the path and query of a webhook URL may carry a token.
+            log.info("webhook of job %s to %s: %s", job_id, target.host, type(exc).__name__)
             return False
         return 200 <= resp.status_code < 300
+
+
+async def _settle(reply: Awaitable[None]) -> None:
+    """Ack, nak or term; if NATS is away the message comes back after ack_wait, which the
+    consumer's `max_deliver` bounds."""
+    with contextlib.suppress(Exception):
+        await reply

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmq.schemas.settings.base import route
+from llmq.schemas.settings.console import ConsoleSettings
 from llmq.schemas.settings.service import (
     ApiSettings,
     BatchSettings,
@@ -34,6 +35,7 @@ class Settings(BaseModel):
     backend: BackendSettings = Field(default_factory=BackendSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -4,9 +4,10 @@ the job protocol both sides agree on, async jobs and batches, observability."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from llmq.schemas.settings.base import Command, Group, setting, split_commas
@@ -156,6 +157,22 @@ class BatchSettings(Group):
     )
     webhook_attempts: int = setting(8, "Deliveries tried per webhook.", ge=1)
     webhook_timeout: float = setting(10.0, "Seconds one webhook POST may take.", gt=0)
+    webhook_allow: Annotated[list[str], NoDecode] = setting(
+        default_factory=list,
+        description="Internal webhook receivers allowed despite the egress checks: host names "
+        "or CIDRs, comma-separated; they may also use plain http.",
+    )
+    file_expiry_sweep: float = setting(
+        60.0,
+        "Seconds between sweeps that delete expired files and deleted tenants' data.",
+        gt=0,
+        commands=(),
+    )
+    files_min_expiry: float = setting(
+        3600.0, "Shortest expires_after.seconds a file may ask for.", gt=0, commands=()
+    )
+
+    _split = field_validator("webhook_allow", mode="before")(split_commas)
 
 
 class ObservabilitySettings(Group):
@@ -180,3 +197,22 @@ class ObservabilitySettings(Group):
     metrics_host: str = setting(
         "0.0.0.0", "Address the worker's /metrics listens on (see metrics_port).", commands=()
     )
+    metrics_token: str = setting(
+        "",
+        "Bearer token that the api's and the worker's /metrics require; empty = open.",
+        secret=True,
+        repr=False,
+    )
+    metrics_token_file: str = setting(
+        "", "File holding metrics_token (read at start).", commands=("api", "worker")
+    )
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> ObservabilitySettings:
+        """A secret from a file (a mounted secret) rather than the environment."""
+        if self.metrics_token_file and not self.metrics_token:
+            token = Path(self.metrics_token_file).expanduser().read_text().strip()
+            if not token:
+                raise ValueError(f"metrics_token_file {self.metrics_token_file} is empty")
+            self.metrics_token = token
+        return self

@@ -104,7 +104,7 @@ async def test_one_json_line_per_request_without_secrets(stack, store) -> None: 
                 url, json={**body, "stream": True}, headers={"authorization": f"Bearer {key}"}
             )
             denied = await client.post(url, json=body, headers={"authorization": "Bearer sk-nope"})
-    assert ok.status_code == 200 and streamed.status_code == 200 and denied.status_code == 403
+    assert ok.status_code == 200 and streamed.status_code == 200 and denied.status_code == 401
     lines = log.lines()
     assert len(lines) == 3
     entries = {e["request_id"]: e for e in map(json.loads, lines)}
@@ -116,7 +116,7 @@ async def test_one_json_line_per_request_without_secrets(stack, store) -> None: 
     second = entries[streamed.headers["x-request-id"]]
     assert second["stream"] is True and second["ttft_ms"] is not None
     third = entries[denied.headers["x-request-id"]]
-    assert third["status"] == 403 and third["error"] == "invalid_api_key"
+    assert third["status"] == 401 and third["error"] == "invalid_api_key"
     text = "\n".join(lines)
     assert key not in text and "sk-nope" not in text and PROMPT not in text
     assert "secret" not in text

@@ -41,5 +41,5 @@ def test_every_flag_is_a_documented_setting() -> None:
         for leaf in flags_for(command):
             assert leaf.info.description, leaf.flat
     api_flags = {leaf.flat for leaf in flags_for("api")}
-    for secret in ("admin_token", "webhook_secret"):
+    for secret in ("admin_token", "webhook_secret", "metrics_token"):
         assert secret not in api_flags, secret  # from the environment only (never in `ps`)

@@ -80,3 +80,16 @@ async def test_follower_replays_after_a_server_restart(tmp_path: Path) -> None:
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_a_scan_sees_every_key_written_before_it(nats_server) -> None:  # type: ignore[no-untyped-def]
+    """The watcher's end marker can overtake entries already pushed; many scans at once right
+    after the writes (the situation where that race showed: a batch list came back empty)."""
+    nc, kv = await bucket(nats_server.url)
+    for i in range(30):
+        await kv.put(f"k.{i}", b"v")
+    await kv.delete("k.0")
+    scans = await asyncio.gather(*(kvs.scan(kv, "k.*", timeout=10) for _ in range(40)))
+    expected = {f"k.{i}" for i in range(1, 30)}
+    assert all(set(found) == expected for found in scans)
+    await nc.close()

@@ -166,3 +166,46 @@ async def test_a_full_conversation_is_a_clear_413(echo) -> None:  # type: ignore
     assert caught.value.status_code == 413
     assert caught.value.body["code"] == "conversation_too_large"  # type: ignore[index]
     assert len((await client.conversations.items.list(conv.id)).data) in (2, 3)
+
+
+async def test_a_deleted_tenants_responses_and_conversations_go_with_it(stack) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from llmq.dispatcher import kv as kvs
+    from llmq.schemas import names
+
+    admin = {"Authorization": "Bearer admin-secret"}
+    model = f"conv-{uuid.uuid4().hex[:6]}"
+    name = f"acme-{uuid.uuid4().hex[:6]}"
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0, admin_token="admin-secret")
+    await stack.worker(model=[model])
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    async with httpx.AsyncClient(base_url=api.url, timeout=15) as http:
+
+        async def tenant() -> tuple[dict[str, Any], openai.AsyncOpenAI]:
+            made = await http.post("/admin/tenants", json={"name": name}, headers=admin)
+            key = await http.post(f"/admin/tenants/{name}/keys", json={}, headers=admin)
+            client = openai.AsyncOpenAI(
+                base_url=f"{api.url}/v1", api_key=key.json()["key"], max_retries=0
+            )
+            return made.json(), client
+
+        first, old = await tenant()
+        resp = await old.responses.create(model=model, input="kept by the first")
+        conv = await old.conversations.create(items=[{"role": "user", "content": "x"}])
+        deleted = await http.delete(f"/admin/tenants/{name}", headers=admin)
+        assert deleted.status_code == 200
+        purged = deleted.json()["purged"]
+        assert (purged["responses"], purged["conversations"]) == (1, 1)
+        _second, new = await tenant()
+        with pytest.raises(openai.NotFoundError):
+            await new.responses.retrieve(resp.id)
+        with pytest.raises(openai.NotFoundError):
+            await new.conversations.retrieve(conv.id)
+        store = api.app.state.responses.store
+        pattern = names.tenant_keys_pattern(names.tenant_scope(name, first["id"]))
+        for bucket in (store.responses, store.conversations):
+            assert await kvs.scan(bucket, pattern, meta_only=True) == {}
+        await http.delete(f"/admin/tenants/{name}", headers=admin)
+        await old.close()
+        await new.close()

@@ -181,7 +181,7 @@ class Receiver:
 async def test_webhook_is_signed_and_retried_with_backoff(stack) -> None:  # type: ignore[no-untyped-def]
     model = model_name()
     secret = "whsec-test"
-    api = await stack.api(webhook_secret=secret)
+    api = await stack.api(webhook_secret=secret, webhook_allow="127.0.0.1/32")
     await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     receiver = await Receiver(failures=2).start()
@@ -208,6 +208,46 @@ async def test_webhook_is_signed_and_retried_with_backoff(stack) -> None:  # typ
         payload = json.loads(body)
         assert payload["id"] == job["id"] and payload["status"] == "completed"
         assert payload["result"]["choices"][0]["message"]["content"] == "ring me"
+
+
+async def test_webhook_urls_that_reach_inside_are_refused(stack) -> None:  # type: ignore[no-untyped-def]
+    """Finding 1 of issue 12: every spelling of loopback, and credentials in the URL, are a
+    400 at submission (no job, no quota, no request to the receiver) unless the operator
+    allows the receiver."""
+    model = model_name()
+    receiver = await Receiver(failures=0).start()
+    port = receiver.port
+    api = await stack.api()
+    await stack.worker(model=[model])
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    inside = [
+        f"http://127.0.0.1:{port}/hook",
+        f"https://127.0.0.1:{port}/hook",
+        f"https://localhost:{port}/hook",
+        f"https://0x7f000001:{port}/hook",
+        f"https://127.1:{port}/hook",
+        f"https://[::ffff:127.0.0.1]:{port}/hook",
+        f"https://user:pw@127.0.0.1:{port}/hook",
+        "http://[::1/x",
+    ]
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        for url in inside:
+            resp = await client.post("/v1/jobs", json=chat(model, "x", webhook_url=url))
+            assert resp.status_code == 400, (url, resp.text)
+            error = resp.json()["error"]
+            assert error["param"] == "webhook_url" and error["code"] == "invalid_webhook_url"
+            assert set(error) == {"message", "type", "param", "code"}
+        listed = (await client.get("/v1/jobs", params={"limit": 100})).json()["data"]
+        assert [j for j in listed if j["model"] == model] == []
+    await api.stop()  # its webhook sender (no allow list) would refuse the delivery below
+    allowed = await stack.api(webhook_allow="127.0.0.1/32")
+    async with httpx.AsyncClient(base_url=allowed.url, timeout=10) as client:
+        resp = await client.post("/v1/jobs", json=chat(model, "in", webhook_url=inside[0]))
+        assert resp.status_code == 202, resp.text
+        resp = await client.post("/v1/jobs", json=chat(model, "x", webhook_url=inside[6]))
+        assert resp.status_code == 400 and "credentials" in resp.json()["error"]["message"]
+    await wait_for(lambda: len(receiver.calls) == 1, timeout=10)
+    await receiver.stop()
 
 
 async def test_job_tokens_count_against_quota_and_ledger(stack, redis_server) -> None:  # type: ignore[no-untyped-def]

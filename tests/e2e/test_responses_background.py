@@ -168,7 +168,8 @@ async def test_quota_holds_for_background_and_delete_cancels(stack, redis_server
     with pytest.raises(openai.NotFoundError):
         await client.responses.retrieve(slow.id)
     api_jobs = api.app.state.batches.jobs
-    found = await api_jobs.get(tenant, slow.id.removeprefix("resp_"))
+    scope = await api.app.state.responses.scopes.of(tenant)  # stored by tenant scope
+    found = await api_jobs.get(scope, slow.id.removeprefix("resp_"))
     assert found is not None and found[0].status == "cancelled"
 
     async def admitted() -> bool:

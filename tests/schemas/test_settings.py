@@ -75,6 +75,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "METRICS_MAX_TENANTS": ("3", 3),
     "METRICS_QUEUE_TTL": ("0", 0.0),
     "METRICS_HOST": ("127.0.0.1", "127.0.0.1"),
+    "METRICS_TOKEN": ("mt", "mt"),
+    "METRICS_TOKEN_FILE": ("/run/secrets/none", "/run/secrets/none"),
     "JOB_DEADLINE": ("15", 15.0),
     "JOB_RETENTION": ("16", 16.0),
     "FILES_MAX_BYTES": ("17", 17),
@@ -86,7 +88,13 @@ ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_SECRET": ("whs", "whs"),
     "WEBHOOK_ATTEMPTS": ("23", 23),
     "WEBHOOK_TIMEOUT": ("24", 24.0),
-    "RESPONSE_RETENTION": ("25", 25.0),
+    "WEBHOOK_ALLOW": ("hooks.internal, 10.0.0.0/8", ["hooks.internal", "10.0.0.0/8"]),
+    "FILE_EXPIRY_SWEEP": ("25", 25.0),
+    "FILES_MIN_EXPIRY": ("26", 26.0),
+    "CONSOLE_ENABLED": ("false", False),
+    "CONSOLE_SESSION_HOURS": ("2", 2.0),
+    "CONSOLE_SECRET": ("cs", "cs"),
+    "RESPONSE_RETENTION": ("27", 27.0),
     "RESPONSES_PASSTHROUGH": ("true", True),
 }
 
@@ -101,6 +109,8 @@ FLAGS: dict[Command, set[str]] = {
         "request_log", "metrics_tenant_label", "metrics_max_tenants", "job_deadline",
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
+        "webhook_allow", "metrics_token_file",
+        "console_enabled", "console_session_hours",
         "response_retention",
     },
     "worker": {
@@ -110,7 +120,7 @@ FLAGS: dict[Command, set[str]] = {
         "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
         "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
         "backend_token_timeout", "backend_timeout", "backend_http_client",
-        "breaker_probe_interval", "responses_passthrough",
+        "breaker_probe_interval", "metrics_token_file", "responses_passthrough",
     },
 }  # fmt: skip
 
@@ -156,7 +166,7 @@ def test_flags_are_the_same_per_command() -> None:
 
 def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
-    assert secret == {"admin_token", "webhook_secret"}
+    assert secret == {"admin_token", "webhook_secret", "metrics_token", "console_secret"}
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 
 

@@ -153,3 +153,24 @@ async def _values(redis: Redis, key: str) -> list[str]:
     elif kind == "stream":
         raw = [fields for _, fields in await r.xrange(key)]
     return [str(v) for v in raw]
+
+
+async def test_a_field_written_by_a_newer_version_is_skipped(
+    store: TenantStore, redis: Redis, tenant_name: str
+) -> None:
+    """Rolling upgrade: a replica reads a tenant that a newer replica stored with more fields."""
+    await store.create(Tenant(name=tenant_name, rpm=7))
+    await redis.hset(names.tenant_key(tenant_name), "colour", "teal")
+    tenant = await store.get(tenant_name)
+    assert tenant is not None and tenant.rpm == 7
+
+
+async def test_one_damaged_tenant_does_not_hide_the_others(
+    store: TenantStore, redis: Redis, tenant_name: str
+) -> None:
+    await store.create(Tenant(name=tenant_name))
+    damaged = f"{tenant_name}-damaged"
+    await store.create(Tenant(name=damaged))
+    await redis.hset(names.tenant_key(damaged), "rpm", "lots")
+    listed = {t.name for t in await store.list_tenants()}
+    assert tenant_name in listed and damaged not in listed

@@ -1,0 +1,113 @@
+"""Logging in to the console and the guards of its JSON endpoints.
+
+The admin token logs in as admin; a tenant's API key logs in to that tenant's read-only
+view. Either is posted once as JSON (never in a URL) and exchanged for a session cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from llmq.api.console.session import (
+    Session,
+    check_csrf,
+    clear_cookie,
+    current,
+    new_session,
+    set_cookie,
+)
+from llmq.api.errors import ApiError
+from llmq.api.routes.admin import _body, _guarded, _json
+from llmq.api.tenancy import TenantStore
+from llmq.api.tenancy.store import hash_key
+
+router = APIRouter(prefix="/ui/api")
+
+
+def _check_origin(request: Request) -> None:
+    """A login may only come from the console's own page (a login CSRF would sign the
+    victim in as the attacker)."""
+    origin = request.headers.get("origin")
+    if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+        raise ApiError(403, "cross-origin login refused", "csrf_failed")
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ApiError(415, "send the login as application/json", "invalid_request")
+
+
+async def session_of(request: Request, role: str | None = None) -> Session:
+    """The caller's live session (of `role` when given), CSRF checked; else 401/403. A
+    tenant session ends as soon as its key is revoked or the tenant deleted."""
+    session = current(request)
+    if session is None:
+        raise ApiError(401, "log in to the console first", "not_logged_in")
+    if role is not None and session.role != role:
+        raise ApiError(403, "this page is for administrators", "forbidden")
+    check_csrf(request, session)
+    if session.role == "tenant":
+        store: TenantStore = request.app.state.store
+        keys = await _guarded(store.list_keys(session.tenant))
+        if not any(k.id == session.key_id for k in keys):
+            raise ApiError(401, "the key of this session was revoked", "not_logged_in")
+    return session
+
+
+async def admin(request: Request) -> Session:
+    return await session_of(request, "admin")
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    _check_origin(request)
+    settings = request.app.state.settings
+    token = str((await _body(request)).get("token", "")).strip()
+    admin_token = settings.api.admin_token
+    session: Session | None = None
+    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+        session = new_session(settings, "admin")
+    elif token:
+        store: TenantStore = request.app.state.store
+        tenant = await _guarded(store.resolve_key(token))
+        if tenant is not None:
+            digest = hash_key(token)
+            keys = await _guarded(store.list_keys(tenant.name))
+            key_id = next((k.id for k in keys if hmac.compare_digest(k.sha256, digest)), "")
+            if key_id:
+                session = new_session(settings, "tenant", tenant.name, key_id)
+    if session is None:
+        raise ApiError(401, "wrong admin token or API key", "invalid_credentials")
+    response = _json(_view(session))
+    set_cookie(response, request, settings, session)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    session = current(request)
+    if session is not None:
+        check_csrf(request, session)
+    response = _json({"logged_in": False})
+    clear_cookie(response, request)
+    return response
+
+
+@router.get("/session")
+async def show_session(request: Request) -> Response:
+    """Who is logged in and the CSRF token the page must send back (readable by the page's
+    own script only: same-origin JSON)."""
+    session = current(request)
+    if session is None:
+        return _json({"logged_in": False})
+    return _json(_view(await session_of(request)))
+
+
+def _view(session: Session) -> dict[str, object]:
+    return {
+        "logged_in": True,
+        "role": session.role,
+        "tenant": session.tenant,
+        "csrf": session.csrf,
+        "expires": session.expires,
+    }

@@ -1,0 +1,56 @@
+"""The overview's live figures: requests/s, errors and time to first token over the last
+minute, from the same `RequestRecord`s the metrics see (a serving observer). Per replica:
+behind a load balancer each api shows its own traffic."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from llmq.api.serving import RequestRecord
+
+WINDOW = 60.0
+"""Seconds the figures cover."""
+MAX_RECORDS = 100_000
+"""Bounds the memory a burst can take; older records drop first."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    at: float
+    status: int
+    ttft: float | None
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class LiveStats:
+    def __init__(self, window: float = WINDOW) -> None:
+        self.window = window
+        self._seen: deque[_Seen] = deque(maxlen=MAX_RECORDS)
+
+    def observe(self, record: RequestRecord) -> None:
+        self._seen.append(_Seen(time.monotonic(), record.status, record.ttft))
+
+    def figures(self) -> dict[str, float | int | None]:
+        """Requests/s, 4xx and 5xx counts and p50/p99 TTFT (seconds) over the window."""
+        cutoff = time.monotonic() - self.window
+        while self._seen and self._seen[0].at < cutoff:
+            self._seen.popleft()
+        seen = list(self._seen)
+        ttfts = sorted(s.ttft for s in seen if s.ttft is not None)
+        return {
+            "window_seconds": self.window,
+            "requests": len(seen),
+            "requests_per_second": round(len(seen) / self.window, 3),
+            "client_errors": sum(1 for s in seen if 400 <= s.status < 500),
+            "server_errors": sum(1 for s in seen if s.status >= 500),
+            "ttft_p50": _percentile(ttfts, 0.5),
+            "ttft_p99": _percentile(ttfts, 0.99),
+        }
