@@ -133,6 +133,10 @@ FILE_META_BUCKET = "LLMQ_FILE_META"
 """key = `<tenant token>.<file id>`, value = the file's record; the bytes are in LLMQ_FILES."""
 FILES_OBJECT_STORE = "LLMQ_FILES"
 """Object store; object name = `<tenant token>/<file id>`."""
+RESPONSES_BUCKET = "LLMQ_RESPONSES"
+"""key = `<tenant token>.<response id hex>`, value = the stored response (Responses API)."""
+CONVERSATIONS_BUCKET = "LLMQ_CONVERSATIONS"
+"""key = `<tenant token>.<conversation id hex>`, value = the conversation with its items."""
 
 
 def tenant_token(tenant: str) -> str:

@@ -27,6 +27,8 @@ from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, Embedd
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses import Fold, embedding_list
+from llmq.worker.responses_api.adapter import run_response
+from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 from llmq.worker.usage_report import report_final_usage
 
@@ -125,6 +127,8 @@ class JobRunner:
         self.shutting_down = False
         """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.responses_upstream: ResponsesPassthrough | None = None
+        """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -249,6 +253,9 @@ class JobRunner:
     async def _execute(
         self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
+        if kind == "response":  # the Responses API: worker/responses_api
+            await self._respond(body, sender, ack, outcome)
+            return
         request = decode_request(kind, body)
         if isinstance(request, EmbeddingRequest):
             await self._embed(request, sender, outcome)
@@ -267,6 +274,22 @@ class JobRunner:
             await self._stream(outs, sender, ack, outcome)
         else:
             await self._collect(outs, Fold(reply, text), sender, outcome)
+
+    async def _respond(
+        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+    ) -> None:
+        async def started(streams: bool) -> None:
+            outcome.first_token = time.monotonic()
+            if streams:
+                await ack.ack()
+
+        if self.responses_upstream is not None:
+            outcome.usage = await self.responses_upstream.run(
+                self.upstream_names, body, outcome.job_id, sender, started
+            )
+            return
+        args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
+        outcome.usage = await run_response(*args)
 
     async def _stream(
         self, outs: AsyncIterator[Out], sender: FrameSender, ack: _Ack, outcome: JobOutcome

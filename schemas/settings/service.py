@@ -178,6 +178,12 @@ class BatchSettings(Group):
         "Seconds job and batch records and results are kept after their last change.",
         gt=0,
     )
+    response_retention: float = setting(
+        30 * 86_400.0,
+        "Seconds stored responses and conversations (Responses API) are kept after their "
+        "last change; 0 = until deleted.",
+        ge=0,
+    )
     files_max_bytes: int = setting(100_000_000, "Largest file accepted by POST /v1/files.", ge=1)
     batch_max_lines: int = setting(50_000, "Most requests in one batch file.", ge=1)
     batch_max_window: float = setting(

@@ -73,6 +73,11 @@ class OpenAISettings(Group):
         "openai: ask the upstream for usage (stream_options); off for servers "
         "that reject it (usage is then counted).",
     )
+    responses_passthrough: bool = setting(
+        False,
+        "openai: the upstream serves /v1/responses itself; Responses API jobs are passed "
+        "through to it instead of being translated to chat.",
+    )
 
 
 class OllamaSettings(Group):
