@@ -19,7 +19,7 @@ from starlette.responses import Response
 from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response
 from llmq.api.preparation import RequestPreparer
-from llmq.api.protocol import read_body
+from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
@@ -105,6 +105,7 @@ class Serving:
             raise ApiError(503, "the api is shutting down", "shutting_down")
         record.tenant = await self.auth.tenant(request)
         mark(record.trace, "auth")
+        wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
         body = await read_body(request, settings.api.max_body_bytes)
         req = self.preparer.decode(kind, body)
         record.model = self.preparer.models.resolve(req.model)
@@ -118,14 +119,17 @@ class Serving:
         if isinstance(reservation, Refusal):
             raise reservation
         mark(record.trace, "quota")
+        submitted = time.time()
         spec = JobSpec(
             job_id=record.job_id,
             model=prepared.model,
             body=prepared.body,
             tenant=record.tenant,
-            deadline_ms=int((time.time() + settings.api.deadline) * 1000),
+            deadline_ms=int((submitted + wait) * 1000),
             kind=kind,
             traceparent=traceparent(record.trace, request.headers.get("traceparent")),
+            end_ms=int((submitted + settings.api.max_deadline) * 1000),
+            stream=prepared.stream,
         )
         mark(record.trace, "submitted")
         try:
