@@ -6,9 +6,11 @@ may ask for its own first-token deadline (`X-Llmq-Deadline`); a passed deadline 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -72,30 +74,55 @@ async def test_a_whole_answer_outlives_its_first_token_deadline(stack) -> None: 
     await client.close()
 
 
-async def test_a_stream_at_max_deadline_is_always_504_never_worker_lost(stack) -> None:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _loop_clock_ahead_of_wall_clock(rate: float) -> Iterator[None]:
+    """The event loop's clock runs `rate` faster than `time.time()` from now on, as when NTP
+    slews the wall clock: a timer set for "the deadline" fires a little before the wall
+    clock reaches it. Every timer of the test's loop (the in-process api's) is affected."""
+    loop = asyncio.get_running_loop()
+    monotonic = loop.time
+    origin = monotonic()
+    loop.time = lambda: origin + (monotonic() - origin) * rate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del loop.time  # the class's own again
+
+
+@pytest.mark.parametrize("drift", [1.0, 1.01])
+async def test_a_stream_at_max_deadline_is_always_504_never_worker_lost(stack, drift: float) -> None:  # type: ignore[no-untyped-def]
     """The race that read a passed deadline as a silent worker: streams whose tokens flow
-    until they are cut at `max_deadline`, several at once and repeated. Each must end with
-    one `deadline_exceeded` error event, then `[DONE]`."""
+    until they are cut at `max_deadline`, several at once and repeated, with the loop's
+    clock in step with the wall clock and 1 % ahead of it (the api's timer then fires a few
+    ms before the wall-clock deadline, which made it report `worker_lost`). Each stream must
+    end with one `deadline_exceeded` error event, then `[DONE]`."""
     model = _model()
     api = await stack.api(deadline=1.0, max_deadline=1.2)
-    worker = await stack.worker(model=[model], echo_delay=0.1, capacity=4)
-    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    # A worker process of its own, on the real clock, as in production: its frames cannot
+    # beat the api's timer by sharing its loop.
+    stack.process("worker", "--model", model, "--echo-delay", "0.1", "--capacity", "4")
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
     url = f"{api.url}/v1/chat/completions"
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": _words(60)}]}
     codes: list[str] = []
     async with httpx.AsyncClient(timeout=30) as client:
-        for _ in range(3):
-            started = time.monotonic()
-            runs = await asyncio.gather(*(_stream_events(client, url, body) for _ in range(4)))
-            assert time.monotonic() - started < 1.2 + 1.5
-            for events in runs:
-                assert events[-1] == "[DONE]"
-                assert len(events) > 4  # tokens flowed before the cut
-                error = json.loads(events[-2])["error"]
-                assert_valid("ErrorResponse", {"error": error})
-                codes.append(error["code"])
+        with _loop_clock_ahead_of_wall_clock(drift):
+            for _ in range(3):
+                started = time.monotonic()
+                runs = await asyncio.gather(*(_stream_events(client, url, body) for _ in range(4)))
+                assert time.monotonic() - started < 1.2 + 1.5
+                for events in runs:
+                    assert events[-1] == "[DONE]"
+                    assert len(events) > 4  # tokens flowed before the cut
+                    error = json.loads(events[-2])["error"]
+                    assert_valid("ErrorResponse", {"error": error})
+                    codes.append(error["code"])
     assert codes == ["deadline_exceeded"] * 12
-    await wait_for(lambda: worker.scheduler.in_flight == 0, timeout=3)  # cancelled, not left on
+    await wait_for(lambda: _in_flight(api, model) == 0, timeout=3)  # cancelled, not left on
+
+
+def _in_flight(api, model: str) -> int:  # type: ignore[no-untyped-def]
+    return sum(w.in_flight for w in api.runtime.registry.workers_for(model))
 
 
 async def test_a_stream_cut_at_max_deadline_by_the_sdk(stack) -> None:  # type: ignore[no-untyped-def]
