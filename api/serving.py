@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
-from llmq.api.errors import ApiError, api_error, error_bytes, error_response
+from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.reservations import Reservations
@@ -201,7 +201,7 @@ class _Job:
                     return Response(bytes(ev.body), media_type="application/json", headers=headers)
                 if isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)
-                    return _failed_response(ev, headers)
+                    return _failed_response(public_failure(ev, self.record.job_id), headers)
             self.settle(502, code="empty_response")
             raise ApiError(502, "the job ended without a result", "empty_response")
         finally:
@@ -220,7 +220,7 @@ class _Job:
         if isinstance(first, Failed):
             await events.aclose()
             self.settle(first.status, code=first.error.code)
-            return _failed_response(first, headers)
+            return _failed_response(public_failure(first, self.record.job_id), headers)
         return SSEResponse(self._relay(first, events), headers)
 
     async def _relay(
@@ -236,7 +236,7 @@ class _Job:
                     yield b"data: " + ev + b"\n\n"
                 elif isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)
-                    yield event(error_bytes(ev.error))
+                    yield event(error_bytes(public_failure(ev, self.record.job_id).error))
                     break
                 else:
                     self.settle(200, ev)
