@@ -88,6 +88,7 @@ class RequestPreparer:
         here, a bad value is a 400 that costs no quota, never an error inside the quota
         script after the request was counted."""
         if isinstance(req, EmbeddingRequest):
+            _check_embedding_input(req.input)
             return
         params = ["max_tokens"]
         if isinstance(req, ChatCompletionRequest):
@@ -180,6 +181,34 @@ def _check_range(value: object, param: str, low: int, high: int) -> None:
             "integer_above_max_value",
             param=param,
         )
+
+
+def _check_embedding_input(value: str | list[Any]) -> None:
+    """OpenAI's four shapes: a text, texts, token ids, lists of token ids; nothing else
+    reaches a worker."""
+    if isinstance(value, str):
+        return
+    if value and (
+        all(isinstance(x, str) for x in value)
+        or all(_token_ids(x) for x in value)
+        or _token_ids(value)
+    ):
+        return
+    raise Refusal(
+        400,
+        "`input` must be a string, a non-empty array of strings, an array of token ids "
+        "or an array of such arrays",
+        "invalid_value",
+        param="input",
+    )
+
+
+def _token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)
+    )
 
 
 def choices(req: ChatCompletionRequest | CompletionRequest) -> int:

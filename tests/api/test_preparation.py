@@ -137,7 +137,7 @@ async def test_the_sdk_hears_400_for_negative_max_tokens(stack) -> None:  # type
 
 
 async def test_reservation_counts_every_choice(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    """`n` × max_tokens is reserved: with a TPM of 1000, n=4 × 300 does not fit, n=3 does."""
+    """`n` times max_tokens is reserved: with a TPM of 1000, n=4 of 300 does not fit, n=3 does."""
     model = _model()
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)
     await stack.worker(model=[model])
