@@ -82,11 +82,16 @@ BAD = [
     ("completion", {"max_tokens": -1}, "max_tokens", "integer_below_min_value"),
     ("completion", {"max_tokens": 10**17}, "max_tokens", "integer_above_max_value"),
     ("completion", {"n": 100}, "n", "integer_above_max_value"),
+    ("embedding", {"input": [None]}, "input", "invalid_value"),
+    ("embedding", {"input": []}, "input", "invalid_value"),
+    ("embedding", {"input": [[]]}, "input", "invalid_value"),
+    ("embedding", {"input": [True, 1]}, "input", "invalid_value"),
+    ("embedding", {"input": ["a", 1]}, "input", "invalid_value"),
 ]
 
 
 async def test_bad_bounds_are_400s_that_use_no_quota(stack, redis, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """With an RPM of 3, thirteen refused requests leave every counter as it was, and the
+    """With an RPM of 3, eighteen refused requests leave every counter as it was, and the
     next three requests still run."""
     model = _model()
     table = tmp_path / "models.toml"
@@ -101,8 +106,10 @@ async def test_bad_bounds_are_400s_that_use_no_quota(stack, redis, tmp_path: Pat
         for kind, extra, param, code in BAD:
             if kind == "chat":
                 url, body = f"{api.url}/v1/chat/completions", _chat(model, **extra)
-            else:
+            elif kind == "completion":
                 url, body = f"{api.url}/v1/completions", {"model": model, "prompt": "x", **extra}
+            else:
+                url, body = f"{api.url}/v1/embeddings", {"model": model, **extra}
             resp = await client.post(url, json=body, headers=headers)
             assert resp.status_code == 400, (extra, resp.text)
             error = resp.json()["error"]
