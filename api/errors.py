@@ -22,14 +22,11 @@ _encoder = msgspec.json.Encoder()
 _OWN_CODES = frozenset({
     "deadline_exceeded", "worker_lost", "frames_lost", "attempts_exhausted", "job_lost",
     "empty_response", "worker_shutdown", "worker_error", "upstream_auth_failed",
-    "service_unavailable", "no_worker", "queue_unavailable",
+    "service_unavailable", "no_worker", "queue_unavailable", "upstream_timeout",
 })  # fmt: skip
 """Server-side failures whose message llmq itself wrote, with nothing of the network in it."""
 
-_GENERIC = {
-    "upstream_timeout": "The model backend did not answer in time.",
-    "upstream_unavailable": "The model backend could not be reached or failed.",
-}
+_GENERIC = {"upstream_unavailable": "The model backend could not be reached or failed."}
 
 _TYPES = {
     400: "invalid_request_error",

@@ -90,7 +90,7 @@ def _loop_clock_ahead_of_wall_clock(rate: float) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("drift", [1.0, 1.01])
-async def test_a_stream_at_max_deadline_is_always_504_never_worker_lost(stack, drift: float) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_at_max_deadline_is_504_never_worker_lost(stack, drift: float) -> None:  # type: ignore[no-untyped-def]
     """The race that read a passed deadline as a silent worker: streams whose tokens flow
     until they are cut at `max_deadline`, several at once and repeated, with the loop's
     clock in step with the wall clock and 1 % ahead of it (the api's timer then fires a few
