@@ -54,6 +54,18 @@ class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
     models: dict[str, ModelEntry] = {}
 
 
+def _check_consistent(parsed: ModelFile) -> None:
+    """A default may not ask for more than the model's own limit allows."""
+    for model, defaults in parsed.defaults.items():
+        entry = parsed.models.get(model)
+        limit = entry.max_tokens if entry is not None else None
+        if defaults.max_tokens is not None and limit is not None and defaults.max_tokens > limit:
+            raise msgspec.ValidationError(
+                f"[defaults.{model}] max_tokens {defaults.max_tokens} is above "
+                f'[models."{model}"] max_tokens {limit}'
+            )
+
+
 class ModelTable:
     def __init__(self, settings: Settings) -> None:
         self.path = settings.tenancy.models_file
@@ -96,6 +108,7 @@ class ModelTable:
         try:
             with open(self.path, "rb") as f:
                 parsed = msgspec.convert(tomllib.load(f), ModelFile)
+            _check_consistent(parsed)
         except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
             log.error("models file %s rejected, keeping the previous table: %s", self.path, exc)
             self._mtime = mtime

@@ -215,6 +215,8 @@ def test_model_table_limits(tmp_path: Path) -> None:
     _write(table_file, '[models."echo"]\nmax_tokens = 0\n')
     assert table.reload() is False  # a limit below 1 rejects the file; the last good one stays
     assert table.token_limit_for("echo") == 100
+    _write(table_file, '[defaults.echo]\nmax_tokens = 9\n\n[models."echo"]\nmax_tokens = 8\n')
+    assert table.reload() is False  # a default above the model's limit
     _write(table_file, '[models."echo"]\nmax_tokenz = 5\n')
     assert table.reload() is False
     _write(table_file, '[models."echo"]\nmax_tokens = 5\n')
