@@ -21,7 +21,6 @@ from llmq.worker.upstream.httpx_client import HttpxClient
 from tests.worker.upstream.pki import Pki
 from tests.worker.upstream.raw_server import Handler, RawServer, socket_bound
 
-
 Serve = Callable[[Handler], RawServer]
 
 
