@@ -4,7 +4,8 @@ The route to an origin is decided once per origin from the standard proxy variab
 (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, read by `urllib.request`): an https
 origin behind a proxy is reached through a `CONNECT` tunnel and TLS is started inside it; a
 plain-http origin behind a proxy gets its requests in absolute form on the proxy's own
-connection. TLS verifies the upstream's certificate and host name against the system CA
+connection. TLS (`tls.TlsSession`, in memory over the plain connection) verifies the upstream's
+certificate and host name against the system CA
 bundle, or the file `SSL_CERT_FILE` / directory `SSL_CERT_DIR` names, and offers only
 `http/1.1` in ALPN. Failures become llmq's `ConnectError` / `ConnectTimeout` with a message
 that says which step failed.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from llmq.worker.upstream.client import ConnectError, ConnectTimeout
+from llmq.worker.upstream.tls import TlsSession
 
 MAX_PROXY_HEAD = 16 * 1024
 
@@ -100,27 +103,74 @@ def proxy_for(scheme: str, host: str) -> Proxy | None:
     return Proxy(parts.hostname, parts.port or 80, authorization)
 
 
+class Connection:
+    """One pooled connection; with `tls`, everything sent and read goes through it."""
+
+    __slots__ = ("reader", "tls", "writer")
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: TlsSession | None = None,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.tls = tls
+
+    def usable(self) -> bool:
+        return not (
+            self.writer.is_closing() or self.reader.at_eof() or (self.tls and self.tls.closed)
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(self.tls.encrypt(data) if self.tls else data)
+
+    async def receive(self, size: int) -> bytes:
+        """The next bytes of the response (decrypted for https); b"" at the end."""
+        tls = self.tls
+        while True:
+            if tls is not None and tls.closed:
+                return b""
+            data = await self.reader.read(size)
+            if not data or tls is None:
+                return data
+            plain = tls.decrypt(data)
+            tls.flush(self.writer)
+            if plain is None:
+                return b""
+            if plain:
+                return plain
+
+
 async def open_stream(
     origin: Origin, proxy: Proxy | None, tls: ssl.SSLContext | None, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connected (and for https, verified) stream to `origin`, within `timeout` seconds."""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TlsSession | None]:
+    """A connected stream to `origin` within `timeout` seconds; for https, with the verified
+    `TlsSession` that everything sent and read on the stream must go through."""
     scheme, host, port = origin
     where = f"{host}:{port}" if proxy is None else f"proxy {proxy.host}:{proxy.port}"
     try:
         async with asyncio.timeout(timeout):
             if proxy is None:
-                if scheme == "https":
-                    return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
-                return await asyncio.open_connection(host, port)
-            reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
-            if scheme == "https":
-                try:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+            if scheme != "https":
+                return reader, writer, None
+            try:
+                if proxy is not None:
                     await _tunnel(reader, writer, host, port, proxy)
-                    await writer.start_tls(tls or default_tls(), server_hostname=host)
-                except BaseException:
-                    writer.close()
-                    raise
-            return reader, writer
+                session = TlsSession(tls or default_tls(), host)
+                await session.handshake(reader, writer)
+            except BaseException:
+                writer.close()
+                raise
+            return reader, writer, session
     except TimeoutError:
         raise ConnectTimeout(f"no connection to {where} within {timeout:g}s") from None
     except ssl.SSLCertVerificationError as exc:

@@ -11,8 +11,6 @@ connections (TLS with verification, proxies from the environment). It implements
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
@@ -29,6 +27,7 @@ from llmq.worker.upstream.client import (
     WriteError,
 )
 from llmq.worker.upstream.connect import (
+    Connection,
     Origin,
     Proxy,
     Target,
@@ -51,27 +50,12 @@ AVAILABLE = httptools is not None
 """False without httptools: then `choice` never picks this client."""
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-
-
 class FastResponse:
     """One response: status and headers at once, the body as it arrives."""
 
-    def __init__(self, client: FastClient, conn: _Conn, origin: Origin) -> None:
+    def __init__(self, client: FastClient, conn: Connection, origin: Origin) -> None:
         self._client = client
-        self._conn: _Conn | None = conn
+        self._conn: Connection | None = conn
         self._origin = origin
         self._parser = httptools.HttpResponseParser(self)
         self._chunks: list[bytes] = []
@@ -122,7 +106,7 @@ class FastResponse:
         """Read once from the socket into the parser; False at end of stream."""
         assert self._conn is not None
         try:
-            data = await self._conn.reader.read(READ_SIZE)
+            data = await self._conn.receive(READ_SIZE)
         except OSError as exc:
             raise ReadError(str(exc) or type(exc).__name__) from None
         if not data:
@@ -246,7 +230,7 @@ class FastClient:
         self._connect_timeout = connect_timeout
         self._tls = tls
         self._use_proxies = proxies
-        self._idle: dict[Origin, list[_Conn]] = {}
+        self._idle: dict[Origin, list[Connection]] = {}
         self._targets: dict[str, Target] = {}
         self._proxies: dict[Origin, Proxy | None] = {}
         self._closed = False
@@ -351,7 +335,7 @@ class FastClient:
             conn, reused = await self._acquire(origin)
             response = FastResponse(self, conn, origin)
             try:
-                conn.writer.write(request)
+                conn.send(request)
                 if len(request) > READ_SIZE:
                     await conn.writer.drain()
                 await response._read_head()
@@ -371,7 +355,7 @@ class FastClient:
             return response
         raise ProtocolError("server disconnected without sending a response")
 
-    async def _acquire(self, origin: Origin) -> tuple[_Conn, bool]:
+    async def _acquire(self, origin: Origin) -> tuple[Connection, bool]:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -381,10 +365,10 @@ class FastClient:
         tls = None
         if origin[0] == "https":
             tls = self._tls = self._tls or default_tls()
-        reader, writer = await open_stream(origin, self._proxy(origin), tls, self._connect_timeout)
-        return _Conn(reader, writer), False
+        opened = await open_stream(origin, self._proxy(origin), tls, self._connect_timeout)
+        return Connection(*opened), False
 
-    def _release(self, origin: Origin, conn: _Conn) -> None:
+    def _release(self, origin: Origin, conn: Connection) -> None:
         idle = self._idle.setdefault(origin, [])
         if self._closed or len(idle) >= MAX_IDLE or not conn.usable():
             conn.close()
