@@ -30,6 +30,7 @@ import uvloop
 
 from bench.processes import spawn, stop_all
 from llmq.worker.upstream.client import UpstreamClient
+from llmq.worker.upstream.connect import Connection, Origin
 from llmq.worker.upstream.fast_client import FastClient
 from llmq.worker.upstream.httpx_client import HttpxClient
 from tests.worker.upstream.pki import make_pki
@@ -72,6 +73,24 @@ def _ours(client: UpstreamClient) -> Call:
     return call
 
 
+class TransportTlsClient(FastClient):
+    """The lean client with TLS left to the event loop's transport (uvloop's SSLProtocol)
+    instead of `tls.TlsSession`: kept here only to compare the two (docs/benchmarks.md)."""
+
+    async def _acquire(self, origin: Origin) -> tuple[Connection, bool]:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn, True
+            conn.close()
+        _, host, port = origin
+        if origin[0] != "https":
+            return Connection(*await asyncio.open_connection(host, port)), False
+        opened = await asyncio.open_connection(host, port, ssl=self._tls, server_hostname=host)
+        return Connection(*opened), False
+
+
 def _aiohttp(tls: ssl.SSLContext) -> tuple[Call, Callable[[], Awaitable[None]]] | None:
     try:
         import aiohttp
@@ -97,8 +116,13 @@ def _aiohttp(tls: ssl.SSLContext) -> tuple[Call, Callable[[], Awaitable[None]]] 
 async def measure(calls: int, rounds: int, urls: dict[str, str], tls: ssl.SSLContext) -> None:
     headers = {"user-agent": "llmq-bench"}
     fast, httpx_client = FastClient(headers, 5.0, tls=tls), HttpxClient(headers, 5.0, tls=tls)
-    clients: dict[str, Call] = {"fast (llmq)": _ours(fast), "httpx": _ours(httpx_client)}
-    closers = [fast.aclose, httpx_client.aclose]
+    transport = TransportTlsClient(headers, 5.0, tls=tls)
+    clients: dict[str, Call] = {
+        "fast (llmq)": _ours(fast),
+        "fast, loop's TLS transport": _ours(transport),
+        "httpx": _ours(httpx_client),
+    }
+    closers = [fast.aclose, transport.aclose, httpx_client.aclose]
     made = _aiohttp(tls)
     if made is not None:
         clients["aiohttp"] = made[0]
