@@ -199,3 +199,22 @@ async def test_a_refused_connect_is_a_connect_error(
     with pytest.raises(ConnectError, match=r"refused CONNECT.*407"):
         await client.post("https://127.0.0.1:9/a", b"{}")
     await client.aclose()
+
+
+async def test_a_kept_alive_tls_connection_the_server_closed_is_replaced(pki: Pki) -> None:
+    """The server ends TLS (close_notify) on an idle pooled connection: the next request
+    goes out on a new connection instead of failing."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # returning closes the connection: close_notify, then the socket
+
+    client = FastClient({}, 2.0, tls=pki.client_context())
+    async with RawServer(handler, tls=pki.server_context()) as server:
+        assert await client.post(f"{server.url}/a", b"{}") == b"ok"
+        await asyncio.sleep(0.2)  # let the close arrive while the connection is idle
+        assert await asyncio.wait_for(client.post(f"{server.url}/a", b"{}"), 10) == b"ok"
+    await client.aclose()
+    assert server.connections == 2
