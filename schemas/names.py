@@ -220,6 +220,8 @@ H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
 H_REQUEUED = "Llmq-Requeued"
+H_CHUNKS = "Llmq-Chunks"
+"""On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
 """On a `ping` frame: the worker gave the job back (retryable failure before its first
 token); it is queued again for the next worker."""
 H_MSG_ID = "Nats-Msg-Id"

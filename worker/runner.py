@@ -25,7 +25,7 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
-from llmq.worker.replies import FrameSender
+from llmq.worker.replies import FrameSender, drive
 from llmq.worker.responses import Fold, embedding_list
 from llmq.worker.responses_api.adapter import run_response
 from llmq.worker.responses_api.passthrough import ResponsesPassthrough
@@ -292,21 +292,29 @@ class JobRunner:
         finish: str | None = None
         usage: Usage | None = None
         held: list[bytes] = []  # chunks before the first token (a role chunk): still retryable
-        async for out in outs:
+        ready: list[bytes] = []  # chunks the backend gave without waiting: one frame
+
+        async def take(out: Out) -> None:
+            nonlocal usage, finish
             if out.tokens and outcome.first_token is None:
                 outcome.first_token = time.monotonic()
                 await ack.ack()  # the point of no return: the client sees a token
-                for chunk in held:
-                    await sender.chunk(chunk)
+                ready.extend(held)
+                held.clear()
             if out.chunk:
-                if outcome.first_token is None:
-                    held.append(out.chunk)
-                else:
-                    await sender.chunk(out.chunk)
+                (ready if outcome.first_token is not None else held).append(out.chunk)
             if out.usage is not None:
                 usage, finish = out.usage, out.finish_reason
-        for chunk in held if outcome.first_token is None else ():
-            await sender.chunk(chunk)
+
+        async def flush() -> None:
+            if ready:
+                batch = ready.copy()
+                ready.clear()
+                await sender.chunks(batch)
+
+        await drive(outs, take, flush)  # flushes whenever the backend is about to wait
+        if held:
+            await sender.chunks(held)
         usage = usage or Usage()
         outcome.usage = usage
         await sender.done(Done(usage=usage, finish_reason=finish))

@@ -147,8 +147,9 @@ class BackendSettings(Group):
     backend_timeout: float = setting(600.0, "Seconds one backend call may take in all.", gt=0)
     backend_http_client: Literal["auto", "httpx"] = setting(
         "auto",
-        "`auto`: llmq's lean HTTP/1.1 client for plain-http upstreams without a "
-        "proxy, httpx otherwise; `httpx`: httpx always.",
+        "`auto`: llmq's lean HTTP/1.1 client for every http and https upstream (httpx "
+        "only for what it lacks: credentials in the URL, a non-http proxy); `httpx`: "
+        "httpx always.",
     )
     openai: OpenAISettings = setting(default_factory=OpenAISettings, description="openai")
     ollama: OllamaSettings = setting(default_factory=OllamaSettings, description="ollama")
