@@ -46,10 +46,11 @@ class Runtime:
             on_reconnect=provisioner.reconnected,
         )
         js = nc.jetstream()
-        await streams.ensure_streams(js, settings.protocol.jobs_max_age)
+        replicas = settings.protocol.nats_replicas
+        await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
         inbox = ReplyInbox(nc, settings.api.instance_id)
         await inbox.start()
-        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3)
+        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
         await registry.start()
         dispatcher = Dispatcher(
             nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
@@ -59,7 +60,8 @@ class Runtime:
             settings.connection.redis_url, timeout=settings.connection.redis_timeout
         )
         provisioner.add(
-            "job streams", lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age)
+            "job streams",
+            lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas),
         )
         provisioner.add("lost jobs", dispatcher.find_missing)
         provisioner.add("registry", registry.rewatch)

@@ -33,9 +33,10 @@ _MODELS_RESYNC = 30.0
 
 
 class WorkerRegistry:
-    def __init__(self, js: JetStreamContext, ttl: float) -> None:
+    def __init__(self, js: JetStreamContext, ttl: float, replicas: int = 1) -> None:
         self._js = js
         self.ttl = ttl
+        self.replicas = replicas
         self._workers: dict[str, WorkerInfo] = {}
         self._models: dict[str, ModelInfo] = {}
         """By LLMQ_MODELS key (`names.model_kv_key`)."""
@@ -75,8 +76,8 @@ class WorkerRegistry:
 
     async def _buckets(self) -> tuple[KeyValue, KeyValue]:
         return (
-            await streams.workers_bucket(self._js, self.ttl),
-            await streams.models_bucket(self._js),
+            await streams.workers_bucket(self._js, self.ttl, self.replicas),
+            await streams.models_bucket(self._js, self.replicas),
         )
 
     def _on_synced(self) -> None:
