@@ -2,7 +2,10 @@
 
 Both buckets are watched, so answering `/v1/models` or "is anyone serving this model?" is a
 dict lookup. A worker counts as live while its last heartbeat is younger than the bucket's
-TTL; one that stops cleanly deletes its key, one that dies simply ages out.
+TTL; one that stops cleanly deletes its key, one that dies simply ages out. A view that has
+heard from no worker at all for a while is more likely cut off from the bucket (its watch
+re-opening, the bucket electing a new leader after a cluster node died) than watching every
+worker die at once, so its clock stops for up to one more TTL (see `live_workers`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class WorkerRegistry:
         self._js = js
         self.ttl = ttl
         self.replicas = replicas
+        self._heard_at = time.time()
+        """When the workers' watch last delivered news: a new heartbeat or a departure (local
+        clock; a replay of the same entries after re-opening the watch is no news)."""
         self._workers: dict[str, WorkerInfo] = {}
         self._models: dict[str, ModelInfo] = {}
         """By LLMQ_MODELS key (`names.model_kv_key`)."""
@@ -86,10 +92,15 @@ class WorkerRegistry:
 
     def _on_worker(self, key: str, value: bytes | None) -> None:
         if not value:
-            self._workers.pop(key, None)
+            if self._workers.pop(key, None) is not None:
+                self._heard_at = time.time()
             return
         with contextlib.suppress(msgspec.DecodeError):
-            self._workers[key] = worker_info_decoder.decode(value)
+            info = worker_info_decoder.decode(value)
+            known = self._workers.get(key)
+            if known is None or info.heartbeat_at > known.heartbeat_at:
+                self._heard_at = time.time()
+            self._workers[key] = info
 
     def _on_model(self, key: str, value: bytes | None) -> None:
         if not value:
@@ -99,7 +110,11 @@ class WorkerRegistry:
             self._models[key] = model_info_decoder.decode(value)
 
     def live_workers(self) -> list[WorkerInfo]:
-        oldest = time.time() - self.ttl
+        """Heartbeats younger than a TTL, the time the view has been silent not counted (up to
+        one TTL): with others beating that is ~0; a lone worker that died ages out after two
+        TTLs; a cut-off view keeps its workers while it re-opens its watch."""
+        now = time.time()
+        oldest = now - self.ttl - min(now - self._heard_at, self.ttl)
         return [w for w in self._workers.values() if w.heartbeat_at >= oldest]
 
     def workers_for(self, model: str) -> list[WorkerInfo]:

@@ -148,6 +148,8 @@ class EmbeddedNats(ManagedProcess):
             argv += ["-c", str(conf)]
         if cluster is not None:
             argv += cluster.argv()
+        self.server_name = f"llmq-dev-{port}"
+        """Its name in the cluster (`stream_info(...).cluster.leader` names the leader so)."""
         super().__init__("nats-server", argv, port, data_dir / "nats-server.log")
         if wait:
             self.wait_listening()
