@@ -23,7 +23,7 @@ from tests.stack import wait_for
 MODEL = "failover-echo"
 CONCURRENCY = 12
 BEFORE_KILL = 4.0
-AFTER_KILL = 12.0
+AFTER_KILL = 16.0
 DEADLINE = 15.0
 """The api's first-token deadline: every request ends (well) within it."""
 HUNG = DEADLINE + 10.0
@@ -57,9 +57,7 @@ async def _one(client: openai.AsyncOpenAI, i: int, tally: Tally) -> None:
                     model=MODEL, messages=messages, stream=True
                 )
                 parts = [
-                    chunk.choices[0].delta.content or ""
-                    async for chunk in stream
-                    if chunk.choices
+                    chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices
                 ]
                 got = "".join(parts)
             else:
@@ -109,11 +107,13 @@ async def test_killing_the_jobs_leader_keeps_every_request(
 ) -> None:
     stack.nats_url = cluster_url(own_nats_cluster)
     nc, js = await _cluster_ready(stack.nats_url)
-    workers = []
+    workers: list[Any] = []
     try:
         api = await stack.api(deadline=DEADLINE, **ENV)
         for _ in range(2):
-            workers.append(stack.process("worker", "--model", MODEL, "--capacity", "8", echo_delay=0.01, **ENV))
+            workers.append(
+                stack.process("worker", "--model", MODEL, "--capacity", "8", echo_delay=0.01, **ENV)
+            )
         await wait_for(lambda: len(api.runtime.registry.workers_for(MODEL)) == 2, timeout=30)
         leader = (await js.stream_info(names.JOBS_STREAM)).cluster.leader
         victim = next(node for node in own_nats_cluster if node.server_name == leader)
@@ -128,11 +128,6 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         before = tally.counts["ok"]
         victim.kill()  # kill -9 of the node leading LLMQ_JOBS
         tally.killed_at = time.monotonic()
-        reg = api.runtime.registry
-        for _ in range(40):
-            now = time.time()
-            print("DBG", round(time.monotonic() - tally.killed_at, 1), len(reg.workers_for(MODEL)), round(now - reg._heard_at, 1), [round(now - w.heartbeat_at, 1) for w in reg._workers.values()], dict(tally.counts))
-            await asyncio.sleep(0.5)
         await asyncio.wait_for(load, AFTER_KILL + HUNG + 10)
         await client.close()
 
@@ -151,5 +146,5 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         assert tally.counts["ok"] >= 0.99 * total, (dict(tally.counts), dict(tally.errors))
     finally:
         await nc.close()
-        for w in workers:
-            print("WORKER LOG", w.output()[-3000:])
+        for worker in workers:  # shown when the test fails
+            print("worker log:", worker.output()[-3000:])
