@@ -15,6 +15,11 @@ Phase 1: one api, 1/2/4 workers: req/s, p50/p99, ideal (workers x capacity / 50 
 Phase 2: two apis (connections split between them), 4 workers: req/s; then SIGKILL of each
 api in turn (on a fresh pair) mid-run: requests that failed (those in flight on the killed
 api, which a load balancer would retry), req/s after the loss.
+
+`--capacity-figures` measures instead the inputs of docs/scaling.md's capacity model: jobs/s
+that JetStream takes (publish + ack of 600-byte jobs with `Nats-Msg-Id` into a memory work
+queue, as the api publishes them; one node R1, then a 3-node cluster R3) and chunks/s that
+one api relays (one echo worker streaming long answers with no delay, 8 streams at once).
 """
 
 from __future__ import annotations
@@ -152,6 +157,91 @@ class Stack:
         stop_all([p for p, _ in self.apis] + self.workers, self.nats, self.redis)
 
 
+async def jetstream_rate(url: str, replicas: int, jobs: int = 20_000) -> float:
+    """Jobs/s published and acked by the stream, 256 publishes in flight."""
+    import nats
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+    nc = await nats.connect(servers=url.split(","))
+    js = nc.jetstream()
+    config = StreamConfig(
+        name="BENCH_JOBS", subjects=["bench.jobs.>"], retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.MEMORY, num_replicas=replicas, duplicate_window=120,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:  # a fresh cluster serves JetStream once it has a meta leader
+        try:
+            await js.add_stream(config)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    body = b"x" * 600
+    sem = asyncio.Semaphore(256)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await js.publish("bench.jobs.m", body, headers={"Nats-Msg-Id": f"job-{i}"})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    elapsed = time.perf_counter() - started
+    await js.delete_stream("BENCH_JOBS")
+    await nc.close()
+    return jobs / elapsed
+
+
+async def chunk_rate(api: str, seconds: float, streams: int = 8, words: int = 2000) -> float:
+    """Chunks/s one api relays as SSE from one echo worker (no delay)."""
+    body = {
+        "model": "bench", "stream": True,
+        "messages": [{"role": "user", "content": " ".join(["w"] * words)}],
+    }  # fmt: skip
+    chunks = 0
+    stop_at = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def lane() -> None:
+            nonlocal chunks
+            while time.monotonic() < stop_at:
+                async with client.stream("POST", api, json=body) as resp:
+                    async for line in resp.aiter_lines():
+                        if line.startswith("data: {"):
+                            chunks += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(lane() for _ in range(streams)))
+        return chunks / (time.monotonic() - started)
+
+
+async def capacity_figures(tmp: Path, seconds: float) -> None:
+    from llmq.embedded import cluster_url, nats_cluster
+
+    print(f"cores={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    single = EmbeddedNats(tmp / "single")
+    try:
+        print(f"jetstream, 1 node, R1: {await jetstream_rate(single.url, 1):8.0f} jobs/s")
+    finally:
+        single.stop()
+    nodes = nats_cluster(tmp / "cluster", 3)
+    try:
+        rate = await jetstream_rate(cluster_url(nodes), 3)
+        print(f"jetstream, 3 nodes, R3: {rate:8.0f} jobs/s")
+    finally:
+        for node in nodes:
+            node.stop()
+    stack = Stack(tmp / "chunks", capacity=16)
+    stack.env["LLMQ_ECHO_DELAY"] = "0"
+    try:
+        api = await stack.api()
+        await stack.workers_up_to(1)
+        await chunk_rate(api, 1.0)
+        print(f"one api relaying SSE:   {await chunk_rate(api, seconds):8.0f} chunks/s")
+    finally:
+        stack.stop()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,9 +249,14 @@ async def main() -> None:
     parser.add_argument("--capacity", type=int, default=4, help="jobs per worker at once")
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--capacity-figures", action="store_true", help="see above")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llmq-scaling-"))
+    if args.capacity_figures:
+        await capacity_figures(tmp, args.seconds)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     stack = Stack(tmp, args.capacity)
     try:
         print(
