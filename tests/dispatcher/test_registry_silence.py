@@ -1,6 +1,6 @@
-"""The api's view of the workers through a silence: cut off from LLMQ_WORKERS (as while the
-bucket elects a leader on a cluster) it keeps its workers one more TTL; while others beat, a
-dead worker ages out after one TTL as before. Real nats-server, real bucket."""
+"""The api's view of the workers through a silence. While the bucket answers, a dead worker
+ages out after about one TTL (others beating or not); cut off from it (as while the bucket
+elects a leader on a cluster) the view keeps its workers one more TTL. Real nats-server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from llmq.dispatcher import streams
+from llmq.dispatcher.connection import disconnect
 from llmq.dispatcher.registry import WorkerRegistry
 from llmq.embedded import EmbeddedNats
 from llmq.schemas.registry import WorkerInfo, registry_encoder
@@ -44,15 +45,24 @@ async def test_a_cut_off_view_keeps_its_workers_one_more_ttl(own_nats: EmbeddedN
             await asyncio.sleep(0.1)
         assert [w.id for w in registry.workers_for("m")] == ["a"]
 
-        # Nobody beats (the view is cut off): `a` outlives its TTL, then goes after two.
+        # Nobody beats, the bucket answers: the workers are gone; `a` ages out within ~1.1 TTL.
+        last = await kv.get("a")
+        await asyncio.sleep(TTL * 0.7)
+        assert [w.id for w in registry.workers_for("m")] == ["a"]
+        await asyncio.sleep(TTL * 0.7)
+        assert registry.workers_for("m") == []
+        # A replay of the same entry (a re-opened watch) is no news: still none live.
+        registry._on_worker("a", last.value)
+        assert registry.workers_for("m") == []
+
+        # Cut off (the server is gone): `a`, fresh when it went, outlives its TTL, gone after two.
+        await kv.put("a", _beat("a"))
+        await wait_for(lambda: len(registry.workers_for("m")) == 1)
+        own_nats.kill()
         await asyncio.sleep(TTL * 1.5)
         assert [w.id for w in registry.workers_for("m")] == ["a"]
         await asyncio.sleep(TTL * 0.8)
         assert registry.workers_for("m") == []
-
-        # A replay of the same entries (a re-opened watch) is no news: still none live.
-        registry._on_worker("a", (await kv.get("a")).value)
-        assert registry.workers_for("m") == []
     finally:
         await registry.stop()
-        await nc.close()
+        await disconnect(nc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import time
 from typing import Any
 
@@ -153,6 +154,16 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         assert before > 0 and tally.ok_after_kill > 0, "traffic did not resume after the kill"
         assert new_leader != leader
         assert tally.counts["ok"] >= 0.99 * total, (dict(tally.counts), dict(tally.errors))
+
+        # The CLI takes the same list, the dead node in it, and reads the cluster through the
+        # other two.
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmq.cli", "status", "--nats-url", stack.nats_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(cli.communicate(), 60)
+        assert cli.returncode == 0, out.decode()
+        assert "workers 2" in out.decode(), out.decode()
     finally:
         await nc.close()
         for worker in workers:  # shown when the test fails
