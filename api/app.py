@@ -75,9 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         console.attach(app, app.state.serving)
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         # usage the workers report, booked even when the relaying api died (docs/protocol.md)
-        app.state.usage_booker = UsageBooker(runtime.js, reservations)
+        replicas = settings.protocol.nats_replicas
+        app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas)
         await app.state.usage_booker.start()
-        runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js))
+        runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js, replicas))
         try:
             yield
         finally:

@@ -157,8 +157,14 @@ class BatchWing:
     async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
         """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
         js, retention = self.rt.js, self.rt.settings.batch.job_retention
-        await streams.ensure_batch_streams(js, retention, self.rt.settings.batch.webhook_attempts)
-        return await streams.batch_buckets(js, retention), await streams.files_store(js)
+        replicas = self.rt.settings.protocol.nats_replicas
+        await streams.ensure_batch_streams(
+            js, retention, self.rt.settings.batch.webhook_attempts, replicas
+        )
+        return (
+            await streams.batch_buckets(js, retention, replicas),
+            await streams.files_store(js, replicas),
+        )
 
     async def _start_when_synced(self) -> None:
         """Validation needs the model catalog: wait for the registry's first sync."""

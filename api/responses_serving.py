@@ -58,7 +58,9 @@ async def open_responses(
     rt = serving.rt
 
     async def provision() -> ConversationStore:
-        buckets = await streams.responses_buckets(rt.js, rt.settings.batch.response_retention)
+        buckets = await streams.responses_buckets(
+            rt.js, rt.settings.batch.response_retention, rt.settings.protocol.nats_replicas
+        )
         return ConversationStore(
             buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET]
         )

@@ -47,10 +47,11 @@ class Runtime:
             conn=settings.connection,
         )
         js = nc.jetstream()
-        await streams.ensure_streams(js, settings.protocol.jobs_max_age)
+        replicas = settings.protocol.nats_replicas
+        await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
         inbox = ReplyInbox(nc, settings.api.instance_id)
         await inbox.start()
-        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3)
+        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
         await registry.start()
         dispatcher = Dispatcher(
             nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
@@ -61,7 +62,8 @@ class Runtime:
             redis, settings.connection.redis_url, settings.connection.redis_timeout
         )
         provisioner.add(
-            "job streams", lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age)
+            "job streams",
+            lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas),
         )
         provisioner.add("lost jobs", dispatcher.find_missing)
         provisioner.add("registry", registry.rewatch)

@@ -40,9 +40,14 @@ RETRY_DELAY = 1.0
 
 class UsageBooker:
     def __init__(
-        self, js: JetStreamContext, reservations: Reservations, fetch_batch: int = 256
+        self,
+        js: JetStreamContext,
+        reservations: Reservations,
+        replicas: int = 1,
+        fetch_batch: int = 256,
     ) -> None:
         self.js = js
+        self.replicas = replicas
         self.reservations = reservations
         self.fetch_batch = fetch_batch
         self.booked = 0
@@ -50,7 +55,7 @@ class UsageBooker:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await streams.ensure_usage_stream(self.js)
+        await streams.ensure_usage_stream(self.js, self.replicas)
         self._task = asyncio.create_task(self._loop(), name="usage-booker")
 
     async def stop(self) -> None:

@@ -29,6 +29,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from llmq.dispatcher.inbox import Item, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
+from llmq.dispatcher.publish import publish_job
 from llmq.schemas import frames, names
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, Failed, failure
@@ -254,11 +255,13 @@ class Dispatcher:
         reply = self.inbox.subject(spec.job_id)
         queue = self.inbox.open(spec.job_id)
         try:
-            ack = await self.js.publish(
+            ack = await publish_job(
+                self.js,
                 spec.subject,
                 spec.body,
-                timeout=self.publish_timeout,
-                headers=spec.headers(reply),
+                spec.headers(reply),
+                self.publish_timeout,
+                until=spec.deadline_ms / 1000,
             )
         except MaxPayloadError as exc:
             self.inbox.close(spec.job_id)

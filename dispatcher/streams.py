@@ -1,7 +1,11 @@
 """Provisioning of the JetStream streams, per-model consumers and KV buckets.
 
 Every call is idempotent, so the api and each worker may run it at start: whoever comes
-first creates, the others find what they need.
+first creates, the others find what they need. Everything is created with `replicas`
+copies (`LLMQ_NATS_REPLICAS`: 1 on one node, 3 on a cluster); what exists with another
+count is brought to it in place (a KV bucket is the stream `KV_<bucket>`, an object store
+`OBJ_<store>`), so raising the setting and restarting the processes moves a deployment
+from 1 to 3 (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from nats.js.object_store import ObjectStore
 from llmq.schemas import names
 
 
-def jobs_stream_config(max_age: float) -> StreamConfig:
+def jobs_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
+        num_replicas=replicas,
         name=names.JOBS_STREAM,
         subjects=[f"{names.JOBS_PREFIX}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
@@ -37,8 +42,9 @@ def jobs_stream_config(max_age: float) -> StreamConfig:
     )
 
 
-def batch_stream_config() -> StreamConfig:
+def batch_stream_config(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
+        num_replicas=replicas,
         name=names.BATCH_STREAM,
         subjects=[f"{names.BATCH_PREFIX}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
@@ -55,12 +61,38 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure_streams(js: JetStreamContext, jobs_max_age: float) -> None:
-    await ensure_stream(js, jobs_stream_config(jobs_max_age))
-    await ensure_stream(js, batch_stream_config())
+async def ensure_streams(js: JetStreamContext, jobs_max_age: float, replicas: int = 1) -> None:
+    await ensure_stream(js, jobs_stream_config(jobs_max_age, replicas))
+    await ensure_stream(js, batch_stream_config(replicas))
 
 
-def usage_stream_config() -> StreamConfig:
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Bring an existing stream (also a bucket's or object store's) to `replicas` copies,
+    keeping the rest of its configuration."""
+    info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) != replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)
+
+
+async def _ensure_consumer_config(
+    js: JetStreamContext, stream: str, config: ConsumerConfig
+) -> None:
+    """Create the durable consumer, or update it in place when the replica count differs."""
+    assert config.durable_name is not None
+    try:
+        info = await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        with contextlib.suppress(BadRequestError):
+            await js.add_consumer(stream, config)
+        return
+    if (info.config.num_replicas or 0) != (config.num_replicas or 0):
+        info.config.num_replicas = config.num_replicas
+        with contextlib.suppress(BadRequestError):  # another process updated it first
+            await js.add_consumer(stream, info.config)
+
+
+def usage_stream_config(replicas: int = 1) -> StreamConfig:
     """Final usage of interactive jobs (`schemas.usage`): kept on disk until booked; a day
     at most (the reservation it would settle is forgotten by then)."""
     return StreamConfig(
@@ -69,18 +101,28 @@ def usage_stream_config() -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=86_400.0,
+        num_replicas=replicas,
     )
 
 
-async def ensure_usage_stream(js: JetStreamContext) -> None:
+async def ensure_usage_stream(js: JetStreamContext, replicas: int = 1) -> None:
     """LLMQ_USAGE and the api replicas' shared durable consumer on it."""
-    await ensure_stream(js, usage_stream_config())
-    await _ensure_shared_consumer(js, names.USAGE_STREAM, names.USAGE_CONSUMER, 10.0)
+    await ensure_stream(js, usage_stream_config(replicas))
+    await _ensure_shared_consumer(
+        js, names.USAGE_STREAM, names.USAGE_CONSUMER, 10.0, replicas=replicas
+    )
 
 
 async def _ensure_shared_consumer(
-    js: JetStreamContext, stream: str, name: str, ack_wait: float
+    js: JetStreamContext,
+    stream: str,
+    name: str,
+    ack_wait: float,
+    max_deliver: int = -1,
+    replicas: int = 1,
 ) -> None:
+    """A durable pull consumer every api replica pulls from; one made by an older version
+    (or with another replica count or delivery limit) is brought up to date."""
     config = ConsumerConfig(
         durable_name=name,
         name=name,
@@ -88,19 +130,30 @@ async def _ensure_shared_consumer(
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait,
-        max_deliver=-1,
+        max_deliver=max_deliver,
         max_waiting=512,
         max_ack_pending=20_000,
+        num_replicas=replicas,
     )
     try:
-        await js.consumer_info(stream, name)
+        info = await js.consumer_info(stream, name)
     except NotFoundError:
+        with contextlib.suppress(BadRequestError):
+            await js.add_consumer(stream, config)
+        return
+    current = info.config
+    if (current.max_deliver or -1) != max_deliver or (current.num_replicas or 0) != replicas:
         with contextlib.suppress(BadRequestError):
             await js.add_consumer(stream, config)
 
 
 async def ensure_consumer(
-    js: JetStreamContext, stream: str, model: str, ack_wait: float, max_deliver: int
+    js: JetStreamContext,
+    stream: str,
+    model: str,
+    ack_wait: float,
+    max_deliver: int,
+    replicas: int = 1,
 ) -> str:
     """The durable pull consumer of `model` on `stream`, shared by all its workers."""
     name = names.consumer_name(stream, model)
@@ -118,41 +171,45 @@ async def ensure_consumer(
         max_deliver=max_deliver,
         max_waiting=4096,
         max_ack_pending=-1,
+        num_replicas=replicas,
     )
-    try:
-        await js.consumer_info(stream, name)
-    except NotFoundError:
-        with contextlib.suppress(BadRequestError):
-            await js.add_consumer(stream, config)
+    await _ensure_consumer_config(js, stream, config)
     return name
 
 
-async def workers_bucket(js: JetStreamContext, ttl: float) -> KeyValue:
-    return await _bucket(js, names.WORKERS_BUCKET, ttl=ttl, storage=StorageType.MEMORY)
+async def workers_bucket(js: JetStreamContext, ttl: float, replicas: int = 1) -> KeyValue:
+    return await _bucket(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas)
 
 
-async def models_bucket(js: JetStreamContext) -> KeyValue:
-    return await _bucket(js, names.MODELS_BUCKET, ttl=0, storage=StorageType.FILE)
+async def models_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await _bucket(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas)
 
 
-async def _bucket(js: JetStreamContext, name: str, ttl: float, storage: StorageType) -> KeyValue:
+async def _bucket(
+    js: JetStreamContext, name: str, ttl: float, storage: StorageType, replicas: int = 1
+) -> KeyValue:
     try:
-        return await js.key_value(name)
+        found = await js.key_value(name)
     except Exception:
-        config = KeyValueConfig(bucket=name, history=1, ttl=ttl or None, storage=storage)
+        config = KeyValueConfig(
+            bucket=name, history=1, ttl=ttl or None, storage=storage, replicas=replicas
+        )
         with contextlib.suppress(BadRequestError):
             await js.create_key_value(config)
         return await js.key_value(name)
+    await ensure_replicas(js, f"KV_{name}", replicas)
+    return found
 
 
 # --- async jobs and batches (docs/batch.md) ----------------------------------------------
 
 
-def outcomes_stream_config(max_age: float) -> StreamConfig:
+def outcomes_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
     """Reply frames of async/batch jobs and LLMQ_BATCH's max-deliveries advisories, kept on
     disk until the collector has stored them; `max_age` only bounds what nobody collects."""
     return StreamConfig(
         name=names.OUTCOMES_STREAM,
+        num_replicas=replicas,
         subjects=[f"{names.OUTCOME_PREFIX}.>", names.BATCH_MAX_DELIVERIES],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
@@ -160,10 +217,11 @@ def outcomes_stream_config(max_age: float) -> StreamConfig:
     )
 
 
-def webhooks_stream_config(max_age: float) -> StreamConfig:
+def webhooks_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
     """`max_age`: a delivery nobody settles is dropped with its job's records."""
     return StreamConfig(
         name=names.WEBHOOKS_STREAM,
+        num_replicas=replicas,
         subjects=[f"{names.WEBHOOK_PREFIX}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
@@ -173,40 +231,24 @@ def webhooks_stream_config(max_age: float) -> StreamConfig:
 
 
 async def ensure_batch_streams(
-    js: JetStreamContext, retention: float, webhook_attempts: int = 8
+    js: JetStreamContext, retention: float, webhook_attempts: int = 8, replicas: int = 1
 ) -> None:
     """LLMQ_OUTCOMES and LLMQ_WEBHOOKS with their shared durable pull consumers. A webhook
     is delivered at most `webhook_attempts` + 2 times (the sender gives up after
     `webhook_attempts`; the margin covers an ack lost on the way)."""
-    await ensure_stream(js, outcomes_stream_config(retention))
-    await ensure_stream(js, webhooks_stream_config(retention))
-    for stream, name, ack_wait, max_deliver in (
-        (names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, -1),
-        (names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2),
-    ):
-        config = ConsumerConfig(
-            durable_name=name,
-            name=name,
-            description="llmq api replicas",
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            max_waiting=512,
-            max_ack_pending=20_000,
-        )
-        try:
-            info = await js.consumer_info(stream, name)
-        except NotFoundError:
-            with contextlib.suppress(BadRequestError):
-                await js.add_consumer(stream, config)
-        else:  # created by an older version (webhooks without max_deliver): bring it up to date
-            if (info.config.max_deliver or -1) != max_deliver:
-                with contextlib.suppress(BadRequestError):
-                    await js.add_consumer(stream, config)
+    await ensure_stream(js, outcomes_stream_config(retention, replicas))
+    await ensure_stream(js, webhooks_stream_config(retention, replicas))
+    await _ensure_shared_consumer(
+        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas
+    )
+    await _ensure_shared_consumer(
+        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas
+    )
 
 
-async def batch_buckets(js: JetStreamContext, retention: float) -> dict[str, KeyValue]:
+async def batch_buckets(
+    js: JetStreamContext, retention: float, replicas: int = 1
+) -> dict[str, KeyValue]:
     """The KV buckets of async jobs and batches (file storage), by name."""
     out = {}
     for name in (
@@ -214,28 +256,34 @@ async def batch_buckets(js: JetStreamContext, retention: float) -> dict[str, Key
         names.ASYNC_JOBS_BUCKET,
         names.BATCHES_BUCKET,
     ):
-        out[name] = await _bucket(js, name, ttl=retention, storage=StorageType.FILE)
+        out[name] = await _bucket(js, name, retention, StorageType.FILE, replicas)
     out[names.FILE_META_BUCKET] = await _bucket(
-        js, names.FILE_META_BUCKET, ttl=0, storage=StorageType.FILE
+        js, names.FILE_META_BUCKET, 0, StorageType.FILE, replicas
     )
     return out
 
 
-async def responses_buckets(js: JetStreamContext, retention: float) -> dict[str, KeyValue]:
+async def responses_buckets(
+    js: JetStreamContext, retention: float, replicas: int = 1
+) -> dict[str, KeyValue]:
     """Stored responses and conversations (file storage; `retention` 0 = kept until deleted)."""
     return {
-        name: await _bucket(js, name, ttl=retention, storage=StorageType.FILE)
+        name: await _bucket(js, name, ttl=retention, storage=StorageType.FILE, replicas=replicas)
         for name in (names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET)
     }
 
 
-async def files_store(js: JetStreamContext) -> ObjectStore:
+async def files_store(js: JetStreamContext, replicas: int = 1) -> ObjectStore:
     try:
-        return await js.object_store(names.FILES_OBJECT_STORE)
+        found = await js.object_store(names.FILES_OBJECT_STORE)
     except Exception:
         with contextlib.suppress(BadRequestError):
             await js.create_object_store(
                 names.FILES_OBJECT_STORE,
-                config=ObjectStoreConfig(storage=StorageType.FILE, description="llmq files"),
+                config=ObjectStoreConfig(
+                    storage=StorageType.FILE, description="llmq files", replicas=replicas
+                ),
             )
         return await js.object_store(names.FILES_OBJECT_STORE)
+    await ensure_replicas(js, f"OBJ_{names.FILES_OBJECT_STORE}", replicas)
+    return found

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -118,12 +119,36 @@ def write_private(path: Path, text: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ClusterRoute:
+    """Where a node of an embedded NATS cluster listens for its peers, and who they are."""
+
+    name: str
+    port: int
+    peers: tuple[int, ...]
+    """The route ports of the other nodes."""
+
+    def argv(self) -> list[str]:
+        routes = ",".join(f"nats://127.0.0.1:{peer}" for peer in self.peers)
+        return [
+            "--cluster_name", self.name, "--cluster", f"nats://127.0.0.1:{self.port}",
+            "--routes", routes,
+        ]  # fmt: skip
+
+
 class EmbeddedNats(ManagedProcess):
     """nats-server with JetStream; `config` is nats-server configuration text (an
-    `authorization` block, `tls`, ...) added to a 0600 config file, never to the argv."""
+    `authorization` block, `tls`, ...) added to a 0600 config file, never to the argv;
+    `cluster` routes it to its peers."""
 
     def __init__(
-        self, data_dir: Path, port: int = 0, max_payload: int | None = None, config: str = ""
+        self,
+        data_dir: Path,
+        port: int = 0,
+        max_payload: int | None = None,
+        config: str = "",
+        cluster: ClusterRoute | None = None,
+        wait: bool = True,
     ) -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -135,8 +160,13 @@ class EmbeddedNats(ManagedProcess):
             text = f"max_payload: {max_payload}\n" if max_payload else ""
             conf = write_private(data_dir / "nats.conf", text + config + "\n")
             argv += ["-c", str(conf)]
+        if cluster is not None:
+            argv += cluster.argv()
+        self.server_name = f"llmq-dev-{port}"
+        """Its name in the cluster (`stream_info(...).cluster.leader` names the leader so)."""
         super().__init__("nats-server", argv, port, data_dir / "nats-server.log")
-        self.wait_listening()
+        if wait:
+            self.wait_listening()
 
     @property
     def url(self) -> str:
@@ -156,6 +186,35 @@ class EmbeddedNats(ManagedProcess):
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.wait_listening()
+
+
+def nats_cluster(base_dir: Path, size: int = 3, name: str = "llmq") -> list[EmbeddedNats]:
+    """`size` nats-servers routed to each other as one JetStream cluster, each with its own
+    data dir under `base_dir`. Connect with `cluster_url(nodes)`; the cluster serves
+    JetStream once its nodes have elected a meta leader (a second or two)."""
+    client_ports = [free_port() for _ in range(size)]
+    route_ports = [free_port() for _ in range(size)]
+    nodes = []
+    try:
+        for i in range(size):
+            route = ClusterRoute(
+                name, route_ports[i], tuple(p for p in route_ports if p != route_ports[i])
+            )
+            nodes.append(
+                EmbeddedNats(base_dir / f"n{i + 1}", client_ports[i], cluster=route, wait=False)
+            )
+        for node in nodes:
+            node.wait_listening()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def cluster_url(nodes: list[EmbeddedNats]) -> str:
+    """The comma-separated server list every llmq process takes (`LLMQ_NATS_URL`)."""
+    return ",".join(node.url for node in nodes)
 
 
 class EmbeddedRedis(ManagedProcess):

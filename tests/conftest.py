@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.embedded import EmbeddedNats, EmbeddedRedis
+from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,16 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     server = EmbeddedNats(tmp_path / "own-nats")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
+    """Three nats-servers routed as one JetStream cluster, for this test alone (tests kill
+    nodes). Request it before `stack` and set `stack.nats_url = cluster_url(nodes)`."""
+    nodes = nats_cluster(tmp_path / "nats-cluster", size=3)
+    yield nodes
+    for node in nodes:
+        node.stop()
 
 
 @pytest.fixture

@@ -27,7 +27,9 @@ class Announcer:
         snapshot: Callable[[], WorkerInfo],
         heartbeat: float,
         kinds: list[str],
+        replicas: int = 1,
     ) -> None:
+        self.replicas = replicas
         self._js = js
         self._snapshot = snapshot
         self._heartbeat = heartbeat
@@ -42,9 +44,9 @@ class Announcer:
     async def provision(self) -> None:
         """Make sure both buckets exist (a restarted nats-server has lost LLMQ_WORKERS, which
         lives in memory), list our models and announce ourselves."""
-        self._kv = await streams.workers_bucket(self._js, ttl=self._heartbeat * 3)
+        self._kv = await streams.workers_bucket(self._js, self._heartbeat * 3, self.replicas)
         info = self._snapshot()
-        models = await streams.models_bucket(self._js)
+        models = await streams.models_bucket(self._js, self.replicas)
         for model in info.models:
             entry = ModelInfo(
                 name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds

@@ -106,8 +106,9 @@ class Worker:
             s.observability.metrics_host, s.worker.metrics_port, s.observability.metrics_token
         )
         self.announcer = Announcer(
-            nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds)
-        )
+            nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
+            s.protocol.nats_replicas,
+        )  # fmt: skip
         await self.announcer.start()
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
         self.scheduler.start()
@@ -123,13 +124,14 @@ class Worker:
         """The job streams and this worker's durable consumers on them, as feed specs."""
         assert self.nc is not None
         s, js = self.settings, self.nc.jetstream()
-        await streams.ensure_streams(js, s.protocol.jobs_max_age)
+        await streams.ensure_streams(js, s.protocol.jobs_max_age, s.protocol.nats_replicas)
         specs = []
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
                 consumer = await streams.ensure_consumer(
-                    js, stream, model, s.protocol.ack_wait, s.protocol.max_deliver
-                )
+                    js, stream, model, s.protocol.ack_wait, s.protocol.max_deliver,
+                    s.protocol.nats_replicas,
+                )  # fmt: skip
                 specs.append((stream, consumer, priority))
         return specs
 

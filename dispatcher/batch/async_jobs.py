@@ -40,6 +40,7 @@ from llmq.dispatcher.batch.records import (
 from llmq.dispatcher.batch.webhooks import Webhooks
 from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
+from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
 from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, PreparedRequest
@@ -114,9 +115,10 @@ class AsyncJobs:
             raise DispatchError(413, "request too large for the job queue", "request_too_large")
         reply = names.outcome_subject(tenant, prepared.model, job_id)
         try:
-            await self.js.publish(
-                spec.subject, spec.body, timeout=self.publish_timeout, headers=spec.headers(reply)
-            )
+            await publish_job(
+                self.js, spec.subject, spec.body, spec.headers(reply), self.publish_timeout,
+                until=min(now + deadline, time.time() + DURABLE_RETRY),
+            )  # fmt: skip
         except Exception as exc:
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"

@@ -24,6 +24,7 @@ from llmq.dispatcher.batch.ports import reservation_of
 from llmq.dispatcher.batch.reconcile import quiet
 from llmq.dispatcher.batch.records import BatchError, BatchRecord, encoder, line_job_id, unrun
 from llmq.dispatcher.jobs import JobSpec
+from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, Refusal
 
@@ -190,9 +191,10 @@ async def _publish(
         batch=True,
     )
     headers = spec.headers(names.outcome_subject(run.tenant, prepared.model, job_id), msg_id)
-    ack = await run.ctx.js.publish(
-        spec.subject, spec.body, timeout=run.ctx.publish_timeout, headers=headers
-    )
+    ack = await publish_job(
+        run.ctx.js, spec.subject, spec.body, headers, run.ctx.publish_timeout,
+        until=min(spec.deadline_ms / 1000, time.time() + DURABLE_RETRY),
+    )  # fmt: skip
     run.seqs[number] = ack.seq
 
 

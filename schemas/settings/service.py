@@ -181,6 +181,13 @@ class ProtocolSettings(Group):
         900.0, "Seconds an interactive job may stay in LLMQ_JOBS at most."
     )
     heartbeat: float = setting(2.0, "Seconds between worker registry heartbeats.")
+    nats_replicas: int = setting(
+        1,
+        "Copies of every stream, consumer, KV bucket and object store (1 on one NATS node, "
+        "3 on a cluster); a changed value is applied in place at start.",
+        ge=1,
+        le=5,
+    )
 
 
 class BatchSettings(Group):

@@ -60,6 +60,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "MAX_DELIVER": ("5", 5),
     "JOBS_MAX_AGE": ("13", 13.0),
     "HEARTBEAT": ("0.7", 0.7),
+    "NATS_REPLICAS": ("3", 3),
     "BACKEND": ("openai", "openai"),
     "MODEL": ("a,b=c", ["a", "b=c"]),
     "CAPACITY": ("6", 6),
