@@ -247,7 +247,8 @@ async def run_writer(writer: str, args: argparse.Namespace, tmp: Path) -> dict[s
             out[key + "_all"] = [round(c[key], 1) for c in cpu]
         out.update(await memory_per_stream(port, proc.pid, args.streams))
         out["load_mem"] = load_average()
-        out["disconnect_s"] = await disconnect_in_pause(port, 15)
+        waits = [await disconnect_in_pause(port, 15) for _ in range(5)]
+        out["disconnect_s"] = [None if w is None else round(w * 1000) for w in waits]
         out["pings"] = (await pings_in_pause(port)).count(b": ping")
         out["sdk"] = await asyncio.to_thread(sdk_reads_stream, port)
         return out
@@ -269,7 +270,7 @@ async def main(args: argparse.Namespace) -> None:
             f"{r['us_per_stream']:.0f} µs/stream, 20-chunk stream {r['us_20_chunk_stream']:.0f} µs "
             f"(load {r['load_cpu']}); RSS {r['kib_per_stream']:.1f} KiB/open stream "
             f"(base {r['rss_before_mib']:.0f} MiB, load {r['load_mem']}); disconnect in a "
-            f"silent pause noticed after {r['disconnect_s']}; pings in 2.5 s at ping=1: "
+            f"silent pause noticed after {r['disconnect_s']} ms; pings in 2.5 s at ping=1: "
             f"{r['pings']}; openai SDK: {r['sdk']}",
             flush=True,
         )
