@@ -266,12 +266,14 @@ def _print_table(rows: list[tuple[str, int, dict[str, Result]]], words: int) -> 
             f"| {q.p99_ms:.2f} ms | {q.rps:,.0f} | {q.cpu_total:,.0f} | {lcols} |"
         )
     print("\nllmq CPU µs per request, per process:")
+    api_json = {conc: res["llmq"].cpu_us["api"] for mode, conc, res in rows if mode == "json"}
     for mode, conc, res in rows:
         parts = ", ".join(f"{p} {v:,.0f}" for p, v in res["llmq"].cpu_us.items())
         extra = ""
-        if mode == "stream":
-            chunks = words + 3  # content chunks + finish + usage + [DONE]
-            extra = f"; api per relayed chunk {res['llmq'].cpu_us['api'] / chunks:,.1f}"
+        if mode == "stream" and conc in api_json:
+            # what a stream costs the api over a json request, per SSE event it relays
+            per_chunk = (res["llmq"].cpu_us["api"] - api_json[conc]) / (words + 3)
+            extra = f"; api per relayed chunk over json {per_chunk:,.1f}"
         print(f"  {mode} c={conc}: {parts}{extra}")
 
 
