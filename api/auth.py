@@ -3,7 +3,8 @@
 Answers as OpenAI does: no key → 401 `missing_api_key`; a key that does not resolve
 (unknown, revoked, expired, its tenant deleted) → 401 `invalid_api_key`; a suspended tenant
 → 403 `suspended`. The key's id goes with the request (`key_id`) so the quota script applies
-the key's own limits inside the tenant's (and refuses a key revoked since it was cached). Keys are looked up by their SHA-256 (the store compares in constant time); an
+the key's own limits inside the tenant's (and refuses a key revoked since it was cached).
+Keys are looked up by their SHA-256 (the store compares in constant time); an
 active tenant's record is cached for `key_cache_ttl` seconds, keyed by the key's hash, so
 the hot path costs no Redis round trip. The plaintext key is never stored, logged or kept
 in the cache.
@@ -184,7 +185,7 @@ class Authenticator:
         if isinstance(outcome, _Failure):
             raise outcome.error()
         tenant = outcome[0] if isinstance(outcome, tuple) else outcome
-        if tenant is None or tenant.status != "active":
+        if outcome is None or tenant is None or tenant.status != "active":
             self._cache.pop(cache_key, None)
         elif self.cache_ttl > 0:
             if len(self._cache) >= CACHE_MAX:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
@@ -258,3 +259,35 @@ class LedgerEntry(Struct, kw_only=True):
     cached_tokens: int = 0
     key_id: str = ""
     user: str = ""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h`, `30d` or `2w`; ValueError otherwise."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().lower()
+        unit = _UNITS.get(raw[-1:], 0)
+        number = raw[:-1] if unit else raw
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            raise ValueError(f"not a duration: {text!r} (e.g. 3600, 30m, 12h, 30d)") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive: {text!r}")
+    return seconds
+
+
+def key_input(data: dict[str, object], now: float) -> KeySettings:
+    """A key's settings from admin input: `KeyInput` fields, plus `expires_in` (a duration,
+    see `parse_duration`) as a shorthand for `expires_at`. Raises ValueError or
+    msgspec.ValidationError on bad input."""
+    data = dict(data)
+    expires_in = data.pop("expires_in", None)
+    checked = msgspec.convert(data, KeyInput)
+    if expires_in is not None:
+        checked.expires_at = now + parse_duration(expires_in)  # type: ignore[arg-type]
+    return checked

@@ -4,7 +4,8 @@ Every api replica shares the counters, so the limits are exact across processes:
 is counted (RPM), its prompt + max_tokens held (TPM, daily, monthly, spend) and a
 concurrency slot taken in one atomic step — for its tenant and, when it came with an API
 key that has limits of its own, for that key too — and its release replaces the held tokens
-with the real ones. RPM and TPM are GCRA rates (no fixed minute window: see quota.lua). A slot carries a lease: if its api dies before releasing, the next
+with the real ones. RPM and TPM are GCRA rates (no fixed minute window: see quota.lua).
+A slot carries a lease: if its api dies before releasing, the next
 reservation of the tenant reaps it once the lease has run out; work that outlives the lease
 (async jobs, batch lines) has it renewed (`renew`, driven by `api.reservations`).
 """

@@ -86,14 +86,16 @@ local key_id = r[16] or ''
 if key_id ~= '' then book(KEYS[6], key_id) end
 local user = r[17] or ''
 if user ~= '' then
-  -- Bounded cardinality: past the cap, new end users of the day share one row.
+  -- Bounded cardinality: past the cap, new end users of the day share one row (the ledger,
+  -- capped by length, still names them).
+  local row = user
   if redis.call('HEXISTS', KEYS[7], 'req:' .. user) == 0 then
     if redis.call('HINCRBY', KEYS[7], '#users', 1) > tonumber(ARGV[12]) then
       redis.call('HINCRBY', KEYS[7], '#users', -1)
-      user = '(other)'
+      row = '(other)'
     end
   end
-  book(KEYS[7], user)
+  book(KEYS[7], row)
 end
 
 local status = 'ok'
