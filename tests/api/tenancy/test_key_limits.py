@@ -117,7 +117,7 @@ async def test_key_concurrency_budgets_and_release(
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
     assert await redis.hget(f"{prefix}:d:{day}", "tok") == "230"
     # The renewal pushes the key's slot along with the tenant's.
-    assert (await quota.reserve(tenant_name, "m", 1, 1, "long", now=now, key_id=key, lease=5))
+    assert await quota.reserve(tenant_name, "m", 1, 1, "long", now=now, key_id=key, lease=5)
     assert await quota.extend(tenant_name, "long", 60, now=now + 4)
     assert await redis.zscore(f"{prefix}:inflight", "long") == pytest.approx((now + 64) * 1000)
 
