@@ -88,7 +88,7 @@ async def run(url: str, n: int, warmup: int, with_key: bool) -> None:
     scope = "tenant + key limits, end user" if with_key else "tenant limits"
     calls = server["calls"] / (warmup + n)
     print(f"{n} sequential reserve+release calls (after {warmup} warm-up), one client, {scope}")
-    print(f"script calls per reserve+release: {calls:g} (one each)")
+    print(f"script calls per reserve+release: {calls:.2f} (the first two load the scripts)")
     print(_line("ping (floor)", ping))
     print(_line("reserve", reserve))
     print(_line("release", release))
