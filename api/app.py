@@ -18,7 +18,18 @@ from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
-from llmq.api.routes import admin, batches, files, health, jobs, metrics, openai
+from llmq.api.responses_serving import open_responses
+from llmq.api.routes import (
+    admin,
+    batches,
+    conversations,
+    files,
+    health,
+    jobs,
+    metrics,
+    openai,
+    responses,
+)
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
@@ -47,13 +58,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.usage = UsageReader(runtime.redis)
         app.state.models = models
-        preparer = RequestPreparer(models, runtime.registry, settings.tenancy.default_max_tokens)
+        preparer = RequestPreparer(
+            models, runtime.registry, settings.tenancy.default_max_tokens,
+            max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
+        )  # fmt: skip
         app.state.serving = Serving(runtime, Authenticator(settings, store), reservations, preparer)
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
         # async jobs, files and batches (docs/batch.md)
         app.state.batches = BatchWing(runtime, reservations, preparer)
         await app.state.batches.start()
+        # the Responses API and conversations (docs/responses.md)
+        app.state.responses, app.state.conversations = await open_responses(
+            app.state.serving, app.state.batches
+        )
         console.attach(app, app.state.serving)
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         # usage the workers report, booked even when the relaying api died (docs/protocol.md)
@@ -64,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.usage_booker.stop()
+            await app.state.responses.stop()
             await app.state.batches.stop()
             await app.state.observability.stop()
             await models.stop()
@@ -92,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(responses.router)
+    app.include_router(conversations.router)
     if settings.console.console_enabled:
         console.install(app)
     return app

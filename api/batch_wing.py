@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -60,6 +61,8 @@ class BatchWing:
         self._starter: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._buckets: dict[str, KeyValue] = {}
+        self.purgers: list[Callable[[str], Awaitable[dict[str, int]]]] = []
+        """More data of a tenant scope to delete with it (the Responses API's records)."""
 
     async def start(self) -> None:
         s, js, nc = self.rt.settings, self.rt.js, self.rt.nc
@@ -140,12 +143,16 @@ class BatchWing:
         return purged
 
     async def purge_tenant(self, scope: str) -> dict[str, int]:
-        """Delete every file, job and batch of a deleted tenant's scope."""
+        """Delete every file, job and batch of a deleted tenant's scope (and what the
+        `purgers` of other wings hold: stored responses, conversations)."""
         b = self._buckets
-        return await purge_scope(
+        counts = await purge_scope(
             scope, self.files, b[names.ASYNC_JOBS_BUCKET], b[names.BATCHES_BUCKET],
             b[names.RESULTS_BUCKET],
         )  # fmt: skip
+        for purge in self.purgers:
+            counts.update(await purge(scope))
+        return counts
 
     async def _provision(self) -> tuple[dict[str, KeyValue], ObjectStore]:
         """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""

@@ -21,6 +21,11 @@ def event(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
+def named_event(name: bytes, data: bytes) -> bytes:
+    """An SSE event with its `event:` line (the Responses API names every event)."""
+    return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+
 class SSEResponse(Response):
     media_type = "text/event-stream"
 

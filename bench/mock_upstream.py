@@ -1,13 +1,15 @@
 """A fast OpenAI-compatible mock upstream: the baseline every overhead figure is measured
 against. Raw ASGI under uvicorn, fixed answers, no framework cost.
 
-Run alone: python bench/mock_upstream.py PORT
+Run alone: python bench/mock_upstream.py PORT [--words N] [--certfile PEM --keyfile PEM]
+(`--words`: content chunks per streamed answer, default 4; with a certificate it serves https,
+for measuring TLS upstreams against a local CA: `tests/worker/upstream/pki.py` makes one).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from typing import Any
 
@@ -35,10 +37,10 @@ def _completion(model: str) -> bytes:
     ).encode()
 
 
-def _chunks(model: str) -> list[bytes]:
+def _chunks(model: str, words: list[str] = _WORDS) -> list[bytes]:
     base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model}
     out = []
-    for i, word in enumerate(_WORDS):
+    for i, word in enumerate(words):
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
         out.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
     out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
@@ -77,7 +79,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        for chunk in _chunks(model):
+        for chunk in _chunks(model, _STREAMED):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -93,5 +95,28 @@ async def _send_json(send: Any, payload: bytes) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+_STREAMED = _WORDS
+
+
+def main() -> None:
+    global _STREAMED
+    parser = argparse.ArgumentParser(description="a fast OpenAI-compatible mock upstream")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--words", type=int, default=len(_WORDS))
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
+    args = parser.parse_args()
+    _STREAMED = [_WORDS[i % len(_WORDS)] for i in range(args.words)]
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+    )
+
+
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    main()

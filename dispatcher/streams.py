@@ -221,6 +221,14 @@ async def batch_buckets(js: JetStreamContext, retention: float) -> dict[str, Key
     return out
 
 
+async def responses_buckets(js: JetStreamContext, retention: float) -> dict[str, KeyValue]:
+    """Stored responses and conversations (file storage; `retention` 0 = kept until deleted)."""
+    return {
+        name: await _bucket(js, name, ttl=retention, storage=StorageType.FILE)
+        for name in (names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET)
+    }
+
+
 async def files_store(js: JetStreamContext) -> ObjectStore:
     try:
         return await js.object_store(names.FILES_OBJECT_STORE)

@@ -25,9 +25,10 @@ from llmq.schemas.openai import (
     completion_request_decoder,
     embedding_request_decoder,
 )
+from llmq.schemas.responses import response_request_decoder
 
-JobKind = Literal["chat", "completion", "embedding"]
-"""What the body is: an OpenAI chat, completion or embedding request."""
+JobKind = Literal["chat", "completion", "embedding", "response"]
+"""What the body is: an OpenAI chat, completion, embedding or Responses request."""
 JOB_KINDS: Final[tuple[JobKind, ...]] = get_args(JobKind)
 DEFAULT_KIND: Final[JobKind] = "chat"
 """The kind of a job without an `Llmq-Kind` header (the header is left out for it)."""
@@ -39,6 +40,7 @@ REQUEST_DECODERS: Final[Mapping[JobKind, msgspec.json.Decoder[Any]]] = MappingPr
         "chat": chat_request_decoder,
         "completion": completion_request_decoder,
         "embedding": embedding_request_decoder,
+        "response": response_request_decoder,
     }
 )
 """One reused decoder of the OpenAI request type per job kind."""
@@ -62,7 +64,11 @@ def job_kind(value: str) -> JobKind:
 
 
 def decode_request(kind: JobKind, body: bytes) -> AnyRequest:
-    """The job's body as the OpenAI request of its kind (msgspec.ValidationError if not)."""
+    """The job's body as the OpenAI request of its kind (msgspec.ValidationError if not).
+    A `response` job is not one of these: its worker reads it as JSON
+    (`worker/responses_api`), and asking for it here is a ValidationError."""
+    if kind == "response":
+        raise msgspec.ValidationError("a response job is not a chat-shaped request")
     request: AnyRequest = REQUEST_DECODERS[kind].decode(body)
     return request
 

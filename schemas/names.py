@@ -133,6 +133,10 @@ FILE_META_BUCKET = "LLMQ_FILE_META"
 """key = `<tenant token>.<file id>`, value = the file's record; the bytes are in LLMQ_FILES."""
 FILES_OBJECT_STORE = "LLMQ_FILES"
 """Object store; object name = `<tenant token>/<file id>`."""
+RESPONSES_BUCKET = "LLMQ_RESPONSES"
+"""key = `<tenant token>.<response id hex>`, value = the stored response (Responses API)."""
+CONVERSATIONS_BUCKET = "LLMQ_CONVERSATIONS"
+"""key = `<tenant token>.<conversation id hex>`, value = the conversation with its items."""
 
 
 def tenant_token(tenant: str) -> str:
@@ -216,6 +220,8 @@ H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
 H_REQUEUED = "Llmq-Requeued"
+H_CHUNKS = "Llmq-Chunks"
+"""On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
 """On a `ping` frame: the worker gave the job back (retryable failure before its first
 token); it is queued again for the next worker."""
 H_MSG_ID = "Nats-Msg-Id"

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ class InProcessApi:
         self.server.should_exit = True
         if self.task is not None:
             await asyncio.wait_for(asyncio.shield(self.task), self.settings.api.shutdown_grace + 10)
+
+
+def unique(prefix: str = "m") -> str:
+    """A name no other test uses (models, tenants): tests share one nats-server and Valkey."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:

@@ -26,6 +26,7 @@ from llmq.worker.breaker import OPEN, CircuitBreaker
 from llmq.worker.config import ConfigError, backend_config_from, describe
 from llmq.worker.feed import PullFeed
 from llmq.worker.metrics import JobBook, WorkerMetrics
+from llmq.worker.responses_api.passthrough import passthrough_of
 from llmq.worker.runner import JobOutcome, JobRunner
 from llmq.worker.scheduler import Scheduler
 from llmq.worker.service import WorkerService
@@ -97,6 +98,7 @@ class Worker:
             self._on_outcome,
             self.jobs.track,
         )
+        self.runner.responses_upstream = passthrough_of(s, self.backend_config)
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await self._provision_consumers()
         self.scheduler.feeds = await self._open_feeds()
@@ -192,6 +194,8 @@ class Worker:
         if self.nc is not None:
             await disconnect(self.nc)
         await self.backend.aclose()
+        if self.runner is not None and self.runner.responses_upstream is not None:
+            await self.runner.responses_upstream.aclose()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

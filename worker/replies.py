@@ -1,19 +1,33 @@
-"""Sending reply frames to the api: numbered, on core NATS, never flushed per frame."""
+"""Sending reply frames to the api: numbered, on core NATS, never flushed per frame.
+
+Chunks go out in natural batches: `drive` hands the runner every `Out` the backend can
+produce without waiting (all the lines one read from the upstream brought) and flushes them
+the moment the backend is about to wait, so one frame carries them all and no chunk ever
+waits for another.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 
 from llmq.schemas import frames, names
-from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder
+from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder, join_chunks, joinable
+
+T = TypeVar("T")
+
+FRAME_SHARE = 4
+"""A frame of several chunks stays under 1/FRAME_SHARE of the server's max payload."""
 
 
 class FrameSender:
     """The frames of one job attempt, numbered from 0 (`accepted`) so the api sees any gap."""
 
-    __slots__ = ("_nc", "_reply", "_seq", "last_sent", "worker_id")
+    __slots__ = ("_nc", "_reply", "_seq", "frames_sent", "last_sent", "worker_id")
 
     def __init__(self, nc: Client, reply: str, worker_id: str) -> None:
         self._nc = nc
@@ -21,12 +35,14 @@ class FrameSender:
         self._seq = 0
         self.worker_id = worker_id
         self.last_sent = time.monotonic()
+        self.frames_sent = 0
 
     async def _send(self, kind: str, data: bytes, extra: dict[str, str] | None = None) -> None:
         headers = {names.H_FRAME: kind, names.H_SEQ: str(self._seq)}
         if extra:
             headers.update(extra)
         self._seq += 1
+        self.frames_sent += 1
         self.last_sent = time.monotonic()
         await self._nc.publish(self._reply, data, headers=headers)
 
@@ -36,6 +52,29 @@ class FrameSender:
 
     async def chunk(self, data: bytes) -> None:
         await self._send(frames.CHUNK, data)
+
+    async def chunks(self, batch: list[bytes]) -> None:
+        """Several chunks in as few frames as they fit (one, normally), in order."""
+        limit = max(int(getattr(self._nc, "max_payload", 0) or 0) // FRAME_SHARE, 4096)
+        group: list[bytes] = []
+        size = 0
+        for data in batch:
+            if group and (size + len(data) > limit or not joinable(data)):
+                await self._send_group(group)
+                group, size = [], 0
+            group.append(data)
+            size += len(data) + len(frames.CHUNK_SEPARATOR)
+            if not joinable(data):
+                await self._send_group(group)
+                group, size = [], 0
+        if group:
+            await self._send_group(group)
+
+    async def _send_group(self, group: list[bytes]) -> None:
+        if len(group) == 1:
+            await self._send(frames.CHUNK, group[0])
+        else:
+            await self._send(frames.CHUNK, join_chunks(group), {names.H_CHUNKS: str(len(group))})
 
     async def ping(self) -> None:
         await self._send(frames.PING, b"")
@@ -49,3 +88,81 @@ class FrameSender:
 
     async def failed(self, frame: Failed) -> None:
         await self._send(frames.ERROR, frame_encoder.encode(frame))
+
+
+async def drive(
+    items: AsyncIterator[T],
+    take: Callable[[T], Awaitable[None]],
+    flush: Callable[[], Awaitable[None]],
+) -> None:
+    """Await `take` for each item of `items`, and `flush` whenever producing the next one
+    would wait (on the upstream's socket, a timer, anything) and once at the end.
+
+    Each step of the producer is run by hand up to its first suspension: if it finishes
+    without one, its item was ready; if it suspends, `flush` runs before the task waits with
+    it, so what was taken goes out before any waiting, never after.
+    """
+    iterator = aiter(items)
+    while True:
+        step = anext(iterator)
+        try:
+            signal = step.send(None)  # type: ignore[attr-defined]
+        except StopIteration as ready:
+            await take(ready.value)
+            continue
+        except StopAsyncIteration:
+            break
+        try:
+            await flush()
+        except BaseException as error:
+            # Unwind the producer as if its wait had failed, then report the failure.
+            with contextlib.suppress(StopAsyncIteration):
+                await _Rest(step, signal, error)
+            raise
+        try:
+            item = await _Rest(step, signal)
+        except StopAsyncIteration:
+            break
+        await take(item)
+    await flush()
+
+
+class _Rest:
+    """Awaiting this finishes a producer step that already ran up to its first wait: the
+    wait is handed to the task as a plain `await` would, and the step's item returned.
+
+    With `error`, the step is unwound instead (the error is thrown in at its wait); whatever
+    it then raises other than the error itself propagates, else the caller re-raises."""
+
+    __slots__ = ("_error", "_signal", "_step")
+
+    def __init__(self, step: Any, signal: Any, error: BaseException | None = None) -> None:
+        self._step, self._signal, self._error = step, signal, error
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        step, signal = self._step, self._signal
+        if self._error is not None:
+            try:
+                signal = step.throw(self._error)
+            except (StopIteration, StopAsyncIteration):
+                return None
+            except BaseException as raised:
+                if raised is self._error:
+                    return None
+                raise
+        while True:
+            try:
+                sent = yield signal
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as thrown:  # the task's cancellation, delivered to the step
+                try:
+                    signal = step.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    signal = step.send(sent)
+                except StopIteration as done:
+                    return done.value

@@ -25,8 +25,10 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
-from llmq.worker.replies import FrameSender
+from llmq.worker.replies import FrameSender, drive
 from llmq.worker.responses import Fold, embedding_list
+from llmq.worker.responses_api.adapter import run_response
+from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 from llmq.worker.usage_report import report_final_usage
 
@@ -125,6 +127,8 @@ class JobRunner:
         self.shutting_down = False
         """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.responses_upstream: ResponsesPassthrough | None = None
+        """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -174,9 +178,9 @@ class JobRunner:
         await sender.accepted(attempt)
         keepalive = asyncio.create_task(self._keepalive(sender, ack))
         try:
-            timeout = max(job.deadline - time.time(), 0.001) if job.deadline_ms else None
-            async with asyncio.timeout(timeout):
-                await self._execute(msg.data, job.kind, sender, ack, outcome)
+            # The deadline is for starting (checked in `run`); once started, the backend's own
+            # timeouts and the api's cancel bound the job.
+            await self._execute(msg.data, job.kind, sender, ack, outcome)
         except asyncio.CancelledError:
             if self.shutting_down and job.id not in self.cancelled:
                 await self._hand_back(ack, sender, attempt, outcome)
@@ -184,11 +188,6 @@ class JobRunner:
                 outcome.outcome = "cancelled"
                 await ack.term()
             raise
-        except TimeoutError:
-            outcome.outcome = "error"
-            await sender.failed(
-                failure(504, "the job's deadline passed", "timeout", "deadline_exceeded")
-            )
         except BackendError as exc:
             outcome.backend_failed = exc.status >= 500 or exc.status == 429
             if (
@@ -249,6 +248,9 @@ class JobRunner:
     async def _execute(
         self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
+        if kind == "response":  # the Responses API: worker/responses_api
+            await self._respond(body, sender, ack, outcome)
+            return
         request = decode_request(kind, body)
         if isinstance(request, EmbeddingRequest):
             await self._embed(request, sender, outcome)
@@ -268,27 +270,51 @@ class JobRunner:
         else:
             await self._collect(outs, Fold(reply, text), sender, outcome)
 
+    async def _respond(
+        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+    ) -> None:
+        async def started(streams: bool) -> None:
+            outcome.first_token = time.monotonic()
+            if streams:
+                await ack.ack()
+
+        if self.responses_upstream is not None:
+            outcome.usage = await self.responses_upstream.run(
+                self.upstream_names, body, outcome.job_id, sender, started
+            )
+            return
+        args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
+        outcome.usage = await run_response(*args)
+
     async def _stream(
         self, outs: AsyncIterator[Out], sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
         finish: str | None = None
         usage: Usage | None = None
         held: list[bytes] = []  # chunks before the first token (a role chunk): still retryable
-        async for out in outs:
+        ready: list[bytes] = []  # chunks the backend gave without waiting: one frame
+
+        async def take(out: Out) -> None:
+            nonlocal usage, finish
             if out.tokens and outcome.first_token is None:
                 outcome.first_token = time.monotonic()
                 await ack.ack()  # the point of no return: the client sees a token
-                for chunk in held:
-                    await sender.chunk(chunk)
+                ready.extend(held)
+                held.clear()
             if out.chunk:
-                if outcome.first_token is None:
-                    held.append(out.chunk)
-                else:
-                    await sender.chunk(out.chunk)
+                (ready if outcome.first_token is not None else held).append(out.chunk)
             if out.usage is not None:
                 usage, finish = out.usage, out.finish_reason
-        for chunk in held if outcome.first_token is None else ():
-            await sender.chunk(chunk)
+
+        async def flush() -> None:
+            if ready:
+                batch = ready.copy()
+                ready.clear()
+                await sender.chunks(batch)
+
+        await drive(outs, take, flush)  # flushes whenever the backend is about to wait
+        if held:
+            await sender.chunks(held)
         usage = usage or Usage()
         outcome.usage = usage
         await sender.done(Done(usage=usage, finish_reason=finish))

@@ -73,6 +73,11 @@ class OpenAISettings(Group):
         "openai: ask the upstream for usage (stream_options); off for servers "
         "that reject it (usage is then counted).",
     )
+    responses_passthrough: bool = setting(
+        False,
+        "openai: the upstream serves /v1/responses itself; Responses API jobs are passed "
+        "through to it instead of being translated to chat.",
+    )
 
 
 class OllamaSettings(Group):
@@ -142,8 +147,9 @@ class BackendSettings(Group):
     backend_timeout: float = setting(600.0, "Seconds one backend call may take in all.", gt=0)
     backend_http_client: Literal["auto", "httpx"] = setting(
         "auto",
-        "`auto`: llmq's lean HTTP/1.1 client for plain-http upstreams without a "
-        "proxy, httpx otherwise; `httpx`: httpx always.",
+        "`auto`: llmq's lean HTTP/1.1 client for every http and https upstream (httpx "
+        "only for what it lacks: credentials in the URL, a non-http proxy); `httpx`: "
+        "httpx always.",
     )
     openai: OpenAISettings = setting(default_factory=OpenAISettings, description="openai")
     ollama: OllamaSettings = setting(default_factory=OllamaSettings, description="ollama")

@@ -11,37 +11,22 @@ books every choice.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Reply,
-    json_reply,
     openai_usage,
     sse_data,
 )
 
 CHAT = "/v1/chat/completions"
-
-
-def _uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        server.route("/v1/models", json_reply(200, {"object": "list", "data": []}))
-        yield server
 
 
 async def _serve(stack: Any, api: Any, model: str, **overrides: Any) -> Any:
@@ -121,7 +106,7 @@ async def test_unknown_fields_reach_the_upstream_byte_for_byte(
 ) -> None:
     """Through the SDK (named and extra_body fields) and as raw bytes (odd spacing, 1.50):
     only model, stream and stream_options change, also when the model table adds a default."""
-    public = f"pass-{_uid()}"
+    public = unique("pass")
     models = tmp_path / "models.toml"
     models.write_text(f'[defaults."{public}"]\ntemperature = 0.3\n')
     upstream.route(CHAT, two_choices_reply())
@@ -180,7 +165,7 @@ async def test_unknown_fields_reach_the_upstream_byte_for_byte(
 async def test_two_choices_and_every_field_reach_the_client(
     upstream: FakeUpstream, stack: Any
 ) -> None:
-    public = f"pass-{_uid()}"
+    public = unique("pass")
     upstream.route(CHAT, two_choices_reply())
     api = await stack.api()
     await _serve(stack, api, f"{public}=gpt-4o", backend="openai", backend_url=f"{upstream.url}/v1")
@@ -235,7 +220,7 @@ async def test_two_choices_and_every_field_reach_the_client(
 
 
 async def test_a_null_system_fingerprint_is_left_out(upstream: FakeUpstream, stack: Any) -> None:
-    public = f"pass-{_uid()}"
+    public = unique("pass")
     chunks = [
         _chunk([{"index": 0, "delta": {"role": "assistant", "content": "ok"},
                  "finish_reason": None}], system_fingerprint=None, service_tier=None),
@@ -261,7 +246,7 @@ async def test_a_null_system_fingerprint_is_left_out(upstream: FakeUpstream, sta
 
 
 async def test_echo_honours_n_books_every_choice_and_is_spec_valid(stack: Any) -> None:
-    model = f"echo-{_uid()}"
+    model = unique("echo")
     api = await stack.api()
     await _serve(stack, api, model)
     client = _client(api)

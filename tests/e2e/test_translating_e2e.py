@@ -11,8 +11,6 @@ never reaches the upstream.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,12 +18,11 @@ import openai
 import pytest
 
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     anthropic_events,
     anthropic_stream,
-    json_reply,
     ollama_chat,
 )
 
@@ -33,20 +30,8 @@ CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 
 
-def _uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        server.route("/v1/models", json_reply(200, {"object": "list", "data": []}))
-        server.route("/api/version", json_reply(200, {"version": "0.12.0"}))
-        yield server
-
-
 async def _stack(stack: Any, backend: str, url: str) -> tuple[Any, str]:
-    model = f"{backend}-{_uid()}"
+    model = unique(backend)
     api = await stack.api()
     worker = await stack.worker(model=[f"{model}=up"], backend=backend, backend_url=url)
     await wait_for(lambda: worker.id in {w.id for w in api.runtime.registry.workers_for(model)})

@@ -109,6 +109,10 @@ ENV: dict[str, tuple[str, Any]] = {
     "CONSOLE_ENABLED": ("false", False),
     "CONSOLE_SESSION_HOURS": ("2", 2.0),
     "CONSOLE_SECRET": ("cs", "cs"),
+    "RESPONSE_RETENTION": ("27", 27.0),
+    "RESPONSES_PASSTHROUGH": ("true", True),
+    "MAX_OUTPUT_TOKENS": ("37", 37),
+    "MAX_N": ("38", 38),
 }
 
 # Flags per command before flags were derived from the models.
@@ -124,6 +128,7 @@ FLAGS: dict[Command, set[str]] = {
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
         "webhook_allow", "metrics_token_file",
         "console_enabled", "console_session_hours",
+        "response_retention",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
@@ -132,7 +137,7 @@ FLAGS: dict[Command, set[str]] = {
         "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
         "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
         "backend_token_timeout", "backend_timeout", "backend_http_client",
-        "breaker_probe_interval", "metrics_token_file",
+        "breaker_probe_interval", "metrics_token_file", "responses_passthrough",
     },
 }  # fmt: skip
 

@@ -17,7 +17,7 @@ import msgspec
 from llmq.schemas.openai import ChatCompletionRequest, Message
 from llmq.schemas.text import message_text
 from llmq.worker.backends.base import BackendError, Call, unsupported_parameter
-from llmq.worker.backends.params import check_fields
+from llmq.worker.backends.params import check_fields, top_k
 
 BACKEND: Final = "anthropic"
 MAPPED: Final = frozenset(
@@ -215,9 +215,9 @@ def build(call: Call, default_max_tokens: int) -> tuple[bytes, str | None]:
         body["temperature"] = request.temperature
     if isinstance(request.top_p, float | int):
         body["top_p"] = request.top_p
-    top_k = _top_k(call.body)
-    if top_k is not None:
-        body["top_k"] = top_k
+    wanted_top_k = top_k(call.body)
+    if wanted_top_k is not None:
+        body["top_k"] = wanted_top_k
     if isinstance(request.stop, str):
         body["stop_sequences"] = [request.stop]
     elif isinstance(request.stop, list) and request.stop:
@@ -245,18 +245,3 @@ def build(call: Call, default_max_tokens: int) -> tuple[bytes, str | None]:
     if isinstance(request.user, str) and request.user:
         body["metadata"] = {"user_id": request.user}
     return _encoder.encode(body), forced["name"] if forced else None
-
-
-class _TopK(msgspec.Struct):
-    top_k: int | None = None
-
-
-_top_k_decoder = msgspec.json.Decoder(_TopK)
-
-
-def _top_k(body: bytes) -> int | None:
-    """vLLM-style `top_k`, which OpenAI's schema lacks and Anthropic takes."""
-    try:
-        return _top_k_decoder.decode(body).top_k
-    except msgspec.ValidationError:
-        raise invalid("`top_k` must be an integer", "top_k") from None

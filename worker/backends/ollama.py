@@ -35,7 +35,7 @@ from llmq.worker.backends.base import (
     Out,
     unsupported_parameter,
 )
-from llmq.worker.backends.params import check_fields
+from llmq.worker.backends.params import check_fields, top_k
 from llmq.worker.chunks import ChatChunks, Chunks, TextChunks
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
@@ -262,7 +262,7 @@ class OllamaBackend:
         self, request: ChatCompletionRequest | CompletionRequest, limit: int | None, body: bytes
     ) -> dict[str, Any]:
         options: dict[str, Any] = {}
-        set_if(options, "top_k", _top_k(body))
+        set_if(options, "top_k", top_k(body))
         set_if(options, "temperature", request.temperature)
         set_if(options, "top_p", request.top_p)
         set_if(options, "seed", request.seed)
@@ -362,21 +362,6 @@ class OllamaBackend:
 
     async def aclose(self) -> None:
         await self._upstream.aclose()
-
-
-class _TopK(Struct):
-    top_k: int | None = None
-
-
-_top_k_decoder = msgspec.json.Decoder(_TopK)
-
-
-def _top_k(body: bytes) -> int | None:
-    """vLLM-style `top_k` (not in OpenAI's schema), which Ollama takes as an option."""
-    try:
-        return _top_k_decoder.decode(body).top_k
-    except msgspec.ValidationError:
-        raise _invalid("`top_k` must be an integer") from None
 
 
 def set_if(target: dict[str, Any], key: str, value: Any) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from llmq.schemas.openai import raw_fields_decoder
-from llmq.worker.backends.base import Call, unsupported_parameter
+from llmq.worker.backends.base import BackendError, Call, unsupported_parameter
 
 _NULL: Final = b"null"
 _FALSY: Final = frozenset({b"null", b"false"})
@@ -35,3 +37,20 @@ def check_fields(call: Call, mapped: frozenset[str], backend: str) -> None:
         raise unsupported_parameter(key, backend)
     if call.choices > 1:
         raise unsupported_parameter("n", backend, "it generates one choice per request")
+
+
+class _TopK(msgspec.Struct):
+    top_k: int | None = None
+
+
+_top_k_decoder = msgspec.json.Decoder(_TopK)
+
+
+def top_k(body: bytes) -> int | None:
+    """vLLM-style `top_k` (not in OpenAI's schema), which Anthropic and Ollama take."""
+    try:
+        return _top_k_decoder.decode(body).top_k
+    except msgspec.ValidationError:
+        raise BackendError(
+            "`top_k` must be an integer", status=400, type="invalid_request_error", param="top_k"
+        ) from None

@@ -1,18 +1,21 @@
 """Which `UpstreamClient` serves a backend: the one module that names the implementations.
 
-Plain-http upstreams without a proxy (local model servers) get the lean `FastClient`:
-httpx costs about a millisecond per call. Everything else, and every upstream when the
-`backend_http_client` setting says `httpx`, gets `HttpxClient`.
+Every upstream, http or https, direct or through an `http://` proxy, gets the lean
+`FastClient` (docs/backends.md has the measurements: httpx costs about four times its CPU
+per call). httpx stays as an explicit fallback (`backend_http_client = "httpx"`, or a URL
+the lean client does not serve: credentials in the URL, a proxy that is not `http://`,
+httptools missing) because it is the widely used, independently maintained path: an
+escape hatch if an upstream or proxy trips over the lean client.
 """
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from llmq.worker.upstream import fast_client as fast
 from llmq.worker.upstream.client import UpstreamClient
+from llmq.worker.upstream.connect import UnsupportedProxy, proxy_for
 from llmq.worker.upstream.httpx_client import HttpxClient
 
 
@@ -27,16 +30,16 @@ def open_client(
 def fast_client(
     url: str, headers: Mapping[str, str], connect_timeout: float, enabled: bool = True
 ) -> fast.FastClient | None:
-    """A FastClient for `url` when it can serve it: plain http, no proxy configured for the
-    host, httptools importable; else None (use httpx)."""
+    """A FastClient for `url` when it can serve it: http or https, no credentials in the
+    URL, no proxy or an `http://` one, httptools importable; else None (use httpx)."""
     if not enabled or not fast.AVAILABLE:
         return None
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         return None
-    proxies = urllib.request.getproxies()
-    if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(
-        parts.hostname
-    ):
+    try:
+        proxy_for(scheme, parts.hostname)
+    except UnsupportedProxy:
         return None
     return fast.FastClient(headers, connect_timeout)

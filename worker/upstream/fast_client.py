@@ -1,34 +1,40 @@
-"""A minimal HTTP/1.1 client for upstreams reached over plain http without a proxy.
+"""A minimal HTTP/1.1 client for every upstream: http and https, direct or through a proxy.
 
-Local model servers (vLLM, llama.cpp, Ollama, ...) answer in well under a millisecond of
-their own, and httpx's layers (request models, auth and redirect flows, cookie jar, h11)
-cost about a millisecond per call on top: more than llmq's whole added-latency budget.
-This client does only what the backends use: GET and POST with a small body, keep-alive
-connections in a pool, responses parsed by httptools (llhttp, the parser uvicorn uses),
-bodies read as lines. It implements `UpstreamClient` and raises llmq's own error types
-(`client`). HTTPS and proxied upstreams (hosted APIs, where the network dominates) use
-another client; `choice` decides.
+httpx's layers (request models, auth and redirect flows, cookie jar, h11) cost about a
+millisecond of CPU per call: more than llmq's whole added-latency budget, and every hosted
+API (OpenAI, Azure, Anthropic) is https. This client does only what the backends use: GET
+and POST with a small body, keep-alive connections in a pool per origin, responses parsed
+by httptools (llhttp, the parser uvicorn uses), bodies read as lines. `connect` opens the
+connections (TLS with verification, proxies from the environment). It implements
+`UpstreamClient` and raises llmq's own error types (`client`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from llmq.worker.tracing import TRACEPARENT
 from llmq.worker.upstream.client import (
     JSON_HEADERS,
-    ConnectError,
-    ConnectTimeout,
     LineBatches,
     Params,
     ProtocolError,
     ReadError,
     StatusError,
     WriteError,
+)
+from llmq.worker.upstream.connect import (
+    Connection,
+    Origin,
+    Proxy,
+    Target,
+    default_tls,
+    open_stream,
+    proxy_for,
+    target_of,
 )
 
 try:
@@ -44,32 +50,12 @@ AVAILABLE = httptools is not None
 """False without httptools: then `choice` never picks this client."""
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    def usable(self) -> bool:
-        """Open, nothing unread (read as the next request's answer: issue 12, 11)."""
-        return (
-            not self.writer.is_closing()
-            and not self.reader.at_eof()
-            and not getattr(self.reader, "_buffer", b"")  # what the transport read ahead
-        )
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-
-
 class FastResponse:
     """One response: status and headers at once, the body as it arrives."""
 
-    def __init__(self, client: FastClient, conn: _Conn, origin: tuple[str, int]) -> None:
+    def __init__(self, client: FastClient, conn: Connection, origin: Origin) -> None:
         self._client = client
-        self._conn: _Conn | None = conn
+        self._conn: Connection | None = conn
         self._origin = origin
         self._parser = httptools.HttpResponseParser(self)
         self._chunks: list[bytes] = []
@@ -134,7 +120,7 @@ class FastResponse:
         """Read once from the socket into the parser; False at end of stream."""
         assert self._conn is not None
         try:
-            data = await self._conn.reader.read(READ_SIZE)
+            data = await self._conn.receive(READ_SIZE)
         except OSError as exc:
             raise ReadError(str(exc) or type(exc).__name__) from None
         if not data:
@@ -245,13 +231,25 @@ class _Streaming:
 
 
 class FastClient:
-    """`UpstreamClient` for plain-http origins: a keep-alive pool per origin."""
+    """`UpstreamClient` for http and https origins: a keep-alive pool per origin.
 
-    def __init__(self, headers: Mapping[str, str], connect_timeout: float) -> None:
+    `tls` verifies https upstreams (default: `connect.default_tls()`); `proxies` False
+    ignores the proxy variables of the environment."""
+
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        proxies: bool = True,
+    ) -> None:
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         self._connect_timeout = connect_timeout
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
-        self._targets: dict[str, tuple[str, int, str, str]] = {}
+        self._tls = tls
+        self._use_proxies = proxies
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._targets: dict[str, Target] = {}
+        self._proxies: dict[Origin, Proxy | None] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -300,31 +298,31 @@ class FastClient:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _target(self, url: str) -> tuple[str, int, str, str]:
-        """(host, port, Host header, request target) of a URL, cached."""
+    def _target(self, url: str) -> Target:
+        """Where a URL's requests go and how they are addressed, cached per URL."""
         cached = self._targets.get(url)
         if cached is None:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            port = parts.port or 80
-            host_header = f"[{host}]" if ":" in host else host
-            if port != 80:
-                host_header = f"{host_header}:{port}"
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            cached = (host, port, host_header, target)
+            cached = target_of(url, self._proxy)
             if len(self._targets) < 256:
                 self._targets[url] = cached
         return cached
+
+    def _proxy(self, origin: Origin) -> Proxy | None:
+        if not self._use_proxies:
+            return None
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_for(origin[0], origin[1])
+        return self._proxies[origin]
 
     def _head(
         self,
         method: str,
         target: str,
-        host: str,
+        where: Target,
         body: bytes | None,
         headers: Mapping[str, str] | None,
     ) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
+        lines = [f"{method} {target} HTTP/1.1\r\nhost: {where.host_header}\r\n{where.extra}"]
         if headers:
             lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
         trace = TRACEPARENT.get()
@@ -342,18 +340,19 @@ class FastClient:
         params: Params,
         headers: Mapping[str, str] | None,
     ) -> FastResponse:
-        host, port, host_header, target = self._target(url)
+        where = self._target(url)
+        target = where.target
         if params:
             target += ("&" if "?" in target else "?") + urlencode(params)
-        request = self._head(method, target, host_header, content, headers)
+        request = self._head(method, target, where, content, headers)
         if content:
             request += content
-        origin = (host, port)
+        origin = where.origin
         for _attempt in range(2):
             conn, reused = await self._acquire(origin)
             response = FastResponse(self, conn, origin)
             try:
-                conn.writer.write(request)
+                conn.send(request)
                 if len(request) > READ_SIZE:
                     await conn.writer.drain()
                 await response._read_head()
@@ -373,25 +372,20 @@ class FastClient:
             return response
         raise ProtocolError("server disconnected without sending a response")
 
-    async def _acquire(self, origin: tuple[str, int]) -> tuple[_Conn, bool]:
+    async def _acquire(self, origin: Origin) -> tuple[Connection, bool]:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
             if conn.usable():
                 return conn, True
             conn.close()
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(origin[0], origin[1])
-        except TimeoutError:
-            raise ConnectTimeout(
-                f"no connection to {origin[0]}:{origin[1]} within {self._connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise ConnectError(f"{exc.strerror or exc} ({origin[0]}:{origin[1]})") from None
-        return _Conn(reader, writer), False
+        tls = None
+        if origin[0] == "https":
+            tls = self._tls = self._tls or default_tls()
+        opened = await open_stream(origin, self._proxy(origin), tls, self._connect_timeout)
+        return Connection(*opened), False
 
-    def _release(self, origin: tuple[str, int], conn: _Conn) -> None:
+    def _release(self, origin: Origin, conn: Connection) -> None:
         idle = self._idle.setdefault(origin, [])
         if self._closed or len(idle) >= MAX_IDLE or not conn.usable():
             conn.close()

@@ -1,10 +1,12 @@
-"""`UpstreamClient` on httpx: any upstream (https, proxies from the environment, HTTP/1.1).
+"""`UpstreamClient` on httpx: the explicit fallback (`backend_http_client = "httpx"`) and
+what `choice` uses for URLs the lean client does not serve (see `choice`).
 
 httpx's exceptions are translated into `client`'s types here and nowhere else.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 
@@ -54,9 +56,12 @@ def translated() -> Iterator[None]:
 class HttpxClient:
     """A pooled `httpx.AsyncClient`; the job's traceparent goes on every request."""
 
-    def __init__(self, headers: Mapping[str, str], connect_timeout: float) -> None:
+    def __init__(
+        self, headers: Mapping[str, str], connect_timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.client = httpx.AsyncClient(
             headers=dict(headers),
+            verify=tls or True,  # True: the system CAs, or SSL_CERT_FILE / SSL_CERT_DIR
             # Reads and writes are bounded by the caller's Clock deadlines; httpx bounds
             # only the connect so that its failure is known to be retry-safe.
             timeout=httpx.Timeout(None, connect=connect_timeout),

@@ -4,7 +4,7 @@ llmq's own error types, so a backend cannot tell which library served it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -18,36 +18,53 @@ from llmq.worker.upstream.client import (
 from llmq.worker.upstream.error_mapping import transport_error
 from llmq.worker.upstream.fast_client import FastClient
 from llmq.worker.upstream.httpx_client import HttpxClient
-from tests.worker.upstream.raw_server import RawServer, socket_bound
+from tests.worker.upstream.pki import Pki
+from tests.worker.upstream.raw_server import Handler, RawServer, socket_bound
+
+Serve = Callable[[Handler], RawServer]
 
 
-@pytest.fixture(params=["fast", "httpx"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient]:
+@pytest.fixture(params=["fast-http", "fast-https", "httpx-http", "httpx-https"])
+def variant(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def client(variant: str, pki: Pki) -> AsyncIterator[UpstreamClient]:
+    """Each client, trusting the test CA (so the https variants verify the server)."""
+    tls = pki.client_context()
     made: UpstreamClient = (
-        FastClient({"user-agent": "t"}, 1.0)
-        if request.param == "fast"
-        else HttpxClient({"user-agent": "t"}, 1.0)
+        FastClient({"user-agent": "t"}, 1.0, tls=tls)
+        if variant.startswith("fast")
+        else HttpxClient({"user-agent": "t"}, 1.0, tls=tls)
     )
     yield made
     await made.aclose()
     assert made.is_closed
 
 
-async def test_post_returns_the_body_and_sends_json(client: UpstreamClient) -> None:
+@pytest.fixture
+def serve(variant: str, pki: Pki) -> Serve:
+    """A raw server speaking http or https (certificate from the test CA) as the variant."""
+    tls = pki.server_context() if variant.endswith("https") else None
+    return lambda handler: RawServer(handler, tls=tls)
+
+
+async def test_post_returns_the_body_and_sends_json(client: UpstreamClient, serve: Serve) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         await reader.read(1)
 
-    async with RawServer(handler) as server:
+    async with serve(handler) as server:
         assert await client.post(f"{server.url}/e", b"{}", {"v": "1"}) == b"ok"
     head = server.requests[0].decode().lower()
     assert head.startswith("post /e?v=1 http/1.1") and "content-type: application/json" in head
 
 
 async def test_an_error_answer_is_a_status_error_with_headers_and_body(
-    client: UpstreamClient,
+    client: UpstreamClient, serve: Serve
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:  # both requests may come on one kept-alive connection
@@ -57,7 +74,7 @@ async def test_an_error_answer_is_a_status_error_with_headers_and_body(
             )
             await writer.drain()
 
-    async with RawServer(handler) as server:
+    async with serve(handler) as server:
         with pytest.raises(StatusError) as posted:
             await client.post(f"{server.url}/e", b"{}")
         with pytest.raises(StatusError) as streamed:
@@ -67,30 +84,33 @@ async def test_an_error_answer_is_a_status_error_with_headers_and_body(
         assert (error.status, error.headers["retry-after"], error.body) == (429, "7", b"slow")
 
 
-async def test_stream_yields_the_body_as_lines(client: UpstreamClient) -> None:
+async def test_stream_yields_the_body_as_lines(client: UpstreamClient, serve: Serve) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\ndata: a\n\ndata: b\n")
         await writer.drain()
         await reader.read(1)
 
-    async with RawServer(handler) as server:
+    async with serve(handler) as server:
         async with client.stream(f"{server.url}/s", b"{}") as batches:
             lines = [line async for batch in batches for line in batch]
     assert lines == ["data: a", "", "data: b"]
 
 
-async def test_failures_on_the_way_are_llmq_errors(client: UpstreamClient) -> None:
+async def test_failures_on_the_way_are_llmq_errors(
+    client: UpstreamClient, serve: Serve, variant: str
+) -> None:
+    scheme = variant.split("-")[1]
     with socket_bound() as port:
         with pytest.raises(ConnectError) as refused:
-            await client.status(f"http://127.0.0.1:{port}/x")
+            await client.status(f"{scheme}://127.0.0.1:{port}/x")
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
         await writer.drain()
 
-    async with RawServer(handler) as server:
+    async with serve(handler) as server:
         with pytest.raises(ProtocolError):
             await client.post(f"{server.url}/x", b"{}")
     mapped = transport_error(refused.value, retryable=True)

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 client for plain-http upstreams (worker/upstream/fast_client.py): the
+"""The lean HTTP/1.1 client (worker/upstream/fast_client.py): the
 edges of HTTP it must get right, failing with llmq's error types. When it is chosen is in
 test_choice.py; the backends' behaviour through it is covered by tests/worker/backends
 (test_openai.py runs with both clients), test_ollama.py and test_anthropic.py."""

@@ -1,0 +1,238 @@
+"""Serving `POST /v1/responses`: authenticate, rebuild the history, reserve, queue a
+`response` job, relay it, store it.
+
+The job body is the client's request with only what llmq must change: the resolved model,
+`input` expanded with the history of `previous_response_id` or `conversation` (so a worker
+and its upstream never need llmq's store), and `conversation` in its object form. A
+background response is an async job on the durable queue (`dispatcher/batch/async_jobs`):
+its record here says `queued` until a read finds its result (`response_records`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmq.api.batch_wing import BatchWing
+from llmq.api.conversations_serving import ConversationsServing
+from llmq.api.errors import ApiError
+from llmq.api.listing import ensure_accepting, not_found
+from llmq.api.protocol import read_body
+from llmq.api.response_finisher import ResponseFinisher
+from llmq.api.response_items import as_items, for_model
+from llmq.api.response_records import ResponseRecords, public_hex
+from llmq.api.response_relay import ResponseRun
+from llmq.api.serving import RequestRecord, Serving
+from llmq.api.tenancy import TenantStore
+from llmq.api.tenant_scope import TenantScopes
+from llmq.dispatcher import streams
+from llmq.dispatcher.batch.async_jobs import AsyncJobs
+from llmq.dispatcher.batch.records import time_hex
+from llmq.dispatcher.conversation_store import ConversationStore
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.jobs import JobSpec
+from llmq.schemas import names
+from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.responses import (
+    CONVERSATION_PREFIX,
+    RESPONSE_PREFIX,
+    Item,
+    ResponseRequest,
+    StoredResponse,
+    response_request_decoder,
+    skeleton,
+)
+
+_encoder = msgspec.json.Encoder()
+_fields = msgspec.json.Decoder(dict[str, Any])
+
+
+async def open_responses(
+    serving: Serving, wing: BatchWing
+) -> tuple[ResponsesServing, ConversationsServing]:
+    """Provision the buckets (again after a reconnect) and build both serving modules."""
+    rt = serving.rt
+
+    async def provision() -> ConversationStore:
+        buckets = await streams.responses_buckets(rt.js, rt.settings.batch.response_retention)
+        return ConversationStore(
+            buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET]
+        )
+
+    store = await provision()
+    rt.provisioner.add("responses buckets", provision)
+    scopes = TenantScopes(TenantStore(rt.redis))
+    responses = ResponsesServing(serving, store, wing.jobs, scopes)
+    wing.purgers.append(store.purge)  # a deleted tenant's responses and conversations
+    responses.finisher.start()
+    return responses, ConversationsServing(store)
+
+
+class ResponsesServing:
+    def __init__(
+        self, serving: Serving, store: ConversationStore, jobs: AsyncJobs, scopes: TenantScopes
+    ) -> None:
+        """Responses, conversations and background jobs are stored under the tenant's scope
+        (`api.tenant_scope`); quotas are held by its name."""
+        self.serving = serving
+        self.scopes = scopes
+        self.store = store
+        self.jobs = jobs
+        self.records = ResponseRecords(store, jobs)
+        self.finisher = ResponseFinisher(self.records, jobs.jobs)
+
+    async def stop(self) -> None:
+        await self.finisher.stop()
+
+    async def create(self, request: Request) -> Response:
+        serving, settings = self.serving, self.serving.rt.settings
+        ensure_accepting(serving.rt)
+        record = RequestRecord(job_id=time_hex(), route="response")
+        record.tenant = tenant = await serving.auth.tenant(request)
+        scope = await self.scopes.of(tenant)
+        body = await read_body(request, settings.api.max_body_bytes)
+        req, fields = _decode(body)
+        _check(req)
+        record.model = model = serving.preparer.models.resolve(req.model)
+        # A worker serves a Responses job on its chat path: any chat model serves it.
+        serving.preparer.check_model(model, "chat", need_live_worker=not req.in_background)
+        history, conversation = await self._history(scope, req)
+        items = as_items(req.input if isinstance(req.input, str | list) else None)
+        context = history + items
+        fields["model"], fields["input"] = model, for_model(context)
+        if conversation is not None:
+            fields["conversation"] = {"id": CONVERSATION_PREFIX + conversation}
+        if req.in_background:
+            fields["stream"] = False
+        job_body = _encoder.encode(fields)
+        estimate = _estimate(fields)
+        limit = req.max_output_tokens if isinstance(req.max_output_tokens, int) else None
+        max_tokens = limit or settings.tenancy.default_max_tokens
+        reservation = await serving.reservations.reserve(
+            tenant, model, estimate, max_tokens, record.job_id
+        )
+        if isinstance(reservation, Refusal):
+            raise reservation
+        stored = StoredResponse(
+            id=record.job_id,
+            tenant=scope,
+            created_at=time.time(),
+            response=skeleton(fields, RESPONSE_PREFIX + record.job_id, int(time.time())),
+            input_items=items,
+            context=context,
+            background=req.in_background,
+            conversation=conversation,
+        )
+        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, **reservation.headers}
+        if req.in_background:
+            prepared = PreparedRequest(
+                cast(AnyRequest, req), model, job_body, "response", False, estimate, max_tokens
+            )  # the async-job machinery reads only model, body and kind
+            stored.response["status"] = "queued"
+            await self.store.put_response(stored)
+            try:
+                await self.jobs.submit(
+                    record.job_id, scope, prepared, deadline=settings.batch.job_deadline,
+                    traceparent=request.headers.get("traceparent"),
+                )  # fmt: skip
+            except DispatchError as exc:
+                serving.reservations.release_later(reservation, FAILED)
+                await self.store.delete_response(scope, record.job_id)
+                raise ApiError(exc.status, exc.message, exc.code) from None
+            return Response(
+                _encoder.encode(stored.response), media_type="application/json", headers=headers
+            )
+        spec = JobSpec(
+            job_id=record.job_id,
+            model=model,
+            body=job_body,
+            tenant=tenant,
+            deadline_ms=int((time.time() + settings.api.deadline) * 1000),
+            kind="response",
+            traceparent=request.headers.get("traceparent"),
+        )
+        try:
+            run = await serving.rt.dispatcher.submit(spec)
+        except DispatchError as exc:
+            serving.reservations.release_later(reservation, FAILED)
+            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+
+        async def on_final(final: bytes) -> None:
+            if req.stores or conversation is not None:
+                stored.response = _fields.decode(final)
+                await self.records.finish(stored, keep=req.stores)
+
+        record.stream = req.stream
+        job = ResponseRun(
+            run, serving.reservations, reservation, record, estimate, serving.observers, on_final
+        )
+        return await (job.stream(headers) if req.stream else job.collect(headers))
+
+    async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
+        """The items before this request's input, and the conversation (hex) it continues."""
+        previous, conversation = req.previous_id, req.conversation_id
+        if previous is not None:
+            found = await self.records.stored(scope, previous, "previous_response_id")
+            if found.response.get("status") not in ("completed", "incomplete"):
+                raise ApiError(
+                    400,
+                    f"previous response `{previous}` has not finished",
+                    "previous_response_not_finished",
+                    param="previous_response_id",
+                )
+            return [*found.context, *found.response.get("output", [])], None
+        if conversation is not None:
+            hex_id = public_hex(conversation, CONVERSATION_PREFIX)
+            conv = await self.store.get_conversation(scope, hex_id) if hex_id else None
+            if conv is None:
+                raise not_found("conversation", conversation, param="conversation")
+            return list(conv.items), conv.id
+        return [], None
+
+
+def _decode(body: bytes) -> tuple[ResponseRequest, dict[str, Any]]:
+    if not body:
+        raise Refusal(400, "request body is empty; expected a JSON object", "invalid_json")
+    try:
+        return response_request_decoder.decode(body), _fields.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Refusal(400, str(exc), "invalid_request") from None
+    except msgspec.DecodeError as exc:
+        raise Refusal(400, f"malformed JSON: {exc}", "invalid_json") from None
+
+
+def _check(req: ResponseRequest) -> None:
+    if req.previous_id is not None and req.conversation_id is not None:
+        raise ApiError(
+            400,
+            "`previous_response_id` and `conversation` cannot be used together",
+            "invalid_request",
+            param="conversation",
+        )
+    if req.conversation is not None and req.conversation is not msgspec.UNSET:
+        if req.conversation_id is None:
+            raise ApiError(400, "invalid `conversation`", "invalid_request", param="conversation")
+    if req.in_background and req.stream:
+        raise ApiError(
+            400,
+            "streaming a background response is not supported; poll it instead",
+            "unsupported_parameter",
+            param="stream",
+        )
+    if req.in_background and not req.stores:
+        raise ApiError(
+            400, "a background response must be stored", "invalid_request", param="store"
+        )
+    empty = req.input in ("", [], msgspec.UNSET, None)
+    if empty and req.previous_id is None and req.conversation_id is None:
+        raise ApiError(400, "`input` is required", "invalid_request", param="input")
+
+
+def _estimate(fields: dict[str, Any]) -> int:
+    """A high guess of the prompt tokens (see `preparation.estimate_prompt_tokens`)."""
+    text = _encoder.encode([fields.get("instructions"), fields.get("input"), fields.get("tools")])
+    return len(text) // 3 + 1

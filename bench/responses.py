@@ -1,0 +1,144 @@
+"""Latency of a non-streamed Responses API request next to the same chat request.
+
+Starts its own nats-server and Redis-compatible server (free ports), an api and one echo
+worker as separate processes, then sends the same prompt as `POST /v1/chat/completions`
+and as `POST /v1/responses` (stored, the default, and `store: false`) at concurrency 1 and
+32, and prints p50/p99 latency and requests/s for each and what Responses adds to chat.
+The three are measured in alternating rounds (`--rounds`), so that load from elsewhere on
+a shared machine falls on all of them alike.
+
+    .venv/bin/python bench/responses.py --requests 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.overhead import RawClient  # noqa: E402
+from bench.processes import spawn, stop_all, wait_until_served  # noqa: E402
+from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
+
+TEXT = "hello from the bench"
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": "bench", "messages": [{"role": "user", "content": TEXT}]},
+    ),
+    "responses": ("/v1/responses", {"model": "bench", "input": TEXT}),
+    "resp-nostore": ("/v1/responses", {"model": "bench", "input": TEXT, "store": False}),
+}
+
+
+class BodyClient(RawClient):
+    """RawClient with a body of our choosing."""
+
+    def __init__(self, port: int, path: str, body: dict[str, Any]) -> None:
+        super().__init__("127.0.0.1", port, path)
+        payload = json.dumps(body).encode()
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+
+
+async def measure(client: BodyClient, concurrency: int, total: int) -> tuple[list[float], float]:
+    """Latencies of `total` requests at `concurrency`, and the seconds they took."""
+    conns = [await client.connect() for _ in range(concurrency)]
+    for _ in range(50 // concurrency + 1):
+        await asyncio.gather(*[client.call(r, w) for r, w in conns])
+    latencies: list[float] = []
+    remaining = total
+
+    async def loop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            status = await client.call(reader, writer)
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*[loop(r, w) for r, w in conns])
+    elapsed = time.perf_counter() - start
+    for _, writer in conns:
+        writer.close()
+    return latencies, elapsed
+
+
+def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "rps": len(latencies) / elapsed,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
+    nats = EmbeddedNats(tmp / "nats")
+    redis = EmbeddedRedis(tmp / "redis")
+    api_port = free_port()
+    env = {
+        "LLMQ_NATS_URL": nats.url,
+        "LLMQ_REDIS_URL": redis.url,
+        "LLMQ_LOG_LEVEL": "WARNING",
+        "LLMQ_AUTH_MODE": "none",
+    }
+    llmq = [sys.executable, "-m", "llmq.cli"]
+    worker = ["worker", "--model", "bench", "--capacity", str(args.capacity)]
+    procs = [
+        spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
+        spawn([*llmq, *worker], env, tmp / "worker.log"),
+    ]
+    try:
+        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
+        print(f"requests={args.requests} cores={os.cpu_count()}")
+        print(f"{'path':<14}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        for concurrency in (1, 32):
+            seen: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in CASES}
+            for _ in range(args.rounds):
+                for name, (path, body) in CASES.items():
+                    client = BodyClient(api_port, path, body)
+                    got, took = await measure(client, concurrency, args.requests // args.rounds)
+                    seen[name] = (seen[name][0] + got, seen[name][1] + took)
+            results = {name: summary(*value) for name, value in seen.items()}
+            for name, r in results.items():
+                print(
+                    f"{name:<14}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                    f"{r['rps']:>9.0f}"
+                )
+            for name in ("responses", "resp-nostore"):
+                added = results[name]["p50_ms"] - results["chat"]["p50_ms"]
+                added99 = results[name]["p99_ms"] - results["chat"]["p99_ms"]
+                print(f"{'+' + name:<14}{concurrency:>5}{added:>9.2f}{added99:>9.2f}")
+    finally:
+        stop_all(procs, nats, redis)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
