@@ -1,8 +1,10 @@
 """Who is calling: the tenant behind a request, by bearer API key or trusted header.
 
 Answers as OpenAI does: no key → 401 `missing_api_key`; a key that does not resolve
-(unknown, revoked, its tenant deleted) → 401 `invalid_api_key`; a suspended tenant → 403
-`suspended`. Keys are looked up by their SHA-256 (the store compares in constant time); an
+(unknown, revoked, expired, its tenant deleted) → 401 `invalid_api_key`; a suspended tenant
+→ 403 `suspended`. The key's id goes with the request (`key_id`) so the quota script applies
+the key's own limits inside the tenant's (and refuses a key revoked since it was cached).
+Keys are looked up by their SHA-256 (the store compares in constant time); an
 active tenant's record is cached for `key_cache_ttl` seconds, keyed by the key's hash, so
 the hot path costs no Redis round trip. The plaintext key is never stored, logged or kept
 in the cache.
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from llmq.api.errors import ApiError
-from llmq.api.tenancy import QuotaBackendDown, Tenant, TenantStore
+from llmq.api.tenancy import ApiKey, QuotaBackendDown, Tenant, TenantStore
 from llmq.api.tenancy.store import hash_key
 from llmq.schemas.settings import Settings
 
@@ -42,6 +44,8 @@ class Caller:
 
     tenant: str
     models: frozenset[str] = frozenset()
+    key_id: str = ""
+    """The API key the request came with ('' in header and none modes)."""
 
     def may_use(self, model: str) -> bool:
         """`model` is the resolved name (aliases point to it), as the quota script checks."""
@@ -62,7 +66,10 @@ class _Failure:
         return ApiError(503, self.message, self.code, headers={"retry-after": "1"})
 
 
-_Outcome = Tenant | None | _Failure
+_Record = Tenant | tuple[Tenant, ApiKey]
+_Outcome = _Record | None | _Failure
+KEY_ID_STATE = "llmq_key_id"
+"""`request.state` attribute holding the id of the key the request was authenticated by."""
 _DOWN = _Failure("the tenant store is unavailable", "tenant_store_down")
 _BROKEN = _Failure("the tenant store could not answer this lookup", "tenant_store_error")
 
@@ -93,7 +100,7 @@ class Authenticator:
         # each bounded by redis_timeout; past three of them it is not coming.
         self.lookup_deadline = 3 * settings.connection.redis_timeout
         self.store = store
-        self._cache: dict[str, tuple[Tenant, float]] = {}
+        self._cache: dict[str, tuple[_Record, float]] = {}
         self._lookups: dict[str, asyncio.Task[_Outcome]] = {}
 
     async def tenant(self, request: Request) -> str:
@@ -102,7 +109,13 @@ class Authenticator:
             return ANONYMOUS
         if self.mode == "header":
             return self._from_header(request)
-        return (await self._from_key(request)).name
+        return (await self._from_key(request))[0].name
+
+    @staticmethod
+    def key_id(request: Request) -> str:
+        """The id of the API key `tenant` or `caller` authenticated this request by ('' for
+        none), for the quota script."""
+        return str(getattr(request.state, KEY_ID_STATE, ""))
 
     async def caller(self, request: Request) -> Caller:
         """The tenant and the models it may use (reads the tenant's record in every mode
@@ -114,10 +127,17 @@ class Authenticator:
             record = await self._record("tenant:" + name, lambda: self.store.get(name))
             if record is None:
                 raise ApiError(403, f"tenant `{name}` does not exist", "unknown_tenant")
+            if isinstance(record, tuple):  # never: a tenant lookup returns a tenant
+                record = record[0]
             self._refuse_suspended(record)
-        else:
-            record = await self._from_key(request)
-        return Caller(record.name, frozenset(record.models))
+            return Caller(record.name, frozenset(record.models))
+        tenant, key = await self._from_key(request)
+        models = frozenset(tenant.models)
+        if key.models:
+            models = models & frozenset(key.models) if models else frozenset(key.models)
+            if not models:  # disjoint lists: nothing, not everything
+                models = frozenset({""})
+        return Caller(tenant.name, models, key.id)
 
     def _from_header(self, request: Request) -> str:
         name = request.headers.get(self.header) or self.default_tenant
@@ -127,16 +147,18 @@ class Authenticator:
             raise ApiError(403, f"tenant `{name}` is not allowed", "tenant_not_allowed")
         return name
 
-    async def _from_key(self, request: Request) -> Tenant:
+    async def _from_key(self, request: Request) -> tuple[Tenant, ApiKey]:
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise _missing_key()
-        record = await self._record("key:" + hash_key(key), lambda: self.store.resolve_key(key))
-        if record is None:
+        record = await self._record("key:" + hash_key(key), lambda: self.store.resolve(key))
+        # Expiry is checked on every request, cached or not: a key stops at its second.
+        if not isinstance(record, tuple) or record[1].expired(time.time()):
             raise _invalid_key()
-        self._refuse_suspended(record)
+        self._refuse_suspended(record[0])
+        setattr(request.state, KEY_ID_STATE, record[1].id)
         return record
 
     @staticmethod
@@ -145,8 +167,8 @@ class Authenticator:
             raise ApiError(403, "This tenant is suspended.", "suspended", type="permission_error")
 
     async def _record(
-        self, cache_key: str, fetch: Callable[[], Awaitable[Tenant | None]]
-    ) -> Tenant | None:
+        self, cache_key: str, fetch: Callable[[], Awaitable[_Record | None]]
+    ) -> _Record | None:
         """The cached record, else the outcome of the one lookup in flight for `cache_key`.
         Only active tenants are cached: a resumed tenant is served again at once."""
         now = time.monotonic()
@@ -162,7 +184,8 @@ class Authenticator:
         outcome = await asyncio.shield(task)
         if isinstance(outcome, _Failure):
             raise outcome.error()
-        if outcome is None or outcome.status != "active":
+        tenant = outcome[0] if isinstance(outcome, tuple) else outcome
+        if outcome is None or tenant is None or tenant.status != "active":
             self._cache.pop(cache_key, None)
         elif self.cache_ttl > 0:
             if len(self._cache) >= CACHE_MAX:
@@ -174,7 +197,7 @@ class Authenticator:
         if self._lookups.get(cache_key) is task:
             del self._lookups[cache_key]
 
-    async def _lookup(self, fetch: Callable[[], Awaitable[Tenant | None]]) -> _Outcome:
+    async def _lookup(self, fetch: Callable[[], Awaitable[_Record | None]]) -> _Outcome:
         """Never raises: every end of the lookup is an outcome all its waiters share."""
         try:
             async with asyncio.timeout(self.lookup_deadline):

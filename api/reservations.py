@@ -32,6 +32,10 @@ _MESSAGES = {
     "suspended": "This tenant is suspended.",
     "model_not_allowed": "This tenant may not use model `{model}`.",
     "unknown_tenant": "Unknown tenant.",
+    "invalid_api_key": "Incorrect API key provided.",
+}
+_KEY_MESSAGES = {
+    "model_not_allowed": "This API key may not use model `{model}`.",
 }
 QUOTA_STORE_RETRY = 1.0
 """Seconds a batch line waits before asking again while the quota store is away."""
@@ -49,13 +53,24 @@ class Reservations:
         """Renewal rounds run (observability, tests)."""
 
     async def reserve(
-        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        job_id: str,
+        *,
+        key_id: str = "",
+        user: str = "",
     ) -> Reservation | Refusal:
-        """Hold the job's quota. Asking again for the same job id holds nothing twice."""
+        """Hold the job's quota (and, with `key_id`, the key's own). Asking again for the
+        same job id holds nothing twice. `user`: the request's end user, booked at release."""
         if not tenant:
             return Reservation(tenant, model, job_id, held=False)
         try:
-            decision = await self.quota.reserve(tenant, model, prompt_tokens, max_tokens, job_id)
+            decision = await self.quota.reserve(
+                tenant, model, prompt_tokens, max_tokens, job_id, key_id=key_id, user=user
+            )
         except QuotaBackendDown:
             if self.fail_open:
                 log.warning("redis down: admitting %s without a quota check", job_id)
@@ -94,6 +109,8 @@ class Reservations:
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 failed=usage.failed,
+                cached_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         except QuotaBackendDown:
             if renewed:  # the caller retries: keep the slot until it gets through
@@ -167,14 +184,27 @@ class Reservations:
 
 def _refusal(decision: QuotaDecision, model: str) -> Refusal:
     reason = decision.reason
-    message = _MESSAGES.get(reason, reason).format(limit=decision.limit or "this", model=model)
+    limit: str = decision.limit
+    template = _MESSAGES.get(reason, reason)
+    if limit == "key":
+        template = _KEY_MESSAGES.get(reason, template)
+    elif limit.startswith("key_"):
+        limit = f"{limit[4:]} of this API key"
+    message = template.format(limit=limit or "this", model=model)
     status = decision.http_status
+    kind = {429: reason, 401: "invalid_request_error"}.get(status, "permission_error")
     return Refusal(
         status,
         message,
         reason,
-        type=reason if status == 429 else "permission_error",
+        type=kind,
         param="model" if reason == "model_not_allowed" else None,
         headers=decision.headers(),
         retry_after=max(decision.retry_after, 0.2) if status == 429 else None,
     )
+
+
+def end_user(request: object) -> str:
+    """The request's `user` field (OpenAI's end-user id), '' when absent or not a string."""
+    user = getattr(request, "user", "")
+    return user if isinstance(user, str) else ""

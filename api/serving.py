@@ -20,7 +20,7 @@ from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
-from llmq.api.reservations import Reservations
+from llmq.api.reservations import Reservations, end_user
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
 from llmq.api.tracing import RequestTrace, begin, mark, traceparent
@@ -29,6 +29,7 @@ from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 from llmq.schemas.frames import Done, Failed
+from llmq.schemas.usage import cache_counts
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Serving:
         mark(record.trace, "prepared")
         reservation = await self.reservations.reserve(
             record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
-            record.job_id,
+            record.job_id, key_id=self.auth.key_id(request), user=end_user(prepared.request),
         )  # fmt: skip
         if isinstance(reservation, Refusal):
             raise reservation
@@ -186,7 +187,11 @@ class _Job:
         else:
             record.prompt_tokens = self.prompt_estimate if self.run.worker else 0
             record.completion_tokens = self.relayed
-        usage = JobUsage(record.prompt_tokens, record.completion_tokens, failed=done is None)
+        cached, written = cache_counts(done.usage) if done is not None else (0, 0)
+        usage = JobUsage(
+            record.prompt_tokens, record.completion_tokens, failed=done is None,
+            cached_tokens=cached, cache_write_tokens=written,
+        )  # fmt: skip
         self.serving.reservations.release_later(self.reservation, usage)
         self.serving._observe(record)
 

@@ -89,7 +89,13 @@ class UsageBooker:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=FAILED_GRACE - age)
                 return
-        usage = JobUsage(report.prompt_tokens, report.completion_tokens, failed=report.failed)
+        usage = JobUsage(
+            report.prompt_tokens,
+            report.completion_tokens,
+            failed=report.failed,
+            cached_tokens=report.cached_tokens,
+            cache_write_tokens=report.cache_write_tokens,
+        )
         try:
             await self.reservations.release(
                 reservation_of(report.tenant, report.model, report.job_id), usage

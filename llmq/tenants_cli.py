@@ -2,7 +2,8 @@
 
 llmq tenants create acme --rpm 600 --tpm 200000 --max-concurrent 8 --models echo,gpt-4
 llmq keys create acme            # prints the key once; Redis keeps only its SHA-256
-llmq usage acme --days 7
+llmq keys create acme --rpm 60 --tpm 20000 --expires-in 30d --models a,b --label ci --owner ops
+llmq usage acme --days 7 [--by model|key|user]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from llmq.api.tenancy import (
     UsageReader,
     connect_with,
 )
+from llmq.api.tenancy.models import key_input
 from llmq.dispatcher.connection import has_password, redact_url
 from llmq.schemas.settings import Settings
 
@@ -47,7 +50,7 @@ def _print(value: Any) -> None:
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {
-        name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None
+        name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name, None) is not None
     }
     if args.models is not None:
         changes["models"] = [m for m in args.models.split(",") if m]
@@ -84,7 +87,11 @@ async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReade
     if await store.get(args.tenant) is None:
         raise UnknownTenant(args.tenant)
     if args.action == "create":
-        plaintext, record = await store.create_key(args.tenant, args.label)
+        data = _limits(args) | {"label": args.label, "owner": args.owner}
+        if args.expires_in is not None:
+            data["expires_in"] = args.expires_in
+        settings = key_input(data, time.time())
+        plaintext, record = await store.create_key(args.tenant, settings=settings)
         return {**msgspec.to_builtins(record), "key": plaintext}
     if args.action == "list":
         return await store.list_keys(args.tenant)
@@ -98,7 +105,7 @@ async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReade
 async def _usage(args: argparse.Namespace, store: TenantStore, usage: UsageReader) -> Any:
     if await store.get(args.tenant) is None:
         raise UnknownTenant(args.tenant)
-    return await usage.usage(args.tenant, days=args.days)
+    return await usage.usage(args.tenant, days=args.days, by=args.by)
 
 
 async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
@@ -107,7 +114,12 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
     if not args.model:
         raise ValueError(f"`llmq prices {args.action}` needs a MODEL")
     if args.action == "set":
-        price = msgspec.convert({"input_per_1m": args.input, "output_per_1m": args.output}, Price)
+        given = {"input_per_1m": args.input, "output_per_1m": args.output}
+        if args.cached_input is not None:
+            given["cached_input_per_1m"] = args.cached_input
+        if args.cache_write is not None:
+            given["cache_write_per_1m"] = args.cache_write
+        price = msgspec.convert(given, Price)
         return {
             "model": args.model,
             **msgspec.to_builtins(await store.set_price(args.model, price)),
@@ -174,11 +186,21 @@ def register(sub: Any) -> None:
     keys.add_argument("tenant")
     keys.add_argument("key_id", nargs="?")
     keys.add_argument("--label", default="")
+    keys.add_argument("--owner", default="", help="who the key is for (free text)")
+    keys.add_argument("--expires-in", default=None, help="e.g. 3600, 12h, 30d, 2w")
+    for flag, kind in LIMIT_FLAGS.items():
+        if flag != "storage_bytes":
+            keys.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
+    keys.add_argument("--models", default=None, help="models the key may use, comma-separated")
     keys.set_defaults(handler=_runner(_keys))
 
     usage = parser("usage", "a tenant's usage per day and model")
     usage.add_argument("tenant")
     usage.add_argument("--days", type=int, default=7)
+    usage.add_argument(
+        "--by", choices=["model", "key", "user"], default="model", help="rows per model, "
+        "API key id or end user (the requests' `user` field)"
+    )  # fmt: skip
     usage.set_defaults(handler=_runner(_usage))
 
     prices = parser("prices", "the model price table (USD per 1M tokens)")
@@ -186,4 +208,12 @@ def register(sub: Any) -> None:
     prices.add_argument("model", nargs="?")
     prices.add_argument("--input", type=float, default=0.0, help="USD per 1M input tokens")
     prices.add_argument("--output", type=float, default=0.0, help="USD per 1M output tokens")
+    prices.add_argument(
+        "--cached-input", type=float, default=None,
+        help="USD per 1M prompt tokens read from the upstream's cache (default: --input)",
+    )  # fmt: skip
+    prices.add_argument(
+        "--cache-write", type=float, default=None,
+        help="USD per 1M prompt tokens written to the upstream's cache (default: --input)",
+    )  # fmt: skip
     prices.set_defaults(handler=_runner(_prices))

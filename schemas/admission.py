@@ -85,6 +85,10 @@ class JobUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failed: bool = False
+    cached_tokens: int = 0
+    """Part of `prompt_tokens` read from the upstream's cache (priced as cached input)."""
+    cache_write_tokens: int = 0
+    """Part of `prompt_tokens` written to the upstream's cache (priced as cache writes)."""
 
 
 FAILED: Final = JobUsage(failed=True)

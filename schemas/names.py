@@ -267,8 +267,28 @@ def inflight_key(tenant: str) -> str:
 
 
 def window_key(tenant: str, minute: int) -> str:
-    """Hash `req`, `tok`: requests and tokens in one fixed minute window (unix s // 60)."""
+    """Hash `req`, `tok`: requests and tokens in one fixed minute window (unix s // 60).
+    Written by versions before the GCRA rates (`rate_key`); read by none now."""
     return f"{REDIS_PREFIX}q:{tenant}:w:{minute}"
+
+
+def rate_key(tenant: str) -> str:
+    """Hash `req`, `tok`: the GCRA theoretical arrival times (unix ms, float) of the
+    tenant's requests and tokens per minute (docs/tenants.md, "Exact rates")."""
+    return f"{REDIS_PREFIX}q:{tenant}:rate"
+
+
+def key_quota_prefix(tenant: str, key_id: str) -> str:
+    """Prefix of one API key's own quota state (`<prefix>:rate`, `:inflight`, `:d:<day>`,
+    `:m:<month>`), the same shapes as the tenant's."""
+    return f"{REDIS_PREFIX}q:{tenant}:k:{key_id}"
+
+
+def usage_by_key(tenant: str, day: str, by: str) -> str:
+    """Hash `req:<who>`, `fail:`, `in:`, `cached:`, `out:`, `usd:` for one tenant and UTC
+    day, per API key id (`by="key"`) or per end user (`by="user"`, the request's `user`
+    field; bounded, see `api.tenancy.quota.MAX_USERS_PER_DAY`)."""
+    return f"{REDIS_PREFIX}usage:{tenant}:{day}:{by}"
 
 
 def day_quota_key(tenant: str, day: str) -> str:

@@ -12,6 +12,8 @@ from typing import Final
 
 import msgspec
 
+from llmq.schemas.openai import Usage
+
 
 class FinalUsage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     tenant: str
@@ -22,6 +24,18 @@ class FinalUsage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False
     completion_tokens: int = 0
     failed: bool = False
     """The job ended with an error frame: booked as failed."""
+    cached_tokens: int = 0
+    """Part of `prompt_tokens` read from the upstream's prompt cache."""
+    cache_write_tokens: int = 0
+    """Part of `prompt_tokens` written to the upstream's prompt cache (Anthropic)."""
+
+
+def cache_counts(usage: Usage) -> tuple[int, int]:
+    """(cache reads, cache writes) of a reported usage: `prompt_tokens_details.cached_tokens`
+    and `cache_creation_tokens` (how the Anthropic backend reports its cache writes)."""
+    details = usage.prompt_tokens_details
+    written = details.get("cache_creation_tokens") if isinstance(details, dict) else None
+    return usage.cached_tokens, written if isinstance(written, int) else 0
 
 
 usage_encoder: Final = msgspec.json.Encoder()

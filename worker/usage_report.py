@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from llmq.schemas import names
 from llmq.schemas.envelope import JobEnvelope
 from llmq.schemas.openai import Usage
-from llmq.schemas.usage import FinalUsage, usage_encoder
+from llmq.schemas.usage import FinalUsage, cache_counts, usage_encoder
 
 FINAL_OUTCOMES = {"ok": False, "error": True, "upstream_error": True}
 """Outcomes that sent the api a final frame -> whether the job failed. A job handed back
@@ -28,6 +28,7 @@ async def report_final_usage(nc: Client, job: JobEnvelope, outcome: str, usage: 
     failed = FINAL_OUTCOMES.get(outcome)
     if failed is None or job.batch or not job.tenant or not job.id:
         return
+    cached, written = cache_counts(usage)
     report = FinalUsage(
         tenant=job.tenant,
         model=job.model,
@@ -35,6 +36,8 @@ async def report_final_usage(nc: Client, job: JobEnvelope, outcome: str, usage: 
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         failed=failed,
+        cached_tokens=cached,
+        cache_write_tokens=written,
     )
     with contextlib.suppress(Exception):
         await nc.publish(names.usage_subject(job.tenant, job.model), usage_encoder.encode(report))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -29,6 +30,7 @@ from llmq.api.tenancy import (
     UnknownTenant,
     UsageReader,
 )
+from llmq.api.tenancy.models import key_input
 
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
@@ -105,6 +107,13 @@ async def create_tenant(request: Request) -> Response:
     return _json(tenant, 201)
 
 
+def _guarded_call(make: Any) -> Any:
+    try:
+        return make()
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ApiError(400, str(exc), "invalid_request") from None
+
+
 def _guarded_convert(data: dict[str, Any], kind: type[Any]) -> Any:
     try:
         return msgspec.convert(data, kind)
@@ -150,10 +159,14 @@ async def delete_tenant(name: str, request: Request) -> Response:
 
 @router.post("/tenants/{name}/keys")
 async def create_key(name: str, request: Request) -> Response:
+    """Body: `label`, `owner`, `models`, `rpm`, `tpm`, `max_concurrent`, `daily_tokens`,
+    `monthly_tokens`, `spend_budget_usd` (the key's own limits, inside the tenant's),
+    `expires_at` (unix s) or `expires_in` (`30d`, `12h`, seconds); all optional."""
     store = _store(request)
     await _tenant_or_404(store, name)
-    label = str((await _body(request)).get("label", ""))
-    plaintext, record = await _guarded(store.create_key(name, label))
+    data = await _body(request)
+    settings = _guarded_call(lambda: key_input(data, time.time()))
+    plaintext, record = await _guarded(store.create_key(name, settings=settings))
     return _json({**msgspec.to_builtins(record), "key": plaintext}, 201)
 
 
@@ -175,11 +188,15 @@ async def revoke_key(name: str, key_id: str, request: Request) -> Response:
 
 
 @router.get("/tenants/{name}/usage")
-async def usage(name: str, request: Request, days: int = 7) -> Response:
+async def usage(name: str, request: Request, days: int = 7, by: str = "model") -> Response:
+    """`by`: `model` (default), `key` (rows per API key id) or `user` (per end user, the
+    requests' `user` field; a row's `model` holds the key id or the user)."""
+    if by not in ("model", "key", "user"):
+        raise ApiError(400, "`by` must be model, key or user", "invalid_request", param="by")
     await _tenant_or_404(_store(request), name)
     reader: UsageReader = request.app.state.usage
-    rows = await _guarded(reader.usage(name, days=max(1, min(days, 400))))
-    return _json({"object": "list", "tenant": name, "data": rows})
+    rows = await _guarded(reader.usage(name, days=max(1, min(days, 400)), by=by))  # type: ignore[arg-type]
+    return _json({"object": "list", "tenant": name, "by": by, "data": rows})
 
 
 @router.get("/ledger")

@@ -11,6 +11,8 @@ from llmq.api.tenancy.client import check_at_start, connect, connect_with
 from llmq.api.tenancy.errors import QuotaBackendDown, TenantExists, UnknownTenant
 from llmq.api.tenancy.models import (
     ApiKey,
+    KeyInput,
+    KeySettings,
     LedgerEntry,
     Price,
     QuotaDecision,
@@ -24,6 +26,8 @@ from llmq.api.tenancy.usage import UsageReader
 
 __all__ = [
     "ApiKey",
+    "KeyInput",
+    "KeySettings",
     "LedgerEntry",
     "Price",
     "Quota",

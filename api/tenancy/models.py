@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
@@ -25,10 +26,25 @@ Reason = Literal[
     "suspended",
     "model_not_allowed",
     "unknown_tenant",
+    "invalid_api_key",  # the key was revoked or expired after the caller cached it
 ]
 LimitName = Literal[
-    "", "rpm", "tpm", "max_concurrent", "daily_tokens", "monthly_tokens", "spend_budget_usd"
+    "",
+    "key",  # with model_not_allowed: the key's own model list refused it
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "daily_tokens",
+    "monthly_tokens",
+    "spend_budget_usd",
+    "key_rpm",
+    "key_tpm",
+    "key_max_concurrent",
+    "key_daily_tokens",
+    "key_monthly_tokens",
+    "key_spend_budget_usd",
 ]
+"""`key_*`: the API key's own limit (inside the tenant's) refused the request."""
 
 
 class Tenant(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -70,7 +86,30 @@ TENANT_MUTABLE_FIELDS = frozenset(
 )
 
 
-class ApiKey(Struct, kw_only=True):
+class KeySettings(Struct, kw_only=True):
+    """What an operator sets on a key: who it is for, until when, and limits of its own,
+    applied inside its tenant's (a request must pass both). 0 = no limit of the key's own."""
+
+    label: str = ""
+    owner: str = ""
+    """A person, team or application the key is for (free text, shown in listings)."""
+    expires_at: float = 0.0
+    """Unix seconds; from then on the key is refused like a revoked one. 0 = never."""
+    models: list[str] = []
+    """Models this key may call, within the tenant's; empty = the tenant's."""
+    rpm: Count = 0
+    tpm: Count = 0
+    max_concurrent: Count = 0
+    daily_tokens: Count = 0
+    monthly_tokens: Count = 0
+    spend_budget_usd: Usd = 0.0
+
+
+class KeyInput(KeySettings, kw_only=True, forbid_unknown_fields=True):
+    """`KeySettings` as the admin API accepts them (strict: a typo is a 400)."""
+
+
+class ApiKey(KeySettings, kw_only=True):
     """What is stored about a key: never the secret, only its SHA-256 and a display prefix."""
 
     id: str
@@ -78,8 +117,10 @@ class ApiKey(Struct, kw_only=True):
     prefix: str
     """The first characters of the key (`sk-llmq-AbCd`), so a person can tell keys apart."""
     sha256: str
-    label: str = ""
     created_at: float = 0.0
+
+    def expired(self, now: float) -> bool:
+        return 0 < self.expires_at <= now
 
 
 class Price(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,9 +128,29 @@ class Price(Struct, kw_only=True, forbid_unknown_fields=True):
 
     input_per_1m: Usd = 0.0
     output_per_1m: Usd = 0.0
+    cached_input_per_1m: Usd | None = None
+    """Prompt tokens the upstream served from its cache (`cached_tokens`); None = input price."""
+    cache_write_per_1m: Usd | None = None
+    """Prompt tokens written to the upstream's cache (Anthropic's cache writes, reported as
+    `cache_creation_tokens`); None = input price."""
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached: int = 0, written: int = 0
+    ) -> float:
+        cached = min(max(cached, 0), prompt_tokens)
+        written = min(max(written, 0), prompt_tokens - cached)
+        cached_price = _or(self.cached_input_per_1m, self.input_per_1m)
+        write_price = _or(self.cache_write_per_1m, self.input_per_1m)
+        return (
+            (prompt_tokens - cached - written) * self.input_per_1m
+            + cached * cached_price
+            + written * write_price
+            + completion_tokens * self.output_per_1m
+        ) / 1e6
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class Reservation(Struct, kw_only=True):
@@ -132,6 +193,8 @@ class QuotaDecision(Struct, kw_only=True):
             return 200
         if self.reason in ("rate_limit_exceeded", "insufficient_quota"):
             return 429
+        if self.reason == "invalid_api_key":
+            return 401
         return 403
 
     def headers(self) -> dict[str, str]:
@@ -165,9 +228,12 @@ class UsageRow(Struct, kw_only=True):
     day: str
     """UTC, YYYY-MM-DD."""
     model: str
+    """The model; in rows per key or per end user, the key id or the user."""
     requests: int = 0
     failed: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Part of `prompt_tokens` served from the upstream's cache."""
     completion_tokens: int = 0
     cost_usd: float = 0.0
 
@@ -190,3 +256,38 @@ class LedgerEntry(Struct, kw_only=True):
     reserved_tokens: int
     cost_usd: float
     status: Literal["ok", "failed"]
+    cached_tokens: int = 0
+    key_id: str = ""
+    user: str = ""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h`, `30d` or `2w`; ValueError otherwise."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().lower()
+        unit = _UNITS.get(raw[-1:], 0)
+        number = raw[:-1] if unit else raw
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            raise ValueError(f"not a duration: {text!r} (e.g. 3600, 30m, 12h, 30d)") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive: {text!r}")
+    return seconds
+
+
+def key_input(data: dict[str, object], now: float) -> KeySettings:
+    """A key's settings from admin input: `KeyInput` fields, plus `expires_in` (a duration,
+    see `parse_duration`) as a shorthand for `expires_at`. Raises ValueError or
+    msgspec.ValidationError on bad input."""
+    data = dict(data)
+    expires_in = data.pop("expires_in", None)
+    checked = msgspec.convert(data, KeyInput)
+    if expires_in is not None:
+        checked.expires_at = now + parse_duration(expires_in)  # type: ignore[arg-type]
+    return checked

@@ -1,47 +1,77 @@
--- llmq reserve: check every limit of one request and, if all pass, reserve it. Atomic.
+-- llmq reserve: check every limit of one request (its tenant's and its API key's) and, if all
+-- pass, reserve it. Atomic: one call per admission.
 --
 -- KEYS[1] tenant hash           KEYS[2] price table hash     KEYS[3] in-flight zset
--- KEYS[4] minute window hash    KEYS[5] day quota hash       KEYS[6] month quota hash
--- KEYS[7] reservation hash (this job)
+-- KEYS[4] rate hash (GCRA)      KEYS[5] day quota hash       KEYS[6] month quota hash
+-- KEYS[7] reservation hash (this job)                        KEYS[8] tenant's keys hash
+-- KEYS[9..12] the key's in-flight zset, rate hash, day and month quota hashes
 -- ARGV[1] model  ARGV[2] prompt tokens  ARGV[3] max tokens  ARGV[4] job id
--- ARGV[5] now (unix ms)  ARGV[6] lease (ms)  ARGV[7] minute end (ms)  ARGV[8] day end (ms)
--- ARGV[9] month end (ms)  ARGV[10] reservation ttl (ms)
+-- ARGV[5] now (unix ms)  ARGV[6] lease (ms)  ARGV[7] key id ('' = none)  ARGV[8] day end (ms)
+-- ARGV[9] month end (ms)  ARGV[10] reservation ttl (ms)  ARGV[11] end user ('' = none)
+--
+-- Rates (RPM, TPM) are GCRA: a limit L per minute is a bucket of L that refills L/60000 per
+-- ms, kept as one "theoretical arrival time" (tat): taking c units moves it c * 60000/L ms
+-- later, and is allowed while it stays within one minute of now. No fixed window, so no
+-- burst of 2 L across a minute boundary.
 --
 -- Returns one string (cheaper to parse than an array), fields joined by '|':
 --   allowed 0|1, reason, limit, retry_after_ms, limit_req, remaining_req, reset_req_ms,
 --   limit_tok, remaining_tok, reset_tok_ms, reserved_tokens, reserved_usd, lease_until_ms,
 --   duplicate 0|1; a limit of -1 = unlimited.
 
+local MINUTE = 60000
 local now = tonumber(ARGV[5])
-local minute_end = tonumber(ARGV[7])
-local reset = minute_end - now
+local key_id = ARGV[7]
 
 local t = redis.call('HMGET', KEYS[1], 'status', 'models', 'rpm', 'tpm', 'max_concurrent',
   'daily_tokens', 'monthly_tokens', 'spend_budget_usd')
 if not t[1] then
   return '0|unknown_tenant||0|-1|-1|0|-1|-1|0|0|0|0|0'
 end
-local rpm = tonumber(t[3]) or 0
-local tpm = tonumber(t[4]) or 0
-local max_conc = tonumber(t[5]) or 0
-local daily = tonumber(t[6]) or 0
-local monthly = tonumber(t[7]) or 0
-local spend = tonumber(t[8]) or 0
 
-local w = redis.call('HMGET', KEYS[4], 'req', 'tok')
-local w_req = tonumber(w[1]) or 0
-local w_tok = tonumber(w[2]) or 0
+-- One scope's limits: the tenant's, then (when the request came with a key) the key's.
+local function scope(rpm, tpm, conc, daily, monthly, spend, inflight, rate, day, month, tag)
+  local s = {rpm = tonumber(rpm) or 0, tpm = tonumber(tpm) or 0, conc = tonumber(conc) or 0,
+    daily = tonumber(daily) or 0, monthly = tonumber(monthly) or 0,
+    spend = tonumber(spend) or 0, inflight = inflight, rate = rate, day = day, month = month,
+    tag = tag}
+  local r = redis.call('HMGET', rate, 'req', 'tok')
+  s.tat_req = math.max(tonumber(r[1]) or now, now)
+  s.tat_tok = math.max(tonumber(r[2]) or now, now)
+  return s
+end
 
-local function answer(allowed, reason, limit, retry_ms, req, tok, need, usd, lease_until, dup)
-  local lr, rr, lt, rt = -1, -1, -1, -1
-  if rpm > 0 then lr = rpm; rr = math.max(rpm - req, 0) end
-  if tpm > 0 then lt = tpm; rt = math.max(tpm - tok, 0) end
+local scopes = {scope(t[3], t[4], t[5], t[6], t[7], t[8], KEYS[3], KEYS[4], KEYS[5], KEYS[6], '')}
+
+-- Headers show the tighter of the tenant's and the key's rate, after this request.
+local function headers(took_req, took_tok)
+  local best = {-1, -1, 0, -1, -1, 0}
+  for _, s in ipairs(scopes) do
+    if s.rpm > 0 then
+      local tat = s.tat_req
+      if took_req then tat = s.new_req end
+      local left = math.max(math.floor(s.rpm - (tat - now) * s.rpm / MINUTE + 1e-9), 0)
+      if best[1] < 0 or left < best[2] then best[1], best[2], best[3] = s.rpm, left, tat - now end
+    end
+    if s.tpm > 0 then
+      local tat = s.tat_tok
+      if took_tok then tat = s.new_tok end
+      local left = math.max(math.floor(s.tpm - (tat - now) * s.tpm / MINUTE + 1e-9), 0)
+      if best[4] < 0 or left < best[5] then best[4], best[5], best[6] = s.tpm, left, tat - now end
+    end
+  end
+  return best
+end
+
+local function answer(allowed, reason, limit, retry_ms, need, usd, lease_until, dup, took)
+  local h = headers(took, took)
   return string.format('%d|%s|%s|%d|%d|%d|%d|%d|%d|%d|%d|%s|%d|%d', allowed, reason, limit,
-    retry_ms, lr, rr, reset, lt, rt, reset, need, usd, lease_until, dup)
+    math.ceil(retry_ms), h[1], h[2], math.ceil(h[3]), h[4], h[5], math.ceil(h[6]), need, usd,
+    lease_until, dup)
 end
 
 local function refuse(reason, limit, retry_ms)
-  return answer(0, reason, limit, retry_ms, w_req, w_tok, 0, '0', 0, 0)
+  return answer(0, reason, limit, retry_ms, 0, '0', 0, 0, false)
 end
 
 if t[1] ~= 'active' then
@@ -49,83 +79,138 @@ if t[1] ~= 'active' then
 end
 
 local model = ARGV[1]
-if t[2] and t[2] ~= '' and t[2] ~= '[]' then
-  local found = false
-  for _, m in ipairs(cjson.decode(t[2])) do
-    if m == model then found = true; break end
+local function allows(models_json)
+  if not models_json or models_json == '' or models_json == '[]' then return true end
+  local list = models_json
+  if type(list) == 'string' then list = cjson.decode(list) end
+  if type(list) ~= 'table' or #list == 0 then return true end
+  for _, m in ipairs(list) do
+    if m == model then return true end
   end
-  if not found then return refuse('model_not_allowed', '', 0) end
+  return false
+end
+if not allows(t[2]) then return refuse('model_not_allowed', '', 0) end
+
+if key_id ~= '' then
+  local raw = redis.call('HGET', KEYS[8], key_id)
+  if not raw then return refuse('invalid_api_key', '', 0) end  -- revoked since it was cached
+  local k = cjson.decode(raw)
+  local expires = tonumber(k['expires_at']) or 0
+  if expires > 0 and now >= expires * 1000 then return refuse('invalid_api_key', '', 0) end
+  if not allows(k['models']) then return refuse('model_not_allowed', 'key', 0) end
+  scopes[2] = scope(k['rpm'], k['tpm'], k['max_concurrent'], k['daily_tokens'],
+    k['monthly_tokens'], k['spend_budget_usd'], KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
 end
 
 -- Reap slots whose lease ran out: a crashed api can never hold one forever.
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, s in ipairs(scopes) do
+  redis.call('ZREMRANGEBYSCORE', s.inflight, '-inf', now)
+end
 
 local job = ARGV[4]
 if redis.call('EXISTS', KEYS[7]) == 1 then
   -- The same job reserved before (a retried call): answer yes, count nothing again.
   local r = redis.call('HMGET', KEYS[7], 'need', 'cost')
   local lease_until = tonumber(redis.call('ZSCORE', KEYS[3], job)) or 0
-  return answer(1, 'ok', '', 0, w_req, w_tok, tonumber(r[1]) or 0, r[2] or '0', lease_until, 1)
+  return answer(1, 'ok', '', 0, tonumber(r[1]) or 0, r[2] or '0', lease_until, 1, false)
 end
 
 local prompt = tonumber(ARGV[2])
 local need = prompt + tonumber(ARGV[3])
-local in_price, out_price = 0, 0
+local in_price, out_price, cin_price, cw_price = 0, 0, 0, 0
 local p = redis.call('HGET', KEYS[2], model)
 if p then
   local price = cjson.decode(p)
   in_price = tonumber(price['input_per_1m']) or 0
   out_price = tonumber(price['output_per_1m']) or 0
+  cin_price = tonumber(price['cached_input_per_1m']) or in_price
+  cw_price = tonumber(price['cache_write_per_1m']) or in_price
 end
 local cost = (prompt * in_price + tonumber(ARGV[3]) * out_price) / 1e6
 
 -- Budgets first: when one is spent, retrying within the minute will not help.
-local d_tok = tonumber(redis.call('HGET', KEYS[5], 'tok')) or 0
-local m = redis.call('HMGET', KEYS[6], 'tok', 'usd')
-local m_tok = tonumber(m[1]) or 0
-local m_usd = tonumber(m[2]) or 0
-if daily > 0 and d_tok + need > daily then
-  return refuse('insufficient_quota', 'daily_tokens', tonumber(ARGV[8]) - now)
-end
-if monthly > 0 and m_tok + need > monthly then
-  return refuse('insufficient_quota', 'monthly_tokens', tonumber(ARGV[9]) - now)
-end
-if spend > 0 and m_usd + cost > spend then
-  return refuse('insufficient_quota', 'spend_budget_usd', tonumber(ARGV[9]) - now)
-end
-
-if rpm > 0 and w_req + 1 > rpm then
-  return refuse('rate_limit_exceeded', 'rpm', reset)
-end
-if tpm > 0 and w_tok + need > tpm then
-  return refuse('rate_limit_exceeded', 'tpm', reset)
-end
-if max_conc > 0 and redis.call('ZCARD', KEYS[3]) >= max_conc then
-  return refuse('rate_limit_exceeded', 'max_concurrent', 1000)
+for _, s in ipairs(scopes) do
+  s.d_tok = tonumber(redis.call('HGET', s.day, 'tok')) or 0
+  local m = redis.call('HMGET', s.month, 'tok', 'usd')
+  if s.daily > 0 and s.d_tok + need > s.daily then
+    return refuse('insufficient_quota', s.tag .. 'daily_tokens', tonumber(ARGV[8]) - now)
+  end
+  if s.monthly > 0 and (tonumber(m[1]) or 0) + need > s.monthly then
+    return refuse('insufficient_quota', s.tag .. 'monthly_tokens', tonumber(ARGV[9]) - now)
+  end
+  if s.spend > 0 and (tonumber(m[2]) or 0) + cost > s.spend then
+    return refuse('insufficient_quota', s.tag .. 'spend_budget_usd', tonumber(ARGV[9]) - now)
+  end
 end
 
--- Everything passed: count the request and hold its tokens, spend and slot.
-redis.call('HINCRBY', KEYS[4], 'req', 1)
-redis.call('HINCRBY', KEYS[4], 'tok', need)
-redis.call('PEXPIREAT', KEYS[4], minute_end + 60000)
-redis.call('HINCRBY', KEYS[5], 'tok', need)
-redis.call('PEXPIREAT', KEYS[5], tonumber(ARGV[8]) + 86400000)
-redis.call('HINCRBY', KEYS[6], 'tok', need)
+for _, s in ipairs(scopes) do
+  if s.rpm > 0 then
+    s.new_req = s.tat_req + MINUTE / s.rpm
+    if s.new_req - now > MINUTE + 1e-6 then
+      return refuse('rate_limit_exceeded', s.tag .. 'rpm', s.new_req - MINUTE - now)
+    end
+  end
+  if s.tpm > 0 then
+    s.new_tok = s.tat_tok + need * MINUTE / s.tpm
+    if s.new_tok - now > MINUTE + 1e-6 then
+      -- A request larger than the whole TPM never fits: say when the bucket is full again.
+      local wait = s.new_tok - MINUTE - now
+      if need > s.tpm then wait = s.tat_tok - now + 1000 end
+      return refuse('rate_limit_exceeded', s.tag .. 'tpm', wait)
+    end
+  end
+end
+for _, s in ipairs(scopes) do
+  if s.conc > 0 and redis.call('ZCARD', s.inflight) >= s.conc then
+    return refuse('rate_limit_exceeded', s.tag .. 'max_concurrent', 1000)
+  end
+end
+
+-- Everything passed: count the request and hold its tokens, spend and slot in each scope.
 local usd = string.format('%.17g', cost)
-if cost > 0 then
-  redis.call('HINCRBYFLOAT', KEYS[6], 'usd', usd)
-end
-redis.call('PEXPIREAT', KEYS[6], tonumber(ARGV[9]) + 86400000)
-
 local lease_until = now + tonumber(ARGV[6])
-redis.call('ZADD', KEYS[3], lease_until, job)
-if redis.call('PTTL', KEYS[3]) < lease_until - now + 60000 then
-  redis.call('PEXPIREAT', KEYS[3], lease_until + 60000)
+local rec = {'model', model, 'need', need, 'in_price', string.format('%.17g', in_price),
+  'out_price', string.format('%.17g', out_price), 'cin_price', string.format('%.17g', cin_price),
+  'cw_price', string.format('%.17g', cw_price), 'cost', usd, 'at', now, 'key', key_id,
+  'user', ARGV[11]}
+for i, s in ipairs(scopes) do
+  local tat = now
+  if s.rpm > 0 then
+    redis.call('HSET', s.rate, 'req', string.format('%.17g', s.new_req))
+    tat = math.max(tat, s.new_req)
+  end
+  local tok_t = 0
+  if s.tpm > 0 then
+    tok_t = MINUTE / s.tpm
+    redis.call('HSET', s.rate, 'tok', string.format('%.17g', s.new_tok))
+    tat = math.max(tat, s.new_tok)
+  end
+  if tat > now then
+    -- Past its tat a bucket is full: the hash may go, plus a minute for late reconciling.
+    redis.call('PEXPIREAT', s.rate, math.ceil(math.max(tat, s.tat_req, s.tat_tok)) + MINUTE)
+  end
+  redis.call('HINCRBY', s.day, 'tok', need)
+  redis.call('PEXPIREAT', s.day, tonumber(ARGV[8]) + 86400000)
+  redis.call('HINCRBY', s.month, 'tok', need)
+  if cost > 0 then
+    redis.call('HINCRBYFLOAT', s.month, 'usd', usd)
+  end
+  redis.call('PEXPIREAT', s.month, tonumber(ARGV[9]) + 86400000)
+  redis.call('ZADD', s.inflight, lease_until, job)
+  if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
+    redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
+  end
+  local pre = ''
+  if i == 2 then pre = 'k' end
+  for _, f in ipairs({'rate', s.rate, 'tokT', string.format('%.17g', tok_t), 'day', s.day,
+      'month', s.month, 'in', s.inflight}) do
+    rec[#rec + 1] = f
+  end
+  -- field names: tenant scope unprefixed, key scope with 'k' (krate, ktokT, kday, kmonth, kin)
+  for j = #rec - 9, #rec, 2 do rec[j] = pre .. rec[j] end
 end
 
-redis.call('HSET', KEYS[7], 'model', model, 'need', need, 'in_price', string.format('%.17g', in_price),
-  'out_price', string.format('%.17g', out_price), 'cost', usd, 'win', KEYS[4], 'day', KEYS[5],
-  'month', KEYS[6], 'at', now)
+redis.call('HSET', KEYS[7], unpack(rec))
 redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[10]))
 
-return answer(1, 'ok', '', 0, w_req + 1, w_tok + need, need, usd, lease_until, 0)
+return answer(1, 'ok', '', 0, need, usd, lease_until, 0, true)

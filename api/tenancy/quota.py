@@ -2,8 +2,10 @@
 
 Every api replica shares the counters, so the limits are exact across processes: a request
 is counted (RPM), its prompt + max_tokens held (TPM, daily, monthly, spend) and a
-concurrency slot taken in one atomic step, and its release replaces the held tokens with
-the real ones. A slot carries a lease: if its api dies before releasing, the next
+concurrency slot taken in one atomic step — for its tenant and, when it came with an API
+key that has limits of its own, for that key too — and its release replaces the held tokens
+with the real ones. RPM and TPM are GCRA rates (no fixed minute window: see quota.lua).
+A slot carries a lease: if its api dies before releasing, the next
 reservation of the tenant reaps it once the lease has run out; work that outlives the lease
 (async jobs, batch lines) has it renewed (`renew`, driven by `api.reservations`).
 """
@@ -31,6 +33,11 @@ RENEW_BATCH = 500
 """Reservations renewed by one script call (it runs atomically: keep each call short)."""
 RESERVATION_GRACE = 86_400.0
 """Seconds a reservation record outlives its lease, so a late release still reconciles."""
+MAX_USERS_PER_DAY = 10_000
+"""End users (the request's `user` field) booked per tenant and UTC day; later new ones of
+that day are booked together as `(other)`, so a client cannot grow Redis without bound."""
+MAX_USER_CHARS = 64
+"""A longer `user` value is cut to this many characters before it is booked."""
 
 
 def _script(name: str) -> str:
@@ -55,9 +62,11 @@ class Quota:
         lease: float = DEFAULT_LEASE,
         ledger_maxlen: int = DEFAULT_LEDGER_MAXLEN,
         usage_ttl_days: int = DEFAULT_USAGE_TTL_DAYS,
+        max_users_per_day: int = MAX_USERS_PER_DAY,
     ) -> None:
         self._redis = redis
         self._lease = lease
+        self._max_users = max_users_per_day
         self._ledger_maxlen = ledger_maxlen
         self._usage_ttl = usage_ttl_days * 86_400.0
         # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
@@ -75,12 +84,17 @@ class Quota:
         *,
         now: float | None = None,
         lease: float | None = None,
+        key_id: str = "",
+        user: str = "",
     ) -> QuotaDecision:
         """Check every limit and, if all pass, hold the request's share. Raises
         `QuotaBackendDown` when Redis is unreachable.
 
         `max_tokens` must be a number: pass the model's default cap when the client sent none.
         Calling it again with the same `job_id` answers "allowed" without counting twice.
+        `key_id`: the API key the request came with; its own limits apply too, and a key
+        revoked or expired since the caller cached it is refused (`invalid_api_key`).
+        `user`: the request's end user, booked at release (cut to `MAX_USER_CHARS`).
         """
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
@@ -89,10 +103,12 @@ class Quota:
             names.tenant_key(tenant),
             names.PRICES_KEY,
             names.inflight_key(tenant),
-            names.window_key(tenant, p.minute),
+            names.rate_key(tenant),
             names.day_quota_key(tenant, p.day),
             names.month_quota_key(tenant, p.month),
             names.reservation_key(tenant, job_id),
+            names.tenant_api_keys_key(tenant),
+            *_key_scope(tenant, key_id, p.day, p.month),
         ]
         args: list[str | int] = [
             model,
@@ -101,10 +117,11 @@ class Quota:
             job_id,
             _ms(now),
             _ms(lease),
-            _ms(p.minute_end),
+            key_id,
             _ms(p.day_end),
             _ms(p.month_end),
             _ms(lease + RESERVATION_GRACE),
+            user[:MAX_USER_CHARS],
         ]
         raw = _text(await self._call(self._reserve, keys, args)).split("|")
         allowed = raw[0] == "1"
@@ -142,11 +159,15 @@ class Quota:
         *,
         failed: bool = False,
         now: float | None = None,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> bool:
         """End a job: free its slot, book the real usage in place of the reservation, add
         usage and a ledger entry. Call it on every end (success, error, timeout, disconnect);
         `failed=True` with zero tokens gives everything back. True only for the first call
         per job id; later calls (and jobs never reserved) change nothing but the slot.
+        `cached_tokens` (cache reads) and `cache_write_tokens`, both part of
+        `prompt_tokens`, are priced at the model's cached-input and cache-write prices.
         """
         now = time.time() if now is None else now
         p = periods(now)
@@ -156,6 +177,8 @@ class Quota:
             names.usage_key(tenant, p.day),
             names.LEDGER_KEY,
             names.tenant_ledger_key(tenant),
+            names.usage_by_key(tenant, p.day, "key"),
+            names.usage_by_key(tenant, p.day, "user"),
         ]
         args: list[str | int] = [
             job_id,
@@ -167,6 +190,9 @@ class Quota:
             self._ledger_maxlen,
             tenant,
             model,
+            max(0, int(cached_tokens)),
+            max(0, int(cache_write_tokens)),
+            self._max_users,
         ]
         raw = _text(await self._call(self._release, keys, args))
         return raw.startswith("1|")
@@ -219,6 +245,12 @@ class Quota:
         now = time.time() if now is None else now
         with backend_guard():
             return int(await self._redis.zcount(names.inflight_key(tenant), f"({_ms(now)}", "+inf"))
+
+
+def _key_scope(tenant: str, key_id: str, day: str, month: str) -> list[str]:
+    """The key's in-flight, rate, day and month keys (unused names when there is no key)."""
+    prefix = names.key_quota_prefix(tenant, key_id or "-")
+    return [f"{prefix}:inflight", f"{prefix}:rate", f"{prefix}:d:{day}", f"{prefix}:m:{month}"]
 
 
 def _ms(seconds: float) -> int:

@@ -1,14 +1,17 @@
 -- llmq release: end one job's reservation. Atomic and idempotent.
 --
--- Frees the concurrency slot, replaces the reserved tokens and spend with the real ones in
--- the minute, day and month counters it was reserved in, books usage for the day and
--- appends one ledger entry (global stream and the tenant's stream).
+-- Frees the concurrency slots (tenant's and key's), replaces the reserved tokens and spend
+-- with the real ones in the rate, day and month counters it was reserved in (tenant's and
+-- key's), books usage for the day (per model; per key and per end user when the request had
+-- them) and appends one ledger entry (global stream and the tenant's stream).
 --
 -- KEYS[1] reservation hash   KEYS[2] in-flight zset   KEYS[3] usage hash (release day)
 -- KEYS[4] ledger stream      KEYS[5] tenant ledger stream
+-- KEYS[6] usage-per-key hash (release day)  KEYS[7] usage-per-user hash (release day)
 -- ARGV[1] job id  ARGV[2] prompt tokens  ARGV[3] completion tokens  ARGV[4] failed 0|1
 -- ARGV[5] now (unix ms)  ARGV[6] usage expires at (unix ms)  ARGV[7] ledger max length
--- ARGV[8] tenant  ARGV[9] model
+-- ARGV[8] tenant  ARGV[9] model  ARGV[10] cached prompt tokens  ARGV[11] cache-write tokens
+-- ARGV[12] most end users booked per tenant and day (more go to '(other)')
 --
 -- Returns '<released 0|1>|<cost_usd>'.
 
@@ -16,49 +19,90 @@ local job = ARGV[1]
 -- Always free the slot, even without a reservation record (nothing else can hold it).
 redis.call('ZREM', KEYS[2], job)
 
-local r = redis.call('HMGET', KEYS[1], 'need', 'in_price', 'out_price', 'cost', 'win', 'day',
-  'month')
+local r = redis.call('HMGET', KEYS[1], 'need', 'in_price', 'out_price', 'cost', 'rate', 'tokT',
+  'day', 'month', 'krate', 'ktokT', 'kday', 'kmonth', 'kin', 'cin_price', 'cw_price', 'key',
+  'user')
 if not r[1] then
   return '0|0'
 end
 redis.call('DEL', KEYS[1])
+if r[13] then redis.call('ZREM', r[13], job) end
 
 local prompt = tonumber(ARGV[2])
 local completion = tonumber(ARGV[3])
+local cached = math.min(math.max(tonumber(ARGV[10]) or 0, 0), prompt)
+local written = math.min(math.max(tonumber(ARGV[11]) or 0, 0), prompt - cached)
+local in_price = tonumber(r[2])
+local cin_price = tonumber(r[14]) or in_price
+local cw_price = tonumber(r[15]) or in_price
 local need = tonumber(r[1])
-local cost = (prompt * tonumber(r[2]) + completion * tonumber(r[3])) / 1e6
+local cost = ((prompt - cached - written) * in_price + cached * cin_price + written * cw_price
+  + completion * tonumber(r[3])) / 1e6
 local delta = prompt + completion - need
 local dcost = cost - tonumber(r[4])
 
--- Reconcile only counters that still exist: an expired window has nothing left to correct.
-if delta ~= 0 then
-  for _, k in ipairs({r[5], r[6], r[7]}) do
-    if redis.call('EXISTS', k) == 1 then
-      redis.call('HINCRBY', k, 'tok', delta)
+-- Reconcile only counters that still exist: an expired one has nothing left to correct.
+-- A rate is a GCRA arrival time: delta tokens move it by delta * (ms per token).
+local function reconcile(rate, tok_t, day, month)
+  if not day then return end
+  if delta ~= 0 then
+    local per = tonumber(tok_t) or 0
+    if per > 0 and redis.call('EXISTS', rate) == 1 then
+      redis.call('HINCRBYFLOAT', rate, 'tok', string.format('%.17g', delta * per))
+    end
+    for _, k in ipairs({day, month}) do
+      if redis.call('EXISTS', k) == 1 then
+        redis.call('HINCRBY', k, 'tok', delta)
+      end
     end
   end
+  if dcost ~= 0 and redis.call('EXISTS', month) == 1 then
+    redis.call('HINCRBYFLOAT', month, 'usd', string.format('%.17g', dcost))
+  end
 end
-if dcost ~= 0 and redis.call('EXISTS', r[7]) == 1 then
-  redis.call('HINCRBYFLOAT', r[7], 'usd', string.format('%.17g', dcost))
+reconcile(r[5], r[6], r[7], r[8])
+reconcile(r[9], r[10], r[11], r[12])
+
+local usd = string.format('%.17g', cost)
+local function book(hash, who)
+  redis.call('HINCRBY', hash, 'req:' .. who, 1)
+  if ARGV[4] == '1' then
+    redis.call('HINCRBY', hash, 'fail:' .. who, 1)
+  end
+  redis.call('HINCRBY', hash, 'in:' .. who, prompt)
+  if cached > 0 then
+    redis.call('HINCRBY', hash, 'cached:' .. who, cached)
+  end
+  redis.call('HINCRBY', hash, 'out:' .. who, completion)
+  if cost > 0 then
+    redis.call('HINCRBYFLOAT', hash, 'usd:' .. who, usd)
+  end
+  redis.call('PEXPIREAT', hash, tonumber(ARGV[6]))
 end
 
 local model = ARGV[9]
-local usd = string.format('%.17g', cost)
-redis.call('HINCRBY', KEYS[3], 'req:' .. model, 1)
-if ARGV[4] == '1' then
-  redis.call('HINCRBY', KEYS[3], 'fail:' .. model, 1)
+book(KEYS[3], model)
+local key_id = r[16] or ''
+if key_id ~= '' then book(KEYS[6], key_id) end
+local user = r[17] or ''
+if user ~= '' then
+  -- Bounded cardinality: past the cap, new end users of the day share one row (the ledger,
+  -- capped by length, still names them).
+  local row = user
+  if redis.call('HEXISTS', KEYS[7], 'req:' .. user) == 0 then
+    if redis.call('HINCRBY', KEYS[7], '#users', 1) > tonumber(ARGV[12]) then
+      redis.call('HINCRBY', KEYS[7], '#users', -1)
+      row = '(other)'
+    end
+  end
+  book(KEYS[7], row)
 end
-redis.call('HINCRBY', KEYS[3], 'in:' .. model, prompt)
-redis.call('HINCRBY', KEYS[3], 'out:' .. model, completion)
-if cost > 0 then
-  redis.call('HINCRBYFLOAT', KEYS[3], 'usd:' .. model, usd)
-end
-redis.call('PEXPIREAT', KEYS[3], tonumber(ARGV[6]))
 
 local status = 'ok'
 if ARGV[4] == '1' then status = 'failed' end
 local entry = {'ts', ARGV[5], 'tenant', ARGV[8], 'model', model, 'job', job,
-  'prompt', prompt, 'completion', completion, 'reserved', need, 'cost', usd, 'status', status}
+  'prompt', prompt, 'completion', completion, 'reserved', need, 'cost', usd, 'status', status,
+  'cached', cached, 'key', key_id, 'user', user}
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 

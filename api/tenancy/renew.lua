@@ -1,5 +1,6 @@
 -- llmq renew: push the leases of many open reservations to a new end in one call. Atomic.
 --
+-- The key's own slot (field `kin` of the reservation) is pushed along with the tenant's.
 -- A reservation that was released, or whose lease already ran out, is left alone (a renewal
 -- never revives a slot that may have been given to another request).
 --
@@ -24,6 +25,17 @@ for i = 1, #KEYS / 2 do
       redis.call('PEXPIREAT', zset, until_ms + 60000)
     end
     redis.call('PEXPIREAT', hash, until_ms + grace)
+    -- The API key's slot (if the request came with a key) follows the tenant's.
+    local kin = redis.call('HGET', hash, 'kin')
+    if kin then
+      local kscore = tonumber(redis.call('ZSCORE', kin, job))
+      if kscore and kscore > now and kscore < until_ms then
+        redis.call('ZADD', kin, until_ms, job)
+        if redis.call('PTTL', kin) < until_ms - now + 60000 then
+          redis.call('PEXPIREAT', kin, until_ms + 60000)
+        end
+      end
+    end
     out[i] = '1'
   else
     out[i] = '0'

@@ -19,7 +19,13 @@ import msgspec
 from redis.asyncio import Redis
 
 from llmq.api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
-from llmq.api.tenancy.models import TENANT_MUTABLE_FIELDS, ApiKey, Price, Tenant
+from llmq.api.tenancy.models import (
+    TENANT_MUTABLE_FIELDS,
+    ApiKey,
+    KeySettings,
+    Price,
+    Tenant,
+)
 from llmq.schemas import names
 
 log = logging.getLogger(__name__)
@@ -190,17 +196,24 @@ class TenantStore:
 
     # --- API keys ---------------------------------------------------------------------------
 
-    async def create_key(self, tenant: str, label: str = "") -> tuple[str, ApiKey]:
+    async def create_key(
+        self, tenant: str, label: str = "", settings: KeySettings | None = None
+    ) -> tuple[str, ApiKey]:
         """A new key for `tenant`: the plaintext (show it once, never store or log it) and the
-        stored record. `UnknownTenant` if the tenant does not exist."""
+        stored record. `settings`: owner, expiry, models and limits of its own (validated;
+        `label` wins over theirs when given). `UnknownTenant` if the tenant does not exist."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+        given = msgspec.to_builtins(settings or KeySettings())
+        if label:
+            given["label"] = label
+        checked = msgspec.convert(given, KeySettings)  # applies the constraints
         record = ApiKey(
             id="key_" + secrets.token_hex(8),
             tenant=tenant,
             prefix=plaintext[: len(KEY_PREFIX) + DISPLAY_CHARS],
             sha256=hash_key(plaintext),
-            label=label,
             created_at=time.time(),
+            **{f: getattr(checked, f) for f in KeySettings.__struct_fields__},
         )
         encoded = msgspec.json.encode(record)
         with backend_guard():
@@ -234,6 +247,13 @@ class TenantStore:
     async def resolve_key(self, plaintext: str) -> Tenant | None:
         """The tenant a bearer key belongs to, or None (unknown, revoked, tenant deleted).
         A suspended tenant is returned as such; `reserve` refuses it."""
+        found = await self.resolve(plaintext)
+        return None if found is None else found[0]
+
+    async def resolve(self, plaintext: str) -> tuple[Tenant, ApiKey] | None:
+        """The tenant and key record of a bearer key, or None (unknown, revoked, tenant
+        deleted). Expiry is the caller's to check (`ApiKey.expired`): a cached record
+        expires on time without a lookup."""
         if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 256:
             return None
         digest = hash_key(plaintext)
@@ -245,7 +265,8 @@ class TenantStore:
             # The lookup already matched by hash; compare again without timing leaks anyway.
             if not hmac.compare_digest(record.sha256, digest):
                 return None
-            return await self.get(record.tenant)
+            tenant = await self.get(record.tenant)
+        return None if tenant is None else (tenant, record)
 
     # --- prices -------------------------------------------------------------------------------
 

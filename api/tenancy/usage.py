@@ -12,10 +12,13 @@ from llmq.api.tenancy.models import LedgerEntry, UsageRow
 from llmq.api.tenancy.periods import utc_day
 from llmq.schemas import names
 
+UsageBy = Literal["model", "key", "user"]
+
 _FIELDS = {
     "req": "requests",
     "fail": "failed",
     "in": "prompt_tokens",
+    "cached": "cached_tokens",
     "out": "completion_tokens",
     "usd": "cost_usd",
 }
@@ -32,15 +35,21 @@ class UsageReader:
         self._redis = redis
 
     async def usage(
-        self, tenant: str, days: int = 7, *, now: float | None = None
+        self, tenant: str, days: int = 7, *, now: float | None = None, by: UsageBy = "model"
     ) -> list[UsageRow]:
-        """Rows for the last `days` UTC days (today included), newest day first, then by model."""
+        """Rows for the last `days` UTC days (today included), newest day first, then by
+        model, or (`by`) by API key id or end user (the row's `model` holds the key or user;
+        requests without a key or a `user` are in no row of those)."""
         now = time.time() if now is None else now
         wanted = [utc_day(now, back) for back in range(max(1, days))]
         with backend_guard():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for day in wanted:
-                    pipe.hgetall(names.usage_key(tenant, day))
+                    pipe.hgetall(
+                        names.usage_key(tenant, day)
+                        if by == "model"
+                        else names.usage_by_key(tenant, day, by)
+                    )
                 hashes = await pipe.execute()
         rows: list[UsageRow] = []
         for day, raw in zip(wanted, hashes, strict=True):
@@ -77,4 +86,7 @@ def _entry(entry_id: Any, raw: dict[Any, Any]) -> LedgerEntry:
         reserved_tokens=int(f["reserved"]),
         cost_usd=float(f["cost"]),
         status=cast(Literal["ok", "failed"], f["status"]),
+        cached_tokens=int(f.get("cached", 0)),
+        key_id=f.get("key", ""),
+        user=f.get("user", ""),
     )

@@ -40,6 +40,7 @@ from llmq.schemas import frames, names
 from llmq.schemas.admission import FAILED, JobUsage
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, failure, frame_encoder
+from llmq.schemas.usage import cache_counts
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,13 @@ class ResultCollector:
         decoded = frames.frame_decoder.decode(frame)
         usage = FAILED
         if isinstance(decoded, Done):
-            usage = JobUsage(decoded.usage.prompt_tokens, decoded.usage.completion_tokens)
+            cached, written = cache_counts(decoded.usage)
+            usage = JobUsage(
+                decoded.usage.prompt_tokens,
+                decoded.usage.completion_tokens,
+                cached_tokens=cached,
+                cache_write_tokens=written,
+            )
         await self.reservations.release(reservation_of(tenant, model, job_id), usage)
         if split_line_job_id(job_id) is None:
             await self.on_job_result(tenant, job_id)

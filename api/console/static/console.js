@@ -193,6 +193,11 @@ PAGES.tenants = async (page) => {
     ], tenants.map((t) => ({ ...t, __id: t.name }))));
 };
 
+// A key's own limits (inside its tenant's); empty when it has none.
+const KEY_LIMITS = [["rpm", "rpm"], ["tpm", "tpm"], ["max_concurrent", "concurrent"], ["daily_tokens", "tokens/day"],
+  ["monthly_tokens", "tokens/month"], ["spend_budget_usd", "USD/month"]];
+const keyLimits = (k) => KEY_LIMITS.filter(([f]) => k[f]).map(([f, name]) => `${k[f]} ${name}`).join(", ");
+
 PAGES.keys = async (page, params) => {
   const names = await tenantNames();
   const tenant = params.get("tenant") || names[0] || "";
@@ -218,7 +223,9 @@ PAGES.keys = async (page, params) => {
   page.replaceChildren(h("h2", {}, "API keys"), form, out,
     names.length ? table("keys-table", [
       { title: "id", value: (k) => k.id }, { title: "key", value: (k) => k.prefix + "…" },
-      { title: "label", value: (k) => k.label }, { title: "created", value: (k) => when(k.created_at) },
+      { title: "label", value: (k) => k.label }, { title: "owner", value: (k) => k.owner || "" },
+      { title: "limits", value: keyLimits }, { title: "models", value: (k) => (k.models || []).join(", ") || "tenant's" },
+      { title: "expires", value: (k) => when(k.expires_at) }, { title: "created", value: (k) => when(k.created_at) },
       { title: "last used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
     ], keys.map((k) => ({ ...k, __id: k.id }))) : h("p", {}, "Create a tenant first."));
 };
