@@ -55,6 +55,15 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
     return _hosts(hosts, 26379), master, int(db or 0), password
 
 
+class _Cluster(RedisCluster):
+    """A Cluster client whose `pipeline(transaction=True)` runs as a plain pipeline: MULTI
+    cannot span slots, and the admin writes that use it (delete a tenant, create or revoke a
+    key) touch a global key and a tenant's. Each command stays atomic, the group does not."""
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        return super().pipeline(transaction=False, shard_hint=shard_hint)
+
+
 def is_cluster(redis: Any) -> bool:
     """The client speaks to a Redis/Valkey Cluster: multi-key work must stay in one slot."""
     return isinstance(redis, RedisCluster)
@@ -70,7 +79,7 @@ def _sentinel_client(url: str, password: str, **common: Any) -> Redis:
 def _cluster_client(url: str, password: str, max_connections: int, **common: Any) -> Redis:
     url_password, hosts = _split_auth(url.removeprefix(CLUSTER_SCHEME))
     nodes = [ClusterNode(host, port) for host, port in _hosts(hosts.rstrip("/"), 6379)]
-    cluster = RedisCluster(
+    cluster = _Cluster(
         startup_nodes=nodes,
         password=url_password or password or None,
         max_connections=max_connections,

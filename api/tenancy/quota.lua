@@ -1,11 +1,13 @@
 -- llmq reserve: check every limit of one request and, if all pass, reserve it. Atomic.
 --
 -- KEYS[1] tenant hash           KEYS[2] price table hash     KEYS[3] in-flight zset
+-- (in a Cluster KEYS[2] is KEYS[1] and the price comes as ARGV[11]: one slot per script)
 -- KEYS[4] minute window hash    KEYS[5] day quota hash       KEYS[6] month quota hash
 -- KEYS[7] reservation hash (this job)
 -- ARGV[1] model  ARGV[2] prompt tokens  ARGV[3] max tokens  ARGV[4] job id
 -- ARGV[5] now (unix ms)  ARGV[6] lease (ms)  ARGV[7] minute end (ms)  ARGV[8] day end (ms)
 -- ARGV[9] month end (ms)  ARGV[10] reservation ttl (ms)
+-- ARGV[11] (Cluster only) the model's price JSON, or '' for none
 --
 -- Returns one string (cheaper to parse than an array), fields joined by '|':
 --   allowed 0|1, reason, limit, retry_after_ms, limit_req, remaining_req, reset_req_ms,
@@ -71,7 +73,8 @@ end
 local prompt = tonumber(ARGV[2])
 local need = prompt + tonumber(ARGV[3])
 local in_price, out_price = 0, 0
-local p = redis.call('HGET', KEYS[2], model)
+local p = ARGV[11]
+if not p then p = redis.call('HGET', KEYS[2], model) elseif p == '' then p = nil end
 if p then
   local price = cjson.decode(p)
   in_price = tonumber(price['input_per_1m']) or 0
