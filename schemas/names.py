@@ -241,6 +241,7 @@ def tenant_tag(tenant: str) -> str:
     """`{<tenant>}`: the part of a key Redis Cluster hashes, the same for all of a tenant's keys."""
     return "{" + tenant + "}"
 
+
 TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
 PRICES_KEY = f"{REDIS_PREFIX}prices"

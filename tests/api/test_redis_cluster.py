@@ -6,8 +6,8 @@ the cluster, and a chat goes through the api with quotas on."""
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import openai
