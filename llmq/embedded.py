@@ -170,7 +170,10 @@ class EmbeddedRedis(ManagedProcess):
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [redis_server_binary()]
         if password:
-            conf = write_private(data_dir / "redis.conf", f'requirepass "{password}"\n')
+            # masterauth too: as a replica (or an old master rejoining after a failover) it
+            # must authenticate to its master.
+            text = f'requirepass "{password}"\nmasterauth "{password}"\n'
+            conf = write_private(data_dir / "redis.conf", text)
             argv.append(str(conf))
         argv += [
             "--port", str(port), "--bind", "127.0.0.1",
@@ -186,19 +189,26 @@ class EmbeddedRedis(ManagedProcess):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-def _redis_admin(port: int) -> Any:
+def _redis_admin(port: int, password: str = "") -> Any:
     """A plain synchronous client for setting up embedded servers (never the hot path)."""
     import redis
 
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        password=password or None,
+        socket_timeout=5,
+        decode_responses=True,
+    )
 
 
 class EmbeddedReplicatedRedis(EmbeddedRedis):
     """An `EmbeddedRedis` that starts as a replica of `master_port` (for Sentinel tests)."""
 
-    def __init__(self, data_dir: Path, master_port: int, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, master_port: int, port: int = 0, password: str = "") -> None:
         self.master_port = master_port
-        super().__init__(data_dir, port, extra=["--replicaof", "127.0.0.1", str(master_port)])
+        replicaof = ["--replicaof", "127.0.0.1", str(master_port)]
+        super().__init__(data_dir, port, password=password, extra=replicaof)
 
 
 class EmbeddedSentinel(ManagedProcess):
@@ -214,6 +224,7 @@ class EmbeddedSentinel(ManagedProcess):
         quorum: int = 2,
         down_after_ms: int = 1000,
         port: int = 0,
+        password: str = "",
     ) -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +234,8 @@ class EmbeddedSentinel(ManagedProcess):
             f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
             f"sentinel failover-timeout {master_name} {down_after_ms * 4}\n"
-            f"sentinel parallel-syncs {master_name} 1\n",
+            f"sentinel parallel-syncs {master_name} 1\n"
+            + (f'sentinel auth-pass {master_name} "{password}"\n' if password else ""),
         )
         argv = [redis_server_binary(), str(conf), "--sentinel"]
         super().__init__("valkey-sentinel", argv, port, data_dir / "sentinel.log")
@@ -245,11 +257,19 @@ class EmbeddedSentinelSet:
     """A master, a replica and `sentinels` sentinels (quorum 2) from the same binary: the
     smallest Redis/Valkey that survives losing its master (tests, `bench/chaos.py`)."""
 
-    def __init__(self, root: Path, sentinels: int = 3, master_name: str = "llmq") -> None:
-        self.master = EmbeddedRedis(root / "master")
-        self.replica = EmbeddedReplicatedRedis(root / "replica", self.master.port)
+    def __init__(
+        self, root: Path, sentinels: int = 3, master_name: str = "llmq", password: str = ""
+    ) -> None:
+        """`password`: the data nodes' `requirepass` (sentinels themselves take none)."""
+        self.password = password
+        self.master = EmbeddedRedis(root / "master", password=password)
+        self.replica = EmbeddedReplicatedRedis(
+            root / "replica", self.master.port, password=password
+        )
         self.sentinels = [
-            EmbeddedSentinel(root / f"sentinel-{i}", self.master.port, master_name)
+            EmbeddedSentinel(
+                root / f"sentinel-{i}", self.master.port, master_name, password=password
+            )
             for i in range(sentinels)
         ]
         self.master_name = master_name
@@ -275,7 +295,7 @@ class EmbeddedSentinelSet:
         deadline = time.monotonic() + timeout
         others = len(self.sentinels) - 1
         while True:
-            ready = _redis_admin(self.replica.port).info("replication")
+            ready = _redis_admin(self.replica.port, self.password).info("replication")
             ok = ready.get("master_link_status") == "up"
             for sentinel in self.sentinels if ok else []:
                 admin = _redis_admin(sentinel.port)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from llmq.api.tenancy import Tenant, TenantStore, connect, connect_with
+from llmq.api.tenancy import Tenant, TenantStore, check_at_start, connect, connect_with
 from llmq.api.tenancy.client import parse_sentinel_url
 from llmq.embedded import EmbeddedSentinelSet
 from llmq.schemas.settings import ConnectionSettings
@@ -51,6 +53,35 @@ async def test_settings_name_the_sentinels(sentinel_set: EmbeddedSentinelSet) ->
         assert (await redis.info("server"))["tcp_port"] == sentinel_set.master.port
     finally:
         await redis.aclose()
+
+
+async def test_the_redis_password_reaches_the_master(tmp_path: Path) -> None:
+    """With `requirepass` on the data nodes: LLMQ_REDIS_PASSWORD (or a URL's own password)
+    authenticates to the master the sentinels name; none is refused clearly."""
+    password = "vk-" + uuid.uuid4().hex
+    servers = EmbeddedSentinelSet(tmp_path / "locked", password=password)
+    try:
+        servers.wait_ready()
+        conn = ConnectionSettings(
+            redis_sentinels=[s.address for s in servers.sentinels],
+            redis_sentinel_master=servers.master_name,
+            redis_password=password,
+        )
+        by_setting = connect_with(conn)
+        at = servers.url.index("//") + 2
+        by_url = connect(servers.url[:at] + f":{password}@" + servers.url[at:])
+        without = connect(servers.url)
+        try:
+            assert await by_setting.set("llmq-test:locked", "1")
+            assert await by_url.get("llmq-test:locked") == "1"
+            assert not await check_at_start(without, servers.url, 5.0)
+        finally:
+            for client in (by_setting, by_url, without):
+                await client.aclose()
+        for server in [servers.master, servers.replica, *servers.sentinels]:
+            assert password not in " ".join(map(str, server.proc.args))  # type: ignore[arg-type]
+    finally:
+        servers.stop()
 
 
 @dataclass
