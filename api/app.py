@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.usage = UsageReader(runtime.redis)
         app.state.models = models
-        preparer = RequestPreparer(models, runtime.registry, settings.tenancy.default_max_tokens)
+        preparer = RequestPreparer(
+            models, runtime.registry, settings.tenancy.default_max_tokens,
+            max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
+        )  # fmt: skip
         app.state.serving = Serving(runtime, Authenticator(settings, store), reservations, preparer)
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import msgspec
@@ -11,9 +12,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from llmq.schemas.admission import Refusal
+from llmq.schemas.frames import Failed
 from llmq.schemas.openai import ErrorBody, ErrorResponse
 
+log = logging.getLogger(__name__)
+
 _encoder = msgspec.json.Encoder()
+
+_OWN_CODES = frozenset({
+    "deadline_exceeded", "worker_lost", "frames_lost", "attempts_exhausted", "job_lost",
+    "empty_response", "worker_shutdown", "worker_error", "upstream_auth_failed",
+    "service_unavailable", "no_worker", "queue_unavailable", "upstream_timeout",
+})  # fmt: skip
+"""Server-side failures whose message llmq itself wrote, with nothing of the network in it."""
+
+_GENERIC = {"upstream_unavailable": "The model backend could not be reached or failed."}
 
 _TYPES = {
     400: "invalid_request_error",
@@ -82,6 +95,19 @@ def error_response(
     )
 
 
+def public_failure(frame: Failed, job_id: str) -> Failed:
+    """What a client may see of a failure: a server-side failure from the backend (5xx) may
+    name internal addresses (`Connection refused (10.0.0.7:8000)`) or quote the upstream, so
+    its message becomes a generic one and the detail goes to the log under the job id."""
+    error = frame.error
+    if frame.status < 500 or error.code in _OWN_CODES:
+        return frame
+    log.warning("job %s failed (%s %s): %s", job_id, frame.status, error.code, error.message)
+    message = _GENERIC.get(error.code or "", "The model backend failed.")
+    public = ErrorBody(message=message, type=error.type, param=error.param, code=error.code)
+    return Failed(status=frame.status, error=public, retry_after=frame.retry_after)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -106,6 +132,13 @@ def install_error_handlers(app: FastAPI) -> None:
         err = ApiError(400, str(first.get("msg", "invalid request")), "invalid_request", param=loc)
         return error_response(400, err.body())
 
+    async def on_undecodable(_request: Request, exc: Exception) -> Response:
+        # A body that no decoder could take (invalid UTF-8, nesting deeper than the decoder
+        # goes) is the client's fault wherever it was decoded: a 400, never a 500.
+        problem = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "nested too deeply"
+        err = ApiError(400, f"the request body is {problem}", "invalid_json")
+        return error_response(400, err.body())
+
     async def on_unexpected(_request: Request, _exc: Exception) -> Response:
         err = ApiError(500, "internal error", "internal_error", type="server_error")
         return error_response(500, err.body())
@@ -114,4 +147,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Refusal, on_refusal)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(UnicodeDecodeError, on_undecodable)
+    app.add_exception_handler(RecursionError, on_undecodable)
     app.add_exception_handler(Exception, on_unexpected)

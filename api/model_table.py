@@ -1,5 +1,7 @@
-"""Aliases and per-model defaults: one public name for another, and the temperature /
-max_tokens a model gets when the request leaves them out.
+"""The model table: aliases (one public name for another), per-model defaults (the
+temperature / max_tokens a model gets when the request leaves them out) and per-model
+settings (`[models."<name>"]`: what llmq enforces for the model, such as the largest
+`max_tokens` a request may ask for). docs/routing.md describes the syntax.
 
 Read from `LLMQ_MODELS_FILE` (TOML) and `LLMQ_ALIASES`; the file is re-read when it
 changes, so an operator edits it without restarting the api:
@@ -11,6 +13,9 @@ changes, so an operator edits it without restarting the api:
     [defaults.echo]
     temperature = 0.2
     max_tokens = 256
+
+    [models."openai:gpt-4.1-mini"]
+    max_tokens = 32768
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import logging
 import os
 import tomllib
+from typing import Annotated
 
 import msgspec
 
@@ -33,9 +39,31 @@ class ModelDefaults(msgspec.Struct, forbid_unknown_fields=True):
     max_tokens: int | None = None
 
 
+class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """One `[models."<name>"]` table, keyed by the model's own name (not an alias). Every
+    field is optional, so the table grows by adding fields; an unknown one rejects the file."""
+
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The most output tokens a request may ask for (`max_tokens` or
+    `max_completion_tokens`); more is a 400 before admission."""
+
+
 class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
     aliases: dict[str, str] = {}
     defaults: dict[str, ModelDefaults] = {}
+    models: dict[str, ModelEntry] = {}
+
+
+def _check_consistent(parsed: ModelFile) -> None:
+    """A default may not ask for more than the model's own limit allows."""
+    for model, defaults in parsed.defaults.items():
+        entry = parsed.models.get(model)
+        limit = entry.max_tokens if entry is not None else None
+        if defaults.max_tokens is not None and limit is not None and defaults.max_tokens > limit:
+            raise msgspec.ValidationError(
+                f"[defaults.{model}] max_tokens {defaults.max_tokens} is above "
+                f'[models."{model}"] max_tokens {limit}'
+            )
 
 
 class ModelTable:
@@ -47,6 +75,7 @@ class ModelTable:
         )
         self.aliases: dict[str, str] = dict(self._env_aliases)
         self.defaults: dict[str, ModelDefaults] = {}
+        self.models: dict[str, ModelEntry] = {}
         self._mtime = 0.0
         self._task: asyncio.Task[None] | None = None
         if self.path:
@@ -58,6 +87,14 @@ class ModelTable:
 
     def defaults_for(self, model: str) -> ModelDefaults | None:
         return self.defaults.get(model)
+
+    def entry_for(self, model: str) -> ModelEntry | None:
+        return self.models.get(model)
+
+    def token_limit_for(self, model: str) -> int | None:
+        """The model's largest `max_tokens`, when the table sets one."""
+        entry = self.models.get(model)
+        return entry.max_tokens if entry is not None else None
 
     def reload(self) -> bool:
         """Re-read the file if it changed; a broken file keeps the previous table."""
@@ -71,6 +108,7 @@ class ModelTable:
         try:
             with open(self.path, "rb") as f:
                 parsed = msgspec.convert(tomllib.load(f), ModelFile)
+            _check_consistent(parsed)
         except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
             log.error("models file %s rejected, keeping the previous table: %s", self.path, exc)
             self._mtime = mtime
@@ -78,9 +116,11 @@ class ModelTable:
         self._mtime = mtime
         self.aliases = {**parsed.aliases, **self._env_aliases}
         self.defaults = parsed.defaults
+        self.models = parsed.models
         log.info(
-            "models file loaded: %d aliases, %d defaults", len(self.aliases), len(self.defaults)
-        )
+            "models file loaded: %d aliases, %d defaults, %d models",
+            len(self.aliases), len(self.defaults), len(self.models),
+        )  # fmt: skip
         return True
 
     def start(self, interval: float = 1.0) -> None:

@@ -31,11 +31,20 @@ _PATH = re.compile(r"at `\$\.?(.*)`")
 
 class RequestPreparer:
     def __init__(
-        self, models: ModelTable, registry: WorkerRegistry, default_max_tokens: int
+        self,
+        models: ModelTable,
+        registry: WorkerRegistry,
+        default_max_tokens: int,
+        *,
+        max_n: int = 8,
+        max_output_tokens: int = 1_000_000,
     ) -> None:
         self.models = models
         self.registry = registry
         self.default_max_tokens = default_max_tokens
+        self.max_n = max_n
+        self.max_output_tokens = max_output_tokens
+        """The largest max_tokens for a model whose table entry sets none."""
 
     def prepare(self, kind: JobKind, body: bytes, *, durable: bool = False) -> PreparedRequest:
         """`durable`: an async or batch job, which never streams and may wait in its queue
@@ -60,16 +69,33 @@ class RequestPreparer:
     ) -> PreparedRequest:
         model = self.models.resolve(req.model)
         self.check_model(model, kind, need_live_worker=not durable)
+        limit = self.models.token_limit_for(model) or self.max_output_tokens
+        self.check_bounds(req, limit)
         req, changed = self._adjusted(req, model, durable)
         if changed:
             body = patch_body(body, changed)  # fields llmq does not declare stay as they came
         stream = bool(getattr(req, "stream", False))
-        max_tokens = (
-            0 if isinstance(req, EmbeddingRequest) else token_limit(req) or self.default_max_tokens
-        )
-        return PreparedRequest(
-            req, model, body, kind, stream, estimate_prompt_tokens(req), max_tokens
-        )
+        if isinstance(req, EmbeddingRequest):
+            reserve = 0
+        else:
+            per_choice = token_limit(req) or self.default_max_tokens
+            reserve = choices(req) * min(per_choice, limit)
+        return PreparedRequest(req, model, body, kind, stream, estimate_prompt_tokens(req), reserve)
+
+    def check_bounds(self, req: AnyRequest, token_limit: int) -> None:
+        """The numbers the reservation is made of, checked before it is: an output limit of
+        1..`token_limit` tokens (the model's, or llmq's ceiling), 1..`max_n` choices. Checked
+        here, a bad value is a 400 that costs no quota, never an error inside the quota
+        script after the request was counted."""
+        if isinstance(req, EmbeddingRequest):
+            _check_embedding_input(req.input)
+            return
+        params = ["max_tokens"]
+        if isinstance(req, ChatCompletionRequest):
+            params.append("max_completion_tokens")
+        for param in params:
+            _check_range(getattr(req, param), param, 1, token_limit)
+        _check_range(req.n, "n", 1, self.max_n)
 
     def check_model(self, model: str, kind: JobKind, need_live_worker: bool) -> None:
         registry = self.registry
@@ -127,6 +153,67 @@ def _decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
         raise Refusal(400, message, "invalid_request", param=param) from None
     except msgspec.DecodeError as exc:
         raise Refusal(400, f"malformed JSON: {exc}", "invalid_json") from None
+    except UnicodeDecodeError:
+        raise Refusal(400, "the request body is not valid UTF-8", "invalid_json") from None
+    except RecursionError:
+        raise Refusal(400, "the request body is nested too deeply", "invalid_json") from None
+
+
+def _check_range(value: object, param: str, low: int, high: int) -> None:
+    """An integer parameter, when set, within [low, high]; OpenAI's codes and wording."""
+    if not isinstance(value, int):
+        return
+    if value < low:
+        raise Refusal(
+            400,
+            f"Invalid '{param}': integer below minimum value. Expected a value >= {low}, "
+            f"but got {value} instead.",
+            "integer_below_min_value",
+            param=param,
+        )
+    if value > high:
+        digits = int(value.bit_length() * 0.30103)
+        shown = value if value < 10**30 else f"a number of ~{digits} digits"
+        raise Refusal(
+            400,
+            f"Invalid '{param}': integer above maximum value. Expected a value <= {high}, "
+            f"but got {shown} instead.",
+            "integer_above_max_value",
+            param=param,
+        )
+
+
+def _check_embedding_input(value: str | list[Any]) -> None:
+    """OpenAI's four shapes: a text, texts, token ids, lists of token ids; nothing else
+    reaches a worker."""
+    if isinstance(value, str):
+        return
+    if value and (
+        all(isinstance(x, str) for x in value)
+        or all(_token_ids(x) for x in value)
+        or _token_ids(value)
+    ):
+        return
+    raise Refusal(
+        400,
+        "`input` must be a string, a non-empty array of strings, an array of token ids "
+        "or an array of such arrays",
+        "invalid_value",
+        param="input",
+    )
+
+
+def _token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)
+    )
+
+
+def choices(req: ChatCompletionRequest | CompletionRequest) -> int:
+    """How many completions the request asks for (`n`, 1 when absent)."""
+    return req.n if isinstance(req.n, int) else 1
 
 
 def estimate_prompt_tokens(req: AnyRequest) -> int:

@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
-from llmq.api.errors import ApiError, api_error, error_bytes, error_response
+from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
 from llmq.api.preparation import RequestPreparer
-from llmq.api.protocol import read_body
+from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
@@ -105,6 +105,7 @@ class Serving:
             raise ApiError(503, "the api is shutting down", "shutting_down")
         record.tenant = await self.auth.tenant(request)
         mark(record.trace, "auth")
+        wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
         body = await read_body(request, settings.api.max_body_bytes)
         req = self.preparer.decode(kind, body)
         record.model = self.preparer.models.resolve(req.model)
@@ -118,14 +119,17 @@ class Serving:
         if isinstance(reservation, Refusal):
             raise reservation
         mark(record.trace, "quota")
+        submitted = time.time()
         spec = JobSpec(
             job_id=record.job_id,
             model=prepared.model,
             body=prepared.body,
             tenant=record.tenant,
-            deadline_ms=int((time.time() + settings.api.deadline) * 1000),
+            deadline_ms=int((submitted + wait) * 1000),
             kind=kind,
             traceparent=traceparent(record.trace, request.headers.get("traceparent")),
+            end_ms=int((submitted + settings.api.max_deadline) * 1000),
+            stream=prepared.stream,
         )
         mark(record.trace, "submitted")
         try:
@@ -197,7 +201,7 @@ class _Job:
                     return Response(bytes(ev.body), media_type="application/json", headers=headers)
                 if isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)
-                    return _failed_response(ev, headers)
+                    return _failed_response(public_failure(ev, self.record.job_id), headers)
             self.settle(502, code="empty_response")
             raise ApiError(502, "the job ended without a result", "empty_response")
         finally:
@@ -216,7 +220,7 @@ class _Job:
         if isinstance(first, Failed):
             await events.aclose()
             self.settle(first.status, code=first.error.code)
-            return _failed_response(first, headers)
+            return _failed_response(public_failure(first, self.record.job_id), headers)
         return SSEResponse(self._relay(first, events), headers)
 
     async def _relay(
@@ -232,7 +236,7 @@ class _Job:
                     yield b"data: " + ev + b"\n\n"
                 elif isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)
-                    yield event(error_bytes(ev.error))
+                    yield event(error_bytes(public_failure(ev, self.record.job_id).error))
                     break
                 else:
                     self.settle(200, ev)

@@ -1,8 +1,10 @@
 """Submitting a job and following its reply frames until it ends.
 
 `JobRun.events()` turns the frames of DESIGN.md into what the api relays: chunk bytes, then
-one `Done` or `Failed`. Every wait has a bound: the job's deadline while it is queued, and
-three ping intervals of silence once a worker streams it. Until its first chunk a job is
+one `Done` or `Failed`. Every wait has a bound: the job's deadline until it is under way (a
+stream's first chunk, or a worker taking a job that answers whole), then its end
+(`max_deadline`) and three ping intervals of silence; a passed deadline or end is always a
+504, never a lost worker. Until its first chunk a job is
 not acked, so a worker that dies (silence) or gives it back (a ping marked `Llmq-Requeued`)
 leaves it queued for the next worker, still bounded by the deadline; when JetStream gives up
 on it (its max-deliveries advisory) the client hears at once, and so it does when a restarted
@@ -72,26 +74,39 @@ class JobRun:
 
     async def events(self) -> AsyncGenerator[Event, None]:
         silence = self._dispatcher.ping_interval * 3
-        deadline = self.spec.deadline_ms / 1000
+        spec = self.spec
+        deadline = spec.deadline_ms / 1000
+        end = max(deadline, spec.end_ms / 1000) if spec.end_ms else deadline
         accepted = relayed = False
         expected_seq = 0
         missing_until: float | None = None
         """Set when the job was not found in its stream: a worker must show up before this."""
         try:
             while True:
-                left = deadline - time.time()
+                under_way = relayed or (accepted and not spec.stream)
+                bound = end if under_way else deadline
+                left = bound - time.time()
                 if left <= 0:
-                    yield failure(504, "the job's deadline passed", "timeout", "deadline_exceeded")
+                    yield _past(under_way and end > deadline)
                     return
-                if accepted:
-                    left = min(left, silence)
-                elif missing_until is not None:
-                    left = min(left, max(0.0, missing_until - time.time()))
+                # Which timer ends the wait decides the answer, never a second look at the
+                # clock: a timer may fire a hair early, and a passed deadline must not read
+                # as a silent worker.
+                wait, why = left, "bound"
+                if accepted and silence < wait:
+                    wait, why = silence, "silence"
+                elif not accepted and missing_until is not None:
+                    missing_left = max(0.0, missing_until - time.time())
+                    if missing_left < wait:
+                        wait, why = missing_left, "missing"
                 try:
-                    async with asyncio.timeout(left):
+                    async with asyncio.timeout(wait):
                         msg = await self._queue.get()
                 except TimeoutError:
-                    if not accepted and missing_until is not None and time.time() >= missing_until:
+                    if why == "bound":
+                        yield _past(under_way and end > deadline)
+                        return
+                    if why == "missing":
                         yield failure(
                             503,
                             "the job queue lost the job (the NATS server restarted); send it again",
@@ -99,8 +114,6 @@ class JobRun:
                             "job_lost",
                         )
                         return
-                    if not accepted or time.time() >= deadline:
-                        continue
                     if not relayed:
                         # The worker died before acking: JetStream hands the job to another.
                         accepted = False
@@ -158,6 +171,15 @@ class JobRun:
         if not self.finished:
             self.finished = True
             await d.cancel(self.spec.job_id)
+
+
+def _past(max_deadline: bool) -> Failed:
+    """A passed deadline: always 504 `deadline_exceeded`, whatever else was going on."""
+    if max_deadline:
+        message = "the job ran past the longest time a job may take (max_deadline)"
+    else:
+        message = "the job's deadline passed before it was under way"
+    return failure(504, message, "timeout", "deadline_exceeded")
 
 
 class Dispatcher:

@@ -24,9 +24,17 @@ class JobSpec:
     body: bytes
     tenant: str
     deadline_ms: int
+    """Unix ms by which the job must be under way (`Llmq-Deadline`): taken by a worker, and
+    for a stream its first token sent; a worker drops a job it fetches past it."""
     kind: JobKind = DEFAULT_KIND
     batch: bool = False
     traceparent: str | None = None
+    end_ms: int = 0
+    """Unix ms at which the api cuts the job even while it runs (`max_deadline`); 0: the
+    deadline bounds all of it. Never on the wire: the api's cancel tells the worker."""
+    stream: bool = False
+    """The client reads tokens as they come, so the deadline waits for the first one; a
+    job that answers whole is under way once a worker has taken it."""
 
     @property
     def subject(self) -> str:

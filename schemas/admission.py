@@ -31,7 +31,8 @@ class PreparedRequest:
     stream: bool
     prompt_estimate: int
     max_tokens: int
-    """Tokens to reserve for the completion (0 for embeddings)."""
+    """Tokens to reserve for the completion: every choice (`n`) times its output limit
+    (0 for embeddings)."""
 
 
 class Refusal(Exception):

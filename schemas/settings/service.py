@@ -101,9 +101,15 @@ class ApiSettings(Group):
         default_factory=short_id, description="This api process's id; names its reply inbox."
     )
     deadline: float = setting(
-        120.0, "Default seconds a job may take, queueing included, before a 504."
+        120.0,
+        "Seconds a request may wait for its first token (queue and start) before a 504; "
+        "a client may ask for its own with the `X-Llmq-Deadline` header.",
     )
-    max_deadline: float = setting(600.0, "Upper bound for a job's deadline (seconds).")
+    max_deadline: float = setting(
+        600.0,
+        "Seconds a request may take in all, a flowing stream included; also caps "
+        "`X-Llmq-Deadline`.",
+    )
     max_body_bytes: int = setting(
         1_000_000, "Largest accepted request body; larger bodies get a 413."
     )
@@ -150,8 +156,20 @@ class TenancySettings(Group):
     default_max_tokens: int = setting(
         4096, "Tokens reserved for a request that sets no max_tokens."
     )
+    max_output_tokens: int = setting(
+        1_000_000,
+        "Largest max_tokens / max_completion_tokens accepted for a model whose "
+        "`[models.<name>]` entry sets no max_tokens; more is a 400.",
+        commands=(),
+        ge=1,
+    )
+    max_n: int = setting(
+        8, "Largest `n` (choices per request) accepted; more is a 400.", commands=(), ge=1
+    )
     models_file: str = setting(
-        "", "TOML file with aliases and per-model defaults; re-read when it changes."
+        "",
+        "TOML file with aliases, per-model defaults and per-model limits "
+        "(docs/routing.md); re-read when it changes.",
     )
     aliases: Annotated[list[str], NoDecode] = setting(
         default_factory=list, description="Model aliases `alias=model`, comma-separated."

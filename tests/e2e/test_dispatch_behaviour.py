@@ -239,3 +239,28 @@ async def test_nats_server_restart_loses_memory_state_and_both_sides_put_it_back
     for text in (api_text, worker_text):
         assert value(text, "llmq_nats_reconnects_total") == 1
         assert value(text, "llmq_nats_connected") == 1
+
+
+async def test_a_refused_upstream_does_not_show_its_address(stack, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The client hears that the backend failed, not where it lives; the log has the detail."""
+    from llmq.embedded import free_port
+
+    model = _model()
+    port = free_port()  # nothing listens there
+    api = await stack.api()
+    await stack.worker(
+        model=[model], backend="openai", backend_url=f"http://127.0.0.1:{port}/v1",
+        breaker_threshold=100,
+    )  # fmt: skip
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}]}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for stream in (False, True):
+            resp = await client.post(
+                f"{api.url}/v1/chat/completions", json={**body, "stream": stream}
+            )
+            assert resp.status_code == 502, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "upstream_unavailable"
+            assert "127.0.0.1" not in resp.text and str(port) not in resp.text
+    assert any(str(port) in r.getMessage() for r in caplog.records)

@@ -245,7 +245,7 @@ async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:
     bad = Worker(make_settings(stack.nats_url, stack.redis_url, model=[broken]), dead_upstream)
     await bad.start()
     stack.workers.append(bad)
-    api = await _keyed(stack, model, deadline=1.0)
+    api = await _keyed(stack, model, deadline=1.0, max_deadline=1.0)  # a started job is cut
     await wait_for(lambda: api.runtime.registry.workers_for(broken))
     tenant, key = await _tenant(redis, max_concurrent=5)
     headers = {"authorization": f"Bearer {key}"}

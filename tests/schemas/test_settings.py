@@ -114,6 +114,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "CONSOLE_SECRET": ("cs", "cs"),
     "RESPONSE_RETENTION": ("27", 27.0),
     "RESPONSES_PASSTHROUGH": ("true", True),
+    "MAX_OUTPUT_TOKENS": ("37", 37),
+    "MAX_N": ("38", 38),
 }
 
 # Flags per command before flags were derived from the models.
