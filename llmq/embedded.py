@@ -221,18 +221,24 @@ class EmbeddedRedis(ManagedProcess):
     """A Redis-compatible server; with `password`, `requirepass` goes into a 0600 config
     file (never the argv, which `ps` shows) and `url` stays without it."""
 
-    def __init__(self, data_dir: Path, port: int = 0, password: str = "") -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 0, password: str = "", extra: list[str] | None = None
+    ) -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [redis_server_binary()]
         if password:
-            conf = write_private(data_dir / "redis.conf", f'requirepass "{password}"\n')
+            # masterauth too: as a replica (or an old master rejoining after a failover) it
+            # must authenticate to its master.
+            text = f'requirepass "{password}"\nmasterauth "{password}"\n'
+            conf = write_private(data_dir / "redis.conf", text)
             argv.append(str(conf))
         argv += [
             "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(data_dir),
             "--protected-mode", "no",
         ]  # fmt: skip
+        argv += extra or []
         super().__init__("redis-server", argv, port, data_dir / "redis-server.log")
         self.wait_listening()
 

@@ -230,9 +230,19 @@ H_TRACEPARENT = "traceparent"
 # --- Redis keys --------------------------------------------------------------------------
 
 REDIS_PREFIX = "llmq:"
-"""Tenant names are restricted to `[A-Za-z0-9._@-]` (no `:`), so every key below is unambiguous.
-All keys live in one keyspace (no Cluster hash tags): the quota scripts touch per-tenant keys,
-the global price table and the global ledger together."""
+"""Tenant names are restricted to `[A-Za-z0-9._@-]` (no `:`, no braces), so every key below is
+unambiguous. Every key of one tenant carries the Cluster hash tag `{<tenant>}` (`tenant_tag`),
+so a Redis/Valkey Cluster keeps them in one slot and a quota script never crosses slots; the
+global keys (tenant set, prices, key lookup, global ledger) are never touched by a script
+together with a tenant's. A new per-tenant key must use `tenant_tag` too. Before hash tags the
+tenant appeared bare (`llmq:q:acme:inflight`): `python -m llmq.redis_keys` renames such keys
+(docs/operations.md)."""
+
+
+def tenant_tag(tenant: str) -> str:
+    """`{<tenant>}`: the part of a key Redis Cluster hashes, the same for all of a tenant's keys."""
+    return "{" + tenant + "}"
+
 
 TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
@@ -248,12 +258,12 @@ LEDGER_KEY = f"{REDIS_PREFIX}ledger"
 
 def tenant_key(tenant: str) -> str:
     """Hash: the tenant record (limits, status, allowed models as JSON)."""
-    return f"{REDIS_PREFIX}tenant:{tenant}"
+    return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}"
 
 
 def tenant_api_keys_key(tenant: str) -> str:
     """Hash: key id -> JSON `ApiKey` (no secret), for listing and revoking."""
-    return f"{REDIS_PREFIX}tenant:{tenant}:keys"
+    return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys"
 
 
 def api_key_key(sha256_hex: str) -> str:
@@ -263,55 +273,55 @@ def api_key_key(sha256_hex: str) -> str:
 
 def inflight_key(tenant: str) -> str:
     """Sorted set: job id -> lease expiry (unix ms); the concurrency slots in use."""
-    return f"{REDIS_PREFIX}q:{tenant}:inflight"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:inflight"
 
 
 def window_key(tenant: str, minute: int) -> str:
     """Hash `req`, `tok`: requests and tokens in one fixed minute window (unix s // 60).
     Written by versions before the GCRA rates (`rate_key`); read by none now."""
-    return f"{REDIS_PREFIX}q:{tenant}:w:{minute}"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:w:{minute}"
 
 
 def rate_key(tenant: str) -> str:
     """Hash `req`, `tok`: the GCRA theoretical arrival times (unix ms, float) of the
     tenant's requests and tokens per minute (docs/tenants.md, "Exact rates")."""
-    return f"{REDIS_PREFIX}q:{tenant}:rate"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:rate"
 
 
 def key_quota_prefix(tenant: str, key_id: str) -> str:
     """Prefix of one API key's own quota state (`<prefix>:rate`, `:inflight`, `:d:<day>`,
     `:m:<month>`), the same shapes as the tenant's."""
-    return f"{REDIS_PREFIX}q:{tenant}:k:{key_id}"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:k:{key_id}"
 
 
 def usage_by_key(tenant: str, day: str, by: str) -> str:
     """Hash `req:<who>`, `fail:`, `in:`, `cached:`, `out:`, `usd:` for one tenant and UTC
     day, per API key id (`by="key"`) or per end user (`by="user"`, the request's `user`
     field; bounded, see `api.tenancy.quota.MAX_USERS_PER_DAY`)."""
-    return f"{REDIS_PREFIX}usage:{tenant}:{day}:{by}"
+    return f"{REDIS_PREFIX}usage:{tenant_tag(tenant)}:{day}:{by}"
 
 
 def day_quota_key(tenant: str, day: str) -> str:
     """Hash `tok`: tokens reserved or used on one UTC day (YYYY-MM-DD)."""
-    return f"{REDIS_PREFIX}q:{tenant}:d:{day}"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:d:{day}"
 
 
 def month_quota_key(tenant: str, month: str) -> str:
     """Hash `tok`, `usd`: tokens and spend reserved or used in one UTC month (YYYY-MM)."""
-    return f"{REDIS_PREFIX}q:{tenant}:m:{month}"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:m:{month}"
 
 
 def reservation_key(tenant: str, job_id: str) -> str:
     """Hash: one open reservation (what was reserved and where), deleted by its release."""
-    return f"{REDIS_PREFIX}q:{tenant}:r:{job_id}"
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:r:{job_id}"
 
 
 def usage_key(tenant: str, day: str) -> str:
     """Hash `req:<model>`, `fail:<model>`, `in:<model>`, `out:<model>`, `usd:<model>`
     for one tenant and UTC day (YYYY-MM-DD)."""
-    return f"{REDIS_PREFIX}usage:{tenant}:{day}"
+    return f"{REDIS_PREFIX}usage:{tenant_tag(tenant)}:{day}"
 
 
 def tenant_ledger_key(tenant: str) -> str:
     """Stream: the ledger entries of one tenant (capped with MAXLEN ~)."""
-    return f"{REDIS_PREFIX}ledger:{tenant}"
+    return f"{REDIS_PREFIX}ledger:{tenant_tag(tenant)}"

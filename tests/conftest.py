@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
+from llmq.embedded_redis_ha import EmbeddedSentinelSet, start_redis_cluster
 
 
 @pytest.fixture(scope="session")
@@ -165,3 +166,27 @@ def secured_nats(tmp_path: Path) -> Iterator[Callable[[str], EmbeddedNats]]:
     yield start
     for server in servers:
         server.stop()
+
+
+# --- Redis/Valkey that survives a node (tests/api/test_redis_sentinel.py, _cluster.py) -----
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[EmbeddedSentinelSet]:
+    """A master, a replica and three sentinels of one test (it may kill the master), ready
+    to fail over. Request it before `stack`, so its servers stop after the stack."""
+    servers = EmbeddedSentinelSet(tmp_path / "sentinel-set")
+    try:
+        servers.wait_ready()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedRedis]]:
+    """Three cluster-enabled masters with the 16384 slots split between them."""
+    nodes = start_redis_cluster(Path(tmp_path_factory.mktemp("redis-cluster")))
+    yield nodes
+    for node in nodes:
+        node.stop()

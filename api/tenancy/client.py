@@ -1,5 +1,6 @@
 """The Redis client the tenancy layer expects: a blocking pool, short timeouts, the
-operator's password and TLS.
+operator's password and TLS; one Redis/Valkey server, a Sentinel-watched master that
+survives a node (`redis+sentinel://`), or a Redis/Valkey Cluster (`redis+cluster://`).
 
 redis-py's default async pool raises `MaxConnectionsError` at 100 concurrent commands,
 which under load would turn into 503s; a blocking pool makes the excess wait (up to
@@ -10,15 +11,82 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
+
+SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def _hosts(text: str, default_port: int) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        out.append((host or "127.0.0.1", int(port or default_port)))
+    return out
+
+
+def _split_auth(rest: str) -> tuple[str, str]:
+    """`[:password@]hosts...` -> (password, hosts...)."""
+    if "@" not in rest.split("/", 1)[0]:
+        return "", rest
+    auth, _, rest = rest.partition("@")
+    return auth.partition(":")[2] if ":" in auth else auth, rest
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
+    """`redis+sentinel://[:password@]h1:26379,h2:26379/<master-name>[/db]` ->
+    (sentinels, master name, db, password)."""
+    password, rest = _split_auth(url.removeprefix(SENTINEL_SCHEME))
+    hosts, _, path = rest.partition("/")
+    master, _, db = path.partition("/")
+    if not hosts or not master:
+        raise ValueError("a sentinel URL needs hosts and a master name: "
+                         "redis+sentinel://host:26379,.../<master-name>[/db]")  # fmt: skip
+    return _hosts(hosts, 26379), master, int(db or 0), password
+
+
+class _Cluster(RedisCluster):
+    """A Cluster client whose `pipeline(transaction=True)` runs as a plain pipeline: MULTI
+    cannot span slots, and the admin writes that use it (delete a tenant, create or revoke a
+    key) touch a global key and a tenant's. Each command stays atomic, the group does not."""
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        return super().pipeline(transaction=False, shard_hint=shard_hint)
+
+
+def is_cluster(redis: Any) -> bool:
+    """The client speaks to a Redis/Valkey Cluster: multi-key work must stay in one slot."""
+    return isinstance(redis, RedisCluster)
+
+
+def _sentinel_client(url: str, password: str, **common: Any) -> Redis:
+    sentinels, master, db, url_password = parse_sentinel_url(url)
+    # Sentinels themselves run without AUTH here; the password is the data nodes'.
+    sentinel = Sentinel(sentinels, sentinel_kwargs=dict(common), **common)
+    return sentinel.master_for(master, db=db, password=url_password or password or None)
+
+
+def _cluster_client(url: str, password: str, max_connections: int, **common: Any) -> Redis:
+    url_password, hosts = _split_auth(url.removeprefix(CLUSTER_SCHEME))
+    nodes = [ClusterNode(host, port) for host, port in _hosts(hosts.rstrip("/"), 6379)]
+    cluster = _Cluster(
+        startup_nodes=nodes,
+        password=url_password or password or None,
+        max_connections=max_connections,
+        **common,
+    )
+    # The commands llmq uses exist on both; callers ask `is_cluster` where they differ.
+    return cast(Redis, cluster)
 
 
 def connect(
@@ -31,7 +99,17 @@ def connect(
 ) -> Redis:
     """A client for `url`; a command slower than `timeout` s raises (-> `QuotaBackendDown`).
     `password` is used when the URL carries none (a URL's own wins); `tls_ca` verifies a
-    `rediss://` server."""
+    `rediss://` server. `redis+sentinel://` gives a client of the master the sentinels name,
+    which follows a failover; `redis+cluster://host:port,...` a Cluster client."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "decode_responses": True,
+    }
+    if url.startswith(SENTINEL_SCHEME):
+        return _sentinel_client(url, password, **common)
+    if url.startswith(CLUSTER_SCHEME):
+        return _cluster_client(url, password, max_connections, **common)
     extra: dict[str, Any] = {}
     if password:
         extra["password"] = password
@@ -50,7 +128,11 @@ def connect(
 
 
 def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redis:
-    """`connect` to `url` (default `conn.redis_url`) with `conn`'s password and TLS CA."""
+    """`connect` to `url` (default `conn.redis_url`, or `conn.redis_sentinels` when set)
+    with `conn`'s password and TLS CA."""
+    if not url and conn.redis_sentinels:
+        hosts = ",".join(conn.redis_sentinels)
+        url = f"{SENTINEL_SCHEME}{hosts}/{conn.redis_sentinel_master}/{conn.redis_sentinel_db}"
     return connect(
         url or conn.redis_url,
         password=conn.secret("redis_password"),

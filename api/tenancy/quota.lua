@@ -13,6 +13,8 @@
 -- ms, kept as one "theoretical arrival time" (tat): taking c units moves it c * 60000/L ms
 -- later, and is allowed while it stays within one minute of now. No fixed window, so no
 -- burst of 2 L across a minute boundary.
+-- ARGV[12] (Cluster only) the model's price JSON, or '' for none; in a Cluster KEYS[2]
+-- is KEYS[1], so the script stays in one slot
 --
 -- Returns one string (cheaper to parse than an array), fields joined by '|':
 --   allowed 0|1, reason, limit, retry_after_ms, limit_req, remaining_req, reset_req_ms,
@@ -118,7 +120,8 @@ end
 local prompt = tonumber(ARGV[2])
 local need = prompt + tonumber(ARGV[3])
 local in_price, out_price, cin_price, cw_price = 0, 0, 0, 0
-local p = redis.call('HGET', KEYS[2], model)
+local p = ARGV[12]
+if not p then p = redis.call('HGET', KEYS[2], model) elseif p == '' then p = nil end
 if p then
   local price = cjson.decode(p)
   in_price = tonumber(price['input_per_1m']) or 0

@@ -20,6 +20,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import backend_guard
 from llmq.api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
 from llmq.api.tenancy.periods import periods
@@ -69,6 +70,8 @@ class Quota:
         self._max_users = max_users_per_day
         self._ledger_maxlen = ledger_maxlen
         self._usage_ttl = usage_ttl_days * 86_400.0
+        self._cluster = is_cluster(redis)
+        """A script may touch one tenant's keys only (one hash slot, `names.tenant_tag`)."""
         # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
         self._reserve = redis.register_script(_script("quota.lua"))
         self._release = redis.register_script(_script("release.lua"))
@@ -101,7 +104,7 @@ class Quota:
         p = periods(now)
         keys = [
             names.tenant_key(tenant),
-            names.PRICES_KEY,
+            names.tenant_key(tenant) if self._cluster else names.PRICES_KEY,
             names.inflight_key(tenant),
             names.rate_key(tenant),
             names.day_quota_key(tenant, p.day),
@@ -123,6 +126,10 @@ class Quota:
             _ms(lease + RESERVATION_GRACE),
             user[:MAX_USER_CHARS],
         ]
+        if self._cluster:  # the price table is in another slot: read it first, pass it in
+            with backend_guard():
+                price = await self._redis.hget(names.PRICES_KEY, model)
+            args.append("" if price is None else _text(price))
         raw = _text(await self._call(self._reserve, keys, args)).split("|")
         allowed = raw[0] == "1"
         decision = QuotaDecision(
@@ -175,7 +182,7 @@ class Quota:
             names.reservation_key(tenant, job_id),
             names.inflight_key(tenant),
             names.usage_key(tenant, p.day),
-            names.LEDGER_KEY,
+            names.tenant_ledger_key(tenant) if self._cluster else names.LEDGER_KEY,
             names.tenant_ledger_key(tenant),
             names.usage_by_key(tenant, p.day, "key"),
             names.usage_by_key(tenant, p.day, "user"),
@@ -195,7 +202,30 @@ class Quota:
             self._max_users,
         ]
         raw = _text(await self._call(self._release, keys, args))
+        if self._cluster and raw.startswith("1|"):
+            await self._global_ledger(tenant, model, job_id, args, failed, raw.split("|"))
         return raw.startswith("1|")
+
+    async def _global_ledger(
+        self,
+        tenant: str,
+        model: str,
+        job_id: str,
+        args: list[str | int],
+        failed: bool,
+        raw: list[str],
+    ) -> None:
+        """In a Cluster the global ledger is in another slot than the tenant's keys: the
+        entry `release.lua` wrote to the tenant's ledger is appended to it right after."""
+        entry: dict[Any, Any] = {
+            "ts": args[4], "tenant": tenant, "model": model, "job": job_id,
+            "prompt": args[1], "completion": args[2], "reserved": raw[2], "cost": raw[1],
+            "status": "failed" if failed else "ok",
+        }  # fmt: skip
+        with backend_guard():
+            await self._redis.xadd(
+                names.LEDGER_KEY, entry, maxlen=self._ledger_maxlen, approximate=True
+            )
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         with backend_guard():
@@ -213,9 +243,9 @@ class Quota:
         (released, or its lease ran out: a renewal never revives a slot)."""
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
-        kept: list[bool] = []
-        for start in range(0, len(held), RENEW_BATCH):
-            part = held[start : start + RENEW_BATCH]
+        kept: dict[int, bool] = {}
+        for part_at in self._renew_parts(held):
+            part = [held[i] for i in part_at]
             keys: list[str] = []
             for tenant, job_id in part:
                 keys += [names.inflight_key(tenant), names.reservation_key(tenant, job_id)]
@@ -226,8 +256,20 @@ class Quota:
                 *(job_id for _, job_id in part),
             ]
             raw = _text(await self._call(self._renew, keys, args))
-            kept += [c == "1" for c in raw]
-        return kept
+            kept.update(zip(part_at, (c == "1" for c in raw), strict=True))
+        return [kept[i] for i in range(len(held))]
+
+    def _renew_parts(self, held: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """Positions in `held` per script call: up to `RENEW_BATCH` each, and in a Cluster
+        one tenant's only (a script stays in one slot)."""
+        groups: dict[str, list[int]] = {}
+        for i, (tenant, _) in enumerate(held):
+            groups.setdefault(tenant if self._cluster else "", []).append(i)
+        return [
+            at[start : start + RENEW_BATCH]
+            for at in groups.values()
+            for start in range(0, len(at), RENEW_BATCH)
+        ]
 
     async def extend(
         self, tenant: str, job_id: str, lease: float, *, now: float | None = None

@@ -8,12 +8,13 @@
 -- KEYS[1] reservation hash   KEYS[2] in-flight zset   KEYS[3] usage hash (release day)
 -- KEYS[4] ledger stream      KEYS[5] tenant ledger stream
 -- KEYS[6] usage-per-key hash (release day)  KEYS[7] usage-per-user hash (release day)
+-- (in a Cluster KEYS[4] is KEYS[5]: the caller appends to the global ledger itself)
 -- ARGV[1] job id  ARGV[2] prompt tokens  ARGV[3] completion tokens  ARGV[4] failed 0|1
 -- ARGV[5] now (unix ms)  ARGV[6] usage expires at (unix ms)  ARGV[7] ledger max length
 -- ARGV[8] tenant  ARGV[9] model  ARGV[10] cached prompt tokens  ARGV[11] cache-write tokens
 -- ARGV[12] most end users booked per tenant and day (more go to '(other)')
 --
--- Returns '<released 0|1>|<cost_usd>'.
+-- Returns '<released 0|1>|<cost_usd>|<reserved tokens>'.
 
 local job = ARGV[1]
 -- Always free the slot, even without a reservation record (nothing else can hold it).
@@ -103,7 +104,9 @@ if ARGV[4] == '1' then status = 'failed' end
 local entry = {'ts', ARGV[5], 'tenant', ARGV[8], 'model', model, 'job', job,
   'prompt', prompt, 'completion', completion, 'reserved', need, 'cost', usd, 'status', status,
   'cached', cached, 'key', key_id, 'user', user}
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
+if KEYS[4] ~= KEYS[5] then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
+end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 
-return '1|' .. usd
+return '1|' .. usd .. '|' .. need

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import TenantExists, UnknownTenant, backend_guard
 from llmq.api.tenancy.models import (
     TENANT_MUTABLE_FIELDS,
@@ -41,7 +42,7 @@ _PUT_TENANT = """
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 if (ARGV[1] == 'create') == exists then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('SADD', KEYS[2], ARGV[2])
+if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -186,11 +187,15 @@ class TenantStore:
             await self._redis.zrem(names.DELETED_SCOPES_KEY, scope)
 
     async def _write(self, mode: str, tenant: Tenant) -> None:
+        # In a Cluster the tenant set is in another slot: added to right after, not inside.
+        cluster = is_cluster(self._redis)
         with backend_guard():
             done = await self._put(
-                keys=[names.tenant_key(tenant.name), names.TENANTS_KEY],
+                keys=[names.tenant_key(tenant.name), *([] if cluster else [names.TENANTS_KEY])],
                 args=[mode, tenant.name, *_tenant_fields(tenant)],
             )
+            if done and cluster:
+                await self._redis.sadd(names.TENANTS_KEY, tenant.name)
         if not done:
             raise TenantExists(tenant.name) if mode == "create" else UnknownTenant(tenant.name)
 

@@ -28,6 +28,19 @@ class ConnectionSettings(Group):
     redis_timeout: float = setting(
         1.0, "Seconds before a Redis command counts as down.", commands=()
     )
+    redis_sentinels: Annotated[list[str], NoDecode] = setting(
+        [],
+        "Redis Sentinels (`host:port`, comma-separated); when set, llmq asks them for the "
+        "master of redis_sentinel_master instead of using redis_url, and follows a failover. "
+        "Same as redis_url `redis+sentinel://h1:26379,h2:26379/<master>[/db]`.",
+        commands=(),
+    )
+    redis_sentinel_master: str = setting(
+        "mymaster", "Name the Sentinels monitor the master under.", commands=()
+    )
+    redis_sentinel_db: int = setting(0, "Database number on the Sentinel master.", commands=())
+
+    _split = field_validator("redis_sentinels", mode="before")(split_commas)
     # Credentials and TLS (docs/security.md). Environment or files only: never a flag.
     nats_creds: str = setting(
         "", "NATS credentials file (user JWT + nkey seed, as `nsc` writes it).", commands=()

