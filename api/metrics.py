@@ -167,6 +167,12 @@ class ApiMetrics:
             ["reason", *tenant],
             registry=self.registry,
         )
+        self.fallbacks = Counter(
+            "llmq_api_fallbacks",
+            "Requests moved from a model to its next fallback, by cause (docs/routing.md).",
+            ["model", "to", "cause"],
+            registry=self.registry,
+        )
         self.registry.register(_Live(self))
         self.registry.register(ConnectionMetrics(lambda: runtime.nc))
         self.queues: list[QueueState] = []
@@ -215,6 +221,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "in", *extra).inc(r.prompt_tokens)
         if r.completion_tokens:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
+        for origin, to, cause in r.fallbacks:
+            self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
         code = r.error_code
         if code is not None and code in QUOTA_REASONS:
             self._child(self.rejections, code, *extra).inc()

@@ -71,6 +71,9 @@ class JobRun:
         self.worker: str | None = None
         self.accepted_at: float | None = None
         self.first_chunk_at: float | None = None
+        self.taken = False
+        """A worker holds the job now (accepted, not given back): the api's fallback
+        routing leaves such a job alone."""
 
     async def events(self) -> AsyncGenerator[Event, None]:
         silence = self._dispatcher.ping_interval * 3
@@ -116,7 +119,7 @@ class JobRun:
                         return
                     if not relayed:
                         # The worker died before acking: JetStream hands the job to another.
-                        accepted = False
+                        accepted = self.taken = False
                         continue
                     yield failure(
                         502, "the worker stopped responding", "upstream_error", "worker_lost"
@@ -139,6 +142,7 @@ class JobRun:
                 seq = int(headers.get(names.H_SEQ, "-1"))
                 if kind == frames.ACCEPTED:
                     accepted, expected_seq, missing_until = True, seq + 1, None
+                    self.taken = True
                     self.worker = headers.get(names.H_WORKER)
                     self.accepted_at = time.monotonic()
                     continue
@@ -153,7 +157,7 @@ class JobRun:
                     yield msg.data
                 elif kind == frames.PING:
                     if names.H_REQUEUED in headers:
-                        accepted = False
+                        accepted = self.taken = False
                 else:
                     frame = frames.frame_decoder.decode(msg.data)
                     if isinstance(frame, Done | Failed):
