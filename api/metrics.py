@@ -32,6 +32,7 @@ from llmq.api.runtime import Runtime
 from llmq.api.serving import RequestRecord
 from llmq.dispatcher.connection import ConnectionMetrics
 from llmq.dispatcher.probes import QueueState, queue_states
+from llmq.dispatcher.queue_estimate import QueueEstimator
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,24 @@ class _Live(Collector):
             capacity.add_metric([label], sum(w.capacity for w in serving))
         yield workers
         yield capacity
+        estimator = m.queue_estimator
+        if estimator is not None:
+            wait = GaugeMetricFamily(
+                "llmq_queue_wait_estimate_seconds",
+                "Estimated seconds a job queued now waits for a worker (-1: not known yet).",
+                labels=["model"],
+            )
+            rate = GaugeMetricFamily(
+                "llmq_queue_service_rate",
+                "Jobs started per second while the model's queue was busy (-1: not measured).",
+                labels=["model"],
+            )
+            for model, state in sorted(estimator.models.items()):
+                named = [m.model_label(model)]
+                wait.add_metric(named, -1.0 if state.wait is None else state.wait)
+                rate.add_metric(named, -1.0 if state.rate is None else state.rate)
+            yield wait
+            yield rate
         identity = InfoMetricFamily("llmq_api", "This api process.")
         identity.add_metric([], {"instance": rt.settings.api.instance_id, "version": m.version})
         yield identity
@@ -175,6 +194,8 @@ class ApiMetrics:
         )
         self.registry.register(_Live(self))
         self.registry.register(ConnectionMetrics(lambda: runtime.nc))
+        self.queue_estimator: QueueEstimator | None = None
+        """Set by the app: the admission's queue estimates (docs/routing.md)."""
         self.queues: list[QueueState] = []
         self.queues_at = 0.0
         self._queue_lock = asyncio.Lock()

@@ -10,12 +10,17 @@ time is left for another model. docs/routing.md describes what a client sees.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Final
 
+import msgspec
+
 from llmq.api.model_table import ModelTable
 from llmq.dispatcher.registry import WorkerRegistry
+from llmq.schemas.admission import AnyRequest, Refusal
 from llmq.schemas.frames import Failed
+from llmq.schemas.openai import patch_body
 
 NO_WORKER: Final = "no_worker"
 CIRCUIT_OPEN: Final = "circuit_open"
@@ -28,6 +33,11 @@ CAUSES: Final = (NO_WORKER, CIRCUIT_OPEN, QUEUE_WAIT, RATE_LIMITED, UPSTREAM_ERR
 
 _NOT_A_CAUSE: Final = frozenset({"deadline_exceeded", "request_too_large"})
 """Failures another model would not cure: the deadline is gone, the body is too big."""
+
+MODEL_HEADER: Final = "x-llmq-model"
+"""Names the model that served the request (the requested one or a fallback)."""
+UNSERVED_CHECK: Final = 0.25
+"""Seconds between looks at whether a queued job's model still has a worker taking jobs."""
 
 Estimate = Callable[[str], float | None]
 
@@ -63,6 +73,26 @@ class Router:
         wait = self.estimate(model)
         return wait is not None and wait > limit
 
+    def admit(self, model: str, time_left: float) -> Refusal | None:
+        """Queue-aware admission: a 429 `queue_full` now when the model's estimated wait
+        would outlast the request's first-token deadline, instead of queueing a request
+        that would time out. `Retry-After`: when the estimate says the queue is short
+        enough again."""
+        wait = self.estimate(model)
+        if wait is None or wait <= time_left:
+            return None
+        retry = max(1, math.ceil(wait - max(time_left, 0.0)))
+        return Refusal(
+            429,
+            f"The queue for model `{model}` would not start this request before its deadline "
+            f"(estimated wait {wait:.1f}s, deadline in {max(time_left, 0.0):.1f}s). "
+            "Retry after the indicated time.",
+            "queue_full",
+            type="rate_limit_exceeded",
+            headers={"retry-after": str(retry)},
+            retry_after=float(retry),
+        )
+
 
 def failure_cause(frame: Failed) -> str | None:
     """The fallback cause of a job that failed before its first token, None when another
@@ -77,3 +107,8 @@ def failure_cause(frame: Failed) -> str | None:
     if frame.status >= 500:
         return UPSTREAM_ERROR
     return None
+
+
+def for_model(req: AnyRequest, body: bytes, model: str) -> tuple[AnyRequest, bytes]:
+    """The request as sent to `model`: the requested model itself, or a fallback."""
+    return msgspec.structs.replace(req, model=model), patch_body(body, {"model": model})

@@ -24,7 +24,14 @@ from llmq.api.errors import ApiError, api_error, error_bytes, error_response, pu
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.reservations import Reservations
-from llmq.api.routing import QUEUE_WAIT, Router, failure_cause
+from llmq.api.routing import (
+    MODEL_HEADER,
+    QUEUE_WAIT,
+    UNSERVED_CHECK,
+    Router,
+    failure_cause,
+    for_model,
+)  # fmt: skip
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
 from llmq.api.tracing import RequestTrace, begin, mark, traceparent
@@ -33,7 +40,6 @@ from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, AnyRequest, JobUsage, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 from llmq.schemas.frames import Done, Failed, failure
-from llmq.schemas.openai import patch_body
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +47,6 @@ _encoder = msgspec.json.Encoder()
 
 Event = bytes | Done | Failed
 T = TypeVar("T")
-UNSERVED_CHECK = 0.25
-"""Seconds between looks at whether a queued job's model still has a worker taking jobs."""
-MODEL_HEADER = "x-llmq-model"
-"""Names the model that served the request (the requested one or a fallback)."""
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Serving:
         None for a fallback this request cannot use) and the failure the client would see."""
         fallback = model != record.model
         try:
-            sent, sent_body = _for_model(req, body, model) if fallback else (req, body)
+            sent, sent_body = for_model(req, body, model) if fallback else (req, body)
             prepared = self.preparer.prepare_decoded(sent, kind, sent_body)
         except Refusal as refusal:
             if refusal.code == "no_worker" and more:
@@ -178,6 +180,11 @@ class Serving:
             raise
         if more and self.router.over_queue_wait(model):
             return QUEUE_WAIT, None
+        full = self.router.admit(model, submitted + wait - time.time())
+        if full is not None:
+            if more:
+                return QUEUE_WAIT, full
+            raise full
         record.stream = prepared.stream
         mark(record.trace, "prepared")
         reservation = await self.reservations.reserve(
@@ -385,8 +392,3 @@ def _failed_response(frame: Failed, headers: dict[str, str]) -> Response:
     if frame.retry_after is not None:
         headers = {**headers, "retry-after": str(max(1, round(frame.retry_after)))}
     return error_response(frame.status, frame.error, headers)
-
-
-def _for_model(req: AnyRequest, body: bytes, model: str) -> tuple[AnyRequest, bytes]:
-    """The request as sent to `model`: the requested model itself, or a fallback."""
-    return msgspec.structs.replace(req, model=model), patch_body(body, {"model": model})
