@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,44 @@ async def test_fallbacks_reload_live(upstream: FakeUpstream, stack: Any, tmp_pat
             return resp.status_code == 200 and resp.headers["x-llmq-model"] == spare
 
         await wait_for(falls_back, timeout=5)
+
+
+async def test_a_fallback_the_tenant_may_not_use_is_skipped_and_quota_stays_exact(
+    upstream: FakeUpstream, stack: Any, tmp_path: Path, redis_server: Any
+) -> None:
+    from llmq.api.tenancy import Tenant, TenantStore, connect
+    from llmq.api.tenancy.periods import periods
+    from llmq.schemas import names
+
+    primary, barred, spare = unique("fb-main"), unique("fb-barred"), unique("fb-spare")
+    upstream.route(CHAT, openai_error(503, "overloaded", "server_error"))
+    table = tmp_path / "models.toml"
+    _write(table, _table(primary, barred, spare))
+    redis = connect(redis_server.url)
+    store = TenantStore(redis)
+    tenant = unique("t")
+    await store.create(Tenant(name=tenant, models=[primary, spare]))
+    key, _ = await store.create_key(tenant)
+    api = await stack.api(models_file=str(table), auth_mode="keys", key_cache_ttl=0)
+    await _openai_worker(stack, api, primary, f"{upstream.url}/v1", **QUICK)
+    barred_worker = await _echo_worker(stack, api, barred)
+    await _echo_worker(stack, api, spare)
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(
+        model=primary, messages=[{"role": "user", "content": "one two"}]
+    )
+    assert raw.headers["x-llmq-model"] == spare
+    assert barred_worker.outcomes == {}  # never sent where the tenant may not go
+    await client.close()
+
+    usage = names.usage_key(tenant, periods(time.time()).day)
+
+    async def booked() -> bool:  # each attempt booked on its own model, every slot freed
+        hits = await redis.hgetall(usage)
+        return hits.get(f"req:{spare}") == "1" and not await redis.zcard(names.inflight_key(tenant))
+
+    await wait_for(booked, timeout=5)
+    hits = await redis.hgetall(usage)
+    assert hits[f"fail:{primary}"] == "1"  # the failed attempt, booked on its own model
+    assert f"req:{barred}" not in hits
+    await redis.aclose()
