@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
@@ -21,8 +20,10 @@ from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
+from llmq.api.fair_share import FairShare, Ticket, share_of
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
+from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import Reservations
 from llmq.api.routing import (
     MODEL_HEADER,
@@ -34,7 +35,7 @@ from llmq.api.routing import (
 )  # fmt: skip
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
-from llmq.api.tracing import RequestTrace, begin, mark, traceparent
+from llmq.api.tracing import begin, mark, traceparent
 from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, AnyRequest, JobUsage, Refusal, Reservation
@@ -47,29 +48,7 @@ _encoder = msgspec.json.Encoder()
 
 Event = bytes | Done | Failed
 T = TypeVar("T")
-
-
-@dataclass
-class RequestRecord:
-    """One request as observers (metrics, the request log) see it when it ends."""
-
-    job_id: str
-    route: str
-    tenant: str = ""
-    model: str = ""
-    stream: bool = False
-    status: int = 200
-    error_code: str | None = None
-    worker: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    latency: float = 0.0
-    ttft: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    trace: RequestTrace | None = None
-    """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
-    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
-    """(from model, to model, cause) of each move to a fallback (api/routing.py)."""
+_NOT_UNDER_WAY = "the job's deadline passed before it was under way"
 
 
 Observer = Callable[[RequestRecord], None]
@@ -90,6 +69,7 @@ class Serving:
         self.reservations = reservations
         self.preparer = preparer
         self.router = router if router is not None else Router(preparer.models, runtime.registry)
+        self.fair = FairShare(lambda model: share_of(runtime.registry.capacity_for(model)))
         self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:
@@ -187,11 +167,19 @@ class Serving:
             raise full
         record.stream = prepared.stream
         mark(record.trace, "prepared")
-        reservation = await self.reservations.reserve(
-            record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
-            record.job_id,
-        )  # fmt: skip
+        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time())
+        if ticket is None:
+            raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
+        try:
+            reservation = await self.reservations.reserve(
+                record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
+                record.job_id,
+            )  # fmt: skip
+        except BaseException:
+            ticket.leave()
+            raise
         if isinstance(reservation, Refusal):
+            ticket.leave()
             if fallback:  # not this tenant's model, or its own limits: never a way around
                 return None, None
             raise reservation
@@ -210,11 +198,17 @@ class Serving:
         mark(record.trace, "submitted")
         try:
             run = await self.rt.dispatcher.submit(spec)
-        except DispatchError as exc:
+        except BaseException as exc:
+            ticket.leave()
             self.reservations.release_later(reservation, FAILED)
-            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+            if isinstance(exc, DispatchError):
+                raise ApiError(
+                    exc.status, exc.message, exc.code, headers=reservation.headers
+                ) from None
+            raise
+        run.on_taken = ticket.leave
         mark(record.trace, "published", run)
-        job = _Job(self, run, reservation, record, prepared.prompt_estimate)
+        job = _Job(self, run, reservation, record, prepared.prompt_estimate, ticket)
         headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
         if prepared.stream:
             started = await self._watched(job, model, job.first(), more)
@@ -281,8 +275,10 @@ class _Job:
         reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
+        ticket: Ticket,
     ) -> None:
         self.serving = serving
+        self.ticket = ticket
         self.run = run
         self.reservation = reservation
         self.record = record
@@ -298,6 +294,7 @@ class _Job:
         if self.settled:
             return
         self.settled = True
+        self.ticket.leave()
         record = self.record
         record.status, record.error_code, record.worker = status, code, self.run.worker
         if self.run.first_chunk_at is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -71,6 +71,8 @@ class JobRun:
         self.worker: str | None = None
         self.accepted_at: float | None = None
         self.first_chunk_at: float | None = None
+        self.on_taken: Callable[[], None] | None = None
+        """Called when a worker first takes the job (the api's fair share frees a place)."""
         self.taken = False
         """A worker holds the job now (accepted, not given back): the api's fallback
         routing leaves such a job alone."""
@@ -143,6 +145,8 @@ class JobRun:
                 if kind == frames.ACCEPTED:
                     accepted, expected_seq, missing_until = True, seq + 1, None
                     self.taken = True
+                    if self.on_taken is not None:
+                        self.on_taken()
                     self.worker = headers.get(names.H_WORKER)
                     self.accepted_at = time.monotonic()
                     continue

@@ -54,9 +54,9 @@ async def test_a_full_queue_answers_429_queue_full_at_once_or_falls_back(
             asyncio.create_task(
                 http.post(f"{api.url}{CHAT}", json=body, headers={"x-llmq-deadline": "60"})
             )
-            for _ in range(16)
+            for _ in range(24)
         ]
-        await wait_for(lambda: (estimator.wait_for(primary) or 0) > 2.0, timeout=15)
+        await wait_for(lambda: (estimator.wait_for(primary) or 0) > 1.2, timeout=15)
         client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
         sent = len(upstream.received)
         started = time.monotonic()
@@ -75,7 +75,7 @@ async def test_a_full_queue_answers_429_queue_full_at_once_or_falls_back(
             m for m in metrics.splitlines()
             if m.startswith("llmq_queue_wait_estimate_seconds") and primary in m
         )  # fmt: skip
-        assert float(line.rsplit(" ", 1)[1]) > 1.0
+        assert float(line.rsplit(" ", 1)[1]) > 0.5
 
         # the same backlog with fallbacks and a max_queue_wait: served by the spare
         table.write_text(f'[models."{primary}"]\nfallbacks = ["{spare}"]\nmax_queue_wait = 1.0\n')
@@ -92,8 +92,8 @@ async def test_a_full_queue_answers_429_queue_full_at_once_or_falls_back(
             m.startswith("llmq_api_fallbacks_total") and 'cause="queue_wait"' in m
             for m in metrics.splitlines()
         )
-        assert len([r for r in upstream.received[sent:] if r.path == CHAT]) <= 16
+        assert len([r for r in upstream.received[sent:] if r.path == CHAT]) <= 24
         results = await asyncio.gather(*backlog)
         await client.close()
-    assert [r.status_code for r in results] == [200] * 16  # the queued ones all finish
-    assert worker.outcomes["ok"] == 16
+    assert [r.status_code for r in results] == [200] * 24  # the queued ones all finish
+    assert worker.outcomes["ok"] == 24
