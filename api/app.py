@@ -30,10 +30,12 @@ from llmq.api.routes import (
     openai,
     responses,
 )
+from llmq.api.routing import Router
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
 from llmq.api.usage_booking import UsageBooker
+from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.dispatcher.streams import ensure_usage_stream
 from llmq.schemas.settings import Settings
 
@@ -62,9 +64,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             models, runtime.registry, settings.tenancy.default_max_tokens,
             max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
         )  # fmt: skip
-        app.state.serving = Serving(runtime, Authenticator(settings, store), reservations, preparer)
+        queue_estimator = QueueEstimator(
+            runtime.js, runtime.registry.live_workers
+        )  # docs/routing.md
+        queue_estimator.start()
+        router = Router(models, runtime.registry, queue_estimator.wait_for)
+        app.state.serving = Serving(
+            runtime, Authenticator(settings, store), reservations, preparer, router=router
+        )
+        app.state.queue_estimator = queue_estimator
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
+        app.state.observability.metrics.queue_estimator = queue_estimator
         # async jobs, files and batches (docs/batch.md)
         app.state.batches = BatchWing(runtime, reservations, preparer)
         await app.state.batches.start()
@@ -87,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.batches.stop()
             await app.state.observability.stop()
             await models.stop()
+            await queue_estimator.stop()
             await reservations.drain()
             await runtime.close()
 

@@ -32,6 +32,7 @@ from llmq.api.runtime import Runtime
 from llmq.api.serving import RequestRecord
 from llmq.dispatcher.connection import ConnectionMetrics
 from llmq.dispatcher.probes import QueueState, queue_states
+from llmq.dispatcher.queue_estimate import QueueEstimator
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,24 @@ class _Live(Collector):
             capacity.add_metric([label], sum(w.capacity for w in serving))
         yield workers
         yield capacity
+        estimator = m.queue_estimator
+        if estimator is not None:
+            wait = GaugeMetricFamily(
+                "llmq_queue_wait_estimate_seconds",
+                "Estimated seconds a job queued now waits for a worker (-1: not known yet).",
+                labels=["model"],
+            )
+            rate = GaugeMetricFamily(
+                "llmq_queue_service_rate",
+                "Jobs started per second while the model's queue was busy (-1: not measured).",
+                labels=["model"],
+            )
+            for model, state in sorted(estimator.models.items()):
+                named = [m.model_label(model)]
+                wait.add_metric(named, -1.0 if state.wait is None else state.wait)
+                rate.add_metric(named, -1.0 if state.rate is None else state.rate)
+            yield wait
+            yield rate
         identity = InfoMetricFamily("llmq_api", "This api process.")
         identity.add_metric([], {"instance": rt.settings.api.instance_id, "version": m.version})
         yield identity
@@ -167,8 +186,16 @@ class ApiMetrics:
             ["reason", *tenant],
             registry=self.registry,
         )
+        self.fallbacks = Counter(
+            "llmq_api_fallbacks",
+            "Requests moved from a model to its next fallback, by cause (docs/routing.md).",
+            ["model", "to", "cause"],
+            registry=self.registry,
+        )
         self.registry.register(_Live(self))
         self.registry.register(ConnectionMetrics(lambda: runtime.nc))
+        self.queue_estimator: QueueEstimator | None = None
+        """Set by the app: the admission's queue estimates (docs/routing.md)."""
         self.queues: list[QueueState] = []
         self.queues_at = 0.0
         self._queue_lock = asyncio.Lock()
@@ -215,6 +242,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "in", *extra).inc(r.prompt_tokens)
         if r.completion_tokens:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
+        for origin, to, cause in r.fallbacks:
+            self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
         code = r.error_code
         if code is not None and code in QUOTA_REASONS:
             self._child(self.rejections, code, *extra).inc()

@@ -16,6 +16,8 @@ changes, so an operator edits it without restarting the api:
 
     [models."openai:gpt-4.1-mini"]
     max_tokens = 32768
+    fallbacks = ["echo"]
+    max_queue_wait = 5.0
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """The most output tokens a request may ask for (`max_tokens` or
     `max_completion_tokens`); more is a 400 before admission."""
+    fallbacks: list[str] = []
+    """Models tried in order when this one cannot start the request (api/routing.py);
+    only the requested model's list is followed, never a fallback's own."""
+    max_queue_wait: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    """Seconds of estimated queue wait above which a request moves to the next fallback."""
 
 
 class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,7 +62,11 @@ class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _check_consistent(parsed: ModelFile) -> None:
-    """A default may not ask for more than the model's own limit allows."""
+    """A default may not ask for more than the model's own limit allows; a model may not
+    fall back to itself."""
+    for model, table in parsed.models.items():
+        if model in table.fallbacks:
+            raise msgspec.ValidationError(f'[models."{model}"] lists itself in fallbacks')
     for model, defaults in parsed.defaults.items():
         entry = parsed.models.get(model)
         limit = entry.max_tokens if entry is not None else None
@@ -90,6 +101,22 @@ class ModelTable:
 
     def entry_for(self, model: str) -> ModelEntry | None:
         return self.models.get(model)
+
+    def fallbacks_for(self, model: str) -> list[str]:
+        """The models to try after `model`, in order, aliases resolved, no repeats."""
+        entry = self.models.get(model)
+        if entry is None:
+            return []
+        chain: list[str] = []
+        for name in entry.fallbacks:
+            resolved = self.resolve(name)
+            if resolved != model and resolved not in chain:
+                chain.append(resolved)
+        return chain
+
+    def max_queue_wait_for(self, model: str) -> float | None:
+        entry = self.models.get(model)
+        return entry.max_queue_wait if entry is not None else None
 
     def token_limit_for(self, model: str) -> int | None:
         """The model's largest `max_tokens`, when the table sets one."""

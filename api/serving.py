@@ -7,10 +7,12 @@ events into a JSON response or an SSE stream.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -18,17 +20,27 @@ from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
+from llmq.api.fair_share import FairShare, Ticket, share_of
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
+from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import Reservations, end_user
+from llmq.api.routing import (
+    MODEL_HEADER,
+    QUEUE_WAIT,
+    UNSERVED_CHECK,
+    Router,
+    failure_cause,
+    for_model,
+)  # fmt: skip
 from llmq.api.runtime import Runtime
 from llmq.api.sse import DONE, SSEResponse, event
-from llmq.api.tracing import RequestTrace, begin, mark, traceparent
+from llmq.api.tracing import begin, mark, traceparent
 from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
-from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
+from llmq.schemas.admission import FAILED, AnyRequest, JobUsage, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
-from llmq.schemas.frames import Done, Failed
+from llmq.schemas.frames import Done, Failed, failure
 from llmq.schemas.usage import cache_counts
 
 log = logging.getLogger(__name__)
@@ -36,27 +48,8 @@ log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
 
 Event = bytes | Done | Failed
-
-
-@dataclass
-class RequestRecord:
-    """One request as observers (metrics, the request log) see it when it ends."""
-
-    job_id: str
-    route: str
-    tenant: str = ""
-    model: str = ""
-    stream: bool = False
-    status: int = 200
-    error_code: str | None = None
-    worker: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    latency: float = 0.0
-    ttft: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    trace: RequestTrace | None = None
-    """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
+T = TypeVar("T")
+_NOT_UNDER_WAY = "the job's deadline passed before it was under way"
 
 
 Observer = Callable[[RequestRecord], None]
@@ -70,11 +63,14 @@ class Serving:
         reservations: Reservations,
         preparer: RequestPreparer,
         observers: list[Observer] | None = None,
+        router: Router | None = None,
     ) -> None:
         self.rt = runtime
         self.auth = auth
         self.reservations = reservations
         self.preparer = preparer
+        self.router = router if router is not None else Router(preparer.models, runtime.registry)
+        self.fair = FairShare(lambda model: share_of(runtime.registry.capacity_for(model)))
         self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:
@@ -109,18 +105,86 @@ class Serving:
         wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
         body = await read_body(request, settings.api.max_body_bytes)
         req = self.preparer.decode(kind, body)
-        record.model = self.preparer.models.resolve(req.model)
-        prepared = self.preparer.prepare_decoded(req, kind, body)
+        requested = self.preparer.models.resolve(req.model)
+        record.model = requested
+        submitted = time.time()
+        chain = self.router.chain(requested)
+        last: Refusal | Failed | None = None
+        """What the client hears if no model of the chain serves it."""
+        for index, model in enumerate(chain):
+            more = index + 1 < len(chain)
+            if index:
+                record.job_id = new_job_id()
+            outcome = await self._attempt(
+                request, kind, record, req, body, model, more, submitted, wait
+            )
+            if isinstance(outcome, Response):
+                return outcome
+            cause, failure = outcome
+            if failure is not None:
+                last = failure
+            if cause is not None and more:
+                record.fallbacks.append((model, chain[index + 1], cause))
+        if isinstance(last, Failed):
+            record.status, record.error_code = last.status, last.error.code
+            self._observe(record)
+            headers = {"x-request-id": record.job_id}
+            return _failed_response(public_failure(last, record.job_id), headers)
+        if last is None:  # every fallback was unusable for this request
+            last = Refusal(503, f"no live worker serves model `{requested}`", "no_worker",
+                           param="model")  # fmt: skip
+        raise last
+
+    async def _attempt(
+        self,
+        request: Request,
+        kind: JobKind,
+        record: RequestRecord,
+        req: AnyRequest,
+        body: bytes,
+        model: str,
+        more: bool,
+        submitted: float,
+        wait: float,
+    ) -> Response | tuple[str | None, Refusal | Failed | None]:
+        """Try one model of the chain: its response, or why to move on (a fallback cause,
+        None for a fallback this request cannot use) and the failure the client would see."""
+        fallback = model != record.model
+        try:
+            sent, sent_body = for_model(req, body, model) if fallback else (req, body)
+            prepared = self.preparer.prepare_decoded(sent, kind, sent_body)
+        except Refusal as refusal:
+            if refusal.code == "no_worker" and more:
+                return self.router.unavailable_cause(model), refusal
+            if fallback:  # a fallback unknown here or unable to take this request
+                return None, None
+            raise
+        if more and self.router.over_queue_wait(model):
+            return QUEUE_WAIT, None
+        full = self.router.admit(model, submitted + wait - time.time())
+        if full is not None:
+            if more:
+                return QUEUE_WAIT, full
+            raise full
         record.stream = prepared.stream
         mark(record.trace, "prepared")
-        reservation = await self.reservations.reserve(
-            record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
-            record.job_id, key_id=self.auth.key_id(request), user=end_user(prepared.request),
-        )  # fmt: skip
+        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time())
+        if ticket is None:
+            raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
+        try:
+            reservation = await self.reservations.reserve(
+                record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
+                record.job_id, key_id=self.auth.key_id(request), user=end_user(prepared.request),
+            )  # fmt: skip
+        except BaseException:
+            ticket.leave()
+            raise
         if isinstance(reservation, Refusal):
+            ticket.leave()
+            if fallback:  # not this tenant's model, or its own limits: never a way around
+                return None, None
             raise reservation
         mark(record.trace, "quota")
-        submitted = time.time()
         spec = JobSpec(
             job_id=record.job_id,
             model=prepared.model,
@@ -129,21 +193,69 @@ class Serving:
             deadline_ms=int((submitted + wait) * 1000),
             kind=kind,
             traceparent=traceparent(record.trace, request.headers.get("traceparent")),
-            end_ms=int((submitted + settings.api.max_deadline) * 1000),
+            end_ms=int((submitted + self.rt.settings.api.max_deadline) * 1000),
             stream=prepared.stream,
         )
         mark(record.trace, "submitted")
         try:
             run = await self.rt.dispatcher.submit(spec)
-        except DispatchError as exc:
+        except BaseException as exc:
+            ticket.leave()
             self.reservations.release_later(reservation, FAILED)
-            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+            if isinstance(exc, DispatchError):
+                raise ApiError(
+                    exc.status, exc.message, exc.code, headers=reservation.headers
+                ) from None
+            raise
+        run.on_taken = ticket.leave
         mark(record.trace, "published", run)
-        job = _Job(self, run, reservation, record, prepared.prompt_estimate)
-        headers = {"x-request-id": record.job_id, **reservation.headers}
+        job = _Job(self, run, reservation, record, prepared.prompt_estimate, ticket)
+        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
         if prepared.stream:
-            return await job.stream(headers)
-        return await job.collect(headers)
+            started = await self._watched(job, model, job.first(), more)
+            if isinstance(started, Failed):
+                return started.error.code, started
+            first, events = started
+            if isinstance(first, Failed) and more and failure_cause(first) is not None:
+                await events.aclose()
+                job.settle(first.status, code=first.error.code, observe=False)
+                return failure_cause(first), first
+            record.model = model
+            return await job.stream(first, events, headers)
+        outcome = await self._watched(job, model, job.outcome(), more)
+        if isinstance(outcome, Failed) and more and failure_cause(outcome) is not None:
+            job.settle(outcome.status, code=outcome.error.code, observe=False)
+            return failure_cause(outcome), outcome
+        record.model = model
+        return job.respond(outcome, headers)
+
+    async def _watched(self, job: _Job, model: str, step: Awaitable[T], more: bool) -> T | Failed:
+        """`step`, unless the job waits in the queue of a model that no live worker takes
+        jobs of any more (circuit opened, workers gone) and a fallback is left: then the job
+        is cancelled and the cause returned as a failure, to move on."""
+        task = asyncio.ensure_future(step)
+        if not more:
+            return await task
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=UNSERVED_CHECK)
+                if done:
+                    return task.result()
+                run = job.run
+                if run.taken or run.first_chunk_at is not None:
+                    continue
+                if self.rt.registry.workers_for(model):
+                    continue
+                cause = self.router.unavailable_cause(model)
+                job.settle(503, code=cause, observe=False)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return failure(503, f"no live worker takes model `{model}`",
+                               "service_unavailable", cause)  # fmt: skip
+        finally:
+            if not task.done():
+                task.cancel()
 
     def _observe(self, record: RequestRecord) -> None:
         record.latency = time.monotonic() - record.started
@@ -164,8 +276,10 @@ class _Job:
         reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
+        ticket: Ticket,
     ) -> None:
         self.serving = serving
+        self.ticket = ticket
         self.run = run
         self.reservation = reservation
         self.record = record
@@ -173,10 +287,15 @@ class _Job:
         self.relayed = 0
         self.settled = False
 
-    def settle(self, status: int, done: Done | None = None, code: str | None = None) -> None:
+    def settle(
+        self, status: int, done: Done | None = None, code: str | None = None, observe: bool = True
+    ) -> None:
+        """End the job's reservation once; `observe`: the request ends with it (False when
+        it moves on to a fallback model)."""
         if self.settled:
             return
         self.settled = True
+        self.ticket.leave()
         record = self.record
         record.status, record.error_code, record.worker = status, code, self.run.worker
         if self.run.first_chunk_at is not None:
@@ -193,35 +312,49 @@ class _Job:
             cached_tokens=cached, cache_write_tokens=written,
         )  # fmt: skip
         self.serving.reservations.release_later(self.reservation, usage)
-        self.serving._observe(record)
+        if observe:
+            self.serving._observe(record)
 
-    async def collect(self, headers: dict[str, str]) -> Response:
-        try:
-            async for ev in self.run.events():
-                if isinstance(ev, Done):
-                    if not ev.body:
-                        self.settle(502, code="empty_response")
-                        raise ApiError(502, "the worker sent no response body", "empty_response")
-                    self.settle(200, ev)
-                    return Response(bytes(ev.body), media_type="application/json", headers=headers)
-                if isinstance(ev, Failed):
-                    self.settle(ev.status, code=ev.error.code)
-                    return _failed_response(public_failure(ev, self.record.job_id), headers)
-            self.settle(502, code="empty_response")
-            raise ApiError(502, "the job ended without a result", "empty_response")
-        finally:
-            self.settle(499, code="client_closed")
-
-    async def stream(self, headers: dict[str, str]) -> Response:
+    async def outcome(self) -> Done | Failed | None:
+        """A whole (not streamed) job's end; None when it ended without one."""
         events = self.run.events()
         try:
-            first = await events.__anext__()
+            async for ev in events:
+                if isinstance(ev, Done | Failed):
+                    return ev
+            return None
+        except BaseException:
+            self.settle(499, code="client_closed")
+            raise
+        finally:
+            await events.aclose()
+
+    def respond(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
+        if isinstance(ev, Failed):
+            self.settle(ev.status, code=ev.error.code)
+            return _failed_response(public_failure(ev, self.record.job_id), headers)
+        if ev is None or not ev.body:
+            self.settle(502, code="empty_response")
+            raise ApiError(502, "the job ended without a result", "empty_response")
+        self.settle(200, ev)
+        return Response(bytes(ev.body), media_type="application/json", headers=headers)
+
+    async def first(self) -> tuple[Event, AsyncGenerator[Event, None]]:
+        """A stream's first event (a chunk, or how it ended before one) and the rest."""
+        events = self.run.events()
+        try:
+            return await events.__anext__(), events
         except StopAsyncIteration:
             self.settle(502, code="empty_response")
             raise ApiError(502, "the job ended without a result", "empty_response") from None
         except BaseException:
             self.settle(499, code="client_closed")
+            await events.aclose()
             raise
+
+    async def stream(
+        self, first: Event, events: AsyncGenerator[Event, None], headers: dict[str, str]
+    ) -> Response:
         if isinstance(first, Failed):
             await events.aclose()
             self.settle(first.status, code=first.error.code)

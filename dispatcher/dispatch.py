@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -72,6 +72,11 @@ class JobRun:
         self.worker: str | None = None
         self.accepted_at: float | None = None
         self.first_chunk_at: float | None = None
+        self.on_taken: Callable[[], None] | None = None
+        """Called when a worker first takes the job (the api's fair share frees a place)."""
+        self.taken = False
+        """A worker holds the job now (accepted, not given back): the api's fallback
+        routing leaves such a job alone."""
 
     async def events(self) -> AsyncGenerator[Event, None]:
         silence = self._dispatcher.ping_interval * 3
@@ -117,7 +122,7 @@ class JobRun:
                         return
                     if not relayed:
                         # The worker died before acking: JetStream hands the job to another.
-                        accepted = False
+                        accepted = self.taken = False
                         continue
                     yield failure(
                         502, "the worker stopped responding", "upstream_error", "worker_lost"
@@ -140,6 +145,9 @@ class JobRun:
                 seq = int(headers.get(names.H_SEQ, "-1"))
                 if kind == frames.ACCEPTED:
                     accepted, expected_seq, missing_until = True, seq + 1, None
+                    self.taken = True
+                    if self.on_taken is not None:
+                        self.on_taken()
                     self.worker = headers.get(names.H_WORKER)
                     self.accepted_at = time.monotonic()
                     continue
@@ -154,7 +162,7 @@ class JobRun:
                     yield msg.data
                 elif kind == frames.PING:
                     if names.H_REQUEUED in headers:
-                        accepted = False
+                        accepted = self.taken = False
                 else:
                     frame = frames.frame_decoder.decode(msg.data)
                     if isinstance(frame, Done | Failed):

@@ -150,6 +150,10 @@ class WorkerRegistry:
             if model in w.models and not w.draining and w.circuit != "open"
         ]
 
+    def capacity_for(self, model: str) -> int:
+        """Job slots of the live workers taking `model`'s jobs now."""
+        return sum(w.capacity for w in self.workers_for(model))
+
     def live_models(self) -> dict[str, list[WorkerInfo]]:
         served: dict[str, list[WorkerInfo]] = {}
         for worker in self.live_workers():

@@ -19,10 +19,12 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from llmq.dispatcher import inspect, job_list
 from llmq.dispatcher.inspect import Snapshot, WorkerView
 from llmq.dispatcher.job_list import JobView
+from llmq.dispatcher.queue_estimate import QueueEstimator
 
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
@@ -65,8 +67,8 @@ def _count(value: int | None) -> str:
 
 
 MODEL_COLUMNS: list[Column] = [
-    ("MODEL", 28, "<"), ("WORKERS", 7, ">"), ("IN-FLIGHT", 9, ">"), ("CAPACITY", 8, ">"),
-    ("QUEUED", 7, ">"), ("UNACKED", 7, ">"), ("PULLS", 6, ">"),
+    ("MODEL", 21, "<"), ("WORKERS", 7, ">"), ("IN-FLIGHT", 9, ">"), ("CAPACITY", 8, ">"),
+    ("QUEUED", 7, ">"), ("UNACKED", 7, ">"), ("PULLS", 6, ">"), ("WAIT", 6, ">"),
 ]  # fmt: skip
 WORKER_COLUMNS: list[Column] = [
     ("WORKER", 20, "<"), ("BACKEND", 7, "<"), ("MODELS", 14, "<"), ("SLOTS", 5, ">"),
@@ -98,7 +100,32 @@ def worker_rows(workers: Sequence[WorkerView]) -> list[list[object]]:
     ]
 
 
-def render_status(snap: Snapshot, url: str) -> list[str]:
+def _wait(waits: dict[str, float | None], model: str) -> str:
+    """The estimated queue wait of a model: `0s`, `12.5s`, `?` while no rate is known."""
+    if model not in waits:
+        return "-"
+    wait = waits[model]
+    return "?" if wait is None else f"{wait:.1f}s" if wait else "0s"
+
+
+async def queue_waits(
+    js: JetStreamContext, snap: Snapshot, estimator: QueueEstimator | None = None
+) -> dict[str, float | None]:
+    """Each model's estimated queue wait, as the api's admission sees it
+    (dispatcher/queue_estimate.py). One look shows `0` or, for a backlog, unknown; an
+    `estimator` kept across calls (`llmq top`) measures the backlog's rate."""
+    if estimator is None:
+        estimator = QueueEstimator(js, lambda: [w.info for w in snap.workers])
+    try:
+        await estimator.refresh()
+    except Exception as exc:  # the queue figures are also missing from the snapshot then
+        snap.errors.append(f"queue estimate unavailable: {exc}")
+    return {model: state.wait for model, state in estimator.models.items()}
+
+
+def render_status(
+    snap: Snapshot, url: str, waits: dict[str, float | None] | None = None
+) -> list[str]:
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snap.taken_at))
     draining = sum(1 for w in snap.workers if w.info.draining)
     queued = sum(m.queued for m in snap.models)
@@ -112,7 +139,16 @@ def render_status(snap: Snapshot, url: str) -> list[str]:
         "",
     ]
     model_rows = [
-        [m.name, m.workers, m.in_flight, m.capacity, m.queued, m.unacked, m.waiting]
+        [
+            m.name,
+            m.workers,
+            m.in_flight,
+            m.capacity,
+            m.queued,
+            m.unacked,
+            m.waiting,
+            _wait(waits or {}, m.name),
+        ]
         for m in snap.models
     ]
     lines += table(MODEL_COLUMNS, model_rows) if model_rows else ["no models yet"]
@@ -159,8 +195,11 @@ def render_jobs(jobs: Sequence[JobView], wide: bool) -> list[str]:
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def status_json(snap: Snapshot, url: str) -> dict[str, Any]:
+def status_json(
+    snap: Snapshot, url: str, waits: dict[str, float | None] | None = None
+) -> dict[str, Any]:
     return {
+        "queue_waits": waits or {},
         "nats_url": url,
         "taken_at": snap.taken_at,
         "apis": msgspec.to_builtins(snap.apis),
@@ -240,8 +279,12 @@ def _print(lines: list[str]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
-        snap = await inspect.snapshot(nc, nc.jetstream(), args.timeout)
-        _print([_dump(status_json(snap, url))] if args.json else render_status(snap, url))
+        js = nc.jetstream()
+        snap = await inspect.snapshot(nc, js, args.timeout)
+        waits = await queue_waits(js, snap)
+        _print(
+            [_dump(status_json(snap, url, waits))] if args.json else render_status(snap, url, waits)
+        )
         return 0
 
     return _run(args, body)
@@ -252,15 +295,19 @@ def cmd_top(args: argparse.Namespace) -> int:
         js = nc.jetstream()
         tty = sys.stdout.isatty() and not args.json
         n = 0
+        latest: list[Snapshot] = []
+        estimator = QueueEstimator(js, lambda: [w.info for w in latest[-1].workers])
         while True:
             started = time.monotonic()
             snap = await inspect.snapshot(nc, js, args.timeout)
+            latest[:] = [snap]
+            waits = await queue_waits(js, snap, estimator)
             if args.json:
-                _print([_dump(status_json(snap, url))])
+                _print([_dump(status_json(snap, url, waits))])
             else:
                 width = shutil.get_terminal_size((WIDTH, 24)).columns
                 head = f"llmq top  every {args.interval:g}s  Ctrl-C quits"
-                lines = [head, *render_status(snap, url)]
+                lines = [head, *render_status(snap, url, waits)]
                 lines = [line[:width] for line in lines]
                 sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
                 _print(lines)

@@ -97,3 +97,25 @@ async def test_cors_when_origins_are_configured(stack) -> None:  # type: ignore[
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
         other = await client.get(f"{api.url}/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_fallbacks_and_max_queue_wait_parse_resolve_and_reject_a_loop(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    _write(
+        models,
+        '[aliases]\ncheap = "small"\n\n[models."big"]\nfallbacks = ["cheap", "big", "other", '
+        '"small"]\nmax_queue_wait = 2.5\n',
+    )
+    assert ModelTable(Settings(models_file=str(models))).models == {}  # it lists itself: rejected
+    _write(
+        models,
+        '[aliases]\ncheap = "small"\n\n[models."big"]\nfallbacks = ["cheap", "other", "small"]\n'
+        "max_queue_wait = 2.5\n",
+    )
+    table = ModelTable(Settings(models_file=str(models)))
+    assert table.fallbacks_for("big") == ["small", "other"]  # aliases resolved, no repeats
+    assert table.max_queue_wait_for("big") == 2.5
+    assert table.fallbacks_for("small") == [] and table.max_queue_wait_for("small") is None
+    _write(models, '[models."big"]\nmax_queue_wait = -1\n')
+    assert table.reload() is False  # a negative wait rejects the file; the last table stays
+    assert table.fallbacks_for("big") == ["small", "other"]

@@ -1,0 +1,166 @@
+"""How long a new job of each model would wait in LLMQ_JOBS before a worker starts it.
+
+Refreshed in the background (every `REFRESH` seconds, one JetStream request per 256
+models), so admission reads a dict and never makes a NATS round trip per request. Three
+figures per model:
+
+- its queue: the consumer's `num_pending` (jobs not yet handed to a worker);
+- its live capacity: free slots of the live workers taking its jobs (the registry:
+  capacity - in-flight);
+- its service rate: jobs started per second, from the consumer's ack floor (a worker acks
+  a job when it starts answering), measured over the last `WINDOW` seconds in which the
+  queue was not empty. Every api replica reads the same consumer, so they share the rate
+  without a record of their own.
+
+The wait is 0 while free slots outnumber the queue; else (queue - free slots + 1) / rate;
+unknown (None) while no rate was measured yet — admission then lets the job queue, as
+before. docs/routing.md explains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from llmq.schemas import names
+from llmq.schemas.registry import WorkerInfo
+
+log = logging.getLogger(__name__)
+
+REFRESH = 0.5
+"""Seconds between refreshes of the queue figures."""
+WINDOW = 10.0
+"""Seconds of busy queue over which the service rate is measured."""
+_TIMEOUT = 2.0
+_PAGE = 256
+
+
+@dataclass(slots=True)
+class QueueEstimate:
+    """One model's queue as admission sees it."""
+
+    model: str
+    pending: int = 0
+    free_slots: int = 0
+    rate: float | None = None
+    """Jobs started per second while the queue was busy; None until measured."""
+    wait: float | None = 0.0
+    """Estimated seconds before a new job starts; None when unknown."""
+    samples: deque[tuple[float, int, bool]] = field(default_factory=deque)
+    """(monotonic time, ack floor, queue was busy) of the recent refreshes."""
+
+
+def _rate(samples: deque[tuple[float, int, bool]]) -> float | None:
+    """Acks per second over the intervals that began with a busy queue."""
+    busy_time = 0.0
+    acked = 0
+    previous: tuple[float, int, bool] | None = None
+    for sample in samples:
+        if previous is not None and previous[2]:
+            busy_time += sample[0] - previous[0]
+            acked += max(0, sample[1] - previous[1])
+        previous = sample
+    if busy_time < REFRESH * 2 or acked == 0:
+        return None
+    return acked / busy_time
+
+
+def estimate_wait(pending: int, free_slots: int, rate: float | None) -> float | None:
+    """Seconds a job queued now waits for a worker (see the module's docstring)."""
+    if pending < free_slots or pending == 0:
+        return 0.0
+    if rate is None or rate <= 0:
+        return None
+    return (pending - free_slots + 1) / rate
+
+
+def free_slots(workers: Iterable[WorkerInfo], model: str) -> int:
+    """Free job slots of the live workers taking `model`'s jobs (circuit not open)."""
+    return sum(
+        max(0, w.capacity - w.in_flight)
+        for w in workers
+        if model in w.models and not w.draining and w.circuit != "open"
+    )
+
+
+class QueueEstimator:
+    def __init__(self, js: JetStreamContext, workers: Callable[[], Iterable[WorkerInfo]]) -> None:
+        """`workers`: the live workers now (the api's registry view, or a snapshot)."""
+        self._js = js
+        self._workers = workers
+        self.models: dict[str, QueueEstimate] = {}
+        self.refreshed_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def wait_for(self, model: str) -> float | None:
+        """The model's estimated wait in seconds (0 for a model without a queue yet)."""
+        state = self.models.get(model)
+        return state.wait if state is not None else 0.0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="queue-estimate")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(_TIMEOUT):
+                    await self.refresh()
+            except Exception as exc:  # NATS away: keep the last figures
+                log.debug("queue estimate not refreshed: %s", exc)
+            await asyncio.sleep(REFRESH)
+
+    async def refresh(self) -> None:
+        now = time.monotonic()
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            try:
+                page = await self._js.consumers_info(names.JOBS_STREAM, offset=offset or None)
+            except NotFoundError:
+                break
+            for info in page:
+                if not info.name.startswith("jobs-"):
+                    continue
+                try:
+                    model = names.unescape_model(info.name[len("jobs-") :])
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                floor = info.ack_floor.consumer_seq if info.ack_floor else 0
+                self._update(model, now, info.num_pending or 0, floor or 0)
+                seen.add(model)
+            if len(page) < _PAGE:
+                break
+            offset += len(page)
+        for gone in set(self.models) - seen:
+            del self.models[gone]
+        self.refreshed_at = now
+
+    def _update(self, model: str, now: float, pending: int, ack_floor: int) -> None:
+        state = self.models.get(model)
+        if state is None:
+            state = self.models[model] = QueueEstimate(model)
+        state.samples.append((now, ack_floor, pending > 0))
+        while state.samples and now - state.samples[0][0] > WINDOW:
+            state.samples.popleft()
+        measured = _rate(state.samples)
+        if measured is not None:
+            state.rate = measured
+        state.pending = pending
+        state.free_slots = free_slots(self._workers(), model)
+        state.wait = estimate_wait(pending, state.free_slots, state.rate)
