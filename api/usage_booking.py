@@ -23,9 +23,8 @@ from nats.js import JetStreamContext
 
 from llmq.api.reservations import Reservations
 from llmq.dispatcher import streams
-from llmq.dispatcher.batch.consume import pull_forever
+from llmq.dispatcher.batch.consume import SharedConsumer
 from llmq.dispatcher.batch.ports import reservation_of
-from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage
 from llmq.schemas.usage import usage_decoder
@@ -38,7 +37,11 @@ RETRY_DELAY = 1.0
 """Seconds before a report is offered again when booking failed (Redis away)."""
 
 
-class UsageBooker:
+class UsageBooker(SharedConsumer):
+    stream = names.USAGE_STREAM
+    durable = names.USAGE_CONSUMER
+    name = "usage booker"
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -46,34 +49,15 @@ class UsageBooker:
         replicas: int = 1,
         fetch_batch: int = 256,
     ) -> None:
-        self.js = js
+        super().__init__(js, fetch_batch)
         self.replicas = replicas
         self.reservations = reservations
-        self.fetch_batch = fetch_batch
         self.booked = 0
         """Reports handled (booked, or found booked already by the relaying api)."""
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await streams.ensure_usage_stream(self.js, self.replicas)
-        self._task = asyncio.create_task(self._loop(), name="usage-booker")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
-
-    async def _loop(self) -> None:
-        await pull_forever(
-            self.js,
-            names.USAGE_STREAM,
-            names.USAGE_CONSUMER,
-            lambda: self.fetch_batch,
-            self._handle_all,
-            "usage booker",
-        )
-
-    async def _handle_all(self, msgs: list[Msg]) -> None:
-        await asyncio.gather(*(self._handle(msg) for msg in msgs))
+        self.start_pulling()
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -32,10 +32,9 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from llmq.dispatcher import kv as kvs
-from llmq.dispatcher.batch.consume import pull_forever
+from llmq.dispatcher.batch.consume import SharedConsumer
 from llmq.dispatcher.batch.ports import Reserver, reservation_of
 from llmq.dispatcher.batch.records import split_line_job_id
-from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import frames, names
 from llmq.schemas.admission import FAILED, JobUsage
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope
@@ -71,7 +70,11 @@ class _Advisory(msgspec.Struct):
     deliveries: int = 0
 
 
-class ResultCollector:
+class ResultCollector(SharedConsumer):
+    stream = names.OUTCOMES_STREAM
+    durable = names.COLLECTOR_CONSUMER
+    name = "result collector"
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -81,34 +84,15 @@ class ResultCollector:
         on_job_result: JobHook,
         fetch_batch: int = 256,
     ) -> None:
-        self.js = js
+        super().__init__(js, fetch_batch)
         self.results = results
         self.reservations = reservations
         self.on_job_accepted = on_job_accepted
         self.on_job_result = on_job_result
-        self.fetch_batch = fetch_batch
         self.stored = 0
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="result-collector")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
-
-    async def _loop(self) -> None:
-        await pull_forever(
-            self.js,
-            names.OUTCOMES_STREAM,
-            names.COLLECTOR_CONSUMER,
-            lambda: self.fetch_batch,
-            self._handle_all,
-            "result collector",
-        )
-
-    async def _handle_all(self, msgs: list[Msg]) -> None:
-        await asyncio.gather(*(self._handle(msg) for msg in msgs))
+        self.start_pulling()
 
     async def _handle(self, msg: Msg) -> None:
         try:

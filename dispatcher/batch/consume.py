@@ -1,4 +1,5 @@
-"""One loop for the durable pull consumers the api replicas share (results, webhooks)."""
+"""One loop, and one task shape, for the durable pull consumers the api replicas share
+(results, webhooks, usage reports)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+
+from llmq.dispatcher.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +55,35 @@ async def pull_forever(
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+class SharedConsumer:
+    """A background task that pulls one durable consumer shared by the api replicas and
+    handles the messages of each fetch concurrently; subclasses say what one message is."""
+
+    stream: str
+    durable: str
+    name: str
+    """For the task and the log."""
+
+    def __init__(self, js: JetStreamContext, fetch_batch: int = 256) -> None:
+        self.js = js
+        self.fetch_batch = fetch_batch
+        self._task: asyncio.Task[None] | None = None
+
+    def start_pulling(self) -> None:
+        pull = pull_forever(
+            self.js, self.stream, self.durable, lambda: self.fetch_batch, self._handle_all,
+            self.name,
+        )  # fmt: skip
+        self._task = asyncio.create_task(pull, name=self.name.replace(" ", "-"))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await stop_task(self._task)
+
+    async def _handle_all(self, msgs: list[Msg]) -> None:
+        await asyncio.gather(*(self._handle(msg) for msg in msgs))
+
+    async def _handle(self, msg: Msg) -> None:
+        raise NotImplementedError
