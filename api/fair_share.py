@@ -1,114 +1,165 @@
-"""Fair share of a model's queue among tenants: a burst from one cannot starve the others.
+"""Fair share of a model's queue among tenants and priority classes, across api replicas.
 
-JetStream hands a model's jobs to workers in the order they were queued, so a tenant that
-queues 500 jobs would make everyone after it wait for all 500. Instead each tenant may
-have at most a *share* of a model's jobs queued and not yet started at once: twice the
-model's live capacity (its workers' slots) plus 2 (`share_of`) — enough to keep every slot
-fed and a short queue in JetStream, small enough that another tenant's job waits behind at
-most about two rounds of each busy tenant's jobs. A request past its tenant's share waits
-here, in the api, until one of that tenant's queued jobs is taken by a worker or ends, or
-its first-token deadline passes (then 504, as a job that waited in the queue). Another
-tenant's job is therefore queued behind at most one share of each busy tenant's jobs.
+JetStream hands a model's jobs to workers in the order they were queued, so whatever is in
+the queue is served first come, first served. The api therefore keeps the queue short — at
+most a *cap* of the model's jobs queued and not yet started: twice its live capacity (its
+workers' slots) plus 2 (`share_of`), enough to keep every slot fed — and decides itself
+who queues next when a place frees: the waiting request of the highest priority class,
+among those the one whose tenant has the fewest jobs queued, first come first served
+within a tenant. So a burst from one tenant cannot starve another (the other's requests
+take the next places), and a high-class request waits behind at most the cap of jobs
+already queued, never behind the lower classes' backlog.
 
-The share is counted per api replica (no round trip on the request's path): with N
-replicas behind a balancer a tenant may queue up to N shares. docs/routing.md explains it.
+The counts live in Redis (`api/fair_ledger.py`), shared by every replica: two apis give a
+tenant the same share one would. A request waits here until its turn or its first-token
+deadline (then 504, as a job that waited in the queue); only the first waiting request of
+each (model, tenant, class) line looks at the shared counts — at once when a place frees
+on this replica, else every `POLL` seconds. docs/routing.md explains it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import secrets
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
+from llmq.api.fair_ledger import LocalLedger, ShareLedger
+from llmq.api.tenancy.models import NORMAL_RANK
 
-@dataclass(slots=True)
-class _Line:
-    """One tenant's jobs of one model: how many are queued, who waits to queue."""
+log = logging.getLogger(__name__)
 
-    queued: int = 0
-    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+POLL: Final = 0.1
+"""Seconds between looks of a waiting line at the shared counts (other replicas' places)."""
+HOLD_MARGIN: Final = 5.0
+"""Seconds a queued ticket outlives its request's first-token deadline in the shared counts
+(only a ticket whose replica died is still there then)."""
+
+Line = tuple[str, str, int]
+"""(model, tenant, rank)"""
 
 
 def share_of(capacity: int) -> int:
-    """How many of a model's jobs one tenant may have queued, for the model's capacity."""
+    """How many of a model's jobs may be queued and not started, for the model's capacity."""
     return 2 * max(0, capacity) + 2
 
 
 class Ticket:
-    """A request's place in its tenant's share; `leave` once its job started or ended."""
+    """A request's place in the model's queue; `leave` once its job started or ended."""
 
-    __slots__ = ("_gate", "_key", "_left")
+    __slots__ = ("_gate", "_id", "_left", "_model", "_tenant")
 
-    def __init__(self, gate: FairShare, key: tuple[str, str]) -> None:
+    def __init__(self, gate: FairShare, model: str, tenant: str, ticket_id: str) -> None:
         self._gate = gate
-        self._key = key
+        self._model = model
+        self._tenant = tenant
+        self._id = ticket_id
         self._left = False
 
     def leave(self) -> None:
         if not self._left:
             self._left = True
-            self._gate._leave(self._key)
+            self._gate._leave(self._model, self._tenant, self._id)
 
 
 class FairShare:
-    def __init__(self, share_for: Callable[[str], int]) -> None:
-        """`share_for(model)`: how many jobs of the model one tenant may have queued."""
+    def __init__(self, share_for: Callable[[str], int], ledger: ShareLedger | None = None) -> None:
+        """`share_for(model)`: how many jobs of the model may be queued at once."""
         self._share_for = share_for
-        self._lines: dict[tuple[str, str], _Line] = {}
+        self._ledger: ShareLedger = ledger if ledger is not None else LocalLedger()
+        self._lines: dict[Line, deque[asyncio.Future[None]]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._marked: set[Line] = set()
+        """Lines the shared counts may list as waiting (to withdraw when they empty)."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def queued(self, model: str, tenant: str) -> int:
-        line = self._lines.get((model, tenant))
-        return line.queued if line is not None else 0
+    async def queued(self, model: str, tenant: str) -> int:
+        """The tenant's jobs of the model queued and not started (every replica's)."""
+        return await self._ledger.queued(model, tenant)
 
-    async def enter(self, model: str, tenant: str, timeout: float) -> Ticket | None:
-        """A place in the tenant's share of the model's queue; None when `timeout` seconds
-        passed first."""
-        key = (model, tenant)
-        line = self._lines.setdefault(key, _Line())
-        if not line.waiting and line.queued < max(1, self._share_for(model)):
-            line.queued += 1
-            return Ticket(self, key)
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        line.waiting.append(turn)
+    async def enter(
+        self, model: str, tenant: str, timeout: float, rank: int = NORMAL_RANK
+    ) -> Ticket | None:
+        """A place in the model's queue; None when `timeout` seconds passed first."""
+        line: Line = (model, tenant, rank)
+        waiters = self._lines.setdefault(line, deque())
+        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(me)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, timeout)
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
-                await turn
-        except TimeoutError:
-            if self._withdraw(key, turn):
-                return None
-        except asyncio.CancelledError:
-            if not self._withdraw(key, turn):
-                self._leave(key)  # given a place as the client went: pass it on
+            while True:
+                changed = self._changed.setdefault(model, asyncio.Event())
+                if waiters[0] is me:
+                    ticket = await self._take(line, end - loop.time(), len(waiters) > 1)
+                    if ticket is not None:
+                        return ticket
+                left = end - loop.time()
+                if left <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(POLL, left)):
+                        await changed.wait()
+        finally:
+            waiters.remove(me)
+            if waiters:
+                self._poke(model)  # the next of the line looks at once
+            else:
+                del self._lines[line]
+                if line in self._marked:
+                    self._marked.discard(line)
+                    self._spawn(self._ledger.withdraw(model, tenant, rank))
+
+    async def _take(self, line: Line, left: float, more: bool) -> Ticket | None:
+        model, tenant, rank = line
+        ticket_id = secrets.token_hex(8)
+        cap = max(1, self._share_for(model))
+        look = asyncio.ensure_future(
+            self._ledger.take(model, tenant, rank, ticket_id, left + HOLD_MARGIN, cap, more)
+        )
+        try:
+            taken = await asyncio.shield(look)
+        except asyncio.CancelledError:  # the client went: give back what the look took
+            look.add_done_callback(lambda done: self._undo(done, model, tenant, ticket_id))
             raise
-        return Ticket(self, key)
+        except Exception as exc:  # no shared counts: admission must not fail on them
+            log.warning("fair share unavailable, queueing without it: %s", exc)
+            taken = True
+        if more or not taken:
+            self._marked.add(line)
+        else:
+            self._marked.discard(line)
+        return Ticket(self, model, tenant, ticket_id) if taken else None
 
-    def _withdraw(self, key: tuple[str, str], turn: asyncio.Future[None]) -> bool:
-        """Stop waiting; False when the place was given meanwhile (the caller holds it)."""
-        if turn.done() and not turn.cancelled():
-            return False
-        turn.cancel()
-        self._drop(key)
-        return True
+    def _undo(self, look: asyncio.Future[bool], model: str, tenant: str, ticket: str) -> None:
+        if not look.cancelled() and look.exception() is None and look.result():
+            self._leave(model, tenant, ticket)
 
-    def _leave(self, key: tuple[str, str]) -> None:
-        line = self._lines.get(key)
-        if line is None:
-            return
-        line.queued -= 1
-        share = max(1, self._share_for(key[0]))
-        while line.waiting and line.queued < share:
-            turn = line.waiting.popleft()
-            if not turn.done():
-                line.queued += 1
-                turn.set_result(None)
-        self._drop(key)
+    def _leave(self, model: str, tenant: str, ticket: str) -> None:
+        async def give_back() -> None:
+            try:
+                await self._ledger.give_back(model, tenant, ticket)
+            finally:
+                self._poke(model)
 
-    def _drop(self, key: tuple[str, str]) -> None:
-        line = self._lines.get(key)
-        if line is None:
-            return
-        while line.waiting and line.waiting[0].done():
-            line.waiting.popleft()
-        if line.queued <= 0 and not any(not t.done() for t in line.waiting):
-            del self._lines[key]
+        self._spawn(give_back())
+
+    def _poke(self, model: str) -> None:
+        """Wake this replica's waiting lines of `model`: a place may have freed."""
+        changed = self._changed.pop(model, None)
+        if changed is not None:
+            changed.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:  # an expiry cleans up what could not be said now
+                log.warning("fair share update failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
