@@ -274,3 +274,25 @@ async def test_a_fallback_the_tenant_may_not_use_is_skipped_and_quota_stays_exac
     assert hits[f"fail:{primary}"] == "1"  # the failed attempt, booked on its own model
     assert f"req:{barred}" not in hits
     await redis.aclose()
+
+
+async def test_attempts_exhausted_falls_back(
+    upstream: FakeUpstream, stack: Any, tmp_path: Path
+) -> None:
+    """The primary's worker fails every attempt and hands the job back each time, until
+    JetStream's attempt budget (`max_deliver`) is used up; then the fallback serves."""
+    primary, spare = unique("fb-main"), unique("fb-spare")
+    upstream.route(CHAT, openai_error(503, "overloaded", "server_error"))
+    table = tmp_path / "models.toml"
+    _write(table, _table(primary, spare))
+    api = await stack.api(models_file=str(table))
+    worker = await _openai_worker(stack, api, primary, f"{upstream.url}/v1", max_deliver=2, **QUICK)
+    # As a worker configured for more attempts than the queue allows (say mid rolling
+    # upgrade) does: it gives every failed attempt back to the queue instead of answering.
+    worker.runner.max_deliver = 100
+    await _echo_worker(stack, api, spare)
+    assert await _served_by(api, primary) == (spare, spare, "hello there")
+    assert worker.outcomes == {"retried": 2}  # both deliveries of the job failed
+    assert await _fallback_count(api, "attempts_exhausted", primary, spare) == 1
+    assert await _served_by(api, primary, stream=True) == (spare, spare, "hello there")
+    assert await _fallback_count(api, "attempts_exhausted", primary, spare) == 2
