@@ -2,11 +2,10 @@
 the same counts (`RedisLedger`), or in this process (`LocalLedger`, one replica only).
 
 Both decide alike (`api/fair_share.lua` is the Redis form): a request may queue a job when
-the model has fewer than its cap of queued-not-started jobs and no line waiting to queue
-goes first — a waiting line of a higher priority class, or of the same class whose tenant
-has fewer jobs queued. A queued ticket expires at its request's first-token deadline and a
-waiting line's lease soon after its last look, so a replica that dies leaves nothing
-behind for long.
+its tenant has fewer than its share of the model's jobs queued-not-started and no job of a
+higher priority class is queued or waiting to queue. A queued ticket expires at its
+request's first-token deadline (plus a margin) and a waiting line's lease soon after its
+last look, so a replica that dies leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -26,13 +25,13 @@ LEASE: float = 1.0
 
 class ShareLedger(Protocol):
     async def take(
-        self, model: str, tenant: str, rank: int, ticket: str, hold: float, cap: int, more: bool
+        self, model: str, tenant: str, rank: int, ticket: str, hold: float, share: int, more: bool
     ) -> bool:
         """Queue `ticket` (held `hold` seconds at most) if its turn; else mark its line
         (model, tenant, rank) as waiting. `more`: others of the line wait behind it."""
         ...
 
-    async def give_back(self, model: str, tenant: str, ticket: str) -> None: ...
+    async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None: ...
 
     async def withdraw(self, model: str, tenant: str, rank: int) -> None:
         """The line has no waiter here any more."""
@@ -51,22 +50,15 @@ class RedisLedger:
         self._script = redis.register_script(text)
 
     async def take(
-        self, model: str, tenant: str, rank: int, ticket: str, hold: float, cap: int, more: bool
+        self, model: str, tenant: str, rank: int, ticket: str, hold: float, share: int, more: bool
     ) -> bool:
-        args: list[str | int] = [
-            "take",
-            tenant,
-            rank,
-            ticket,
-            int(hold * 1000),
-            int(LEASE * 1000),
-            cap,
-            int(more),
-        ]
+        hold_ms, lease_ms = int(hold * 1000), int(LEASE * 1000)
+        args: list[str | int] = ["take", tenant, rank, ticket, hold_ms, lease_ms, share, int(more)]
         return bool(await self._script(keys=names.fair_share_keys(model), args=args))
 
-    async def give_back(self, model: str, tenant: str, ticket: str) -> None:
-        await self._script(keys=names.fair_share_keys(model), args=["give", tenant, ticket])
+    async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None:
+        args: list[str | int] = ["give", tenant, rank, ticket]
+        await self._script(keys=names.fair_share_keys(model), args=args)
 
     async def withdraw(self, model: str, tenant: str, rank: int) -> None:
         await self._script(keys=names.fair_share_keys(model), args=["withdraw", tenant, rank])
@@ -78,8 +70,8 @@ class RedisLedger:
 
 @dataclass(slots=True)
 class _Model:
-    queued: dict[str, tuple[str, float]] = field(default_factory=dict)
-    """ticket -> (tenant, expiry)"""
+    queued: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    """ticket -> (tenant, rank, expiry)"""
     waiting: dict[tuple[int, str], float] = field(default_factory=dict)
     """(rank, tenant) -> lease expiry"""
 
@@ -92,35 +84,30 @@ class LocalLedger:
 
     def _model(self, model: str, now: float) -> _Model:
         state = self._models.setdefault(model, _Model())
-        state.queued = {k: v for k, v in state.queued.items() if v[1] > now}
+        state.queued = {k: v for k, v in state.queued.items() if v[2] > now}
         state.waiting = {k: v for k, v in state.waiting.items() if v > now}
         return state
 
-    @staticmethod
-    def _count(state: _Model, tenant: str) -> int:
-        return sum(1 for who, _ in state.queued.values() if who == tenant)
-
     async def take(
-        self, model: str, tenant: str, rank: int, ticket: str, hold: float, cap: int, more: bool
+        self, model: str, tenant: str, rank: int, ticket: str, hold: float, share: int, more: bool
     ) -> bool:
         now = time.monotonic()
         state = self._model(model, now)
-        mine = self._count(state, tenant)
         line = (rank, tenant)
-        free = len(state.queued) < cap and not any(
-            r > rank or (r == rank and who != tenant and self._count(state, who) < mine)
-            for (r, who) in state.waiting
-            if (r, who) != line
+        free = (
+            sum(1 for who, _, _ in state.queued.values() if who == tenant) < share
+            and not any(r > rank for _, r, _ in state.queued.values())
+            and not any(r > rank for r, _ in state.waiting)
         )
         if free:
-            state.queued[ticket] = (tenant, now + hold)
+            state.queued[ticket] = (tenant, rank, now + hold)
             if not more:
                 state.waiting.pop(line, None)
                 return True
         state.waiting[line] = now + LEASE
         return free
 
-    async def give_back(self, model: str, tenant: str, ticket: str) -> None:
+    async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None:
         state = self._models.get(model)
         if state is not None:
             state.queued.pop(ticket, None)
@@ -133,5 +120,7 @@ class LocalLedger:
                 del self._models[model]
 
     async def queued(self, model: str, tenant: str) -> int:
-        state = self._models.get(model)
-        return 0 if state is None else self._count(self._model(model, time.monotonic()), tenant)
+        if model not in self._models:
+            return 0
+        state = self._model(model, time.monotonic())
+        return sum(1 for who, _, _ in state.queued.values() if who == tenant)

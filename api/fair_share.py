@@ -1,20 +1,21 @@
 """Fair share of a model's queue among tenants and priority classes, across api replicas.
 
-JetStream hands a model's jobs to workers in the order they were queued, so whatever is in
-the queue is served first come, first served. The api therefore keeps the queue short — at
-most a *cap* of the model's jobs queued and not yet started: twice its live capacity (its
-workers' slots) plus 2 (`share_of`), enough to keep every slot fed — and decides itself
-who queues next when a place frees: the waiting request of the highest priority class,
-among those the one whose tenant has the fewest jobs queued, first come first served
-within a tenant. So a burst from one tenant cannot starve another (the other's requests
-take the next places), and a high-class request waits behind at most the cap of jobs
-already queued, never behind the lower classes' backlog.
+JetStream hands a model's jobs to workers in the order they were queued, so a tenant that
+queues 500 jobs would make everyone after it wait for all 500, and no class could overtake
+them. Instead each tenant may have at most a *share* of a model's jobs queued and not yet
+started at once: twice the model's live capacity (its workers' slots) plus 2 (`share_of`) —
+enough to keep every slot fed and a short queue in JetStream, small enough that another
+tenant's job waits behind at most about two rounds of each busy tenant's jobs. And no
+request queues while a job of a higher priority class is queued or waiting to queue for the
+model: a high-class request waits behind at most the jobs already queued, never behind the
+backlog of the lower classes. A request that may not queue yet waits here, first come first
+served within its tenant and class, until its turn or its first-token deadline (then 504,
+as a job that waited in the queue).
 
 The counts live in Redis (`api/fair_ledger.py`), shared by every replica: two apis give a
-tenant the same share one would. A request waits here until its turn or its first-token
-deadline (then 504, as a job that waited in the queue); only the first waiting request of
-each (model, tenant, class) line looks at the shared counts — at once when a place frees
-on this replica, else every `POLL` seconds. docs/routing.md explains it.
+tenant the same share one would. Only the first waiting request of each (model, tenant,
+class) line looks at them — at once when a place frees on this replica, else every `POLL`
+seconds. docs/routing.md explains it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from llmq.api.tenancy.models import NORMAL_RANK
 log = logging.getLogger(__name__)
 
 POLL: Final = 0.1
-"""Seconds between looks of a waiting line at the shared counts (other replicas' places)."""
+"""Seconds between looks of a waiting line at the shared counts (places freed elsewhere)."""
 HOLD_MARGIN: Final = 5.0
 """Seconds a queued ticket outlives its request's first-token deadline in the shared counts
 (only a ticket whose replica died is still there then)."""
@@ -43,31 +44,30 @@ Line = tuple[str, str, int]
 
 
 def share_of(capacity: int) -> int:
-    """How many of a model's jobs may be queued and not started, for the model's capacity."""
+    """How many of a model's jobs one tenant may have queued, for the model's capacity."""
     return 2 * max(0, capacity) + 2
 
 
 class Ticket:
     """A request's place in the model's queue; `leave` once its job started or ended."""
 
-    __slots__ = ("_gate", "_id", "_left", "_model", "_tenant")
+    __slots__ = ("_gate", "_id", "_left", "_line")
 
-    def __init__(self, gate: FairShare, model: str, tenant: str, ticket_id: str) -> None:
+    def __init__(self, gate: FairShare, line: Line, ticket_id: str) -> None:
         self._gate = gate
-        self._model = model
-        self._tenant = tenant
+        self._line = line
         self._id = ticket_id
         self._left = False
 
     def leave(self) -> None:
         if not self._left:
             self._left = True
-            self._gate._leave(self._model, self._tenant, self._id)
+            self._gate._leave(self._line, self._id)
 
 
 class FairShare:
     def __init__(self, share_for: Callable[[str], int], ledger: ShareLedger | None = None) -> None:
-        """`share_for(model)`: how many jobs of the model may be queued at once."""
+        """`share_for(model)`: how many jobs of the model one tenant may have queued."""
         self._share_for = share_for
         self._ledger: ShareLedger = ledger if ledger is not None else LocalLedger()
         self._lines: dict[Line, deque[asyncio.Future[None]]] = {}
@@ -83,7 +83,8 @@ class FairShare:
     async def enter(
         self, model: str, tenant: str, timeout: float, rank: int = NORMAL_RANK
     ) -> Ticket | None:
-        """A place in the model's queue; None when `timeout` seconds passed first."""
+        """A place in the tenant's share of the model's queue; None when `timeout` seconds
+        passed first. `rank`: the request's priority class (`tenancy.models.priority_rank`)."""
         line: Line = (model, tenant, rank)
         waiters = self._lines.setdefault(line, deque())
         me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -116,14 +117,14 @@ class FairShare:
     async def _take(self, line: Line, left: float, more: bool) -> Ticket | None:
         model, tenant, rank = line
         ticket_id = secrets.token_hex(8)
-        cap = max(1, self._share_for(model))
+        share = max(1, self._share_for(model))
         look = asyncio.ensure_future(
-            self._ledger.take(model, tenant, rank, ticket_id, left + HOLD_MARGIN, cap, more)
+            self._ledger.take(model, tenant, rank, ticket_id, left + HOLD_MARGIN, share, more)
         )
         try:
             taken = await asyncio.shield(look)
         except asyncio.CancelledError:  # the client went: give back what the look took
-            look.add_done_callback(lambda done: self._undo(done, model, tenant, ticket_id))
+            look.add_done_callback(lambda done: self._undo(done, line, ticket_id))
             raise
         except Exception as exc:  # no shared counts: admission must not fail on them
             log.warning("fair share unavailable, queueing without it: %s", exc)
@@ -132,16 +133,18 @@ class FairShare:
             self._marked.add(line)
         else:
             self._marked.discard(line)
-        return Ticket(self, model, tenant, ticket_id) if taken else None
+        return Ticket(self, line, ticket_id) if taken else None
 
-    def _undo(self, look: asyncio.Future[bool], model: str, tenant: str, ticket: str) -> None:
+    def _undo(self, look: asyncio.Future[bool], line: Line, ticket: str) -> None:
         if not look.cancelled() and look.exception() is None and look.result():
-            self._leave(model, tenant, ticket)
+            self._leave(line, ticket)
 
-    def _leave(self, model: str, tenant: str, ticket: str) -> None:
+    def _leave(self, line: Line, ticket: str) -> None:
+        model, tenant, rank = line
+
         async def give_back() -> None:
             try:
-                await self._ledger.give_back(model, tenant, ticket)
+                await self._ledger.give_back(model, tenant, rank, ticket)
             finally:
                 self._poke(model)
 

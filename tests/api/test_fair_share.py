@@ -36,13 +36,16 @@ def test_a_keys_class_is_capped_by_its_tenants() -> None:
     assert priority_rank("low") == LOW
 
 
-async def test_the_cap_holds_requests_back_and_lets_them_go_in_order(ledger: ShareLedger) -> None:
+async def test_the_share_holds_a_tenant_back_and_lets_it_go_in_order(ledger: ShareLedger) -> None:
     model = unique("m")
     gate = FairShare(lambda model: 2, ledger)
     first = await gate.enter(model, "a", 1)
     second = await gate.enter(model, "a", 1)
     assert first is not None and second is not None
-    assert await gate.enter(model, "a", 0.05) is None  # past the cap: waits, then gives up
+    assert await gate.enter(model, "a", 0.05) is None  # past its share: waits, then gives up
+    other = await gate.enter(model, "b", 0.05)  # another tenant is not held back
+    assert other is not None
+    other.leave()
     third = asyncio.create_task(gate.enter(model, "a", 5))
     fourth = asyncio.create_task(gate.enter(model, "a", 5))
     await asyncio.sleep(0.05)
@@ -100,19 +103,26 @@ async def test_a_higher_class_takes_the_next_place_before_any_lower_waiter(
     assert order == ["high", *(f"n{i}" for i in range(20)), "low"]
 
 
-async def test_a_waiting_tenant_with_fewer_queued_goes_first(ledger: ShareLedger) -> None:
+async def test_a_queued_job_of_a_higher_class_holds_the_lower_ones_back(
+    ledger: ShareLedger,
+) -> None:
     model = unique("m")
     gate = FairShare(lambda model: 3, ledger)
-    held = await _fill(gate, model, "a", 3)
-    more_a = asyncio.create_task(gate.enter(model, "a", 10))
+    high = await gate.enter(model, "h", 1, HIGH)
+    assert high is not None
+    assert await gate.enter(model, "a", 0.2, NORMAL) is None  # until the high job starts
+    second = await gate.enter(model, "h", 1, HIGH)  # its own class is not held back
+    assert second is not None
+    waiting = asyncio.create_task(gate.enter(model, "a", 5, NORMAL))
     await asyncio.sleep(0.15)
-    b = asyncio.create_task(gate.enter(model, "b", 10))
+    assert not waiting.done()
+    high.leave()  # started; one high job is still queued
     await asyncio.sleep(0.15)
-    held[0].leave()
-    ticket = await asyncio.wait_for(b, 2)  # b has none queued, a has two: b first
-    assert ticket is not None and not more_a.done()
-    held[1].leave()
-    assert await asyncio.wait_for(more_a, 2) is not None
+    assert not waiting.done()
+    second.leave()
+    ticket = await asyncio.wait_for(waiting, 2)
+    assert ticket is not None
+    ticket.leave()
 
 
 async def test_two_replicas_share_one_count(redis_server: Any) -> None:
