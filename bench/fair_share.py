@@ -52,9 +52,7 @@ async def run(url: str, n: int, rounds: int) -> None:
     for _ in range(rounds):
         for name, ledger in (("local", LocalLedger()), ("redis", RedisLedger(redis))):
             enters, cpu = await _round(ledger, n, 4)
-            print(
-                f"{name:8} {_ms(enters, 0.5):13.3f} {_ms(enters, 0.99):13.3f} {cpu * 1e6:18.1f}"
-            )
+            print(f"{name:8} {_ms(enters, 0.5):13.3f} {_ms(enters, 0.99):13.3f} {cpu * 1e6:18.1f}")
     stats = (await redis.info("commandstats")).get("cmdstat_evalsha", {})
     per_request = stats.get("calls", 0) / (n * rounds)
     print(f"script calls per request: {per_request:.2f} (enter + leave)")
