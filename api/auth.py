@@ -70,9 +70,9 @@ class _Failure:
 _Record = Tenant | tuple[Tenant, ApiKey]
 _Outcome = _Record | None | _Failure
 KEY_ID_STATE = "llmq_key_id"
+"""`request.state` attribute holding the id of the key the request was authenticated by."""
 RANK_STATE = "llmq_priority_rank"
 """`request.state` attribute holding the priority rank of the key's requests."""
-"""`request.state` attribute holding the id of the key the request was authenticated by."""
 _DOWN = _Failure("the tenant store is unavailable", "tenant_store_down")
 _BROKEN = _Failure("the tenant store could not answer this lookup", "tenant_store_error")
 

@@ -161,6 +161,7 @@ class ResponsesServing:
         stored = self._stored(record.job_id, ask)
         stored.response["status"] = "queued"
         await self.store.put_response(stored)
+        # the async-job machinery reads only model, body and kind
         prepared = PreparedRequest(
             cast(AnyRequest, ask.req),
             model,
@@ -169,7 +170,7 @@ class ResponsesServing:
             False,
             ask.estimate,
             ask.max_tokens,
-        )  # fmt: skip  (the async-job machinery reads only model, body and kind)
+        )
         try:
             await self.jobs.submit(
                 record.job_id, ask.scope, prepared,
