@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import openai
-import pytest
 
+from llmq.api.fair_ledger import RedisLedger
 from llmq.api.fair_share import share_of
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.api.tenancy.models import KeySettings
 from tests.spec import assert_valid
-from tests.stack import unique, wait_for
+from tests.stack import free_port, unique, wait_for, wait_serving
 
 CAPACITY = 4
 
@@ -39,37 +39,34 @@ async def _b_requests(client: openai.AsyncOpenAI, model: str) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize(("replicas", "size"), [(1, 500), (2, 200)])
-async def test_a_burst_from_one_tenant_does_not_starve_another(
-    stack: Any, redis_server: Any, replicas: int, size: int
-) -> None:
-    """With two replicas, A floods through both and B uses the second: the share is one."""
-    model = unique("fair")
+async def _tenants(redis_url: str) -> tuple[str, str]:
     a, b = unique("ta"), unique("tb")
-    redis = connect(redis_server.url)
+    redis = connect(redis_url)
     store = TenantStore(redis)
     await store.create(Tenant(name=a))
     await store.create(Tenant(name=b))
     await redis.aclose()
-    apis = [
-        await stack.api(auth_mode="header", tenant_header="X-Team", trusted_tenants=[a, b])
-        for _ in range(replicas)
-    ]
-    worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
-    for api in apis:
-        await wait_for(lambda api=api: api.runtime.registry.workers_for(model))
+    return a, b
+
+
+async def _flood_then_b(
+    urls: list[str], worker: Any, model: str, a: str, b: str, size: int, redis_url: str
+) -> None:
+    """A floods `size` requests spread over the apis; B's 10 through the last api finish
+    within 3 x their idle time, and A's queued jobs stay within one share for all apis."""
     client = openai.AsyncOpenAI(
-        base_url=f"{apis[-1].url}/v1", api_key="unused", max_retries=0, timeout=60,
+        base_url=f"{urls[-1]}/v1", api_key="unused", max_retries=0, timeout=60,
         default_headers={"X-Team": b},
     )  # fmt: skip
     idle = await _b_requests(client, model)
-
     body = {"model": model, "messages": [{"role": "user", "content": "one two"}]}
     limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+    redis = connect(redis_url)
+    counts = RedisLedger(redis)  # what every replica reads
     async with httpx.AsyncClient(timeout=120, limits=limits) as flood:
         burst = [
             asyncio.create_task(
-                flood.post(f"{apis[i % replicas].url}/v1/chat/completions", json=body,
+                flood.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body,
                            headers={"X-Team": a})
             )
             for i in range(size)
@@ -77,15 +74,41 @@ async def test_a_burst_from_one_tenant_does_not_starve_another(
         # every slot busy with A's jobs, and A's burst sent
         await wait_for(lambda: worker.scheduler.in_flight == CAPACITY, timeout=30)
         await asyncio.sleep(1.0)
-        for api in apis:  # the rest of A's burst waits, counted once for all replicas
-            assert await api.app.state.serving.fair.queued(model, a) <= share_of(CAPACITY)
+        assert await counts.queued(model, a) <= share_of(CAPACITY)  # the rest waits
         busy = await _b_requests(client, model)
         assert not all(t.done() for t in burst)  # A's burst was still going on
         for task in burst:
             task.cancel()
         await asyncio.gather(*burst, return_exceptions=True)
     await client.close()
+    await redis.aclose()
     assert busy <= 3 * idle, (busy, idle)
+
+
+async def test_a_burst_from_one_tenant_does_not_starve_another(
+    stack: Any, redis_server: Any
+) -> None:
+    model = unique("fair")
+    a, b = await _tenants(redis_server.url)
+    api = await stack.api(auth_mode="header", tenant_header="X-Team", trusted_tenants=[a, b])
+    worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    await _flood_then_b([api.url], worker, model, a, b, 500, redis_server.url)
+
+
+async def test_two_api_processes_give_a_tenant_one_share(stack: Any, redis_server: Any) -> None:
+    """A floods through two api processes, B uses one of them: the same share as one api."""
+    model = unique("fair")
+    a, b = await _tenants(redis_server.url)
+    worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
+    ports = [free_port(), free_port()]
+    for port in ports:
+        stack.process("api", "--port", str(port), auth_mode="header", tenant_header="X-Team",
+                      trusted_tenants=f"{a},{b}")  # fmt: skip
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    for url in urls:
+        await wait_serving(url, model, timeout=60, headers={"X-Team": b})
+    await _flood_then_b(urls, worker, model, a, b, 200, redis_server.url)
 
 
 async def test_a_high_class_request_starts_before_the_normal_ones_queued_before_it(
