@@ -153,3 +153,21 @@ async def test_a_ticket_of_a_dead_replica_expires(redis_server: Any) -> None:
     for key in names.fair_share_keys(model):
         assert await redis.pttl(key) != -1  # nothing lives forever (-2: already gone)
     await redis.aclose()
+
+
+async def test_without_redis_a_request_queues_without_the_share(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The share never fails a request: the quota script, after it, answers for Redis."""
+    from llmq.embedded import free_port
+
+    redis = connect(f"redis://127.0.0.1:{free_port()}", timeout=1.0)
+    gate, model = FairShare(lambda m: 1, RedisLedger(redis)), unique("m")
+    tickets = [await asyncio.wait_for(gate.enter(model, "a", 5), 5) for _ in range(2)]
+    assert all(t is not None for t in tickets)  # past the share of 1: not counted
+    assert "fair share unavailable" in caplog.text
+    for ticket in tickets:
+        assert ticket is not None
+        ticket.leave()
+    await asyncio.gather(*gate._tasks)
+    await redis.aclose()
