@@ -3,9 +3,10 @@ the same counts (`RedisLedger`), or in this process (`LocalLedger`, one replica 
 
 Both decide alike (`api/fair_share.lua` is the Redis form): a request may queue a job when
 its tenant has fewer than its share of the model's jobs queued-not-started and no job of a
-higher priority class is queued or waiting to queue. A queued ticket expires at its
-request's first-token deadline (plus a margin) and a waiting line's lease soon after its
-last look, so a replica that dies leaves nothing behind for long.
+higher priority class is queued or waiting to queue. A queued ticket expires unless its
+replica renews it (`fair_share.HOLD`), at the latest at its request's first-token deadline
+(plus a margin), and a waiting line's lease soon after its last look: a replica that dies
+leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class ShareLedger(Protocol):
 
     async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None: ...
 
+    async def renew(self, model: str, tickets: list[tuple[str, int, str, float]]) -> None:
+        """Hold these live (tenant, rank, ticket, seconds) tickets longer."""
+        ...
+
     async def withdraw(self, model: str, tenant: str, rank: int) -> None:
         """The line has no waiter here any more."""
         ...
@@ -58,6 +63,12 @@ class RedisLedger:
 
     async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None:
         args: list[str | int] = ["give", tenant, rank, ticket]
+        await self._script(keys=names.fair_share_keys(model), args=args)
+
+    async def renew(self, model: str, tickets: list[tuple[str, int, str, float]]) -> None:
+        args: list[str | int] = ["renew"]
+        for tenant, rank, ticket, hold in tickets:
+            args += [tenant, rank, ticket, int(hold * 1000)]
         await self._script(keys=names.fair_share_keys(model), args=args)
 
     async def withdraw(self, model: str, tenant: str, rank: int) -> None:
@@ -111,6 +122,14 @@ class LocalLedger:
         state = self._models.get(model)
         if state is not None:
             state.queued.pop(ticket, None)
+
+    async def renew(self, model: str, tickets: list[tuple[str, int, str, float]]) -> None:
+        state = self._models.get(model)
+        now = time.monotonic()
+        for _tenant, _rank, ticket, hold in tickets:
+            if state is not None and ticket in state.queued:
+                who, rank, _ = state.queued[ticket]
+                state.queued[ticket] = (who, rank, now + hold)
 
     async def withdraw(self, model: str, tenant: str, rank: int) -> None:
         state = self._models.get(model)

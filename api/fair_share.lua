@@ -4,6 +4,7 @@
 -- ARGV[1] = op: take | give | withdraw.
 -- take     ARGV: tenant, rank, ticket, hold_ms, lease_ms, share, more -> 1 taken, 0 wait
 -- give     ARGV: tenant, rank, ticket                                 -> 1 given back
+-- renew    ARGV: (tenant, rank, ticket, hold_ms)...  the live tickets of one replica -> 0
 -- withdraw ARGV: tenant, rank                                         -> 0
 local q, n, w = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
@@ -27,6 +28,19 @@ end
 if op == 'give' then
   local member = ARGV[2] .. '\t' .. ARGV[3] .. '\t' .. ARGV[4]
   if redis.call('ZREM', q, member) == 1 then forget(member); return 1 end
+  return 0
+end
+if op == 'renew' then
+  local longest = 0
+  for i = 2, #ARGV, 4 do
+    local member = ARGV[i] .. '\t' .. ARGV[i + 1] .. '\t' .. ARGV[i + 2]
+    local hold = tonumber(ARGV[i + 3])
+    if redis.call('ZSCORE', q, member) then redis.call('ZADD', q, 'XX', now + hold, member) end
+    if hold > longest then longest = hold end
+  end
+  for _, key in ipairs({q, n}) do
+    if redis.call('PTTL', key) < longest then redis.call('PEXPIRE', key, longest) end
+  end
   return 0
 end
 if op == 'withdraw' then

@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 POLL: Final = 0.1
 """Seconds between looks of a waiting line at the shared counts (places freed elsewhere)."""
 HOLD_MARGIN: Final = 5.0
-"""Seconds a queued ticket outlives its request's first-token deadline in the shared counts
-(only a ticket whose replica died is still there then)."""
+"""Seconds a queued ticket may outlive its request's first-token deadline (a worker drops
+the job by then)."""
+HOLD: Final = 15.0
+"""Seconds a queued ticket counts in the shared counts unless its replica renews it (every
+`RENEW` seconds while it lives): a replica that dies stops holding places within this."""
+RENEW: Final = 5.0
 
 Line = tuple[str, str, int]
 """(model, tenant, rank)"""
@@ -66,9 +70,20 @@ class Ticket:
 
 
 class FairShare:
-    def __init__(self, share_for: Callable[[str], int], ledger: ShareLedger | None = None) -> None:
+    def __init__(
+        self,
+        share_for: Callable[[str], int],
+        ledger: ShareLedger | None = None,
+        hold: float = HOLD,
+        renew: float = RENEW,
+    ) -> None:
         """`share_for(model)`: how many jobs of the model one tenant may have queued."""
         self._share_for = share_for
+        self._hold, self._renew = hold, renew
+        self._held: dict[str, tuple[Line, float]] = {}
+        """This replica's queued tickets: id -> (line, when it may be held until)."""
+        self._renewing: asyncio.Task[None] | None = None
+        self._emptied = asyncio.Event()
         self._ledger: ShareLedger = ledger if ledger is not None else LocalLedger()
         self._lines: dict[Line, deque[asyncio.Future[None]]] = {}
         self._changed: dict[str, asyncio.Event] = {}
@@ -118,8 +133,9 @@ class FairShare:
         model, tenant, rank = line
         ticket_id = secrets.token_hex(8)
         share = max(1, self._share_for(model))
+        hold = min(self._hold, left + HOLD_MARGIN)
         look = asyncio.ensure_future(
-            self._ledger.take(model, tenant, rank, ticket_id, left + HOLD_MARGIN, share, more)
+            self._ledger.take(model, tenant, rank, ticket_id, hold, share, more)
         )
         try:
             taken = await asyncio.shield(look)
@@ -129,6 +145,9 @@ class FairShare:
         except Exception as exc:  # no shared counts: admission must not fail on them
             log.warning("fair share unavailable, queueing without it: %s", exc)
             taken = True
+        else:
+            if taken:
+                self._hold_on(ticket_id, line, left + HOLD_MARGIN)
         if more or not taken:
             self._marked.add(line)
         else:
@@ -139,8 +158,40 @@ class FairShare:
         if not look.cancelled() and look.exception() is None and look.result():
             self._leave(line, ticket)
 
+    def _hold_on(self, ticket: str, line: Line, seconds: float) -> None:
+        """Renew the ticket while it lives, at most `seconds` from now."""
+        loop = asyncio.get_running_loop()
+        self._held[ticket] = (line, loop.time() + seconds)
+        if self._renewing is None or self._renewing.done():
+            self._renewing = loop.create_task(self._renew_held(), name="fair-share-renew")
+
+    async def _renew_held(self) -> None:
+        """Every `RENEW` seconds, hold this replica's live tickets longer; ends when none."""
+        loop = asyncio.get_running_loop()
+        while self._held:
+            self._emptied.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._renew):
+                    await self._emptied.wait()
+            now = loop.time()
+            by_model: dict[str, list[tuple[str, int, str, float]]] = {}
+            for ticket, ((model, tenant, rank), end) in list(self._held.items()):
+                if end <= now:
+                    del self._held[ticket]  # its deadline passed: it expires by itself
+                    continue
+                hold = min(self._hold, end - now)
+                by_model.setdefault(model, []).append((tenant, rank, ticket, hold))
+            for model, tickets in by_model.items():
+                try:
+                    await self._ledger.renew(model, tickets)
+                except Exception as exc:  # the next round tries again
+                    log.warning("fair share renewal failed: %s", exc)
+
     def _leave(self, line: Line, ticket: str) -> None:
         model, tenant, rank = line
+        self._held.pop(ticket, None)
+        if not self._held:
+            self._emptied.set()
 
         async def give_back() -> None:
             try:

@@ -171,3 +171,27 @@ async def test_without_redis_a_request_queues_without_the_share(
         ticket.leave()
     await asyncio.gather(*gate._tasks)
     await redis.aclose()
+
+
+async def test_a_replica_renews_its_tickets_and_a_dead_ones_lapse(redis_server: Any) -> None:
+    """Held only `hold` seconds unless renewed: a live replica's places stay counted past
+    it, a dead replica's stop counting soon (not only at their requests' deadlines)."""
+    model = unique("m")
+    redis = connect(redis_server.url)
+    live = FairShare(lambda m: 2, RedisLedger(redis), hold=0.4, renew=0.1)
+    ticket = await live.enter(model, "a", 30)
+    assert ticket is not None
+    dead = RedisLedger(redis)  # a replica that took a place and died before renewing it
+    assert await dead.take(model, "a", NORMAL, "orphan", 0.4, 2, False)
+    assert await live.queued(model, "a") == 2
+    await asyncio.sleep(1.0)  # well past the hold: the live ticket was renewed
+    second = await live.enter(model, "a", 0.05)  # the orphan's place is free again
+    assert second is not None
+    assert await live.queued(model, "a") == 2
+    ticket.leave()
+    second.leave()
+    await asyncio.wait_for(asyncio.gather(*live._tasks), 2)
+    assert live._renewing is not None
+    await asyncio.wait_for(live._renewing, 2)  # it ends once this replica holds nothing
+    assert await live.queued(model, "a") == 0
+    await redis.aclose()
