@@ -42,7 +42,9 @@ class EmbeddedReplicatedRedis(EmbeddedRedis):
 class EmbeddedSentinel(ManagedProcess):
     """The same Valkey binary run with `--sentinel`, watching one master as `master_name`.
     Short timeouts (`down_after_ms`) so a test sees a failover within seconds. Sentinel
-    rewrites its config file, so it lives in `data_dir`."""
+    rewrites its config file, so it lives in `data_dir` (0700: it holds the passwords).
+    `password` is the data nodes' (`sentinel auth-pass`); `sentinel_password` the sentinel's
+    own `requirepass`, which it also presents to the other sentinels (so all share it)."""
 
     def __init__(
         self,
@@ -53,9 +55,13 @@ class EmbeddedSentinel(ManagedProcess):
         down_after_ms: int = 1000,
         port: int = 0,
         password: str = "",
+        sentinel_password: str = "",
     ) -> None:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
+        # Sentinel rewrites its config (passwords included) as a new file with the default
+        # umask, so only a private directory keeps it private.
+        data_dir.chmod(0o700)
         conf = write_private(
             data_dir / "sentinel.conf",
             f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {data_dir}\n"
@@ -63,11 +69,13 @@ class EmbeddedSentinel(ManagedProcess):
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
             f"sentinel failover-timeout {master_name} {down_after_ms * 4}\n"
             f"sentinel parallel-syncs {master_name} 1\n"
-            + (f'sentinel auth-pass {master_name} "{password}"\n' if password else ""),
+            + (f'sentinel auth-pass {master_name} "{password}"\n' if password else "")
+            + (f'requirepass "{sentinel_password}"\n' if sentinel_password else ""),
         )
         argv = [redis_server_binary(), str(conf), "--sentinel"]
         super().__init__("valkey-sentinel", argv, port, data_dir / "sentinel.log")
         self.master_name = master_name
+        self.sentinel_password = sentinel_password
         self.wait_listening()
 
     @property
@@ -86,17 +94,28 @@ class EmbeddedSentinelSet:
     smallest Redis/Valkey that survives losing its master (tests, `bench/chaos.py`)."""
 
     def __init__(
-        self, root: Path, sentinels: int = 3, master_name: str = "llmq", password: str = ""
+        self,
+        root: Path,
+        sentinels: int = 3,
+        master_name: str = "llmq",
+        password: str = "",
+        sentinel_password: str = "",
     ) -> None:
-        """`password`: the data nodes' `requirepass` (sentinels themselves take none)."""
+        """`password`: the data nodes' `requirepass` (and `masterauth`); `sentinel_password`:
+        the sentinels' own `requirepass` (none when empty)."""
         self.password = password
+        self.sentinel_password = sentinel_password
         self.master = EmbeddedRedis(root / "master", password=password)
         self.replica = EmbeddedReplicatedRedis(
             root / "replica", self.master.port, password=password
         )
         self.sentinels = [
             EmbeddedSentinel(
-                root / f"sentinel-{i}", self.master.port, master_name, password=password
+                root / f"sentinel-{i}",
+                self.master.port,
+                master_name,
+                password=password,
+                sentinel_password=sentinel_password,
             )
             for i in range(sentinels)
         ]
@@ -107,7 +126,7 @@ class EmbeddedSentinelSet:
         return sentinel_url(self.sentinels)
 
     def _ask(self, *command: Any) -> Any:
-        admin = _redis_admin(self.sentinels[0].port)
+        admin = _redis_admin(self.sentinels[0].port, self.sentinel_password)
         try:
             return admin.execute_command("SENTINEL", *command)
         finally:
@@ -126,7 +145,7 @@ class EmbeddedSentinelSet:
             ready = _redis_admin(self.replica.port, self.password).info("replication")
             ok = ready.get("master_link_status") == "up"
             for sentinel in self.sentinels if ok else []:
-                admin = _redis_admin(sentinel.port)
+                admin = _redis_admin(sentinel.port, self.sentinel_password)
                 try:
                     ok = (
                         ok

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
@@ -69,10 +72,14 @@ def is_cluster(redis: Any) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-def _sentinel_client(url: str, password: str, **common: Any) -> Redis:
+def _sentinel_client(url: str, password: str, sentinel_password: str, **common: Any) -> Redis:
+    """The URL's or `password` authenticates to the data nodes, `sentinel_password` to the
+    sentinels (their own `requirepass`; none when empty)."""
     sentinels, master, db, url_password = parse_sentinel_url(url)
-    # Sentinels themselves run without AUTH here; the password is the data nodes'.
-    sentinel = Sentinel(sentinels, sentinel_kwargs=dict(common), **common)
+    # One try per sentinel: the next sentinel is the retry. redis-py's default (3 retries
+    # with backoff, also on a refused AUTH) made a wrong password take 12 s to surface.
+    asking = dict(common, password=sentinel_password or None, retry=Retry(NoBackoff(), 0))
+    sentinel = Sentinel(sentinels, sentinel_kwargs=asking, **common)
     return sentinel.master_for(master, db=db, password=url_password or password or None)
 
 
@@ -96,18 +103,19 @@ def connect(
     max_connections: int = 200,
     password: str = "",
     tls_ca: str = "",
+    sentinel_password: str = "",
 ) -> Redis:
     """A client for `url`; a command slower than `timeout` s raises (-> `QuotaBackendDown`).
     `password` is used when the URL carries none (a URL's own wins); `tls_ca` verifies a
-    `rediss://` server. `redis+sentinel://` gives a client of the master the sentinels name,
-    which follows a failover; `redis+cluster://host:port,...` a Cluster client."""
+    `rediss://` server. `redis+sentinel://` gives a client of the master the sentinels name
+    (asked with `sentinel_password`), which follows a failover; `redis+cluster://host:port,...` a Cluster client."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "decode_responses": True,
     }
     if url.startswith(SENTINEL_SCHEME):
-        return _sentinel_client(url, password, **common)
+        return _sentinel_client(url, password, sentinel_password, **common)
     if url.startswith(CLUSTER_SCHEME):
         return _cluster_client(url, password, max_connections, **common)
     extra: dict[str, Any] = {}
@@ -127,18 +135,31 @@ def connect(
     return Redis(connection_pool=pool)
 
 
-def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redis:
-    """`connect` to `url` (default `conn.redis_url`, or `conn.redis_sentinels` when set)
-    with `conn`'s password and TLS CA."""
-    if not url and conn.redis_sentinels:
+def redis_target(conn: ConnectionSettings) -> str:
+    """The URL `connect_with` uses by default: `conn.redis_sentinels` as a sentinel URL when
+    set, else `conn.redis_url`."""
+    if conn.redis_sentinels:
         hosts = ",".join(conn.redis_sentinels)
-        url = f"{SENTINEL_SCHEME}{hosts}/{conn.redis_sentinel_master}/{conn.redis_sentinel_db}"
+        return f"{SENTINEL_SCHEME}{hosts}/{conn.redis_sentinel_master}/{conn.redis_sentinel_db}"
+    return conn.redis_url
+
+
+def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redis:
+    """`connect` to `url` (default `redis_target(conn)`) with `conn`'s passwords (data
+    nodes and sentinels) and TLS CA."""
     return connect(
-        url or conn.redis_url,
+        url or redis_target(conn),
         password=conn.secret("redis_password"),
+        sentinel_password=conn.secret("redis_sentinel_password"),
         tls_ca=conn.redis_tls_ca,
         **kwargs,
     )
+
+
+def _sentinels_refused_auth(exc: BaseException) -> bool:
+    """No master found because the sentinels refused AUTH (a missing or wrong
+    `LLMQ_REDIS_SENTINEL_PASSWORD`): redis-py folds their errors into the message."""
+    return isinstance(exc, MasterNotFoundError) and "Authentication" in str(exc)
 
 
 async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
@@ -148,6 +169,17 @@ async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
     try:
         async with asyncio.timeout(timeout):
             await redis.ping()
+    except MasterNotFoundError as exc:
+        if _sentinels_refused_auth(exc):
+            log.error(
+                "Redis Sentinels at %s refused authentication: check "
+                "LLMQ_REDIS_SENTINEL_PASSWORD(_FILE) (the sentinels' own password)",
+                shown,
+            )
+        else:
+            errors = ", ".join(re.findall(r" - ([\w:.]+)", str(exc))) or "none answered"
+            log.error("Redis Sentinels at %s name no usable master (%s)", shown, errors)
+        return False
     except redis_errors.AuthenticationError as exc:
         log.error(
             "Redis at %s refused authentication (%s): check LLMQ_REDIS_PASSWORD(_FILE) or "
