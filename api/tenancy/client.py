@@ -16,10 +16,10 @@ from typing import Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
 
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
@@ -108,7 +108,8 @@ def connect(
     """A client for `url`; a command slower than `timeout` s raises (-> `QuotaBackendDown`).
     `password` is used when the URL carries none (a URL's own wins); `tls_ca` verifies a
     `rediss://` server. `redis+sentinel://` gives a client of the master the sentinels name
-    (asked with `sentinel_password`), which follows a failover; `redis+cluster://host:port,...` a Cluster client."""
+    (asked with `sentinel_password`), which follows a failover; `redis+cluster://host:port,...`
+    a Cluster client."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,

@@ -302,9 +302,7 @@ async def _failover_under_load(
     return figures
 
 
-async def test_failover_fail_closed(
-    locked_sentinel_set: EmbeddedSentinelSet, stack: Any
-) -> None:
+async def test_failover_fail_closed(locked_sentinel_set: EmbeddedSentinelSet, stack: Any) -> None:
     """Default: while no master answers, a chat gets 503 `quota_store_down` (never served
     unchecked, never hung); then traffic is normal on the promoted replica. With passwords
     on the data nodes and on the sentinels (which then must authenticate to each other to
