@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 SENTINEL_SCHEME = "redis+sentinel://"
 CLUSTER_SCHEME = "redis+cluster://"
+CLUSTER_RETRIES = 2
+"""Tries of a Cluster command after the first, each on a freshly read slot map."""
 
 
 def _hosts(text: str, default_port: int) -> list[tuple[str, int]]:
@@ -90,6 +92,10 @@ def _cluster_client(url: str, password: str, max_connections: int, **common: Any
         startup_nodes=nodes,
         password=url_password or password or None,
         max_connections=max_connections,
+        # Two more tries, each after re-reading the slot map: enough to follow a failover
+        # that is over, and bounded while one is not (redis-py's default of 10, each up to
+        # a connect timeout, held a command ~11 s on a dead host instead of a quick 503).
+        retry=Retry(NoBackoff(), CLUSTER_RETRIES),
         **common,
     )
     # The commands llmq uses exist on both; callers ask `is_cluster` where they differ.
