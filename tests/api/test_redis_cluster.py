@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +20,6 @@ from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.api.tenancy.client import is_cluster
 from llmq.embedded import EmbeddedRedis
 from llmq.embedded_redis_ha import redis_cluster_url
-from llmq.redis_keys import migrate
 from llmq.schemas import names
 from tests.api.tenancy.test_quota import (
     test_concurrency_slots,
@@ -202,42 +200,3 @@ async def test_chat_with_quotas_through_the_api(
         assert await Quota(admin).inflight(tenant) == 0
     finally:
         await admin.aclose()
-
-
-async def test_old_key_names_are_migrated(tmp_path: Path) -> None:
-    """A deployment from before hash tags: after `llmq.redis_keys` the tenant, its key, its
-    open reservation (released afterwards) and its usage are all found under the tagged
-    names. (Since the GCRA rates the release reconciles the tenant's rate hash, not a minute
-    window: its slot and its usage are what show the migrated reservation was found.)"""
-    server = EmbeddedRedis(tmp_path / "old-layout")
-    redis = connect(server.url, timeout=10.0)
-    try:
-        store, quota = TenantStore(redis), Quota(redis)
-        tenant = unique("old")
-        await store.create(Tenant(name=tenant, tpm=1000))
-        key, _ = await store.create_key(tenant)
-        assert (await quota.reserve(tenant, "m", 10, 90, "before")).allowed
-        assert (await quota.reserve(tenant, "m", 10, 90, "open")).allowed
-        assert await quota.release(tenant, "m", "before", 10, 5)
-        # Back to the names the previous version wrote: the tenant without braces.
-        for name in [str(k) async for k in redis.scan_iter(match="llmq:*{*}*")]:
-            await redis.rename(name, name.replace("{", "").replace("}", ""))
-        reservation = names.reservation_key(tenant, "open").replace("{", "").replace("}", "")
-        for f in ("win", "day", "month"):
-            old = str(await redis.hget(reservation, f))
-            await redis.hset(reservation, f, old.replace("{", "").replace("}", ""))
-        assert await store.get(tenant) is None  # the new layout does not see the old keys
-
-        assert (await migrate(redis, dry_run=True)).renamed >= 7
-        done = await migrate(redis)
-        assert done.conflicts == [] and done.renamed >= 7
-        assert (await store.resolve_key(key)) == await store.get(tenant) is not None
-        assert await quota.inflight(tenant) == 1
-        assert await quota.release(tenant, "m", "open", 10, 20)  # reserved 100, used 30
-        assert await quota.inflight(tenant) == 0
-        rows = await UsageReader(redis).usage(tenant, days=1)
-        assert sum(r.requests for r in rows) == 2
-        assert (await migrate(redis)).renamed == 0  # a second run finds nothing to do
-    finally:
-        await redis.aclose()
-        server.stop()
