@@ -17,7 +17,7 @@ from llmq.embedded import (
 )
 
 
-def _redis_admin(port: int, password: str = "") -> Any:
+def _redis_admin(port: int, password: str = "", timeout: float = 5.0) -> Any:
     """A plain synchronous client for setting up embedded servers (never the hot path)."""
     import redis
 
@@ -25,7 +25,7 @@ def _redis_admin(port: int, password: str = "") -> Any:
         host="127.0.0.1",
         port=port,
         password=password or None,
-        socket_timeout=5,
+        socket_timeout=timeout,
         decode_responses=True,
     )
 
@@ -275,14 +275,22 @@ def _wait(deadline: float, what: str, ready: Any) -> None:
 
 
 def cluster_master_of(nodes: list[EmbeddedRedis], key: str) -> EmbeddedRedis:
-    """The node that serves `key`'s slot now (after a failover: the promoted replica)."""
+    """The node that serves `key`'s slot now, as the first node that answers sees it (after
+    a failover: the promoted replica). Dead or frozen nodes are skipped."""
     from redis.cluster import key_slot
 
     slot = key_slot(key.encode())
     for node in nodes:
         if node.proc.poll() is not None:
             continue
-        for first, last, *owners in _admin_command(node.port, "CLUSTER", "SLOTS"):
+        admin = _redis_admin(node.port, timeout=0.5)
+        try:
+            ranges = admin.execute_command("CLUSTER", "SLOTS")
+        except Exception:
+            continue
+        finally:
+            admin.close()
+        for first, last, *owners in ranges:
             if first <= slot <= last:
                 port = int(owners[0][1])
                 return next(n for n in nodes if n.port == port)
