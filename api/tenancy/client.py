@@ -69,6 +69,26 @@ class _Cluster(RedisCluster):
         return super().pipeline(transaction=False, shard_hint=shard_hint)
 
 
+class SentinelPasswordRefused(MasterNotFoundError):
+    """No master found because the sentinels refused AUTH: a missing or wrong
+    `LLMQ_REDIS_SENTINEL_PASSWORD` (the operator's to fix, not an outage to wait out)."""
+
+
+class _Sentinel(Sentinel):
+    """Names a refused AUTH (redis-py folds every sentinel's error into one
+    `MasterNotFoundError`), so the api's log and the CLI's message say what to check."""
+
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            if "Authentication" in str(exc):
+                raise SentinelPasswordRefused(
+                    f"the sentinels refused authentication for {service_name!r}"
+                ) from exc
+            raise
+
+
 def is_cluster(redis: Any) -> bool:
     """The client speaks to a Redis/Valkey Cluster: multi-key work must stay in one slot."""
     return isinstance(redis, RedisCluster)
@@ -81,7 +101,7 @@ def _sentinel_client(url: str, password: str, sentinel_password: str, **common: 
     # One try per sentinel: the next sentinel is the retry. redis-py's default (3 retries
     # with backoff, also on a refused AUTH) made a wrong password take 12 s to surface.
     asking = dict(common, password=sentinel_password or None, retry=Retry(NoBackoff(), 0))
-    sentinel = Sentinel(sentinels, sentinel_kwargs=asking, **common)
+    sentinel = _Sentinel(sentinels, sentinel_kwargs=asking, **common)
     return sentinel.master_for(master, db=db, password=url_password or password or None)
 
 
@@ -163,12 +183,6 @@ def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redi
     )
 
 
-def _sentinels_refused_auth(exc: BaseException) -> bool:
-    """No master found because the sentinels refused AUTH (a missing or wrong
-    `LLMQ_REDIS_SENTINEL_PASSWORD`): redis-py folds their errors into the message."""
-    return isinstance(exc, MasterNotFoundError) and "Authentication" in str(exc)
-
-
 async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
     """Ping once and log clearly (never the password) why Redis cannot be used; the process
     keeps running (`/ready` reports `redis` failing until it can)."""
@@ -176,16 +190,16 @@ async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
     try:
         async with asyncio.timeout(timeout):
             await redis.ping()
+    except SentinelPasswordRefused:
+        log.error(
+            "Redis Sentinels at %s refused authentication: check "
+            "LLMQ_REDIS_SENTINEL_PASSWORD(_FILE) (the sentinels' own password)",
+            shown,
+        )
+        return False
     except MasterNotFoundError as exc:
-        if _sentinels_refused_auth(exc):
-            log.error(
-                "Redis Sentinels at %s refused authentication: check "
-                "LLMQ_REDIS_SENTINEL_PASSWORD(_FILE) (the sentinels' own password)",
-                shown,
-            )
-        else:
-            errors = ", ".join(re.findall(r" - ([\w:.]+)", str(exc))) or "none answered"
-            log.error("Redis Sentinels at %s name no usable master (%s)", shown, errors)
+        errors = ", ".join(re.findall(r" - ([\w:.]+)", str(exc))) or "none answered"
+        log.error("Redis Sentinels at %s name no usable master (%s)", shown, errors)
         return False
     except redis_errors.AuthenticationError as exc:
         log.error(

@@ -21,6 +21,7 @@ import pytest
 
 from llmq.api.tenancy import Tenant, TenantStore, check_at_start, connect, connect_with
 from llmq.api.tenancy.client import parse_sentinel_url
+from llmq.cli import main as cli_main
 from llmq.embedded_redis_ha import EmbeddedSentinelSet
 from llmq.schemas.settings import ConnectionSettings
 from tests.stack import unique, wait_for
@@ -95,11 +96,13 @@ async def test_the_passwords_reach_the_sentinels_and_the_master(
     locked_sentinel_set: EmbeddedSentinelSet,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Sentinels with their own `requirepass`, data nodes with theirs: LLMQ_REDIS_PASSWORD
     (or a URL's own) for the data nodes and LLMQ_REDIS_SENTINEL_PASSWORD(_FILE) for the
     sentinels reach the master; a missing or wrong one of either is a clear error at once
-    (never a hang), naming the setting to check and never a password."""
+    (never a hang), naming the setting to check and never a password; `llmq tenants` too."""
     servers = locked_sentinel_set
     caplog.set_level(logging.INFO)
     (tmp_path / "sentinel-pw").write_text(servers.sentinel_password + "\n")
@@ -137,6 +140,20 @@ async def test_the_passwords_reach_the_sentinels_and_the_master(
         )
         said = await _refused(connect_with(conn), servers.url, caplog)
         assert "refused authentication" in said and "LLMQ_REDIS_PASSWORD" in said, said
+
+    # The operator's CLI takes the same settings (LLMQ_REDIS_SENTINELS, not LLMQ_REDIS_URL)
+    # and says why it cannot go on.
+    monkeypatch.setenv("LLMQ_REDIS_SENTINELS", ",".join(s.address for s in servers.sentinels))
+    monkeypatch.setenv("LLMQ_REDIS_SENTINEL_MASTER", servers.master_name)
+    monkeypatch.setenv("LLMQ_REDIS_PASSWORD", servers.password)
+    monkeypatch.setenv("LLMQ_REDIS_SENTINEL_PASSWORD", servers.sentinel_password)
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli_main, ["tenants", "list"]) == 0
+    assert capsys.readouterr().out.startswith("[")
+    monkeypatch.setenv("LLMQ_REDIS_SENTINEL_PASSWORD", "wrong")
+    assert await asyncio.to_thread(cli_main, ["tenants", "list"]) == 2
+    said = capsys.readouterr().err
+    assert f"cannot reach Redis at {servers.url}" in said and "SentinelPasswordRefused" in said
 
     for secret in (servers.password, servers.sentinel_password):
         assert secret not in caplog.text
