@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from llmq.api.tenancy import Tenant, TenantStore, check_at_start, connect, connect_with
+from llmq.api.tenancy import Quota, Tenant, TenantStore, check_at_start, connect, connect_with
 from llmq.api.tenancy.client import parse_sentinel_url
 from llmq.cli import main as cli_main
 from llmq.embedded_redis_ha import EmbeddedSentinelSet
@@ -296,6 +296,18 @@ async def _failover_under_load(
         load.stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*loops), HANG + 10)
+    admin = connect(
+        sentinels.url, password=sentinels.password, sentinel_password=sentinels.sentinel_password
+    )
+    try:
+
+        async def released() -> bool:
+            return await Quota(admin).inflight(tenant) == 0
+
+        # Every slot taken is given back, through the failover (none leaked).
+        await wait_for(released, timeout=15, interval=0.2)
+    finally:
+        await admin.aclose()
     after = [(s, e, o) for s, e, o in load.outcomes if e >= killed]
     failed = [(s, e, o) for s, e, o in after if o != "ok"]
     last_failure = max((e for _, e, _ in failed), default=killed)
