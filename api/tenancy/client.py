@@ -183,6 +183,14 @@ def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redi
     )
 
 
+_AUTH_REFUSALS = ("username-password", "NOAUTH", "already authenticated", "Authentication")
+"""How a refused AUTH reads inside the Cluster client's "cannot be connected" error."""
+
+
+def _refused_auth(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in _AUTH_REFUSALS)
+
+
 async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
     """Ping once and log clearly (never the password) why Redis cannot be used; the process
     keeps running (`/ready` reports `redis` failing until it can)."""
@@ -201,7 +209,10 @@ async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
         errors = ", ".join(re.findall(r" - ([\w:.]+)", str(exc))) or "none answered"
         log.error("Redis Sentinels at %s name no usable master (%s)", shown, errors)
         return False
-    except redis_errors.AuthenticationError as exc:
+    except (redis_errors.AuthenticationError, redis_errors.RedisClusterException) as exc:
+        if not isinstance(exc, redis_errors.AuthenticationError) and not _refused_auth(exc):
+            log.error("Redis at %s is not usable at start: %s", shown, exc)
+            return False
         log.error(
             "Redis at %s refused authentication (%s): check LLMQ_REDIS_PASSWORD(_FILE) or "
             "the password in LLMQ_REDIS_URL",

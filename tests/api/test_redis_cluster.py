@@ -5,8 +5,11 @@ the cluster, and a chat goes through the api with quotas on."""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,11 +19,20 @@ import pytest
 from redis.asyncio import Redis
 from redis.cluster import key_slot
 
-from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy import (
+    Quota,
+    Tenant,
+    TenantStore,
+    UsageReader,
+    check_at_start,
+    connect,
+    connect_with,
+)
 from llmq.api.tenancy.client import is_cluster
 from llmq.embedded import EmbeddedRedis
-from llmq.embedded_redis_ha import redis_cluster_url
+from llmq.embedded_redis_ha import redis_cluster_url, start_redis_cluster
 from llmq.schemas import names
+from llmq.schemas.settings import ConnectionSettings
 from tests.api.tenancy.test_quota import (
     test_concurrency_slots,
     test_daily_budget_never_exceeded_under_concurrency,
@@ -200,3 +212,50 @@ async def test_chat_with_quotas_through_the_api(
         assert await Quota(admin).inflight(tenant) == 0
     finally:
         await admin.aclose()
+
+
+async def test_a_password_protected_cluster(
+    tmp_path: Path, stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`requirepass` on every node: LLMQ_REDIS_PASSWORD serves; a missing or wrong one is a
+    clear error at start (not a hang), `/ready` fails on `redis` and a chat gets a clean
+    503, never a 500."""
+    password = "cl-" + uuid.uuid4().hex
+    nodes = start_redis_cluster(tmp_path / "locked-cluster", password=password)
+    try:
+        url = redis_cluster_url(nodes)
+        good = connect_with(ConnectionSettings(redis_url=url, redis_password=password))
+        try:
+            assert await check_at_start(good, url, 5.0)
+            tenant = unique("locked")
+            await TenantStore(good).create(Tenant(name=tenant))
+            key, _ = await TenantStore(good).create_key(tenant, label="locked cluster")
+        finally:
+            await good.aclose()
+        caplog.set_level(logging.INFO)
+        for wrong in ("", "wrong"):
+            caplog.clear()
+            bad = connect_with(ConnectionSettings(redis_url=url, redis_password=wrong))
+            started = time.monotonic()
+            assert not await check_at_start(bad, url, 5.0)
+            assert time.monotonic() - started < 5
+            await bad.aclose()
+            assert f"Redis at {url} refused authentication" in caplog.text, caplog.text
+            assert "LLMQ_REDIS_PASSWORD" in caplog.text
+        stack.redis_url = url
+        api = await stack.api(auth_mode="keys", redis_password="wrong")
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{api.url}/ready")
+            assert ready.status_code == 503 and ready.json()["failing"] == ["redis"]
+            resp = await http.post(
+                f"{api.url}/v1/chat/completions",
+                json={"model": "any", "messages": [{"role": "user", "content": "x"}]},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=20,
+            )
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == "tenant_store_down"
+        assert password not in caplog.text
+    finally:
+        for node in nodes:
+            node.stop()
