@@ -205,6 +205,9 @@ def start_redis_cluster(
                    "--cluster-port", str(bus_ports[i]),
                    # A replica may always take over, however long its link was down.
                    "--cluster-replica-validity-factor", "0",
+                   # The other masters keep serving their slots while one is failed over
+                   # (docs/operations.md recommends it for llmq).
+                   "--cluster-require-full-coverage", "no",
                    # A replica syncs at once, not after the default 5 s of waiting for others.
                    "--repl-diskless-sync-delay", "0"],
         )  # fmt: skip
