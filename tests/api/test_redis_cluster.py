@@ -29,6 +29,7 @@ from llmq.api.tenancy import (
     connect_with,
 )
 from llmq.api.tenancy.client import is_cluster
+from llmq.cli import main as cli_main
 from llmq.embedded import EmbeddedRedis
 from llmq.embedded_redis_ha import redis_cluster_url, start_redis_cluster
 from llmq.schemas import names
@@ -259,3 +260,13 @@ async def test_a_password_protected_cluster(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_migrate_keys_refuses_a_cluster(
+    redis_cluster: list[EmbeddedRedis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmq redis migrate-keys`: a rename cannot cross slots, so it says to migrate on the
+    single server before moving into a Cluster (exit 2), changing nothing."""
+    url = redis_cluster_url(redis_cluster)
+    assert cli_main(["redis", "migrate-keys", "--dry-run", "--redis-url", url]) == 2
+    assert "is a Cluster: migrate the keys on the single server" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """`llmq redis migrate-keys`: the one-off rename to hash-tagged keys as a subcommand. A dry
 run counts and finds conflicts without changing anything; the real run renames what the dry
 run counted; a second run finds nothing; a key whose new name exists is left alone (exit 1);
-no Redis, a password on the command line, or a Cluster end it at once with a clear message
-(exit 2). `python -m llmq.redis_keys` is the same command."""
+no Redis or a password on the command line end it at once with a clear message (exit 2;
+a Cluster too: tests/api/test_redis_cluster.py). `python -m llmq.redis_keys` is the same command."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from llmq import redis_keys
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.cli import main
 from llmq.embedded import EmbeddedRedis, free_port
-from llmq.embedded_redis_ha import redis_cluster_url
 from llmq.schemas import names
 from tests.stack import unique
 
@@ -131,12 +130,3 @@ def test_no_redis_or_a_password_on_the_command_line(capsys: pytest.CaptureFixtur
     assert main(["redis", "migrate-keys", "--redis-url", "redis://:secret@h:6379/0"]) == 2
     said = capsys.readouterr().err
     assert "no password in --redis-url" in said and "secret" not in said
-
-
-def test_not_on_a_cluster(
-    redis_cluster: list[EmbeddedRedis], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A rename cannot cross slots: the command says to migrate before moving in."""
-    url = redis_cluster_url(redis_cluster)
-    assert main(["redis", "migrate-keys", "--dry-run", "--redis-url", url]) == 2
-    assert "is a Cluster: migrate the keys on the single server" in capsys.readouterr().err
