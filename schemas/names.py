@@ -235,7 +235,7 @@ unambiguous. Every key of one tenant carries the Cluster hash tag `{<tenant>}` (
 so a Redis/Valkey Cluster keeps them in one slot and a quota script never crosses slots; the
 global keys (tenant set, prices, key lookup, global ledger) are never touched by a script
 together with a tenant's. A new per-tenant key must use `tenant_tag` too. Before hash tags the
-tenant appeared bare (`llmq:q:acme:inflight`): `python -m llmq.redis_keys` renames such keys
+tenant appeared bare (`llmq:q:acme:inflight`): `llmq redis migrate-keys` renames such keys
 (docs/operations.md)."""
 
 
