@@ -6,7 +6,9 @@ step fails. Skips, naming the install command, when no browser is installed."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,11 @@ def _flow(driver: Any, url: str, model: str, tenant: str) -> None:
     _css(driver, "#key-create").click()
     key = until(lambda: _css(driver, "#new-key-value").text.strip(), "the new key")
     assert key.startswith("sk-llmq-")
+    assert _css(driver, "#keys-table td.col-last-used").text == "—", "never used yet"
 
     # the key serves a request
     sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
+    sent_at = time.time()
     reply = sdk.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hello from the browser test"}]
     )
@@ -85,9 +89,20 @@ def _flow(driver: Any, url: str, model: str, tenant: str) -> None:
     assert int(float(rect.get_attribute("data-value"))) == tokens
     assert tenant in _css(driver, "#usage-table").text
 
-    # revoke the key: the next request is refused
+    # the keys page shows when the key was last used (stamped when the job's usage is booked)
     _css(driver, "#nav-keys").click()
     Select(until(lambda: _css(driver, "#key-tenant"), "keys page")).select_by_value(tenant)
+
+    def last_used() -> str:
+        driver.refresh()
+        text: str = until(lambda: _css(driver, "#keys-table td.col-last-used").text, "the row")
+        return "" if text == "—" else text
+
+    shown = until(last_used, "the key's last use on the keys page")
+    used_at = datetime.datetime.strptime(shown, "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC)
+    assert abs(used_at.timestamp() - sent_at) < 120, (shown, sent_at)
+
+    # revoke the key: the next request is refused
     revoke = until(lambda: _css(driver, "#keys-table button[data-key-id]"), "the key's row")
     revoke.click()
     driver.switch_to.alert.accept()

@@ -55,7 +55,7 @@ function table(id, columns, rows) {
   return h("table", { id },
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : null }, c.title)))),
     h("tbody", {}, rows.map((r) => h("tr", { "data-id": r.__id || null },
-      columns.map((c) => h("td", { class: c.num ? "num" : null }, c.value(r)))))));
+      columns.map((c) => h("td", { class: [c.num ? "num" : "", c.col ? "col-" + c.col : ""].join(" ").trim() || null }, c.value(r)))))));
 }
 
 function field(label, attrs) { return h("label", {}, label, h("input", attrs)); }
@@ -226,7 +226,7 @@ PAGES.keys = async (page, params) => {
       { title: "label", value: (k) => k.label }, { title: "owner", value: (k) => k.owner || "" },
       { title: "limits", value: keyLimits }, { title: "models", value: (k) => (k.models || []).join(", ") || "tenant's" },
       { title: "expires", value: (k) => when(k.expires_at) }, { title: "created", value: (k) => when(k.created_at) },
-      { title: "last used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
+      { title: "last used (UTC)", col: "last-used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
     ], keys.map((k) => ({ ...k, __id: k.id }))) : h("p", {}, "Create a tenant first."));
 };
 
