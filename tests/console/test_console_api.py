@@ -200,4 +200,6 @@ async def test_usage_csv_overview_and_workers(stack, store) -> None:  # type: ig
         top = (await client.get("/ui/api/top")).json()
         mine = [w for w in top["workers"] if w["id"] == worker.id]
         assert mine and mine[0]["capacity"] == 3 and mine[0]["state"] == "ready"
-        assert any(m["name"] == model for m in top["models"])
+        assert mine[0]["circuit"] == "closed" and mine[0]["errors"] == 0
+        served = [m for m in top["models"] if m["name"] == model]
+        assert served and served[0]["wait"] == 0.0, "no queue: a new job would not wait"
