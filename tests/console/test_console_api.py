@@ -197,6 +197,7 @@ async def test_usage_csv_overview_and_workers(stack, store) -> None:  # type: ig
         overview = (await client.get("/ui/api/overview")).json()
         assert overview["requests"] >= 1 and overview["ttft_p50"] is not None
         assert overview["workers_up"] >= 1
+        assert len(overview["history"]) == 12 and sum(b["ok"] for b in overview["history"]) >= 1
         top = (await client.get("/ui/api/top")).json()
         mine = [w for w in top["workers"] if w["id"] == worker.id]
         assert mine and mine[0]["capacity"] == 3 and mine[0]["state"] == "ready"

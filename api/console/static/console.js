@@ -129,7 +129,9 @@ PAGES.overview = async (page) => {
       card("ov-rps", "requests/s (1 min)"), card("ov-errors", "errors (1 min, 4xx / 5xx)"),
       card("ov-p50", "p50 time to first token"), card("ov-p99", "p99 time to first token"),
       card("ov-queue", "queued jobs"), card("ov-inflight", "jobs running"), card("ov-workers", "workers up")),
+    h("div", { id: "ov-chart" }),
     h("p", { class: "muted", id: "ov-note" }, "Refreshed every 2 s; request figures are this api replica's."));
+  const iso = (at) => new Date(at * 1000).toISOString();
   every(2000, async () => {
     try {
       const o = await api("GET", "/ui/api/overview");
@@ -140,6 +142,10 @@ PAGES.overview = async (page) => {
       $("#ov-queue").textContent = num(o.queue_depth);
       $("#ov-inflight").textContent = num(o.in_flight);
       $("#ov-workers").textContent = `${o.workers_up} / ${o.workers}`;
+      const rows = o.history.flatMap((b) => [["ok", b.ok], ["4xx", b.client_errors], ["5xx", b.server_errors]]
+        .map(([series, value]) => ({ day: iso(b.at), series, value })));
+      $("#ov-chart").replaceChildren(window.llmqCharts.stackedBars("chart-requests",
+        `requests per ${o.history.length ? o.window_seconds / o.history.length : 5} s, last minute`, rows, false, (t) => t.slice(11, 19)));
     } catch (e) { status(e.message, true); }
   });
 };
