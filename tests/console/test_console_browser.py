@@ -217,6 +217,7 @@ async def test_console_edits_suspends_and_deletes_with_confirmation(
         last.find_element(By.CSS_SELECTOR, ".target").send_keys("echo")
         _css(browser, "#models-save").click()
         until(lambda: api.app.state.models.resolve("smart") == "echo", "the alias live")
+        until(lambda: "save model table: done" in _css(browser, "#status").text, "re-rendered")
         # a price with its cached-input price (the cache-write price left to the input's)
         _css(browser, "#price-model").send_keys(price_model)
         for field, value in (("#price-in", "2"), ("#price-out", "8"), ("#price-cached", "0.5")):

@@ -42,7 +42,7 @@ pytestmark = [
 ]
 MODELS = ("echo", "llama3")
 PRICES = {
-    "echo": {"input_per_1m": 0.15, "output_per_1m": 0.6},
+    "echo": {"input_per_1m": 0.15, "output_per_1m": 0.6, "cached_input_per_1m": 0.075},
     "llama3": {"input_per_1m": 0.05, "output_per_1m": 0.1},
 }
 TENANTS = {
@@ -217,6 +217,16 @@ async def _traffic(dev: Dev) -> str:
         for name, key in keys.items():
             await _requests(dev.url, name, key)
         await _admin(admin, "POST", "/admin/tenants/initech/suspend")
+        # refused requests, so the overview's chart has errors too
+        refused = openai.AsyncOpenAI(
+            base_url=f"{dev.url}/v1", api_key=keys["initech"], max_retries=0
+        )
+        for _ in range(2):
+            with pytest.raises(openai.PermissionDeniedError):
+                await refused.chat.completions.create(
+                    model="echo", messages=[{"role": "user", "content": "suspended"}]
+                )
+        await refused.close()
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
 
         async def booked(tenant: str) -> bool:  # the released jobs' usage is in
@@ -283,6 +293,7 @@ def _browse(driver: Any, url: str, folder: Path, tenant_key: str) -> None:
     driver.find_element(By.ID, "login-submit").click()
     until(lambda: driver.find_element(By.ID, "nav-overview"), "navigation")
     until(lambda: driver.find_element(By.ID, "ov-workers").text not in ("…", ""), "figures")
+    until(lambda: driver.find_element(By.CSS_SELECTOR, "#chart-requests rect"), "the chart")
     _shot(driver, folder, "overview", "#ov-rps")
     for page, ready in (
         ("tenants", "#tenants-table"), ("models", "#prices-table"), ("ledger", "#ledger-table"),
@@ -296,6 +307,12 @@ def _browse(driver: Any, url: str, folder: Path, tenant_key: str) -> None:
     driver.get(f"{url}/ui#keys?tenant=acme")
     until(lambda: driver.find_element(By.CSS_SELECTOR, "#keys-table tbody tr"), "keys")
     driver.find_element(By.ID, "key-label").send_keys("ci")
+    driver.find_element(By.ID, "key-owner").send_keys("platform team")
+    driver.find_element(By.ID, "key-expires-in").send_keys("30d")
+    driver.find_element(By.ID, "key-models").send_keys("echo")
+    for field, value in (("key-rpm", "60"), ("key-tpm", "50000")):
+        driver.find_element(By.ID, field).clear()
+        driver.find_element(By.ID, field).send_keys(value)
     driver.find_element(By.ID, "key-create").click()
     until(lambda: driver.find_element(By.ID, "new-key-value").text, "the new key")
     _shot(driver, folder, "keys", "#new-key-value")

@@ -47,6 +47,7 @@ async function act(what, fn) {
 }
 
 const when = (ts) => (ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : "—");
+const day = (ts) => (ts ? h("span", { title: when(ts) }, when(ts).slice(0, 10)) : "—");
 const num = (v) => (v === null || v === undefined ? "—" : typeof v === "number" ? v.toLocaleString("en") : v);
 const secs = (v) => (v === null || v === undefined ? "—" : (v * 1000).toFixed(0) + " ms");
 const pill = (text) => h("span", { class: "pill " + String(text).split(" ").pop() }, text);
@@ -126,8 +127,8 @@ PAGES.overview = async (page) => {
   page.replaceChildren(
     h("h2", {}, "Overview"),
     h("div", { class: "cards" },
-      card("ov-rps", "requests/s (1 min)"), card("ov-errors", "errors (1 min, 4xx / 5xx)"),
-      card("ov-p50", "p50 time to first token"), card("ov-p99", "p99 time to first token"),
+      card("ov-rps", "requests/s (1 min)"), card("ov-errors", "4xx / 5xx (1 min)"),
+      card("ov-p50", "p50 first token"), card("ov-p99", "p99 first token"),
       card("ov-queue", "queued jobs"), card("ov-inflight", "jobs running"), card("ov-workers", "workers up")),
     h("div", { id: "ov-chart" }),
     h("p", { class: "muted", id: "ov-note" }, "Refreshed every 2 s; request figures are this api replica's."));
@@ -203,7 +204,7 @@ PAGES.tenants = async (page) => {
 // A key's own limits (inside its tenant's); empty when it has none.
 const KEY_LIMITS = [["rpm", "rpm"], ["tpm", "tpm"], ["max_concurrent", "concurrent"], ["daily_tokens", "tokens/day"],
   ["monthly_tokens", "tokens/month"], ["spend_budget_usd", "USD/month"]];
-const keyLimits = (k) => KEY_LIMITS.filter(([f]) => k[f]).map(([f, name]) => `${k[f]} ${name}`).join(", ");
+const keyLimits = (k) => KEY_LIMITS.filter(([f]) => k[f]).map(([f, name]) => `${num(k[f])} ${name}`).join(", ");
 
 PAGES.keys = async (page, params) => {
   const names = await tenantNames();
@@ -240,14 +241,14 @@ PAGES.keys = async (page, params) => {
       act("revoke", async () => { await api("DELETE", `/admin/tenants/${encodeURIComponent(tenant)}/keys/${k.id}`); route(); });
   } }, "Revoke");
   page.replaceChildren(h("h2", {}, "API keys"),
-    h("p", { class: "muted" }, "A key's own limits apply inside its tenant's (a request must pass both); 0 leaves the tenant's."),
+    h("p", { class: "muted" }, "A key's own limits apply inside its tenant's (a request must pass both); 0 leaves the tenant's. Times are UTC; a key's last use is when its last request ended."),
     form, out,
     names.length ? table("keys-table", [
-      { title: "id", value: (k) => k.id }, { title: "key", value: (k) => k.prefix + "…" },
+      { title: "id", value: (k) => k.id }, { title: "key", col: "key", value: (k) => k.prefix + "…" },
       { title: "label", value: (k) => k.label }, { title: "owner", value: (k) => k.owner || "" },
       { title: "limits", value: keyLimits }, { title: "models", value: (k) => (k.models || []).join(", ") || "tenant's" },
-      { title: "expires", value: (k) => when(k.expires_at) }, { title: "created", value: (k) => when(k.created_at) },
-      { title: "last used (UTC)", col: "last-used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
+      { title: "expires", col: "time", value: (k) => day(k.expires_at) }, { title: "created", col: "time", value: (k) => day(k.created_at) },
+      { title: "last used", col: "last-used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
     ], keys.map((k) => ({ ...k, __id: k.id }))) : h("p", {}, "Create a tenant first."));
 };
 
@@ -274,7 +275,7 @@ PAGES.models = async (page) => {
       table.defaults[n] = { temperature: t === "" ? null : Number(t), max_tokens: x === "" ? null : Number(x) };
     }
     await api("PUT", "/ui/api/models", table);
-    route();
+    await route();
   });
   const priceForm = h("form", { class: "inline", id: "price-form" },
     field("model", { id: "price-model", required: true }),
@@ -357,14 +358,15 @@ PAGES.ledger = async (page, params) => {
   const hits = q ? all.filter((e) => [e.tenant, e.model, e.job_id, e.status, e.key_id || "", e.user || ""].some((s) => s.toLowerCase().includes(q))) : all;
   const shown = hits.slice(pageNo * size, pageNo * size + size);
   const tIn = h("input", { id: "ledger-tenant", value: tenant, placeholder: "all" });
-  const qIn = h("input", { id: "ledger-q", value: q, placeholder: "model, job, key id, user, status" });
+  const qIn = h("input", { id: "ledger-q", value: q, placeholder: "model, job, key, user, status" });
   const go = (p) => { location.hash = `#ledger?tenant=${encodeURIComponent(tIn.value.trim())}&q=${encodeURIComponent(qIn.value.trim())}&page=${p}`; };
   const form = h("form", { class: "inline" }, h("label", {}, "tenant", tIn), h("label", {}, "search", qIn), h("button", { type: "submit" }, "Search"));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); go(0); });
   page.replaceChildren(h("h2", {}, "Usage ledger"), form,
     table("ledger-table", [
-      { title: "time (UTC)", value: (e) => when(e.ts) }, { title: "tenant", value: (e) => e.tenant }, { title: "model", value: (e) => e.model },
-      { title: "job", value: (e) => e.job_id }, { title: "key", value: (e) => e.key_id || "" }, { title: "user", value: (e) => e.user || "" },
+      { title: "time (UTC)", col: "time", value: (e) => when(e.ts) }, { title: "tenant", value: (e) => e.tenant }, { title: "model", value: (e) => e.model },
+      { title: "job", col: "id", value: (e) => e.job_id }, { title: "key", col: "key", value: (e) => e.key_id || "" },
+      ...(shown.some((e) => e.user) ? [{ title: "user", value: (e) => e.user }] : []),
       { title: "prompt", num: true, value: (e) => num(e.prompt_tokens) },
       { title: "completion", num: true, value: (e) => num(e.completion_tokens) }, { title: "reserved", num: true, value: (e) => num(e.reserved_tokens) },
       { title: "USD", num: true, value: (e) => e.cost_usd.toFixed(6) }, { title: "status", value: (e) => e.status },
