@@ -266,6 +266,12 @@ def tenant_api_keys_key(tenant: str) -> str:
     return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys"
 
 
+def key_last_used_key(tenant: str) -> str:
+    """Hash: key id -> when a job of that key last ended (unix ms). Written by the job's
+    release (`release.lua`, off the request path, no extra round trip); read by key listings."""
+    return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys:last-used"
+
+
 def api_key_key(sha256_hex: str) -> str:
     """String: JSON `ApiKey` found by the SHA-256 of the plaintext key."""
     return f"{REDIS_PREFIX}apikey:{sha256_hex}"
