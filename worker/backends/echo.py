@@ -56,15 +56,18 @@ class EchoBackend:
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
         choices = call.choices
-        for i, word in enumerate(words):
+        n = len(words) * choices
+        if call.reply.whole and not self.delay:  # one body: no word-by-word steps
+            steps = [" ".join(words)] if words else []
+        else:
+            steps = [word if i == 0 else " " + word for i, word in enumerate(words)]
+        for token in steps:
             if self.delay:
                 await asyncio.sleep(self.delay)
-            token = word if i == 0 else " " + word
             for index in range(choices):
                 yield chunks.delta(index, content=token)
         for index in range(choices):
             yield chunks.finish(index, finish)
-        n = len(words) * choices
         yield chunks.end(Usage(n_prompt, n, n_prompt + n), finish)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:
