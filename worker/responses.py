@@ -68,12 +68,6 @@ class ChatWhole:
         self._reply = reply
         self._choices: dict[int, _Parts] = {}
 
-    def _parts(self, index: int) -> _Parts:
-        parts = self._choices.get(index)
-        if parts is None:
-            parts = self._choices[index] = _Parts()
-        return parts
-
     def add(
         self,
         index: int,
@@ -82,7 +76,9 @@ class ChatWhole:
         refusal: str | None,
         tool_calls: list[dict[str, Any]] | None,
     ) -> None:
-        parts = self._parts(index)
+        parts = self._choices.get(index)
+        if parts is None:
+            parts = self._choices[index] = _Parts()
         if content is not None:
             if parts.content is None:
                 parts.content = [content]
@@ -100,20 +96,21 @@ class ChatWhole:
     def finish(self, index: int, reason: str) -> None:
         parts = self._choices.get(index)
         if parts is None:  # a choice that produced nothing still says so
-            parts = self._parts(index)
+            parts = self._choices[index] = _Parts()
             parts.content = [""]
         parts.finish_reason = reason
 
     def body(self, usage: Usage) -> bytes:
-        choices = [_message_choice(i, self._choices[i]) for i in sorted(self._choices)]
+        parts = self._choices
+        if len(parts) > 1:
+            choices = [_message_choice(i, parts[i]) for i in sorted(parts)]
+        elif parts:  # the common case: one choice
+            ((index, only),) = parts.items()
+            choices = [_message_choice(index, only)]
+        else:
+            choices = [_message_choice(0, _Parts())]
         reply = self._reply
-        whole = ChatCompletion(
-            id=reply.id,
-            created=reply.created,
-            model=reply.model,
-            choices=choices or [_message_choice(0, _Parts())],
-            usage=usage,
-        )
+        whole = ChatCompletion(reply.id, reply.created, reply.model, choices, usage)
         return _encoder.encode(whole)
 
 

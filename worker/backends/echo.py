@@ -57,11 +57,18 @@ class EchoBackend:
             words, finish = words[:limit], "length"
         choices = call.choices
         n = len(words) * choices
-        if call.reply.whole and not self.delay:  # one body: no word-by-word steps
-            steps = [" ".join(words)] if words else []
-        else:
-            steps = [word if i == 0 else " " + word for i, word in enumerate(words)]
-        for token in steps:
+        if call.reply.whole and not self.delay:  # one body in one step: nothing to wait for
+            text = " ".join(words)
+            for index in range(choices):
+                if words:
+                    chunks.delta(index, content=text)
+                chunks.finish(index, finish)
+            last = chunks.end(Usage(n_prompt, n, n_prompt + n), finish)
+            last.tokens = bool(words)
+            yield last
+            return
+        for i, word in enumerate(words):
+            token = word if i == 0 else " " + word
             if self.delay:
                 await asyncio.sleep(self.delay)
             for index in range(choices):
