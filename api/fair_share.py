@@ -28,8 +28,11 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from llmq.api.fair_ledger import LocalLedger, ShareLedger
+from redis.asyncio import Redis
+
+from llmq.api.fair_ledger import LocalLedger, RedisLedger, ShareLedger
 from llmq.api.tenancy.models import NORMAL_RANK
+from llmq.dispatcher.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,12 @@ class FairShare:
         self._marked: set[Line] = set()
         """Lines the shared counts may list as waiting (to withdraw when they empty)."""
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def shared(cls, registry: WorkerRegistry, redis: Redis) -> FairShare:
+        """The gate of an api replica: shares from the models' live capacity, counts in
+        Redis shared with every other replica."""
+        return cls(lambda model: share_of(registry.capacity_for(model)), RedisLedger(redis))
 
     async def queued(self, model: str, tenant: str) -> int:
         """The tenant's jobs of the model queued and not started (every replica's)."""
