@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
-from llmq.api.fair_share import FairShare, Ticket, share_of
+from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
@@ -70,7 +70,7 @@ class Serving:
         self.reservations = reservations
         self.preparer = preparer
         self.router = router if router is not None else Router(preparer.models, runtime.registry)
-        self.fair = FairShare(lambda model: share_of(runtime.registry.capacity_for(model)))
+        self.fair = FairShare.shared(runtime.registry, runtime.redis)
         self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:
@@ -168,7 +168,8 @@ class Serving:
             raise full
         record.stream = prepared.stream
         mark(record.trace, "prepared")
-        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time())
+        rank = await self.auth.rank(request)
+        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time(), rank)
         if ticket is None:
             raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
         try:

@@ -55,6 +55,8 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.models is not None:
         changes["models"] = [m for m in args.models.split(",") if m]
+    if getattr(args, "priority", None) is not None:
+        changes["priority"] = args.priority
     return changes
 
 
@@ -181,6 +183,10 @@ def register(sub: Any) -> None:
     for flag, kind in LIMIT_FLAGS.items():
         tenants.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     tenants.add_argument("--models", default=None, help="allowed models, comma-separated")
+    tenants.add_argument(
+        "--priority", default=None, choices=["high", "normal", "low"],
+        help="class of its requests on a busy model's queue (default normal)",
+    )  # fmt: skip
     tenants.set_defaults(handler=_runner(_tenants))
 
     keys = parser("keys", "create, list or revoke a tenant's API keys")
@@ -194,6 +200,10 @@ def register(sub: Any) -> None:
         if flag != "storage_bytes":
             keys.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     keys.add_argument("--models", default=None, help="models the key may use, comma-separated")
+    keys.add_argument(
+        "--priority", default=None, choices=["high", "normal", "low"],
+        help="class of the key's requests, at most its tenant's (default: the tenant's)",
+    )  # fmt: skip
     keys.set_defaults(handler=_runner(_keys))
 
     usage = parser("usage", "a tenant's usage per day and model")

@@ -277,6 +277,15 @@ def api_key_key(sha256_hex: str) -> str:
     return f"{REDIS_PREFIX}apikey:{sha256_hex}"
 
 
+def fair_share_keys(model: str) -> tuple[str, str, str]:
+    """One model's fair-share state, shared by every api replica (`api.fair_ledger`), in one
+    Cluster slot (`{<escaped model>}`): sorted set `:q` of queued-not-started tickets
+    (`<tenant>\t<ticket>` -> expiry ms), hash `:n` (tenant -> how many of them), sorted set
+    `:w` of the lines waiting to queue (`<rank>\t<tenant>` -> lease expiry ms)."""
+    base = f"{REDIS_PREFIX}fair:{{{escape_model(model)}}}"
+    return f"{base}:q", f"{base}:n", f"{base}:w"
+
+
 def inflight_key(tenant: str) -> str:
     """Sorted set: job id -> lease expiry (unix ms); the concurrency slots in use."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:inflight"
