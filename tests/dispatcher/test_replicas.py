@@ -19,7 +19,7 @@ from llmq.schemas import names
 from llmq.schemas.settings import Settings
 
 
-async def _ready(js: JetStreamContext, timeout: float = 30.0) -> None:
+async def _ready(js: JetStreamContext, timeout: float = 60.0) -> None:
     """A fresh cluster serves JetStream once it has a meta leader."""
     deadline = time.monotonic() + timeout
     while True:
