@@ -94,6 +94,7 @@ class Deployment:
         if not self.nats_url:
             self.nats_nodes = nats_cluster(self.root / "nats", size=3)
             self.nats_url = cluster_url(self.nats_nodes)
+            await self._jetstream_ready()
         if not self.redis_url:
             from llmq.embedded_redis_ha import EmbeddedSentinelSet
 
@@ -108,6 +109,33 @@ class Deployment:
             self.start_worker()
         await self.wait_serving()
 
+    async def _jetstream_ready(self, timeout: float = 60) -> None:
+        """Until the cluster has a meta leader and takes an R3 stream (the apis start after)."""
+        import nats
+
+        from llmq.dispatcher import streams
+
+        nc = await nats.connect(servers=self.nats_url.split(","))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    await streams.ensure_streams(nc.jetstream(), 900, replicas=3)
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    def logs(self, tail: int = 2000) -> str:
+        """The end of every process's log (printed when something does not come up)."""
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}"
+            for log in sorted(self.root.glob("*.log"))
+        )
+
     def start_worker(self) -> None:
         args = ["worker", "--model", self.model, "--capacity", str(self.capacity)]
         self.worker_procs.append(self._spawn(args))
@@ -117,8 +145,12 @@ class Deployment:
 
     async def wait_serving(self, timeout: float = 90) -> None:
         headers = {"authorization": f"Bearer {self.key}"}
-        for url in self.api_urls:
-            await wait_until_served(f"{url}/v1/models", self.model, timeout, headers)
+        try:
+            for url in self.api_urls:
+                await wait_until_served(f"{url}/v1/models", self.model, timeout, headers)
+        except RuntimeError:
+            print(self.logs(), file=sys.stderr)
+            raise
 
     async def jobs_leader(self) -> EmbeddedNats:
         """The cluster node that leads LLMQ_JOBS now."""
@@ -272,7 +304,7 @@ async def run(
             await asyncio.sleep(1.0)  # requests begun before `until` end (or hang) by now
             await _wait_ended(traffic, until, 60)
             rows.append(tally(fault, traffic.outcomes, at, until, checked))
-            print(format_row(rows[-1]), flush=True)
+            print(format_row(rows[-1]), json.dumps(rows[-1].notes), flush=True)
     finally:
         await traffic.stop()
     return rows

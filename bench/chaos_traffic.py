@@ -148,6 +148,7 @@ class Traffic:
                 else:
                     resp = await http.get(f"{urls[0]}/v1/jobs/{job_id}", headers=headers)
                     job = resp.json()
+                    detail = f"last seen {job.get('status')}"
                     if job.get("status") == "completed":
                         content = job["result"]["choices"][0]["message"]["content"]
                         result = "ok" if content == text else "wrong"
@@ -179,6 +180,9 @@ class BatchCheck:
     lost: int = 0
     doubled: int = 0
     status: str = ""
+    batch_id: str = ""
+    retries: list[str] = field(default_factory=list)
+    """Errors of the batch API itself that a retry got past."""
 
 
 async def run_batch(
@@ -209,6 +213,8 @@ async def run_batch(
                     completion_window="24h",
                 )
             batch = await client.batches.retrieve(batch.id)
+            check.batch_id = batch.id
+            check.status = batch.status
             if batch.status in ("completed", "failed", "expired", "cancelled"):
                 check.status = batch.status
                 seen: collections.Counter[str] = collections.Counter()
@@ -229,9 +235,11 @@ async def run_batch(
                 return check
         except openai.APIConnectionError:
             urls = urls[1:] + urls[:1]
+        except openai.InternalServerError as exc:  # e.g. 503 while Valkey fails over: again
+            check.retries.append(f"{exc.status_code} {exc.code}")
         finally:
             await client.close()
         await asyncio.sleep(0.5)
-    check.status = "hung"
+    check.status = f"hung ({check.status})"
     check.lost = lines
     return check
