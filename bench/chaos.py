@@ -349,10 +349,13 @@ async def main() -> None:
     parser.add_argument("--lanes", type=int, default=10, help="concurrent chat requests")
     parser.add_argument("--batch-lines", type=int, default=40)
     parser.add_argument("--echo-delay", type=float, default=0.03, help="seconds per token")
+    parser.add_argument("--keep", default="", help="keep the logs and data in this directory")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     with tempfile.TemporaryDirectory(prefix="llmq-chaos-") as tmp:
-        dep = Deployment(Path(tmp), echo_delay=args.echo_delay)
+        root = Path(args.keep or tmp)
+        os.makedirs(root, exist_ok=True)
+        dep = Deployment(root, echo_delay=args.echo_delay)
         try:
             await dep.start()
             print(f"deployment up: {dep.api_urls}, load {load_average()}")

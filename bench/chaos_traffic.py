@@ -167,7 +167,8 @@ class Traffic:
 
 def _code(resp: httpx.Response) -> str:
     try:
-        return str(resp.json()["error"]["code"])
+        error = resp.json()["error"]
+        return f"{error['code']} ({str(error['message'])[:40]})"
     except (ValueError, KeyError, TypeError):
         return ""
 

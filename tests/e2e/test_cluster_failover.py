@@ -34,6 +34,8 @@ DEADLINE = 15.0
 """The api's first-token deadline: every request ends (well) within it."""
 HUNG = DEADLINE + 10.0
 """A request still open this long after it started has hung."""
+IN_FLIGHT_LOSSES = {"frames_lost", "worker_lost", "job_lost"}
+"""How a request whose reply frames crossed the dead node ends (a clean OpenAI error)."""
 ENV: dict[str, Any] = {"nats_replicas": 3, "ping_interval": 1.0, "ack_wait": 3.0, "heartbeat": 2.0}
 """Production's ping interval and heartbeat (3 s of silence = dead, 6 s registry TTL): a
 client that moves to another node takes about a second, an election a few; R3 everywhere."""
@@ -50,6 +52,11 @@ class Tally:
         self.counts[outcome] += 1
         if outcome == "ok" and self.killed_at is not None and started > self.killed_at:
             self.ok_after_kill += 1
+
+
+def _codes(tally: Tally) -> list[tuple[str, int]]:
+    """(error code, count): the last word of each `errors` key ("503 no_worker")."""
+    return [(key.split()[-1], n) for key, n in tally.errors.items()]
 
 
 async def _one(client: openai.AsyncOpenAI, i: int, tally: Tally) -> None:
@@ -193,7 +200,13 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         assert tally.counts["wrong"] == 0
         assert before > 0 and tally.ok_after_kill > 0, "traffic did not resume after the kill"
         assert new_leader != leader
-        assert tally.counts["ok"] >= 0.99 * total, (dict(tally.counts), dict(tally.errors))
+        # What failed was in flight through the dead node (its reply frames were lost there;
+        # at most one request per lane), and it failed cleanly; nothing that could be served
+        # got a 503. At least 99 % succeed (on a machine so loaded that fewer than
+        # CONCURRENCY * 100 requests were made, the in-flight bound decides).
+        assert set(code for code, _ in _codes(tally)) <= IN_FLIGHT_LOSSES, dict(tally.errors)
+        failed = total - tally.counts["ok"]
+        assert failed <= max(0.01 * total, CONCURRENCY), (dict(tally.counts), dict(tally.errors))
 
         # The CLI takes the same list, the dead node in it, and reads the cluster through the
         # other two.
