@@ -7,11 +7,14 @@ batch line may be lost or doubled, and traffic must be normal again within the s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from bench.chaos import Deployment, run, table
 from llmq.embedded import EmbeddedNats, EmbeddedRedis
+from tests.spec import assert_valid
 from tests.stack import unique
 
 CLEAN_CODES = {"worker_lost", "frames_lost"}
@@ -47,3 +50,22 @@ async def test_a_frozen_and_a_killed_worker_lose_nothing(
     # Whatever did not succeed ended with a clean OpenAI error naming what happened.
     codes = {key.split()[-1] for row in rows for key in row.notes}
     assert codes <= CLEAN_CODES, table(rows)
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_read_while_nats_does_not_answer_is_a_clean_503(
+    own_nats: EmbeddedNats, stack: Any
+) -> None:
+    """The chaos run's finding: while JetStream did not answer (a node lost, a leader being
+    elected), `GET /v1/jobs/{id}` and `POST /v1/files` raised a bare 500. Now: a 503 in
+    OpenAI's shape with Retry-After, which the SDK retries."""
+    stack.nats_url = own_nats.url
+    api = await stack.api()
+    own_nats.kill()
+    async with httpx.AsyncClient(timeout=30) as client:
+        resp = await client.get(f"{api.url}/v1/jobs/job_{'0' * 32}")
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] == "1"
+    body = resp.json()
+    assert_valid("ErrorResponse", body)
+    assert body["error"]["code"] == "queue_unavailable"

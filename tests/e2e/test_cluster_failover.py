@@ -34,8 +34,10 @@ DEADLINE = 15.0
 """The api's first-token deadline: every request ends (well) within it."""
 HUNG = DEADLINE + 10.0
 """A request still open this long after it started has hung."""
-IN_FLIGHT_LOSSES = {"frames_lost", "worker_lost", "job_lost"}
-"""How a request whose reply frames crossed the dead node ends (a clean OpenAI error)."""
+IN_FLIGHT_LOSSES = {"frames_lost", "worker_lost", "job_lost", "deadline_exceeded"}
+"""How a request whose reply frames crossed the dead node ends (a clean OpenAI error): a
+gap or a silence mid-stream, a job gone from the stream unanswered, or (a non-streamed job
+whose worker acked it, every frame after `accepted` lost) its deadline."""
 ENV: dict[str, Any] = {"nats_replicas": 3, "ping_interval": 1.0, "ack_wait": 3.0, "heartbeat": 2.0}
 """Production's ping interval and heartbeat (3 s of silence = dead, 6 s registry TTL): a
 client that moves to another node takes about a second, an election a few; R3 everywhere."""
