@@ -28,8 +28,8 @@ CONCURRENCY = 8
 BEFORE_KILL = 2.5
 AFTER_KILL = 10.0
 """An election takes 4-9 s of raft timeout; traffic must be back well within this."""
-MIN_REQUESTS = 1000
-LONGEST = 8.0
+MIN_REQUESTS = 800
+LONGEST = 5.0
 DEADLINE = 15.0
 """The api's first-token deadline: every request ends (well) within it."""
 HUNG = DEADLINE + 10.0
