@@ -40,7 +40,7 @@ from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, AnyRequest, JobUsage, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
-from llmq.schemas.frames import Done, Failed, failure
+from llmq.schemas.frames import CHUNK_SEPARATOR, Done, Failed, failure
 from llmq.schemas.usage import cache_counts
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,8 @@ class _Job:
             ev: Event = first
             while True:
                 if isinstance(ev, bytes):
-                    self.relayed += 1
+                    # a frame may carry several chunks (`Llmq-Chunks`), one estimated token each
+                    self.relayed += ev.count(CHUNK_SEPARATOR) + 1
                     yield b"data: " + ev + b"\n\n"
                 elif isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)

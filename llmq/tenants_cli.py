@@ -27,6 +27,7 @@ from llmq.api.tenancy import (
     UsageReader,
     connect_with,
 )
+from llmq.api.tenancy.client import redis_target
 from llmq.api.tenancy.models import key_input
 from llmq.dispatcher.connection import has_password, redact_url
 from llmq.schemas.settings import Settings
@@ -130,7 +131,7 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         conn = Settings().connection
-        url = args.redis_url or conn.redis_url
+        url = args.redis_url or ""  # "": LLMQ_REDIS_SENTINELS when set, else LLMQ_REDIS_URL
         if args.redis_url and has_password(args.redis_url):
             print(
                 "llmq: no password in --redis-url (a command line shows in `ps`); use "
@@ -155,7 +156,8 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
             print(f"llmq: tenant {exc} already exists", file=sys.stderr)
             return 1
         except QuotaBackendDown as exc:
-            print(f"llmq: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
+            shown = redact_url(url or redis_target(conn))
+            print(f"llmq: cannot reach Redis at {shown}: {exc}", file=sys.stderr)
             return 2
         except (ValueError, msgspec.ValidationError) as exc:
             print(f"llmq: {exc}", file=sys.stderr)

@@ -235,7 +235,7 @@ unambiguous. Every key of one tenant carries the Cluster hash tag `{<tenant>}` (
 so a Redis/Valkey Cluster keeps them in one slot and a quota script never crosses slots; the
 global keys (tenant set, prices, key lookup, global ledger) are never touched by a script
 together with a tenant's. A new per-tenant key must use `tenant_tag` too. Before hash tags the
-tenant appeared bare (`llmq:q:acme:inflight`): `python -m llmq.redis_keys` renames such keys
+tenant appeared bare (`llmq:q:acme:inflight`): `llmq redis migrate-keys` renames such keys
 (docs/operations.md)."""
 
 
@@ -264,6 +264,12 @@ def tenant_key(tenant: str) -> str:
 def tenant_api_keys_key(tenant: str) -> str:
     """Hash: key id -> JSON `ApiKey` (no secret), for listing and revoking."""
     return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys"
+
+
+def key_last_used_key(tenant: str) -> str:
+    """Hash: key id -> when a job of that key last ended (unix ms). Written by the job's
+    release (`release.lua`, off the request path, no extra round trip); read by key listings."""
+    return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys:last-used"
 
 
 def api_key_key(sha256_hex: str) -> str:

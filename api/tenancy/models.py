@@ -118,6 +118,9 @@ class ApiKey(KeySettings, kw_only=True):
     """The first characters of the key (`sk-llmq-AbCd`), so a person can tell keys apart."""
     sha256: str
     created_at: float = 0.0
+    last_used_at: float = 0.0
+    """Unix seconds a job of this key last ended (0 = never). Not part of the stored record:
+    `TenantStore.list_keys` fills it from the last-used hash the job's release stamps."""
 
     def expired(self, now: float) -> bool:
         return 0 < self.expires_at <= now
