@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from llmq.dispatcher.publish import transient
 from llmq.schemas.admission import Refusal
 from llmq.schemas.frames import Failed
 from llmq.schemas.openai import ErrorBody, ErrorResponse
@@ -139,7 +140,11 @@ def install_error_handlers(app: FastAPI) -> None:
         err = ApiError(400, f"the request body is {problem}", "invalid_json")
         return error_response(400, err.body())
 
-    async def on_unexpected(_request: Request, _exc: Exception) -> Response:
+    async def on_unexpected(_request: Request, exc: Exception) -> Response:
+        if transient(exc):  # NATS electing a leader or moving to another node: it passes
+            err = ApiError(503, "the job queue did not answer in time; retry",
+                           "queue_unavailable", type="server_error")  # fmt: skip
+            return error_response(503, err.body(), {"retry-after": "1"})
         err = ApiError(500, "internal error", "internal_error", type="server_error")
         return error_response(500, err.body())
 

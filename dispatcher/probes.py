@@ -95,20 +95,18 @@ async def queue_states(js: JetStreamContext) -> list[QueueState]:
 # --- registry --------------------------------------------------------------------------------
 
 
-async def _bucket_values(js: JetStreamContext, bucket: str, timeout: float) -> list[bytes]:
+async def bucket_values(js: JetStreamContext, bucket: str, timeout: float) -> list[bytes]:
     """The current value of every key: the stream's subject list, then the last message of
-    each. (A KV watcher's "caught up" marker can arrive before the values it announces.)"""
+    each. (A KV watcher's "caught up" marker can arrive before the values it announces.)
+    Raises when the bucket's stream does not answer within `timeout` (or is gone)."""
     stream = f"KV_{bucket}"
-    try:
-        async with asyncio.timeout(timeout):
-            info = await js.stream_info(stream, subjects_filter=f"$KV.{bucket}.>")
-            subjects = sorted((info.state.subjects or {}) if info.state else {})
-            messages = await asyncio.gather(
-                *(js.get_last_msg(stream, subject) for subject in subjects),
-                return_exceptions=True,
-            )
-    except (NotFoundError, TimeoutError):
-        return []
+    async with asyncio.timeout(timeout):
+        info = await js.stream_info(stream, subjects_filter=f"$KV.{bucket}.>")
+        subjects = sorted((info.state.subjects or {}) if info.state else {})
+        messages = await asyncio.gather(
+            *(js.get_last_msg(stream, subject) for subject in subjects),
+            return_exceptions=True,
+        )
     values: list[bytes] = []
     for msg in messages:
         if isinstance(msg, BaseException) or not msg.data:
@@ -117,6 +115,14 @@ async def _bucket_values(js: JetStreamContext, bucket: str, timeout: float) -> l
             continue
         values.append(msg.data)
     return values
+
+
+async def _bucket_values(js: JetStreamContext, bucket: str, timeout: float) -> list[bytes]:
+    """`bucket_values`, or none when the bucket is missing or does not answer."""
+    try:
+        return await bucket_values(js, bucket, timeout)
+    except (NotFoundError, TimeoutError):
+        return []
 
 
 async def read_workers(js: JetStreamContext, timeout: float = 2.0) -> list[WorkerInfo]:

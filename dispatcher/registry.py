@@ -2,11 +2,15 @@
 
 Both buckets are watched, so answering `/v1/models` or "is anyone serving this model?" is a
 dict lookup. A worker counts as live while its last heartbeat is younger than the bucket's
-TTL; one that stops cleanly deletes its key, one that dies simply ages out. A view that
-hears nothing while the bucket does not answer either is cut off (the api reconnecting, the
-bucket electing a new leader after a cluster node died), not watching every worker die: its
-clock stops for up to one more TTL, so a failover is not taken for "no worker" (see
-`live_workers`).
+TTL; one that stops cleanly deletes its key, one that dies simply ages out.
+
+A view that hears nothing while the bucket does not answer either is cut off (the api
+reconnecting, the bucket electing a new leader after a cluster node died), not watching every
+worker die. The time it was cut off does not count against the workers' heartbeats, also
+after contact is back (up to `CREDIT_TTLS` TTLs): the workers were cut off too and need a
+moment to beat again, so a failover is not taken for "no worker". And a watch that went quiet
+while the bucket answers (its consumer lived on the node that died) is no reason to age
+anyone out: the probe then reads the bucket's current entries itself (see `live_workers`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from llmq.dispatcher import streams
+from llmq.dispatcher import probes, streams
 from llmq.dispatcher.kv import Follower
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
@@ -35,6 +39,9 @@ log = logging.getLogger(__name__)
 
 _MODELS_RESYNC = 30.0
 """Seconds of silence after which the model catalog's watch is re-opened."""
+CREDIT_TTLS = 3
+"""At most this many TTLs of cut-off time are added to a heartbeat's life: a NATS leader
+election takes seconds (4-9 s of raft election timeout, then a reconnect), never minutes."""
 
 
 class WorkerRegistry:
@@ -42,11 +49,19 @@ class WorkerRegistry:
         self._js = js
         self.ttl = ttl
         self.replicas = replicas
-        self._heard_at = time.time()
-        """When the workers' watch last delivered news: a new heartbeat or a departure (local
-        clock; a replay of the same entries after re-opening the watch is no news)."""
-        self._answered_at = time.time()
-        """When a probe of the bucket, sent at this time, was answered."""
+        self._interval = max(ttl / 8, 0.1)
+        """Seconds between probes while the watch is quiet."""
+        self._slack = 2 * self._interval
+        """A quiet spell up to this long is a healthy one (probes only go out after one
+        interval of silence); only the time beyond it counts as cut off."""
+        self._contact_at = time.time()
+        """When the view last had contact: news from the watch (a new heartbeat or a
+        departure), or a probe, sent at this time, that the bucket answered."""
+        self._gaps: list[tuple[float, float]] = []
+        """Past spells without contact longer than `_slack` (start, end), recent ones only."""
+        self._left: dict[str, float] = {}
+        """Departures seen on the watch (worker id -> when): a probe's late read of an older
+        entry does not bring the worker back."""
         self._prober: asyncio.Task[None] | None = None
         self._workers: dict[str, WorkerInfo] = {}
         self._models: dict[str, ModelInfo] = {}
@@ -83,20 +98,22 @@ class WorkerRegistry:
             await follower.stop()
 
     async def _probe(self) -> None:
-        """While no news comes, ask the bucket's stream every TTL/8 whether it answers."""
-        interval = max(self.ttl / 8, 0.1)
-        stream = f"KV_{names.WORKERS_BUCKET}"
+        """While no news comes, read the workers' bucket every TTL/8: its current entries
+        (what a quiet or broken watch did not deliver), or no answer (cut off)."""
         while True:
-            await asyncio.sleep(interval)
-            if time.time() - self._heard_at < interval:
+            await asyncio.sleep(self._interval)
+            if time.time() - self._contact_at < self._interval:
                 continue
             sent = time.time()
             try:
-                async with asyncio.timeout(interval * 2):
-                    await self._js.stream_info(stream)
-            except Exception:  # cut off: the clock of `live_workers` stops
+                values = await probes.bucket_values(
+                    self._js, names.WORKERS_BUCKET, self._interval * 2
+                )
+            except Exception:  # cut off: the workers' clocks stop (`live_workers`)
                 continue
-            self._answered_at = sent
+            for value in values:
+                self._on_entry(value, sent)
+            self._contact(sent)
 
     async def rewatch(self) -> None:
         """After a reconnect: make sure both buckets exist and watch them afresh."""
@@ -115,16 +132,46 @@ class WorkerRegistry:
             self.synced.set()
 
     def _on_worker(self, key: str, value: bytes | None) -> None:
+        now = time.time()
         if not value:
+            self._left[key] = now
             if self._workers.pop(key, None) is not None:
-                self._heard_at = time.time()
+                self._contact(now)
             return
+        self._on_entry(value, now)
+
+    def _on_entry(self, value: bytes, now: float) -> None:
+        """A worker's entry, from the watch or read by a probe: a newer heartbeat is news."""
         with contextlib.suppress(msgspec.DecodeError):
             info = worker_info_decoder.decode(value)
-            known = self._workers.get(key)
+            known = self._workers.get(info.id)
+            if known is not None and info.heartbeat_at < known.heartbeat_at:
+                return  # a probe's read older than what the watch delivered
+            if known is None and info.heartbeat_at <= self._left.get(info.id, 0.0):
+                return  # it left after this beat
             if known is None or info.heartbeat_at > known.heartbeat_at:
-                self._heard_at = time.time()
-            self._workers[key] = info
+                self._contact(now)
+            self._workers[info.id] = info
+
+    def _contact(self, at: float) -> None:
+        """Contact with the bucket at `at`: a silence before it longer than a healthy one
+        was a cut-off, remembered so the workers' clocks stay stopped for it."""
+        last = self._contact_at
+        if at <= last:
+            return
+        if at - last > self._slack:
+            self._gaps.append((last + self._slack, at))
+            horizon = at - self.ttl * (CREDIT_TTLS + 1)
+            self._gaps = [gap for gap in self._gaps if gap[1] > horizon]
+            self._left = {k: t for k, t in self._left.items() if t > horizon}
+        self._contact_at = at
+
+    def _credit(self, since: float, now: float) -> float:
+        """Seconds after `since` the view was cut off (past spells and the current one),
+        at most `CREDIT_TTLS` TTLs."""
+        spells = [*self._gaps, (self._contact_at + self._slack, now)]
+        cut = sum(max(0.0, end - max(start, since)) for start, end in spells)
+        return min(cut, CREDIT_TTLS * self.ttl)
 
     def _on_model(self, key: str, value: bytes | None) -> None:
         if not value:
@@ -134,13 +181,15 @@ class WorkerRegistry:
             self._models[key] = model_info_decoder.decode(value)
 
     def live_workers(self) -> list[WorkerInfo]:
-        """Heartbeats younger than a TTL, not counting (up to one TTL) the time the view has
-        been cut off: neither news nor an answer from the bucket. A healthy bucket answers
-        every TTL/8, so a worker that died ages out within ~1.1 TTL."""
+        """Heartbeats younger than a TTL, not counting the time the view was cut off since
+        (neither news nor an answer from the bucket; up to `CREDIT_TTLS` TTLs). A healthy
+        bucket answers every TTL/8, so a worker that died ages out within ~1.25 TTL."""
         now = time.time()
-        cut_off = now - max(self._heard_at, self._answered_at)
-        oldest = now - self.ttl - min(cut_off, self.ttl)
-        return [w for w in self._workers.values() if w.heartbeat_at >= oldest]
+        return [
+            w
+            for w in self._workers.values()
+            if now - w.heartbeat_at <= self.ttl + self._credit(w.heartbeat_at, now)
+        ]
 
     def workers_for(self, model: str) -> list[WorkerInfo]:
         """Live workers that take jobs of `model` now: not draining, circuit not open."""

@@ -63,14 +63,34 @@ class Announcer:
         await self._kv.put(info.id, registry_encoder.encode(info))
 
     async def _loop(self) -> None:
+        """Beat every `heartbeat` seconds. A beat that fails (the bucket electing a leader,
+        this process moving to another node) is tried again within a quarter heartbeat,
+        each try bounded by one heartbeat: the api ages a worker out after three silent
+        ones, and a cluster failover must not make it look dead."""
+        failing = False
         while True:
-            await asyncio.sleep(self._heartbeat)
+            await asyncio.sleep(self._heartbeat / 4 if failing else self._heartbeat)
             try:
-                await self.beat()
+                async with asyncio.timeout(self._heartbeat):
+                    await self._beat_or_provision(failing)
             except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
-                with contextlib.suppress(Exception):
-                    await self.provision()  # the bucket may be gone (deleted, or a restart)
+                if not failing:
+                    log.warning("heartbeat failed: %s", exc or type(exc).__name__)
+                failing = True
+                continue
+            if failing:
+                log.info("heartbeat restored")
+            failing = False
+
+    async def _beat_or_provision(self, failing: bool) -> None:
+        """A beat; after a failed one, if it fails again, provision too: the bucket may be
+        gone (deleted, or a restarted server lost it)."""
+        try:
+            await self.beat()
+        except Exception:
+            if not failing:
+                raise
+            await self.provision()
 
     async def stop(self) -> None:
         """Leave the registry at once, so the api stops routing here."""

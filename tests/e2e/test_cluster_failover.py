@@ -1,14 +1,15 @@
 """Failover on a real 3-node NATS cluster with R3 streams: `kill -9` of the node that leads
-LLMQ_JOBS while streamed and non-streamed chat requests run through the official openai
-SDK (one api, two echo worker processes, each given the whole server list). No request
-may hang; at least 99 % must succeed (a publish during the leader election is retried
-with the same Nats-Msg-Id, an unacked job is redelivered)."""
+LLMQ_JOBS (and, the worst case, the worker registry's bucket too) while streamed and
+non-streamed chat requests run through the official openai SDK (one api, two echo worker
+processes, each given the whole server list). No request may hang; at least 99 % must
+succeed (a publish during the leader election is retried with the same Nats-Msg-Id, an
+unacked job is redelivered), and the api never takes the election for "no live worker"."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import json
 import sys
 import time
 from typing import Any
@@ -23,15 +24,20 @@ from llmq.schemas import names
 from tests.stack import wait_for
 
 MODEL = "failover-echo"
-CONCURRENCY = 12
-BEFORE_KILL = 4.0
-AFTER_KILL = 16.0
-MIN_REQUESTS = 1500
-LONGEST = 20.0
+CONCURRENCY = 8
+BEFORE_KILL = 2.5
+AFTER_KILL = 10.0
+"""An election takes 4-9 s of raft timeout; traffic must be back well within this."""
+MIN_REQUESTS = 800
+LONGEST = 5.0
 DEADLINE = 15.0
 """The api's first-token deadline: every request ends (well) within it."""
 HUNG = DEADLINE + 10.0
 """A request still open this long after it started has hung."""
+IN_FLIGHT_LOSSES = {"frames_lost", "worker_lost", "job_lost", "deadline_exceeded"}
+"""How a request whose reply frames crossed the dead node ends (a clean OpenAI error): a
+gap or a silence mid-stream, a job gone from the stream unanswered, or (a non-streamed job
+whose worker acked it, every frame after `accepted` lost) its deadline."""
 ENV: dict[str, Any] = {"nats_replicas": 3, "ping_interval": 1.0, "ack_wait": 3.0, "heartbeat": 2.0}
 """Production's ping interval and heartbeat (3 s of silence = dead, 6 s registry TTL): a
 client that moves to another node takes about a second, an election a few; R3 everywhere."""
@@ -48,6 +54,11 @@ class Tally:
         self.counts[outcome] += 1
         if outcome == "ok" and self.killed_at is not None and started > self.killed_at:
             self.ok_after_kill += 1
+
+
+def _codes(tally: Tally) -> list[tuple[str, int]]:
+    """(error code, count): the last word of each `errors` key ("503 no_worker")."""
+    return [(key.split()[-1], n) for key, n in tally.errors.items()]
 
 
 async def _one(client: openai.AsyncOpenAI, i: int, tally: Tally) -> None:
@@ -98,6 +109,14 @@ async def _load(client: openai.AsyncOpenAI, until: float, tally: Tally) -> None:
     await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
 
 
+async def _watch_registry(api: Any, unserved: list[float]) -> None:
+    """Every 50 ms: does the api see a live worker for MODEL? (Both workers live throughout.)"""
+    while True:
+        if not api.runtime.registry.workers_for(MODEL):
+            unserved.append(time.monotonic())
+        await asyncio.sleep(0.05)
+
+
 async def _cluster_ready(url: str) -> Any:
     nc = await nats.connect(servers=url.split(","))
     js = nc.jetstream()
@@ -112,12 +131,28 @@ async def _cluster_ready(url: str) -> Any:
             await asyncio.sleep(0.2)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("LLMQ_CHAOS_TESTS"),
-    reason="set LLMQ_CHAOS_TESTS=1: on the merged tree 94-98 % of requests succeed through the "
-    "leader kill (503 no_worker while heartbeats are cut), under the 99 % goal; see the note "
-    "of issue 13",
-)
+async def _lead_on(nc: Any, js: Any, stream: str, server: str) -> None:
+    """Move `stream`'s leader to `server` (a stepdown with a preferred placement)."""
+
+    async def there() -> bool:
+        try:
+            return (await js.stream_info(stream)).cluster.leader == server
+        except Exception:
+            return False
+
+    for _ in range(5):
+        if await there():
+            return
+        body = json.dumps({"placement": {"preferred": server}}).encode()
+        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=5)
+        try:
+            await wait_for(there, timeout=5)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"{stream} did not move its leader to {server}")
+
+
 @pytest.mark.timeout(150)
 async def test_killing_the_jobs_leader_keeps_every_request(
     own_nats_cluster: list[EmbeddedNats], stack: Any
@@ -125,6 +160,7 @@ async def test_killing_the_jobs_leader_keeps_every_request(
     stack.nats_url = cluster_url(own_nats_cluster)
     nc, js = await _cluster_ready(stack.nats_url)
     workers: list[Any] = []
+    watch: asyncio.Task[None] | None = None
     try:
         api = await stack.api(deadline=DEADLINE, **ENV)
         for _ in range(2):
@@ -133,6 +169,8 @@ async def test_killing_the_jobs_leader_keeps_every_request(
             )
         await wait_for(lambda: len(api.runtime.registry.workers_for(MODEL)) == 2, timeout=30)
         leader = (await js.stream_info(names.JOBS_STREAM)).cluster.leader
+        # The worst case: the dying node also leads the bucket the workers beat in.
+        await _lead_on(nc, js, f"KV_{names.WORKERS_BUCKET}", leader)
         victim = next(node for node in own_nats_cluster if node.server_name == leader)
 
         client = openai.AsyncOpenAI(
@@ -141,6 +179,8 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         tally = Tally()
         started = time.monotonic()
         load = asyncio.create_task(_load(client, started + BEFORE_KILL + AFTER_KILL, tally))
+        unserved: list[float] = []
+        watch = asyncio.create_task(_watch_registry(api, unserved))
         await asyncio.sleep(BEFORE_KILL)
         before = tally.counts["ok"]
         victim.kill()  # kill -9 of the node leading LLMQ_JOBS
@@ -154,13 +194,21 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         print(
             f"\nfailover: {dict(tally.counts)} of {total}; errors {dict(tally.errors)}; "
             f"{before} ok before the kill, {tally.ok_after_kill} started after it; "
-            f"leader {leader} -> {new_leader}"
+            f"leader {leader} -> {new_leader}; no live worker seen for {len(unserved)} samples"
         )
+        # The view of the workers never lost them: the election was not taken for their death.
+        assert unserved == [], [round(t - tally.killed_at, 2) for t in unserved[:20]]
         assert tally.counts["hung"] == 0
         assert tally.counts["wrong"] == 0
         assert before > 0 and tally.ok_after_kill > 0, "traffic did not resume after the kill"
         assert new_leader != leader
-        assert tally.counts["ok"] >= 0.99 * total, (dict(tally.counts), dict(tally.errors))
+        # What failed was in flight through the dead node (its reply frames were lost there;
+        # at most one request per lane), and it failed cleanly; nothing that could be served
+        # got a 503. At least 99 % succeed (on a machine so loaded that fewer than
+        # CONCURRENCY * 100 requests were made, the in-flight bound decides).
+        assert set(code for code, _ in _codes(tally)) <= IN_FLIGHT_LOSSES, dict(tally.errors)
+        failed = total - tally.counts["ok"]
+        assert failed <= max(0.01 * total, CONCURRENCY), (dict(tally.counts), dict(tally.errors))
 
         # The CLI takes the same list, the dead node in it, and reads the cluster through the
         # other two.
@@ -172,6 +220,8 @@ async def test_killing_the_jobs_leader_keeps_every_request(
         assert cli.returncode == 0, out.decode()
         assert "workers 2" in out.decode(), out.decode()
     finally:
+        if watch is not None:
+            watch.cancel()
         await nc.close()
         for worker in workers:  # shown when the test fails
             print("worker log:", worker.output()[-3000:])
