@@ -5,7 +5,8 @@ stream stays open for `--tokens` seconds. The client opens `--streams` streamed 
 requests (raw keep-alive sockets, `--ramp` new ones at a time), waits until every one has
 had its first chunk, reads the api's and the worker's RSS (/proc) while all are open, then
 reads every stream to `data: [DONE]` and checks each got all its chunks. RSS per stream is
-(RSS with all open - RSS before) / streams, after a warm-up round of 200 streams.
+(RSS with all open - RSS before) / streams open at that moment, after a warm-up round of 200
+streams; `--tokens` must outlast the ramp, or early streams end before the last one opens.
 
     PYTHONPATH=$PWD .venv/bin/python bench/open_streams.py --streams 10000
 """
@@ -104,7 +105,10 @@ def _check(streams: list[Stream], words: int) -> list[str]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=10_000)
-    parser.add_argument("--tokens", type=int, default=20, help="seconds each stream lasts")
+    parser.add_argument(
+        "--tokens", type=int, default=300,
+        help="seconds each stream lasts: longer than opening them all takes",
+    )  # fmt: skip
     parser.add_argument("--ramp", type=int, default=500, help="streams opened at a time")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -122,6 +126,7 @@ async def main() -> None:
         streams, tasks = await _open(stack.api_port, args.streams, args.tokens, args.ramp)
         opened = time.monotonic() - started
         during = {p: rss_kib([pid]) for p, pid in roots.items()}
+        open_now = sum(1 for s in streams if not s.done and not s.error)
         load = load_average()
         await asyncio.gather(*tasks)
         took = time.monotonic() - started
@@ -129,14 +134,15 @@ async def main() -> None:
     problems = _check(streams, args.tokens)
     print(
         f"{args.streams} streams of {args.tokens} tokens (1 per second), all open after "
-        f"{opened:.1f} s, all done after {took:.1f} s, load {load}"
+        f"{opened:.1f} s, all done after {took:.1f} s, load {load}; open when RSS was read: "
+        f"{open_now} (per stream figures divide by this)"
     )
     print(
         "| process | RSS before MiB | RSS all open MiB | KiB per open stream | CPU µs per stream |"
     )
     print("|---|---|---|---|---|")
     for part in roots:
-        per = (during[part] - before[part]) / args.streams
+        per = (during[part] - before[part]) / max(1, open_now)
         print(
             f"| {part} | {before[part] / 1024:,.1f} | {during[part] / 1024:,.1f} | {per:,.1f} "
             f"| {cpu[part]:,.0f} |"
