@@ -111,9 +111,8 @@ async def measure(
         os.kill(pid, signal.SIGUSR2)
     used = {part: cpu_seconds(pids) - before[part] for part, pids in trees.items()}
     n = max(1, r["requests"])
-    return Result(
-        r["p50_ms"], r["p99_ms"], r["rps"], n, {p: s * 1e6 / n for p, s in used.items()}, load
-    )
+    cpu = {p: s * 1e6 / n for p, s in used.items()}
+    return Result(r["p50_ms"], r["p99_ms"], r["rps"], r["requests"], cpu, load)
 
 
 def _litellm(python: str, mock_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -154,11 +153,11 @@ def _print_table(rows: list[tuple[str, str, int, dict[str, Result]]], words: int
     print("|" + "---|" * (11 + bool(up)))
     for scheme, mode, conc, res in rows:
         d, q, lite = res["direct"], res["llmq"], res.get("litellm")
-        lcols = (
-            f"{lite.p50_ms:.2f} ms | {lite.rps:,.0f} | {lite.cpu_total:,.0f}"
-            if lite
-            else "- | - | -"
-        )
+        lcols = "- | - | -"
+        if lite and not lite.requests:
+            lcols = "none answered within the cell | 0 | -"
+        elif lite:
+            lcols = f"{lite.p50_ms:.2f} ms | {lite.rps:,.0f} | {lite.cpu_total:,.0f}"
         first = f"{scheme} | " if up else ""
         print(
             f"| {first}{mode} | {conc} | {q.load} | {d.p50_ms:.2f} ms | {q.p50_ms:.2f} ms "
