@@ -145,14 +145,18 @@ class Reservations:
             while self._queued:
                 batch, self._queued = self._queued, []
                 self.release_rounds += 1
-                outcomes = await self.release_many(batch)
+                try:
+                    outcomes = await self.release_many(batch)
+                except Exception as exc:  # a bug, not Redis away: leave them to the lease
+                    log.exception("releasing %d jobs failed", len(batch))
+                    outcomes = [exc] * len(batch)
                 for (reservation, usage), outcome in zip(batch, outcomes, strict=True):
                     if isinstance(outcome, QuotaBackendDown):
                         self._spawn(self._retry(reservation, usage))
                     elif isinstance(outcome, Exception):
                         log.error("releasing job %s failed: %s", reservation.job_id, outcome)
         finally:
-            self._flusher = None
+            self._flusher = None  # cancelled with some queued: the next end starts a new one
 
     async def release_many(
         self, ended: Sequence[tuple[Reservation, JobUsage]]
