@@ -36,7 +36,10 @@ def _app(route_class: type[APIRoute]) -> FastAPI:
     app = FastAPI()
     hot = APIRouter(prefix="/v1", route_class=route_class)
     hot.add_api_route("/chat/completions", _endpoint, methods=["POST"])
-    app.include_router(hot)
+    if route_class is PlainRoute:
+        app.router.routes.extend(hot.routes)  # as the api adds them
+    else:
+        app.include_router(hot)
     for i in range(45):  # the api has about as many other routes
         other = APIRouter()
         other.add_api_route(f"/other{i}/{{item}}", _endpoint, methods=["GET"])
