@@ -26,6 +26,7 @@ from starlette.requests import Request
 
 from llmq.api.errors import ApiError
 from llmq.api.tenancy import ApiKey, QuotaBackendDown, Tenant, TenantStore
+from llmq.api.tenancy.models import NORMAL_RANK, priority_rank
 from llmq.api.tenancy.store import hash_key
 from llmq.schemas.settings import Settings
 
@@ -70,6 +71,8 @@ _Record = Tenant | tuple[Tenant, ApiKey]
 _Outcome = _Record | None | _Failure
 KEY_ID_STATE = "llmq_key_id"
 """`request.state` attribute holding the id of the key the request was authenticated by."""
+RANK_STATE = "llmq_priority_rank"
+"""`request.state` attribute holding the priority rank of the key's requests."""
 _DOWN = _Failure("the tenant store is unavailable", "tenant_store_down")
 _BROKEN = _Failure("the tenant store could not answer this lookup", "tenant_store_error")
 
@@ -117,6 +120,22 @@ class Authenticator:
         none), for the quota script."""
         return str(getattr(request.state, KEY_ID_STATE, ""))
 
+    async def rank(self, request: Request) -> int:
+        """The priority rank of an authenticated request (`tenancy.models.priority_rank`):
+        the key's class capped by its tenant's; in header mode the tenant's (from the
+        cached record; normal when it cannot be read: the class never refuses a request)."""
+        if self.mode == "keys":
+            return int(getattr(request.state, RANK_STATE, NORMAL_RANK))
+        if self.mode == "none":
+            return NORMAL_RANK
+        name = self._from_header(request)
+        try:
+            record = await self._record("tenant:" + name, lambda: self.store.get(name))
+        except ApiError:
+            return NORMAL_RANK
+        tenant = record[0] if isinstance(record, tuple) else record
+        return NORMAL_RANK if tenant is None else priority_rank(tenant.priority)
+
     async def caller(self, request: Request) -> Caller:
         """The tenant and the models it may use (reads the tenant's record in every mode
         but `none`)."""
@@ -159,6 +178,7 @@ class Authenticator:
             raise _invalid_key()
         self._refuse_suspended(record[0])
         setattr(request.state, KEY_ID_STATE, record[1].id)
+        setattr(request.state, RANK_STATE, priority_rank(record[0].priority, record[1].priority))
         return record
 
     @staticmethod

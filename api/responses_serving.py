@@ -11,6 +11,7 @@ its record here says `queued` until a read finds its result (`response_records`)
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
@@ -19,15 +20,17 @@ from starlette.responses import Response
 
 from llmq.api.batch_wing import BatchWing
 from llmq.api.conversations_serving import ConversationsServing
-from llmq.api.errors import ApiError
+from llmq.api.errors import ApiError, public_failure
 from llmq.api.listing import ensure_accepting, not_found
-from llmq.api.protocol import read_body
+from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.response_finisher import ResponseFinisher
 from llmq.api.response_items import as_items, for_model
 from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
-from llmq.api.serving import RequestRecord, Serving
+from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT, failure_cause
+from llmq.api.serving import _NOT_UNDER_WAY, RequestRecord, Serving, _failed_response
 from llmq.api.tenancy import TenantStore
+from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
@@ -37,6 +40,7 @@ from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.frames import Failed
 from llmq.schemas.responses import (
     CONVERSATION_PREFIX,
     RESPONSE_PREFIX,
@@ -96,12 +100,15 @@ class ResponsesServing:
         record = RequestRecord(job_id=time_hex(), route="response")
         record.tenant = tenant = await serving.auth.tenant(request)
         scope = await self.scopes.of(tenant)
+        wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
         body = await read_body(request, settings.api.max_body_bytes)
         req, fields = _decode(body)
         _check(req)
         record.model = model = serving.preparer.models.resolve(req.model)
-        # A worker serves a Responses job on its chat path: any chat model serves it.
-        serving.preparer.check_model(model, "chat", need_live_worker=not req.in_background)
+        # A worker serves a Responses job on its chat path: any chat model serves it. A
+        # model without a live worker may still fall back (`_attempt` looks again).
+        live = not req.in_background and not serving.router.models.fallbacks_for(model)
+        serving.preparer.check_model(model, "chat", need_live_worker=live)
         history, conversation = await self._history(scope, req)
         items = as_items(req.input if isinstance(req.input, str | list) else None)
         context = history + items
@@ -110,69 +117,174 @@ class ResponsesServing:
             fields["conversation"] = {"id": CONVERSATION_PREFIX + conversation}
         if req.in_background:
             fields["stream"] = False
-        job_body = _encoder.encode(fields)
-        estimate = _estimate(fields)
         limit = req.max_output_tokens if isinstance(req.max_output_tokens, int) else None
-        max_tokens = limit or settings.tenancy.default_max_tokens
+        ask = _Ask(
+            req, fields, scope, items, context, conversation, _estimate(fields),
+            limit or settings.tenancy.default_max_tokens, time.time(), wait,
+        )  # fmt: skip
+        if req.in_background:
+            return await self._background(request, record, ask)
+        record.stream = req.stream
+        ask.rank = await serving.auth.rank(request)
+        chain = serving.router.chain(model)
+        last: Refusal | Failed | None = None
+        """What the client hears if no model of the chain serves it."""
+        for index, name in enumerate(chain):
+            more = index + 1 < len(chain)
+            if index:
+                record.job_id = time_hex()
+            outcome = await self._attempt(request, record, ask, name, more)
+            if isinstance(outcome, Response):
+                return outcome
+            cause, failed = outcome
+            if failed is not None:
+                last = failed
+            if cause is not None and more:
+                record.fallbacks.append((name, chain[index + 1], cause))
+        if isinstance(last, Failed):
+            record.status, record.error_code = last.status, last.error.code
+            serving._observe(record)
+            headers = {"x-request-id": RESPONSE_PREFIX + record.job_id}
+            return _failed_response(public_failure(last, record.job_id), headers)
+        raise last or Refusal(503, f"no live worker serves model `{model}`", "no_worker",
+                              param="model")  # fmt: skip
+
+    async def _background(self, request: Request, record: RequestRecord, ask: _Ask) -> Response:
+        """Queued on the durable queue for later, on the requested model (no fallbacks)."""
+        serving, model = self.serving, record.model
         reservation = await serving.reservations.reserve(
-            tenant, model, estimate, max_tokens, record.job_id
-        )
+            record.tenant, model, ask.estimate, ask.max_tokens, record.job_id,
+            key_id=serving.auth.key_id(request),
+        )  # fmt: skip
         if isinstance(reservation, Refusal):
             raise reservation
-        stored = StoredResponse(
-            id=record.job_id,
-            tenant=scope,
-            created_at=time.time(),
-            response=skeleton(fields, RESPONSE_PREFIX + record.job_id, int(time.time())),
-            input_items=items,
-            context=context,
-            background=req.in_background,
-            conversation=conversation,
+        stored = self._stored(record.job_id, ask)
+        stored.response["status"] = "queued"
+        await self.store.put_response(stored)
+        # the async-job machinery reads only model, body and kind
+        prepared = PreparedRequest(
+            cast(AnyRequest, ask.req),
+            model,
+            _encoder.encode(ask.fields),
+            "response",
+            False,
+            ask.estimate,
+            ask.max_tokens,
         )
+        try:
+            await self.jobs.submit(
+                record.job_id, ask.scope, prepared,
+                deadline=serving.rt.settings.batch.job_deadline,
+                traceparent=request.headers.get("traceparent"),
+            )  # fmt: skip
+        except DispatchError as exc:
+            serving.reservations.release_later(reservation, FAILED)
+            await self.store.delete_response(ask.scope, record.job_id)
+            raise ApiError(exc.status, exc.message, exc.code) from None
         headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, **reservation.headers}
-        if req.in_background:
-            prepared = PreparedRequest(
-                cast(AnyRequest, req), model, job_body, "response", False, estimate, max_tokens
-            )  # the async-job machinery reads only model, body and kind
-            stored.response["status"] = "queued"
-            await self.store.put_response(stored)
-            try:
-                await self.jobs.submit(
-                    record.job_id, scope, prepared, deadline=settings.batch.job_deadline,
-                    traceparent=request.headers.get("traceparent"),
-                )  # fmt: skip
-            except DispatchError as exc:
-                serving.reservations.release_later(reservation, FAILED)
-                await self.store.delete_response(scope, record.job_id)
-                raise ApiError(exc.status, exc.message, exc.code) from None
-            return Response(
-                _encoder.encode(stored.response), media_type="application/json", headers=headers
-            )
+        return Response(
+            _encoder.encode(stored.response), media_type="application/json", headers=headers
+        )
+
+    def _stored(self, job_id: str, ask: _Ask) -> StoredResponse:
+        return StoredResponse(
+            id=job_id,
+            tenant=ask.scope,
+            created_at=time.time(),
+            response=skeleton(ask.fields, RESPONSE_PREFIX + job_id, int(time.time())),
+            input_items=ask.items,
+            context=ask.context,
+            background=ask.req.in_background,
+            conversation=ask.conversation,
+        )
+
+    async def _attempt(
+        self, request: Request, record: RequestRecord, ask: _Ask, model: str, more: bool
+    ) -> Response | tuple[str | None, Refusal | Failed | None]:
+        """Try one model of the chain (as `Serving._attempt` does for chat): its response,
+        or why to move on (a fallback cause, None for a fallback this request cannot use)
+        and the failure the client would see."""
+        serving, router = self.serving, self.serving.router
+        fallback = model != record.model
+        try:
+            serving.preparer.check_model(model, "chat", need_live_worker=True)
+        except Refusal as refusal:
+            if refusal.code == "no_worker" and more:
+                return router.unavailable_cause(model), refusal
+            if fallback:  # a fallback unknown here or unable to take this request
+                return None, None
+            raise
+        if more and router.over_queue_wait(model):
+            return QUEUE_WAIT, None
+        full = router.admit(model, ask.time_left())
+        if full is not None:
+            if more:
+                return QUEUE_WAIT, full
+            raise full
+        ticket = await serving.fair.enter(model, record.tenant, ask.time_left(), ask.rank)
+        if ticket is None:
+            raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
+        try:
+            reservation = await serving.reservations.reserve(
+                record.tenant, model, ask.estimate, ask.max_tokens, record.job_id,
+                key_id=serving.auth.key_id(request),
+            )  # fmt: skip
+        except BaseException:
+            ticket.leave()
+            raise
+        if isinstance(reservation, Refusal):
+            ticket.leave()
+            if fallback:  # not this tenant's model, or its own limits: never a way around
+                return None, None
+            raise reservation
+        ask.fields["model"] = model
         spec = JobSpec(
             job_id=record.job_id,
             model=model,
-            body=job_body,
-            tenant=tenant,
-            deadline_ms=int((time.time() + settings.api.deadline) * 1000),
+            body=_encoder.encode(ask.fields),
+            tenant=record.tenant,
+            deadline_ms=int((ask.submitted + ask.wait) * 1000),
             kind="response",
             traceparent=request.headers.get("traceparent"),
+            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
+            stream=ask.req.stream,
         )
         try:
             run = await serving.rt.dispatcher.submit(spec)
         except DispatchError as exc:
+            ticket.leave()
             serving.reservations.release_later(reservation, FAILED)
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+        run.on_taken = ticket.leave
+        stored = self._stored(record.job_id, ask)
 
         async def on_final(final: bytes) -> None:
-            if req.stores or conversation is not None:
+            if ask.req.stores or ask.conversation is not None:
                 stored.response = _fields.decode(final)
-                await self.records.finish(stored, keep=req.stores)
+                await self.records.finish(stored, keep=ask.req.stores)
 
-        record.stream = req.stream
-        job = ResponseRun(
-            run, serving.reservations, reservation, record, estimate, serving.observers, on_final
-        )
-        return await (job.stream(headers) if req.stream else job.collect(headers))
+        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
+            **reservation.headers,
+        }  # fmt: skip
+        if ask.req.stream:
+            started = await serving._watched(job, model, job.first(), more)
+            if isinstance(started, Failed):
+                return started.error.code, started
+            first, events = started
+            if isinstance(first, Failed) and more and failure_cause(first) is not None:
+                await events.aclose()
+                job.settle(first.status, code=first.error.code, observe=False)
+                return failure_cause(first), first
+            record.model = model
+            return await job.stream(first, events, headers)
+        outcome = await serving._watched(job, model, job.outcome(), more)
+        if isinstance(outcome, Failed) and more and failure_cause(outcome) is not None:
+            job.settle(outcome.status, code=outcome.error.code, observe=False)
+            return failure_cause(outcome), outcome
+        record.model = model
+        return await job.finish(outcome, headers)
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""
@@ -194,6 +306,28 @@ class ResponsesServing:
                 raise not_found("conversation", conversation, param="conversation")
             return list(conv.items), conv.id
         return [], None
+
+
+@dataclass(slots=True)
+class _Ask:
+    """One interactive or background Responses request, as every attempt sends it."""
+
+    req: ResponseRequest
+    fields: dict[str, Any]
+    """The job body's fields; `model` is set to the model of each attempt."""
+    scope: str
+    items: list[Item]
+    context: list[Item]
+    conversation: str | None
+    estimate: int
+    max_tokens: int
+    submitted: float
+    wait: float
+    """Seconds from `submitted` to the first-token deadline, for every attempt."""
+    rank: int = NORMAL_RANK
+
+    def time_left(self) -> float:
+        return self.submitted + self.wait - time.time()
 
 
 def _decode(body: bytes) -> tuple[ResponseRequest, dict[str, Any]]:

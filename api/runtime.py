@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
 from llmq.api.tenancy import check_at_start, connect_with
+from llmq.api.tenancy.client import redis_target
 from llmq.dispatcher import streams
 from llmq.dispatcher.connection import Provisioner, connect, disconnect
 from llmq.dispatcher.dispatch import Dispatcher
@@ -59,7 +60,7 @@ class Runtime:
         await dispatcher.start()
         redis = connect_with(settings.connection, timeout=settings.connection.redis_timeout)
         await check_at_start(
-            redis, settings.connection.redis_url, settings.connection.redis_timeout
+            redis, redis_target(settings.connection), settings.connection.redis_timeout
         )
         provisioner.add(
             "job streams",

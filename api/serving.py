@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
-from llmq.api.fair_share import FairShare, Ticket, share_of
+from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.preparation import RequestPreparer
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
@@ -40,7 +40,7 @@ from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, AnyRequest, JobUsage, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
-from llmq.schemas.frames import Done, Failed, failure
+from llmq.schemas.frames import CHUNK_SEPARATOR, Done, Failed, failure
 from llmq.schemas.usage import cache_counts
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Serving:
         self.reservations = reservations
         self.preparer = preparer
         self.router = router if router is not None else Router(preparer.models, runtime.registry)
-        self.fair = FairShare(lambda model: share_of(runtime.registry.capacity_for(model)))
+        self.fair = FairShare.shared(runtime.registry, runtime.redis)
         self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:
@@ -168,7 +168,8 @@ class Serving:
             raise full
         record.stream = prepared.stream
         mark(record.trace, "prepared")
-        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time())
+        rank = await self.auth.rank(request)
+        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time(), rank)
         if ticket is None:
             raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
         try:
@@ -370,7 +371,8 @@ class _Job:
             ev: Event = first
             while True:
                 if isinstance(ev, bytes):
-                    self.relayed += 1
+                    # a frame may carry several chunks (`Llmq-Chunks`), one estimated token each
+                    self.relayed += ev.count(CHUNK_SEPARATOR) + 1
                     yield b"data: " + ev + b"\n\n"
                 elif isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)

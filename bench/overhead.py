@@ -3,7 +3,8 @@
 Starts its own nats-server and Redis-compatible server (free ports), the mock upstream, an
 api and one worker as separate processes, then sends non-streaming chat requests at
 concurrency 1 and 32 to (a) the mock directly and (b) llmq, and prints p50/p99 latency and
-requests/s for each, plus the difference.
+requests/s for each, plus the difference, and the worker process's CPU per request through
+llmq (from /proc, warm-up included).
 
     .venv/bin/python bench/overhead.py                     # echo backend (issue 2 budget)
     .venv/bin/python bench/overhead.py --backend openai    # openai backend -> mock upstream
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import llmq_stack  # noqa: E402
+from bench.processes import cpu_seconds, llmq_stack, process_tree  # noqa: E402
 from llmq import event_loop  # noqa: E402
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the mock"}]}
@@ -122,13 +123,21 @@ async def main() -> None:
             f"backend={args.backend} tenant={args.tenant} requests={args.requests} "
             f"cores={os.cpu_count()}"
         )
-        print(f"{'target':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        print(
+            f"{'target':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'worker µs/req':>15}"
+        )
+        worker = process_tree(stack.procs["worker"].pid)
         for concurrency in (1, 32):
             direct = await measure(direct_url, concurrency, args.requests, key=key)
+            cpu_before = cpu_seconds(worker)
             via = await measure(llmq_url, concurrency, args.requests, key=key)
+            calls = args.requests + (200 // concurrency + 1) * concurrency  # with the warm-up
+            worker_us = (cpu_seconds(worker) - cpu_before) / calls * 1e6
             for name, r in (("direct", direct), ("llmq", via)):
+                cpu = f"{worker_us:>15.0f}" if name == "llmq" else ""
                 print(
-                    f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps']:>9.0f}"
+                    f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                    f"{r['rps']:>9.0f}{cpu}"
                 )
             added_p50 = via["p50_ms"] - direct["p50_ms"]
             added_p99 = via["p99_ms"] - direct["p99_ms"]

@@ -105,7 +105,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     setup_logging(settings)
     from llmq.dev import run_dev
 
-    return run_dev(settings, data_dir=args.data_dir)
+    return run_dev(
+        settings, data_dir=args.data_dir, nats_port=args.nats_port, redis_port=args.redis_port
+    )
 
 
 def _run(coro: Any) -> None:
@@ -123,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_flags(dev, "dev")
     dev.add_argument("--data-dir", default=None, help="keep server data here (default: a temp dir)")
+    dev.add_argument("--nats-port", type=int, default=0, help="nats-server's port (default: free)")
+    dev.add_argument(
+        "--redis-port",
+        type=int,
+        default=0,
+        help="the Redis-compatible server's port (default: free)",
+    )
     dev.set_defaults(handler=cmd_dev)
 
     api = sub.add_parser("api", help="run the HTTP api")
@@ -140,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from llmq import ops_cli, tenants_cli
+    from llmq import ops_cli, redis_keys, tenants_cli
 
-    return [tenants_cli.register, ops_cli.register]
+    return [tenants_cli.register, ops_cli.register, redis_keys.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

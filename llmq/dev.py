@@ -125,13 +125,24 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def run_dev(settings: Settings, data_dir: str | None = None) -> int:
+def run_dev(
+    settings: Settings, data_dir: str | None = None, nats_port: int = 0, redis_port: int = 0
+) -> int:
+    """Run the stack until Ctrl-C. `nats_port`, `redis_port`: where the servers listen
+    (0 = a free port); `data_dir`: their data, the secrets files (default: a temp dir)."""
     api = settings.api
-    if not _port_free(api.host, api.port):
-        print(
-            f"llmq dev: {api.host}:{api.port} is in use; pick another with --port",
-            file=sys.stderr,
+    taken = [
+        (flag, port)
+        for flag, host, port in (
+            ("--port", api.host, api.port),
+            ("--nats-port", "127.0.0.1", nats_port),
+            ("--redis-port", "127.0.0.1", redis_port),
         )
+        if port and not _port_free(host, port)
+    ]
+    if taken:
+        flag, port = taken[0]
+        print(f"llmq dev: port {port} is in use; pick another with {flag}", file=sys.stderr)
         return 1
     try:
         nats_server_binary(), redis_server_binary()
@@ -142,9 +153,11 @@ def run_dev(settings: Settings, data_dir: str | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     dev_secrets = DevSecrets.generate(root)
     nats = EmbeddedNats(
-        root / "nats", config=f'authorization {{ token: "{dev_secrets.nats_token}" }}'
+        root / "nats",
+        port=nats_port,
+        config=f'authorization {{ token: "{dev_secrets.nats_token}" }}',
     )
-    redis = EmbeddedRedis(root / "redis", password=dev_secrets.redis_password)
+    redis = EmbeddedRedis(root / "redis", port=redis_port, password=dev_secrets.redis_password)
     env = {
         **{k: v for k, v in os.environ.items() if k not in _CONNECTION_SECRETS},
         "LLMQ_NATS_URL": nats.url,

@@ -27,6 +27,7 @@ from llmq.api.tenancy import (
     UsageReader,
     connect_with,
 )
+from llmq.api.tenancy.client import redis_target
 from llmq.api.tenancy.models import key_input
 from llmq.dispatcher.connection import has_password, redact_url
 from llmq.schemas.settings import Settings
@@ -54,6 +55,8 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.models is not None:
         changes["models"] = [m for m in args.models.split(",") if m]
+    if getattr(args, "priority", None) is not None:
+        changes["priority"] = args.priority
     return changes
 
 
@@ -130,7 +133,7 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         conn = Settings().connection
-        url = args.redis_url or conn.redis_url
+        url = args.redis_url or ""  # "": LLMQ_REDIS_SENTINELS when set, else LLMQ_REDIS_URL
         if args.redis_url and has_password(args.redis_url):
             print(
                 "llmq: no password in --redis-url (a command line shows in `ps`); use "
@@ -155,7 +158,8 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
             print(f"llmq: tenant {exc} already exists", file=sys.stderr)
             return 1
         except QuotaBackendDown as exc:
-            print(f"llmq: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
+            shown = redact_url(url or redis_target(conn))
+            print(f"llmq: cannot reach Redis at {shown}: {exc}", file=sys.stderr)
             return 2
         except (ValueError, msgspec.ValidationError) as exc:
             print(f"llmq: {exc}", file=sys.stderr)
@@ -179,6 +183,10 @@ def register(sub: Any) -> None:
     for flag, kind in LIMIT_FLAGS.items():
         tenants.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     tenants.add_argument("--models", default=None, help="allowed models, comma-separated")
+    tenants.add_argument(
+        "--priority", default=None, choices=["high", "normal", "low"],
+        help="class of its requests on a busy model's queue (default normal)",
+    )  # fmt: skip
     tenants.set_defaults(handler=_runner(_tenants))
 
     keys = parser("keys", "create, list or revoke a tenant's API keys")
@@ -192,6 +200,10 @@ def register(sub: Any) -> None:
         if flag != "storage_bytes":
             keys.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     keys.add_argument("--models", default=None, help="models the key may use, comma-separated")
+    keys.add_argument(
+        "--priority", default=None, choices=["high", "normal", "low"],
+        help="class of the key's requests, at most its tenant's (default: the tenant's)",
+    )  # fmt: skip
     keys.set_defaults(handler=_runner(_keys))
 
     usage = parser("usage", "a tenant's usage per day and model")

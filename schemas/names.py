@@ -235,7 +235,7 @@ unambiguous. Every key of one tenant carries the Cluster hash tag `{<tenant>}` (
 so a Redis/Valkey Cluster keeps them in one slot and a quota script never crosses slots; the
 global keys (tenant set, prices, key lookup, global ledger) are never touched by a script
 together with a tenant's. A new per-tenant key must use `tenant_tag` too. Before hash tags the
-tenant appeared bare (`llmq:q:acme:inflight`): `python -m llmq.redis_keys` renames such keys
+tenant appeared bare (`llmq:q:acme:inflight`): `llmq redis migrate-keys` renames such keys
 (docs/operations.md)."""
 
 
@@ -266,9 +266,24 @@ def tenant_api_keys_key(tenant: str) -> str:
     return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys"
 
 
+def key_last_used_key(tenant: str) -> str:
+    """Hash: key id -> when a job of that key last ended (unix ms). Written by the job's
+    release (`release.lua`, off the request path, no extra round trip); read by key listings."""
+    return f"{REDIS_PREFIX}tenant:{tenant_tag(tenant)}:keys:last-used"
+
+
 def api_key_key(sha256_hex: str) -> str:
     """String: JSON `ApiKey` found by the SHA-256 of the plaintext key."""
     return f"{REDIS_PREFIX}apikey:{sha256_hex}"
+
+
+def fair_share_keys(model: str) -> tuple[str, str, str]:
+    """One model's fair-share state, shared by every api replica (`api.fair_ledger`), in one
+    Cluster slot (`{<escaped model>}`): sorted set `:q` of queued-not-started tickets
+    (`<tenant>\t<ticket>` -> expiry ms), hash `:n` (tenant -> how many of them), sorted set
+    `:w` of the lines waiting to queue (`<rank>\t<tenant>` -> lease expiry ms)."""
+    base = f"{REDIS_PREFIX}fair:{{{escape_model(model)}}}"
+    return f"{base}:q", f"{base}:n", f"{base}:w"
 
 
 def inflight_key(tenant: str) -> str:

@@ -1,5 +1,6 @@
-"""Whole OpenAI responses for non-streamed requests: folded from the backend's chunks
-(`Fold`), and the embedding list."""
+"""Whole OpenAI responses for non-streamed requests: built from a backend's own values as it
+makes them (`ChatWhole`, `TextWhole`: no chunk is encoded), folded from chunks a backend
+relayed (`Fold`), and the embedding list."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from llmq.schemas.openai import EmbeddingData, EmbeddingList, EmbeddingUsage, Usage
+from llmq.schemas.openai import (
+    ChatCompletion,
+    Choice,
+    EmbeddingData,
+    EmbeddingList,
+    EmbeddingUsage,
+    ResponseMessage,
+    TextChoice,
+    TextCompletion,
+    Usage,
+)
 from llmq.worker.backends.base import Embeddings, ReplyTo
 
 _encoder = msgspec.json.Encoder()
@@ -30,6 +41,134 @@ def merge_tool_calls(merged: list[dict[str, Any]], deltas: list[dict[str, Any]])
             call["function"]["name"] += function["name"]
         if function.get("arguments"):
             call["function"]["arguments"] += function["arguments"]
+
+
+class _Parts:
+    """One choice of a whole reply, as the backend produced it."""
+
+    __slots__ = ("content", "finish_reason", "reasoning", "refusal", "tool_calls")
+
+    def __init__(self) -> None:
+        self.content: list[str] | None = None
+        self.reasoning: list[str] | None = None
+        self.refusal: list[str] | None = None
+        self.tool_calls: list[dict[str, Any]] | None = None
+        self.finish_reason: str | None = None
+
+
+class ChatWhole:
+    """A `chat.completion` built from the values a translating backend (or echo) yields,
+    choice by choice (`index`), so a non-streamed reply costs no chunk encode or decode. It
+    says what `Fold` would say of the same chunks: strings concatenated, tool calls merged,
+    `refusal` always present (null when none), a choice without output has content ""."""
+
+    __slots__ = ("_choices", "_reply")
+
+    def __init__(self, reply: ReplyTo) -> None:
+        self._reply = reply
+        self._choices: dict[int, _Parts] = {}
+
+    def add(
+        self,
+        index: int,
+        content: str | None,
+        reasoning: str | None,
+        refusal: str | None,
+        tool_calls: list[dict[str, Any]] | None,
+    ) -> None:
+        parts = self._choices.get(index)
+        if parts is None:
+            parts = self._choices[index] = _Parts()
+        if content is not None:
+            if parts.content is None:
+                parts.content = [content]
+            else:
+                parts.content.append(content)
+        if reasoning is not None:
+            parts.reasoning = [*(parts.reasoning or ()), reasoning]
+        if refusal is not None:
+            parts.refusal = [*(parts.refusal or ()), refusal]
+        if tool_calls:
+            if parts.tool_calls is None:
+                parts.tool_calls = []
+            merge_tool_calls(parts.tool_calls, tool_calls)
+
+    def finish(self, index: int, reason: str) -> None:
+        parts = self._choices.get(index)
+        if parts is None:  # a choice that produced nothing still says so
+            parts = self._choices[index] = _Parts()
+            parts.content = [""]
+        parts.finish_reason = reason
+
+    def body(self, usage: Usage) -> bytes:
+        parts = self._choices
+        if len(parts) > 1:
+            choices = [_message_choice(i, parts[i]) for i in sorted(parts)]
+        elif parts:  # the common case: one choice
+            ((index, only),) = parts.items()
+            choices = [_message_choice(index, only)]
+        else:
+            choices = [_message_choice(0, _Parts())]
+        reply = self._reply
+        whole = ChatCompletion(reply.id, reply.created, reply.model, choices, usage)
+        return _encoder.encode(whole)
+
+
+def _message_choice(index: int, parts: _Parts) -> Choice:
+    message = ResponseMessage()
+    if parts.content is not None:
+        message.content = "".join(parts.content)
+    if parts.refusal is not None:
+        message.refusal = "".join(parts.refusal)
+    if parts.reasoning is not None:
+        message.reasoning_content = "".join(parts.reasoning)
+    if parts.tool_calls:
+        message.tool_calls = parts.tool_calls
+        if not message.content:
+            message.content = None
+    return Choice(index=index, message=message, finish_reason=parts.finish_reason or "stop")
+
+
+class TextWhole:
+    """A `text_completion` built from the texts a backend yields (same methods as ChatWhole)."""
+
+    __slots__ = ("_choices", "_reply")
+
+    def __init__(self, reply: ReplyTo) -> None:
+        self._reply = reply
+        self._choices: dict[int, _Parts] = {}
+
+    def add(self, index: int, content: str | None, *_: Any) -> None:
+        parts = self._choices.get(index)
+        if parts is None:
+            parts = self._choices[index] = _Parts()
+            parts.content = []
+        if content:
+            assert parts.content is not None
+            parts.content.append(content)
+
+    def finish(self, index: int, reason: str) -> None:
+        self.add(index, None)
+        self._choices[index].finish_reason = reason
+
+    def body(self, usage: Usage) -> bytes:
+        choices = [
+            TextChoice(
+                index=i,
+                text="".join(parts.content or ()),
+                finish_reason=parts.finish_reason or "stop",
+            )
+            for i, parts in sorted(self._choices.items())
+        ]
+        reply = self._reply
+        whole = TextCompletion(
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            choices=choices or [TextChoice(index=0, text="", finish_reason="stop")],
+            usage=usage,
+        )
+        return _encoder.encode(whole)
 
 
 class Fold:

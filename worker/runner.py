@@ -262,13 +262,14 @@ class JobRunner:
             request.model,
             int(time.time()),
             _wants_usage(request),  # a folded reply takes its usage from the last Out
+            whole=not request.stream,
         )
         call = Call(request, upstream, body, reply)
         outs = self.backend.complete(call) if text else self.backend.chat(call)
         if request.stream:
             await self._stream(outs, sender, ack, outcome)
         else:
-            await self._collect(outs, Fold(reply, text), sender, outcome)
+            await self._collect(outs, reply, text, sender, outcome)
 
     async def _respond(
         self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
@@ -320,20 +321,32 @@ class JobRunner:
         await sender.done(Done(usage=usage, finish_reason=finish))
 
     async def _collect(
-        self, outs: AsyncIterator[Out], fold: Fold, sender: FrameSender, outcome: JobOutcome
+        self,
+        outs: AsyncIterator[Out],
+        reply: ReplyTo,
+        text: bool,
+        sender: FrameSender,
+        outcome: JobOutcome,
     ) -> None:
+        """A non-streamed reply: the body the backend built (`Out.body`), or else one folded
+        from the chunks it relayed."""
         finish: str | None = None
         usage: Usage | None = None
+        body = b""
+        fold: Fold | None = None
         async for out in outs:
             if out.tokens and outcome.first_token is None:
                 outcome.first_token = time.monotonic()
             if out.chunk:
+                if fold is None:
+                    fold = Fold(reply, text)
                 fold.add(out.chunk)
             if out.usage is not None:
-                usage, finish = out.usage, out.finish_reason
+                usage, finish, body = out.usage, out.finish_reason, out.body
         usage = usage or Usage()
         outcome.usage = usage
-        body = fold.whole(usage)
+        if not body:
+            body = (fold or Fold(reply, text)).whole(usage)
         await sender.done(Done(usage=usage, finish_reason=finish, body=msgspec.Raw(body)))
 
     async def _embed(

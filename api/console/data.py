@@ -71,14 +71,20 @@ async def top(request: Request) -> Response:
             "circuit": w.info.circuit,
             "state": w.state,
             "jobs": w.jobs,
+            "errors": w.errors,
             "seen_ago": round(w.seen_ago, 1),
         }
         for w in snap.workers
     ]
+    estimator = getattr(request.app.state, "queue_estimator", None)
     return _json(
         {
             "workers": workers,
-            "models": [_plain(m) for m in snap.models],
+            "models": [
+                # The api's admission estimate (None while a backlog's rate is unknown).
+                {**_plain(m), "wait": estimator.wait_for(m.name) if estimator else None}
+                for m in snap.models
+            ],
             "queues": [_plain(q) for q in snap.queues],
             "apis": [_plain(a) for a in snap.apis],
             "errors": snap.errors,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
 
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 SENTINEL_SCHEME = "redis+sentinel://"
 CLUSTER_SCHEME = "redis+cluster://"
+CLUSTER_RETRIES = 2
+"""Tries of a Cluster command after the first, each on a freshly read slot map."""
 
 
 def _hosts(text: str, default_port: int) -> list[tuple[str, int]]:
@@ -63,16 +68,51 @@ class _Cluster(RedisCluster):
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         return super().pipeline(transaction=False, shard_hint=shard_hint)
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """As redis-py's, but a connection closed under a command is a `ConnectionError`
+        (Redis down: a 503), not an `AttributeError` (a 500): during a failover redis-py
+        disconnects a node's idle connections while another command may just have taken
+        one (`'NoneType' object has no attribute 'writelines'`, seen in 1 of ~4 runs of
+        tests/api/test_redis_cluster_failover.py)."""
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise redis_errors.ConnectionError("connection closed during a failover") from exc
+
+
+class SentinelPasswordRefused(MasterNotFoundError):
+    """No master found because the sentinels refused AUTH: a missing or wrong
+    `LLMQ_REDIS_SENTINEL_PASSWORD` (the operator's to fix, not an outage to wait out)."""
+
+
+class _Sentinel(Sentinel):
+    """Names a refused AUTH (redis-py folds every sentinel's error into one
+    `MasterNotFoundError`), so the api's log and the CLI's message say what to check."""
+
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            if "Authentication" in str(exc):
+                raise SentinelPasswordRefused(
+                    f"the sentinels refused authentication for {service_name!r}"
+                ) from exc
+            raise
+
 
 def is_cluster(redis: Any) -> bool:
     """The client speaks to a Redis/Valkey Cluster: multi-key work must stay in one slot."""
     return isinstance(redis, RedisCluster)
 
 
-def _sentinel_client(url: str, password: str, **common: Any) -> Redis:
+def _sentinel_client(url: str, password: str, sentinel_password: str, **common: Any) -> Redis:
+    """The URL's or `password` authenticates to the data nodes, `sentinel_password` to the
+    sentinels (their own `requirepass`; none when empty)."""
     sentinels, master, db, url_password = parse_sentinel_url(url)
-    # Sentinels themselves run without AUTH here; the password is the data nodes'.
-    sentinel = Sentinel(sentinels, sentinel_kwargs=dict(common), **common)
+    # One try per sentinel: the next sentinel is the retry. redis-py's default (3 retries
+    # with backoff, also on a refused AUTH) made a wrong password take 12 s to surface.
+    asking = dict(common, password=sentinel_password or None, retry=Retry(NoBackoff(), 0))
+    sentinel = _Sentinel(sentinels, sentinel_kwargs=asking, **common)
     return sentinel.master_for(master, db=db, password=url_password or password or None)
 
 
@@ -83,6 +123,10 @@ def _cluster_client(url: str, password: str, max_connections: int, **common: Any
         startup_nodes=nodes,
         password=url_password or password or None,
         max_connections=max_connections,
+        # Two more tries, each after re-reading the slot map: enough to follow a failover
+        # that is over, and bounded while one is not (redis-py's default of 10, each up to
+        # a connect timeout, held a command ~11 s on a dead host instead of a quick 503).
+        retry=Retry(NoBackoff(), CLUSTER_RETRIES),
         **common,
     )
     # The commands llmq uses exist on both; callers ask `is_cluster` where they differ.
@@ -96,18 +140,20 @@ def connect(
     max_connections: int = 200,
     password: str = "",
     tls_ca: str = "",
+    sentinel_password: str = "",
 ) -> Redis:
     """A client for `url`; a command slower than `timeout` s raises (-> `QuotaBackendDown`).
     `password` is used when the URL carries none (a URL's own wins); `tls_ca` verifies a
-    `rediss://` server. `redis+sentinel://` gives a client of the master the sentinels name,
-    which follows a failover; `redis+cluster://host:port,...` a Cluster client."""
+    `rediss://` server. `redis+sentinel://` gives a client of the master the sentinels name
+    (asked with `sentinel_password`), which follows a failover; `redis+cluster://host:port,...`
+    a Cluster client."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "decode_responses": True,
     }
     if url.startswith(SENTINEL_SCHEME):
-        return _sentinel_client(url, password, **common)
+        return _sentinel_client(url, password, sentinel_password, **common)
     if url.startswith(CLUSTER_SCHEME):
         return _cluster_client(url, password, max_connections, **common)
     extra: dict[str, Any] = {}
@@ -127,18 +173,33 @@ def connect(
     return Redis(connection_pool=pool)
 
 
-def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redis:
-    """`connect` to `url` (default `conn.redis_url`, or `conn.redis_sentinels` when set)
-    with `conn`'s password and TLS CA."""
-    if not url and conn.redis_sentinels:
+def redis_target(conn: ConnectionSettings) -> str:
+    """The URL `connect_with` uses by default: `conn.redis_sentinels` as a sentinel URL when
+    set, else `conn.redis_url`."""
+    if conn.redis_sentinels:
         hosts = ",".join(conn.redis_sentinels)
-        url = f"{SENTINEL_SCHEME}{hosts}/{conn.redis_sentinel_master}/{conn.redis_sentinel_db}"
+        return f"{SENTINEL_SCHEME}{hosts}/{conn.redis_sentinel_master}/{conn.redis_sentinel_db}"
+    return conn.redis_url
+
+
+def connect_with(conn: ConnectionSettings, url: str = "", **kwargs: Any) -> Redis:
+    """`connect` to `url` (default `redis_target(conn)`) with `conn`'s passwords (data
+    nodes and sentinels) and TLS CA."""
     return connect(
-        url or conn.redis_url,
+        url or redis_target(conn),
         password=conn.secret("redis_password"),
+        sentinel_password=conn.secret("redis_sentinel_password"),
         tls_ca=conn.redis_tls_ca,
         **kwargs,
     )
+
+
+_AUTH_REFUSALS = ("username-password", "NOAUTH", "already authenticated", "Authentication")
+"""How a refused AUTH reads inside the Cluster client's "cannot be connected" error."""
+
+
+def _refused_auth(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in _AUTH_REFUSALS)
 
 
 async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
@@ -148,7 +209,21 @@ async def check_at_start(redis: Redis, url: str, timeout: float) -> bool:
     try:
         async with asyncio.timeout(timeout):
             await redis.ping()
-    except redis_errors.AuthenticationError as exc:
+    except SentinelPasswordRefused:
+        log.error(
+            "Redis Sentinels at %s refused authentication: check "
+            "LLMQ_REDIS_SENTINEL_PASSWORD(_FILE) (the sentinels' own password)",
+            shown,
+        )
+        return False
+    except MasterNotFoundError as exc:
+        errors = ", ".join(re.findall(r" - ([\w:.]+)", str(exc))) or "none answered"
+        log.error("Redis Sentinels at %s name no usable master (%s)", shown, errors)
+        return False
+    except (redis_errors.AuthenticationError, redis_errors.RedisClusterException) as exc:
+        if not isinstance(exc, redis_errors.AuthenticationError) and not _refused_auth(exc):
+            log.error("Redis at %s is not usable at start: %s", shown, exc)
+            return False
         log.error(
             "Redis at %s refused authentication (%s): check LLMQ_REDIS_PASSWORD(_FILE) or "
             "the password in LLMQ_REDIS_URL",

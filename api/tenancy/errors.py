@@ -25,7 +25,14 @@ _DOWN = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
     OSError,
+    # A Cluster in the middle of a failover: its slots have no master yet.
+    redis_errors.ClusterDownError,  # includes MasterDownError
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
 )
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
+"""What redis-py's Cluster client raises (a bare `RedisClusterException`) when no node
+answers, or none accepts the password."""
 
 
 @contextmanager
@@ -35,3 +42,7 @@ def backend_guard() -> Iterator[None]:
         yield
     except _DOWN as exc:
         raise QuotaBackendDown(f"redis unavailable: {type(exc).__name__}") from exc
+    except redis_errors.RedisClusterException as exc:
+        if not str(exc).startswith(_CLUSTER_UNREACHABLE):
+            raise
+        raise QuotaBackendDown(f"redis unavailable: {_CLUSTER_UNREACHABLE}") from exc

@@ -18,6 +18,19 @@ TenantName = Annotated[str, Meta(pattern=TENANT_NAME_PATTERN)]
 Count = Annotated[int, Meta(ge=0)]
 Usd = Annotated[float, Meta(ge=0)]
 TenantStatus = Literal["active", "suspended"]
+Priority = Literal["high", "normal", "low"]
+"""A priority class: a model's queue starts a higher class's requests first."""
+KeyPriority = Literal["", "high", "normal", "low"]
+"""A key's class; "" = its tenant's. A key never ranks above its tenant."""
+PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
+NORMAL_RANK = PRIORITY_RANK["normal"]
+
+
+def priority_rank(tenant: str, key: str = "") -> int:
+    """The rank a request is served at: its key's class, capped by its tenant's."""
+    ceiling = PRIORITY_RANK.get(tenant, NORMAL_RANK)
+    return min(ceiling, PRIORITY_RANK.get(key, ceiling))
+
 
 Reason = Literal[
     "ok",
@@ -68,6 +81,8 @@ class Tenant(Struct, kw_only=True, forbid_unknown_fields=True):
     """Per UTC calendar month, priced with the price table."""
     storage_bytes: Count = 0
     """Bytes of files (`/v1/files`, batch outputs included) the tenant may keep at once."""
+    priority: Priority = "normal"
+    """Its requests' class on a busy model's queue (docs/routing.md, "Priority classes")."""
     created_at: float = 0.0
 
 
@@ -82,6 +97,7 @@ TENANT_MUTABLE_FIELDS = frozenset(
         "monthly_tokens",
         "spend_budget_usd",
         "storage_bytes",
+        "priority",
     }
 )
 
@@ -103,6 +119,8 @@ class KeySettings(Struct, kw_only=True):
     daily_tokens: Count = 0
     monthly_tokens: Count = 0
     spend_budget_usd: Usd = 0.0
+    priority: KeyPriority = ""
+    """The class of this key's requests, at most its tenant's; "" = the tenant's."""
 
 
 class KeyInput(KeySettings, kw_only=True, forbid_unknown_fields=True):
@@ -118,6 +136,9 @@ class ApiKey(KeySettings, kw_only=True):
     """The first characters of the key (`sk-llmq-AbCd`), so a person can tell keys apart."""
     sha256: str
     created_at: float = 0.0
+    last_used_at: float = 0.0
+    """Unix seconds a job of this key last ended (0 = never). Not part of the stored record:
+    `TenantStore.list_keys` fills it from the last-used hash the job's release stamps."""
 
     def expired(self, now: float) -> bool:
         return 0 < self.expires_at <= now

@@ -255,6 +255,7 @@ class Quota:
             names.tenant_ledger_key(tenant),
             names.usage_by_key(tenant, p.day, "key"),
             names.usage_by_key(tenant, p.day, "user"),
+            names.key_last_used_key(tenant),
         ]
         args: list[str | int] = [
             e.job_id,

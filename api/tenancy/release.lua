@@ -3,11 +3,13 @@
 -- Frees the concurrency slots (tenant's and key's), replaces the reserved tokens and spend
 -- with the real ones in the rate, day and month counters it was reserved in (tenant's and
 -- key's), books usage for the day (per model; per key and per end user when the request had
--- them) and appends one ledger entry (global stream and the tenant's stream).
+-- them), stamps the key's last use and appends one ledger entry (global stream and the
+-- tenant's stream).
 --
 -- KEYS[1] reservation hash   KEYS[2] in-flight zset   KEYS[3] usage hash (release day)
 -- KEYS[4] ledger stream      KEYS[5] tenant ledger stream
 -- KEYS[6] usage-per-key hash (release day)  KEYS[7] usage-per-user hash (release day)
+-- KEYS[8] the tenant's key-last-used hash (key id -> unix ms)
 -- (in a Cluster KEYS[4] is KEYS[5]: the caller appends to the global ledger itself)
 -- ARGV[1] job id  ARGV[2] prompt tokens  ARGV[3] completion tokens  ARGV[4] failed 0|1
 -- ARGV[5] now (unix ms)  ARGV[6] usage expires at (unix ms)  ARGV[7] ledger max length
@@ -84,7 +86,10 @@ end
 local model = ARGV[9]
 book(KEYS[3], model)
 local key_id = r[16] or ''
-if key_id ~= '' then book(KEYS[6], key_id) end
+if key_id ~= '' then
+  book(KEYS[6], key_id)
+  redis.call('HSET', KEYS[8], key_id, ARGV[5])
+end
 local user = r[17] or ''
 if user ~= '' then
   -- Bounded cardinality: past the cap, new end users of the day share one row (the ledger,

@@ -164,6 +164,7 @@ class TenantStore:
                     pipe.delete(names.api_key_key(record.sha256))
                 pipe.delete(
                     names.tenant_api_keys_key(name),
+                    names.key_last_used_key(name),
                     names.inflight_key(name),
                 )
                 pipe.srem(names.TENANTS_KEY, name)
@@ -231,9 +232,17 @@ class TenantStore:
         return plaintext, record
 
     async def list_keys(self, tenant: str) -> list[ApiKey]:
+        """The tenant's keys, oldest first, each with when it was last used."""
         with backend_guard():
-            raw = await self._redis.hgetall(names.tenant_api_keys_key(tenant))
-        keys = [msgspec.json.decode(_text(v), type=ApiKey) for v in raw.values()]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(names.tenant_api_keys_key(tenant))
+                pipe.hgetall(names.key_last_used_key(tenant))
+                raw, used = await pipe.execute()
+        last_used = {_text(k): int(v) / 1000 for k, v in used.items()}
+        keys = [
+            msgspec.structs.replace(record, last_used_at=last_used.get(record.id, 0.0))
+            for record in (msgspec.json.decode(_text(v), type=ApiKey) for v in raw.values())
+        ]
         return sorted(keys, key=lambda k: k.created_at)
 
     async def revoke_key(self, tenant: str, key_id: str) -> bool:
@@ -246,6 +255,7 @@ class TenantStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(names.api_key_key(record.sha256))
                 pipe.hdel(names.tenant_api_keys_key(tenant), key_id)
+                pipe.hdel(names.key_last_used_key(tenant), key_id)
                 await pipe.execute()
         return True
 

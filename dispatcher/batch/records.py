@@ -237,9 +237,10 @@ batch_decoder: Final = msgspec.json.Decoder(BatchRecord)
 
 
 def batch_view(record: BatchRecord) -> dict[str, Any]:
-    """The OpenAI `batch` object."""
+    """The OpenAI `batch` object; a field not set yet is omitted rather than null (the spec
+    types each as a string, integer or object)."""
     usage = record.usage
-    return {
+    view = {
         "id": BATCH_ID_PREFIX + record.id,
         "object": "batch",
         "endpoint": record.endpoint,
@@ -277,6 +278,7 @@ def batch_view(record: BatchRecord) -> dict[str, Any]:
             else None
         ),
     }
+    return {key: value for key, value in view.items() if value is not None}
 
 
 # --- files -------------------------------------------------------------------------------

@@ -76,6 +76,17 @@ class ConnectionSettings(Group):
         repr=False,
     )
     redis_password_file: str = setting("", "File holding the Redis password.", commands=())
+    redis_sentinel_password: str = setting(
+        "",
+        "Password of the Redis Sentinels themselves (their `requirepass`), used to ask them "
+        "for the master; the data nodes keep redis_password. Or give "
+        "redis_sentinel_password_file.",
+        secret=True,
+        repr=False,
+    )
+    redis_sentinel_password_file: str = setting(
+        "", "File holding the Redis Sentinels' password.", commands=()
+    )
     redis_tls_ca: str = setting(
         "", "PEM CA file to verify the Redis server (with a `rediss://` redis_url).", commands=()
     )

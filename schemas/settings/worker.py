@@ -139,7 +139,10 @@ class BackendSettings(Group):
         5.0, "Seconds to open a connection to the backend.", gt=0
     )
     backend_first_token_timeout: float = setting(
-        60.0, "Seconds the backend may take to send its first token.", gt=0
+        60.0,
+        "Seconds the backend may take to send its first token (a streamed upstream call; "
+        "a non-streamed one is bounded by backend_timeout).",
+        gt=0,
     )
     backend_token_timeout: float = setting(
         30.0, "Seconds the backend may pause between two tokens.", gt=0

@@ -5,6 +5,8 @@ the cluster, and a chat goes through the api with quotas on."""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,12 +19,21 @@ import pytest
 from redis.asyncio import Redis
 from redis.cluster import key_slot
 
-from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy import (
+    Quota,
+    Tenant,
+    TenantStore,
+    UsageReader,
+    check_at_start,
+    connect,
+    connect_with,
+)
 from llmq.api.tenancy.client import is_cluster
+from llmq.cli import main as cli_main
 from llmq.embedded import EmbeddedRedis
-from llmq.embedded_redis_ha import redis_cluster_url
-from llmq.redis_keys import migrate
+from llmq.embedded_redis_ha import redis_cluster_url, start_redis_cluster
 from llmq.schemas import names
+from llmq.schemas.settings import ConnectionSettings
 from tests.api.tenancy.test_quota import (
     test_concurrency_slots,
     test_daily_budget_never_exceeded_under_concurrency,
@@ -204,40 +215,58 @@ async def test_chat_with_quotas_through_the_api(
         await admin.aclose()
 
 
-async def test_old_key_names_are_migrated(tmp_path: Path) -> None:
-    """A deployment from before hash tags: after `llmq.redis_keys` the tenant, its key, its
-    open reservation (released afterwards) and its usage are all found under the tagged
-    names. (Since the GCRA rates the release reconciles the tenant's rate hash, not a minute
-    window: its slot and its usage are what show the migrated reservation was found.)"""
-    server = EmbeddedRedis(tmp_path / "old-layout")
-    redis = connect(server.url, timeout=10.0)
+async def test_a_password_protected_cluster(
+    tmp_path: Path, stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`requirepass` on every node: LLMQ_REDIS_PASSWORD serves; a missing or wrong one is a
+    clear error at start (not a hang), `/ready` fails on `redis` and a chat gets a clean
+    503, never a 500."""
+    password = "cl-" + uuid.uuid4().hex
+    nodes = start_redis_cluster(tmp_path / "locked-cluster", password=password)
     try:
-        store, quota = TenantStore(redis), Quota(redis)
-        tenant = unique("old")
-        await store.create(Tenant(name=tenant, tpm=1000))
-        key, _ = await store.create_key(tenant)
-        assert (await quota.reserve(tenant, "m", 10, 90, "before")).allowed
-        assert (await quota.reserve(tenant, "m", 10, 90, "open")).allowed
-        assert await quota.release(tenant, "m", "before", 10, 5)
-        # Back to the names the previous version wrote: the tenant without braces.
-        for name in [str(k) async for k in redis.scan_iter(match="llmq:*{*}*")]:
-            await redis.rename(name, name.replace("{", "").replace("}", ""))
-        reservation = names.reservation_key(tenant, "open").replace("{", "").replace("}", "")
-        for f in ("win", "day", "month"):
-            old = str(await redis.hget(reservation, f))
-            await redis.hset(reservation, f, old.replace("{", "").replace("}", ""))
-        assert await store.get(tenant) is None  # the new layout does not see the old keys
-
-        assert (await migrate(redis, dry_run=True)).renamed >= 7
-        done = await migrate(redis)
-        assert done.conflicts == [] and done.renamed >= 7
-        assert (await store.resolve_key(key)) == await store.get(tenant) is not None
-        assert await quota.inflight(tenant) == 1
-        assert await quota.release(tenant, "m", "open", 10, 20)  # reserved 100, used 30
-        assert await quota.inflight(tenant) == 0
-        rows = await UsageReader(redis).usage(tenant, days=1)
-        assert sum(r.requests for r in rows) == 2
-        assert (await migrate(redis)).renamed == 0  # a second run finds nothing to do
+        url = redis_cluster_url(nodes)
+        good = connect_with(ConnectionSettings(redis_url=url, redis_password=password))
+        try:
+            assert await check_at_start(good, url, 5.0)
+            tenant = unique("locked")
+            await TenantStore(good).create(Tenant(name=tenant))
+            key, _ = await TenantStore(good).create_key(tenant, label="locked cluster")
+        finally:
+            await good.aclose()
+        caplog.set_level(logging.INFO)
+        for wrong in ("", "wrong"):
+            caplog.clear()
+            bad = connect_with(ConnectionSettings(redis_url=url, redis_password=wrong))
+            started = time.monotonic()
+            assert not await check_at_start(bad, url, 5.0)
+            assert time.monotonic() - started < 5
+            await bad.aclose()
+            assert f"Redis at {url} refused authentication" in caplog.text, caplog.text
+            assert "LLMQ_REDIS_PASSWORD" in caplog.text
+        stack.redis_url = url
+        api = await stack.api(auth_mode="keys", redis_password="wrong")
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{api.url}/ready")
+            assert ready.status_code == 503 and ready.json()["failing"] == ["redis"]
+            resp = await http.post(
+                f"{api.url}/v1/chat/completions",
+                json={"model": "any", "messages": [{"role": "user", "content": "x"}]},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=20,
+            )
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == "tenant_store_down"
+        assert password not in caplog.text
     finally:
-        await redis.aclose()
-        server.stop()
+        for node in nodes:
+            node.stop()
+
+
+def test_migrate_keys_refuses_a_cluster(
+    redis_cluster: list[EmbeddedRedis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmq redis migrate-keys`: a rename cannot cross slots, so it says to migrate on the
+    single server before moving into a Cluster (exit 2), changing nothing."""
+    url = redis_cluster_url(redis_cluster)
+    assert cli_main(["redis", "migrate-keys", "--dry-run", "--redis-url", url]) == 2
+    assert "is a Cluster: migrate the keys on the single server" in capsys.readouterr().err

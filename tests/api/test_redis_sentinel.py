@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from llmq.api.tenancy import Tenant, TenantStore, check_at_start, connect, connect_with
+from llmq.api.tenancy import Quota, Tenant, TenantStore, check_at_start, connect, connect_with
 from llmq.api.tenancy.client import parse_sentinel_url
+from llmq.cli import main as cli_main
 from llmq.embedded_redis_ha import EmbeddedSentinelSet
 from llmq.schemas.settings import ConnectionSettings
 from tests.stack import unique, wait_for
@@ -55,33 +58,150 @@ async def test_settings_name_the_sentinels(sentinel_set: EmbeddedSentinelSet) ->
         await redis.aclose()
 
 
-async def test_the_redis_password_reaches_the_master(tmp_path: Path) -> None:
-    """With `requirepass` on the data nodes: LLMQ_REDIS_PASSWORD (or a URL's own password)
-    authenticates to the master the sentinels name; none is refused clearly."""
-    password = "vk-" + uuid.uuid4().hex
-    servers = EmbeddedSentinelSet(tmp_path / "locked", password=password)
+@pytest.fixture
+def locked_sentinel_set(tmp_path: Path) -> Any:
+    """A master and a replica with `requirepass`, and three sentinels with their own
+    `requirepass` (a different one), ready to fail over."""
+    servers = EmbeddedSentinelSet(
+        tmp_path / "locked",
+        password="vk-" + uuid.uuid4().hex,
+        sentinel_password="sn-" + uuid.uuid4().hex,
+    )
     try:
         servers.wait_ready()
-        conn = ConnectionSettings(
-            redis_sentinels=[s.address for s in servers.sentinels],
-            redis_sentinel_master=servers.master_name,
-            redis_password=password,
-        )
-        by_setting = connect_with(conn)
-        at = servers.url.index("//") + 2
-        by_url = connect(servers.url[:at] + f":{password}@" + servers.url[at:])
-        without = connect(servers.url)
-        try:
-            assert await by_setting.set("llmq-test:locked", "1")
-            assert await by_url.get("llmq-test:locked") == "1"
-            assert not await check_at_start(without, servers.url, 5.0)
-        finally:
-            for client in (by_setting, by_url, without):
-                await client.aclose()
-        for server in [servers.master, servers.replica, *servers.sentinels]:
-            assert password not in " ".join(map(str, server.proc.args))  # type: ignore[arg-type]
+        yield servers
     finally:
         servers.stop()
+
+
+def _locked_settings(servers: EmbeddedSentinelSet, **secrets: str) -> ConnectionSettings:
+    return ConnectionSettings(
+        redis_sentinels=[s.address for s in servers.sentinels],
+        redis_sentinel_master=servers.master_name,
+        **secrets,
+    )
+
+
+async def _refused(redis: Any, url: str, caplog: pytest.LogCaptureFixture) -> str:
+    """`check_at_start` gives up within its deadline; the log line it wrote."""
+    caplog.clear()
+    started = time.monotonic()
+    assert not await check_at_start(redis, url, 5.0)
+    assert time.monotonic() - started < 10
+    await redis.aclose()
+    return caplog.text
+
+
+async def test_the_passwords_reach_the_sentinels_and_the_master(
+    locked_sentinel_set: EmbeddedSentinelSet,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sentinels with their own `requirepass`, data nodes with theirs: LLMQ_REDIS_PASSWORD
+    (or a URL's own) for the data nodes and LLMQ_REDIS_SENTINEL_PASSWORD(_FILE) for the
+    sentinels reach the master; a missing or wrong one of either is a clear error at once
+    (never a hang), naming the setting to check and never a password; `llmq tenants` too."""
+    servers = locked_sentinel_set
+    caplog.set_level(logging.INFO)
+    (tmp_path / "sentinel-pw").write_text(servers.sentinel_password + "\n")
+    by_settings = connect_with(
+        _locked_settings(
+            servers,
+            redis_password=servers.password,
+            redis_sentinel_password_file=str(tmp_path / "sentinel-pw"),
+        )
+    )
+    at = servers.url.index("//") + 2
+    by_url = connect(
+        servers.url[:at] + f":{servers.password}@" + servers.url[at:],
+        sentinel_password=servers.sentinel_password,
+    )
+    try:
+        assert await check_at_start(by_settings, servers.url, 5.0)
+        assert await by_settings.set("llmq-test:locked", "1")
+        assert (await by_settings.info("server"))["tcp_port"] == servers.master.port
+        assert await by_url.get("llmq-test:locked") == "1"
+    finally:
+        for client in (by_settings, by_url):
+            await client.aclose()
+
+    for sentinel_password in ("", "wrong"):
+        conn = _locked_settings(
+            servers, redis_password=servers.password, redis_sentinel_password=sentinel_password
+        )
+        said = await _refused(connect_with(conn), servers.url, caplog)
+        assert "Redis Sentinels at" in said and "refused authentication" in said, said
+        assert "LLMQ_REDIS_SENTINEL_PASSWORD" in said, said
+    for password in ("", "wrong"):
+        conn = _locked_settings(
+            servers, redis_password=password, redis_sentinel_password=servers.sentinel_password
+        )
+        said = await _refused(connect_with(conn), servers.url, caplog)
+        assert "refused authentication" in said and "LLMQ_REDIS_PASSWORD" in said, said
+
+    # The operator's CLI takes the same settings (LLMQ_REDIS_SENTINELS, not LLMQ_REDIS_URL)
+    # and says why it cannot go on.
+    monkeypatch.setenv("LLMQ_REDIS_SENTINELS", ",".join(s.address for s in servers.sentinels))
+    monkeypatch.setenv("LLMQ_REDIS_SENTINEL_MASTER", servers.master_name)
+    monkeypatch.setenv("LLMQ_REDIS_PASSWORD", servers.password)
+    monkeypatch.setenv("LLMQ_REDIS_SENTINEL_PASSWORD", servers.sentinel_password)
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli_main, ["tenants", "list"]) == 0
+    assert capsys.readouterr().out.startswith("[")
+    monkeypatch.setenv("LLMQ_REDIS_SENTINEL_PASSWORD", "wrong")
+    assert await asyncio.to_thread(cli_main, ["tenants", "list"]) == 2
+    said = capsys.readouterr().err
+    assert f"cannot reach Redis at {servers.url}" in said and "SentinelPasswordRefused" in said
+
+    for secret in (servers.password, servers.sentinel_password):
+        assert secret not in caplog.text
+        for server in [servers.master, servers.replica, *servers.sentinels]:
+            assert secret not in " ".join(map(str, server.proc.args))  # type: ignore[arg-type]
+    for sentinel in servers.sentinels:  # sentinel rewrites its config with the umask
+        assert sentinel.log_path.parent.stat().st_mode & 0o077 == 0
+
+
+async def test_a_wrong_sentinel_password_keeps_the_api_unready(
+    locked_sentinel_set: EmbeddedSentinelSet, stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The api starts, says at once why Redis is unusable, reports `/ready` failing on
+    `redis`, and answers a chat with a clean 503 (no hang)."""
+    servers = locked_sentinel_set
+    admin = connect(
+        servers.url, password=servers.password, sentinel_password=servers.sentinel_password
+    )
+    try:
+        tenant = unique("locked")
+        await TenantStore(admin).create(Tenant(name=tenant))
+        key, _ = await TenantStore(admin).create_key(tenant, label="wrong sentinel password")
+    finally:
+        await admin.aclose()
+    caplog.set_level(logging.INFO)
+    api = await stack.api(
+        auth_mode="keys",
+        redis_sentinels=[s.address for s in servers.sentinels],
+        redis_sentinel_master=servers.master_name,
+        redis_password=servers.password,
+        redis_sentinel_password="wrong",
+    )
+    assert f"Redis Sentinels at {servers.url} refused authentication" in caplog.text
+    async with httpx.AsyncClient() as http:
+        ready = await http.get(f"{api.url}/ready")
+        assert ready.status_code == 503 and ready.json()["failing"] == ["redis"]
+        started = time.monotonic()
+        resp = await http.post(
+            f"{api.url}/v1/chat/completions",
+            json={"model": "any", "messages": [{"role": "user", "content": "x"}]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=20,
+        )
+    assert time.monotonic() - started < 10
+    assert resp.status_code == 503, resp.text
+    assert set(resp.json()["error"]) >= {"message", "type"}
+    assert resp.json()["error"]["code"] == "tenant_store_down"
+    assert servers.password not in caplog.text and servers.sentinel_password not in caplog.text
 
 
 @dataclass
@@ -133,11 +253,19 @@ async def _failover_under_load(
     stack: Any, sentinels: EmbeddedSentinelSet, fail_open: bool
 ) -> dict[str, Any]:
     stack.redis_url = sentinels.url
+    secrets = {
+        "redis_password": sentinels.password,
+        "redis_sentinel_password": sentinels.sentinel_password,
+    }
     # Keys stay cached through the window, so the only Redis work of a chat is its quota.
-    api = await stack.api(auth_mode="keys", key_cache_ttl=300.0, quota_fail_open=fail_open)
+    api = await stack.api(
+        auth_mode="keys", key_cache_ttl=300.0, quota_fail_open=fail_open, **secrets
+    )
     model = unique("sentinel")
     await stack.worker(model=[model])
-    admin = connect(sentinels.url)
+    admin = connect(
+        sentinels.url, password=sentinels.password, sentinel_password=sentinels.sentinel_password
+    )
     try:
         store = TenantStore(admin)
         tenant = unique("ha")
@@ -168,6 +296,18 @@ async def _failover_under_load(
         load.stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*loops), HANG + 10)
+    admin = connect(
+        sentinels.url, password=sentinels.password, sentinel_password=sentinels.sentinel_password
+    )
+    try:
+
+        async def released() -> bool:
+            return await Quota(admin).inflight(tenant) == 0
+
+        # Every slot taken is given back, through the failover (none leaked).
+        await wait_for(released, timeout=15, interval=0.2)
+    finally:
+        await admin.aclose()
     after = [(s, e, o) for s, e, o in load.outcomes if e >= killed]
     failed = [(s, e, o) for s, e, o in after if o != "ok"]
     last_failure = max((e for _, e, _ in failed), default=killed)
@@ -191,10 +331,12 @@ async def _failover_under_load(
     return figures
 
 
-async def test_failover_fail_closed(sentinel_set: EmbeddedSentinelSet, stack: Any) -> None:
+async def test_failover_fail_closed(locked_sentinel_set: EmbeddedSentinelSet, stack: Any) -> None:
     """Default: while no master answers, a chat gets 503 `quota_store_down` (never served
-    unchecked, never hung); then traffic is normal on the promoted replica."""
-    figures = await _failover_under_load(stack, sentinel_set, fail_open=False)
+    unchecked, never hung); then traffic is normal on the promoted replica. With passwords
+    on the data nodes and on the sentinels (which then must authenticate to each other to
+    agree on the failover)."""
+    figures = await _failover_under_load(stack, locked_sentinel_set, fail_open=False)
     assert set(figures["outcomes"]) <= {"ok", "503:quota_store_down"}, figures
     assert "503:quota_store_down" in figures["outcomes"], figures
     assert figures["normal_after_s"] < 30, figures

@@ -24,11 +24,13 @@ def _listening(port: int) -> bool:
 
 
 def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
+    port, nats_port, redis_port = free_port(), free_port(), free_port()
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port)],
+            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port),
+             "--nats-port", str(nats_port), "--redis-port", str(redis_port),
+             "--data-dir", str(tmp_path / "data")],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -46,7 +48,8 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
         )
         assert reply.choices[0].message.content == "dev mode works"
         servers = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text.splitlines()[0])]
-        assert len(servers) == 2 and all(_listening(p) for p in servers)
+        assert servers == [nats_port, redis_port] and all(_listening(p) for p in servers)
+        assert (tmp_path / "data" / "nats.token").is_file(), "the data dir given"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert proc.wait(30) == 0
         time.sleep(0.3)
@@ -61,6 +64,20 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_llmq_dev_refuses_a_taken_server_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(free_port()),
+             "--redis-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"port {port} is in use; pick another with --redis-port" in done.stderr
 
 
 def _printed_key(text: str) -> str:

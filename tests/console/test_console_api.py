@@ -1,10 +1,11 @@
 """The console's server side without a browser: login into a signed session cookie, its
 flags, CSRF, the Content-Security-Policy, what a tenant session may see, the model table
-saved with live reload, usage CSV, the live overview and the workers page."""
+saved with live reload, usage CSV, a key's last use, the live overview and the workers page."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,6 +168,7 @@ async def test_usage_csv_overview_and_workers(stack, store) -> None:  # type: ig
     await store.create(Tenant(name=tenant))
     key, _ = await store.create_key(tenant)
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    sent_at = time.time()
     stream = await sdk.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "count me"}], stream=True
     )
@@ -185,10 +187,20 @@ async def test_usage_csv_overview_and_workers(stack, store) -> None:  # type: ig
         header, row = resp.text.splitlines()[0], await csv_row()
         assert header.startswith("day,tenant,model,requests")
         assert row is not None and f",{tenant},{model},1,0," in row
+
+        async def last_used() -> float:
+            listed = (await client.get(f"/admin/tenants/{tenant}/keys")).json()["data"]
+            return float(listed[0]["last_used_at"])
+
+        await wait_for(last_used)  # the admin API's key listing says when the key was used
+        assert abs(await last_used() - sent_at) < 120
         overview = (await client.get("/ui/api/overview")).json()
         assert overview["requests"] >= 1 and overview["ttft_p50"] is not None
         assert overview["workers_up"] >= 1
+        assert len(overview["history"]) == 12 and sum(b["ok"] for b in overview["history"]) >= 1
         top = (await client.get("/ui/api/top")).json()
         mine = [w for w in top["workers"] if w["id"] == worker.id]
         assert mine and mine[0]["capacity"] == 3 and mine[0]["state"] == "ready"
-        assert any(m["name"] == model for m in top["models"])
+        assert mine[0]["circuit"] == "closed" and mine[0]["errors"] == 0
+        served = [m for m in top["models"] if m["name"] == model]
+        assert served and served[0]["wait"] == 0.0, "no queue: a new job would not wait"

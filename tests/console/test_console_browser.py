@@ -6,7 +6,9 @@ step fails. Skips, naming the install command, when no browser is installed."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,12 +58,24 @@ def _flow(driver: Any, url: str, model: str, tenant: str) -> None:
     row.find_element(By.LINK_TEXT, "keys").click()
     until(lambda: Select(_css(driver, "#key-tenant")).first_selected_option.text == tenant, "keys")
     _css(driver, "#key-label").send_keys("browser test")
+    _css(driver, "#key-owner").send_keys("team-a")
+    _css(driver, "#key-expires-in").send_keys("30d")
+    own_rpm = _css(driver, "#key-rpm")
+    own_rpm.clear()
+    own_rpm.send_keys("60")
     _css(driver, "#key-create").click()
     key = until(lambda: _css(driver, "#new-key-value").text.strip(), "the new key")
     assert key.startswith("sk-llmq-")
+    key_row = _css(driver, "#keys-table tbody tr")
+    key_id = key_row.get_attribute("data-id")
+    assert "team-a" in key_row.text and "60 rpm" in key_row.text, key_row.text
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    assert expires.strftime("%Y-%m-%d") in key_row.text, "expires in 30 days"
+    assert _css(driver, "#keys-table td.col-last-used").text == "—", "never used yet"
 
     # the key serves a request
     sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
+    sent_at = time.time()
     reply = sdk.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hello from the browser test"}]
     )
@@ -85,9 +99,26 @@ def _flow(driver: Any, url: str, model: str, tenant: str) -> None:
     assert int(float(rect.get_attribute("data-value"))) == tokens
     assert tenant in _css(driver, "#usage-table").text
 
-    # revoke the key: the next request is refused
+    # the keys page shows when the key was last used (stamped when the job's usage is booked)
     _css(driver, "#nav-keys").click()
     Select(until(lambda: _css(driver, "#key-tenant"), "keys page")).select_by_value(tenant)
+
+    def last_used() -> str:
+        driver.refresh()
+        text: str = until(lambda: _css(driver, "#keys-table td.col-last-used").text, "the row")
+        return "" if text == "—" else text
+
+    shown = until(last_used, "the key's last use on the keys page")
+    used_at = datetime.datetime.strptime(shown, "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC)
+    assert abs(used_at.timestamp() - sent_at) < 120, (shown, sent_at)
+
+    # the ledger finds the request by its key
+    driver.get(f"{url}/ui#ledger?q={key_id}")
+    entry = until(lambda: _css(driver, "#ledger-table tbody tr"), "the request in the ledger")
+    assert tenant in entry.text and model in entry.text and key_id in entry.text
+    driver.get(f"{url}/ui#keys?tenant={tenant}")
+
+    # revoke the key: the next request is refused
     revoke = until(lambda: _css(driver, "#keys-table button[data-key-id]"), "the key's row")
     revoke.click()
     driver.switch_to.alert.accept()
@@ -148,6 +179,7 @@ async def test_console_edits_suspends_and_deletes_with_confirmation(
     models_file.write_text("[aliases]\n")
     api = await stack.api(auth_mode="keys", admin_token=ADMIN, models_file=str(models_file))
     tenant = f"edit-{uuid.uuid4().hex[:6]}"
+    price_model = f"priced-{uuid.uuid4().hex[:6]}"
     browser.delete_all_cookies()
 
     def row() -> Any:
@@ -185,6 +217,21 @@ async def test_console_edits_suspends_and_deletes_with_confirmation(
         last.find_element(By.CSS_SELECTOR, ".target").send_keys("echo")
         _css(browser, "#models-save").click()
         until(lambda: api.app.state.models.resolve("smart") == "echo", "the alias live")
+        until(lambda: "save model table: done" in _css(browser, "#status").text, "re-rendered")
+        # a price with its cached-input price (the cache-write price left to the input's)
+        _css(browser, "#price-model").send_keys(price_model)
+        for field, value in (("#price-in", "2"), ("#price-out", "8"), ("#price-cached", "0.5")):
+            _css(browser, field).clear()
+            _css(browser, field).send_keys(value)
+        _css(browser, "#price-set").click()
+        priced = until(lambda: _css(browser, f'#prices-table tr[data-id="{price_model}"]'), "price")
+        assert priced.text.split()[:6] == [price_model, "2", "8", "0.5", "=", "input"], priced.text
 
     await asyncio.to_thread(flow)
     assert 'smart = "echo"' in models_file.read_text()
+    price = await api.app.state.store.get_price(price_model)
+    assert (price.input_per_1m, price.cached_input_per_1m, price.cache_write_per_1m) == (
+        2,
+        0.5,
+        None,
+    )

@@ -1,41 +1,27 @@
 """Fair share of a model's queue (issue 16, point 3): tenant A floods 500 requests, then
-tenant B sends 10; B's requests finish within 3 x their latency on an idle system. Real
-nats-server, Valkey, an echo worker with a per-token delay, the `openai` SDK for B."""
+tenant B sends 10; B's requests finish within 3 x their latency on an idle system — also
+when A floods through two api replicas (the counts are shared in Redis). A high-class
+request queued after 50 normal ones starts before them. Real nats-server, Valkey, echo
+workers with a per-token delay, the `openai` SDK."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import httpx
 import openai
 
-from llmq.api.fair_share import FairShare, share_of
+from llmq.api.fair_ledger import RedisLedger
+from llmq.api.fair_share import share_of
 from llmq.api.tenancy import Tenant, TenantStore, connect
-from tests.stack import unique, wait_for
+from llmq.api.tenancy.models import KeySettings
+from tests.spec import assert_valid
+from tests.stack import free_port, unique, wait_for, wait_serving
 
 CAPACITY = 4
-
-
-async def test_the_share_holds_a_tenant_back_and_lets_it_go_in_order() -> None:
-    gate = FairShare(lambda model: 2)
-    first = await gate.enter("m", "a", 1)
-    second = await gate.enter("m", "a", 1)
-    assert first is not None and second is not None
-    assert await gate.enter("m", "a", 0.05) is None  # past its share: waits, then gives up
-    other = await gate.enter("m", "b", 0.05)  # another tenant is not held back
-    assert other is not None
-    third = asyncio.create_task(gate.enter("m", "a", 5))
-    await asyncio.sleep(0.01)
-    assert not third.done()
-    first.leave()
-    first.leave()  # leaving twice frees one place only
-    ticket = await asyncio.wait_for(third, 1)
-    assert ticket is not None and gate.queued("m", "a") == 2
-    for t in (second, ticket, other):
-        t.leave()
-    assert gate.queued("m", "a") == gate.queued("m", "b") == 0
 
 
 async def _b_requests(client: openai.AsyncOpenAI, model: str) -> float:
@@ -53,43 +39,125 @@ async def _b_requests(client: openai.AsyncOpenAI, model: str) -> float:
     return time.monotonic() - started
 
 
-async def test_a_burst_from_one_tenant_does_not_starve_another(
-    stack: Any, redis_server: Any
-) -> None:
-    model = unique("fair")
+async def _tenants(redis_url: str) -> tuple[str, str]:
     a, b = unique("ta"), unique("tb")
-    redis = connect(redis_server.url)
+    redis = connect(redis_url)
     store = TenantStore(redis)
     await store.create(Tenant(name=a))
     await store.create(Tenant(name=b))
     await redis.aclose()
-    api = await stack.api(auth_mode="header", tenant_header="X-Team", trusted_tenants=[a, b])
-    worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
-    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    return a, b
+
+
+async def _flood_then_b(
+    urls: list[str], worker: Any, model: str, a: str, b: str, size: int, redis_url: str
+) -> None:
+    """A floods `size` requests spread over the apis; B's 10 through the last api finish
+    within 3 x their idle time, and A's queued jobs stay within one share for all apis."""
     client = openai.AsyncOpenAI(
-        base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=60,
+        base_url=f"{urls[-1]}/v1", api_key="unused", max_retries=0, timeout=60,
         default_headers={"X-Team": b},
     )  # fmt: skip
     idle = await _b_requests(client, model)
-
-    gate = api.app.state.serving.fair
     body = {"model": model, "messages": [{"role": "user", "content": "one two"}]}
     limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+    redis = connect(redis_url)
+    counts = RedisLedger(redis)  # what every replica reads
     async with httpx.AsyncClient(timeout=120, limits=limits) as flood:
         burst = [
             asyncio.create_task(
-                flood.post(f"{api.url}/v1/chat/completions", json=body, headers={"X-Team": a})
+                flood.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body,
+                           headers={"X-Team": a})
             )
-            for _ in range(500)
-        ]
+            for i in range(size)
+        ]  # fmt: skip
         # every slot busy with A's jobs, and A's burst sent
         await wait_for(lambda: worker.scheduler.in_flight == CAPACITY, timeout=30)
         await asyncio.sleep(1.0)
-        assert gate.queued(model, a) <= share_of(CAPACITY)  # the rest of A's burst waits
+        assert await counts.queued(model, a) <= share_of(CAPACITY)  # the rest waits
         busy = await _b_requests(client, model)
         assert not all(t.done() for t in burst)  # A's burst was still going on
         for task in burst:
             task.cancel()
         await asyncio.gather(*burst, return_exceptions=True)
     await client.close()
+    await redis.aclose()
     assert busy <= 3 * idle, (busy, idle)
+
+
+async def test_a_burst_from_one_tenant_does_not_starve_another(
+    stack: Any, redis_server: Any
+) -> None:
+    model = unique("fair")
+    a, b = await _tenants(redis_server.url)
+    api = await stack.api(auth_mode="header", tenant_header="X-Team", trusted_tenants=[a, b])
+    worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    await _flood_then_b([api.url], worker, model, a, b, 500, redis_server.url)
+
+
+async def test_two_api_processes_give_a_tenant_one_share(stack: Any, redis_server: Any) -> None:
+    """A floods through two api processes, B uses one of them: the same share as one api."""
+    model = unique("fair")
+    a, b = await _tenants(redis_server.url)
+    worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
+    ports = [free_port(), free_port()]
+    for port in ports:
+        stack.process("api", "--port", str(port), auth_mode="header", tenant_header="X-Team",
+                      trusted_tenants=f"{a},{b}")  # fmt: skip
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    for url in urls:
+        await wait_serving(url, model, timeout=60, headers={"X-Team": b})
+    await _flood_then_b(urls, worker, model, a, b, 200, redis_server.url)
+
+
+async def test_a_high_class_request_starts_before_the_normal_ones_queued_before_it(
+    stack: Any, redis_server: Any
+) -> None:
+    """One tenant of class high; 50 requests by its key capped at normal, then one by its
+    key of the tenant's class: the worker (one slot) starts it as soon as the jobs already
+    in the queue (the model's cap, `share_of`) are started, before the other normal ones."""
+    model = unique("prio")
+    tenant = unique("t")
+    redis = connect(redis_server.url)
+    store = TenantStore(redis)
+    await store.create(Tenant(name=tenant, priority="high"))
+    normal_key, _ = await store.create_key(tenant, settings=KeySettings(priority="normal"))
+    high_key, _ = await store.create_key(tenant)
+    await redis.aclose()
+    api = await stack.api(auth_mode="keys")
+    worker = await stack.worker(model=[model], capacity=1, echo_delay=0.05)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    gate = api.app.state.serving.fair
+    order: list[str] = []
+    clients = {
+        key: openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0, timeout=60)
+        for key in (normal_key, high_key)
+    }
+
+    async def ask(key: str, name: str) -> None:
+        raw = await clients[key].chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": f"{name} two"}]
+        )
+        assert_valid("CreateChatCompletionResponse", json.loads(raw.content))
+        assert raw.parse().choices[0].message.content == f"{name} two"
+        order.append(name)
+
+    normal = [asyncio.create_task(ask(normal_key, f"n{i}")) for i in range(50)]
+    cap = share_of(1)
+
+    async def saturated() -> bool:
+        return worker.scheduler.in_flight == 1 and await gate.queued(model, tenant) == cap
+
+    await wait_for(saturated, timeout=30)
+    high = asyncio.create_task(ask(high_key, "high"))
+    await asyncio.wait_for(high, 30)
+    ahead = order.index("high")
+    assert ahead <= 1 + cap, order  # only the running job and the queued cap went first
+    assert all(t.exception() is None for t in normal if t.done())
+    assert sum(not t.done() for t in normal) >= 50 - (1 + cap) - 1  # at most one more since
+    for task in normal:
+        task.cancel()
+    await asyncio.gather(*normal, return_exceptions=True)
+    for client in clients.values():
+        await client.close()

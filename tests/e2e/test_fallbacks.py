@@ -274,3 +274,95 @@ async def test_a_fallback_the_tenant_may_not_use_is_skipped_and_quota_stays_exac
     assert hits[f"fail:{primary}"] == "1"  # the failed attempt, booked on its own model
     assert f"req:{barred}" not in hits
     await redis.aclose()
+
+
+async def test_attempts_exhausted_falls_back(
+    upstream: FakeUpstream, stack: Any, tmp_path: Path
+) -> None:
+    """The primary's worker fails every attempt and hands the job back each time, until
+    JetStream's attempt budget (`max_deliver`) is used up; then the fallback serves."""
+    primary, spare = unique("fb-main"), unique("fb-spare")
+    upstream.route(CHAT, openai_error(503, "overloaded", "server_error"))
+    table = tmp_path / "models.toml"
+    _write(table, _table(primary, spare))
+    api = await stack.api(models_file=str(table))
+    worker = await _openai_worker(stack, api, primary, f"{upstream.url}/v1", max_deliver=2, **QUICK)
+    # As a worker configured for more attempts than the queue allows (say mid rolling
+    # upgrade) does: it gives every failed attempt back to the queue instead of answering.
+    worker.runner.max_deliver = 100
+    await _echo_worker(stack, api, spare)
+    assert await _served_by(api, primary) == (spare, spare, "hello there")
+    assert worker.outcomes == {"retried": 2}  # both deliveries of the job failed
+    assert await _fallback_count(api, "attempts_exhausted", primary, spare) == 1
+    assert await _served_by(api, primary, stream=True) == (spare, spare, "hello there")
+    assert await _fallback_count(api, "attempts_exhausted", primary, spare) == 2
+
+
+async def _response_served_by(api: Any, model: str, stream: bool = False) -> tuple[str, str, str]:
+    """(x-llmq-model header, text, response id) of one Responses request through the SDK;
+    every body and event validated against the spec, the response stored and readable."""
+    client = _client(api)
+    try:
+        if stream:
+            raw = await client.responses.with_raw_response.create(
+                model=model, input="hello there", stream=True
+            )
+            events = [e async for e in raw.parse()]
+            for e in events:
+                assert_valid("ResponseStreamEvent", e.model_dump(mode="json", exclude_unset=True))
+            assert events[-1].type == "response.completed"
+            final = events[-1].response
+        else:
+            raw = await client.responses.with_raw_response.create(model=model, input="hello there")
+            assert_valid("Response", json.loads(raw.content))
+            final = raw.parse()
+        assert (await client.responses.retrieve(final.id)).output_text == final.output_text
+        return raw.headers["x-llmq-model"], final.output_text, final.id
+    finally:
+        await client.close()
+
+
+async def test_the_responses_api_falls_back_too(
+    upstream: FakeUpstream, stack: Any, tmp_path: Path
+) -> None:
+    """The same causes and the same `x-llmq-model` on `/v1/responses`, streamed or not."""
+    primary, spare, gone = unique("fb-main"), unique("fb-spare"), unique("fb-gone")
+    for path in (CHAT, "/v1/responses"):
+        upstream.route(path, openai_error(503, "overloaded", "server_error"))
+    table = tmp_path / "models.toml"
+    _write(table, _table(primary, spare) + _table(gone, spare))
+    api = await stack.api(models_file=str(table))
+    await _openai_worker(stack, api, primary, f"{upstream.url}/v1", **QUICK)
+    await _echo_worker(stack, api, spare)
+    header, text, _ = await _response_served_by(api, primary)
+    assert (header, text) == (spare, "hello there")
+    header, text, _ = await _response_served_by(api, primary, stream=True)
+    assert (header, text) == (spare, "hello there")
+    assert len(upstream.received) >= 2  # the primary was tried each time
+    assert await _fallback_count(api, "upstream_error", primary, spare) == 2
+    # a model whose only worker has gone
+    left = await _echo_worker(stack, api, gone)
+    await left.close()
+    await wait_for(lambda: not api.runtime.registry.workers_for(gone))
+    header, text, _ = await _response_served_by(api, gone)
+    assert (header, text) == (spare, "hello there")
+    assert await _fallback_count(api, "no_worker", gone, spare) == 1
+
+
+async def test_a_responses_request_error_does_not_fall_back(
+    upstream: FakeUpstream, stack: Any, tmp_path: Path
+) -> None:
+    primary, spare = unique("fb-main"), unique("fb-spare")
+    for path in (CHAT, "/v1/responses"):
+        upstream.route(path, openai_error(400, "bad temperature", "invalid_request_error"))
+    table = tmp_path / "models.toml"
+    _write(table, _table(primary, spare))
+    api = await stack.api(models_file=str(table))
+    await _openai_worker(stack, api, primary, f"{upstream.url}/v1", **QUICK)
+    spare_worker = await _echo_worker(stack, api, spare)
+    client = _client(api)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(model=primary, input="x")
+    assert "bad temperature" in str(caught.value)
+    assert spare_worker.outcomes == {}
+    await client.close()

@@ -35,6 +35,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "REDIS_SENTINELS": ("s1:26379, s2:26379", ["s1:26379", "s2:26379"]),
     "REDIS_SENTINEL_MASTER": ("main", "main"),
     "REDIS_SENTINEL_DB": ("2", 2),
+    "REDIS_SENTINEL_PASSWORD": ("spw", "spw"),
+    "REDIS_SENTINEL_PASSWORD_FILE": ("/s/spw", "/s/spw"),
     "HOST": ("0.0.0.0", "0.0.0.0"),
     "PORT": ("9000", 9000),
     "INSTANCE_ID": ("api-1", "api-1"),
@@ -189,7 +191,7 @@ def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
     assert secret == {
         "admin_token", "webhook_secret", "metrics_token", "console_secret", "nats_password",
-        "nats_token", "redis_password",
+        "nats_token", "redis_password", "redis_sentinel_password",
     }  # fmt: skip
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 

@@ -1,18 +1,27 @@
 """The runner reads each job through its envelope: an expired job is dropped with an outcome
 that says which job (stream and model) it was, and a kind this worker does not know is
-failed at once, never run as chat."""
+failed at once, never run as chat. A non-streamed job's body is the one its backend built,
+or the fold of the chunks a backend gave anyway."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+
+import pytest
 
 from llmq.schemas import frames, names
 from llmq.schemas.envelope import JobEnvelope
-from llmq.schemas.frames import Failed, frame_decoder
+from llmq.schemas.frames import Done, Failed, frame_decoder
+from llmq.schemas.openai import Usage
+from llmq.worker.backends.base import BackendConfig, Call, Out, ReplyTo
+from llmq.worker.backends.echo import EchoBackend
+from llmq.worker.chunks import ChatChunks
 from llmq.worker.runner import JobOutcome, JobRunner
+from tests.spec import assert_valid
 
 
 class FakeNats:
@@ -87,3 +96,42 @@ async def test_a_job_without_reply_subject_is_terminated_quietly() -> None:
     await runner(nc, outcomes, tracked).run(msg)  # type: ignore[arg-type]
     assert msg.terminated
     assert (nc.sent, outcomes, tracked) == ([], [], [])
+
+
+class ChunksOnly:
+    """A backend written before `ReplyTo.whole`: it yields stream chunks even when the runner
+    asks for a whole reply."""
+
+    kinds = frozenset({"chat"})
+
+    def chat(self, call: Call) -> AsyncIterator[Out]:
+        return self._outs(call)
+
+    async def _outs(self, call: Call) -> AsyncIterator[Out]:
+        reply = call.reply
+        chunks = ChatChunks(ReplyTo(reply.id, reply.model, reply.created))  # whole ignored
+        yield chunks.delta(0, content="folded")
+        yield chunks.finish(0, "stop")
+        yield chunks.end(Usage(1, 1, 2), "stop")
+
+
+@pytest.mark.parametrize(
+    ("backend", "content"),
+    [(EchoBackend(BackendConfig()), "hello there"), (ChunksOnly(), "folded")],
+)
+async def test_a_whole_reply_is_the_backends_body_or_its_chunks_folded(
+    backend: Any, content: str
+) -> None:
+    nc, outcomes = FakeNats(), list[JobOutcome]()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+    headers = {names.H_JOB: "j4", names.H_REPLY: "r4"}
+    msg = FakeMsg(names.jobs_subject("m"), headers, json.dumps(body).encode())
+    await JobRunner(nc, backend, "w1", {}, 1.0, 3, outcomes.append).run(msg)  # type: ignore[arg-type]
+    [done] = [data for _, data, sent in nc.sent if sent.get(names.H_FRAME) == frames.DONE]
+    frame = frame_decoder.decode(done)
+    assert isinstance(frame, Done) and frame.body is not None
+    whole = json.loads(bytes(frame.body))
+    assert_valid("CreateChatCompletionResponse", whole)
+    assert whole["id"] == "chatcmpl-j4" and whole["model"] == "m"
+    assert whole["choices"][0]["message"]["content"] == content
+    assert [o.outcome for o in outcomes] == ["ok"] and outcomes[0].first_token is not None

@@ -6,7 +6,8 @@ it (`chat.completion.chunk` or `text_completion`, every choice with its index, l
 model): a pass-through backend relays the upstream's chunks with only id and model rewritten,
 a translating backend builds them with `worker.chunks`. Nothing is lost between the two: the
 runner sends the chunks as they are, or folds them into one body (`worker.responses.Fold`).
-The last `Out` carries the usage of every choice and the first choice's finish reason.
+The last `Out` carries the usage of every choice and the first choice's finish reason; when
+the runner asks for a whole reply (`ReplyTo.whole`), it may carry the whole body instead.
 The runner owns frames, deadlines, cancellation and retries. Cancelling the task that
 iterates a backend's stream must close the upstream request at once (an `async with` around
 the HTTP stream does that).
@@ -39,20 +40,25 @@ class Out(Struct):
     """Set on the last Out: the usage of the whole generation, every choice counted."""
     finish_reason: str | None = None
     """Set on the last Out: the first choice's finish reason (for the done frame)."""
+    body: bytes = b""
+    """Set on the last Out only when `ReplyTo.whole`: the whole non-streamed body, built by
+    the backend itself (then the Outs before it carry no chunks)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyTo:
+class ReplyTo(Struct, frozen=True):
     """How the client's chunks are named, and whether it gets a usage chunk."""
 
     id: str = "chatcmpl-llmq"
     model: str = ""
     created: int = 0
     include_usage: bool = False
+    whole: bool = False
+    """The client wants one body, not a stream: a backend may build it itself and hand it
+    over in the last `Out.body` (the openai backend makes a non-streamed upstream call, the
+    others skip encoding chunks); the runner folds the chunks of a backend that does not."""
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(Struct, frozen=True):
     """One chat or completion job as a backend gets it."""
 
     request: ChatCompletionRequest | CompletionRequest
@@ -75,6 +81,10 @@ class Call:
             prefix = "cmpl" if isinstance(request, CompletionRequest) else "chatcmpl"
             reply = ReplyTo(f"{prefix}-llmq", request.model, 0, False)
         return cls(request, upstream_model, body or _encoder.encode(request), reply)
+
+    def __repr__(self) -> str:
+        # Never the body or the messages: a prompt must not reach a log.
+        return f"Call(upstream_model={self.upstream_model!r}, reply={self.reply!r})"
 
     @property
     def choices(self) -> int:

@@ -56,15 +56,25 @@ class EchoBackend:
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
         choices = call.choices
+        n = len(words) * choices
+        if call.reply.whole and not self.delay:  # one body in one step: nothing to wait for
+            text = " ".join(words)
+            for index in range(choices):
+                if words:
+                    chunks.delta(index, content=text)
+                chunks.finish(index, finish)
+            last = chunks.end(Usage(n_prompt, n, n_prompt + n), finish)
+            last.tokens = bool(words)
+            yield last
+            return
         for i, word in enumerate(words):
+            token = word if i == 0 else " " + word
             if self.delay:
                 await asyncio.sleep(self.delay)
-            token = word if i == 0 else " " + word
             for index in range(choices):
                 yield chunks.delta(index, content=token)
         for index in range(choices):
             yield chunks.finish(index, finish)
-        n = len(words) * choices
         yield chunks.end(Usage(n_prompt, n, n_prompt + n), finish)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:

@@ -3,7 +3,9 @@
 A pass-through: the client's JSON is forwarded as it came, byte for byte, with only the model
 name, `stream` and `stream_options` (usage) changed, so every field (`reasoning_effort`,
 vLLM's `top_k`, `guided_json`, ...) reaches the server; each SSE chunk is relayed with only
-its id and model rewritten (`_Relay`). `url` is the base including `/v1`. Azure is selected
+its id and model rewritten (`_Relay`). A client that asks for no stream gets none from the
+upstream either: one non-streamed call whose JSON body is relayed (`openai_whole`). `url` is
+the base including `/v1`. Azure is selected
 by the `azure_deployment` or `api_version` option:
 `{url}/openai/deployments/{deployment}/...?api-version=...` with the `api-key` header.
 """
@@ -28,6 +30,12 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.text import count_tokens, prompt_tokens
 from llmq.worker.backends.base import BackendConfig, Call, Embeddings, OpenAIOptions, Out
+from llmq.worker.backends.openai_whole import (
+    OMITTED_WHEN_NULL,
+    UpstreamUsage,
+    final_usage,
+    relay_whole,
+)
 from llmq.worker.chunks import ChatChunks, TextChunks
 from llmq.worker.upstream.calls import Upstream, base_url
 from llmq.worker.upstream.error_mapping import ended_early, malformed, stream_error
@@ -52,25 +60,9 @@ class _Choice(Struct):
     finish_reason: str | None = None
 
 
-class _Usage(Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: dict[str, Any] | None = None
-    completion_tokens_details: dict[str, Any] | None = None
-
-    def typed(self) -> Usage:
-        usage = Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens)
-        if self.prompt_tokens_details is not None:
-            usage.prompt_tokens_details = self.prompt_tokens_details
-        if self.completion_tokens_details is not None:
-            usage.completion_tokens_details = self.completion_tokens_details
-        return usage
-
-
 class _Chunk(Struct):
     choices: list[_Choice] | None = None
-    usage: _Usage | None = None
+    usage: UpstreamUsage | None = None
     error: Any = None
 
 
@@ -87,12 +79,10 @@ class _EmbeddingList(Struct):
 _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 _choices_decoder = msgspec.json.Decoder(list[_Choice] | None)
-_usage_decoder = msgspec.json.Decoder(_Usage | None)
+_usage_decoder = msgspec.json.Decoder(UpstreamUsage | None)
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _embedding_decoder = msgspec.json.Decoder(_EmbeddingList)
 _NULL = b"null"
-OMITTED_WHEN_NULL = ("system_fingerprint", "service_tier")
-"""Top-level fields the spec types as strings: a null from the upstream is left out."""
 
 
 class _Relay:
@@ -208,11 +198,7 @@ class _Relay:
         return tokens
 
     def _final(self) -> Out:
-        usage = self._usage
-        if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
-            usage = self._tally.usage()
-        elif usage.total_tokens == 0:
-            usage = self._tally.usage(usage.prompt_tokens, usage.completion_tokens)
+        usage = final_usage(self._usage, self._tally)
         chunk = b""
         if self._include_usage and self._usage is None:
             # The client asked for a usage chunk the upstream did not send (`--no-stream-usage`).
@@ -262,11 +248,27 @@ class OpenAIBackend:
 
         return body
 
+    def _whole_body(self, call: Call) -> Callable[[], bytes]:
+        """A non-streamed call: only the model name changes (and `stream_options`, which
+        OpenAI refuses without a stream, is left out)."""
+        return lambda: patch_body(
+            call.body, {"model": call.upstream_model, "stream_options": UNSET}
+        )
+
+    async def _whole(
+        self, url: str, params: dict[str, str] | None, call: Call, tally: Tally, completion: bool
+    ) -> AsyncIterator[Out]:
+        """The client wants one body: ask the upstream for one (`openai_whole`)."""
+        raw = await self._upstream.post(url, self._whole_body(call), params)
+        yield relay_whole(raw, call.reply, tally, completion)
+
     def chat(self, call: Call) -> AsyncIterator[Out]:
         request = call.request
         assert isinstance(request, ChatCompletionRequest)
         url, params = self._endpoint("chat/completions", call.upstream_model)
         tally = Tally(lambda: prompt_tokens(request.messages))
+        if call.reply.whole:
+            return self._whole(url, params, call, tally, False)
         return self._upstream.stream(url, self._body(call), _Relay(call, tally, False), params)
 
     def complete(self, call: Call) -> AsyncIterator[Out]:
@@ -275,6 +277,8 @@ class OpenAIBackend:
         url, params = self._endpoint("completions", call.upstream_model)
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
+        if call.reply.whole:
+            return self._whole(url, params, call, tally, True)
         return self._upstream.stream(url, self._body(call), _Relay(call, tally, True), params)
 
     async def embed(self, request: EmbeddingRequest, upstream_model: str) -> Embeddings:

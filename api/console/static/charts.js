@@ -18,8 +18,9 @@ function formatValue(v, money) {
   return String(Math.round(v));
 }
 
-// rows: [{day, series, value}]; returns a <div> holding the svg and its legend.
-function stackedBars(id, title, rows, money) {
+// rows: [{day, series, value}]; returns a <div> holding the svg and its legend. `label` turns
+// a bar's key (sorted as text: ISO days or times) into its axis label.
+function stackedBars(id, title, rows, money, label = (day) => day.slice(5)) {
   const days = [...new Set(rows.map((r) => r.day))].sort();
   const series = [...new Set(rows.map((r) => r.series))].sort();
   const totals = {};
@@ -40,7 +41,7 @@ function stackedBars(id, title, rows, money) {
   svg.appendChild(maxLabel);
   if (!days.length) {
     const empty = svgEl("text", { x: left + 10, y: top + plotH / 2 });
-    empty.textContent = "no usage in this period";
+    empty.textContent = "nothing in this period";
     svg.appendChild(empty);
   }
   const slot = (width - left - 10) / Math.max(days.length, 1);
@@ -63,9 +64,9 @@ function stackedBars(id, title, rows, money) {
       rect.appendChild(tip);
       svg.appendChild(rect);
     });
-    const label = svgEl("text", { x: x, y: height - 10 });
-    label.textContent = day.slice(5);
-    svg.appendChild(label);
+    const text = svgEl("text", { x: x, y: height - 10 });
+    text.textContent = label(day);
+    svg.appendChild(text);
   });
   const box = document.createElement("div");
   box.appendChild(svg);

@@ -47,6 +47,7 @@ async function act(what, fn) {
 }
 
 const when = (ts) => (ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : "—");
+const day = (ts) => (ts ? h("span", { title: when(ts) }, when(ts).slice(0, 10)) : "—");
 const num = (v) => (v === null || v === undefined ? "—" : typeof v === "number" ? v.toLocaleString("en") : v);
 const secs = (v) => (v === null || v === undefined ? "—" : (v * 1000).toFixed(0) + " ms");
 const pill = (text) => h("span", { class: "pill " + String(text).split(" ").pop() }, text);
@@ -55,7 +56,7 @@ function table(id, columns, rows) {
   return h("table", { id },
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : null }, c.title)))),
     h("tbody", {}, rows.map((r) => h("tr", { "data-id": r.__id || null },
-      columns.map((c) => h("td", { class: c.num ? "num" : null }, c.value(r)))))));
+      columns.map((c) => h("td", { class: [c.num ? "num" : "", c.col ? "col-" + c.col : ""].join(" ").trim() || null }, c.value(r)))))));
 }
 
 function field(label, attrs) { return h("label", {}, label, h("input", attrs)); }
@@ -126,10 +127,12 @@ PAGES.overview = async (page) => {
   page.replaceChildren(
     h("h2", {}, "Overview"),
     h("div", { class: "cards" },
-      card("ov-rps", "requests/s (1 min)"), card("ov-errors", "errors (1 min, 4xx / 5xx)"),
-      card("ov-p50", "p50 time to first token"), card("ov-p99", "p99 time to first token"),
-      card("ov-queue", "queued jobs"), card("ov-workers", "workers up")),
+      card("ov-rps", "requests/s (1 min)"), card("ov-errors", "4xx / 5xx (1 min)"),
+      card("ov-p50", "p50 first token"), card("ov-p99", "p99 first token"),
+      card("ov-queue", "queued jobs"), card("ov-inflight", "jobs running"), card("ov-workers", "workers up")),
+    h("div", { id: "ov-chart" }),
     h("p", { class: "muted", id: "ov-note" }, "Refreshed every 2 s; request figures are this api replica's."));
+  const iso = (at) => new Date(at * 1000).toISOString();
   every(2000, async () => {
     try {
       const o = await api("GET", "/ui/api/overview");
@@ -138,7 +141,12 @@ PAGES.overview = async (page) => {
       $("#ov-p50").textContent = secs(o.ttft_p50);
       $("#ov-p99").textContent = secs(o.ttft_p99);
       $("#ov-queue").textContent = num(o.queue_depth);
+      $("#ov-inflight").textContent = num(o.in_flight);
       $("#ov-workers").textContent = `${o.workers_up} / ${o.workers}`;
+      const rows = o.history.flatMap((b) => [["ok", b.ok], ["4xx", b.client_errors], ["5xx", b.server_errors]]
+        .map(([series, value]) => ({ day: iso(b.at), series, value })));
+      $("#ov-chart").replaceChildren(window.llmqCharts.stackedBars("chart-requests",
+        `requests per ${o.history.length ? o.window_seconds / o.history.length : 5} s, last minute`, rows, false, (t) => t.slice(11, 19)));
     } catch (e) { status(e.message, true); }
   });
 };
@@ -196,7 +204,7 @@ PAGES.tenants = async (page) => {
 // A key's own limits (inside its tenant's); empty when it has none.
 const KEY_LIMITS = [["rpm", "rpm"], ["tpm", "tpm"], ["max_concurrent", "concurrent"], ["daily_tokens", "tokens/day"],
   ["monthly_tokens", "tokens/month"], ["spend_budget_usd", "USD/month"]];
-const keyLimits = (k) => KEY_LIMITS.filter(([f]) => k[f]).map(([f, name]) => `${k[f]} ${name}`).join(", ");
+const keyLimits = (k) => KEY_LIMITS.filter(([f]) => k[f]).map(([f, name]) => `${num(k[f])} ${name}`).join(", ");
 
 PAGES.keys = async (page, params) => {
   const names = await tenantNames();
@@ -205,12 +213,24 @@ PAGES.keys = async (page, params) => {
   select.addEventListener("change", () => { location.hash = "#keys?tenant=" + encodeURIComponent(select.value); });
   const out = h("div", { id: "new-key" });
   const form = h("form", { class: "inline", id: "key-form" }, h("label", {}, "tenant", select),
-    field("label", { id: "key-label" }), h("button", { type: "submit", id: "key-create" }, "Create key"));
+    field("label", { id: "key-label" }), field("owner", { id: "key-owner" }),
+    field("expires in (30d, 12h; empty = never)", { id: "key-expires-in", pattern: "[0-9.]+[smhdw]?" }),
+    field("models (comma-separated, empty = tenant's)", { id: "key-models" }),
+    KEY_LIMITS.map(([k, t]) => field(t + " (0 = tenant's)", { id: "key-" + k, type: "number", min: 0, step: k === "spend_budget_usd" ? "0.01" : "1", value: 0 })),
+    h("button", { type: "submit", id: "key-create" }, "Create key"));
+  const keyBody = () => {
+    const body = { label: $("#key-label").value, owner: $("#key-owner").value.trim(),
+      models: $("#key-models").value.split(",").map((m) => m.trim()).filter(Boolean) };
+    for (const [k] of KEY_LIMITS) body[k] = Number($("#key-" + k).value || 0);
+    const expires = $("#key-expires-in").value.trim();
+    if (expires) body.expires_in = expires;
+    return body;
+  };
   const keys = tenant ? (await api("GET", `/admin/tenants/${encodeURIComponent(tenant)}/keys`)).data : [];
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     act("create key", async () => {
-      const k = await api("POST", `/admin/tenants/${encodeURIComponent(tenant)}/keys`, { label: $("#key-label").value });
+      const k = await api("POST", `/admin/tenants/${encodeURIComponent(tenant)}/keys`, keyBody());
       await route();
       $("#new-key").replaceChildren(h("p", {}, "The new key, shown this once (copy it now):"),
         h("p", { class: "secret", id: "new-key-value" }, k.key));
@@ -220,13 +240,15 @@ PAGES.keys = async (page, params) => {
     if (confirm(`Revoke ${k.prefix}…? Requests with it are refused at once.`))
       act("revoke", async () => { await api("DELETE", `/admin/tenants/${encodeURIComponent(tenant)}/keys/${k.id}`); route(); });
   } }, "Revoke");
-  page.replaceChildren(h("h2", {}, "API keys"), form, out,
+  page.replaceChildren(h("h2", {}, "API keys"),
+    h("p", { class: "muted" }, "A key's own limits apply inside its tenant's (a request must pass both); 0 leaves the tenant's. Times are UTC; a key's last use is when its last request ended."),
+    form, out,
     names.length ? table("keys-table", [
-      { title: "id", value: (k) => k.id }, { title: "key", value: (k) => k.prefix + "…" },
+      { title: "id", value: (k) => k.id }, { title: "key", col: "key", value: (k) => k.prefix + "…" },
       { title: "label", value: (k) => k.label }, { title: "owner", value: (k) => k.owner || "" },
       { title: "limits", value: keyLimits }, { title: "models", value: (k) => (k.models || []).join(", ") || "tenant's" },
-      { title: "expires", value: (k) => when(k.expires_at) }, { title: "created", value: (k) => when(k.created_at) },
-      { title: "last used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
+      { title: "expires", col: "time", value: (k) => day(k.expires_at) }, { title: "created", col: "time", value: (k) => day(k.created_at) },
+      { title: "last used", col: "last-used", value: (k) => when(k.last_used_at) }, { title: "", value: revoke },
     ], keys.map((k) => ({ ...k, __id: k.id }))) : h("p", {}, "Create a tenant first."));
 };
 
@@ -253,18 +275,22 @@ PAGES.models = async (page) => {
       table.defaults[n] = { temperature: t === "" ? null : Number(t), max_tokens: x === "" ? null : Number(x) };
     }
     await api("PUT", "/ui/api/models", table);
-    route();
+    await route();
   });
   const priceForm = h("form", { class: "inline", id: "price-form" },
     field("model", { id: "price-model", required: true }),
     field("USD / 1M input tokens", { id: "price-in", type: "number", step: "0.0001", min: 0, value: 0 }),
     field("USD / 1M output tokens", { id: "price-out", type: "number", step: "0.0001", min: 0, value: 0 }),
-    h("button", { type: "submit" }, "Set price"));
+    field("USD / 1M cached input (empty = input)", { id: "price-cached", type: "number", step: "0.0001", min: 0 }),
+    field("USD / 1M cache writes (empty = input)", { id: "price-write", type: "number", step: "0.0001", min: 0 }),
+    h("button", { type: "submit", id: "price-set" }, "Set price"));
   priceForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
     act("set price", async () => {
-      await api("PUT", "/admin/prices/" + encodeURIComponent($("#price-model").value.trim()),
-        { input_per_1m: Number($("#price-in").value), output_per_1m: Number($("#price-out").value) });
+      const price = { input_per_1m: Number($("#price-in").value), output_per_1m: Number($("#price-out").value) };
+      if ($("#price-cached").value !== "") price.cached_input_per_1m = Number($("#price-cached").value);
+      if ($("#price-write").value !== "") price.cache_write_per_1m = Number($("#price-write").value);
+      await api("PUT", "/admin/prices/" + encodeURIComponent($("#price-model").value.trim()), price);
       route();
     });
   });
@@ -286,6 +312,8 @@ PAGES.models = async (page) => {
       { title: "model", value: (p) => p.model },
       { title: "USD / 1M input", num: true, value: (p) => p.input_per_1m },
       { title: "USD / 1M output", num: true, value: (p) => p.output_per_1m },
+      { title: "USD / 1M cached input", num: true, value: (p) => p.cached_input_per_1m ?? "= input" },
+      { title: "USD / 1M cache writes", num: true, value: (p) => p.cache_write_per_1m ?? "= input" },
       { title: "", value: (p) => h("button", { class: "danger", type: "button", onclick: () => act("delete price", async () => { await api("DELETE", "/admin/prices/" + encodeURIComponent(p.model)); route(); }) }, "Delete") },
     ], Object.entries(prices.data).map(([model, p]) => ({ model, ...p, __id: model }))));
 };
@@ -327,17 +355,19 @@ PAGES.ledger = async (page, params) => {
   const size = 50, pageNo = Number(params.get("page") || 0);
   const want = Math.min(10000, q ? 10000 : (pageNo + 1) * size + 1);
   const all = (await api("GET", `/admin/ledger?count=${want}${tenant ? "&tenant=" + encodeURIComponent(tenant) : ""}`)).data;
-  const hits = q ? all.filter((e) => [e.tenant, e.model, e.job_id, e.status].some((s) => s.toLowerCase().includes(q))) : all;
+  const hits = q ? all.filter((e) => [e.tenant, e.model, e.job_id, e.status, e.key_id || "", e.user || ""].some((s) => s.toLowerCase().includes(q))) : all;
   const shown = hits.slice(pageNo * size, pageNo * size + size);
   const tIn = h("input", { id: "ledger-tenant", value: tenant, placeholder: "all" });
-  const qIn = h("input", { id: "ledger-q", value: q, placeholder: "model, job id, status" });
+  const qIn = h("input", { id: "ledger-q", value: q, placeholder: "model, job, key, user, status" });
   const go = (p) => { location.hash = `#ledger?tenant=${encodeURIComponent(tIn.value.trim())}&q=${encodeURIComponent(qIn.value.trim())}&page=${p}`; };
   const form = h("form", { class: "inline" }, h("label", {}, "tenant", tIn), h("label", {}, "search", qIn), h("button", { type: "submit" }, "Search"));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); go(0); });
   page.replaceChildren(h("h2", {}, "Usage ledger"), form,
     table("ledger-table", [
-      { title: "time (UTC)", value: (e) => when(e.ts) }, { title: "tenant", value: (e) => e.tenant }, { title: "model", value: (e) => e.model },
-      { title: "job", value: (e) => e.job_id }, { title: "prompt", num: true, value: (e) => num(e.prompt_tokens) },
+      { title: "time (UTC)", col: "time", value: (e) => when(e.ts) }, { title: "tenant", value: (e) => e.tenant }, { title: "model", value: (e) => e.model },
+      { title: "job", col: "id", value: (e) => e.job_id }, { title: "key", col: "key", value: (e) => e.key_id || "" },
+      ...(shown.some((e) => e.user) ? [{ title: "user", value: (e) => e.user }] : []),
+      { title: "prompt", num: true, value: (e) => num(e.prompt_tokens) },
       { title: "completion", num: true, value: (e) => num(e.completion_tokens) }, { title: "reserved", num: true, value: (e) => num(e.reserved_tokens) },
       { title: "USD", num: true, value: (e) => e.cost_usd.toFixed(6) }, { title: "status", value: (e) => e.status },
     ], shown),
@@ -358,7 +388,8 @@ PAGES.workers = async (page) => {
         table("workers-table", [
           { title: "id", value: (w) => w.id }, { title: "backend", value: (w) => w.backend }, { title: "models", value: (w) => w.models.join(", ") },
           { title: "in flight / capacity", num: true, value: (w) => `${w.in_flight} / ${w.capacity}` },
-          { title: "state", value: (w) => pill(w.state) }, { title: "jobs", num: true, value: (w) => num(w.jobs) },
+          { title: "state", value: (w) => pill(w.state) }, { title: "circuit", col: "circuit", value: (w) => pill(w.circuit) },
+          { title: "jobs", num: true, value: (w) => num(w.jobs) }, { title: "errors", num: true, value: (w) => num(w.errors) },
           { title: "seen", num: true, value: (w) => w.seen_ago + " s ago" },
         ], t.workers),
         h("h3", {}, "Models and queues"),
@@ -367,6 +398,7 @@ PAGES.workers = async (page) => {
           { title: "in flight / capacity", num: true, value: (m) => `${m.in_flight} / ${m.capacity}` },
           { title: "queued", num: true, value: (m) => m.queued }, { title: "delivered, unacked (lag)", num: true, value: (m) => m.unacked },
           { title: "waiting pulls", num: true, value: (m) => m.waiting },
+          { title: "est. queue wait", num: true, col: "wait", value: (m) => (m.wait === null || m.wait === undefined ? "?" : m.wait.toFixed(1) + " s") },
         ], t.models),
         h("h3", {}, "api replicas"),
         table("apis-table", [

@@ -138,7 +138,7 @@ class FakeUpstream:
         url = urlsplit(target)
         self.received.append(Received(method, url.path, dict(parse_qsl(url.query)), headers, body))
         reply = self.routes.get(url.path) or _not_found(url.path)
-        return await self._reply(reply, reader, writer)
+        return await self._reply(_as_asked(reply, body), reader, writer)
 
     async def _reply(
         self, reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -183,6 +183,87 @@ class FakeUpstream:
         await reader.read(1)
         self.disconnected_at = time.monotonic()
         self.disconnected.set()
+
+
+def _as_asked(reply: Reply, body: bytes) -> Reply:
+    """A scripted OpenAI stream answers a request that asked for no stream as OpenAI does:
+    one JSON body with what the stream would have said (`whole_of`). A reply scripted to
+    drop or hang is sent as it is."""
+    scripted_failure = reply.drop_after is not None or reply.hang_after is not None
+    if reply.content_type != "text/event-stream" or scripted_failure:
+        return reply
+    try:
+        asked = json.loads(body)
+    except ValueError:
+        return reply
+    if (
+        not isinstance(asked, dict)
+        or asked.get("stream")
+        or not {"messages", "prompt"} & set(asked)
+    ):
+        return reply  # a streamed call, or not a chat or completion request
+    whole = whole_of(reply.chunks)
+    return Reply(
+        status=reply.status, chunks=[_dumps(whole)], chunked=False, headers=reply.headers,
+        delay=reply.delay,
+    )  # fmt: skip
+
+
+def whole_of(chunks: list[bytes]) -> dict[str, Any]:
+    """What an OpenAI server answers without a stream, from the SSE events it would stream:
+    per choice the deltas joined into a message (strings concatenated, tool calls merged by
+    index, logprobs lists extended); top-level fields as the last chunk had them (a null
+    kept only if no chunk had a value), the usage of the usage chunk. Written apart from the
+    worker's own code on purpose: this is the upstream's side."""
+    events = [json.loads(line[6:]) for part in chunks for line in part.decode().split("\n")
+              if line.startswith("data: ") and line != "data: [DONE]"]  # fmt: skip
+    top: dict[str, Any] = {}
+    choices: dict[int, dict[str, Any]] = {}
+    text = False
+    for event in events:
+        for key, value in event.items():
+            if key == "choices":
+                continue
+            if value is not None or key not in top:
+                top[key] = value
+        for choice in event.get("choices") or ():
+            index = choice.get("index", 0)
+            text = text or "text" in choice
+            whole = choices.setdefault(index, {"index": index, "logprobs": None,
+                                               "finish_reason": None})  # fmt: skip
+            if "text" in choice:
+                whole["text"] = whole.get("text", "") + (choice["text"] or "")
+            else:
+                _join(whole.setdefault("message", {}), choice.get("delta") or {})
+            if choice.get("logprobs") is not None:
+                if whole["logprobs"] is None:
+                    whole["logprobs"] = {}
+                _join(whole["logprobs"], choice["logprobs"])
+            if choice.get("finish_reason") is not None:
+                whole["finish_reason"] = choice["finish_reason"]
+    top["object"] = "text_completion" if text else "chat.completion"
+    top["choices"] = [choices[i] for i in sorted(choices)]
+    return top
+
+
+def _join(into: dict[str, Any], delta: dict[str, Any]) -> None:
+    for key, value in delta.items():
+        if key == "tool_calls":
+            calls = into.setdefault("tool_calls", [])
+            for call in value or ():
+                while len(calls) <= call.get("index", 0):
+                    calls.append({"id": "", "type": "function",
+                                  "function": {"name": "", "arguments": ""}})  # fmt: skip
+                merged = calls[call.get("index", 0)]
+                merged["id"] = call.get("id") or merged["id"]
+                for part in ("name", "arguments"):
+                    merged["function"][part] += (call.get("function") or {}).get(part) or ""
+        elif isinstance(value, str) and isinstance(into.get(key), str) and key != "role":
+            into[key] += value
+        elif isinstance(value, list) and isinstance(into.get(key), list):
+            into[key].extend(value)
+        elif value is not None or key not in into:
+            into[key] = value
 
 
 def _phrase(status: int) -> str:

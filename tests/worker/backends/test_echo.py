@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
+import pytest
+
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -11,9 +17,11 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.text import count_tokens, message_text
 from llmq.worker.backends import create_backend
-from llmq.worker.backends.base import BackendConfig, Call
+from llmq.worker.backends.base import BackendConfig, Call, EchoOptions, ReplyTo
 from llmq.worker.backends.echo import EMBEDDING_DIMENSIONS, EchoBackend
-from tests.worker.backends.fake_upstreams import Piece, collect
+from llmq.worker.responses import Fold
+from tests.spec import assert_valid
+from tests.worker.backends.fake_upstreams import Piece, collect, collect_outs
 
 
 def chat(*messages: Message, max_tokens: int | None = None) -> ChatCompletionRequest:
@@ -83,3 +91,57 @@ async def test_probe_and_aclose() -> None:
     backend = EchoBackend(BackendConfig())
     assert await backend.probe() is True
     await backend.aclose()
+
+
+async def _fold_of_stream(request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """The body the runner would fold from echo's stream chunks."""
+    text = isinstance(request, CompletionRequest)
+    reply = ReplyTo("x-1", "echo", 3)
+    backend = EchoBackend(BackendConfig())
+    call = Call.of(request, "echo", reply)
+    outs = await collect_outs(backend.complete(call) if text else backend.chat(call))
+    fold = Fold(reply, text)
+    for out in outs:
+        if out.chunk:
+            fold.add(out.chunk)
+    assert outs[-1].usage is not None
+    return json.loads(fold.whole(outs[-1].usage))
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        ChatCompletionRequest(model="echo", messages=[Message(role="user", content="a b c")], n=2),
+        ChatCompletionRequest(
+            model="echo", messages=[Message(role="user", content="a b c")], max_tokens=2
+        ),
+        ChatCompletionRequest(model="echo", messages=[Message(role="system", content="s")]),
+        CompletionRequest(model="echo", prompt="once upon a time", n=2),
+    ],
+)
+async def test_a_whole_reply_is_one_step_with_the_streams_body(
+    request_: ChatCompletionRequest | CompletionRequest,
+) -> None:
+    text = isinstance(request_, CompletionRequest)
+    backend = EchoBackend(BackendConfig())
+    call = Call.of(request_, "echo", ReplyTo("x-1", "echo", 3, whole=True))
+    outs = await collect_outs(backend.complete(call) if text else backend.chat(call))
+    (out,) = outs  # nothing to wait for between words: one step
+    assert out.tokens == bool(json.loads(out.body)["usage"]["completion_tokens"])
+    assert json.loads(out.body) == await _fold_of_stream(request_)
+    assert_valid("CreateCompletionResponse" if text else "CreateChatCompletionResponse",
+                 json.loads(out.body))  # fmt: skip
+
+
+async def test_a_whole_reply_with_a_delay_still_takes_its_time() -> None:
+    backend = EchoBackend(BackendConfig(options=EchoOptions(delay=0.05)))
+    request = chat(Message(role="user", content="a b c"))
+    started = time.monotonic()
+    outs = await collect_outs(backend.chat(Call.of(request, "e", ReplyTo(whole=True))))
+    assert time.monotonic() - started >= 0.14
+    assert json.loads(outs[-1].body)["choices"][0]["message"]["content"] == "a b c"
+
+
+def test_a_call_never_shows_its_prompt() -> None:
+    call = Call.of(chat(Message(role="user", content="the secret prompt")), "echo")
+    assert "secret" not in repr(call) and "secret" not in str(call)
