@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
         )
+    app.router.routes.extend(openai.hot.routes)  # as they are, matched first (routes/plain.py)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router, include_in_schema=False)

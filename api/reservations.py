@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
+from llmq.api.tenancy.quota import Ending
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,11 @@ class Reservations:
         self.quota = quota
         self.fail_open = fail_open
         self._releases: set[asyncio.Task[None]] = set()
+        self._queued: list[tuple[Reservation, JobUsage]] = []
+        """Ended jobs waiting for the next release round trip."""
+        self._flusher: asyncio.Task[None] | None = None
+        self.release_rounds = 0
+        """Round trips `release_later` made (observability, tests)."""
         self._held: dict[tuple[str, str], None] = {}
         """(tenant, job id) of every open reservation this replica renews, oldest first."""
         self._renewer: asyncio.Task[None] | None = None
@@ -118,27 +125,90 @@ class Reservations:
             raise
 
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
-        """`release` in a task of its own, retried while Redis is away."""
+        """`release` off the caller's path, retried while Redis is away. Releases that come
+        while one round trip is under way go together in the next (`release_many`): under
+        load one Redis round trip ends many jobs, and the first never waits for another."""
         if not reservation.held:
             return
-        task = asyncio.get_running_loop().create_task(self._release(reservation, usage))
+        self._queued.append((reservation, usage))
+        if self._flusher is None:
+            self._flusher = self._spawn(self._flush())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
+        return task
 
-    async def _release(self, reservation: Reservation, usage: JobUsage) -> None:
+    async def _flush(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                self.release_rounds += 1
+                try:
+                    outcomes = await self.release_many(batch)
+                except Exception as exc:  # a bug, not Redis away: leave them to the lease
+                    log.exception("releasing %d jobs failed", len(batch))
+                    outcomes = [exc] * len(batch)
+                for (reservation, usage), outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, QuotaBackendDown):
+                        self._spawn(self._retry(reservation, usage))
+                    elif isinstance(outcome, Exception):
+                        log.error("releasing job %s failed: %s", reservation.job_id, outcome)
+        finally:
+            self._flusher = None  # cancelled with some queued: the next end starts a new one
+
+    async def release_many(
+        self, ended: Sequence[tuple[Reservation, JobUsage]]
+    ) -> list[bool | Exception]:
+        """`release` of each, in one Redis round trip; per job its outcome or its error."""
+        held = [(r, u) for r, u in ended if r.held and r.tenant]
+        renewed = {}
+        for reservation, _ in held:
+            key = (reservation.tenant, reservation.job_id)
+            renewed[key] = key in self._held
+            self._held.pop(key, None)
+        endings = [
+            Ending(
+                r.tenant, r.model, r.job_id, u.prompt_tokens, u.completion_tokens,
+                failed=u.failed, cached_tokens=u.cached_tokens,
+                cache_write_tokens=u.cache_write_tokens,
+            )
+            for r, u in held
+        ]  # fmt: skip
+        outcomes = iter(await self.quota.release_many(endings) if endings else [])
+        results: list[bool | Exception] = []
+        for reservation, _ in ended:
+            if not (reservation.held and reservation.tenant):
+                results.append(False)
+                continue
+            outcome = next(outcomes)
+            key = (reservation.tenant, reservation.job_id)
+            if isinstance(outcome, QuotaBackendDown) and renewed[key]:
+                self._held[key] = None  # retried: keep renewing the slot until it gets through
+            results.append(outcome)
+        return results
+
+    async def _retry(self, reservation: Reservation, usage: JobUsage) -> None:
+        """A release that found Redis away: asked again, with growing pauses."""
         for attempt in range(5):
+            await asyncio.sleep(0.2 * 2**attempt)
             try:
                 await self.release(reservation, usage)
                 return
             except QuotaBackendDown:
-                await asyncio.sleep(0.2 * 2**attempt)
+                pass
         self._held.pop((reservation.tenant, reservation.job_id), None)  # left to its lease
         log.error("could not release job %s; its lease will reclaim the slot", reservation.job_id)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for pending releases and stop renewing (at shutdown)."""
-        if self._releases:
-            await asyncio.wait(set(self._releases), timeout=timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._releases:  # a flush may start retries: wait for those too
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._releases), timeout=left)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

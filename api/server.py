@@ -8,6 +8,7 @@ from types import FrameType
 
 import uvicorn
 
+from llmq import event_loop
 from llmq.api.app import create_app
 from llmq.schemas.settings import Settings
 
@@ -33,7 +34,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         create_app(settings),
         host=settings.api.host,
         port=settings.api.port,
-        loop="auto",
+        loop="uvloop" if event_loop.AVAILABLE else "asyncio",
         http="auto",
         log_config=None,
         access_log=False,

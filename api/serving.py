@@ -234,9 +234,9 @@ class Serving:
         """`step`, unless the job waits in the queue of a model that no live worker takes
         jobs of any more (circuit opened, workers gone) and a fallback is left: then the job
         is cancelled and the cause returned as a failure, to move on."""
+        if not more:  # nothing to watch for: no task of its own
+            return await step
         task = asyncio.ensure_future(step)
-        if not more:
-            return await task
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=UNSERVED_CHECK)

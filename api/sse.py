@@ -1,8 +1,8 @@
 """Server-Sent Events relay that notices a client leaving even when no token is flowing.
 
 Starlette's StreamingResponse only learns of a disconnect when a write fails; a client that
-leaves during a long pause would keep its job running. Here a second task waits for
-`http.disconnect` and cancels the writer, whose cleanup publishes the job's cancel.
+leaves during a long pause would keep its job running. Here a watcher task waits for
+`http.disconnect` and cancels the writing task, whose cleanup publishes the job's cancel.
 """
 
 from __future__ import annotations
@@ -44,26 +44,40 @@ class SSEResponse(Response):
             (b"x-accel-buffering", b"no"),
         ]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.extra_headers.items()]
-        writer = asyncio.create_task(self._write(send, raw_headers))
-        watcher = asyncio.create_task(self._watch(receive))
+        await self._relay(send, receive, raw_headers)
+
+    async def _relay(
+        self, send: Send, receive: Receive, raw_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Write in this task; one watcher task cancels it when the client leaves (one task
+        per open stream, not two: less memory and scheduling per stream)."""
+        writing = asyncio.current_task()
+        assert writing is not None
+        state = {"left": False, "finished": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["finished"]:
+                state["left"] = True
+                writing.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            done, _ = await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await self._write(send, raw_headers)
         except asyncio.CancelledError:
-            # Cut from outside (the shutdown grace ran out): stop writing, so the relay's
-            # cleanup cancels the job instead of the stream running on unseen.
-            for task in (writer, watcher):
-                task.cancel()
-            await asyncio.gather(writer, watcher, return_exceptions=True)
-            raise
-        for task in (writer, watcher):
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-        if writer in done and writer.exception() is not None:
-            exc = writer.exception()
-            if not isinstance(exc, OSError):
-                raise exc  # type: ignore[misc]
+            # The client left: the writer's cleanup cancelled the job; the response ends
+            # here. Cut from outside (the shutdown grace ran out): the same cleanup, then
+            # the cancellation goes on.
+            if not state["left"] or writing.uncancel() > 0:
+                raise
+        except OSError:
+            pass  # the socket went away under a write
+        finally:
+            state["finished"] = True
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def _write(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})

@@ -11,6 +11,12 @@ its children for LiteLLM) before and after the run and divided by the requests s
 
     .venv/bin/python bench/compare.py                                   # llmq and direct only
     .venv/bin/python bench/compare.py --litellm-python /tmp/litellm-venv/bin/python
+    .venv/bin/python bench/compare.py --quick                           # smoke: 2 s, c=32
+    .venv/bin/python bench/compare.py --upstream http https --modes stream   # TLS cost
+    .venv/bin/python bench/compare.py --quick --profile 25              # + cProfile tops
+
+It prints a markdown table ready to paste into docs/benchmarks.md, then the CPU per request
+of each llmq process.
 
 LiteLLM runs without a database, so its only key is the master key (no per-key quota script);
 its cost map is read locally and its telemetry is off: every process talks to loopback only.
@@ -19,31 +25,33 @@ its cost map is read locally and its telemetry is off: every process talks to lo
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import io
 import os
+import pstats
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import _bench_tenant  # noqa: E402
+from bench.loadgen import Target, asyncio_load, wrk  # noqa: E402
 from bench.processes import (  # noqa: E402
     cpu_seconds,
+    llmq_stack,
     load_average,
     process_tree,
     spawn,
     stop_all,
     wait_until_served,
 )
-from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
+from llmq import event_loop  # noqa: E402
+from llmq.embedded import free_port  # noqa: E402
 
 # The mock with N content chunks per stream, whether or not its command line has `--words`:
 # its chunk builder is wrapped so every streamed answer carries the words given.
@@ -64,34 +72,10 @@ def chunks(model, *_):
             mock._WORDS[:] = saved
     return cache[model]
 mock._chunks = chunks
+tls = dict(ssl_certfile=sys.argv[4], ssl_keyfile=sys.argv[5]) if len(sys.argv) > 5 else {}
 uvicorn.run(mock.app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-            access_log=False)
+            access_log=False, **tls)
 """
-
-_WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = %s
-wrk.headers["Content-Type"] = "application/json"
-%s
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '\\nRESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, '
-    .. '"errors": %%d, "non2xx": %%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-"""
-
-
-@dataclass
-class Target:
-    """One thing under load: where to send, with which key, and whose CPU to count."""
-
-    name: str
-    url: str
-    key: str = ""
-    roots: dict[str, int] = field(default_factory=dict)  # part name -> pid of its tree root
 
 
 @dataclass
@@ -108,116 +92,27 @@ class Result:
         return sum(self.cpu_us.values())
 
 
-def _body(stream: bool) -> str:
-    body: dict[str, object] = {
-        "model": "bench",
-        "messages": [{"role": "user", "content": "hello from the mock"}],
-    }
-    if stream:
-        body["stream"] = True
-    return json.dumps(body)
-
-
-async def _wrk(target: Target, stream: bool, conc: int, seconds: float, tmp: Path) -> dict:
-    auth = f'wrk.headers["Authorization"] = "Bearer {target.key}"' if target.key else ""
-    script = tmp / "load.lua"
-    script.write_text(_WRK_SCRIPT % (json.dumps(_body(stream)), auth))
-    proc = await asyncio.create_subprocess_exec(
-        "wrk", "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-        "-s", str(script), target.url, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
-    line = next(x for x in out.decode().splitlines() if x.startswith("RESULT "))
-    r = json.loads(line[7:])
-    if r["errors"] or r["non2xx"]:
-        raise RuntimeError(f"{target.name}: {r['errors']} errors, {r['non2xx']} non-2xx")
-    return {
-        "requests": r["requests"],
-        "p50_ms": r["p50_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "rps": r["requests"] / (r["duration_us"] / 1e6),
-    }
-
-
-async def _call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
-    """One request on a keep-alive connection; reads a Content-Length or chunked body whole."""
-    writer.write(req)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status, length, chunked = int(head[9:12]), 0, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-    if not chunked:
-        await reader.readexactly(length)
-        return status
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        await reader.readexactly(size + 2)
-        if size == 0:
-            return status
-
-
-async def _asyncio_load(target: Target, stream: bool, conc: int, seconds: float) -> dict:
-    """The fallback generator (no wrk): `conc` keep-alive connections, each sending its next
-    request when the last one's answer has been read whole."""
-    from urllib.parse import urlsplit
-
-    url = urlsplit(target.url)
-    payload = _body(stream).encode()
-    auth = f"Authorization: Bearer {target.key}\r\n" if target.key else ""
-    req = (
-        f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
-        f"{auth}Content-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        try:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                status = await asyncio.wait_for(_call(reader, writer, req), 10)
-                latencies.append(time.perf_counter() - t0)
-                if status != 200:
-                    raise RuntimeError(f"{target.name}: status {status}")
-        finally:
-            writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*[loop() for _ in range(conc)])
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
-        "rps": len(latencies) / elapsed,
-    }
-
-
 async def measure(
     target: Target, stream: bool, conc: int, seconds: float, use_wrk: bool, tmp: Path
 ) -> Result:
     async def drive(duration: float) -> dict:
         if use_wrk:
-            return await _wrk(target, stream, conc, duration, tmp)
-        return await _asyncio_load(target, stream, conc, duration)
+            return await wrk(target, stream, conc, duration, tmp)
+        return await asyncio_load(target, stream, conc, duration)
 
     await drive(max(1.0, seconds / 4))  # warm-up: connections, caches, JIT-free but lazy paths
     trees = {part: process_tree(pid) for part, pid in target.roots.items()}
     before = {part: cpu_seconds(pids) for part, pids in trees.items()}
     load = load_average()
+    for pid in target.profiled:
+        os.kill(pid, signal.SIGUSR1)
     r = await drive(seconds)
+    for pid in target.profiled:
+        os.kill(pid, signal.SIGUSR2)
     used = {part: cpu_seconds(pids) - before[part] for part, pids in trees.items()}
     n = max(1, r["requests"])
-    return Result(
-        r["p50_ms"], r["p99_ms"], r["rps"], n, {p: s * 1e6 / n for p, s in used.items()}, load
-    )
+    cpu = {p: s * 1e6 / n for p, s in used.items()}
+    return Result(r["p50_ms"], r["p99_ms"], r["rps"], r["requests"], cpu, load)
 
 
 def _litellm(python: str, mock_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -247,34 +142,121 @@ def _litellm(python: str, mock_port: int, tmp: Path) -> tuple[subprocess.Popen[b
     return spawn(argv, env, tmp / "litellm.log"), port, key
 
 
-def _print_table(rows: list[tuple[str, int, dict[str, Result]]], words: int) -> None:
-    head = (
-        "| mode | conc | load | direct p50 | llmq p50 | llmq p99 | llmq req/s | llmq CPU µs/req "
-        "| LiteLLM proxy p50 | LiteLLM req/s | LiteLLM CPU µs/req |"
+def _print_table(rows: list[tuple[str, str, int, dict[str, Result]]], words: int) -> None:
+    """The issue's table, ready to paste, then the CPU split per llmq process."""
+    schemes = {scheme for scheme, *_ in rows}
+    up = "upstream | " if len(schemes) > 1 else ""
+    print(
+        f"| {up}mode | conc | load | direct p50 | llmq p50 | llmq p99 | llmq req/s "
+        "| llmq CPU µs/req | LiteLLM proxy p50 | LiteLLM req/s | LiteLLM CPU µs/req |"
     )
-    print(head)
-    print("|" + "---|" * 11)
-    for mode, conc, res in rows:
+    print("|" + "---|" * (11 + bool(up)))
+    for scheme, mode, conc, res in rows:
         d, q, lite = res["direct"], res["llmq"], res.get("litellm")
-        lcols = (
-            f"{lite.p50_ms:.2f} ms | {lite.rps:,.0f} | {lite.cpu_total:,.0f}"
-            if lite
-            else "- | - | -"
-        )
+        lcols = "- | - | -"
+        if lite and not lite.requests:
+            lcols = "none answered within the cell | 0 | -"
+        elif lite:
+            lcols = f"{lite.p50_ms:.2f} ms | {lite.rps:,.0f} | {lite.cpu_total:,.0f}"
+        first = f"{scheme} | " if up else ""
         print(
-            f"| {mode} | {conc} | {q.load} | {d.p50_ms:.2f} ms | {q.p50_ms:.2f} ms "
+            f"| {first}{mode} | {conc} | {q.load} | {d.p50_ms:.2f} ms | {q.p50_ms:.2f} ms "
             f"| {q.p99_ms:.2f} ms | {q.rps:,.0f} | {q.cpu_total:,.0f} | {lcols} |"
         )
-    print("\nllmq CPU µs per request, per process:")
-    api_json = {conc: res["llmq"].cpu_us["api"] for mode, conc, res in rows if mode == "json"}
-    for mode, conc, res in rows:
-        parts = ", ".join(f"{p} {v:,.0f}" for p, v in res["llmq"].cpu_us.items())
-        extra = ""
-        if mode == "stream" and conc in api_json:
+    parts = list(rows[0][3]["llmq"].cpu_us)
+    print(f"\nllmq CPU µs per request, per process ({words + 3} SSE events per stream):\n")
+    print(f"| {up}mode | conc | " + " | ".join(parts) + " | api per relayed event over json |")
+    print("|" + "---|" * (3 + len(parts) + bool(up)))
+    api_json = {
+        (scheme, conc): res["llmq"].cpu_us["api"]
+        for scheme, mode, conc, res in rows
+        if mode == "json"
+    }
+    for scheme, mode, conc, res in rows:
+        cells = " | ".join(f"{v:,.0f}" for v in res["llmq"].cpu_us.values())
+        extra = "-"
+        if mode == "stream" and (scheme, conc) in api_json:
             # what a stream costs the api over a json request, per SSE event it relays
-            per_chunk = (res["llmq"].cpu_us["api"] - api_json[conc]) / (words + 3)
-            extra = f"; api per relayed chunk over json {per_chunk:,.1f}"
-        print(f"  {mode} c={conc}: {parts}{extra}")
+            extra = f"{(res['llmq'].cpu_us['api'] - api_json[(scheme, conc)]) / (words + 3):,.1f}"
+        first = f"{scheme} | " if up else ""
+        print(f"| {first}{mode} | {conc} | {cells} | {extra} |")
+
+
+def _profiled(folder: Path) -> Callable[[str], list[str]]:
+    """The api's and the worker's python under cProfile (CPU time), output in `folder`."""
+
+    def wrap(part: str) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "profiled.py"), str(folder / f"{part}.prof")]
+
+    return wrap
+
+
+def _print_profiles(folder: Path, top: int) -> None:
+    for prof in sorted(folder.glob("*.prof")):
+        out = io.StringIO()
+        stats = pstats.Stats(str(prof), stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        print(f"\n### {prof.stem}: top {top} functions by own CPU time\n")
+        text = out.getvalue()
+        print(text[text.find("   ncalls") :].rstrip())
+
+
+async def _run_scheme(
+    args: argparse.Namespace, scheme: str, tmp: Path, use_wrk: bool, profiles: Path | None
+) -> list[tuple[str, str, int, dict[str, Result]]]:
+    """Every cell against one llmq stack whose upstream (the mock) speaks `scheme`."""
+    mock_env: dict[str, str] = {}
+    tls: list[str] = []
+    if scheme == "https":
+        from tests.worker.upstream.pki import make_pki
+
+        pki = make_pki(tmp, f"compare-{os.getpid()}")
+        tls = [str(pki.cert), str(pki.key)]
+        mock_env["SSL_CERT_FILE"] = str(pki.ca)  # the worker trusts the mock's CA only
+
+    def mock(port: int) -> list[str]:
+        return [sys.executable, "-c", _MOCK, str(port), str(args.words), str(ROOT), *tls]
+
+    async with llmq_stack(
+        backend="openai", tenant=True, capacity=args.capacity, mock=mock,
+        backend_url=lambda port: f"{scheme}://127.0.0.1:{port}/v1",
+        worker_env=mock_env, wrap=_profiled(profiles) if profiles else None,
+    ) as stack:  # fmt: skip
+        path = "/v1/chat/completions"
+        targets = {
+            "direct": Target("direct", f"{scheme}://127.0.0.1:{stack.mock_port}{path}"),
+            "llmq": Target("llmq", stack.url(path), stack.key, stack.roots()),
+        }
+        if profiles:  # the python processes themselves (`wrap` keeps their pids)
+            targets["llmq"].profiled = [stack.procs[p].pid for p in ("api", "worker")]
+        proxy = None
+        if args.litellm_python and scheme == "http":
+            proxy, port, master = _litellm(args.litellm_python, stack.mock_port, tmp)
+            targets["litellm"] = Target(
+                "litellm", f"http://127.0.0.1:{port}{path}", master, {"proxy": proxy.pid}
+            )
+        try:
+            if proxy is not None:
+                lite = targets["litellm"]
+                await wait_until_served(
+                    lite.url.replace(path, "/v1/models"), '"bench"', timeout=180,
+                    headers={"authorization": f"Bearer {lite.key}"},
+                )  # fmt: skip
+            rows = []
+            for mode in args.modes:
+                for conc in args.concurrency:
+                    res = {
+                        name: await measure(t, mode == "stream", conc, args.seconds, use_wrk, tmp)
+                        for name, t in targets.items()
+                    }
+                    rows.append((scheme, mode, conc, res))
+                    print(
+                        f"  {scheme} {mode} c={conc} done (load {load_average()})", file=sys.stderr
+                    )
+            return rows
+        finally:
+            if proxy is not None:
+                stop_all([proxy])
 
 
 async def main() -> None:
@@ -288,81 +270,38 @@ async def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["json", "stream"])
     parser.add_argument("--capacity", type=int, default=64)
     parser.add_argument("--loadgen", choices=["auto", "wrk", "asyncio"], default="auto")
+    parser.add_argument(
+        "--upstream", nargs="+", choices=["http", "https"], default=["http"],
+        help="the mock's scheme; both: one llmq stack each, back to back (LiteLLM: http only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 2 s per cell, concurrency 32 only"
+    )
+    parser.add_argument(
+        "--profile", type=int, metavar="N", default=0,
+        help="run the api and the worker under cProfile and print their top N functions",
+    )  # fmt: skip
     args = parser.parse_args()
-    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
-
+    if args.quick:
+        args.seconds, args.concurrency = 2.0, [32]
+    use_wrk = bool(args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk")))
     tmp = Path(tempfile.mkdtemp(prefix="llmq-compare-"))
-    nats = EmbeddedNats(tmp / "nats")
-    redis = EmbeddedRedis(tmp / "redis")
-    mock_port, api_port = free_port(), free_port()
-    env = {
-        "LLMQ_NATS_URL": nats.url,
-        "LLMQ_REDIS_URL": redis.url,
-        "LLMQ_LOG_LEVEL": "WARNING",
-        "LLMQ_AUTH_MODE": "keys",
-    }
-    key = await _bench_tenant(redis.url)
-    llmq = [sys.executable, "-m", "llmq.cli"]
-    worker = [*llmq, "worker", "--model", "bench", "--capacity", str(args.capacity)]
-    mock_argv = [sys.executable, "-c", _MOCK, str(mock_port), str(args.words), str(ROOT)]
-    procs = [
-        spawn(mock_argv, {}, tmp / "mock.log"),
-        spawn([*llmq, "api", "--host", "127.0.0.1", "--port", str(api_port)], env, tmp / "api.log"),
-        spawn(
-            [*worker, "--backend", "openai"],
-            {**env, "LLMQ_BACKEND_URL": f"http://127.0.0.1:{mock_port}/v1"},
-            tmp / "worker.log",
-        ),
-    ]
-    path = "/v1/chat/completions"
-    targets = {
-        "direct": Target("direct", f"http://127.0.0.1:{mock_port}{path}"),
-        "llmq": Target(
-            "llmq",
-            f"http://127.0.0.1:{api_port}{path}",
-            key,
-            {
-                "api": procs[1].pid,
-                "worker": procs[2].pid,
-                "nats": nats.proc.pid,
-                "valkey": redis.proc.pid,
-            },
-        ),
-    }
-    try:
-        if args.litellm_python:
-            proxy, port, master = _litellm(args.litellm_python, mock_port, tmp)
-            procs.append(proxy)
-            targets["litellm"] = Target(
-                "litellm", f"http://127.0.0.1:{port}{path}", master, {"proxy": proxy.pid}
-            )
-        await wait_until_served(f"http://127.0.0.1:{mock_port}/v1/models", "mock")
-        auth = {"authorization": f"Bearer {key}"}
-        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"', headers=auth)
-        if "litellm" in targets:
-            lite = targets["litellm"]
-            await wait_until_served(
-                lite.url.replace(path, "/v1/models"), '"bench"', timeout=180,
-                headers={"authorization": f"Bearer {lite.key}"},
-            )  # fmt: skip
-        print(
-            f"cores={os.cpu_count()} loadgen={'wrk -t1' if use_wrk else 'asyncio'} "
-            f"seconds={args.seconds} stream SSE events={args.words + 3} load={load_average()}"
-        )
-        rows = []
-        for mode in args.modes:
-            for conc in args.concurrency:
-                res = {
-                    name: await measure(t, mode == "stream", conc, args.seconds, use_wrk, tmp)
-                    for name, t in targets.items()
-                }
-                rows.append((mode, conc, res))
-                print(f"  {mode} c={conc} done (load {load_average()})", file=sys.stderr)
-        _print_table(rows, args.words)
-    finally:
-        stop_all(procs, nats, redis)
-    shutil.rmtree(tmp, ignore_errors=True)  # reached only after a clean run: logs stay otherwise
+    profiles = tmp / "profiles" if args.profile else None
+    if profiles:
+        profiles.mkdir()
+    print(
+        f"cores={os.cpu_count()} loadgen={'wrk -t1' if use_wrk else 'asyncio'} "
+        f"seconds={args.seconds} stream SSE events={args.words + 3} load={load_average()}"
+    )
+    rows = []
+    for scheme in args.upstream:
+        rows += await _run_scheme(args, scheme, tmp, use_wrk, profiles)
+    print()
+    _print_table(rows, args.words)
+    if profiles:
+        _print_profiles(profiles, args.profile)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    event_loop.run(main())

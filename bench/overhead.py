@@ -24,10 +24,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,14 +33,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import (  # noqa: E402
-    cpu_seconds,
-    process_tree,
-    spawn,
-    stop_all,
-    wait_until_served,
-)
-from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
+from bench.processes import cpu_seconds, llmq_stack, process_tree  # noqa: E402
+from llmq import event_loop  # noqa: E402
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the mock"}]}
 
@@ -109,26 +101,6 @@ async def measure(
     }
 
 
-async def _bench_tenant(redis_url: str) -> str:
-    """A tenant with every limit set (high), so the quota script takes its longest path."""
-    from llmq.api.tenancy import Tenant, TenantStore, connect
-
-    redis = connect(redis_url)
-    try:
-        store = TenantStore(redis)
-        big = 10**12
-        await store.create(
-            Tenant(
-                name="bench", rpm=big, tpm=big, max_concurrent=10_000, daily_tokens=big,
-                monthly_tokens=big, spend_budget_usd=1e9,
-            )
-        )  # fmt: skip
-        key, _ = await store.create_key("bench")
-        return key
-    finally:
-        await redis.aclose()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,45 +111,14 @@ async def main() -> None:
     parser.add_argument("--tenant", action="store_true", help="API keys and quotas on")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
-    nats = EmbeddedNats(tmp / "nats")
-    redis = EmbeddedRedis(tmp / "redis")
-    mock_port, api_port = free_port(), free_port()
-    env = {
-        "LLMQ_NATS_URL": nats.url,
-        "LLMQ_REDIS_URL": redis.url,
-        "LLMQ_LOG_LEVEL": "WARNING",
-        "LLMQ_AUTH_MODE": "keys" if args.tenant else "none",
-    }
-    key = await _bench_tenant(redis.url) if args.tenant else ""
-    llmq = [sys.executable, "-m", "llmq.cli"]
-    worker_args = [
-        "worker",
-        "--model",
-        "bench",
-        "--capacity",
-        str(args.capacity),
-        "--backend",
-        args.backend,
-    ]
-    worker_env = dict(env)
-    if args.backend == "openai":
-        worker_env["LLMQ_BACKEND_URL"] = f"http://127.0.0.1:{mock_port}/v1"
-    procs = [
-        spawn(
-            [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), str(mock_port)],
-            env,
-            tmp / "mock.log",
-        ),
-        spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
-        spawn([*llmq, *worker_args], worker_env, tmp / "worker.log"),
-    ]
-    try:
-        await wait_until_served(f"http://127.0.0.1:{mock_port}/v1/models", "mock")
-        auth = {"authorization": f"Bearer {key}"} if key else None
-        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"', headers=auth)
-        direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-        llmq_url = f"http://127.0.0.1:{api_port}/v1/chat/completions"
+    mock = [sys.executable, str(ROOT / "bench" / "mock_upstream.py")]
+    async with llmq_stack(
+        backend=args.backend, tenant=args.tenant, capacity=args.capacity,
+        mock=lambda port: [*mock, str(port)],
+    ) as stack:  # fmt: skip
+        key = stack.key
+        direct_url = f"http://127.0.0.1:{stack.mock_port}/v1/chat/completions"
+        llmq_url = stack.url()
         print(
             f"backend={args.backend} tenant={args.tenant} requests={args.requests} "
             f"cores={os.cpu_count()}"
@@ -185,7 +126,7 @@ async def main() -> None:
         print(
             f"{'target':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'worker µs/req':>15}"
         )
-        worker = process_tree(procs[2].pid)
+        worker = process_tree(stack.procs["worker"].pid)
         for concurrency in (1, 32):
             direct = await measure(direct_url, concurrency, args.requests, key=key)
             cpu_before = cpu_seconds(worker)
@@ -201,10 +142,7 @@ async def main() -> None:
             added_p50 = via["p50_ms"] - direct["p50_ms"]
             added_p99 = via["p99_ms"] - direct["p99_ms"]
             print(f"{'added':<8}{concurrency:>5}{added_p50:>9.2f}{added_p99:>9.2f}")
-    finally:
-        stop_all(procs, nats, redis)
-    shutil.rmtree(tmp, ignore_errors=True)  # reached only after a clean run: logs stay otherwise
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    event_loop.run(main())

@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -99,3 +106,100 @@ def rss_kib(pids: list[int]) -> int:
 def load_average() -> str:
     """The 1-minute load average, to print next to every figure on a shared machine."""
     return Path("/proc/loadavg").read_text().split()[0]
+
+
+@dataclass
+class Stack:
+    """A running llmq for a benchmark: its servers, processes and where to call it."""
+
+    tmp: Path
+    nats: EmbeddedNats
+    redis: EmbeddedRedis
+    api_port: int
+    mock_port: int
+    key: str
+    """An API key of the bench tenant ('' without `tenant`)."""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, path: str = "/v1/chat/completions") -> str:
+        return f"http://127.0.0.1:{self.api_port}{path}"
+
+    def roots(self) -> dict[str, int]:
+        """Part name -> pid of its process tree, for CPU and memory per process."""
+        roots = {name: proc.pid for name, proc in self.procs.items() if name != "mock"}
+        return {**roots, "nats": self.nats.proc.pid, "valkey": self.redis.proc.pid}
+
+
+async def bench_tenant(redis_url: str) -> str:
+    """A tenant with every limit set (high), so the quota script takes its longest path;
+    returns an API key of it."""
+    from llmq.api.tenancy import Tenant, TenantStore, connect
+
+    redis = connect(redis_url)
+    try:
+        store = TenantStore(redis)
+        big = 10**12
+        await store.create(
+            Tenant(
+                name="bench", rpm=big, tpm=big, max_concurrent=10**6, daily_tokens=big,
+                monthly_tokens=big, spend_budget_usd=1e9,
+            )
+        )  # fmt: skip
+        key, _ = await store.create_key("bench")
+        return key
+    finally:
+        await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def llmq_stack(
+    *,
+    backend: str = "echo",
+    tenant: bool = False,
+    capacity: int = 64,
+    mock: Callable[[int], list[str]] | None = None,
+    backend_url: Callable[[int], str] = lambda port: f"http://127.0.0.1:{port}/v1",
+    env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+    wrap: Callable[[str], list[str]] | None = None,
+    model: str = "bench",
+) -> AsyncIterator[Stack]:
+    """nats-server and Valkey on free ports, `mock` (argv given its port) when asked, one
+    api and one `backend` worker for `model`; ready (the model listed) when entered, all
+    stopped on exit. `wrap(part)`: a prefix for the api's or worker's python command line
+    (e.g. a profiler). The logs stay in a temp folder if the run fails."""
+    tmp = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
+    nats = EmbeddedNats(tmp / "nats")
+    redis = EmbeddedRedis(tmp / "redis")
+    stack = Stack(tmp, nats, redis, free_port(), free_port(), "")
+    base = {
+        "LLMQ_NATS_URL": nats.url,
+        "LLMQ_REDIS_URL": redis.url,
+        "LLMQ_LOG_LEVEL": "WARNING",
+        "LLMQ_AUTH_MODE": "keys" if tenant else "none",
+        **(env or {}),
+    }
+    try:
+        if tenant:
+            stack.key = await bench_tenant(redis.url)
+        if mock is not None:
+            stack.procs["mock"] = spawn(mock(stack.mock_port), {}, tmp / "mock.log")
+
+        def llmq(part: str) -> list[str]:
+            prefix = wrap(part) if wrap else [sys.executable]
+            return [*prefix, "-m", "llmq.cli", part]
+
+        api = [*llmq("api"), "--host", "127.0.0.1", "--port", str(stack.api_port)]
+        stack.procs["api"] = spawn(api, base, tmp / "api.log")
+        worker = [*llmq("worker"), "--model", model, "--capacity", str(capacity)]
+        wenv = {**base, **(worker_env or {})}
+        if backend != "echo":
+            wenv.setdefault("LLMQ_BACKEND_URL", backend_url(stack.mock_port))
+        worker += ["--backend", backend]
+        stack.procs["worker"] = spawn(worker, wenv, tmp / "worker.log")
+        auth = {"authorization": f"Bearer {stack.key}"} if stack.key else None
+        await wait_until_served(stack.url("/v1/models"), f'"{model}"', headers=auth)
+        yield stack
+    finally:
+        stop_all(list(stack.procs.values()), nats, redis)
+    shutil.rmtree(tmp, ignore_errors=True)  # reached only after a clean run

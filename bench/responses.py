@@ -16,10 +16,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import RawClient  # noqa: E402
-from bench.processes import spawn, stop_all, wait_until_served  # noqa: E402
-from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port  # noqa: E402
+from bench.processes import llmq_stack  # noqa: E402
+from llmq import event_loop  # noqa: E402
 
 TEXT = "hello from the bench"
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -98,24 +96,8 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
-    nats = EmbeddedNats(tmp / "nats")
-    redis = EmbeddedRedis(tmp / "redis")
-    api_port = free_port()
-    env = {
-        "LLMQ_NATS_URL": nats.url,
-        "LLMQ_REDIS_URL": redis.url,
-        "LLMQ_LOG_LEVEL": "WARNING",
-        "LLMQ_AUTH_MODE": "none",
-    }
-    llmq = [sys.executable, "-m", "llmq.cli"]
-    worker = ["worker", "--model", "bench", "--capacity", str(args.capacity)]
-    procs = [
-        spawn([*llmq, "api", "--port", str(api_port)], env, tmp / "api.log"),
-        spawn([*llmq, *worker], env, tmp / "worker.log"),
-    ]
-    try:
-        await wait_until_served(f"http://127.0.0.1:{api_port}/v1/models", '"bench"')
+    async with llmq_stack(capacity=args.capacity) as stack:
+        api_port = stack.api_port
         print(f"requests={args.requests} cores={os.cpu_count()}")
         print(f"{'path':<14}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
         for concurrency in (1, 32):
@@ -135,10 +117,7 @@ async def main() -> None:
                 added = results[name]["p50_ms"] - results["chat"]["p50_ms"]
                 added99 = results[name]["p99_ms"] - results["chat"]["p99_ms"]
                 print(f"{'+' + name:<14}{concurrency:>5}{added:>9.2f}{added99:>9.2f}")
-    finally:
-        stop_all(procs, nats, redis)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    event_loop.run(main())

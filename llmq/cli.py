@@ -8,12 +8,12 @@ over the environment.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from llmq import event_loop
 from llmq.schemas.settings import Leaf, Settings, leaves
 
 Handler = Callable[[argparse.Namespace], int]
@@ -111,12 +111,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _run(coro: Any) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coro)
-    except ImportError:
-        asyncio.run(coro)
+    event_loop.run(coro)
 
 
 def build_parser() -> argparse.ArgumentParser:

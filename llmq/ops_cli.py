@@ -21,6 +21,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from llmq import event_loop
 from llmq.dispatcher import inspect, job_list
 from llmq.dispatcher.inspect import Snapshot, WorkerView
 from llmq.dispatcher.job_list import JobView
@@ -267,7 +268,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]
                 await nc.close()
 
     try:
-        return asyncio.run(main())
+        return event_loop.run(main())
     except KeyboardInterrupt:
         return 0
 

@@ -9,7 +9,6 @@ llmq usage acme --days 7 [--by model|key|user]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from llmq import event_loop
 from llmq.api.tenancy import (
     Price,
     QuotaBackendDown,
@@ -150,7 +150,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
                 await redis.aclose()
 
         try:
-            _print(asyncio.run(go()))
+            _print(event_loop.run(go()))
         except UnknownTenant as exc:
             print(f"llmq: tenant {exc} does not exist", file=sys.stderr)
             return 1

@@ -10,11 +10,15 @@ from starlette.responses import Response
 
 from llmq.api.auth import Caller
 from llmq.api.errors import ApiError
+from llmq.api.routes.plain import PlainRoute
 from llmq.api.serving import Serving
 from llmq.schemas.openai import ModelCard, ModelList
 from llmq.schemas.registry import WorkerInfo
 
 router = APIRouter(prefix="/v1")
+hot = APIRouter(prefix="/v1", route_class=PlainRoute)
+"""The two routes nearly every request takes, without FastAPI's per-request machinery;
+included first, so they are also matched first."""
 _encoder = msgspec.json.Encoder()
 
 
@@ -23,12 +27,12 @@ def _serving(request: Request) -> Serving:
     return serving
 
 
-@router.post("/chat/completions")
+@hot.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await _serving(request).chat(request)
 
 
-@router.post("/completions")
+@hot.post("/completions")
 async def completions(request: Request) -> Response:
     return await _serving(request).completion(request)
 

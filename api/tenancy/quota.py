@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from llmq.api.tenancy.client import is_cluster
-from llmq.api.tenancy.errors import backend_guard
+from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
 from llmq.api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
 from llmq.api.tenancy.periods import periods
 from llmq.schemas import names
@@ -39,6 +41,20 @@ MAX_USERS_PER_DAY = 10_000
 that day are booked together as `(other)`, so a client cannot grow Redis without bound."""
 MAX_USER_CHARS = 64
 """A longer `user` value is cut to this many characters before it is booked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """One job's end, as `Quota.release` books it."""
+
+    tenant: str
+    model: str
+    job_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    failed: bool = False
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 def _script(name: str) -> str:
@@ -176,10 +192,63 @@ class Quota:
         `cached_tokens` (cache reads) and `cache_write_tokens`, both part of
         `prompt_tokens`, are priced at the model's cached-input and cache-write prices.
         """
+        ending = Ending(
+            tenant, model, job_id, prompt_tokens, completion_tokens,
+            failed=failed, cached_tokens=cached_tokens, cache_write_tokens=cache_write_tokens,
+        )  # fmt: skip
+        keys, args = self._release_call(ending, time.time() if now is None else now)
+        raw = _text(await self._call(self._release, keys, args))
+        return await self._released(ending, args, raw)
+
+    async def release_many(
+        self, endings: Sequence[Ending], *, now: float | None = None
+    ) -> list[bool | Exception]:
+        """`release` of many jobs in one round trip: a pipeline of `release.lua` calls, each
+        atomic and idempotent on its own, so the result is exactly that of calling
+        `release` for each. Per job: what `release` answers, or the exception it would
+        raise (`QuotaBackendDown` when Redis is away: retrying is safe). In a Cluster the
+        jobs' keys live in different slots: one call each, in turn."""
         now = time.time() if now is None else now
+        if self._cluster or len(endings) == 1:
+            out: list[bool | Exception] = []
+            for e in endings:
+                try:
+                    out.append(await self.release(
+                        e.tenant, e.model, e.job_id, e.prompt_tokens, e.completion_tokens,
+                        failed=e.failed, now=now, cached_tokens=e.cached_tokens,
+                        cache_write_tokens=e.cache_write_tokens,
+                    ))  # fmt: skip
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        calls = [self._release_call(e, now) for e in endings]
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:  # EVALSHA itself: a Script in a pipeline asks SCRIPT EXISTS
+            pipe.evalsha(self._release.sha, len(keys), *keys, *args)
+        try:
+            with backend_guard():
+                replies = await pipe.execute(raise_on_error=False)
+        except QuotaBackendDown as exc:
+            return [exc] * len(endings)
+        results: list[bool | Exception] = []
+        for ending, (keys, args), reply in zip(endings, calls, replies, strict=True):
+            try:
+                if isinstance(reply, NoScriptError):  # a restarted server: load it, once
+                    reply = await self._call(self._release, keys, args)
+                elif isinstance(reply, Exception):
+                    with backend_guard():
+                        raise reply
+                results.append(await self._released(ending, args, _text(reply)))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _release_call(self, e: Ending, now: float) -> tuple[list[str], list[str | int]]:
+        """`release.lua`'s keys and arguments for one job ending at `now`."""
         p = periods(now)
+        tenant = e.tenant
         keys = [
-            names.reservation_key(tenant, job_id),
+            names.reservation_key(tenant, e.job_id),
             names.inflight_key(tenant),
             names.usage_key(tenant, p.day),
             names.tenant_ledger_key(tenant) if self._cluster else names.LEDGER_KEY,
@@ -189,22 +258,24 @@ class Quota:
             names.key_last_used_key(tenant),
         ]
         args: list[str | int] = [
-            job_id,
-            max(0, int(prompt_tokens)),
-            max(0, int(completion_tokens)),
-            1 if failed else 0,
+            e.job_id,
+            max(0, int(e.prompt_tokens)),
+            max(0, int(e.completion_tokens)),
+            1 if e.failed else 0,
             _ms(now),
             _ms(p.day_end + self._usage_ttl),
             self._ledger_maxlen,
             tenant,
-            model,
-            max(0, int(cached_tokens)),
-            max(0, int(cache_write_tokens)),
+            e.model,
+            max(0, int(e.cached_tokens)),
+            max(0, int(e.cache_write_tokens)),
             self._max_users,
         ]
-        raw = _text(await self._call(self._release, keys, args))
+        return keys, args
+
+    async def _released(self, e: Ending, args: list[str | int], raw: str) -> bool:
         if self._cluster and raw.startswith("1|"):
-            await self._global_ledger(tenant, model, job_id, args, failed, raw.split("|"))
+            await self._global_ledger(e.tenant, e.model, e.job_id, args, e.failed, raw.split("|"))
         return raw.startswith("1|")
 
     async def _global_ledger(

@@ -180,3 +180,39 @@ async def _script_calls(redis: Redis) -> int:
     return sum(
         int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
     )
+
+
+async def test_releases_that_end_together_share_a_round_trip_and_stay_exact(
+    redis: Redis,
+) -> None:
+    tenant = await _tenant(redis, max_concurrent=50)
+    quota = Quota(redis)
+    reservations = Reservations(quota, fail_open=False)
+    held = [await reservations.reserve(tenant, "m", 10, 20, f"job-{i}") for i in range(40)]
+    assert await quota.inflight(tenant) == 40
+    for i, reservation in enumerate(held):
+        assert isinstance(reservation, Reservation)
+        reservations.release_later(reservation, JobUsage(prompt_tokens=i, completion_tokens=2 * i))
+        reservations.release_later(reservation, FAILED)  # a second end: changes nothing
+    await reservations.drain()
+    assert reservations.release_rounds == 1  # all 80 ends queued before the first trip
+    assert await quota.inflight(tenant) == 0
+    ledger = {e.job_id: e for e in await UsageReader(redis).ledger(tenant)}
+    assert len(ledger) == 40
+    for i in range(40):
+        entry = ledger[f"job-{i}"]
+        assert (entry.prompt_tokens, entry.completion_tokens, entry.status) == (i, 2 * i, "ok")
+
+
+async def test_release_many_after_the_server_forgot_the_script(redis: Redis) -> None:
+    """A restarted Redis has no scripts: the pipeline's NOSCRIPT replies are retried."""
+    tenant = await _tenant(redis, max_concurrent=5)
+    quota = Quota(redis)
+    reservations = Reservations(quota, fail_open=False)
+    held = [await reservations.reserve(tenant, "m", 1, 1, f"job-{i}") for i in range(3)]
+    await redis.script_flush()
+    ended = [(r, JobUsage(prompt_tokens=1, completion_tokens=1)) for r in held]
+    assert isinstance(held[0], Reservation)
+    outcomes = await reservations.release_many([*ended, (held[0], FAILED)])  # type: ignore[list-item]
+    assert outcomes == [True, True, True, False]
+    assert await quota.inflight(tenant) == 0

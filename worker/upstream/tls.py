@@ -19,12 +19,15 @@ READ_SIZE = 65536
 class TlsSession:
     """One TLS connection's state: handshake, then encrypt what is sent, decrypt what is read."""
 
-    __slots__ = ("_incoming", "_object", "_outgoing", "closed")
+    __slots__ = ("_incoming", "_object", "_outgoing", "_read", "closed")
 
     def __init__(self, context: ssl.SSLContext, host: str) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._object = context.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
+        # The C object's `read` itself: `SSLObject.read` only forwards to it, one Python
+        # call more per TLS record (an SSE stream is one record per event).
+        self._read = getattr(self._object, "_sslobj", self._object).read
         self.closed = False
         """The server ended TLS (close_notify): nothing more will come."""
 
@@ -54,20 +57,27 @@ class TlsSession:
         return self._outgoing.read()
 
     def decrypt(self, data: bytes) -> bytes | None:
-        """The plaintext `data` completes (b"" if none yet); None once the server closed TLS."""
-        self._incoming.write(data)
+        """The plaintext `data` completes (b"" if none yet); None once the server closed TLS.
+
+        One `read` per TLS record (OpenSSL never returns more than one), and none once the
+        incoming buffer is empty: a read that finds nothing raises `SSLWantReadError`, and
+        building that exception cost more than decrypting the records themselves
+        (docs/benchmarks.md), so it is only met when a record is still incomplete."""
+        incoming = self._incoming
+        incoming.write(data)
+        read = self._read
         pieces: list[bytes] = []
-        while True:
-            try:
-                piece = self._object.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLError as exc:
-                raise ProtocolError(f"TLS error: {exc.reason or exc}") from None
-            if not piece:  # close_notify
-                self.closed = True
-                return b"".join(pieces) if pieces else None
-            pieces.append(piece)
+        try:
+            while incoming.pending:
+                piece = read(READ_SIZE)
+                if not piece:  # close_notify
+                    self.closed = True
+                    return b"".join(pieces) if pieces else None
+                pieces.append(piece)
+        except ssl.SSLWantReadError:
+            pass  # the rest of a record is still on its way
+        except ssl.SSLError as exc:
+            raise ProtocolError(f"TLS error: {exc.reason or exc}") from None
         if len(pieces) == 1:
             return pieces[0]
         return b"".join(pieces)

@@ -1,0 +1,36 @@
+"""`PlainRoute`: a FastAPI route served as a plain Starlette endpoint.
+
+FastAPI's per-request machinery (dependency solving, body and content-type handling,
+endpoint context for error messages, two `AsyncExitStack`s per request, response
+validation) costs tens of µs and a few KB per request even for an endpoint that takes only
+the `Request` and returns a `Response`, and it showed in the api's profile on the hot routes
+(docs/benchmarks.md). A `PlainRoute` is served by Starlette's own `request_response`: the
+`Request` in, the endpoint's `Response` out, exceptions to the app's handlers (so the same
+OpenAI-shaped errors). It stays an `APIRoute`, so `/openapi.json` documents it; middleware
+(CORS, the console's headers) is the app's own. Add it to the app's routes directly
+(`app.router.routes`): `include_router` would wrap it in FastAPI's handler again. Its
+endpoint must be `async def endpoint(request: Request) -> Response`, with no dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import request_response
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class PlainRoute(APIRoute):
+    def __init__(self, path: str, endpoint: Handler, **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        assert not self.dependant.dependencies, "a PlainRoute takes the Request only"
+        self.app = request_response(endpoint)
+
+    def get_route_handler(self) -> Handler:
+        endpoint: Handler = self.endpoint
+        return endpoint

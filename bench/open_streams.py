@@ -1,0 +1,157 @@
+"""Many concurrent open streams on one api and one worker: memory per stream, and no error.
+
+The worker runs the echo backend at one token a second (`LLMQ_ECHO_DELAY=1`), so every
+stream stays open for `--tokens` seconds. The client opens `--streams` streamed chat
+requests (raw keep-alive sockets, `--ramp` new ones at a time), waits until every one has
+had its first chunk, reads the api's and the worker's RSS (/proc) while all are open, then
+reads every stream to `data: [DONE]` and checks each got all its chunks. RSS per stream is
+(RSS with all open - RSS before) / streams open at that moment, after a warm-up round of 200
+streams; `--tokens` must outlast the ramp, or early streams end before the last one opens.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/open_streams.py --streams 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.processes import cpu_seconds, llmq_stack, load_average, rss_kib  # noqa: E402
+from llmq import event_loop  # noqa: E402
+
+
+class Stream:
+    """One streamed request on its own connection, read as it comes."""
+
+    def __init__(self, port: int, words: int) -> None:
+        body = json.dumps(
+            {
+                "model": "bench",
+                "stream": True,
+                "messages": [{"role": "user", "content": " ".join(["tok"] * words)}],
+            }
+        ).encode()
+        self.request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.port = port
+        self.first = asyncio.get_running_loop().create_future()
+        self.chunks = 0
+        self.done = False
+        self.error = ""
+
+    async def run(self) -> None:
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(self.request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head[9:12] != b"200":
+                raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+            buffer = b""
+            while not self.done:
+                data = await reader.read(65536)
+                if not data:
+                    raise RuntimeError("closed before [DONE]")
+                buffer += data
+                *events, buffer = buffer.split(b"\n\n")
+                for ev in events:
+                    line = ev[ev.find(b"data: ") :]  # chunked framing before it, if any
+                    if line == b"data: [DONE]":
+                        self.done = True
+                    elif line.startswith(b'data: {"error"'):
+                        raise RuntimeError(line.decode()[:200])
+                    elif line.startswith(b"data: "):
+                        self.chunks += 1
+                        if not self.first.done():
+                            self.first.set_result(None)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if not self.first.done():
+                self.first.set_result(None)
+            if writer is not None:
+                writer.close()
+
+
+async def _open(
+    port: int, n: int, words: int, ramp: int
+) -> tuple[list[Stream], list[asyncio.Task]]:
+    streams: list[Stream] = []
+    tasks: list[asyncio.Task[None]] = []
+    for start in range(0, n, ramp):
+        batch = [Stream(port, words) for _ in range(min(ramp, n - start))]
+        streams += batch
+        tasks += [asyncio.create_task(s.run()) for s in batch]
+        await asyncio.gather(*(s.first for s in batch))
+    return streams, tasks
+
+
+def _check(streams: list[Stream], words: int) -> list[str]:
+    errors = [s.error for s in streams if s.error]
+    short = [s.chunks for s in streams if not s.error and (not s.done or s.chunks < words)]
+    return errors + [f"{len(short)} streams short of {words} chunks"] * bool(short)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument(
+        "--tokens", type=int, default=300,
+        help="seconds each stream lasts: longer than opening them all takes",
+    )  # fmt: skip
+    parser.add_argument("--ramp", type=int, default=500, help="streams opened at a time")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.streams + 1000)), hard))
+    env = {"LLMQ_ECHO_DELAY": "1"}
+    async with llmq_stack(capacity=args.streams + 100, env=env) as stack:
+        roots = stack.roots()
+        warm, warm_tasks = await _open(stack.api_port, 200, 3, 200)
+        await asyncio.gather(*warm_tasks)
+        assert not _check(warm, 3), _check(warm, 3)
+        await asyncio.sleep(1)
+        before = {p: rss_kib([pid]) for p, pid in roots.items()}
+        cpu0 = {p: cpu_seconds([pid]) for p, pid in roots.items()}
+        started = time.monotonic()
+        streams, tasks = await _open(stack.api_port, args.streams, args.tokens, args.ramp)
+        opened = time.monotonic() - started
+        during = {p: rss_kib([pid]) for p, pid in roots.items()}
+        open_now = sum(1 for s in streams if not s.done and not s.error)
+        load = load_average()
+        await asyncio.gather(*tasks)
+        took = time.monotonic() - started
+        cpu = {p: (cpu_seconds([pid]) - cpu0[p]) / args.streams * 1e6 for p, pid in roots.items()}
+    problems = _check(streams, args.tokens)
+    print(
+        f"{args.streams} streams of {args.tokens} tokens (1 per second), all open after "
+        f"{opened:.1f} s, all done after {took:.1f} s, load {load}; open when RSS was read: "
+        f"{open_now} (per stream figures divide by this)"
+    )
+    print(
+        "| process | RSS before MiB | RSS all open MiB | KiB per open stream | CPU µs per stream |"
+    )
+    print("|---|---|---|---|---|")
+    for part in roots:
+        per = (during[part] - before[part]) / max(1, open_now)
+        print(
+            f"| {part} | {before[part] / 1024:,.1f} | {during[part] / 1024:,.1f} | {per:,.1f} "
+            f"| {cpu[part]:,.0f} |"
+        )
+    done = sum(1 for s in streams if s.done and not s.error)
+    print(f"completed: {done} of {args.streams}; errors: {len(problems)}")
+    for problem in sorted(set(problems))[:10]:
+        print("  ", problem)
+
+
+if __name__ == "__main__":
+    event_loop.run(main())

@@ -1,0 +1,112 @@
+"""CPU per request of the quota path under concurrency: each release in its own round trip
+(a task per release, as before issue 14) against `Reservations.release_later`, which puts
+the releases that end while one round trip is under way into the next one (a pipeline).
+
+`--concurrency` clients each reserve, then release, in a loop, through one `Reservations`
+on one redis-py client, against a local Valkey (api.embedded.EmbeddedRedis). CPU is this
+process's (`time.process_time`: the api's side) and the server's (/proc), per request; the
+two ways alternate in rounds, back to back, and each reports its median round.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/release.py [--requests 4000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.processes import cpu_seconds, load_average  # noqa: E402
+from llmq import event_loop  # noqa: E402
+from llmq.api.reservations import Reservations  # noqa: E402
+from llmq.api.tenancy import Price, Quota, Tenant, TenantStore, connect  # noqa: E402
+from llmq.embedded import EmbeddedRedis  # noqa: E402
+from llmq.schemas.admission import JobUsage, Reservation  # noqa: E402
+
+USAGE = JobUsage(prompt_tokens=200, completion_tokens=120)
+
+
+class OneByOne(Reservations):
+    """The release path before issue 14: one task and one round trip per release."""
+
+    def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
+        if reservation.held:
+            self._spawn(self.release(reservation, usage))
+
+
+async def _round(reservations: Reservations, tag: str, requests: int, conc: int) -> int:
+    per_client = requests // conc
+
+    async def client(c: int) -> None:
+        for i in range(per_client):
+            held = await reservations.reserve(
+                "bench", "bench-model", 200, 300, f"{tag}-{c}-{i}", key_id=""
+            )
+            assert isinstance(held, Reservation), held
+            reservations.release_later(held, USAGE)
+            await asyncio.sleep(0)  # the response is written here in the api
+
+    await asyncio.gather(*(client(c) for c in range(conc)))
+    await reservations.drain()
+    return per_client * conc
+
+
+async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> None:
+    redis = connect(server.url)
+    store = TenantStore(redis)
+    await store.create(
+        Tenant(
+            name="bench", models=["bench-model"], rpm=10**9, tpm=10**12, max_concurrent=10**6,
+            daily_tokens=10**12, monthly_tokens=10**12, spend_budget_usd=10**9,
+        )
+    )  # fmt: skip
+    await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
+    quota = Quota(redis)
+    ways = {"one by one": OneByOne(quota, False), "folded": Reservations(quota, False)}
+    for name, way in ways.items():  # warm: scripts loaded, connections open
+        await _round(way, f"warm-{name}", conc * 20, conc)
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
+    for r in range(rounds):
+        for name, way in ways.items():
+            before_rounds = way.release_rounds
+            own, valkey = time.process_time(), cpu_seconds([server.proc.pid])
+            n = await _round(way, f"{r}-{name}", requests, conc)
+            own = (time.process_time() - own) / n * 1e6
+            valkey = (cpu_seconds([server.proc.pid]) - valkey) / n * 1e6
+            trips = (way.release_rounds - before_rounds) / n if name == "folded" else 1.0
+            samples[name].append((own, valkey, trips))
+    await redis.aclose()
+    print(
+        f"{requests} reserve+release per round, {rounds} rounds, concurrency {conc}, "
+        f"load {load_average()}"
+    )
+    print("| release | api-side CPU µs/req | Valkey CPU µs/req | release round trips per req |")
+    print("|---|---|---|---|")
+    for name, rows in samples.items():
+        own, valkey, trips = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(f"| {name} | {own:,.0f} | {valkey:,.0f} | {trips:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=32)
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp))
+        try:
+            event_loop.run(run(server, opts.requests, opts.rounds, opts.concurrency))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
