@@ -182,10 +182,8 @@ class FairShare:
         free, oldest = self._room_for(model)
         started = self._started.get(model)
         if started:
-            for seen, at in list(started.items()):
-                if at >= oldest:
-                    break
-                del started[seen]  # in the heartbeats' in-flight counts by now
+            while started and (first := next(iter(started.items())))[1] < oldest:
+                del started[first[0]]  # in the heartbeats' in-flight counts by now
             if not started:
                 del self._started[model]
         seen = self._unstarted.get(model, 0) + (len(started) if started else 0)
