@@ -5,7 +5,6 @@ the cluster, and a chat goes through the api with quotas on."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,7 +88,7 @@ async def redis(redis_cluster: list[EmbeddedRedis]) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def tenant_name() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+    return unique("t")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import uuid
 from typing import Any
 
 import httpx
@@ -15,11 +14,7 @@ import pytest
 
 from llmq.cli import main
 from llmq.embedded import free_port
-from tests.stack import wait_for
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from tests.stack import unique, wait_for
 
 
 async def llmq(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -35,10 +30,10 @@ def _by(items: list[dict[str, Any]], key: str, value: str) -> dict[str, Any]:
 
 
 async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None:  # type: ignore[no-untyped-def]
-    busy, spare = _name("cli-busy"), _name("cli-spare")
+    busy, spare = unique("cli-busy"), unique("cli-spare")
     api = await stack.api()
-    w1 = await stack.worker(model=[busy], capacity=1, echo_delay=0.25, worker_id=_name("w1"))
-    w2 = await stack.worker(model=[spare], capacity=3, worker_id=_name("w2"))
+    w1 = await stack.worker(model=[busy], capacity=1, echo_delay=0.25, worker_id=unique("w1"))
+    w2 = await stack.worker(model=[spare], capacity=3, worker_id=unique("w2"))
     await wait_for(lambda: api.runtime.registry.workers_for(busy))
     await wait_for(lambda: api.runtime.registry.workers_for(spare))
     nats_url = stack.nats_url
@@ -112,8 +107,8 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
 
 
 async def test_top_refreshes_within_80_columns(stack, capsys) -> None:  # type: ignore[no-untyped-def]
-    model = _name("cli-top")
-    await stack.worker(model=[model], worker_id=_name("a-very-long-worker-name-indeed"))
+    model = unique("cli-top")
+    await stack.worker(model=[model], worker_id=unique("a-very-long-worker-name-indeed"))
     code, out = await llmq(
         capsys, "top", "--nats-url", stack.nats_url, "--interval", "0.1", "--iterations", "2"
     )
@@ -144,7 +139,7 @@ async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignor
 
 
 async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type: ignore[no-untyped-def]
-    model, gone = _name("cli-proc"), _name("cli-gone")
+    model, gone = unique("cli-proc"), unique("cli-gone")
     await stack.worker(model=[model])
     left = await stack.worker(model=[gone])
     await left.close()  # deletes its registry entry: not listed

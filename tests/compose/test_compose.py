@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from llmq.dispatcher.connection import connect, disconnect
 from llmq.embedded import EmbeddedNats, nats_server_binary, redis_server_binary
 from llmq.schemas import names
 from llmq.schemas.settings import ConnectionSettings
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 WORKER_INBOX = "_INBOX_worker"
@@ -182,7 +181,7 @@ async def test_api_and_worker_users_serve_chat_jobs_and_batches(
 ) -> None:
     users = _users(secrets_dir)
     stack.nats_url = compose_nats.url
-    model = f"cmp-{uuid.uuid4().hex[:6]}"
+    model = unique("cmp")
     api = await stack.api(nats_user="api", nats_password=users["API"])
     (secrets_dir.parent / "worker.pw").write_text(users["WORKER"] + "\n")
     await stack.worker(

@@ -6,7 +6,6 @@ for another. Frames are counted on the real nats-server."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from nats.aio.msg import Msg
 
 from llmq.schemas import frames, names
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import FakeUpstream, json_reply, openai_chat
 
 CHAT = "/v1/chat/completions"
@@ -59,7 +58,7 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 async def _serve(stack: Any, upstream: FakeUpstream) -> tuple[Any, str]:
-    public = f"batch-{uuid.uuid4().hex[:8]}"
+    public = unique("batch")
     api = await stack.api()
     worker = await stack.worker(
         model=[f"{public}=gpt-4o-mini"], backend="openai", backend_url=f"{upstream.url}/v1"

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
 import openai
@@ -20,13 +19,9 @@ from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.embedded import EmbeddedRedis, free_port
 from llmq.schemas.openai import chat_request_decoder
 from llmq.worker.backends.base import BackendConfig
-from tests.stack import wait_for, wait_serving
+from tests.stack import unique, wait_for, wait_serving
 
 ADMIN = "admin-secret"
-
-
-def _name(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -38,7 +33,7 @@ async def redis(redis_server):  # type: ignore[no-untyped-def]
 
 async def _tenant(redis, **limits: object) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     store = TenantStore(redis)
-    name = _name()
+    name = unique("t")
     await store.create(Tenant(name=name, **limits))  # type: ignore[arg-type]
     key, _ = await store.create_key(name)
     return name, key
@@ -55,7 +50,7 @@ def _chat(model: str, text: str = "hi", **extra: object) -> dict[str, object]:
 
 
 async def test_key_auth_401_and_revocation(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis)
@@ -81,10 +76,10 @@ async def test_key_auth_401_and_revocation(stack, redis) -> None:  # type: ignor
 
 
 async def test_trusted_header_mode(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     store = TenantStore(redis)
-    allowed, fallback = _name(), _name()
+    allowed, fallback = unique("t"), unique("t")
     await store.create(Tenant(name=allowed))
     await store.create(Tenant(name=fallback))
     api = await stack.api(
@@ -108,7 +103,7 @@ async def test_trusted_header_mode(stack, redis) -> None:  # type: ignore[no-unt
 
 
 async def test_rate_limit_headers_and_429(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     _tenant_name, key = await _tenant(redis, rpm=2, tpm=100_000)
@@ -133,7 +128,7 @@ async def test_rate_limit_headers_and_429(stack, redis) -> None:  # type: ignore
 
 async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type: ignore[no-untyped-def]
     """500 concurrent requests, RPM = 50, two api processes: exactly 50 pass."""
-    model = _name("m")
+    model = unique("m")
     # Separate processes with a relaxed heartbeat: this test loads both cores on purpose.
     stack.process("worker", "--model", model, "--capacity", "16", heartbeat=2.0)
     _t, key = await _tenant(redis, rpm=50)
@@ -172,7 +167,7 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
 
 
 async def test_max_concurrent_is_never_exceeded(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     worker = await stack.worker(model=[model], capacity=12, echo_delay=0.2)
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis, max_concurrent=3)
@@ -207,7 +202,7 @@ async def _inflight(redis, tenant: str, expected: int) -> bool:  # type: ignore[
 
 
 async def test_daily_budget_not_exceeded_under_concurrency(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model], capacity=16)
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis, daily_tokens=200)
@@ -239,7 +234,7 @@ async def test_daily_budget_not_exceeded_under_concurrency(stack, redis) -> None
 
 
 async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model, broken = _name("m"), _name("broken")
+    model, broken = unique("m"), unique("broken")
     await stack.worker(model=[model], echo_delay=0.2)
     dead_upstream = BackendConfig(kind="openai", url=f"http://127.0.0.1:{free_port()}/v1")
     from llmq.worker.main import Worker
@@ -271,7 +266,7 @@ async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:
 
 
 async def test_slot_released_when_worker_is_killed_mid_job(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     proc = stack.process("worker", "--model", model, "--echo-delay", "0.1")
     api = await _keyed(stack, model)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -297,7 +292,7 @@ async def test_redis_down_fails_closed_then_recovers(stack, tmp_path) -> None:  
     own = EmbeddedRedis(tmp_path / "own-redis")
     port = own.port
     stack.redis_url = own.url
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     client_redis = connect(own.url)
@@ -327,11 +322,11 @@ async def _ok(client: httpx.AsyncClient, url: str, model: str, headers: dict[str
 
 
 async def test_admin_api_tenants_keys_usage_prices(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     admin = {"authorization": f"Bearer {ADMIN}"}
-    name = _name()
+    name = unique("t")
     async with httpx.AsyncClient(base_url=api.url) as client:
         assert (await client.get("/admin/tenants")).status_code == 401
         assert (
@@ -386,7 +381,7 @@ async def test_admin_api_tenants_keys_usage_prices(stack, redis) -> None:  # typ
 
 def test_cli_tenants_keys_usage(redis_server) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "LLMQ_REDIS_URL": redis_server.url}
-    name = _name()
+    name = unique("t")
 
     def llmq(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
