@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,6 +13,7 @@ import pytest
 
 from llmq.api.preparation import estimate_prompt_tokens
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.cli import main
 from llmq.embedded import EmbeddedRedis, free_port
 from llmq.schemas.openai import chat_request_decoder
 from llmq.worker.backends.base import BackendConfig
@@ -379,32 +377,31 @@ async def test_admin_api_tenants_keys_usage_prices(stack, redis) -> None:  # typ
         assert (await client.get(f"/admin/tenants/{name}", headers=admin)).status_code == 404
 
 
-def test_cli_tenants_keys_usage(redis_server) -> None:  # type: ignore[no-untyped-def]
-    env = {**os.environ, "LLMQ_REDIS_URL": redis_server.url}
+def test_cli_tenants_keys_usage(redis_server, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The `llmq tenants | keys | usage` commands, run in this process (`llmq` as a child
+    process is covered by tests/cli): each import of llmq costs seconds of CPU."""
+    monkeypatch.setenv("LLMQ_REDIS_URL", redis_server.url)
     name = unique("t")
 
-    def llmq(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "llmq.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+    def llmq(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    created = llmq(
+    code, out, err = llmq(
         "tenants", "create", name, "--rpm", "60", "--daily-tokens", "1000", "--models", "echo,gpt"
     )
-    assert created.returncode == 0, created.stderr
-    assert json.loads(created.stdout)["models"] == ["echo", "gpt"]
-    key = json.loads(llmq("keys", "create", name).stdout)
+    assert code == 0, err
+    assert json.loads(out)["models"] == ["echo", "gpt"]
+    key = json.loads(llmq("keys", "create", name)[1])
     assert key["key"].startswith("sk-llmq-")
-    listed = json.loads(llmq("keys", "list", name).stdout)
+    listed = json.loads(llmq("keys", "list", name)[1])
     assert listed[0]["id"] == key["id"] and key["key"] not in json.dumps(listed)
-    assert json.loads(llmq("tenants", "update", name, "--rpm", "5").stdout)["rpm"] == 5
-    assert json.loads(llmq("tenants", "suspend", name).stdout)["status"] == "suspended"
-    assert json.loads(llmq("usage", name, "--days", "3").stdout) == []
-    assert llmq("keys", "revoke", name, key["id"]).returncode == 0
-    missing = llmq("tenants", "show", "no-such-tenant")
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
-    assert llmq("tenants", "delete", name).returncode == 0
+    assert json.loads(llmq("tenants", "update", name, "--rpm", "5")[1])["rpm"] == 5
+    assert json.loads(llmq("tenants", "suspend", name)[1])["status"] == "suspended"
+    assert json.loads(llmq("usage", name, "--days", "3")[1]) == []
+    assert llmq("keys", "revoke", name, key["id"])[0] == 0
+    code, _, err = llmq("tenants", "show", "no-such-tenant")
+    assert code == 1 and "does not exist" in err
+    assert llmq("tenants", "delete", name)[0] == 0
