@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from llmq.cli import main
+from llmq.dispatcher.probes import queue_states
 from llmq.embedded import free_port
 from tests.stack import unique, wait_for
 
@@ -37,12 +38,21 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
     await wait_for(lambda: api.runtime.registry.workers_for(busy))
     await wait_for(lambda: api.runtime.registry.workers_for(spare))
     nats_url = stack.nats_url
-    body = {"model": busy, "messages": [{"role": "user", "content": "a b c d"}]}
-    async with httpx.AsyncClient(timeout=20) as client:
+    # The running job lasts ~6 s (24 words, 0.25 s each): the CLI calls below must all see
+    # it running and the other two queued, even on a loaded machine.
+    long = {"model": busy, "messages": [{"role": "user", "content": " ".join(["w"] * 24)}]}
+    short = {"model": busy, "messages": [{"role": "user", "content": "a"}]}
+
+    async def two_queued() -> bool:
+        states = await queue_states(api.runtime.nc.jetstream())
+        return any(q.model == busy and q.pending == 2 for q in states)
+
+    async with httpx.AsyncClient(timeout=60) as client:
         url = f"{api.url}/v1/chat/completions"
-        tasks = [asyncio.create_task(client.post(url, json=body)) for _ in range(3)]
-        await wait_for(lambda: w1.scheduler.in_flight == 1)
-        await asyncio.sleep(0.2)  # the other two are published and waiting
+        tasks = [asyncio.create_task(client.post(url, json=long))]
+        await wait_for(lambda: w1.scheduler.in_flight == 1, timeout=30)
+        tasks += [asyncio.create_task(client.post(url, json=short)) for _ in range(2)]
+        await wait_for(two_queued, timeout=30)  # published and waiting in LLMQ_JOBS
 
         code, out = await llmq(capsys, "status", "--nats-url", nats_url, "--json")
         assert code == 0
