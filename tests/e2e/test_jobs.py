@@ -94,17 +94,24 @@ async def test_job_waits_for_a_worker_and_expires_without_one(stack) -> None:  #
     model = unique("j")
     worker = await stack.worker(model=[model])
     api = await stack.api(job_deadline=1.5)
+    # Known from its LLMQ_MODELS entry, which the api watches apart from the workers: wait
+    # for both, or the model is briefly unknown (404) once its only worker has left.
     await wait_for(lambda: api.runtime.registry.workers_for(model))
+    await wait_for(lambda: api.runtime.registry.model_info(model))
     await worker.close()
     await wait_for(lambda: not api.runtime.registry.workers_for(model))
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
-        doomed = (await client.post("/v1/jobs", json=chat(model, "nobody"))).json()
-        expired = await wait_job(client, doomed["id"], timeout=6)
+        resp = await client.post("/v1/jobs", json=chat(model, "nobody"))
+        assert resp.status_code == 202, resp.text
+        expired = await wait_job(client, resp.json()["id"], timeout=20)
         assert expired["status"] == "expired" and expired["expired_at"]
         assert expired["error"]["code"] == "job_expired"
     patient = await stack.api()
+    await wait_for(lambda: patient.runtime.registry.model_info(model))
     async with httpx.AsyncClient(base_url=patient.url, timeout=10) as client:
-        job = (await client.post("/v1/jobs", json=chat(model, "eventually"))).json()
+        resp = await client.post("/v1/jobs", json=chat(model, "eventually"))
+        assert resp.status_code == 202, resp.text
+        job = resp.json()
         await asyncio.sleep(0.5)
         assert (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "queued"
         await stack.worker(model=[model])
