@@ -108,7 +108,7 @@ async def test_no_chunk_waits_for_the_next(
 ) -> None:
     """The upstream sends the role chunk and two words, then goes silent until the client
     leaves: the client must get all three while it is silent, one frame per read."""
-    upstream.route(CHAT, openai_chat(["Hel", "lo"], usage=None, gap=0.2, hang_after=3))
+    upstream.route(CHAT, openai_chat(["Hel", "lo"], usage=None, gap=1.0, hang_after=3))
     api, public = await _serve(stack, upstream)
 
     stream = await _client(api).chat.completions.create(
@@ -123,6 +123,6 @@ async def test_no_chunk_waits_for_the_next(
                 break
     await stream.close()
     assert got == ["", "Hel", "lo"]
-    # Sent 0.2 s apart, so each came in its own read: the role chunk rides with "Hel" (it
-    # is held until the first token), "lo" goes alone.
+    # Sent 1 s apart (so even a loaded machine reads each on its own): the role chunk rides
+    # with "Hel" (it is held until the first token), "lo" goes alone.
     assert [int((m.headers or {}).get(names.H_CHUNKS, "1")) for m in tap.only_job()] == [2, 1]
