@@ -128,11 +128,11 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
     """500 concurrent requests, RPM = 50, two api processes: exactly 50 pass."""
     model = unique("m")
     # Separate processes with a relaxed heartbeat: this test loads both cores on purpose.
-    stack.process("worker", "--model", model, "--capacity", "16", heartbeat=2.0)
+    stack.process("worker", "--model", model, "--capacity", "16", heartbeat=5.0)
     _t, key = await _tenant(redis, rpm=50)
     ports = [free_port(), free_port()]
     for port in ports:
-        stack.process("api", "--port", str(port), auth_mode="keys", heartbeat=2.0)
+        stack.process("api", "--port", str(port), auth_mode="keys", heartbeat=5.0)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     headers = {"authorization": f"Bearer {key}"}
     for url in urls:
