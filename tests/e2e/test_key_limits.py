@@ -145,9 +145,16 @@ async def test_expired_key_refused_on_both_apis_despite_the_cache(stack, redis) 
     store = TenantStore(redis)
     await store.create(Tenant(name=tenant))
     key, _ = await store.create_key(tenant, settings=KeySettings(expires_at=time.time() + 3600))
-    urls = await _two_apis(stack, model, {"authorization": f"Bearer {key}"})
+    # Two apis in this process, each with its own key cache (per api, so no child processes
+    # are needed), holding the key's record well past its expiry.
+    apis = [
+        await stack.api(auth_mode="keys", admin_token=ADMIN, key_cache_ttl=60) for _ in range(2)
+    ]
+    for api in apis:
+        await wait_for(lambda api=api: api.runtime.registry.workers_for(model))
+    urls = [api.url for api in apis]
     expiring, record = await store.create_key(
-        tenant, settings=KeySettings(expires_at=time.time() + 10)
+        tenant, settings=KeySettings(expires_at=time.time() + 4)
     )
     headers = {"authorization": f"Bearer {expiring}"}
     chat = _chat(model)
