@@ -310,8 +310,9 @@ async def test_redis_down_fails_closed_then_recovers(stack, tmp_path) -> None:  
         assert down.json()["error"]["code"] in ("tenant_store_down", "quota_store_down")
         revived = EmbeddedRedis(tmp_path / "own-redis", port=port)
         try:
-            await wait_for(lambda: _ok(client, url, model, headers), timeout=10, interval=0.2)
+            await wait_for(lambda: _ok(client, url, model, headers), timeout=30, interval=0.2)
         finally:
+            await api.stop()  # while its Redis is up: a stop against a dead one waits out timeouts
             revived.stop()
 
 
