@@ -4,7 +4,9 @@ survives a node (`redis+sentinel://`), or a Redis/Valkey Cluster (`redis+cluster
 
 redis-py's default async pool raises `MaxConnectionsError` at 100 concurrent commands,
 which under load would turn into 503s; a blocking pool makes the excess wait (up to
-`timeout`) for a free connection instead.
+`timeout`) for a free connection instead. Every connection, in every mode, packs its
+commands with hiredis (`HiredisPacking`): redis-py's asyncio connection packs in Python,
+the largest item of the api's profile (the quota script's `EVALSHA` has ~21 arguments).
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs without
+    _hiredis_pack = None
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,44 @@ SENTINEL_SCHEME = "redis+sentinel://"
 CLUSTER_SCHEME = "redis+cluster://"
 CLUSTER_RETRIES = 2
 """Tries of a Cluster command after the first, each on a freshly read slot map."""
+
+
+class HiredisPacking(AbstractConnection):
+    """Packs a command with hiredis (C) instead of redis-py's Python loop: the same bytes
+    for the types llmq sends (str, bytes, int, float). Anything hiredis refuses (a bool,
+    None, a bytearray, an int subclass) and a command name with a space in it
+    ("CONFIG GET") go to redis-py's own packer, which splits, encodes or raises as ever;
+    so does a connection whose encoding is not UTF-8/strict (hiredis encodes str as UTF-8)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        encoder = self.encoder
+        self._hiredis = _hiredis_pack is not None and (
+            encoder.encoding.lower().replace("-", "") == "utf8"
+            and encoder.encoding_errors == "strict"
+        )
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if self._hiredis and type(first) is str and " " not in first:
+            try:
+                return [_hiredis_pack(args)]  # type: ignore[misc]
+            except TypeError:
+                pass
+        return super().pack_command(*args)
+
+
+_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`cls` (redis-py's plain, TLS, unix-socket or Sentinel-managed connection) with
+    `HiredisPacking`'s `pack_command`; one subclass per class, made once."""
+    if issubclass(cls, HiredisPacking):
+        return cls
+    if cls not in _PACKING:
+        _PACKING[cls] = type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
+    return _PACKING[cls]
 
 
 def _hosts(text: str, default_port: int) -> list[tuple[str, int]]:
@@ -113,7 +159,12 @@ def _sentinel_client(url: str, password: str, sentinel_password: str, **common: 
     # with backoff, also on a refused AUTH) made a wrong password take 12 s to surface.
     asking = dict(common, password=sentinel_password or None, retry=Retry(NoBackoff(), 0))
     sentinel = _Sentinel(sentinels, sentinel_kwargs=asking, **common)
-    return sentinel.master_for(master, db=db, password=url_password or password or None)
+    return sentinel.master_for(
+        master,
+        db=db,
+        password=url_password or password or None,
+        connection_class=packing(SentinelManagedConnection),
+    )
 
 
 def _cluster_client(url: str, password: str, max_connections: int, **common: Any) -> Redis:
@@ -129,6 +180,12 @@ def _cluster_client(url: str, password: str, max_connections: int, **common: Any
         retry=Retry(NoBackoff(), CLUSTER_RETRIES),
         **common,
     )
+    # redis-py's Cluster takes no connection class: set it where its nodes read it (the
+    # startup nodes made in __init__; the kwargs every node found later is made with).
+    packed = packing(cluster.connection_kwargs["connection_class"])
+    cluster.connection_kwargs["connection_class"] = packed
+    for node in cluster.startup_nodes:
+        node.connection_class = packed
     # The commands llmq uses exist on both; callers ask `is_cluster` where they differ.
     return cast(Redis, cluster)
 
@@ -170,6 +227,7 @@ def connect(
         decode_responses=True,
         **extra,
     )
+    pool.connection_class = packing(pool.connection_class)
     return Redis(connection_pool=pool)
 
 
