@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
+import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -27,10 +29,8 @@ from redis.backoff import NoBackoff
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
 
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs without
-    _hiredis_pack = None
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None = getattr(hiredis, "pack_command", None)
+"""hiredis >= 2.3 packs; an older one leaves packing to redis-py."""
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +50,51 @@ class HiredisPacking(AbstractConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         encoder = self.encoder
-        self._hiredis = _hiredis_pack is not None and (
-            encoder.encoding.lower().replace("-", "") == "utf8"
-            and encoder.encoding_errors == "strict"
-        )
+        utf8 = encoder.encoding.lower().replace("-", "") == "utf8"
+        self._hiredis_pack = _hiredis_pack if utf8 and encoder.encoding_errors == "strict" else None
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0]
-        if self._hiredis and type(first) is str and " " not in first:
+        pack, first = self._hiredis_pack, args[0]
+        if pack is not None and type(first) is str and " " not in first:
             try:
-                return [_hiredis_pack(args)]  # type: ignore[misc]
+                return [pack(args)]
             except TypeError:
                 pass
         return super().pack_command(*args)
 
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """As redis-py's, without its task per command: redis-py writes and drains inside
+        `asyncio.wait_for` (a new task each time) even when the write went straight out.
+        A packed command on an open connection is written at once; only when the
+        transport holds unsent bytes, or is closing, does redis-py's bounded drain (and
+        its error handling) run."""
+        writer = self._writer
+        if (
+            type(command) is list
+            and writer is not None
+            and self._reader is not None
+            and not (check_health and self.health_check_interval)
+            and not writer.transport.is_closing()
+        ):
+            writer.writelines(command)
+            if writer.transport.get_write_buffer_size() == 0:
+                return
+            command = []
+        await super().send_packed_command(command, check_health)
+
 
 _PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_C = TypeVar("_C", bound=AbstractConnection)
 
 
-def packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+def packing(cls: type[_C]) -> type[_C]:
     """`cls` (redis-py's plain, TLS, unix-socket or Sentinel-managed connection) with
     `HiredisPacking`'s `pack_command`; one subclass per class, made once."""
     if issubclass(cls, HiredisPacking):
         return cls
     if cls not in _PACKING:
         _PACKING[cls] = type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
-    return _PACKING[cls]
+    return cast(type[_C], _PACKING[cls])
 
 
 def _hosts(text: str, default_port: int) -> list[tuple[str, int]]:
