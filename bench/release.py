@@ -7,7 +7,10 @@ on one redis-py client, against a local Valkey (api.embedded.EmbeddedRedis). CPU
 process's (`time.process_time`: the api's side) and the server's (/proc), per request; the
 two ways alternate in rounds, back to back, and each reports its median round.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/release.py [--requests 4000] [--rounds 5]
+`--clients`: the same folded path on redis-py's stock connection (Python packing, a
+`wait_for` task per command) against the api's (`api.tenancy.client.HiredisPacking`).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/release.py [--requests 4000] [--rounds 5] [--clients]
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from redis.asyncio.connection import Connection  # noqa: E402
 
 from bench.processes import cpu_seconds, load_average  # noqa: E402
 from llmq import event_loop  # noqa: E402
@@ -58,7 +63,9 @@ async def _round(reservations: Reservations, tag: str, requests: int, conc: int)
     return per_client * conc
 
 
-async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> None:
+async def run(
+    server: EmbeddedRedis, requests: int, rounds: int, conc: int, clients: bool = False
+) -> None:
     redis = connect(server.url)
     store = TenantStore(redis)
     await store.create(
@@ -70,6 +77,13 @@ async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> N
     await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
     quota = Quota(redis)
     ways = {"one by one": OneByOne(quota, False), "folded": Reservations(quota, False)}
+    stock = connect(server.url)
+    if clients:  # redis-py's own connection class, before any is made
+        stock.connection_pool.connection_class = Connection
+        ways = {
+            "folded, redis-py connection": Reservations(Quota(stock), False),
+            "folded, hiredis connection": Reservations(quota, False),
+        }
     for name, way in ways.items():  # warm: scripts loaded, connections open
         await _round(way, f"warm-{name}", conc * 20, conc)
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
@@ -80,9 +94,10 @@ async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> N
             n = await _round(way, f"{r}-{name}", requests, conc)
             own = (time.process_time() - own) / n * 1e6
             valkey = (cpu_seconds([server.proc.pid]) - valkey) / n * 1e6
-            trips = (way.release_rounds - before_rounds) / n if name == "folded" else 1.0
+            trips = (way.release_rounds - before_rounds) / n if "folded" in name else 1.0
             samples[name].append((own, valkey, trips))
     await redis.aclose()
+    await stock.aclose()
     print(
         f"{requests} reserve+release per round, {rounds} rounds, concurrency {conc}, "
         f"load {load_average()}"
@@ -99,11 +114,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--clients", action="store_true", help="compare connection classes")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp))
         try:
-            event_loop.run(run(server, opts.requests, opts.rounds, opts.concurrency))
+            event_loop.run(run(server, opts.requests, opts.rounds, opts.concurrency, opts.clients))
         finally:
             server.stop()
 

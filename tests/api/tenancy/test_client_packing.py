@@ -4,6 +4,7 @@ writes them without a task per command — against redis-py's packer and a real 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import Any
 
@@ -119,5 +120,25 @@ async def test_round_trips_on_a_real_server(redis_server: EmbeddedRedis) -> None
         assert decision.remaining_requests == 4
         assert await quota.release("packing", "m", "job-1", 10, 5)
         await store.delete("packing")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_small_pool_serves_a_crowd_without_losing_a_waiter(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The pool's quick checkout below its cap and redis-py's blocking one at the cap take
+    turns: 200 concurrent commands through 4 connections all complete, none extra made."""
+    redis: Redis = connect(redis_server.url, timeout=10.0, max_connections=4)
+    try:
+        await redis.delete("packing:crowd")
+        results = await asyncio.gather(*(redis.incr("packing:crowd") for _ in range(200)))
+        assert sorted(results) == list(range(1, 201))
+        pool: Any = redis.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 4
+        for _ in range(50):  # below the cap, one connection serves commands in turn
+            await redis.incr("packing:crowd")
+        assert await redis.get("packing:crowd") == "250"
+        await redis.delete("packing:crowd")
     finally:
         await redis.aclose()
