@@ -142,3 +142,17 @@ async def test_a_small_pool_serves_a_crowd_without_losing_a_waiter(
         await redis.delete("packing:crowd")
     finally:
         await redis.aclose()
+
+
+async def test_a_flushed_script_cache_loads_the_script_again(
+    store: TenantStore, quota: Quota, redis: Redis, tenant_name: str
+) -> None:
+    """`Quota` sends `EVALSHA` itself; a server that forgot the script (`NOSCRIPT`) gets it
+    loaded and the call made again, for the reserve and the release alike."""
+    await store.create(Tenant(name=tenant_name, rpm=5))
+    await redis.script_flush()
+    decision = await quota.reserve(tenant_name, "m", 10, 20, "job-1")
+    assert decision.allowed and decision.remaining_requests == 4
+    await redis.script_flush()
+    assert await quota.release(tenant_name, "m", "job-1", 10, 5)
+    assert await quota.inflight(tenant_name) == 0
