@@ -107,8 +107,12 @@ class _BlockingPool(BlockingConnectionPool):
     a returned one still reconnects if it must and fires the release event (re-auth)."""
 
     def _roomy(self) -> bool:
-        in_use = len(self._in_use_connections)
-        if in_use + len(self._available_connections) >= self.max_connections - 1:
+        # Private parts of redis-py's pool: a version without them takes redis-py's own way.
+        in_use = getattr(self, "_in_use_connections", None)
+        available = getattr(self, "_available_connections", None)
+        if in_use is None or available is None or not hasattr(self, "ensure_connection"):
+            return False
+        if len(in_use) + len(available) >= self.max_connections - 1:
             return False
         return not getattr(self, "_in_maintenance", False) and self._dispatcher is not None
 
@@ -117,7 +121,7 @@ class _BlockingPool(BlockingConnectionPool):
         return getattr(self, "_event_dispatcher", None)  # redis-py >= 5.3
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        if args or kwargs or not self._available_connections or not self._roomy():
+        if args or kwargs or not self._roomy() or not self._available_connections:
             return await super().get_connection(*args, **kwargs)
         connection = self._available_connections.pop()
         self._in_use_connections.add(connection)
