@@ -3,9 +3,10 @@
 JetStream hands a model's jobs to workers in the order they were queued, so a tenant that
 queues 500 jobs would make everyone after it wait for all 500, and no class could overtake
 them. Instead each tenant may have at most a *share* of a model's jobs queued and not yet
-started at once: twice the model's live capacity (its workers' slots) plus 2 (`share_of`) —
-enough to keep every slot fed and a short queue in JetStream, small enough that another
-tenant's job waits behind at most about two rounds of each busy tenant's jobs. And no
+started at once: the model's live capacity (its workers' slots) plus 2 (`share_of`) —
+enough to keep every slot fed (a slot that frees takes the next queued job while the api
+queues another), small enough that another tenant's job waits behind at most about one
+round of each busy tenant's jobs. And no
 request queues while a job of a higher priority class is queued or waiting to queue for the
 model: a high-class request waits behind at most the jobs already queued, never behind the
 backlog of the lower classes. A request that may not queue yet waits here, first come first
@@ -98,7 +99,7 @@ def live_room(registry: WorkerRegistry, estimate: Callable[[str], float | None])
 
 def share_of(capacity: int) -> int:
     """How many of a model's jobs one tenant may have queued, for the model's capacity."""
-    return 2 * max(0, capacity) + 2
+    return max(0, capacity) + 2
 
 
 class Ticket:

@@ -91,10 +91,17 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
     yield s
     for proc in s.processes:
         proc.stop()
+    stop_errors: list[BaseException] = []  # raised after the clean-up, which must still run
     for worker in s.workers:
-        await worker.close()  # type: ignore[attr-defined]
+        try:
+            await worker.close()  # type: ignore[attr-defined]
+        except Exception as exc:
+            stop_errors.append(exc)
     for api in s.apis:
-        await api.stop()
+        try:
+            await api.stop()
+        except Exception as exc:
+            stop_errors.append(exc)
     # A connection left reconnecting would go on running in the session's one event loop.
     left_open = [w for w in s.workers if not w.nc.is_closed]  # type: ignore[attr-defined]
     left_open += [a for a in s.apis if not a.runtime.nc.is_closed]
@@ -112,6 +119,7 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
         task.cancel()
     if left_tasks:
         await asyncio.wait(left_tasks, timeout=5)
+    assert not stop_errors, f"stopping an api or worker failed: {stop_errors!r}"
     assert not left_open, f"still connected to NATS after stopping: {left_open}"
     left_running = [t.get_name() for t in left_tasks]
     assert not left_running, f"background tasks still running after stopping: {left_running}"
