@@ -16,6 +16,30 @@ The counts live in Redis (`api/fair_ledger.py`), shared by every replica: two ap
 tenant the same share one would. Only the first waiting request of each (model, tenant,
 class) line looks at them — at once when a place frees on this replica, else every `POLL`
 seconds. docs/routing.md explains it.
+
+**Fast path: an uncongested model makes no Redis call.** The share and the classes only
+order requests when a model's queue is busy. So when the model has room now — no request of
+it waits in this replica's lines, the queue estimate shows no wait for it, and this
+replica's tickets of it not yet started, plus its jobs still running that started after the
+oldest heartbeat of the model's workers, are fewer than the free slots those heartbeats show
+(`queue_estimate.free_slots`) — a request gets a *local* ticket at once: counted in this
+process only, no Redis call when it enters or leaves. Otherwise the shared counts decide,
+as above. Edge cases:
+
+- Stale heartbeats (every 2 s): the free slots lag. This replica's running jobs that
+  started since the oldest heartbeat are taken off them (a job's ticket is left a second
+  time when it ends), and its unstarted tickets bound what bypasses
+  the counts, so during a flood at most (replicas x free slots) jobs bypass the ledger
+  before it engages, and those start at once or soon (the slots were free).
+- Local tickets are not in the shared counts: a tenant may have up to the model's free
+  slots more queued than its share, once, as the model turns busy.
+- Classes: a local ticket is only given while the model has a free slot for it and nothing
+  waits here, so a high-class request is behind nobody; a lower-class request that
+  bypasses while a high-class one waits on another replica takes a free slot, not its
+  place (the bound above). Once a line waits here, every request of the model goes through
+  the counts, in order.
+- Without a live view (`room_for` not given: tests, the bench's Redis rows) there is no
+  fast path.
 """
 
 from __future__ import annotations
@@ -24,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -32,6 +57,7 @@ from redis.asyncio import Redis
 
 from llmq.api.fair_ledger import LocalLedger, RedisLedger, ShareLedger
 from llmq.api.tenancy.models import NORMAL_RANK
+from llmq.dispatcher.queue_estimate import free_slots
 from llmq.dispatcher.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -45,9 +71,29 @@ HOLD: Final = 15.0
 """Seconds a queued ticket counts in the shared counts unless its replica renews it (every
 `RENEW` seconds while it lives): a replica that dies stops holding places within this."""
 RENEW: Final = 5.0
+SEEN_STARTING: Final = 30.0
+"""Seconds a started job counts against the free slots at most (a heartbeat older than
+this is a dead worker's)."""
 
 Line = tuple[str, str, int]
 """(model, tenant, rank)"""
+Room = Callable[[str], tuple[int, float]]
+"""model -> (its free slots now, time.time() of the oldest heartbeat they come from); no
+free slot while the queue estimate shows a wait for it."""
+
+
+def live_room(registry: WorkerRegistry, estimate: Callable[[str], float | None]) -> Room:
+    """The model's free slots from the live workers' heartbeats, none while queued jobs wait."""
+
+    def room(model: str) -> tuple[int, float]:
+        if estimate(model) != 0.0:
+            return 0, 0.0
+        workers = registry.workers_for(model)
+        if not workers:
+            return 0, 0.0
+        return free_slots(workers, model), min(w.heartbeat_at for w in workers)
+
+    return room
 
 
 def share_of(capacity: int) -> int:
@@ -56,20 +102,26 @@ def share_of(capacity: int) -> int:
 
 
 class Ticket:
-    """A request's place in the model's queue; `leave` once its job started or ended."""
+    """A request's place in the model's queue; `leave` once its job started or ended (a
+    second `leave`, when the job ended, frees the slot it was seen holding)."""
 
-    __slots__ = ("_gate", "_id", "_left", "_line")
+    __slots__ = ("_gate", "_id", "_left", "_line", "_seen")
 
-    def __init__(self, gate: FairShare, line: Line, ticket_id: str) -> None:
+    def __init__(self, gate: FairShare, line: Line, ticket_id: str | None) -> None:
+        """`ticket_id` None: a local ticket (the fast path), not in the shared counts."""
         self._gate = gate
         self._line = line
         self._id = ticket_id
         self._left = False
+        self._seen: int | None = None
 
     def leave(self) -> None:
         if not self._left:
             self._left = True
-            self._gate._leave(self._line, self._id)
+            self._seen = self._gate._leave(self._line, self._id)
+        elif self._seen is not None:
+            self._gate._ended(self._line[0], self._seen)
+            self._seen = None
 
 
 class FairShare:
@@ -79,9 +131,22 @@ class FairShare:
         ledger: ShareLedger | None = None,
         hold: float = HOLD,
         renew: float = RENEW,
+        room_for: Room | None = None,
     ) -> None:
-        """`share_for(model)`: how many jobs of the model one tenant may have queued."""
+        """`share_for(model)`: how many jobs of the model one tenant may have queued;
+        `room_for`: the model's free slots now, for the fast path (none without it)."""
         self._share_for = share_for
+        self._room_for = room_for
+        self._unstarted: dict[str, int] = {}
+        """model -> this replica's tickets (local or shared) not yet left."""
+        self._started: dict[str, dict[int, float]] = {}
+        """model -> time.time() its jobs here started (oldest first), for those still running
+        that started after the oldest heartbeat: slots the heartbeats do not show in use."""
+        self._seen = 0
+        self._waiting: dict[str, int] = {}
+        """model -> this replica's requests waiting in its lines."""
+        self.local = 0
+        """Local tickets given (the fast path), for tests and the bench."""
         self._hold, self._renew = hold, renew
         self._held: dict[str, tuple[Line, float]] = {}
         """This replica's queued tickets: id -> (line, when it may be held until)."""
@@ -95,10 +160,34 @@ class FairShare:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def shared(cls, registry: WorkerRegistry, redis: Redis) -> FairShare:
+    def shared(
+        cls,
+        registry: WorkerRegistry,
+        redis: Redis,
+        estimate: Callable[[str], float | None] | None = None,
+    ) -> FairShare:
         """The gate of an api replica: shares from the models' live capacity, counts in
-        Redis shared with every other replica."""
-        return cls(lambda model: share_of(registry.capacity_for(model)), RedisLedger(redis))
+        Redis shared with every other replica; with `estimate` (the queue estimate's wait),
+        the fast path for models with room."""
+        return cls(
+            lambda model: share_of(registry.capacity_for(model)),
+            RedisLedger(redis),
+            room_for=live_room(registry, estimate) if estimate is not None else None,
+        )
+
+    def _has_room(self, model: str) -> bool:
+        """Room for one more job of `model` without a look at the shared counts."""
+        if self._room_for is None or self._waiting.get(model):
+            return False
+        free, oldest = self._room_for(model)
+        started = self._started.get(model)
+        if started:
+            while started and (first := next(iter(started.items())))[1] < oldest:
+                del started[first[0]]  # in the heartbeats' in-flight counts by now
+            if not started:
+                del self._started[model]
+        seen = self._unstarted.get(model, 0) + (len(started) if started else 0)
+        return seen < free
 
     async def queued(self, model: str, tenant: str) -> int:
         """The tenant's jobs of the model queued and not started (every replica's)."""
@@ -110,9 +199,14 @@ class FairShare:
         """A place in the tenant's share of the model's queue; None when `timeout` seconds
         passed first. `rank`: the request's priority class (`tenancy.models.priority_rank`)."""
         line: Line = (model, tenant, rank)
+        if self._has_room(model):
+            self._unstarted[model] = self._unstarted.get(model, 0) + 1
+            self.local += 1
+            return Ticket(self, line, None)
         waiters = self._lines.setdefault(line, deque())
         me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters.append(me)
+        self._waiting[model] = self._waiting.get(model, 0) + 1
         loop = asyncio.get_running_loop()
         end = loop.time() + max(0.0, timeout)
         try:
@@ -130,6 +224,10 @@ class FairShare:
                         await changed.wait()
         finally:
             waiters.remove(me)
+            if self._waiting[model] <= 1:
+                del self._waiting[model]
+            else:
+                self._waiting[model] -= 1
             if waiters:
                 self._poke(model)  # the next of the line looks at once
             else:
@@ -157,6 +255,8 @@ class FairShare:
         else:
             if taken:
                 self._hold_on(ticket_id, line, left + HOLD_MARGIN)
+        if taken:
+            self._unstarted[model] = self._unstarted.get(model, 0) + 1
         if more or not taken:
             self._marked.add(line)
         else:
@@ -165,6 +265,7 @@ class FairShare:
 
     def _undo(self, look: asyncio.Future[bool], line: Line, ticket: str) -> None:
         if not look.cancelled() and look.exception() is None and look.result():
+            self._unstarted[line[0]] = self._unstarted.get(line[0], 0) + 1
             self._leave(line, ticket)
 
     def _hold_on(self, ticket: str, line: Line, seconds: float) -> None:
@@ -196,8 +297,30 @@ class FairShare:
                 except Exception as exc:  # the next round tries again
                     log.warning("fair share renewal failed: %s", exc)
 
-    def _leave(self, line: Line, ticket: str) -> None:
+    def _ended(self, model: str, seen: int) -> None:
+        """A job seen starting ended: its slot is free again."""
+        started = self._started.get(model)
+        if started is not None and started.pop(seen, None) is not None and not started:
+            del self._started[model]
+
+    def _leave(self, line: Line, ticket: str | None) -> int | None:
+        """Gives the place back; the job's mark among those seen starting, if counted."""
         model, tenant, rank = line
+        if self._unstarted.get(model, 0) <= 1:
+            self._unstarted.pop(model, None)
+        else:
+            self._unstarted[model] -= 1
+        seen: int | None = None
+        if self._room_for is not None:  # it holds a slot the heartbeats may not show yet
+            now = time.time()
+            started = self._started.setdefault(model, {})
+            self._seen = seen = self._seen + 1
+            started[seen] = now
+            while (first := next(iter(started.items())))[1] < now - SEEN_STARTING:
+                del started[first[0]]
+        if ticket is None:
+            self._poke(model)
+            return seen
         self._held.pop(ticket, None)
         if not self._held:
             self._emptied.set()
@@ -209,6 +332,7 @@ class FairShare:
                 self._poke(model)
 
         self._spawn(give_back())
+        return seen
 
     def _poke(self, model: str) -> None:
         """Wake this replica's waiting lines of `model`: a place may have freed."""

@@ -70,7 +70,7 @@ class Serving:
         self.reservations = reservations
         self.preparer = preparer
         self.router = router if router is not None else Router(preparer.models, runtime.registry)
-        self.fair = FairShare.shared(runtime.registry, runtime.redis)
+        self.fair = FairShare.shared(runtime.registry, runtime.redis, self.router.estimate)
         self.observers: list[Observer] = observers if observers is not None else []
 
     async def chat(self, request: Request) -> Response:

@@ -125,16 +125,19 @@ async def main() -> None:
         )
         print(
             f"{'target':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'worker µs/req':>15}"
+            f"{'api µs/req':>12}"
         )
         worker = process_tree(stack.procs["worker"].pid)
+        api = process_tree(stack.procs["api"].pid)
         for concurrency in (1, 32):
             direct = await measure(direct_url, concurrency, args.requests, key=key)
-            cpu_before = cpu_seconds(worker)
+            cpu_before, api_before = cpu_seconds(worker), cpu_seconds(api)
             via = await measure(llmq_url, concurrency, args.requests, key=key)
             calls = args.requests + (200 // concurrency + 1) * concurrency  # with the warm-up
             worker_us = (cpu_seconds(worker) - cpu_before) / calls * 1e6
+            api_us = (cpu_seconds(api) - api_before) / calls * 1e6
             for name, r in (("direct", direct), ("llmq", via)):
-                cpu = f"{worker_us:>15.0f}" if name == "llmq" else ""
+                cpu = f"{worker_us:>15.0f}{api_us:>12.0f}" if name == "llmq" else ""
                 print(
                     f"{name:<8}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                     f"{r['rps']:>9.0f}{cpu}"

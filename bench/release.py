@@ -7,7 +7,12 @@ on one redis-py client, against a local Valkey (api.embedded.EmbeddedRedis). CPU
 process's (`time.process_time`: the api's side) and the server's (/proc), per request; the
 two ways alternate in rounds, back to back, and each reports its median round.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/release.py [--requests 4000] [--rounds 5]
+`--clients`: the same folded path on the Redis client as it was before issue 14's client
+work (redis-py's own connection: Python packing and a `wait_for` task per command; its
+blocking pool; `EVALSHA` through redis-py's `Script`), with only the api's connection
+class (`api.tenancy.client.HiredisPacking`), and as the api builds it now (`connect`).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/release.py [--requests 4000] [--rounds 5] [--clients]
 """
 
 from __future__ import annotations
@@ -19,14 +24,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from redis.asyncio import BlockingConnectionPool, Redis  # noqa: E402
+from redis.asyncio.connection import Connection  # noqa: E402
+from redis.commands.core import AsyncScript  # noqa: E402
 
 from bench.processes import cpu_seconds, load_average  # noqa: E402
 from llmq import event_loop  # noqa: E402
 from llmq.api.reservations import Reservations  # noqa: E402
 from llmq.api.tenancy import Price, Quota, Tenant, TenantStore, connect  # noqa: E402
+from llmq.api.tenancy.client import packing  # noqa: E402
+from llmq.api.tenancy.errors import backend_guard  # noqa: E402
 from llmq.embedded import EmbeddedRedis  # noqa: E402
 from llmq.schemas.admission import JobUsage, Reservation  # noqa: E402
 
@@ -39,6 +51,23 @@ class OneByOne(Reservations):
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
         if reservation.held:
             self._spawn(self.release(reservation, usage))
+
+
+class ScriptCall(Quota):
+    """`Quota` calling its scripts through redis-py's `Script` (before issue 14's client work)."""
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        with backend_guard():
+            return await script(keys=keys, args=args)
+
+
+def _stock(url: str, connection_class: type[Connection] = Connection) -> Redis:
+    """The api's client as `connect` built it before, with `connection_class`."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=200, timeout=1.0, socket_timeout=1.0,
+        socket_connect_timeout=1.0, decode_responses=True, connection_class=connection_class,
+    )  # fmt: skip
+    return Redis(connection_pool=pool)
 
 
 async def _round(reservations: Reservations, tag: str, requests: int, conc: int) -> int:
@@ -58,7 +87,9 @@ async def _round(reservations: Reservations, tag: str, requests: int, conc: int)
     return per_client * conc
 
 
-async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> None:
+async def run(
+    server: EmbeddedRedis, requests: int, rounds: int, conc: int, clients: bool = False
+) -> None:
     redis = connect(server.url)
     store = TenantStore(redis)
     await store.create(
@@ -70,6 +101,14 @@ async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> N
     await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
     quota = Quota(redis)
     ways = {"one by one": OneByOne(quota, False), "folded": Reservations(quota, False)}
+    others: list[Redis] = []
+    if clients:
+        others = [_stock(server.url), _stock(server.url, packing(Connection))]
+        ways = {
+            "folded, redis-py client (before)": Reservations(ScriptCall(others[0]), False),
+            "folded, + hiredis connection": Reservations(ScriptCall(others[1]), False),
+            "folded, + quick pool, EVALSHA (after)": Reservations(quota, False),
+        }
     for name, way in ways.items():  # warm: scripts loaded, connections open
         await _round(way, f"warm-{name}", conc * 20, conc)
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
@@ -80,9 +119,11 @@ async def run(server: EmbeddedRedis, requests: int, rounds: int, conc: int) -> N
             n = await _round(way, f"{r}-{name}", requests, conc)
             own = (time.process_time() - own) / n * 1e6
             valkey = (cpu_seconds([server.proc.pid]) - valkey) / n * 1e6
-            trips = (way.release_rounds - before_rounds) / n if name == "folded" else 1.0
+            trips = (way.release_rounds - before_rounds) / n if "folded" in name else 1.0
             samples[name].append((own, valkey, trips))
     await redis.aclose()
+    for other in others:
+        await other.aclose()
     print(
         f"{requests} reserve+release per round, {rounds} rounds, concurrency {conc}, "
         f"load {load_average()}"
@@ -99,11 +140,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--clients", action="store_true", help="compare connection classes")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp))
         try:
-            event_loop.run(run(server, opts.requests, opts.rounds, opts.concurrency))
+            event_loop.run(run(server, opts.requests, opts.rounds, opts.concurrency, opts.clients))
         finally:
             server.stop()
 

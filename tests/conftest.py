@@ -4,6 +4,7 @@ each on a free port with data in a temp dir, stopped at the end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -97,12 +98,22 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
     # A connection left reconnecting would go on running in the session's one event loop.
     left_open = [w for w in s.workers if not w.nc.is_closed]  # type: ignore[attr-defined]
     left_open += [a for a in s.apis if not a.runtime.nc.is_closed]
-    assert not left_open, f"still connected to NATS after stopping: {left_open}"
-    left_running = [
-        t.get_name()
-        for t in asyncio.all_tasks()
-        if not t.done() and t.get_name().startswith(_LLMQ_TASKS)
+    left_tasks = [
+        t for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith(_LLMQ_TASKS)
     ]
+    # Fail this test, but clean up first: what it leaked must not fail every later test.
+    ncs = [w.nc for w in left_open if hasattr(w, "nc")] + [
+        a.runtime.nc for a in left_open if isinstance(a, InProcessApi)
+    ]
+    for nc in ncs:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
+    for task in left_tasks:
+        task.cancel()
+    if left_tasks:
+        await asyncio.wait(left_tasks, timeout=5)
+    assert not left_open, f"still connected to NATS after stopping: {left_open}"
+    left_running = [t.get_name() for t in left_tasks]
     assert not left_running, f"background tasks still running after stopping: {left_running}"
 
 

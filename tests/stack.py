@@ -54,7 +54,7 @@ class InProcessApi:
     async def start(self) -> InProcessApi:
         self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
         self.task = asyncio.create_task(self.server.serve())
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not self.server.started:
             if self.task.done():
                 self.task.result()
@@ -77,7 +77,9 @@ def unique(prefix: str = "m") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll `predicate` (plain or async) until it is true. The default deadline is generous:
+    it costs nothing when the condition comes quickly, and a loaded machine is slow."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -103,7 +105,7 @@ async def models_of(api_url: str, headers: dict[str, str] | None = None) -> set[
 
 
 async def wait_serving(
-    api_url: str, model: str, timeout: float = 20.0, headers: dict[str, str] | None = None
+    api_url: str, model: str, timeout: float = 60.0, headers: dict[str, str] | None = None
 ) -> None:
     """Wait until an api (often a process still starting) lists `model` in /v1/models
     (`headers`: the key, when the api has tenants)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 import httpx
 import openai
@@ -18,11 +17,7 @@ from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.api.tenancy.store import hash_key
 from llmq.schemas import names
 from tests.spec import assert_valid
-from tests.stack import wait_for
-
-
-def _name(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from tests.stack import unique, wait_for
 
 
 def _chat(model: str, text: str = "hi") -> dict[str, object]:
@@ -38,7 +33,7 @@ async def redis(redis_server):  # type: ignore[no-untyped-def]
 
 async def _tenant(redis: Redis, **fields: object) -> tuple[str, str]:
     store = TenantStore(redis)
-    name = _name()
+    name = unique("t")
     await store.create(Tenant(name=name, **fields))  # type: ignore[arg-type]
     key, _ = await store.create_key(name)
     return name, key
@@ -59,7 +54,7 @@ def _error(resp: httpx.Response) -> dict[str, object]:
 
 
 async def test_no_key_and_a_wrong_key_are_401(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     api = await _keyed(stack, model)
     url = f"{api.url}/v1/chat/completions"
     async with httpx.AsyncClient(timeout=10) as client:
@@ -79,7 +74,7 @@ async def test_no_key_and_a_wrong_key_are_401(stack, redis) -> None:  # type: ig
 
 
 async def test_sdk_raises_authentication_error_for_wrong_and_revoked_keys(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis)
     wrong = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="sk-llmq-nope", max_retries=0)
@@ -114,7 +109,7 @@ async def test_sdk_raises_authentication_error_for_wrong_and_revoked_keys(stack,
 
 
 async def test_model_not_allowed_and_suspended_are_403(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model, forbidden = _name("m"), _name("m")
+    model, forbidden = unique("m"), unique("m")
     await stack.worker(model=[forbidden])
     api = await _keyed(stack, model)
     await wait_for(lambda: api.runtime.registry.workers_for(forbidden))
@@ -168,7 +163,7 @@ async def test_a_failing_key_lookup_answers_every_waiter(  # type: ignore[no-unt
 ) -> None:
     """Five concurrent requests share one lookup that fails with something other than
     "Redis is down": each gets a 503 in OpenAI's shape, none hangs, the key is not logged."""
-    model = _name("m")
+    model = unique("m")
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis)
     await breakage(redis, tenant, key)
@@ -193,7 +188,7 @@ async def test_a_failing_key_lookup_answers_every_waiter(  # type: ignore[no-unt
 
 async def test_a_lookup_that_never_answers_is_cut_at_its_deadline(stack, redis) -> None:  # type: ignore[no-untyped-def]
     """Redis accepts the connection but never replies: every waiter gets 503 in bounded time."""
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
 
     silent_clients: list[asyncio.StreamWriter] = []

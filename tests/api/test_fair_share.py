@@ -4,9 +4,12 @@ process, and in a real Valkey shared by two gates as two api replicas would."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import openai
 import pytest
 
 from llmq.api.fair_ledger import LocalLedger, RedisLedger, ShareLedger
@@ -14,6 +17,7 @@ from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.tenancy import connect
 from llmq.api.tenancy.models import PRIORITY_RANK, priority_rank
 from llmq.schemas import names
+from tests.spec import assert_valid
 from tests.stack import unique, wait_for
 
 HIGH, NORMAL, LOW = PRIORITY_RANK["high"], PRIORITY_RANK["normal"], PRIORITY_RANK["low"]
@@ -195,3 +199,97 @@ async def test_a_replica_renews_its_tickets_and_a_dead_ones_lapse(redis_server: 
     await asyncio.wait_for(live._renewing, 2)  # it ends once this replica holds nothing
     assert await live.queued(model, "a") == 0
     await redis.aclose()
+
+
+async def _script_calls(redis: Any) -> int:
+    """Lua calls the server ran so far (the fair share's and any other's)."""
+    stats = await redis.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
+class _Room:
+    """A model's free slots as the heartbeats show them, set by the test."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.heartbeat_at = time.time()
+
+    def __call__(self, model: str) -> tuple[int, float]:
+        return self.free, self.heartbeat_at
+
+
+async def test_an_idle_model_makes_no_redis_call(redis_server: Any) -> None:
+    """Room on the model: local tickets, nothing in Redis on enter or leave."""
+    model = unique("m")
+    redis = connect(redis_server.url)
+    room = _Room(free=2)
+    gate = FairShare(lambda m: 2, RedisLedger(redis), room_for=room)
+    before = await _script_calls(redis)
+    for i in range(20):  # one at a time, each taken by a worker then ended
+        ticket = await gate.enter(model, f"t{i % 3}", 1, [LOW, NORMAL, HIGH][i % 3])
+        assert ticket is not None
+        ticket.leave()  # taken
+        ticket.leave()  # ended: its slot is free again
+    both = [await gate.enter(model, "a", 1) for _ in range(2)]  # two at once: two slots
+    assert all(t is not None for t in both)
+    await asyncio.gather(*gate._tasks)
+    assert await _script_calls(redis) - before == 0
+    assert gate.local == 22
+    assert await redis.exists(*names.fair_share_keys(model)) == 0
+    await redis.aclose()
+
+
+async def test_a_congested_model_uses_the_shared_counts(redis_server: Any) -> None:
+    """Past the free slots (counting jobs started since the last heartbeat), or while a
+    line waits here, requests go through the counts in Redis."""
+    model = unique("m")
+    redis = connect(redis_server.url)
+    room = _Room(free=2)
+    gate = FairShare(lambda m: 1, RedisLedger(redis), room_for=room)
+    local = [await gate.enter(model, "a", 1) for _ in range(2)]
+    assert gate.local == 2 and await gate.queued(model, "a") == 0
+    before = await _script_calls(redis)
+    shared = await gate.enter(model, "a", 1)  # no free slot left for it
+    assert shared is not None and gate.local == 2
+    assert await gate.queued(model, "a") == 1 and await _script_calls(redis) > before
+    for ticket in local:
+        assert ticket is not None
+        ticket.leave()  # started: the heartbeat does not show their slots taken yet
+    assert await gate.enter(model, "a", 0.05) is None  # so: the share (1) holds it back
+    assert gate.local == 2
+    waiting = asyncio.create_task(gate.enter(model, "a", 5))
+    await asyncio.sleep(0.05)
+    room.heartbeat_at = time.time()  # a new heartbeat: both slots free again
+    other = await gate.enter(model, "b", 1)  # but a line of the model waits here
+    assert other is not None and gate.local == 2 and await gate.queued(model, "b") == 1
+    shared.leave()
+    last = await asyncio.wait_for(waiting, 2)
+    assert last is not None and gate.local == 2
+    for ticket in (other, last):
+        ticket.leave()
+    await asyncio.gather(*gate._tasks)
+    room.free = 0  # the queue estimate shows a wait, or no worker: never local
+    ticket = await gate.enter(model, "b", 1)
+    assert ticket is not None and gate.local == 2
+    ticket.leave()
+    await asyncio.gather(*gate._tasks)
+    await redis.aclose()
+
+
+async def test_an_api_serves_an_idle_model_without_the_shared_counts(stack: Any) -> None:
+    """Through a real api and worker: one request at a time takes the fast path (the live
+    workers' free slots, the queue estimate), and no fair-share key is ever written."""
+    model = unique("idle")
+    api = await stack.api()
+    await stack.worker(model=[model], capacity=2)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    gate: FairShare = api.app.state.serving.fair
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    for i in range(5):
+        raw = await client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": f"n{i} two"}]
+        )
+        assert_valid("CreateChatCompletionResponse", json.loads(raw.content))
+    await client.close()
+    assert gate.local == 5
+    assert await api.runtime.redis.exists(*names.fair_share_keys(model)) == 0

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 
 from llmq.embedded import free_port
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 async def test_health_and_ready(stack) -> None:  # type: ignore[no-untyped-def]
     api = await stack.api()
-    model = f"h-{uuid.uuid4().hex[:6]}"
+    model = unique("h")
     await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     async with httpx.AsyncClient() as client:

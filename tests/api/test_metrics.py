@@ -5,18 +5,13 @@ pending acks per model from JetStream; bounded labels (tenant only when asked fo
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import httpx
 import pytest
 
 from llmq.api.tenancy import Tenant, TenantStore, connect
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.test_metrics import samples, value
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def _chat(model: str, text: str = "one two three", **extra: object) -> dict[str, object]:
@@ -31,13 +26,13 @@ async def store(redis_server):  # type: ignore[no-untyped-def]
 
 
 async def test_requests_latency_tokens_and_quota_rejections(stack, store) -> None:  # type: ignore[no-untyped-def]
-    model = _name("mm")
+    model = unique("mm")
     await stack.worker(model=[model], echo_delay=0.01)
     api = await stack.api(
         auth_mode="keys", key_cache_ttl=0, metrics_tenant_label=True, metrics_max_tenants=1
     )
     await wait_for(lambda: api.runtime.registry.workers_for(model))
-    limited, other = _name("ta"), _name("tb")
+    limited, other = unique("ta"), unique("tb")
     await store.create(Tenant(name=limited, rpm=1))
     await store.create(Tenant(name=other))
     key_a, _ = await store.create_key(limited)
@@ -82,7 +77,7 @@ async def test_requests_latency_tokens_and_quota_rejections(stack, store) -> Non
 
 
 async def test_queue_depth_and_pending_acks_per_model_and_no_tenant_label(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _name("mq")
+    model = unique("mq")
     api = await stack.api(metrics_queue_ttl=0)
     worker = await stack.worker(model=[model], capacity=1, echo_delay=0.15)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -112,7 +107,7 @@ async def test_queue_depth_and_pending_acks_per_model_and_no_tenant_label(stack)
 
 
 async def test_open_streams_gauge_counts_a_live_stream(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _name("ms")
+    model = unique("ms")
     api = await stack.api()
     await stack.worker(model=[model], echo_delay=0.2)
     await wait_for(lambda: api.runtime.registry.workers_for(model))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ import openai
 
 from llmq.api.model_table import ModelTable
 from llmq.schemas.settings import Settings
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 def _write(path: Path, text: str) -> None:
@@ -45,7 +44,7 @@ def test_table_from_file_and_env(tmp_path: Path) -> None:
 
 
 async def test_aliases_and_defaults_apply_and_reload_live(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    model = f"tbl-{uuid.uuid4().hex[:6]}"
+    model = unique("tbl")
     models = tmp_path / "models.toml"
     _write(models, f'[aliases]\nshort = "{model}"\n\n[defaults."{model}"]\nmax_tokens = 2\n')
     api = await stack.api(models_file=str(models))

@@ -4,19 +4,13 @@ a model it may not use is a 404 like one that does not exist, so a key cannot pr
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import openai
 import pytest
 
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from tests.spec import assert_valid
-from tests.stack import wait_for
-
-
-def _name(prefix: str = "m") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from tests.stack import unique, wait_for
 
 
 @pytest.fixture
@@ -27,7 +21,7 @@ async def store(redis_server):  # type: ignore[no-untyped-def]
 
 
 async def _key(store: TenantStore, **fields: object) -> tuple[str, str]:
-    name = _name("t")
+    name = unique("t")
     await store.create(Tenant(name=name, **fields))  # type: ignore[arg-type]
     key, _ = await store.create_key(name)
     return name, key
@@ -50,8 +44,8 @@ def _not_found(resp: httpx.Response, model: str) -> None:
 
 
 async def test_a_tenant_lists_and_retrieves_only_its_models(stack, store) -> None:  # type: ignore[no-untyped-def]
-    mine, theirs = _name(), _name()
-    fast, sneaky = _name("alias"), _name("alias")
+    mine, theirs = unique("m"), unique("m")
+    fast, sneaky = unique("alias"), unique("alias")
     api = await _serving(
         stack, mine, theirs, auth_mode="keys", key_cache_ttl=0,
         aliases=[f"{fast}={mine}", f"{sneaky}={theirs}"],
@@ -74,7 +68,7 @@ async def test_a_tenant_lists_and_retrieves_only_its_models(stack, store) -> Non
         alias = await client.get(f"/models/{fast}", headers=headers)
         assert alias.status_code == 200 and alias.json()["id"] == fast
         # Served, but not this tenant's; an alias of it; nothing at all: the same 404.
-        for other in (theirs, sneaky, _name("none")):
+        for other in (theirs, sneaky, unique("none")):
             _not_found(await client.get(f"/models/{other}", headers=headers), other)
 
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
@@ -87,7 +81,7 @@ async def test_a_tenant_lists_and_retrieves_only_its_models(stack, store) -> Non
 
 
 async def test_a_tenant_allowed_every_model_sees_every_live_one(stack, store) -> None:  # type: ignore[no-untyped-def]
-    first, second = _name(), _name()
+    first, second = unique("m"), unique("m")
     api = await _serving(stack, first, second, auth_mode="keys", key_cache_ttl=0)
     _tenant, key = await _key(store)
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
@@ -96,7 +90,7 @@ async def test_a_tenant_allowed_every_model_sees_every_live_one(stack, store) ->
 
 
 async def test_models_need_a_key(stack, store) -> None:  # type: ignore[no-untyped-def]
-    model = _name()
+    model = unique("m")
     api = await _serving(stack, model, auth_mode="keys", key_cache_ttl=0)
     async with httpx.AsyncClient(base_url=f"{api.url}/v1", timeout=10) as client:
         for path in ("/models", f"/models/{model}"):
@@ -115,7 +109,7 @@ async def test_models_need_a_key(stack, store) -> None:  # type: ignore[no-untyp
 
 @pytest.mark.parametrize("shape", ["org/{}", "ollama:{}", "org/team/{}:latest"])
 async def test_ids_with_slashes_and_colons(stack, store, shape: str) -> None:  # type: ignore[no-untyped-def]
-    model = shape.format(_name())
+    model = shape.format(unique("m"))
     api = await _serving(stack, model, auth_mode="keys", key_cache_ttl=0)
     _tenant, key = await _key(store, models=[model])
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
@@ -132,8 +126,8 @@ async def test_ids_with_slashes_and_colons(stack, store, shape: str) -> None:  #
 
 
 async def test_trusted_header_mode_filters_by_the_named_tenant(stack, store) -> None:  # type: ignore[no-untyped-def]
-    mine, theirs = _name(), _name()
-    tenant = _name("t")
+    mine, theirs = unique("m"), unique("m")
+    tenant = unique("t")
     await store.create(Tenant(name=tenant, models=[mine]))
     api = await _serving(stack, mine, theirs, auth_mode="header", trusted_tenants=[tenant, "ghost"])
     async with httpx.AsyncClient(base_url=f"{api.url}/v1", timeout=10) as client:
@@ -148,7 +142,7 @@ async def test_trusted_header_mode_filters_by_the_named_tenant(stack, store) -> 
 
 
 async def test_without_tenancy_models_are_open(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _name()
+    model = unique("m")
     api = await _serving(stack, model)  # auth_mode=none
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
     assert model in {m.id for m in (await sdk.models.list()).data}

@@ -13,6 +13,7 @@ import pytest
 from llmq.embedded import free_port
 from llmq.schemas.settings import Settings
 from tests.spec import assert_valid
+from tests.stack import unique
 
 ADMIN = "admin-secret-" + uuid.uuid4().hex
 METRICS = "metrics-secret-" + uuid.uuid4().hex
@@ -88,7 +89,7 @@ async def test_api_metrics_stay_open_without_a_token(stack) -> None:  # type: ig
 async def test_worker_metrics_need_the_token_when_one_is_set(stack) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     await stack.worker(
-        model=[f"mt-{uuid.uuid4().hex[:8]}"],
+        model=[unique("mt")],
         metrics_port=port,
         metrics_host="127.0.0.1",
         metrics_token=METRICS,

@@ -19,7 +19,7 @@ import pytest
 from llmq.api.tenancy import Quota, Tenant, TenantStore, connect
 from llmq.schemas import names
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 async def quota_state(redis: Any, tenant: str) -> dict[str, object]:
@@ -41,7 +41,7 @@ async def quota_state(redis: Any, tenant: str) -> dict[str, object]:
 
 async def new_tenant(redis: Any, **limits: Any) -> tuple[str, str]:
     store = TenantStore(redis)
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = unique("t")
     await store.create(Tenant(name=name, **limits))
     key, _ = await store.create_key(name)
     return name, key
@@ -52,10 +52,6 @@ async def redis(redis_server: Any) -> AsyncIterator[Any]:
     client = connect(redis_server.url)
     yield client
     await client.aclose()
-
-
-def _model() -> str:
-    return f"p-{uuid.uuid4().hex[:8]}"
 
 
 def _chat(model: str, **extra: object) -> dict[str, object]:
@@ -93,7 +89,7 @@ BAD = [
 async def test_bad_bounds_are_400s_that_use_no_quota(stack, redis, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With an RPM of 3, eighteen refused requests leave every counter as it was, and the
     next three requests still run."""
-    model = _model()
+    model = unique("p")
     table = tmp_path / "models.toml"
     _write(table, f'[models."{model}"]\nmax_tokens = 64\n')
     api = await stack.api(auth_mode="keys", key_cache_ttl=0, models_file=str(table))
@@ -125,7 +121,7 @@ async def test_bad_bounds_are_400s_that_use_no_quota(stack, redis, tmp_path: Pat
 
 
 async def test_the_sdk_hears_400_for_negative_max_tokens(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("p")
     api = await stack.api()
     await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -145,7 +141,7 @@ async def test_the_sdk_hears_400_for_negative_max_tokens(stack) -> None:  # type
 
 async def test_reservation_counts_every_choice(stack, redis) -> None:  # type: ignore[no-untyped-def]
     """`n` times max_tokens is reserved: with a TPM of 1000, n=4 of 300 does not fit, n=3 does."""
-    model = _model()
+    model = unique("p")
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)
     await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))

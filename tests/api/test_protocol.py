@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import pytest
 
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 @pytest.fixture
 async def api_url(stack) -> str:  # type: ignore[no-untyped-def]
     api = await stack.api(max_body_bytes=10_000)
-    model = f"v-{uuid.uuid4().hex[:6]}"
+    model = unique("v")
     await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))
     api.model = model
@@ -84,7 +82,7 @@ async def test_body_over_nats_max_payload_gets_413(stack, tmp_path) -> None:  # 
     try:
         stack.nats_url = small.url
         api = await stack.api(max_body_bytes=1_000_000)
-        model = f"v-{uuid.uuid4().hex[:6]}"
+        model = unique("v")
         await stack.worker(model=[model])
         await wait_for(lambda: api.runtime.registry.workers_for(model))
         body = {"model": model, "messages": [{"role": "user", "content": "y" * 8000}]}

@@ -20,7 +20,7 @@ import pytest
 from llmq.api.tenancy import Tenant, TenantStore, connect, connect_with
 from llmq.embedded import EmbeddedRedis
 from llmq.schemas.settings import ConnectionSettings
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 PASSWORD = "vk-" + uuid.uuid4().hex
 
@@ -36,7 +36,7 @@ async def _tenant_key(url: str) -> str:
     redis = connect(url, password=PASSWORD)
     try:
         store = TenantStore(redis)
-        name = f"r{uuid.uuid4().hex[:8]}"
+        name = unique("r")
         await store.create(Tenant(name=name))
         key, _ = await store.create_key(name, label="redis auth test")
         return key
@@ -45,7 +45,7 @@ async def _tenant_key(url: str) -> str:
 
 
 async def _serve_one(stack: Any, redis_url: str, key: str, **conn: Any) -> str:
-    model = f"ra-{uuid.uuid4().hex[:6]}"
+    model = unique("ra")
     stack.redis_url = redis_url
     api = await stack.api(auth_mode="keys", **conn)
     await stack.worker(model=[model])

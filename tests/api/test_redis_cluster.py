@@ -100,7 +100,7 @@ async def redis(redis_cluster: list[EmbeddedRedis]) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def tenant_name() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+    return unique("t")
 
 
 @pytest.fixture

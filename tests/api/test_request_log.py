@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,15 +16,11 @@ from llmq.api.logs import JsonFormatter
 from llmq.api.request_log import RequestLog
 from llmq.api.serving import RequestRecord
 from llmq.api.tenancy import Tenant, TenantStore, connect
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import FakeUpstream, json_reply, openai_chat
 
 PROMPT = "the secret prompt 7c1f"
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Capture:
@@ -88,11 +83,11 @@ async def store(redis_server) -> AsyncIterator[TenantStore]:  # type: ignore[no-
 
 
 async def test_one_json_line_per_request_without_secrets(stack, store) -> None:  # type: ignore[no-untyped-def]
-    model = _name("ml")
+    model = unique("ml")
     worker = await stack.worker(model=[model])
     api = await stack.api(auth_mode="keys", key_cache_ttl=0, log_json=True)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
-    tenant = _name("tl")
+    tenant = unique("tl")
     await store.create(Tenant(name=tenant))
     key, _ = await store.create_key(tenant)
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
@@ -123,7 +118,7 @@ async def test_one_json_line_per_request_without_secrets(stack, store) -> None: 
 
 
 async def test_traceparent_reaches_the_upstream(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _name("mt")
+    model = unique("mt")
     async with FakeUpstream() as upstream:
         upstream.route("/v1/models", json_reply(200, {"object": "list", "data": []}))
         upstream.route("/v1/chat/completions", openai_chat(["hi"]))

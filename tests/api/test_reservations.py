@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,6 +16,7 @@ from llmq.api.tenancy.quota import RENEW_BATCH
 from llmq.dispatcher.batch.ports import reservation_of
 from llmq.embedded import EmbeddedRedis, free_port
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
+from tests.stack import unique
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
 
 
 async def _tenant(redis: Redis, **limits: object) -> str:
-    name = f"t-{uuid.uuid4().hex[:12]}"
+    name = unique("t")
     await TenantStore(redis).create(Tenant(name=name, **limits))  # type: ignore[arg-type]
     return name
 

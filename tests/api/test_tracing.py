@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 
 from llmq.dispatcher import tracing
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 CLIENT_TRACE = uuid.uuid4().hex
 CLIENT_SPAN = uuid.uuid4().hex[:16]
@@ -42,7 +42,7 @@ def _by_name(finished: Any) -> dict[str, Any]:
 
 
 async def test_one_trace_across_api_and_worker(stack, spans: InMemorySpanExporter) -> None:  # type: ignore[no-untyped-def]
-    model = f"m-{uuid.uuid4().hex[:8]}"
+    model = unique("m")
     await stack.worker(model=[model])
     api = await stack.api()
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -92,7 +92,7 @@ async def test_refused_request_ends_its_span_with_the_error(stack, spans) -> Non
     sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="none", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         await sdk.chat.completions.create(
-            model=f"missing-{uuid.uuid4().hex[:6]}", messages=[{"role": "user", "content": "x"}]
+            model=unique("missing"), messages=[{"role": "user", "content": "x"}]
         )
     await sdk.close()
     await wait_for(lambda: any(s.name == "llmq.request" for s in spans.get_finished_spans()))
@@ -186,7 +186,7 @@ async def test_worker_process_exports_its_spans_over_otlp_into_the_api_trace(  #
     try:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        model = f"m-{uuid.uuid4().hex[:8]}"
+        model = unique("m")
         worker = stack.process("worker", "--model", model)
         api = await stack.api()
         await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=30)

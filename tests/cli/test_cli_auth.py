@@ -23,6 +23,7 @@ import pytest
 from llmq.dispatcher.connection import NatsRefused, connect, disconnect
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port
 from llmq.schemas.settings import ConnectionSettings
+from tests.stack import unique
 
 TOKEN = "cli-" + uuid.uuid4().hex
 PASSWORD = "redis-" + uuid.uuid4().hex
@@ -126,7 +127,7 @@ def test_tenants_use_the_redis_password(password_redis: Any, tmp_path: Path) -> 
     password_file = tmp_path / "redis.pw"
     password_file.write_text(PASSWORD + "\n")
     env = {"LLMQ_REDIS_URL": password_redis.url}
-    name = f"t{uuid.uuid4().hex[:8]}"
+    name = unique("t")
     ok = llmq("tenants", "create", name, LLMQ_REDIS_PASSWORD_FILE=str(password_file), **env)
     assert ok.returncode == 0, ok.stderr
     ok = llmq("tenants", "list", LLMQ_REDIS_PASSWORD=PASSWORD, **env)

@@ -7,19 +7,15 @@ import asyncio
 import json
 import subprocess
 import sys
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from llmq.cli import main
+from llmq.dispatcher.probes import queue_states
 from llmq.embedded import free_port
-from tests.stack import wait_for
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from tests.stack import unique, wait_for
 
 
 async def llmq(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -35,19 +31,28 @@ def _by(items: list[dict[str, Any]], key: str, value: str) -> dict[str, Any]:
 
 
 async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None:  # type: ignore[no-untyped-def]
-    busy, spare = _name("cli-busy"), _name("cli-spare")
+    busy, spare = unique("cli-busy"), unique("cli-spare")
     api = await stack.api()
-    w1 = await stack.worker(model=[busy], capacity=1, echo_delay=0.25, worker_id=_name("w1"))
-    w2 = await stack.worker(model=[spare], capacity=3, worker_id=_name("w2"))
+    w1 = await stack.worker(model=[busy], capacity=1, echo_delay=0.25, worker_id=unique("w1"))
+    w2 = await stack.worker(model=[spare], capacity=3, worker_id=unique("w2"))
     await wait_for(lambda: api.runtime.registry.workers_for(busy))
     await wait_for(lambda: api.runtime.registry.workers_for(spare))
     nats_url = stack.nats_url
-    body = {"model": busy, "messages": [{"role": "user", "content": "a b c d"}]}
-    async with httpx.AsyncClient(timeout=20) as client:
+    # The running job lasts ~6 s (24 words, 0.25 s each): the CLI calls below must all see
+    # it running and the other two queued, even on a loaded machine.
+    long = {"model": busy, "messages": [{"role": "user", "content": " ".join(["w"] * 24)}]}
+    short = {"model": busy, "messages": [{"role": "user", "content": "a"}]}
+
+    async def two_queued() -> bool:
+        states = await queue_states(api.runtime.nc.jetstream())
+        return any(q.model == busy and q.pending == 2 for q in states)
+
+    async with httpx.AsyncClient(timeout=60) as client:
         url = f"{api.url}/v1/chat/completions"
-        tasks = [asyncio.create_task(client.post(url, json=body)) for _ in range(3)]
-        await wait_for(lambda: w1.scheduler.in_flight == 1)
-        await asyncio.sleep(0.2)  # the other two are published and waiting
+        tasks = [asyncio.create_task(client.post(url, json=long))]
+        await wait_for(lambda: w1.scheduler.in_flight == 1, timeout=30)
+        tasks += [asyncio.create_task(client.post(url, json=short)) for _ in range(2)]
+        await wait_for(two_queued, timeout=30)  # published and waiting in LLMQ_JOBS
 
         code, out = await llmq(capsys, "status", "--nats-url", nats_url, "--json")
         assert code == 0
@@ -112,8 +117,8 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
 
 
 async def test_top_refreshes_within_80_columns(stack, capsys) -> None:  # type: ignore[no-untyped-def]
-    model = _name("cli-top")
-    await stack.worker(model=[model], worker_id=_name("a-very-long-worker-name-indeed"))
+    model = unique("cli-top")
+    await stack.worker(model=[model], worker_id=unique("a-very-long-worker-name-indeed"))
     code, out = await llmq(
         capsys, "top", "--nats-url", stack.nats_url, "--interval", "0.1", "--iterations", "2"
     )
@@ -144,7 +149,7 @@ async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignor
 
 
 async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type: ignore[no-untyped-def]
-    model, gone = _name("cli-proc"), _name("cli-gone")
+    model, gone = unique("cli-proc"), unique("cli-gone")
     await stack.worker(model=[model])
     left = await stack.worker(model=[gone])
     await left.close()  # deletes its registry entry: not listed

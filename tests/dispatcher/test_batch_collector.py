@@ -5,7 +5,6 @@ once per frame, async jobs are settled, and a job that ran out of deliveries get
 from __future__ import annotations
 
 import contextlib
-import uuid
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
@@ -20,7 +19,7 @@ from llmq.schemas import frames, names
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 from llmq.schemas.frames import Done, Failed, frame_encoder
 from llmq.schemas.openai import Usage
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 class Books:
@@ -51,7 +50,7 @@ async def test_first_result_wins_and_advisories_become_results(nats_server) -> N
     await streams.ensure_streams(js, 900)
     await streams.ensure_batch_streams(js, 3600)
     results = await js.create_key_value(
-        KeyValueConfig(bucket=f"R_{uuid.uuid4().hex[:8]}", history=1, storage=StorageType.FILE)
+        KeyValueConfig(bucket=unique("R"), history=1, storage=StorageType.FILE)
     )
     books = Books()
     accepted: list[str] = []
@@ -66,7 +65,7 @@ async def test_first_result_wins_and_advisories_become_results(nats_server) -> N
     collector = ResultCollector(js, results, books, on_accepted, on_result)
     collector.start()
     try:
-        batch, model = time_hex(), f"c-{uuid.uuid4().hex[:6]}"
+        batch, model = time_hex(), unique("c")
         line = line_job_id(batch, 1)
         subject = names.outcome_subject("acme", model, line)
         done = frame_encoder.encode(Done(usage=Usage(3, 4, 7)))

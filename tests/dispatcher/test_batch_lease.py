@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
 from nats.js.api import KeyValueConfig, StorageType
@@ -14,11 +13,12 @@ from llmq.dispatcher.batch import lease
 from llmq.dispatcher.batch.records import BatchRecord, time_hex
 from llmq.dispatcher.batch.store import BatchStore, batch_key
 from llmq.dispatcher.connection import connect
+from tests.stack import unique
 
 
 async def _store(url: str):  # type: ignore[no-untyped-def]
     nc = await connect(url, "test")
-    name = f"B_{uuid.uuid4().hex[:8]}"
+    name = unique("B")
     kv = await nc.jetstream().create_key_value(
         KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
     )

@@ -20,7 +20,7 @@ from llmq.api.runtime import Runtime
 from llmq.dispatcher.connection import NatsRefused, connect, disconnect, redact_url
 from llmq.schemas.settings import ConnectionSettings
 from llmq.worker.main import Worker
-from tests.stack import settings, wait_for
+from tests.stack import settings, unique, wait_for
 
 TOKEN = "tok-" + uuid.uuid4().hex
 PASSWORD = "pw-" + uuid.uuid4().hex
@@ -137,7 +137,7 @@ async def test_api_worker_and_sdk_through_secured_nats(
     config, good, _ = _case(case, tmp_path, pki)
     server = secured_nats(config)
     stack.nats_url = server.url
-    model = f"auth-{case}-{uuid.uuid4().hex[:6]}"
+    model = unique(f"auth-{case}")
     api = await stack.api(**good)
     await stack.worker(model=[model], **good)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=20)

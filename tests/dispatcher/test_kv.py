@@ -4,7 +4,6 @@ scans, and a follower that replays after a server restart."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import msgspec
@@ -14,7 +13,7 @@ from llmq.dispatcher import kv as kvs
 from llmq.dispatcher.connection import connect
 from llmq.dispatcher.tasks import retry
 from llmq.embedded import EmbeddedNats
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 class Counter(msgspec.Struct):
@@ -27,7 +26,7 @@ decoder = msgspec.json.Decoder(Counter)
 async def bucket(url: str):  # type: ignore[no-untyped-def]
     nc = await connect(url, "test")
     js = nc.jetstream()
-    name = f"T_{uuid.uuid4().hex[:8]}"
+    name = unique("T")
     kv = await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE))
     return nc, kv
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import nats
@@ -18,6 +17,7 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from llmq.dispatcher.publish import publish_job, transient
 from llmq.embedded import EmbeddedNats
+from tests.stack import unique
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
 
 
 def _names() -> tuple[str, str]:
-    token = uuid.uuid4().hex[:8]
-    return f"RETRY_{token}", f"retry.{token}"
+    stream = unique("RETRY")
+    return stream, f"retry.{stream}"
 
 
 async def test_waits_for_the_stream_and_lands_once(js: JetStreamContext) -> None:

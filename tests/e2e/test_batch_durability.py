@@ -15,12 +15,11 @@ from llmq.embedded import free_port
 from tests.e2e.test_batches import (
     assert_exactly_once,
     batch_file,
-    model_name,
     results_of,
     start_batch,
     wait_batch,
 )
-from tests.stack import wait_for, wait_serving
+from tests.stack import unique, wait_for, wait_serving
 
 BATCH = {"batch_lease": 2.0, "batch_stall": 3.0}
 """Short lease and stall timings (the api's side of FAST)."""
@@ -38,7 +37,7 @@ async def completed(client: httpx.AsyncClient, batch_id: str) -> int:
 
 
 async def test_worker_sigkill_mid_batch(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     api = await stack.api(**BATCH)
     doomed = stack.process("worker", "--model", model, "--capacity", "4", "--echo-delay", "0.05")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -61,7 +60,7 @@ async def test_api_sigkill_mid_batch_and_replacement(stack) -> None:  # type: ig
     """The only api dies mid-batch; results keep arriving on disk while no api runs; a new
     api takes the batch over after one lease and finishes it. An async job submitted to the
     dead api completes too."""
-    model = model_name()
+    model = unique("b")
     await stack.worker(model=[model], capacity=2, echo_delay=0.05)
     port = free_port()
     # At most 8 lines queued at a time: the dead api leaves most of the batch undispatched.
@@ -94,7 +93,7 @@ async def test_api_sigkill_mid_batch_and_replacement(stack) -> None:  # type: ig
 
 
 async def test_several_api_replicas_run_batches_at_once(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     apis = [await stack.api(**BATCH) for _ in range(3)]
     await stack.worker(model=[model], capacity=8, echo_delay=0.01)
     for api in apis:
@@ -118,7 +117,7 @@ async def test_several_api_replicas_run_batches_at_once(stack) -> None:  # type:
 
 async def test_nats_server_sigkill_mid_batch(own_nats, stack) -> None:  # type: ignore[no-untyped-def]
     stack.nats_url = own_nats.url
-    model = model_name()
+    model = unique("b")
     api = await stack.api(**BATCH)
     await stack.worker(model=[model], capacity=4, echo_delay=0.05)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -140,7 +139,7 @@ async def test_a_lost_result_is_found_and_the_line_queued_again(stack) -> None: 
     """A worker drops a queued line unseen (here: it was told the job is cancelled), so no
     result will ever come. Once JetStream is quiet for batch_stall seconds the runner finds
     the line missing everywhere and queues it again."""
-    model = model_name()
+    model = unique("b")
     api = await stack.api(**BATCH)
     first = await stack.worker(model=[model], capacity=1, echo_delay=0.05)
     await wait_for(lambda: api.runtime.registry.workers_for(model))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import Any
 
 import httpx
@@ -14,14 +13,10 @@ import openai
 
 from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
 from llmq.schemas import names
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 CHAT = "/v1/chat/completions"
-
-
-def model_name() -> str:
-    return f"b-{uuid.uuid4().hex[:8]}"
 
 
 def request_line(custom_id: str, model: str, text: str, **extra: Any) -> dict[str, Any]:
@@ -117,7 +112,7 @@ def assert_exactly_once(
 
 
 async def test_sdk_files_and_batches_end_to_end(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     api = await stack.api()
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -156,7 +151,7 @@ async def test_sdk_files_and_batches_end_to_end(stack) -> None:  # type: ignore[
 
 
 async def test_invalid_lines_are_reported_with_their_line_numbers(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     api = await stack.api()
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -203,7 +198,7 @@ async def test_all_lines_invalid_fails_the_batch(stack) -> None:  # type: ignore
 
 async def test_wrong_endpoint_not_jsonl_and_limits(stack) -> None:  # type: ignore[no-untyped-def]
     api = await stack.api(batch_max_lines=3, files_max_bytes=2000)
-    model = model_name()
+    model = unique("b")
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         good = jsonl([request_line(f"r{i}", model, "x") for i in range(3)])
         file_id = (await upload(client, good)).json()["id"]
@@ -234,7 +229,7 @@ async def test_wrong_endpoint_not_jsonl_and_limits(stack) -> None:  # type: igno
 async def tenants(redis_url: str, n: int) -> list[str]:
     """n new tenants in Redis (auth_mode header still needs them for quotas)."""
     redis = connect(redis_url)
-    out = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+    out = [unique("t") for _ in range(n)]
     for name in out:
         await TenantStore(redis).create(Tenant(name=name))
     await redis.aclose()
@@ -242,7 +237,7 @@ async def tenants(redis_url: str, n: int) -> list[str]:
 
 
 async def test_other_tenants_get_404(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     a, b = await tenants(stack.redis_url, 2)
     api = await stack.api(auth_mode="header", trusted_tenants=f"{a},{b}")
     await stack.worker(model=[model])
@@ -283,7 +278,7 @@ async def test_list_pagination(stack) -> None:  # type: ignore[no-untyped-def]
     (name,) = await tenants(stack.redis_url, 1)
     api = await stack.api(auth_mode="header", trusted_tenants=name)
     tenant = {"X-Tenant-ID": name}
-    model = model_name()
+    model = unique("b")
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         ids = []
         for i in range(5):
@@ -305,7 +300,7 @@ async def test_list_pagination(stack) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_cancel_a_running_batch(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     api = await stack.api()
     worker = await stack.worker(model=[model], capacity=2, echo_delay=0.1)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -326,7 +321,7 @@ async def test_cancel_a_running_batch(stack) -> None:  # type: ignore[no-untyped
 
 
 async def test_batch_expires_at_its_completion_window(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     api = await stack.api()
     await stack.worker(model=[model], capacity=1, echo_delay=0.1)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -346,7 +341,7 @@ async def test_batch_expires_at_its_completion_window(stack) -> None:  # type: i
 async def test_interactive_request_starts_within_one_job_with_200_batch_jobs_queued(stack) -> None:  # type: ignore[no-untyped-def]
     """Batch jobs take 1 s each; with 200 of them queued, a streamed interactive request
     gets its first token within one batch job's duration."""
-    model = model_name()
+    model = unique("b")
     api = await stack.api()
     worker = await stack.worker(model=[model], capacity=2, echo_delay=0.1)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -386,10 +381,10 @@ async def test_interactive_request_starts_within_one_job_with_200_batch_jobs_que
 
 
 async def test_batch_tokens_count_against_quota_and_ledger(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("b")
     redis = connect(redis_server.url)
     store = TenantStore(redis)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    tenant = unique("t")
     await store.create(Tenant(name=tenant, max_concurrent=2))
     key, _ = await store.create_key(tenant)
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)

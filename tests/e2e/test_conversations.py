@@ -5,7 +5,6 @@ tokens of responses are booked on the tenant's usage like chat's."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import openai
@@ -13,7 +12,7 @@ import pytest
 
 from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 def dump(obj: Any) -> dict[str, Any]:
@@ -23,7 +22,7 @@ def dump(obj: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def echo(stack):  # type: ignore[no-untyped-def]
-    model = f"conv-{uuid.uuid4().hex[:6]}"
+    model = unique("conv")
     api = await stack.api()
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -109,11 +108,11 @@ async def test_response_in_a_conversation(echo) -> None:  # type: ignore[no-unty
 
 
 async def test_tenants_see_only_their_own(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = f"conv-{uuid.uuid4().hex[:6]}"
+    model = unique("conv")
     redis = connect(redis_server.url)
     store = TenantStore(redis)
     keys = []
-    tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    tenants = [unique("t") for _ in range(2)]
     for tenant in tenants:
         await store.create(Tenant(name=tenant))
         keys.append((await store.create_key(tenant))[0])
@@ -175,8 +174,8 @@ async def test_a_deleted_tenants_responses_and_conversations_go_with_it(stack) -
     from llmq.schemas import names
 
     admin = {"Authorization": "Bearer admin-secret"}
-    model = f"conv-{uuid.uuid4().hex[:6]}"
-    name = f"acme-{uuid.uuid4().hex[:6]}"
+    model = unique("conv")
+    name = unique("acme")
     api = await stack.api(auth_mode="keys", key_cache_ttl=0, admin_token="admin-secret")
     await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))

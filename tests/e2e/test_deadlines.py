@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -17,11 +16,7 @@ import openai
 import pytest
 
 from tests.spec import assert_valid
-from tests.stack import wait_for
-
-
-def _model() -> str:
-    return f"m-{uuid.uuid4().hex[:8]}"
+from tests.stack import unique, wait_for
 
 
 def _words(n: int) -> str:
@@ -40,7 +35,7 @@ async def _stream_events(client: httpx.AsyncClient, url: str, body: dict[str, ob
 
 async def test_a_stream_outlives_its_first_token_deadline(stack) -> None:  # type: ignore[no-untyped-def]
     """Deadline 1 s, a stream of ~3 s: every token arrives (the official SDK as client)."""
-    model = _model()
+    model = unique("m")
     api = await stack.api(deadline=1.0, max_deadline=30.0)
     await stack.worker(model=[model], echo_delay=0.15)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -60,7 +55,7 @@ async def test_a_stream_outlives_its_first_token_deadline(stack) -> None:  # typ
 
 async def test_a_whole_answer_outlives_its_first_token_deadline(stack) -> None:  # type: ignore[no-untyped-def]
     """A job that answers whole is under way once a worker took it: not cut at the deadline."""
-    model = _model()
+    model = unique("m")
     api = await stack.api(deadline=1.0, max_deadline=30.0)
     await stack.worker(model=[model], echo_delay=0.15)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -96,7 +91,7 @@ async def test_stream_at_max_deadline_is_504_never_worker_lost(stack, drift: flo
     clock in step with the wall clock and 1 % ahead of it (the api's timer then fires a few
     ms before the wall-clock deadline, which made it report `worker_lost`). Each stream must
     end with one `deadline_exceeded` error event, then `[DONE]`."""
-    model = _model()
+    model = unique("m")
     api = await stack.api(deadline=1.0, max_deadline=1.2)
     # A worker process of its own, on the real clock, as in production: its frames cannot
     # beat the api's timer by sharing its loop.
@@ -126,7 +121,7 @@ def _in_flight(api, model: str) -> int:  # type: ignore[no-untyped-def]
 
 
 async def test_a_stream_cut_at_max_deadline_by_the_sdk(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("m")
     api = await stack.api(deadline=1.0, max_deadline=1.0)
     await stack.worker(model=[model], echo_delay=0.1)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -144,7 +139,7 @@ async def test_a_stream_cut_at_max_deadline_by_the_sdk(stack) -> None:  # type: 
 async def test_client_deadline_header_bounds_the_queue_wait(stack) -> None:  # type: ignore[no-untyped-def]
     """`X-Llmq-Deadline: 0.8` behind a busy worker: a 504 after ~0.8 s, although the api's
     own deadline is 60 s; a value above `max_deadline` is capped by it."""
-    model = _model()
+    model = unique("m")
     patient = await stack.api(deadline=60.0, max_deadline=60.0)
     api = await stack.api(deadline=60.0, max_deadline=2.0)
     worker = await stack.worker(model=[model], capacity=1, echo_delay=1.0)
@@ -169,7 +164,7 @@ async def test_client_deadline_header_bounds_the_queue_wait(stack) -> None:  # t
 
 @pytest.mark.parametrize("value", ["soon", "-1", "0", "nan", "inf", ""])
 async def test_a_bad_deadline_header_is_a_400_that_uses_no_quota(stack, value: str) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("m")
     api = await stack.api()
     worker = await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))

@@ -6,22 +6,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 
 import httpx
 import openai
 
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.test_metrics import value
-
-
-def _model() -> str:
-    return f"m-{uuid.uuid4().hex[:8]}"
 
 
 async def test_capacity_is_real_and_load_spreads(stack) -> None:  # type: ignore[no-untyped-def]
     """2 workers x capacity 2, 8 concurrent 1 s requests: ~2 s in all, no worker above 2."""
-    model = _model()
+    model = unique("m")
     api = await stack.api()
     w1 = await stack.worker(model=[model], capacity=2, echo_delay=0.25)
     w2 = await stack.worker(model=[model], capacity=2, echo_delay=0.25)
@@ -46,7 +41,7 @@ async def test_capacity_is_real_and_load_spreads(stack) -> None:  # type: ignore
 
 
 async def test_queued_job_past_deadline_gets_504_and_never_runs(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("m")
     patient = await stack.api()
     hurried = await stack.api(deadline=1.0)
     worker = await stack.worker(model=[model], capacity=1, echo_delay=0.5)
@@ -80,7 +75,7 @@ async def test_unknown_model_404_and_no_worker_503(stack) -> None:  # type: igno
         assert resp.status_code == 404
         assert resp.json()["error"]["code"] == "model_not_found"
         assert resp.json()["error"]["param"] == "model"
-        model = _model()
+        model = unique("m")
         worker = await stack.worker(model=[model])
         await wait_for(lambda: api.runtime.registry.workers_for(model))
         await worker.close()
@@ -93,7 +88,7 @@ async def test_unknown_model_404_and_no_worker_503(stack) -> None:  # type: igno
 
 
 async def test_client_disconnect_cancels_the_worker(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("m")
     api = await stack.api()
     worker = await stack.worker(model=[model], echo_delay=0.2)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -115,7 +110,7 @@ async def test_client_disconnect_cancels_the_worker(stack) -> None:  # type: ign
 
 
 async def test_worker_killed_mid_stream_ends_with_error_then_done(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("m")
     api = await stack.api()
     proc = stack.process("worker", "--model", model, "--echo-delay", "0.1")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -140,7 +135,7 @@ async def test_worker_killed_mid_stream_ends_with_error_then_done(stack) -> None
 
 async def test_job_redelivered_when_worker_dies_before_first_token(stack) -> None:  # type: ignore[no-untyped-def]
     """A worker that took a job and died before answering: another worker runs it."""
-    model = _model()
+    model = unique("m")
     api = await stack.api()
     doomed = stack.process("worker", "--model", model, "--echo-delay", "2", "--capacity", "1")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -157,7 +152,7 @@ async def test_job_redelivered_when_worker_dies_before_first_token(stack) -> Non
 
 async def test_job_out_of_attempts_fails_fast_not_at_deadline(stack) -> None:  # type: ignore[no-untyped-def]
     """Its only delivery died with its worker: JetStream's max-deliveries advisory ends it."""
-    model = _model()
+    model = unique("m")
     api = await stack.api(deadline=60.0)
     doomed = stack.process("worker", "--model", model, "--echo-delay", "5", max_deliver=1)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -174,7 +169,7 @@ async def test_job_out_of_attempts_fails_fast_not_at_deadline(stack) -> None:  #
 
 
 async def test_all_circuits_open_is_a_fast_503(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("m")
     api = await stack.api()
     worker = await stack.worker(model=[model])
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -196,7 +191,7 @@ async def test_nats_server_restart_loses_memory_state_and_both_sides_put_it_back
     `job_lost` within seconds, not at its deadline; api and worker re-provision on
     reconnect, so chat works again without restarting either."""
     stack.nats_url = own_nats.url
-    model = _model()
+    model = unique("m")
     api = await stack.api(deadline=60.0)
     worker = await stack.worker(model=[model], capacity=1, echo_delay=0.2)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -245,7 +240,7 @@ async def test_a_refused_upstream_does_not_show_its_address(stack, caplog) -> No
     """The client hears that the backend failed, not where it lives; the log has the detail."""
     from llmq.embedded import free_port
 
-    model = _model()
+    model = unique("m")
     port = free_port()  # nothing listens there
     api = await stack.api()
     await stack.worker(

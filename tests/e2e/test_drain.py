@@ -12,17 +12,12 @@ import asyncio
 import signal
 import socket
 import time
-import uuid
 from typing import Any
 
 import httpx
 
 from llmq.embedded import free_port
-from tests.stack import wait_for, wait_serving
-
-
-def _model() -> str:
-    return f"drain-{uuid.uuid4().hex[:8]}"
+from tests.stack import unique, wait_for, wait_serving
 
 
 def _words(n: int) -> str:
@@ -45,7 +40,7 @@ def _listening(port: int) -> bool:
 
 
 async def test_worker_sigterm_finishes_in_flight_and_hands_queued_jobs_on(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("drain")
     api = await stack.api()
     leaving = stack.process(
         "worker", "--model", model, "--capacity", "2", "--echo-delay", "0.1",
@@ -58,7 +53,7 @@ async def test_worker_sigterm_finishes_in_flight_and_hands_queued_jobs_on(stack)
         first = asyncio.create_task(client.post(url, json=_chat(model, 10)))
         await wait_for(lambda: any(w.in_flight for w in api.runtime.registry.workers_for(model)))
         # `staying` serves a second model too, and is kept busy with it meanwhile
-        other = _model()
+        other = unique("drain")
         staying = await stack.worker(model=[model, other], capacity=1, echo_delay=0.1)
         await wait_for(lambda: api.runtime.registry.workers_for(other))
         second = asyncio.create_task(client.post(url, json=_chat(other, 10)))
@@ -86,7 +81,7 @@ async def test_worker_sigterm_finishes_in_flight_and_hands_queued_jobs_on(stack)
 
 
 async def test_worker_drain_is_bounded(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("drain")
     api = await stack.api()
     proc = stack.process("worker", "--model", model, "--echo-delay", "0.1", "--drain-timeout", "1")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -111,7 +106,7 @@ async def test_worker_drain_is_bounded(stack) -> None:  # type: ignore[no-untype
 async def test_drain_cut_hands_an_unstarted_answer_to_another_worker(stack) -> None:  # type: ignore[no-untyped-def]
     """A non-streaming job cut by the drain bound has shown nobody a token: it is given back
     and another worker answers it."""
-    model = _model()
+    model = unique("drain")
     api = await stack.api()
     proc = stack.process("worker", "--model", model, "--echo-delay", "0.2", "--drain-timeout", "1")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -129,7 +124,7 @@ async def test_drain_cut_hands_an_unstarted_answer_to_another_worker(stack) -> N
 
 
 async def test_api_sigterm_stops_accepting_and_lets_open_streams_finish(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("drain")
     port = free_port()
     proc = stack.process("api", "--port", str(port), shutdown_grace=20)
     await stack.worker(model=[model], echo_delay=0.1)
@@ -162,7 +157,7 @@ async def test_api_sigterm_stops_accepting_and_lets_open_streams_finish(stack) -
 
 
 async def test_api_grace_bounds_a_long_stream(stack) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
+    model = unique("drain")
     port = free_port()
     proc = stack.process("api", "--port", str(port), shutdown_grace=1)
     worker = await stack.worker(model=[model], echo_delay=0.1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import tracemalloc
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from llmq.api.multipart import read_multipart
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.dispatcher import kv as kvs
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 CHAT = "/v1/chat/completions"
 
@@ -121,7 +120,7 @@ async def test_an_expired_file_is_gone_and_swept(stack) -> None:  # type: ignore
 async def test_storage_quota_per_tenant(stack) -> None:  # type: ignore[no-untyped-def]
     redis = connect(stack.redis_url)
     store = TenantStore(redis)
-    name = f"q-{uuid.uuid4().hex[:8]}"
+    name = unique("q")
     await store.create(Tenant(name=name, storage_bytes=1000))
     api = await stack.api(auth_mode="header", trusted_tenants=name)
     headers = {"X-Tenant-ID": name}

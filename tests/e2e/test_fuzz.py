@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.schemas import names
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 MODEL = "fuzz-echo"
 REQUEST_BOUND = 20.0
@@ -320,7 +320,7 @@ async def _target(stack: Any, redis_server: Any, **overrides: Any) -> Target:
     await wait_for(lambda: api.runtime.registry.workers_for(MODEL))
     redis = connect(redis_server.url)
     store = TenantStore(redis)
-    tenant = f"fuzz-{uuid.uuid4().hex[:8]}"
+    tenant = unique("fuzz")
     await store.create(Tenant(name=tenant, rpm=1_000_000, tpm=0))
     key, _ = await store.create_key(tenant)
     await redis.aclose()

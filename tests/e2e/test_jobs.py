@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import Any
 
 import httpx
@@ -14,13 +13,9 @@ import httpx
 from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
 from llmq.dispatcher.batch.webhooks import SIGNATURE_HEADER, verify
 from llmq.embedded import free_port
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 FINAL = ("completed", "failed", "cancelled", "expired")
-
-
-def model_name() -> str:
-    return f"j-{uuid.uuid4().hex[:8]}"
 
 
 def chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
@@ -42,7 +37,7 @@ async def wait_job(
 
 
 async def test_submit_poll_and_list(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("j")
     api = await stack.api()
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -96,20 +91,27 @@ async def test_bad_requests(stack) -> None:  # type: ignore[no-untyped-def]
 async def test_job_waits_for_a_worker_and_expires_without_one(stack) -> None:  # type: ignore[no-untyped-def]
     """A known model with no live worker: the job is queued (not a 503) and runs once a
     worker comes; with nobody to run it, it expires at its deadline."""
-    model = model_name()
+    model = unique("j")
     worker = await stack.worker(model=[model])
     api = await stack.api(job_deadline=1.5)
+    # Known from its LLMQ_MODELS entry, which the api watches apart from the workers: wait
+    # for both, or the model is briefly unknown (404) once its only worker has left.
     await wait_for(lambda: api.runtime.registry.workers_for(model))
+    await wait_for(lambda: api.runtime.registry.model_info(model))
     await worker.close()
     await wait_for(lambda: not api.runtime.registry.workers_for(model))
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
-        doomed = (await client.post("/v1/jobs", json=chat(model, "nobody"))).json()
-        expired = await wait_job(client, doomed["id"], timeout=6)
+        resp = await client.post("/v1/jobs", json=chat(model, "nobody"))
+        assert resp.status_code == 202, resp.text
+        expired = await wait_job(client, resp.json()["id"], timeout=20)
         assert expired["status"] == "expired" and expired["expired_at"]
         assert expired["error"]["code"] == "job_expired"
     patient = await stack.api()
+    await wait_for(lambda: patient.runtime.registry.model_info(model))
     async with httpx.AsyncClient(base_url=patient.url, timeout=10) as client:
-        job = (await client.post("/v1/jobs", json=chat(model, "eventually"))).json()
+        resp = await client.post("/v1/jobs", json=chat(model, "eventually"))
+        assert resp.status_code == 202, resp.text
+        job = resp.json()
         await asyncio.sleep(0.5)
         assert (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "queued"
         await stack.worker(model=[model])
@@ -118,7 +120,7 @@ async def test_job_waits_for_a_worker_and_expires_without_one(stack) -> None:  #
 
 
 async def test_cancel_stops_the_worker(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("j")
     api = await stack.api()
     worker = await stack.worker(model=[model], echo_delay=0.2)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -179,7 +181,7 @@ class Receiver:
 
 
 async def test_webhook_is_signed_and_retried_with_backoff(stack) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("j")
     secret = "whsec-test"
     api = await stack.api(webhook_secret=secret, webhook_allow="127.0.0.1/32")
     await stack.worker(model=[model])
@@ -214,7 +216,7 @@ async def test_webhook_urls_that_reach_inside_are_refused(stack) -> None:  # typ
     """Finding 1 of issue 12: every spelling of loopback, and credentials in the URL, are a
     400 at submission (no job, no quota, no request to the receiver) unless the operator
     allows the receiver."""
-    model = model_name()
+    model = unique("j")
     receiver = await Receiver(failures=0).start()
     port = receiver.port
     api = await stack.api()
@@ -251,10 +253,10 @@ async def test_webhook_urls_that_reach_inside_are_refused(stack) -> None:  # typ
 
 
 async def test_job_tokens_count_against_quota_and_ledger(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = model_name()
+    model = unique("j")
     redis = connect(redis_server.url)
     store = TenantStore(redis)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    tenant = unique("t")
     await store.create(Tenant(name=tenant, max_concurrent=1))
     key, _ = await store.create_key(tenant)
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)

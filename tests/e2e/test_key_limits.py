@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
 import openai
@@ -20,13 +19,9 @@ import pytest
 
 from llmq.api.tenancy import KeySettings, Quota, Tenant, TenantStore, connect
 from llmq.embedded import free_port
-from tests.stack import wait_for, wait_serving
+from tests.stack import unique, wait_for, wait_serving
 
 ADMIN = "admin-secret"
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -66,9 +61,9 @@ def _chat(model: str, **extra: object) -> dict[str, object]:
 
 
 async def test_key_limits_exact_across_two_api_processes(stack, redis, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model, other = _name("m"), _name("other")
+    model, other = unique("m"), unique("other")
     await stack.worker(model=[model, other], capacity=16)
-    tenant = _name("t")
+    tenant = unique("t")
     await TenantStore(redis).create(Tenant(name=tenant, rpm=1000, models=[model, other]))
     limited = _llmq(
         redis_server.url, "keys", "create", tenant, "--rpm", "4", "--tpm", "100000",
@@ -144,15 +139,22 @@ async def _idle(redis, tenant: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def test_expired_key_refused_on_both_apis_despite_the_cache(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
-    tenant = _name("t")
+    tenant = unique("t")
     store = TenantStore(redis)
     await store.create(Tenant(name=tenant))
     key, _ = await store.create_key(tenant, settings=KeySettings(expires_at=time.time() + 3600))
-    urls = await _two_apis(stack, model, {"authorization": f"Bearer {key}"})
+    # Two apis in this process, each with its own key cache (per api, so no child processes
+    # are needed), holding the key's record well past its expiry.
+    apis = [
+        await stack.api(auth_mode="keys", admin_token=ADMIN, key_cache_ttl=60) for _ in range(2)
+    ]
+    for api in apis:
+        await wait_for(lambda api=api: api.runtime.registry.workers_for(model))
+    urls = [api.url for api in apis]
     expiring, record = await store.create_key(
-        tenant, settings=KeySettings(expires_at=time.time() + 10)
+        tenant, settings=KeySettings(expires_at=time.time() + 4)
     )
     headers = {"authorization": f"Bearer {expiring}"}
     chat = _chat(model)

@@ -6,7 +6,6 @@ for another. Frames are counted on the real nats-server."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from nats.aio.msg import Msg
 
 from llmq.schemas import frames, names
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import FakeUpstream, json_reply, openai_chat
 
 CHAT = "/v1/chat/completions"
@@ -59,7 +58,7 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 async def _serve(stack: Any, upstream: FakeUpstream) -> tuple[Any, str]:
-    public = f"batch-{uuid.uuid4().hex[:8]}"
+    public = unique("batch")
     api = await stack.api()
     worker = await stack.worker(
         model=[f"{public}=gpt-4o-mini"], backend="openai", backend_url=f"{upstream.url}/v1"
@@ -109,7 +108,7 @@ async def test_no_chunk_waits_for_the_next(
 ) -> None:
     """The upstream sends the role chunk and two words, then goes silent until the client
     leaves: the client must get all three while it is silent, one frame per read."""
-    upstream.route(CHAT, openai_chat(["Hel", "lo"], usage=None, gap=0.2, hang_after=3))
+    upstream.route(CHAT, openai_chat(["Hel", "lo"], usage=None, gap=1.0, hang_after=3))
     api, public = await _serve(stack, upstream)
 
     stream = await _client(api).chat.completions.create(
@@ -124,6 +123,6 @@ async def test_no_chunk_waits_for_the_next(
                 break
     await stream.close()
     assert got == ["", "Hel", "lo"]
-    # Sent 0.2 s apart, so each came in its own read: the role chunk rides with "Hel" (it
-    # is held until the first token), "lo" goes alone.
+    # Sent 1 s apart (so even a loaded machine reads each on its own): the role chunk rides
+    # with "Hel" (it is held until the first token), "lo" goes alone.
     assert [int((m.headers or {}).get(names.H_CHUNKS, "1")) for m in tap.only_job()] == [2, 1]

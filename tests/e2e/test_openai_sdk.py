@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import openai
 import pytest
 
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 @pytest.fixture
 async def echo(stack):  # type: ignore[no-untyped-def]
-    model = f"echo-{uuid.uuid4().hex[:6]}"
+    model = unique("echo")
     api = await stack.api()
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -135,7 +134,7 @@ async def test_sync_client_streaming_and_not(echo) -> None:  # type: ignore[no-u
 
 async def test_models_lists_live_workers_only(stack) -> None:  # type: ignore[no-untyped-def]
     api = await stack.api()
-    model = f"m-{uuid.uuid4().hex[:6]}"
+    model = unique("m")
     worker = await stack.worker(model=[model])
     client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused")
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -153,7 +152,7 @@ async def test_models_lists_live_workers_only(stack) -> None:  # type: ignore[no
 
 async def test_dead_worker_ages_out_within_ttl(stack) -> None:  # type: ignore[no-untyped-def]
     api = await stack.api()
-    model = f"m-{uuid.uuid4().hex[:6]}"
+    model = unique("m")
     proc = stack.process("worker", "--model", model)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
     proc.kill()

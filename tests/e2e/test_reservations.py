@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import uuid
 from typing import Any
 
 import httpx
@@ -22,12 +21,12 @@ from tests.e2e.test_batches import (
     wait_batch,
 )
 from tests.e2e.test_jobs import chat, wait_job
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 async def _tenant(redis: Any, **limits: Any) -> tuple[str, dict[str, str]]:
     store = TenantStore(redis)
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = unique("t")
     await store.create(Tenant(name=name, **limits))
     key, _ = await store.create_key(name)
     return name, {"Authorization": f"Bearer {key}"}
@@ -50,7 +49,7 @@ async def _ledger(redis: Any, tenant: str) -> dict[str, list[str]]:
 
 
 async def test_interactive_chat_reservations(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = f"r-{uuid.uuid4().hex[:8]}"
+    model = unique("r")
     redis = connect(redis_server.url)
     tenant, auth = await _tenant(redis, max_concurrent=4)
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)
@@ -90,7 +89,7 @@ async def test_interactive_chat_reservations(stack, redis_server) -> None:  # ty
 
 
 async def test_async_job_reservations(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = f"r-{uuid.uuid4().hex[:8]}"
+    model = unique("r")
     redis = connect(redis_server.url)
     tenant, auth = await _tenant(redis, max_concurrent=2)
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)
@@ -119,7 +118,7 @@ async def test_async_job_reservations(stack, redis_server) -> None:  # type: ign
 
 
 async def test_batch_line_reservations(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = f"r-{uuid.uuid4().hex[:8]}"
+    model = unique("r")
     redis = connect(redis_server.url)
     tenant, auth = await _tenant(redis, max_concurrent=2)
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)
@@ -161,7 +160,7 @@ async def test_a_waiting_async_job_keeps_its_slot_when_its_api_is_gone(stack, re
     """The job waits (no worker) for several leases; the api that reserved it stops, the
     other replica renews the slot: the tenant's one slot stays taken, and the job's
     reservation is released exactly once when it finally runs."""
-    model = f"r-{uuid.uuid4().hex[:8]}"
+    model = unique("r")
     redis = connect(redis_server.url)
     tenant, auth = await _tenant(redis, max_concurrent=1)
     worker = await stack.worker(model=[model])
@@ -193,7 +192,7 @@ async def test_a_waiting_async_job_keeps_its_slot_when_its_api_is_gone(stack, re
 async def test_a_long_batch_line_keeps_its_slot(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
     """A batch line that runs for several leases holds the tenant's one slot all along (an
     async job is refused meanwhile) and is booked once."""
-    model = f"r-{uuid.uuid4().hex[:8]}"
+    model = unique("r")
     redis = connect(redis_server.url)
     tenant, auth = await _tenant(redis, max_concurrent=1)
     api = await _tenant_api(stack)

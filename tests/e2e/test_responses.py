@@ -4,7 +4,6 @@ previous_response_id, and tenant isolation."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
@@ -12,12 +11,12 @@ import openai
 import pytest
 
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 
 @pytest.fixture
 async def echo(stack):  # type: ignore[no-untyped-def]
-    model = f"resp-{uuid.uuid4().hex[:6]}"
+    model = unique("resp")
     api = await stack.api()
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))

@@ -5,7 +5,6 @@ back with previous_response_id, streamed function-call events, an upstream error
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import openai
 import pytest
 
 from tests.spec import assert_valid
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Reply,
@@ -62,7 +61,7 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 @pytest.fixture
 async def served(stack, upstream):  # type: ignore[no-untyped-def]
-    model = f"gpt-{uuid.uuid4().hex[:6]}"
+    model = unique("gpt")
     api = await stack.api()
     worker = await stack.worker(
         model=[model], backend="openai", backend_url=f"{upstream.url}/v1", breaker_threshold=100
@@ -199,7 +198,7 @@ def upstream_responses(text: str, usage: tuple[int, int] = (9, 2)) -> Reply:
 
 
 async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream) -> None:  # type: ignore[no-untyped-def]
-    model = f"gpt-{uuid.uuid4().hex[:6]}"
+    model = unique("gpt")
     api = await stack.api()
     worker = await stack.worker(
         model=[f"{model}=upstream-model"],

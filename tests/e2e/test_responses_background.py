@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from typing import Any
 
 import openai
@@ -15,7 +14,7 @@ import pytest
 
 from llmq.embedded import free_port
 from tests.spec import assert_valid
-from tests.stack import wait_for, wait_serving
+from tests.stack import unique, wait_for, wait_serving
 
 FINAL = ("completed", "failed", "cancelled", "incomplete")
 
@@ -51,7 +50,7 @@ def words(n: int) -> str:
 
 
 async def test_background_runs_to_completion(stack) -> None:  # type: ignore[no-untyped-def]
-    model = f"bg-{uuid.uuid4().hex[:6]}"
+    model = unique("bg")
     api = await stack.api()
     await stack.worker(model=[model], echo_delay=0.1)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -86,7 +85,7 @@ async def test_background_runs_to_completion(stack) -> None:  # type: ignore[no-
 
 
 async def test_cancel_a_running_background_response(stack) -> None:  # type: ignore[no-untyped-def]
-    model = f"bg-{uuid.uuid4().hex[:6]}"
+    model = unique("bg")
     api = await stack.api()
     await stack.worker(model=[model], echo_delay=0.3)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -107,7 +106,7 @@ async def test_cancel_a_running_background_response(stack) -> None:  # type: ign
 
 
 async def test_background_survives_an_api_sigkill(stack) -> None:  # type: ignore[no-untyped-def]
-    model = f"bg-{uuid.uuid4().hex[:6]}"
+    model = unique("bg")
     await stack.worker(model=[model], echo_delay=0.2)
     port = free_port()
     doomed = stack.process("api", "--port", str(port))
@@ -127,7 +126,7 @@ async def test_background_survives_an_api_sigkill(stack) -> None:  # type: ignor
 
 
 async def test_background_survives_a_worker_sigkill(stack) -> None:  # type: ignore[no-untyped-def]
-    model = f"bg-{uuid.uuid4().hex[:6]}"
+    model = unique("bg")
     api = await stack.api()
     doomed = stack.process("worker", "--model", model, "--capacity", "1", "--echo-delay", "0.3")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -151,10 +150,10 @@ async def test_quota_holds_for_background_and_delete_cancels(stack, redis_server
     job; deleting a running one cancels it and frees the slot."""
     from llmq.api.tenancy import Tenant, TenantStore, connect
 
-    model = f"bg-{uuid.uuid4().hex[:6]}"
+    model = unique("bg")
     redis = connect(redis_server.url)
     store = TenantStore(redis)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    tenant = unique("t")
     await store.create(Tenant(name=tenant, max_concurrent=1))
     key, _ = await store.create_key(tenant)
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)

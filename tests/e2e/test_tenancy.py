@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-import uuid
 
 import httpx
 import openai
@@ -17,16 +13,13 @@ import pytest
 
 from llmq.api.preparation import estimate_prompt_tokens
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.cli import main
 from llmq.embedded import EmbeddedRedis, free_port
 from llmq.schemas.openai import chat_request_decoder
 from llmq.worker.backends.base import BackendConfig
-from tests.stack import wait_for, wait_serving
+from tests.stack import unique, wait_for, wait_serving
 
 ADMIN = "admin-secret"
-
-
-def _name(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ async def redis(redis_server):  # type: ignore[no-untyped-def]
 
 async def _tenant(redis, **limits: object) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     store = TenantStore(redis)
-    name = _name()
+    name = unique("t")
     await store.create(Tenant(name=name, **limits))  # type: ignore[arg-type]
     key, _ = await store.create_key(name)
     return name, key
@@ -55,7 +48,7 @@ def _chat(model: str, text: str = "hi", **extra: object) -> dict[str, object]:
 
 
 async def test_key_auth_401_and_revocation(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis)
@@ -81,10 +74,10 @@ async def test_key_auth_401_and_revocation(stack, redis) -> None:  # type: ignor
 
 
 async def test_trusted_header_mode(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     store = TenantStore(redis)
-    allowed, fallback = _name(), _name()
+    allowed, fallback = unique("t"), unique("t")
     await store.create(Tenant(name=allowed))
     await store.create(Tenant(name=fallback))
     api = await stack.api(
@@ -108,7 +101,7 @@ async def test_trusted_header_mode(stack, redis) -> None:  # type: ignore[no-unt
 
 
 async def test_rate_limit_headers_and_429(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     _tenant_name, key = await _tenant(redis, rpm=2, tpm=100_000)
@@ -133,13 +126,13 @@ async def test_rate_limit_headers_and_429(stack, redis) -> None:  # type: ignore
 
 async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type: ignore[no-untyped-def]
     """500 concurrent requests, RPM = 50, two api processes: exactly 50 pass."""
-    model = _name("m")
+    model = unique("m")
     # Separate processes with a relaxed heartbeat: this test loads both cores on purpose.
-    stack.process("worker", "--model", model, "--capacity", "16", heartbeat=2.0)
+    stack.process("worker", "--model", model, "--capacity", "16", heartbeat=5.0)
     _t, key = await _tenant(redis, rpm=50)
     ports = [free_port(), free_port()]
     for port in ports:
-        stack.process("api", "--port", str(port), auth_mode="keys", heartbeat=2.0)
+        stack.process("api", "--port", str(port), auth_mode="keys", heartbeat=5.0)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     headers = {"authorization": f"Bearer {key}"}
     for url in urls:
@@ -172,7 +165,7 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
 
 
 async def test_max_concurrent_is_never_exceeded(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     worker = await stack.worker(model=[model], capacity=12, echo_delay=0.2)
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis, max_concurrent=3)
@@ -207,7 +200,7 @@ async def _inflight(redis, tenant: str, expected: int) -> bool:  # type: ignore[
 
 
 async def test_daily_budget_not_exceeded_under_concurrency(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model], capacity=16)
     api = await _keyed(stack, model)
     tenant, key = await _tenant(redis, daily_tokens=200)
@@ -239,7 +232,7 @@ async def test_daily_budget_not_exceeded_under_concurrency(stack, redis) -> None
 
 
 async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model, broken = _name("m"), _name("broken")
+    model, broken = unique("m"), unique("broken")
     await stack.worker(model=[model], echo_delay=0.2)
     dead_upstream = BackendConfig(kind="openai", url=f"http://127.0.0.1:{free_port()}/v1")
     from llmq.worker.main import Worker
@@ -271,7 +264,7 @@ async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:
 
 
 async def test_slot_released_when_worker_is_killed_mid_job(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     proc = stack.process("worker", "--model", model, "--echo-delay", "0.1")
     api = await _keyed(stack, model)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
@@ -297,7 +290,7 @@ async def test_redis_down_fails_closed_then_recovers(stack, tmp_path) -> None:  
     own = EmbeddedRedis(tmp_path / "own-redis")
     port = own.port
     stack.redis_url = own.url
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     client_redis = connect(own.url)
@@ -317,8 +310,9 @@ async def test_redis_down_fails_closed_then_recovers(stack, tmp_path) -> None:  
         assert down.json()["error"]["code"] in ("tenant_store_down", "quota_store_down")
         revived = EmbeddedRedis(tmp_path / "own-redis", port=port)
         try:
-            await wait_for(lambda: _ok(client, url, model, headers), timeout=10, interval=0.2)
+            await wait_for(lambda: _ok(client, url, model, headers), timeout=30, interval=0.2)
         finally:
+            await api.stop()  # while its Redis is up: a stop against a dead one waits out timeouts
             revived.stop()
 
 
@@ -327,11 +321,11 @@ async def _ok(client: httpx.AsyncClient, url: str, model: str, headers: dict[str
 
 
 async def test_admin_api_tenants_keys_usage_prices(stack, redis) -> None:  # type: ignore[no-untyped-def]
-    model = _name("m")
+    model = unique("m")
     await stack.worker(model=[model])
     api = await _keyed(stack, model)
     admin = {"authorization": f"Bearer {ADMIN}"}
-    name = _name()
+    name = unique("t")
     async with httpx.AsyncClient(base_url=api.url) as client:
         assert (await client.get("/admin/tenants")).status_code == 401
         assert (
@@ -384,32 +378,31 @@ async def test_admin_api_tenants_keys_usage_prices(stack, redis) -> None:  # typ
         assert (await client.get(f"/admin/tenants/{name}", headers=admin)).status_code == 404
 
 
-def test_cli_tenants_keys_usage(redis_server) -> None:  # type: ignore[no-untyped-def]
-    env = {**os.environ, "LLMQ_REDIS_URL": redis_server.url}
-    name = _name()
+def test_cli_tenants_keys_usage(redis_server, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The `llmq tenants | keys | usage` commands, run in this process (`llmq` as a child
+    process is covered by tests/cli): each import of llmq costs seconds of CPU."""
+    monkeypatch.setenv("LLMQ_REDIS_URL", redis_server.url)
+    name = unique("t")
 
-    def llmq(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "llmq.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+    def llmq(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    created = llmq(
+    code, out, err = llmq(
         "tenants", "create", name, "--rpm", "60", "--daily-tokens", "1000", "--models", "echo,gpt"
     )
-    assert created.returncode == 0, created.stderr
-    assert json.loads(created.stdout)["models"] == ["echo", "gpt"]
-    key = json.loads(llmq("keys", "create", name).stdout)
+    assert code == 0, err
+    assert json.loads(out)["models"] == ["echo", "gpt"]
+    key = json.loads(llmq("keys", "create", name)[1])
     assert key["key"].startswith("sk-llmq-")
-    listed = json.loads(llmq("keys", "list", name).stdout)
+    listed = json.loads(llmq("keys", "list", name)[1])
     assert listed[0]["id"] == key["id"] and key["key"] not in json.dumps(listed)
-    assert json.loads(llmq("tenants", "update", name, "--rpm", "5").stdout)["rpm"] == 5
-    assert json.loads(llmq("tenants", "suspend", name).stdout)["status"] == "suspended"
-    assert json.loads(llmq("usage", name, "--days", "3").stdout) == []
-    assert llmq("keys", "revoke", name, key["id"]).returncode == 0
-    missing = llmq("tenants", "show", "no-such-tenant")
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
-    assert llmq("tenants", "delete", name).returncode == 0
+    assert json.loads(llmq("tenants", "update", name, "--rpm", "5")[1])["rpm"] == 5
+    assert json.loads(llmq("tenants", "suspend", name)[1])["status"] == "suspended"
+    assert json.loads(llmq("usage", name, "--days", "3")[1]) == []
+    assert llmq("keys", "revoke", name, key["id"])[0] == 0
+    code, _, err = llmq("tenants", "show", "no-such-tenant")
+    assert code == 1 and "does not exist" in err
+    assert llmq("tenants", "delete", name)[0] == 0

@@ -5,7 +5,6 @@ api's sweeper)."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ from llmq.dispatcher import kv as kvs
 from llmq.schemas import names
 from tests.e2e.test_batches import batch_file, start_batch, wait_batch
 from tests.e2e.test_jobs import chat, wait_job
-from tests.stack import wait_for
+from tests.stack import unique, wait_for
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -68,8 +67,8 @@ async def stored_keys(api: Any, scope: str) -> list[str]:
 
 
 async def test_a_deleted_tenants_data_does_not_pass_to_the_next_of_its_name(stack) -> None:  # type: ignore[no-untyped-def]
-    model = f"l-{uuid.uuid4().hex[:8]}"
-    name = f"acme-{uuid.uuid4().hex[:6]}"
+    model = unique("l")
+    name = unique("acme")
     api = await stack.api(auth_mode="keys", key_cache_ttl=0, admin_token="admin-secret")
     await stack.worker(model=[model], capacity=4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
@@ -92,8 +91,8 @@ async def test_a_deleted_tenants_data_does_not_pass_to_the_next_of_its_name(stac
 
 
 async def test_a_tenant_deleted_by_the_cli_is_unreachable_then_purged(stack) -> None:  # type: ignore[no-untyped-def]
-    model = f"l-{uuid.uuid4().hex[:8]}"
-    name = f"acme-{uuid.uuid4().hex[:6]}"
+    model = unique("l")
+    name = unique("acme")
     redis = connect(stack.redis_url)
     store = TenantStore(redis)
     api = await stack.api(

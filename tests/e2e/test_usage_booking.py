@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ from llmq.schemas import names
 from llmq.schemas.admission import Reservation
 from llmq.schemas.usage import FinalUsage, usage_encoder
 from tests.spec import assert_valid
-from tests.stack import free_port, wait_for
+from tests.stack import free_port, unique, wait_for
 
 WORDS = 60
 """Echoed at 0.05 s a word: a stream of about 3 s."""
@@ -27,7 +26,7 @@ WORDS = 60
 
 async def _tenant(redis: Redis) -> tuple[str, str]:
     store = TenantStore(redis)
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = unique("t")
     await store.create(Tenant(name=name, max_concurrent=4))
     key, _ = await store.create_key(name)
     return name, key
@@ -52,7 +51,7 @@ def _text(n: int) -> str:
 
 
 async def test_usage_is_booked_once_when_the_api_dies_mid_stream(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    model = f"u-{uuid.uuid4().hex[:8]}"
+    model = unique("u")
     redis = connect(redis_server.url)
     tenant, key = await _tenant(redis)
     survivor = await stack.api(auth_mode="keys", key_cache_ttl=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +9,7 @@ from redis.asyncio import Redis
 
 from llmq.api.tenancy import Quota, TenantStore, UsageReader, connect
 from llmq.embedded import EmbeddedRedis
+from tests.stack import unique
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def tenant_name() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+    return unique("t")
 
 
 @pytest.fixture
