@@ -6,6 +6,9 @@ carry `Nats-Msg-Id` (= job id), so publishing again is safe: the stream keeps on
 whatever number of attempts reached it. So such failures are retried, with a short
 growing pause, until `until` (the job's first-token deadline, or a shorter bound the
 caller sets); only then does the caller see the last error and answer 503.
+
+The worker uses the same retried publish for the final frame of an async or batch job
+(`worker/replies.py`), with `Nats-Msg-Id` = `<job id>:<attempt>:final`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Sending reply frames to the api: numbered, on core NATS, never flushed per frame.
 
+The final frame (`done`/`error`) of an async or batch job (its reply is an outcome subject,
+captured by LLMQ_OUTCOMES) is the one exception: it is the job's result and nobody waits for
+it live, so it goes through JetStream with an ack, retried through leader elections with a
+stable `Nats-Msg-Id` until the job's deadline (core NATS would drop it unseen).
+
 Chunks go out in natural batches: `drive` hands the runner every `Out` the backend can
 produce without waiting (all the lines one read from the upstream brought) and flushes them
 the moment the backend is about to wait, so one frame carries them all and no chunk ever
@@ -9,30 +14,55 @@ waits for another.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
 
+from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
 from llmq.schemas import frames, names
 from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder, join_chunks, joinable
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 FRAME_SHARE = 4
 """A frame of several chunks stays under 1/FRAME_SHARE of the server's max payload."""
 
+FINAL_ACK_TIMEOUT = 2.0
+"""Seconds one JetStream publish of a final frame waits for its ack before it is retried."""
+
+
+OUTCOME_REPLY = names.OUTCOME_PREFIX + "."
+
 
 class FrameSender:
     """The frames of one job attempt, numbered from 0 (`accepted`) so the api sees any gap."""
 
-    __slots__ = ("_nc", "_reply", "_seq", "frames_sent", "last_sent", "worker_id")
+    __slots__ = (
+        "_attempt",
+        "_deadline_ms",
+        "_durable",
+        "_nc",
+        "_reply",
+        "_seq",
+        "frames_sent",
+        "last_sent",
+        "worker_id",
+    )
 
-    def __init__(self, nc: Client, reply: str, worker_id: str) -> None:
+    def __init__(self, nc: Client, reply: str, worker_id: str, deadline_ms: int = 0) -> None:
+        """`deadline_ms` (the job's `Llmq-Deadline`) bounds the retries of a durable final
+        frame; without one they last `DURABLE_RETRY` seconds."""
         self._nc = nc
         self._reply = reply
         self._seq = 0
+        self._durable = reply.startswith(OUTCOME_REPLY)
+        self._deadline_ms = deadline_ms
+        self._attempt = 1
         self.worker_id = worker_id
         self.last_sent = time.monotonic()
         self.frames_sent = 0
@@ -47,6 +77,7 @@ class FrameSender:
         await self._nc.publish(self._reply, data, headers=headers)
 
     async def accepted(self, attempt: int) -> None:
+        self._attempt = attempt
         body = frame_encoder.encode(Accepted(worker=self.worker_id, attempt=attempt))
         await self._send(frames.ACCEPTED, body, {names.H_WORKER: self.worker_id})
 
@@ -84,10 +115,43 @@ class FrameSender:
         await self._send(frames.PING, b"", {names.H_REQUEUED: str(attempt)})
 
     async def done(self, frame: Done) -> None:
-        await self._send(frames.DONE, frame_encoder.encode(frame))
+        if self._durable:
+            await self._send_final(frames.DONE, frame_encoder.encode(frame))
+        else:
+            await self._send(frames.DONE, frame_encoder.encode(frame))
 
     async def failed(self, frame: Failed) -> None:
-        await self._send(frames.ERROR, frame_encoder.encode(frame))
+        if self._durable:
+            await self._send_final(frames.ERROR, frame_encoder.encode(frame))
+        else:
+            await self._send(frames.ERROR, frame_encoder.encode(frame))
+
+    async def _send_final(self, kind: str, data: bytes) -> None:
+        """The result of an async/batch job: acked by LLMQ_OUTCOMES, retried with one
+        `Nats-Msg-Id` per attempt (never stored twice) until the job's deadline. If it
+        still fails the job's result is lost: logged, not raised, so the runner acks the
+        message as usual (past the deadline a redelivery would be dropped unseen, and the
+        api's sweeper ends the job `job_expired`); nothing waits on it live."""
+        job_id = self._reply.rsplit(".", 1)[-1]
+        headers = {
+            names.H_FRAME: kind,
+            names.H_SEQ: str(self._seq),
+            "Nats-Msg-Id": f"{job_id}:{self._attempt}:final",
+        }
+        self._seq += 1
+        self.frames_sent += 1
+        self.last_sent = time.monotonic()
+        until = self._deadline_ms / 1000 if self._deadline_ms else time.time() + DURABLE_RETRY
+        js = self._nc.jetstream()
+        try:
+            await publish_job(js, self._reply, data, headers, FINAL_ACK_TIMEOUT, until=until)
+        except Exception as exc:
+            log.error(
+                "the result of job %s was not stored (%s: %s); it ends at its deadline",
+                job_id,
+                type(exc).__name__,
+                exc,
+            )
 
 
 async def drive(

@@ -173,7 +173,7 @@ class JobRunner:
 
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = msg.metadata.num_delivered if msg.reply else 1
-        sender = FrameSender(self.nc, job.reply, self.worker_id)
+        sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
         outcome = JobOutcome(job, "ok", started=time.monotonic())
         await sender.accepted(attempt)
         keepalive = asyncio.create_task(self._keepalive(sender, ack))

@@ -1,7 +1,8 @@
 """Async jobs (`/v1/jobs`): one request queued on LLMQ_BATCH, its record in LLMQ_ASYNC_JOBS.
 
 Submit publishes the job (reply subject = its outcome subject, deadline = now +
-`job_deadline`) and then creates its record `queued`. The collector marks it `in_progress`
+`job_deadline`) and then creates its record `queued`; both are retried through leader
+elections, and a job that was queued never gets a 503. The collector marks it `in_progress`
 on the worker's `accepted` frame and settles it from the stored result; a sweeper in every
 api replica expires jobs past their deadline and fails jobs whose result was lost
 (`reconcile`). Cancel writes a `job_cancelled` result (first result wins) and tells the
@@ -47,6 +48,10 @@ from llmq.schemas.admission import FAILED, PreparedRequest
 
 log = logging.getLogger(__name__)
 
+RECORD_RETRY = 30.0
+"""Seconds a submit retries the record of a job it queued (a leader election of
+LLMQ_ASYNC_JOBS) before it answers 202 anyway and writes the record in the background."""
+
 
 @dataclass(slots=True)
 class _Open:
@@ -67,6 +72,7 @@ class AsyncJobs:
         *,
         stall: float,
         publish_timeout: float = 2.0,
+        record_retry: float = RECORD_RETRY,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -75,6 +81,8 @@ class AsyncJobs:
         self.reservations = reservations
         self.stall = stall
         self.publish_timeout = publish_timeout
+        self.record_retry = record_retry
+        self._writes: set[asyncio.Task[None]] = set()
         self.webhooks: Webhooks | None = None
         self._open: dict[str, _Open] = {}
         self._follower = kvs.Follower(
@@ -99,7 +107,8 @@ class AsyncJobs:
         webhook_url: str | None = None,
         traceparent: str | None = None,
     ) -> JobRecord:
-        """Queue the job, then record it. Raises DispatchError when it cannot be queued."""
+        """Queue the job, then record it. Raises DispatchError (503) only when it could not
+        be queued; once queued, the record is retried through elections (see `_record`)."""
         now = time.time()
         spec = JobSpec(
             job_id=job_id,
@@ -134,16 +143,42 @@ class AsyncJobs:
             webhook_url=webhook_url or None,
             webhook="pending" if webhook_url else None,
         )
-        key = self.key(tenant, job_id)
-        await retry(
-            lambda: kvs.create_once(self.jobs, key, encoder.encode(record)),
-            f"record job {job_id}",
-            until=lambda: time.time() > now + 10,
-        )
-        # The result may have been stored before the record existed: settle now if so.
-        await self.settle(tenant, job_id)
+        # Queued: from here on no 503 (the job runs whatever this request answers).
+        bound = time.time() + self.record_retry
+        try:
+            return await retry(
+                lambda: self._record(record),
+                f"record job {job_id}",
+                until=lambda: time.time() > bound,
+            )
+        except TimeoutError:
+            log.warning("job %s is queued but its record is not written yet; retrying", job_id)
+            task = asyncio.create_task(self._record_later(record), name=f"record-{job_id}")
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+            return record
+
+    async def _record(self, record: JobRecord) -> JobRecord:
+        """Create the job's record (create-only: a retry is harmless), settle it from a result
+        stored before it existed, and read it back. Each step is idempotent."""
+        key = self.key(record.tenant, record.id)
+        await kvs.create_once(self.jobs, key, encoder.encode(record))
+        await self.settle(record.tenant, record.id)
         found = await kvs.read(self.jobs, key, job_decoder)
         return found[0] if found else record
+
+    async def _record_later(self, record: JobRecord) -> None:
+        """A queued job whose record the request could not wait for: keep writing it until
+        the job's deadline (its result settles it then; GET answers 404 until then)."""
+        try:
+            await retry(
+                lambda: self._record(record),
+                f"record job {record.id}",
+                until=lambda: time.time() > record.expires_at,
+                max_pause=5.0,
+            )
+        except TimeoutError:
+            log.error("job %s ran without a record: the job store was away", record.id)
 
     async def get(self, tenant: str, job_id: str) -> tuple[JobRecord, Result | None] | None:
         found = await kvs.read(self.jobs, self.key(tenant, job_id), job_decoder)
@@ -231,6 +266,8 @@ class AsyncJobs:
 
     async def stop(self) -> None:
         await self._follower.stop()
+        for write in list(self._writes):
+            await stop_task(write)
         if self._task is not None:
             await stop_task(self._task)
 
