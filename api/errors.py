@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -154,4 +155,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(UnicodeDecodeError, on_undecodable)
     app.add_exception_handler(RecursionError, on_undecodable)
+
+    async def on_queue_error(request: Request, exc: Exception) -> Response:
+        # Own handlers for the queue's errors: the catch-all below answers too, but Starlette
+        # re-raises after it, and uvicorn would log a traceback for every 503 of an election.
+        if not transient(exc):
+            log.error("unexpected queue error", exc_info=exc)
+        return await on_unexpected(request, exc)
+
+    app.add_exception_handler(NatsError, on_queue_error)
+    app.add_exception_handler(TimeoutError, on_queue_error)
     app.add_exception_handler(Exception, on_unexpected)
