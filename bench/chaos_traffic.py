@@ -116,7 +116,8 @@ class Traffic:
     async def _job_lane(self) -> None:
         running: set[asyncio.Task[None]] = set()
         n = 0
-        async with httpx.AsyncClient(timeout=10) as http:
+        # POST /v1/jobs retries its record through an election for up to 30 s: wait that long
+        async with httpx.AsyncClient(timeout=35) as http:
             while self._going:
                 n += 1
                 task = asyncio.create_task(
