@@ -126,12 +126,18 @@ async def main() -> None:
         "--profile", type=int, metavar="N", default=0,
         help="run the api and the worker under cProfile and print their top N functions",
     )  # fmt: skip
+    parser.add_argument(
+        "--gc-watch", action="store_true",
+        help="print the api's and the worker's garbage-collector pauses of 50 ms or more",
+    )  # fmt: skip
     args = parser.parse_args()
     profiles = Path(tempfile.mkdtemp(prefix="open-streams-prof-")) if args.profile else None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.streams + 1000)), hard))
     env = {"LLMQ_ECHO_DELAY": "1"}
     wrap = _profiled(profiles) if profiles else None
+    if args.gc_watch:
+        wrap = _gc_watched
     async with llmq_stack(capacity=args.streams + 100, env=env, wrap=wrap) as stack:
         roots = stack.roots()
         warm, warm_tasks = await _open(stack.api_port, 200, 3, 200)
@@ -157,6 +163,8 @@ async def main() -> None:
         problems = _check(streams, args.tokens)
         if problems:
             _keep_logs(stack.tmp)
+        if args.gc_watch:
+            _print_gc_pauses(stack.tmp)
         if profiles:
             await _written(profiles, len(profiled))
     print(
@@ -198,6 +206,18 @@ async def _written(folder: Path, count: int) -> None:
             await asyncio.sleep(0.5)  # let the last write finish
             return
         await asyncio.sleep(0.1)
+
+
+def _gc_watched(part: str) -> list[str]:
+    return [sys.executable, str(ROOT / "bench" / "gc_watched.py")]
+
+
+def _print_gc_pauses(tmp: Path) -> None:
+    for part in ("api", "worker"):
+        lines = (tmp / f"{part}.log").read_text(errors="replace").splitlines()
+        pauses = [line for line in lines if line.startswith("gc-pause")]
+        longest = sorted(pauses, key=lambda line: -int(line.split("ms=")[1].split()[0]))
+        print(f"{part}: {len(pauses)} gc pauses >= 50 ms; longest: {longest[:5]}")
 
 
 def _count(folder: Path) -> int:

@@ -55,7 +55,20 @@ class DispatchError(Exception):
 
 
 class JobRun:
-    """One submitted job, from the api's side."""
+    """One submitted job, from the api's side (slots: one is held per open stream)."""
+
+    __slots__ = (
+        "_dispatcher",
+        "_mailbox",
+        "accepted_at",
+        "finished",
+        "first_chunk_at",
+        "on_taken",
+        "seq",
+        "spec",
+        "taken",
+        "worker",
+    )
 
     def __init__(
         self,
