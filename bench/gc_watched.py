@@ -1,11 +1,14 @@
 """Run `python -m MODULE ARGS...` and print every garbage-collector pause of 50 ms or more
 to stderr (`gc-pause gen=G ms=M objects=N`): `gc_watched.py -m llmq.cli api ...`.
 `bench/open_streams.py --gc-watch` uses it to see whether a full collection over many open
-streams stops a process long enough for the api's silence bound (3 ping intervals)."""
+streams stops a process long enough for the api's silence bound (3 ping intervals).
+`GC_THRESHOLD=a,b,c` in the environment sets the collector's thresholds first (an
+experiment: with a large third one, full collections all but stop)."""
 
 from __future__ import annotations
 
 import gc
+import os
 import runpy
 import sys
 import time
@@ -19,6 +22,9 @@ def main() -> None:
     assert flag == "-m", "usage: gc_watched.py -m MODULE [ARGS...]"
     sys.argv = [module, *rest]
     started = [0.0]
+    threshold = os.environ.get("GC_THRESHOLD")
+    if threshold:
+        gc.set_threshold(*(int(part) for part in threshold.split(",")))
 
     def watch(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

@@ -130,11 +130,17 @@ async def main() -> None:
         "--gc-watch", action="store_true",
         help="print the api's and the worker's garbage-collector pauses of 50 ms or more",
     )  # fmt: skip
+    parser.add_argument(
+        "--gc-threshold", metavar="A,B,C",
+        help="with --gc-watch: the api's and the worker's collector thresholds (an experiment)",
+    )  # fmt: skip
     args = parser.parse_args()
     profiles = Path(tempfile.mkdtemp(prefix="open-streams-prof-")) if args.profile else None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.streams + 1000)), hard))
     env = {"LLMQ_ECHO_DELAY": "1"}
+    if args.gc_threshold:
+        env["GC_THRESHOLD"] = args.gc_threshold
     wrap = _profiled(profiles) if profiles else None
     if args.gc_watch:
         wrap = _gc_watched
