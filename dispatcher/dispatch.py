@@ -27,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from llmq.dispatcher.inbox import Item, ReplyInbox, Signal
+from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
 from llmq.dispatcher.publish import publish_job
 from llmq.schemas import frames, names
@@ -55,17 +55,30 @@ class DispatchError(Exception):
 
 
 class JobRun:
-    """One submitted job, from the api's side."""
+    """One submitted job, from the api's side (slots: one is held per open stream)."""
+
+    __slots__ = (
+        "_dispatcher",
+        "_mailbox",
+        "accepted_at",
+        "finished",
+        "first_chunk_at",
+        "on_taken",
+        "seq",
+        "spec",
+        "taken",
+        "worker",
+    )
 
     def __init__(
         self,
         dispatcher: Dispatcher,
         spec: JobSpec,
-        queue: asyncio.Queue[Item],
+        mailbox: Mailbox,
     ) -> None:
         self._dispatcher = dispatcher
         self.spec = spec
-        self._queue = queue
+        self._mailbox = mailbox
         self.seq = 0
         """The job's sequence in its stream, as the publish ack gave it."""
         self.finished = False
@@ -105,10 +118,8 @@ class JobRun:
                     missing_left = max(0.0, missing_until - time.time())
                     if missing_left < wait:
                         wait, why = missing_left, "missing"
-                try:
-                    async with asyncio.timeout(wait):
-                        msg = await self._queue.get()
-                except TimeoutError:
+                msg = await self._mailbox.get(wait)
+                if msg is None:  # the wait's bound passed: `why` says which one
                     if why == "bound":
                         yield _past(under_way and end > deadline)
                         return
@@ -224,7 +235,7 @@ class Dispatcher:
             advisory = _advisory_decoder.decode(msg.data)
             run = self._by_seq.get(advisory.stream_seq)
             if run is not None:
-                run._queue.put_nowait(Signal.EXHAUSTED)
+                run._mailbox.put_nowait(Signal.EXHAUSTED)
 
     def forget(self, run: JobRun) -> None:
         # A restarted stream counts from 1 again: the seq may be a newer job's by now.
@@ -241,7 +252,7 @@ class Dispatcher:
             found = await asyncio.gather(*(self._in_stream(seq, run) for seq, run in chunk))
             for (_, run), present in zip(chunk, found, strict=True):
                 if not present:
-                    run._queue.put_nowait(Signal.MISSING)
+                    run._mailbox.put_nowait(Signal.MISSING)
 
     async def _in_stream(self, seq: int, run: JobRun) -> bool:
         try:
@@ -261,7 +272,7 @@ class Dispatcher:
         if len(spec.body) > self.max_body():
             raise DispatchError(413, "request too large for the job queue", "request_too_large")
         reply = self.inbox.subject(spec.job_id)
-        queue = self.inbox.open(spec.job_id)
+        mailbox = self.inbox.open(spec.job_id)
         try:
             ack = await publish_job(
                 self.js,
@@ -284,7 +295,7 @@ class Dispatcher:
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
             ) from exc
-        run = JobRun(self, spec, queue)
+        run = JobRun(self, spec, mailbox)
         run.seq = ack.seq
         self._by_seq[ack.seq] = run
         return run

@@ -3,6 +3,11 @@
 One wildcard subscription per process instead of one per request keeps the hot path free of
 SUB/UNSUB round trips. Frames for a job nobody waits for any more (the client left, the api
 restarted) make us publish that job's cancel, so the worker stops.
+
+Each open job gets a `Mailbox`, not an `asyncio.Queue` and an `asyncio.timeout` per frame:
+a list, one future while the job's reader waits, and one timer that is re-armed only when
+it fires early (the job heard from meanwhile), so a steady stream costs no timer work per
+frame and about a tenth of a queue's memory.
 """
 
 from __future__ import annotations
@@ -32,11 +37,72 @@ class Signal(enum.Enum):
 Item = Msg | Signal
 
 
+class Mailbox:
+    """One job's frames and signals in arrival order, read by one waiter with a bound.
+
+    The bound is one `loop.call_at` timer per job, re-armed lazily: a later wait only moves
+    `_wake`, and the timer, when it fires before `_wake`, sets itself again for `_wake`. A
+    wait that ends earlier than the armed timer (rare: the dispatcher's bounds only shrink
+    when a job is found missing) re-arms at once."""
+
+    __slots__ = ("_armed", "_items", "_timer", "_waiter", "_wake")
+
+    def __init__(self) -> None:
+        self._items: list[Item] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = 0.0
+        """Loop time the timer is set for."""
+        self._wake = 0.0
+        """Loop time the current wait ends."""
+
+    def put_nowait(self, item: Item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, timeout: float) -> Item | None:
+        """The next item, or None when `timeout` seconds pass without one."""
+        if self._items:
+            return self._items.pop(0)
+        loop = asyncio.get_running_loop()
+        self._wake = wake = loop.time() + timeout
+        timer = self._timer
+        if timer is None or self._armed > wake:
+            if timer is not None:
+                timer.cancel()
+            self._armed = wake
+            self._timer = loop.call_at(wake, self._fire)
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        return self._items.pop(0) if self._items else None
+
+    def _fire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next `get` arms a timer again
+        if self._wake > self._armed:  # the wait moved on since the timer was set
+            self._armed = self._wake
+            self._timer = asyncio.get_running_loop().call_at(self._wake, self._fire)
+            return
+        waiter.set_result(None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class ReplyInbox:
     def __init__(self, nc: Client, instance_id: str) -> None:
         self._nc = nc
         self._prefix = names.inbox_prefix(instance_id) + "."
-        self._queues: dict[str, asyncio.Queue[Item]] = {}
+        self._queues: dict[str, Mailbox] = {}
         self._sub: Subscription | None = None
         self._orphans_cancelled: set[str] = set()
 
@@ -53,14 +119,15 @@ class ReplyInbox:
     def subject(self, job_id: str) -> str:
         return self._prefix + job_id
 
-    def open(self, job_id: str) -> asyncio.Queue[Item]:
+    def open(self, job_id: str) -> Mailbox:
         """Frames of the job, and the dispatcher's signals about it."""
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        self._queues[job_id] = queue
-        return queue
+        mailbox = self._queues[job_id] = Mailbox()
+        return mailbox
 
     def close(self, job_id: str) -> None:
-        self._queues.pop(job_id, None)
+        mailbox = self._queues.pop(job_id, None)
+        if mailbox is not None:
+            mailbox.close()
 
     @property
     def open_count(self) -> int:

@@ -25,6 +25,7 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
+from llmq.worker.keepalive import KeepAlive
 from llmq.worker.replies import FrameSender, drive
 from llmq.worker.responses import Fold, embedding_list
 from llmq.worker.responses_api.adapter import run_response
@@ -95,6 +96,11 @@ class _Ack:
             with contextlib.suppress(Exception):
                 await self.msg.term()
 
+    async def in_progress(self) -> None:
+        """Keep the unacked job ours (the keep-alive loop calls it; JetStream's ack wait)."""
+        with contextlib.suppress(Exception):
+            await self.msg.in_progress()
+
     async def nak(self, delay: float) -> None:
         if not self.done:
             self.done = True
@@ -119,6 +125,8 @@ class JobRunner:
         self.worker_id = worker_id
         self.upstream_names = upstream_names
         self.ping_interval = ping_interval
+        self.keepalive = KeepAlive(ping_interval)
+        """Pings every running job that has been silent for a ping interval (one loop)."""
         self.max_deliver = max_deliver
         self.on_outcome = on_outcome
         self.track = track
@@ -176,7 +184,7 @@ class JobRunner:
         sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
         outcome = JobOutcome(job, "ok", started=time.monotonic())
         await sender.accepted(attempt)
-        keepalive = asyncio.create_task(self._keepalive(sender, ack))
+        self.keepalive.add(sender, ack)
         try:
             # The deadline is for starting (checked in `run`); once started, the backend's own
             # timeouts and the api's cancel bound the job.
@@ -212,7 +220,7 @@ class JobRunner:
             outcome.outcome = "error"
             await sender.failed(failure(500, "the worker failed", "server_error", "worker_error"))
         finally:
-            keepalive.cancel()
+            self.keepalive.remove(sender)
             await ack.ack()
             outcome.ended = time.monotonic()
             # durable booking when the api is gone (issue 12 finding 13, usage_report.py)
@@ -233,17 +241,6 @@ class JobRunner:
         outcome.outcome = "error"
         message = "the worker shut down mid-stream"
         await sender.failed(failure(503, message, "service_unavailable", "worker_shutdown"))
-
-    async def _keepalive(self, sender: FrameSender, ack: _Ack) -> None:
-        """Pings the api while it would otherwise hear nothing; keeps the unacked job ours."""
-        interval = self.ping_interval
-        while True:
-            await asyncio.sleep(interval / 2)
-            if time.monotonic() - sender.last_sent >= interval * 0.9:
-                await sender.ping()
-            if not ack.done:
-                with contextlib.suppress(Exception):
-                    await ack.msg.in_progress()
 
     async def _execute(
         self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome

@@ -1,0 +1,61 @@
+"""A job's mailbox: items in order, a bounded wait that ends with None and never early for
+a steady stream, and one timer per job that is not re-armed for every frame."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmq.dispatcher.inbox import Mailbox, Signal
+
+
+async def test_items_come_in_order_and_a_waiting_reader_is_woken() -> None:
+    box = Mailbox()
+    box.put_nowait(Signal.MISSING)
+    box.put_nowait(Signal.EXHAUSTED)
+    assert await box.get(1.0) is Signal.MISSING
+    assert await box.get(1.0) is Signal.EXHAUSTED
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, box.put_nowait, Signal.MISSING)
+    started = loop.time()
+    assert await box.get(10.0) is Signal.MISSING
+    assert loop.time() - started < 5.0
+    box.close()
+
+
+async def test_a_silent_wait_ends_with_none_after_its_bound() -> None:
+    box = Mailbox()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await box.get(0.2) is None
+    assert loop.time() - started >= 0.2 - 0.01  # the loop's clock resolution at most
+    box.close()
+
+
+async def test_a_steady_stream_keeps_one_timer_and_the_bound_moves_with_it() -> None:
+    box = Mailbox()
+    loop = asyncio.get_running_loop()
+    timers: set[int] = set()
+    for _ in range(8):  # an item every 0.1 s, each wait bounded at 0.3 s: never times out
+        loop.call_later(0.1, box.put_nowait, Signal.MISSING)
+        assert await box.get(0.3) is Signal.MISSING
+        assert box._timer is not None
+        timers.add(id(box._timer))
+    # the first timer fired early twice at most (0.3 s into 0.8 s) and re-armed itself;
+    # not one timer per item
+    assert len(timers) <= 4
+    started = loop.time()
+    assert await box.get(0.3) is None  # silence after the stream: the bound still holds
+    assert loop.time() - started >= 0.3 - 0.01
+    box.close()
+    assert box._timer is None
+
+
+async def test_a_shorter_wait_than_the_armed_timer_re_arms_at_once() -> None:
+    box = Mailbox()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, box.put_nowait, Signal.MISSING)
+    assert await box.get(30.0) is Signal.MISSING  # a timer for 30 s stays armed
+    started = loop.time()
+    assert await box.get(0.1) is None
+    assert loop.time() - started < 5.0
+    box.close()
