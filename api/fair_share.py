@@ -16,7 +16,8 @@ as a job that waited in the queue).
 The counts live in Redis (`api/fair_ledger.py`), shared by every replica: two apis give a
 tenant the same share one would. Only the first waiting request of each (model, tenant,
 class) line looks at them — at once when a place frees on this replica, else every `POLL`
-seconds. docs/routing.md explains it.
+seconds; the others of the line sleep until they are first (no wake-up per change or poll,
+so n requests opening at once cost n wake-ups, not n²). docs/routing.md explains it.
 
 **Fast path: an uncongested model makes no Redis call.** The share and the classes only
 order requests when a model's queue is busy. So when the model has room now — no request of
@@ -212,11 +213,16 @@ class FairShare:
         end = loop.time() + max(0.0, timeout)
         try:
             while True:
+                if waiters[0] is not me:  # not first in line: sleep until it is (no polling)
+                    left = end - loop.time()
+                    if left <= 0:
+                        return None
+                    await asyncio.wait((me,), timeout=left)
+                    continue
                 changed = self._changed.setdefault(model, asyncio.Event())
-                if waiters[0] is me:
-                    ticket = await self._take(line, end - loop.time(), len(waiters) > 1)
-                    if ticket is not None:
-                        return ticket
+                ticket = await self._take(line, end - loop.time(), len(waiters) > 1)
+                if ticket is not None:
+                    return ticket
                 left = end - loop.time()
                 if left <= 0:
                     return None
@@ -225,6 +231,8 @@ class FairShare:
                         await changed.wait()
         finally:
             waiters.remove(me)
+            if waiters and not waiters[0].done():
+                waiters[0].set_result(None)  # the next of the line is first now
             if self._waiting[model] <= 1:
                 del self._waiting[model]
             else:
