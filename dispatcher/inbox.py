@@ -37,6 +37,13 @@ class Signal(enum.Enum):
 Item = Msg | Signal
 
 
+STALL = 0.25
+"""Seconds a bound's timer may fire late before the api takes it for its own stall, not the
+job's silence."""
+MAX_GRACE = 2.0
+"""At most this many seconds of grace after such a stall, once per wait."""
+
+
 class Mailbox:
     """One job's frames and signals in arrival order, read by one waiter with a bound.
 
@@ -45,7 +52,7 @@ class Mailbox:
     wait that ends earlier than the armed timer (rare: the dispatcher's bounds only shrink
     when a job is found missing) re-arms at once."""
 
-    __slots__ = ("_armed", "_items", "_timer", "_waiter", "_wake")
+    __slots__ = ("_armed", "_graced", "_items", "_timer", "_waiter", "_wake")
 
     def __init__(self) -> None:
         self._items: list[Item] = []
@@ -55,6 +62,8 @@ class Mailbox:
         """Loop time the timer is set for."""
         self._wake = 0.0
         """Loop time the current wait ends."""
+        self._graced = False
+        """The current wait was extended once because the loop itself stood still."""
 
     def put_nowait(self, item: Item) -> None:
         self._items.append(item)
@@ -68,6 +77,7 @@ class Mailbox:
             return self._items.pop(0)
         loop = asyncio.get_running_loop()
         self._wake = wake = loop.time() + timeout
+        self._graced = False
         timer = self._timer
         if timer is None or self._armed > wake:
             if timer is not None:
@@ -86,9 +96,18 @@ class Mailbox:
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # nobody waits: the next `get` arms a timer again
+        loop = asyncio.get_running_loop()
         if self._wake > self._armed:  # the wait moved on since the timer was set
             self._armed = self._wake
-            self._timer = asyncio.get_running_loop().call_at(self._wake, self._fire)
+            self._timer = loop.call_at(self._wake, self._fire)
+            return
+        late = loop.time() - self._armed
+        if late > STALL and not self._graced:
+            # The process stood still (a full garbage collection, a starved CPU): frames that
+            # came meanwhile wait unread in the socket, behind this timer. Read them first.
+            self._graced = True
+            self._armed = loop.time() + min(late, MAX_GRACE)
+            self._timer = loop.call_at(self._armed, self._fire)
             return
         waiter.set_result(None)
 

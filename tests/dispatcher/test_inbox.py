@@ -59,3 +59,33 @@ async def test_a_shorter_wait_than_the_armed_timer_re_arms_at_once() -> None:
     assert await box.get(0.1) is None
     assert loop.time() - started < 5.0
     box.close()
+
+
+async def test_a_stall_of_the_loop_is_not_taken_for_the_jobs_silence() -> None:
+    """The process stands still (a full garbage collection) past the bound while a frame
+    arrives; the frame is read a few loop turns after the timer fired late. The wait gets
+    it, instead of ending as if the worker had gone silent."""
+    import time
+
+    box = Mailbox()
+    loop = asyncio.get_running_loop()
+
+    def stall_then_deliver() -> None:
+        time.sleep(0.6)  # the loop stands still past the 0.3 s bound
+        # the frame reaches the mailbox some turns later (nats-py's reader task, its parser,
+        # the subscription's task: each a turn of the loop)
+        later(4)
+
+    def later(turns: int) -> None:
+        if turns:
+            loop.call_soon(later, turns - 1)
+        else:
+            box.put_nowait(Signal.MISSING)
+
+    loop.call_later(0.05, stall_then_deliver)
+    assert await box.get(0.3) is Signal.MISSING
+    # a second, real silence still ends the wait
+    started = loop.time()
+    assert await box.get(0.2) is None
+    assert loop.time() - started < 5.0
+    box.close()
