@@ -71,7 +71,7 @@ class ResponseRun(_Job):
                 log.warning("could not store response %s: %s", self.record.job_id, exc)
         return body
 
-    async def finish(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
+    async def answer(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
         """The whole (not streamed) response, from the job's end (`outcome`)."""
         if isinstance(ev, Failed):
             self.settle(ev.status, code=ev.error.code)

@@ -18,6 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmq.api.attempt import answer_or_move_on
 from llmq.api.batch_wing import BatchWing
 from llmq.api.conversations_serving import ConversationsServing
 from llmq.api.errors import ApiError, public_failure
@@ -27,7 +28,7 @@ from llmq.api.response_finisher import ResponseFinisher
 from llmq.api.response_items import as_items, for_model
 from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
-from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT, failure_cause
+from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT
 from llmq.api.serving import _NOT_UNDER_WAY, RequestRecord, Serving, _failed_response
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
@@ -268,23 +269,7 @@ class ResponsesServing:
             "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
             **reservation.headers,
         }  # fmt: skip
-        if ask.req.stream:
-            started = await serving._watched(job, model, job.first(), more)
-            if isinstance(started, Failed):
-                return started.error.code, started
-            first, events = started
-            if isinstance(first, Failed) and more and failure_cause(first) is not None:
-                await events.aclose()
-                job.settle(first.status, code=first.error.code, observe=False)
-                return failure_cause(first), first
-            record.model = model
-            return await job.stream(first, events, headers)
-        outcome = await serving._watched(job, model, job.outcome(), more)
-        if isinstance(outcome, Failed) and more and failure_cause(outcome) is not None:
-            job.settle(outcome.status, code=outcome.error.code, observe=False)
-            return failure_cause(outcome), outcome
-        record.model = model
-        return await job.finish(outcome, headers)
+        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""

@@ -7,17 +7,16 @@ events into a JSON response or an SSE stream.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmq.api.attempt import answer_or_move_on
 from llmq.api.auth import Authenticator
 from llmq.api.errors import ApiError, api_error, error_bytes, error_response, public_failure
 from llmq.api.fair_share import FairShare, Ticket
@@ -28,9 +27,7 @@ from llmq.api.reservations import Reservations, end_user
 from llmq.api.routing import (
     MODEL_HEADER,
     QUEUE_WAIT,
-    UNSERVED_CHECK,
     Router,
-    failure_cause,
     for_model,
 )  # fmt: skip
 from llmq.api.runtime import Runtime
@@ -40,7 +37,7 @@ from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.schemas.admission import FAILED, AnyRequest, JobUsage, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
-from llmq.schemas.frames import CHUNK_SEPARATOR, Done, Failed, failure
+from llmq.schemas.frames import CHUNK_SEPARATOR, Done, Failed
 from llmq.schemas.usage import cache_counts
 
 log = logging.getLogger(__name__)
@@ -212,51 +209,7 @@ class Serving:
         mark(record.trace, "published", run)
         job = _Job(self, run, reservation, record, prepared.prompt_estimate, ticket)
         headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
-        if prepared.stream:
-            started = await self._watched(job, model, job.first(), more)
-            if isinstance(started, Failed):
-                return started.error.code, started
-            first, events = started
-            if isinstance(first, Failed) and more and failure_cause(first) is not None:
-                await events.aclose()
-                job.settle(first.status, code=first.error.code, observe=False)
-                return failure_cause(first), first
-            record.model = model
-            return await job.stream(first, events, headers)
-        outcome = await self._watched(job, model, job.outcome(), more)
-        if isinstance(outcome, Failed) and more and failure_cause(outcome) is not None:
-            job.settle(outcome.status, code=outcome.error.code, observe=False)
-            return failure_cause(outcome), outcome
-        record.model = model
-        return job.respond(outcome, headers)
-
-    async def _watched(self, job: _Job, model: str, step: Awaitable[T], more: bool) -> T | Failed:
-        """`step`, unless the job waits in the queue of a model that no live worker takes
-        jobs of any more (circuit opened, workers gone) and a fallback is left: then the job
-        is cancelled and the cause returned as a failure, to move on."""
-        if not more:  # nothing to watch for: no task of its own
-            return await step
-        task = asyncio.ensure_future(step)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=UNSERVED_CHECK)
-                if done:
-                    return task.result()
-                run = job.run
-                if run.taken or run.first_chunk_at is not None:
-                    continue
-                if self.rt.registry.workers_for(model):
-                    continue
-                cause = self.router.unavailable_cause(model)
-                job.settle(503, code=cause, observe=False)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return failure(503, f"no live worker takes model `{model}`",
-                               "service_unavailable", cause)  # fmt: skip
-        finally:
-            if not task.done():
-                task.cancel()
+        return await answer_or_move_on(self, job, model, prepared.stream, more, headers)
 
     def _observe(self, record: RequestRecord) -> None:
         record.latency = time.monotonic() - record.started
@@ -339,6 +292,10 @@ class _Job:
             raise ApiError(502, "the job ended without a result", "empty_response")
         self.settle(200, ev)
         return Response(bytes(ev.body), media_type="application/json", headers=headers)
+
+    async def answer(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
+        """The non-streamed response (the Responses API stores it first)."""
+        return self.respond(ev, headers)
 
     async def first(self) -> tuple[Event, AsyncGenerator[Event, None]]:
         """A stream's first event (a chunk, or how it ended before one) and the rest."""
