@@ -34,6 +34,13 @@ class FrameTap:
         if (msg.headers or {}).get(names.H_FRAME) == frames.CHUNK:
             self.chunk_frames.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(msg)
 
+    def chunks_seen(self) -> int:
+        return sum(
+            int((m.headers or {}).get(names.H_CHUNKS, "1"))
+            for sent in self.chunk_frames.values()
+            for m in sent
+        )
+
     def only_job(self) -> list[Msg]:
         [frames_of_job] = self.chunk_frames.values()
         return frames_of_job
@@ -96,6 +103,8 @@ async def test_twenty_chunks_in_one_write_travel_in_few_frames_and_arrive_apart(
     assert chunks[19].choices == [] and chunks[19].usage is not None
     assert chunks[19].usage.completion_tokens == 17
 
+    # the tap has its own connection: on a loaded machine its copies may come a moment later
+    await wait_for(lambda: tap.chunks_seen() >= 20, timeout=10)
     sent = tap.only_job()
     per_frame = [int((m.headers or {}).get(names.H_CHUNKS, "1")) for m in sent]
     assert sum(per_frame) == 20  # every chunk, none lost or doubled
@@ -123,6 +132,7 @@ async def test_no_chunk_waits_for_the_next(
                 break
     await stream.close()
     assert got == ["", "Hel", "lo"]
+    await wait_for(lambda: tap.chunks_seen() >= 3, timeout=10)
     # Sent 1 s apart (so even a loaded machine reads each on its own): the role chunk rides
     # with "Hel" (it is held until the first token), "lo" goes alone.
     assert [int((m.headers or {}).get(names.H_CHUNKS, "1")) for m in tap.only_job()] == [2, 1]
