@@ -196,9 +196,12 @@ def run_dev(
         else:
             print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)
             stop, code = True, 1
+        watched = {"api": children[0], "worker": children[1], "nats-server": nats.proc,
+                   "redis": redis.proc}  # fmt: skip
         while not stop:
-            if any(child.poll() is not None for child in children):
-                print("llmq dev: a child process exited; stopping", file=sys.stderr, flush=True)
+            gone = [name for name, proc in watched.items() if proc.poll() is not None]
+            if gone:  # nothing works without any one of them: say which, and stop them all
+                print(f"llmq dev: {', '.join(gone)} exited; stopping", file=sys.stderr, flush=True)
                 code = 1
                 break
             time.sleep(0.2)

@@ -66,6 +66,54 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _pids_of(needle: str) -> list[int]:
+    """Processes whose command line contains `needle` (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if needle in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_llmq_dev_stops_everything_when_its_nats_server_dies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port, nats_port, redis_port = free_port(), free_port(), free_port()
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port),
+             "--nats-port", str(nats_port), "--redis-port", str(redis_port),
+             "--data-dir", str(tmp_path / "data")],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "llmq is running" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        (nats_pid,) = [p for p in _pids_of(f"-p {nats_port} ") if p != proc.pid]
+        os.kill(nats_pid, signal.SIGKILL)
+        assert proc.wait(30) == 1
+        assert "nats-server exited; stopping" in log.read_text()
+        time.sleep(0.3)
+        assert not _listening(port) and not _listening(redis_port)
+        try:
+            os.killpg(proc.pid, 0)
+            leftover = True
+        except ProcessLookupError:
+            leftover = False
+        assert not leftover, "a child of llmq dev is still running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_llmq_dev_refuses_a_taken_server_port() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
