@@ -11,6 +11,7 @@ its record here says `queued` until a read finds its result (`response_records`)
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,7 +22,7 @@ from starlette.responses import Response
 from llmq.api.attempt import answer_or_move_on
 from llmq.api.batch_wing import BatchWing
 from llmq.api.conversations_serving import ConversationsServing
-from llmq.api.errors import ApiError, public_failure
+from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, not_found
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.response_finisher import ResponseFinisher
@@ -29,7 +30,7 @@ from llmq.api.response_items import as_items, for_model
 from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
 from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT
-from llmq.api.serving import _NOT_UNDER_WAY, RequestRecord, Serving, _failed_response
+from llmq.api.serving import _NOT_UNDER_WAY, Attempted, RequestRecord, Serving
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
@@ -41,7 +42,6 @@ from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal
-from llmq.schemas.frames import Failed
 from llmq.schemas.responses import (
     CONVERSATION_PREFIX,
     RESPONSE_PREFIX,
@@ -127,28 +127,11 @@ class ResponsesServing:
             return await self._background(request, record, ask)
         record.stream = req.stream
         ask.rank = await serving.auth.rank(request)
-        chain = serving.router.chain(model)
-        last: Refusal | Failed | None = None
-        """What the client hears if no model of the chain serves it."""
-        for index, name in enumerate(chain):
-            more = index + 1 < len(chain)
-            if index:
-                record.job_id = time_hex()
-            outcome = await self._attempt(request, record, ask, name, more)
-            if isinstance(outcome, Response):
-                return outcome
-            cause, failed = outcome
-            if failed is not None:
-                last = failed
-            if cause is not None and more:
-                record.fallbacks.append((name, chain[index + 1], cause))
-        if isinstance(last, Failed):
-            record.status, record.error_code = last.status, last.error.code
-            serving._observe(record)
-            headers = {"x-request-id": RESPONSE_PREFIX + record.job_id}
-            return _failed_response(public_failure(last, record.job_id), headers)
-        raise last or Refusal(503, f"no live worker serves model `{model}`", "no_worker",
-                              param="model")  # fmt: skip
+
+        def attempt(name: str, more: bool) -> Awaitable[Attempted]:
+            return self._attempt(request, record, ask, name, more)
+
+        return await serving.through_chain(record, model, attempt, time_hex, RESPONSE_PREFIX)
 
     async def _background(self, request: Request, record: RequestRecord, ask: _Ask) -> Response:
         """Queued on the durable queue for later, on the requested model (no fallbacks)."""
@@ -201,7 +184,7 @@ class ResponsesServing:
 
     async def _attempt(
         self, request: Request, record: RequestRecord, ask: _Ask, model: str, more: bool
-    ) -> Response | tuple[str | None, Refusal | Failed | None]:
+    ) -> Attempted:
         """Try one model of the chain (as `Serving._attempt` does for chat): its response,
         or why to move on (a fallback cause, None for a fallback this request cannot use)
         and the failure the client would see."""

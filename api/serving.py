@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
 
 Event = bytes | Done | Failed
+Attempted = Response | tuple[str | None, Refusal | Failed | None]
+"""One model's attempt: the response, or (the fallback cause, the failure) to move on."""
 T = TypeVar("T")
 _NOT_UNDER_WAY = "the job's deadline passed before it was under way"
 
@@ -105,16 +107,31 @@ class Serving:
         requested = self.preparer.models.resolve(req.model)
         record.model = requested
         submitted = time.time()
+
+        def attempt(model: str, more: bool) -> Awaitable[Attempted]:
+            return self._attempt(request, kind, record, req, body, model, more, submitted, wait)
+
+        return await self.through_chain(record, requested, attempt, new_job_id)
+
+    async def through_chain(
+        self,
+        record: RequestRecord,
+        requested: str,
+        attempt: Callable[[str, bool], Awaitable[Attempted]],
+        new_id: Callable[[], str],
+        id_prefix: str = "",
+    ) -> Response:
+        """`attempt(model, more)` on each model of `requested`'s fallback chain in turn (a
+        new job id for each after the first) until one answers; then the last failure, in
+        OpenAI's shape, or why no model could take the request. Chat and Responses."""
         chain = self.router.chain(requested)
         last: Refusal | Failed | None = None
         """What the client hears if no model of the chain serves it."""
         for index, model in enumerate(chain):
             more = index + 1 < len(chain)
             if index:
-                record.job_id = new_job_id()
-            outcome = await self._attempt(
-                request, kind, record, req, body, model, more, submitted, wait
-            )
+                record.job_id = new_id()
+            outcome = await attempt(model, more)
             if isinstance(outcome, Response):
                 return outcome
             cause, failure = outcome
@@ -125,7 +142,7 @@ class Serving:
         if isinstance(last, Failed):
             record.status, record.error_code = last.status, last.error.code
             self._observe(record)
-            headers = {"x-request-id": record.job_id}
+            headers = {"x-request-id": id_prefix + record.job_id}
             return _failed_response(public_failure(last, record.job_id), headers)
         if last is None:  # every fallback was unusable for this request
             last = Refusal(503, f"no live worker serves model `{requested}`", "no_worker",
@@ -143,7 +160,7 @@ class Serving:
         more: bool,
         submitted: float,
         wait: float,
-    ) -> Response | tuple[str | None, Refusal | Failed | None]:
+    ) -> Attempted:
         """Try one model of the chain: its response, or why to move on (a fallback cause,
         None for a fallback this request cannot use) and the failure the client would see."""
         fallback = model != record.model
