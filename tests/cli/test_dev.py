@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import openai
 
@@ -23,7 +24,9 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int, int, int]:
+    """`llmq dev` on free ports in its own session, once it says it is running: the
+    process, its log and the api, nats-server and Redis ports."""
     port, nats_port, redis_port = free_port(), free_port(), free_port()
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
@@ -39,6 +42,24 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, log, port, nats_port, redis_port
+
+
+def _none_left(proc: subprocess.Popen[bytes]) -> bool:
+    """No process of `llmq dev`'s session is left."""
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc, log, port, nats_port, redis_port = _start_dev(tmp_path)
+    try:
         text = log.read_text()
         assert f"http://127.0.0.1:{port}/v1" in text
         assert "curl" in text and "from openai import OpenAI" in text
@@ -55,12 +76,7 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
         time.sleep(0.3)
         assert not _listening(port)
         assert not any(_listening(p) for p in servers)
-        try:
-            os.killpg(proc.pid, 0)
-            leftover = True
-        except ProcessLookupError:
-            leftover = False
-        assert not leftover, "a child of llmq dev is still running"
+        assert _none_left(proc), "a child of llmq dev is still running"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -82,33 +98,15 @@ def _pids_of(needle: str) -> list[int]:
 
 
 def test_llmq_dev_stops_everything_when_its_nats_server_dies(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    port, nats_port, redis_port = free_port(), free_port(), free_port()
-    log = tmp_path / "dev.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port),
-             "--nats-port", str(nats_port), "--redis-port", str(redis_port),
-             "--data-dir", str(tmp_path / "data")],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    proc, log, port, nats_port, redis_port = _start_dev(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while "llmq is running" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         (nats_pid,) = [p for p in _pids_of(f"-p {nats_port} ") if p != proc.pid]
         os.kill(nats_pid, signal.SIGKILL)
         assert proc.wait(30) == 1
         assert "nats-server exited; stopping" in log.read_text()
         time.sleep(0.3)
         assert not _listening(port) and not _listening(redis_port)
-        try:
-            os.killpg(proc.pid, 0)
-            leftover = True
-        except ProcessLookupError:
-            leftover = False
-        assert not leftover, "a child of llmq dev is still running"
+        assert _none_left(proc), "a child of llmq dev is still running"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
