@@ -67,11 +67,11 @@ class RawClient:
         return status
 
 
-async def measure(
-    url: str, concurrency: int, total: int, warmup: int = 200, key: str = ""
-) -> dict[str, float]:
-    parsed = urlsplit(url)
-    client = RawClient(parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path, key)
+async def closed_loop(
+    client: RawClient, concurrency: int, total: int, warmup: int
+) -> tuple[list[float], float]:
+    """Latencies of `total` requests over `concurrency` kept-alive connections, each sending
+    its next request when the last one ended (after `warmup` calls), and the seconds taken."""
     conns = [await client.connect() for _ in range(concurrency)]
     for _ in range(warmup // concurrency + 1):
         await asyncio.gather(*[client.call(r, w) for r, w in conns])
@@ -93,6 +93,15 @@ async def measure(
     elapsed = time.perf_counter() - start
     for _, writer in conns:
         writer.close()
+    return latencies, elapsed
+
+
+async def measure(
+    url: str, concurrency: int, total: int, warmup: int = 200, key: str = ""
+) -> dict[str, float]:
+    parsed = urlsplit(url)
+    client = RawClient(parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path, key)
+    latencies, elapsed = await closed_loop(client, concurrency, total, warmup)
     latencies.sort()
     return {
         "p50_ms": statistics.median(latencies) * 1000,

@@ -13,19 +13,17 @@ a shared machine falls on all of them alike.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import RawClient  # noqa: E402
+from bench.overhead import RawClient, closed_loop  # noqa: E402
 from bench.processes import llmq_stack  # noqa: E402
 from llmq import event_loop  # noqa: E402
 
@@ -54,28 +52,7 @@ class BodyClient(RawClient):
 
 async def measure(client: BodyClient, concurrency: int, total: int) -> tuple[list[float], float]:
     """Latencies of `total` requests at `concurrency`, and the seconds they took."""
-    conns = [await client.connect() for _ in range(concurrency)]
-    for _ in range(50 // concurrency + 1):
-        await asyncio.gather(*[client.call(r, w) for r, w in conns])
-    latencies: list[float] = []
-    remaining = total
-
-    async def loop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            status = await client.call(reader, writer)
-            latencies.append(time.perf_counter() - t0)
-            if status != 200:
-                raise RuntimeError(f"status {status}")
-
-    start = time.perf_counter()
-    await asyncio.gather(*[loop(r, w) for r, w in conns])
-    elapsed = time.perf_counter() - start
-    for _, writer in conns:
-        writer.close()
-    return latencies, elapsed
+    return await closed_loop(client, concurrency, total, warmup=50)
 
 
 def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
