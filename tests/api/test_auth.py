@@ -13,7 +13,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from llmq.api.tenancy import Tenant, TenantStore, connect
+from llmq.api.tenancy import Tenant, TenantStore
 from llmq.api.tenancy.store import hash_key
 from llmq.schemas import names
 from tests.spec import assert_valid
@@ -22,13 +22,6 @@ from tests.stack import unique, wait_for
 
 def _chat(model: str, text: str = "hi") -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": text}]}
-
-
-@pytest.fixture
-async def redis(redis_server):  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url, timeout=5.0)
-    yield client
-    await client.aclose()
 
 
 async def _tenant(redis: Redis, **fields: object) -> tuple[str, str]:

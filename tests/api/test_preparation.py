@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from llmq.api.tenancy import Quota, Tenant, TenantStore, connect
+from llmq.api.tenancy import Quota, Tenant, TenantStore
 from llmq.schemas import names
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for
@@ -45,13 +44,6 @@ async def new_tenant(redis: Any, **limits: Any) -> tuple[str, str]:
     await store.create(Tenant(name=name, **limits))
     key, _ = await store.create_key(name)
     return name, key
-
-
-@pytest.fixture
-async def redis(redis_server: Any) -> AsyncIterator[Any]:
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def _chat(model: str, **extra: object) -> dict[str, object]:

@@ -98,26 +98,6 @@ async def redis(redis_cluster: list[EmbeddedRedis]) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-def tenant_name() -> str:
-    return unique("t")
-
-
-@pytest.fixture
-def store(redis: Redis) -> TenantStore:
-    return TenantStore(redis)
-
-
-@pytest.fixture
-def quota(redis: Redis) -> Quota:
-    return Quota(redis)
-
-
-@pytest.fixture
-def usage(redis: Redis) -> UsageReader:
-    return UsageReader(redis)
-
-
 def test_a_tenants_keys_share_one_slot() -> None:
     tenant = "acme.eu@x-1"
     keys = [

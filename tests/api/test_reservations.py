@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from llmq.api.reservations import Reservations
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.api.tenancy.quota import RENEW_BATCH
 from llmq.dispatcher.batch.ports import reservation_of
-from llmq.embedded import EmbeddedRedis, free_port
+from llmq.embedded import free_port
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
 from tests.stack import unique
-
-
-@pytest.fixture
-async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url, timeout=10.0)
-    yield client
-    await client.aclose()
 
 
 async def _tenant(redis: Redis, **limits: object) -> str:

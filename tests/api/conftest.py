@@ -1,4 +1,5 @@
-"""A Redis client on the session's Valkey, and a fresh tenant name per test."""
+"""For the api's tests: a Redis client on the session's Valkey (a test module may override
+`redis`, as the Cluster tests do), the tenancy objects on it, a fresh tenant name per test."""
 
 from __future__ import annotations
 
