@@ -2,7 +2,8 @@
 against another, alternating in rounds on one server, back to back.
 
 A tenant with every limit set, a price, and an API key with every limit of its own plus an
-end user (the scripts' longest path, as `bench/quota.py --key`). `--concurrency` clients
+end user (the scripts' longest path, as `bench/quota.py --key`; `--plain-key`: a key
+without limits of its own, as `bench/compare.py` makes it). `--concurrency` clients
 each reserve, then release, in a loop, through `Quota` on one client. Per version and
 round: the server's CPU per reserve+release (/proc), and from `INFO commandstats` the
 server time of the script calls (`evalsha` µs per call, reserve and release split by
@@ -60,8 +61,9 @@ def _quota(redis: Redis, texts: dict[str, str] | None) -> Quota:
     return quota
 
 
-async def _setup(redis: Redis) -> str:
-    """The bench tenant, its price and a key with every limit; returns the key's id."""
+async def _setup(redis: Redis, key_limits: bool = True) -> str:
+    """The bench tenant, its price and a key with every limit (`key_limits`, else none, as
+    `bench/compare.py` makes it); returns the key's id."""
     store = TenantStore(redis)
     await store.create(
         Tenant(
@@ -70,13 +72,11 @@ async def _setup(redis: Redis) -> str:
         )
     )  # fmt: skip
     await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
-    _, key = await store.create_key(
-        "bench",
-        settings=KeySettings(
-            models=["bench-model"], rpm=BIG, tpm=BIG, max_concurrent=10**6,
-            daily_tokens=BIG, monthly_tokens=BIG, spend_budget_usd=1e9,
-        ),
+    settings = KeySettings(
+        models=["bench-model"], rpm=BIG, tpm=BIG, max_concurrent=10**6,
+        daily_tokens=BIG, monthly_tokens=BIG, spend_budget_usd=1e9,
     )  # fmt: skip
+    _, key = await store.create_key("bench", settings=settings if key_limits else None)
     return key.id
 
 
@@ -158,7 +158,7 @@ async def _split_round(
 
 async def run(server: EmbeddedRedis, opts: argparse.Namespace) -> None:
     redis = connect(server.url, max_connections=200)
-    key_id = await _setup(redis)
+    key_id = await _setup(redis, not opts.plain_key)
     ways = {f"before ({opts.before})": _quota(redis, _scripts_at(opts.before))}
     ways["after (working tree)"] = _quota(redis, None)
     for name, quota in ways.items():  # warm: scripts loaded, connections open
@@ -180,7 +180,9 @@ async def run(server: EmbeddedRedis, opts: argparse.Namespace) -> None:
     await redis.aclose()
     print(
         f"{n} reserve+release per round, {opts.rounds} rounds alternating, concurrency "
-        f"{opts.concurrency}, tenant + key with every limit, price, end user; load {load_average()}"
+        f"{opts.concurrency}, tenant with every limit + key "
+        f"{'without limits' if opts.plain_key else 'with every limit'}, price, end user; "
+        f"load {load_average()}"
     )
     print("| scripts | Valkey CPU µs per reserve+release | evalsha µs per reserve | "
           "evalsha µs per release | commands per reserve | commands per release |")  # fmt: skip
@@ -206,6 +208,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--before", default="main", help="git revision of the old scripts")
+    parser.add_argument(
+        "--plain-key", action="store_true", help="a key without limits (as bench/compare.py)"
+    )
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp))

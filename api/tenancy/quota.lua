@@ -240,7 +240,7 @@ for i, s in ipairs(scopes) do
   if i == 2 then pre = 'k' end
   local n = #rec
   rec[n + 1], rec[n + 2] = pre .. 'rate', s.rate
-  rec[n + 3], rec[n + 4] = pre .. 'tokT', g17(tok_t)
+  rec[n + 3], rec[n + 4] = pre .. 'tokT', tok_t == 0 and '0' or g17(tok_t)
   rec[n + 5], rec[n + 6] = pre .. 'day', s.day
   rec[n + 7], rec[n + 8] = pre .. 'month', s.month
   rec[n + 9], rec[n + 10] = pre .. 'in', s.inflight
