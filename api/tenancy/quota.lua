@@ -36,7 +36,7 @@ local function scope(rpm, tpm, conc, daily, monthly, spend, inflight, rate, day,
   local s = {rpm = tonumber(rpm) or 0, tpm = tonumber(tpm) or 0, conc = tonumber(conc) or 0,
     daily = tonumber(daily) or 0, monthly = tonumber(monthly) or 0,
     spend = tonumber(spend) or 0, inflight = inflight, rate = rate, day = day, month = month,
-    tag = tag, tat_req = now, tat_tok = now}
+    tag = tag, tat_req = now, tat_tok = now, new_req = now, new_tok = now}
   if s.rpm > 0 or s.tpm > 0 then  -- without a rate limit the arrival times are not used
     local r = redis.call('HMGET', rate, 'req', 'tok')
     s.tat_req = math.max(tonumber(r[1]) or now, now)
@@ -95,15 +95,24 @@ local function allows(models_json)
 end
 if not allows(t[2]) then return refuse('model_not_allowed', '', 0) end
 
+-- A key record (msgspec's encoding of `ApiKey`, fields in their declared order) with this
+-- in it has no expiry, models or limits of its own: no need to decode it. Outside a JSON
+-- string only (a quote inside one is escaped), so only the record's own fields can match.
+local PLAIN_KEY = '"expires_at":0.0,"models":[],"rpm":0,"tpm":0,"max_concurrent":0,"daily_tokens":0,"monthly_tokens":0,"spend_budget_usd":0.0,'
 if key_id ~= '' then
   local raw = redis.call('HGET', KEYS[8], key_id)
   if not raw then return refuse('invalid_api_key', '', 0) end  -- revoked since it was cached
-  local k = cjson.decode(raw)
-  local expires = tonumber(k['expires_at']) or 0
-  if expires > 0 and now >= expires * 1000 then return refuse('invalid_api_key', '', 0) end
-  if not allows(k['models']) then return refuse('model_not_allowed', 'key', 0) end
-  scopes[2] = scope(k['rpm'], k['tpm'], k['max_concurrent'], k['daily_tokens'],
-    k['monthly_tokens'], k['spend_budget_usd'], KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
+  if string.find(raw, PLAIN_KEY, 1, true) then
+    -- No expiry, models or limits of its own: what decoding the record would say.
+    scopes[2] = scope(0, 0, 0, 0, 0, 0, KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
+  else
+    local k = cjson.decode(raw)
+    local expires = tonumber(k['expires_at']) or 0
+    if expires > 0 and now >= expires * 1000 then return refuse('invalid_api_key', '', 0) end
+    if not allows(k['models']) then return refuse('model_not_allowed', 'key', 0) end
+    scopes[2] = scope(k['rpm'], k['tpm'], k['max_concurrent'], k['daily_tokens'],
+      k['monthly_tokens'], k['spend_budget_usd'], KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
+  end
 end
 
 -- Reap slots whose lease ran out: a crashed api can never hold one forever. A scope with a
@@ -204,6 +213,15 @@ local rec = {'model', model, 'need', need, 'in_price', in_s, 'out_price', g17(ou
 -- setting the same expiry again is harmless).
 local day_expiry = tonumber(ARGV[8]) + 86400000
 local month_expiry = tonumber(ARGV[9]) + 86400000
+-- Where a scope's reservation is held, for the release: five fields of the record.
+local function held_in(s, tok_t, rate, tokT, day, month, inflight)
+  local n = #rec
+  rec[n + 1], rec[n + 2] = rate, s.rate
+  rec[n + 3], rec[n + 4] = tokT, tok_t == 0 and '0' or g17(tok_t)
+  rec[n + 5], rec[n + 6] = day, s.day
+  rec[n + 7], rec[n + 8] = month, s.month
+  rec[n + 9], rec[n + 10] = inflight, s.inflight
+end
 for i, s in ipairs(scopes) do
   local tat = now
   local tok_t = 0
@@ -235,15 +253,12 @@ for i, s in ipairs(scopes) do
   if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
     redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
   end
-  -- field names: tenant scope unprefixed, key scope with 'k' (krate, ktokT, kday, kmonth, kin)
-  local pre = ''
-  if i == 2 then pre = 'k' end
-  local n = #rec
-  rec[n + 1], rec[n + 2] = pre .. 'rate', s.rate
-  rec[n + 3], rec[n + 4] = pre .. 'tokT', tok_t == 0 and '0' or g17(tok_t)
-  rec[n + 5], rec[n + 6] = pre .. 'day', s.day
-  rec[n + 7], rec[n + 8] = pre .. 'month', s.month
-  rec[n + 9], rec[n + 10] = pre .. 'in', s.inflight
+  -- field names: tenant scope unprefixed, key scope with 'k'
+  if i == 1 then
+    held_in(s, tok_t, 'rate', 'tokT', 'day', 'month', 'in')
+  else
+    held_in(s, tok_t, 'krate', 'ktokT', 'kday', 'kmonth', 'kin')
+  end
 end
 
 redis.call('HSET', KEYS[7], unpack(rec))
