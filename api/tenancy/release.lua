@@ -47,40 +47,36 @@ local dcost = cost - tonumber(r[4])
 -- Reconcile only counters that still exist: an expired one has nothing left to correct
 -- (and an increment would make it again, without an expiry).
 -- A rate is a GCRA arrival time: delta tokens move it by delta * (ms per token).
--- One EXISTS over every counter to correct (they almost always all exist); only when one
--- is missing, one EXISTS each to tell which.
-local fix = {}  -- four entries per correction: command, key, field, amount
+-- One EXISTS over a scope's counters (they almost always all exist); one each only when
+-- one of them is missing.
 local function reconcile(rate, tok_t, day, month)
-  if not day then return end
-  local n = #fix
-  if delta ~= 0 then
-    local per = tonumber(tok_t) or 0
-    if per > 0 then
-      fix[n + 1], fix[n + 2], fix[n + 3] = 'HINCRBYFLOAT', rate, 'tok'
-      fix[n + 4] = string.format('%.17g', delta * per)
-      n = n + 4
-    end
-    fix[n + 1], fix[n + 2], fix[n + 3], fix[n + 4] = 'HINCRBY', day, 'tok', delta
-    fix[n + 5], fix[n + 6], fix[n + 7], fix[n + 8] = 'HINCRBY', month, 'tok', delta
-    n = n + 8
+  if not day or (delta == 0 and dcost == 0) then return end
+  local per = tonumber(tok_t) or 0
+  local all
+  if delta == 0 then
+    all = redis.call('EXISTS', month) == 1
+  elseif per > 0 then
+    all = redis.call('EXISTS', rate, day, month) == 3
+  else
+    all = redis.call('EXISTS', day, month) == 2
   end
-  if dcost ~= 0 then
-    fix[n + 1], fix[n + 2], fix[n + 3] = 'HINCRBYFLOAT', month, 'usd'
-    fix[n + 4] = string.format('%.17g', dcost)
+  if delta ~= 0 then
+    if per > 0 and (all or redis.call('EXISTS', rate) == 1) then
+      redis.call('HINCRBYFLOAT', rate, 'tok', string.format('%.17g', delta * per))
+    end
+    if all or redis.call('EXISTS', day) == 1 then
+      redis.call('HINCRBY', day, 'tok', delta)
+    end
+    if all or redis.call('EXISTS', month) == 1 then
+      redis.call('HINCRBY', month, 'tok', delta)
+    end
+  end
+  if dcost ~= 0 and (all or redis.call('EXISTS', month) == 1) then
+    redis.call('HINCRBYFLOAT', month, 'usd', string.format('%.17g', dcost))
   end
 end
 reconcile(r[5], r[6], r[7], r[8])
 reconcile(r[9], r[10], r[11], r[12])
-if #fix > 0 then
-  local keys = {}
-  for i = 2, #fix, 4 do keys[#keys + 1] = fix[i] end
-  local all = redis.call('EXISTS', unpack(keys)) == #keys
-  for i = 1, #fix, 4 do
-    if all or redis.call('EXISTS', fix[i + 1]) == 1 then
-      redis.call(fix[i], fix[i + 1], fix[i + 2], fix[i + 3])
-    end
-  end
-end
 
 local usd = string.format('%.17g', cost)
 local failed = ARGV[4] == '1'
