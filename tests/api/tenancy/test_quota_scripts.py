@@ -5,12 +5,16 @@ and a stale slot is reaped when a scope's count reaches its limit."""
 
 from __future__ import annotations
 
+import re
 import time
+from importlib import resources
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from llmq.api.tenancy import KeySettings, Price, Quota, Tenant, TenantStore
+from llmq.api.tenancy.models import ApiKey
 from llmq.api.tenancy.periods import periods
 from llmq.schemas import names
 
@@ -188,6 +192,30 @@ async def test_retried_reserve_of_a_job_whose_lease_ran_out(
     assert again.reservation.lease_until == pytest.approx(NOW + 5)
     late = await quota.reserve(tenant_name, "m", 1, 1, "job", now=NOW + 6)
     assert late.duplicate and late.reservation and late.reservation.lease_until == 0
+
+
+def test_a_key_skips_decoding_only_without_expiry_models_or_limits() -> None:
+    """`quota.lua` reads a key record containing `PLAIN_KEY` as one without expiry, models
+    or limits, without decoding it: any setting the script reads must break that match (a
+    new limit field must be added to the script, and to this list)."""
+    script = resources.files("llmq.api.tenancy").joinpath("quota.lua").read_text()
+    found = re.search(r"^local PLAIN_KEY = '(.*)'$", script, re.MULTILINE)
+    assert found
+    plain = found.group(1)
+
+    def record(**settings: object) -> str:
+        key = ApiKey(id="key_1", tenant="t", prefix="sk-llmq-ab", sha256="0" * 64, **settings)  # type: ignore[arg-type]
+        return msgspec.json.encode(key).decode()
+
+    assert plain in record()
+    assert plain in record(label='"expires_at":1.0,', owner="x", priority="high")
+    # Inside a JSON string every quote is escaped: a label cannot fake the match.
+    assert plain not in record(rpm=5, label=plain, owner=plain)
+    unread = {"label", "owner", "priority"}  # settings the script does not read
+    changed = {"expires_at": 1.0, "models": ["m"], "spend_budget_usd": 0.5}
+    for field in set(KeySettings.__struct_fields__) - unread:
+        value = changed.get(field, 1)
+        assert plain not in record(**{field: value}), field
 
 
 def _ms(seconds: float) -> int:
