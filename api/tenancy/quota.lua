@@ -36,10 +36,12 @@ local function scope(rpm, tpm, conc, daily, monthly, spend, inflight, rate, day,
   local s = {rpm = tonumber(rpm) or 0, tpm = tonumber(tpm) or 0, conc = tonumber(conc) or 0,
     daily = tonumber(daily) or 0, monthly = tonumber(monthly) or 0,
     spend = tonumber(spend) or 0, inflight = inflight, rate = rate, day = day, month = month,
-    tag = tag}
-  local r = redis.call('HMGET', rate, 'req', 'tok')
-  s.tat_req = math.max(tonumber(r[1]) or now, now)
-  s.tat_tok = math.max(tonumber(r[2]) or now, now)
+    tag = tag, tat_req = now, tat_tok = now, new_req = now, new_tok = now}
+  if s.rpm > 0 or s.tpm > 0 then  -- without a rate limit the arrival times are not used
+    local r = redis.call('HMGET', rate, 'req', 'tok')
+    s.tat_req = math.max(tonumber(r[1]) or now, now)
+    s.tat_tok = math.max(tonumber(r[2]) or now, now)
+  end
   return s
 end
 
@@ -93,20 +95,34 @@ local function allows(models_json)
 end
 if not allows(t[2]) then return refuse('model_not_allowed', '', 0) end
 
+-- A key record (msgspec's encoding of `ApiKey`, fields in their declared order) with this
+-- in it has no expiry, models or limits of its own: no need to decode it. Outside a JSON
+-- string only (a quote inside one is escaped), so only the record's own fields can match.
+local PLAIN_KEY = '"expires_at":0.0,"models":[],"rpm":0,"tpm":0,"max_concurrent":0,"daily_tokens":0,"monthly_tokens":0,"spend_budget_usd":0.0,'
 if key_id ~= '' then
   local raw = redis.call('HGET', KEYS[8], key_id)
   if not raw then return refuse('invalid_api_key', '', 0) end  -- revoked since it was cached
-  local k = cjson.decode(raw)
-  local expires = tonumber(k['expires_at']) or 0
-  if expires > 0 and now >= expires * 1000 then return refuse('invalid_api_key', '', 0) end
-  if not allows(k['models']) then return refuse('model_not_allowed', 'key', 0) end
-  scopes[2] = scope(k['rpm'], k['tpm'], k['max_concurrent'], k['daily_tokens'],
-    k['monthly_tokens'], k['spend_budget_usd'], KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
+  if string.find(raw, PLAIN_KEY, 1, true) then
+    -- No expiry, models or limits of its own: what decoding the record would say.
+    scopes[2] = scope(0, 0, 0, 0, 0, 0, KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
+  else
+    local k = cjson.decode(raw)
+    local expires = tonumber(k['expires_at']) or 0
+    if expires > 0 and now >= expires * 1000 then return refuse('invalid_api_key', '', 0) end
+    if not allows(k['models']) then return refuse('model_not_allowed', 'key', 0) end
+    scopes[2] = scope(k['rpm'], k['tpm'], k['max_concurrent'], k['daily_tokens'],
+      k['monthly_tokens'], k['spend_budget_usd'], KEYS[9], KEYS[10], KEYS[11], KEYS[12], 'key_')
+  end
 end
 
--- Reap slots whose lease ran out: a crashed api can never hold one forever.
+-- Reap slots whose lease ran out: a crashed api can never hold one forever. A scope with a
+-- concurrency limit reaps when its count reaches the limit (below it, a stale slot changes
+-- no answer: see the check below), so a request usually does not.
+local function reap(s)
+  return redis.call('ZREMRANGEBYSCORE', s.inflight, '-inf', now)
+end
 for _, s in ipairs(scopes) do
-  redis.call('ZREMRANGEBYSCORE', s.inflight, '-inf', now)
+  if s.conc <= 0 then reap(s) end
 end
 
 local job = ARGV[4]
@@ -114,6 +130,7 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
   -- The same job reserved before (a retried call): answer yes, count nothing again.
   local r = redis.call('HMGET', KEYS[7], 'need', 'cost')
   local lease_until = tonumber(redis.call('ZSCORE', KEYS[3], job)) or 0
+  if lease_until <= now then lease_until = 0 end  -- ran out: a reap would have removed it
   return answer(1, 'ok', '', 0, tonumber(r[1]) or 0, r[2] or '0', lease_until, 1, false)
 end
 
@@ -133,16 +150,20 @@ local cost = (prompt * in_price + tonumber(ARGV[3]) * out_price) / 1e6
 
 -- Budgets first: when one is spent, retrying within the minute will not help.
 for _, s in ipairs(scopes) do
-  s.d_tok = tonumber(redis.call('HGET', s.day, 'tok')) or 0
-  local m = redis.call('HMGET', s.month, 'tok', 'usd')
-  if s.daily > 0 and s.d_tok + need > s.daily then
-    return refuse('insufficient_quota', s.tag .. 'daily_tokens', tonumber(ARGV[8]) - now)
+  if s.daily > 0 then
+    local d = tonumber(redis.call('HGET', s.day, 'tok')) or 0
+    if d + need > s.daily then
+      return refuse('insufficient_quota', s.tag .. 'daily_tokens', tonumber(ARGV[8]) - now)
+    end
   end
-  if s.monthly > 0 and (tonumber(m[1]) or 0) + need > s.monthly then
-    return refuse('insufficient_quota', s.tag .. 'monthly_tokens', tonumber(ARGV[9]) - now)
-  end
-  if s.spend > 0 and (tonumber(m[2]) or 0) + cost > s.spend then
-    return refuse('insufficient_quota', s.tag .. 'spend_budget_usd', tonumber(ARGV[9]) - now)
+  if s.monthly > 0 or s.spend > 0 then
+    local m = redis.call('HMGET', s.month, 'tok', 'usd')
+    if s.monthly > 0 and (tonumber(m[1]) or 0) + need > s.monthly then
+      return refuse('insufficient_quota', s.tag .. 'monthly_tokens', tonumber(ARGV[9]) - now)
+    end
+    if s.spend > 0 and (tonumber(m[2]) or 0) + cost > s.spend then
+      return refuse('insufficient_quota', s.tag .. 'spend_budget_usd', tonumber(ARGV[9]) - now)
+    end
   end
 end
 
@@ -164,53 +185,80 @@ for _, s in ipairs(scopes) do
   end
 end
 for _, s in ipairs(scopes) do
-  if s.conc > 0 and redis.call('ZCARD', s.inflight) >= s.conc then
-    return refuse('rate_limit_exceeded', s.tag .. 'max_concurrent', 1000)
+  if s.conc > 0 then
+    -- Every live slot is in the count, and maybe stale ones: below the limit it is below
+    -- with or without them; at it, reap them and count what is left.
+    local held = redis.call('ZCARD', s.inflight)
+    if held >= s.conc then held = held - reap(s) end
+    if held >= s.conc then
+      return refuse('rate_limit_exceeded', s.tag .. 'max_concurrent', 1000)
+    end
   end
 end
 
 -- Everything passed: count the request and hold its tokens, spend and slot in each scope.
-local usd = string.format('%.17g', cost)
+local function g17(x) return string.format('%.17g', x) end
+local usd = g17(cost)
 local lease_until = now + tonumber(ARGV[6])
-local rec = {'model', model, 'need', need, 'in_price', string.format('%.17g', in_price),
-  'out_price', string.format('%.17g', out_price), 'cin_price', string.format('%.17g', cin_price),
-  'cw_price', string.format('%.17g', cw_price), 'cost', usd, 'at', now, 'key', key_id,
+local in_s = g17(in_price)
+local cin_s, cw_s = in_s, in_s  -- the usual case: no price of their own, the input price
+if cin_price ~= in_price then cin_s = g17(cin_price) end
+if cw_price ~= in_price then cw_s = g17(cw_price) end
+local rec = {'model', model, 'need', need, 'in_price', in_s, 'out_price', g17(out_price),
+  'cin_price', cin_s, 'cw_price', cw_s, 'cost', usd, 'at', now, 'key', key_id,
   'user', ARGV[11]}
+-- A day or month hash gets its expiry in the call that creates it, not on every request
+-- (its day's or month's end is in its name: the expiry never changes). Its 'tok' is
+-- always there, so a count of exactly `need` after this one says it is new (or was at 0:
+-- setting the same expiry again is harmless).
+local day_expiry = tonumber(ARGV[8]) + 86400000
+local month_expiry = tonumber(ARGV[9]) + 86400000
+-- Where a scope's reservation is held, for the release: five fields of the record.
+local function held_in(s, tok_t, rate, tokT, day, month, inflight)
+  local n = #rec
+  rec[n + 1], rec[n + 2] = rate, s.rate
+  rec[n + 3], rec[n + 4] = tokT, tok_t == 0 and '0' or g17(tok_t)
+  rec[n + 5], rec[n + 6] = day, s.day
+  rec[n + 7], rec[n + 8] = month, s.month
+  rec[n + 9], rec[n + 10] = inflight, s.inflight
+end
 for i, s in ipairs(scopes) do
   local tat = now
-  if s.rpm > 0 then
-    redis.call('HSET', s.rate, 'req', string.format('%.17g', s.new_req))
-    tat = math.max(tat, s.new_req)
-  end
   local tok_t = 0
-  if s.tpm > 0 then
+  if s.rpm > 0 and s.tpm > 0 then
     tok_t = MINUTE / s.tpm
-    redis.call('HSET', s.rate, 'tok', string.format('%.17g', s.new_tok))
+    redis.call('HSET', s.rate, 'req', g17(s.new_req), 'tok', g17(s.new_tok))
+    tat = math.max(tat, s.new_req, s.new_tok)
+  elseif s.rpm > 0 then
+    redis.call('HSET', s.rate, 'req', g17(s.new_req))
+    tat = math.max(tat, s.new_req)
+  elseif s.tpm > 0 then
+    tok_t = MINUTE / s.tpm
+    redis.call('HSET', s.rate, 'tok', g17(s.new_tok))
     tat = math.max(tat, s.new_tok)
   end
   if tat > now then
     -- Past its tat a bucket is full: the hash may go, plus a minute for late reconciling.
     redis.call('PEXPIREAT', s.rate, math.ceil(math.max(tat, s.tat_req, s.tat_tok)) + MINUTE)
   end
-  redis.call('HINCRBY', s.day, 'tok', need)
-  redis.call('PEXPIREAT', s.day, tonumber(ARGV[8]) + 86400000)
-  redis.call('HINCRBY', s.month, 'tok', need)
+  if redis.call('HINCRBY', s.day, 'tok', need) == need then
+    redis.call('PEXPIREAT', s.day, day_expiry)
+  end
+  local month_new = redis.call('HINCRBY', s.month, 'tok', need) == need
   if cost > 0 then
     redis.call('HINCRBYFLOAT', s.month, 'usd', usd)
   end
-  redis.call('PEXPIREAT', s.month, tonumber(ARGV[9]) + 86400000)
+  if month_new then redis.call('PEXPIREAT', s.month, month_expiry) end
   redis.call('ZADD', s.inflight, lease_until, job)
   if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
     redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
   end
-  local pre = ''
-  if i == 2 then pre = 'k' end
-  for _, f in ipairs({'rate', s.rate, 'tokT', string.format('%.17g', tok_t), 'day', s.day,
-      'month', s.month, 'in', s.inflight}) do
-    rec[#rec + 1] = f
+  -- field names: tenant scope unprefixed, key scope with 'k'
+  if i == 1 then
+    held_in(s, tok_t, 'rate', 'tokT', 'day', 'month', 'in')
+  else
+    held_in(s, tok_t, 'krate', 'ktokT', 'kday', 'kmonth', 'kin')
   end
-  -- field names: tenant scope unprefixed, key scope with 'k' (krate, ktokT, kday, kmonth, kin)
-  for j = #rec - 9, #rec, 2 do rec[j] = pre .. rec[j] end
 end
 
 redis.call('HSET', KEYS[7], unpack(rec))

@@ -44,22 +44,34 @@ local cost = ((prompt - cached - written) * in_price + cached * cin_price + writ
 local delta = prompt + completion - need
 local dcost = cost - tonumber(r[4])
 
--- Reconcile only counters that still exist: an expired one has nothing left to correct.
+-- Reconcile only counters that still exist: an expired one has nothing left to correct
+-- (and an increment would make it again, without an expiry).
 -- A rate is a GCRA arrival time: delta tokens move it by delta * (ms per token).
+-- One EXISTS over a scope's counters (they almost always all exist); one each only when
+-- one of them is missing.
 local function reconcile(rate, tok_t, day, month)
-  if not day then return end
+  if not day or (delta == 0 and dcost == 0) then return end
+  local per = tonumber(tok_t) or 0
+  local all
+  if delta == 0 then
+    all = redis.call('EXISTS', month) == 1
+  elseif per > 0 then
+    all = redis.call('EXISTS', rate, day, month) == 3
+  else
+    all = redis.call('EXISTS', day, month) == 2
+  end
   if delta ~= 0 then
-    local per = tonumber(tok_t) or 0
-    if per > 0 and redis.call('EXISTS', rate) == 1 then
+    if per > 0 and (all or redis.call('EXISTS', rate) == 1) then
       redis.call('HINCRBYFLOAT', rate, 'tok', string.format('%.17g', delta * per))
     end
-    for _, k in ipairs({day, month}) do
-      if redis.call('EXISTS', k) == 1 then
-        redis.call('HINCRBY', k, 'tok', delta)
-      end
+    if all or redis.call('EXISTS', day) == 1 then
+      redis.call('HINCRBY', day, 'tok', delta)
+    end
+    if all or redis.call('EXISTS', month) == 1 then
+      redis.call('HINCRBY', month, 'tok', delta)
     end
   end
-  if dcost ~= 0 and redis.call('EXISTS', month) == 1 then
+  if dcost ~= 0 and (all or redis.call('EXISTS', month) == 1) then
     redis.call('HINCRBYFLOAT', month, 'usd', string.format('%.17g', dcost))
   end
 end
@@ -67,9 +79,14 @@ reconcile(r[5], r[6], r[7], r[8])
 reconcile(r[9], r[10], r[11], r[12])
 
 local usd = string.format('%.17g', cost)
-local function book(hash, who)
-  redis.call('HINCRBY', hash, 'req:' .. who, 1)
-  if ARGV[4] == '1' then
+local failed = ARGV[4] == '1'
+local expires = tonumber(ARGV[6])
+-- `req` is the count of `who`'s requests after this one (HINCRBY 'req:' .. who, done by
+-- the caller). A usage hash gets its expiry in the call that creates it: that call is
+-- the first one to book anything in it, so its `req:` field is new too (req == 1). A
+-- field seen before means the hash existed before, with its expiry set when it was made.
+local function book(hash, who, req)
+  if failed then
     redis.call('HINCRBY', hash, 'fail:' .. who, 1)
   end
   redis.call('HINCRBY', hash, 'in:' .. who, prompt)
@@ -80,14 +97,16 @@ local function book(hash, who)
   if cost > 0 then
     redis.call('HINCRBYFLOAT', hash, 'usd:' .. who, usd)
   end
-  redis.call('PEXPIREAT', hash, tonumber(ARGV[6]))
+  if req == 1 then
+    redis.call('PEXPIREAT', hash, expires)
+  end
 end
 
 local model = ARGV[9]
-book(KEYS[3], model)
+book(KEYS[3], model, redis.call('HINCRBY', KEYS[3], 'req:' .. model, 1))
 local key_id = r[16] or ''
 if key_id ~= '' then
-  book(KEYS[6], key_id)
+  book(KEYS[6], key_id, redis.call('HINCRBY', KEYS[6], 'req:' .. key_id, 1))
   redis.call('HSET', KEYS[8], key_id, ARGV[5])
 end
 local user = r[17] or ''
@@ -95,13 +114,15 @@ if user ~= '' then
   -- Bounded cardinality: past the cap, new end users of the day share one row (the ledger,
   -- capped by length, still names them).
   local row = user
-  if redis.call('HEXISTS', KEYS[7], 'req:' .. user) == 0 then
-    if redis.call('HINCRBY', KEYS[7], '#users', 1) > tonumber(ARGV[12]) then
-      redis.call('HINCRBY', KEYS[7], '#users', -1)
-      row = '(other)'
-    end
+  local req = redis.call('HINCRBY', KEYS[7], 'req:' .. user, 1)
+  if req == 1 and redis.call('HINCRBY', KEYS[7], '#users', 1) > tonumber(ARGV[12]) then
+    -- A new user past the cap: take the row back, book under '(other)'.
+    redis.call('HINCRBY', KEYS[7], '#users', -1)
+    redis.call('HDEL', KEYS[7], 'req:' .. user)
+    row = '(other)'
+    req = redis.call('HINCRBY', KEYS[7], 'req:(other)', 1)
   end
-  book(KEYS[7], row)
+  book(KEYS[7], row, req)
 end
 
 local status = 'ok'

@@ -47,6 +47,10 @@ from tests.api.tenancy.test_quota import (
     test_tpm_reconciled_with_actual_usage,
     test_unlimited_and_headers,
 )
+from tests.api.tenancy.test_quota_scripts import (
+    test_counters_get_their_expiry_in_the_call_that_makes_them,
+    test_reconcile_skips_a_counter_that_expired,
+)
 from tests.api.tenancy.test_store import (
     test_key_create_resolve_revoke,
     test_prices,
@@ -63,6 +67,7 @@ from tests.stack import unique, wait_for
 __all__ = [  # the shared flows, collected here a second time against the cluster
     "test_another_replica_takes_over_and_never_revives_a_release",
     "test_concurrency_slots",
+    "test_counters_get_their_expiry_in_the_call_that_makes_them",
     "test_daily_budget_never_exceeded_under_concurrency",
     "test_duplicate_reserve_counts_once",
     "test_extend_lease",
@@ -72,6 +77,7 @@ __all__ = [  # the shared flows, collected here a second time against the cluste
     "test_ledger",
     "test_monthly_and_spend_budgets",
     "test_prices",
+    "test_reconcile_skips_a_counter_that_expired",
     "test_reserve_then_release_once",
     "test_rpm_exact_across_two_processes",
     "test_status_model_and_unknown_tenant",
