@@ -16,8 +16,10 @@ What each layer does for these requests, and what stands in for it here:
 - ExceptionTelemetryMiddleware acts only under that native telemetry; AppBodyLimitMiddleware
   only with `FastAPI(max_body_size=...)` (llmq's own 413 is `read_body`'s, in the endpoint):
   with one, the shortcut is off.
-- CORSMiddleware (`LLMQ_CORS_ORIGINS`) acts only on requests with an `Origin` header (and on
-  preflight OPTIONS): those go to the app. ConsoleHeaders acts on `/ui` only.
+- CORSMiddleware (`LLMQ_CORS_ORIGINS`): when the app has it, the hot routes get their own
+  instance with the app's options (it adds `Vary: Origin` to every response, the CORS headers
+  to a request with an allowed `Origin`; preflight OPTIONS goes to the app). ConsoleHeaders
+  acts on `/ui` only.
 - ExceptionMiddleware and `request_response`: the app's exception handlers, by status for an
   HTTPException, else by class along the MRO: the same handlers (`api/errors.py`), looked up
   the same way, before the response starts. An exception after it started goes to uvicorn,
@@ -43,15 +45,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq.api.console.app import ConsoleHeaders
 
 HOT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
-_PASSING = (CORSMiddleware, ConsoleHeaders)
-"""Middleware that leaves a POST to a hot path without an `Origin` header alone."""
+_KNOWN = (CORSMiddleware, ConsoleHeaders)
+"""The app's middleware the shortcut stands in for (see above)."""
 
 
 class HotPaths:
@@ -70,7 +72,11 @@ class HotPaths:
             else:
                 self._by_class[key] = handler
         self._scope_handlers = (self._by_class, self._by_status)
-        self._cors = any(m.cls is CORSMiddleware for m in app.user_middleware)
+        self._entry: ASGIApp = self._serve
+        for m in app.user_middleware:
+            if m.cls is CORSMiddleware:  # the same options, around the hot routes only
+                options: dict[str, Any] = dict(m.kwargs)
+                self._entry = CORSMiddleware(self._serve, **options)
         self._telemetry = getattr(app, "_native_telemetry", None)
         self._traced = self._otel_on()
         self.routes: dict[str, tuple[APIRoute, Endpoint]] = (
@@ -84,7 +90,7 @@ class HotPaths:
             not self.app.root_path
             and getattr(self.app, "max_body_size", None) is None
             and not self.app.debug
-            and all(m.cls in _PASSING for m in self.app.user_middleware)
+            and all(m.cls in _KNOWN and not m.args for m in self.app.user_middleware)
             and all(h is not None and is_async_callable(h) for h in handlers)
         )
 
@@ -110,9 +116,8 @@ class HotPaths:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            hot = self.routes.get(scope["path"])
-            if hot is not None and self._plain(scope):
-                await self._serve(hot, scope, receive, send)
+            if scope["path"] in self.routes and not (self._traced or scope.get("root_path")):
+                await self._entry(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
@@ -127,16 +132,8 @@ class HotPaths:
 
         return started
 
-    def _plain(self, scope: Scope) -> bool:
-        """No layer of the app would act on this request."""
-        if self._traced or scope.get("root_path"):
-            return False
-        return not (self._cors and any(name == b"origin" for name, _ in scope["headers"]))
-
-    async def _serve(
-        self, hot: tuple[APIRoute, Endpoint], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        route, endpoint = hot
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route, endpoint = self.routes[scope["path"]]
         scope["app"] = self.app  # what the app, its router and its route put in the scope
         scope["router"] = self.app.router
         scope["route"] = route
