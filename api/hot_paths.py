@@ -57,6 +57,9 @@ _KNOWN = (CORSMiddleware, ConsoleHeaders)
 
 
 class HotPaths:
+    """The app uvicorn serves: the hot routes' POSTs straight to their endpoints, the rest to
+    `app`. Its `state` is the app's (`ApiServer` and the tests read it)."""
+
     def __init__(self, app: FastAPI, paths: tuple[str, ...] = HOT_PATHS) -> None:
         self.app = app
         self.state = app.state  # what uvicorn's callers and the tests read, as on the app
