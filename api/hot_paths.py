@@ -147,12 +147,15 @@ class HotPaths:
         try:
             response = await endpoint(request)
         except Exception as exc:
-            handler = self._handler(exc)
-            if handler is None:  # ServerErrorMiddleware: the 500, then on to uvicorn's log
+            try:
+                handler = self._handler(exc)
+                if handler is None:
+                    raise
+                response = await handler(request, exc)
+            except Exception as error:  # ServerErrorMiddleware: the 500, then uvicorn's log
                 assert self._fallback is not None
-                await (await self._fallback(Request(scope), exc))(scope, receive, send)
+                await (await self._fallback(Request(scope), error))(scope, receive, send)
                 raise
-            response = await handler(request, exc)
             await response(scope, receive, send)
             exc.__traceback__ = None  # as Starlette: a reused exception keeps no frames
             return

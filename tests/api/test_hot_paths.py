@@ -120,6 +120,21 @@ async def test_an_unhandled_error_is_a_500_and_still_reaches_the_server() -> Non
                 await client.post("/v1/chat/completions", content=b"crash")
 
 
+async def test_a_handler_that_fails_gets_the_500_too() -> None:
+    async def failing(_request: Request, exc: Exception) -> Response:
+        raise RuntimeError("the handler broke")
+
+    app = _app()
+    app.add_exception_handler(LookupError, failing)
+    _FAILURES[b"lookup"] = KeyError("k")
+    try:
+        hot, full = await _both(app, "POST", "/v1/chat/completions", content=b"lookup")
+    finally:
+        del _FAILURES[b"lookup"]
+    _same(hot, full)
+    assert hot.status_code == 500 and hot.json()["error"]["code"] == "internal_error"
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
 async def test_other_methods_and_paths_go_to_the_app(method: str) -> None:
     app = _app()
