@@ -30,6 +30,7 @@ from llmq.api.routes import (
     openai,
     responses,
 )
+from llmq.api.routes.plain import PlainRoute
 from llmq.api.routing import Router
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
@@ -118,6 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
         )
     app.router.routes.extend(openai.hot.routes)  # as they are, matched first (routes/plain.py)
+    # POST /v1/responses the same way; the responses router's route documents it
+    app.router.routes.append(
+        PlainRoute("/v1/responses", responses.create_response, methods=["POST"],
+                   include_in_schema=False)
+    )  # fmt: skip
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router, include_in_schema=False)

@@ -10,6 +10,7 @@ import uvicorn
 
 from llmq import event_loop
 from llmq.api.app import create_app
+from llmq.api.hot_paths import HotPaths
 from llmq.schemas.settings import Settings
 
 
@@ -31,7 +32,7 @@ class ApiServer(uvicorn.Server):
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        HotPaths(create_app(settings)),  # the hot routes ahead of the middleware stack
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop" if event_loop.AVAILABLE else "asyncio",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
 
@@ -27,6 +28,11 @@ def named_event(name: bytes, data: bytes) -> bytes:
 
 
 class SSEResponse(Response):
+    """Writes in the task that serves the request; one watcher task (per open stream, not
+    two) cancels it when the client leaves. One coroutine frame for the writer, the
+    watcher a method: every frame and closure here is held for as long as a stream is open
+    (docs/benchmarks.md, memory per open stream)."""
+
     media_type = "text/event-stream"
 
     def __init__(
@@ -36,63 +42,52 @@ class SSEResponse(Response):
         self.extra_headers = dict(headers or {})
         self.status_code = 200
         self.background = None
+        self._writing: asyncio.Task[Any] | None = None
+        """The writing task while it writes; the watcher cancels it only then."""
+        self._left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.extra_headers.items()]
-        await self._relay(send, receive, raw_headers)
-
-    async def _relay(
-        self, send: Send, receive: Receive, raw_headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        """Write in this task; one watcher task cancels it when the client leaves (one task
-        per open stream, not two: less memory and scheduling per stream)."""
-        writing = asyncio.current_task()
-        assert writing is not None
-        state = {"left": False, "finished": False}
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state["finished"]:
-                state["left"] = True
-                writing.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
+        self._writing = asyncio.current_task()
+        assert self._writing is not None
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
-            await self._write(send, raw_headers)
+            try:
+                await send(self._start())
+                async for data in self.events:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                aclose = getattr(self.events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         except asyncio.CancelledError:
             # The client left: the writer's cleanup cancelled the job; the response ends
             # here. Cut from outside (the shutdown grace ran out): the same cleanup, then
             # the cancellation goes on.
-            if not state["left"] or writing.uncancel() > 0:
+            if not self._left or self._writing.uncancel() > 0:
                 raise
         except OSError:
             pass  # the socket went away under a write
         finally:
-            state["finished"] = True
+            self._writing = None
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def _write(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-        try:
-            async for data in self.events:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def _start(self) -> Message:
+        """The response start (its header list is not held while the stream is open)."""
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.extra_headers.items()]
+        return {"type": "http.response.start", "status": 200, "headers": headers}
 
-    @staticmethod
-    async def _watch(receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        writing = self._writing
+        if writing is not None:
+            self._left = True
+            writing.cancel()

@@ -6,10 +6,12 @@ validation) costs tens of µs and a few KB per request even for an endpoint that
 the `Request` and returns a `Response`, and it showed in the api's profile on the hot routes
 (docs/benchmarks.md). A `PlainRoute` is served by Starlette's own `request_response`: the
 `Request` in, the endpoint's `Response` out, exceptions to the app's handlers (so the same
-OpenAI-shaped errors). It stays an `APIRoute`, so `/openapi.json` documents it; middleware
-(CORS, the console's headers) is the app's own. Add it to the app's routes directly
-(`app.router.routes`): `include_router` would wrap it in FastAPI's handler again. Its
-endpoint must be `async def endpoint(request: Request) -> Response`, with no dependencies.
+OpenAI-shaped errors). It stays an `APIRoute`, so `/openapi.json` documents it. Add it to the
+app's routes directly (`app.router.routes`): `include_router` would wrap it in FastAPI's
+handler again. Its endpoint must be `async def endpoint(request: Request) -> Response`, with
+no dependencies. Under uvicorn, `api/hot_paths.HotPaths` calls the hot ones' endpoints ahead
+of the app's middleware stack too; this route is what the app itself (and its router, for
+the 405 of another method) serves.
 """
 
 from __future__ import annotations
