@@ -1,9 +1,11 @@
-"""The header parser llmq installs on its NATS clients gives nats-py's own result for every
-header block, odd ones included, and is what a connected client really uses."""
+"""The header parser and encoder llmq installs on its NATS clients give nats-py's own result
+for every header block and every header dict, odd ones included, and are what a connected
+client really uses."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +13,7 @@ from nats.aio.client import Client
 
 from llmq.dispatcher import headers
 from llmq.dispatcher.connection import connect, disconnect
-from llmq.dispatcher.headers import parse_header_lines
+from llmq.dispatcher.headers import encode_headers, parse_header_lines
 from tests.stack import unique
 
 nats_py = Client._parse_header_lines
@@ -81,6 +83,7 @@ async def test_connected_clients_parse_with_it(nats_server) -> None:  # type: ig
     nc = await connect(nats_server.url, "test-headers")
     try:
         assert nc._parse_header_lines is parse_header_lines
+        assert nc._send_publish.__func__ is headers._send_publish  # type: ignore[attr-defined]
         subject = "t.headers." + unique("h")
         got: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
 
@@ -89,8 +92,66 @@ async def test_connected_clients_parse_with_it(nats_server) -> None:  # type: ig
                 got.set_result(msg.headers)
 
         await nc.subscribe(subject, cb=on_msg)
-        sent = {"Llmq-Frame": "chunk", "Llmq-Seq": "7", "Utf": "café"}
+        sent = {"Llmq-Frame": "chunk", "Llmq-Seq": "7", "Utf": "café", "Sp": " line\r\nbreak "}
         await nc.publish(subject, b"x", headers=sent)
-        assert await asyncio.wait_for(got, 10) == sent
+        assert await asyncio.wait_for(got, 10) == {**sent, "Sp": "line  break"}
     finally:
         await disconnect(nc)
+
+
+async def _published(nc: Client, block: dict[str, Any] | None) -> tuple[object, bytes, dict]:  # type: ignore[type-arg]
+    """What one publish appends to the client's outgoing buffer (or the error it raises)."""
+    nc._pending = []
+    try:
+        await nc._send_publish("llmq.t", "_INBOX.r", b"body", 4, block)
+    except Exception as exc:
+        return (type(exc), str(exc)), b"", {}
+    return None, b"".join(nc._pending), dict(nc.stats)
+
+
+async def _same_as_nats_py(block: dict[str, Any] | None) -> None:
+    ours = Client()
+    headers.install(ours)
+    theirs = Client()
+    assert await _published(ours, block) == await _published(theirs, block)
+
+
+ODD_DICTS: list[dict[str, Any] | None] = [
+    None,
+    {},
+    {"Llmq-Frame": "accepted", "Llmq-Seq": "0", "Llmq-Worker": "w-1"},
+    {" Padded ": "  value  "},
+    {"": "empty name is left out", "A": "1"},
+    {"   ": "blank name too"},
+    {"Bad Name": "space inside: nats-py refuses it"},
+    {"Bad:Colon": "x"},
+    {"Café": "non-ascii name"},
+    {"V": "line\r\nbreak\rand\nmore"},
+    {"V": "café ü"},
+    {"V": "cr\ronly", "W": "lf\nonly"},
+    {"V": ""},
+    {"V": 5},  # not a str: the same error
+]
+
+
+async def test_odd_dicts_encode_as_nats_py_does() -> None:
+    for value in ODD_DICTS * 2:  # the second round reads names from the memo
+        await _same_as_nats_py(value)
+
+
+_text = st.one_of(
+    st.text(st.sampled_from("aZ0-_.: \t\r\n\x0béü!~()"), max_size=12),
+    st.sampled_from(["Llmq-Seq", "Llmq-Frame", "Nats-Msg-Id"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_text, _text, max_size=6))
+async def test_any_dict_encodes_as_nats_py_does(value: dict[str, str]) -> None:
+    await _same_as_nats_py(value)
+    await _same_as_nats_py(value)
+
+
+def test_the_encoded_block_is_nats_py_s() -> None:
+    block = encode_headers({"Llmq-Frame": "chunk", "Llmq-Seq": "3"})
+    assert bytes(block) == b"NATS/1.0\r\nLlmq-Frame: chunk\r\nLlmq-Seq: 3\r\n\r\n"
