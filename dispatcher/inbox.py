@@ -92,7 +92,10 @@ class Mailbox:
             left = end - loop.time()
             if left <= 0:
                 return None
-            await self._wait(left)
+            try:
+                await self._arm(loop, left)
+            finally:
+                self._waiter = None
         ack, self._ack = self._ack, None
         return ack
 
@@ -100,12 +103,15 @@ class Mailbox:
         """The next item, or None when `timeout` seconds pass without one."""
         if self._items:
             return self._items.pop(0)
-        await self._wait(timeout)
+        try:
+            await self._arm(asyncio.get_running_loop(), timeout)
+        finally:
+            self._waiter = None
         return self._items.pop(0) if self._items else None
 
-    async def _wait(self, timeout: float) -> None:
-        """Until something is put, or `timeout` seconds passed."""
-        loop = asyncio.get_running_loop()
+    def _arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> asyncio.Future[None]:
+        """The future a wait of `timeout` seconds awaits: done when something is put or
+        the bound passed (a future, not a coroutine: one frame less per wait)."""
         self._wake = wake = loop.time() + timeout
         self._graced = False
         timer = self._timer
@@ -115,10 +121,7 @@ class Mailbox:
             self._armed = wake
             self._timer = loop.call_at(wake, self._fire)
         waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _fire(self) -> None:
         self._timer = None
