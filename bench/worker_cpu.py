@@ -1,7 +1,10 @@
 """The worker's own CPU per job, measured in process with `time.process_time` (issue 10).
 
 Runs the job runner's real path, from the job's body to the last reply frame (request decode,
-backend, reply building, frame encoding), with the two sockets replaced by in-memory
+backend, reply building, frame encoding) and, on the "whole job" line, from the JetStream
+message to the metrics (`JobRunner.run`: its headers parsed as nats-py does with llmq's
+parser, the envelope, the ack, the accepted frame, the usage report, the job book and the
+Prometheus series), with the two sockets replaced by in-memory
 stand-ins: a NATS client whose publish only keeps the bytes, and for the openai backend an
 upstream that answers what `bench/mock_upstream.py` answers (its 7-event SSE stream, or its
 JSON body when asked for no stream). So only the worker's own work is timed, not the load of
@@ -27,11 +30,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nats.aio.client import Client  # noqa: E402
+from nats.aio.msg import Msg  # noqa: E402
+
 from bench.mock_upstream import _chunks, _completion  # noqa: E402
+
+try:  # the "before" tree of an A/B run has nats-py's parser only
+    from llmq.dispatcher.headers import parse_header_lines
+except ImportError:  # pragma: no cover
+    parse_header_lines = Client._parse_header_lines
+from llmq.schemas import names  # noqa: E402
 from llmq.schemas.envelope import JobEnvelope  # noqa: E402
+from llmq.schemas.registry import WorkerInfo  # noqa: E402
 from llmq.worker.backends.base import BackendConfig  # noqa: E402
 from llmq.worker.backends.echo import EchoBackend  # noqa: E402
 from llmq.worker.backends.openai import OpenAIBackend  # noqa: E402
+from llmq.worker.metrics import JobBook, WorkerMetrics  # noqa: E402
 from llmq.worker.replies import FrameSender  # noqa: E402
 from llmq.worker.runner import JobOutcome, JobRunner, _Ack  # noqa: E402
 
@@ -47,7 +61,7 @@ class _Nats:
         self.last = b""
         self.frames = 0
 
-    async def publish(self, subject: str, data: bytes, headers: Any = None) -> None:
+    async def publish(self, subject: str, data: bytes = b"", headers: Any = None) -> None:
         self.last = data
         self.frames += 1
 
@@ -104,6 +118,33 @@ async def _jobs(backend: Any, body: bytes, jobs: int) -> float:
     return spent / jobs * 1e6
 
 
+async def _whole_jobs(backend: Any, body: bytes, jobs: int) -> float:
+    """µs of CPU per job through `JobRunner.run`, from the message's raw headers (parsed as
+    nats-py parses them) to the job book and its Prometheus series."""
+    nc = _Nats()
+    book = JobBook(["bench"])
+    WorkerMetrics(book, lambda: WorkerInfo(id="w-bench", backend="openai", models=[], capacity=1))
+    runner = JobRunner(nc, backend, "w-bench", {}, 5.0, 3, book.record, book.track)  # type: ignore[arg-type]
+    deadline = int((time.time() + 3600) * 1000)
+    raw = b"NATS/1.0\r\n" + b"".join(
+        f"{name}: {value}\r\n".encode()
+        for name, value in JobEnvelope(
+            id="0123456789abcdef", model="bench", tenant="acme", reply="_INBOX.x.y",
+            deadline_ms=deadline,
+        ).to_headers().items()
+    ) + b"\r\n"  # fmt: skip
+    subject = names.jobs_subject("bench")
+    start = time.process_time()
+    for i in range(jobs):
+        headers = parse_header_lines(raw[len(b"NATS/1.0\r\n") :])
+        reply = f"$JS.ACK.LLMQ_JOBS.jobs-bench.1.{i + 1}.{i + 1}.1764337000000000000.0"
+        msg = Msg(nc, subject=subject, reply=reply, data=body, headers=headers)  # type: ignore[arg-type]
+        await runner.run(msg)
+    spent = time.process_time() - start
+    assert nc.frames >= 3 * jobs, "accepted, done and the ack of every job"
+    return spent / jobs * 1e6
+
+
 def _openai() -> Any:
     backend = OpenAIBackend(BackendConfig(kind="openai", url="http://127.0.0.1:9/v1"))
     backend._upstream = _MockUpstream()  # type: ignore[assignment]
@@ -117,9 +158,11 @@ async def main() -> None:
     args = parser.parse_args()
     body = json.dumps({"model": "bench", "messages": MESSAGES}).encode()
     paths = {"echo, non-streamed": EchoBackend(BackendConfig()), "openai, non-streamed": _openai()}
-    for name, backend in paths.items():
-        await _jobs(backend, body, 500)  # warm up
-        runs = [await _jobs(backend, body, args.jobs) for _ in range(args.rounds)]
+    lines = [(name, _jobs, backend) for name, backend in paths.items()]
+    lines.append(("openai, whole job", _whole_jobs, _openai()))
+    for name, measure, backend in lines:
+        await measure(backend, body, 500)  # warm up
+        runs = [await measure(backend, body, args.jobs) for _ in range(args.rounds)]
         print(
             f"{name:24} best {min(runs):6.1f} µs/job  median {statistics.median(runs):6.1f} µs/job"
             f"  ({args.rounds} rounds of {args.jobs} jobs)"

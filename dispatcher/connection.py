@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmq.dispatcher import headers
 from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas.settings import ConnectionSettings
 
@@ -143,6 +144,7 @@ async def connect(
             on_reconnect()
 
     nc = Client()
+    headers.install(nc)  # headers parsed and encoded with less work, same results
     options: dict[str, Any] = {
         "servers": [u.strip() for u in url.split(",") if u.strip()],
         "name": name,

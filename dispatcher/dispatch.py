@@ -29,7 +29,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
-from llmq.dispatcher.publish import publish_job
+from llmq.dispatcher.publish import publish_to_inbox
 from llmq.schemas import frames, names
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, Failed, failure
@@ -274,11 +274,13 @@ class Dispatcher:
         reply = self.inbox.subject(spec.job_id)
         mailbox = self.inbox.open(spec.job_id)
         try:
-            ack = await publish_job(
-                self.js,
+            ack = await publish_to_inbox(
+                self.nc,
                 spec.subject,
                 spec.body,
                 spec.headers(reply),
+                reply,
+                mailbox,
                 self.publish_timeout,
                 until=spec.deadline_ms / 1000,
             )

@@ -37,6 +37,9 @@ class Signal(enum.Enum):
 Item = Msg | Signal
 
 
+_STATUS = "Status"
+"""The header of nats-server's status replies (503: no stream to publish to)."""
+
 STALL = 0.25
 """Seconds a bound's timer may fire late before the api takes it for its own stall, not the
 job's silence."""
@@ -52,10 +55,13 @@ class Mailbox:
     wait that ends earlier than the armed timer (rare: the dispatcher's bounds only shrink
     when a job is found missing) re-arms at once."""
 
-    __slots__ = ("_armed", "_graced", "_items", "_timer", "_waiter", "_wake")
+    __slots__ = ("_ack", "_armed", "_graced", "_items", "_timer", "_waiter", "_wake")
 
     def __init__(self) -> None:
         self._items: list[Item] = []
+        self._ack: Msg | None = None
+        """JetStream's reply to the job's publish (`publish.publish_to_inbox`), kept apart
+        from the frames: `get` never returns it."""
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed = 0.0
@@ -71,11 +77,41 @@ class Mailbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def put_ack(self, msg: Msg) -> None:
+        self._ack = msg
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def ack(self, timeout: float) -> Msg | None:
+        """The publish's reply (taken: a second call waits for another), or None when
+        `timeout` seconds pass without one. Frames that come first stay for `get`."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self._ack is None:
+            left = end - loop.time()
+            if left <= 0:
+                return None
+            try:
+                await self._arm(loop, left)
+            finally:
+                self._waiter = None
+        ack, self._ack = self._ack, None
+        return ack
+
     async def get(self, timeout: float) -> Item | None:
         """The next item, or None when `timeout` seconds pass without one."""
         if self._items:
             return self._items.pop(0)
-        loop = asyncio.get_running_loop()
+        try:
+            await self._arm(asyncio.get_running_loop(), timeout)
+        finally:
+            self._waiter = None
+        return self._items.pop(0) if self._items else None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> asyncio.Future[None]:
+        """The future a wait of `timeout` seconds awaits: done when something is put or
+        the bound passed (a future, not a coroutine: one frame less per wait)."""
         self._wake = wake = loop.time() + timeout
         self._graced = False
         timer = self._timer
@@ -85,11 +121,7 @@ class Mailbox:
             self._armed = wake
             self._timer = loop.call_at(wake, self._fire)
         waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-        return self._items.pop(0) if self._items else None
+        return waiter
 
     def _fire(self) -> None:
         self._timer = None
@@ -156,7 +188,11 @@ class ReplyInbox:
         job_id = msg.subject[len(self._prefix) :]
         queue = self._queues.get(job_id)
         if queue is not None:
-            queue.put_nowait(msg)
+            headers = msg.headers
+            if headers is None or (names.H_FRAME not in headers and _STATUS in headers):
+                queue.put_ack(msg)  # JetStream's reply to the job's publish, not a frame
+            else:
+                queue.put_nowait(msg)
             return
         if job_id not in self._orphans_cancelled:
             if len(self._orphans_cancelled) > 10_000:

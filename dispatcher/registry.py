@@ -169,6 +169,8 @@ class WorkerRegistry:
     def _credit(self, since: float, now: float) -> float:
         """Seconds after `since` the view was cut off (past spells and the current one),
         at most `CREDIT_TTLS` TTLs."""
+        if not self._gaps and now <= self._contact_at + self._slack:
+            return 0.0  # never cut off, and in touch now: the common case, asked per request
         spells = [*self._gaps, (self._contact_at + self._slack, now)]
         cut = sum(max(0.0, end - max(start, since)) for start, end in spells)
         return min(cut, CREDIT_TTLS * self.ttl)

@@ -14,13 +14,12 @@ are two, outcomes a fixed set.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -84,6 +83,24 @@ class JobCounters:
     last_error: str = ""
 
 
+class _Tracked:
+    """`JobBook.track`'s context: a plain class, cheaper per job than a generator's."""
+
+    __slots__ = ("_job", "_running")
+
+    def __init__(self, running: dict[str, RunningJob], job: RunningJob) -> None:
+        self._running = running
+        self._job = job
+
+    def __enter__(self) -> None:
+        self._running[self._job.job_id] = self._job
+
+    def __exit__(self, *_: object) -> None:
+        job = self._job
+        if self._running.get(job.job_id) is job:
+            del self._running[job.job_id]
+
+
 class JobBook:
     """Running jobs and per-(stream, model) job counters of one worker."""
 
@@ -106,17 +123,11 @@ class JobBook:
     def source(self, job: JobEnvelope) -> Source:
         return job.stream, self.model_label(job.model)
 
-    @contextlib.contextmanager
-    def track(self, job: JobEnvelope) -> Iterator[None]:
+    def track(self, job: JobEnvelope) -> _Tracked:
         """Around one job's run: it counts as running."""
         stream, model = self.source(job)
         running = RunningJob(job.id, stream, model, job.tenant, time.time(), job.deadline)
-        self.running[job.id] = running
-        try:
-            yield
-        finally:
-            if self.running.get(job.id) is running:
-                del self.running[job.id]
+        return _Tracked(self.running, running)
 
     def record(self, outcome: JobOutcome) -> None:
         stream, model = self.source(outcome.job)
@@ -194,6 +205,16 @@ class _LiveState(Collector):
         yield identity
 
 
+@dataclass(slots=True)
+class _ModelSeries:
+    """One model's labelled series."""
+
+    backend_seconds: Histogram
+    ttft: Histogram
+    tokens_in: Counter
+    tokens_out: Counter
+
+
 class WorkerMetrics:
     """A worker's own Prometheus registry (one per Worker, so several fit in one process)."""
 
@@ -238,21 +259,40 @@ class WorkerMetrics:
                     self.jobs.labels(model, stream, outcome)
         book.listeners.append(self.observe)
         self.server: MetricsServer | None = None
+        self._job_counts: dict[tuple[str, str, str], Counter] = {}
+        self._per_model: dict[str, _ModelSeries] = {}
+        """The labelled series, looked up once each (`labels()` costs a lock and a tuple per
+        call); the label values are bounded (see the module's docstring), so are these."""
+
+    def _model(self, model: str) -> _ModelSeries:
+        series = self._per_model.get(model)
+        if series is None:
+            series = self._per_model[model] = _ModelSeries(
+                self.backend_seconds.labels(model),
+                self.ttft.labels(model),
+                self.tokens.labels(model, "in"),
+                self.tokens.labels(model, "out"),
+            )
+        return series
 
     def observe(self, outcome: JobOutcome, stream: str, model: str) -> None:
         kind = outcome.outcome if outcome.outcome in OUTCOMES else OTHER
-        self.jobs.labels(model, stream, kind).inc()
+        jobs = self._job_counts.get((model, stream, kind))
+        if jobs is None:
+            jobs = self._job_counts[model, stream, kind] = self.jobs.labels(model, stream, kind)
+        jobs.inc()
         if kind in NOT_RUN or not outcome.started:
             return
+        series = self._model(model)
         if outcome.ended >= outcome.started:
-            self.backend_seconds.labels(model).observe(outcome.ended - outcome.started)
+            series.backend_seconds.observe(outcome.ended - outcome.started)
         if outcome.first_token is not None:
-            self.ttft.labels(model).observe(max(0.0, outcome.first_token - outcome.started))
+            series.ttft.observe(max(0.0, outcome.first_token - outcome.started))
         usage = outcome.usage
         if usage.prompt_tokens:
-            self.tokens.labels(model, "in").inc(usage.prompt_tokens)
+            series.tokens_in.inc(usage.prompt_tokens)
         if usage.completion_tokens:
-            self.tokens.labels(model, "out").inc(usage.completion_tokens)
+            series.tokens_out.inc(usage.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

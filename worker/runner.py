@@ -180,7 +180,7 @@ class JobRunner:
             await sender.failed(failed)
 
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
-        attempt = msg.metadata.num_delivered if msg.reply else 1
+        attempt = delivered(msg)
         sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
         outcome = JobOutcome(job, "ok", started=time.monotonic())
         await sender.accepted(attempt)
@@ -354,6 +354,27 @@ class JobRunner:
         outcome.usage = result.usage
         payload = embedding_list(result, request.model, request.encoding_format == "base64")
         await sender.done(Done(usage=result.usage, finish_reason="stop", body=msgspec.Raw(payload)))
+
+
+def delivered(msg: Msg) -> int:
+    """`msg.metadata.num_delivered` (1 for a core NATS message), read from the ack subject
+    without building nats-py's Metadata (its timestamp is a datetime) for every job."""
+    reply = msg.reply
+    if not reply:
+        return 1
+    tokens = reply.split(".")
+    if tokens[0] == "$JS" and tokens[1] == "ACK":
+        if len(tokens) == _V1_TOKENS:
+            return int(tokens[4])
+        if len(tokens) >= _V2_TOKENS - 1:
+            return int(tokens[Msg.Ack.NumDelivered])
+    return msg.metadata.num_delivered  # raises nats-py's own error for anything else
+
+
+_V1_TOKENS = 9
+"""`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`"""
+_V2_TOKENS = 12
+"""`$JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>`"""
 
 
 def _wants_usage(request: ChatCompletionRequest | CompletionRequest) -> bool:

@@ -24,6 +24,9 @@ from llmq.worker.feed import PullFeed
 
 log = logging.getLogger(__name__)
 
+TICK = 0.25
+"""Seconds between the credit loop's looks when nothing kicks it."""
+
 
 class Scheduler:
     def __init__(
@@ -42,6 +45,7 @@ class Scheduler:
         self._order = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
+        self._ticker: asyncio.TimerHandle | None = None
         self._paused = False
         self._loop_task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
@@ -89,6 +93,9 @@ class Scheduler:
     async def stop(self) -> None:
         if self._loop_task is not None:
             await stop_task(self._loop_task)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs or is held; False if `timeout` passed first."""
@@ -136,7 +143,14 @@ class Scheduler:
                 self.idle.set()
             self.kick()
 
+    def _tick(self) -> None:
+        """Every TICK seconds the credit loop looks again (expired pull requests, held
+        jobs' keep-alive), busy or not: one timer for the loop's life, not one per wait."""
+        self._kick.set()
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
     async def _credit_loop(self) -> None:
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
         last_keepalive = time.monotonic()
         while True:
             try:
@@ -151,9 +165,7 @@ class Scheduler:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
             self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.25):
-                    await self._kick.wait()
+            await self._kick.wait()
 
     async def _top_up(self) -> None:
         free = 0 if self._paused else self.capacity - self.running - len(self._held)

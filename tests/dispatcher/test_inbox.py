@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from llmq.dispatcher.inbox import Mailbox, Signal
+from nats.aio.msg import Msg
+
+from llmq.dispatcher.connection import connect, disconnect
+from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
+from tests.stack import unique
 
 
 async def test_items_come_in_order_and_a_waiting_reader_is_woken() -> None:
@@ -89,3 +93,43 @@ async def test_a_stall_of_the_loop_is_not_taken_for_the_jobs_silence() -> None:
     assert await box.get(0.2) is None
     assert loop.time() - started < 5.0
     box.close()
+
+
+async def test_the_publish_ack_is_kept_apart_from_the_frames() -> None:
+    """`ack` takes JetStream's reply to the publish whatever came first; frames stay for
+    `get`, which never returns the ack."""
+    box = Mailbox()
+    loop = asyncio.get_running_loop()
+    frame = Msg(None, subject="_INBOX.i.j", headers={"Llmq-Frame": "accepted"})  # type: ignore[arg-type]
+    ack = Msg(None, subject="_INBOX.i.j", data=b'{"stream":"S","seq":1}')  # type: ignore[arg-type]
+    loop.call_later(0.02, box.put_nowait, frame)
+    loop.call_later(0.05, box.put_ack, ack)
+    assert await box.ack(10.0) is ack
+    assert await box.get(0.05) is frame
+    assert await box.get(0.05) is None
+    started = loop.time()
+    assert await box.ack(0.1) is None  # taken: a second wait ends at its bound
+    assert 0.1 - 0.01 <= loop.time() - started < 5.0
+    box.close()
+
+
+async def test_the_inbox_routes_acks_and_frames(nats_server) -> None:  # type: ignore[no-untyped-def]
+    nc = await connect(nats_server.url, "test-inbox")
+    inbox = ReplyInbox(nc, unique("i"))
+    await inbox.start()
+    try:
+        box = inbox.open("job1")
+        subject = inbox.subject("job1")
+        await nc.publish(subject, b"x", headers={"Llmq-Frame": "chunk", "Llmq-Seq": "1"})
+        await nc.publish(subject, b'{"stream":"S","seq":3}')  # as JetStream acks
+        first = await box.ack(10.0)
+        assert first is not None and first.data == b'{"stream":"S","seq":3}'
+        await nc.publish(subject, b"", headers={"Status": "503"})  # as no responders
+        second = await box.ack(10.0)
+        assert second is not None and second.headers == {"Status": "503"}
+        frame = await box.get(10.0)
+        assert isinstance(frame, Msg) and frame.data == b"x"
+        assert await box.get(0.05) is None
+    finally:
+        await inbox.stop()
+        await disconnect(nc)

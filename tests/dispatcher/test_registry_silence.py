@@ -11,6 +11,8 @@ import time
 
 import nats
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmq.dispatcher import streams
 from llmq.dispatcher.connection import disconnect
@@ -126,3 +128,22 @@ async def test_a_quiet_watch_is_read_around(own_nats: EmbeddedNats) -> None:
     finally:
         await registry.stop()
         await disconnect(nc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 50), st.floats(0, 10)), max_size=3),
+    st.floats(0, 100),
+    st.floats(0, 100),
+    st.floats(0, 100),
+)
+def test_the_credit_is_the_sum_of_the_spells_cut_off(
+    gaps: list[tuple[float, float]], contact: float, since: float, now: float
+) -> None:
+    """`_credit`'s shortcut (never cut off, in touch now: nothing) changes no answer."""
+    registry = WorkerRegistry(None, TTL)  # type: ignore[arg-type]
+    registry._gaps = [(start, start + length) for start, length in gaps]
+    registry._contact_at = contact
+    spells = [*registry._gaps, (contact + registry._slack, now)]
+    cut = sum(max(0.0, end - max(start, since)) for start, end in spells)
+    assert registry._credit(since, now) == min(cut, CREDIT_TTLS * TTL)

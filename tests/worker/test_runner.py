@@ -135,3 +135,24 @@ async def test_a_whole_reply_is_the_backends_body_or_its_chunks_folded(
     assert whole["id"] == "chatcmpl-j4" and whole["model"] == "m"
     assert whole["choices"][0]["message"]["content"] == content
     assert [o.outcome for o in outcomes] == ["ok"] and outcomes[0].first_token is not None
+
+
+def test_the_delivery_count_is_read_as_nats_py_reads_it() -> None:
+    """`delivered` parses only the count from the ack subject; nats-py's Metadata agrees for
+    both forms of it, a core message counts 1, anything else raises nats-py's error."""
+    from nats.aio.msg import Msg
+    from nats.errors import NotJSMessageError
+
+    from llmq.worker.runner import delivered
+
+    replies = [
+        "$JS.ACK.LLMQ_JOBS.jobs-bench.3.17.12.1764337000000000000.5",
+        "$JS.ACK.hub.ACCHASH.LLMQ_JOBS.jobs-bench.2.17.12.1764337000000000000.0.tok",
+        "$JS.ACK._.ACCHASH.LLMQ_JOBS.jobs-bench.4.17.12.1764337000000000000.0",
+    ]
+    for reply in replies:
+        msg = Msg(None, subject="llmq.jobs.bench", reply=reply)  # type: ignore[arg-type]
+        assert delivered(msg) == msg.metadata.num_delivered > 1
+    assert delivered(Msg(None, subject="s", reply="")) == 1  # type: ignore[arg-type]
+    with pytest.raises(NotJSMessageError):
+        delivered(Msg(None, subject="s", reply="_INBOX.abc.def"))  # type: ignore[arg-type]
