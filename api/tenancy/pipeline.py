@@ -72,7 +72,7 @@ class ScriptPipe:
         master Sentinel names): not a Cluster, not a single-connection client."""
         return (
             not is_cluster(redis)
-            and getattr(redis, "connection", None) is None
+            and not getattr(redis, "single_connection_client", False)
             and hasattr(redis, "connection_pool")
         )
 
@@ -124,8 +124,9 @@ class ScriptPipe:
         that gives up only stops waiting for its future."""
         try:
             while True:
-                if self._queue:
-                    batch, self._queue = self._queue, []
+                batch = [c for c in self._queue if not c.future.done()]  # given up: unsent
+                self._queue = []
+                if batch:
                     try:
                         await self._send(b"".join(c.data for c in batch))
                     except Exception as exc:  # not connected, or the write failed
