@@ -146,7 +146,7 @@ class Reservations:
                 batch, self._queued = self._queued, []
                 self.release_rounds += 1
                 try:
-                    outcomes = await self.release_many(batch)
+                    outcomes = await self.release_many(batch, carried=True)
                 except Exception as exc:  # a bug, not Redis away: leave them to the lease
                     log.exception("releasing %d jobs failed", len(batch))
                     outcomes = [exc] * len(batch)
@@ -159,9 +159,10 @@ class Reservations:
             self._flusher = None  # cancelled with some queued: the next end starts a new one
 
     async def release_many(
-        self, ended: Sequence[tuple[Reservation, JobUsage]]
+        self, ended: Sequence[tuple[Reservation, JobUsage]], *, carried: bool = False
     ) -> list[bool | Exception]:
-        """`release` of each, in one Redis round trip; per job its outcome or its error."""
+        """`release` of each, in one Redis round trip; per job its outcome or its error.
+        `carried`: the round trip may wait a moment to go with the next reserve's."""
         held = [(r, u) for r, u in ended if r.held and r.tenant]
         renewed = {}
         for reservation, _ in held:
@@ -176,7 +177,7 @@ class Reservations:
             )
             for r, u in held
         ]  # fmt: skip
-        outcomes = iter(await self.quota.release_many(endings) if endings else [])
+        outcomes = iter(await self.quota.release_many(endings, carried=carried) if endings else [])
         results: list[bool | Exception] = []
         for reservation, _ in ended:
             if not (reservation.held and reservation.tenant):

@@ -34,6 +34,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmq.api.tenancy.client import is_cluster
 
+CARRY_DELAY = 0.002
+"""Seconds a carried call (a release) waits, when nothing is in flight, for the next call
+(a reserve) to share its write; under load a batch is in flight and it goes with that."""
+
 
 class _Call:
     """One caller's commands, packed, and the future that gets their replies."""
@@ -62,6 +66,8 @@ class ScriptPipe:
         self._busy = False
         """A reader task owns the connection (a batch is written or read)."""
         self._task: asyncio.Task[None] | None = None
+        self._carrier: asyncio.TimerHandle | None = None
+        """Writes the carried calls nobody took along by then (`execute_many`)."""
         self.writes = 0
         """Writes (batches) sent: with `calls`, how much was shared (observability, tests)."""
         self.calls = 0
@@ -83,39 +89,57 @@ class ScriptPipe:
             raise reply
         return reply
 
-    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def execute_many(
+        self, commands: Sequence[tuple[Any, ...]], *, carried: bool = False
+    ) -> list[Any]:
         """The commands' replies in order, an error reply as its exception (not raised); a
-        failed connection raises for all of them."""
+        failed connection raises for all of them. `carried`: work off the request path (a
+        release) that, when nothing is in flight, waits up to `CARRY_DELAY` for the next
+        call to go out with it (before it, so a freed slot is free for that call)."""
         if not commands:
             return []
-        return await self._submit(commands)
+        return await self._submit(commands, carried)
 
-    def _submit(self, commands: Sequence[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+    def _submit(
+        self, commands: Sequence[tuple[Any, ...]], carried: bool = False
+    ) -> asyncio.Future[list[Any]]:
         pack = self._packer.pack_command
         data = b"".join(chunk for args in commands for chunk in pack(*args))
         loop = asyncio.get_running_loop()
         call = _Call(data, len(commands), loop.create_future())
         self.calls += 1
-        task = self._task
-        if self._busy and self._loop is loop and task is not None and not task.done():
-            self._queue.append(call)  # written with the others when the batch in flight ends
-        else:
-            self._start(call, loop)
+        if self._loop is not loop:  # a connection, calls or a reader of another loop
+            self._conn, self._queue, self._carrier, self._loop = None, [], None, loop
+            self._busy, self._task = False, None
+        self._queue.append(call)
+        if self._busy and (self._task is None or self._task.done()):
+            self._busy = False  # its reader ended without saying so: nobody waits forever
+        if self._busy:
+            pass  # written with the others when the batch in flight ends
+        elif not carried:
+            self._start(loop)
+        elif self._carrier is None:
+            self._carrier = loop.call_later(CARRY_DELAY, self._start, loop)
         return call.future
 
-    def _start(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
-        """Nothing in flight: write `call` now on the held connection (no loop iteration
-        between the caller and the write), and start the task that reads its reply."""
-        if self._loop is not loop:  # a connection or calls of another (closed) loop
-            self._conn, self._queue, self._loop = None, [], loop
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nothing in flight: write the queue (the caller's call and any carried one) now
+        on the held connection (no loop iteration between the caller and the write), and
+        start the task that reads the replies."""
+        if self._carrier is not None:
+            self._carrier.cancel()
+            self._carrier = None
+        if self._busy or not self._queue:  # the carried calls went with another's
+            return
         self._busy = True
         inflight: list[_Call] = []
         conn = self._conn
-        if conn is not None and _write_now(conn, call.data):
-            self.writes += 1
-            inflight.append(call)
-        else:  # no healthy connection yet: the task takes one (a checkout may wait)
-            self._queue.append(call)
+        if conn is not None:
+            calls = [c for c in self._queue if not c.future.done()]
+            if calls and _write_now(conn, b"".join(c.data for c in calls)):
+                self.writes += 1
+                inflight, self._queue = calls, []
+        # else no healthy connection yet: the task takes one (a checkout may wait)
         self._task = loop.create_task(self._run(inflight), name="redis-script-pipe")
 
     async def _run(self, inflight: list[_Call]) -> None:

@@ -196,15 +196,16 @@ class Quota:
         return await self._released(ending, args, raw)
 
     async def release_many(
-        self, endings: Sequence[Ending], *, now: float | None = None
+        self, endings: Sequence[Ending], *, now: float | None = None, carried: bool = False
     ) -> list[bool | Exception]:
         """`release` of many jobs in one round trip: a pipeline of `release.lua` calls, each
         atomic and idempotent on its own, so the result is exactly that of calling
         `release` for each. Per job: what `release` answers, or the exception it would
         raise (`QuotaBackendDown` when Redis is away: retrying is safe). In a Cluster the
-        jobs' keys live in different slots: one call each, in turn."""
+        jobs' keys live in different slots: one call each, in turn. `carried`: off the
+        request path, so the calls may wait a moment to share the next request's write."""
         now = time.time() if now is None else now
-        if self._cluster or len(endings) == 1:
+        if self._cluster or (len(endings) == 1 and self.pipe is None):
             out: list[bool | Exception] = []
             for e in endings:
                 try:
@@ -221,7 +222,7 @@ class Quota:
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         try:
             with backend_guard():
-                replies = await self._pipe_many(commands)
+                replies = await self._pipe_many(commands, carried)
         except QuotaBackendDown as exc:
             return [exc] * len(endings)
         results: list[bool | Exception] = []
@@ -299,11 +300,12 @@ class Quota:
             except NoScriptError:
                 return await script(keys=keys, args=args)
 
-    async def _pipe_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _pipe_many(self, commands: list[tuple[Any, ...]], carried: bool) -> list[Any]:
         """The commands' replies in order, an error reply as its exception: through the
-        pipe, or a redis-py pipeline where there is none."""
+        pipe (`carried`: see `ScriptPipe.execute_many`), or a redis-py pipeline where there
+        is none."""
         if self.pipe is not None:
-            return await self.pipe.execute_many(commands)
+            return await self.pipe.execute_many(commands, carried=carried)
         pipe = self._redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, Tenant, TenantStore, connect
-from llmq.api.tenancy.pipeline import ScriptPipe
+from llmq.api.tenancy.pipeline import CARRY_DELAY, ScriptPipe
 from llmq.api.tenancy.quota import Ending
 from llmq.embedded import EmbeddedRedis, free_port
 from tests.stack import unique
@@ -232,3 +232,35 @@ def test_a_cluster_keeps_redis_pys_path() -> None:
     assert ScriptPipe.serves(sentinel) and Quota(sentinel).pipe is not None
     single = Redis(single_connection_client=True)
     assert not ScriptPipe.serves(single)
+
+
+async def test_a_carried_release_goes_out_with_the_next_reserve_and_before_it(
+    store: TenantStore, quota: Quota
+) -> None:
+    """A release (off the request path) waits, when nothing is in flight, for the next
+    call to share its write, and goes first: one slot, freed and taken again in one write."""
+    tenant = await _tenant(store, rpm=100, max_concurrent=1)
+    pipe = _pipe(quota)
+    assert (await quota.reserve(tenant, "m", 1, 1, "first")).allowed
+    writes = pipe.writes
+    release = asyncio.ensure_future(quota.release_many([_ending(tenant, "first")], carried=True))
+    await asyncio.sleep(0)  # the release is queued, not written
+    assert pipe.writes == writes and not release.done()
+    second = await quota.reserve(tenant, "m", 1, 1, "second")
+    assert second.allowed  # the slot was free: the release ran first
+    assert await release == [True]
+    assert pipe.writes == writes + 1
+
+
+async def test_a_carried_release_nobody_takes_along_goes_out_by_itself(
+    store: TenantStore, quota: Quota
+) -> None:
+    tenant = await _tenant(store, rpm=100, max_concurrent=1)
+    pipe = _pipe(quota)
+    assert (await quota.reserve(tenant, "m", 1, 1, "alone")).allowed
+    writes = pipe.writes
+    released = await asyncio.wait_for(
+        quota.release_many([_ending(tenant, "alone")], carried=True), CARRY_DELAY + 5
+    )
+    assert released == [True] and pipe.writes == writes + 1
+    assert await quota.inflight(tenant) == 0
