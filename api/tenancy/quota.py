@@ -288,17 +288,22 @@ class Quota:
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         """`EVALSHA` through the pipe (or, in a Cluster, straight on the client: redis-py's
         `Script.__call__` adds an import, two tuple copies and two call layers per request);
-        a `NOSCRIPT` reply (a restarted or flushed server) goes through the script, which
-        loads it and runs it again."""
+        a `NOSCRIPT` reply (a restarted or flushed server) loads the script and calls again,
+        through the pipe too: the callers of one batch that all met it stay one batch."""
+        pipe = self.pipe
         with backend_guard():
+            if pipe is None:
+                try:
+                    return await self._redis.execute_command(
+                        "EVALSHA", script.sha, len(keys), *keys, *args
+                    )
+                except NoScriptError:
+                    return await script(keys=keys, args=args)
             try:
-                if self.pipe is not None:
-                    return await self.pipe.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-                return await self._redis.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
+                return await pipe.execute("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                return await script(keys=keys, args=args)
+                await pipe.execute("SCRIPT", "LOAD", script.script)
+                return await pipe.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _pipe_many(self, commands: list[tuple[Any, ...]], carried: bool) -> list[Any]:
         """The commands' replies in order, an error reply as its exception: through the
