@@ -162,7 +162,8 @@ class Reservations:
         self, ended: Sequence[tuple[Reservation, JobUsage]], *, carried: bool = False
     ) -> list[bool | Exception]:
         """`release` of each, in one Redis round trip; per job its outcome or its error.
-        `carried`: the round trip may wait a moment to go with the next reserve's."""
+        `carried`: the round trip may wait for the end of the loop iteration to go with
+        a reserve's (`ScriptPipe.execute_many`)."""
         held = [(r, u) for r, u in ended if r.held and r.tenant]
         renewed = {}
         for reservation, _ in held:

@@ -34,10 +34,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmq.api.tenancy.client import is_cluster
 
-CARRY_DELAY = 0.002
-"""Seconds a carried call (a release) waits, when nothing is in flight, for the next call
-(a reserve) to share its write; under load a batch is in flight and it goes with that."""
-
 
 class _Call:
     """One caller's commands, packed, and the future that gets their replies."""
@@ -66,8 +62,8 @@ class ScriptPipe:
         self._busy = False
         """A reader task owns the connection (a batch is written or read)."""
         self._task: asyncio.Task[None] | None = None
-        self._carrier: asyncio.TimerHandle | None = None
-        """Writes the carried calls nobody took along by then (`execute_many`)."""
+        self._carrier: asyncio.Handle | None = None
+        """Writes, at the next loop iteration, carried calls nobody took along."""
         self.writes = 0
         """Writes (batches) sent: with `calls`, how much was shared (observability, tests)."""
         self.calls = 0
@@ -94,8 +90,9 @@ class ScriptPipe:
     ) -> list[Any]:
         """The commands' replies in order, an error reply as its exception (not raised); a
         failed connection raises for all of them. `carried`: work off the request path (a
-        release) that, when nothing is in flight, waits up to `CARRY_DELAY` for the next
-        call to go out with it (before it, so a freed slot is free for that call)."""
+        release) that, when nothing is in flight, is written at the next event-loop
+        iteration unless a call of this one takes it along (ahead of that call, so a slot
+        it frees is free for it)."""
         if not commands:
             return []
         return await self._submit(commands, carried)
@@ -119,7 +116,7 @@ class ScriptPipe:
         elif not carried:
             self._start(loop)
         elif self._carrier is None:
-            self._carrier = loop.call_later(CARRY_DELAY, self._start, loop)
+            self._carrier = loop.call_soon(self._start, loop)
         return call.future
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -203,7 +203,8 @@ class Quota:
         `release` for each. Per job: what `release` answers, or the exception it would
         raise (`QuotaBackendDown` when Redis is away: retrying is safe). In a Cluster the
         jobs' keys live in different slots: one call each, in turn. `carried`: off the
-        request path, so the calls may wait a moment to share the next request's write."""
+        request path, so the calls may wait for the end of the loop iteration to share
+        another call's write (`ScriptPipe.execute_many`)."""
         now = time.time() if now is None else now
         if self._cluster or (len(endings) == 1 and self.pipe is None):
             out: list[bool | Exception] = []

@@ -6,6 +6,7 @@ that batch's callers the way redis-py's path does, and the next call works."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, Tenant, TenantStore, connect
-from llmq.api.tenancy.pipeline import CARRY_DELAY, ScriptPipe
+from llmq.api.tenancy.pipeline import ScriptPipe
 from llmq.api.tenancy.quota import Ending
 from llmq.embedded import EmbeddedRedis, free_port
 from tests.stack import unique
@@ -234,22 +235,27 @@ def test_a_cluster_keeps_redis_pys_path() -> None:
     assert not ScriptPipe.serves(single)
 
 
-async def test_a_carried_release_goes_out_with_the_next_reserve_and_before_it(
+async def test_a_carried_release_goes_out_with_a_reserve_of_the_same_iteration_first(
     store: TenantStore, quota: Quota
 ) -> None:
-    """A release (off the request path) waits, when nothing is in flight, for the next
-    call to share its write, and goes first: one slot, freed and taken again in one write."""
+    """A release (off the request path) made while nothing is in flight waits for the end of
+    the loop iteration: a reserve made in the same iteration takes it along, ahead of
+    itself: one slot, freed and taken again in one write."""
     tenant = await _tenant(store, rpm=100, max_concurrent=1)
     pipe = _pipe(quota)
     assert (await quota.reserve(tenant, "m", 1, 1, "first")).allowed
     writes = pipe.writes
-    release = asyncio.ensure_future(quota.release_many([_ending(tenant, "first")], carried=True))
-    await asyncio.sleep(0)  # the release is queued, not written
-    assert pipe.writes == writes and not release.done()
+    release = pipe._submit(_release_commands(quota, tenant, "first"), carried=True)
+    assert pipe.writes == writes  # not written yet
     second = await quota.reserve(tenant, "m", 1, 1, "second")
     assert second.allowed  # the slot was free: the release ran first
-    assert await release == [True]
+    assert (await release)[0].startswith("1|")
     assert pipe.writes == writes + 1
+
+
+def _release_commands(quota: Quota, tenant: str, job_id: str) -> list[tuple[Any, ...]]:
+    keys, args = quota._release_call(_ending(tenant, job_id), time.time())
+    return [("EVALSHA", quota._release.sha, len(keys), *keys, *args)]
 
 
 async def test_a_carried_release_nobody_takes_along_goes_out_by_itself(
@@ -260,7 +266,7 @@ async def test_a_carried_release_nobody_takes_along_goes_out_by_itself(
     assert (await quota.reserve(tenant, "m", 1, 1, "alone")).allowed
     writes = pipe.writes
     released = await asyncio.wait_for(
-        quota.release_many([_ending(tenant, "alone")], carried=True), CARRY_DELAY + 5
+        quota.release_many([_ending(tenant, "alone")], carried=True), 10
     )
     assert released == [True] and pipe.writes == writes + 1
     assert await quota.inflight(tenant) == 0
