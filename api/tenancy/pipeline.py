@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,14 +37,16 @@ from llmq.api.tenancy.client import is_cluster
 
 
 class _Call:
-    """One caller's commands, packed, and the future that gets their replies."""
+    """One caller's commands, packed, the replies read so far, and the future that gets
+    them all."""
 
-    __slots__ = ("count", "data", "future")
+    __slots__ = ("count", "data", "future", "replies")
 
     def __init__(self, data: bytes, count: int, future: asyncio.Future[list[Any]]) -> None:
         self.data = data
         self.count = count
         self.future = future
+        self.replies: list[Any] = []
 
 
 class ScriptPipe:
@@ -60,8 +63,9 @@ class ScriptPipe:
         self._queue: list[_Call] = []
         """Calls not written yet: they go out together after the batch in flight."""
         self._busy = False
-        """A reader task owns the connection (a batch is written or read)."""
-        self._task: asyncio.Task[None] | None = None
+        """A batch is in flight: its first caller, or the reader task, reads its replies."""
+        self._owner: asyncio.Task[Any] | None = None
+        """The task reading now (a safety net: one that ended leaves nobody waiting)."""
         self._carrier: asyncio.Handle | None = None
         """Writes, at the next loop iteration, carried calls nobody took along."""
         self.writes = 0
@@ -80,7 +84,7 @@ class ScriptPipe:
 
     async def execute(self, *args: Any) -> Any:
         """One command's reply; an error reply is raised, as redis-py does."""
-        reply = (await self._submit((args,)))[0]
+        reply = (await self._request((args,), False))[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -95,11 +99,22 @@ class ScriptPipe:
         it frees is free for it)."""
         if not commands:
             return []
-        return await self._submit(commands, carried)
+        return await self._request(commands, carried)
 
-    def _submit(
-        self, commands: Sequence[tuple[Any, ...]], carried: bool = False
-    ) -> asyncio.Future[list[Any]]:
+    async def _request(self, commands: Sequence[tuple[Any, ...]], carried: bool) -> list[Any]:
+        """Nothing in flight: the caller writes at once (no loop iteration before the write)
+        and reads the replies itself (none after); else it waits for its future."""
+        call = self._enqueue(commands, carried)
+        if self._busy or carried:
+            return await call.future
+        inflight = self._write_queue()
+        if inflight is None:  # no healthy connection: a task takes one (a checkout may wait)
+            self._spawn(deque())
+            return await call.future
+        await self._lead(inflight)
+        return call.future.result()
+
+    def _enqueue(self, commands: Sequence[tuple[Any, ...]], carried: bool) -> _Call:
         pack = self._packer.pack_command
         data = b"".join(chunk for args in commands for chunk in pack(*args))
         loop = asyncio.get_running_loop()
@@ -107,39 +122,61 @@ class ScriptPipe:
         self.calls += 1
         if self._loop is not loop:  # a connection, calls or a reader of another loop
             self._conn, self._queue, self._carrier, self._loop = None, [], None, loop
-            self._busy, self._task = False, None
+            self._busy, self._owner = False, None
         self._queue.append(call)
-        if self._busy and (self._task is None or self._task.done()):
+        if self._busy and (self._owner is None or self._owner.done()):
             self._busy = False  # its reader ended without saying so: nobody waits forever
-        if self._busy:
-            pass  # written with the others when the batch in flight ends
-        elif not carried:
-            self._start(loop)
-        elif self._carrier is None:
-            self._carrier = loop.call_soon(self._start, loop)
-        return call.future
+        if carried and not self._busy and self._carrier is None:
+            self._carrier = loop.call_soon(self._carry)
+        return call
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Nothing in flight: write the queue (the caller's call and any carried one) now
-        on the held connection (no loop iteration between the caller and the write), and
-        start the task that reads the replies."""
+    def _carry(self) -> None:
+        """The carried calls nobody took along in their loop iteration: written now."""
+        self._carrier = None
+        if not self._busy and self._queue:
+            self._spawn(self._write_queue() or deque())
+
+    def _write_queue(self) -> deque[_Call] | None:
+        """Mark a batch in flight and write the queue now on the held connection; None
+        (the queue kept) when there is no healthy connection to write on."""
+        self._busy = True
         if self._carrier is not None:
             self._carrier.cancel()
             self._carrier = None
-        if self._busy or not self._queue:  # the carried calls went with another's
-            return
-        self._busy = True
-        inflight: list[_Call] = []
         conn = self._conn
-        if conn is not None:
-            calls = [c for c in self._queue if not c.future.done()]
-            if calls and _write_now(conn, b"".join(c.data for c in calls)):
-                self.writes += 1
-                inflight, self._queue = calls, []
-        # else no healthy connection yet: the task takes one (a checkout may wait)
-        self._task = loop.create_task(self._run(inflight), name="redis-script-pipe")
+        calls = [c for c in self._queue if not c.future.done()]  # given up: not sent
+        if conn is None or not calls or not _write_now(conn, b"".join(c.data for c in calls)):
+            return None
+        self.writes += 1
+        self._queue = []
+        return deque(calls)
 
-    async def _run(self, inflight: list[_Call]) -> None:
+    def _spawn(self, inflight: deque[_Call]) -> None:
+        self._owner = asyncio.get_running_loop().create_task(
+            self._run(inflight), name="redis-script-pipe"
+        )
+
+    async def _lead(self, inflight: deque[_Call]) -> None:
+        """The first caller reads the replies of the batch it wrote, then hands what
+        queued meanwhile to the reader task. Cancelled mid-read (its client went away),
+        it leaves the rest of the read to that task: the connection stays in step."""
+        self._owner = asyncio.current_task()
+        try:
+            await _read_batch(self._conn, inflight)
+        except asyncio.CancelledError:
+            for call in inflight:
+                call.future.cancel()  # nobody waits for these: the leader's own, at most
+            self._spawn(inflight)
+            raise
+        except Exception as exc:
+            await self._discard()
+            _fail(inflight, exc)
+        if self._queue:
+            self._spawn(deque())
+        else:
+            self._busy = False  # no await from the check above to here
+
+    async def _run(self, inflight: deque[_Call]) -> None:
         """Read the replies of the batch in flight; then write what queued meanwhile as one
         batch and read that; until nothing is left. Never cancelled by a caller: a caller
         that gives up only stops waiting for its future."""
@@ -153,20 +190,18 @@ class ScriptPipe:
                     except Exception as exc:  # not connected, or the write failed
                         await self._discard()
                         _fail([*inflight, *batch], exc)
-                        inflight = []
+                        inflight.clear()
                         continue
                     inflight += batch
                 if not inflight:
                     self._busy = False  # no await from the check above to here
                     return
-                conn = self._conn
-                assert conn is not None
                 try:
-                    await _read_batch(conn, inflight)
+                    await _read_batch(self._conn, inflight)
                 except Exception as exc:
                     await self._discard()
                     _fail(inflight, exc)
-                inflight = []
+                    inflight.clear()
         except BaseException:  # cancelled (the loop is closing): nobody may wait forever
             self._busy = False
             gone = RedisConnectionError("the Redis pipeline was stopped")
@@ -226,21 +261,27 @@ def _write_now(conn: AbstractConnection, data: bytes) -> bool:
     return True
 
 
-async def _read_batch(conn: AbstractConnection, calls: list[_Call]) -> None:
-    """Read the replies of `calls` in order and hand each caller its own. One deadline
-    (the client's `socket_timeout`) for the whole batch rather than one timer per reply.
-    An error reply is returned, not raised (the connection stays usable); anything else
-    (a dropped or timed-out connection) raises, redis-py having closed the connection."""
+async def _read_batch(conn: AbstractConnection | None, calls: deque[_Call]) -> None:
+    """Read the replies of `calls` in order and hand each caller its own, taking each call
+    off `calls` once complete (a cancelled read resumes where it stopped: nothing read is
+    lost, the parser keeps a partial reply). One deadline (the client's `socket_timeout`)
+    for the whole batch rather than one timer per reply. An error reply is a reply (the
+    connection stays usable); anything else (a dropped or silent connection) raises, and
+    the caller discards the connection."""
+    if conn is None:
+        raise RedisConnectionError("the Redis pipeline has no connection")
     read = conn.read_response
     try:
         async with asyncio.timeout(conn.socket_timeout):
-            for call in calls:
-                replies = []
-                for _ in range(call.count):
+            while calls:
+                call = calls[0]
+                replies = call.replies
+                while len(replies) < call.count:
                     try:
-                        replies.append(await read(timeout=math.inf))
+                        replies.append(await read(timeout=math.inf, disconnect_on_error=False))
                     except ResponseError as exc:
                         replies.append(exc)
+                calls.popleft()
                 if not call.future.done():  # its caller may have given up
                     call.future.set_result(replies)
     except TimeoutError as exc:  # asyncio's: redis-py's own, as its reads raise it
@@ -251,7 +292,7 @@ def _where(conn: AbstractConnection) -> str:
     return f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
 
 
-def _fail(calls: list[_Call], exc: BaseException) -> None:
+def _fail(calls: Iterable[_Call], exc: BaseException) -> None:
     for call in calls:
         if not call.future.done():
             call.future.set_exception(exc)

@@ -91,14 +91,25 @@ async def test_replies_come_back_in_the_order_the_calls_were_made(
     await redis.delete(key)
 
 
-async def test_a_lone_call_is_written_before_its_caller_waits(quota: Quota) -> None:
-    """Nothing in flight: the caller itself writes (no loop iteration before the write)."""
+async def test_a_lone_call_is_written_and_read_by_its_caller(quota: Quota) -> None:
+    """Nothing in flight: the caller itself writes (before the loop turns) and reads its
+    reply (no task in between): at concurrency 1 no loop iteration is added."""
     pipe = _pipe(quota)
     await pipe.execute("PING")  # holds a connection now
-    writes = pipe.writes
-    reply = pipe._submit((("PING",),))  # synchronous: no await between call and write
-    assert pipe.writes == writes + 1
-    assert await reply == ["PONG"]
+    loop = asyncio.get_running_loop()
+    turned: list[str] = []
+    loop.call_soon(turned.append, "turned")
+    written_when: list[list[str]] = []
+    write_queue = pipe._write_queue
+
+    def spy() -> Any:
+        written_when.append(list(turned))
+        return write_queue()
+
+    pipe._write_queue = spy  # type: ignore[method-assign]
+    assert await pipe.execute("ECHO", "lone") == "lone"
+    assert written_when == [[]]  # written before the loop turned
+    assert pipe._owner is asyncio.current_task()  # read by the caller itself
 
 
 async def test_a_script_flushed_mid_batch_is_loaded_again(
@@ -135,23 +146,31 @@ def _ending(tenant: str, job_id: str) -> Ending:
 async def test_a_connection_killed_mid_batch_fails_its_callers_and_the_next_call_works(
     store: TenantStore, quota: Quota, redis: Redis
 ) -> None:
+    """A batch (a blocking command, then 8 reserves, in one write) whose connection is
+    killed: every caller of it gets what redis-py's path raises for a dropped connection;
+    a call queued behind it goes out on a fresh connection, as does the next one."""
     tenant = await _tenant(store, rpm=100, max_concurrent=50)
     pipe = _pipe(quota)
     await quota.reserve(tenant, "m", 1, 1, "warm")
+    first = asyncio.ensure_future(pipe.execute("PING"))  # in flight: the rest queue behind
     blocked = asyncio.ensure_future(pipe.execute("BLPOP", unique("pipe:never"), 30))
-    queued = [asyncio.ensure_future(quota.reserve(tenant, "m", 1, 1, f"j-{i}")) for i in range(8)]
+    batch = [asyncio.ensure_future(quota.reserve(tenant, "m", 1, 1, f"j-{i}")) for i in range(8)]
     killed = await _pipe_client_id(redis, "blpop")
+    assert await first == "PONG"
+    behind = asyncio.ensure_future(quota.reserve(tenant, "m", 1, 1, "behind"))
     assert await redis.client_kill_filter(_id=killed) == 1
     with pytest.raises(RedisConnectionError):
         await asyncio.wait_for(blocked, 10)
-    for waiter in queued:  # what redis-py's path raises for a dropped connection
+    for waiter in batch:
         with pytest.raises(QuotaBackendDown) as caught:
             await asyncio.wait_for(waiter, 10)
         assert isinstance(caught.value.__cause__, RedisConnectionError)
-    assert pipe._conn is None  # discarded, not kept with replies unread
+    assert (await asyncio.wait_for(behind, 10)).remaining_requests == 98  # the 8 never ran
     decision = await quota.reserve(tenant, "m", 1, 1, "after")
-    assert decision.allowed and decision.remaining_requests == 98  # the 8 never ran
-    assert await quota.inflight(tenant) == 2
+    assert decision.allowed and decision.remaining_requests == 97
+    ids = {int(c["id"]) for c in await redis.client_list()}
+    assert killed not in ids
+    assert await quota.inflight(tenant) == 3
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced(
@@ -214,6 +233,31 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_replies(
     assert after.remaining_requests == 100 - await quota.inflight(tenant)
 
 
+async def test_a_first_caller_cancelled_mid_read_hands_the_read_over(
+    store: TenantStore, quota: Quota, redis: Redis
+) -> None:
+    """The caller that wrote a batch reads its replies itself; cancelled halfway (one
+    reply read, one awaited), it leaves the rest to a task: the calls queued behind are
+    answered and the connection stays in step."""
+    tenant = await _tenant(store, rpm=100)
+    pipe = _pipe(quota)
+    await quota.reserve(tenant, "m", 1, 1, "warm")
+    key = unique("pipe:list")
+    leader = asyncio.ensure_future(
+        pipe.execute_many([("ECHO", "a"), ("BLPOP", key, 30), ("ECHO", "b")])
+    )
+    queued = [asyncio.ensure_future(quota.reserve(tenant, "m", 1, 1, f"q-{i}")) for i in range(5)]
+    await _pipe_client_id(redis, "blpop")
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    await redis.rpush(key, "x")  # the blocked command answers: the task reads on
+    decisions = await asyncio.wait_for(asyncio.gather(*queued), 10)
+    assert sorted(d.remaining_requests or 0 for d in decisions) == list(range(94, 99))
+    assert await pipe.execute("ECHO", "in step") == "in step"
+    assert await redis.llen(key) == 0
+
+
 async def test_redis_down_fails_every_waiter_quickly() -> None:
     down = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
     try:
@@ -245,11 +289,11 @@ async def test_a_carried_release_goes_out_with_a_reserve_of_the_same_iteration_f
     pipe = _pipe(quota)
     assert (await quota.reserve(tenant, "m", 1, 1, "first")).allowed
     writes = pipe.writes
-    release = pipe._submit(_release_commands(quota, tenant, "first"), carried=True)
+    release = pipe._enqueue(_release_commands(quota, tenant, "first"), carried=True)
     assert pipe.writes == writes  # not written yet
     second = await quota.reserve(tenant, "m", 1, 1, "second")
     assert second.allowed  # the slot was free: the release ran first
-    assert (await release)[0].startswith("1|")
+    assert (await release.future)[0].startswith("1|")
     assert pipe.writes == writes + 1
 
 
