@@ -146,7 +146,7 @@ class Reservations:
                 batch, self._queued = self._queued, []
                 self.release_rounds += 1
                 try:
-                    outcomes = await self.release_many(batch, carried=True)
+                    outcomes = await self.release_many(batch)
                 except Exception as exc:  # a bug, not Redis away: leave them to the lease
                     log.exception("releasing %d jobs failed", len(batch))
                     outcomes = [exc] * len(batch)
@@ -159,11 +159,9 @@ class Reservations:
             self._flusher = None  # cancelled with some queued: the next end starts a new one
 
     async def release_many(
-        self, ended: Sequence[tuple[Reservation, JobUsage]], *, carried: bool = False
+        self, ended: Sequence[tuple[Reservation, JobUsage]]
     ) -> list[bool | Exception]:
-        """`release` of each, in one Redis round trip; per job its outcome or its error.
-        `carried`: the round trip may wait for the end of the loop iteration to go with
-        a reserve's (`ScriptPipe.execute_many`)."""
+        """`release` of each, in one Redis round trip; per job its outcome or its error."""
         held = [(r, u) for r, u in ended if r.held and r.tenant]
         renewed = {}
         for reservation, _ in held:
@@ -178,7 +176,7 @@ class Reservations:
             )
             for r, u in held
         ]  # fmt: skip
-        outcomes = iter(await self.quota.release_many(endings, carried=carried) if endings else [])
+        outcomes = iter(await self.quota.release_many(endings) if endings else [])
         results: list[bool | Exception] = []
         for reservation, _ in ended:
             if not (reservation.held and reservation.tenant):

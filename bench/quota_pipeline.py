@@ -7,7 +7,7 @@ through one `Reservations` on one client built by `connect`, against a local Val
 (api.embedded.EmbeddedRedis); the same at concurrency 1. CPU is this process's
 (`time.process_time`: the api's side) and the server's (/proc), per request; the two ways
 alternate in rounds, back to back, and each reports its median round. "writes per req":
-the pipe's writes (batches) per request, reserve and release together (redis-py's path:
+the pipes' writes (batches) per request, reserve and release together (redis-py's path:
 one per reserve, one per release round). "µs wall/req" at concurrency 1 is the latency of
 one reserve (+ its release off the path) on a loaded machine: a ratio, not a figure.
 
@@ -45,7 +45,7 @@ async def run(server: EmbeddedRedis, requests: int, rounds: int, concurrencies: 
     )  # fmt: skip
     await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
     per_call = Quota(redis)
-    per_call.pipe = None  # redis-py's execute_command per script call, as before
+    per_call.pipe = per_call.release_pipe = None  # redis-py's path per call, as before
     piped = Quota(redis)
     ways = {
         "per call (before)": Reservations(per_call, False),
@@ -62,16 +62,16 @@ async def run(server: EmbeddedRedis, requests: int, rounds: int, concurrencies: 
         samples: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in ways}
         for r in range(rounds):
             for name, way in ways.items():
-                pipe = way.quota.pipe
-                writes = pipe.writes if pipe else way.release_rounds
+                pipes = [p for p in (way.quota.pipe, way.quota.release_pipe) if p]
+                writes = sum(p.writes for p in pipes) if pipes else way.release_rounds
                 own, valkey = time.process_time(), cpu_seconds([server.proc.pid])
                 wall = time.perf_counter()
                 n = await _round(way, f"{conc}-{r}-{name}", n_req, conc)
                 wall = (time.perf_counter() - wall) / n * 1e6
                 own = (time.process_time() - own) / n * 1e6
                 valkey = (cpu_seconds([server.proc.pid]) - valkey) / n * 1e6
-                if pipe:
-                    trips = (pipe.writes - writes) / n
+                if pipes:
+                    trips = (sum(p.writes for p in pipes) - writes) / n
                 else:  # one per reserve, plus the release rounds
                     trips = 1 + (way.release_rounds - writes) / n
                 samples[name].append((own, valkey, trips, wall))

@@ -66,8 +66,6 @@ class ScriptPipe:
         """A batch is in flight: its first caller, or the reader task, reads its replies."""
         self._owner: asyncio.Task[Any] | None = None
         """The task reading now (a safety net: one that ended leaves nobody waiting)."""
-        self._carrier: asyncio.Handle | None = None
-        """Writes, at the next loop iteration, carried calls nobody took along."""
         self.writes = 0
         """Writes (batches) sent: with `calls`, how much was shared (observability, tests)."""
         self.calls = 0
@@ -84,28 +82,23 @@ class ScriptPipe:
 
     async def execute(self, *args: Any) -> Any:
         """One command's reply; an error reply is raised, as redis-py does."""
-        reply = (await self._request((args,), False))[0]
+        reply = (await self._request((args,)))[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    async def execute_many(
-        self, commands: Sequence[tuple[Any, ...]], *, carried: bool = False
-    ) -> list[Any]:
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The commands' replies in order, an error reply as its exception (not raised); a
-        failed connection raises for all of them. `carried`: work off the request path (a
-        release) that, when nothing is in flight, is written at the next event-loop
-        iteration unless a call of this one takes it along (ahead of that call, so a slot
-        it frees is free for it)."""
+        failed connection raises for all of them."""
         if not commands:
             return []
-        return await self._request(commands, carried)
+        return await self._request(commands)
 
-    async def _request(self, commands: Sequence[tuple[Any, ...]], carried: bool) -> list[Any]:
+    async def _request(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Nothing in flight: the caller writes at once (no loop iteration before the write)
         and reads the replies itself (none after); else it waits for its future."""
-        call = self._enqueue(commands, carried)
-        if self._busy or carried:
+        call = self._enqueue(commands)
+        if self._busy:
             return await call.future
         inflight = self._write_queue()
         if inflight is None:  # no healthy connection: a task takes one (a checkout may wait)
@@ -114,35 +107,24 @@ class ScriptPipe:
         await self._lead(inflight)
         return call.future.result()
 
-    def _enqueue(self, commands: Sequence[tuple[Any, ...]], carried: bool) -> _Call:
+    def _enqueue(self, commands: Sequence[tuple[Any, ...]]) -> _Call:
         pack = self._packer.pack_command
         data = b"".join(chunk for args in commands for chunk in pack(*args))
         loop = asyncio.get_running_loop()
         call = _Call(data, len(commands), loop.create_future())
         self.calls += 1
         if self._loop is not loop:  # a connection, calls or a reader of another loop
-            self._conn, self._queue, self._carrier, self._loop = None, [], None, loop
+            self._conn, self._queue, self._loop = None, [], loop
             self._busy, self._owner = False, None
         self._queue.append(call)
         if self._busy and (self._owner is None or self._owner.done()):
             self._busy = False  # its reader ended without saying so: nobody waits forever
-        if carried and not self._busy and self._carrier is None:
-            self._carrier = loop.call_soon(self._carry)
         return call
-
-    def _carry(self) -> None:
-        """The carried calls nobody took along in their loop iteration: written now."""
-        self._carrier = None
-        if not self._busy and self._queue:
-            self._spawn(self._write_queue() or deque())
 
     def _write_queue(self) -> deque[_Call] | None:
         """Mark a batch in flight and write the queue now on the held connection; None
         (the queue kept) when there is no healthy connection to write on."""
         self._busy = True
-        if self._carrier is not None:
-            self._carrier.cancel()
-            self._carrier = None
         conn = self._conn
         calls = [c for c in self._queue if not c.future.done()]  # given up: not sent
         if conn is None or not calls or not _write_now(conn, b"".join(c.data for c in calls)):

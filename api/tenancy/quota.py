@@ -90,8 +90,13 @@ class Quota:
         self._usage_ttl = usage_ttl_days * 86_400.0
         self._cluster = is_cluster(redis)
         """A script may touch one tenant's keys only (one hash slot, `names.tenant_tag`)."""
-        self.pipe = ScriptPipe(redis) if ScriptPipe.serves(redis) else None
-        """The scripts' calls, auto-pipelined; None in a Cluster: redis-py's path per call."""
+        piped = ScriptPipe.serves(redis)
+        self.pipe = ScriptPipe(redis) if piped else None
+        """The reserves' (and renewals') calls, auto-pipelined; None in a Cluster: redis-py's
+        path per call."""
+        self.release_pipe = ScriptPipe(redis) if piped else None
+        """The folded releases', on a connection of their own: a reserve (on a request's
+        path) never waits behind a release batch in flight, nor a release behind reserves."""
         self._keys = ScriptKeys(self._cluster)
         # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
         self._reserve = redis.register_script(_script("quota.lua"))
@@ -196,17 +201,15 @@ class Quota:
         return await self._released(ending, args, raw)
 
     async def release_many(
-        self, endings: Sequence[Ending], *, now: float | None = None, carried: bool = False
+        self, endings: Sequence[Ending], *, now: float | None = None
     ) -> list[bool | Exception]:
         """`release` of many jobs in one round trip: a pipeline of `release.lua` calls, each
         atomic and idempotent on its own, so the result is exactly that of calling
         `release` for each. Per job: what `release` answers, or the exception it would
         raise (`QuotaBackendDown` when Redis is away: retrying is safe). In a Cluster the
-        jobs' keys live in different slots: one call each, in turn. `carried`: off the
-        request path, so the calls may wait for the end of the loop iteration to share
-        another call's write (`ScriptPipe.execute_many`)."""
+        jobs' keys live in different slots: one call each, in turn."""
         now = time.time() if now is None else now
-        if self._cluster or (len(endings) == 1 and self.pipe is None):
+        if self._cluster or (len(endings) == 1 and self.release_pipe is None):
             out: list[bool | Exception] = []
             for e in endings:
                 try:
@@ -223,7 +226,7 @@ class Quota:
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         try:
             with backend_guard():
-                replies = await self._pipe_many(commands, carried)
+                replies = await self._pipe_many(commands)
         except QuotaBackendDown as exc:
             return [exc] * len(endings)
         results: list[bool | Exception] = []
@@ -306,12 +309,11 @@ class Quota:
                 await pipe.execute("SCRIPT", "LOAD", script.script)
                 return await pipe.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
-    async def _pipe_many(self, commands: list[tuple[Any, ...]], carried: bool) -> list[Any]:
+    async def _pipe_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The commands' replies in order, an error reply as its exception: through the
-        pipe (`carried`: see `ScriptPipe.execute_many`), or a redis-py pipeline where there
-        is none."""
-        if self.pipe is not None:
-            return await self.pipe.execute_many(commands, carried=carried)
+        release pipe, or a redis-py pipeline where there is none."""
+        if self.release_pipe is not None:
+            return await self.release_pipe.execute_many(commands)
         pipe = self._redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)

@@ -6,7 +6,6 @@ that batch's callers the way redis-py's path does, and the next call works."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -272,45 +271,31 @@ async def test_redis_down_fails_every_waiter_quickly() -> None:
 def test_a_cluster_keeps_redis_pys_path() -> None:
     cluster = connect("redis+cluster://127.0.0.1:1,127.0.0.1:2")
     assert not ScriptPipe.serves(cluster)
-    assert Quota(cluster).pipe is None
+    assert Quota(cluster).pipe is None and Quota(cluster).release_pipe is None
     sentinel = connect("redis+sentinel://127.0.0.1:1/mymaster")  # the pool gives the master
     assert ScriptPipe.serves(sentinel) and Quota(sentinel).pipe is not None
     single = Redis(single_connection_client=True)
     assert not ScriptPipe.serves(single)
 
 
-async def test_a_carried_release_goes_out_with_a_reserve_of_the_same_iteration_first(
-    store: TenantStore, quota: Quota
+async def test_a_reserve_never_waits_behind_a_release_batch_in_flight(
+    store: TenantStore, quota: Quota, redis: Redis
 ) -> None:
-    """A release (off the request path) made while nothing is in flight waits for the end of
-    the loop iteration: a reserve made in the same iteration takes it along, ahead of
-    itself: one slot, freed and taken again in one write."""
-    tenant = await _tenant(store, rpm=100, max_concurrent=1)
-    pipe = _pipe(quota)
-    assert (await quota.reserve(tenant, "m", 1, 1, "first")).allowed
-    writes = pipe.writes
-    release = pipe._enqueue(_release_commands(quota, tenant, "first"), carried=True)
-    assert pipe.writes == writes  # not written yet
-    second = await quota.reserve(tenant, "m", 1, 1, "second")
-    assert second.allowed  # the slot was free: the release ran first
-    assert (await release.future)[0].startswith("1|")
-    assert pipe.writes == writes + 1
-
-
-def _release_commands(quota: Quota, tenant: str, job_id: str) -> list[tuple[Any, ...]]:
-    keys, args = quota._release_call(_ending(tenant, job_id), time.time())
-    return [("EVALSHA", quota._release.sha, len(keys), *keys, *args)]
-
-
-async def test_a_carried_release_nobody_takes_along_goes_out_by_itself(
-    store: TenantStore, quota: Quota
-) -> None:
-    tenant = await _tenant(store, rpm=100, max_concurrent=1)
-    pipe = _pipe(quota)
-    assert (await quota.reserve(tenant, "m", 1, 1, "alone")).allowed
-    writes = pipe.writes
-    released = await asyncio.wait_for(
-        quota.release_many([_ending(tenant, "alone")], carried=True), 10
-    )
-    assert released == [True] and pipe.writes == writes + 1
-    assert await quota.inflight(tenant) == 0
+    """Releases have their own pipe (connection): one stuck in flight (here a blocked
+    command ahead of them) holds up no reserve, and the releases queued behind it go
+    out together once it answers."""
+    tenant = await _tenant(store, rpm=100, max_concurrent=50)
+    held = [await quota.reserve(tenant, "m", 1, 1, f"r-{i}") for i in range(3)]
+    assert all(d.allowed for d in held)
+    releases = quota.release_pipe
+    assert releases is not None and releases is not quota.pipe
+    key = unique("pipe:list")
+    blocked = asyncio.ensure_future(releases.execute("BLPOP", key, 30))
+    ended = asyncio.ensure_future(quota.release_many([_ending(tenant, f"r-{i}") for i in range(3)]))
+    await _pipe_client_id(redis, "blpop")
+    decision = await asyncio.wait_for(quota.reserve(tenant, "m", 1, 1, "meanwhile"), 5)
+    assert decision.allowed and not ended.done()
+    await redis.rpush(key, "x")
+    assert await asyncio.wait_for(blocked, 10) == [key, "x"]
+    assert await asyncio.wait_for(ended, 10) == [True, True, True]
+    assert await quota.inflight(tenant) == 1
