@@ -3,16 +3,18 @@
 Every request runs `quota.lua` (the reserve) and, later, `release.lua`; through redis-py each
 call is a pool checkout and return, a `Retry` wrapper, observability hooks and one write
 syscall (~a quarter of the api's CPU at c=32). `ScriptPipe` sends them itself: the calls that
-arrive while a batch is being written or read, or within the same event-loop iteration, go
-out together as ONE write on ONE connection, and the replies (RESP answers in order) are
-read back and handed to each caller's future. When nothing is in flight a call is written at
-once, by its caller: at concurrency 1 nothing waits for a batch to fill.
+arrive while a batch is being written or read (its first caller's, made in the same
+event-loop iteration, included) go out together as ONE write on ONE connection, and the
+replies (RESP answers in order) are read back and handed to each caller's future. When
+nothing is in flight a call is written at once and its reply read by its caller: at
+concurrency 1 nothing waits for a batch to fill and no loop iteration is added.
 
 Failures keep redis-py's behaviour: an error reply (`NOSCRIPT`, a script error) goes to its
 own caller only; a connection that fails (Redis down, `CLIENT KILL`, a timeout, a Sentinel
 master demoted to a replica) fails every caller whose command was on it with the error
 redis-py raises, is disconnected (never reused with replies unread) and given back to the
-pool; the next call takes a fresh one. Reads are bounded by the client's `socket_timeout`.
+pool; the calls queued behind, and the next, take a fresh one. A batch's reads are bounded
+by the client's `socket_timeout`.
 
 For one Redis/Valkey server or a Sentinel-watched master (the pool hands out the master);
 a Cluster client keeps redis-py's per-command path (`ScriptPipe.serves`).
@@ -104,7 +106,7 @@ class ScriptPipe:
         if inflight is None:  # no healthy connection: a task takes one (a checkout may wait)
             self._spawn(deque())
             return await call.future
-        await self._lead(inflight)
+        await self._lead(inflight, call)
         return call.future.result()
 
     def _enqueue(self, commands: Sequence[tuple[Any, ...]]) -> _Call:
@@ -138,21 +140,22 @@ class ScriptPipe:
             self._run(inflight), name="redis-script-pipe"
         )
 
-    async def _lead(self, inflight: deque[_Call]) -> None:
+    async def _lead(self, inflight: deque[_Call], own: _Call) -> None:
         """The first caller reads the replies of the batch it wrote, then hands what
         queued meanwhile to the reader task. Cancelled mid-read (its client went away),
         it leaves the rest of the read to that task: the connection stays in step."""
         self._owner = asyncio.current_task()
         try:
-            await _read_batch(self._conn, inflight)
+            try:
+                await _read_batch(self._conn, inflight)
+            except Exception as exc:
+                _fail(inflight, exc)
+                inflight.clear()
+                await self._discard()
         except asyncio.CancelledError:
-            for call in inflight:
-                call.future.cancel()  # nobody waits for these: the leader's own, at most
-            self._spawn(inflight)
+            own.future.cancel()  # nobody waits for it now
+            self._spawn(inflight)  # reads what is left, then writes what queued
             raise
-        except Exception as exc:
-            await self._discard()
-            _fail(inflight, exc)
         if self._queue:
             self._spawn(deque())
         else:
@@ -170,9 +173,9 @@ class ScriptPipe:
                     try:
                         await self._send(b"".join(c.data for c in batch))
                     except Exception as exc:  # not connected, or the write failed
-                        await self._discard()
                         _fail([*inflight, *batch], exc)
                         inflight.clear()
+                        await self._discard()
                         continue
                     inflight += batch
                 if not inflight:
@@ -181,9 +184,9 @@ class ScriptPipe:
                 try:
                     await _read_batch(self._conn, inflight)
                 except Exception as exc:
-                    await self._discard()
                     _fail(inflight, exc)
                     inflight.clear()
+                    await self._discard()
         except BaseException:  # cancelled (the loop is closing): nobody may wait forever
             self._busy = False
             gone = RedisConnectionError("the Redis pipeline was stopped")
