@@ -54,7 +54,12 @@ class OneByOne(Reservations):
 
 
 class ScriptCall(Quota):
-    """`Quota` calling its scripts through redis-py's `Script` (before issue 14's client work)."""
+    """`Quota` calling its scripts through redis-py's `Script` (before issue 14's client work),
+    without the pipes (`api.tenancy.pipeline`, `bench/quota_pipeline.py` measures those)."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.pipe = self.release_pipe = None
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         with backend_guard():

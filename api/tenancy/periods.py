@@ -24,8 +24,15 @@ class Periods(Struct, frozen=True):
 
 
 def periods(now: float) -> Periods:
-    minute = int(now // 60)
-    day, day_end, month, month_end = _calendar(int(now // 86_400))
+    """The periods `now` falls in; the same object for every call in one minute."""
+    return _of_minute(int(now // 60))
+
+
+@lru_cache(maxsize=16)
+def _of_minute(minute: int) -> Periods:
+    """Pure in the minute (a day is 1,440 of them), so cached: the request path asks once
+    per request, and a tenant's calls of one minute share the answer."""
+    day, day_end, month, month_end = _calendar(minute // 1440)
     return Periods(
         minute=minute,
         minute_end=(minute + 1) * 60.0,

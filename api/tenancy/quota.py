@@ -26,6 +26,8 @@ from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
 from llmq.api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
 from llmq.api.tenancy.periods import periods
+from llmq.api.tenancy.pipeline import ScriptPipe
+from llmq.api.tenancy.script_keys import ScriptKeys
 from llmq.schemas import names
 
 DEFAULT_LEASE = 900.0
@@ -88,6 +90,14 @@ class Quota:
         self._usage_ttl = usage_ttl_days * 86_400.0
         self._cluster = is_cluster(redis)
         """A script may touch one tenant's keys only (one hash slot, `names.tenant_tag`)."""
+        piped = ScriptPipe.serves(redis)
+        self.pipe = ScriptPipe(redis) if piped else None
+        """The reserves' (and renewals') calls, auto-pipelined; None in a Cluster: redis-py's
+        path per call."""
+        self.release_pipe = ScriptPipe(redis) if piped else None
+        """The folded releases', on a connection of their own: a reserve (on a request's
+        path) never waits behind a release batch in flight, nor a release behind reserves."""
+        self._keys = ScriptKeys(self._cluster)
         # register_script: EVALSHA, and SCRIPT LOAD only when the server does not know it yet.
         self._reserve = redis.register_script(_script("quota.lua"))
         self._release = redis.register_script(_script("release.lua"))
@@ -118,17 +128,7 @@ class Quota:
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
         p = periods(now)
-        keys = [
-            names.tenant_key(tenant),
-            names.tenant_key(tenant) if self._cluster else names.PRICES_KEY,
-            names.inflight_key(tenant),
-            names.rate_key(tenant),
-            names.day_quota_key(tenant, p.day),
-            names.month_quota_key(tenant, p.month),
-            names.reservation_key(tenant, job_id),
-            names.tenant_api_keys_key(tenant),
-            *_key_scope(tenant, key_id, p.day, p.month),
-        ]
+        keys = self._keys.reserve(tenant, key_id, job_id, p.day, p.month)
         args: list[str | int] = [
             model,
             max(0, int(prompt_tokens)),
@@ -209,7 +209,7 @@ class Quota:
         raise (`QuotaBackendDown` when Redis is away: retrying is safe). In a Cluster the
         jobs' keys live in different slots: one call each, in turn."""
         now = time.time() if now is None else now
-        if self._cluster or len(endings) == 1:
+        if self._cluster or (len(endings) == 1 and self.release_pipe is None):
             out: list[bool | Exception] = []
             for e in endings:
                 try:
@@ -222,12 +222,11 @@ class Quota:
                     out.append(exc)
             return out
         calls = [self._release_call(e, now) for e in endings]
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args in calls:  # EVALSHA itself: a Script in a pipeline asks SCRIPT EXISTS
-            pipe.evalsha(self._release.sha, len(keys), *keys, *args)
+        sha = self._release.sha
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         try:
             with backend_guard():
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await self._pipe_many(commands)
         except QuotaBackendDown as exc:
             return [exc] * len(endings)
         results: list[bool | Exception] = []
@@ -247,16 +246,7 @@ class Quota:
         """`release.lua`'s keys and arguments for one job ending at `now`."""
         p = periods(now)
         tenant = e.tenant
-        keys = [
-            names.reservation_key(tenant, e.job_id),
-            names.inflight_key(tenant),
-            names.usage_key(tenant, p.day),
-            names.tenant_ledger_key(tenant) if self._cluster else names.LEDGER_KEY,
-            names.tenant_ledger_key(tenant),
-            names.usage_by_key(tenant, p.day, "key"),
-            names.usage_by_key(tenant, p.day, "user"),
-            names.key_last_used_key(tenant),
-        ]
+        keys = self._keys.release(tenant, e.job_id, p.day)
         args: list[str | int] = [
             e.job_id,
             max(0, int(e.prompt_tokens)),
@@ -300,16 +290,34 @@ class Quota:
             )
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        """`EVALSHA` straight on the client (redis-py's `Script.__call__` adds an import,
-        two tuple copies and two call layers per request); a `NOSCRIPT` reply (a restarted
-        or flushed server) goes through the script, which loads it and runs it again."""
+        """`EVALSHA` through the pipe (or, in a Cluster, straight on the client: redis-py's
+        `Script.__call__` adds an import, two tuple copies and two call layers per request);
+        a `NOSCRIPT` reply (a restarted or flushed server) loads the script and calls again,
+        through the pipe too: the callers of one batch that all met it stay one batch."""
+        pipe = self.pipe
         with backend_guard():
+            if pipe is None:
+                try:
+                    return await self._redis.execute_command(
+                        "EVALSHA", script.sha, len(keys), *keys, *args
+                    )
+                except NoScriptError:
+                    return await script(keys=keys, args=args)
             try:
-                return await self._redis.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
+                return await pipe.execute("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                return await script(keys=keys, args=args)
+                await pipe.execute("SCRIPT", "LOAD", script.script)
+                return await pipe.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _pipe_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands' replies in order, an error reply as its exception: through the
+        release pipe, or a redis-py pipeline where there is none."""
+        if self.release_pipe is not None:
+            return await self.release_pipe.execute_many(commands)
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def renew(
         self,
@@ -367,12 +375,6 @@ class Quota:
         now = time.time() if now is None else now
         with backend_guard():
             return int(await self._redis.zcount(names.inflight_key(tenant), f"({_ms(now)}", "+inf"))
-
-
-def _key_scope(tenant: str, key_id: str, day: str, month: str) -> list[str]:
-    """The key's in-flight, rate, day and month keys (unused names when there is no key)."""
-    prefix = names.key_quota_prefix(tenant, key_id or "-")
-    return [f"{prefix}:inflight", f"{prefix}:rate", f"{prefix}:d:{day}", f"{prefix}:m:{month}"]
 
 
 def _ms(seconds: float) -> int:
