@@ -133,3 +133,41 @@ async def test_the_inbox_routes_acks_and_frames(nats_server) -> None:  # type: i
     finally:
         await inbox.stop()
         await disconnect(nc)
+
+
+async def test_frames_reach_the_mailbox_from_the_read_loop_and_orphans_are_cancelled(
+    nats_server,  # type: ignore[no-untyped-def]
+) -> None:
+    """No subscription task sits between nats-py's read loop and the mailboxes; a frame for a
+    job nobody waits for makes the inbox cancel that job, once."""
+    nc = await connect(nats_server.url, "test-inbox-direct")
+    inbox = ReplyInbox(nc, unique("i"))
+    await inbox.start()
+    cancels = await nc.subscribe("llmq.cancel.>")
+    try:
+        assert inbox._sub is not None and inbox._sub._wait_for_msgs_task is None
+        box = inbox.open("job2")
+        for seq in range(50):
+            await nc.publish(
+                inbox.subject("job2"),
+                b"%d" % seq,
+                headers={"Llmq-Frame": "chunk", "Llmq-Seq": str(seq)},
+            )
+        got = []
+        for _ in range(50):
+            frame = await box.get(10.0)
+            assert isinstance(frame, Msg)
+            got.append(int(frame.data))
+        assert got == list(range(50))
+        assert inbox._sub.pending_msgs == 0 and inbox._sub._pending_size == 0
+        for _ in range(2):
+            await nc.publish(inbox.subject("gone"), b"x", headers={"Llmq-Frame": "chunk"})
+        cancel = await cancels.next_msg(timeout=10.0)
+        assert cancel.subject == "llmq.cancel.gone"
+        await nc.flush()
+        await asyncio.sleep(0.2)
+        assert cancels.pending_msgs == 0  # the second orphan frame did not cancel again
+    finally:
+        await cancels.unsubscribe()
+        await inbox.stop()
+        await disconnect(nc)
