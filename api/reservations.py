@@ -41,6 +41,9 @@ _KEY_MESSAGES = {
 }
 QUOTA_STORE_RETRY = 1.0
 """Seconds a batch line waits before asking again while the quota store is away."""
+RELEASED_MEMORY = 16_384
+"""How many of its latest releases a replica remembers (`released_here`): seconds of
+traffic, ample for a worker's report that comes milliseconds after the job's end."""
 
 
 class Reservations:
@@ -55,6 +58,9 @@ class Reservations:
         """Round trips `release_later` made (observability, tests)."""
         self._held: dict[tuple[str, str], None] = {}
         """(tenant, job id) of every open reservation this replica renews, oldest first."""
+        self._released: dict[str, None] = {}
+        """Job ids (unique across tenants) of the latest releases Redis answered, oldest
+        first."""
         self._renewer: asyncio.Task[None] | None = None
         self.renewals = 0
         """Renewal rounds run (observability, tests)."""
@@ -123,6 +129,7 @@ class Reservations:
             if renewed:  # the caller retries: keep the slot until it gets through
                 self._held[key] = None
             raise
+        self._remember(key)
 
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
         """`release` off the caller's path, retried while Redis is away. Releases that come
@@ -186,8 +193,21 @@ class Reservations:
             key = (reservation.tenant, reservation.job_id)
             if isinstance(outcome, QuotaBackendDown) and renewed[key]:
                 self._held[key] = None  # retried: keep renewing the slot until it gets through
+            elif not isinstance(outcome, Exception):
+                self._remember(key)
             results.append(outcome)
         return results
+
+    def _remember(self, key: tuple[str, str]) -> None:
+        released = self._released
+        released[key[1]] = None
+        if len(released) > RELEASED_MEMORY:
+            del released[next(iter(released))]
+
+    def released_here(self, tenant: str, job_id: str) -> bool:
+        """This replica released the job already (Redis answered; the ledger has it): the
+        worker's usage report of it needs no second, idempotent release."""
+        return job_id in self._released
 
     async def _retry(self, reservation: Reservation, usage: JobUsage) -> None:
         """A release that found Redis away: asked again, with growing pauses."""

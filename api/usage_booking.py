@@ -6,7 +6,9 @@ pulls from the one durable consumer `usage-booker` and releases the job's reserv
 that usage. The api that relayed the job releases it too, from the `done` frame: the ledger
 books only the first release of a job id (`release.lua`), so whichever comes second changes
 nothing, and a job whose api died mid-stream is still booked exactly once (issue 12 finding
-13). A failed job's report waits `FAILED_GRACE` first: the relaying api, when alive, books
+13). A report of a job this replica released already (the usual case) is acked without
+that second, idempotent release; the others of a fetch are released in one round trip. A
+failed job's report waits `FAILED_GRACE` first: the relaying api, when alive, books
 its own estimate (prompt estimate + tokens relayed), which the worker cannot know.
 """
 
@@ -26,7 +28,7 @@ from llmq.dispatcher import streams
 from llmq.dispatcher.batch.consume import SharedConsumer
 from llmq.dispatcher.batch.ports import reservation_of
 from llmq.schemas import names
-from llmq.schemas.admission import JobUsage
+from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.usage import usage_decoder
 
 log = logging.getLogger(__name__)
@@ -54,43 +56,64 @@ class UsageBooker(SharedConsumer):
         self.reservations = reservations
         self.booked = 0
         """Reports handled (booked, or found booked already by the relaying api)."""
+        self.skipped = 0
+        """Of those, reports of jobs this replica had released itself (no Redis call)."""
 
     async def start(self) -> None:
         await streams.ensure_usage_stream(self.js, self.replicas)
         self.start_pulling()
 
     async def _handle(self, msg: Msg) -> None:
-        try:
-            report = usage_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            log.warning("usage booker: dropping an unreadable report on %s: %s", msg.subject, exc)
-            with contextlib.suppress(Exception):
-                await msg.term()
-            return
-        if report.failed:
-            age = time.time() - msg.metadata.timestamp.timestamp()
-            if age < FAILED_GRACE:
+        await self._handle_all([msg])
+
+    async def _handle_all(self, msgs: list[Msg]) -> None:
+        """One fetch's reports. The job's own api released most of them already: acked
+        without a Redis call; the rest are released together, in one round trip."""
+        due: list[tuple[Msg, Reservation, JobUsage]] = []
+        for msg in msgs:
+            try:
+                report = usage_decoder.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                log.warning(
+                    "usage booker: dropping an unreadable report on %s: %s", msg.subject, exc
+                )
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=FAILED_GRACE - age)
-                return
-        usage = JobUsage(
-            report.prompt_tokens,
-            report.completion_tokens,
-            failed=report.failed,
-            cached_tokens=report.cached_tokens,
-            cache_write_tokens=report.cache_write_tokens,
-        )
-        try:
-            await self.reservations.release(
-                reservation_of(report.tenant, report.model, report.job_id), usage
+                    await msg.term()
+                continue
+            if report.failed:
+                age = time.time() - msg.metadata.timestamp.timestamp()
+                if age < FAILED_GRACE:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=FAILED_GRACE - age)
+                    continue
+            if self.reservations.released_here(report.tenant, report.job_id):
+                self.booked += 1
+                self.skipped += 1
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+                continue
+            usage = JobUsage(
+                report.prompt_tokens,
+                report.completion_tokens,
+                failed=report.failed,
+                cached_tokens=report.cached_tokens,
+                cache_write_tokens=report.cache_write_tokens,
             )
+            due.append((msg, reservation_of(report.tenant, report.model, report.job_id), usage))
+        if not due:
+            return
+        try:
+            outcomes = await self.reservations.release_many([(r, u) for _, r, u in due])
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.warning("usage booker: %s booking %s; retrying", exc, report.job_id)
+        except Exception as exc:  # a bug, not Redis away (that comes back per job)
+            outcomes = [exc] * len(due)
+        for (msg, reservation, _), outcome in zip(due, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("usage booker: %s booking %s; retrying", outcome, reservation.job_id)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=RETRY_DELAY)
+                continue
+            self.booked += 1
             with contextlib.suppress(Exception):
-                await msg.nak(delay=RETRY_DELAY)
-            return
-        self.booked += 1
-        with contextlib.suppress(Exception):
-            await msg.ack()
+                await msg.ack()

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.schemas import names
-from llmq.schemas.admission import Reservation
+from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.usage import FinalUsage, usage_encoder
 from tests.spec import assert_valid
 from tests.stack import free_port, unique, wait_for
@@ -142,3 +142,32 @@ async def test_a_failed_report_waits_for_the_relaying_api_and_a_garbled_one_is_d
 async def _empty(api: Any) -> bool:
     info = await api.runtime.js.stream_info(names.USAGE_STREAM)
     return bool(info.state.messages == 0)
+
+
+async def test_a_report_of_a_job_this_api_released_costs_no_second_release(
+    stack, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    """The api that relayed a job released it already: the worker's report of it is acked
+    without a Redis call (`skipped`); a report of a job nobody here released is booked."""
+    redis = connect(redis_server.url)
+    tenant, _ = await _tenant(redis)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0)
+    reservations = api.app.state.serving.reservations
+    booker = api.app.state.usage_booker
+    mine = await reservations.reserve(tenant, "m", 10, 20, "mine")
+    assert isinstance(mine, Reservation)
+    await reservations.release(mine, JobUsage(3, 5))
+    assert reservations.released_here(tenant, "mine")
+    held = await reservations.reserve(tenant, "m", 10, 20, "other")  # its api never ends it
+    assert isinstance(held, Reservation) and not reservations.released_here(tenant, "other")
+    skipped, booked = booker.skipped, booker.booked
+    subject = names.usage_subject(tenant, "m")
+    for job_id in ("mine", "other"):
+        report = FinalUsage(tenant, "m", job_id, 3, 5)
+        await api.runtime.js.publish(subject, usage_encoder.encode(report))
+    await wait_for(lambda: booker.booked >= booked + 2, timeout=15)
+    assert booker.skipped == skipped + 1
+    entries = await UsageReader(redis).ledger(tenant)
+    assert sorted((e.job_id, e.completion_tokens) for e in entries) == [("mine", 5), ("other", 5)]
+    assert await Quota(redis).inflight(tenant) == 0
+    await redis.aclose()
