@@ -4,10 +4,12 @@ Starts its own nats-server and Valkey/Redis (free loopback ports), the fast mock
 (`bench/mock_upstream.py`, `--words` content chunks when streaming), an llmq api and one
 `openai`-backend worker in front of the mock with API keys and the quota script on (a tenant
 with every limit set), and, when given a python that has `litellm[proxy]`, the LiteLLM proxy
-on the same mock. Each target gets the same load (wrk with one thread when installed, else
-our own asyncio generator), json and stream, at each concurrency; CPU seconds are read from
-/proc for each whole process tree (api + worker + nats-server + Valkey for llmq; the proxy and
-its children for LiteLLM) before and after the run and divided by the requests served.
+on the same mock, measured after llmq's cells so that its proxy never runs beside them (an
+idle proxy still takes CPU). Each target gets the same load (wrk with one thread when
+installed, else our own asyncio generator), json and stream, at each concurrency; CPU
+seconds are read from /proc for each whole process tree (api + worker + nats-server + Valkey
+for llmq; the proxy and its children for LiteLLM) before and after the run and divided by the
+requests served.
 
     .venv/bin/python bench/compare.py                                   # llmq and direct only
     .venv/bin/python bench/compare.py --litellm-python /tmp/litellm-venv/bin/python
@@ -229,29 +231,33 @@ async def _run_scheme(
         }
         if profiles:  # the python processes themselves (`wrap` keeps their pids)
             targets["llmq"].profiled = [stack.procs[p].pid for p in ("api", "worker")]
+        rows = []
+        for mode in args.modes:
+            for conc in args.concurrency:
+                res = {
+                    name: await measure(t, mode == "stream", conc, args.seconds, use_wrk, tmp)
+                    for name, t in targets.items()
+                }
+                rows.append((scheme, mode, conc, res))
+                print(f"  {scheme} {mode} c={conc} done (load {load_average()})", file=sys.stderr)
+        # LiteLLM afterwards, on the same mock: its proxy (idle or not) never shares the
+        # machine with llmq's measured cells.
         proxy = None
         if args.litellm_python and scheme == "http":
             proxy, port, master = _litellm(args.litellm_python, stack.mock_port, tmp)
-            targets["litellm"] = Target(
-                "litellm", f"http://127.0.0.1:{port}{path}", master, {"proxy": proxy.pid}
-            )
+            lite = Target("litellm", f"http://127.0.0.1:{port}{path}", master, {"proxy": proxy.pid})
         try:
             if proxy is not None:
-                lite = targets["litellm"]
                 await wait_until_served(
                     lite.url.replace(path, "/v1/models"), '"bench"', timeout=180,
                     headers={"authorization": f"Bearer {lite.key}"},
                 )  # fmt: skip
-            rows = []
-            for mode in args.modes:
-                for conc in args.concurrency:
-                    res = {
-                        name: await measure(t, mode == "stream", conc, args.seconds, use_wrk, tmp)
-                        for name, t in targets.items()
-                    }
-                    rows.append((scheme, mode, conc, res))
+                for _, mode, conc, res in rows:
+                    res["litellm"] = await measure(
+                        lite, mode == "stream", conc, args.seconds, use_wrk, tmp
+                    )
                     print(
-                        f"  {scheme} {mode} c={conc} done (load {load_average()})", file=sys.stderr
+                        f"  litellm {mode} c={conc} done (load {load_average()})", file=sys.stderr
                     )
             return rows
         finally:
