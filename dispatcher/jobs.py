@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass
 
 from llmq.schemas import names
@@ -11,8 +11,9 @@ from llmq.schemas.envelope import DEFAULT_KIND, JobEnvelope, JobKind
 
 
 def new_job_id() -> str:
-    """Sortable-enough, subject-safe, and used as the OpenAI `id` suffix and X-Request-ID."""
-    return uuid.uuid4().hex
+    """Subject-safe, and used as the OpenAI `id` suffix and X-Request-ID: 128 random bits
+    in 32 hex digits, as `uuid4().hex` gave, without building a UUID (a fifth of the CPU)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)
