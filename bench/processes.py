@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from llmq.api.tenancy import Price, Tenant, TenantStore, connect
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port
 
 
@@ -133,8 +134,6 @@ class Stack:
 async def bench_tenant(redis_url: str) -> str:
     """A tenant with every limit set (high), so the quota script takes its longest path;
     returns an API key of it."""
-    from llmq.api.tenancy import Tenant, TenantStore, connect
-
     redis = connect(redis_url)
     try:
         store = TenantStore(redis)
@@ -149,6 +148,18 @@ async def bench_tenant(redis_url: str) -> str:
         return key
     finally:
         await redis.aclose()
+
+
+async def priced_bench_tenant(store: TenantStore) -> None:
+    """Tenant `bench` for model `bench-model` (with a price), every limit set high: the
+    quota scripts' longest path, for the benches that call them in process."""
+    await store.create(
+        Tenant(
+            name="bench", models=["bench-model"], rpm=10**9, tpm=10**12, max_concurrent=10**6,
+            daily_tokens=10**12, monthly_tokens=10**12, spend_budget_usd=10**9,
+        )
+    )  # fmt: skip
+    await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
 
 
 @contextlib.asynccontextmanager

@@ -26,24 +26,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import cpu_seconds, load_average  # noqa: E402
+from bench.processes import cpu_seconds, load_average, priced_bench_tenant  # noqa: E402
 from bench.release import _round  # noqa: E402
 from llmq import event_loop  # noqa: E402
 from llmq.api.reservations import Reservations  # noqa: E402
-from llmq.api.tenancy import Price, Quota, Tenant, TenantStore, connect  # noqa: E402
+from llmq.api.tenancy import Quota, TenantStore, connect  # noqa: E402
 from llmq.embedded import EmbeddedRedis  # noqa: E402
 
 
 async def run(server: EmbeddedRedis, requests: int, rounds: int, concurrencies: list[int]) -> None:
     redis = connect(server.url)
     store = TenantStore(redis)
-    await store.create(
-        Tenant(
-            name="bench", models=["bench-model"], rpm=10**9, tpm=10**12, max_concurrent=10**6,
-            daily_tokens=10**12, monthly_tokens=10**12, spend_budget_usd=10**9,
-        )
-    )  # fmt: skip
-    await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
+    await priced_bench_tenant(store)
     per_call = Quota(redis)
     per_call.pipe = per_call.release_pipe = None  # redis-py's path per call, as before
     piped = Quota(redis)

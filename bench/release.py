@@ -33,10 +33,10 @@ from redis.asyncio import BlockingConnectionPool, Redis  # noqa: E402
 from redis.asyncio.connection import Connection  # noqa: E402
 from redis.commands.core import AsyncScript  # noqa: E402
 
-from bench.processes import cpu_seconds, load_average  # noqa: E402
+from bench.processes import cpu_seconds, load_average, priced_bench_tenant  # noqa: E402
 from llmq import event_loop  # noqa: E402
 from llmq.api.reservations import Reservations  # noqa: E402
-from llmq.api.tenancy import Price, Quota, Tenant, TenantStore, connect  # noqa: E402
+from llmq.api.tenancy import Quota, TenantStore, connect  # noqa: E402
 from llmq.api.tenancy.client import packing  # noqa: E402
 from llmq.api.tenancy.errors import backend_guard  # noqa: E402
 from llmq.embedded import EmbeddedRedis  # noqa: E402
@@ -97,13 +97,7 @@ async def run(
 ) -> None:
     redis = connect(server.url)
     store = TenantStore(redis)
-    await store.create(
-        Tenant(
-            name="bench", models=["bench-model"], rpm=10**9, tpm=10**12, max_concurrent=10**6,
-            daily_tokens=10**12, monthly_tokens=10**12, spend_budget_usd=10**9,
-        )
-    )  # fmt: skip
-    await store.set_price("bench-model", Price(input_per_1m=0.5, output_per_1m=1.5))
+    await priced_bench_tenant(store)
     quota = Quota(redis)
     ways = {"one by one": OneByOne(quota, False), "folded": Reservations(quota, False)}
     others: list[Redis] = []
