@@ -149,9 +149,7 @@ class ScriptPipe:
             try:
                 await _read_batch(self._conn, inflight)
             except Exception as exc:
-                _fail(inflight, exc)
-                inflight.clear()
-                await self._discard()
+                await self._discard(inflight, exc)
         except asyncio.CancelledError:
             own.future.cancel()  # nobody waits for it now
             self._spawn(inflight)  # reads what is left, then writes what queued
@@ -173,9 +171,8 @@ class ScriptPipe:
                     try:
                         await self._send(b"".join(c.data for c in batch))
                     except Exception as exc:  # not connected, or the write failed
-                        _fail([*inflight, *batch], exc)
-                        inflight.clear()
-                        await self._discard()
+                        inflight += batch
+                        await self._discard(inflight, exc)
                         continue
                     inflight += batch
                 if not inflight:
@@ -184,9 +181,7 @@ class ScriptPipe:
                 try:
                     await _read_batch(self._conn, inflight)
                 except Exception as exc:
-                    _fail(inflight, exc)
-                    inflight.clear()
-                    await self._discard()
+                    await self._discard(inflight, exc)
         except BaseException:  # cancelled (the loop is closing): nobody may wait forever
             self._busy = False
             gone = RedisConnectionError("the Redis pipeline was stopped")
@@ -212,8 +207,11 @@ class ScriptPipe:
         await conn.send_packed_command([data], check_health=False)
         self.writes += 1
 
-    async def _discard(self) -> None:
-        """The connection failed: close it (replies may be unread) and give it back."""
+    async def _discard(self, inflight: deque[_Call], exc: Exception) -> None:
+        """The connection failed: every call on it fails with `exc`, and it is closed
+        (replies may be unread) and given back."""
+        _fail(inflight, exc)
+        inflight.clear()
         conn, self._conn = self._conn, None
         if conn is None:
             return
