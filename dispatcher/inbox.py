@@ -38,9 +38,6 @@ class Signal(enum.Enum):
 Item = Msg | Signal
 
 
-_STATUS = "Status"
-"""The header of nats-server's status replies (503: no stream to publish to)."""
-
 STALL = 0.25
 """Seconds a bound's timer may fire late before the api takes it for its own stall, not the
 job's silence."""
@@ -197,7 +194,7 @@ class ReplyInbox:
         queue = self._queues.get(job_id)
         if queue is not None:
             headers = msg.headers
-            if headers is None or (names.H_FRAME not in headers and _STATUS in headers):
+            if headers is None or (names.H_FRAME not in headers and names.H_STATUS in headers):
                 queue.put_ack(msg)  # JetStream's reply to the job's publish, not a frame
             else:
                 queue.put_nowait(msg)

@@ -32,11 +32,12 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
+from llmq.schemas import names
+
 log = logging.getLogger(__name__)
 
 FIRST_PAUSE = 0.05
 MAX_PAUSE = 0.5
-STATUS = "Status"
 NO_RESPONDERS = "503"
 """The status header nats-server sends back when no stream listens on the subject."""
 DURABLE_RETRY = 30.0
@@ -128,7 +129,7 @@ _ack_decoder = msgspec.json.Decoder(_Ack)
 def pub_ack(msg: Msg) -> PubAck:
     """A publish's reply read as `js.publish` reads it: no responders (no stream) raises
     NoStreamResponseError, an API error its APIError, else the ack."""
-    if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+    if msg.headers and msg.headers.get(names.H_STATUS) == NO_RESPONDERS:
         raise NoStreamResponseError
     ack = _ack_decoder.decode(msg.data)
     if ack.error is not None:

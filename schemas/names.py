@@ -220,12 +220,15 @@ H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
 H_REQUEUED = "Llmq-Requeued"
-H_CHUNKS = "Llmq-Chunks"
-"""On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
 """On a `ping` frame: the worker gave the job back (retryable failure before its first
 token); it is queued again for the next worker."""
+H_CHUNKS = "Llmq-Chunks"
+"""On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
 H_MSG_ID = "Nats-Msg-Id"
 H_TRACEPARENT = "traceparent"
+H_STATUS = "Status"
+"""nats-server's status header on its own replies: `503` no responders (no stream on a
+published subject), `404`/`408`/`409` the end of a pull request."""
 
 # --- Redis keys --------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-_STATUS = "Status"
+from llmq.schemas import names
+
 _HEARTBEAT = "100"
 _encoder = msgspec.json.Encoder()
 
@@ -101,7 +102,7 @@ class PullFeed:
         await self.nc.publish(self._api, _encoder.encode(body), reply=f"{self._inbox}.{token}")
 
     async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get(_STATUS) if msg.headers else None
+        status = msg.headers.get(names.H_STATUS) if msg.headers else None
         if status is not None:
             if status == _HEARTBEAT:
                 return
