@@ -129,7 +129,7 @@ class Reservations:
             if renewed:  # the caller retries: keep the slot until it gets through
                 self._held[key] = None
             raise
-        self._remember(key)
+        self._remember(reservation.job_id)
 
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
         """`release` off the caller's path, retried while Redis is away. Releases that come
@@ -194,17 +194,17 @@ class Reservations:
             if isinstance(outcome, QuotaBackendDown) and renewed[key]:
                 self._held[key] = None  # retried: keep renewing the slot until it gets through
             elif not isinstance(outcome, Exception):
-                self._remember(key)
+                self._remember(reservation.job_id)
             results.append(outcome)
         return results
 
-    def _remember(self, key: tuple[str, str]) -> None:
+    def _remember(self, job_id: str) -> None:
         released = self._released
-        released[key[1]] = None
+        released[job_id] = None
         if len(released) > RELEASED_MEMORY:
             del released[next(iter(released))]
 
-    def released_here(self, tenant: str, job_id: str) -> bool:
+    def released_here(self, job_id: str) -> bool:
         """This replica released the job already (Redis answered; the ledger has it): the
         worker's usage report of it needs no second, idempotent release."""
         return job_id in self._released

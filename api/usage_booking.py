@@ -63,9 +63,6 @@ class UsageBooker(SharedConsumer):
         await streams.ensure_usage_stream(self.js, self.replicas)
         self.start_pulling()
 
-    async def _handle(self, msg: Msg) -> None:
-        await self._handle_all([msg])
-
     async def _handle_all(self, msgs: list[Msg]) -> None:
         """One fetch's reports. The job's own api released most of them already: acked
         without a Redis call; the rest are released together, in one round trip."""
@@ -86,7 +83,7 @@ class UsageBooker(SharedConsumer):
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=FAILED_GRACE - age)
                     continue
-            if self.reservations.released_here(report.tenant, report.job_id):
+            if self.reservations.released_here(report.job_id):
                 self.booked += 1
                 self.skipped += 1
                 with contextlib.suppress(Exception):

@@ -157,9 +157,9 @@ async def test_a_report_of_a_job_this_api_released_costs_no_second_release(
     mine = await reservations.reserve(tenant, "m", 10, 20, "mine")
     assert isinstance(mine, Reservation)
     await reservations.release(mine, JobUsage(3, 5))
-    assert reservations.released_here(tenant, "mine")
+    assert reservations.released_here("mine")
     held = await reservations.reserve(tenant, "m", 10, 20, "other")  # its api never ends it
-    assert isinstance(held, Reservation) and not reservations.released_here(tenant, "other")
+    assert isinstance(held, Reservation) and not reservations.released_here("other")
     skipped, booked = booker.skipped, booker.booked
     subject = names.usage_subject(tenant, "m")
     for job_id in ("mine", "other"):
