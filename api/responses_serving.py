@@ -30,7 +30,7 @@ from llmq.api.response_items import as_items, for_model
 from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
 from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT
-from llmq.api.serving import _NOT_UNDER_WAY, Attempted, RequestRecord, Serving
+from llmq.api.serving import Attempted, RequestRecord, Serving
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
@@ -205,22 +205,13 @@ class ResponsesServing:
             if more:
                 return QUEUE_WAIT, full
             raise full
-        ticket = await serving.fair.enter(model, record.tenant, ask.time_left(), ask.rank)
-        if ticket is None:
-            raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
-        try:
-            reservation = await serving.reservations.reserve(
-                record.tenant, model, ask.estimate, ask.max_tokens, record.job_id,
-                key_id=serving.auth.key_id(request),
-            )  # fmt: skip
-        except BaseException:
-            ticket.leave()
-            raise
-        if isinstance(reservation, Refusal):
-            ticket.leave()
-            if fallback:  # not this tenant's model, or its own limits: never a way around
-                return None, None
-            raise reservation
+        held = await serving.hold(
+            model, record, ask.time_left(), ask.rank, quota_model=model, estimate=ask.estimate,
+            max_tokens=ask.max_tokens, key_id=serving.auth.key_id(request), fallback=fallback,
+        )  # fmt: skip
+        if held is None:
+            return None, None
+        ticket, reservation = held
         ask.fields["model"] = model
         spec = JobSpec(
             job_id=record.job_id,

@@ -182,23 +182,15 @@ class Serving:
             raise full
         record.stream = prepared.stream
         mark(record.trace, "prepared")
-        rank = await self.auth.rank(request)
-        ticket = await self.fair.enter(model, record.tenant, submitted + wait - time.time(), rank)
-        if ticket is None:
-            raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
-        try:
-            reservation = await self.reservations.reserve(
-                record.tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens,
-                record.job_id, key_id=self.auth.key_id(request), user=end_user(prepared.request),
-            )  # fmt: skip
-        except BaseException:
-            ticket.leave()
-            raise
-        if isinstance(reservation, Refusal):
-            ticket.leave()
-            if fallback:  # not this tenant's model, or its own limits: never a way around
-                return None, None
-            raise reservation
+        held = await self.hold(
+            model, record, submitted + wait - time.time(), await self.auth.rank(request),
+            quota_model=prepared.model, estimate=prepared.prompt_estimate,
+            max_tokens=prepared.max_tokens, key_id=self.auth.key_id(request),
+            user=end_user(prepared.request), fallback=fallback,
+        )  # fmt: skip
+        if held is None:
+            return None, None
+        ticket, reservation = held
         mark(record.trace, "quota")
         spec = JobSpec(
             job_id=record.job_id,
@@ -227,6 +219,42 @@ class Serving:
         job = _Job(self, run, reservation, record, prepared.prompt_estimate, ticket)
         headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
         return await answer_or_move_on(self, job, model, prepared.stream, more, headers)
+
+    async def hold(
+        self,
+        model: str,
+        record: RequestRecord,
+        time_left: float,
+        rank: int,
+        *,
+        quota_model: str,
+        estimate: int,
+        max_tokens: int,
+        key_id: str,
+        user: str = "",
+        fallback: bool,
+    ) -> tuple[Ticket, Reservation] | None:
+        """A place in `model`'s fair-share line and the quota of one attempt (chat and the
+        Responses API). None when a fallback model is refused (its limits are never a way
+        around the tenant's own: the chain moves on); for the requested model the refusal
+        is raised, and a place that did not come within `time_left` is a 504."""
+        ticket = await self.fair.enter(model, record.tenant, time_left, rank)
+        if ticket is None:
+            raise ApiError(504, _NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
+        try:
+            reservation = await self.reservations.reserve(
+                record.tenant, quota_model, estimate, max_tokens, record.job_id,
+                key_id=key_id, user=user,
+            )  # fmt: skip
+        except BaseException:
+            ticket.leave()
+            raise
+        if isinstance(reservation, Refusal):
+            ticket.leave()
+            if fallback:
+                return None
+            raise reservation
+        return ticket, reservation
 
     def _observe(self, record: RequestRecord) -> None:
         record.latency = time.monotonic() - record.started
