@@ -14,6 +14,7 @@ from llmq.api.auth import Authenticator
 from llmq.api.batch_wing import BatchWing
 from llmq.api.console import app as console
 from llmq.api.errors import install_error_handlers
+from llmq.api.memory_trim import MemoryTrimmer
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
@@ -91,9 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas)
         await app.state.usage_booker.start()
         runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js, replicas))
+        trimmer = MemoryTrimmer(settings.api.malloc_trim_interval)
+        trimmer.start()
         try:
             yield
         finally:
+            await trimmer.stop()
             await app.state.usage_booker.stop()
             await app.state.responses.stop()
             await app.state.batches.stop()

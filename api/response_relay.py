@@ -118,6 +118,7 @@ class ResponseRun(_Job):
                 yield held
         finally:
             rt.open_streams -= 1
+            self.stream_ended()
             self.settle(499, code="client_closed")
             await events.aclose()
 

@@ -50,7 +50,7 @@ class Runtime:
         js = nc.jetstream()
         replicas = settings.protocol.nats_replicas
         await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
-        inbox = ReplyInbox(nc, settings.api.instance_id)
+        inbox = ReplyInbox(nc, settings.api.instance_id, settings.api.stream_buffer_bytes)
         await inbox.start()
         registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
         await registry.start()

@@ -7,6 +7,7 @@ events into a JSON response or an SSE stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -285,6 +286,10 @@ class _Job:
         self.prompt_estimate = prompt_estimate
         self.relayed = 0
         self.settled = False
+        self.response: SSEResponse | None = None
+        """The stream's response while it is open (cut when its client stops reading)."""
+        self.drain: asyncio.TimerHandle | None = None
+        """The cut of a stream nobody reads, while it waits for `stream_drain_timeout`."""
 
     def settle(
         self, status: int, done: Done | None = None, code: str | None = None, observe: bool = True
@@ -362,7 +367,30 @@ class _Job:
             await events.aclose()
             self.settle(first.status, code=first.error.code)
             return _failed_response(public_failure(first, self.record.job_id), headers)
-        return SSEResponse(self._relay(first, events), headers)
+        self.response = SSEResponse(self._relay(first, events), headers)
+        self.run.mailbox.on_overflow = self._unread
+        return self.response
+
+    def _unread(self) -> None:
+        """The client stopped reading and the job's buffer filled (the inbox cancelled the
+        job): book what was generated now; the connection is closed unless the client
+        reads what is buffered within `stream_drain_timeout`."""
+        self.relayed += self.run.mailbox.buffered
+        self.settle(408, code="stream_not_read")
+        loop = asyncio.get_running_loop()
+        self.drain = loop.call_later(self.serving.rt.settings.api.stream_drain_timeout, self._cut)
+
+    def stream_ended(self) -> None:
+        """The relay ended (the client read on, or left): no cut, no reference kept."""
+        self.response = None
+        if self.drain is not None:
+            self.drain.cancel()
+            self.drain = None
+
+    def _cut(self) -> None:
+        response, self.response, self.drain = self.response, None, None
+        if response is not None:
+            response.cut()
 
     async def _relay(
         self, first: Event, events: AsyncGenerator[Event, None]
@@ -390,6 +418,7 @@ class _Job:
             yield DONE
         finally:
             rt.open_streams -= 1
+            self.stream_ended()
             self.settle(499, code="client_closed")
             await events.aclose()
 

@@ -74,6 +74,14 @@ class SSEResponse(Response):
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
+    def cut(self) -> None:
+        """End the response now, as if its client had left (it stopped reading: the
+        writer's cleanup runs and the server closes the connection)."""
+        writing = self._writing
+        if writing is not None:
+            self._left = True
+            writing.cancel()
+
     def _start(self) -> Message:
         """The response start (its header list is not held while the stream is open)."""
         headers = [

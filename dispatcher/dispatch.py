@@ -143,6 +143,10 @@ class JobRun:
                     if not accepted:
                         missing_until = time.time() + silence
                     continue
+                if msg is Signal.OVERFLOW:
+                    self.finished = True  # the inbox cancelled the job when it overflowed
+                    yield unread()
+                    return
                 if msg is Signal.EXHAUSTED:
                     yield failure(
                         502,
@@ -183,6 +187,11 @@ class JobRun:
         finally:
             await self.close()
 
+    @property
+    def mailbox(self) -> Mailbox:
+        """The job's frames as they wait to be read (its bound, its overflow hook)."""
+        return self._mailbox
+
     async def close(self) -> None:
         """Stop listening; if the job did not end by itself, tell its worker to stop."""
         d = self._dispatcher
@@ -191,6 +200,18 @@ class JobRun:
         if not self.finished:
             self.finished = True
             await d.cancel(self.spec.job_id)
+
+
+def unread() -> Failed:
+    """A stream cut because its client stopped reading it (`Signal.OVERFLOW`, or the api's
+    drain deadline): what was generated is booked."""
+    return failure(
+        408,
+        "the stream was cut: the client did not read it (more than LLMQ_STREAM_BUFFER_BYTES "
+        "waiting for LLMQ_STREAM_DRAIN_TIMEOUT seconds)",
+        "timeout",
+        "stream_not_read",
+    )
 
 
 def _past(max_deadline: bool) -> Failed:

@@ -33,6 +33,9 @@ class Signal(enum.Enum):
     """JetStream gave up on the job (its max-deliveries advisory)."""
     MISSING = "missing"
     """After a reconnect the job was no longer in its stream: taken, or lost with the server."""
+    OVERFLOW = "overflow"
+    """The job's reader fell `Mailbox.limit` bytes behind: later frames were dropped and the
+    job cancelled (a client that does not read its stream)."""
 
 
 Item = Msg | Signal
@@ -43,6 +46,9 @@ STALL = 0.25
 job's silence."""
 MAX_GRACE = 2.0
 """At most this many seconds of grace after such a stall, once per wait."""
+FRAME_OVERHEAD = 700
+"""Bytes a buffered frame costs beside its body (nats-py's `Msg`, its subject and header
+dict), counted against the mailbox's limit so the limit is close to the memory it holds."""
 
 
 class Mailbox:
@@ -51,12 +57,35 @@ class Mailbox:
     The bound is one `loop.call_at` timer per job, re-armed lazily: a later wait only moves
     `_wake`, and the timer, when it fires before `_wake`, sets itself again for `_wake`. A
     wait that ends earlier than the armed timer (rare: the dispatcher's bounds only shrink
-    when a job is found missing) re-arms at once."""
+    when a job is found missing) re-arms at once.
 
-    __slots__ = ("_ack", "_armed", "_graced", "_items", "_timer", "_waiter", "_wake")
+    Frames it holds are bounded by `limit` bytes (`FRAME_OVERHEAD` each included): a reader
+    that falls further behind (its client does not read the stream, and the socket's write
+    buffer is full) gets `Signal.OVERFLOW` after what is buffered; later frames are dropped.
+    One frame is always taken when nothing is buffered, so a whole answer fits."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "_ack",
+        "_armed",
+        "_bytes",
+        "_graced",
+        "_items",
+        "_timer",
+        "_waiter",
+        "_wake",
+        "limit",
+        "on_overflow",
+        "overflowed",
+    )
+
+    def __init__(self, limit: int = 0) -> None:
         self._items: list[Item] = []
+        self.limit = limit
+        """Most bytes of frames held at once; 0: no bound."""
+        self._bytes = 0
+        self.overflowed = False
+        self.on_overflow: Callable[[], None] | None = None
+        """Called once when the bound is hit (the api cuts a stream nobody reads)."""
         self._ack: Msg | None = None
         """JetStream's reply to the job's publish (`publish.publish_to_inbox`), kept apart
         from the frames: `get` never returns it."""
@@ -74,6 +103,26 @@ class Mailbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def put_frame(self, msg: Msg) -> bool:
+        """Buffer a worker's frame. True only the one time the frame hits the bound: it is
+        dropped and `Signal.OVERFLOW` queued after what is buffered. Once the bound was hit,
+        later frames are dropped (False)."""
+        if self.overflowed:
+            return False
+        size = len(msg.data) + FRAME_OVERHEAD
+        if self.limit and self._items and self._bytes + size > self.limit:
+            self.overflowed = True
+            self.put_nowait(Signal.OVERFLOW)
+            return True
+        self._bytes += size
+        self.put_nowait(msg)
+        return False
+
+    @property
+    def buffered(self) -> int:
+        """Frames and signals waiting to be read."""
+        return len(self._items)
 
     def put_ack(self, msg: Msg) -> None:
         self._ack = msg
@@ -99,13 +148,17 @@ class Mailbox:
 
     async def get(self, timeout: float) -> Item | None:
         """The next item, or None when `timeout` seconds pass without one."""
-        if self._items:
-            return self._items.pop(0)
-        try:
-            await self._arm(asyncio.get_running_loop(), timeout)
-        finally:
-            self._waiter = None
-        return self._items.pop(0) if self._items else None
+        if not self._items:
+            try:
+                await self._arm(asyncio.get_running_loop(), timeout)
+            finally:
+                self._waiter = None
+            if not self._items:
+                return None
+        item = self._items.pop(0)
+        if self._bytes and not isinstance(item, Signal):
+            self._bytes -= len(item.data) + FRAME_OVERHEAD
+        return item
 
     def _arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> asyncio.Future[None]:
         """The future a wait of `timeout` seconds awaits: done when something is put or
@@ -145,11 +198,16 @@ class Mailbox:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._items.clear()  # a cut stream's frames go now, not with the last reference
+        self._bytes = 0
+        self.on_overflow = None
 
 
 class ReplyInbox:
-    def __init__(self, nc: Client, instance_id: str) -> None:
+    def __init__(self, nc: Client, instance_id: str, buffer_limit: int = 0) -> None:
         self._nc = nc
+        self._limit = buffer_limit
+        """Bytes of frames each job's mailbox holds at most (`LLMQ_STREAM_BUFFER_BYTES`)."""
         self._prefix = names.inbox_prefix(instance_id) + "."
         self._queues: dict[str, Mailbox] = {}
         self._sub: Subscription | None = None
@@ -176,7 +234,7 @@ class ReplyInbox:
 
     def open(self, job_id: str) -> Mailbox:
         """Frames of the job, and the dispatcher's signals about it."""
-        mailbox = self._queues[job_id] = Mailbox()
+        mailbox = self._queues[job_id] = Mailbox(self._limit)
         return mailbox
 
     def close(self, job_id: str) -> None:
@@ -196,18 +254,29 @@ class ReplyInbox:
             headers = msg.headers
             if headers is None or (names.H_FRAME not in headers and names.H_STATUS in headers):
                 queue.put_ack(msg)  # JetStream's reply to the job's publish, not a frame
-            else:
-                queue.put_nowait(msg)
+            elif queue.put_frame(msg):
+                self._overflow(job_id, queue)
             return
         if job_id not in self._orphans_cancelled:
             if len(self._orphans_cancelled) > 10_000:
                 self._orphans_cancelled.clear()
             self._orphans_cancelled.add(job_id)
-            task = asyncio.get_running_loop().create_task(
-                self._nc.publish(names.cancel_subject(job_id))
-            )
-            self._cancels.add(task)
-            task.add_done_callback(self._cancels.discard)
+            self._cancel(job_id)
+
+    def _overflow(self, job_id: str, mailbox: Mailbox) -> None:
+        """The job's reader stopped reading: its worker stops now (it would only make frames
+        that are dropped), and the api hears once."""
+        hook, mailbox.on_overflow = mailbox.on_overflow, None
+        self._cancel(job_id)
+        if hook is not None:
+            hook()
+
+    def _cancel(self, job_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._nc.publish(names.cancel_subject(job_id))
+        )
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
 
 class _Delivery:

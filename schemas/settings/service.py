@@ -139,6 +139,26 @@ class ApiSettings(Group):
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
+    stream_buffer_bytes: int = setting(
+        524_288,
+        "Bytes of reply frames the api holds for one stream whose client reads slower than "
+        "the job answers (once the socket's write buffer is full); past it the job is "
+        "cancelled, what it generated is booked and the client gets an error event.",
+        ge=65_536,
+    )
+    stream_drain_timeout: float = setting(
+        30.0,
+        "Seconds a stream cut for stream_buffer_bytes waits for its client to read what "
+        "is buffered before the connection is closed.",
+        gt=0,
+    )
+    malloc_trim_interval: float = setting(
+        30.0,
+        "Seconds between returns of freed heap memory to the system (glibc malloc_trim; "
+        "after bursts of large streams); 0 = never.",
+        ge=0,
+        commands=(),
+    )
 
     _split = field_validator("cors_origins", mode="before")(split_commas)
 
