@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
@@ -42,8 +44,11 @@ _KEY_MESSAGES = {
 QUOTA_STORE_RETRY = 1.0
 """Seconds a batch line waits before asking again while the quota store is away."""
 RELEASED_MEMORY = 16_384
-"""How many of its latest releases a replica remembers (`released_here`): seconds of
-traffic, ample for a worker's report that comes milliseconds after the job's end."""
+"""How many of its latest releases a replica remembers at most (`released_here`): seconds
+of traffic, ample for a worker's report that comes milliseconds after the job's end."""
+RELEASED_SECONDS = 120.0
+"""...and for how long: a count bound alone would fill in an hour of light traffic and
+look like a leak (memory growing with every request until it does)."""
 
 
 class Reservations:
@@ -58,7 +63,8 @@ class Reservations:
         """Round trips `release_later` made (observability, tests)."""
         self._held: dict[tuple[str, str], None] = {}
         """(tenant, job id) of every open reservation this replica renews, oldest first."""
-        self._released: dict[str, None] = {}
+        self._released: OrderedDict[str, float] = OrderedDict()
+        """Job id -> monotonic time of its release, oldest first."""
         """Job ids (unique across tenants) of the latest releases Redis answered, oldest
         first."""
         self._renewer: asyncio.Task[None] | None = None
@@ -200,9 +206,11 @@ class Reservations:
 
     def _remember(self, job_id: str) -> None:
         released = self._released
-        released[job_id] = None
-        if len(released) > RELEASED_MEMORY:
-            del released[next(iter(released))]
+        now = time.monotonic()
+        released[job_id] = now
+        horizon = now - RELEASED_SECONDS
+        while len(released) > RELEASED_MEMORY or next(iter(released.values())) < horizon:
+            released.popitem(last=False)
 
     def released_here(self, job_id: str) -> bool:
         """This replica released the job already (Redis answered; the ledger has it): the

@@ -40,15 +40,22 @@ class LiveStats:
         self._seen: deque[_Seen] = deque(maxlen=MAX_RECORDS)
 
     def observe(self, record: RequestRecord) -> None:
-        self._seen.append(_Seen(self._clock(), record.status, record.ttft))
+        now = self._clock()
+        seen = self._seen
+        seen.append(_Seen(now, record.status, record.ttft))
+        if seen[0].at < now - self.window:  # the window, not only MAX_RECORDS: no page
+            self._prune(now)  # asking for figures must not leave the api growing
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self.window
+        while self._seen and self._seen[0].at < cutoff:
+            self._seen.popleft()
 
     def figures(self) -> dict[str, object]:
         """Requests/s, 4xx and 5xx counts and p50/p99 TTFT (seconds) over the window, and
         the requests per `BUCKET` seconds (`history`) for the overview's chart."""
         now = self._clock()
-        cutoff = now - self.window
-        while self._seen and self._seen[0].at < cutoff:
-            self._seen.popleft()
+        self._prune(now)
         seen = list(self._seen)
         ttfts = sorted(s.ttft for s in seen if s.ttft is not None)
         return {
