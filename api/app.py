@@ -14,6 +14,8 @@ from llmq.api.auth import Authenticator
 from llmq.api.batch_wing import BatchWing
 from llmq.api.console import app as console
 from llmq.api.errors import install_error_handlers
+from llmq.api.messages import routes as messages
+from llmq.api.messages.serving import MessagesServing
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.responses, app.state.conversations = await open_responses(
             app.state.serving, app.state.batches
         )
+        app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
         console.attach(app, app.state.serving)
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         # usage the workers report, booked even when the relaying api died (docs/protocol.md)
@@ -119,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
         )
     app.router.routes.extend(openai.hot.routes)  # as they are, matched first (routes/plain.py)
+    app.router.routes.extend(messages.router.routes)  # Anthropic's Messages API, the same way
     # POST /v1/responses the same way; the responses router's route documents it
     app.router.routes.append(
         PlainRoute("/v1/responses", responses.create_response, methods=["POST"],

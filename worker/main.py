@@ -25,6 +25,7 @@ from llmq.worker.backends.base import Backend, BackendConfig
 from llmq.worker.breaker import OPEN, CircuitBreaker
 from llmq.worker.config import ConfigError, backend_config_from, describe
 from llmq.worker.feed import PullFeed
+from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.metrics import JobBook, WorkerMetrics
 from llmq.worker.responses_api.passthrough import passthrough_of
 from llmq.worker.runner import JobOutcome, JobRunner
@@ -99,6 +100,7 @@ class Worker:
             self.jobs.track,
         )
         self.runner.responses_upstream = passthrough_of(s, self.backend_config)
+        self.runner.messages = MessageJobs(self.backend, self.models, self.backend_config)
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await self._provision_consumers()
         self.scheduler.feeds = await self._open_feeds()
@@ -198,6 +200,8 @@ class Worker:
         await self.backend.aclose()
         if self.runner is not None and self.runner.responses_upstream is not None:
             await self.runner.responses_upstream.aclose()
+        if self.runner is not None and self.runner.messages is not None:
+            await self.runner.messages.aclose()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

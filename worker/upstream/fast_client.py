@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 from llmq.worker.tracing import TRACEPARENT
 from llmq.worker.upstream.client import (
     JSON_HEADERS,
+    Headers,
     LineBatches,
     Params,
     ProtocolError,
@@ -203,14 +204,16 @@ class _Stale(Exception):
 class _Streaming:
     """`FastClient.stream`: the request is sent on entry, the response closed on exit."""
 
-    def __init__(self, client: FastClient, url: str, body: bytes, params: Params) -> None:
+    def __init__(
+        self, client: FastClient, url: str, body: bytes, params: Params, headers: Headers
+    ) -> None:
         self._client = client
-        self._request = (url, body, params)
+        self._request = (url, body, params, {**JSON_HEADERS, **headers} if headers else None)
         self._response: FastResponse | None = None
 
     async def __aenter__(self) -> LineBatches:
-        url, body, params = self._request
-        response = await self._client._send("POST", url, body, params, JSON_HEADERS)
+        url, body, params, headers = self._request
+        response = await self._client._send("POST", url, body, params, headers or JSON_HEADERS)
         if response.is_error:
             try:
                 await response.aread()
@@ -257,11 +260,16 @@ class FastClient:
 
     # --- UpstreamClient ----------------------------------------------------------------------
 
-    def stream(self, url: str, body: bytes, params: Params = None) -> _Streaming:
-        return _Streaming(self, url, body, params)
+    def stream(
+        self, url: str, body: bytes, params: Params = None, headers: Headers = None
+    ) -> _Streaming:
+        return _Streaming(self, url, body, params, headers)
 
-    async def post(self, url: str, body: bytes, params: Params = None) -> bytes:
-        response = await self.request("POST", url, body, params, JSON_HEADERS)
+    async def post(
+        self, url: str, body: bytes, params: Params = None, headers: Headers = None
+    ) -> bytes:
+        sent = {**JSON_HEADERS, **headers} if headers else JSON_HEADERS
+        response = await self.request("POST", url, body, params, sent)
         if response.is_error:
             raise response.status_error()
         return response.content

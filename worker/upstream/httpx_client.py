@@ -17,6 +17,7 @@ from llmq.worker.upstream.client import (
     JSON_HEADERS,
     ConnectError,
     ConnectTimeout,
+    Headers,
     LineBatches,
     Params,
     PoolTimeout,
@@ -72,10 +73,12 @@ class HttpxClient:
     def __repr__(self) -> str:
         return "HttpxClient()"
 
-    async def post(self, url: str, body: bytes, params: Params = None) -> bytes:
+    async def post(
+        self, url: str, body: bytes, params: Params = None, headers: Headers = None
+    ) -> bytes:
         with translated():
             response = await self.client.post(
-                url, content=body, params=params, headers=JSON_HEADERS
+                url, content=body, params=params, headers={**JSON_HEADERS, **(headers or {})}
             )
         if response.is_error:
             raise StatusError(response.status_code, response.headers, response.content)
@@ -83,11 +86,12 @@ class HttpxClient:
 
     @asynccontextmanager
     async def stream(
-        self, url: str, body: bytes, params: Params = None
+        self, url: str, body: bytes, params: Params = None, headers: Headers = None
     ) -> AsyncIterator[LineBatches]:
+        sent = {**JSON_HEADERS, **(headers or {})}
         with translated():
             async with self.client.stream(
-                "POST", url, content=body, params=params, headers=JSON_HEADERS
+                "POST", url, content=body, params=params, headers=sent
             ) as response:
                 if response.is_error:
                     await response.aread()
