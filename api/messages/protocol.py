@@ -132,9 +132,8 @@ def from_exception(exc: ApiError | Refusal, request_id: str) -> Response:
 
 def anthropic_shaped(response: Response, request_id: str) -> Response:
     """A response of the shared serving path, with an error body in Anthropic's shape (the
-    chat relay writes OpenAI's); any other response with the `request-id` header."""
+    chat relay writes OpenAI's); an answer as it is (its headers name the request)."""
     if response.status_code < 400 or response.media_type != "application/json":
-        response.headers[REQUEST_ID] = request_id
         return response
     try:
         found = _openai_error.decode(bytes(response.body))

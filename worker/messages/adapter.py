@@ -101,8 +101,10 @@ async def run_message(
     closing = fold.finish(usage)
     if stream:
         await _send(sender, pending + closing)
-    whole = msgspec.Raw() if stream else msgspec.Raw(_encoder.encode(fold.message))
-    await sender.done(Done(usage=usage, finish_reason=fold.finish_reason, body=whole))
+    done = Done(usage=usage, finish_reason=fold.finish_reason)
+    if not stream:  # a stream's client has the events; a whole reply the Message
+        done.body = msgspec.Raw(_encoder.encode(fold.message))
+    await sender.done(done)
     return usage
 
 

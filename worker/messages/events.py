@@ -117,8 +117,10 @@ class MessageEvents:
         index = self._tools.get(position)
         if index is None:
             function = call.get("function") or {}
-            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or f"toolu_{position}",
-                     "name": function.get("name") or "", "input": {}}  # fmt: skip
+            block: dict[str, Any] = {
+                "type": "tool_use", "id": call.get("id") or f"toolu_{position}",
+                "name": function.get("name") or "", "input": {},
+            }  # fmt: skip
             events += self._begin("tool_use", block)
             index = self._tools[position] = len(self.message["content"]) - 1
             self._arguments[index] = []
