@@ -28,11 +28,11 @@ from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.keepalive import KeepAlive
 from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.replies import FrameSender, drive
-from llmq.worker.responses import Fold, embedding_list
 from llmq.worker.responses_api.adapter import Started, run_response
 from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 from llmq.worker.usage_report import report_final_usage
+from llmq.worker.whole_replies import Fold, embedding_list
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmq.api.engine.serving import Serving
 from llmq.api.errors import ApiError, public_failure
 from llmq.api.listing import ensure_accepting
 from llmq.api.messages.protocol import REQUEST_ID, decode, error_response
 from llmq.api.protocol import first_token_deadline, read_body
-from llmq.api.serving import Serving
 from llmq.dispatcher.dispatch import DispatchError, Event
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas.admission import Refusal

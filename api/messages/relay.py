@@ -2,7 +2,7 @@
 the data as the worker sent it), or its whole Message as one JSON body.
 
 The job's life — the reservation released exactly once with the real usage, the fair-share
-place, the request record — is the chat relay's (`serving._Job`); only what the client sees
+place, the request record — is the chat relay's (`engine.job.QueuedJob`); only what the client sees
 differs. A stream that fails after it started ends with an `error` event in Anthropic's
 shape; there is no `[DONE]` line.
 """
@@ -13,9 +13,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
+from llmq.api.engine.job import QueuedJob
 from llmq.api.errors import public_failure
 from llmq.api.messages.protocol import STATUSES, error_body
-from llmq.api.serving import _Job
 from llmq.api.sse import named_event
 from llmq.schemas.frames import Done, Failed, split_chunks
 
@@ -49,7 +49,7 @@ def sse_events(body: bytes) -> tuple[bytes, int]:
     return b"".join(named_event(event_type(e), e) for e in events), len(events)
 
 
-class MessageRun(_Job):
+class MessageRun(QueuedJob):
     async def _relay(
         self, first: Event, events: AsyncGenerator[Event, None]
     ) -> AsyncIterator[bytes]:

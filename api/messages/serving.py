@@ -20,7 +20,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.attempt import answer_or_move_on
+from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting
 from llmq.api.messages.counting import count_response
@@ -35,8 +37,6 @@ from llmq.api.messages.protocol import (
 from llmq.api.messages.relay import MessageRun
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
-from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT
-from llmq.api.serving import Attempted, Serving
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec, new_job_id

@@ -8,6 +8,7 @@ reads and cache writes. `count_tokens` goes to `{url}/v1/messages/count_tokens` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import msgspec
@@ -48,6 +49,8 @@ class _Event(Struct):
 
 _event = msgspec.json.Decoder(_Event)
 _model = msgspec.json.Decoder(_Message)
+MAX_CLIENTS = 16
+_closing: set[asyncio.Future[None]] = set()
 _TICK = Out()
 _TOKEN = Out(tokens=True)
 OUTPUT: frozenset[str] = frozenset({"content_block_start", "content_block_delta"})
@@ -138,22 +141,39 @@ def _stream_error(error: Mapping[str, object], *, retryable: bool) -> BackendErr
 
 class MessagesPassthrough:
     def __init__(self, config: BackendConfig) -> None:
+        self._config = config
         self._base = base_url(config, "https://api.anthropic.com")
-        auth = {"x-api-key": config.api_key} if config.api_key else {}
-        self._upstream = Upstream(config, auth, self._base)
+        self._upstreams: dict[tuple[str, str], Upstream] = {}
+        """One pooled client per (`anthropic-version`, `anthropic-beta`) clients send."""
 
     def __repr__(self) -> str:
         return f"MessagesPassthrough(url={self._base!r})"
 
     async def aclose(self) -> None:
-        await self._upstream.aclose()
+        upstreams = list(self._upstreams.values())
+        self._upstreams.clear()
+        for upstream in upstreams:
+            await upstream.aclose()
 
-    @staticmethod
-    def _headers(job: JobEnvelope) -> dict[str, str]:
-        headers = {"anthropic-version": job.anthropic_version or API_VERSION}
-        if job.anthropic_beta:
-            headers["anthropic-beta"] = job.anthropic_beta
-        return headers
+    def _upstream(self, job: JobEnvelope) -> Upstream:
+        """The client whose fixed headers are the job's versions (a few distinct pairs in
+        practice: the oldest is closed beyond `MAX_CLIENTS`)."""
+        key = (job.anthropic_version or API_VERSION, job.anthropic_beta)
+        found = self._upstreams.pop(key, None)
+        if found is None:
+            headers = {"anthropic-version": key[0]}
+            if key[1]:
+                headers["anthropic-beta"] = key[1]
+            if self._config.api_key:
+                headers["x-api-key"] = self._config.api_key
+            found = Upstream(self._config, headers, self._base)
+            if len(self._upstreams) >= MAX_CLIENTS:
+                oldest = next(iter(self._upstreams))
+                closing = asyncio.ensure_future(self._upstreams.pop(oldest).aclose())
+                _closing.add(closing)  # held until it ends
+                closing.add_done_callback(_closing.discard)
+        self._upstreams[key] = found  # most recently used last
+        return found
 
     @staticmethod
     def _body(upstream_names: Mapping[str, str], body: bytes) -> bytes:
@@ -178,8 +198,7 @@ class MessagesPassthrough:
         parser = _Events()
         url = f"{self._base}/v1/messages"
         begun = False
-        headers = self._headers(job)
-        stream = self._upstream.stream(url, lambda: sent, parser, headers=headers)
+        stream = self._upstream(job).stream(url, lambda: sent, parser)
         async for _ in stream:
             if not parser.begun:
                 continue  # held back: the job may still go to another worker
@@ -195,7 +214,7 @@ class MessagesPassthrough:
         return usage
 
     async def _whole(self, url: str, body: bytes, job: JobEnvelope, sender: FrameSender) -> Usage:
-        answer = await self._upstream.post(url, lambda: body, headers=self._headers(job))
+        answer = await self._upstream(job).post(url, lambda: body)
         tally = Tally()
         try:
             tally.add(_event.decode(answer).usage)

@@ -17,13 +17,7 @@ import msgspec
 
 from llmq.worker.backends.base import BackendConfig, BackendError, Out
 from llmq.worker.upstream.choice import open_client
-from llmq.worker.upstream.client import (
-    Headers,
-    LineBatches,
-    Params,
-    StatusError,
-    TransportError,
-)
+from llmq.worker.upstream.client import LineBatches, Params, StatusError, TransportError
 from llmq.worker.upstream.error_mapping import error_from_status, malformed, transport_error
 from llmq.worker.upstream.timeouts import Clock
 
@@ -92,7 +86,6 @@ class Upstream:
         body: Callable[[], bytes],
         parser: StreamParser,
         params: Params = None,
-        headers: Headers = None,
     ) -> AsyncIterator[Out]:
         """POST and yield outs as the parser finds them.
 
@@ -106,7 +99,7 @@ class Upstream:
             async with AsyncExitStack() as stack:
                 async with asyncio.timeout_at(clock.deadline()):
                     batches = await stack.enter_async_context(
-                        self.client.stream(url, content, params, headers)
+                        self.client.stream(url, content, params)
                     )
                 stack.push_async_callback(batches.aclose)
                 while not parser.done:
@@ -132,15 +125,13 @@ class Upstream:
                         if parser.done:
                             break
 
-    async def post(
-        self, url: str, body: Callable[[], bytes], params: Params = None, headers: Headers = None
-    ) -> bytes:
+    async def post(self, url: str, body: Callable[[], bytes], params: Params = None) -> bytes:
         """POST and return the whole JSON body (embeddings), within the total timeout."""
         clock = Clock(self.timeouts)
         with upstream_errors(clock):
             content = body()
             async with asyncio.timeout_at(clock.end):
-                return await self.client.post(url, content, params, headers)
+                return await self.client.post(url, content, params)
 
     async def probe(self, url: str, params: Params = None) -> bool:
         """True when the server answers at all below 500 (a 401 or 404 still proves it is up)."""

@@ -16,9 +16,6 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 Params = Mapping[str, str] | None
 """Query parameters of a call (Azure's `api-version`)."""
-Headers = Mapping[str, str] | None
-"""Headers of one call on top of the client's fixed ones (an Anthropic pass-through's
-`anthropic-version`); never a name the fixed headers set."""
 
 
 class TransportError(Exception):
@@ -84,14 +81,12 @@ class UpstreamClient(Protocol):
     raise `StatusError` for an answer of 400 or more.
     """
 
-    async def post(
-        self, url: str, body: bytes, params: Params = None, headers: Headers = None
-    ) -> bytes:
+    async def post(self, url: str, body: bytes, params: Params = None) -> bytes:
         """POST a JSON body and return the whole response body."""
         ...
 
     def stream(
-        self, url: str, body: bytes, params: Params = None, headers: Headers = None
+        self, url: str, body: bytes, params: Params = None
     ) -> AbstractAsyncContextManager[LineBatches]:
         """POST a JSON body; entered once the response head arrived, the body as lines.
         Leaving the context closes the response (and ends the upstream generation)."""

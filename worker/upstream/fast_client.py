@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 from llmq.worker.tracing import TRACEPARENT
 from llmq.worker.upstream.client import (
     JSON_HEADERS,
-    Headers,
     LineBatches,
     Params,
     ProtocolError,
@@ -204,16 +203,14 @@ class _Stale(Exception):
 class _Streaming:
     """`FastClient.stream`: the request is sent on entry, the response closed on exit."""
 
-    def __init__(
-        self, client: FastClient, url: str, body: bytes, params: Params, headers: Headers
-    ) -> None:
+    def __init__(self, client: FastClient, url: str, body: bytes, params: Params) -> None:
         self._client = client
-        self._request = (url, body, params, {**JSON_HEADERS, **headers} if headers else None)
+        self._request = (url, body, params)
         self._response: FastResponse | None = None
 
     async def __aenter__(self) -> LineBatches:
-        url, body, params, headers = self._request
-        response = await self._client._send("POST", url, body, params, headers or JSON_HEADERS)
+        url, body, params = self._request
+        response = await self._client._send("POST", url, body, params, JSON_HEADERS)
         if response.is_error:
             try:
                 await response.aread()
@@ -260,16 +257,11 @@ class FastClient:
 
     # --- UpstreamClient ----------------------------------------------------------------------
 
-    def stream(
-        self, url: str, body: bytes, params: Params = None, headers: Headers = None
-    ) -> _Streaming:
-        return _Streaming(self, url, body, params, headers)
+    def stream(self, url: str, body: bytes, params: Params = None) -> _Streaming:
+        return _Streaming(self, url, body, params)
 
-    async def post(
-        self, url: str, body: bytes, params: Params = None, headers: Headers = None
-    ) -> bytes:
-        sent = {**JSON_HEADERS, **headers} if headers else JSON_HEADERS
-        response = await self.request("POST", url, body, params, sent)
+    async def post(self, url: str, body: bytes, params: Params = None) -> bytes:
+        response = await self.request("POST", url, body, params, JSON_HEADERS)
         if response.is_error:
             raise response.status_error()
         return response.content

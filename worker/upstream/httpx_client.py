@@ -17,7 +17,6 @@ from llmq.worker.upstream.client import (
     JSON_HEADERS,
     ConnectError,
     ConnectTimeout,
-    Headers,
     LineBatches,
     Params,
     PoolTimeout,
@@ -73,12 +72,10 @@ class HttpxClient:
     def __repr__(self) -> str:
         return "HttpxClient()"
 
-    async def post(
-        self, url: str, body: bytes, params: Params = None, headers: Headers = None
-    ) -> bytes:
+    async def post(self, url: str, body: bytes, params: Params = None) -> bytes:
         with translated():
             response = await self.client.post(
-                url, content=body, params=params, headers={**JSON_HEADERS, **(headers or {})}
+                url, content=body, params=params, headers=JSON_HEADERS
             )
         if response.is_error:
             raise StatusError(response.status_code, response.headers, response.content)
@@ -86,12 +83,11 @@ class HttpxClient:
 
     @asynccontextmanager
     async def stream(
-        self, url: str, body: bytes, params: Params = None, headers: Headers = None
+        self, url: str, body: bytes, params: Params = None
     ) -> AsyncIterator[LineBatches]:
-        sent = {**JSON_HEADERS, **(headers or {})}
         with translated():
             async with self.client.stream(
-                "POST", url, content=body, params=params, headers=sent
+                "POST", url, content=body, params=params, headers=JSON_HEADERS
             ) as response:
                 if response.is_error:
                     await response.aread()
