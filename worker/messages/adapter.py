@@ -41,7 +41,8 @@ def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
     """The chat request a Messages request stands for: typed, and as the JSON a pass-through
     chat backend forwards."""
     try:
-        chat = chat_request(request)
+        # the backend is always read as a stream; a whole reply is folded from it
+        chat = chat_request(request) | {"stream": True, "stream_options": {"include_usage": True}}
         return msgspec.convert(chat, ChatCompletionRequest), _encoder.encode(chat)
     except Unsupported as exc:
         raise BackendError(
