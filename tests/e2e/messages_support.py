@@ -30,9 +30,8 @@ class Keyed:
         return str(self.api.url)
 
     def client(self, **options: Any) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(
-            base_url=self.url, api_key=self.key, max_retries=0, **options
-        )
+        settings: dict[str, Any] = {"api_key": self.key, "max_retries": 0, **options}
+        return anthropic.AsyncAnthropic(base_url=self.url, **settings)
 
     async def ledger(self, count: int = 20) -> list[LedgerEntry]:
         redis = connect(self.redis_url)
