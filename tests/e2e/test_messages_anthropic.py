@@ -20,9 +20,9 @@ from tests.spec.anthropic import assert_message
 from tests.stack import unique
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
+    Reply,
     anthropic_event,
     json_reply,
-    Reply,
 )
 
 UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
@@ -92,7 +92,8 @@ async def claude(stack, redis_server, upstream: FakeUpstream, tmp_path: Path):  
 
 RAW_BODY = (
     b'{"model": "%s", "max_tokens": 1024,\n'
-    b' "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],\n'
+    b' "system": [{"type": "text", "text": "You are terse.",'
+    b' "cache_control": {"type": "ephemeral", "ttl": "1h"}}],\n'
     b' "messages": [{"role": "user", "content": [{"type": "text", "text": "Bonjour?",'
     b' "cache_control": {"type": "ephemeral"}}]}],\n'
     b' "thinking": {"type": "enabled",   "budget_tokens": 1024},\n'
@@ -122,7 +123,7 @@ async def test_passed_through_byte_for_byte(claude, upstream: FakeUpstream) -> N
     assert got.path == "/v1/messages"
     sent = json.loads(RAW_BODY % model.encode())
     assert got.json() == {**sent, "model": UPSTREAM_MODEL}
-    for value in (b'{"type": "enabled",   "budget_tokens": 1024}', b"[1, 2.50, \"x\"]"):
+    for value in (b'{"type": "enabled",   "budget_tokens": 1024}', b'[1, 2.50, "x"]'):
         assert value in got.body  # every other field keeps its bytes
     assert got.headers["anthropic-version"] == "2023-06-01"
     assert got.headers["anthropic-beta"] == headers["anthropic-beta"]
@@ -192,9 +193,8 @@ async def test_upstream_errors_keep_their_meaning(claude, upstream: FakeUpstream
     assert resp.json()["error"] == {"type": "invalid_request_error",
                                     "message": "messages.0: bad role"}  # fmt: skip
     # a stream that fails after it started ends with an `error` event
-    events = stream_events()[:4] + [
-        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    ]
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    events = [*stream_events()[:4], overloaded]
     upstream.route("/v1/messages", Reply(chunks=[anthropic_event(e) for e in events],
                                          content_type="text/event-stream"))  # fmt: skip
     _, got = await raw_stream(keyed, body)

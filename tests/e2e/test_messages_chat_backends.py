@@ -30,7 +30,10 @@ WEATHER = {
     "description": "the weather of a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5E"
+    "rkJggg=="
+)
 
 
 @pytest.fixture
@@ -139,7 +142,10 @@ async def test_tools_round_trip(chat_served, upstream: FakeUpstream) -> None:  #
             {"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}]},
     ]  # fmt: skip
     async with client.messages.stream(
-        model=model, max_tokens=200, messages=history, tools=[WEATHER]  # type: ignore[list-item]
+        model=model,
+        max_tokens=200,
+        messages=history,
+        tools=[WEATHER],  # type: ignore[list-item]
     ) as stream:
         final = await stream.get_final_message()
     assert final.content[0].text == "It is sunny."  # type: ignore[union-attr]
@@ -194,7 +200,9 @@ async def test_images(chat_served, upstream: FakeUpstream) -> None:  # type: ign
         {"type": "text", "text": "What is this?"},
     ]
     message = await client.messages.create(
-        model=model, max_tokens=50, messages=[{"role": "user", "content": content}]  # type: ignore[list-item]
+        model=model,
+        max_tokens=50,
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
     )
     assert message.content[0].text == "A red dot."  # type: ignore[union-attr]
     parts = upstream.last.json()["messages"][0]["content"]
@@ -218,7 +226,9 @@ async def test_count_tokens_is_an_estimate_and_free(chat_served, upstream: FakeU
     assert await keyed.ledger() == []  # no booking, no quota
 
 
-async def test_what_a_chat_backend_cannot_honour_is_named(chat_served, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+async def test_what_a_chat_backend_cannot_honour_is_named(
+    chat_served, upstream: FakeUpstream
+) -> None:  # type: ignore[no-untyped-def]
     _, model, client = chat_served
     before = len(upstream.received)
     with pytest.raises(anthropic.BadRequestError) as refused:

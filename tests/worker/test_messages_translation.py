@@ -14,6 +14,7 @@ from llmq.schemas.openai import Usage
 from llmq.worker.messages.events import MessageEvents, message_usage
 from llmq.worker.messages.to_chat import Unsupported, chat_request
 from tests.spec.anthropic import assert_event, assert_message
+
 USER = {"role": "user", "content": "hi"}
 PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
 
@@ -92,6 +93,10 @@ TRANSLATED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("thinking off, user id", base(thinking={"type": "disabled"},
                                    metadata={"user_id": "u-1"}),
      {"model": "m", "max_tokens": 64, "messages": [USER], "user": "u-1"}),
+    ("Claude Code's: adaptive thinking, clearing thinking", base(
+        thinking={"type": "adaptive"},
+        context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}),
+     {"model": "m", "max_tokens": 64, "messages": [USER]}),
 ]  # fmt: skip
 
 
@@ -104,7 +109,8 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     (base(service_tier="auto"), "service_tier"),
     (base(mcp_servers=[]), "mcp_servers"),
     (base(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0.type"),
-    (base(thinking={"type": "adaptive"}), "thinking.type"),
+    (base(context_management={"edits": [{"type": "clear_tool_uses_20250919"}]}),
+     "context_management.edits.0.type"),
     (base(messages=[{"role": "user", "content": [{"type": "search_result", "x": 1}]}]),
      "messages.0.content.0.type"),
     (base(messages=[{"role": "user", "content": [

@@ -5,9 +5,10 @@ field a chat backend cannot honour (a 400, never a silent drop).
 What maps (docs/anthropic.md has the table): `system` → a system message; text, image and
 document blocks → content parts; `tool_use` → assistant `tool_calls`; `tool_result` → `tool`
 messages; `tools` / `tool_choice` → function tools; `stop_sequences` → `stop`; `thinking`
-→ `reasoning_effort`; `metadata.user_id` → `user`. Accepted and not sent: `cache_control`
-(a caching hint; chat servers cache prompt prefixes by themselves) and earlier turns'
-`thinking` / `redacted_thinking` blocks (Anthropic leaves them out of the context too).
+→ `reasoning_effort` (`adaptive`: none, the backend's default); `metadata.user_id` → `user`.
+Accepted and not sent: `cache_control` (a caching hint; chat servers cache prompt prefixes
+by themselves), earlier turns' `thinking` / `redacted_thinking` blocks (Anthropic leaves
+them out of the context too) and so `context_management` edits that clear thinking.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ PASSED: Final = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k
 """Fields with the same name and meaning in a chat request."""
 MAPPED: Final = frozenset(
     {"messages", "system", "stream", "stop_sequences", "tools", "tool_choice", "thinking",
-     "metadata"}
+     "metadata", "context_management"}
 )  # fmt: skip
 EFFORTS: Final = ((2048, "low"), (8192, "medium"))
 """Thinking budgets up to these tokens → `reasoning_effort`; above the last: `high`."""
@@ -55,6 +56,7 @@ def chat_request(request: dict[str, Any]) -> dict[str, Any]:
         chat["tools"] = [tool(t, i) for i, t in enumerate(request["tools"])]
     if request.get("tool_choice") is not None:
         chat.update(tool_choice(request["tool_choice"]))
+    _check_context_management(request.get("context_management"))
     effort = reasoning_effort(request.get("thinking"))
     if effort is not None:
         chat["reasoning_effort"] = effort
@@ -210,9 +212,27 @@ def tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _check_context_management(value: Any) -> None:
+    """Context edits that clear earlier thinking are already in effect (a chat backend is
+    never sent earlier thinking); any other edit has no chat form."""
+    if value is None:
+        return
+    edits = value.get("edits") if isinstance(value, dict) else None
+    if not isinstance(edits, list):
+        raise Unsupported("context_management must have a list of edits", "context_management")
+    for i, edit in enumerate(edits):
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if not (isinstance(kind, str) and kind.startswith("clear_thinking_")):
+            raise Unsupported(
+                f"the context edit {kind!r} cannot be served by a chat backend",
+                f"context_management.edits.{i}.type",
+            )
+
+
 def reasoning_effort(thinking: Any) -> str | None:
-    """An enabled thinking budget as the nearest `reasoning_effort`; None when disabled."""
-    if not isinstance(thinking, dict) or thinking.get("type") == "disabled":
+    """An enabled thinking budget as the nearest `reasoning_effort`; None when disabled, or
+    adaptive (the model decides: the backend's own default)."""
+    if not isinstance(thinking, dict) or thinking.get("type") in ("disabled", "adaptive"):
         return None
     if thinking.get("type") != "enabled":
         raise Unsupported(
