@@ -10,7 +10,7 @@ never shows the client two `message_start`s (as `worker/responses_api` does).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -19,7 +19,7 @@ from llmq.schemas.envelope import JobEnvelope
 from llmq.schemas.frames import Done
 from llmq.schemas.openai import ChatCompletionRequest, Usage
 from llmq.schemas.text import count_tokens
-from llmq.worker.backends.base import Backend, BackendError, Call, ReplyTo
+from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.messages.events import Event, MessageEvents
 from llmq.worker.messages.to_chat import Unsupported, chat_request
 from llmq.worker.replies import FrameSender
@@ -41,8 +41,7 @@ def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
     """The chat request a Messages request stands for: typed, and as the JSON a pass-through
     chat backend forwards."""
     try:
-        # the backend is always read as a stream; a whole reply is folded from it
-        chat = chat_request(request) | {"stream": True, "stream_options": {"include_usage": True}}
+        chat = chat_request(request)
         return msgspec.convert(chat, ChatCompletionRequest), _encoder.encode(chat)
     except Unsupported as exc:
         raise BackendError(
@@ -64,49 +63,85 @@ async def run_message(
     sender: FrameSender,
     started: Started,
 ) -> Usage:
-    """Serve one Messages job through `backend.chat`; answers the usage."""
+    """Serve one Messages job through `backend.chat`; answers the usage. A streamed job
+    folds the backend's chunks into events as they come; a whole one asks the backend for
+    its whole reply (`ReplyTo.whole`, as chat does) and translates that once."""
     request = read_request(body)
     chat, chat_body = chat_of(request)
     stream = bool(request.get("stream"))
     fold = MessageEvents(f"msg_{job.id}", request["model"])
-    pending = fold.start() if stream else []
-    begun = False
-    usage: Usage | None = None
-    texts: list[str] = []
-    call = Call.of(
-        chat,
-        upstream_names.get(chat.model, chat.model),
-        ReplyTo(f"chatcmpl-{job.id}", chat.model, int(time.time()), include_usage=True),
-        chat_body,
-    )
-    async for out in backend.chat(call):
-        if out.usage is not None:
-            usage = out.usage
-        if not out.chunk:
-            continue
-        chunk = _decoder.decode(out.chunk)
-        events = fold.feed(chunk)
-        if not events:
-            continue
-        texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
-        if not begun:
-            begun = True
-            await started(stream)
-        if stream:
-            pending += events
-            await _send(sender, pending)
-            pending = []
-    if usage is None:
-        n = count_tokens("".join(texts))
-        usage = Usage(0, n, n)
-    closing = fold.finish(usage)
+    reply = ReplyTo(f"chatcmpl-{job.id}", chat.model, int(time.time()), True, whole=not stream)
+    call = Call.of(chat, upstream_names.get(chat.model, chat.model), reply, chat_body)
+    outs = backend.chat(call)
     if stream:
-        await _send(sender, pending + closing)
+        usage = await _stream(outs, fold, sender, started)
+    else:
+        usage = await _whole(outs, fold, started)
+    closing = fold.finish(usage)
     done = Done(usage=usage, finish_reason=fold.finish_reason)
-    if not stream:  # a stream's client has the events; a whole reply the Message
+    if stream:
+        await _send(sender, closing)
+    else:  # a stream's client has the events; a whole reply the Message
         done.body = msgspec.Raw(_encoder.encode(fold.message))
     await sender.done(done)
     return usage
+
+
+async def _stream(
+    outs: AsyncIterator[Out], fold: MessageEvents, sender: FrameSender, started: Started
+) -> Usage:
+    """The events of each chunk, sent as they come (held back until the first output)."""
+    pending = fold.start()
+    usage: Usage | None = None
+    texts: list[str] = []
+    async for out in outs:
+        if out.usage is not None:
+            usage = out.usage
+        events = fold.feed(_decoder.decode(out.chunk)) if out.chunk else []
+        if not events:
+            continue
+        texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
+        if pending:
+            await started(True)
+        await _send(sender, pending + events)
+        pending = []
+    if pending:
+        await _send(sender, pending)
+    return usage or _counted(texts)
+
+
+async def _whole(outs: AsyncIterator[Out], fold: MessageEvents, started: Started) -> Usage:
+    """The backend's whole chat completion (or its chunks, folded) into `fold`."""
+    usage: Usage | None = None
+    texts: list[str] = []
+    async for out in outs:
+        if out.usage is not None:
+            usage = out.usage
+        for chunk in [out.chunk] if out.chunk else []:
+            events = fold.feed(_decoder.decode(chunk))
+            texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
+        if out.body:
+            await started(False)
+            fold.feed(as_chunk(_decoder.decode(out.body)))
+            texts.extend(b.get("text", "") for b in fold.message["content"])
+    return usage or _counted(texts)
+
+
+def as_chunk(completion: dict[str, Any]) -> dict[str, Any]:
+    """A whole chat completion as the one chunk that says all of it (tool calls indexed)."""
+    choices = completion.get("choices") or [{}]
+    first = choices[0]
+    message = dict(first.get("message") or {})
+    calls = message.get("tool_calls") or []
+    message["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
+    delta = {"index": 0, "delta": message, "finish_reason": first.get("finish_reason")}
+    return {"choices": [delta]}
+
+
+def _counted(texts: list[str]) -> Usage:
+    """The worker's own count when the backend reported no usage."""
+    n = count_tokens("".join(texts))
+    return Usage(0, n, n)
 
 
 async def _send(sender: FrameSender, events: list[Event]) -> None:

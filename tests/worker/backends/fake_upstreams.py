@@ -146,7 +146,7 @@ class FakeUpstream:
         self.received.append(received)
         handler = self.handlers.get(url.path)
         if handler is not None:
-            return await self._reply(handler(received), reader, writer)
+            return await self._reply(_as_asked(handler(received), body), reader, writer)
         reply = self.routes.get(url.path) or _not_found(url.path)
         return await self._reply(_as_asked(reply, body), reader, writer)
 

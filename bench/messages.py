@@ -1,0 +1,80 @@
+"""Latency of a non-streamed Anthropic Messages request next to the same chat request.
+
+Starts its own nats-server and Redis-compatible server (free ports), an api and one worker
+as separate processes (`--backend echo`, or `openai` in front of bench/mock_upstream.py),
+then sends the same prompt as `POST /v1/chat/completions` and as `POST /v1/messages` at
+concurrency 1 and 32, and prints p50/p99 latency and requests/s for each and what Messages
+adds to chat, in per cent (the goal: within 10 %). Both are measured in alternating rounds
+(`--rounds`), so that load from elsewhere on a shared machine falls on both alike.
+
+    .venv/bin/python bench/messages.py --requests 2000
+    .venv/bin/python bench/messages.py --requests 2000 --backend openai
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.processes import llmq_stack  # noqa: E402
+from bench.responses import BodyClient, measure, summary  # noqa: E402
+from llmq import event_loop  # noqa: E402
+
+TEXT = "hello from the bench"
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": "bench", "max_tokens": 64, "messages": [{"role": "user", "content": TEXT}]},
+    ),
+    "messages": (
+        "/v1/messages",
+        {"model": "bench", "max_tokens": 64, "messages": [{"role": "user", "content": TEXT}]},
+    ),
+}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=["echo", "openai"], default="echo")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+
+    mock = [sys.executable, str(ROOT / "bench" / "mock_upstream.py")]
+    async with llmq_stack(
+        backend=args.backend, capacity=args.capacity,
+        mock=(lambda port: [*mock, str(port)]) if args.backend == "openai" else None,
+    ) as stack:  # fmt: skip
+        print(f"backend={args.backend} requests={args.requests} cores={os.cpu_count()}")
+        print(f"{'path':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        for concurrency in (1, 32):
+            seen: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in CASES}
+            for _ in range(args.rounds):
+                for name, (path, body) in CASES.items():
+                    client = BodyClient(stack.api_port, path, body)
+                    got, took = await measure(client, concurrency, args.requests // args.rounds)
+                    seen[name] = (seen[name][0] + got, seen[name][1] + took)
+            results = {name: summary(*value) for name, value in seen.items()}
+            for name, r in results.items():
+                print(
+                    f"{name:<10}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                    f"{r['rps']:>9.0f}"
+                )
+            chat, messages = results["chat"], results["messages"]
+            p50 = (messages["p50_ms"] / chat["p50_ms"] - 1) * 100
+            p99 = (messages["p99_ms"] / chat["p99_ms"] - 1) * 100
+            rps = (messages["rps"] / chat["rps"] - 1) * 100
+            print(f"{'+messages':<10}{concurrency:>5}{p50:>+8.1f}%{p99:>+8.1f}%{rps:>+8.1f}%")
+
+
+if __name__ == "__main__":
+    event_loop.run(main())
