@@ -4,8 +4,10 @@ Starts its own nats-server and Redis-compatible server (free ports), an api and 
 as separate processes (`--backend echo`, or `openai` in front of bench/mock_upstream.py),
 then sends the same prompt as `POST /v1/chat/completions` and as `POST /v1/messages` at
 concurrency 1 and 32, and prints p50/p99 latency and requests/s for each and what Messages
-adds to chat, in per cent (the goal: within 10 %). Both are measured in alternating rounds
-(`--rounds`), so that load from elsewhere on a shared machine falls on both alike.
+adds to chat, in per cent (the goal: within 10 %), with the CPU the api and the worker
+processes spent per request (warm-up included), which a loaded machine disturbs less.
+Both are measured in alternating rounds (`--rounds`), so that load from elsewhere on a
+shared machine falls on both alike.
 
     .venv/bin/python bench/messages.py --requests 2000
     .venv/bin/python bench/messages.py --requests 2000 --backend openai
@@ -22,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import llmq_stack  # noqa: E402
+from bench.processes import cpu_seconds, llmq_stack, process_tree  # noqa: E402
 from bench.responses import BodyClient, measure, summary  # noqa: E402
 from llmq import event_loop  # noqa: E402
 
@@ -55,25 +57,41 @@ async def main() -> None:
         mock=(lambda port: [*mock, str(port)]) if args.backend == "openai" else None,
     ) as stack:  # fmt: skip
         print(f"backend={args.backend} requests={args.requests} cores={os.cpu_count()}")
-        print(f"{'path':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        print(
+            f"{'path':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'api µs/req':>12}"
+            f"{'worker µs/req':>15}"
+        )
+        parts = {name: process_tree(stack.procs[name].pid) for name in ("api", "worker")}
         for concurrency in (1, 32):
             seen: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in CASES}
+            cpu = {name: {"api": 0.0, "worker": 0.0} for name in CASES}
             for _ in range(args.rounds):
                 for name, (path, body) in CASES.items():
                     client = BodyClient(stack.api_port, path, body)
+                    before = {p: cpu_seconds(tree) for p, tree in parts.items()}
                     got, took = await measure(client, concurrency, args.requests // args.rounds)
+                    for p, tree in parts.items():
+                        cpu[name][p] += cpu_seconds(tree) - before[p]
                     seen[name] = (seen[name][0] + got, seen[name][1] + took)
             results = {name: summary(*value) for name, value in seen.items()}
             for name, r in results.items():
+                calls = len(seen[name][0]) + args.rounds * (50 // concurrency + 1) * concurrency
+                r["api_us"] = cpu[name]["api"] / calls * 1e6
+                r["worker_us"] = cpu[name]["worker"] / calls * 1e6
                 print(
                     f"{name:<10}{concurrency:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-                    f"{r['rps']:>9.0f}"
+                    f"{r['rps']:>9.0f}{r['api_us']:>12.0f}{r['worker_us']:>15.0f}"
                 )
             chat, messages = results["chat"], results["messages"]
             p50 = (messages["p50_ms"] / chat["p50_ms"] - 1) * 100
             p99 = (messages["p99_ms"] / chat["p99_ms"] - 1) * 100
             rps = (messages["rps"] / chat["rps"] - 1) * 100
-            print(f"{'+messages':<10}{concurrency:>5}{p50:>+8.1f}%{p99:>+8.1f}%{rps:>+8.1f}%")
+            api = (messages["api_us"] / chat["api_us"] - 1) * 100
+            worker = (messages["worker_us"] / chat["worker_us"] - 1) * 100
+            print(
+                f"{'+messages':<10}{concurrency:>5}{p50:>+8.1f}%{p99:>+8.1f}%{rps:>+8.1f}%"
+                f"{api:>+11.1f}%{worker:>+14.1f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -210,3 +210,22 @@ def test_usage_in_anthropic_terms() -> None:
         "input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 30,
         "cache_read_input_tokens": 60,
     }  # fmt: skip
+
+
+def test_a_whole_completion_gives_the_message_its_stream_gives() -> None:
+    """What a non-streamed job builds from the backend's whole body (`whole`) is the Message
+    the events of the same output add up to."""
+    call_a = {"id": "call_a", "type": "function",
+              "function": {"name": "f", "arguments": '{"a": 1}'}}  # fmt: skip
+    completion = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "ok", "reasoning_content": "think",
+        "tool_calls": [call_a]}}]}  # fmt: skip
+    whole = MessageEvents("msg_1", "m")
+    whole.whole(completion)
+    whole.finish(Usage(5, 7, 12))
+    _, streamed = fold(
+        [chunk({"reasoning_content": "think"}), chunk({"content": "ok"}),
+         chunk({"tool_calls": [{**call_a, "index": 0}]}), chunk({}, "tool_calls")],
+        Usage(5, 7, 12),
+    )  # fmt: skip
+    assert assert_message(whole.message) == streamed

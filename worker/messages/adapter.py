@@ -122,20 +122,9 @@ async def _whole(outs: AsyncIterator[Out], fold: MessageEvents, started: Started
             texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
         if out.body:
             await started(False)
-            fold.feed(as_chunk(_decoder.decode(out.body)))
+            fold.whole(_decoder.decode(out.body))
             texts.extend(b.get("text", "") for b in fold.message["content"])
     return usage or _counted(texts)
-
-
-def as_chunk(completion: dict[str, Any]) -> dict[str, Any]:
-    """A whole chat completion as the one chunk that says all of it (tool calls indexed)."""
-    choices = completion.get("choices") or [{}]
-    first = choices[0]
-    message = dict(first.get("message") or {})
-    calls = message.get("tool_calls") or []
-    message["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
-    delta = {"index": 0, "delta": message, "finish_reason": first.get("finish_reason")}
-    return {"choices": [delta]}
 
 
 def _counted(texts: list[str]) -> Usage:

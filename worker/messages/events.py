@@ -88,6 +88,23 @@ class MessageEvents:
                 self.finish_reason = choice["finish_reason"]
         return events
 
+    def whole(self, completion: dict[str, Any]) -> None:
+        """A whole chat completion (choice 0) as the Message's content, without events."""
+        choices = completion.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        content = self.message["content"]
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        if isinstance(message.get("content"), str) and message["content"]:
+            content.append({"type": "text", "text": message["content"]})
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{position}",
+                            "name": function.get("name") or "", "input": {}})  # fmt: skip
+            self._arguments[len(content) - 1] = [function.get("arguments") or ""]
+        self.finish_reason = choices[0].get("finish_reason")
+
     def finish(self, usage: Usage) -> list[Event]:
         events = self._close()
         stop = STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
