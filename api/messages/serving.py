@@ -35,6 +35,7 @@ from llmq.api.messages.protocol import (
     from_exception,
 )
 from llmq.api.messages.relay import MessageRun
+from llmq.api.model_table import ModelDefaults
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy.models import NORMAL_RANK
@@ -61,8 +62,6 @@ class _Ask:
 
     req: MessageRequest
     body: bytes
-    defaults: dict[str, object]
-    """Fields the model table sets when the request leaves them out."""
     estimate: int
     submitted: float
     wait: float
@@ -73,11 +72,15 @@ class _Ask:
     def time_left(self) -> float:
         return self.submitted + self.wait - time.time()
 
-    def body_for(self, model: str) -> bytes:
-        """The job body for `model`: the client's bytes, `model` and defaults patched in."""
-        changes = dict(self.defaults)
+    def body_for(self, model: str, defaults: ModelDefaults | None) -> bytes:
+        """The job body for `model`: the client's bytes, with `model` and the model table's
+        defaults for fields the request left out patched in."""
+        changes: dict[str, object] = {}
         if model != self.req.model:
             changes["model"] = model
+        if defaults is not None and defaults.temperature is not None:
+            if self.req.temperature is msgspec.UNSET:
+                changes["temperature"] = defaults.temperature
         return patch_body(self.body, changes) if changes else self.body
 
 
@@ -114,12 +117,8 @@ class MessagesServing:
         models = serving.preparer.models
         record.model = model = models.resolve(req.model)
         limit = check_max_tokens(req.max_tokens, models.token_limit_for(model) or _ceiling(serving))
-        defaults: dict[str, object] = {}
-        table = models.defaults_for(model)
-        if table is not None and table.temperature is not None and req.temperature is msgspec.UNSET:
-            defaults["temperature"] = table.temperature
         forwarded = {name: request.headers[name] for name in FORWARDED if name in request.headers}
-        ask = _Ask(req, body, defaults, estimate_tokens(req), time.time(), wait, forwarded, limit)
+        ask = _Ask(req, body, estimate_tokens(req), time.time(), wait, forwarded, limit)
         record.stream = req.stream
         ask.rank = await serving.auth.rank(request)
 
@@ -159,7 +158,8 @@ class MessagesServing:
             return None, None
         ticket, reservation = held
         spec = JobSpec(
-            job_id=record.job_id, model=model, body=ask.body_for(model), tenant=record.tenant,
+            job_id=record.job_id, model=model, tenant=record.tenant,
+            body=ask.body_for(model, serving.preparer.models.defaults_for(model)),
             deadline_ms=int((ask.submitted + ask.wait) * 1000), kind="message",
             traceparent=request.headers.get("traceparent"),
             end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),

@@ -20,6 +20,7 @@ from tests.worker.backends.fake_upstreams import (
     Reply,
     openai_chat,
     openai_chunk,
+    openai_error,
     openai_usage,
     sse_data,
 )
@@ -253,3 +254,40 @@ async def test_echo_worker_serves_messages(stack, redis_server) -> None:  # type
             model=model, max_tokens=10, messages=[{"role": "user", "content": "say it back"}]
         )
     assert message.content[0].text == "say it back"  # type: ignore[union-attr]
+
+
+async def test_aliases_defaults_limits_and_fallbacks(  # type: ignore[no-untyped-def]
+    stack, redis_server, upstream: FakeUpstream, tmp_path
+) -> None:
+    """The model table applies as for chat: an alias resolves, a default temperature is set
+    when the request has none, `max_tokens` is bounded by the model's limit, and a primary
+    that fails before its first token falls back to the next model of its chain."""
+    primary, spare = unique("primary"), unique("spare")
+    table = tmp_path / "models.toml"
+    table.write_text(
+        f'[aliases]\nfast = "{primary}"\n\n[defaults."{primary}"]\ntemperature = 0.25\n\n'
+        f'[models."{primary}"]\nmax_tokens = 500\nfallbacks = ["{spare}"]\n'
+    )
+    keyed = await keyed_api(stack, redis_server.url, models_file=str(table))
+    await stack.worker(model=[primary], backend="openai", backend_url=f"{upstream.url}/v1",
+                       breaker_threshold=100, max_deliver=1)  # fmt: skip
+    await stack.worker(model=[spare])
+    await serving(keyed, primary)
+    await serving(keyed, spare)
+    upstream.route(CHAT, openai_chat(["from the primary"]))
+    async with keyed.client() as client:
+        raw = await client.messages.with_raw_response.create(
+            model="fast", max_tokens=100, messages=USER
+        )
+        assert raw.headers["x-llmq-model"] == primary
+        sent = upstream.last.json()
+        assert (sent["model"], sent["temperature"]) == (primary, 0.25)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.create(model="fast", max_tokens=501, messages=USER)
+        assert "500" in str(refused.value)
+        upstream.route(CHAT, openai_error(500, "down", "server_error"))
+        moved = await client.messages.with_raw_response.create(
+            model="fast", max_tokens=100, messages=USER
+        )
+    assert moved.headers["x-llmq-model"] == spare
+    assert assert_message(moved.http_response.json()).content[0].text == "Hello, who are you?"  # type: ignore[union-attr]
