@@ -61,6 +61,7 @@ async def run_message(
     body: bytes,
     job: JobEnvelope,
     sender: FrameSender,
+    *,
     started: Started,
 ) -> Usage:
     """Serve one Messages job through `backend.chat`; answers the usage. A streamed job

@@ -33,13 +33,15 @@ class MessageJobs:
     ) -> Usage:
         """Serve one job; answers its usage (none for `count_tokens`)."""
         if self.passthrough is not None:
-            return await self.passthrough.run(self.upstream_names, body, job, sender, started)
+            names = self.upstream_names
+            return await self.passthrough.run(names, body, job, sender, started=started)
         if job.message_op == "count_tokens":
             counted = estimate_tokens(count_request_decoder.decode(body))
             answer = msgspec.Raw(_encoder.encode({"input_tokens": counted}))
             await sender.done(Done(usage=Usage(), body=answer))
             return Usage()
-        return await run_message(self.backend, self.upstream_names, body, job, sender, started)
+        args = (self.backend, self.upstream_names, body, job, sender)
+        return await run_message(*args, started=started)
 
     async def aclose(self) -> None:
         if self.passthrough is not None:

@@ -187,6 +187,7 @@ class MessagesPassthrough:
         body: bytes,
         job: JobEnvelope,
         sender: FrameSender,
+        *,
         started: Started,
     ) -> Usage:
         sent = self._body(upstream_names, body)
