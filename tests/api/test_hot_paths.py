@@ -219,7 +219,9 @@ async def test_fastapis_native_telemetry_still_sees_the_hot_routes() -> None:
 def test_uvicorn_serves_it_behind_its_proxy_headers() -> None:
     config = uvicorn_config(Settings())
     assert isinstance(config.app, HotPaths)
-    assert set(config.app.routes) == {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
+    assert set(config.app.routes) == {
+        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"
+    }  # fmt: skip
     config.load()
     assert isinstance(config.loaded_app, ProxyHeadersMiddleware)  # forwarded_allow_ips kept
     assert config.loaded_app.app is config.app
