@@ -291,3 +291,20 @@ async def test_aliases_defaults_limits_and_fallbacks(  # type: ignore[no-untyped
         )
     assert moved.headers["x-llmq-model"] == spare
     assert assert_message(moved.http_response.json()).content[0].text == "Hello, who are you?"  # type: ignore[union-attr]
+
+
+async def test_a_stream_cut_after_its_start_ends_with_an_error_event(  # type: ignore[no-untyped-def]
+    chat_served, upstream: FakeUpstream
+) -> None:
+    keyed, model, client = chat_served
+    upstream.route(CHAT, openai_chat(["one ", "two ", "three"], drop_after=3))
+    resp, events = await raw_stream(keyed, {"model": model, "max_tokens": 50, "messages": USER})
+    assert resp.status_code == 200
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "error"
+    assert events[-1]["error"]["type"] == "api_error"
+    assert "message_stop" not in [e["type"] for e in events]
+    with pytest.raises(anthropic.APIStatusError):
+        async with client.messages.stream(model=model, max_tokens=50, messages=USER) as stream:
+            await stream.get_final_message()
+    entry = await keyed.booked(resp.headers["request-id"])
+    assert entry.status == "failed"
