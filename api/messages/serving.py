@@ -93,6 +93,8 @@ class MessagesServing:
         try:
             response = await self._create(request, record)
         except (ApiError, Refusal) as exc:
+            record.status, record.error_code = exc.status, exc.code
+            self.serving.observe(record)  # refused before any job: metrics, request log
             return from_exception(exc, record.job_id)
         except Exception as exc:
             return _unexpected(exc, record.job_id)
