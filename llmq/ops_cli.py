@@ -26,41 +26,13 @@ from llmq.dispatcher import inspect, job_list
 from llmq.dispatcher.inspect import Snapshot, WorkerView
 from llmq.dispatcher.job_list import JobView
 from llmq.dispatcher.queue_estimate import QueueEstimator
+from llmq.tables import Column, ago, table
 
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
 CLEAR = "\x1b[H\x1b[2J"
 
-# --- tables ----------------------------------------------------------------------------------
-
-Column = tuple[str, int, str]
-"""(header, width, align `<` or `>`)."""
-
-
-def _cell(value: object, width: int, align: str) -> str:
-    text = str(value)
-    if len(text) > width:
-        text = text[: width - 1] + "~"
-    return f"{text:{align}{width}}"
-
-
-def table(columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> list[str]:
-    lines = [" ".join(_cell(h, w, a) for h, w, a in columns).rstrip()]
-    for row in rows:
-        lines.append(
-            " ".join(_cell(v, w, a) for v, (_, w, a) in zip(row, columns, strict=True)).rstrip()
-        )
-    return lines
-
-
-def ago(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
+# --- tables ---------------------------------------------------------------------------------
 
 
 def _count(value: int | None) -> str:
