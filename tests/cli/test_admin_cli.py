@@ -142,11 +142,14 @@ def test_prices_table(capsys, url) -> None:  # type: ignore[no-untyped-def]
     model = unique("priced")
     code, out, err = run(capsys, "prices", "set", model, "--input", "0.15", "--output", "0.6", *url)
     assert code == 0, err
-    assert out.splitlines()[0].split() == ["MODEL", "INPUT", "OUTPUT", "CACHED", "INPUT", "CACHE", "WRITE"]  # fmt: skip
+    header = ["MODEL", "INPUT", "OUTPUT", "CACHED", "INPUT", "CACHE", "WRITE"]
+    assert out.splitlines()[0].split() == header
     assert _row(out.splitlines(), model) == [model, "0.15", "0.6", "=", "input", "=", "input"]
     code, out, _ = run(capsys, "prices", "list", "--json", *url)
-    assert json.loads(out)[model] == {"input_per_1m": 0.15, "output_per_1m": 0.6,
-                                      "cached_input_per_1m": None, "cache_write_per_1m": None}  # fmt: skip
+    assert json.loads(out)[model] == {
+        "input_per_1m": 0.15, "output_per_1m": 0.6,
+        "cached_input_per_1m": None, "cache_write_per_1m": None,
+    }  # fmt: skip
     code, out, _ = run(capsys, "prices", "delete", model, *url)
     assert out == f"deleted the price of {model}\n"
 
