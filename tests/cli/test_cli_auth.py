@@ -152,7 +152,7 @@ def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) -> Non
         proc = subprocess.Popen(
             [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port), "--data-dir", str(data)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**clean, "LLMQ_NATS_TOKEN": "from-the-caller"},
+            env={**clean, "LLMQ_NATS_TOKEN": "from-the-caller", "LLMQ_ADMIN_TOKEN": TOKEN},
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -167,6 +167,8 @@ def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) -> Non
         for secret_file in (token_file, password_file):
             assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         assert len(token) >= 32 and token not in text and password not in text
+        # The caller's own admin token is used, never echoed.
+        assert TOKEN not in text and "admin token           yours" in text
         assert f"LLMQ_NATS_TOKEN_FILE={token_file}" in text
         nats_url = re.search(r"nats-server (nats://\S+)", text).group(1)  # type: ignore[union-attr]
         # Without the token NATS refuses; with it, it answers; the stack serves as before.
