@@ -135,5 +135,5 @@ async def test_admin_token_comes_from_a_file(
         right = await client.get("/admin/tenants", headers={"authorization": f"Bearer {ADMIN}"})
     assert wrong.status_code == 401 and right.status_code == 200
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ValueError, match="admin_token_file .* is empty"):
+    with pytest.raises(ValueError, match=r"admin_token_file .* is empty"):
         Settings(admin_token_file=str(tmp_path / "empty"))
