@@ -127,9 +127,7 @@ def test_the_block_runs_as_written(block: Block, dev: Any, tmp_path: Path) -> No
         argv = ["bash", "-eo", "pipefail", "-c", code]
     else:
         argv = [str(venv / "python"), "-c", code]
-    done = subprocess.run(
-        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
-    )
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
     said = f"{block}:\n{block.code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0, said
     assert '"error":{' not in done.stdout.replace(" ", ""), said
