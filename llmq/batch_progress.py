@@ -39,10 +39,8 @@ def bar(record: BatchRecord, width: int = BAR_WIDTH) -> str:
     total = counts.total
     if not total:
         return f"[{'-' * width}]    -"
-    ok = round(width * counts.completed / total)
-    bad = min(width - ok, round(width * counts.failed / total))
-    if counts.failed and not bad and ok < width:
-        bad = 1  # a failure is never invisible
+    bad = max(1, round(width * counts.failed / total)) if counts.failed else 0
+    ok = min(width - bad, round(width * counts.completed / total))  # a failure never hides
     pct = 100 * finished(record) // total
     return f"[{'#' * ok}{'x' * bad}{'-' * (width - ok - bad)}] {pct:3d}%"
 
@@ -114,7 +112,7 @@ def screen(record: BatchRecord, rate: Rate, now: float | None = None) -> list[st
                 ("output file", record.output_file_id or "-"),
                 ("error file", record.error_file_id or "-"),
                 ("created", moment(record.created_at, now)),
-                ("expires", since(record.expires_at, now)),
+                ("expires", "-" if record.status in FINAL_BATCH else since(record.expires_at, now)),
             ]
         ),
         *(

@@ -132,3 +132,21 @@ def test_the_block_runs_as_written(block: Block, dev: Any, tmp_path: Path) -> No
     assert done.returncode == 0, said
     assert '"error":{' not in done.stdout.replace(" ", ""), said
     assert block.expect in done.stdout, said
+
+
+def test_the_redis_keys_in_docs_tenants_are_the_codes() -> None:
+    """docs/tenants.md names the keys `schemas/names.py` makes, hash tags included."""
+    from llmq.schemas import names
+
+    text = (ROOT / "docs" / "tenants.md").read_text()
+    made = [
+        names.TENANTS_KEY, names.PRICES_KEY, names.DELETED_SCOPES_KEY, names.LEDGER_KEY,
+        names.tenant_key("acme"), names.tenant_api_keys_key("acme"),
+        names.key_last_used_key("acme"), names.inflight_key("acme"), names.rate_key("acme"),
+        names.tenant_ledger_key("acme"), names.api_key_key("<sha256>"),
+        names.day_quota_key("acme", "<day>"), names.month_quota_key("acme", "<month>"),
+        names.reservation_key("acme", "<job>"), names.usage_key("acme", "<day>"),
+        names.usage_by_key("acme", "<day>", "key"), names.key_quota_prefix("acme", "<key id>"),
+    ]  # fmt: skip
+    assert [key for key in made if f"`{key}" not in text] == []
+    assert "llmq:q:<tenant>" not in text and "llmq:usage:<tenant>" not in text

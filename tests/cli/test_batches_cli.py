@@ -100,3 +100,18 @@ async def test_batches_mistakes(stack, capsys) -> None:  # type: ignore[no-untyp
     missing = "batch_" + "0" * 32
     code, _, err = await llmq(capsys, "batches", "watch", missing, *url)
     assert code == 1 and err == f"llmq: no batch {missing} (see `llmq batches list`)\n"
+
+
+def test_the_bar_never_hides_a_failure() -> None:
+    from llmq.batch_progress import bar
+    from llmq.dispatcher.batch.records import BatchRecord, RequestCounts
+
+    def record(completed: int, failed: int, total: int = 600) -> BatchRecord:
+        counts = RequestCounts(total=total, completed=completed, failed=failed)
+        return BatchRecord(id="0" * 32, tenant="t", endpoint="/v1/chat/completions",
+                           input_file_id="f", completion_window="24h", created_at=0,
+                           expires_at=1, request_counts=counts)  # fmt: skip
+
+    assert bar(record(593, 7), 40) == "[" + "#" * 39 + "x] 100%"
+    assert bar(record(300, 0), 40) == "[" + "#" * 20 + "-" * 20 + "]  50%"
+    assert bar(record(0, 0, total=0), 10) == "[----------]    -"
