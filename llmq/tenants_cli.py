@@ -107,7 +107,12 @@ async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReade
         data = _limits(args) | {"label": args.label, "owner": args.owner}
         if args.expires_in is not None:
             data["expires_in"] = args.expires_in
-        settings = key_input(data, time.time())
+        try:
+            settings = key_input(data, time.time())
+        except msgspec.ValidationError:
+            raise
+        except ValueError as exc:  # only --expires-in is parsed beyond msgspec's checks
+            raise ValueError(f"--expires-in is not valid: {exc}") from None
         plaintext, record = await store.create_key(args.tenant, settings=settings)
         return Shown(
             {**msgspec.to_builtins(record), "key": plaintext}, views.new_key(record, plaintext)

@@ -165,6 +165,12 @@ def test_a_bad_tenant_name_or_limit_is_one_sentence(capsys, url) -> None:  # typ
     assert code == 1 and err == "llmq: --rpm is not valid: expected int >= 0\n"
     code, _, err = run(capsys, "prices", "set", unique("p"), "--output", "-1", *url)
     assert code == 1 and err == "llmq: --output is not valid: expected float >= 0.0\n"
+    name = unique("exp")
+    assert run(capsys, "tenants", "create", name, *url)[0] == 0
+    code, _, err = run(capsys, "keys", "create", name, "--expires-in", "soon", *url)
+    assert code == 1 and err == (
+        "llmq: --expires-in is not valid: not a duration: 'soon' (e.g. 3600, 30m, 12h, 30d)\n"
+    )
     code, _, err = run(capsys, "usage", unique("nobody"), *url)
     assert code == 1 and "does not exist (see `llmq tenants list`)" in err
 
