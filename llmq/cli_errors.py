@@ -32,7 +32,8 @@ def invalid_input(exc: msgspec.ValidationError, args: argparse.Namespace) -> str
             "or '-', starting with a letter or digit"
         )
     flag = _FLAG_OF.get(field, "--" + field.replace("_", "-")) if field else "the input"
-    return f"{flag} is not valid: {what.replace('`', '')[:1].lower()}{what.replace('`', '')[1:]}"
+    said = what.replace("`", "")
+    return f"{flag} is not valid: {said[:1].lower()}{said[1:]}"
 
 
 def redis_failure(exc: BaseException, shown: str, sent_password: bool) -> str:
@@ -51,13 +52,12 @@ def redis_failure(exc: BaseException, shown: str, sent_password: bool) -> str:
         )
     if cause is None:
         return f"cannot reach Redis at {shown}: {exc} (check LLMQ_REDIS_URL)"
-    text = str(cause)
     if not sent_password:
         return (
             f"Redis at {shown} requires a password: set LLMQ_REDIS_PASSWORD or "
             "LLMQ_REDIS_PASSWORD_FILE (or put it in LLMQ_REDIS_URL)"
         )
-    if "no password is set" in text:
+    if "no password is set" in str(cause):
         return (
             f"Redis at {shown} has no password but one was sent: unset LLMQ_REDIS_PASSWORD "
             "(and LLMQ_REDIS_PASSWORD_FILE, and any password in LLMQ_REDIS_URL)"
