@@ -107,7 +107,7 @@ class Worker:
         )
         self.announcer = Announcer(
             nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
-            s.protocol.nats_replicas,
+            s.protocol.nats_replicas, create=s.connection.nats_provision,
         )  # fmt: skip
         await self.announcer.start()
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
@@ -124,7 +124,9 @@ class Worker:
         """The job streams and this worker's durable consumers on them, as feed specs."""
         assert self.nc is not None
         s, js = self.settings, self.nc.jetstream()
-        await streams.ensure_streams(js, s.protocol.jobs_max_age, s.protocol.nats_replicas)
+        await streams.ensure_streams(
+            js, s.protocol.jobs_max_age, s.protocol.nats_replicas, s.connection.nats_provision
+        )
         specs = []
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
