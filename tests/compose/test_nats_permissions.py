@@ -42,14 +42,16 @@ INBOX = {"api": "_INBOX", "worker": "_INBOX_worker", "cli": "_INBOX_cli"}
 """Each user's own inbox prefix (LLMQ_NATS_INBOX_PREFIX), as compose and k8s set them."""
 
 JOB_STREAMS = (names.JOBS_STREAM, names.BATCH_STREAM)
-BUCKETS = tuple(s for s in PROVISIONED if s.startswith(("KV_", "OBJ_")))
-STORED = tuple(
-    f"KV_{b}"
-    for b in (
-        names.RESULTS_BUCKET, names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET,
-        names.FILE_META_BUCKET, names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET,
-    )
-) + (f"OBJ_{names.FILES_OBJECT_STORE}",)  # fmt: skip
+STORED = (
+    *(
+        f"KV_{b}"
+        for b in (
+            names.RESULTS_BUCKET, names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET,
+            names.FILE_META_BUCKET, names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET,
+        )
+    ),
+    f"OBJ_{names.FILES_OBJECT_STORE}",
+)  # fmt: skip
 """Streams holding tenants' data at rest."""
 
 API = "$JS.API"
