@@ -18,6 +18,8 @@ printf 'requirepass "%s"\n' "$redis" > "$dir/valkey_auth"
 # The admin API's bearer token (LLMQ_ADMIN_TOKEN_FILE / the Kubernetes Secret); kept when it
 # exists, so that rotating the other secrets does not log every operator out.
 [ -s "$dir/admin_token" ] || printf '%s\n' "$admin" > "$dir/admin_token"
+# The backend key of the `openai` profile: yours to write; an empty file until then.
+[ -e "$dir/openai_api_key" ] || : > "$dir/openai_api_key"
 {
   printf 'LLMQ_API_PASSWORD: "%s"\n' "$api"
   printf 'LLMQ_WORKER_PASSWORD: "%s"\n' "$worker"

@@ -22,7 +22,13 @@ import yaml
 from llmq.embedded import nats_server_binary, redis_server_binary
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
-WORKER_INBOX = "_INBOX_worker"
+INBOXES = {
+    "api": "_INBOX",
+    "worker": "_INBOX_worker",
+    "cli": "_INBOX_cli",
+    "provision": "_INBOX_provision",
+}
+"""Each NATS user's own inbox prefix: the only one auth.conf lets it subscribe to."""
 
 
 @pytest.fixture(scope="module")
@@ -64,26 +70,34 @@ def test_no_nats_or_valkey_port_on_the_host_and_no_secret_in_the_file() -> None:
     assert "requirepass" not in raw and "@nats-" not in raw and "@valkey" not in raw
 
 
+NATS_USERS = {"api": "api", "worker": "worker", "provision": "provision", "cli": "cli"}
+"""Service name prefix -> the NATS user of compose/nats/auth.conf it logs in as."""
+
+
 def test_every_llmq_process_authenticates_with_compose_secrets() -> None:
     data = compose()
     services, declared = data["services"], data["secrets"]
-    llmq = {n: s for n, s in services.items() if n.startswith(("api", "worker"))}
-    assert llmq
+    llmq = {n: s for n, s in services.items() if n.startswith(tuple(NATS_USERS))}
+    assert {n.split("-")[0] for n in llmq} == set(NATS_USERS)
     for name, service in llmq.items():
         env = service["environment"]
         user = env["LLMQ_NATS_USER"]
-        assert user == ("api" if name.startswith("api") else "worker")
+        assert user == NATS_USERS[name.split("-")[0]], name
         secret_path = env["LLMQ_NATS_PASSWORD_FILE"]
         secret = secret_path.removeprefix("/run/secrets/")
         assert secret in service["secrets"] and secret in declared
         assert declared[secret]["file"].startswith("./secrets/")
-        if user == "worker":
-            assert env["LLMQ_NATS_INBOX_PREFIX"] == WORKER_INBOX
-            assert not any(k.startswith("LLMQ_REDIS") for k in env)  # no Redis for workers
-            assert "redis_password" not in service["secrets"]
-        else:
+        assert env.get("LLMQ_NATS_INBOX_PREFIX", "_INBOX") == INBOXES[user], name
+        if user in ("api", "worker"):  # `llmq provision` made what they need
+            assert env["LLMQ_NATS_PROVISION"] == "false", name
+        if user == "api":
             assert env["LLMQ_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
             assert "redis_password" in service["secrets"]
+            assert env["LLMQ_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token"
+            assert "admin_token" in service["secrets"]
+        else:
+            assert not any(k.startswith("LLMQ_REDIS") for k in env)  # no Redis but the api's
+            assert "redis_password" not in service["secrets"]
     valkey = services["valkey"]
     assert valkey["command"] == ["valkey-server", "/etc/valkey/valkey.conf"]
     assert "valkey_auth" in valkey["secrets"]
