@@ -1,6 +1,9 @@
 #!/bin/sh
 # Generate the secrets compose/docker-compose.yml reads, into ./secrets (or $1). Run once;
 # run again to rotate (then `docker compose up -d --force-recreate`). Never commit them.
+# Kubernetes (compose/k8s/kustomization.yaml reads compose/k8s/secrets):
+#   ROUTE_HOSTS="nats-0.nats-headless nats-1.nats-headless nats-2.nats-headless" \
+#     ./make-secrets.sh k8s/secrets
 set -eu
 dir=${1:-"$(dirname "$0")/secrets"}
 mkdir -p "$dir"
@@ -29,7 +32,7 @@ printf 'requirepass "%s"\n' "$redis" > "$dir/valkey_auth"
 {
   printf 'LLMQ_ROUTE_PASSWORD: "%s"\n' "$route"
   printf 'LLMQ_ROUTES: [\n'
-  for node in nats-1 nats-2 nats-3; do
+  for node in ${ROUTE_HOSTS:-nats-1 nats-2 nats-3}; do
     printf '  "nats-route://route:%s@%s:6222"\n' "$route" "$node"
   done
   printf ']\n'
