@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -136,8 +137,8 @@ async def test_worker_serves_metrics_on_its_port(stack) -> None:  # type: ignore
     assert stopped, "the metrics port is closed with the worker"
 
 
-async def test_worker_probes_answer_before_nats_and_ready_only_while_taking_jobs(
-    stack, tmp_path  # type: ignore[no-untyped-def]
+async def test_worker_probes_answer_before_nats_and_ready_only_while_taking_jobs(  # type: ignore[no-untyped-def]
+    stack, tmp_path: Path
 ) -> None:
     """/health answers as soon as the process runs, even while NATS is not there yet (a
     Kubernetes startup/liveness probe); /ready only while it is connected and taking jobs
