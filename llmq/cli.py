@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from llmq import ops_cli, provision_cli, redis_keys, tenants_cli
+    from llmq import ops_cli, provision, redis_keys, tenants_cli
 
-    return [tenants_cli.register, ops_cli.register, redis_keys.register, provision_cli.register]
+    return [tenants_cli.register, ops_cli.register, redis_keys.register, provision.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

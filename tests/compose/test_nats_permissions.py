@@ -31,8 +31,8 @@ import openai
 import pytest
 
 from llmq.dispatcher.connection import connect, disconnect
-from llmq.dispatcher.provision import PROVISIONED, run_provision
 from llmq.embedded import EmbeddedNats
+from llmq.provision import PROVISIONED, run_provision
 from llmq.schemas import names
 from llmq.schemas.settings import ConnectionSettings, Settings
 from tests.compose.test_compose import COMPOSE, _users

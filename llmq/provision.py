@@ -1,4 +1,4 @@
-"""`llmq provision`: every stream, KV bucket, object store and shared consumer llmq needs,
+"""`llmq provision [--watch]`: every stream, KV bucket, object store and shared consumer llmq needs,
 made by a NATS user allowed to, so that the api, the workers and the CLI run with users
 that may not create, change or delete any of them (LLMQ_NATS_PROVISION=false,
 docs/security.md). The workers' per-model consumers are theirs to make.
@@ -10,14 +10,18 @@ its memory streams and buckets (LLMQ_JOBS, LLMQ_WORKERS)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
+import sys
+from typing import Any
 
 from nats.js import JetStreamContext
 
+from llmq import event_loop
 from llmq.dispatcher import streams
-from llmq.dispatcher.connection import Provisioner, connect, disconnect
+from llmq.dispatcher.connection import NatsRefused, Provisioner, connect, disconnect
 from llmq.dispatcher.tasks import retry
 from llmq.schemas import names
 from llmq.schemas.settings import Settings
@@ -81,3 +85,38 @@ async def run_provision(settings: Settings, watch: bool = False) -> None:
         await provisioner.stop()
     finally:
         await disconnect(nc)
+
+
+# --- the command -----------------------------------------------------------------------
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from llmq.api.logs import configure
+
+    settings = Settings()
+    configure(settings.observability.log_level, settings.observability.log_json)
+    try:
+        event_loop.run(run_provision(settings, watch=args.watch))
+    except NatsRefused as exc:
+        print(f"llmq provision: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "provision",
+        help="create the NATS streams, buckets and shared consumers (a provisioning user)",
+        description="Create or update every NATS stream, KV bucket, object store and shared "
+        "consumer llmq needs, as LLMQ_NATS_REPLICAS and the retention settings say. Run it "
+        "with a NATS user allowed to, before api and workers that run with "
+        "LLMQ_NATS_PROVISION=false. Reads the LLMQ_NATS_* settings from the environment.",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="stay connected and provision again after each reconnect (until SIGTERM)",
+    )
+    parser.set_defaults(handler=cmd_provision)

@@ -1,4 +1,4 @@
-"""`llmq provision` makes every stream and bucket `dispatcher/provision.py` names, at the
+"""`llmq provision` makes every stream and bucket `llmq/provision.py` names, at the
 replica count asked for, idempotently; with `--watch` it makes them again after a NATS
 restart lost the memory ones, and stops at once on SIGTERM."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import nats
 
-from llmq.dispatcher.provision import PROVISIONED
 from llmq.embedded import EmbeddedNats
+from llmq.provision import PROVISIONED
 from llmq.schemas import names
 from tests.stack import Process, wait_for
 
