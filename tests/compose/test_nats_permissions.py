@@ -301,3 +301,17 @@ async def test_each_runtime_user_is_refused_what_it_must_not_do(
         assert "spy" not in [c.name for c in await js.consumers_info(names.JOBS_STREAM)]
     finally:
         await disconnect(nc)
+
+
+def test_docs_say_what_each_user_may_and_may_not_do() -> None:
+    """docs/security.md has a row for every user of auth.conf, naming what this file
+    checks for it; and every user this file attacks is one of them."""
+    users = re.findall(r"^\s+user: (\w+)$", (COMPOSE / "nats" / "auth.conf").read_text(), re.M)
+    assert users == ["provision", "api", "worker", "cli"]
+    docs = (COMPOSE.parent / "docs" / "security.md").read_text()
+    for user in users:
+        (row,) = [line for line in docs.splitlines() if line.startswith(f"| `{user}` ")]
+        may, may_not = row.split(" | ")[1:3]
+        assert may and may_not, user
+    assert set(REFUSED) | {"provision"} == set(users)
+    assert "tests/compose/test_nats_permissions.py" in docs
