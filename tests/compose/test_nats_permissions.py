@@ -35,11 +35,12 @@ from llmq.embedded import EmbeddedNats
 from llmq.provision import PROVISIONED, run_provision
 from llmq.schemas import names
 from llmq.schemas.settings import ConnectionSettings, Settings
-from tests.compose.test_compose import COMPOSE, _users
+from tests.compose.test_compose import COMPOSE, INBOXES, _users
 from tests.stack import unique, wait_for
 
-INBOX = {"api": "_INBOX", "worker": "_INBOX_worker", "cli": "_INBOX_cli"}
-"""Each user's own inbox prefix (LLMQ_NATS_INBOX_PREFIX), as compose and k8s set them."""
+INBOX = INBOXES
+"""Each user's own inbox prefix (LLMQ_NATS_INBOX_PREFIX), as compose and k8s set them
+(tests/compose/test_compose.py and test_k8s_policy.py check they do)."""
 
 JOB_STREAMS = (names.JOBS_STREAM, names.BATCH_STREAM)
 STORED = (
@@ -171,7 +172,7 @@ def secured(tmp_path: Path) -> Any:
 
 
 def as_user(user: str, passwords: dict[str, str]) -> dict[str, Any]:
-    prefix = INBOX.get(user, f"_INBOX_{user}")
+    prefix = INBOX[user]
     return {"nats_user": user, "nats_password": passwords[user], "nats_inbox_prefix": prefix}
 
 
