@@ -11,6 +11,9 @@ shared machine falls on both alike.
 
     .venv/bin/python bench/messages.py --requests 2000
     .venv/bin/python bench/messages.py --requests 2000 --backend openai
+
+`--stream` measures streamed requests instead, one at a time on a kept-alive connection (as
+bench/ttft.py does): the first SSE event and the end of the stream, for both routes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.processes import cpu_seconds, llmq_stack, process_tree  # noqa: E402
 from bench.responses import BodyClient, measure, summary  # noqa: E402
+from bench.ttft import StreamClient  # noqa: E402
 from llmq import event_loop  # noqa: E402
 
 TEXT = "hello from the bench"
@@ -49,6 +53,7 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--capacity", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--stream", action="store_true", help="streamed, at concurrency 1")
     args = parser.parse_args()
 
     mock = [sys.executable, str(ROOT / "bench" / "mock_upstream.py")]
@@ -57,6 +62,9 @@ async def main() -> None:
         mock=(lambda port: [*mock, str(port)]) if args.backend == "openai" else None,
     ) as stack:  # fmt: skip
         print(f"backend={args.backend} requests={args.requests} cores={os.cpu_count()}")
+        if args.stream:
+            await streamed(stack.api_port, args.requests, args.rounds)
+            return
         print(
             f"{'path':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'api µs/req':>12}"
             f"{'worker µs/req':>15}"
@@ -92,6 +100,37 @@ async def main() -> None:
                 f"{'+messages':<10}{concurrency:>5}{p50:>+8.1f}%{p99:>+8.1f}%{rps:>+8.1f}%"
                 f"{api:>+11.1f}%{worker:>+14.1f}%"
             )
+
+
+async def streamed(port: int, requests: int, rounds: int) -> None:
+    """First event and whole stream, p50/p99, for chat and Messages in alternating rounds."""
+    clients = {
+        name: StreamClient(f"http://127.0.0.1:{port}{path}", body={**body, "stream": True},
+                           done=b"message_stop" if name == "messages" else b"[DONE]")
+        for name, (path, body) in CASES.items()
+    }  # fmt: skip
+    firsts: dict[str, list[float]] = {name: [] for name in clients}
+    ends: dict[str, list[float]] = {name: [] for name in clients}
+    for client in clients.values():
+        for _ in range(50):
+            await client.call()
+    for _ in range(rounds):
+        for name, client in clients.items():
+            for _ in range(requests // rounds):
+                first, end = await client.call()
+                firsts[name].append(first)
+                ends[name].append(end)
+    for client in clients.values():
+        client.close()
+    print(f"{'path':<10}{'first p50':>10}{'p99':>10}{'end p50':>10}{'p99':>10}  (ms)")
+    rows = {}
+    for name in clients:
+        f, e = sorted(firsts[name]), sorted(ends[name])
+        rows[name] = [x * 1000 for x in (f[len(f) // 2], f[int(len(f) * 0.99) - 1],
+                                         e[len(e) // 2], e[int(len(e) * 0.99) - 1])]  # fmt: skip
+        print(f"{name:<10}" + "".join(f"{v:>10.2f}" for v in rows[name]))
+    added = [(m / c - 1) * 100 for m, c in zip(rows["messages"], rows["chat"], strict=True)]
+    print(f"{'+messages':<10}" + "".join(f"{v:>+9.1f}%" for v in added))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from llmq.schemas.text import count_tokens
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.messages.events import Event, MessageEvents
 from llmq.worker.messages.to_chat import Unsupported, chat_request
-from llmq.worker.replies import FrameSender
+from llmq.worker.replies import FrameSender, drive
 from llmq.worker.responses_api.adapter import Started
 
 _encoder = msgspec.json.Encoder()
@@ -75,14 +75,12 @@ async def run_message(
     call = Call.of(chat, upstream_names.get(chat.model, chat.model), reply, chat_body)
     outs = backend.chat(call)
     if stream:
-        usage = await _stream(outs, fold, sender, started)
+        usage = await _stream(outs, fold, sender, started)  # its events end with the closing
     else:
         usage = await _whole(outs, fold, started)
-    closing = fold.finish(usage)
+        fold.finish(usage)
     done = Done(usage=usage, finish_reason=fold.finish_reason)
-    if stream:
-        await _send(sender, closing)
-    else:  # a stream's client has the events; a whole reply the Message
+    if not stream:  # a stream's client has the events; a whole reply the Message
         done.body = msgspec.Raw(_encoder.encode(fold.message))
     await sender.done(done)
     return usage
@@ -91,24 +89,47 @@ async def run_message(
 async def _stream(
     outs: AsyncIterator[Out], fold: MessageEvents, sender: FrameSender, started: Started
 ) -> Usage:
-    """The events of each chunk, sent as they come (held back until the first output)."""
-    pending = fold.start()
+    """The events of the chunks, sent whenever the backend is about to wait (`drive`: what
+    it gave at once shares a frame, as chat's chunks do), held back until the first output;
+    the closing events go with the last ones."""
+    ready = fold.start()
+    begun = False
     usage: Usage | None = None
     texts: list[str] = []
-    async for out in outs:
+
+    async def take(out: Out | None) -> None:
+        nonlocal usage, begun
+        if out is None:  # the backend ended
+            usage = usage or _counted(texts)
+            ready.extend(fold.finish(usage))
+            return
         if out.usage is not None:
             usage = out.usage
         events = fold.feed(_decoder.decode(out.chunk)) if out.chunk else []
-        if not events:
-            continue
-        texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
-        if pending:
+        if events and not begun:
+            begun = True
             await started(True)
-        await _send(sender, pending + events)
-        pending = []
-    if pending:
-        await _send(sender, pending)
-    return usage or _counted(texts)
+        texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
+        ready.extend(events)
+
+    async def flush() -> None:
+        if begun and ready:
+            batch = ready.copy()
+            ready.clear()
+            await _send(sender, batch)
+
+    await drive(_then_end(outs), take, flush)
+    if ready:  # no output at all: the opening and closing events together
+        await _send(sender, ready)
+    assert usage is not None
+    return usage
+
+
+async def _then_end(outs: AsyncIterator[Out]) -> AsyncIterator[Out | None]:
+    """The backend's outs, then None: its end, as one more item."""
+    async for out in outs:
+        yield out
+    yield None
 
 
 async def _whole(outs: AsyncIterator[Out], fold: MessageEvents, started: Started) -> Usage:
