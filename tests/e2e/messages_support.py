@@ -54,15 +54,20 @@ class Keyed:
 
 async def keyed_api(stack: Any, redis_url: str, tenant: Tenant | None = None, **api: Any) -> Keyed:
     served = await stack.api(auth_mode="keys", key_cache_ttl=0, **api)
+    tenant = tenant or Tenant(name=unique("t"), rpm=100_000)
+    return Keyed(served, await tenant_key(redis_url, tenant), tenant.name, redis_url)
+
+
+async def tenant_key(redis_url: str, tenant: Tenant) -> str:
+    """Create `tenant` and one key of it; the key."""
     redis = connect(redis_url)
     try:
         store = TenantStore(redis)
-        tenant = tenant or Tenant(name=unique("t"), rpm=100_000)
         await store.create(tenant)
         key, _ = await store.create_key(tenant.name)
+        return key
     finally:
         await redis.aclose()
-    return Keyed(served, key, tenant.name, redis_url)
 
 
 async def serving(keyed: Keyed, model: str) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from llmq.api.tenancy import Tenant
-from tests.e2e.messages_support import Keyed, keyed_api, serving
+from tests.e2e.messages_support import Keyed, keyed_api, serving, tenant_key
 from tests.spec.anthropic import assert_count, assert_error, assert_message
-from tests.stack import unique
+from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Received,
@@ -31,6 +31,7 @@ from tests.worker.backends.fake_upstreams import (
     json_reply,
     openai_chat,
     openai_chunk,
+    openai_error,
     openai_usage,
     sse_data,
 )
@@ -187,8 +188,8 @@ def openai_turn(received: Received, note: Path | None = None) -> Reply:
 
 
 async def _tenant_for(stack: Any, redis_url: str, *models: str) -> Keyed:
-    return await keyed_api(stack, redis_url, Tenant(name=unique("t"), rpm=10_000,
-                                                    models=list(models)))  # fmt: skip
+    tenant = Tenant(name=unique("t"), rpm=10_000, models=list(models))
+    return await keyed_api(stack, redis_url, tenant, max_body_bytes=200_000)
 
 
 def _judge(seen: dict[str, Any]) -> None:
@@ -203,14 +204,21 @@ def _judge(seen: dict[str, Any]) -> None:
     assert assert_message(answer).stop_reason == "end_turn"
     assert seen["thinking"]["content"][0]["type"] == "thinking"
     assert_count(seen["count"])
-    expected = {"bad_request": ("BadRequestError", 400), "authentication": (
-        "AuthenticationError", 401), "permission": ("PermissionDeniedError", 403),
-        "not_found": ("NotFoundError", 404)}  # fmt: skip
+    expected = {
+        "bad_request": ("BadRequestError", 400), "authentication": ("AuthenticationError", 401),
+        "permission": ("PermissionDeniedError", 403), "not_found": ("NotFoundError", 404),
+        "content_too_large": ("ContentTooLargeError", 413),
+        "rate_limit": ("RateLimitError", 429), "internal_server": ("InternalServerError", 500),
+        "overloaded": ("OverloadedError", 529),
+    }  # fmt: skip
+    assert set(seen["errors"]) == set(expected)
     for name, (cls, status) in expected.items():
         got = seen["errors"][name]
         assert (got["class"], got["status"]) == (cls, status), got
         assert_error(got["body"])
         assert got["requestId"], got
+        if status in (429, 529):
+            assert int(got["retryAfter"]) >= 1, got
 
 
 async def test_js_sdk_on_a_chat_backend_and_through_to_anthropic(  # type: ignore[no-untyped-def]
@@ -219,18 +227,27 @@ async def test_js_sdk_on_a_chat_backend_and_through_to_anthropic(  # type: ignor
     needs(SDK)
     assert NODE is not None
     chat, claude, forbidden = unique("gpt"), unique("claude"), unique("no")
-    keyed = await _tenant_for(stack, redis_server.url, chat, claude)
+    gone, broken = unique("gone"), unique("broken")
+    keyed = await _tenant_for(stack, redis_server.url, chat, claude, gone, broken)
     upstream.respond("/v1/chat/completions", lambda received: openai_turn(received))
+    upstream.route("/broken/v1/chat/completions", openai_error(500, "down", "server_error"))
     upstream.respond("/v1/messages", anthropic_turn(tmp_path / "unused"))
     upstream.route("/v1/messages/count_tokens", json_reply(200, {"input_tokens": 17}))
     await stack.worker(model=[chat], backend="openai", backend_url=f"{upstream.url}/v1")
     await stack.worker(model=[claude], backend="anthropic", backend_url=upstream.url)
     await stack.worker(model=[forbidden])
-    for model in (chat, claude, forbidden):
+    await stack.worker(model=[broken], backend="openai", backend_url=f"{upstream.url}/broken/v1",
+                       breaker_threshold=100)  # fmt: skip
+    departed = await stack.worker(model=[gone])
+    for model in (chat, claude, forbidden, broken, gone):
         await serving(keyed, model)
+    await departed.close()
+    stack.workers.remove(departed)
+    await wait_for(lambda: not keyed.api.runtime.registry.workers_for(gone))
     for model in (chat, claude):
-        out = await run([NODE, "sdk_check.mjs", keyed.url, keyed.key, model, forbidden])
-        _judge(json.loads(out))
+        limited = await tenant_key(redis_server.url, Tenant(name=unique("t"), rpm=1))
+        args = [keyed.url, keyed.key, model, forbidden, gone, broken, limited]
+        _judge(json.loads(await run([NODE, "sdk_check.mjs", *args])))
 
 
 @pytest.mark.parametrize("backend", ["anthropic", "openai"])

@@ -2,9 +2,10 @@
 // helpers), tools, thinking, an image, count_tokens and the error classes. Prints one JSON
 // object with what it saw; the Python test (tests/e2e/test_messages_js.py) judges it.
 // Usage: node sdk_check.mjs <base url> <api key> <model> <model the key may not use>
+//   <model with no live worker> <model whose upstream fails> <a key limited to 1 request/min>
 import Anthropic from "@anthropic-ai/sdk";
 
-const [baseURL, apiKey, model, forbidden] = process.argv.slice(2);
+const [baseURL, apiKey, model, forbidden, gone, broken, limitedKey] = process.argv.slice(2);
 const client = new Anthropic({ baseURL, apiKey, maxRetries: 0 });
 const user = [{ role: "user", content: "hello from node" }];
 const out = {};
@@ -51,7 +52,7 @@ async function failure(make) {
     return { error: "none" };
   } catch (e) {
     return { class: e.constructor.name, status: e.status, body: e.error,
-             requestId: e.requestID ?? null };
+             requestId: e.requestID ?? null, retryAfter: e.headers?.get?.("retry-after") ?? null };
   }
 }
 out.errors = {
@@ -60,5 +61,12 @@ out.errors = {
     .messages.create({ model, max_tokens: 5, messages: user })),
   permission: await failure(() => client.messages.create({ model: forbidden, max_tokens: 5, messages: user })),
   not_found: await failure(() => client.messages.create({ model: "no-such-model", max_tokens: 5, messages: user })),
+  content_too_large: await failure(() => client.messages.create({
+    model, max_tokens: 5, messages: [{ role: "user", content: "x".repeat(300000) }] })),
+  overloaded: await failure(() => client.messages.create({ model: gone, max_tokens: 5, messages: user })),
+  internal_server: await failure(() => client.messages.create({ model: broken, max_tokens: 5, messages: user })),
 };
+const limited = new Anthropic({ baseURL, apiKey: limitedKey, maxRetries: 0 });
+await limited.messages.create({ model, max_tokens: 5, messages: user });
+out.errors.rate_limit = await failure(() => limited.messages.create({ model, max_tokens: 5, messages: user }));
 console.log(JSON.stringify(out));
