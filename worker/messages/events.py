@@ -62,6 +62,8 @@ class MessageEvents:
         self._tools: dict[int, int] = {}
         """Chat tool call index → content block index."""
         self._arguments: dict[int, list[str]] = {}
+        self._texts: dict[int, list[str]] = {}
+        """Content block index → the text (or thinking) so far, joined once at the end."""
         """Content block index → the JSON text of a tool call's input so far."""
         self.finish_reason: str | None = None
 
@@ -111,20 +113,26 @@ class MessageEvents:
         counts = message_usage(usage)
         self.message["stop_reason"] = stop
         self.message["usage"] = counts
+        content = self.message["content"]
         for index, parts in self._arguments.items():
-            self.message["content"][index]["input"] = _input("".join(parts))
+            content[index]["input"] = _input("".join(parts))
+        for index, parts in self._texts.items():
+            content[index][content[index]["type"]] = "".join(parts)
         delta = {"stop_reason": stop, "stop_sequence": None}
         events.append({"type": "message_delta", "delta": delta, "usage": counts})
         events.append({"type": "message_stop"})
         return events
 
     def _text(self, kind: str, text: str) -> list[Event]:
-        events = [] if self._kind == kind else self._begin(kind, _empty(kind))
+        if self._kind == kind:
+            events = []
+        else:
+            events = self._begin(kind, _empty(kind))
+            assert self._open is not None
+            self._texts[self._open] = []
         assert self._open is not None
-        block = self.message["content"][self._open]
-        block[kind] += text
-        field = "text" if kind == "text" else "thinking"
-        delta = {"type": f"{field}_delta", field: text}
+        self._texts[self._open].append(text)
+        delta = {"type": f"{kind}_delta", kind: text}
         events.append({"type": "content_block_delta", "index": self._open, "delta": delta})
         return events
 
