@@ -64,7 +64,8 @@ async def count_response(serving: Serving, request: Request, request_id: str) ->
         return error_response(public.status, public.error, request_id)
     if end is None or not end.body:
         raise ApiError(502, "the job ended without a result", "empty_response")
-    headers[COUNT_HEADER] = "upstream"
+    # the worker says who counted: its upstream, or (a chat backend) llmq's estimate
+    headers[COUNT_HEADER] = "estimate" if end.finish_reason == "estimate" else "upstream"
     return Response(bytes(end.body), media_type="application/json", headers=headers)
 
 

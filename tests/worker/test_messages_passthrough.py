@@ -126,3 +126,17 @@ def test_tally_in_llmq_terms() -> None:
     usage = tally.usage()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (115, 30, 145)
     assert usage.prompt_tokens_details == {"cached_tokens": 100, "cache_creation_tokens": 5}
+
+
+async def test_a_chat_backend_answers_a_count_with_the_estimate() -> None:
+    """A count job that reaches a worker without an Anthropic upstream (a model served by
+    both kinds) is llmq's estimate, and the frame says so."""
+    from llmq.worker.backends.echo import EchoBackend
+    from llmq.worker.messages.jobs import MessageJobs
+
+    jobs = MessageJobs(EchoBackend(BackendConfig()), {}, BackendConfig(kind="echo"))
+    sent = Sent()
+    body = b'{"model":"pub","messages":[{"role":"user","content":"one two three"}]}'
+    await jobs.run(body, job(message_op="count_tokens"), sent, sent.on_start)  # type: ignore[arg-type]
+    assert sent.final is not None and sent.final.finish_reason == "estimate"
+    assert json.loads(bytes(sent.final.body))["input_tokens"] >= 3

@@ -38,7 +38,7 @@ class MessageJobs:
         if job.message_op == "count_tokens":
             counted = estimate_tokens(count_request_decoder.decode(body))
             answer = msgspec.Raw(_encoder.encode({"input_tokens": counted}))
-            await sender.done(Done(usage=Usage(), body=answer))
+            await sender.done(Done(usage=Usage(), finish_reason="estimate", body=answer))
             return Usage()
         args = (self.backend, self.upstream_names, body, job, sender)
         return await run_message(*args, started=started)

@@ -49,6 +49,8 @@ class _Event(Struct):
 
 _event = msgspec.json.Decoder(_Event)
 _model = msgspec.json.Decoder(_Message)
+COUNTED_UPSTREAM = "upstream"
+"""The `done` frame's `finish_reason` of a count_tokens job the upstream answered."""
 MAX_CLIENTS = 16
 _closing: set[asyncio.Future[None]] = set()
 _TICK = Out()
@@ -223,8 +225,10 @@ class MessagesPassthrough:
             raise BackendError(
                 f"the upstream sent a malformed response: {exc}", code="upstream_malformed"
             ) from None
-        usage = tally.usage() if job.message_op != "count_tokens" else Usage()
-        await sender.done(Done(usage=usage, finish_reason=None, body=msgspec.Raw(answer)))
+        counting = job.message_op == "count_tokens"
+        usage = Usage() if counting else tally.usage()
+        counted_by = COUNTED_UPSTREAM if counting else None  # `finish_reason` of a count
+        await sender.done(Done(usage=usage, finish_reason=counted_by, body=msgspec.Raw(answer)))
         return usage
 
 
