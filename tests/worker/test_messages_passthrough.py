@@ -13,6 +13,8 @@ import pytest
 from llmq.schemas.envelope import JobEnvelope
 from llmq.schemas.frames import Done
 from llmq.worker.backends.base import BackendConfig, BackendError
+from llmq.worker.backends.echo import EchoBackend
+from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.messages.passthrough import MessagesPassthrough, Tally, _Usage
 from tests.worker.backends.fake_upstreams import (
     FAST,
@@ -131,9 +133,6 @@ def test_tally_in_llmq_terms() -> None:
 async def test_a_chat_backend_answers_a_count_with_the_estimate() -> None:
     """A count job that reaches a worker without an Anthropic upstream (a model served by
     both kinds) is llmq's estimate, and the frame says so."""
-    from llmq.worker.backends.echo import EchoBackend
-    from llmq.worker.messages.jobs import MessageJobs
-
     jobs = MessageJobs(EchoBackend(BackendConfig()), {}, BackendConfig(kind="echo"))
     sent = Sent()
     body = b'{"model":"pub","messages":[{"role":"user","content":"one two three"}]}'
