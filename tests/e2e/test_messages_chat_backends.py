@@ -18,6 +18,7 @@ from tests.stack import unique
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Reply,
+    ollama_chat,
     openai_chat,
     openai_chunk,
     openai_error,
@@ -308,3 +309,26 @@ async def test_a_stream_cut_after_its_start_ends_with_an_error_event(  # type: i
             await stream.get_final_message()
     entry = await keyed.booked(resp.headers["request-id"])
     assert entry.status == "failed"
+
+
+async def test_an_ollama_worker_serves_messages(  # type: ignore[no-untyped-def]
+    stack, redis_server, upstream: FakeUpstream
+) -> None:
+    """The chat translation meets Ollama's own: a streamed answer with its exact counts."""
+    model = unique("ollama")
+    keyed = await keyed_api(stack, redis_server.url)
+    await stack.worker(model=[f"{model}=llama3.2"], backend="ollama", backend_url=upstream.url)
+    await serving(keyed, model)
+    upstream.route("/api/chat", ollama_chat(["Hi ", "there"], prompt_eval_count=26, eval_count=2))
+    resp, events = await raw_stream(
+        keyed, {"model": model, "max_tokens": 20, "system": "terse", "messages": USER,
+                "thinking": {"type": "enabled", "budget_tokens": 9000}},
+    )  # fmt: skip
+    assert resp.status_code == 200
+    text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert text == "Hi there"
+    assert events[-2]["usage"]["input_tokens"] == 26 and events[-2]["usage"]["output_tokens"] == 2
+    sent = upstream.last.json()
+    assert sent["model"] == "llama3.2" and sent["think"] == "high"
+    assert sent["messages"][0] == {"role": "system", "content": "terse"}
+    assert sent["options"]["num_predict"] == 20
