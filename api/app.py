@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.api.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
+            expose_headers=["x-request-id", "request-id", "retry-after", "x-ratelimit-*"],
         )
     app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
     app.router.routes.extend(messages.router.routes)  # Anthropic's Messages API, the same way
