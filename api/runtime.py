@@ -10,10 +10,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
+from llmq.api.startup import Startup
 from llmq.api.tenancy import check_at_start, connect_with
 from llmq.api.tenancy.client import redis_target
 from llmq.dispatcher import streams
-from llmq.dispatcher.connection import Provisioner, connect, disconnect
+from llmq.dispatcher.connection import Provisioner, connect, disconnect, redact_url
 from llmq.dispatcher.dispatch import Dispatcher
 from llmq.dispatcher.inbox import ReplyInbox
 from llmq.dispatcher.registry import WorkerRegistry
@@ -38,37 +39,58 @@ class Runtime:
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    async def open(cls, settings: Settings) -> Runtime:
+    async def open(cls, settings: Settings, startup: Startup | None = None) -> Runtime:
+        """Connect and provision, each step retried with backoff until the start-up deadline
+        (`startup` says what the api waits for meanwhile: `/ready`, the logs)."""
+        startup = startup or Startup(settings)
         provisioner = Provisioner()
+        startup.waiting_for = f"NATS at {redact_url(settings.connection.nats_url)}"
         nc = await connect(
             settings.connection.nats_url,
             f"llmq-api {settings.api.instance_id}",
             settings.connection.nats_connect_timeout,
             on_reconnect=provisioner.reconnected,
             conn=settings.connection,
+            deadline=startup.deadline,
         )
+        try:
+            return await cls._provision(settings, startup, nc, provisioner)
+        except BaseException:
+            await disconnect(nc)
+            raise
+
+    @classmethod
+    async def _provision(
+        cls, settings: Settings, startup: Startup, nc: Client, provisioner: Provisioner
+    ) -> Runtime:
         js = nc.jetstream()
         replicas = settings.protocol.nats_replicas
-        await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
-        inbox = ReplyInbox(nc, settings.api.instance_id)
-        await inbox.start()
-        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
-        await registry.start()
-        dispatcher = Dispatcher(
-            nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
-        )
-        await dispatcher.start()
-        redis = connect_with(settings.connection, timeout=settings.connection.redis_timeout)
-        await check_at_start(
-            redis, redis_target(settings.connection), settings.connection.redis_timeout
-        )
-        provisioner.add(
-            "job streams",
-            lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas),
-        )
-        provisioner.add("lost jobs", dispatcher.find_missing)
-        provisioner.add("registry", registry.rewatch)
-        provisioner.start()
+
+        async def job_streams() -> None:
+            await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
+
+        async with contextlib.AsyncExitStack() as undo:  # what started, stopped on a failure
+            await startup.step("the job streams", job_streams)
+            inbox = ReplyInbox(nc, settings.api.instance_id)
+            await inbox.start()
+            undo.push_async_callback(inbox.stop)
+            registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
+            await startup.step("the worker registry", registry.start)
+            undo.push_async_callback(registry.stop)
+            dispatcher = Dispatcher(
+                nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
+            )
+            await dispatcher.start()
+            undo.push_async_callback(dispatcher.stop)
+            redis = connect_with(settings.connection, timeout=settings.connection.redis_timeout)
+            await check_at_start(
+                redis, redis_target(settings.connection), settings.connection.redis_timeout
+            )
+            provisioner.add("job streams", job_streams)
+            provisioner.add("lost jobs", dispatcher.find_missing)
+            provisioner.add("registry", registry.rewatch)
+            provisioner.start()
+            undo.pop_all()
         return cls(settings, nc, js, inbox, dispatcher, registry, redis, provisioner)
 
     async def close(self) -> None:

@@ -19,6 +19,9 @@ from llmq.schemas.registry import ModelInfo, WorkerInfo, registry_encoder
 
 log = logging.getLogger(__name__)
 
+LEAVE_TIMEOUT = 1.0
+"""Seconds a stopping worker tries to leave the registry (its entry ages out otherwise)."""
+
 
 class Announcer:
     def __init__(
@@ -98,4 +101,5 @@ class Announcer:
             await stop_task(self._task)
         if self._kv is not None:
             with contextlib.suppress(Exception):
-                await self._kv.delete(self._snapshot().id)
+                async with asyncio.timeout(LEAVE_TIMEOUT):  # NATS may be away: bounded
+                    await self._kv.delete(self._snapshot().id)

@@ -23,7 +23,17 @@ class ConnectionSettings(Group):
     commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
 
     nats_url: str = setting("nats://127.0.0.1:4222", "NATS server(s), comma-separated.")
-    nats_connect_timeout: float = setting(5.0, "Seconds to wait for NATS at start.", commands=())
+    nats_connect_timeout: float = setting(
+        5.0, "Seconds one attempt to reach a NATS server may take.", commands=()
+    )
+    startup_timeout: float = setting(
+        300.0,
+        "Seconds a process keeps retrying, with backoff, its first contact with NATS and its "
+        "streams, consumers and buckets (a server still starting, a cluster still forming, "
+        "a stream not provisioned yet) before it gives up and exits; 0 = forever.",
+        commands=(),
+        ge=0,
+    )
     redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis or Valkey URL.")
     redis_timeout: float = setting(
         1.0, "Seconds before a Redis command counts as down.", commands=()
