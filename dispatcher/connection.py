@@ -157,6 +157,8 @@ async def _connect_once(
     """One connection attempt: each server tried twice at most, the whole bounded."""
     starting = True
     shown = redact_url(url)
+    errors_told: list[int] = []
+    """Errors logged since the last reconnect (each outage is told once, at warning)."""
 
     async def on_error(exc: Exception) -> None:
         if starting and _refused(exc):
@@ -172,13 +174,17 @@ async def _connect_once(
                 "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
             ) from exc
         if reconnect and not starting:
-            log.warning("nats error (%s): %s", shown, exc or type(exc).__name__)
+            # once per outage: a reconnect attempt every half second would repeat it
+            level = logging.DEBUG if errors_told else logging.WARNING
+            log.log(level, "nats error (%s): %s", shown, exc or type(exc).__name__)
+            errors_told.append(1)
 
     async def on_disconnect() -> None:
         if reconnect:
             log.warning("nats disconnected from %s; reconnecting", shown)
 
     async def on_reconnected() -> None:
+        errors_told.clear()
         log.info("nats reconnected to %s", shown)
         if on_reconnect is not None:
             on_reconnect()

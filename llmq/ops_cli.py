@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -27,6 +27,7 @@ from llmq.dispatcher.inspect import Snapshot, WorkerView
 from llmq.dispatcher.job_list import JobView
 from llmq.dispatcher.queue_estimate import QueueEstimator
 
+T = TypeVar("T")
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
 CLEAR = "\x1b[H\x1b[2J"
@@ -255,8 +256,12 @@ def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]
         return 2
 
     async def main() -> int:
+        # Kept trying with backoff (each retry logged to stderr, with the URL) for `--wait`
+        # seconds, `llmq top` for ever; reconnecting once connected (a NATS restart).
+        wait: float | None = getattr(args, "wait", None)
+        deadline = None if wait is None else time.monotonic() + wait
         try:
-            nc = await connect(url, "llmq-cli", CONNECT_TIMEOUT, reconnect=False)
+            nc = await connect(url, "llmq-cli", CONNECT_TIMEOUT, reconnect=True, deadline=deadline)
         except Exception as exc:
             detail = str(exc) or type(exc).__name__
             print(f"llmq: cannot reach NATS at {shown}: {detail}", file=sys.stderr)
@@ -295,29 +300,97 @@ def cmd_top(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
         js = nc.jetstream()
         tty = sys.stdout.isatty() and not args.json
-        n = 0
         latest: list[Snapshot] = []
         estimator = QueueEstimator(js, lambda: [w.info for w in latest[-1].workers])
-        while True:
+        outage = Outage()
+        n = 0
+        while not args.iterations or n < args.iterations:
             started = time.monotonic()
-            snap = await inspect.snapshot(nc, js, args.timeout)
-            latest[:] = [snap]
-            waits = await queue_waits(js, snap, estimator)
-            if args.json:
-                _print([_dump(status_json(snap, url, waits))])
+            failed = ""
+            if not outage.seen(nc.is_connected):
+                try:
+                    look = _look(nc, args.timeout, estimator, latest)
+                    waits = await _while_connected(nc, look)
+                except Exception as exc:  # NATS went away meanwhile, or too slow
+                    failed = f"! no snapshot: {exc or type(exc).__name__}"
+                    outage.seen(nc.is_connected, since=time.time() - (time.monotonic() - started))
+            if failed and outage.since is None:
+                lines = [_dump({"nats_url": url, "error": failed})] if args.json else [failed]
+            elif outage.since is not None:
+                lines = [_dump(outage.json(url))] if args.json else outage.lines(url)
+            elif args.json:
+                lines = [_dump(status_json(latest[0], url, waits))]
             else:
-                width = shutil.get_terminal_size((WIDTH, 24)).columns
-                head = f"llmq top  every {args.interval:g}s  Ctrl-C quits"
-                lines = [head, *render_status(snap, url, waits)]
-                lines = [line[:width] for line in lines]
-                sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
+                lines = render_status(latest[0], url, waits)
+            if args.json:
                 _print(lines)
+            else:
+                _print_top(lines, tty, n, args.interval)
             n += 1
-            if args.iterations and n >= args.iterations:
-                return 0
             await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        return 0
 
     return _run(args, body)
+
+
+async def _look(
+    nc: Client, timeout: float, estimator: QueueEstimator, latest: list[Snapshot]
+) -> dict[str, float | None]:
+    """One refresh of `llmq top`: the snapshot, kept in `latest` (also the estimator's view
+    of the workers), and the queue waits."""
+    snap = await inspect.snapshot(nc, nc.jetstream(), timeout)
+    latest[:] = [snap]
+    return await queue_waits(nc.jetstream(), snap, estimator)
+
+
+async def _while_connected(nc: Client, look: Awaitable[T]) -> T:
+    """`look`, given up as soon as the connection drops (its requests would otherwise each
+    wait for their timeout)."""
+    task = asyncio.ensure_future(look)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.1)
+            if done:
+                return task.result()
+            if not nc.is_connected:
+                raise ConnectionError("NATS disconnected")
+    finally:
+        task.cancel()
+
+
+class Outage:
+    """`llmq top` while NATS is away: since when, shown instead of figures that would
+    pretend nothing runs."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def seen(self, connected: bool, since: float | None = None) -> bool:
+        """Note the connection's state (`since`: when it was last seen up); True while
+        disconnected."""
+        if connected:
+            self.since = None
+        elif self.since is None:
+            self.since = since or time.time()
+        return not connected
+
+    def json(self, url: str) -> dict[str, Any]:
+        return {"nats_url": url, "connected": False, "disconnected_since": self.since}
+
+    def lines(self, url: str) -> list[str]:
+        since = self.since or time.time()
+        when = time.strftime("%H:%M:%S UTC", time.gmtime(since))
+        return [
+            f"llmq at {url}",
+            f"disconnected since {when} ({ago(time.time() - since)} ago); reconnecting to NATS",
+        ]
+
+
+def _print_top(body: list[str], tty: bool, n: int, interval: float) -> None:
+    width = shutil.get_terminal_size((WIDTH, 24)).columns
+    lines = [f"llmq top  every {interval:g}s  Ctrl-C quits", *body]
+    sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
+    _print([line[:width] for line in lines])
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -361,7 +434,16 @@ def register(sub: Any) -> None:
         )
         return p
 
-    status = parser("status", "workers, models, queue depth, in-flight and capacity, apis")
+    def waiting(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            help="seconds to keep trying NATS while it is unreachable",
+        )
+        return p
+
+    status = waiting(parser("status", "workers, models, queue depth, in-flight and capacity, apis"))
     status.set_defaults(handler=cmd_status)
 
     top = parser("top", "`llmq status`, refreshed live")
@@ -369,10 +451,14 @@ def register(sub: Any) -> None:
     top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes")
     top.set_defaults(handler=cmd_top)
 
-    workers = parser("workers", "live workers: backend, models, slots, circuit, jobs, errors")
+    workers = waiting(
+        parser("workers", "live workers: backend, models, slots, circuit, jobs, errors")
+    )
     workers.set_defaults(handler=cmd_workers)
 
-    jobs = parser("jobs", "running jobs (from the workers), then queued ones (from JetStream)")
+    jobs = waiting(
+        parser("jobs", "running jobs (from the workers), then queued ones (from JetStream)")
+    )
     jobs.add_argument("--model", default=None, help="only this model")
     jobs.add_argument("--limit", type=int, default=50, help="most queued jobs listed")
     jobs.add_argument("--wide", action="store_true", help="full job ids")
