@@ -72,6 +72,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     preparer = RequestPreparer(
         models, runtime.registry, settings.tenancy.default_max_tokens,
         max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
+        waits=settings.api.no_worker_grace != 0,
     )  # fmt: skip
     queue_estimator = QueueEstimator(runtime.js, runtime.registry.live_workers)  # docs/routing.md
     queue_estimator.start()

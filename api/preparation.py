@@ -38,8 +38,12 @@ class RequestPreparer:
         *,
         max_n: int = 8,
         max_output_tokens: int = 1_000_000,
+        waits: bool = True,
     ) -> None:
         self.models = models
+        self.waits = waits
+        """An interactive job for a known model with no live worker waits in its queue for
+        one (`no_worker_grace` other than 0) instead of a 503 at once."""
         self.registry = registry
         self.default_max_tokens = default_max_tokens
         self.max_n = max_n
@@ -65,10 +69,19 @@ class RequestPreparer:
         return req
 
     def prepare_decoded(
-        self, req: AnyRequest, kind: JobKind, body: bytes, *, durable: bool = False
+        self,
+        req: AnyRequest,
+        kind: JobKind,
+        body: bytes,
+        *,
+        durable: bool = False,
+        live_now: bool = False,
     ) -> PreparedRequest:
+        """`live_now`: a known model with no live worker is a 503 `no_worker` now (another
+        model of the fallback chain is tried instead), else the job may wait in its queue
+        for one (`durable`, or `no_worker_grace` other than 0)."""
         model = self.models.resolve(req.model)
-        self.check_model(model, kind, need_live_worker=not durable)
+        self.check_model(model, kind, need_live_worker=live_now or not (durable or self.waits))
         limit = self.models.token_limit_for(model) or self.max_output_tokens
         self.check_bounds(req, limit)
         req, changed = self._adjusted(req, model, durable)
@@ -104,7 +117,8 @@ class RequestPreparer:
             raise Refusal(
                 404, f"The model `{model}` does not exist", "model_not_found", param="model"
             )
-        if not live and need_live_worker:
+        if not live and (need_live_worker or _circuits_open(registry, model)):
+            # a worker whose backend fails (circuit open) is no deploy to wait for
             raise Refusal(503, f"no live worker serves model `{model}`", "no_worker", param="model")
         info = registry.model_info(model)
         if info is not None and kind not in info.kinds:
@@ -240,3 +254,9 @@ def token_limit(req: AnyRequest) -> int | None:
     if isinstance(req, CompletionRequest) and isinstance(req.max_tokens, int):
         return req.max_tokens
     return None
+
+
+def _circuits_open(registry: WorkerRegistry, model: str) -> bool:
+    """Live, not draining workers serve `model`, but every one has its circuit open."""
+    serving = [w for w in registry.live_workers() if model in w.models and not w.draining]
+    return bool(serving) and all(w.circuit == "open" for w in serving)

@@ -135,7 +135,11 @@ class ApiSettings(Group):
         1_000_000, "Largest accepted request body; larger bodies get a 413."
     )
     no_worker_grace: float = setting(
-        0.0, "Seconds to wait for a live worker of a known model before a 503."
+        -1.0,
+        "Seconds a request for a known model with no live worker (a rolling deploy between "
+        "two workers) waits in its queue for one before a 503 `no_worker`; -1 = until its "
+        "first-token deadline; 0 = a 503 at once. A model with fallbacks moves on at once.",
+        ge=-1,
     )
     auth_mode: Literal["none", "keys", "header"] = setting(
         "keys",
