@@ -56,7 +56,9 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 def run_api(settings: Settings) -> bool:
     """Serve until stopped; False when the app never started (NATS refused it, the start-up
     deadline passed)."""
-    server = ApiServer(uvicorn_config(settings))
-    server.config.app.state.on_start_failed = server.start_failed_now
+    config = uvicorn_config(settings)
+    assert isinstance(config.app, StartGate)
+    server = ApiServer(config)
+    config.app.state.on_start_failed = server.start_failed_now
     server.run()
     return server.started and not server.start_failed

@@ -21,11 +21,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from llmq import event_loop
-from llmq.dispatcher import inspect, job_list
-from llmq.dispatcher.inspect import Snapshot, WorkerView
-from llmq.dispatcher.job_list import JobView
+from llmq import event_loop, job_list, snapshot
 from llmq.dispatcher.queue_estimate import QueueEstimator
+from llmq.job_list import JobView
+from llmq.snapshot import Snapshot, WorkerView
 
 T = TypeVar("T")
 WIDTH = 80
@@ -286,7 +285,7 @@ def _print(lines: list[str]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
         js = nc.jetstream()
-        snap = await inspect.snapshot(nc, js, args.timeout)
+        snap = await snapshot.snapshot(nc, js, args.timeout)
         waits = await queue_waits(js, snap)
         _print(
             [_dump(status_json(snap, url, waits))] if args.json else render_status(snap, url, waits)
@@ -338,7 +337,7 @@ async def _look(
 ) -> dict[str, float | None]:
     """One refresh of `llmq top`: the snapshot, kept in `latest` (also the estimator's view
     of the workers), and the queue waits."""
-    snap = await inspect.snapshot(nc, nc.jetstream(), timeout)
+    snap = await snapshot.snapshot(nc, nc.jetstream(), timeout)
     latest[:] = [snap]
     return await queue_waits(nc.jetstream(), snap, estimator)
 
@@ -395,7 +394,7 @@ def _print_top(body: list[str], tty: bool, n: int, interval: float) -> None:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
-        snap = await inspect.snapshot(nc, nc.jetstream(), args.timeout)
+        snap = await snapshot.snapshot(nc, nc.jetstream(), args.timeout)
         for error in snap.errors:
             print(f"llmq: {error}", file=sys.stderr)
         if args.json:
