@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from llmq import ops_cli, redis_keys, tenants_cli
+    from llmq import ops_cli, redis_keys, tenants_cli, top_cli
 
-    return [tenants_cli.register, ops_cli.register, redis_keys.register]
+    return [tenants_cli.register, ops_cli.register, top_cli.register, redis_keys.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

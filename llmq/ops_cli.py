@@ -320,20 +320,23 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-def register(sub: Any) -> None:
-    from llmq import top_cli  # it builds on this module
+def add_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand with the options every one of these commands takes."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    p.add_argument("--nats-url", default=None, help="NATS server(s) (env LLMQ_NATS_URL)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.5,
+        help="seconds to wait for the workers' and apis' micro service replies",
+    )
+    return p
 
+
+def register(sub: Any) -> None:
     def parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument("--nats-url", default=None, help="NATS server(s) (env LLMQ_NATS_URL)")
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        p.add_argument(
-            "--timeout",
-            type=float,
-            default=0.5,
-            help="seconds to wait for the workers' and apis' micro service replies",
-        )
-        return p
+        return add_command(sub, name, help_text)
 
     def waiting(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -346,11 +349,6 @@ def register(sub: Any) -> None:
 
     status = waiting(parser("status", "workers, models, queue depth, in-flight and capacity, apis"))
     status.set_defaults(handler=cmd_status)
-
-    top = parser("top", "`llmq status`, refreshed live")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes")
-    top.set_defaults(handler=top_cli.cmd_top)
 
     workers = waiting(
         parser("workers", "live workers: backend, models, slots, circuit, jobs, errors")

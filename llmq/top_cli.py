@@ -22,6 +22,7 @@ from llmq.ops_cli import (
     _dump,
     _print,
     _run,
+    add_command,
     ago,
     queue_waits,
     render_status,
@@ -127,3 +128,10 @@ def _print_top(body: list[str], tty: bool, n: int, interval: float) -> None:
     lines = [f"llmq top  every {interval:g}s  Ctrl-C quits", *body]
     sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
     _print([line[:width] for line in lines])
+
+
+def register(sub: Any) -> None:
+    top = add_command(sub, "top", "`llmq status`, refreshed live")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes")
+    top.set_defaults(handler=cmd_top)
