@@ -78,7 +78,8 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
 async def _ensure_consumer_config(
     js: JetStreamContext, stream: str, config: ConsumerConfig
 ) -> None:
-    """Create the durable consumer, or update it in place when the replica count differs."""
+    """Create the durable consumer, or update it in place when its replica count or ack wait
+    differs (both may change on a live consumer)."""
     assert config.durable_name is not None
     try:
         info = await js.consumer_info(stream, config.durable_name)
@@ -86,8 +87,10 @@ async def _ensure_consumer_config(
         with contextlib.suppress(BadRequestError):
             await js.add_consumer(stream, config)
         return
-    if (info.config.num_replicas or 0) != (config.num_replicas or 0):
+    replicas_differ = (info.config.num_replicas or 0) != (config.num_replicas or 0)
+    if replicas_differ or info.config.ack_wait != config.ack_wait:
         info.config.num_replicas = config.num_replicas
+        info.config.ack_wait = config.ack_wait
         with contextlib.suppress(BadRequestError):  # another process updated it first
             await js.add_consumer(stream, info.config)
 

@@ -213,7 +213,13 @@ class ProtocolSettings(Group):
     ping_interval: float = setting(
         1.0, "Seconds between keep-alive frames of a running job; 3 missed = dead."
     )
-    ack_wait: float = setting(10.0, "Seconds a fetched, unanswered job waits before redelivery.")
+    ack_wait: float = setting(
+        2.0,
+        "Seconds a fetched job may go without word from its worker before JetStream hands it "
+        "to another: a worker marks each job it holds or runs in progress every half "
+        "ping_interval, so only a dead or cut-off worker's jobs move, this quickly (the "
+        "heartbeat's length by default). At least 2 x ping_interval.",
+    )
     max_deliver: int = setting(3, "Attempts per job before it fails for good.")
     jobs_max_age: float = setting(
         900.0, "Seconds an interactive job may stay in LLMQ_JOBS at most."
@@ -226,6 +232,17 @@ class ProtocolSettings(Group):
         ge=1,
         le=5,
     )
+
+    @model_validator(mode="after")
+    def _ack_wait_outlasts_keepalive(self) -> ProtocolSettings:
+        """In-progress marks go out every half ping interval: an ack wait shorter than two
+        intervals would hand running jobs to a second worker."""
+        if self.ack_wait < 2 * self.ping_interval:
+            raise ValueError(
+                f"ack_wait ({self.ack_wait:g} s) must be at least 2 x ping_interval "
+                f"({self.ping_interval:g} s)"
+            )
+        return self
 
 
 class BatchSettings(Group):
