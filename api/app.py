@@ -18,6 +18,7 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
+from llmq.api.data_marker import DataMarker
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
 from llmq.api.model_table import ModelTable
@@ -59,6 +60,11 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     models = ModelTable(settings)
     models.start()
     undo.push_async_callback(models.stop)
+    if settings.api.auth_mode != "none":  # tenants live in Valkey: notice if it lost them
+        marker = DataMarker(runtime.redis, runtime.js, settings.protocol.nats_replicas)
+        marker.start()
+        undo.push_async_callback(marker.stop)
+        app.state.data_marker = marker
     app.state.runtime = runtime
     app.state.store = store
     app.state.usage = UsageReader(runtime.redis)

@@ -184,6 +184,10 @@ async def workers_bucket(js: JetStreamContext, ttl: float, replicas: int = 1) ->
     return await _bucket(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas)
 
 
+async def install_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await _bucket(js, names.INSTALL_BUCKET, 0, StorageType.FILE, replicas)
+
+
 async def models_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     return await _bucket(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas)
 
