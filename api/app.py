@@ -33,8 +33,9 @@ from llmq.api.routes.plain import PlainRoute
 from llmq.api.runtime import Runtime
 from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.api.tenancy.client import redis_target
 from llmq.api.usage_booking import UsageBooker
-from llmq.dispatcher.connection import NatsRefused
+from llmq.dispatcher.connection import NatsRefused, redact_url
 from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.dispatcher.streams import ensure_usage_stream
 from llmq.dispatcher.tasks import stop_task
@@ -61,7 +62,12 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     models.start()
     undo.push_async_callback(models.stop)
     if settings.api.auth_mode != "none":  # tenants live in Valkey: notice if it lost them
-        marker = DataMarker(runtime.redis, runtime.js, settings.protocol.nats_replicas)
+        marker = DataMarker(
+            runtime.redis,
+            runtime.js,
+            redact_url(redis_target(settings.connection)),
+            settings.protocol.nats_replicas,
+        )
         marker.start()
         undo.push_async_callback(marker.stop)
         app.state.data_marker = marker

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 
@@ -34,9 +35,9 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _read(kv: KeyValue) -> str | None:
+async def _read(kv: KeyValue, key: str) -> str | None:
     try:
-        entry = await kv.get(names.DATA_MARKER_KV)
+        entry = await kv.get(key)
     except KeyNotFoundError:
         return None
     return _text(entry.value)
@@ -46,8 +47,12 @@ class DataMarker:
     """The installation's marker value once known; `lost()` asks Valkey whether it still
     has it."""
 
-    def __init__(self, redis: Redis, js: JetStreamContext, replicas: int = 1) -> None:
+    def __init__(self, redis: Redis, js: JetStreamContext, target: str, replicas: int = 1) -> None:
+        """`target`: where Valkey is (its URL, sentinels or cluster nodes): NATS keeps one
+        marker per address, so an installation moved to another Valkey on purpose starts
+        afresh there, while a server that comes back empty at the same address is noticed."""
         self._redis = redis
+        self._key = f"{names.DATA_MARKER_KV}.{hashlib.sha256(target.encode()).hexdigest()[:16]}"
         self._js = js
         self._replicas = replicas
         self.value: str | None = None
@@ -70,7 +75,7 @@ class DataMarker:
         that lacks it, or learn NATS's value (Valkey may lack it: `lost()`)."""
         kv = await streams.install_bucket(self._js, self._replicas)
         in_valkey = _text(await self._redis.get(names.DATA_MARKER_KEY))
-        in_nats = await _read(kv)
+        in_nats = await _read(kv, self._key)
         if in_nats is None:
             if in_valkey is None:  # a new installation: the first api writes both
                 in_valkey = secrets.token_hex(16)
@@ -78,8 +83,8 @@ class DataMarker:
                     in_valkey = _text(await self._redis.get(names.DATA_MARKER_KEY))
             assert in_valkey is not None
             with contextlib.suppress(KeyWrongLastSequenceError):  # another api was first
-                await kv.create(names.DATA_MARKER_KV, in_valkey.encode())
-            in_nats = await _read(kv)
+                await kv.create(self._key, in_valkey.encode())
+            in_nats = await _read(kv, self._key)
         self.value = in_nats
         if in_valkey != in_nats:
             log.error("Valkey %s", self.describe(in_valkey))

@@ -94,7 +94,8 @@ WORKERS_BUCKET = "LLMQ_WORKERS"
 """key = worker id, value = `schemas.registry.WorkerInfo`; entries expire after ~3 heartbeats."""
 INSTALL_BUCKET = "LLMQ_INSTALL"
 """File storage, never expires: facts about this installation that must outlive Valkey's data;
-key `DATA_MARKER_KV` = the value of Valkey's `DATA_MARKER_KEY` (api/data_marker.py)."""
+key `DATA_MARKER_KV`.<hash of Valkey's address> = the value of that Valkey's `DATA_MARKER_KEY`
+(api/data_marker.py)."""
 DATA_MARKER_KV = "valkey-marker"
 MODELS_BUCKET = "LLMQ_MODELS"
 """key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
