@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from llmq.dispatcher.connection import Provisioner, connect, disconnect, redact_
 from llmq.dispatcher.dispatch import Dispatcher
 from llmq.dispatcher.inbox import ReplyInbox
 from llmq.dispatcher.registry import WorkerRegistry
+from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class Runtime:
     open_streams: int = 0
     accepting: bool = True
     extras: dict[str, object] = field(default_factory=dict)
+    redis_wait: asyncio.Task[None] | None = None
+    """While Redis was not usable at start: retries it, logging what it waits for."""
 
     @classmethod
     async def open(cls, settings: Settings, startup: Startup | None = None) -> Runtime:
@@ -83,17 +87,25 @@ class Runtime:
             await dispatcher.start()
             undo.push_async_callback(dispatcher.stop)
             redis = connect_with(settings.connection, timeout=settings.connection.redis_timeout)
-            await check_at_start(
-                redis, redis_target(settings.connection), settings.connection.redis_timeout
-            )
+            target = redis_target(settings.connection)
+            timeout = settings.connection.redis_timeout
+            redis_ok = await check_at_start(redis, target, timeout)
             provisioner.add("job streams", job_streams)
             provisioner.add("lost jobs", dispatcher.find_missing)
             provisioner.add("registry", registry.rewatch)
             provisioner.start()
             undo.pop_all()
-        return cls(settings, nc, js, inbox, dispatcher, registry, redis, provisioner)
+        runtime = cls(settings, nc, js, inbox, dispatcher, registry, redis, provisioner)
+        if not redis_ok:  # served meanwhile (503s, /ready failing): say when it is back
+            what = f"api waiting for Redis at {redact_url(target)}"
+            runtime.redis_wait = asyncio.create_task(
+                retry(lambda: _ping(redis, timeout), what, max_pause=5.0), name="redis-wait"
+            )
+        return runtime
 
     async def close(self) -> None:
+        if self.redis_wait is not None:
+            await stop_task(self.redis_wait)
         await self.provisioner.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
@@ -101,3 +113,9 @@ class Runtime:
         await disconnect(self.nc)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+
+
+async def _ping(redis: Redis, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        await redis.ping()
+    log.info("Redis is reachable")

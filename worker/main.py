@@ -212,7 +212,7 @@ class Worker:
         for task in list(self._circuit_tasks):
             await stop_task(task)
         if self.announcer is not None:
-            await self.announcer.stop()
+            await self.announcer.stop(leave=self.nc is not None and self.nc.is_connected)
         if self.service is not None:
             await self.service.close()
         await self.metrics.stop()

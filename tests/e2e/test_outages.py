@@ -10,6 +10,7 @@ server's return; meanwhile `top` says since when it is disconnected.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from typing import Any
@@ -136,3 +137,46 @@ def _last_screen(output: str) -> str:
 
 def _live(screen: str) -> bool:
     return "apis 1  workers 1" in screen and "disconnected" not in screen
+
+
+async def test_nats_gone_a_signal_still_stops_api_and_worker_within_2_s(
+    own_nats: Any, stack: Any
+) -> None:
+    """Connected once, then NATS went away: neither the api's nor the idle worker's stop
+    waits for a server that is not there (drain, leave the registry, disconnect)."""
+    stack.nats_url = own_nats.url
+    model = unique("gone")
+    api_port = free_port()
+    api = stack.process("api", "--port", str(api_port))
+    worker = stack.process("worker", "--model", model, "--drain-timeout", "30")
+    await wait_serving(f"http://127.0.0.1:{api_port}", model)
+    own_nats.stop()
+    await wait_for(lambda: "nats disconnected" in worker.output() + api.output(), timeout=10)
+    await asyncio.sleep(1.0)  # well into the outage
+    timings = {"worker": await _exit_time(worker, signal.SIGTERM)}
+    timings["api"] = await _exit_time(api, signal.SIGTERM)
+    print(f"exit after SIGTERM during a NATS outage: {timings}")
+    assert all(t <= EXIT_BOUND for t in timings.values()), timings
+    assert worker.proc.returncode == 0 and api.proc.returncode == 0
+    assert "Traceback" not in worker.output() + api.output()
+
+
+async def test_redis_down_at_start_the_api_serves_and_says_what_it_waits_for(
+    stack: Any, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    from llmq.embedded import EmbeddedRedis
+
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    stack.redis_url = f"redis://127.0.0.1:{port}/0"
+    api = await stack.api(auth_mode="keys")
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(f"{api.url}/ready")).json()["failing"] == ["redis"]
+    await wait_for(lambda: f"waiting for Redis at redis://127.0.0.1:{port}/0" in caplog.text)
+    valkey = EmbeddedRedis(tmp_path / "late-valkey", port=port)
+    try:
+        await wait_for(lambda: "Redis is reachable" in caplog.text, timeout=15)
+        status, body = await _ready(api.url)
+        assert status == 200 and body["redis"] is True, body
+    finally:
+        valkey.stop()
