@@ -67,6 +67,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
             runtime.js,
             redact_url(redis_target(settings.connection)),
             settings.protocol.nats_replicas,
+            settings.connection.nats_provision,
         )
         marker.start()
         undo.push_async_callback(marker.stop)
@@ -105,10 +106,13 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
     # usage the workers report, booked even when the relaying api died (docs/protocol.md)
     replicas = settings.protocol.nats_replicas
-    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas)
+    create = settings.connection.nats_provision
+    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
     await startup.step("the usage stream", app.state.usage_booker.start)
     undo.push_async_callback(app.state.usage_booker.stop)
-    runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js, replicas))
+    runtime.provisioner.add(
+        "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
+    )
 
 
 async def _start(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack) -> None:

@@ -47,7 +47,14 @@ class DataMarker:
     """The installation's marker value once known; `lost()` asks Valkey whether it still
     has it."""
 
-    def __init__(self, redis: Redis, js: JetStreamContext, target: str, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        js: JetStreamContext,
+        target: str,
+        replicas: int = 1,
+        create: bool = True,
+    ) -> None:
         """`target`: where Valkey is (its URL, sentinels or cluster nodes): NATS keeps one
         marker per address, so an installation moved to another Valkey on purpose starts
         afresh there, while a server that comes back empty at the same address is noticed."""
@@ -55,6 +62,8 @@ class DataMarker:
         self._key = f"{names.DATA_MARKER_KV}.{hashlib.sha256(target.encode()).hexdigest()[:16]}"
         self._js = js
         self._replicas = replicas
+        self._create = create
+        """False: `llmq provision` makes the bucket (LLMQ_NATS_PROVISION=false)."""
         self.value: str | None = None
         """The marker as NATS keeps it; None until the first look succeeded."""
         self._task: asyncio.Task[None] | None = None
@@ -73,7 +82,7 @@ class DataMarker:
     async def settle(self) -> None:
         """Agree on the marker: write one into a new installation, copy Valkey's into a NATS
         that lacks it, or learn NATS's value (Valkey may lack it: `lost()`)."""
-        kv = await streams.install_bucket(self._js, self._replicas)
+        kv = await streams.install_bucket(self._js, self._replicas, self._create)
         in_valkey = _text(await self._redis.get(names.DATA_MARKER_KEY))
         in_nats = await _read(kv, self._key)
         if in_nats is None:

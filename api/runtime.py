@@ -68,17 +68,19 @@ class Runtime:
         cls, settings: Settings, startup: Startup, nc: Client, provisioner: Provisioner
     ) -> Runtime:
         js = nc.jetstream()
-        replicas = settings.protocol.nats_replicas
+        replicas, create = settings.protocol.nats_replicas, settings.connection.nats_provision
 
         async def job_streams() -> None:
-            await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
+            await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas, create)
 
         async with contextlib.AsyncExitStack() as undo:  # what started, stopped on a failure
             await startup.step("the job streams", job_streams)
             inbox = ReplyInbox(nc, settings.api.instance_id)
             await inbox.start()
             undo.push_async_callback(inbox.stop)
-            registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
+            registry = WorkerRegistry(
+                js, ttl=settings.protocol.heartbeat * 3, replicas=replicas, create=create
+            )
             await startup.step("the worker registry", registry.start)
             undo.push_async_callback(registry.stop)
             dispatcher = Dispatcher(

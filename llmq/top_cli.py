@@ -19,16 +19,16 @@ from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.ops_cli import (
     CLEAR,
     WIDTH,
-    _dump,
-    _print,
-    _run,
-    add_command,
-    ago,
+    dump,
+    nats_command,
+    print_lines,
     queue_waits,
     render_status,
+    run_with_nats,
     status_json,
 )
 from llmq.snapshot import Snapshot
+from llmq.tables import ago
 
 T = TypeVar("T")
 
@@ -52,22 +52,22 @@ def cmd_top(args: argparse.Namespace) -> int:
                     failed = f"! no snapshot: {exc or type(exc).__name__}"
                     outage.seen(nc.is_connected, since=time.time() - (time.monotonic() - started))
             if failed and outage.since is None:
-                lines = [_dump({"nats_url": url, "error": failed})] if args.json else [failed]
+                lines = [dump({"nats_url": url, "error": failed})] if args.json else [failed]
             elif outage.since is not None:
-                lines = [_dump(outage.json(url))] if args.json else outage.lines(url)
+                lines = [dump(outage.json(url))] if args.json else outage.lines(url)
             elif args.json:
-                lines = [_dump(status_json(latest[0], url, waits))]
+                lines = [dump(status_json(latest[0], url, waits))]
             else:
                 lines = render_status(latest[0], url, waits)
             if args.json:
-                _print(lines)
+                print_lines(lines)
             else:
                 _print_top(lines, tty, n, args.interval)
             n += 1
             await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
         return 0
 
-    return _run(args, body)
+    return run_with_nats(args, body)
 
 
 async def _look(
@@ -127,11 +127,11 @@ def _print_top(body: list[str], tty: bool, n: int, interval: float) -> None:
     width = shutil.get_terminal_size((WIDTH, 24)).columns
     lines = [f"llmq top  every {interval:g}s  Ctrl-C quits", *body]
     sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
-    _print([line[:width] for line in lines])
+    print_lines([line[:width] for line in lines])
 
 
 def register(sub: Any) -> None:
-    top = add_command(sub, "top", "`llmq status`, refreshed live")
+    top = nats_command(sub, "top", "`llmq status`, refreshed live")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes")
     top.set_defaults(handler=cmd_top)
