@@ -15,10 +15,8 @@ consumers are made by the worker either way.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -42,27 +40,23 @@ from llmq.schemas import names
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MISSING_LOG_EVERY = 30.0
-"""Seconds between two log lines about one missing stream or bucket."""
+
+
+class NotProvisioned(RuntimeError):
+    """A stream, bucket or shared consumer this process may not create does not exist yet.
+    Its caller retries (`dispatcher.tasks.retry`: at start until LLMQ_STARTUP_TIMEOUT, after a
+    reconnect for ever), logging this message: what is missing and who makes it."""
 
 
 async def existing(what: str, lookup: Callable[[], Awaitable[T]]) -> T:
-    """`lookup()`'s result once what it looks up exists; until then a warning naming it
-    (at once, then every MISSING_LOG_EVERY seconds) and a retry each second."""
-    logged = -MISSING_LOG_EVERY
-    while True:
-        try:
-            return await lookup()
-        except NotFoundError:
-            now = time.monotonic()
-            if now - logged >= MISSING_LOG_EVERY:
-                logged = now
-                log.warning(
-                    "NATS %s does not exist: waiting for it (LLMQ_NATS_PROVISION=false: this "
-                    "process creates no stream or bucket; run `llmq provision`)",
-                    what,
-                )
-            await asyncio.sleep(1.0)
+    """`lookup()`'s result; `NotProvisioned`, naming it, while it does not exist."""
+    try:
+        return await lookup()
+    except NotFoundError:
+        raise NotProvisioned(
+            f"NATS {what} does not exist yet (LLMQ_NATS_PROVISION=false: this process creates "
+            "no stream or bucket; run `llmq provision`)"
+        ) from None
 
 
 def jobs_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:

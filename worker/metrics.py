@@ -251,13 +251,9 @@ class WorkerMetrics:
             ["model", "direction"],
             registry=self.registry,
         )
-        self.repeated_calls = Counter(
-            "llmq_worker_repeated_upstream_calls",
-            "Backend calls for a job JetStream delivered more than once (a worker died or "
-            "lost NATS mid-job, or a retryable failure): the backend may have run it before.",
-            ["model"],
-            registry=self.registry,
-        )
+        self.repeated_calls = Counter("llmq_worker_repeated_upstream_calls",
+            "Backend calls for a job delivered more than once (it may have run before).",
+            ["model"], registry=self.registry)  # fmt: skip
         self.registry.register(_LiveState(book, snapshot))
         self.registry.register(ConnectionMetrics(connection))
         for model in book.models:  # every series exists from the start
