@@ -61,3 +61,45 @@ async def test_two_apis_and_three_workers_start_with_a_forming_cluster_ten_times
     print(f"{ROUNDS} fresh clusters, {APIS} apis + {WORKERS} workers each: all up every time; "
           f"seconds to serving: {', '.join(f'{t:.1f}' for t in times)}")  # fmt: skip
     assert len(times) == ROUNDS
+
+
+async def test_api_and_worker_wait_for_llmq_provision_and_give_up_at_their_deadline(
+    own_nats: Any, redis_server: Any, caplog: Any
+) -> None:
+    """LLMQ_NATS_PROVISION=false on a fresh NATS: the streams do not exist yet. The api and
+    the worker wait, saying what is missing, and come up once `llmq provision` ran. A worker
+    that cannot reach NATS gives up at LLMQ_STARTUP_TIMEOUT."""
+    from llmq.provision import provision
+    from llmq.worker.main import Worker
+
+    model = unique("prov")
+    env = {"nats_provision": False, "startup_timeout": 60.0}
+    api = InProcessApi(settings(own_nats.url, redis_server.url, port=free_port(), **env))
+    worker = Worker(settings(own_nats.url, redis_server.url, model=[model], **env))
+    started = asyncio.gather(api.start(), worker.start())
+    try:
+        await wait_for(lambda: "run `llmq provision`" in caplog.text, timeout=20)
+        assert not api.started
+        import nats
+
+        nc = await nats.connect(own_nats.url)
+        try:
+            await provision(nc.jetstream(), settings(own_nats.url, redis_server.url))
+        finally:
+            await nc.close()
+        await asyncio.wait_for(started, 30)
+        await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=10)
+    finally:
+        await worker.close()
+        if api.task is not None:
+            await api.stop()
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    given_up = Worker(settings(nowhere, redis_server.url, model=[model], startup_timeout=1.0))
+    began = time.monotonic()
+    try:
+        await given_up.start()
+    except TimeoutError as exc:
+        assert "waiting for NATS at" in str(exc)
+    else:
+        raise AssertionError("a worker started without NATS")
+    assert time.monotonic() - began < 10
