@@ -81,7 +81,7 @@ class RequestPreparer:
         model of the fallback chain is tried instead), else the job may wait in its queue
         for one (`durable`, or `no_worker_grace` other than 0)."""
         model = self.models.resolve(req.model)
-        self.check_model(model, kind, need_live_worker=live_now or not (durable or self.waits))
+        self.check_model(model, kind, need_live_worker=self.fails_fast(model, live_now, durable))
         limit = self.models.token_limit_for(model) or self.max_output_tokens
         self.check_bounds(req, limit)
         req, changed = self._adjusted(req, model, durable)
@@ -110,6 +110,17 @@ class RequestPreparer:
             _check_range(getattr(req, param), param, 1, token_limit)
         _check_range(req.n, "n", 1, self.max_n)
 
+    def fails_fast(self, model: str, live_now: bool = False, durable: bool = False) -> bool:
+        """Whether a request for `model` needs a live worker now (else it may wait in the
+        queue for one): `live_now` (another model of the chain is left), an interactive job
+        with `no_worker_grace` 0, or one whose model's workers all have their circuit open (a
+        failing backend is no deploy to wait for)."""
+        if live_now:
+            return True
+        if durable:
+            return False
+        return not self.waits or _circuits_open(self.registry, model)
+
     def check_model(self, model: str, kind: JobKind, need_live_worker: bool) -> None:
         registry = self.registry
         live = bool(registry.workers_for(model))
@@ -117,8 +128,7 @@ class RequestPreparer:
             raise Refusal(
                 404, f"The model `{model}` does not exist", "model_not_found", param="model"
             )
-        if not live and (need_live_worker or _circuits_open(registry, model)):
-            # a worker whose backend fails (circuit open) is no deploy to wait for
+        if not live and need_live_worker:
             raise Refusal(503, f"no live worker serves model `{model}`", "no_worker", param="model")
         info = registry.model_info(model)
         if info is not None and kind not in info.kinds:

@@ -119,3 +119,30 @@ async def test_a_killed_workers_jobs_start_elsewhere_within_3_s(stack: Any) -> N
     assert moved <= 3.0, moved
     repeated = spare.metrics.repeated_calls.labels(model)._value.get()
     assert repeated == 2  # both were delivered a second time: counted as repeated calls
+
+
+async def test_no_worker_grace_bounds_the_wait_for_a_worker(stack: Any) -> None:
+    """`LLMQ_NO_WORKER_GRACE=1`: a request for a known model without a live worker waits a
+    second in the queue, then gets a clean 503 `no_worker` (0 would answer at once)."""
+    model = unique("grace")
+    api = await stack.api(no_worker_grace=1.0)
+    worker = await stack.worker(model=[model])
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    await worker.close()
+    await wait_for(lambda: not api.runtime.registry.workers_for(model))
+    async with _client(api) as client:
+        for stream in (False, True):
+            began = time.monotonic()
+            try:
+                if stream:
+                    await _stream(client, model, "nobody")
+                else:
+                    await client.chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": "nobody"}]
+                    )
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503 and exc.code == "no_worker", exc
+            else:
+                raise AssertionError("served without a worker")
+            waited = time.monotonic() - began
+            assert 1.0 <= waited < 3.0, waited
