@@ -92,6 +92,11 @@ def inbox_prefix(instance: str) -> str:
 
 WORKERS_BUCKET = "LLMQ_WORKERS"
 """key = worker id, value = `schemas.registry.WorkerInfo`; entries expire after ~3 heartbeats."""
+INSTALL_BUCKET = "LLMQ_INSTALL"
+"""File storage, never expires: facts about this installation that must outlive Valkey's data;
+key `DATA_MARKER_KV`.<hash of Valkey's address> = the value of that Valkey's `DATA_MARKER_KEY`
+(api/data_marker.py)."""
+DATA_MARKER_KV = "valkey-marker"
 MODELS_BUCKET = "LLMQ_MODELS"
 """key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
 of models any worker has ever served, so a known model with no live worker is a 503, not a 404."""
@@ -253,6 +258,9 @@ def tenant_tag(tenant: str) -> str:
     return "{" + tenant + "}"
 
 
+DATA_MARKER_KEY = f"{REDIS_PREFIX}marker"
+"""Written once into a new Valkey (its value also kept in NATS): when it is gone, Valkey lost
+llmq's data (a restart without persistence, a new server) and `/ready` says so."""
 TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
 PRICES_KEY = f"{REDIS_PREFIX}prices"

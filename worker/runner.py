@@ -50,6 +50,9 @@ class JobOutcome:
     first_token: float | None = None
     ended: float = 0.0
     backend_failed: bool = False
+    delivery: int = 1
+    """JetStream's delivery count of the message: above 1, an earlier delivery may have
+    called the backend already (at-least-once, docs/reliability.md)."""
 
     @property
     def job_id(self) -> str:
@@ -185,7 +188,7 @@ class JobRunner:
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = delivered(msg)
         sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
-        outcome = JobOutcome(job, "ok", started=time.monotonic())
+        outcome = JobOutcome(job, "ok", started=time.monotonic(), delivery=attempt)
         await sender.accepted(attempt)
         self.keepalive.add(sender, ack)
         try:
