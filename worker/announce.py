@@ -19,6 +19,9 @@ from llmq.schemas.registry import ModelInfo, WorkerInfo, registry_encoder
 
 log = logging.getLogger(__name__)
 
+LEAVE_TIMEOUT = 1.0
+"""Seconds a stopping worker tries to leave the registry (its entry ages out otherwise)."""
+
 
 class Announcer:
     def __init__(
@@ -28,8 +31,12 @@ class Announcer:
         heartbeat: float,
         kinds: list[str],
         replicas: int = 1,
+        *,
+        create: bool = True,
     ) -> None:
         self.replicas = replicas
+        self.create = create
+        """False: both buckets are looked up, never created (LLMQ_NATS_PROVISION)."""
         self._js = js
         self._snapshot = snapshot
         self._heartbeat = heartbeat
@@ -44,9 +51,11 @@ class Announcer:
     async def provision(self) -> None:
         """Make sure both buckets exist (a restarted nats-server has lost LLMQ_WORKERS, which
         lives in memory), list our models and announce ourselves."""
-        self._kv = await streams.workers_bucket(self._js, self._heartbeat * 3, self.replicas)
+        self._kv = await streams.workers_bucket(
+            self._js, self._heartbeat * 3, self.replicas, self.create
+        )
         info = self._snapshot()
-        models = await streams.models_bucket(self._js, self.replicas)
+        models = await streams.models_bucket(self._js, self.replicas, self.create)
         for model in info.models:
             entry = ModelInfo(
                 name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds
@@ -92,10 +101,12 @@ class Announcer:
                 raise
             await self.provision()
 
-    async def stop(self) -> None:
-        """Leave the registry at once, so the api stops routing here."""
+    async def stop(self, leave: bool = True) -> None:
+        """Leave the registry at once, so the api stops routing here (`leave` False: NATS is
+        away, the entry ages out instead)."""
         if self._task is not None:
             await stop_task(self._task)
-        if self._kv is not None:
+        if self._kv is not None and leave:
             with contextlib.suppress(Exception):
-                await self._kv.delete(self._snapshot().id)
+                async with asyncio.timeout(LEAVE_TIMEOUT):  # NATS may be away: bounded
+                    await self._kv.delete(self._snapshot().id)

@@ -251,12 +251,16 @@ class WorkerMetrics:
             ["model", "direction"],
             registry=self.registry,
         )
+        self.repeated_calls = Counter("llmq_worker_repeated_upstream_calls",
+            "Backend calls for a job delivered more than once (it may have run before).",
+            ["model"], registry=self.registry)  # fmt: skip
         self.registry.register(_LiveState(book, snapshot))
         self.registry.register(ConnectionMetrics(connection))
         for model in book.models:  # every series exists from the start
             for stream in (names.JOBS_STREAM, names.BATCH_STREAM):
                 for outcome in ("ok", "error", "upstream_error"):
                     self.jobs.labels(model, stream, outcome)
+            self.repeated_calls.labels(model)
         book.listeners.append(self.observe)
         self.server: MetricsServer | None = None
         self._job_counts: dict[tuple[str, str, str], Counter] = {}
@@ -283,6 +287,8 @@ class WorkerMetrics:
         jobs.inc()
         if kind in NOT_RUN or not outcome.started:
             return
+        if outcome.delivery > 1:
+            self.repeated_calls.labels(model).inc()
         series = self._model(model)
         if outcome.ended >= outcome.started:
             series.backend_seconds.observe(outcome.ended - outcome.started)
@@ -297,12 +303,14 @@ class WorkerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def serve(self, host: str, port: int, token: str = "") -> None:
-        """Serve `/metrics` on `host:port`; port 0 means off. With a `token`, a scrape must
-        send it as a bearer token."""
+    async def serve(
+        self, host: str, port: int, token: str = "", ready: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Serve `/metrics`, `/health` and `/ready` on `host:port`; port 0 means off. With a
+        `token`, a scrape must send it as a bearer token (the probes need none)."""
         if port:
             self.server = await asyncio.to_thread(
-                MetricsServer.start, self.registry, host, port, token
+                MetricsServer.start, self.registry, host, port, token, ready
             )
 
     @property
@@ -315,6 +323,9 @@ class WorkerMetrics:
             await asyncio.to_thread(server.stop)
 
 
+_TEXT = [("Content-Type", "text/plain")]
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a scrape every few seconds is not news
@@ -323,7 +334,9 @@ class _Quiet(WSGIRequestHandler):
 class MetricsServer:
     """prometheus-client's WSGI app on its threaded WSGI server (a daemon thread, as its
     `start_http_server` runs it), answering `/metrics` (401 without the bearer token, when
-    one is set; compared in constant time) and 404 for any other path."""
+    one is set; compared in constant time), the probes `/health` (200 while the process
+    runs) and `/ready` (200 while `ready()`: connected and taking jobs; else 503), and 404
+    for any other path."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread, host: str) -> None:
         self._server = server
@@ -333,13 +346,23 @@ class MetricsServer:
 
     @classmethod
     def start(
-        cls, registry: CollectorRegistry, host: str, port: int, token: str = ""
+        cls,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        token: str = "",
+        ready: Callable[[], bool] = lambda: True,
     ) -> MetricsServer:
         metrics = make_wsgi_app(registry)
         expected = f"Bearer {token}".encode()
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") == "/metrics":
+            path = environ.get("PATH_INFO")
+            if path in ("/health", "/ready"):
+                up = path == "/health" or ready()
+                start_response("200 OK" if up else "503 Service Unavailable", _TEXT)
+                return [b"ok\n" if up else b"not ready\n"]
+            if path == "/metrics":
                 given = str(environ.get("HTTP_AUTHORIZATION", "")).strip().encode()
                 if token and not hmac.compare_digest(given, expected):
                     start_response(

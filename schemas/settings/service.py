@@ -13,6 +13,15 @@ from pydantic_settings import NoDecode
 from llmq.schemas.settings.base import Command, Group, setting, split_commas
 
 
+def read_secret_file(path: str, setting_name: str) -> str:
+    """A token read at start from the file a `*_file` setting names; empty is an error
+    (an unset secret would silently turn its door off or leave it open)."""
+    token = Path(path).expanduser().read_text().strip()
+    if not token:
+        raise ValueError(f"{setting_name} {path} is empty")
+    return token
+
+
 def short_id() -> str:
     return uuid.uuid4().hex[:10]
 
@@ -23,7 +32,17 @@ class ConnectionSettings(Group):
     commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
 
     nats_url: str = setting("nats://127.0.0.1:4222", "NATS server(s), comma-separated.")
-    nats_connect_timeout: float = setting(5.0, "Seconds to wait for NATS at start.", commands=())
+    nats_connect_timeout: float = setting(
+        5.0, "Seconds one attempt to reach a NATS server may take.", commands=()
+    )
+    startup_timeout: float = setting(
+        300.0,
+        "Seconds a process keeps retrying, with backoff, its first contact with NATS and its "
+        "streams, consumers and buckets (a server still starting, a cluster still forming, "
+        "a stream not provisioned yet) before it gives up and exits; 0 = forever.",
+        commands=(),
+        ge=0,
+    )
     redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis or Valkey URL.")
     redis_timeout: float = setting(
         1.0, "Seconds before a Redis command counts as down.", commands=()
@@ -66,6 +85,13 @@ class ConnectionSettings(Group):
         "_INBOX",
         "Prefix of this process's own NATS reply subjects; give workers their own (e.g. "
         "`_INBOX_worker`) so their user needs no subscription on the api's `_INBOX.>`.",
+        commands=(),
+    )
+    nats_provision: bool = setting(
+        True,
+        "Create the NATS streams, buckets and shared consumers this process needs at start "
+        "(and after a reconnect); false where `llmq provision` makes them and this process's "
+        "NATS user may not (docs/security.md): it then waits for them, naming what is missing.",
         commands=(),
     )
     redis_password: str = setting(
@@ -125,7 +151,11 @@ class ApiSettings(Group):
         1_000_000, "Largest accepted request body; larger bodies get a 413."
     )
     no_worker_grace: float = setting(
-        0.0, "Seconds to wait for a live worker of a known model before a 503."
+        -1.0,
+        "Seconds a request for a known model with no live worker (a rolling deploy between "
+        "two workers) waits in its queue for one before a 503 `no_worker`; -1 = until its "
+        "first-token deadline; 0 = a 503 at once. A model with fallbacks moves on at once.",
+        ge=-1,
     )
     auth_mode: Literal["none", "keys", "header"] = setting(
         "keys",
@@ -135,7 +165,16 @@ class ApiSettings(Group):
     cors_origins: Annotated[list[str], NoDecode] = setting(
         default_factory=list, description="Origins allowed by CORS, comma-separated; empty: off."
     )
-    admin_token: str = setting("", "Bearer token for /admin; empty disables /admin.", secret=True)
+    admin_token: str = setting(
+        "",
+        "Bearer token for /admin and the console's admin login; empty disables both. Or "
+        "give admin_token_file.",
+        secret=True,
+        repr=False,
+    )
+    admin_token_file: str = setting(
+        "", "File holding admin_token (a mounted secret; read at start)."
+    )
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
@@ -161,6 +200,13 @@ class ApiSettings(Group):
     )
 
     _split = field_validator("cors_origins", mode="before")(split_commas)
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> ApiSettings:
+        """The admin token from a file (a mounted secret) rather than the environment."""
+        if self.admin_token_file and not self.admin_token:
+            self.admin_token = read_secret_file(self.admin_token_file, "admin_token_file")
+        return self
 
 
 class TenancySettings(Group):
@@ -219,7 +265,13 @@ class ProtocolSettings(Group):
     ping_interval: float = setting(
         1.0, "Seconds between keep-alive frames of a running job; 3 missed = dead."
     )
-    ack_wait: float = setting(10.0, "Seconds a fetched, unanswered job waits before redelivery.")
+    ack_wait: float = setting(
+        2.0,
+        "Seconds a fetched job may go without word from its worker before JetStream hands it "
+        "to another: a worker marks each job it holds or runs in progress every half "
+        "ping_interval, so only a dead or cut-off worker's jobs move, this quickly (the "
+        "heartbeat's length by default). At least 2 x ping_interval.",
+    )
     max_deliver: int = setting(3, "Attempts per job before it fails for good.")
     jobs_max_age: float = setting(
         900.0, "Seconds an interactive job may stay in LLMQ_JOBS at most."
@@ -232,6 +284,17 @@ class ProtocolSettings(Group):
         ge=1,
         le=5,
     )
+
+    @model_validator(mode="after")
+    def _ack_wait_outlasts_keepalive(self) -> ProtocolSettings:
+        """In-progress marks go out every half ping interval: an ack wait shorter than two
+        intervals would hand running jobs to a second worker."""
+        if self.ack_wait < 2 * self.ping_interval:
+            raise ValueError(
+                f"ack_wait ({self.ack_wait:g} s) must be at least 2 x ping_interval "
+                f"({self.ping_interval:g} s)"
+            )
+        return self
 
 
 class BatchSettings(Group):
@@ -327,8 +390,5 @@ class ObservabilitySettings(Group):
     def _token_from_file(self) -> ObservabilitySettings:
         """A secret from a file (a mounted secret) rather than the environment."""
         if self.metrics_token_file and not self.metrics_token:
-            token = Path(self.metrics_token_file).expanduser().read_text().strip()
-            if not token:
-                raise ValueError(f"metrics_token_file {self.metrics_token_file} is empty")
-            self.metrics_token = token
+            self.metrics_token = read_secret_file(self.metrics_token_file, "metrics_token_file")
         return self

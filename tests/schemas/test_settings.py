@@ -15,6 +15,7 @@ from llmq.schemas.settings import Settings, leaves
 ENV: dict[str, tuple[str, Any]] = {
     "NATS_URL": ("nats://n:4222", "nats://n:4222"),
     "NATS_CONNECT_TIMEOUT": ("7", 7.0),
+    "STARTUP_TIMEOUT": ("90", 90.0),
     "REDIS_URL": ("redis://r:6379/1", "redis://r:6379/1"),
     "REDIS_TIMEOUT": ("2.5", 2.5),
     # connection credentials and TLS (issue 12): environment only
@@ -29,6 +30,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "NATS_TLS_CERT": ("/s/c.pem", "/s/c.pem"),
     "NATS_TLS_KEY": ("/s/c.key", "/s/c.key"),
     "NATS_INBOX_PREFIX": ("_INBOX_worker", "_INBOX_worker"),
+    "NATS_PROVISION": ("false", False),
     "REDIS_PASSWORD": ("rpw", "rpw"),
     "REDIS_PASSWORD_FILE": ("/s/rpw", "/s/rpw"),
     "REDIS_TLS_CA": ("/s/rca.pem", "/s/rca.pem"),
@@ -98,6 +100,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "METRICS_HOST": ("127.0.0.1", "127.0.0.1"),
     "METRICS_TOKEN": ("mt", "mt"),
     "METRICS_TOKEN_FILE": ("/run/secrets/none", "/run/secrets/none"),
+    "ADMIN_TOKEN_FILE": ("/run/secrets/admin", "/run/secrets/admin"),
     "JOB_DEADLINE": ("15", 15.0),
     "JOB_RETENTION": ("16", 16.0),
     "FILES_MAX_BYTES": ("17", 17),
@@ -132,7 +135,7 @@ FLAGS: dict[Command, set[str]] = {
         "request_log", "metrics_tenant_label", "metrics_max_tenants", "job_deadline",
         "job_retention", "files_max_bytes", "batch_max_lines", "batch_max_inflight",
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
-        "webhook_allow", "metrics_token_file",
+        "webhook_allow", "metrics_token_file", "admin_token_file",
         "console_enabled", "console_session_hours",
         "response_retention",
     },
@@ -202,3 +205,13 @@ def test_a_variable_named_like_a_group_is_no_setting(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("LLMQ_ECHO_DELAY", "0.3")
     settings = Settings()
     assert settings.backend.ollama.num_ctx == 0 and settings.backend.echo.delay == 0.3
+
+
+def test_ack_wait_follows_the_keepalive() -> None:
+    """A killed worker's jobs move within the heartbeat's length by default; an ack wait
+    shorter than two ping intervals would hand running jobs to a second worker."""
+    protocol = Settings().protocol
+    assert protocol.ack_wait == protocol.heartbeat == 2.0
+    assert protocol.ack_wait >= 2 * protocol.ping_interval
+    with pytest.raises(ValueError, match="ack_wait"):
+        Settings(ack_wait=1.5, ping_interval=1.0)
