@@ -71,7 +71,9 @@ class Runtime:
         replicas, create = settings.protocol.nats_replicas, settings.connection.nats_provision
 
         async def job_streams() -> None:
-            await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas, create)
+            await streams.ensure_streams(
+                js, settings.protocol.jobs_max_age, replicas, create, limits=settings.storage
+            )
 
         async with contextlib.AsyncExitStack() as undo:  # what started, stopped on a failure
             await startup.step("the job streams", job_streams)

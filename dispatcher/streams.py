@@ -11,6 +11,11 @@ With `create=False` (`LLMQ_NATS_PROVISION=false`: a deployment whose runtime NAT
 not create streams or buckets, docs/security.md) a call only looks up what `llmq provision`
 made, and waits while it is missing, saying what it waits for. A worker's own per-model
 consumers are made by the worker either way.
+
+Every stream, bucket and object store has a byte bound (`StorageSettings`) and discards new
+messages at it: a full store refuses a write instead of dropping what it holds (a queued
+job, a running job's record); the api refuses new durable work before that
+(`dispatcher.store_room`). An existing store is brought to the configured bound at start.
 """
 
 from __future__ import annotations
@@ -25,17 +30,17 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
-    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
 from llmq.schemas import names
+from llmq.schemas.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,12 @@ async def existing(what: str, lookup: Callable[[], Awaitable[T]]) -> T:
         ) from None
 
 
-def jobs_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
+def bounds_or_env(limits: StorageSettings | None) -> StorageSettings:
+    """The bounds given, else those of the environment (`LLMQ_*_MAX_BYTES`)."""
+    return limits if limits is not None else StorageSettings()
+
+
+def jobs_stream_config(max_age: float, replicas: int = 1, max_bytes: int = -1) -> StreamConfig:
     return StreamConfig(
         num_replicas=replicas,
         name=names.JOBS_STREAM,
@@ -68,10 +78,12 @@ def jobs_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
         storage=StorageType.MEMORY,
         max_age=max_age,
         duplicate_window=min(120.0, max_age),
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.NEW,
     )
 
 
-def batch_stream_config(replicas: int = 1) -> StreamConfig:
+def batch_stream_config(replicas: int = 1, max_bytes: int = -1) -> StreamConfig:
     return StreamConfig(
         num_replicas=replicas,
         name=names.BATCH_STREAM,
@@ -79,6 +91,8 @@ def batch_stream_config(replicas: int = 1) -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=600.0,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.NEW,
     )
 
 
@@ -96,19 +110,36 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, create: bool
 
 
 async def ensure_streams(
-    js: JetStreamContext, jobs_max_age: float, replicas: int = 1, create: bool = True
+    js: JetStreamContext,
+    jobs_max_age: float,
+    replicas: int = 1,
+    create: bool = True,
+    *,
+    limits: StorageSettings | None = None,
 ) -> None:
-    await ensure_stream(js, jobs_stream_config(jobs_max_age, replicas), create)
-    await ensure_stream(js, batch_stream_config(replicas), create)
+    bound = bounds_or_env(limits)
+    jobs = jobs_stream_config(jobs_max_age, replicas, bound.jobs_stream_max_bytes)
+    await ensure_stream(js, jobs, create)
+    await ensure_stream(js, batch_stream_config(replicas, bound.batch_stream_max_bytes), create)
 
 
-async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
-    """Bring an existing stream (also a bucket's or object store's) to `replicas` copies,
-    keeping the rest of its configuration."""
+async def ensure_replicas(
+    js: JetStreamContext, stream: str, replicas: int, max_bytes: int | None = None
+) -> None:
+    """Bring an existing stream (also a bucket's or object store's) to `replicas` copies
+    and to `max_bytes` (discarding new messages at it), keeping the rest of its
+    configuration."""
     info = await js.stream_info(stream)
-    if (info.config.num_replicas or 1) != replicas:
-        info.config.num_replicas = replicas
-        await js.update_stream(info.config)
+    config = info.config
+    changed = (config.num_replicas or 1) != replicas
+    config.num_replicas = replicas
+    if max_bytes is not None and (config.max_bytes, config.discard) != (
+        max_bytes,
+        DiscardPolicy.NEW,
+    ):
+        config.max_bytes, config.discard, changed = max_bytes, DiscardPolicy.NEW, True
+    if changed:
+        await js.update_stream(config)
 
 
 async def _ensure_consumer_config(
@@ -131,7 +162,7 @@ async def _ensure_consumer_config(
             await js.add_consumer(stream, info.config)
 
 
-def usage_stream_config(replicas: int = 1) -> StreamConfig:
+def usage_stream_config(replicas: int = 1, max_bytes: int = -1) -> StreamConfig:
     """Final usage of interactive jobs (`schemas.usage`): kept on disk until booked; a day
     at most (the reservation it would settle is forgotten by then)."""
     return StreamConfig(
@@ -141,18 +172,27 @@ def usage_stream_config(replicas: int = 1) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=86_400.0,
         num_replicas=replicas,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.NEW,
     )
 
 
-async def ensure_usage_stream(js: JetStreamContext, replicas: int = 1, create: bool = True) -> None:
+async def ensure_usage_stream(
+    js: JetStreamContext,
+    replicas: int = 1,
+    create: bool = True,
+    *,
+    limits: StorageSettings | None = None,
+) -> None:
     """LLMQ_USAGE and the api replicas' shared durable consumer on it."""
-    await ensure_stream(js, usage_stream_config(replicas), create)
-    await _ensure_shared_consumer(
+    config = usage_stream_config(replicas, bounds_or_env(limits).usage_stream_max_bytes)
+    await ensure_stream(js, config, create)
+    await ensure_shared_consumer(
         js, names.USAGE_STREAM, names.USAGE_CONSUMER, 10.0, replicas=replicas, create=create
     )
 
 
-async def _ensure_shared_consumer(
+async def ensure_shared_consumer(
     js: JetStreamContext,
     stream: str,
     name: str,
@@ -224,18 +264,27 @@ async def ensure_consumer(
 async def workers_bucket(
     js: JetStreamContext, ttl: float, replicas: int = 1, create: bool = True
 ) -> KeyValue:
-    return await _bucket(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas, create=create)
+    return await _registry(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas, create)
 
 
 async def install_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:
-    return await _bucket(js, names.INSTALL_BUCKET, 0, StorageType.FILE, replicas, create=create)
+    return await _registry(js, names.INSTALL_BUCKET, 0, StorageType.FILE, replicas, create)
 
 
 async def models_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:
-    return await _bucket(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas, create=create)
+    return await _registry(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas, create)
 
 
-async def _bucket(
+async def _registry(
+    js: JetStreamContext, name: str, ttl: float, storage: StorageType, replicas: int, create: bool
+) -> KeyValue:
+    """A registry bucket (workers, models, the install marker), bounded by
+    `registry_max_bytes`."""
+    bound = bounds_or_env(None).registry_max_bytes
+    return await ensure_bucket(js, name, ttl, storage, replicas, create=create, bound=bound)
+
+
+async def ensure_bucket(
     js: JetStreamContext,
     name: str,
     ttl: float,
@@ -243,114 +292,20 @@ async def _bucket(
     replicas: int = 1,
     *,
     create: bool = True,
+    bound: int = -1,
 ) -> KeyValue:
+    """The bucket, made with `bound` bytes at most (KV buckets discard new messages)."""
     if not create:
         return await existing(f"KV bucket {name}", lambda: js.key_value(name))
     try:
         found = await js.key_value(name)
     except Exception:
         config = KeyValueConfig(
-            bucket=name, history=1, ttl=ttl or None, storage=storage, replicas=replicas
-        )
+            bucket=name, history=1, ttl=ttl or None, storage=storage, replicas=replicas,
+            max_bytes=bound,
+        )  # fmt: skip
         with contextlib.suppress(BadRequestError):
             await js.create_key_value(config)
         return await js.key_value(name)
-    await ensure_replicas(js, f"KV_{name}", replicas)
-    return found
-
-
-# --- async jobs and batches (docs/batch.md) ----------------------------------------------
-
-
-def outcomes_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
-    """Reply frames of async/batch jobs and LLMQ_BATCH's max-deliveries advisories, kept on
-    disk until the collector has stored them; `max_age` only bounds what nobody collects."""
-    return StreamConfig(
-        name=names.OUTCOMES_STREAM,
-        num_replicas=replicas,
-        subjects=[f"{names.OUTCOME_PREFIX}.>", names.BATCH_MAX_DELIVERIES],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_age=max_age,
-    )
-
-
-def webhooks_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
-    """`max_age`: a delivery nobody settles is dropped with its job's records."""
-    return StreamConfig(
-        name=names.WEBHOOKS_STREAM,
-        num_replicas=replicas,
-        subjects=[f"{names.WEBHOOK_PREFIX}.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_age=max_age,
-        duplicate_window=min(3600.0, max_age),
-    )
-
-
-async def ensure_batch_streams(
-    js: JetStreamContext,
-    retention: float,
-    webhook_attempts: int = 8,
-    replicas: int = 1,
-    create: bool = True,
-) -> None:
-    """LLMQ_OUTCOMES and LLMQ_WEBHOOKS with their shared durable pull consumers. A webhook
-    is delivered at most `webhook_attempts` + 2 times (the sender gives up after
-    `webhook_attempts`; the margin covers an ack lost on the way)."""
-    await ensure_stream(js, outcomes_stream_config(retention, replicas), create)
-    await ensure_stream(js, webhooks_stream_config(retention, replicas), create)
-    await _ensure_shared_consumer(
-        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas,
-        create=create,
-    )  # fmt: skip
-    await _ensure_shared_consumer(
-        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas,
-        create=create,
-    )  # fmt: skip
-
-
-async def batch_buckets(
-    js: JetStreamContext, retention: float, replicas: int = 1, create: bool = True
-) -> dict[str, KeyValue]:
-    """The KV buckets of async jobs and batches (file storage), by name."""
-    out = {}
-    for name in (
-        names.RESULTS_BUCKET,
-        names.ASYNC_JOBS_BUCKET,
-        names.BATCHES_BUCKET,
-    ):
-        out[name] = await _bucket(js, name, retention, StorageType.FILE, replicas, create=create)
-    out[names.FILE_META_BUCKET] = await _bucket(
-        js, names.FILE_META_BUCKET, 0, StorageType.FILE, replicas, create=create
-    )
-    return out
-
-
-async def responses_buckets(
-    js: JetStreamContext, retention: float, replicas: int = 1, create: bool = True
-) -> dict[str, KeyValue]:
-    """Stored responses and conversations (file storage; `retention` 0 = kept until deleted)."""
-    return {
-        name: await _bucket(js, name, retention, StorageType.FILE, replicas, create=create)
-        for name in (names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET)
-    }
-
-
-async def files_store(js: JetStreamContext, replicas: int = 1, create: bool = True) -> ObjectStore:
-    if not create:
-        store = names.FILES_OBJECT_STORE
-        return await existing(f"object store {store}", lambda: js.object_store(store))
-    try:
-        found = await js.object_store(names.FILES_OBJECT_STORE)
-    except Exception:
-        with contextlib.suppress(BadRequestError):
-            await js.create_object_store(
-                names.FILES_OBJECT_STORE,
-                config=ObjectStoreConfig(
-                    storage=StorageType.FILE, description="llmq files", replicas=replicas
-                ),
-            )
-        return await js.object_store(names.FILES_OBJECT_STORE)
-    await ensure_replicas(js, f"OBJ_{names.FILES_OBJECT_STORE}", replicas)
+    await ensure_replicas(js, f"KV_{name}", replicas, bound)
     return found

@@ -155,8 +155,9 @@ class Worker:
         assert self.nc is not None
         s, js = self.settings, self.nc.jetstream()
         await streams.ensure_streams(
-            js, s.protocol.jobs_max_age, s.protocol.nats_replicas, s.connection.nats_provision
-        )
+            js, s.protocol.jobs_max_age, s.protocol.nats_replicas, s.connection.nats_provision,
+            limits=s.storage,
+        )  # fmt: skip
         specs = []
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):

@@ -31,6 +31,8 @@ from llmq.dispatcher.batch.records import (
     time_hex,
 )
 from llmq.dispatcher.batch.store import BatchStore
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.store_room import BATCH_STORES, StoreRoom
 
 _WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -80,6 +82,7 @@ class BatchServing:
         self.store = store
         self.files = files
         self.kick = kick
+        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
 
     async def create(self, tenant: str, body: bytes) -> dict[str, Any]:
         ensure_accepting(self.rt)
@@ -123,6 +126,10 @@ class BatchServing:
             expires_at=now + window,
             metadata=params.metadata or None,
         )
+        try:
+            await self.room.check(*BATCH_STORES)
+        except DispatchError as exc:
+            raise ApiError(exc.status, exc.message, exc.code) from None
         await self.store.create(record)
         self.kick()
         return batch_view(record)

@@ -25,6 +25,8 @@ from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines
 from llmq.dispatcher.batch.records import FileRecord, file_view
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.store_room import FILE_STORES, StoreRoom
 
 FILE_PURPOSES = frozenset({"batch"})
 SPOOL_BYTES = 1 << 20
@@ -157,6 +159,7 @@ class FileServing:
         self.rt = runtime
         self.files = files
         self.scopes = scopes
+        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
 
     @property
     def max_bytes(self) -> int:
@@ -193,6 +196,10 @@ class FileServing:
     ) -> dict[str, Any]:
         """Read a multipart upload from `chunks` and store its file."""
         ensure_accepting(self.rt)
+        try:
+            await self.room.check(*FILE_STORES)
+        except DispatchError as exc:
+            raise ApiError(exc.status, exc.message, exc.code) from None
         batch = self.rt.settings.batch
         scope = await self.scopes.of(tenant)
         quota = await self.scopes.storage_quota(tenant)

@@ -29,6 +29,7 @@ from llmq.dispatcher.batch.records import (
     time_hex,
 )
 from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.store_room import ASYNC_JOB_STORES, StoreRoom
 from llmq.schemas.admission import FAILED, Refusal
 
 
@@ -48,6 +49,7 @@ class JobServing:
         self.preparer = preparer
         self.reservations = reservations
         self.egress = EgressPolicy(runtime.settings.batch.webhook_allow)
+        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
 
     async def create(
         self, tenant: str, body: bytes, traceparent: str | None = None
@@ -88,6 +90,7 @@ class JobServing:
         if isinstance(reservation, Refusal):
             raise reservation
         try:
+            await self.room.check(*ASYNC_JOB_STORES)  # 507 before it is queued
             record = await self.jobs.submit(
                 job_id,
                 scope,

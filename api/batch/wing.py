@@ -30,7 +30,7 @@ from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenant_scope import ScopedReservations, TenantScopes
-from llmq.dispatcher import streams
+from llmq.dispatcher import durable_streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.collector import ResultCollector
 from llmq.dispatcher.batch.files import FileStore
@@ -160,12 +160,14 @@ class BatchWing:
         js, retention = self.rt.js, self.rt.settings.batch.job_retention
         replicas = self.rt.settings.protocol.nats_replicas
         create = self.rt.settings.connection.nats_provision
-        await streams.ensure_batch_streams(
-            js, retention, self.rt.settings.batch.webhook_attempts, replicas, create
-        )
+        limits = self.rt.settings.storage
+        await durable_streams.ensure_batch_streams(
+            js, retention, self.rt.settings.batch.webhook_attempts, replicas, create,
+            limits=limits,
+        )  # fmt: skip
         return (
-            await streams.batch_buckets(js, retention, replicas, create),
-            await streams.files_store(js, replicas, create),
+            await durable_streams.batch_buckets(js, retention, replicas, create, limits=limits),
+            await durable_streams.files_store(js, replicas, create, limits=limits),
         )
 
     async def _start_when_synced(self) -> None:

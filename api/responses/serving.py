@@ -36,7 +36,7 @@ from llmq.api.responses.relay import ResponseRun
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
-from llmq.dispatcher import streams
+from llmq.dispatcher import durable_streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.dispatch import DispatchError
@@ -64,11 +64,12 @@ async def open_responses(
     rt = serving.rt
 
     async def provision() -> ConversationStore:
-        buckets = await streams.responses_buckets(
+        buckets = await durable_streams.responses_buckets(
             rt.js,
             rt.settings.batch.response_retention,
             rt.settings.protocol.nats_replicas,
             rt.settings.connection.nats_provision,
+            limits=rt.settings.storage,
         )
         return ConversationStore(
             buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET]

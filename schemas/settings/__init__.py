@@ -13,6 +13,7 @@ from llmq.schemas.settings.service import (
     ProtocolSettings,
     TenancySettings,
 )
+from llmq.schemas.settings.storage import StorageSettings
 from llmq.schemas.settings.worker import (
     AnthropicSettings,
     BackendSettings,
@@ -37,6 +38,7 @@ __all__ = [
     "OpenAISettings",
     "ProtocolSettings",
     "Settings",
+    "StorageSettings",
     "TenancySettings",
     "WorkerSettings",
     "leaves",

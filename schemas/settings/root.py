@@ -19,6 +19,7 @@ from llmq.schemas.settings.service import (
     ProtocolSettings,
     TenancySettings,
 )
+from llmq.schemas.settings.storage import StorageSettings
 from llmq.schemas.settings.worker import BackendSettings, WorkerSettings
 
 
@@ -36,6 +37,7 @@ class Settings(BaseModel):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from llmq.api.batch.egress import EgressPolicy
 from llmq.api.batch.webhooks import Webhooks, sign, verify
-from llmq.dispatcher import streams
+from llmq.dispatcher import durable_streams
 from llmq.dispatcher.connection import connect
 from llmq.embedded import free_port
 from llmq.schemas import names
@@ -67,7 +67,7 @@ class Jobs:
 async def start_sender(nats_url: str, jobs: Jobs, policy: EgressPolicy, attempts: int = 3):  # type: ignore[no-untyped-def]
     nc = await connect(nats_url, "test")
     js = nc.jetstream()
-    await streams.ensure_batch_streams(js, 3600, webhook_attempts=attempts)
+    await durable_streams.ensure_batch_streams(js, 3600, webhook_attempts=attempts)
     sender = Webhooks(
         js, jobs.render, jobs.record, secret="s", attempts=attempts, timeout=2.0,
         backoff=(0.2,), egress=policy,
@@ -185,7 +185,7 @@ async def test_an_unbounded_consumer_from_an_older_version_is_bounded(own_nats) 
                 ack_policy=AckPolicy.EXPLICIT, max_deliver=-1,
             ),
         )  # fmt: skip
-        await streams.ensure_batch_streams(js, 7200, webhook_attempts=4)
+        await durable_streams.ensure_batch_streams(js, 7200, webhook_attempts=4)
         info = await js.consumer_info(names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER)
         assert info.config.max_deliver == 6
         stream = await js.stream_info(names.WEBHOOKS_STREAM)

@@ -1,0 +1,49 @@
+"""Bounds of what llmq keeps in JetStream: one byte bound per stream, KV bucket and object
+store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's age. A store at its bound refuses new
+messages (discard new): nothing queued, running or stored is dropped to make room; new
+durable jobs, batches and files are refused with a 507 before a store they write is that
+full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded stores"."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from llmq.schemas.settings.base import Command, Group, setting
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _bound(default: int, what: str) -> int:
+    return setting(default, f"Bytes {what} may hold at most.", ge=MiB, commands=())  # type: ignore[no-any-return]
+
+
+class StorageSettings(Group):
+    """Byte bounds of the JetStream streams, buckets and object store llmq writes."""
+
+    commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
+
+    jobs_stream_max_bytes: int = _bound(256 * MiB, "LLMQ_JOBS (interactive jobs, in memory)")
+    batch_stream_max_bytes: int = _bound(2 * GiB, "LLMQ_BATCH (queued async and batch jobs)")
+    usage_stream_max_bytes: int = _bound(256 * MiB, "LLMQ_USAGE (usage reports not booked)")
+    outcomes_stream_max_bytes: int = _bound(2 * GiB, "LLMQ_OUTCOMES (results not collected)")
+    webhooks_stream_max_bytes: int = _bound(256 * MiB, "LLMQ_WEBHOOKS (pending deliveries)")
+    async_jobs_max_bytes: int = _bound(1 * GiB, "KV LLMQ_ASYNC_JOBS (~500 B per job)")
+    results_max_bytes: int = _bound(4 * GiB, "KV LLMQ_RESULTS (a job's or line's result)")
+    batches_max_bytes: int = _bound(256 * MiB, "KV LLMQ_BATCHES (~1 KB per batch)")
+    file_meta_max_bytes: int = _bound(256 * MiB, "KV of file metadata (~500 B per file)")
+    files_max_total_bytes: int = _bound(20 * GiB, "the files object store (all file bodies)")
+    responses_max_bytes: int = _bound(4 * GiB, "KV of stored responses")
+    conversations_max_bytes: int = _bound(2 * GiB, "KV of conversations")
+    registry_max_bytes: int = _bound(
+        64 * MiB, "each registry bucket (workers, models, install marker)"
+    )
+    store_high_water: float = setting(
+        0.9,
+        "New async jobs, batches and files are refused (507 storage_full) while a store they "
+        "write is fuller than this share of its bound; the rest is room for the work already "
+        "accepted to finish.",
+        gt=0,
+        le=1,
+        commands=(),
+    )
