@@ -57,6 +57,8 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
         runtime.redis,
         lease=settings.tenancy.reservation_lease,
         ledger_maxlen=settings.tenancy.ledger_maxlen,
+        tenant_ledger_maxlen=settings.storage.tenant_ledger_maxlen,
+        ledger_max_age=settings.storage.ledger_max_age,
     )
     reservations = Reservations(quota, settings.tenancy.quota_fail_open)
     reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)

@@ -33,6 +33,8 @@ from llmq.schemas import names
 DEFAULT_LEASE = 900.0
 """Seconds a slot is held without a release; above the api's max deadline (600 s)."""
 DEFAULT_LEDGER_MAXLEN = 100_000
+DEFAULT_TENANT_LEDGER_MAXLEN = 10_000
+DEFAULT_LEDGER_MAX_AGE = 90 * 86_400.0
 DEFAULT_USAGE_TTL_DAYS = 400
 RENEW_BATCH = 500
 """Reservations renewed by one script call (it runs atomically: keep each call short)."""
@@ -80,6 +82,8 @@ class Quota:
         *,
         lease: float = DEFAULT_LEASE,
         ledger_maxlen: int = DEFAULT_LEDGER_MAXLEN,
+        tenant_ledger_maxlen: int = DEFAULT_TENANT_LEDGER_MAXLEN,
+        ledger_max_age: float = DEFAULT_LEDGER_MAX_AGE,
         usage_ttl_days: int = DEFAULT_USAGE_TTL_DAYS,
         max_users_per_day: int = MAX_USERS_PER_DAY,
     ) -> None:
@@ -87,6 +91,8 @@ class Quota:
         self._lease = lease
         self._max_users = max_users_per_day
         self._ledger_maxlen = ledger_maxlen
+        self._tenant_ledger_maxlen = tenant_ledger_maxlen
+        self._ledger_max_age_ms = _ms(ledger_max_age)
         self._usage_ttl = usage_ttl_days * 86_400.0
         self._cluster = is_cluster(redis)
         """A script may touch one tenant's keys only (one hash slot, `names.tenant_tag`)."""
@@ -260,6 +266,8 @@ class Quota:
             max(0, int(e.cached_tokens)),
             max(0, int(e.cache_write_tokens)),
             self._max_users,
+            self._tenant_ledger_maxlen,
+            self._ledger_max_age_ms,
         ]
         return keys, args
 

@@ -15,6 +15,7 @@
 -- ARGV[5] now (unix ms)  ARGV[6] usage expires at (unix ms)  ARGV[7] ledger max length
 -- ARGV[8] tenant  ARGV[9] model  ARGV[10] cached prompt tokens  ARGV[11] cache-write tokens
 -- ARGV[12] most end users booked per tenant and day (more go to '(other)')
+-- ARGV[13] tenant ledger max length  ARGV[14] ms the tenant's ledger outlives its last entry
 --
 -- Returns '<released 0|1>|<cost_usd>|<reserved tokens>'.
 
@@ -133,6 +134,7 @@ local entry = {'ts', ARGV[5], 'tenant', ARGV[8], 'model', model, 'job', job,
 if KEYS[4] ~= KEYS[5] then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 end
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[13], '*', unpack(entry))
+redis.call('PEXPIRE', KEYS[5], ARGV[14])
 
 return '1|' .. usd .. '|' .. need

@@ -251,7 +251,9 @@ class TenancySettings(Group):
     aliases: Annotated[list[str], NoDecode] = setting(
         default_factory=list, description="Model aliases `alias=model`, comma-separated."
     )
-    ledger_maxlen: int = setting(100_000, "Entries kept in the usage ledger stream.", commands=())
+    ledger_maxlen: int = setting(
+        100_000, "Entries kept in the usage ledger stream (all tenants).", commands=(), ge=1
+    )
     reservation_lease: float = setting(
         900.0, "Seconds after which an unreleased concurrency slot is reclaimed.", commands=()
     )

@@ -1,6 +1,7 @@
-"""Bounds of what llmq keeps in JetStream: one byte bound per stream, KV bucket and object
-store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's age. A store at its bound refuses new
-messages (discard new): nothing queued, running or stored is dropped to make room; new
+"""Bounds of what llmq keeps: one byte bound per JetStream stream, KV bucket and object
+store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's age, and the length and age of each
+tenant's usage ledger in Valkey (the global one: `LLMQ_LEDGER_MAXLEN`). A store at its
+bound refuses new messages (discard new): nothing queued, running or stored is dropped to make room; new
 durable jobs, batches and files are refused with a 507 before a store they write is that
 full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded stores"."""
 
@@ -19,7 +20,8 @@ def _bound(default: int, what: str) -> int:
 
 
 class StorageSettings(Group):
-    """Byte bounds of the JetStream streams, buckets and object store llmq writes."""
+    """Byte bounds of the JetStream streams, buckets and object store llmq writes; the
+    tenants' ledgers' length and age."""
 
     commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
 
@@ -37,6 +39,16 @@ class StorageSettings(Group):
     conversations_max_bytes: int = _bound(2 * GiB, "KV of conversations")
     registry_max_bytes: int = _bound(
         64 * MiB, "each registry bucket (workers, models, install marker)"
+    )
+    tenant_ledger_maxlen: int = setting(
+        10_000, "Entries kept in each tenant's own usage ledger (Valkey stream).", commands=(), ge=1
+    )
+    ledger_max_age: float = setting(
+        90 * 86_400.0,
+        "Seconds a tenant's usage ledger is kept after its last entry (an idle or deleted "
+        "tenant's ledger goes then).",
+        commands=(),
+        gt=0,
     )
     store_high_water: float = setting(
         0.9,

@@ -85,8 +85,11 @@ async def test_ledger(
 async def test_ledger_is_capped(store: TenantStore, redis: Redis, tenant_name: str) -> None:
     """MAXLEN ~ trims in whole stream nodes (100 entries by default), so "about" the cap."""
     await store.create(Tenant(name=tenant_name))
-    quota = Quota(redis, ledger_maxlen=10)
+    quota = Quota(redis, ledger_maxlen=10, tenant_ledger_maxlen=10, ledger_max_age=3600.0)
     for i in range(400):
         await quota.reserve(tenant_name, "m", 1, 1, f"j{i}", now=NOW)
         await quota.release(tenant_name, "m", f"j{i}", 1, 1, now=NOW)
-    assert 10 <= await redis.xlen(names.tenant_ledger_key(tenant_name)) <= 200
+    ledger = names.tenant_ledger_key(tenant_name)
+    assert 10 <= await redis.xlen(ledger) <= 200
+    # an idle (or deleted) tenant's ledger goes after ledger_max_age since its last entry
+    assert 3_500_000 < await redis.pttl(ledger) <= 3_600_000
