@@ -1,9 +1,9 @@
 """Bounds of what llmq keeps: one byte bound per JetStream stream, KV bucket and object
 store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's age, and the length and age of each
 tenant's usage ledger in Valkey (the global one: `LLMQ_LEDGER_MAXLEN`). A store at its
-bound refuses new messages (discard new): nothing queued, running or stored is dropped to make room; new
-durable jobs, batches and files are refused with a 507 before a store they write is that
-full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded stores"."""
+bound refuses new messages (discard new): nothing queued, running or stored is dropped to
+make room; new durable jobs, batches and files are refused with a 507 before a store they
+write is that full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded stores"."""
 
 from __future__ import annotations
 
