@@ -29,7 +29,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
-from llmq.dispatcher.publish import publish_to_inbox
+from llmq.dispatcher.publish import publish_to_inbox, store_full
 from llmq.schemas import frames, names
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope
 from llmq.schemas.frames import Done, Failed, failure
@@ -315,6 +315,11 @@ class Dispatcher:
             raise DispatchError(503, "the job queue is unavailable", "queue_unavailable") from exc
         except Exception as exc:
             self.inbox.close(spec.job_id)
+            if store_full(exc):
+                raise DispatchError(
+                    503, "the job queue is full (LLMQ_JOBS_STREAM_MAX_BYTES); try again later",
+                    "queue_full",
+                ) from exc  # fmt: skip
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
             ) from exc

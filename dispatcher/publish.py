@@ -45,8 +45,19 @@ DURABLE_RETRY = 30.0
 caller waits (the HTTP client of POST /v1/jobs, or a batch that queues the line again)."""
 
 
+STORE_FULL = 10077
+"""JetStream's error code when a stream at its byte bound refuses a message (discard new)."""
+
+
+def store_full(exc: BaseException) -> bool:
+    """The stream is at its bound (`LLMQ_*_MAX_BYTES`): trying again does not help."""
+    return isinstance(exc, APIError) and exc.err_code == STORE_FULL
+
+
 def transient(exc: BaseException) -> bool:
     """A failure that a leader election or a reconnect explains, and that passes."""
+    if store_full(exc):
+        return False
     if isinstance(exc, ServiceUnavailableError):
         return True
     if isinstance(exc, APIError):  # e.g. "JetStream system temporarily unavailable"

@@ -40,7 +40,7 @@ from llmq.dispatcher.batch.records import (
 )
 from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
-from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
+from llmq.dispatcher.publish import DURABLE_RETRY, publish_job, store_full
 from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, PreparedRequest
@@ -128,6 +128,11 @@ class AsyncJobs:
                 until=min(now + deadline, time.time() + DURABLE_RETRY),
             )  # fmt: skip
         except Exception as exc:
+            if store_full(exc):
+                raise DispatchError(
+                    507, "llmq's store LLMQ_BATCH is full (LLMQ_BATCH_STREAM_MAX_BYTES)",
+                    "storage_full",
+                ) from exc  # fmt: skip
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
             ) from exc

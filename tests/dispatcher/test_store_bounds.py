@@ -143,3 +143,28 @@ async def test_the_api_refuses_new_async_jobs_with_507_before_the_store_is_full(
         assert "LLMQ_ASYNC_JOBS" in error["message"]
         kept = await client.get(f"/v1/jobs/{job_id}")  # what was accepted is all there
         assert kept.status_code == 200, kept.text
+
+
+async def test_a_full_interactive_queue_answers_503_queue_full_at_once(
+    own_nats: EmbeddedNats, stack
+) -> None:  # type: ignore[no-untyped-def]
+    stack.nats_url = own_nats.url
+    model = unique("echo")
+    api = await stack.api(jobs_stream_max_bytes=MiB)
+    await stack.worker(model=[model], backend="echo", jobs_stream_max_bytes=MiB)
+    await wait_serving(api.url, model)
+    js = api.runtime.js
+    for size in (100_000, 10_000, 1_000, 100):  # jobs of a model nobody serves fill it
+        with pytest.raises(APIError):
+            for _ in range(2_000):
+                await js.publish(names.jobs_subject("idle"), b"j" * size)
+    queued = (await js.stream_info(names.JOBS_STREAM)).state.messages
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+        started = asyncio.get_running_loop().time()
+        refused = await client.post("/v1/chat/completions", json=body)
+        took = asyncio.get_running_loop().time() - started
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert took < 10  # not retried until the request's deadline (120 s)
+    assert (await js.stream_info(names.JOBS_STREAM)).state.messages == queued  # none dropped
