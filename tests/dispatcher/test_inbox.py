@@ -8,7 +8,7 @@ import asyncio
 from nats.aio.msg import Msg
 
 from llmq.dispatcher.connection import connect, disconnect
-from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
+from llmq.dispatcher.inbox import FRAME_OVERHEAD, Mailbox, ReplyInbox, Signal
 from tests.stack import unique
 
 
@@ -171,3 +171,33 @@ async def test_frames_reach_the_mailbox_from_the_read_loop_and_orphans_are_cance
         await cancels.unsubscribe()
         await inbox.stop()
         await disconnect(nc)
+
+
+def _chunk(size: int) -> Msg:
+    return Msg(None, subject="_INBOX.i.j", data=b"c" * size, headers={"Llmq-Frame": "chunk"})  # type: ignore[arg-type]
+
+
+async def test_a_mailbox_holds_frames_up_to_its_bound_then_overflows_once() -> None:
+    """Frames past `limit` bytes (overhead included) are dropped; the reader gets what was
+    buffered, then `Signal.OVERFLOW`, once; read frames give their bytes back."""
+    per = 1_000 + FRAME_OVERHEAD
+    box = Mailbox(limit=5 * per)
+    hits = [box.put_frame(_chunk(1_000)) for _ in range(8)]
+    assert hits == [False] * 5 + [True, False, False]  # only the first drop reports
+    assert box.overflowed and box.buffered == 6  # five frames and the signal
+    items = [await box.get(0.1) for _ in range(6)]
+    assert all(isinstance(item, Msg) for item in items[:5])
+    assert items[5] is Signal.OVERFLOW
+    assert await box.get(0.05) is None  # later frames were dropped, not kept
+    box.close()
+
+
+async def test_a_mailbox_read_as_fast_as_it_fills_never_overflows() -> None:
+    box = Mailbox(limit=2 * (1_000 + FRAME_OVERHEAD))
+    for _ in range(1_000):
+        assert not box.put_frame(_chunk(1_000))
+        assert isinstance(await box.get(0.1), Msg)
+    assert not box.overflowed
+    # one frame larger than the bound is taken while nothing is buffered (a whole answer)
+    assert not box.put_frame(_chunk(50_000))
+    box.close()
