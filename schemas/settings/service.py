@@ -184,12 +184,14 @@ class ApiSettings(Group):
         "the job answers (once the socket's write buffer is full); past it the job is "
         "cancelled, what it generated is booked and the client gets an error event.",
         ge=65_536,
+        commands=(),
     )
     stream_drain_timeout: float = setting(
         30.0,
         "Seconds a stream cut for stream_buffer_bytes waits for its client to read what "
         "is buffered before the connection is closed.",
         gt=0,
+        commands=(),
     )
     malloc_trim_interval: float = setting(
         30.0,
