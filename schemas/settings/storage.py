@@ -16,7 +16,7 @@ GiB = 1 << 30
 
 
 def _bound(default: int, what: str) -> int:
-    return setting(default, f"Bytes {what} may hold at most.", ge=MiB, commands=())  # type: ignore[no-any-return]
+    return setting(default, f"Bytes {what} may hold at most.", ge=MiB, commands=())
 
 
 class StorageSettings(Group):
