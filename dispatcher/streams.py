@@ -15,7 +15,7 @@ consumers are made by the worker either way.
 Every stream, bucket and object store has a byte bound (`StorageSettings`) and discards new
 messages at it: a full store refuses a write instead of dropping what it holds (a queued
 job, a running job's record); the api refuses new durable work before that
-(`dispatcher.store_room`). An existing store is brought to the configured bound at start.
+(`api.batch.store_room`). An existing store is brought to the configured bound at start.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from llmq import event_loop
-from llmq.dispatcher import durable_streams, streams
+from llmq.api.batch import stores
+from llmq.dispatcher import streams
 from llmq.dispatcher.connection import NatsRefused, Provisioner, connect, disconnect
 from llmq.dispatcher.tasks import retry
 from llmq.schemas import names
@@ -47,12 +48,12 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     bound = settings.storage
     await streams.ensure_streams(js, p.jobs_max_age, replicas, limits=bound)
     await streams.ensure_usage_stream(js, replicas, limits=bound)
-    await durable_streams.ensure_batch_streams(
+    await stores.ensure_batch_streams(
         js, b.job_retention, b.webhook_attempts, replicas, limits=bound
     )
-    await durable_streams.batch_buckets(js, b.job_retention, replicas, limits=bound)
-    await durable_streams.files_store(js, replicas, limits=bound)
-    await durable_streams.responses_buckets(js, b.response_retention, replicas, limits=bound)
+    await stores.batch_buckets(js, b.job_retention, replicas, limits=bound)
+    await stores.files_store(js, replicas, limits=bound)
+    await stores.responses_buckets(js, b.response_retention, replicas, limits=bound)
     await streams.workers_bucket(js, p.heartbeat * 3, replicas)
     await streams.models_bucket(js, replicas)
     await streams.install_bucket(js, replicas)

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from llmq.api.batch.file_serving import FileServing
+from llmq.api.batch.store_room import BATCH_STORES, StoreRoom
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.runtime import Runtime
@@ -32,7 +33,6 @@ from llmq.dispatcher.batch.records import (
 )
 from llmq.dispatcher.batch.store import BatchStore
 from llmq.dispatcher.dispatch import DispatchError
-from llmq.dispatcher.store_room import BATCH_STORES, StoreRoom
 
 _WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}

@@ -17,6 +17,7 @@ from typing import Any
 
 from llmq.api.batch.jsonl_check import JsonlCheck
 from llmq.api.batch.multipart import read_multipart
+from llmq.api.batch.store_room import FILE_STORES, StoreRoom
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found
 from llmq.api.runtime import Runtime
@@ -26,7 +27,6 @@ from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines
 from llmq.dispatcher.batch.records import FileRecord, file_view
 from llmq.dispatcher.dispatch import DispatchError
-from llmq.dispatcher.store_room import FILE_STORES, StoreRoom
 
 FILE_PURPOSES = frozenset({"batch"})
 SPOOL_BYTES = 1 << 20

@@ -19,6 +19,7 @@ from fastapi import Request
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from llmq.api.batch import stores
 from llmq.api.batch.batch_serving import BatchServing
 from llmq.api.batch.egress import EgressPolicy
 from llmq.api.batch.file_serving import FileServing
@@ -30,7 +31,6 @@ from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenant_scope import ScopedReservations, TenantScopes
-from llmq.dispatcher import durable_streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.collector import ResultCollector
 from llmq.dispatcher.batch.files import FileStore
@@ -161,13 +161,13 @@ class BatchWing:
         replicas = self.rt.settings.protocol.nats_replicas
         create = self.rt.settings.connection.nats_provision
         limits = self.rt.settings.storage
-        await durable_streams.ensure_batch_streams(
+        await stores.ensure_batch_streams(
             js, retention, self.rt.settings.batch.webhook_attempts, replicas, create,
             limits=limits,
         )  # fmt: skip
         return (
-            await durable_streams.batch_buckets(js, retention, replicas, create, limits=limits),
-            await durable_streams.files_store(js, replicas, create, limits=limits),
+            await stores.batch_buckets(js, retention, replicas, create, limits=limits),
+            await stores.files_store(js, replicas, create, limits=limits),
         )
 
     async def _start_when_synced(self) -> None:

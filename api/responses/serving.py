@@ -19,6 +19,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmq.api.batch import stores
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
@@ -36,7 +37,6 @@ from llmq.api.responses.relay import ResponseRun
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
-from llmq.dispatcher import durable_streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.dispatch import DispatchError
@@ -64,7 +64,7 @@ async def open_responses(
     rt = serving.rt
 
     async def provision() -> ConversationStore:
-        buckets = await durable_streams.responses_buckets(
+        buckets = await stores.responses_buckets(
             rt.js,
             rt.settings.batch.response_retention,
             rt.settings.protocol.nats_replicas,

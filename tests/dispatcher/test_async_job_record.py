@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client
 
-from llmq.dispatcher import durable_streams, streams
+from llmq.api.batch import stores
 from llmq.dispatcher import kv as kvs
+from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import job_decoder, time_hex
 from llmq.dispatcher.connection import connect
@@ -31,14 +32,14 @@ async def nc(own_nats: EmbeddedNats) -> AsyncIterator[Client]:
     client = await connect(own_nats.url, "test")
     js = client.jetstream()
     await streams.ensure_streams(js, 900)
-    await durable_streams.batch_buckets(js, 3600)
+    await stores.batch_buckets(js, 3600)
     yield client
     await client.close()
 
 
 async def _jobs(nc: Client, **options: float) -> AsyncJobs:
     js = nc.jetstream()
-    buckets = await durable_streams.batch_buckets(js, 3600)
+    buckets = await stores.batch_buckets(js, 3600)
     return AsyncJobs(
         nc,
         js,
@@ -74,7 +75,7 @@ async def test_the_record_waits_for_its_bucket(nc: Client) -> None:
     await wait_for(lambda: _has_job(nc, model), timeout=10)  # queued before the record
     await asyncio.sleep(0.5)
     assert not submitting.done()
-    await durable_streams.batch_buckets(js, 3600)  # the provisioning brings the bucket back
+    await stores.batch_buckets(js, 3600)  # the provisioning brings the bucket back
     record = await asyncio.wait_for(submitting, 20)
     assert record.id == job_id and record.status == "queued"
     found = await kvs.read(jobs.jobs, jobs.key("acme", job_id), job_decoder)
@@ -94,7 +95,7 @@ async def test_a_queued_job_is_answered_and_recorded_later(nc: Client) -> None:
     record = await asyncio.wait_for(jobs.submit(job_id, "acme", _prepared(model), deadline=600), 15)
     assert record.status == "queued" and time.monotonic() - started < 10
     await _queued_once(nc, model, job_id)
-    await durable_streams.batch_buckets(js, 3600)
+    await stores.batch_buckets(js, 3600)
 
     async def recorded() -> bool:
         return await kvs.read(jobs.jobs, jobs.key("acme", job_id), job_decoder) is not None

@@ -9,8 +9,9 @@ import contextlib
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
 
-from llmq.dispatcher import durable_streams, streams
+from llmq.api.batch import stores
 from llmq.dispatcher import kv as kvs
+from llmq.dispatcher import streams
 from llmq.dispatcher.batch.collector import ResultCollector
 from llmq.dispatcher.batch.records import Unrun, line_job_id, result_decoder, time_hex
 from llmq.dispatcher.connection import connect
@@ -48,7 +49,7 @@ async def test_first_result_wins_and_advisories_become_results(nats_server) -> N
     nc = await connect(nats_server.url, "test")
     js = nc.jetstream()
     await streams.ensure_streams(js, 900)
-    await durable_streams.ensure_batch_streams(js, 3600)
+    await stores.ensure_batch_streams(js, 3600)
     results = await js.create_key_value(
         KeyValueConfig(bucket=unique("R"), history=1, storage=StorageType.FILE)
     )

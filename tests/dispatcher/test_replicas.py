@@ -13,7 +13,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from llmq.dispatcher import durable_streams, streams
+from llmq.api.batch import stores
+from llmq.dispatcher import streams
 from llmq.embedded import EmbeddedNats, cluster_url
 from llmq.schemas import names
 from llmq.schemas.settings import Settings
@@ -83,9 +84,9 @@ async def test_api_and_worker_create_everything_with_three_replicas(
 
 async def test_one_replica_is_raised_to_three_in_place(cluster_js: JetStreamContext) -> None:
     """An R1 deployment keeps its data when the setting goes from 1 to 3."""
-    await durable_streams.ensure_batch_streams(cluster_js, 3600, replicas=1)
-    buckets = await durable_streams.batch_buckets(cluster_js, 3600, replicas=1)
-    store = await durable_streams.files_store(cluster_js, replicas=1)
+    await stores.ensure_batch_streams(cluster_js, 3600, replicas=1)
+    buckets = await stores.batch_buckets(cluster_js, 3600, replicas=1)
+    store = await stores.files_store(cluster_js, replicas=1)
     consumer = await streams.ensure_consumer(cluster_js, names.BATCH_STREAM, "m", 10, 3, 1)
     await buckets[names.BATCHES_BUCKET].put("kept", b"yes")
     await store.put("kept-file", b"content")
@@ -93,9 +94,9 @@ async def test_one_replica_is_raised_to_three_in_place(cluster_js: JetStreamCont
     assert (await _all_streams(cluster_js))[f"KV_{names.BATCHES_BUCKET}"] == 1
 
     await streams.ensure_streams(cluster_js, 900, replicas=3)
-    await durable_streams.ensure_batch_streams(cluster_js, 3600, replicas=3)
-    buckets = await durable_streams.batch_buckets(cluster_js, 3600, replicas=3)
-    store = await durable_streams.files_store(cluster_js, replicas=3)
+    await stores.ensure_batch_streams(cluster_js, 3600, replicas=3)
+    buckets = await stores.batch_buckets(cluster_js, 3600, replicas=3)
+    store = await stores.files_store(cluster_js, replicas=3)
     await streams.ensure_consumer(cluster_js, names.BATCH_STREAM, "m", 10, 3, 3)
 
     found = await _all_streams(cluster_js)

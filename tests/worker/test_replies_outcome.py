@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 
-from llmq.dispatcher import durable_streams
+from llmq.api.batch import stores
 from llmq.dispatcher import kv as kvs
 from llmq.dispatcher.batch.collector import ResultCollector
 from llmq.dispatcher.batch.records import time_hex
@@ -31,7 +31,7 @@ from tests.stack import unique, wait_for
 @pytest.fixture
 async def nc(own_nats: EmbeddedNats) -> AsyncIterator[Client]:
     client = await connect(own_nats.url, "test")
-    await durable_streams.ensure_batch_streams(client.jetstream(), 3600)
+    await stores.ensure_batch_streams(client.jetstream(), 3600)
     yield client
     await client.close()
 
@@ -53,7 +53,7 @@ async def test_a_final_frame_sent_while_the_stream_is_gone_lands_once(nc: Client
     await asyncio.sleep(1.0)
     assert not sending.done()  # core NATS would have returned at once, the frame lost
 
-    await durable_streams.ensure_batch_streams(js, 3600)  # the provisioning brings it back
+    await stores.ensure_batch_streams(js, 3600)  # the provisioning brings it back
     await asyncio.wait_for(sending, 20)
     assert (await js.stream_info(names.OUTCOMES_STREAM)).state.messages == 1  # `accepted` lost
     # The same attempt's final frame again (a retry whose ack was lost): not stored twice.

@@ -9,9 +9,9 @@ import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from llmq.api.batch import stores
 from llmq.api.batch.egress import EgressPolicy
 from llmq.api.batch.webhooks import Webhooks, sign, verify
-from llmq.dispatcher import durable_streams
 from llmq.dispatcher.connection import connect
 from llmq.embedded import free_port
 from llmq.schemas import names
@@ -67,7 +67,7 @@ class Jobs:
 async def start_sender(nats_url: str, jobs: Jobs, policy: EgressPolicy, attempts: int = 3):  # type: ignore[no-untyped-def]
     nc = await connect(nats_url, "test")
     js = nc.jetstream()
-    await durable_streams.ensure_batch_streams(js, 3600, webhook_attempts=attempts)
+    await stores.ensure_batch_streams(js, 3600, webhook_attempts=attempts)
     sender = Webhooks(
         js, jobs.render, jobs.record, secret="s", attempts=attempts, timeout=2.0,
         backoff=(0.2,), egress=policy,
@@ -185,7 +185,7 @@ async def test_an_unbounded_consumer_from_an_older_version_is_bounded(own_nats) 
                 ack_policy=AckPolicy.EXPLICIT, max_deliver=-1,
             ),
         )  # fmt: skip
-        await durable_streams.ensure_batch_streams(js, 7200, webhook_attempts=4)
+        await stores.ensure_batch_streams(js, 7200, webhook_attempts=4)
         info = await js.consumer_info(names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER)
         assert info.config.max_deliver == 6
         stream = await js.stream_info(names.WEBHOOKS_STREAM)

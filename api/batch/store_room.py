@@ -2,7 +2,7 @@
 accepted: a store fuller than `store_high_water` of its byte bound refuses new work with a
 507, so what was accepted before still has room to finish (its results, its record's
 updates) and nothing accepted is ever dropped to make room (the stores discard new
-messages at their bound, `dispatcher.streams`)."""
+messages at their bound, `dispatcher.streams` and `api.batch.stores`)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,10 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType
 from nats.js.errors import APIError
 
-from llmq.dispatcher import durable_streams, streams
+from llmq.api.batch import stores
+from llmq.api.batch.store_room import FRESH
+from llmq.dispatcher import streams
 from llmq.dispatcher.connection import connect
-from llmq.dispatcher.store_room import FRESH
 from llmq.embedded import EmbeddedNats
 from llmq.schemas import names
 from llmq.schemas.settings import StorageSettings
@@ -65,10 +66,10 @@ async def nc(own_nats: EmbeddedNats) -> AsyncIterator[Client]:
 async def _provision(js: object, limits: StorageSettings) -> None:
     await streams.ensure_streams(js, 900, limits=limits)  # type: ignore[arg-type]
     await streams.ensure_usage_stream(js, limits=limits)  # type: ignore[arg-type]
-    await durable_streams.ensure_batch_streams(js, 3600, limits=limits)  # type: ignore[arg-type]
-    await durable_streams.batch_buckets(js, 3600, limits=limits)  # type: ignore[arg-type]
-    await durable_streams.files_store(js, limits=limits)  # type: ignore[arg-type]
-    await durable_streams.responses_buckets(js, 0, limits=limits)  # type: ignore[arg-type]
+    await stores.ensure_batch_streams(js, 3600, limits=limits)  # type: ignore[arg-type]
+    await stores.batch_buckets(js, 3600, limits=limits)  # type: ignore[arg-type]
+    await stores.files_store(js, limits=limits)  # type: ignore[arg-type]
+    await stores.responses_buckets(js, 0, limits=limits)  # type: ignore[arg-type]
 
 
 async def test_every_store_gets_its_bound_and_discards_new(nc: Client) -> None:
