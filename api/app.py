@@ -13,6 +13,7 @@ from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
 from llmq.api.batch import batch_routes, file_routes, job_routes
 from llmq.api.batch.wing import BatchWing
+from llmq.api.cache.service import open_cache
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
@@ -78,6 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.responses, app.state.conversations = await open_responses(
             app.state.serving, app.state.batches
         )
+        # the response cache and joined requests (docs/cache.md)
+        app.state.cache = cache = open_cache(runtime, models, store)
+        app.state.serving.reuse = cache
+        app.state.batches.purgers.append(cache.store.purge)  # a deleted tenant's answers
+        cache.on_stored = app.state.observability.metrics.cache_stored
         console.attach(app, app.state.serving)
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         # usage the workers report, booked even when the relaying api died (docs/protocol.md)
@@ -91,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.usage_booker.stop()
             await app.state.responses.stop()
             await app.state.batches.stop()
+            await app.state.cache.close()
             await app.state.observability.stop()
             await models.stop()
             await queue_estimator.stop()
