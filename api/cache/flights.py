@@ -25,11 +25,12 @@ OnEnd = Callable[["Flight"], Awaitable[None]]
 class Flight:
     """One running job and the requests following it."""
 
-    def __init__(
-        self, run: JobRun, key: tuple[str, bool], limits: tuple[int, int], on_end: OnEnd
-    ) -> None:
-        """`limits`: bytes of frames up to which a request may join, and that are kept."""
-        self.run = run
+    def __init__(self, key: tuple[str, bool], limits: tuple[int, int], on_end: OnEnd) -> None:
+        """Claimed by the request that missed; `start` gives it its job. `limits`: bytes of
+        frames up to which a request may join, and that are kept."""
+        self.run: JobRun | None = None
+        self.started = asyncio.Event()
+        """Set when the job is queued (`start`) or will never be (`abandon`)."""
         self.key = key
         self.join_limit, self.keep_limit = limits
         self.on_end = on_end
@@ -45,6 +46,21 @@ class Flight:
         self._next_follower = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+
+    def start(self, run: JobRun) -> None:
+        self.run = run
+        self.started.set()
+
+    def abandon(self) -> None:
+        """The claiming request ended without queueing its job: whoever waits runs its own."""
+        if self.run is None:
+            self.ended = True
+            self.joinable = False
+            self.started.set()
+            self.on_end_sync()
+
+    def on_end_sync(self) -> None:
+        """Replaced by `Flights.claim`: forget the flight."""
 
     @property
     def last(self) -> Event | None:
@@ -81,6 +97,7 @@ class Flight:
                 self._task.cancel()  # nobody follows: the job stops (its events' close)
 
     async def _pump(self) -> None:
+        assert self.run is not None
         events = self.run.events()
         try:
             async for ev in events:
@@ -134,6 +151,10 @@ class FollowedRun:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._flight.run, name)
 
+    @property
+    def flight(self) -> Flight:
+        return self._flight
+
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "_flight":
             object.__setattr__(self, name, value)
@@ -153,13 +174,22 @@ class Flights:
             return None
         return flight
 
-    def start(
-        self, run: JobRun, key: tuple[str, bool], limits: tuple[int, int], on_end: OnEnd
-    ) -> Flight:
-        async def ended(flight: Flight) -> None:
+    def claim(self, key: tuple[str, bool], limits: tuple[int, int], on_end: OnEnd) -> Flight:
+        """A flight for the request that missed, joinable at once: requests identical to
+        it that come while it is still on its way to the queue wait for its job. Abandoned
+        when the claiming task ends without queueing one (refused, failed, cancelled)."""
+
+        def forget() -> None:
             if self.open.get(key) is flight:
                 del self.open[key]
+
+        async def ended(flight: Flight) -> None:
+            forget()
             await on_end(flight)
 
-        flight = self.open[key] = Flight(run, key, limits, ended)
+        flight = self.open[key] = Flight(key, limits, ended)
+        flight.on_end_sync = forget  # type: ignore[method-assign]
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _task: flight.abandon())
         return flight

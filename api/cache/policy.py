@@ -11,6 +11,7 @@ temperature is OpenAI's default 1) are cached only where the model table says
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -89,17 +90,18 @@ def choose(
 ) -> Choice:
     """The request's `Cache-Control` (`no-cache`: no lookup, `no-store`: no write) and
     `x-llmq-cache-ttl` (seconds, at most `max_ttl`; 0: no write) on the TTL the model table
-    or the key gives (`base_ttl`, 0: the cache is off for this request)."""
+    or the key gives (`base_ttl`, 0: the cache is off for this request). ValueError: an
+    `x-llmq-cache-ttl` that is not a number of seconds."""
     if base_ttl <= 0 or (not allow_sampled and sampled(body)):
         return NEVER
     control = {part.strip().lower() for part in headers.get("cache-control", "").split(",")}
     ttl = min(base_ttl, max_ttl)
     asked = headers.get(TTL_HEADER)
     if asked is not None:
-        try:
-            ttl = min(max(float(asked), 0.0), max_ttl)
-        except ValueError:
-            ttl = 0.0  # unreadable: store nothing rather than guess
+        seconds = float(asked)  # ValueError: the caller's 400
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(asked)
+        ttl = min(seconds, max_ttl)
     if "no-store" in control:
         ttl = 0.0
     return Choice("no-cache" not in control, ttl)

@@ -121,7 +121,8 @@ def _fold(into: dict[str, Any], choice: dict[str, Any], entry: Entry) -> None:
         into["text"] = into.get("text", "") + (choice.get("text") or "")
         into.setdefault("logprobs", None)
         return
-    message = into.setdefault("message", {"role": "assistant", "content": None})
+    into.setdefault("logprobs", None)
+    message = into.setdefault("message", {"role": "assistant", "content": None, "refusal": None})
     delta = choice.get("delta") or {}
     if delta.get("content") is not None:
         message["content"] = (message["content"] or "") + delta["content"]

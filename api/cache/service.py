@@ -143,6 +143,7 @@ class CachePlan:
         self.choice = cache.choice(ask, key_ttl, self.body)
         self.scope = ""
         self.digest = ""
+        self.flight: Flight | None = None
         self.headers: dict[str, str] = {STATUS_HEADER: SKIP if self.choice is NEVER else MISS}
         ask.record.cache = self.headers[STATUS_HEADER]
 
@@ -152,31 +153,35 @@ class CachePlan:
         ask = self.ask
         self.scope = await self.cache.scope(ask.record.tenant)
         self.digest = cache_key(self.scope, ask.model, self.body)
-        if not self.choice.lookup:
-            return None
-        flight = self.cache.flights.find((self.digest, ask.stream))
-        if flight is not None:
-            return await self._join(flight)
-        entry = await self.cache.store.get(self.scope, self.digest)
-        if entry is not None and can_replay(entry, ask.kind, ask.stream):
-            return await self._hit(entry)
+        flights, key = self.cache.flights, (self.digest, ask.stream)
+        if self.choice.lookup:
+            flight = flights.find(key)
+            if flight is None:
+                entry = await self.cache.store.get(self.scope, self.digest)
+                if entry is not None and can_replay(entry, ask.kind, ask.stream):
+                    return await self._hit(entry)
+                flight = flights.find(key)  # one may have started during the lookup
+            if flight is not None:
+                joined = await self._join(flight)
+                if joined is not None:
+                    return joined
+        if flights.find(key) is None:  # lead: the next identical requests join this one
+            s = self.cache.settings
+            limits = (s.cache_join_buffer_bytes,
+                      max(s.cache_join_buffer_bytes, s.cache_max_entry_bytes))  # fmt: skip
+
+            async def ended(flight: Flight) -> None:
+                self.cache.write_later(flight, self)
+
+            self.flight = flights.claim(key, limits, ended)
         return None
 
     def lead(self, run: JobRun) -> JobRun:
-        """A miss: its job becomes a flight others may join; its answer is stored."""
-        if not self.digest:
+        """A miss: its job becomes the claimed flight's; its answer is stored when it ends."""
+        if self.flight is None:
             return run
-        s = self.cache.settings
-        limits = (
-            s.cache_join_buffer_bytes,
-            max(s.cache_join_buffer_bytes, s.cache_max_entry_bytes),
-        )
-
-        async def ended(flight: Flight) -> None:
-            self.cache.write_later(flight, self)
-
-        flight = self.cache.flights.start(run, (self.digest, self.ask.stream), limits, ended)
-        return FollowedRun(flight)  # type: ignore[return-value]
+        self.flight.start(run)
+        return FollowedRun(self.flight)  # type: ignore[return-value]
 
     async def _reserve(self, prompt: int, completion: int) -> Reservation:
         ask, serving = self.ask, self.serving
@@ -209,8 +214,18 @@ class CachePlan:
         headers = {**ask.headers, **reservation.headers, STATUS_HEADER: HIT, AGE_HEADER: str(age)}
         return replay(entry, ask.stream, usage_wanted, headers)
 
-    async def _join(self, flight: Flight) -> Response:
+    async def _join(self, flight: Flight) -> Response | None:
+        """Follow the flight; None when it never got its job (then this request runs its
+        own)."""
         ask = self.ask
+        if not flight.started.is_set():
+            wait = self.serving.rt.settings.api.deadline
+            try:
+                await asyncio.wait_for(flight.started.wait(), wait)
+            except TimeoutError:
+                return None
+        if flight.run is None or not flight.joinable:
+            return None
         reservation = await self._reserve(ask.estimate, ask.max_tokens)
         flight.joined += 1
         job = ask.make_job(FollowedRun(flight), reservation, _NoTicket())

@@ -72,7 +72,7 @@ class CacheStore:
         key = names.cache_entry_key(scope, digest)
         try:
             raw = await self.redis.get(key)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, UnicodeDecodeError) as exc:
             log.warning("response cache unavailable: %s", exc)
             return None
         if raw is None:

@@ -289,7 +289,7 @@ def connect(
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        decode_responses=True,
+        decode_responses=decode_responses,
         **extra,
     )
     pool.connection_class = packing(pool.connection_class)
