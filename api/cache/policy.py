@@ -64,8 +64,14 @@ def decode_body(body: bytes) -> dict[str, Any] | None:
         return None
 
 
-def sampled(body: dict[str, Any]) -> bool:
+SAMPLING_KINDS: Final = frozenset({"chat", "completion", "response", "message"})
+"""Kinds whose answers are sampled; an embedding is the same every time."""
+
+
+def is_sampled(kind: str, body: dict[str, Any]) -> bool:
     """More than one choice, or randomness without a seed."""
+    if kind not in SAMPLING_KINDS:
+        return False
     n = body.get("n")
     if isinstance(n, int) and n > 1:
         return True
@@ -86,13 +92,13 @@ def cacheable_kind(kind: str, body: dict[str, Any]) -> bool:
 
 
 def choose(
-    headers: Any, base_ttl: float, max_ttl: float, allow_sampled: bool, body: dict[str, Any]
+    headers: Any, base_ttl: float, max_ttl: float, allow_sampled: bool, sampled: bool
 ) -> Choice:
     """The request's `Cache-Control` (`no-cache`: no lookup, `no-store`: no write) and
     `x-llmq-cache-ttl` (seconds, at most `max_ttl`; 0: no write) on the TTL the model table
     or the key gives (`base_ttl`, 0: the cache is off for this request). ValueError: an
     `x-llmq-cache-ttl` that is not a number of seconds."""
-    if base_ttl <= 0 or (not allow_sampled and sampled(body)):
+    if base_ttl <= 0 or (sampled and not allow_sampled):
         return NEVER
     control = {part.strip().lower() for part in headers.get("cache-control", "").split(",")}
     ttl = min(base_ttl, max_ttl)

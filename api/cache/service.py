@@ -34,6 +34,7 @@ from llmq.api.cache.policy import (
     cacheable_kind,
     choose,
     decode_body,
+    is_sampled,
 )  # fmt: skip
 from llmq.api.cache.replay import can_replay, replay
 from llmq.api.cache.store import CacheStore, Entry
@@ -100,7 +101,10 @@ class ResponseCache:
         base = key_ttl or self.models.cache_ttl_for(ask.model)
         sampled_ok = entry is not None and entry.cache_sampled
         try:
-            return choose(ask.request.headers, base, self.settings.cache_max_ttl, sampled_ok, body)
+            return choose(
+                ask.request.headers, base, self.settings.cache_max_ttl, sampled_ok,
+                is_sampled(ask.kind, body),
+            )  # fmt: skip
         except ValueError:
             raise ApiError(
                 400, f"`{TTL_HEADER}` must be a number of seconds", "invalid_header",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,13 +22,9 @@ from llmq.api.request_record import RequestRecord
 from llmq.dispatcher.dispatch import JobRun
 from llmq.schemas.admission import Reservation
 
-if TYPE_CHECKING:
-    from llmq.api.engine.job import QueuedJob
-    from llmq.api.engine.serving import Serving
-
-MakeJob = Callable[[Any, Reservation, Any], "QueuedJob"]
+MakeJob = Callable[[Any, Reservation, Any], Any]
 """Builds the feature's `QueuedJob` (its own relay) over a run, a reservation and a
-fair-share ticket."""
+fair-share ticket. (Typed loosely: `engine.job` and `engine.serving` import this module.)"""
 
 
 @dataclass(slots=True)
@@ -64,7 +60,9 @@ class Plan(Protocol):
 
 
 class Reuse(Protocol):
-    def plan(self, serving: Serving, ask: Ask) -> Plan: ...
+    def plan(self, serving: Any, ask: Ask) -> Plan:
+        """`serving`: the `engine.serving.Serving` the attempt runs on."""
+        ...
 
 
 class _Nothing:
@@ -83,5 +81,5 @@ NOTHING = _Nothing()
 class NoReuse:
     """Every attempt runs a job of its own."""
 
-    def plan(self, serving: Serving, ask: Ask) -> Plan:
+    def plan(self, serving: Any, ask: Ask) -> Plan:
         return NOTHING

@@ -27,6 +27,7 @@ from tests.worker.backends.fake_upstreams import (
     json_reply,
     openai_chat,
     openai_chunk,
+    openai_completion,
     sse_data,
 )
 
@@ -398,3 +399,59 @@ async def test_hostile_inputs_are_bounded_without_a_5xx(  # type: ignore[no-unty
     assert await redis.zcard(names.cache_index_key(scope)) <= 20
     entries = [k async for k in redis.scan_iter(match=names.cache_scope_pattern(scope))]
     assert len(entries) <= 20 + 2
+
+
+async def test_completions_embeddings_and_responses_go_through_the_cache(  # type: ignore[no-untyped-def]
+    stack, upstream, redis, tmp_path
+) -> None:
+    upstream.route(CHAT, openai_chat(["fine", " thanks"]))
+    upstream.route("/v1/completions", openai_completion(["once", " upon"]))
+    vector = {"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}
+    upstream.route("/v1/embeddings", json_reply(200, {
+        "object": "list", "data": [vector], "model": "up",
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }))  # fmt: skip
+    api, model = await _cached_stack(stack, upstream, tmp_path)
+    _, key = await _tenant(redis)
+    client = _client(api, key)
+    settle = lambda: wait_for(lambda: api.app.state.cache._writes == set())  # noqa: E731
+    for expect in ("miss", "hit"):
+        raw = await client.completions.with_raw_response.create(
+            model=model, prompt="tell a story", temperature=0
+        )
+        assert raw.headers["x-llmq-cache"] == expect
+        assert raw.parse().choices[0].text == "once upon"
+        assert_valid("CreateCompletionResponse", json.loads(raw.http_response.content))
+        await settle()
+        raw = await client.embeddings.with_raw_response.create(
+            model=model, input="hello", encoding_format="float"
+        )
+        assert raw.headers["x-llmq-cache"] == expect
+        assert raw.parse().data[0].embedding == [0.25, -0.5]
+        assert_valid("CreateEmbeddingResponse", json.loads(raw.http_response.content))
+        await settle()
+    assert (_calls(upstream, "/v1/completions"), _calls(upstream, "/v1/embeddings")) == (1, 1)
+    # Responses: cached only when not stored; a stream is replayed as the same events
+    seen: list[list[Any]] = []
+    for expect in ("miss", "hit"):
+        raw = await client.responses.with_raw_response.create(
+            model=model, input="how are you", temperature=0, store=False, stream=True
+        )
+        assert raw.headers["x-llmq-cache"] == expect
+        events = [event async for event in raw.parse()]
+        seen.append([e.model_dump(exclude={"response", "item_id", "sequence_number"}) for e in events])
+        for event in events:
+            assert_valid("ResponseStreamEvent", event.model_dump(exclude_unset=True))
+        await settle()
+    assert seen[0] == seen[1]
+    whole = await client.responses.with_raw_response.create(
+        model=model, input="how are you", temperature=0, store=False
+    )
+    assert whole.headers["x-llmq-cache"] == "hit"
+    assert whole.parse().output_text == "fine thanks"
+    stored = await client.responses.with_raw_response.create(
+        model=model, input="how are you", temperature=0
+    )
+    assert stored.headers["x-llmq-cache"] == "skip"  # stored responses are never cached
+    assert _calls(upstream) == 2
+    await client.close()
