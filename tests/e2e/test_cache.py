@@ -439,7 +439,9 @@ async def test_completions_embeddings_and_responses_go_through_the_cache(  # typ
         )
         assert raw.headers["x-llmq-cache"] == expect
         events = [event async for event in raw.parse()]
-        seen.append([e.model_dump(exclude={"response", "item_id", "sequence_number"}) for e in events])
+        seen.append(
+            [e.model_dump(exclude={"response", "item_id", "sequence_number"}) for e in events]
+        )
         for event in events:
             assert_valid("ResponseStreamEvent", event.model_dump(exclude_unset=True))
         await settle()
