@@ -22,8 +22,8 @@ from pathlib import Path
 
 import nats
 from nats.js.api import KeyValueConfig, StorageType
-
 from redis.asyncio import Redis
+
 from llmq.embedded import EmbeddedNats, EmbeddedRedis
 
 Op = Callable[[int], Awaitable[object]]
@@ -68,11 +68,11 @@ async def run(n: int) -> None:
             for size in (2_000, 100_000):
                 value = os.urandom(size)
                 label = f"{size // 1000} KB"
-                await _measure(f"kv put {label}", lambda i: kv.put(f"t.k{i % 500}", value), n)
+                await _measure(f"kv put {label}", lambda i, v=value: kv.put(f"t.k{i % 500}", v), n)
                 await _measure(f"kv get {label}", lambda i: kv.get(f"t.k{i % 500}"), n)
                 await _measure(
                     f"valkey put {label}",
-                    lambda i: redis.set(f"llmq:cache:{{t}}:k{i % 500}", value, px=3_600_000),
+                    lambda i, v=value: redis.set(f"llmq:cache:{{t}}:k{i % 500}", v, px=3_600_000),
                     n,
                 )
                 await _measure(

@@ -13,12 +13,14 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from llmq.api.cache.seal import Seal
+from llmq.api.tenancy.pipeline import ScriptPipe
 from llmq.schemas import names
 from llmq.schemas.settings import CacheSettings
 
@@ -67,11 +69,22 @@ class CacheStore:
         self._put = redis.register_script(
             resources.files("llmq.api.cache").joinpath("put.lua").read_text()
         )
+        piped = ScriptPipe.serves(redis)
+        self.pipe = ScriptPipe(redis) if piped else None
+        """Lookups, auto-pipelined as the quota's calls are (a quarter of redis-py's CPU per
+        command); None in a Cluster."""
+        self.write_pipe = ScriptPipe(redis) if piped else None
+        """Writes, on a connection of their own: a lookup never waits behind a write."""
+
+    async def _command(self, *command: Any, pipe: ScriptPipe | None = None) -> Any:
+        if pipe is None:
+            return await self.redis.execute_command(*command)
+        return await pipe.execute(*command)
 
     async def get(self, scope: str, digest: str) -> Entry | None:
         key = names.cache_entry_key(scope, digest)
         try:
-            raw = await self.redis.get(key)
+            raw = await self._command("GET", key, pipe=self.pipe)
         except (RedisError, OSError, UnicodeDecodeError) as exc:
             log.warning("response cache unavailable: %s", exc)
             return None
@@ -97,10 +110,13 @@ class CacheStore:
             s.cache_tenant_max_bytes, s.cache_tenant_max_entries,
         ]  # fmt: skip
         try:
+            call = ("EVALSHA", self._put.sha, len(keys), *keys, *args)
+            pipe = self.write_pipe
             try:
-                raw = await self.redis.evalsha(self._put.sha, len(keys), *keys, *args)
+                raw = await self._command(*call, pipe=pipe)
             except NoScriptError:
-                raw = await self._put(keys=keys, args=args)
+                await self._command("SCRIPT", "LOAD", self._put.script, pipe=pipe)
+                raw = await self._command(*call, pipe=pipe)
         except (RedisError, OSError) as exc:
             log.warning("response cache write lost: %s", exc)
             return Stored(0, 0, 0)
