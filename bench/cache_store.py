@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nats
 from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
 from redis.asyncio import Redis
 
 from llmq.embedded import EmbeddedNats, EmbeddedRedis
@@ -51,6 +52,23 @@ async def _measure(name: str, op: Op, n: int) -> None:
     )
 
 
+def _ops(kv: KeyValue, redis: Redis, value: bytes) -> list[tuple[str, Op]]:
+    async def kv_put(i: int) -> object:
+        return await kv.put(f"t.k{i % 500}", value)
+
+    async def kv_get(i: int) -> object:
+        return await kv.get(f"t.k{i % 500}")
+
+    async def valkey_put(i: int) -> object:
+        return await redis.set(f"llmq:cache:{{t}}:k{i % 500}", value, px=3_600_000)
+
+    async def valkey_get(i: int) -> object:
+        return await redis.get(f"llmq:cache:{{t}}:k{i % 500}")
+
+    return [("kv put", kv_put), ("kv get", kv_get), ("valkey put", valkey_put),
+            ("valkey get", valkey_get)]  # fmt: skip
+
+
 async def run(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         nats_server = EmbeddedNats(Path(tmp) / "nats", max_payload=8 * 1024 * 1024)
@@ -66,18 +84,9 @@ async def run(n: int) -> None:
             )  # fmt: skip
             redis = Redis.from_url(valkey.url)  # bytes in, bytes out
             for size in (2_000, 100_000):
-                value = os.urandom(size)
                 label = f"{size // 1000} KB"
-                await _measure(f"kv put {label}", lambda i, v=value: kv.put(f"t.k{i % 500}", v), n)
-                await _measure(f"kv get {label}", lambda i: kv.get(f"t.k{i % 500}"), n)
-                await _measure(
-                    f"valkey put {label}",
-                    lambda i, v=value: redis.set(f"llmq:cache:{{t}}:k{i % 500}", v, px=3_600_000),
-                    n,
-                )
-                await _measure(
-                    f"valkey get {label}", lambda i: redis.get(f"llmq:cache:{{t}}:k{i % 500}"), n
-                )
+                for name, op in _ops(kv, redis, os.urandom(size)):
+                    await _measure(f"{name} {label}", op, n)
             await redis.aclose()
             await nc.close()
         finally:
