@@ -150,9 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from llmq import batches_cli, ops_cli, redis_keys, tenants_cli
+    from llmq import batches_cli, ops_cli, provision, redis_keys, tenants_cli
 
-    return [tenants_cli.register, ops_cli.register, batches_cli.register, redis_keys.register]
+    return [
+        tenants_cli.register,
+        ops_cli.register,
+        batches_cli.register,
+        redis_keys.register,
+        provision.register,
+    ]
 
 
 def _innermost(

@@ -77,6 +77,13 @@ class ConnectionSettings(Group):
         "`_INBOX_worker`) so their user needs no subscription on the api's `_INBOX.>`.",
         commands=(),
     )
+    nats_provision: bool = setting(
+        True,
+        "Create the NATS streams, buckets and shared consumers this process needs at start "
+        "(and after a reconnect); false where `llmq provision` makes them and this process's "
+        "NATS user may not (docs/security.md): it then waits for them, naming what is missing.",
+        commands=(),
+    )
     redis_password: str = setting(
         "",
         "Redis/Valkey password (AUTH), used when redis_url carries none; or give "

@@ -29,6 +29,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "NATS_TLS_CERT": ("/s/c.pem", "/s/c.pem"),
     "NATS_TLS_KEY": ("/s/c.key", "/s/c.key"),
     "NATS_INBOX_PREFIX": ("_INBOX_worker", "_INBOX_worker"),
+    "NATS_PROVISION": ("false", False),
     "REDIS_PASSWORD": ("rpw", "rpw"),
     "REDIS_PASSWORD_FILE": ("/s/rpw", "/s/rpw"),
     "REDIS_TLS_CA": ("/s/rca.pem", "/s/rca.pem"),
