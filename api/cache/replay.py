@@ -1,10 +1,11 @@
 """A stored answer served in the shape the client asked for.
 
-Same shape: the stream's frames as they were relayed (SSE), or the JSON body. Across
-shapes, for chat and completions: a whole answer becomes one chunk per choice, a finish
-chunk and a usage chunk; a stream becomes one body (content and tool calls joined per
-choice). A Responses stream gives its whole answer (the terminal event's `response`); a
-whole Responses answer cannot be replayed as its events, so such a request is a miss.
+Same shape, for every kind: the stream's frames as they were relayed (SSE; named events for
+the Responses and Messages APIs), or the JSON body. Across shapes, for chat and completions:
+a whole answer becomes one chunk per choice, a finish chunk and a usage chunk; a stream
+becomes one body (content and tool calls joined per choice). A Responses stream gives its
+whole answer (the terminal event's `response`). Any other change of shape (a whole
+Responses or Messages answer asked for as a stream, a Messages stream as a body) is a miss.
 """
 
 from __future__ import annotations
@@ -31,17 +32,26 @@ class _Typed(msgspec.Struct):
 _typed = msgspec.json.Decoder(_Typed)
 
 
+NAMED_EVENTS = frozenset({"response", "message"})
+"""Kinds whose streams name every event (`event: <type>`) and end without `[DONE]`: the
+Responses API and Anthropic's Messages API."""
+CONVERTIBLE = frozenset({"chat", "completion"})
+"""Kinds replayed across shapes both ways (a Responses stream also gives its body)."""
+
+
 def can_replay(entry: Entry, kind: str, stream: bool) -> bool:
     if entry.kind != kind:
         return False
-    return entry.stream == stream or kind != "response" or entry.stream
+    if entry.stream == stream or kind in CONVERTIBLE:
+        return True
+    return kind == "response" and entry.stream
 
 
 def replay(entry: Entry, stream: bool, usage: bool, headers: dict[str, str]) -> Response:
     """`usage`: a stream's client asked for the usage chunk (`stream_options`)."""
     if stream:
         frames = entry.frames if entry.stream else _as_chunks(entry)
-        if entry.kind != "response":
+        if entry.kind in CONVERTIBLE:
             frames = _with_usage(frames, entry, usage)
         return SSEResponse(_sse(entry.kind, frames), headers)
     body = entry.body if not entry.stream else _as_body(entry)
@@ -49,7 +59,7 @@ def replay(entry: Entry, stream: bool, usage: bool, headers: dict[str, str]) -> 
 
 
 async def _sse(kind: str, frames: list[bytes]) -> AsyncIterator[bytes]:
-    if kind == "response":
+    if kind in NAMED_EVENTS:
         for frame in frames:
             yield named_event(_typed.decode(frame).type.encode(), frame)
         return

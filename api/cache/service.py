@@ -39,7 +39,7 @@ from llmq.api.cache.policy import (
 from llmq.api.cache.replay import can_replay, replay
 from llmq.api.cache.store import CacheStore, Entry
 from llmq.api.engine.attempt import answer_or_move_on
-from llmq.api.engine.reuse import Ask
+from llmq.api.engine.reuse import NOTHING, Ask, Plan
 from llmq.api.engine.serving import Serving
 from llmq.api.errors import ApiError
 from llmq.api.model_table import ModelTable
@@ -79,8 +79,12 @@ class ResponseCache:
         self._scopes: dict[str, tuple[str, float]] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
-    def plan(self, serving: Serving, ask: Ask) -> CachePlan:
-        return CachePlan(self, serving, ask)
+    def plan(self, serving: Serving, ask: Ask) -> Plan:
+        """Nothing to do (not even the body decoded) unless the model or the key opted in."""
+        base = serving.auth.key_cache_ttl(ask.request) or self.models.cache_ttl_for(ask.model)
+        if base <= 0:
+            return NOTHING
+        return CachePlan(self, serving, ask, base)
 
     async def scope(self, tenant: str) -> str:
         if not tenant:
@@ -94,11 +98,11 @@ class ResponseCache:
         self._scopes[tenant] = (scope, time.monotonic() + SCOPE_TTL)
         return scope
 
-    def choice(self, ask: Ask, key_ttl: float, body: dict[str, Any] | None) -> Choice:
+    def choice(self, ask: Ask, base: float, body: dict[str, Any] | None) -> Choice:
+        """`base`: the TTL the key or the model table gives (> 0: opted in)."""
         if body is None or not cacheable_kind(ask.kind, body):
             return NEVER
         entry = self.models.entry_for(ask.model)
-        base = key_ttl or self.models.cache_ttl_for(ask.model)
         sampled_ok = entry is not None and entry.cache_sampled
         try:
             return choose(
@@ -138,13 +142,12 @@ class ResponseCache:
 class CachePlan:
     """One attempt's way with the cache (`api.engine.reuse.Plan`)."""
 
-    def __init__(self, cache: ResponseCache, serving: Serving, ask: Ask) -> None:
+    def __init__(self, cache: ResponseCache, serving: Serving, ask: Ask, base: float) -> None:
         self.cache = cache
         self.serving = serving
         self.ask = ask
         self.body = decode_body(ask.body)
-        key_ttl = serving.auth.key_cache_ttl(ask.request)
-        self.choice = cache.choice(ask, key_ttl, self.body)
+        self.choice = cache.choice(ask, base, self.body)
         self.scope = ""
         self.digest = ""
         self.flight: Flight | None = None
@@ -247,7 +250,7 @@ def _include_usage(body: dict[str, Any] | None) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-_REFUSED = (b'"refusal":"', b'"finish_reason":"content_filter"')
+_REFUSED = (b'"refusal":"', b'"finish_reason":"content_filter"', b'"stop_reason":"refusal"')
 
 
 def _entry_of(flight: Flight, ask: Ask) -> Entry | None:

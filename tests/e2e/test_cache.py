@@ -21,6 +21,7 @@ from llmq.api.tenancy import KeySettings, Tenant, TenantStore, UsageReader, conn
 from llmq.schemas import names
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for
+from tests.worker.test_metrics import value
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Reply,
@@ -233,11 +234,11 @@ async def test_a_key_with_a_cache_ttl_caches_a_model_that_does_not(  # type: ign
     upstream.route(CHAT, openai_chat(["ok"]))
     api, model = await _cached_stack(stack, upstream, tmp_path, table='[models."{model}"]\n')
     (_, plain), (_, caching) = await _tenant(redis), await _tenant(redis, cache_ttl=3600)
-    for key, expect in ((plain, "skip"), (plain, "skip"), (caching, "miss"), (caching, "hit")):
+    for key, expect in ((plain, None), (plain, None), (caching, "miss"), (caching, "hit")):
         raw = await _client(api, key).chat.completions.with_raw_response.create(
             model=model, messages=MESSAGES, temperature=0
         )
-        assert raw.headers["x-llmq-cache"] == expect
+        assert raw.headers.get("x-llmq-cache") == expect  # no opt-in: not even a header
         await wait_for(lambda: api.app.state.cache._writes == set())
     assert _calls(upstream) == 3
 
@@ -260,6 +261,10 @@ async def test_100_identical_requests_cost_one_upstream_call(  # type: ignore[no
     outcomes = [status for status, _ in results]
     assert outcomes.count("miss") == 1, outcomes
     assert set(outcomes) <= {"miss", "join", "hit"}
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{api.url}/metrics")).text
+    joins = value(text, "llmq_api_cache_requests_total", model=model, outcome="join")
+    assert joins == outcomes.count("join") > 0
     await client.close()
 
 
@@ -399,6 +404,11 @@ async def test_hostile_inputs_are_bounded_without_a_5xx(  # type: ignore[no-unty
     assert await redis.zcard(names.cache_index_key(scope)) <= 20
     entries = [k async for k in redis.scan_iter(match=names.cache_scope_pattern(scope))]
     assert len(entries) <= 20 + 2
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{api.url}/metrics")).text
+    assert value(text, "llmq_api_cache_requests_total", model=model, outcome="miss") == 202
+    assert value(text, "llmq_api_cache_evictions_total", model=model) >= 200 - 20
+    assert value(text, "llmq_api_cache_stored_bytes_total", model=model) > 200 * 50
 
 
 async def test_completions_embeddings_and_responses_go_through_the_cache(  # type: ignore[no-untyped-def]
