@@ -114,8 +114,9 @@ async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReade
         except msgspec.ValidationError:
             raise
         except ValueError as exc:  # only the durations are parsed beyond msgspec's checks
-            flag = "--cache-ttl" if str(exc).startswith("cache_ttl") else "--expires-in"
-            raise ValueError(f"{flag} is not valid: {exc}") from None
+            text = str(exc)
+            flag = "--cache-ttl" if text.startswith("cache_ttl: ") else "--expires-in"
+            raise ValueError(f"{flag} is not valid: {text.removeprefix('cache_ttl: ')}") from None
         plaintext, record = await store.create_key(args.tenant, settings=settings)
         return Shown(
             {**msgspec.to_builtins(record), "key": plaintext}, views.new_key(record, plaintext)
