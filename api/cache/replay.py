@@ -32,6 +32,13 @@ class _Typed(msgspec.Struct):
 _typed = msgspec.json.Decoder(_Typed)
 
 
+def _type(event: bytes) -> bytes:
+    try:
+        return _typed.decode(event).type.encode() or b"message"
+    except msgspec.DecodeError:
+        return b"message"
+
+
 NAMED_EVENTS = frozenset({"response", "message"})
 """Kinds whose streams name every event (`event: <type>`) and end without `[DONE]`: the
 Responses API and Anthropic's Messages API."""
@@ -59,9 +66,9 @@ def replay(entry: Entry, stream: bool, usage: bool, headers: dict[str, str]) -> 
 
 
 async def _sse(kind: str, frames: list[bytes]) -> AsyncIterator[bytes]:
-    if kind in NAMED_EVENTS:
+    if kind in NAMED_EVENTS:  # a frame may hold several events (`Llmq-Chunks`)
         for frame in frames:
-            yield named_event(_typed.decode(frame).type.encode(), frame)
+            yield b"".join(named_event(_type(part), part) for part in frame.split(CHUNK_SEPARATOR))
         return
     for frame in frames:
         yield event(frame)

@@ -19,9 +19,9 @@ import pytest
 
 from llmq.api.tenancy import KeySettings, Tenant, TenantStore, UsageReader, connect
 from llmq.schemas import names
+from tests.e2e.messages_support import Keyed, raw_stream
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for
-from tests.worker.test_metrics import value
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Reply,
@@ -31,6 +31,7 @@ from tests.worker.backends.fake_upstreams import (
     openai_completion,
     sse_data,
 )
+from tests.worker.test_metrics import value
 
 ADMIN = "admin-secret"
 CHAT = "/v1/chat/completions"
@@ -465,5 +466,39 @@ async def test_completions_embeddings_and_responses_go_through_the_cache(  # typ
         model=model, input="how are you", temperature=0
     )
     assert stored.headers["x-llmq-cache"] == "skip"  # stored responses are never cached
+    assert _calls(upstream) == 2
+    await client.close()
+
+
+async def test_the_messages_api_goes_through_the_cache(  # type: ignore[no-untyped-def]
+    stack, upstream, redis, tmp_path
+) -> None:
+    """Anthropic's Messages API on an openai worker: a stream replayed as the same named
+    events (each valid for the anthropic SDK), a whole answer as the same body."""
+    upstream.route(CHAT, openai_chat(["Bonjour", " !"]))
+    api, model = await _cached_stack(stack, upstream, tmp_path)
+    tenant, key = await _tenant(redis)
+    keyed = Keyed(api, key, tenant, "")
+    body = {"model": model, "max_tokens": 50, "temperature": 0,
+            "messages": [{"role": "user", "content": "salut"}]}  # fmt: skip
+    seen = []
+    for expect in ("miss", "hit"):
+        resp, events = await raw_stream(keyed, body)
+        assert resp.headers["x-llmq-cache"] == expect
+        seen.append([{k: v for k, v in e.items() if k != "message"} for e in events])
+        await wait_for(lambda: api.app.state.cache._writes == set())
+    assert seen[0] == seen[1] and _calls(upstream) == 1
+    client = keyed.client()
+    for expect in ("miss", "hit"):  # a whole answer is its own entry
+        raw = await client.messages.with_raw_response.create(
+            model=model,
+            max_tokens=50,
+            messages=body["messages"],  # type: ignore[arg-type]
+            extra_body={"temperature": 0},  # this SDK has no `temperature` of its own
+        )
+        assert raw.headers["x-llmq-cache"] == expect
+        message = await raw.parse()
+        assert message.content[0].text == "Bonjour !"  # type: ignore[union-attr]
+        await wait_for(lambda: api.app.state.cache._writes == set())
     assert _calls(upstream) == 2
     await client.close()
