@@ -502,3 +502,23 @@ async def test_the_messages_api_goes_through_the_cache(  # type: ignore[no-untyp
         await wait_for(lambda: api.app.state.cache._writes == set())
     assert _calls(upstream) == 2
     await client.close()
+
+
+async def test_rpm_applies_to_hits(stack, upstream, redis, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    upstream.route(CHAT, openai_chat(["ok"]))
+    api, model = await _cached_stack(stack, upstream, tmp_path)
+    store = TenantStore(redis)
+    tenant = unique("t")
+    await store.create(Tenant(name=tenant, rpm=2))
+    key, _ = await store.create_key(tenant)
+    url, auth = f"{api.url}{CHAT}", {"authorization": f"Bearer {key}"}
+    body = {"model": model, "messages": MESSAGES, "temperature": 0}
+    async with httpx.AsyncClient(timeout=30) as http:
+        first = await http.post(url, json=body, headers=auth)
+        await wait_for(lambda: api.app.state.cache._writes == set())
+        hit = await http.post(url, json=body, headers=auth)
+        refused = await http.post(url, json=body, headers=auth)
+    assert (first.headers["x-llmq-cache"], hit.headers["x-llmq-cache"]) == ("miss", "hit")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "retry-after" in refused.headers
+    assert _calls(upstream) == 1
