@@ -43,16 +43,13 @@ class JobOutcome:
     (its stream and the model it was queued for)."""
 
     job: JobEnvelope
-    outcome: str
-    """ok | error | upstream_error | retried | cancelled | expired | dropped"""
+    outcome: str  # ok | error | upstream_error | retried | cancelled | expired | dropped
     usage: Usage = field(default_factory=Usage)
     started: float = 0.0
     first_token: float | None = None
     ended: float = 0.0
     backend_failed: bool = False
-    delivery: int = 1
-    """JetStream's delivery count of the message: above 1, an earlier delivery may have
-    called the backend already (at-least-once, docs/reliability.md)."""
+    delivery: int = 1  # JetStream's delivery count: above 1, the backend may be called again
 
     @property
     def job_id(self) -> str:
