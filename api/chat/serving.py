@@ -170,7 +170,9 @@ class ChatServing(Serving):
             return QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket)
 
         return self.reuse.plan(self, Ask(
-            request, record, kind, prepared.model, prepared.body, prepared.stream,
-            prepared.prompt_estimate, prepared.max_tokens, end_user(prepared.request),
-            make_job, more, {"x-request-id": record.job_id, MODEL_HEADER: model},
+            request=request, record=record, kind=kind, model=prepared.model,
+            body=prepared.body, stream=prepared.stream, estimate=prepared.prompt_estimate,
+            max_tokens=prepared.max_tokens, user=end_user(prepared.request),
+            make_job=make_job, more=more,
+            headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         ))  # fmt: skip

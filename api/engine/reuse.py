@@ -27,7 +27,7 @@ MakeJob = Callable[[Any, Reservation, Any], Any]
 fair-share ticket. (Typed loosely: `engine.job` and `engine.serving` import this module.)"""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Ask:
     """One attempt, as the reuse decides on it."""
 

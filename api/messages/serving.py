@@ -207,8 +207,9 @@ class MessagesServing:
 
         headers = {"x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model}
         return serving.reuse.plan(serving, Ask(
-            request, record, "message", model, body, ask.req.stream, ask.estimate,
-            ask.max_tokens, "", make_job, more, headers,
+            request=request, record=record, kind="message", model=model, body=body,
+            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens,
+            user=ask.req.user, make_job=make_job, more=more, headers=headers,
         ))  # fmt: skip
 
 

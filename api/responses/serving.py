@@ -279,8 +279,9 @@ class ResponsesServing:
 
         headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
         return serving.reuse.plan(serving, Ask(
-            request, record, "response", model, body, ask.req.stream, ask.estimate,
-            ask.max_tokens, "", make_job, more, headers,
+            request=request, record=record, kind="response", model=model, body=body,
+            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens, user="",
+            make_job=make_job, more=more, headers=headers,
         ))  # fmt: skip
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
