@@ -124,7 +124,8 @@ class CacheStore:
         return Stored(len(value) if stored == "1" else 0, int(evicted), int(size))
 
     async def purge(self, scope: str) -> dict[str, int]:
-        """Delete every entry of a tenant scope (a deleted tenant)."""
+        """Delete every entry of a tenant scope (a deleted tenant); how many keys went
+        (nothing said when there were none)."""
         deleted = 0
         batch: list[bytes | str] = []
         async for key in self.redis.scan_iter(match=names.cache_scope_pattern(scope), count=500):
@@ -134,4 +135,4 @@ class CacheStore:
                 batch = []
         if batch:
             deleted += await self.redis.delete(*batch)
-        return {"cache_keys": deleted}
+        return {"cache_keys": deleted} if deleted else {}
