@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from llmq.api.tenancy import KeySettings, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy import KeySettings, Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.schemas import names
 from tests.e2e.messages_support import Keyed, raw_stream
 from tests.spec import assert_valid
@@ -318,8 +318,17 @@ async def test_cached_answers_are_booked_as_cached_and_take_no_slot(  # type: ig
     client = _client(api, key)
     await client.chat.completions.create(model=model, messages=MESSAGES, temperature=0)
     await wait_for(lambda: api.app.state.cache._writes == set())
-    # the tenant's one slot held by a slow request: a hit still answers
-    upstream.route("/v1/slow/chat/completions", openai_chat(["x"]))
+    # the tenant's one concurrency slot held by a running job: a new job is refused, a hit
+    # is still answered (it takes no slot)
+    quota = Quota(redis)
+    assert (await quota.reserve(tenant, model, 1, 1, "held-" + tenant)).allowed
+    async with httpx.AsyncClient(timeout=30) as http:
+        other = {"model": model, "temperature": 0,
+                 "messages": [{"role": "user", "content": "another question"}]}  # fmt: skip
+        refused = await http.post(
+            f"{api.url}{CHAT}", json=other, headers={"authorization": f"Bearer {key}"}
+        )
+    assert refused.status_code == 429 and "max_concurrent" in refused.json()["error"]["message"]
     raw = await client.chat.completions.with_raw_response.create(
         model=model, messages=MESSAGES, temperature=0
     )
@@ -340,7 +349,8 @@ async def test_cached_answers_are_booked_as_cached_and_take_no_slot(  # type: ig
     )
     assert not any(e.cached for e in entries if e is not hit)
     rows = await reader.usage(tenant, days=1)
-    assert rows[0].requests == 2 and rows[0].cache_hits == 1
+    assert rows[0].requests == 2 and rows[0].cache_hits == 1  # the miss and the hit
+    await quota.release(tenant, model, "held-" + tenant, 0, 0, failed=True)
     await client.close()
 
 
