@@ -46,6 +46,9 @@ class QueuedJob:
         """The stream's response while it is open (cut when its client stops reading)."""
         self.drain: asyncio.TimerHandle | None = None
         """The cut of a stream nobody reads, while it waits for `stream_drain_timeout`."""
+        self.cache = ""
+        """'join': the job is another request's, followed (booked as cached)."""
+        self.cache_price = 0.0
 
     def settle(
         self, status: int, done: Done | None = None, code: str | None = None, observe: bool = True
@@ -70,6 +73,7 @@ class QueuedJob:
         usage = JobUsage(
             record.prompt_tokens, record.completion_tokens, failed=done is None,
             cached_tokens=cached, cache_write_tokens=written,
+            cache=self.cache if done is not None else "", cache_price=self.cache_price,
         )  # fmt: skip
         self.serving.reservations.release_later(self.reservation, usage)
         if observe:
