@@ -1,12 +1,15 @@
 """Streams nobody reads: the api's memory while they are open and after they close.
 
-Opens `--streams` streamed chat requests on the echo backend, each answering about `--kb`
-KB of SSE, reads only the response head of each and then nothing more, holds them open for
-`--hold` seconds, closes them all, and samples the api's RSS (/proc) every second until
-`--after` seconds after the close. The api buffers at most `LLMQ_STREAM_BUFFER_BYTES` per
-unread stream and cuts it after `LLMQ_STREAM_DRAIN_TIMEOUT` seconds (docs/operations.md).
+Opens `--streams` streamed chat requests on the echo backend (`--capacity` jobs at once),
+each answering about `--kb` KB of SSE, on sockets with a 64 KB receive window; reads only the
+response head of each and then nothing more, holds them open for `--hold` seconds, then reads
+each to see how it ends (`done`, `cut`: the api's error event or its close, `open`), closes
+them all and samples the api's RSS (/proc) every second until `--after` seconds after the
+close. The api buffers at most `LLMQ_STREAM_BUFFER_BYTES` per unread stream and closes it
+after `LLMQ_STREAM_DRAIN_TIMEOUT` seconds (docs/operations.md). Outputs must be larger than
+the kernel's socket buffers (several MB on loopback) for the api to hold anything at all.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/unread_streams.py --streams 150 --kb 1000
+    PYTHONPATH=$PWD .venv/bin/python bench/unread_streams.py --streams 150 --kb 10000
 """
 
 from __future__ import annotations
