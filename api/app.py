@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
         )  # fmt: skip
         queue_estimator = QueueEstimator(
-            runtime.js, runtime.registry.live_workers
+            runtime.js, runtime.registry.live_workers, models.assumed_job_seconds
         )  # docs/routing.md
         queue_estimator.start()
         router = Router(models, runtime.registry, queue_estimator.wait_for)
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime, Authenticator(settings, store), reservations, preparer, router=router
         )
         app.state.queue_estimator = queue_estimator
+        queue_estimator.local = app.state.serving.fair  # a burst counts before a refresh
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
         app.state.observability.metrics.queue_estimator = queue_estimator

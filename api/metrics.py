@@ -132,7 +132,8 @@ class _Live(Collector):
             )
             for model, state in sorted(estimator.models.items()):
                 named = [m.model_label(model)]
-                wait.add_metric(named, -1.0 if state.wait is None else state.wait)
+                seconds = estimator.wait_for(model)  # as admission sees it: this replica's load too
+                wait.add_metric(named, -1.0 if seconds is None else seconds)
                 rate.add_metric(named, -1.0 if state.rate is None else state.rate)
             yield wait
             yield rate

@@ -89,6 +89,8 @@ class ModelTable:
         self.models: dict[str, ModelEntry] = {}
         self._mtime = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._speed = settings.api.queue_tokens_per_second
+        self._default_max_tokens = settings.tenancy.default_max_tokens
         if self.path:
             self.reload()
 
@@ -122,6 +124,13 @@ class ModelTable:
         """The model's largest `max_tokens`, when the table sets one."""
         entry = self.models.get(model)
         return entry.max_tokens if entry is not None else None
+
+    def assumed_job_seconds(self, model: str) -> float | None:
+        """Seconds a job of `model` is assumed to take while nothing is measured: its
+        `max_tokens` at `queue_tokens_per_second` (None when that is 0)."""
+        if self._speed <= 0:
+            return None
+        return (self.token_limit_for(model) or self._default_max_tokens) / self._speed
 
     def reload(self) -> bool:
         """Re-read the file if it changed; a broken file keeps the previous table."""

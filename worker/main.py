@@ -25,6 +25,7 @@ from llmq.worker.backends.base import Backend, BackendConfig
 from llmq.worker.breaker import OPEN, CircuitBreaker
 from llmq.worker.config import ConfigError, backend_config_from, describe
 from llmq.worker.feed import PullFeed
+from llmq.worker.job_time import JobTimes
 from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.metrics import JobBook, WorkerMetrics
 from llmq.worker.responses_api.passthrough import passthrough_of
@@ -70,6 +71,8 @@ class Worker:
         self.started_at = time.time()
         self.outcomes: dict[str, int] = {}
         self.jobs = JobBook(self.models)  # running jobs and counters: metrics, micro stats
+        self.job_times = JobTimes(self.models)  # announced: the api's queue estimate
+        self.jobs.listeners.append(self.job_times.record)
         self.metrics = WorkerMetrics(self.jobs, self.info, lambda: self.nc)
         self.service: WorkerService | None = None
         self._stopped = asyncio.Event()
@@ -233,6 +236,7 @@ class Worker:
             started_at=self.started_at,
             version=__version__,
             metrics_url=self.metrics.url,
+            job_seconds=dict(self.job_times.seconds),
         )
 
     # --- callbacks ---------------------------------------------------------------------

@@ -98,7 +98,8 @@ class ChatServing(Serving):
             if fallback:  # a fallback unknown here or unable to take this request
                 return None, None
             raise
-        if more and self.router.over_queue_wait(model):
+        rank = await self.auth.rank(request)  # before the queue checks: no await between
+        if more and self.router.over_queue_wait(model):  # them and the fair-share ticket
             return QUEUE_WAIT, None
         full = self.router.admit(model, submitted + wait - time.time())
         if full is not None:
@@ -108,7 +109,7 @@ class ChatServing(Serving):
         record.stream = prepared.stream
         mark(record.trace, "prepared")
         held = await self.hold(
-            model, record, submitted + wait - time.time(), await self.auth.rank(request),
+            model, record, submitted + wait - time.time(), rank,
             quota_model=prepared.model, estimate=prepared.prompt_estimate,
             max_tokens=prepared.max_tokens, key_id=self.auth.key_id(request),
             user=end_user(prepared.request), fallback=fallback,

@@ -140,6 +140,14 @@ class ApiSettings(Group):
     max_body_bytes: int = setting(
         1_000_000, "Largest accepted request body; larger bodies get a 413."
     )
+    queue_tokens_per_second: float = setting(
+        0.0,
+        "Output tokens a second assumed for a model whose queue has no measured service rate "
+        "and whose workers report no job time yet: a job is assumed to take its model's "
+        "max_tokens (the model table's, else default_max_tokens) at this speed. 0: such a "
+        "model's queue wait is unknown and every request may queue (docs/routing.md).",
+        ge=0,
+    )
     no_worker_grace: float = setting(
         0.0, "Seconds to wait for a live worker of a known model before a 503."
     )
