@@ -147,6 +147,7 @@ class ApiSettings(Group):
         "max_tokens (the model table's, else default_max_tokens) at this speed. 0: such a "
         "model's queue wait is unknown and every request may queue (docs/routing.md).",
         ge=0,
+        commands=(),
     )
     no_worker_grace: float = setting(
         0.0, "Seconds to wait for a live worker of a known model before a 503."
