@@ -15,6 +15,7 @@ from llmq.api.batch import batch_routes, file_routes, job_routes
 from llmq.api.batch.wing import BatchWing
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
+from llmq.api.collector import freeze_after_start
 from llmq.api.console import app as console
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
@@ -92,9 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.provisioner.add(
             "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
         )
+        thaw = freeze_after_start(settings.api.gc_freeze_threshold)  # api/collector.py
         try:
             yield
         finally:
+            thaw()
             await app.state.usage_booker.stop()
             await app.state.responses.stop()
             await app.state.batches.stop()

@@ -209,6 +209,9 @@ class FairShare:
     def counted(self, epoch: int) -> None:
         self.fresh.counted(epoch)
 
+    def busy(self, model: str) -> bool:
+        return model in self._waiting or model in self._started or model in self.fresh
+
     def load(self, model: str, since: float) -> tuple[int, int]:
         queued = self._waiting.get(model, 0) + self.fresh.count(model)
         return queued, self._running_since(model, since) if self._room_for is not None else 0

@@ -34,6 +34,10 @@ class FreshTickets:
         by_epoch = self._by_model.get(model)
         return sum(by_epoch.values()) if by_epoch else 0
 
+    def __contains__(self, model: str) -> bool:
+        """Some ticket of `model` counts (entries with no ticket left are removed)."""
+        return model in self._by_model
+
     def given(self, model: str) -> int:
         """A ticket of `model` was given; its epoch, for `started`."""
         by_epoch = self._by_model.setdefault(model, {})

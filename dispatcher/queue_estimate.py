@@ -126,6 +126,10 @@ class LocalLoad(Protocol):
     def counted(self, epoch: int) -> None:
         """The refresh begun at `epoch` succeeded: what came before it is in its figures."""
 
+    def busy(self, model: str) -> bool:
+        """Anything of `model` admitted, waiting or started here lately (cheap: no load,
+        no look at the workers, when not)."""
+
     def load(self, model: str, since: float) -> tuple[int, int]:
         """(requests admitted or waiting here and not in the queue figures yet, jobs of
         this replica running that started after `since`, unix seconds)."""
@@ -154,7 +158,7 @@ class QueueEstimator:
         (0 for a model without a queue)."""
         state = self.models.get(model)
         base = state.wait if state is not None else 0.0
-        if self.local is None:
+        if self.local is None or not self.local.busy(model):
             return base
         workers = [w for w in self._workers() if takes(w, model)]
         oldest = min((w.heartbeat_at for w in workers), default=0.0)

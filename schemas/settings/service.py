@@ -173,6 +173,14 @@ class ApiSettings(Group):
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
+    gc_freeze_threshold: int = setting(
+        0,
+        "After start-up, freeze the heap (gc.freeze) and collect the youngest generation "
+        "every this many allocations (Python's default 700): fewer full collections, a "
+        "shorter p99. 0: Python's collector as it is.",
+        ge=0,
+        commands=(),
+    )
 
     _split = field_validator("cors_origins", mode="before")(split_commas)
 

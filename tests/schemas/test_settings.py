@@ -46,6 +46,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "MAX_BODY_BYTES": ("123", 123),
     "NO_WORKER_GRACE": ("1.5", 1.5),
     "QUEUE_TOKENS_PER_SECOND": ("25", 25.0),
+    "GC_FREEZE_THRESHOLD": ("10000", 10_000),
     "AUTH_MODE": ("header", "header"),
     "CORS_ORIGINS": ("https://a, https://b", ["https://a", "https://b"]),
     "ADMIN_TOKEN": ("adm", "adm"),
