@@ -48,6 +48,9 @@ REFRESH = 0.5
 """Seconds between refreshes of the queue figures."""
 WINDOW = 10.0
 """Seconds of busy queue over which the service rate is measured."""
+LIVE_TTL = 0.05
+"""Seconds a model's view of its live workers is reused by the per-request estimate."""
+_LIVE_VIEWS = 4096
 _TIMEOUT = 2.0
 _PAGE = 256
 
@@ -150,6 +153,7 @@ class QueueEstimator:
         self.local: LocalLoad | None = None
         """This replica's own load (`fair_share.FairShare`), added to the figures."""
         self.models: dict[str, QueueEstimate] = {}
+        self._live_views: dict[str, tuple[float, tuple[int, float, float | None]]] = {}
         self.refreshed_at = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -160,16 +164,33 @@ class QueueEstimator:
         base = state.wait if state is not None else 0.0
         if self.local is None or not self.local.busy(model):
             return base
-        workers = [w for w in self._workers() if takes(w, model)]
-        oldest = min((w.heartbeat_at for w in workers), default=0.0)
+        free, oldest, assumed = self._live(model)
         queued, running = self.local.load(model, oldest)
         if not queued and not running:
             return base
-        free = max(0, free_slots(workers, model) - running)
         rate = state.rate if state is not None else None
-        if rate is None:
-            rate = assumed_rate(workers, model, self._assumed_seconds(model))
-        return estimate_wait((state.pending if state else 0) + queued, free, rate)
+        return estimate_wait(
+            (state.pending if state else 0) + queued, max(0, free - running), rate or assumed
+        )
+
+    def _live(self, model: str) -> tuple[int, float, float | None]:
+        """The model's free slots, oldest heartbeat and assumed rate from the live workers,
+        looked at once per `LIVE_TTL` (heartbeats come every few seconds)."""
+        now = time.monotonic()
+        cached = self._live_views.get(model)
+        if cached is not None and now - cached[0] < LIVE_TTL:
+            return cached[1]
+        workers = [w for w in self._workers() if takes(w, model)]
+        oldest = min((w.heartbeat_at for w in workers), default=0.0)
+        view = (
+            free_slots(workers, model),
+            oldest,
+            assumed_rate(workers, model, self._assumed_seconds(model)),
+        )
+        if len(self._live_views) > _LIVE_VIEWS:
+            self._live_views.clear()
+        self._live_views[model] = (now, view)
+        return view
 
     def _assumed_seconds(self, model: str) -> float | None:
         return self._job_seconds(model) if self._job_seconds is not None else None
