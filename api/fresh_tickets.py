@@ -15,6 +15,8 @@ class FreshTickets:
         self._epoch = 0
         self._by_model: dict[str, dict[int, int]] = {}
         """model -> epoch -> tickets given in that epoch whose job has not started."""
+        self._totals: dict[str, int] = {}
+        """model -> the sum over its epochs (read on every request)."""
 
     def new_epoch(self) -> int:
         """A refresh begins: tickets from now on belong to the next epoch."""
@@ -26,13 +28,12 @@ class FreshTickets:
         for model in list(self._by_model):
             by_epoch = self._by_model[model]
             for old in [e for e in by_epoch if e < epoch]:
-                del by_epoch[old]
+                self._totals[model] -= by_epoch.pop(old)
             if not by_epoch:
-                del self._by_model[model]
+                del self._by_model[model], self._totals[model]
 
     def count(self, model: str) -> int:
-        by_epoch = self._by_model.get(model)
-        return sum(by_epoch.values()) if by_epoch else 0
+        return self._totals.get(model, 0)
 
     def __contains__(self, model: str) -> bool:
         """Some ticket of `model` counts (entries with no ticket left are removed)."""
@@ -42,6 +43,7 @@ class FreshTickets:
         """A ticket of `model` was given; its epoch, for `started`."""
         by_epoch = self._by_model.setdefault(model, {})
         by_epoch[self._epoch] = by_epoch.get(self._epoch, 0) + 1
+        self._totals[model] = self._totals.get(model, 0) + 1
         return self._epoch
 
     def started(self, model: str, epoch: int) -> None:
@@ -49,9 +51,10 @@ class FreshTickets:
         by_epoch = self._by_model.get(model)
         if by_epoch is None or epoch not in by_epoch:
             return
+        self._totals[model] -= 1
         if by_epoch[epoch] <= 1:
             del by_epoch[epoch]
             if not by_epoch:
-                del self._by_model[model]
+                del self._by_model[model], self._totals[model]
         else:
             by_epoch[epoch] -= 1
