@@ -92,6 +92,11 @@ def inbox_prefix(instance: str) -> str:
 
 WORKERS_BUCKET = "LLMQ_WORKERS"
 """key = worker id, value = `schemas.registry.WorkerInfo`; entries expire after ~3 heartbeats."""
+INSTALL_BUCKET = "LLMQ_INSTALL"
+"""File storage, never expires: facts about this installation that must outlive Valkey's data;
+key `DATA_MARKER_KV`.<hash of Valkey's address> = the value of that Valkey's `DATA_MARKER_KEY`
+(api/data_marker.py)."""
+DATA_MARKER_KV = "valkey-marker"
 MODELS_BUCKET = "LLMQ_MODELS"
 """key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
 of models any worker has ever served, so a known model with no live worker is a 503, not a 404."""
@@ -253,6 +258,9 @@ def tenant_tag(tenant: str) -> str:
     return "{" + tenant + "}"
 
 
+DATA_MARKER_KEY = f"{REDIS_PREFIX}marker"
+"""Written once into a new Valkey (its value also kept in NATS): when it is gone, Valkey lost
+llmq's data (a restart without persistence, a new server) and `/ready` says so."""
 TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
 PRICES_KEY = f"{REDIS_PREFIX}prices"
@@ -349,3 +357,31 @@ def usage_key(tenant: str, day: str) -> str:
 def tenant_ledger_key(tenant: str) -> str:
     """Stream: the ledger entries of one tenant (capped with MAXLEN ~)."""
     return f"{REDIS_PREFIX}ledger:{tenant_tag(tenant)}"
+
+
+CACHE_PREFIX = f"{REDIS_PREFIX}cache:"
+"""The response cache's keys (docs/cache.md); nothing else lives under it. Each carries the
+hash tag of the tenant's scope (`tenant_scope`: `<name>~<id>`, `_` with no tenants), so a
+scope's entries and their bookkeeping share one Cluster slot."""
+
+
+def cache_entry_key(scope: str, digest: str) -> str:
+    """String: one cached answer (`api.cache.store.Entry`, sealed when LLMQ_CACHE_KEY is
+    set) of a tenant scope, by the hex SHA-256 of its cache key; expires with its TTL."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:e:{digest}"
+
+
+def cache_index_key(scope: str) -> str:
+    """Sorted set: digest -> expiry (unix ms) of every entry of one tenant scope, for its
+    bounds (evicting the soonest to expire) and the purge of a deleted tenant."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:index"
+
+
+def cache_sizes_key(scope: str) -> str:
+    """Hash: digest -> bytes of each entry of one tenant scope, and `#bytes`, their sum."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:sizes"
+
+
+def cache_scope_pattern(scope: str) -> str:
+    """Every key of one tenant scope's cache (SCAN pattern)."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:*"

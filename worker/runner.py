@@ -43,13 +43,13 @@ class JobOutcome:
     (its stream and the model it was queued for)."""
 
     job: JobEnvelope
-    outcome: str
-    """ok | error | upstream_error | retried | cancelled | expired | dropped"""
+    outcome: str  # ok | error | upstream_error | retried | cancelled | expired | dropped
     usage: Usage = field(default_factory=Usage)
     started: float = 0.0
     first_token: float | None = None
     ended: float = 0.0
     backend_failed: bool = False
+    delivery: int = 1  # JetStream's delivery count: above 1, the backend may be called again
 
     @property
     def job_id(self) -> str:
@@ -185,7 +185,7 @@ class JobRunner:
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = delivered(msg)
         sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
-        outcome = JobOutcome(job, "ok", started=time.monotonic())
+        outcome = JobOutcome(job, "ok", started=time.monotonic(), delivery=attempt)
         await sender.accepted(attempt)
         self.keepalive.add(sender, ack)
         try:

@@ -15,6 +15,7 @@ from llmq.schemas.settings import Settings, leaves
 ENV: dict[str, tuple[str, Any]] = {
     "NATS_URL": ("nats://n:4222", "nats://n:4222"),
     "NATS_CONNECT_TIMEOUT": ("7", 7.0),
+    "STARTUP_TIMEOUT": ("90", 90.0),
     "REDIS_URL": ("redis://r:6379/1", "redis://r:6379/1"),
     "REDIS_TIMEOUT": ("2.5", 2.5),
     # connection credentials and TLS (issue 12): environment only
@@ -123,6 +124,12 @@ ENV: dict[str, tuple[str, Any]] = {
     "RESPONSES_PASSTHROUGH": ("true", True),
     "MAX_OUTPUT_TOKENS": ("37", 37),
     "MAX_N": ("38", 38),
+    "CACHE_MAX_TTL": ("39", 39.0),
+    "CACHE_MAX_ENTRY_BYTES": ("40", 40),
+    "CACHE_TENANT_MAX_BYTES": ("41", 41),
+    "CACHE_TENANT_MAX_ENTRIES": ("42", 42),
+    "CACHE_JOIN_BUFFER_BYTES": ("43", 43),
+    "CACHE_KEY": ("ck", "ck"),
 }
 
 # Flags per command before flags were derived from the models.
@@ -138,7 +145,8 @@ FLAGS: dict[Command, set[str]] = {
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
         "webhook_allow", "metrics_token_file", "admin_token_file",
         "console_enabled", "console_session_hours",
-        "response_retention",
+        "response_retention", "cache_max_ttl", "cache_max_entry_bytes", "cache_tenant_max_bytes",
+        "cache_tenant_max_entries", "cache_join_buffer_bytes",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
@@ -195,7 +203,7 @@ def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
     assert secret == {
         "admin_token", "webhook_secret", "metrics_token", "console_secret", "nats_password",
-        "nats_token", "redis_password", "redis_sentinel_password",
+        "nats_token", "redis_password", "redis_sentinel_password", "cache_key",
     }  # fmt: skip
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 
@@ -206,3 +214,13 @@ def test_a_variable_named_like_a_group_is_no_setting(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("LLMQ_ECHO_DELAY", "0.3")
     settings = Settings()
     assert settings.backend.ollama.num_ctx == 0 and settings.backend.echo.delay == 0.3
+
+
+def test_ack_wait_follows_the_keepalive() -> None:
+    """A killed worker's jobs move within the heartbeat's length by default; an ack wait
+    shorter than two ping intervals would hand running jobs to a second worker."""
+    protocol = Settings().protocol
+    assert protocol.ack_wait == protocol.heartbeat == 2.0
+    assert protocol.ack_wait >= 2 * protocol.ping_interval
+    with pytest.raises(ValueError, match="ack_wait"):
+        Settings(ack_wait=1.5, ping_interval=1.0)
