@@ -32,6 +32,7 @@ from llmq.api.responses.conversations import ConversationsServing
 from llmq.api.responses.finisher import ResponseFinisher
 from llmq.api.responses.items import as_items, for_model
 from llmq.api.responses.records import ResponseRecords, public_hex
+from llmq.api.responses.references import resolve
 from llmq.api.responses.relay import ResponseRun
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
@@ -115,7 +116,8 @@ class ResponsesServing:
         live = not req.in_background and not serving.router.models.fallbacks_for(model)
         serving.preparer.check_model(model, "chat", need_live_worker=live)
         history, conversation = await self._history(scope, req)
-        items = as_items(req.input if isinstance(req.input, str | list) else None)
+        raw = req.input if isinstance(req.input, str | list) else None
+        items = await resolve(self.store, scope, as_items(raw, references=True), history)
         context = history + items
         fields["model"], fields["input"] = model, for_model(context)
         if conversation is not None:
