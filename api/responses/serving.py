@@ -239,12 +239,8 @@ class ResponsesServing:
         run.on_taken = ticket.leave
         stored = self._stored(record.job_id, ask)
 
-        async def on_final(final: bytes) -> None:
-            if ask.req.stores or ask.conversation is not None:
-                stored.response = _fields.decode(final)
-                await self.records.finish(stored, keep=ask.req.stores)
-
-        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
+        keeper = _Keeper(self.records, stored, ask.req.stores)
+        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, keeper)
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
             **reservation.headers,
@@ -271,6 +267,28 @@ class ResponsesServing:
                 raise not_found("conversation", conversation, param="conversation")
             return list(conv.items), conv.id
         return [], None
+
+
+@dataclass(slots=True)
+class _Keeper:
+    """One interactive response's end: stored (when `store`) and appended to its
+    conversation; a failed one is stored `failed`, so its announced id stays readable."""
+
+    records: ResponseRecords
+    stored: StoredResponse
+    keep: bool
+
+    async def final(self, body: bytes) -> None:
+        if self.keep or self.stored.conversation is not None:
+            self.stored.response = _fields.decode(body)
+            await self.records.finish(self.stored, keep=self.keep)
+
+    async def failed(self, error: dict[str, Any]) -> dict[str, Any]:
+        response = {**self.stored.response, "status": "failed", "error": error}
+        self.stored.response = response
+        if self.keep:
+            await self.records.finish(self.stored, keep=True)
+        return response
 
 
 @dataclass(slots=True)
