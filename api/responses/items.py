@@ -64,6 +64,10 @@ def _complete(raw: Any, param: str, references: bool) -> Item:
             raise ApiError(
                 400, "`content` must be a string or a list", "invalid_request", param=param
             )
+        else:
+            for part in content:  # a stored image says its detail, as OpenAI's items do
+                if isinstance(part, dict) and part.get("type") == "input_image":
+                    part.setdefault("detail", "auto")
     if kind == "item_reference":
         if not references:
             raise ApiError(

@@ -30,6 +30,7 @@ from llmq.api.request_record import RequestRecord
 from llmq.api.responses.conversation_store import ConversationStore
 from llmq.api.responses.conversations import ConversationsServing
 from llmq.api.responses.finisher import ResponseFinisher
+from llmq.api.responses.input_files import inline_files
 from llmq.api.responses.items import as_items, for_model
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.references import resolve
@@ -39,6 +40,7 @@ from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
+from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
@@ -79,6 +81,7 @@ async def open_responses(
     rt.provisioner.add("responses buckets", provision)
     scopes = TenantScopes(TenantStore(rt.redis))
     responses = ResponsesServing(serving, store, wing.jobs, scopes)
+    responses.files = wing.files
     wing.purgers.append(store.purge)  # a deleted tenant's responses and conversations
     responses.finisher.start()
     return responses, ConversationsServing(store)
@@ -96,6 +99,8 @@ class ResponsesServing:
         self.jobs = jobs
         self.records = ResponseRecords(store, jobs)
         self.finisher = ResponseFinisher(self.records, jobs.jobs)
+        self.files: FileStore | None = None
+        """The tenant files `input_file` parts may name (set once the batch wing runs)."""
 
     async def stop(self) -> None:
         await self.finisher.stop()
@@ -120,6 +125,8 @@ class ResponsesServing:
         items = await resolve(self.store, scope, as_items(raw, references=True), history)
         context = history + items
         fields["model"], fields["input"] = model, for_model(context)
+        if self.files is not None:
+            await inline_files(self.files, scope, fields["input"], settings.api.max_body_bytes)
         if conversation is not None:
             fields["conversation"] = {"id": CONVERSATION_PREFIX + conversation}
         if req.in_background:

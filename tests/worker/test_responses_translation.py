@@ -132,8 +132,9 @@ def test_string_input_and_json_object() -> None:
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
-        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+        ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "f"}]}]},
          "input[0].content"),
+        ({"truncation": "auto"}, "truncation"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
     ],
@@ -142,6 +143,21 @@ def test_what_chat_cannot_say_is_refused(request_extra: dict[str, Any], param: s
     with pytest.raises(Unsupported) as caught:
         chat_request({"model": "m", "input": "x", **request_extra})
     assert caught.value.param == param
+
+
+def test_input_file_parts_are_chat_file_parts() -> None:
+    parts = [
+        {"type": "input_file", "file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"},
+        {"type": "input_file", "file_url": "https://example.com/b.pdf"},
+        {"type": "input_file", "file_id": "file-abc"},
+    ]
+    chat = chat_request({"model": "m", "input": [{"role": "user", "content": parts}]})
+    assert chat["messages"][0]["content"] == [
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
+                                  "filename": "a.pdf"}},
+        {"type": "file", "file": {"file_url": "https://example.com/b.pdf"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ]  # fmt: skip
 
 
 def test_text_stream_events() -> None:

@@ -174,6 +174,9 @@ def _user_part(part: Json, param: str) -> Json:
         if part.get("detail"):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        keys = ("file_id", "file_data", "filename", "file_url")
+        return {"type": "file", "file": {k: part[k] for k in keys if part.get(k) is not None}}
     raise Unsupported(f"content parts of type `{kind}` are not supported by a chat backend", param)
 
 
