@@ -9,7 +9,7 @@ endpoint), which the HTTP edge renders; no I/O.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -23,6 +23,7 @@ from llmq.schemas.openai import (
     EmbeddingRequest,
     patch_body,
 )
+from llmq.schemas.responses import ResponseRequest
 from llmq.schemas.text import message_text
 
 _encoder = msgspec.json.Encoder()
@@ -67,6 +68,8 @@ class RequestPreparer:
     def prepare_decoded(
         self, req: AnyRequest, kind: JobKind, body: bytes, *, durable: bool = False
     ) -> PreparedRequest:
+        if isinstance(req, ResponseRequest):
+            return self._durable_response(req, body)
         model = self.models.resolve(req.model)
         self.check_model(model, kind, need_live_worker=not durable)
         limit = self.models.token_limit_for(model) or self.max_output_tokens
@@ -81,6 +84,30 @@ class RequestPreparer:
             per_choice = token_limit(req) or self.default_max_tokens
             reserve = choices(req) * min(per_choice, limit)
         return PreparedRequest(req, model, body, kind, stream, estimate_prompt_tokens(req), reserve)
+
+    def _durable_response(self, req: ResponseRequest, body: bytes) -> PreparedRequest:
+        """A Responses request as a batch line or async job: whole, not stored, and on its
+        own (its history cannot be read from a batch: `previous_response_id` and
+        `conversation` are refused)."""
+        for param in ("previous_response_id", "conversation", "background"):
+            if getattr(req, param) not in (None, msgspec.UNSET, False):
+                raise Refusal(
+                    400, f"`{param}` is not supported in a batch", "unsupported_parameter",
+                    param=param,
+                )  # fmt: skip
+        if req.input in (msgspec.UNSET, None, "", []):
+            raise Refusal(400, "`input` is required", "invalid_request", param="input")
+        model = self.models.resolve(req.model)
+        self.check_model(model, "chat", need_live_worker=False)
+        limit = self.models.token_limit_for(model) or self.max_output_tokens
+        _check_range(req.max_output_tokens, "max_output_tokens", 1, limit)
+        asked = req.max_output_tokens if isinstance(req.max_output_tokens, int) else None
+        body = patch_body(body, {"model": model, "stream": False, "store": False})
+        estimate = len(body) // 3 + 1  # as the Responses API's own guess
+        reserve = min(asked or self.default_max_tokens, limit)
+        return PreparedRequest(
+            cast(AnyRequest, req), model, body, "response", False, estimate, reserve
+        )
 
     def check_bounds(self, req: AnyRequest, token_limit: int) -> None:
         """The numbers the reservation is made of, checked before it is: an output limit of
@@ -225,8 +252,9 @@ def estimate_prompt_tokens(req: AnyRequest) -> int:
         texts = [message_text(m) for m in req.messages]
         overhead = 4 * len(texts)
     elif isinstance(req, CompletionRequest):
-        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        overhead = 0
+        prompts = req.prompts()
+        texts = [p for p in prompts if isinstance(p, str)]
+        overhead = sum(len(p) for p in prompts if isinstance(p, list))  # token ids: exact
     else:
         raw = req.input
         texts = [raw] if isinstance(raw, str) else [str(x) for x in raw]

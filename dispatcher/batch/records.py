@@ -111,6 +111,7 @@ ENDPOINT_OF_KIND: Final[Mapping[JobKind, str]] = {
     "chat": "/v1/chat/completions",
     "completion": "/v1/completions",
     "embedding": "/v1/embeddings",
+    "response": "/v1/responses",
 }
 KIND_OF_ENDPOINT: Final = {v: k for k, v in ENDPOINT_OF_KIND.items()}
 

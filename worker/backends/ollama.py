@@ -313,12 +313,14 @@ class OllamaBackend:
     def complete(self, call: Call) -> AsyncIterator[Out]:
         request = call.request
         assert isinstance(request, CompletionRequest)
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        prompts = request.prompts()
 
         def body() -> bytes:
             check_fields(call, COMPLETION_FIELDS, BACKEND)
             if len(prompts) != 1:
                 raise _invalid("the ollama backend takes exactly one prompt per request")
+            if not isinstance(prompts[0], str):
+                raise _invalid("the ollama backend takes a text prompt, not token ids")
             payload: dict[str, Any] = {
                 "model": call.upstream_model,
                 "prompt": prompts[0],
