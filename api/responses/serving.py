@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
@@ -144,7 +145,8 @@ class ResponsesServing:
         def attempt(name: str, more: bool) -> Awaitable[Attempted]:
             return self._attempt(request, record, ask, name, more)
 
-        return await serving.through_chain(record, model, attempt, time_hex, RESPONSE_PREFIX)
+        chain = serving.through_chain(record, model, attempt, time_hex, RESPONSE_PREFIX)
+        return await unless_gone(request, chain)
 
     async def _background(self, request: Request, record: RequestRecord, ask: _Ask) -> Response:
         """Queued on the durable queue for later, on the requested model (no fallbacks)."""
