@@ -192,6 +192,12 @@ class ApiMetrics:
             ["model", "to", "cause"],
             registry=self.registry,
         )
+        self.omitted = Counter(
+            "llmq_api_omitted_tools",
+            "Built-in tools left out of Responses requests (the model table's builtin_tools).",
+            ["model", "tool"],
+            registry=self.registry,
+        )
         self.registry.register(_Live(self))
         self.registry.register(ConnectionMetrics(lambda: runtime.nc))
         self.queue_estimator: QueueEstimator | None = None
@@ -244,6 +250,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
         for origin, to, cause in r.fallbacks:
             self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
+        for tool in r.omitted:
+            self._child(self.omitted, model, tool).inc()
         code = r.error_code
         if code is not None and code in QUOTA_REASONS:
             self._child(self.rejections, code, *extra).inc()

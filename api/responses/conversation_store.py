@@ -10,10 +10,9 @@ one record are compare-and-set (`kv.mutate`), so api replicas may update one rec
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import asyncio
 import re
+from collections.abc import Callable
 
 import msgspec
 from nats.js.errors import KeyNotFoundError

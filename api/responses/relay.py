@@ -41,6 +41,7 @@ class Keeper(Protocol):
     async def failed(self, error: dict[str, Any]) -> dict[str, Any]:
         """The failed Response (stored, with `error`) of a job that failed."""
 
+
 TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
@@ -36,6 +36,7 @@ from llmq.api.responses.items import as_items, for_model
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.references import resolve
 from llmq.api.responses.relay import ResponseRun
+from llmq.api.responses.tools import apply_builtin_policy, omitted_header
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
@@ -121,6 +122,9 @@ class ResponsesServing:
         # model without a live worker may still fall back (`_attempt` looks again).
         live = not req.in_background and not serving.router.models.fallbacks_for(model)
         serving.preparer.check_model(model, "chat", need_live_worker=live)
+        policy = serving.preparer.models.builtin_tools_for(model)
+        omitted = apply_builtin_policy(fields, policy, model)
+        record.omitted = [kind for _param, kind in omitted]
         history, conversation = await self._history(scope, req)
         raw = req.input if isinstance(req.input, str | list) else None
         items = await resolve(self.store, scope, as_items(raw, references=True), history)
@@ -136,6 +140,7 @@ class ResponsesServing:
         ask = _Ask(
             req, fields, scope, items, context, conversation, _estimate(fields),
             limit or settings.tenancy.default_max_tokens, time.time(), wait,
+            headers=omitted_header(omitted),
         )  # fmt: skip
         if req.in_background:
             return await self._background(request, record, ask)
@@ -180,7 +185,11 @@ class ResponsesServing:
             serving.reservations.release_later(reservation, FAILED)
             await self.store.delete_response(ask.scope, record.job_id)
             raise ApiError(exc.status, exc.message, exc.code) from None
-        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, **reservation.headers}
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id,
+            **reservation.headers,
+            **ask.headers,
+        }
         return Response(
             _encoder.encode(stored.response), media_type="application/json", headers=headers
         )
@@ -252,7 +261,7 @@ class ResponsesServing:
         job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, keeper)
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
-            **reservation.headers,
+            **reservation.headers, **ask.headers,
         }  # fmt: skip
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
 
@@ -317,6 +326,8 @@ class _Ask:
     wait: float
     """Seconds from `submitted` to the first-token deadline, for every attempt."""
     rank: int = NORMAL_RANK
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers every answer carries (`x-llmq-omitted`)."""
 
     def time_left(self) -> float:
         return self.submitted + self.wait - time.time()

@@ -26,7 +26,9 @@ def hanging(reply: Reply) -> Reply:
 
 
 ROUTES = {
-    "/v1/chat/completions": lambda model: {"model": model, "messages": [{"role": "user", "content": "x"}]},
+    "/v1/chat/completions": lambda model: {
+        "model": model, "messages": [{"role": "user", "content": "x"}]
+    },
     "/v1/completions": lambda model: {"model": model, "prompt": "x"},
     "/v1/embeddings": lambda model: {"model": model, "input": "x"},
     "/v1/responses": lambda model: {"model": model, "input": "x"},

@@ -45,14 +45,22 @@ SCENARIOS: dict[str, tuple[Reply, dict[str, Any]]] = {
     "tool call": (
         chunks_reply(
             [
-                {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                 "function": {"name": "get_weather", "arguments": '{"city":'}}]},
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city":'},
+                        }
+                    ]
+                },
                 {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
             ],
             "tool_calls",
         ),
         {"tools": [TOOL]},
-    ),  # fmt: skip
+    ),
     "reasoning text": (
         chunks_reply([{"reasoning_content": "hmm"}, {"content": "42"}]),
         {"reasoning": {"effort": "low"}},
@@ -123,7 +131,9 @@ async def test_input_file_parts_reach_the_upstream_as_file_parts(served, upstrea
     upstream.route(CHAT, openai_chat(["read it"]))
     pdf = b"%PDF-1.4 a tiny document"
     made = await http.post(
-        "/v1/files", files={"file": ("doc.pdf", pdf, "application/pdf")}, data={"purpose": "user_data"}
+        "/v1/files",
+        files={"file": ("doc.pdf", pdf, "application/pdf")},
+        data={"purpose": "user_data"},
     )
     assert made.status_code == 200, made.text
     inline = "data:application/pdf;base64," + base64.b64encode(b"%PDF inline").decode()
@@ -139,15 +149,15 @@ async def test_input_file_parts_reach_the_upstream_as_file_parts(served, upstrea
     assert resp.status_code == 200, resp.text
     both_response(resp.json())
     sent = upstream.last.json()["messages"][0]["content"]
-    assert sent[1] == {"type": "file", "file": {
-        "filename": "doc.pdf", "file_data": "data:application/pdf;base64," + base64.b64encode(pdf).decode()}}  # fmt: skip
+    encoded = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+    assert sent[1] == {"type": "file", "file": {"filename": "doc.pdf", "file_data": encoded}}
     assert sent[2] == {"type": "file", "file": {"file_data": inline, "filename": "b.pdf"}}
     assert sent[3] == {"type": "file", "file": {"file_url": "https://example.com/c.pdf"}}
     # stored items keep the file id, not the bytes
     listed = (await http.get(f"/v1/responses/{resp.json()['id']}/input_items")).json()
     assert listed["data"][0]["content"][1] == {"type": "input_file", "file_id": made.json()["id"]}
-    unknown = await http.post("/v1/responses", json={"model": model, "input": [
-        {"role": "user", "content": [{"type": "input_file", "file_id": "file-nope"}]}]})  # fmt: skip
+    nope = [{"role": "user", "content": [{"type": "input_file", "file_id": "file-nope"}]}]
+    unknown = await http.post("/v1/responses", json={"model": model, "input": nope})
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "input[0].content[0]"
 
 

@@ -239,7 +239,9 @@ async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream)
     await client.close()
 
 
-async def test_a_stream_that_fails_after_it_began_ends_with_response_failed(served, upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_that_fails_after_it_began_ends_with_response_failed(
+    served, upstream
+) -> None:  # type: ignore[no-untyped-def]
     model, client = served
     reply = openai_chat(["one ", "two ", "three"])
     reply.drop_after = 3  # the upstream connection breaks mid-answer

@@ -40,9 +40,7 @@ async def two_tenants(stack, redis_server, upstream):  # type: ignore[no-untyped
     api = await stack.api(auth_mode="keys", key_cache_ttl=0)
     await stack.worker(model=[model], backend="openai", backend_url=f"{upstream.url}/v1")
     await wait_for(lambda: api.runtime.registry.workers_for(model))
-    clients = [
-        openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=k, max_retries=0) for k in keys
-    ]
+    clients = [openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=k, max_retries=0) for k in keys]
     yield api, model, clients, names, redis
     for client in clients:
         await client.close()
@@ -79,7 +77,9 @@ async def test_references_resolve_in_order(two_tenants, upstream) -> None:  # ty
         assert_valid("ItemResource", item.model_dump(mode="json", exclude_unset=True))
 
 
-async def test_a_foreign_or_unknown_reference_is_404_and_uses_no_quota(two_tenants, upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_a_foreign_or_unknown_reference_is_404_and_uses_no_quota(
+    two_tenants, upstream
+) -> None:  # type: ignore[no-untyped-def]
     api, model, (mine, theirs), names, redis = two_tenants
     first = await mine.responses.create(model=model, input="hi")
     asked = len(upstream.received)

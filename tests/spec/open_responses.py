@@ -26,7 +26,9 @@ def _document() -> dict[str, Any]:
         path = resources.files("openresponses") / "openapi" / f"{VERSION}.json"
         text = path.read_text()
     except (ModuleNotFoundError, FileNotFoundError):
-        pytest.skip("the Open Responses document is missing: pip install -e '.[dev]' (openresponses-py)")
+        pytest.skip(
+            "the Open Responses document is missing: pip install -e '.[dev]' (openresponses-py)"
+        )
     document: dict[str, Any] = _nullable(json.loads(text))
     return document
 

@@ -147,7 +147,11 @@ def test_what_chat_cannot_say_is_refused(request_extra: dict[str, Any], param: s
 
 def test_input_file_parts_are_chat_file_parts() -> None:
     parts = [
-        {"type": "input_file", "file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"},
+        {
+            "type": "input_file",
+            "file_data": "data:application/pdf;base64,JVBE",
+            "filename": "a.pdf",
+        },
         {"type": "input_file", "file_url": "https://example.com/b.pdf"},
         {"type": "input_file", "file_id": "file-abc"},
     ]

@@ -334,7 +334,9 @@ class OllamaBackend:
             set_if(payload, "suffix", request.suffix)
             return _encoder.encode(payload)
 
-        tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
+        tally = Tally(
+            lambda: sum(count_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
+        )
         stream = _NDJSONStream(TextChunks(call.reply), tally)
         return self._upstream.stream(f"{self._base}/api/generate", body, stream)
 

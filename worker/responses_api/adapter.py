@@ -22,7 +22,7 @@ from llmq.schemas.text import count_tokens
 from llmq.worker.backends.base import Backend, BackendError, Call, ReplyTo
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses_api.events import ResponseEvents, wants_summary
-from llmq.worker.responses_api.to_chat import Unsupported, chat_request
+from llmq.worker.responses_api.to_chat import Unsupported, chat_request, namespaces
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
@@ -79,7 +79,9 @@ async def run_response(
     chat, chat_body = chat_of(request)
     stream = bool(request.get("stream"))
     response = skeleton(request, f"resp_{job_id}", _now())
-    fold = ResponseEvents(response, quiet=not stream, summary=wants_summary(request))
+    fold = ResponseEvents(
+        response, quiet=not stream, summary=wants_summary(request), namespaces=namespaces(request)
+    )
     opening = fold.start()
     begun = False
     usage: Usage | None = None

@@ -32,8 +32,16 @@ def wants_summary(request: Json) -> bool:
 class ResponseEvents:
     """The fold of one chat stream into Responses events and the final Response."""
 
-    def __init__(self, response: Json, quiet: bool = False, summary: bool = False) -> None:
+    def __init__(
+        self,
+        response: Json,
+        quiet: bool = False,
+        summary: bool = False,
+        namespaces: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
         self.response = response
+        self.namespaces = namespaces or {}
+        """Flattened chat function name → (namespace, name) (`to_chat.namespaces`)."""
         self.quiet = quiet
         self.summary = summary
         """Reasoning goes out as summary parts (`reasoning.summary` was asked for), not as
@@ -99,7 +107,10 @@ class ResponseEvents:
                 part: Json = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             else:
                 item = {"id": f"rs_{self._id}{index}", "type": "reasoning", "summary": []}
-                item |= {"status": "in_progress"} if self.summary else {"content": []}
+                if self.summary:
+                    item["status"] = "in_progress"
+                else:
+                    item["content"] = []
                 part = {"type": "summary_text" if self.summary else "reasoning_text", "text": ""}
             events.append(self._new_item(item))
             item["summary" if self._summarised(item) else "content"].append(part)
@@ -174,6 +185,7 @@ class ResponseEvents:
             item |= {"status": "in_progress", "call_id": call_id}
             item |= {"name": function.get("name") or "", "arguments": ""}
             self._calls[position] = item
+            self._unflatten(item)
             events.append(self._new_item(item))
         elif function.get("name"):
             item["name"] += function["name"]
@@ -190,6 +202,12 @@ class ResponseEvents:
             )
         return events
 
+    def _unflatten(self, item: Json) -> None:
+        """A call of a namespace's function in the namespace form (`namespace` + `name`)."""
+        found = self.namespaces.get(item["name"])
+        if found is not None:
+            item["namespace"], item["name"] = found
+
     def finish(self, usage: Json | None = None) -> list[Json]:
         """Close every open item and end the response; `usage` (chat shape) wins over any
         usage seen in the chunks."""
@@ -197,6 +215,7 @@ class ResponseEvents:
         for item in self._calls.values():
             index = self.response["output"].index(item)
             item["status"] = "completed"
+            self._unflatten(item)
             events.append(
                 self._event(
                     "response.function_call_arguments.done",

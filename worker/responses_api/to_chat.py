@@ -56,7 +56,7 @@ def chat_request(request: Json) -> Json:
     if isinstance(request.get("max_output_tokens"), int):
         chat["max_completion_tokens"] = request["max_output_tokens"]
     if request.get("tools"):
-        chat["tools"] = [_tool(t, i) for i, t in enumerate(request["tools"])]
+        chat["tools"] = [c for i, t in enumerate(request["tools"]) for c in _tools(t, i)]
     if request.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(request["tool_choice"])
     _text(request.get("text"), chat)
@@ -133,10 +133,13 @@ def _add_item(out: list[Json], item: Json, param: str) -> None:
     if kind == "message":
         out.append(_message(item, param))
     elif kind == "function_call":
+        name = item.get("name", "")
+        if isinstance(item.get("namespace"), str):
+            name = flat_name(item["namespace"], name)
         call = {
             "id": item.get("call_id") or item.get("id") or "",
             "type": "function",
-            "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")},
+            "function": {"name": name, "arguments": item.get("arguments", "")},
         }
         last = out[-1] if out else None
         if last is not None and last["role"] == "assistant" and "tool_calls" in last:
@@ -192,11 +195,47 @@ def _text_of(parts: list[Json], param: str) -> str:
     return "".join(texts)
 
 
-def _tool(tool: Json, index: int) -> Json:
+NAMESPACE_SEPARATOR = "__"
+"""A namespace's function `get` of namespace `crm` is the chat function `crm__get`."""
+
+
+def flat_name(namespace: str, name: str) -> str:
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+
+
+def namespaces(request: Json) -> dict[str, tuple[str, str]]:
+    """Chat function name → (namespace, name) for every function of a `namespace` tool, so
+    the calls the backend makes are mapped back to the namespace form."""
+    out = {}
+    for tool in request.get("tools") or ():
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            for inner in tool.get("tools") or ():
+                if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                    out[flat_name(tool["name"], inner["name"])] = (tool["name"], inner["name"])
+    return out
+
+
+def _tools(tool: Json, index: int) -> list[Json]:
+    """One Responses tool as chat tools: a `namespace` is flattened to its functions."""
+    if tool.get("type") != "namespace":
+        return [_tool(tool, index)]
+    out = []
+    for j, inner in enumerate(tool.get("tools") or ()):
+        chat = _tool(inner, index, f"tools[{index}].tools[{j}]")
+        function = chat["function"]
+        function["name"] = flat_name(str(tool.get("name", "")), function.get("name", ""))
+        about = [str(d) for d in (tool.get("description"), function.get("description")) if d]
+        if about:
+            function["description"] = " — ".join(about)
+        out.append(chat)
+    return out
+
+
+def _tool(tool: Json, index: int, param: str | None = None) -> Json:
     if tool.get("type") != "function":
         raise Unsupported(
             f"tools of type `{tool.get('type')}` are not supported by a chat backend",
-            f"tools[{index}]",
+            param or f"tools[{index}]",
         )
     function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
     return {"type": "function", "function": function}
