@@ -16,6 +16,8 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
+from llmq.api.endpoints import routes as endpoint_routes
+from llmq.api.endpoints.serving import EndpointServing
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
 from llmq.api.model_table import ModelTable
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.responses, app.state.conversations = await open_responses(
             app.state.serving, app.state.batches
         )
+        app.state.endpoints = EndpointServing(app.state.serving)  # docs/endpoints.md
         console.attach(app, app.state.serving)
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         # usage the workers report, booked even when the relaying api died (docs/protocol.md)
@@ -131,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batch_routes.router)
     app.include_router(responses.router)
     app.include_router(conversation_routes.router)
+    app.include_router(endpoint_routes.router)
     if settings.console.console_enabled:
         console.install(app)
     return app

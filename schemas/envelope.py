@@ -27,8 +27,9 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.responses import response_request_decoder
 
-JobKind = Literal["chat", "completion", "embedding", "response"]
-"""What the body is: an OpenAI chat, completion, embedding or Responses request."""
+JobKind = Literal["chat", "completion", "embedding", "response", "endpoint"]
+"""What the body is: an OpenAI chat, completion, embedding or Responses request, or a request
+to one of OpenAI's other endpoints (`schemas.endpoints`)."""
 JOB_KINDS: Final[tuple[JobKind, ...]] = get_args(JobKind)
 DEFAULT_KIND: Final[JobKind] = "chat"
 """The kind of a job without an `Llmq-Kind` header (the header is left out for it)."""
@@ -67,8 +68,8 @@ def decode_request(kind: JobKind, body: bytes) -> AnyRequest:
     """The job's body as the OpenAI request of its kind (msgspec.ValidationError if not).
     A `response` job is not one of these: its worker reads it as JSON
     (`worker/responses_api`), and asking for it here is a ValidationError."""
-    if kind == "response":
-        raise msgspec.ValidationError("a response job is not a chat-shaped request")
+    if kind in ("response", "endpoint"):
+        raise msgspec.ValidationError(f"a {kind} job is not a chat-shaped request")
     request: AnyRequest = REQUEST_DECODERS[kind].decode(body)
     return request
 

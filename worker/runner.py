@@ -25,6 +25,7 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
+from llmq.worker.endpoints import EndpointUpstream
 from llmq.worker.keepalive import KeepAlive
 from llmq.worker.replies import FrameSender, drive
 from llmq.worker.responses_api.adapter import run_response
@@ -136,6 +137,8 @@ class JobRunner:
         """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.responses_upstream: ResponsesPassthrough | None = None
+        self.endpoints: EndpointUpstream | None = None
+        """OpenAI's other endpoints this worker's upstream serves (`LLMQ_OPENAI_ENDPOINTS`)."""
         """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
 
     def cancel(self, job_id: str) -> None:
@@ -245,8 +248,8 @@ class JobRunner:
     async def _execute(
         self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
-        if kind == "response":  # the Responses API: worker/responses_api
-            await self._respond(body, sender, ack, outcome)
+        if kind in ("response", "endpoint"):  # worker/responses_api, worker/endpoints
+            await self._respond(body, sender, ack, outcome, kind)
             return
         request = decode_request(kind, body)
         if isinstance(request, EmbeddingRequest):
@@ -269,12 +272,21 @@ class JobRunner:
             await self._collect(outs, reply, text, sender, outcome)
 
     async def _respond(
-        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome, kind: JobKind
     ) -> None:
+        """A Responses job, or one of OpenAI's other endpoints (relayed: acked at its head)."""
+
         async def started(streams: bool) -> None:
             outcome.first_token = time.monotonic()
             if streams:
                 await ack.ack()
+
+        if kind == "endpoint":
+            if self.endpoints is None:
+                raise BackendError("this worker serves no other endpoints", status=404,
+                                   code="model_not_found")  # fmt: skip
+            outcome.usage = await self.endpoints.run(self.upstream_names, body, sender, started)
+            return
 
         if self.responses_upstream is not None:
             outcome.usage = await self.responses_upstream.run(

@@ -119,6 +119,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "CONSOLE_SECRET": ("cs", "cs"),
     "RESPONSE_RETENTION": ("27", 27.0),
     "RESPONSES_PASSTHROUGH": ("true", True),
+    "OPENAI_ENDPOINTS": ("/v1/moderations, /v1/rerank", ["/v1/moderations", "/v1/rerank"]),
     "MAX_OUTPUT_TOKENS": ("37", 37),
     "MAX_N": ("38", 38),
 }
@@ -145,7 +146,7 @@ FLAGS: dict[Command, set[str]] = {
         "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
         "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
         "backend_token_timeout", "backend_timeout", "backend_http_client",
-        "breaker_probe_interval", "metrics_token_file", "responses_passthrough",
+        "breaker_probe_interval", "metrics_token_file", "responses_passthrough", "openai_endpoints",
     },
 }  # fmt: skip
 

@@ -27,7 +27,7 @@ EMBEDDING_DIMENSIONS = 16
 
 
 class EchoBackend:
-    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS) - {"endpoint"}
 
     def __init__(self, config: BackendConfig) -> None:
         self.delay = config.options_of(EchoOptions).delay

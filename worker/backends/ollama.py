@@ -243,7 +243,7 @@ def _think(effort: Any) -> bool | str | None:
 
 
 class OllamaBackend:
-    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS) - {"endpoint"}
 
     def __init__(self, config: BackendConfig) -> None:
         self._base = base_url(config, "http://127.0.0.1:11434")
