@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: dev test browser lint bench clean
+.PHONY: dev test browser js lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/llmq dev $(ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser js
 	$(BIN)/python -m pytest $(ARGS)
+
+# The client matrix's JavaScript clients (tests/js_openai: openai-node, the AI SDK), from the
+# npm registry at the lockfile's versions; without node or npm those tests skip.
+js:
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/js_openai --no-audit --no-fund --silent || echo "npm ci failed: JavaScript client tests will skip"; \
+	else \
+	  echo "no npm: JavaScript client tests will skip (apt-get install nodejs npm)"; \
+	fi
 
 # The console's browser tests need Debian's chromium and chromium-driver. As root with apt,
 # install them when missing; otherwise (or if that fails) those tests skip, naming the command.
@@ -41,4 +50,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/js_openai/node_modules

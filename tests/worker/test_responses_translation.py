@@ -210,12 +210,15 @@ def test_reasoning_then_text() -> None:
         ],
     )
     kinds = [e["type"] for e in events]
-    assert kinds[2:6] == [
+    assert kinds[2:8] == [
         "response.output_item.added",
+        "response.content_part.added",  # a reasoning_text part, as OpenAI announces it
         "response.reasoning_text.delta",
         "response.reasoning_text.delta",
         "response.reasoning_text.done",
+        "response.content_part.done",
     ]
+    assert events[3]["part"] == {"type": "reasoning_text", "text": ""}
     assert [item["type"] for item in response["output"]] == ["reasoning", "message"]
     assert response["output"][0]["content"] == [{"type": "reasoning_text", "text": "thinking"}]
     assert response["reasoning"] == {"effort": "high", "summary": None}

@@ -115,10 +115,10 @@ class ResponseEvents:
             events.append(self._new_item(item))
             item["summary" if self._summarised(item) else "content"].append(part)
             self._open = item
-            if kind == "message":
-                events.append(self._part_event("response.content_part.added", item))
-            elif self.summary:
+            if self.summary and kind == "reasoning":
                 events.append(self._part_event("response.reasoning_summary_part.added", item))
+            else:  # OpenAI announces a reasoning_text part as a message's output_text part
+                events.append(self._part_event("response.content_part.added", item))
         self._part(item)["text"] += text
         where = self._where(item)
         if kind == "message":
@@ -166,7 +166,10 @@ class ResponseEvents:
                 self._part_event("response.reasoning_summary_part.done", item),
             ]
         else:
-            events = [self._event("response.reasoning_text.done", **where, text=text)]
+            events = [
+                self._event("response.reasoning_text.done", **where, text=text),
+                self._part_event("response.content_part.done", item),
+            ]
         index = where["output_index"]
         return [
             *events,
