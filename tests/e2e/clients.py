@@ -47,7 +47,9 @@ def answer(body: dict[str, Any]) -> Reply:
     """What the model says to one chat request."""
     messages = body.get("messages") or []
     tools = [t["function"]["name"] for t in body.get("tools") or [] if "function" in t]
-    system = " ".join(str(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
+    system = " ".join(
+        str(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+    )
     if "French" in system:
         return _reply([{"content": BONJOUR}], "stop")
     if messages and messages[-1].get("role") == "tool":

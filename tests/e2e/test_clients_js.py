@@ -53,4 +53,7 @@ async def test_ai_sdk(served: Served) -> None:
     # the AI SDK's second turn referred to the first answer by id: it was resolved
     bodies = [b for b in served.chat_bodies() if b["messages"][-1].get("content") == [
         {"type": "text", "text": "again"}]]  # fmt: skip
-    assert bodies and bodies[0]["messages"][1] == {"role": "assistant", "content": "Hello from llmq."}
+    assert bodies and bodies[0]["messages"][1] == {
+        "role": "assistant",
+        "content": "Hello from llmq.",
+    }

@@ -28,14 +28,25 @@ async def test_chat(served: Served) -> None:
     stream = await client.chat.completions.create(
         model=served.model, messages=[{"role": "user", "content": "hi"}], stream=True
     )
-    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == GREETING
+    assert (
+        "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == GREETING
+    )
     chat_tool = {"type": "function", "function": {k: v for k, v in TOOL.items() if k != "type"}}
     messages: list = [{"role": "user", "content": "weather in Oslo?"}]
-    first = await client.chat.completions.create(model=served.model, messages=messages, tools=[chat_tool])  # type: ignore[list-item]
+    first = await client.chat.completions.create(
+        model=served.model, messages=messages, tools=[chat_tool]
+    )  # type: ignore[list-item]
     (call,) = first.choices[0].message.tool_calls or []
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
-    messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
-    second = await client.chat.completions.create(model=served.model, messages=messages, tools=[chat_tool])  # type: ignore[list-item]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+        "city": "Oslo"
+    }  # type: ignore[union-attr]
+    messages += [
+        first.choices[0].message,
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    second = await client.chat.completions.create(
+        model=served.model, messages=messages, tools=[chat_tool]
+    )  # type: ignore[list-item]
     assert second.choices[0].message.content == SUNNY
     parsed = await client.chat.completions.create(
         model=served.model, messages=[{"role": "user", "content": "json"}],
@@ -56,7 +67,11 @@ async def test_responses(served: Served) -> None:
         model=served.model, input="and again", previous_response_id=first.id
     )
     assert second.output_text == GREETING
-    assert [m["role"] for m in served.chat_bodies()[-1]["messages"]] == ["user", "assistant", "user"]
+    assert [m["role"] for m in served.chat_bodies()[-1]["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+    ]
     asked = await client.responses.create(model=served.model, input="weather?", tools=[TOOL])  # type: ignore[list-item]
     call = asked.output[0]
     assert call.type == "function_call" and call.name == "get_weather"
@@ -66,13 +81,14 @@ async def test_responses(served: Served) -> None:
     )  # fmt: skip
     assert done.output_text == SUNNY
     events = []
-    async with client.responses.stream(
-        model=served.model, input="json", text={"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}},
-    ) as stream:  # fmt: skip
+    fmt = {"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}}
+    async with client.responses.stream(model=served.model, input="json", text=fmt) as stream:  # type: ignore[arg-type]
         async for event in stream:
             events.append(event)
         final = await stream.get_final_response()
     assert json.loads(final.output_text) == WEATHER
     for event in events:
-        assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True, by_alias=True))
+        assert_valid(
+            "ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        )
     await client.close()
