@@ -19,13 +19,18 @@ dev: $(STAMP)
 test: $(STAMP) browser js
 	$(BIN)/python -m pytest $(ARGS)
 
-# The client matrix's JavaScript clients (tests/js_openai: openai-node, the AI SDK), from the
-# npm registry at the lockfile's versions; without node or npm those tests skip.
-js:
+# The JavaScript clients the tests drive, each folder pinned by its package-lock.json:
+# tests/js (the Messages API: @anthropic-ai/sdk, Claude Code) and tests/js_openai (the client
+# matrix: openai-node, the AI SDK). Without npm those tests skip, naming the command.
+JS_STAMP = tests/js/node_modules/.package-lock.json
+JS_OPENAI_STAMP = tests/js_openai/node_modules/.package-lock.json
+js: $(JS_STAMP) $(JS_OPENAI_STAMP)
+tests/%/node_modules/.package-lock.json: tests/%/package-lock.json
 	@if command -v npm >/dev/null; then \
-	  npm ci --prefix tests/js_openai --no-audit --no-fund --silent || echo "npm ci failed: JavaScript client tests will skip"; \
+	  (cd tests/$* && npm ci --no-audit --no-fund --loglevel=error) \
+	    || echo "npm ci failed: the JavaScript client tests will skip (cd tests/$* && npm ci)"; \
 	else \
-	  echo "no npm: JavaScript client tests will skip (apt-get install nodejs npm)"; \
+	  echo "no npm: the JavaScript client tests will skip (apt-get install nodejs npm; cd tests/$* && npm ci)"; \
 	fi
 
 # The console's browser tests need Debian's chromium and chromium-driver. As root with apt,

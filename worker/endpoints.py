@@ -47,6 +47,21 @@ def endpoints_of(settings: Settings, config: BackendConfig) -> EndpointUpstream 
     return EndpointUpstream(config, declared)
 
 
+async def run_endpoint(
+    endpoints: EndpointUpstream | None,
+    upstream_names: Mapping[str, str],
+    body: bytes,
+    sender: FrameSender,
+    started: Started,
+) -> Usage:
+    """One `endpoint` job on this worker (404 when it serves none of them)."""
+    if endpoints is None:
+        raise BackendError(
+            "this worker serves no other endpoints", status=404, code="model_not_found"
+        )
+    return await endpoints.run(upstream_names, body, sender, started)
+
+
 class EndpointUpstream:
     def __init__(self, config: BackendConfig, endpoints: list[str]) -> None:
         self.endpoints = frozenset(endpoints)

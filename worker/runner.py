@@ -25,10 +25,11 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
-from llmq.worker.endpoints import EndpointUpstream
+from llmq.worker.endpoints import EndpointUpstream, run_endpoint
 from llmq.worker.keepalive import KeepAlive
+from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.replies import FrameSender, drive
-from llmq.worker.responses_api.adapter import run_response
+from llmq.worker.responses_api.adapter import Started, run_response
 from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 from llmq.worker.usage_report import report_final_usage
@@ -39,17 +40,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobOutcome:
-    """What happened to one job, for metrics and the circuit breaker; `job` says which job
-    (its stream and the model it was queued for)."""
+    """What happened to one job, for metrics and the breaker; `job`: its stream and model."""
 
     job: JobEnvelope
-    outcome: str
-    """ok | error | upstream_error | retried | cancelled | expired | dropped"""
+    outcome: str  # ok | error | upstream_error | retried | cancelled | expired | dropped
     usage: Usage = field(default_factory=Usage)
     started: float = 0.0
     first_token: float | None = None
     ended: float = 0.0
     backend_failed: bool = False
+    delivery: int = 1  # JetStream's delivery count: above 1, the backend may be called again
 
     @property
     def job_id(self) -> str:
@@ -126,20 +126,18 @@ class JobRunner:
         self.worker_id = worker_id
         self.upstream_names = upstream_names
         self.ping_interval = ping_interval
-        self.keepalive = KeepAlive(ping_interval)
-        """Pings every running job that has been silent for a ping interval (one loop)."""
+        self.keepalive = KeepAlive(ping_interval)  # pings every job silent for a ping interval
         self.max_deliver = max_deliver
         self.on_outcome = on_outcome
-        self.track = track
-        """Around each job's run (the worker's running-job book)."""
+        self.track = track  # around each job's run (the worker's running-job book)
         self.cancelled = CancelledJobs()
-        self.shutting_down = False
-        """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
+        self.shutting_down = False  # a drain ran out of time: cancelled jobs go back, not dropped
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.responses_upstream: ResponsesPassthrough | None = None
-        self.endpoints: EndpointUpstream | None = None
-        """OpenAI's other endpoints this worker's upstream serves (`LLMQ_OPENAI_ENDPOINTS`)."""
-        """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
+        self.responses_upstream: ResponsesPassthrough | None = None  # serves /v1/responses itself
+        self.endpoints: EndpointUpstream | None = (
+            None  # OpenAI's other endpoints (worker/endpoints)
+        )
+        self.messages: MessageJobs | None = None  # Anthropic Messages jobs (worker/messages)
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -185,7 +183,7 @@ class JobRunner:
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = delivered(msg)
         sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
-        outcome = JobOutcome(job, "ok", started=time.monotonic())
+        outcome = JobOutcome(job, "ok", started=time.monotonic(), delivery=attempt)
         await sender.accepted(attempt)
         self.keepalive.add(sender, ack)
         try:
@@ -234,8 +232,7 @@ class JobRunner:
     async def _hand_back(
         self, ack: _Ack, sender: FrameSender, attempt: int, outcome: JobOutcome
     ) -> None:
-        """The worker stops before the job ended: give it back if nobody saw a token yet,
-        else end the client's stream with a clear error instead of silence."""
+        """The worker stops mid-job: give it back if nobody saw a token, else end it clearly."""
         if not ack.done:
             outcome.outcome = "retried"
             await ack.nak(delay=0)
@@ -248,8 +245,16 @@ class JobRunner:
     async def _execute(
         self, body: bytes, kind: JobKind, sender: FrameSender, ack: _Ack, outcome: JobOutcome
     ) -> None:
-        if kind in ("response", "endpoint"):  # worker/responses_api, worker/endpoints
-            await self._respond(body, sender, ack, outcome, kind)
+        if kind == "response":  # the Responses API: worker/responses_api
+            await self._respond(body, sender, ack, outcome)
+            return
+        if kind == "endpoint":  # OpenAI's other endpoints: worker/endpoints (acked at its head)
+            args = (self.endpoints, self.upstream_names, body, sender, self._started(ack, outcome))
+            outcome.usage = await run_endpoint(*args)
+            return
+        if kind == "message" and self.messages is not None:  # Anthropic's: worker/messages
+            started = self._started(ack, outcome)
+            outcome.usage = await self.messages.run(body, outcome.job, sender, started)
             return
         request = decode_request(kind, body)
         if isinstance(request, EmbeddingRequest):
@@ -271,23 +276,21 @@ class JobRunner:
         else:
             await self._collect(outs, reply, text, sender, outcome)
 
-    async def _respond(
-        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome, kind: JobKind
-    ) -> None:
-        """A Responses job, or one of OpenAI's other endpoints (relayed: acked at its head)."""
+    @staticmethod
+    def _started(ack: _Ack, outcome: JobOutcome) -> Started:
+        """The first output of a Responses or Messages job: a stream's point of no return."""
 
         async def started(streams: bool) -> None:
             outcome.first_token = time.monotonic()
             if streams:
                 await ack.ack()
 
-        if kind == "endpoint":
-            if self.endpoints is None:
-                raise BackendError("this worker serves no other endpoints", status=404,
-                                   code="model_not_found")  # fmt: skip
-            outcome.usage = await self.endpoints.run(self.upstream_names, body, sender, started)
-            return
+        return started
 
+    async def _respond(
+        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+    ) -> None:
+        started = self._started(ack, outcome)
         if self.responses_upstream is not None:
             outcome.usage = await self.responses_upstream.run(
                 self.upstream_names, body, outcome.job_id, sender, started
@@ -337,8 +340,7 @@ class JobRunner:
         sender: FrameSender,
         outcome: JobOutcome,
     ) -> None:
-        """A non-streamed reply: the body the backend built (`Out.body`), or else one folded
-        from the chunks it relayed."""
+        """A non-streamed reply: the backend's body (`Out.body`), else folded from its chunks."""
         finish: str | None = None
         usage: Usage | None = None
         body = b""
