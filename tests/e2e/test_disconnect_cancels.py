@@ -32,8 +32,11 @@ ROUTES = {
     "/v1/completions": lambda model: {"model": model, "prompt": "x"},
     "/v1/embeddings": lambda model: {"model": model, "input": "x"},
     "/v1/responses": lambda model: {"model": model, "input": "x"},
+    "/v1/messages": lambda model: {
+        "model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]
+    },
 }  # fmt: skip
-UPSTREAM_PATH = {"/v1/responses": "/v1/chat/completions"}
+UPSTREAM_PATH = {"/v1/responses": "/v1/chat/completions", "/v1/messages": "/v1/chat/completions"}
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
