@@ -16,6 +16,7 @@ import msgspec
 from llmq.api.model_table import ModelTable
 from llmq.dispatcher.registry import WorkerRegistry
 from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.endpoints import pack, unpack
 from llmq.schemas.envelope import REQUEST_DECODERS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
@@ -27,6 +28,7 @@ from llmq.schemas.responses import ResponseRequest
 from llmq.schemas.text import message_text
 
 _encoder = msgspec.json.Encoder()
+_fields = msgspec.json.Decoder(dict[str, Any])
 _PATH = re.compile(r"at `\$\.?(.*)`")
 
 
@@ -58,7 +60,29 @@ class RequestPreparer:
 
     def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
         """An async job or a batch line (the batch machinery's `Preparer` port)."""
+        if kind == "endpoint":
+            return self._durable_endpoint(body)
         return self.prepare(kind, body, durable=True)
+
+    def _durable_endpoint(self, packed: bytes) -> PreparedRequest:
+        """A batch line for one of OpenAI's other endpoints (`schemas.endpoints`): its model
+        must declare the endpoint; one request, no tokens reserved."""
+        try:
+            call, body = unpack(packed)
+            fields = _fields.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise Refusal(400, "the body is not a JSON object", "invalid_json") from None
+        if not isinstance(fields.get("model"), str):
+            raise Refusal(400, "`model` is required", "invalid_request", param="model")
+        model = self.models.resolve(fields["model"])
+        info = self.registry.model_info(model)
+        if info is None or call.path not in info.endpoints:
+            raise Refusal(
+                404, f"The model `{model}` does not serve {call.path}", "model_not_found",
+                param="model",
+            )  # fmt: skip
+        packed = pack(call, patch_body(body, {"model": model}))
+        return PreparedRequest(cast(AnyRequest, call), model, packed, "endpoint", False, 1, 1)
 
     def decode(self, kind: JobKind, body: bytes) -> AnyRequest:
         req: AnyRequest = _decode(body, REQUEST_DECODERS[kind])

@@ -53,13 +53,16 @@ async def run_endpoint(
     body: bytes,
     sender: FrameSender,
     started: Started,
+    *,
+    whole: bool = False,
 ) -> Usage:
-    """One `endpoint` job on this worker (404 when it serves none of them)."""
+    """One `endpoint` job on this worker (404 when it serves none of them); `whole`: a batch
+    line or async job, whose JSON answer is the `done` frame's body."""
     if endpoints is None:
         raise BackendError(
             "this worker serves no other endpoints", status=404, code="model_not_found"
         )
-    return await endpoints.run(upstream_names, body, sender, started)
+    return await endpoints.run(upstream_names, body, sender, started, whole=whole)
 
 
 class EndpointUpstream:
@@ -79,7 +82,13 @@ class EndpointUpstream:
         await self._client.aclose()
 
     async def run(
-        self, upstream_names: Mapping[str, str], body: bytes, sender: FrameSender, started: Started
+        self,
+        upstream_names: Mapping[str, str],
+        body: bytes,
+        sender: FrameSender,
+        started: Started,
+        *,
+        whole: bool = False,
     ) -> Usage:
         call, raw = unpack(body)
         if call.path not in self.endpoints:
@@ -100,21 +109,28 @@ class EndpointUpstream:
                 status=502, code="upstream_unavailable", retryable=True,
             ) from None  # fmt: skip
         try:
+            if whole:
+                return await self._whole(response, sender)
             return await self._relay(response, sender, started)
         finally:
             await response.aclose()
+
+    async def _whole(self, response: httpx.Response, sender: FrameSender) -> Usage:
+        """The answer as one JSON body in the `done` frame (batch lines, async jobs)."""
+        data = await response.aread()
+        _raise_for_status(response.status_code, data)
+        if _json(data) is None:
+            raise BackendError("the upstream's answer is not JSON", status=502)
+        usage = _usage(_json(data))
+        await sender.done(Done(usage=usage, finish_reason=None, body=msgspec.Raw(data)))
+        return usage
 
     async def _relay(
         self, response: httpx.Response, sender: FrameSender, started: Started
     ) -> Usage:
         kind = response.headers.get("content-type", "application/octet-stream")
         if response.status_code >= 400:
-            fields = error_fields(_json(await response.aread()))
-            raise BackendError(
-                fields.message or f"the upstream answered {response.status_code}",
-                status=response.status_code, type=fields.type or "upstream_error",
-                code=fields.code or "upstream_error", param=fields.param,
-            )  # fmt: skip
+            _raise_for_status(response.status_code, await response.aread())
         await started(True)
         await sender.chunk(encode_head(EndpointHead(response.status_code, kind)))
         kept = bytearray() if kind.startswith("application/json") else None
@@ -125,6 +141,17 @@ class EndpointUpstream:
         usage = _usage(_json(bytes(kept)) if kept is not None else None)
         await sender.done(Done(usage=usage, finish_reason=None))
         return usage
+
+
+def _raise_for_status(status: int, data: bytes) -> None:
+    if status < 400:
+        return
+    fields = error_fields(_json(data))
+    raise BackendError(
+        fields.message or f"the upstream answered {status}",
+        status=status, type=fields.type or "upstream_error",
+        code=fields.code or "upstream_error", param=fields.param,
+    )  # fmt: skip
 
 
 def _renamed(raw: bytes, upstream_names: Mapping[str, str]) -> bytes:

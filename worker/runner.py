@@ -250,7 +250,7 @@ class JobRunner:
             return
         if kind == "endpoint":  # OpenAI's other endpoints: worker/endpoints (acked at its head)
             args = (self.endpoints, self.upstream_names, body, sender, self._started(ack, outcome))
-            outcome.usage = await run_endpoint(*args)
+            outcome.usage = await run_endpoint(*args, whole=outcome.job.batch)
             return
         if kind == "message" and self.messages is not None:  # Anthropic's: worker/messages
             started = self._started(ack, outcome)

@@ -153,3 +153,40 @@ async def test_hostile_bodies_are_4xx_and_use_no_quota(served, upstream) -> None
     assert many.status_code == 400 and "parts" in many.json()["error"]["message"]
     assert len(upstream.received) == asked
     assert await UsageReader(redis).usage(tenant, days=1) == []
+
+
+async def test_a_batch_of_moderations(served, upstream) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import json
+    import time
+
+    model, plain, _http, api, key, _ = served
+    lines = [
+        {"custom_id": f"m{i}", "method": "POST", "url": "/v1/moderations",
+         "body": {"model": model, "input": f"text {i}"}}
+        for i in range(3)
+    ]  # fmt: skip
+    lines.append(
+        {"custom_id": "other", "url": "/v1/moderations", "body": {"model": plain, "input": "x"}}
+    )
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    uploaded = await sdk.files.create(file=("m.jsonl", data), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/moderations", completion_window="24h"
+    )
+    deadline = time.monotonic() + 30
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+        batch = await sdk.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (3, 1)
+    assert batch.output_file_id and batch.error_file_id
+    content = (await sdk.files.content(batch.output_file_id)).text
+    output = [json.loads(x) for x in content.splitlines()]
+    assert all(line["response"]["body"] == MODERATION for line in output)
+    errors = (await sdk.files.content(batch.error_file_id)).text
+    assert "other" in errors and "does not serve" in errors
+    await sdk.close()
