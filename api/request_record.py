@@ -29,5 +29,7 @@ class RequestRecord:
     """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
     omitted: list[str] = field(default_factory=list)
     """Types of the built-in tools left out of a Responses request (`x-llmq-omitted`)."""
+    cache: str = ""
+    """The response cache's part (`hit`, `miss`, `join`, `skip`; '' when it had none)."""
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
     """(from model, to model, cause) of each move to a fallback (api/engine/model_chain.py)."""

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 Event = bytes | Done | Failed
 
 
-class Keeper(Protocol):
+class ResponseEnd(Protocol):
     """What the serving module does with a response's end (store it, append it)."""
 
     async def final(self, body: bytes) -> None:
@@ -69,7 +69,7 @@ class ResponseRun(QueuedJob):
         record: RequestRecord,
         prompt_estimate: int,
         ticket: Ticket,
-        keeper: Keeper,
+        keeper: ResponseEnd,
     ) -> None:
         super().__init__(serving, run, reservation, record, prompt_estimate, ticket)
         self.keeper = keeper

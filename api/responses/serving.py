@@ -23,8 +23,10 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
+from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting, not_found
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
@@ -33,6 +35,7 @@ from llmq.api.responses.conversations import ConversationsServing
 from llmq.api.responses.finisher import ResponseFinisher
 from llmq.api.responses.input_files import inline_files
 from llmq.api.responses.items import as_items, for_model
+from llmq.api.responses.keeper import Keeper, NoKeeper
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.references import resolve
 from llmq.api.responses.relay import ResponseRun
@@ -44,10 +47,10 @@ from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.records import time_hex
-from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
-from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.responses import (
     CONVERSATION_PREFIX,
     RESPONSE_PREFIX,
@@ -224,6 +227,12 @@ class ResponsesServing:
             if fallback:  # a fallback unknown here or unable to take this request
                 return None, None
             raise
+        ask.fields["model"] = model
+        body = _encoder.encode(ask.fields)
+        plan = self._plan(request, record, ask, model, body, more)
+        served = await plan.served()  # the response cache: a stored answer, a joined job
+        if served is not None:
+            return served
         if more and router.over_queue_wait(model):
             return QUEUE_WAIT, None
         full = router.admit(model, ask.time_left())
@@ -238,11 +247,10 @@ class ResponsesServing:
         if held is None:
             return None, None
         ticket, reservation = held
-        ask.fields["model"] = model
         spec = JobSpec(
             job_id=record.job_id,
             model=model,
-            body=_encoder.encode(ask.fields),
+            body=body,
             tenant=record.tenant,
             deadline_ms=int((ask.submitted + ask.wait) * 1000),
             kind="response",
@@ -257,15 +265,39 @@ class ResponsesServing:
             serving.reservations.release_later(reservation, FAILED)
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
         run.on_taken = ticket.leave
+        run = plan.lead(run)
         stored = self._stored(record.job_id, ask)
 
-        keeper = _Keeper(self.records, stored, ask.req.stores)
+        keeper = Keeper(self.records, stored, ask.req.stores)
         job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, keeper)
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
-            **reservation.headers, **ask.headers,
+            **reservation.headers, **plan.headers, **ask.headers,
         }  # fmt: skip
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+
+    def _plan(
+        self,
+        request: Request,
+        record: RequestRecord,
+        ask: _Ask,
+        model: str,
+        body: bytes,
+        more: bool,
+    ) -> Plan:
+        """The attempt as the response cache (`Serving.reuse`) sees it."""
+        serving = self.serving
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
+            # a cached or joined answer is never stored as a response
+            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket, NoKeeper())
+
+        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
+        return serving.reuse.plan(serving, Ask(
+            request=request, record=record, kind="response", model=model, body=body,
+            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens, user="",
+            make_job=make_job, more=more, headers=headers,
+        ))  # fmt: skip
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""
@@ -287,28 +319,6 @@ class ResponsesServing:
                 raise not_found("conversation", conversation, param="conversation")
             return list(conv.items), conv.id
         return [], None
-
-
-@dataclass(slots=True)
-class _Keeper:
-    """One interactive response's end: stored (when `store`) and appended to its
-    conversation; a failed one is stored `failed`, so its announced id stays readable."""
-
-    records: ResponseRecords
-    stored: StoredResponse
-    keep: bool
-
-    async def final(self, body: bytes) -> None:
-        if self.keep or self.stored.conversation is not None:
-            self.stored.response = _fields.decode(body)
-            await self.records.finish(self.stored, keep=self.keep)
-
-    async def failed(self, error: dict[str, Any]) -> dict[str, Any]:
-        response = {**self.stored.response, "status": "failed", "error": error}
-        self.stored.response = response
-        if self.keep:
-            await self.records.finish(self.stored, keep=True)
-        return response
 
 
 @dataclass(slots=True)
