@@ -14,6 +14,7 @@ from llmq.api.auth import Authenticator
 from llmq.api.batch_wing import BatchWing
 from llmq.api.console import app as console
 from llmq.api.errors import install_error_handlers
+from llmq.api.listing import ListGate
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
@@ -35,6 +36,7 @@ from llmq.api.routing import Router
 from llmq.api.runtime import Runtime
 from llmq.api.serving import Serving
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.api.tenancy.request_rate import RequestRate
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.dispatcher.streams import ensure_usage_stream
@@ -74,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime, Authenticator(settings, store), reservations, preparer, router=router
         )
         app.state.queue_estimator = queue_estimator
+        rate = RequestRate(runtime.redis) if settings.api.auth_mode != "none" else None
+        app.state.list_gate = ListGate(rate, settings.api.list_concurrency)
         # metrics + request log observers, `llmq-api` micro service
         app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
         app.state.observability.metrics.queue_estimator = queue_estimator

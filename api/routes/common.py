@@ -3,7 +3,8 @@ serving modules the app's lifespan built."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -23,6 +24,15 @@ def wing(request: Request) -> BatchWing:
 async def tenant_of(request: Request) -> str:
     tenant: str = await request.app.state.serving.auth.tenant(request)
     return tenant
+
+
+@asynccontextmanager
+async def listing(request: Request) -> AsyncIterator[str]:
+    """The caller's tenant, for the span of one list call (`ListGate`: paced per tenant)."""
+    tenant = await tenant_of(request)
+    key_id = request.app.state.serving.auth.key_id(request)
+    async with request.app.state.list_gate.enter(tenant, key_id):
+        yield tenant
 
 
 def json_response(

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from llmq.api.errors import ApiError
 from llmq.api.file_serving import FileServing
-from llmq.api.routes.common import json_response, tenant_of, wing
+from llmq.api.routes.common import json_response, listing, tenant_of, wing
 
 router = APIRouter(prefix="/v1")
 
@@ -39,8 +39,8 @@ async def list_files(
     after: str | None = None,
     order: str = "desc",
 ) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).list(tenant, purpose, limit, after, order))
+    async with listing(request) as tenant:
+        return json_response(await serving(request).list(tenant, purpose, limit, after, order))
 
 
 @router.get("/files/{file_id}")

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from llmq.api.job_serving import JobServing
 from llmq.api.protocol import read_body
-from llmq.api.routes.common import json_response, tenant_of, wing
+from llmq.api.routes.common import json_response, listing, tenant_of, wing
 
 router = APIRouter(prefix="/v1")
 
@@ -26,8 +26,8 @@ async def create_job(request: Request) -> Response:
 
 @router.get("/jobs")
 async def list_jobs(request: Request, limit: int = 20, after: str | None = None) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).list(tenant, limit, after))
+    async with listing(request) as tenant:
+        return json_response(await serving(request).list(tenant, limit, after))
 
 
 @router.get("/jobs/{job_id}")

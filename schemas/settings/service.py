@@ -139,6 +139,12 @@ class ApiSettings(Group):
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
+    list_concurrency: int = setting(
+        4,
+        "List calls (GET /v1/files, /v1/jobs, /v1/batches) one tenant may have open at once "
+        "on one api replica; more get a 429. Each also counts against the RPM.",
+        ge=1,
+    )
 
     _split = field_validator("cors_origins", mode="before")(split_commas)
 
