@@ -17,9 +17,12 @@ from llmq.api.errors import ApiError
 from llmq.api.listing import not_found
 from llmq.api.response_items import as_items, list_body, page
 from llmq.api.response_records import public_hex
+from llmq.api.stored_bytes import MeteredStore
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.conversation_store import ConversationStore
 from llmq.schemas.responses import CONVERSATION_PREFIX, Conversation, Item
+
+_encoder = msgspec.json.Encoder()
 
 MAX_NEW_ITEMS = 20
 """Items one create or add call may carry (as OpenAI)."""
@@ -86,6 +89,11 @@ class ConversationsServing:
     def __init__(self, store: ConversationStore) -> None:
         self.store = store
 
+    async def _check_room(self, tenant: str, record: object) -> None:
+        """413 when `record`'s bytes do not fit in the tenant's storage quota."""
+        if isinstance(self.store, MeteredStore):
+            await self.store.check_room(tenant, len(_encoder.encode(record)))
+
     async def _get(self, tenant: str, public_id: str) -> Conversation:
         hex_id = public_hex(public_id, CONVERSATION_PREFIX)
         found = await self.store.get_conversation(tenant, hex_id) if hex_id else None
@@ -102,6 +110,7 @@ class ConversationsServing:
             metadata=_metadata(req.metadata),
             items=_new_items(req.items),
         )
+        await self._check_room(tenant, conv)
         try:
             await self.store.create_conversation(conv)
         except MaxPayloadError:
@@ -138,6 +147,7 @@ class ConversationsServing:
         req: _AddItems = _decode(body, _AddItems)
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
+        await self._check_room(tenant, items)
         try:
             updated = await self.store.update_conversation(
                 tenant, conv.id, lambda c: msgspec.structs.replace(c, items=[*c.items, *items])

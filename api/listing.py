@@ -66,7 +66,7 @@ class ListGate:
             raise _too_many(f"At most {self.per_tenant} list calls at once.", 1)
         self._open[tenant] = self._open.get(tenant, 0) + 1
         try:
-            await self._count(tenant, key_id)
+            await self.count(tenant, key_id)
             yield
         finally:
             left = self._open[tenant] - 1
@@ -75,7 +75,8 @@ class ListGate:
             else:
                 del self._open[tenant]
 
-    async def _count(self, tenant: str, key_id: str) -> None:
+    async def count(self, tenant: str, key_id: str) -> None:
+        """Count one request that holds no tokens against the RPM; 429 past it."""
         if self.rate is None or not tenant:
             return
         try:

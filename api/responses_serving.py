@@ -31,6 +31,7 @@ from llmq.api.response_records import ResponseRecords, public_hex
 from llmq.api.response_relay import ResponseRun
 from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT
 from llmq.api.serving import Attempted, RequestRecord, Serving
+from llmq.api.stored_bytes import MeteredStore, StoredBytes
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
@@ -62,13 +63,18 @@ async def open_responses(
     """Provision the buckets (again after a reconnect) and build both serving modules."""
     rt = serving.rt
 
-    async def provision() -> ConversationStore:
+    retention = rt.settings.batch.response_retention
+    stored = StoredBytes(rt.redis, retention)
+    wing.file_serving.stored = stored  # files and these share the storage quota
+
+    async def provision() -> MeteredStore:
         buckets = await streams.responses_buckets(
-            rt.js, rt.settings.batch.response_retention, rt.settings.protocol.nats_replicas
+            rt.js, retention, rt.settings.protocol.nats_replicas
         )
-        return ConversationStore(
-            buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET]
-        )
+        return MeteredStore(
+            buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET], stored,
+            wing.file_serving.room_left,
+        )  # fmt: skip
 
     store = await provision()
     rt.provisioner.add("responses buckets", provision)

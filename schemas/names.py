@@ -306,6 +306,17 @@ def rate_key(tenant: str) -> str:
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:rate"
 
 
+def stored_sizes_key(scope: str) -> str:
+    """Hash `<kind>:<hex id>` -> bytes of each stored response and conversation of a tenant
+    scope, and `_total`, their sum (its `storage_bytes` counts it, with its files)."""
+    return f"{REDIS_PREFIX}stored:{tenant_tag(scope)}"
+
+
+def stored_expiry_key(scope: str) -> str:
+    """Sorted set `<kind>:<hex id>` by the unix ms its record expires at (retention)."""
+    return f"{REDIS_PREFIX}stored:{tenant_tag(scope)}:exp"
+
+
 def key_quota_prefix(tenant: str, key_id: str) -> str:
     """Prefix of one API key's own quota state (`<prefix>:rate`, `:inflight`, `:d:<day>`,
     `:m:<month>`), the same shapes as the tenant's."""

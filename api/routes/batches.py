@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from llmq.api.batch_serving import BatchServing
 from llmq.api.protocol import read_body
-from llmq.api.routes.common import json_response, listing, tenant_of, wing
+from llmq.api.routes.common import caller_of, json_response, listing, tenant_of, wing
 
 router = APIRouter(prefix="/v1")
 
@@ -19,9 +19,9 @@ def serving(request: Request) -> BatchServing:
 
 @router.post("/batches")
 async def create_batch(request: Request) -> Response:
-    tenant = await tenant_of(request)
+    caller = await caller_of(request)
     body = await read_body(request, 1_000_000)
-    return json_response(await serving(request).create(tenant, body))
+    return json_response(await serving(request).create(caller.tenant, body, caller))
 
 
 @router.get("/batches")

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from llmq.api.errors import ApiError
 from llmq.api.file_serving import FileServing
-from llmq.api.routes.common import json_response, listing, tenant_of, wing
+from llmq.api.routes.common import counted, json_response, listing, tenant_of, wing
 
 router = APIRouter(prefix="/v1")
 
@@ -21,7 +21,7 @@ def serving(request: Request) -> FileServing:
 async def upload_file(request: Request) -> Response:
     """Read as it arrives: the body is never held whole (see `FileServing.upload`)."""
     svc = serving(request)
-    tenant = await tenant_of(request)
+    tenant = await counted(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > svc.max_bytes + 65_536:
         raise ApiError(

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from llmq.api.job_serving import JobServing
 from llmq.api.protocol import read_body
-from llmq.api.routes.common import json_response, listing, tenant_of, wing
+from llmq.api.routes.common import json_response, key_of, listing, tenant_of, wing
 
 router = APIRouter(prefix="/v1")
 
@@ -20,7 +20,9 @@ def serving(request: Request) -> JobServing:
 async def create_job(request: Request) -> Response:
     tenant = await tenant_of(request)
     body = await read_body(request, request.app.state.settings.api.max_body_bytes)
-    view = await serving(request).create(tenant, body, request.headers.get("traceparent"))
+    view = await serving(request).create(
+        tenant, body, request.headers.get("traceparent"), key_id=key_of(request)
+    )
     return json_response(view, status=202, headers={"x-request-id": view["id"]})
 
 

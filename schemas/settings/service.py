@@ -141,8 +141,7 @@ class ApiSettings(Group):
     )
     max_header_bytes: int = setting(
         65_536,
-        "Largest request line plus headers accepted; more gets a 431 and the connection "
-        "closes.",
+        "Largest request line plus headers accepted; more gets a 431 and the connection closes.",
         ge=1024,
     )
     max_header_count: int = setting(

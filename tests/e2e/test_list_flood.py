@@ -55,9 +55,7 @@ async def test_a_flood_of_lists_leaves_no_consumers_and_spares_other_tenants(  #
     await store.create(Tenant(name=b, rpm=100_000))
     await redis.aclose()
     port = free_port()
-    stack.process(
-        "api", "--port", str(port), auth_mode="header", trusted_tenants=f"{a},{b}"
-    )
+    stack.process("api", "--port", str(port), auth_mode="header", trusted_tenants=f"{a},{b}")
     url = f"http://127.0.0.1:{port}"
     await wait_for(lambda: _ready(url), timeout=60)
     limits = httpx.Limits(max_connections=FLOOD)
