@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from llmq import __version__
 from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
+from llmq.api.auth_changes import AuthChanges
 from llmq.api.batch_wing import BatchWing
 from llmq.api.console import app as console
 from llmq.api.errors import install_error_handlers
@@ -72,9 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )  # docs/routing.md
         queue_estimator.start()
         router = Router(models, runtime.registry, queue_estimator.wait_for)
-        app.state.serving = Serving(
-            runtime, Authenticator(settings, store), reservations, preparer, router=router
-        )
+        auth = Authenticator(settings, store)
+        app.state.serving = Serving(runtime, auth, reservations, preparer, router=router)
+        app.state.auth_changes = AuthChanges(runtime.nc, auth)  # api/auth_changes.py
+        await app.state.auth_changes.start()
         app.state.queue_estimator = queue_estimator
         rate = RequestRate(runtime.redis) if settings.api.auth_mode != "none" else None
         app.state.list_gate = ListGate(rate, settings.api.list_concurrency)
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.usage_booker.stop()
+            await app.state.auth_changes.stop()
             await app.state.responses.stop()
             await app.state.batches.stop()
             await app.state.observability.stop()
@@ -110,7 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /openapi.json and /docs describe the public API only; the admin API has its own
     # document behind the admin token (/admin/openapi.json).
     app = FastAPI(
-        title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
+        title="llmq",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.api.docs else None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)

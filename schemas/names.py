@@ -176,6 +176,11 @@ def outcome_subject(tenant: str, model: str, job_id: str) -> str:
 USAGE_STREAM = "LLMQ_USAGE"
 """The final usage of every interactive job, published by its worker (file, work queue,
 max age one day), so it is booked even when the api that submitted the job is gone."""
+AUTH_CHANGED = "llmq.auth.changed"
+"""Core NATS subject (no stream): the name of a tenant whose record or keys an api changed
+(a key revoked, the tenant suspended, updated or deleted); every api drops what its key
+cache holds of it (`api/auth_changes.py`)."""
+
 USAGE_PREFIX = "llmq.usage"
 USAGE_CONSUMER = "usage-booker"
 """The one durable pull consumer on LLMQ_USAGE, shared by every api replica."""
@@ -304,6 +309,12 @@ def rate_key(tenant: str) -> str:
     """Hash `req`, `tok`: the GCRA theoretical arrival times (unix ms, float) of the
     tenant's requests and tokens per minute (docs/tenants.md, "Exact rates")."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:rate"
+
+
+def console_ended_key(session_id: str) -> str:
+    """String, expiring with the session: a console session logged out before its expiry
+    (the cookie is stateless: a copy of it is refused by this)."""
+    return f"{REDIS_PREFIX}console:ended:{session_id}"
 
 
 def stored_sizes_key(scope: str) -> str:

@@ -126,14 +126,23 @@ async def show_tenant(name: str, request: Request) -> Response:
     return _json(await _tenant_or_404(_store(request), name))
 
 
+async def _changed(request: Request, name: str) -> None:
+    """Every api drops its cached records of the tenant (`api/auth_changes.py`)."""
+    await request.app.state.auth_changes.changed(name)
+
+
 @router.patch("/tenants/{name}")
 async def update_tenant(name: str, request: Request) -> Response:
-    return _json(await _guarded(_store(request).update(name, await _body(request))))
+    updated = await _guarded(_store(request).update(name, await _body(request)))
+    await _changed(request, name)
+    return _json(updated)
 
 
 @router.post("/tenants/{name}/suspend")
 async def suspend_tenant(name: str, request: Request) -> Response:
-    return _json(await _guarded(_store(request).suspend(name)))
+    suspended = await _guarded(_store(request).suspend(name))
+    await _changed(request, name)
+    return _json(suspended)
 
 
 @router.post("/tenants/{name}/resume")
@@ -146,6 +155,7 @@ async def delete_tenant(name: str, request: Request) -> Response:
     """Delete the tenant and purge its files, jobs and batches (docs/tenants.md)."""
     if not await _guarded(_store(request).delete(name)):
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
+    await _changed(request, name)
     purged: dict[str, int] = {}
     try:
         purged = await request.app.state.batches.purge_deleted()
@@ -181,6 +191,7 @@ async def list_keys(name: str, request: Request) -> Response:
 async def revoke_key(name: str, key_id: str, request: Request) -> Response:
     if not await _guarded(_store(request).revoke_key(name, key_id)):
         raise ApiError(404, f"key `{key_id}` of tenant `{name}` does not exist", "key_not_found")
+    await _changed(request, name)
     return _json({"id": key_id, "object": "api_key", "deleted": True})
 
 

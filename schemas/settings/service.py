@@ -168,6 +168,11 @@ class ApiSettings(Group):
     keep_alive_timeout: float = setting(
         5.0, "Seconds an idle keep-alive connection stays open.", gt=0
     )
+    docs: bool = setting(
+        False,
+        "Serve Swagger UI at /docs (the page loads its script and style from a public CDN); "
+        "/openapi.json is served either way.",
+    )
     list_concurrency: int = setting(
         4,
         "List calls (GET /v1/files, /v1/jobs, /v1/batches) one tenant may have open at once "
