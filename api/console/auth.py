@@ -21,7 +21,7 @@ from llmq.api.console.session import (
     set_cookie,
 )
 from llmq.api.errors import ApiError
-from llmq.api.routes.admin import _body, _guarded, _json
+from llmq.api.routes.admin import guarded, json_body, json_reply
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.errors import backend_guard
 from llmq.api.tenancy.store import hash_key
@@ -49,7 +49,7 @@ async def session_of(request: Request, role: str | None = None) -> Session:
     if role is not None and session.role != role:
         raise ApiError(403, "this page is for administrators", "forbidden")
     check_csrf(request, session)
-    if await _guarded(_ended(request, session)):
+    if await guarded(_ended(request, session)):
         raise ApiError(401, "this session was logged out", "not_logged_in")
     if session.role == "tenant":
         await _check_tenant(request, session)
@@ -66,10 +66,10 @@ async def _check_tenant(request: Request, session: Session) -> None:
     """A tenant session ends with its key (revoked or expired) and its tenant (suspended
     or deleted)."""
     store: TenantStore = request.app.state.store
-    tenant = await _guarded(store.get(session.tenant))
+    tenant = await guarded(store.get(session.tenant))
     if tenant is None or tenant.status != "active":
         raise ApiError(401, "this tenant is suspended or gone", "not_logged_in")
-    keys = await _guarded(store.list_keys(session.tenant))
+    keys = await guarded(store.list_keys(session.tenant))
     key = next((k for k in keys if k.id == session.key_id), None)
     if key is None or key.expired(time.time()):
         raise ApiError(401, "the key of this session was revoked or expired", "not_logged_in")
@@ -83,23 +83,23 @@ async def admin(request: Request) -> Session:
 async def login(request: Request) -> Response:
     _check_origin(request)
     settings = request.app.state.settings
-    token = str((await _body(request)).get("token", "")).strip()
+    token = str((await json_body(request)).get("token", "")).strip()
     admin_token = settings.api.admin_token
     session: Session | None = None
     if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         session = new_session(settings, "admin")
     elif token:
         store: TenantStore = request.app.state.store
-        tenant = await _guarded(store.resolve_key(token))
+        tenant = await guarded(store.resolve_key(token))
         if tenant is not None:
             digest = hash_key(token)
-            keys = await _guarded(store.list_keys(tenant.name))
+            keys = await guarded(store.list_keys(tenant.name))
             key_id = next((k.id for k in keys if hmac.compare_digest(k.sha256, digest)), "")
             if key_id:
                 session = new_session(settings, "tenant", tenant.name, key_id)
     if session is None:
         raise ApiError(401, "wrong admin token or API key", "invalid_credentials")
-    response = _json(_view(session))
+    response = json_reply(_view(session))
     set_cookie(response, request, settings, session)
     return response
 
@@ -109,8 +109,8 @@ async def logout(request: Request) -> Response:
     session = current(request)
     if session is not None:
         check_csrf(request, session)
-        await _guarded(_end(request, session))
-    response = _json({"logged_in": False})
+        await guarded(_end(request, session))
+    response = json_reply({"logged_in": False})
     clear_cookie(response, request)
     return response
 
@@ -132,8 +132,8 @@ async def show_session(request: Request) -> Response:
     own script only: same-origin JSON)."""
     session = current(request)
     if session is None:
-        return _json({"logged_in": False})
-    return _json(_view(await session_of(request)))
+        return json_reply({"logged_in": False})
+    return json_reply(_view(await session_of(request)))
 
 
 def _view(session: Session) -> dict[str, object]:

@@ -32,9 +32,7 @@ async def store(redis_server):  # type: ignore[no-untyped-def]
 async def _status(url: str, key: str) -> int:
     """A call outside inference that needs a valid key: 404 with one, 401 without."""
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        resp = await client.get(
-            "/v1/files/file-none", headers={"authorization": f"Bearer {key}"}
-        )
+        resp = await client.get("/v1/files/file-none", headers={"authorization": f"Bearer {key}"})
         return resp.status_code
 
 
@@ -144,7 +142,7 @@ async def test_an_aborted_upload_logs_one_line(stack, caplog) -> None:  # type: 
     api = await stack.api()
     caplog.set_level(logging.INFO)
     host, port = api.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _, writer = await asyncio.open_connection(host, int(port))
     boundary = "b0undary"
     writer.write(
         f"POST /v1/files HTTP/1.1\r\nhost: api\r\ncontent-length: 1000000\r\n"

@@ -1,7 +1,6 @@
 """Stored responses and conversations count toward a tenant's `storage_bytes`, with its files.
 
-Their sizes are kept in Redis (`api/tenancy/stored.lua`: one hash per tenant scope, and the
-records' expiry times, so what the bucket's retention drops stops counting). `MeteredStore`
+Their sizes are kept in Redis (`api/tenancy/stored_bytes.py`). `MeteredStore`
 is the conversation store with every write and delete recorded; a write that adds bytes
 (a new conversation, new items) is refused with a 413 first when it does not fit.
 """
@@ -9,19 +8,15 @@ is the conversation store with every write and delete recorded; a write that add
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.js.kv import KeyValue
-from redis.asyncio import Redis
 
 from llmq.api.errors import ApiError
+from llmq.api.responses.conversation_store import ConversationStore
 from llmq.api.tenancy import QuotaBackendDown
-from llmq.api.tenancy.errors import backend_guard
-from llmq.api.tenancy.quota import _script
-from llmq.dispatcher.conversation_store import ConversationStore
-from llmq.schemas import names
+from llmq.api.tenancy.stored_bytes import StoredBytes
 from llmq.schemas.responses import Conversation, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -29,29 +24,6 @@ _encoder = msgspec.json.Encoder()
 
 Room = Callable[[str], Awaitable[int | None]]
 """Bytes a tenant scope's quota leaves after its files (None: no quota)."""
-
-
-class StoredBytes:
-    def __init__(self, redis: Redis, retention: float) -> None:
-        self._redis = redis
-        self._script = redis.register_script(_script("stored.lua"))
-        self.retention = retention
-
-    async def record(self, scope: str, record: str, size: int) -> int:
-        """`record` (`<kind>:<hex>`) now takes `size` bytes (0: gone); the scope's total."""
-        now = time.time()
-        expires = int((now + self.retention) * 1000) if self.retention and size else 0
-        keys = [names.stored_sizes_key(scope), names.stored_expiry_key(scope)]
-        with backend_guard():
-            return int(await self._script(keys, [int(now * 1000), record, size, expires]))
-
-    async def total(self, scope: str) -> int:
-        return await self.record(scope, "", 0) if scope else 0
-
-    async def forget(self, scope: str) -> None:
-        """Drop a deleted tenant scope's sizes."""
-        with backend_guard():
-            await self._redis.delete(names.stored_sizes_key(scope), names.stored_expiry_key(scope))
 
 
 class MeteredStore(ConversationStore):
