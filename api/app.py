@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,6 +23,7 @@ from llmq.api.errors import install_error_handlers
 from llmq.api.listing import ListGate
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
+from llmq.api.openapi_bodies import with_bodies
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.responses import conversation_routes
@@ -123,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
         )
+    _document_bodies(app)
     app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
     # POST /v1/responses the same way; the responses router's route documents it
     app.router.routes.append(
@@ -142,3 +145,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.console.console_enabled:
         console.install(app)
     return app
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """`/openapi.json` with the request bodies the routes read (`api/openapi_bodies.py`)."""
+    bodies = {
+        **chat.BODIES, **job_routes.BODIES, **file_routes.BODIES, **batch_routes.BODIES,
+        **responses.BODIES, **conversation_routes.BODIES,
+    }  # fmt: skip
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_bodies(FastAPI.openapi(app), bodies)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from llmq.api.batch.batch_serving import BatchServing
+from llmq.api.batch.batch_serving import BatchServing, CreateBatch
 from llmq.api.batch.wing import wing
+from llmq.api.openapi_bodies import Bodies
 from llmq.api.protocol import read_body
 from llmq.api.routes.common import caller_of, json_response, listing, tenant_of
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {("/v1/batches", "post"): CreateBatch}
 
 
 def serving(request: Request) -> BatchServing:

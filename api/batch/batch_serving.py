@@ -60,7 +60,7 @@ def parse_window(text: str, maximum: float) -> int:
     return seconds
 
 
-class _CreateBatch(msgspec.Struct):
+class CreateBatch(msgspec.Struct):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
@@ -92,7 +92,7 @@ class BatchServing:
         checked now) and the key whose limits apply to each line as it is dispatched."""
         ensure_accepting(self.rt)
         try:
-            params = msgspec.json.decode(body, type=_CreateBatch)
+            params = msgspec.json.decode(body, type=CreateBatch)
         except msgspec.ValidationError as exc:
             raise ApiError(400, str(exc), "invalid_request") from None
         except msgspec.DecodeError:

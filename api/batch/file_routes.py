@@ -9,9 +9,21 @@ from starlette.responses import Response
 from llmq.api.batch.file_serving import FileServing
 from llmq.api.batch.wing import wing
 from llmq.api.errors import ApiError
+from llmq.api.openapi_bodies import Bodies, multipart
 from llmq.api.routes.common import counted, json_response, listing, tenant_of
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {
+    ("/v1/files", "post"): multipart(
+        {
+            "file": {"type": "string", "format": "binary"},
+            "purpose": {"type": "string", "enum": ["batch"]},
+            "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+            "expires_after[seconds]": {"type": "integer"},
+        },
+        ["file", "purpose"],
+    )
+}
 
 
 def serving(request: Request) -> FileServing:

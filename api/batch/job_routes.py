@@ -7,10 +7,45 @@ from starlette.responses import Response
 
 from llmq.api.batch.job_serving import JobServing
 from llmq.api.batch.wing import wing
+from llmq.api.openapi_bodies import Bodies
 from llmq.api.protocol import read_body
 from llmq.api.routes.common import json_response, key_of, listing, tenant_of
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {
+    ("/v1/jobs", "post"): {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/ChatCompletionRequest"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "endpoint": {
+                                    "type": "string",
+                                    "enum": [
+                                        "/v1/chat/completions",
+                                        "/v1/completions",
+                                        "/v1/embeddings",
+                                    ],
+                                },
+                                "webhook_url": {"type": "string"},
+                                "metadata": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    }
+}
+"""A chat request (or, with `endpoint`, a completion or embedding one) plus the job's own
+fields."""
 
 
 def serving(request: Request) -> JobServing:

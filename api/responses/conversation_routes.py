@@ -5,12 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from llmq.api.openapi_bodies import Bodies
 from llmq.api.protocol import read_body
-from llmq.api.responses.conversations import ConversationsServing
+from llmq.api.responses.conversations import (
+    AddItems,
+    ConversationsServing,
+    CreateConversation,
+    UpdateConversation,
+)
 from llmq.api.responses.routes import scope_of
 from llmq.api.routes.common import counted, json_response
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {
+    ("/v1/conversations", "post"): CreateConversation,
+    ("/v1/conversations/{conversation_id}", "post"): UpdateConversation,
+    ("/v1/conversations/{conversation_id}/items", "post"): AddItems,
+}
 
 
 def serving(request: Request) -> ConversationsServing:

@@ -28,16 +28,16 @@ MAX_NEW_ITEMS = 20
 """Items one create or add call may carry (as OpenAI)."""
 
 
-class _Create(msgspec.Struct):
+class CreateConversation(msgspec.Struct):
     items: list[Item] | None = None
     metadata: dict[str, str] | None = None
 
 
-class _Update(msgspec.Struct):
+class UpdateConversation(msgspec.Struct):
     metadata: dict[str, str]
 
 
-class _AddItems(msgspec.Struct):
+class AddItems(msgspec.Struct):
     items: list[Item]
 
 
@@ -102,7 +102,7 @@ class ConversationsServing:
         return found
 
     async def create(self, tenant: str, body: bytes) -> dict[str, Any]:
-        req: _Create = _decode(body, _Create)
+        req: CreateConversation = _decode(body, CreateConversation)
         conv = Conversation(
             id=time_hex(),
             tenant=tenant,
@@ -121,7 +121,7 @@ class ConversationsServing:
         return view(await self._get(tenant, public_id))
 
     async def update(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
-        req: _Update = _decode(body, _Update)
+        req: UpdateConversation = _decode(body, UpdateConversation)
         metadata = _metadata(req.metadata)
         conv = await self._get(tenant, public_id)
         updated = await self.store.update_conversation(
@@ -144,7 +144,7 @@ class ConversationsServing:
         return list_body(data, has_more)
 
     async def add_items(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
-        req: _AddItems = _decode(body, _AddItems)
+        req: AddItems = _decode(body, AddItems)
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
         await self._check_room(tenant, items)

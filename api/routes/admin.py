@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from llmq.api.console.session import admin_session
 from llmq.api.errors import ApiError
+from llmq.api.openapi_bodies import Bodies, with_bodies
 from llmq.api.tenancy import (
     Price,
     QuotaBackendDown,
@@ -30,7 +31,7 @@ from llmq.api.tenancy import (
     UnknownTenant,
     UsageReader,
 )
-from llmq.api.tenancy.models import key_input
+from llmq.api.tenancy.models import KeyInput, key_input
 
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
@@ -245,6 +246,17 @@ async def delete_price(model: str, request: Request) -> Response:
 
 # --- its own description -----------------------------------------------------------------
 
+BODIES: Bodies = {
+    ("/admin/tenants", "post"): Tenant,
+    ("/admin/tenants/{name}", "patch"): {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },  # some of a tenant's fields
+    ("/admin/tenants/{name}/keys", "post"): KeyInput,
+    ("/admin/prices/{model}", "put"): Price,
+}
+"""What the admin document says these routes read (`api/openapi_bodies.py`)."""
+
 
 @router.get("/openapi.json", include_in_schema=False)
 async def admin_openapi(request: Request) -> Response:
@@ -256,6 +268,7 @@ async def admin_openapi(request: Request) -> Response:
         "route needs `Authorization: Bearer $LLMQ_ADMIN_TOKEN`.",
         routes=router.routes,
     )
+    document = with_bodies(document, BODIES)
     document.setdefault("components", {})["securitySchemes"] = {
         "adminToken": {"type": "http", "scheme": "bearer"}
     }
