@@ -164,17 +164,20 @@ class EdgeProtocol(HttpToolsProtocol):
                 self.refuse(Refused(408, "Request body not received in time.", "timeout"))
 
     def refuse(self, refused: Refused) -> None:
-        """Answer `refused` (unless a response has begun) and close the connection."""
+        """Answer `refused` (unless this request's response has begun) and close."""
+        answered = self._phase == BODY and self.cycle is not None and self.cycle.response_started
         self._phase = IDLE
         transport = self.transport
         if self._refused or transport is None or transport.is_closing():
             return
         self._refused = True
-        log.info("refused a connection from %s: %d %s", _peer(self.client), refused.status,
+        log.debug("refused a connection from %s: %d %s", _peer(self.client), refused.status,
                  refused.message)  # fmt: skip
-        cycle = self.cycle
-        if cycle is not None and cycle.response_started:
-            transport.close()
+        cycle = self.cycle  # (a keep-alive connection's is the last request's)
+        if answered or (
+            cycle is not None and cycle.response_started and not cycle.response_complete
+        ):
+            transport.close()  # mid-response or answered: nothing more can be said
             return
         transport.write(refusal_bytes(refused.status, refused.message, refused.code))
         if transport.can_write_eof():

@@ -205,9 +205,11 @@ async def me(request: Request, days: int = 14) -> Response:
     tenant = await guarded(store.get(session.tenant))
     if tenant is None:
         raise ApiError(401, "this tenant no longer exists", "not_logged_in")
+    async with request.app.state.list_gate.enter(session.tenant, session.key_id):
+        work = await _work_of(request, session.tenant)  # two list calls (docs/security.md)
     return json_reply(
         {
-            **await _work_of(request, session.tenant),
+            **work,
             "limits": tenant,
             "usage": await _usage_rows(request, session.tenant, days),
         }
