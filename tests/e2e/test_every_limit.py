@@ -33,8 +33,16 @@ async def test_key_models_and_rpm_hold_on_jobs_and_batches(stack, store) -> None
     await stack.worker(model=[echo, slow], capacity=8)
     tenant = unique("t")
     await store.create(Tenant(name=tenant, rpm=1000))
-    key, _ = await store.create_key(tenant, settings=KeySettings(models=[slow], rpm=2))
+    key, _ = await store.create_key(tenant, settings=KeySettings(models=[slow], rpm=1))
+    free_key, _ = await store.create_key(tenant)
     api = await stack.api(auth_mode="keys")
+    # the tenant's batch input, uploaded with its other key
+    line = {"custom_id": "a", "method": "POST", "url": CHAT, "body": _chat(echo)}
+    lines = (json.dumps(line) + "\n" + json.dumps({**line, "custom_id": "b"}) + "\n").encode()
+    free = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=free_key, max_retries=0)
+    upload = await free.files.create(file=("in.jsonl", lines), purpose="batch")
+    await free.close()
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as client:
         # the key may not use `echo`: no job of it runs
@@ -42,19 +50,15 @@ async def test_key_models_and_rpm_hold_on_jobs_and_batches(stack, store) -> None
         assert refused.status_code == 403, refused.text
         assert refused.json()["error"]["code"] == "model_not_allowed"
         # nor a batch of it: refused at submission
-        line = {"custom_id": "a", "method": "POST", "url": CHAT, "body": _chat(echo)}
-        lines = (json.dumps(line) + "\n" + json.dumps({**line, "custom_id": "b"}) + "\n").encode()
-        sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
-        upload = await sdk.files.create(file=("in.jsonl", lines), purpose="batch")
         with pytest.raises(openai.PermissionDeniedError) as denied:
             await sdk.batches.create(
                 input_file_id=upload.id, endpoint=CHAT, completion_window="24h"
             )
         assert denied.value.code == "model_not_allowed"
-        # `slow` is allowed, twice a minute: the upload above was one (files count too)
+        # `slow` is allowed, once a minute
         first = await client.post("/v1/jobs", json=_chat(slow))
-        second = await client.post("/v1/jobs", json=_chat(slow))
         assert first.status_code == 202, first.text
+        second = await client.post("/v1/jobs", json=_chat(slow))
         assert second.status_code == 429, second.text
         assert "of this API key" in second.json()["error"]["message"]
         listed = await client.get("/v1/jobs")
