@@ -71,8 +71,9 @@ async def open_responses(
 
     async def provision() -> MeteredStore:
         buckets = await streams.responses_buckets(
-            rt.js, retention, rt.settings.protocol.nats_replicas
-        )
+            rt.js, retention, rt.settings.protocol.nats_replicas,
+            rt.settings.connection.nats_provision,
+        )  # fmt: skip
         return MeteredStore(
             buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET], stored,
             wing.file_serving.room_left,
