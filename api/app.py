@@ -98,7 +98,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     await app.state.auth_changes.start()
     undo.push_async_callback(app.state.auth_changes.stop)
     rate = RequestRate(runtime.redis) if settings.api.auth_mode != "none" else None
-    app.state.list_gate = ListGate(rate, settings.api.list_concurrency)
+    app.state.list_gate = ListGate(rate, settings.edge.list_concurrency)
     app.state.queue_estimator = queue_estimator
     # metrics + request log observers, `llmq-api` micro service
     app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="llmq",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs" if settings.api.docs else None,  # Swagger UI loads from a CDN
+        docs_url="/docs" if settings.edge.docs else None,  # Swagger UI loads from a CDN
         redoc_url=None,
     )
     app.state.settings = settings

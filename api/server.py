@@ -40,7 +40,7 @@ class ApiServer(uvicorn.Server):
 
 
 def edge_limits(settings: Settings) -> EdgeLimits:
-    api = settings.api
+    api = settings.edge
     return EdgeLimits(
         max_header_bytes=api.max_header_bytes,
         max_header_count=api.max_header_count,
@@ -58,7 +58,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         port=settings.api.port,
         loop="uvloop" if event_loop.AVAILABLE else "asyncio",
         http=EdgeProtocol.with_limits(edge_limits(settings)),  # api/edge.py
-        timeout_keep_alive=math.ceil(settings.api.keep_alive_timeout),
+        timeout_keep_alive=math.ceil(settings.edge.keep_alive_timeout),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.api.shutdown_grace),  # int: 0.5 s is not 0
