@@ -182,9 +182,7 @@ USAGE_STREAM = "LLMQ_USAGE"
 """The final usage of every interactive job, published by its worker (file, work queue,
 max age one day), so it is booked even when the api that submitted the job is gone."""
 AUTH_CHANGED = "llmq.auth.changed"
-"""Core NATS subject (no stream): the name of a tenant whose record or keys an api changed
-(a key revoked, the tenant suspended, updated or deleted); every api drops what its key
-cache holds of it (`api/auth_changes.py`)."""
+"""Core NATS: a tenant changed by the admin API; every api drops its cached keys of it."""
 
 USAGE_PREFIX = "llmq.usage"
 USAGE_CONSUMER = "usage-booker"
@@ -325,21 +323,14 @@ def rate_key(tenant: str) -> str:
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:rate"
 
 
-def console_ended_key(session_id: str) -> str:
-    """String, expiring with the session: a console session logged out before its expiry
-    (the cookie is stateless: a copy of it is refused by this)."""
-    return f"{REDIS_PREFIX}console:ended:{session_id}"
+CONSOLE_ENDED_PREFIX = f"{REDIS_PREFIX}console:ended:"
+"""+ a session id: a console session logged out (its cookie refused) until it would expire."""
 
 
-def stored_sizes_key(scope: str) -> str:
-    """Hash `<kind>:<hex id>` -> bytes of each stored response and conversation of a tenant
-    scope, and `_total`, their sum (its `storage_bytes` counts it, with its files)."""
-    return f"{REDIS_PREFIX}stored:{tenant_tag(scope)}"
-
-
-def stored_expiry_key(scope: str) -> str:
-    """Sorted set `<kind>:<hex id>` by the unix ms its record expires at (retention)."""
-    return f"{REDIS_PREFIX}stored:{tenant_tag(scope)}:exp"
+def stored_keys(scope: str) -> list[str]:
+    """Hash `<kind>:<hex>` -> bytes (and `_total`) of stored records; zset of their expiry."""
+    base = f"{REDIS_PREFIX}stored:{tenant_tag(scope)}"
+    return [base, f"{base}:exp"]
 
 
 def key_quota_prefix(tenant: str, key_id: str) -> str:

@@ -59,7 +59,7 @@ async def session_of(request: Request, role: str | None = None) -> Session:
 async def _ended(request: Request, session: Session) -> bool:
     redis = request.app.state.runtime.redis
     with backend_guard():
-        return bool(await redis.exists(names.console_ended_key(session.id)))
+        return bool(await redis.exists(names.CONSOLE_ENDED_PREFIX + session.id))
 
 
 async def _check_tenant(request: Request, session: Session) -> None:
@@ -122,7 +122,7 @@ async def _end(request: Request, session: Session) -> None:
     if left_ms > 0:
         with backend_guard():
             await request.app.state.runtime.redis.set(
-                names.console_ended_key(session.id), b"1", px=left_ms
+                names.CONSOLE_ENDED_PREFIX + session.id, b"1", px=left_ms
             )
 
 

@@ -24,7 +24,7 @@ class StoredBytes:
         """`record` (`<kind>:<hex>`) now takes `size` bytes (0: gone); the scope's total."""
         now = time.time()
         expires = int((now + self.retention) * 1000) if self.retention and size else 0
-        keys = [names.stored_sizes_key(scope), names.stored_expiry_key(scope)]
+        keys = names.stored_keys(scope)
         with backend_guard():
             return int(await self._script(keys, [int(now * 1000), record, size, expires]))
 
@@ -34,4 +34,4 @@ class StoredBytes:
     async def forget(self, scope: str) -> None:
         """Drop a deleted tenant scope's sizes."""
         with backend_guard():
-            await self._redis.delete(names.stored_sizes_key(scope), names.stored_expiry_key(scope))
+            await self._redis.delete(*names.stored_keys(scope))
