@@ -29,6 +29,8 @@ from llmq.schemas.text import message_text
 
 _encoder = msgspec.json.Encoder()
 _fields = msgspec.json.Decoder(dict[str, Any])
+MAX_BEST_OF = 20
+"""OpenAI's ceiling for `best_of` on /v1/completions."""
 _PATH = re.compile(r"at `\$\.?(.*)`")
 
 
@@ -160,6 +162,9 @@ class RequestPreparer:
         for param in params:
             _check_range(getattr(req, param), param, 1, token_limit)
         _check_range(req.n, "n", 1, self.max_n)
+        if isinstance(req, CompletionRequest):
+            n = req.n if isinstance(req.n, int) else 1
+            _check_range(req.best_of, "best_of", max(n, 1), MAX_BEST_OF)
 
     def fails_fast(self, model: str, live_now: bool = False, durable: bool = False) -> bool:
         """Whether a request for `model` needs a live worker now (else it may wait in the
@@ -287,8 +292,15 @@ def _token_ids(value: object) -> bool:
 
 
 def choices(req: ChatCompletionRequest | CompletionRequest) -> int:
-    """How many completions the request asks for (`n`, 1 when absent)."""
-    return req.n if isinstance(req.n, int) else 1
+    """How many completions the request makes the backend generate: `n` (1 when absent);
+    for /v1/completions `best_of` of them if larger, for every prompt of a list."""
+    n = req.n if isinstance(req.n, int) else 1
+    if isinstance(req, CompletionRequest):
+        if isinstance(req.best_of, int):
+            n = max(n, req.best_of)
+        if isinstance(req.prompt, list):
+            n *= max(len(req.prompt), 1)
+    return n
 
 
 def estimate_prompt_tokens(req: AnyRequest) -> int:

@@ -86,6 +86,8 @@ class CompletionRequest(Struct, omit_defaults=True):
     temperature: float | UnsetType | None = UNSET
     top_p: float | UnsetType | None = UNSET
     n: int | UnsetType | None = UNSET
+    best_of: int | UnsetType | None = UNSET
+    """Completions generated server-side, the best `n` returned: each one is reserved."""
     stop: str | list[str] | UnsetType | None = UNSET
     seed: int | UnsetType | None = UNSET
     presence_penalty: float | UnsetType | None = UNSET

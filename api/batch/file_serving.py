@@ -20,11 +20,14 @@ from llmq.api.batch.multipart import read_multipart
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found
 from llmq.api.runtime import Runtime
+from llmq.api.tenancy import QuotaBackendDown
+from llmq.api.tenancy.stored_bytes import StoredBytes
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines
 from llmq.dispatcher.batch.records import FileRecord, file_view
+from llmq.schemas import names
 
 FILE_PURPOSES = frozenset({"batch", "user_data", "assistants", "vision", "evals"})
 """Purposes a file may be stored for; only `batch` files are checked as JSONL (the others are
@@ -168,6 +171,21 @@ class FileServing:
         self.rt = runtime
         self.files = files
         self.scopes = scopes
+        self.stored: StoredBytes | None = None
+        """Stored responses and conversations, which share the storage quota (set by the
+        Responses API when it opens)."""
+
+    async def room_left(self, scope: str) -> int | None:
+        """Bytes the tenant scope's `storage_bytes` leaves after its files; None: no limit."""
+        quota = await self.scopes.storage_quota(names.tenant_of_scope(scope))
+        return quota - await self.files.used_bytes(scope) if quota else None
+
+    async def _stored_total(self, scope: str) -> int:
+        assert self.stored is not None
+        try:
+            return await self.stored.total(scope)
+        except QuotaBackendDown:
+            raise ApiError(503, "the quota store is unavailable", "quota_store_down") from None
 
     @property
     def max_bytes(self) -> int:
@@ -206,8 +224,9 @@ class FileServing:
         ensure_accepting(self.rt)
         batch = self.rt.settings.batch
         scope = await self.scopes.of(tenant)
-        quota = await self.scopes.storage_quota(tenant)
-        room = quota - await self.files.used_bytes(scope) if quota else None
+        room = await self.room_left(scope)
+        if room is not None and self.stored is not None:
+            room -= await self._stored_total(scope)
         form = _Form(self.max_bytes, room, batch.batch_max_lines)
         try:
             await read_multipart(limited(chunks, self.max_bytes + 65_536), content_type, form.open)

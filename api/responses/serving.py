@@ -39,9 +39,11 @@ from llmq.api.responses.keeper import Keeper, NoKeeper
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.references import resolve
 from llmq.api.responses.relay import ResponseRun
+from llmq.api.responses.stored_bytes import MeteredStore
 from llmq.api.responses.tools import apply_builtin_policy, omitted_header
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
+from llmq.api.tenancy.stored_bytes import StoredBytes
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
@@ -71,16 +73,19 @@ async def open_responses(
     """Provision the buckets (again after a reconnect) and build both serving modules."""
     rt = serving.rt
 
-    async def provision() -> ConversationStore:
+    retention = rt.settings.batch.response_retention
+    stored = StoredBytes(rt.redis, retention)
+    wing.file_serving.stored = stored  # files and these share the storage quota
+
+    async def provision() -> MeteredStore:
         buckets = await streams.responses_buckets(
-            rt.js,
-            rt.settings.batch.response_retention,
-            rt.settings.protocol.nats_replicas,
+            rt.js, retention, rt.settings.protocol.nats_replicas,
             rt.settings.connection.nats_provision,
-        )
-        return ConversationStore(
-            buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET]
-        )
+        )  # fmt: skip
+        return MeteredStore(
+            buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET], stored,
+            wing.file_serving.room_left,
+        )  # fmt: skip
 
     store = await provision()
     rt.provisioner.add("responses buckets", provision)

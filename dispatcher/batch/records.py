@@ -235,6 +235,8 @@ class BatchRecord(Struct, kw_only=True, omit_defaults=True):
     lease_until: float = 0.0
     dispatched: int = 0
     """How many of the batch's valid lines, in file order, have been queued."""
+    key_id: str = ""
+    """The API key that created the batch: its own limits apply to every line."""
 
 
 batch_decoder: Final = msgspec.json.Decoder(BatchRecord)
