@@ -77,7 +77,8 @@ class Runtime:
 
         async with contextlib.AsyncExitStack() as undo:  # what started, stopped on a failure
             await startup.step("the job streams", job_streams)
-            inbox = ReplyInbox(nc, settings.api.instance_id, settings.api.stream_buffer_bytes)
+            buffer = settings.storage.stream_buffer_bytes  # per stream (api/engine/job.py)
+            inbox = ReplyInbox(nc, settings.api.instance_id, buffer)
             await inbox.start()
             undo.push_async_callback(inbox.stop)
             registry = WorkerRegistry(

@@ -138,7 +138,9 @@ class QueuedJob:
         self.relayed += self.run.mailbox.buffered
         self.settle(408, code="stream_not_read")
         loop = asyncio.get_running_loop()
-        self.drain = loop.call_later(self.serving.rt.settings.api.stream_drain_timeout, self._cut)
+        self.drain = loop.call_later(
+            self.serving.rt.settings.storage.stream_drain_timeout, self._cut
+        )
 
     def stream_ended(self) -> None:
         """The relay ended (the client read on, or left): no cut, no reference kept."""

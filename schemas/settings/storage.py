@@ -1,9 +1,11 @@
-"""Bounds of what llmq keeps: one byte bound per JetStream stream, KV bucket and object
-store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's age, and the length and age of each
-tenant's usage ledger in Valkey (the global one: `LLMQ_LEDGER_MAXLEN`). A store at its
+"""Bounds of what llmq keeps: per open stream in an api's memory; one byte bound per
+JetStream stream, KV bucket and object store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's
+age; the length and age of each tenant's usage ledger in Valkey (the global one:
+`LLMQ_LEDGER_MAXLEN`). A store at its
 bound refuses new messages (discard new): nothing queued, running or stored is dropped to
 make room; new durable jobs, batches and files are refused with a 507 before a store they
-write is that full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded stores"."""
+write is that full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded memory
+and bounded stores"."""
 
 from __future__ import annotations
 
@@ -20,11 +22,33 @@ def _bound(default: int, what: str) -> int:
 
 
 class StorageSettings(Group):
-    """Byte bounds of the JetStream streams, buckets and object store llmq writes; the
-    tenants' ledgers' length and age."""
+    """What one api holds for a stream nobody reads; byte bounds of the JetStream streams,
+    buckets and object store llmq writes; the tenants' ledgers' length and age."""
 
     commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
 
+    stream_buffer_bytes: int = setting(
+        524_288,
+        "Bytes of reply frames the api holds for one stream whose client reads slower than "
+        "the job answers (once the socket's write buffer is full); past it the job is "
+        "cancelled, what it generated is booked and the client gets an error event.",
+        ge=65_536,
+        commands=(),
+    )
+    stream_drain_timeout: float = setting(
+        30.0,
+        "Seconds a stream cut for stream_buffer_bytes waits for its client to read what "
+        "is buffered before the connection is closed.",
+        gt=0,
+        commands=(),
+    )
+    malloc_trim_interval: float = setting(
+        30.0,
+        "Seconds between returns of freed heap memory to the system (glibc malloc_trim; "
+        "after bursts of large streams); 0 = never.",
+        ge=0,
+        commands=(),
+    )
     jobs_stream_max_bytes: int = _bound(256 * MiB, "LLMQ_JOBS (interactive jobs, in memory)")
     batch_stream_max_bytes: int = _bound(2 * GiB, "LLMQ_BATCH (queued async and batch jobs)")
     usage_stream_max_bytes: int = _bound(256 * MiB, "LLMQ_USAGE (usage reports not booked)")
