@@ -1,6 +1,6 @@
 """Submitting a job and following its reply frames until it ends.
 
-`JobRun.events()` turns the frames of DESIGN.md into what the api relays: chunk bytes, then
+`JobRun.events()` turns the reply frames (docs/protocol.md, "Reply frames") into what the api relays: chunk bytes, then
 one `Done` or `Failed`. Every wait has a bound: the job's deadline until it is under way (a
 stream's first chunk, or a worker taking a job that answers whole), then its end
 (`max_deadline`) and three ping intervals of silence; a passed deadline or end is always a
