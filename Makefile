@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: dev test browser lint bench clean
+.PHONY: dev test test-public-paths browser lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ dev: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(ARGS)
+
+# The end-to-end chat, stream, Responses, deadline and quota tests again with every library
+# shortcut off (llmq/_fast: LLMQ_FAST_PATHS=0), so the public paths stay correct.
+PUBLIC_PATH_TESTS = tests/e2e/test_openai_sdk.py tests/e2e/test_responses.py \
+	tests/e2e/test_deadlines.py tests/e2e/test_reservations.py tests/e2e/test_tenancy.py
+test-public-paths: $(STAMP)
+	LLMQ_FAST_PATHS=0 $(BIN)/python -m pytest $(PUBLIC_PATH_TESTS) $(ARGS)
 
 # The console's browser tests need Debian's chromium and chromium-driver. As root with apt,
 # install them when missing; otherwise (or if that fails) those tests skip, naming the command.

@@ -9,6 +9,8 @@ from types import FrameType
 import uvicorn
 
 from llmq import event_loop
+from llmq._fast import configure as configure_fast_paths
+from llmq._fast import starlette as fast_starlette
 from llmq.api.app import create_app
 from llmq.api.hot_paths import HotPaths
 from llmq.schemas.settings import Settings
@@ -31,8 +33,10 @@ class ApiServer(uvicorn.Server):
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    configure_fast_paths(settings.connection.fast_paths)
+    app = create_app(settings)
     return uvicorn.Config(
-        HotPaths(create_app(settings)),  # the hot routes ahead of the middleware stack
+        HotPaths(app) if fast_starlette.GATE.open else app,  # hot routes ahead of the stack
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop" if event_loop.AVAILABLE else "asyncio",

@@ -36,7 +36,7 @@ from nats.aio.msg import Msg  # noqa: E402
 from bench.mock_upstream import _chunks, _completion  # noqa: E402
 
 try:  # the "before" tree of an A/B run has nats-py's parser only
-    from llmq.dispatcher.headers import parse_header_lines
+    from llmq._fast.nats import parse_header_lines
 except ImportError:  # pragma: no cover
     parse_header_lines = Client._parse_header_lines
 from llmq.schemas import names  # noqa: E402

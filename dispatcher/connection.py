@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from llmq.dispatcher import headers
+from llmq._fast import nats as fast_nats
 from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas.settings import ConnectionSettings
 
@@ -125,7 +125,7 @@ async def connect(
                 f"{exc or type(exc).__name__}; check LLMQ_NATS_CREDS, _NKEY, _USER/_PASSWORD, "
                 "_TOKEN and LLMQ_NATS_TLS_CA/_CERT/_KEY"
             ) from exc
-        info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+        info = fast_nats.server_info(nc)
         if starting and info.get("tls_verify") and not conn.nats_tls_cert:
             raise NatsRefused(
                 f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
@@ -144,7 +144,7 @@ async def connect(
             on_reconnect()
 
     nc = Client()
-    headers.install(nc)  # headers parsed and encoded with less work, same results
+    fast_nats.install(nc)  # headers parsed and encoded with less work, same results
     options: dict[str, Any] = {
         "servers": [u.strip() for u in url.split(",") if u.strip()],
         "name": name,

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from llmq._fast import nats as fast_nats
 from llmq.dispatcher.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -116,21 +117,12 @@ async def scan(
                         out.pop(entry.key, None)
                     else:
                         out[entry.key] = entry.value or b""
-                if marked and await _caught_up(watcher, handled):
+                if marked and await fast_nats.watcher_caught_up(watcher, handled):
                     break
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
     return out
-
-
-async def _caught_up(watcher: KeyValue.KeyWatcher, handled: int) -> bool:
-    sub = watcher._sub  # nats-py keeps the watcher's subscription private
-    if sub is None:
-        return True
-    info = await sub.consumer_info()
-    delivered = info.delivered.consumer_seq if info.delivered else 0
-    return not info.num_pending and handled >= (delivered or 0)
 
 
 async def open_watch(kv: KeyValue, pattern: str, **options: Any) -> KeyValue.KeyWatcher:

@@ -259,6 +259,7 @@ def test_dispatcher_needs_no_command_line() -> None:
         "llmq.dispatcher",
         "llmq.worker",
         "llmq.schemas",
+        "llmq._fast",
     }
     wrong = [
         f"{m}: {t}"
@@ -340,3 +341,84 @@ def test_no_module_is_too_long_to_read_in_one_sitting() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     ]
     assert not long, f"split these (>{MAX_LINES} lines):\n" + "\n".join(long)
+
+
+# --- library shortcuts: only behind their gates (llmq/_fast) --------------------------------
+
+LIBRARY_PRIVATE = frozenset(
+    {
+        # nats-py
+        "_pending_queue", "_pending_size", "_parse_header_lines", "_send_publish",
+        "_send_command", "_flush_queue", "_flush_pending", "_server_info", "_sub",
+        "_HEADER_KEY_RE", "_HEADER_VALUE_NEWLINES",
+        # redis-py
+        "_in_use_connections", "_available_connections", "_in_maintenance",
+        "_event_dispatcher", "_writer", "_reader",
+        # FastAPI / Starlette
+        "_native_telemetry", "_utils",
+    }
+)  # fmt: skip
+"""Private names of nats-py, redis-py, FastAPI and Starlette that llmq's shortcuts use."""
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Where `path` reaches for one of `LIBRARY_PRIVATE` on something not its own (`self`),
+    by attribute, by `getattr`/`setattr` name, or by importing a private module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        name = None
+        if isinstance(node, ast.Attribute) and node.attr in LIBRARY_PRIVATE:
+            if not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                name = node.attr
+        elif isinstance(node, ast.Constant) and node.value in LIBRARY_PRIVATE:
+            name = str(node.value)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if any(part.startswith("_") for part in node.module.split(".")[1:]):
+                if node.module.split(".")[0] in ("nats", "redis", "starlette", "fastapi"):
+                    name = node.module
+        if name is not None:
+            found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}: {name}")
+    return found
+
+
+def test_library_private_parts_are_touched_only_behind_a_gate() -> None:
+    gates = ROOT / "llmq" / "_fast"
+    wrong = [
+        use
+        for room in ROOMS
+        for path in _sources(room)
+        if gates not in path.parents
+        for use in _private_uses(path)
+    ]
+    assert not wrong, (
+        "move these into the library's gate module in llmq/_fast/ (with a public path for "
+        "when the gate is shut):\n" + "\n".join(wrong)
+    )
+
+
+def test_the_private_check_sees_a_private_use(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from starlette._utils import is_async_callable\n"
+        "q = sub._pending_queue\n"
+        "w = getattr(conn, '_writer', None)\n"
+        "own = self._writer\n"
+    )
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        uses = _private_uses(sample)
+    finally:
+        ROOT = saved
+    assert [u.rsplit(": ", 1)[1] for u in uses] == ["starlette._utils", "_pending_queue", "_writer"]
+
+
+def test_the_gates_import_nothing_of_llmq_but_themselves() -> None:
+    wrong = [
+        f"{m}: {t}"
+        for m, targets in _graph().items()
+        if _inside(m, "llmq._fast")
+        for t in targets
+        if not _inside(t, "llmq._fast")
+    ]
+    assert not wrong, "\n".join(wrong)

@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from llmq import __version__
+from llmq._fast import configure as configure_fast_paths
 from llmq.dispatcher import streams
 from llmq.dispatcher.connection import Provisioner, connect, disconnect
 from llmq.dispatcher.tasks import stop_task
@@ -47,6 +48,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 class Worker:
     def __init__(self, settings: Settings, backend_config: BackendConfig | None = None) -> None:
+        configure_fast_paths(settings.connection.fast_paths)
         self.settings = settings
         self.id = settings.worker.worker_id
         self.models = parse_models(settings.worker.model)

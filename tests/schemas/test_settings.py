@@ -119,6 +119,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "RESPONSES_PASSTHROUGH": ("true", True),
     "MAX_OUTPUT_TOKENS": ("37", 37),
     "MAX_N": ("38", 38),
+    "FAST_PATHS": ("false", False),
 }
 
 # Flags per command before flags were derived from the models.

@@ -5,15 +5,18 @@ client really uses."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from llmq.dispatcher import headers
+from llmq._fast import configure
+from llmq._fast import nats as headers
+from llmq._fast.nats import encode_headers, parse_header_lines
 from llmq.dispatcher.connection import connect, disconnect
-from llmq.dispatcher.headers import encode_headers, parse_header_lines
 from tests.stack import unique
 
 nats_py = Client._parse_header_lines
@@ -111,7 +114,7 @@ async def _published(nc: Client, block: dict[str, Any] | None) -> tuple[object, 
 
 async def _same_as_nats_py(block: dict[str, Any] | None) -> None:
     ours = Client()
-    headers.install(ours)
+    assert headers.install(ours)
     theirs = Client()
     assert await _published(ours, block) == await _published(theirs, block)
 
@@ -155,3 +158,11 @@ async def test_any_dict_encodes_as_nats_py_does(value: dict[str, str]) -> None:
 def test_the_encoded_block_is_nats_py_s() -> None:
     block = encode_headers({"Llmq-Frame": "chunk", "Llmq-Seq": "3"})
     assert bytes(block) == b"NATS/1.0\r\nLlmq-Frame: chunk\r\nLlmq-Seq: 3\r\n\r\n"
+
+
+@pytest.fixture(autouse=True)
+def _gate_open() -> Iterator[None]:
+    """These tests compare the shortcuts with nats-py itself: the gate must be open."""
+    configure(True)
+    yield
+    configure(None)
