@@ -21,11 +21,23 @@ log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
-_OWN_CODES = frozenset({
-    "deadline_exceeded", "worker_lost", "frames_lost", "attempts_exhausted", "job_lost",
-    "empty_response", "worker_shutdown", "worker_error", "upstream_auth_failed",
-    "service_unavailable", "no_worker", "queue_unavailable", "upstream_timeout",
-})  # fmt: skip
+_OWN_CODES = frozenset(
+    {
+        "deadline_exceeded",
+        "worker_lost",
+        "frames_lost",
+        "attempts_exhausted",
+        "job_lost",
+        "empty_response",
+        "worker_shutdown",
+        "worker_error",
+        "upstream_auth_failed",
+        "service_unavailable",
+        "no_worker",
+        "queue_unavailable",
+        "upstream_timeout",
+    }
+)
 """Server-side failures whose message llmq itself wrote, with nothing of the network in it."""
 
 _GENERIC = {"upstream_unavailable": "The model backend could not be reached or failed."}
@@ -150,8 +162,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
         if transient(exc):  # NATS electing a leader or moving to another node: it passes
-            err = ApiError(503, "the job queue did not answer in time; retry",
-                           "queue_unavailable", type="server_error")  # fmt: skip
+            err = ApiError(
+                503,
+                "the job queue did not answer in time; retry",
+                "queue_unavailable",
+                type="server_error",
+            )
             return error_response(503, err.body(), {"retry-after": "1"})
         err = ApiError(500, "internal error", "internal_error", type="server_error")
         return error_response(500, err.body())

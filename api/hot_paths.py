@@ -175,9 +175,13 @@ class HotPaths:
 def _request_only(route: APIRoute) -> bool:
     dependant = route.dependant
     params = (
-        dependant.dependencies, dependant.path_params, dependant.query_params,
-        dependant.header_params, dependant.cookie_params, dependant.body_params,
-    )  # fmt: skip
+        dependant.dependencies,
+        dependant.path_params,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
     if any(params) or dependant.request_param_name is None:
         return False
     if not is_async_callable(route.endpoint):

@@ -53,8 +53,24 @@ QUOTA_REASONS = frozenset(
 """Error codes of requests refused by admission (quota and tenant state)."""
 
 LATENCY_BUCKETS = (
-    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
-)  # fmt: skip
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+)
 TTFT_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 QUEUE_TIMEOUT = 2.0
 """Seconds a scrape waits for JetStream consumer info before serving the cached values."""

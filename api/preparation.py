@@ -59,9 +59,11 @@ class RequestPreparer:
         req: AnyRequest = _decode(body, REQUEST_DECODERS[kind])
         if isinstance(req, ChatCompletionRequest) and not req.messages:
             raise Refusal(
-                400, "`messages` must contain at least one message", "invalid_request",
+                400,
+                "`messages` must contain at least one message",
+                "invalid_request",
                 param="messages",
-            )  # fmt: skip
+            )
         return req
 
     def prepare_decoded(
@@ -109,9 +111,11 @@ class RequestPreparer:
         info = registry.model_info(model)
         if info is not None and kind not in info.kinds:
             raise Refusal(
-                400, f"model `{model}` does not support {kind} requests", "unsupported_endpoint",
+                400,
+                f"model `{model}` does not support {kind} requests",
+                "unsupported_endpoint",
                 param="model",
-            )  # fmt: skip
+            )
 
     def _adjusted(
         self, req: AnyRequest, model: str, durable: bool

@@ -177,12 +177,17 @@ class Reservations:
             self._held.pop(key, None)
         endings = [
             Ending(
-                r.tenant, r.model, r.job_id, u.prompt_tokens, u.completion_tokens,
-                failed=u.failed, cached_tokens=u.cached_tokens,
+                r.tenant,
+                r.model,
+                r.job_id,
+                u.prompt_tokens,
+                u.completion_tokens,
+                failed=u.failed,
+                cached_tokens=u.cached_tokens,
                 cache_write_tokens=u.cache_write_tokens,
             )
             for r, u in held
-        ]  # fmt: skip
+        ]
         outcomes = iter(await self.quota.release_many(endings) if endings else [])
         results: list[bool | Exception] = []
         for reservation, _ in ended:

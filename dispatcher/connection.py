@@ -98,6 +98,51 @@ def _refused(exc: BaseException) -> bool:
     )
 
 
+def _refusal(
+    exc: Exception, nc: Client, url: str, name: str, conn: ConnectionSettings
+) -> NatsRefused | None:
+    """A refusal at start (credentials, TLS, a client certificate the server wants) as the
+    error that names what to check; None for any other error."""
+    shown = redact_url(url)
+    if _refused(exc):
+        return NatsRefused(
+            f"NATS at {shown} refused {name!r} (credentials or TLS): "
+            f"{exc or type(exc).__name__}; check LLMQ_NATS_CREDS, _NKEY, _USER/_PASSWORD, "
+            "_TOKEN and LLMQ_NATS_TLS_CA/_CERT/_KEY"
+        )
+    if fast_nats.server_info(nc).get("tls_verify") and not conn.nats_tls_cert:
+        return NatsRefused(
+            f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
+            "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
+        )
+    return None
+
+
+def _retry_options(reconnect: bool, on_reconnect: Callable[[], None] | None) -> dict[str, Any]:
+    """Reconnect forever, logging each disconnect and reconnect (the api and worker); or,
+    without `reconnect`, one bounded attempt per server (the CLI)."""
+    if not reconnect:
+        # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for
+        # one retry per server and bound the whole attempt.
+        return {"allow_reconnect": False, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.1}
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+        if on_reconnect is not None:
+            on_reconnect()
+
+    return {
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": True,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnected,
+    }
+
+
 async def connect(
     url: str,
     name: str,
@@ -116,32 +161,13 @@ async def connect(
     (synchronously, in the client's reconnect task) once per reconnect."""
     conn = conn if conn is not None else ConnectionSettings()
     starting = True
-    shown = redact_url(url)
 
     async def on_error(exc: Exception) -> None:
-        if starting and _refused(exc):
-            raise NatsRefused(
-                f"NATS at {shown} refused {name!r} (credentials or TLS): "
-                f"{exc or type(exc).__name__}; check LLMQ_NATS_CREDS, _NKEY, _USER/_PASSWORD, "
-                "_TOKEN and LLMQ_NATS_TLS_CA/_CERT/_KEY"
-            ) from exc
-        info = fast_nats.server_info(nc)
-        if starting and info.get("tls_verify") and not conn.nats_tls_cert:
-            raise NatsRefused(
-                f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
-                "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
-            ) from exc
+        refusal = _refusal(exc, nc, url, name, conn) if starting else None
+        if refusal is not None:
+            raise refusal from exc
         if reconnect:
             log.warning("nats error: %s", exc)
-
-    async def on_disconnect() -> None:
-        if reconnect:
-            log.warning("nats disconnected")
-
-    async def on_reconnected() -> None:
-        log.info("nats reconnected")
-        if on_reconnect is not None:
-            on_reconnect()
 
     nc = Client()
     fast_nats.install(nc)  # headers parsed and encoded with less work, same results
@@ -152,18 +178,7 @@ async def connect(
         "error_cb": on_error,
         **auth_options(conn),
     }
-    if reconnect:
-        options.update(
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnected,
-        )
-    else:
-        # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for
-        # one retry per server and bound the whole attempt.
-        options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
+    options.update(_retry_options(reconnect, on_reconnect))
     try:
         async with asyncio.timeout(None if reconnect else timeout * 3):
             await nc.connect(**options)

@@ -108,9 +108,12 @@ class Worker:
             s.observability.metrics_host, s.worker.metrics_port, s.observability.metrics_token
         )
         self.announcer = Announcer(
-            nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
+            nc.jetstream(),
+            self.info,
+            s.protocol.heartbeat,
+            sorted(self.backend.kinds),
             s.protocol.nats_replicas,
-        )  # fmt: skip
+        )
         await self.announcer.start()
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
         self.scheduler.start()
@@ -119,8 +122,11 @@ class Worker:
         self.provisioner.start()
         log.info(
             "worker %s serving %s on %s, capacity %d",
-            self.id, ", ".join(self.models), describe(self.backend_config), s.worker.capacity,
-        )  # fmt: skip
+            self.id,
+            ", ".join(self.models),
+            describe(self.backend_config),
+            s.worker.capacity,
+        )
 
     async def _provision_consumers(self) -> list[tuple[str, str, int]]:
         """The job streams and this worker's durable consumers on them, as feed specs."""
@@ -131,9 +137,13 @@ class Worker:
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
                 consumer = await streams.ensure_consumer(
-                    js, stream, model, s.protocol.ack_wait, s.protocol.max_deliver,
+                    js,
+                    stream,
+                    model,
+                    s.protocol.ack_wait,
+                    s.protocol.max_deliver,
                     s.protocol.nats_replicas,
-                )  # fmt: skip
+                )
                 specs.append((stream, consumer, priority))
         return specs
 
@@ -152,13 +162,15 @@ class Worker:
         feeds = []
         for stream, consumer, priority in self._feed_specs:
             feed = PullFeed(
-                self.nc, stream, consumer,
+                self.nc,
+                stream,
+                consumer,
                 priority=priority,
                 lingering=priority == INTERACTIVE,
                 expires=self.settings.worker.pull_expires,
                 on_job=self.scheduler.on_job,
                 on_change=self.scheduler.kick,
-            )  # fmt: skip
+            )
             await feed.start()
             feeds.append(feed)
         return feeds

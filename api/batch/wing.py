@@ -77,9 +77,13 @@ class BatchWing:
         self.store = BatchStore(buckets[names.BATCHES_BUCKET])
         self.files = FileStore(objects, buckets[names.FILE_META_BUCKET])
         self.jobs = AsyncJobs(
-            nc, js, buckets[names.ASYNC_JOBS_BUCKET], results, scoped,
+            nc,
+            js,
+            buckets[names.ASYNC_JOBS_BUCKET],
+            results,
+            scoped,
             stall=s.batch.batch_stall,
-        )  # fmt: skip
+        )
         self.webhooks = Webhooks(
             js,
             self.jobs.render,
@@ -148,9 +152,12 @@ class BatchWing:
         `purgers` of other wings hold: stored responses, conversations)."""
         b = self._buckets
         counts = await purge_scope(
-            scope, self.files, b[names.ASYNC_JOBS_BUCKET], b[names.BATCHES_BUCKET],
+            scope,
+            self.files,
+            b[names.ASYNC_JOBS_BUCKET],
+            b[names.BATCHES_BUCKET],
             b[names.RESULTS_BUCKET],
-        )  # fmt: skip
+        )
         for purge in self.purgers:
             counts.update(await purge(scope))
         return counts

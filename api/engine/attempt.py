@@ -76,8 +76,9 @@ async def watched(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            return failure(503, f"no live worker takes model `{model}`",
-                           "service_unavailable", cause)  # fmt: skip
+            return failure(
+                503, f"no live worker takes model `{model}`", "service_unavailable", cause
+            )
     finally:
         if not task.done():
             task.cancel()

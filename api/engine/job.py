@@ -63,9 +63,12 @@ class QueuedJob:
             record.completion_tokens = self.relayed
         cached, written = cache_counts(done.usage) if done is not None else (0, 0)
         usage = JobUsage(
-            record.prompt_tokens, record.completion_tokens, failed=done is None,
-            cached_tokens=cached, cache_write_tokens=written,
-        )  # fmt: skip
+            record.prompt_tokens,
+            record.completion_tokens,
+            failed=done is None,
+            cached_tokens=cached,
+            cache_write_tokens=written,
+        )
         self.serving.reservations.release_later(self.reservation, usage)
         if observe:
             self.serving.observe(record)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
-from llmq.api.engine.model_chain import Router
+from llmq.api.engine.model_chain import QUEUE_WAIT, Router
 from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.preparation import RequestPreparer
@@ -85,9 +85,34 @@ class Serving:
             headers = {"x-request-id": id_prefix + record.job_id}
             return failed_response(public_failure(last, record.job_id), headers)
         if last is None:  # every fallback was unusable for this request
-            last = Refusal(503, f"no live worker serves model `{requested}`", "no_worker",
-                           param="model")  # fmt: skip
+            last = Refusal(
+                503, f"no live worker serves model `{requested}`", "no_worker", param="model"
+            )
         raise last
+
+    def refused(
+        self, model: str, more: bool, fallback: bool, refusal: Refusal
+    ) -> tuple[str | None, Refusal | None]:
+        """Why to move on after `model` refused the request (its check): the model has no
+        live worker and another is left, or a fallback cannot take it; else `refusal` is
+        the client's answer and is raised."""
+        if refusal.code == "no_worker" and more:
+            return self.router.unavailable_cause(model), refusal
+        if fallback:  # a fallback unknown here or unable to take this request
+            return None, None
+        raise refusal
+
+    def admitted(self, model: str, more: bool, time_left: float) -> Attempted | None:
+        """None when `model`'s queue may start the job within `time_left`; else why to move
+        on to the next model, or (the last one) the refusal raised."""
+        if more and self.router.over_queue_wait(model):
+            return QUEUE_WAIT, None
+        full = self.router.admit(model, time_left)
+        if full is not None:
+            if more:
+                return QUEUE_WAIT, full
+            raise full
+        return None
 
     async def hold(
         self,
@@ -112,9 +137,14 @@ class Serving:
             raise ApiError(504, NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
         try:
             reservation = await self.reservations.reserve(
-                record.tenant, quota_model, estimate, max_tokens, record.job_id,
-                key_id=key_id, user=user,
-            )  # fmt: skip
+                record.tenant,
+                quota_model,
+                estimate,
+                max_tokens,
+                record.job_id,
+                key_id=key_id,
+                user=user,
+            )
         except BaseException:
             ticket.leave()
             raise

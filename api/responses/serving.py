@@ -21,9 +21,10 @@ from starlette.responses import Response
 
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
-from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
+from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting, not_found
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
@@ -39,10 +40,10 @@ from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import time_hex
-from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
-from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.responses import (
     CONVERSATION_PREFIX,
     RESPONSE_PREFIX,
@@ -121,9 +122,17 @@ class ResponsesServing:
             fields["stream"] = False
         limit = req.max_output_tokens if isinstance(req.max_output_tokens, int) else None
         ask = _Ask(
-            req, fields, scope, items, context, conversation, _estimate(fields),
-            limit or settings.tenancy.default_max_tokens, time.time(), wait,
-        )  # fmt: skip
+            req,
+            fields,
+            scope,
+            items,
+            context,
+            conversation,
+            _estimate(fields),
+            limit or settings.tenancy.default_max_tokens,
+            time.time(),
+            wait,
+        )
         if req.in_background:
             return await self._background(request, record, ask)
         record.stream = req.stream
@@ -138,9 +147,13 @@ class ResponsesServing:
         """Queued on the durable queue for later, on the requested model (no fallbacks)."""
         serving, model = self.serving, record.model
         reservation = await serving.reservations.reserve(
-            record.tenant, model, ask.estimate, ask.max_tokens, record.job_id,
+            record.tenant,
+            model,
+            ask.estimate,
+            ask.max_tokens,
+            record.job_id,
             key_id=serving.auth.key_id(request),
-        )  # fmt: skip
+        )
         if isinstance(reservation, Refusal):
             raise reservation
         stored = self._stored(record.job_id, ask)
@@ -158,10 +171,12 @@ class ResponsesServing:
         )
         try:
             await self.jobs.submit(
-                record.job_id, ask.scope, prepared,
+                record.job_id,
+                ask.scope,
+                prepared,
                 deadline=serving.rt.settings.batch.job_deadline,
                 traceparent=request.headers.get("traceparent"),
-            )  # fmt: skip
+            )
         except DispatchError as exc:
             serving.reservations.release_later(reservation, FAILED)
             await self.store.delete_response(ask.scope, record.job_id)
@@ -189,34 +204,59 @@ class ResponsesServing:
         """Try one model of the chain (as `ChatServing._attempt` does for chat): its response,
         or why to move on (a fallback cause, None for a fallback this request cannot use)
         and the failure the client would see."""
-        serving, router = self.serving, self.serving.router
+        serving = self.serving
         fallback = model != record.model
         try:
             serving.preparer.check_model(model, "chat", need_live_worker=True)
         except Refusal as refusal:
-            if refusal.code == "no_worker" and more:
-                return router.unavailable_cause(model), refusal
-            if fallback:  # a fallback unknown here or unable to take this request
-                return None, None
-            raise
-        if more and router.over_queue_wait(model):
-            return QUEUE_WAIT, None
-        full = router.admit(model, ask.time_left())
-        if full is not None:
-            if more:
-                return QUEUE_WAIT, full
-            raise full
+            return serving.refused(model, more, fallback, refusal)
+        moved = serving.admitted(model, more, ask.time_left())
+        if moved is not None:
+            return moved
         held = await serving.hold(
-            model, record, ask.time_left(), ask.rank, quota_model=model, estimate=ask.estimate,
-            max_tokens=ask.max_tokens, key_id=serving.auth.key_id(request), fallback=fallback,
-        )  # fmt: skip
+            model,
+            record,
+            ask.time_left(),
+            ask.rank,
+            quota_model=model,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            key_id=serving.auth.key_id(request),
+            fallback=fallback,
+        )
         if held is None:
             return None, None
         ticket, reservation = held
         ask.fields["model"] = model
+        run = await self._submit(request, record, ask, ticket, reservation)
+        stored = self._stored(record.job_id, ask)
+
+        async def on_final(final: bytes) -> None:
+            if ask.req.stores or ask.conversation is not None:
+                stored.response = _fields.decode(final)
+                await self.records.finish(stored, keep=ask.req.stores)
+
+        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id,
+            MODEL_HEADER: model,
+            **reservation.headers,
+        }
+        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+
+    async def _submit(
+        self,
+        request: Request,
+        record: RequestRecord,
+        ask: _Ask,
+        ticket: Ticket,
+        reservation: Reservation,
+    ) -> JobRun:
+        """Queue the attempt's job; if that fails, its place and its quota are given back."""
+        serving = self.serving
         spec = JobSpec(
             job_id=record.job_id,
-            model=model,
+            model=ask.fields["model"],
             body=_encoder.encode(ask.fields),
             tenant=record.tenant,
             deadline_ms=int((ask.submitted + ask.wait) * 1000),
@@ -232,19 +272,7 @@ class ResponsesServing:
             serving.reservations.release_later(reservation, FAILED)
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
         run.on_taken = ticket.leave
-        stored = self._stored(record.job_id, ask)
-
-        async def on_final(final: bytes) -> None:
-            if ask.req.stores or ask.conversation is not None:
-                stored.response = _fields.decode(final)
-                await self.records.finish(stored, keep=ask.req.stores)
-
-        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
-        headers = {
-            "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
-            **reservation.headers,
-        }  # fmt: skip
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+        return run
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""

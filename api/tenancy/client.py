@@ -105,8 +105,10 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
     hosts, _, path = rest.partition("/")
     master, _, db = path.partition("/")
     if not hosts or not master:
-        raise ValueError("a sentinel URL needs hosts and a master name: "
-                         "redis+sentinel://host:26379,.../<master-name>[/db]")  # fmt: skip
+        raise ValueError(
+            "a sentinel URL needs hosts and a master name: "
+            "redis+sentinel://host:26379,.../<master-name>[/db]"
+        )
     return _hosts(hosts, 26379), master, int(db or 0), password
 
 

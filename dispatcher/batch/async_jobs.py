@@ -124,9 +124,13 @@ class AsyncJobs:
         reply = names.outcome_subject(tenant, prepared.model, job_id)
         try:
             await publish_job(
-                self.js, spec.subject, spec.body, spec.headers(reply), self.publish_timeout,
+                self.js,
+                spec.subject,
+                spec.body,
+                spec.headers(reply),
+                self.publish_timeout,
                 until=min(now + deadline, time.time() + DURABLE_RETRY),
-            )  # fmt: skip
+            )
         except Exception as exc:
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"

@@ -73,9 +73,13 @@ class SharedConsumer:
 
     def start_pulling(self) -> None:
         pull = pull_forever(
-            self.js, self.stream, self.durable, lambda: self.fetch_batch, self._handle_all,
+            self.js,
+            self.stream,
+            self.durable,
+            lambda: self.fetch_batch,
+            self._handle_all,
             self.name,
-        )  # fmt: skip
+        )
         self._task = asyncio.create_task(pull, name=self.name.replace(" ", "-"))
 
     async def stop(self) -> None:
