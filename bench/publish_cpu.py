@@ -54,7 +54,9 @@ def _request(nc: Client) -> Publish:
         inbox.open(spec.job_id)
         try:
             until = spec.deadline_ms / 1000
-            ack = await publish_job(js, spec.subject, spec.body, spec.headers(reply), 2.0, until)
+            ack = await publish_job(
+                js, spec.subject, spec.body, spec.headers(reply), 2.0, until=until
+            )
         finally:
             inbox.close(spec.job_id)
         return ack.seq
@@ -70,7 +72,7 @@ def _to_inbox(nc: Client) -> Publish:
             headers = spec.headers(reply)
             until = spec.deadline_ms / 1000
             ack = await publish_to_inbox(
-                nc, spec.subject, spec.body, headers, reply, box, 2.0, until
+                nc, spec.subject, spec.body, headers, reply, box=box, timeout=2.0, until=until
             )
         finally:
             inbox.close(spec.job_id)

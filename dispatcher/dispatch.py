@@ -175,6 +175,7 @@ class Dispatcher:
         inbox: ReplyInbox,
         ping_interval: float,
         ack_wait: float,
+        *,
         publish_timeout: float = 2.0,
     ) -> None:
         self.nc = nc
@@ -245,8 +246,8 @@ class Dispatcher:
                 spec.body,
                 spec.headers(reply),
                 reply,
-                mailbox,
-                self.publish_timeout,
+                box=mailbox,
+                timeout=self.publish_timeout,
                 until=spec.deadline_ms / 1000,
             )
         except MaxPayloadError as exc:

@@ -163,6 +163,7 @@ class Follower:
         on_entry: Callable[[str, bytes | None], None],
         on_synced: Callable[[], None] | None = None,
         resync: float = 30.0,
+        *,
         name: str = "follower",
     ) -> None:
         self.kv = kv

@@ -119,6 +119,7 @@ async def _ensure_shared_consumer(
     name: str,
     ack_wait: float,
     max_deliver: int = -1,
+    *,
     replicas: int = 1,
 ) -> None:
     """A durable pull consumer every api replica pulls from; one made by an older version
@@ -153,6 +154,7 @@ async def ensure_consumer(
     model: str,
     ack_wait: float,
     max_deliver: int,
+    *,
     replicas: int = 1,
 ) -> str:
     """The durable pull consumer of `model` on `stream`, shared by all its workers."""
@@ -242,7 +244,12 @@ async def ensure_batch_streams(
         js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas
     )
     await _ensure_shared_consumer(
-        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas
+        js,
+        names.WEBHOOKS_STREAM,
+        names.WEBHOOK_CONSUMER,
+        60.0,
+        webhook_attempts + 2,
+        replicas=replicas,
     )
 
 

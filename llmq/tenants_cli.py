@@ -175,7 +175,24 @@ def register(sub: Any) -> None:
         p.add_argument("--redis-url", default=None, help="Redis URL (env LLMQ_REDIS_URL)")
         return p
 
-    tenants = parser("tenants", "create, list, show, update, suspend, resume or delete tenants")
+    _tenants_parser(
+        parser("tenants", "create, list, show, update, suspend, resume or delete tenants")
+    )
+    _keys_parser(parser("keys", "create, list or revoke a tenant's API keys"))
+    usage = parser("usage", "a tenant's usage per day and model")
+    usage.add_argument("tenant")
+    usage.add_argument("--days", type=int, default=7)
+    usage.add_argument(
+        "--by",
+        choices=["model", "key", "user"],
+        default="model",
+        help="rows per model, API key id or end user (the requests' `user` field)",
+    )
+    usage.set_defaults(handler=_runner(_usage))
+    _prices_parser(parser("prices", "the model price table (USD per 1M tokens)"))
+
+
+def _tenants_parser(tenants: argparse.ArgumentParser) -> None:
     tenants.add_argument(
         "action", choices=["create", "list", "show", "update", "suspend", "resume", "delete"]
     )
@@ -191,7 +208,8 @@ def register(sub: Any) -> None:
     )
     tenants.set_defaults(handler=_runner(_tenants))
 
-    keys = parser("keys", "create, list or revoke a tenant's API keys")
+
+def _keys_parser(keys: argparse.ArgumentParser) -> None:
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("tenant")
     keys.add_argument("key_id", nargs="?")
@@ -210,18 +228,8 @@ def register(sub: Any) -> None:
     )
     keys.set_defaults(handler=_runner(_keys))
 
-    usage = parser("usage", "a tenant's usage per day and model")
-    usage.add_argument("tenant")
-    usage.add_argument("--days", type=int, default=7)
-    usage.add_argument(
-        "--by",
-        choices=["model", "key", "user"],
-        default="model",
-        help="rows per model, API key id or end user (the requests' `user` field)",
-    )
-    usage.set_defaults(handler=_runner(_usage))
 
-    prices = parser("prices", "the model price table (USD per 1M tokens)")
+def _prices_parser(prices: argparse.ArgumentParser) -> None:
     prices.add_argument("action", choices=["list", "set", "delete"])
     prices.add_argument("model", nargs="?")
     prices.add_argument("--input", type=float, default=0.0, help="USD per 1M input tokens")

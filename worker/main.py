@@ -96,9 +96,9 @@ class Worker:
             self.id,
             self.models,
             s.protocol.ping_interval,
-            s.protocol.max_deliver,
-            self._on_outcome,
-            self.jobs.track,
+            max_deliver=s.protocol.max_deliver,
+            on_outcome=self._on_outcome,
+            track=self.jobs.track,
         )
         self.runner.responses_upstream = passthrough_of(s, self.backend_config)
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
@@ -142,7 +142,7 @@ class Worker:
                     model,
                     s.protocol.ack_wait,
                     s.protocol.max_deliver,
-                    s.protocol.nats_replicas,
+                    replicas=s.protocol.nats_replicas,
                 )
                 specs.append((stream, consumer, priority))
         return specs

@@ -116,6 +116,7 @@ class JobRunner:
         worker_id: str,
         upstream_names: dict[str, str],
         ping_interval: float,
+        *,
         max_deliver: int,
         on_outcome: Callable[[JobOutcome], None] = lambda _o: None,
         track: Callable[[JobEnvelope], AbstractContextManager[None]] = _untracked,
@@ -281,8 +282,9 @@ class JobRunner:
                 self.upstream_names, body, outcome.job_id, sender, started
             )
             return
-        args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
-        outcome.usage = await run_response(*args)
+        outcome.usage = await run_response(
+            self.backend, self.upstream_names, body, outcome.job_id, sender, started=started
+        )
 
     async def _stream(
         self, outs: AsyncIterator[Out], sender: FrameSender, ack: _Ack, outcome: JobOutcome

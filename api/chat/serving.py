@@ -102,9 +102,9 @@ class ChatServing(Serving):
         ticket, reservation = held
         mark(record.trace, "quota")
         run = await self._submit(ask, prepared, ticket, reservation)
-        job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket)
+        job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
         headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
-        return await answer_or_move_on(self, job, model, prepared.stream, more, headers)
+        return await answer_or_move_on(self, job, model, prepared.stream, more, headers=headers)
 
     def _prepare(self, ask: _Ask, model: str, more: bool) -> PreparedRequest | Attempted:
         """The request as `model` takes it, or why to move on (as `_attempt` returns it)

@@ -26,7 +26,13 @@ Moved = tuple[str | None, Failed]
 
 
 async def answer_or_move_on(
-    serving: Serving, job: QueuedJob, model: str, stream: bool, more: bool, headers: dict[str, str]
+    serving: Serving,
+    job: QueuedJob,
+    model: str,
+    stream: bool,
+    more: bool,
+    *,
+    headers: dict[str, str],
 ) -> Response | Moved:
     """The client's response, or (cause, failure) when `more` models are left and this one
     failed before its first token (a stream never switches after it)."""

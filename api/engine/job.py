@@ -31,6 +31,7 @@ class QueuedJob:
         reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
+        *,
         ticket: Ticket,
     ) -> None:
         self.serving = serving

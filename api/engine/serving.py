@@ -43,6 +43,7 @@ class Serving:
         reservations: Reservations,
         preparer: RequestPreparer,
         observers: list[Observer] | None = None,
+        *,
         router: Router | None = None,
     ) -> None:
         self.rt = runtime

@@ -57,10 +57,11 @@ class ResponseRun(QueuedJob):
         reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
+        *,
         ticket: Ticket,
         on_final: OnFinal,
     ) -> None:
-        super().__init__(serving, run, reservation, record, prompt_estimate, ticket)
+        super().__init__(serving, run, reservation, record, prompt_estimate, ticket=ticket)
         self.on_final = on_final
 
     async def _final(self, done: Done) -> bytes:

@@ -236,13 +236,15 @@ class ResponsesServing:
                 stored.response = _fields.decode(final)
                 await self.records.finish(stored, keep=ask.req.stores)
 
-        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
+        job = ResponseRun(
+            serving, run, reservation, record, ask.estimate, ticket=ticket, on_final=on_final
+        )
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id,
             MODEL_HEADER: model,
             **reservation.headers,
         }
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
 
     async def _submit(
         self,

@@ -253,7 +253,9 @@ class Quota:
 
     async def _released(self, e: Ending, args: list[str | int], raw: str) -> bool:
         if self._cluster and raw.startswith("1|"):
-            await self._global_ledger(e.tenant, e.model, e.job_id, args, e.failed, raw.split("|"))
+            await self._global_ledger(
+                e.tenant, e.model, e.job_id, args, e.failed, raw=raw.split("|")
+            )
         return raw.startswith("1|")
 
     async def _global_ledger(
@@ -263,6 +265,7 @@ class Quota:
         job_id: str,
         args: list[str | int],
         failed: bool,
+        *,
         raw: list[str],
     ) -> None:
         """In a Cluster the global ledger is in another slot than the tenant's keys: the

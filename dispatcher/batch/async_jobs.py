@@ -146,7 +146,12 @@ class AsyncJobs:
             webhook_url=webhook_url or None,
             webhook="pending" if webhook_url else None,
         )
-        # Queued: from here on no 503 (the job runs whatever this request answers).
+        return await self._record_queued(record)
+
+    async def _record_queued(self, record: JobRecord) -> JobRecord:
+        """Write the record of a queued job: from here on no 503 (the job runs whatever the
+        request answers); if the writes keep failing, they go on in the background."""
+        job_id = record.id
         bound = time.time() + self.record_retry
         try:
             return await retry(

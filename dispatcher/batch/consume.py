@@ -23,6 +23,7 @@ async def pull_forever(
     durable: str,
     room: Callable[[], int],
     handle: Callable[[list[Msg]], Awaitable[None]],
+    *,
     name: str,
 ) -> None:
     """Fetch up to `room()` messages at a time and hand them to `handle`, until cancelled.
@@ -78,7 +79,7 @@ class SharedConsumer:
             self.durable,
             lambda: self.fetch_batch,
             self._handle_all,
-            self.name,
+            name=self.name,
         )
         self._task = asyncio.create_task(pull, name=self.name.replace(" ", "-"))
 
