@@ -5,7 +5,6 @@ client really uses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from llmq._fast import configure
 from llmq._fast import nats as headers
 from llmq._fast.nats import encode_headers, parse_header_lines
 from llmq.dispatcher.connection import connect, disconnect
 from tests.stack import unique
+
+pytestmark = pytest.mark.usefixtures("fast_paths_on")  # compared with nats-py itself
 
 nats_py = Client._parse_header_lines
 """nats-py's own parser (llmq replaces it per client, never on the class)."""
@@ -158,11 +158,3 @@ async def test_any_dict_encodes_as_nats_py_does(value: dict[str, str]) -> None:
 def test_the_encoded_block_is_nats_py_s() -> None:
     block = encode_headers({"Llmq-Frame": "chunk", "Llmq-Seq": "3"})
     assert bytes(block) == b"NATS/1.0\r\nLlmq-Frame: chunk\r\nLlmq-Seq: 3\r\n\r\n"
-
-
-@pytest.fixture(autouse=True)
-def _gate_open() -> Iterator[None]:
-    """These tests compare the shortcuts with nats-py itself: the gate must be open."""
-    configure(True)
-    yield
-    configure(None)
