@@ -116,9 +116,12 @@ async def _open_features(app: FastAPI, settings: Settings) -> None:
     serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
     # usage the workers report, booked even when the relaying api died (docs/protocol.md)
     replicas = settings.protocol.nats_replicas
-    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas)
+    create = settings.connection.nats_provision
+    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
     await app.state.usage_booker.start()
-    runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js, replicas))
+    runtime.provisioner.add(
+        "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
+    )
 
 
 async def _close(app: FastAPI) -> None:
