@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,8 +18,11 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
+from llmq.api.data_marker import DataMarker
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
+from llmq.api.messages import routes as messages
+from llmq.api.messages.serving import MessagesServing
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
@@ -28,11 +33,124 @@ from llmq.api.responses.serving import open_responses
 from llmq.api.routes import admin, health, metrics, models
 from llmq.api.routes.plain import PlainRoute
 from llmq.api.runtime import Runtime
+from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.api.tenancy.client import redis_target
 from llmq.api.usage_booking import UsageBooker
+from llmq.dispatcher.connection import NatsRefused, redact_url
 from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.dispatcher.streams import ensure_usage_stream
+from llmq.dispatcher.tasks import stop_task
 from llmq.schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack) -> None:
+    """Connect, provision and build the serving parts; each part's stop is pushed on `undo`
+    as soon as it runs, so a start cut short (SIGTERM, the deadline) stops what it began."""
+    await _open_core(app, settings, startup, undo)
+    await _open_features(app, settings, startup, undo)
+
+
+async def _open_core(
+    app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack
+) -> None:
+    """Connections, tenants and quotas, the model table and the chat serving path."""
+    runtime = await Runtime.open(settings, startup)
+    undo.push_async_callback(runtime.close)
+    store = TenantStore(runtime.redis)
+    quota = Quota(
+        runtime.redis,
+        lease=settings.tenancy.reservation_lease,
+        ledger_maxlen=settings.tenancy.ledger_maxlen,
+    )
+    reservations = Reservations(quota, settings.tenancy.quota_fail_open)
+    reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
+    undo.push_async_callback(reservations.drain)
+    models = ModelTable(settings)
+    models.start()
+    undo.push_async_callback(models.stop)
+    if settings.api.auth_mode != "none":  # tenants live in Valkey: notice if it lost them
+        marker = DataMarker(
+            runtime.redis,
+            runtime.js,
+            redact_url(redis_target(settings.connection)),
+            settings.protocol.nats_replicas,
+            settings.connection.nats_provision,
+        )
+        marker.start()
+        undo.push_async_callback(marker.stop)
+        app.state.data_marker = marker
+    app.state.runtime = runtime
+    app.state.store = store
+    app.state.usage = UsageReader(runtime.redis)
+    app.state.models = models
+    preparer = RequestPreparer(
+        models,
+        runtime.registry,
+        settings.tenancy.default_max_tokens,
+        max_n=settings.tenancy.max_n,
+        max_output_tokens=settings.tenancy.max_output_tokens,
+        waits=settings.api.no_worker_grace != 0,
+    )
+    queue_estimator = QueueEstimator(runtime.js, runtime.registry.live_workers)  # docs/routing.md
+    queue_estimator.start()
+    undo.push_async_callback(queue_estimator.stop)
+    router = Router(models, runtime.registry, queue_estimator.wait_for)
+    app.state.serving = ChatServing(
+        runtime, Authenticator(settings, store), reservations, preparer, router=router
+    )
+    app.state.queue_estimator = queue_estimator
+    app.state.reservations, app.state.preparer = reservations, preparer
+
+
+async def _open_features(
+    app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack
+) -> None:
+    """Observability, the batch wing, the Responses and Messages APIs, the console and
+    usage booking."""
+    runtime, reservations, preparer = app.state.runtime, app.state.reservations, app.state.preparer
+    queue_estimator = app.state.queue_estimator
+    # metrics + request log observers, `llmq-api` micro service
+    app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
+    undo.push_async_callback(app.state.observability.stop)
+    app.state.observability.metrics.queue_estimator = queue_estimator
+    # async jobs, files and batches (docs/batch.md)
+    app.state.batches = BatchWing(runtime, reservations, preparer)
+    await startup.step("the batch streams and buckets", app.state.batches.start)
+    undo.push_async_callback(app.state.batches.stop)
+    # the Responses API and conversations (docs/responses.md)
+    app.state.responses, app.state.conversations = await startup.step(
+        "the responses buckets", lambda: open_responses(app.state.serving, app.state.batches)
+    )
+    undo.push_async_callback(app.state.responses.stop)
+    app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
+    console.attach(app, app.state.serving)
+    app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
+    # usage the workers report, booked even when the relaying api died (docs/protocol.md)
+    replicas = settings.protocol.nats_replicas
+    create = settings.connection.nats_provision
+    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
+    await startup.step("the usage stream", app.state.usage_booker.start)
+    undo.push_async_callback(app.state.usage_booker.stop)
+    runtime.provisioner.add(
+        "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
+    )
+
+
+async def _start(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack) -> None:
+    """`_open`, then open the gate; a start given up is logged and ends the process."""
+    try:
+        await _open(app, settings, startup, undo)
+    except Exception as exc:  # the deadline passed, NATS refused us, or a bug
+        startup.failed = str(exc) or type(exc).__name__
+        expected = isinstance(exc, TimeoutError | NatsRefused)
+        log.error("the api gives up starting: %s", startup.failed, exc_info=not expected)
+        app.state.on_start_failed()
+        return
+    startup.ready = True
+    log.info("api %s ready", settings.api.instance_id)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,12 +158,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _open_core(app, settings)
-        await _open_features(app, settings)
-        try:
-            yield
-        finally:
-            await _close(app)
+        """The port opens at once; the connections are made in a task (api/startup.py)."""
+        startup = Startup(settings)
+        app.state.startup = startup
+        async with AsyncExitStack() as undo:
+            task = asyncio.create_task(_start(app, settings, startup, undo), name="api-start")
+            try:
+                yield
+            finally:
+                await stop_task(task)
 
     # /openapi.json and /docs describe the public API only; the admin API has its own
     # document behind the admin token (/admin/openapi.json).
@@ -53,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
     app.state.settings = settings
+    app.state.on_start_failed = lambda: None  # the server sets its exit (api/server.py)
     install_error_handlers(app)
     if settings.api.cors_origins:
         app.add_middleware(
@@ -60,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.api.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
+            expose_headers=["x-request-id", "request-id", "retry-after", "x-ratelimit-*"],
         )
     _include_routes(app)
     if settings.console.console_enabled:
@@ -68,77 +190,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _open_core(app: FastAPI, settings: Settings) -> None:
-    """Connections, tenants and quotas, the model table and the chat serving path."""
-    runtime = await Runtime.open(settings)
-    app.state.runtime = runtime
-    store = TenantStore(runtime.redis)
-    quota = Quota(
-        runtime.redis,
-        lease=settings.tenancy.reservation_lease,
-        ledger_maxlen=settings.tenancy.ledger_maxlen,
-    )
-    reservations = app.state.reservations = Reservations(quota, settings.tenancy.quota_fail_open)
-    reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
-    models = app.state.models = ModelTable(settings)
-    models.start()
-    app.state.store = store
-    app.state.usage = UsageReader(runtime.redis)
-    app.state.preparer = RequestPreparer(
-        models,
-        runtime.registry,
-        settings.tenancy.default_max_tokens,
-        max_n=settings.tenancy.max_n,
-        max_output_tokens=settings.tenancy.max_output_tokens,
-    )
-    queue_estimator = app.state.queue_estimator = QueueEstimator(
-        runtime.js, runtime.registry.live_workers
-    )  # docs/routing.md
-    queue_estimator.start()
-    router = Router(models, runtime.registry, queue_estimator.wait_for)
-    app.state.serving = ChatServing(
-        runtime, Authenticator(settings, store), reservations, app.state.preparer, router=router
-    )
-
-
-async def _open_features(app: FastAPI, settings: Settings) -> None:
-    """Observability, the batch wing, the Responses API, the console and usage booking."""
-    runtime, serving, reservations = app.state.runtime, app.state.serving, app.state.reservations
-    # metrics + request log observers, `llmq-api` micro service
-    app.state.observability = await Observability.start(runtime, serving, app.version)
-    app.state.observability.metrics.queue_estimator = app.state.queue_estimator
-    # async jobs, files and batches (docs/batch.md)
-    app.state.batches = BatchWing(runtime, reservations, app.state.preparer)
-    await app.state.batches.start()
-    # the Responses API and conversations (docs/responses.md)
-    app.state.responses, app.state.conversations = await open_responses(serving, app.state.batches)
-    console.attach(app, serving)
-    serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
-    # usage the workers report, booked even when the relaying api died (docs/protocol.md)
-    replicas = settings.protocol.nats_replicas
-    create = settings.connection.nats_provision
-    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
-    await app.state.usage_booker.start()
-    runtime.provisioner.add(
-        "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
-    )
-
-
-async def _close(app: FastAPI) -> None:
-    """Stop what the lifespan opened, newest first."""
-    state = app.state
-    await state.usage_booker.stop()
-    await state.responses.stop()
-    await state.batches.stop()
-    await state.observability.stop()
-    await state.models.stop()
-    await state.queue_estimator.stop()
-    await state.reservations.drain()
-    await state.runtime.close()
-
-
 def _include_routes(app: FastAPI) -> None:
     app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
+    app.router.routes.extend(messages.router.routes)  # Anthropic's Messages API, the same way
     # POST /v1/responses the same way; the responses router's route documents it
     app.router.routes.append(
         PlainRoute(

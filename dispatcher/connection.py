@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,12 +99,57 @@ def _refused(exc: BaseException) -> bool:
     )
 
 
+def startup_deadline(conn: ConnectionSettings) -> float | None:
+    """The monotonic time at which a starting process stops retrying (`startup_timeout`)."""
+    return time.monotonic() + conn.startup_timeout if conn.startup_timeout else None
+
+
+async def connect(
+    url: str,
+    name: str,
+    timeout: float = 5.0,
+    on_reconnect: Callable[[], None] | None = None,
+    *,
+    conn: ConnectionSettings | None = None,
+    reconnect: bool = True,
+    deadline: float | None = None,
+) -> Client:
+    """Connect with the credentials and TLS of `conn` (default: from the environment).
+
+    With `reconnect` (the api, the worker, `llmq top`) a server not up yet is waited for:
+    one bounded attempt per server, then again with backoff (logging the URL, never its
+    credentials) until the monotonic `deadline` (None: forever; TimeoutError then); once
+    connected, reconnects go on forever: a NATS restart never needs a process restart. A
+    refusal of the credentials or TLS at start raises `NatsRefused` at once. Without
+    `reconnect` (one-shot CLI commands) one attempt per server is made, bounded by
+    `timeout`. `on_reconnect` is called (synchronously, in the client's reconnect task)
+    once per reconnect. Cancelling the caller stops the waiting at once."""
+    conn = conn if conn is not None else ConnectionSettings()
+    if not reconnect:
+        return await _connect_once(url, name, timeout, None, conn, reconnect=False)
+    shown = redact_url(url)
+
+    async def attempt() -> Client:
+        try:
+            return await _connect_once(url, name, timeout, on_reconnect, conn, reconnect=True)
+        except NatsRefused:
+            raise
+        except Exception as exc:
+            raise ConnectionError(str(exc) or type(exc).__name__) from exc
+
+    return await retry(
+        attempt,
+        f"{name} waiting for NATS at {shown}",
+        deadline=deadline,
+        retry_on=ConnectionError,
+    )
+
+
 def _refusal(
-    exc: Exception, nc: Client, url: str, name: str, conn: ConnectionSettings
+    exc: Exception, nc: Client, shown: str, name: str, conn: ConnectionSettings
 ) -> NatsRefused | None:
     """A refusal at start (credentials, TLS, a client certificate the server wants) as the
     error that names what to check; None for any other error."""
-    shown = redact_url(url)
     if _refused(exc):
         return NatsRefused(
             f"NATS at {shown} refused {name!r} (credentials or TLS): "
@@ -118,91 +164,100 @@ def _refusal(
     return None
 
 
-def _retry_options(reconnect: bool, on_reconnect: Callable[[], None] | None) -> dict[str, Any]:
-    """Reconnect forever, logging each disconnect and reconnect (the api and worker); or,
-    without `reconnect`, one bounded attempt per server (the CLI)."""
-    if not reconnect:
-        # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for
-        # one retry per server and bound the whole attempt.
-        return {"allow_reconnect": False, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.1}
-
-    async def on_disconnect() -> None:
-        log.warning("nats disconnected")
-
-    async def on_reconnected() -> None:
-        log.info("nats reconnected")
-        if on_reconnect is not None:
-            on_reconnect()
-
-    return {
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
-        "allow_reconnect": True,
-        "disconnected_cb": on_disconnect,
-        "reconnected_cb": on_reconnected,
-    }
-
-
-async def connect(
+async def _connect_once(
     url: str,
     name: str,
-    timeout: float = 5.0,
-    on_reconnect: Callable[[], None] | None = None,
+    timeout: float,
+    on_reconnect: Callable[[], None] | None,
+    conn: ConnectionSettings,
     *,
-    conn: ConnectionSettings | None = None,
-    reconnect: bool = True,
+    reconnect: bool,
 ) -> Client:
-    """Connect with the credentials and TLS of `conn` (default: from the environment).
-
-    With `reconnect` (the api and worker), reconnects go on forever: a NATS restart must
-    never need a process restart, and a server not up yet is waited for. A refusal of the
-    credentials or TLS at start raises `NatsRefused` at once instead. Without `reconnect`
-    (the CLI) one attempt per server is made, bounded by `timeout`. `on_reconnect` is called
-    (synchronously, in the client's reconnect task) once per reconnect."""
-    conn = conn if conn is not None else ConnectionSettings()
+    """One connection attempt: each server tried twice at most, the whole bounded."""
     starting = True
+    shown = redact_url(url)
+    errors_told: list[int] = []
+    """Errors logged since the last reconnect (each outage is told once, at warning)."""
 
     async def on_error(exc: Exception) -> None:
-        refusal = _refusal(exc, nc, url, name, conn) if starting else None
+        refusal = _refusal(exc, nc, shown, name, conn) if starting else None
         if refusal is not None:
             raise refusal from exc
-        if reconnect:
-            log.warning("nats error: %s", exc)
+        if reconnect and not starting:
+            # once per outage: a reconnect attempt every half second would repeat it
+            level = logging.DEBUG if errors_told else logging.WARNING
+            log.log(level, "nats error (%s): %s", shown, exc or type(exc).__name__)
+            errors_told.append(1)
 
     nc = Client()
     fast_nats.install(nc)  # headers parsed and encoded with less work, same results
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     options: dict[str, Any] = {
-        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "servers": servers,
         "name": name,
         "connect_timeout": timeout,
         "error_cb": on_error,
         **auth_options(conn),
     }
-    options.update(_retry_options(reconnect, on_reconnect))
+    # nats-py retries a first connect forever when max_reconnect_attempts is negative (or
+    # 0): one retry per server here, bounded; the caller retries with backoff.
+    options.update(max_reconnect_attempts=1, reconnect_time_wait=0.1)
+    if reconnect:
+        options.update(_reconnect_callbacks(shown, errors_told, on_reconnect))
+    else:
+        options.update(allow_reconnect=False)
     try:
-        async with asyncio.timeout(None if reconnect else timeout * 3):
+        async with asyncio.timeout(timeout * (2 * len(servers) + 1)):
             await nc.connect(**options)
     except BaseException:
         # A client stopped mid-handshake may never finish closing its transport.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2.0)
         raise
+    if reconnect:  # connected: from now on reconnect forever, every half second
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 0.5
     starting = False
     return nc
 
 
-async def disconnect(nc: Client) -> None:
-    """Drain, and close if draining fails: with the server away, `drain()` raises and the
-    client would otherwise go on reconnecting forever after its owner stopped."""
+def _reconnect_callbacks(
+    shown: str, errors_told: list[int], on_reconnect: Callable[[], None] | None
+) -> dict[str, Any]:
+    """Reconnects allowed, each disconnect and reconnect logged (the URL without its
+    credentials); a reconnect clears the errors told and calls `on_reconnect`."""
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected from %s; reconnecting", shown)
+
+    async def on_reconnected() -> None:
+        errors_told.clear()
+        log.info("nats reconnected to %s", shown)
+        if on_reconnect is not None:
+            on_reconnect()
+
+    return {
+        "allow_reconnect": True,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnected,
+    }
+
+
+async def disconnect(nc: Client, timeout: float = 5.0) -> None:
+    """Drain (bounded by `timeout`), and close if draining fails or NATS is away: draining
+    a disconnected client waits for a server that may never come back, and the client would
+    otherwise go on reconnecting forever after its owner stopped."""
     if nc.is_closed:
         return
-    try:
-        await nc.drain()
-    except Exception as exc:
-        log.debug("nats drain failed: %s", exc)
+    if nc.is_connected:
+        try:
+            async with asyncio.timeout(timeout):
+                await nc.drain()
+        except Exception as exc:
+            log.debug("nats drain failed: %s", exc)
     if not nc.is_closed:
         with contextlib.suppress(Exception):
-            await nc.close()
+            await asyncio.wait_for(nc.close(), 2.0)
 
 
 Step = Callable[[], Awaitable[object]]

@@ -125,7 +125,11 @@ def run_dev(
         port=nats_port,
         config=f'authorization {{ token: "{dev_secrets.nats_token}" }}',
     )
-    redis = EmbeddedRedis(root / "redis", port=redis_port, password=dev_secrets.redis_password)
+    # Valkey keeps its data (append-only file, synced every second) in the data dir: a
+    # restart keeps tenants, keys, quotas and the usage ledger.
+    redis = EmbeddedRedis(
+        root / "redis", port=redis_port, password=dev_secrets.redis_password, extra=PERSIST
+    )
     env = _child_env(settings, nats, redis, dev_secrets, admin_token)
     key = dev_key(env)
     children = _start_children(settings, env)
@@ -143,17 +147,7 @@ def run_dev(
     try:
         print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)
         if _wait_ready(base, 30, children, key):
-            banner = Banner(
-                base=base,
-                key=key,
-                admin_token=admin_token,
-                admin_token_generated=not settings.api.admin_token,
-                console=settings.console.console_enabled,
-                nats_url=nats.url,
-                redis_url=redis.url,
-                nats_token_file=dev_secrets.nats_token_file,
-                redis_password_file=dev_secrets.redis_password_file,
-            )
+            banner = _banner(settings, base, key, admin_token, (nats, redis, dev_secrets))
             print(banner.text(), flush=True)
         else:
             print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)
@@ -166,6 +160,28 @@ def run_dev(
         redis.stop()
         print("llmq dev: stopped", flush=True)
     return code
+
+
+def _banner(
+    settings: Settings,
+    base: str,
+    key: str | None,
+    admin_token: str,
+    servers: tuple[EmbeddedNats, EmbeddedRedis, DevSecrets],
+) -> Banner:
+    """What `llmq dev` prints once the stack answers: where to call it, with what."""
+    nats, redis, dev_secrets = servers
+    return Banner(
+        base=base,
+        key=key,
+        admin_token=admin_token,
+        admin_token_generated=not settings.api.admin_token,
+        console=settings.console.console_enabled,
+        nats_url=nats.url,
+        redis_url=redis.url,
+        nats_token_file=dev_secrets.nats_token_file,
+        redis_password_file=dev_secrets.redis_password_file,
+    )
 
 
 def _child_env(
@@ -248,6 +264,8 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 DEV_TENANT = "dev"
+PERSIST = ["--appendonly", "yes", "--appendfsync", "everysec"]
+"""Valkey's own persistence for `llmq dev` (given after EmbeddedRedis's `--appendonly no`)."""
 
 
 def dev_key(env: dict[str, str]) -> str | None:

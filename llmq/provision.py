@@ -43,6 +43,7 @@ PROVISIONED = (
     f"KV_{names.CONVERSATIONS_BUCKET}",
     f"KV_{names.WORKERS_BUCKET}",
     f"KV_{names.MODELS_BUCKET}",
+    f"KV_{names.INSTALL_BUCKET}",
 )
 """The JetStream streams `provision` makes (a bucket is `KV_<name>`, the file store
 `OBJ_<name>`), in order."""
@@ -60,6 +61,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await streams.responses_buckets(js, b.response_retention, replicas)
     await streams.workers_bucket(js, p.heartbeat * 3, replicas)
     await streams.models_bucket(js, replicas)
+    await streams.install_bucket(js, replicas)
 
 
 async def run_provision(settings: Settings, watch: bool = False) -> None:

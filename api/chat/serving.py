@@ -114,7 +114,9 @@ class ChatServing(Serving):
             sent, sent_body = (
                 for_model(ask.req, ask.body, model) if fallback else (ask.req, ask.body)
             )
-            prepared = self.preparer.prepare_decoded(sent, ask.kind, sent_body)
+            # waits for a worker only as the last model left and the one asked for
+            live_now = more or fallback
+            prepared = self.preparer.prepare_decoded(sent, ask.kind, sent_body, live_now=live_now)
         except Refusal as refusal:
             return self.refused(model, more, fallback, refusal)
         return self.admitted(model, more, ask.time_left()) or prepared

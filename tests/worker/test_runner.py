@@ -145,7 +145,7 @@ def test_the_delivery_count_is_read_as_nats_py_reads_it() -> None:
     from nats.aio.msg import Msg
     from nats.errors import NotJSMessageError
 
-    from llmq.worker.runner import delivered
+    from llmq.worker.delivery import delivered
 
     replies = [
         "$JS.ACK.LLMQ_JOBS.jobs-bench.3.17.12.1764337000000000000.5",
