@@ -20,6 +20,7 @@ from llmq._fast import starlette as fast_starlette
 from llmq.api.hot_paths import HotPaths
 from llmq.api.routes.plain import PlainRoute
 from llmq.api.server import uvicorn_config
+from llmq.api.startup import StartGate
 from llmq.api.tenancy.client import connect as redis_connect
 from llmq.api.tenancy.pipeline import ScriptPipe
 from llmq.dispatcher.connection import connect, disconnect
@@ -110,7 +111,8 @@ async def _endpoint(request: Request) -> Response:
 def test_starlette_shut_serves_the_app_and_ordinary_routes(on: bool) -> None:
     settings = Settings(fast_paths=on)
     config = uvicorn_config(settings)
-    assert isinstance(config.app, HotPaths) is on
+    assert isinstance(config.app, StartGate)
+    assert isinstance(config.app.app, HotPaths) is on
     route = PlainRoute("/x", _endpoint, methods=["POST"])
     assert isinstance(route, APIRoute)
     assert (route.get_route_handler() is _endpoint) is on
