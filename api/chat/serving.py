@@ -19,6 +19,7 @@ from starlette.responses import Response
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, for_model
+from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError, api_error
 from llmq.api.fair_share import Ticket
@@ -26,9 +27,9 @@ from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
-from llmq.dispatcher.dispatch import DispatchError, JobRun
+from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
-from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
+from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 
 
@@ -83,6 +84,13 @@ class ChatServing(Serving):
         prepared = self._prepare(ask, model, more)
         if not isinstance(prepared, PreparedRequest):
             return prepared
+        plan = self._plan(ask, prepared, model, more)
+        served = await plan.served()  # the response cache: a stored answer, a joined job
+        if served is not None:
+            return served
+        moved = self.admitted(model, more, ask.time_left())
+        if moved is not None:
+            return moved
         record.stream = prepared.stream
         mark(record.trace, "prepared")
         held = await self.hold(
@@ -101,14 +109,20 @@ class ChatServing(Serving):
             return None, None
         ticket, reservation = held
         mark(record.trace, "quota")
-        run = await self._submit(ask, prepared, ticket, reservation)
+        run = plan.lead(await self._submit(ask, prepared, ticket, reservation))
+        mark(record.trace, "published", run)
         job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
-        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
+        headers = {
+            "x-request-id": record.job_id,
+            MODEL_HEADER: model,
+            **reservation.headers,
+            **plan.headers,
+        }
         return await answer_or_move_on(self, job, model, prepared.stream, more, headers=headers)
 
     def _prepare(self, ask: _Ask, model: str, more: bool) -> PreparedRequest | Attempted:
         """The request as `model` takes it, or why to move on (as `_attempt` returns it)
-        when it cannot: unknown or unable here, no live worker, a queue too long."""
+        when it cannot: unknown or unable here, no live worker."""
         fallback = model != ask.record.model
         try:
             sent, sent_body = (
@@ -119,7 +133,7 @@ class ChatServing(Serving):
             prepared = self.preparer.prepare_decoded(sent, ask.kind, sent_body, live_now=live_now)
         except Refusal as refusal:
             return self.refused(model, more, fallback, refusal)
-        return self.admitted(model, more, ask.time_left()) or prepared
+        return prepared
 
     async def _submit(
         self, ask: _Ask, prepared: PreparedRequest, ticket: Ticket, reservation: Reservation
@@ -138,19 +152,34 @@ class ChatServing(Serving):
             stream=prepared.stream,
         )
         mark(record.trace, "submitted")
-        try:
-            run = await self.rt.dispatcher.submit(spec)
-        except BaseException as exc:
-            ticket.leave()
-            self.reservations.release_later(reservation, FAILED)
-            if isinstance(exc, DispatchError):
-                raise ApiError(
-                    exc.status, exc.message, exc.code, headers=reservation.headers
-                ) from None
-            raise
-        run.on_taken = ticket.leave
-        mark(record.trace, "published", run)
-        return run
+        return await self.submit(spec, ticket, reservation)
+
+    def _plan(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Plan:
+        """The attempt as the response cache (`Serving.reuse`) sees it."""
+        record = ask.record
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
+            return QueuedJob(
+                self, run, reservation, record, prepared.prompt_estimate, ticket=ticket
+            )
+
+        return self.reuse.plan(
+            self,
+            Ask(
+                request=ask.request,
+                record=record,
+                kind=ask.kind,
+                model=prepared.model,
+                body=prepared.body,
+                stream=prepared.stream,
+                estimate=prepared.prompt_estimate,
+                max_tokens=prepared.max_tokens,
+                user=end_user(prepared.request),
+                make_job=make_job,
+                more=more,
+                headers={"x-request-id": record.job_id, MODEL_HEADER: model},
+            ),
+        )
 
 
 @dataclass(slots=True)

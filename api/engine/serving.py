@@ -17,13 +17,16 @@ from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.engine.model_chain import QUEUE_WAIT, Router
+from llmq.api.engine.reuse import NoReuse, Reuse
 from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.preparation import RequestPreparer
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
-from llmq.schemas.admission import Refusal, Reservation
+from llmq.dispatcher.dispatch import DispatchError, JobRun
+from llmq.dispatcher.jobs import JobSpec
+from llmq.schemas.admission import FAILED, Refusal, Reservation
 from llmq.schemas.frames import Failed
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ class Serving:
         self.router = router if router is not None else Router(preparer.models, runtime.registry)
         self.fair = FairShare.shared(runtime.registry, runtime.redis, self.router.estimate)
         self.observers: list[Observer] = observers if observers is not None else []
+        self.reuse: Reuse = NoReuse()
+        """Answers without a job of their own (the response cache; set by the app)."""
 
     async def through_chain(
         self,
@@ -114,6 +119,22 @@ class Serving:
                 return QUEUE_WAIT, full
             raise full
         return None
+
+    async def submit(self, spec: JobSpec, ticket: Ticket, reservation: Reservation) -> JobRun:
+        """Queue the attempt's job; if that fails (or is cancelled), its fair-share place and
+        its quota are given back at once; a queue that refused it is the client's error."""
+        try:
+            run = await self.rt.dispatcher.submit(spec)
+        except BaseException as exc:
+            ticket.leave()
+            self.reservations.release_later(reservation, FAILED)
+            if isinstance(exc, DispatchError):
+                raise ApiError(
+                    exc.status, exc.message, exc.code, headers=reservation.headers
+                ) from None
+            raise
+        run.on_taken = ticket.leave
+        return run
 
     async def hold(
         self,

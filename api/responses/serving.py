@@ -22,6 +22,7 @@ from starlette.responses import Response
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.model_chain import MODEL_HEADER
+from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
 from llmq.api.fair_share import Ticket
@@ -32,6 +33,7 @@ from llmq.api.responses.conversation_store import ConversationStore
 from llmq.api.responses.conversations import ConversationsServing
 from llmq.api.responses.finisher import ResponseFinisher
 from llmq.api.responses.items import as_items, for_model
+from llmq.api.responses.protocol import check_request, decode_request, estimate_prompt
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.relay import ResponseRun
 from llmq.api.tenancy import TenantStore
@@ -50,7 +52,6 @@ from llmq.schemas.responses import (
     Item,
     ResponseRequest,
     StoredResponse,
-    response_request_decoder,
     skeleton,
 )
 
@@ -108,8 +109,8 @@ class ResponsesServing:
         scope = await self.scopes.of(tenant)
         wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
         body = await read_body(request, settings.api.max_body_bytes)
-        req, fields = _decode(body)
-        _check(req)
+        req, fields = decode_request(body)
+        check_request(req)
         record.model = model = serving.preparer.models.resolve(req.model)
         # A worker serves a Responses job on its chat path: any chat model serves it. A
         # model without a live worker may still fall back (`_attempt` looks again).
@@ -132,7 +133,7 @@ class ResponsesServing:
             items,
             context,
             conversation,
-            _estimate(fields),
+            estimate_prompt(fields),
             limit or settings.tenancy.default_max_tokens,
             time.time(),
             wait,
@@ -215,6 +216,12 @@ class ResponsesServing:
             serving.preparer.check_model(model, "chat", need_live_worker=live)
         except Refusal as refusal:
             return serving.refused(model, more, fallback, refusal)
+        ask.fields["model"] = model
+        body = _encoder.encode(ask.fields)
+        plan = self._plan(request, record, ask, model, body, more=more)
+        served = await plan.served()  # the response cache: a stored answer, a joined job
+        if served is not None:
+            return served
         moved = serving.admitted(model, more, ask.time_left())
         if moved is not None:
             return moved
@@ -232,8 +239,7 @@ class ResponsesServing:
         if held is None:
             return None, None
         ticket, reservation = held
-        ask.fields["model"] = model
-        run = await self._submit(request, record, ask, ticket, reservation)
+        run = plan.lead(await self._submit(request, record, ask, ticket, reservation, body=body))
         stored = self._stored(record.job_id, ask)
 
         async def on_final(final: bytes) -> None:
@@ -248,6 +254,7 @@ class ResponsesServing:
             "x-request-id": RESPONSE_PREFIX + record.job_id,
             MODEL_HEADER: model,
             **reservation.headers,
+            **plan.headers,
         }
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
 
@@ -258,13 +265,16 @@ class ResponsesServing:
         ask: _Ask,
         ticket: Ticket,
         reservation: Reservation,
+        *,
+        body: bytes,
     ) -> JobRun:
-        """Queue the attempt's job; if that fails, its place and its quota are given back."""
+        """Queue the attempt's job (`body`: its encoded fields); if that fails, its place and
+        its quota are given back."""
         serving = self.serving
         spec = JobSpec(
             job_id=record.job_id,
             model=ask.fields["model"],
-            body=_encoder.encode(ask.fields),
+            body=body,
             tenant=record.tenant,
             deadline_ms=int((ask.submitted + ask.wait) * 1000),
             kind="response",
@@ -272,14 +282,47 @@ class ResponsesServing:
             end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
             stream=ask.req.stream,
         )
-        try:
-            run = await serving.rt.dispatcher.submit(spec)
-        except DispatchError as exc:
-            ticket.leave()
-            serving.reservations.release_later(reservation, FAILED)
-            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
-        run.on_taken = ticket.leave
-        return run
+        return await serving.submit(spec, ticket, reservation)
+
+    def _plan(
+        self,
+        request: Request,
+        record: RequestRecord,
+        ask: _Ask,
+        model: str,
+        body: bytes,
+        *,
+        more: bool,
+    ) -> Plan:
+        """The attempt as the response cache (`Serving.reuse`) sees it."""
+        serving = self.serving
+
+        async def no_final(_final: bytes) -> None:
+            return None  # a cached or joined answer is never stored as a response
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
+            return ResponseRun(
+                serving, run, reservation, record, ask.estimate, ticket=ticket, on_final=no_final
+            )
+
+        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
+        return serving.reuse.plan(
+            serving,
+            Ask(
+                request=request,
+                record=record,
+                kind="response",
+                model=model,
+                body=body,
+                stream=ask.req.stream,
+                estimate=ask.estimate,
+                max_tokens=ask.max_tokens,
+                user="",
+                make_job=make_job,
+                more=more,
+                headers=headers,
+            ),
+        )
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""
@@ -323,47 +366,3 @@ class _Ask:
 
     def time_left(self) -> float:
         return self.submitted + self.wait - time.time()
-
-
-def _decode(body: bytes) -> tuple[ResponseRequest, dict[str, Any]]:
-    if not body:
-        raise Refusal(400, "request body is empty; expected a JSON object", "invalid_json")
-    try:
-        return response_request_decoder.decode(body), _fields.decode(body)
-    except msgspec.ValidationError as exc:
-        raise Refusal(400, str(exc), "invalid_request") from None
-    except msgspec.DecodeError as exc:
-        raise Refusal(400, f"malformed JSON: {exc}", "invalid_json") from None
-
-
-def _check(req: ResponseRequest) -> None:
-    if req.previous_id is not None and req.conversation_id is not None:
-        raise ApiError(
-            400,
-            "`previous_response_id` and `conversation` cannot be used together",
-            "invalid_request",
-            param="conversation",
-        )
-    if req.conversation is not None and req.conversation is not msgspec.UNSET:
-        if req.conversation_id is None:
-            raise ApiError(400, "invalid `conversation`", "invalid_request", param="conversation")
-    if req.in_background and req.stream:
-        raise ApiError(
-            400,
-            "streaming a background response is not supported; poll it instead",
-            "unsupported_parameter",
-            param="stream",
-        )
-    if req.in_background and not req.stores:
-        raise ApiError(
-            400, "a background response must be stored", "invalid_request", param="store"
-        )
-    empty = req.input in ("", [], msgspec.UNSET, None)
-    if empty and req.previous_id is None and req.conversation_id is None:
-        raise ApiError(400, "`input` is required", "invalid_request", param="input")
-
-
-def _estimate(fields: dict[str, Any]) -> int:
-    """A high guess of the prompt tokens (see `preparation.estimate_prompt_tokens`)."""
-    text = _encoder.encode([fields.get("instructions"), fields.get("input"), fields.get("tools")])
-    return len(text) // 3 + 1
