@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -13,19 +14,25 @@ from fastapi.middleware.cors import CORSMiddleware
 from llmq import __version__
 from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
+from llmq.api.auth_changes import AuthChanges
 from llmq.api.batch import batch_routes, file_routes, job_routes
 from llmq.api.batch.wing import BatchWing
 from llmq.api.cache.service import open_cache
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
+from llmq.api.collector import freeze_after_start
 from llmq.api.console import app as console
 from llmq.api.data_marker import DataMarker
+from llmq.api.endpoints import routes as endpoint_routes
+from llmq.api.endpoints.serving import EndpointServing
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
+from llmq.api.listing import ListGate
 from llmq.api.messages import routes as messages
 from llmq.api.messages.serving import MessagesServing
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
+from llmq.api.openapi_bodies import with_bodies
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.responses import conversation_routes
@@ -37,6 +44,7 @@ from llmq.api.runtime import Runtime
 from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
 from llmq.api.tenancy.client import redis_target
+from llmq.api.tenancy.request_rate import RequestRate
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.connection import NatsRefused, redact_url
 from llmq.dispatcher.queue_estimate import QueueEstimator
@@ -95,14 +103,21 @@ async def _open_core(
         max_output_tokens=settings.tenancy.max_output_tokens,
         waits=settings.api.no_worker_grace != 0,
     )
-    queue_estimator = QueueEstimator(runtime.js, runtime.registry.live_workers)  # docs/routing.md
+    queue_estimator = QueueEstimator(
+        runtime.js, runtime.registry.live_workers, models.assumed_job_seconds
+    )  # docs/routing.md
     queue_estimator.start()
     undo.push_async_callback(queue_estimator.stop)
     router = Router(models, runtime.registry, queue_estimator.wait_for)
-    app.state.serving = ChatServing(
-        runtime, Authenticator(settings, store), reservations, preparer, router=router
-    )
+    auth = Authenticator(settings, store)
+    app.state.serving = ChatServing(runtime, auth, reservations, preparer, router=router)
+    app.state.auth_changes = AuthChanges(runtime.nc, auth)  # api/auth_changes.py
+    await app.state.auth_changes.start()
+    undo.push_async_callback(app.state.auth_changes.stop)
+    rate = RequestRate(runtime.redis) if settings.api.auth_mode != "none" else None
+    app.state.list_gate = ListGate(rate, settings.edge.list_concurrency)
     app.state.queue_estimator = queue_estimator
+    queue_estimator.local = app.state.serving.fair  # a burst counts before a refresh
     app.state.reservations, app.state.preparer = reservations, preparer
 
 
@@ -127,6 +142,7 @@ async def _open_features(
     )
     undo.push_async_callback(app.state.responses.stop)
     app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
+    app.state.endpoints = EndpointServing(app.state.serving)  # docs/endpoints.md
     # the response cache and joined requests, for every feature above (docs/cache.md)
     app.state.cache = cache = open_cache(runtime, app.state.models, app.state.store)
     undo.push_async_callback(cache.close)
@@ -156,6 +172,7 @@ async def _start(app: FastAPI, settings: Settings, startup: Startup, undo: Async
         log.error("the api gives up starting: %s", startup.failed, exc_info=not expected)
         app.state.on_start_failed()
         return
+    undo.callback(freeze_after_start(settings.api.gc_freeze_threshold))  # api/collector.py
     startup.ready = True
     log.info("api %s ready", settings.api.instance_id)
 
@@ -178,7 +195,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /openapi.json and /docs describe the public API only; the admin API has its own
     # document behind the admin token (/admin/openapi.json).
     app = FastAPI(
-        title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
+        title="llmq",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.edge.docs else None,  # Swagger UI loads from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.on_start_failed = lambda: None  # the server sets its exit (api/server.py)
@@ -191,6 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "request-id", "retry-after", "x-ratelimit-*"],
         )
+    _document_bodies(app)
     _include_routes(app)
     if settings.console.console_enabled:
         console.install(app)
@@ -216,3 +238,23 @@ def _include_routes(app: FastAPI) -> None:
     app.include_router(batch_routes.router)
     app.include_router(responses.router)
     app.include_router(conversation_routes.router)
+    app.include_router(endpoint_routes.router)
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """`/openapi.json` with the request bodies the routes read (`api/openapi_bodies.py`)."""
+    bodies = {
+        **chat.BODIES,
+        **job_routes.BODIES,
+        **file_routes.BODIES,
+        **batch_routes.BODIES,
+        **responses.BODIES,
+        **conversation_routes.BODIES,
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_bodies(FastAPI.openapi(app), bodies)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -164,7 +164,8 @@ class _Live(Collector):
         )
         for model, state in sorted(estimator.models.items()):
             named = [m.model_label(model)]
-            wait.add_metric(named, -1.0 if state.wait is None else state.wait)
+            seconds = estimator.wait_for(model)  # as admission sees it: this replica's load too
+            wait.add_metric(named, -1.0 if seconds is None else seconds)
             rate.add_metric(named, -1.0 if state.rate is None else state.rate)
         yield wait
         yield rate
@@ -238,6 +239,16 @@ class ApiMetrics:
             ["model", "to", "cause"],
             registry=self.registry,
         )
+        self.omitted = Counter(
+            "llmq_api_omitted_tools",
+            "Built-in tools left out of Responses requests (the model table's builtin_tools).",
+            ["model", "tool"],
+            registry=self.registry,
+        )
+        self._cache_metrics(tenant)
+
+    def _cache_metrics(self, tenant: list[str]) -> None:
+        """The response cache's metrics (`observe`, `cache_stored`)."""
         self.cache = Counter(
             "llmq_api_cache_requests",
             "Requests by the response cache's part (hit, miss, join, skip), by model.",
@@ -294,6 +305,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
         for origin, to, cause in r.fallbacks:
             self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
+        for tool in r.omitted:
+            self._child(self.omitted, model, tool).inc()
         if r.cache:
             self._child(self.cache, model, r.cache, *extra).inc()
         code = r.error_code

@@ -103,7 +103,9 @@ async def scan(
     server says it delivered; deletes are watched too, so that every delivery is counted.
     """
     out: dict[str, bytes] = {}
-    watcher = await open_watch(kv, pattern, meta_only=meta_only)
+    watcher = await open_watch(
+        kv, pattern, meta_only=meta_only, inactive_threshold=SCAN_CONSUMER_IDLE
+    )
     handled = 0
     marked = False
     try:
@@ -122,7 +124,14 @@ async def scan(
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
+        await fast_nats.delete_watcher_consumer(watcher)
     return out
+
+
+SCAN_CONSUMER_IDLE = 5.0
+"""Seconds nats-server keeps a scan's consumer once nobody listens, should deleting it fail
+or the nats-py gate be shut (nats-py's default for a watch is 5 minutes: a flood of scans
+would pile them up)."""
 
 
 async def open_watch(kv: KeyValue, pattern: str, **options: Any) -> KeyValue.KeyWatcher:

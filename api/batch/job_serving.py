@@ -50,9 +50,10 @@ class JobServing:
         self.egress = EgressPolicy(runtime.settings.batch.webhook_allow)
 
     async def create(
-        self, tenant: str, body: bytes, traceparent: str | None = None
+        self, tenant: str, body: bytes, traceparent: str | None = None, *, key_id: str = ""
     ) -> dict[str, Any]:
-        """Queue a job; raises `Refusal` (bad body, unknown model, quota) or `ApiError`."""
+        """Queue a job; raises `Refusal` (bad body, unknown model, quota) or `ApiError`.
+        `key_id`: the API key it came with, whose own models and limits apply too."""
         ensure_accepting(self.rt)
         try:
             fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
@@ -65,15 +66,7 @@ class JobServing:
         )
         if webhook_url:
             await self._check_webhook(webhook_url)
-        if metadata and (
-            len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
-        ):
-            raise ApiError(
-                400,
-                "metadata: at most 16 keys of 64 and values of 512 characters",
-                "invalid_metadata",
-                param="metadata",
-            )
+        _check_metadata(metadata)
         kind = KIND_OF_ENDPOINT.get(endpoint)
         if kind is None:
             raise ApiError(
@@ -83,7 +76,12 @@ class JobServing:
         scope = await self.scopes.of(tenant)
         job_id = time_hex()
         reservation = await self.reservations.reserve(
-            tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens, job_id
+            tenant,
+            prepared.model,
+            prepared.prompt_estimate,
+            prepared.max_tokens,
+            job_id,
+            key_id=key_id,
         )
         if isinstance(reservation, Refusal):
             raise reservation
@@ -145,3 +143,16 @@ def _optional(raw: msgspec.Raw | None, kind: Any, param: str) -> Any:
         return msgspec.json.decode(raw, type=kind | None)
     except (msgspec.ValidationError, msgspec.DecodeError):
         raise ApiError(400, f"invalid `{param}`", "invalid_request", param=param) from None
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """400 unless `metadata` is OpenAI's shape: at most 16 keys of 64, values of 512."""
+    if metadata and (
+        len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
+    ):
+        raise ApiError(
+            400,
+            "metadata: at most 16 keys of 64 and values of 512 characters",
+            "invalid_metadata",
+            param="metadata",
+        )

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, for_model
 from llmq.api.engine.reuse import Ask, Plan
@@ -75,7 +76,9 @@ class ChatServing(Serving):
         def attempt(model: str, more: bool) -> Awaitable[Attempted]:
             return self._attempt(ask, model, more)
 
-        return await self.through_chain(record, requested, attempt, new_job_id)
+        return await unless_gone(
+            request, self.through_chain(record, requested, attempt, new_job_id)
+        )
 
     async def _attempt(self, ask: _Ask, model: str, more: bool) -> Attempted:
         """Try one model of the chain: its response, or why to move on (a fallback cause,
@@ -88,7 +91,8 @@ class ChatServing(Serving):
         served = await plan.served()  # the response cache: a stored answer, a joined job
         if served is not None:
             return served
-        moved = self.admitted(model, more, ask.time_left())
+        rank = await self.auth.rank(request)  # before the queue checks: no await between
+        moved = self.admitted(model, more, ask.time_left())  # them and the fair-share ticket
         if moved is not None:
             return moved
         record.stream = prepared.stream
@@ -97,7 +101,7 @@ class ChatServing(Serving):
             model,
             record,
             ask.time_left(),
-            await self.auth.rank(request),
+            rank,
             quota_model=prepared.model,
             estimate=prepared.prompt_estimate,
             max_tokens=prepared.max_tokens,

@@ -5,11 +5,13 @@ versions they were tested with (`GATE`; `llmq._fast` says how the gate works).
 - the reply inbox's direct delivery (`deliver_directly`): frames straight from nats-py's read
   loop to their job's mailbox;
 - a KV watcher's subscription (`watcher_caught_up`), to end a scan only once every entry the
-  server delivered was handled;
+  server delivered was handled, and (`delete_watcher_consumer`) to delete a scan's consumer
+  at once;
 - the server's INFO (`server_info`), to name a missing client certificate.
 
 Shut, each takes nats-py's public path: its own header code, a subscription callback, the
-watcher's end-of-initial-values marker, and a refusal message without the INFO's hint.
+watcher's end-of-initial-values marker, a scan's consumer left to the server's inactivity
+threshold, and a refusal message without the INFO's hint.
 
 ## Headers
 
@@ -27,6 +29,7 @@ header names. The bytes on the wire and the dicts read are the same for every in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import types
 from collections.abc import Callable, Mapping
@@ -231,6 +234,21 @@ async def watcher_caught_up(watcher: KeyValue.KeyWatcher, handled: int) -> bool:
     info = await sub.consumer_info()
     delivered = info.delivered.consumer_seq if info.delivered else 0
     return not info.num_pending and handled >= (delivered or 0)
+
+
+async def delete_watcher_consumer(watcher: KeyValue.KeyWatcher) -> None:
+    """Delete a scan's consumer now, rather than when nats-server notices it is idle: a
+    flood of list calls leaves none behind (nats-server refuses new consumers past a limit).
+    Needs the watcher's private subscription; shut, the consumer's inactive threshold
+    removes it."""
+    if not GATE.open:
+        return
+    sub = watcher._sub
+    if sub is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2.0):
+            await sub._js.delete_consumer(sub._stream, sub._consumer)
 
 
 def server_info(nc: Client) -> dict[str, Any]:
