@@ -198,8 +198,8 @@ async def ensure_shared_consumer(
     name: str,
     ack_wait: float,
     max_deliver: int = -1,
-    replicas: int = 1,
     *,
+    replicas: int = 1,
     create: bool = True,
 ) -> None:
     """A durable pull consumer every api replica pulls from; one made by an older version
@@ -237,6 +237,7 @@ async def ensure_consumer(
     model: str,
     ack_wait: float,
     max_deliver: int,
+    *,
     replicas: int = 1,
 ) -> str:
     """The durable pull consumer of `model` on `stream`, shared by all its workers."""
@@ -264,19 +265,27 @@ async def ensure_consumer(
 async def workers_bucket(
     js: JetStreamContext, ttl: float, replicas: int = 1, create: bool = True
 ) -> KeyValue:
-    return await _registry(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas, create)
+    return await _registry(
+        js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas, create=create
+    )
 
 
 async def install_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:
-    return await _registry(js, names.INSTALL_BUCKET, 0, StorageType.FILE, replicas, create)
+    return await _registry(js, names.INSTALL_BUCKET, 0, StorageType.FILE, replicas, create=create)
 
 
 async def models_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:
-    return await _registry(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas, create)
+    return await _registry(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas, create=create)
 
 
 async def _registry(
-    js: JetStreamContext, name: str, ttl: float, storage: StorageType, replicas: int, create: bool
+    js: JetStreamContext,
+    name: str,
+    ttl: float,
+    storage: StorageType,
+    replicas: int,
+    *,
+    create: bool,
 ) -> KeyValue:
     """A registry bucket (workers, models, the install marker), bounded by
     `registry_max_bytes`."""
@@ -301,9 +310,13 @@ async def ensure_bucket(
         found = await js.key_value(name)
     except Exception:
         config = KeyValueConfig(
-            bucket=name, history=1, ttl=ttl or None, storage=storage, replicas=replicas,
+            bucket=name,
+            history=1,
+            ttl=ttl or None,
+            storage=storage,
+            replicas=replicas,
             max_bytes=bound,
-        )  # fmt: skip
+        )
         with contextlib.suppress(BadRequestError):
             await js.create_key_value(config)
         return await js.key_value(name)

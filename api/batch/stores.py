@@ -78,13 +78,22 @@ async def ensure_batch_streams(
     webhooks = webhooks_stream_config(retention, replicas, bound.webhooks_stream_max_bytes)
     await ensure_stream(js, webhooks, create)
     await ensure_shared_consumer(
-        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas,
+        js,
+        names.OUTCOMES_STREAM,
+        names.COLLECTOR_CONSUMER,
+        30.0,
+        replicas=replicas,
         create=create,
-    )  # fmt: skip
+    )
     await ensure_shared_consumer(
-        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas,
+        js,
+        names.WEBHOOKS_STREAM,
+        names.WEBHOOK_CONSUMER,
+        60.0,
+        webhook_attempts + 2,
+        replicas=replicas,
         create=create,
-    )  # fmt: skip
+    )
 
 
 async def batch_buckets(
@@ -107,9 +116,14 @@ async def batch_buckets(
             js, name, retention, StorageType.FILE, replicas, create=create, bound=max_bytes
         )
     out[names.FILE_META_BUCKET] = await ensure_bucket(
-        js, names.FILE_META_BUCKET, 0, StorageType.FILE, replicas, create=create,
+        js,
+        names.FILE_META_BUCKET,
+        0,
+        StorageType.FILE,
+        replicas,
+        create=create,
         bound=bound.file_meta_max_bytes,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -152,10 +166,12 @@ async def files_store(
             await js.create_object_store(
                 names.FILES_OBJECT_STORE,
                 config=ObjectStoreConfig(
-                    storage=StorageType.FILE, description="llmq files", replicas=replicas,
+                    storage=StorageType.FILE,
+                    description="llmq files",
+                    replicas=replicas,
                     max_bytes=bound,
                 ),
-            )  # fmt: skip
+            )
         return await js.object_store(names.FILES_OBJECT_STORE)
     await ensure_replicas(js, f"OBJ_{names.FILES_OBJECT_STORE}", replicas, bound)
     return found
