@@ -1,5 +1,9 @@
 """Starting llmq parts for tests: in-process (fast, inspectable) or as real OS processes
-(for SIGKILL and CLI tests). Everything binds to free loopback ports."""
+(for SIGKILL and CLI tests). Everything binds to free loopback ports, in a way that holds on a
+busy machine: a server in this process listens on a socket bound before its port is known
+(`bound_socket`), a server process that finds its port taken is started on another one
+(`llmq.embedded.listen_on`, `Stack.api_process`), and a port where nothing may listen stays
+bound without listening (`refused_port`)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,12 +41,38 @@ def settings(nats_url: str, redis_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def bound_socket() -> socket.socket:
+    """A loopback TCP socket bound to a port the kernel chose, for a server of this process
+    to listen on: no other process can take the port between choosing it and listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+_REFUSING: list[socket.socket] = []
+"""The sockets behind `refused_port`, held until the test process exits."""
+
+
+def refused_port() -> int:
+    """A loopback port that refuses connections for as long as the tests run: bound and
+    never listening, so no other process can start listening there meanwhile (a port
+    released at once, as `free_port` gives, may be any server's a moment later)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return int(sock.getsockname()[1])
+
+
 class InProcessApi:
-    def __init__(self, config: Settings) -> None:
+    """An api on `config.api.port`; pass `sock` (`bound_socket`) to listen on a socket
+    bound to that port already."""
+
+    def __init__(self, config: Settings, sock: socket.socket | None = None) -> None:
         self.settings = config
         self.server = uvicorn.Server(uvicorn_config(config))
         self.app = self.server.config.app
         self.task: asyncio.Task[None] | None = None
+        self.sock = sock
 
     @property
     def url(self) -> str:
@@ -53,7 +84,8 @@ class InProcessApi:
 
     async def start(self) -> InProcessApi:
         self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
-        self.task = asyncio.create_task(self.server.serve())
+        sockets = [self.sock] if self.sock is not None else None
+        self.task = asyncio.create_task(self.server.serve(sockets=sockets))
         deadline = time.monotonic() + 30
         while not self.server.started:
             if self.task.done():
@@ -71,6 +103,8 @@ class InProcessApi:
         if self.task is not None:
             # generous: a loaded machine (two xdist workers on two cores) stops slowly
             await asyncio.wait_for(asyncio.shield(self.task), self.settings.api.shutdown_grace + 30)
+        if self.sock is not None:
+            self.sock.close()
 
 
 def unique(prefix: str = "m") -> str:
@@ -124,6 +158,8 @@ class Process:
     """`llmq <args>` as a child process, in its own process group, output to a log file."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.port = 0
+        """Where it serves, when it is an api started by `Stack.api_process`."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
@@ -156,6 +192,23 @@ class Process:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serving_on(self, port: int, timeout: float = 60.0) -> bool:
+        """Wait until this `llmq api` listens on `port` (True) or exits because another
+        process took the port first (False). Anything else it exits with is raised."""
+        running = f"Uvicorn running on http://127.0.0.1:{port}"
+        await wait_for(lambda: self.proc.poll() is not None or running in self.output(), timeout)
+        if self.proc.poll() is None:
+            self.port = port
+            return True
+        if "address already in use" in self.output():
+            self.stop()
+            return False
+        raise RuntimeError(f"llmq api exited with {self.proc.returncode}:\n{self.output()}")
+
 
 def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
     values = {"nats_url": nats_url, "redis_url": redis_url, **DEFAULTS, **extra}
@@ -165,9 +218,11 @@ def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
 __all__ = [
     "InProcessApi",
     "Process",
+    "bound_socket",
     "env_for",
     "free_port",
     "models_of",
+    "refused_port",
     "settings",
     "start_worker",
     "wait_for",

@@ -18,7 +18,7 @@ from llmq.api.tenancy import connect
 from llmq.api.tenancy.models import PRIORITY_RANK, priority_rank
 from llmq.schemas import names
 from tests.spec import assert_valid
-from tests.stack import unique, wait_for
+from tests.stack import refused_port, unique, wait_for
 
 HIGH, NORMAL, LOW = PRIORITY_RANK["high"], PRIORITY_RANK["normal"], PRIORITY_RANK["low"]
 
@@ -163,9 +163,8 @@ async def test_without_redis_a_request_queues_without_the_share(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The share never fails a request: the quota script, after it, answers for Redis."""
-    from llmq.embedded import free_port
 
-    redis = connect(f"redis://127.0.0.1:{free_port()}", timeout=1.0)
+    redis = connect(f"redis://127.0.0.1:{refused_port()}", timeout=1.0)
     gate, model = FairShare(lambda m: 1, RedisLedger(redis)), unique("m")
     tickets = [await asyncio.wait_for(gate.enter(model, "a", 5), 5) for _ in range(2)]
     assert all(t is not None for t in tickets)  # past the share of 1: not counted

@@ -14,8 +14,7 @@ import pytest
 
 from llmq.cli import main
 from llmq.dispatcher.probes import queue_states
-from llmq.embedded import free_port
-from tests.stack import unique, wait_for
+from tests.stack import refused_port, unique, wait_for
 
 
 async def llmq(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -142,7 +141,7 @@ async def test_top_refreshes_within_80_columns(stack, capsys) -> None:  # type: 
 
 
 async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignore[no-untyped-def]
-    url = f"nats://127.0.0.1:{free_port()}"
+    url = f"nats://127.0.0.1:{refused_port()}"
     code = await asyncio.to_thread(main, ["status", "--nats-url", url])
     assert code == 1
     assert f"cannot reach NATS at {url}" in capsys.readouterr().err

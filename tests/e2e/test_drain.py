@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 
-from llmq.embedded import free_port
 from tests.stack import unique, wait_for, wait_serving
 
 
@@ -125,10 +124,10 @@ async def test_drain_cut_hands_an_unstarted_answer_to_another_worker(stack) -> N
 
 async def test_api_sigterm_stops_accepting_and_lets_open_streams_finish(stack) -> None:  # type: ignore[no-untyped-def]
     model = unique("drain")
-    port = free_port()
-    proc = stack.process("api", "--port", str(port), shutdown_grace=20)
+    proc = await stack.api_process(shutdown_grace=20)
+    port = proc.port
     await stack.worker(model=[model], echo_delay=0.1)
-    base = f"http://127.0.0.1:{port}"
+    base = proc.url
     await wait_serving(base, model)
     events: list[str] = []
     refused_while_streaming = False
@@ -158,10 +157,9 @@ async def test_api_sigterm_stops_accepting_and_lets_open_streams_finish(stack) -
 
 async def test_api_grace_bounds_a_long_stream(stack) -> None:  # type: ignore[no-untyped-def]
     model = unique("drain")
-    port = free_port()
-    proc = stack.process("api", "--port", str(port), shutdown_grace=1)
+    proc = await stack.api_process(shutdown_grace=1)
     worker = await stack.worker(model=[model], echo_delay=0.1)
-    base = f"http://127.0.0.1:{port}"
+    base = proc.url
     await wait_serving(base, model)
     async with httpx.AsyncClient(timeout=30) as client:
         body = _chat(model, 200, stream=True)  # ~20 s

@@ -19,7 +19,7 @@ from llmq.api.fair_share import share_of
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.api.tenancy.models import KeySettings
 from tests.spec import assert_valid
-from tests.stack import free_port, unique, wait_for, wait_serving
+from tests.stack import unique, wait_for, wait_serving
 
 CAPACITY = 4
 
@@ -101,11 +101,11 @@ async def test_two_api_processes_give_a_tenant_one_share(stack: Any, redis_serve
     model = unique("fair")
     a, b = await _tenants(redis_server.url)
     worker = await stack.worker(model=[model], capacity=CAPACITY, echo_delay=0.1)
-    ports = [free_port(), free_port()]
-    for port in ports:
-        stack.process("api", "--port", str(port), auth_mode="header", tenant_header="X-Team",
-                      trusted_tenants=f"{a},{b}")  # fmt: skip
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    apis = await asyncio.gather(
+        *(stack.api_process(auth_mode="header", tenant_header="X-Team",
+                            trusted_tenants=f"{a},{b}") for _ in "ab")
+    )  # fmt: skip
+    urls = [api.url for api in apis]
     for url in urls:
         await wait_serving(url, model, timeout=60, headers={"X-Team": b})
     await _flood_then_b(urls, worker, model, a, b, 200, redis_server.url)

@@ -18,7 +18,7 @@ from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.usage import FinalUsage, usage_encoder
 from tests.spec import assert_valid
-from tests.stack import free_port, unique, wait_for
+from tests.stack import unique, wait_for
 
 WORDS = 60
 """Echoed at 0.05 s a word: a stream of about 3 s."""
@@ -55,10 +55,9 @@ async def test_usage_is_booked_once_when_the_api_dies_mid_stream(stack, redis_se
     redis = connect(redis_server.url)
     tenant, key = await _tenant(redis)
     survivor = await stack.api(auth_mode="keys", key_cache_ttl=0)
-    port = free_port()
-    doomed = stack.process("api", "--port", str(port), auth_mode="keys", key_cache_ttl=0)
+    doomed = await stack.api_process(auth_mode="keys", key_cache_ttl=0)
     await stack.worker(model=[model], capacity=2, echo_delay=0.05)
-    base = f"http://127.0.0.1:{port}"
+    base = doomed.url
     await _serving(base, key, model)
     sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=20)
     messages: Any = [{"role": "user", "content": _text(WORDS)}]
