@@ -95,8 +95,16 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
     ids = {r.headers["x-request-id"] for r in results}
     assert {j["job_id"] for j in jobs} == ids  # the X-Request-ID of each request
 
-    code, out = await llmq(capsys, "workers", "--nats-url", nats_url, "--json")
-    workers = json.loads(out)
+    workers: list[dict[str, Any]] = []
+
+    async def with_stats() -> bool:
+        """`jobs`/`errors` come from each worker's micro STATS reply, gathered for 0.5 s; a
+        loaded machine can miss it (`null`), so ask until it came."""
+        _code, out = await llmq(capsys, "workers", "--nats-url", nats_url, "--json")
+        workers[:] = json.loads(out)
+        return _by(workers, "id", w1.id)["jobs"] is not None
+
+    await wait_for(with_stats)
     assert _by(workers, "id", w1.id)["jobs"] == 3
     assert _by(workers, "id", w1.id)["errors"] == 0
     code, out = await llmq(capsys, "workers", "--nats-url", nats_url)

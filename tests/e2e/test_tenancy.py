@@ -138,7 +138,10 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
     # RPM is a GCRA rate (no minute boundary to straddle): exactly 50 pass at once, and one
     # more per 1.2 s of the burst (none when it is quick; the bound keeps a loaded machine
     # from failing the test, not the limit from being exact).
-    limits = httpx.Limits(max_connections=100)
+    # A new connection per request: a kept-alive one that sat idle past uvicorn's keep-alive
+    # timeout while a loaded machine stalled is closed under the next request (a ReadError
+    # that says nothing about the limit).
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
     started = time.monotonic()
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         resps = await asyncio.gather(
