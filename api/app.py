@@ -11,29 +11,23 @@ from fastapi.middleware.cors import CORSMiddleware
 from llmq import __version__
 from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
-from llmq.api.batch_wing import BatchWing
+from llmq.api.batch import batch_routes, file_routes, job_routes
+from llmq.api.batch.wing import BatchWing
+from llmq.api.chat import routes as chat
+from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
+from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
-from llmq.api.responses_serving import open_responses
-from llmq.api.routes import (
-    admin,
-    batches,
-    conversations,
-    files,
-    health,
-    jobs,
-    metrics,
-    openai,
-    responses,
-)
+from llmq.api.responses import conversation_routes
+from llmq.api.responses import routes as responses
+from llmq.api.responses.serving import open_responses
+from llmq.api.routes import admin, health, metrics, models
 from llmq.api.routes.plain import PlainRoute
-from llmq.api.routing import Router
 from llmq.api.runtime import Runtime
-from llmq.api.serving import Serving
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.queue_estimate import QueueEstimator
@@ -70,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )  # docs/routing.md
         queue_estimator.start()
         router = Router(models, runtime.registry, queue_estimator.wait_for)
-        app.state.serving = Serving(
+        app.state.serving = ChatServing(
             runtime, Authenticator(settings, store), reservations, preparer, router=router
         )
         app.state.queue_estimator = queue_estimator
@@ -118,21 +112,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
         )
-    app.router.routes.extend(openai.hot.routes)  # as they are, matched first (routes/plain.py)
+    app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
     # POST /v1/responses the same way; the responses router's route documents it
     app.router.routes.append(
         PlainRoute("/v1/responses", responses.create_response, methods=["POST"],
                    include_in_schema=False)
     )  # fmt: skip
     app.include_router(health.router)
-    app.include_router(openai.router)
+    app.include_router(chat.router)
+    app.include_router(models.router)
     app.include_router(admin.router, include_in_schema=False)
     app.include_router(metrics.router)
-    app.include_router(jobs.router)
-    app.include_router(files.router)
-    app.include_router(batches.router)
+    app.include_router(job_routes.router)
+    app.include_router(file_routes.router)
+    app.include_router(batch_routes.router)
     app.include_router(responses.router)
-    app.include_router(conversations.router)
+    app.include_router(conversation_routes.router)
     if settings.console.console_enabled:
         console.install(app)
     return app

@@ -110,6 +110,13 @@ def public_failure(frame: Failed, job_id: str) -> Failed:
     return Failed(status=frame.status, error=public, retry_after=frame.retry_after)
 
 
+def failed_response(frame: Failed, headers: dict[str, str]) -> Response:
+    """A job's failure as the client's error response (with `retry-after` when it has one)."""
+    if frame.retry_after is not None:
+        headers = {**headers, "retry-after": str(max(1, round(frame.retry_after)))}
+    return error_response(frame.status, frame.error, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

@@ -28,8 +28,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmq.api.request_record import RequestRecord
 from llmq.api.runtime import Runtime
-from llmq.api.serving import RequestRecord
 from llmq.dispatcher.connection import ConnectionMetrics
 from llmq.dispatcher.probes import QueueState, queue_states
 from llmq.dispatcher.queue_estimate import QueueEstimator

@@ -49,7 +49,7 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     """The most output tokens a request may ask for (`max_tokens` or
     `max_completion_tokens`); more is a 400 before admission."""
     fallbacks: list[str] = []
-    """Models tried in order when this one cannot start the request (api/routing.py);
+    """Models tried in order when this one cannot start the request (api/engine/model_chain.py);
     only the requested model's list is followed, never a fallback's own."""
     max_queue_wait: Annotated[float, msgspec.Meta(ge=0)] | None = None
     """Seconds of estimated queue wait above which a request moves to the next fallback."""

@@ -11,10 +11,10 @@ import socket
 
 from nats.micro.service import EndpointInfo, EndpointStats
 
+from llmq.api.engine.serving import Serving
 from llmq.api.metrics import ApiMetrics
 from llmq.api.request_log import RequestLog
 from llmq.api.runtime import Runtime
-from llmq.api.serving import Serving
 from llmq.dispatcher.micro import LiveService
 from llmq.schemas import names
 from llmq.schemas.services import ApiMetadata

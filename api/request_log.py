@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from llmq.api.serving import RequestRecord
+from llmq.api.request_record import RequestRecord
 
 log = logging.getLogger("llmq.request")
 

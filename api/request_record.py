@@ -28,4 +28,4 @@ class RequestRecord:
     trace: RequestTrace | None = None
     """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
-    """(from model, to model, cause) of each move to a fallback (api/routing.py)."""
+    """(from model, to model, cause) of each move to a fallback (api/engine/model_chain.py)."""

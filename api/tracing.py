@@ -5,7 +5,7 @@ request span's `traceparent`, so the worker's spans join the same trace.
 
 The request span starts when the request does (its ids go into the job); the phases are
 recorded as marks on the request's record and become spans when it ends (a serving
-observer), so the serving path holds no span objects. Off (see dispatcher/tracing.py) every
+observer), so the serving path holds no span objects. Off (see dispatcher/otel.py) every
 hook returns at once.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from llmq.dispatcher import tracing
+from llmq.dispatcher import otel as llmq_otel
 
 SCOPE = "llmq.api"
 SERVICE = "llmq-api"
@@ -27,7 +27,7 @@ class RequestTrace:
 
     __slots__ = ("clock", "marks", "run", "span")
 
-    def __init__(self, span: Any, clock: tracing.WallClock) -> None:
+    def __init__(self, span: Any, clock: llmq_otel.WallClock) -> None:
         self.span = span
         self.clock = clock
         self.marks: dict[str, float] = {}
@@ -36,16 +36,16 @@ class RequestTrace:
 
 def begin(request: Request, route: str, started: float) -> RequestTrace | None:
     """The request span, from `started` (monotonic); None when tracing is off."""
-    tracer = tracing.tracer(SCOPE, SERVICE)
+    tracer = llmq_otel.tracer(SCOPE, SERVICE)
     if tracer is None:
         return None
     from opentelemetry.trace import SpanKind
 
-    clock = tracing.WallClock()
+    clock = llmq_otel.WallClock()
     span = tracer.start_span(
         "llmq.request",
         start_time=clock.ns(started),
-        context=tracing.parent_context(request.headers.get("traceparent")),
+        context=llmq_otel.parent_context(request.headers.get("traceparent")),
         kind=SpanKind.SERVER,
         attributes={"llmq.route": route, "http.request.method": request.method},
     )
@@ -62,7 +62,7 @@ def mark(trace: RequestTrace | None, phase: str, run: Any = None) -> None:
 
 def traceparent(trace: RequestTrace | None, incoming: str | None) -> str | None:
     """What the job carries: the request span when tracing, else the client's header."""
-    return incoming if trace is None else tracing.traceparent_of(trace.span)
+    return incoming if trace is None else llmq_otel.traceparent_of(trace.span)
 
 
 def finish(record: Any) -> None:
@@ -88,7 +88,7 @@ def finish(record: Any) -> None:
         span.set_attribute("error.type", record.error_code)
     if record.status >= 500:
         span.set_status(otel.Status(otel.StatusCode.ERROR, record.error_code or ""))
-    tracer = tracing.tracer(SCOPE, SERVICE)
+    tracer = llmq_otel.tracer(SCOPE, SERVICE)
     context = otel.set_span_in_context(span)
     end = record.started + record.latency
     marks = trace.marks

@@ -1,4 +1,4 @@
-"""What queue-aware admission adds to a request's path: the calls `api/serving.py` makes per
+"""What queue-aware admission adds to a request's path: the calls `api/engine/serving.py` makes per
 request (`Router.chain`, `over_queue_wait`, `admit`), against 200 models' estimates. The
 estimates themselves are refreshed in the background (dispatcher/queue_estimate.py), never
 on the request's path, so this is all a request pays.
@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmq.api.routing import Router
+from llmq.api.engine.model_chain import Router
 from llmq.dispatcher.queue_estimate import QueueEstimate
 
 CALLS = 200_000

@@ -1,7 +1,6 @@
-"""The queue: everything api and worker share to meet on NATS.
-
-Connection and provisioning, streams and consumers, KV helpers, the micro-service base, task
-helpers, publishing jobs, the reply inbox, cancel and the worker registry view. The batch
-runner lives in `llmq.dispatcher.batch`; nothing outside it imports it but the api and the
-command line.
+"""The queue and nothing else: connection and credentials, streams and consumers, KV, the
+micro-service base, task helpers, publishing a job and following its frames, pulling and
+replying, cancel, and the worker registry view. Batch dispatch lives in
+`llmq.dispatcher.batch`; a feature's own stores and checks live with the feature
+(docs/architecture.md states the rule; tests/test_architecture.py checks it).
 """

@@ -21,11 +21,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from llmq import event_loop
-from llmq.dispatcher import inspect, job_list
-from llmq.dispatcher.inspect import Snapshot, WorkerView
-from llmq.dispatcher.job_list import JobView
+from llmq import event_loop, job_list, snapshot
 from llmq.dispatcher.queue_estimate import QueueEstimator
+from llmq.job_list import JobView
+from llmq.snapshot import Snapshot, WorkerView
 
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
@@ -281,7 +280,7 @@ def _print(lines: list[str]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
         js = nc.jetstream()
-        snap = await inspect.snapshot(nc, js, args.timeout)
+        snap = await snapshot.snapshot(nc, js, args.timeout)
         waits = await queue_waits(js, snap)
         _print(
             [_dump(status_json(snap, url, waits))] if args.json else render_status(snap, url, waits)
@@ -300,7 +299,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         estimator = QueueEstimator(js, lambda: [w.info for w in latest[-1].workers])
         while True:
             started = time.monotonic()
-            snap = await inspect.snapshot(nc, js, args.timeout)
+            snap = await snapshot.snapshot(nc, js, args.timeout)
             latest[:] = [snap]
             waits = await queue_waits(js, snap, estimator)
             if args.json:
@@ -322,7 +321,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
-        snap = await inspect.snapshot(nc, nc.jetstream(), args.timeout)
+        snap = await snapshot.snapshot(nc, nc.jetstream(), args.timeout)
         for error in snap.errors:
             print(f"llmq: {error}", file=sys.stderr)
         if args.json:

@@ -3,7 +3,7 @@
 `ResponseRequest` reads only what llmq acts on; the job body keeps every other field as the
 client sent it (msgspec ignores unknown fields), so an upstream that serves `/v1/responses`
 gets them untouched. `StoredResponse` and `Conversation` are the JetStream records of
-stored responses and conversations (`dispatcher/conversation_store.py`).
+stored responses and conversations (`api/responses/conversation_store.py`).
 """
 
 from __future__ import annotations

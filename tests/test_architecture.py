@@ -1,8 +1,11 @@
-"""The rooms of docs/architecture.md, checked: who may import whom, and module size."""
+"""The rooms of docs/architecture.md, checked: who may import whom, what `dispatcher/` holds,
+features kept apart, no import cycle, and module size."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -18,24 +21,112 @@ FORBIDDEN = {
 }
 MAX_LINES = 400
 
+# --- the import graph --------------------------------------------------------------------
+
 
 def _sources(room: str) -> list[Path]:
     return sorted(p for p in (ROOT / room).rglob("*.py") if not p.is_symlink())
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] != "llmq":
+        parts.insert(0, "llmq")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for room in ROOMS for p in _sources(room)}
+
+
 def _imports(path: Path) -> list[str]:
+    """Every absolute import of `path`, wherever it is (top level, in a function, under
+    TYPE_CHECKING): `from a import b` counts as `a.b` when that is a module, else as `a`."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    modules = _modules()
     found: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append(node.module)
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            found.extend(sub for sub in subs if sub in modules)
+            if not all(sub in modules for sub in subs):
+                found.append(node.module)
     return found
+
+
+@cache
+def _graph() -> dict[str, frozenset[str]]:
+    """llmq module -> the llmq modules it imports (its own package's `__init__` excluded)."""
+    modules = _modules()
+    graph: dict[str, frozenset[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imports(path):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = frozenset(targets)
+    return graph
 
 
 def _inside(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
+
+
+def _importers(target: str) -> set[str]:
+    return {m for m, targets in _graph().items() if target in targets}
+
+
+def cycles(graph: dict[str, frozenset[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+# --- rooms -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("room", ROOMS)
@@ -63,6 +154,94 @@ def test_rooms_import_only_what_they_may(room: str) -> None:
     )
 
 
+def test_no_import_cycle_anywhere() -> None:
+    found = cycles(_graph())
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {
+        "a": frozenset({"b"}),
+        "b": frozenset({"c"}),
+        "c": frozenset({"a"}),
+        "d": frozenset({"a"}),
+        "e": frozenset({"e"}),
+    }
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": frozenset({"b"}), "b": frozenset()}) == []
+
+
+# --- dispatcher/: the queue and nothing else ------------------------------------------------
+
+BATCH_ENTRIES = {
+    "llmq.dispatcher.batch.supervisor": "runs every batch whose lease is free (batch dispatch)",
+    "llmq.dispatcher.batch.async_jobs": "queues async jobs on LLMQ_BATCH, cancels, expires them",
+    "llmq.dispatcher.batch.collector": "follows the results of async and batch jobs",
+}
+
+
+def _queue_users(module: str) -> set[str]:
+    """Who outside dispatcher/ uses `module`, directly or through dispatcher modules."""
+    seen, todo, users = {module}, [module], set()
+    while todo:
+        for importer in _importers(todo.pop()):
+            if _inside(importer, "llmq.dispatcher"):
+                if importer not in seen:
+                    seen.add(importer)
+                    todo.append(importer)
+            else:
+                users.add(importer)
+    return users
+
+
+def _api_feature(module: str) -> str | None:
+    """The feature subpackage of api/ that `module` belongs to, if any."""
+    parts = module.split(".")
+    if len(parts) > 3 and parts[1] == "api" and parts[2] not in API_SHARED:
+        return parts[2]
+    return None
+
+
+def test_every_core_dispatcher_module_serves_a_process_queue_path() -> None:
+    """A module of dispatcher/ (outside batch/) is used, directly or through other dispatcher
+    modules, by the worker or by the api's shared machinery (api/ top level, engine/,
+    tenancy/, routes/): not only by one api feature, and not only by the command line."""
+    core = [
+        m
+        for m in _modules()
+        if _inside(m, "llmq.dispatcher")
+        and not _inside(m, "llmq.dispatcher.batch")
+        and m != "llmq.dispatcher"
+    ]
+    wrong = []
+    for module in sorted(core):
+        users = _queue_users(module)
+        if not any(
+            _inside(u, "llmq.worker") or (_inside(u, "llmq.api") and _api_feature(u) is None)
+            for u in users
+        ):
+            wrong.append(f"{module}: used only by {sorted(users) or 'nobody'}")
+    assert not wrong, (
+        "dispatcher/ holds the queue: move these to the feature or the command line that "
+        "uses them (docs/architecture.md):\n" + "\n".join(wrong)
+    )
+
+
+def test_every_batch_dispatcher_module_serves_batch_dispatch() -> None:
+    """A module of dispatcher/batch/ is one of its entries or is imported on their way."""
+    batch = {m for m in _modules() if _inside(m, "llmq.dispatcher.batch")}
+    reached, todo = set(BATCH_ENTRIES), list(BATCH_ENTRIES)
+    while todo:
+        for target in _graph()[todo.pop()]:
+            if target in batch and target not in reached:
+                reached.add(target)
+                todo.append(target)
+    stray = sorted(batch - reached - {"llmq.dispatcher.batch"})
+    assert not stray, "not on the way of batch dispatch:\n" + "\n".join(stray)
+    for entry in BATCH_ENTRIES:
+        assert any(_inside(u, "llmq.api") for u in _importers(entry)), entry
+
+
 def test_the_core_queue_needs_no_batch_import() -> None:
     core = [p for p in _sources("dispatcher") if "batch" not in p.relative_to(ROOT).parts]
     wrong = [
@@ -72,6 +251,85 @@ def test_the_core_queue_needs_no_batch_import() -> None:
         if _inside(module, "llmq.dispatcher.batch")
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_dispatcher_needs_no_command_line() -> None:
+    cli = {m for m in _modules() if m.count(".") == 1 and _inside(m, "llmq")} - {
+        "llmq.api",
+        "llmq.dispatcher",
+        "llmq.worker",
+        "llmq.schemas",
+    }
+    wrong = [
+        f"{m}: {t}"
+        for m, targets in _graph().items()
+        if _inside(m, "llmq.dispatcher")
+        for t in targets
+        if t in cli
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+# --- api/: one subpackage per feature --------------------------------------------------------
+
+API_SHARED = frozenset({"engine", "tenancy", "routes"})
+"""Subpackages of api/ that are shared machinery, not features; every other subpackage
+(chat, responses, batch, console, and those to come: messages, cache, ...) is a feature."""
+ASSEMBLERS = {
+    "llmq.api.app": "the composition root: builds the app from its features",
+    "llmq.api.hot_paths": "serves the hot routes ahead of the middleware stack, so it applies "
+    "the console's security headers itself",
+    "llmq.api.routes.admin": "the admin API accepts the console's session as well as the "
+    "admin token",
+}
+
+
+def test_api_features_are_subpackages() -> None:
+    features = {
+        p.parent.name
+        for p in (ROOT / "api").glob("*/__init__.py")
+        if p.parent.name not in API_SHARED
+    }
+    assert {"chat", "responses", "batch", "console"} <= features
+
+
+def test_shared_api_machinery_imports_no_feature() -> None:
+    wrong = [
+        f"{m}: {t}"
+        for m, targets in _graph().items()
+        if _inside(m, "llmq.api") and _api_feature(m) is None and m not in ASSEMBLERS
+        for t in targets
+        if _api_feature(t) is not None
+    ]
+    assert not wrong, (
+        "shared api machinery must not depend on a feature (or list it in ASSEMBLERS "
+        "with its reason):\n" + "\n".join(wrong)
+    )
+
+
+def _package(module: str) -> str:
+    """Where a module's private names may be used: its api feature, else its package."""
+    feature = _api_feature(module)
+    if feature is not None:
+        return f"llmq.api.{feature}"
+    path = _modules()[module]
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def test_no_module_imports_another_packages_private_names() -> None:
+    modules = _modules()
+    wrong = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.module in modules):
+                continue
+            private = [
+                a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+            ]
+            if private and _package(node.module) != _package(name):
+                wrong.append(f"{name}: {node.module}.{', '.join(private)}")
+    assert not wrong, "make these public, or keep them in their package:\n" + "\n".join(wrong)
 
 
 def test_no_module_is_too_long_to_read_in_one_sitting() -> None:

@@ -23,7 +23,7 @@ from llmq.schemas.openai import (
     Usage,
 )
 from llmq.worker.backends.base import Out, ReplyTo
-from llmq.worker.responses import ChatWhole, TextWhole
+from llmq.worker.whole_replies import ChatWhole, TextWhole
 
 _encoder = msgspec.json.Encoder()
 

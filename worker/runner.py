@@ -27,11 +27,11 @@ from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, Embedd
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.keepalive import KeepAlive
 from llmq.worker.replies import FrameSender, drive
-from llmq.worker.responses import Fold, embedding_list
 from llmq.worker.responses_api.adapter import run_response
 from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 from llmq.worker.usage_report import report_final_usage
+from llmq.worker.whole_replies import Fold, embedding_list
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from llmq.dispatcher import tracing
+from llmq.dispatcher import otel as llmq_otel
 
 TRACEPARENT: ContextVar[str | None] = ContextVar("llmq_traceparent", default=None)
 
@@ -35,7 +35,7 @@ async def add_traceparent(request: httpx.Request) -> None:
         request.headers["traceparent"] = value
 
 
-# --- OpenTelemetry spans of a job (off unless OTEL_* asks, see dispatcher/tracing.py) -----
+# --- OpenTelemetry spans of a job (off unless OTEL_* asks, see dispatcher/otel.py) -----
 
 SCOPE = "llmq.worker"
 SERVICE = "llmq-worker"
@@ -55,19 +55,19 @@ def record_job(outcome: Any, msg: Any) -> None:
     `queue pickup` (stored in JetStream until this worker started it), `backend call` and
     `first token` (backend call start until the first chunk). Built from the times the
     runner recorded, so nothing is held while the job runs."""
-    otel_tracer = tracing.tracer(SCOPE, SERVICE)
+    otel_tracer = llmq_otel.tracer(SCOPE, SERVICE)
     if otel_tracer is None:
         return
     from opentelemetry import trace as otel
     from opentelemetry.trace import SpanKind
 
     job = outcome.job
-    clock = tracing.WallClock()
+    clock = llmq_otel.WallClock()
     started, ended = clock.ns(outcome.started), clock.ns(outcome.ended)
     published = _published_ns(msg)
     span = otel_tracer.start_span(
         "llmq.job",
-        context=tracing.parent_context(valid_traceparent(job.traceparent)),
+        context=llmq_otel.parent_context(valid_traceparent(job.traceparent)),
         kind=SpanKind.CONSUMER,
         start_time=min(published, started) if published else started,
         attributes={

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq.api.console import auth, data
 from llmq.api.console.live import LiveStats
-from llmq.api.serving import Serving
+from llmq.api.engine.serving import Serving
 
 STATIC = Path(__file__).parent / "static"
 CSP = (

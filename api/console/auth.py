@@ -20,7 +20,7 @@ from llmq.api.console.session import (
     set_cookie,
 )
 from llmq.api.errors import ApiError
-from llmq.api.routes.admin import _body, _guarded, _json
+from llmq.api.routes.admin import guarded, json_body, json_reply
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.store import hash_key
 
@@ -48,7 +48,7 @@ async def session_of(request: Request, role: str | None = None) -> Session:
     check_csrf(request, session)
     if session.role == "tenant":
         store: TenantStore = request.app.state.store
-        keys = await _guarded(store.list_keys(session.tenant))
+        keys = await guarded(store.list_keys(session.tenant))
         if not any(k.id == session.key_id for k in keys):
             raise ApiError(401, "the key of this session was revoked", "not_logged_in")
     return session
@@ -62,23 +62,23 @@ async def admin(request: Request) -> Session:
 async def login(request: Request) -> Response:
     _check_origin(request)
     settings = request.app.state.settings
-    token = str((await _body(request)).get("token", "")).strip()
+    token = str((await json_body(request)).get("token", "")).strip()
     admin_token = settings.api.admin_token
     session: Session | None = None
     if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         session = new_session(settings, "admin")
     elif token:
         store: TenantStore = request.app.state.store
-        tenant = await _guarded(store.resolve_key(token))
+        tenant = await guarded(store.resolve_key(token))
         if tenant is not None:
             digest = hash_key(token)
-            keys = await _guarded(store.list_keys(tenant.name))
+            keys = await guarded(store.list_keys(tenant.name))
             key_id = next((k.id for k in keys if hmac.compare_digest(k.sha256, digest)), "")
             if key_id:
                 session = new_session(settings, "tenant", tenant.name, key_id)
     if session is None:
         raise ApiError(401, "wrong admin token or API key", "invalid_credentials")
-    response = _json(_view(session))
+    response = json_reply(_view(session))
     set_cookie(response, request, settings, session)
     return response
 
@@ -88,7 +88,7 @@ async def logout(request: Request) -> Response:
     session = current(request)
     if session is not None:
         check_csrf(request, session)
-    response = _json({"logged_in": False})
+    response = json_reply({"logged_in": False})
     clear_cookie(response, request)
     return response
 
@@ -99,8 +99,8 @@ async def show_session(request: Request) -> Response:
     own script only: same-origin JSON)."""
     session = current(request)
     if session is None:
-        return _json({"logged_in": False})
-    return _json(_view(await session_of(request)))
+        return json_reply({"logged_in": False})
+    return json_reply(_view(await session_of(request)))
 
 
 def _view(session: Session) -> dict[str, object]:

@@ -19,9 +19,9 @@ from llmq.api.console.auth import admin, session_of
 from llmq.api.console.live import LiveStats
 from llmq.api.errors import ApiError
 from llmq.api.model_table import ModelFile, ModelTable
-from llmq.api.routes.admin import _body, _guarded, _json
+from llmq.api.routes.admin import guarded, json_body, json_reply
 from llmq.api.tenancy import TenantStore, UsageReader
-from llmq.dispatcher.inspect import Snapshot, snapshot
+from llmq.snapshot import Snapshot, snapshot
 
 SNAPSHOT_TIMEOUT = 3.0
 """Seconds the workers page waits for NATS before it answers 503."""
@@ -48,7 +48,7 @@ def _plain(value: Any) -> Any:
 async def overview(request: Request) -> Response:
     live: LiveStats = request.app.state.console_live
     snap = await _snapshot(request)
-    return _json(
+    return json_reply(
         {
             **live.figures(),
             "queue_depth": sum(m.queued for m in snap.models),
@@ -77,7 +77,7 @@ async def top(request: Request) -> Response:
         for w in snap.workers
     ]
     estimator = getattr(request.app.state, "queue_estimator", None)
-    return _json(
+    return json_reply(
         {
             "workers": workers,
             "models": [
@@ -96,7 +96,7 @@ async def top(request: Request) -> Response:
 async def models(request: Request) -> Response:
     table: ModelTable = request.app.state.models
     registry = request.app.state.runtime.registry
-    return _json(
+    return json_reply(
         {
             "file": table.path,
             "editable": bool(table.path),
@@ -113,7 +113,7 @@ async def save_models(request: Request) -> Response:
     if not table.path:
         raise ApiError(409, "set LLMQ_MODELS_FILE to edit the model table", "no_models_file")
     try:
-        parsed: ModelFile = model_file.parse(await _body(request))
+        parsed: ModelFile = model_file.parse(await json_body(request))
     except msgspec.ValidationError as exc:
         raise ApiError(400, str(exc), "invalid_request") from None
     await asyncio.to_thread(model_file.write, table.path, parsed)
@@ -124,9 +124,9 @@ async def save_models(request: Request) -> Response:
 async def _usage_rows(request: Request, tenant: str, days: int) -> list[dict[str, Any]]:
     store: TenantStore = request.app.state.store
     reader: UsageReader = request.app.state.usage
-    names = [tenant] if tenant else [t.name for t in await _guarded(store.list_tenants())]
+    names = [tenant] if tenant else [t.name for t in await guarded(store.list_tenants())]
     per_tenant = await asyncio.gather(
-        *(_guarded(reader.usage(n, days=max(1, min(days, MAX_DAYS)))) for n in names)
+        *(guarded(reader.usage(n, days=max(1, min(days, MAX_DAYS)))) for n in names)
     )
     return [
         {**msgspec.to_builtins(r), "total_tokens": r.total_tokens}
@@ -137,7 +137,7 @@ async def _usage_rows(request: Request, tenant: str, days: int) -> list[dict[str
 
 @router.get("/usage", dependencies=admin_only)
 async def usage(request: Request, tenant: str = "", days: int = 14) -> Response:
-    return _json({"object": "list", "data": await _usage_rows(request, tenant, days)})
+    return json_reply({"object": "list", "data": await _usage_rows(request, tenant, days)})
 
 
 CSV_COLUMNS = (
@@ -179,18 +179,18 @@ async def _work_of(request: Request, tenant: str, limit: int = 20) -> dict[str, 
 @router.get("/batches", dependencies=admin_only)
 async def batches(request: Request, tenant: str = "") -> Response:
     store: TenantStore = request.app.state.store
-    names = [tenant] if tenant else [t.name for t in await _guarded(store.list_tenants())]
-    return _json({"object": "list", "data": [await _work_of(request, n) for n in names]})
+    names = [tenant] if tenant else [t.name for t in await guarded(store.list_tenants())]
+    return json_reply({"object": "list", "data": [await _work_of(request, n) for n in names]})
 
 
 @router.post("/batches/{tenant}/{batch_id}/cancel", dependencies=admin_only)
 async def cancel_batch(request: Request, tenant: str, batch_id: str) -> Response:
-    return _json(await request.app.state.batches.batch_serving.cancel(tenant, batch_id))
+    return json_reply(await request.app.state.batches.batch_serving.cancel(tenant, batch_id))
 
 
 @router.post("/jobs/{tenant}/{job_id}/cancel", dependencies=admin_only)
 async def cancel_job(request: Request, tenant: str, job_id: str) -> Response:
-    return _json(await request.app.state.batches.job_serving.cancel(tenant, job_id))
+    return json_reply(await request.app.state.batches.job_serving.cancel(tenant, job_id))
 
 
 @router.get("/me")
@@ -198,10 +198,10 @@ async def me(request: Request, days: int = 14) -> Response:
     """A tenant's own page: its limits, usage and batches, read-only."""
     session = await session_of(request, "tenant")
     store: TenantStore = request.app.state.store
-    tenant = await _guarded(store.get(session.tenant))
+    tenant = await guarded(store.get(session.tenant))
     if tenant is None:
         raise ApiError(401, "this tenant no longer exists", "not_logged_in")
-    return _json(
+    return json_reply(
         {
             **await _work_of(request, session.tenant),
             "limits": tenant,

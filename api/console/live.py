@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmq.api.serving import RequestRecord
+from llmq.api.request_record import RequestRecord
 
 WINDOW = 60.0
 """Seconds the figures cover."""

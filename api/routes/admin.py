@@ -52,7 +52,7 @@ def require_admin(request: Request) -> None:
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
-def _json(value: Any, status: int = 200) -> Response:
+def json_reply(value: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(value), status_code=status, media_type="application/json")
 
 
@@ -61,7 +61,7 @@ def _store(request: Request) -> TenantStore:
     return store
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     try:
         data = msgspec.json.decode(await request.body() or b"{}")
     except msgspec.DecodeError as exc:
@@ -71,7 +71,7 @@ async def _body(request: Request) -> dict[str, Any]:
     return data
 
 
-async def _guarded(coro: Any) -> Any:
+async def guarded(coro: Any) -> Any:
     """Map the tenancy layer's exceptions onto the one error format."""
     try:
         return await coro
@@ -86,7 +86,7 @@ async def _guarded(coro: Any) -> Any:
 
 
 async def _tenant_or_404(store: TenantStore, name: str) -> Tenant:
-    tenant = await _guarded(store.get(name))
+    tenant = await guarded(store.get(name))
     if tenant is None:
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
     return tenant
@@ -97,14 +97,14 @@ async def _tenant_or_404(store: TenantStore, name: str) -> Tenant:
 
 @router.get("/tenants")
 async def list_tenants(request: Request) -> Response:
-    return _json({"object": "list", "data": await _guarded(_store(request).list_tenants())})
+    return json_reply({"object": "list", "data": await guarded(_store(request).list_tenants())})
 
 
 @router.post("/tenants")
 async def create_tenant(request: Request) -> Response:
-    data = await _body(request)
-    tenant = await _guarded(_store(request).create(_guarded_convert(data, Tenant)))
-    return _json(tenant, 201)
+    data = await json_body(request)
+    tenant = await guarded(_store(request).create(_guarded_convert(data, Tenant)))
+    return json_reply(tenant, 201)
 
 
 def _guarded_call(make: Any) -> Any:
@@ -123,35 +123,35 @@ def _guarded_convert(data: dict[str, Any], kind: type[Any]) -> Any:
 
 @router.get("/tenants/{name}")
 async def show_tenant(name: str, request: Request) -> Response:
-    return _json(await _tenant_or_404(_store(request), name))
+    return json_reply(await _tenant_or_404(_store(request), name))
 
 
 @router.patch("/tenants/{name}")
 async def update_tenant(name: str, request: Request) -> Response:
-    return _json(await _guarded(_store(request).update(name, await _body(request))))
+    return json_reply(await guarded(_store(request).update(name, await json_body(request))))
 
 
 @router.post("/tenants/{name}/suspend")
 async def suspend_tenant(name: str, request: Request) -> Response:
-    return _json(await _guarded(_store(request).suspend(name)))
+    return json_reply(await guarded(_store(request).suspend(name)))
 
 
 @router.post("/tenants/{name}/resume")
 async def resume_tenant(name: str, request: Request) -> Response:
-    return _json(await _guarded(_store(request).resume(name)))
+    return json_reply(await guarded(_store(request).resume(name)))
 
 
 @router.delete("/tenants/{name}")
 async def delete_tenant(name: str, request: Request) -> Response:
     """Delete the tenant and purge its files, jobs and batches (docs/tenants.md)."""
-    if not await _guarded(_store(request).delete(name)):
+    if not await guarded(_store(request).delete(name)):
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
     purged: dict[str, int] = {}
     try:
         purged = await request.app.state.batches.purge_deleted()
     except Exception as exc:  # unreachable anyway (ids are never reused); the sweeper retries
         log.warning("tenant %s deleted; purging its data failed: %s", name, exc)
-    return _json({"id": name, "object": "tenant", "deleted": True, "purged": purged})
+    return json_reply({"id": name, "object": "tenant", "deleted": True, "purged": purged})
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -164,24 +164,24 @@ async def create_key(name: str, request: Request) -> Response:
     `expires_at` (unix s) or `expires_in` (`30d`, `12h`, seconds); all optional."""
     store = _store(request)
     await _tenant_or_404(store, name)
-    data = await _body(request)
+    data = await json_body(request)
     settings = _guarded_call(lambda: key_input(data, time.time()))
-    plaintext, record = await _guarded(store.create_key(name, settings=settings))
-    return _json({**msgspec.to_builtins(record), "key": plaintext}, 201)
+    plaintext, record = await guarded(store.create_key(name, settings=settings))
+    return json_reply({**msgspec.to_builtins(record), "key": plaintext}, 201)
 
 
 @router.get("/tenants/{name}/keys")
 async def list_keys(name: str, request: Request) -> Response:
     store = _store(request)
     await _tenant_or_404(store, name)
-    return _json({"object": "list", "data": await _guarded(store.list_keys(name))})
+    return json_reply({"object": "list", "data": await guarded(store.list_keys(name))})
 
 
 @router.delete("/tenants/{name}/keys/{key_id}")
 async def revoke_key(name: str, key_id: str, request: Request) -> Response:
-    if not await _guarded(_store(request).revoke_key(name, key_id)):
+    if not await guarded(_store(request).revoke_key(name, key_id)):
         raise ApiError(404, f"key `{key_id}` of tenant `{name}` does not exist", "key_not_found")
-    return _json({"id": key_id, "object": "api_key", "deleted": True})
+    return json_reply({"id": key_id, "object": "api_key", "deleted": True})
 
 
 # --- usage and ledger --------------------------------------------------------------------
@@ -195,15 +195,15 @@ async def usage(name: str, request: Request, days: int = 7, by: str = "model") -
         raise ApiError(400, "`by` must be model, key or user", "invalid_request", param="by")
     await _tenant_or_404(_store(request), name)
     reader: UsageReader = request.app.state.usage
-    rows = await _guarded(reader.usage(name, days=max(1, min(days, 400)), by=by))  # type: ignore[arg-type]
-    return _json({"object": "list", "tenant": name, "by": by, "data": rows})
+    rows = await guarded(reader.usage(name, days=max(1, min(days, 400)), by=by))  # type: ignore[arg-type]
+    return json_reply({"object": "list", "tenant": name, "by": by, "data": rows})
 
 
 @router.get("/ledger")
 async def ledger(request: Request, tenant: str | None = None, count: int = 100) -> Response:
     reader: UsageReader = request.app.state.usage
-    entries = await _guarded(reader.ledger(tenant, count=max(1, min(count, 10_000))))
-    return _json({"object": "list", "data": entries})
+    entries = await guarded(reader.ledger(tenant, count=max(1, min(count, 10_000))))
+    return json_reply({"object": "list", "data": entries})
 
 
 # --- prices ------------------------------------------------------------------------------
@@ -211,25 +211,25 @@ async def ledger(request: Request, tenant: str | None = None, count: int = 100) 
 
 @router.get("/prices")
 async def list_prices(request: Request) -> Response:
-    return _json({"object": "list", "data": await _guarded(_store(request).list_prices())})
+    return json_reply({"object": "list", "data": await guarded(_store(request).list_prices())})
 
 
 @router.put("/prices/{model:path}")
 async def set_price(model: str, request: Request) -> Response:
-    price = _guarded_convert(await _body(request), Price)
-    return _json(
+    price = _guarded_convert(await json_body(request), Price)
+    return json_reply(
         {
             "model": model,
-            **msgspec.to_builtins(await _guarded(_store(request).set_price(model, price))),
+            **msgspec.to_builtins(await guarded(_store(request).set_price(model, price))),
         }
     )
 
 
 @router.delete("/prices/{model:path}")
 async def delete_price(model: str, request: Request) -> Response:
-    if not await _guarded(_store(request).delete_price(model)):
+    if not await guarded(_store(request).delete_price(model)):
         raise ApiError(404, f"no price for model `{model}`", "price_not_found")
-    return _json({"model": model, "deleted": True})
+    return json_reply({"model": model, "deleted": True})
 
 
 # --- its own description -----------------------------------------------------------------
@@ -249,4 +249,4 @@ async def admin_openapi(request: Request) -> Response:
         "adminToken": {"type": "http", "scheme": "bearer"}
     }
     document["security"] = [{"adminToken": []}]
-    return _json(document)
+    return json_reply(document)

@@ -1,5 +1,4 @@
-"""What the routes of the batch wing share: the caller's tenant, a JSON reply, and the
-serving modules the app's lifespan built."""
+"""What the routes of several features share: the caller's tenant and a JSON reply."""
 
 from __future__ import annotations
 
@@ -10,14 +9,7 @@ import msgspec
 from fastapi import Request
 from starlette.responses import Response
 
-from llmq.api.batch_wing import BatchWing
-
 _encoder = msgspec.json.Encoder()
-
-
-def wing(request: Request) -> BatchWing:
-    found: BatchWing = request.app.state.batches
-    return found
 
 
 async def tenant_of(request: Request) -> str:

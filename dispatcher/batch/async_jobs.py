@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from llmq.dispatcher import kv as kvs
-from llmq.dispatcher.batch.ports import Reserver, reservation_of
+from llmq.dispatcher.batch.ports import Reserver, WebhookQueue, reservation_of
 from llmq.dispatcher.batch.reconcile import quiet
 from llmq.dispatcher.batch.records import (
     FINAL_JOB,
@@ -38,7 +38,6 @@ from llmq.dispatcher.batch.records import (
     settle_job,
     unrun,
 )
-from llmq.dispatcher.batch.webhooks import Webhooks
 from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
 from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
@@ -83,7 +82,7 @@ class AsyncJobs:
         self.publish_timeout = publish_timeout
         self.record_retry = record_retry
         self._writes: set[asyncio.Task[None]] = set()
-        self.webhooks: Webhooks | None = None
+        self.webhooks: WebhookQueue | None = None
         self._open: dict[str, _Open] = {}
         self._follower = kvs.Follower(
             jobs, "*.*", self._on_record, resync=max(stall, 5.0), name="async-jobs"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from nats.js.errors import NotFoundError
 
 from llmq.dispatcher import kv as kvs
-from llmq.dispatcher.batch import validate
+from llmq.dispatcher.batch.batch_input import InputGone, load_input
 from llmq.dispatcher.batch.jsonl import output_line, tally
 from llmq.dispatcher.batch.records import (
     FILE_ID_PREFIX,
@@ -60,8 +60,8 @@ async def fail(run: BatchRun, errors: list[BatchError]) -> None:
 async def wind_down(run: BatchRun, final: BatchStatus, code: str, message: str) -> None:
     """Cancel or expire: every line without a result gets an `Unrun` one."""
     try:
-        found = await validate.load_input(run)
-    except validate.InputGone as exc:
+        found = await load_input(run)
+    except InputGone as exc:
         await fail(run, [BatchError(code="invalid_file", message=str(exc))])
         return
     if run.following:
@@ -93,7 +93,7 @@ async def _unqueue(run: BatchRun, seq: int) -> None:
 async def finalize(
     run: BatchRun, final: BatchStatus, errors: list[BatchError] | None = None
 ) -> None:
-    found = await validate.load_input(run)
+    found = await load_input(run)
     lines = found.lines
     values = await kvs.scan(run.ctx.results, f"line.{run.hex}.*")
     results: dict[int, Result] = {}

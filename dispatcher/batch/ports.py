@@ -1,5 +1,6 @@
 """What the api plugs into the batch machinery: how a request body becomes a job (model
-aliases, defaults, token estimates) and how its quota is reserved and released.
+aliases, defaults, token estimates), how its quota is reserved and released, and where a
+job's webhook delivery is queued.
 
 The values (`PreparedRequest`, `Refusal`, `Reservation`, `JobUsage`) live in
 `schemas.admission`; the api plugs in the same preparer and reservations its interactive
@@ -37,6 +38,12 @@ class Reserver(Protocol):
     def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
         """Keep renewing these reservations (made by another replica, or by a batch runner
         that lost its lease) until they are released; see docs/tenants.md."""
+        ...
+
+
+class WebhookQueue(Protocol):
+    async def enqueue(self, tenant: str, job_id: str) -> None:
+        """Queue the delivery of an ended job's webhook (the api's `Webhooks`)."""
         ...
 
 

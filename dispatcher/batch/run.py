@@ -1,18 +1,6 @@
-"""One batch, while this replica holds its lease: its state and the loop over its phases.
-
-What the owner does, by status (each step is safe to repeat after a crash):
-
-- `validating` (`validate`): read the input file, check every line, store an `Unrun` result
-  for each invalid one (create-only), count the lines → `in_progress` (or `failed`);
-- `in_progress` (`dispatch`): queue the valid lines in file order, reserving each line's
-  quota first, follow their results and write progress → `finalizing`, or expired;
-- `cancelling` / expired (`finalize.wind_down`): stop the lines still queued or running and
-  give each line without a result an `Unrun` one;
-- `finalizing` and the ends (`finalize`): write the output and error files and the final
-  status with one last compare-and-set.
-
-Every line has exactly one result (create-only keys) and the files are built from those
-results, one line each, so every request appears exactly once in the output or error file.
+"""One batch's state while this replica holds its lease: its lease and record, its input, the
+results seen so far and the lines it queued. The phases (`validate`, `progress`, `finalize`)
+act on it; `phases.drive` runs them in turn.
 """
 
 from __future__ import annotations
@@ -21,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.client import Client
@@ -29,14 +17,14 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from llmq.dispatcher import kv as kvs
-from llmq.dispatcher.batch import dispatch, finalize, validate
 from llmq.dispatcher.batch.files import FileStore
-from llmq.dispatcher.batch.lease import Lease, LeaseLost
+from llmq.dispatcher.batch.jsonl import InputLine
+from llmq.dispatcher.batch.lease import Lease
 from llmq.dispatcher.batch.ports import Preparer, Reserver, reservation_of
-from llmq.dispatcher.batch.records import FINAL_BATCH, BatchRecord, line_job_id, result_decoder
-from llmq.dispatcher.tasks import retry, run_to_end, stop_task
+from llmq.dispatcher.batch.records import BatchRecord, line_job_id, result_decoder
+from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas import names
-from llmq.schemas.admission import FAILED
+from llmq.schemas.admission import FAILED, PreparedRequest
 from llmq.schemas.frames import Done
 
 log = logging.getLogger(__name__)
@@ -60,21 +48,43 @@ class RunContext:
     """Called once for every batch this run brings to a final status."""
 
 
+@dataclass(slots=True)
+class DispatchState:
+    """What the phase remembers between its steps (a step that failed is run again)."""
+
+    retry_at: float = 0.0
+    """Wall time before which no line is reserved (the tenant was rate limited)."""
+    last_stall_check: float = field(default_factory=time.monotonic)
+    requeued: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BatchInput:
+    """The input file, line by line, with every valid line prepared."""
+
+    lines: list[InputLine]
+    prepared: dict[int, PreparedRequest] = field(default_factory=dict)
+    valid: list[int] = field(default_factory=list)
+    """Numbers of the lines that can run, in file order."""
+
+
 class BatchRun:
+    """One batch's state while this replica holds its lease; `phases.drive` runs it."""
+
     def __init__(self, ctx: RunContext, lease: Lease) -> None:
         self.ctx = ctx
         self.lease = lease
         self.key = lease.key
         self.hex = lease.record.id
         self.tenant = lease.record.tenant
-        self.input: validate.BatchInput | None = None
+        self.input: BatchInput | None = None
         self.done: dict[int, bool] = {}
         """Line -> whether its result is a success, for every line that has one."""
         self.changed = asyncio.Event()
         self.last_result = time.monotonic()
         self.seqs: dict[int, int] = {}
         """Line -> its message's sequence in LLMQ_BATCH, for lines this run queued."""
-        self.dispatching = dispatch.DispatchState()
+        self.dispatching = DispatchState()
         self._follower: kvs.Follower | None = None
 
     @property
@@ -86,41 +96,11 @@ class BatchRun:
     ) -> BatchRecord:
         return await self.lease.write(change, final=final)
 
-    # --- the run -------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        renew = asyncio.create_task(self.lease.keep(asyncio.current_task()))
-        try:
-            while self.record.status not in FINAL_BATCH:
-                try:
-                    await self._step()
-                except (LeaseLost, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    log.warning("batch %s: %s: %s; retrying", self.key, type(exc).__name__, exc)
-                    await asyncio.sleep(1.0)
-        except LeaseLost:
-            log.info("batch %s is no longer ours", self.key)
-        finally:
-            await run_to_end(self._close(renew))
-
-    async def _close(self, renew: asyncio.Task[None]) -> None:
+    async def close(self, renew: asyncio.Task[None]) -> None:
+        """Stop renewing the lease and following results (the run is over)."""
         await stop_task(renew)
         if self._follower is not None:
             await self._follower.stop()
-
-    async def _step(self) -> None:
-        status = self.record.status
-        if status == "validating":
-            await validate.validate(self)
-        elif status == "in_progress":
-            await dispatch.progress(self)
-        elif status == "cancelling":
-            await finalize.wind_down(
-                self, "cancelled", "batch_cancelled", "the batch was cancelled"
-            )
-        elif status == "finalizing":
-            await finalize.finalize(self, "completed")
 
     # --- results -------------------------------------------------------------------------
 

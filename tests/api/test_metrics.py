@@ -128,7 +128,7 @@ def test_the_observer_is_cheap() -> None:
     from types import SimpleNamespace
 
     from llmq.api.metrics import ApiMetrics
-    from llmq.api.serving import RequestRecord
+    from llmq.api.request_record import RequestRecord
     from llmq.schemas.settings import Settings
 
     registry = SimpleNamespace(known=lambda m: m == "m", live_models=dict)

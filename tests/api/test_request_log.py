@@ -14,7 +14,7 @@ import pytest
 
 from llmq.api.logs import JsonFormatter
 from llmq.api.request_log import RequestLog
-from llmq.api.serving import RequestRecord
+from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import FakeUpstream, json_reply, openai_chat

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
-from llmq.dispatcher import tracing
+from llmq.dispatcher import otel
 from tests.stack import unique, wait_for
 
 CLIENT_TRACE = uuid.uuid4().hex
@@ -31,9 +31,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
+    otel.install(provider)
     yield exporter
-    tracing.install(None)
+    otel.install(None)
     provider.shutdown()
 
 
@@ -115,14 +115,14 @@ async def test_refused_request_ends_its_span_with_the_error(stack, spans) -> Non
     ],
 )
 def test_traces_are_off_unless_the_otel_variables_ask(env: dict[str, str], on: bool) -> None:
-    assert tracing.wanted(env) is on
+    assert otel.wanted(env) is on
 
 
 def test_the_otlp_exporter_reads_the_standard_variables(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.example:4318")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu")
-    provider = tracing._build("llmq-api", {"OTEL_SERVICE_NAME": "gateway-eu"})
+    provider = otel._build("llmq-api", {"OTEL_SERVICE_NAME": "gateway-eu"})
     try:
         assert provider.resource.attributes["service.name"] == "gateway-eu"
         (processor,) = provider._active_span_processor._span_processors

@@ -16,7 +16,6 @@ from llmq.dispatcher.batch.records import (
     strip_prefix,
     time_hex,
 )
-from llmq.dispatcher.batch.webhooks import sign, verify
 from llmq.schemas import names
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import Usage
@@ -48,17 +47,6 @@ def test_tenant_tokens_round_trip_and_outcome_subjects(tenant: str) -> None:
 def test_parse_outcome_subject_rejects_others() -> None:
     assert parse_outcome_subject("_INBOX.x.y") is None
     assert parse_outcome_subject("llmq.outcome.a.b") is None
-
-
-def test_webhook_signature() -> None:
-    body = b'{"id":"job_1"}'
-    header = sign("secret", body, timestamp=1_000)
-    assert header.startswith("t=1000,v1=")
-    assert verify("secret", header, body, now=1_100)
-    assert not verify("secret", header, body + b" ", now=1_100)
-    assert not verify("other", header, body, now=1_100)
-    assert not verify("secret", header, body, now=2_000)  # too old: replay
-    assert not verify("secret", "garbage", body)
 
 
 def test_settle_job() -> None:

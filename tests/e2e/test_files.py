@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
+from llmq.api.batch.multipart import read_multipart
 from llmq.api.errors import ApiError
-from llmq.api.multipart import read_multipart
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.dispatcher import kv as kvs
 from tests.spec import assert_valid

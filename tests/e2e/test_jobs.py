@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
+from llmq.api.batch.webhooks import SIGNATURE_HEADER, verify
 from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
-from llmq.dispatcher.batch.webhooks import SIGNATURE_HEADER, verify
 from tests.stack import unique, wait_for
 
 FINAL = ("completed", "failed", "cancelled", "expired")

@@ -9,7 +9,7 @@ from typing import Any
 
 from llmq.schemas.openai import Usage
 from llmq.worker.backends.base import ReplyTo
-from llmq.worker.responses import Fold
+from llmq.worker.whole_replies import Fold
 from tests.spec import assert_valid
 
 REPLY = ReplyTo("chatcmpl-1", "public", 7, include_usage=True)

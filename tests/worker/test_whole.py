@@ -13,7 +13,7 @@ import pytest
 from llmq.schemas.openai import Usage
 from llmq.worker.backends.base import Out, ReplyTo
 from llmq.worker.chunks import ChatChunks, Chunks, TextChunks
-from llmq.worker.responses import Fold
+from llmq.worker.whole_replies import Fold
 from tests.spec import assert_valid
 
 CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{"}}

@@ -19,7 +19,7 @@ from llmq.schemas.text import count_tokens, message_text
 from llmq.worker.backends import create_backend
 from llmq.worker.backends.base import BackendConfig, Call, EchoOptions, ReplyTo
 from llmq.worker.backends.echo import EMBEDDING_DIMENSIONS, EchoBackend
-from llmq.worker.responses import Fold
+from llmq.worker.whole_replies import Fold
 from tests.spec import assert_valid
 from tests.worker.backends.fake_upstreams import Piece, collect, collect_outs
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from llmq.api.batch.file_serving import FileServing
+from llmq.api.batch.wing import wing
 from llmq.api.errors import ApiError
-from llmq.api.file_serving import FileServing
-from llmq.api.routes.common import json_response, tenant_of, wing
+from llmq.api.routes.common import json_response, tenant_of
 
 router = APIRouter(prefix="/v1")
 

@@ -15,11 +15,11 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmq.dispatcher import kv as kvs
-from llmq.dispatcher.batch import finalize, validate
+from llmq.dispatcher.batch import finalize
+from llmq.dispatcher.batch.batch_input import InputGone, load_input
 from llmq.dispatcher.batch.ports import reservation_of
 from llmq.dispatcher.batch.reconcile import quiet
 from llmq.dispatcher.batch.records import BatchError, BatchRecord, encoder, line_job_id, unrun
@@ -29,7 +29,7 @@ from llmq.schemas import names
 from llmq.schemas.admission import FAILED, Refusal
 
 if TYPE_CHECKING:
-    from llmq.dispatcher.batch.run import BatchRun
+    from llmq.dispatcher.batch.run import BatchInput, BatchRun
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +39,10 @@ MAX_REQUEUES = 3
 """Times a lost line is queued again before it fails with `job_lost`."""
 
 
-@dataclass(slots=True)
-class DispatchState:
-    """What the phase remembers between its steps (a step that failed is run again)."""
-
-    retry_at: float = 0.0
-    """Wall time before which no line is reserved (the tenant was rate limited)."""
-    last_stall_check: float = field(default_factory=time.monotonic)
-    requeued: dict[int, int] = field(default_factory=dict)
-
-
 async def progress(run: BatchRun) -> None:
     try:
-        found = await validate.load_input(run)
-    except validate.InputGone as exc:
+        found = await load_input(run)
+    except InputGone as exc:
         await finalize.fail(run, [BatchError(code="invalid_file", message=str(exc))])
         return
     await run.follow_results()
@@ -108,7 +98,7 @@ def _count(run: BatchRun, record: BatchRecord, position: int | None = None) -> B
     return record
 
 
-async def _dispatch(run: BatchRun, found: validate.BatchInput, position: int) -> int:
+async def _dispatch(run: BatchRun, found: BatchInput, position: int) -> int:
     """Queue lines from `position` on while fewer than max_inflight are unanswered;
     returns the new position (every valid line before it is queued or answered)."""
     valid, limit = found.valid, run.ctx.max_inflight
@@ -124,7 +114,7 @@ async def _dispatch(run: BatchRun, found: validate.BatchInput, position: int) ->
     return position
 
 
-async def _dispatch_chunk(run: BatchRun, found: validate.BatchInput, chunk: list[int]) -> int:
+async def _dispatch_chunk(run: BatchRun, found: BatchInput, chunk: list[int]) -> int:
     """Reserve and publish a run of lines; returns how many from its start are queued."""
     ready: list[int] = []
     stop = len(chunk)
@@ -175,9 +165,7 @@ async def _dispatch_chunk(run: BatchRun, found: validate.BatchInput, chunk: list
     return stop
 
 
-async def _publish(
-    run: BatchRun, found: validate.BatchInput, number: int, msg_id: str = ""
-) -> None:
+async def _publish(run: BatchRun, found: BatchInput, number: int, msg_id: str = "") -> None:
     """Queue one line; `msg_id` set: a new `Nats-Msg-Id` (the line is queued again)."""
     prepared = found.prepared[number]
     job_id = line_job_id(run.hex, number)
@@ -198,7 +186,7 @@ async def _publish(
     run.seqs[number] = ack.seq
 
 
-async def _stall_check(run: BatchRun, found: validate.BatchInput, position: int) -> None:
+async def _stall_check(run: BatchRun, found: BatchInput, position: int) -> None:
     """Queue again the lines whose result JetStream has lost (see `reconcile`)."""
     state, stall = run.dispatching, run.ctx.stall
     now = time.monotonic()

@@ -18,7 +18,7 @@ from collections import OrderedDict
 import msgspec
 from nats.js.kv import KeyValue
 
-from llmq.api.response_records import ResponseRecords
+from llmq.api.responses.records import ResponseRecords
 from llmq.dispatcher import kv as kvs
 from llmq.dispatcher.batch.records import FINAL_JOB, job_decoder
 

@@ -15,12 +15,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from fastapi import Request
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from llmq.api.batch_serving import BatchServing
-from llmq.api.file_serving import FileServing
-from llmq.api.job_serving import JobServing
+from llmq.api.batch.batch_serving import BatchServing
+from llmq.api.batch.egress import EgressPolicy
+from llmq.api.batch.file_serving import FileServing
+from llmq.api.batch.job_serving import JobServing
+from llmq.api.batch.purge import purge_scope
+from llmq.api.batch.webhooks import Webhooks
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
@@ -30,12 +34,9 @@ from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.collector import ResultCollector
 from llmq.dispatcher.batch.files import FileStore
-from llmq.dispatcher.batch.purge import purge_scope
 from llmq.dispatcher.batch.records import time_hex
-from llmq.dispatcher.batch.runner import BatchRunner
 from llmq.dispatcher.batch.store import BatchStore
-from llmq.dispatcher.batch.webhooks import Webhooks
-from llmq.dispatcher.egress import EgressPolicy
+from llmq.dispatcher.batch.supervisor import BatchRunner
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 
@@ -182,3 +183,9 @@ class BatchWing:
         for part in (self.runner, self.jobs, self.webhooks, self.collector):
             with contextlib.suppress(Exception):
                 await part.stop()
+
+
+def wing(request: Request) -> BatchWing:
+    """The wing the app's lifespan built, for the batch feature's routes."""
+    found: BatchWing = request.app.state.batches
+    return found

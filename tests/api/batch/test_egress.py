@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from llmq.dispatcher.egress import EgressPolicy, EgressRefused, forbidden_reason
+from llmq.api.batch.egress import EgressPolicy, EgressRefused, forbidden_reason
 
 
 def fixed(answers: dict[str, list[str]]):  # type: ignore[no-untyped-def]

@@ -2,10 +2,10 @@
 worker made them, with an `event:` line), or its final Response as one JSON body.
 
 The job's life — its reservation released exactly once with the real usage, its fair-share
-place, the request record — is the chat relay's (`serving._Job`); only what the client
-sees differs. The final Response is handed to `on_final` (storage, the conversation) before
-the client sees the end — the JSON body, or the held-back terminal event of a stream — so
-the client may chain its next request on this one at once.
+place, the request record — is the chat relay's (`llmq.api.engine.job.QueuedJob`); only
+what the client sees differs. The final Response is handed to `on_final` (storage, the
+conversation) before the client sees the end — the JSON body, or the held-back terminal
+event of a stream — so the client may chain its next request on this one at once.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 import msgspec
 from starlette.responses import Response
 
-from llmq.api.errors import ApiError, public_failure
+from llmq.api.engine.job import QueuedJob
+from llmq.api.engine.serving import Serving
+from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.fair_share import Ticket
 from llmq.api.request_record import RequestRecord
-from llmq.api.serving import Serving, _failed_response, _Job
 from llmq.api.sse import named_event
 from llmq.dispatcher.dispatch import JobRun
 from llmq.schemas.admission import Reservation
@@ -48,7 +49,7 @@ def event_type(data: bytes) -> bytes:
         return b"message"
 
 
-class ResponseRun(_Job):
+class ResponseRun(QueuedJob):
     def __init__(
         self,
         serving: Serving,
@@ -75,7 +76,7 @@ class ResponseRun(_Job):
         """The whole (not streamed) response, from the job's end (`outcome`)."""
         if isinstance(ev, Failed):
             self.settle(ev.status, code=ev.error.code)
-            return _failed_response(public_failure(ev, self.record.job_id), headers)
+            return failed_response(public_failure(ev, self.record.job_id), headers)
         if ev is None:
             self.settle(502, code="empty_response")
             raise ApiError(502, "the job ended without a result", "empty_response")

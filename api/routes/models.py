@@ -1,6 +1,5 @@
-"""The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/embeddings,
-/v1/models and /v1/models/{id} (which need a key, like every /v1 route, and show only what
-the caller's tenant may use)."""
+"""The model catalog: /v1/models and /v1/models/{id} (which need a key, like every /v1
+route, and show only what the caller's tenant may use)."""
 
 from __future__ import annotations
 
@@ -8,38 +7,18 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from llmq.api.auth import Caller
+from llmq.api.auth import Authenticator, Caller
 from llmq.api.errors import ApiError
-from llmq.api.routes.plain import PlainRoute
-from llmq.api.serving import Serving
 from llmq.schemas.openai import ModelCard, ModelList
 from llmq.schemas.registry import WorkerInfo
 
 router = APIRouter(prefix="/v1")
-hot = APIRouter(prefix="/v1", route_class=PlainRoute)
-"""The two routes nearly every request takes, without FastAPI's per-request machinery;
-included first, so they are also matched first."""
 _encoder = msgspec.json.Encoder()
 
 
-def _serving(request: Request) -> Serving:
-    serving: Serving = request.app.state.serving
-    return serving
-
-
-@hot.post("/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await _serving(request).chat(request)
-
-
-@hot.post("/completions")
-async def completions(request: Request) -> Response:
-    return await _serving(request).completion(request)
-
-
-@router.post("/embeddings")
-async def embeddings(request: Request) -> Response:
-    return await _serving(request).embedding(request)
+def _auth(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.serving.auth
+    return auth
 
 
 def _card(
@@ -60,7 +39,7 @@ def _card(
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     """The models the caller may use now: live ones, and the aliases that point to them."""
-    caller = await _serving(request).auth.caller(request)
+    caller = await _auth(request).caller(request)
     live = request.app.state.runtime.registry.live_models()
     names = sorted(set(live) | set(request.app.state.models.aliases))
     cards = [card for name in names if (card := _card(request, caller, live, name))]
@@ -71,7 +50,7 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request, model_id: str) -> Response:
     """One model; 404 alike for a model that does not exist and one the caller may not
     use, so a key cannot probe what other tenants run."""
-    caller = await _serving(request).auth.caller(request)
+    caller = await _auth(request).caller(request)
     live = request.app.state.runtime.registry.live_models()
     card = _card(request, caller, live, model_id)
     if card is None:

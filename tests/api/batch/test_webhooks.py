@@ -9,10 +9,10 @@ import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from llmq.api.batch.egress import EgressPolicy
+from llmq.api.batch.webhooks import Webhooks, sign, verify
 from llmq.dispatcher import streams
-from llmq.dispatcher.batch.webhooks import Webhooks
 from llmq.dispatcher.connection import connect
-from llmq.dispatcher.egress import EgressPolicy
 from llmq.schemas import names
 from tests.stack import wait_for
 
@@ -192,3 +192,14 @@ async def test_an_unbounded_consumer_from_an_older_version_is_bounded(own_nats) 
         assert stream.config.max_age == 7200
     finally:
         await nc.close()
+
+
+def test_webhook_signature() -> None:
+    body = b'{"id":"job_1"}'
+    header = sign("secret", body, timestamp=1_000)
+    assert header.startswith("t=1000,v1=")
+    assert verify("secret", header, body, now=1_100)
+    assert not verify("secret", header, body + b" ", now=1_100)
+    assert not verify("other", header, body, now=1_100)
+    assert not verify("secret", header, body, now=2_000)  # too old: replay
+    assert not verify("secret", "garbage", body)

@@ -32,8 +32,8 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from llmq.api.batch.egress import EgressPolicy, EgressRefused, Target
 from llmq.dispatcher.batch.consume import pull_forever
-from llmq.dispatcher.egress import EgressPolicy, EgressRefused, Target
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 

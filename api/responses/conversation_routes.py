@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from llmq.api.conversations_serving import ConversationsServing
 from llmq.api.protocol import read_body
+from llmq.api.responses.conversations import ConversationsServing
+from llmq.api.responses.routes import scope_of
 from llmq.api.routes.common import json_response
-from llmq.api.routes.responses import scope_of
 
 router = APIRouter(prefix="/v1")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from llmq.api.batch_serving import BatchServing
+from llmq.api.batch.batch_serving import BatchServing
+from llmq.api.batch.wing import wing
 from llmq.api.protocol import read_body
-from llmq.api.routes.common import json_response, tenant_of, wing
+from llmq.api.routes.common import json_response, tenant_of
 
 router = APIRouter(prefix="/v1")
 

@@ -15,15 +15,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from llmq.api.batch.jsonl_check import JsonlCheck
+from llmq.api.batch.multipart import read_multipart
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found
-from llmq.api.multipart import read_multipart
 from llmq.api.runtime import Runtime
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines
-from llmq.dispatcher.batch.jsonl_check import JsonlCheck
 from llmq.dispatcher.batch.records import FileRecord, file_view
 
 FILE_PURPOSES = frozenset({"batch"})

@@ -15,10 +15,10 @@ from nats.errors import MaxPayloadError
 
 from llmq.api.errors import ApiError
 from llmq.api.listing import not_found
-from llmq.api.response_items import as_items, list_body, page
-from llmq.api.response_records import public_hex
+from llmq.api.responses.conversation_store import ConversationStore
+from llmq.api.responses.items import as_items, list_body, page
+from llmq.api.responses.records import public_hex
 from llmq.dispatcher.batch.records import time_hex
-from llmq.dispatcher.conversation_store import ConversationStore
 from llmq.schemas.responses import CONVERSATION_PREFIX, Conversation, Item
 
 MAX_NEW_ITEMS = 20

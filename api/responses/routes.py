@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from llmq.api.responses_serving import ResponsesServing
+from llmq.api.responses.serving import ResponsesServing
 from llmq.api.routes.common import json_response, tenant_of
 
 router = APIRouter(prefix="/v1")

@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from llmq.dispatcher.batch import lease
 from llmq.dispatcher.batch.files import FileStore
+from llmq.dispatcher.batch.phases import drive
 from llmq.dispatcher.batch.ports import Preparer, Reserver
 from llmq.dispatcher.batch.records import FINAL_BATCH, BatchRecord, batch_decoder
 from llmq.dispatcher.batch.run import BatchRun, RunContext
@@ -142,7 +143,7 @@ class BatchRunner:
         record, revision = taken
         log.info("running batch %s (%s)", key, record.status)
         held = lease.Lease(self.store, key, record, revision, self.owner, self.lease)
-        task = asyncio.create_task(BatchRun(self.context, held).run(), name=f"batch-{record.id}")
+        task = asyncio.create_task(drive(BatchRun(self.context, held)), name=f"batch-{record.id}")
         self.runs[key] = task
 
         def done(_task: asyncio.Task[None]) -> None:

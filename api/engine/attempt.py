@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from starlette.responses import Response
 
-from llmq.api.routing import UNSERVED_CHECK, failure_cause
+from llmq.api.engine.model_chain import UNSERVED_CHECK, failure_cause
 from llmq.schemas.frames import Failed, failure
 
 if TYPE_CHECKING:
-    from llmq.api.serving import Serving, _Job
+    from llmq.api.engine.job import QueuedJob
+    from llmq.api.engine.serving import Serving
 
 T = TypeVar("T")
 
@@ -25,7 +26,7 @@ Moved = tuple[str | None, Failed]
 
 
 async def answer_or_move_on(
-    serving: Serving, job: _Job, model: str, stream: bool, more: bool, headers: dict[str, str]
+    serving: Serving, job: QueuedJob, model: str, stream: bool, more: bool, headers: dict[str, str]
 ) -> Response | Moved:
     """The client's response, or (cause, failure) when `more` models are left and this one
     failed before its first token (a stream never switches after it)."""
@@ -46,13 +47,13 @@ async def answer_or_move_on(
     return await job.answer(outcome, headers)
 
 
-def _moved_on(job: _Job, failed: Failed) -> Moved:
+def _moved_on(job: QueuedJob, failed: Failed) -> Moved:
     job.settle(failed.status, code=failed.error.code, observe=False)
     return failure_cause(failed), failed
 
 
 async def watched(
-    serving: Serving, job: _Job, model: str, step: Awaitable[T], more: bool
+    serving: Serving, job: QueuedJob, model: str, step: Awaitable[T], more: bool
 ) -> T | Failed:
     """`step`, unless the job waits in the queue of a model that no live worker takes
     jobs of any more (circuit opened, workers gone) and a fallback is left: then the job

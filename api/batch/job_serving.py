@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from llmq.api.batch.egress import EgressPolicy, EgressRefused
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.preparation import RequestPreparer
@@ -28,7 +29,6 @@ from llmq.dispatcher.batch.records import (
     time_hex,
 )
 from llmq.dispatcher.dispatch import DispatchError
-from llmq.dispatcher.egress import EgressPolicy, EgressRefused
 from llmq.schemas.admission import FAILED, Refusal
 
 

@@ -19,25 +19,26 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.attempt import answer_or_move_on
-from llmq.api.batch_wing import BatchWing
-from llmq.api.conversations_serving import ConversationsServing
+from llmq.api.batch.wing import BatchWing
+from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, not_found
 from llmq.api.protocol import first_token_deadline, read_body
-from llmq.api.response_finisher import ResponseFinisher
-from llmq.api.response_items import as_items, for_model
-from llmq.api.response_records import ResponseRecords, public_hex
-from llmq.api.response_relay import ResponseRun
-from llmq.api.routing import MODEL_HEADER, QUEUE_WAIT
-from llmq.api.serving import Attempted, RequestRecord, Serving
+from llmq.api.request_record import RequestRecord
+from llmq.api.responses.conversation_store import ConversationStore
+from llmq.api.responses.conversations import ConversationsServing
+from llmq.api.responses.finisher import ResponseFinisher
+from llmq.api.responses.items import as_items, for_model
+from llmq.api.responses.records import ResponseRecords, public_hex
+from llmq.api.responses.relay import ResponseRun
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import time_hex
-from llmq.dispatcher.conversation_store import ConversationStore
 from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
@@ -185,7 +186,7 @@ class ResponsesServing:
     async def _attempt(
         self, request: Request, record: RequestRecord, ask: _Ask, model: str, more: bool
     ) -> Attempted:
-        """Try one model of the chain (as `Serving._attempt` does for chat): its response,
+        """Try one model of the chain (as `ChatServing._attempt` does for chat): its response,
         or why to move on (a fallback cause, None for a fallback this request cannot use)
         and the failure the client would see."""
         serving, router = self.serving, self.serving.router

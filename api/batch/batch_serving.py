@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
+from llmq.api.batch.file_serving import FileServing
 from llmq.api.errors import ApiError
-from llmq.api.file_serving import FileServing
 from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.runtime import Runtime
 from llmq.api.tenant_scope import TenantScopes

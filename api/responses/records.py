@@ -12,10 +12,10 @@ import msgspec
 
 from llmq.api.errors import ApiError
 from llmq.api.listing import not_found
-from llmq.api.response_items import list_body, page
+from llmq.api.responses.conversation_store import ConversationStore
+from llmq.api.responses.items import list_body, page
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import is_hex_id
-from llmq.dispatcher.conversation_store import ConversationStore
 from llmq.schemas.frames import Done, Failed
 from llmq.schemas.responses import RESPONSE_PREFIX, StoredResponse
 

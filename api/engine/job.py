@@ -1,0 +1,150 @@
+"""One queued job of one attempt until it ends: its events as a JSON body or an SSE stream,
+and its reservation released exactly once however it ends. Chat uses it as it is; the
+Responses API's `ResponseRun` extends it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from starlette.responses import Response
+
+from llmq.api.engine.serving import Serving
+from llmq.api.errors import ApiError, error_bytes, failed_response, public_failure
+from llmq.api.fair_share import Ticket
+from llmq.api.request_record import RequestRecord
+from llmq.api.sse import DONE, SSEResponse, event
+from llmq.dispatcher.dispatch import JobRun
+from llmq.schemas.admission import JobUsage, Reservation
+from llmq.schemas.frames import CHUNK_SEPARATOR, Done, Failed
+from llmq.schemas.usage import cache_counts
+
+Event = bytes | Done | Failed
+
+
+class QueuedJob:
+    """One queued job until it ends: relays its events and releases its reservation once."""
+
+    def __init__(
+        self,
+        serving: Serving,
+        run: JobRun,
+        reservation: Reservation,
+        record: RequestRecord,
+        prompt_estimate: int,
+        ticket: Ticket,
+    ) -> None:
+        self.serving = serving
+        self.ticket = ticket
+        self.run = run
+        self.reservation = reservation
+        self.record = record
+        self.prompt_estimate = prompt_estimate
+        self.relayed = 0
+        self.settled = False
+
+    def settle(
+        self, status: int, done: Done | None = None, code: str | None = None, observe: bool = True
+    ) -> None:
+        """End the job's reservation once; `observe`: the request ends with it (False when
+        it moves on to a fallback model)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.ticket.leave()
+        record = self.record
+        record.status, record.error_code, record.worker = status, code, self.run.worker
+        if self.run.first_chunk_at is not None:
+            record.ttft = self.run.first_chunk_at - record.started
+        if done is not None:
+            record.prompt_tokens = done.usage.prompt_tokens
+            record.completion_tokens = done.usage.completion_tokens
+        else:
+            record.prompt_tokens = self.prompt_estimate if self.run.worker else 0
+            record.completion_tokens = self.relayed
+        cached, written = cache_counts(done.usage) if done is not None else (0, 0)
+        usage = JobUsage(
+            record.prompt_tokens, record.completion_tokens, failed=done is None,
+            cached_tokens=cached, cache_write_tokens=written,
+        )  # fmt: skip
+        self.serving.reservations.release_later(self.reservation, usage)
+        if observe:
+            self.serving.observe(record)
+
+    async def outcome(self) -> Done | Failed | None:
+        """A whole (not streamed) job's end; None when it ended without one."""
+        events = self.run.events()
+        try:
+            async for ev in events:
+                if isinstance(ev, Done | Failed):
+                    return ev
+            return None
+        except BaseException:
+            self.settle(499, code="client_closed")
+            raise
+        finally:
+            await events.aclose()
+
+    def respond(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
+        if isinstance(ev, Failed):
+            self.settle(ev.status, code=ev.error.code)
+            return failed_response(public_failure(ev, self.record.job_id), headers)
+        if ev is None or not ev.body:
+            self.settle(502, code="empty_response")
+            raise ApiError(502, "the job ended without a result", "empty_response")
+        self.settle(200, ev)
+        return Response(bytes(ev.body), media_type="application/json", headers=headers)
+
+    async def answer(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
+        """The non-streamed response (the Responses API stores it first)."""
+        return self.respond(ev, headers)
+
+    async def first(self) -> tuple[Event, AsyncGenerator[Event, None]]:
+        """A stream's first event (a chunk, or how it ended before one) and the rest."""
+        events = self.run.events()
+        try:
+            return await events.__anext__(), events
+        except StopAsyncIteration:
+            self.settle(502, code="empty_response")
+            raise ApiError(502, "the job ended without a result", "empty_response") from None
+        except BaseException:
+            self.settle(499, code="client_closed")
+            await events.aclose()
+            raise
+
+    async def stream(
+        self, first: Event, events: AsyncGenerator[Event, None], headers: dict[str, str]
+    ) -> Response:
+        if isinstance(first, Failed):
+            await events.aclose()
+            self.settle(first.status, code=first.error.code)
+            return failed_response(public_failure(first, self.record.job_id), headers)
+        return SSEResponse(self._relay(first, events), headers)
+
+    async def _relay(
+        self, first: Event, events: AsyncGenerator[Event, None]
+    ) -> AsyncIterator[bytes]:
+        rt = self.serving.rt
+        rt.open_streams += 1
+        try:
+            ev: Event = first
+            while True:
+                if isinstance(ev, bytes):
+                    # a frame may carry several chunks (`Llmq-Chunks`), one estimated token each
+                    self.relayed += ev.count(CHUNK_SEPARATOR) + 1
+                    yield b"data: " + ev + b"\n\n"
+                elif isinstance(ev, Failed):
+                    self.settle(ev.status, code=ev.error.code)
+                    yield event(error_bytes(public_failure(ev, self.record.job_id).error))
+                    break
+                else:
+                    self.settle(200, ev)
+                    break
+                try:
+                    ev = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+            yield DONE
+        finally:
+            rt.open_streams -= 1
+            self.settle(499, code="client_closed")
+            await events.aclose()

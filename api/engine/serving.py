@@ -1,0 +1,134 @@
+"""The part of serving every feature shares: one request's way through the queue, across
+a model's fallback chain (`through_chain`), a place in the fair-share line and the quota of one
+attempt (`hold`), and the request's end as observers see it (`observe`).
+
+Transport-free. Chat (`llmq.api.chat.serving`) and the Responses API
+(`llmq.api.responses.serving`) build their attempts on it; `QueuedJob`
+(`llmq.api.engine.job`) relays one attempt's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from starlette.responses import Response
+
+from llmq.api.auth import Authenticator
+from llmq.api.engine.model_chain import Router
+from llmq.api.errors import ApiError, failed_response, public_failure
+from llmq.api.fair_share import FairShare, Ticket
+from llmq.api.preparation import RequestPreparer
+from llmq.api.request_record import RequestRecord
+from llmq.api.reservations import Reservations
+from llmq.api.runtime import Runtime
+from llmq.schemas.admission import Refusal, Reservation
+from llmq.schemas.frames import Failed
+
+log = logging.getLogger(__name__)
+
+Attempted = Response | tuple[str | None, Refusal | Failed | None]
+"""One model's attempt: the response, or (the fallback cause, the failure) to move on."""
+NOT_UNDER_WAY = "the job's deadline passed before it was under way"
+
+Observer = Callable[[RequestRecord], None]
+
+
+class Serving:
+    def __init__(
+        self,
+        runtime: Runtime,
+        auth: Authenticator,
+        reservations: Reservations,
+        preparer: RequestPreparer,
+        observers: list[Observer] | None = None,
+        router: Router | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.auth = auth
+        self.reservations = reservations
+        self.preparer = preparer
+        self.router = router if router is not None else Router(preparer.models, runtime.registry)
+        self.fair = FairShare.shared(runtime.registry, runtime.redis, self.router.estimate)
+        self.observers: list[Observer] = observers if observers is not None else []
+
+    async def through_chain(
+        self,
+        record: RequestRecord,
+        requested: str,
+        attempt: Callable[[str, bool], Awaitable[Attempted]],
+        new_id: Callable[[], str],
+        id_prefix: str = "",
+    ) -> Response:
+        """`attempt(model, more)` on each model of `requested`'s fallback chain in turn (a
+        new job id for each after the first) until one answers; then the last failure, in
+        OpenAI's shape, or why no model could take the request. Chat and Responses."""
+        chain = self.router.chain(requested)
+        last: Refusal | Failed | None = None
+        """What the client hears if no model of the chain serves it."""
+        for index, model in enumerate(chain):
+            more = index + 1 < len(chain)
+            if index:
+                record.job_id = new_id()
+            outcome = await attempt(model, more)
+            if isinstance(outcome, Response):
+                return outcome
+            cause, failure = outcome
+            if failure is not None:
+                last = failure
+            if cause is not None and more:
+                record.fallbacks.append((model, chain[index + 1], cause))
+        if isinstance(last, Failed):
+            record.status, record.error_code = last.status, last.error.code
+            self.observe(record)
+            headers = {"x-request-id": id_prefix + record.job_id}
+            return failed_response(public_failure(last, record.job_id), headers)
+        if last is None:  # every fallback was unusable for this request
+            last = Refusal(503, f"no live worker serves model `{requested}`", "no_worker",
+                           param="model")  # fmt: skip
+        raise last
+
+    async def hold(
+        self,
+        model: str,
+        record: RequestRecord,
+        time_left: float,
+        rank: int,
+        *,
+        quota_model: str,
+        estimate: int,
+        max_tokens: int,
+        key_id: str,
+        user: str = "",
+        fallback: bool,
+    ) -> tuple[Ticket, Reservation] | None:
+        """A place in `model`'s fair-share line and the quota of one attempt (chat and the
+        Responses API). None when a fallback model is refused (its limits are never a way
+        around the tenant's own: the chain moves on); for the requested model the refusal
+        is raised, and a place that did not come within `time_left` is a 504."""
+        ticket = await self.fair.enter(model, record.tenant, time_left, rank)
+        if ticket is None:
+            raise ApiError(504, NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
+        try:
+            reservation = await self.reservations.reserve(
+                record.tenant, quota_model, estimate, max_tokens, record.job_id,
+                key_id=key_id, user=user,
+            )  # fmt: skip
+        except BaseException:
+            ticket.leave()
+            raise
+        if isinstance(reservation, Refusal):
+            ticket.leave()
+            if fallback:
+                return None
+            raise reservation
+        return ticket, reservation
+
+    def observe(self, record: RequestRecord) -> None:
+        record.latency = time.monotonic() - record.started
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.exception("request observer failed")
