@@ -98,14 +98,15 @@ async def test_stream_at_max_deadline_is_504_never_worker_lost(stack, drift: flo
     stack.process("worker", "--model", model, "--echo-delay", "0.1", "--capacity", "4")
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
     url = f"{api.url}/v1/chat/completions"
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": _words(60)}]}
+    # ~30 s of tokens: cut at the 1.2 s bound, far from their end even on a loaded machine
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": _words(300)}]}
     codes: list[str] = []
     async with httpx.AsyncClient(timeout=30) as client:
         with _loop_clock_ahead_of_wall_clock(drift):
             for _ in range(3):
                 started = time.monotonic()
                 runs = await asyncio.gather(*(_stream_events(client, url, body) for _ in range(4)))
-                assert time.monotonic() - started < 1.2 + 1.5
+                assert time.monotonic() - started < 1.2 + 8.0
                 for events in runs:
                     assert events[-1] == "[DONE]"
                     assert len(events) > 4  # tokens flowed before the cut
