@@ -82,9 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
         # usage the workers report, booked even when the relaying api died (docs/protocol.md)
         replicas = settings.protocol.nats_replicas
-        app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas)
+        create = settings.connection.nats_provision
+        app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
         await app.state.usage_booker.start()
-        runtime.provisioner.add("usage stream", lambda: ensure_usage_stream(runtime.js, replicas))
+        runtime.provisioner.add(
+            "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
+        )
         try:
             yield
         finally:

@@ -48,11 +48,13 @@ class Runtime:
             conn=settings.connection,
         )
         js = nc.jetstream()
-        replicas = settings.protocol.nats_replicas
-        await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas)
+        replicas, create = settings.protocol.nats_replicas, settings.connection.nats_provision
+        await streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas, create)
         inbox = ReplyInbox(nc, settings.api.instance_id)
         await inbox.start()
-        registry = WorkerRegistry(js, ttl=settings.protocol.heartbeat * 3, replicas=replicas)
+        registry = WorkerRegistry(
+            js, ttl=settings.protocol.heartbeat * 3, replicas=replicas, create=create
+        )
         await registry.start()
         dispatcher = Dispatcher(
             nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
@@ -64,7 +66,7 @@ class Runtime:
         )
         provisioner.add(
             "job streams",
-            lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas),
+            lambda: streams.ensure_streams(js, settings.protocol.jobs_max_age, replicas, create),
         )
         provisioner.add("lost jobs", dispatcher.find_missing)
         provisioner.add("registry", registry.rewatch)

@@ -50,9 +50,12 @@ class UsageBooker(SharedConsumer):
         reservations: Reservations,
         replicas: int = 1,
         fetch_batch: int = 256,
+        create: bool = True,
     ) -> None:
         super().__init__(js, fetch_batch)
         self.replicas = replicas
+        self.create = create
+        """False: LLMQ_USAGE is looked up, never created (LLMQ_NATS_PROVISION)."""
         self.reservations = reservations
         self.booked = 0
         """Reports handled (booked, or found booked already by the relaying api)."""
@@ -60,7 +63,7 @@ class UsageBooker(SharedConsumer):
         """Of those, reports of jobs this replica had released itself (no Redis call)."""
 
     async def start(self) -> None:
-        await streams.ensure_usage_stream(self.js, self.replicas)
+        await streams.ensure_usage_stream(self.js, self.replicas, self.create)
         self.start_pulling()
 
     async def _handle_all(self, msgs: list[Msg]) -> None:

@@ -45,10 +45,14 @@ election takes seconds (4-9 s of raft election timeout, then a reconnect), never
 
 
 class WorkerRegistry:
-    def __init__(self, js: JetStreamContext, ttl: float, replicas: int = 1) -> None:
+    def __init__(
+        self, js: JetStreamContext, ttl: float, replicas: int = 1, create: bool = True
+    ) -> None:
         self._js = js
         self.ttl = ttl
         self.replicas = replicas
+        self.create = create
+        """False: both buckets are looked up, never created (LLMQ_NATS_PROVISION)."""
         self._interval = max(ttl / 8, 0.1)
         """Seconds between probes while the watch is quiet."""
         self._slack = 2 * self._interval
@@ -123,8 +127,8 @@ class WorkerRegistry:
 
     async def _buckets(self) -> tuple[KeyValue, KeyValue]:
         return (
-            await streams.workers_bucket(self._js, self.ttl, self.replicas),
-            await streams.models_bucket(self._js, self.replicas),
+            await streams.workers_bucket(self._js, self.ttl, self.replicas, self.create),
+            await streams.models_bucket(self._js, self.replicas, self.create),
         )
 
     def _on_synced(self) -> None:

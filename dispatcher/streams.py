@@ -6,11 +6,21 @@ copies (`LLMQ_NATS_REPLICAS`: 1 on one node, 3 on a cluster); what exists with a
 count is brought to it in place (a KV bucket is the stream `KV_<bucket>`, an object store
 `OBJ_<store>`), so raising the setting and restarting the processes moves a deployment
 from 1 to 3 (docs/operations.md).
+
+With `create=False` (`LLMQ_NATS_PROVISION=false`: a deployment whose runtime NATS users may
+not create streams or buckets, docs/security.md) a call only looks up what `llmq provision`
+made, and waits while it is missing, saying what it waits for. A worker's own per-model
+consumers are made by the worker either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -28,6 +38,31 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from llmq.schemas import names
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MISSING_LOG_EVERY = 30.0
+"""Seconds between two log lines about one missing stream or bucket."""
+
+
+async def existing(what: str, lookup: Callable[[], Awaitable[T]]) -> T:
+    """`lookup()`'s result once what it looks up exists; until then a warning naming it
+    (at once, then every MISSING_LOG_EVERY seconds) and a retry each second."""
+    logged = -MISSING_LOG_EVERY
+    while True:
+        try:
+            return await lookup()
+        except NotFoundError:
+            now = time.monotonic()
+            if now - logged >= MISSING_LOG_EVERY:
+                logged = now
+                log.warning(
+                    "NATS %s does not exist: waiting for it (LLMQ_NATS_PROVISION=false: this "
+                    "process creates no stream or bucket; run `llmq provision`)",
+                    what,
+                )
+            await asyncio.sleep(1.0)
 
 
 def jobs_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
@@ -53,7 +88,12 @@ def batch_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, create: bool = True) -> None:
+    assert config.name is not None
+    if not create:
+        name = config.name
+        await existing(f"stream {name}", lambda: js.stream_info(name))
+        return
     try:
         await js.add_stream(config)
     except BadRequestError:
@@ -61,9 +101,11 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure_streams(js: JetStreamContext, jobs_max_age: float, replicas: int = 1) -> None:
-    await ensure_stream(js, jobs_stream_config(jobs_max_age, replicas))
-    await ensure_stream(js, batch_stream_config(replicas))
+async def ensure_streams(
+    js: JetStreamContext, jobs_max_age: float, replicas: int = 1, create: bool = True
+) -> None:
+    await ensure_stream(js, jobs_stream_config(jobs_max_age, replicas), create)
+    await ensure_stream(js, batch_stream_config(replicas), create)
 
 
 async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
@@ -105,11 +147,11 @@ def usage_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_usage_stream(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_usage_stream(js: JetStreamContext, replicas: int = 1, create: bool = True) -> None:
     """LLMQ_USAGE and the api replicas' shared durable consumer on it."""
-    await ensure_stream(js, usage_stream_config(replicas))
+    await ensure_stream(js, usage_stream_config(replicas), create)
     await _ensure_shared_consumer(
-        js, names.USAGE_STREAM, names.USAGE_CONSUMER, 10.0, replicas=replicas
+        js, names.USAGE_STREAM, names.USAGE_CONSUMER, 10.0, replicas=replicas, create=create
     )
 
 
@@ -120,9 +162,14 @@ async def _ensure_shared_consumer(
     ack_wait: float,
     max_deliver: int = -1,
     replicas: int = 1,
+    *,
+    create: bool = True,
 ) -> None:
     """A durable pull consumer every api replica pulls from; one made by an older version
     (or with another replica count or delivery limit) is brought up to date."""
+    if not create:
+        await existing(f"consumer {name} of {stream}", lambda: js.consumer_info(stream, name))
+        return
     config = ConsumerConfig(
         durable_name=name,
         name=name,
@@ -177,17 +224,27 @@ async def ensure_consumer(
     return name
 
 
-async def workers_bucket(js: JetStreamContext, ttl: float, replicas: int = 1) -> KeyValue:
-    return await _bucket(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas)
+async def workers_bucket(
+    js: JetStreamContext, ttl: float, replicas: int = 1, create: bool = True
+) -> KeyValue:
+    return await _bucket(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas, create=create)
 
 
-async def models_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    return await _bucket(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas)
+async def models_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:
+    return await _bucket(js, names.MODELS_BUCKET, 0, StorageType.FILE, replicas, create=create)
 
 
 async def _bucket(
-    js: JetStreamContext, name: str, ttl: float, storage: StorageType, replicas: int = 1
+    js: JetStreamContext,
+    name: str,
+    ttl: float,
+    storage: StorageType,
+    replicas: int = 1,
+    *,
+    create: bool = True,
 ) -> KeyValue:
+    if not create:
+        return await existing(f"KV bucket {name}", lambda: js.key_value(name))
     try:
         found = await js.key_value(name)
     except Exception:
@@ -231,23 +288,29 @@ def webhooks_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
 
 
 async def ensure_batch_streams(
-    js: JetStreamContext, retention: float, webhook_attempts: int = 8, replicas: int = 1
+    js: JetStreamContext,
+    retention: float,
+    webhook_attempts: int = 8,
+    replicas: int = 1,
+    create: bool = True,
 ) -> None:
     """LLMQ_OUTCOMES and LLMQ_WEBHOOKS with their shared durable pull consumers. A webhook
     is delivered at most `webhook_attempts` + 2 times (the sender gives up after
     `webhook_attempts`; the margin covers an ack lost on the way)."""
-    await ensure_stream(js, outcomes_stream_config(retention, replicas))
-    await ensure_stream(js, webhooks_stream_config(retention, replicas))
+    await ensure_stream(js, outcomes_stream_config(retention, replicas), create)
+    await ensure_stream(js, webhooks_stream_config(retention, replicas), create)
     await _ensure_shared_consumer(
-        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas
-    )
+        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas,
+        create=create,
+    )  # fmt: skip
     await _ensure_shared_consumer(
-        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas
-    )
+        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas,
+        create=create,
+    )  # fmt: skip
 
 
 async def batch_buckets(
-    js: JetStreamContext, retention: float, replicas: int = 1
+    js: JetStreamContext, retention: float, replicas: int = 1, create: bool = True
 ) -> dict[str, KeyValue]:
     """The KV buckets of async jobs and batches (file storage), by name."""
     out = {}
@@ -256,24 +319,27 @@ async def batch_buckets(
         names.ASYNC_JOBS_BUCKET,
         names.BATCHES_BUCKET,
     ):
-        out[name] = await _bucket(js, name, retention, StorageType.FILE, replicas)
+        out[name] = await _bucket(js, name, retention, StorageType.FILE, replicas, create=create)
     out[names.FILE_META_BUCKET] = await _bucket(
-        js, names.FILE_META_BUCKET, 0, StorageType.FILE, replicas
+        js, names.FILE_META_BUCKET, 0, StorageType.FILE, replicas, create=create
     )
     return out
 
 
 async def responses_buckets(
-    js: JetStreamContext, retention: float, replicas: int = 1
+    js: JetStreamContext, retention: float, replicas: int = 1, create: bool = True
 ) -> dict[str, KeyValue]:
     """Stored responses and conversations (file storage; `retention` 0 = kept until deleted)."""
     return {
-        name: await _bucket(js, name, ttl=retention, storage=StorageType.FILE, replicas=replicas)
+        name: await _bucket(js, name, retention, StorageType.FILE, replicas, create=create)
         for name in (names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET)
     }
 
 
-async def files_store(js: JetStreamContext, replicas: int = 1) -> ObjectStore:
+async def files_store(js: JetStreamContext, replicas: int = 1, create: bool = True) -> ObjectStore:
+    if not create:
+        store = names.FILES_OBJECT_STORE
+        return await existing(f"object store {store}", lambda: js.object_store(store))
     try:
         found = await js.object_store(names.FILES_OBJECT_STORE)
     except Exception:

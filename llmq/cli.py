@@ -8,6 +8,7 @@ over the environment.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -149,14 +150,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from llmq import ops_cli, redis_keys, tenants_cli
+    from llmq import batches_cli, ops_cli, provision, redis_keys, tenants_cli
 
-    return [tenants_cli.register, ops_cli.register, redis_keys.register]
+    return [
+        tenants_cli.register,
+        ops_cli.register,
+        batches_cli.register,
+        redis_keys.register,
+        provision.register,
+    ]
+
+
+def _innermost(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `args` ran, e.g. `llmq keys`'s or `llmq redis
+    migrate-keys`'s, so a wrong flag is answered with that command's usage."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen is None or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
+def _unknown(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """`unrecognized arguments: --rmp (did you mean --rpm?)`."""
+    known = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    said = []
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("-") else []
+        said.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return "unrecognized arguments: " + " ".join(said)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = _innermost(parser, args)
+        command.error(_unknown(command, extra))
     handler: Handler = args.handler
     try:
         return handler(args)

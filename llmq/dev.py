@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmq.dev_banner import Banner
 from llmq.embedded import (
     EmbeddedNats,
     EmbeddedRedis,
@@ -29,25 +30,6 @@ from llmq.embedded import (
     write_private,
 )
 from llmq.schemas.settings import Settings
-
-
-def _banner(base: str, key: str | None) -> str:
-    auth = f' \\\n  -H "Authorization: Bearer {key}"' if key else ""
-    api_key = key or "unused"
-    return f"""
-llmq is running: {base}/v1   (health: {base}/health, ready: {base}/ready)
-
-  curl -s {base}/v1/chat/completions{auth} \\
-    -H 'Content-Type: application/json' \\
-    -d '{{"model": "echo", "messages": [{{"role": "user", "content": "hello llmq"}}]}}'
-
-  python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{api_key}'); \\
-m = [{{'role': 'user', 'content': 'hi there'}}]; \\
-print(c.chat.completions.create(model='echo', messages=m).choices[0].message.content)"
-
-Press Ctrl-C to stop everything.
-"""
-
 
 _CONNECTION_SECRETS = frozenset(
     f"LLMQ_{name}"
@@ -84,17 +66,6 @@ class DevSecrets:
     @property
     def redis_password_file(self) -> Path:
         return self.root / "redis.password"
-
-    def howto(self, nats_url: str, redis_url: str) -> str:
-        token, password = self.nats_token_file, self.redis_password_file
-        host = nats_url.removeprefix("nats://")
-        return f"""NATS and Redis here require credentials (files readable by you only):
-  NATS token {token}, Redis password {password}
-
-  LLMQ_NATS_URL={nats_url} LLMQ_NATS_TOKEN_FILE={token} llmq status
-  LLMQ_REDIS_URL={redis_url} LLMQ_REDIS_PASSWORD_FILE={password} llmq tenants list
-  NATS_URL="nats://$(cat {token})@{host}" nats stream ls
-"""
 
 
 def _wait_ready(
@@ -152,6 +123,7 @@ def run_dev(
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="llmq-dev-"))
     root.mkdir(parents=True, exist_ok=True)
     dev_secrets = DevSecrets.generate(root)
+    admin_token = settings.api.admin_token or secrets.token_urlsafe(24)
     nats = EmbeddedNats(
         root / "nats",
         port=nats_port,
@@ -166,6 +138,7 @@ def run_dev(
         "LLMQ_REDIS_PASSWORD": dev_secrets.redis_password,
         "LLMQ_HOST": settings.api.host,
         "LLMQ_PORT": str(settings.api.port),
+        "LLMQ_ADMIN_TOKEN": admin_token,
     }
     key = dev_key(env)
     llmq = [sys.executable, "-m", "llmq.cli"]
@@ -192,7 +165,14 @@ def run_dev(
     try:
         print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)
         if _wait_ready(base, 30, children, key):
-            print(_banner(base, key) + dev_secrets.howto(nats.url, redis.url), flush=True)
+            banner = Banner(
+                base=base, key=key, admin_token=admin_token,
+                admin_token_generated=not settings.api.admin_token,
+                console=settings.console.console_enabled, nats_url=nats.url, redis_url=redis.url,
+                nats_token_file=dev_secrets.nats_token_file,
+                redis_password_file=dev_secrets.redis_password_file,
+            )  # fmt: skip
+            print(banner.text(), flush=True)
         else:
             print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)
             stop, code = True, 1

@@ -22,44 +22,17 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from llmq import event_loop, job_list, snapshot
+from llmq.dispatcher.batch.records import split_line_job_id
 from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.job_list import JobView
 from llmq.snapshot import Snapshot, WorkerView
+from llmq.tables import Column, ago, table
 
 WIDTH = 80
 CONNECT_TIMEOUT = 2.0
 CLEAR = "\x1b[H\x1b[2J"
 
-# --- tables ----------------------------------------------------------------------------------
-
-Column = tuple[str, int, str]
-"""(header, width, align `<` or `>`)."""
-
-
-def _cell(value: object, width: int, align: str) -> str:
-    text = str(value)
-    if len(text) > width:
-        text = text[: width - 1] + "~"
-    return f"{text:{align}{width}}"
-
-
-def table(columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> list[str]:
-    lines = [" ".join(_cell(h, w, a) for h, w, a in columns).rstrip()]
-    for row in rows:
-        lines.append(
-            " ".join(_cell(v, w, a) for v, (_, w, a) in zip(row, columns, strict=True)).rstrip()
-        )
-    return lines
-
-
-def ago(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
+# --- tables ---------------------------------------------------------------------------------
 
 
 def _count(value: int | None) -> str:
@@ -170,16 +143,28 @@ def render_status(
     return lines
 
 
+def short_job_id(job_id: str, width: int) -> str:
+    """A job id cut to `width`, told apart from its neighbours: a batch line's id is its
+    batch's hex and line number (`<batch hex>-<n>`), whose first 12 digits are the batch's
+    creation time, so it shows as the random rest of the batch id and the line number."""
+    line = split_line_job_id(job_id)
+    if line is None:
+        return job_id[:width]
+    batch_hex, number = line
+    suffix = f"-{number}"
+    return batch_hex[12:][: max(1, width - len(suffix))] + suffix
+
+
 def render_jobs(jobs: Sequence[JobView], wide: bool) -> list[str]:
     if not jobs:
         return ["no jobs running or queued"]
     columns = list(JOB_COLUMNS)
     if wide:
-        columns[0] = ("JOB", 32, "<")
+        columns[0] = ("JOB", 0, "<")  # the whole id, however long
     id_width = columns[0][1]
     rows = [
         [
-            j.job_id[:id_width],
+            j.job_id if wide else short_job_id(j.job_id, id_width),
             j.model,
             j.state,
             j.tenant,
@@ -222,7 +207,7 @@ def worker_json(w: WorkerView) -> dict[str, Any]:
     return out
 
 
-def _dump(value: Any) -> str:
+def dump(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
@@ -237,7 +222,7 @@ def _url(args: argparse.Namespace) -> str:
     return Settings().connection.nats_url
 
 
-def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]) -> int:
+def run_with_nats(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]) -> int:
     """Connect as every llmq process does (LLMQ_NATS_* credentials and TLS, from the
     environment or files only), run `body`, close. The URL shown never carries userinfo."""
     from llmq.dispatcher.connection import connect, has_password, redact_url
@@ -272,7 +257,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client, str], Awaitable[int]]
         return 0
 
 
-def _print(lines: list[str]) -> None:
+def print_lines(lines: list[str]) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
 
@@ -282,12 +267,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         js = nc.jetstream()
         snap = await snapshot.snapshot(nc, js, args.timeout)
         waits = await queue_waits(js, snap)
-        _print(
-            [_dump(status_json(snap, url, waits))] if args.json else render_status(snap, url, waits)
+        print_lines(
+            [dump(status_json(snap, url, waits))] if args.json else render_status(snap, url, waits)
         )
         return 0
 
-    return _run(args, body)
+    return run_with_nats(args, body)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -303,20 +288,20 @@ def cmd_top(args: argparse.Namespace) -> int:
             latest[:] = [snap]
             waits = await queue_waits(js, snap, estimator)
             if args.json:
-                _print([_dump(status_json(snap, url, waits))])
+                print_lines([dump(status_json(snap, url, waits))])
             else:
                 width = shutil.get_terminal_size((WIDTH, 24)).columns
                 head = f"llmq top  every {args.interval:g}s  Ctrl-C quits"
                 lines = [head, *render_status(snap, url, waits)]
                 lines = [line[:width] for line in lines]
                 sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
-                _print(lines)
+                print_lines(lines)
             n += 1
             if args.iterations and n >= args.iterations:
                 return 0
             await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
-    return _run(args, body)
+    return run_with_nats(args, body)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -325,40 +310,45 @@ def cmd_workers(args: argparse.Namespace) -> int:
         for error in snap.errors:
             print(f"llmq: {error}", file=sys.stderr)
         if args.json:
-            _print([_dump([worker_json(w) for w in snap.workers])])
+            print_lines([dump([worker_json(w) for w in snap.workers])])
         elif snap.workers:
-            _print(table(WORKER_COLUMNS, worker_rows(snap.workers)))
+            print_lines(table(WORKER_COLUMNS, worker_rows(snap.workers)))
         else:
-            _print(["no workers"])
+            print_lines(["no workers"])
         return 0
 
-    return _run(args, body)
+    return run_with_nats(args, body)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
         jobs = await job_list.list_jobs(nc, nc.jetstream(), args.limit, args.model, args.timeout)
         if args.json:
-            _print([_dump(msgspec.to_builtins(jobs))])
+            print_lines([dump(msgspec.to_builtins(jobs))])
         else:
-            _print(render_jobs(jobs, args.wide))
+            print_lines(render_jobs(jobs, args.wide))
         return 0
 
-    return _run(args, body)
+    return run_with_nats(args, body)
+
+
+def nats_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand reading NATS: `--nats-url`, `--json`, `--timeout`."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    p.add_argument("--nats-url", default=None, help="NATS server(s) (env LLMQ_NATS_URL)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.5,
+        help="seconds to wait for the workers' and apis' micro service replies",
+    )
+    return p
 
 
 def register(sub: Any) -> None:
     def parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument("--nats-url", default=None, help="NATS server(s) (env LLMQ_NATS_URL)")
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        p.add_argument(
-            "--timeout",
-            type=float,
-            default=0.5,
-            help="seconds to wait for the workers' and apis' micro service replies",
-        )
-        return p
+        return nats_command(sub, name, help_text)
 
     status = parser("status", "workers, models, queue depth, in-flight and capacity, apis")
     status.set_defaults(handler=cmd_status)

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from llmq.api.tenancy.client import connect_with, is_cluster, redis_target
 from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
+from llmq.cli_errors import redis_failure
 from llmq.dispatcher.connection import has_password, redact_url
 from llmq.schemas import names
 from llmq.schemas.settings import ConnectionSettings
@@ -108,11 +109,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    shown = redact_url(url or redis_target(conn))
+    target = url or redis_target(conn)
+    shown = redact_url(target)
     try:
         done = asyncio.run(_migrate_at(conn, url, args.dry_run))
     except QuotaBackendDown as exc:
-        print(f"llmq: cannot reach Redis at {shown}: {exc}", file=sys.stderr)
+        sent = has_password(target) or bool(conn.secret("redis_password"))
+        print(f"llmq: {redis_failure(exc, shown, sent_password=sent)}", file=sys.stderr)
         return 2
     except NotOnCluster as exc:
         print(f"llmq: {shown} is a Cluster: {exc}", file=sys.stderr)

@@ -12,10 +12,12 @@ import argparse
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from llmq import admin_views as views
 from llmq import event_loop
 from llmq.api.tenancy import (
     Price,
@@ -29,6 +31,7 @@ from llmq.api.tenancy import (
 )
 from llmq.api.tenancy.client import redis_target
 from llmq.api.tenancy.models import key_input
+from llmq.cli_errors import invalid_input, redis_failure
 from llmq.dispatcher.connection import has_password, redact_url
 from llmq.schemas.settings import Settings
 
@@ -42,11 +45,19 @@ LIMIT_FLAGS = {
     "storage_bytes": int,
 }
 
-Command = Callable[[argparse.Namespace, TenantStore, UsageReader], Awaitable[Any]]
+Command = Callable[[argparse.Namespace, TenantStore, UsageReader], Awaitable["Shown"]]
 
 
 def _print(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+@dataclass
+class Shown:
+    """What a command prints: `value` as JSON with `--json`, else `lines` for a person."""
+
+    value: Any
+    lines: list[str]
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,60 +71,75 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     return changes
 
 
-async def _tenants(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
+async def _tenants(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Shown:
     action, name = args.action, args.name
     if action == "list":
-        return await store.list_tenants()
+        found = await store.list_tenants()
+        return Shown(found, views.tenants(found))
     if not name:
         raise ValueError(f"`llmq tenants {action}` needs a tenant NAME")
-    if action == "create":
-        return await store.create(msgspec.convert({"name": name, **_limits(args)}, Tenant))
-    if action == "update":
-        return await store.update(name, _limits(args))
-    if action == "suspend":
-        return await store.suspend(name)
-    if action == "resume":
-        return await store.resume(name)
     if action == "delete":
         if not await store.delete(name):
             raise UnknownTenant(name)
         # Its files, jobs and batches are unreachable at once (a new tenant of the name gets
         # a new id); the api's sweeper deletes them (the admin API does so at once).
-        return {"deleted": name}
-    tenant = await store.get(name)
-    if tenant is None:
-        raise UnknownTenant(name)
-    return tenant
+        return Shown({"deleted": name}, [f"deleted tenant {name}"])
+    if action == "create":
+        tenant = await store.create(msgspec.convert({"name": name, **_limits(args)}, Tenant))
+    elif action == "update":
+        tenant = await store.update(name, _limits(args))
+    elif action == "suspend":
+        tenant = await store.suspend(name)
+    elif action == "resume":
+        tenant = await store.resume(name)
+    else:
+        found_one = await store.get(name)
+        if found_one is None:
+            raise UnknownTenant(name)
+        tenant = found_one
+    return Shown(tenant, views.tenant(tenant))
 
 
-async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
+async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Shown:
     if await store.get(args.tenant) is None:
         raise UnknownTenant(args.tenant)
     if args.action == "create":
         data = _limits(args) | {"label": args.label, "owner": args.owner}
         if args.expires_in is not None:
             data["expires_in"] = args.expires_in
-        settings = key_input(data, time.time())
+        try:
+            settings = key_input(data, time.time())
+        except msgspec.ValidationError:
+            raise
+        except ValueError as exc:  # only --expires-in is parsed beyond msgspec's checks
+            raise ValueError(f"--expires-in is not valid: {exc}") from None
         plaintext, record = await store.create_key(args.tenant, settings=settings)
-        return {**msgspec.to_builtins(record), "key": plaintext}
+        return Shown(
+            {**msgspec.to_builtins(record), "key": plaintext}, views.new_key(record, plaintext)
+        )
     if args.action == "list":
-        return await store.list_keys(args.tenant)
+        found = await store.list_keys(args.tenant)
+        return Shown(found, views.keys(found))
     if not args.key_id:
         raise ValueError("`llmq keys revoke TENANT KEY_ID` needs the key id (see `keys list`)")
     if not await store.revoke_key(args.tenant, args.key_id):
-        raise ValueError(f"no key {args.key_id} for tenant {args.tenant}")
-    return {"revoked": args.key_id}
+        raise ValueError(
+            f"tenant {args.tenant} has no key {args.key_id} (see `llmq keys list {args.tenant}`)"
+        )
+    return Shown({"revoked": args.key_id}, [f"revoked key {args.key_id} of {args.tenant}"])
 
 
-async def _usage(args: argparse.Namespace, store: TenantStore, usage: UsageReader) -> Any:
+async def _usage(args: argparse.Namespace, store: TenantStore, usage: UsageReader) -> Shown:
     if await store.get(args.tenant) is None:
         raise UnknownTenant(args.tenant)
-    return await usage.usage(args.tenant, days=args.days, by=args.by)
+    rows = await usage.usage(args.tenant, days=args.days, by=args.by)
+    return Shown(rows, views.usage(rows, args.by))
 
 
-async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Any:
+async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Shown:
     if args.action == "list":
-        return await store.list_prices()
+        found = await store.list_prices()
+        return Shown(found, views.prices(found))
     if not args.model:
         raise ValueError(f"`llmq prices {args.action}` needs a MODEL")
     if args.action == "set":
@@ -122,12 +148,14 @@ async def _prices(args: argparse.Namespace, store: TenantStore, _usage: UsageRea
             given["cached_input_per_1m"] = args.cached_input
         if args.cache_write is not None:
             given["cache_write_per_1m"] = args.cache_write
-        price = msgspec.convert(given, Price)
-        return {
-            "model": args.model,
-            **msgspec.to_builtins(await store.set_price(args.model, price)),
-        }
-    return {"model": args.model, "deleted": await store.delete_price(args.model)}
+        price = await store.set_price(args.model, msgspec.convert(given, Price))
+        return Shown(
+            {"model": args.model, **msgspec.to_builtins(price)},
+            views.prices({args.model: price}),
+        )
+    deleted = await store.delete_price(args.model)
+    said = f"deleted the price of {args.model}" if deleted else f"{args.model} had no price"
+    return Shown({"model": args.model, "deleted": deleted}, [said])
 
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
@@ -142,7 +170,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
             )
             return 2
 
-        async def go() -> Any:
+        async def go() -> Shown:
             redis = connect_with(conn, url)
             try:
                 return await command(args, TenantStore(redis), UsageReader(redis))
@@ -150,20 +178,29 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
                 await redis.aclose()
 
         try:
-            _print(event_loop.run(go()))
+            shown = event_loop.run(go())
         except UnknownTenant as exc:
-            print(f"llmq: tenant {exc} does not exist", file=sys.stderr)
+            print(f"llmq: tenant {exc} does not exist (see `llmq tenants list`)", file=sys.stderr)
             return 1
         except TenantExists as exc:
             print(f"llmq: tenant {exc} already exists", file=sys.stderr)
             return 1
         except QuotaBackendDown as exc:
-            shown = redact_url(url or redis_target(conn))
-            print(f"llmq: cannot reach Redis at {shown}: {exc}", file=sys.stderr)
+            target = url or redis_target(conn)
+            sent = has_password(target) or bool(conn.secret("redis_password"))
+            said = redis_failure(exc, redact_url(target), sent_password=sent)
+            print(f"llmq: {said}", file=sys.stderr)
             return 2
-        except (ValueError, msgspec.ValidationError) as exc:
+        except msgspec.ValidationError as exc:
+            print(f"llmq: {invalid_input(exc, args)}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 1
+        if args.json:
+            _print(shown.value)
+        else:
+            sys.stdout.write("\n".join(shown.lines) + "\n")
         return 0
 
     return run
@@ -173,6 +210,7 @@ def register(sub: Any) -> None:
     def parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
         p.add_argument("--redis-url", default=None, help="Redis URL (env LLMQ_REDIS_URL)")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return p
 
     tenants = parser("tenants", "create, list, show, update, suspend, resume or delete tenants")

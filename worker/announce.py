@@ -28,8 +28,12 @@ class Announcer:
         heartbeat: float,
         kinds: list[str],
         replicas: int = 1,
+        *,
+        create: bool = True,
     ) -> None:
         self.replicas = replicas
+        self.create = create
+        """False: both buckets are looked up, never created (LLMQ_NATS_PROVISION)."""
         self._js = js
         self._snapshot = snapshot
         self._heartbeat = heartbeat
@@ -44,9 +48,11 @@ class Announcer:
     async def provision(self) -> None:
         """Make sure both buckets exist (a restarted nats-server has lost LLMQ_WORKERS, which
         lives in memory), list our models and announce ourselves."""
-        self._kv = await streams.workers_bucket(self._js, self._heartbeat * 3, self.replicas)
+        self._kv = await streams.workers_bucket(
+            self._js, self._heartbeat * 3, self.replicas, self.create
+        )
         info = self._snapshot()
-        models = await streams.models_bucket(self._js, self.replicas)
+        models = await streams.models_bucket(self._js, self.replicas, self.create)
         for model in info.models:
             entry = ModelInfo(
                 name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds

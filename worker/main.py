@@ -81,6 +81,11 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
+        # first: the probes answer while NATS, or what `llmq provision` makes, is waited for
+        await self.metrics.serve(
+            s.observability.metrics_host, s.worker.metrics_port, s.observability.metrics_token,
+            self.ready,
+        )  # fmt: skip
         self.nc = nc = await connect(
             s.connection.nats_url,
             f"llmq-worker {self.id}",
@@ -102,12 +107,9 @@ class Worker:
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await self._provision_consumers()
         self.scheduler.feeds = await self._open_feeds()
-        await self.metrics.serve(
-            s.observability.metrics_host, s.worker.metrics_port, s.observability.metrics_token
-        )
         self.announcer = Announcer(
             nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
-            s.protocol.nats_replicas,
+            s.protocol.nats_replicas, create=s.connection.nats_provision,
         )  # fmt: skip
         await self.announcer.start()
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
@@ -120,11 +122,19 @@ class Worker:
             self.id, ", ".join(self.models), describe(self.backend_config), s.worker.capacity,
         )  # fmt: skip
 
+    def ready(self) -> bool:
+        """Taking jobs: connected, its feeds open, not draining (the `/ready` probe)."""
+        nc = self.nc
+        connected = nc is not None and nc.is_connected
+        return connected and bool(self.scheduler.feeds) and not self.draining
+
     async def _provision_consumers(self) -> list[tuple[str, str, int]]:
         """The job streams and this worker's durable consumers on them, as feed specs."""
         assert self.nc is not None
         s, js = self.settings, self.nc.jetstream()
-        await streams.ensure_streams(js, s.protocol.jobs_max_age, s.protocol.nats_replicas)
+        await streams.ensure_streams(
+            js, s.protocol.jobs_max_age, s.protocol.nats_replicas, s.connection.nats_provision
+        )
         specs = []
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):

@@ -297,12 +297,14 @@ class WorkerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def serve(self, host: str, port: int, token: str = "") -> None:
-        """Serve `/metrics` on `host:port`; port 0 means off. With a `token`, a scrape must
-        send it as a bearer token."""
+    async def serve(
+        self, host: str, port: int, token: str = "", ready: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Serve `/metrics`, `/health` and `/ready` on `host:port`; port 0 means off. With a
+        `token`, a scrape must send it as a bearer token (the probes need none)."""
         if port:
             self.server = await asyncio.to_thread(
-                MetricsServer.start, self.registry, host, port, token
+                MetricsServer.start, self.registry, host, port, token, ready
             )
 
     @property
@@ -315,6 +317,9 @@ class WorkerMetrics:
             await asyncio.to_thread(server.stop)
 
 
+_TEXT = [("Content-Type", "text/plain")]
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a scrape every few seconds is not news
@@ -323,7 +328,9 @@ class _Quiet(WSGIRequestHandler):
 class MetricsServer:
     """prometheus-client's WSGI app on its threaded WSGI server (a daemon thread, as its
     `start_http_server` runs it), answering `/metrics` (401 without the bearer token, when
-    one is set; compared in constant time) and 404 for any other path."""
+    one is set; compared in constant time), the probes `/health` (200 while the process
+    runs) and `/ready` (200 while `ready()`: connected and taking jobs; else 503), and 404
+    for any other path."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread, host: str) -> None:
         self._server = server
@@ -333,13 +340,23 @@ class MetricsServer:
 
     @classmethod
     def start(
-        cls, registry: CollectorRegistry, host: str, port: int, token: str = ""
+        cls,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        token: str = "",
+        ready: Callable[[], bool] = lambda: True,
     ) -> MetricsServer:
         metrics = make_wsgi_app(registry)
         expected = f"Bearer {token}".encode()
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") == "/metrics":
+            path = environ.get("PATH_INFO")
+            if path in ("/health", "/ready"):
+                up = path == "/health" or ready()
+                start_response("200 OK" if up else "503 Service Unavailable", _TEXT)
+                return [b"ok\n" if up else b"not ready\n"]
+            if path == "/metrics":
                 given = str(environ.get("HTTP_AUTHORIZATION", "")).strip().encode()
                 if token and not hmac.compare_digest(given, expected):
                     start_response(

@@ -159,12 +159,13 @@ class BatchWing:
         """LLMQ_OUTCOMES, LLMQ_WEBHOOKS, their consumers, the buckets and the file store."""
         js, retention = self.rt.js, self.rt.settings.batch.job_retention
         replicas = self.rt.settings.protocol.nats_replicas
+        create = self.rt.settings.connection.nats_provision
         await streams.ensure_batch_streams(
-            js, retention, self.rt.settings.batch.webhook_attempts, replicas
+            js, retention, self.rt.settings.batch.webhook_attempts, replicas, create
         )
         return (
-            await streams.batch_buckets(js, retention, replicas),
-            await streams.files_store(js, replicas),
+            await streams.batch_buckets(js, retention, replicas, create),
+            await streams.files_store(js, replicas, create),
         )
 
     async def _start_when_synced(self) -> None:

@@ -65,7 +65,10 @@ async def open_responses(
 
     async def provision() -> ConversationStore:
         buckets = await streams.responses_buckets(
-            rt.js, rt.settings.batch.response_retention, rt.settings.protocol.nats_replicas
+            rt.js,
+            rt.settings.batch.response_retention,
+            rt.settings.protocol.nats_replicas,
+            rt.settings.connection.nats_provision,
         )
         return ConversationStore(
             buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET]

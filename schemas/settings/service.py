@@ -13,6 +13,15 @@ from pydantic_settings import NoDecode
 from llmq.schemas.settings.base import Command, Group, setting, split_commas
 
 
+def read_secret_file(path: str, setting_name: str) -> str:
+    """A token read at start from the file a `*_file` setting names; empty is an error
+    (an unset secret would silently turn its door off or leave it open)."""
+    token = Path(path).expanduser().read_text().strip()
+    if not token:
+        raise ValueError(f"{setting_name} {path} is empty")
+    return token
+
+
 def short_id() -> str:
     return uuid.uuid4().hex[:10]
 
@@ -66,6 +75,13 @@ class ConnectionSettings(Group):
         "_INBOX",
         "Prefix of this process's own NATS reply subjects; give workers their own (e.g. "
         "`_INBOX_worker`) so their user needs no subscription on the api's `_INBOX.>`.",
+        commands=(),
+    )
+    nats_provision: bool = setting(
+        True,
+        "Create the NATS streams, buckets and shared consumers this process needs at start "
+        "(and after a reconnect); false where `llmq provision` makes them and this process's "
+        "NATS user may not (docs/security.md): it then waits for them, naming what is missing.",
         commands=(),
     )
     redis_password: str = setting(
@@ -135,12 +151,28 @@ class ApiSettings(Group):
     cors_origins: Annotated[list[str], NoDecode] = setting(
         default_factory=list, description="Origins allowed by CORS, comma-separated; empty: off."
     )
-    admin_token: str = setting("", "Bearer token for /admin; empty disables /admin.", secret=True)
+    admin_token: str = setting(
+        "",
+        "Bearer token for /admin and the console's admin login; empty disables both. Or "
+        "give admin_token_file.",
+        secret=True,
+        repr=False,
+    )
+    admin_token_file: str = setting(
+        "", "File holding admin_token (a mounted secret; read at start)."
+    )
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
 
     _split = field_validator("cors_origins", mode="before")(split_commas)
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> ApiSettings:
+        """The admin token from a file (a mounted secret) rather than the environment."""
+        if self.admin_token_file and not self.admin_token:
+            self.admin_token = read_secret_file(self.admin_token_file, "admin_token_file")
+        return self
 
 
 class TenancySettings(Group):
@@ -307,8 +339,5 @@ class ObservabilitySettings(Group):
     def _token_from_file(self) -> ObservabilitySettings:
         """A secret from a file (a mounted secret) rather than the environment."""
         if self.metrics_token_file and not self.metrics_token:
-            token = Path(self.metrics_token_file).expanduser().read_text().strip()
-            if not token:
-                raise ValueError(f"metrics_token_file {self.metrics_token_file} is empty")
-            self.metrics_token = token
+            self.metrics_token = read_secret_file(self.metrics_token_file, "metrics_token_file")
         return self

@@ -118,3 +118,22 @@ def test_metrics_token_comes_from_the_environment_or_a_file(
     (tmp_path / "empty").write_text("")
     with pytest.raises(ValueError, match="empty"):
         Settings(metrics_token_file=str(tmp_path / "empty"))
+
+
+async def test_admin_token_comes_from_a_file(
+    stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """LLMQ_ADMIN_TOKEN_FILE: the admin token as a mounted secret, read at start."""
+    monkeypatch.delenv("LLMQ_ADMIN_TOKEN", raising=False)
+    secret = tmp_path / "admin-token"
+    secret.write_text(ADMIN + "\n")
+    monkeypatch.setenv("LLMQ_ADMIN_TOKEN_FILE", str(secret))
+    assert Settings().api.admin_token == ADMIN and ADMIN not in repr(Settings().api)
+    api = await stack.api(auth_mode="keys", admin_token_file=str(secret))
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        wrong = await client.get("/admin/tenants", headers={"authorization": "Bearer nope"})
+        right = await client.get("/admin/tenants", headers={"authorization": f"Bearer {ADMIN}"})
+    assert wrong.status_code == 401 and right.status_code == 200
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match=r"admin_token_file .* is empty"):
+        Settings(admin_token_file=str(tmp_path / "empty"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
+import pytest
 
 from llmq.embedded import free_port
 from tests.stack import wait_serving
@@ -146,3 +149,67 @@ async def test_api_and_worker_processes_from_flags_and_env(stack) -> None:  # ty
     await client.close()
     assert worker.stop() == 0
     assert api.stop() == 0
+
+
+def _commands(text: str) -> list[str]:
+    """The banner's indented commands, each paragraph (backslash-continued) as one."""
+    body = text[text.index("llmq is running") :]
+    paragraphs = re.split(r"\n\s*\n", body)
+    wanted = ("curl ", ".venv/bin/python ", "LLMQ_NATS_URL=", "LLMQ_REDIS_URL=")
+    found = []
+    for paragraph in paragraphs:
+        for command in re.split(r"\n(?=  \S)", paragraph):
+            if command.strip().startswith(wanted):
+                found.append(command.strip())
+    return found
+
+
+def test_the_banner_prints_commands_that_work_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """From the project directory, with nothing of the venv on PATH, as after `make dev`."""
+    root = Path(__file__).resolve().parents[2]
+    venv_python = root / ".venv" / "bin" / "python"
+    if Path(sys.executable).parent != venv_python.parent:
+        pytest.skip("run the tests with the project's .venv (make test)")
+    port = free_port()
+    log = tmp_path / "dev.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    env["PATH"] = "/usr/bin:/bin"  # no venv: the banner must not rely on `llmq` being found
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(root / ".venv" / "bin" / "llmq"), "dev", "--port", str(port)],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "Press Ctrl-C" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        text = log.read_text()
+        base = f"http://127.0.0.1:{port}"
+        token = re.search(r"admin token +(\S+)", text).group(1)  # type: ignore[union-attr]
+        assert f"console               {base}/ui" in text
+        assert "source .venv/bin/activate" in text and "natscli/releases" in text
+        commands = _commands(text)
+        assert [c.split()[0] for c in commands][:2] == ["curl", ".venv/bin/python"], commands
+        assert len(commands) == 4, commands
+        outputs = []
+        for command in commands:
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            outputs.append(done.stdout)
+        assert json.loads(outputs[0])["choices"][0]["message"]["content"] == "hello llmq"
+        assert outputs[1].strip() == "hi there"
+        assert outputs[2].startswith("llmq at nats://127.0.0.1:") and "echo" in outputs[2]
+        assert outputs[3].split()[0] == "NAME" and "\ndev " in outputs[3]
+        with httpx.Client(base_url=base, timeout=10) as client:
+            tenants = client.get("/admin/tenants", headers={"Authorization": f"Bearer {token}"})
+            assert tenants.status_code == 200 and "dev" in tenants.text
+            assert client.get("/ui").status_code == 200
+            login = client.post("/ui/api/login", json={"token": token})
+            assert login.status_code == 200, login.text
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)

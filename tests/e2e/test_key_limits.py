@@ -32,7 +32,7 @@ async def redis(redis_server):  # type: ignore[no-untyped-def]
 
 def _llmq(redis_url: str, *args: str) -> dict:  # type: ignore[type-arg]
     done = subprocess.run(
-        [sys.executable, "-m", "llmq.cli", *args],
+        [sys.executable, "-m", "llmq.cli", *args, "--json"],
         env={**os.environ, "LLMQ_REDIS_URL": redis_url},
         capture_output=True,
         text=True,

@@ -37,7 +37,7 @@ async def _rank(auth: Authenticator, key: str) -> int:
 
 def _llmq(redis_url: str, *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "llmq.cli", *args],
+        [sys.executable, "-m", "llmq.cli", *args, "--json"],
         env={**os.environ, "LLMQ_REDIS_URL": redis_url},
         capture_output=True,
         text=True,

@@ -387,7 +387,7 @@ def test_cli_tenants_keys_usage(redis_server, capsys, monkeypatch) -> None:  # t
 
     def llmq(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main(list(args))
+        code = main([*args, "--json"])  # the records, as scripts read them
         out = capsys.readouterr()
         return code, out.out, out.err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -134,3 +135,49 @@ async def test_worker_serves_metrics_on_its_port(stack) -> None:  # type: ignore
         except httpx.ConnectError:
             stopped = True
     assert stopped, "the metrics port is closed with the worker"
+
+
+async def test_worker_probes_answer_before_nats_and_ready_only_while_taking_jobs(  # type: ignore[no-untyped-def]
+    stack, tmp_path: Path
+) -> None:
+    """/health answers as soon as the process runs, even while NATS is not there yet (a
+    Kubernetes startup/liveness probe); /ready only while it is connected and taking jobs
+    (not while waiting, nor while draining). Neither needs the metrics token."""
+    from llmq.embedded import EmbeddedNats
+
+    port = free_port()
+    nats_port = free_port()
+    stack.nats_url = f"nats://127.0.0.1:{nats_port}"
+    base = f"http://127.0.0.1:{port}"
+    starting = asyncio.create_task(
+        stack.worker(
+            model=[f"probe-{uuid.uuid4().hex[:8]}"], metrics_port=port,
+            metrics_host="127.0.0.1", metrics_token="scrape-secret",
+        )
+    )  # fmt: skip
+    server = None
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            async def answers(path: str, status: int) -> bool:
+                try:
+                    return (await client.get(base + path)).status_code == status
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(lambda: answers("/health", 200))
+            assert await answers("/ready", 503)  # NATS is not up yet
+            assert await answers("/metrics", 401)
+            server = EmbeddedNats(tmp_path / "late-nats", port=nats_port)
+            worker = await asyncio.wait_for(starting, 60)
+            await wait_for(lambda: answers("/ready", 200))
+            assert (await client.get(base + "/health")).text == "ok\n"
+            drained = asyncio.create_task(worker.drain())
+            await asyncio.sleep(0)  # the drain has begun: no longer taking jobs
+            assert worker.draining and not worker.ready()
+            await drained
+    finally:
+        if not starting.done():
+            starting.cancel()
+        if server is not None:
+            server.stop()

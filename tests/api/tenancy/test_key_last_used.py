@@ -86,7 +86,7 @@ async def test_llmq_keys_list_shows_last_use(
     assert await quota.release(tenant_name, "m", "j", 1, 1, now=T0 + 0.5)
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "llmq.cli", "keys", "list", tenant_name],
+        [sys.executable, "-m", "llmq.cli", "keys", "list", tenant_name, "--json"],
         env={**os.environ, "LLMQ_REDIS_URL": redis_server.url},
         capture_output=True,
         text=True,

@@ -65,7 +65,7 @@ def test_scopes_round_trip_to_the_name() -> None:
 def test_the_cli_sets_the_storage_quota(redis_server, capsys, tenant_name: str) -> None:  # type: ignore[no-untyped-def]
     from llmq.cli import main
 
-    url = ["--redis-url", redis_server.url]
+    url = ["--redis-url", redis_server.url, "--json"]
     assert main(["tenants", "create", tenant_name, "--storage-bytes", "5000", *url]) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["storage_bytes"] == 5000 and created["id"].startswith("t")

@@ -1,0 +1,318 @@
+"""The NATS users of compose/nats/auth.conf, on a real nats-server running that very file.
+
+- `llmq provision` (user `provision`) makes every stream and bucket; the api and a worker
+  started before it wait, naming what is missing, and then serve chat (plain and streamed),
+  an async job, a batch, the Responses API and files as `api` and `worker` with
+  LLMQ_NATS_PROVISION=false, and the operator commands run as `cli`: the server logs no
+  permission violation at all.
+- Each runtime user tries every JetStream API call and subject it must not use (REFUSED):
+  nats-server refuses each one, and the streams are unchanged afterwards.
+
+docs/security.md's table of the users says what this checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+import openai
+import pytest
+
+from llmq.dispatcher.connection import connect, disconnect
+from llmq.embedded import EmbeddedNats
+from llmq.provision import PROVISIONED, run_provision
+from llmq.schemas import names
+from llmq.schemas.settings import ConnectionSettings, Settings
+from tests.compose.test_compose import COMPOSE, INBOXES, _users
+from tests.stack import unique, wait_for
+
+INBOX = INBOXES
+"""Each user's own inbox prefix (LLMQ_NATS_INBOX_PREFIX), as compose and k8s set them
+(tests/compose/test_compose.py and test_k8s_policy.py check they do)."""
+
+JOB_STREAMS = (names.JOBS_STREAM, names.BATCH_STREAM)
+STORED = (
+    *(
+        f"KV_{b}"
+        for b in (
+            names.RESULTS_BUCKET, names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET,
+            names.FILE_META_BUCKET, names.RESPONSES_BUCKET, names.CONVERSATIONS_BUCKET,
+        )
+    ),
+    f"OBJ_{names.FILES_OBJECT_STORE}",
+)  # fmt: skip
+"""Streams holding tenants' data at rest."""
+
+API = "$JS.API"
+NOBODY = (
+    # streams and buckets: never created, changed, purged or deleted at run time
+    *(f"{API}.STREAM.{verb}.{s}" for s in PROVISIONED for verb in ("UPDATE", "DELETE")),
+    *(f"{API}.STREAM.PURGE.{s}" for s in PROVISIONED if s != f"OBJ_{names.FILES_OBJECT_STORE}"),
+    f"{API}.STREAM.CREATE.SPY",
+    f"{API}.STREAM.CREATE.KV_SPY",
+    *(f"{API}.STREAM.MSG.DELETE.{s}" for s in JOB_STREAMS),
+    # consumers on the job streams other than a worker's own per-model ones
+    *(f"{API}.CONSUMER.CREATE.{s}" for s in JOB_STREAMS),
+    *(f"{API}.CONSUMER.CREATE.{s}.spy._INBOX.>" for s in JOB_STREAMS),
+    *(f"{API}.CONSUMER.CREATE.{s}.spy.>" for s in JOB_STREAMS),
+    *(f"{API}.CONSUMER.DURABLE.CREATE.{s}.spy" for s in JOB_STREAMS),
+    *(f"{API}.CONSUMER.DELETE.{s}.jobs-echo" for s in JOB_STREAMS),
+    f"{API}.CONSUMER.DELETE.{names.OUTCOMES_STREAM}.{names.COLLECTOR_CONSUMER}",
+    f"{API}.CONSUMER.CREATE.{names.OUTCOMES_STREAM}.spy.>",
+    f"{API}.CONSUMER.CREATE.{names.USAGE_STREAM}",
+    f"{API}.ACCOUNT.PURGE.LLMQ",
+    f"{API}.SERVER.REMOVE",
+    f"{API}.META.LEADER.STEPDOWN",
+)
+NOT_THE_API = (
+    # tenants' data at rest, and writing it
+    *(f"{API}.STREAM.MSG.GET.{s}" for s in STORED),
+    *(f"{API}.DIRECT.GET.{s}" for s in STORED),
+    *(f"{API}.CONSUMER.CREATE.{s}" for s in STORED),
+    f"$KV.{names.RESULTS_BUCKET}.job.spy",
+    f"$KV.{names.BATCHES_BUCKET}._.spy",
+    f"$O.{names.FILES_OBJECT_STORE}.M.spy",
+    # the api's shared consumers
+    f"{API}.CONSUMER.MSG.NEXT.{names.USAGE_STREAM}.{names.USAGE_CONSUMER}",
+    f"{API}.CONSUMER.MSG.NEXT.{names.OUTCOMES_STREAM}.{names.COLLECTOR_CONSUMER}",
+    f"{API}.CONSUMER.INFO.{names.OUTCOMES_STREAM}.{names.COLLECTOR_CONSUMER}",
+    # publishing jobs past the api's authentication and quotas
+    names.jobs_subject("echo"),
+    names.batch_subject("echo"),
+)
+REFUSED: dict[str, tuple[str, ...]] = {
+    "worker": (
+        *NOBODY,
+        *NOT_THE_API,
+        f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
+        f"{API}.DIRECT.GET.{names.JOBS_STREAM}",
+        f"{API}.STREAM.PURGE.OBJ_{names.FILES_OBJECT_STORE}",
+    ),
+    "cli": (
+        *NOBODY,
+        *NOT_THE_API,
+        f"{API}.STREAM.PURGE.OBJ_{names.FILES_OBJECT_STORE}",
+        f"$KV.{names.WORKERS_BUCKET}.spy",
+        f"$KV.{names.MODELS_BUCKET}.spy",
+        f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.jobs-echo",
+        f"{API}.CONSUMER.CREATE.{names.JOBS_STREAM}.jobs-echo.llmq.jobs.echo",
+        "_INBOX.spy",
+        f"{names.OUTCOME_PREFIX}._.echo.spy",
+        f"{names.USAGE_PREFIX}._.echo",
+        names.cancel_subject("spy"),
+    ),
+    "api": (
+        *NOBODY,
+        # the workers' registry and their consumers
+        f"$KV.{names.WORKERS_BUCKET}.spy",
+        f"$KV.{names.MODELS_BUCKET}.spy",
+        f"{API}.CONSUMER.CREATE.{names.JOBS_STREAM}.jobs-echo.llmq.jobs.echo",
+        f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.jobs-echo",
+        f"{API}.CONSUMER.MSG.NEXT.{names.BATCH_STREAM}.batch-echo",
+        f"{names.OUTCOME_PREFIX}._.echo.spy",
+    ),
+}
+SUBSCRIBE_REFUSED: dict[str, tuple[str, ...]] = {
+    "worker": (
+        "_INBOX.>", "_INBOX_cli.>", "_INBOX_provision.>", ">",
+        f"{names.JOBS_PREFIX}.>", f"{names.OUTCOME_PREFIX}.>", f"{names.USAGE_PREFIX}.>",
+        "$KV.>", "$O.>", "$JS.EVENT.>",
+    ),
+    "cli": (
+        "_INBOX.>", "_INBOX_worker.>", "_INBOX_provision.>", ">",
+        f"{names.JOBS_PREFIX}.>", f"{names.OUTCOME_PREFIX}.>", f"{names.CANCEL_PREFIX}.>",
+        "$KV.>", "$O.>",
+    ),
+    "api": ("_INBOX_worker.>", "_INBOX_cli.>", "_INBOX_provision.>", ">", "$KV.>"),
+}  # fmt: skip
+
+VIOLATION = re.compile(r'"LLMQ/user:(\w+)" - (Publish|Subscription) Violation - Subject "([^"]+)"')
+"""How nats-server logs a refusal to a user of the LLMQ account."""
+
+
+def violations(server: EmbeddedNats) -> set[tuple[str, str, str]]:
+    """(kind, user, subject) of every permission violation nats-server logged; any other
+    line naming a violation fails the test (the pattern above would be out of date)."""
+    found = set()
+    for line in server.log_path.read_text().splitlines():
+        if "Violation" in line:
+            match = VIOLATION.search(line)
+            assert match, f"unrecognised violation line: {line}"
+            user, kind, subject = match.groups()
+            found.add((kind, user, subject))
+    return found
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Any:
+    """nats-server with compose/nats/auth.conf and freshly generated users, and the
+    passwords by user."""
+    secrets = tmp_path / "secrets"
+    subprocess.run(["sh", str(COMPOSE / "make-secrets.sh"), str(secrets)], check=True, timeout=30)
+    data = tmp_path / "nats"
+    data.mkdir()
+    shutil.copy(COMPOSE / "nats" / "auth.conf", data / "auth.conf")
+    shutil.copy(secrets / "nats-users.conf", data / "users.conf")
+    server = EmbeddedNats(data, config='include "auth.conf"')
+    passwords = {user.lower(): pw for user, pw in _users(secrets).items()}
+    yield server, passwords
+    server.stop()
+
+
+def as_user(user: str, passwords: dict[str, str]) -> dict[str, Any]:
+    prefix = INBOX[user]
+    return {"nats_user": user, "nats_password": passwords[user], "nats_inbox_prefix": prefix}
+
+
+async def provision(url: str, passwords: dict[str, str]) -> None:
+    settings = Settings(nats_url=url, **as_user("provision", passwords))
+    await asyncio.wait_for(run_provision(settings), 60)
+
+
+async def test_runtime_users_wait_for_provision_then_serve_every_flow_without_a_violation(
+    secured: Any, stack: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    server, passwords = secured
+    stack.nats_url = server.url
+    model = unique("perm")
+    caplog.set_level(logging.WARNING, logger="llmq.dispatcher.streams")
+    # Started before `llmq provision`: they wait, saying what is missing.
+    starting_api = asyncio.create_task(stack.api(nats_provision=False, **as_user("api", passwords)))
+    starting_worker = asyncio.create_task(
+        stack.worker(model=[model], nats_provision=False, **as_user("worker", passwords))
+    )
+    await wait_for(lambda: caplog.text.count(f"stream {names.JOBS_STREAM} does not exist") >= 2)
+    assert "llmq provision" in caplog.text
+    assert not starting_api.done() and not starting_worker.done()
+    await provision(server.url, passwords)
+    api, _ = await asyncio.wait_for(asyncio.gather(starting_api, starting_worker), 60)
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=20)
+
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    messages: Any = [{"role": "user", "content": "least privilege"}]
+    reply = await sdk.chat.completions.create(model=model, messages=messages, timeout=30)
+    assert reply.choices[0].message.content == "least privilege"
+    streamed = await sdk.chat.completions.create(
+        model=model, messages=messages, stream=True, timeout=30
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in streamed if c.choices])
+    response = await sdk.responses.create(model=model, input="stored", store=True, timeout=30)
+    assert (await sdk.responses.retrieve(response.id)).output_text == response.output_text
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        body = {"model": model, "messages": [{"role": "user", "content": "later"}]}
+        job = (await http.post("/v1/jobs", json=body)).json()
+        await wait_for(
+            lambda: _status(http, f"/v1/jobs/{job['id']}", "completed"), timeout=30, interval=0.2
+        )
+        assert (await http.get("/v1/jobs")).status_code == 200
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    uploaded = await sdk.files.create(
+        file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch"
+    )
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 30
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        await asyncio.sleep(0.2)
+        batch = await sdk.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id, batch
+    assert b"later" in (await sdk.files.content(batch.output_file_id)).content
+    assert [f.id async for f in sdk.files.list()]
+    assert (await sdk.files.delete(uploaded.id)).deleted
+    await sdk.close()
+    # The operators' commands, as `cli`.
+    env = {
+        **os.environ, "LLMQ_NATS_URL": server.url, "LLMQ_NATS_USER": "cli",
+        "LLMQ_NATS_PASSWORD": passwords["cli"], "LLMQ_NATS_INBOX_PREFIX": INBOX["cli"],
+    }  # fmt: skip
+    for command in (["status"], ["workers"], ["jobs"], ["top", "--iterations", "1"]):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "llmq.cli", *command],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, (command, done.stderr)
+    assert model in done.stdout
+    # Everything above needed no right any of these users lacks.
+    assert violations(server) == set()
+
+
+async def _status(http: httpx.AsyncClient, path: str, wanted: str) -> bool:
+    status = (await http.get(path)).json()["status"]
+    assert status in ("queued", "in_progress", wanted), status
+    return bool(status == wanted)
+
+
+async def _refused_requests(nc: Any, subjects: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Each subject as a request: what came back (an error or a timeout, if refused)."""
+    body = msgspec.json.encode({"config": {"name": "spy", "subjects": ["_INBOX.>"]}})
+    outcomes = await asyncio.gather(
+        *(nc.request(subject, body, timeout=2.0) for subject in subjects), return_exceptions=True
+    )
+    return list(zip(subjects, outcomes, strict=True))
+
+
+@pytest.mark.parametrize("user", sorted(REFUSED))
+async def test_each_runtime_user_is_refused_what_it_must_not_do(
+    secured: Any, stack: Any, user: str
+) -> None:
+    server, passwords = secured
+    await provision(server.url, passwords)
+    if user == "worker":  # the consumers a worker may make, there to be attacked
+        stack.nats_url = server.url
+        await stack.worker(model=["echo"], nats_provision=False, **as_user("worker", passwords))
+    conn = ConnectionSettings(**as_user(user, passwords))
+    nc = await connect(server.url, f"nosy {user}", 5.0, conn=conn)
+    try:
+        answered = await _refused_requests(nc, REFUSED[user])
+        for subject in SUBSCRIBE_REFUSED[user]:
+            await nc.subscribe(subject)
+        await nc.flush()
+    finally:
+        await disconnect(nc)
+    for subject, outcome in answered:
+        assert isinstance(outcome, (nats.errors.Error, asyncio.TimeoutError)), (subject, outcome)
+    seen = violations(server)
+    missing = [s for s in REFUSED[user] if ("Publish", user, s) not in seen]
+    missing += [s for s in SUBSCRIBE_REFUSED[user] if ("Subscription", user, s) not in seen]
+    assert not missing, f"{user} was not refused: {missing}"
+    # The job streams are as `llmq provision` made them: nobody widened or cut them.
+    admin = ConnectionSettings(**as_user("provision", passwords))
+    nc = await connect(server.url, "check", 5.0, conn=admin)
+    try:
+        js = nc.jetstream()
+        jobs = await js.stream_info(names.JOBS_STREAM)
+        assert jobs.config.subjects == [f"{names.JOBS_PREFIX}.>"]
+        assert jobs.config.max_msgs in (None, -1)
+        assert "SPY" not in [s.config.name for s in await js.streams_info()]
+        assert "spy" not in [c.name for c in await js.consumers_info(names.JOBS_STREAM)]
+    finally:
+        await disconnect(nc)
+
+
+def test_docs_say_what_each_user_may_and_may_not_do() -> None:
+    """docs/security.md has a row for every user of auth.conf, naming what this file
+    checks for it; and every user this file attacks is one of them."""
+    users = re.findall(r"^\s+user: (\w+)$", (COMPOSE / "nats" / "auth.conf").read_text(), re.M)
+    assert users == ["provision", "api", "worker", "cli"]
+    docs = (COMPOSE.parent / "docs" / "security.md").read_text()
+    for user in users:
+        (row,) = [line for line in docs.splitlines() if line.startswith(f"| `{user}` ")]
+        may, may_not = row.split(" | ")[1:3]
+        assert may and may_not, user
+    assert set(REFUSED) | {"provision"} == set(users)
+    assert "tests/compose/test_nats_permissions.py" in docs
