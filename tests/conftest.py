@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port, nats_cluster
+from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
 from tests.redis_ha import EmbeddedSentinelSet, start_redis_cluster
 
 
@@ -58,6 +58,7 @@ def own_nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
 async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Factory for in-process apis and workers on the session's servers; all stopped after."""
     from llmq.embedded import PORT_ATTEMPTS
+    from tests import stack as stack_module
     from tests.stack import InProcessApi, Process, bound_socket, env_for, settings, start_worker
 
     class Stack:
@@ -80,7 +81,7 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
             """`llmq api <args>` as a process, serving on a free port (`.port`, `.url`):
             started again on another when the one found was taken before it bound it."""
             for _ in range(PORT_ATTEMPTS):
-                port = free_port()
+                port = stack_module.free_port()
                 proc = self.process("api", "--port", str(port), *args, **env)
                 if await proc.serving_on(port):
                     return proc

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import httpx
 import uvicorn
 
 from llmq.api.server import uvicorn_config
-from llmq.embedded import free_port
+from llmq.embedded import PORT_ATTEMPTS, free_port
 from llmq.schemas.settings import Settings
 from llmq.worker.main import Worker
 
@@ -189,7 +190,8 @@ class Process:
         return self.proc.returncode
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # stopped: all of it is on disk
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     @property
@@ -210,6 +212,50 @@ class Process:
         raise RuntimeError(f"llmq api exited with {self.proc.returncode}:\n{self.output()}")
 
 
+def start_dev(
+    argv: Callable[[], list[str]],
+    log: Path,
+    ready: str = "llmq is running",
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+) -> subprocess.Popen[bytes]:
+    """`llmq dev` (the command line `argv()` gives: it picks the ports, and is called again
+    for every try) in its own session, once its log says `ready`. A port found free can be
+    taken before `llmq dev` binds it: then it is started again on others."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env, cwd=cwd,
+            )  # fmt: skip
+        if _dev_ready(proc, log, ready, timeout):
+            return proc
+        taken = "in use" in log.read_text(errors="replace")  # its own check, or a bind
+        if not taken or attempt == PORT_ATTEMPTS:
+            raise AssertionError(log.read_text(errors="replace"))
+    raise AssertionError("unreachable")
+
+
+def _dev_ready(proc: subprocess.Popen[bytes], log: Path, ready: str, timeout: float) -> bool:
+    """True once `ready` is in the log; False if it exited first (its group is killed)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while ready not in log.read_text(errors="replace"):
+            if proc.poll() is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # a child it left behind
+                return False
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return True
+
+
 def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
     values = {"nats_url": nats_url, "redis_url": redis_url, **DEFAULTS, **extra}
     return {f"LLMQ_{k.upper()}": str(v) for k, v in values.items()}
@@ -224,6 +270,7 @@ __all__ = [
     "models_of",
     "refused_port",
     "settings",
+    "start_dev",
     "start_worker",
     "wait_for",
     "wait_serving",
