@@ -162,3 +162,31 @@ def test_servers_started_at_once_on_contended_ports_all_come_up(
             server.stop()
         for taker in takers:
             taker.close()
+
+
+def test_a_nats_cluster_whose_route_port_was_taken_starts_again_on_other_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node's routes name the others' ports, so a taken one starts the whole cluster
+    again; what comes up is three routed nodes of ours."""
+    taker, taken = _listening_elsewhere()
+    handed: list[int] = []
+    real = embedded.free_port
+
+    def contended() -> int:
+        handed.append(taken if len(handed) == 3 else real())  # the first node's route port
+        return handed[-1]
+
+    monkeypatch.setattr(embedded, "free_port", contended)
+    try:
+        nodes = embedded.nats_cluster(tmp_path / "cluster", size=3)
+    finally:
+        taker.close()
+    try:
+        assert len(handed) == 12  # 3 client and 3 route ports, twice
+        assert all(n.proc.poll() is None and n.ready_line in n.output() for n in nodes)
+        assert taken not in {n.port for n in nodes}
+        assert all("--routes" in n.proc.args for n in nodes)  # type: ignore[operator]
+    finally:
+        for node in nodes:
+            node.stop()
