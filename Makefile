@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: dev test browser lint bench clean
+.PHONY: dev test browser js lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,20 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/llmq dev $(ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser js
 	$(BIN)/python -m pytest $(ARGS)
+
+# The JavaScript clients the Messages API tests drive (@anthropic-ai/sdk, Claude Code), pinned
+# by tests/js/package-lock.json. Without npm those tests skip, naming the command.
+JS_STAMP = tests/js/node_modules/.package-lock.json
+js: $(JS_STAMP)
+$(JS_STAMP): tests/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) \
+	    || echo "npm ci failed: the JavaScript client tests will skip (cd tests/js && npm ci)"; \
+	else \
+	  echo "no npm: the JavaScript client tests will skip (apt-get install nodejs npm; cd tests/js && npm ci)"; \
+	fi
 
 # The console's browser tests need Debian's chromium and chromium-driver. As root with apt,
 # install them when missing; otherwise (or if that fails) those tests skip, naming the command.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,8 +18,11 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
+from llmq.api.data_marker import DataMarker
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
+from llmq.api.messages import routes as messages
+from llmq.api.messages.serving import MessagesServing
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
 from llmq.api.preparation import RequestPreparer
@@ -28,11 +33,103 @@ from llmq.api.responses.serving import open_responses
 from llmq.api.routes import admin, health, metrics, models
 from llmq.api.routes.plain import PlainRoute
 from llmq.api.runtime import Runtime
+from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
+from llmq.api.tenancy.client import redis_target
 from llmq.api.usage_booking import UsageBooker
+from llmq.dispatcher.connection import NatsRefused, redact_url
 from llmq.dispatcher.queue_estimate import QueueEstimator
 from llmq.dispatcher.streams import ensure_usage_stream
+from llmq.dispatcher.tasks import stop_task
 from llmq.schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack) -> None:
+    """Connect, provision and build the serving parts; each part's stop is pushed on `undo`
+    as soon as it runs, so a start cut short (SIGTERM, the deadline) stops what it began."""
+    runtime = await Runtime.open(settings, startup)
+    undo.push_async_callback(runtime.close)
+    store = TenantStore(runtime.redis)
+    quota = Quota(
+        runtime.redis,
+        lease=settings.tenancy.reservation_lease,
+        ledger_maxlen=settings.tenancy.ledger_maxlen,
+    )
+    reservations = Reservations(quota, settings.tenancy.quota_fail_open)
+    reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
+    undo.push_async_callback(reservations.drain)
+    models = ModelTable(settings)
+    models.start()
+    undo.push_async_callback(models.stop)
+    if settings.api.auth_mode != "none":  # tenants live in Valkey: notice if it lost them
+        marker = DataMarker(
+            runtime.redis,
+            runtime.js,
+            redact_url(redis_target(settings.connection)),
+            settings.protocol.nats_replicas,
+            settings.connection.nats_provision,
+        )
+        marker.start()
+        undo.push_async_callback(marker.stop)
+        app.state.data_marker = marker
+    app.state.runtime = runtime
+    app.state.store = store
+    app.state.usage = UsageReader(runtime.redis)
+    app.state.models = models
+    preparer = RequestPreparer(
+        models, runtime.registry, settings.tenancy.default_max_tokens,
+        max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
+        waits=settings.api.no_worker_grace != 0,
+    )  # fmt: skip
+    queue_estimator = QueueEstimator(runtime.js, runtime.registry.live_workers)  # docs/routing.md
+    queue_estimator.start()
+    undo.push_async_callback(queue_estimator.stop)
+    router = Router(models, runtime.registry, queue_estimator.wait_for)
+    app.state.serving = ChatServing(
+        runtime, Authenticator(settings, store), reservations, preparer, router=router
+    )
+    app.state.queue_estimator = queue_estimator
+    # metrics + request log observers, `llmq-api` micro service
+    app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
+    undo.push_async_callback(app.state.observability.stop)
+    app.state.observability.metrics.queue_estimator = queue_estimator
+    # async jobs, files and batches (docs/batch.md)
+    app.state.batches = BatchWing(runtime, reservations, preparer)
+    await startup.step("the batch streams and buckets", app.state.batches.start)
+    undo.push_async_callback(app.state.batches.stop)
+    # the Responses API and conversations (docs/responses.md)
+    app.state.responses, app.state.conversations = await startup.step(
+        "the responses buckets", lambda: open_responses(app.state.serving, app.state.batches)
+    )
+    undo.push_async_callback(app.state.responses.stop)
+    app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
+    console.attach(app, app.state.serving)
+    app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
+    # usage the workers report, booked even when the relaying api died (docs/protocol.md)
+    replicas = settings.protocol.nats_replicas
+    create = settings.connection.nats_provision
+    app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
+    await startup.step("the usage stream", app.state.usage_booker.start)
+    undo.push_async_callback(app.state.usage_booker.stop)
+    runtime.provisioner.add(
+        "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
+    )
+
+
+async def _start(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack) -> None:
+    """`_open`, then open the gate; a start given up is logged and ends the process."""
+    try:
+        await _open(app, settings, startup, undo)
+    except Exception as exc:  # the deadline passed, NATS refused us, or a bug
+        startup.failed = str(exc) or type(exc).__name__
+        expected = isinstance(exc, TimeoutError | NatsRefused)
+        log.error("the api gives up starting: %s", startup.failed, exc_info=not expected)
+        app.state.on_start_failed()
+        return
+    startup.ready = True
+    log.info("api %s ready", settings.api.instance_id)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,65 +137,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.open(settings)
-        store = TenantStore(runtime.redis)
-        quota = Quota(
-            runtime.redis,
-            lease=settings.tenancy.reservation_lease,
-            ledger_maxlen=settings.tenancy.ledger_maxlen,
-        )
-        reservations = Reservations(quota, settings.tenancy.quota_fail_open)
-        reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
-        models = ModelTable(settings)
-        models.start()
-        app.state.runtime = runtime
-        app.state.store = store
-        app.state.usage = UsageReader(runtime.redis)
-        app.state.models = models
-        preparer = RequestPreparer(
-            models, runtime.registry, settings.tenancy.default_max_tokens,
-            max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
-        )  # fmt: skip
-        queue_estimator = QueueEstimator(
-            runtime.js, runtime.registry.live_workers
-        )  # docs/routing.md
-        queue_estimator.start()
-        router = Router(models, runtime.registry, queue_estimator.wait_for)
-        app.state.serving = ChatServing(
-            runtime, Authenticator(settings, store), reservations, preparer, router=router
-        )
-        app.state.queue_estimator = queue_estimator
-        # metrics + request log observers, `llmq-api` micro service
-        app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
-        app.state.observability.metrics.queue_estimator = queue_estimator
-        # async jobs, files and batches (docs/batch.md)
-        app.state.batches = BatchWing(runtime, reservations, preparer)
-        await app.state.batches.start()
-        # the Responses API and conversations (docs/responses.md)
-        app.state.responses, app.state.conversations = await open_responses(
-            app.state.serving, app.state.batches
-        )
-        console.attach(app, app.state.serving)
-        app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
-        # usage the workers report, booked even when the relaying api died (docs/protocol.md)
-        replicas = settings.protocol.nats_replicas
-        create = settings.connection.nats_provision
-        app.state.usage_booker = UsageBooker(runtime.js, reservations, replicas, create=create)
-        await app.state.usage_booker.start()
-        runtime.provisioner.add(
-            "usage stream", lambda: ensure_usage_stream(runtime.js, replicas, create)
-        )
-        try:
-            yield
-        finally:
-            await app.state.usage_booker.stop()
-            await app.state.responses.stop()
-            await app.state.batches.stop()
-            await app.state.observability.stop()
-            await models.stop()
-            await queue_estimator.stop()
-            await reservations.drain()
-            await runtime.close()
+        """The port opens at once; the connections are made in a task (api/startup.py)."""
+        startup = Startup(settings)
+        app.state.startup = startup
+        async with AsyncExitStack() as undo:
+            task = asyncio.create_task(_start(app, settings, startup, undo), name="api-start")
+            try:
+                yield
+            finally:
+                await stop_task(task)
 
     # /openapi.json and /docs describe the public API only; the admin API has its own
     # document behind the admin token (/admin/openapi.json).
@@ -106,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
     app.state.settings = settings
+    app.state.on_start_failed = lambda: None  # the server sets its exit (api/server.py)
     install_error_handlers(app)
     if settings.api.cors_origins:
         app.add_middleware(
@@ -113,9 +161,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.api.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "retry-after", "x-ratelimit-*"],
+            expose_headers=["x-request-id", "request-id", "retry-after", "x-ratelimit-*"],
         )
     app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
+    app.router.routes.extend(messages.router.routes)  # Anthropic's Messages API, the same way
     # POST /v1/responses the same way; the responses router's route documents it
     app.router.routes.append(
         PlainRoute("/v1/responses", responses.create_response, methods=["POST"],

@@ -170,6 +170,8 @@ class Authenticator:
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
         key = key.strip()
+        if not auth:  # Anthropic's clients send `x-api-key` (docs/anthropic.md)
+            scheme, key = "bearer", request.headers.get("x-api-key", "").strip()
         if scheme.lower() != "bearer" or not key:
             raise _missing_key()
         record = await self._record("key:" + hash_key(key), lambda: self.store.resolve(key))

@@ -1,6 +1,6 @@
-"""`HotPaths`: the ASGI app uvicorn serves. `POST /v1/chat/completions`, `/v1/completions` and
-`/v1/responses` go straight to their endpoint behind one exception boundary; every other
-request goes to the FastAPI app and its middleware stack, as before.
+"""`HotPaths`: the ASGI app uvicorn serves. `POST /v1/chat/completions`, `/v1/completions`,
+`/v1/responses` and `/v1/messages` go straight to their endpoint behind one exception
+boundary; every other request goes to the FastAPI app and its middleware stack, as before.
 
 Why: every layer of that stack (FastAPI's and Starlette's `__call__`, ServerErrorMiddleware,
 FastAPI's exception-telemetry and body-limit middlewares, ExceptionMiddleware,
@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq.api.console.app import ConsoleHeaders
 
-HOT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+HOT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 _KNOWN = (CORSMiddleware, ConsoleHeaders)

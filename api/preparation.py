@@ -38,8 +38,12 @@ class RequestPreparer:
         *,
         max_n: int = 8,
         max_output_tokens: int = 1_000_000,
+        waits: bool = True,
     ) -> None:
         self.models = models
+        self.waits = waits
+        """An interactive job for a known model with no live worker waits in its queue for
+        one (`no_worker_grace` other than 0) instead of a 503 at once."""
         self.registry = registry
         self.default_max_tokens = default_max_tokens
         self.max_n = max_n
@@ -65,10 +69,19 @@ class RequestPreparer:
         return req
 
     def prepare_decoded(
-        self, req: AnyRequest, kind: JobKind, body: bytes, *, durable: bool = False
+        self,
+        req: AnyRequest,
+        kind: JobKind,
+        body: bytes,
+        *,
+        durable: bool = False,
+        live_now: bool = False,
     ) -> PreparedRequest:
+        """`live_now`: a known model with no live worker is a 503 `no_worker` now (another
+        model of the fallback chain is tried instead), else the job may wait in its queue
+        for one (`durable`, or `no_worker_grace` other than 0)."""
         model = self.models.resolve(req.model)
-        self.check_model(model, kind, need_live_worker=not durable)
+        self.check_model(model, kind, need_live_worker=self.fails_fast(model, live_now, durable))
         limit = self.models.token_limit_for(model) or self.max_output_tokens
         self.check_bounds(req, limit)
         req, changed = self._adjusted(req, model, durable)
@@ -96,6 +109,17 @@ class RequestPreparer:
         for param in params:
             _check_range(getattr(req, param), param, 1, token_limit)
         _check_range(req.n, "n", 1, self.max_n)
+
+    def fails_fast(self, model: str, live_now: bool = False, durable: bool = False) -> bool:
+        """Whether a request for `model` needs a live worker now (else it may wait in the
+        queue for one): `live_now` (another model of the chain is left), an interactive job
+        with `no_worker_grace` 0, or one whose model's workers all have their circuit open (a
+        failing backend is no deploy to wait for)."""
+        if live_now:
+            return True
+        if durable:
+            return False
+        return not self.waits or _circuits_open(self.registry, model)
 
     def check_model(self, model: str, kind: JobKind, need_live_worker: bool) -> None:
         registry = self.registry
@@ -240,3 +264,9 @@ def token_limit(req: AnyRequest) -> int | None:
     if isinstance(req, CompletionRequest) and isinstance(req.max_tokens, int):
         return req.max_tokens
     return None
+
+
+def _circuits_open(registry: WorkerRegistry, model: str) -> bool:
+    """Live, not draining workers serve `model`, but every one has its circuit open."""
+    serving = [w for w in registry.live_workers() if model in w.models and not w.draining]
+    return bool(serving) and all(w.circuit == "open" for w in serving)

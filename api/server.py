@@ -11,6 +11,7 @@ import uvicorn
 from llmq import event_loop
 from llmq.api.app import create_app
 from llmq.api.hot_paths import HotPaths
+from llmq.api.startup import StartGate
 from llmq.schemas.settings import Settings
 
 
@@ -20,6 +21,13 @@ class ApiServer(uvicorn.Server):
     On the first SIGTERM/SIGINT the api stops accepting connections, `/ready` turns 503 and
     open streams get `shutdown_grace` seconds to finish.
     """
+
+    start_failed = False
+    """The app gave up starting (NATS refused it, the start-up deadline passed)."""
+
+    def start_failed_now(self) -> None:
+        self.start_failed = True
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         runtime = getattr(getattr(self.config.app, "state", None), "runtime", None)
@@ -31,8 +39,9 @@ class ApiServer(uvicorn.Server):
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    app = HotPaths(create_app(settings))  # the hot routes ahead of the middleware stack
     return uvicorn.Config(
-        HotPaths(create_app(settings)),  # the hot routes ahead of the middleware stack
+        StartGate(app, app.state),  # answers for the app while it starts (api/startup.py)
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop" if event_loop.AVAILABLE else "asyncio",
@@ -45,7 +54,11 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 def run_api(settings: Settings) -> bool:
-    """Serve until stopped; False when the app never started (e.g. NATS refused it)."""
-    server = ApiServer(uvicorn_config(settings))
+    """Serve until stopped; False when the app never started (NATS refused it, the start-up
+    deadline passed)."""
+    config = uvicorn_config(settings)
+    assert isinstance(config.app, StartGate)
+    server = ApiServer(config)
+    config.app.state.on_start_failed = server.start_failed_now
     server.run()
-    return server.started
+    return server.started and not server.start_failed

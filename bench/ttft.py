@@ -40,10 +40,14 @@ END = b"\r\n0\r\n\r\n"
 class StreamClient:
     """One kept-alive HTTP/1.1 connection sending the same streamed request again and again."""
 
-    def __init__(self, url: str, key: str = "") -> None:
+    def __init__(
+        self, url: str, key: str = "", body: dict[str, object] = BODY, done: bytes = b"[DONE]"
+    ) -> None:
+        """`done`: what the last SSE event holds (`message_stop` for Anthropic's)."""
         parsed = urlsplit(url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        payload = json.dumps(BODY).encode()
+        self.done = done
+        payload = json.dumps(body).encode()
         auth = f"Authorization: Bearer {key}\r\n" if key else ""
         self.request = (
             f"POST {parsed.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -70,7 +74,7 @@ class StreamClient:
                 first = time.perf_counter() - start
                 if not seen.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError(seen[:200].decode(errors="replace"))
-            if seen.endswith(END) and b"[DONE]" in seen:
+            if seen.endswith(END) and self.done in seen:
                 return first, time.perf_counter() - start
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,6 +99,11 @@ def _refused(exc: BaseException) -> bool:
     )
 
 
+def startup_deadline(conn: ConnectionSettings) -> float | None:
+    """The monotonic time at which a starting process stops retrying (`startup_timeout`)."""
+    return time.monotonic() + conn.startup_timeout if conn.startup_timeout else None
+
+
 async def connect(
     url: str,
     name: str,
@@ -106,17 +112,53 @@ async def connect(
     *,
     conn: ConnectionSettings | None = None,
     reconnect: bool = True,
+    deadline: float | None = None,
 ) -> Client:
     """Connect with the credentials and TLS of `conn` (default: from the environment).
 
-    With `reconnect` (the api and worker), reconnects go on forever: a NATS restart must
-    never need a process restart, and a server not up yet is waited for. A refusal of the
-    credentials or TLS at start raises `NatsRefused` at once instead. Without `reconnect`
-    (the CLI) one attempt per server is made, bounded by `timeout`. `on_reconnect` is called
-    (synchronously, in the client's reconnect task) once per reconnect."""
+    With `reconnect` (the api, the worker, `llmq top`) a server not up yet is waited for:
+    one bounded attempt per server, then again with backoff (logging the URL, never its
+    credentials) until the monotonic `deadline` (None: forever; TimeoutError then); once
+    connected, reconnects go on forever: a NATS restart never needs a process restart. A
+    refusal of the credentials or TLS at start raises `NatsRefused` at once. Without
+    `reconnect` (one-shot CLI commands) one attempt per server is made, bounded by
+    `timeout`. `on_reconnect` is called (synchronously, in the client's reconnect task)
+    once per reconnect. Cancelling the caller stops the waiting at once."""
     conn = conn if conn is not None else ConnectionSettings()
+    if not reconnect:
+        return await _connect_once(url, name, timeout, None, conn, reconnect=False)
+    shown = redact_url(url)
+
+    async def attempt() -> Client:
+        try:
+            return await _connect_once(url, name, timeout, on_reconnect, conn, reconnect=True)
+        except NatsRefused:
+            raise
+        except Exception as exc:
+            raise ConnectionError(str(exc) or type(exc).__name__) from exc
+
+    return await retry(
+        attempt,
+        f"{name} waiting for NATS at {shown}",
+        deadline=deadline,
+        retry_on=ConnectionError,
+    )
+
+
+async def _connect_once(
+    url: str,
+    name: str,
+    timeout: float,
+    on_reconnect: Callable[[], None] | None,
+    conn: ConnectionSettings,
+    *,
+    reconnect: bool,
+) -> Client:
+    """One connection attempt: each server tried twice at most, the whole bounded."""
     starting = True
     shown = redact_url(url)
+    errors_told: list[int] = []
+    """Errors logged since the last reconnect (each outage is told once, at warning)."""
 
     async def on_error(exc: Exception) -> None:
         if starting and _refused(exc):
@@ -131,63 +173,73 @@ async def connect(
                 f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
                 "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
             ) from exc
-        if reconnect:
-            log.warning("nats error: %s", exc)
+        if reconnect and not starting:
+            # once per outage: a reconnect attempt every half second would repeat it
+            level = logging.DEBUG if errors_told else logging.WARNING
+            log.log(level, "nats error (%s): %s", shown, exc or type(exc).__name__)
+            errors_told.append(1)
 
     async def on_disconnect() -> None:
         if reconnect:
-            log.warning("nats disconnected")
+            log.warning("nats disconnected from %s; reconnecting", shown)
 
     async def on_reconnected() -> None:
-        log.info("nats reconnected")
+        errors_told.clear()
+        log.info("nats reconnected to %s", shown)
         if on_reconnect is not None:
             on_reconnect()
 
     nc = Client()
     headers.install(nc)  # headers parsed and encoded with less work, same results
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     options: dict[str, Any] = {
-        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "servers": servers,
         "name": name,
         "connect_timeout": timeout,
         "error_cb": on_error,
         **auth_options(conn),
     }
+    # nats-py retries a first connect forever when max_reconnect_attempts is negative (or
+    # 0): one retry per server here, bounded; the caller retries with backoff.
+    options.update(max_reconnect_attempts=1, reconnect_time_wait=0.1)
     if reconnect:
         options.update(
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
             allow_reconnect=True,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnected,
         )
     else:
-        # nats-py retries a first connect forever when max_reconnect_attempts is 0: ask for
-        # one retry per server and bound the whole attempt.
-        options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
+        options.update(allow_reconnect=False)
     try:
-        async with asyncio.timeout(None if reconnect else timeout * 3):
+        async with asyncio.timeout(timeout * (2 * len(servers) + 1)):
             await nc.connect(**options)
     except BaseException:
         # A client stopped mid-handshake may never finish closing its transport.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2.0)
         raise
+    if reconnect:  # connected: from now on reconnect forever, every half second
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 0.5
     starting = False
     return nc
 
 
-async def disconnect(nc: Client) -> None:
-    """Drain, and close if draining fails: with the server away, `drain()` raises and the
-    client would otherwise go on reconnecting forever after its owner stopped."""
+async def disconnect(nc: Client, timeout: float = 5.0) -> None:
+    """Drain (bounded by `timeout`), and close if draining fails or NATS is away: draining
+    a disconnected client waits for a server that may never come back, and the client would
+    otherwise go on reconnecting forever after its owner stopped."""
     if nc.is_closed:
         return
-    try:
-        await nc.drain()
-    except Exception as exc:
-        log.debug("nats drain failed: %s", exc)
+    if nc.is_connected:
+        try:
+            async with asyncio.timeout(timeout):
+                await nc.drain()
+        except Exception as exc:
+            log.debug("nats drain failed: %s", exc)
     if not nc.is_closed:
         with contextlib.suppress(Exception):
-            await nc.close()
+            await asyncio.wait_for(nc.close(), 2.0)
 
 
 Step = Callable[[], Awaitable[object]]

@@ -36,6 +36,10 @@ class JobSpec:
     stream: bool = False
     """The client reads tokens as they come, so the deadline waits for the first one; a
     job that answers whole is under way once a worker has taken it."""
+    message_op: str = ""
+    anthropic_version: str = ""
+    anthropic_beta: str = ""
+    """What a `message` job carries besides its body (`JobEnvelope`)."""
 
     @property
     def subject(self) -> str:
@@ -52,6 +56,9 @@ class JobSpec:
             batch=self.batch,
             traceparent=self.traceparent,
             msg_id=msg_id,
+            message_op=self.message_op,
+            anthropic_version=self.anthropic_version,
+            anthropic_beta=self.anthropic_beta,
         )
 
     def headers(self, reply: str, msg_id: str = "") -> dict[str, str]:

@@ -15,10 +15,8 @@ consumers are made by the worker either way.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -42,27 +40,23 @@ from llmq.schemas import names
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MISSING_LOG_EVERY = 30.0
-"""Seconds between two log lines about one missing stream or bucket."""
+
+
+class NotProvisioned(RuntimeError):
+    """A stream, bucket or shared consumer this process may not create does not exist yet.
+    Its caller retries (`dispatcher.tasks.retry`: at start until LLMQ_STARTUP_TIMEOUT, after a
+    reconnect for ever), logging this message: what is missing and who makes it."""
 
 
 async def existing(what: str, lookup: Callable[[], Awaitable[T]]) -> T:
-    """`lookup()`'s result once what it looks up exists; until then a warning naming it
-    (at once, then every MISSING_LOG_EVERY seconds) and a retry each second."""
-    logged = -MISSING_LOG_EVERY
-    while True:
-        try:
-            return await lookup()
-        except NotFoundError:
-            now = time.monotonic()
-            if now - logged >= MISSING_LOG_EVERY:
-                logged = now
-                log.warning(
-                    "NATS %s does not exist: waiting for it (LLMQ_NATS_PROVISION=false: this "
-                    "process creates no stream or bucket; run `llmq provision`)",
-                    what,
-                )
-            await asyncio.sleep(1.0)
+    """`lookup()`'s result; `NotProvisioned`, naming it, while it does not exist."""
+    try:
+        return await lookup()
+    except NotFoundError:
+        raise NotProvisioned(
+            f"NATS {what} does not exist yet (LLMQ_NATS_PROVISION=false: this process creates "
+            "no stream or bucket; run `llmq provision`)"
+        ) from None
 
 
 def jobs_stream_config(max_age: float, replicas: int = 1) -> StreamConfig:
@@ -120,7 +114,8 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
 async def _ensure_consumer_config(
     js: JetStreamContext, stream: str, config: ConsumerConfig
 ) -> None:
-    """Create the durable consumer, or update it in place when the replica count differs."""
+    """Create the durable consumer, or update it in place when its replica count or ack wait
+    differs (both may change on a live consumer)."""
     assert config.durable_name is not None
     try:
         info = await js.consumer_info(stream, config.durable_name)
@@ -128,8 +123,10 @@ async def _ensure_consumer_config(
         with contextlib.suppress(BadRequestError):
             await js.add_consumer(stream, config)
         return
-    if (info.config.num_replicas or 0) != (config.num_replicas or 0):
+    replicas_differ = (info.config.num_replicas or 0) != (config.num_replicas or 0)
+    if replicas_differ or info.config.ack_wait != config.ack_wait:
         info.config.num_replicas = config.num_replicas
+        info.config.ack_wait = config.ack_wait
         with contextlib.suppress(BadRequestError):  # another process updated it first
             await js.add_consumer(stream, info.config)
 
@@ -228,6 +225,10 @@ async def workers_bucket(
     js: JetStreamContext, ttl: float, replicas: int = 1, create: bool = True
 ) -> KeyValue:
     return await _bucket(js, names.WORKERS_BUCKET, ttl, StorageType.MEMORY, replicas, create=create)
+
+
+async def install_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:
+    return await _bucket(js, names.INSTALL_BUCKET, 0, StorageType.FILE, replicas, create=create)
 
 
 async def models_bucket(js: JetStreamContext, replicas: int = 1, create: bool = True) -> KeyValue:

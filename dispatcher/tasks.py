@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -41,20 +42,42 @@ async def retry(
     what: str,
     *,
     until: Callable[[], bool] = lambda: False,
+    deadline: float | None = None,
+    retry_on: type[Exception] | tuple[type[Exception], ...] = Exception,
     pause: float = 0.25,
     max_pause: float = 2.0,
 ) -> T:
-    """Run `action` until it succeeds (NATS down, a restart, a timeout: wait and again).
-    Raises TimeoutError once `until()` is true."""
+    """Run `action` until it succeeds (NATS down, a restart, a forming cluster, a stream not
+    provisioned yet: wait and again), the pause doubling up to `max_pause`. Raises
+    TimeoutError once `until()` is true or the monotonic `deadline` has passed; an error
+    that is not a `retry_on` is raised at once. The first
+    failure is logged as a warning that says what is awaited, the rest at info."""
     delay = pause
+    failures = 0
     while True:
         try:
-            return await action()
+            result = await action()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            if until():
-                raise TimeoutError(what) from exc
-            log.info("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+        except retry_on as exc:
+            if until() or (deadline is not None and time.monotonic() >= deadline):
+                raise TimeoutError(f"gave up {what}: {_reason(exc)}") from exc
+            failures += 1
+            log.log(
+                logging.WARNING if failures == 1 else logging.INFO,
+                "%s: not yet (%s); retrying in %.2g s",
+                what, _reason(exc), delay,
+            )  # fmt: skip
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_pause)
+        else:
+            if failures:
+                log.info("%s: done after %d retries", what, failures)
+            return result
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -150,11 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Operator command groups living beside the code they drive."""
-    from llmq import batches_cli, ops_cli, provision, redis_keys, tenants_cli
+    from llmq import batches_cli, ops_cli, provision, redis_keys, tenants_cli, top_cli
 
     return [
         tenants_cli.register,
         ops_cli.register,
+        top_cli.register,
         batches_cli.register,
         redis_keys.register,
         provision.register,

@@ -129,7 +129,11 @@ def run_dev(
         port=nats_port,
         config=f'authorization {{ token: "{dev_secrets.nats_token}" }}',
     )
-    redis = EmbeddedRedis(root / "redis", port=redis_port, password=dev_secrets.redis_password)
+    # Valkey keeps its data (append-only file, synced every second) in the data dir: a
+    # restart keeps tenants, keys, quotas and the usage ledger.
+    redis = EmbeddedRedis(
+        root / "redis", port=redis_port, password=dev_secrets.redis_password, extra=PERSIST
+    )
     env = {
         **{k: v for k, v in os.environ.items() if k not in _CONNECTION_SECRETS},
         "LLMQ_NATS_URL": nats.url,
@@ -201,6 +205,8 @@ def run_dev(
 
 
 DEV_TENANT = "dev"
+PERSIST = ["--appendonly", "yes", "--appendfsync", "everysec"]
+"""Valkey's own persistence for `llmq dev` (given after EmbeddedRedis's `--appendonly no`)."""
 
 
 def dev_key(env: dict[str, str]) -> str | None:

@@ -9,9 +9,7 @@ micro services for their counters and running jobs. Every command takes `--nats-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -239,8 +237,12 @@ def run_with_nats(args: argparse.Namespace, body: Callable[[Client, str], Awaita
         return 2
 
     async def main() -> int:
+        # Kept trying with backoff (each retry logged to stderr, with the URL) for `--wait`
+        # seconds, `llmq top` for ever; reconnecting once connected (a NATS restart).
+        wait: float | None = getattr(args, "wait", None)
+        deadline = None if wait is None else time.monotonic() + wait
         try:
-            nc = await connect(url, "llmq-cli", CONNECT_TIMEOUT, reconnect=False)
+            nc = await connect(url, "llmq-cli", CONNECT_TIMEOUT, reconnect=True, deadline=deadline)
         except Exception as exc:
             detail = str(exc) or type(exc).__name__
             print(f"llmq: cannot reach NATS at {shown}: {detail}", file=sys.stderr)
@@ -271,35 +273,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             [dump(status_json(snap, url, waits))] if args.json else render_status(snap, url, waits)
         )
         return 0
-
-    return run_with_nats(args, body)
-
-
-def cmd_top(args: argparse.Namespace) -> int:
-    async def body(nc: Client, url: str) -> int:
-        js = nc.jetstream()
-        tty = sys.stdout.isatty() and not args.json
-        n = 0
-        latest: list[Snapshot] = []
-        estimator = QueueEstimator(js, lambda: [w.info for w in latest[-1].workers])
-        while True:
-            started = time.monotonic()
-            snap = await snapshot.snapshot(nc, js, args.timeout)
-            latest[:] = [snap]
-            waits = await queue_waits(js, snap, estimator)
-            if args.json:
-                print_lines([dump(status_json(snap, url, waits))])
-            else:
-                width = shutil.get_terminal_size((WIDTH, 24)).columns
-                head = f"llmq top  every {args.interval:g}s  Ctrl-C quits"
-                lines = [head, *render_status(snap, url, waits)]
-                lines = [line[:width] for line in lines]
-                sys.stdout.write(CLEAR if tty else ("\n" if n else ""))
-                print_lines(lines)
-            n += 1
-            if args.iterations and n >= args.iterations:
-                return 0
-            await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
     return run_with_nats(args, body)
 
@@ -350,18 +323,26 @@ def register(sub: Any) -> None:
     def parser(name: str, help_text: str) -> argparse.ArgumentParser:
         return nats_command(sub, name, help_text)
 
-    status = parser("status", "workers, models, queue depth, in-flight and capacity, apis")
+    def waiting(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            help="seconds to keep trying NATS while it is unreachable",
+        )
+        return p
+
+    status = waiting(parser("status", "workers, models, queue depth, in-flight and capacity, apis"))
     status.set_defaults(handler=cmd_status)
 
-    top = parser("top", "`llmq status`, refreshed live")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes")
-    top.set_defaults(handler=cmd_top)
-
-    workers = parser("workers", "live workers: backend, models, slots, circuit, jobs, errors")
+    workers = waiting(
+        parser("workers", "live workers: backend, models, slots, circuit, jobs, errors")
+    )
     workers.set_defaults(handler=cmd_workers)
 
-    jobs = parser("jobs", "running jobs (from the workers), then queued ones (from JetStream)")
+    jobs = waiting(
+        parser("jobs", "running jobs (from the workers), then queued ones (from JetStream)")
+    )
     jobs.add_argument("--model", default=None, help="only this model")
     jobs.add_argument("--limit", type=int, default=50, help="most queued jobs listed")
     jobs.add_argument("--wide", action="store_true", help="full job ids")

@@ -34,7 +34,7 @@ PROVISIONED = (
     f"KV_{names.BATCHES_BUCKET}", f"KV_{names.FILE_META_BUCKET}",
     f"OBJ_{names.FILES_OBJECT_STORE}", f"KV_{names.RESPONSES_BUCKET}",
     f"KV_{names.CONVERSATIONS_BUCKET}", f"KV_{names.WORKERS_BUCKET}",
-    f"KV_{names.MODELS_BUCKET}",
+    f"KV_{names.MODELS_BUCKET}", f"KV_{names.INSTALL_BUCKET}",
 )  # fmt: skip
 """The JetStream streams `provision` makes (a bucket is `KV_<name>`, the file store
 `OBJ_<name>`), in order."""
@@ -52,6 +52,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await streams.responses_buckets(js, b.response_retention, replicas)
     await streams.workers_bucket(js, p.heartbeat * 3, replicas)
     await streams.models_bucket(js, replicas)
+    await streams.install_bucket(js, replicas)
 
 
 async def run_provision(settings: Settings, watch: bool = False) -> None:

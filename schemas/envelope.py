@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Struct
 
 from llmq.schemas import names
+from llmq.schemas.messages import message_request_decoder
 from llmq.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -27,8 +28,9 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.responses import response_request_decoder
 
-JobKind = Literal["chat", "completion", "embedding", "response"]
-"""What the body is: an OpenAI chat, completion, embedding or Responses request."""
+JobKind = Literal["chat", "completion", "embedding", "response", "message"]
+"""What the body is: an OpenAI chat, completion, embedding or Responses request, or an
+Anthropic Messages request (`message`, docs/anthropic.md)."""
 JOB_KINDS: Final[tuple[JobKind, ...]] = get_args(JobKind)
 DEFAULT_KIND: Final[JobKind] = "chat"
 """The kind of a job without an `Llmq-Kind` header (the header is left out for it)."""
@@ -41,6 +43,7 @@ REQUEST_DECODERS: Final[Mapping[JobKind, msgspec.json.Decoder[Any]]] = MappingPr
         "completion": completion_request_decoder,
         "embedding": embedding_request_decoder,
         "response": response_request_decoder,
+        "message": message_request_decoder,
     }
 )
 """One reused decoder of the OpenAI request type per job kind."""
@@ -65,10 +68,10 @@ def job_kind(value: str) -> JobKind:
 
 def decode_request(kind: JobKind, body: bytes) -> AnyRequest:
     """The job's body as the OpenAI request of its kind (msgspec.ValidationError if not).
-    A `response` job is not one of these: its worker reads it as JSON
-    (`worker/responses_api`), and asking for it here is a ValidationError."""
-    if kind == "response":
-        raise msgspec.ValidationError("a response job is not a chat-shaped request")
+    A `response` or `message` job is not one of these: its worker reads it as JSON
+    (`worker/responses_api`, `worker/messages`), and asking for it here is a ValidationError."""
+    if kind in ("response", "message"):
+        raise msgspec.ValidationError(f"a {kind} job is not a chat-shaped request")
     request: AnyRequest = REQUEST_DECODERS[kind].decode(body)
     return request
 
@@ -103,6 +106,13 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
     """W3C trace context, copied from the client's request when present."""
     msg_id: str = ""
     """`Nats-Msg-Id` when it is not the job id (a batch line published again)."""
+    message_op: str = ""
+    """`Llmq-Message-Op` of a `message` job: empty to create a message, `count_tokens` to
+    count its input tokens."""
+    anthropic_version: str = ""
+    """`Llmq-Anthropic-Version`: the client's `anthropic-version`, for an Anthropic upstream."""
+    anthropic_beta: str = ""
+    """`Llmq-Anthropic-Beta`: the client's `anthropic-beta`, for an Anthropic upstream."""
 
     @property
     def stream(self) -> str:
@@ -129,6 +139,13 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
             headers[names.H_KIND] = self.kind
         if self.traceparent:
             headers[names.H_TRACEPARENT] = self.traceparent
+        for name, value in (
+            (names.H_MESSAGE_OP, self.message_op),
+            (names.H_ANTHROPIC_VERSION, self.anthropic_version),
+            (names.H_ANTHROPIC_BETA, self.anthropic_beta),
+        ):
+            if value:
+                headers[name] = value
         return headers
 
     @classmethod
@@ -154,6 +171,9 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
             batch=batch,
             traceparent=headers.get(names.H_TRACEPARENT) or None,
             msg_id="" if msg_id == job_id else msg_id,
+            message_op=headers.get(names.H_MESSAGE_OP, ""),
+            anthropic_version=headers.get(names.H_ANTHROPIC_VERSION, ""),
+            anthropic_beta=headers.get(names.H_ANTHROPIC_BETA, ""),
         )
 
     @classmethod

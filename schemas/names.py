@@ -92,6 +92,11 @@ def inbox_prefix(instance: str) -> str:
 
 WORKERS_BUCKET = "LLMQ_WORKERS"
 """key = worker id, value = `schemas.registry.WorkerInfo`; entries expire after ~3 heartbeats."""
+INSTALL_BUCKET = "LLMQ_INSTALL"
+"""File storage, never expires: facts about this installation that must outlive Valkey's data;
+key `DATA_MARKER_KV`.<hash of Valkey's address> = the value of that Valkey's `DATA_MARKER_KEY`
+(api/data_marker.py)."""
+DATA_MARKER_KV = "valkey-marker"
 MODELS_BUCKET = "LLMQ_MODELS"
 """key = escaped model name, value = `schemas.registry.ModelInfo`; never expires: the catalog
 of models any worker has ever served, so a known model with no live worker is a 503, not a 404."""
@@ -215,7 +220,7 @@ H_TENANT = "Llmq-Tenant"
 H_REPLY = "Llmq-Reply"
 H_DEADLINE = "Llmq-Deadline"
 H_KIND = "Llmq-Kind"
-"""What the body is: `chat` (default), `completion` or `embedding`."""
+"""What the body is: `chat` (default), `completion`, `embedding`, `response` or `message`."""
 H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
@@ -224,6 +229,12 @@ H_REQUEUED = "Llmq-Requeued"
 token); it is queued again for the next worker."""
 H_CHUNKS = "Llmq-Chunks"
 """On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
+H_MESSAGE_OP = "Llmq-Message-Op"
+"""On a `message` job: `count_tokens` asks for the input token count, not a message."""
+H_ANTHROPIC_VERSION = "Llmq-Anthropic-Version"
+H_ANTHROPIC_BETA = "Llmq-Anthropic-Beta"
+"""The client's `anthropic-version` / `anthropic-beta` headers on a `message` job, which an
+Anthropic upstream gets (and nothing else of the client's headers)."""
 H_MSG_ID = "Nats-Msg-Id"
 H_TRACEPARENT = "traceparent"
 H_STATUS = "Status"
@@ -247,6 +258,9 @@ def tenant_tag(tenant: str) -> str:
     return "{" + tenant + "}"
 
 
+DATA_MARKER_KEY = f"{REDIS_PREFIX}marker"
+"""Written once into a new Valkey (its value also kept in NATS): when it is gone, Valkey lost
+llmq's data (a restart without persistence, a new server) and `/ready` says so."""
 TENANTS_KEY = f"{REDIS_PREFIX}tenants"
 """Set of every tenant name."""
 PRICES_KEY = f"{REDIS_PREFIX}prices"

@@ -30,7 +30,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 _LLMQ_TASKS = (
     "provisioner", "registry-", "heartbeat", "scheduler", "breaker-probe", "models-file",
-    "result-collector", "webhooks", "async-jobs", "batch", "queue-estimate",
+    "result-collector", "webhooks", "async-jobs", "batch", "queue-estimate", "api-start",
+    "worker-start", "data-marker", "redis-wait",
 )  # fmt: skip
 """Names of the background tasks api and worker start; none may outlive a test's stack."""
 

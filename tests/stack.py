@@ -71,7 +71,7 @@ class InProcessApi:
     def __init__(self, config: Settings, sock: socket.socket | None = None) -> None:
         self.settings = config
         self.server = uvicorn.Server(uvicorn_config(config))
-        self.app = self.server.config.app
+        self.app = self.server.config.app.app  # behind the start gate: the HotPaths app
         self.task: asyncio.Task[None] | None = None
         self.sock = sock
 
@@ -88,13 +88,22 @@ class InProcessApi:
         sockets = [self.sock] if self.sock is not None else None
         self.task = asyncio.create_task(self.server.serve(sockets=sockets))
         deadline = time.monotonic() + 30
-        while not self.server.started:
+        while not (self.server.started and self.started):
             if self.task.done():
                 self.task.result()
+            startup = getattr(self.app.state, "startup", None)
+            if startup is not None and startup.failed:
+                raise RuntimeError(f"api gave up starting: {startup.failed}")
             if time.monotonic() > deadline:
                 raise RuntimeError("api did not start")
             await asyncio.sleep(0.02)
         return self
+
+    @property
+    def started(self) -> bool:
+        """The port is open and the api connected and provisioned (api/startup.py)."""
+        startup = getattr(self.app.state, "startup", None)
+        return startup is not None and startup.ready
 
     async def stop(self) -> None:
         """As on SIGTERM: open streams get `shutdown_grace`, then the lifespan shuts down.
@@ -137,6 +146,8 @@ async def start_worker(config: Settings) -> Worker:
 async def models_of(api_url: str, headers: dict[str, str] | None = None) -> set[str]:
     async with httpx.AsyncClient() as client:
         resp = await client.get(f"{api_url}/v1/models", headers=headers)
+        if resp.status_code == 503:  # still starting (api/startup.py)
+            return set()
         return {m["id"] for m in resp.json()["data"]}
 
 

@@ -19,6 +19,9 @@ from llmq.schemas.registry import ModelInfo, WorkerInfo, registry_encoder
 
 log = logging.getLogger(__name__)
 
+LEAVE_TIMEOUT = 1.0
+"""Seconds a stopping worker tries to leave the registry (its entry ages out otherwise)."""
+
 
 class Announcer:
     def __init__(
@@ -98,10 +101,12 @@ class Announcer:
                 raise
             await self.provision()
 
-    async def stop(self) -> None:
-        """Leave the registry at once, so the api stops routing here."""
+    async def stop(self, leave: bool = True) -> None:
+        """Leave the registry at once, so the api stops routing here (`leave` False: NATS is
+        away, the entry ages out instead)."""
         if self._task is not None:
             await stop_task(self._task)
-        if self._kv is not None:
+        if self._kv is not None and leave:
             with contextlib.suppress(Exception):
-                await self._kv.delete(self._snapshot().id)
+                async with asyncio.timeout(LEAVE_TIMEOUT):  # NATS may be away: bounded
+                    await self._kv.delete(self._snapshot().id)

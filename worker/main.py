@@ -8,23 +8,26 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from llmq import __version__
 from llmq.dispatcher import streams
-from llmq.dispatcher.connection import Provisioner, connect, disconnect
-from llmq.dispatcher.tasks import stop_task
+from llmq.dispatcher.connection import Provisioner, connect, disconnect, startup_deadline
+from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas import names
 from llmq.schemas.registry import WorkerInfo
 from llmq.schemas.settings import Settings
-from llmq.worker.announce import Announcer
+from llmq.worker.announce import LEAVE_TIMEOUT, Announcer
 from llmq.worker.backends import create_backend
 from llmq.worker.backends.base import Backend, BackendConfig
 from llmq.worker.breaker import OPEN, CircuitBreaker
 from llmq.worker.config import ConfigError, backend_config_from, describe
 from llmq.worker.feed import PullFeed
+from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.metrics import JobBook, WorkerMetrics
 from llmq.worker.responses_api.passthrough import passthrough_of
 from llmq.worker.runner import JobOutcome, JobRunner
@@ -34,6 +37,7 @@ from llmq.worker.service import WorkerService
 log = logging.getLogger(__name__)
 
 INTERACTIVE, BATCH = 0, 1
+T = TypeVar("T")
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -80,19 +84,36 @@ class Worker:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect and provision, each step retried with backoff until the start-up deadline
+        (a server still starting, a cluster forming, a stream not provisioned yet);
+        cancelling it (SIGTERM while waiting) closes what it opened."""
         s = self.settings
-        # first: the probes answer while NATS, or what `llmq provision` makes, is waited for
-        await self.metrics.serve(
-            s.observability.metrics_host, s.worker.metrics_port, s.observability.metrics_token,
-            self.ready,
-        )  # fmt: skip
-        self.nc = nc = await connect(
-            s.connection.nats_url,
-            f"llmq-worker {self.id}",
-            s.connection.nats_connect_timeout,
-            on_reconnect=self.provisioner.reconnected,
-            conn=s.connection,
-        )
+        deadline = startup_deadline(s.connection)
+        try:
+            # first: the probes answer while NATS, or what `llmq provision` makes, is waited for
+            await self.metrics.serve(
+                s.observability.metrics_host, s.worker.metrics_port,
+                s.observability.metrics_token, self.ready,
+            )  # fmt: skip
+            self.nc = nc = await connect(
+                s.connection.nats_url,
+                f"llmq-worker {self.id}",
+                s.connection.nats_connect_timeout,
+                on_reconnect=self.provisioner.reconnected,
+                conn=s.connection,
+                deadline=deadline,
+            )
+            await self._start_on(nc, deadline)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_on(self, nc: Client, deadline: float | None) -> None:
+        s = self.settings
+
+        def step(what: str, action: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+            return retry(action, f"worker {self.id} start: {what}", deadline=deadline)
+
         self.runner = JobRunner(
             nc,
             self.backend,
@@ -104,14 +125,15 @@ class Worker:
             self.jobs.track,
         )
         self.runner.responses_upstream = passthrough_of(s, self.backend_config)
+        self.runner.messages = MessageJobs(self.backend, self.models, self.backend_config)
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
-        self._feed_specs = await self._provision_consumers()
+        self._feed_specs = await step("its job consumers", self._provision_consumers)
         self.scheduler.feeds = await self._open_feeds()
         self.announcer = Announcer(
             nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
             s.protocol.nats_replicas, create=s.connection.nats_provision,
         )  # fmt: skip
-        await self.announcer.start()
+        await step("the worker registry", self.announcer.start)
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
         self.scheduler.start()
         self.provisioner.add("consumers", self._reprovision_consumers)
@@ -180,9 +202,10 @@ class Worker:
         for feed in self.scheduler.feeds:
             await feed.stop()
         await self.scheduler.hand_back_held()
-        if self.announcer is not None:
+        if self.announcer is not None and self.nc is not None and self.nc.is_connected:
             with contextlib.suppress(Exception):
-                await self.announcer.beat()
+                async with asyncio.timeout(LEAVE_TIMEOUT):  # bounded: NATS may go away
+                    await self.announcer.beat()
         finished = await self.scheduler.wait_idle(self.settings.worker.drain_timeout)
         if not finished:
             log.warning("drain timeout: handing back %d jobs", self.scheduler.in_flight)
@@ -193,13 +216,15 @@ class Worker:
         await self.close()
 
     async def close(self) -> None:
+        if self._stopped.is_set():
+            return
         await self.provisioner.stop()
         await self.scheduler.stop()
         await self.breaker.stop()
         for task in list(self._circuit_tasks):
             await stop_task(task)
         if self.announcer is not None:
-            await self.announcer.stop()
+            await self.announcer.stop(leave=self.nc is not None and self.nc.is_connected)
         if self.service is not None:
             await self.service.close()
         await self.metrics.stop()
@@ -208,6 +233,8 @@ class Worker:
         await self.backend.aclose()
         if self.runner is not None and self.runner.responses_upstream is not None:
             await self.runner.responses_upstream.aclose()
+        if self.runner is not None and self.runner.messages is not None:
+            await self.runner.messages.aclose()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -284,7 +311,8 @@ class Worker:
 
 
 async def run_worker(settings: Settings, backend_config: BackendConfig | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain."""
+    """Run until SIGTERM/SIGINT, then drain. A signal while the worker still waits for NATS
+    (or its streams) stops the waiting at once."""
     import signal
 
     if settings.observability.log_level.upper() != "DEBUG":
@@ -296,11 +324,24 @@ async def run_worker(settings: Settings, backend_config: BackendConfig | None = 
     except ConfigError as exc:
         log.error("cannot start the worker: %s", exc)
         raise SystemExit(2) from None
-    await worker.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(worker.start(), name="worker-start")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("worker %s stopped before it started", worker.id)
+        await stop_task(starting)
+        await worker.close()
+        return
+    stopping.cancel()
+    try:
+        starting.result()
+    except TimeoutError as exc:
+        log.error("worker %s gives up starting: %s", worker.id, exc)
+        raise SystemExit(3) from None
     await stop.wait()
     log.info("draining worker %s", worker.id)
     await worker.drain()

@@ -251,12 +251,16 @@ class WorkerMetrics:
             ["model", "direction"],
             registry=self.registry,
         )
+        self.repeated_calls = Counter("llmq_worker_repeated_upstream_calls",
+            "Backend calls for a job delivered more than once (it may have run before).",
+            ["model"], registry=self.registry)  # fmt: skip
         self.registry.register(_LiveState(book, snapshot))
         self.registry.register(ConnectionMetrics(connection))
         for model in book.models:  # every series exists from the start
             for stream in (names.JOBS_STREAM, names.BATCH_STREAM):
                 for outcome in ("ok", "error", "upstream_error"):
                     self.jobs.labels(model, stream, outcome)
+            self.repeated_calls.labels(model)
         book.listeners.append(self.observe)
         self.server: MetricsServer | None = None
         self._job_counts: dict[tuple[str, str, str], Counter] = {}
@@ -283,6 +287,8 @@ class WorkerMetrics:
         jobs.inc()
         if kind in NOT_RUN or not outcome.started:
             return
+        if outcome.delivery > 1:
+            self.repeated_calls.labels(model).inc()
         series = self._model(model)
         if outcome.ended >= outcome.started:
             series.backend_seconds.observe(outcome.ended - outcome.started)

@@ -26,8 +26,9 @@ from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.keepalive import KeepAlive
+from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.replies import FrameSender, drive
-from llmq.worker.responses_api.adapter import run_response
+from llmq.worker.responses_api.adapter import Started, run_response
 from llmq.worker.responses_api.passthrough import ResponsesPassthrough
 from llmq.worker.tracing import TRACEPARENT, record_job, valid_traceparent
 from llmq.worker.usage_report import report_final_usage
@@ -42,13 +43,13 @@ class JobOutcome:
     (its stream and the model it was queued for)."""
 
     job: JobEnvelope
-    outcome: str
-    """ok | error | upstream_error | retried | cancelled | expired | dropped"""
+    outcome: str  # ok | error | upstream_error | retried | cancelled | expired | dropped
     usage: Usage = field(default_factory=Usage)
     started: float = 0.0
     first_token: float | None = None
     ended: float = 0.0
     backend_failed: bool = False
+    delivery: int = 1  # JetStream's delivery count: above 1, the backend may be called again
 
     @property
     def job_id(self) -> str:
@@ -137,6 +138,8 @@ class JobRunner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.responses_upstream: ResponsesPassthrough | None = None
         """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
+        self.messages: MessageJobs | None = None
+        """Anthropic Messages jobs (`worker/messages`); set by the worker at start."""
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -182,7 +185,7 @@ class JobRunner:
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = delivered(msg)
         sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
-        outcome = JobOutcome(job, "ok", started=time.monotonic())
+        outcome = JobOutcome(job, "ok", started=time.monotonic(), delivery=attempt)
         await sender.accepted(attempt)
         self.keepalive.add(sender, ack)
         try:
@@ -248,6 +251,10 @@ class JobRunner:
         if kind == "response":  # the Responses API: worker/responses_api
             await self._respond(body, sender, ack, outcome)
             return
+        if kind == "message" and self.messages is not None:  # Anthropic's: worker/messages
+            started = self._started(ack, outcome)
+            outcome.usage = await self.messages.run(body, outcome.job, sender, started)
+            return
         request = decode_request(kind, body)
         if isinstance(request, EmbeddingRequest):
             await self._embed(request, sender, outcome)
@@ -268,14 +275,21 @@ class JobRunner:
         else:
             await self._collect(outs, reply, text, sender, outcome)
 
-    async def _respond(
-        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
-    ) -> None:
+    @staticmethod
+    def _started(ack: _Ack, outcome: JobOutcome) -> Started:
+        """The first output of a Responses or Messages job: a stream's point of no return."""
+
         async def started(streams: bool) -> None:
             outcome.first_token = time.monotonic()
             if streams:
                 await ack.ack()
 
+        return started
+
+    async def _respond(
+        self, body: bytes, sender: FrameSender, ack: _Ack, outcome: JobOutcome
+    ) -> None:
+        started = self._started(ack, outcome)
         if self.responses_upstream is not None:
             outcome.usage = await self.responses_upstream.run(
                 self.upstream_names, body, outcome.job_id, sender, started

@@ -91,7 +91,9 @@ class ChatServing(Serving):
         fallback = model != record.model
         try:
             sent, sent_body = for_model(req, body, model) if fallback else (req, body)
-            prepared = self.preparer.prepare_decoded(sent, kind, sent_body)
+            # waits for a worker only as the last model left and the one asked for
+            live_now = more or fallback
+            prepared = self.preparer.prepare_decoded(sent, kind, sent_body, live_now=live_now)
         except Refusal as refusal:
             if refusal.code == "no_worker" and more:
                 return self.router.unavailable_cause(model), refusal

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -41,6 +42,8 @@ async def answer_or_move_on(
         job.record.model = model
         return await job.stream(first, events, headers)
     outcome = await watched(serving, job, model, job.outcome(), more)
+    if isinstance(outcome, Failed) and job.settled:  # `watched` gave up on it
+        return failure_cause(outcome), outcome
     if isinstance(outcome, Failed) and more and failure_cause(outcome) is not None:
         return _moved_on(job, outcome)
     job.record.model = model
@@ -56,11 +59,15 @@ async def watched(
     serving: Serving, job: QueuedJob, model: str, step: Awaitable[T], more: bool
 ) -> T | Failed:
     """`step`, unless the job waits in the queue of a model that no live worker takes
-    jobs of any more (circuit opened, workers gone) and a fallback is left: then the job
-    is cancelled and the cause returned as a failure, to move on."""
-    if not more:  # nothing to watch for: no task of its own
+    jobs of any more (circuit opened, workers gone, a rolling deploy between two workers):
+    with a fallback left, the job is cancelled at once and the cause returned as a failure,
+    to move on; without one, it waits for a worker `no_worker_grace` seconds (-1: until its
+    deadline, which the job's own wait bounds anyway), then fails so."""
+    grace = serving.rt.settings.api.no_worker_grace
+    if not more and grace < 0:  # nothing to watch for: no task of its own
         return await step
     task = asyncio.ensure_future(step)
+    unserved_since: float | None = None
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=UNSERVED_CHECK)
@@ -70,6 +77,11 @@ async def watched(
             if run.taken or run.first_chunk_at is not None:
                 continue
             if serving.rt.registry.workers_for(model):
+                unserved_since = None
+                continue
+            now = time.monotonic()
+            unserved_since = unserved_since if unserved_since is not None else now
+            if not more and now - unserved_since < grace:
                 continue
             cause = serving.router.unavailable_cause(model)
             job.settle(503, code=cause, observe=False)

@@ -113,7 +113,8 @@ class ResponsesServing:
         # A worker serves a Responses job on its chat path: any chat model serves it. A
         # model without a live worker may still fall back (`_attempt` looks again).
         live = not req.in_background and not serving.router.models.fallbacks_for(model)
-        serving.preparer.check_model(model, "chat", need_live_worker=live)
+        fast = live and serving.preparer.fails_fast(model)
+        serving.preparer.check_model(model, "chat", need_live_worker=fast)
         history, conversation = await self._history(scope, req)
         items = as_items(req.input if isinstance(req.input, str | list) else None)
         context = history + items
@@ -195,7 +196,8 @@ class ResponsesServing:
         serving, router = self.serving, self.serving.router
         fallback = model != record.model
         try:
-            serving.preparer.check_model(model, "chat", need_live_worker=True)
+            live = serving.preparer.fails_fast(model, live_now=more or fallback)
+            serving.preparer.check_model(model, "chat", need_live_worker=live)
         except Refusal as refusal:
             if refusal.code == "no_worker" and more:
                 return router.unavailable_cause(model), refusal

@@ -32,7 +32,17 @@ class ConnectionSettings(Group):
     commands: ClassVar[tuple[Command, ...]] = ("api", "worker")
 
     nats_url: str = setting("nats://127.0.0.1:4222", "NATS server(s), comma-separated.")
-    nats_connect_timeout: float = setting(5.0, "Seconds to wait for NATS at start.", commands=())
+    nats_connect_timeout: float = setting(
+        5.0, "Seconds one attempt to reach a NATS server may take.", commands=()
+    )
+    startup_timeout: float = setting(
+        300.0,
+        "Seconds a process keeps retrying, with backoff, its first contact with NATS and its "
+        "streams, consumers and buckets (a server still starting, a cluster still forming, "
+        "a stream not provisioned yet) before it gives up and exits; 0 = forever.",
+        commands=(),
+        ge=0,
+    )
     redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis or Valkey URL.")
     redis_timeout: float = setting(
         1.0, "Seconds before a Redis command counts as down.", commands=()
@@ -141,7 +151,11 @@ class ApiSettings(Group):
         1_000_000, "Largest accepted request body; larger bodies get a 413."
     )
     no_worker_grace: float = setting(
-        0.0, "Seconds to wait for a live worker of a known model before a 503."
+        -1.0,
+        "Seconds a request for a known model with no live worker (a rolling deploy between "
+        "two workers) waits in its queue for one before a 503 `no_worker`; -1 = until its "
+        "first-token deadline; 0 = a 503 at once. A model with fallbacks moves on at once.",
+        ge=-1,
     )
     auth_mode: Literal["none", "keys", "header"] = setting(
         "keys",
@@ -231,7 +245,13 @@ class ProtocolSettings(Group):
     ping_interval: float = setting(
         1.0, "Seconds between keep-alive frames of a running job; 3 missed = dead."
     )
-    ack_wait: float = setting(10.0, "Seconds a fetched, unanswered job waits before redelivery.")
+    ack_wait: float = setting(
+        2.0,
+        "Seconds a fetched job may go without word from its worker before JetStream hands it "
+        "to another: a worker marks each job it holds or runs in progress every half "
+        "ping_interval, so only a dead or cut-off worker's jobs move, this quickly (the "
+        "heartbeat's length by default). At least 2 x ping_interval.",
+    )
     max_deliver: int = setting(3, "Attempts per job before it fails for good.")
     jobs_max_age: float = setting(
         900.0, "Seconds an interactive job may stay in LLMQ_JOBS at most."
@@ -244,6 +264,17 @@ class ProtocolSettings(Group):
         ge=1,
         le=5,
     )
+
+    @model_validator(mode="after")
+    def _ack_wait_outlasts_keepalive(self) -> ProtocolSettings:
+        """In-progress marks go out every half ping interval: an ack wait shorter than two
+        intervals would hand running jobs to a second worker."""
+        if self.ack_wait < 2 * self.ping_interval:
+            raise ValueError(
+                f"ack_wait ({self.ack_wait:g} s) must be at least 2 x ping_interval "
+                f"({self.ping_interval:g} s)"
+            )
+        return self
 
 
 class BatchSettings(Group):

@@ -26,6 +26,7 @@ from llmq.api.errors import ApiError, install_error_handlers
 from llmq.api.hot_paths import HotPaths
 from llmq.api.routes.plain import PlainRoute
 from llmq.api.server import uvicorn_config
+from llmq.api.startup import StartGate
 from llmq.schemas.admission import Refusal
 from llmq.schemas.settings import Settings
 from tests.spec import assert_valid
@@ -218,8 +219,14 @@ async def test_fastapis_native_telemetry_still_sees_the_hot_routes() -> None:
 
 def test_uvicorn_serves_it_behind_its_proxy_headers() -> None:
     config = uvicorn_config(Settings())
-    assert isinstance(config.app, HotPaths)
-    assert set(config.app.routes) == {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
+    assert isinstance(config.app, StartGate)  # in front while the app starts
+    assert isinstance(config.app.app, HotPaths)
+    assert set(config.app.app.routes) == {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+    }
     config.load()
     assert isinstance(config.loaded_app, ProxyHeadersMiddleware)  # forwarded_allow_ips kept
     assert config.loaded_app.app is config.app

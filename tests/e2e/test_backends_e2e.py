@@ -233,7 +233,7 @@ async def test_anthropic_chat_and_a_clear_400_for_embeddings(
         backend="anthropic", api_key_file=str(key_file),
     )  # fmt: skip
     await wait_for(lambda: api.runtime.registry.model_info(model) is not None)
-    assert api.runtime.registry.model_info(model).kinds == ["chat"]
+    assert api.runtime.registry.model_info(model).kinds == ["chat", "message"]
     client = _client(api)
     resp = await client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "salut"}]

@@ -67,7 +67,9 @@ async def test_queued_job_past_deadline_gets_504_and_never_runs(stack) -> None: 
 
 
 async def test_unknown_model_404_and_no_worker_503(stack) -> None:  # type: ignore[no-untyped-def]
-    api = await stack.api()
+    """With `no_worker_grace` 0 (fail fast); by default such a request waits for a worker
+    (tests/e2e/test_rolling_deploy.py)."""
+    api = await stack.api(no_worker_grace=0)
     async with httpx.AsyncClient(timeout=5) as client:
         body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
         start = time.monotonic()

@@ -15,6 +15,7 @@ from llmq.schemas.settings import Settings, leaves
 ENV: dict[str, tuple[str, Any]] = {
     "NATS_URL": ("nats://n:4222", "nats://n:4222"),
     "NATS_CONNECT_TIMEOUT": ("7", 7.0),
+    "STARTUP_TIMEOUT": ("90", 90.0),
     "REDIS_URL": ("redis://r:6379/1", "redis://r:6379/1"),
     "REDIS_TIMEOUT": ("2.5", 2.5),
     # connection credentials and TLS (issue 12): environment only
@@ -204,3 +205,13 @@ def test_a_variable_named_like_a_group_is_no_setting(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("LLMQ_ECHO_DELAY", "0.3")
     settings = Settings()
     assert settings.backend.ollama.num_ctx == 0 and settings.backend.echo.delay == 0.3
+
+
+def test_ack_wait_follows_the_keepalive() -> None:
+    """A killed worker's jobs move within the heartbeat's length by default; an ack wait
+    shorter than two ping intervals would hand running jobs to a second worker."""
+    protocol = Settings().protocol
+    assert protocol.ack_wait == protocol.heartbeat == 2.0
+    assert protocol.ack_wait >= 2 * protocol.ping_interval
+    with pytest.raises(ValueError, match="ack_wait"):
+        Settings(ack_wait=1.5, ping_interval=1.0)

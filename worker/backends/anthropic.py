@@ -255,7 +255,7 @@ class _EventStream:
 
 
 class AnthropicBackend:
-    kinds: ClassVar[frozenset[JobKind]] = frozenset({"chat"})
+    kinds: ClassVar[frozenset[JobKind]] = frozenset({"chat", "message"})
 
     def __init__(self, config: BackendConfig) -> None:
         self._base = base_url(config, "https://api.anthropic.com")

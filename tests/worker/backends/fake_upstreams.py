@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -67,6 +67,8 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.routes: dict[str, Reply] = {}
+        self.handlers: dict[str, Callable[[Received], Reply]] = {}
+        """Replies that depend on the request (a conversation's next turn), by path."""
         self.received: list[Received] = []
         self.disconnected = asyncio.Event()
         """Set when a client closed a connection while a reply was hanging."""
@@ -78,6 +80,10 @@ class FakeUpstream:
 
     def route(self, path: str, reply: Reply) -> None:
         self.routes[path] = reply
+
+    def respond(self, path: str, handler: Callable[[Received], Reply]) -> None:
+        """Answer `path` with what `handler` makes of each request."""
+        self.handlers[path] = handler
 
     @property
     def url(self) -> str:
@@ -135,7 +141,11 @@ class FakeUpstream:
                 headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         url = urlsplit(target)
-        self.received.append(Received(method, url.path, dict(parse_qsl(url.query)), headers, body))
+        received = Received(method, url.path, dict(parse_qsl(url.query)), headers, body)
+        self.received.append(received)
+        handler = self.handlers.get(url.path)
+        if handler is not None:
+            return await self._reply(_as_asked(handler(received), body), reader, writer)
         reply = self.routes.get(url.path) or _not_found(url.path)
         return await self._reply(_as_asked(reply, body), reader, writer)
 

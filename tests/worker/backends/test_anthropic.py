@@ -430,7 +430,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(
 
 
 async def test_completion_and_embeddings_are_unsupported(backend: AnthropicBackend) -> None:
-    assert backend.kinds == frozenset({"chat"})
+    assert backend.kinds == frozenset({"chat", "message"})  # Messages: passed through
     with pytest.raises(BackendError) as caught:
         backend.complete(Call.of(CompletionRequest(model="p", prompt="x"), "m"))
     assert (caught.value.status, caught.value.code) == (400, "unsupported_endpoint")

@@ -1,0 +1,198 @@
+"""Serving `POST /v1/messages` and `POST /v1/messages/count_tokens` (Anthropic's Messages
+API) through the same path as chat: authenticate, resolve the model (aliases, defaults),
+check the request before any quota, then for each model of the fallback chain the
+queue-aware admission, the fair-share place and the reservation (`Serving.hold`), a
+`message` job, and the relay (`relay.MessageRun`). Errors leave in Anthropic's shape
+(`protocol`).
+
+The job body is the client's JSON; only `model` (an alias resolved, a fallback) and the
+model table's default `temperature` are patched in, every other byte stays as it came.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.errors import ApiError
+from llmq.api.listing import ensure_accepting
+from llmq.api.messages.counting import count_response
+from llmq.api.messages.protocol import (
+    REQUEST_ID,
+    anthropic_shaped,
+    check_max_tokens,
+    decode,
+    error_response,
+    from_exception,
+)
+from llmq.api.messages.relay import MessageRun
+from llmq.api.model_table import ModelDefaults
+from llmq.api.protocol import first_token_deadline, read_body
+from llmq.api.request_record import RequestRecord
+from llmq.api.tenancy.models import NORMAL_RANK
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.dispatcher.publish import transient
+from llmq.schemas.admission import FAILED, Refusal
+from llmq.schemas.messages import (
+    MessageRequest,
+    estimate_tokens,
+    message_request_decoder,
+)
+from llmq.schemas.openai import ErrorBody, patch_body
+
+log = logging.getLogger(__name__)
+
+FORWARDED = ("anthropic-version", "anthropic-beta")
+"""The client's headers an Anthropic upstream gets (no other header of the client's)."""
+
+
+@dataclass(slots=True)
+class _Ask:
+    """One Messages request, as every attempt of the fallback chain sends it."""
+
+    req: MessageRequest
+    body: bytes
+    estimate: int
+    submitted: float
+    wait: float
+    headers: dict[str, str]
+    max_tokens: int = 0
+    rank: int = NORMAL_RANK
+
+    def time_left(self) -> float:
+        return self.submitted + self.wait - time.time()
+
+    def body_for(self, model: str, defaults: ModelDefaults | None) -> bytes:
+        """The job body for `model`: the client's bytes, with `model` and the model table's
+        defaults for fields the request left out patched in."""
+        changes: dict[str, object] = {}
+        if model != self.req.model:
+            changes["model"] = model
+        if defaults is not None and defaults.temperature is not None:
+            if self.req.temperature is msgspec.UNSET:
+                changes["temperature"] = defaults.temperature
+        return patch_body(self.body, changes) if changes else self.body
+
+
+class MessagesServing:
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+
+    async def create(self, request: Request) -> Response:
+        record = RequestRecord(job_id=new_job_id(), route="message")
+        try:
+            response = await self._create(request, record)
+        except (ApiError, Refusal) as exc:
+            record.status, record.error_code = exc.status, exc.code
+            self.serving.observe(record)  # refused before any job: metrics, request log
+            return from_exception(exc, record.job_id)
+        except Exception as exc:
+            return _unexpected(exc, record.job_id)
+        return anthropic_shaped(response, record.job_id)
+
+    async def count_tokens(self, request: Request) -> Response:
+        request_id = new_job_id()
+        try:
+            return await count_response(self.serving, request, request_id)
+        except (ApiError, Refusal) as exc:
+            return from_exception(exc, request_id)
+        except Exception as exc:
+            return _unexpected(exc, request_id)
+
+    async def _create(self, request: Request, record: RequestRecord) -> Response:
+        serving, settings = self.serving, self.serving.rt.settings
+        ensure_accepting(serving.rt)
+        record.tenant = await serving.auth.tenant(request)
+        wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
+        body = await read_body(request, settings.api.max_body_bytes)
+        req = decode(body, message_request_decoder)
+        models = serving.preparer.models
+        record.model = model = models.resolve(req.model)
+        limit = check_max_tokens(req.max_tokens, models.token_limit_for(model) or _ceiling(serving))
+        forwarded = {name: request.headers[name] for name in FORWARDED if name in request.headers}
+        ask = _Ask(req, body, estimate_tokens(req), time.time(), wait, forwarded, limit)
+        record.stream = req.stream
+        ask.rank = await serving.auth.rank(request)
+
+        def attempt(name: str, more: bool) -> Awaitable[Attempted]:
+            return self._attempt(request, record, ask, name, more)
+
+        return await serving.through_chain(record, model, attempt, new_job_id)
+
+    async def _attempt(
+        self, request: Request, record: RequestRecord, ask: _Ask, model: str, more: bool
+    ) -> Attempted:
+        """One model of the chain (as `Serving._attempt` for chat): its response, or why to
+        move on and the failure the client would see."""
+        serving, router = self.serving, self.serving.router
+        fallback = model != record.model
+        try:
+            serving.preparer.check_model(model, "message", need_live_worker=True)
+        except Refusal as refusal:
+            if refusal.code == "no_worker" and more:
+                return router.unavailable_cause(model), refusal
+            if fallback:
+                return None, None
+            raise
+        if more and router.over_queue_wait(model):
+            return QUEUE_WAIT, None
+        full = router.admit(model, ask.time_left())
+        if full is not None:
+            if more:
+                return QUEUE_WAIT, full
+            raise full
+        held = await serving.hold(
+            model, record, ask.time_left(), ask.rank, quota_model=model, estimate=ask.estimate,
+            max_tokens=ask.max_tokens, key_id=serving.auth.key_id(request),
+            user=ask.req.user, fallback=fallback,
+        )  # fmt: skip
+        if held is None:
+            return None, None
+        ticket, reservation = held
+        spec = JobSpec(
+            job_id=record.job_id, model=model, tenant=record.tenant,
+            body=ask.body_for(model, serving.preparer.models.defaults_for(model)),
+            deadline_ms=int((ask.submitted + ask.wait) * 1000), kind="message",
+            traceparent=request.headers.get("traceparent"),
+            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
+            stream=ask.req.stream, anthropic_version=ask.headers.get("anthropic-version", ""),
+            anthropic_beta=ask.headers.get("anthropic-beta", ""),
+        )  # fmt: skip
+        try:
+            run = await serving.rt.dispatcher.submit(spec)
+        except DispatchError as exc:
+            ticket.leave()
+            serving.reservations.release_later(reservation, FAILED)
+            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+        run.on_taken = ticket.leave
+        job = MessageRun(serving, run, reservation, record, ask.estimate, ticket)
+        headers = {
+            "x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model,
+            **reservation.headers,
+        }  # fmt: skip
+        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+
+
+def _ceiling(serving: Serving) -> int:
+    """The largest `max_tokens` of a model whose table entry sets none."""
+    return serving.preparer.max_output_tokens
+
+
+def _unexpected(exc: Exception, request_id: str) -> Response:
+    """A failure of llmq's own, in Anthropic's shape: NATS electing a leader is a 529 worth
+    retrying, anything else a 500."""
+    if transient(exc):
+        body = ErrorBody(message="the job queue did not answer in time; retry", type="")
+        return error_response(503, body, request_id)
+    log.error("message request %s failed", request_id, exc_info=exc)
+    return error_response(500, ErrorBody(message="internal error", type=""), request_id)

@@ -1,0 +1,192 @@
+"""OpenAI chat chunks folded into Anthropic Messages stream events and the whole Message.
+
+One `MessageEvents` per job. `start` gives `message_start` and a `ping`; `feed` turns one
+chat chunk (choice 0; a Messages reply has one) into the events it stands for — reasoning
+→ a `thinking` block, content → a `text` block, each tool call → a `tool_use` block with
+`input_json_delta`s — opening and closing blocks as the kind of output changes; `finish`
+closes the last block and gives `message_delta` (stop reason, usage) and `message_stop`.
+`message` is the whole Message the events add up to (the reply of a request that does not
+stream). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from llmq.schemas.openai import Usage
+from llmq.schemas.usage import cache_counts
+
+STOP_REASONS: Final = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+"""Chat finish reasons → Anthropic stop reasons (an unknown one: `end_turn`)."""
+
+Event = dict[str, Any]
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def message_usage(usage: Usage) -> dict[str, int]:
+    """A chat usage in Anthropic's terms: `input_tokens` without the cache reads and writes,
+    which have their own counts."""
+    cached, written = cache_counts(usage)
+    return {
+        "input_tokens": max(usage.prompt_tokens - cached - written, 0),
+        "output_tokens": usage.completion_tokens,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
+    }
+
+
+class MessageEvents:
+    def __init__(self, message_id: str, model: str) -> None:
+        self.message: dict[str, Any] = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        self._open: int | None = None
+        """Index of the open content block, if any."""
+        self._kind = ""
+        """Its type: text, thinking or tool_use."""
+        self._tools: dict[int, int] = {}
+        """Chat tool call index → content block index."""
+        self._arguments: dict[int, list[str]] = {}
+        self._texts: dict[int, list[str]] = {}
+        """Content block index → the text (or thinking) so far, joined once at the end."""
+        """Content block index → the JSON text of a tool call's input so far."""
+        self.finish_reason: str | None = None
+
+    def start(self) -> list[Event]:
+        head = {k: v for k, v in self.message.items()}
+        head["content"] = []
+        return [{"type": "message_start", "message": head}, {"type": "ping"}]
+
+    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                events += self._text("thinking", reasoning)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                events += self._text("text", content)
+            for call in delta.get("tool_calls") or ():
+                events += self._tool(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def whole(self, completion: dict[str, Any]) -> None:
+        """A whole chat completion (choice 0) as the Message's content, without events."""
+        choices = completion.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        content = self.message["content"]
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        if isinstance(message.get("content"), str) and message["content"]:
+            content.append({"type": "text", "text": message["content"]})
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{position}",
+                            "name": function.get("name") or "", "input": {}})  # fmt: skip
+            self._arguments[len(content) - 1] = [function.get("arguments") or ""]
+        self.finish_reason = choices[0].get("finish_reason")
+
+    def finish(self, usage: Usage) -> list[Event]:
+        events = self._close()
+        stop = STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
+        counts = message_usage(usage)
+        self.message["stop_reason"] = stop
+        self.message["usage"] = counts
+        content = self.message["content"]
+        for index, parts in self._arguments.items():
+            content[index]["input"] = _input("".join(parts))
+        for index, parts in self._texts.items():
+            content[index][content[index]["type"]] = "".join(parts)
+        delta = {"stop_reason": stop, "stop_sequence": None}
+        events.append({"type": "message_delta", "delta": delta, "usage": counts})
+        events.append({"type": "message_stop"})
+        return events
+
+    def _text(self, kind: str, text: str) -> list[Event]:
+        if self._kind == kind:
+            events = []
+        else:
+            events = self._begin(kind, _empty(kind))
+            assert self._open is not None
+            self._texts[self._open] = []
+        assert self._open is not None
+        self._texts[self._open].append(text)
+        delta = {"type": f"{kind}_delta", kind: text}
+        events.append({"type": "content_block_delta", "index": self._open, "delta": delta})
+        return events
+
+    def _tool(self, call: dict[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        position = call.get("index", 0)
+        index = self._tools.get(position)
+        if index is None:
+            function = call.get("function") or {}
+            block: dict[str, Any] = {
+                "type": "tool_use", "id": call.get("id") or f"toolu_{position}",
+                "name": function.get("name") or "", "input": {},
+            }  # fmt: skip
+            events += self._begin("tool_use", block)
+            index = self._tools[position] = len(self.message["content"]) - 1
+            self._arguments[index] = []
+        arguments = (call.get("function") or {}).get("arguments")
+        if isinstance(arguments, str) and arguments:
+            self._arguments[index].append(arguments)
+            delta = {"type": "input_json_delta", "partial_json": arguments}
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        return events
+
+    def _begin(self, kind: str, block: dict[str, Any]) -> list[Event]:
+        events = self._close()
+        self._open = len(self.message["content"])
+        self._kind = kind
+        self.message["content"].append(block)
+        start = {k: ({} if k == "input" else v) for k, v in block.items()}
+        if kind != "tool_use":
+            start[kind] = ""
+        events.append({"type": "content_block_start", "index": self._open, "content_block": start})
+        return events
+
+    def _close(self) -> list[Event]:
+        if self._open is None:
+            return []
+        index, self._open, self._kind = self._open, None, ""
+        return [{"type": "content_block_stop", "index": index}]
+
+
+def _empty(kind: str) -> dict[str, Any]:
+    if kind == "thinking":
+        return {"type": "thinking", "thinking": "", "signature": ""}
+    return {"type": "text", "text": ""}
+
+
+def _input(arguments: str) -> Any:
+    """A tool call's arguments as the `input` object (an empty call: `{}`); text that is not
+    a JSON object stays as it came, under `_raw`, rather than being lost."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = _decoder.decode(arguments)
+    except msgspec.DecodeError:
+        return {"_raw": arguments}
+    return value
