@@ -60,7 +60,14 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
     """Factory for in-process apis and workers on the session's servers; all stopped after."""
     from llmq.embedded import PORT_ATTEMPTS
     from tests import stack as stack_module
-    from tests.stack import InProcessApi, Process, bound_socket, env_for, settings, start_worker
+    from tests.stack import (
+        InProcessApi,
+        Process,
+        api_on_its_own_socket,
+        env_for,
+        settings,
+        start_worker,
+    )
 
     class Stack:
         def __init__(self) -> None:
@@ -71,10 +78,7 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
             self.redis_url = redis_server.url
 
         async def api(self, **overrides: object) -> InProcessApi:
-            sock = bound_socket()
-            port = sock.getsockname()[1]
-            config = settings(self.nats_url, self.redis_url, port=port, **overrides)
-            api = await InProcessApi(config, sock).start()
+            api = await api_on_its_own_socket(self.nats_url, self.redis_url, **overrides).start()
             self.apis.append(api)
             return api
 

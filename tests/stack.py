@@ -64,6 +64,13 @@ def refused_port() -> int:
     return int(sock.getsockname()[1])
 
 
+def api_on_its_own_socket(nats_url: str, redis_url: str, **overrides: Any) -> InProcessApi:
+    """An in-process api, not started yet, that will listen on a socket bound for it now."""
+    sock = bound_socket()
+    config = settings(nats_url, redis_url, port=sock.getsockname()[1], **overrides)
+    return InProcessApi(config, sock)
+
+
 class InProcessApi:
     """An api on `config.api.port`; pass `sock` (`bound_socket`) to listen on a socket
     bound to that port already."""
@@ -275,6 +282,7 @@ def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
 __all__ = [
     "InProcessApi",
     "Process",
+    "api_on_its_own_socket",
     "bound_socket",
     "env_for",
     "free_port",
