@@ -176,10 +176,8 @@ class ClusterRoute:
 
     def argv(self) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{peer}" for peer in self.peers)
-        return [
-            "--cluster_name", self.name, "--cluster", f"nats://127.0.0.1:{self.port}",
-            "--routes", routes,
-        ]  # fmt: skip
+        listen = f"nats://127.0.0.1:{self.port}"
+        return ["--cluster_name", self.name, "--cluster", listen, "--routes", routes]
 
 
 def nats_server_env() -> dict[str, str]:
@@ -216,6 +214,7 @@ class EmbeddedNats(ManagedProcess):
         self,
         data_dir: Path,
         port: int = 0,
+        *,
         max_payload: int | None = None,
         config: str = "",
         cluster: ClusterRoute | None = None,
@@ -320,11 +319,8 @@ class EmbeddedRedis(ManagedProcess):
             text = f'requirepass "{password}"\nmasterauth "{password}"\n'
             conf = write_private(data_dir / "redis.conf", text)
             argv.append(str(conf))
-        argv += [
-            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data_dir),
-            "--protected-mode", "no",
-        ]  # fmt: skip
-        argv += extra or []
+        argv += ["--bind", "127.0.0.1", "--protected-mode", "no", "--dir", str(data_dir)]
+        argv += ["--save", "", "--appendonly", "no", *(extra or [])]
 
         def start(port: int) -> None:
             log = data_dir / "redis-server.log"
