@@ -15,6 +15,7 @@ from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
 from llmq.api.batch import batch_routes, file_routes, job_routes
 from llmq.api.batch.wing import BatchWing
+from llmq.api.cache.service import open_cache
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
@@ -105,6 +106,12 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     )
     undo.push_async_callback(app.state.responses.stop)
     app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
+    # the response cache and joined requests, for every feature above (docs/cache.md)
+    app.state.cache = cache = open_cache(runtime, models, store)
+    undo.push_async_callback(cache.close)
+    app.state.serving.reuse = cache
+    app.state.batches.purgers.append(cache.store.purge)  # a deleted tenant's answers
+    cache.on_stored = app.state.observability.metrics.cache_stored
     console.attach(app, app.state.serving)
     app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
     # usage the workers report, booked even when the relaying api died (docs/protocol.md)

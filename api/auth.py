@@ -71,6 +71,8 @@ _Record = Tenant | tuple[Tenant, ApiKey]
 _Outcome = _Record | None | _Failure
 KEY_ID_STATE = "llmq_key_id"
 """`request.state` attribute holding the id of the key the request was authenticated by."""
+CACHE_TTL_STATE = "llmq_key_cache_ttl"
+"""`request.state` attribute holding the key's own response-cache TTL (seconds, 0: none)."""
 RANK_STATE = "llmq_priority_rank"
 """`request.state` attribute holding the priority rank of the key's requests."""
 _DOWN = _Failure("the tenant store is unavailable", "tenant_store_down")
@@ -119,6 +121,11 @@ class Authenticator:
         """The id of the API key `tenant` or `caller` authenticated this request by ('' for
         none), for the quota script."""
         return str(getattr(request.state, KEY_ID_STATE, ""))
+
+    @staticmethod
+    def key_cache_ttl(request: Request) -> float:
+        """The response-cache TTL of the key that authenticated this request (0: none)."""
+        return float(getattr(request.state, CACHE_TTL_STATE, 0.0))
 
     async def rank(self, request: Request) -> int:
         """The priority rank of an authenticated request (`tenancy.models.priority_rank`):
@@ -180,6 +187,7 @@ class Authenticator:
             raise _invalid_key()
         self._refuse_suspended(record[0])
         setattr(request.state, KEY_ID_STATE, record[1].id)
+        setattr(request.state, CACHE_TTL_STATE, record[1].cache_ttl)
         setattr(request.state, RANK_STATE, priority_rank(record[0].priority, record[1].priority))
         return record
 

@@ -192,6 +192,24 @@ class ApiMetrics:
             ["model", "to", "cause"],
             registry=self.registry,
         )
+        self.cache = Counter(
+            "llmq_api_cache_requests",
+            "Requests by the response cache's part (hit, miss, join, skip), by model.",
+            ["model", "outcome", *tenant],
+            registry=self.registry,
+        )
+        self.cache_bytes = Counter(
+            "llmq_api_cache_stored_bytes",
+            "Bytes of answers written to the response cache, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "llmq_api_cache_evictions",
+            "Cached answers evicted to keep a tenant within its cache bounds, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.registry.register(_Live(self))
         self.registry.register(ConnectionMetrics(lambda: runtime.nc))
         self.queue_estimator: QueueEstimator | None = None
@@ -244,6 +262,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
         for origin, to, cause in r.fallbacks:
             self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
+        if r.cache:
+            self._child(self.cache, model, r.cache, *extra).inc()
         code = r.error_code
         if code is not None and code in QUOTA_REASONS:
             self._child(self.rejections, code, *extra).inc()
@@ -252,6 +272,14 @@ class ApiMetrics:
         if r.status >= 500:
             self.errors += 1
             self.last_error = f"{r.status} {code or ''}".strip()
+
+    def cache_stored(self, model: str, written: int, evicted: int) -> None:
+        """A response-cache write (api/cache/): the bytes stored and the entries evicted."""
+        label = self.model_label(model)
+        if written:
+            self._child(self.cache_bytes, label).inc(written)
+        if evicted:
+            self._child(self.cache_evictions, label).inc(evicted)
 
     # --- scraping ------------------------------------------------------------------------
 

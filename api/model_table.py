@@ -18,6 +18,7 @@ changes, so an operator edits it without restarting the api:
     max_tokens = 32768
     fallbacks = ["echo"]
     max_queue_wait = 5.0
+    cache = { ttl = "1h" }
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Annotated
 
 import msgspec
 
+from llmq.api.tenancy.models import parse_duration
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas.settings import Settings
 
@@ -39,6 +41,13 @@ log = logging.getLogger(__name__)
 class ModelDefaults(msgspec.Struct, forbid_unknown_fields=True):
     temperature: float | None = None
     max_tokens: int | None = None
+
+
+class CacheEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """`cache = { ttl = "1h" }`: the model's answers are cached (docs/cache.md)."""
+
+    ttl: str | float
+    """How long an answer stays cached: seconds, or `30m`, `1h`, `7d`."""
 
 
 class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,6 +62,13 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     only the requested model's list is followed, never a fallback's own."""
     max_queue_wait: Annotated[float, msgspec.Meta(ge=0)] | None = None
     """Seconds of estimated queue wait above which a request moves to the next fallback."""
+    cache: CacheEntry | None = None
+    """Cache the model's answers per tenant (api/cache/); absent: only a key with a cache
+    TTL of its own caches them."""
+    cache_sampled: bool = False
+    """Cache sampled requests too (`n` > 1, or a temperature above 0 without `seed`)."""
+    cache_hit_price: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """USD booked for an answer served from the cache or by joining a running job."""
 
 
 class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,10 +79,15 @@ class ModelFile(msgspec.Struct, forbid_unknown_fields=True):
 
 def _check_consistent(parsed: ModelFile) -> None:
     """A default may not ask for more than the model's own limit allows; a model may not
-    fall back to itself."""
+    fall back to itself; a cache TTL is a duration."""
     for model, table in parsed.models.items():
         if model in table.fallbacks:
             raise msgspec.ValidationError(f'[models."{model}"] lists itself in fallbacks')
+        if table.cache is not None:
+            try:
+                parse_duration(table.cache.ttl)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f'[models."{model}"] cache.ttl: {exc}') from None
     for model, defaults in parsed.defaults.items():
         entry = parsed.models.get(model)
         limit = entry.max_tokens if entry is not None else None
@@ -122,6 +143,13 @@ class ModelTable:
         """The model's largest `max_tokens`, when the table sets one."""
         entry = self.models.get(model)
         return entry.max_tokens if entry is not None else None
+
+    def cache_ttl_for(self, model: str) -> float:
+        """Seconds the model's answers stay cached by its table entry; 0: not cached."""
+        entry = self.models.get(model)
+        if entry is None or entry.cache is None:
+            return 0.0
+        return parse_duration(entry.cache.ttl)
 
     def reload(self) -> bool:
         """Re-read the file if it changed; a broken file keeps the previous table."""

@@ -27,5 +27,7 @@ class RequestRecord:
     completion_tokens: int = 0
     trace: RequestTrace | None = None
     """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
+    cache: str = ""
+    """The response cache's part (`hit`, `miss`, `join`, `skip`; '' when it had none)."""
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
     """(from model, to model, cause) of each move to a fallback (api/engine/model_chain.py)."""

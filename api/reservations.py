@@ -75,15 +75,18 @@ class Reservations:
         *,
         key_id: str = "",
         user: str = "",
+        slot: bool = True,
     ) -> Reservation | Refusal:
         """Hold the job's quota (and, with `key_id`, the key's own). Asking again for the
-        same job id holds nothing twice. `user`: the request's end user, booked at release."""
+        same job id holds nothing twice. `user`: the request's end user, booked at release.
+        `slot=False`: no concurrency slot (an answer from the response cache)."""
         if not tenant:
             return Reservation(tenant, model, job_id, held=False)
         try:
             decision = await self.quota.reserve(
-                tenant, model, prompt_tokens, max_tokens, job_id, key_id=key_id, user=user
-            )
+                tenant, model, prompt_tokens, max_tokens, job_id, key_id=key_id, user=user,
+                lease=None if slot else 0.0,
+            )  # fmt: skip
         except QuotaBackendDown:
             if self.fail_open:
                 log.warning("redis down: admitting %s without a quota check", job_id)
@@ -96,7 +99,8 @@ class Reservations:
             )
         if not decision.allowed:
             return _refusal(decision, model)
-        self._held[(tenant, job_id)] = None
+        if slot:  # a slotless reservation has no lease to renew
+            self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
 
     def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
@@ -124,6 +128,8 @@ class Reservations:
                 failed=usage.failed,
                 cached_tokens=usage.cached_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
+                cache=usage.cache,
+                cache_price=usage.cache_price,
             )
         except QuotaBackendDown:
             if renewed:  # the caller retries: keep the slot until it gets through
@@ -179,7 +185,7 @@ class Reservations:
             Ending(
                 r.tenant, r.model, r.job_id, u.prompt_tokens, u.completion_tokens,
                 failed=u.failed, cached_tokens=u.cached_tokens,
-                cache_write_tokens=u.cache_write_tokens,
+                cache_write_tokens=u.cache_write_tokens, cache=u.cache, cache_price=u.cache_price,
             )
             for r, u in held
         ]  # fmt: skip

@@ -107,12 +107,16 @@ async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReade
         data = _limits(args) | {"label": args.label, "owner": args.owner}
         if args.expires_in is not None:
             data["expires_in"] = args.expires_in
+        if args.cache_ttl is not None:
+            data["cache_ttl"] = args.cache_ttl
         try:
             settings = key_input(data, time.time())
         except msgspec.ValidationError:
             raise
-        except ValueError as exc:  # only --expires-in is parsed beyond msgspec's checks
-            raise ValueError(f"--expires-in is not valid: {exc}") from None
+        except ValueError as exc:  # only the durations are parsed beyond msgspec's checks
+            text = str(exc)
+            flag = "--cache-ttl" if text.startswith("cache_ttl: ") else "--expires-in"
+            raise ValueError(f"{flag} is not valid: {text.removeprefix('cache_ttl: ')}") from None
         plaintext, record = await store.create_key(args.tenant, settings=settings)
         return Shown(
             {**msgspec.to_builtins(record), "key": plaintext}, views.new_key(record, plaintext)
@@ -234,6 +238,9 @@ def register(sub: Any) -> None:
     keys.add_argument("--label", default="")
     keys.add_argument("--owner", default="", help="who the key is for (free text)")
     keys.add_argument("--expires-in", default=None, help="e.g. 3600, 12h, 30d, 2w")
+    keys.add_argument(
+        "--cache-ttl", default=None, help="cache the key's answers this long, e.g. 1h"
+    )
     for flag, kind in LIMIT_FLAGS.items():
         if flag != "storage_bytes":
             keys.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)

@@ -89,6 +89,10 @@ class JobUsage:
     """Part of `prompt_tokens` read from the upstream's cache (priced as cached input)."""
     cache_write_tokens: int = 0
     """Part of `prompt_tokens` written to the upstream's cache (priced as cache writes)."""
+    cache: str = ""
+    """How llmq's response cache answered ('hit', 'join'), '' for a job of its own."""
+    cache_price: float = 0.0
+    """With `cache`: the whole cost booked (the model's `cache_hit_price`)."""
 
 
 FAILED: Final = JobUsage(failed=True)

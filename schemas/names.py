@@ -357,3 +357,31 @@ def usage_key(tenant: str, day: str) -> str:
 def tenant_ledger_key(tenant: str) -> str:
     """Stream: the ledger entries of one tenant (capped with MAXLEN ~)."""
     return f"{REDIS_PREFIX}ledger:{tenant_tag(tenant)}"
+
+
+CACHE_PREFIX = f"{REDIS_PREFIX}cache:"
+"""The response cache's keys (docs/cache.md); nothing else lives under it. Each carries the
+hash tag of the tenant's scope (`tenant_scope`: `<name>~<id>`, `_` with no tenants), so a
+scope's entries and their bookkeeping share one Cluster slot."""
+
+
+def cache_entry_key(scope: str, digest: str) -> str:
+    """String: one cached answer (`api.cache.store.Entry`, sealed when LLMQ_CACHE_KEY is
+    set) of a tenant scope, by the hex SHA-256 of its cache key; expires with its TTL."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:e:{digest}"
+
+
+def cache_index_key(scope: str) -> str:
+    """Sorted set: digest -> expiry (unix ms) of every entry of one tenant scope, for its
+    bounds (evicting the soonest to expire) and the purge of a deleted tenant."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:index"
+
+
+def cache_sizes_key(scope: str) -> str:
+    """Hash: digest -> bytes of each entry of one tenant scope, and `#bytes`, their sum."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:sizes"
+
+
+def cache_scope_pattern(scope: str) -> str:
+    """Every key of one tenant scope's cache (SCAN pattern)."""
+    return f"{CACHE_PREFIX}{tenant_tag(scope)}:*"

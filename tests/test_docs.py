@@ -147,6 +147,8 @@ def test_the_redis_keys_in_docs_tenants_are_the_codes() -> None:
         names.day_quota_key("acme", "<day>"), names.month_quota_key("acme", "<month>"),
         names.reservation_key("acme", "<job>"), names.usage_key("acme", "<day>"),
         names.usage_by_key("acme", "<day>", "key"), names.key_quota_prefix("acme", "<key id>"),
+        names.cache_entry_key("acme~<id>", "<sha256>"), names.cache_index_key("acme~<id>"),
+        names.cache_sizes_key("acme~<id>"),
     ]  # fmt: skip
     assert [key for key in made if f"`{key}" not in text] == []
     assert "llmq:q:<tenant>" not in text and "llmq:usage:<tenant>" not in text

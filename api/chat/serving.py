@@ -18,15 +18,17 @@ from starlette.responses import Response
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT, for_model
+from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError, api_error
+from llmq.api.fair_share import Ticket
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
-from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
-from llmq.schemas.admission import FAILED, AnyRequest, Refusal
+from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 
 
@@ -100,6 +102,10 @@ class ChatServing(Serving):
             if fallback:  # a fallback unknown here or unable to take this request
                 return None, None
             raise
+        plan = self._plan(request, kind, record, prepared, model, more)
+        served = await plan.served()  # the response cache: a stored answer, a joined job
+        if served is not None:
+            return served
         if more and self.router.over_queue_wait(model):
             return QUEUE_WAIT, None
         full = self.router.admit(model, submitted + wait - time.time())
@@ -142,7 +148,31 @@ class ChatServing(Serving):
                 ) from None
             raise
         run.on_taken = ticket.leave
+        run = plan.lead(run)
         mark(record.trace, "published", run)
         job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket)
-        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
+        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers,
+                   **plan.headers}  # fmt: skip
         return await answer_or_move_on(self, job, model, prepared.stream, more, headers)
+
+    def _plan(
+        self,
+        request: Request,
+        kind: JobKind,
+        record: RequestRecord,
+        prepared: PreparedRequest,
+        model: str,
+        more: bool,
+    ) -> Plan:
+        """The attempt as the response cache (`Serving.reuse`) sees it."""
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
+            return QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket)
+
+        return self.reuse.plan(self, Ask(
+            request=request, record=record, kind=kind, model=prepared.model,
+            body=prepared.body, stream=prepared.stream, estimate=prepared.prompt_estimate,
+            max_tokens=prepared.max_tokens, user=end_user(prepared.request),
+            make_job=make_job, more=more,
+            headers={"x-request-id": record.job_id, MODEL_HEADER: model},
+        ))  # fmt: skip

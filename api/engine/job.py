@@ -41,6 +41,9 @@ class QueuedJob:
         self.prompt_estimate = prompt_estimate
         self.relayed = 0
         self.settled = False
+        self.cache = ""
+        """'join': the job is another request's, followed (booked as cached)."""
+        self.cache_price = 0.0
 
     def settle(
         self, status: int, done: Done | None = None, code: str | None = None, observe: bool = True
@@ -65,6 +68,7 @@ class QueuedJob:
         usage = JobUsage(
             record.prompt_tokens, record.completion_tokens, failed=done is None,
             cached_tokens=cached, cache_write_tokens=written,
+            cache=self.cache if done is not None else "", cache_price=self.cache_price,
         )  # fmt: skip
         self.serving.reservations.release_later(self.reservation, usage)
         if observe:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.engine.model_chain import Router
+from llmq.api.engine.reuse import NoReuse, Reuse
 from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.preparation import RequestPreparer
@@ -52,6 +53,8 @@ class Serving:
         self.router = router if router is not None else Router(preparer.models, runtime.registry)
         self.fair = FairShare.shared(runtime.registry, runtime.redis, self.router.estimate)
         self.observers: list[Observer] = observers if observers is not None else []
+        self.reuse: Reuse = NoReuse()
+        """Answers without a job of their own (the response cache; set by the app)."""
 
     async def through_chain(
         self,

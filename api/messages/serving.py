@@ -22,8 +22,10 @@ from starlette.responses import Response
 
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
+from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
 from llmq.api.messages.counting import count_response
 from llmq.api.messages.protocol import (
@@ -39,10 +41,10 @@ from llmq.api.model_table import ModelDefaults
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy.models import NORMAL_RANK
-from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.dispatcher.publish import transient
-from llmq.schemas.admission import FAILED, Refusal
+from llmq.schemas.admission import FAILED, Refusal, Reservation
 from llmq.schemas.messages import (
     MessageRequest,
     estimate_tokens,
@@ -144,6 +146,11 @@ class MessagesServing:
             if fallback:
                 return None, None
             raise
+        body = ask.body_for(model, serving.preparer.models.defaults_for(model))
+        plan = self._plan(request, record, ask, model, body, more)
+        served = await plan.served()  # the response cache: a stored answer, a joined job
+        if served is not None:
+            return served
         if more and router.over_queue_wait(model):
             return QUEUE_WAIT, None
         full = router.admit(model, ask.time_left())
@@ -161,7 +168,7 @@ class MessagesServing:
         ticket, reservation = held
         spec = JobSpec(
             job_id=record.job_id, model=model, tenant=record.tenant,
-            body=ask.body_for(model, serving.preparer.models.defaults_for(model)),
+            body=body,
             deadline_ms=int((ask.submitted + ask.wait) * 1000), kind="message",
             traceparent=request.headers.get("traceparent"),
             end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
@@ -175,12 +182,35 @@ class MessagesServing:
             serving.reservations.release_later(reservation, FAILED)
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
         run.on_taken = ticket.leave
+        run = plan.lead(run)
         job = MessageRun(serving, run, reservation, record, ask.estimate, ticket)
         headers = {
             "x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model,
-            **reservation.headers,
+            **reservation.headers, **plan.headers,
         }  # fmt: skip
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+
+    def _plan(
+        self,
+        request: Request,
+        record: RequestRecord,
+        ask: _Ask,
+        model: str,
+        body: bytes,
+        more: bool,
+    ) -> Plan:
+        """The attempt as the response cache (`Serving.reuse`) sees it."""
+        serving = self.serving
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> MessageRun:
+            return MessageRun(serving, run, reservation, record, ask.estimate, ticket)
+
+        headers = {"x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model}
+        return serving.reuse.plan(serving, Ask(
+            request=request, record=record, kind="message", model=model, body=body,
+            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens,
+            user=ask.req.user, make_job=make_job, more=more, headers=headers,
+        ))  # fmt: skip
 
 
 def _ceiling(serving: Serving) -> int:

@@ -22,8 +22,10 @@ from starlette.responses import Response
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
+from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting, not_found
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
@@ -39,10 +41,10 @@ from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.records import time_hex
-from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
-from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.responses import (
     CONVERSATION_PREFIX,
     RESPONSE_PREFIX,
@@ -204,6 +206,12 @@ class ResponsesServing:
             if fallback:  # a fallback unknown here or unable to take this request
                 return None, None
             raise
+        ask.fields["model"] = model
+        body = _encoder.encode(ask.fields)
+        plan = self._plan(request, record, ask, model, body, more)
+        served = await plan.served()  # the response cache: a stored answer, a joined job
+        if served is not None:
+            return served
         if more and router.over_queue_wait(model):
             return QUEUE_WAIT, None
         full = router.admit(model, ask.time_left())
@@ -218,11 +226,10 @@ class ResponsesServing:
         if held is None:
             return None, None
         ticket, reservation = held
-        ask.fields["model"] = model
         spec = JobSpec(
             job_id=record.job_id,
             model=model,
-            body=_encoder.encode(ask.fields),
+            body=body,
             tenant=record.tenant,
             deadline_ms=int((ask.submitted + ask.wait) * 1000),
             kind="response",
@@ -237,6 +244,7 @@ class ResponsesServing:
             serving.reservations.release_later(reservation, FAILED)
             raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
         run.on_taken = ticket.leave
+        run = plan.lead(run)
         stored = self._stored(record.job_id, ask)
 
         async def on_final(final: bytes) -> None:
@@ -247,9 +255,34 @@ class ResponsesServing:
         job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
-            **reservation.headers,
+            **reservation.headers, **plan.headers,
         }  # fmt: skip
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+
+    def _plan(
+        self,
+        request: Request,
+        record: RequestRecord,
+        ask: _Ask,
+        model: str,
+        body: bytes,
+        more: bool,
+    ) -> Plan:
+        """The attempt as the response cache (`Serving.reuse`) sees it."""
+        serving = self.serving
+
+        async def no_final(_final: bytes) -> None:
+            return None  # a cached or joined answer is never stored as a response
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
+            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket, no_final)
+
+        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
+        return serving.reuse.plan(serving, Ask(
+            request=request, record=record, kind="response", model=model, body=body,
+            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens, user="",
+            make_job=make_job, more=more, headers=headers,
+        ))  # fmt: skip
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""

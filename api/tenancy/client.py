@@ -262,6 +262,7 @@ def connect(
     password: str = "",
     tls_ca: str = "",
     sentinel_password: str = "",
+    decode_responses: bool = True,
 ) -> Redis:
     """A client for `url`; a command slower than `timeout` s raises (-> `QuotaBackendDown`).
     `password` is used when the URL carries none (a URL's own wins); `tls_ca` verifies a
@@ -271,7 +272,7 @@ def connect(
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "decode_responses": True,
+        "decode_responses": decode_responses,
     }
     if url.startswith(SENTINEL_SCHEME):
         return _sentinel_client(url, password, sentinel_password, **common)
@@ -288,7 +289,7 @@ def connect(
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        decode_responses=True,
+        decode_responses=decode_responses,
         **extra,
     )
     pool.connection_class = packing(pool.connection_class)

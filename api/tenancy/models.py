@@ -121,6 +121,9 @@ class KeySettings(Struct, kw_only=True):
     spend_budget_usd: Usd = 0.0
     priority: KeyPriority = ""
     """The class of this key's requests, at most its tenant's; "" = the tenant's."""
+    cache_ttl: Annotated[float, Meta(ge=0)] = 0.0
+    """Seconds this key's answers stay in the response cache (docs/cache.md), on every model
+    it calls; 0 = the model table decides."""
 
 
 class KeyInput(KeySettings, kw_only=True, forbid_unknown_fields=True):
@@ -257,6 +260,8 @@ class UsageRow(Struct, kw_only=True):
     """Part of `prompt_tokens` served from the upstream's cache."""
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    cache_hits: int = 0
+    """Requests of `requests` answered by llmq's response cache (a hit or a joined job)."""
 
     @property
     def total_tokens(self) -> int:
@@ -280,6 +285,10 @@ class LedgerEntry(Struct, kw_only=True):
     cached_tokens: int = 0
     key_id: str = ""
     user: str = ""
+    cached: bool = False
+    """Answered by llmq's response cache, not by a job of its own (docs/cache.md)."""
+    cache: str = ""
+    """How: `hit` (a stored answer) or `join` (an identical job that was running)."""
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -308,6 +317,12 @@ def key_input(data: dict[str, object], now: float) -> KeySettings:
     msgspec.ValidationError on bad input."""
     data = dict(data)
     expires_in = data.pop("expires_in", None)
+    cache_ttl = data.get("cache_ttl")
+    if isinstance(cache_ttl, str):  # `1h` as well as seconds
+        try:
+            data["cache_ttl"] = parse_duration(cache_ttl)
+        except ValueError as exc:
+            raise ValueError(f"cache_ttl: {exc}") from None
     checked = msgspec.convert(data, KeyInput)
     if expires_in is not None:
         checked.expires_at = now + parse_duration(expires_in)  # type: ignore[arg-type]

@@ -8,6 +8,8 @@
 -- ARGV[1] model  ARGV[2] prompt tokens  ARGV[3] max tokens  ARGV[4] job id
 -- ARGV[5] now (unix ms)  ARGV[6] lease (ms)  ARGV[7] key id ('' = none)  ARGV[8] day end (ms)
 -- ARGV[9] month end (ms)  ARGV[10] reservation ttl (ms)  ARGV[11] end user ('' = none)
+-- A lease of 0 takes no concurrency slot (an answer from the response cache): the slot is
+-- neither checked nor held; everything else is.
 --
 -- Rates (RPM, TPM) are GCRA: a limit L per minute is a bucket of L that refills L/60000 per
 -- ms, kept as one "theoretical arrival time" (tat): taking c units moves it c * 60000/L ms
@@ -184,8 +186,9 @@ for _, s in ipairs(scopes) do
     end
   end
 end
+local slot = tonumber(ARGV[6]) > 0
 for _, s in ipairs(scopes) do
-  if s.conc > 0 then
+  if s.conc > 0 and slot then
     -- Every live slot is in the count, and maybe stale ones: below the limit it is below
     -- with or without them; at it, reap them and count what is left.
     local held = redis.call('ZCARD', s.inflight)
@@ -249,9 +252,11 @@ for i, s in ipairs(scopes) do
     redis.call('HINCRBYFLOAT', s.month, 'usd', usd)
   end
   if month_new then redis.call('PEXPIREAT', s.month, month_expiry) end
-  redis.call('ZADD', s.inflight, lease_until, job)
-  if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
-    redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
+  if slot then
+    redis.call('ZADD', s.inflight, lease_until, job)
+    if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
+      redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
+    end
   end
   -- field names: tenant scope unprefixed, key scope with 'k'
   if i == 1 then

@@ -57,6 +57,9 @@ class Ending:
     failed: bool = False
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache: str = ""
+    """'hit' or 'join': answered by the response cache, booked as such at `cache_price`."""
+    cache_price: float = 0.0
 
 
 def _script(name: str) -> str:
@@ -184,6 +187,8 @@ class Quota:
         now: float | None = None,
         cached_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache: str = "",
+        cache_price: float = 0.0,
     ) -> bool:
         """End a job: free its slot, book the real usage in place of the reservation, add
         usage and a ledger entry. Call it on every end (success, error, timeout, disconnect);
@@ -195,6 +200,7 @@ class Quota:
         ending = Ending(
             tenant, model, job_id, prompt_tokens, completion_tokens,
             failed=failed, cached_tokens=cached_tokens, cache_write_tokens=cache_write_tokens,
+            cache=cache, cache_price=cache_price,
         )  # fmt: skip
         keys, args = self._release_call(ending, time.time() if now is None else now)
         raw = _text(await self._call(self._release, keys, args))
@@ -216,7 +222,8 @@ class Quota:
                     out.append(await self.release(
                         e.tenant, e.model, e.job_id, e.prompt_tokens, e.completion_tokens,
                         failed=e.failed, now=now, cached_tokens=e.cached_tokens,
-                        cache_write_tokens=e.cache_write_tokens,
+                        cache_write_tokens=e.cache_write_tokens, cache=e.cache,
+                        cache_price=e.cache_price,
                     ))  # fmt: skip
                 except Exception as exc:
                     out.append(exc)
@@ -260,6 +267,8 @@ class Quota:
             max(0, int(e.cached_tokens)),
             max(0, int(e.cache_write_tokens)),
             self._max_users,
+            e.cache,
+            repr(float(e.cache_price)),
         ]
         return keys, args
 
@@ -284,6 +293,8 @@ class Quota:
             "prompt": args[1], "completion": args[2], "reserved": raw[2], "cost": raw[1],
             "status": "failed" if failed else "ok",
         }  # fmt: skip
+        if args[12]:  # a response-cache answer, marked as release.lua marks it
+            entry.update({"cached": "true", "cache": args[12], "cached_tokens": args[9]})
         with backend_guard():
             await self._redis.xadd(
                 names.LEDGER_KEY, entry, maxlen=self._ledger_maxlen, approximate=True

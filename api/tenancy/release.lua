@@ -15,6 +15,9 @@
 -- ARGV[5] now (unix ms)  ARGV[6] usage expires at (unix ms)  ARGV[7] ledger max length
 -- ARGV[8] tenant  ARGV[9] model  ARGV[10] cached prompt tokens  ARGV[11] cache-write tokens
 -- ARGV[12] most end users booked per tenant and day (more go to '(other)')
+-- ARGV[13] '' or how the response cache served the job ('hit' | 'join'): then ARGV[14] is
+-- its whole cost (the model's cache_hit_price), it counts as `hits:<model>` in the usage,
+-- and its ledger entry says `cached` 'true' (and `cache` hit|join)
 --
 -- Returns '<released 0|1>|<cost_usd>|<reserved tokens>'.
 
@@ -39,8 +42,14 @@ local in_price = tonumber(r[2])
 local cin_price = tonumber(r[14]) or in_price
 local cw_price = tonumber(r[15]) or in_price
 local need = tonumber(r[1])
-local cost = ((prompt - cached - written) * in_price + cached * cin_price + written * cw_price
-  + completion * tonumber(r[3])) / 1e6
+local served = ARGV[13] or ''
+local cost
+if served ~= '' then
+  cost = tonumber(ARGV[14]) or 0
+else
+  cost = ((prompt - cached - written) * in_price + cached * cin_price + written * cw_price
+    + completion * tonumber(r[3])) / 1e6
+end
 local delta = prompt + completion - need
 local dcost = cost - tonumber(r[4])
 
@@ -104,6 +113,7 @@ end
 
 local model = ARGV[9]
 book(KEYS[3], model, redis.call('HINCRBY', KEYS[3], 'req:' .. model, 1))
+if served ~= '' then redis.call('HINCRBY', KEYS[3], 'hits:' .. model, 1) end
 local key_id = r[16] or ''
 if key_id ~= '' then
   book(KEYS[6], key_id, redis.call('HINCRBY', KEYS[6], 'req:' .. key_id, 1))
@@ -130,6 +140,14 @@ if ARGV[4] == '1' then status = 'failed' end
 local entry = {'ts', ARGV[5], 'tenant', ARGV[8], 'model', model, 'job', job,
   'prompt', prompt, 'completion', completion, 'reserved', need, 'cost', usd, 'status', status,
   'cached', cached, 'key', key_id, 'user', user}
+if served ~= '' then
+  -- a response-cache answer: its own line, marked (the prompt-cache count moves aside)
+  entry[20] = 'true'
+  entry[#entry + 1] = 'cache'
+  entry[#entry + 1] = served
+  entry[#entry + 1] = 'cached_tokens'
+  entry[#entry + 1] = cached
+end
 if KEYS[4] ~= KEYS[5] then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 end

@@ -21,6 +21,7 @@ _FIELDS = {
     "cached": "cached_tokens",
     "out": "completion_tokens",
     "usd": "cost_usd",
+    "hits": "cache_hits",
 }
 
 
@@ -75,6 +76,7 @@ class UsageReader:
 
 def _entry(entry_id: Any, raw: dict[Any, Any]) -> LedgerEntry:
     f = {_text(k): _text(v) for k, v in raw.items()}
+    cached = f.get("cached") == "true"  # a response-cache answer (release.lua)
     return LedgerEntry(
         id=_text(entry_id),
         ts=int(f["ts"]) / 1000,
@@ -86,7 +88,9 @@ def _entry(entry_id: Any, raw: dict[Any, Any]) -> LedgerEntry:
         reserved_tokens=int(f["reserved"]),
         cost_usd=float(f["cost"]),
         status=cast(Literal["ok", "failed"], f["status"]),
-        cached_tokens=int(f.get("cached", 0)),
+        cached_tokens=int(f.get("cached_tokens" if cached else "cached", 0)),
         key_id=f.get("key", ""),
         user=f.get("user", ""),
+        cached=cached,
+        cache=f.get("cache", ""),
     )

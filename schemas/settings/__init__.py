@@ -3,6 +3,7 @@ environment or, for the processes that take it, as a `--name` command-line flag 
 `leaves` for the flat names, flags and commands derived from the models)."""
 
 from llmq.schemas.settings.base import Group, Leaf, leaves, setting
+from llmq.schemas.settings.cache import CacheSettings
 from llmq.schemas.settings.console import ConsoleSettings
 from llmq.schemas.settings.root import Settings
 from llmq.schemas.settings.service import (
@@ -27,6 +28,7 @@ __all__ = [
     "ApiSettings",
     "BackendSettings",
     "BatchSettings",
+    "CacheSettings",
     "ConnectionSettings",
     "ConsoleSettings",
     "EchoSettings",

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmq.schemas.settings.base import route
+from llmq.schemas.settings.cache import CacheSettings
 from llmq.schemas.settings.console import ConsoleSettings
 from llmq.schemas.settings.service import (
     ApiSettings,
@@ -36,6 +37,7 @@ class Settings(BaseModel):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -171,8 +171,21 @@ def test_a_bad_tenant_name_or_limit_is_one_sentence(capsys, url) -> None:  # typ
     assert code == 1 and err == (
         "llmq: --expires-in is not valid: not a duration: 'soon' (e.g. 3600, 30m, 12h, 30d)\n"
     )
+    code, _, err = run(capsys, "keys", "create", name, "--cache-ttl", "soon", *url)
+    assert code == 1 and err == (
+        "llmq: --cache-ttl is not valid: not a duration: 'soon' (e.g. 3600, 30m, 12h, 30d)\n"
+    )
     code, _, err = run(capsys, "usage", unique("nobody"), *url)
     assert code == 1 and "does not exist (see `llmq tenants list`)" in err
+
+
+def test_a_key_with_a_cache_ttl(capsys, url) -> None:  # type: ignore[no-untyped-def]
+    name = unique("cached")
+    assert run(capsys, "tenants", "create", name, *url)[0] == 0
+    code, out, _ = run(capsys, "keys", "create", name, "--cache-ttl", "1h", "--json", *url)
+    assert code == 0 and json.loads(out)["cache_ttl"] == 3600
+    code, out, _ = run(capsys, "keys", "list", name, "--json", *url)
+    assert [k["cache_ttl"] for k in json.loads(out)] == [3600]
 
 
 @pytest.mark.parametrize(

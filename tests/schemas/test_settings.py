@@ -122,6 +122,12 @@ ENV: dict[str, tuple[str, Any]] = {
     "RESPONSES_PASSTHROUGH": ("true", True),
     "MAX_OUTPUT_TOKENS": ("37", 37),
     "MAX_N": ("38", 38),
+    "CACHE_MAX_TTL": ("39", 39.0),
+    "CACHE_MAX_ENTRY_BYTES": ("40", 40),
+    "CACHE_TENANT_MAX_BYTES": ("41", 41),
+    "CACHE_TENANT_MAX_ENTRIES": ("42", 42),
+    "CACHE_JOIN_BUFFER_BYTES": ("43", 43),
+    "CACHE_KEY": ("ck", "ck"),
 }
 
 # Flags per command before flags were derived from the models.
@@ -137,7 +143,8 @@ FLAGS: dict[Command, set[str]] = {
         "batch_lease", "batch_stall", "webhook_attempts", "webhook_timeout",
         "webhook_allow", "metrics_token_file", "admin_token_file",
         "console_enabled", "console_session_hours",
-        "response_retention",
+        "response_retention", "cache_max_ttl", "cache_max_entry_bytes", "cache_tenant_max_bytes",
+        "cache_tenant_max_entries", "cache_join_buffer_bytes",
     },
     "worker": {
         "nats_url", "redis_url", "backend", "model", "capacity", "worker_id", "echo_delay",
@@ -194,7 +201,7 @@ def test_secrets_have_no_flag() -> None:
     secret = {leaf.flat for leaf in leaves(Settings) if leaf.secret}
     assert secret == {
         "admin_token", "webhook_secret", "metrics_token", "console_secret", "nats_password",
-        "nats_token", "redis_password", "redis_sentinel_password",
+        "nats_token", "redis_password", "redis_sentinel_password", "cache_key",
     }  # fmt: skip
     assert all(not leaf.commands for leaf in leaves(Settings) if leaf.secret)
 

@@ -327,9 +327,28 @@ function usageView(rows, by) {
       { title: "day", value: (r) => r.day }, { title: "tenant", value: (r) => r.tenant }, { title: "model", value: (r) => r.model },
       { title: "requests", num: true, value: (r) => num(r.requests) }, { title: "failed", num: true, value: (r) => num(r.failed) },
       { title: "prompt", num: true, value: (r) => num(r.prompt_tokens) }, { title: "completion", num: true, value: (r) => num(r.completion_tokens) },
+      { title: "cache hits", num: true, value: (r) => num(r.cache_hits || 0) },
       { title: "USD", num: true, value: (r) => r.cost_usd.toFixed(4) },
     ], rows),
+    h("h3", {}, "Response cache: hit rate per model and tenant"),
+    table("cache-table", [
+      { title: "tenant", value: (r) => r.tenant }, { title: "model", value: (r) => r.model },
+      { title: "requests", num: true, value: (r) => num(r.requests) }, { title: "cache hits", num: true, value: (r) => num(r.hits) },
+      { title: "hit rate", num: true, value: (r) => (r.requests ? (100 * r.hits / r.requests).toFixed(1) : "0.0") + " %" },
+    ], cacheRates(rows)),
   ];
+}
+
+function cacheRates(rows) {
+  // answers from the cache (hits and joins) over every request, per tenant and model
+  const by = new Map();
+  for (const r of rows) {
+    const id = `${r.tenant}\t${r.model}`;
+    const seen = by.get(id) || { tenant: r.tenant, model: r.model, requests: 0, hits: 0, __id: id };
+    seen.requests += r.requests; seen.hits += r.cache_hits || 0;
+    by.set(id, seen);
+  }
+  return [...by.values()].sort((a, b) => a.tenant.localeCompare(b.tenant) || a.model.localeCompare(b.model));
 }
 
 PAGES.usage = async (page, params) => {

@@ -211,7 +211,7 @@ def test_a_key_skips_decoding_only_without_expiry_models_or_limits() -> None:
     assert plain in record(label='"expires_at":1.0,', owner="x", priority="high")
     # Inside a JSON string every quote is escaped: a label cannot fake the match.
     assert plain not in record(rpm=5, label=plain, owner=plain)
-    unread = {"label", "owner", "priority"}  # settings the script does not read
+    unread = {"label", "owner", "priority", "cache_ttl"}  # settings the script does not read
     changed = {"expires_at": 1.0, "models": ["m"], "spend_budget_usd": 0.5}
     for field in set(KeySettings.__struct_fields__) - unread:
         value = changed.get(field, 1)
