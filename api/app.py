@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -13,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from llmq import __version__
 from llmq.api import tracing as api_tracing
 from llmq.api.auth import Authenticator
+from llmq.api.auth_changes import AuthChanges
 from llmq.api.batch import batch_routes, file_routes, job_routes
 from llmq.api.batch.wing import BatchWing
 from llmq.api.cache.service import open_cache
@@ -20,12 +22,16 @@ from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
 from llmq.api.console import app as console
 from llmq.api.data_marker import DataMarker
+from llmq.api.endpoints import routes as endpoint_routes
+from llmq.api.endpoints.serving import EndpointServing
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
+from llmq.api.listing import ListGate
 from llmq.api.messages import routes as messages
 from llmq.api.messages.serving import MessagesServing
 from llmq.api.model_table import ModelTable
 from llmq.api.observability import Observability
+from llmq.api.openapi_bodies import with_bodies
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
 from llmq.api.responses import conversation_routes
@@ -37,6 +43,7 @@ from llmq.api.runtime import Runtime
 from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
 from llmq.api.tenancy.client import redis_target
+from llmq.api.tenancy.request_rate import RequestRate
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.connection import NatsRefused, redact_url
 from llmq.dispatcher.queue_estimate import QueueEstimator
@@ -88,9 +95,13 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     queue_estimator.start()
     undo.push_async_callback(queue_estimator.stop)
     router = Router(models, runtime.registry, queue_estimator.wait_for)
-    app.state.serving = ChatServing(
-        runtime, Authenticator(settings, store), reservations, preparer, router=router
-    )
+    auth = Authenticator(settings, store)
+    app.state.serving = ChatServing(runtime, auth, reservations, preparer, router=router)
+    app.state.auth_changes = AuthChanges(runtime.nc, auth)  # api/auth_changes.py
+    await app.state.auth_changes.start()
+    undo.push_async_callback(app.state.auth_changes.stop)
+    rate = RequestRate(runtime.redis) if settings.api.auth_mode != "none" else None
+    app.state.list_gate = ListGate(rate, settings.edge.list_concurrency)
     app.state.queue_estimator = queue_estimator
     # metrics + request log observers, `llmq-api` micro service
     app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
@@ -106,6 +117,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     )
     undo.push_async_callback(app.state.responses.stop)
     app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
+    app.state.endpoints = EndpointServing(app.state.serving)  # docs/endpoints.md
     # the response cache and joined requests, for every feature above (docs/cache.md)
     app.state.cache = cache = open_cache(runtime, models, store)
     undo.push_async_callback(cache.close)
@@ -157,7 +169,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /openapi.json and /docs describe the public API only; the admin API has its own
     # document behind the admin token (/admin/openapi.json).
     app = FastAPI(
-        title="llmq", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
+        title="llmq",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.edge.docs else None,  # Swagger UI loads from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.on_start_failed = lambda: None  # the server sets its exit (api/server.py)
@@ -170,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "request-id", "retry-after", "x-ratelimit-*"],
         )
+    _document_bodies(app)
     app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
     app.router.routes.extend(messages.router.routes)  # Anthropic's Messages API, the same way
     # POST /v1/responses the same way; the responses router's route documents it
@@ -187,6 +204,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batch_routes.router)
     app.include_router(responses.router)
     app.include_router(conversation_routes.router)
+    app.include_router(endpoint_routes.router)
     if settings.console.console_enabled:
         console.install(app)
     return app
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """`/openapi.json` with the request bodies the routes read (`api/openapi_bodies.py`)."""
+    bodies = {
+        **chat.BODIES, **job_routes.BODIES, **file_routes.BODIES, **batch_routes.BODIES,
+        **responses.BODIES, **conversation_routes.BODIES,
+    }  # fmt: skip
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_bodies(FastAPI.openapi(app), bodies)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

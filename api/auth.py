@@ -223,6 +223,18 @@ class Authenticator:
             self._cache[cache_key] = (outcome, time.monotonic() + self.cache_ttl)
         return outcome
 
+    def forget_tenant(self, name: str) -> int:
+        """Drop every cached record of tenant `name` (its keys' and its own): the next
+        request looks it up again. Returns how many were dropped."""
+        stale = [
+            key
+            for key, (record, _) in self._cache.items()
+            if (record[0] if isinstance(record, tuple) else record).name == name
+        ]
+        for key in stale:
+            del self._cache[key]
+        return len(stale)
+
     def _forget(self, cache_key: str, task: asyncio.Task[_Outcome]) -> None:
         if self._lookups.get(cache_key) is task:
             del self._lookups[cache_key]

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from llmq.dispatcher.publish import transient
@@ -160,6 +161,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Refusal, on_refusal)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+
+    async def on_disconnect(request: Request, _exc: Exception) -> Response:
+        # The client went away mid-body (an aborted upload, the edge's body deadline): one
+        # line, not a traceback; nobody reads the answer.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=400)
+
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(UnicodeDecodeError, on_undecodable)
     app.add_exception_handler(RecursionError, on_undecodable)
 

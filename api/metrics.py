@@ -192,6 +192,12 @@ class ApiMetrics:
             ["model", "to", "cause"],
             registry=self.registry,
         )
+        self.omitted = Counter(
+            "llmq_api_omitted_tools",
+            "Built-in tools left out of Responses requests (the model table's builtin_tools).",
+            ["model", "tool"],
+            registry=self.registry,
+        )
         self.cache = Counter(
             "llmq_api_cache_requests",
             "Requests by the response cache's part (hit, miss, join, skip), by model.",
@@ -262,6 +268,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
         for origin, to, cause in r.fallbacks:
             self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
+        for tool in r.omitted:
+            self._child(self.omitted, model, tool).inc()
         if r.cache:
             self._child(self.cache, model, r.cache, *extra).inc()
         code = r.error_code

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import tomllib
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -62,6 +62,11 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     only the requested model's list is followed, never a fallback's own."""
     max_queue_wait: Annotated[float, msgspec.Meta(ge=0)] | None = None
     """Seconds of estimated queue wait above which a request moves to the next fallback."""
+    builtin_tools: Literal["omit", "reject", "pass"] = "omit"
+    """What a Responses request's built-in tools (web search, file search, MCP …) become on
+    this model: `omit` them (named in the `x-llmq-omitted` header), `reject` the request
+    (400 naming the tool), or `pass` them to a worker whose upstream serves them itself
+    (`--responses-passthrough`)."""
     cache: CacheEntry | None = None
     """Cache the model's answers per tenant (api/cache/); absent: only a key with a cache
     TTL of its own caches them."""
@@ -138,6 +143,10 @@ class ModelTable:
     def max_queue_wait_for(self, model: str) -> float | None:
         entry = self.models.get(model)
         return entry.max_queue_wait if entry is not None else None
+
+    def builtin_tools_for(self, model: str) -> str:
+        entry = self.models.get(model)
+        return entry.builtin_tools if entry is not None else "omit"
 
     def token_limit_for(self, model: str) -> int | None:
         """The model's largest `max_tokens`, when the table sets one."""

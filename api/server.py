@@ -10,6 +10,7 @@ import uvicorn
 
 from llmq import event_loop
 from llmq.api.app import create_app
+from llmq.api.edge import EdgeLimits, EdgeProtocol, connection_cap
 from llmq.api.hot_paths import HotPaths
 from llmq.api.startup import StartGate
 from llmq.schemas.settings import Settings
@@ -38,6 +39,17 @@ class ApiServer(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
+def edge_limits(settings: Settings) -> EdgeLimits:
+    api = settings.edge
+    return EdgeLimits(
+        max_header_bytes=api.max_header_bytes,
+        max_header_count=api.max_header_count,
+        header_timeout=api.header_timeout,
+        body_timeout=api.body_timeout,
+        max_connections=connection_cap(api.max_connections),
+    )
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     app = HotPaths(create_app(settings))  # the hot routes ahead of the middleware stack
     return uvicorn.Config(
@@ -45,7 +57,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop" if event_loop.AVAILABLE else "asyncio",
-        http="auto",
+        http=EdgeProtocol.with_limits(edge_limits(settings)),  # api/edge.py
+        timeout_keep_alive=math.ceil(settings.edge.keep_alive_timeout),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.api.shutdown_grace),  # int: 0.5 s is not 0

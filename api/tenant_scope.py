@@ -56,10 +56,19 @@ class ScopedReservations:
         self.inner = reservations
 
     async def reserve(
-        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        job_id: str,
+        *,
+        key_id: str = "",
     ) -> Reservation | Refusal:
         name = names.tenant_of_scope(tenant)
-        return await self.inner.reserve(name, model, prompt_tokens, max_tokens, job_id)
+        return await self.inner.reserve(
+            name, model, prompt_tokens, max_tokens, job_id, key_id=key_id
+        )
 
     async def release(self, reservation: Reservation, usage: JobUsage) -> None:
         await self.inner.release(by_name(reservation), usage)

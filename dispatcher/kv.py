@@ -102,7 +102,9 @@ async def scan(
     server says it delivered; deletes are watched too, so that every delivery is counted.
     """
     out: dict[str, bytes] = {}
-    watcher = await open_watch(kv, pattern, meta_only=meta_only)
+    watcher = await open_watch(
+        kv, pattern, meta_only=meta_only, inactive_threshold=SCAN_CONSUMER_IDLE
+    )
     handled = 0
     marked = False
     try:
@@ -121,7 +123,24 @@ async def scan(
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
+        await _delete_consumer(watcher)
     return out
+
+
+SCAN_CONSUMER_IDLE = 5.0
+"""Seconds nats-server keeps a scan's consumer once nobody listens, should deleting it fail
+(nats-py's default for a watch is 5 minutes: a flood of scans would pile them up)."""
+
+
+async def _delete_consumer(watcher: KeyValue.KeyWatcher) -> None:
+    """Delete a scan's consumer now, rather than when nats-server notices it is idle: a
+    flood of list calls leaves none behind (nats-server refuses new consumers past a limit)."""
+    sub = watcher._sub  # nats-py keeps the watcher's subscription private
+    if sub is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2.0):
+            await sub._js.delete_consumer(sub._stream, sub._consumer)
 
 
 async def _caught_up(watcher: KeyValue.KeyWatcher, handled: int) -> bool:

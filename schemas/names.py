@@ -181,6 +181,9 @@ def outcome_subject(tenant: str, model: str, job_id: str) -> str:
 USAGE_STREAM = "LLMQ_USAGE"
 """The final usage of every interactive job, published by its worker (file, work queue,
 max age one day), so it is booked even when the api that submitted the job is gone."""
+AUTH_CHANGED = "llmq.auth.changed"
+"""Core NATS: a tenant changed by the admin API; every api drops its cached keys of it."""
+
 USAGE_PREFIX = "llmq.usage"
 USAGE_CONSUMER = "usage-booker"
 """The one durable pull consumer on LLMQ_USAGE, shared by every api replica."""
@@ -318,6 +321,16 @@ def rate_key(tenant: str) -> str:
     """Hash `req`, `tok`: the GCRA theoretical arrival times (unix ms, float) of the
     tenant's requests and tokens per minute (docs/tenants.md, "Exact rates")."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:rate"
+
+
+CONSOLE_ENDED_PREFIX = f"{REDIS_PREFIX}console:ended:"
+"""+ a session id: a console session logged out (its cookie refused) until it would expire."""
+
+
+def stored_keys(scope: str) -> list[str]:
+    """Hash `<kind>:<hex>` -> bytes (and `_total`) of stored records; zset of their expiry."""
+    base = f"{REDIS_PREFIX}stored:{tenant_tag(scope)}"
+    return [base, f"{base}:exp"]
 
 
 def key_quota_prefix(tenant: str, key_id: str) -> str:

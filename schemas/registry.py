@@ -34,6 +34,8 @@ class ModelInfo(Struct, omit_defaults=True):
     kinds: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_KIND])
     """Job kinds (`schemas.envelope.JobKind`) the model's backend accepts; kept strings so a
     kind a newer worker announces does not make the entry unreadable."""
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    """OpenAI's other endpoints (`schemas.endpoints.ENDPOINT_PATHS`) the model serves."""
 
 
 worker_info_decoder: Final = msgspec.json.Decoder(WorkerInfo)

@@ -26,6 +26,7 @@ from llmq.worker.backends import create_backend
 from llmq.worker.backends.base import Backend, BackendConfig
 from llmq.worker.breaker import OPEN, CircuitBreaker
 from llmq.worker.config import ConfigError, backend_config_from, describe
+from llmq.worker.endpoints import endpoints_of
 from llmq.worker.feed import PullFeed
 from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.metrics import JobBook, WorkerMetrics
@@ -126,12 +127,14 @@ class Worker:
         )
         self.runner.responses_upstream = passthrough_of(s, self.backend_config)
         self.runner.messages = MessageJobs(self.backend, self.models, self.backend_config)
+        self.runner.endpoints = endpoints_of(s, self.backend_config)
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await step("its job consumers", self._provision_consumers)
         self.scheduler.feeds = await self._open_feeds()
         self.announcer = Announcer(
             nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
             s.protocol.nats_replicas, create=s.connection.nats_provision,
+            endpoints=sorted(self.runner.endpoints.endpoints) if self.runner.endpoints else [],
         )  # fmt: skip
         await step("the worker registry", self.announcer.start)
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
@@ -235,6 +238,8 @@ class Worker:
             await self.runner.responses_upstream.aclose()
         if self.runner is not None and self.runner.messages is not None:
             await self.runner.messages.aclose()
+        if self.runner is not None and self.runner.endpoints is not None:
+            await self.runner.endpoints.aclose()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -16,15 +16,17 @@ from typing import Any
 
 import msgspec
 
+from llmq.api.auth import EVERYONE, Caller
 from llmq.api.batch.file_serving import FileServing
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found, page_limit
 from llmq.api.runtime import Runtime
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import list_page
+from llmq.dispatcher.batch.jsonl import parse_input
 from llmq.dispatcher.batch.records import (
+    BATCH_ENDPOINTS,
     BATCH_ID_PREFIX,
-    KIND_OF_ENDPOINT,
     BatchRecord,
     batch_view,
     strip_prefix,
@@ -32,6 +34,7 @@ from llmq.dispatcher.batch.records import (
 )
 from llmq.dispatcher.batch.store import BatchStore
 
+_MODEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -57,7 +60,7 @@ def parse_window(text: str, maximum: float) -> int:
     return seconds
 
 
-class _CreateBatch(msgspec.Struct):
+class CreateBatch(msgspec.Struct):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
@@ -72,27 +75,32 @@ class BatchServing:
         files: FileServing,
         kick: Callable[[], None],
         scopes: TenantScopes,
+        resolve: Callable[[str], str] = str,
     ) -> None:
         """`kick`: tell this replica's runner to look at the batches now; batches are
-        stored under the tenant's scope (`api.tenant_scope`)."""
+        stored under the tenant's scope (`api.tenant_scope`); `resolve`: a model name or
+        alias to the model it names (the model table's)."""
+        self.resolve = resolve
         self.rt = runtime
         self.scopes = scopes
         self.store = store
         self.files = files
         self.kick = kick
 
-    async def create(self, tenant: str, body: bytes) -> dict[str, Any]:
+    async def create(self, tenant: str, body: bytes, caller: Caller = EVERYONE) -> dict[str, Any]:
+        """`caller`: the models the tenant and its key may use (every line's model is
+        checked now) and the key whose limits apply to each line as it is dispatched."""
         ensure_accepting(self.rt)
         try:
-            params = msgspec.json.decode(body, type=_CreateBatch)
+            params = msgspec.json.decode(body, type=CreateBatch)
         except msgspec.ValidationError as exc:
             raise ApiError(400, str(exc), "invalid_request") from None
         except msgspec.DecodeError:
             raise ApiError(400, "the body must be a JSON object", "invalid_json") from None
-        if params.endpoint not in KIND_OF_ENDPOINT:
+        if params.endpoint not in BATCH_ENDPOINTS:
             raise ApiError(
                 400,
-                f"endpoint must be one of {', '.join(sorted(KIND_OF_ENDPOINT))}",
+                f"endpoint must be one of {', '.join(sorted(BATCH_ENDPOINTS))}",
                 "invalid_endpoint",
                 param="endpoint",
             )
@@ -112,6 +120,7 @@ class BatchServing:
         if data is None:
             raise not_found("file", params.input_file_id, "input_file_id")
         self.files.check("batch", data)
+        self._check_models(caller, params.endpoint, data)
         now = int(time.time())
         record = BatchRecord(
             id=time_hex(),
@@ -122,10 +131,33 @@ class BatchServing:
             created_at=now,
             expires_at=now + window,
             metadata=params.metadata or None,
+            key_id=caller.key_id,
         )
         await self.store.create(record)
         self.kick()
         return batch_view(record)
+
+    def _check_models(self, caller: Caller, endpoint: str, data: bytes) -> None:
+        """403 when a line asks for a model the tenant or its key may not use: refused at
+        submission, not line by line hours later."""
+        if not caller.models:
+            return
+        max_lines = self.rt.settings.batch.batch_max_lines
+        for line in parse_input(data, endpoint, max_lines):
+            if line.body is None:
+                continue  # the line's own error is reported when the batch runs
+            try:
+                model = msgspec.json.decode(_MODEL.decode(line.body).get("model", b'""'))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if isinstance(model, str) and not caller.may_use(self.resolve(model)):
+                raise ApiError(
+                    403,
+                    f"line {line.number}: this API key or tenant may not use model `{model}`",
+                    "model_not_allowed",
+                    param="input_file_id",
+                    type="permission_error",
+                )
 
     @staticmethod
     def _batch_hex(public_id: str) -> str:

@@ -9,9 +9,21 @@ from starlette.responses import Response
 from llmq.api.batch.file_serving import FileServing
 from llmq.api.batch.wing import wing
 from llmq.api.errors import ApiError
-from llmq.api.routes.common import json_response, tenant_of
+from llmq.api.openapi_bodies import Bodies, multipart
+from llmq.api.routes.common import counted, json_response, listing, tenant_of
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {
+    ("/v1/files", "post"): multipart(
+        {
+            "file": {"type": "string", "format": "binary"},
+            "purpose": {"type": "string", "enum": ["batch"]},
+            "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+            "expires_after[seconds]": {"type": "integer"},
+        },
+        ["file", "purpose"],
+    )
+}
 
 
 def serving(request: Request) -> FileServing:
@@ -22,7 +34,7 @@ def serving(request: Request) -> FileServing:
 async def upload_file(request: Request) -> Response:
     """Read as it arrives: the body is never held whole (see `FileServing.upload`)."""
     svc = serving(request)
-    tenant = await tenant_of(request)
+    tenant = await counted(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > svc.max_bytes + 65_536:
         raise ApiError(
@@ -40,8 +52,8 @@ async def list_files(
     after: str | None = None,
     order: str = "desc",
 ) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).list(tenant, purpose, limit, after, order))
+    async with listing(request) as tenant:
+        return json_response(await serving(request).list(tenant, purpose, limit, after, order))
 
 
 @router.get("/files/{file_id}")

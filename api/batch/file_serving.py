@@ -19,13 +19,18 @@ from llmq.api.batch.multipart import read_multipart
 from llmq.api.errors import ApiError
 from llmq.api.listing import ensure_accepting, list_body, not_found
 from llmq.api.runtime import Runtime
+from llmq.api.tenancy import QuotaBackendDown
+from llmq.api.tenancy.stored_bytes import StoredBytes
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines
 from llmq.dispatcher.batch.records import FileRecord, file_view
+from llmq.schemas import names
 
-FILE_PURPOSES = frozenset({"batch"})
+FILE_PURPOSES = frozenset({"batch", "user_data", "assistants", "vision", "evals"})
+"""Purposes a file may be stored for; only `batch` files are checked as JSONL (the others are
+stored as they came: documents for `input_file`, images …)."""
 SPOOL_BYTES = 1 << 20
 """Bytes of an upload kept in memory before it spills to a temporary file."""
 MAX_FIELD_BYTES = 65_536
@@ -70,6 +75,8 @@ class _Upload:
         self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         self.size = 0
         self.check = JsonlCheck(lines)
+        self.problem: NotJsonl | TooManyLines | None = None
+        """Why the file is not a batch input (known once the purpose is read)."""
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -86,17 +93,24 @@ class _Upload:
                 "storage_quota_exceeded",
                 param="file",
             )
-        try:
-            self.check.feed(data)
-        except (NotJsonl, TooManyLines) as exc:
-            raise _refusal(exc, self.max_lines) from None
+        if self.problem is None:
+            try:
+                self.check.feed(data)
+            except (NotJsonl, TooManyLines) as exc:
+                self.problem = exc
         self.file.write(data)
 
     def close(self) -> None:
-        try:
-            self.check.finish()
-        except (NotJsonl, TooManyLines) as exc:
-            raise _refusal(exc, self.max_lines) from None
+        if self.problem is None:
+            try:
+                self.check.finish()
+            except (NotJsonl, TooManyLines) as exc:
+                self.problem = exc
+
+    def ensure_jsonl(self) -> None:
+        """400 unless the file is a JSONL file llmq can run (purpose `batch`)."""
+        if self.problem is not None:
+            raise _refusal(self.problem, self.max_lines)
 
 
 class _Form:
@@ -156,6 +170,21 @@ class FileServing:
         self.rt = runtime
         self.files = files
         self.scopes = scopes
+        self.stored: StoredBytes | None = None
+        """Stored responses and conversations, which share the storage quota (set by the
+        Responses API when it opens)."""
+
+    async def room_left(self, scope: str) -> int | None:
+        """Bytes the tenant scope's `storage_bytes` leaves after its files; None: no limit."""
+        quota = await self.scopes.storage_quota(names.tenant_of_scope(scope))
+        return quota - await self.files.used_bytes(scope) if quota else None
+
+    async def _stored_total(self, scope: str) -> int:
+        assert self.stored is not None
+        try:
+            return await self.stored.total(scope)
+        except QuotaBackendDown:
+            raise ApiError(503, "the quota store is unavailable", "quota_store_down") from None
 
     @property
     def max_bytes(self) -> int:
@@ -194,8 +223,9 @@ class FileServing:
         ensure_accepting(self.rt)
         batch = self.rt.settings.batch
         scope = await self.scopes.of(tenant)
-        quota = await self.scopes.storage_quota(tenant)
-        room = quota - await self.files.used_bytes(scope) if quota else None
+        room = await self.room_left(scope)
+        if room is not None and self.stored is not None:
+            room -= await self._stored_total(scope)
         form = _Form(self.max_bytes, room, batch.batch_max_lines)
         try:
             await read_multipart(limited(chunks, self.max_bytes + 65_536), content_type, form.open)
@@ -207,12 +237,17 @@ class FileServing:
                     400, "missing the `purpose` field", "invalid_request", param="purpose"
                 )
             self._check_purpose(purpose)
+            if purpose == "batch":
+                form.upload.ensure_jsonl()
             expires_after = _expires_after(form, batch.files_min_expiry)
             form.upload.file.seek(0)
             record = await self.files.put(
-                scope, form.upload.file, form.upload.filename, purpose,
+                scope,
+                form.upload.file,
+                form.upload.filename,
+                purpose,
                 expires_after=expires_after,
-            )  # fmt: skip
+            )
         finally:
             if form.upload is not None:
                 form.upload.file.close()

@@ -50,9 +50,10 @@ class JobServing:
         self.egress = EgressPolicy(runtime.settings.batch.webhook_allow)
 
     async def create(
-        self, tenant: str, body: bytes, traceparent: str | None = None
+        self, tenant: str, body: bytes, traceparent: str | None = None, *, key_id: str = ""
     ) -> dict[str, Any]:
-        """Queue a job; raises `Refusal` (bad body, unknown model, quota) or `ApiError`."""
+        """Queue a job; raises `Refusal` (bad body, unknown model, quota) or `ApiError`.
+        `key_id`: the API key it came with, whose own models and limits apply too."""
         ensure_accepting(self.rt)
         try:
             fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
@@ -83,7 +84,12 @@ class JobServing:
         scope = await self.scopes.of(tenant)
         job_id = time_hex()
         reservation = await self.reservations.reserve(
-            tenant, prepared.model, prepared.prompt_estimate, prepared.max_tokens, job_id
+            tenant,
+            prepared.model,
+            prepared.prompt_estimate,
+            prepared.max_tokens,
+            job_id,
+            key_id=key_id,
         )
         if isinstance(reservation, Refusal):
             raise reservation

@@ -110,8 +110,9 @@ class BatchWing:
         self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations, scopes)
         self.file_serving = FileServing(self.rt, self.files, scopes)
         self.batch_serving = BatchServing(
-            self.rt, self.store, self.file_serving, self.runner.kick, scopes
-        )
+            self.rt, self.store, self.file_serving, self.runner.kick, scopes,
+            resolve=self.preparer.models.resolve,
+        )  # fmt: skip
         self.collector.start()
         self.webhooks.start()
         self._starter = asyncio.create_task(self._start_when_synced())

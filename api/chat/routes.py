@@ -7,9 +7,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llmq.api.chat.serving import ChatServing
+from llmq.api.openapi_bodies import Bodies
 from llmq.api.routes.plain import PlainRoute
+from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {
+    ("/v1/chat/completions", "post"): ChatCompletionRequest,
+    ("/v1/completions", "post"): CompletionRequest,
+    ("/v1/embeddings", "post"): EmbeddingRequest,
+}
+"""What the OpenAPI document says these routes read (`api/openapi_bodies.py`)."""
 hot = APIRouter(prefix="/v1", route_class=PlainRoute)
 """The two routes nearly every request takes, without FastAPI's per-request machinery;
 included first, so they are also matched first."""

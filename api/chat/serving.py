@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT, for_model
 from llmq.api.engine.reuse import Ask, Plan
@@ -74,7 +75,9 @@ class ChatServing(Serving):
         def attempt(model: str, more: bool) -> Awaitable[Attempted]:
             return self._attempt(request, kind, record, req, body, model, more, submitted, wait)
 
-        return await self.through_chain(record, requested, attempt, new_job_id)
+        return await unless_gone(
+            request, self.through_chain(record, requested, attempt, new_job_id)
+        )
 
     async def _attempt(
         self,

@@ -7,6 +7,7 @@ view. Either is posted once as JSON (never in a URL) and exchanged for a session
 from __future__ import annotations
 
 import hmac
+import time
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -22,7 +23,9 @@ from llmq.api.console.session import (
 from llmq.api.errors import ApiError
 from llmq.api.routes.admin import guarded, json_body, json_reply
 from llmq.api.tenancy import TenantStore
+from llmq.api.tenancy.errors import backend_guard
 from llmq.api.tenancy.store import hash_key
+from llmq.schemas import names
 
 router = APIRouter(prefix="/ui/api")
 
@@ -46,12 +49,30 @@ async def session_of(request: Request, role: str | None = None) -> Session:
     if role is not None and session.role != role:
         raise ApiError(403, "this page is for administrators", "forbidden")
     check_csrf(request, session)
+    if await guarded(_ended(request, session)):
+        raise ApiError(401, "this session was logged out", "not_logged_in")
     if session.role == "tenant":
-        store: TenantStore = request.app.state.store
-        keys = await guarded(store.list_keys(session.tenant))
-        if not any(k.id == session.key_id for k in keys):
-            raise ApiError(401, "the key of this session was revoked", "not_logged_in")
+        await _check_tenant(request, session)
     return session
+
+
+async def _ended(request: Request, session: Session) -> bool:
+    redis = request.app.state.runtime.redis
+    with backend_guard():
+        return bool(await redis.exists(names.CONSOLE_ENDED_PREFIX + session.id))
+
+
+async def _check_tenant(request: Request, session: Session) -> None:
+    """A tenant session ends with its key (revoked or expired) and its tenant (suspended
+    or deleted)."""
+    store: TenantStore = request.app.state.store
+    tenant = await guarded(store.get(session.tenant))
+    if tenant is None or tenant.status != "active":
+        raise ApiError(401, "this tenant is suspended or gone", "not_logged_in")
+    keys = await guarded(store.list_keys(session.tenant))
+    key = next((k for k in keys if k.id == session.key_id), None)
+    if key is None or key.expired(time.time()):
+        raise ApiError(401, "the key of this session was revoked or expired", "not_logged_in")
 
 
 async def admin(request: Request) -> Session:
@@ -88,9 +109,21 @@ async def logout(request: Request) -> Response:
     session = current(request)
     if session is not None:
         check_csrf(request, session)
+        await guarded(_end(request, session))
     response = json_reply({"logged_in": False})
     clear_cookie(response, request)
     return response
+
+
+async def _end(request: Request, session: Session) -> None:
+    """Remember the logout until the session would have expired: a copy of the cookie is
+    refused from now on, on every replica."""
+    left_ms = int((session.expires - time.time()) * 1000)
+    if left_ms > 0:
+        with backend_guard():
+            await request.app.state.runtime.redis.set(
+                names.CONSOLE_ENDED_PREFIX + session.id, b"1", px=left_ms
+            )
 
 
 @router.get("/session")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 import time
 from typing import Any
 
@@ -29,6 +30,8 @@ MAX_DAYS = 400
 
 router = APIRouter(prefix="/ui/api")
 admin_only = [Depends(admin)]
+
+log = logging.getLogger(__name__)
 
 
 async def _snapshot(request: Request) -> Snapshot:
@@ -169,8 +172,9 @@ async def _work_of(request: Request, tenant: str, limit: int = 20) -> dict[str, 
     )
     out: dict[str, Any] = {"tenant": tenant, "batches": [], "jobs": []}
     for key, result in zip(("batches", "jobs"), found, strict=True):
-        if isinstance(result, BaseException):
-            out.setdefault("errors", []).append(f"{key}: {result}")
+        if isinstance(result, BaseException):  # the detail to the log, never to the page
+            log.warning("console: reading the %s of %s failed: %r", key, tenant, result)
+            out.setdefault("errors", []).append(f"{key}: could not be read; retry")
         else:
             out[key] = result.get("data", [])
     return out
@@ -201,9 +205,11 @@ async def me(request: Request, days: int = 14) -> Response:
     tenant = await guarded(store.get(session.tenant))
     if tenant is None:
         raise ApiError(401, "this tenant no longer exists", "not_logged_in")
+    async with request.app.state.list_gate.enter(session.tenant, session.key_id):
+        work = await _work_of(request, session.tenant)  # two list calls (docs/security.md)
     return json_reply(
         {
-            **await _work_of(request, session.tenant),
+            **work,
             "limits": tenant,
             "usage": await _usage_rows(request, session.tenant, days),
         }

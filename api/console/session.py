@@ -40,6 +40,11 @@ class Session(msgspec.Struct, kw_only=True):
     key_id: str = ""
     """The API key a tenant logged in with; revoking it ends the session."""
 
+    @property
+    def id(self) -> str:
+        """Names the session where its logout is remembered (not the CSRF token itself)."""
+        return hashlib.sha256(self.csrf.encode()).hexdigest()[:32]
+
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Session)

@@ -18,23 +18,26 @@ from llmq.api.listing import not_found
 from llmq.api.responses.conversation_store import ConversationStore
 from llmq.api.responses.items import as_items, list_body, page
 from llmq.api.responses.records import public_hex
+from llmq.api.responses.stored_bytes import MeteredStore
 from llmq.dispatcher.batch.records import time_hex
 from llmq.schemas.responses import CONVERSATION_PREFIX, Conversation, Item
+
+_encoder = msgspec.json.Encoder()
 
 MAX_NEW_ITEMS = 20
 """Items one create or add call may carry (as OpenAI)."""
 
 
-class _Create(msgspec.Struct):
+class CreateConversation(msgspec.Struct):
     items: list[Item] | None = None
     metadata: dict[str, str] | None = None
 
 
-class _Update(msgspec.Struct):
+class UpdateConversation(msgspec.Struct):
     metadata: dict[str, str]
 
 
-class _AddItems(msgspec.Struct):
+class AddItems(msgspec.Struct):
     items: list[Item]
 
 
@@ -86,6 +89,11 @@ class ConversationsServing:
     def __init__(self, store: ConversationStore) -> None:
         self.store = store
 
+    async def _check_room(self, tenant: str, record: object) -> None:
+        """413 when `record`'s bytes do not fit in the tenant's storage quota."""
+        if isinstance(self.store, MeteredStore):
+            await self.store.check_room(tenant, len(_encoder.encode(record)))
+
     async def _get(self, tenant: str, public_id: str) -> Conversation:
         hex_id = public_hex(public_id, CONVERSATION_PREFIX)
         found = await self.store.get_conversation(tenant, hex_id) if hex_id else None
@@ -94,7 +102,7 @@ class ConversationsServing:
         return found
 
     async def create(self, tenant: str, body: bytes) -> dict[str, Any]:
-        req: _Create = _decode(body, _Create)
+        req: CreateConversation = _decode(body, CreateConversation)
         conv = Conversation(
             id=time_hex(),
             tenant=tenant,
@@ -102,17 +110,23 @@ class ConversationsServing:
             metadata=_metadata(req.metadata),
             items=_new_items(req.items),
         )
+        await self._check_room(tenant, conv)
         try:
             await self.store.create_conversation(conv)
         except MaxPayloadError:
             raise _full(CONVERSATION_PREFIX + conv.id) from None
+        await self._index(tenant, conv.id, conv.items)
         return view(conv)
+
+    async def _index(self, tenant: str, hex_id: str, items: list[Item]) -> None:
+        """These items may be referenced (`item_reference`) from now on."""
+        await self.store.index_items(tenant, [i["id"] for i in items], f"c:{hex_id}")
 
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         return view(await self._get(tenant, public_id))
 
     async def update(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
-        req: _Update = _decode(body, _Update)
+        req: UpdateConversation = _decode(body, UpdateConversation)
         metadata = _metadata(req.metadata)
         conv = await self._get(tenant, public_id)
         updated = await self.store.update_conversation(
@@ -135,9 +149,10 @@ class ConversationsServing:
         return list_body(data, has_more)
 
     async def add_items(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
-        req: _AddItems = _decode(body, _AddItems)
+        req: AddItems = _decode(body, AddItems)
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
+        await self._check_room(tenant, items)
         try:
             updated = await self.store.update_conversation(
                 tenant, conv.id, lambda c: msgspec.structs.replace(c, items=[*c.items, *items])
@@ -146,6 +161,7 @@ class ConversationsServing:
             raise _full(public_id) from None
         if updated is None:
             raise not_found("conversation", public_id)
+        await self._index(tenant, conv.id, items)
         return list_body(items, False)
 
     async def get_item(self, tenant: str, public_id: str, item_id: str) -> Item:

@@ -6,10 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from llmq.api.openapi_bodies import Bodies
 from llmq.api.responses.serving import ResponsesServing
 from llmq.api.routes.common import json_response, tenant_of
+from llmq.schemas.responses import ResponseRequest
 
 router = APIRouter(prefix="/v1")
+BODIES: Bodies = {("/v1/responses", "post"): ResponseRequest}
 
 
 def serving(request: Request) -> ResponsesServing:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from llmq.api.console.session import admin_session
 from llmq.api.errors import ApiError
+from llmq.api.openapi_bodies import Bodies, with_bodies
 from llmq.api.tenancy import (
     Price,
     QuotaBackendDown,
@@ -30,7 +31,7 @@ from llmq.api.tenancy import (
     UnknownTenant,
     UsageReader,
 )
-from llmq.api.tenancy.models import key_input
+from llmq.api.tenancy.models import KeyInput, key_input
 
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
@@ -126,14 +127,23 @@ async def show_tenant(name: str, request: Request) -> Response:
     return json_reply(await _tenant_or_404(_store(request), name))
 
 
+async def _changed(request: Request, name: str) -> None:
+    """Every api drops its cached records of the tenant (`api/auth_changes.py`)."""
+    await request.app.state.auth_changes.changed(name)
+
+
 @router.patch("/tenants/{name}")
 async def update_tenant(name: str, request: Request) -> Response:
-    return json_reply(await guarded(_store(request).update(name, await json_body(request))))
+    updated = await guarded(_store(request).update(name, await json_body(request)))
+    await _changed(request, name)
+    return json_reply(updated)
 
 
 @router.post("/tenants/{name}/suspend")
 async def suspend_tenant(name: str, request: Request) -> Response:
-    return json_reply(await guarded(_store(request).suspend(name)))
+    suspended = await guarded(_store(request).suspend(name))
+    await _changed(request, name)
+    return json_reply(suspended)
 
 
 @router.post("/tenants/{name}/resume")
@@ -146,6 +156,7 @@ async def delete_tenant(name: str, request: Request) -> Response:
     """Delete the tenant and purge its files, jobs and batches (docs/tenants.md)."""
     if not await guarded(_store(request).delete(name)):
         raise ApiError(404, f"tenant `{name}` does not exist", "tenant_not_found")
+    await _changed(request, name)
     purged: dict[str, int] = {}
     try:
         purged = await request.app.state.batches.purge_deleted()
@@ -181,6 +192,7 @@ async def list_keys(name: str, request: Request) -> Response:
 async def revoke_key(name: str, key_id: str, request: Request) -> Response:
     if not await guarded(_store(request).revoke_key(name, key_id)):
         raise ApiError(404, f"key `{key_id}` of tenant `{name}` does not exist", "key_not_found")
+    await _changed(request, name)
     return json_reply({"id": key_id, "object": "api_key", "deleted": True})
 
 
@@ -234,6 +246,17 @@ async def delete_price(model: str, request: Request) -> Response:
 
 # --- its own description -----------------------------------------------------------------
 
+BODIES: Bodies = {
+    ("/admin/tenants", "post"): Tenant,
+    ("/admin/tenants/{name}", "patch"): {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },  # some of a tenant's fields
+    ("/admin/tenants/{name}/keys", "post"): KeyInput,
+    ("/admin/prices/{model}", "put"): Price,
+}
+"""What the admin document says these routes read (`api/openapi_bodies.py`)."""
+
 
 @router.get("/openapi.json", include_in_schema=False)
 async def admin_openapi(request: Request) -> Response:
@@ -245,6 +268,7 @@ async def admin_openapi(request: Request) -> Response:
         "route needs `Authorization: Bearer $LLMQ_ADMIN_TOKEN`.",
         routes=router.routes,
     )
+    document = with_bodies(document, BODIES)
     document.setdefault("components", {})["securitySchemes"] = {
         "adminToken": {"type": "http", "scheme": "bearer"}
     }

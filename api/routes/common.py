@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 from fastapi import Request
 from starlette.responses import Response
+
+from llmq.api.auth import Caller
 
 _encoder = msgspec.json.Encoder()
 
@@ -15,6 +18,34 @@ _encoder = msgspec.json.Encoder()
 async def tenant_of(request: Request) -> str:
     tenant: str = await request.app.state.serving.auth.tenant(request)
     return tenant
+
+
+async def caller_of(request: Request) -> Caller:
+    """The caller's tenant, the models it (and its key) may use, and its key's id."""
+    caller: Caller = await request.app.state.serving.auth.caller(request)
+    return caller
+
+
+def key_of(request: Request) -> str:
+    """The id of the API key the request was authenticated by ('' without keys)."""
+    key_id: str = request.app.state.serving.auth.key_id(request)
+    return key_id
+
+
+async def counted(request: Request) -> str:
+    """The caller's tenant, after counting the call against its (and its key's) RPM: a
+    call that holds no tokens (a file upload, a conversation write) is rate-limited too."""
+    tenant = await tenant_of(request)
+    await request.app.state.list_gate.count(tenant, key_of(request))
+    return tenant
+
+
+@asynccontextmanager
+async def listing(request: Request) -> AsyncIterator[str]:
+    """The caller's tenant, for the span of one list call (`ListGate`: paced per tenant)."""
+    tenant = await tenant_of(request)
+    async with request.app.state.list_gate.enter(tenant, key_of(request)):
+        yield tenant
 
 
 def json_response(

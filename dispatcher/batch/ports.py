@@ -25,10 +25,18 @@ class Preparer(Protocol):
 
 class Reserver(Protocol):
     async def reserve(
-        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        job_id: str,
+        *,
+        key_id: str = "",
     ) -> Reservation | Refusal:
-        """Hold the job's quota, or refuse: for now (`retry_after` set: a rate limit, a
-        budget) or for good (the tenant may never run it)."""
+        """Hold the job's quota (and the API key `key_id`'s), or refuse: for now
+        (`retry_after` set: a rate limit, a budget) or for good (the tenant may never run
+        it)."""
         ...
 
     async def release(self, reservation: Reservation, usage: JobUsage) -> None:

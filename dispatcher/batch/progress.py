@@ -129,6 +129,7 @@ async def _dispatch_chunk(run: BatchRun, found: BatchInput, chunk: list[int]) ->
             prepared.prompt_estimate,
             prepared.max_tokens,
             line_job_id(run.hex, number),
+            key_id=run.record.key_id,
         )
         if isinstance(held, Refusal) and held.retry_after is not None:
             run.dispatching.retry_at = time.time() + max(0.2, min(held.retry_after, 5.0))

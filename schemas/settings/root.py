@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llmq.schemas.settings.base import route
 from llmq.schemas.settings.cache import CacheSettings
 from llmq.schemas.settings.console import ConsoleSettings
+from llmq.schemas.settings.edge import EdgeSettings
 from llmq.schemas.settings.service import (
     ApiSettings,
     BatchSettings,
@@ -30,6 +31,7 @@ class Settings(BaseModel):
 
     connection: ConnectionSettings = Field(default_factory=ConnectionSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     tenancy: TenancySettings = Field(default_factory=TenancySettings)
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

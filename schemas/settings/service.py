@@ -178,7 +178,6 @@ class ApiSettings(Group):
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
-
     _split = field_validator("cors_origins", mode="before")(split_commas)
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
-"""What the api tells strangers about itself: `/openapi.json` and `/docs` describe the public
-API only; the admin API has its own document behind the admin token; `/metrics` (the api's
-and a worker's) can require a bearer token (`LLMQ_METRICS_TOKEN`, or a file holding it)."""
+"""What the api tells strangers about itself: `/openapi.json` and `/docs` (when turned on)
+describe the public API only; the admin API has its own document behind the admin token;
+`/metrics` (the api's and a worker's) can require a bearer token (`LLMQ_METRICS_TOKEN`, or a
+file holding it)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ METRICS = "metrics-secret-" + uuid.uuid4().hex
 
 
 async def test_public_document_has_no_admin_routes(stack) -> None:  # type: ignore[no-untyped-def]
-    api = await stack.api(auth_mode="keys", admin_token=ADMIN)
+    api = await stack.api(auth_mode="keys", admin_token=ADMIN, docs=True)  # /docs: off by default
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         resp = await client.get("/openapi.json")
         docs = await client.get("/docs")

@@ -189,7 +189,9 @@ async def test_runtime_users_wait_for_provision_then_serve_every_flow_without_a_
     model = unique("perm")
     caplog.set_level(logging.WARNING, logger="llmq.dispatcher.streams")
     # Started before `llmq provision`: they wait, saying what is missing.
-    starting_api = asyncio.create_task(stack.api(nats_provision=False, **as_user("api", passwords)))
+    starting_api = asyncio.create_task(
+        stack.api(nats_provision=False, admin_token="perm-admin", **as_user("api", passwords))
+    )
     starting_worker = asyncio.create_task(
         stack.worker(model=[model], nats_provision=False, **as_user("worker", passwords))
     )
@@ -217,6 +219,13 @@ async def test_runtime_users_wait_for_provision_then_serve_every_flow_without_a_
             lambda: _status(http, f"/v1/jobs/{job['id']}", "completed"), timeout=30, interval=0.2
         )
         assert (await http.get("/v1/jobs")).status_code == 200
+        # an admin change of a tenant, announced to every api (llmq.auth.changed)
+        admin = {"authorization": "Bearer perm-admin"}
+        tenant = unique("perm-t")
+        made = await http.post("/admin/tenants", json={"name": tenant}, headers=admin)
+        assert made.status_code in (200, 201), made.text
+        suspended = await http.post(f"/admin/tenants/{tenant}/suspend", headers=admin)
+        assert suspended.status_code == 200, suspended.text
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
     uploaded = await sdk.files.create(
         file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch"

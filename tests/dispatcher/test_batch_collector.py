@@ -27,7 +27,14 @@ class Books:
         self.released: list[tuple[str, str, str, int, int, bool]] = []
 
     async def reserve(
-        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, job_id: str
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        job_id: str,
+        *,
+        key_id: str = "",
     ) -> Reservation | Refusal:
         return Reservation(tenant, model, job_id)
 

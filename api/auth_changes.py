@@ -1,0 +1,46 @@
+"""A tenant's record or keys changed (a key revoked; the tenant suspended, updated or
+deleted): the api that made the change says so on NATS, and every api, itself included,
+drops what its key cache holds of that tenant. So a revoked key or a deleted tenant stops
+working on every replica as fast as a NATS message travels, not after `key_cache_ttl`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from llmq.api.auth import Authenticator
+from llmq.schemas import names
+
+log = logging.getLogger(__name__)
+
+
+class AuthChanges:
+    def __init__(self, nc: Client, auth: Authenticator) -> None:
+        self.nc = nc
+        self.auth = auth
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(names.AUTH_CHANGED, cb=self._on_change)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_change(self, msg: Msg) -> None:
+        self.auth.forget_tenant(msg.data.decode(errors="replace"))
+
+    async def changed(self, tenant: str) -> None:
+        """Tell every api (this one at once) to forget `tenant`'s cached records."""
+        self.auth.forget_tenant(tenant)
+        try:
+            await self.nc.publish(names.AUTH_CHANGED, tenant.encode())
+            await self.nc.flush(timeout=1)
+        except Exception as exc:  # the others' caches still expire after key_cache_ttl
+            log.warning("could not announce a change of tenant %s: %s", tenant, type(exc).__name__)
