@@ -115,6 +115,8 @@ class ModelTable:
         self.models: dict[str, ModelEntry] = {}
         self._mtime = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._speed = settings.api.queue_tokens_per_second
+        self._default_max_tokens = settings.tenancy.default_max_tokens
         if self.path:
             self.reload()
 
@@ -153,6 +155,13 @@ class ModelTable:
         entry = self.models.get(model)
         return entry.max_tokens if entry is not None else None
 
+    def assumed_job_seconds(self, model: str) -> float | None:
+        """Seconds a job of `model` is assumed to take while nothing is measured: its
+        `max_tokens` at `queue_tokens_per_second` (None when that is 0)."""
+        if self._speed <= 0:
+            return None
+        return (self.token_limit_for(model) or self._default_max_tokens) / self._speed
+
     def cache_ttl_for(self, model: str) -> float:
         """Seconds the model's answers stay cached by its table entry; 0: not cached."""
         entry = self.models.get(model)
@@ -183,8 +192,10 @@ class ModelTable:
         self.models = parsed.models
         log.info(
             "models file loaded: %d aliases, %d defaults, %d models",
-            len(self.aliases), len(self.defaults), len(self.models),
-        )  # fmt: skip
+            len(self.aliases),
+            len(self.defaults),
+            len(self.models),
+        )
         return True
 
     def start(self, interval: float = 1.0) -> None:

@@ -25,6 +25,9 @@ class WorkerInfo(Struct, omit_defaults=True):
     heartbeat_at: float = 0.0
     version: str = ""
     metrics_url: str = ""
+    job_seconds: dict[str, float] = msgspec.field(default_factory=dict)
+    """model -> recent seconds per job (started to ended, a moving average); the api's queue
+    estimate of a model whose service rate is not measured yet."""
 
 
 class ModelInfo(Struct, omit_defaults=True):
