@@ -274,7 +274,7 @@ class Target:
             return {"authorization": "Bearer sk-llmq-" + "0" * 40}
         return {}
 
-    def settled_quota(self) -> dict[str, Any]:
+    def settled_quota(self) -> dict[bytes, Any]:
         """The tenant's quota counters once no request of it holds a slot."""
         inflight = names.inflight_key(self.tenant)
         deadline = time.monotonic() + 15
