@@ -19,16 +19,18 @@ dev: $(STAMP)
 test: $(STAMP) browser js
 	$(BIN)/python -m pytest $(ARGS)
 
-# The JavaScript clients the Messages API tests drive (@anthropic-ai/sdk, Claude Code), pinned
-# by tests/js/package-lock.json. Without npm those tests skip, naming the command.
+# The JavaScript clients the tests drive, each folder pinned by its package-lock.json:
+# tests/js (the Messages API: @anthropic-ai/sdk, Claude Code) and tests/js_openai (the client
+# matrix: openai-node, the AI SDK). Without npm those tests skip, naming the command.
 JS_STAMP = tests/js/node_modules/.package-lock.json
-js: $(JS_STAMP)
-$(JS_STAMP): tests/js/package-lock.json
+JS_OPENAI_STAMP = tests/js_openai/node_modules/.package-lock.json
+js: $(JS_STAMP) $(JS_OPENAI_STAMP)
+tests/%/node_modules/.package-lock.json: tests/%/package-lock.json
 	@if command -v npm >/dev/null; then \
-	  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) \
-	    || echo "npm ci failed: the JavaScript client tests will skip (cd tests/js && npm ci)"; \
+	  (cd tests/$* && npm ci --no-audit --no-fund --loglevel=error) \
+	    || echo "npm ci failed: the JavaScript client tests will skip (cd tests/$* && npm ci)"; \
 	else \
-	  echo "no npm: the JavaScript client tests will skip (apt-get install nodejs npm; cd tests/js && npm ci)"; \
+	  echo "no npm: the JavaScript client tests will skip (apt-get install nodejs npm; cd tests/$* && npm ci)"; \
 	fi
 
 # The console's browser tests need Debian's chromium and chromium-driver. As root with apt,
@@ -53,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/js_openai/node_modules

@@ -20,8 +20,11 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.cache.service import open_cache
 from llmq.api.chat import routes as chat
 from llmq.api.chat.serving import ChatServing
+from llmq.api.collector import freeze_after_start
 from llmq.api.console import app as console
 from llmq.api.data_marker import DataMarker
+from llmq.api.endpoints import routes as endpoint_routes
+from llmq.api.endpoints.serving import EndpointServing
 from llmq.api.engine.model_chain import Router
 from llmq.api.errors import install_error_handlers
 from llmq.api.listing import ListGate
@@ -89,7 +92,9 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
         max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
         waits=settings.api.no_worker_grace != 0,
     )  # fmt: skip
-    queue_estimator = QueueEstimator(runtime.js, runtime.registry.live_workers)  # docs/routing.md
+    queue_estimator = QueueEstimator(
+        runtime.js, runtime.registry.live_workers, models.assumed_job_seconds
+    )  # docs/routing.md
     queue_estimator.start()
     undo.push_async_callback(queue_estimator.stop)
     router = Router(models, runtime.registry, queue_estimator.wait_for)
@@ -101,6 +106,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     rate = RequestRate(runtime.redis) if settings.api.auth_mode != "none" else None
     app.state.list_gate = ListGate(rate, settings.edge.list_concurrency)
     app.state.queue_estimator = queue_estimator
+    queue_estimator.local = app.state.serving.fair  # a burst counts before a refresh
     # metrics + request log observers, `llmq-api` micro service
     app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
     undo.push_async_callback(app.state.observability.stop)
@@ -115,6 +121,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     )
     undo.push_async_callback(app.state.responses.stop)
     app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
+    app.state.endpoints = EndpointServing(app.state.serving)  # docs/endpoints.md
     # the response cache and joined requests, for every feature above (docs/cache.md)
     app.state.cache = cache = open_cache(runtime, models, store)
     undo.push_async_callback(cache.close)
@@ -144,6 +151,7 @@ async def _start(app: FastAPI, settings: Settings, startup: Startup, undo: Async
         log.error("the api gives up starting: %s", startup.failed, exc_info=not expected)
         app.state.on_start_failed()
         return
+    undo.callback(freeze_after_start(settings.api.gc_freeze_threshold))  # api/collector.py
     startup.ready = True
     log.info("api %s ready", settings.api.instance_id)
 
@@ -201,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batch_routes.router)
     app.include_router(responses.router)
     app.include_router(conversation_routes.router)
+    app.include_router(endpoint_routes.router)
     if settings.console.console_enabled:
         console.install(app)
     return app

@@ -58,6 +58,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from llmq.api.fair_ledger import LocalLedger, RedisLedger, ShareLedger
+from llmq.api.fresh_tickets import FreshTickets
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.dispatcher.queue_estimate import free_slots
 from llmq.dispatcher.registry import WorkerRegistry
@@ -107,7 +108,7 @@ class Ticket:
     """A request's place in the model's queue; `leave` once its job started or ended (a
     second `leave`, when the job ended, frees the slot it was seen holding)."""
 
-    __slots__ = ("_gate", "_id", "_left", "_line", "_seen")
+    __slots__ = ("_epoch", "_gate", "_id", "_left", "_line", "_seen")
 
     def __init__(self, gate: FairShare, line: Line, ticket_id: str | None) -> None:
         """`ticket_id` None: a local ticket (the fast path), not in the shared counts."""
@@ -116,10 +117,12 @@ class Ticket:
         self._id = ticket_id
         self._left = False
         self._seen: int | None = None
+        self._epoch = gate.fresh.given(line[0])
 
     def leave(self) -> None:
         if not self._left:
             self._left = True
+            self._gate.fresh.started(self._line[0], self._epoch)
             self._seen = self._gate._leave(self._line, self._id)
         elif self._seen is not None:
             self._gate._ended(self._line[0], self._seen)
@@ -160,6 +163,8 @@ class FairShare:
         self._marked: set[Line] = set()
         """Lines the shared counts may list as waiting (to withdraw when they empty)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fresh = FreshTickets()
+        """This replica's tickets not yet started, by the queue estimate's refresh epoch."""
 
     @classmethod
     def shared(
@@ -182,14 +187,34 @@ class FairShare:
         if self._room_for is None or self._waiting.get(model):
             return False
         free, oldest = self._room_for(model)
-        started = self._started.get(model)
-        if started:
-            while started and (first := next(iter(started.items())))[1] < oldest:
-                del started[first[0]]  # in the heartbeats' in-flight counts by now
-            if not started:
-                del self._started[model]
-        seen = self._unstarted.get(model, 0) + (len(started) if started else 0)
+        seen = self._unstarted.get(model, 0) + self._running_since(model, oldest)
         return seen < free
+
+    def _running_since(self, model: str, oldest: float) -> int:
+        """This replica's running jobs of `model` that started after `oldest` (unix)."""
+        started = self._started.get(model)
+        if not started:
+            return 0
+        while started and (first := next(iter(started.items())))[1] < oldest:
+            del started[first[0]]  # in the heartbeats' in-flight counts by now
+        if not started:
+            del self._started[model]
+        return len(started)
+
+    # --- this replica's load, for the queue estimate (`queue_estimate.LocalLoad`) ---------
+
+    def new_epoch(self) -> int:
+        return self.fresh.new_epoch()
+
+    def counted(self, epoch: int) -> None:
+        self.fresh.counted(epoch)
+
+    def busy(self, model: str) -> bool:
+        return model in self._waiting or model in self._started or model in self.fresh
+
+    def load(self, model: str, since: float) -> tuple[int, int]:
+        queued = self._waiting.get(model, 0) + self.fresh.count(model)
+        return queued, self._running_since(model, since) if self._room_for is not None else 0
 
     async def queued(self, model: str, tenant: str) -> int:
         """The tenant's jobs of the model queued and not started (every replica's)."""

@@ -27,8 +27,10 @@ What each layer does for these requests, and what stands in for it here:
 - AsyncExitStackMiddleware closes uploaded form files: these endpoints read JSON.
 - The router: the route it would pick for `POST path`, found once; any other method, a
   trailing slash or a mounted prefix goes to the app (405, redirect, 404 as before).
-Request metrics, the request log, the tracing spans and `x-request-id` come from the serving
-path (its observers), not from middleware. Any other middleware on the app turns the shortcut
+Request metrics, the request log and the tracing spans come from the serving path (its
+observers), not from middleware; OpenAI's response headers (`x-request-id` when the serving
+path set none, `openai-processing-ms`, `openai-version`: `api/response_headers`) are added
+here, for every request, hot or not. Any other middleware on the app turns the shortcut
 off, so a middleware added later is never skipped.
 """
 
@@ -48,6 +50,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq.api.console.app import ConsoleHeaders
+from llmq.api.response_headers import openai_headers
 
 HOT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -118,6 +121,8 @@ class HotPaths:
         return self._telemetry is not None and bool(self._telemetry.enabled())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = openai_headers(send)  # on every answer, the app's too
         if scope["type"] == "http" and scope["method"] == "POST":
             if scope["path"] in self.routes and not (self._traced or scope.get("root_path")):
                 await self._entry(scope, receive, send)

@@ -132,7 +132,8 @@ class _Live(Collector):
             )
             for model, state in sorted(estimator.models.items()):
                 named = [m.model_label(model)]
-                wait.add_metric(named, -1.0 if state.wait is None else state.wait)
+                seconds = estimator.wait_for(model)  # as admission sees it: this replica's load too
+                wait.add_metric(named, -1.0 if seconds is None else seconds)
                 rate.add_metric(named, -1.0 if state.rate is None else state.rate)
             yield wait
             yield rate
@@ -190,6 +191,12 @@ class ApiMetrics:
             "llmq_api_fallbacks",
             "Requests moved from a model to its next fallback, by cause (docs/routing.md).",
             ["model", "to", "cause"],
+            registry=self.registry,
+        )
+        self.omitted = Counter(
+            "llmq_api_omitted_tools",
+            "Built-in tools left out of Responses requests (the model table's builtin_tools).",
+            ["model", "tool"],
             registry=self.registry,
         )
         self.cache = Counter(
@@ -262,6 +269,8 @@ class ApiMetrics:
             self._child(self.tokens, model, "out", *extra).inc(r.completion_tokens)
         for origin, to, cause in r.fallbacks:
             self._child(self.fallbacks, self.model_label(origin), self.model_label(to), cause).inc()
+        for tool in r.omitted:
+            self._child(self.omitted, model, tool).inc()
         if r.cache:
             self._child(self.cache, model, r.cache, *extra).inc()
         code = r.error_code

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import tomllib
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -62,6 +62,11 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     only the requested model's list is followed, never a fallback's own."""
     max_queue_wait: Annotated[float, msgspec.Meta(ge=0)] | None = None
     """Seconds of estimated queue wait above which a request moves to the next fallback."""
+    builtin_tools: Literal["omit", "reject", "pass"] = "omit"
+    """What a Responses request's built-in tools (web search, file search, MCP …) become on
+    this model: `omit` them (named in the `x-llmq-omitted` header), `reject` the request
+    (400 naming the tool), or `pass` them to a worker whose upstream serves them itself
+    (`--responses-passthrough`)."""
     cache: CacheEntry | None = None
     """Cache the model's answers per tenant (api/cache/); absent: only a key with a cache
     TTL of its own caches them."""
@@ -110,6 +115,8 @@ class ModelTable:
         self.models: dict[str, ModelEntry] = {}
         self._mtime = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._speed = settings.api.queue_tokens_per_second
+        self._default_max_tokens = settings.tenancy.default_max_tokens
         if self.path:
             self.reload()
 
@@ -139,10 +146,21 @@ class ModelTable:
         entry = self.models.get(model)
         return entry.max_queue_wait if entry is not None else None
 
+    def builtin_tools_for(self, model: str) -> str:
+        entry = self.models.get(model)
+        return entry.builtin_tools if entry is not None else "omit"
+
     def token_limit_for(self, model: str) -> int | None:
         """The model's largest `max_tokens`, when the table sets one."""
         entry = self.models.get(model)
         return entry.max_tokens if entry is not None else None
+
+    def assumed_job_seconds(self, model: str) -> float | None:
+        """Seconds a job of `model` is assumed to take while nothing is measured: its
+        `max_tokens` at `queue_tokens_per_second` (None when that is 0)."""
+        if self._speed <= 0:
+            return None
+        return (self.token_limit_for(model) or self._default_max_tokens) / self._speed
 
     def cache_ttl_for(self, model: str) -> float:
         """Seconds the model's answers stay cached by its table entry; 0: not cached."""

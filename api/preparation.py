@@ -9,13 +9,14 @@ endpoint), which the HTTP edge renders; no I/O.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from llmq.api.model_table import ModelTable
 from llmq.dispatcher.registry import WorkerRegistry
 from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal
+from llmq.schemas.endpoints import pack, unpack
 from llmq.schemas.envelope import REQUEST_DECODERS, JobKind
 from llmq.schemas.openai import (
     ChatCompletionRequest,
@@ -23,9 +24,11 @@ from llmq.schemas.openai import (
     EmbeddingRequest,
     patch_body,
 )
+from llmq.schemas.responses import ResponseRequest
 from llmq.schemas.text import message_text
 
 _encoder = msgspec.json.Encoder()
+_fields = msgspec.json.Decoder(dict[str, Any])
 MAX_BEST_OF = 20
 """OpenAI's ceiling for `best_of` on /v1/completions."""
 _PATH = re.compile(r"at `\$\.?(.*)`")
@@ -59,7 +62,29 @@ class RequestPreparer:
 
     def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
         """An async job or a batch line (the batch machinery's `Preparer` port)."""
+        if kind == "endpoint":
+            return self._durable_endpoint(body)
         return self.prepare(kind, body, durable=True)
+
+    def _durable_endpoint(self, packed: bytes) -> PreparedRequest:
+        """A batch line for one of OpenAI's other endpoints (`schemas.endpoints`): its model
+        must declare the endpoint; one request, no tokens reserved."""
+        try:
+            call, body = unpack(packed)
+            fields = _fields.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise Refusal(400, "the body is not a JSON object", "invalid_json") from None
+        if not isinstance(fields.get("model"), str):
+            raise Refusal(400, "`model` is required", "invalid_request", param="model")
+        model = self.models.resolve(fields["model"])
+        info = self.registry.model_info(model)
+        if info is None or call.path not in info.endpoints:
+            raise Refusal(
+                404, f"The model `{model}` does not serve {call.path}", "model_not_found",
+                param="model",
+            )  # fmt: skip
+        packed = pack(call, patch_body(body, {"model": model}))
+        return PreparedRequest(cast(AnyRequest, call), model, packed, "endpoint", False, 1, 1)
 
     def decode(self, kind: JobKind, body: bytes) -> AnyRequest:
         req: AnyRequest = _decode(body, REQUEST_DECODERS[kind])
@@ -82,6 +107,8 @@ class RequestPreparer:
         """`live_now`: a known model with no live worker is a 503 `no_worker` now (another
         model of the fallback chain is tried instead), else the job may wait in its queue
         for one (`durable`, or `no_worker_grace` other than 0)."""
+        if isinstance(req, ResponseRequest):
+            return self._durable_response(req, body)
         model = self.models.resolve(req.model)
         self.check_model(model, kind, need_live_worker=self.fails_fast(model, live_now, durable))
         limit = self.models.token_limit_for(model) or self.max_output_tokens
@@ -96,6 +123,30 @@ class RequestPreparer:
             per_choice = token_limit(req) or self.default_max_tokens
             reserve = choices(req) * min(per_choice, limit)
         return PreparedRequest(req, model, body, kind, stream, estimate_prompt_tokens(req), reserve)
+
+    def _durable_response(self, req: ResponseRequest, body: bytes) -> PreparedRequest:
+        """A Responses request as a batch line or async job: whole, not stored, and on its
+        own (its history cannot be read from a batch: `previous_response_id` and
+        `conversation` are refused)."""
+        for param in ("previous_response_id", "conversation", "background"):
+            if getattr(req, param) not in (None, msgspec.UNSET, False):
+                raise Refusal(
+                    400, f"`{param}` is not supported in a batch", "unsupported_parameter",
+                    param=param,
+                )  # fmt: skip
+        if req.input in (msgspec.UNSET, None, "", []):
+            raise Refusal(400, "`input` is required", "invalid_request", param="input")
+        model = self.models.resolve(req.model)
+        self.check_model(model, "chat", need_live_worker=False)
+        limit = self.models.token_limit_for(model) or self.max_output_tokens
+        _check_range(req.max_output_tokens, "max_output_tokens", 1, limit)
+        asked = req.max_output_tokens if isinstance(req.max_output_tokens, int) else None
+        body = patch_body(body, {"model": model, "stream": False, "store": False})
+        estimate = len(body) // 3 + 1  # as the Responses API's own guess
+        reserve = min(asked or self.default_max_tokens, limit)
+        return PreparedRequest(
+            cast(AnyRequest, req), model, body, "response", False, estimate, reserve
+        )
 
     def check_bounds(self, req: AnyRequest, token_limit: int) -> None:
         """The numbers the reservation is made of, checked before it is: an output limit of
@@ -261,8 +312,9 @@ def estimate_prompt_tokens(req: AnyRequest) -> int:
         texts = [message_text(m) for m in req.messages]
         overhead = 4 * len(texts)
     elif isinstance(req, CompletionRequest):
-        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        overhead = 0
+        prompts = req.prompts()
+        texts = [p for p in prompts if isinstance(p, str)]
+        overhead = sum(len(p) for p in prompts if isinstance(p, list))  # token ids: exact
     else:
         raw = req.input
         texts = [raw] if isinstance(raw, str) else [str(x) for x in raw]

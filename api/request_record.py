@@ -27,6 +27,8 @@ class RequestRecord:
     completion_tokens: int = 0
     trace: RequestTrace | None = None
     """OpenTelemetry spans of this request; None when tracing is off (api/tracing.py)."""
+    omitted: list[str] = field(default_factory=list)
+    """Types of the built-in tools left out of a Responses request (`x-llmq-omitted`)."""
     cache: str = ""
     """The response cache's part (`hit`, `miss`, `join`, `skip`; '' when it had none)."""
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)

@@ -28,9 +28,10 @@ from llmq.schemas.openai import (
 )
 from llmq.schemas.responses import response_request_decoder
 
-JobKind = Literal["chat", "completion", "embedding", "response", "message"]
-"""What the body is: an OpenAI chat, completion, embedding or Responses request, or an
-Anthropic Messages request (`message`, docs/anthropic.md)."""
+JobKind = Literal["chat", "completion", "embedding", "response", "message", "endpoint"]
+"""What the body is: an OpenAI chat, completion, embedding or Responses request, an
+Anthropic Messages request (`message`, docs/anthropic.md), or a request to one of OpenAI's
+other endpoints (`endpoint`, `schemas.endpoints`)."""
 JOB_KINDS: Final[tuple[JobKind, ...]] = get_args(JobKind)
 DEFAULT_KIND: Final[JobKind] = "chat"
 """The kind of a job without an `Llmq-Kind` header (the header is left out for it)."""
@@ -68,9 +69,10 @@ def job_kind(value: str) -> JobKind:
 
 def decode_request(kind: JobKind, body: bytes) -> AnyRequest:
     """The job's body as the OpenAI request of its kind (msgspec.ValidationError if not).
-    A `response` or `message` job is not one of these: its worker reads it as JSON
-    (`worker/responses_api`, `worker/messages`), and asking for it here is a ValidationError."""
-    if kind in ("response", "message"):
+    A `response`, `message` or `endpoint` job is not one of these: its worker reads it as
+    JSON or bytes (`worker/responses_api`, `worker/messages`, `worker/endpoints`), and asking
+    for it here is a ValidationError."""
+    if kind in ("response", "message", "endpoint"):
         raise msgspec.ValidationError(f"a {kind} job is not a chat-shaped request")
     request: AnyRequest = REQUEST_DECODERS[kind].decode(body)
     return request

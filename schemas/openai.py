@@ -66,11 +66,20 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
         return isinstance(self.stream_options, StreamOptions) and self.stream_options.include_usage
 
 
+def _token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
 class CompletionRequest(Struct, omit_defaults=True):
     """Legacy `/v1/completions` prompt form."""
 
     model: str
-    prompt: str | list[str]
+    prompt: str | list[Any]
+    """Text, a list of texts, token ids (a list of ints) or a list of such lists."""
     stream: bool = False
     stream_options: StreamOptions | UnsetType | None = UNSET
     max_tokens: int | UnsetType | None = UNSET
@@ -87,6 +96,27 @@ class CompletionRequest(Struct, omit_defaults=True):
     logprobs: int | UnsetType | None = UNSET
     suffix: str | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        prompt = self.prompt
+        if isinstance(prompt, list) and not (
+            all(isinstance(p, str) for p in prompt)
+            or all(_token_ids(p) for p in prompt)
+            or _token_ids(prompt)
+        ):
+            raise ValueError(
+                "`prompt` must be a string, a list of strings, a list of token ids or a list "
+                "of such lists"
+            )
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request: a text or a list of token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(t, int) for t in prompt):
+            return [prompt]
+        return list(prompt)
 
 
 class EmbeddingRequest(Struct, omit_defaults=True):

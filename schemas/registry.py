@@ -25,6 +25,9 @@ class WorkerInfo(Struct, omit_defaults=True):
     heartbeat_at: float = 0.0
     version: str = ""
     metrics_url: str = ""
+    job_seconds: dict[str, float] = msgspec.field(default_factory=dict)
+    """model -> recent seconds per job (started to ended, a moving average); the api's queue
+    estimate of a model whose service rate is not measured yet."""
 
 
 class ModelInfo(Struct, omit_defaults=True):
@@ -34,6 +37,8 @@ class ModelInfo(Struct, omit_defaults=True):
     kinds: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_KIND])
     """Job kinds (`schemas.envelope.JobKind`) the model's backend accepts; kept strings so a
     kind a newer worker announces does not make the entry unreadable."""
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    """OpenAI's other endpoints (`schemas.endpoints.ENDPOINT_PATHS`) the model serves."""
 
 
 worker_info_decoder: Final = msgspec.json.Decoder(WorkerInfo)

@@ -139,12 +139,26 @@ def skeleton(request: Json, response_id: str, created_at: int) -> Json:
         "top_p": request.get("top_p", 1.0),
         "truncation": request.get("truncation") or "disabled",
         "metadata": request.get("metadata") or {},
+        "presence_penalty": _number(request.get("presence_penalty"), 0.0),
+        "frequency_penalty": _number(request.get("frequency_penalty"), 0.0),
+        "top_logprobs": request.get("top_logprobs")
+        if isinstance(request.get("top_logprobs"), int)
+        else 0,
+        "max_tool_calls": request.get("max_tool_calls"),
+        "service_tier": request.get("service_tier") or "auto",
+        "safety_identifier": request.get("safety_identifier"),
+        "prompt_cache_key": request.get("prompt_cache_key"),
+        "usage": usage_of(None),
     }
     if isinstance(conversation, dict):
         response["conversation"] = {"id": conversation.get("id", "")}
     if isinstance(request.get("user"), str):
         response["user"] = request["user"]
     return response
+
+
+def _number(value: Any, default: float) -> float:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
 def usage_of(usage: Json | None) -> Json:
@@ -164,8 +178,8 @@ def usage_of(usage: Json | None) -> Json:
 
 
 def _tool_view(tool: Json) -> Json:
-    """A tool as the Response echoes it: a function tool always says `strict` and
-    `parameters` (null when the request left them out)."""
+    """A tool as the Response echoes it: a function tool always says `strict`,
+    `parameters` and `description` (null when the request left them out)."""
     if tool.get("type") == "function":
-        return {"strict": None, "parameters": None, **tool}
+        return {"strict": None, "parameters": None, "description": None, **tool}
     return tool

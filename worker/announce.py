@@ -33,6 +33,7 @@ class Announcer:
         replicas: int = 1,
         *,
         create: bool = True,
+        endpoints: list[str] | None = None,
     ) -> None:
         self.replicas = replicas
         self.create = create
@@ -41,6 +42,7 @@ class Announcer:
         self._snapshot = snapshot
         self._heartbeat = heartbeat
         self._kinds = kinds
+        self._endpoints = endpoints or []
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -58,8 +60,9 @@ class Announcer:
         models = await streams.models_bucket(self._js, self.replicas, self.create)
         for model in info.models:
             entry = ModelInfo(
-                name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds
-            )
+                name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds,
+                endpoints=self._endpoints,
+            )  # fmt: skip
             await models.put(names.model_kv_key(model), registry_encoder.encode(entry))
         await self.beat()
 

@@ -26,7 +26,9 @@ from llmq.worker.backends import create_backend
 from llmq.worker.backends.base import Backend, BackendConfig
 from llmq.worker.breaker import OPEN, CircuitBreaker
 from llmq.worker.config import ConfigError, backend_config_from, describe
+from llmq.worker.endpoints import endpoints_of
 from llmq.worker.feed import PullFeed
+from llmq.worker.job_time import JobTimes
 from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.metrics import JobBook, WorkerMetrics
 from llmq.worker.responses_api.passthrough import passthrough_of
@@ -73,6 +75,8 @@ class Worker:
         self.started_at = time.time()
         self.outcomes: dict[str, int] = {}
         self.jobs = JobBook(self.models)  # running jobs and counters: metrics, micro stats
+        self.job_times = JobTimes(self.models)  # announced: the api's queue estimate
+        self.jobs.listeners.append(self.job_times.record)
         self.metrics = WorkerMetrics(self.jobs, self.info, lambda: self.nc)
         self.service: WorkerService | None = None
         self._stopped = asyncio.Event()
@@ -126,12 +130,14 @@ class Worker:
         )
         self.runner.responses_upstream = passthrough_of(s, self.backend_config)
         self.runner.messages = MessageJobs(self.backend, self.models, self.backend_config)
+        self.runner.endpoints = endpoints_of(s, self.backend_config)
         await nc.subscribe(names.CANCEL_WILDCARD, cb=self._on_cancel)
         self._feed_specs = await step("its job consumers", self._provision_consumers)
         self.scheduler.feeds = await self._open_feeds()
         self.announcer = Announcer(
             nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
             s.protocol.nats_replicas, create=s.connection.nats_provision,
+            endpoints=sorted(self.runner.endpoints.endpoints) if self.runner.endpoints else [],
         )  # fmt: skip
         await step("the worker registry", self.announcer.start)
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
@@ -235,6 +241,8 @@ class Worker:
             await self.runner.responses_upstream.aclose()
         if self.runner is not None and self.runner.messages is not None:
             await self.runner.messages.aclose()
+        if self.runner is not None and self.runner.endpoints is not None:
+            await self.runner.endpoints.aclose()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -256,6 +264,7 @@ class Worker:
             started_at=self.started_at,
             version=__version__,
             metrics_url=self.metrics.url,
+            job_seconds=dict(self.job_times.seconds),
         )
 
     # --- callbacks ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
+from llmq.worker.endpoints import EndpointUpstream, run_endpoint
 from llmq.worker.keepalive import KeepAlive
 from llmq.worker.messages.jobs import MessageJobs
 from llmq.worker.replies import FrameSender, drive
@@ -39,8 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobOutcome:
-    """What happened to one job, for metrics and the circuit breaker; `job` says which job
-    (its stream and the model it was queued for)."""
+    """What happened to one job, for metrics and the breaker; `job`: its stream and model."""
 
     job: JobEnvelope
     outcome: str  # ok | error | upstream_error | retried | cancelled | expired | dropped
@@ -126,20 +126,18 @@ class JobRunner:
         self.worker_id = worker_id
         self.upstream_names = upstream_names
         self.ping_interval = ping_interval
-        self.keepalive = KeepAlive(ping_interval)
-        """Pings every running job that has been silent for a ping interval (one loop)."""
+        self.keepalive = KeepAlive(ping_interval)  # pings every job silent for a ping interval
         self.max_deliver = max_deliver
         self.on_outcome = on_outcome
-        self.track = track
-        """Around each job's run (the worker's running-job book)."""
+        self.track = track  # around each job's run (the worker's running-job book)
         self.cancelled = CancelledJobs()
-        self.shutting_down = False
-        """Set when a drain runs out of time: cancelled jobs are handed back, not dropped."""
+        self.shutting_down = False  # a drain ran out of time: cancelled jobs go back, not dropped
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.responses_upstream: ResponsesPassthrough | None = None
-        """Set when the upstream serves `/v1/responses` itself (`worker/responses_api`)."""
-        self.messages: MessageJobs | None = None
-        """Anthropic Messages jobs (`worker/messages`); set by the worker at start."""
+        self.responses_upstream: ResponsesPassthrough | None = None  # serves /v1/responses itself
+        self.endpoints: EndpointUpstream | None = (
+            None  # OpenAI's other endpoints (worker/endpoints)
+        )
+        self.messages: MessageJobs | None = None  # Anthropic Messages jobs (worker/messages)
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -234,8 +232,7 @@ class JobRunner:
     async def _hand_back(
         self, ack: _Ack, sender: FrameSender, attempt: int, outcome: JobOutcome
     ) -> None:
-        """The worker stops before the job ended: give it back if nobody saw a token yet,
-        else end the client's stream with a clear error instead of silence."""
+        """The worker stops mid-job: give it back if nobody saw a token, else end it clearly."""
         if not ack.done:
             outcome.outcome = "retried"
             await ack.nak(delay=0)
@@ -250,6 +247,10 @@ class JobRunner:
     ) -> None:
         if kind == "response":  # the Responses API: worker/responses_api
             await self._respond(body, sender, ack, outcome)
+            return
+        if kind == "endpoint":  # OpenAI's other endpoints: worker/endpoints (acked at its head)
+            args = (self.endpoints, self.upstream_names, body, sender, self._started(ack, outcome))
+            outcome.usage = await run_endpoint(*args, whole=outcome.job.batch)
             return
         if kind == "message" and self.messages is not None:  # Anthropic's: worker/messages
             started = self._started(ack, outcome)
@@ -339,8 +340,7 @@ class JobRunner:
         sender: FrameSender,
         outcome: JobOutcome,
     ) -> None:
-        """A non-streamed reply: the body the backend built (`Out.body`), or else one folded
-        from the chunks it relayed."""
+        """A non-streamed reply: the backend's body (`Out.body`), else folded from its chunks."""
         finish: str | None = None
         usage: Usage | None = None
         body = b""

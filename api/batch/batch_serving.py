@@ -25,8 +25,8 @@ from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher.batch.async_jobs import list_page
 from llmq.dispatcher.batch.jsonl import parse_input
 from llmq.dispatcher.batch.records import (
+    BATCH_ENDPOINTS,
     BATCH_ID_PREFIX,
-    KIND_OF_ENDPOINT,
     BatchRecord,
     batch_view,
     strip_prefix,
@@ -97,10 +97,10 @@ class BatchServing:
             raise ApiError(400, str(exc), "invalid_request") from None
         except msgspec.DecodeError:
             raise ApiError(400, "the body must be a JSON object", "invalid_json") from None
-        if params.endpoint not in KIND_OF_ENDPOINT:
+        if params.endpoint not in BATCH_ENDPOINTS:
             raise ApiError(
                 400,
-                f"endpoint must be one of {', '.join(sorted(KIND_OF_ENDPOINT))}",
+                f"endpoint must be one of {', '.join(sorted(BATCH_ENDPOINTS))}",
                 "invalid_endpoint",
                 param="endpoint",
             )

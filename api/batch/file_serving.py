@@ -29,7 +29,9 @@ from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines
 from llmq.dispatcher.batch.records import FileRecord, file_view
 from llmq.schemas import names
 
-FILE_PURPOSES = frozenset({"batch"})
+FILE_PURPOSES = frozenset({"batch", "user_data", "assistants", "vision", "evals"})
+"""Purposes a file may be stored for; only `batch` files are checked as JSONL (the others are
+stored as they came: documents for `input_file`, images …)."""
 SPOOL_BYTES = 1 << 20
 """Bytes of an upload kept in memory before it spills to a temporary file."""
 MAX_FIELD_BYTES = 65_536
@@ -74,6 +76,8 @@ class _Upload:
         self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         self.size = 0
         self.check = JsonlCheck(lines)
+        self.problem: NotJsonl | TooManyLines | None = None
+        """Why the file is not a batch input (known once the purpose is read)."""
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -90,17 +94,24 @@ class _Upload:
                 "storage_quota_exceeded",
                 param="file",
             )
-        try:
-            self.check.feed(data)
-        except (NotJsonl, TooManyLines) as exc:
-            raise _refusal(exc, self.max_lines) from None
+        if self.problem is None:
+            try:
+                self.check.feed(data)
+            except (NotJsonl, TooManyLines) as exc:
+                self.problem = exc
         self.file.write(data)
 
     def close(self) -> None:
-        try:
-            self.check.finish()
-        except (NotJsonl, TooManyLines) as exc:
-            raise _refusal(exc, self.max_lines) from None
+        if self.problem is None:
+            try:
+                self.check.finish()
+            except (NotJsonl, TooManyLines) as exc:
+                self.problem = exc
+
+    def ensure_jsonl(self) -> None:
+        """400 unless the file is a JSONL file llmq can run (purpose `batch`)."""
+        if self.problem is not None:
+            raise _refusal(self.problem, self.max_lines)
 
 
 class _Form:
@@ -227,6 +238,8 @@ class FileServing:
                     400, "missing the `purpose` field", "invalid_request", param="purpose"
                 )
             self._check_purpose(purpose)
+            if purpose == "batch":
+                form.upload.ensure_jsonl()
             expires_at = _expires_at(form, int(time.time()), batch.files_min_expiry)
             form.upload.file.seek(0)
             record = await self.files.put(

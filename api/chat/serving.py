@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT, for_model
 from llmq.api.engine.reuse import Ask, Plan
@@ -74,7 +75,9 @@ class ChatServing(Serving):
         def attempt(model: str, more: bool) -> Awaitable[Attempted]:
             return self._attempt(request, kind, record, req, body, model, more, submitted, wait)
 
-        return await self.through_chain(record, requested, attempt, new_job_id)
+        return await unless_gone(
+            request, self.through_chain(record, requested, attempt, new_job_id)
+        )
 
     async def _attempt(
         self,
@@ -106,7 +109,8 @@ class ChatServing(Serving):
         served = await plan.served()  # the response cache: a stored answer, a joined job
         if served is not None:
             return served
-        if more and self.router.over_queue_wait(model):
+        rank = await self.auth.rank(request)  # before the queue checks: no await between
+        if more and self.router.over_queue_wait(model):  # them and the fair-share ticket
             return QUEUE_WAIT, None
         full = self.router.admit(model, submitted + wait - time.time())
         if full is not None:
@@ -116,7 +120,7 @@ class ChatServing(Serving):
         record.stream = prepared.stream
         mark(record.trace, "prepared")
         held = await self.hold(
-            model, record, submitted + wait - time.time(), await self.auth.rank(request),
+            model, record, submitted + wait - time.time(), rank,
             quota_model=prepared.model, estimate=prepared.prompt_estimate,
             max_tokens=prepared.max_tokens, key_id=self.auth.key_id(request),
             user=end_user(prepared.request), fallback=fallback,

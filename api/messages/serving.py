@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
 from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
@@ -129,7 +130,7 @@ class MessagesServing:
         def attempt(name: str, more: bool) -> Awaitable[Attempted]:
             return self._attempt(request, record, ask, name, more)
 
-        return await serving.through_chain(record, model, attempt, new_job_id)
+        return await unless_gone(request, serving.through_chain(record, model, attempt, new_job_id))
 
     async def _attempt(
         self, request: Request, record: RequestRecord, ask: _Ask, model: str, more: bool

@@ -10,6 +10,8 @@ one record are compare-and-set (`kv.mutate`), so api replicas may update one rec
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable
 
 import msgspec
@@ -26,6 +28,10 @@ from llmq.schemas.responses import (
 )
 
 _encoder = msgspec.json.Encoder()
+_INDEXABLE = re.compile(r"[A-Za-z0-9_-]{1,200}")
+ITEM_KEY = "item-"
+"""Item index keys (`<namespace>.item-<item id>`) share the responses bucket; response keys
+are 32 hex digits, so the two never meet."""
 
 
 def namespace(scope: str) -> str:
@@ -51,8 +57,9 @@ class ConversationStore:
             keys = await kvs.scan(bucket, pattern, meta_only=True)
             for key in keys:
                 await bucket.purge(key)
-            if keys:
-                counts[kind] = len(keys)
+            records = [k for k in keys if not k.rpartition(".")[2].startswith(ITEM_KEY)]
+            if records:
+                counts[kind] = len(records)
         return counts
 
     # --- responses -----------------------------------------------------------------------
@@ -75,6 +82,22 @@ class ConversationStore:
 
     async def delete_response(self, tenant: str, hex_id: str) -> bool:
         return await _delete(self.responses, self.key(tenant, hex_id))
+
+    # --- the item index: where a stored item lives, for `item_reference` ---------------
+
+    async def index_items(self, tenant: str, item_ids: list[str], home: str) -> None:
+        """Remember that these items live in `home` (`r:<hex>` a stored response, `c:<hex>`
+        a conversation); ids that cannot be a key are not indexed (never referenced)."""
+        keys = [f"{namespace(tenant)}.{ITEM_KEY}{i}" for i in item_ids if _INDEXABLE.fullmatch(i)]
+        value = home.encode()
+        await asyncio.gather(*(self.responses.put(key, value) for key in dict.fromkeys(keys)))
+
+    async def item_home(self, tenant: str, item_id: str) -> str | None:
+        """Where the item `item_id` of this tenant lives, or None."""
+        if not _INDEXABLE.fullmatch(item_id):
+            return None
+        raw = await kvs.read_raw(self.responses, f"{namespace(tenant)}.{ITEM_KEY}{item_id}")
+        return raw.decode() if raw else None
 
     # --- conversations -------------------------------------------------------------------
 

@@ -115,7 +115,12 @@ class ConversationsServing:
             await self.store.create_conversation(conv)
         except MaxPayloadError:
             raise _full(CONVERSATION_PREFIX + conv.id) from None
+        await self._index(tenant, conv.id, conv.items)
         return view(conv)
+
+    async def _index(self, tenant: str, hex_id: str, items: list[Item]) -> None:
+        """These items may be referenced (`item_reference`) from now on."""
+        await self.store.index_items(tenant, [i["id"] for i in items], f"c:{hex_id}")
 
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         return view(await self._get(tenant, public_id))
@@ -156,6 +161,7 @@ class ConversationsServing:
             raise _full(public_id) from None
         if updated is None:
             raise not_found("conversation", public_id)
+        await self._index(tenant, conv.id, items)
         return list_body(items, False)
 
     async def get_item(self, tenant: str, public_id: str, item_id: str) -> Item:

@@ -28,18 +28,21 @@ def item_id(kind: str) -> str:
     return f"{_ID_PREFIX.get(kind, 'item_')}{secrets.token_hex(16)}"
 
 
-def as_items(raw: str | list[Item] | None, param: str = "input") -> list[Item]:
-    """A request's input (or a conversation's new items) as complete items with ids."""
+def as_items(
+    raw: str | list[Item] | None, param: str = "input", references: bool = False
+) -> list[Item]:
+    """A request's input (or a conversation's new items) as complete items with ids;
+    `item_reference` items are kept for `references.resolve` when `references` allows."""
     if raw is None:
         return []
     if isinstance(raw, str):
         raw = [{"type": "message", "role": "user", "content": raw}]
     if len(raw) > MAX_ITEMS:
         raise ApiError(400, f"at most {MAX_ITEMS} items", "invalid_request", param=param)
-    return [_complete(item, f"{param}[{i}]") for i, item in enumerate(raw)]
+    return [_complete(item, f"{param}[{i}]", references) for i, item in enumerate(raw)]
 
 
-def _complete(raw: Any, param: str) -> Item:
+def _complete(raw: Any, param: str, references: bool) -> Item:
     if not isinstance(raw, dict):
         raise ApiError(400, "an item must be an object", "invalid_request", param=param)
     item = copy.deepcopy(raw)
@@ -61,10 +64,18 @@ def _complete(raw: Any, param: str) -> Item:
             raise ApiError(
                 400, "`content` must be a string or a list", "invalid_request", param=param
             )
+        else:
+            for part in content:  # a stored image says its detail, as OpenAI's items do
+                if isinstance(part, dict) and part.get("type") == "input_image":
+                    part.setdefault("detail", "auto")
     if kind == "item_reference":
-        raise ApiError(
-            400, "item references are not supported", "unsupported_parameter", param=param
-        )
+        if not references:
+            raise ApiError(
+                400, "item references are not supported here", "unsupported_parameter", param=param
+            )
+        if not isinstance(item.get("id"), str):
+            raise ApiError(400, "an item reference needs an `id`", "invalid_request", param=param)
+        return item
     item.setdefault("id", item_id(kind))
     if kind in ("message", "function_call", "function_call_output"):
         item.setdefault("status", "completed")

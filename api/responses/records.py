@@ -117,6 +117,12 @@ class ResponseRecords:
             await self.store.update_response(record.tenant, record.id, end)
         elif keep:
             await self.store.put_response(record)
+        own = [*record.input_items, *record.response.get("output", [])]
+        own_ids = [i["id"] for i in own if isinstance(i.get("id"), str)]
+        if keep:
+            await self.store.index_items(record.tenant, own_ids, f"r:{record.id}")
+        elif record.conversation is not None:
+            await self.store.index_items(record.tenant, own_ids, f"c:{record.conversation}")
         if record.conversation is None or record.response.get("status") not in _ENDED_WELL:
             return
         if keep:
@@ -126,7 +132,7 @@ class ResponseRecords:
 
             if not await self.store.update_response(record.tenant, record.id, claim):
                 return
-        items = [*record.input_items, *record.response.get("output", [])]
+        items = own
         await self.store.update_conversation(
             record.tenant,
             record.conversation,

@@ -11,7 +11,8 @@ event of a stream — so the client may chain its next request on this one at on
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Protocol
 
 import msgspec
 from starlette.responses import Response
@@ -29,7 +30,17 @@ from llmq.schemas.frames import Done, Failed
 log = logging.getLogger(__name__)
 
 Event = bytes | Done | Failed
-OnFinal = Callable[[bytes], Awaitable[None]]
+
+
+class ResponseEnd(Protocol):
+    """What the serving module does with a response's end (store it, append it)."""
+
+    async def final(self, body: bytes) -> None:
+        """The final Response of a job that ended well."""
+
+    async def failed(self, error: dict[str, Any]) -> dict[str, Any]:
+        """The failed Response (stored, with `error`) of a job that failed."""
+
 
 TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 
@@ -58,24 +69,36 @@ class ResponseRun(QueuedJob):
         record: RequestRecord,
         prompt_estimate: int,
         ticket: Ticket,
-        on_final: OnFinal,
+        keeper: ResponseEnd,
     ) -> None:
         super().__init__(serving, run, reservation, record, prompt_estimate, ticket)
-        self.on_final = on_final
+        self.keeper = keeper
 
     async def _final(self, done: Done) -> bytes:
         body = bytes(done.body) if done.body else b""
         if body:
             try:
-                await self.on_final(body)
+                await self.keeper.final(body)
             except Exception as exc:  # the client still gets its answer
                 log.warning("could not store response %s: %s", self.record.job_id, exc)
         return body
+
+    async def _failed(self, frame: Failed) -> dict[str, Any]:
+        """The failed Response of `frame` (stored when it may be), as the client sees it."""
+        error = public_failure(frame, self.record.job_id).error
+        body = {"code": failure_code(frame.status), "message": error.message}
+        try:
+            return await self.keeper.failed(body)
+        except Exception as exc:  # the client still learns that it failed
+            log.warning("could not store failed response %s: %s", self.record.job_id, exc)
+            return {"status": "failed", "error": body}
 
     async def answer(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
         """The whole (not streamed) response, from the job's end (`outcome`)."""
         if isinstance(ev, Failed):
             self.settle(ev.status, code=ev.error.code)
+            if ev.status >= 500:  # a response that failed, not a request refused
+                await self._failed(ev)
             return failed_response(public_failure(ev, self.record.job_id), headers)
         if ev is None:
             self.settle(502, code="empty_response")
@@ -105,7 +128,7 @@ class ResponseRun(QueuedJob):
                         yield frame
                 elif isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)
-                    yield named_event(b"error", self._error_event(ev))
+                    yield named_event(b"response.failed", await self._failed_event(ev))
                     break
                 else:
                     self.settle(200, ev)
@@ -122,14 +145,22 @@ class ResponseRun(QueuedJob):
             self.settle(499, code="client_closed")
             await events.aclose()
 
-    def _error_event(self, frame: Failed) -> bytes:
-        error = public_failure(frame, self.record.job_id).error
-        return _encoder.encode(
-            {
-                "type": "error",
-                "code": error.code or error.type,
-                "message": error.message,
-                "param": error.param,
-                "sequence_number": self.relayed,
-            }
-        )
+    async def _failed_event(self, frame: Failed) -> bytes:
+        """`response.failed`: how a stream that began ends when its job fails."""
+        response = await self._failed(frame)
+        event = {"type": "response.failed", "sequence_number": self.relayed, "response": response}
+        return _encoder.encode(event)
+
+    async def stream(
+        self, first: Event, events: AsyncGenerator[Event, None], headers: dict[str, str]
+    ) -> Response:
+        if isinstance(first, Failed) and first.status >= 500:
+            await self._failed(first)
+        return await super().stream(first, events, headers)
+
+
+def failure_code(status: int) -> str:
+    """A failed Response's `error.code` (OpenAI's ResponseError codes) for a job's status."""
+    if status == 429:
+        return "rate_limit_exceeded"
+    return "server_error" if status >= 500 else "invalid_prompt"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
 from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
@@ -32,16 +33,21 @@ from llmq.api.request_record import RequestRecord
 from llmq.api.responses.conversation_store import ConversationStore
 from llmq.api.responses.conversations import ConversationsServing
 from llmq.api.responses.finisher import ResponseFinisher
+from llmq.api.responses.input_files import inline_files
 from llmq.api.responses.items import as_items, for_model
+from llmq.api.responses.keeper import Keeper, NoKeeper
 from llmq.api.responses.records import ResponseRecords, public_hex
+from llmq.api.responses.references import resolve
 from llmq.api.responses.relay import ResponseRun
 from llmq.api.responses.stored_bytes import MeteredStore
+from llmq.api.responses.tools import apply_builtin_policy, omitted_header
 from llmq.api.tenancy import TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.api.tenancy.stored_bytes import StoredBytes
 from llmq.api.tenant_scope import TenantScopes
 from llmq.dispatcher import streams
 from llmq.dispatcher.batch.async_jobs import AsyncJobs
+from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.dispatch import DispatchError, JobRun
 from llmq.dispatcher.jobs import JobSpec
@@ -85,6 +91,7 @@ async def open_responses(
     rt.provisioner.add("responses buckets", provision)
     scopes = TenantScopes(TenantStore(rt.redis))
     responses = ResponsesServing(serving, store, wing.jobs, scopes)
+    responses.files = wing.files
     wing.purgers.append(store.purge)  # a deleted tenant's responses and conversations
     responses.finisher.start()
     return responses, ConversationsServing(store)
@@ -102,6 +109,8 @@ class ResponsesServing:
         self.jobs = jobs
         self.records = ResponseRecords(store, jobs)
         self.finisher = ResponseFinisher(self.records, jobs.jobs)
+        self.files: FileStore | None = None
+        """The tenant files `input_file` parts may name (set once the batch wing runs)."""
 
     async def stop(self) -> None:
         await self.finisher.stop()
@@ -122,10 +131,16 @@ class ResponsesServing:
         live = not req.in_background and not serving.router.models.fallbacks_for(model)
         fast = live and serving.preparer.fails_fast(model)
         serving.preparer.check_model(model, "chat", need_live_worker=fast)
+        policy = serving.preparer.models.builtin_tools_for(model)
+        omitted = apply_builtin_policy(fields, policy, model)
+        record.omitted = [kind for _param, kind in omitted]
         history, conversation = await self._history(scope, req)
-        items = as_items(req.input if isinstance(req.input, str | list) else None)
+        raw = req.input if isinstance(req.input, str | list) else None
+        items = await resolve(self.store, scope, as_items(raw, references=True), history)
         context = history + items
         fields["model"], fields["input"] = model, for_model(context)
+        if self.files is not None:
+            await inline_files(self.files, scope, fields["input"], settings.api.max_body_bytes)
         if conversation is not None:
             fields["conversation"] = {"id": CONVERSATION_PREFIX + conversation}
         if req.in_background:
@@ -134,6 +149,7 @@ class ResponsesServing:
         ask = _Ask(
             req, fields, scope, items, context, conversation, _estimate(fields),
             limit or settings.tenancy.default_max_tokens, time.time(), wait,
+            headers=omitted_header(omitted),
         )  # fmt: skip
         if req.in_background:
             return await self._background(request, record, ask)
@@ -143,7 +159,8 @@ class ResponsesServing:
         def attempt(name: str, more: bool) -> Awaitable[Attempted]:
             return self._attempt(request, record, ask, name, more)
 
-        return await serving.through_chain(record, model, attempt, time_hex, RESPONSE_PREFIX)
+        chain = serving.through_chain(record, model, attempt, time_hex, RESPONSE_PREFIX)
+        return await unless_gone(request, chain)
 
     async def _background(self, request: Request, record: RequestRecord, ask: _Ask) -> Response:
         """Queued on the durable queue for later, on the requested model (no fallbacks)."""
@@ -177,7 +194,11 @@ class ResponsesServing:
             serving.reservations.release_later(reservation, FAILED)
             await self.store.delete_response(ask.scope, record.job_id)
             raise ApiError(exc.status, exc.message, exc.code) from None
-        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, **reservation.headers}
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id,
+            **reservation.headers,
+            **ask.headers,
+        }
         return Response(
             _encoder.encode(stored.response), media_type="application/json", headers=headers
         )
@@ -252,15 +273,11 @@ class ResponsesServing:
         run = plan.lead(run)
         stored = self._stored(record.job_id, ask)
 
-        async def on_final(final: bytes) -> None:
-            if ask.req.stores or ask.conversation is not None:
-                stored.response = _fields.decode(final)
-                await self.records.finish(stored, keep=ask.req.stores)
-
-        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, on_final)
+        keeper = Keeper(self.records, stored, ask.req.stores)
+        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, keeper)
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
-            **reservation.headers, **plan.headers,
+            **reservation.headers, **plan.headers, **ask.headers,
         }  # fmt: skip
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
 
@@ -276,11 +293,9 @@ class ResponsesServing:
         """The attempt as the response cache (`Serving.reuse`) sees it."""
         serving = self.serving
 
-        async def no_final(_final: bytes) -> None:
-            return None  # a cached or joined answer is never stored as a response
-
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
-            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket, no_final)
+            # a cached or joined answer is never stored as a response
+            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket, NoKeeper())
 
         headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
         return serving.reuse.plan(serving, Ask(
@@ -328,6 +343,8 @@ class _Ask:
     wait: float
     """Seconds from `submitted` to the first-token deadline, for every attempt."""
     rank: int = NORMAL_RANK
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers every answer carries (`x-llmq-omitted`)."""
 
     def time_left(self) -> float:
         return self.submitted + self.wait - time.time()

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmq.dispatcher.batch.jsonl import NotJsonl, TooManyLines, parse_input
-from llmq.dispatcher.batch.records import KIND_OF_ENDPOINT, Unrun
+from llmq.dispatcher.batch.records import BATCH_ENDPOINTS, Unrun
 from llmq.dispatcher.batch.run import BatchInput
 from llmq.schemas.admission import Refusal
+from llmq.schemas.endpoints import EndpointCall, pack
 
 if TYPE_CHECKING:
     from llmq.dispatcher.batch.run import BatchRun
@@ -31,14 +32,17 @@ async def load_input(run: BatchRun) -> BatchInput:
         lines = parse_input(data, record.endpoint, ctx.max_lines)
     except (NotJsonl, TooManyLines) as exc:
         raise InputGone(str(exc)) from None
-    kind = KIND_OF_ENDPOINT[record.endpoint]
+    kind = BATCH_ENDPOINTS[record.endpoint]
     max_body = int(ctx.nc.max_payload) - 1024
     found = BatchInput(lines)
     for line in lines:
         if line.error is not None or line.body is None:
             continue
+        body = line.body
+        if kind == "endpoint":  # its path travels with the body (schemas/endpoints)
+            body = pack(EndpointCall(record.endpoint, "application/json"), body)
         try:
-            prepared = ctx.preparer.prepare_durable(kind, line.body)
+            prepared = ctx.preparer.prepare_durable(kind, body)
         except Refusal as exc:
             line.error = Unrun(
                 code=exc.code,

@@ -111,8 +111,12 @@ ENDPOINT_OF_KIND: Final[Mapping[JobKind, str]] = {
     "chat": "/v1/chat/completions",
     "completion": "/v1/completions",
     "embedding": "/v1/embeddings",
+    "response": "/v1/responses",
 }
 KIND_OF_ENDPOINT: Final = {v: k for k, v in ENDPOINT_OF_KIND.items()}
+BATCH_ENDPOINTS: Final[Mapping[str, JobKind]] = {**KIND_OF_ENDPOINT, "/v1/moderations": "endpoint"}
+"""What a batch may run: the job kinds above, and moderations as `endpoint` jobs (each line's
+body packed with its path, `schemas.endpoints`)."""
 
 
 _UNRUN_STATUS: Final[dict[str, JobStatus]] = {

@@ -150,6 +150,15 @@ class ApiSettings(Group):
     max_body_bytes: int = setting(
         1_000_000, "Largest accepted request body; larger bodies get a 413."
     )
+    queue_tokens_per_second: float = setting(
+        0.0,
+        "Output tokens a second assumed for a model whose queue has no measured service rate "
+        "and whose workers report no job time yet: a job is assumed to take its model's "
+        "max_tokens (the model table's, else default_max_tokens) at this speed. 0: such a "
+        "model's queue wait is unknown and every request may queue (docs/routing.md).",
+        ge=0,
+        commands=(),
+    )
     no_worker_grace: float = setting(
         -1.0,
         "Seconds a request for a known model with no live worker (a rolling deploy between "
@@ -178,6 +187,15 @@ class ApiSettings(Group):
     shutdown_grace: float = setting(
         30.0, "Seconds open streams may run after SIGTERM before they are cut."
     )
+    gc_freeze_threshold: int = setting(
+        0,
+        "After start-up, freeze the heap (gc.freeze) and collect the youngest generation "
+        "every this many allocations (Python's default 700): fewer full collections, a "
+        "shorter p99. 0: Python's collector as it is.",
+        ge=0,
+        commands=(),
+    )
+
     _split = field_validator("cors_origins", mode="before")(split_commas)
 
     @model_validator(mode="after")

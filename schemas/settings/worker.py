@@ -78,6 +78,14 @@ class OpenAISettings(Group):
         "openai: the upstream serves /v1/responses itself; Responses API jobs are passed "
         "through to it instead of being translated to chat.",
     )
+    openai_endpoints: Annotated[list[str], NoDecode] = setting(
+        default_factory=list,
+        description="openai: OpenAI's other endpoints the upstream serves for the worker's "
+        "models, comma-separated (/v1/moderations, /v1/images/generations, /v1/images/edits, "
+        "/v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/rerank).",
+    )
+
+    _split = field_validator("openai_endpoints", mode="before")(split_commas)
 
 
 class OllamaSettings(Group):

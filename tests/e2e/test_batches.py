@@ -202,7 +202,7 @@ async def test_wrong_endpoint_not_jsonl_and_limits(stack) -> None:  # type: igno
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         good = jsonl([request_line(f"r{i}", model, "x") for i in range(3)])
         file_id = (await upload(client, good)).json()["id"]
-        for endpoint in ("/v1/moderations", "/v1/chat"):
+        for endpoint in ("/v1/images/generations", "/v1/chat"):
             body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
             resp = await client.post("/v1/batches", json=body)
             assert resp.status_code == 400 and resp.json()["error"]["param"] == "endpoint"

@@ -146,8 +146,11 @@ async def test_bad_requests(echo) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(openai.BadRequestError) as caught:
         await client.responses.create(model=model, input=[{"type": "web_search_call"}])
     assert caught.value.status_code == 400
-    with pytest.raises(openai.BadRequestError):
-        await client.responses.create(model=model, input="x", tools=[{"type": "web_search"}])
+    # a built-in tool is left out by default (the model table's builtin_tools) and named
+    omitted = await client.responses.with_raw_response.create(
+        model=model, input="x", tools=[{"type": "web_search"}]
+    )
+    assert omitted.headers["x-llmq-omitted"] == "tools[0]=web_search"
     with pytest.raises(openai.BadRequestError):
         await client.responses.create(
             model=model, input="x", previous_response_id="resp_x", conversation="conv_y"

@@ -239,7 +239,9 @@ async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream)
     await client.close()
 
 
-async def test_an_error_after_the_stream_began_is_an_error_event(served, upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_that_fails_after_it_began_ends_with_response_failed(
+    served, upstream
+) -> None:  # type: ignore[no-untyped-def]
     model, client = served
     reply = openai_chat(["one ", "two ", "three"])
     reply.drop_after = 3  # the upstream connection breaks mid-answer
@@ -249,9 +251,32 @@ async def test_an_error_after_the_stream_began_is_an_error_event(served, upstrea
     assert events[0].type == "response.created"
     assert any(e.type == "response.output_text.delta" for e in events)
     last = events[-1]
-    assert last.type == "error" and last.code.startswith("upstream_")  # type: ignore[union-attr]
+    assert last.type == "response.failed"
+    assert last.response.status == "failed" and last.response.error is not None
+    assert last.response.error.code == "server_error"
+    assert last.response.id == events[0].response.id  # type: ignore[union-attr]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     for event in events:
         assert_valid("ResponseStreamEvent", dump(event))
-    with pytest.raises(openai.NotFoundError):  # a failed response is not stored
-        await client.responses.retrieve(events[0].response.id)  # type: ignore[union-attr]
+    stored = await client.responses.retrieve(last.response.id)  # the announced id is readable
+    assert stored.status == "failed" and stored.error is not None
+    assert stored.error.code == "server_error"
+    assert_valid("Response", dump(stored))
+
+
+async def test_a_whole_response_that_fails_is_stored_failed(served, upstream) -> None:  # type: ignore[no-untyped-def]
+    model, client = served
+    upstream.route(CHAT, openai_error(500, "the GPU caught fire", type="server_error"))
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.responses.create(model=model, input="x")
+    response_id = caught.value.response.headers["x-request-id"]
+    assert response_id.startswith("resp_")
+    stored = await client.responses.retrieve(response_id)
+    assert stored.status == "failed" and stored.error is not None
+    assert stored.error.code == "server_error" and "GPU" not in stored.error.message
+    assert_valid("Response", dump(stored))
+    upstream.route(CHAT, openai_error(400, "bad thing", param="messages"))
+    with pytest.raises(openai.BadRequestError) as refused:  # a refused request is no response
+        await client.responses.create(model=model, input="x")
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(refused.value.response.headers["x-request-id"])

@@ -88,7 +88,7 @@ def test_an_unknown_kind_is_refused_with_its_reply_subject() -> None:
 
 
 def test_one_decoder_per_kind() -> None:
-    assert set(REQUEST_DECODERS) == set(JOB_KINDS)
+    assert set(REQUEST_DECODERS) == set(JOB_KINDS) - {"endpoint"}  # its body is bytes
     chat = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
     assert isinstance(decode_request("chat", chat), ChatCompletionRequest)
     assert isinstance(

@@ -46,6 +46,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "MAX_DEADLINE": ("44", 44.0),
     "MAX_BODY_BYTES": ("123", 123),
     "NO_WORKER_GRACE": ("1.5", 1.5),
+    "QUEUE_TOKENS_PER_SECOND": ("25", 25.0),
+    "GC_FREEZE_THRESHOLD": ("10000", 10_000),
     "AUTH_MODE": ("header", "header"),
     "CORS_ORIGINS": ("https://a, https://b", ["https://a", "https://b"]),
     "ADMIN_TOKEN": ("adm", "adm"),
@@ -128,6 +130,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "CONSOLE_SECRET": ("cs", "cs"),
     "RESPONSE_RETENTION": ("27", 27.0),
     "RESPONSES_PASSTHROUGH": ("true", True),
+    "OPENAI_ENDPOINTS": ("/v1/moderations, /v1/rerank", ["/v1/moderations", "/v1/rerank"]),
     "MAX_OUTPUT_TOKENS": ("37", 37),
     "MAX_N": ("38", 38),
     "CACHE_MAX_TTL": ("39", 39.0),
@@ -163,7 +166,7 @@ FLAGS: dict[Command, set[str]] = {
         "azure_api_version", "ollama_keep_alive", "ollama_num_ctx", "anthropic_max_tokens",
         "stream_usage", "backend_connect_timeout", "backend_first_token_timeout",
         "backend_token_timeout", "backend_timeout", "backend_http_client",
-        "breaker_probe_interval", "metrics_token_file", "responses_passthrough",
+        "breaker_probe_interval", "metrics_token_file", "responses_passthrough", "openai_endpoints",
     },
 }  # fmt: skip
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llmq.schemas.responses import skeleton
-from llmq.worker.responses_api.events import ResponseEvents
+from llmq.worker.responses_api.events import ResponseEvents, wants_summary
 from llmq.worker.responses_api.to_chat import Unsupported, chat_request
 from tests.spec import assert_valid
 
@@ -23,6 +23,10 @@ EVENT_SCHEMAS = {
     "response.output_text.done": "ResponseTextDoneEvent",
     "response.reasoning_text.delta": "ResponseReasoningTextDeltaEvent",
     "response.reasoning_text.done": "ResponseReasoningTextDoneEvent",
+    "response.reasoning_summary_part.added": "ResponseReasoningSummaryPartAddedEvent",
+    "response.reasoning_summary_part.done": "ResponseReasoningSummaryPartDoneEvent",
+    "response.reasoning_summary_text.delta": "ResponseReasoningSummaryTextDeltaEvent",
+    "response.reasoning_summary_text.done": "ResponseReasoningSummaryTextDoneEvent",
     "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
     "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
     "response.completed": "ResponseCompletedEvent",
@@ -48,7 +52,8 @@ def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dic
 def fold(
     request: dict[str, Any], chunks: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    events = ResponseEvents(skeleton(request, "resp_" + "a" * 32, 1_800_000_000))
+    response = skeleton(request, "resp_" + "a" * 32, 1_800_000_000)
+    events = ResponseEvents(response, summary=wants_summary(request))
     out = events.start()
     for c in chunks:
         out += events.feed(c)
@@ -127,8 +132,9 @@ def test_string_input_and_json_object() -> None:
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
-        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+        ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "f"}]}]},
          "input[0].content"),
+        ({"truncation": "auto"}, "truncation"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
     ],
@@ -137,6 +143,25 @@ def test_what_chat_cannot_say_is_refused(request_extra: dict[str, Any], param: s
     with pytest.raises(Unsupported) as caught:
         chat_request({"model": "m", "input": "x", **request_extra})
     assert caught.value.param == param
+
+
+def test_input_file_parts_are_chat_file_parts() -> None:
+    parts = [
+        {
+            "type": "input_file",
+            "file_data": "data:application/pdf;base64,JVBE",
+            "filename": "a.pdf",
+        },
+        {"type": "input_file", "file_url": "https://example.com/b.pdf"},
+        {"type": "input_file", "file_id": "file-abc"},
+    ]
+    chat = chat_request({"model": "m", "input": [{"role": "user", "content": parts}]})
+    assert chat["messages"][0]["content"] == [
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
+                                  "filename": "a.pdf"}},
+        {"type": "file", "file": {"file_url": "https://example.com/b.pdf"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ]  # fmt: skip
 
 
 def test_text_stream_events() -> None:
@@ -185,15 +210,48 @@ def test_reasoning_then_text() -> None:
         ],
     )
     kinds = [e["type"] for e in events]
-    assert kinds[2:6] == [
+    assert kinds[2:8] == [
         "response.output_item.added",
+        "response.content_part.added",  # a reasoning_text part, as OpenAI announces it
         "response.reasoning_text.delta",
         "response.reasoning_text.delta",
         "response.reasoning_text.done",
+        "response.content_part.done",
     ]
+    assert events[3]["part"] == {"type": "reasoning_text", "text": ""}
     assert [item["type"] for item in response["output"]] == ["reasoning", "message"]
     assert response["output"][0]["content"] == [{"type": "reasoning_text", "text": "thinking"}]
     assert response["reasoning"] == {"effort": "high", "summary": None}
+
+
+@pytest.mark.parametrize("summary", ["auto", "concise", "detailed"])
+def test_reasoning_as_summary_parts_when_a_summary_is_asked_for(summary: str) -> None:
+    events, response = fold(
+        {"model": "m", "input": "x", "reasoning": {"effort": "high", "summary": summary}},
+        [
+            chunk({"reasoning_content": "think"}),
+            chunk({"reasoning": "ing"}),  # vLLM's newer field name
+            chunk({"content": "answer"}),
+            chunk({}, "stop"),
+        ],
+    )
+    kinds = [e["type"] for e in events]
+    assert kinds[2:9] == [
+        "response.output_item.added",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.output_item.done",
+    ]
+    assert not any(k.startswith("response.reasoning_text") for k in kinds)
+    done = events[8]["item"]
+    assert done["summary"] == [{"type": "summary_text", "text": "thinking"}]
+    assert response["output"][0] == {**done}
+    assert events[6]["text"] == "thinking" and events[6]["summary_index"] == 0
+    assert response["reasoning"] == {"effort": "high", "summary": summary}
+    assert response["output"][1]["content"][0]["text"] == "answer"
 
 
 def test_tool_calls_stream() -> None:

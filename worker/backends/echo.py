@@ -27,7 +27,7 @@ EMBEDDING_DIMENSIONS = 16
 
 
 class EchoBackend:
-    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS) - {"endpoint"}
 
     def __init__(self, config: BackendConfig) -> None:
         self.delay = config.options_of(EchoOptions).delay
@@ -43,7 +43,9 @@ class EchoBackend:
     def complete(self, call: Call) -> AsyncIterator[Out]:
         request = call.request
         assert isinstance(request, CompletionRequest)
-        prompt = request.prompt if isinstance(request.prompt, str) else " ".join(request.prompt)
+        prompt = " ".join(
+            p if isinstance(p, str) else " ".join(map(str, p)) for p in request.prompts()
+        )
         limit = request.max_tokens if isinstance(request.max_tokens, int) else None
         return self._words(TextChunks(call.reply), prompt, count_tokens(prompt), limit, call)
 

@@ -243,7 +243,7 @@ def _think(effort: Any) -> bool | str | None:
 
 
 class OllamaBackend:
-    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS)
+    kinds: ClassVar[frozenset[JobKind]] = frozenset(JOB_KINDS) - {"endpoint"}
 
     def __init__(self, config: BackendConfig) -> None:
         self._base = base_url(config, "http://127.0.0.1:11434")
@@ -313,12 +313,14 @@ class OllamaBackend:
     def complete(self, call: Call) -> AsyncIterator[Out]:
         request = call.request
         assert isinstance(request, CompletionRequest)
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        prompts = request.prompts()
 
         def body() -> bytes:
             check_fields(call, COMPLETION_FIELDS, BACKEND)
             if len(prompts) != 1:
                 raise _invalid("the ollama backend takes exactly one prompt per request")
+            if not isinstance(prompts[0], str):
+                raise _invalid("the ollama backend takes a text prompt, not token ids")
             payload: dict[str, Any] = {
                 "model": call.upstream_model,
                 "prompt": prompts[0],
@@ -332,7 +334,9 @@ class OllamaBackend:
             set_if(payload, "suffix", request.suffix)
             return _encoder.encode(payload)
 
-        tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
+        tally = Tally(
+            lambda: sum(count_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
+        )
         stream = _NDJSONStream(TextChunks(call.reply), tally)
         return self._upstream.stream(f"{self._base}/api/generate", body, stream)
 

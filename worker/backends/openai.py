@@ -275,8 +275,10 @@ class OpenAIBackend:
         request = call.request
         assert isinstance(request, CompletionRequest)
         url, params = self._endpoint("completions", call.upstream_model)
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        tally = Tally(lambda: sum(count_tokens(p) for p in prompts))
+        prompts = request.prompts()
+        tally = Tally(
+            lambda: sum(count_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
+        )
         if call.reply.whole:
             return self._whole(url, params, call, tally, True)
         return self._upstream.stream(url, self._body(call), _Relay(call, tally, True), params)

@@ -21,8 +21,8 @@ from llmq.schemas.responses import skeleton
 from llmq.schemas.text import count_tokens
 from llmq.worker.backends.base import Backend, BackendError, Call, ReplyTo
 from llmq.worker.replies import FrameSender
-from llmq.worker.responses_api.events import ResponseEvents
-from llmq.worker.responses_api.to_chat import Unsupported, chat_request
+from llmq.worker.responses_api.events import ResponseEvents, wants_summary
+from llmq.worker.responses_api.to_chat import Unsupported, chat_request, namespaces
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
@@ -78,7 +78,10 @@ async def run_response(
     request = read_request(body)
     chat, chat_body = chat_of(request)
     stream = bool(request.get("stream"))
-    fold = ResponseEvents(skeleton(request, f"resp_{job_id}", _now()), quiet=not stream)
+    response = skeleton(request, f"resp_{job_id}", _now())
+    fold = ResponseEvents(
+        response, quiet=not stream, summary=wants_summary(request), namespaces=namespaces(request)
+    )
     opening = fold.start()
     begun = False
     usage: Usage | None = None

@@ -20,14 +20,32 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+SUMMARIES = frozenset({"auto", "concise", "detailed"})
+"""`reasoning.summary` values that turn the backend's reasoning into summary parts."""
+
+
+def wants_summary(request: Json) -> bool:
+    reasoning = request.get("reasoning")
+    return isinstance(reasoning, dict) and reasoning.get("summary") in SUMMARIES
 
 
 class ResponseEvents:
     """The fold of one chat stream into Responses events and the final Response."""
 
-    def __init__(self, response: Json, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        response: Json,
+        quiet: bool = False,
+        summary: bool = False,
+        namespaces: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
         self.response = response
+        self.namespaces = namespaces or {}
+        """Flattened chat function name → (namespace, name) (`to_chat.namespaces`)."""
         self.quiet = quiet
+        self.summary = summary
+        """Reasoning goes out as summary parts (`reasoning.summary` was asked for), not as
+        reasoning text."""
         """Nobody reads the events (a whole response): they carry no snapshots."""
         self.seq = 0
         self.finish_reason: str | None = None
@@ -89,44 +107,69 @@ class ResponseEvents:
                 part: Json = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             else:
                 item = {"id": f"rs_{self._id}{index}", "type": "reasoning", "summary": []}
-                item |= {"content": [], "status": "in_progress"}
-                part = {"type": "reasoning_text", "text": ""}
+                if self.summary:
+                    item["status"] = "in_progress"
+                else:
+                    item["content"] = []
+                part = {"type": "summary_text" if self.summary else "reasoning_text", "text": ""}
             events.append(self._new_item(item))
-            item["content"].append(part)
+            item["summary" if self._summarised(item) else "content"].append(part)
             self._open = item
-            if kind == "message":
+            if self.summary and kind == "reasoning":
+                events.append(self._part_event("response.reasoning_summary_part.added", item))
+            else:  # OpenAI announces a reasoning_text part as a message's output_text part
                 events.append(self._part_event("response.content_part.added", item))
-        item["content"][0]["text"] += text
+        self._part(item)["text"] += text
         where = self._where(item)
         if kind == "message":
             events.append(
                 self._event("response.output_text.delta", **where, delta=text, logprobs=[])
             )
+        elif self.summary:
+            events.append(self._event("response.reasoning_summary_text.delta", **where, delta=text))
         else:
             events.append(self._event("response.reasoning_text.delta", **where, delta=text))
         return events
 
+    def _summarised(self, item: Json) -> bool:
+        return self.summary and item["type"] == "reasoning"
+
+    def _part(self, item: Json) -> Json:
+        """The part receiving the item's deltas."""
+        part: Json = item["summary" if self._summarised(item) else "content"][0]
+        return part
+
     def _where(self, item: Json) -> Json:
         index = self.response["output"].index(item)
+        if self._summarised(item):
+            return {"item_id": item["id"], "output_index": index, "summary_index": 0}
         return {"item_id": item["id"], "output_index": index, "content_index": 0}
 
     def _part_event(self, kind: str, item: Json) -> Json:
-        return self._event(kind, **self._where(item), part=self._copy(item["content"][0]))
+        return self._event(kind, **self._where(item), part=self._copy(self._part(item)))
 
     def _close_open(self) -> list[Json]:
         item, self._open = self._open, None
         if item is None:
             return []
         where = self._where(item)
-        text = item["content"][0]["text"]
+        text = self._part(item)["text"]
         item["status"] = "completed"
         if item["type"] == "message":
             events = [
                 self._event("response.output_text.done", **where, text=text, logprobs=[]),
                 self._part_event("response.content_part.done", item),
             ]
+        elif self.summary:
+            events = [
+                self._event("response.reasoning_summary_text.done", **where, text=text),
+                self._part_event("response.reasoning_summary_part.done", item),
+            ]
         else:
-            events = [self._event("response.reasoning_text.done", **where, text=text)]
+            events = [
+                self._event("response.reasoning_text.done", **where, text=text),
+                self._part_event("response.content_part.done", item),
+            ]
         index = where["output_index"]
         return [
             *events,
@@ -145,6 +188,7 @@ class ResponseEvents:
             item |= {"status": "in_progress", "call_id": call_id}
             item |= {"name": function.get("name") or "", "arguments": ""}
             self._calls[position] = item
+            self._unflatten(item)
             events.append(self._new_item(item))
         elif function.get("name"):
             item["name"] += function["name"]
@@ -161,6 +205,12 @@ class ResponseEvents:
             )
         return events
 
+    def _unflatten(self, item: Json) -> None:
+        """A call of a namespace's function in the namespace form (`namespace` + `name`)."""
+        found = self.namespaces.get(item["name"])
+        if found is not None:
+            item["namespace"], item["name"] = found
+
     def finish(self, usage: Json | None = None) -> list[Json]:
         """Close every open item and end the response; `usage` (chat shape) wins over any
         usage seen in the chunks."""
@@ -168,6 +218,7 @@ class ResponseEvents:
         for item in self._calls.values():
             index = self.response["output"].index(item)
             item["status"] = "completed"
+            self._unflatten(item)
             events.append(
                 self._event(
                     "response.function_call_arguments.done",

@@ -1,0 +1,1 @@
+"""OpenAI's other endpoints (moderations, images, audio, rerank) through the job queue."""

@@ -1,0 +1,167 @@
+"""Serving OpenAI's other endpoints (`schemas.endpoints.ENDPOINT_PATHS`): authenticate, read
+the body (bounded by `LLMQ_MAX_BODY_BYTES` and NATS `max_payload`), find its model, hold a
+fair-share place and the request and concurrency quota, queue one `endpoint` job, and relay
+the upstream's answer as it came (status, content type, bytes — binary audio included, as
+it streams).
+
+Only a model whose worker declares the endpoint serves it: any other is a 404
+`model_not_found` for that endpoint, before any quota is taken. Fallbacks of the model table
+apply to JSON bodies (the body names the model; a multipart body stays on its model).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from llmq.api.endpoints.body import model_of
+from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.disconnect import unless_gone
+from llmq.api.engine.job import Event, QueuedJob
+from llmq.api.engine.model_chain import MODEL_HEADER
+from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.errors import ApiError, failed_response, public_failure
+from llmq.api.listing import ensure_accepting
+from llmq.api.protocol import first_token_deadline, read_body
+from llmq.api.request_record import RequestRecord
+from llmq.dispatcher.dispatch import DispatchError
+from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.schemas.admission import FAILED
+from llmq.schemas.endpoints import EndpointCall, head_decoder, pack
+from llmq.schemas.frames import Done, Failed
+from llmq.schemas.openai import patch_body
+
+PAYLOAD_ROOM = 4096
+"""Bytes of a job message kept for its call line and headers."""
+
+
+class EndpointServing:
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+
+    def serves(self, model: str, path: str) -> bool:
+        info = self.serving.rt.registry.model_info(model)
+        return (
+            info is not None
+            and path in info.endpoints
+            and bool(self.serving.rt.registry.workers_for(model))
+        )
+
+    async def serve(self, request: Request, path: str) -> Response:
+        serving, settings = self.serving, self.serving.rt.settings
+        ensure_accepting(serving.rt)
+        record = RequestRecord(job_id=new_job_id(), route="endpoint")
+        record.tenant = await serving.auth.tenant(request)
+        wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
+        room = int(serving.rt.nc.max_payload) - PAYLOAD_ROOM
+        body = await read_body(request, min(settings.api.max_body_bytes, room))
+        content_type = request.headers.get("content-type", "application/json")
+        requested = serving.preparer.models.resolve(await model_of(body, content_type))
+        record.model = requested
+        if not self.serves(requested, path):
+            raise ApiError(
+                404, f"The model `{requested}` does not serve {path}", "model_not_found",
+                param="model",
+            )  # fmt: skip
+        json_body = content_type.startswith("application/json")
+        ask = _Ask(request, record, body, path, content_type, time.time(), wait, json_body)
+
+        def attempt(model: str, more: bool) -> Awaitable[Attempted]:
+            return self._attempt(ask, model, more)
+
+        chain = serving.through_chain(record, requested, attempt, new_job_id)
+        return await unless_gone(request, chain)
+
+    async def _attempt(self, ask: _Ask, model: str, more: bool) -> Attempted:
+        serving, record = self.serving, ask.record
+        fallback = model != record.model
+        if fallback and (not ask.json_body or not self.serves(model, ask.path)):
+            return None, None
+        held = await serving.hold(
+            model, record, ask.time_left(), await serving.auth.rank(ask.request),
+            quota_model=model, estimate=1, max_tokens=1,
+            key_id=serving.auth.key_id(ask.request), fallback=fallback,
+        )  # fmt: skip
+        if held is None:
+            return None, None
+        ticket, reservation = held
+        body = patch_body(ask.body, {"model": model}) if fallback else ask.body
+        spec = JobSpec(
+            job_id=record.job_id, model=model, tenant=record.tenant,
+            body=pack(EndpointCall(ask.path, ask.content_type), body),
+            deadline_ms=int((ask.submitted + ask.wait) * 1000), kind="endpoint",
+            traceparent=ask.request.headers.get("traceparent"),
+            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
+            stream=True,
+        )  # fmt: skip
+        try:
+            run = await serving.rt.dispatcher.submit(spec)
+        except DispatchError as exc:
+            ticket.leave()
+            serving.reservations.release_later(reservation, FAILED)
+            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
+        run.on_taken = ticket.leave
+        job = EndpointRun(serving, run, reservation, record, 1, ticket)
+        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
+        return await answer_or_move_on(serving, job, model, True, more, headers)
+
+
+class _Ask(msgspec.Struct):
+    request: Request
+    record: RequestRecord
+    body: bytes
+    path: str
+    content_type: str
+    submitted: float
+    wait: float
+    json_body: bool
+
+    def time_left(self) -> float:
+        return self.submitted + self.wait - time.time()
+
+
+class EndpointRun(QueuedJob):
+    """One endpoint job: its first chunk is the upstream's status and content type, the
+    rest its body's bytes, relayed as they come."""
+
+    async def stream(
+        self, first: Event, events: AsyncGenerator[Event, None], headers: dict[str, str]
+    ) -> Response:
+        if isinstance(first, Failed) or not isinstance(first, bytes):
+            await events.aclose()
+            failed = first if isinstance(first, Failed) else None
+            if failed is None:
+                self.settle(502, code="empty_response")
+                raise ApiError(502, "the job ended without a result", "empty_response")
+            self.settle(failed.status, code=failed.error.code)
+            return failed_response(public_failure(failed, self.record.job_id), headers)
+        try:
+            head = head_decoder.decode(first)
+        except msgspec.DecodeError:
+            await events.aclose()
+            self.settle(502, code="malformed_reply")
+            raise ApiError(502, "the worker's reply was malformed", "upstream_error") from None
+        return StreamingResponse(
+            self._bytes(events), status_code=head.status, media_type=head.content_type,
+            headers=headers,
+        )  # fmt: skip
+
+    async def _bytes(self, events: AsyncGenerator[Event, None]) -> AsyncIterator[bytes]:
+        try:
+            async for ev in events:
+                if isinstance(ev, bytes):
+                    self.relayed += 1
+                    yield ev
+                elif isinstance(ev, Done):
+                    self.settle(200, ev)
+                    return
+                else:  # failed after the answer began: the body ends short
+                    self.settle(ev.status, code=ev.error.code)
+                    return
+        finally:
+            self.settle(499, code="client_closed")
+            await events.aclose()
