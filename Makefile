@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: dev test browser js lint bench clean
+.PHONY: dev test test-public-paths browser js lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ dev: $(STAMP)
 test: $(STAMP) browser js
 	$(BIN)/python -m pytest $(ARGS)
 
+# The end-to-end chat, stream, Responses, deadline and quota tests again with every library
+# shortcut off (llmq/_fast: LLMQ_FAST_PATHS=0), so the public paths stay correct.
+PUBLIC_PATH_TESTS = tests/e2e/test_openai_sdk.py tests/e2e/test_responses.py \
+	tests/e2e/test_deadlines.py tests/e2e/test_reservations.py tests/e2e/test_tenancy.py
+test-public-paths: $(STAMP)
+	LLMQ_FAST_PATHS=0 $(BIN)/python -m pytest $(PUBLIC_PATH_TESTS) $(ARGS)
 # The JavaScript clients the tests drive, each folder pinned by its package-lock.json:
 # tests/js (the Messages API: @anthropic-ai/sdk, Claude Code) and tests/js_openai (the client
 # matrix: openai-node, the AI SDK). Without npm those tests skip, naming the command.

@@ -58,6 +58,14 @@ log = logging.getLogger(__name__)
 async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack) -> None:
     """Connect, provision and build the serving parts; each part's stop is pushed on `undo`
     as soon as it runs, so a start cut short (SIGTERM, the deadline) stops what it began."""
+    await _open_core(app, settings, startup, undo)
+    await _open_features(app, settings, startup, undo)
+
+
+async def _open_core(
+    app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack
+) -> None:
+    """Connections, tenants and quotas, the model table and the chat serving path."""
     runtime = await Runtime.open(settings, startup)
     undo.push_async_callback(runtime.close)
     store = TenantStore(runtime.redis)
@@ -88,10 +96,13 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     app.state.usage = UsageReader(runtime.redis)
     app.state.models = models
     preparer = RequestPreparer(
-        models, runtime.registry, settings.tenancy.default_max_tokens,
-        max_n=settings.tenancy.max_n, max_output_tokens=settings.tenancy.max_output_tokens,
+        models,
+        runtime.registry,
+        settings.tenancy.default_max_tokens,
+        max_n=settings.tenancy.max_n,
+        max_output_tokens=settings.tenancy.max_output_tokens,
         waits=settings.api.no_worker_grace != 0,
-    )  # fmt: skip
+    )
     queue_estimator = QueueEstimator(
         runtime.js, runtime.registry.live_workers, models.assumed_job_seconds
     )  # docs/routing.md
@@ -107,6 +118,16 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     app.state.list_gate = ListGate(rate, settings.edge.list_concurrency)
     app.state.queue_estimator = queue_estimator
     queue_estimator.local = app.state.serving.fair  # a burst counts before a refresh
+    app.state.reservations, app.state.preparer = reservations, preparer
+
+
+async def _open_features(
+    app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack
+) -> None:
+    """Observability, the batch wing, the Responses and Messages APIs, the console and
+    usage booking."""
+    runtime, reservations, preparer = app.state.runtime, app.state.reservations, app.state.preparer
+    queue_estimator = app.state.queue_estimator
     # metrics + request log observers, `llmq-api` micro service
     app.state.observability = await Observability.start(runtime, app.state.serving, app.version)
     undo.push_async_callback(app.state.observability.stop)
@@ -123,7 +144,7 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     app.state.messages = MessagesServing(app.state.serving)  # docs/anthropic.md
     app.state.endpoints = EndpointServing(app.state.serving)  # docs/endpoints.md
     # the response cache and joined requests, for every feature above (docs/cache.md)
-    app.state.cache = cache = open_cache(runtime, models, store)
+    app.state.cache = cache = open_cache(runtime, app.state.models, app.state.store)
     undo.push_async_callback(cache.close)
     app.state.serving.reuse = cache
     app.state.batches.purgers.append(cache.store.purge)  # a deleted tenant's answers
@@ -192,13 +213,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["x-request-id", "request-id", "retry-after", "x-ratelimit-*"],
         )
     _document_bodies(app)
+    _include_routes(app)
+    if settings.console.console_enabled:
+        console.install(app)
+    return app
+
+
+def _include_routes(app: FastAPI) -> None:
     app.router.routes.extend(chat.hot.routes)  # as they are, matched first (routes/plain.py)
     app.router.routes.extend(messages.router.routes)  # Anthropic's Messages API, the same way
     # POST /v1/responses the same way; the responses router's route documents it
     app.router.routes.append(
-        PlainRoute("/v1/responses", responses.create_response, methods=["POST"],
-                   include_in_schema=False)
-    )  # fmt: skip
+        PlainRoute(
+            "/v1/responses", responses.create_response, methods=["POST"], include_in_schema=False
+        )
+    )
     app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(models.router)
@@ -210,17 +239,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(responses.router)
     app.include_router(conversation_routes.router)
     app.include_router(endpoint_routes.router)
-    if settings.console.console_enabled:
-        console.install(app)
-    return app
 
 
 def _document_bodies(app: FastAPI) -> None:
     """`/openapi.json` with the request bodies the routes read (`api/openapi_bodies.py`)."""
     bodies = {
-        **chat.BODIES, **job_routes.BODIES, **file_routes.BODIES, **batch_routes.BODIES,
-        **responses.BODIES, **conversation_routes.BODIES,
-    }  # fmt: skip
+        **chat.BODIES,
+        **job_routes.BODIES,
+        **file_routes.BODIES,
+        **batch_routes.BODIES,
+        **responses.BODIES,
+        **conversation_routes.BODIES,
+    }
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -75,9 +75,15 @@ class Refused(Exception):
 def refusal_bytes(status: int, message: str, code: str) -> bytes:
     """A complete HTTP/1.1 response with an OpenAI-style error body, closing the connection."""
     body = msgspec.json.encode(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                   "code": code}}
-    )  # fmt: skip
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    )
     retry = b"retry-after: 1\r\n" if status == 503 else b""
     head = (
         f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
@@ -171,8 +177,12 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._refused or transport is None or transport.is_closing():
             return
         self._refused = True
-        log.debug("refused a connection from %s: %d %s", _peer(self.client), refused.status,
-                 refused.message)  # fmt: skip
+        log.debug(
+            "refused a connection from %s: %d %s",
+            _peer(self.client),
+            refused.status,
+            refused.message,
+        )
         cycle = self.cycle  # (a keep-alive connection's is the last request's)
         if answered or (
             cycle is not None and cycle.response_started and not cycle.response_complete

@@ -22,11 +22,23 @@ log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
-_OWN_CODES = frozenset({
-    "deadline_exceeded", "worker_lost", "frames_lost", "attempts_exhausted", "job_lost",
-    "empty_response", "worker_shutdown", "worker_error", "upstream_auth_failed",
-    "service_unavailable", "no_worker", "queue_unavailable", "upstream_timeout",
-})  # fmt: skip
+_OWN_CODES = frozenset(
+    {
+        "deadline_exceeded",
+        "worker_lost",
+        "frames_lost",
+        "attempts_exhausted",
+        "job_lost",
+        "empty_response",
+        "worker_shutdown",
+        "worker_error",
+        "upstream_auth_failed",
+        "service_unavailable",
+        "no_worker",
+        "queue_unavailable",
+        "upstream_timeout",
+    }
+)
 """Server-side failures whose message llmq itself wrote, with nothing of the network in it."""
 
 _GENERIC = {"upstream_unavailable": "The model backend could not be reached or failed."}
@@ -142,43 +154,52 @@ def install_error_handlers(app: FastAPI) -> None:
         err = ApiError(400, str(first.get("msg", "invalid request")), "invalid_request", param=loc)
         return error_response(400, err.body())
 
-    async def on_undecodable(_request: Request, exc: Exception) -> Response:
-        # A body that no decoder could take (invalid UTF-8, nesting deeper than the decoder
-        # goes) is the client's fault wherever it was decoded: a 400, never a 500.
-        problem = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "nested too deeply"
-        err = ApiError(400, f"the request body is {problem}", "invalid_json")
-        return error_response(400, err.body())
-
-    async def on_unexpected(_request: Request, exc: Exception) -> Response:
-        if transient(exc):  # NATS electing a leader or moving to another node: it passes
-            err = ApiError(503, "the job queue did not answer in time; retry",
-                           "queue_unavailable", type="server_error")  # fmt: skip
-            return error_response(503, err.body(), {"retry-after": "1"})
-        err = ApiError(500, "internal error", "internal_error", type="server_error")
-        return error_response(500, err.body())
-
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(Refusal, on_refusal)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
 
-    async def on_disconnect(request: Request, _exc: Exception) -> Response:
-        # The client went away mid-body (an aborted upload, the edge's body deadline): one
-        # line, not a traceback; nobody reads the answer.
-        log.info("client disconnected during %s %s", request.method, request.url.path)
-        return Response(status_code=400)
+    app.add_exception_handler(ClientDisconnect, _on_disconnect)
+    app.add_exception_handler(UnicodeDecodeError, _on_undecodable)
+    app.add_exception_handler(RecursionError, _on_undecodable)
 
-    app.add_exception_handler(ClientDisconnect, on_disconnect)
-    app.add_exception_handler(UnicodeDecodeError, on_undecodable)
-    app.add_exception_handler(RecursionError, on_undecodable)
+    app.add_exception_handler(NatsError, _on_queue_error)
+    app.add_exception_handler(TimeoutError, _on_queue_error)
+    app.add_exception_handler(Exception, _on_unexpected)
 
-    async def on_queue_error(request: Request, exc: Exception) -> Response:
-        # Own handlers for the queue's errors: the catch-all below answers too, but Starlette
-        # re-raises after it, and uvicorn would log a traceback for every 503 of an election.
-        if not transient(exc):
-            log.error("unexpected queue error", exc_info=exc)
-        return await on_unexpected(request, exc)
 
-    app.add_exception_handler(NatsError, on_queue_error)
-    app.add_exception_handler(TimeoutError, on_queue_error)
-    app.add_exception_handler(Exception, on_unexpected)
+async def _on_undecodable(_request: Request, exc: Exception) -> Response:
+    # A body that no decoder could take (invalid UTF-8, nesting deeper than the decoder
+    # goes) is the client's fault wherever it was decoded: a 400, never a 500.
+    problem = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "nested too deeply"
+    err = ApiError(400, f"the request body is {problem}", "invalid_json")
+    return error_response(400, err.body())
+
+
+async def _on_unexpected(_request: Request, exc: Exception) -> Response:
+    if transient(exc):  # NATS electing a leader or moving to another node: it passes
+        err = ApiError(
+            503,
+            "the job queue did not answer in time; retry",
+            "queue_unavailable",
+            type="server_error",
+        )
+        return error_response(503, err.body(), {"retry-after": "1"})
+    err = ApiError(500, "internal error", "internal_error", type="server_error")
+    return error_response(500, err.body())
+
+
+async def _on_disconnect(request: Request, _exc: Exception) -> Response:
+    # The client went away mid-body (an aborted upload, the edge's body deadline): one
+    # line, not a traceback; nobody reads the answer.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
+async def _on_queue_error(request: Request, exc: Exception) -> Response:
+    # Own handlers for the queue's errors: the catch-all (`_on_unexpected`) answers too, but
+    # Starlette re-raises after it, and uvicorn would log a traceback for every 503 of an
+    # election.
+    if not transient(exc):
+        log.error("unexpected queue error", exc_info=exc)
+    return await _on_unexpected(request, exc)

@@ -26,7 +26,15 @@ LEASE: float = 1.0
 
 class ShareLedger(Protocol):
     async def take(
-        self, model: str, tenant: str, rank: int, ticket: str, hold: float, share: int, more: bool
+        self,
+        model: str,
+        tenant: str,
+        rank: int,
+        ticket: str,
+        hold: float,
+        *,
+        share: int,
+        more: bool,
     ) -> bool:
         """Queue `ticket` (held `hold` seconds at most) if its turn; else mark its line
         (model, tenant, rank) as waiting. `more`: others of the line wait behind it."""
@@ -55,7 +63,15 @@ class RedisLedger:
         self._script = redis.register_script(text)
 
     async def take(
-        self, model: str, tenant: str, rank: int, ticket: str, hold: float, share: int, more: bool
+        self,
+        model: str,
+        tenant: str,
+        rank: int,
+        ticket: str,
+        hold: float,
+        *,
+        share: int,
+        more: bool,
     ) -> bool:
         hold_ms, lease_ms = int(hold * 1000), int(LEASE * 1000)
         args: list[str | int] = ["take", tenant, rank, ticket, hold_ms, lease_ms, share, int(more)]
@@ -100,7 +116,15 @@ class LocalLedger:
         return state
 
     async def take(
-        self, model: str, tenant: str, rank: int, ticket: str, hold: float, share: int, more: bool
+        self,
+        model: str,
+        tenant: str,
+        rank: int,
+        ticket: str,
+        hold: float,
+        *,
+        share: int,
+        more: bool,
     ) -> bool:
         now = time.monotonic()
         state = self._model(model, now)

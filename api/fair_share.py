@@ -276,7 +276,7 @@ class FairShare:
         share = max(1, self._share_for(model))
         hold = min(self._hold, left + HOLD_MARGIN)
         look = asyncio.ensure_future(
-            self._ledger.take(model, tenant, rank, ticket_id, hold, share, more)
+            self._ledger.take(model, tenant, rank, ticket_id, hold, share=share, more=more)
         )
         try:
             taken = await asyncio.shield(look)

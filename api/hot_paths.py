@@ -1,6 +1,8 @@
-"""`HotPaths`: the ASGI app uvicorn serves. `POST /v1/chat/completions`, `/v1/completions`,
-`/v1/responses` and `/v1/messages` go straight to their endpoint behind one exception
-boundary; every other request goes to the FastAPI app and its middleware stack, as before.
+"""`HotPaths`: the ASGI app uvicorn serves while the Starlette gate is open
+(`llmq._fast.starlette`; shut, uvicorn serves the FastAPI app itself).
+`POST /v1/chat/completions`, `/v1/completions`, `/v1/responses` and `/v1/messages` go straight
+to their endpoint behind one exception boundary; every other request goes to the FastAPI app
+and its middleware stack, as before.
 
 Why: every layer of that stack (FastAPI's and Starlette's `__call__`, ServerErrorMiddleware,
 FastAPI's exception-telemetry and body-limit middlewares, ExceptionMiddleware,
@@ -42,13 +44,13 @@ from typing import Any, cast, get_type_hints
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
-from starlette._utils import is_async_callable
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmq._fast.starlette import EXCEPTION_HANDLERS, is_async_callable, native_telemetry
 from llmq.api.console.app import ConsoleHeaders
 from llmq.api.response_headers import openai_headers
 
@@ -83,7 +85,7 @@ class HotPaths:
             if m.cls is CORSMiddleware:  # the same options, around the hot routes only
                 options: dict[str, Any] = dict(m.kwargs)
                 self._entry = CORSMiddleware(self._serve, **options)
-        self._telemetry = getattr(app, "_native_telemetry", None)
+        self._telemetry = native_telemetry(app)
         self._traced = self._otel_on()
         self.routes: dict[str, tuple[APIRoute, Endpoint]] = (
             self._routes(paths) if self._allowed() else {}
@@ -147,7 +149,7 @@ class HotPaths:
         scope["route"] = route
         scope["endpoint"] = endpoint
         scope["path_params"] = {}
-        scope["starlette.exception_handlers"] = self._scope_handlers
+        scope[EXCEPTION_HANDLERS] = self._scope_handlers
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
@@ -178,9 +180,13 @@ class HotPaths:
 def _request_only(route: APIRoute) -> bool:
     dependant = route.dependant
     params = (
-        dependant.dependencies, dependant.path_params, dependant.query_params,
-        dependant.header_params, dependant.cookie_params, dependant.body_params,
-    )  # fmt: skip
+        dependant.dependencies,
+        dependant.path_params,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
     if any(params) or dependant.request_param_name is None:
         return False
     if not is_async_callable(route.endpoint):

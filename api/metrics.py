@@ -53,8 +53,24 @@ QUOTA_REASONS = frozenset(
 """Error codes of requests refused by admission (quota and tenant state)."""
 
 LATENCY_BUCKETS = (
-    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
-)  # fmt: skip
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+)
 TTFT_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 QUEUE_TIMEOUT = 2.0
 """Seconds a scrape waits for JetStream consumer info before serving the cached values."""
@@ -78,6 +94,15 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "llmq_api_accepting", "1 while the api accepts requests.", value=float(rt.accepting)
         )
+        yield from self._queues()
+        yield from self._models()
+        yield from self._estimates()
+        identity = InfoMetricFamily("llmq_api", "This api process.")
+        identity.add_metric([], {"instance": rt.settings.api.instance_id, "version": m.version})
+        yield identity
+
+    def _queues(self) -> Iterable[Metric]:
+        m = self._m
         depth = GaugeMetricFamily(
             "llmq_queue_depth",
             "Jobs queued and not yet delivered to a worker (JetStream num_pending).",
@@ -106,40 +131,44 @@ class _Live(Collector):
             "Age of the cached queue figures.",
             value=time.monotonic() - m.queues_at if m.queues_at else -1.0,
         )
+
+    def _models(self) -> Iterable[Metric]:
+        m = self._m
         workers = GaugeMetricFamily(
             "llmq_model_workers", "Live workers serving the model.", labels=["model"]
         )
         capacity = GaugeMetricFamily(
             "llmq_model_capacity", "Job slots of the live workers serving it.", labels=["model"]
         )
-        for model, serving in sorted(rt.registry.live_models().items()):
+        for model, serving in sorted(m.runtime.registry.live_models().items()):
             label = m.model_label(model)
             workers.add_metric([label], len(serving))
             capacity.add_metric([label], sum(w.capacity for w in serving))
         yield workers
         yield capacity
+
+    def _estimates(self) -> Iterable[Metric]:
+        m = self._m
         estimator = m.queue_estimator
-        if estimator is not None:
-            wait = GaugeMetricFamily(
-                "llmq_queue_wait_estimate_seconds",
-                "Estimated seconds a job queued now waits for a worker (-1: not known yet).",
-                labels=["model"],
-            )
-            rate = GaugeMetricFamily(
-                "llmq_queue_service_rate",
-                "Jobs started per second while the model's queue was busy (-1: not measured).",
-                labels=["model"],
-            )
-            for model, state in sorted(estimator.models.items()):
-                named = [m.model_label(model)]
-                seconds = estimator.wait_for(model)  # as admission sees it: this replica's load too
-                wait.add_metric(named, -1.0 if seconds is None else seconds)
-                rate.add_metric(named, -1.0 if state.rate is None else state.rate)
-            yield wait
-            yield rate
-        identity = InfoMetricFamily("llmq_api", "This api process.")
-        identity.add_metric([], {"instance": rt.settings.api.instance_id, "version": m.version})
-        yield identity
+        if estimator is None:
+            return
+        wait = GaugeMetricFamily(
+            "llmq_queue_wait_estimate_seconds",
+            "Estimated seconds a job queued now waits for a worker (-1: not known yet).",
+            labels=["model"],
+        )
+        rate = GaugeMetricFamily(
+            "llmq_queue_service_rate",
+            "Jobs started per second while the model's queue was busy (-1: not measured).",
+            labels=["model"],
+        )
+        for model, state in sorted(estimator.models.items()):
+            named = [m.model_label(model)]
+            seconds = estimator.wait_for(model)  # as admission sees it: this replica's load too
+            wait.add_metric(named, -1.0 if seconds is None else seconds)
+            rate.add_metric(named, -1.0 if state.rate is None else state.rate)
+        yield wait
+        yield rate
 
 
 class ApiMetrics:
@@ -153,8 +182,25 @@ class ApiMetrics:
         self.max_tenants = settings.observability.metrics_max_tenants
         self.queue_ttl = settings.observability.metrics_queue_ttl
         self._tenants: set[str] = set()
-        tenant = ["tenant"] if self.tenant_label else []
         self.registry = CollectorRegistry(auto_describe=True)
+        self._request_metrics(["tenant"] if self.tenant_label else [])
+        self.registry.register(_Live(self))
+        self.registry.register(ConnectionMetrics(lambda: runtime.nc))
+        self.queue_estimator: QueueEstimator | None = None
+        """Set by the app: the admission's queue estimates (docs/routing.md)."""
+        self.queues: list[QueueState] = []
+        self.queues_at = 0.0
+        self._queue_lock = asyncio.Lock()
+        # Children cached by label values: `labels()` takes a lock and builds a key each time.
+        self._children: dict[tuple[Any, ...], Any] = {}
+        # Counters the api's micro service reports (`nats micro stats llmq-api`).
+        self.count = 0
+        self.errors = 0
+        self.busy_ns = 0
+        self.last_error = ""
+
+    def _request_metrics(self, tenant: list[str]) -> None:
+        """The metrics every request feeds (`observe`); `tenant`: the tenant label, if on."""
         self.requests = Counter(
             "llmq_api_requests",
             "Requests ended, by route, model and HTTP status.",
@@ -199,6 +245,10 @@ class ApiMetrics:
             ["model", "tool"],
             registry=self.registry,
         )
+        self._cache_metrics(tenant)
+
+    def _cache_metrics(self, tenant: list[str]) -> None:
+        """The response cache's metrics (`observe`, `cache_stored`)."""
         self.cache = Counter(
             "llmq_api_cache_requests",
             "Requests by the response cache's part (hit, miss, join, skip), by model.",
@@ -217,20 +267,6 @@ class ApiMetrics:
             ["model"],
             registry=self.registry,
         )
-        self.registry.register(_Live(self))
-        self.registry.register(ConnectionMetrics(lambda: runtime.nc))
-        self.queue_estimator: QueueEstimator | None = None
-        """Set by the app: the admission's queue estimates (docs/routing.md)."""
-        self.queues: list[QueueState] = []
-        self.queues_at = 0.0
-        self._queue_lock = asyncio.Lock()
-        # Children cached by label values: `labels()` takes a lock and builds a key each time.
-        self._children: dict[tuple[Any, ...], Any] = {}
-        # Counters the api's micro service reports (`nats micro stats llmq-api`).
-        self.count = 0
-        self.errors = 0
-        self.busy_ns = 0
-        self.last_error = ""
 
     # --- labels --------------------------------------------------------------------------
 

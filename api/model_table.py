@@ -192,8 +192,10 @@ class ModelTable:
         self.models = parsed.models
         log.info(
             "models file loaded: %d aliases, %d defaults, %d models",
-            len(self.aliases), len(self.defaults), len(self.models),
-        )  # fmt: skip
+            len(self.aliases),
+            len(self.defaults),
+            len(self.models),
+        )
         return True
 
     def start(self, interval: float = 1.0) -> None:

@@ -80,9 +80,11 @@ class RequestPreparer:
         info = self.registry.model_info(model)
         if info is None or call.path not in info.endpoints:
             raise Refusal(
-                404, f"The model `{model}` does not serve {call.path}", "model_not_found",
+                404,
+                f"The model `{model}` does not serve {call.path}",
+                "model_not_found",
                 param="model",
-            )  # fmt: skip
+            )
         packed = pack(call, patch_body(body, {"model": model}))
         return PreparedRequest(cast(AnyRequest, call), model, packed, "endpoint", False, 1, 1)
 
@@ -90,9 +92,11 @@ class RequestPreparer:
         req: AnyRequest = _decode(body, REQUEST_DECODERS[kind])
         if isinstance(req, ChatCompletionRequest) and not req.messages:
             raise Refusal(
-                400, "`messages` must contain at least one message", "invalid_request",
+                400,
+                "`messages` must contain at least one message",
+                "invalid_request",
                 param="messages",
-            )  # fmt: skip
+            )
         return req
 
     def prepare_decoded(
@@ -131,9 +135,11 @@ class RequestPreparer:
         for param in ("previous_response_id", "conversation", "background"):
             if getattr(req, param) not in (None, msgspec.UNSET, False):
                 raise Refusal(
-                    400, f"`{param}` is not supported in a batch", "unsupported_parameter",
+                    400,
+                    f"`{param}` is not supported in a batch",
+                    "unsupported_parameter",
                     param=param,
-                )  # fmt: skip
+                )
         if req.input in (msgspec.UNSET, None, "", []):
             raise Refusal(400, "`input` is required", "invalid_request", param="input")
         model = self.models.resolve(req.model)
@@ -189,9 +195,11 @@ class RequestPreparer:
         info = registry.model_info(model)
         if info is not None and kind not in info.kinds:
             raise Refusal(
-                400, f"model `{model}` does not support {kind} requests", "unsupported_endpoint",
+                400,
+                f"model `{model}` does not support {kind} requests",
+                "unsupported_endpoint",
                 param="model",
-            )  # fmt: skip
+            )
 
     def _adjusted(
         self, req: AnyRequest, model: str, durable: bool

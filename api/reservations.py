@@ -84,9 +84,15 @@ class Reservations:
             return Reservation(tenant, model, job_id, held=False)
         try:
             decision = await self.quota.reserve(
-                tenant, model, prompt_tokens, max_tokens, job_id, key_id=key_id, user=user,
+                tenant,
+                model,
+                prompt_tokens,
+                max_tokens,
+                job_id,
+                key_id=key_id,
+                user=user,
                 lease=None if slot else 0.0,
-            )  # fmt: skip
+            )
         except QuotaBackendDown:
             if self.fail_open:
                 log.warning("redis down: admitting %s without a quota check", job_id)
@@ -183,12 +189,19 @@ class Reservations:
             self._held.pop(key, None)
         endings = [
             Ending(
-                r.tenant, r.model, r.job_id, u.prompt_tokens, u.completion_tokens,
-                failed=u.failed, cached_tokens=u.cached_tokens,
-                cache_write_tokens=u.cache_write_tokens, cache=u.cache, cache_price=u.cache_price,
+                r.tenant,
+                r.model,
+                r.job_id,
+                u.prompt_tokens,
+                u.completion_tokens,
+                failed=u.failed,
+                cached_tokens=u.cached_tokens,
+                cache_write_tokens=u.cache_write_tokens,
+                cache=u.cache,
+                cache_price=u.cache_price,
             )
             for r, u in held
-        ]  # fmt: skip
+        ]
         outcomes = iter(await self.quota.release_many(endings) if endings else [])
         results: list[bool | Exception] = []
         for reservation, _ in ended:

@@ -9,6 +9,8 @@ from types import FrameType
 import uvicorn
 
 from llmq import event_loop
+from llmq._fast import configure as configure_fast_paths
+from llmq._fast import starlette as fast_starlette
 from llmq.api.app import create_app
 from llmq.api.edge import EdgeLimits, EdgeProtocol, connection_cap
 from llmq.api.hot_paths import HotPaths
@@ -51,7 +53,10 @@ def edge_limits(settings: Settings) -> EdgeLimits:
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
-    app = HotPaths(create_app(settings))  # the hot routes ahead of the middleware stack
+    configure_fast_paths(settings.connection.fast_paths)
+    created = create_app(settings)
+    # the hot routes ahead of the middleware stack, while the Starlette gate is open
+    app = HotPaths(created) if fast_starlette.GATE.open else created
     return uvicorn.Config(
         StartGate(app, app.state),  # answers for the app while it starts (api/startup.py)
         host=settings.api.host,

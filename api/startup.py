@@ -64,8 +64,10 @@ class StartGate:
         if scope["path"] == "/ready":
             status = "failed" if startup.failed else "starting"
             body: dict[str, object] = {
-                "status": status, "waiting_for": startup.waiting_for, "failing": [status]
-            }  # fmt: skip
+                "status": status,
+                "waiting_for": startup.waiting_for,
+                "failing": [status],
+            }
         else:
             body = {
                 "error": {

@@ -9,7 +9,7 @@ for both (one stored message, one ack):
 
     PYTHONPATH=$PWD /work/main/.venv/bin/python bench/publish_cpu.py [--jobs 4000] [--rounds 6]
 
-Also prints nats-py's header parse and header encoding against llmq's (`dispatcher/headers.py`).
+Also prints nats-py's header parse and header encoding against llmq's (`llmq/_fast/nats.py`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from nats.aio.client import Client  # noqa: E402
 
 from bench.processes import cpu_seconds  # noqa: E402
 from llmq import event_loop  # noqa: E402
-from llmq.dispatcher import headers, streams  # noqa: E402
+from llmq._fast import nats as headers  # noqa: E402
+from llmq._fast.nats import parse_header_lines  # noqa: E402
+from llmq.dispatcher import streams  # noqa: E402
 from llmq.dispatcher.connection import connect, disconnect  # noqa: E402
-from llmq.dispatcher.headers import parse_header_lines  # noqa: E402
 from llmq.dispatcher.inbox import ReplyInbox  # noqa: E402
 from llmq.dispatcher.jobs import JobSpec, new_job_id  # noqa: E402
 from llmq.dispatcher.publish import publish_job, publish_to_inbox  # noqa: E402
@@ -53,7 +54,9 @@ def _request(nc: Client) -> Publish:
         inbox.open(spec.job_id)
         try:
             until = spec.deadline_ms / 1000
-            ack = await publish_job(js, spec.subject, spec.body, spec.headers(reply), 2.0, until)
+            ack = await publish_job(
+                js, spec.subject, spec.body, spec.headers(reply), 2.0, until=until
+            )
         finally:
             inbox.close(spec.job_id)
         return ack.seq
@@ -69,7 +72,7 @@ def _to_inbox(nc: Client) -> Publish:
             headers = spec.headers(reply)
             until = spec.deadline_ms / 1000
             ack = await publish_to_inbox(
-                nc, spec.subject, spec.body, headers, reply, box, 2.0, until
+                nc, spec.subject, spec.body, headers, reply, box=box, timeout=2.0, until=until
             )
         finally:
             inbox.close(spec.job_id)

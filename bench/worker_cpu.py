@@ -36,7 +36,7 @@ from nats.aio.msg import Msg  # noqa: E402
 from bench.mock_upstream import _chunks, _completion  # noqa: E402
 
 try:  # the "before" tree of an A/B run has nats-py's parser only
-    from llmq.dispatcher.headers import parse_header_lines
+    from llmq._fast.nats import parse_header_lines
 except ImportError:  # pragma: no cover
     parse_header_lines = Client._parse_header_lines
 from llmq.schemas import names  # noqa: E402
@@ -99,7 +99,7 @@ class _MockUpstream:
 
 
 def _runner(backend: Any, nc: _Nats) -> JobRunner:
-    return JobRunner(nc, backend, "w-bench", {}, 5.0, 3)  # type: ignore[arg-type]
+    return JobRunner(nc, backend, "w-bench", {}, 5.0, max_deliver=3)  # type: ignore[arg-type]
 
 
 async def _jobs(backend: Any, body: bytes, jobs: int) -> float:
@@ -124,7 +124,9 @@ async def _whole_jobs(backend: Any, body: bytes, jobs: int) -> float:
     nc = _Nats()
     book = JobBook(["bench"])
     WorkerMetrics(book, lambda: WorkerInfo(id="w-bench", backend="openai", models=[], capacity=1))
-    runner = JobRunner(nc, backend, "w-bench", {}, 5.0, 3, book.record, book.track)  # type: ignore[arg-type]
+    runner = JobRunner(
+        nc, backend, "w-bench", {}, 5.0, max_deliver=3, on_outcome=book.record, track=book.track
+    )  # type: ignore[arg-type]
     deadline = int((time.time() + 3600) * 1000)
     raw = b"NATS/1.0\r\n" + b"".join(
         f"{name}: {value}\r\n".encode()

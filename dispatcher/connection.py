@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from llmq.dispatcher import headers
+from llmq._fast import nats as fast_nats
 from llmq.dispatcher.tasks import retry, stop_task
 from llmq.schemas.settings import ConnectionSettings
 
@@ -146,6 +146,25 @@ async def connect(
     )
 
 
+def _refusal(
+    exc: Exception, nc: Client, shown: str, name: str, conn: ConnectionSettings
+) -> NatsRefused | None:
+    """A refusal at start (credentials, TLS, a client certificate the server wants) as the
+    error that names what to check; None for any other error."""
+    if _refused(exc):
+        return NatsRefused(
+            f"NATS at {shown} refused {name!r} (credentials or TLS): "
+            f"{exc or type(exc).__name__}; check LLMQ_NATS_CREDS, _NKEY, _USER/_PASSWORD, "
+            "_TOKEN and LLMQ_NATS_TLS_CA/_CERT/_KEY"
+        )
+    if fast_nats.server_info(nc).get("tls_verify") and not conn.nats_tls_cert:
+        return NatsRefused(
+            f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
+            "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
+        )
+    return None
+
+
 async def _connect_once(
     url: str,
     name: str,
@@ -162,36 +181,17 @@ async def _connect_once(
     """Errors logged since the last reconnect (each outage is told once, at warning)."""
 
     async def on_error(exc: Exception) -> None:
-        if starting and _refused(exc):
-            raise NatsRefused(
-                f"NATS at {shown} refused {name!r} (credentials or TLS): "
-                f"{exc or type(exc).__name__}; check LLMQ_NATS_CREDS, _NKEY, _USER/_PASSWORD, "
-                "_TOKEN and LLMQ_NATS_TLS_CA/_CERT/_KEY"
-            ) from exc
-        info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
-        if starting and info.get("tls_verify") and not conn.nats_tls_cert:
-            raise NatsRefused(
-                f"NATS at {shown} refused {name!r}: it requires a client certificate (mutual "
-                "TLS); set LLMQ_NATS_TLS_CERT and LLMQ_NATS_TLS_KEY"
-            ) from exc
+        refusal = _refusal(exc, nc, shown, name, conn) if starting else None
+        if refusal is not None:
+            raise refusal from exc
         if reconnect and not starting:
             # once per outage: a reconnect attempt every half second would repeat it
             level = logging.DEBUG if errors_told else logging.WARNING
             log.log(level, "nats error (%s): %s", shown, exc or type(exc).__name__)
             errors_told.append(1)
 
-    async def on_disconnect() -> None:
-        if reconnect:
-            log.warning("nats disconnected from %s; reconnecting", shown)
-
-    async def on_reconnected() -> None:
-        errors_told.clear()
-        log.info("nats reconnected to %s", shown)
-        if on_reconnect is not None:
-            on_reconnect()
-
     nc = Client()
-    headers.install(nc)  # headers parsed and encoded with less work, same results
+    fast_nats.install(nc)  # headers parsed and encoded with less work, same results
     servers = [u.strip() for u in url.split(",") if u.strip()]
     options: dict[str, Any] = {
         "servers": servers,
@@ -204,11 +204,7 @@ async def _connect_once(
     # 0): one retry per server here, bounded; the caller retries with backoff.
     options.update(max_reconnect_attempts=1, reconnect_time_wait=0.1)
     if reconnect:
-        options.update(
-            allow_reconnect=True,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnected,
-        )
+        options.update(_reconnect_callbacks(shown, errors_told, on_reconnect))
     else:
         options.update(allow_reconnect=False)
     try:
@@ -224,6 +220,28 @@ async def _connect_once(
         nc.options["reconnect_time_wait"] = 0.5
     starting = False
     return nc
+
+
+def _reconnect_callbacks(
+    shown: str, errors_told: list[int], on_reconnect: Callable[[], None] | None
+) -> dict[str, Any]:
+    """Reconnects allowed, each disconnect and reconnect logged (the URL without its
+    credentials); a reconnect clears the errors told and calls `on_reconnect`."""
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected from %s; reconnecting", shown)
+
+    async def on_reconnected() -> None:
+        errors_told.clear()
+        log.info("nats reconnected to %s", shown)
+        if on_reconnect is not None:
+            on_reconnect()
+
+    return {
+        "allow_reconnect": True,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnected,
+    }
 
 
 async def disconnect(nc: Client, timeout: float = 5.0) -> None:

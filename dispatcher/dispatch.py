@@ -1,13 +1,12 @@
 """Submitting a job and following its reply frames until it ends.
 
-`JobRun.events()` turns the frames of DESIGN.md into what the api relays: chunk bytes, then
-one `Done` or `Failed`. Every wait has a bound: the job's deadline until it is under way (a
-stream's first chunk, or a worker taking a job that answers whole), then its end
-(`max_deadline`) and three ping intervals of silence; a passed deadline or end is always a
-504, never a lost worker. Until its first chunk a job is
-not acked, so a worker that dies (silence) or gives it back (a ping marked `Llmq-Requeued`)
-leaves it queued for the next worker, still bounded by the deadline; when JetStream gives up
-on it (its max-deliveries advisory) the client hears at once, and so it does when a restarted
+`JobRun.events()` turns the reply frames (docs/protocol.md, "Reply frames") into what the api
+relays: chunk bytes, then one `Done` or `Failed`. What it decides — every wait's bound, the
+first-token deadline, missed pings, sequence gaps, the end — is `reply_machine.ReplyMachine`,
+pure and table-tested; this module waits and relays. Until its first chunk a job is not acked,
+so a worker that dies (silence) or gives it back (a ping marked `Llmq-Requeued`) leaves it
+queued for the next worker, still bounded by the deadline; when JetStream gives up on it (its
+max-deliveries advisory) the client hears at once, and so it does when a restarted
 nats-server lost it (no worker answers within three ping intervals of finding it gone).
 """
 
@@ -31,11 +30,20 @@ from llmq.dispatcher.connection import unsubscribe
 from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
 from llmq.dispatcher.publish import publish_to_inbox
+from llmq.dispatcher.reply_machine import (
+    DECODE,
+    FIRST_CHUNK,
+    GIVEN_BACK,
+    RELAY,
+    TAKEN,
+    ReplyMachine,
+)
 from llmq.schemas import frames, names
 from llmq.schemas.envelope import EnvelopeError, JobEnvelope
-from llmq.schemas.frames import Done, Failed, failure
+from llmq.schemas.frames import Done, Failed
 
 Event = bytes | Done | Failed
+_NO_HEADERS: dict[str, str] = {}
 
 
 class _MaxDeliveries(msgspec.Struct):
@@ -93,96 +101,62 @@ class JobRun:
         routing leaves such a job alone."""
 
     async def events(self) -> AsyncGenerator[Event, None]:
-        silence = self._dispatcher.ping_interval * 3
+        """Chunk bytes, then one `Done` or `Failed`; `ReplyMachine` decides, this relays."""
         spec = self.spec
         deadline = spec.deadline_ms / 1000
-        end = max(deadline, spec.end_ms / 1000) if spec.end_ms else deadline
-        accepted = relayed = False
-        expected_seq = 0
-        missing_until: float | None = None
-        """Set when the job was not found in its stream: a worker must show up before this."""
+        machine = ReplyMachine(
+            deadline, spec.end_ms / 1000, self._dispatcher.ping_interval * 3, spec.stream
+        )
+        mailbox = self._mailbox
         try:
             while True:
-                under_way = relayed or (accepted and not spec.stream)
-                bound = end if under_way else deadline
-                left = bound - time.time()
-                if left <= 0:
-                    yield _past(under_way and end > deadline)
+                wait = machine.wait(time.time())
+                if isinstance(wait, Failed):
+                    yield wait
                     return
-                # Which timer ends the wait decides the answer, never a second look at the
-                # clock: a timer may fire a hair early, and a passed deadline must not read
-                # as a silent worker.
-                wait, why = left, "bound"
-                if accepted and silence < wait:
-                    wait, why = silence, "silence"
-                elif not accepted and missing_until is not None:
-                    missing_left = max(0.0, missing_until - time.time())
-                    if missing_left < wait:
-                        wait, why = missing_left, "missing"
-                msg = await self._mailbox.get(wait)
-                if msg is None:  # the wait's bound passed: `why` says which one
-                    if why == "bound":
-                        yield _past(under_way and end > deadline)
-                        return
-                    if why == "missing":
-                        yield failure(
-                            503,
-                            "the job queue lost the job (the NATS server restarted); send it again",
-                            "service_unavailable",
-                            "job_lost",
-                        )
-                        return
-                    if not relayed:
-                        # The worker died before acking: JetStream hands the job to another.
-                        accepted = self.taken = False
-                        continue
-                    yield failure(
-                        502, "the worker stopped responding", "upstream_error", "worker_lost"
-                    )
-                    return
-                if msg is Signal.MISSING:
-                    if not accepted:
-                        missing_until = time.time() + silence
-                    continue
-                if msg is Signal.EXHAUSTED:
-                    yield failure(
-                        502,
-                        "every attempt at the job failed",
-                        "upstream_error",
-                        "attempts_exhausted",
-                    )
-                    return
-                headers = msg.headers or {}
-                kind = headers.get(names.H_FRAME)
-                seq = int(headers.get(names.H_SEQ, "-1"))
-                if kind == frames.ACCEPTED:
-                    accepted, expected_seq, missing_until = True, seq + 1, None
-                    self.taken = True
-                    if self.on_taken is not None:
-                        self.on_taken()
-                    self.worker = headers.get(names.H_WORKER)
-                    self.accepted_at = time.monotonic()
-                    continue
-                if seq != expected_seq or not accepted:
-                    yield failure(502, "reply frames were lost", "upstream_error", "frames_lost")
-                    return
-                expected_seq += 1
-                if kind == frames.CHUNK:
-                    if not relayed:
-                        relayed = True
-                        self.first_chunk_at = time.monotonic()
-                    yield msg.data
-                elif kind == frames.PING:
-                    if names.H_REQUEUED in headers:
-                        accepted = self.taken = False
+                msg = await mailbox.get(wait)
+                if msg is None:
+                    action = machine.tick()
+                elif isinstance(msg, Signal):
+                    action = machine.signal(msg, time.time())
                 else:
-                    frame = frames.frame_decoder.decode(msg.data)
-                    if isinstance(frame, Done | Failed):
-                        self.finished = True
-                        yield frame
-                        return
+                    headers = msg.headers or _NO_HEADERS
+                    action = machine.frame(
+                        headers.get(names.H_FRAME),
+                        int(headers.get(names.H_SEQ, "-1")),
+                        names.H_REQUEUED in headers,
+                    )
+                    if action is RELAY:
+                        yield msg.data
+                        continue
+                    if action is FIRST_CHUNK:
+                        self.first_chunk_at = time.monotonic()
+                        yield msg.data
+                        continue
+                    if action is DECODE:
+                        frame = frames.frame_decoder.decode(msg.data)
+                        if isinstance(frame, Done | Failed):
+                            self.finished = True
+                            yield frame
+                            return
+                        continue
+                    if action is TAKEN:
+                        self._taken(headers.get(names.H_WORKER))
+                        continue
+                if action is GIVEN_BACK:
+                    self.taken = False
+                elif isinstance(action, Failed):
+                    yield action
+                    return
         finally:
             await self.close()
+
+    def _taken(self, worker: str | None) -> None:
+        self.taken = True
+        if self.on_taken is not None:
+            self.on_taken()
+        self.worker = worker
+        self.accepted_at = time.monotonic()
 
     async def close(self) -> None:
         """Stop listening; if the job did not end by itself, tell its worker to stop."""
@@ -194,15 +168,6 @@ class JobRun:
             await d.cancel(self.spec.job_id)
 
 
-def _past(max_deadline: bool) -> Failed:
-    """A passed deadline: always 504 `deadline_exceeded`, whatever else was going on."""
-    if max_deadline:
-        message = "the job ran past the longest time a job may take (max_deadline)"
-    else:
-        message = "the job's deadline passed before it was under way"
-    return failure(504, message, "timeout", "deadline_exceeded")
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -211,6 +176,7 @@ class Dispatcher:
         inbox: ReplyInbox,
         ping_interval: float,
         ack_wait: float,
+        *,
         publish_timeout: float = 2.0,
     ) -> None:
         self.nc = nc
@@ -280,8 +246,8 @@ class Dispatcher:
                 spec.body,
                 spec.headers(reply),
                 reply,
-                mailbox,
-                self.publish_timeout,
+                box=mailbox,
+                timeout=self.publish_timeout,
                 until=spec.deadline_ms / 1000,
             )
         except MaxPayloadError as exc:

@@ -1,4 +1,5 @@
-"""A job as the api publishes it: its envelope (DESIGN.md's headers) and the OpenAI body."""
+"""A job as the api publishes it: its envelope (the headers of docs/protocol.md, "A job")
+and the OpenAI body."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from llmq._fast import nats as fast_nats
 from llmq.dispatcher.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -118,38 +119,19 @@ async def scan(
                         out.pop(entry.key, None)
                     else:
                         out[entry.key] = entry.value or b""
-                if marked and await _caught_up(watcher, handled):
+                if marked and await fast_nats.watcher_caught_up(watcher, handled):
                     break
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
-        await _delete_consumer(watcher)
+        await fast_nats.delete_watcher_consumer(watcher)
     return out
 
 
 SCAN_CONSUMER_IDLE = 5.0
 """Seconds nats-server keeps a scan's consumer once nobody listens, should deleting it fail
-(nats-py's default for a watch is 5 minutes: a flood of scans would pile them up)."""
-
-
-async def _delete_consumer(watcher: KeyValue.KeyWatcher) -> None:
-    """Delete a scan's consumer now, rather than when nats-server notices it is idle: a
-    flood of list calls leaves none behind (nats-server refuses new consumers past a limit)."""
-    sub = watcher._sub  # nats-py keeps the watcher's subscription private
-    if sub is None:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(2.0):
-            await sub._js.delete_consumer(sub._stream, sub._consumer)
-
-
-async def _caught_up(watcher: KeyValue.KeyWatcher, handled: int) -> bool:
-    sub = watcher._sub  # nats-py keeps the watcher's subscription private
-    if sub is None:
-        return True
-    info = await sub.consumer_info()
-    delivered = info.delivered.consumer_seq if info.delivered else 0
-    return not info.num_pending and handled >= (delivered or 0)
+or the nats-py gate be shut (nats-py's default for a watch is 5 minutes: a flood of scans
+would pile them up)."""
 
 
 async def open_watch(kv: KeyValue, pattern: str, **options: Any) -> KeyValue.KeyWatcher:
@@ -190,6 +172,7 @@ class Follower:
         on_entry: Callable[[str, bytes | None], None],
         on_synced: Callable[[], None] | None = None,
         resync: float = 30.0,
+        *,
         name: str = "follower",
     ) -> None:
         self.kv = kv

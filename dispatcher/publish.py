@@ -94,6 +94,7 @@ async def publish_job(
     body: bytes,
     headers: dict[str, str],
     timeout: float,
+    *,
     until: float,
 ) -> PubAck:
     """Publish, retrying transient failures until the wall-clock time `until` (unix s).
@@ -143,6 +144,7 @@ async def publish_to_inbox(
     body: bytes,
     headers: dict[str, str],
     reply: str,
+    *,
     box: AckBox,
     timeout: float,
     until: float,

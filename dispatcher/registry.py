@@ -87,10 +87,14 @@ class WorkerRegistry:
                 name="registry-workers",
             ),
             Follower(
-                models, ">", self._on_model, self._on_synced, resync=_MODELS_RESYNC,
+                models,
+                ">",
+                self._on_model,
+                self._on_synced,
+                resync=_MODELS_RESYNC,
                 name="registry-models",
             ),
-        ]  # fmt: skip
+        ]
         for follower in self._followers:
             follower.start()
         self._prober = asyncio.create_task(self._probe(), name="registry-probe")

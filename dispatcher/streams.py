@@ -158,8 +158,8 @@ async def _ensure_shared_consumer(
     name: str,
     ack_wait: float,
     max_deliver: int = -1,
-    replicas: int = 1,
     *,
+    replicas: int = 1,
     create: bool = True,
 ) -> None:
     """A durable pull consumer every api replica pulls from; one made by an older version
@@ -197,6 +197,7 @@ async def ensure_consumer(
     model: str,
     ack_wait: float,
     max_deliver: int,
+    *,
     replicas: int = 1,
 ) -> str:
     """The durable pull consumer of `model` on `stream`, shared by all its workers."""
@@ -301,13 +302,17 @@ async def ensure_batch_streams(
     await ensure_stream(js, outcomes_stream_config(retention, replicas), create)
     await ensure_stream(js, webhooks_stream_config(retention, replicas), create)
     await _ensure_shared_consumer(
-        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas,
-        create=create,
-    )  # fmt: skip
+        js, names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER, 30.0, replicas=replicas, create=create
+    )
     await _ensure_shared_consumer(
-        js, names.WEBHOOKS_STREAM, names.WEBHOOK_CONSUMER, 60.0, webhook_attempts + 2, replicas,
+        js,
+        names.WEBHOOKS_STREAM,
+        names.WEBHOOK_CONSUMER,
+        60.0,
+        webhook_attempts + 2,
+        replicas=replicas,
         create=create,
-    )  # fmt: skip
+    )
 
 
 async def batch_buckets(

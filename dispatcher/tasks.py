@@ -66,8 +66,10 @@ async def retry(
             log.log(
                 logging.WARNING if failures == 1 else logging.INFO,
                 "%s: not yet (%s); retrying in %.2g s",
-                what, _reason(exc), delay,
-            )  # fmt: skip
+                what,
+                _reason(exc),
+                delay,
+            )
             if deadline is not None:
                 delay = min(delay, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(delay)

@@ -12,18 +12,33 @@ from llmq.api.tenancy.models import ApiKey, KeySettings, UsageRow
 from llmq.tables import Column, card, limit, models, moment, since, size, table
 
 TENANT_COLUMNS: list[Column] = [
-    ("NAME", 0, "<"), ("STATUS", 0, "<"), ("PRIORITY", 0, "<"), ("RPM", 0, ">"),
-    ("TPM", 0, ">"), ("CONCURRENT", 0, ">"), ("MODELS", 0, "<"), ("CREATED", 0, "<"),
-]  # fmt: skip
+    ("NAME", 0, "<"),
+    ("STATUS", 0, "<"),
+    ("PRIORITY", 0, "<"),
+    ("RPM", 0, ">"),
+    ("TPM", 0, ">"),
+    ("CONCURRENT", 0, ">"),
+    ("MODELS", 0, "<"),
+    ("CREATED", 0, "<"),
+]
 KEY_COLUMNS: list[Column] = [
-    ("ID", 0, "<"), ("PREFIX", 0, "<"), ("LABEL", 0, "<"), ("OWNER", 0, "<"),
-    ("MODELS", 0, "<"), ("LIMITS", 0, "<"), ("CREATED", 0, "<"), ("EXPIRES", 0, "<"),
+    ("ID", 0, "<"),
+    ("PREFIX", 0, "<"),
+    ("LABEL", 0, "<"),
+    ("OWNER", 0, "<"),
+    ("MODELS", 0, "<"),
+    ("LIMITS", 0, "<"),
+    ("CREATED", 0, "<"),
+    ("EXPIRES", 0, "<"),
     ("LAST USED", 0, "<"),
-]  # fmt: skip
+]
 PRICE_COLUMNS: list[Column] = [
-    ("MODEL", 0, "<"), ("INPUT", 0, ">"), ("OUTPUT", 0, ">"), ("CACHED INPUT", 0, ">"),
+    ("MODEL", 0, "<"),
+    ("INPUT", 0, ">"),
+    ("OUTPUT", 0, ">"),
+    ("CACHED INPUT", 0, ">"),
     ("CACHE WRITE", 0, ">"),
-]  # fmt: skip
+]
 _LIMITS = ("rpm", "tpm", "max_concurrent", "daily_tokens", "monthly_tokens")
 
 
@@ -38,12 +53,18 @@ def tenants(rows: Sequence[Tenant]) -> list[str]:
         TENANT_COLUMNS,
         [
             [
-                t.name, t.status, t.priority, limit(t.rpm), limit(t.tpm),
-                limit(t.max_concurrent), models(t.models), _day(t.created_at),
+                t.name,
+                t.status,
+                t.priority,
+                limit(t.rpm),
+                limit(t.tpm),
+                limit(t.max_concurrent),
+                models(t.models),
+                _day(t.created_at),
             ]
             for t in rows
         ],
-    )  # fmt: skip
+    )
 
 
 def tenant(t: Tenant) -> list[str]:
@@ -87,13 +108,19 @@ def keys(rows: Sequence[ApiKey], now: float | None = None) -> list[str]:
         KEY_COLUMNS,
         [
             [
-                k.id, k.prefix + "…", k.label or "-", k.owner or "-", models(k.models, "tenant's"),
-                key_limits(k), _day(k.created_at), since(k.expires_at, now),
+                k.id,
+                k.prefix + "…",
+                k.label or "-",
+                k.owner or "-",
+                models(k.models, "tenant's"),
+                key_limits(k),
+                _day(k.created_at),
+                since(k.expires_at, now),
                 since(k.last_used_at, now),
             ]
             for k in rows
         ],
-    )  # fmt: skip
+    )
 
 
 def new_key(k: ApiKey, plaintext: str) -> list[str]:
@@ -119,21 +146,38 @@ def usage(rows: Sequence[UsageRow], by: str) -> list[str]:
     if not rows:
         return [f"no usage by {by} in these days"]
     columns: list[Column] = [
-        ("DAY", 0, "<"), (by.upper(), 0, "<"), ("REQUESTS", 0, ">"), ("FAILED", 0, ">"),
-        ("PROMPT", 0, ">"), ("CACHED", 0, ">"), ("COMPLETION", 0, ">"), ("COST USD", 0, ">"),
-    ]  # fmt: skip
+        ("DAY", 0, "<"),
+        (by.upper(), 0, "<"),
+        ("REQUESTS", 0, ">"),
+        ("FAILED", 0, ">"),
+        ("PROMPT", 0, ">"),
+        ("CACHED", 0, ">"),
+        ("COMPLETION", 0, ">"),
+        ("COST USD", 0, ">"),
+    ]
     body = [
         [
-            r.day, r.model, f"{r.requests:,}", f"{r.failed:,}", f"{r.prompt_tokens:,}",
-            f"{r.cached_tokens:,}", f"{r.completion_tokens:,}", f"{r.cost_usd:.4f}",
+            r.day,
+            r.model,
+            f"{r.requests:,}",
+            f"{r.failed:,}",
+            f"{r.prompt_tokens:,}",
+            f"{r.cached_tokens:,}",
+            f"{r.completion_tokens:,}",
+            f"{r.cost_usd:.4f}",
         ]
         for r in rows
-    ]  # fmt: skip
+    ]
     total = [
-        "total", "", f"{sum(r.requests for r in rows):,}", f"{sum(r.failed for r in rows):,}",
-        f"{sum(r.prompt_tokens for r in rows):,}", f"{sum(r.cached_tokens for r in rows):,}",
-        f"{sum(r.completion_tokens for r in rows):,}", f"{sum(r.cost_usd for r in rows):.4f}",
-    ]  # fmt: skip
+        "total",
+        "",
+        f"{sum(r.requests for r in rows):,}",
+        f"{sum(r.failed for r in rows):,}",
+        f"{sum(r.prompt_tokens for r in rows):,}",
+        f"{sum(r.cached_tokens for r in rows):,}",
+        f"{sum(r.completion_tokens for r in rows):,}",
+        f"{sum(r.cost_usd for r in rows):.4f}",
+    ]
     return table(columns, [*body, total])
 
 
@@ -148,10 +192,13 @@ def prices(rows: Mapping[str, Price]) -> list[str]:
         PRICE_COLUMNS,
         [
             [
-                model, _usd(p.input_per_1m), _usd(p.output_per_1m),
-                _usd(p.cached_input_per_1m), _usd(p.cache_write_per_1m),
+                model,
+                _usd(p.input_per_1m),
+                _usd(p.output_per_1m),
+                _usd(p.cached_input_per_1m),
+                _usd(p.cache_write_per_1m),
             ]
             for model, p in rows.items()
         ],
-    )  # fmt: skip
+    )
     return [*lines, "", "USD per 1M tokens"]

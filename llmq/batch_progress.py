@@ -15,9 +15,15 @@ from llmq.tables import Column, ago, card, moment, since, table
 
 BAR_WIDTH = 40
 LIST_COLUMNS: list[Column] = [
-    ("BATCH", 0, "<"), ("TENANT", 0, "<"), ("STATUS", 0, "<"), ("DONE", 0, ">"),
-    ("FAILED", 0, ">"), ("TOTAL", 0, ">"), ("MODEL", 0, "<"), ("CREATED", 0, ">"),
-]  # fmt: skip
+    ("BATCH", 0, "<"),
+    ("TENANT", 0, "<"),
+    ("STATUS", 0, "<"),
+    ("DONE", 0, ">"),
+    ("FAILED", 0, ">"),
+    ("TOTAL", 0, ">"),
+    ("MODEL", 0, "<"),
+    ("CREATED", 0, ">"),
+]
 
 
 def public_id(record: BatchRecord) -> str:
@@ -136,10 +142,15 @@ def listing(records: Sequence[BatchRecord], now: float | None = None) -> list[st
     now = time.time() if now is None else now
     rows = [
         [
-            public_id(r), tenant(r), r.status, r.request_counts.completed,
-            r.request_counts.failed, r.request_counts.total, r.model or "-",
+            public_id(r),
+            tenant(r),
+            r.status,
+            r.request_counts.completed,
+            r.request_counts.failed,
+            r.request_counts.total,
+            r.model or "-",
             f"{ago(now - r.created_at)} ago",
         ]
         for r in records
-    ]  # fmt: skip
+    ]
     return table(LIST_COLUMNS, rows)

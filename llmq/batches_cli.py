@@ -133,8 +133,9 @@ async def _watch(nc: Client, args: argparse.Namespace, batch_hex: str) -> int:
         if record.status in FINAL_BATCH:
             if not tty and not args.json:
                 out, err = record.output_file_id or "-", record.error_file_id or "-"
-                print_lines([f"{public_id(record)} {record.status}: output file {out}, "
-                             f"error file {err}"])  # fmt: skip
+                print_lines(
+                    [f"{public_id(record)} {record.status}: output file {out}, error file {err}"]
+                )
             return 0 if record.status == "completed" else 1
         await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,21 @@ from llmq.schemas.settings import Settings
 _CONNECTION_SECRETS = frozenset(
     f"LLMQ_{name}"
     for name in (
-        "NATS_CREDS", "NATS_NKEY", "NATS_USER", "NATS_PASSWORD", "NATS_PASSWORD_FILE",
-        "NATS_TOKEN", "NATS_TOKEN_FILE", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY",
-        "REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_TLS_CA",
+        "NATS_CREDS",
+        "NATS_NKEY",
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_PASSWORD_FILE",
+        "NATS_TOKEN",
+        "NATS_TOKEN_FILE",
+        "NATS_TLS_CA",
+        "NATS_TLS_CERT",
+        "NATS_TLS_KEY",
+        "REDIS_PASSWORD",
+        "REDIS_PASSWORD_FILE",
+        "REDIS_TLS_CA",
     )
-)  # fmt: skip
+)
 """The caller's connection credentials: dev's own servers take only the ones it generated."""
 
 
@@ -101,25 +112,10 @@ def run_dev(
 ) -> int:
     """Run the stack until Ctrl-C. `nats_port`, `redis_port`: where the servers listen
     (0 = a free port); `data_dir`: their data, the secrets files (default: a temp dir)."""
-    api = settings.api
-    taken = [
-        (flag, port)
-        for flag, host, port in (
-            ("--port", api.host, api.port),
-            ("--nats-port", "127.0.0.1", nats_port),
-            ("--redis-port", "127.0.0.1", redis_port),
-        )
-        if port and not _port_free(host, port)
-    ]
-    if taken:
-        flag, port = taken[0]
-        print(f"llmq dev: port {port} is in use; pick another with {flag}", file=sys.stderr)
-        return 1
-    try:
-        nats_server_binary(), redis_server_binary()
-    except MissingServer as exc:
-        print(f"llmq dev: {exc}", file=sys.stderr)
-        return 2
+    refused = _refusal(settings, nats_port, redis_port)
+    if refused is not None:
+        print(f"llmq dev: {refused[1]}", file=sys.stderr)
+        return refused[0]
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="llmq-dev-"))
     root.mkdir(parents=True, exist_ok=True)
     dev_secrets = DevSecrets.generate(root)
@@ -134,27 +130,9 @@ def run_dev(
     redis = EmbeddedRedis(
         root / "redis", port=redis_port, password=dev_secrets.redis_password, extra=PERSIST
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in _CONNECTION_SECRETS},
-        "LLMQ_NATS_URL": nats.url,
-        "LLMQ_NATS_TOKEN": dev_secrets.nats_token,
-        "LLMQ_REDIS_URL": redis.url,
-        "LLMQ_REDIS_PASSWORD": dev_secrets.redis_password,
-        "LLMQ_HOST": settings.api.host,
-        "LLMQ_PORT": str(settings.api.port),
-        "LLMQ_ADMIN_TOKEN": admin_token,
-    }
+    env = _child_env(settings, nats, redis, dev_secrets, admin_token)
     key = dev_key(env)
-    llmq = [sys.executable, "-m", "llmq.cli"]
-    children = [
-        subprocess.Popen([*llmq, "api"], env=env),
-        subprocess.Popen(
-            [*llmq, "worker", "--backend", "echo", "--model", "echo",
-             "--capacity", str(settings.worker.capacity),
-             "--echo-delay", str(settings.backend.echo.delay)],
-            env=env,
-        ),
-    ]  # fmt: skip
+    children = _start_children(settings, env)
     stop = False
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -169,39 +147,120 @@ def run_dev(
     try:
         print(f"nats-server {nats.url}  redis {redis.url}  data {root}", flush=True)
         if _wait_ready(base, 30, children, key):
-            banner = Banner(
-                base=base, key=key, admin_token=admin_token,
-                admin_token_generated=not settings.api.admin_token,
-                console=settings.console.console_enabled, nats_url=nats.url, redis_url=redis.url,
-                nats_token_file=dev_secrets.nats_token_file,
-                redis_password_file=dev_secrets.redis_password_file,
-            )  # fmt: skip
+            banner = _banner(settings, base, key, admin_token, (nats, redis, dev_secrets))
             print(banner.text(), flush=True)
         else:
             print("llmq dev: the api or worker failed to start", file=sys.stderr, flush=True)
-            stop, code = True, 1
-        watched = {"api": children[0], "worker": children[1], "nats-server": nats.proc,
-                   "redis": redis.proc}  # fmt: skip
-        while not stop:
-            gone = [name for name, proc in watched.items() if proc.poll() is not None]
-            if gone:  # nothing works without any one of them: say which, and stop them all
-                print(f"llmq dev: {', '.join(gone)} exited; stopping", file=sys.stderr, flush=True)
-                code = 1
-                break
-            time.sleep(0.2)
+            return 1
+        watched = {"api": children[0], "worker": children[1]}
+        code = _watch({**watched, "nats-server": nats.proc, "redis": redis.proc}, lambda: stop)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop(children)
         nats.stop()
         redis.stop()
         print("llmq dev: stopped", flush=True)
     return code
+
+
+def _banner(
+    settings: Settings,
+    base: str,
+    key: str | None,
+    admin_token: str,
+    servers: tuple[EmbeddedNats, EmbeddedRedis, DevSecrets],
+) -> Banner:
+    """What `llmq dev` prints once the stack answers: where to call it, with what."""
+    nats, redis, dev_secrets = servers
+    return Banner(
+        base=base,
+        key=key,
+        admin_token=admin_token,
+        admin_token_generated=not settings.api.admin_token,
+        console=settings.console.console_enabled,
+        nats_url=nats.url,
+        redis_url=redis.url,
+        nats_token_file=dev_secrets.nats_token_file,
+        redis_password_file=dev_secrets.redis_password_file,
+    )
+
+
+def _child_env(
+    settings: Settings,
+    nats: EmbeddedNats,
+    redis: EmbeddedRedis,
+    dev_secrets: DevSecrets,
+    admin_token: str,
+) -> dict[str, str]:
+    """The api's and the worker's environment: this one without its connection secrets,
+    and the embedded servers' addresses and secrets."""
+    return {
+        **{k: v for k, v in os.environ.items() if k not in _CONNECTION_SECRETS},
+        "LLMQ_NATS_URL": nats.url,
+        "LLMQ_NATS_TOKEN": dev_secrets.nats_token,
+        "LLMQ_REDIS_URL": redis.url,
+        "LLMQ_REDIS_PASSWORD": dev_secrets.redis_password,
+        "LLMQ_HOST": settings.api.host,
+        "LLMQ_PORT": str(settings.api.port),
+        "LLMQ_ADMIN_TOKEN": admin_token,
+    }
+
+
+def _refusal(settings: Settings, nats_port: int, redis_port: int) -> tuple[int, str] | None:
+    """(exit code, why) when the stack cannot start: a port in use, a server binary missing."""
+    api = settings.api
+    taken = [
+        (flag, port)
+        for flag, host, port in (
+            ("--port", api.host, api.port),
+            ("--nats-port", "127.0.0.1", nats_port),
+            ("--redis-port", "127.0.0.1", redis_port),
+        )
+        if port and not _port_free(host, port)
+    ]
+    if taken:
+        flag, port = taken[0]
+        return 1, f"port {port} is in use; pick another with {flag}"
+    try:
+        nats_server_binary(), redis_server_binary()
+    except MissingServer as exc:
+        return 2, str(exc)
+    return None
+
+
+def _start_children(settings: Settings, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """The api and one echo worker, as `llmq` processes."""
+    llmq = [sys.executable, "-m", "llmq.cli"]
+    worker = [
+        *("worker", "--backend", "echo", "--model", "echo"),
+        *("--capacity", str(settings.worker.capacity)),
+        *("--echo-delay", str(settings.backend.echo.delay)),
+    ]
+    return [
+        subprocess.Popen([*llmq, "api"], env=env),
+        subprocess.Popen([*llmq, *worker], env=env),
+    ]
+
+
+def _watch(watched: dict[str, subprocess.Popen[bytes]], stopped: Callable[[], bool]) -> int:
+    """Until `stopped()`: 0; or 1 as soon as one of them exits (nothing works without any)."""
+    while not stopped():
+        gone = [name for name, proc in watched.items() if proc.poll() is not None]
+        if gone:  # say which, and stop them all
+            print(f"llmq dev: {', '.join(gone)} exited; stopping", file=sys.stderr, flush=True)
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 DEV_TENANT = "dev"

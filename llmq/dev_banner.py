@@ -58,8 +58,11 @@ class Banner:
         )
 
     def _head(self) -> str:
-        lines = [f"llmq is running: {self.base}/v1   (health: {self.base}/health, ready: "
-                 f"{self.base}/ready)", ""]  # fmt: skip
+        lines = [
+            f"llmq is running: {self.base}/v1   (health: {self.base}/health, ready: "
+            f"{self.base}/ready)",
+            "",
+        ]
         if self.key:
             lines.append(f"  API key (tenant dev)  {self.key}")
         if self.admin_token_generated:

@@ -38,21 +38,41 @@ def _count(value: int | None) -> str:
 
 
 MODEL_COLUMNS: list[Column] = [
-    ("MODEL", 21, "<"), ("WORKERS", 7, ">"), ("IN-FLIGHT", 9, ">"), ("CAPACITY", 8, ">"),
-    ("QUEUED", 7, ">"), ("UNACKED", 7, ">"), ("PULLS", 6, ">"), ("WAIT", 6, ">"),
-]  # fmt: skip
+    ("MODEL", 21, "<"),
+    ("WORKERS", 7, ">"),
+    ("IN-FLIGHT", 9, ">"),
+    ("CAPACITY", 8, ">"),
+    ("QUEUED", 7, ">"),
+    ("UNACKED", 7, ">"),
+    ("PULLS", 6, ">"),
+    ("WAIT", 6, ">"),
+]
 WORKER_COLUMNS: list[Column] = [
-    ("WORKER", 20, "<"), ("BACKEND", 7, "<"), ("MODELS", 14, "<"), ("SLOTS", 5, ">"),
-    ("STATE", 12, "<"), ("JOBS", 6, ">"), ("ERRS", 5, ">"), ("SEEN", 4, ">"),
-]  # fmt: skip
+    ("WORKER", 20, "<"),
+    ("BACKEND", 7, "<"),
+    ("MODELS", 14, "<"),
+    ("SLOTS", 5, ">"),
+    ("STATE", 12, "<"),
+    ("JOBS", 6, ">"),
+    ("ERRS", 5, ">"),
+    ("SEEN", 4, ">"),
+]
 API_COLUMNS: list[Column] = [
-    ("API", 12, "<"), ("HOST", 28, "<"), ("PORT", 6, ">"), ("STREAMS", 8, ">"),
+    ("API", 12, "<"),
+    ("HOST", 28, "<"),
+    ("PORT", 6, ">"),
+    ("STREAMS", 8, ">"),
     ("STATE", 10, "<"),
-]  # fmt: skip
+]
 JOB_COLUMNS: list[Column] = [
-    ("JOB", 12, "<"), ("MODEL", 15, "<"), ("STATE", 9, "<"), ("TENANT", 12, "<"),
-    ("AGE", 6, ">"), ("DEADLINE", 8, ">"), ("WORKER", 12, "<"),
-]  # fmt: skip
+    ("JOB", 12, "<"),
+    ("MODEL", 15, "<"),
+    ("STATE", 9, "<"),
+    ("TENANT", 12, "<"),
+    ("AGE", 6, ">"),
+    ("DEADLINE", 8, ">"),
+    ("WORKER", 12, "<"),
+]
 
 
 def worker_rows(workers: Sequence[WorkerView]) -> list[list[object]]:

@@ -29,13 +29,22 @@ from llmq.schemas.settings import Settings
 log = logging.getLogger(__name__)
 
 PROVISIONED = (
-    names.JOBS_STREAM, names.BATCH_STREAM, names.USAGE_STREAM, names.OUTCOMES_STREAM,
-    names.WEBHOOKS_STREAM, f"KV_{names.RESULTS_BUCKET}", f"KV_{names.ASYNC_JOBS_BUCKET}",
-    f"KV_{names.BATCHES_BUCKET}", f"KV_{names.FILE_META_BUCKET}",
-    f"OBJ_{names.FILES_OBJECT_STORE}", f"KV_{names.RESPONSES_BUCKET}",
-    f"KV_{names.CONVERSATIONS_BUCKET}", f"KV_{names.WORKERS_BUCKET}",
-    f"KV_{names.MODELS_BUCKET}", f"KV_{names.INSTALL_BUCKET}",
-)  # fmt: skip
+    names.JOBS_STREAM,
+    names.BATCH_STREAM,
+    names.USAGE_STREAM,
+    names.OUTCOMES_STREAM,
+    names.WEBHOOKS_STREAM,
+    f"KV_{names.RESULTS_BUCKET}",
+    f"KV_{names.ASYNC_JOBS_BUCKET}",
+    f"KV_{names.BATCHES_BUCKET}",
+    f"KV_{names.FILE_META_BUCKET}",
+    f"OBJ_{names.FILES_OBJECT_STORE}",
+    f"KV_{names.RESPONSES_BUCKET}",
+    f"KV_{names.CONVERSATIONS_BUCKET}",
+    f"KV_{names.WORKERS_BUCKET}",
+    f"KV_{names.MODELS_BUCKET}",
+    f"KV_{names.INSTALL_BUCKET}",
+)
 """The JetStream streams `provision` makes (a bucket is `KV_<name>`, the file store
 `OBJ_<name>`), in order."""
 

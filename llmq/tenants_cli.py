@@ -217,7 +217,24 @@ def register(sub: Any) -> None:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return p
 
-    tenants = parser("tenants", "create, list, show, update, suspend, resume or delete tenants")
+    _tenants_parser(
+        parser("tenants", "create, list, show, update, suspend, resume or delete tenants")
+    )
+    _keys_parser(parser("keys", "create, list or revoke a tenant's API keys"))
+    usage = parser("usage", "a tenant's usage per day and model")
+    usage.add_argument("tenant")
+    usage.add_argument("--days", type=int, default=7)
+    usage.add_argument(
+        "--by",
+        choices=["model", "key", "user"],
+        default="model",
+        help="rows per model, API key id or end user (the requests' `user` field)",
+    )
+    usage.set_defaults(handler=_runner(_usage))
+    _prices_parser(parser("prices", "the model price table (USD per 1M tokens)"))
+
+
+def _tenants_parser(tenants: argparse.ArgumentParser) -> None:
     tenants.add_argument(
         "action", choices=["create", "list", "show", "update", "suspend", "resume", "delete"]
     )
@@ -226,12 +243,15 @@ def register(sub: Any) -> None:
         tenants.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     tenants.add_argument("--models", default=None, help="allowed models, comma-separated")
     tenants.add_argument(
-        "--priority", default=None, choices=["high", "normal", "low"],
+        "--priority",
+        default=None,
+        choices=["high", "normal", "low"],
         help="class of its requests on a busy model's queue (default normal)",
-    )  # fmt: skip
+    )
     tenants.set_defaults(handler=_runner(_tenants))
 
-    keys = parser("keys", "create, list or revoke a tenant's API keys")
+
+def _keys_parser(keys: argparse.ArgumentParser) -> None:
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("tenant")
     keys.add_argument("key_id", nargs="?")
@@ -246,31 +266,29 @@ def register(sub: Any) -> None:
             keys.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     keys.add_argument("--models", default=None, help="models the key may use, comma-separated")
     keys.add_argument(
-        "--priority", default=None, choices=["high", "normal", "low"],
+        "--priority",
+        default=None,
+        choices=["high", "normal", "low"],
         help="class of the key's requests, at most its tenant's (default: the tenant's)",
-    )  # fmt: skip
+    )
     keys.set_defaults(handler=_runner(_keys))
 
-    usage = parser("usage", "a tenant's usage per day and model")
-    usage.add_argument("tenant")
-    usage.add_argument("--days", type=int, default=7)
-    usage.add_argument(
-        "--by", choices=["model", "key", "user"], default="model", help="rows per model, "
-        "API key id or end user (the requests' `user` field)"
-    )  # fmt: skip
-    usage.set_defaults(handler=_runner(_usage))
 
-    prices = parser("prices", "the model price table (USD per 1M tokens)")
+def _prices_parser(prices: argparse.ArgumentParser) -> None:
     prices.add_argument("action", choices=["list", "set", "delete"])
     prices.add_argument("model", nargs="?")
     prices.add_argument("--input", type=float, default=0.0, help="USD per 1M input tokens")
     prices.add_argument("--output", type=float, default=0.0, help="USD per 1M output tokens")
     prices.add_argument(
-        "--cached-input", type=float, default=None,
+        "--cached-input",
+        type=float,
+        default=None,
         help="USD per 1M prompt tokens read from the upstream's cache (default: --input)",
-    )  # fmt: skip
+    )
     prices.add_argument(
-        "--cache-write", type=float, default=None,
+        "--cache-write",
+        type=float,
+        default=None,
         help="USD per 1M prompt tokens written to the upstream's cache (default: --input)",
-    )  # fmt: skip
+    )
     prices.set_defaults(handler=_runner(_prices))

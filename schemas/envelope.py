@@ -2,7 +2,7 @@
 
 The api writes it into the NATS headers of the job message (`to_headers`); the worker, its
 metrics and the operator commands read it back (`from_msg`). The subject carries the model
-and the stream, the headers the rest (DESIGN.md, "Subjects, streams, headers"). Header names
+and the stream, the headers the rest (docs/protocol.md, "A job"). Header names
 never change on the wire, and a header an older api did not send decodes to its default, so
 api and workers can be upgraded one at a time.
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmq._fast import configure as configure_fast_paths
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
 from llmq.embedded_redis_ha import EmbeddedSentinelSet, start_redis_cluster
 
@@ -210,3 +211,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Emb
     yield nodes
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture
+def fast_paths_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For the tests of a shortcut itself (llmq/_fast): its gate open, whatever
+    LLMQ_FAST_PATHS says (`make test-public-paths` runs the end-to-end paths without), also
+    for the processes and settings the test builds."""
+    monkeypatch.setenv("LLMQ_FAST_PATHS", "1")
+    configure_fast_paths(True)
+    yield
+    configure_fast_paths(None)

@@ -60,9 +60,12 @@ class Announcer:
         models = await streams.models_bucket(self._js, self.replicas, self.create)
         for model in info.models:
             entry = ModelInfo(
-                name=model, backend=info.backend, first_seen=time.time(), kinds=self._kinds,
+                name=model,
+                backend=info.backend,
+                first_seen=time.time(),
+                kinds=self._kinds,
                 endpoints=self._endpoints,
-            )  # fmt: skip
+            )
             await models.put(names.model_kv_key(model), registry_encoder.encode(entry))
         await self.beat()
 

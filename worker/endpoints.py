@@ -98,16 +98,20 @@ class EndpointUpstream:
         if call.content_type.startswith("application/json"):
             raw = _renamed(raw, upstream_names)
         request = self._client.build_request(
-            "POST", self._base + call.path, content=raw,
+            "POST",
+            self._base + call.path,
+            content=raw,
             headers={"content-type": call.content_type},
-        )  # fmt: skip
+        )
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TransportError as exc:
             raise BackendError(
                 f"the upstream could not be reached ({type(exc).__name__})",
-                status=502, code="upstream_unavailable", retryable=True,
-            ) from None  # fmt: skip
+                status=502,
+                code="upstream_unavailable",
+                retryable=True,
+            ) from None
         try:
             if whole:
                 return await self._whole(response, sender)
@@ -149,9 +153,11 @@ def _raise_for_status(status: int, data: bytes) -> None:
     fields = error_fields(_json(data))
     raise BackendError(
         fields.message or f"the upstream answered {status}",
-        status=status, type=fields.type or "upstream_error",
-        code=fields.code or "upstream_error", param=fields.param,
-    )  # fmt: skip
+        status=status,
+        type=fields.type or "upstream_error",
+        code=fields.code or "upstream_error",
+        param=fields.param,
+    )
 
 
 def _renamed(raw: bytes, upstream_names: Mapping[str, str]) -> bytes:

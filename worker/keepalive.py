@@ -3,8 +3,9 @@
 A task and a timer per job woke every job twice a second, even a stream whose chunks already
 told the api it was alive. Here one loop wakes every half ping interval and pings only the
 jobs that sent no frame (a chunk counts) for a whole interval: the api hears from every job
-at least every 1.5 intervals, well inside its 3-interval silence bound (DESIGN.md), and a
-stream sending a token a second at the default 1 s interval needs no ping at all. A job not
+at least every 1.5 intervals, well inside its 3-interval silence bound (docs/protocol.md,
+"Deadlines"), and a stream sending a token a second at the default 1 s interval needs no ping
+at all. A job not
 acked yet is also marked in progress, so JetStream keeps it ours.
 """
 

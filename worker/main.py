@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from llmq import __version__
+from llmq._fast import configure as configure_fast_paths
 from llmq.dispatcher import streams
 from llmq.dispatcher.connection import Provisioner, connect, disconnect, startup_deadline
 from llmq.dispatcher.tasks import retry, stop_task
@@ -53,6 +54,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 class Worker:
     def __init__(self, settings: Settings, backend_config: BackendConfig | None = None) -> None:
+        configure_fast_paths(settings.connection.fast_paths)
         self.settings = settings
         self.id = settings.worker.worker_id
         self.models = parse_models(settings.worker.model)
@@ -96,9 +98,11 @@ class Worker:
         try:
             # first: the probes answer while NATS, or what `llmq provision` makes, is waited for
             await self.metrics.serve(
-                s.observability.metrics_host, s.worker.metrics_port,
-                s.observability.metrics_token, self.ready,
-            )  # fmt: skip
+                s.observability.metrics_host,
+                s.worker.metrics_port,
+                s.observability.metrics_token,
+                self.ready,
+            )
             self.nc = nc = await connect(
                 s.connection.nats_url,
                 f"llmq-worker {self.id}",
@@ -124,9 +128,9 @@ class Worker:
             self.id,
             self.models,
             s.protocol.ping_interval,
-            s.protocol.max_deliver,
-            self._on_outcome,
-            self.jobs.track,
+            max_deliver=s.protocol.max_deliver,
+            on_outcome=self._on_outcome,
+            track=self.jobs.track,
         )
         self.runner.responses_upstream = passthrough_of(s, self.backend_config)
         self.runner.messages = MessageJobs(self.backend, self.models, self.backend_config)
@@ -135,10 +139,14 @@ class Worker:
         self._feed_specs = await step("its job consumers", self._provision_consumers)
         self.scheduler.feeds = await self._open_feeds()
         self.announcer = Announcer(
-            nc.jetstream(), self.info, s.protocol.heartbeat, sorted(self.backend.kinds),
-            s.protocol.nats_replicas, create=s.connection.nats_provision,
+            nc.jetstream(),
+            self.info,
+            s.protocol.heartbeat,
+            sorted(self.backend.kinds),
+            s.protocol.nats_replicas,
+            create=s.connection.nats_provision,
             endpoints=sorted(self.runner.endpoints.endpoints) if self.runner.endpoints else [],
-        )  # fmt: skip
+        )
         await step("the worker registry", self.announcer.start)
         self.service = await WorkerService.open(nc, self.jobs, self.info, __version__)
         self.scheduler.start()
@@ -147,8 +155,11 @@ class Worker:
         self.provisioner.start()
         log.info(
             "worker %s serving %s on %s, capacity %d",
-            self.id, ", ".join(self.models), describe(self.backend_config), s.worker.capacity,
-        )  # fmt: skip
+            self.id,
+            ", ".join(self.models),
+            describe(self.backend_config),
+            s.worker.capacity,
+        )
 
     def ready(self) -> bool:
         """Taking jobs: connected, its feeds open, not draining (the `/ready` probe)."""
@@ -167,9 +178,13 @@ class Worker:
         for model in self.models:
             for stream, priority in ((names.JOBS_STREAM, INTERACTIVE), (names.BATCH_STREAM, BATCH)):
                 consumer = await streams.ensure_consumer(
-                    js, stream, model, s.protocol.ack_wait, s.protocol.max_deliver,
-                    s.protocol.nats_replicas,
-                )  # fmt: skip
+                    js,
+                    stream,
+                    model,
+                    s.protocol.ack_wait,
+                    s.protocol.max_deliver,
+                    replicas=s.protocol.nats_replicas,
+                )
                 specs.append((stream, consumer, priority))
         return specs
 
@@ -188,13 +203,15 @@ class Worker:
         feeds = []
         for stream, consumer, priority in self._feed_specs:
             feed = PullFeed(
-                self.nc, stream, consumer,
+                self.nc,
+                stream,
+                consumer,
                 priority=priority,
                 lingering=priority == INTERACTIVE,
                 expires=self.settings.worker.pull_expires,
                 on_job=self.scheduler.on_job,
                 on_change=self.scheduler.kick,
-            )  # fmt: skip
+            )
             await feed.start()
             feeds.append(feed)
         return feeds

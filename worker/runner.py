@@ -25,6 +25,7 @@ from llmq.schemas.envelope import EnvelopeError, JobEnvelope, JobKind, decode_re
 from llmq.schemas.frames import Done, failure
 from llmq.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
+from llmq.worker.delivery import delivered
 from llmq.worker.endpoints import EndpointUpstream, run_endpoint
 from llmq.worker.keepalive import KeepAlive
 from llmq.worker.messages.jobs import MessageJobs
@@ -117,6 +118,7 @@ class JobRunner:
         worker_id: str,
         upstream_names: dict[str, str],
         ping_interval: float,
+        *,
         max_deliver: int,
         on_outcome: Callable[[JobOutcome], None] = lambda _o: None,
         track: Callable[[JobEnvelope], AbstractContextManager[None]] = _untracked,
@@ -296,8 +298,9 @@ class JobRunner:
                 self.upstream_names, body, outcome.job_id, sender, started
             )
             return
-        args = (self.backend, self.upstream_names, body, outcome.job_id, sender, started)
-        outcome.usage = await run_response(*args)
+        outcome.usage = await run_response(
+            self.backend, self.upstream_names, body, outcome.job_id, sender, started=started
+        )
 
     async def _stream(
         self, outs: AsyncIterator[Out], sender: FrameSender, ack: _Ack, outcome: JobOutcome
@@ -368,27 +371,6 @@ class JobRunner:
         outcome.usage = result.usage
         payload = embedding_list(result, request.model, request.encoding_format == "base64")
         await sender.done(Done(usage=result.usage, finish_reason="stop", body=msgspec.Raw(payload)))
-
-
-def delivered(msg: Msg) -> int:
-    """`msg.metadata.num_delivered` (1 for a core NATS message), read from the ack subject
-    without building nats-py's Metadata (its timestamp is a datetime) for every job."""
-    reply = msg.reply
-    if not reply:
-        return 1
-    tokens = reply.split(".")
-    if tokens[0] == "$JS" and tokens[1] == "ACK":
-        if len(tokens) == _V1_TOKENS:
-            return int(tokens[4])
-        if len(tokens) >= _V2_TOKENS - 1:
-            return int(tokens[Msg.Ack.NumDelivered])
-    return msg.metadata.num_delivered  # raises nats-py's own error for anything else
-
-
-_V1_TOKENS = 9
-"""`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`"""
-_V2_TOKENS = 12
-"""`$JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>`"""
 
 
 def _wants_usage(request: ChatCompletionRequest | CompletionRequest) -> bool:

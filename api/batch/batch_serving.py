@@ -75,6 +75,7 @@ class BatchServing:
         files: FileServing,
         kick: Callable[[], None],
         scopes: TenantScopes,
+        *,
         resolve: Callable[[str], str] = str,
     ) -> None:
         """`kick`: tell this replica's runner to look at the batches now; batches are

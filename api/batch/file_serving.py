@@ -83,9 +83,11 @@ class _Upload:
         self.size += len(data)
         if self.size > self.max_bytes:
             raise ApiError(
-                413, f"the file is larger than {self.max_bytes} bytes", "file_too_large",
+                413,
+                f"the file is larger than {self.max_bytes} bytes",
+                "file_too_large",
                 param="file",
-            )  # fmt: skip
+            )
         if self.quota_room is not None and self.size > self.quota_room:
             raise ApiError(
                 413,
@@ -143,9 +145,11 @@ def _expires_at(form: _Form, now: int, min_seconds: float) -> int | None:
         return None
     if anchor != "created_at":
         raise ApiError(
-            400, "expires_after.anchor must be `created_at`", "invalid_request",
+            400,
+            "expires_after.anchor must be `created_at`",
+            "invalid_request",
             param="expires_after.anchor",
-        )  # fmt: skip
+        )
     if not (seconds or "").isdigit() or not min_seconds <= int(seconds or 0) <= MAX_EXPIRY:
         raise ApiError(
             400,
@@ -197,9 +201,11 @@ class FileServing:
         max_lines = self.rt.settings.batch.batch_max_lines
         if len(data) > self.max_bytes:
             raise ApiError(
-                413, f"the file is larger than {self.max_bytes} bytes", "file_too_large",
+                413,
+                f"the file is larger than {self.max_bytes} bytes",
+                "file_too_large",
                 param="file",
-            )  # fmt: skip
+            )
         check = JsonlCheck(max_lines)
         try:
             check.feed(data)

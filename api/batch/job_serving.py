@@ -66,15 +66,7 @@ class JobServing:
         )
         if webhook_url:
             await self._check_webhook(webhook_url)
-        if metadata and (
-            len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
-        ):
-            raise ApiError(
-                400,
-                "metadata: at most 16 keys of 64 and values of 512 characters",
-                "invalid_metadata",
-                param="metadata",
-            )
+        _check_metadata(metadata)
         kind = KIND_OF_ENDPOINT.get(endpoint)
         if kind is None:
             raise ApiError(
@@ -151,3 +143,16 @@ def _optional(raw: msgspec.Raw | None, kind: Any, param: str) -> Any:
         return msgspec.json.decode(raw, type=kind | None)
     except (msgspec.ValidationError, msgspec.DecodeError):
         raise ApiError(400, f"invalid `{param}`", "invalid_request", param=param) from None
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """400 unless `metadata` is OpenAI's shape: at most 16 keys of 64, values of 512."""
+    if metadata and (
+        len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
+    ):
+        raise ApiError(
+            400,
+            "metadata: at most 16 keys of 64 and values of 512 characters",
+            "invalid_metadata",
+            param="metadata",
+        )

@@ -140,7 +140,7 @@ class Webhooks:
             names.WEBHOOK_CONSUMER,
             lambda: MAX_DELIVERIES_AT_ONCE - len(self._running),
             self._start_all,
-            "webhooks",
+            name="webhooks",
         )
 
     async def _start_all(self, msgs: list[Msg]) -> None:

@@ -77,9 +77,13 @@ class BatchWing:
         self.store = BatchStore(buckets[names.BATCHES_BUCKET])
         self.files = FileStore(objects, buckets[names.FILE_META_BUCKET])
         self.jobs = AsyncJobs(
-            nc, js, buckets[names.ASYNC_JOBS_BUCKET], results, scoped,
+            nc,
+            js,
+            buckets[names.ASYNC_JOBS_BUCKET],
+            results,
+            scoped,
             stall=s.batch.batch_stall,
-        )  # fmt: skip
+        )
         self.webhooks = Webhooks(
             js,
             self.jobs.render,
@@ -99,8 +103,8 @@ class BatchWing:
             self.store,
             results,
             self.files,
-            self.preparer,
-            scoped,
+            preparer=self.preparer,
+            reservations=scoped,
             owner=f"{s.api.instance_id}-{time_hex()[12:20]}",
             lease=s.batch.batch_lease,
             stall=s.batch.batch_stall,
@@ -110,9 +114,13 @@ class BatchWing:
         self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations, scopes)
         self.file_serving = FileServing(self.rt, self.files, scopes)
         self.batch_serving = BatchServing(
-            self.rt, self.store, self.file_serving, self.runner.kick, scopes,
+            self.rt,
+            self.store,
+            self.file_serving,
+            self.runner.kick,
+            scopes,
             resolve=self.preparer.models.resolve,
-        )  # fmt: skip
+        )
         self.collector.start()
         self.webhooks.start()
         self._starter = asyncio.create_task(self._start_when_synced())
@@ -149,9 +157,12 @@ class BatchWing:
         `purgers` of other wings hold: stored responses, conversations)."""
         b = self._buckets
         counts = await purge_scope(
-            scope, self.files, b[names.ASYNC_JOBS_BUCKET], b[names.BATCHES_BUCKET],
+            scope,
+            self.files,
+            b[names.ASYNC_JOBS_BUCKET],
+            b[names.BATCHES_BUCKET],
             b[names.RESULTS_BUCKET],
-        )  # fmt: skip
+        )
         for purge in self.purgers:
             counts.update(await purge(scope))
         return counts

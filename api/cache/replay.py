@@ -178,8 +178,12 @@ def _as_chunks(entry: Entry) -> list[bytes]:
             part: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None}
             end: dict[str, Any] = {"index": index, "delta": {}}
         else:
-            part = {"index": index, "text": choice.get("text", ""), "finish_reason": None,
-                    "logprobs": None}  # fmt: skip
+            part = {
+                "index": index,
+                "text": choice.get("text", ""),
+                "finish_reason": None,
+                "logprobs": None,
+            }
             end = {"index": index, "text": "", "logprobs": None}
         end["finish_reason"] = choice.get("finish_reason") or "stop"
         chunks.append(_encoder.encode({**base, "choices": [part]}))

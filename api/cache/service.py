@@ -35,7 +35,7 @@ from llmq.api.cache.policy import (
     choose,
     decode_body,
     is_sampled,
-)  # fmt: skip
+)
 from llmq.api.cache.replay import can_replay, replay
 from llmq.api.cache.store import CacheStore, Entry
 from llmq.api.engine.attempt import answer_or_move_on
@@ -106,14 +106,19 @@ class ResponseCache:
         sampled_ok = entry is not None and entry.cache_sampled
         try:
             return choose(
-                ask.request.headers, base, self.settings.cache_max_ttl, sampled_ok,
+                ask.request.headers,
+                base,
+                self.settings.cache_max_ttl,
+                sampled_ok,
                 is_sampled(ask.kind, body),
-            )  # fmt: skip
+            )
         except ValueError:
             raise ApiError(
-                400, f"`{TTL_HEADER}` must be a number of seconds", "invalid_header",
+                400,
+                f"`{TTL_HEADER}` must be a number of seconds",
+                "invalid_header",
                 param=TTL_HEADER,
-            ) from None  # fmt: skip
+            ) from None
 
     def hit_price(self, model: str) -> float:
         entry = self.models.entry_for(model)
@@ -174,8 +179,10 @@ class CachePlan:
                     return joined
         if flights.find(key) is None:  # lead: the next identical requests join this one
             s = self.cache.settings
-            limits = (s.cache_join_buffer_bytes,
-                      max(s.cache_join_buffer_bytes, s.cache_max_entry_bytes))  # fmt: skip
+            limits = (
+                s.cache_join_buffer_bytes,
+                max(s.cache_join_buffer_bytes, s.cache_max_entry_bytes),
+            )
 
             async def ended(flight: Flight) -> None:
                 self.cache.write_later(flight, self)
@@ -193,9 +200,15 @@ class CachePlan:
     async def _reserve(self, prompt: int, completion: int) -> Reservation:
         ask, serving = self.ask, self.serving
         reservation = await serving.reservations.reserve(
-            ask.record.tenant, ask.model, prompt, completion, ask.record.job_id,
-            key_id=serving.auth.key_id(ask.request), user=ask.user, slot=False,
-        )  # fmt: skip
+            ask.record.tenant,
+            ask.model,
+            prompt,
+            completion,
+            ask.record.job_id,
+            key_id=serving.auth.key_id(ask.request),
+            user=ask.user,
+            slot=False,
+        )
         if isinstance(reservation, Refusal):
             raise reservation
         return reservation
@@ -213,9 +226,13 @@ class CachePlan:
         )
         serving.reservations.release_later(
             reservation,
-            JobUsage(entry.prompt_tokens, entry.completion_tokens, cache=HIT,
-                     cache_price=self.cache.hit_price(ask.model)),
-        )  # fmt: skip
+            JobUsage(
+                entry.prompt_tokens,
+                entry.completion_tokens,
+                cache=HIT,
+                cache_price=self.cache.hit_price(ask.model),
+            ),
+        )
         serving.observe(record)
         age = max(0, math.floor(time.time() - entry.created))
         headers = {**ask.headers, **reservation.headers, STATUS_HEADER: HIT, AGE_HEADER: str(age)}
@@ -239,7 +256,9 @@ class CachePlan:
         job.cache, job.cache_price = JOIN, self.cache.hit_price(ask.model)
         ask.record.cache = JOIN
         headers = {**ask.headers, **reservation.headers, STATUS_HEADER: JOIN, AGE_HEADER: "0"}
-        response = await answer_or_move_on(self.serving, job, ask.model, ask.stream, False, headers)
+        response = await answer_or_move_on(
+            self.serving, job, ask.model, ask.stream, False, headers=headers
+        )
         if isinstance(response, Response):
             return response
         raise ApiError(502, "the job ended without a result", "empty_response")
@@ -270,11 +289,16 @@ def _entry_of(flight: Flight, ask: Ask) -> Entry | None:
     if ask.kind == "response" and not _completed(frames, body):
         return None
     return Entry(
-        kind=ask.kind, stream=ask.stream, created=time.time(), model=ask.model,
-        frames=frames, body=body, prompt_tokens=last.usage.prompt_tokens,
+        kind=ask.kind,
+        stream=ask.stream,
+        created=time.time(),
+        model=ask.model,
+        frames=frames,
+        body=body,
+        prompt_tokens=last.usage.prompt_tokens,
         completion_tokens=last.usage.completion_tokens,
         finish_reason=last.finish_reason or "",
-    )  # fmt: skip
+    )
 
 
 def _completed(frames: list[bytes], body: bytes) -> bool:

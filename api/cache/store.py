@@ -106,9 +106,13 @@ class CacheStore:
             return Stored(0, 0, 0)
         keys = [key, names.cache_index_key(scope), names.cache_sizes_key(scope)]
         args: list[bytes | str | int] = [
-            digest, value, max(1, int(ttl * 1000)), int(time.time() * 1000),
-            s.cache_tenant_max_bytes, s.cache_tenant_max_entries,
-        ]  # fmt: skip
+            digest,
+            value,
+            max(1, int(ttl * 1000)),
+            int(time.time() * 1000),
+            s.cache_tenant_max_bytes,
+            s.cache_tenant_max_entries,
+        ]
         try:
             call = ("EVALSHA", self._put.sha, len(keys), *keys, *args)
             pipe = self.write_pipe

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +19,7 @@ from starlette.responses import Response
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
-from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT, for_model
+from llmq.api.engine.model_chain import MODEL_HEADER, for_model
 from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError, api_error
@@ -27,9 +28,9 @@ from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
-from llmq.dispatcher.dispatch import DispatchError, JobRun
+from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
-from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
+from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 
 
@@ -70,113 +71,134 @@ class ChatServing(Serving):
         req = self.preparer.decode(kind, body)
         requested = self.preparer.models.resolve(req.model)
         record.model = requested
-        submitted = time.time()
+        ask = _Ask(request, kind, record, req, body, time.time(), wait)
 
         def attempt(model: str, more: bool) -> Awaitable[Attempted]:
-            return self._attempt(request, kind, record, req, body, model, more, submitted, wait)
+            return self._attempt(ask, model, more)
 
         return await unless_gone(
             request, self.through_chain(record, requested, attempt, new_job_id)
         )
 
-    async def _attempt(
-        self,
-        request: Request,
-        kind: JobKind,
-        record: RequestRecord,
-        req: AnyRequest,
-        body: bytes,
-        model: str,
-        more: bool,
-        submitted: float,
-        wait: float,
-    ) -> Attempted:
+    async def _attempt(self, ask: _Ask, model: str, more: bool) -> Attempted:
         """Try one model of the chain: its response, or why to move on (a fallback cause,
         None for a fallback this request cannot use) and the failure the client would see."""
-        fallback = model != record.model
-        try:
-            sent, sent_body = for_model(req, body, model) if fallback else (req, body)
-            # waits for a worker only as the last model left and the one asked for
-            live_now = more or fallback
-            prepared = self.preparer.prepare_decoded(sent, kind, sent_body, live_now=live_now)
-        except Refusal as refusal:
-            if refusal.code == "no_worker" and more:
-                return self.router.unavailable_cause(model), refusal
-            if fallback:  # a fallback unknown here or unable to take this request
-                return None, None
-            raise
-        plan = self._plan(request, kind, record, prepared, model, more)
+        record, request = ask.record, ask.request
+        prepared = self._prepare(ask, model, more)
+        if not isinstance(prepared, PreparedRequest):
+            return prepared
+        plan = self._plan(ask, prepared, model, more)
         served = await plan.served()  # the response cache: a stored answer, a joined job
         if served is not None:
             return served
         rank = await self.auth.rank(request)  # before the queue checks: no await between
-        if more and self.router.over_queue_wait(model):  # them and the fair-share ticket
-            return QUEUE_WAIT, None
-        full = self.router.admit(model, submitted + wait - time.time())
-        if full is not None:
-            if more:
-                return QUEUE_WAIT, full
-            raise full
+        moved = self.admitted(model, more, ask.time_left())  # them and the fair-share ticket
+        if moved is not None:
+            return moved
         record.stream = prepared.stream
         mark(record.trace, "prepared")
         held = await self.hold(
-            model, record, submitted + wait - time.time(), rank,
-            quota_model=prepared.model, estimate=prepared.prompt_estimate,
-            max_tokens=prepared.max_tokens, key_id=self.auth.key_id(request),
-            user=end_user(prepared.request), fallback=fallback,
-        )  # fmt: skip
+            model,
+            record,
+            ask.time_left(),
+            rank,
+            quota_model=prepared.model,
+            estimate=prepared.prompt_estimate,
+            max_tokens=prepared.max_tokens,
+            key_id=self.auth.key_id(request),
+            user=end_user(prepared.request),
+            fallback=model != record.model,
+        )
         if held is None:
             return None, None
         ticket, reservation = held
         mark(record.trace, "quota")
+        run = plan.lead(await self._submit(ask, prepared, ticket, reservation))
+        mark(record.trace, "published", run)
+        job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
+        headers = {
+            "x-request-id": record.job_id,
+            MODEL_HEADER: model,
+            **reservation.headers,
+            **plan.headers,
+        }
+        return await answer_or_move_on(self, job, model, prepared.stream, more, headers=headers)
+
+    def _prepare(self, ask: _Ask, model: str, more: bool) -> PreparedRequest | Attempted:
+        """The request as `model` takes it, or why to move on (as `_attempt` returns it)
+        when it cannot: unknown or unable here, no live worker."""
+        fallback = model != ask.record.model
+        try:
+            sent, sent_body = (
+                for_model(ask.req, ask.body, model) if fallback else (ask.req, ask.body)
+            )
+            # waits for a worker only as the last model left and the one asked for
+            live_now = more or fallback
+            prepared = self.preparer.prepare_decoded(sent, ask.kind, sent_body, live_now=live_now)
+        except Refusal as refusal:
+            return self.refused(model, more, fallback, refusal)
+        return prepared
+
+    async def _submit(
+        self, ask: _Ask, prepared: PreparedRequest, ticket: Ticket, reservation: Reservation
+    ) -> JobRun:
+        """Queue the job; if that fails, its place and its quota are given back at once."""
+        record = ask.record
         spec = JobSpec(
             job_id=record.job_id,
             model=prepared.model,
             body=prepared.body,
             tenant=record.tenant,
-            deadline_ms=int((submitted + wait) * 1000),
-            kind=kind,
-            traceparent=traceparent(record.trace, request.headers.get("traceparent")),
-            end_ms=int((submitted + self.rt.settings.api.max_deadline) * 1000),
+            deadline_ms=int((ask.submitted + ask.wait) * 1000),
+            kind=ask.kind,
+            traceparent=traceparent(record.trace, ask.request.headers.get("traceparent")),
+            end_ms=int((ask.submitted + self.rt.settings.api.max_deadline) * 1000),
             stream=prepared.stream,
         )
         mark(record.trace, "submitted")
-        try:
-            run = await self.rt.dispatcher.submit(spec)
-        except BaseException as exc:
-            ticket.leave()
-            self.reservations.release_later(reservation, FAILED)
-            if isinstance(exc, DispatchError):
-                raise ApiError(
-                    exc.status, exc.message, exc.code, headers=reservation.headers
-                ) from None
-            raise
-        run.on_taken = ticket.leave
-        run = plan.lead(run)
-        mark(record.trace, "published", run)
-        job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket)
-        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers,
-                   **plan.headers}  # fmt: skip
-        return await answer_or_move_on(self, job, model, prepared.stream, more, headers)
+        return await self.submit(spec, ticket, reservation)
 
-    def _plan(
-        self,
-        request: Request,
-        kind: JobKind,
-        record: RequestRecord,
-        prepared: PreparedRequest,
-        model: str,
-        more: bool,
-    ) -> Plan:
+    def _plan(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Plan:
         """The attempt as the response cache (`Serving.reuse`) sees it."""
+        record = ask.record
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
-            return QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket)
+            return QueuedJob(
+                self, run, reservation, record, prepared.prompt_estimate, ticket=ticket
+            )
 
-        return self.reuse.plan(self, Ask(
-            request=request, record=record, kind=kind, model=prepared.model,
-            body=prepared.body, stream=prepared.stream, estimate=prepared.prompt_estimate,
-            max_tokens=prepared.max_tokens, user=end_user(prepared.request),
-            make_job=make_job, more=more,
-            headers={"x-request-id": record.job_id, MODEL_HEADER: model},
-        ))  # fmt: skip
+        return self.reuse.plan(
+            self,
+            Ask(
+                request=ask.request,
+                record=record,
+                kind=ask.kind,
+                model=prepared.model,
+                body=prepared.body,
+                stream=prepared.stream,
+                estimate=prepared.prompt_estimate,
+                max_tokens=prepared.max_tokens,
+                user=end_user(prepared.request),
+                make_job=make_job,
+                more=more,
+                headers={"x-request-id": record.job_id, MODEL_HEADER: model},
+            ),
+        )
+
+
+@dataclass(slots=True)
+class _Ask:
+    """One chat request as every attempt of its fallback chain sees it."""
+
+    request: Request
+    kind: JobKind
+    record: RequestRecord
+    req: AnyRequest
+    body: bytes
+    submitted: float
+    """Wall time the request was read."""
+    wait: float
+    """Seconds from `submitted` to the first-token deadline."""
+
+    def time_left(self) -> float:
+        return self.submitted + self.wait - time.time()

@@ -144,9 +144,16 @@ async def usage(request: Request, tenant: str = "", days: int = 14) -> Response:
 
 
 CSV_COLUMNS = (
-    "day", "tenant", "model", "requests", "failed", "prompt_tokens", "completion_tokens",
-    "total_tokens", "cost_usd",
-)  # fmt: skip
+    "day",
+    "tenant",
+    "model",
+    "requests",
+    "failed",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+)
 
 
 @router.get("/usage.csv", dependencies=admin_only)

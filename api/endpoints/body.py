@@ -69,9 +69,10 @@ async def model_of(body: bytes, content_type: str) -> str:
         model = fields.get("model")
     else:
         raise ApiError(
-            415, "the body must be application/json or multipart/form-data",
+            415,
+            "the body must be application/json or multipart/form-data",
             "unsupported_media_type",
-        )  # fmt: skip
+        )
     if not isinstance(model, str) or not model:
         raise ApiError(400, "`model` is required", "invalid_request", param="model")
     return model

@@ -28,9 +28,7 @@ from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.listing import ensure_accepting
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
-from llmq.dispatcher.dispatch import DispatchError
 from llmq.dispatcher.jobs import JobSpec, new_job_id
-from llmq.schemas.admission import FAILED
 from llmq.schemas.endpoints import EndpointCall, head_decoder, pack
 from llmq.schemas.frames import Done, Failed
 from llmq.schemas.openai import patch_body
@@ -64,9 +62,11 @@ class EndpointServing:
         record.model = requested
         if not self.serves(requested, path):
             raise ApiError(
-                404, f"The model `{requested}` does not serve {path}", "model_not_found",
+                404,
+                f"The model `{requested}` does not serve {path}",
+                "model_not_found",
                 param="model",
-            )  # fmt: skip
+            )
         json_body = content_type.startswith("application/json")
         ask = _Ask(request, record, body, path, content_type, time.time(), wait, json_body)
 
@@ -82,32 +82,35 @@ class EndpointServing:
         if fallback and (not ask.json_body or not self.serves(model, ask.path)):
             return None, None
         held = await serving.hold(
-            model, record, ask.time_left(), await serving.auth.rank(ask.request),
-            quota_model=model, estimate=1, max_tokens=1,
-            key_id=serving.auth.key_id(ask.request), fallback=fallback,
-        )  # fmt: skip
+            model,
+            record,
+            ask.time_left(),
+            await serving.auth.rank(ask.request),
+            quota_model=model,
+            estimate=1,
+            max_tokens=1,
+            key_id=serving.auth.key_id(ask.request),
+            fallback=fallback,
+        )
         if held is None:
             return None, None
         ticket, reservation = held
         body = patch_body(ask.body, {"model": model}) if fallback else ask.body
         spec = JobSpec(
-            job_id=record.job_id, model=model, tenant=record.tenant,
+            job_id=record.job_id,
+            model=model,
+            tenant=record.tenant,
             body=pack(EndpointCall(ask.path, ask.content_type), body),
-            deadline_ms=int((ask.submitted + ask.wait) * 1000), kind="endpoint",
+            deadline_ms=int((ask.submitted + ask.wait) * 1000),
+            kind="endpoint",
             traceparent=ask.request.headers.get("traceparent"),
             end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
             stream=True,
-        )  # fmt: skip
-        try:
-            run = await serving.rt.dispatcher.submit(spec)
-        except DispatchError as exc:
-            ticket.leave()
-            serving.reservations.release_later(reservation, FAILED)
-            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
-        run.on_taken = ticket.leave
-        job = EndpointRun(serving, run, reservation, record, 1, ticket)
+        )
+        run = await serving.submit(spec, ticket, reservation)
+        job = EndpointRun(serving, run, reservation, record, 1, ticket=ticket)
         headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
-        return await answer_or_move_on(serving, job, model, True, more, headers)
+        return await answer_or_move_on(serving, job, model, True, more, headers=headers)
 
 
 class _Ask(msgspec.Struct):
@@ -146,9 +149,11 @@ class EndpointRun(QueuedJob):
             self.settle(502, code="malformed_reply")
             raise ApiError(502, "the worker's reply was malformed", "upstream_error") from None
         return StreamingResponse(
-            self._bytes(events), status_code=head.status, media_type=head.content_type,
+            self._bytes(events),
+            status_code=head.status,
+            media_type=head.content_type,
             headers=headers,
-        )  # fmt: skip
+        )
 
     async def _bytes(self, events: AsyncGenerator[Event, None]) -> AsyncIterator[bytes]:
         try:

@@ -27,7 +27,13 @@ Moved = tuple[str | None, Failed]
 
 
 async def answer_or_move_on(
-    serving: Serving, job: QueuedJob, model: str, stream: bool, more: bool, headers: dict[str, str]
+    serving: Serving,
+    job: QueuedJob,
+    model: str,
+    stream: bool,
+    more: bool,
+    *,
+    headers: dict[str, str],
 ) -> Response | Moved:
     """The client's response, or (cause, failure) when `more` models are left and this one
     failed before its first token (a stream never switches after it)."""
@@ -88,8 +94,9 @@ async def watched(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            return failure(503, f"no live worker takes model `{model}`",
-                           "service_unavailable", cause)  # fmt: skip
+            return failure(
+                503, f"no live worker takes model `{model}`", "service_unavailable", cause
+            )
     finally:
         if not task.done():
             task.cancel()

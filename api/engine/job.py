@@ -31,6 +31,7 @@ class QueuedJob:
         reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
+        *,
         ticket: Ticket,
     ) -> None:
         self.serving = serving
@@ -66,10 +67,14 @@ class QueuedJob:
             record.completion_tokens = self.relayed
         cached, written = cache_counts(done.usage) if done is not None else (0, 0)
         usage = JobUsage(
-            record.prompt_tokens, record.completion_tokens, failed=done is None,
-            cached_tokens=cached, cache_write_tokens=written,
-            cache=self.cache if done is not None else "", cache_price=self.cache_price,
-        )  # fmt: skip
+            record.prompt_tokens,
+            record.completion_tokens,
+            failed=done is None,
+            cached_tokens=cached,
+            cache_write_tokens=written,
+            cache=self.cache if done is not None else "",
+            cache_price=self.cache_price,
+        )
         self.serving.reservations.release_later(self.reservation, usage)
         if observe:
             self.serving.observe(record)

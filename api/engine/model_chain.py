@@ -28,8 +28,14 @@ QUEUE_WAIT: Final = "queue_wait"
 RATE_LIMITED: Final = "rate_limited"
 UPSTREAM_ERROR: Final = "upstream_error"
 ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
-CAUSES: Final = (NO_WORKER, CIRCUIT_OPEN, QUEUE_WAIT, RATE_LIMITED, UPSTREAM_ERROR,
-                 ATTEMPTS_EXHAUSTED)  # fmt: skip
+CAUSES: Final = (
+    NO_WORKER,
+    CIRCUIT_OPEN,
+    QUEUE_WAIT,
+    RATE_LIMITED,
+    UPSTREAM_ERROR,
+    ATTEMPTS_EXHAUSTED,
+)
 
 _NOT_A_CAUSE: Final = frozenset({"deadline_exceeded", "request_too_large"})
 """Failures another model would not cure: the deadline is gone, the body is too big."""

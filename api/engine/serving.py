@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
-from llmq.api.engine.model_chain import Router
+from llmq.api.engine.model_chain import QUEUE_WAIT, Router
 from llmq.api.engine.reuse import NoReuse, Reuse
 from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.fair_share import FairShare, Ticket
@@ -24,7 +24,9 @@ from llmq.api.preparation import RequestPreparer
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import Reservations
 from llmq.api.runtime import Runtime
-from llmq.schemas.admission import Refusal, Reservation
+from llmq.dispatcher.dispatch import DispatchError, JobRun
+from llmq.dispatcher.jobs import JobSpec
+from llmq.schemas.admission import FAILED, Refusal, Reservation
 from llmq.schemas.frames import Failed
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Serving:
         reservations: Reservations,
         preparer: RequestPreparer,
         observers: list[Observer] | None = None,
+        *,
         router: Router | None = None,
     ) -> None:
         self.rt = runtime
@@ -88,9 +91,50 @@ class Serving:
             headers = {"x-request-id": id_prefix + record.job_id}
             return failed_response(public_failure(last, record.job_id), headers)
         if last is None:  # every fallback was unusable for this request
-            last = Refusal(503, f"no live worker serves model `{requested}`", "no_worker",
-                           param="model")  # fmt: skip
+            last = Refusal(
+                503, f"no live worker serves model `{requested}`", "no_worker", param="model"
+            )
         raise last
+
+    def refused(
+        self, model: str, more: bool, fallback: bool, refusal: Refusal
+    ) -> tuple[str | None, Refusal | None]:
+        """Why to move on after `model` refused the request (its check): the model has no
+        live worker and another is left, or a fallback cannot take it; else `refusal` is
+        the client's answer and is raised."""
+        if refusal.code == "no_worker" and more:
+            return self.router.unavailable_cause(model), refusal
+        if fallback:  # a fallback unknown here or unable to take this request
+            return None, None
+        raise refusal
+
+    def admitted(self, model: str, more: bool, time_left: float) -> Attempted | None:
+        """None when `model`'s queue may start the job within `time_left`; else why to move
+        on to the next model, or (the last one) the refusal raised."""
+        if more and self.router.over_queue_wait(model):
+            return QUEUE_WAIT, None
+        full = self.router.admit(model, time_left)
+        if full is not None:
+            if more:
+                return QUEUE_WAIT, full
+            raise full
+        return None
+
+    async def submit(self, spec: JobSpec, ticket: Ticket, reservation: Reservation) -> JobRun:
+        """Queue the attempt's job; if that fails (or is cancelled), its fair-share place and
+        its quota are given back at once; a queue that refused it is the client's error."""
+        try:
+            run = await self.rt.dispatcher.submit(spec)
+        except BaseException as exc:
+            ticket.leave()
+            self.reservations.release_later(reservation, FAILED)
+            if isinstance(exc, DispatchError):
+                raise ApiError(
+                    exc.status, exc.message, exc.code, headers=reservation.headers
+                ) from None
+            raise
+        run.on_taken = ticket.leave
+        return run
 
     async def hold(
         self,
@@ -115,9 +159,14 @@ class Serving:
             raise ApiError(504, NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
         try:
             reservation = await self.reservations.reserve(
-                record.tenant, quota_model, estimate, max_tokens, record.job_id,
-                key_id=key_id, user=user,
-            )  # fmt: skip
+                record.tenant,
+                quota_model,
+                estimate,
+                max_tokens,
+                record.job_id,
+                key_id=key_id,
+                user=user,
+            )
         except BaseException:
             ticket.leave()
             raise

@@ -48,12 +48,16 @@ async def count_response(serving: Serving, request: Request, request_id: str) ->
     wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
     sent = body if model == req.model else patch_body(body, {"model": model})
     spec = JobSpec(
-        job_id=request_id, model=model, body=sent, tenant="",
-        deadline_ms=int((time.time() + wait) * 1000), kind="message",
+        job_id=request_id,
+        model=model,
+        body=sent,
+        tenant="",
+        deadline_ms=int((time.time() + wait) * 1000),
+        kind="message",
         message_op="count_tokens",
         anthropic_version=request.headers.get("anthropic-version", ""),
         anthropic_beta=request.headers.get("anthropic-beta", ""),
-    )  # fmt: skip
+    )
     try:
         run = await serving.rt.dispatcher.submit(spec)
     except DispatchError as exc:

@@ -118,9 +118,11 @@ def error_response(
     if shown in (429, 529) and "retry-after" not in headers:
         headers["retry-after"] = "1"
     return Response(
-        error_body(shown, body.message, request_id), status_code=shown,
-        media_type="application/json", headers=headers,
-    )  # fmt: skip
+        error_body(shown, body.message, request_id),
+        status_code=shown,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def from_exception(exc: ApiError | Refusal, request_id: str) -> Response:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
-from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
@@ -42,10 +42,10 @@ from llmq.api.model_table import ModelDefaults
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy.models import NORMAL_RANK
-from llmq.dispatcher.dispatch import DispatchError, JobRun
+from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import JobSpec, new_job_id
 from llmq.dispatcher.publish import transient
-from llmq.schemas.admission import FAILED, Refusal, Reservation
+from llmq.schemas.admission import Refusal, Reservation
 from llmq.schemas.messages import (
     MessageRequest,
     estimate_tokens,
@@ -135,61 +135,60 @@ class MessagesServing:
     async def _attempt(
         self, request: Request, record: RequestRecord, ask: _Ask, model: str, more: bool
     ) -> Attempted:
-        """One model of the chain (as `Serving._attempt` for chat): its response, or why to
+        """One model of the chain (as `ChatServing._attempt` for chat): its response, or why to
         move on and the failure the client would see."""
-        serving, router = self.serving, self.serving.router
+        serving = self.serving
         fallback = model != record.model
         try:
             serving.preparer.check_model(model, "message", need_live_worker=True)
         except Refusal as refusal:
-            if refusal.code == "no_worker" and more:
-                return router.unavailable_cause(model), refusal
-            if fallback:
-                return None, None
-            raise
+            return serving.refused(model, more, fallback, refusal)
         body = ask.body_for(model, serving.preparer.models.defaults_for(model))
-        plan = self._plan(request, record, ask, model, body, more)
+        plan = self._plan(request, record, ask, model, body, more=more)
         served = await plan.served()  # the response cache: a stored answer, a joined job
         if served is not None:
             return served
-        if more and router.over_queue_wait(model):
-            return QUEUE_WAIT, None
-        full = router.admit(model, ask.time_left())
-        if full is not None:
-            if more:
-                return QUEUE_WAIT, full
-            raise full
+        moved = serving.admitted(model, more, ask.time_left())
+        if moved is not None:
+            return moved
         held = await serving.hold(
-            model, record, ask.time_left(), ask.rank, quota_model=model, estimate=ask.estimate,
-            max_tokens=ask.max_tokens, key_id=serving.auth.key_id(request),
-            user=ask.req.user, fallback=fallback,
-        )  # fmt: skip
+            model,
+            record,
+            ask.time_left(),
+            ask.rank,
+            quota_model=model,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            key_id=serving.auth.key_id(request),
+            user=ask.req.user,
+            fallback=fallback,
+        )
         if held is None:
             return None, None
         ticket, reservation = held
         spec = JobSpec(
-            job_id=record.job_id, model=model, tenant=record.tenant,
+            job_id=record.job_id,
+            model=model,
+            tenant=record.tenant,
             body=body,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000), kind="message",
+            deadline_ms=int((ask.submitted + ask.wait) * 1000),
+            kind="message",
             traceparent=request.headers.get("traceparent"),
             end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
-            stream=ask.req.stream, anthropic_version=ask.headers.get("anthropic-version", ""),
+            stream=ask.req.stream,
+            anthropic_version=ask.headers.get("anthropic-version", ""),
             anthropic_beta=ask.headers.get("anthropic-beta", ""),
-        )  # fmt: skip
-        try:
-            run = await serving.rt.dispatcher.submit(spec)
-        except DispatchError as exc:
-            ticket.leave()
-            serving.reservations.release_later(reservation, FAILED)
-            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
-        run.on_taken = ticket.leave
-        run = plan.lead(run)
-        job = MessageRun(serving, run, reservation, record, ask.estimate, ticket)
+        )
+        run = plan.lead(await serving.submit(spec, ticket, reservation))
+        job = MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
         headers = {
-            "x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model,
-            **reservation.headers, **plan.headers,
-        }  # fmt: skip
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+            "x-request-id": record.job_id,
+            REQUEST_ID: record.job_id,
+            MODEL_HEADER: model,
+            **reservation.headers,
+            **plan.headers,
+        }
+        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
 
     def _plan(
         self,
@@ -198,20 +197,33 @@ class MessagesServing:
         ask: _Ask,
         model: str,
         body: bytes,
+        *,
         more: bool,
     ) -> Plan:
         """The attempt as the response cache (`Serving.reuse`) sees it."""
         serving = self.serving
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> MessageRun:
-            return MessageRun(serving, run, reservation, record, ask.estimate, ticket)
+            return MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
 
         headers = {"x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model}
-        return serving.reuse.plan(serving, Ask(
-            request=request, record=record, kind="message", model=model, body=body,
-            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens,
-            user=ask.req.user, make_job=make_job, more=more, headers=headers,
-        ))  # fmt: skip
+        return serving.reuse.plan(
+            serving,
+            Ask(
+                request=request,
+                record=record,
+                kind="message",
+                model=model,
+                body=body,
+                stream=ask.req.stream,
+                estimate=ask.estimate,
+                max_tokens=ask.max_tokens,
+                user=ask.req.user,
+                make_job=make_job,
+                more=more,
+                headers=headers,
+            ),
+        )
 
 
 def _ceiling(serving: Serving) -> int:

@@ -56,5 +56,8 @@ async def _inlined(
     kind = mimetypes.guess_type(record.filename)[0] or "application/octet-stream"
     encoded = base64.b64encode(data).decode()
     rest = {k: v for k, v in part.items() if k != "file_id"}
-    return {**rest, "filename": part.get("filename") or record.filename,
-            "file_data": f"data:{kind};base64,{encoded}"}  # fmt: skip
+    return {
+        **rest,
+        "filename": part.get("filename") or record.filename,
+        "file_data": f"data:{kind};base64,{encoded}",
+    }

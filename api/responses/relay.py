@@ -68,10 +68,11 @@ class ResponseRun(QueuedJob):
         reservation: Reservation,
         record: RequestRecord,
         prompt_estimate: int,
+        *,
         ticket: Ticket,
         keeper: ResponseEnd,
     ) -> None:
-        super().__init__(serving, run, reservation, record, prompt_estimate, ticket)
+        super().__init__(serving, run, reservation, record, prompt_estimate, ticket=ticket)
         self.keeper = keeper
 
     async def _final(self, done: Done) -> bytes:

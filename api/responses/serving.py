@@ -22,7 +22,7 @@ from starlette.responses import Response
 from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
-from llmq.api.engine.model_chain import MODEL_HEADER, QUEUE_WAIT
+from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask, Plan
 from llmq.api.engine.serving import Attempted, Serving
 from llmq.api.errors import ApiError
@@ -36,6 +36,7 @@ from llmq.api.responses.finisher import ResponseFinisher
 from llmq.api.responses.input_files import inline_files
 from llmq.api.responses.items import as_items, for_model
 from llmq.api.responses.keeper import Keeper, NoKeeper
+from llmq.api.responses.protocol import check_request, decode_request, estimate_prompt
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.references import resolve
 from llmq.api.responses.relay import ResponseRun
@@ -59,12 +60,10 @@ from llmq.schemas.responses import (
     Item,
     ResponseRequest,
     StoredResponse,
-    response_request_decoder,
     skeleton,
 )
 
 _encoder = msgspec.json.Encoder()
-_fields = msgspec.json.Decoder(dict[str, Any])
 
 
 async def open_responses(
@@ -79,13 +78,17 @@ async def open_responses(
 
     async def provision() -> MeteredStore:
         buckets = await streams.responses_buckets(
-            rt.js, retention, rt.settings.protocol.nats_replicas,
+            rt.js,
+            retention,
+            rt.settings.protocol.nats_replicas,
             rt.settings.connection.nats_provision,
-        )  # fmt: skip
+        )
         return MeteredStore(
-            buckets[names.RESPONSES_BUCKET], buckets[names.CONVERSATIONS_BUCKET], stored,
+            buckets[names.RESPONSES_BUCKET],
+            buckets[names.CONVERSATIONS_BUCKET],
+            stored,
             wing.file_serving.room_left,
-        )  # fmt: skip
+        )
 
     store = await provision()
     rt.provisioner.add("responses buckets", provision)
@@ -123,8 +126,8 @@ class ResponsesServing:
         scope = await self.scopes.of(tenant)
         wait = first_token_deadline(request, settings.api.deadline, settings.api.max_deadline)
         body = await read_body(request, settings.api.max_body_bytes)
-        req, fields = _decode(body)
-        _check(req)
+        req, fields = decode_request(body)
+        check_request(req)
         record.model = model = serving.preparer.models.resolve(req.model)
         # A worker serves a Responses job on its chat path: any chat model serves it. A
         # model without a live worker may still fall back (`_attempt` looks again).
@@ -147,10 +150,18 @@ class ResponsesServing:
             fields["stream"] = False
         limit = req.max_output_tokens if isinstance(req.max_output_tokens, int) else None
         ask = _Ask(
-            req, fields, scope, items, context, conversation, _estimate(fields),
-            limit or settings.tenancy.default_max_tokens, time.time(), wait,
+            req,
+            fields,
+            scope,
+            items,
+            context,
+            conversation,
+            estimate_prompt(fields),
+            limit or settings.tenancy.default_max_tokens,
+            time.time(),
+            wait,
             headers=omitted_header(omitted),
-        )  # fmt: skip
+        )
         if req.in_background:
             return await self._background(request, record, ask)
         record.stream = req.stream
@@ -166,9 +177,13 @@ class ResponsesServing:
         """Queued on the durable queue for later, on the requested model (no fallbacks)."""
         serving, model = self.serving, record.model
         reservation = await serving.reservations.reserve(
-            record.tenant, model, ask.estimate, ask.max_tokens, record.job_id,
+            record.tenant,
+            model,
+            ask.estimate,
+            ask.max_tokens,
+            record.job_id,
             key_id=serving.auth.key_id(request),
-        )  # fmt: skip
+        )
         if isinstance(reservation, Refusal):
             raise reservation
         stored = self._stored(record.job_id, ask)
@@ -186,10 +201,12 @@ class ResponsesServing:
         )
         try:
             await self.jobs.submit(
-                record.job_id, ask.scope, prepared,
+                record.job_id,
+                ask.scope,
+                prepared,
                 deadline=serving.rt.settings.batch.job_deadline,
                 traceparent=request.headers.get("traceparent"),
-            )  # fmt: skip
+            )
         except DispatchError as exc:
             serving.reservations.release_later(reservation, FAILED)
             await self.store.delete_response(ask.scope, record.job_id)
@@ -221,40 +238,66 @@ class ResponsesServing:
         """Try one model of the chain (as `ChatServing._attempt` does for chat): its response,
         or why to move on (a fallback cause, None for a fallback this request cannot use)
         and the failure the client would see."""
-        serving, router = self.serving, self.serving.router
+        serving = self.serving
         fallback = model != record.model
         try:
             live = serving.preparer.fails_fast(model, live_now=more or fallback)
             serving.preparer.check_model(model, "chat", need_live_worker=live)
         except Refusal as refusal:
-            if refusal.code == "no_worker" and more:
-                return router.unavailable_cause(model), refusal
-            if fallback:  # a fallback unknown here or unable to take this request
-                return None, None
-            raise
+            return serving.refused(model, more, fallback, refusal)
         ask.fields["model"] = model
         body = _encoder.encode(ask.fields)
-        plan = self._plan(request, record, ask, model, body, more)
+        plan = self._plan(request, record, ask, model, body, more=more)
         served = await plan.served()  # the response cache: a stored answer, a joined job
         if served is not None:
             return served
-        if more and router.over_queue_wait(model):
-            return QUEUE_WAIT, None
-        full = router.admit(model, ask.time_left())
-        if full is not None:
-            if more:
-                return QUEUE_WAIT, full
-            raise full
+        moved = serving.admitted(model, more, ask.time_left())
+        if moved is not None:
+            return moved
         held = await serving.hold(
-            model, record, ask.time_left(), ask.rank, quota_model=model, estimate=ask.estimate,
-            max_tokens=ask.max_tokens, key_id=serving.auth.key_id(request), fallback=fallback,
-        )  # fmt: skip
+            model,
+            record,
+            ask.time_left(),
+            ask.rank,
+            quota_model=model,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            key_id=serving.auth.key_id(request),
+            fallback=fallback,
+        )
         if held is None:
             return None, None
         ticket, reservation = held
+        run = plan.lead(await self._submit(request, record, ask, ticket, reservation, body=body))
+        keeper = Keeper(self.records, self._stored(record.job_id, ask), ask.req.stores)
+        job = ResponseRun(
+            serving, run, reservation, record, ask.estimate, ticket=ticket, keeper=keeper
+        )
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id,
+            MODEL_HEADER: model,
+            **reservation.headers,
+            **plan.headers,
+            **ask.headers,
+        }
+        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
+
+    async def _submit(
+        self,
+        request: Request,
+        record: RequestRecord,
+        ask: _Ask,
+        ticket: Ticket,
+        reservation: Reservation,
+        *,
+        body: bytes,
+    ) -> JobRun:
+        """Queue the attempt's job (`body`: its encoded fields); if that fails, its place and
+        its quota are given back."""
+        serving = self.serving
         spec = JobSpec(
             job_id=record.job_id,
-            model=model,
+            model=ask.fields["model"],
             body=body,
             tenant=record.tenant,
             deadline_ms=int((ask.submitted + ask.wait) * 1000),
@@ -263,23 +306,7 @@ class ResponsesServing:
             end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
             stream=ask.req.stream,
         )
-        try:
-            run = await serving.rt.dispatcher.submit(spec)
-        except DispatchError as exc:
-            ticket.leave()
-            serving.reservations.release_later(reservation, FAILED)
-            raise ApiError(exc.status, exc.message, exc.code, headers=reservation.headers) from None
-        run.on_taken = ticket.leave
-        run = plan.lead(run)
-        stored = self._stored(record.job_id, ask)
-
-        keeper = Keeper(self.records, stored, ask.req.stores)
-        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket, keeper)
-        headers = {
-            "x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model,
-            **reservation.headers, **plan.headers, **ask.headers,
-        }  # fmt: skip
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers)
+        return await serving.submit(spec, ticket, reservation)
 
     def _plan(
         self,
@@ -288,6 +315,7 @@ class ResponsesServing:
         ask: _Ask,
         model: str,
         body: bytes,
+        *,
         more: bool,
     ) -> Plan:
         """The attempt as the response cache (`Serving.reuse`) sees it."""
@@ -295,14 +323,28 @@ class ResponsesServing:
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
             # a cached or joined answer is never stored as a response
-            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket, NoKeeper())
+            return ResponseRun(
+                serving, run, reservation, record, ask.estimate, ticket=ticket, keeper=NoKeeper()
+            )
 
         headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
-        return serving.reuse.plan(serving, Ask(
-            request=request, record=record, kind="response", model=model, body=body,
-            stream=ask.req.stream, estimate=ask.estimate, max_tokens=ask.max_tokens, user="",
-            make_job=make_job, more=more, headers=headers,
-        ))  # fmt: skip
+        return serving.reuse.plan(
+            serving,
+            Ask(
+                request=request,
+                record=record,
+                kind="response",
+                model=model,
+                body=body,
+                stream=ask.req.stream,
+                estimate=ask.estimate,
+                max_tokens=ask.max_tokens,
+                user="",
+                make_job=make_job,
+                more=more,
+                headers=headers,
+            ),
+        )
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:
         """The items before this request's input, and the conversation (hex) it continues."""
@@ -348,47 +390,3 @@ class _Ask:
 
     def time_left(self) -> float:
         return self.submitted + self.wait - time.time()
-
-
-def _decode(body: bytes) -> tuple[ResponseRequest, dict[str, Any]]:
-    if not body:
-        raise Refusal(400, "request body is empty; expected a JSON object", "invalid_json")
-    try:
-        return response_request_decoder.decode(body), _fields.decode(body)
-    except msgspec.ValidationError as exc:
-        raise Refusal(400, str(exc), "invalid_request") from None
-    except msgspec.DecodeError as exc:
-        raise Refusal(400, f"malformed JSON: {exc}", "invalid_json") from None
-
-
-def _check(req: ResponseRequest) -> None:
-    if req.previous_id is not None and req.conversation_id is not None:
-        raise ApiError(
-            400,
-            "`previous_response_id` and `conversation` cannot be used together",
-            "invalid_request",
-            param="conversation",
-        )
-    if req.conversation is not None and req.conversation is not msgspec.UNSET:
-        if req.conversation_id is None:
-            raise ApiError(400, "invalid `conversation`", "invalid_request", param="conversation")
-    if req.in_background and req.stream:
-        raise ApiError(
-            400,
-            "streaming a background response is not supported; poll it instead",
-            "unsupported_parameter",
-            param="stream",
-        )
-    if req.in_background and not req.stores:
-        raise ApiError(
-            400, "a background response must be stored", "invalid_request", param="store"
-        )
-    empty = req.input in ("", [], msgspec.UNSET, None)
-    if empty and req.previous_id is None and req.conversation_id is None:
-        raise ApiError(400, "`input` is required", "invalid_request", param="input")
-
-
-def _estimate(fields: dict[str, Any]) -> int:
-    """A high guess of the prompt tokens (see `preparation.estimate_prompt_tokens`)."""
-    text = _encoder.encode([fields.get("instructions"), fields.get("input"), fields.get("tools")])
-    return len(text) // 3 + 1

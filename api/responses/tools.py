@@ -9,12 +9,25 @@ from typing import Any
 
 from llmq.api.errors import ApiError
 
-BUILTIN_TOOLS = frozenset({
-    "web_search", "web_search_preview", "web_search_2025_08_26",
-    "web_search_preview_2025_03_11", "file_search", "code_interpreter", "image_generation",
-    "computer_use_preview", "computer_use", "computer", "local_shell", "shell", "mcp",
-    "apply_patch", "tool_search",
-})  # fmt: skip
+BUILTIN_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer_use_preview",
+        "computer_use",
+        "computer",
+        "local_shell",
+        "shell",
+        "mcp",
+        "apply_patch",
+        "tool_search",
+    }
+)
 OMITTED_HEADER = "x-llmq-omitted"
 
 

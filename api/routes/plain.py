@@ -1,4 +1,5 @@
-"""`PlainRoute`: a FastAPI route served as a plain Starlette endpoint.
+"""`PlainRoute`: a FastAPI route served as a plain Starlette endpoint (while the Starlette
+gate is open, `llmq._fast.starlette`; shut, an ordinary `APIRoute`).
 
 FastAPI's per-request machinery (dependency solving, body and content-type handling,
 endpoint context for error messages, two `AsyncExitStack`s per request, response
@@ -24,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
 
+from llmq._fast import starlette as fast_starlette
+
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
@@ -31,8 +34,11 @@ class PlainRoute(APIRoute):
     def __init__(self, path: str, endpoint: Handler, **options: Any) -> None:
         super().__init__(path, endpoint, **options)
         assert not self.dependant.dependencies, "a PlainRoute takes the Request only"
-        self.app = request_response(endpoint)
+        if fast_starlette.GATE.open:
+            self.app = request_response(endpoint)
 
-    def get_route_handler(self) -> Handler:
+    def get_route_handler(self) -> Any:
+        if not fast_starlette.GATE.open:  # an ordinary APIRoute
+            return super().get_route_handler()
         endpoint: Handler = self.endpoint
         return endpoint

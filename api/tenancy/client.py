@@ -4,7 +4,8 @@ survives a node (`redis+sentinel://`), or a Redis/Valkey Cluster (`redis+cluster
 
 redis-py's default async pool raises `MaxConnectionsError` at 100 concurrent commands,
 which under load would turn into 503s; a blocking pool makes the excess wait (up to
-`timeout`) for a free connection instead. Every connection, in every mode, packs its
+`timeout`) for a free connection instead (`llmq._fast.redis` has a faster one while its
+gate is open). Every connection, in every mode, packs its
 commands with hiredis (`HiredisPacking`): redis-py's asyncio connection packs in Python,
 the largest item of the api's profile (the quota script's `EVALSHA` has ~21 arguments).
 """
@@ -19,14 +20,14 @@ from typing import Any, TypeVar, cast
 
 import hiredis
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
-from redis.event import AsyncAfterConnectionReleasedEvent
 
+from llmq._fast import redis as fast_redis
 from llmq.dispatcher.connection import redact_url
 from llmq.schemas.settings import ConnectionSettings
 
@@ -63,83 +64,22 @@ class HiredisPacking(AbstractConnection):
                 pass
         return super().pack_command(*args)
 
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """As redis-py's, without its task per command: redis-py writes and drains inside
-        `asyncio.wait_for` (a new task each time) even when the write went straight out.
-        A packed command on an open connection is written at once; only when the
-        transport holds unsent bytes, or is closing, does redis-py's bounded drain (and
-        its error handling) run."""
-        writer = self._writer
-        if (
-            type(command) is list
-            and writer is not None
-            and self._reader is not None
-            and not (check_health and self.health_check_interval)
-            and not writer.transport.is_closing()
-        ):
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size() == 0:
-                return
-            command = []
-        await super().send_packed_command(command, check_health)
 
-
-_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_PACKING: dict[tuple[type[AbstractConnection], bool], type[AbstractConnection]] = {}
 _C = TypeVar("_C", bound=AbstractConnection)
 
 
 def packing(cls: type[_C]) -> type[_C]:
     """`cls` (redis-py's plain, TLS, unix-socket or Sentinel-managed connection) with
-    `HiredisPacking`'s `pack_command`; one subclass per class, made once."""
+    `HiredisPacking`'s `pack_command` (and, while the redis-py gate is open, the direct write
+    of `llmq._fast.redis.DirectWrite`); one subclass per class, made once."""
     if issubclass(cls, HiredisPacking):
         return cls
-    if cls not in _PACKING:
-        _PACKING[cls] = type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
-    return cast(type[_C], _PACKING[cls])
-
-
-class _BlockingPool(BlockingConnectionPool):
-    """redis-py's blocking pool, with a checkout and a return that skip its condition, its
-    timeout, its lock context and its observability hooks (~17 µs a command; llmq does not
-    enable redis-py's metrics) while the pool is below its cap: then nobody can be waiting
-    for a connection, so nobody needs waking. At the cap, redis-py's own way. A checked
-    out connection is still connected and checked for stray data (`ensure_connection`);
-    a returned one still reconnects if it must and fires the release event (re-auth)."""
-
-    def _roomy(self) -> bool:
-        # Private parts of redis-py's pool: a version without them takes redis-py's own way.
-        in_use = getattr(self, "_in_use_connections", None)
-        available = getattr(self, "_available_connections", None)
-        if in_use is None or available is None or not hasattr(self, "ensure_connection"):
-            return False
-        if len(in_use) + len(available) >= self.max_connections - 1:
-            return False
-        return not getattr(self, "_in_maintenance", False) and self._dispatcher is not None
-
-    @property
-    def _dispatcher(self) -> Any:
-        return getattr(self, "_event_dispatcher", None)  # redis-py >= 5.3
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        if args or kwargs or not self._roomy() or not self._available_connections:
-            return await super().get_connection(*args, **kwargs)
-        connection = self._available_connections.pop()
-        self._in_use_connections.add(connection)
-        try:
-            await self.ensure_connection(connection)
-        except BaseException:
-            await self.release(connection)
-            raise
-        return connection
-
-    async def release(self, connection: AbstractConnection) -> None:
-        if not self._roomy() or connection not in self._in_use_connections:
-            return await super().release(connection)
-        self._in_use_connections.remove(connection)
-        if connection.should_reconnect():
-            await connection.disconnect()
-        self._available_connections.append(connection)
-        await self._dispatcher.dispatch_async(AsyncAfterConnectionReleasedEvent(connection))
+    fast = fast_redis.GATE.open
+    if (cls, fast) not in _PACKING:
+        bases = (fast_redis.DirectWrite, HiredisPacking, cls) if fast else (HiredisPacking, cls)
+        _PACKING[cls, fast] = type(f"Hiredis{cls.__name__}", bases, {})
+    return cast(type[_C], _PACKING[cls, fast])
 
 
 def _hosts(text: str, default_port: int) -> list[tuple[str, int]]:
@@ -165,8 +105,10 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
     hosts, _, path = rest.partition("/")
     master, _, db = path.partition("/")
     if not hosts or not master:
-        raise ValueError("a sentinel URL needs hosts and a master name: "
-                         "redis+sentinel://host:26379,.../<master-name>[/db]")  # fmt: skip
+        raise ValueError(
+            "a sentinel URL needs hosts and a master name: "
+            "redis+sentinel://host:26379,.../<master-name>[/db]"
+        )
     return _hosts(hosts, 26379), master, int(db or 0), password
 
 
@@ -283,7 +225,7 @@ def connect(
         extra["password"] = password
     if tls_ca and url.startswith("rediss://"):
         extra["ssl_ca_certs"] = tls_ca
-    pool = _BlockingPool.from_url(
+    pool = fast_redis.blocking_pool().from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,

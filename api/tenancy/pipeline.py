@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llmq._fast import redis as fast_redis
 from llmq.api.tenancy.client import is_cluster
 
 
@@ -75,9 +76,11 @@ class ScriptPipe:
     @staticmethod
     def serves(redis: Any) -> bool:
         """`redis` has one pool of interchangeable connections to one server (or to the
-        master Sentinel names): not a Cluster, not a single-connection client."""
+        master Sentinel names): not a Cluster, not a single-connection client; and the
+        redis-py gate is open (`llmq._fast.redis`: this writes on redis-py's connections)."""
         return (
-            not is_cluster(redis)
+            fast_redis.GATE.open
+            and not is_cluster(redis)
             and not getattr(redis, "single_connection_client", False)
             and hasattr(redis, "connection_pool")
         )
@@ -129,7 +132,11 @@ class ScriptPipe:
         self._busy = True
         conn = self._conn
         calls = [c for c in self._queue if not c.future.done()]  # given up: not sent
-        if conn is None or not calls or not _write_now(conn, b"".join(c.data for c in calls)):
+        if (
+            conn is None
+            or not calls
+            or not fast_redis.write_now(conn, b"".join(c.data for c in calls))
+        ):
             return None
         self.writes += 1
         self._queue = []
@@ -199,10 +206,10 @@ class ScriptPipe:
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._pool.get_connection()
-        elif _write_now(conn, data):
+        elif fast_redis.write_now(conn, data):
             self.writes += 1
             return
-        if not _healthy(conn):
+        if not fast_redis.healthy(conn):
             await conn.disconnect(nowait=True)
         await conn.send_packed_command([data], check_health=False)
         self.writes += 1
@@ -219,29 +226,6 @@ class ScriptPipe:
             await conn.disconnect(nowait=True)
         with contextlib.suppress(Exception):
             await self._pool.release(conn)
-
-
-def _healthy(conn: AbstractConnection) -> bool:
-    """Connected, and the server has not closed it since its last reply (`CLIENT KILL`,
-    a restart, an idle timeout): the check redis-py's pool makes at checkout."""
-    writer, reader = getattr(conn, "_writer", None), getattr(conn, "_reader", None)
-    return (
-        writer is not None
-        and reader is not None
-        and not writer.transport.is_closing()
-        and not reader.at_eof()
-        and reader.exception() is None
-    )
-
-
-def _write_now(conn: AbstractConnection, data: bytes) -> bool:
-    """Write `data` without awaiting when `conn` is healthy (a transport buffers what the
-    socket does not take at once; the reply's read is bounded by the socket timeout)."""
-    writer = conn._writer
-    if writer is None or not _healthy(conn):
-        return False
-    writer.write(data)
-    return True
 
 
 async def _read_batch(conn: AbstractConnection | None, calls: deque[_Call]) -> None:

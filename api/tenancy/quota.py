@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -24,9 +24,10 @@ from redis.exceptions import NoScriptError
 
 from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
-from llmq.api.tenancy.models import LimitName, QuotaDecision, Reason, Reservation
+from llmq.api.tenancy.models import QuotaDecision
 from llmq.api.tenancy.periods import periods
 from llmq.api.tenancy.pipeline import ScriptPipe
+from llmq.api.tenancy.quota_reply import decision_of
 from llmq.api.tenancy.script_keys import ScriptKeys
 from llmq.schemas import names
 
@@ -68,10 +69,6 @@ def _script(name: str) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _limit(value: int) -> int | None:
-    return None if value < 0 else value
 
 
 class Quota:
@@ -149,31 +146,8 @@ class Quota:
             with backend_guard():
                 price = await self._redis.hget(names.PRICES_KEY, model)
             args.append("" if price is None else _text(price))
-        raw = _text(await self._call(self._reserve, keys, args)).split("|")
-        allowed = raw[0] == "1"
-        decision = QuotaDecision(
-            allowed=allowed,
-            reason=cast(Reason, raw[1]),
-            limit=cast(LimitName, raw[2]),
-            retry_after=int(raw[3]) / 1000,
-            limit_requests=_limit(int(raw[4])),
-            remaining_requests=_limit(int(raw[5])),
-            reset_requests=int(raw[6]) / 1000,
-            limit_tokens=_limit(int(raw[7])),
-            remaining_tokens=_limit(int(raw[8])),
-            reset_tokens=int(raw[9]) / 1000,
-            duplicate=raw[13] == "1",
-        )
-        if allowed:
-            decision.reservation = Reservation(
-                tenant=tenant,
-                model=model,
-                job_id=job_id,
-                reserved_tokens=int(raw[10]),
-                reserved_usd=float(raw[11]),
-                lease_until=int(raw[12]) / 1000,
-            )
-        return decision
+        reply = _text(await self._call(self._reserve, keys, args))
+        return decision_of(reply, tenant, model, job_id)
 
     async def release(
         self,
@@ -198,10 +172,17 @@ class Quota:
         `prompt_tokens`, are priced at the model's cached-input and cache-write prices.
         """
         ending = Ending(
-            tenant, model, job_id, prompt_tokens, completion_tokens,
-            failed=failed, cached_tokens=cached_tokens, cache_write_tokens=cache_write_tokens,
-            cache=cache, cache_price=cache_price,
-        )  # fmt: skip
+            tenant,
+            model,
+            job_id,
+            prompt_tokens,
+            completion_tokens,
+            failed=failed,
+            cached_tokens=cached_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache=cache,
+            cache_price=cache_price,
+        )
         keys, args = self._release_call(ending, time.time() if now is None else now)
         raw = _text(await self._call(self._release, keys, args))
         return await self._released(ending, args, raw)
@@ -219,12 +200,21 @@ class Quota:
             out: list[bool | Exception] = []
             for e in endings:
                 try:
-                    out.append(await self.release(
-                        e.tenant, e.model, e.job_id, e.prompt_tokens, e.completion_tokens,
-                        failed=e.failed, now=now, cached_tokens=e.cached_tokens,
-                        cache_write_tokens=e.cache_write_tokens, cache=e.cache,
-                        cache_price=e.cache_price,
-                    ))  # fmt: skip
+                    out.append(
+                        await self.release(
+                            e.tenant,
+                            e.model,
+                            e.job_id,
+                            e.prompt_tokens,
+                            e.completion_tokens,
+                            failed=e.failed,
+                            now=now,
+                            cached_tokens=e.cached_tokens,
+                            cache_write_tokens=e.cache_write_tokens,
+                            cache=e.cache,
+                            cache_price=e.cache_price,
+                        )
+                    )
                 except Exception as exc:
                     out.append(exc)
             return out
@@ -274,7 +264,9 @@ class Quota:
 
     async def _released(self, e: Ending, args: list[str | int], raw: str) -> bool:
         if self._cluster and raw.startswith("1|"):
-            await self._global_ledger(e.tenant, e.model, e.job_id, args, e.failed, raw.split("|"))
+            await self._global_ledger(
+                e.tenant, e.model, e.job_id, args, e.failed, raw=raw.split("|")
+            )
         return raw.startswith("1|")
 
     async def _global_ledger(
@@ -284,15 +276,22 @@ class Quota:
         job_id: str,
         args: list[str | int],
         failed: bool,
+        *,
         raw: list[str],
     ) -> None:
         """In a Cluster the global ledger is in another slot than the tenant's keys: the
         entry `release.lua` wrote to the tenant's ledger is appended to it right after."""
         entry: dict[Any, Any] = {
-            "ts": args[4], "tenant": tenant, "model": model, "job": job_id,
-            "prompt": args[1], "completion": args[2], "reserved": raw[2], "cost": raw[1],
+            "ts": args[4],
+            "tenant": tenant,
+            "model": model,
+            "job": job_id,
+            "prompt": args[1],
+            "completion": args[2],
+            "reserved": raw[2],
+            "cost": raw[1],
             "status": "failed" if failed else "ok",
-        }  # fmt: skip
+        }
         if args[12]:  # a response-cache answer, marked as release.lua marks it
             entry.update({"cached": "true", "cache": args[12], "cached_tokens": args[9]})
         with backend_guard():

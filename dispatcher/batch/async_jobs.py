@@ -124,9 +124,13 @@ class AsyncJobs:
         reply = names.outcome_subject(tenant, prepared.model, job_id)
         try:
             await publish_job(
-                self.js, spec.subject, spec.body, spec.headers(reply), self.publish_timeout,
+                self.js,
+                spec.subject,
+                spec.body,
+                spec.headers(reply),
+                self.publish_timeout,
                 until=min(now + deadline, time.time() + DURABLE_RETRY),
-            )  # fmt: skip
+            )
         except Exception as exc:
             raise DispatchError(
                 503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
@@ -142,7 +146,12 @@ class AsyncJobs:
             webhook_url=webhook_url or None,
             webhook="pending" if webhook_url else None,
         )
-        # Queued: from here on no 503 (the job runs whatever this request answers).
+        return await self._record_queued(record)
+
+    async def _record_queued(self, record: JobRecord) -> JobRecord:
+        """Write the record of a queued job: from here on no 503 (the job runs whatever the
+        request answers); if the writes keep failing, they go on in the background."""
+        job_id = record.id
         bound = time.time() + self.record_retry
         try:
             return await retry(

@@ -82,6 +82,7 @@ class ResultCollector(SharedConsumer):
         reservations: Reserver,
         on_job_accepted: JobHook,
         on_job_result: JobHook,
+        *,
         fetch_batch: int = 256,
     ) -> None:
         super().__init__(js, fetch_batch)

@@ -23,6 +23,7 @@ async def pull_forever(
     durable: str,
     room: Callable[[], int],
     handle: Callable[[list[Msg]], Awaitable[None]],
+    *,
     name: str,
 ) -> None:
     """Fetch up to `room()` messages at a time and hand them to `handle`, until cancelled.
@@ -73,9 +74,13 @@ class SharedConsumer:
 
     def start_pulling(self) -> None:
         pull = pull_forever(
-            self.js, self.stream, self.durable, lambda: self.fetch_batch, self._handle_all,
-            self.name,
-        )  # fmt: skip
+            self.js,
+            self.stream,
+            self.durable,
+            lambda: self.fetch_batch,
+            self._handle_all,
+            name=self.name,
+        )
         self._task = asyncio.create_task(pull, name=self.name.replace(" ", "-"))
 
     async def stop(self) -> None:

@@ -65,6 +65,7 @@ class FileStore:
         filename: str,
         purpose: str,
         file_id: str | None = None,
+        *,
         expires_at: int | None = None,
     ) -> FileRecord:
         """Store a file (bytes, or a binary file object read in chunks); with a given

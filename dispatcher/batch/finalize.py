@@ -142,5 +142,8 @@ async def finalize(
     run.ctx.on_final()
     log.info(
         "batch %s %s: %d ok, %d failed",
-        run.key, final, totals.counts.completed, totals.counts.failed,
-    )  # fmt: skip
+        run.key,
+        final,
+        totals.counts.completed,
+        totals.counts.failed,
+    )

@@ -75,6 +75,7 @@ class Lease:
         record: BatchRecord,
         revision: int,
         owner: str,
+        *,
         seconds: float,
     ) -> None:
         self.store = store

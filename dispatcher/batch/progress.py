@@ -181,9 +181,13 @@ async def _publish(run: BatchRun, found: BatchInput, number: int, msg_id: str = 
     )
     headers = spec.headers(names.outcome_subject(run.tenant, prepared.model, job_id), msg_id)
     ack = await publish_job(
-        run.ctx.js, spec.subject, spec.body, headers, run.ctx.publish_timeout,
+        run.ctx.js,
+        spec.subject,
+        spec.body,
+        headers,
+        run.ctx.publish_timeout,
         until=min(spec.deadline_ms / 1000, time.time() + DURABLE_RETRY),
-    )  # fmt: skip
+    )
     run.seqs[number] = ack.seq
 
 

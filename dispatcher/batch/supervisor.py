@@ -37,9 +37,9 @@ class BatchRunner:
         store: BatchStore,
         results: KeyValue,
         files: FileStore,
+        *,
         preparer: Preparer,
         reservations: Reserver,
-        *,
         owner: str,
         lease: float,
         stall: float,
@@ -142,7 +142,7 @@ class BatchRunner:
             return
         record, revision = taken
         log.info("running batch %s (%s)", key, record.status)
-        held = lease.Lease(self.store, key, record, revision, self.owner, self.lease)
+        held = lease.Lease(self.store, key, record, revision, self.owner, seconds=self.lease)
         task = asyncio.create_task(drive(BatchRun(self.context, held)), name=f"batch-{record.id}")
         self.runs[key] = task
 

@@ -58,6 +58,13 @@ class ConnectionSettings(Group):
         "mymaster", "Name the Sentinels monitor the master under.", commands=()
     )
     redis_sentinel_db: int = setting(0, "Database number on the Sentinel master.", commands=())
+    fast_paths: bool = setting(
+        True,
+        "Use llmq's shortcuts into nats-py, redis-py and Starlette internals, each only on the "
+        "library versions it was tested with (docs/operations.md); false takes every "
+        "library's public path.",
+        commands=(),
+    )
 
     _split = field_validator("redis_sentinels", mode="before")(split_commas)
     # Credentials and TLS (docs/security.md). Environment or files only: never a flag.

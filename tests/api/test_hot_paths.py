@@ -33,6 +33,8 @@ from tests.spec import assert_valid
 from tests.stack import unique, wait_for
 from tests.worker.test_metrics import value
 
+pytestmark = pytest.mark.usefixtures("fast_paths_on")  # tests of the shortcuts themselves
+
 _FAILURES: dict[bytes, Exception] = {
     b"api": ApiError(429, "slow down", "rate_limited", headers={"retry-after": "3"}),
     b"refusal": Refusal(403, "not yours", "model_not_allowed", param="model"),

@@ -11,6 +11,8 @@ from starlette.responses import Response
 from llmq.api.errors import ApiError, install_error_handlers
 from llmq.api.routes.plain import PlainRoute
 
+pytestmark = pytest.mark.usefixtures("fast_paths_on")  # tests of the shortcuts themselves
+
 
 async def _echo(request: Request) -> Response:
     body = await request.body()

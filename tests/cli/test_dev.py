@@ -71,7 +71,8 @@ def test_llmq_dev_serves_and_ctrl_c_stops_everything(tmp_path) -> None:  # type:
             model="echo", messages=[{"role": "user", "content": "dev mode works"}]
         )
         assert reply.choices[0].message.content == "dev mode works"
-        servers = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text.splitlines()[0])]
+        first = next(line for line in text.splitlines() if line.startswith("nats-server "))
+        servers = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", first)]
         assert servers == [nats_port, redis_port] and all(_listening(p) for p in servers)
         assert (tmp_path / "data" / "nats.token").is_file(), "the data dir given"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

@@ -67,7 +67,7 @@ async def test_one_owner_renew_hand_back_and_lose(nats_server) -> None:  # type:
         taken = await lease.take(store, key, "a", 30.0)
         assert taken is not None and taken[0].owner == "a"
         assert await lease.take(store, key, "b", 30.0) is None  # a holds it
-        held = lease.Lease(store, key, taken[0], taken[1], "a", 30.0)
+        held = lease.Lease(store, key, taken[0], taken[1], "a", seconds=30.0)
 
         def progress(r: BatchRecord) -> BatchRecord:
             r.dispatched = 5
@@ -92,7 +92,7 @@ async def test_an_expired_lease_is_taken_and_keep_cancels_the_holder(nats_server
         key = batch_key("acme", record.id)
         taken = await lease.take(store, key, "a", 0.3)
         assert taken is not None
-        held = lease.Lease(store, key, taken[0], taken[1], "a", 0.3)
+        held = lease.Lease(store, key, taken[0], taken[1], "a", seconds=0.3)
         await asyncio.sleep(0.4)  # a stopped renewing: the lease ran out
         assert await lease.take(store, key, "b", 30.0) is not None
         holder = asyncio.create_task(asyncio.sleep(30))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from nats.aio.msg import Msg
 
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from tests.stack import unique, wait_for
+
+pytestmark = pytest.mark.usefixtures("fast_paths_on")  # tests of the shortcuts themselves
 
 
 async def test_items_come_in_order_and_a_waiting_reader_is_woken() -> None:

@@ -66,7 +66,7 @@ async def test_other_failures_are_not_retried(js: JetStreamContext) -> None:
     too_big = b"x" * (js._nc.max_payload + 1)  # type: ignore[attr-defined]
     started = time.monotonic()
     with pytest.raises(MaxPayloadError):
-        await publish_job(js, subject, too_big, {"Nats-Msg-Id": "j"}, 0.5, time.time() + 10)
+        await publish_job(js, subject, too_big, {"Nats-Msg-Id": "j"}, 0.5, until=time.time() + 10)
     assert time.monotonic() - started < 1.0
     assert transient(ServiceUnavailableError(code=503, description="jetstream unavailable"))
     assert not transient(ValueError("no"))
@@ -93,7 +93,7 @@ async def _to_inbox(
     try:
         reply = inbox.subject(job)
         return await publish_to_inbox(
-            inbox._nc, subject, body, headers, reply, box, timeout=0.5, until=until
+            inbox._nc, subject, body, headers, reply, box=box, timeout=0.5, until=until
         )
     finally:
         inbox.close(job)

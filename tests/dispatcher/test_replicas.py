@@ -86,7 +86,7 @@ async def test_one_replica_is_raised_to_three_in_place(cluster_js: JetStreamCont
     await streams.ensure_batch_streams(cluster_js, 3600, replicas=1)
     buckets = await streams.batch_buckets(cluster_js, 3600, replicas=1)
     store = await streams.files_store(cluster_js, replicas=1)
-    consumer = await streams.ensure_consumer(cluster_js, names.BATCH_STREAM, "m", 10, 3, 1)
+    consumer = await streams.ensure_consumer(cluster_js, names.BATCH_STREAM, "m", 10, 3, replicas=1)
     await buckets[names.BATCHES_BUCKET].put("kept", b"yes")
     await store.put("kept-file", b"content")
     await cluster_js.publish(names.batch_subject("m"), b"job", headers={"Nats-Msg-Id": "j1"})
@@ -96,7 +96,7 @@ async def test_one_replica_is_raised_to_three_in_place(cluster_js: JetStreamCont
     await streams.ensure_batch_streams(cluster_js, 3600, replicas=3)
     buckets = await streams.batch_buckets(cluster_js, 3600, replicas=3)
     store = await streams.files_store(cluster_js, replicas=3)
-    await streams.ensure_consumer(cluster_js, names.BATCH_STREAM, "m", 10, 3, 3)
+    await streams.ensure_consumer(cluster_js, names.BATCH_STREAM, "m", 10, 3, replicas=3)
 
     found = await _all_streams(cluster_js)
     assert {name: n for name, n in found.items() if n != 3} == {}

@@ -1,4 +1,4 @@
-"""The job envelope: headers exactly as DESIGN.md spells them, read back the same, and
+"""The job envelope: headers exactly as docs/protocol.md spells them, read back the same, and
 missing headers (an older api) read as their defaults."""
 
 from __future__ import annotations

@@ -133,6 +133,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "OPENAI_ENDPOINTS": ("/v1/moderations, /v1/rerank", ["/v1/moderations", "/v1/rerank"]),
     "MAX_OUTPUT_TOKENS": ("37", 37),
     "MAX_N": ("38", 38),
+    "FAST_PATHS": ("false", False),
     "CACHE_MAX_TTL": ("39", 39.0),
     "CACHE_MAX_ENTRY_BYTES": ("40", 40),
     "CACHE_TENANT_MAX_BYTES": ("41", 41),

@@ -54,7 +54,9 @@ def runner(nc: FakeNats, outcomes: list[JobOutcome], tracked: list[JobEnvelope])
         yield
 
     backend: Any = None
-    return JobRunner(nc, backend, "w1", {}, 1.0, 3, outcomes.append, track)  # type: ignore[arg-type]
+    return JobRunner(
+        nc, backend, "w1", {}, 1.0, max_deliver=3, on_outcome=outcomes.append, track=track
+    )  # type: ignore[arg-type]
 
 
 async def test_an_expired_job_is_dropped_with_its_envelope() -> None:
@@ -126,7 +128,7 @@ async def test_a_whole_reply_is_the_backends_body_or_its_chunks_folded(
     body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
     headers = {names.H_JOB: "j4", names.H_REPLY: "r4"}
     msg = FakeMsg(names.jobs_subject("m"), headers, json.dumps(body).encode())
-    await JobRunner(nc, backend, "w1", {}, 1.0, 3, outcomes.append).run(msg)  # type: ignore[arg-type]
+    await JobRunner(nc, backend, "w1", {}, 1.0, max_deliver=3, on_outcome=outcomes.append).run(msg)  # type: ignore[arg-type]
     [done] = [data for _, data, sent in nc.sent if sent.get(names.H_FRAME) == frames.DONE]
     frame = frame_decoder.decode(done)
     assert isinstance(frame, Done) and frame.body is not None
@@ -143,7 +145,7 @@ def test_the_delivery_count_is_read_as_nats_py_reads_it() -> None:
     from nats.aio.msg import Msg
     from nats.errors import NotJSMessageError
 
-    from llmq.worker.runner import delivered
+    from llmq.worker.delivery import delivered
 
     replies = [
         "$JS.ACK.LLMQ_JOBS.jobs-bench.3.17.12.1764337000000000000.5",

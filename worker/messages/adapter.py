@@ -45,14 +45,19 @@ def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
         return msgspec.convert(chat, ChatCompletionRequest), _encoder.encode(chat)
     except Unsupported as exc:
         raise BackendError(
-            str(exc), status=400, type="invalid_request_error",
-            code="unsupported_parameter", param=exc.param,
-        ) from None  # fmt: skip
+            str(exc),
+            status=400,
+            type="invalid_request_error",
+            code="unsupported_parameter",
+            param=exc.param,
+        ) from None
     except msgspec.ValidationError as exc:
         raise BackendError(
-            f"the request has no chat form: {exc}", status=400, type="invalid_request_error",
+            f"the request has no chat form: {exc}",
+            status=400,
+            type="invalid_request_error",
             code="invalid_request",
-        ) from None  # fmt: skip
+        ) from None
 
 
 async def run_message(

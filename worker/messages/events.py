@@ -102,8 +102,14 @@ class MessageEvents:
             content.append({"type": "text", "text": message["content"]})
         for position, call in enumerate(message.get("tool_calls") or ()):
             function = call.get("function") or {}
-            content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{position}",
-                            "name": function.get("name") or "", "input": {}})  # fmt: skip
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": call.get("id") or f"toolu_{position}",
+                    "name": function.get("name") or "",
+                    "input": {},
+                }
+            )
             self._arguments[len(content) - 1] = [function.get("arguments") or ""]
         self.finish_reason = choices[0].get("finish_reason")
 
@@ -143,9 +149,11 @@ class MessageEvents:
         if index is None:
             function = call.get("function") or {}
             block: dict[str, Any] = {
-                "type": "tool_use", "id": call.get("id") or f"toolu_{position}",
-                "name": function.get("name") or "", "input": {},
-            }  # fmt: skip
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_{position}",
+                "name": function.get("name") or "",
+                "input": {},
+            }
             events += self._begin("tool_use", block)
             index = self._tools[position] = len(self.message["content"]) - 1
             self._arguments[index] = []

@@ -136,9 +136,12 @@ def _stream_error(error: Mapping[str, object], *, retryable: bool) -> BackendErr
     kind = fields.type or "api_error"
     status = 529 if kind == "overloaded_error" else 500
     return BackendError(
-        f"upstream error: {fields.message or kind}", status=status, type=kind, code=kind,
+        f"upstream error: {fields.message or kind}",
+        status=status,
+        type=kind,
+        code=kind,
         retryable=retryable and kind in TRANSIENT_ERRORS,
-    )  # fmt: skip
+    )
 
 
 class MessagesPassthrough:

@@ -20,9 +20,18 @@ import msgspec
 PASSED: Final = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k"})
 """Fields with the same name and meaning in a chat request."""
 MAPPED: Final = frozenset(
-    {"messages", "system", "stream", "stop_sequences", "tools", "tool_choice", "thinking",
-     "metadata", "context_management"}
-)  # fmt: skip
+    {
+        "messages",
+        "system",
+        "stream",
+        "stop_sequences",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "metadata",
+        "context_management",
+    }
+)
 EFFORTS: Final = ((2048, "low"), (8192, "medium"))
 """Thinking budgets up to these tokens → `reasoning_effort`; above the last: `high`."""
 HISTORY_ONLY: Final = frozenset({"thinking", "redacted_thinking"})
@@ -160,8 +169,9 @@ def _url(source: dict[str, Any], path: str) -> str:
         return f"data:{source.get('media_type', '')};base64,{source.get('data', '')}"
     if kind == "url" and isinstance(source.get("url"), str):
         return str(source["url"])
-    raise Unsupported(f"image source type {kind!r} cannot be served by a chat backend",
-                      f"{path}.source.type")  # fmt: skip
+    raise Unsupported(
+        f"image source type {kind!r} cannot be served by a chat backend", f"{path}.source.type"
+    )
 
 
 def _document(source: dict[str, Any], path: str) -> dict[str, Any]:
@@ -172,8 +182,9 @@ def _document(source: dict[str, Any], path: str) -> dict[str, Any]:
     if kind == "base64" and source.get("media_type") == "application/pdf":
         data = f"data:application/pdf;base64,{source.get('data', '')}"
         return {"type": "file", "file": {"filename": "document.pdf", "file_data": data}}
-    raise Unsupported(f"document source type {kind!r} cannot be served by a chat backend",
-                      f"{path}.source.type")  # fmt: skip
+    raise Unsupported(
+        f"document source type {kind!r} cannot be served by a chat backend", f"{path}.source.type"
+    )
 
 
 def _block(kind: Any, path: str) -> Unsupported:

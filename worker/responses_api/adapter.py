@@ -72,6 +72,7 @@ async def run_response(
     body: bytes,
     job_id: str,
     sender: FrameSender,
+    *,
     started: Started,
 ) -> Usage:
     """Serve one Responses job through `backend.chat`; answers the usage."""

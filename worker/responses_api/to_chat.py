@@ -13,19 +13,44 @@ from typing import Any
 Json = dict[str, Any]
 
 _PASSED = (
-    "temperature", "top_p", "parallel_tool_calls", "user", "seed", "service_tier",
-    "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
-)  # fmt: skip
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "seed",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+)
 """Responses fields that chat spells the same way: copied."""
-_MAPPED = frozenset({
-    "model", "input", "instructions", "tools", "tool_choice", "text", "reasoning",
-    "max_output_tokens", "top_logprobs", "stream", "include",
-})  # fmt: skip
+_MAPPED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "text",
+        "reasoning",
+        "max_output_tokens",
+        "top_logprobs",
+        "stream",
+        "include",
+    }
+)
 """Responses fields the translation turns into their chat form (or acts on itself)."""
-LLMQ_ONLY = frozenset({
-    "store", "previous_response_id", "conversation", "background", "metadata",
-    "stream_options", "client_metadata",
-})  # fmt: skip
+LLMQ_ONLY = frozenset(
+    {
+        "store",
+        "previous_response_id",
+        "conversation",
+        "background",
+        "metadata",
+        "stream_options",
+        "client_metadata",
+    }
+)
 """Fields the api or the Response object honours; the chat upstream never needs them."""
 _REFUSED = {
     "prompt": "prompt templates live on OpenAI's servers",

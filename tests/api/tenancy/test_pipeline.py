@@ -20,6 +20,8 @@ from llmq.api.tenancy.quota import Ending
 from llmq.embedded import EmbeddedRedis, free_port
 from tests.stack import unique
 
+pytestmark = pytest.mark.usefixtures("fast_paths_on")  # tests of the shortcuts themselves
+
 
 async def _tenant(store: TenantStore, **limits: Any) -> str:
     name = unique("t")

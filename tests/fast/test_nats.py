@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from llmq.dispatcher import headers
+from llmq._fast import nats as headers
+from llmq._fast.nats import encode_headers, parse_header_lines
 from llmq.dispatcher.connection import connect, disconnect
-from llmq.dispatcher.headers import encode_headers, parse_header_lines
 from tests.stack import unique
+
+pytestmark = pytest.mark.usefixtures("fast_paths_on")  # compared with nats-py itself
 
 nats_py = Client._parse_header_lines
 """nats-py's own parser (llmq replaces it per client, never on the class)."""
@@ -111,7 +114,7 @@ async def _published(nc: Client, block: dict[str, Any] | None) -> tuple[object, 
 
 async def _same_as_nats_py(block: dict[str, Any] | None) -> None:
     ours = Client()
-    headers.install(ours)
+    assert headers.install(ours)
     theirs = Client()
     assert await _published(ours, block) == await _published(theirs, block)
 

@@ -1,0 +1,169 @@
+"""What following one job's reply frames decides, without I/O: a pure state machine.
+
+`JobRun.events` (dispatcher/dispatch.py) is its thin async shell: it asks `wait(now)` how
+long to wait for the next item (or gets the failure when the bound already passed), waits on
+the job's mailbox, and feeds what came — a frame (`frame`), a dispatcher signal (`signal`),
+or nothing before the bound (`tick`) — back in. Each feed returns one action for the shell:
+
+- `CONTINUE`: nothing to do, wait again;
+- `TAKEN`: a worker accepted the job (fair share frees a place, the worker is named);
+- `GIVEN_BACK`: the worker gave it back (died before acking, or a requeue ping);
+- `RELAY` / `FIRST_CHUNK`: relay the chunk (the first one starts the stream);
+- `DECODE`: a final frame: decode it and end with its `Done` or `Failed`;
+- a `Failed`: end with it.
+
+The bounds (docs/protocol.md, "Deadlines"): the job's deadline until it is under way (a
+stream's first chunk, or a worker taking a job that answers whole), then its end
+(`max_deadline`) and three ping intervals of silence; a passed deadline or end is always a
+504, never a lost worker. Which bound ended a wait decides the answer, never a second look at
+the clock: a timer may fire a hair early, and a passed deadline must not read as a silent
+worker (the mailbox's timer itself absorbs the api's own stalls: docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from llmq.dispatcher.inbox import Signal
+from llmq.schemas import frames
+from llmq.schemas.frames import Failed, failure
+
+
+class Action(enum.Enum):
+    CONTINUE = 0
+    TAKEN = 1
+    GIVEN_BACK = 2
+    RELAY = 3
+    FIRST_CHUNK = 4
+    DECODE = 5
+
+
+CONTINUE, TAKEN, GIVEN_BACK = Action.CONTINUE, Action.TAKEN, Action.GIVEN_BACK
+RELAY, FIRST_CHUNK, DECODE = Action.RELAY, Action.FIRST_CHUNK, Action.DECODE
+
+_BOUND, _SILENCE, _MISSING = 0, 1, 2
+
+
+def past(max_deadline: bool) -> Failed:
+    """A passed deadline: always 504 `deadline_exceeded`, whatever else was going on."""
+    if max_deadline:
+        message = "the job ran past the longest time a job may take (max_deadline)"
+    else:
+        message = "the job's deadline passed before it was under way"
+    return failure(504, message, "timeout", "deadline_exceeded")
+
+
+def lost() -> Failed:
+    return failure(
+        503,
+        "the job queue lost the job (the NATS server restarted); send it again",
+        "service_unavailable",
+        "job_lost",
+    )
+
+
+def exhausted() -> Failed:
+    return failure(502, "every attempt at the job failed", "upstream_error", "attempts_exhausted")
+
+
+def worker_lost() -> Failed:
+    return failure(502, "the worker stopped responding", "upstream_error", "worker_lost")
+
+
+def frames_lost() -> Failed:
+    return failure(502, "reply frames were lost", "upstream_error", "frames_lost")
+
+
+class ReplyMachine:
+    """One job's reply state: accepted, relaying, the next sequence number, and which bound
+    the current wait ends at. Times are wall-clock seconds (`time.time()`)."""
+
+    __slots__ = (
+        "_why",
+        "accepted",
+        "deadline",
+        "end",
+        "expected_seq",
+        "missing_until",
+        "relayed",
+        "silence",
+        "stream",
+    )
+
+    def __init__(self, deadline: float, end: float, silence: float, stream: bool) -> None:
+        self.deadline = deadline
+        """Unix seconds by which the job must be under way."""
+        self.end = max(deadline, end)
+        """Unix seconds by which it must have ended (`max_deadline`)."""
+        self.silence = silence
+        """Seconds without a frame after which an accepted job's worker is taken for lost."""
+        self.stream = stream
+        self.accepted = False
+        self.relayed = False
+        self.expected_seq = 0
+        self.missing_until: float | None = None
+        """Set when the job was not found in its stream: a worker must show up before this."""
+        self._why = _BOUND
+
+    @property
+    def under_way(self) -> bool:
+        return self.relayed or (self.accepted and not self.stream)
+
+    def _past(self) -> Failed:
+        return past(self.under_way and self.end > self.deadline)
+
+    def wait(self, now: float) -> float | Failed:
+        """Seconds to wait for the next item, or the failure when the bound already passed."""
+        left = (self.end if self.under_way else self.deadline) - now
+        if left <= 0:
+            return self._past()
+        wait, self._why = left, _BOUND
+        if self.accepted and self.silence < wait:
+            wait, self._why = self.silence, _SILENCE
+        elif not self.accepted and self.missing_until is not None:
+            missing_left = max(0.0, self.missing_until - now)
+            if missing_left < wait:
+                wait, self._why = missing_left, _MISSING
+        return wait
+
+    def tick(self) -> Action | Failed:
+        """The wait ended with nothing: the bound it was set for decides."""
+        why = self._why
+        if why == _BOUND:
+            return self._past()
+        if why == _MISSING:
+            return lost()
+        if not self.relayed:
+            # The worker died before acking: JetStream hands the job to another.
+            self.accepted = False
+            return GIVEN_BACK
+        return worker_lost()
+
+    def signal(self, signal: Signal, now: float) -> Action | Failed:
+        """What the dispatcher itself learnt about the job."""
+        if signal is Signal.EXHAUSTED:
+            return exhausted()
+        if not self.accepted:  # MISSING: a worker must show up within a silence
+            self.missing_until = now + self.silence
+        return CONTINUE
+
+    def frame(self, kind: str | None, seq: int, requeued: bool = False) -> Action | Failed:
+        """A reply frame of `kind` (`Llmq-Frame`) numbered `seq` (`Llmq-Seq`, -1 if none);
+        `requeued`: a ping marked `Llmq-Requeued`."""
+        if kind == frames.ACCEPTED:
+            self.accepted, self.expected_seq, self.missing_until = True, seq + 1, None
+            return TAKEN
+        if seq != self.expected_seq or not self.accepted:
+            return frames_lost()
+        self.expected_seq += 1
+        if kind == frames.CHUNK:
+            if self.relayed:
+                return RELAY
+            self.relayed = True
+            return FIRST_CHUNK
+        if kind == frames.PING:
+            if requeued:
+                self.accepted = False
+                return GIVEN_BACK
+            return CONTINUE
+        return DECODE
