@@ -5,7 +5,6 @@ working on every replica as fast as a NATS message travels, not after `key_cache
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from nats.aio.client import Client
@@ -13,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from llmq.api.auth import Authenticator
+from llmq.dispatcher.connection import unsubscribe
 from llmq.schemas import names
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,8 @@ class AuthChanges:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            await unsubscribe(sub)
 
     async def _on_change(self, msg: Msg) -> None:
         self.auth.forget_tenant(msg.data.decode(errors="replace"))

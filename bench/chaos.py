@@ -2,7 +2,7 @@
 
 The deployment (all real processes on free loopback ports): a 3-node NATS cluster with every
 stream, consumer and bucket at R3, Valkey as a master, a replica and three sentinels
-(`llmq.embedded_redis_ha`), 2 apis with tenant keys (so every request checks its quota in
+(`tests/redis_ha.py`), 2 apis with tenant keys (so every request checks its quota in
 Valkey), 3 echo workers answering one token per `--echo-delay` seconds (streams long enough
 to be cut). Traffic (bench/chaos_traffic.py): streamed and non-streamed chat through the
 official openai SDK over both apis, async jobs, and one batch per fault.
@@ -96,7 +96,7 @@ class Deployment:
             self.nats_url = cluster_url(self.nats_nodes)
             await self._jetstream_ready()
         if not self.redis_url:
-            from llmq.embedded_redis_ha import EmbeddedSentinelSet
+            from tests.redis_ha import EmbeddedSentinelSet
 
             self.sentinels = EmbeddedSentinelSet(self.root / "valkey")
             await asyncio.to_thread(self.sentinels.wait_ready)

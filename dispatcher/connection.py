@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -258,6 +259,17 @@ async def disconnect(nc: Client, timeout: float = 5.0) -> None:
     if not nc.is_closed:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2.0)
+
+
+async def unsubscribe(sub: Subscription, timeout: float = 2.0) -> None:
+    """Drop a subscription at shutdown, bounded and quiet: on a closed, draining or
+    reconnecting connection nats-py raises (`ConnectionClosedError`) or may wait, and the
+    server forgets the interest with the connection anyway, so a stop never fails on it."""
+    try:
+        async with asyncio.timeout(timeout):
+            await sub.unsubscribe()
+    except Exception as exc:
+        log.debug("nats unsubscribe from %s skipped: %s", sub.subject, exc or type(exc).__name__)
 
 
 Step = Callable[[], Awaitable[object]]

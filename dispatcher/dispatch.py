@@ -26,6 +26,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from llmq.dispatcher.connection import unsubscribe
 from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
 from llmq.dispatcher.publish import publish_to_inbox, store_full
@@ -198,8 +199,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         if self._advisories is not None:
-            with contextlib.suppress(Exception):
-                await self._advisories.unsubscribe()
+            await unsubscribe(self._advisories)
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError):

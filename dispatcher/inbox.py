@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from llmq._fast import nats as fast_nats
+from llmq.dispatcher.connection import unsubscribe
 from llmq.schemas import names
 
 log = logging.getLogger(__name__)
@@ -219,9 +220,10 @@ class ReplyInbox:
         self._sub = await fast_nats.subscribe_direct(self._nc, self._prefix + ">", self._on_frame)
 
     async def stop(self) -> None:
+        """Bounded and quiet when NATS is away (`connection.unsubscribe`)."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            await unsubscribe(sub)
 
     def subject(self, job_id: str) -> str:
         return self._prefix + job_id

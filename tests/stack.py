@@ -1,5 +1,9 @@
 """Starting llmq parts for tests: in-process (fast, inspectable) or as real OS processes
-(for SIGKILL and CLI tests). Everything binds to free loopback ports."""
+(for SIGKILL and CLI tests). Everything binds to free loopback ports, in a way that holds on a
+busy machine: a server in this process listens on a socket bound before its port is known
+(`bound_socket`), a server process that finds its port taken is started on another one
+(`llmq.embedded.listen_on`, `Stack.api_process`), and a port where nothing may listen stays
+bound without listening (`refused_port`)."""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,7 @@ import httpx
 import uvicorn
 
 from llmq.api.server import uvicorn_config
-from llmq.embedded import free_port
+from llmq.embedded import PORT_ATTEMPTS, free_port
 from llmq.schemas.settings import Settings
 from llmq.worker.main import Worker
 
@@ -36,12 +42,45 @@ def settings(nats_url: str, redis_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def bound_socket() -> socket.socket:
+    """A loopback TCP socket bound to a port the kernel chose, for a server of this process
+    to listen on: no other process can take the port between choosing it and listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+_REFUSING: list[socket.socket] = []
+"""The sockets behind `refused_port`, held until the test process exits."""
+
+
+def refused_port() -> int:
+    """A loopback port that refuses connections for as long as the tests run: bound and
+    never listening, so no other process can start listening there meanwhile (a port
+    released at once, as `free_port` gives, may be any server's a moment later)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return int(sock.getsockname()[1])
+
+
+def api_on_its_own_socket(nats_url: str, redis_url: str, **overrides: Any) -> InProcessApi:
+    """An in-process api, not started yet, that will listen on a socket bound for it now."""
+    sock = bound_socket()
+    config = settings(nats_url, redis_url, port=sock.getsockname()[1], **overrides)
+    return InProcessApi(config, sock)
+
+
 class InProcessApi:
-    def __init__(self, config: Settings) -> None:
+    """An api on `config.api.port`; pass `sock` (`bound_socket`) to listen on a socket
+    bound to that port already."""
+
+    def __init__(self, config: Settings, sock: socket.socket | None = None) -> None:
         self.settings = config
         self.server = uvicorn.Server(uvicorn_config(config))
         self.app = self.server.config.app.app  # behind the start gate: the HotPaths app
         self.task: asyncio.Task[None] | None = None
+        self.sock = sock
 
     @property
     def url(self) -> str:
@@ -53,7 +92,8 @@ class InProcessApi:
 
     async def start(self) -> InProcessApi:
         self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
-        self.task = asyncio.create_task(self.server.serve())
+        sockets = [self.sock] if self.sock is not None else None
+        self.task = asyncio.create_task(self.server.serve(sockets=sockets))
         deadline = time.monotonic() + 30
         while not (self.server.started and self.started):
             if self.task.done():
@@ -80,6 +120,8 @@ class InProcessApi:
         if self.task is not None:
             # generous: a loaded machine (two xdist workers on two cores) stops slowly
             await asyncio.wait_for(asyncio.shield(self.task), self.settings.api.shutdown_grace + 30)
+        if self.sock is not None:
+            self.sock.close()
 
 
 def unique(prefix: str = "m") -> str:
@@ -135,6 +177,8 @@ class Process:
     """`llmq <args>` as a child process, in its own process group, output to a log file."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.port = 0
+        """Where it serves, when it is an api started by `Stack.api_process`."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
@@ -164,8 +208,70 @@ class Process:
         return self.proc.returncode
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # stopped: all of it is on disk
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serving_on(self, port: int, timeout: float = 60.0) -> bool:
+        """Wait until this `llmq api` listens on `port` (True) or exits because another
+        process took the port first (False). Anything else it exits with is raised."""
+        running = f"Uvicorn running on http://127.0.0.1:{port}"
+        await wait_for(lambda: self.proc.poll() is not None or running in self.output(), timeout)
+        if self.proc.poll() is None:
+            self.port = port
+            return True
+        if "address already in use" in self.output():
+            self.stop()
+            return False
+        raise RuntimeError(f"llmq api exited with {self.proc.returncode}:\n{self.output()}")
+
+
+def start_dev(
+    argv: Callable[[], list[str]],
+    log: Path,
+    ready: str = "llmq is running",
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+) -> subprocess.Popen[bytes]:
+    """`llmq dev` (the command line `argv()` gives: it picks the ports, and is called again
+    for every try) in its own session, once its log says `ready`. A port found free can be
+    taken before `llmq dev` binds it: then it is started again on others."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env, cwd=cwd,
+            )  # fmt: skip
+        if _dev_ready(proc, log, ready, timeout):
+            return proc
+        taken = "in use" in log.read_text(errors="replace")  # its own check, or a bind
+        if not taken or attempt == PORT_ATTEMPTS:
+            raise AssertionError(log.read_text(errors="replace"))
+    raise AssertionError("unreachable")
+
+
+def _dev_ready(proc: subprocess.Popen[bytes], log: Path, ready: str, timeout: float) -> bool:
+    """True once `ready` is in the log; False if it exited first (its group is killed)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while ready not in log.read_text(errors="replace"):
+            if proc.poll() is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # a child it left behind
+                return False
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return True
 
 
 def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
@@ -176,10 +282,14 @@ def env_for(nats_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
 __all__ = [
     "InProcessApi",
     "Process",
+    "api_on_its_own_socket",
+    "bound_socket",
     "env_for",
     "free_port",
     "models_of",
+    "refused_port",
     "settings",
+    "start_dev",
     "start_worker",
     "wait_for",
     "wait_serving",

@@ -428,13 +428,7 @@ def test_the_gates_import_nothing_of_llmq_but_themselves() -> None:
 
 MAX_FUNCTION_LINES = 60
 MAX_POSITIONAL = 5
-SIZE_EXCEPTIONS = {
-    "llmq/embedded_redis_ha.py": "test-only helpers (Sentinel set, Valkey Cluster) on their way "
-    "under tests/ (issue 21, point 7, another change)",
-    "llmq/embedded.py": "the embedded servers are being reworked to bind port 0 themselves "
-    "(issue 21, point 7, another change); its three `# fmt: skip` and one 6-parameter "
-    "`__init__` go with that",
-}
+SIZE_EXCEPTIONS: dict[str, str] = {}
 """Where a function may pass the limits, and why."""
 
 

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from llmq.dispatcher.connection import unsubscribe
 from llmq.schemas import names
 
 _HEARTBEAT = "100"
@@ -76,8 +77,8 @@ class PullFeed:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            await unsubscribe(sub)
         self._pending.clear()
 
     def outstanding(self) -> int:

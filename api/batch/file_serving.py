@@ -11,7 +11,6 @@ file. A tenant's files count against its `storage_bytes` limit, and a file may e
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -140,8 +139,8 @@ class _Form:
         return found.text() if found else None
 
 
-def _expires_at(form: _Form, now: int, min_seconds: float) -> int | None:
-    """`expires_after[anchor]=created_at` and `expires_after[seconds]=N`, or None."""
+def _expires_after(form: _Form, min_seconds: float) -> int | None:
+    """N of `expires_after[anchor]=created_at` and `expires_after[seconds]=N`, or None."""
     anchor, seconds = form.text("expires_after[anchor]"), form.text("expires_after[seconds]")
     if anchor is None and seconds is None:
         return None
@@ -159,7 +158,7 @@ def _expires_at(form: _Form, now: int, min_seconds: float) -> int | None:
             "invalid_request",
             param="expires_after.seconds",
         )
-    return now + int(seconds or 0)
+    return int(seconds or 0)
 
 
 async def limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
@@ -253,10 +252,14 @@ class FileServing:
             self._check_purpose(purpose)
             if purpose == "batch":
                 form.upload.ensure_jsonl()
-            expires_at = _expires_at(form, int(time.time()), batch.files_min_expiry)
+            expires_after = _expires_after(form, batch.files_min_expiry)
             form.upload.file.seek(0)
             record = await self.files.put(
-                scope, form.upload.file, form.upload.filename, purpose, expires_at=expires_at
+                scope,
+                form.upload.file,
+                form.upload.filename,
+                purpose,
+                expires_after=expires_after,
             )
         finally:
             if form.upload is not None:

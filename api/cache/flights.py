@@ -1,4 +1,4 @@
-"""Running jobs that identical requests join (DESIGN.md, "Cache and joins").
+"""Running jobs that identical requests join (docs/cache.md).
 
 A cacheable job is read by its `Flight`'s own task, not by its client: each request that
 follows it (the first one and every one that joined) reads the flight's frames from the

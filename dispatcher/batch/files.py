@@ -66,23 +66,25 @@ class FileStore:
         purpose: str,
         file_id: str | None = None,
         *,
-        expires_at: int | None = None,
+        expires_after: int | None = None,
     ) -> FileRecord:
         """Store a file (bytes, or a binary file object read in chunks); with a given
         `file_id` an existing file of that id is replaced (how a batch's output is written
-        again after a crash, under the same id)."""
+        again after a crash, under the same id). `expires_after`: seconds from `created_at`
+        (one clock read for both, however long the store took)."""
         file_id = file_id or new_file_id()
         # nats reads any object with `readinto` in chunks, off the event loop
         reader = data if isinstance(data, bytes) else cast(io.BufferedIOBase, data)
         info = await self.objects.put(self._object(tenant, file_id), reader)
+        created_at = int(time.time())
         record = FileRecord(
             id=file_id,
             tenant=tenant,
             bytes=int(info.size or 0),
-            created_at=int(time.time()),
+            created_at=created_at,
             filename=filename,
             purpose=purpose,
-            expires_at=expires_at,
+            expires_at=None if expires_after is None else created_at + expires_after,
         )
         await self.meta.put(self._key(tenant, file_id), encoder.encode(record))
         return record

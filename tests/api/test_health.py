@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from llmq.embedded import free_port
-from tests.stack import unique, wait_for
+from tests.stack import refused_port, unique, wait_for
 
 
 async def test_health_and_ready(stack) -> None:  # type: ignore[no-untyped-def]
@@ -23,7 +22,7 @@ async def test_health_and_ready(stack) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_ready_503_when_redis_is_down(stack) -> None:  # type: ignore[no-untyped-def]
-    stack.redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    stack.redis_url = f"redis://127.0.0.1:{refused_port()}/0"
     api = await stack.api()
     async with httpx.AsyncClient() as client:
         resp = await client.get(f"{api.url}/ready")

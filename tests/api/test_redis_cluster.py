@@ -31,7 +31,6 @@ from llmq.api.tenancy import (
 from llmq.api.tenancy.client import is_cluster
 from llmq.cli import main as cli_main
 from llmq.embedded import EmbeddedRedis
-from llmq.embedded_redis_ha import redis_cluster_url, start_redis_cluster
 from llmq.schemas import names
 from llmq.schemas.settings import ConnectionSettings
 from tests.api.tenancy.test_quota import (
@@ -62,6 +61,7 @@ from tests.api.test_reservations import (
     test_another_replica_takes_over_and_never_revives_a_release,
     test_reserve_then_release_once,
 )
+from tests.redis_ha import redis_cluster_url, start_redis_cluster
 from tests.stack import unique, wait_for
 
 __all__ = [  # the shared flows, collected here a second time against the cluster

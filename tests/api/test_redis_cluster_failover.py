@@ -19,9 +19,9 @@ import pytest
 
 from llmq.api.tenancy import Quota, Tenant, TenantStore, connect
 from llmq.embedded import EmbeddedRedis
-from llmq.embedded_redis_ha import cluster_master_of, redis_cluster_url, start_redis_cluster
 from llmq.schemas import names
 from tests.api.test_redis_sentinel import HANG, LOOPS, Load
+from tests.redis_ha import cluster_master_of, redis_cluster_url, start_redis_cluster
 from tests.stack import unique, wait_for
 
 NODE_TIMEOUT_MS = 1000

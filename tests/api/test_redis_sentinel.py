@@ -22,8 +22,8 @@ import pytest
 from llmq.api.tenancy import Quota, Tenant, TenantStore, check_at_start, connect, connect_with
 from llmq.api.tenancy.client import parse_sentinel_url
 from llmq.cli import main as cli_main
-from llmq.embedded_redis_ha import EmbeddedSentinelSet
 from llmq.schemas.settings import ConnectionSettings
+from tests.redis_ha import EmbeddedSentinelSet
 from tests.stack import unique, wait_for
 
 HANG = 30.0

@@ -12,9 +12,8 @@ from llmq.api.reservations import Reservations
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.api.tenancy.quota import RENEW_BATCH
 from llmq.dispatcher.batch.ports import reservation_of
-from llmq.embedded import free_port
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
-from tests.stack import unique
+from tests.stack import refused_port, unique
 
 
 async def _tenant(redis: Redis, **limits: object) -> str:
@@ -80,7 +79,7 @@ async def test_no_tenant_holds_nothing(redis: Redis) -> None:
 
 
 async def test_quota_store_down_fails_closed_or_open() -> None:
-    down = connect(f"redis://127.0.0.1:{free_port()}", timeout=0.5)
+    down = connect(f"redis://127.0.0.1:{refused_port()}", timeout=0.5)
     try:
         closed = await Reservations(Quota(down), fail_open=False).reserve("t", "m", 1, 1, "j")
         assert isinstance(closed, Refusal)

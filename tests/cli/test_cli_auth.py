@@ -23,7 +23,7 @@ import pytest
 from llmq.dispatcher.connection import NatsRefused, connect, disconnect
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, free_port
 from llmq.schemas.settings import ConnectionSettings
-from tests.stack import unique
+from tests.stack import start_dev, unique
 
 TOKEN = "cli-" + uuid.uuid4().hex
 PASSWORD = "redis-" + uuid.uuid4().hex
@@ -144,22 +144,22 @@ def test_tenants_use_the_redis_password(password_redis: Any, tmp_path: Path) -> 
 
 
 def test_llmq_dev_runs_its_servers_with_generated_secrets(tmp_path: Path) -> None:
-    port = free_port()
     data = tmp_path / "dev"
     log = tmp_path / "dev.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port), "--data-dir", str(data)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**clean, "LLMQ_NATS_TOKEN": "from-the-caller", "LLMQ_ADMIN_TOKEN": TOKEN},
-        )  # fmt: skip
+    ports: list[int] = []
+
+    def argv() -> list[str]:
+        ports[:] = [free_port()]
+        return [
+            sys.executable, "-m", "llmq.cli", "dev", "--port", str(ports[0]),
+            "--data-dir", str(data),
+        ]  # fmt: skip
+
+    env = {**clean, "LLMQ_NATS_TOKEN": "from-the-caller", "LLMQ_ADMIN_TOKEN": TOKEN}
+    proc = start_dev(argv, log, env=env)
+    port = ports[0]
     try:
-        deadline = time.monotonic() + 60
-        while "llmq is running" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         time.sleep(0.3)
         text = log.read_text()
         token_file, password_file = data / "nats.token", data / "redis.password"

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from llmq.embedded import free_port
-from tests.stack import wait_serving
+from tests.stack import start_dev, wait_serving
 
 
 def _listening(port: int) -> bool:
@@ -30,25 +30,19 @@ def _listening(port: int) -> bool:
 def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int, int, int]:
     """`llmq dev` on free ports in its own session, once it says it is running: the
     process, its log and the api, nats-server and Redis ports."""
-    port, nats_port, redis_port = free_port(), free_port(), free_port()
+    ports: list[int] = []
+
+    def argv() -> list[str]:
+        ports[:] = [free_port(), free_port(), free_port()]
+        return [
+            sys.executable, "-m", "llmq.cli", "dev", "--port", str(ports[0]),
+            "--nats-port", str(ports[1]), "--redis-port", str(ports[2]),
+            "--data-dir", str(tmp_path / "data"),
+        ]  # fmt: skip
+
     log = tmp_path / "dev.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port),
-             "--nats-port", str(nats_port), "--redis-port", str(redis_port),
-             "--data-dir", str(tmp_path / "data")],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while "llmq is running" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return proc, log, port, nats_port, redis_port
+    proc = start_dev(argv, log)
+    return proc, log, ports[0], ports[1], ports[2]
 
 
 def _none_left(proc: subprocess.Popen[bytes]) -> bool:
@@ -136,11 +130,10 @@ def _printed_key(text: str) -> str:
 
 
 async def test_api_and_worker_processes_from_flags_and_env(stack) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
     # nats/redis URLs come from LLMQ_ variables (set by stack.process), the rest from flags.
-    api = stack.process("api", "--port", str(port), "--host", "127.0.0.1")
+    api = await stack.api_process("--host", "127.0.0.1")
     worker = stack.process("worker", "--backend", "echo", "--model", "proc-echo", "--capacity", "4")
-    url = f"http://127.0.0.1:{port}"
+    url = api.url
     await wait_serving(url, "proc-echo")
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
     reply = await client.chat.completions.create(
@@ -171,20 +164,18 @@ def test_the_banner_prints_commands_that_work_as_printed(tmp_path) -> None:  # t
     venv_python = root / ".venv" / "bin" / "python"
     if Path(sys.executable).parent != venv_python.parent:
         pytest.skip("run the tests with the project's .venv (make test)")
-    port = free_port()
     log = tmp_path / "dev.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
     env["PATH"] = "/usr/bin:/bin"  # no venv: the banner must not rely on `llmq` being found
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(root / ".venv" / "bin" / "llmq"), "dev", "--port", str(port)],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    ports: list[int] = []
+
+    def argv() -> list[str]:
+        ports[:] = [free_port()]
+        return [str(root / ".venv" / "bin" / "llmq"), "dev", "--port", str(ports[0])]
+
+    proc = start_dev(argv, log, "Press Ctrl-C", env=env, cwd=root)
+    port = ports[0]
     try:
-        deadline = time.monotonic() + 60
-        while "Press Ctrl-C" not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         text = log.read_text()
         base = f"http://127.0.0.1:{port}"
         token = re.search(r"admin token +(\S+)", text).group(1)  # type: ignore[union-attr]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -17,6 +16,7 @@ import pytest
 
 from llmq.embedded import free_port
 from tests.api.test_tracing import _Collector
+from tests.stack import start_dev
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,20 +25,18 @@ def test_llmq_dev_exports_one_trace_across_api_and_worker(tmp_path) -> None:  # 
     pytest.importorskip("opentelemetry.proto")
     pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
     collector = _Collector()
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMQ_", "OTEL_"))}
     env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
     log = tmp_path / "dev.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    ports: list[int] = []
+
+    def argv() -> list[str]:
+        ports[:] = [free_port()]
+        return [sys.executable, "-m", "llmq.cli", "dev", "--port", str(ports[0])]
+
+    proc = start_dev(argv, log, env=env, timeout=90)
+    port = ports[0]
     try:
-        deadline = time.monotonic() + 90
-        while "llmq is running" not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         key = re.search(r"sk-llmq-[A-Za-z0-9_\-]+", log.read_text())
         assert key is not None
         sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(0))

@@ -14,8 +14,7 @@ import pytest
 
 from llmq.cli import main
 from llmq.dispatcher.probes import queue_states
-from llmq.embedded import free_port
-from tests.stack import unique, wait_for
+from tests.stack import refused_port, unique, wait_for
 
 
 async def llmq(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -96,8 +95,16 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
     ids = {r.headers["x-request-id"] for r in results}
     assert {j["job_id"] for j in jobs} == ids  # the X-Request-ID of each request
 
-    code, out = await llmq(capsys, "workers", "--nats-url", nats_url, "--json")
-    workers = json.loads(out)
+    workers: list[dict[str, Any]] = []
+
+    async def with_stats() -> bool:
+        """`jobs`/`errors` come from each worker's micro STATS reply, gathered for 0.5 s; a
+        loaded machine can miss it (`null`), so ask until it came."""
+        _code, out = await llmq(capsys, "workers", "--nats-url", nats_url, "--json")
+        workers[:] = json.loads(out)
+        return _by(workers, "id", w1.id)["jobs"] is not None
+
+    await wait_for(with_stats)
     assert _by(workers, "id", w1.id)["jobs"] == 3
     assert _by(workers, "id", w1.id)["errors"] == 0
     code, out = await llmq(capsys, "workers", "--nats-url", nats_url)
@@ -142,7 +149,7 @@ async def test_top_refreshes_within_80_columns(stack, capsys) -> None:  # type: 
 
 
 async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignore[no-untyped-def]
-    url = f"nats://127.0.0.1:{free_port()}"
+    url = f"nats://127.0.0.1:{refused_port()}"
     code = await asyncio.to_thread(main, ["status", "--nats-url", url])
     assert code == 1
     assert f"cannot reach NATS at {url}" in capsys.readouterr().err

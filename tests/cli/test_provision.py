@@ -52,10 +52,11 @@ async def test_watch_provisions_again_after_a_restart_and_stops_on_sigterm(
 ) -> None:
     proc = Process(["provision", "--watch"], _env(own_nats.url), tmp_path / "provision.log")
     try:
-        await wait_for(lambda: _has_jobs(own_nats.url), timeout=60, interval=0.2)
+        await wait_for(lambda: _has_all(own_nats.url), timeout=60, interval=0.2)
         own_nats.restart()  # memory streams (LLMQ_JOBS, KV_LLMQ_WORKERS) are gone
         assert names.JOBS_STREAM not in await _streams(own_nats.url)
-        await wait_for(lambda: _has_jobs(own_nats.url), timeout=60, interval=0.2)
+        # one provisioning round makes them one after another: wait for the whole round
+        await wait_for(lambda: _has_all(own_nats.url), timeout=60, interval=0.2)
         assert f"KV_{names.WORKERS_BUCKET}" in await _streams(own_nats.url)
         started = time.monotonic()
         assert await asyncio.to_thread(proc.stop, 10) == 0, proc.output()
@@ -64,5 +65,5 @@ async def test_watch_provisions_again_after_a_restart_and_stops_on_sigterm(
         proc.stop()
 
 
-async def _has_jobs(url: str) -> bool:
-    return names.JOBS_STREAM in await _streams(url)
+async def _has_all(url: str) -> bool:
+    return set(PROVISIONED) <= set(await _streams(url))

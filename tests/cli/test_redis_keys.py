@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 from llmq import redis_keys
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.cli import main
-from llmq.embedded import EmbeddedRedis, free_port
+from llmq.embedded import EmbeddedRedis
 from llmq.schemas import names
-from tests.stack import unique
+from tests.stack import refused_port, unique
 
 
 async def make_old_layout(redis: Redis) -> tuple[str, str]:
@@ -124,7 +124,7 @@ def test_a_taken_new_name_is_left_alone(
 
 
 def test_no_redis_or_a_password_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
-    down = f"redis://127.0.0.1:{free_port()}/0"
+    down = f"redis://127.0.0.1:{refused_port()}/0"
     assert main(["redis", "migrate-keys", "--redis-url", down]) == 2
     assert f"cannot reach Redis at {down}" in capsys.readouterr().err
     assert main(["redis", "migrate-keys", "--redis-url", "redis://:secret@h:6379/0"]) == 2

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -198,7 +199,16 @@ async def test_usage_csv_overview_and_workers(stack, store) -> None:  # type: ig
         assert overview["requests"] >= 1 and overview["ttft_p50"] is not None
         assert overview["workers_up"] >= 1
         assert len(overview["history"]) == 12 and sum(b["ok"] for b in overview["history"]) >= 1
-        top = (await client.get("/ui/api/top")).json()
+        top: dict[str, Any] = {}
+
+        async def top_with_my_stats() -> bool:
+            """The page joins the registry with each worker's micro STATS reply, gathered for
+            0.5 s; a loaded machine can miss it (errors `None`), so ask until it came."""
+            top.update((await client.get("/ui/api/top")).json())
+            mine = [w for w in top["workers"] if w["id"] == worker.id]
+            return bool(mine) and mine[0]["errors"] is not None
+
+        await wait_for(top_with_my_stats)
         mine = [w for w in top["workers"] if w["id"] == worker.id]
         assert mine and mine[0]["capacity"] == 3 and mine[0]["state"] == "ready"
         assert mine[0]["circuit"] == "closed" and mine[0]["errors"] == 0

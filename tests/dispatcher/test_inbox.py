@@ -4,13 +4,14 @@ a steady stream, and one timer per job that is not re-armed for every frame."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from nats.aio.msg import Msg
 
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.dispatcher.inbox import FRAME_OVERHEAD, Mailbox, ReplyInbox, Signal
-from tests.stack import unique
+from tests.stack import unique, wait_for
 
 pytestmark = pytest.mark.usefixtures("fast_paths_on")  # tests of the shortcuts themselves
 
@@ -204,3 +205,23 @@ async def test_a_mailbox_read_as_fast_as_it_fills_never_overflows() -> None:
     # one frame larger than the bound is taken while nothing is buffered (a whole answer)
     assert not box.put_frame(_chunk(50_000))
     box.close()
+
+
+async def test_stopping_the_inbox_is_quiet_and_bounded_when_nats_is_away(own_nats) -> None:  # type: ignore[no-untyped-def]
+    """A shutdown while NATS reconnects, or after the client closed, must not raise (nats-py's
+    `unsubscribe` raises `ConnectionClosedError` on a closed client) nor wait for the server."""
+    nc = await connect(own_nats.url, "test-inbox-away")
+    reconnecting, closed = ReplyInbox(nc, unique("i")), ReplyInbox(nc, unique("i"))
+    await reconnecting.start()
+    await closed.start()
+    own_nats.stop()
+    await wait_for(lambda: not nc.is_connected, timeout=30.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await reconnecting.stop()
+    assert reconnecting._sub is None and loop.time() - started < 5.0
+    with contextlib.suppress(ConnectionResetError):  # nats-py flushes to the dead socket
+        await nc.close()
+    assert nc.is_closed
+    await closed.stop()
+    assert closed._sub is None

@@ -24,13 +24,12 @@ import httpx
 import openai
 import pytest
 
-from tests.stack import unique, wait_for
+from tests.stack import refused_port, unique, wait_for
 from tests.worker.backends.fake_upstreams import (
     FakeUpstream,
     Reply,
     anthropic_events,
     anthropic_stream,
-    free_port,
     json_reply,
     ollama_chat,
     openai_chat,
@@ -370,7 +369,7 @@ async def test_5xx_and_refused_connections_are_retried_on_another_worker(
     api = await stack.api()
     failing = await _serve(stack, api, model, f"{upstream.url}/v1", capacity=1, **QUICK)
     refused = await _serve(
-        stack, api, model, f"http://127.0.0.1:{free_port()}/v1", capacity=1, **QUICK
+        stack, api, model, f"http://127.0.0.1:{refused_port()}/v1", capacity=1, **QUICK
     )
     healthy = await _serve(stack, api, model, f"{upstream2.url}/v1", capacity=1, **QUICK)
     assert await _sequential(api, model, 4, stream=True) == ["ok"] * 4

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 
-from llmq.embedded import free_port
 from tests.e2e.test_batches import (
     assert_exactly_once,
     batch_file,
@@ -62,10 +61,9 @@ async def test_api_sigkill_mid_batch_and_replacement(stack) -> None:  # type: ig
     dead api completes too."""
     model = unique("b")
     await stack.worker(model=[model], capacity=2, echo_delay=0.05)
-    port = free_port()
     # At most 8 lines queued at a time: the dead api leaves most of the batch undispatched.
-    doomed = stack.process("api", "--port", str(port), batch_max_inflight=8, **BATCH)
-    url = f"http://127.0.0.1:{port}"
+    doomed = await stack.api_process(batch_max_inflight=8, **BATCH)
+    url = doomed.url
     data, expected = batch_file(model, 40, words=4)
     await wait_serving(url, model)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:

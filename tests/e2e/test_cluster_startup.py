@@ -14,7 +14,7 @@ from typing import Any
 import openai
 
 from llmq.embedded import cluster_url, nats_cluster
-from tests.stack import InProcessApi, free_port, settings, unique, wait_for
+from tests.stack import api_on_its_own_socket, refused_port, settings, unique, wait_for
 
 ROUNDS = 10
 APIS, WORKERS = 2, 3
@@ -26,7 +26,7 @@ async def _round(base: Path, redis_url: str, model: str) -> float:
     nodes = nats_cluster(base, size=3)  # returns once each node listens: no leader yet
     started = time.monotonic()
     url = cluster_url(nodes)
-    apis = [InProcessApi(settings(url, redis_url, port=free_port(), **ENV)) for _ in range(APIS)]
+    apis = [api_on_its_own_socket(url, redis_url, **ENV) for _ in range(APIS)]
     workers: list[Any] = []
     try:
         from llmq.worker.main import Worker
@@ -74,7 +74,7 @@ async def test_api_and_worker_wait_for_llmq_provision_and_give_up_at_their_deadl
 
     model = unique("prov")
     env = {"nats_provision": False, "startup_timeout": 60.0}
-    api = InProcessApi(settings(own_nats.url, redis_server.url, port=free_port(), **env))
+    api = api_on_its_own_socket(own_nats.url, redis_server.url, **env)
     worker = Worker(settings(own_nats.url, redis_server.url, model=[model], **env))
     started = asyncio.gather(api.start(), worker.start())
     try:
@@ -93,7 +93,7 @@ async def test_api_and_worker_wait_for_llmq_provision_and_give_up_at_their_deadl
         await worker.close()
         if api.task is not None:
             await api.stop()
-    nowhere = f"nats://127.0.0.1:{free_port()}"
+    nowhere = f"nats://127.0.0.1:{refused_port()}"
     given_up = Worker(settings(nowhere, redis_server.url, model=[model], startup_timeout=1.0))
     began = time.monotonic()
     try:

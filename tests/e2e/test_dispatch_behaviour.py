@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 
-from tests.stack import unique, wait_for
+from tests.stack import refused_port, unique, wait_for
 from tests.worker.test_metrics import value
 
 
@@ -240,10 +240,9 @@ async def test_nats_server_restart_loses_memory_state_and_both_sides_put_it_back
 
 async def test_a_refused_upstream_does_not_show_its_address(stack, caplog) -> None:  # type: ignore[no-untyped-def]
     """The client hears that the backend failed, not where it lives; the log has the detail."""
-    from llmq.embedded import free_port
 
     model = unique("m")
-    port = free_port()  # nothing listens there
+    port = refused_port()  # nothing listens there
     api = await stack.api()
     await stack.worker(
         model=[model], backend="openai", backend_url=f"http://127.0.0.1:{port}/v1",

@@ -261,6 +261,11 @@ class Target:
         self.http = httpx.Client(base_url=self.url, timeout=REQUEST_BOUND)
         self.requests = 0
         self.statuses: dict[int, int] = {}
+        self.quota_keys: set[bytes] = set()
+        """Every quota key `send` compared before and after a request."""
+        self.counted_on_arrival: set[bytes] = set()
+        """Keys a refused request may move: an upload is counted against the RPM as it
+        arrives, before its streamed body is read (`api.routes.common.counted`)."""
 
     def auth(self, choice: str) -> dict[str, str]:
         if choice == "key":
@@ -269,24 +274,34 @@ class Target:
             return {"authorization": "Bearer sk-llmq-" + "0" * 40}
         return {}
 
-    def settled_quota(self) -> dict[str, Any]:
+    def settled_quota(self) -> dict[bytes, Any]:
         """The tenant's quota counters once no request of it holds a slot."""
         inflight = names.inflight_key(self.tenant)
         deadline = time.monotonic() + 15
         while self.redis.zcard(inflight) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert self.redis.zcard(inflight) == 0, "a slot was never released"
-        pattern = f"{names.REDIS_PREFIX}q:{self.tenant}:*"
+        # the same name as every quota key of the tenant: prefix, `q:`, the hash tag
+        pattern = f"{names.REDIS_PREFIX}q:{names.tenant_tag(self.tenant)}:*"
         keys = [k for k in self.redis.scan_iter(match=pattern, count=100_000) if k != inflight]
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
-            pipe.hgetall(key)
+            pipe.type(key)
+        read = {b"hash": "hgetall", b"zset": "zrange", b"string": "get"}
+        for key, kind in zip(keys, pipe.execute(), strict=True):
+            how = read.get(kind)
+            assert how is not None or kind == b"none", (key, kind)  # a kind not compared
+            if how == "zrange":
+                pipe.zrange(key, 0, -1, withscores=True)
+            else:
+                getattr(pipe, how or "get")(key)
         return dict(zip(keys, pipe.execute(), strict=True))
 
     def send(self, method: str, path: str, **kwargs: Any) -> bytes:
         """One request, read to its end within the bound; never a 5xx; a refusal in
         OpenAI's error shape that leaves the quota as it was."""
         before = self.settled_quota()
+        self.quota_keys.update(before)
         started = time.monotonic()
         chunks: list[bytes] = []
         with self.http.stream(method, path, **kwargs) as resp:
@@ -302,7 +317,11 @@ class Target:
         if resp.status_code >= 400:
             assert_valid("ErrorResponse", json.loads(content))
             after = self.settled_quota()
-            changed = {k: (before[k], v) for k, v in after.items() if before.get(k) != v}
+            changed = {
+                k: (before.get(k), after.get(k))
+                for k in before.keys() | after.keys()
+                if before.get(k) != after.get(k) and k not in self.counted_on_arrival
+            }
             assert not changed, f"a refused request ({resp.status_code}) used quota: {changed}"
         return content
 
@@ -357,6 +376,8 @@ async def test_fuzz_chat_completions(stack, redis_server) -> None:  # type: igno
     target = await _target(stack, redis_server)
     await _run(target, _openai_fuzz("/v1/chat/completions", CHAT))
     assert target.statuses.get(200, 0) >= 10, target.statuses  # many went through the worker
+    # the check that refusals used no quota compared real counters (the tenant's rate)
+    assert names.rate_key(target.tenant).encode() in target.quota_keys
 
 
 async def test_fuzz_completions(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
@@ -425,7 +446,9 @@ def _files_fuzz(target: Target) -> None:
 
 
 async def test_fuzz_file_uploads(stack, redis_server) -> None:  # type: ignore[no-untyped-def]
-    await _run(await _target(stack, redis_server), _files_fuzz)
+    target = await _target(stack, redis_server)
+    target.counted_on_arrival.add(names.rate_key(target.tenant).encode())
+    await _run(target, _files_fuzz)
 
 
 def _batches_fuzz(target: Target) -> None:

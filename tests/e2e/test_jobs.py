@@ -12,7 +12,6 @@ import httpx
 
 from llmq.api.batch.webhooks import SIGNATURE_HEADER, verify
 from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
-from llmq.embedded import free_port
 from tests.stack import unique, wait_for
 
 FINAL = ("completed", "failed", "cancelled", "expired")
@@ -147,7 +146,7 @@ class Receiver:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls: list[tuple[float, dict[str, str], bytes]] = []
-        self.port = free_port()
+        self.port = 0
         self.server: asyncio.Server | None = None
 
     @property
@@ -155,7 +154,8 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def start(self) -> Receiver:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]  # the port the kernel gave it
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

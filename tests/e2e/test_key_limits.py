@@ -18,7 +18,6 @@ import openai
 import pytest
 
 from llmq.api.tenancy import KeySettings, Quota, Tenant, TenantStore, connect
-from llmq.embedded import free_port
 from tests.stack import unique, wait_for, wait_serving
 
 ADMIN = "admin-secret"
@@ -44,13 +43,11 @@ def _llmq(redis_url: str, *args: str) -> dict:  # type: ignore[type-arg]
 
 
 async def _two_apis(stack, model: str, headers: dict[str, str]) -> list[str]:  # type: ignore[no-untyped-def]
-    ports = [free_port(), free_port()]
-    for port in ports:
-        # The default key cache (the apis keep each key's record for a while).
-        stack.process(
-            "api", "--port", str(port), auth_mode="keys", heartbeat=2.0, admin_token=ADMIN
-        )
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    # The default key cache (the apis keep each key's record for a while).
+    apis = await asyncio.gather(
+        *(stack.api_process(auth_mode="keys", heartbeat=2.0, admin_token=ADMIN) for _ in "ab")
+    )
+    urls = [api.url for api in apis]
     for url in urls:
         await wait_serving(url, model, timeout=60, headers=headers)
     return urls

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from llmq.embedded import free_port
-from tests.stack import unique, wait_for, wait_serving
+from tests.stack import refused_port, unique, wait_for, wait_serving
 
 EXIT_BOUND = 2.0
 """Seconds a process may take to exit after SIGTERM/SIGINT (issue 25)."""
@@ -45,14 +45,13 @@ async def _ready(url: str) -> tuple[int, dict[str, Any]]:
 async def test_started_with_nats_down_each_process_waits_and_exits_on_a_signal(
     stack: Any, sig: int
 ) -> None:
-    port = free_port()  # nothing listens here
+    port = refused_port()  # nothing listens here
     stack.nats_url = f"nats://127.0.0.1:{port}"
     shown = f"NATS at nats://127.0.0.1:{port}"
-    api_port = free_port()
-    api = stack.process("api", "--port", str(api_port))
+    api = await stack.api_process()  # its port opens before NATS is reached
     worker = stack.process("worker", "--model", unique("down"))
     top = stack.process("top", "--interval", "0.5")
-    url = f"http://127.0.0.1:{api_port}"
+    url = api.url
 
     async def api_waits() -> bool:
         try:
@@ -85,11 +84,10 @@ async def test_a_nats_outage_of_10_s_every_process_comes_back_within_2_s(
 ) -> None:
     stack.nats_url = own_nats.url
     model = unique("outage")
-    api_port = free_port()
-    api = stack.process("api", "--port", str(api_port))
+    api = await stack.api_process()
     stack.process("worker", "--model", model)
     top = stack.process("top", "--interval", "0.25")
-    url = f"http://127.0.0.1:{api_port}"
+    url = api.url
     await wait_serving(url, model)
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
@@ -146,10 +144,9 @@ async def test_nats_gone_a_signal_still_stops_api_and_worker_within_2_s(
     waits for a server that is not there (drain, leave the registry, disconnect)."""
     stack.nats_url = own_nats.url
     model = unique("gone")
-    api_port = free_port()
-    api = stack.process("api", "--port", str(api_port))
+    api = await stack.api_process()
     worker = stack.process("worker", "--model", model, "--drain-timeout", "30")
-    await wait_serving(f"http://127.0.0.1:{api_port}", model)
+    await wait_serving(api.url, model)
     own_nats.stop()
     await wait_for(lambda: "nats disconnected" in worker.output() + api.output(), timeout=10)
     await asyncio.sleep(1.0)  # well into the outage

@@ -12,7 +12,6 @@ from typing import Any
 import openai
 import pytest
 
-from llmq.embedded import free_port
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for, wait_serving
 
@@ -108,9 +107,8 @@ async def test_cancel_a_running_background_response(stack) -> None:  # type: ign
 async def test_background_survives_an_api_sigkill(stack) -> None:  # type: ignore[no-untyped-def]
     model = unique("bg")
     await stack.worker(model=[model], echo_delay=0.2)
-    port = free_port()
-    doomed = stack.process("api", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
+    doomed = await stack.api_process()
+    url = doomed.url
     await wait_serving(url, model)
     client = client_of(url)
     created = await client.responses.create(model=model, input=words(10), background=True)

@@ -65,7 +65,8 @@ async def test_a_rolling_worker_deploy_drops_no_request(stack: Any) -> None:
 
     async with _client(api) as client:
         lanes = [asyncio.create_task(lane(client, n)) for n in range(CLIENTS)]
-        await asyncio.sleep(2.0)
+        # traffic flows before the swap: each lane answered once (slow on a loaded machine)
+        await wait_for(lambda: len(results) + len(errors) >= CLIENTS, timeout=60)
         before = len(results)
         old.signal(signal.SIGTERM)
         await asyncio.sleep(3.0)
@@ -76,7 +77,7 @@ async def test_a_rolling_worker_deploy_drops_no_request(stack: Any) -> None:
             timeout=30,
         )
         served = len(results)
-        await asyncio.sleep(2.0)
+        await wait_for(lambda: len(results) + len(errors) >= served + CLIENTS, timeout=60)
         stop.set()
         await asyncio.gather(*lanes)
     print(f"rolling deploy, {CLIENTS} streaming clients: {len(results)} requests "

@@ -14,10 +14,10 @@ import pytest
 from llmq.api.preparation import estimate_prompt_tokens
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.cli import main
-from llmq.embedded import EmbeddedRedis, free_port
+from llmq.embedded import EmbeddedRedis
 from llmq.schemas.openai import chat_request_decoder
 from llmq.worker.backends.base import BackendConfig
-from tests.stack import unique, wait_for, wait_serving
+from tests.stack import refused_port, unique, wait_for, wait_serving
 
 ADMIN = "admin-secret"
 
@@ -130,17 +130,18 @@ async def test_rpm_exact_across_two_api_processes(stack, redis) -> None:  # type
     # Separate processes with a relaxed heartbeat: this test loads both cores on purpose.
     stack.process("worker", "--model", model, "--capacity", "16", heartbeat=5.0)
     _t, key = await _tenant(redis, rpm=50)
-    ports = [free_port(), free_port()]
-    for port in ports:
-        stack.process("api", "--port", str(port), auth_mode="keys", heartbeat=5.0)
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    apis = await asyncio.gather(*(stack.api_process(auth_mode="keys", heartbeat=5.0) for _ in "ab"))
+    urls = [api.url for api in apis]
     headers = {"authorization": f"Bearer {key}"}
     for url in urls:
         await wait_serving(url, model, headers=headers)
     # RPM is a GCRA rate (no minute boundary to straddle): exactly 50 pass at once, and one
     # more per 1.2 s of the burst (none when it is quick; the bound keeps a loaded machine
     # from failing the test, not the limit from being exact).
-    limits = httpx.Limits(max_connections=100)
+    # A new connection per request: a kept-alive one that sat idle past uvicorn's keep-alive
+    # timeout while a loaded machine stalled is closed under the next request (a ReadError
+    # that says nothing about the limit).
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
     started = time.monotonic()
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         resps = await asyncio.gather(
@@ -234,7 +235,7 @@ async def test_daily_budget_not_exceeded_under_concurrency(stack, redis) -> None
 async def test_slots_released_after_every_kind_of_failure(stack, redis) -> None:  # type: ignore[no-untyped-def]
     model, broken = unique("m"), unique("broken")
     await stack.worker(model=[model], echo_delay=0.2)
-    dead_upstream = BackendConfig(kind="openai", url=f"http://127.0.0.1:{free_port()}/v1")
+    dead_upstream = BackendConfig(kind="openai", url=f"http://127.0.0.1:{refused_port()}/v1")
     from llmq.worker.main import Worker
     from tests.stack import settings as make_settings
 

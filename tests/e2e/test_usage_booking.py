@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -14,11 +15,16 @@ import openai
 from redis.asyncio import Redis
 
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.usage_booking import FAILED_GRACE
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.usage import FinalUsage, usage_encoder
 from tests.spec import assert_valid
-from tests.stack import free_port, unique, wait_for
+from tests.stack import unique, wait_for
+
+CLOCKS = 0.1
+"""The grace is counted from the message's JetStream timestamp (nats-server's wall clock),
+this test's from `time.monotonic()` just before the publish: they may differ this much."""
 
 WORDS = 60
 """Echoed at 0.05 s a word: a stream of about 3 s."""
@@ -55,10 +61,9 @@ async def test_usage_is_booked_once_when_the_api_dies_mid_stream(stack, redis_se
     redis = connect(redis_server.url)
     tenant, key = await _tenant(redis)
     survivor = await stack.api(auth_mode="keys", key_cache_ttl=0)
-    port = free_port()
-    doomed = stack.process("api", "--port", str(port), auth_mode="keys", key_cache_ttl=0)
+    doomed = await stack.api_process(auth_mode="keys", key_cache_ttl=0)
     await stack.worker(model=[model], capacity=2, echo_delay=0.05)
-    base = f"http://127.0.0.1:{port}"
+    base = doomed.url
     await _serving(base, key, model)
     sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=20)
     messages: Any = [{"role": "user", "content": _text(WORDS)}]
@@ -126,10 +131,13 @@ async def test_a_failed_report_waits_for_the_relaying_api_and_a_garbled_one_is_d
     subject = names.usage_subject(tenant, "m")
     await api.runtime.nc.publish(subject, b"\xff not json")
     report = FinalUsage(tenant, "m", "failing-job", 4, 2, failed=True)
+    published = time.monotonic()
     await api.runtime.js.publish(subject, usage_encoder.encode(report))
-    await asyncio.sleep(1.0)
-    assert await Quota(redis).inflight(tenant) == 1  # still in its grace period
+    assert await Quota(redis).inflight(tenant) == 1
     await wait_for(lambda: api.app.state.usage_booker.booked >= 1, timeout=15)
+    # not before its grace period: measured from the publish, so a slow machine (which only
+    # makes the booking later) cannot fail it, and a booking that came early always does
+    assert time.monotonic() - published >= FAILED_GRACE - CLOCKS, time.monotonic() - published
     (entry,) = await UsageReader(redis).ledger(tenant)
     assert (entry.job_id, entry.status, entry.completion_tokens) == ("failing-job", "failed", 2)
     assert await Quota(redis).inflight(tenant) == 0

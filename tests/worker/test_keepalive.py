@@ -69,15 +69,19 @@ async def test_only_silent_jobs_are_pinged_and_chunks_count_as_life() -> None:
 async def test_one_task_for_many_jobs_and_none_when_idle() -> None:
     nc = FakeNats()
     keepalive = KeepAlive(ping_interval=0.1)
-    before = len(asyncio.all_tasks())
+    # The tasks `add` starts, told apart from the session loop's others (a previous test's
+    # connections may still be closing): nothing else can start between the two reads.
+    before = set(asyncio.all_tasks())
     senders = [FrameSender(nc, f"job{i}", "w1") for i in range(200)]  # type: ignore[arg-type]
     for sender in senders:
         keepalive.add(sender, Ack(done=True))
-    assert len(asyncio.all_tasks()) == before + 1
+    started = set(asyncio.all_tasks()) - before
+    assert len(started) == 1  # one loop for 200 jobs
+    (loop,) = started
     await _until(lambda: all(nc.pings(f"job{i}") >= 1 for i in range(200)))
     for sender in senders:
         keepalive.remove(sender)
-    await _until(lambda: len(asyncio.all_tasks()) == before)  # the loop ends with the jobs
+    await _until(loop.done)  # the loop ends with the jobs
     pinged = len(nc.sent)
     await asyncio.sleep(0.3)
     assert len(nc.sent) == pinged  # nothing runs, nothing is sent

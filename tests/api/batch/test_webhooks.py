@@ -13,7 +13,6 @@ from llmq.api.batch import stores
 from llmq.api.batch.egress import EgressPolicy
 from llmq.api.batch.webhooks import Webhooks, sign, verify
 from llmq.dispatcher.connection import connect
-from llmq.embedded import free_port
 from llmq.schemas import names
 from tests.stack import wait_for
 
@@ -22,12 +21,13 @@ class Receiver:
     """An HTTP endpoint that answers 200 (or `status`) and keeps what it got."""
 
     def __init__(self, host: str = "127.0.0.1", status: int = 200) -> None:
-        self.host, self.port, self.status = host, free_port(), status
+        self.host, self.port, self.status = host, 0, status
         self.calls: list[tuple[float, dict[str, str], bytes]] = []
         self.server: asyncio.Server | None = None
 
     async def start(self) -> Receiver:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]  # the port the kernel gave it
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

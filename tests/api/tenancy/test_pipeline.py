@@ -17,8 +17,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llmq.api.tenancy import Quota, QuotaBackendDown, Tenant, TenantStore, connect
 from llmq.api.tenancy.pipeline import ScriptPipe
 from llmq.api.tenancy.quota import Ending
-from llmq.embedded import EmbeddedRedis, free_port
-from tests.stack import unique
+from llmq.embedded import EmbeddedRedis
+from tests.stack import refused_port, unique
 
 pytestmark = pytest.mark.usefixtures("fast_paths_on")  # tests of the shortcuts themselves
 
@@ -260,7 +260,7 @@ async def test_a_first_caller_cancelled_mid_read_hands_the_read_over(
 
 
 async def test_redis_down_fails_every_waiter_quickly() -> None:
-    down = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    down = connect(f"redis://127.0.0.1:{refused_port()}/0", timeout=0.5)
     try:
         quota = Quota(down)
         calls = [quota.reserve("t", "m", 1, 1, f"j-{i}") for i in range(20)]

@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 
 from llmq.api.tenancy import Price, Quota, QuotaBackendDown, Tenant, TenantStore
 from llmq.api.tenancy.periods import periods
-from llmq.embedded import EmbeddedRedis, free_port
+from llmq.embedded import EmbeddedRedis
 from llmq.schemas import names
+from tests.stack import refused_port
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = (int(time.time()) // 60) * 60 + 3600 + 30.0
@@ -307,7 +308,7 @@ async def test_unlimited_and_headers(store: TenantStore, quota: Quota, tenant_na
 
 
 async def test_redis_down_fails_closed() -> None:
-    down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    down = Redis.from_url(f"redis://127.0.0.1:{refused_port()}/0", socket_connect_timeout=0.5)
     quota = Quota(down)
     with pytest.raises(QuotaBackendDown):
         await quota.reserve("t", "m", 1, 1, "j")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -540,14 +539,6 @@ def anthropic_error(
     status: int, type: str, message: str, headers: dict[str, str] | None = None
 ) -> Reply:
     return json_reply(status, anthropic_error_body(type, message), headers)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released), for connection-refused tests."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- consuming a backend stream --------------------------------------------------------------

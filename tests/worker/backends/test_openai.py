@@ -32,6 +32,7 @@ from llmq.worker.backends.base import (
     Timeouts,
 )
 from llmq.worker.backends.openai import OpenAIBackend
+from tests.stack import refused_port
 from tests.worker.backends.fake_upstreams import (
     FAST,
     FakeUpstream,
@@ -42,7 +43,6 @@ from tests.worker.backends.fake_upstreams import (
     collect,
     collect_outs,
     collect_until_error,
-    free_port,
     json_reply,
     openai_chat,
     openai_chunk,
@@ -451,7 +451,7 @@ async def test_embedding_errors_use_the_same_mapping(
 
 
 async def test_connection_refused_is_a_retryable_502(make: Make) -> None:
-    backend = make(url=f"http://127.0.0.1:{free_port()}/v1")
+    backend = make(url=f"http://127.0.0.1:{refused_port()}/v1")
     _, error = await collect_until_error(backend.chat(Call.of(chat_request(), "m")))
     assert (error.status, error.code, error.retryable) == (502, "upstream_unavailable", True)
     assert await backend.probe() is False

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from llmq.embedded import (
+    PORT_ATTEMPTS,
     EmbeddedRedis,
     ManagedProcess,
+    PortInUse,
     free_port,
+    listen_on,
     redis_server_binary,
     write_private,
 )
@@ -48,6 +51,9 @@ class EmbeddedSentinel(ManagedProcess):
     `password` is the data nodes' (`sentinel auth-pass`); `sentinel_password` the sentinel's
     own `requirepass`, which it also presents to the other sentinels (so all share it)."""
 
+    ready_line = b"Sentinel ID is"
+    """Logged once it listens (sentinel logs no "Ready to accept connections")."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -59,26 +65,30 @@ class EmbeddedSentinel(ManagedProcess):
         password: str = "",
         sentinel_password: str = "",
     ) -> None:
-        port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         # Sentinel rewrites its config (passwords included) as a new file with the default
         # umask, so only a private directory keeps it private.
         data_dir.chmod(0o700)
-        conf = write_private(
-            data_dir / "sentinel.conf",
-            f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {data_dir}\n"
-            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
-            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
-            f"sentinel failover-timeout {master_name} {down_after_ms * 4}\n"
-            f"sentinel parallel-syncs {master_name} 1\n"
-            + (f'sentinel auth-pass {master_name} "{password}"\n' if password else "")
-            + (f'requirepass "{sentinel_password}"\n' if sentinel_password else ""),
-        )
-        argv = [redis_server_binary(), str(conf), "--sentinel"]
-        super().__init__("valkey-sentinel", argv, port, data_dir / "sentinel.log")
         self.master_name = master_name
         self.sentinel_password = sentinel_password
-        self.wait_listening()
+
+        def start(port: int) -> None:
+            conf = write_private(
+                data_dir / "sentinel.conf",
+                f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {data_dir}\n"
+                f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+                f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+                f"sentinel failover-timeout {master_name} {down_after_ms * 4}\n"
+                f"sentinel parallel-syncs {master_name} 1\n"
+                + (f'sentinel auth-pass {master_name} "{password}"\n' if password else "")
+                + (f'requirepass "{sentinel_password}"\n' if sentinel_password else ""),
+            )
+            argv = [redis_server_binary(), str(conf), "--sentinel"]
+            log = data_dir / "sentinel.log"
+            super(EmbeddedSentinel, self).__init__("valkey-sentinel", argv, port, log)
+            self.wait_listening()
+
+        listen_on(port, start)
 
     @property
     def address(self) -> str:
@@ -192,12 +202,14 @@ def start_redis_cluster(
     `requirepass` and `masterauth`."""
 
     total = masters * (1 + replicas)
-    bus_ports = [free_port() for _ in range(total)]
+    bus_ports = [0] * total
 
-    def cluster_node(i: int) -> EmbeddedRedis:
+    def cluster_node_once(i: int) -> EmbeddedRedis:
+        bus_ports[i] = free_port()
         conf = root / f"node-{i}" / "nodes.conf"
         return EmbeddedRedis(
             root / f"node-{i}",
+            port=free_port(),
             password=password,
             # An own bus port: the default (port + 10000) fails for a free port above 55535.
             extra=["--cluster-enabled", "yes", "--cluster-config-file", str(conf),
@@ -211,6 +223,16 @@ def start_redis_cluster(
                    # A replica syncs at once, not after the default 5 s of waiting for others.
                    "--repl-diskless-sync-delay", "0"],
         )  # fmt: skip
+
+    def cluster_node(i: int) -> EmbeddedRedis:
+        """On other ports while one of its two (client, bus) was taken before it bound it."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return cluster_node_once(i)
+            except PortInUse:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     nodes: list[EmbeddedRedis] = []
     try:
