@@ -1,5 +1,5 @@
 """The api keeps no memory per request once the request is over (issue 28 point 3): after a
-warm-up, a second round of requests grows what llmq's own code holds (tracemalloc, the
+warm-up, later rounds of requests grow what llmq's own code holds (tracemalloc, the
 allocating line in llmq) by far less than the first round's per-request cost would. An
 in-process api with tenants (the quota path) and a real echo worker, whole and streamed
 requests; time-bounded memories (released jobs, the console's live window) are shortened
@@ -62,18 +62,18 @@ async def test_requests_leave_no_memory_behind(
         await _round(client, model, 300)  # warm-up: caches, pools, interned strings
         tracemalloc.start()
         try:
-            await _round(client, model, ROUND)
-            await asyncio.sleep(1.0)  # the time-bounded memories forget the first round
-            gc.collect()
-            first = _held(tracemalloc.take_snapshot())
-            await _round(client, model, ROUND)
-            await asyncio.sleep(1.0)
-            gc.collect()
-            second = _held(tracemalloc.take_snapshot())
+            held = []
+            for _ in range(3):
+                await _round(client, model, ROUND)
+                await asyncio.sleep(1.0)  # the time-bounded memories forget the round before
+                gc.collect()
+                held.append(_held(tracemalloc.take_snapshot()))
         finally:
             tracemalloc.stop()
     await redis.aclose()
-    growth = second - first
+    # A leak grows both rounds alike; the requests of other tests' servers in this process
+    # land in one of them at most, so the smaller growth is the api's own.
+    growth = min(held[1] - held[0], held[2] - held[1])
     # before the fix a round grew it by 221 B a request (133 KB); after it, 2 to 40 B a
-    # request, the most on a loaded machine (requests of other tests' servers in flight)
+    # request, the most on a loaded machine
     assert growth < 80 * ROUND, f"llmq's memory grew {growth} B over {ROUND} requests"
