@@ -204,7 +204,7 @@ async def _connect_once(
     # 0): one retry per server here, bounded; the caller retries with backoff.
     options.update(max_reconnect_attempts=1, reconnect_time_wait=0.1)
     if reconnect:
-        options.update(_reconnect_callbacks(shown, errors_told, on_reconnect))
+        options.update(_reconnect_callbacks(nc, shown, errors_told, on_reconnect))
     else:
         options.update(allow_reconnect=False)
     try:
@@ -223,13 +223,15 @@ async def _connect_once(
 
 
 def _reconnect_callbacks(
-    shown: str, errors_told: list[int], on_reconnect: Callable[[], None] | None
+    nc: Client, shown: str, errors_told: list[int], on_reconnect: Callable[[], None] | None
 ) -> dict[str, Any]:
     """Reconnects allowed, each disconnect and reconnect logged (the URL without its
-    credentials); a reconnect clears the errors told and calls `on_reconnect`."""
+    credentials); a reconnect clears the errors told and calls `on_reconnect`. Our own
+    close also calls the disconnect callback: that one is no outage and is not logged."""
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected from %s; reconnecting", shown)
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats disconnected from %s; reconnecting", shown)
 
     async def on_reconnected() -> None:
         errors_told.clear()

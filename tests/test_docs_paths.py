@@ -36,6 +36,7 @@ def _texts() -> list[Path]:
 
 MADE_BY_BUILD = {
     "tests/js/node_modules/.package-lock.json": "the Makefile's stamp: `npm ci` writes it",
+    "tests/js_openai/node_modules/.package-lock.json": "the Makefile's stamp, likewise",
 }
 """Paths that are named on purpose though not in the tree, and why."""
 

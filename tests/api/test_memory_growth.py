@@ -18,6 +18,8 @@ from llmq.api import reservations
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from tests.stack import unique, wait_serving
 
+pytestmark = pytest.mark.isolated  # other tests' servers in the process would count too
+
 ROUND = 600
 """Requests per measured round."""
 LLMQ_ONLY = [tracemalloc.Filter(True, "*/llmq/*"), tracemalloc.Filter(False, "*/tests/*")]
