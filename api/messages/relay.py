@@ -21,6 +21,7 @@ from llmq.schemas.frames import Done, Failed, split_chunks
 
 Event = bytes | Done | Failed
 _HEAD = b'{"type":"'
+_START = len(_HEAD)
 
 
 class _Typed(msgspec.Struct):
@@ -34,9 +35,9 @@ def event_type(data: bytes) -> bytes:
     """The `type` of an event's JSON: read from its head when it comes first (every event
     llmq encodes, and Anthropic's), else decoded."""
     if data.startswith(_HEAD):
-        end = data.find(b'"', len(_HEAD))
+        end = data.find(b'"', _START)
         if end > 0:
-            return data[len(_HEAD) : end]
+            return data[_START:end]
     try:
         return _typed.decode(data).type.encode()
     except msgspec.DecodeError:
@@ -44,9 +45,15 @@ def event_type(data: bytes) -> bytes:
 
 
 def sse_events(body: bytes) -> tuple[bytes, int]:
-    """A chunk frame's body (one or several events) as named SSE events, and their count."""
+    """A chunk frame's body (one or several events) as named SSE events (`named_event`'s
+    bytes, made in one join), and their count."""
     events = split_chunks(body)
-    return b"".join(named_event(event_type(e), e) for e in events), len(events)
+    parts: list[bytes] = []
+    for data in events:
+        end = data.find(b'"', _START) if data.startswith(_HEAD) else -1
+        name = data[_START:end] if end > 0 else event_type(data)
+        parts += (b"event: ", name, b"\ndata: ", data, b"\n\n")
+    return b"".join(parts), len(events)
 
 
 class MessageRun(QueuedJob):

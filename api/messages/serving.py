@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FORWARDED = ("anthropic-version", "anthropic-beta")
 """The client's headers an Anthropic upstream gets (no other header of the client's)."""
+_FORWARDED = frozenset(name.encode() for name in FORWARDED)
 
 
 @dataclass(slots=True)
@@ -122,7 +123,7 @@ class MessagesServing:
         models = serving.preparer.models
         record.model = model = models.resolve(req.model)
         limit = check_max_tokens(req.max_tokens, models.token_limit_for(model) or _ceiling(serving))
-        forwarded = {name: request.headers[name] for name in FORWARDED if name in request.headers}
+        forwarded = _forwarded(request)
         ask = _Ask(req, body, estimate_tokens(req), time.time(), wait, forwarded, limit)
         record.stream = req.stream
         ask.rank = await serving.auth.rank(request)
@@ -224,6 +225,15 @@ class MessagesServing:
                 headers=headers,
             ),
         )
+
+
+def _forwarded(request: Request) -> dict[str, str]:
+    """The client's `FORWARDED` headers (the first of each), in one pass over its headers."""
+    found: dict[str, str] = {}
+    for name, value in request.headers.raw:
+        if name in _FORWARDED:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
 
 
 def _ceiling(serving: Serving) -> int:
