@@ -9,17 +9,14 @@ shape; there is no `[DONE]` line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-
 import msgspec
 
 from llmq.api.engine.job import QueuedJob
 from llmq.api.errors import public_failure
 from llmq.api.messages.protocol import STATUSES, error_body
 from llmq.api.sse import named_event
-from llmq.schemas.frames import Done, Failed, split_chunks
+from llmq.schemas.frames import Failed, split_chunks
 
-Event = bytes | Done | Failed
 _HEAD = b'{"type":"'
 _START = len(_HEAD)
 
@@ -57,34 +54,19 @@ def sse_events(body: bytes) -> tuple[bytes, int]:
 
 
 class MessageRun(QueuedJob):
-    async def _relay(
-        self, first: Event, events: AsyncGenerator[Event, None]
-    ) -> AsyncIterator[bytes]:
-        rt = self.serving.rt
-        rt.open_streams += 1
-        try:
-            ev: Event = first
-            while True:
-                if isinstance(ev, bytes):
-                    data, count = sse_events(ev)
-                    self.relayed += count
-                    yield data
-                elif isinstance(ev, Failed):
-                    self.settle(ev.status, code=ev.error.code)
-                    yield named_event(b"error", self._error(ev))
-                    break
-                else:
-                    self.settle(200, ev)
-                    break
-                try:
-                    ev = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-        finally:
-            rt.open_streams -= 1
-            self.stream_ended()
-            self.settle(499, code="client_closed")
-            await events.aclose()
+    """A `message` job's stream: named events, an `error` event when it fails after its
+    start, and no `[DONE]` line."""
+
+    def _chunk(self, data: bytes) -> bytes:
+        named, count = sse_events(data)
+        self.relayed += count
+        return named
+
+    async def _failed_event(self, frame: Failed) -> bytes:
+        return named_event(b"error", self._error(frame))
+
+    def _tail(self) -> bytes:
+        return b""
 
     def _error(self, frame: Failed) -> bytes:
         public = public_failure(frame, self.record.job_id)

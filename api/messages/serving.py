@@ -1,7 +1,7 @@
 """Serving `POST /v1/messages` and `POST /v1/messages/count_tokens` (Anthropic's Messages
 API) through the same path as chat: authenticate, resolve the model (aliases, defaults),
-check the request before any quota, then for each model of the fallback chain the
-queue-aware admission, the fair-share place and the reservation (`Serving.hold`), a
+check the request before any quota, then for each model of the fallback chain the response
+cache, the queue-aware admission, the fair-share place and the reservation (`Serving.place`), a
 `message` job, and the relay (`relay.MessageRun`). Errors leave in Anthropic's shape
 (`protocol`).
 
@@ -23,8 +23,8 @@ from starlette.responses import Response
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER
-from llmq.api.engine.reuse import Ask, Plan
-from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.engine.reuse import Ask
+from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError
 from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
@@ -145,28 +145,11 @@ class MessagesServing:
         except Refusal as refusal:
             return serving.refused(model, more, fallback, refusal)
         body = ask.body_for(model, serving.preparer.models.defaults_for(model))
-        plan = self._plan(request, record, ask, model, body, more=more)
-        served = await plan.served()  # the response cache: a stored answer, a joined job
-        if served is not None:
-            return served
-        moved = serving.admitted(model, more, ask.time_left())
-        if moved is not None:
-            return moved
-        held = await serving.hold(
-            model,
-            record,
-            ask.time_left(),
-            ask.rank,
-            quota_model=model,
-            estimate=ask.estimate,
-            max_tokens=ask.max_tokens,
-            key_id=serving.auth.key_id(request),
-            user=ask.req.user,
-            fallback=fallback,
-        )
-        if held is None:
-            return None, None
-        ticket, reservation = held
+        job_ask = self._job_ask(request, record, ask, model, body, more=more)
+        placed = await serving.place(job_ask, ask.rank, ask.time_left)
+        if not isinstance(placed, Held):
+            return placed
+        ticket, reservation, plan = placed
         spec = JobSpec(
             job_id=record.job_id,
             model=model,
@@ -191,7 +174,7 @@ class MessagesServing:
         }
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
 
-    def _plan(
+    def _job_ask(
         self,
         request: Request,
         record: RequestRecord,
@@ -200,30 +183,27 @@ class MessagesServing:
         body: bytes,
         *,
         more: bool,
-    ) -> Plan:
-        """The attempt as the response cache (`Serving.reuse`) sees it."""
+    ) -> Ask:
+        """The attempt as the response cache and the quota (`Serving.place`) see it."""
         serving = self.serving
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> MessageRun:
             return MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
 
         headers = {"x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model}
-        return serving.reuse.plan(
-            serving,
-            Ask(
-                request=request,
-                record=record,
-                kind="message",
-                model=model,
-                body=body,
-                stream=ask.req.stream,
-                estimate=ask.estimate,
-                max_tokens=ask.max_tokens,
-                user=ask.req.user,
-                make_job=make_job,
-                more=more,
-                headers=headers,
-            ),
+        return Ask(
+            request=request,
+            record=record,
+            kind="message",
+            model=model,
+            body=body,
+            stream=ask.req.stream,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            user=ask.req.user,
+            make_job=make_job,
+            more=more,
+            headers=headers,
         )
 
 

@@ -176,9 +176,7 @@ class MessageEvents:
         for index, parts in self._texts.items():
             content[index][content[index]["type"]] = "".join(parts)
         delta = {"stop_reason": stop, "stop_sequence": None}
-        events.append(
-            _encoder.encode({"type": "message_delta", "delta": delta, "usage": counts})
-        )
+        events.append(_encoder.encode({"type": "message_delta", "delta": delta, "usage": counts}))
         events.append(_STOP)
         return events
 
