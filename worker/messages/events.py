@@ -36,6 +36,11 @@ Event = bytes
 """One event's JSON, as the client gets it after `data: `."""
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
+_START: Final = (
+    b'{"type":"message_start","message":{"id":%b,"type":"message","role":"assistant",'
+    b'"model":%b,"content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":0,"output_tokens":0}}}'
+)
 _PING: Final = b'{"type":"ping"}'
 _STOP: Final = b'{"type":"message_stop"}'
 _BLOCK_STOP: Final = b'{"type":"content_block_stop","index":'
@@ -105,12 +110,14 @@ class MessageEvents:
         """Content block index → the text (or thinking) so far, joined once at the end."""
         self._delta = b""
         """The head of the open text or thinking block's deltas, up to the text."""
+        self._parts: list[str] = []
+        """The open text or thinking block's parts (its list in `_texts`)."""
         self.finish_reason: str | None = None
 
     def start(self) -> list[Event]:
-        head = {k: v for k, v in self.message.items()}
-        head["content"] = []
-        return [_encoder.encode({"type": "message_start", "message": head}), _PING]
+        message = self.message
+        head = _START % (_encoder.encode(message["id"]), _encoder.encode(message["model"]))
+        return [head, _PING]
 
     def feed(self, chunk: bytes) -> list[Event]:
         """The events of one chat chunk (its JSON, as the backend gave it)."""
@@ -186,10 +193,9 @@ class MessageEvents:
         if self._kind != kind:
             events += self._begin(kind, _empty(kind))
             assert self._open is not None
-            self._texts[self._open] = []
+            self._parts = self._texts[self._open] = []
             self._delta = _BLOCK_DELTA + str(self._open).encode() + _DELTA[kind]
-        assert self._open is not None
-        self._texts[self._open].append(text)
+        self._parts.append(text)
         events.append(self._delta + _encoder.encode(text) + b"}}")
 
     def _tool(self, call: dict[str, Any]) -> list[Event]:
