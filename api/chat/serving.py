@@ -29,7 +29,7 @@ from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
 from llmq.dispatcher.dispatch import JobRun
-from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.dispatcher.jobs import new_job_id
 from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 
@@ -90,12 +90,16 @@ class ChatServing(Serving):
         record.stream = prepared.stream
         mark(record.trace, "prepared")
         rank = await self.auth.rank(request)
-        placed = await self.place(self._job_ask(ask, prepared, model, more), rank, ask.time_left)
+        job_ask = self._job_ask(ask, prepared, model, more)
+        placed = await self.place(job_ask, rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
         ticket, reservation, plan = placed
         mark(record.trace, "quota")
-        run = plan.lead(await self._submit(ask, prepared, ticket, reservation))
+        incoming = traceparent(record.trace, request.headers.get("traceparent"))
+        spec = self.job_spec(job_ask, ask.submitted, ask.wait, incoming)
+        mark(record.trace, "submitted")
+        run = plan.lead(await self.submit(spec, ticket, reservation))
         mark(record.trace, "published", run)
         job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
         headers = {
@@ -120,25 +124,6 @@ class ChatServing(Serving):
         except Refusal as refusal:
             return self.refused(model, more, fallback, refusal)
         return prepared
-
-    async def _submit(
-        self, ask: _Ask, prepared: PreparedRequest, ticket: Ticket, reservation: Reservation
-    ) -> JobRun:
-        """Queue the job; if that fails, its place and its quota are given back at once."""
-        record = ask.record
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=prepared.model,
-            body=prepared.body,
-            tenant=record.tenant,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind=ask.kind,
-            traceparent=traceparent(record.trace, ask.request.headers.get("traceparent")),
-            end_ms=int((ask.submitted + self.rt.settings.api.max_deadline) * 1000),
-            stream=prepared.stream,
-        )
-        mark(record.trace, "submitted")
-        return await self.submit(spec, ticket, reservation)
 
     def _job_ask(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Ask:
         """The attempt as the response cache and the quota (`Serving.place`) see it."""

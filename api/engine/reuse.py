@@ -22,6 +22,7 @@ from starlette.responses import Response
 from llmq.api.request_record import RequestRecord
 from llmq.dispatcher.dispatch import JobRun
 from llmq.schemas.admission import Reservation
+from llmq.schemas.envelope import JobKind
 
 MakeJob = Callable[[Any, Reservation, Any], Any]
 """Builds the feature's `QueuedJob` (its own relay) over a run, a reservation and a
@@ -34,7 +35,7 @@ class Ask:
 
     request: Request
     record: RequestRecord
-    kind: str
+    kind: JobKind
     """The job kind: chat, completion, embedding, response, message, …"""
     model: str
     """The model this attempt runs on."""

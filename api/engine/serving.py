@@ -158,6 +158,22 @@ class Serving:
         )
         return (None, None) if held is None else Held(*held, plan)
 
+    def job_spec(self, ask: Ask, submitted: float, wait: float, traceparent: str | None) -> JobSpec:
+        """The job of an attempt (`ask`): under way within `wait` seconds of `submitted`
+        (the first-token deadline), cut `max_deadline` seconds after it."""
+        record = ask.record
+        return JobSpec(
+            job_id=record.job_id,
+            model=ask.model,
+            body=ask.body,
+            tenant=record.tenant,
+            deadline_ms=int((submitted + wait) * 1000),
+            kind=ask.kind,
+            traceparent=traceparent,
+            end_ms=int((submitted + self.rt.settings.api.max_deadline) * 1000),
+            stream=ask.stream,
+        )
+
     async def submit(self, spec: JobSpec, ticket: Ticket, reservation: Reservation) -> JobRun:
         """Queue the attempt's job; if that fails (or is cancelled), its fair-share place and
         its quota are given back at once; a queue that refused it is the client's error."""

@@ -43,7 +43,7 @@ from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.dispatcher.dispatch import JobRun
-from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.dispatcher.jobs import new_job_id
 from llmq.dispatcher.publish import transient
 from llmq.schemas.admission import Refusal, Reservation
 from llmq.schemas.messages import (
@@ -150,19 +150,11 @@ class MessagesServing:
         if not isinstance(placed, Held):
             return placed
         ticket, reservation, plan = placed
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=model,
-            tenant=record.tenant,
-            body=body,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind="message",
-            traceparent=request.headers.get("traceparent"),
-            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
-            stream=ask.req.stream,
-            anthropic_version=ask.headers.get("anthropic-version", ""),
-            anthropic_beta=ask.headers.get("anthropic-beta", ""),
+        spec = serving.job_spec(
+            job_ask, ask.submitted, ask.wait, request.headers.get("traceparent")
         )
+        spec.anthropic_version = ask.headers.get("anthropic-version", "")
+        spec.anthropic_beta = ask.headers.get("anthropic-beta", "")
         run = plan.lead(await serving.submit(spec, ticket, reservation))
         job = MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
         headers = {

@@ -51,7 +51,6 @@ from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.dispatch import DispatchError, JobRun
-from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.responses import (
@@ -253,7 +252,9 @@ class ResponsesServing:
         if not isinstance(placed, Held):
             return placed
         ticket, reservation, plan = placed
-        run = plan.lead(await self._submit(request, record, ask, ticket, reservation, body=body))
+        incoming = request.headers.get("traceparent")
+        spec = serving.job_spec(job_ask, ask.submitted, ask.wait, incoming)
+        run = plan.lead(await serving.submit(spec, ticket, reservation))
         job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
         job.keeper = Keeper(self.records, self._stored(record.job_id, ask), ask.req.stores)
         headers = {
@@ -264,32 +265,6 @@ class ResponsesServing:
             **ask.headers,
         }
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
-
-    async def _submit(
-        self,
-        request: Request,
-        record: RequestRecord,
-        ask: _Ask,
-        ticket: Ticket,
-        reservation: Reservation,
-        *,
-        body: bytes,
-    ) -> JobRun:
-        """Queue the attempt's job (`body`: its encoded fields); if that fails, its place and
-        its quota are given back."""
-        serving = self.serving
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=ask.fields["model"],
-            body=body,
-            tenant=record.tenant,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind="response",
-            traceparent=request.headers.get("traceparent"),
-            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
-            stream=ask.req.stream,
-        )
-        return await serving.submit(spec, ticket, reservation)
 
     def _job_ask(
         self,
