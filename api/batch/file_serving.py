@@ -172,11 +172,13 @@ async def limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
 
 
 class FileServing:
-    def __init__(self, runtime: Runtime, files: FileStore, scopes: TenantScopes) -> None:
+    def __init__(
+        self, runtime: Runtime, files: FileStore, scopes: TenantScopes, *, room: StoreRoom
+    ) -> None:
         self.rt = runtime
         self.files = files
         self.scopes = scopes
-        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
+        self.room = room
         self.stored: StoredBytes | None = None
         """Stored responses and conversations, which share the storage quota (set by the
         Responses API when it opens)."""

@@ -1,7 +1,8 @@
 """The batch wing of one api replica: async jobs, files and batches (docs/batch.md).
 
 `BatchWing` opens the streams and buckets, runs this replica's share of the shared work
-(results collector, batch runner, webhook sender, async-job sweeper) and builds the three
+(results collector, batch runner, webhook sender, async-job sweeper, the evictor of
+finished records) and builds the three
 serving modules the routes of `api.routes.{jobs,files,batches}` call. It plugs the api's
 own request preparer and quota reservations into the batch machinery, so async jobs and
 batch lines are prepared and reserved exactly as interactive requests are.
@@ -22,9 +23,11 @@ from nats.js.object_store import ObjectStore
 from llmq.api.batch import stores
 from llmq.api.batch.batch_serving import BatchServing
 from llmq.api.batch.egress import EgressPolicy
+from llmq.api.batch.eviction import Evictor
 from llmq.api.batch.file_serving import FileServing
 from llmq.api.batch.job_serving import JobServing
 from llmq.api.batch.purge import purge_scope
+from llmq.api.batch.store_room import StoreRoom
 from llmq.api.batch.webhooks import Webhooks
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
@@ -56,6 +59,7 @@ class BatchWing:
         self.runner: BatchRunner
         self.collector: ResultCollector
         self.webhooks: Webhooks
+        self.evictor: Evictor
         self.job_serving: JobServing
         self.file_serving: FileServing
         self.batch_serving: BatchServing
@@ -111,18 +115,24 @@ class BatchWing:
             max_inflight=s.batch.batch_max_inflight,
             max_lines=s.batch.batch_max_lines,
         )
-        self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations, scopes)
-        self.file_serving = FileServing(self.rt, self.files, scopes)
+        self.evictor = Evictor(js, s.storage.store_evict_water)
+        room = StoreRoom(js, s.storage.store_high_water, self.evictor.make_room)
+        self.job_serving = JobServing(
+            self.rt, self.jobs, self.preparer, self.reservations, scopes, room=room
+        )
+        self.file_serving = FileServing(self.rt, self.files, scopes, room=room)
         self.batch_serving = BatchServing(
             self.rt,
             self.store,
             self.file_serving,
             self.runner.kick,
             scopes,
+            room=room,
             resolve=self.preparer.models.resolve,
         )
         self.collector.start()
         self.webhooks.start()
+        self.evictor.start()
         self._starter = asyncio.create_task(self._start_when_synced())
         self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
 
@@ -199,7 +209,7 @@ class BatchWing:
         for task in (self._starter, self._sweeper):
             if task is not None:
                 await stop_task(task)
-        for part in (self.runner, self.jobs, self.webhooks, self.collector):
+        for part in (self.runner, self.jobs, self.webhooks, self.collector, self.evictor):
             with contextlib.suppress(Exception):
                 await part.stop()
 
