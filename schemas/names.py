@@ -211,6 +211,11 @@ def line_results_pattern(batch_hex: str) -> str:
     return f"line.{batch_hex}.*"
 
 
+def kv_subject(bucket: str, key: str) -> str:
+    """The stream subject a KV bucket keeps `key` (or a key pattern) under."""
+    return f"$KV.{bucket}.{key}"
+
+
 def tenant_keys_pattern(scope: str) -> str:
     """Every record of one tenant scope in a `<tenant token>.<id>` bucket."""
     return f"{tenant_token(scope)}.*"

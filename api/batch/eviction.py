@@ -117,9 +117,12 @@ class Evictor:
     def _job(self, record: JobRecord) -> Callable[[], Awaitable[bool]]:
         async def evict() -> bool:
             key = f"{names.tenant_token(record.tenant)}.{record.id}"
-            if not await self._purge(JOBS, f"$KV.{names.ASYNC_JOBS_BUCKET}.{key}", one=True):
+            if not await self._purge(
+                JOBS, names.kv_subject(names.ASYNC_JOBS_BUCKET, key), one=True
+            ):
                 return False  # another replica evicted it
-            await self._purge(RESULTS, f"$KV.{names.RESULTS_BUCKET}.job.{record.id}")
+            result = names.job_results_key(record.id)
+            await self._purge(RESULTS, names.kv_subject(names.RESULTS_BUCKET, result))
             self.evicted["jobs"] += 1
             return True
 
@@ -129,9 +132,11 @@ class Evictor:
         async def evict() -> bool:
             # The lines first: a batch interrupted here is found again by the next walk.
             lines = names.line_results_pattern(record.id)
-            await self._purge(RESULTS, f"$KV.{names.RESULTS_BUCKET}.{lines}")
+            await self._purge(RESULTS, names.kv_subject(names.RESULTS_BUCKET, lines))
             key = f"{names.tenant_token(record.tenant)}.{record.id}"
-            if not await self._purge(BATCHES, f"$KV.{names.BATCHES_BUCKET}.{key}", one=True):
+            if not await self._purge(
+                BATCHES, names.kv_subject(names.BATCHES_BUCKET, key), one=True
+            ):
                 return False
             self.evicted["batches"] += 1
             return True
@@ -142,11 +147,11 @@ class Evictor:
 
     async def _walk(self, bucket: str, decoder: msgspec.json.Decoder[T]) -> AsyncIterator[T]:
         """The bucket's live records, oldest write first."""
-        stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+        stream, every = f"KV_{bucket}", names.kv_subject(bucket, ">")
         seq = 1
         for _ in range(WALK):
             try:
-                msg = await self.js.get_msg(stream, seq=seq, subject=f"{prefix}>", next=True)
+                msg = await self.js.get_msg(stream, seq=seq, subject=every, next=True)
             except NotFoundError:
                 return
             seq = int(msg.seq or seq) + 1
