@@ -3,10 +3,11 @@
 Finished records would otherwise stay until their age (`LLMQ_JOB_RETENTION`) while new work
 gets a 507. Past `LLMQ_STORE_EVICT_WATER` of a bucket's byte bound, an api deletes finished
 records, oldest first, until the bucket is below that share again: an async job with its
-result (frees LLMQ_ASYNC_JOBS and LLMQ_RESULTS), a batch with the line results it still
-holds (frees LLMQ_BATCHES and LLMQ_RESULTS). A queued or running job or batch is never
-touched, and nothing else is deleted, so a store full of live work still answers 507
-(`store_room`). The batch's output and error files are the tenant's files and stay.
+result (frees LLMQ_ASYNC_JOBS and LLMQ_RESULTS) once its webhook, if any, is settled; a batch
+with the line results it still holds (frees LLMQ_BATCHES and LLMQ_RESULTS; finalizing drops
+them, but one may be left). A queued or running job or batch is never touched, and nothing
+else is deleted, so a store full of live work still answers 507 (`store_room`). The batch's
+output and error files are the tenant's files and stay.
 
 A bucket is walked in its stream's order: with one revision per key, a record's place is its
 last write, for a finished record the write that settled it. A record is removed by a purge
@@ -106,7 +107,7 @@ class Evictor:
 
     async def _finished_jobs(self) -> AsyncGenerator[Finished]:
         async for record in self._walk(names.ASYNC_JOBS_BUCKET, job_decoder):
-            if record.status in FINAL_JOB:
+            if record.status in FINAL_JOB and record.webhook != "pending":
                 yield Finished(record.ended_at or record.created_at, self._job(record))
 
     async def _finished_batches(self) -> AsyncGenerator[Finished]:
