@@ -332,6 +332,13 @@ CONSOLE_ENDED_PREFIX = f"{REDIS_PREFIX}console:ended:"
 """+ a session id: a console session logged out (its cookie refused) until it would expire."""
 
 
+def file_bytes_keys(scope: str) -> list[str]:
+    """Hash file id -> bytes (and `_total`, `_counted`) of a scope's files; zset of their
+    expiry (`api/batch/file_bytes.py`)."""
+    base = f"{REDIS_PREFIX}files:{tenant_tag(scope)}"
+    return [base, f"{base}:exp"]
+
+
 def stored_keys(scope: str) -> list[str]:
     """Hash `<kind>:<hex>` -> bytes (and `_total`) of stored records; zset of their expiry."""
     base = f"{REDIS_PREFIX}stored:{tenant_tag(scope)}"

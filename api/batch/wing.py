@@ -24,6 +24,7 @@ from llmq.api.batch import stores
 from llmq.api.batch.batch_serving import BatchServing
 from llmq.api.batch.egress import EgressPolicy
 from llmq.api.batch.eviction import Evictor
+from llmq.api.batch.file_bytes import FileBytes
 from llmq.api.batch.file_serving import FileServing
 from llmq.api.batch.job_serving import JobServing
 from llmq.api.batch.purge import purge_scope
@@ -54,6 +55,7 @@ class BatchWing:
         self.reservations = reservations
         self.preparer = preparer
         self.files: FileStore
+        self.file_bytes: FileBytes
         self.store: BatchStore
         self.jobs: AsyncJobs
         self.runner: BatchRunner
@@ -80,6 +82,8 @@ class BatchWing:
         scoped = ScopedReservations(self.reservations)
         self.store = BatchStore(buckets[names.BATCHES_BUCKET])
         self.files = FileStore(objects, buckets[names.FILE_META_BUCKET])
+        self.file_bytes = FileBytes(self.rt.redis, self.files)
+        self.files.meter = self.file_bytes
         self.jobs = AsyncJobs(
             nc,
             js,
@@ -120,7 +124,9 @@ class BatchWing:
         self.job_serving = JobServing(
             self.rt, self.jobs, self.preparer, self.reservations, scopes, room=room
         )
-        self.file_serving = FileServing(self.rt, self.files, scopes, room=room)
+        self.file_serving = FileServing(
+            self.rt, self.files, scopes, room=room, sizes=self.file_bytes
+        )
         self.batch_serving = BatchServing(
             self.rt,
             self.store,
@@ -173,6 +179,7 @@ class BatchWing:
             b[names.BATCHES_BUCKET],
             b[names.RESULTS_BUCKET],
         )
+        await self.file_bytes.forget(scope)
         for purge in self.purgers:
             counts.update(await purge(scope))
         return counts
