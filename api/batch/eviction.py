@@ -78,32 +78,42 @@ class Evictor:
 
     async def make_room(self, stream: str, within: float) -> None:
         """Evict the oldest finished records that free `stream`, one at a time, until it is
-        below the water mark, nothing finished is left, or `within` seconds passed."""
-        if stream not in self._locks:
+        below the water mark, nothing finished is left, or `within` seconds passed (also
+        while another call of this replica holds the store)."""
+        lock = self._locks.get(stream)
+        if lock is None:
             return
         deadline = time.monotonic() + within
-        async with self._locks[stream]:
-            if await fill_of(self.js, stream) < self.water:
-                self.stuck.discard(stream)
-                return
-            walks = []
-            if stream in (JOBS, RESULTS):
-                walks.append(self._finished_jobs())
-            if stream in (BATCHES, RESULTS):
-                walks.append(self._finished_batches())
-            try:
-                async for found in _oldest_first(walks):
-                    await found.evict()
-                    if await fill_of(self.js, stream) < self.water:
-                        return
-                    if time.monotonic() > deadline:
-                        return
-            finally:
-                for walk in walks:
-                    await walk.aclose()
-            if stream not in self.stuck:
-                log.warning("%s is full of queued and running work: nothing to evict", stream)
-            self.stuck.add(stream)
+        try:
+            async with asyncio.timeout(within):
+                await lock.acquire()
+        except TimeoutError:
+            return
+        try:
+            await self._evict(stream, deadline)
+        finally:
+            lock.release()
+
+    async def _evict(self, stream: str, deadline: float) -> None:
+        if await fill_of(self.js, stream) < self.water:
+            self.stuck.discard(stream)
+            return
+        walks = []
+        if stream in (JOBS, RESULTS):
+            walks.append(self._finished_jobs())
+        if stream in (BATCHES, RESULTS):
+            walks.append(self._finished_batches())
+        try:
+            async for found in _oldest_first(walks):
+                await found.evict()
+                if await fill_of(self.js, stream) < self.water or time.monotonic() > deadline:
+                    return
+        finally:
+            for walk in walks:
+                await walk.aclose()
+        if stream not in self.stuck:
+            log.warning("%s is full of queued and running work: nothing to evict", stream)
+        self.stuck.add(stream)
 
     async def _finished_jobs(self) -> AsyncGenerator[Finished]:
         async for record in self._walk(names.ASYNC_JOBS_BUCKET, job_decoder):
