@@ -145,6 +145,21 @@ async def test_full_results_lose_the_oldest_finished_jobs_and_batches_never_runn
     assert await _has(js, names.RESULTS_BUCKET, names.job_results_key(new_job))
 
 
+async def test_a_request_that_finds_the_store_full_makes_room_instead_of_a_507(
+    js: JetStreamContext,
+) -> None:
+    running = await _job(js, "in_progress")
+    finished = [await _job(js, "completed") for _ in range(22)]
+    assert await fill_of(js, JOBS) > 0.8
+    evictor = Evictor(js, water=0.5)
+    await StoreRoom(js, 0.8, evictor.make_room).check(JOBS, RESULTS)  # no 507
+    assert await fill_of(js, JOBS) < 0.5
+    assert 0 < evictor.evicted["jobs"] < len(finished)
+    assert await _has(js, names.ASYNC_JOBS_BUCKET, f"{TENANT}.{running}")
+    assert not await _has(js, names.ASYNC_JOBS_BUCKET, f"{TENANT}.{finished[0]}")
+    assert await _has(js, names.ASYNC_JOBS_BUCKET, f"{TENANT}.{finished[-1]}")
+
+
 async def test_a_store_full_of_running_work_still_answers_507(js: JetStreamContext) -> None:
     for _ in range(5):
         await _batch(js, "in_progress", lines=4)
