@@ -142,7 +142,7 @@ class Evictor:
     def _batch(self, record: BatchRecord) -> Callable[[], Awaitable[bool]]:
         async def evict() -> bool:
             # The lines first: a batch interrupted here is found again by the next walk.
-            lines = names.line_results_pattern(record.id)
+            lines = names.line_results_key(record.id)
             await self._purge(RESULTS, names.kv_subject(names.RESULTS_BUCKET, lines))
             key = f"{names.tenant_token(record.tenant)}.{record.id}"
             if not await self._purge(

@@ -1,8 +1,8 @@
 """The bytes each tenant scope's files take, counted in Valkey as files are written and
 deleted, so an upload's quota check reads one number instead of every file record.
 
-One hash per scope (`names.file_bytes_keys`): file id -> bytes, and `_total`, kept by the
-script that counts stored responses (`api/tenancy/stored_bytes.py`). Setting a file's size
+One hash per scope (`FILE_KEYS`): file id -> bytes, and `_total`, kept by the script that
+counts stored responses (`api/tenancy/stored_bytes.py`). Setting a file's size
 replaces what it counted before in one atomic step, so concurrent uploads and deletes, and a
 delete repeated, leave the total exact; a file that expires stops counting at its expiry.
 A scope whose files came before the count, or whose count a Valkey error interrupted, is
@@ -11,6 +11,7 @@ counted once from its file records (`recount`), then kept.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from redis.asyncio import Redis
@@ -22,6 +23,7 @@ from llmq.schemas import names
 
 log = logging.getLogger(__name__)
 
+FILE_KEYS = functools.partial(names.stored_keys, of="files")
 COUNTED = "_counted"
 """Field of a scope's hash: its files have been counted from their records."""
 
@@ -29,7 +31,7 @@ COUNTED = "_counted"
 class FileBytes:
     def __init__(self, redis: Redis, files: FileStore) -> None:
         self._redis = redis
-        self._sizes = StoredBytes(redis, 0, keys=names.file_bytes_keys)
+        self._sizes = StoredBytes(redis, 0, keys=FILE_KEYS)
         self.files = files
         self._unsure: set[str] = set()
         """Scopes a write could not count here: recounted before their total is read."""
@@ -50,7 +52,7 @@ class FileBytes:
         if not scope:
             return 0
         with backend_guard():
-            counted = await self._redis.hexists(names.file_bytes_keys(scope)[0], COUNTED)
+            counted = await self._redis.hexists(FILE_KEYS(scope)[0], COUNTED)
         if scope in self._unsure or not counted:
             await self.recount(scope)
         return await self._sizes.total(scope)
@@ -60,7 +62,7 @@ class FileBytes:
         record is read, and read again after it is counted: a delete that ran meanwhile is
         seen, whichever of the two wrote last."""
         live = {r.id: r for r in await self.files.list(scope)}
-        key = names.file_bytes_keys(scope)[0]
+        key = FILE_KEYS(scope)[0]
         with backend_guard():
             held = await self._redis.hgetall(key)
         counted = {str(k): int(v) for k, v in held.items() if not str(k).startswith("_")}

@@ -120,7 +120,16 @@ class BatchWing:
             max_lines=s.batch.batch_max_lines,
         )
         self.evictor = Evictor(js, s.storage.store_evict_water)
-        room = StoreRoom(js, s.storage.store_high_water, self.evictor.make_room)
+        self._serve(scopes, StoreRoom(js, s.storage.store_high_water, self.evictor.make_room))
+        self.collector.start()
+        self.webhooks.start()
+        self.evictor.start()
+        self._starter = asyncio.create_task(self._start_when_synced())
+        self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
+
+    def _serve(self, scopes: TenantScopes, room: StoreRoom) -> None:
+        """The serving modules the routes call; `room`: whether the stores new work writes
+        have room for it."""
         self.job_serving = JobServing(
             self.rt, self.jobs, self.preparer, self.reservations, scopes, room=room
         )
@@ -136,11 +145,6 @@ class BatchWing:
             room=room,
             resolve=self.preparer.models.resolve,
         )
-        self.collector.start()
-        self.webhooks.start()
-        self.evictor.start()
-        self._starter = asyncio.create_task(self._start_when_synced())
-        self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
 
     async def _sweep_files(self) -> None:
         """Delete expired files (readers already treat them as gone) and the data of

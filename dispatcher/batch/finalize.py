@@ -89,7 +89,7 @@ async def wind_down(run: BatchRun, final: BatchStatus, code: str, message: str) 
 async def _drop_line_results(run: BatchRun) -> None:
     """The line results of a final batch: its files hold them now. One that is not dropped
     here goes when the batch is evicted or ages out."""
-    lines = names.kv_subject(names.RESULTS_BUCKET, names.line_results_pattern(run.hex))
+    lines = names.kv_subject(names.RESULTS_BUCKET, names.line_results_key(run.hex))
     try:
         await run.ctx.js.purge_stream(f"KV_{names.RESULTS_BUCKET}", subject=lines)
     except Exception as exc:

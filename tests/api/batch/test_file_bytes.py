@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from redis.asyncio import Redis
 
 from llmq.api.batch import stores
-from llmq.api.batch.file_bytes import COUNTED, FileBytes
+from llmq.api.batch.file_bytes import COUNTED, FILE_KEYS, FileBytes
 from llmq.api.tenancy import connect as connect_redis
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.connection import connect
@@ -71,7 +71,7 @@ async def test_concurrent_uploads_and_deletes_keep_the_count_exact(
     assert len(live) == 28
     assert await sizes.total(scope) == sum(r.bytes for r in live) > 0
     # the count is read, not recounted: the records are not scanned again
-    assert await redis.hget(names.file_bytes_keys(scope)[0], COUNTED) == "1"
+    assert await redis.hget(FILE_KEYS(scope)[0], COUNTED) == "1"
     await asyncio.gather(*(files.delete(scope, r.id) for r in live))
     assert await sizes.total(scope) == 0
 
@@ -100,4 +100,4 @@ async def test_an_expired_file_stops_counting(nc: Client, redis: Redis) -> None:
     await asyncio.sleep(2.1)  # expires_at is in whole seconds
     assert await sizes.total(scope) == 300 == await _live_bytes(files, scope)
     await sizes.forget(scope)
-    assert await redis.exists(*names.file_bytes_keys(scope)) == 0
+    assert await redis.exists(*FILE_KEYS(scope)) == 0
