@@ -328,12 +328,7 @@ class ResponsesServing:
                 serving, run, reservation, record, ask.estimate, ticket=ticket, keeper=NoKeeper()
             )
 
-        # a hit or a join names what was omitted as this request's own answer would
-        headers = {
-            "x-request-id": RESPONSE_PREFIX + record.job_id,
-            MODEL_HEADER: model,
-            **ask.headers,
-        }
+        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
         return serving.reuse.plan(
             serving,
             Ask(
