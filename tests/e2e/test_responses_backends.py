@@ -239,6 +239,32 @@ async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream)
     await client.close()
 
 
+async def test_a_passthrough_longer_than_the_first_token_deadline_is_not_cut(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+    """Output events are progress: with a 1 s first-token deadline an upstream stream of
+    about 3.5 s (an event every 0.4 s) comes through whole, streamed and not."""
+    model = unique("gpt")
+    api = await stack.api()
+    worker = await stack.worker(
+        model=[f"{model}=upstream-model"],
+        backend="openai",
+        backend_url=f"{upstream.url}/v1",
+        responses_passthrough=True,
+        backend_first_token_timeout=1.0,
+    )
+    await wait_for(lambda: worker.id in {w.id for w in api.runtime.registry.workers_for(model)})
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    slow = upstream_responses("slow answer")
+    slow.gap = 0.4
+    upstream.route("/v1/responses", slow)
+    stream = await client.responses.create(model=model, input="hi", stream=True)
+    events = [event async for event in stream]
+    assert [e.type for e in events][-1] == "response.completed"
+    assert len(events) == len(slow.chunks)
+    whole = await client.responses.create(model=model, input="hi")
+    assert whole.output_text == "slow answer" and whole.status == "completed"
+    await client.close()
+
+
 async def test_a_stream_that_fails_after_it_began_ends_with_response_failed(
     served, upstream
 ) -> None:  # type: ignore[no-untyped-def]
