@@ -239,7 +239,9 @@ async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream)
     await client.close()
 
 
-async def test_a_passthrough_longer_than_the_first_token_deadline_is_not_cut(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_a_passthrough_longer_than_the_first_token_deadline_is_not_cut(
+    stack, upstream
+) -> None:  # type: ignore[no-untyped-def]
     """Output events are progress: with a 1 s first-token deadline an upstream stream of
     about 3.5 s (an event every 0.4 s) comes through whole, streamed and not."""
     model = unique("gpt")
