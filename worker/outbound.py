@@ -24,7 +24,7 @@ from llmq._fast import nats as fast_nats
 HIGH_WATER = DEFAULT_PENDING_SIZE // 4
 """Unsent bytes past which a publisher waits for a flush (nats-py refuses past 2 MiB
 while reconnecting)."""
-FLUSH_TIMEOUT = 10.0
+FLUSH_TIMEOUT = 10
 """Seconds one flush may take; then the publish goes ahead (and fails as it would)."""
 RECONNECT_WAIT = 10.0
 """Seconds a publisher waits for NATS to come back before it publishes anyway."""
