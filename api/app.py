@@ -44,7 +44,8 @@ from llmq.api.routes.plain import PlainRoute
 from llmq.api.runtime import Runtime
 from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
-from llmq.api.tenancy.client import redis_target
+from llmq.api.tenancy.client import is_cluster, redis_target
+from llmq.api.tenancy.leases import Leases
 from llmq.api.tenancy.request_rate import RequestRate
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.connection import NatsRefused, redact_url
@@ -77,7 +78,11 @@ async def _open_core(
         tenant_ledger_maxlen=settings.storage.tenant_ledger_maxlen,
         ledger_max_age=settings.storage.ledger_max_age,
     )
-    reservations = Reservations(quota, settings.tenancy.quota_fail_open)
+    tenancy = settings.tenancy
+    leases = None
+    if tenancy.quota_leases and not is_cluster(runtime.redis):
+        leases = Leases(tenancy.quota_lease_window)
+    reservations = Reservations(quota, tenancy.quota_fail_open, leases)
     reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
     undo.push_async_callback(reservations.drain)
     models = ModelTable(settings)

@@ -25,6 +25,8 @@ from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
+from llmq.api.tenancy.lease_book import drop_slots
+from llmq.api.tenancy.leases import Leases, Scope
 from llmq.api.tenancy.quota import Ending
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
@@ -41,6 +43,8 @@ _MESSAGES = {
 _KEY_MESSAGES = {
     "model_not_allowed": "This API key may not use model `{model}`.",
 }
+LEASE_TICK = 0.1
+"""Seconds between looks for ended leases (their free slots go back to Redis)."""
 QUOTA_STORE_RETRY = 1.0
 """Seconds a batch line waits before asking again while the quota store is away."""
 RELEASED_MEMORY = 16_384
@@ -52,9 +56,11 @@ look like a leak (memory growing with every request until it does)."""
 
 
 class Reservations:
-    def __init__(self, quota: Quota, fail_open: bool) -> None:
+    def __init__(self, quota: Quota, fail_open: bool, leases: Leases | None = None) -> None:
         self.quota = quota
         self.fail_open = fail_open
+        self.leases = leases
+        """This replica's leased budget (None: every request asks Redis)."""
         self._releases: set[asyncio.Task[None]] = set()
         self._queued: list[tuple[Reservation, JobUsage]] = []
         """Ended jobs waiting for the next release round trip."""
@@ -68,6 +74,7 @@ class Reservations:
         """Job ids (unique across tenants) of the latest releases Redis answered, oldest
         first."""
         self._renewer: asyncio.Task[None] | None = None
+        self._lease_ender: asyncio.Task[None] | None = None
         self.renewals = 0
         """Renewal rounds run (observability, tests)."""
 
@@ -82,12 +89,24 @@ class Reservations:
         key_id: str = "",
         user: str = "",
         slot: bool = True,
+        leased: bool = False,
     ) -> Reservation | Refusal:
         """Hold the job's quota (and, with `key_id`, the key's own). Asking again for the
         same job id holds nothing twice. `user`: the request's end user, booked at release.
-        `slot=False`: no concurrency slot (an answer from the response cache)."""
+        `slot=False`: no concurrency slot (an answer from the response cache).
+        `leased`: an interactive job, whose envelope carries `Reservation.lease`: it may be
+        admitted from this replica's leases, with no Redis call."""
         if not tenant:
             return Reservation(tenant, model, job_id, held=False)
+        leases = self.leases if leased and slot else None
+        scope = (tenant, key_id, model)
+        wish = (0, 0.0)
+        if leases is not None:
+            now = time.time()
+            taken = leases.take(scope, job_id, prompt_tokens, max_tokens, user=user, now=now)
+            if taken is not None:
+                return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
+            wish = (leases.wish(scope, now), now + leases.window)
         try:
             decision = await self.quota.reserve(
                 tenant,
@@ -98,6 +117,7 @@ class Reservations:
                 key_id=key_id,
                 user=user,
                 lease=None if slot else 0.0,
+                lease_wish=wish,
             )
         except QuotaBackendDown:
             if self.fail_open:
@@ -109,11 +129,45 @@ class Reservations:
                 "quota_store_down",
                 retry_after=QUOTA_STORE_RETRY,
             )
+        if leases is not None:
+            request = (prompt_tokens, max_tokens, user)
+            return self._leased(leases, scope, job_id, decision, request=request, until=wish[1])
         if not decision.allowed:
             return _refusal(decision, model)
         if slot:  # a slotless reservation has no lease to renew
             self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
+
+    def _leased(
+        self,
+        leases: Leases,
+        scope: Scope,
+        job_id: str,
+        decision: QuotaDecision,
+        *,
+        request: tuple[int, int, str],
+        until: float,
+    ) -> Reservation | Refusal:
+        """Redis's answer to a request that might have used a lease: keep a lease granted
+        with it; a refusal is taken back when a lease came meanwhile (so no leased unit
+        stays unspent while a request of its scope is refused)."""
+        tenant, _, model = scope
+        prompt, max_tokens, user = request
+        now = time.time()
+        if not decision.allowed:
+            taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
+            if taken is None:
+                return _refusal(decision, model)
+            return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
+        headers = decision.headers()
+        if decision.lease[0] > 0:
+            leases.grant(
+                scope, job_id, decision.lease, need=prompt + max_tokens,
+                until=until, headers=headers,
+            )  # fmt: skip
+        leases.note(scope, now)
+        self._held[(tenant, job_id)] = None
+        return Reservation(tenant, model, job_id, headers=headers)
 
     def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
         """Renew these reservations too (made elsewhere, e.g. by a replica that is gone)
@@ -127,6 +181,8 @@ class Reservations:
         away (the caller retries); a second release of one job id changes nothing."""
         if not reservation.held or not reservation.tenant:
             return
+        if reservation.lease and self.leases is not None:
+            self.leases.end(reservation.job_id)
         key = (reservation.tenant, reservation.job_id)
         renewed = key in self._held
         self._held.pop(key, None)
@@ -142,6 +198,7 @@ class Reservations:
                 cache_write_tokens=usage.cache_write_tokens,
                 cache=usage.cache,
                 cache_price=usage.cache_price,
+                lease=reservation.lease,
             )
         except QuotaBackendDown:
             if renewed:  # the caller retries: keep the slot until it gets through
@@ -190,6 +247,8 @@ class Reservations:
         held = [(r, u) for r, u in ended if r.held and r.tenant]
         renewed = {}
         for reservation, _ in held:
+            if reservation.lease and self.leases is not None:
+                self.leases.end(reservation.job_id)
             key = (reservation.tenant, reservation.job_id)
             renewed[key] = key in self._held
             self._held.pop(key, None)
@@ -205,6 +264,7 @@ class Reservations:
                 cache_write_tokens=u.cache_write_tokens,
                 cache=u.cache,
                 cache_price=u.cache_price,
+                lease=r.lease,
             )
             for r, u in held
         ]
@@ -256,6 +316,9 @@ class Reservations:
             if left <= 0:
                 break
             await asyncio.wait(set(self._releases), timeout=left)
+        if self._lease_ender is not None:
+            self._lease_ender.cancel()
+            self._lease_ender = None
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,11 +328,29 @@ class Reservations:
     # --- renewal -------------------------------------------------------------------------
 
     def start_renewal(self) -> None:
-        """Renew the open reservations every third of the lease until `drain`."""
+        """Renew the open reservations every third of the lease until `drain`; and give
+        back the free slots of ended leases."""
         if self._renewer is None:
             self._renewer = asyncio.get_running_loop().create_task(
                 self._renew_loop(), name="reservation-renewal"
             )
+        if self.leases is not None and self._lease_ender is None:
+            self._lease_ender = asyncio.get_running_loop().create_task(
+                self._end_leases(self.leases), name="lease-end"
+            )
+
+    async def _end_leases(self, leases: Leases) -> None:
+        """Every `LEASE_TICK` s: ended leases' free slots back to Redis (retried while it
+        is away: a lost slot would only wait for its expiry)."""
+        while True:
+            await asyncio.sleep(LEASE_TICK)
+            gone = leases.expired(time.time())
+            try:
+                await drop_slots(self.quota.redis, gone)
+            except QuotaBackendDown:
+                leases.give_back(gone)
+            except Exception as exc:
+                log.warning("returning lease slots failed: %s", exc)
 
     @property
     def renew_every(self) -> float:

@@ -236,6 +236,9 @@ H_MESSAGE_OP = "Llmq-Message-Op"
 """On a `message` job: `count_tokens` asks for the input token count, not a message."""
 H_ANTHROPIC_VERSION = "Llmq-Anthropic-Version"
 H_ANTHROPIC_BETA = "Llmq-Anthropic-Beta"
+H_LEASE = "Llmq-Lease"
+"""An interactive job admitted from the api's leased budget: its booking ticket, echoed in
+the worker's usage report so whichever replica books it books it once (docs/routing.md)."""
 """The client's `anthropic-version` / `anthropic-beta` headers on a `message` job, which an
 Anthropic upstream gets (and nothing else of the client's headers)."""
 H_MSG_ID = "Nats-Msg-Id"
@@ -354,6 +357,11 @@ def day_quota_key(tenant: str, day: str) -> str:
 def month_quota_key(tenant: str, month: str) -> str:
     """Hash `tok`, `usd`: tokens and spend reserved or used in one UTC month (YYYY-MM)."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:m:{month}"
+
+
+def booked_key(tenant: str, job_id: str) -> str:
+    """String: a lease-admitted job was booked (`lease_book.lua`), so it is booked once."""
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:b:{job_id}"
 
 
 def reservation_key(tenant: str, job_id: str) -> str:

@@ -16,12 +16,20 @@
 -- later, and is allowed while it stays within one minute of now. No fixed window, so no
 -- burst of 2 L across a minute boundary.
 -- ARGV[12] (Cluster only) the model's price JSON, or '' for none; in a Cluster KEYS[2]
--- is KEYS[1], so the script stays in one slot
+-- is KEYS[1], so the script stays in one slot; '-' (or absent) reads the price table
+-- ARGV[13] lease end E (unix ms, 0 = no lease)  ARGV[14] requests wished for the lease
+-- ARGV[15] end of the lease's concurrency slots (unix ms)
+-- A lease (docs/routing.md, "Leased budget") is granted with an admitted request when every
+-- scope is far from its limits and none has a daily, monthly or spend limit: `g` more
+-- requests of this request's size, charged as arriving at E (tat = max(tat, E) + g * per),
+-- never given back, and `g` concurrency slots `<job>#<i>` held until ARGV[15]. At most a
+-- quarter of each limit's headroom, so leases shrink to nothing near a limit.
 --
 -- Returns one string (cheaper to parse than an array), fields joined by '|':
 --   allowed 0|1, reason, limit, retry_after_ms, limit_req, remaining_req, reset_req_ms,
 --   limit_tok, remaining_tok, reset_tok_ms, reserved_tokens, reserved_usd, lease_until_ms,
---   duplicate 0|1; a limit of -1 = unlimited.
+--   duplicate 0|1, lease requests granted, lease slots, the tenant's and the key's ms per
+--   token (TPM; 0 = none); a limit of -1 = unlimited.
 
 local MINUTE = 60000
 local now = tonumber(ARGV[5])
@@ -74,6 +82,23 @@ local function answer(allowed, reason, limit, retry_ms, need, usd, lease_until, 
   return string.format('%d|%s|%s|%d|%d|%d|%d|%d|%d|%d|%d|%s|%d|%d', allowed, reason, limit,
     math.ceil(retry_ms), h[1], h[2], math.ceil(h[3]), h[4], h[5], math.ceil(h[6]), need, usd,
     lease_until, dup)
+end
+
+-- How many more requests of `need` tokens a lease ending at E may take (0: none).
+local function lease_size(wish, E, need)
+  local g = wish
+  for _, s in ipairs(scopes) do
+    if s.daily > 0 or s.monthly > 0 or s.spend > 0 then return 0 end
+    if s.rpm > 0 then
+      g = math.min(g, math.floor((now + MINUTE - math.max(s.new_req, E)) * s.rpm / MINUTE / 4))
+    end
+    if s.tpm > 0 and need > 0 then
+      local room = (now + MINUTE - math.max(s.new_tok, E)) * s.tpm / MINUTE
+      g = math.min(g, math.floor(room / need / 4))
+    end
+    if s.conc > 0 then g = math.min(g, math.floor((s.conc - s.held - 1) / 4)) end
+  end
+  return math.max(g, 0)
 end
 
 local function refuse(reason, limit, retry_ms)
@@ -140,7 +165,7 @@ local prompt = tonumber(ARGV[2])
 local need = prompt + tonumber(ARGV[3])
 local in_price, out_price, cin_price, cw_price = 0, 0, 0, 0
 local p = ARGV[12]
-if not p then p = redis.call('HGET', KEYS[2], model) elseif p == '' then p = nil end
+if not p or p == '-' then p = redis.call('HGET', KEYS[2], model) elseif p == '' then p = nil end
 if p then
   local price = cjson.decode(p)
   in_price = tonumber(price['input_per_1m']) or 0
@@ -196,6 +221,18 @@ for _, s in ipairs(scopes) do
     if held >= s.conc then
       return refuse('rate_limit_exceeded', s.tag .. 'max_concurrent', 1000)
     end
+    s.held = held
+  end
+end
+
+local E = tonumber(ARGV[13] or '0') or 0
+local grant, slots = 0, 0
+if E > now and slot then grant = lease_size(tonumber(ARGV[14]) or 0, E, need) end
+if grant > 0 then
+  for _, s in ipairs(scopes) do
+    if s.rpm > 0 then s.new_req = math.max(s.new_req, E) + grant * MINUTE / s.rpm end
+    if s.tpm > 0 then s.new_tok = math.max(s.new_tok, E) + grant * need * MINUTE / s.tpm end
+    if s.conc > 0 then slots = grant end
   end
 end
 
@@ -254,8 +291,13 @@ for i, s in ipairs(scopes) do
   if month_new then redis.call('PEXPIREAT', s.month, month_expiry) end
   if slot then
     redis.call('ZADD', s.inflight, lease_until, job)
-    if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
-      redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
+    local last = lease_until
+    if slots > 0 then
+      last = math.max(last, tonumber(ARGV[15]))
+      for n = 1, slots do redis.call('ZADD', s.inflight, ARGV[15], job .. '#' .. n) end
+    end
+    if redis.call('PTTL', s.inflight) < last - now + 60000 then
+      redis.call('PEXPIREAT', s.inflight, last + 60000)
     end
   end
   -- field names: tenant scope unprefixed, key scope with 'k'
@@ -269,4 +311,9 @@ end
 redis.call('HSET', KEYS[7], unpack(rec))
 redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[10]))
 
-return answer(1, 'ok', '', 0, need, usd, lease_until, 0, true)
+local tokT = {'0', '0'}
+for i, s in ipairs(scopes) do
+  if s.tpm > 0 then tokT[i] = g17(MINUTE / s.tpm) end
+end
+return answer(1, 'ok', '', 0, need, usd, lease_until, 0, true) .. '|' .. grant .. '|' .. slots
+  .. '|' .. tokT[1] .. '|' .. tokT[2]

@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 
 from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
+from llmq.api.tenancy.lease_book import book_call
 from llmq.api.tenancy.models import QuotaDecision
 from llmq.api.tenancy.periods import periods
 from llmq.api.tenancy.pipeline import ScriptPipe
@@ -63,6 +64,8 @@ class Ending:
     cache: str = ""
     """'hit' or 'join': answered by the response cache, booked as such at `cache_price`."""
     cache_price: float = 0.0
+    lease: str = ""
+    """Admitted from a lease: its ticket (`lease_book.lua` makes the record first)."""
 
 
 def _script(name: str) -> str:
@@ -108,6 +111,7 @@ class Quota:
         self._reserve = redis.register_script(_script("quota.lua"))
         self._release = redis.register_script(_script("release.lua"))
         self._renew = redis.register_script(_script("renew.lua"))
+        self._book = redis.register_script(_script("lease_book.lua"))
 
     async def reserve(
         self,
@@ -121,6 +125,7 @@ class Quota:
         lease: float | None = None,
         key_id: str = "",
         user: str = "",
+        lease_wish: tuple[int, float] = (0, 0.0),
     ) -> QuotaDecision:
         """Check every limit and, if all pass, hold the request's share. Raises
         `QuotaBackendDown` when Redis is unreachable.
@@ -130,6 +135,7 @@ class Quota:
         `key_id`: the API key the request came with; its own limits apply too, and a key
         revoked or expired since the caller cached it is refused (`invalid_api_key`).
         `user`: the request's end user, booked at release (cut to `MAX_USER_CHARS`).
+        `lease_wish`: (requests, until): ask for a lease too (`api.tenancy.leases`).
         """
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
@@ -152,6 +158,9 @@ class Quota:
             with backend_guard():
                 price = await self._redis.hget(names.PRICES_KEY, model)
             args.append("" if price is None else _text(price))
+        elif lease_wish[0] > 0:
+            until = lease_wish[1]
+            args += ["-", _ms(until), lease_wish[0], _ms(until + lease)]
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 
@@ -169,6 +178,7 @@ class Quota:
         cache_write_tokens: int = 0,
         cache: str = "",
         cache_price: float = 0.0,
+        lease: str = "",
     ) -> bool:
         """End a job: free its slot, book the real usage in place of the reservation, add
         usage and a ledger entry. Call it on every end (success, error, timeout, disconnect);
@@ -188,7 +198,9 @@ class Quota:
             cache_write_tokens=cache_write_tokens,
             cache=cache,
             cache_price=cache_price,
+            lease=lease,
         )
+        await self.book_leases([ending])
         keys, args = self._release_call(ending, time.time() if now is None else now)
         raw = _text(await self._call(self._release, keys, args))
         return await self._released(ending, args, raw)
@@ -219,12 +231,17 @@ class Quota:
                             cache_write_tokens=e.cache_write_tokens,
                             cache=e.cache,
                             cache_price=e.cache_price,
+                            lease=e.lease,
                         )
                     )
                 except Exception as exc:
                     out.append(exc)
             return out
         calls = [self._release_call(e, now) for e in endings]
+        try:
+            await self.book_leases(endings)
+        except QuotaBackendDown as exc:
+            return [exc] * len(endings)
         sha = self._release.sha
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         try:
@@ -244,6 +261,23 @@ class Quota:
             except Exception as exc:
                 results.append(exc)
         return results
+
+    async def book_leases(self, endings: Sequence[Ending]) -> None:
+        """Make the reservation records of the lease-admitted jobs among `endings` (once per
+        job: `lease_book.lua`), in one round trip, so their release books them."""
+        calls = [book_call(e.tenant, e.model, e.job_id, e.lease) for e in endings if e.lease]
+        if not calls:
+            return
+        book = self._book
+        with backend_guard():
+            replies = await self._pipe_many(
+                [("EVALSHA", book.sha, len(k), *k, *a) for k, a in calls]
+            )
+            for (keys, args), reply in zip(calls, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    await self._call(book, keys, args)
+                elif isinstance(reply, Exception):
+                    raise reply
 
     def _release_call(self, e: Ending, now: float) -> tuple[list[str], list[str | int]]:
         """`release.lua`'s keys and arguments for one job ending at `now`."""
@@ -382,6 +416,10 @@ class Quota:
     ) -> bool:
         """`renew` of one reservation."""
         return (await self.renew([(tenant, job_id)], lease, now=now))[0]
+
+    @property
+    def redis(self) -> Redis:
+        return self._redis
 
     @property
     def lease(self) -> float:

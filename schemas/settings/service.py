@@ -261,6 +261,19 @@ class TenancySettings(Group):
     reservation_lease: float = setting(
         900.0, "Seconds after which an unreleased concurrency slot is reclaimed.", commands=()
     )
+    quota_leases: bool = setting(
+        True,
+        "Admit a hot tenant's interactive requests from budget leased from Redis, with no "
+        "Redis call per request (docs/routing.md, 'Leased budget'); off: one call each.",
+        commands=(),
+    )
+    quota_lease_window: float = setting(
+        1.0,
+        "Seconds a lease is spent for (its units count as used at its end); at most 5.",
+        commands=(),
+        gt=0,
+        le=5,
+    )
 
     _split = field_validator("trusted_tenants", "aliases", mode="before")(split_commas)
 

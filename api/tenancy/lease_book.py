@@ -1,0 +1,53 @@
+"""`lease_book.lua`'s keys and arguments for a job admitted from a lease (docs/routing.md)."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from llmq.api.tenancy.errors import backend_guard
+from llmq.api.tenancy.leases import ticket_fields
+from llmq.api.tenancy.periods import periods
+from llmq.api.tenancy.script_keys import key_scope
+from llmq.schemas import names
+
+BOOKED_TTL = 86_400_000 + 900_000
+"""Ms a booked job's marker (and its record) is kept: longer than any report comes late."""
+
+
+def book_call(
+    tenant: str, model: str, job_id: str, ticket: str
+) -> tuple[list[str], list[str | int]]:
+    """The call that makes the job's reservation record, once, as `quota.lua` would have:
+    on the day and month the job was admitted."""
+    at, prompt, out, tok_t, ktok_t, key_id, user = ticket_fields(ticket)
+    p = periods(at / 1000)
+    own = key_scope(tenant, key_id, p.day, p.month)
+    keys = [
+        names.reservation_key(tenant, job_id),
+        names.booked_key(tenant, job_id),
+        names.PRICES_KEY,
+        names.rate_key(tenant),
+        names.day_quota_key(tenant, p.day),
+        names.month_quota_key(tenant, p.month),
+        *own[1:],
+    ]
+    args: list[str | int] = [
+        job_id, model, prompt, key_id, user, tok_t, ktok_t,
+        int(p.day_end * 1000) + 86_400_000, int(p.month_end * 1000) + 86_400_000,
+        BOOKED_TTL, at, out,
+    ]  # fmt: skip
+    return keys, args
+
+
+async def drop_slots(redis: Redis, gone: list[tuple[str, str, str]]) -> None:
+    """Take the free slots of ended leases, (tenant, key id, member), out of the tenant's
+    and the key's in-flight sets, in one round trip."""
+    if not gone:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for tenant, key_id, member in gone:
+        pipe.zrem(names.inflight_key(tenant), member)
+        if key_id:
+            pipe.zrem(f"{names.key_quota_prefix(tenant, key_id)}:inflight", member)
+    with backend_guard():
+        await pipe.execute()

@@ -1,0 +1,172 @@
+"""Leased budget: admit a hot tenant's requests with no Redis call (docs/routing.md).
+
+`quota.lua` grants a lease together with a request it admits: `requests` more requests of
+that request's size (its RPM units and TPM tokens charged as arriving at the lease's end,
+never given back) and as many concurrency slots (`<job>#<i>` members of the in-flight
+sets). This replica spends them locally until the lease ends (`window`, ≤ 1 s); a job
+admitted from a lease gives its slot back to the lease when it ends, and once the lease is
+over its free slots go back to Redis (`Leases.expired`). The lease's owner never writes the
+spent units back: its jobs are booked one by one by `lease_book.lua` + `release.lua`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_WINDOW = 1.0
+"""Seconds a lease may be spent for: its units are charged as arriving at its end."""
+MAX_WISH = 256
+"""Most requests one lease asks for."""
+MARGIN = 0.02
+"""Seconds before its end a lease stops admitting (a request admitted at E is still within
+what was charged; the margin keeps a slow call from crossing it)."""
+
+Scope = tuple[str, str, str]
+"""(tenant, API key id, model): what one lease covers."""
+
+
+@dataclass(slots=True)
+class Lease:
+    job_id: str
+    """The request that took it; its slots are `<job_id>#<i>`."""
+    until: float
+    """Unix seconds: its units were charged as arriving then."""
+    requests: int
+    tokens: int
+    """TPM tokens left (only counted when a scope has a TPM limit)."""
+    tpm: bool
+    free: list[int]
+    """Slot numbers not held by a job; empty when no scope has a concurrency limit."""
+    slots: bool
+    tok_t: str
+    key_tok_t: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A request admitted from a lease: its booking ticket and the slot it holds."""
+
+    ticket: str
+    """`<admitted ms> <prompt> <max_tokens> <ms/token> <key ms/token> <key id> <user>`:
+    what `lease_book.lua` needs, carried in the job envelope (`Llmq-Lease`)."""
+    headers: Mapping[str, str]
+
+
+def ticket_fields(ticket: str) -> tuple[int, int, int, str, str, str, str]:
+    """A ticket read back: (admitted ms, prompt, max tokens, ms/token, key's, key id, user)."""
+    at, prompt, out, tok_t, ktok_t, key_id, user = ticket.split(" ", 6)
+    return int(at), int(prompt), int(out), tok_t, ktok_t, key_id, user
+
+
+class Leases:
+    """This replica's leases, one per scope at a time."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self._pool: dict[Scope, Lease] = {}
+        self._slot_of: dict[str, tuple[Scope, Lease, int]] = {}
+        """Job id -> the lease slot it holds, until the job ends."""
+        self._recent: dict[Scope, list[float]] = {}
+        """Per scope: [window start, admitted in it, admitted in the one before]."""
+        self._gone: list[tuple[str, str, str]] = []
+        """(tenant, key id, slot member) to take out of Redis: their lease is over."""
+        self.admitted = 0
+        """Requests admitted from a lease (observability, tests)."""
+
+    def wish(self, scope: Scope, now: float) -> int:
+        """Requests to ask a lease for: twice what the scope was admitted in the last
+        window; 0 for a scope that is not hot (fewer than 2), so it goes one by one."""
+        start, count, before = self._recent.get(scope, (now, 0, 0))
+        rate = max(count, before) if now - start < 2 * self.window else 0
+        return 0 if rate < 2 else min(2 * int(rate), MAX_WISH)
+
+    def note(self, scope: Scope, now: float) -> None:
+        """Count one admission of `scope` (for `wish`)."""
+        kept = self._recent.get(scope)
+        if kept is None or now - kept[0] >= 2 * self.window:
+            if len(self._recent) > 65_536:
+                self._recent.clear()
+            self._recent[scope] = [now, 1, 0]
+        elif now - kept[0] >= self.window:
+            kept[:] = [now, 1, kept[1]]
+        else:
+            kept[1] += 1
+
+    def grant(self, scope: Scope, job_id: str, granted: tuple[int, int, str, str], *,
+              need: int, until: float, headers: Mapping[str, str]) -> None:  # fmt: skip
+        """Keep a lease `quota.lua` granted with `job_id`: (requests, slots, ms per token
+        of the tenant, of the key)."""
+        requests, slots, tok_t, ktok_t = granted
+        old = self._pool.get(scope)
+        if old is not None:
+            self._close(scope, old)
+        self._pool[scope] = Lease(
+            job_id, until, requests, requests * need, tok_t != "0" or ktok_t != "0",
+            list(range(slots, 0, -1)), slots > 0, tok_t, ktok_t, headers,
+        )  # fmt: skip
+
+    def take(self, scope: Scope, job_id: str, prompt: int, max_tokens: int, *,
+             user: str, now: float) -> Taken | None:  # fmt: skip
+        """Admit one request from the scope's lease, or None (no lease, over, spent)."""
+        lease = self._pool.get(scope)
+        if lease is None:
+            return None
+        need = prompt + max_tokens
+        if now >= lease.until - MARGIN:
+            self._close(scope, lease)
+            return None
+        if (
+            lease.requests < 1
+            or (lease.tpm and lease.tokens < need)
+            or (lease.slots and not lease.free)
+        ):
+            return None
+        lease.requests -= 1
+        lease.tokens -= need
+        if lease.slots:
+            self._slot_of[job_id] = (scope, lease, lease.free.pop())
+        self.admitted += 1
+        self.note(scope, now)
+        at = int(now * 1000)
+        ticket = f"{at} {prompt} {max_tokens} {lease.tok_t} {lease.key_tok_t} {scope[1]} {user}"
+        return Taken(ticket, lease.headers)
+
+    def end(self, job_id: str, now: float | None = None) -> None:
+        """A lease-admitted job ended: its slot goes back to its lease, or, the lease being
+        over, to Redis."""
+        held = self._slot_of.pop(job_id, None)
+        if held is None:
+            return
+        scope, lease, slot = held
+        now = time.time() if now is None else now
+        if self._pool.get(scope) is lease and now < lease.until - MARGIN:
+            lease.free.append(slot)
+        else:
+            self._gone.append((scope[0], scope[1], f"{lease.job_id}#{slot}"))
+
+    def _close(self, scope: Scope, lease: Lease) -> None:
+        if self._pool.get(scope) is lease:
+            del self._pool[scope]
+        self._gone += [(scope[0], scope[1], f"{lease.job_id}#{n}") for n in lease.free]
+        lease.free = []
+        lease.requests = 0
+
+    def expired(self, now: float) -> list[tuple[str, str, str]]:
+        """Close the leases that are over and hand out the slots to take out of Redis:
+        (tenant, key id, member)."""
+        for scope, lease in list(self._pool.items()):
+            if now >= lease.until - MARGIN:
+                self._close(scope, lease)
+        gone, self._gone = self._gone, []
+        return gone
+
+    def give_back(self, gone: list[tuple[str, str, str]]) -> None:
+        """Slots `expired` handed out that could not be taken out of Redis: next time."""
+        self._gone += gone
+
+    def held(self) -> int:
+        """Leases open now."""
+        return len(self._pool)
