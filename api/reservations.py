@@ -120,6 +120,8 @@ class Reservations:
                 lease_wish=wish,
             )
         except QuotaBackendDown:
+            if wish[0] and leases is not None:
+                leases.answered(scope)
             if self.fail_open:
                 log.warning("redis down: admitting %s without a quota check", job_id)
                 return Reservation(tenant, model, job_id, held=False)
@@ -154,6 +156,7 @@ class Reservations:
         tenant, _, model = scope
         prompt, max_tokens, user = request
         now = time.time()
+        leases.answered(scope)
         if not decision.allowed:
             taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
             if taken is None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-DEFAULT_WINDOW = 1.0
+DEFAULT_WINDOW = 0.5
 """Seconds a lease may be spent for: its units are charged as arriving at its end."""
 MAX_WISH = 256
 """Most requests one lease asks for."""
@@ -62,11 +62,13 @@ def ticket_fields(ticket: str) -> tuple[int, int, int, str, str, str, str]:
 
 
 class Leases:
-    """This replica's leases, one per scope at a time."""
+    """This replica's leases: per scope, the open ones, the one ending first first."""
 
     def __init__(self, window: float = DEFAULT_WINDOW) -> None:
         self.window = window
-        self._pool: dict[Scope, Lease] = {}
+        self._pool: dict[Scope, list[Lease]] = {}
+        self._asking: set[Scope] = set()
+        """Scopes with a lease asked for and not answered yet: one at a time."""
         self._slot_of: dict[str, tuple[Scope, Lease, int]] = {}
         """Job id -> the lease slot it holds, until the job ends."""
         self._recent: dict[Scope, list[float]] = {}
@@ -78,10 +80,21 @@ class Leases:
 
     def wish(self, scope: Scope, now: float) -> int:
         """Requests to ask a lease for: twice what the scope was admitted in the last
-        window; 0 for a scope that is not hot (fewer than 2), so it goes one by one."""
+        window; 0 for a scope that is not hot (fewer than 2), so it goes one by one, and
+        while another request of the scope asks for one. A wish > 0 is followed by
+        `answered`."""
+        if scope in self._asking:
+            return 0
         start, count, before = self._recent.get(scope, (now, 0, 0))
         rate = max(count, before) if now - start < 2 * self.window else 0
-        return 0 if rate < 2 else min(2 * int(rate), MAX_WISH)
+        if rate < 2:
+            return 0
+        self._asking.add(scope)
+        return min(2 * int(rate), MAX_WISH)
+
+    def answered(self, scope: Scope) -> None:
+        """The lease `wish` asked for was granted (`grant`), refused, or the call failed."""
+        self._asking.discard(scope)
 
     def note(self, scope: Scope, now: float) -> None:
         """Count one admission of `scope` (for `wish`)."""
@@ -100,39 +113,34 @@ class Leases:
         """Keep a lease `quota.lua` granted with `job_id`: (requests, slots, ms per token
         of the tenant, of the key)."""
         requests, slots, tok_t, ktok_t = granted
-        old = self._pool.get(scope)
-        if old is not None:
-            self._close(scope, old)
-        self._pool[scope] = Lease(
+        lease = Lease(
             job_id, until, requests, requests * need, tok_t != "0" or ktok_t != "0",
             list(range(slots, 0, -1)), slots > 0, tok_t, ktok_t, headers,
         )  # fmt: skip
+        self._pool.setdefault(scope, []).append(lease)
 
     def take(self, scope: Scope, job_id: str, prompt: int, max_tokens: int, *,
              user: str, now: float) -> Taken | None:  # fmt: skip
-        """Admit one request from the scope's lease, or None (no lease, over, spent)."""
-        lease = self._pool.get(scope)
-        if lease is None:
+        """Admit one request from the scope's leases, or None (none open covers it)."""
+        leases = self._pool.get(scope)
+        if not leases:
             return None
         need = prompt + max_tokens
-        if now >= lease.until - MARGIN:
-            self._close(scope, lease)
-            return None
-        if (
-            lease.requests < 1
-            or (lease.tpm and lease.tokens < need)
-            or (lease.slots and not lease.free)
-        ):
-            return None
-        lease.requests -= 1
-        lease.tokens -= need
-        if lease.slots:
-            self._slot_of[job_id] = (scope, lease, lease.free.pop())
-        self.admitted += 1
-        self.note(scope, now)
-        at = int(now * 1000)
-        ticket = f"{at} {prompt} {max_tokens} {lease.tok_t} {lease.key_tok_t} {scope[1]} {user}"
-        return Taken(ticket, lease.headers)
+        for lease in leases:
+            if now >= lease.until - MARGIN or lease.requests < 1:
+                continue
+            if (lease.tpm and lease.tokens < need) or (lease.slots and not lease.free):
+                continue
+            lease.requests -= 1
+            lease.tokens -= need
+            if lease.slots:
+                self._slot_of[job_id] = (scope, lease, lease.free.pop())
+            self.admitted += 1
+            self.note(scope, now)
+            at = int(now * 1000)
+            ticket = f"{at} {prompt} {max_tokens} {lease.tok_t} {lease.key_tok_t} {scope[1]} {user}"
+            return Taken(ticket, lease.headers)
+        return None
 
     def end(self, job_id: str, now: float | None = None) -> None:
         """A lease-admitted job ended: its slot goes back to its lease, or, the lease being
@@ -142,14 +150,17 @@ class Leases:
             return
         scope, lease, slot = held
         now = time.time() if now is None else now
-        if self._pool.get(scope) is lease and now < lease.until - MARGIN:
+        if lease in self._pool.get(scope, ()) and now < lease.until - MARGIN:
             lease.free.append(slot)
         else:
             self._gone.append((scope[0], scope[1], f"{lease.job_id}#{slot}"))
 
     def _close(self, scope: Scope, lease: Lease) -> None:
-        if self._pool.get(scope) is lease:
-            del self._pool[scope]
+        leases = self._pool.get(scope, [])
+        if lease in leases:
+            leases.remove(lease)
+            if not leases:
+                del self._pool[scope]
         self._gone += [(scope[0], scope[1], f"{lease.job_id}#{n}") for n in lease.free]
         lease.free = []
         lease.requests = 0
@@ -157,9 +168,10 @@ class Leases:
     def expired(self, now: float) -> list[tuple[str, str, str]]:
         """Close the leases that are over and hand out the slots to take out of Redis:
         (tenant, key id, member)."""
-        for scope, lease in list(self._pool.items()):
-            if now >= lease.until - MARGIN:
-                self._close(scope, lease)
+        for scope, leases in list(self._pool.items()):
+            for lease in list(leases):
+                if now >= lease.until - MARGIN:
+                    self._close(scope, lease)
         gone, self._gone = self._gone, []
         return gone
 
@@ -169,4 +181,4 @@ class Leases:
 
     def held(self) -> int:
         """Leases open now."""
-        return len(self._pool)
+        return sum(len(leases) for leases in self._pool.values())

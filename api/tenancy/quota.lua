@@ -84,17 +84,21 @@ local function answer(allowed, reason, limit, retry_ms, need, usd, lease_until, 
     lease_until, dup)
 end
 
--- How many more requests of `need` tokens a lease ending at E may take (0: none).
+-- How many more requests of `need` tokens a lease ending at E may take (0: none): a
+-- quarter of the headroom left at E, and no more than refills in half the lease's time
+-- (so units a replica leaves unspent delay others by at most that).
 local function lease_size(wish, E, need)
   local g = wish
+  local half = (E - now) / 2
   for _, s in ipairs(scopes) do
     if s.daily > 0 or s.monthly > 0 or s.spend > 0 then return 0 end
     if s.rpm > 0 then
-      g = math.min(g, math.floor((now + MINUTE - math.max(s.new_req, E)) * s.rpm / MINUTE / 4))
+      local room = math.min((now + MINUTE - math.max(s.new_req, E)) / 4, half)
+      g = math.min(g, math.floor(room * s.rpm / MINUTE))
     end
     if s.tpm > 0 and need > 0 then
-      local room = (now + MINUTE - math.max(s.new_tok, E)) * s.tpm / MINUTE
-      g = math.min(g, math.floor(room / need / 4))
+      local room = math.min((now + MINUTE - math.max(s.new_tok, E)) / 4, half)
+      g = math.min(g, math.floor(room * s.tpm / MINUTE / need))
     end
     if s.conc > 0 then g = math.min(g, math.floor((s.conc - s.held - 1) / 4)) end
   end

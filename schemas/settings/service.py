@@ -268,7 +268,7 @@ class TenancySettings(Group):
         commands=(),
     )
     quota_lease_window: float = setting(
-        1.0,
+        0.5,
         "Seconds a lease is spent for (its units count as used at its end); at most 5.",
         commands=(),
         gt=0,
