@@ -25,7 +25,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
-from llmq.api.tenancy.lease_book import drop_slots
+from llmq.api.tenancy.lease_book import drop_slots, extend_slots
 from llmq.api.tenancy.leases import Leases, Scope
 from llmq.api.tenancy.quota import Ending
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
@@ -100,13 +100,17 @@ class Reservations:
             return Reservation(tenant, model, job_id, held=False)
         leases = self.leases if leased and slot else None
         scope = (tenant, key_id, model)
-        wish = (0, 0.0)
+        wish = (0, 0.0, 0.0)
         if leases is not None:
             now = time.time()
             taken = leases.take(scope, job_id, prompt_tokens, max_tokens, user=user, now=now)
             if taken is not None:
                 return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
-            wish = (leases.wish(scope, now), now + leases.window)
+            wish = (
+                leases.wish(scope, now),
+                now + leases.window,
+                now + leases.window + leases.slot_grace,
+            )
         try:
             decision = await self.quota.reserve(
                 tenant,
@@ -347,11 +351,13 @@ class Reservations:
         is away: a lost slot would only wait for its expiry)."""
         while True:
             await asyncio.sleep(LEASE_TICK)
-            gone = leases.expired(time.time())
+            now = time.time()
+            gone, taken = leases.expired(now), leases.taken()
             try:
+                await extend_slots(self.quota.redis, taken, now + self.quota.lease)
                 await drop_slots(self.quota.redis, gone)
             except QuotaBackendDown:
-                leases.give_back(gone)
+                leases.give_back(gone, taken)
             except Exception as exc:
                 log.warning("returning lease slots failed: %s", exc)
 

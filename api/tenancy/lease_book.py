@@ -39,6 +39,24 @@ def book_call(
     return keys, args
 
 
+async def extend_slots(redis: Redis, taken: list[tuple[str, str, str]], until: float) -> None:
+    """Push the slots jobs took from leases, (tenant, key id, member), to `until` (unix s)
+    in both in-flight sets, one round trip; a slot already reaped is not made again."""
+    if not taken:
+        return
+    ms = int(until * 1000)
+    pipe = redis.pipeline(transaction=False)
+    for tenant, key_id, member in taken:
+        sets = [names.inflight_key(tenant)]
+        if key_id:
+            sets.append(f"{names.key_quota_prefix(tenant, key_id)}:inflight")
+        for zset in sets:
+            pipe.zadd(zset, {member: ms}, xx=True, gt=True)
+            pipe.pexpireat(zset, ms + 60_000, gt=True)
+    with backend_guard():
+        await pipe.execute()
+
+
 async def drop_slots(redis: Redis, gone: list[tuple[str, str, str]]) -> None:
     """Take the free slots of ended leases, (tenant, key id, member), out of the tenant's
     and the key's in-flight sets, in one round trip."""

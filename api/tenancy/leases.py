@@ -19,6 +19,10 @@ DEFAULT_WINDOW = 0.5
 """Seconds a lease may be spent for: its units are charged as arriving at its end."""
 MAX_WISH = 256
 """Most requests one lease asks for."""
+SLOT_GRACE = 30.0
+"""Seconds past a lease's end its slots stay in Redis unless extended: a slot a job takes
+is pushed to the reservation lease within `LEASE_TICK` (`Leases.taken`), so a dead
+replica's unused slots come back this long after its lease ended."""
 MARGIN = 0.02
 """Seconds before its end a lease stops admitting (a request admitted at E is still within
 what was charged; the margin keeps a slow call from crossing it)."""
@@ -64,8 +68,9 @@ def ticket_fields(ticket: str) -> tuple[int, int, int, str, str, str, str]:
 class Leases:
     """This replica's leases: per scope, the open ones, the one ending first first."""
 
-    def __init__(self, window: float = DEFAULT_WINDOW) -> None:
+    def __init__(self, window: float = DEFAULT_WINDOW, slot_grace: float = SLOT_GRACE) -> None:
         self.window = window
+        self.slot_grace = slot_grace
         self._pool: dict[Scope, list[Lease]] = {}
         self._asking: set[Scope] = set()
         """Scopes with a lease asked for and not answered yet: one at a time."""
@@ -73,6 +78,8 @@ class Leases:
         """Job id -> the lease slot it holds, until the job ends."""
         self._recent: dict[Scope, list[float]] = {}
         """Per scope: [window start, admitted in it, admitted in the one before]."""
+        self._taken: list[tuple[str, str, str]] = []
+        """(tenant, key id, slot member) a job took since the last tick: to extend."""
         self._gone: list[tuple[str, str, str]] = []
         """(tenant, key id, slot member) to take out of Redis: their lease is over."""
         self.admitted = 0
@@ -134,7 +141,9 @@ class Leases:
             lease.requests -= 1
             lease.tokens -= need
             if lease.slots:
-                self._slot_of[job_id] = (scope, lease, lease.free.pop())
+                slot = lease.free.pop()
+                self._slot_of[job_id] = (scope, lease, slot)
+                self._taken.append((scope[0], scope[1], f"{lease.job_id}#{slot}"))
             self.admitted += 1
             self.note(scope, now)
             at = int(now * 1000)
@@ -175,9 +184,18 @@ class Leases:
         gone, self._gone = self._gone, []
         return gone
 
-    def give_back(self, gone: list[tuple[str, str, str]]) -> None:
-        """Slots `expired` handed out that could not be taken out of Redis: next time."""
+    def taken(self) -> list[tuple[str, str, str]]:
+        """Slots jobs took since the last call: their score is pushed to the reservation
+        lease (a running job holds its slot as a directly reserved one does)."""
+        taken, self._taken = self._taken, []
+        return taken
+
+    def give_back(
+        self, gone: list[tuple[str, str, str]], taken: list[tuple[str, str, str]]
+    ) -> None:
+        """What `expired` and `taken` handed out and Redis did not take: next time."""
         self._gone += gone
+        self._taken += taken
 
     def held(self) -> int:
         """Leases open now."""

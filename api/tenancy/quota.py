@@ -125,7 +125,7 @@ class Quota:
         lease: float | None = None,
         key_id: str = "",
         user: str = "",
-        lease_wish: tuple[int, float] = (0, 0.0),
+        lease_wish: tuple[int, float, float] = (0, 0.0, 0.0),
     ) -> QuotaDecision:
         """Check every limit and, if all pass, hold the request's share. Raises
         `QuotaBackendDown` when Redis is unreachable.
@@ -135,7 +135,8 @@ class Quota:
         `key_id`: the API key the request came with; its own limits apply too, and a key
         revoked or expired since the caller cached it is refused (`invalid_api_key`).
         `user`: the request's end user, booked at release (cut to `MAX_USER_CHARS`).
-        `lease_wish`: (requests, until): ask for a lease too (`api.tenancy.leases`).
+        `lease_wish`: (requests, until, slots until): ask for a lease too
+        (`api.tenancy.leases`).
         """
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
@@ -159,8 +160,7 @@ class Quota:
                 price = await self._redis.hget(names.PRICES_KEY, model)
             args.append("" if price is None else _text(price))
         elif lease_wish[0] > 0:
-            until = lease_wish[1]
-            args += ["-", _ms(until), lease_wish[0], _ms(until + lease)]
+            args += ["-", _ms(lease_wish[1]), lease_wish[0], _ms(lease_wish[2])]
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 
