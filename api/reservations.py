@@ -348,16 +348,19 @@ class Reservations:
 
     async def _end_leases(self, leases: Leases) -> None:
         """Every `LEASE_TICK` s: ended leases' free slots back to Redis (retried while it
-        is away: a lost slot would only wait for its expiry)."""
+        is away); every third of the slot grace, running jobs' slots pushed on."""
+        extended = time.monotonic()
         while True:
             await asyncio.sleep(LEASE_TICK)
-            now = time.time()
-            gone, taken = leases.expired(now), leases.taken()
+            gone = leases.expired(time.time())
             try:
-                await extend_slots(self.quota.redis, taken, now + self.quota.lease)
                 await drop_slots(self.quota.redis, gone)
+                if time.monotonic() - extended >= leases.slot_grace / 3:
+                    extended = time.monotonic()
+                    until = time.time() + leases.slot_grace
+                    await extend_slots(self.quota.redis, leases.running(), until)
             except QuotaBackendDown:
-                leases.give_back(gone, taken)
+                leases.give_back(gone)
             except Exception as exc:
                 log.warning("returning lease slots failed: %s", exc)
 

@@ -20,9 +20,9 @@ DEFAULT_WINDOW = 0.5
 MAX_WISH = 256
 """Most requests one lease asks for."""
 SLOT_GRACE = 30.0
-"""Seconds past a lease's end its slots stay in Redis unless extended: a slot a job takes
-is pushed to the reservation lease within `LEASE_TICK` (`Leases.taken`), so a dead
-replica's unused slots come back this long after its lease ended."""
+"""Seconds a lease's slots stay in Redis past its end; the slots of running jobs are
+pushed to now + this every third of it (`Leases.running`). So a dead replica's slots,
+unused or not, come back within this long."""
 MARGIN = 0.02
 """Seconds before its end a lease stops admitting (a request admitted at E is still within
 what was charged; the margin keeps a slow call from crossing it)."""
@@ -78,8 +78,6 @@ class Leases:
         """Job id -> the lease slot it holds, until the job ends."""
         self._recent: dict[Scope, list[float]] = {}
         """Per scope: [window start, admitted in it, admitted in the one before]."""
-        self._taken: list[tuple[str, str, str]] = []
-        """(tenant, key id, slot member) a job took since the last tick: to extend."""
         self._gone: list[tuple[str, str, str]] = []
         """(tenant, key id, slot member) to take out of Redis: their lease is over."""
         self.admitted = 0
@@ -141,9 +139,7 @@ class Leases:
             lease.requests -= 1
             lease.tokens -= need
             if lease.slots:
-                slot = lease.free.pop()
-                self._slot_of[job_id] = (scope, lease, slot)
-                self._taken.append((scope[0], scope[1], f"{lease.job_id}#{slot}"))
+                self._slot_of[job_id] = (scope, lease, lease.free.pop())
             self.admitted += 1
             self.note(scope, now)
             at = int(now * 1000)
@@ -184,18 +180,13 @@ class Leases:
         gone, self._gone = self._gone, []
         return gone
 
-    def taken(self) -> list[tuple[str, str, str]]:
-        """Slots jobs took since the last call: their score is pushed to the reservation
-        lease (a running job holds its slot as a directly reserved one does)."""
-        taken, self._taken = self._taken, []
-        return taken
+    def running(self) -> list[tuple[str, str, str]]:
+        """The slots of running lease-admitted jobs, (tenant, key id, member)."""
+        return [(s[0], s[1], f"{lease.job_id}#{n}") for s, lease, n in self._slot_of.values()]
 
-    def give_back(
-        self, gone: list[tuple[str, str, str]], taken: list[tuple[str, str, str]]
-    ) -> None:
-        """What `expired` and `taken` handed out and Redis did not take: next time."""
+    def give_back(self, gone: list[tuple[str, str, str]]) -> None:
+        """Slots `expired` handed out that Redis did not take out: next time."""
         self._gone += gone
-        self._taken += taken
 
     def held(self) -> int:
         """Leases open now."""
