@@ -15,7 +15,7 @@ from llmq.api.tenancy.lease_book import extend_slots
 from llmq.api.tenancy.leases import Leases
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
-from tests.stack import unique
+from tests.stack import unique, wait_for
 
 
 @pytest.fixture
@@ -152,10 +152,11 @@ async def test_concurrency_never_exceeded_and_slots_come_back(redis, scope: str)
     zset = names.inflight_key(tenant)
     if key_id:
         zset = f"{names.key_quota_prefix(tenant, key_id)}:inflight"
-    ended = time.monotonic()
-    while await redis.zcard(zset) and time.monotonic() - ended < 1.0:
-        await asyncio.sleep(0.02)
-    assert await redis.zcard(zset) == 0
+
+    async def returned() -> bool:
+        return not await redis.zcard(zset)
+
+    await wait_for(returned, timeout=1.0, interval=0.02)
     for r in group:
         await r.drain()
 
