@@ -28,21 +28,11 @@ from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
 from llmq.api.tenancy.lease_book import drop_slots, extend_slots
 from llmq.api.tenancy.leases import Leases, Scope
 from llmq.api.tenancy.quota import Ending
+from llmq.api.tenancy.refusals import refusal_of
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
 log = logging.getLogger(__name__)
 
-_MESSAGES = {
-    "rate_limit_exceeded": "Rate limit reached for {limit}. Retry after the indicated time.",
-    "insufficient_quota": "You exceeded your {limit} quota.",
-    "suspended": "This tenant is suspended.",
-    "model_not_allowed": "This tenant may not use model `{model}`.",
-    "unknown_tenant": "Unknown tenant.",
-    "invalid_api_key": "Incorrect API key provided.",
-}
-_KEY_MESSAGES = {
-    "model_not_allowed": "This API key may not use model `{model}`.",
-}
 LEASE_TICK = 0.1
 """Seconds between looks for ended leases (their free slots go back to Redis)."""
 QUOTA_STORE_RETRY = 1.0
@@ -139,7 +129,7 @@ class Reservations:
             request = (prompt_tokens, max_tokens, user)
             return self._leased(leases, scope, job_id, decision, request=request, until=wish[1])
         if not decision.allowed:
-            return _refusal(decision, model)
+            return refusal_of(decision, model)
         if slot:  # a slotless reservation has no lease to renew
             self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
@@ -164,7 +154,7 @@ class Reservations:
         if not decision.allowed:
             taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
             if taken is None:
-                return _refusal(decision, model)
+                return refusal_of(decision, model)
             return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
         headers = decision.headers()
         if decision.lease[0] > 0:
@@ -390,28 +380,6 @@ class Reservations:
                 log.warning("redis down: reservations not renewed this round")
             except Exception as exc:
                 log.warning("renewing reservations failed: %s", exc)
-
-
-def _refusal(decision: QuotaDecision, model: str) -> Refusal:
-    reason = decision.reason
-    limit: str = decision.limit
-    template = _MESSAGES.get(reason, reason)
-    if limit == "key":
-        template = _KEY_MESSAGES.get(reason, template)
-    elif limit.startswith("key_"):
-        limit = f"{limit[4:]} of this API key"
-    message = template.format(limit=limit or "this", model=model)
-    status = decision.http_status
-    kind = {429: reason, 401: "invalid_request_error"}.get(status, "permission_error")
-    return Refusal(
-        status,
-        message,
-        reason,
-        type=kind,
-        param="model" if reason == "model_not_allowed" else None,
-        headers=decision.headers(),
-        retry_after=max(decision.retry_after, 0.2) if status == 429 else None,
-    )
 
 
 def end_user(request: object) -> str:

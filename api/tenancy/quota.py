@@ -29,6 +29,8 @@ from llmq.api.tenancy.models import QuotaDecision
 from llmq.api.tenancy.periods import periods
 from llmq.api.tenancy.pipeline import ScriptPipe
 from llmq.api.tenancy.quota_reply import decision_of
+from llmq.api.tenancy.renewals import RENEW_BATCH as RENEW_BATCH
+from llmq.api.tenancy.renewals import RESERVATION_GRACE, Renewals
 from llmq.api.tenancy.script_keys import ScriptKeys
 from llmq.schemas import names
 
@@ -38,10 +40,6 @@ DEFAULT_LEDGER_MAXLEN = 100_000
 DEFAULT_TENANT_LEDGER_MAXLEN = 10_000
 DEFAULT_LEDGER_MAX_AGE = 90 * 86_400.0
 DEFAULT_USAGE_TTL_DAYS = 400
-RENEW_BATCH = 500
-"""Reservations renewed by one script call (it runs atomically: keep each call short)."""
-RESERVATION_GRACE = 86_400.0
-"""Seconds a reservation record outlives its lease, so a late release still reconciles."""
 MAX_USERS_PER_DAY = 10_000
 """End users (the request's `user` field) booked per tenant and UTC day; later new ones of
 that day are booked together as `(other)`, so a client cannot grow Redis without bound."""
@@ -76,7 +74,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Quota:
+class Quota(Renewals):
     """The per-request quota check; one instance per api process, sharing its Redis client."""
 
     def __init__(
@@ -370,52 +368,6 @@ class Quota:
         for command in commands:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))
-
-    async def renew(
-        self,
-        held: Sequence[tuple[str, str]],
-        lease: float | None = None,
-        *,
-        now: float | None = None,
-    ) -> list[bool]:
-        """Push the leases of open reservations, given as (tenant, job id), to `now + lease`
-        in one script call per `RENEW_BATCH`; per reservation, False when it is gone
-        (released, or its lease ran out: a renewal never revives a slot)."""
-        now = time.time() if now is None else now
-        lease = self._lease if lease is None else lease
-        kept: dict[int, bool] = {}
-        for part_at in self._renew_parts(held):
-            part = [held[i] for i in part_at]
-            keys: list[str] = []
-            for tenant, job_id in part:
-                keys += [names.inflight_key(tenant), names.reservation_key(tenant, job_id)]
-            args: list[str | int] = [
-                _ms(now),
-                _ms(now + lease),
-                _ms(RESERVATION_GRACE),
-                *(job_id for _, job_id in part),
-            ]
-            raw = _text(await self._call(self._renew, keys, args))
-            kept.update(zip(part_at, (c == "1" for c in raw), strict=True))
-        return [kept[i] for i in range(len(held))]
-
-    def _renew_parts(self, held: Sequence[tuple[str, str]]) -> list[list[int]]:
-        """Positions in `held` per script call: up to `RENEW_BATCH` each, and in a Cluster
-        one tenant's only (a script stays in one slot)."""
-        groups: dict[str, list[int]] = {}
-        for i, (tenant, _) in enumerate(held):
-            groups.setdefault(tenant if self._cluster else "", []).append(i)
-        return [
-            at[start : start + RENEW_BATCH]
-            for at in groups.values()
-            for start in range(0, len(at), RENEW_BATCH)
-        ]
-
-    async def extend(
-        self, tenant: str, job_id: str, lease: float, *, now: float | None = None
-    ) -> bool:
-        """`renew` of one reservation."""
-        return (await self.renew([(tenant, job_id)], lease, now=now))[0]
 
     @property
     def redis(self) -> Redis:
