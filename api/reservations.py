@@ -178,8 +178,6 @@ class Reservations:
         away (the caller retries); a second release of one job id changes nothing."""
         if not reservation.held or not reservation.tenant:
             return
-        if reservation.lease and self.leases is not None:
-            self.leases.end(reservation.job_id)
         key = (reservation.tenant, reservation.job_id)
         renewed = key in self._held
         self._held.pop(key, None)
@@ -244,8 +242,6 @@ class Reservations:
         held = [(r, u) for r, u in ended if r.held and r.tenant]
         renewed = {}
         for reservation, _ in held:
-            if reservation.lease and self.leases is not None:
-                self.leases.end(reservation.job_id)
             key = (reservation.tenant, reservation.job_id)
             renewed[key] = key in self._held
             self._held.pop(key, None)
@@ -337,20 +333,16 @@ class Reservations:
             )
 
     async def _end_leases(self, leases: Leases) -> None:
-        """Every `LEASE_TICK` s: ended leases' free slots back to Redis (retried while it
-        is away); every third of the slot grace, running jobs' slots pushed on."""
-        extended = time.monotonic()
+        """Every `LEASE_TICK` s: the slots jobs took pushed to the reservation lease, and
+        ended leases' unused slots back to Redis (both retried while it is away)."""
         while True:
             await asyncio.sleep(LEASE_TICK)
-            gone = leases.expired(time.time())
+            gone, taken = leases.expired(time.time()), leases.taken()
             try:
+                await extend_slots(self.quota.redis, taken, time.time() + self.quota.lease)
                 await drop_slots(self.quota.redis, gone)
-                if time.monotonic() - extended >= leases.slot_grace / 3:
-                    extended = time.monotonic()
-                    until = time.time() + leases.slot_grace
-                    await extend_slots(self.quota.redis, leases.running(), until)
             except QuotaBackendDown:
-                leases.give_back(gone)
+                leases.give_back(gone, taken)
             except Exception as exc:
                 log.warning("returning lease slots failed: %s", exc)
 

@@ -10,13 +10,20 @@
 --
 -- KEYS[1] reservation hash (this job)  KEYS[2] booked marker  KEYS[3] price table
 -- KEYS[4..6] tenant rate, day, month   KEYS[7..9] the key's rate, day, month
+-- KEYS[10] tenant in-flight set  KEYS[11] the key's
 -- ARGV[1] job id  ARGV[2] model  ARGV[3] prompt tokens  ARGV[4] key id ('' = none)
 -- ARGV[5] end user  ARGV[6] tenant ms per token (0 = no TPM)  ARGV[7] the key's
 -- ARGV[8] day expiry (ms)  ARGV[9] month expiry (ms)  ARGV[10] record ttl (ms)
 -- ARGV[11] admitted at (unix ms)  ARGV[12] output tokens held (max_tokens)
+-- ARGV[13] the lease slot the job held ('-': none): taken out of both in-flight sets on
+-- every call (a slot serves one job only, so taking it out twice is harmless)
 --
 -- Returns 1 when the record was written, 0 when the job was booked before.
 
+if ARGV[13] ~= '-' then
+  redis.call('ZREM', KEYS[10], ARGV[13])
+  if ARGV[4] ~= '' then redis.call('ZREM', KEYS[11], ARGV[13]) end
+end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[10]) then return 0 end
 local model = ARGV[2]
 local prompt, out = tonumber(ARGV[3]), tonumber(ARGV[12])

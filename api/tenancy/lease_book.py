@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from llmq.api.tenancy.errors import backend_guard
-from llmq.api.tenancy.leases import ticket_fields
+from llmq.api.tenancy.leases import ticket_of
 from llmq.api.tenancy.periods import periods
 from llmq.api.tenancy.script_keys import key_scope
 from llmq.schemas import names
@@ -19,9 +19,9 @@ def book_call(
 ) -> tuple[list[str], list[str | int]]:
     """The call that makes the job's reservation record, once, as `quota.lua` would have:
     on the day and month the job was admitted."""
-    at, prompt, out, tok_t, ktok_t, key_id, user = ticket_fields(ticket)
-    p = periods(at / 1000)
-    own = key_scope(tenant, key_id, p.day, p.month)
+    t = ticket_of(ticket)
+    p = periods(t.at_ms / 1000)
+    own = key_scope(tenant, t.key_id, p.day, p.month)
     keys = [
         names.reservation_key(tenant, job_id),
         names.booked_key(tenant, job_id),
@@ -30,11 +30,13 @@ def book_call(
         names.day_quota_key(tenant, p.day),
         names.month_quota_key(tenant, p.month),
         *own[1:],
+        names.inflight_key(tenant),
+        own[0],
     ]
     args: list[str | int] = [
-        job_id, model, prompt, key_id, user, tok_t, ktok_t,
+        job_id, model, t.prompt, t.key_id, t.user, t.tok_t, t.key_tok_t,
         int(p.day_end * 1000) + 86_400_000, int(p.month_end * 1000) + 86_400_000,
-        BOOKED_TTL, at, out,
+        BOOKED_TTL, t.at_ms, t.max_tokens, t.slot,
     ]  # fmt: skip
     return keys, args
 

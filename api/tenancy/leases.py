@@ -3,15 +3,15 @@
 `quota.lua` grants a lease together with a request it admits: `requests` more requests of
 that request's size (its RPM units and TPM tokens charged as arriving at the lease's end,
 never given back) and as many concurrency slots (`<job>#<i>` members of the in-flight
-sets). This replica spends them locally until the lease ends (`window`, ≤ 1 s); a job
-admitted from a lease gives its slot back to the lease when it ends, and once the lease is
-over its free slots go back to Redis (`Leases.expired`). The lease's owner never writes the
-spent units back: its jobs are booked one by one by `lease_book.lua` + `release.lua`.
+sets), one per request. This replica spends them locally until the lease ends (`window`,
+≤ 1 s): each job admitted from it holds one slot until the job is booked (`lease_book.lua`
+takes the slot out, whichever replica books it), and once the lease is over its unused
+slots go back to Redis (`Leases.expired`). Its jobs are booked one by one by
+`lease_book.lua` + `release.lua`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -20,9 +20,10 @@ DEFAULT_WINDOW = 0.5
 MAX_WISH = 256
 """Most requests one lease asks for."""
 SLOT_GRACE = 30.0
-"""Seconds a lease's slots stay in Redis past its end; the slots of running jobs are
-pushed to now + this every third of it (`Leases.running`). So a dead replica's slots,
-unused or not, come back within this long."""
+"""Seconds a lease's slots stay in Redis past its end: a slot a job takes is pushed to the
+reservation lease at the next tick (`Leases.taken`), and taken out of Redis when the job
+is booked (`lease_book.lua`); a dead replica's unused slots come back this long after its
+lease ended."""
 MARGIN = 0.02
 """Seconds before its end a lease stops admitting (a request admitted at E is still within
 what was charged; the margin keeps a slow call from crossing it)."""
@@ -54,15 +55,29 @@ class Taken:
     """A request admitted from a lease: its booking ticket and the slot it holds."""
 
     ticket: str
-    """`<admitted ms> <prompt> <max_tokens> <ms/token> <key ms/token> <key id> <user>`:
-    what `lease_book.lua` needs, carried in the job envelope (`Llmq-Lease`)."""
+    """`<admitted ms> <prompt> <max_tokens> <ms/token> <key ms/token> <key id> <slot>
+    <user>`: what `lease_book.lua` needs, carried in the job envelope (`Llmq-Lease`)."""
     headers: Mapping[str, str]
 
 
-def ticket_fields(ticket: str) -> tuple[int, int, int, str, str, str, str]:
-    """A ticket read back: (admitted ms, prompt, max tokens, ms/token, key's, key id, user)."""
-    at, prompt, out, tok_t, ktok_t, key_id, user = ticket.split(" ", 6)
-    return int(at), int(prompt), int(out), tok_t, ktok_t, key_id, user
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A ticket read back."""
+
+    at_ms: int
+    prompt: int
+    max_tokens: int
+    tok_t: str
+    key_tok_t: str
+    key_id: str
+    slot: str
+    """The in-flight member the job holds; '-': none (no concurrency limit)."""
+    user: str
+
+
+def ticket_of(ticket: str) -> Ticket:
+    at, prompt, out, tok_t, ktok_t, key_id, slot, user = ticket.split(" ", 7)
+    return Ticket(int(at), int(prompt), int(out), tok_t, ktok_t, key_id, slot, user)
 
 
 class Leases:
@@ -74,8 +89,8 @@ class Leases:
         self._pool: dict[Scope, list[Lease]] = {}
         self._asking: set[Scope] = set()
         """Scopes with a lease asked for and not answered yet: one at a time."""
-        self._slot_of: dict[str, tuple[Scope, Lease, int]] = {}
-        """Job id -> the lease slot it holds, until the job ends."""
+        self._taken: list[tuple[str, str, str]] = []
+        """(tenant, key id, slot member) a job took since the last tick: to extend."""
         self._recent: dict[Scope, list[float]] = {}
         """Per scope: [window start, admitted in it, admitted in the one before]."""
         self._gone: list[tuple[str, str, str]] = []
@@ -138,27 +153,16 @@ class Leases:
                 continue
             lease.requests -= 1
             lease.tokens -= need
+            slot = "-"
             if lease.slots:
-                self._slot_of[job_id] = (scope, lease, lease.free.pop())
+                slot = f"{lease.job_id}#{lease.free.pop()}"
+                self._taken.append((scope[0], scope[1], slot))
             self.admitted += 1
             self.note(scope, now)
-            at = int(now * 1000)
-            ticket = f"{at} {prompt} {max_tokens} {lease.tok_t} {lease.key_tok_t} {scope[1]} {user}"
+            rates = f"{lease.tok_t} {lease.key_tok_t}"
+            ticket = f"{int(now * 1000)} {prompt} {max_tokens} {rates} {scope[1]} {slot} {user}"
             return Taken(ticket, lease.headers)
         return None
-
-    def end(self, job_id: str, now: float | None = None) -> None:
-        """A lease-admitted job ended: its slot goes back to its lease, or, the lease being
-        over, to Redis."""
-        held = self._slot_of.pop(job_id, None)
-        if held is None:
-            return
-        scope, lease, slot = held
-        now = time.time() if now is None else now
-        if lease in self._pool.get(scope, ()) and now < lease.until - MARGIN:
-            lease.free.append(slot)
-        else:
-            self._gone.append((scope[0], scope[1], f"{lease.job_id}#{slot}"))
 
     def _close(self, scope: Scope, lease: Lease) -> None:
         leases = self._pool.get(scope, [])
@@ -180,13 +184,18 @@ class Leases:
         gone, self._gone = self._gone, []
         return gone
 
-    def running(self) -> list[tuple[str, str, str]]:
-        """The slots of running lease-admitted jobs, (tenant, key id, member)."""
-        return [(s[0], s[1], f"{lease.job_id}#{n}") for s, lease, n in self._slot_of.values()]
+    def taken(self) -> list[tuple[str, str, str]]:
+        """Slots jobs took since the last call, (tenant, key id, member): pushed to the
+        reservation lease, as a directly reserved job's slot is held."""
+        taken, self._taken = self._taken, []
+        return taken
 
-    def give_back(self, gone: list[tuple[str, str, str]]) -> None:
-        """Slots `expired` handed out that Redis did not take out: next time."""
+    def give_back(
+        self, gone: list[tuple[str, str, str]], taken: list[tuple[str, str, str]]
+    ) -> None:
+        """What `expired` and `taken` handed out and Redis did not take: next time."""
         self._gone += gone
+        self._taken += taken
 
     def held(self) -> int:
         """Leases open now."""

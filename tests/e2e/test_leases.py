@@ -130,7 +130,7 @@ async def test_a_replica_killed_holding_leases(stack, redis) -> None:  # type: i
                 started.append(response.headers["x-request-id"])
                 async for _ in response.iter_lines():
                     pass
-        except (openai.APIError, httpx.HTTPError):
+        except Exception:  # noqa: BLE001 - the api dies mid-stream: the SDK's transport error
             pass
 
     # short jobs make the tenant hot (leases), then long ones run when the replica dies
