@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 DEFAULT_WINDOW = 0.5
 """Seconds a lease may be spent for: its units are charged as arriving at its end."""
@@ -24,6 +25,8 @@ SLOT_GRACE = 30.0
 reservation lease at the next tick (`Leases.taken`), and taken out of Redis when the job
 is booked (`lease_book.lua`); a dead replica's unused slots come back this long after its
 lease ended."""
+MAX_USER_CHARS = 64
+"""As `quota.MAX_USER_CHARS`: the end user is cut to this before it is booked."""
 MARGIN = 0.02
 """Seconds before its end a lease stops admitting (a request admitted at E is still within
 what was charged; the margin keeps a slow call from crossing it)."""
@@ -56,7 +59,8 @@ class Taken:
 
     ticket: str
     """`<admitted ms> <prompt> <max_tokens> <ms/token> <key ms/token> <key id> <slot>
-    <user>`: what `lease_book.lua` needs, carried in the job envelope (`Llmq-Lease`)."""
+    =<end user, percent-encoded>`: what `lease_book.lua` needs, carried in the job envelope
+    (`Llmq-Lease`, a NATS header: nothing in it may be a space, CR or LF)."""
     headers: Mapping[str, str]
 
 
@@ -76,8 +80,9 @@ class Ticket:
 
 
 def ticket_of(ticket: str) -> Ticket:
-    at, prompt, out, tok_t, ktok_t, key_id, slot, user = ticket.split(" ", 7)
-    return Ticket(int(at), int(prompt), int(out), tok_t, ktok_t, key_id, slot, user)
+    """Raises ValueError for a ticket that is not one (a report from a newer api)."""
+    at, prompt, out, tok_t, ktok_t, key_id, slot, user = ticket.split(" ")
+    return Ticket(int(at), int(prompt), int(out), tok_t, ktok_t, key_id, slot, unquote(user[1:]))
 
 
 class Leases:
@@ -160,7 +165,8 @@ class Leases:
             self.admitted += 1
             self.note(scope, now)
             rates = f"{lease.tok_t} {lease.key_tok_t}"
-            ticket = f"{int(now * 1000)} {prompt} {max_tokens} {rates} {scope[1]} {slot} {user}"
+            who = quote(user[:MAX_USER_CHARS], safe="")  # a header value: no space, no CR/LF
+            ticket = f"{int(now * 1000)} {prompt} {max_tokens} {rates} {scope[1]} {slot} ={who}"
             return Taken(ticket, lease.headers)
         return None
 

@@ -12,6 +12,7 @@ reservation of the tenant reaps it once the lease has run out; work that outlive
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from llmq.api.tenancy.renewals import RENEW_BATCH as RENEW_BATCH
 from llmq.api.tenancy.renewals import RESERVATION_GRACE, Renewals
 from llmq.api.tenancy.script_keys import ScriptKeys
 from llmq.schemas import names
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 900.0
 """Seconds a slot is held without a release; above the api's max deadline (600 s)."""
@@ -263,7 +266,13 @@ class Quota(Renewals):
     async def book_leases(self, endings: Sequence[Ending]) -> None:
         """Make the reservation records of the lease-admitted jobs among `endings` (once per
         job: `lease_book.lua`), in one round trip, so their release books them."""
-        calls = [book_call(e.tenant, e.model, e.job_id, e.lease) for e in endings if e.lease]
+        calls = []
+        for e in endings:
+            if e.lease:
+                try:
+                    calls.append(book_call(e.tenant, e.model, e.job_id, e.lease))
+                except ValueError:  # not a ticket this api reads: no record, nothing booked
+                    log.error("job %s: unreadable lease ticket; not booked", e.job_id)
         if not calls:
             return
         book = self._book
