@@ -12,9 +12,10 @@ from redis.asyncio import Redis
 from llmq.api.reservations import Reservations
 from llmq.api.tenancy import KeySettings, Quota, Tenant, TenantStore, UsageReader, connect
 from llmq.api.tenancy.lease_book import extend_slots
-from llmq.api.tenancy.leases import Leases
+from llmq.api.tenancy.leases import Leases, ticket_of
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
+from llmq.schemas.envelope import JobEnvelope
 from tests.stack import unique, wait_for
 
 
@@ -185,3 +186,28 @@ async def test_a_dead_replica_strands_its_slots_only_briefly(redis) -> None:  # 
     assert await redis.zcount(zset, time.time() * 1000, "+inf") == 0
     entries = await redis.xlen(names.tenant_ledger_key(tenant))
     assert entries == 6
+
+
+async def test_the_ticket_is_a_safe_header_and_books_the_end_user(redis) -> None:  # type: ignore[no-untyped-def]
+    """The lease ticket travels in a NATS header (`Llmq-Lease`): a client's `user` with
+    spaces, CR/LF or a header of its own cannot break it, and is booked as sent."""
+    tenant = await _tenant(redis, rpm=10_000)
+    replica = _replica(redis)
+    user = "eve x\r\nLlmq-Tenant: other"
+    got = [
+        await replica.reserve(tenant, "m", 10, 10, f"j{i}", user=user, leased=True)
+        for i in range(6)
+    ]
+    leased = [r for r in got if isinstance(r, Reservation) and r.lease]
+    assert leased
+    ticket = leased[0].lease
+    assert not any(c in ticket.split(" ", 7)[7] for c in " \r\n")
+    assert ticket_of(ticket).user == user
+    envelope = JobEnvelope(id="j", model="m", tenant=tenant, lease=ticket)
+    back = JobEnvelope.from_headers(envelope.subject, envelope.to_headers())
+    assert back.lease == ticket
+    for r in got:
+        assert isinstance(r, Reservation)
+        await replica.release(r, JobUsage(1, 1))
+    rows = await UsageReader(redis).usage(tenant, days=1, by="user")
+    assert {row.model for row in rows} == {user}  # a by-user row names the user in `model`
