@@ -25,7 +25,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
-from llmq.api.tenancy.lease_book import drop_slots, extend_slots
+from llmq.api.tenancy.lease_book import LeaseEnds, drop_slots, extend_slots
 from llmq.api.tenancy.leases import Leases, Scope
 from llmq.api.tenancy.quota import Ending
 from llmq.api.tenancy.refusals import refusal_of
@@ -157,9 +157,11 @@ class Reservations:
                 return refusal_of(decision, model)
             return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
         headers = decision.headers()
-        if decision.lease[0] > 0:
+        granted = decision.lease
+        if granted[0] > 0:
+            cost = (prompt * granted[5] + max_tokens * granted[6]) / 1e6
             leases.grant(
-                scope, job_id, decision.lease, need=prompt + max_tokens,
+                scope, job_id, granted, need=prompt + max_tokens, cost=cost,
                 until=until, headers=headers,
             )  # fmt: skip
         leases.note(scope, now)
@@ -333,18 +335,21 @@ class Reservations:
             )
 
     async def _end_leases(self, leases: Leases) -> None:
-        """Every `LEASE_TICK` s: the slots jobs took pushed to the reservation lease, and
-        ended leases' unused slots back to Redis (both retried while it is away)."""
+        """Every `LEASE_TICK` s: the slots jobs took pushed to the reservation lease, ended
+        leases' unused slots and budget back to Redis (all retried while it is away)."""
+        ends = LeaseEnds(self.quota.redis)
         while True:
             await asyncio.sleep(LEASE_TICK)
             gone, taken = leases.expired(time.time()), leases.taken()
+            closed = leases.closed()
             try:
                 await extend_slots(self.quota.redis, taken, time.time() + self.quota.lease)
                 await drop_slots(self.quota.redis, gone)
+                await ends.close(closed)
             except QuotaBackendDown:
-                leases.give_back(gone, taken)
+                leases.give_back(gone, taken, closed)
             except Exception as exc:
-                log.warning("returning lease slots failed: %s", exc)
+                log.warning("ending leases failed: %s", exc)
 
     @property
     def renew_every(self) -> float:

@@ -359,6 +359,12 @@ def month_quota_key(tenant: str, month: str) -> str:
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:m:{month}"
 
 
+def leases_key(tenant: str) -> str:
+    """Sorted set: the tenant's budget leases (record key `reservation_key(…, <job>#L)`)
+    -> when what is left of them is given back if their replica did not (unix ms)."""
+    return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:leases"
+
+
 def booked_key(tenant: str, job_id: str) -> str:
     """String: a lease-admitted job was booked (`lease_book.lua`), so it is booked once."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:b:{job_id}"

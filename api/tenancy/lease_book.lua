@@ -11,6 +11,9 @@
 -- KEYS[1] reservation hash (this job)  KEYS[2] booked marker  KEYS[3] price table
 -- KEYS[4..6] tenant rate, day, month   KEYS[7..9] the key's rate, day, month
 -- KEYS[10] tenant in-flight set  KEYS[11] the key's
+-- KEYS[12] the job's budget lease record, when its lease held day, month and spend: while
+-- it is there, the job's tokens and spend are in the counters already (counted as booked
+-- in it, for the reaper); once it is gone (given back), they are added as without one
 -- ARGV[1] job id  ARGV[2] model  ARGV[3] prompt tokens  ARGV[4] key id ('' = none)
 -- ARGV[5] end user  ARGV[6] tenant ms per token (0 = no TPM)  ARGV[7] the key's
 -- ARGV[8] day expiry (ms)  ARGV[9] month expiry (ms)  ARGV[10] record ttl (ms)
@@ -58,10 +61,15 @@ local function held_in(prefix, rate, tok_t, day, month)
   rec[n + 5], rec[n + 6] = prefix .. 'day', day
   rec[n + 7], rec[n + 8] = prefix .. 'month', month
 end
-hold(KEYS[5], KEYS[6])
+local leased = KEYS[12] and redis.call('EXISTS', KEYS[12]) == 1
+if leased then
+  redis.call('HINCRBY', KEYS[12], 'btok', need)
+  if cost > 0 then redis.call('HINCRBYFLOAT', KEYS[12], 'busd', usd) end
+end
+if not leased then hold(KEYS[5], KEYS[6]) end
 held_in('', KEYS[4], ARGV[6], KEYS[5], KEYS[6])
 if ARGV[4] ~= '' then
-  hold(KEYS[8], KEYS[9])
+  if not leased then hold(KEYS[8], KEYS[9]) end
   held_in('k', KEYS[7], ARGV[7], KEYS[8], KEYS[9])
 end
 redis.call('HSET', KEYS[1], unpack(rec))

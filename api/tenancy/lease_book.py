@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from redis.asyncio import Redis
 
 from llmq.api.tenancy.errors import backend_guard
@@ -33,6 +35,8 @@ def book_call(
         names.inflight_key(tenant),
         own[0],
     ]
+    if t.lease != "-":
+        keys.append(names.reservation_key(tenant, t.lease) + "#L")
     args: list[str | int] = [
         job_id, model, t.prompt, t.key_id, t.user, t.tok_t, t.key_tok_t,
         int(p.day_end * 1000) + 86_400_000, int(p.month_end * 1000) + 86_400_000,
@@ -71,3 +75,24 @@ async def drop_slots(redis: Redis, gone: list[tuple[str, str, str]]) -> None:
             pipe.zrem(f"{names.key_quota_prefix(tenant, key_id)}:inflight", member)
     with backend_guard():
         await pipe.execute()
+
+
+class LeaseEnds:
+    """`lease_end.lua`: give back what ended budget leases hold beyond what was spent."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(
+            resources.files("llmq.api.tenancy").joinpath("lease_end.lua").read_text()
+        )
+
+    async def close(self, closed: list[tuple[str, str, int, float]]) -> None:
+        """(tenant, lease's job id, tokens spent, USD spent) each, in one round trip."""
+        if not closed:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant, job_id, tokens, usd in closed:
+            record = names.reservation_key(tenant, job_id) + "#L"
+            await self._script(keys=[record], args=[tokens, repr(usd)], client=pipe)
+        with backend_guard():
+            await pipe.execute()

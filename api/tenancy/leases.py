@@ -33,6 +33,8 @@ what was charged; the margin keeps a slow call from crossing it)."""
 
 Scope = tuple[str, str, str]
 """(tenant, API key id, model): what one lease covers."""
+Granted = tuple[int, int, str, str, bool, float, float]
+"""`QuotaDecision.lease`."""
 
 
 @dataclass(slots=True)
@@ -51,6 +53,14 @@ class Lease:
     tok_t: str
     key_tok_t: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    budget: bool = False
+    """It holds day, month and spend budget too: `tokens` and `usd` count, and what is left
+    at its end is given back (`Leases.closed`)."""
+    usd: float = 0.0
+    price: tuple[float, float] = (0.0, 0.0)
+    """Input and output USD per 1M tokens, as the grant priced it."""
+    spent: tuple[int, float] = (0, 0.0)
+    """Tokens and USD of the requests admitted from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +69,9 @@ class Taken:
 
     ticket: str
     """`<admitted ms> <prompt> <max_tokens> <ms/token> <key ms/token> <key id> <slot>
-    =<end user, percent-encoded>`: what `lease_book.lua` needs, carried in the job envelope
-    (`Llmq-Lease`, a NATS header: nothing in it may be a space, CR or LF)."""
+    <budget lease> =<end user, percent-encoded>`: what `lease_book.lua` needs, carried in
+    the job envelope (`Llmq-Lease`, a NATS header: nothing in it may be a space, CR or
+    LF)."""
     headers: Mapping[str, str]
 
 
@@ -76,13 +87,17 @@ class Ticket:
     key_id: str
     slot: str
     """The in-flight member the job holds; '-': none (no concurrency limit)."""
+    lease: str
+    """The job that took its lease, when the lease holds day, month and spend budget; '-'."""
     user: str
 
 
 def ticket_of(ticket: str) -> Ticket:
     """Raises ValueError for a ticket that is not one (a report from a newer api)."""
-    at, prompt, out, tok_t, ktok_t, key_id, slot, user = ticket.split(" ")
-    return Ticket(int(at), int(prompt), int(out), tok_t, ktok_t, key_id, slot, unquote(user[1:]))
+    at, prompt, out, tok_t, ktok_t, key_id, slot, lease, user = ticket.split(" ")
+    return Ticket(
+        int(at), int(prompt), int(out), tok_t, ktok_t, key_id, slot, lease, unquote(user[1:])
+    )
 
 
 class Leases:
@@ -99,6 +114,8 @@ class Leases:
         self._recent: dict[Scope, list[float]] = {}
         """Per scope: [window start, admitted in it, admitted in the one before]."""
         self._gone: list[tuple[str, str, str]] = []
+        self._closed: list[tuple[str, str, int, float]] = []
+        """(tenant, lease's job id, tokens and USD spent) of ended budget leases."""
         """(tenant, key id, slot member) to take out of Redis: their lease is over."""
         self.admitted = 0
         """Requests admitted from a lease (observability, tests)."""
@@ -133,14 +150,15 @@ class Leases:
         else:
             kept[1] += 1
 
-    def grant(self, scope: Scope, job_id: str, granted: tuple[int, int, str, str], *,
-              need: int, until: float, headers: Mapping[str, str]) -> None:  # fmt: skip
+    def grant(self, scope: Scope, job_id: str, granted: Granted, *, need: int, cost: float,
+              until: float, headers: Mapping[str, str]) -> None:  # fmt: skip
         """Keep a lease `quota.lua` granted with `job_id`: (requests, slots, ms per token
         of the tenant, of the key)."""
-        requests, slots, tok_t, ktok_t = granted
+        requests, slots, tok_t, ktok_t, budget, p_in, p_out = granted
         lease = Lease(
-            job_id, until, requests, requests * need, tok_t != "0" or ktok_t != "0",
-            list(range(slots, 0, -1)), slots > 0, tok_t, ktok_t, headers,
+            job_id, until, requests, requests * need, tok_t != "0" or ktok_t != "0" or budget,
+            list(range(slots, 0, -1)), slots > 0, tok_t, ktok_t, headers, budget,
+            requests * cost, (p_in, p_out),
         )  # fmt: skip
         self._pool.setdefault(scope, []).append(lease)
 
@@ -156,8 +174,13 @@ class Leases:
                 continue
             if (lease.tpm and lease.tokens < need) or (lease.slots and not lease.free):
                 continue
+            cost = (prompt * lease.price[0] + max_tokens * lease.price[1]) / 1e6
+            if lease.budget and cost > lease.usd + 1e-12:
+                continue
             lease.requests -= 1
             lease.tokens -= need
+            lease.usd -= cost
+            lease.spent = (lease.spent[0] + need, lease.spent[1] + cost)
             slot = "-"
             if lease.slots:
                 slot = f"{lease.job_id}#{lease.free.pop()}"
@@ -166,7 +189,10 @@ class Leases:
             self.note(scope, now)
             rates = f"{lease.tok_t} {lease.key_tok_t}"
             who = quote(user[:MAX_USER_CHARS], safe="")  # a header value: no space, no CR/LF
-            ticket = f"{int(now * 1000)} {prompt} {max_tokens} {rates} {scope[1]} {slot} ={who}"
+            ticket = (
+                f"{int(now * 1000)} {prompt} {max_tokens} {rates} {scope[1]} {slot} "
+                f"{lease.job_id if lease.budget else '-'} ={who}"
+            )
             return Taken(ticket, lease.headers)
         return None
 
@@ -179,6 +205,9 @@ class Leases:
         self._gone += [(scope[0], scope[1], f"{lease.job_id}#{n}") for n in lease.free]
         lease.free = []
         lease.requests = 0
+        if lease.budget:
+            self._closed.append((scope[0], lease.job_id, *lease.spent))
+            lease.budget = False
 
     def expired(self, now: float) -> list[tuple[str, str, str]]:
         """Close the leases that are over and hand out the slots to take out of Redis:
@@ -196,12 +225,23 @@ class Leases:
         taken, self._taken = self._taken, []
         return taken
 
+    def closed(self) -> list[tuple[str, str, int, float]]:
+        """Budget leases ended since the last call, (tenant, lease's job id, tokens and USD
+        spent): what they hold beyond that goes back (`lease_end.lua`)."""
+        closed, self._closed = self._closed, []
+        return closed
+
     def give_back(
-        self, gone: list[tuple[str, str, str]], taken: list[tuple[str, str, str]]
+        self,
+        gone: list[tuple[str, str, str]],
+        taken: list[tuple[str, str, str]],
+        closed: list[tuple[str, str, int, float]],
     ) -> None:
-        """What `expired` and `taken` handed out and Redis did not take: next time."""
+        """What `expired`, `taken` and `closed` handed out and Redis did not take: next
+        time."""
         self._gone += gone
         self._taken += taken
+        self._closed += closed
 
     def held(self) -> int:
         """Leases open now."""

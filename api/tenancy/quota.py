@@ -161,7 +161,9 @@ class Quota(Renewals):
                 price = await self._redis.hget(names.PRICES_KEY, model)
             args.append("" if price is None else _text(price))
         elif lease_wish[0] > 0:
-            args += ["-", _ms(lease_wish[1]), lease_wish[0], _ms(lease_wish[2])]
+            until = lease_wish[1]
+            args += ["-", _ms(until), lease_wish[0], _ms(lease_wish[2]), _ms(until + lease)]
+            keys.append(names.leases_key(tenant))
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 

@@ -10,9 +10,18 @@ import pytest
 from redis.asyncio import Redis
 
 from llmq.api.reservations import Reservations
-from llmq.api.tenancy import KeySettings, Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy import (
+    KeySettings,
+    Price,
+    Quota,
+    Tenant,
+    TenantStore,
+    UsageReader,
+    connect,
+)
 from llmq.api.tenancy.lease_book import extend_slots
 from llmq.api.tenancy.leases import Leases, ticket_of
+from llmq.api.tenancy.periods import periods
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.envelope import JobEnvelope
@@ -66,7 +75,13 @@ async def test_a_hot_tenant_is_admitted_from_its_lease_with_no_redis_call(redis)
 
 
 async def _burst(
-    replicas: list[Reservations], tenant: str, n: int, seconds: float, key_id: str = ""
+    replicas: list[Reservations],
+    tenant: str,
+    n: int,
+    seconds: float,
+    key_id: str = "",
+    *,
+    model: str = "m",
 ) -> list[float]:
     """`n` requests over `seconds`, split unevenly (1, 2, 3... parts) across the replicas;
     the admission times (monotonic) of those admitted."""
@@ -78,7 +93,7 @@ async def _burst(
     async def one(i: int) -> None:
         await asyncio.sleep(max(0.0, start + seconds * i / n - time.monotonic()))
         replica = plan[i % len(plan)]
-        r = await replica.reserve(tenant, "m", 5, 5, f"j{i}", key_id=key_id, leased=True)
+        r = await replica.reserve(tenant, model, 5, 5, f"j{i}", key_id=key_id, leased=True)
         if isinstance(r, Reservation):
             admitted.append(time.monotonic())
 
@@ -201,7 +216,7 @@ async def test_the_ticket_is_a_safe_header_and_books_the_end_user(redis) -> None
     leased = [r for r in got if isinstance(r, Reservation) and r.lease]
     assert leased
     ticket = leased[0].lease
-    assert not any(c in ticket.split(" ", 7)[7] for c in " \r\n")
+    assert not any(c in ticket.split(" ")[-1] for c in "\r\n") and ticket.count(" ") == 8
     assert ticket_of(ticket).user == user
     envelope = JobEnvelope(id="j", model="m", tenant=tenant, lease=ticket)
     back = JobEnvelope.from_headers(envelope.subject, envelope.to_headers())
@@ -211,3 +226,49 @@ async def test_the_ticket_is_a_safe_header_and_books_the_end_user(redis) -> None
         await replica.release(r, JobUsage(1, 1))
     rows = await UsageReader(redis).usage(tenant, days=1, by="user")
     assert {row.model for row in rows} == {user}  # a by-user row names the user in `model`
+
+
+BUDGETS = {
+    "daily": ({"daily_tokens": 6000}, {}),
+    "monthly": ({"monthly_tokens": 6000}, {}),
+    "spend": ({"spend_budget_usd": 0.6005}, {}),
+    "key daily": ({}, {"daily_tokens": 6000}),
+    "key spend": ({}, {"spend_budget_usd": 0.6005}),
+}
+"""Each allows exactly 600 requests of 10 tokens (at 100 USD per 1M tokens, 0.001 each;
+half a request more of budget, so that float sums do not decide the 600th)."""
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize("budget", list(BUDGETS))
+async def test_budgets_exact_across_replicas_under_a_burst(
+    redis, replicas: int, budget: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A 2,000-request burst over 3 s split unevenly: exactly the 600 that fit the budget
+    are admitted (leases hold budget, and give back what they did not spend when they
+    end, so the last ones fit too), and once every lease has ended the counters hold
+    exactly what the admitted requests hold."""
+    tenant_limits, key_limits = BUDGETS[budget]
+    tenant = await _tenant(redis, rpm=1_000_000, **tenant_limits)
+    store = TenantStore(redis)
+    model = unique("m")
+    await store.set_price(model, Price(input_per_1m=100.0, output_per_1m=100.0))
+    key_id = ""
+    if key_limits:
+        key_id = (await store.create_key(tenant, settings=KeySettings(**key_limits)))[1].id
+    group = [_replica(redis) for _ in range(replicas)]
+    for r in group:
+        r.start_renewal()
+    times = await _burst(group, tenant, 2000, 3.0, key_id, model=model)
+    assert len(times) == 600, len(times)
+    assert sum(r.leases.admitted for r in group if r.leases) > 0
+    await asyncio.sleep(1.0)  # every lease ended, its leftover given back
+    p = periods(time.time())
+    prefix = names.key_quota_prefix(tenant, key_id) if key_id else ""
+    day = f"{prefix}:d:{p.day}" if key_id else names.day_quota_key(tenant, p.day)
+    month = f"{prefix}:m:{p.month}" if key_id else names.month_quota_key(tenant, p.month)
+    assert int(await redis.hget(day, "tok")) == 6000
+    assert int(await redis.hget(month, "tok")) == 6000
+    assert float(await redis.hget(month, "usd")) == pytest.approx(0.6)
+    for r in group:
+        await r.drain()
