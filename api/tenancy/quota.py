@@ -160,7 +160,7 @@ class Quota(Renewals):
             with backend_guard():
                 price = await self._redis.hget(names.PRICES_KEY, model)
             args.append("" if price is None else _text(price))
-        elif lease_wish[0] > 0:
+        elif lease_wish[1] > 0:  # leases on: maybe a lease, and the reaper
             until = lease_wish[1]
             args += ["-", _ms(until), lease_wish[0], _ms(lease_wish[2]), _ms(until + lease)]
             keys.append(names.leases_key(tenant))

@@ -272,3 +272,30 @@ async def test_budgets_exact_across_replicas_under_a_burst(
     assert float(await redis.hget(month, "usd")) == pytest.approx(0.6)
     for r in group:
         await r.drain()
+
+
+async def test_a_dead_replicas_budget_comes_back(redis) -> None:  # type: ignore[no-untyped-def]
+    """A replica that dies holding a budget lease never gives back what it did not spend:
+    the next admission after the lease's end + the reservation lease gives back all of it
+    not booked yet (here after 1 s), and its jobs booked later are added then, once."""
+    tenant = await _tenant(redis, daily_tokens=1_000_000)
+    dead = Reservations(Quota(redis, lease=1.0), False, Leases(0.5))
+    got = [await dead.reserve(tenant, "m", 5, 5, f"j{i}", leased=True) for i in range(8)]
+    assert all(isinstance(r, Reservation) for r in got)
+    assert any(isinstance(r, Reservation) and r.lease for r in got)
+    day = names.day_quota_key(tenant, periods(time.time()).day)
+    assert int(await redis.hget(day, "tok")) > 80  # the lease holds more than was spent
+    await asyncio.sleep(2.0)
+    other = _replica(redis)
+    first = await other.reserve(tenant, "m", 5, 5, "k", leased=True)
+    assert isinstance(first, Reservation)
+    # given back: all its lease held beyond the jobs booked from it (none yet): what is
+    # left is the directly reserved jobs' and this one's, 10 tokens each
+    direct = sum(1 for r in got if isinstance(r, Reservation) and not r.lease)
+    assert int(await redis.hget(day, "tok")) == 10 * direct + 10
+    for r in got:  # the workers' reports of the dead replica's jobs: booked, real usage
+        assert isinstance(r, Reservation)
+        await other.release(r, JobUsage(3, 3))
+        await other.release(r, JobUsage(3, 3))
+    assert int(await redis.hget(day, "tok")) == 8 * 6 + 10
+    assert await redis.xlen(names.tenant_ledger_key(tenant)) == 8
