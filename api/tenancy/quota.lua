@@ -244,7 +244,10 @@ end
 
 local E = tonumber(ARGV[13] or '0') or 0
 local grant, slots, budget = 0, 0, 0
-if E > now and slot then grant = lease_size(tonumber(ARGV[14]) or 0, E, need, cost) end
+-- A lease never crosses the end of the UTC day: its jobs book on the day it charged.
+if E > now and E < tonumber(ARGV[8]) and slot then
+  grant = lease_size(tonumber(ARGV[14]) or 0, E, need, cost)
+end
 if grant > 0 then
   for _, s in ipairs(scopes) do
     if s.rpm > 0 then s.new_req = math.max(s.new_req, E) + grant * MINUTE / s.rpm end

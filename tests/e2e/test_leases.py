@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy.periods import periods
 from llmq.schemas import names
 from tests.stack import unique, wait_for, wait_serving
 
@@ -56,13 +57,14 @@ async def _apis(stack: Any, n: int, model: str, key: str) -> list[str]:
 
 @pytest.mark.parametrize("replicas", [2, 3])
 async def test_rpm_and_concurrency_exact_across_api_processes(stack, redis, replicas: int) -> None:  # type: ignore[no-untyped-def]
-    """RPM 600 (10 a second) and 60 at once: a 2,000-request burst over 10 s split unevenly
-    across the api processes admits no more than the bucket plus its refill, no fewer than
-    what fit a second before the burst ended, never more than 60 at once; each admitted
-    job is booked exactly once, and some were admitted from leases."""
+    """RPM 600 (10 a second), 60 at once and a daily budget: a 2,000-request burst over
+    10 s split unevenly across the api processes admits no more than the bucket plus its
+    refill, no fewer than what fit a second before the burst ended, never more than 60 at
+    once; each admitted job is booked exactly once, the day's counter holds exactly what
+    was booked, and some were admitted from leases."""
     model = unique("m")
     worker = await stack.worker(model=[model], capacity=128, echo_delay=0.01)
-    tenant, key = await _tenant(redis, rpm=600, max_concurrent=60)
+    tenant, key = await _tenant(redis, rpm=600, max_concurrent=60, daily_tokens=10**9)
     urls = await _apis(stack, replicas, model, key)
     plan = [urls[i] for i in range(replicas) for _ in range(i + 1)]  # 1:2(:3)
     headers = {"authorization": f"Bearer {key}"}
@@ -101,6 +103,11 @@ async def test_rpm_and_concurrency_exact_across_api_processes(stack, redis, repl
     assert row.requests == admitted
     assert await _lease_booked(redis, tenant) > 0
     await wait_for(lambda: _none_inflight(redis, tenant), timeout=5)
+    # the day's budget (leased too) holds exactly the tokens booked
+    day = names.day_quota_key(tenant, periods(time.time()).day)
+    assert int(await redis.hget(day, "tok")) == sum(
+        e.prompt_tokens + e.completion_tokens for e in ledger
+    )
 
 
 async def _none_inflight(redis: Redis, tenant: str) -> bool:
