@@ -64,6 +64,22 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     await _open_features(app, settings, startup, undo)
 
 
+def _reservations(runtime: Runtime, settings: Settings) -> Reservations:
+    """The quota script caller, with this replica's leases (none in a Redis Cluster)."""
+    tenancy = settings.tenancy
+    quota = Quota(
+        runtime.redis,
+        lease=tenancy.reservation_lease,
+        ledger_maxlen=tenancy.ledger_maxlen,
+        tenant_ledger_maxlen=settings.storage.tenant_ledger_maxlen,
+        ledger_max_age=settings.storage.ledger_max_age,
+    )
+    leases = None
+    if tenancy.quota_leases and not is_cluster(runtime.redis):
+        leases = Leases(tenancy.quota_lease_window)
+    return Reservations(quota, tenancy.quota_fail_open, leases)
+
+
 async def _open_core(
     app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack
 ) -> None:
@@ -71,18 +87,7 @@ async def _open_core(
     runtime = await Runtime.open(settings, startup)
     undo.push_async_callback(runtime.close)
     store = TenantStore(runtime.redis)
-    quota = Quota(
-        runtime.redis,
-        lease=settings.tenancy.reservation_lease,
-        ledger_maxlen=settings.tenancy.ledger_maxlen,
-        tenant_ledger_maxlen=settings.storage.tenant_ledger_maxlen,
-        ledger_max_age=settings.storage.ledger_max_age,
-    )
-    tenancy = settings.tenancy
-    leases = None
-    if tenancy.quota_leases and not is_cluster(runtime.redis):
-        leases = Leases(tenancy.quota_lease_window)
-    reservations = Reservations(quota, tenancy.quota_fail_open, leases)
+    reservations = _reservations(runtime, settings)
     reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
     undo.push_async_callback(reservations.drain)
     models = ModelTable(settings)

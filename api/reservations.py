@@ -96,11 +96,7 @@ class Reservations:
             taken = leases.take(scope, job_id, prompt_tokens, max_tokens, user=user, now=now)
             if taken is not None:
                 return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
-            wish = (
-                leases.wish(scope, now),
-                now + leases.window,
-                now + leases.window + leases.slot_grace,
-            )
+            wish = leases.ask(scope, now)
         try:
             decision = await self.quota.reserve(
                 tenant,
@@ -116,15 +112,7 @@ class Reservations:
         except QuotaBackendDown:
             if wish[0] and leases is not None:
                 leases.answered(scope)
-            if self.fail_open:
-                log.warning("redis down: admitting %s without a quota check", job_id)
-                return Reservation(tenant, model, job_id, held=False)
-            return Refusal(
-                503,
-                "the quota store is unavailable",
-                "quota_store_down",
-                retry_after=QUOTA_STORE_RETRY,
-            )
+            return self._store_down(tenant, model, job_id)
         if leases is not None:
             request = (prompt_tokens, max_tokens, user)
             return self._leased(leases, scope, job_id, decision, request=request, until=wish[1])
@@ -133,6 +121,15 @@ class Reservations:
         if slot:  # a slotless reservation has no lease to renew
             self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
+
+    def _store_down(self, tenant: str, model: str, job_id: str) -> Reservation | Refusal:
+        """Redis is away: served unchecked (`fail_open`), else a 503 to retry."""
+        if self.fail_open:
+            log.warning("redis down: admitting %s without a quota check", job_id)
+            return Reservation(tenant, model, job_id, held=False)
+        return Refusal(
+            503, "the quota store is unavailable", "quota_store_down", retry_after=QUOTA_STORE_RETRY
+        )
 
     def _leased(
         self,
@@ -160,10 +157,8 @@ class Reservations:
         granted = decision.lease
         if granted[0] > 0:
             cost = (prompt * granted[5] + max_tokens * granted[6]) / 1e6
-            leases.grant(
-                scope, job_id, granted, need=prompt + max_tokens, cost=cost,
-                until=until, headers=headers,
-            )  # fmt: skip
+            need = prompt + max_tokens
+            leases.grant(scope, job_id, granted, need=need, cost=cost, until=until, headers=headers)
         leases.note(scope, now)
         self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=headers)

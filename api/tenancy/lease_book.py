@@ -26,7 +26,7 @@ def book_call(
     own = key_scope(tenant, t.key_id, p.day, p.month)
     keys = [
         names.reservation_key(tenant, job_id),
-        names.booked_key(tenant, job_id),
+        names.reservation_key(tenant, job_id) + "#B",
         names.PRICES_KEY,
         names.rate_key(tenant),
         names.day_quota_key(tenant, p.day),
@@ -37,11 +37,10 @@ def book_call(
     ]
     if t.lease != "-":
         keys.append(names.reservation_key(tenant, t.lease) + "#L")
-    args: list[str | int] = [
-        job_id, model, t.prompt, t.key_id, t.user, t.tok_t, t.key_tok_t,
-        int(p.day_end * 1000) + 86_400_000, int(p.month_end * 1000) + 86_400_000,
-        BOOKED_TTL, t.at_ms, t.max_tokens, t.slot,
-    ]  # fmt: skip
+    day_expiry = int(p.day_end * 1000) + 86_400_000
+    month_expiry = int(p.month_end * 1000) + 86_400_000
+    args: list[str | int] = [job_id, model, t.prompt, t.key_id, t.user, t.tok_t, t.key_tok_t]
+    args += [day_expiry, month_expiry, BOOKED_TTL, t.at_ms, t.max_tokens, t.slot]
     return keys, args
 
 

@@ -134,6 +134,12 @@ class Leases:
         self._asking.add(scope)
         return min(2 * int(rate), MAX_WISH)
 
+    def ask(self, scope: Scope, now: float) -> tuple[int, float, float]:
+        """What `Quota.reserve` is given as `lease_wish`: (`wish`, the lease's end, its
+        slots' end)."""
+        until = now + self.window
+        return self.wish(scope, now), until, until + self.slot_grace
+
     def answered(self, scope: Scope) -> None:
         """The lease `wish` asked for was granted (`grant`), refused, or the call failed."""
         self._asking.discard(scope)
@@ -150,20 +156,40 @@ class Leases:
         else:
             kept[1] += 1
 
-    def grant(self, scope: Scope, job_id: str, granted: Granted, *, need: int, cost: float,
-              until: float, headers: Mapping[str, str]) -> None:  # fmt: skip
-        """Keep a lease `quota.lua` granted with `job_id`: (requests, slots, ms per token
-        of the tenant, of the key)."""
+    def grant(
+        self,
+        scope: Scope,
+        job_id: str,
+        granted: Granted,
+        *,
+        need: int,
+        cost: float,
+        until: float,
+        headers: Mapping[str, str],
+    ) -> None:
+        """Keep a lease `quota.lua` granted with `job_id` (`QuotaDecision.lease`), for
+        requests of `need` tokens costing `cost`."""
         requests, slots, tok_t, ktok_t, budget, p_in, p_out = granted
         lease = Lease(
-            job_id, until, requests, requests * need, tok_t != "0" or ktok_t != "0" or budget,
-            list(range(slots, 0, -1)), slots > 0, tok_t, ktok_t, headers, budget,
-            requests * cost, (p_in, p_out),
-        )  # fmt: skip
+            job_id=job_id,
+            until=until,
+            requests=requests,
+            tokens=requests * need,
+            tpm=tok_t != "0" or ktok_t != "0" or budget,
+            free=list(range(slots, 0, -1)),
+            slots=slots > 0,
+            tok_t=tok_t,
+            key_tok_t=ktok_t,
+            headers=headers,
+            budget=budget,
+            usd=requests * cost,
+            price=(p_in, p_out),
+        )
         self._pool.setdefault(scope, []).append(lease)
 
-    def take(self, scope: Scope, job_id: str, prompt: int, max_tokens: int, *,
-             user: str, now: float) -> Taken | None:  # fmt: skip
+    def take(
+        self, scope: Scope, job_id: str, prompt: int, max_tokens: int, *, user: str, now: float
+    ) -> Taken | None:
         """Admit one request from the scope's leases, or None (none open covers it)."""
         leases = self._pool.get(scope)
         if not leases:

@@ -163,7 +163,7 @@ class Quota(Renewals):
         elif lease_wish[1] > 0:  # leases on: maybe a lease, and the reaper
             until = lease_wish[1]
             args += ["-", _ms(until), lease_wish[0], _ms(lease_wish[2]), _ms(until + lease)]
-            keys.append(names.leases_key(tenant))
+            keys.append(names.reservation_key(tenant, "#leases"))
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 

@@ -41,7 +41,7 @@ def _chat(model: str) -> dict[str, object]:
 
 async def _lease_booked(redis: Redis, tenant: str) -> int:
     """Jobs booked through `lease_book.lua` (admitted from a lease): their markers."""
-    pattern = names.booked_key(tenant, "*")
+    pattern = names.reservation_key(tenant, "*#B")
     return len([k async for k in redis.scan_iter(match=pattern, count=1000)])
 
 
