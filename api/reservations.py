@@ -149,7 +149,9 @@ class Reservations:
         now = time.time()
         leases.answered(scope)
         if not decision.allowed:
-            taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
+            taken = None
+            if decision.http_status == 429:  # a limit, not a refusal of the tenant or key
+                taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
             if taken is None:
                 return refusal_of(decision, model)
             return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
