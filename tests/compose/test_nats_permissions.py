@@ -30,6 +30,7 @@ import nats
 import openai
 import pytest
 
+from llmq.api.batch.eviction import Evictor
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.embedded import EmbeddedNats
 from llmq.provision import PROVISIONED, run_provision
@@ -56,10 +57,16 @@ STORED = (
 """Streams holding tenants' data at rest."""
 
 API = "$JS.API"
+API_PURGES = (
+    f"OBJ_{names.FILES_OBJECT_STORE}",
+    *(f"KV_{b}" for b in (names.RESULTS_BUCKET, names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET)),
+)
+"""What only the api may purge, one subject at a time: a deleted file's chunks, an evicted
+finished job's or batch's records (api/batch/eviction.py)."""
 NOBODY = (
     # streams and buckets: never created, changed, purged or deleted at run time
     *(f"{API}.STREAM.{verb}.{s}" for s in PROVISIONED for verb in ("UPDATE", "DELETE")),
-    *(f"{API}.STREAM.PURGE.{s}" for s in PROVISIONED if s != f"OBJ_{names.FILES_OBJECT_STORE}"),
+    *(f"{API}.STREAM.PURGE.{s}" for s in PROVISIONED if s not in API_PURGES),
     f"{API}.STREAM.CREATE.SPY",
     f"{API}.STREAM.CREATE.KV_SPY",
     *(f"{API}.STREAM.MSG.DELETE.{s}" for s in JOB_STREAMS),
@@ -98,12 +105,12 @@ REFUSED: dict[str, tuple[str, ...]] = {
         *NOT_THE_API,
         f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
         f"{API}.DIRECT.GET.{names.JOBS_STREAM}",
-        f"{API}.STREAM.PURGE.OBJ_{names.FILES_OBJECT_STORE}",
+        *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
     ),
     "cli": (
         *NOBODY,
         *NOT_THE_API,
-        f"{API}.STREAM.PURGE.OBJ_{names.FILES_OBJECT_STORE}",
+        *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
         f"$KV.{names.WORKERS_BUCKET}.spy",
         f"$KV.{names.MODELS_BUCKET}.spy",
         f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.jobs-echo",
@@ -242,6 +249,13 @@ async def test_runtime_users_wait_for_provision_then_serve_every_flow_without_a_
     assert b"later" in (await sdk.files.content(batch.output_file_id)).content
     assert [f.id async for f in sdk.files.list()]
     assert (await sdk.files.delete(uploaded.id)).deleted
+    # A full bucket evicts finished jobs and batches (here: every finished one).
+    evictor = Evictor(api.runtime.js, water=1e-9)
+    for bucket in (names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET):
+        await evictor.make_room(f"KV_{bucket}", within=10)
+    assert evictor.evicted == {"jobs": 1, "batches": 1}
+    with pytest.raises(openai.NotFoundError):
+        await sdk.batches.retrieve(batch.id)
     await sdk.close()
     # The operators' commands, as `cli`.
     env = {
