@@ -328,7 +328,12 @@ class ResponsesServing:
                 serving, run, reservation, record, ask.estimate, ticket=ticket, keeper=NoKeeper()
             )
 
-        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
+        # a hit or a join names what was omitted as this request's own answer would
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id,
+            MODEL_HEADER: model,
+            **ask.headers,
+        }
         return serving.reuse.plan(
             serving,
             Ask(

@@ -532,3 +532,37 @@ async def test_rpm_applies_to_hits(stack, upstream, redis, tmp_path) -> None:  #
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert "retry-after" in refused.headers
     assert _calls(upstream) == 1
+
+
+async def test_hits_and_joins_name_the_omitted_tools(  # type: ignore[no-untyped-def]
+    stack, upstream, redis, tmp_path
+) -> None:
+    """The built-in tools the model table omits are named (`x-llmq-omitted`) on a hit and a
+    join as on the answer that ran."""
+    upstream.route(CHAT, openai_chat(["no", " search", " here"], gap=0.4))
+    api, model = await _cached_stack(stack, upstream, tmp_path)
+    _, key = await _tenant(redis)
+    url = f"{api.url}/v1/responses"
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": model, "input": "news?", "temperature": 0, "store": False,
+            "stream": True, "tools": [{"type": "web_search"}]}  # fmt: skip
+    omitted = "tools[0]=web_search"
+    async with httpx.AsyncClient(timeout=30) as first, httpx.AsyncClient(timeout=30) as second:
+        async with first.stream("POST", url, json=body, headers=headers) as leading:
+            assert leading.headers["x-llmq-cache"] == "miss"
+            assert leading.headers["x-llmq-omitted"] == omitted
+            joined = asyncio.create_task(second.post(url, json=body, headers=headers))
+            await wait_for(lambda: any(f.joined for f in api.app.state.cache.flights.open.values()))
+            await leading.aread()
+        resp = await joined
+    assert (resp.headers["x-llmq-cache"], resp.headers["x-llmq-omitted"]) == ("join", omitted)
+    await wait_for(lambda: api.app.state.cache._writes == set())
+    async with httpx.AsyncClient(timeout=30) as http:
+        for stream in (True, False):
+            again = await http.post(url, json={**body, "stream": stream}, headers=headers)
+            assert again.status_code == 200, again.text
+            assert (again.headers["x-llmq-cache"], again.headers["x-llmq-omitted"]) == (
+                "hit",
+                omitted,
+            )
+    assert _calls(upstream) == 1
