@@ -52,10 +52,10 @@ async def test_queued_answers_are_served_then_written_together(redis) -> None:  
 
 
 async def test_the_queue_is_bounded(redis) -> None:  # type: ignore[no-untyped-def]
-    store = CacheStore(redis, CacheSettings(cache_max_entry_bytes=100))
-    writes = Writes(store, max_bytes=120)
+    store = CacheStore(redis, CacheSettings(cache_max_entry_bytes=200))
+    writes = Writes(store, max_bytes=140)
     scope = unique("t")
-    writes.add(scope, "big", _entry("x" * 200), ttl=60, model="m")  # larger than any entry
+    writes.add(scope, "big", _entry("x" * 300), ttl=60, model="m")  # larger than any entry
     writes.add(scope, "a", _entry("a" * 40), ttl=60, model="m")
     writes.add(scope, "b", _entry("b" * 40), ttl=60, model="m")  # past the queue's bound
     assert writes.get(scope, "big") is None and writes.get(scope, "b") is None
