@@ -136,6 +136,11 @@ class ResponseCache:
             return queued
         return await self.store.get(scope, digest)
 
+    async def purge(self, scope: str) -> dict[str, int]:
+        """Delete a tenant scope's entries, the ones on their way to the store too."""
+        await self.writes.drop(scope, timeout=5.0)
+        return await self.store.purge(scope)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Let the writes under way land, then close the store's client."""
         await self.writes.close(timeout)

@@ -97,6 +97,13 @@ class Writes:
             with contextlib.suppress(Exception):
                 self.on_stored(pending.model, stored.written, stored.evicted)
 
+    async def drop(self, scope: str, timeout: float) -> None:
+        """Forget the scope's queued answers and let the writes under way land (a deleted
+        tenant: its entries are purged next)."""
+        for key in [key for key in self._queued if key[0] == scope]:
+            self._bytes -= self._queued.pop(key).size
+        await self.close(timeout)
+
     async def close(self, timeout: float) -> None:
         """Let the writes under way land."""
         if self.tasks:

@@ -63,3 +63,16 @@ async def test_the_queue_is_bounded(redis) -> None:  # type: ignore[no-untyped-d
     await wait_for(lambda: not writes.busy)
     assert await store.get(scope, "a") is not None
     assert await store.get(scope, "b") is None
+
+
+async def test_a_deleted_tenants_queued_answers_are_never_written(redis) -> None:  # type: ignore[no-untyped-def]
+    store = CacheStore(redis, CacheSettings())
+    writes = Writes(store, max_bytes=1_000_000)
+    gone, kept = unique("t"), unique("t")
+    writes.add(gone, "d", _entry("gone"), ttl=60, model="m")
+    writes.add(kept, "d", _entry("kept"), ttl=60, model="m")
+    await writes.drop(gone, timeout=5)
+    assert writes.get(gone, "d") is None
+    await wait_for(lambda: not writes.busy)
+    assert await store.get(gone, "d") is None
+    assert await store.get(kept, "d") is not None
