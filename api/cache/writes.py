@@ -1,9 +1,9 @@
 """Answers on their way to the store, kept off every request's path: an answer that ended
-well is queued here and written a moment later (`WRITE_DELAY`: after its response has been
-sent, in the loop's idle time while requests wait on their jobs), together with every other
-answer queued by then, in one pipelined write. Until it is written, this replica serves it
-from here. Bounded (`max_bytes`): past it an answer is not stored, as when the store is
-away."""
+well is queued here and written on a later turn of the event loop (`WRITE_DELAY`: the task
+that answers the request, woken first, writes its response before), together with every
+other answer queued by then, in one pipelined write. Until it is written, this
+replica serves it from here. Bounded (`max_bytes`): past it an answer is not stored, as when
+the store is away."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from llmq.api.cache.store import CacheStore, Entry
 
 log = logging.getLogger(__name__)
 
-WRITE_DELAY = 0.002
-"""Seconds an answer waits to be written: its response goes out first, and at load the
-answers of many requests share one write."""
+WRITE_DELAY = 0.0
+"""Seconds an answer waits to be written: 0 is the next turn of the event loop, once the
+response that ended its job has gone out (measured: a delay of a few ms lands the write in
+the middle of the next request at c=1, +0.4 ms at p50). At load, the answers that ended in
+the same turn, and those that end while a write is under way, share one write."""
 
 OnStored = Callable[[str, int, int], None]
 """(model, bytes stored, entries evicted) of each write."""
