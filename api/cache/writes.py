@@ -1,8 +1,12 @@
 """Answers on their way to the store, kept off every request's path: an answer that ended
-well is queued here and written by a task that runs after the one answering the request,
-with every other answer queued by then, in one pipelined write. Until it is written, this
-replica serves it from here. Bounded (`max_bytes`): past it an answer is not stored, as when
-the store is away."""
+well is queued here and written up to `WRITE_DELAY` later, with every other answer queued
+by then, in one pipelined write. Until it is written, this replica serves it from here.
+Bounded (`max_bytes`): past it an answer is not stored, as when the store is away.
+
+Measured (docs/benchmarks.md): writing each answer as its request ends puts a write and its
+reply (and Valkey's script) beside every request at c=1; a write of 2 ms later lands in the
+middle of the next one. Writing together every 20 ms lands one write in one request of many.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ from dataclasses import dataclass
 from llmq.api.cache.store import CacheStore, Entry
 
 log = logging.getLogger(__name__)
+
+WRITE_DELAY = 0.02
+"""Seconds the answers wait to be written together (at c=1 a write lands in one request of
+many instead of beside every one); sooner when `WRITE_BATCH` of them wait."""
+WRITE_BATCH = 64
 
 OnStored = Callable[[str, int, int], None]
 """(model, bytes stored, entries evicted) of each write."""
@@ -41,6 +50,7 @@ class Writes:
         self._writing: dict[tuple[str, str], Pending] = {}
         self._bytes = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._full: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         """Writes under way (one not started yet included)."""
 
@@ -68,16 +78,22 @@ class Writes:
         self._queued[key] = Pending(scope, digest, entry, ttl, model, size)
         self._bytes += size
         if self._flusher is None:
-            task = asyncio.get_running_loop().create_task(self._flush(), name="cache-writes")
+            loop = asyncio.get_running_loop()
+            self._full = loop.create_future()
+            task = loop.create_task(self._flush(self._full), name="cache-writes")
             self._flusher = task
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        elif len(self._queued) >= WRITE_BATCH and self._full and not self._full.done():
+            self._full.set_result(None)
 
-    async def _flush(self) -> None:
-        # The first step of this task runs after the task that answers the request, woken
-        # before it was created (measured: waiting a few ms more lands the write in the
-        # middle of the next request at c=1, +0.4 ms p50).
-        self._flusher = None  # what is queued from now on goes in the next write
+    async def _flush(self, full: asyncio.Future[None]) -> None:
+        """`full`: set when `WRITE_BATCH` answers wait (then they go at once)."""
+        try:
+            await asyncio.wait((full,), timeout=WRITE_DELAY)
+        finally:
+            self._flusher = None  # what is queued from now on goes in the next write
+            full.cancel()
         batch, self._queued = self._queued, {}
         self._writing.update(batch)
         try:
