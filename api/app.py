@@ -160,8 +160,8 @@ async def _open_features(
     app.state.cache = cache = open_cache(runtime, app.state.models, app.state.store)
     undo.push_async_callback(cache.close)
     app.state.serving.reuse = cache
-    app.state.batches.purgers.append(cache.store.purge)  # a deleted tenant's answers
-    cache.on_stored = app.state.observability.metrics.cache_stored
+    app.state.batches.purgers.append(cache.purge)  # a deleted tenant's answers
+    cache.writes.on_stored = app.state.observability.metrics.cache_stored
     console.attach(app, app.state.serving)
     app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
     # usage the workers report, booked even when the relaying api died (docs/protocol.md)
