@@ -47,6 +47,7 @@ from llmq.api.tenancy import Quota, TenantStore, UsageReader
 from llmq.api.tenancy.client import is_cluster, redis_target
 from llmq.api.tenancy.leases import Leases
 from llmq.api.tenancy.request_rate import RequestRate
+from llmq.api.tenancy.store_wait import StoreWait
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.connection import NatsRefused, redact_url
 from llmq.dispatcher.queue_estimate import QueueEstimator
@@ -77,7 +78,8 @@ def _reservations(runtime: Runtime, settings: Settings) -> Reservations:
     leases = None
     if tenancy.quota_leases and not is_cluster(runtime.redis):
         leases = Leases(tenancy.quota_lease_window)
-    return Reservations(quota, tenancy.quota_fail_open, leases)
+    wait = StoreWait(runtime.redis.ping, tenancy.quota_store_wait)
+    return Reservations(quota, tenancy.quota_fail_open, leases, wait)
 
 
 async def _open_core(
@@ -122,7 +124,7 @@ async def _open_core(
     queue_estimator.start()
     undo.push_async_callback(queue_estimator.stop)
     router = Router(models, runtime.registry, queue_estimator.wait_for)
-    auth = Authenticator(settings, store)
+    auth = Authenticator(settings, store, reservations.store_wait)
     app.state.serving = ChatServing(runtime, auth, reservations, preparer, router=router)
     app.state.auth_changes = AuthChanges(runtime.nc, auth)  # api/auth_changes.py
     await app.state.auth_changes.start()

@@ -28,6 +28,7 @@ from llmq.api.errors import ApiError
 from llmq.api.tenancy import ApiKey, QuotaBackendDown, Tenant, TenantStore
 from llmq.api.tenancy.models import NORMAL_RANK, priority_rank
 from llmq.api.tenancy.store import hash_key
+from llmq.api.tenancy.store_wait import StoreWait
 from llmq.schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ def _invalid_key() -> ApiError:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, store: TenantStore) -> None:
+    def __init__(
+        self, settings: Settings, store: TenantStore, wait: StoreWait | None = None
+    ) -> None:
         self.mode = settings.api.auth_mode
         self.header = settings.tenancy.tenant_header
         self.trusted = frozenset(settings.tenancy.trusted_tenants)
@@ -105,6 +108,8 @@ class Authenticator:
         # each bounded by redis_timeout; past three of them it is not coming.
         self.lookup_deadline = 3 * settings.connection.redis_timeout
         self.store = store
+        self.wait = wait
+        """Waits out a short store outage (a failover) before the 503; None: no wait."""
         self._cache: dict[str, tuple[_Record, float]] = {}
         self._lookups: dict[str, asyncio.Task[_Outcome]] = {}
 
@@ -241,9 +246,13 @@ class Authenticator:
 
     async def _lookup(self, fetch: Callable[[], Awaitable[_Record | None]]) -> _Outcome:
         """Never raises: every end of the lookup is an outcome all its waiters share."""
-        try:
+
+        async def once() -> _Record | None:
             async with asyncio.timeout(self.lookup_deadline):
                 return await fetch()
+
+        try:
+            return await (once() if self.wait is None else self.wait.run(once))
         except QuotaBackendDown:
             return _DOWN
         except TimeoutError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -29,14 +30,13 @@ from llmq.api.tenancy.lease_book import LeaseEnds, drop_slots, extend_slots
 from llmq.api.tenancy.leases import Leases, Scope
 from llmq.api.tenancy.quota import Ending
 from llmq.api.tenancy.refusals import refusal_of
+from llmq.api.tenancy.store_wait import StoreWait, store_down
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
 log = logging.getLogger(__name__)
 
 LEASE_TICK = 0.1
 """Seconds between looks for ended leases (their free slots go back to Redis)."""
-QUOTA_STORE_RETRY = 1.0
-"""Seconds a batch line waits before asking again while the quota store is away."""
 RELEASED_MEMORY = 16_384
 """How many of its latest releases a replica remembers at most (`released_here`): seconds
 of traffic, ample for a worker's report that comes milliseconds after the job's end."""
@@ -46,11 +46,19 @@ look like a leak (memory growing with every request until it does)."""
 
 
 class Reservations:
-    def __init__(self, quota: Quota, fail_open: bool, leases: Leases | None = None) -> None:
+    def __init__(
+        self,
+        quota: Quota,
+        fail_open: bool,
+        leases: Leases | None = None,
+        store_wait: StoreWait | None = None,
+    ) -> None:
         self.quota = quota
         self.fail_open = fail_open
         self.leases = leases
         """This replica's leased budget (None: every request asks Redis)."""
+        self.store_wait = store_wait
+        """How long a request waits for an unreachable store (None: refused at once)."""
         self._releases: set[asyncio.Task[None]] = set()
         self._queued: list[tuple[Reservation, JobUsage]] = []
         """Ended jobs waiting for the next release round trip."""
@@ -60,9 +68,8 @@ class Reservations:
         self._held: dict[tuple[str, str], None] = {}
         """(tenant, job id) of every open reservation this replica renews, oldest first."""
         self._released: OrderedDict[str, float] = OrderedDict()
-        """Job id -> monotonic time of its release, oldest first."""
-        """Job ids (unique across tenants) of the latest releases Redis answered, oldest
-        first."""
+        """Job id -> monotonic time of its release, oldest first (the latest releases
+        Redis answered; job ids are unique across tenants)."""
         self._renewer: asyncio.Task[None] | None = None
         self._lease_ender: asyncio.Task[None] | None = None
         self.renewals = 0
@@ -80,15 +87,35 @@ class Reservations:
         user: str = "",
         slot: bool = True,
         leased: bool = False,
+        wait: float | None = None,
     ) -> Reservation | Refusal:
         """Hold the job's quota (and, with `key_id`, the key's own). Asking again for the
         same job id holds nothing twice. `user`: the request's end user, booked at release.
         `slot=False`: no concurrency slot (an answer from the response cache).
         `leased`: an interactive job, whose envelope carries `Reservation.lease`: it may be
-        admitted from this replica's leases, with no Redis call."""
+        admitted from this replica's leases, with no Redis call. While Redis is away the
+        request waits for it (`StoreWait`), at most `wait` s (its deadline; None: the
+        store wait alone), then is refused or, with `fail_open`, served unchecked."""
         if not tenant:
             return Reservation(tenant, model, job_id, held=False)
-        leases = self.leases if leased and slot else None
+        once = functools.partial(
+            self._reserve_once, tenant, model, prompt_tokens, max_tokens, job_id
+        )
+        opts = {"key_id": key_id, "user": user, "slot": slot, "leased": leased}
+        try:
+            if self.store_wait is None:
+                return await once(**opts)
+            return await self.store_wait.run(lambda: once(**opts), wait)
+        except QuotaBackendDown:
+            return store_down(self.fail_open, tenant, model, job_id)
+
+    async def _reserve_once(
+        self, tenant: str, model: str, prompt: int, max_tokens: int, job_id: str, **opts: Any
+    ) -> Reservation | Refusal:
+        """One try of `reserve`: leases, else Redis; `QuotaBackendDown` when it is away."""
+        key_id, user, slot = opts["key_id"], opts["user"], opts["slot"]
+        prompt_tokens = prompt
+        leases = self.leases if opts["leased"] and slot else None
         scope = (tenant, key_id, model)
         wish = (0, 0.0, 0.0)
         if leases is not None:
@@ -112,7 +139,7 @@ class Reservations:
         except QuotaBackendDown:
             if wish[0] and leases is not None:
                 leases.answered(scope)
-            return self._store_down(tenant, model, job_id)
+            raise
         if leases is not None:
             request = (prompt_tokens, max_tokens, user)
             return self._leased(leases, scope, job_id, decision, request=request, until=wish[1])
@@ -121,15 +148,6 @@ class Reservations:
         if slot:  # a slotless reservation has no lease to renew
             self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
-
-    def _store_down(self, tenant: str, model: str, job_id: str) -> Reservation | Refusal:
-        """Redis is away: served unchecked (`fail_open`), else a 503 to retry."""
-        if self.fail_open:
-            log.warning("redis down: admitting %s without a quota check", job_id)
-            return Reservation(tenant, model, job_id, held=False)
-        return Refusal(
-            503, "the quota store is unavailable", "quota_store_down", retry_after=QUOTA_STORE_RETRY
-        )
 
     def _leased(
         self,

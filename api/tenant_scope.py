@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from llmq.api.errors import ApiError
 from llmq.api.reservations import Reservations
 from llmq.api.tenancy import QuotaBackendDown, TenantStore
+from llmq.api.tenancy.store_wait import StoreWait
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
@@ -23,14 +24,18 @@ class TenantScopes:
     """Name -> scope, read from the tenant record on every call (ids change when a name
     is reused, so no cache)."""
 
-    def __init__(self, store: TenantStore) -> None:
+    def __init__(self, store: TenantStore, wait: StoreWait | None = None) -> None:
         self.store = store
+        self.wait = wait
+        """Waits out a short store outage (a failover) before the 503; None: no wait."""
 
     async def of(self, tenant: str) -> str:
         if not tenant:  # auth_mode=none: one anonymous namespace
             return tenant
         try:
-            return await self.store.scope(tenant)
+            if self.wait is None:
+                return await self.store.scope(tenant)
+            return await self.wait.run(lambda: self.store.scope(tenant))
         except QuotaBackendDown:
             raise _down() from None
 
@@ -66,8 +71,9 @@ class ScopedReservations:
         key_id: str = "",
     ) -> Reservation | Refusal:
         name = names.tenant_of_scope(tenant)
+        # A batch line retries later by itself (`retry_after`): it does not hold the loop.
         return await self.inner.reserve(
-            name, model, prompt_tokens, max_tokens, job_id, key_id=key_id
+            name, model, prompt_tokens, max_tokens, job_id, key_id=key_id, wait=0.0
         )
 
     async def release(self, reservation: Reservation, usage: JobUsage) -> None:

@@ -77,7 +77,7 @@ class BatchWing:
         self._buckets = buckets
         self.rt.provisioner.add("batch streams", self._provision)
         results = buckets[names.RESULTS_BUCKET]
-        scopes = TenantScopes(TenantStore(self.rt.redis))
+        scopes = TenantScopes(TenantStore(self.rt.redis), self.reservations.store_wait)
         # The batch machinery names tenants by scope (api.tenant_scope); quotas by name.
         scoped = ScopedReservations(self.reservations)
         self.store = BatchStore(buckets[names.BATCHES_BUCKET])

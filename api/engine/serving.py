@@ -209,6 +209,7 @@ class Serving:
         Responses API). None when a fallback model is refused (its limits are never a way
         around the tenant's own: the chain moves on); for the requested model the refusal
         is raised, and a place that did not come within `time_left` is a 504."""
+        until = time.monotonic() + time_left
         ticket = await self.fair.enter(model, record.tenant, time_left, rank)
         if ticket is None:
             raise ApiError(504, NOT_UNDER_WAY, "deadline_exceeded", type="timeout")
@@ -222,6 +223,7 @@ class Serving:
                 key_id=key_id,
                 user=user,
                 leased=True,
+                wait=until - time.monotonic(),
             )
         except BaseException:
             ticket.leave()

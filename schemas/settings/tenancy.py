@@ -31,6 +31,13 @@ class TenancySettings(Group):
     quota_fail_open: bool = setting(
         False, "Serve without quota checks while Redis is down (default: 503)."
     )
+    quota_store_wait: float = setting(
+        4.0,
+        "Seconds a request waits for an unreachable quota store (a failover, a restart) "
+        "before that 503, never past its own deadline; 0: refuse at once.",
+        ge=0,
+        le=60,
+    )
     default_max_tokens: int = setting(
         4096, "Tokens reserved for a request that sets no max_tokens."
     )
