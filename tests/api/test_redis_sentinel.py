@@ -1,8 +1,9 @@
 """Redis/Valkey behind Sentinel: llmq finds the master through the sentinels and follows a
 failover. Chat traffic with tenants and quotas runs while the master is SIGKILLed and the
-sentinels promote the replica: no request hangs, each succeeds or (fail-closed, the default)
-gets a clean 503 `quota_store_down`; with `quota_fail_open` each is served; afterwards
-traffic is normal again, and the seconds it took are measured."""
+sentinels promote the replica: no request hangs; by default (`quota_store_wait`) each waits
+for the promoted master and is served through the exact path; with the wait off each
+succeeds or (fail-closed) gets a clean 503 `quota_store_down`; with `quota_fail_open` each
+is served; afterwards traffic is normal again, and the seconds it took are measured."""
 
 from __future__ import annotations
 
@@ -255,7 +256,7 @@ class Load:
 
 
 async def _failover_under_load(
-    stack: Any, sentinels: EmbeddedSentinelSet, fail_open: bool
+    stack: Any, sentinels: EmbeddedSentinelSet, fail_open: bool, store_wait: float = 0.0
 ) -> dict[str, Any]:
     stack.redis_url = sentinels.url
     secrets = {
@@ -267,7 +268,7 @@ async def _failover_under_load(
     # it died (Redis replication is asynchronous) is reclaimed by the lease, not lost.
     api = await stack.api(
         auth_mode="keys", key_cache_ttl=300.0, quota_fail_open=fail_open,
-        reservation_lease=LEASE, **secrets,
+        reservation_lease=LEASE, quota_store_wait=store_wait, **secrets,
     )  # fmt: skip
     model = unique("sentinel")
     await stack.worker(model=[model])
@@ -341,7 +342,7 @@ async def _failover_under_load(
 
 
 async def test_failover_fail_closed(locked_sentinel_set: EmbeddedSentinelSet, stack: Any) -> None:
-    """Default: while no master answers, a chat gets 503 `quota_store_down` (never served
+    """`quota_store_wait=0`: while no master answers, a chat gets 503 `quota_store_down` (never served
     unchecked, never hung); then traffic is normal on the promoted replica. With passwords
     on the data nodes and on the sentinels (which then must authenticate to each other to
     agree on the failover)."""
@@ -356,3 +357,12 @@ async def test_failover_fail_open(sentinel_set: EmbeddedSentinelSet, stack: Any)
     figures = await _failover_under_load(stack, sentinel_set, fail_open=True)
     assert figures["outcomes"] == ["ok"], figures
     assert figures["served_in_window"] > 0, figures
+
+
+async def test_failover_rides_through(sentinel_set: EmbeddedSentinelSet, stack: Any) -> None:
+    """`quota_store_wait` longer than the promotion: a chat that finds no master waits for
+    the promoted one and is admitted through the exact path (the quota script on the new
+    master): every chat of the window is served, none unchecked, every slot given back."""
+    figures = await _failover_under_load(stack, sentinel_set, fail_open=False, store_wait=10.0)
+    assert figures["outcomes"] == ["ok"], figures
+    assert figures["failed"] == 0, figures
