@@ -343,9 +343,9 @@ async def _failover_under_load(
 
 async def test_failover_fail_closed(locked_sentinel_set: EmbeddedSentinelSet, stack: Any) -> None:
     """`quota_store_wait=0`: while no master answers, a chat gets 503 `quota_store_down`
-    (never served unchecked, never hung); then traffic is normal on the promoted replica. With passwords
-    on the data nodes and on the sentinels (which then must authenticate to each other to
-    agree on the failover)."""
+    (never served unchecked, never hung); then traffic is normal on the promoted replica.
+    With passwords on the data nodes and on the sentinels (which then must authenticate to
+    each other to agree on the failover)."""
     figures = await _failover_under_load(stack, locked_sentinel_set, fail_open=False)
     assert set(figures["outcomes"]) <= {"ok", "503:quota_store_down"}, figures
     assert "503:quota_store_down" in figures["outcomes"], figures
