@@ -35,6 +35,7 @@ class TenancySettings(Group):
         4.0,
         "Seconds a request waits for an unreachable quota store (a failover, a restart) "
         "before that 503, never past its own deadline; 0: refuse at once.",
+        commands=(),
         ge=0,
         le=60,
     )

@@ -87,6 +87,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "DEFAULT_TENANT": ("a", "a"),
     "KEY_CACHE_TTL": ("9", 9.0),
     "QUOTA_FAIL_OPEN": ("1", True),
+    "QUOTA_STORE_WAIT": ("2.5", 2.5),
     "DEFAULT_MAX_TOKENS": ("77", 77),
     "MODELS_FILE": ("/etc/m.toml", "/etc/m.toml"),
     "ALIASES": ("x=y,z=w", ["x=y", "z=w"]),
