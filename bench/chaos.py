@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.chaos_ledger import audit as ledger_audit  # noqa: E402
 from bench.chaos_traffic import BatchCheck, Outcome, Traffic, run_batch  # noqa: E402
 from bench.processes import load_average, spawn, wait_until_served  # noqa: E402
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, cluster_url, free_port, nats_cluster  # noqa: E402
@@ -360,6 +361,7 @@ async def main() -> None:
             await dep.start()
             print(f"deployment up: {dep.api_urls}, load {load_average()}")
             rows = await run(dep, faults, args.calm, args.after, args.lanes, args.batch_lines)
+            print("ledger audit:", json.dumps(await ledger_audit(dep.redis_url, dep.key)))
         finally:
             dep.stop()
     print()
