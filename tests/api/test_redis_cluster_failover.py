@@ -1,6 +1,7 @@
 """A Valkey Cluster of 3 masters with one replica each (6 nodes from the embedded binary):
 the master that holds a tenant's slot is SIGKILLed while `openai` SDK clients send chats
-with quotas through the api. No request hangs; each succeeds or (fail-closed, the default)
+with quotas through the api. No request hangs; by default (`quota_store_wait`) each waits
+for the promoted replica and is served; with the wait off each succeeds or (fail-closed)
 gets a clean 503 `quota_store_down` until the replica is promoted; with `quota_fail_open`
 each is served; then traffic is normal again, on the promoted replica. A tenant whose slots
 another master serves is served throughout."""
@@ -42,15 +43,16 @@ def replicated_cluster(tmp_path: Path) -> Iterator[list[EmbeddedRedis]]:
 
 
 async def _failover_under_load(
-    stack: Any, nodes: list[EmbeddedRedis], fail_open: bool
+    stack: Any, nodes: list[EmbeddedRedis], fail_open: bool, store_wait: float = 0.0
 ) -> dict[str, Any]:
     stack.redis_url = redis_cluster_url(nodes)
     # Keys stay cached through the window, so the only Redis work of a chat is its quota.
     # A short lease: a release the old master took but had not yet copied to its replica when
     # it died (replication is asynchronous) is reclaimed by the lease, not lost.
     api = await stack.api(
-        auth_mode="keys", key_cache_ttl=300.0, quota_fail_open=fail_open, reservation_lease=LEASE
-    )
+        auth_mode="keys", key_cache_ttl=300.0, quota_fail_open=fail_open,
+        reservation_lease=LEASE, quota_store_wait=store_wait,
+    )  # fmt: skip
     model = unique("clfail")
     await stack.worker(model=[model])
     admin = connect(stack.redis_url, timeout=5.0)
@@ -139,9 +141,9 @@ async def _failover_under_load(
 
 
 async def test_failover_fail_closed(replicated_cluster: list[EmbeddedRedis], stack: Any) -> None:
-    """Default: while the tenant's slot has no master, its chats get 503 `quota_store_down`
-    at once (never served unchecked, never hung); then they are served by the promoted
-    replica."""
+    """`quota_store_wait=0`: while the tenant's slot has no master, its chats get 503
+    `quota_store_down` at once (never served unchecked, never hung); then they are served
+    by the promoted replica."""
     figures = await _failover_under_load(stack, replicated_cluster, fail_open=False)
     assert set(figures["outcomes"]) <= {"ok", "503:quota_store_down"}, figures
     assert "503:quota_store_down" in figures["outcomes"], figures
@@ -152,3 +154,12 @@ async def test_failover_fail_open(replicated_cluster: list[EmbeddedRedis], stack
     figures = await _failover_under_load(stack, replicated_cluster, fail_open=True)
     assert figures["outcomes"] == ["ok"], figures
     assert figures["served_in_window"] > 0, figures
+
+
+async def test_failover_rides_through(replicated_cluster: list[EmbeddedRedis], stack: Any) -> None:
+    """`quota_store_wait` longer than the promotion: each chat of the window waits for the
+    promoted replica and is checked there; none is refused, none served unchecked."""
+    figures = await _failover_under_load(
+        stack, replicated_cluster, fail_open=False, store_wait=10.0
+    )
+    assert figures["outcomes"] == ["ok"], figures
