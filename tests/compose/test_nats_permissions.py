@@ -7,8 +7,9 @@
   permission violation at all.
 - Each runtime user tries every JetStream API call and subject it must not use (REFUSED):
   nats-server refuses each one, and the streams are unchanged afterwards.
-- As `api`, a cancelled batch's queued lines leave LLMQ_BATCH, and a line whose workers all
-  died becomes a `worker_lost` result and leaves it too, with no violation.
+- As `api`, a cancelled batch's queued lines leave LLMQ_BATCH, a line whose workers all died
+  becomes a `worker_lost` result and leaves it too, and a queued job can be looked up by
+  sequence (after a reconnect), with no violation.
 
 docs/security.md's table of the users says what this checks."""
 
@@ -32,6 +33,7 @@ import msgspec
 import nats
 import openai
 import pytest
+from nats.js.errors import NotFoundError
 
 from llmq.api.batch.eviction import Evictor
 from llmq.dispatcher import streams
@@ -67,12 +69,14 @@ API_PURGES = (
 )
 """What only the api may purge, one subject at a time: a deleted file's chunks, an evicted
 finished job's or batch's records (api/batch/eviction.py)."""
-API_BATCH_LINES = (
+API_QUEUED = (
     f"{API}.STREAM.MSG.GET.{names.BATCH_STREAM}",
     f"{API}.STREAM.MSG.DELETE.{names.BATCH_STREAM}",
+    f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
 )
-"""What only the api may do to one queued batch line: read it (a line whose workers all
-died) and take it out of the queue (that one, or a cancelled or expired batch's)."""
+"""What only the api may do to one queued job, by sequence: read a batch line (one whose
+workers all died) and take it out of the queue (that one, or a cancelled or expired batch's);
+see whether an open interactive job is still queued (after a reconnect)."""
 NOBODY = (
     # streams and buckets: never created, changed, purged or deleted at run time
     *(f"{API}.STREAM.{verb}.{s}" for s in PROVISIONED for verb in ("UPDATE", "DELETE")),
@@ -113,10 +117,9 @@ REFUSED: dict[str, tuple[str, ...]] = {
     "worker": (
         *NOBODY,
         *NOT_THE_API,
-        f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
         *(f"{API}.DIRECT.GET.{s}" for s in JOB_STREAMS),
         *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
-        *API_BATCH_LINES,
+        *API_QUEUED,
     ),
     "cli": (
         *NOBODY,
@@ -355,7 +358,7 @@ def test_docs_say_what_each_user_may_and_may_not_do() -> None:
     assert "tests/compose/test_nats_permissions.py" in docs
 
 
-async def test_a_cancelled_batch_and_a_lost_line_leave_the_queue_as_api(
+async def test_the_api_takes_lines_of_a_cancelled_batch_and_a_lost_line_out_of_the_queue(
     secured: Any, stack: Any
 ) -> None:
     """As `api`: cancelling a batch removes its queued lines from LLMQ_BATCH, and a line
@@ -422,6 +425,10 @@ async def test_a_cancelled_batch_and_a_lost_line_leave_the_queue_as_api(
             await sub.unsubscribe()
         finally:
             await disconnect(wc)
+        # After a reconnect the api asks whether its open jobs are still queued
+        # (Dispatcher.find_missing): an answer, not a refusal that times out.
+        with pytest.raises(NotFoundError):
+            await api.runtime.js.get_msg(names.JOBS_STREAM, 1)
     finally:
         await sdk.close()
         await disconnect(nc)
