@@ -361,7 +361,7 @@ def test_docs_say_what_each_user_may_and_may_not_do() -> None:
 async def test_the_api_takes_lines_of_a_cancelled_batch_and_a_lost_line_out_of_the_queue(
     secured: Any, stack: Any
 ) -> None:
-    """As `api`: cancelling a batch removes its queued lines from LLMQ_BATCH, and a line
+    """As `api`: a cancelled or expired batch's queued lines leave LLMQ_BATCH, and a line
     whose workers all died becomes a `worker_lost` result and leaves the queue too; the
     server refuses none of it (a refused request would wait out its timeout)."""
     server, passwords = secured
@@ -398,6 +398,12 @@ async def test_the_api_takes_lines_of_a_cancelled_batch_and_a_lost_line_out_of_t
         batch = await _final(sdk, batch.id)
         assert batch.status == "cancelled", batch
         assert await queued() == 0, "the cancelled batch's lines are still queued"
+        # An expired one's too.
+        batch = await _batch(sdk, lines, window="3s")
+        await wait_for(lambda: _count_is(queued, 5), timeout=20, interval=0.1)
+        batch = await _final(sdk, batch.id)
+        assert batch.status == "expired", batch
+        assert await queued() == 0, "the expired batch's lines are still queued"
 
         # A line taken by workers that all die (as `worker`: max_deliver 2, never acked).
         wc = await connect(
@@ -439,11 +445,11 @@ async def _count_is(count: Any, wanted: int) -> bool:
     return bool(await count() == wanted)
 
 
-async def _batch(sdk: openai.AsyncOpenAI, lines: list[Any]) -> Any:
+async def _batch(sdk: openai.AsyncOpenAI, lines: list[Any], window: Any = "24h") -> Any:
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     uploaded = await sdk.files.create(file=("in.jsonl", data), purpose="batch")
     return await sdk.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window=window
     )
 
 
