@@ -5,11 +5,11 @@ A worker publishes the final usage of every interactive job on `llmq.usage.<tena
 pulls from the one durable consumer `usage-booker` and releases the job's reservation with
 that usage. The api that relayed the job releases it too, from the `done` frame: the ledger
 books only the first release of a job id (`release.lua`), so whichever comes second changes
-nothing, and a job whose api died mid-stream is still booked exactly once (issue 12 finding
-13). A report of a job this replica released already (the usual case) is acked without
-that second, idempotent release; the others of a fetch are released in one round trip. A
-failed job's report waits `FAILED_GRACE` first: the relaying api, when alive, books
-its own estimate (prompt estimate + tokens relayed), which the worker cannot know.
+nothing, and a job whose api died mid-stream is still booked exactly once. A report of a
+job this replica released already (the usual case) is acked without that second,
+idempotent release; the others of a fetch are released in one round trip. A failed job's
+report waits `FAILED_GRACE` first: the relaying api, when alive, books its own estimate
+(prompt estimate + tokens relayed), which the worker cannot know.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 import msgspec
 from nats.aio.msg import Msg
@@ -99,7 +100,10 @@ class UsageBooker(SharedConsumer):
                 cached_tokens=report.cached_tokens,
                 cache_write_tokens=report.cache_write_tokens,
             )
-            due.append((msg, reservation_of(report.tenant, report.model, report.job_id), usage))
+            reservation = reservation_of(report.tenant, report.model, report.job_id)
+            if report.lease:
+                reservation = replace(reservation, lease=report.lease)
+            due.append((msg, reservation, usage))
         if not due:
             return
         try:

@@ -1,7 +1,7 @@
 """The final usage of one interactive job, as its worker reports it on `llmq.usage.…`.
 
 The api that relays the job books its usage from the `done` frame; this report is the
-durable second path (issue 12 finding 13): a shared consumer on the api side books it too,
+durable second path: a shared consumer on the api side books it too,
 and the ledger keeps only the first booking of a job id, so the job is booked exactly once
 even when the api that submitted it died mid-stream.
 """
@@ -28,6 +28,8 @@ class FinalUsage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False
     """Part of `prompt_tokens` read from the upstream's prompt cache."""
     cache_write_tokens: int = 0
     """Part of `prompt_tokens` written to the upstream's prompt cache (Anthropic)."""
+    lease: str = ""
+    """The job envelope's `Llmq-Lease`: it was admitted from a lease, booked as such."""
 
 
 def cache_counts(usage: Usage) -> tuple[int, int]:

@@ -11,7 +11,7 @@ file. A tenant's files count against its `storage_bytes` limit, and a file may e
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from llmq.api.batch.file_bytes import FileBytes
@@ -242,9 +242,14 @@ class FileServing:
             )
 
     async def upload(
-        self, tenant: str, content_type: str, chunks: AsyncIterator[bytes]
+        self,
+        tenant: str,
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+        accepted: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Read a multipart upload from `chunks` and store its file."""
+        """Read a multipart upload from `chunks` and store its file; `accepted` is awaited
+        once every check passed, before the file is stored (it may still refuse it)."""
         ensure_accepting(self.rt)
         try:
             await self.room.check(*FILE_STORES)
@@ -269,6 +274,8 @@ class FileServing:
             if purpose == "batch":
                 form.upload.ensure_jsonl()
             expires_after = _expires_after(form, batch.files_min_expiry)
+            if accepted is not None:
+                await accepted()
             form.upload.file.seek(0)
             record = await self.files.put(
                 scope,

@@ -36,6 +36,8 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from llmq.api.batch.eviction import Evictor
+from llmq.api.tenancy import Tenant, TenantStore
+from llmq.api.tenancy import connect as tenancy_connect
 from llmq.dispatcher import streams
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.embedded import EmbeddedNats
@@ -279,14 +281,24 @@ async def test_runtime_users_wait_for_provision_then_serve_every_flow_without_a_
         **os.environ, "LLMQ_NATS_URL": server.url, "LLMQ_NATS_USER": "cli",
         "LLMQ_NATS_PASSWORD": passwords["cli"], "LLMQ_NATS_INBOX_PREFIX": INBOX["cli"],
     }  # fmt: skip
-    for command in (["status"], ["workers"], ["jobs"], ["top", "--iterations", "1"]):
+    redis = tenancy_connect(stack.redis_url)
+    revoked = unique("perm")
+    await TenantStore(redis).create(Tenant(name=revoked))
+    _, record = await TenantStore(redis).create_key(revoked)
+    await redis.aclose()
+    env["LLMQ_REDIS_URL"] = stack.redis_url
+    revoke = ["keys", "revoke", revoked, record.id]  # announced on llmq.auth.changed
+    for command in (["status"], ["workers"], ["jobs"], ["top", "--iterations", "1"], revoke):
         done = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "llmq.cli", *command],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, (command, done.stderr)
-    assert model in done.stdout
+        assert "was not told" not in done.stderr, done.stderr
+        if command != revoke:
+            shown = done.stdout
+    assert model in shown
     # Everything above needed no right any of these users lacks.
     assert violations(server) == set()
 
