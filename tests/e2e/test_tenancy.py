@@ -345,6 +345,46 @@ async def test_redis_down_fails_closed_then_recovers(stack, tmp_path) -> None:  
             revived.stop()
 
 
+async def test_redis_restart_within_the_store_wait_is_ridden_out(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Valkey stopped and back on its port within `quota_store_wait`: a chat (its key looked
+    up, its quota reserved) and an async job sent meanwhile wait for it and are served
+    through the exact path; afterwards every slot is given back and both are in the ledger."""
+    durable = ["--appendonly", "yes", "--appendfsync", "always"]
+    own = EmbeddedRedis(tmp_path / "own-redis", extra=durable)
+    port = own.port
+    stack.redis_url = own.url
+    model = unique("m")
+    await stack.worker(model=[model])
+    api = await _keyed(stack, model, quota_store_wait=15.0)
+    admin = connect(own.url)
+    tenant, key = await _tenant(admin, max_concurrent=10)
+    headers = {"authorization": f"Bearer {key}"}
+    revived = None
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=30, headers=headers) as client:
+            assert (await client.post("/v1/chat/completions", json=_chat(model))).status_code == 200
+            await asyncio.to_thread(own.stop)
+            sent = time.monotonic()
+            chat = asyncio.create_task(client.post("/v1/chat/completions", json=_chat(model)))
+            job = asyncio.create_task(client.post("/v1/jobs", json=_chat(model, "later")))
+            await asyncio.sleep(1.5)
+            assert not chat.done() and not job.done()  # waiting: neither refused nor let through
+            revived = await asyncio.to_thread(
+                EmbeddedRedis, tmp_path / "own-redis", port, "", durable
+            )
+            chat_resp, job_resp = await asyncio.wait_for(asyncio.gather(chat, job), 20)
+            assert chat_resp.status_code == 200, chat_resp.text
+            assert job_resp.status_code < 300, job_resp.text
+            assert time.monotonic() - sent < 15.0
+        await wait_for(lambda: _inflight(admin, tenant, 0), timeout=30, interval=0.2)
+        ledger = await UsageReader(admin).ledger(tenant)
+        assert chat_resp.json()["id"] and len(ledger) >= 2
+    finally:
+        await admin.aclose()
+        await api.stop()
+        (revived or own).stop()
+
+
 async def _ok(client: httpx.AsyncClient, url: str, model: str, headers: dict[str, str]) -> bool:
     return (await client.post(url, json=_chat(model), headers=headers)).status_code == 200
 
