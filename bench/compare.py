@@ -13,12 +13,17 @@ requests served.
 
     .venv/bin/python bench/compare.py                                   # llmq and direct only
     .venv/bin/python bench/compare.py --litellm-python /tmp/litellm-venv/bin/python
+    .venv/bin/python bench/compare.py --portkey /tmp/portkey     # npm i @portkey-ai/gateway there
     .venv/bin/python bench/compare.py --quick                           # smoke: 2 s, c=32
     .venv/bin/python bench/compare.py --upstream http https --modes stream   # TLS cost
     .venv/bin/python bench/compare.py --quick --profile 25              # + cProfile tops
 
 It prints a markdown table ready to paste into docs/benchmarks.md, then the CPU per request
 of each llmq process.
+
+Portkey's open-source gateway (Node) runs headless with NODE_ENV=production; each request
+names the provider (`openai`) and the mock as its custom host in headers, as Portkey documents.
+It has no keys or quotas of its own.
 
 LiteLLM runs without a database, so its only key is the master key (no per-key quota script);
 its cost map is read locally and its telemetry is off: every process talks to loopback only.
@@ -144,26 +149,50 @@ def _litellm(python: str, mock_port: int, tmp: Path) -> tuple[subprocess.Popen[b
     return spawn(argv, env, tmp / "litellm.log"), port, key
 
 
+def _portkey(folder: str, mock_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
+    """Portkey's gateway from `folder/node_modules`, sent to the mock by request headers."""
+    port = free_port()
+    server = Path(folder) / "node_modules/@portkey-ai/gateway/build/start-server.js"
+    argv = ["node", str(server), f"--port={port}", "--headless"]
+    proc = spawn(argv, {"NODE_ENV": "production"}, tmp / "portkey.log")
+    headers = {
+        "x-portkey-provider": "openai",
+        "x-portkey-custom-host": f"http://127.0.0.1:{mock_port}/v1",
+    }
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    return proc, Target("portkey", url, "sk-mock", {"proxy": proc.pid}, headers=headers)
+
+
+def _proxy_cells(res: Result | None) -> str:
+    if res is None:
+        return "- | - | -"
+    if not res.requests:
+        return "none answered within the cell | 0 | -"
+    return f"{res.p50_ms:.2f} ms | {res.rps:,.0f} | {res.cpu_total:,.0f}"
+
+
 def _print_table(rows: list[tuple[str, str, int, dict[str, Result]]], words: int) -> None:
     """The issue's table, ready to paste, then the CPU split per llmq process."""
     schemes = {scheme for scheme, *_ in rows}
     up = "upstream | " if len(schemes) > 1 else ""
-    print(
-        f"| {up}mode | conc | load | direct p50 | llmq p50 | llmq p99 | llmq req/s "
-        "| llmq CPU µs/req | LiteLLM proxy p50 | LiteLLM req/s | LiteLLM CPU µs/req |"
+    proxies = [p for p in ("portkey", "litellm") if any(p in res for *_, res in rows)]
+    names = {"portkey": "Portkey", "litellm": "LiteLLM"}
+    extra = "".join(
+        f" {names[p]} p50 | {names[p]} req/s | {names[p]} CPU µs/req |" for p in proxies
     )
-    print("|" + "---|" * (11 + bool(up)))
+    print(
+        f"| {up}mode | conc | load | direct p50 | llmq p50 | llmq added p50 | llmq p99 "
+        f"| llmq req/s | llmq CPU µs/req |{extra}"
+    )
+    print("|" + "---|" * (9 + 3 * len(proxies) + bool(up)))
     for scheme, mode, conc, res in rows:
-        d, q, lite = res["direct"], res["llmq"], res.get("litellm")
-        lcols = "- | - | -"
-        if lite and not lite.requests:
-            lcols = "none answered within the cell | 0 | -"
-        elif lite:
-            lcols = f"{lite.p50_ms:.2f} ms | {lite.rps:,.0f} | {lite.cpu_total:,.0f}"
+        d, q = res["direct"], res["llmq"]
+        cols = "".join(f" {_proxy_cells(res.get(p))} |" for p in proxies)
         first = f"{scheme} | " if up else ""
         print(
             f"| {first}{mode} | {conc} | {q.load} | {d.p50_ms:.2f} ms | {q.p50_ms:.2f} ms "
-            f"| {q.p99_ms:.2f} ms | {q.rps:,.0f} | {q.cpu_total:,.0f} | {lcols} |"
+            f"| {q.p50_ms - d.p50_ms:.2f} ms | {q.p99_ms:.2f} ms | {q.rps:,.0f} "
+            f"| {q.cpu_total:,.0f} |{cols}"
         )
     parts = list(rows[0][3]["llmq"].cpu_us)
     print(f"\nllmq CPU µs per request, per process ({words + 3} SSE events per stream):\n")
@@ -240,29 +269,42 @@ async def _run_scheme(
                 }
                 rows.append((scheme, mode, conc, res))
                 print(f"  {scheme} {mode} c={conc} done (load {load_average()})", file=sys.stderr)
-        # LiteLLM afterwards, on the same mock: its proxy (idle or not) never shares the
-        # machine with llmq's measured cells.
-        proxy = None
-        if args.litellm_python and scheme == "http":
-            proxy, port, master = _litellm(args.litellm_python, stack.mock_port, tmp)
-            lite = Target("litellm", f"http://127.0.0.1:{port}{path}", master, {"proxy": proxy.pid})
-        try:
-            if proxy is not None:
-                await wait_until_served(
-                    lite.url.replace(path, "/v1/models"), '"bench"', timeout=180,
-                    headers={"authorization": f"Bearer {lite.key}"},
-                )  # fmt: skip
-                for _, mode, conc, res in rows:
-                    res["litellm"] = await measure(
-                        lite, mode == "stream", conc, args.seconds, use_wrk, tmp
-                    )
-                    print(
-                        f"  litellm {mode} c={conc} done (load {load_average()})", file=sys.stderr
-                    )
-            return rows
-        finally:
-            if proxy is not None:
-                stop_all([proxy])
+        # The other gateways afterwards, one at a time, on the same mock: a proxy (idle or
+        # not) never shares the machine with llmq's measured cells.
+        if scheme == "http":
+            if args.portkey:
+                await _measure_proxy(args, rows, *_portkey(args.portkey, stack.mock_port, tmp))
+            if args.litellm_python:
+                proc, port, master = _litellm(args.litellm_python, stack.mock_port, tmp)
+                lite = Target(
+                    "litellm", f"http://127.0.0.1:{port}{path}", master, {"proxy": proc.pid}
+                )
+                await _measure_proxy(args, rows, proc, lite)
+        return rows
+
+
+async def _measure_proxy(
+    args: argparse.Namespace, rows: list, proc: subprocess.Popen[bytes], target: Target
+) -> None:
+    """Every cell of `rows` again against another gateway, then stop it."""
+    use_wrk = bool(args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk")))
+    tmp = Path(tempfile.mkdtemp(prefix=f"llmq-compare-{target.name}-"))
+    try:
+        if target.name == "portkey":
+            await wait_until_served(target.url.replace("/v1/chat/completions", "/"), "hey", 60)
+        else:
+            await wait_until_served(
+                target.url.replace("/v1/chat/completions", "/v1/models"), '"bench"', timeout=180,
+                headers={"authorization": f"Bearer {target.key}"},
+            )  # fmt: skip
+        for _, mode, conc, res in rows:
+            res[target.name] = await measure(
+                target, mode == "stream", conc, args.seconds, use_wrk, tmp
+            )
+            print(f"  {target.name} {mode} c={conc} done (load {load_average()})", file=sys.stderr)
+    finally:
+        stop_all([proc])
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def main() -> None:
@@ -270,6 +312,7 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--litellm-python", help="a python with litellm[proxy] installed")
+    parser.add_argument("--portkey", help="a folder where `npm install @portkey-ai/gateway` ran")
     parser.add_argument("--seconds", type=float, default=8, help="measured seconds per cell")
     parser.add_argument("--words", type=int, default=17, help="content chunks (+3 SSE events)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])

@@ -36,6 +36,8 @@ class Target:
     roots: dict[str, int] = field(default_factory=dict)  # part name -> pid of its tree root
     profiled: list[int] = field(default_factory=list)
     """Processes run by `bench/profiled.py`: profiled during each measured run."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """More request headers (Portkey's provider and upstream host)."""
 
 
 def _body(stream: bool) -> str:
@@ -50,6 +52,7 @@ def _body(stream: bool) -> str:
 
 async def wrk(target: Target, stream: bool, conc: int, seconds: float, tmp: Path) -> dict:
     auth = f'wrk.headers["Authorization"] = "Bearer {target.key}"' if target.key else ""
+    auth += "".join(f'\nwrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
     script = tmp / "load.lua"
     script.write_text(_WRK_SCRIPT % (json.dumps(_body(stream)), auth))
     proc = await asyncio.create_subprocess_exec(
@@ -99,6 +102,7 @@ async def asyncio_load(target: Target, stream: bool, conc: int, seconds: float) 
     url = urlsplit(target.url)
     payload = _body(stream).encode()
     auth = f"Authorization: Bearer {target.key}\r\n" if target.key else ""
+    auth += "".join(f"{k}: {v}\r\n" for k, v in target.headers.items())
     req = (
         f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
         f"{auth}Content-Length: {len(payload)}\r\n\r\n"
