@@ -1,7 +1,8 @@
 """A tenant's record or keys changed (a key revoked; the tenant suspended, updated or
 deleted): the api that made the change says so on NATS, and every api, itself included,
-drops what its key cache holds of that tenant. So a revoked key or a deleted tenant stops
-working on every replica as fast as a NATS message travels, not after `key_cache_ttl`."""
+drops what its key cache holds of that tenant (`llmq tenants|keys` announce their changes
+the same way). So a revoked key or a deleted tenant stops working on every replica as fast
+as a NATS message travels, not after `key_cache_ttl`."""
 
 from __future__ import annotations
 
@@ -39,7 +40,13 @@ class AuthChanges:
         """Tell every api (this one at once) to forget `tenant`'s cached records."""
         self.auth.forget_tenant(tenant)
         try:
-            await self.nc.publish(names.AUTH_CHANGED, tenant.encode())
-            await self.nc.flush(timeout=1)
+            await announce(self.nc, tenant)
         except Exception as exc:  # the others' caches still expire after key_cache_ttl
             log.warning("could not announce a change of tenant %s: %s", tenant, type(exc).__name__)
+
+
+async def announce(nc: Client, tenant: str) -> None:
+    """Tell every api to forget `tenant`'s cached records (the admin API and `llmq
+    tenants|keys`, which change them straight in Redis); raises when NATS did not take it."""
+    await nc.publish(names.AUTH_CHANGED, tenant.encode())
+    await nc.flush(timeout=1)

@@ -24,20 +24,25 @@ LEASE: float = 1.0
 """Seconds a waiting line stays known without looking again (it looks every `POLL`)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Look:
+    """One look at a line's turn (`ShareLedger.take`): queue `ticket` (held `hold` seconds
+    at most) if it is its turn; else mark its line (model, tenant, rank) as waiting."""
+
+    model: str
+    tenant: str
+    rank: int
+    ticket: str
+    hold: float
+    share: int
+    """How many of the model's jobs one tenant may have queued-not-started."""
+    more: bool
+    """Others of the line wait behind this one (the line stays marked as waiting)."""
+
+
 class ShareLedger(Protocol):
-    async def take(
-        self,
-        model: str,
-        tenant: str,
-        rank: int,
-        ticket: str,
-        hold: float,
-        *,
-        share: int,
-        more: bool,
-    ) -> bool:
-        """Queue `ticket` (held `hold` seconds at most) if its turn; else mark its line
-        (model, tenant, rank) as waiting. `more`: others of the line wait behind it."""
+    async def take(self, look: Look) -> bool:
+        """Whether `look.ticket` was queued (else its line is marked as waiting)."""
         ...
 
     async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None: ...
@@ -62,20 +67,11 @@ class RedisLedger:
         self._redis = redis
         self._script = redis.register_script(text)
 
-    async def take(
-        self,
-        model: str,
-        tenant: str,
-        rank: int,
-        ticket: str,
-        hold: float,
-        *,
-        share: int,
-        more: bool,
-    ) -> bool:
-        hold_ms, lease_ms = int(hold * 1000), int(LEASE * 1000)
-        args: list[str | int] = ["take", tenant, rank, ticket, hold_ms, lease_ms, share, int(more)]
-        return bool(await self._script(keys=names.fair_share_keys(model), args=args))
+    async def take(self, look: Look) -> bool:
+        hold_ms, lease_ms = int(look.hold * 1000), int(LEASE * 1000)
+        args: list[str | int] = ["take", look.tenant, look.rank, look.ticket, hold_ms, lease_ms]
+        args += [look.share, int(look.more)]
+        return bool(await self._script(keys=names.fair_share_keys(look.model), args=args))
 
     async def give_back(self, model: str, tenant: str, rank: int, ticket: str) -> None:
         args: list[str | int] = ["give", tenant, rank, ticket]
@@ -115,28 +111,19 @@ class LocalLedger:
         state.waiting = {k: v for k, v in state.waiting.items() if v > now}
         return state
 
-    async def take(
-        self,
-        model: str,
-        tenant: str,
-        rank: int,
-        ticket: str,
-        hold: float,
-        *,
-        share: int,
-        more: bool,
-    ) -> bool:
+    async def take(self, look: Look) -> bool:
         now = time.monotonic()
-        state = self._model(model, now)
+        state = self._model(look.model, now)
+        tenant, rank = look.tenant, look.rank
         line = (rank, tenant)
         free = (
-            sum(1 for who, _, _ in state.queued.values() if who == tenant) < share
+            sum(1 for who, _, _ in state.queued.values() if who == tenant) < look.share
             and not any(r > rank for _, r, _ in state.queued.values())
             and not any(r > rank for r, _ in state.waiting)
         )
         if free:
-            state.queued[ticket] = (tenant, rank, now + hold)
-            if not more:
+            state.queued[look.ticket] = (tenant, rank, now + look.hold)
+            if not look.more:
                 state.waiting.pop(line, None)
                 return True
         state.waiting[line] = now + LEASE

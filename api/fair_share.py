@@ -57,7 +57,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from llmq.api.fair_ledger import LocalLedger, RedisLedger, ShareLedger
+from llmq.api.fair_ledger import LocalLedger, Look, RedisLedger, ShareLedger
 from llmq.api.fresh_tickets import FreshTickets
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.dispatcher.queue_estimate import free_slots
@@ -276,7 +276,7 @@ class FairShare:
         share = max(1, self._share_for(model))
         hold = min(self._hold, left + HOLD_MARGIN)
         look = asyncio.ensure_future(
-            self._ledger.take(model, tenant, rank, ticket_id, hold, share=share, more=more)
+            self._ledger.take(Look(model, tenant, rank, ticket_id, hold, share, more))
         )
         try:
             taken = await asyncio.shield(look)

@@ -5,11 +5,11 @@ A worker publishes the final usage of every interactive job on `llmq.usage.<tena
 pulls from the one durable consumer `usage-booker` and releases the job's reservation with
 that usage. The api that relayed the job releases it too, from the `done` frame: the ledger
 books only the first release of a job id (`release.lua`), so whichever comes second changes
-nothing, and a job whose api died mid-stream is still booked exactly once (issue 12 finding
-13). A report of a job this replica released already (the usual case) is acked without
-that second, idempotent release; the others of a fetch are released in one round trip. A
-failed job's report waits `FAILED_GRACE` first: the relaying api, when alive, books
-its own estimate (prompt estimate + tokens relayed), which the worker cannot know.
+nothing, and a job whose api died mid-stream is still booked exactly once. A report of a
+job this replica released already (the usual case) is acked without that second,
+idempotent release; the others of a fetch are released in one round trip. A failed job's
+report waits `FAILED_GRACE` first: the relaying api, when alive, books its own estimate
+(prompt estimate + tokens relayed), which the worker cannot know.
 """
 
 from __future__ import annotations

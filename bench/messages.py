@@ -13,7 +13,8 @@ shared machine falls on both alike.
     .venv/bin/python bench/messages.py --requests 2000 --backend openai
 
 `--stream` measures streamed requests instead, one at a time on a kept-alive connection (as
-bench/ttft.py does): the first SSE event and the end of the stream, for both routes.
+bench/ttft.py does): the first SSE event and the end of the stream, for both routes, with the
+api's and the worker's CPU per request.
 """
 
 from __future__ import annotations
@@ -62,14 +63,14 @@ async def main() -> None:
         mock=(lambda port: [*mock, str(port)]) if args.backend == "openai" else None,
     ) as stack:  # fmt: skip
         print(f"backend={args.backend} requests={args.requests} cores={os.cpu_count()}")
+        parts = {name: process_tree(stack.procs[name].pid) for name in ("api", "worker")}
         if args.stream:
-            await streamed(stack.api_port, args.requests, args.rounds)
+            await streamed(stack.api_port, args.requests, args.rounds, parts)
             return
         print(
             f"{'path':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'api µs/req':>12}"
             f"{'worker µs/req':>15}"
         )
-        parts = {name: process_tree(stack.procs[name].pid) for name in ("api", "worker")}
         for concurrency in (1, 32):
             seen: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in CASES}
             cpu = {name: {"api": 0.0, "worker": 0.0} for name in CASES}
@@ -102,8 +103,9 @@ async def main() -> None:
             )
 
 
-async def streamed(port: int, requests: int, rounds: int) -> None:
-    """First event and whole stream, p50/p99, for chat and Messages in alternating rounds."""
+async def streamed(port: int, requests: int, rounds: int, parts: dict[str, list[int]]) -> None:
+    """First event and whole stream, p50/p99, and the api's and the worker's CPU per request
+    (the measured calls only), for chat and Messages in alternating rounds."""
     clients = {
         name: StreamClient(f"http://127.0.0.1:{port}{path}", body={**body, "stream": True},
                            done=b"message_stop" if name == "messages" else b"[DONE]")
@@ -111,26 +113,34 @@ async def streamed(port: int, requests: int, rounds: int) -> None:
     }  # fmt: skip
     firsts: dict[str, list[float]] = {name: [] for name in clients}
     ends: dict[str, list[float]] = {name: [] for name in clients}
+    cpu = {name: {part: 0.0 for part in parts} for name in clients}
     for client in clients.values():
         for _ in range(50):
             await client.call()
     for _ in range(rounds):
         for name, client in clients.items():
+            before = {part: cpu_seconds(tree) for part, tree in parts.items()}
             for _ in range(requests // rounds):
                 first, end = await client.call()
                 firsts[name].append(first)
                 ends[name].append(end)
+            for part, tree in parts.items():
+                cpu[name][part] += cpu_seconds(tree) - before[part]
     for client in clients.values():
         client.close()
-    print(f"{'path':<10}{'first p50':>10}{'p99':>10}{'end p50':>10}{'p99':>10}  (ms)")
+    print(f"{'path':<10}{'first p50':>10}{'p99':>10}{'end p50':>10}{'p99':>10}  (ms)"
+          f"{'api µs/req':>12}{'worker µs/req':>15}")  # fmt: skip
     rows = {}
     for name in clients:
         f, e = sorted(firsts[name]), sorted(ends[name])
         rows[name] = [x * 1000 for x in (f[len(f) // 2], f[int(len(f) * 0.99) - 1],
                                          e[len(e) // 2], e[int(len(e) * 0.99) - 1])]  # fmt: skip
-        print(f"{name:<10}" + "".join(f"{v:>10.2f}" for v in rows[name]))
+        rows[name] += [cpu[name][part] / len(f) * 1e6 for part in parts]
+        print(f"{name:<10}" + "".join(f"{v:>10.2f}" for v in rows[name][:4]) + "      "
+              + f"{rows[name][4]:>12.0f}{rows[name][5]:>15.0f}")  # fmt: skip
     added = [(m / c - 1) * 100 for m, c in zip(rows["messages"], rows["chat"], strict=True)]
-    print(f"{'+messages':<10}" + "".join(f"{v:>+9.1f}%" for v in added))
+    print(f"{'+messages':<10}" + "".join(f"{v:>+9.1f}%" for v in added[:4]) + "      "
+          + f"{added[4]:>+11.1f}%{added[5]:>+14.1f}%")  # fmt: skip
 
 
 if __name__ == "__main__":

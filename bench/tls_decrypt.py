@@ -1,4 +1,4 @@
-"""The lean client's https cost, before and after the decrypt change of issue 14, in one
+"""The lean client's https cost, the old decrypt against the current one, in one
 process: `TlsSession.decrypt` as it was (`SSLObject.read` until `SSLWantReadError`, one
 such exception per socket read) against the current one (the C object's `read`, none once
 the incoming buffer is empty), and plain http as the floor. One streamed call of 20 SSE

@@ -1,6 +1,6 @@
 """One way every llmq process runs its event loop: uvloop when installed, else asyncio.
 
-uvloop's loop, transports and timers cost less CPU per request than asyncio's (issue 14);
+uvloop's loop, transports and timers cost less CPU per request than asyncio's;
 the api gets it through uvicorn (`api.server.uvicorn_config`), the worker and the long-running
 commands (`llmq top`, the tenants commands) through `run`.
 """

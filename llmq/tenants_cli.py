@@ -33,7 +33,7 @@ from llmq.api.tenancy.client import redis_target
 from llmq.api.tenancy.models import key_input
 from llmq.cli_errors import invalid_input, redis_failure
 from llmq.dispatcher.connection import has_password, redact_url
-from llmq.schemas.settings import Settings
+from llmq.schemas.settings import ConnectionSettings, Settings
 
 LIMIT_FLAGS = {
     "rpm": int,
@@ -44,6 +44,9 @@ LIMIT_FLAGS = {
     "spend_budget_usd": float,
     "storage_bytes": int,
 }
+
+ANNOUNCE_TIMEOUT = 2.0
+"""Seconds to reach NATS and announce a change to the apis."""
 
 Command = Callable[[argparse.Namespace, TenantStore, UsageReader], Awaitable["Shown"]]
 
@@ -58,6 +61,9 @@ class Shown:
 
     value: Any
     lines: list[str]
+    changed: str = ""
+    """The tenant whose record or keys the command changed: every api is told to forget
+    what it cached of it (`api.auth_changes`)."""
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,7 +89,7 @@ async def _tenants(args: argparse.Namespace, store: TenantStore, _usage: UsageRe
             raise UnknownTenant(name)
         # Its files, jobs and batches are unreachable at once (a new tenant of the name gets
         # a new id); the api's sweeper deletes them (the admin API does so at once).
-        return Shown({"deleted": name}, [f"deleted tenant {name}"])
+        return Shown({"deleted": name}, [f"deleted tenant {name}"], changed=name)
     if action == "create":
         tenant = await store.create(msgspec.convert({"name": name, **_limits(args)}, Tenant))
     elif action == "update":
@@ -96,8 +102,8 @@ async def _tenants(args: argparse.Namespace, store: TenantStore, _usage: UsageRe
         found_one = await store.get(name)
         if found_one is None:
             raise UnknownTenant(name)
-        tenant = found_one
-    return Shown(tenant, views.tenant(tenant))
+        return Shown(found_one, views.tenant(found_one))
+    return Shown(tenant, views.tenant(tenant), changed=name)
 
 
 async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReader) -> Shown:
@@ -130,7 +136,8 @@ async def _keys(args: argparse.Namespace, store: TenantStore, _usage: UsageReade
         raise ValueError(
             f"tenant {args.tenant} has no key {args.key_id} (see `llmq keys list {args.tenant}`)"
         )
-    return Shown({"revoked": args.key_id}, [f"revoked key {args.key_id} of {args.tenant}"])
+    said = [f"revoked key {args.key_id} of {args.tenant}"]
+    return Shown({"revoked": args.key_id}, said, changed=args.tenant)
 
 
 async def _usage(args: argparse.Namespace, store: TenantStore, usage: UsageReader) -> Shown:
@@ -177,9 +184,12 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
         async def go() -> Shown:
             redis = connect_with(conn, url)
             try:
-                return await command(args, TenantStore(redis), UsageReader(redis))
+                shown = await command(args, TenantStore(redis), UsageReader(redis))
             finally:
                 await redis.aclose()
+            if shown.changed:
+                await _announce(conn, shown.changed)
+            return shown
 
         try:
             shown = event_loop.run(go())
@@ -208,6 +218,34 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return run
+
+
+async def _announce(conn: ConnectionSettings, tenant: str) -> None:
+    """Tell every api on NATS (LLMQ_NATS_URL and credentials) to forget what it cached of
+    `tenant`; when NATS cannot be reached the change stands and the apis see it once their
+    cache expires (`key_cache_ttl`): said on stderr, not an error."""
+    from llmq.api.auth_changes import announce
+    from llmq.dispatcher.connection import connect, disconnect
+
+    try:
+        nc = await connect(conn.nats_url, "llmq-cli", ANNOUNCE_TIMEOUT, conn=conn, reconnect=False)
+    except Exception as exc:
+        print(f"llmq: {_unannounced(conn, exc)}", file=sys.stderr)
+        return
+    try:
+        await announce(nc, tenant)
+    except Exception as exc:
+        print(f"llmq: {_unannounced(conn, exc)}", file=sys.stderr)
+    finally:
+        await disconnect(nc, ANNOUNCE_TIMEOUT)
+
+
+def _unannounced(conn: ConnectionSettings, exc: Exception) -> str:
+    return (
+        f"the change is made, but NATS at {redact_url(conn.nats_url)} was not told "
+        f"({str(exc) or type(exc).__name__}): running apis see it within their key cache "
+        "time (LLMQ_KEY_CACHE_TTL)"
+    )
 
 
 def register(sub: Any) -> None:

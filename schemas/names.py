@@ -115,8 +115,7 @@ API_MICRO_SERVICE = "llmq-api"
 # --- async jobs and batches (docs/batch.md) ----------------------------------------------
 
 OUTCOMES_STREAM = "LLMQ_OUTCOMES"
-"""Reply frames of async and batch jobs (file storage, work queue), plus the max-deliveries
-advisories of LLMQ_BATCH: results survive an api restart until the collector stores them."""
+"""Async/batch reply frames and LLMQ_BATCH's max-deliveries advisories (file, work queue)."""
 OUTCOME_PREFIX = "llmq.outcome"
 BATCH_MAX_DELIVERIES = max_deliveries_advisory(BATCH_STREAM)
 """Published by the server when a batch job ran out of deliveries; captured by OUTCOMES."""
@@ -128,8 +127,7 @@ WEBHOOK_PREFIX = "llmq.webhook"
 WEBHOOK_CONSUMER = "webhooks"
 
 RESULTS_BUCKET = "LLMQ_RESULTS"
-"""key = `results_key(...)`, value = the first final frame (`done`/`error`) of the job; only
-ever created, never updated, so the first result wins."""
+"""key = `job.<id>` / `line.<batch>.<n>`, value = the first final frame (create-only)."""
 ASYNC_JOBS_BUCKET = "LLMQ_ASYNC_JOBS"
 """key = `<tenant token>.<job id>`, value = the async job's record."""
 BATCHES_BUCKET = "LLMQ_BATCHES"
@@ -202,13 +200,14 @@ def job_results_key(job_id: str) -> str:
     return f"job.{job_id}"
 
 
-def line_results_key(batch_hex: str, line: int) -> str:
+def line_results_key(batch_hex: str, line: int | str = "*") -> str:
+    """One line's result; `*`: every line result of the batch (a KV pattern)."""
     return f"line.{batch_hex}.{line}"
 
 
-def line_results_pattern(batch_hex: str) -> str:
-    """Every line result of one batch (KV watch pattern)."""
-    return f"line.{batch_hex}.*"
+def kv_subject(bucket: str, key: str) -> str:
+    """The stream subject a KV bucket keeps `key` (or a key pattern) under."""
+    return f"$KV.{bucket}.{key}"
 
 
 def tenant_keys_pattern(scope: str) -> str:
@@ -327,9 +326,10 @@ CONSOLE_ENDED_PREFIX = f"{REDIS_PREFIX}console:ended:"
 """+ a session id: a console session logged out (its cookie refused) until it would expire."""
 
 
-def stored_keys(scope: str) -> list[str]:
-    """Hash `<kind>:<hex>` -> bytes (and `_total`) of stored records; zset of their expiry."""
-    base = f"{REDIS_PREFIX}stored:{tenant_tag(scope)}"
+def stored_keys(scope: str, of: str = "stored") -> list[str]:
+    """Hash `<kind>:<hex>` -> bytes (and `_total`) of stored records; zset of their expiry.
+    `of="files"`: file id -> bytes of the scope's files (`api/batch/file_bytes.py`)."""
+    base = f"{REDIS_PREFIX}{of}:{tenant_tag(scope)}"
     return [base, f"{base}:exp"]
 
 

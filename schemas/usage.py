@@ -1,7 +1,7 @@
 """The final usage of one interactive job, as its worker reports it on `llmq.usage.…`.
 
 The api that relays the job books its usage from the `done` frame; this report is the
-durable second path (issue 12 finding 13): a shared consumer on the api side books it too,
+durable second path: a shared consumer on the api side books it too,
 and the ledger keeps only the first booking of a job id, so the job is booked exactly once
 even when the api that submitted it died mid-stream.
 """

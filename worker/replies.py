@@ -1,4 +1,5 @@
-"""Sending reply frames to the api: numbered, on core NATS, never flushed per frame.
+"""Sending reply frames to the api: numbered, on core NATS, never flushed per frame (a
+publisher that runs ahead of NATS waits: `worker.outbound`).
 
 The final frame (`done`/`error`) of an async or batch job (its reply is an outcome subject,
 captured by LLMQ_OUTCOMES) is the one exception: it is the job's result and nobody waits for
@@ -24,6 +25,7 @@ from nats.aio.client import Client
 from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
 from llmq.schemas import frames, names
 from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder, join_chunks, joinable
+from llmq.worker.outbound import outbound
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class FrameSender:
         "_deadline_ms",
         "_durable",
         "_nc",
+        "_out",
         "_reply",
         "_seq",
         "frames_sent",
@@ -58,6 +61,7 @@ class FrameSender:
         """`deadline_ms` (the job's `Llmq-Deadline`) bounds the retries of a durable final
         frame; without one they last `DURABLE_RETRY` seconds."""
         self._nc = nc
+        self._out = outbound(nc)
         self._reply = reply
         self._seq = 0
         self._durable = reply.startswith(OUTCOME_REPLY)
@@ -74,7 +78,7 @@ class FrameSender:
         self._seq += 1
         self.frames_sent += 1
         self.last_sent = time.monotonic()
-        await self._nc.publish(self._reply, data, headers=headers)
+        await self._out.publish(self._reply, data, headers)
 
     async def accepted(self, attempt: int) -> None:
         self._attempt = attempt

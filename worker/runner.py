@@ -226,7 +226,7 @@ class JobRunner:
             self.keepalive.remove(sender)
             await ack.ack()
             outcome.ended = time.monotonic()
-            # durable booking when the api is gone (issue 12 finding 13, usage_report.py)
+            # durable booking when the api is gone (usage_report.py)
             await report_final_usage(self.nc, job, outcome.outcome, outcome.usage)
             self.on_outcome(outcome)
             record_job(outcome, msg)  # OpenTelemetry spans; returns at once when off

@@ -78,6 +78,7 @@ class BatchServing:
         kick: Callable[[], None],
         scopes: TenantScopes,
         *,
+        room: StoreRoom,
         resolve: Callable[[str], str] = str,
     ) -> None:
         """`kick`: tell this replica's runner to look at the batches now; batches are
@@ -89,7 +90,7 @@ class BatchServing:
         self.store = store
         self.files = files
         self.kick = kick
-        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
+        self.room = room
 
     async def create(self, tenant: str, body: bytes, caller: Caller = EVERYONE) -> dict[str, Any]:
         """`caller`: the models the tenant and its key may use (every line's model is

@@ -10,7 +10,7 @@ from llmq.api.batch.file_serving import FileServing
 from llmq.api.batch.wing import wing
 from llmq.api.errors import ApiError
 from llmq.api.openapi_bodies import Bodies, multipart
-from llmq.api.routes.common import counted, json_response, listing, tenant_of
+from llmq.api.routes.common import count, json_response, listing, tenant_of
 
 router = APIRouter(prefix="/v1")
 BODIES: Bodies = {
@@ -32,16 +32,21 @@ def serving(request: Request) -> FileServing:
 
 @router.post("/files")
 async def upload_file(request: Request) -> Response:
-    """Read as it arrives: the body is never held whole (see `FileServing.upload`)."""
+    """Read as it arrives: the body is never held whole (see `FileServing.upload`). The
+    upload counts against the RPM once it is accepted, just before it is stored: a refused
+    one (bad form, not JSONL, too large) uses no quota, as a refused chat body uses none."""
     svc = serving(request)
-    tenant = await counted(request)
+    tenant = await tenant_of(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > svc.max_bytes + 65_536:
         raise ApiError(
             413, f"the file is larger than {svc.max_bytes} bytes", "file_too_large", param="file"
         )
     content_type = request.headers.get("content-type", "")
-    return json_response(await svc.upload(tenant, content_type, request.stream()))
+    stored = await svc.upload(
+        tenant, content_type, request.stream(), accepted=lambda: count(request, tenant)
+    )
+    return json_response(stored)
 
 
 @router.get("/files")

@@ -11,9 +11,10 @@ file. A tenant's files count against its `storage_bytes` limit, and a file may e
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from llmq.api.batch.file_bytes import FileBytes
 from llmq.api.batch.jsonl_check import JsonlCheck
 from llmq.api.batch.multipart import read_multipart
 from llmq.api.batch.store_room import FILE_STORES, StoreRoom
@@ -172,11 +173,21 @@ async def limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
 
 
 class FileServing:
-    def __init__(self, runtime: Runtime, files: FileStore, scopes: TenantScopes) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        files: FileStore,
+        scopes: TenantScopes,
+        *,
+        room: StoreRoom,
+        sizes: FileBytes,
+    ) -> None:
+        """`sizes`: the bytes each tenant scope's files take (its storage quota)."""
         self.rt = runtime
         self.files = files
+        self.sizes = sizes
         self.scopes = scopes
-        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
+        self.room = room
         self.stored: StoredBytes | None = None
         """Stored responses and conversations, which share the storage quota (set by the
         Responses API when it opens)."""
@@ -184,7 +195,12 @@ class FileServing:
     async def room_left(self, scope: str) -> int | None:
         """Bytes the tenant scope's `storage_bytes` leaves after its files; None: no limit."""
         quota = await self.scopes.storage_quota(names.tenant_of_scope(scope))
-        return quota - await self.files.used_bytes(scope) if quota else None
+        if not quota:
+            return None
+        try:
+            return quota - await self.sizes.total(scope)
+        except QuotaBackendDown:
+            raise ApiError(503, "the quota store is unavailable", "quota_store_down") from None
 
     async def _stored_total(self, scope: str) -> int:
         assert self.stored is not None
@@ -226,9 +242,14 @@ class FileServing:
             )
 
     async def upload(
-        self, tenant: str, content_type: str, chunks: AsyncIterator[bytes]
+        self,
+        tenant: str,
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+        accepted: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Read a multipart upload from `chunks` and store its file."""
+        """Read a multipart upload from `chunks` and store its file; `accepted` is awaited
+        once every check passed, before the file is stored (it may still refuse it)."""
         ensure_accepting(self.rt)
         try:
             await self.room.check(*FILE_STORES)
@@ -253,6 +274,8 @@ class FileServing:
             if purpose == "batch":
                 form.upload.ensure_jsonl()
             expires_after = _expires_after(form, batch.files_min_expiry)
+            if accepted is not None:
+                await accepted()
             form.upload.file.seek(0)
             record = await self.files.put(
                 scope,

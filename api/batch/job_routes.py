@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llmq.api.batch.job_serving import JobServing
+from llmq.api.batch.record_routes import add_record_routes
 from llmq.api.batch.wing import wing
 from llmq.api.openapi_bodies import Bodies
 from llmq.api.protocol import read_body
-from llmq.api.routes.common import json_response, key_of, listing, tenant_of
+from llmq.api.routes.common import json_response, key_of, tenant_of
 
 router = APIRouter(prefix="/v1")
 BODIES: Bodies = {
@@ -62,19 +63,4 @@ async def create_job(request: Request) -> Response:
     return json_response(view, status=202, headers={"x-request-id": view["id"]})
 
 
-@router.get("/jobs")
-async def list_jobs(request: Request, limit: int = 20, after: str | None = None) -> Response:
-    async with listing(request) as tenant:
-        return json_response(await serving(request).list(tenant, limit, after))
-
-
-@router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).get(tenant, job_id))
-
-
-@router.delete("/jobs/{job_id}")
-async def cancel_job(request: Request, job_id: str) -> Response:
-    tenant = await tenant_of(request)
-    return json_response(await serving(request).cancel(tenant, job_id))
+add_record_routes(router, serving, kind="job", plural="jobs", cancel=("DELETE", ""))

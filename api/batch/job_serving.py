@@ -41,15 +41,18 @@ class JobServing:
         preparer: RequestPreparer,
         reservations: Reservations,
         scopes: TenantScopes,
+        *,
+        room: StoreRoom,
     ) -> None:
-        """`scopes`: jobs are stored under the tenant's scope, quotas held by its name."""
+        """`scopes`: jobs are stored under the tenant's scope, quotas held by its name;
+        `room`: whether the stores a job writes have room for it."""
         self.rt = runtime
         self.scopes = scopes
         self.jobs = jobs
         self.preparer = preparer
         self.reservations = reservations
         self.egress = EgressPolicy(runtime.settings.batch.webhook_allow)
-        self.room = StoreRoom(runtime.js, runtime.settings.storage.store_high_water)
+        self.room = room
 
     async def create(
         self, tenant: str, body: bytes, traceparent: str | None = None, *, key_id: str = ""

@@ -31,7 +31,7 @@ async def purge_scope(
     batch_keys = await kvs.scan(batches, pattern, meta_only=True)
     for key in batch_keys:
         batch_hex = key.split(".", 1)[1]
-        lines = await kvs.scan(results, names.line_results_pattern(batch_hex), meta_only=True)
+        lines = await kvs.scan(results, names.line_results_key(batch_hex), meta_only=True)
         for line in lines:
             await results.purge(line)
         await batches.purge(key)

@@ -5,6 +5,8 @@ as `dispatcher.streams`: idempotent, `replicas` copies, a byte bound each, disca
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -96,7 +98,29 @@ async def ensure_batch_streams(
     )
 
 
-async def batch_buckets(
+Bounds = Callable[[StorageSettings], dict[str, tuple[int, bool]]]
+"""A group of buckets: name -> (byte bound, whether entries go after `retention`; else they
+are kept until deleted)."""
+
+
+def _batch_bounds(bound: StorageSettings) -> dict[str, tuple[int, bool]]:
+    return {
+        names.RESULTS_BUCKET: (bound.results_max_bytes, True),
+        names.ASYNC_JOBS_BUCKET: (bound.async_jobs_max_bytes, True),
+        names.BATCHES_BUCKET: (bound.batches_max_bytes, True),
+        names.FILE_META_BUCKET: (bound.file_meta_max_bytes, False),
+    }
+
+
+def _responses_bounds(bound: StorageSettings) -> dict[str, tuple[int, bool]]:
+    return {
+        names.RESPONSES_BUCKET: (bound.responses_max_bytes, True),
+        names.CONVERSATIONS_BUCKET: (bound.conversations_max_bytes, True),
+    }
+
+
+async def ensure_buckets(
+    group: Bounds,
     js: JetStreamContext,
     retention: float,
     replicas: int = 1,
@@ -104,48 +128,25 @@ async def batch_buckets(
     *,
     limits: StorageSettings | None = None,
 ) -> dict[str, KeyValue]:
-    """The KV buckets of async jobs and batches (file storage), by name."""
-    bound = bounds_or_env(limits)
-    out = {}
-    for name, max_bytes in (
-        (names.RESULTS_BUCKET, bound.results_max_bytes),
-        (names.ASYNC_JOBS_BUCKET, bound.async_jobs_max_bytes),
-        (names.BATCHES_BUCKET, bound.batches_max_bytes),
-    ):
-        out[name] = await ensure_bucket(
-            js, name, retention, StorageType.FILE, replicas, create=create, bound=max_bytes
-        )
-    out[names.FILE_META_BUCKET] = await ensure_bucket(
-        js,
-        names.FILE_META_BUCKET,
-        0,
-        StorageType.FILE,
-        replicas,
-        create=create,
-        bound=bound.file_meta_max_bytes,
-    )
-    return out
-
-
-async def responses_buckets(
-    js: JetStreamContext,
-    retention: float,
-    replicas: int = 1,
-    create: bool = True,
-    *,
-    limits: StorageSettings | None = None,
-) -> dict[str, KeyValue]:
-    """Stored responses and conversations (file storage; `retention` 0 = kept until deleted)."""
-    bound = bounds_or_env(limits)
+    """Each bucket of `group` (file storage), by name; `retention` 0 = kept until deleted."""
     return {
         name: await ensure_bucket(
-            js, name, retention, StorageType.FILE, replicas, create=create, bound=max_bytes
+            js,
+            name,
+            retention if ages else 0,
+            StorageType.FILE,
+            replicas,
+            create=create,
+            bound=max_bytes,
         )
-        for name, max_bytes in (
-            (names.RESPONSES_BUCKET, bound.responses_max_bytes),
-            (names.CONVERSATIONS_BUCKET, bound.conversations_max_bytes),
-        )
+        for name, (max_bytes, ages) in group(bounds_or_env(limits)).items()
     }
+
+
+batch_buckets = functools.partial(ensure_buckets, _batch_bounds)
+"""The KV buckets of async jobs, batches and file records."""
+responses_buckets = functools.partial(ensure_buckets, _responses_bounds)
+"""Stored responses and conversations."""
 
 
 async def files_store(

@@ -1,7 +1,8 @@
 """The batch wing of one api replica: async jobs, files and batches (docs/batch.md).
 
 `BatchWing` opens the streams and buckets, runs this replica's share of the shared work
-(results collector, batch runner, webhook sender, async-job sweeper) and builds the three
+(results collector, batch runner, webhook sender, async-job sweeper, the evictor of
+finished records) and builds the three
 serving modules the routes of `api.routes.{jobs,files,batches}` call. It plugs the api's
 own request preparer and quota reservations into the batch machinery, so async jobs and
 batch lines are prepared and reserved exactly as interactive requests are.
@@ -22,9 +23,12 @@ from nats.js.object_store import ObjectStore
 from llmq.api.batch import stores
 from llmq.api.batch.batch_serving import BatchServing
 from llmq.api.batch.egress import EgressPolicy
+from llmq.api.batch.eviction import Evictor
+from llmq.api.batch.file_bytes import FileBytes
 from llmq.api.batch.file_serving import FileServing
 from llmq.api.batch.job_serving import JobServing
 from llmq.api.batch.purge import purge_scope
+from llmq.api.batch.store_room import StoreRoom
 from llmq.api.batch.webhooks import Webhooks
 from llmq.api.preparation import RequestPreparer
 from llmq.api.reservations import Reservations
@@ -51,11 +55,13 @@ class BatchWing:
         self.reservations = reservations
         self.preparer = preparer
         self.files: FileStore
+        self.file_bytes: FileBytes
         self.store: BatchStore
         self.jobs: AsyncJobs
         self.runner: BatchRunner
         self.collector: ResultCollector
         self.webhooks: Webhooks
+        self.evictor: Evictor
         self.job_serving: JobServing
         self.file_serving: FileServing
         self.batch_serving: BatchServing
@@ -76,6 +82,8 @@ class BatchWing:
         scoped = ScopedReservations(self.reservations)
         self.store = BatchStore(buckets[names.BATCHES_BUCKET])
         self.files = FileStore(objects, buckets[names.FILE_META_BUCKET])
+        self.file_bytes = FileBytes(self.rt.redis, self.files)
+        self.files.meter = self.file_bytes
         self.jobs = AsyncJobs(
             nc,
             js,
@@ -111,20 +119,32 @@ class BatchWing:
             max_inflight=s.batch.batch_max_inflight,
             max_lines=s.batch.batch_max_lines,
         )
-        self.job_serving = JobServing(self.rt, self.jobs, self.preparer, self.reservations, scopes)
-        self.file_serving = FileServing(self.rt, self.files, scopes)
+        self.evictor = Evictor(js, s.storage.store_evict_water)
+        self._serve(scopes, StoreRoom(js, s.storage.store_high_water, self.evictor.make_room))
+        self.collector.start()
+        self.webhooks.start()
+        self.evictor.start()
+        self._starter = asyncio.create_task(self._start_when_synced())
+        self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
+
+    def _serve(self, scopes: TenantScopes, room: StoreRoom) -> None:
+        """The serving modules the routes call; `room`: whether the stores new work writes
+        have room for it."""
+        self.job_serving = JobServing(
+            self.rt, self.jobs, self.preparer, self.reservations, scopes, room=room
+        )
+        self.file_serving = FileServing(
+            self.rt, self.files, scopes, room=room, sizes=self.file_bytes
+        )
         self.batch_serving = BatchServing(
             self.rt,
             self.store,
             self.file_serving,
             self.runner.kick,
             scopes,
+            room=room,
             resolve=self.preparer.models.resolve,
         )
-        self.collector.start()
-        self.webhooks.start()
-        self._starter = asyncio.create_task(self._start_when_synced())
-        self._sweeper = asyncio.create_task(self._sweep_files(), name="batch-file-sweeper")
 
     async def _sweep_files(self) -> None:
         """Delete expired files (readers already treat them as gone) and the data of
@@ -163,6 +183,7 @@ class BatchWing:
             b[names.BATCHES_BUCKET],
             b[names.RESULTS_BUCKET],
         )
+        await self.file_bytes.forget(scope)
         for purge in self.purgers:
             counts.update(await purge(scope))
         return counts
@@ -199,7 +220,7 @@ class BatchWing:
         for task in (self._starter, self._sweeper):
             if task is not None:
                 await stop_task(task)
-        for part in (self.runner, self.jobs, self.webhooks, self.collector):
+        for part in (self.runner, self.jobs, self.webhooks, self.collector, self.evictor):
             with contextlib.suppress(Exception):
                 await part.stop()
 

@@ -20,8 +20,8 @@ from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, for_model
-from llmq.api.engine.reuse import Ask, Plan
-from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.engine.reuse import Ask
+from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError, api_error
 from llmq.api.fair_share import Ticket
 from llmq.api.protocol import first_token_deadline, read_body
@@ -29,7 +29,7 @@ from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
 from llmq.dispatcher.dispatch import JobRun
-from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.dispatcher.jobs import new_job_id
 from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.envelope import JobKind
 
@@ -87,33 +87,19 @@ class ChatServing(Serving):
         prepared = self._prepare(ask, model, more)
         if not isinstance(prepared, PreparedRequest):
             return prepared
-        plan = self._plan(ask, prepared, model, more)
-        served = await plan.served()  # the response cache: a stored answer, a joined job
-        if served is not None:
-            return served
-        rank = await self.auth.rank(request)  # before the queue checks: no await between
-        moved = self.admitted(model, more, ask.time_left())  # them and the fair-share ticket
-        if moved is not None:
-            return moved
         record.stream = prepared.stream
         mark(record.trace, "prepared")
-        held = await self.hold(
-            model,
-            record,
-            ask.time_left(),
-            rank,
-            quota_model=prepared.model,
-            estimate=prepared.prompt_estimate,
-            max_tokens=prepared.max_tokens,
-            key_id=self.auth.key_id(request),
-            user=end_user(prepared.request),
-            fallback=model != record.model,
-        )
-        if held is None:
-            return None, None
-        ticket, reservation = held
+        rank = await self.auth.rank(request)
+        job_ask = self._job_ask(ask, prepared, model, more)
+        placed = await self.place(job_ask, rank, ask.time_left)
+        if not isinstance(placed, Held):
+            return placed
+        ticket, reservation, plan = placed
         mark(record.trace, "quota")
-        run = plan.lead(await self._submit(ask, prepared, ticket, reservation))
+        incoming = traceparent(record.trace, request.headers.get("traceparent"))
+        spec = self.job_spec(job_ask, ask.submitted, ask.wait, incoming)
+        mark(record.trace, "submitted")
+        run = plan.lead(await self.submit(spec, ticket, reservation))
         mark(record.trace, "published", run)
         job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
         headers = {
@@ -139,27 +125,8 @@ class ChatServing(Serving):
             return self.refused(model, more, fallback, refusal)
         return prepared
 
-    async def _submit(
-        self, ask: _Ask, prepared: PreparedRequest, ticket: Ticket, reservation: Reservation
-    ) -> JobRun:
-        """Queue the job; if that fails, its place and its quota are given back at once."""
-        record = ask.record
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=prepared.model,
-            body=prepared.body,
-            tenant=record.tenant,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind=ask.kind,
-            traceparent=traceparent(record.trace, ask.request.headers.get("traceparent")),
-            end_ms=int((ask.submitted + self.rt.settings.api.max_deadline) * 1000),
-            stream=prepared.stream,
-        )
-        mark(record.trace, "submitted")
-        return await self.submit(spec, ticket, reservation)
-
-    def _plan(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Plan:
-        """The attempt as the response cache (`Serving.reuse`) sees it."""
+    def _job_ask(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Ask:
+        """The attempt as the response cache and the quota (`Serving.place`) see it."""
         record = ask.record
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
@@ -167,22 +134,19 @@ class ChatServing(Serving):
                 self, run, reservation, record, prepared.prompt_estimate, ticket=ticket
             )
 
-        return self.reuse.plan(
-            self,
-            Ask(
-                request=ask.request,
-                record=record,
-                kind=ask.kind,
-                model=prepared.model,
-                body=prepared.body,
-                stream=prepared.stream,
-                estimate=prepared.prompt_estimate,
-                max_tokens=prepared.max_tokens,
-                user=end_user(prepared.request),
-                make_job=make_job,
-                more=more,
-                headers={"x-request-id": record.job_id, MODEL_HEADER: model},
-            ),
+        return Ask(
+            request=ask.request,
+            record=record,
+            kind=ask.kind,
+            model=prepared.model,
+            body=prepared.body,
+            stream=prepared.stream,
+            estimate=prepared.prompt_estimate,
+            max_tokens=prepared.max_tokens,
+            user=end_user(prepared.request),
+            make_job=make_job,
+            more=more,
+            headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         )
 
 

@@ -162,29 +162,52 @@ class QueuedJob:
     async def _relay(
         self, first: Event, events: AsyncGenerator[Event, None]
     ) -> AsyncIterator[bytes]:
+        """The stream's bytes: each chunk frame as the feature shows it (`_chunk`), then its
+        end (`_failed_event` or `_ended`, and `_tail`); the reservation settled once however
+        the stream ends, the client's leaving included."""
         rt = self.serving.rt
         rt.open_streams += 1
         try:
             ev: Event = first
             while True:
                 if isinstance(ev, bytes):
-                    # a frame may carry several chunks (`Llmq-Chunks`), one estimated token each
-                    self.relayed += ev.count(CHUNK_SEPARATOR) + 1
-                    yield b"data: " + ev + b"\n\n"
+                    data = self._chunk(ev)
+                    if data:
+                        yield data
                 elif isinstance(ev, Failed):
                     self.settle(ev.status, code=ev.error.code)
-                    yield event(error_bytes(public_failure(ev, self.record.job_id).error))
+                    yield await self._failed_event(ev)
                     break
                 else:
                     self.settle(200, ev)
+                    await self._ended(ev)
                     break
                 try:
                     ev = await events.__anext__()
                 except StopAsyncIteration:
                     break
-            yield DONE
+            tail = self._tail()
+            if tail:
+                yield tail
         finally:
             rt.open_streams -= 1
             self.stream_ended()
             self.settle(499, code="client_closed")
             await events.aclose()
+
+    def _chunk(self, data: bytes) -> bytes:
+        """A chunk frame as the client reads it (empty: nothing now), counted in `relayed`.
+        Chat: a frame may carry several chunks (`Llmq-Chunks`), one estimated token each."""
+        self.relayed += data.count(CHUNK_SEPARATOR) + 1
+        return b"data: " + data + b"\n\n"
+
+    async def _failed_event(self, frame: Failed) -> bytes:
+        """How a stream that began ends when its job fails."""
+        return event(error_bytes(public_failure(frame, self.record.job_id).error))
+
+    async def _ended(self, done: Done) -> None:
+        """The job ended well, before the client reads the stream's end."""
+
+    def _tail(self) -> bytes:
+        """The stream's last bytes (chat: `data: [DONE]`)."""
+        return DONE

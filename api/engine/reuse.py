@@ -3,10 +3,11 @@
 the Responses API, …) gets it through one path. The engine imports no feature: the app
 sets `Serving.reuse`; without it nothing is reused.
 
-A feature's attempt, once it knows the model and the job body, asks `Serving.reuse.plan`;
-`served()` may answer at once (a stored answer, or a running identical job followed),
-before any queue place, quota slot or job; otherwise, once its job is queued, `lead(run)`
-gives the run to read (others may follow it) and `headers` go on the response.
+A feature's attempt, once it knows the model and the job body, hands its `Ask` to
+`Serving.place`, which asks `Serving.reuse.plan`: `served()` may answer at once (a stored
+answer, or a running identical job followed), before any queue place, quota slot or job;
+otherwise, once its job is queued, `lead(run)` gives the run to read (others may follow
+it) and `headers` go on the response.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.responses import Response
 from llmq.api.request_record import RequestRecord
 from llmq.dispatcher.dispatch import JobRun
 from llmq.schemas.admission import Reservation
+from llmq.schemas.envelope import JobKind
 
 MakeJob = Callable[[Any, Reservation, Any], Any]
 """Builds the feature's `QueuedJob` (its own relay) over a run, a reservation and a
@@ -33,7 +35,7 @@ class Ask:
 
     request: Request
     record: RequestRecord
-    kind: str
+    kind: JobKind
     """The job kind: chat, completion, embedding, response, message, …"""
     model: str
     """The model this attempt runs on."""

@@ -2,8 +2,9 @@
 a model's fallback chain (`through_chain`), a place in the fair-share line and the quota of one
 attempt (`hold`), and the request's end as observers see it (`observe`).
 
-Transport-free. Chat (`llmq.api.chat.serving`) and the Responses API
-(`llmq.api.responses.serving`) build their attempts on it; `QueuedJob`
+Transport-free. Chat (`llmq.api.chat.serving`), the Messages API (`llmq.api.messages.serving`)
+and the Responses API (`llmq.api.responses.serving`) build their attempts on it (`place`: the
+response cache, the queue's admission, the place and the quota); `QueuedJob`
 (`llmq.api.engine.job`) relays one attempt's job.
 """
 
@@ -12,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from starlette.responses import Response
 
 from llmq.api.auth import Authenticator
 from llmq.api.engine.model_chain import QUEUE_WAIT, Router
-from llmq.api.engine.reuse import NoReuse, Reuse
+from llmq.api.engine.reuse import Ask, NoReuse, Plan, Reuse
 from llmq.api.errors import ApiError, failed_response, public_failure
 from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.preparation import RequestPreparer
@@ -36,6 +38,15 @@ Attempted = Response | tuple[str | None, Refusal | Failed | None]
 NOT_UNDER_WAY = "the job's deadline passed before it was under way"
 
 Observer = Callable[[RequestRecord], None]
+
+
+class Held(NamedTuple):
+    """An attempt that may queue its job: its fair-share place, its quota, and what the
+    response cache (`Serving.reuse`) does with the job (`lead`, `headers`)."""
+
+    ticket: Ticket
+    reservation: Reservation
+    plan: Plan
 
 
 class Serving:
@@ -119,6 +130,49 @@ class Serving:
                 return QUEUE_WAIT, full
             raise full
         return None
+
+    async def place(self, ask: Ask, rank: int, time_left: Callable[[], float]) -> Attempted | Held:
+        """One attempt (`ask`, on `ask.model`) up to its job, for every feature: answered
+        from the response cache (a stored answer, a joined job), or why to move on when the
+        model's queue cannot start it within `time_left()` (`admitted`), or its place and
+        quota (`hold`); (None, None) when a fallback model refuses it."""
+        plan = self.reuse.plan(self, ask)
+        served = await plan.served()
+        if served is not None:
+            return served
+        moved = self.admitted(ask.model, ask.more, time_left())
+        if moved is not None:
+            return moved
+        record = ask.record
+        held = await self.hold(
+            ask.model,
+            record,
+            time_left(),
+            rank,
+            quota_model=ask.model,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            key_id=self.auth.key_id(ask.request),
+            user=ask.user,
+            fallback=ask.model != record.model,
+        )
+        return (None, None) if held is None else Held(*held, plan)
+
+    def job_spec(self, ask: Ask, submitted: float, wait: float, traceparent: str | None) -> JobSpec:
+        """The job of an attempt (`ask`): under way within `wait` seconds of `submitted`
+        (the first-token deadline), cut `max_deadline` seconds after it."""
+        record = ask.record
+        return JobSpec(
+            job_id=record.job_id,
+            model=ask.model,
+            body=ask.body,
+            tenant=record.tenant,
+            deadline_ms=int((submitted + wait) * 1000),
+            kind=ask.kind,
+            traceparent=traceparent,
+            end_ms=int((submitted + self.rt.settings.api.max_deadline) * 1000),
+            stream=ask.stream,
+        )
 
     async def submit(self, spec: JobSpec, ticket: Ticket, reservation: Reservation) -> JobRun:
         """Queue the attempt's job; if that fails (or is cancelled), its fair-share place and

@@ -9,18 +9,16 @@ shape; there is no `[DONE]` line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-
 import msgspec
 
 from llmq.api.engine.job import QueuedJob
 from llmq.api.errors import public_failure
 from llmq.api.messages.protocol import STATUSES, error_body
 from llmq.api.sse import named_event
-from llmq.schemas.frames import Done, Failed, split_chunks
+from llmq.schemas.frames import Failed, split_chunks
 
-Event = bytes | Done | Failed
 _HEAD = b'{"type":"'
+_START = len(_HEAD)
 
 
 class _Typed(msgspec.Struct):
@@ -34,9 +32,9 @@ def event_type(data: bytes) -> bytes:
     """The `type` of an event's JSON: read from its head when it comes first (every event
     llmq encodes, and Anthropic's), else decoded."""
     if data.startswith(_HEAD):
-        end = data.find(b'"', len(_HEAD))
+        end = data.find(b'"', _START)
         if end > 0:
-            return data[len(_HEAD) : end]
+            return data[_START:end]
     try:
         return _typed.decode(data).type.encode()
     except msgspec.DecodeError:
@@ -44,40 +42,31 @@ def event_type(data: bytes) -> bytes:
 
 
 def sse_events(body: bytes) -> tuple[bytes, int]:
-    """A chunk frame's body (one or several events) as named SSE events, and their count."""
+    """A chunk frame's body (one or several events) as named SSE events (`named_event`'s
+    bytes, made in one join), and their count."""
     events = split_chunks(body)
-    return b"".join(named_event(event_type(e), e) for e in events), len(events)
+    parts: list[bytes] = []
+    for data in events:
+        end = data.find(b'"', _START) if data.startswith(_HEAD) else -1
+        name = data[_START:end] if end > 0 else event_type(data)
+        parts += (b"event: ", name, b"\ndata: ", data, b"\n\n")
+    return b"".join(parts), len(events)
 
 
 class MessageRun(QueuedJob):
-    async def _relay(
-        self, first: Event, events: AsyncGenerator[Event, None]
-    ) -> AsyncIterator[bytes]:
-        rt = self.serving.rt
-        rt.open_streams += 1
-        try:
-            ev: Event = first
-            while True:
-                if isinstance(ev, bytes):
-                    data, count = sse_events(ev)
-                    self.relayed += count
-                    yield data
-                elif isinstance(ev, Failed):
-                    self.settle(ev.status, code=ev.error.code)
-                    yield named_event(b"error", self._error(ev))
-                    break
-                else:
-                    self.settle(200, ev)
-                    break
-                try:
-                    ev = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-        finally:
-            rt.open_streams -= 1
-            self.stream_ended()
-            self.settle(499, code="client_closed")
-            await events.aclose()
+    """A `message` job's stream: named events, an `error` event when it fails after its
+    start, and no `[DONE]` line."""
+
+    def _chunk(self, data: bytes) -> bytes:
+        named, count = sse_events(data)
+        self.relayed += count
+        return named
+
+    async def _failed_event(self, frame: Failed) -> bytes:
+        return named_event(b"error", self._error(frame))
+
+    def _tail(self) -> bytes:
+        return b""
 
     def _error(self, frame: Failed) -> bytes:
         public = public_failure(frame, self.record.job_id)

@@ -1,7 +1,7 @@
 """Serving `POST /v1/messages` and `POST /v1/messages/count_tokens` (Anthropic's Messages
 API) through the same path as chat: authenticate, resolve the model (aliases, defaults),
-check the request before any quota, then for each model of the fallback chain the
-queue-aware admission, the fair-share place and the reservation (`Serving.hold`), a
+check the request before any quota, then for each model of the fallback chain the response
+cache, the queue-aware admission, the fair-share place and the reservation (`Serving.place`), a
 `message` job, and the relay (`relay.MessageRun`). Errors leave in Anthropic's shape
 (`protocol`).
 
@@ -23,8 +23,8 @@ from starlette.responses import Response
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER
-from llmq.api.engine.reuse import Ask, Plan
-from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.engine.reuse import Ask
+from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError
 from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
@@ -43,7 +43,7 @@ from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.dispatcher.dispatch import JobRun
-from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.dispatcher.jobs import new_job_id
 from llmq.dispatcher.publish import transient
 from llmq.schemas.admission import Refusal, Reservation
 from llmq.schemas.messages import (
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FORWARDED = ("anthropic-version", "anthropic-beta")
 """The client's headers an Anthropic upstream gets (no other header of the client's)."""
+_FORWARDED = frozenset(name.encode() for name in FORWARDED)
 
 
 @dataclass(slots=True)
@@ -122,7 +123,7 @@ class MessagesServing:
         models = serving.preparer.models
         record.model = model = models.resolve(req.model)
         limit = check_max_tokens(req.max_tokens, models.token_limit_for(model) or _ceiling(serving))
-        forwarded = {name: request.headers[name] for name in FORWARDED if name in request.headers}
+        forwarded = _forwarded(request)
         ask = _Ask(req, body, estimate_tokens(req), time.time(), wait, forwarded, limit)
         record.stream = req.stream
         ask.rank = await serving.auth.rank(request)
@@ -144,41 +145,16 @@ class MessagesServing:
         except Refusal as refusal:
             return serving.refused(model, more, fallback, refusal)
         body = ask.body_for(model, serving.preparer.models.defaults_for(model))
-        plan = self._plan(request, record, ask, model, body, more=more)
-        served = await plan.served()  # the response cache: a stored answer, a joined job
-        if served is not None:
-            return served
-        moved = serving.admitted(model, more, ask.time_left())
-        if moved is not None:
-            return moved
-        held = await serving.hold(
-            model,
-            record,
-            ask.time_left(),
-            ask.rank,
-            quota_model=model,
-            estimate=ask.estimate,
-            max_tokens=ask.max_tokens,
-            key_id=serving.auth.key_id(request),
-            user=ask.req.user,
-            fallback=fallback,
+        job_ask = self._job_ask(request, record, ask, model, body, more=more)
+        placed = await serving.place(job_ask, ask.rank, ask.time_left)
+        if not isinstance(placed, Held):
+            return placed
+        ticket, reservation, plan = placed
+        spec = serving.job_spec(
+            job_ask, ask.submitted, ask.wait, request.headers.get("traceparent")
         )
-        if held is None:
-            return None, None
-        ticket, reservation = held
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=model,
-            tenant=record.tenant,
-            body=body,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind="message",
-            traceparent=request.headers.get("traceparent"),
-            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
-            stream=ask.req.stream,
-            anthropic_version=ask.headers.get("anthropic-version", ""),
-            anthropic_beta=ask.headers.get("anthropic-beta", ""),
-        )
+        spec.anthropic_version = ask.headers.get("anthropic-version", "")
+        spec.anthropic_beta = ask.headers.get("anthropic-beta", "")
         run = plan.lead(await serving.submit(spec, ticket, reservation))
         job = MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
         headers = {
@@ -190,7 +166,7 @@ class MessagesServing:
         }
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
 
-    def _plan(
+    def _job_ask(
         self,
         request: Request,
         record: RequestRecord,
@@ -199,31 +175,37 @@ class MessagesServing:
         body: bytes,
         *,
         more: bool,
-    ) -> Plan:
-        """The attempt as the response cache (`Serving.reuse`) sees it."""
+    ) -> Ask:
+        """The attempt as the response cache and the quota (`Serving.place`) see it."""
         serving = self.serving
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> MessageRun:
             return MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
 
         headers = {"x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model}
-        return serving.reuse.plan(
-            serving,
-            Ask(
-                request=request,
-                record=record,
-                kind="message",
-                model=model,
-                body=body,
-                stream=ask.req.stream,
-                estimate=ask.estimate,
-                max_tokens=ask.max_tokens,
-                user=ask.req.user,
-                make_job=make_job,
-                more=more,
-                headers=headers,
-            ),
+        return Ask(
+            request=request,
+            record=record,
+            kind="message",
+            model=model,
+            body=body,
+            stream=ask.req.stream,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            user=ask.req.user,
+            make_job=make_job,
+            more=more,
+            headers=headers,
         )
+
+
+def _forwarded(request: Request) -> dict[str, str]:
+    """The client's `FORWARDED` headers (the first of each), in one pass over its headers."""
+    found: dict[str, str] = {}
+    for name, value in request.headers.raw:
+        if name in _FORWARDED:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
 
 
 def _ceiling(serving: Serving) -> int:

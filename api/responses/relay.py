@@ -11,20 +11,16 @@ event of a stream — so the client may chain its next request on this one at on
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 import msgspec
 from starlette.responses import Response
 
 from llmq.api.engine.job import QueuedJob
-from llmq.api.engine.serving import Serving
 from llmq.api.errors import ApiError, failed_response, public_failure
-from llmq.api.fair_share import Ticket
-from llmq.api.request_record import RequestRecord
+from llmq.api.responses.keeper import NoKeeper
 from llmq.api.sse import named_event
-from llmq.dispatcher.dispatch import JobRun
-from llmq.schemas.admission import Reservation
 from llmq.schemas.frames import Done, Failed
 
 log = logging.getLogger(__name__)
@@ -51,6 +47,7 @@ class _Typed(msgspec.Struct):
 
 _typed = msgspec.json.Decoder(_Typed)
 _encoder = msgspec.json.Encoder()
+NO_KEEPER: ResponseEnd = NoKeeper()
 
 
 def event_type(data: bytes) -> bytes:
@@ -61,19 +58,12 @@ def event_type(data: bytes) -> bytes:
 
 
 class ResponseRun(QueuedJob):
-    def __init__(
-        self,
-        serving: Serving,
-        run: JobRun,
-        reservation: Reservation,
-        record: RequestRecord,
-        prompt_estimate: int,
-        *,
-        ticket: Ticket,
-        keeper: ResponseEnd,
-    ) -> None:
-        super().__init__(serving, run, reservation, record, prompt_estimate, ticket=ticket)
-        self.keeper = keeper
+    """A `response` job's stream and body; `keeper` (set by the serving module for a job of
+    its own; a cached or joined answer keeps nothing) takes the final Response."""
+
+    keeper: ResponseEnd = NO_KEEPER
+    _held: bytes = b""
+    """The stream's terminal event, held back until the Response is kept."""
 
     async def _final(self, done: Done) -> bytes:
         body = bytes(done.body) if done.body else b""
@@ -110,48 +100,26 @@ class ResponseRun(QueuedJob):
             raise ApiError(502, "the worker sent no response body", "empty_response")
         return Response(body, media_type="application/json", headers=headers)
 
-    async def _relay(
-        self, first: Event, events: AsyncGenerator[Event, None]
-    ) -> AsyncIterator[bytes]:
-        rt = self.serving.rt
-        rt.open_streams += 1
-        held: bytes | None = None
-        try:
-            ev: Event = first
-            while True:
-                if isinstance(ev, bytes):
-                    name = event_type(ev)
-                    self.relayed += 1
-                    frame = named_event(name, ev)
-                    if name in TERMINAL:
-                        held = frame
-                    else:
-                        yield frame
-                elif isinstance(ev, Failed):
-                    self.settle(ev.status, code=ev.error.code)
-                    yield named_event(b"response.failed", await self._failed_event(ev))
-                    break
-                else:
-                    self.settle(200, ev)
-                    await self._final(ev)
-                    break
-                try:
-                    ev = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-            if held is not None:
-                yield held
-        finally:
-            rt.open_streams -= 1
-            self.stream_ended()
-            self.settle(499, code="client_closed")
-            await events.aclose()
+    def _chunk(self, data: bytes) -> bytes:
+        name = event_type(data)
+        self.relayed += 1
+        frame = named_event(name, data)
+        if name in TERMINAL:
+            self._held = frame
+            return b""
+        return frame
 
     async def _failed_event(self, frame: Failed) -> bytes:
         """`response.failed`: how a stream that began ends when its job fails."""
         response = await self._failed(frame)
         event = {"type": "response.failed", "sequence_number": self.relayed, "response": response}
-        return _encoder.encode(event)
+        return named_event(b"response.failed", _encoder.encode(event))
+
+    async def _ended(self, done: Done) -> None:
+        await self._final(done)
+
+    def _tail(self) -> bytes:
+        return self._held
 
     async def stream(
         self, first: Event, events: AsyncGenerator[Event, None], headers: dict[str, str]

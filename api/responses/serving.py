@@ -24,8 +24,8 @@ from llmq.api.batch.wing import BatchWing
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER
-from llmq.api.engine.reuse import Ask, Plan
-from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.engine.reuse import Ask
+from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError
 from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting, not_found
@@ -36,7 +36,7 @@ from llmq.api.responses.conversations import ConversationsServing
 from llmq.api.responses.finisher import ResponseFinisher
 from llmq.api.responses.input_files import inline_files
 from llmq.api.responses.items import as_items, for_model
-from llmq.api.responses.keeper import Keeper, NoKeeper
+from llmq.api.responses.keeper import Keeper
 from llmq.api.responses.protocol import check_request, decode_request, estimate_prompt
 from llmq.api.responses.records import ResponseRecords, public_hex
 from llmq.api.responses.references import resolve
@@ -51,7 +51,6 @@ from llmq.dispatcher.batch.async_jobs import AsyncJobs
 from llmq.dispatcher.batch.files import FileStore
 from llmq.dispatcher.batch.records import time_hex
 from llmq.dispatcher.dispatch import DispatchError, JobRun
-from llmq.dispatcher.jobs import JobSpec
 from llmq.schemas import names
 from llmq.schemas.admission import FAILED, AnyRequest, PreparedRequest, Refusal, Reservation
 from llmq.schemas.responses import (
@@ -248,32 +247,16 @@ class ResponsesServing:
             return serving.refused(model, more, fallback, refusal)
         ask.fields["model"] = model
         body = _encoder.encode(ask.fields)
-        plan = self._plan(request, record, ask, model, body, more=more)
-        served = await plan.served()  # the response cache: a stored answer, a joined job
-        if served is not None:
-            return served
-        moved = serving.admitted(model, more, ask.time_left())
-        if moved is not None:
-            return moved
-        held = await serving.hold(
-            model,
-            record,
-            ask.time_left(),
-            ask.rank,
-            quota_model=model,
-            estimate=ask.estimate,
-            max_tokens=ask.max_tokens,
-            key_id=serving.auth.key_id(request),
-            fallback=fallback,
-        )
-        if held is None:
-            return None, None
-        ticket, reservation = held
-        run = plan.lead(await self._submit(request, record, ask, ticket, reservation, body=body))
-        keeper = Keeper(self.records, self._stored(record.job_id, ask), ask.req.stores)
-        job = ResponseRun(
-            serving, run, reservation, record, ask.estimate, ticket=ticket, keeper=keeper
-        )
+        job_ask = self._job_ask(request, record, ask, model, body, more=more)
+        placed = await serving.place(job_ask, ask.rank, ask.time_left)
+        if not isinstance(placed, Held):
+            return placed
+        ticket, reservation, plan = placed
+        incoming = request.headers.get("traceparent")
+        spec = serving.job_spec(job_ask, ask.submitted, ask.wait, incoming)
+        run = plan.lead(await serving.submit(spec, ticket, reservation))
+        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
+        job.keeper = Keeper(self.records, self._stored(record.job_id, ask), ask.req.stores)
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id,
             MODEL_HEADER: model,
@@ -283,33 +266,7 @@ class ResponsesServing:
         }
         return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
 
-    async def _submit(
-        self,
-        request: Request,
-        record: RequestRecord,
-        ask: _Ask,
-        ticket: Ticket,
-        reservation: Reservation,
-        *,
-        body: bytes,
-    ) -> JobRun:
-        """Queue the attempt's job (`body`: its encoded fields); if that fails, its place and
-        its quota are given back."""
-        serving = self.serving
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=ask.fields["model"],
-            body=body,
-            tenant=record.tenant,
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind="response",
-            traceparent=request.headers.get("traceparent"),
-            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
-            stream=ask.req.stream,
-        )
-        return await serving.submit(spec, ticket, reservation)
-
-    def _plan(
+    def _job_ask(
         self,
         request: Request,
         record: RequestRecord,
@@ -318,33 +275,28 @@ class ResponsesServing:
         body: bytes,
         *,
         more: bool,
-    ) -> Plan:
-        """The attempt as the response cache (`Serving.reuse`) sees it."""
+    ) -> Ask:
+        """The attempt as the response cache and the quota (`Serving.place`) see it."""
         serving = self.serving
 
         def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
-            # a cached or joined answer is never stored as a response
-            return ResponseRun(
-                serving, run, reservation, record, ask.estimate, ticket=ticket, keeper=NoKeeper()
-            )
+            # a cached or joined answer is never stored as a response (no `keeper`)
+            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
 
         headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
-        return serving.reuse.plan(
-            serving,
-            Ask(
-                request=request,
-                record=record,
-                kind="response",
-                model=model,
-                body=body,
-                stream=ask.req.stream,
-                estimate=ask.estimate,
-                max_tokens=ask.max_tokens,
-                user="",
-                make_job=make_job,
-                more=more,
-                headers=headers,
-            ),
+        return Ask(
+            request=request,
+            record=record,
+            kind="response",
+            model=model,
+            body=body,
+            stream=ask.req.stream,
+            estimate=ask.estimate,
+            max_tokens=ask.max_tokens,
+            user="",
+            make_job=make_job,
+            more=more,
+            headers=headers,
         )
 
     async def _history(self, scope: str, req: ResponseRequest) -> tuple[list[Item], str | None]:

@@ -34,10 +34,15 @@ def key_of(request: Request) -> str:
 
 async def counted(request: Request) -> str:
     """The caller's tenant, after counting the call against its (and its key's) RPM: a
-    call that holds no tokens (a file upload, a conversation write) is rate-limited too."""
+    call that holds no tokens (a conversation write) is rate-limited too."""
     tenant = await tenant_of(request)
-    await request.app.state.list_gate.count(tenant, key_of(request))
+    await count(request, tenant)
     return tenant
+
+
+async def count(request: Request, tenant: str) -> None:
+    """Count one call of `tenant` against its (and its key's) RPM; 429 past it."""
+    await request.app.state.list_gate.count(tenant, key_of(request))
 
 
 @asynccontextmanager

@@ -298,7 +298,7 @@ class AsyncJobs:
         else:
             since = record.started_at or record.created_at
             self._open[key] = _Open(record.tenant, record.model, record.expires_at, since)
-            # Every replica renews every open job's reservation (issue 12 finding 7).
+            # Every replica renews every open job's reservation: any one of them may die.
             self.reservations.adopt(record.tenant, (record.id,))
 
     async def _sweep_loop(self) -> None:

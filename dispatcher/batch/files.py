@@ -4,7 +4,8 @@ Object name `<tenant token>/<file id>`, record key `<tenant token>.<file id>`: a
 ever sees its own files. The tenant here is the tenant's scope (`names.tenant_scope`), so a
 new tenant of a deleted one's name never sees its files. Upload writes the object first and
 the record last, delete removes the record first, so a file is listed only while its bytes
-exist. A file past its `expires_at` is gone for readers at once; `sweep` deletes it.
+exist; the `meter` hears of each size after its record is written or removed. A file past
+its `expires_at` is gone for readers at once; `sweep` deletes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from llmq.dispatcher import kv as kvs
+from llmq.dispatcher.batch.ports import FileMeter
 from llmq.dispatcher.batch.records import (
     FILE_ID_PREFIX,
     FileRecord,
@@ -46,9 +48,10 @@ def valid_file_id(file_id: str) -> bool:
 
 
 class FileStore:
-    def __init__(self, objects: ObjectStore, meta: KeyValue) -> None:
+    def __init__(self, objects: ObjectStore, meta: KeyValue, meter: FileMeter | None = None):
         self.objects = objects
         self.meta = meta
+        self.meter = meter
 
     @staticmethod
     def _object(tenant: str, file_id: str) -> str:
@@ -87,6 +90,8 @@ class FileStore:
             expires_at=None if expires_after is None else created_at + expires_after,
         )
         await self.meta.put(self._key(tenant, file_id), encoder.encode(record))
+        if self.meter is not None:
+            await self.meter.record(tenant, file_id, record.bytes, record.expires_at)
         return record
 
     async def get(self, tenant: str, file_id: str) -> FileRecord | None:
@@ -113,10 +118,6 @@ class FileStore:
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return records
 
-    async def used_bytes(self, tenant: str) -> int:
-        """What the tenant's live files take (its storage quota counts this)."""
-        return sum(r.bytes for r in await self.list(tenant))
-
     async def delete(self, tenant: str, file_id: str) -> bool:
         if await self.get(tenant, file_id) is None:
             return False
@@ -125,6 +126,8 @@ class FileStore:
 
     async def _remove(self, tenant: str, file_id: str) -> None:
         await self.meta.purge(self._key(tenant, file_id))
+        if self.meter is not None:
+            await self.meter.record(tenant, file_id, 0, None)
         with contextlib.suppress(ObjectNotFoundError, NotFoundError):
             await self.objects.delete(self._object(tenant, file_id))
 

@@ -3,8 +3,9 @@ final status.
 
 Wind-down stops the lines still queued or running and gives every line without a result an
 `Unrun` one (first result wins). Finalizing builds the output and error files from the
-stored results, one line each (deterministic ids, so writing them again replaces them), and
-writes the final status with one last compare-and-set.
+stored results, one line each (deterministic ids, so writing them again replaces them),
+writes the final status with one last compare-and-set, and then drops the line results
+(the files hold them).
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ async def wind_down(run: BatchRun, final: BatchStatus, code: str, message: str) 
     await finalize(run, final)
 
 
+async def _drop_line_results(run: BatchRun) -> None:
+    """The line results of a final batch: its files hold them now. One that is not dropped
+    here goes when the batch is evicted or ages out."""
+    lines = names.kv_subject(names.RESULTS_BUCKET, names.line_results_key(run.hex))
+    try:
+        await run.ctx.js.purge_stream(f"KV_{names.RESULTS_BUCKET}", subject=lines)
+    except Exception as exc:
+        log.warning("batch %s: its line results stay until evicted: %s", run.key, exc)
+
+
 async def _unqueue(run: BatchRun, seq: int) -> None:
     with contextlib.suppress(NotFoundError):
         await run.ctx.js.delete_msg(names.BATCH_STREAM, seq)
@@ -140,6 +151,7 @@ async def finalize(
 
     await run.write(end, final=True)
     run.ctx.on_final()
+    await _drop_line_results(run)
     log.info(
         "batch %s %s: %d ok, %d failed",
         run.key,

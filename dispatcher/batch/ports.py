@@ -1,6 +1,6 @@
 """What the api plugs into the batch machinery: how a request body becomes a job (model
 aliases, defaults, token estimates), how its quota is reserved and released, and where a
-job's webhook delivery is queued.
+job's webhook delivery is queued, and where the bytes of each tenant's files are counted.
 
 The values (`PreparedRequest`, `Refusal`, `Reservation`, `JobUsage`) live in
 `schemas.admission`; the api plugs in the same preparer and reservations its interactive
@@ -52,6 +52,14 @@ class Reserver(Protocol):
 class WebhookQueue(Protocol):
     async def enqueue(self, tenant: str, job_id: str) -> None:
         """Queue the delivery of an ended job's webhook (the api's `Webhooks`)."""
+        ...
+
+
+class FileMeter(Protocol):
+    async def record(self, scope: str, file_id: str, size: int, expires_at: int | None) -> None:
+        """A file of the tenant scope now takes `size` bytes (0: deleted), until
+        `expires_at` (unix seconds; None: until deleted). Never raises (the api's
+        `FileBytes`)."""
         ...
 
 

@@ -258,3 +258,22 @@ def server_info(nc: Client) -> dict[str, Any]:
         return {}
     info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
     return info
+
+
+# --- outbound bytes -------------------------------------------------------------------------
+
+
+def outbound_bytes(nc: Client) -> int:
+    """Bytes published on `nc` and not yet handed to the kernel: nats-py's pending buffer
+    (public) and, with the gate open, what its TCP transport still holds (private: the
+    flusher empties the pending buffer into it at once, so under a slow socket that is
+    where the bytes wait)."""
+    pending = nc.pending_data_size
+    if not GATE.open:
+        return pending
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None:
+        return pending
+    size: int = transport.get_write_buffer_size()
+    return pending + size

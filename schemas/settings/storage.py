@@ -2,9 +2,10 @@
 JetStream stream, KV bucket and object store (`LLMQ_<STORE>_MAX_BYTES`), besides each one's
 age; the length and age of each tenant's usage ledger in Valkey (the global one:
 `LLMQ_LEDGER_MAXLEN`). A store at its
-bound refuses new messages (discard new): nothing queued, running or stored is dropped to
-make room; new durable jobs, batches and files are refused with a 507 before a store they
-write is that full (`store_high_water`). Sizing rules: docs/operations.md, "Bounded memory
+bound refuses new messages (discard new): nothing queued or running is dropped to make room;
+past `store_evict_water` the api deletes the oldest finished async jobs and batches; new
+durable jobs, batches and files are refused with a 507 while a store they write is still
+fuller than `store_high_water`. Sizing rules: docs/operations.md, "Bounded memory
 and bounded stores"."""
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ class StorageSettings(Group):
         "New async jobs, batches and files are refused (507 storage_full) while a store they "
         "write is fuller than this share of its bound; the rest is room for the work already "
         "accepted to finish.",
+        gt=0,
+        le=1,
+        commands=(),
+    )
+    store_evict_water: float = setting(
+        0.8,
+        "Past this share of the bound of LLMQ_ASYNC_JOBS, LLMQ_RESULTS or LLMQ_BATCHES, the "
+        "api deletes the oldest finished async jobs and batches (with their results) until "
+        "the bucket is below it again; queued and running ones are never deleted. Keep it "
+        "below store_high_water.",
         gt=0,
         le=1,
         commands=(),

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from llmq.api.fair_ledger import LocalLedger, RedisLedger, ShareLedger
+from llmq.api.fair_ledger import LocalLedger, Look, RedisLedger, ShareLedger
 from llmq.api.fair_share import FairShare, Ticket
 from llmq.api.tenancy import connect
 from llmq.api.tenancy.models import PRIORITY_RANK, priority_rank
@@ -156,10 +156,10 @@ async def test_a_ticket_of_a_dead_replica_expires(redis_server: Any) -> None:
     model = unique("m")
     redis = _patient(redis_server.url)
     ledger = RedisLedger(redis)
-    assert await ledger.take(model, "a", NORMAL, "gone", 0.2, share=1, more=False)
-    assert not await ledger.take(model, "a", NORMAL, "next", 5, share=1, more=False)
+    assert await ledger.take(Look(model, "a", NORMAL, "gone", 0.2, 1, False))
+    assert not await ledger.take(Look(model, "a", NORMAL, "next", 5, 1, False))
     await asyncio.sleep(0.3)
-    assert await ledger.take(model, "a", NORMAL, "next", 5, share=1, more=False)
+    assert await ledger.take(Look(model, "a", NORMAL, "next", 5, 1, False))
     assert await ledger.queued(model, "a") == 1
     for key in names.fair_share_keys(model):
         assert await redis.pttl(key) != -1  # nothing lives forever (-2: already gone)
@@ -192,7 +192,7 @@ async def test_a_replica_renews_its_tickets_and_a_dead_ones_lapse(redis_server: 
     ticket = await live.enter(model, "a", 30)
     assert ticket is not None
     dead = RedisLedger(redis)  # a replica that took a place and died before renewing it
-    assert await dead.take(model, "a", NORMAL, "orphan", 0.4, share=2, more=False)
+    assert await dead.take(Look(model, "a", NORMAL, "orphan", 0.4, 2, False))
     assert await live.queued(model, "a") == 2
     await asyncio.sleep(1.0)  # well past the hold: the live ticket was renewed
     second = await live.enter(model, "a", 0.05)  # the orphan's place is free again

@@ -30,6 +30,9 @@ import nats
 import openai
 import pytest
 
+from llmq.api.batch.eviction import Evictor
+from llmq.api.tenancy import Tenant, TenantStore
+from llmq.api.tenancy import connect as tenancy_connect
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.embedded import EmbeddedNats
 from llmq.provision import PROVISIONED, run_provision
@@ -56,10 +59,16 @@ STORED = (
 """Streams holding tenants' data at rest."""
 
 API = "$JS.API"
+API_PURGES = (
+    f"OBJ_{names.FILES_OBJECT_STORE}",
+    *(f"KV_{b}" for b in (names.RESULTS_BUCKET, names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET)),
+)
+"""What only the api may purge, one subject at a time: a deleted file's chunks, an evicted
+finished job's or batch's records (api/batch/eviction.py)."""
 NOBODY = (
     # streams and buckets: never created, changed, purged or deleted at run time
     *(f"{API}.STREAM.{verb}.{s}" for s in PROVISIONED for verb in ("UPDATE", "DELETE")),
-    *(f"{API}.STREAM.PURGE.{s}" for s in PROVISIONED if s != f"OBJ_{names.FILES_OBJECT_STORE}"),
+    *(f"{API}.STREAM.PURGE.{s}" for s in PROVISIONED if s not in API_PURGES),
     f"{API}.STREAM.CREATE.SPY",
     f"{API}.STREAM.CREATE.KV_SPY",
     *(f"{API}.STREAM.MSG.DELETE.{s}" for s in JOB_STREAMS),
@@ -98,12 +107,12 @@ REFUSED: dict[str, tuple[str, ...]] = {
         *NOT_THE_API,
         f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
         f"{API}.DIRECT.GET.{names.JOBS_STREAM}",
-        f"{API}.STREAM.PURGE.OBJ_{names.FILES_OBJECT_STORE}",
+        *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
     ),
     "cli": (
         *NOBODY,
         *NOT_THE_API,
-        f"{API}.STREAM.PURGE.OBJ_{names.FILES_OBJECT_STORE}",
+        *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
         f"$KV.{names.WORKERS_BUCKET}.spy",
         f"$KV.{names.MODELS_BUCKET}.spy",
         f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.jobs-echo",
@@ -242,20 +251,37 @@ async def test_runtime_users_wait_for_provision_then_serve_every_flow_without_a_
     assert b"later" in (await sdk.files.content(batch.output_file_id)).content
     assert [f.id async for f in sdk.files.list()]
     assert (await sdk.files.delete(uploaded.id)).deleted
+    # A full bucket evicts finished jobs and batches (here: every finished one).
+    evictor = Evictor(api.runtime.js, water=1e-9)
+    for bucket in (names.ASYNC_JOBS_BUCKET, names.BATCHES_BUCKET):
+        await evictor.make_room(f"KV_{bucket}", within=10)
+    assert evictor.evicted == {"jobs": 1, "batches": 1}
+    with pytest.raises(openai.NotFoundError):
+        await sdk.batches.retrieve(batch.id)
     await sdk.close()
     # The operators' commands, as `cli`.
     env = {
         **os.environ, "LLMQ_NATS_URL": server.url, "LLMQ_NATS_USER": "cli",
         "LLMQ_NATS_PASSWORD": passwords["cli"], "LLMQ_NATS_INBOX_PREFIX": INBOX["cli"],
     }  # fmt: skip
-    for command in (["status"], ["workers"], ["jobs"], ["top", "--iterations", "1"]):
+    redis = tenancy_connect(stack.redis_url)
+    revoked = unique("perm")
+    await TenantStore(redis).create(Tenant(name=revoked))
+    _, record = await TenantStore(redis).create_key(revoked)
+    await redis.aclose()
+    env["LLMQ_REDIS_URL"] = stack.redis_url
+    revoke = ["keys", "revoke", revoked, record.id]  # announced on llmq.auth.changed
+    for command in (["status"], ["workers"], ["jobs"], ["top", "--iterations", "1"], revoke):
         done = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "llmq.cli", *command],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, (command, done.stderr)
-    assert model in done.stdout
+        assert "was not told" not in done.stderr, done.stderr
+        if command != revoke:
+            shown = done.stdout
+    assert model in shown
     # Everything above needed no right any of these users lacks.
     assert violations(server) == set()
 

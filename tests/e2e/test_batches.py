@@ -148,6 +148,14 @@ async def test_sdk_files_and_batches_end_to_end(stack) -> None:  # type: ignore[
     assert output_file.purpose == "batch_output"
     assert (await sdk.files.delete(uploaded.id)).deleted
     await sdk.close()
+    # The line results go once the output file holds them.
+    lines = names.kv_subject(names.RESULTS_BUCKET, names.line_results_key(batch.id[6:]))
+
+    async def no_lines() -> bool:
+        info = await api.runtime.js.stream_info(f"KV_{names.RESULTS_BUCKET}", subjects_filter=lines)
+        return not info.state.subjects
+
+    await wait_for(no_lines, timeout=10)
 
 
 async def test_invalid_lines_are_reported_with_their_line_numbers(stack) -> None:  # type: ignore[no-untyped-def]

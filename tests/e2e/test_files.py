@@ -19,6 +19,7 @@ from llmq.api.batch.multipart import read_multipart
 from llmq.api.errors import ApiError
 from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.dispatcher import kv as kvs
+from llmq.schemas import names
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for
 
@@ -161,6 +162,38 @@ async def test_bad_files_are_refused_with_a_clear_400(stack) -> None:  # type: i
             headers={"content-type": f"multipart/form-data; boundary={boundary}"},
         )
         assert_error(resp, 400, "invalid_request")
+
+
+async def test_a_refused_upload_uses_no_rpm_and_an_accepted_one_does(stack) -> None:  # type: ignore[no-untyped-def]
+    """An upload counts against the RPM once accepted, before it is stored: refused ones
+    leave the tenant's rate in Valkey as it was; past the RPM a good file gets a 429 and
+    is not stored."""
+    redis = connect(stack.redis_url)
+    store = TenantStore(redis)
+    name = unique("rpm")
+    await store.create(Tenant(name=name, rpm=2))
+    key, _ = await store.create_key(name)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0, batch_max_lines=5)
+    headers = {"authorization": f"Bearer {key}"}
+    rate = names.rate_key(name)
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        for _ in range(4):  # more refusals than the RPM allows calls
+            assert_error(await upload(client, b"not json\n", headers), 400, "invalid_file")
+            assert_error(await upload(client, lines(6), headers), 400, "too_many_requests_in_file")
+            resp = await client.post("/v1/files", files={"file": ("a", lines(1))}, headers=headers)
+            assert_error(resp, 400, "invalid_request")  # no purpose
+        assert await redis.hgetall(rate) == {}  # never counted
+        assert (await upload(client, lines(1), headers)).status_code == 200
+        counted = await redis.hgetall(rate)
+        assert counted  # the accepted one was
+        assert_error(await upload(client, b"{", headers), 400, "invalid_file")
+        assert await redis.hgetall(rate) == counted
+        assert (await upload(client, lines(1), headers)).status_code == 200
+        assert_error(await upload(client, lines(1), headers), 429, "rate_limit_exceeded")
+        await store.update(name, {"rpm": 0})  # unlimited: the list call goes through
+        listed = (await client.get("/v1/files", headers=headers)).json()["data"]
+    assert len(listed) == 2  # the upload refused with a 429 was not stored
+    await redis.aclose()
 
 
 async def test_other_purposes_are_stored_as_they_came(stack) -> None:  # type: ignore[no-untyped-def]

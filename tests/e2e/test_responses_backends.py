@@ -197,17 +197,23 @@ def upstream_responses(text: str, usage: tuple[int, int] = (9, 2)) -> Reply:
     return Reply(chunks=chunks, content_type="text/event-stream")
 
 
-async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+async def _passthrough(stack, upstream, **worker: object) -> tuple[str, openai.AsyncOpenAI]:  # type: ignore[no-untyped-def]
+    """A model served by a pass-through worker in front of `upstream`, and a client."""
     model = unique("gpt")
     api = await stack.api()
-    worker = await stack.worker(
+    served = await stack.worker(
         model=[f"{model}=upstream-model"],
         backend="openai",
         backend_url=f"{upstream.url}/v1",
         responses_passthrough=True,
+        **worker,
     )
-    await wait_for(lambda: worker.id in {w.id for w in api.runtime.registry.workers_for(model)})
-    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    await wait_for(lambda: served.id in {w.id for w in api.runtime.registry.workers_for(model)})
+    return model, openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+
+
+async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+    model, client = await _passthrough(stack, upstream)
     upstream.route("/v1/responses", upstream_responses("first answer"))
     first = await client.responses.create(model=model, input="hi", metadata={"k": "v"})
     assert first.output_text == "first answer" and first.id.startswith("resp_")
@@ -236,6 +242,24 @@ async def test_passthrough_to_an_upstream_that_serves_responses(stack, upstream)
     assert sent["input"][1]["content"][0]["text"] == "first answer"
     stored = await client.responses.retrieve(final.response.id)
     assert stored.output_text == "second answer"
+    await client.close()
+
+
+async def test_a_passthrough_longer_than_the_first_token_deadline_is_not_cut(
+    stack, upstream
+) -> None:  # type: ignore[no-untyped-def]
+    """Output events are progress: with a 1 s first-token deadline an upstream stream of
+    about 3.5 s (an event every 0.4 s) comes through whole, streamed and not."""
+    model, client = await _passthrough(stack, upstream, backend_first_token_timeout=1.0)
+    slow = upstream_responses("slow answer")
+    slow.gap = 0.4
+    upstream.route("/v1/responses", slow)
+    stream = await client.responses.create(model=model, input="hi", stream=True)
+    events = [event async for event in stream]
+    assert [e.type for e in events][-1] == "response.completed"
+    assert len(events) == len(slow.chunks)
+    whole = await client.responses.create(model=model, input="hi")
+    assert whole.output_text == "slow answer" and whole.status == "completed"
     await client.close()
 
 

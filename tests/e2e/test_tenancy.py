@@ -73,6 +73,34 @@ async def test_key_auth_401_and_revocation(stack, redis) -> None:  # type: ignor
     await sdk.close()
 
 
+async def test_a_key_revoked_by_the_cli_is_refused_within_a_second(
+    stack, redis, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`llmq keys revoke` changes Redis and tells every api on NATS (`llmq.auth.changed`):
+    a running api whose cache holds the key for 30 s refuses it within 1 s, also on a call
+    that never reaches the quota script (which checks the key itself)."""
+    model = unique("m")
+    await stack.worker(model=[model])
+    api = await stack.api(auth_mode="keys", key_cache_ttl=30.0)
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    tenant, key = await _tenant(redis)
+    (record,) = await TenantStore(redis).list_keys(tenant)
+    monkeypatch.setenv("LLMQ_NATS_URL", stack.nats_url)
+    monkeypatch.setenv("LLMQ_REDIS_URL", stack.redis_url)
+    url, user = f"{api.url}/v1/chat/completions", {"authorization": f"Bearer {key}"}
+    models = f"{api.url}/v1/models"
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.post(url, json=_chat(model), headers=user)).status_code == 200
+        assert (await client.get(models, headers=user)).status_code == 200
+        assert await asyncio.to_thread(main, ["keys", "revoke", tenant, record.id]) == 0
+        revoked = time.monotonic()
+        while (resp := await client.get(models, headers=user)).status_code != 401:
+            assert resp.status_code == 200, resp.text
+            assert time.monotonic() - revoked < 1.0, "the revoked key still works"
+            await asyncio.sleep(0.05)
+    assert resp.json()["error"]["code"] == "invalid_api_key"
+
+
 async def test_trusted_header_mode(stack, redis) -> None:  # type: ignore[no-untyped-def]
     model = unique("m")
     await stack.worker(model=[model])

@@ -81,6 +81,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "TENANT_LEDGER_MAXLEN": ("500", 500),
     "LEDGER_MAX_AGE": ("3600", 3600.0),
     "STORE_HIGH_WATER": ("0.8", 0.8),
+    "STORE_EVICT_WATER": ("0.7", 0.7),
     "TENANT_HEADER": ("X-T", "X-T"),
     "TRUSTED_TENANTS": ("a,b", ["a", "b"]),
     "DEFAULT_TENANT": ("a", "a"),

@@ -13,6 +13,9 @@ from llmq.worker.replies import FrameSender
 
 
 class FakeNats:
+    is_connected = True
+    pending_data_size = 0  # nothing ever waits to be sent (`worker.outbound`)
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, str]]] = []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from anthropic.types import Message
 
@@ -147,14 +148,18 @@ def call(index: int, id_: str | None = None, name: str | None = None, args: str 
 
 
 def fold(chunks: list[dict[str, Any]], usage: Usage) -> tuple[list[dict[str, Any]], Message]:
+    """The events (decoded) and the Message of `chunks`; each event's bytes are what
+    encoding its object gives (the pre-encoded pieces are exact)."""
     events = MessageEvents("msg_1", "m")
     out = events.start()
     for c in chunks:
-        out += events.feed(c)
+        out += events.feed(msgspec.json.encode(c))
     out += events.finish(usage)
-    for event in out:
+    decoded = [msgspec.json.decode(event) for event in out]
+    for event, data in zip(decoded, out, strict=True):
         assert_event(event)
-    return out, assert_message(events.message)
+        assert msgspec.json.encode(event) == data
+    return decoded, assert_message(events.message)
 
 
 def test_text_events_and_message() -> None:
@@ -229,3 +234,26 @@ def test_a_whole_completion_gives_the_message_its_stream_gives() -> None:
         Usage(5, 7, 12),
     )  # fmt: skip
     assert assert_message(whole.message) == streamed
+
+
+def test_deltas_with_escapes_are_exact_json() -> None:
+    """Quotes, line breaks, control and non-ASCII characters in a delta: the pre-encoded
+    pieces still give the event's exact JSON (`fold` compares the bytes)."""
+    text = 'say "hi"\n\tthen \\ é 🙂 \x01 </script>'
+    events, message = fold(
+        [chunk({"reasoning": text}), chunk({"content": text}), chunk({}, "stop")],
+        Usage(1, 2, 3),
+    )  # fmt: skip
+    deltas = [e["delta"] for e in events if e["type"] == "content_block_delta"]
+    assert deltas == [{"type": "thinking_delta", "thinking": text},
+                      {"type": "text_delta", "text": text}]  # fmt: skip
+    assert message.content[1].type == "text" and message.content[1].text == text
+
+
+def test_output_text_counts_only_text_blocks() -> None:
+    """What the worker counts when the backend reports no usage: text, not thinking."""
+    events = MessageEvents("msg_1", "m")
+    for c in [chunk({"reasoning_content": "hmm"}), chunk({"content": "a "}),
+              chunk({"content": "b"})]:  # fmt: skip
+        events.feed(msgspec.json.encode(c))
+    assert events.output_text() == "a b"

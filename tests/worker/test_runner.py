@@ -25,6 +25,9 @@ from tests.spec import assert_valid
 
 
 class FakeNats:
+    is_connected = True
+    pending_data_size = 0  # nothing ever waits to be sent (`worker.outbound`)
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, dict[str, str]]] = []
 

@@ -20,7 +20,7 @@ from llmq.schemas.frames import Done
 from llmq.schemas.openai import ChatCompletionRequest, Usage
 from llmq.schemas.text import count_tokens
 from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
-from llmq.worker.messages.events import Event, MessageEvents
+from llmq.worker.messages.events import MessageEvents
 from llmq.worker.messages.to_chat import Unsupported, chat_request
 from llmq.worker.replies import FrameSender, drive
 from llmq.worker.responses_api.adapter import Started
@@ -100,32 +100,32 @@ async def _stream(
     ready = fold.start()
     begun = False
     usage: Usage | None = None
-    texts: list[str] = []
 
     async def take(out: Out | None) -> None:
         nonlocal usage, begun
         if out is None:  # the backend ended
-            usage = usage or _counted(texts)
+            usage = usage or _counted(fold.output_text())
             ready.extend(fold.finish(usage))
             return
         if out.usage is not None:
             usage = out.usage
-        events = fold.feed(_decoder.decode(out.chunk)) if out.chunk else []
-        if events and not begun:
-            begun = True
-            await started(True)
-        texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
-        ready.extend(events)
+        if out.chunk:
+            events = fold.feed(out.chunk)
+            if events:
+                if not begun:
+                    begun = True
+                    await started(True)
+                ready.extend(events)
 
     async def flush() -> None:
         if begun and ready:
             batch = ready.copy()
             ready.clear()
-            await _send(sender, batch)
+            await sender.chunks(batch)
 
     await drive(_then_end(outs), take, flush)
     if ready:  # no output at all: the opening and closing events together
-        await _send(sender, ready)
+        await sender.chunks(ready)
     assert usage is not None
     return usage
 
@@ -140,25 +140,18 @@ async def _then_end(outs: AsyncIterator[Out]) -> AsyncIterator[Out | None]:
 async def _whole(outs: AsyncIterator[Out], fold: MessageEvents, started: Started) -> Usage:
     """The backend's whole chat completion (or its chunks, folded) into `fold`."""
     usage: Usage | None = None
-    texts: list[str] = []
     async for out in outs:
         if out.usage is not None:
             usage = out.usage
-        for chunk in [out.chunk] if out.chunk else []:
-            events = fold.feed(_decoder.decode(chunk))
-            texts.extend(e["delta"].get("text", "") for e in events if "delta" in e)
+        if out.chunk:
+            fold.feed(out.chunk)
         if out.body:
             await started(False)
             fold.whole(_decoder.decode(out.body))
-            texts.extend(b.get("text", "") for b in fold.message["content"])
-    return usage or _counted(texts)
+    return usage or _counted(fold.output_text())
 
 
-def _counted(texts: list[str]) -> Usage:
+def _counted(text: str) -> Usage:
     """The worker's own count when the backend reported no usage."""
-    n = count_tokens("".join(texts))
+    n = count_tokens(text)
     return Usage(0, n, n)
-
-
-async def _send(sender: FrameSender, events: list[Event]) -> None:
-    await sender.chunks([_encoder.encode(event) for event in events])

@@ -7,6 +7,11 @@ chat chunk (choice 0; a Messages reply has one) into the events it stands for �
 closes the last block and gives `message_delta` (stop reason, usage) and `message_stop`.
 `message` is the whole Message the events add up to (the reply of a request that does not
 stream). Pure: no I/O.
+
+On the hot path (a streamed reply, one call per chunk) a chunk is decoded into the few typed
+fields read here, and each event is made as its JSON bytes: the frequent ones (text and
+thinking deltas, a block's stop, `ping`, `message_stop`) from pre-encoded pieces, byte for
+byte what encoding their object gives.
 """
 
 from __future__ import annotations
@@ -27,8 +32,46 @@ STOP_REASONS: Final = {
 }
 """Chat finish reasons → Anthropic stop reasons (an unknown one: `end_turn`)."""
 
-Event = dict[str, Any]
+Event = bytes
+"""One event's JSON, as the client gets it after `data: `."""
 _decoder = msgspec.json.Decoder(dict[str, Any])
+_encoder = msgspec.json.Encoder()
+_START: Final = (
+    b'{"type":"message_start","message":{"id":%b,"type":"message","role":"assistant",'
+    b'"model":%b,"content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":0,"output_tokens":0}}}'
+)
+_PING: Final = b'{"type":"ping"}'
+_STOP: Final = b'{"type":"message_stop"}'
+_BLOCK_STOP: Final = b'{"type":"content_block_stop","index":'
+_BLOCK_DELTA: Final = b'{"type":"content_block_delta","index":'
+_DELTA: Final = {
+    "text": b',"delta":{"type":"text_delta","text":',
+    "thinking": b',"delta":{"type":"thinking_delta","thinking":',
+}
+
+
+class _Delta(msgspec.Struct):
+    """The fields of a chunk's delta read here (loosely typed: a value of another type is
+    passed over, as the backend's chunk is not checked)."""
+
+    content: Any = None
+    reasoning_content: Any = None
+    reasoning: Any = None
+    tool_calls: Any = None
+
+
+class _Choice(msgspec.Struct):
+    index: Any = 0
+    delta: _Delta | None = None
+    finish_reason: Any = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
 def message_usage(usage: Usage) -> dict[str, int]:
@@ -62,33 +105,48 @@ class MessageEvents:
         self._tools: dict[int, int] = {}
         """Chat tool call index → content block index."""
         self._arguments: dict[int, list[str]] = {}
+        """Content block index → the JSON text of a tool call's input so far."""
         self._texts: dict[int, list[str]] = {}
         """Content block index → the text (or thinking) so far, joined once at the end."""
-        """Content block index → the JSON text of a tool call's input so far."""
+        self._delta = b""
+        """The head of the open text or thinking block's deltas, up to the text."""
+        self._parts: list[str] = []
+        """The open text or thinking block's parts (its list in `_texts`)."""
         self.finish_reason: str | None = None
 
     def start(self) -> list[Event]:
-        head = {k: v for k, v in self.message.items()}
-        head["content"] = []
-        return [{"type": "message_start", "message": head}, {"type": "ping"}]
+        message = self.message
+        head = _START % (_encoder.encode(message["id"]), _encoder.encode(message["model"]))
+        return [head, _PING]
 
-    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+    def feed(self, chunk: bytes) -> list[Event]:
+        """The events of one chat chunk (its JSON, as the backend gave it)."""
         events: list[Event] = []
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
+        for choice in _chunk_decoder.decode(chunk).choices or ():
+            if choice.index != 0:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                events += self._text("thinking", reasoning)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                events += self._text("text", content)
-            for call in delta.get("tool_calls") or ():
-                events += self._tool(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            delta = choice.delta
+            if delta is not None:
+                reasoning = delta.reasoning_content or delta.reasoning
+                if isinstance(reasoning, str) and reasoning:
+                    self._text("thinking", reasoning, events)
+                content = delta.content
+                if isinstance(content, str) and content:
+                    self._text("text", content, events)
+                for call in delta.tool_calls or ():
+                    events += self._tool(call)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
         return events
+
+    def output_text(self) -> str:
+        """The text blocks so far (thinking and tool input left out), for the worker's own
+        count of a reply whose backend reported no usage."""
+        parts: list[str] = []
+        for index, block in enumerate(self.message["content"]):
+            if block["type"] == "text":
+                parts += self._texts.get(index) or [block["text"]]
+        return "".join(parts)
 
     def whole(self, completion: dict[str, Any]) -> None:
         """A whole chat completion (choice 0) as the Message's content, without events."""
@@ -125,22 +183,20 @@ class MessageEvents:
         for index, parts in self._texts.items():
             content[index][content[index]["type"]] = "".join(parts)
         delta = {"stop_reason": stop, "stop_sequence": None}
-        events.append({"type": "message_delta", "delta": delta, "usage": counts})
-        events.append({"type": "message_stop"})
+        events.append(_encoder.encode({"type": "message_delta", "delta": delta, "usage": counts}))
+        events.append(_STOP)
         return events
 
-    def _text(self, kind: str, text: str) -> list[Event]:
-        if self._kind == kind:
-            events = []
-        else:
-            events = self._begin(kind, _empty(kind))
+    def _text(self, kind: str, text: str, events: list[Event]) -> None:
+        """A text or thinking delta into `events` (after its block's start when it opens
+        one)."""
+        if self._kind != kind:
+            events += self._begin(kind, _empty(kind))
             assert self._open is not None
-            self._texts[self._open] = []
-        assert self._open is not None
-        self._texts[self._open].append(text)
-        delta = {"type": f"{kind}_delta", kind: text}
-        events.append({"type": "content_block_delta", "index": self._open, "delta": delta})
-        return events
+            self._parts = self._texts[self._open] = []
+            self._delta = _BLOCK_DELTA + str(self._open).encode() + _DELTA[kind]
+        self._parts.append(text)
+        events.append(self._delta + _encoder.encode(text) + b"}}")
 
     def _tool(self, call: dict[str, Any]) -> list[Event]:
         events: list[Event] = []
@@ -161,7 +217,8 @@ class MessageEvents:
         if isinstance(arguments, str) and arguments:
             self._arguments[index].append(arguments)
             delta = {"type": "input_json_delta", "partial_json": arguments}
-            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            event = {"type": "content_block_delta", "index": index, "delta": delta}
+            events.append(_encoder.encode(event))
         return events
 
     def _begin(self, kind: str, block: dict[str, Any]) -> list[Event]:
@@ -172,14 +229,15 @@ class MessageEvents:
         start = {k: ({} if k == "input" else v) for k, v in block.items()}
         if kind != "tool_use":
             start[kind] = ""
-        events.append({"type": "content_block_start", "index": self._open, "content_block": start})
+        event = {"type": "content_block_start", "index": self._open, "content_block": start}
+        events.append(_encoder.encode(event))
         return events
 
     def _close(self) -> list[Event]:
         if self._open is None:
             return []
         index, self._open, self._kind = self._open, None, ""
-        return [{"type": "content_block_stop", "index": index}]
+        return [_BLOCK_STOP + str(index).encode() + b"}"]
 
 
 def _empty(kind: str) -> dict[str, Any]:

@@ -29,7 +29,12 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 _OURS = ("previous_response_id", "conversation", "background", "store")
-_TICK = Out()
+_LIFECYCLE = frozenset(("response.created", "response.queued", "response.in_progress"))
+"""Events that say the response exists, not that it advanced: the first-token deadline
+still runs through them. Every other event (an output item, a part, a delta, a done)
+is output on its way, so it restarts the between-tokens bound like a token does."""
+_WAITING = Out()
+_PROGRESS = Out(tokens=True)
 
 
 def passthrough_of(settings: Settings, config: BackendConfig) -> ResponsesPassthrough | None:
@@ -41,7 +46,9 @@ def passthrough_of(settings: Settings, config: BackendConfig) -> ResponsesPassth
 
 class _Events:
     """A StreamParser that keeps each SSE event's JSON and is done at the terminal event;
-    the pieces it answers only pace the upstream clock (one per event)."""
+    the pieces it answers only pace the upstream clock (one per event): an event that
+    carries output counts as a token, so a long pass-through is bounded like any stream
+    (first token, then between tokens), not cut at the first-token deadline."""
 
     def __init__(self) -> None:
         self.done = False
@@ -58,9 +65,10 @@ class _Events:
             event = _decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise malformed(str(exc)) from None
-        self.done = event.get("type") in _TERMINAL
+        kind = event.get("type")
+        self.done = kind in _TERMINAL
         self.events.append(event)
-        return [_TICK]
+        return [_WAITING if kind in _LIFECYCLE else _PROGRESS]
 
     def eof(self) -> list[Out]:
         if not self.done:

@@ -120,7 +120,7 @@ class Connection:
 
     def usable(self) -> bool:
         """Open, and nothing unread: bytes that arrived while the connection sat in the pool
-        would be read as the next request's answer (issue 12, finding 11)."""
+        would be read as the next request's answer."""
         unread: bytes = getattr(self.reader, "_buffer", b"")  # what the transport read ahead
         return not (
             self.writer.is_closing()

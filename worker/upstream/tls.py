@@ -2,8 +2,9 @@
 
 A whole socket read is written into the session and decrypted in one pass (as many `read`s
 as it holds TLS records; an SSE stream is one small record per event), straight into the
-HTTP parser. Measured against the event loop's TLS transport (`ssl=` on the connection) in
-docs/benchmarks.md: never clearly dearer, about half the CPU per streamed call in most runs.
+HTTP parser. Against the event loop's TLS transport (`ssl=` on the connection) it costs
+about half the CPU per streamed https call (`bench/upstream_client.py`; figures in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class TlsSession:
 
         One `read` per TLS record (OpenSSL never returns more than one), and none once the
         incoming buffer is empty: a read that finds nothing raises `SSLWantReadError`, and
-        building that exception cost more than decrypting the records themselves
-        (docs/benchmarks.md), so it is only met when a record is still incomplete."""
+        building that exception costs more than decrypting the records themselves
+        (`bench/tls_decrypt.py`), so it is only met when a record is still incomplete."""
         incoming = self._incoming
         incoming.write(data)
         read = self._read
