@@ -44,7 +44,8 @@ from llmq.api.routes.plain import PlainRoute
 from llmq.api.runtime import Runtime
 from llmq.api.startup import Startup
 from llmq.api.tenancy import Quota, TenantStore, UsageReader
-from llmq.api.tenancy.client import redis_target
+from llmq.api.tenancy.client import is_cluster, redis_target
+from llmq.api.tenancy.leases import Leases
 from llmq.api.tenancy.request_rate import RequestRate
 from llmq.api.usage_booking import UsageBooker
 from llmq.dispatcher.connection import NatsRefused, redact_url
@@ -63,6 +64,22 @@ async def _open(app: FastAPI, settings: Settings, startup: Startup, undo: AsyncE
     await _open_features(app, settings, startup, undo)
 
 
+def _reservations(runtime: Runtime, settings: Settings) -> Reservations:
+    """The quota script caller, with this replica's leases (none in a Redis Cluster)."""
+    tenancy = settings.tenancy
+    quota = Quota(
+        runtime.redis,
+        lease=tenancy.reservation_lease,
+        ledger_maxlen=tenancy.ledger_maxlen,
+        tenant_ledger_maxlen=settings.storage.tenant_ledger_maxlen,
+        ledger_max_age=settings.storage.ledger_max_age,
+    )
+    leases = None
+    if tenancy.quota_leases and not is_cluster(runtime.redis):
+        leases = Leases(tenancy.quota_lease_window)
+    return Reservations(quota, tenancy.quota_fail_open, leases)
+
+
 async def _open_core(
     app: FastAPI, settings: Settings, startup: Startup, undo: AsyncExitStack
 ) -> None:
@@ -70,14 +87,7 @@ async def _open_core(
     runtime = await Runtime.open(settings, startup)
     undo.push_async_callback(runtime.close)
     store = TenantStore(runtime.redis)
-    quota = Quota(
-        runtime.redis,
-        lease=settings.tenancy.reservation_lease,
-        ledger_maxlen=settings.tenancy.ledger_maxlen,
-        tenant_ledger_maxlen=settings.storage.tenant_ledger_maxlen,
-        ledger_max_age=settings.storage.ledger_max_age,
-    )
-    reservations = Reservations(quota, settings.tenancy.quota_fail_open)
+    reservations = _reservations(runtime, settings)
     reservations.start_renewal()  # durable work outlives the lease (docs/tenants.md)
     undo.push_async_callback(reservations.drain)
     models = ModelTable(settings)
@@ -150,8 +160,8 @@ async def _open_features(
     app.state.cache = cache = open_cache(runtime, app.state.models, app.state.store)
     undo.push_async_callback(cache.close)
     app.state.serving.reuse = cache
-    app.state.batches.purgers.append(cache.store.purge)  # a deleted tenant's answers
-    cache.on_stored = app.state.observability.metrics.cache_stored
+    app.state.batches.purgers.append(cache.purge)  # a deleted tenant's answers
+    cache.writes.on_stored = app.state.observability.metrics.cache_stored
     console.attach(app, app.state.serving)
     app.state.serving.observers.append(api_tracing.finish)  # spans, if OTEL_* asks
     # usage the workers report, booked even when the relaying api died (docs/protocol.md)

@@ -25,22 +25,16 @@ from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
+from llmq.api.tenancy.lease_book import LeaseEnds, drop_slots, extend_slots
+from llmq.api.tenancy.leases import Leases, Scope
 from llmq.api.tenancy.quota import Ending
+from llmq.api.tenancy.refusals import refusal_of
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
 log = logging.getLogger(__name__)
 
-_MESSAGES = {
-    "rate_limit_exceeded": "Rate limit reached for {limit}. Retry after the indicated time.",
-    "insufficient_quota": "You exceeded your {limit} quota.",
-    "suspended": "This tenant is suspended.",
-    "model_not_allowed": "This tenant may not use model `{model}`.",
-    "unknown_tenant": "Unknown tenant.",
-    "invalid_api_key": "Incorrect API key provided.",
-}
-_KEY_MESSAGES = {
-    "model_not_allowed": "This API key may not use model `{model}`.",
-}
+LEASE_TICK = 0.1
+"""Seconds between looks for ended leases (their free slots go back to Redis)."""
 QUOTA_STORE_RETRY = 1.0
 """Seconds a batch line waits before asking again while the quota store is away."""
 RELEASED_MEMORY = 16_384
@@ -52,9 +46,11 @@ look like a leak (memory growing with every request until it does)."""
 
 
 class Reservations:
-    def __init__(self, quota: Quota, fail_open: bool) -> None:
+    def __init__(self, quota: Quota, fail_open: bool, leases: Leases | None = None) -> None:
         self.quota = quota
         self.fail_open = fail_open
+        self.leases = leases
+        """This replica's leased budget (None: every request asks Redis)."""
         self._releases: set[asyncio.Task[None]] = set()
         self._queued: list[tuple[Reservation, JobUsage]] = []
         """Ended jobs waiting for the next release round trip."""
@@ -68,6 +64,7 @@ class Reservations:
         """Job ids (unique across tenants) of the latest releases Redis answered, oldest
         first."""
         self._renewer: asyncio.Task[None] | None = None
+        self._lease_ender: asyncio.Task[None] | None = None
         self.renewals = 0
         """Renewal rounds run (observability, tests)."""
 
@@ -82,12 +79,24 @@ class Reservations:
         key_id: str = "",
         user: str = "",
         slot: bool = True,
+        leased: bool = False,
     ) -> Reservation | Refusal:
         """Hold the job's quota (and, with `key_id`, the key's own). Asking again for the
         same job id holds nothing twice. `user`: the request's end user, booked at release.
-        `slot=False`: no concurrency slot (an answer from the response cache)."""
+        `slot=False`: no concurrency slot (an answer from the response cache).
+        `leased`: an interactive job, whose envelope carries `Reservation.lease`: it may be
+        admitted from this replica's leases, with no Redis call."""
         if not tenant:
             return Reservation(tenant, model, job_id, held=False)
+        leases = self.leases if leased and slot else None
+        scope = (tenant, key_id, model)
+        wish = (0, 0.0, 0.0)
+        if leases is not None:
+            now = time.time()
+            taken = leases.take(scope, job_id, prompt_tokens, max_tokens, user=user, now=now)
+            if taken is not None:
+                return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
+            wish = leases.ask(scope, now)
         try:
             decision = await self.quota.reserve(
                 tenant,
@@ -98,22 +107,63 @@ class Reservations:
                 key_id=key_id,
                 user=user,
                 lease=None if slot else 0.0,
+                lease_wish=wish,
             )
         except QuotaBackendDown:
-            if self.fail_open:
-                log.warning("redis down: admitting %s without a quota check", job_id)
-                return Reservation(tenant, model, job_id, held=False)
-            return Refusal(
-                503,
-                "the quota store is unavailable",
-                "quota_store_down",
-                retry_after=QUOTA_STORE_RETRY,
-            )
+            if wish[0] and leases is not None:
+                leases.answered(scope)
+            return self._store_down(tenant, model, job_id)
+        if leases is not None:
+            request = (prompt_tokens, max_tokens, user)
+            return self._leased(leases, scope, job_id, decision, request=request, until=wish[1])
         if not decision.allowed:
-            return _refusal(decision, model)
+            return refusal_of(decision, model)
         if slot:  # a slotless reservation has no lease to renew
             self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
+
+    def _store_down(self, tenant: str, model: str, job_id: str) -> Reservation | Refusal:
+        """Redis is away: served unchecked (`fail_open`), else a 503 to retry."""
+        if self.fail_open:
+            log.warning("redis down: admitting %s without a quota check", job_id)
+            return Reservation(tenant, model, job_id, held=False)
+        return Refusal(
+            503, "the quota store is unavailable", "quota_store_down", retry_after=QUOTA_STORE_RETRY
+        )
+
+    def _leased(
+        self,
+        leases: Leases,
+        scope: Scope,
+        job_id: str,
+        decision: QuotaDecision,
+        *,
+        request: tuple[int, int, str],
+        until: float,
+    ) -> Reservation | Refusal:
+        """Redis's answer to a request that might have used a lease: keep a lease granted
+        with it; a refusal is taken back when a lease came meanwhile (so no leased unit
+        stays unspent while a request of its scope is refused)."""
+        tenant, _, model = scope
+        prompt, max_tokens, user = request
+        now = time.time()
+        leases.answered(scope)
+        if not decision.allowed:
+            taken = None
+            if decision.http_status == 429:  # a limit, not a refusal of the tenant or key
+                taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
+            if taken is None:
+                return refusal_of(decision, model)
+            return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
+        headers = decision.headers()
+        granted = decision.lease
+        if granted[0] > 0:
+            cost = (prompt * granted[5] + max_tokens * granted[6]) / 1e6
+            need = prompt + max_tokens
+            leases.grant(scope, job_id, granted, need=need, cost=cost, until=until, headers=headers)
+        leases.note(scope, now)
+        self._held[(tenant, job_id)] = None
+        return Reservation(tenant, model, job_id, headers=headers)
 
     def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
         """Renew these reservations too (made elsewhere, e.g. by a replica that is gone)
@@ -142,6 +192,7 @@ class Reservations:
                 cache_write_tokens=usage.cache_write_tokens,
                 cache=usage.cache,
                 cache_price=usage.cache_price,
+                lease=reservation.lease,
             )
         except QuotaBackendDown:
             if renewed:  # the caller retries: keep the slot until it gets through
@@ -205,6 +256,7 @@ class Reservations:
                 cache_write_tokens=u.cache_write_tokens,
                 cache=u.cache,
                 cache_price=u.cache_price,
+                lease=r.lease,
             )
             for r, u in held
         ]
@@ -256,6 +308,9 @@ class Reservations:
             if left <= 0:
                 break
             await asyncio.wait(set(self._releases), timeout=left)
+        if self._lease_ender is not None:
+            self._lease_ender.cancel()
+            self._lease_ender = None
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,11 +320,33 @@ class Reservations:
     # --- renewal -------------------------------------------------------------------------
 
     def start_renewal(self) -> None:
-        """Renew the open reservations every third of the lease until `drain`."""
+        """Renew the open reservations every third of the lease until `drain`; and give
+        back the free slots of ended leases."""
         if self._renewer is None:
             self._renewer = asyncio.get_running_loop().create_task(
                 self._renew_loop(), name="reservation-renewal"
             )
+        if self.leases is not None and self._lease_ender is None:
+            self._lease_ender = asyncio.get_running_loop().create_task(
+                self._end_leases(self.leases), name="lease-end"
+            )
+
+    async def _end_leases(self, leases: Leases) -> None:
+        """Every `LEASE_TICK` s: the slots jobs took pushed to the reservation lease, ended
+        leases' unused slots and budget back to Redis (all retried while it is away)."""
+        ends = LeaseEnds(self.quota.redis)
+        while True:
+            await asyncio.sleep(LEASE_TICK)
+            gone, taken = leases.expired(time.time()), leases.taken()
+            closed = leases.closed()
+            try:
+                await extend_slots(self.quota.redis, taken, time.time() + self.quota.lease)
+                await drop_slots(self.quota.redis, gone)
+                await ends.close(closed)
+            except QuotaBackendDown:
+                leases.give_back(gone, taken, closed)
+            except Exception as exc:
+                log.warning("ending leases failed: %s", exc)
 
     @property
     def renew_every(self) -> float:
@@ -297,28 +374,6 @@ class Reservations:
                 log.warning("redis down: reservations not renewed this round")
             except Exception as exc:
                 log.warning("renewing reservations failed: %s", exc)
-
-
-def _refusal(decision: QuotaDecision, model: str) -> Refusal:
-    reason = decision.reason
-    limit: str = decision.limit
-    template = _MESSAGES.get(reason, reason)
-    if limit == "key":
-        template = _KEY_MESSAGES.get(reason, template)
-    elif limit.startswith("key_"):
-        limit = f"{limit[4:]} of this API key"
-    message = template.format(limit=limit or "this", model=model)
-    status = decision.http_status
-    kind = {429: reason, 401: "invalid_request_error"}.get(status, "permission_error")
-    return Refusal(
-        status,
-        message,
-        reason,
-        type=kind,
-        param="model" if reason == "model_not_allowed" else None,
-        headers=decision.headers(),
-        retry_after=max(decision.retry_after, 0.2) if status == 429 else None,
-    )
 
 
 def end_user(request: object) -> str:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 import msgspec
 from nats.aio.msg import Msg
@@ -99,7 +100,10 @@ class UsageBooker(SharedConsumer):
                 cached_tokens=report.cached_tokens,
                 cache_write_tokens=report.cache_write_tokens,
             )
-            due.append((msg, reservation_of(report.tenant, report.model, report.job_id), usage))
+            reservation = reservation_of(report.tenant, report.model, report.job_id)
+            if report.lease:
+                reservation = replace(reservation, lease=report.lease)
+            due.append((msg, reservation, usage))
         if not due:
             return
         try:

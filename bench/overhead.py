@@ -6,7 +6,7 @@ concurrency 1 and 32 to (a) the mock directly and (b) llmq, and prints p50/p99 l
 requests/s for each, plus the difference, and the worker process's CPU per request through
 llmq (from /proc, warm-up included).
 
-    .venv/bin/python bench/overhead.py                     # echo backend (issue 2 budget)
+    .venv/bin/python bench/overhead.py                     # echo backend
     .venv/bin/python bench/overhead.py --backend openai    # openai backend -> mock upstream
 
 The openai worker is pointed at the mock with `LLMQ_BACKEND_URL`; other `LLMQ_` variables

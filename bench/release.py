@@ -1,5 +1,5 @@
 """CPU per request of the quota path under concurrency: each release in its own round trip
-(a task per release, as before issue 14) against `Reservations.release_later`, which puts
+(a task per release, the simple way) against `Reservations.release_later`, which puts
 the releases that end while one round trip is under way into the next one (a pipeline).
 
 `--concurrency` clients each reserve, then release, in a loop, through one `Reservations`
@@ -7,8 +7,8 @@ on one redis-py client, against a local Valkey (api.embedded.EmbeddedRedis). CPU
 process's (`time.process_time`: the api's side) and the server's (/proc), per request; the
 two ways alternate in rounds, back to back, and each reports its median round.
 
-`--clients`: the same folded path on the Redis client as it was before issue 14's client
-work (redis-py's own connection: Python packing and a `wait_for` task per command; its
+`--clients`: the same folded path on redis-py's public path instead of llmq's client
+(redis-py's own connection: Python packing and a `wait_for` task per command; its
 blocking pool; `EVALSHA` through redis-py's `Script`), with only the api's connection
 class (`api.tenancy.client.HiredisPacking`), and as the api builds it now (`connect`).
 
@@ -46,7 +46,7 @@ USAGE = JobUsage(prompt_tokens=200, completion_tokens=120)
 
 
 class OneByOne(Reservations):
-    """The release path before issue 14: one task and one round trip per release."""
+    """The simple release path: one task and one round trip per release."""
 
     def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
         if reservation.held:
@@ -54,7 +54,7 @@ class OneByOne(Reservations):
 
 
 class ScriptCall(Quota):
-    """`Quota` calling its scripts through redis-py's `Script` (before issue 14's client work),
+    """`Quota` calling its scripts through redis-py's `Script` (the public path),
     without the pipes (`api.tenancy.pipeline`, `bench/quota_pipeline.py` measures those)."""
 
     def __init__(self, redis: Redis) -> None:

@@ -32,7 +32,7 @@ from tests.worker.upstream.pki import make_pki  # noqa: E402
 
 
 def decrypt_before(self: tls.TlsSession, data: bytes) -> bytes | None:
-    """`TlsSession.decrypt` before issue 14's change, kept here to compare."""
+    """`TlsSession.decrypt` as it was written first (one copy per record), kept here to compare."""
     self._incoming.write(data)
     pieces: list[bytes] = []
     while True:

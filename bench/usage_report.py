@@ -1,4 +1,4 @@
-"""What the durable usage report costs a worker per job (issue 12 finding 13): encoding the
+"""What the durable usage report costs a worker per job: encoding the
 `FinalUsage` and the core publish that LLMQ_USAGE captures, sequential, against a local
 nats-server with the stream in place. Starts its own server on a free port.
 

@@ -1,4 +1,4 @@
-"""The worker's own CPU per job, measured in process with `time.process_time` (issue 10).
+"""The worker's own CPU per job, measured in process with `time.process_time`.
 
 Runs the job runner's real path, from the job's body to the last reply frame (request decode,
 backend, reply building, frame encoding) and, on the "whole job" line, from the JetStream

@@ -41,6 +41,8 @@ class JobSpec:
     anthropic_version: str = ""
     anthropic_beta: str = ""
     """What a `message` job carries besides its body (`JobEnvelope`)."""
+    lease: str = ""
+    """`Reservation.lease` of an interactive job admitted from a lease."""
 
     @property
     def subject(self) -> str:
@@ -60,6 +62,7 @@ class JobSpec:
             message_op=self.message_op,
             anthropic_version=self.anthropic_version,
             anthropic_beta=self.anthropic_beta,
+            lease=self.lease,
         )
 
     def headers(self, reply: str, msg_id: str = "") -> dict[str, str]:

@@ -145,8 +145,8 @@ async def ensure_replicas(
 async def _ensure_consumer_config(
     js: JetStreamContext, stream: str, config: ConsumerConfig
 ) -> None:
-    """Create the durable consumer, or update it in place when its replica count or ack wait
-    differs (both may change on a live consumer)."""
+    """Create the durable consumer, or update it in place when its replica count, ack wait
+    or delivery limit differs (each may change on a live consumer)."""
     assert config.durable_name is not None
     try:
         info = await js.consumer_info(stream, config.durable_name)
@@ -155,9 +155,11 @@ async def _ensure_consumer_config(
             await js.add_consumer(stream, config)
         return
     replicas_differ = (info.config.num_replicas or 0) != (config.num_replicas or 0)
-    if replicas_differ or info.config.ack_wait != config.ack_wait:
+    delivery_differs = (info.config.max_deliver or -1) != (config.max_deliver or -1)
+    if replicas_differ or delivery_differs or info.config.ack_wait != config.ack_wait:
         info.config.num_replicas = config.num_replicas
         info.config.ack_wait = config.ack_wait
+        info.config.max_deliver = config.max_deliver
         with contextlib.suppress(BadRequestError):  # another process updated it first
             await js.add_consumer(stream, info.config)
 

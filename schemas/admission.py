@@ -76,6 +76,9 @@ class Reservation:
     held: bool = True
     headers: Mapping[str, str] = field(default_factory=dict)
     """Rate-limit headers (`x-ratelimit-*`) for the response."""
+    lease: str = ""
+    """Admitted from this replica's leased budget, with no Redis call: the ticket its
+    booking needs (`api.tenancy.leases`; the job envelope carries it, `Llmq-Lease`)."""
 
 
 @dataclass(frozen=True, slots=True)

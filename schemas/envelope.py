@@ -115,6 +115,9 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
     """`Llmq-Anthropic-Version`: the client's `anthropic-version`, for an Anthropic upstream."""
     anthropic_beta: str = ""
     """`Llmq-Anthropic-Beta`: the client's `anthropic-beta`, for an Anthropic upstream."""
+    lease: str = ""
+    """`Llmq-Lease`: admitted from the api's leased budget; the worker echoes it in the
+    job's usage report (`FinalUsage.lease`)."""
 
     @property
     def stream(self) -> str:
@@ -145,6 +148,7 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
             (names.H_MESSAGE_OP, self.message_op),
             (names.H_ANTHROPIC_VERSION, self.anthropic_version),
             (names.H_ANTHROPIC_BETA, self.anthropic_beta),
+            (names.H_LEASE, self.lease),
         ):
             if value:
                 headers[name] = value
@@ -176,6 +180,7 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
             message_op=headers.get(names.H_MESSAGE_OP, ""),
             anthropic_version=headers.get(names.H_ANTHROPIC_VERSION, ""),
             anthropic_beta=headers.get(names.H_ANTHROPIC_BETA, ""),
+            lease=headers.get(names.H_LEASE, ""),
         )
 
     @classmethod

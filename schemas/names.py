@@ -227,8 +227,7 @@ H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
 H_REQUEUED = "Llmq-Requeued"
-"""On a `ping` frame: the worker gave the job back (retryable failure before its first
-token); it is queued again for the next worker."""
+"""On a `ping` frame: the job was given back (retryable, before a first token): queued again."""
 H_CHUNKS = "Llmq-Chunks"
 """On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
 H_MESSAGE_OP = "Llmq-Message-Op"
@@ -237,6 +236,7 @@ H_ANTHROPIC_VERSION = "Llmq-Anthropic-Version"
 H_ANTHROPIC_BETA = "Llmq-Anthropic-Beta"
 """The client's `anthropic-version` / `anthropic-beta` headers on a `message` job, which an
 Anthropic upstream gets (and nothing else of the client's headers)."""
+H_LEASE = "Llmq-Lease"  # a leased job's booking ticket (docs/routing.md, "Leased budget")
 H_MSG_ID = "Nats-Msg-Id"
 H_TRACEPARENT = "traceparent"
 H_STATUS = "Status"
@@ -311,8 +311,7 @@ def inflight_key(tenant: str) -> str:
 
 
 def window_key(tenant: str, minute: int) -> str:
-    """Hash `req`, `tok`: requests and tokens in one fixed minute window (unix s // 60).
-    Written by versions before the GCRA rates (`rate_key`); read by none now."""
+    """Hash `req`, `tok` of one fixed minute (unix s // 60), before GCRA rates: unread."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:w:{minute}"
 
 
@@ -357,7 +356,8 @@ def month_quota_key(tenant: str, month: str) -> str:
 
 
 def reservation_key(tenant: str, job_id: str) -> str:
-    """Hash: one open reservation (what was reserved and where), deleted by its release."""
+    """Hash: one open reservation (what and where), deleted by its release. Leases: `<job>#L`
+    a budget lease, `<job>#B` a job's booking mark, `#leases` a zset of them (routing.md)."""
     return f"{REDIS_PREFIX}q:{tenant_tag(tenant)}:r:{job_id}"
 
 

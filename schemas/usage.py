@@ -28,6 +28,8 @@ class FinalUsage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False
     """Part of `prompt_tokens` read from the upstream's prompt cache."""
     cache_write_tokens: int = 0
     """Part of `prompt_tokens` written to the upstream's prompt cache (Anthropic)."""
+    lease: str = ""
+    """The job envelope's `Llmq-Lease`: it was admitted from a lease, booked as such."""
 
 
 def cache_counts(usage: Usage) -> tuple[int, int]:

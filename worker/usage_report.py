@@ -38,6 +38,7 @@ async def report_final_usage(nc: Client, job: JobEnvelope, outcome: str, usage: 
         failed=failed,
         cached_tokens=cached,
         cache_write_tokens=written,
+        lease=job.lease,
     )
     with contextlib.suppress(Exception):
         await nc.publish(names.usage_subject(job.tenant, job.model), usage_encoder.encode(report))

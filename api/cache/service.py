@@ -14,7 +14,6 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import Response
@@ -38,6 +37,7 @@ from llmq.api.cache.policy import (
 )
 from llmq.api.cache.replay import can_replay, replay
 from llmq.api.cache.store import CacheStore, Entry
+from llmq.api.cache.writes import Writes
 from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.reuse import NOTHING, Ask, Plan
 from llmq.api.engine.serving import Serving
@@ -52,8 +52,8 @@ from llmq.schemas.frames import Done
 
 log = logging.getLogger(__name__)
 
-OnStored = Callable[[str, int, int], None]
-"""(model, bytes stored, entries evicted) of each write."""
+WRITE_BUFFER_ENTRIES = 16
+"""Answers waiting to be written are bounded to this many of the largest size stored."""
 SCOPE_TTL = 5.0
 """Seconds a tenant's scope is kept here (a deleted tenant's entries are purged anyway)."""
 
@@ -74,10 +74,8 @@ class ResponseCache:
         self.tenants = tenants
         self.flights = Flights()
         self.settings = store.settings
-        self.on_stored: OnStored = lambda _model, _written, _evicted: None
-        """Metrics: bytes stored and entries evicted, by model."""
+        self.writes = Writes(store, WRITE_BUFFER_ENTRIES * store.settings.cache_max_entry_bytes)
         self._scopes: dict[str, tuple[str, float]] = {}
-        self._writes: set[asyncio.Task[None]] = set()
 
     def plan(self, serving: Serving, ask: Ask) -> Plan:
         """Nothing to do (not even the body decoded) unless the model or the key opted in."""
@@ -129,18 +127,23 @@ class ResponseCache:
         entry = _entry_of(flight, plan.ask)
         if entry is None or plan.choice.ttl <= 0 or not plan.scope:
             return
-        task = asyncio.get_running_loop().create_task(self._write(plan, entry))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self.writes.add(plan.scope, plan.digest, entry, plan.choice.ttl, plan.ask.model)
 
-    async def _write(self, plan: CachePlan, entry: Entry) -> None:
-        stored = await self.store.put(plan.scope, plan.digest, entry, plan.choice.ttl)
-        self.on_stored(plan.ask.model, stored.written, stored.evicted)
+    async def lookup(self, scope: str, digest: str) -> Entry | None:
+        """A stored answer, or one of this replica's still on its way to the store."""
+        queued = self.writes.get(scope, digest)
+        if queued is not None:
+            return queued
+        return await self.store.get(scope, digest)
+
+    async def purge(self, scope: str) -> dict[str, int]:
+        """Delete a tenant scope's entries, the ones on their way to the store too."""
+        await self.writes.drop(scope, timeout=5.0)
+        return await self.store.purge(scope)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Let the writes under way land, then close the store's client."""
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=timeout)
+        await self.writes.close(timeout)
         await self.store.redis.aclose()
 
 
@@ -169,7 +172,7 @@ class CachePlan:
         if self.choice.lookup:
             flight = flights.find(key)
             if flight is None:
-                entry = await self.cache.store.get(self.scope, self.digest)
+                entry = await self.cache.lookup(self.scope, self.digest)
                 if entry is not None and can_replay(entry, ask.kind, ask.stream):
                     return await self._hit(entry)
                 flight = flights.find(key)  # one may have started during the lookup

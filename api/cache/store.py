@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from llmq.api.cache.seal import Seal
 from llmq.api.tenancy.pipeline import ScriptPipe
@@ -60,6 +60,9 @@ class Stored:
     size: int
 
 
+NOT_STORED = Stored(0, 0, 0)
+
+
 class CacheStore:
     def __init__(self, redis: Redis, settings: CacheSettings) -> None:
         """`redis`: a client that returns bytes (`decode_responses=False`)."""
@@ -99,33 +102,74 @@ class CacheStore:
             return None
 
     async def put(self, scope: str, digest: str, entry: Entry, ttl: float) -> Stored:
+        return (await self.put_many([(scope, digest, entry, ttl)]))[0]
+
+    async def put_many(self, items: list[tuple[str, str, Entry, float]]) -> list[Stored]:
+        """Store each (scope, digest, entry, ttl) in one pipelined write: what each write did
+        (nothing stored for one too large, or when the store is away)."""
+        results = [NOT_STORED] * len(items)
+        calls: list[tuple[int, int, tuple[Any, ...]]] = []
+        for at, (scope, digest, entry, ttl) in enumerate(items):
+            made = self._put_call(scope, digest, entry, ttl)
+            if made is not None:
+                calls.append((at, *made))
+        if not calls:
+            return results
+        try:
+            replies = await self._scripts([call for _at, _size, call in calls])
+        except (RedisError, OSError) as exc:
+            log.warning("response cache write lost: %s", exc)
+            return results
+        for (at, size, _call), raw in zip(calls, replies, strict=True):
+            if isinstance(raw, Exception):
+                log.warning("response cache write lost: %s", raw)
+                continue
+            stored, evicted, total = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+            results[at] = Stored(size if stored == "1" else 0, int(evicted), int(total))
+        return results
+
+    def _put_call(
+        self, scope: str, digest: str, entry: Entry, ttl: float
+    ) -> tuple[int, tuple[Any, ...]] | None:
+        """(bytes of the stored value, the `put.lua` call); None when it is not stored."""
         key = names.cache_entry_key(scope, digest)
         value = self.seal.close(_encoder.encode(entry), key.encode())
         s = self.settings
         if len(value) > s.cache_max_entry_bytes or ttl <= 0:
-            return Stored(0, 0, 0)
-        keys = [key, names.cache_index_key(scope), names.cache_sizes_key(scope)]
-        args: list[bytes | str | int] = [
+            return None
+        keys = (key, names.cache_index_key(scope), names.cache_sizes_key(scope))
+        args = (
             digest,
             value,
             max(1, int(ttl * 1000)),
             int(time.time() * 1000),
             s.cache_tenant_max_bytes,
             s.cache_tenant_max_entries,
-        ]
-        try:
-            call = ("EVALSHA", self._put.sha, len(keys), *keys, *args)
-            pipe = self.write_pipe
+        )
+        return len(value), ("EVALSHA", self._put.sha, len(keys), *keys, *args)
+
+    async def _scripts(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of `EVALSHA` calls (an error reply as its exception), the script
+        loaded first when the server does not know it (a restarted Valkey)."""
+        replies = await self._many(calls)
+        unknown = [at for at, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            await self._command("SCRIPT", "LOAD", self._put.script, pipe=self.write_pipe)
+            again = await self._many([calls[at] for at in unknown])
+            for at, reply in zip(unknown, again, strict=True):
+                replies[at] = reply
+        return replies
+
+    async def _many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        if self.write_pipe is not None:
+            return await self.write_pipe.execute_many(calls)
+        replies: list[Any] = []
+        for call in calls:
             try:
-                raw = await self._command(*call, pipe=pipe)
-            except NoScriptError:
-                await self._command("SCRIPT", "LOAD", self._put.script, pipe=pipe)
-                raw = await self._command(*call, pipe=pipe)
-        except (RedisError, OSError) as exc:
-            log.warning("response cache write lost: %s", exc)
-            return Stored(0, 0, 0)
-        stored, evicted, size = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
-        return Stored(len(value) if stored == "1" else 0, int(evicted), int(size))
+                replies.append(await self.redis.execute_command(*call))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     async def purge(self, scope: str) -> dict[str, int]:
         """Delete every entry of a tenant scope (a deleted tenant); how many keys went

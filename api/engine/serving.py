@@ -177,6 +177,7 @@ class Serving:
     async def submit(self, spec: JobSpec, ticket: Ticket, reservation: Reservation) -> JobRun:
         """Queue the attempt's job; if that fails (or is cancelled), its fair-share place and
         its quota are given back at once; a queue that refused it is the client's error."""
+        spec.lease = reservation.lease
         try:
             run = await self.rt.dispatcher.submit(spec)
         except BaseException as exc:
@@ -220,6 +221,7 @@ class Serving:
                 record.job_id,
                 key_id=key_id,
                 user=user,
+                leased=True,
             )
         except BaseException:
             ticket.leave()

@@ -283,7 +283,12 @@ class ResponsesServing:
             # a cached or joined answer is never stored as a response (no `keeper`)
             return ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
 
-        headers = {"x-request-id": RESPONSE_PREFIX + record.job_id, MODEL_HEADER: model}
+        # a hit or a join names what was omitted as this request's own answer would
+        headers = {
+            "x-request-id": RESPONSE_PREFIX + record.job_id,
+            MODEL_HEADER: model,
+            **ask.headers,
+        }
         return Ask(
             request=request,
             record=record,

@@ -209,6 +209,10 @@ class QuotaDecision(Struct, kw_only=True):
     reservation: Reservation | None = None
     duplicate: bool = False
     """The job id already held a reservation; nothing new was counted."""
+    lease: tuple[int, int, str, str, bool, float, float] = (0, 0, "0", "0", False, 0.0, 0.0)
+    """A lease granted with it (`api.tenancy.leases`): requests, slots, ms per TPM token
+    of the tenant and of the key ("0": no TPM limit), whether it holds day, month and
+    spend budget, the input and output price per 1M tokens."""
 
     @property
     def http_status(self) -> int:

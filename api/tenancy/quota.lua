@@ -16,12 +16,26 @@
 -- later, and is allowed while it stays within one minute of now. No fixed window, so no
 -- burst of 2 L across a minute boundary.
 -- ARGV[12] (Cluster only) the model's price JSON, or '' for none; in a Cluster KEYS[2]
--- is KEYS[1], so the script stays in one slot
+-- is KEYS[1], so the script stays in one slot; '-' (or absent) reads the price table
+-- ARGV[13] lease end E (unix ms, 0 = no lease)  ARGV[14] requests wished for the lease
+-- ARGV[15] end of the lease's concurrency slots (unix ms)  ARGV[16] when a lease's day,
+-- month and spend left over is given back if its replica did not (unix ms)
+-- KEYS[13] (with a lease only) the tenant's budget leases (zset: record key -> ARGV[16])
+-- A lease (docs/routing.md, "Leased budget") is granted with an admitted request when every
+-- scope is far from its limits: `g` more requests of this request's size, charged as
+-- arriving at E (tat = max(tat, E) + g * per), never given back, `g` concurrency slots
+-- `<job>#<i>` held until ARGV[15], and, when a scope has a daily, monthly or spend limit,
+-- `g` requests' tokens and spend added to the day and month counters, recorded in
+-- KEYS[7] .. '#L' (what is left is given back when the lease ends: lease_end.lua, or the
+-- reaper below). At most a quarter of each limit's headroom, so leases shrink to nothing
+-- near a limit.
 --
 -- Returns one string (cheaper to parse than an array), fields joined by '|':
 --   allowed 0|1, reason, limit, retry_after_ms, limit_req, remaining_req, reset_req_ms,
 --   limit_tok, remaining_tok, reset_tok_ms, reserved_tokens, reserved_usd, lease_until_ms,
---   duplicate 0|1; a limit of -1 = unlimited.
+--   duplicate 0|1, lease requests granted, lease slots, the tenant's and the key's ms per
+--   token (TPM; 0 = none), budget lease 0|1, input and output price per 1M tokens;
+--   a limit of -1 = unlimited.
 
 local MINUTE = 60000
 local now = tonumber(ARGV[5])
@@ -74,6 +88,32 @@ local function answer(allowed, reason, limit, retry_ms, need, usd, lease_until, 
   return string.format('%d|%s|%s|%d|%d|%d|%d|%d|%d|%d|%d|%s|%d|%d', allowed, reason, limit,
     math.ceil(retry_ms), h[1], h[2], math.ceil(h[3]), h[4], h[5], math.ceil(h[6]), need, usd,
     lease_until, dup)
+end
+
+-- How many more requests of `need` tokens a lease ending at E may take (0: none): a
+-- quarter of the headroom left at E, and no more than refills in half the lease's time
+-- (so units a replica leaves unspent delay others by at most that).
+local function lease_size(wish, E, need, cost)
+  local g = wish
+  local half = (E - now) / 2
+  for _, s in ipairs(scopes) do
+    if (s.daily > 0 or s.monthly > 0) and need <= 0 then return 0 end
+    if s.daily > 0 then g = math.min(g, math.floor((s.daily - s.d - need) / need / 4)) end
+    if s.monthly > 0 then g = math.min(g, math.floor((s.monthly - s.mtok - need) / need / 4)) end
+    if s.spend > 0 and cost > 0 then
+      g = math.min(g, math.floor((s.spend - s.musd - cost) / cost / 4))
+    end
+    if s.rpm > 0 then
+      local room = math.min((now + MINUTE - math.max(s.new_req, E)) / 4, half)
+      g = math.min(g, math.floor(room * s.rpm / MINUTE))
+    end
+    if s.tpm > 0 and need > 0 then
+      local room = math.min((now + MINUTE - math.max(s.new_tok, E)) / 4, half)
+      g = math.min(g, math.floor(room * s.tpm / MINUTE / need))
+    end
+    if s.conc > 0 then g = math.min(g, math.floor((s.conc - s.held - 1) / 4)) end
+  end
+  return math.max(g, 0)
 end
 
 local function refuse(reason, limit, retry_ms)
@@ -140,7 +180,7 @@ local prompt = tonumber(ARGV[2])
 local need = prompt + tonumber(ARGV[3])
 local in_price, out_price, cin_price, cw_price = 0, 0, 0, 0
 local p = ARGV[12]
-if not p then p = redis.call('HGET', KEYS[2], model) elseif p == '' then p = nil end
+if not p or p == '-' then p = redis.call('HGET', KEYS[2], model) elseif p == '' then p = nil end
 if p then
   local price = cjson.decode(p)
   in_price = tonumber(price['input_per_1m']) or 0
@@ -154,12 +194,14 @@ local cost = (prompt * in_price + tonumber(ARGV[3]) * out_price) / 1e6
 for _, s in ipairs(scopes) do
   if s.daily > 0 then
     local d = tonumber(redis.call('HGET', s.day, 'tok')) or 0
+    s.d = d
     if d + need > s.daily then
       return refuse('insufficient_quota', s.tag .. 'daily_tokens', tonumber(ARGV[8]) - now)
     end
   end
   if s.monthly > 0 or s.spend > 0 then
     local m = redis.call('HMGET', s.month, 'tok', 'usd')
+    s.mtok, s.musd = tonumber(m[1]) or 0, tonumber(m[2]) or 0
     if s.monthly > 0 and (tonumber(m[1]) or 0) + need > s.monthly then
       return refuse('insufficient_quota', s.tag .. 'monthly_tokens', tonumber(ARGV[9]) - now)
     end
@@ -196,6 +238,47 @@ for _, s in ipairs(scopes) do
     if held >= s.conc then
       return refuse('rate_limit_exceeded', s.tag .. 'max_concurrent', 1000)
     end
+    s.held = held
+  end
+end
+
+local E = tonumber(ARGV[13] or '0') or 0
+local grant, slots, budget = 0, 0, 0
+-- A lease never crosses the end of the UTC day: its jobs book on the day it charged.
+if E > now and E < tonumber(ARGV[8]) and slot then
+  grant = lease_size(tonumber(ARGV[14]) or 0, E, need, cost)
+end
+if grant > 0 then
+  for _, s in ipairs(scopes) do
+    if s.rpm > 0 then s.new_req = math.max(s.new_req, E) + grant * MINUTE / s.rpm end
+    if s.tpm > 0 then s.new_tok = math.max(s.new_tok, E) + grant * need * MINUTE / s.tpm end
+    if s.conc > 0 then slots = grant end
+    if s.daily > 0 or s.monthly > 0 or s.spend > 0 then budget = 1 end
+  end
+end
+-- A budget lease adds its requests' tokens and spend to the counters with this request's.
+local held_tok, held_cost = need, cost
+if budget == 1 then held_tok, held_cost = need * (grant + 1), cost * (grant + 1) end
+
+-- Give back what budget leases whose replica never ended them left over (a few per call).
+if KEYS[13] then
+  for _, rec in ipairs(redis.call('ZRANGEBYSCORE', KEYS[13], '-inf', now, 'LIMIT', 0, 4)) do
+    local l = redis.call('HMGET', rec, 'closed', 'tok', 'usd', 'btok', 'busd', 'day', 'month',
+      'kday', 'kmonth')
+    if l[2] and l[1] ~= '1' then
+      local tok = (tonumber(l[4]) or 0) - tonumber(l[2])
+      local usd_back = (tonumber(l[5]) or 0) - tonumber(l[3])
+      for _, c in ipairs({l[6], l[7], l[8], l[9]}) do
+        if c ~= '' and redis.call('EXISTS', c) == 1 then
+          redis.call('HINCRBY', c, 'tok', tok)
+          if usd_back ~= 0 and (c == l[7] or c == l[9]) then
+            redis.call('HINCRBYFLOAT', c, 'usd', string.format('%.17g', usd_back))
+          end
+        end
+      end
+    end
+    redis.call('DEL', rec)
+    redis.call('ZREM', KEYS[13], rec)
   end
 end
 
@@ -244,18 +327,23 @@ for i, s in ipairs(scopes) do
     -- Past its tat a bucket is full: the hash may go, plus a minute for late reconciling.
     redis.call('PEXPIREAT', s.rate, math.ceil(math.max(tat, s.tat_req, s.tat_tok)) + MINUTE)
   end
-  if redis.call('HINCRBY', s.day, 'tok', need) == need then
+  if redis.call('HINCRBY', s.day, 'tok', held_tok) == held_tok then
     redis.call('PEXPIREAT', s.day, day_expiry)
   end
-  local month_new = redis.call('HINCRBY', s.month, 'tok', need) == need
-  if cost > 0 then
-    redis.call('HINCRBYFLOAT', s.month, 'usd', usd)
+  local month_new = redis.call('HINCRBY', s.month, 'tok', held_tok) == held_tok
+  if held_cost > 0 then
+    redis.call('HINCRBYFLOAT', s.month, 'usd', g17(held_cost))
   end
   if month_new then redis.call('PEXPIREAT', s.month, month_expiry) end
   if slot then
     redis.call('ZADD', s.inflight, lease_until, job)
-    if redis.call('PTTL', s.inflight) < lease_until - now + 60000 then
-      redis.call('PEXPIREAT', s.inflight, lease_until + 60000)
+    local last = lease_until
+    if slots > 0 then
+      last = math.max(last, tonumber(ARGV[15]))
+      for n = 1, slots do redis.call('ZADD', s.inflight, ARGV[15], job .. '#' .. n) end
+    end
+    if redis.call('PTTL', s.inflight) < last - now + 60000 then
+      redis.call('PEXPIREAT', s.inflight, last + 60000)
     end
   end
   -- field names: tenant scope unprefixed, key scope with 'k'
@@ -269,4 +357,20 @@ end
 redis.call('HSET', KEYS[7], unpack(rec))
 redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[10]))
 
-return answer(1, 'ok', '', 0, need, usd, lease_until, 0, true)
+if budget == 1 then
+  local lease = KEYS[7] .. '#L'
+  local l = {'tok', need * grant, 'usd', g17(cost * grant), 'day', scopes[1].day,
+    'month', scopes[1].month, 'kday', '', 'kmonth', ''}
+  if scopes[2] then l[10], l[12] = scopes[2].day, scopes[2].month end
+  redis.call('HSET', lease, unpack(l))
+  redis.call('PEXPIREAT', lease, tonumber(ARGV[16]) + 86400000)
+  redis.call('ZADD', KEYS[13], ARGV[16], lease)
+  redis.call('PEXPIREAT', KEYS[13], tonumber(ARGV[16]) + 86400000)
+end
+
+local tokT = {'0', '0'}
+for i, s in ipairs(scopes) do
+  if s.tpm > 0 then tokT[i] = g17(MINUTE / s.tpm) end
+end
+return answer(1, 'ok', '', 0, need, usd, lease_until, 0, true) .. '|' .. grant .. '|' .. slots
+  .. '|' .. tokT[1] .. '|' .. tokT[2] .. '|' .. budget .. '|' .. in_s .. '|' .. g17(out_price)

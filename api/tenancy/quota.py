@@ -12,6 +12,7 @@ reservation of the tenant reaps it once the lease has run out; work that outlive
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,12 +25,17 @@ from redis.exceptions import NoScriptError
 
 from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
+from llmq.api.tenancy.lease_book import book_call
 from llmq.api.tenancy.models import QuotaDecision
 from llmq.api.tenancy.periods import periods
 from llmq.api.tenancy.pipeline import ScriptPipe
 from llmq.api.tenancy.quota_reply import decision_of
+from llmq.api.tenancy.renewals import RENEW_BATCH as RENEW_BATCH
+from llmq.api.tenancy.renewals import RESERVATION_GRACE, Renewals
 from llmq.api.tenancy.script_keys import ScriptKeys
 from llmq.schemas import names
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 900.0
 """Seconds a slot is held without a release; above the api's max deadline (600 s)."""
@@ -37,10 +43,6 @@ DEFAULT_LEDGER_MAXLEN = 100_000
 DEFAULT_TENANT_LEDGER_MAXLEN = 10_000
 DEFAULT_LEDGER_MAX_AGE = 90 * 86_400.0
 DEFAULT_USAGE_TTL_DAYS = 400
-RENEW_BATCH = 500
-"""Reservations renewed by one script call (it runs atomically: keep each call short)."""
-RESERVATION_GRACE = 86_400.0
-"""Seconds a reservation record outlives its lease, so a late release still reconciles."""
 MAX_USERS_PER_DAY = 10_000
 """End users (the request's `user` field) booked per tenant and UTC day; later new ones of
 that day are booked together as `(other)`, so a client cannot grow Redis without bound."""
@@ -63,6 +65,8 @@ class Ending:
     cache: str = ""
     """'hit' or 'join': answered by the response cache, booked as such at `cache_price`."""
     cache_price: float = 0.0
+    lease: str = ""
+    """Admitted from a lease: its ticket (`lease_book.lua` makes the record first)."""
 
 
 def _script(name: str) -> str:
@@ -73,7 +77,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Quota:
+class Quota(Renewals):
     """The per-request quota check; one instance per api process, sharing its Redis client."""
 
     def __init__(
@@ -108,6 +112,7 @@ class Quota:
         self._reserve = redis.register_script(_script("quota.lua"))
         self._release = redis.register_script(_script("release.lua"))
         self._renew = redis.register_script(_script("renew.lua"))
+        self._book = redis.register_script(_script("lease_book.lua"))
 
     async def reserve(
         self,
@@ -121,6 +126,7 @@ class Quota:
         lease: float | None = None,
         key_id: str = "",
         user: str = "",
+        lease_wish: tuple[int, float, float] = (0, 0.0, 0.0),
     ) -> QuotaDecision:
         """Check every limit and, if all pass, hold the request's share. Raises
         `QuotaBackendDown` when Redis is unreachable.
@@ -130,6 +136,8 @@ class Quota:
         `key_id`: the API key the request came with; its own limits apply too, and a key
         revoked or expired since the caller cached it is refused (`invalid_api_key`).
         `user`: the request's end user, booked at release (cut to `MAX_USER_CHARS`).
+        `lease_wish`: (requests, until, slots until): ask for a lease too
+        (`api.tenancy.leases`).
         """
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
@@ -152,6 +160,10 @@ class Quota:
             with backend_guard():
                 price = await self._redis.hget(names.PRICES_KEY, model)
             args.append("" if price is None else _text(price))
+        elif lease_wish[1] > 0:  # leases on: maybe a lease, and the reaper
+            until = lease_wish[1]
+            args += ["-", _ms(until), lease_wish[0], _ms(lease_wish[2]), _ms(until + lease)]
+            keys.append(names.reservation_key(tenant, "#leases"))
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 
@@ -169,6 +181,7 @@ class Quota:
         cache_write_tokens: int = 0,
         cache: str = "",
         cache_price: float = 0.0,
+        lease: str = "",
     ) -> bool:
         """End a job: free its slot, book the real usage in place of the reservation, add
         usage and a ledger entry. Call it on every end (success, error, timeout, disconnect);
@@ -188,7 +201,9 @@ class Quota:
             cache_write_tokens=cache_write_tokens,
             cache=cache,
             cache_price=cache_price,
+            lease=lease,
         )
+        await self.book_leases([ending])
         keys, args = self._release_call(ending, time.time() if now is None else now)
         raw = _text(await self._call(self._release, keys, args))
         return await self._released(ending, args, raw)
@@ -219,12 +234,17 @@ class Quota:
                             cache_write_tokens=e.cache_write_tokens,
                             cache=e.cache,
                             cache_price=e.cache_price,
+                            lease=e.lease,
                         )
                     )
                 except Exception as exc:
                     out.append(exc)
             return out
         calls = [self._release_call(e, now) for e in endings]
+        try:
+            await self.book_leases(endings)
+        except QuotaBackendDown as exc:
+            return [exc] * len(endings)
         sha = self._release.sha
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         try:
@@ -244,6 +264,29 @@ class Quota:
             except Exception as exc:
                 results.append(exc)
         return results
+
+    async def book_leases(self, endings: Sequence[Ending]) -> None:
+        """Make the reservation records of the lease-admitted jobs among `endings` (once per
+        job: `lease_book.lua`), in one round trip, so their release books them."""
+        calls = []
+        for e in endings:
+            if e.lease:
+                try:
+                    calls.append(book_call(e.tenant, e.model, e.job_id, e.lease))
+                except ValueError:  # not a ticket this api reads: no record, nothing booked
+                    log.error("job %s: unreadable lease ticket; not booked", e.job_id)
+        if not calls:
+            return
+        book = self._book
+        with backend_guard():
+            replies = await self._pipe_many(
+                [("EVALSHA", book.sha, len(k), *k, *a) for k, a in calls]
+            )
+            for (keys, args), reply in zip(calls, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    await self._call(book, keys, args)
+                elif isinstance(reply, Exception):
+                    raise reply
 
     def _release_call(self, e: Ending, now: float) -> tuple[list[str], list[str | int]]:
         """`release.lua`'s keys and arguments for one job ending at `now`."""
@@ -337,51 +380,9 @@ class Quota:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def renew(
-        self,
-        held: Sequence[tuple[str, str]],
-        lease: float | None = None,
-        *,
-        now: float | None = None,
-    ) -> list[bool]:
-        """Push the leases of open reservations, given as (tenant, job id), to `now + lease`
-        in one script call per `RENEW_BATCH`; per reservation, False when it is gone
-        (released, or its lease ran out: a renewal never revives a slot)."""
-        now = time.time() if now is None else now
-        lease = self._lease if lease is None else lease
-        kept: dict[int, bool] = {}
-        for part_at in self._renew_parts(held):
-            part = [held[i] for i in part_at]
-            keys: list[str] = []
-            for tenant, job_id in part:
-                keys += [names.inflight_key(tenant), names.reservation_key(tenant, job_id)]
-            args: list[str | int] = [
-                _ms(now),
-                _ms(now + lease),
-                _ms(RESERVATION_GRACE),
-                *(job_id for _, job_id in part),
-            ]
-            raw = _text(await self._call(self._renew, keys, args))
-            kept.update(zip(part_at, (c == "1" for c in raw), strict=True))
-        return [kept[i] for i in range(len(held))]
-
-    def _renew_parts(self, held: Sequence[tuple[str, str]]) -> list[list[int]]:
-        """Positions in `held` per script call: up to `RENEW_BATCH` each, and in a Cluster
-        one tenant's only (a script stays in one slot)."""
-        groups: dict[str, list[int]] = {}
-        for i, (tenant, _) in enumerate(held):
-            groups.setdefault(tenant if self._cluster else "", []).append(i)
-        return [
-            at[start : start + RENEW_BATCH]
-            for at in groups.values()
-            for start in range(0, len(at), RENEW_BATCH)
-        ]
-
-    async def extend(
-        self, tenant: str, job_id: str, lease: float, *, now: float | None = None
-    ) -> bool:
-        """`renew` of one reservation."""
-        return (await self.renew([(tenant, job_id)], lease, now=now))[0]
+    @property
+    def redis(self) -> Redis:
+        return self._redis
 
     @property
     def lease(self) -> float:

@@ -29,6 +29,10 @@ def decision_of(reply: str, tenant: str, model: str, job_id: str) -> QuotaDecisi
         reset_tokens=int(raw[9]) / 1000,
         duplicate=raw[13] == "1",
     )
+    if len(raw) > 20:
+        budget = raw[18] == "1"
+        price = (float(raw[19]), float(raw[20]))
+        decision.lease = (int(raw[14]), int(raw[15]), raw[16], raw[17], budget, *price)
     if allowed:
         decision.reservation = Reservation(
             tenant=tenant,

@@ -19,9 +19,9 @@ from llmq.schemas.settings.service import (
     ConnectionSettings,
     ObservabilitySettings,
     ProtocolSettings,
-    TenancySettings,
 )
 from llmq.schemas.settings.storage import StorageSettings
+from llmq.schemas.settings.tenancy import TenancySettings
 from llmq.schemas.settings.worker import BackendSettings, WorkerSettings
 
 

@@ -1,5 +1,5 @@
-"""Settings of the connections and of the api process: HTTP serving, tenants and quotas,
-the job protocol both sides agree on, async jobs and batches, observability."""
+"""Settings of the connections and of the api process: HTTP serving, the job protocol both
+sides agree on, async jobs and batches, observability (tenants and quotas: `tenancy`)."""
 
 from __future__ import annotations
 
@@ -211,58 +211,6 @@ class ApiSettings(Group):
         if self.admin_token_file and not self.admin_token:
             self.admin_token = read_secret_file(self.admin_token_file, "admin_token_file")
         return self
-
-
-class TenancySettings(Group):
-    """Tenants, quotas and the model table (aliases, per-model defaults)."""
-
-    commands: ClassVar[tuple[Command, ...]] = ("api",)
-
-    tenant_header: str = setting(
-        "X-Tenant-ID", "auth_mode=header: the header that names the tenant."
-    )
-    trusted_tenants: Annotated[list[str], NoDecode] = setting(
-        default_factory=list,
-        description="auth_mode=header: tenants the header may name, comma-separated.",
-    )
-    default_tenant: str = setting(
-        "", "auth_mode=header: tenant used when the header is absent; empty = 401."
-    )
-    key_cache_ttl: float = setting(
-        5.0, "Seconds a resolved API key is cached; a revoked key works this long."
-    )
-    quota_fail_open: bool = setting(
-        False, "Serve without quota checks while Redis is down (default: 503)."
-    )
-    default_max_tokens: int = setting(
-        4096, "Tokens reserved for a request that sets no max_tokens."
-    )
-    max_output_tokens: int = setting(
-        1_000_000,
-        "Largest max_tokens / max_completion_tokens accepted for a model whose "
-        "`[models.<name>]` entry sets no max_tokens; more is a 400.",
-        commands=(),
-        ge=1,
-    )
-    max_n: int = setting(
-        8, "Largest `n` (choices per request) accepted; more is a 400.", commands=(), ge=1
-    )
-    models_file: str = setting(
-        "",
-        "TOML file with aliases, per-model defaults and per-model limits "
-        "(docs/routing.md); re-read when it changes.",
-    )
-    aliases: Annotated[list[str], NoDecode] = setting(
-        default_factory=list, description="Model aliases `alias=model`, comma-separated."
-    )
-    ledger_maxlen: int = setting(
-        100_000, "Entries kept in the usage ledger stream (all tenants).", commands=(), ge=1
-    )
-    reservation_lease: float = setting(
-        900.0, "Seconds after which an unreleased concurrency slot is reclaimed.", commands=()
-    )
-
-    _split = field_validator("trusted_tenants", "aliases", mode="before")(split_commas)
 
 
 class ProtocolSettings(Group):

@@ -7,12 +7,16 @@
   permission violation at all.
 - Each runtime user tries every JetStream API call and subject it must not use (REFUSED):
   nats-server refuses each one, and the streams are unchanged afterwards.
+- As `api`, a cancelled batch's queued lines leave LLMQ_BATCH, a line whose workers all died
+  becomes a `worker_lost` result and leaves it too, and a queued job can be looked up by
+  sequence (after a reconnect), with no violation.
 
 docs/security.md's table of the users says what this checks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,10 +33,12 @@ import msgspec
 import nats
 import openai
 import pytest
+from nats.js.errors import NotFoundError
 
 from llmq.api.batch.eviction import Evictor
 from llmq.api.tenancy import Tenant, TenantStore
 from llmq.api.tenancy import connect as tenancy_connect
+from llmq.dispatcher import streams
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.embedded import EmbeddedNats
 from llmq.provision import PROVISIONED, run_provision
@@ -65,13 +71,21 @@ API_PURGES = (
 )
 """What only the api may purge, one subject at a time: a deleted file's chunks, an evicted
 finished job's or batch's records (api/batch/eviction.py)."""
+API_QUEUED = (
+    f"{API}.STREAM.MSG.GET.{names.BATCH_STREAM}",
+    f"{API}.STREAM.MSG.DELETE.{names.BATCH_STREAM}",
+    f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
+)
+"""What only the api may do to one queued job, by sequence: read a batch line (one whose
+workers all died) and take it out of the queue (that one, or a cancelled or expired batch's);
+see whether an open interactive job is still queued (after a reconnect)."""
 NOBODY = (
     # streams and buckets: never created, changed, purged or deleted at run time
     *(f"{API}.STREAM.{verb}.{s}" for s in PROVISIONED for verb in ("UPDATE", "DELETE")),
     *(f"{API}.STREAM.PURGE.{s}" for s in PROVISIONED if s not in API_PURGES),
     f"{API}.STREAM.CREATE.SPY",
     f"{API}.STREAM.CREATE.KV_SPY",
-    *(f"{API}.STREAM.MSG.DELETE.{s}" for s in JOB_STREAMS),
+    f"{API}.STREAM.MSG.DELETE.{names.JOBS_STREAM}",
     # consumers on the job streams other than a worker's own per-model ones
     *(f"{API}.CONSUMER.CREATE.{s}" for s in JOB_STREAMS),
     *(f"{API}.CONSUMER.CREATE.{s}.spy._INBOX.>" for s in JOB_STREAMS),
@@ -105,14 +119,15 @@ REFUSED: dict[str, tuple[str, ...]] = {
     "worker": (
         *NOBODY,
         *NOT_THE_API,
-        f"{API}.STREAM.MSG.GET.{names.JOBS_STREAM}",
-        f"{API}.DIRECT.GET.{names.JOBS_STREAM}",
+        *(f"{API}.DIRECT.GET.{s}" for s in JOB_STREAMS),
         *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
+        *API_QUEUED,
     ),
     "cli": (
         *NOBODY,
         *NOT_THE_API,
         *(f"{API}.STREAM.PURGE.{s}" for s in API_PURGES),
+        f"{API}.STREAM.MSG.DELETE.{names.BATCH_STREAM}",
         f"$KV.{names.WORKERS_BUCKET}.spy",
         f"$KV.{names.MODELS_BUCKET}.spy",
         f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.jobs-echo",
@@ -131,6 +146,8 @@ REFUSED: dict[str, tuple[str, ...]] = {
         f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.jobs-echo",
         f"{API}.CONSUMER.MSG.NEXT.{names.BATCH_STREAM}.batch-echo",
         f"{names.OUTCOME_PREFIX}._.echo.spy",
+        # queued messages but a batch line's, by sequence
+        *(f"{API}.DIRECT.GET.{s}" for s in JOB_STREAMS),
     ),
 }
 SUBSCRIBE_REFUSED: dict[str, tuple[str, ...]] = {
@@ -351,3 +368,108 @@ def test_docs_say_what_each_user_may_and_may_not_do() -> None:
         assert may and may_not, user
     assert set(REFUSED) | {"provision"} == set(users)
     assert "tests/compose/test_nats_permissions.py" in docs
+
+
+async def test_the_api_takes_lines_of_a_cancelled_batch_and_a_lost_line_out_of_the_queue(
+    secured: Any, stack: Any
+) -> None:
+    """As `api`: a cancelled or expired batch's queued lines leave LLMQ_BATCH, and a line
+    whose workers all died becomes a `worker_lost` result and leaves the queue too; the
+    server refuses none of it (a refused request would wait out its timeout)."""
+    server, passwords = secured
+    await provision(server.url, passwords)
+    stack.nats_url = server.url
+    model = unique("perm-b")
+    api = await stack.api(nats_provision=False, **as_user("api", passwords))
+    # A worker lists the model and goes: the lines stay queued, nobody pulls them.
+    worker = await stack.worker(
+        model=[model], nats_provision=False, max_deliver=2, **as_user("worker", passwords)
+    )
+    await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=20)
+    await worker.close()
+    stack.workers.remove(worker)
+    nc = await connect(
+        server.url, "check", 5.0, conn=ConnectionSettings(**as_user("provision", passwords))
+    )
+    js = nc.jetstream()
+
+    async def queued() -> int:
+        info = await js.stream_info(names.BATCH_STREAM, subjects_filter=names.batch_subject(model))
+        return sum((info.state.subjects or {}).values())
+
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    try:
+        lines = [
+            {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": model, "messages": [{"role": "user", "content": f"l{i}"}]}}
+            for i in range(5)
+        ]  # fmt: skip
+        batch = await _batch(sdk, lines)
+        await wait_for(lambda: _count_is(queued, 5), timeout=20, interval=0.1)
+        await sdk.batches.cancel(batch.id)
+        batch = await _final(sdk, batch.id)
+        assert batch.status == "cancelled", batch
+        assert await queued() == 0, "the cancelled batch's lines are still queued"
+        # An expired one's too.
+        batch = await _batch(sdk, lines, window="3s")
+        await wait_for(lambda: _count_is(queued, 5), timeout=20, interval=0.1)
+        batch = await _final(sdk, batch.id)
+        assert batch.status == "expired", batch
+        assert await queued() == 0, "the expired batch's lines are still queued"
+
+        # A line taken by workers that all die (as `worker`: max_deliver 2, never acked).
+        wc = await connect(
+            server.url, "dying", 5.0, conn=ConnectionSettings(**as_user("worker", passwords))
+        )
+        try:
+            wjs = wc.jetstream()
+            consumer = await streams.ensure_consumer(wjs, names.BATCH_STREAM, model, 0.3, 2)
+            batch = await _batch(sdk, lines[:1])
+            sub = await wjs.pull_subscribe_bind(consumer, names.BATCH_STREAM)
+            taken = 0
+            deadline = time.monotonic() + 20
+            while taken < 2:  # taken, then the worker "dies", twice
+                assert time.monotonic() < deadline
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    taken += len(await sub.fetch(1, timeout=1))
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await sub.fetch(1, timeout=1)  # the server gives up and advises
+            batch = await _final(sdk, batch.id)
+            assert batch.status == "completed" and batch.error_file_id, batch
+            lost = json.loads((await sdk.files.content(batch.error_file_id)).content)
+            assert lost["response"]["status_code"] == 502, lost
+            assert lost["response"]["body"]["error"]["code"] == "worker_lost", lost
+            await wait_for(lambda: _count_is(queued, 0), timeout=10, interval=0.1)
+            await sub.unsubscribe()
+        finally:
+            await disconnect(wc)
+        # After a reconnect the api asks whether its open jobs are still queued
+        # (Dispatcher.find_missing): an answer, not a refusal that times out.
+        with pytest.raises(NotFoundError):
+            await api.runtime.js.get_msg(names.JOBS_STREAM, 1)
+    finally:
+        await sdk.close()
+        await disconnect(nc)
+    assert violations(server) == set()
+
+
+async def _count_is(count: Any, wanted: int) -> bool:
+    return bool(await count() == wanted)
+
+
+async def _batch(sdk: openai.AsyncOpenAI, lines: list[Any], window: Any = "24h") -> Any:
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = await sdk.files.create(file=("in.jsonl", data), purpose="batch")
+    return await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window=window
+    )
+
+
+async def _final(sdk: openai.AsyncOpenAI, batch_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    batch = await sdk.batches.retrieve(batch_id)
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        await asyncio.sleep(0.2)
+        batch = await sdk.batches.retrieve(batch_id)
+    return batch

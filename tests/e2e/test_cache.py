@@ -118,7 +118,7 @@ async def test_a_stream_is_replayed_with_the_same_content_usage_and_finish(  # t
     options = {"stream_options": {"include_usage": True}}
     first_headers, first = await _stream(client, model, **options)
     assert first_headers["x-llmq-cache"] == "miss"
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     again_headers, again = await _stream(client, model, **options, user="someone-else")
     assert again_headers["x-llmq-cache"] == "hit"
     assert int(again_headers["x-llmq-cache-age"]) >= 0
@@ -159,7 +159,7 @@ async def test_tool_calls_are_replayed_whole_and_streamed(  # type: ignore[no-un
     _, key = await _tenant(redis)
     client = _client(api, key)
     first = await client.chat.completions.create(model=model, messages=MESSAGES, temperature=0)
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     headers, streamed = await _stream(client, model)
     assert headers["x-llmq-cache"] == "hit" and _calls(upstream) == 1
     calls = [tc for c in streamed if c.choices for tc in c.choices[0].delta.tool_calls or []]
@@ -178,7 +178,7 @@ async def test_tenants_never_share_an_entry(stack, upstream, redis, tmp_path) ->
     (_, key_a), (_, key_b) = await _tenant(redis), await _tenant(redis)
     a, b = _client(api, key_a), _client(api, key_b)
     await a.chat.completions.create(model=model, messages=MESSAGES, temperature=0)
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     raw = await b.chat.completions.with_raw_response.create(
         model=model, messages=MESSAGES, temperature=0
     )
@@ -204,7 +204,7 @@ async def test_cache_control_and_ttls(stack, upstream, redis, tmp_path) -> None:
             resp = await http.post(url, json=body, headers={**auth, **headers})
             assert resp.status_code == 200, resp.text
             assert resp.headers["x-llmq-cache"] == expect
-            await wait_for(lambda: api.app.state.cache._writes == set())
+            await wait_for(lambda: not api.app.state.cache.writes.busy)
             assert _calls(upstream) == calls
 
         await ask({"cache-control": "no-store"}, "miss", 1)  # not written
@@ -240,7 +240,7 @@ async def test_a_key_with_a_cache_ttl_caches_a_model_that_does_not(  # type: ign
             model=model, messages=MESSAGES, temperature=0
         )
         assert raw.headers.get("x-llmq-cache") == expect  # no opt-in: not even a header
-        await wait_for(lambda: api.app.state.cache._writes == set())
+        await wait_for(lambda: not api.app.state.cache.writes.busy)
     assert _calls(upstream) == 3
 
 
@@ -298,7 +298,7 @@ async def test_joined_requests_go_on_when_the_first_client_leaves(  # type: igno
     assert text == "abcd"
     assert _calls(upstream) == 1
     # and what it answered is stored
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     async with httpx.AsyncClient(timeout=30) as http:
         again = await http.post(url, json={**body, "stream": False}, headers=headers)
     assert again.headers["x-llmq-cache"] == "hit"
@@ -317,7 +317,7 @@ async def test_cached_answers_are_booked_as_cached_and_take_no_slot(  # type: ig
     key, _ = await store.create_key(tenant)
     client = _client(api, key)
     await client.chat.completions.create(model=model, messages=MESSAGES, temperature=0)
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     # the tenant's one concurrency slot held by a running job: a new job is refused, a hit
     # is still answered (it takes no slot)
     quota = Quota(redis)
@@ -361,7 +361,7 @@ async def test_deleting_a_tenant_purges_its_entries(  # type: ignore[no-untyped-
     api, model = await _cached_stack(stack, upstream, tmp_path)
     tenant, key = await _tenant(redis)
     await _client(api, key).chat.completions.create(model=model, messages=MESSAGES, temperature=0)
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     scope = await TenantStore(redis).scope(tenant)
     pattern = names.cache_scope_pattern(scope)
     assert [k async for k in redis.scan_iter(match=pattern)]
@@ -399,7 +399,7 @@ async def test_hostile_inputs_are_bounded_without_a_5xx(  # type: ignore[no-unty
         for expect in ("miss", "miss"):
             resp = await http.post(url, json=body, headers=auth)
             assert resp.status_code == 200 and resp.headers["x-llmq-cache"] == expect
-            await wait_for(lambda: api.app.state.cache._writes == set())
+            await wait_for(lambda: not api.app.state.cache.writes.busy)
         # many distinct keys: the tenant keeps at most cache_tenant_max_entries
         upstream.route(CHAT, openai_chat(["y"]))
 
@@ -410,7 +410,7 @@ async def test_hostile_inputs_are_bounded_without_a_5xx(  # type: ignore[no-unty
 
         statuses = await asyncio.gather(*(distinct(i) for i in range(200)))
     assert set(statuses) == {200}
-    await wait_for(lambda: api.app.state.cache._writes == set())
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
     scope = await TenantStore(redis).scope(tenant)
     assert await redis.zcard(names.cache_index_key(scope)) <= 20
     entries = [k async for k in redis.scan_iter(match=names.cache_scope_pattern(scope))]
@@ -435,7 +435,7 @@ async def test_completions_embeddings_and_responses_go_through_the_cache(  # typ
     api, model = await _cached_stack(stack, upstream, tmp_path)
     _, key = await _tenant(redis)
     client = _client(api, key)
-    settle = lambda: wait_for(lambda: api.app.state.cache._writes == set())  # noqa: E731
+    settle = lambda: wait_for(lambda: not api.app.state.cache.writes.busy)  # noqa: E731
     for expect in ("miss", "hit"):
         raw = await client.completions.with_raw_response.create(
             model=model, prompt="tell a story", temperature=0
@@ -496,7 +496,7 @@ async def test_the_messages_api_goes_through_the_cache(  # type: ignore[no-untyp
         resp, events = await raw_stream(keyed, body)
         assert resp.headers["x-llmq-cache"] == expect
         seen.append([{k: v for k, v in e.items() if k != "message"} for e in events])
-        await wait_for(lambda: api.app.state.cache._writes == set())
+        await wait_for(lambda: not api.app.state.cache.writes.busy)
     assert seen[0] == seen[1] and _calls(upstream) == 1
     client = keyed.client()
     for expect in ("miss", "hit"):  # a whole answer is its own entry
@@ -509,7 +509,7 @@ async def test_the_messages_api_goes_through_the_cache(  # type: ignore[no-untyp
         assert raw.headers["x-llmq-cache"] == expect
         message = await raw.parse()
         assert message.content[0].text == "Bonjour !"  # type: ignore[union-attr]
-        await wait_for(lambda: api.app.state.cache._writes == set())
+        await wait_for(lambda: not api.app.state.cache.writes.busy)
     assert _calls(upstream) == 2
     await client.close()
 
@@ -525,10 +525,44 @@ async def test_rpm_applies_to_hits(stack, upstream, redis, tmp_path) -> None:  #
     body = {"model": model, "messages": MESSAGES, "temperature": 0}
     async with httpx.AsyncClient(timeout=30) as http:
         first = await http.post(url, json=body, headers=auth)
-        await wait_for(lambda: api.app.state.cache._writes == set())
+        await wait_for(lambda: not api.app.state.cache.writes.busy)
         hit = await http.post(url, json=body, headers=auth)
         refused = await http.post(url, json=body, headers=auth)
     assert (first.headers["x-llmq-cache"], hit.headers["x-llmq-cache"]) == ("miss", "hit")
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert "retry-after" in refused.headers
+    assert _calls(upstream) == 1
+
+
+async def test_hits_and_joins_name_the_omitted_tools(  # type: ignore[no-untyped-def]
+    stack, upstream, redis, tmp_path
+) -> None:
+    """The built-in tools the model table omits are named (`x-llmq-omitted`) on a hit and a
+    join as on the answer that ran."""
+    upstream.route(CHAT, openai_chat(["no", " search", " here"], gap=0.4))
+    api, model = await _cached_stack(stack, upstream, tmp_path)
+    _, key = await _tenant(redis)
+    url = f"{api.url}/v1/responses"
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": model, "input": "news?", "temperature": 0, "store": False,
+            "stream": True, "tools": [{"type": "web_search"}]}  # fmt: skip
+    omitted = "tools[0]=web_search"
+    async with httpx.AsyncClient(timeout=30) as first, httpx.AsyncClient(timeout=30) as second:
+        async with first.stream("POST", url, json=body, headers=headers) as leading:
+            assert leading.headers["x-llmq-cache"] == "miss"
+            assert leading.headers["x-llmq-omitted"] == omitted
+            joined = asyncio.create_task(second.post(url, json=body, headers=headers))
+            await wait_for(lambda: any(f.joined for f in api.app.state.cache.flights.open.values()))
+            await leading.aread()
+        resp = await joined
+    assert (resp.headers["x-llmq-cache"], resp.headers["x-llmq-omitted"]) == ("join", omitted)
+    await wait_for(lambda: not api.app.state.cache.writes.busy)
+    async with httpx.AsyncClient(timeout=30) as http:
+        for stream in (True, False):
+            again = await http.post(url, json={**body, "stream": stream}, headers=headers)
+            assert again.status_code == 200, again.text
+            assert (again.headers["x-llmq-cache"], again.headers["x-llmq-omitted"]) == (
+                "hit",
+                omitted,
+            )
     assert _calls(upstream) == 1

@@ -92,6 +92,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "ALIASES": ("x=y,z=w", ["x=y", "z=w"]),
     "LEDGER_MAXLEN": ("10", 10),
     "RESERVATION_LEASE": ("11", 11.0),
+    "QUOTA_LEASES": ("false", False),
+    "QUOTA_LEASE_WINDOW": ("0.25", 0.25),
     "PING_INTERVAL": ("0.5", 0.5),
     "ACK_WAIT": ("12", 12.0),
     "MAX_DELIVER": ("5", 5),

@@ -1,0 +1,97 @@
+"""`lease_book.lua`'s keys and arguments for a job admitted from a lease (docs/routing.md)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from redis.asyncio import Redis
+
+from llmq.api.tenancy.errors import backend_guard
+from llmq.api.tenancy.leases import ticket_of
+from llmq.api.tenancy.periods import periods
+from llmq.api.tenancy.script_keys import key_scope
+from llmq.schemas import names
+
+BOOKED_TTL = 86_400_000 + 900_000
+"""Ms a booked job's marker (and its record) is kept: longer than any report comes late."""
+
+
+def book_call(
+    tenant: str, model: str, job_id: str, ticket: str
+) -> tuple[list[str], list[str | int]]:
+    """The call that makes the job's reservation record, once, as `quota.lua` would have:
+    on the day and month the job was admitted."""
+    t = ticket_of(ticket)
+    p = periods(t.at_ms / 1000)
+    own = key_scope(tenant, t.key_id, p.day, p.month)
+    keys = [
+        names.reservation_key(tenant, job_id),
+        names.reservation_key(tenant, job_id) + "#B",
+        names.PRICES_KEY,
+        names.rate_key(tenant),
+        names.day_quota_key(tenant, p.day),
+        names.month_quota_key(tenant, p.month),
+        *own[1:],
+        names.inflight_key(tenant),
+        own[0],
+    ]
+    if t.lease != "-":
+        keys.append(names.reservation_key(tenant, t.lease) + "#L")
+    day_expiry = int(p.day_end * 1000) + 86_400_000
+    month_expiry = int(p.month_end * 1000) + 86_400_000
+    args: list[str | int] = [job_id, model, t.prompt, t.key_id, t.user, t.tok_t, t.key_tok_t]
+    args += [day_expiry, month_expiry, BOOKED_TTL, t.at_ms, t.max_tokens, t.slot]
+    return keys, args
+
+
+async def extend_slots(redis: Redis, taken: list[tuple[str, str, str]], until: float) -> None:
+    """Push the slots jobs took from leases, (tenant, key id, member), to `until` (unix s)
+    in both in-flight sets, one round trip; a slot already reaped is not made again."""
+    if not taken:
+        return
+    ms = int(until * 1000)
+    pipe = redis.pipeline(transaction=False)
+    for tenant, key_id, member in taken:
+        sets = [names.inflight_key(tenant)]
+        if key_id:
+            sets.append(f"{names.key_quota_prefix(tenant, key_id)}:inflight")
+        for zset in sets:
+            pipe.zadd(zset, {member: ms}, xx=True, gt=True)
+            pipe.pexpireat(zset, ms + 60_000, gt=True)
+    with backend_guard():
+        await pipe.execute()
+
+
+async def drop_slots(redis: Redis, gone: list[tuple[str, str, str]]) -> None:
+    """Take the free slots of ended leases, (tenant, key id, member), out of the tenant's
+    and the key's in-flight sets, in one round trip."""
+    if not gone:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for tenant, key_id, member in gone:
+        pipe.zrem(names.inflight_key(tenant), member)
+        if key_id:
+            pipe.zrem(f"{names.key_quota_prefix(tenant, key_id)}:inflight", member)
+    with backend_guard():
+        await pipe.execute()
+
+
+class LeaseEnds:
+    """`lease_end.lua`: give back what ended budget leases hold beyond what was spent."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(
+            resources.files("llmq.api.tenancy").joinpath("lease_end.lua").read_text()
+        )
+
+    async def close(self, closed: list[tuple[str, str, int, float]]) -> None:
+        """(tenant, lease's job id, tokens spent, USD spent) each, in one round trip."""
+        if not closed:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant, job_id, tokens, usd in closed:
+            record = names.reservation_key(tenant, job_id) + "#L"
+            await self._script(keys=[record], args=[tokens, repr(usd)], client=pipe)
+        with backend_guard():
+            await pipe.execute()
