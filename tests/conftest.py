@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from llmq._fast import configure as configure_fast_paths
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
 from tests.redis_ha import EmbeddedSentinelSet, start_redis_cluster
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled, `timeout`) stops the run as Ctrl-C does: the fixtures'
+    finalizers stop every server. A run killed outright leaves none either: the servers get
+    SIGTERM when the process that started them dies (`llmq.embedded.die_with_parent`)."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session")

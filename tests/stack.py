@@ -24,7 +24,7 @@ import httpx
 import uvicorn
 
 from llmq.api.server import uvicorn_config
-from llmq.embedded import PORT_ATTEMPTS, free_port
+from llmq.embedded import PORT_ATTEMPTS, die_with_parent, free_port
 from llmq.schemas.settings import Settings
 from llmq.worker.main import Worker
 
@@ -187,6 +187,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
 
     def signal(self, sig: int) -> None:
@@ -246,7 +247,7 @@ def start_dev(
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env=env, cwd=cwd,
+                env=env, cwd=cwd, preexec_fn=die_with_parent(),
             )  # fmt: skip
         if _dev_ready(proc, log, ready, timeout):
             return proc

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.source import parse
+
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = ("api", "dispatcher", "worker", "schemas", "llmq")
 # room -> rooms of llmq it must never import
@@ -45,7 +47,7 @@ def _modules() -> dict[str, Path]:
 def _imports(path: Path) -> list[str]:
     """Every absolute import of `path`, wherever it is (top level, in a function, under
     TYPE_CHECKING): `from a import b` counts as `a.b` when that is a module, else as `a`."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse(path)
     modules = _modules()
     found: list[str] = []
     for node in ast.walk(tree):
@@ -321,7 +323,7 @@ def test_no_module_imports_another_packages_private_names() -> None:
     modules = _modules()
     wrong = []
     for name, path in modules.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = parse(path)
         for node in ast.walk(tree):
             if not (isinstance(node, ast.ImportFrom) and node.module in modules):
                 continue
@@ -365,7 +367,7 @@ def _private_uses(path: Path) -> list[str]:
     """Where `path` reaches for one of `LIBRARY_PRIVATE` on something not its own (`self`),
     by attribute, by `getattr`/`setattr` name, or by importing a private module."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parse(path)):
         name = None
         if isinstance(node, ast.Attribute) and node.attr in LIBRARY_PRIVATE:
             if not (isinstance(node.value, ast.Name) and node.value.id == "self"):
@@ -433,7 +435,7 @@ SIZE_EXCEPTIONS: dict[str, str] = {}
 
 
 def _functions(path: Path) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse(path)
     todo: list[tuple[str, ast.AST]] = [("", tree)]
     while todo:
         prefix, node = todo.pop()

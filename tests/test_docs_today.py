@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
-MAX_BENCHMARK_LINES = 520
+MAX_BENCHMARK_LINES = 420
 """About 400 lines of text and tables (the current figures, not a notebook of every run):
 a new figure replaces the one it updates, and a new question gets a short section."""
 

@@ -8,6 +8,8 @@ import ast
 import os
 from pathlib import Path
 
+from tests.source import parse
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "llmq"
 ENTRY_POINT = "llmq.cli"
@@ -35,7 +37,7 @@ def _imported(name: str, path: Path) -> set[str]:
     strings that name a module for uvicorn or importlib)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

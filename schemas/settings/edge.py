@@ -40,7 +40,12 @@ class EdgeSettings(Group):
         ge=1,
     )
     keep_alive_timeout: float = setting(
-        5.0, "Seconds an idle keep-alive connection stays open.", gt=0
+        75.0,
+        "Seconds an idle keep-alive connection stays open. Longer than the idle time of the "
+        "clients and load balancers in front (httpx 5 s, Node 4-5 s, aiohttp 15 s, AWS ALB "
+        "60 s): a client that reuses an idle connection the api closed meanwhile gets a "
+        "connection reset.",
+        gt=0,
     )
     docs: bool = setting(
         False,

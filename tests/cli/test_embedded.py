@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +194,38 @@ def test_a_nats_cluster_whose_route_port_was_taken_starts_again_on_other_ports(
     finally:
         for node in nodes:
             node.stop()
+
+
+PARENT = """
+import subprocess, sys
+from llmq.embedded import die_with_parent
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                         start_new_session=True, preexec_fn=die_with_parent())
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def test_a_server_dies_with_the_process_that_started_it() -> None:
+    """However that process ends: here SIGKILL, which runs no finalizer and no atexit."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child outlived its parent"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie awaiting init's reaping counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -12,7 +12,9 @@ import httpx
 import nats
 
 from llmq.api.tenancy import Tenant, TenantStore, connect
+from llmq.dispatcher.kv import SCAN_CONSUMER_IDLE
 from llmq.embedded import free_port
+from llmq.schemas.names import model_kv_key
 from tests.stack import unique, wait_for
 
 LISTS = ("/v1/files", "/v1/jobs", "/v1/batches")
@@ -21,9 +23,11 @@ PER_TENANT = 4
 """`list_concurrency`'s default: list calls one tenant may have open on one replica."""
 
 
-async def _consumers(nats_url: str) -> int:
-    """Consumers on the KV buckets (streams `KV_<bucket>`) that read one tenant's keys: what
-    a list call opens (the api's long-lived watches read whole buckets)."""
+async def _consumers(nats_url: str, tenant: str) -> int:
+    """Consumers on the KV buckets (streams `KV_<bucket>`) that read `tenant`'s keys: what
+    its list calls open. Only that tenant's: the session's nats-server holds other tests'
+    batches and jobs, which this test's api sweeps (and so opens consumers on) meanwhile."""
+    token = f".{model_kv_key(tenant)}"
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
@@ -31,22 +35,20 @@ async def _consumers(nats_url: str) -> int:
         for info in await js.streams_info():
             if info.config.name.startswith("KV_"):
                 for c in await js.consumers_info(info.config.name):
-                    subject = c.config.filter_subject or ">"
-                    n += not subject.endswith((".>", ".*.*"))
+                    n += token in (c.config.filter_subject or "")
         return n
     finally:
         await nc.close()
 
 
-async def _settled(nats_url: str, before: int, within: float = 3.0) -> int:
-    """The consumer count once back at `before`, or after `within` seconds."""
-    deadline = time.monotonic() + within
-    left = await _consumers(nats_url)
-    for _ in range(int(within / 0.2)):
-        if left <= before or time.monotonic() > deadline:
-            break
+async def _settled(nats_url: str, tenant: str, before: int) -> int:
+    """`tenant`'s consumer count once back at `before`, or when a consumer whose deletion
+    failed (the api gives it 2 s) would have been removed by nats-server as idle."""
+    deadline = time.monotonic() + SCAN_CONSUMER_IDLE + 10.0
+    left = await _consumers(nats_url, tenant)
+    while left > before and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        left = await _consumers(nats_url)
+        left = await _consumers(nats_url, tenant)
     return left
 
 
@@ -80,17 +82,16 @@ async def test_a_flood_of_lists_leaves_no_consumers_and_spares_other_tenants(  #
             return [(await other.get(path, headers=hb)).status_code for path in LISTS * 3]
 
         await b_calls()  # warm: every long-lived watch of the api is open
-        before = await _consumers(stack.nats_url)
+        before = await _consumers(stack.nats_url, a)
         flooding = [
             asyncio.ensure_future(flood.get(LISTS[i % 3], headers=ha)) for i in range(FLOOD)
         ]
         await asyncio.sleep(0.5)
         during = await b_calls()
-        amid = await _consumers(stack.nats_url)
+        amid = await _consumers(stack.nats_url, a)
         answers = await asyncio.gather(*flooding, return_exceptions=True)
         after = await b_calls()
-        # (the api's own sweeps open and delete such consumers too: give one in flight 3 s)
-        left = await _settled(stack.nats_url, before)
+        left = await _settled(stack.nats_url, a, before)
     codes = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in answers]
     print("flood", {c: codes.count(c) for c in set(codes)}, "B", during, after)
     print("consumers before, amid, after the flood:", before, amid, left)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +36,8 @@ BOUND = 10.0
 """Seconds any one response may take, a stream read to its end included."""
 EXAMPLES = 40
 """Requests per operation."""
+SENDERS = 4
+"""Clients sending at once."""
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -54,6 +58,7 @@ class Run:
     headers: dict[str, str]
     failures: list[str] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, client: httpx.Client, method: str, path: str, **kwargs: Any) -> None:
         started = time.monotonic()
@@ -66,9 +71,11 @@ class Run:
         except httpx.TimeoutException:
             status = 0
         took = time.monotonic() - started
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        if status >= 500 or status == 0 or took > BOUND:
-            self.failures.append(f"{method} {path} -> {status} in {took:.1f} s {kwargs!r:.300}")
+        with self.lock:  # several senders share one run
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status >= 500 or status == 0 or took > BOUND:
+                failure = f"{method} {path} -> {status} in {took:.1f} s {kwargs!r:.300}"
+                self.failures.append(failure)
 
 
 def _schema(schema: dict[str, Any], document: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -113,26 +120,36 @@ def _params(operation: dict[str, Any], document: dict[str, Any]) -> st.SearchStr
     return st.fixed_dictionaries({}, optional=query)
 
 
+Request = tuple[str, str, dict[str, Any]]
+"""method, path, httpx kwargs"""
+
+
 def fuzz_document(run: Run, document: dict[str, Any]) -> int:
-    """Every operation of `document`, `EXAMPLES` requests each; how many operations."""
+    """Every operation of `document`, `EXAMPLES` requests each, sent `SENDERS` at a time
+    (the requests are independent: `Run.send` records, never raises); how many operations."""
+    requests: list[Request] = []
     operations = 0
-    with httpx.Client(base_url=run.url, timeout=BOUND) as client:
-        for path, methods in document["paths"].items():
-            for method, operation in methods.items():
-                fuzz_operation(run, client, document, path, method, operation)
-                operations += 1
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            requests += generate(document, path, method, operation)
+            operations += 1
+
+    def sender(share: list[Request]) -> None:
+        with httpx.Client(base_url=run.url, timeout=BOUND) as client:
+            for method, path, kwargs in share:
+                run.send(client, method, path, **kwargs)
+
+    with ThreadPoolExecutor(SENDERS) as pool:
+        list(pool.map(sender, [requests[i::SENDERS] for i in range(SENDERS)]))
     return operations
 
 
-def fuzz_operation(
-    run: Run,
-    client: httpx.Client,
-    document: dict[str, Any],
-    path: str,
-    method: str,
-    operation: dict[str, Any],
-) -> None:
+def generate(
+    document: dict[str, Any], path: str, method: str, operation: dict[str, Any]
+) -> list[Request]:
+    """`EXAMPLES` requests for one operation, drawn from its schemas by Hypothesis."""
     names = PARAM.findall(path)
+    drawn: list[Request] = []
 
     @FUZZ
     @given(
@@ -142,9 +159,10 @@ def fuzz_operation(
     )
     def one(ids: dict[str, str], params: dict[str, Any], body: dict[str, Any]) -> None:
         concrete = PARAM.sub(lambda m: quote(ids[m.group(1)], safe=""), path)
-        run.send(client, method.upper(), concrete, params=params, **body)
+        drawn.append((method.upper(), concrete, {"params": params, **body}))
 
     one()
+    return drawn
 
 
 async def test_every_operation_of_both_documents(stack, redis_server) -> None:  # type: ignore[no-untyped-def]

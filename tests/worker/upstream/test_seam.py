@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.source import parse
+
 ROOT = Path(__file__).resolve().parents[3] / "worker"
 LIBRARIES = ("httpx", "httptools", "aiohttp", "h11", "httpcore")
 CLIENTS = ("llmq.worker.upstream.httpx_client", "llmq.worker.upstream.fast_client")
@@ -12,7 +14,7 @@ CLIENTS = ("llmq.worker.upstream.httpx_client", "llmq.worker.upstream.fast_clien
 
 def _imports(path: Path) -> list[str]:
     found: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             found.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
