@@ -95,7 +95,7 @@ class Reservations:
         `leased`: an interactive job, whose envelope carries `Reservation.lease`: it may be
         admitted from this replica's leases, with no Redis call. While Redis is away the
         request waits for it (`StoreWait`), at most `wait` s (its deadline; None: the
-        store wait alone), then is refused or, with `fail_open`, served unchecked."""
+        store wait alone), then is refused; with `fail_open` it is served unchecked at once."""
         if not tenant:
             return Reservation(tenant, model, job_id, held=False)
         once = functools.partial(
@@ -103,7 +103,7 @@ class Reservations:
         )
         opts = {"key_id": key_id, "user": user, "slot": slot, "leased": leased}
         try:
-            if self.store_wait is None:
+            if self.store_wait is None or self.fail_open:  # fail-open: unchecked at once
                 return await once(**opts)
             return await self.store_wait.run(lambda: once(**opts), wait)
         except QuotaBackendDown:

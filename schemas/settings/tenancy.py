@@ -34,7 +34,8 @@ class TenancySettings(Group):
     quota_store_wait: float = setting(
         4.0,
         "Seconds a request waits for an unreachable quota store (a failover, a restart) "
-        "before that 503, never past its own deadline; 0: refuse at once.",
+        "before that 503, never past its own deadline; 0: refuse at once (quota_fail_open: "
+        "no wait).",
         commands=(),
         ge=0,
         le=60,

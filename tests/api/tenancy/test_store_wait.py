@@ -124,3 +124,18 @@ async def test_many_waiters_share_one_watcher(valkey: tuple[Restartable, Redis])
     assert all(isinstance(r, Reservation) for r in held)
     assert wait.outages == 1
     assert await Quota(redis).inflight(tenant) == 50
+
+
+async def test_fail_open_does_not_wait(valkey: tuple[Restartable, Redis]) -> None:
+    """`quota_fail_open` serves unchecked at once, as without the wait."""
+    server, redis = valkey
+    tenant = unique("sw")
+    await TenantStore(redis).create(Tenant(name=tenant, max_concurrent=1))
+    wait = StoreWait(redis.ping, 30.0)
+    reservations = Reservations(Quota(redis), fail_open=True, store_wait=wait)
+    await asyncio.to_thread(server.stop)
+    started = time.monotonic()
+    served = await reservations.reserve(tenant, "m", 1, 1, "open")
+    assert isinstance(served, Reservation) and not served.held, served
+    assert time.monotonic() - started < SLACK
+    assert wait.outages == 0
