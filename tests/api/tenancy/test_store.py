@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
 
 from llmq.api.tenancy import Price, Tenant, TenantExists, TenantStore, UnknownTenant
 from llmq.schemas import names
@@ -136,23 +137,34 @@ async def test_prices(store: TenantStore, tenant_name: str) -> None:
 
 
 async def _values(redis: Redis, key: str) -> list[str]:
-    """Every value under `key`, as text, whatever its type."""
+    """Every value under `key`, as text, whatever its type. Read undecoded: the Valkey is
+    shared with other tests, whose values may be binary (msgpack, compressed bodies)."""
     r: Any = redis  # redis-py's return types are unions of bytes and str
     kind = await r.type(key)
-    raw: list[Any] = []
+    read = {
+        "string": ("GET",),
+        "hash": ("HGETALL",),
+        "set": ("SMEMBERS",),
+        "zset": ("ZRANGE", 0, -1),
+        "list": ("LRANGE", 0, -1),
+        "stream": ("XRANGE", "-", "+"),
+    }.get(kind)
+    if read is None:
+        return []
+    got = await r.execute_command(*read[:1], key, *read[1:], **{NEVER_DECODE: True})
     if kind == "string":
-        raw = [await r.get(key)]
+        raw: list[Any] = [got]
     elif kind == "hash":
-        raw = [f"{k}={v}" for k, v in (await r.hgetall(key)).items()]
-    elif kind == "set":
-        raw = list(await r.smembers(key))
-    elif kind == "zset":
-        raw = list(await r.zrange(key, 0, -1))
-    elif kind == "list":
-        raw = list(await r.lrange(key, 0, -1))
+        raw = [_text(k) + "=" + _text(v) for k, v in got.items()]
     elif kind == "stream":
-        raw = [fields for _, fields in await r.xrange(key)]
-    return [str(v) for v in raw]
+        raw = [_text(k) + "=" + _text(v) for _, fields in got for k, v in fields.items()]
+    else:
+        raw = list(got)
+    return [_text(v) for v in raw]
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 async def test_a_field_written_by_a_newer_version_is_skipped(
