@@ -28,9 +28,8 @@ CAPACITY = 4
 
 
 async def _b_requests(url: str, b: str, model: str) -> float:
-    """Seconds until all of B's 10 concurrent requests finished. A client of its own each
-    time: a connection kept from the idle round could sit past uvicorn's keep-alive timeout
-    (5 s) while a loaded machine floods, and be closed under the next request."""
+    """Seconds until all of B's 10 concurrent requests finished, on a client of its own each
+    time so that one round's connections never carry over into the next."""
     client = openai.AsyncOpenAI(
         base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60,
         default_headers={"X-Team": b},

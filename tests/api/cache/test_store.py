@@ -17,7 +17,9 @@ from tests.stack import unique
 
 @pytest.fixture
 async def redis(redis_server):  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url, decode_responses=False)  # as the api makes it
+    # as the api makes it, with a longer command timeout: 500 puts at once on a loaded machine
+    # may wait more than the api's 1 s for their turn, and these tests are about bounds
+    client = connect(redis_server.url, decode_responses=False, timeout=10.0)
     yield client
     await client.aclose()
 
