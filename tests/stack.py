@@ -119,9 +119,31 @@ class InProcessApi:
         self.server.should_exit = True
         if self.task is not None:
             # generous: a loaded machine (two xdist workers on two cores) stops slowly
-            await asyncio.wait_for(asyncio.shield(self.task), self.settings.api.shutdown_grace + 30)
+            limit = self.settings.api.shutdown_grace + 30
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), limit)
+            except TimeoutError:
+                raise TimeoutError(f"api stop outlasted {limit} s; waiting: {waits()}") from None
         if self.sock is not None:
             self.sock.close()
+
+
+def waits() -> list[str]:
+    """Where each pending task of llmq's waits (innermost llmq frame of its await chain): what
+    a stop that outlasted its deadline was stuck on."""
+    root = str(Path(__file__).resolve().parent.parent)
+    found = []
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        here = ""
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:
+            code = coro.cr_frame.f_code
+            if code.co_filename.startswith(root) and "/.venv/" not in code.co_filename:
+                here = f"{code.co_filename[len(root) + 1 :]}:{coro.cr_frame.f_lineno}"
+            coro = coro.cr_await
+        if here:
+            found.append(f"{task.get_name()} at {here}")
+    return found
 
 
 def unique(prefix: str = "m") -> str:

@@ -107,8 +107,15 @@ async def test_status_workers_and_jobs_while_jobs_queue(stack, capsys) -> None: 
     await wait_for(with_stats)
     assert _by(workers, "id", w1.id)["jobs"] == 3
     assert _by(workers, "id", w1.id)["errors"] == 0
-    code, out = await llmq(capsys, "workers", "--nats-url", nats_url)
-    lines = out.splitlines()
+    lines: list[str] = []
+
+    async def table_with_stats() -> bool:
+        """The table's JOBS/ERRS come from the same STATS replies: `-` when missed."""
+        _code, out = await llmq(capsys, "workers", "--nats-url", nats_url)
+        lines[:] = out.splitlines()
+        return any(ln.startswith(w1.id) and ln.split()[5] != "-" for ln in lines)
+
+    await wait_for(table_with_stats)
     assert lines[0].split() == [
         "WORKER",
         "BACKEND",

@@ -72,6 +72,16 @@ async def _read_to_end(reader: asyncio.StreamReader, timeout: float = 30) -> byt
     return tail
 
 
+def _beyond_socket_buffers_kb() -> int:
+    """A stream larger than every buffer on its way to an unread client: the api's socket
+    send buffer grows up to tcp_wmem's maximum (4 MB by default), so a stream smaller than
+    that can fit in the kernel whole when the worker is slow (a loaded machine) and never
+    fills the api's own buffer."""
+    wmem = Path("/proc/sys/net/ipv4/tcp_wmem")
+    most = int(wmem.read_text().split()[2]) if wmem.exists() else 4 << 20
+    return 2 * most // 1000 + 1_000
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -92,7 +102,7 @@ async def test_an_unread_stream_is_cut_booked_and_closed(stack, redis_server) ->
     await stack.worker(model=[model], capacity=4)
     await wait_serving(api.url, model, headers={"authorization": f"Bearer {key}"})
     port = api.settings.api.port
-    payload = _request(port, model, 4_000, key)
+    payload = _request(port, model, _beyond_socket_buffers_kb(), key)
     reads_on, leaves_it = [await _open_unread(port, payload) for _ in range(2)]
     reader = UsageReader(redis)
 
