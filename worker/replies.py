@@ -91,6 +91,11 @@ class FrameSender:
     async def chunks(self, batch: list[bytes]) -> None:
         """Several chunks in as few frames as they fit (one, normally), in order."""
         limit = max(int(getattr(self._nc, "max_payload", 0) or 0) // FRAME_SHARE, 4096)
+        if len(batch) > 1:  # the usual case at once: every chunk joinable and all in one frame
+            joined = join_chunks(batch)
+            if len(joined) <= limit and joined.count(b"\n") == 2 * (len(batch) - 1):
+                await self._send(frames.CHUNK, joined, {names.H_CHUNKS: str(len(batch))})
+                return
         group: list[bytes] = []
         size = 0
         for data in batch:
@@ -162,9 +167,12 @@ async def drive(
     items: AsyncIterator[T],
     take: Callable[[T], Awaitable[None]],
     flush: Callable[[], Awaitable[None]],
+    *,
+    end: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Await `take` for each item of `items`, and `flush` whenever producing the next one
-    would wait (on the upstream's socket, a timer, anything) and once at the end.
+    would wait (on the upstream's socket, a timer, anything) and once at the end, after
+    `end` (what it adds goes out with the last items).
 
     Each step of the producer is run by hand up to its first suspension: if it finishes
     without one, its item was ready; if it suspends, `flush` runs before the task waits with
@@ -192,6 +200,8 @@ async def drive(
         except StopAsyncIteration:
             break
         await take(item)
+    if end is not None:
+        await end()
     await flush()
 
 

@@ -101,12 +101,8 @@ async def _stream(
     begun = False
     usage: Usage | None = None
 
-    async def take(out: Out | None) -> None:
+    async def take(out: Out) -> None:
         nonlocal usage, begun
-        if out is None:  # the backend ended
-            usage = usage or _counted(fold.output_text())
-            ready.extend(fold.finish(usage))
-            return
         if out.usage is not None:
             usage = out.usage
         if out.chunk:
@@ -117,24 +113,22 @@ async def _stream(
                     await started(True)
                 ready.extend(events)
 
+    async def end() -> None:
+        nonlocal usage
+        usage = usage or _counted(fold.output_text())
+        ready.extend(fold.finish(usage))
+
     async def flush() -> None:
         if begun and ready:
             batch = ready.copy()
             ready.clear()
             await sender.chunks(batch)
 
-    await drive(_then_end(outs), take, flush)
+    await drive(outs, take, flush, end=end)
     if ready:  # no output at all: the opening and closing events together
         await sender.chunks(ready)
     assert usage is not None
     return usage
-
-
-async def _then_end(outs: AsyncIterator[Out]) -> AsyncIterator[Out | None]:
-    """The backend's outs, then None: its end, as one more item."""
-    async for out in outs:
-        yield out
-    yield None
 
 
 async def _whole(outs: AsyncIterator[Out], fold: MessageEvents, started: Started) -> Usage:

@@ -49,9 +49,14 @@ _DELTA: Final = {
     "text": b',"delta":{"type":"text_delta","text":',
     "thinking": b',"delta":{"type":"thinking_delta","thinking":',
 }
+_MESSAGE_DELTA: Final = (
+    b'{"type":"message_delta","delta":{"stop_reason":"%b","stop_sequence":null},'
+    b'"usage":{"input_tokens":%d,"output_tokens":%d,"cache_creation_input_tokens":%d,'
+    b'"cache_read_input_tokens":%d}}'
+)
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     """The fields of a chunk's delta read here (loosely typed: a value of another type is
     passed over, as the backend's chunk is not checked)."""
 
@@ -61,13 +66,13 @@ class _Delta(msgspec.Struct):
     tool_calls: Any = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     index: Any = 0
     delta: _Delta | None = None
     finish_reason: Any = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
 
 
@@ -182,8 +187,16 @@ class MessageEvents:
             content[index]["input"] = _input("".join(parts))
         for index, parts in self._texts.items():
             content[index][content[index]["type"]] = "".join(parts)
-        delta = {"stop_reason": stop, "stop_sequence": None}
-        events.append(_encoder.encode({"type": "message_delta", "delta": delta, "usage": counts}))
+        events.append(
+            _MESSAGE_DELTA
+            % (
+                stop.encode(),
+                counts["input_tokens"],
+                counts["output_tokens"],
+                counts["cache_creation_input_tokens"],
+                counts["cache_read_input_tokens"],
+            )
+        )
         events.append(_STOP)
         return events
 
