@@ -133,11 +133,15 @@ class MessageEvents:
             delta = choice.delta
             if delta is not None:
                 reasoning = delta.reasoning_content or delta.reasoning
-                if isinstance(reasoning, str) and reasoning:
+                if reasoning and isinstance(reasoning, str):
                     self._text("thinking", reasoning, events)
                 content = delta.content
-                if isinstance(content, str) and content:
-                    self._text("text", content, events)
+                if content and isinstance(content, str):
+                    if self._kind == "text":  # the open text block goes on (the usual chunk)
+                        self._parts.append(content)
+                        events.append(self._delta + _encoder.encode(content) + b"}}")
+                    else:
+                        self._text("text", content, events)
                 for call in delta.tool_calls or ():
                     events += self._tool(call)
             if choice.finish_reason:
