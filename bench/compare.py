@@ -167,7 +167,7 @@ def _proxy_cells(res: Result | None) -> str:
     if res is None:
         return "- | - | -"
     if not res.requests:
-        return "none answered within the cell | 0 | -"
+        return "failed (see stderr) | - | -"
     return f"{res.p50_ms:.2f} ms | {res.rps:,.0f} | {res.cpu_total:,.0f}"
 
 
@@ -298,9 +298,13 @@ async def _measure_proxy(
                 headers={"authorization": f"Bearer {target.key}"},
             )  # fmt: skip
         for _, mode, conc, res in rows:
-            res[target.name] = await measure(
-                target, mode == "stream", conc, args.seconds, use_wrk, tmp
-            )
+            try:
+                res[target.name] = await measure(
+                    target, mode == "stream", conc, args.seconds, use_wrk, tmp
+                )
+            except RuntimeError as e:  # e.g. Portkey 1.15 answers 500 to a custom-host stream
+                print(f"  {target.name} {mode} c={conc}: {e}", file=sys.stderr)
+                res[target.name] = Result(0, 0, 0, 0, {}, load_average())
             print(f"  {target.name} {mode} c={conc} done (load {load_average()})", file=sys.stderr)
     finally:
         stop_all([proc])
