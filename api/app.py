@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -195,6 +195,34 @@ async def _start(app: FastAPI, settings: Settings, startup: Startup, undo: Async
     log.info("api %s ready", settings.api.instance_id)
 
 
+STOP_LIMIT = 10.0
+"""Seconds each part of the api may take to stop before the shutdown goes on without it."""
+
+
+class StopStack(AsyncExitStack):
+    """The api's parts, stopped in reverse order on shutdown, each within `STOP_LIMIT`: a part
+    that hangs is named in the log and left behind, so the rest (NATS, Redis) still close and
+    the process exits."""
+
+    def push_async_callback(  # type: ignore[override]
+        self, callback: Callable[..., Awaitable[object]], /, *args: Any, **kwds: Any
+    ) -> Callable[..., Awaitable[object]]:
+        async def bounded() -> None:
+            task = asyncio.ensure_future(callback(*args, **kwds))
+            done, _ = await asyncio.wait({task}, timeout=STOP_LIMIT)
+            if not done:
+                task.cancel()
+                name = getattr(callback, "__qualname__", repr(callback))
+                log.error(
+                    "stopping %s outlasted %.0f s; shutting down without it", name, STOP_LIMIT
+                )
+                return
+            task.result()
+
+        super().push_async_callback(bounded)
+        return callback
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -203,7 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The port opens at once; the connections are made in a task (api/startup.py)."""
         startup = Startup(settings)
         app.state.startup = startup
-        async with AsyncExitStack() as undo:
+        async with StopStack() as undo:
             task = asyncio.create_task(_start(app, settings, startup, undo), name="api-start")
             try:
                 yield
