@@ -199,19 +199,7 @@ class Reservations:
         renewed = key in self._held
         self._held.pop(key, None)
         try:
-            await self.quota.release(
-                reservation.tenant,
-                reservation.model,
-                reservation.job_id,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                failed=usage.failed,
-                cached_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cache=usage.cache,
-                cache_price=usage.cache_price,
-                lease=reservation.lease,
-            )
+            await self.quota.release_ending(_ending(reservation, usage))
         except QuotaBackendDown:
             if renewed:  # the caller retries: keep the slot until it gets through
                 self._held[key] = None
@@ -262,22 +250,7 @@ class Reservations:
             key = (reservation.tenant, reservation.job_id)
             renewed[key] = key in self._held
             self._held.pop(key, None)
-        endings = [
-            Ending(
-                r.tenant,
-                r.model,
-                r.job_id,
-                u.prompt_tokens,
-                u.completion_tokens,
-                failed=u.failed,
-                cached_tokens=u.cached_tokens,
-                cache_write_tokens=u.cache_write_tokens,
-                cache=u.cache,
-                cache_price=u.cache_price,
-                lease=r.lease,
-            )
-            for r, u in held
-        ]
+        endings = [_ending(r, u) for r, u in held]
         outcomes = iter(await self.quota.release_many(endings) if endings else [])
         results: list[bool | Exception] = []
         for reservation, _ in ended:
@@ -392,6 +365,23 @@ class Reservations:
                 log.warning("redis down: reservations not renewed this round")
             except Exception as exc:
                 log.warning("renewing reservations failed: %s", exc)
+
+
+def _ending(reservation: Reservation, usage: JobUsage) -> Ending:
+    """What `Quota.release` books for a reservation and its job's usage."""
+    return Ending(
+        reservation.tenant,
+        reservation.model,
+        reservation.job_id,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        failed=usage.failed,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache=usage.cache,
+        cache_price=usage.cache_price,
+        lease=reservation.lease,
+    )
 
 
 def end_user(request: object) -> str:

@@ -203,6 +203,10 @@ class Quota(Renewals):
             cache_price=cache_price,
             lease=lease,
         )
+        return await self.release_ending(ending, now)
+
+    async def release_ending(self, ending: Ending, now: float | None = None) -> bool:
+        """`release` of one job's `Ending`."""
         await self.book_leases([ending])
         keys, args = self._release_call(ending, time.time() if now is None else now)
         raw = _text(await self._call(self._release, keys, args))
@@ -221,22 +225,7 @@ class Quota(Renewals):
             out: list[bool | Exception] = []
             for e in endings:
                 try:
-                    out.append(
-                        await self.release(
-                            e.tenant,
-                            e.model,
-                            e.job_id,
-                            e.prompt_tokens,
-                            e.completion_tokens,
-                            failed=e.failed,
-                            now=now,
-                            cached_tokens=e.cached_tokens,
-                            cache_write_tokens=e.cache_write_tokens,
-                            cache=e.cache,
-                            cache_price=e.cache_price,
-                            lease=e.lease,
-                        )
-                    )
+                    out.append(await self.release_ending(e, now))
                 except Exception as exc:
                     out.append(exc)
             return out
