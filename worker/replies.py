@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client
 
+from llmq._fast import nats as fast_nats
 from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
 from llmq.schemas import frames, names
 from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder, join_chunks, joinable
@@ -128,12 +129,14 @@ class FrameSender:
             await self._send_final(frames.DONE, frame_encoder.encode(frame))
         else:
             await self._send(frames.DONE, frame_encoder.encode(frame))
+            fast_nats.write_pending(self._nc)  # the client waits on it: before ack and report
 
     async def failed(self, frame: Failed) -> None:
         if self._durable:
             await self._send_final(frames.ERROR, frame_encoder.encode(frame))
         else:
             await self._send(frames.ERROR, frame_encoder.encode(frame))
+            fast_nats.write_pending(self._nc)
 
     async def _send_final(self, kind: str, data: bytes) -> None:
         """The result of an async/batch job: acked by LLMQ_OUTCOMES, retried with one

@@ -56,6 +56,10 @@ class Scheduler:
     def on_job(self, msg: Msg, feed: PullFeed) -> None:
         if self.running < self.capacity and not self._held:
             self._start(msg)
+            if feed.lingering:
+                # Credit stays even (one slot taken, one job less asked for): nothing to top
+                # up, so the credit loop is not woken on the job's way to its backend.
+                return
         else:
             heapq.heappush(self._held, (feed.priority, next(self._order), msg))
             self.idle.clear()
