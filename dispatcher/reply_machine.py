@@ -161,6 +161,12 @@ class ReplyMachine:
             self.missing_until = now + self.silence
         return CONTINUE
 
+    def implied_accept(self, seq: int) -> Action:
+        """A frame numbered `seq` that carries the worker's id without being `accepted`:
+        the attempt's first frame, which stands for its `accepted` (a job sent with
+        `Llmq-Lazy-Accept`); the frame itself is fed to `frame` next."""
+        return self.frame(frames.ACCEPTED, seq - 1)
+
     def frame(self, kind: str | None, seq: int, requeued: bool = False) -> Action | Failed:
         """A reply frame of `kind` (`Llmq-Frame`) numbered `seq` (`Llmq-Seq`, -1 if none);
         `requeued`: a ping marked `Llmq-Requeued`."""

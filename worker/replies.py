@@ -14,6 +14,7 @@ waits for another.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -41,14 +42,21 @@ FINAL_ACK_TIMEOUT = 2.0
 
 OUTCOME_REPLY = names.OUTCOME_PREFIX + "."
 
+LAZY_ACCEPT = 0.01
+"""Seconds a lazily accepted job (`Llmq-Lazy-Accept`) waits before its `accepted` goes out
+alone; a frame sent sooner carries the acceptance itself (`Llmq-Worker`), so an answer ready
+within it costs one frame less."""
+
 
 class FrameSender:
     """The frames of one job attempt, numbered from 0 (`accepted`) so the api sees any gap."""
 
     __slots__ = (
+        "_accepting",
         "_attempt",
         "_deadline_ms",
         "_durable",
+        "_lazy",
         "_nc",
         "_out",
         "_reply",
@@ -58,9 +66,13 @@ class FrameSender:
         "worker_id",
     )
 
-    def __init__(self, nc: Client, reply: str, worker_id: str, deadline_ms: int = 0) -> None:
+    def __init__(
+        self, nc: Client, reply: str, worker_id: str, deadline_ms: int = 0, *, lazy: bool = False
+    ) -> None:
         """`deadline_ms` (the job's `Llmq-Deadline`) bounds the retries of a durable final
-        frame; without one they last `DURABLE_RETRY` seconds."""
+        frame; without one they last `DURABLE_RETRY` seconds. `lazy` (the job's
+        `Llmq-Lazy-Accept`, on an interactive job): `accepted` waits `LAZY_ACCEPT` seconds
+        for a first frame to carry it instead."""
         self._nc = nc
         self._out = outbound(nc)
         self._reply = reply
@@ -68,6 +80,8 @@ class FrameSender:
         self._durable = reply.startswith(OUTCOME_REPLY)
         self._deadline_ms = deadline_ms
         self._attempt = 1
+        self._lazy = lazy and not self._durable
+        self._accepting: asyncio.TimerHandle | asyncio.Task[None] | None = None
         self.worker_id = worker_id
         self.last_sent = time.monotonic()
         self.frames_sent = 0
@@ -76,15 +90,43 @@ class FrameSender:
         headers = {names.H_FRAME: kind, names.H_SEQ: str(self._seq)}
         if extra:
             headers.update(extra)
+        if self._seq == 0 and self._lazy:  # the attempt's first frame: it accepts the job
+            headers[names.H_WORKER] = self.worker_id
+            self.close()
         self._seq += 1
         self.frames_sent += 1
         self.last_sent = time.monotonic()
         await self._out.publish(self._reply, data, headers)
 
     async def accepted(self, attempt: int) -> None:
+        """The job is taken: at once, or (`lazy`) by the first frame within `LAZY_ACCEPT`
+        seconds, else by an `accepted` of its own then."""
         self._attempt = attempt
-        body = frame_encoder.encode(Accepted(worker=self.worker_id, attempt=attempt))
+        if self._lazy:
+            self._accepting = asyncio.get_running_loop().call_later(LAZY_ACCEPT, self._accept)
+            return
+        await self._send_accepted()
+
+    async def _send_accepted(self) -> None:
+        body = frame_encoder.encode(Accepted(worker=self.worker_id, attempt=self._attempt))
         await self._send(frames.ACCEPTED, body, {names.H_WORKER: self.worker_id})
+
+    def _accept(self) -> None:
+        self._accepting = asyncio.ensure_future(self._accept_alone())
+
+    async def _accept_alone(self) -> None:
+        """`LAZY_ACCEPT` passed: `accepted` goes out alone, unless a frame carried it or the
+        job ended meanwhile."""
+        if self._lazy and self._seq == 0:
+            self._lazy = False
+            await self._send_accepted()
+
+    def close(self) -> None:
+        """No `accepted` of its own any more (a frame carried it, or the job ended)."""
+        self._lazy = False
+        if isinstance(self._accepting, asyncio.TimerHandle):
+            self._accepting.cancel()
+            self._accepting = None
 
     async def chunk(self, data: bytes) -> None:
         await self._send(frames.CHUNK, data)
