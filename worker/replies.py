@@ -52,7 +52,8 @@ class FrameSender:
     """The frames of one job attempt, numbered from 0 (`accepted`) so the api sees any gap."""
 
     __slots__ = (
-        "_accepting",
+        "_accept_task",
+        "_accept_timer",
         "_attempt",
         "_deadline_ms",
         "_durable",
@@ -81,7 +82,8 @@ class FrameSender:
         self._deadline_ms = deadline_ms
         self._attempt = 1
         self._lazy = lazy and not self._durable
-        self._accepting: asyncio.TimerHandle | asyncio.Task[None] | None = None
+        self._accept_timer: asyncio.TimerHandle | None = None
+        self._accept_task: asyncio.Future[None] | None = None
         self.worker_id = worker_id
         self.last_sent = time.monotonic()
         self.frames_sent = 0
@@ -103,7 +105,7 @@ class FrameSender:
         seconds, else by an `accepted` of its own then."""
         self._attempt = attempt
         if self._lazy:
-            self._accepting = asyncio.get_running_loop().call_later(LAZY_ACCEPT, self._accept)
+            self._accept_timer = asyncio.get_running_loop().call_later(LAZY_ACCEPT, self._accept)
             return
         await self._send_accepted()
 
@@ -112,7 +114,8 @@ class FrameSender:
         await self._send(frames.ACCEPTED, body, {names.H_WORKER: self.worker_id})
 
     def _accept(self) -> None:
-        self._accepting = asyncio.ensure_future(self._accept_alone())
+        self._accept_timer = None
+        self._accept_task = asyncio.ensure_future(self._accept_alone())
 
     async def _accept_alone(self) -> None:
         """`LAZY_ACCEPT` passed: `accepted` goes out alone, unless a frame carried it or the
@@ -124,9 +127,9 @@ class FrameSender:
     def close(self) -> None:
         """No `accepted` of its own any more (a frame carried it, or the job ended)."""
         self._lazy = False
-        if isinstance(self._accepting, asyncio.TimerHandle):
-            self._accepting.cancel()
-            self._accepting = None
+        timer, self._accept_timer = self._accept_timer, None
+        if timer is not None:
+            timer.cancel()
 
     async def chunk(self, data: bytes) -> None:
         await self._send(frames.CHUNK, data)
