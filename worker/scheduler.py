@@ -3,9 +3,10 @@
 A worker never runs more than `capacity` jobs. Interactive feeds hold lingering pull credit
 for the free slots, topped up once an eighth of the capacity is missing from it (or none is
 left), so a busy worker of capacity 64 sends one pull request per 8 jobs, not one per job;
-batch feeds only poll (no-wait) when slots are free and nothing interactive is waiting, so interactive traffic always goes first. A job that arrives when
-every slot is taken (two feeds answered at once) is held, interactive before batch, and
-started by the next free slot; held jobs are kept alive with in-progress acks.
+batch feeds only poll (no-wait) when slots are free and nothing interactive is waiting, so
+interactive traffic always goes first. A job that arrives when every slot is taken (two
+feeds answered at once) is held, interactive before batch, and started by the next free
+slot; held jobs are kept alive with in-progress acks.
 """
 
 from __future__ import annotations
