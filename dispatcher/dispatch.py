@@ -121,12 +121,11 @@ class JobRun:
                     action = machine.signal(msg, time.time())
                 else:
                     headers = msg.headers or _NO_HEADERS
-                    kind = headers.get(names.H_FRAME)
-                    seq = int(headers.get(names.H_SEQ, "-1"))
-                    if kind != frames.ACCEPTED and names.H_WORKER in headers:
-                        machine.implied_accept(seq)  # a first frame standing for `accepted`
-                        self._taken(headers[names.H_WORKER])
-                    action = machine.frame(kind, seq, names.H_REQUEUED in headers)
+                    action = machine.frame(
+                        headers.get(names.H_FRAME),
+                        int(headers.get(names.H_SEQ, "-1")),
+                        names.H_REQUEUED in headers,
+                    )
                     if action is RELAY:
                         yield msg.data
                         continue
@@ -250,7 +249,7 @@ class Dispatcher:
                 self.nc,
                 spec.subject,
                 spec.body,
-                spec.headers(reply, lazy_accept=True),
+                spec.headers(reply),
                 reply,
                 box=mailbox,
                 timeout=self.publish_timeout,

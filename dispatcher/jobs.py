@@ -48,7 +48,7 @@ class JobSpec:
     def subject(self) -> str:
         return names.batch_subject(self.model) if self.batch else names.jobs_subject(self.model)
 
-    def envelope(self, reply: str, msg_id: str = "", *, lazy_accept: bool = False) -> JobEnvelope:
+    def envelope(self, reply: str, msg_id: str = "") -> JobEnvelope:
         return JobEnvelope(
             id=self.job_id,
             model=self.model,
@@ -63,13 +63,10 @@ class JobSpec:
             anthropic_version=self.anthropic_version,
             anthropic_beta=self.anthropic_beta,
             lease=self.lease,
-            lazy_accept=lazy_accept,
         )
 
-    def headers(self, reply: str, msg_id: str = "", *, lazy_accept: bool = False) -> dict[str, str]:
-        """`lazy_accept`: the reader of the job's frames takes a first frame that carries
-        `Llmq-Worker` for `accepted` (`JobRun.events` does)."""
-        return self.envelope(reply, msg_id, lazy_accept=lazy_accept).to_headers()
+    def headers(self, reply: str, msg_id: str = "") -> dict[str, str]:
+        return self.envelope(reply, msg_id).to_headers()
 
     def seconds_left(self) -> float:
         return self.deadline_ms / 1000 - time.time()

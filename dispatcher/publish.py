@@ -32,7 +32,6 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
-from llmq._fast import nats as fast_nats
 from llmq.schemas import names
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,6 @@ async def publish_to_inbox(
 
     async def attempt(wait: float) -> PubAck:
         await nc.publish(subject, body, reply=reply, headers=headers)
-        fast_nats.write_pending(nc)  # on its way now, not at the flusher's next turn
         msg = await box.ack(wait)
         if msg is None:
             raise NatsTimeoutError

@@ -161,22 +161,12 @@ class ReplyMachine:
             self.missing_until = now + self.silence
         return CONTINUE
 
-    def implied_accept(self, seq: int) -> Action:
-        """A frame numbered `seq` that carries the worker's id without being `accepted`:
-        the attempt's first frame, which stands for its `accepted` (a job sent with
-        `Llmq-Lazy-Accept`); the frame itself is fed to `frame` next."""
-        return self._take(seq)
-
-    def _take(self, next_seq: int) -> Action:
-        """A worker holds the job; its next frame is numbered `next_seq`."""
-        self.accepted, self.expected_seq, self.missing_until = True, next_seq, None
-        return TAKEN
-
     def frame(self, kind: str | None, seq: int, requeued: bool = False) -> Action | Failed:
         """A reply frame of `kind` (`Llmq-Frame`) numbered `seq` (`Llmq-Seq`, -1 if none);
         `requeued`: a ping marked `Llmq-Requeued`."""
         if kind == frames.ACCEPTED:
-            return self._take(seq + 1)
+            self.accepted, self.expected_seq, self.missing_until = True, seq + 1, None
+            return TAKEN
         if seq != self.expected_seq or not self.accepted:
             return frames_lost()
         self.expected_seq += 1

@@ -118,9 +118,6 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
     lease: str = ""
     """`Llmq-Lease`: admitted from the api's leased budget; the worker echoes it in the
     job's usage report (`FinalUsage.lease`)."""
-    lazy_accept: bool = False
-    """`Llmq-Lazy-Accept: 1`: the api takes the attempt's first frame for `accepted` when it
-    carries `Llmq-Worker`, so the worker may leave `accepted` out (docs/protocol.md)."""
 
     @property
     def stream(self) -> str:
@@ -155,8 +152,6 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
         ):
             if value:
                 headers[name] = value
-        if self.lazy_accept:
-            headers[names.H_LAZY_ACCEPT] = "1"
         return headers
 
     @classmethod
@@ -186,7 +181,6 @@ class JobEnvelope(Struct, frozen=True, kw_only=True):
             anthropic_version=headers.get(names.H_ANTHROPIC_VERSION, ""),
             anthropic_beta=headers.get(names.H_ANTHROPIC_BETA, ""),
             lease=headers.get(names.H_LEASE, ""),
-            lazy_accept=headers.get(names.H_LAZY_ACCEPT) == "1",
         )
 
     @classmethod

@@ -226,11 +226,6 @@ H_KIND = "Llmq-Kind"
 H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
-"""On `accepted`: the worker's id. On any other frame: that frame is the attempt's first and
-stands for its `accepted` (sent so on a job marked `Llmq-Lazy-Accept`)."""
-H_LAZY_ACCEPT = "Llmq-Lazy-Accept"
-"""On a job, `1`: its api takes a worker's first frame carrying `Llmq-Worker` for `accepted`,
-so a worker whose answer is ready at once sends no `accepted` of its own."""
 H_REQUEUED = "Llmq-Requeued"
 """On a `ping` frame: the job was given back (retryable, before a first token): queued again."""
 H_CHUNKS = "Llmq-Chunks"

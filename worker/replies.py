@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client
 
-from llmq._fast import nats as fast_nats
 from llmq.dispatcher.publish import DURABLE_RETRY, publish_job
 from llmq.schemas import frames, names
 from llmq.schemas.frames import Accepted, Done, Failed, frame_encoder, join_chunks, joinable
@@ -42,22 +41,14 @@ FINAL_ACK_TIMEOUT = 2.0
 
 OUTCOME_REPLY = names.OUTCOME_PREFIX + "."
 
-LAZY_ACCEPT = 0.01
-"""Seconds a lazily accepted job (`Llmq-Lazy-Accept`) waits before its `accepted` goes out
-alone; a frame sent sooner carries the acceptance itself (`Llmq-Worker`), so an answer ready
-within it costs one frame less."""
-
 
 class FrameSender:
     """The frames of one job attempt, numbered from 0 (`accepted`) so the api sees any gap."""
 
     __slots__ = (
-        "_accept_task",
-        "_accept_timer",
         "_attempt",
         "_deadline_ms",
         "_durable",
-        "_lazy",
         "_nc",
         "_out",
         "_reply",
@@ -67,13 +58,9 @@ class FrameSender:
         "worker_id",
     )
 
-    def __init__(
-        self, nc: Client, reply: str, worker_id: str, deadline_ms: int = 0, *, lazy: bool = False
-    ) -> None:
+    def __init__(self, nc: Client, reply: str, worker_id: str, deadline_ms: int = 0) -> None:
         """`deadline_ms` (the job's `Llmq-Deadline`) bounds the retries of a durable final
-        frame; without one they last `DURABLE_RETRY` seconds. `lazy` (the job's
-        `Llmq-Lazy-Accept`, on an interactive job): `accepted` waits `LAZY_ACCEPT` seconds
-        for a first frame to carry it instead."""
+        frame; without one they last `DURABLE_RETRY` seconds."""
         self._nc = nc
         self._out = outbound(nc)
         self._reply = reply
@@ -81,9 +68,6 @@ class FrameSender:
         self._durable = reply.startswith(OUTCOME_REPLY)
         self._deadline_ms = deadline_ms
         self._attempt = 1
-        self._lazy = lazy and not self._durable
-        self._accept_timer: asyncio.TimerHandle | None = None
-        self._accept_task: asyncio.Future[None] | None = None
         self.worker_id = worker_id
         self.last_sent = time.monotonic()
         self.frames_sent = 0
@@ -92,44 +76,15 @@ class FrameSender:
         headers = {names.H_FRAME: kind, names.H_SEQ: str(self._seq)}
         if extra:
             headers.update(extra)
-        if self._seq == 0 and self._lazy:  # the attempt's first frame: it accepts the job
-            headers[names.H_WORKER] = self.worker_id
-            self.close()
         self._seq += 1
         self.frames_sent += 1
         self.last_sent = time.monotonic()
         await self._out.publish(self._reply, data, headers)
 
     async def accepted(self, attempt: int) -> None:
-        """The job is taken: at once, or (`lazy`) by the first frame within `LAZY_ACCEPT`
-        seconds, else by an `accepted` of its own then."""
         self._attempt = attempt
-        if self._lazy:
-            self._accept_timer = asyncio.get_running_loop().call_later(LAZY_ACCEPT, self._accept)
-            return
-        await self._send_accepted()
-
-    async def _send_accepted(self) -> None:
-        body = frame_encoder.encode(Accepted(worker=self.worker_id, attempt=self._attempt))
+        body = frame_encoder.encode(Accepted(worker=self.worker_id, attempt=attempt))
         await self._send(frames.ACCEPTED, body, {names.H_WORKER: self.worker_id})
-
-    def _accept(self) -> None:
-        self._accept_timer = None
-        self._accept_task = asyncio.ensure_future(self._accept_alone())
-
-    async def _accept_alone(self) -> None:
-        """`LAZY_ACCEPT` passed: `accepted` goes out alone, unless a frame carried it or the
-        job ended meanwhile."""
-        if self._lazy and self._seq == 0:
-            self._lazy = False
-            await self._send_accepted()
-
-    def close(self) -> None:
-        """No `accepted` of its own any more (a frame carried it, or the job ended)."""
-        self._lazy = False
-        timer, self._accept_timer = self._accept_timer, None
-        if timer is not None:
-            timer.cancel()
 
     async def chunk(self, data: bytes) -> None:
         await self._send(frames.CHUNK, data)
@@ -174,14 +129,14 @@ class FrameSender:
             await self._send_final(frames.DONE, frame_encoder.encode(frame))
         else:
             await self._send(frames.DONE, frame_encoder.encode(frame))
-            fast_nats.write_pending(self._nc)  # the client waits on it: before ack and report
+            await _let_out()
 
     async def failed(self, frame: Failed) -> None:
         if self._durable:
             await self._send_final(frames.ERROR, frame_encoder.encode(frame))
         else:
             await self._send(frames.ERROR, frame_encoder.encode(frame))
-            fast_nats.write_pending(self._nc)
+            await _let_out()
 
     async def _send_final(self, kind: str, data: bytes) -> None:
         """The result of an async/batch job: acked by LLMQ_OUTCOMES, retried with one
@@ -209,6 +164,13 @@ class FrameSender:
                 type(exc).__name__,
                 exc,
             )
+
+
+async def _let_out() -> None:
+    """Yield once, so nats-py's flusher (woken by the publish) writes the final frame the
+    client waits on before the job's ack, usage report and metrics run; frames other jobs
+    queued meanwhile still go out in the same write."""
+    await asyncio.sleep(0)
 
 
 async def drive(

@@ -184,9 +184,7 @@ class JobRunner:
 
     async def _attempt(self, msg: Msg, ack: _Ack, job: JobEnvelope) -> None:
         attempt = delivered(msg)
-        sender = FrameSender(
-            self.nc, job.reply, self.worker_id, job.deadline_ms, lazy=job.lazy_accept
-        )
+        sender = FrameSender(self.nc, job.reply, self.worker_id, job.deadline_ms)
         outcome = JobOutcome(job, "ok", started=time.monotonic(), delivery=attempt)
         await sender.accepted(attempt)
         self.keepalive.add(sender, ack)
@@ -225,7 +223,6 @@ class JobRunner:
             outcome.outcome = "error"
             await sender.failed(failure(500, "the worker failed", "server_error", "worker_error"))
         finally:
-            sender.close()
             self.keepalive.remove(sender)
             await ack.ack()
             outcome.ended = time.monotonic()

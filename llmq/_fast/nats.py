@@ -7,12 +7,11 @@ versions they were tested with (`GATE`; `llmq._fast` says how the gate works).
 - a KV watcher's subscription (`watcher_caught_up`), to end a scan only once every entry the
   server delivered was handled, and (`delete_watcher_consumer`) to delete a scan's consumer
   at once;
-- the server's INFO (`server_info`), to name a missing client certificate;
-- writing what is pending now (`write_pending`), for a frame that ends a client's wait.
+- the server's INFO (`server_info`), to name a missing client certificate.
 
 Shut, each takes nats-py's public path: its own header code, a subscription callback, the
 watcher's end-of-initial-values marker, a scan's consumer left to the server's inactivity
-threshold, a refusal message without the INFO's hint, and nats-py's flusher task.
+threshold, and a refusal message without the INFO's hint.
 
 ## Headers
 
@@ -278,21 +277,3 @@ def outbound_bytes(nc: Client) -> int:
         return pending
     size: int = transport.get_write_buffer_size()
     return pending + size
-
-
-def write_pending(nc: Client) -> None:
-    """Hand what `nc` has pending to its transport now, as nats-py's flusher task would at
-    the loop's next turn: for the frame a client waits on (a job's final frame), so that
-    it does not wait for whatever the publisher does next before it yields (the job's ack,
-    its usage report, metrics). The flusher, woken by the publish anyway, then finds
-    nothing pending and only drains. Shut (or not connected): nothing, the flusher writes
-    it (also for a stand-in that is not a nats-py client)."""
-    if not GATE.open or not isinstance(nc, Client) or not nc.is_connected or nc.is_connecting:
-        return
-    transport = getattr(nc, "_transport", None)
-    pending: list[bytes] = nc._pending
-    if transport is None or not pending:
-        return
-    transport.writelines(pending[:])
-    nc._pending = []
-    nc._pending_data_size = 0

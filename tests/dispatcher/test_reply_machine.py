@@ -31,8 +31,6 @@ ACC, CHUNK, PING, DONE, ERROR = (
 DEADLINE, END, SILENCE = 100.0, 200.0, 3.0
 
 # A step: ("wait", now, seconds | code) · ("frame", kind, seq, answer) ·
-# ("implied", seq, answer): a frame numbered seq that carries `Llmq-Worker` (it stands for
-# `accepted`: `implied_accept`, then the frame itself) ·
 # ("requeue", seq, answer) · ("tick", answer) · ("signal", Signal, now, answer).
 # An answer is an Action, or the error code of the Failed the machine ends with.
 Step = tuple[Any, ...]
@@ -137,24 +135,6 @@ STREAM_CASES: dict[str, list[Step]] = {
         ("signal", Signal.MISSING, 10.0, CONTINUE),
         ("wait", 10.0, SILENCE),
     ],
-    "a first chunk that carries the acceptance (Llmq-Lazy-Accept)": [
-        ("implied", CHUNK, 0, FIRST_CHUNK),
-        ("wait", 150.0, SILENCE),  # under way: silence and the end bound it now
-        ("frame", CHUNK, 1, RELAY),
-        ("frame", DONE, 2, DECODE),
-    ],
-    "a requeue ping that carries the acceptance gives the job back": [
-        ("implied", PING, 0, GIVEN_BACK, True),
-        ("wait", 50.0, 50.0),  # nobody holds it: only the deadline bounds it
-        ("implied", CHUNK, 0, FIRST_CHUNK),  # the next worker, numbering from 0 again
-    ],
-    "after a silent worker, the next one's first frame accepts it again": [
-        ("frame", ACC, 0, TAKEN),
-        ("frame", PING, 1, CONTINUE),
-        ("wait", 10.0, SILENCE),
-        ("tick", GIVEN_BACK),
-        ("implied", CHUNK, 0, FIRST_CHUNK),
-    ],
     "missing close to the deadline: the deadline wins": [
         ("signal", Signal.MISSING, 98.0, CONTINUE),
         ("wait", 98.0, 2.0),
@@ -175,15 +155,6 @@ WHOLE_CASES: dict[str, list[Step]] = {
         ("wait", 5.0, SILENCE),
         ("tick", GIVEN_BACK),  # no chunk relayed yet: the job goes back to the queue
         ("wait", 8.0, 92.0),
-    ],
-    "a done that carries the acceptance: one frame for the whole job": [
-        ("implied", DONE, 0, DECODE),
-    ],
-    "a lazily accepted job whose accepted came alone": [
-        ("wait", 0.0, 100.0),
-        ("frame", ACC, 0, TAKEN),
-        ("wait", 150.0, SILENCE),  # under way once taken, as before
-        ("frame", DONE, 1, DECODE),
     ],
     "a whole job ends with done": [
         ("frame", ACC, 0, TAKEN),
@@ -214,10 +185,6 @@ def _run(machine: ReplyMachine, steps: list[Step]) -> None:
             answer, expected = machine.frame(step[1], step[2]), step[3]
         elif what == "requeue":
             answer, expected = machine.frame(PING, step[1], requeued=True), step[2]
-        elif what == "implied":
-            assert machine.implied_accept(step[2]) is TAKEN
-            requeued = len(step) > 4 and step[4]
-            answer, expected = machine.frame(step[1], step[2], requeued), step[3]
         elif what == "tick":
             answer, expected = machine.tick(), step[1]
         else:

@@ -171,29 +171,3 @@ async def test_nats_shut_takes_a_callback_and_nats_pys_headers(on: bool, nats_se
         await sub.unsubscribe()
     finally:
         await disconnect(nc)
-
-
-@pytest.mark.parametrize("on", [True, False])
-async def test_nats_write_pending_hands_the_bytes_over_now(on: bool, nats_server) -> None:  # type: ignore[no-untyped-def]
-    """Open: a publish is on the socket before the publisher yields (a job's final frame
-    does not wait for its ack and report); shut: nats-py's flusher sends it as usual."""
-    fast.configure(on)
-    nc = await connect(nats_server.url, name="gate-test")
-    listener = await connect(nats_server.url, name="gate-listener")
-    try:
-        got: list[bytes] = []
-        subject = unique("write")
-        sub = await fast_nats.subscribe_direct(listener, subject, lambda m: got.append(m.data))
-        await listener.flush()
-        await nc.publish(subject, b"final")
-        fast_nats.write_pending(nc)
-        assert (nc.pending_data_size == 0) is on
-        for _ in range(250):
-            if got:
-                break
-            await asyncio.sleep(0.02)
-        assert got == [b"final"]  # either way it arrives, once
-        await sub.unsubscribe()
-    finally:
-        await disconnect(nc)
-        await disconnect(listener)

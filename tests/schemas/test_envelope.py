@@ -62,16 +62,12 @@ def test_round_trip(kind: JobKind, batch: bool) -> None:
         traceparent=TRACE,
     )
     assert JobEnvelope.from_headers(job.subject, job.to_headers()) == job
-    lazy = msgspec.structs.replace(job, lazy_accept=True)
-    assert lazy.to_headers()[names.H_LAZY_ACCEPT] == "1"
-    assert JobEnvelope.from_headers(job.subject, lazy.to_headers()) == lazy
 
 
 def test_missing_headers_decode_to_defaults() -> None:
     job = JobEnvelope.from_headers(names.jobs_subject("m"), {names.H_JOB: "j"})
     assert job == JobEnvelope(id="j", model="m")
     assert (job.kind, job.deadline_ms, job.deadline, job.traceparent) == ("chat", 0, 0.0, None)
-    assert not job.lazy_accept  # an older api's job: the worker sends `accepted` first
     assert JobEnvelope.from_headers(names.jobs_subject("m"), None).id == ""
     bad_deadline = {names.H_JOB: "j", names.H_DEADLINE: "soon"}
     assert JobEnvelope.from_headers(names.jobs_subject("m"), bad_deadline).deadline_ms == 0

@@ -16,7 +16,7 @@ from llmq.embedded import EmbeddedNats
 from llmq.schemas import frames, names
 from llmq.schemas.frames import Done
 from llmq.schemas.openai import Usage
-from llmq.worker.replies import LAZY_ACCEPT, FrameSender, drive
+from llmq.worker.replies import FrameSender, drive
 
 
 class Recorder:
@@ -194,62 +194,19 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _frames_of(
-    nats_server: EmbeddedNats, reply: str, act: Callable[[FrameSender], Awaitable[None]], lazy: bool
-) -> list[tuple[str, str, str | None]]:
-    """(kind, seq, Llmq-Worker) of each frame a sender sent while `act` ran, through a real
-    nats-server."""
+async def test_a_final_frame_is_written_before_the_sender_goes_on(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The client waits on `done`: it is handed to the socket before `done` returns, so the
+    job's ack, usage report and metrics (the runner's next steps) do not hold it back."""
     nc = await nats.connect(nats_server.url)
     received: list[Msg] = []
-    sub = await nc.subscribe(reply, cb=_append(received))
-    sender = FrameSender(nc, reply, "w1", lazy=lazy)
-    await act(sender)
-    sender.close()
-    await nc.flush()
-    await asyncio.sleep(LAZY_ACCEPT * 3)  # a stray `accepted` would have come by now
-    await nc.flush()
+    sub = await nc.subscribe("_INBOX.replies-final.>", cb=_append(received))
+    sender = FrameSender(nc, "_INBOX.replies-final.j1", "w1")
+    await sender.accepted(1)
+    await sender.done(Done(usage=Usage(1, 1, 2), finish_reason="stop"))
+    assert nc.pending_data_size == 0  # written, not waiting for the flusher's next turn
+    await _until(lambda: len(received) == 2)
     await sub.unsubscribe()
     await nc.close()
-    heads = [m.headers or {} for m in received]
-    return [(h[names.H_FRAME], h[names.H_SEQ], h.get(names.H_WORKER)) for h in heads]
-
-
-async def test_a_lazy_accept_rides_on_the_first_frame(nats_server: EmbeddedNats) -> None:
-    async def act(sender: FrameSender) -> None:
-        await sender.accepted(1)
-        await sender.done(Done(usage=Usage(1, 1, 2), finish_reason="stop"))
-
-    got = await _frames_of(nats_server, "_INBOX.lazy-test.j1", act, lazy=True)
-    assert got == [(frames.DONE, "0", "w1")]
-
-
-async def test_a_lazy_accept_goes_alone_once_its_wait_passed(nats_server: EmbeddedNats) -> None:
-    async def act(sender: FrameSender) -> None:
-        await sender.accepted(1)
-        await asyncio.sleep(LAZY_ACCEPT * 5)  # an upstream slower than the lazy wait
-        await sender.chunks([b'{"n":1}'])
-        await sender.done(Done(usage=Usage(1, 1, 2), finish_reason="stop"))
-
-    got = await _frames_of(nats_server, "_INBOX.lazy-test.j2", act, lazy=True)
-    expected = [(frames.ACCEPTED, "0", "w1"), (frames.CHUNK, "1", None), (frames.DONE, "2", None)]
-    assert got == expected
-
-
-async def test_a_job_that_ends_unsent_sends_no_late_accept(nats_server: EmbeddedNats) -> None:
-    """A job cancelled (or given back unseen) before its lazy wait: nothing goes out later."""
-
-    async def act(sender: FrameSender) -> None:
-        await sender.accepted(1)
-
-    assert await _frames_of(nats_server, "_INBOX.lazy-test.j3", act, lazy=True) == []
-
-
-async def test_without_lazy_accept_accepted_goes_at_once(nats_server: EmbeddedNats) -> None:
-    """A job from an api that does not send `Llmq-Lazy-Accept`: `accepted` first, as before."""
-
-    async def act(sender: FrameSender) -> None:
-        await sender.accepted(1)
-        await sender.done(Done(usage=Usage(1, 1, 2), finish_reason="stop"))
-
-    got = await _frames_of(nats_server, "_INBOX.lazy-test.j4", act, lazy=False)
-    assert got == [(frames.ACCEPTED, "0", "w1"), (frames.DONE, "1", None)]
+    assert [(m.headers or {})[names.H_FRAME] for m in received] == [frames.ACCEPTED, frames.DONE]

@@ -161,22 +161,3 @@ def test_the_delivery_count_is_read_as_nats_py_reads_it() -> None:
     assert delivered(Msg(None, subject="s", reply="")) == 1  # type: ignore[arg-type]
     with pytest.raises(NotJSMessageError):
         delivered(Msg(None, subject="s", reply="_INBOX.abc.def"))  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("lazy", [True, False])
-async def test_a_quick_answer_accepts_the_job_in_its_own_frame_when_the_api_allows(
-    lazy: bool,
-) -> None:
-    """`Llmq-Lazy-Accept` (a newer api): the echo answer is ready at once, so its `done` is
-    the only frame and carries the worker's id; without it (an older api) `accepted` comes
-    first, as that api expects."""
-    nc = FakeNats()
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    job = JobEnvelope(id="j5", model="m", reply="r5", lazy_accept=lazy)
-    msg = FakeMsg(job.subject, job.to_headers(), json.dumps(body).encode())
-    await JobRunner(nc, EchoBackend(BackendConfig()), "w1", {}, 1.0, max_deliver=3).run(msg)  # type: ignore[arg-type]
-    sent = [(h[names.H_FRAME], h[names.H_SEQ], h.get(names.H_WORKER)) for _, _, h in nc.sent]
-    if lazy:
-        assert sent == [(frames.DONE, "0", "w1")]
-    else:
-        assert sent == [(frames.ACCEPTED, "0", "w1"), (frames.DONE, "1", None)]
