@@ -152,6 +152,7 @@ async def micro_gather(
     verb: str,
     service: str | None,
     timeout: float = 1.0,
+    *,
     quiet: float = 0.2,
     expect: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:

@@ -163,8 +163,7 @@ class ResultCollector(SharedConsumer):
         try:
             decoded = frames.frame_decoder.decode(frame)
         except msgspec.DecodeError as exc:
-            log.error("result collector: the final frame of job %s does not decode: %s",
-                      job_id, exc)  # fmt: skip
+            log.error("result collector: job %s: its final frame does not decode: %s", job_id, exc)
             message = "the worker's result could not be read"
             decoded = failure(502, message, "upstream_error", "result_unreadable")
             frame = frame_encoder.encode(decoded)
