@@ -44,9 +44,11 @@ class UsageBooker(SharedConsumer):
     stream = names.USAGE_STREAM
     durable = names.USAGE_CONSUMER
     name = "usage booker"
-    linger = 0.1
+    linger = 0.02
     """Nobody waits on a report (the relaying api books first, failed reports wait
-    `FAILED_GRACE`): at a steady rate they come many to a fetch, not one per job."""
+    `FAILED_GRACE`): at a steady rate they come many to a fetch, not one per job. Short, so
+    that one fetch's batch (a few dozen reports at 1,000 requests/s) holds the event loop
+    for well under a millisecond."""
 
     def __init__(
         self,
