@@ -112,9 +112,7 @@ async def drop_slots(redis: Redis, gone: list[tuple[str, str, str]]) -> None:
     for tenant, key_id, member in gone:
         sets.setdefault(names.inflight_key(tenant), []).append(member)
         if key_id:
-            sets.setdefault(f"{names.key_quota_prefix(tenant, key_id)}:inflight", []).append(
-                member
-            )
+            sets.setdefault(f"{names.key_quota_prefix(tenant, key_id)}:inflight", []).append(member)
     pipe = redis.pipeline(transaction=False)
     for zset, members in sets.items():
         pipe.zrem(zset, *members)

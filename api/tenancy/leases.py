@@ -66,6 +66,8 @@ class Lease:
     """Input and output USD per 1M tokens, as the grant priced it."""
     spent: tuple[int, float] = (0, 0.0)
     """Tokens and USD of the requests admitted from it."""
+    granted: int = 0
+    """Requests it was granted with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,19 @@ class Leases:
         until = now + self.window
         return self.wish(scope, now), until, until + self.slot_grace
 
+    def ahead(self, scope: Scope, now: float) -> tuple[int, float, float] | None:
+        """A lease to ask for in the background, ahead of need (`ask`'s answer), when the
+        scope's newest open lease is half spent (half its requests, or half its window) and
+        the scope is hot; else None. Followed by `answered`, as `wish`."""
+        leases = self._pool.get(scope)
+        if not leases or scope in self._asking:
+            return None
+        newest = leases[-1]
+        if 2 * newest.requests > newest.granted and now < newest.until - self.window / 4:
+            return None
+        wish = self.ask(scope, now)
+        return wish if wish[0] > 0 else None
+
     def answered(self, scope: Scope) -> None:
         """The lease `wish` asked for was granted (`grant`), refused, or the call failed."""
         self._asking.discard(scope)
@@ -192,6 +207,7 @@ class Leases:
             budget=budget,
             usd=requests * cost,
             price=(p_in, p_out),
+            granted=requests,
         )
         self._pool.setdefault(scope, []).append(lease)
 

@@ -129,6 +129,7 @@ class Quota(Renewals):
         key_id: str = "",
         user: str = "",
         lease_wish: tuple[int, float, float] = (0, 0.0, 0.0),
+        lease_only: bool = False,
     ) -> QuotaDecision:
         """Check every limit and, if all pass, hold the request's share. Raises
         `QuotaBackendDown` when Redis is unreachable.
@@ -139,7 +140,8 @@ class Quota(Renewals):
         revoked or expired since the caller cached it is refused (`invalid_api_key`).
         `user`: the request's end user, booked at release (cut to `MAX_USER_CHARS`).
         `lease_wish`: (requests, until, slots until): ask for a lease too
-        (`api.tenancy.leases`).
+        (`api.tenancy.leases`). `lease_only`: ask for that lease alone, ahead of need
+        (`job_id` names the lease): the request is checked but nothing of it is held.
         """
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
@@ -166,6 +168,8 @@ class Quota(Renewals):
             until = lease_wish[1]
             args += ["-", _ms(until), lease_wish[0], _ms(lease_wish[2]), _ms(until + lease)]
             keys.append(names.reservation_key(tenant, "#leases"))
+            if lease_only:
+                args.append("1")
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 
