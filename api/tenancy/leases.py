@@ -129,6 +129,8 @@ class Leases:
         """(tenant, key id, slot member) to take out of Redis: their lease is over."""
         self.admitted = 0
         """Requests admitted from a lease (observability, tests)."""
+        self.asked_ahead = 0
+        """Leases asked for ahead of need (`ahead`; observability, tests)."""
 
     def wish(self, scope: Scope, now: float) -> int:
         """Requests to ask a lease for: twice what the scope was admitted in the last
@@ -161,7 +163,10 @@ class Leases:
         if 2 * newest.requests > newest.granted and now < newest.until - self.window / 4:
             return None
         wish = self.ask(scope, now)
-        return wish if wish[0] > 0 else None
+        if wish[0] < 1:
+            return None
+        self.asked_ahead += 1
+        return wish
 
     def answered(self, scope: Scope) -> None:
         """The lease `wish` asked for was granted (`grant`), refused, or the call failed."""
