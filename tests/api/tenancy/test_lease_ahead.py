@@ -79,7 +79,7 @@ async def test_a_lease_asked_ahead_holds_nothing_of_its_own(redis) -> None:  # t
     d = await quota.reserve(tenant, "m", 5, 5, "L1", now=now, lease_wish=wish, lease_only=True)
     assert d.allowed and d.lease[0] == 8
     assert not await redis.exists(names.reservation_key(tenant, "L1"))
-    members = {m.decode() for m in await redis.zrange(names.inflight_key(tenant), 0, -1)}
+    members = set(await redis.zrange(names.inflight_key(tenant), 0, -1))
     assert members == {f"L1#{n}" for n in range(1, 9)}
     day = names.day_quota_key(tenant, periods(now).day)
     assert int(await redis.hget(day, "tok")) == 80  # the lease's 8 requests, nothing more
