@@ -143,6 +143,8 @@ class Quota(Renewals):
         (`api.tenancy.leases`). `lease_only`: ask for that lease alone, ahead of need
         (`job_id` names the lease): the request is checked but nothing of it is held.
         """
+        if lease_only and (self._cluster or lease_wish[1] <= 0):
+            raise ValueError("a lease alone is asked for with a lease wish, outside a Cluster")
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
         p = periods(now)
