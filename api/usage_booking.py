@@ -38,6 +38,10 @@ FAILED_GRACE = 3.0
 """Seconds a failed job's report waits, so the api that relayed the job books first."""
 RETRY_DELAY = 1.0
 """Seconds before a report is offered again when booking failed (Redis away)."""
+FETCH_PAUSE = 0.02
+"""Seconds between fetches when the last one was not full: reports gather meanwhile, so a
+fetch (a pull request and its answer), and the booker's wake-up, serves many of them;
+a job's booking is this much later only when its own api did not book it."""
 SETTLE_WAIT = 1.0
 """Seconds a fetch waits at most for this replica's own pending bookings of its jobs
 (`Reservations.settled`: the relaying api books a few ms after the job's end), rather
@@ -72,9 +76,15 @@ class UsageBooker(SharedConsumer):
         self.start_pulling()
 
     async def _handle_all(self, msgs: list[Msg]) -> None:
-        """One fetch's reports. The job's own api released most of them already, or is
-        about to (waited for, `SETTLE_WAIT`): acked without a Redis call; the rest are
-        released together, in one round trip."""
+        """One fetch's reports; then, when it was not full, `FETCH_PAUSE` before the next."""
+        await self._handle_reports(msgs)
+        if len(msgs) < self.fetch_batch:
+            await asyncio.sleep(FETCH_PAUSE)
+
+    async def _handle_reports(self, msgs: list[Msg]) -> None:
+        """The job's own api released most of them already, or is about to (waited for,
+        `SETTLE_WAIT`): acked without a Redis call; the rest are released together, in one
+        round trip."""
         reports = await _readable(msgs)
         reservations = self.reservations
         mine = [r.job_id for _, r in reports if reservations.booking_here(r.job_id)]
