@@ -26,12 +26,12 @@ def leased_answer(
     job_id: str,
     decision: QuotaDecision,
     request: tuple[int, int, str],
-    until: float,
+    wish: tuple[int, float, float],
 ) -> Reservation | Refusal:
     """Redis's answer to a request that might have used a lease, `request` = (prompt,
-    max_tokens, user): keep a lease granted with it; a refusal is taken back when a lease
-    came meanwhile (so no leased unit stays unspent while a request of its scope is
-    refused)."""
+    max_tokens, user), `wish` = what it asked for (`Leases.ask`): keep a lease granted
+    with it; a refusal is taken back when a lease came meanwhile (so no leased unit stays
+    unspent while a request of its scope is refused)."""
     tenant, _, model = scope
     prompt, max_tokens, user = request
     now = time.time()
@@ -48,7 +48,17 @@ def leased_answer(
     if granted[0] > 0:
         cost = (prompt * granted[5] + max_tokens * granted[6]) / 1e6
         need = prompt + max_tokens
-        leases.grant(scope, job_id, granted, need=need, cost=cost, until=until, headers=headers)
+        until, wished = wish[1], wish[0]
+        leases.grant(
+            scope,
+            job_id,
+            granted,
+            need=need,
+            cost=cost,
+            until=until,
+            headers=headers,
+            wished=wished,
+        )
     leases.note(scope, now)
     return Reservation(tenant, model, job_id, headers=headers)
 
@@ -88,7 +98,16 @@ async def lease_ahead(
         cost = (prompt * granted[5] + max_tokens * granted[6]) / 1e6
         need = prompt + max_tokens
         headers = decision.headers()
-        leases.grant(scope, lease_id, granted, need=need, cost=cost, until=wish[1], headers=headers)
+        leases.grant(
+            scope,
+            lease_id,
+            granted,
+            need=need,
+            cost=cost,
+            until=wish[1],
+            headers=headers,
+            wished=wish[0],
+        )
 
 
 async def end_leases(quota: Quota, leases: Leases) -> None:

@@ -68,6 +68,8 @@ class Lease:
     """Tokens and USD of the requests admitted from it."""
     granted: int = 0
     """Requests it was granted with."""
+    full: bool = True
+    """It was granted all it asked for: no limit is near (`Leases.ahead`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ class Leases:
         if not leases or scope in self._asking:
             return None
         newest = leases[-1]
+        if not newest.full:
+            return None
         if 2 * newest.requests > newest.granted and now < newest.until - self.window / 4:
             return None
         wish = self.ask(scope, now)
@@ -194,9 +198,10 @@ class Leases:
         cost: float,
         until: float,
         headers: Mapping[str, str],
+        wished: int = 0,
     ) -> None:
         """Keep a lease `quota.lua` granted with `job_id` (`QuotaDecision.lease`), for
-        requests of `need` tokens costing `cost`."""
+        requests of `need` tokens costing `cost`; `wished`: the requests asked for."""
         requests, slots, tok_t, ktok_t, budget, p_in, p_out = granted
         lease = Lease(
             job_id=job_id,
@@ -213,6 +218,7 @@ class Leases:
             usd=requests * cost,
             price=(p_in, p_out),
             granted=requests,
+            full=requests >= wished,
         )
         self._pool.setdefault(scope, []).append(lease)
 
