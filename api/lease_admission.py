@@ -25,6 +25,7 @@ def leased_answer(
     scope: Scope,
     job_id: str,
     decision: QuotaDecision,
+    *,
     request: tuple[int, int, str],
     wish: tuple[int, float, float],
 ) -> Reservation | Refusal:

@@ -140,7 +140,7 @@ class Reservations(ReleaseQueue):
             raise
         if leases is not None:
             request = (prompt_tokens, max_tokens, user)
-            answer = leased_answer(leases, scope, job_id, decision, request, wish)
+            answer = leased_answer(leases, scope, job_id, decision, request=request, wish=wish)
             if decision.allowed:
                 self._held[(tenant, job_id)] = None
             return answer
