@@ -134,6 +134,8 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
     s = Stack()
     yield s
     for proc in s.processes:
+        proc.terminate()
+    for proc in s.processes:
         proc.stop()
     stop_errors: list[BaseException] = []  # raised after the clean-up, which must still run
     for worker in s.workers:

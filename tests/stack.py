@@ -202,6 +202,7 @@ class Process:
         self.port = 0
         """Where it serves, when it is an api started by `Stack.api_process`."""
         self.log_path = log_path
+        self._terminated = False
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmq.cli", *args],
@@ -220,9 +221,15 @@ class Process:
         self.signal(signal.SIGKILL)
         self.proc.wait(5)
 
+    def terminate(self) -> None:
+        """SIGTERM, once (`stop` waits for it): a stack's processes stop side by side."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
