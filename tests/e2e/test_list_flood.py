@@ -15,7 +15,7 @@ from llmq.api.tenancy import Tenant, TenantStore, connect
 from llmq.dispatcher.kv import SCAN_CONSUMER_IDLE
 from llmq.embedded import free_port
 from llmq.schemas.names import model_kv_key
-from tests.stack import unique, wait_for
+from tests.stack import one_shot_http, unique, wait_for
 
 LISTS = ("/v1/files", "/v1/jobs", "/v1/batches")
 FLOOD = 1_000
@@ -60,23 +60,6 @@ async def _ready(url: str) -> bool:
         return False
 
 
-async def _flood_call(port: int, path: str, tenant: str) -> int:
-    """One list call of the flood on its own connection, read to its end: its status. Plain
-    HTTP/1.1 on a socket: a pool of 1,000 httpx connections would keep this process (and so
-    the other tenant's calls) busy for far longer than the api takes to answer them all."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Tenant-ID: {tenant}\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n")
-        await reader.read()  # to the end of the response: the api closes the connection
-        return int(head.split()[1])
-    finally:
-        writer.close()
-
-
 async def test_a_flood_of_lists_leaves_no_consumers_and_spares_other_tenants(  # type: ignore[no-untyped-def]
     stack, redis_server
 ) -> None:
@@ -91,7 +74,7 @@ async def test_a_flood_of_lists_leaves_no_consumers_and_spares_other_tenants(  #
     url = f"http://127.0.0.1:{port}"
     await wait_for(lambda: _ready(url), timeout=60)
     async with httpx.AsyncClient(base_url=url, timeout=30) as other:
-        hb = {"X-Tenant-ID": b}
+        ha, hb = {"X-Tenant-ID": a}, {"X-Tenant-ID": b}
 
         async def b_calls() -> list[int]:
             return [(await other.get(path, headers=hb)).status_code for path in LISTS * 3]
@@ -99,7 +82,7 @@ async def test_a_flood_of_lists_leaves_no_consumers_and_spares_other_tenants(  #
         await b_calls()  # warm: every long-lived watch of the api is open
         before = await _consumers(stack.nats_url, a)
         flooding = [
-            asyncio.ensure_future(asyncio.wait_for(_flood_call(port, LISTS[i % 3], a), 60))
+            asyncio.ensure_future(asyncio.wait_for(one_shot_http(url, "GET", LISTS[i % 3], ha), 60))
             for i in range(FLOOD)
         ]
         await asyncio.wait(flooding, return_when=asyncio.FIRST_COMPLETED)  # the api answers it
@@ -109,7 +92,9 @@ async def test_a_flood_of_lists_leaves_no_consumers_and_spares_other_tenants(  #
         answers = await asyncio.gather(*flooding, return_exceptions=True)
         after = await b_calls()
         left = await _settled(stack.nats_url, a, before)
-    codes = [r if isinstance(r, int) else repr(r) for r in answers]
+    # the flood on plain sockets (`one_shot_http`): 1,000 httpx connections would keep this
+    # process, and so the other tenant's calls, busy far longer than the api takes
+    codes = [r[0] if isinstance(r, tuple) else repr(r) for r in answers]
     print("flood", {c: codes.count(c) for c in set(codes)}, "B", during, after)
     print("consumers before, amid, after the flood:", before, amid, left)
     print("flood calls still open when B's began:", open_calls)
