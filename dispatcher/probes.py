@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from nats.micro.service import ServiceVerb, control_subject
 
 from llmq.schemas import names
 from llmq.schemas.registry import ModelInfo, WorkerInfo, model_info_decoder, worker_info_decoder
+from llmq.schemas.services import WorkerMetadata
 
 STREAMS = (names.JOBS_STREAM, names.BATCH_STREAM)
 _CONSUMER_PAGE = 256
@@ -146,18 +148,30 @@ async def read_models(js: JetStreamContext, timeout: float = 2.0) -> list[ModelI
 
 
 async def micro_gather(
-    nc: Client, verb: str, service: str | None, timeout: float = 1.0, quiet: float = 0.2
+    nc: Client,
+    verb: str,
+    service: str | None,
+    timeout: float = 1.0,
+    *,
+    quiet: float = 0.2,
+    expect: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask every instance of a micro service (`PING`, `INFO` or `STATS`; `service` None:
-    every service) and collect the replies: wait at most `timeout`, and stop `quiet`
-    seconds after the last reply."""
+    every service) and collect the replies for at most `timeout` seconds. With `expect`
+    (the worker ids the registry knows alive) it waits until each of them answered, so a
+    slow, loaded worker is not left out; without, it stops `quiet` seconds after the last
+    reply."""
     inbox = nc.new_inbox()
     replies: list[dict[str, Any]] = []
+    missing = set(expect or ())
     arrived = asyncio.Event()
 
     async def on_reply(msg: Msg) -> None:
         with contextlib.suppress(ValueError):
-            replies.append(json.loads(msg.data))
+            reply = json.loads(msg.data)
+            replies.append(reply)
+            if missing:
+                missing.discard(worker_of(reply))
             arrived.set()
 
     sub = await nc.subscribe(inbox, cb=on_reply)
@@ -166,14 +180,23 @@ async def micro_gather(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (left := deadline - loop.time()) > 0:
+            if expect is not None and not missing:
+                break
             arrived.clear()
+            settled = replies and expect is None
             try:
-                async with asyncio.timeout(min(left, quiet) if replies else left):
+                async with asyncio.timeout(min(left, quiet) if settled else left):
                     await arrived.wait()
             except TimeoutError:
-                if replies:
+                if settled:
                     break
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return replies
+
+
+def worker_of(reply: Any) -> str:
+    """The worker id in an `llmq-worker` micro reply's metadata ("" for another service)."""
+    meta = reply.get("metadata") if isinstance(reply, dict) else None
+    return WorkerMetadata.from_metadata(meta).worker_id if isinstance(meta, dict) else ""

@@ -13,7 +13,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from llmq.dispatcher.probes import STREAMS, QueueState, micro_gather, queue_states
+from llmq.dispatcher.probes import (
+    STREAMS,
+    QueueState,
+    micro_gather,
+    queue_states,
+    read_workers,
+)
 from llmq.schemas import names
 from llmq.schemas.envelope import DEFAULT_KIND, EnvelopeError, JobEnvelope, JobKind
 from llmq.schemas.services import WorkerMetadata
@@ -112,11 +118,14 @@ async def list_jobs(
     js: JetStreamContext,
     limit: int = 50,
     model: str | None = None,
-    micro_timeout: float = 0.5,
+    micro_timeout: float = 2.0,
 ) -> list[JobView]:
-    """Running jobs (from the workers) then queued ones (from the streams)."""
+    """Running jobs (from the workers the registry knows alive: each waited for, up to
+    `micro_timeout`) then queued ones (from the streams)."""
+    alive = [w.id for w in await read_workers(js)]
     stats, queues = await asyncio.gather(
-        micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout), queue_states(js)
+        micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout, expect=alive),
+        queue_states(js),
     )
     running = running_jobs(stats, model)
     seen = {j.job_id for j in running}

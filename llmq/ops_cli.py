@@ -145,6 +145,7 @@ def render_status(
     lines += table(MODEL_COLUMNS, model_rows) if model_rows else ["no models yet"]
     lines.append("")
     lines += table(WORKER_COLUMNS, worker_rows(snap.workers)) if snap.workers else ["no workers"]
+    lines += unanswered_lines(snap)
     lines.append("")
     api_rows = [
         [
@@ -159,6 +160,15 @@ def render_status(
     lines += table(API_COLUMNS, api_rows) if api_rows else ["no api replicas answered"]
     lines += [f"! {error}" for error in snap.errors]
     return lines
+
+
+def unanswered_lines(snap: Snapshot) -> list[str]:
+    """The note under a workers table naming the registered workers whose STATS did not
+    come within the timeout (their JOBS and ERRS show `-`)."""
+    if not snap.unanswered:
+        return []
+    names = ", ".join(snap.unanswered)
+    return [f"! no reply within {snap.waited:g}s from {len(snap.unanswered)} worker(s): {names}"]
 
 
 def short_job_id(job_id: str, width: int) -> str:
@@ -210,6 +220,7 @@ def status_json(
         "models": msgspec.to_builtins(snap.models),
         "queues": msgspec.to_builtins(snap.queues),
         "errors": snap.errors,
+        "unanswered": snap.unanswered,
     }
 
 
@@ -221,6 +232,7 @@ def worker_json(w: WorkerView) -> dict[str, Any]:
         errors=w.errors,
         in_flight_by_model=w.in_flight_by_model,
         seen_ago=round(w.seen_ago, 3),
+        answered=w.jobs is not None,
     )
     return out
 
@@ -305,7 +317,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         if args.json:
             print_lines([dump([worker_json(w) for w in snap.workers])])
         elif snap.workers:
-            print_lines(table(WORKER_COLUMNS, worker_rows(snap.workers)))
+            print_lines(table(WORKER_COLUMNS, worker_rows(snap.workers)) + unanswered_lines(snap))
         else:
             print_lines(["no workers"])
         return 0
@@ -333,8 +345,9 @@ def nats_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--timeout",
         type=float,
-        default=0.5,
-        help="seconds to wait for the workers' and apis' micro service replies",
+        default=2.0,
+        help="seconds at most to wait for the micro service replies: every worker the "
+        "registry knows alive, or the output names those that did not answer",
     )
     return p
 

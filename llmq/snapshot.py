@@ -79,6 +79,11 @@ class Snapshot:
     apis: list[ApiView] = field(default_factory=list)
     queues: list[QueueState] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
+    """Workers the registry knows alive that did not answer STATS within the timeout (their
+    jobs, errors and live in-flight figures are unknown)."""
+    waited: float = 0.0
+    """The timeout the micro replies were waited for, seconds."""
 
 
 async def _safe(coro: Any, default: Any, errors: list[str], what: str) -> Any:
@@ -136,18 +141,10 @@ def api_views(replies: list[dict[str, Any]]) -> list[ApiView]:
     return sorted(apis, key=lambda a: (a.instance, a.id))
 
 
-async def snapshot(nc: Client, js: JetStreamContext, micro_timeout: float = 0.5) -> Snapshot:
-    """Workers, models, queues and api replicas, read concurrently."""
-    errors: list[str] = []
-    workers, models, queues, stats, pings = await asyncio.gather(
-        _safe(read_workers(js), [], errors, "workers"),
-        _safe(read_models(js), [], errors, "models"),
-        _safe(queue_states(js), [], errors, "queues"),
-        _safe(micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout), [], errors, "stats"),
-        _safe(micro_gather(nc, "PING", names.API_MICRO_SERVICE, micro_timeout), [], errors, "apis"),
-    )
-    now = time.time()
-    by_worker = _worker_stats(stats)
+def _worker_views(
+    workers: list[WorkerInfo], by_worker: dict[str, _WorkerStats], now: float
+) -> list[WorkerView]:
+    """The registry's workers made live by their STATS replies (where they answered)."""
     views: list[WorkerView] = []
     for info in workers:
         st = by_worker.get(info.id)
@@ -167,6 +164,25 @@ async def snapshot(nc: Client, js: JetStreamContext, micro_timeout: float = 0.5)
                 seen_ago=max(0.0, now - info.heartbeat_at) if info.heartbeat_at else 0.0,
             )
         )
+    return views
+
+
+async def snapshot(nc: Client, js: JetStreamContext, micro_timeout: float = 2.0) -> Snapshot:
+    """Workers, models, queues and api replicas, read concurrently; the workers' STATS
+    once the registry says which workers to wait for (up to `micro_timeout`)."""
+    errors: list[str] = []
+    workers: list[WorkerInfo] = await _safe(read_workers(js), [], errors, "workers")
+    alive = [w.id for w in workers]
+    stats_of = micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout, expect=alive)
+    models, queues, stats, pings = await asyncio.gather(
+        _safe(read_models(js), [], errors, "models"),
+        _safe(queue_states(js), [], errors, "queues"),
+        _safe(stats_of, [], errors, "stats"),
+        _safe(micro_gather(nc, "PING", names.API_MICRO_SERVICE, micro_timeout), [], errors, "apis"),
+    )
+    now = time.time()
+    by_worker = _worker_stats(stats)
+    views = _worker_views(workers, by_worker, now)
     table: dict[str, ModelView] = {m.name: ModelView(m.name, m.backend) for m in models}
     for view in views:
         w = view.info
@@ -191,4 +207,6 @@ async def snapshot(nc: Client, js: JetStreamContext, micro_timeout: float = 0.5)
         apis=api_views(pings),
         queues=queues,
         errors=errors,
+        unanswered=[w.id for w in workers if w.id not in by_worker],
+        waited=micro_timeout,
     )

@@ -83,7 +83,11 @@ def is_sampled(kind: str, body: dict[str, Any]) -> bool:
 
 def cacheable_kind(kind: str, body: dict[str, Any]) -> bool:
     """A Responses request that is stored, in the background or continues a conversation
-    has effects beyond its answer: never served from the cache."""
+    has effects beyond its answer: never served from the cache. Nor is an `endpoint` job
+    (moderations, images, audio, rerank): its answer is the upstream's own bytes, status
+    and content type, which the cache's JSON or SSE replay does not represent."""
+    if kind == "endpoint":
+        return False
     if kind != "response":
         return True
     return (

@@ -1,8 +1,14 @@
 """Serving OpenAI's other endpoints (`schemas.endpoints.ENDPOINT_PATHS`): authenticate, read
-the body (bounded by `LLMQ_MAX_BODY_BYTES` and NATS `max_payload`), find its model, hold a
-fair-share place and the request and concurrency quota, queue one `endpoint` job, and relay
-the upstream's answer as it came (status, content type, bytes — binary audio included, as
-it streams).
+the body (bounded by `LLMQ_MAX_BODY_BYTES` and NATS `max_payload`), find its model, and take
+the way every feature takes to its job (`Serving.place`: the queue's admission — a 429
+`queue_full` when the model's queue cannot start the job before its deadline — a fair-share
+place, the request and concurrency quota); queue one `endpoint` job, and relay the
+upstream's answer as it came (status, content type, bytes — binary audio included, as it
+streams).
+
+The response cache never serves these (`api.cache.policy.cacheable_kind`): an answer is the
+upstream's own bytes, status and content type (audio, images, multipart uploads), which the
+cache's JSON or SSE replay does not represent.
 
 Only a model whose worker declares the endpoint serves it: any other is a 404
 `model_not_found` for that endpoint, before any quota is taken. Fallbacks of the model table
@@ -23,12 +29,16 @@ from llmq.api.engine.attempt import answer_or_move_on
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import Event, QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER
-from llmq.api.engine.serving import Attempted, Serving
+from llmq.api.engine.reuse import Ask
+from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError, failed_response, public_failure
+from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
-from llmq.dispatcher.jobs import JobSpec, new_job_id
+from llmq.dispatcher.dispatch import JobRun
+from llmq.dispatcher.jobs import new_job_id
+from llmq.schemas.admission import Reservation
 from llmq.schemas.endpoints import EndpointCall, head_decoder, pack
 from llmq.schemas.frames import Done, Failed
 from llmq.schemas.openai import patch_body
@@ -81,35 +91,40 @@ class EndpointServing:
         fallback = model != record.model
         if fallback and (not ask.json_body or not self.serves(model, ask.path)):
             return None, None
-        held = await serving.hold(
-            model,
-            record,
-            ask.time_left(),
-            await serving.auth.rank(ask.request),
-            quota_model=model,
+        body = patch_body(ask.body, {"model": model}) if fallback else ask.body
+
+        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
+            return EndpointRun(serving, run, reservation, record, 1, ticket=ticket)
+
+        job_ask = Ask(
+            request=ask.request,
+            record=record,
+            kind="endpoint",
+            model=model,
+            body=pack(EndpointCall(ask.path, ask.content_type), body),
+            stream=True,
             estimate=1,
             max_tokens=1,
-            key_id=serving.auth.key_id(ask.request),
-            fallback=fallback,
+            user="",
+            make_job=make_job,
+            more=more,
+            headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         )
-        if held is None:
-            return None, None
-        ticket, reservation = held
-        body = patch_body(ask.body, {"model": model}) if fallback else ask.body
-        spec = JobSpec(
-            job_id=record.job_id,
-            model=model,
-            tenant=record.tenant,
-            body=pack(EndpointCall(ask.path, ask.content_type), body),
-            deadline_ms=int((ask.submitted + ask.wait) * 1000),
-            kind="endpoint",
-            traceparent=ask.request.headers.get("traceparent"),
-            end_ms=int((ask.submitted + serving.rt.settings.api.max_deadline) * 1000),
-            stream=True,
-        )
-        run = await serving.submit(spec, ticket, reservation)
-        job = EndpointRun(serving, run, reservation, record, 1, ticket=ticket)
-        headers = {"x-request-id": record.job_id, MODEL_HEADER: model, **reservation.headers}
+        rank = await serving.auth.rank(ask.request)
+        placed = await serving.place(job_ask, rank, ask.time_left)
+        if not isinstance(placed, Held):
+            return placed
+        ticket, reservation, plan = placed
+        incoming = ask.request.headers.get("traceparent")
+        spec = serving.job_spec(job_ask, ask.submitted, ask.wait, incoming)
+        run = plan.lead(await serving.submit(spec, ticket, reservation))
+        job = make_job(run, reservation, ticket)
+        headers = {
+            "x-request-id": record.job_id,
+            MODEL_HEADER: model,
+            **reservation.headers,
+            **plan.headers,
+        }
         return await answer_or_move_on(serving, job, model, True, more, headers=headers)
 
 

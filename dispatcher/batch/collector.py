@@ -13,6 +13,12 @@ frame (`done` or `error`) it
 and only then acks the frame: a crash in between redelivers it and the steps repeat
 harmlessly. `accepted` frames mark an async job `in_progress`; pings are dropped.
 
+A message that cannot be handled is not retried for ever: a final frame that is not a frame
+becomes a 502 `result_unreadable` result at once (it is never stored as the result), and a
+message that keeps failing (a store that refuses the write) is naked up to
+`MAX_DELIVERIES` times, then terminated, its job given a 500 `result_not_stored` result
+where the store still takes one, with one log line naming the job (never the body).
+
 LLMQ_OUTCOMES also captures the server's max-deliveries advisories for LLMQ_BATCH: a job
 whose workers died `max_deliver` times gets a 502 `worker_lost` result instead of waiting
 for its deadline, and its message is removed from the queue.
@@ -45,6 +51,10 @@ log = logging.getLogger(__name__)
 
 JobHook = Callable[[str, str], Awaitable[None]]
 """(tenant, job id)."""
+MAX_DELIVERIES = 5
+"""Deliveries of one message before the collector gives it up (`_give_up`)."""
+RETRY_DELAY = 1.0
+"""Seconds before a message that failed is delivered again."""
 
 
 def parse_outcome_subject(subject: str) -> tuple[str, str, str] | None:
@@ -104,12 +114,36 @@ class ResultCollector(SharedConsumer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("result collector: %s on %s; retrying", exc, msg.subject)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+            if _deliveries(msg) < MAX_DELIVERIES:
+                log.warning("result collector: %s on %s; retrying", _named(exc), msg.subject)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=RETRY_DELAY)
+            else:
+                await self._give_up(msg, exc)
             return
         with contextlib.suppress(Exception):
             await msg.ack()
+
+    async def _give_up(self, msg: Msg, exc: Exception) -> None:
+        """A message that failed `MAX_DELIVERIES` times: terminated, so it loops no more;
+        its job (a final frame's) gets a `result_not_stored` failure where the store takes
+        it, and the reservation is released as failed where the quota store answers."""
+        log.error(
+            "result collector: gave up on %s after %d deliveries: %s",
+            msg.subject,
+            _deliveries(msg),
+            _named(exc),
+        )
+        parsed = parse_outcome_subject(msg.subject)
+        kind = (msg.headers or {}).get(names.H_FRAME)
+        if parsed is not None and kind in (frames.DONE, frames.ERROR):
+            tenant, model, job_id = parsed
+            message = f"the job's result could not be stored ({type(exc).__name__})"
+            failed = failure(500, message, "server_error", "result_not_stored")
+            with contextlib.suppress(Exception):
+                await self.store(tenant, model, job_id, frame_encoder.encode(failed))
+        with contextlib.suppress(Exception):
+            await msg.term()
 
     async def _frame(self, msg: Msg) -> None:
         parsed = parse_outcome_subject(msg.subject)
@@ -124,10 +158,17 @@ class ResultCollector(SharedConsumer):
             await self.store(tenant, model, job_id, msg.data)
 
     async def store(self, tenant: str, model: str, job_id: str, frame: bytes) -> None:
-        """Record a final frame as the job's result (unless it has one), book its usage."""
+        """Record a final frame as the job's result (unless it has one), book its usage. A
+        frame that does not decode is never the result: a `result_unreadable` failure is."""
+        try:
+            decoded = frames.frame_decoder.decode(frame)
+        except msgspec.DecodeError as exc:
+            log.error("result collector: job %s: its final frame does not decode: %s", job_id, exc)
+            message = "the worker's result could not be read"
+            decoded = failure(502, message, "upstream_error", "result_unreadable")
+            frame = frame_encoder.encode(decoded)
         await kvs.create_once(self.results, results_key(job_id), frame)
         self.stored += 1
-        decoded = frames.frame_decoder.decode(frame)
         usage = FAILED
         if isinstance(decoded, Done):
             cached, written = cache_counts(decoded.usage)
@@ -163,3 +204,16 @@ class ResultCollector(SharedConsumer):
             await self.store(tenant, model, job_id, frame_encoder.encode(failed))
         with contextlib.suppress(NotFoundError):
             await self.js.delete_msg(names.BATCH_STREAM, advisory.stream_seq)
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times JetStream delivered `msg` (1 on the first delivery)."""
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:  # not a JetStream message: nothing to count
+        return 1
+
+
+def _named(exc: Exception) -> str:
+    """An exception for the log: its type and its first 200 characters."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -4,16 +4,24 @@ and --json, and fit an 80-column terminal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
+import nats
+import nats.aio.client
 import pytest
+from nats.aio.msg import Msg
+from nats.micro.service import ServiceVerb, control_subject
 
 from llmq.cli import main
 from llmq.dispatcher.probes import queue_states
+from llmq.schemas import names
+from llmq.schemas.registry import WorkerInfo, registry_encoder
 from tests.stack import refused_port, unique, wait_for
 
 
@@ -178,3 +186,87 @@ async def test_status_as_a_process_reads_the_environment(stack) -> None:  # type
     workers = json.loads(proc.stdout)
     assert any(w["models"] == [model] for w in workers), (proc.stdout, proc.stderr)
     assert not any(w["models"] == [gone] for w in workers)
+
+
+class LateWorker:
+    """A worker as NATS sees it: an entry in the registry (LLMQ_WORKERS) and an `llmq-worker`
+    micro service instance that answers STATS `delay` seconds late, as a loaded worker does
+    (`None`: it never answers)."""
+
+    def __init__(self, nc: nats.aio.client.Client, delay: float | None) -> None:
+        self.nc, self.delay = nc, delay
+        self.id = unique("late")
+        self.model = unique("late-m")
+        self.beating: asyncio.Task[None] | None = None
+
+    async def start(self) -> LateWorker:
+        kv = await self.nc.jetstream().key_value(names.WORKERS_BUCKET)
+
+        async def put() -> None:
+            info = WorkerInfo(self.id, "echo", [self.model], 2, heartbeat_at=time.time())
+            await kv.put(self.id, registry_encoder.encode(info))
+
+        async def beat() -> None:  # within the bucket's TTL, as a worker's heartbeat
+            while True:
+                await asyncio.sleep(0.2)
+                await put()
+
+        await put()
+        self.beating = asyncio.create_task(beat())
+        if self.delay is not None:
+            subject = control_subject(ServiceVerb.STATS, name=names.MICRO_SERVICE)
+            await self.nc.subscribe(subject, cb=self._stats)
+        return self
+
+    async def _stats(self, msg: Msg) -> None:
+        await asyncio.sleep(self.delay or 0)
+        reply = {
+            "type": "io.nats.micro.v1.stats_response",
+            "name": names.MICRO_SERVICE,
+            "id": self.id,
+            "version": "0.0.0",
+            "metadata": {"worker_id": self.id, "backend": "echo", "capacity": "2"},
+            "endpoints": [{"name": "jobs", "num_requests": 7, "num_errors": 1}],
+        }
+        await msg.respond(json.dumps(reply).encode())
+
+    async def leave(self) -> None:
+        if self.beating is not None:
+            self.beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.beating
+        kv = await self.nc.jetstream().key_value(names.WORKERS_BUCKET)
+        await kv.delete(self.id)
+
+
+async def test_a_slow_worker_is_waited_for_and_a_silent_one_named(stack, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A loaded worker answering STATS after the others still shows with its counts; one
+    that never answers is named, and the command ends by its `--timeout`."""
+    await stack.worker(model=[unique("cli-fast")])  # answers at once
+    nc = await nats.connect(stack.nats_url)
+    late, silent = LateWorker(nc, 0.8), LateWorker(nc, None)
+    try:
+        await late.start()
+        await silent.start()
+        begun = time.monotonic()
+        code, out = await llmq(capsys, "workers", "--nats-url", stack.nats_url, "--json",
+                               "--timeout", "4")  # fmt: skip
+        took = time.monotonic() - begun
+        assert code == 0
+        workers = json.loads(out)
+        assert _by(workers, "id", late.id)["jobs"] == 7
+        assert _by(workers, "id", late.id)["answered"] is True
+        assert _by(workers, "id", silent.id)["answered"] is False
+        assert 0.8 <= took < 30
+        code, out = await llmq(capsys, "workers", "--nats-url", stack.nats_url, "--timeout", "2")
+        (note,) = [line for line in out.splitlines() if line.startswith("!")]
+        assert note == f"! no reply within 2s from 1 worker(s): {silent.id}"
+        (row,) = [line for line in out.splitlines() if line.startswith(late.id)]
+        assert row.split()[5:7] == ["7", "1"]
+        code, out = await llmq(capsys, "status", "--nats-url", stack.nats_url, "--json",
+                               "--timeout", "2")  # fmt: skip
+        assert json.loads(out)["unanswered"] == [silent.id]
+    finally:
+        await late.leave()
+        await silent.leave()
+        await nc.close()

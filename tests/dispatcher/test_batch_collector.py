@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 
+import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
 
 from llmq.api.batch import stores
 from llmq.dispatcher import kv as kvs
 from llmq.dispatcher import streams
-from llmq.dispatcher.batch.collector import ResultCollector
+from llmq.dispatcher.batch.collector import MAX_DELIVERIES, RETRY_DELAY, ResultCollector
 from llmq.dispatcher.batch.records import Unrun, line_job_id, result_decoder, time_hex
 from llmq.dispatcher.connection import connect
 from llmq.dispatcher.jobs import JobSpec
@@ -125,6 +126,70 @@ async def test_first_result_wins_and_advisories_become_results(nats_server) -> N
 
         await wait_for(removed_from_the_queue, timeout=5)
         await sub.unsubscribe()
+    finally:
+        await collector.stop()
+        await nc.close()
+
+
+async def test_a_poison_message_ends_with_a_failed_line(nats_server, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A final frame that is not a frame, and one the results store refuses (larger than
+    the bucket's values may be), are not naked for ever: the first becomes a 502
+    `result_unreadable` result at once; the second is given up after `MAX_DELIVERIES`,
+    terminated, and its line gets a 500 `result_not_stored` result; one log line each,
+    without the body."""
+    nc = await connect(nats_server.url, "test")
+    js = nc.jetstream()
+    await streams.ensure_streams(js, 900)
+    await stores.ensure_batch_streams(js, 3600)
+    results = await js.create_key_value(
+        KeyValueConfig(bucket=unique("R"), history=1, storage=StorageType.FILE, max_value_size=512)
+    )
+    books = Books()
+
+    async def nothing(tenant: str, job: str) -> None:
+        return None
+
+    collector = ResultCollector(js, results, books, nothing, nothing)
+    collector.start()
+    secret = "PROMPT-BODY-" + "x" * 2000
+    try:
+        batch, model = time_hex(), unique("c")
+        garbled, too_big = line_job_id(batch, 1), line_job_id(batch, 2)
+        done = {names.H_FRAME: frames.DONE}
+        await nc.publish(
+            names.outcome_subject("acme", model, garbled), secret.encode(), headers=done
+        )
+        big = Done(usage=Usage(3, 4, 7), body=msgspec.Raw(msgspec.json.encode({"t": secret})))
+        await nc.publish(names.outcome_subject("acme", model, too_big), frame_encoder.encode(big),
+                         headers=done)  # fmt: skip
+
+        async def result(line: int) -> Failed | None:
+            raw = await kvs.read_raw(results, names.line_results_key(batch, line))
+            decoded = None if raw is None else result_decoder.decode(raw)
+            assert decoded is None or isinstance(decoded, Failed)
+            return decoded
+
+        await wait_for(lambda: result(1), timeout=10)
+        unreadable = await result(1)
+        assert unreadable is not None and unreadable.status == 502
+        assert unreadable.error.code == "result_unreadable"
+        deadline = (MAX_DELIVERIES - 1) * RETRY_DELAY + 30  # generous: a loaded machine
+        await wait_for(lambda: result(2), timeout=deadline)
+        unstored = await result(2)
+        assert unstored is not None and unstored.status == 500
+        assert unstored.error.code == "result_not_stored"
+        assert ("acme", model, garbled, 0, 0, True) in books.released
+        assert ("acme", model, too_big, 0, 0, True) in books.released
+
+        async def settled() -> bool:  # terminated: nothing left to deliver again
+            info = await js.consumer_info(names.OUTCOMES_STREAM, names.COLLECTOR_CONSUMER)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(settled, timeout=10)
+        gave_up = [r for r in caplog.records if "gave up" in r.getMessage()]
+        assert len(gave_up) == 1 and too_big in gave_up[0].getMessage()
+        assert f"after {MAX_DELIVERIES} deliveries" in gave_up[0].getMessage()
+        assert not any("PROMPT-BODY" in r.getMessage() for r in caplog.records)
     finally:
         await collector.stop()
         await nc.close()

@@ -6,6 +6,8 @@ parts — are 4xx and use no quota; a tenant's model list holds."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -190,3 +192,63 @@ async def test_a_batch_of_moderations(served, upstream) -> None:  # type: ignore
     errors = (await sdk.files.content(batch.error_file_id)).text
     assert "other" in errors and "does not serve" in errors
     await sdk.close()
+
+
+async def test_a_full_queue_answers_429_queue_full_at_once(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+    """The queue-aware admission chat has: six simultaneous moderations with
+    `X-Llmq-Deadline: 2` on a capacity-1 model whose worker reported a 3 s job time — the
+    first is taken (its answer comes after its 2 s first-byte deadline: a 504), the others
+    get 429 `queue_full` with `Retry-After` at once, never a 504 at their deadline."""
+    model = unique("omni-slow")
+    slow = json_reply(200, MODERATION)
+    slow.delay = 3.0
+    upstream.route("/v1/moderations", slow)
+    api = await stack.api()
+    await stack.worker(model=[model], backend="openai", backend_url=f"{upstream.url}/v1",
+                       openai_endpoints=ENDPOINTS, capacity=1)  # fmt: skip
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    client = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    warm = await client.moderations.create(model=model, input="warm up")
+    assert warm.results[0].flagged is False
+    await wait_for(  # the next heartbeat reports the job time
+        lambda: any(w.job_seconds.get(model) for w in api.runtime.registry.workers_for(model))
+    )
+
+    async def timed(i: int) -> tuple[float, Any]:
+        started = time.monotonic()
+        try:
+            await client.moderations.create(
+                model=model, input=f"burst {i}", extra_headers={"x-llmq-deadline": "2"}
+            )
+            return time.monotonic() - started, None
+        except openai.APIStatusError as exc:
+            return time.monotonic() - started, exc
+
+    results = await asyncio.gather(*(timed(i) for i in range(6)))
+    await client.close()
+    refused = [(t, r) for t, r in results if r is not None and r.status_code == 429]
+    seen = [(round(t, 2), r and r.status_code) for t, r in results]
+    assert len(refused) >= 5, seen  # one slot, 3 s a job: only the first starts within 2 s
+    assert all(isinstance(r.body, dict) and r.body["code"] == "queue_full" for _, r in refused)
+    assert all(int(r.response.headers["retry-after"]) >= 1 for _, r in refused)
+    assert all(t < 1.5 for t, _ in refused), seen  # at once
+
+
+async def test_a_caching_model_never_caches_an_endpoint(stack, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The response cache stays out of an endpoint's answer (the upstream's own bytes and
+    content type) even on a model whose table entry caches: two identical moderations both
+    reach the upstream, each marked `x-llmq-cache: skip`."""
+    model = unique("omni-cached")
+    table = tmp_path / "models.toml"
+    table.write_text(f'[models."{model}"]\ncache = {{ ttl = "1h" }}\n')
+    api = await stack.api(models_file=str(table))
+    await stack.worker(model=[model], backend="openai", backend_url=f"{upstream.url}/v1",
+                       openai_endpoints=ENDPOINTS)  # fmt: skip
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    sent = len(upstream.received)
+    async with httpx.AsyncClient(base_url=api.url, timeout=20) as http:
+        for _ in range(2):
+            resp = await http.post("/v1/moderations", json={"model": model, "input": "same"})
+            assert resp.status_code == 200 and resp.json()["results"][0]["flagged"] is False
+            assert resp.headers["x-llmq-cache"] == "skip"
+    assert len([r for r in upstream.received[sent:] if r.path == "/v1/moderations"]) == 2

@@ -257,3 +257,16 @@ def test_output_text_counts_only_text_blocks() -> None:
               chunk({"content": "b"})]:  # fmt: skip
         events.feed(msgspec.json.encode(c))
     assert events.output_text() == "a b"
+
+
+@pytest.mark.parametrize("reason", [5, {"why": "stop"}, ["length"], True])
+def test_a_finish_reason_of_another_type_is_passed_over(reason: Any) -> None:
+    """The fold reads chunks loosely (the backend's parser types them): a finish reason
+    that is not a string is not a stop reason — the Message ends as `end_turn`."""
+    events = MessageEvents("msg_1", "m")
+    events.start()
+    bad = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": reason}]}
+    events.feed(msgspec.json.encode(bad))
+    events.finish(Usage(1, 1, 2))
+    assert_message(events.message)
+    assert events.message["stop_reason"] == "end_turn" and events.finish_reason is None

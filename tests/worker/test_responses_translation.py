@@ -283,3 +283,10 @@ def test_length_is_incomplete() -> None:
     assert events[-1]["type"] == "response.incomplete"
     assert response["status"] == "incomplete"
     assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+@pytest.mark.parametrize("reason", [5, {"why": "length"}, ["length"], True])
+def test_a_finish_reason_of_another_type_is_passed_over(reason: Any) -> None:
+    """A finish reason that is not a string is not `length`: the response completes."""
+    _, response = fold({"model": "m", "input": "hi"}, [chunk({"content": "hi"}, reason)])
+    assert response["status"] == "completed" and response["incomplete_details"] is None

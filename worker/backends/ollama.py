@@ -43,10 +43,23 @@ from llmq.worker.upstream.ndjson import NDJSONDecoder
 from llmq.worker.upstream.usage import Tally
 
 
+class _Function(Struct):
+    name: str = ""
+    arguments: dict[str, Any] | str = {}
+
+
+class _ToolCall(Struct):
+    """A tool call as Ollama sends it (typed: a value of the wrong type is a malformed
+    reply, 502, not a crash or a wrong-typed chunk for the client)."""
+
+    id: str | None = None
+    function: _Function | None = None
+
+
 class _Message(Struct):
     content: str = ""
     thinking: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _Line(Struct):
@@ -134,23 +147,23 @@ class _NDJSONStream:
     def eof(self) -> list[Out]:
         raise ended_early()
 
-    def _tool_calls(self, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    def _tool_calls(self, calls: list[_ToolCall] | None) -> list[dict[str, Any]] | None:
         """Ollama sends whole calls with object arguments; OpenAI deltas carry index, id, JSON."""
         if not calls:
             return None
         out = []
         for call in calls:
-            function = call.get("function") or {}
-            arguments = function.get("arguments", {})
+            function = call.function or _Function()
+            arguments = function.arguments
             if not isinstance(arguments, str):
                 arguments = _encoder.encode(arguments).decode()
             self._tally.add(arguments)
             out.append(
                 {
                     "index": self._tools,
-                    "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                    "id": call.id or f"call_{uuid.uuid4().hex[:24]}",
                     "type": "function",
-                    "function": {"name": function.get("name", ""), "arguments": arguments},
+                    "function": {"name": function.name, "arguments": arguments},
                 }
             )
             self._tools += 1

@@ -32,6 +32,7 @@ from llmq.schemas.text import count_tokens, prompt_tokens
 from llmq.worker.backends.base import BackendConfig, Call, Embeddings, OpenAIOptions, Out
 from llmq.worker.backends.openai_whole import (
     OMITTED_WHEN_NULL,
+    UpstreamToolCall,
     UpstreamUsage,
     final_usage,
     relay_whole,
@@ -50,7 +51,7 @@ class _Delta(Struct):
     reasoning_content: str | None = None
     reasoning: str | None = None
     refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[UpstreamToolCall] | None = None
 
 
 class _Choice(Struct):
@@ -192,9 +193,8 @@ class _Relay:
                     tokens = True
             for call in delta.tool_calls or ():
                 tokens = True
-                function = call.get("function")
-                if isinstance(function, dict):
-                    self._tally.add(function.get("arguments"), choice.index)
+                if call.function is not None:
+                    self._tally.add(call.function.arguments, choice.index)
         return tokens
 
     def _final(self) -> Out:

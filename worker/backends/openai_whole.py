@@ -52,12 +52,29 @@ def final_usage(reported: Usage | None, tally: Tally) -> Usage:
     return reported
 
 
+class UpstreamFunction(Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class UpstreamToolCall(Struct):
+    """A tool call as an upstream sends it (whole, or one delta of it). Typed, so a value
+    of the wrong type is a malformed reply (502) where it is read, not a crash in a fold
+    that turns it into Messages or Responses output later; the client still gets the
+    upstream's bytes."""
+
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: UpstreamFunction | None = None
+
+
 class _Message(Struct):
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
     refusal: str | UnsetType | None = UNSET
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[UpstreamToolCall] | None = None
 
 
 class _Choice(Struct):
@@ -125,9 +142,8 @@ def _count(choice: _Choice, tally: Tally) -> None:
     for text in (message.content, message.reasoning_content, message.reasoning, refusal):
         tally.add(text, choice.index)
     for call in message.tool_calls or ():
-        function = call.get("function")
-        if isinstance(function, dict):
-            tally.add(function.get("arguments"), choice.index)
+        if call.function is not None:
+            tally.add(call.function.arguments, choice.index)
 
 
 def _with_refusal(raw: msgspec.Raw) -> list[Any]:

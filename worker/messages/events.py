@@ -144,7 +144,7 @@ class MessageEvents:
                         self._text("text", content, events)
                 for call in delta.tool_calls or ():
                     events += self._tool(call)
-            if choice.finish_reason:
+            if choice.finish_reason and isinstance(choice.finish_reason, str):
                 self.finish_reason = choice.finish_reason
         return events
 

@@ -22,7 +22,7 @@ from llmq.worker.backends.base import BackendConfig, BackendError, Out
 from llmq.worker.replies import FrameSender
 from llmq.worker.responses_api.adapter import Started
 from llmq.worker.upstream.calls import Upstream, base_url
-from llmq.worker.upstream.error_mapping import ended_early, error_fields
+from llmq.worker.upstream.error_mapping import ended_early, error_fields, malformed
 from llmq.worker.upstream.sse import SSEDecoder
 
 
@@ -38,13 +38,23 @@ class _Message(Struct):
     model: str = ""
 
 
+class _Delta(Struct):
+    stop_reason: str | None = None
+
+
 class _Event(Struct):
-    """What the pass-through reads of an event (or a whole Message): the rest is relayed."""
+    """What the pass-through reads of an event (or a whole Message): the rest is relayed.
+    The stop reason and a whole Message's content are typed only to refuse a backend that
+    sends them of the wrong type (a 502 `upstream_malformed`, as for any malformed reply),
+    since the client's SDK could not read them; their values pass through."""
 
     type: str = ""
     message: _Message | None = None
     usage: _Usage | None = None
     error: dict[str, object] | None = None
+    delta: _Delta | None = None
+    stop_reason: str | None = None
+    content: list[msgspec.Raw] | None = None
 
 
 _event = msgspec.json.Decoder(_Event)
@@ -225,9 +235,7 @@ class MessagesPassthrough:
         try:
             tally.add(_event.decode(answer).usage)
         except msgspec.DecodeError as exc:
-            raise BackendError(
-                f"the upstream sent a malformed response: {exc}", code="upstream_malformed"
-            ) from None
+            raise malformed(str(exc)) from None
         counting = job.message_op == "count_tokens"
         usage = Usage() if counting else tally.usage()
         counted_by = COUNTED_UPSTREAM if counting else None  # `finish_reason` of a count

@@ -86,8 +86,9 @@ class ResponseEvents:
                 events += self._text("message", delta["content"])
             for call in delta.get("tool_calls") or []:
                 events += self._call(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            reason = choice.get("finish_reason")
+            if reason and isinstance(reason, str):
+                self.finish_reason = reason
         return events
 
     def _new_item(self, item: Json) -> Json:
