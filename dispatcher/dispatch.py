@@ -35,6 +35,7 @@ from llmq.dispatcher.reply_machine import (
     FIRST_CHUNK,
     GIVEN_BACK,
     RELAY,
+    RESUMED,
     TAKEN,
     ReplyMachine,
 )
@@ -125,12 +126,13 @@ class JobRun:
                         headers.get(names.H_FRAME),
                         int(headers.get(names.H_SEQ, "-1")),
                         names.H_REQUEUED in headers,
+                        int(headers.get(names.H_ATTEMPT, "1")),
                     )
                     if action is RELAY:
                         yield msg.data
                         continue
                     if action is FIRST_CHUNK:
-                        self.first_chunk_at = time.monotonic()
+                        self.first_chunk_at, self.taken = time.monotonic(), True
                         yield msg.data
                         continue
                     if action is DECODE:
@@ -145,6 +147,8 @@ class JobRun:
                         continue
                 if action is GIVEN_BACK:
                     self.taken = False
+                elif action is RESUMED:
+                    self.taken = True
                 elif isinstance(action, Failed):
                     yield action
                     return
@@ -158,8 +162,8 @@ class JobRun:
 
     def _taken(self, worker: str | None) -> None:
         self.taken = True
-        if self.on_taken is not None:
-            self.on_taken()
+        if self.on_taken is not None and self.accepted_at is None:
+            self.on_taken()  # once: a redelivered job's next worker takes no second place
         self.worker = worker
         self.accepted_at = time.monotonic()
 

@@ -8,6 +8,7 @@ or nothing before the bound (`tick`) — back in. Each feed returns one action f
 - `CONTINUE`: nothing to do, wait again;
 - `TAKEN`: a worker accepted the job (fair share frees a place, the worker is named);
 - `GIVEN_BACK`: the worker gave it back (died before acking, or a requeue ping);
+- `RESUMED`: the worker taken for lost by its silence answered after all (a ping);
 - `RELAY` / `FIRST_CHUNK`: relay the chunk (the first one starts the stream);
 - `DECODE`: a final frame: decode it and end with its `Done` or `Failed`;
 - a `Failed`: end with it.
@@ -18,6 +19,14 @@ stream's first chunk, or a worker taking a job that answers whole), then its end
 504, never a lost worker. Which bound ended a wait decides the answer, never a second look at
 the clock: a timer may fire a hair early, and a passed deadline must not read as a silent
 worker (the mailbox's timer itself absorbs the api's own stalls: docs/protocol.md).
+
+Silence before any token only gives the job back to the queue: a worker that stood still
+(a starved CPU, a long garbage collection) past three ping intervals is not dead, and its
+next frame, numbered where it left off, takes the job back; only a frame out of sequence,
+or one from a worker that handed the job back itself, is `frames_lost`. A worker that stood
+still past JetStream's ack wait may find its job delivered again meanwhile (to another
+worker, or to itself): frames say which delivery they belong to (`Llmq-Attempt`), the
+newest that said `accepted` is followed, and an earlier one's frames are let pass unread.
 """
 
 from __future__ import annotations
@@ -36,10 +45,12 @@ class Action(enum.Enum):
     RELAY = 3
     FIRST_CHUNK = 4
     DECODE = 5
+    RESUMED = 6
 
 
 CONTINUE, TAKEN, GIVEN_BACK = Action.CONTINUE, Action.TAKEN, Action.GIVEN_BACK
 RELAY, FIRST_CHUNK, DECODE = Action.RELAY, Action.FIRST_CHUNK, Action.DECODE
+RESUMED = Action.RESUMED
 
 _BOUND, _SILENCE, _MISSING = 0, 1, 2
 
@@ -91,8 +102,10 @@ class ReplyMachine:
     the current wait ends at. Times are wall-clock seconds (`time.time()`)."""
 
     __slots__ = (
+        "_silent",
         "_why",
         "accepted",
+        "attempt",
         "deadline",
         "end",
         "expected_seq",
@@ -116,6 +129,11 @@ class ReplyMachine:
         self.missing_until: float | None = None
         """Set when the job was not found in its stream: a worker must show up before this."""
         self._why = _BOUND
+        self.attempt = 0
+        """The job's delivery (JetStream's count, from 1) whose frames are followed."""
+        self._silent = False
+        """The worker that took the job was given up for its silence, not gone by its own
+        word: its next frame in sequence takes the job back."""
 
     @property
     def under_way(self) -> bool:
@@ -146,8 +164,9 @@ class ReplyMachine:
         if why == _MISSING:
             return lost()
         if not self.relayed:
-            # The worker died before acking: JetStream hands the job to another.
-            self.accepted = False
+            # The worker died before acking (JetStream hands the job to another), or only
+            # stands still: it may yet answer (`_resume`).
+            self.accepted, self._silent = False, True
             return GIVEN_BACK
         return worker_lost()
 
@@ -161,14 +180,18 @@ class ReplyMachine:
             self.missing_until = now + self.silence
         return CONTINUE
 
-    def frame(self, kind: str | None, seq: int, requeued: bool = False) -> Action | Failed:
-        """A reply frame of `kind` (`Llmq-Frame`) numbered `seq` (`Llmq-Seq`, -1 if none);
-        `requeued`: a ping marked `Llmq-Requeued`."""
+    def frame(
+        self, kind: str | None, seq: int, requeued: bool = False, attempt: int = 1
+    ) -> Action | Failed:
+        """A reply frame of `kind` (`Llmq-Frame`) numbered `seq` (`Llmq-Seq`, -1 if none)
+        by the job's `attempt`th delivery (`Llmq-Attempt`, 1 if none); `requeued`: a ping
+        marked `Llmq-Requeued`."""
         if kind == frames.ACCEPTED:
             self.accepted, self.expected_seq, self.missing_until = True, seq + 1, None
+            self._silent, self.attempt = False, attempt
             return TAKEN
-        if seq != self.expected_seq or not self.accepted:
-            return frames_lost()
+        if seq != self.expected_seq or not self.accepted or attempt != self.attempt:
+            return self._stray(kind, seq, requeued, attempt)
         self.expected_seq += 1
         if kind == frames.CHUNK:
             if self.relayed:
@@ -181,3 +204,15 @@ class ReplyMachine:
                 return GIVEN_BACK
             return CONTINUE
         return DECODE
+
+    def _stray(self, kind: str | None, seq: int, requeued: bool, attempt: int) -> Action | Failed:
+        """A frame the followed delivery did not lead to expect. An earlier delivery that
+        still runs is let pass; the worker given up for its silence, numbering on where it
+        stopped, holds the job again; anything else is a loss."""
+        if attempt < self.attempt:
+            return CONTINUE
+        if attempt != self.attempt or self.accepted or not self._silent or seq != self.expected_seq:
+            return frames_lost()
+        self.accepted, self._silent, self.missing_until = True, False, None
+        action = self.frame(kind, seq, requeued, attempt)
+        return RESUMED if action is CONTINUE else action

@@ -226,8 +226,8 @@ H_KIND = "Llmq-Kind"
 H_FRAME = "Llmq-Frame"
 H_SEQ = "Llmq-Seq"
 H_WORKER = "Llmq-Worker"
-H_REQUEUED = "Llmq-Requeued"
-"""On a `ping` frame: the job was given back (retryable, before a first token): queued again."""
+H_REQUEUED = "Llmq-Requeued"  # on a `ping`: the job was given back (before a token), queued
+H_ATTEMPT = "Llmq-Attempt"  # on each frame of a later delivery: its number (absent: the 1st)
 H_CHUNKS = "Llmq-Chunks"
 """On a `chunk` frame holding several chunks: how many (absent: one). docs/protocol.md."""
 H_MESSAGE_OP = "Llmq-Message-Op"

@@ -15,6 +15,7 @@ import pytest
 from llmq._fast import configure as configure_fast_paths
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
 from tests.redis_ha import EmbeddedSentinelSet, start_redis_cluster
+from tests.scheduling import auto_workers, slowest_first
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -26,6 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
     finalizers stop every server. A run killed outright leaves none either: the servers get
     SIGTERM when the process that started them dies (`llmq.embedded.die_with_parent`)."""
     signal.signal(signal.SIGTERM, _interrupted)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): as many workers as the machine has room for now."""
+    return auto_workers()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first, so that none is left to run alone at the end."""
+    slowest_first(items)
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +133,8 @@ async def stack(nats_server: EmbeddedNats, redis_server: EmbeddedRedis, tmp_path
 
     s = Stack()
     yield s
+    for proc in s.processes:
+        proc.terminate()
     for proc in s.processes:
         proc.stop()
     stop_errors: list[BaseException] = []  # raised after the clean-up, which must still run

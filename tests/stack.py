@@ -166,6 +166,29 @@ async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05
         await asyncio.sleep(interval)
 
 
+async def one_shot_http(
+    url: str, method: str, path: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, dict[str, str]]:
+    """One HTTP/1.1 request on a connection of its own (`Connection: close`), read to its
+    end: the status and the headers (names in lower case). For bursts of hundreds of requests
+    at once: an httpx pool that large spends seconds of this process's CPU finding a free
+    connection for each request, time the test's schedule and its other clients then lack."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        await reader.read()  # to the end of the response: the server closes the connection
+        fields = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+        return int(head[0].split()[1]), {k.lower(): v for k, v in fields.items()}
+    finally:
+        writer.close()
+
+
 async def start_worker(config: Settings) -> Worker:
     worker = Worker(config)
     await worker.start()
@@ -202,6 +225,7 @@ class Process:
         self.port = 0
         """Where it serves, when it is an api started by `Stack.api_process`."""
         self.log_path = log_path
+        self._terminated = False
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmq.cli", *args],
@@ -220,9 +244,15 @@ class Process:
         self.signal(signal.SIGKILL)
         self.proc.wait(5)
 
+    def terminate(self) -> None:
+        """SIGTERM, once (`stop` waits for it): a stack's processes stop side by side."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -310,6 +340,7 @@ __all__ = [
     "env_for",
     "free_port",
     "models_of",
+    "one_shot_http",
     "refused_port",
     "settings",
     "start_dev",

@@ -74,6 +74,8 @@ class FrameSender:
 
     async def _send(self, kind: str, data: bytes, extra: dict[str, str] | None = None) -> None:
         headers = {names.H_FRAME: kind, names.H_SEQ: str(self._seq)}
+        if self._attempt > 1:
+            headers[names.H_ATTEMPT] = str(self._attempt)
         if extra:
             headers.update(extra)
         self._seq += 1

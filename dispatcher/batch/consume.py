@@ -25,12 +25,8 @@ async def pull_forever(
     handle: Callable[[list[Msg]], Awaitable[None]],
     *,
     name: str,
-    linger: float = 0.0,
 ) -> None:
     """Fetch up to `room()` messages at a time and hand them to `handle`, until cancelled.
-    `linger`: seconds to rest after a fetch that did not fill up, so that messages which
-    may wait come many to a fetch rather than one (each fetch costs pull requests, a
-    status reply and timers on both ends).
 
     Failures (NATS away, the consumer not there yet) are logged and retried. On exit the
     subscription is dropped explicitly: a fetch cut short may leave a message unaccounted
@@ -51,8 +47,6 @@ async def pull_forever(
                 except (NatsTimeoutError, TimeoutError):
                     continue
                 await handle(msgs)
-                if linger and len(msgs) < size:
-                    await asyncio.sleep(linger)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -72,9 +66,6 @@ class SharedConsumer:
     durable: str
     name: str
     """For the task and the log."""
-    linger: float = 0.0
-    """Seconds between fetches that did not fill up (`pull_forever`): 0 for messages someone
-    waits on."""
 
     def __init__(self, js: JetStreamContext, fetch_batch: int = 256) -> None:
         self.js = js
@@ -89,7 +80,6 @@ class SharedConsumer:
             lambda: self.fetch_batch,
             self._handle_all,
             name=self.name,
-            linger=self.linger,
         )
         self._task = asyncio.create_task(pull, name=self.name.replace(" ", "-"))
 

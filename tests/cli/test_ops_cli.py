@@ -165,7 +165,8 @@ async def test_top_refreshes_within_80_columns(stack, capsys) -> None:  # type: 
 
 async def test_unreachable_nats_is_a_clear_error(capsys) -> None:  # type: ignore[no-untyped-def]
     url = f"nats://127.0.0.1:{refused_port()}"
-    code = await asyncio.to_thread(main, ["status", "--nats-url", url])
+    # tried for 1 s (`--wait`, 10 s by default) before it gives up
+    code = await asyncio.to_thread(main, ["status", "--nats-url", url, "--wait", "1"])
     assert code == 1
     assert f"cannot reach NATS at {url}" in capsys.readouterr().err
 

@@ -14,6 +14,7 @@ from llmq.dispatcher.reply_machine import (
     FIRST_CHUNK,
     GIVEN_BACK,
     RELAY,
+    RESUMED,
     TAKEN,
     Action,
     ReplyMachine,
@@ -30,7 +31,7 @@ ACC, CHUNK, PING, DONE, ERROR = (
 )
 DEADLINE, END, SILENCE = 100.0, 200.0, 3.0
 
-# A step: ("wait", now, seconds | code) · ("frame", kind, seq, answer) ·
+# A step: ("wait", now, seconds | code) · ("frame", kind, seq, answer[, attempt]) ·
 # ("requeue", seq, answer) · ("tick", answer) · ("signal", Signal, now, answer).
 # An answer is an Action, or the error code of the Failed the machine ends with.
 Step = tuple[Any, ...]
@@ -108,6 +109,36 @@ STREAM_CASES: dict[str, list[Step]] = {
         ("frame", ACC, 0, TAKEN),
         ("frame", CHUNK, -1, "frames_lost"),
     ],
+    "a slow worker's first chunk after its silence takes the job back": [
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 10.0, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("frame", CHUNK, 1, FIRST_CHUNK),  # the same worker, numbering on: not a loss
+        ("frame", CHUNK, 2, RELAY),
+        ("frame", DONE, 3, DECODE),
+    ],
+    "after its silence, a gap in the slow worker's numbering is still a loss": [
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 10.0, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("frame", CHUNK, 2, "frames_lost"),
+    ],
+    "after its silence, the next delivery's frames count, not the silent one's": [
+        ("frame", ACC, 0, TAKEN),
+        ("frame", PING, 1, CONTINUE),
+        ("wait", 10.0, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("frame", ACC, 0, TAKEN, 2),  # JetStream's next delivery
+        ("frame", CHUNK, 2, CONTINUE),  # the first one woke up: let pass, never relayed
+        ("frame", CHUNK, 1, FIRST_CHUNK, 2),
+        ("frame", CHUNK, 3, CONTINUE),
+        ("frame", CHUNK, 2, RELAY, 2),
+        ("frame", DONE, 3, DECODE, 2),
+    ],
+    "a later delivery's frame before its accepted is a loss": [
+        ("frame", ACC, 0, TAKEN),
+        ("frame", CHUNK, 1, "frames_lost", 2),
+    ],
     "a requeue ping gives the job back": [
         ("frame", ACC, 0, TAKEN),
         ("requeue", 1, GIVEN_BACK),
@@ -156,6 +187,51 @@ WHOLE_CASES: dict[str, list[Step]] = {
         ("tick", GIVEN_BACK),  # no chunk relayed yet: the job goes back to the queue
         ("wait", 8.0, 92.0),
     ],
+    "a whole job's slow worker answers after its silence": [
+        # seen on a loaded machine (two busy loops beside the suite): the worker's process
+        # stood still 1.6 s between `accepted` and its whole answer, past the 0.9 s silence
+        ("wait", 0.0, 100.0),
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 0.1, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("wait", 3.1, 96.9),
+        ("frame", DONE, 1, DECODE),
+    ],
+    "a whole job's slow worker pings after its silence: it holds the job again": [
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 0.1, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("frame", PING, 1, RESUMED),
+        ("wait", 150.0, SILENCE),  # under way again: the end and silence bound it
+        ("tick", GIVEN_BACK),  # silent once more
+        ("frame", PING, 2, RESUMED),
+        ("frame", DONE, 3, DECODE),
+    ],
+    "a whole job's slow worker may give the job back when it resumes": [
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 0.1, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("requeue", 1, GIVEN_BACK),
+        ("frame", DONE, 2, "frames_lost"),  # it said it let go: nothing more comes from it
+    ],
+    "a stray final frame without a silence before is a loss": [
+        ("frame", DONE, 0, "frames_lost"),
+    ],
+    "a whole job delivered again while its slow worker still runs it": [
+        # seen on a loaded machine: one worker stood still past the silence and past the
+        # ack wait (2 s), so JetStream gave it the job a second time; the first delivery's
+        # frames kept coming, numbered on from its own `accepted`
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 0.1, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("frame", PING, 1, RESUMED),
+        ("frame", ACC, 0, TAKEN, 2),
+        ("wait", 1.0, SILENCE),
+        ("tick", GIVEN_BACK),
+        ("frame", DONE, 2, CONTINUE),  # the first delivery's answer: let pass
+        ("frame", PING, 1, RESUMED, 2),
+        ("frame", DONE, 2, DECODE, 2),
+    ],
     "a whole job ends with done": [
         ("frame", ACC, 0, TAKEN),
         ("frame", PING, 1, CONTINUE),
@@ -182,7 +258,8 @@ def _run(machine: ReplyMachine, steps: list[Step]) -> None:
             answer: Any = machine.wait(step[1])
             expected = step[2]
         elif what == "frame":
-            answer, expected = machine.frame(step[1], step[2]), step[3]
+            attempt = step[4] if len(step) > 4 else 1
+            answer, expected = machine.frame(step[1], step[2], attempt=attempt), step[3]
         elif what == "requeue":
             answer, expected = machine.frame(PING, step[1], requeued=True), step[2]
         elif what == "tick":

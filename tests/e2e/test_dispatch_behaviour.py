@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import httpx
 import openai
 
-from tests.stack import refused_port, unique, wait_for
+from tests.stack import FAST, refused_port, unique, wait_for, wait_serving
+from tests.worker.backends.fake_upstreams import FakeUpstream, Received, Reply, openai_chat
 from tests.worker.test_metrics import value
+
+CHAT = "/v1/chat/completions"
 
 
 async def test_capacity_is_real_and_load_spreads(stack) -> None:  # type: ignore[no-untyped-def]
@@ -150,6 +154,38 @@ async def test_job_redelivered_when_worker_dies_before_first_token(stack) -> Non
         resp = await pending
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "survives"
+
+
+async def test_a_worker_that_stands_still_past_the_silence_still_answers(
+    stack: Any, upstream: FakeUpstream
+) -> None:
+    """The worker's process stands still (a starved CPU: two busy loops beside the suite
+    made it 1.6 s) between taking a whole job and answering it, past the api's silence bound
+    (three ping intervals, 0.9 s): the api gives the job back to the queue meanwhile, then
+    takes the same worker's answer when it comes, a 200, not a 502 `frames_lost`. The api
+    runs in its own process, so its timers run while this one stands still."""
+    model = unique("m")
+    loop = asyncio.get_running_loop()
+    stall = 3 * FAST["ping_interval"] + 0.5  # under the ack wait (2 s): no redelivery
+
+    def stand_still_after_taking(received: Received) -> Reply:
+        # `accepted` is on its way by now; the keep-alive's first ping would be due 0.3 s
+        # after it, so the process stops before that and stays still past the silence
+        loop.call_later(0.1, time.sleep, stall)
+        return openai_chat(["still", " here"], delay=0.2)
+
+    upstream.respond(CHAT, stand_still_after_taking)
+    api = await stack.api_process()
+    await stack.worker(model=[f"{model}=gpt"], backend="openai", backend_url=f"{upstream.url}/v1")
+    await wait_serving(api.url, model)
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        started = time.monotonic()
+        resp = await client.post(f"{api.url}/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == "still here"
+    assert time.monotonic() - started >= stall  # the stall did happen during the job
+    assert len([r for r in upstream.received if r.path == CHAT]) == 1  # run once
 
 
 async def test_job_out_of_attempts_fails_fast_not_at_deadline(stack) -> None:  # type: ignore[no-untyped-def]

@@ -180,6 +180,28 @@ async def test_a_large_batch_is_split_under_the_payload_limit(nats_server: Embed
     assert len(received) > 1 and all(len(m.data) <= limit for m in received)
 
 
+async def test_a_later_delivery_names_itself_on_every_frame(nats_server: EmbeddedNats) -> None:
+    """The first delivery's frames carry no `Llmq-Attempt` (nothing more on the hot path);
+    a later delivery's carry its number on every frame, so the api can tell them from an
+    earlier delivery's that still runs (dispatcher/reply_machine.py)."""
+    nc = await nats.connect(nats_server.url)
+    received: list[Msg] = []
+    sub = await nc.subscribe("_INBOX.replies-attempt.>", cb=_append(received))
+    for job, attempt in (("j1", 1), ("j2", 2)):
+        sender = FrameSender(nc, f"_INBOX.replies-attempt.{job}", "w1")
+        await sender.accepted(attempt)
+        await sender.chunk(b'{"n":1}')
+        await sender.ping()
+        await sender.done(frames.Done(usage=Usage()))
+    await nc.flush()
+    await _until(lambda: len(received) == 8)
+    await sub.unsubscribe()
+    await nc.close()
+    heads = [(m.headers or {}) for m in received]
+    assert [h.get(names.H_ATTEMPT) for h in heads] == [None] * 4 + ["2"] * 4
+    assert [h[names.H_SEQ] for h in heads] == ["0", "1", "2", "3"] * 2
+
+
 def _append(into: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
     async def callback(msg: Msg) -> None:
         into.append(msg)
