@@ -22,12 +22,13 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from llmq.api.tenancy import Quota, QuotaBackendDown, QuotaDecision
-from llmq.api.tenancy.lease_book import LeaseEnds, drop_slots, extend_slots
-from llmq.api.tenancy.leases import Leases, Scope
+from llmq.api.lease_admission import end_leases, lease_ahead, leased_answer
+from llmq.api.release_queue import ReleaseQueue
+from llmq.api.tenancy import Quota, QuotaBackendDown
+from llmq.api.tenancy.leases import Leases
 from llmq.api.tenancy.quota import Ending
 from llmq.api.tenancy.refusals import refusal_of
 from llmq.api.tenancy.store_wait import StoreWait, store_down
@@ -35,8 +36,6 @@ from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
 log = logging.getLogger(__name__)
 
-LEASE_TICK = 0.1
-"""Seconds between looks for ended leases (their free slots go back to Redis)."""
 RELEASED_MEMORY = 16_384
 """How many of its latest releases a replica remembers at most (`released_here`): seconds
 of traffic, ample for a worker's report that comes milliseconds after the job's end."""
@@ -45,7 +44,7 @@ RELEASED_SECONDS = 120.0
 look like a leak (memory growing with every request until it does)."""
 
 
-class Reservations:
+class Reservations(ReleaseQueue):
     def __init__(
         self,
         quota: Quota,
@@ -59,12 +58,7 @@ class Reservations:
         """This replica's leased budget (None: every request asks Redis)."""
         self.store_wait = store_wait
         """How long a request waits for an unreachable store (None: refused at once)."""
-        self._releases: set[asyncio.Task[None]] = set()
-        self._queued: list[tuple[Reservation, JobUsage]] = []
-        """Ended jobs waiting for the next release round trip."""
-        self._flusher: asyncio.Task[None] | None = None
-        self.release_rounds = 0
-        """Round trips `release_later` made (observability, tests)."""
+        ReleaseQueue.__init__(self)
         self._held: dict[tuple[str, str], None] = {}
         """(tenant, job id) of every open reservation this replica renews, oldest first."""
         self._released: OrderedDict[str, float] = OrderedDict()
@@ -122,6 +116,10 @@ class Reservations:
             now = time.time()
             taken = leases.take(scope, job_id, prompt_tokens, max_tokens, user=user, now=now)
             if taken is not None:
+                ahead = leases.ahead(scope, now)
+                if ahead is not None:  # the next lease, asked for off this request's path
+                    size = (prompt, max_tokens)
+                    self._spawn(lease_ahead(self.quota, leases, scope, size, ahead))
                 return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
             wish = leases.ask(scope, now)
         try:
@@ -142,46 +140,15 @@ class Reservations:
             raise
         if leases is not None:
             request = (prompt_tokens, max_tokens, user)
-            return self._leased(leases, scope, job_id, decision, request=request, until=wish[1])
+            answer = leased_answer(leases, scope, job_id, decision, request=request, wish=wish)
+            if decision.allowed:
+                self._held[(tenant, job_id)] = None
+            return answer
         if not decision.allowed:
             return refusal_of(decision, model)
         if slot:  # a slotless reservation has no lease to renew
             self._held[(tenant, job_id)] = None
         return Reservation(tenant, model, job_id, headers=decision.headers())
-
-    def _leased(
-        self,
-        leases: Leases,
-        scope: Scope,
-        job_id: str,
-        decision: QuotaDecision,
-        *,
-        request: tuple[int, int, str],
-        until: float,
-    ) -> Reservation | Refusal:
-        """Redis's answer to a request that might have used a lease: keep a lease granted
-        with it; a refusal is taken back when a lease came meanwhile (so no leased unit
-        stays unspent while a request of its scope is refused)."""
-        tenant, _, model = scope
-        prompt, max_tokens, user = request
-        now = time.time()
-        leases.answered(scope)
-        if not decision.allowed:
-            taken = None
-            if decision.http_status == 429:  # a limit, not a refusal of the tenant or key
-                taken = leases.take(scope, job_id, prompt, max_tokens, user=user, now=now)
-            if taken is None:
-                return refusal_of(decision, model)
-            return Reservation(tenant, model, job_id, headers=taken.headers, lease=taken.ticket)
-        headers = decision.headers()
-        granted = decision.lease
-        if granted[0] > 0:
-            cost = (prompt * granted[5] + max_tokens * granted[6]) / 1e6
-            need = prompt + max_tokens
-            leases.grant(scope, job_id, granted, need=need, cost=cost, until=until, headers=headers)
-        leases.note(scope, now)
-        self._held[(tenant, job_id)] = None
-        return Reservation(tenant, model, job_id, headers=headers)
 
     def adopt(self, tenant: str, job_ids: Iterable[str]) -> None:
         """Renew these reservations too (made elsewhere, e.g. by a replica that is gone)
@@ -198,6 +165,8 @@ class Reservations:
         key = (reservation.tenant, reservation.job_id)
         renewed = key in self._held
         self._held.pop(key, None)
+        if reservation.lease and self.leases is not None:
+            self.leases.done(reservation.job_id)
         try:
             await self.quota.release_ending(_ending(reservation, usage))
         except QuotaBackendDown:
@@ -206,47 +175,16 @@ class Reservations:
             raise
         self._remember(reservation.job_id)
 
-    def release_later(self, reservation: Reservation, usage: JobUsage) -> None:
-        """`release` off the caller's path, retried while Redis is away. Releases that come
-        while one round trip is under way go together in the next (`release_many`): under
-        load one Redis round trip ends many jobs, and the first never waits for another."""
-        if not reservation.held:
-            return
-        self._queued.append((reservation, usage))
-        if self._flusher is None:
-            self._flusher = self._spawn(self._flush())
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-        return task
-
-    async def _flush(self) -> None:
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                self.release_rounds += 1
-                try:
-                    outcomes = await self.release_many(batch)
-                except Exception as exc:  # a bug, not Redis away: leave them to the lease
-                    log.exception("releasing %d jobs failed", len(batch))
-                    outcomes = [exc] * len(batch)
-                for (reservation, usage), outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, QuotaBackendDown):
-                        self._spawn(self._retry(reservation, usage))
-                    elif isinstance(outcome, Exception):
-                        log.error("releasing job %s failed: %s", reservation.job_id, outcome)
-        finally:
-            self._flusher = None  # cancelled with some queued: the next end starts a new one
-
     async def release_many(
         self, ended: Sequence[tuple[Reservation, JobUsage]]
     ) -> list[bool | Exception]:
         """`release` of each, in one Redis round trip; per job its outcome or its error."""
         held = [(r, u) for r, u in ended if r.held and r.tenant]
         renewed = {}
+        leases = self.leases
         for reservation, _ in held:
+            if reservation.lease and leases is not None:
+                leases.done(reservation.job_id)
             key = (reservation.tenant, reservation.job_id)
             renewed[key] = key in self._held
             self._held.pop(key, None)
@@ -319,25 +257,8 @@ class Reservations:
             )
         if self.leases is not None and self._lease_ender is None:
             self._lease_ender = asyncio.get_running_loop().create_task(
-                self._end_leases(self.leases), name="lease-end"
+                end_leases(self.quota, self.leases), name="lease-end"
             )
-
-    async def _end_leases(self, leases: Leases) -> None:
-        """Every `LEASE_TICK` s: the slots jobs took pushed to the reservation lease, ended
-        leases' unused slots and budget back to Redis (all retried while it is away)."""
-        ends = LeaseEnds(self.quota.redis)
-        while True:
-            await asyncio.sleep(LEASE_TICK)
-            gone, taken = leases.expired(time.time()), leases.taken()
-            closed = leases.closed()
-            try:
-                await extend_slots(self.quota.redis, taken, time.time() + self.quota.lease)
-                await drop_slots(self.quota.redis, gone)
-                await ends.close(closed)
-            except QuotaBackendDown:
-                leases.give_back(gone, taken, closed)
-            except Exception as exc:
-                log.warning("ending leases failed: %s", exc)
 
     @property
     def renew_every(self) -> float:

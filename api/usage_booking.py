@@ -30,7 +30,7 @@ from llmq.dispatcher.batch.consume import SharedConsumer
 from llmq.dispatcher.batch.ports import reservation_of
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
-from llmq.schemas.usage import usage_decoder
+from llmq.schemas.usage import FinalUsage, usage_decoder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ FAILED_GRACE = 3.0
 """Seconds a failed job's report waits, so the api that relayed the job books first."""
 RETRY_DELAY = 1.0
 """Seconds before a report is offered again when booking failed (Redis away)."""
+FETCH_PAUSE = 0.02
+"""Seconds between fetches when the last one was not full: reports gather meanwhile, so a
+fetch (a pull request and its answer), and the booker's wake-up, serves many of them;
+a job's booking is this much later only when its own api did not book it."""
+SETTLE_WAIT = 1.0
+"""Seconds a fetch waits at most for this replica's own pending bookings of its jobs
+(`Reservations.settled`: the relaying api books a few ms after the job's end), rather
+than booking them a second time."""
 
 
 class UsageBooker(SharedConsumer):
@@ -68,26 +76,29 @@ class UsageBooker(SharedConsumer):
         self.start_pulling()
 
     async def _handle_all(self, msgs: list[Msg]) -> None:
-        """One fetch's reports. The job's own api released most of them already: acked
-        without a Redis call; the rest are released together, in one round trip."""
+        """One fetch's reports; then, when it was not full, `FETCH_PAUSE` before the next."""
+        await self._handle_reports(msgs)
+        if len(msgs) < self.fetch_batch:
+            await asyncio.sleep(FETCH_PAUSE)
+
+    async def _handle_reports(self, msgs: list[Msg]) -> None:
+        """The job's own api released most of them already, or is about to (waited for,
+        `SETTLE_WAIT`): acked without a Redis call; the rest are released together, in one
+        round trip."""
+        reports = await _readable(msgs)
+        reservations = self.reservations
+        mine = [r.job_id for _, r in reports if reservations.booking_here(r.job_id)]
+        if mine:
+            await reservations.settled(mine, SETTLE_WAIT)
         due: list[tuple[Msg, Reservation, JobUsage]] = []
-        for msg in msgs:
-            try:
-                report = usage_decoder.decode(msg.data)
-            except msgspec.DecodeError as exc:
-                log.warning(
-                    "usage booker: dropping an unreadable report on %s: %s", msg.subject, exc
-                )
-                with contextlib.suppress(Exception):
-                    await msg.term()
-                continue
+        for msg, report in reports:
             if report.failed:
                 age = time.time() - msg.metadata.timestamp.timestamp()
                 if age < FAILED_GRACE:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=FAILED_GRACE - age)
                     continue
-            if self.reservations.released_here(report.job_id):
+            if reservations.released_here(report.job_id):
                 self.booked += 1
                 self.skipped += 1
                 with contextlib.suppress(Exception):
@@ -104,8 +115,11 @@ class UsageBooker(SharedConsumer):
             if report.lease:
                 reservation = replace(reservation, lease=report.lease)
             due.append((msg, reservation, usage))
-        if not due:
-            return
+        if due:
+            await self._book(due)
+
+    async def _book(self, due: list[tuple[Msg, Reservation, JobUsage]]) -> None:
+        """Release the jobs of `due` in one round trip; ack each booked, nak the others."""
         try:
             outcomes = await self.reservations.release_many([(r, u) for _, r, u in due])
         except asyncio.CancelledError:
@@ -121,3 +135,16 @@ class UsageBooker(SharedConsumer):
             self.booked += 1
             with contextlib.suppress(Exception):
                 await msg.ack()
+
+
+async def _readable(msgs: list[Msg]) -> list[tuple[Msg, FinalUsage]]:
+    """The reports that decode; an unreadable one is dropped (terminated), with a warning."""
+    out = []
+    for msg in msgs:
+        try:
+            out.append((msg, usage_decoder.decode(msg.data)))
+        except msgspec.DecodeError as exc:
+            log.warning("usage booker: dropping an unreadable report on %s: %s", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+    return out

@@ -1,4 +1,5 @@
-"""`lease_book.lua`'s keys and arguments for a job admitted from a lease (docs/routing.md)."""
+"""`lease_book.lua`'s keys and arguments for a job admitted from a lease (docs/routing.md),
+and the one script that books such a job: `lease_book.lua` then `release.lua`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,46 @@ from llmq.schemas import names
 
 BOOKED_TTL = 86_400_000 + 900_000
 """Ms a booked job's marker (and its record) is kept: longer than any report comes late."""
+
+_FOLD = """-- llmq lease release: lease_book.lua, then release.lua, in one atomic call.
+-- KEYS: lease_book.lua's (ARGV[1] of them), then release.lua's
+-- ARGV[2] how many of the rest are lease_book.lua's; release.lua's follow them
+local function lease_book(KEYS, ARGV)
+%s
+end
+local function release(KEYS, ARGV)
+%s
+end
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local bk, ba, rk, ra = {}, {}, {}, {}
+for i = 1, #KEYS do
+  if i <= nk then bk[i] = KEYS[i] else rk[i - nk] = KEYS[i] end
+end
+for i = 3, #ARGV do
+  if i - 2 <= na then ba[i - 2] = ARGV[i] else ra[i - 2 - na] = ARGV[i] end
+end
+lease_book(bk, ba)
+return release(rk, ra)
+"""
+
+
+def folded_script() -> str:
+    """One script that books a lease-admitted job: the record (`lease_book.lua`) and the
+    booking (`release.lua`) in one call, so a leased job costs one script call, as a
+    directly reserved one does. Its arguments: `fold_args`."""
+    text = resources.files("llmq.api.tenancy")
+    return _FOLD % (
+        text.joinpath("lease_book.lua").read_text(),
+        text.joinpath("release.lua").read_text(),
+    )
+
+
+def fold_args(
+    book: tuple[list[str], list[str | int]], release: tuple[list[str], list[str | int]]
+) -> tuple[list[str], list[str | int]]:
+    """`folded_script`'s keys and arguments from `book_call`'s and `release.lua`'s."""
+    (bk, ba), (rk, ra) = book, release
+    return [*bk, *rk], [len(bk), len(ba), *ba, *ra]
 
 
 def book_call(
@@ -64,14 +105,17 @@ async def extend_slots(redis: Redis, taken: list[tuple[str, str, str]], until: f
 
 async def drop_slots(redis: Redis, gone: list[tuple[str, str, str]]) -> None:
     """Take the free slots of ended leases, (tenant, key id, member), out of the tenant's
-    and the key's in-flight sets, in one round trip."""
+    and the key's in-flight sets, in one round trip: one `ZREM` per set."""
     if not gone:
         return
-    pipe = redis.pipeline(transaction=False)
+    sets: dict[str, list[str]] = {}
     for tenant, key_id, member in gone:
-        pipe.zrem(names.inflight_key(tenant), member)
+        sets.setdefault(names.inflight_key(tenant), []).append(member)
         if key_id:
-            pipe.zrem(f"{names.key_quota_prefix(tenant, key_id)}:inflight", member)
+            sets.setdefault(f"{names.key_quota_prefix(tenant, key_id)}:inflight", []).append(member)
+    pipe = redis.pipeline(transaction=False)
+    for zset, members in sets.items():
+        pipe.zrem(zset, *members)
     with backend_guard():
         await pipe.execute()
 

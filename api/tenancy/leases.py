@@ -6,12 +6,13 @@ never given back) and as many concurrency slots (`<job>#<i>` members of the in-f
 sets), one per request. This replica spends them locally until the lease ends (`window`,
 ≤ 1 s): each job admitted from it holds one slot until the job is booked (`lease_book.lua`
 takes the slot out, whichever replica books it), and once the lease is over its unused
-slots go back to Redis (`Leases.expired`). Its jobs are booked one by one by
-`lease_book.lua` + `release.lua`.
+slots go back to Redis (`Leases.expired`). A job is booked by one script call that runs
+`lease_book.lua` then `release.lua` (`lease_book.folded_script`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
@@ -21,10 +22,14 @@ DEFAULT_WINDOW = 0.5
 MAX_WISH = 256
 """Most requests one lease asks for."""
 SLOT_GRACE = 30.0
-"""Seconds a lease's slots stay in Redis past its end: a slot a job takes is pushed to the
-reservation lease at the next tick (`Leases.taken`), and taken out of Redis when the job
-is booked (`lease_book.lua`); a dead replica's unused slots come back this long after its
-lease ended."""
+"""Seconds a lease's slots stay in Redis past its end: the slot of a job still running
+`SLOT_PUSH_AFTER` after its admission is pushed to the reservation lease at the next tick
+(`Leases.taken`), and a slot is taken out of Redis when its job is booked
+(`lease_book.lua`); a dead replica's unused slots come back this long after its lease
+ended."""
+SLOT_PUSH_AFTER = 0.5
+"""Seconds a leased job runs before its slot is pushed to the reservation lease: most jobs
+are booked (`Leases.done`) well before, and a slot pushed costs Redis work at every tick."""
 MAX_USER_CHARS = 64
 """As `quota.MAX_USER_CHARS`: the end user is cut to this before it is booked."""
 MARGIN = 0.02
@@ -61,6 +66,10 @@ class Lease:
     """Input and output USD per 1M tokens, as the grant priced it."""
     spent: tuple[int, float] = (0, 0.0)
     """Tokens and USD of the requests admitted from it."""
+    granted: int = 0
+    """Requests it was granted with."""
+    full: bool = True
+    """It was granted all it asked for: no limit is near (`Leases.ahead`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +118,11 @@ class Leases:
         self._pool: dict[Scope, list[Lease]] = {}
         self._asking: set[Scope] = set()
         """Scopes with a lease asked for and not answered yet: one at a time."""
-        self._taken: list[tuple[str, str, str]] = []
-        """(tenant, key id, slot member) a job took since the last tick: to extend."""
+        self._taken: dict[str, tuple[str, str, str, float]] = {}
+        """Job id -> (tenant, key id, slot member, admitted at) of the jobs running on a
+        lease slot not pushed to the reservation lease yet (oldest first)."""
+        self._again: list[tuple[str, str, str]] = []
+        """Slots a push failed for (Redis away): pushed at the next tick."""
         self._recent: dict[Scope, list[float]] = {}
         """Per scope: [window start, admitted in it, admitted in the one before]."""
         self._gone: list[tuple[str, str, str]] = []
@@ -119,6 +131,8 @@ class Leases:
         """(tenant, key id, slot member) to take out of Redis: their lease is over."""
         self.admitted = 0
         """Requests admitted from a lease (observability, tests)."""
+        self.asked_ahead = 0
+        """Leases asked for ahead of need (`ahead`; observability, tests)."""
 
     def wish(self, scope: Scope, now: float) -> int:
         """Requests to ask a lease for: twice what the scope was admitted in the last
@@ -139,6 +153,24 @@ class Leases:
         slots' end)."""
         until = now + self.window
         return self.wish(scope, now), until, until + self.slot_grace
+
+    def ahead(self, scope: Scope, now: float) -> tuple[int, float, float] | None:
+        """A lease to ask for in the background, ahead of need (`ask`'s answer), when the
+        scope's newest open lease is half spent (half its requests, or half its window) and
+        the scope is hot; else None. Followed by `answered`, as `wish`."""
+        leases = self._pool.get(scope)
+        if not leases or scope in self._asking:
+            return None
+        newest = leases[-1]
+        if not newest.full:
+            return None
+        if 2 * newest.requests > newest.granted and now < newest.until - self.window / 4:
+            return None
+        wish = self.ask(scope, now)
+        if wish[0] < 1:
+            return None
+        self.asked_ahead += 1
+        return wish
 
     def answered(self, scope: Scope) -> None:
         """The lease `wish` asked for was granted (`grant`), refused, or the call failed."""
@@ -166,9 +198,10 @@ class Leases:
         cost: float,
         until: float,
         headers: Mapping[str, str],
+        wished: int = 0,
     ) -> None:
         """Keep a lease `quota.lua` granted with `job_id` (`QuotaDecision.lease`), for
-        requests of `need` tokens costing `cost`."""
+        requests of `need` tokens costing `cost`; `wished`: the requests asked for."""
         requests, slots, tok_t, ktok_t, budget, p_in, p_out = granted
         lease = Lease(
             job_id=job_id,
@@ -184,6 +217,8 @@ class Leases:
             budget=budget,
             usd=requests * cost,
             price=(p_in, p_out),
+            granted=requests,
+            full=requests >= wished,
         )
         self._pool.setdefault(scope, []).append(lease)
 
@@ -210,7 +245,7 @@ class Leases:
             slot = "-"
             if lease.slots:
                 slot = f"{lease.job_id}#{lease.free.pop()}"
-                self._taken.append((scope[0], scope[1], slot))
+                self._taken[job_id] = (scope[0], scope[1], slot, now)
             self.admitted += 1
             self.note(scope, now)
             rates = f"{lease.tok_t} {lease.key_tok_t}"
@@ -245,11 +280,23 @@ class Leases:
         gone, self._gone = self._gone, []
         return gone
 
-    def taken(self) -> list[tuple[str, str, str]]:
-        """Slots jobs took since the last call, (tenant, key id, member): pushed to the
-        reservation lease, as a directly reserved job's slot is held."""
-        taken, self._taken = self._taken, []
-        return taken
+    def done(self, job_id: str) -> None:
+        """The job is being booked: its slot needs no push (the booking takes it out)."""
+        self._taken.pop(job_id, None)
+
+    def taken(self, before: float = math.inf) -> list[tuple[str, str, str]]:
+        """Slots of the jobs admitted before `before` and not booked yet, (tenant, key id,
+        member): pushed to the reservation lease, as a directly reserved job's slot is
+        held; each is handed out once."""
+        out, self._again = self._again, []
+        running = self._taken
+        while running:
+            job_id, (tenant, key_id, slot, at) = next(iter(running.items()))
+            if at >= before:
+                break  # in admission order: the rest are younger
+            del running[job_id]
+            out.append((tenant, key_id, slot))
+        return out
 
     def closed(self) -> list[tuple[str, str, int, float]]:
         """Budget leases ended since the last call, (tenant, lease's job id, tokens and USD
@@ -266,7 +313,7 @@ class Leases:
         """What `expired`, `taken` and `closed` handed out and Redis did not take: next
         time."""
         self._gone += gone
-        self._taken += taken
+        self._again += taken
         self._closed += closed
 
     def held(self) -> int:

@@ -21,6 +21,10 @@
 -- ARGV[15] end of the lease's concurrency slots (unix ms)  ARGV[16] when a lease's day,
 -- month and spend left over is given back if its replica did not (unix ms)
 -- KEYS[13] (with a lease only) the tenant's budget leases (zset: record key -> ARGV[16])
+-- ARGV[17] '1': a lease only, asked for ahead of need: ARGV[4] names the lease, not a job;
+-- the request is checked as any (so no lease is granted where it would be refused) but
+-- nothing of its own is counted or held: no unit, tokens, slot or record
+local lease_only = ARGV[17] == '1'
 -- A lease (docs/routing.md, "Leased budget") is granted with an admitted request when every
 -- scope is far from its limits: `g` more requests of this request's size, charged as
 -- arriving at E (tat = max(tat, E) + g * per), never given back, `g` concurrency slots
@@ -248,8 +252,12 @@ local grant, slots, budget = 0, 0, 0
 if E > now and E < tonumber(ARGV[8]) and slot then
   grant = lease_size(tonumber(ARGV[14]) or 0, E, need, cost)
 end
+if lease_only and grant == 0 then
+  return refuse('no_lease', '', 0)
+end
 if grant > 0 then
   for _, s in ipairs(scopes) do
+    if lease_only then s.new_req, s.new_tok = s.tat_req, s.tat_tok end  -- no unit of its own
     if s.rpm > 0 then s.new_req = math.max(s.new_req, E) + grant * MINUTE / s.rpm end
     if s.tpm > 0 then s.new_tok = math.max(s.new_tok, E) + grant * need * MINUTE / s.tpm end
     if s.conc > 0 then slots = grant end
@@ -258,7 +266,11 @@ if grant > 0 then
 end
 -- A budget lease adds its requests' tokens and spend to the counters with this request's.
 local held_tok, held_cost = need, cost
-if budget == 1 then held_tok, held_cost = need * (grant + 1), cost * (grant + 1) end
+local own = 1
+if lease_only then own = 0 end
+if budget == 1 or lease_only then
+  held_tok, held_cost = need * (grant * budget + own), cost * (grant * budget + own)
+end
 
 -- Give back what budget leases whose replica never ended them left over (a few per call).
 if KEYS[13] then
@@ -336,8 +348,8 @@ for i, s in ipairs(scopes) do
   end
   if month_new then redis.call('PEXPIREAT', s.month, month_expiry) end
   if slot then
-    redis.call('ZADD', s.inflight, lease_until, job)
     local last = lease_until
+    if lease_only then last = 0 else redis.call('ZADD', s.inflight, lease_until, job) end
     if slots > 0 then
       last = math.max(last, tonumber(ARGV[15]))
       for n = 1, slots do redis.call('ZADD', s.inflight, ARGV[15], job .. '#' .. n) end
@@ -354,8 +366,10 @@ for i, s in ipairs(scopes) do
   end
 end
 
-redis.call('HSET', KEYS[7], unpack(rec))
-redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[10]))
+if not lease_only then
+  redis.call('HSET', KEYS[7], unpack(rec))
+  redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[10]))
+end
 
 if budget == 1 then
   local lease = KEYS[7] .. '#L'

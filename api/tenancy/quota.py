@@ -25,7 +25,7 @@ from redis.exceptions import NoScriptError
 
 from llmq.api.tenancy.client import is_cluster
 from llmq.api.tenancy.errors import QuotaBackendDown, backend_guard
-from llmq.api.tenancy.lease_book import book_call
+from llmq.api.tenancy.lease_book import book_call, fold_args, folded_script
 from llmq.api.tenancy.models import QuotaDecision
 from llmq.api.tenancy.periods import periods
 from llmq.api.tenancy.pipeline import ScriptPipe
@@ -66,7 +66,8 @@ class Ending:
     """'hit' or 'join': answered by the response cache, booked as such at `cache_price`."""
     cache_price: float = 0.0
     lease: str = ""
-    """Admitted from a lease: its ticket (`lease_book.lua` makes the record first)."""
+    """Admitted from a lease: its ticket (`lease_book.lua` makes the record first, in the
+    same script call)."""
 
 
 def _script(name: str) -> str:
@@ -112,7 +113,8 @@ class Quota(Renewals):
         self._reserve = redis.register_script(_script("quota.lua"))
         self._release = redis.register_script(_script("release.lua"))
         self._renew = redis.register_script(_script("renew.lua"))
-        self._book = redis.register_script(_script("lease_book.lua"))
+        self._book_release = redis.register_script(folded_script())
+        """`lease_book.lua` + `release.lua`: a lease-admitted job's booking, one call."""
 
     async def reserve(
         self,
@@ -127,6 +129,7 @@ class Quota(Renewals):
         key_id: str = "",
         user: str = "",
         lease_wish: tuple[int, float, float] = (0, 0.0, 0.0),
+        lease_only: bool = False,
     ) -> QuotaDecision:
         """Check every limit and, if all pass, hold the request's share. Raises
         `QuotaBackendDown` when Redis is unreachable.
@@ -137,8 +140,11 @@ class Quota(Renewals):
         revoked or expired since the caller cached it is refused (`invalid_api_key`).
         `user`: the request's end user, booked at release (cut to `MAX_USER_CHARS`).
         `lease_wish`: (requests, until, slots until): ask for a lease too
-        (`api.tenancy.leases`).
+        (`api.tenancy.leases`). `lease_only`: ask for that lease alone, ahead of need
+        (`job_id` names the lease): the request is checked but nothing of it is held.
         """
+        if lease_only and (self._cluster or lease_wish[1] <= 0):
+            raise ValueError("a lease alone is asked for with a lease wish, outside a Cluster")
         now = time.time() if now is None else now
         lease = self._lease if lease is None else lease
         p = periods(now)
@@ -164,6 +170,8 @@ class Quota(Renewals):
             until = lease_wish[1]
             args += ["-", _ms(until), lease_wish[0], _ms(lease_wish[2]), _ms(until + lease)]
             keys.append(names.reservation_key(tenant, "#leases"))
+            if lease_only:
+                args.append("1")
         reply = _text(await self._call(self._reserve, keys, args))
         return decision_of(reply, tenant, model, job_id)
 
@@ -207,15 +215,17 @@ class Quota(Renewals):
 
     async def release_ending(self, ending: Ending, now: float | None = None) -> bool:
         """`release` of one job's `Ending`."""
-        await self.book_leases([ending])
-        keys, args = self._release_call(ending, time.time() if now is None else now)
-        raw = _text(await self._call(self._release, keys, args))
-        return await self._released(ending, args, raw)
+        script, keys, args, release_args = self._ending_call(
+            ending, time.time() if now is None else now
+        )
+        raw = _text(await self._call(script, keys, args))
+        return await self._released(ending, release_args, raw)
 
     async def release_many(
         self, endings: Sequence[Ending], *, now: float | None = None
     ) -> list[bool | Exception]:
-        """`release` of many jobs in one round trip: a pipeline of `release.lua` calls, each
+        """`release` of many jobs in one round trip: a pipeline of one script call per job
+        (`release.lua`, or `lease_book.lua` + `release.lua` for a lease-admitted one), each
         atomic and idempotent on its own, so the result is exactly that of calling
         `release` for each. Per job: what `release` answers, or the exception it would
         raise (`QuotaBackendDown` when Redis is away: retrying is safe). In a Cluster the
@@ -229,53 +239,43 @@ class Quota(Renewals):
                 except Exception as exc:
                     out.append(exc)
             return out
-        calls = [self._release_call(e, now) for e in endings]
-        try:
-            await self.book_leases(endings)
-        except QuotaBackendDown as exc:
-            return [exc] * len(endings)
-        sha = self._release.sha
-        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        calls = [self._ending_call(e, now) for e in endings]
+        commands = [("EVALSHA", sc.sha, len(keys), *keys, *args) for sc, keys, args, _ in calls]
         try:
             with backend_guard():
                 replies = await self._pipe_many(commands)
         except QuotaBackendDown as exc:
             return [exc] * len(endings)
         results: list[bool | Exception] = []
-        for ending, (keys, args), reply in zip(endings, calls, replies, strict=True):
+        for ending, (script, keys, args, release_args), reply in zip(
+            endings, calls, replies, strict=True
+        ):
             try:
                 if isinstance(reply, NoScriptError):  # a restarted server: load it, once
-                    reply = await self._call(self._release, keys, args)
+                    reply = await self._call(script, keys, args)
                 elif isinstance(reply, Exception):
                     with backend_guard():
                         raise reply
-                results.append(await self._released(ending, args, _text(reply)))
+                results.append(await self._released(ending, release_args, _text(reply)))
             except Exception as exc:
                 results.append(exc)
         return results
 
-    async def book_leases(self, endings: Sequence[Ending]) -> None:
-        """Make the reservation records of the lease-admitted jobs among `endings` (once per
-        job: `lease_book.lua`), in one round trip, so their release books them."""
-        calls = []
-        for e in endings:
-            if e.lease:
-                try:
-                    calls.append(book_call(e.tenant, e.model, e.job_id, e.lease))
-                except ValueError:  # not a ticket this api reads: no record, nothing booked
-                    log.error("job %s: unreadable lease ticket; not booked", e.job_id)
-        if not calls:
-            return
-        book = self._book
-        with backend_guard():
-            replies = await self._pipe_many(
-                [("EVALSHA", book.sha, len(k), *k, *a) for k, a in calls]
-            )
-            for (keys, args), reply in zip(calls, replies, strict=True):
-                if isinstance(reply, NoScriptError):
-                    await self._call(book, keys, args)
-                elif isinstance(reply, Exception):
-                    raise reply
+    def _ending_call(
+        self, e: Ending, now: float
+    ) -> tuple[AsyncScript, list[str], list[str | int], list[str | int]]:
+        """The script call that books one job ending at `now`: (script, keys, arguments,
+        `release.lua`'s arguments). A lease-admitted job's record is made in the same call
+        (`lease_book.lua`, once per job)."""
+        keys, args = self._release_call(e, now)
+        if e.lease:
+            try:
+                book = book_call(e.tenant, e.model, e.job_id, e.lease)
+            except ValueError:  # not a ticket this api reads: no record, nothing booked
+                log.error("job %s: unreadable lease ticket; not booked", e.job_id)
+            else:
+                return (self._book_release, *fold_args(book, (keys, args)), args)
+        return self._release, keys, args, args
 
     def _release_call(self, e: Ending, now: float) -> tuple[list[str], list[str | int]]:
         """`release.lua`'s keys and arguments for one job ending at `now`."""
