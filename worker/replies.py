@@ -14,6 +14,7 @@ waits for another.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -130,12 +131,14 @@ class FrameSender:
             await self._send_final(frames.DONE, frame_encoder.encode(frame))
         else:
             await self._send(frames.DONE, frame_encoder.encode(frame))
+            await _let_out()
 
     async def failed(self, frame: Failed) -> None:
         if self._durable:
             await self._send_final(frames.ERROR, frame_encoder.encode(frame))
         else:
             await self._send(frames.ERROR, frame_encoder.encode(frame))
+            await _let_out()
 
     async def _send_final(self, kind: str, data: bytes) -> None:
         """The result of an async/batch job: acked by LLMQ_OUTCOMES, retried with one
@@ -163,6 +166,13 @@ class FrameSender:
                 type(exc).__name__,
                 exc,
             )
+
+
+async def _let_out() -> None:
+    """Yield once, so nats-py's flusher (woken by the publish) writes the final frame the
+    client waits on before the job's ack, usage report and metrics run; frames other jobs
+    queued meanwhile still go out in the same write."""
+    await asyncio.sleep(0)
 
 
 async def drive(

@@ -1,10 +1,12 @@
 """Capacity: which job runs when, and how much each feed may ask for.
 
 A worker never runs more than `capacity` jobs. Interactive feeds hold lingering pull credit
-equal to the free slots; batch feeds only poll (no-wait) when slots are free and nothing
-interactive is waiting, so interactive traffic always goes first. A job that arrives when
-every slot is taken (two feeds answered at once) is held, interactive before batch, and
-started by the next free slot; held jobs are kept alive with in-progress acks.
+for the free slots, topped up once an eighth of the capacity is missing from it (or none is
+left), so a busy worker of capacity 64 sends one pull request per 8 jobs, not one per job;
+batch feeds only poll (no-wait) when slots are free and nothing interactive is waiting, so
+interactive traffic always goes first. A job that arrives when every slot is taken (two
+feeds answered at once) is held, interactive before batch, and started by the next free
+slot; held jobs are kept alive with in-progress acks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25
 """Seconds between the credit loop's looks when nothing kicks it."""
+REFILL = 8
+"""A lingering feed asks again once `capacity // REFILL` (at least 1) jobs are missing from
+its credit, or it has none left while slots are free."""
 
 
 class Scheduler:
@@ -36,6 +41,8 @@ class Scheduler:
         ack_wait: float,
     ) -> None:
         self.capacity = capacity
+        self.refill = max(1, capacity // REFILL)
+        """Jobs missing from a lingering feed's credit before it asks again."""
         self._run_job = run_job
         self._ack_wait = ack_wait
         self.feeds: list[PullFeed] = []
@@ -56,6 +63,10 @@ class Scheduler:
     def on_job(self, msg: Msg, feed: PullFeed) -> None:
         if self.running < self.capacity and not self._held:
             self._start(msg)
+            if feed.lingering and self._missing(feed) == 0:
+                # Credit stays even (one slot taken, one job less asked for): nothing to top
+                # up, so the credit loop is not woken on the job's way to its backend.
+                return
         else:
             heapq.heappush(self._held, (feed.priority, next(self._order), msg))
             self.idle.clear()
@@ -167,14 +178,27 @@ class Scheduler:
             self._kick.clear()
             await self._kick.wait()
 
+    def _free(self) -> int:
+        return 0 if self._paused else self.capacity - self.running - len(self._held)
+
+    def _missing(self, feed: PullFeed) -> int:
+        """Jobs a lingering feed asks for now: what its credit lacks of the free slots, once
+        that is `refill` or more or the feed holds no credit at all; else 0."""
+        free = self._free()
+        outstanding = feed.outstanding()
+        missing = free - outstanding
+        if missing >= self.refill or (missing > 0 and outstanding == 0):
+            return missing
+        return 0
+
     async def _top_up(self) -> None:
-        free = 0 if self._paused else self.capacity - self.running - len(self._held)
+        free = self._free()
         if free <= 0:
             return
         now = time.monotonic()
         for feed in self.feeds:
             if feed.lingering:
-                missing = free - feed.outstanding()
+                missing = self._missing(feed)
                 if missing > 0:
                     await feed.request(missing)
         if self._held:

@@ -5,9 +5,10 @@ Responses API's `ResponseRun` extends it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from llmq.api.engine.serving import Serving
 from llmq.api.errors import ApiError, error_bytes, failed_response, public_failure
@@ -105,8 +106,7 @@ class QueuedJob:
         if ev is None or not ev.body:
             self.settle(502, code="empty_response")
             raise ApiError(502, "the job ended without a result", "empty_response")
-        self.settle(200, ev)
-        return Response(bytes(ev.body), media_type="application/json", headers=headers)
+        return SettledAfter(bytes(ev.body), headers, lambda: self.settle(200, ev))
 
     async def answer(self, ev: Done | Failed | None, headers: dict[str, str]) -> Response:
         """The non-streamed response (the Responses API stores it first)."""
@@ -211,3 +211,19 @@ class QueuedJob:
     def _tail(self) -> bytes:
         """The stream's last bytes (chat: `data: [DONE]`)."""
         return DONE
+
+
+class SettledAfter(Response):
+    """A whole JSON answer whose job is settled (metrics, the request log, the release of
+    its reservation) once its bytes are handed to the server, not before: the client has
+    its answer while the api books it. A send that fails or is cancelled settles too."""
+
+    def __init__(self, body: bytes, headers: dict[str, str], settle: Callable[[], None]) -> None:
+        super().__init__(body, media_type="application/json", headers=headers)
+        self._settle = settle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._settle()

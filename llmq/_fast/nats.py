@@ -180,7 +180,7 @@ class _Delivery:
         try:
             self._route(msg)
         except Exception:  # never into nats-py's read loop: it would drop the connection
-            log.exception("reply inbox: a frame on %s could not be routed", msg.subject)
+            log.exception("a message on %s could not be routed", msg.subject)
 
     def empty(self) -> bool:
         return True
@@ -205,7 +205,7 @@ async def subscribe_direct(nc: Client, subject: str, route: Callable[[Msg], None
             try:
                 route(msg)
             except Exception:
-                log.exception("reply inbox: a frame on %s could not be routed", msg.subject)
+                log.exception("a message on %s could not be routed", msg.subject)
 
         return await nc.subscribe(
             subject, cb=callback, pending_msgs_limit=-1, pending_bytes_limit=-1

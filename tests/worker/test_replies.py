@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 
 from llmq.embedded import EmbeddedNats
 from llmq.schemas import frames, names
+from llmq.schemas.frames import Done
 from llmq.schemas.openai import Usage
 from llmq.worker.replies import FrameSender, drive
 
@@ -213,3 +214,21 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_a_final_frame_is_written_before_the_sender_goes_on(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The client waits on `done`: it is handed to the socket before `done` returns, so the
+    job's ack, usage report and metrics (the runner's next steps) do not hold it back."""
+    nc = await nats.connect(nats_server.url)
+    received: list[Msg] = []
+    sub = await nc.subscribe("_INBOX.replies-final.>", cb=_append(received))
+    sender = FrameSender(nc, "_INBOX.replies-final.j1", "w1")
+    await sender.accepted(1)
+    await sender.done(Done(usage=Usage(1, 1, 2), finish_reason="stop"))
+    assert nc.pending_data_size == 0  # written, not waiting for the flusher's next turn
+    await _until(lambda: len(received) == 2)
+    await sub.unsubscribe()
+    await nc.close()
+    assert [(m.headers or {})[names.H_FRAME] for m in received] == [frames.ACCEPTED, frames.DONE]
