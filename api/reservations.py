@@ -17,7 +17,6 @@ renewal finds a released reservation gone and forgets it. See docs/tenants.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -32,6 +31,7 @@ from llmq.api.tenancy.leases import Leases
 from llmq.api.tenancy.quota import Ending
 from llmq.api.tenancy.refusals import refusal_of
 from llmq.api.tenancy.store_wait import StoreWait, store_down
+from llmq.dispatcher.tasks import stop_task
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
 
 log = logging.getLogger(__name__)
@@ -237,14 +237,10 @@ class Reservations(ReleaseQueue):
             if left <= 0:
                 break
             await asyncio.wait(set(self._releases), timeout=left)
-        if self._lease_ender is not None:
-            self._lease_ender.cancel()
-            self._lease_ender = None
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        for task in (self._lease_ender, self._renewer):
+            if task is not None:
+                await stop_task(task)
+        self._lease_ender = self._renewer = None
 
     # --- renewal -------------------------------------------------------------------------
 
