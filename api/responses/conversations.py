@@ -8,6 +8,7 @@ another tenant's ids are not found. Responses created with `conversation` append
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -26,6 +27,14 @@ _encoder = msgspec.json.Encoder()
 
 MAX_NEW_ITEMS = 20
 """Items one create or add call may carry (as OpenAI)."""
+
+Accepted = Callable[[], Awaitable[None]]
+"""Awaited once a write passed every check, just before it is stored: it counts the write
+against the RPM (and may still refuse it with a 429), so a refused write uses no quota."""
+
+
+async def _nothing() -> None:
+    return None
 
 
 class CreateConversation(msgspec.Struct):
@@ -101,7 +110,9 @@ class ConversationsServing:
             raise not_found("conversation", public_id)
         return found
 
-    async def create(self, tenant: str, body: bytes) -> dict[str, Any]:
+    async def create(
+        self, tenant: str, body: bytes, accepted: Accepted = _nothing
+    ) -> dict[str, Any]:
         req: CreateConversation = _decode(body, CreateConversation)
         conv = Conversation(
             id=time_hex(),
@@ -111,6 +122,7 @@ class ConversationsServing:
             items=_new_items(req.items),
         )
         await self._check_room(tenant, conv)
+        await accepted()
         try:
             await self.store.create_conversation(conv)
         except MaxPayloadError:
@@ -125,10 +137,13 @@ class ConversationsServing:
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         return view(await self._get(tenant, public_id))
 
-    async def update(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
+    async def update(
+        self, tenant: str, public_id: str, body: bytes, accepted: Accepted = _nothing
+    ) -> dict[str, Any]:
         req: UpdateConversation = _decode(body, UpdateConversation)
         metadata = _metadata(req.metadata)
         conv = await self._get(tenant, public_id)
+        await accepted()
         updated = await self.store.update_conversation(
             tenant, conv.id, lambda c: msgspec.structs.replace(c, metadata=metadata)
         )
@@ -148,11 +163,14 @@ class ConversationsServing:
         data, has_more = page(conv.items, limit, order, after)
         return list_body(data, has_more)
 
-    async def add_items(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
+    async def add_items(
+        self, tenant: str, public_id: str, body: bytes, accepted: Accepted = _nothing
+    ) -> dict[str, Any]:
         req: AddItems = _decode(body, AddItems)
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
         await self._check_room(tenant, items)
+        await accepted()
         try:
             updated = await self.store.update_conversation(
                 tenant, conv.id, lambda c: msgspec.structs.replace(c, items=[*c.items, *items])
