@@ -95,8 +95,15 @@ def _new_items(raw: list[Item] | None) -> list[Item]:
 
 
 class ConversationsServing:
-    def __init__(self, store: ConversationStore) -> None:
+    def __init__(self, store: ConversationStore, max_record: Callable[[], int]) -> None:
+        """`max_record`: the largest record the bucket takes (NATS `max_payload`), so a
+        conversation that cannot grow is refused before the write is counted."""
         self.store = store
+        self.max_record = max_record
+
+    def _check_fits(self, public_id: str, record: Conversation) -> None:
+        if len(_encoder.encode(record)) > self.max_record():
+            raise _full(public_id)
 
     async def _check_room(self, tenant: str, record: object) -> None:
         """413 when `record`'s bytes do not fit in the tenant's storage quota."""
@@ -122,6 +129,7 @@ class ConversationsServing:
             items=_new_items(req.items),
         )
         await self._check_room(tenant, conv)
+        self._check_fits(CONVERSATION_PREFIX + conv.id, conv)
         await accepted()
         try:
             await self.store.create_conversation(conv)
@@ -143,6 +151,7 @@ class ConversationsServing:
         req: UpdateConversation = _decode(body, UpdateConversation)
         metadata = _metadata(req.metadata)
         conv = await self._get(tenant, public_id)
+        self._check_fits(public_id, msgspec.structs.replace(conv, metadata=metadata))
         await accepted()
         updated = await self.store.update_conversation(
             tenant, conv.id, lambda c: msgspec.structs.replace(c, metadata=metadata)
@@ -170,6 +179,7 @@ class ConversationsServing:
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
         await self._check_room(tenant, items)
+        self._check_fits(public_id, msgspec.structs.replace(conv, items=[*conv.items, *items]))
         await accepted()
         try:
             updated = await self.store.update_conversation(

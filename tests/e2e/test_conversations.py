@@ -262,3 +262,32 @@ async def test_a_refused_write_uses_no_rpm_and_an_accepted_one_does(stack) -> No
     assert len(listed.data) == 2  # the write refused with a 429 was not stored
     await sdk.close()
     await redis.aclose()
+
+
+async def test_a_full_conversation_uses_no_rpm(stack) -> None:  # type: ignore[no-untyped-def]
+    """Items that would make the record larger than NATS takes are a 413 before the write
+    is counted: the tenant's next good write still fits in its RPM."""
+    redis = connect(stack.redis_url)
+    store = TenantStore(redis)
+    name = unique("cfull")
+    await store.create(Tenant(name=name, rpm=3))
+    key, _ = await store.create_key(name)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0)
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    big = {"type": "message", "role": "user", "content": "x" * 600_000}
+    small = {"type": "message", "role": "user", "content": "hi"}
+    conv = await sdk.conversations.create()  # 1
+    await sdk.conversations.items.create(conv.id, items=[big])  # type: ignore[list-item]  # 2
+    counted = await redis.hgetall(names.rate_key(name))
+    for _ in range(3):  # NATS max_payload is 1 MiB on the test server
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.conversations.items.create(conv.id, items=[big])  # type: ignore[list-item]
+        assert caught.value.status_code == 413
+        assert caught.value.body["code"] == "conversation_too_large"  # type: ignore[index]
+    assert await redis.hgetall(names.rate_key(name)) == counted
+    await sdk.conversations.items.create(conv.id, items=[small])  # type: ignore[list-item]  # 3
+    with pytest.raises(openai.RateLimitError):
+        await sdk.conversations.items.create(conv.id, items=[small])  # type: ignore[list-item]
+    assert len((await sdk.conversations.items.list(conv.id)).data) == 2
+    await sdk.close()
+    await redis.aclose()
