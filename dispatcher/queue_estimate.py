@@ -28,7 +28,6 @@ docs/routing.md explains it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from typing import Protocol
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 from llmq.schemas.registry import WorkerInfo
 
@@ -200,10 +200,9 @@ class QueueEstimator:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="queue-estimate")
 
     async def stop(self) -> None:
+        """Cancelled until it ends: nats-py can lose one cancel (`tasks.stop_task`)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def _loop(self) -> None:

@@ -135,6 +135,7 @@ class JobRunner:
         self.cancelled = CancelledJobs()
         self.shutting_down = False  # a drain ran out of time: cancelled jobs go back, not dropped
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.acks: dict[str, _Ack] = {}  # each running job's message, which a redelivery joins
         self.responses_upstream: ResponsesPassthrough | None = None  # serves /v1/responses itself
         self.endpoints: EndpointUpstream | None = (
             None  # OpenAI's other endpoints (worker/endpoints)
@@ -157,6 +158,14 @@ class JobRunner:
         if not job.id or not job.reply:
             await ack.term()
             return
+        running = self.acks.get(job.id)
+        if running is not None and not running.done:
+            # JetStream redelivered a job this worker still runs (it stalled past the ack wait):
+            # the running attempt takes over the newest delivery, keeps it in progress and acks
+            # or hands it back when it ends, so the job runs once and is never lost.
+            running.msg = msg
+            await running.in_progress()
+            return
         with self.track(job):
             if (job.deadline_ms and time.time() * 1000 >= job.deadline_ms) or (
                 job.id in self.cancelled
@@ -166,13 +175,14 @@ class JobRunner:
                 return
             task = asyncio.current_task()
             assert task is not None
-            self.tasks[job.id] = task
+            self.tasks[job.id], self.acks[job.id] = task, ack
             trace = TRACEPARENT.set(valid_traceparent(job.traceparent))
             try:
                 await self._attempt(msg, ack, job)
             finally:
                 TRACEPARENT.reset(trace)
-                self.tasks.pop(job.id, None)
+                if self.tasks.get(job.id) is task:  # a retry elsewhere may have started here
+                    del self.tasks[job.id], self.acks[job.id]
 
     async def _refuse(self, ack: _Ack, error: EnvelopeError) -> None:
         """A job this worker cannot read (a kind it does not know): fail it, do not retry."""

@@ -9,21 +9,16 @@ import time
 from redis.asyncio import Redis
 
 from llmq.api.reservations import Reservations
-from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy import Quota, UsageReader, connect
 from llmq.api.tenancy.quota import RENEW_BATCH
 from llmq.dispatcher.batch.ports import reservation_of
 from llmq.schemas.admission import FAILED, JobUsage, Refusal, Reservation
-from tests.stack import refused_port, unique
-
-
-async def _tenant(redis: Redis, **limits: object) -> str:
-    name = unique("t")
-    await TenantStore(redis).create(Tenant(name=name, **limits))  # type: ignore[arg-type]
-    return name
+from tests.api.tenants import new_tenant
+from tests.stack import refused_port
 
 
 async def test_reserve_then_release_once(redis: Redis) -> None:
-    tenant = await _tenant(redis, max_concurrent=1)
+    tenant = await new_tenant(redis, max_concurrent=1)
     quota = Quota(redis)
     reservations = Reservations(quota, fail_open=False)
     held = await reservations.reserve(tenant, "m", 5, 10, "job-1")
@@ -45,7 +40,7 @@ async def test_reserve_then_release_once(redis: Redis) -> None:
 
 
 async def test_release_later_finishes_once_and_drains(redis: Redis) -> None:
-    tenant = await _tenant(redis, max_concurrent=3)
+    tenant = await new_tenant(redis, max_concurrent=3)
     quota = Quota(redis)
     reservations = Reservations(quota, fail_open=False)
     held = [await reservations.reserve(tenant, "m", 1, 1, f"job-{i}") for i in range(3)]
@@ -63,7 +58,7 @@ async def test_release_later_finishes_once_and_drains(redis: Redis) -> None:
 
 
 async def test_refused_for_good(redis: Redis) -> None:
-    tenant = await _tenant(redis, status="suspended")
+    tenant = await new_tenant(redis, status="suspended")
     reservations = Reservations(Quota(redis), fail_open=False)
     refused = await reservations.reserve(tenant, "m", 1, 1, "job-1")
     assert isinstance(refused, Refusal)
@@ -95,7 +90,7 @@ async def test_quota_store_down_fails_closed_or_open() -> None:
 
 
 async def test_renewal_keeps_a_slot_past_its_lease_until_released_once(redis: Redis) -> None:
-    tenant = await _tenant(redis, max_concurrent=1)
+    tenant = await new_tenant(redis, max_concurrent=1)
     quota = Quota(redis, lease=1.0)
     reservations = Reservations(quota, fail_open=False)
     reservations.start_renewal()
@@ -117,7 +112,7 @@ async def test_renewal_keeps_a_slot_past_its_lease_until_released_once(redis: Re
 
 
 async def test_another_replica_takes_over_and_never_revives_a_release(redis: Redis) -> None:
-    tenant = await _tenant(redis, max_concurrent=2)
+    tenant = await new_tenant(redis, max_concurrent=2)
     first = Reservations(Quota(redis, lease=1.0), fail_open=False)
     second = Reservations(Quota(redis, lease=1.0), fail_open=False)
     one = await first.reserve(tenant, "m", 1, 1, "job-a")
@@ -138,7 +133,7 @@ async def test_another_replica_takes_over_and_never_revives_a_release(redis: Red
 
 
 async def test_a_lapsed_lease_is_not_revived(redis: Redis) -> None:
-    tenant = await _tenant(redis, max_concurrent=1)
+    tenant = await new_tenant(redis, max_concurrent=1)
     quota = Quota(redis, lease=0.3)
     reservations = Reservations(quota, fail_open=False)
     assert isinstance(await reservations.reserve(tenant, "m", 1, 1, "late"), Reservation)
@@ -148,7 +143,7 @@ async def test_a_lapsed_lease_is_not_revived(redis: Redis) -> None:
 
 
 async def test_many_reservations_renewed_in_few_calls(redis: Redis) -> None:
-    tenants = [await _tenant(redis) for _ in range(3)]
+    tenants = [await new_tenant(redis) for _ in range(3)]
     quota = Quota(redis, lease=60.0)
     held = [(t, f"job-{i}") for t in tenants for i in range(400)]
     # A lease long enough that 1200 sequential reserves on a loaded machine all still hold.
@@ -175,7 +170,7 @@ async def _script_calls(redis: Redis) -> int:
 async def test_releases_that_end_together_share_a_round_trip_and_stay_exact(
     redis: Redis,
 ) -> None:
-    tenant = await _tenant(redis, max_concurrent=50)
+    tenant = await new_tenant(redis, max_concurrent=50)
     quota = Quota(redis)
     reservations = Reservations(quota, fail_open=False)
     held = [await reservations.reserve(tenant, "m", 10, 20, f"job-{i}") for i in range(40)]
@@ -196,7 +191,7 @@ async def test_releases_that_end_together_share_a_round_trip_and_stay_exact(
 
 async def test_release_many_after_the_server_forgot_the_script(redis: Redis) -> None:
     """A restarted Redis has no scripts: the pipeline's NOSCRIPT replies are retried."""
-    tenant = await _tenant(redis, max_concurrent=5)
+    tenant = await new_tenant(redis, max_concurrent=5)
     quota = Quota(redis)
     reservations = Reservations(quota, fail_open=False)
     held = [await reservations.reserve(tenant, "m", 1, 1, f"job-{i}") for i in range(3)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -95,17 +96,22 @@ async def test_an_expired_file_is_gone_and_swept(stack) -> None:  # type: ignore
     api = await stack.api(files_min_expiry=1, file_expiry_sweep=0.2)
     wing = api.app.state.batches
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
-        fields = {"expires_after[anchor]": "created_at", "expires_after[seconds]": "1"}
+        # `created_at` is whole seconds, so the file lives between `life` - 1 and `life` seconds
+        # after its upload: seconds to spare for the "still there" look on a loaded machine.
+        life = 5
+        fields = {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(life)}
         kept = (await upload(client, lines(2))).json()
-        # Looked at right after its upload: it lives one second, even on a loaded machine.
         short = (await upload(client, lines(2), **fields)).json()
-        assert (await client.get(f"/v1/files/{short['id']}")).status_code == 200
+        assert short["expires_at"] == short["created_at"] + life
+        looked = await client.get(f"/v1/files/{short['id']}")
+        assert looked.status_code == 200 and looked.json()["id"] == short["id"]
 
         async def gone() -> bool:
             resp = await client.get(f"/v1/files/{short['id']}")
             return resp.status_code == 404
 
-        await wait_for(gone, timeout=5)
+        await wait_for(gone, timeout=life + 30)
+        assert time.time() >= short["expires_at"]  # gone because it expired, not before
         assert (await client.get(f"/v1/files/{short['id']}/content")).status_code == 404
         listed = [f["id"] for f in (await client.get("/v1/files")).json()["data"]]
         assert short["id"] not in listed and kept["id"] in listed
@@ -114,7 +120,7 @@ async def test_an_expired_file_is_gone_and_swept(stack) -> None:  # type: ignore
             keys = await kvs.scan(wing.files.meta, f"_.{short['id']}", meta_only=True)
             return not keys
 
-        await wait_for(swept, timeout=5)
+        await wait_for(swept, timeout=30)
         assert (await client.get(f"/v1/files/{kept['id']}")).status_code == 200
         await client.delete(f"/v1/files/{kept['id']}")
 

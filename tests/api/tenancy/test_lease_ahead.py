@@ -10,25 +10,12 @@ import pytest
 from redis.asyncio import Redis
 
 from llmq.api.reservations import Reservations
-from llmq.api.tenancy import Quota, Tenant, TenantStore, UsageReader, connect
+from llmq.api.tenancy import Quota, UsageReader
 from llmq.api.tenancy.leases import Leases
 from llmq.api.tenancy.periods import periods
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
-from tests.stack import unique
-
-
-@pytest.fixture
-async def redis(redis_server):  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-async def _tenant(redis: Redis, **limits: object) -> str:
-    name = unique("t")
-    await TenantStore(redis).create(Tenant(name=name, **limits))  # type: ignore[arg-type]
-    return name
+from tests.api.tenants import new_tenant
 
 
 async def _scripts(redis: Redis) -> int:
@@ -42,7 +29,7 @@ async def test_a_hot_tenant_never_waits_for_redis_once_its_first_lease_came(redi
     """400 requests at about 400 a second: after the first lease, every one is admitted
     from a lease (the next lease is asked for in the background when the open one is half
     spent), and each is booked exactly once."""
-    tenant = await _tenant(
+    tenant = await new_tenant(
         redis, rpm=1_000_000, tpm=10**9, max_concurrent=10_000, daily_tokens=10**9
     )
     replica = Reservations(Quota(redis), False, Leases(0.5))
@@ -71,7 +58,7 @@ async def test_a_lease_asked_ahead_holds_nothing_of_its_own(redis) -> None:  # t
     """A lease-only grant charges its `g` requests (RPM at its end, slots, day tokens) and
     nothing for the request it was sized on: no reservation record, no slot named after
     it, no RPM unit; near a limit it grants nothing and writes nothing."""
-    tenant = await _tenant(redis, rpm=6000, max_concurrent=1000, daily_tokens=100_000)
+    tenant = await new_tenant(redis, rpm=6000, max_concurrent=1000, daily_tokens=100_000)
     quota = Quota(redis)
     now = time.time()
     until = now + 0.5
@@ -86,7 +73,7 @@ async def test_a_lease_asked_ahead_holds_nothing_of_its_own(redis) -> None:  # t
     tat = float(await redis.hget(names.rate_key(tenant), "req"))
     assert tat == pytest.approx(until * 1000 + 8 * 10, abs=1)  # 8 units at its end, 10 ms each
     # Near the daily limit: a quarter of the headroom is less than one request.
-    tight = await _tenant(redis, daily_tokens=30)
+    tight = await new_tenant(redis, daily_tokens=30)
     d = await quota.reserve(tight, "m", 5, 5, "L2", now=now, lease_wish=wish, lease_only=True)
     assert not d.allowed
     assert not await redis.exists(names.day_quota_key(tight, periods(now).day))
@@ -96,7 +83,7 @@ async def test_a_lease_asked_ahead_holds_nothing_of_its_own(redis) -> None:  # t
 async def test_a_leased_job_is_booked_in_one_script_call(redis) -> None:  # type: ignore[no-untyped-def]
     """The record and the booking of a lease-admitted job are one script call; a second
     booking of it (the usage booker's) changes nothing."""
-    tenant = await _tenant(redis, rpm=10_000, daily_tokens=10**6)
+    tenant = await new_tenant(redis, rpm=10_000, daily_tokens=10**6)
     replica = Reservations(Quota(redis), False, Leases(0.5))
     got = [await replica.reserve(tenant, "m", 10, 10, f"j{i}", leased=True) for i in range(6)]
     leased = [r for r in got if isinstance(r, Reservation) and r.lease]
@@ -113,7 +100,7 @@ async def test_release_later_coalesces_and_the_booker_waits_for_it(redis) -> Non
     """Jobs that end within `BOOK_DELAY` of each other are booked in one round trip; while
     they are, `booking_here` says so and `settled` waits for it, so the usage booker acks
     their reports without booking them a second time."""
-    tenant = await _tenant(redis, rpm=10_000)
+    tenant = await new_tenant(redis, rpm=10_000)
     replica = Reservations(Quota(redis), False)
     got = [await replica.reserve(tenant, "m", 10, 10, f"j{i}") for i in range(5)]
     rounds = replica.release_rounds

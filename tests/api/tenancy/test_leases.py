@@ -14,10 +14,8 @@ from llmq.api.tenancy import (
     KeySettings,
     Price,
     Quota,
-    Tenant,
     TenantStore,
     UsageReader,
-    connect,
 )
 from llmq.api.tenancy.lease_book import extend_slots
 from llmq.api.tenancy.leases import Leases, ticket_of
@@ -25,20 +23,8 @@ from llmq.api.tenancy.periods import periods
 from llmq.schemas import names
 from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.envelope import JobEnvelope
+from tests.api.tenants import new_tenant
 from tests.stack import unique, wait_for
-
-
-@pytest.fixture
-async def redis(redis_server):  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-async def _tenant(redis: Redis, **limits: object) -> str:
-    name = unique("t")
-    await TenantStore(redis).create(Tenant(name=name, **limits))  # type: ignore[arg-type]
-    return name
 
 
 def _replica(redis: Redis, window: float = 0.5) -> Reservations:
@@ -53,7 +39,7 @@ async def _scripts(redis: Redis) -> int:
 
 
 async def test_a_hot_tenant_is_admitted_from_its_lease_with_no_redis_call(redis) -> None:  # type: ignore[no-untyped-def]
-    tenant = await _tenant(redis, rpm=10_000, tpm=10_000_000, max_concurrent=400)
+    tenant = await new_tenant(redis, rpm=10_000, tpm=10_000_000, max_concurrent=400)
     replica = _replica(redis)
     got = [await replica.reserve(tenant, "m", 10, 10, f"j{i}", leased=True) for i in range(4)]
     assert all(isinstance(r, Reservation) for r in got)
@@ -121,7 +107,7 @@ async def test_rates_exact_across_replicas_under_a_burst(redis, replicas: int, l
     more were admitted than the bucket (600) plus its refill, and by the end no fewer than
     what fits one second earlier (nothing stranded on a replica for longer)."""
     tenant_limits, key_limits = LIMITS[limit]
-    tenant = await _tenant(redis, **tenant_limits)
+    tenant = await new_tenant(redis, **tenant_limits)
     key_id = ""
     if key_limits:
         _, record = await TenantStore(redis).create_key(tenant, settings=KeySettings(**key_limits))
@@ -139,7 +125,7 @@ async def test_concurrency_never_exceeded_and_slots_come_back(redis, scope: str)
     """max_concurrent 40, three replicas, 2,000 jobs of 20-60 ms split unevenly: never more
     than 40 at once, the slots kept busy, and once the jobs end every leased slot is back
     in Redis within a second."""
-    tenant = await _tenant(redis, **({"max_concurrent": 40} if scope == "tenant" else {}))
+    tenant = await new_tenant(redis, **({"max_concurrent": 40} if scope == "tenant" else {}))
     key_id = ""
     if scope == "key":
         limits = KeySettings(max_concurrent=40)
@@ -184,7 +170,7 @@ async def test_a_dead_replica_strands_its_slots_only_briefly(redis) -> None:  # 
     """A replica that dies holding leases (it never returns them) strands their unused
     slots only until the lease's end + the slot grace; its running jobs keep theirs (pushed
     on at its tick) until they are booked, by whichever replica books them."""
-    tenant = await _tenant(redis, max_concurrent=100)
+    tenant = await new_tenant(redis, max_concurrent=100)
     dead = Reservations(Quota(redis), False, Leases(0.5, slot_grace=1.0))
     got = [await dead.reserve(tenant, "m", 5, 5, f"j{i}", leased=True) for i in range(6)]
     leased = [r for r in got if isinstance(r, Reservation) and r.lease]
@@ -209,7 +195,7 @@ async def test_a_dead_replica_strands_its_slots_only_briefly(redis) -> None:  # 
 async def test_the_ticket_is_a_safe_header_and_books_the_end_user(redis) -> None:  # type: ignore[no-untyped-def]
     """The lease ticket travels in a NATS header (`Llmq-Lease`): a client's `user` with
     spaces, CR/LF or a header of its own cannot break it, and is booked as sent."""
-    tenant = await _tenant(redis, rpm=10_000)
+    tenant = await new_tenant(redis, rpm=10_000)
     replica = _replica(redis)
     user = "eve x\r\nLlmq-Tenant: other"
     got = [
@@ -252,7 +238,7 @@ async def test_budgets_exact_across_replicas_under_a_burst(
     end, so the last ones fit too), and once every lease has ended the counters hold
     exactly what the admitted requests hold."""
     tenant_limits, key_limits = BUDGETS[budget]
-    tenant = await _tenant(redis, rpm=1_000_000, **tenant_limits)
+    tenant = await new_tenant(redis, rpm=1_000_000, **tenant_limits)
     store = TenantStore(redis)
     model = unique("m")
     await store.set_price(model, Price(input_per_1m=100.0, output_per_1m=100.0))
@@ -281,7 +267,7 @@ async def test_a_dead_replicas_budget_comes_back(redis) -> None:  # type: ignore
     """A replica that dies holding a budget lease never gives back what it did not spend:
     the next admission after the lease's end + the reservation lease gives back all of it
     not booked yet (here after 1 s), and its jobs booked later are added then, once."""
-    tenant = await _tenant(redis, daily_tokens=1_000_000)
+    tenant = await new_tenant(redis, daily_tokens=1_000_000)
     dead = Reservations(Quota(redis, lease=1.0), False, Leases(0.5))
     got = [await dead.reserve(tenant, "m", 5, 5, f"j{i}", leased=True) for i in range(8)]
     assert all(isinstance(r, Reservation) for r in got)
