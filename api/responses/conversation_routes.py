@@ -8,13 +8,15 @@ from starlette.responses import Response
 from llmq.api.openapi_bodies import Bodies
 from llmq.api.protocol import read_body
 from llmq.api.responses.conversations import (
+    Accepted,
     AddItems,
     ConversationsServing,
     CreateConversation,
     UpdateConversation,
 )
 from llmq.api.responses.routes import scope_of
-from llmq.api.routes.common import counted, json_response
+from llmq.api.responses.routes import serving as responses
+from llmq.api.routes.common import count, json_response, tenant_of
 
 router = APIRouter(prefix="/v1")
 BODIES: Bodies = {
@@ -33,16 +35,20 @@ async def _body(request: Request) -> bytes:
     return await read_body(request, request.app.state.settings.api.max_body_bytes)
 
 
-async def _writer_scope(request: Request) -> str:
-    """The scope of a caller about to write (counted against its RPM, as every call)."""
-    await counted(request)
-    return await scope_of(request)
+async def _writer(request: Request) -> tuple[str, Accepted]:
+    """The scope of a caller about to write, and what counts the write against its RPM:
+    awaited once the write is accepted, just before it is stored, so a refused one (bad
+    body, too many items, unknown conversation, no storage room) uses no quota."""
+    tenant = await tenant_of(request)
+    scope = await responses(request).scopes.of(tenant)
+    return scope, lambda: count(request, tenant)
 
 
 @router.post("/conversations")
 async def create(request: Request) -> Response:
-    scope = await _writer_scope(request)
-    return json_response(await serving(request).create(scope, await _body(request)))
+    scope, accepted = await _writer(request)
+    body = await _body(request)
+    return json_response(await serving(request).create(scope, body, accepted))
 
 
 @router.get("/conversations/{conversation_id}")
@@ -53,9 +59,10 @@ async def get(request: Request, conversation_id: str) -> Response:
 
 @router.post("/conversations/{conversation_id}")
 async def update(request: Request, conversation_id: str) -> Response:
-    scope = await _writer_scope(request)
+    scope, accepted = await _writer(request)
     body = await _body(request)
-    return json_response(await serving(request).update(scope, conversation_id, body))
+    found = await serving(request).update(scope, conversation_id, body, accepted)
+    return json_response(found)
 
 
 @router.delete("/conversations/{conversation_id}")
@@ -79,9 +86,10 @@ async def list_items(
 
 @router.post("/conversations/{conversation_id}/items")
 async def add_items(request: Request, conversation_id: str) -> Response:
-    scope = await _writer_scope(request)
+    scope, accepted = await _writer(request)
     body = await _body(request)
-    return json_response(await serving(request).add_items(scope, conversation_id, body))
+    found = await serving(request).add_items(scope, conversation_id, body, accepted)
+    return json_response(found)
 
 
 @router.get("/conversations/{conversation_id}/items/{item_id}")

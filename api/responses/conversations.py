@@ -8,6 +8,7 @@ another tenant's ids are not found. Responses created with `conversation` append
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -26,6 +27,14 @@ _encoder = msgspec.json.Encoder()
 
 MAX_NEW_ITEMS = 20
 """Items one create or add call may carry (as OpenAI)."""
+
+Accepted = Callable[[], Awaitable[None]]
+"""Awaited once a write passed every check, just before it is stored: it counts the write
+against the RPM (and may still refuse it with a 429), so a refused write uses no quota."""
+
+
+async def _nothing() -> None:
+    return None
 
 
 class CreateConversation(msgspec.Struct):
@@ -86,8 +95,15 @@ def _new_items(raw: list[Item] | None) -> list[Item]:
 
 
 class ConversationsServing:
-    def __init__(self, store: ConversationStore) -> None:
+    def __init__(self, store: ConversationStore, max_record: Callable[[], int]) -> None:
+        """`max_record`: the largest record the bucket takes (NATS `max_payload`), so a
+        conversation that cannot grow is refused before the write is counted."""
         self.store = store
+        self.max_record = max_record
+
+    def _check_fits(self, public_id: str, record: Conversation) -> None:
+        if len(_encoder.encode(record)) > self.max_record():
+            raise _full(public_id)
 
     async def _check_room(self, tenant: str, record: object) -> None:
         """413 when `record`'s bytes do not fit in the tenant's storage quota."""
@@ -101,7 +117,9 @@ class ConversationsServing:
             raise not_found("conversation", public_id)
         return found
 
-    async def create(self, tenant: str, body: bytes) -> dict[str, Any]:
+    async def create(
+        self, tenant: str, body: bytes, accepted: Accepted = _nothing
+    ) -> dict[str, Any]:
         req: CreateConversation = _decode(body, CreateConversation)
         conv = Conversation(
             id=time_hex(),
@@ -111,6 +129,8 @@ class ConversationsServing:
             items=_new_items(req.items),
         )
         await self._check_room(tenant, conv)
+        self._check_fits(CONVERSATION_PREFIX + conv.id, conv)
+        await accepted()
         try:
             await self.store.create_conversation(conv)
         except MaxPayloadError:
@@ -125,10 +145,14 @@ class ConversationsServing:
     async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
         return view(await self._get(tenant, public_id))
 
-    async def update(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
+    async def update(
+        self, tenant: str, public_id: str, body: bytes, accepted: Accepted = _nothing
+    ) -> dict[str, Any]:
         req: UpdateConversation = _decode(body, UpdateConversation)
         metadata = _metadata(req.metadata)
         conv = await self._get(tenant, public_id)
+        self._check_fits(public_id, msgspec.structs.replace(conv, metadata=metadata))
+        await accepted()
         updated = await self.store.update_conversation(
             tenant, conv.id, lambda c: msgspec.structs.replace(c, metadata=metadata)
         )
@@ -148,11 +172,15 @@ class ConversationsServing:
         data, has_more = page(conv.items, limit, order, after)
         return list_body(data, has_more)
 
-    async def add_items(self, tenant: str, public_id: str, body: bytes) -> dict[str, Any]:
+    async def add_items(
+        self, tenant: str, public_id: str, body: bytes, accepted: Accepted = _nothing
+    ) -> dict[str, Any]:
         req: AddItems = _decode(body, AddItems)
         items = _new_items(req.items)
         conv = await self._get(tenant, public_id)
         await self._check_room(tenant, items)
+        self._check_fits(public_id, msgspec.structs.replace(conv, items=[*conv.items, *items]))
+        await accepted()
         try:
             updated = await self.store.update_conversation(
                 tenant, conv.id, lambda c: msgspec.structs.replace(c, items=[*c.items, *items])

@@ -97,7 +97,7 @@ async def open_responses(
     responses.files = wing.files
     wing.purgers.append(store.purge)  # a deleted tenant's responses and conversations
     responses.finisher.start()
-    return responses, ConversationsServing(store)
+    return responses, ConversationsServing(store, lambda: int(rt.nc.max_payload))
 
 
 class ResponsesServing:

@@ -32,16 +32,10 @@ def key_of(request: Request) -> str:
     return key_id
 
 
-async def counted(request: Request) -> str:
-    """The caller's tenant, after counting the call against its (and its key's) RPM: a
-    call that holds no tokens (a conversation write) is rate-limited too."""
-    tenant = await tenant_of(request)
-    await count(request, tenant)
-    return tenant
-
-
 async def count(request: Request, tenant: str) -> None:
-    """Count one call of `tenant` against its (and its key's) RPM; 429 past it."""
+    """Count one call of `tenant` against its (and its key's) RPM; 429 past it. A call
+    that holds no tokens (an upload, a conversation write) is rate-limited too, once it is
+    accepted."""
     await request.app.state.list_gate.count(tenant, key_of(request))
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from llmq.api.tenancy import Tenant, TenantStore, UsageReader, connect
+from llmq.schemas import names
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for
 
@@ -208,3 +210,84 @@ async def test_a_deleted_tenants_responses_and_conversations_go_with_it(stack) -
         await http.delete(f"/admin/tenants/{name}", headers=admin)
         await old.close()
         await new.close()
+
+
+async def test_a_refused_write_uses_no_rpm_and_an_accepted_one_does(stack) -> None:  # type: ignore[no-untyped-def]
+    """A conversation write counts against the RPM once it is accepted, just before it is
+    stored: refused ones (malformed, too many items, unknown conversation, over the storage
+    bound) leave the tenant's rate in Valkey as it was; past the RPM a good write is a 429
+    and is not stored."""
+    redis = connect(stack.redis_url)
+    store = TenantStore(redis)
+    name = unique("crpm")
+    await store.create(Tenant(name=name, rpm=2, storage_bytes=20_000))
+    key, _ = await store.create_key(name)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0)
+    item = {"type": "message", "role": "user", "content": "hi"}
+    big = {"type": "message", "role": "user", "content": "x" * 30_000}
+    unknown = "conv_" + "f" * 32
+    refusals: list[tuple[str, dict[str, Any] | bytes, int]] = [
+        ("/v1/conversations", b"{", 400),
+        ("/v1/conversations", {"items": [item] * 21}, 400),
+        ("/v1/conversations", {"metadata": {"k": "v" * 600}}, 400),
+        ("/v1/conversations", {"items": [big]}, 413),
+        (f"/v1/conversations/{unknown}/items", {"items": [item]}, 404),
+        (f"/v1/conversations/{unknown}", {"metadata": {"k": "v"}}, 404),
+    ]
+    rate = names.rate_key(name)
+    headers = {"authorization": f"Bearer {key}"}
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=10) as http:
+
+        async def refuse(path: str, body: dict[str, Any] | bytes, status: int) -> None:
+            sent = body if isinstance(body, bytes) else None
+            resp = await http.post(path, content=sent, json=None if sent else body)
+            assert resp.status_code == status, resp.text
+
+        for _ in range(2):  # more refusals than the RPM allows calls
+            for path, body, status in refusals:
+                await refuse(path, body, status)
+        assert await redis.hgetall(rate) == {}  # never counted
+        conv = await sdk.conversations.create(items=[item])  # type: ignore[list-item]
+        counted = await redis.hgetall(rate)
+        assert counted  # the accepted one was
+        await refuse(f"/v1/conversations/{conv.id}/items", {"items": [big]}, 413)
+        await refuse(f"/v1/conversations/{conv.id}/items", {"items": "x"}, 400)
+        await refuse(f"/v1/conversations/{conv.id}", {"metadata": 1}, 400)
+        assert await redis.hgetall(rate) == counted
+        await sdk.conversations.items.create(conv.id, items=[item])  # type: ignore[list-item]
+        with pytest.raises(openai.RateLimitError):
+            await sdk.conversations.items.create(conv.id, items=[item])  # type: ignore[list-item]
+        listed = await sdk.conversations.items.list(conv.id)
+    assert len(listed.data) == 2  # the write refused with a 429 was not stored
+    await sdk.close()
+    await redis.aclose()
+
+
+async def test_a_full_conversation_uses_no_rpm(stack) -> None:  # type: ignore[no-untyped-def]
+    """Items that would make the record larger than NATS takes are a 413 before the write
+    is counted: the tenant's next good write still fits in its RPM."""
+    redis = connect(stack.redis_url)
+    store = TenantStore(redis)
+    name = unique("cfull")
+    await store.create(Tenant(name=name, rpm=3))
+    key, _ = await store.create_key(name)
+    api = await stack.api(auth_mode="keys", key_cache_ttl=0)
+    sdk = openai.AsyncOpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+    big = {"type": "message", "role": "user", "content": "x" * 600_000}
+    small = {"type": "message", "role": "user", "content": "hi"}
+    conv = await sdk.conversations.create()  # 1
+    await sdk.conversations.items.create(conv.id, items=[big])  # type: ignore[list-item]  # 2
+    counted = await redis.hgetall(names.rate_key(name))
+    for _ in range(3):  # NATS max_payload is 1 MiB on the test server
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.conversations.items.create(conv.id, items=[big])  # type: ignore[list-item]
+        assert caught.value.status_code == 413
+        assert caught.value.body["code"] == "conversation_too_large"  # type: ignore[index]
+    assert await redis.hgetall(names.rate_key(name)) == counted
+    await sdk.conversations.items.create(conv.id, items=[small])  # type: ignore[list-item]  # 3
+    with pytest.raises(openai.RateLimitError):
+        await sdk.conversations.items.create(conv.id, items=[small])  # type: ignore[list-item]
+    assert len((await sdk.conversations.items.list(conv.id)).data) == 2
+    await sdk.close()
+    await redis.aclose()
