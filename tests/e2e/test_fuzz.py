@@ -329,8 +329,16 @@ class Target:
 
 async def _target(stack: Any, redis_server: Any, **overrides: Any) -> Target:
     admin = "adm-" + uuid.uuid4().hex
+    # Leases off: each admission is then a slot in Valkey's in-flight set until its job is
+    # booked, so `settled_quota` can tell when the last accepted request is booked (a leased
+    # job is booked a few ms after its answer, and would land inside the next refusal's
+    # before/after window). The fuzz tests what a refusal leaves in Valkey, not leases.
     api = await stack.api(
-        auth_mode="keys", key_cache_ttl=0, admin_token=admin, max_n=4, **overrides
+        auth_mode="keys",
+        key_cache_ttl=0,
+        admin_token=admin,
+        max_n=4,
+        **{"quota_leases": False, **overrides},
     )
     await stack.worker(model=[MODEL], capacity=8)
     await wait_for(lambda: api.runtime.registry.workers_for(MODEL))
