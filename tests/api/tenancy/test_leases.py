@@ -95,16 +95,6 @@ async def _burst(
     return [t - start for t in admitted]
 
 
-async def _warmed(redis: Redis, replicas: list[Reservations]) -> list[Reservations]:
-    """Each replica admits a job of a tenant of its own first (its connection open, its
-    scripts loaded), so that a burst measures admission, not a cold start beside a suite
-    that is starting up (a first admission 1.5 s late was seen that way)."""
-    warm = await new_tenant(redis)
-    for n, replica in enumerate(replicas):
-        assert isinstance(await replica.reserve(warm, "m", 5, 5, f"warm{n}"), Reservation)
-    return replicas
-
-
 REFUSED: dict[str, dict[str, tuple[int, list[float]]]] = {}
 """Per tenant, the refusals of its last burst: their count and first times, for a failure's
 message."""
@@ -130,7 +120,7 @@ async def test_rates_exact_across_replicas_under_a_burst(redis, replicas: int, l
     if key_limits:
         _, record = await TenantStore(redis).create_key(tenant, settings=KeySettings(**key_limits))
         key_id = record.id
-    group = await _warmed(redis, [_replica(redis) for _ in range(replicas)])
+    group = [_replica(redis) for _ in range(replicas)]
     times = await _burst(group, tenant, 2000, 3.0, key_id)
     for n, at in enumerate(times, 1):  # GCRA: never more than 600 + 10 per second so far
         assert n <= 600 + 10 * at + 1, (n, at)
@@ -263,7 +253,7 @@ async def test_budgets_exact_across_replicas_under_a_burst(
     key_id = ""
     if key_limits:
         key_id = (await store.create_key(tenant, settings=KeySettings(**key_limits)))[1].id
-    group = await _warmed(redis, [_replica(redis) for _ in range(replicas)])
+    group = [_replica(redis) for _ in range(replicas)]
     for r in group:
         r.start_renewal()
     times = await _burst(group, tenant, 2000, 3.0, key_id, model=model)
