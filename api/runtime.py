@@ -86,6 +86,7 @@ class Runtime:
             )
             await startup.step("the worker registry", registry.start)
             undo.push_async_callback(registry.stop)
+            await startup.step("the worker registry's replay", registry.replayed)
             dispatcher = Dispatcher(
                 nc, js, inbox, settings.protocol.ping_interval, settings.protocol.ack_wait
             )

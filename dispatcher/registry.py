@@ -11,6 +11,11 @@ after contact is back (up to `CREDIT_TTLS` TTLs): the workers were cut off too a
 moment to beat again, so a failover is not taken for "no worker". And a watch that went quiet
 while the bucket answers (its consumer lived on the node that died) is no reason to age
 anyone out: the probe then reads the bucket's current entries itself (see `live_workers`).
+
+The two buckets have a watch each, so a worker's heartbeat can arrive before its models'
+catalog entries, which the worker wrote first. A caller that needs an entry (the endpoints a
+model serves, when it was first seen) loads it with `load_catalog`: for a model a live worker
+serves, an entry not delivered yet is read from the bucket.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from llmq.dispatcher import probes, streams
-from llmq.dispatcher.kv import Follower
+from llmq.dispatcher.kv import Follower, read_raw
 from llmq.dispatcher.tasks import stop_task
 from llmq.schemas import names
 from llmq.schemas.registry import (
@@ -42,6 +48,10 @@ _MODELS_RESYNC = 30.0
 CREDIT_TTLS = 3
 """At most this many TTLs of cut-off time are added to a heartbeat's life: a NATS leader
 election takes seconds (4-9 s of raft election timeout, then a reconnect), never minutes."""
+REPLAY_WAIT = 5.0
+"""Seconds one wait for the first replay of both buckets lasts (`replayed`; retried)."""
+CATALOG_READ_TIMEOUT = 2.0
+"""Seconds a request waits for a catalog entry read from the bucket (`load_catalog`)."""
 
 
 class WorkerRegistry:
@@ -71,11 +81,15 @@ class WorkerRegistry:
         self._models: dict[str, ModelInfo] = {}
         """By LLMQ_MODELS key (`names.model_kv_key`)."""
         self._followers: list[Follower] = []
+        self._catalog: KeyValue | None = None
+        self._reads: dict[str, asyncio.Task[None]] = {}
+        """Catalog entries being read from the bucket, by key: one read for many requests."""
         self.synced = asyncio.Event()
         """Set once both buckets have been replayed."""
 
     async def start(self) -> None:
         workers, models = await self._buckets()
+        self._catalog = models
         # Heartbeats keep the workers' watch busy; silence longer than a TTL means it broke.
         self._followers = [
             Follower(
@@ -99,9 +113,17 @@ class WorkerRegistry:
             follower.start()
         self._prober = asyncio.create_task(self._probe(), name="registry-probe")
 
+    async def replayed(self) -> None:
+        """Wait for the first replay of both buckets (at most `REPLAY_WAIT` s): an api that
+        starts serving before it would answer 404 for models whose workers beat already."""
+        async with asyncio.timeout(REPLAY_WAIT):
+            await self.synced.wait()
+
     async def stop(self) -> None:
         if self._prober is not None:
             await stop_task(self._prober)
+        for read in list(self._reads.values()):
+            await stop_task(read)
         for follower in self._followers:
             await follower.stop()
 
@@ -125,7 +147,7 @@ class WorkerRegistry:
 
     async def rewatch(self) -> None:
         """After a reconnect: make sure both buckets exist and watch them afresh."""
-        await self._buckets()
+        _workers, self._catalog = await self._buckets()
         for follower in self._followers:
             await follower.restart()
 
@@ -224,6 +246,36 @@ class WorkerRegistry:
 
     def known(self, model: str) -> bool:
         return self.model_info(model) is not None or bool(self.workers_for(model))
+
+    async def load_catalog(self, models: Iterable[str]) -> None:
+        """Make sure the catalog entries of those of `models` that a live worker serves are
+        here: a worker writes its entries before its first heartbeat, so one its heartbeat
+        came without (the models' watch lags) is read from the bucket. Other names cost no
+        read (a client's made-up model is not a request to NATS); a read that fails or takes
+        over `CATALOG_READ_TIMEOUT` leaves the entry missing."""
+        missing = [m for m in models if self.model_info(m) is None and self.workers_for(m)]
+        if missing and self._catalog is not None:
+            reads = [self._read_entry(self._catalog, names.model_kv_key(m)) for m in missing]
+            await asyncio.gather(*reads)
+
+    def _read_entry(self, catalog: KeyValue, key: str) -> asyncio.Future[None]:
+        """The read of `key`'s catalog entry, shared by every caller waiting for it."""
+        task = self._reads.get(key)
+        if task is None:
+            task = asyncio.create_task(self._read(catalog, key), name="registry-read")
+            self._reads[key] = task
+            task.add_done_callback(lambda _: self._reads.pop(key, None))
+        return asyncio.shield(task)
+
+    async def _read(self, catalog: KeyValue, key: str) -> None:
+        try:
+            async with asyncio.timeout(CATALOG_READ_TIMEOUT):
+                value = await read_raw(catalog, key)
+        except Exception as exc:  # NATS away or slow: the entry stays missing
+            log.debug("reading catalog entry %s failed: %r", key, exc)
+            return
+        if value and key not in self._models:  # the watch may have delivered it meanwhile
+            self._on_model(key, value)
 
     def model_info(self, model: str) -> ModelInfo | None:
         try:

@@ -51,13 +51,11 @@ class EndpointServing:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
 
-    def serves(self, model: str, path: str) -> bool:
-        info = self.serving.rt.registry.model_info(model)
-        return (
-            info is not None
-            and path in info.endpoints
-            and bool(self.serving.rt.registry.workers_for(model))
-        )
+    async def serves(self, model: str, path: str) -> bool:
+        registry = self.serving.rt.registry
+        await registry.load_catalog((model,))
+        info = registry.model_info(model)
+        return info is not None and path in info.endpoints and bool(registry.workers_for(model))
 
     async def serve(self, request: Request, path: str) -> Response:
         serving, settings = self.serving, self.serving.rt.settings
@@ -70,7 +68,7 @@ class EndpointServing:
         content_type = request.headers.get("content-type", "application/json")
         requested = serving.preparer.models.resolve(await model_of(body, content_type))
         record.model = requested
-        if not self.serves(requested, path):
+        if not await self.serves(requested, path):
             raise ApiError(
                 404,
                 f"The model `{requested}` does not serve {path}",
@@ -89,7 +87,7 @@ class EndpointServing:
     async def _attempt(self, ask: _Ask, model: str, more: bool) -> Attempted:
         serving, record = self.serving, ask.record
         fallback = model != record.model
-        if fallback and (not ask.json_body or not self.serves(model, ask.path)):
+        if fallback and (not ask.json_body or not await self.serves(model, ask.path)):
             return None, None
         body = patch_body(ask.body, {"model": model}) if fallback else ask.body
 

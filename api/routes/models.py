@@ -40,7 +40,9 @@ def _card(
 async def list_models(request: Request) -> Response:
     """The models the caller may use now: live ones, and the aliases that point to them."""
     caller = await _auth(request).caller(request)
-    live = request.app.state.runtime.registry.live_models()
+    registry = request.app.state.runtime.registry
+    live = registry.live_models()
+    await registry.load_catalog(live)
     names = sorted(set(live) | set(request.app.state.models.aliases))
     cards = [card for name in names if (card := _card(request, caller, live, name))]
     return Response(_encoder.encode(ModelList(data=cards)), media_type="application/json")
@@ -51,7 +53,9 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     """One model; 404 alike for a model that does not exist and one the caller may not
     use, so a key cannot probe what other tenants run."""
     caller = await _auth(request).caller(request)
-    live = request.app.state.runtime.registry.live_models()
+    registry = request.app.state.runtime.registry
+    live = registry.live_models()
+    await registry.load_catalog((request.app.state.models.resolve(model_id),))
     card = _card(request, caller, live, model_id)
     if card is None:
         raise ApiError(

@@ -148,3 +148,16 @@ async def test_without_tenancy_models_are_open(stack) -> None:  # type: ignore[n
     assert model in {m.id for m in (await sdk.models.list()).data}
     assert (await sdk.models.retrieve(model)).id == model
     await sdk.close()
+
+
+async def test_an_api_starting_beside_a_worker_lists_its_model_at_once(stack) -> None:  # type: ignore[no-untyped-def]
+    """The api's start waits for the registry's first replay: once ready, it knows the
+    workers beating already and their catalog entries, with no wait on the caller's side."""
+    model = unique("m")
+    await stack.worker(model=[model])
+    api = await stack.api()
+    assert api.runtime.registry.synced.is_set()
+    async with httpx.AsyncClient(base_url=f"{api.url}/v1", timeout=10) as client:
+        card = await client.get(f"/models/{model}")
+        assert card.status_code == 200, card.text
+        assert card.json()["id"] == model and card.json()["created"] > 0

@@ -252,3 +252,22 @@ async def test_a_caching_model_never_caches_an_endpoint(stack, upstream, tmp_pat
             assert resp.status_code == 200 and resp.json()["results"][0]["flagged"] is False
             assert resp.headers["x-llmq-cache"] == "skip"
     assert len([r for r in upstream.received[sent:] if r.path == "/v1/moderations"]) == 2
+
+
+async def test_a_worker_seen_before_its_catalog_entry_is_served(stack, upstream) -> None:  # type: ignore[no-untyped-def]
+    """The api's models' watch lags its workers' one (two watches, no order between them):
+    a worker it sees is served at once, its endpoints and first-seen time read from the
+    bucket, not a 404 "does not serve" nor a card created at 0."""
+    model = unique("omni-early")
+    api = await stack.api()
+    await api.runtime.registry.synced.wait()
+    await api.runtime.registry._followers[1].stop()  # the models' watch delivers nothing
+    await stack.worker(model=[model], backend="openai", backend_url=f"{upstream.url}/v1",
+                       openai_endpoints=ENDPOINTS)  # fmt: skip
+    await wait_for(lambda: api.runtime.registry.workers_for(model))
+    assert api.runtime.registry.model_info(model) is None
+    async with httpx.AsyncClient(base_url=api.url, timeout=20) as http:
+        card = await http.get(f"/v1/models/{model}")
+        assert card.status_code == 200 and card.json()["created"] > 0, card.text
+        resp = await http.post("/v1/moderations", json={"model": model, "input": "early"})
+        assert resp.status_code == 200 and resp.json() == MODERATION, resp.text
