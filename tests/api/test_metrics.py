@@ -79,9 +79,9 @@ async def test_requests_latency_tokens_and_quota_rejections(stack, store) -> Non
 async def test_queue_depth_and_pending_acks_per_model_and_no_tenant_label(stack) -> None:  # type: ignore[no-untyped-def]
     model = unique("mq")
     api = await stack.api(metrics_queue_ttl=0)
-    worker = await stack.worker(model=[model], capacity=1, echo_delay=0.15)
+    worker = await stack.worker(model=[model], capacity=1, echo_delay=0.4)
     await wait_for(lambda: api.runtime.registry.workers_for(model))
-    words = "a b c d e"
+    words = "a b c d e"  # 2 s a job: the state below lasts while the first one runs
     async with httpx.AsyncClient(timeout=20) as client:
         url = f"{api.url}/v1/chat/completions"
         tasks = [
@@ -90,14 +90,16 @@ async def test_queue_depth_and_pending_acks_per_model_and_no_tenant_label(stack)
         ]
 
         async def queued() -> bool:
+            """One running, two queued (the depth can read 2 before the worker has taken
+            the first: all three published, or two and none taken yet)."""
             text = (await client.get(f"{api.url}/metrics")).text
-            return value(text, "llmq_queue_depth", model=model, stream="LLMQ_JOBS") == 2
+            depth = value(text, "llmq_queue_depth", model=model, stream="LLMQ_JOBS")
+            return depth == 2 and worker.scheduler.in_flight == 1
 
-        await wait_for(queued, timeout=5)
+        await wait_for(queued, timeout=30)  # generous: a loaded machine is slow
         text = (await client.get(f"{api.url}/metrics")).text
         assert value(text, "llmq_queue_pending_acks", model=model, stream="LLMQ_JOBS") is not None
         assert value(text, "llmq_queue_depth", model=model, stream="LLMQ_BATCH") == 0
-        assert worker.scheduler.in_flight == 1
         results = await asyncio.gather(*tasks)
         assert all(r.status_code == 200 for r in results)
         text = (await client.get(f"{api.url}/metrics")).text
