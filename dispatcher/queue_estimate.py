@@ -88,11 +88,12 @@ def _rate(samples: deque[tuple[float, int, bool]]) -> float | None:
 
 
 def estimate_wait(pending: int, free_slots: int, rate: float | None) -> float | None:
-    """Seconds a job queued now waits for a worker (see the module's docstring)."""
-    if pending < free_slots or pending == 0:
+    """Seconds a job queued now waits for a worker (see the module's docstring): with every
+    slot taken and nothing queued, until one job ends; 0 while that time is unknown."""
+    if pending < free_slots:
         return 0.0
     if rate is None or rate <= 0:
-        return None
+        return 0.0 if pending == 0 else None
     return (pending - free_slots + 1) / rate
 
 
