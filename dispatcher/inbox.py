@@ -253,7 +253,8 @@ class ReplyInbox:
         await fast_nats.round_trip(self._nc, timeout)
         sub = self._sub
         # shut shortcuts: frames read before the PONG may still wait for the callback task
-        while sub is not None and sub.pending_msgs and loop.time() < end:
+        # (nats-py sets no event when a subscription's queue empties: polled)
+        while sub is not None and sub.pending_msgs and loop.time() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
 
     def _on_frame(self, msg: Msg) -> None:
