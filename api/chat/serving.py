@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, for_model
@@ -94,21 +94,11 @@ class ChatServing(Serving):
         placed = await self.place(job_ask, rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         mark(record.trace, "quota")
         incoming = traceparent(record.trace, request.headers.get("traceparent"))
         spec = self.job_spec(job_ask, ask.submitted, ask.wait, incoming)
         mark(record.trace, "submitted")
-        run = plan.lead(await self.submit(spec, ticket, reservation))
-        mark(record.trace, "published", run)
-        job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
-        headers = {
-            "x-request-id": record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-        }
-        return await answer_or_move_on(self, job, model, prepared.stream, more, headers=headers)
+        return await queue_and_answer(self, job_ask, placed, spec)
 
     def _prepare(self, ask: _Ask, model: str, more: bool) -> PreparedRequest | Attempted:
         """The request as `model` takes it, or why to move on (as `_attempt` returns it)

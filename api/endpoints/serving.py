@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from llmq.api.endpoints.body import model_of
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import Event, QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER
@@ -114,18 +114,9 @@ class EndpointServing:
         placed = await serving.place(job_ask, rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         incoming = ask.request.headers.get("traceparent")
         spec = serving.job_spec(job_ask, ask.submitted, ask.wait, incoming)
-        run = plan.lead(await serving.submit(spec, ticket, reservation))
-        job = make_job(run, reservation, ticket)
-        headers = {
-            "x-request-id": record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-        }
-        return await answer_or_move_on(serving, job, model, True, more, headers=headers)
+        return await queue_and_answer(serving, job_ask, placed, spec)
 
 
 class _Ask(msgspec.Struct):

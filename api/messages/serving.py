@@ -20,7 +20,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask
@@ -149,22 +149,12 @@ class MessagesServing:
         placed = await serving.place(job_ask, ask.rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         spec = serving.job_spec(
             job_ask, ask.submitted, ask.wait, request.headers.get("traceparent")
         )
         spec.anthropic_version = ask.headers.get("anthropic-version", "")
         spec.anthropic_beta = ask.headers.get("anthropic-beta", "")
-        run = plan.lead(await serving.submit(spec, ticket, reservation))
-        job = MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
-        headers = {
-            "x-request-id": record.job_id,
-            REQUEST_ID: record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-        }
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
+        return await queue_and_answer(serving, job_ask, placed, spec)
 
     def _job_ask(
         self,
