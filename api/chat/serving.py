@@ -23,14 +23,12 @@ from llmq.api.engine.model_chain import MODEL_HEADER, for_model
 from llmq.api.engine.reuse import Ask
 from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError, api_error
-from llmq.api.fair_share import Ticket
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
-from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import new_job_id
-from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal, Reservation
+from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal
 from llmq.schemas.envelope import JobKind
 
 
@@ -118,12 +116,6 @@ class ChatServing(Serving):
     def _job_ask(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Ask:
         """The attempt as the response cache and the quota (`Serving.place`) see it."""
         record = ask.record
-
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
-            return QueuedJob(
-                self, run, reservation, record, prepared.prompt_estimate, ticket=ticket
-            )
-
         return Ask(
             request=ask.request,
             record=record,
@@ -134,7 +126,7 @@ class ChatServing(Serving):
             estimate=prepared.prompt_estimate,
             max_tokens=prepared.max_tokens,
             user=end_user(prepared.request),
-            make_job=make_job,
+            make_job=QueuedJob.maker(self, record, prepared.prompt_estimate),
             more=more,
             headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         )

@@ -32,13 +32,10 @@ from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask
 from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError, failed_response, public_failure
-from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
-from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import new_job_id
-from llmq.schemas.admission import Reservation
 from llmq.schemas.endpoints import EndpointCall, head_decoder, pack
 from llmq.schemas.frames import Done, Failed
 from llmq.schemas.openai import patch_body
@@ -93,9 +90,6 @@ class EndpointServing:
             return None, None
         body = patch_body(ask.body, {"model": model}) if fallback else ask.body
 
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
-            return EndpointRun(serving, run, reservation, record, 1, ticket=ticket)
-
         job_ask = Ask(
             request=ask.request,
             record=record,
@@ -106,7 +100,7 @@ class EndpointServing:
             estimate=1,
             max_tokens=1,
             user="",
-            make_job=make_job,
+            make_job=EndpointRun.maker(serving, record, 1),
             more=more,
             headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         )

@@ -272,12 +272,6 @@ class ResponsesServing:
         more: bool,
     ) -> Ask:
         """The attempt as the response cache and the quota (`Serving.place`) see it."""
-        serving = self.serving
-
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
-            # a cached or joined answer is never stored as a response (no `keeper`)
-            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
-
         # a hit or a join names what was omitted as this request's own answer would
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id,
@@ -294,7 +288,8 @@ class ResponsesServing:
             estimate=ask.estimate,
             max_tokens=ask.max_tokens,
             user="",
-            make_job=make_job,
+            # a cached or joined answer is never stored as a response (no `keeper`)
+            make_job=ResponseRun.maker(self.serving, record, ask.estimate),
             more=more,
             headers=headers,
         )
