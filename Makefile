@@ -18,7 +18,6 @@ dev: $(STAMP)
 
 test: $(STAMP) browser js
 	$(BIN)/python -m pytest $(ARGS)
-	$(BIN)/python -m pytest -n 0 -m isolated $(ARGS)
 
 # The end-to-end chat, stream, Responses, deadline and quota tests again with every library
 # shortcut off (llmq/_fast: LLMQ_FAST_PATHS=0), so the public paths stay correct.
