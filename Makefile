@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/llmq dev $(ARGS)
 
+# The sources compiled once up front: the suite starts many llmq processes, and each one
+# would compile them again where Python writes no bytecode (PYTHONDONTWRITEBYTECODE).
 test: $(STAMP) browser js
+	$(BIN)/python -m compileall -q -j 0 -x node_modules api dispatcher worker schemas llmq tests
 	$(BIN)/python -m pytest $(ARGS)
 
 # The end-to-end chat, stream, Responses, deadline and quota tests again with every library
