@@ -186,6 +186,8 @@ async def test_a_round_trip_that_times_out_leaves_the_client_reading(nats_server
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # the late PONG has been read by now
         await sender.publish(subject, b"after")
+        await sender.flush()
+        await sender.flush()
         assert await headers.round_trip(nc, 10.0) is True
         assert got[-1] == b"after" and len(got) == 2_001
         assert not nc._reading_task.done()  # type: ignore[union-attr]
