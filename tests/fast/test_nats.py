@@ -177,8 +177,12 @@ async def test_a_round_trip_that_times_out_leaves_the_client_reading(nats_server
     try:
         for _ in range(2_000):  # 20 MB queued for `nc`: its PONG comes after them
             await sender.publish(subject, b"y" * 10_000)
-        await sender.flush()  # twice: nats-py writes a flush's PING before what it buffers
-        await sender.flush()
+        # nats-py writes a flush's PING ahead of what it still buffers: flushed until the
+        # buffer is empty, then once more, NATS holds it all for `nc`
+        async with asyncio.timeout(60):
+            while sender.pending_data_size:
+                await sender.flush()
+            await sender.flush()
         assert await headers.round_trip(nc, 0.001) is False
         for _ in range(1_000):
             if len(got) == 2_000:
@@ -186,8 +190,10 @@ async def test_a_round_trip_that_times_out_leaves_the_client_reading(nats_server
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # the late PONG has been read by now
         await sender.publish(subject, b"after")
-        await sender.flush()
-        await sender.flush()
+        async with asyncio.timeout(60):
+            while sender.pending_data_size:
+                await sender.flush()
+            await sender.flush()
         assert await headers.round_trip(nc, 10.0) is True
         assert got[-1] == b"after" and len(got) == 2_001
         assert not nc._reading_task.done()  # type: ignore[union-attr]
