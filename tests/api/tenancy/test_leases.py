@@ -4,9 +4,7 @@ limits exact across replicas, every job booked once (docs/routing.md, "Leased bu
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
-from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -27,20 +25,6 @@ from llmq.schemas.admission import JobUsage, Reservation
 from llmq.schemas.envelope import JobEnvelope
 from tests.api.tenants import new_tenant
 from tests.stack import unique, wait_for
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _suite_heap_frozen() -> Iterator[None]:
-    """The replicas here live in the pytest worker's process, whose heap holds the whole
-    collected suite (525k objects; an api's is about 100k): a burst's own allocations set off
-    a full collection over all of it, which on a busy machine held every admission of the
-    burst for 2.7-5.5 s (no Redis call made meanwhile). Frozen (`gc.freeze`, as
-    `LLMQ_GC_FREEZE_THRESHOLD` freezes an api's start-up heap), a full collection walks only
-    what these tests make."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def _replica(redis: Redis, window: float = 0.5) -> Reservations:
