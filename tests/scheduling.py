@@ -18,12 +18,10 @@ import pytest
 
 SLOWEST_FIRST = (
     "tests/e2e/test_fuzz.py",
+    "tests/api/tenancy/test_leases.py",
     "tests/e2e/test_leases.py",
     "tests/e2e/test_chaos.py",
     "tests/e2e/test_cluster_startup.py",
-    # Not at the very start, while the other workers import and start their servers: there
-    # its 3 s burst saw every admission held 1.5-1.7 s, in three runs of three at 4 workers.
-    "tests/api/tenancy/test_leases.py",
     "tests/e2e/test_unread_streams.py",
     "tests/e2e/test_batch_durability.py",
     "tests/test_docs.py",
