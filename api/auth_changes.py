@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from llmq._fast import nats as fast_nats
 from llmq.api.auth import Authenticator
 from llmq.dispatcher.connection import unsubscribe
 from llmq.schemas import names
@@ -49,4 +50,6 @@ async def announce(nc: Client, tenant: str) -> None:
     """Tell every api to forget `tenant`'s cached records (the admin API and `llmq
     tenants|keys`, which change them straight in Redis); raises when NATS did not take it."""
     await nc.publish(names.AUTH_CHANGED, tenant.encode())
-    await nc.flush(timeout=1)
+    # not nc.flush: a flush that times out leaves nats-py deaf to the PONG that comes later
+    if not await fast_nats.round_trip(nc, 1.0):
+        raise TimeoutError("NATS did not answer within 1 s")

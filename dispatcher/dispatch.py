@@ -7,7 +7,8 @@ pure and table-tested; this module waits and relays. Until its first chunk a job
 so a worker that dies (silence) or gives it back (a ping marked `Llmq-Requeued`) leaves it
 queued for the next worker, still bounded by the deadline; when JetStream gives up on it (its
 max-deliveries advisory) the client hears at once, and so it does when a restarted
-nats-server lost it (no worker answers within three ping intervals of finding it gone).
+nats-server lost it (no worker answers within three ping intervals of finding it gone). A
+silence is judged only after the api has read what NATS held for it (`CHECK`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from llmq.dispatcher.inbox import Mailbox, ReplyInbox, Signal
 from llmq.dispatcher.jobs import JobSpec
 from llmq.dispatcher.publish import publish_to_inbox, store_full
 from llmq.dispatcher.reply_machine import (
+    CHECK,
     DECODE,
     FIRST_CHUNK,
     GIVEN_BACK,
@@ -145,7 +147,9 @@ class JobRun:
                     if action is TAKEN:
                         self._taken(headers.get(names.H_WORKER))
                         continue
-                if action is GIVEN_BACK:
+                if action is CHECK:
+                    await self._dispatcher.inbox.caught_up(machine.left(time.time()))
+                elif action is GIVEN_BACK:
                     self.taken = False
                 elif action is RESUMED:
                     self.taken = True

@@ -242,6 +242,21 @@ class ReplyInbox:
     def open_count(self) -> int:
         return len(self._queues)
 
+    async def caught_up(self, timeout: float) -> None:
+        """Return once every frame NATS held for this api when called has been read and put
+        in its mailbox (a PING's PONG comes after them), when the link is down, or after
+        `timeout` seconds: a job's silence is judged only then, so frames that queued
+        behind other streams' bytes (this process read slowly: a busy CPU) are not taken
+        for a worker's silence."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        await fast_nats.round_trip(self._nc, timeout)
+        sub = self._sub
+        # shut shortcuts: frames read before the PONG may still wait for the callback task
+        # (nats-py sets no event when a subscription's queue empties: polled)
+        while sub is not None and sub.pending_msgs and loop.time() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
     def _on_frame(self, msg: Msg) -> None:
         """Called by nats-py's read loop for every message on the inbox (`_Delivery`)."""
         job_id = msg.subject[len(self._prefix) :]

@@ -9,6 +9,8 @@ or nothing before the bound (`tick`) — back in. Each feed returns one action f
 - `TAKEN`: a worker accepted the job (fair share frees a place, the worker is named);
 - `GIVEN_BACK`: the worker gave it back (died before acking, or a requeue ping);
 - `RESUMED`: the worker taken for lost by its silence answered after all (a ping);
+- `CHECK`: a silence ran out: read everything NATS holds for the api first
+  (`ReplyInbox.caught_up`), then ask `wait` again;
 - `RELAY` / `FIRST_CHUNK`: relay the chunk (the first one starts the stream);
 - `DECODE`: a final frame: decode it and end with its `Done` or `Failed`;
 - a `Failed`: end with it.
@@ -19,6 +21,12 @@ stream's first chunk, or a worker taking a job that answers whole), then its end
 504, never a lost worker. Which bound ended a wait decides the answer, never a second look at
 the clock: a timer may fire a hair early, and a passed deadline must not read as a silent
 worker (the mailbox's timer itself absorbs the api's own stalls: docs/protocol.md).
+
+A silence is the worker's only once the api has read what NATS held for it: a timer that
+runs out answers `CHECK`, and only a silence that outlasts that round trip counts. A process
+that reads slowly (a starved CPU, many large streams at once) leaves frames queued in NATS,
+and the worker, held back by NATS meanwhile, sends nothing: that is the api's own slowness,
+not the worker's silence.
 
 Silence before any token only gives the job back to the queue: a worker that stood still
 (a starved CPU, a long garbage collection) past three ping intervals is not dead, and its
@@ -46,11 +54,12 @@ class Action(enum.Enum):
     FIRST_CHUNK = 4
     DECODE = 5
     RESUMED = 6
+    CHECK = 7
 
 
 CONTINUE, TAKEN, GIVEN_BACK = Action.CONTINUE, Action.TAKEN, Action.GIVEN_BACK
 RELAY, FIRST_CHUNK, DECODE = Action.RELAY, Action.FIRST_CHUNK, Action.DECODE
-RESUMED = Action.RESUMED
+RESUMED, CHECK = Action.RESUMED, Action.CHECK
 
 _BOUND, _SILENCE, _MISSING = 0, 1, 2
 
@@ -102,6 +111,7 @@ class ReplyMachine:
     the current wait ends at. Times are wall-clock seconds (`time.time()`)."""
 
     __slots__ = (
+        "_checked",
         "_silent",
         "_why",
         "accepted",
@@ -134,6 +144,9 @@ class ReplyMachine:
         self._silent = False
         """The worker that took the job was given up for its silence, not gone by its own
         word: its next frame in sequence takes the job back."""
+        self._checked = False
+        """The silence ran out once and the api has since read all NATS held for it
+        (`CHECK`): if nothing came, the worker is silent."""
 
     @property
     def under_way(self) -> bool:
@@ -142,14 +155,20 @@ class ReplyMachine:
     def _past(self) -> Failed:
         return past(self.under_way and self.end > self.deadline)
 
+    def left(self, now: float) -> float:
+        """Seconds to the bound that ends the job (its deadline, or its end once under
+        way): the longest a `CHECK` may take."""
+        return (self.end if self.under_way else self.deadline) - now
+
     def wait(self, now: float) -> float | Failed:
         """Seconds to wait for the next item, or the failure when the bound already passed."""
-        left = (self.end if self.under_way else self.deadline) - now
+        left = self.left(now)
         if left <= 0:
             return self._past()
         wait, self._why = left, _BOUND
-        if self.accepted and self.silence < wait:
-            wait, self._why = self.silence, _SILENCE
+        if self.accepted and (self._checked or self.silence < wait):
+            # checked: what NATS held was read and nothing came: judged now, bound or not
+            wait, self._why = (0.0 if self._checked else self.silence), _SILENCE
         elif not self.accepted and self.missing_until is not None:
             missing_left = max(0.0, self.missing_until - now)
             if missing_left < wait:
@@ -163,6 +182,10 @@ class ReplyMachine:
             return self._past()
         if why == _MISSING:
             return lost()
+        if not self._checked:
+            self._checked = True
+            return CHECK
+        self._checked = False
         if not self.relayed:
             # The worker died before acking (JetStream hands the job to another), or only
             # stands still: it may yet answer (`_resume`).
@@ -186,6 +209,7 @@ class ReplyMachine:
         """A reply frame of `kind` (`Llmq-Frame`) numbered `seq` (`Llmq-Seq`, -1 if none)
         by the job's `attempt`th delivery (`Llmq-Attempt`, 1 if none); `requeued`: a ping
         marked `Llmq-Requeued`."""
+        self._checked = False  # something came: a silence starts again
         if kind == frames.ACCEPTED:
             self.accepted, self.expected_seq, self.missing_until = True, seq + 1, None
             self._silent, self.attempt = False, attempt

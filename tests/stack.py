@@ -270,10 +270,14 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
     async def serving_on(self, port: int, timeout: float = 60.0) -> bool:
-        """Wait until this `llmq api` listens on `port` (True) or exits because another
-        process took the port first (False). Anything else it exits with is raised."""
-        running = f"Uvicorn running on http://127.0.0.1:{port}"
-        await wait_for(lambda: self.proc.poll() is not None or running in self.output(), timeout)
+        """Wait until this `llmq api` answers `/health` on `port` from its own socket (True)
+        or exits because another process took the port first (False), at any log level.
+        Anything else it exits with is raised."""
+
+        async def up() -> bool:
+            return self.proc.poll() is not None or await _answers(self.proc.pid, port)
+
+        await wait_for(up, timeout, interval=0.1)
         if self.proc.poll() is None:
             self.port = port
             return True
@@ -281,6 +285,36 @@ class Process:
             self.stop()
             return False
         raise RuntimeError(f"llmq api exited with {self.proc.returncode}:\n{self.output()}")
+
+
+async def _answers(pid: int, port: int) -> bool:
+    """Process `pid` listens on `port` and `/health` there says 200: its own server (a port
+    found free may have gone to another one, which may answer too) and serving."""
+    if not _listens(pid, port):
+        return False
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Process `pid` holds a TCP socket listening on `port` (Linux's /proc: the listening
+    sockets' inodes, then the process's file descriptors)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                _, local, _, state, *rest = row.split()
+                if state == "0A" and int(local.rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{rest[5]}]")
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return True
+    return False
 
 
 def start_dev(

@@ -135,7 +135,7 @@ def test_the_block_runs_as_written(block: Block, dev: Any, tmp_path: Path) -> No
 
 
 def test_the_redis_keys_in_docs_tenants_are_the_codes() -> None:
-    """docs/tenants.md names the keys `schemas/names.py` makes, hash tags included."""
+    """docs/tenants.md names the keys `schemas/names/keys.py` makes, hash tags included."""
     from llmq.schemas import names
 
     text = (ROOT / "docs" / "tenants.md").read_text()

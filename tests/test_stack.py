@@ -38,6 +38,14 @@ async def test_an_api_process_whose_port_was_taken_starts_again_on_another(
         assert (await client.get(f"{api.url}/health")).status_code == 200
 
 
+async def test_an_api_process_is_ready_at_any_log_level(stack: Any) -> None:
+    """Readiness is the api's own `/health`, not a start-up line a quieter level hides."""
+    api = await stack.api_process(log_level="WARNING")
+    assert api.proc.poll() is None and "Uvicorn running" not in api.output()
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(f"{api.url}/health")).status_code == 200
+
+
 async def test_an_in_process_api_listens_on_the_socket_bound_for_it(stack: Any) -> None:
     api = await stack.api()
     assert api.sock.getsockname()[1] == api.settings.api.port

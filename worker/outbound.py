@@ -3,17 +3,17 @@ the bytes (many large streams from a fast upstream or the echo backend) waits in
 overrunning nats-py's outbound buffer (`OutboundBufferLimitError`: frames lost, the client
 gets a 502 `frames_lost`).
 
-Before each publish: past `HIGH_WATER` bytes not yet sent, the publisher waits for one
-flush (a PING/PONG: the server has everything before it), shared by every job of the
-connection that waits at that moment; while NATS is away (reconnecting) it waits for the
-connection to come back, up to `RECONNECT_WAIT`. Below the mark nothing waits: never a
-flush per token.
+Before each frame (`ready`): past `HIGH_WATER` bytes not yet sent, the sender waits for one
+round trip to the server (a PING/PONG), shared by every job of the connection that waits at
+that moment; while NATS is away (reconnecting) it waits for the connection to come back, up
+to `RECONNECT_WAIT`. Below the mark nothing waits: never a flush per token. A sender numbers
+its frame only after this wait (`replies.FrameSender`), so frames of one job that waited
+different times still go out in the order of their numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import weakref
 
@@ -40,13 +40,13 @@ class Outbound:
         self.waits = 0
         """How many times a publisher waited (for metrics and tests)."""
 
-    async def publish(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
-    ) -> None:
+    async def ready(self, *, small: bool = False) -> None:
+        """Return when the next frame may be published: at once below the mark; `small`
+        (a ping: a few bytes that tell the api the job lives) waits only for a lost link,
+        never behind the bytes of other frames."""
         nc = self._nc
-        if not nc.is_connected or fast_nats.outbound_bytes(nc) > HIGH_WATER:
+        if not nc.is_connected or (not small and fast_nats.outbound_bytes(nc) > HIGH_WATER):
             await self.settle()
-        await nc.publish(subject, data, headers=headers)
 
     async def settle(self) -> None:
         """Wait until NATS took what is pending: one wait shared by every publisher (a
@@ -65,8 +65,8 @@ class Outbound:
             await asyncio.sleep(_POLL)
         if not nc.is_connected:
             return  # the publish says what is wrong
-        with contextlib.suppress(Exception):  # a timeout: the publish goes ahead
-            await nc.flush(timeout=FLUSH_TIMEOUT)
+        # a timeout: the publish goes ahead
+        await fast_nats.round_trip(nc, FLUSH_TIMEOUT)
 
 
 _of: weakref.WeakKeyDictionary[Client, Outbound] = weakref.WeakKeyDictionary()

@@ -72,7 +72,13 @@ class FrameSender:
         self.last_sent = time.monotonic()
         self.frames_sent = 0
 
-    async def _send(self, kind: str, data: bytes, extra: dict[str, str] | None = None) -> None:
+    async def _send(
+        self, kind: str, data: bytes, extra: dict[str, str] | None = None, *, small: bool = False
+    ) -> None:
+        """Number the frame and hand it to nats-py with no wait in between (nats-py queues a
+        publish before its first await), after any backpressure wait: a ping sent while a
+        chunk waits is numbered before it, never after, so the api sees no gap."""
+        await self._out.ready(small=small)
         headers = {names.H_FRAME: kind, names.H_SEQ: str(self._seq)}
         if self._attempt > 1:
             headers[names.H_ATTEMPT] = str(self._attempt)
@@ -81,7 +87,7 @@ class FrameSender:
         self._seq += 1
         self.frames_sent += 1
         self.last_sent = time.monotonic()
-        await self._out.publish(self._reply, data, headers)
+        await self._nc.publish(self._reply, data, headers=headers)
 
     async def accepted(self, attempt: int) -> None:
         self._attempt = attempt
@@ -120,7 +126,8 @@ class FrameSender:
             await self._send(frames.CHUNK, join_chunks(group), {names.H_CHUNKS: str(len(group))})
 
     async def ping(self) -> None:
-        await self._send(frames.PING, b"")
+        """A sign of life: not held behind other frames' backpressure (`Outbound.ready`)."""
+        await self._send(frames.PING, b"", small=True)
 
     async def requeued(self, attempt: int) -> None:
         """Tell the api the job was given back to the queue (it keeps waiting for it)."""

@@ -16,21 +16,19 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER, for_model
 from llmq.api.engine.reuse import Ask
 from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError, api_error
-from llmq.api.fair_share import Ticket
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.reservations import end_user
 from llmq.api.tracing import begin, mark, traceparent
-from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import new_job_id
-from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal, Reservation
+from llmq.schemas.admission import AnyRequest, PreparedRequest, Refusal
 from llmq.schemas.envelope import JobKind
 
 
@@ -94,21 +92,11 @@ class ChatServing(Serving):
         placed = await self.place(job_ask, rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         mark(record.trace, "quota")
         incoming = traceparent(record.trace, request.headers.get("traceparent"))
         spec = self.job_spec(job_ask, ask.submitted, ask.wait, incoming)
         mark(record.trace, "submitted")
-        run = plan.lead(await self.submit(spec, ticket, reservation))
-        mark(record.trace, "published", run)
-        job = QueuedJob(self, run, reservation, record, prepared.prompt_estimate, ticket=ticket)
-        headers = {
-            "x-request-id": record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-        }
-        return await answer_or_move_on(self, job, model, prepared.stream, more, headers=headers)
+        return await queue_and_answer(self, job_ask, placed, spec)
 
     def _prepare(self, ask: _Ask, model: str, more: bool) -> PreparedRequest | Attempted:
         """The request as `model` takes it, or why to move on (as `_attempt` returns it)
@@ -128,12 +116,6 @@ class ChatServing(Serving):
     def _job_ask(self, ask: _Ask, prepared: PreparedRequest, model: str, more: bool) -> Ask:
         """The attempt as the response cache and the quota (`Serving.place`) see it."""
         record = ask.record
-
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
-            return QueuedJob(
-                self, run, reservation, record, prepared.prompt_estimate, ticket=ticket
-            )
-
         return Ask(
             request=ask.request,
             record=record,
@@ -144,7 +126,7 @@ class ChatServing(Serving):
             estimate=prepared.prompt_estimate,
             max_tokens=prepared.max_tokens,
             user=end_user(prepared.request),
-            make_job=make_job,
+            make_job=QueuedJob.maker(self, record, prepared.prompt_estimate),
             more=more,
             headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         )

@@ -25,20 +25,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from llmq.api.endpoints.body import model_of
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.job import Event, QueuedJob
 from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask
 from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError, failed_response, public_failure
-from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
-from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import new_job_id
-from llmq.schemas.admission import Reservation
 from llmq.schemas.endpoints import EndpointCall, head_decoder, pack
 from llmq.schemas.frames import Done, Failed
 from llmq.schemas.openai import patch_body
@@ -91,9 +88,6 @@ class EndpointServing:
             return None, None
         body = patch_body(ask.body, {"model": model}) if fallback else ask.body
 
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> QueuedJob:
-            return EndpointRun(serving, run, reservation, record, 1, ticket=ticket)
-
         job_ask = Ask(
             request=ask.request,
             record=record,
@@ -104,7 +98,7 @@ class EndpointServing:
             estimate=1,
             max_tokens=1,
             user="",
-            make_job=make_job,
+            make_job=EndpointRun.maker(serving, record, 1),
             more=more,
             headers={"x-request-id": record.job_id, MODEL_HEADER: model},
         )
@@ -112,18 +106,9 @@ class EndpointServing:
         placed = await serving.place(job_ask, rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         incoming = ask.request.headers.get("traceparent")
         spec = serving.job_spec(job_ask, ask.submitted, ask.wait, incoming)
-        run = plan.lead(await serving.submit(spec, ticket, reservation))
-        job = make_job(run, reservation, ticket)
-        headers = {
-            "x-request-id": record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-        }
-        return await answer_or_move_on(serving, job, model, True, more, headers=headers)
+        return await queue_and_answer(serving, job_ask, placed, spec)
 
 
 class _Ask(msgspec.Struct):

@@ -1,7 +1,8 @@
-"""The last step of one attempt on one model of a fallback chain, shared by chat and the
-Responses API: answer the client (stream or body), or — when the job failed before its first
-token and another model is left — settle it and hand back why to move on. Also the watch on a
-queued job whose model lost its last live worker meanwhile."""
+"""The last step of one attempt on one model of a fallback chain, shared by every feature:
+queue the job of an attempt `Serving.place` held (`queue_and_answer`), then answer the client
+(stream or body), or — when the job failed before its first token and another model is left —
+settle it and hand back why to move on. Also the watch on a queued job whose model lost its
+last live worker meanwhile."""
 
 from __future__ import annotations
 
@@ -14,16 +15,33 @@ from typing import TYPE_CHECKING, TypeVar
 from starlette.responses import Response
 
 from llmq.api.engine.model_chain import UNSERVED_CHECK, failure_cause
+from llmq.api.engine.reuse import Ask, MakeJob
+from llmq.api.tracing import mark
 from llmq.schemas.frames import Failed, failure
 
 if TYPE_CHECKING:
     from llmq.api.engine.job import QueuedJob
-    from llmq.api.engine.serving import Serving
+    from llmq.api.engine.serving import Held, Serving
+    from llmq.dispatcher.jobs import JobSpec
 
 T = TypeVar("T")
 
 Moved = tuple[str | None, Failed]
 """(the fallback cause, the failure) of an attempt that moves on to the next model."""
+
+
+async def queue_and_answer(
+    serving: Serving, ask: Ask, held: Held, spec: JobSpec, make_job: MakeJob | None = None
+) -> Response | Moved:
+    """The step after `Serving.place` in every feature: queue the attempt's job (`spec`) on
+    the place and quota `held`, the response cache leading its run, then answer or move on.
+    `make_job`: the feature's own job when it differs from a reused answer's (`ask.make_job`)."""
+    ticket, reservation, plan = held
+    run = plan.lead(await serving.submit(spec, ticket, reservation))
+    mark(ask.record.trace, "published", run)
+    job = (make_job or ask.make_job)(run, reservation, ticket)
+    headers = {**ask.headers, **reservation.headers, **plan.headers}
+    return await answer_or_move_on(serving, job, ask.model, ask.stream, ask.more, headers=headers)
 
 
 async def answer_or_move_on(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -21,6 +22,7 @@ from llmq.schemas.frames import CHUNK_SEPARATOR, Done, Failed
 from llmq.schemas.usage import cache_counts
 
 Event = bytes | Done | Failed
+J = TypeVar("J", bound="QueuedJob")
 
 
 class QueuedJob:
@@ -51,6 +53,18 @@ class QueuedJob:
         self.cache = ""
         """'join': the job is another request's, followed (booked as cached)."""
         self.cache_price = 0.0
+
+    @classmethod
+    def maker(
+        cls: type[J], serving: Serving, record: RequestRecord, prompt_estimate: int
+    ) -> Callable[[JobRun, Reservation, Ticket], J]:
+        """An attempt's `Ask.make_job`: this class over the run, reservation and ticket it
+        gets (its own job's, or a cached or joined answer's)."""
+
+        def make(run: JobRun, reservation: Reservation, ticket: Ticket) -> J:
+            return cls(serving, run, reservation, record, prompt_estimate, ticket=ticket)
+
+        return make
 
     def settle(
         self, status: int, done: Done | None = None, code: str | None = None, observe: bool = True

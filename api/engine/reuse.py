@@ -26,7 +26,8 @@ from llmq.schemas.envelope import JobKind
 
 MakeJob = Callable[[Any, Reservation, Any], Any]
 """Builds the feature's `QueuedJob` (its own relay) over a run, a reservation and a
-fair-share ticket. (Typed loosely: `engine.job` and `engine.serving` import this module.)"""
+fair-share ticket (`QueuedJob.maker`). (Typed loosely: `engine.job` and `engine.serving`
+import this module.)"""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -20,13 +20,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask
 from llmq.api.engine.serving import Attempted, Held, Serving
 from llmq.api.errors import ApiError
-from llmq.api.fair_share import Ticket
 from llmq.api.listing import ensure_accepting
 from llmq.api.messages.counting import count_response
 from llmq.api.messages.protocol import (
@@ -42,10 +41,9 @@ from llmq.api.model_table import ModelDefaults
 from llmq.api.protocol import first_token_deadline, read_body
 from llmq.api.request_record import RequestRecord
 from llmq.api.tenancy.models import NORMAL_RANK
-from llmq.dispatcher.dispatch import JobRun
 from llmq.dispatcher.jobs import new_job_id
 from llmq.dispatcher.publish import transient
-from llmq.schemas.admission import Refusal, Reservation
+from llmq.schemas.admission import Refusal
 from llmq.schemas.messages import (
     MessageRequest,
     estimate_tokens,
@@ -149,22 +147,12 @@ class MessagesServing:
         placed = await serving.place(job_ask, ask.rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         spec = serving.job_spec(
             job_ask, ask.submitted, ask.wait, request.headers.get("traceparent")
         )
         spec.anthropic_version = ask.headers.get("anthropic-version", "")
         spec.anthropic_beta = ask.headers.get("anthropic-beta", "")
-        run = plan.lead(await serving.submit(spec, ticket, reservation))
-        job = MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
-        headers = {
-            "x-request-id": record.job_id,
-            REQUEST_ID: record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-        }
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
+        return await queue_and_answer(serving, job_ask, placed, spec)
 
     def _job_ask(
         self,
@@ -177,11 +165,6 @@ class MessagesServing:
         more: bool,
     ) -> Ask:
         """The attempt as the response cache and the quota (`Serving.place`) see it."""
-        serving = self.serving
-
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> MessageRun:
-            return MessageRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
-
         headers = {"x-request-id": record.job_id, REQUEST_ID: record.job_id, MODEL_HEADER: model}
         return Ask(
             request=request,
@@ -193,7 +176,7 @@ class MessagesServing:
             estimate=ask.estimate,
             max_tokens=ask.max_tokens,
             user=ask.req.user,
-            make_job=make_job,
+            make_job=MessageRun.maker(self.serving, record, ask.estimate),
             more=more,
             headers=headers,
         )

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from llmq.api.batch import stores
 from llmq.api.batch.wing import BatchWing
-from llmq.api.engine.attempt import answer_or_move_on
+from llmq.api.engine.attempt import queue_and_answer
 from llmq.api.engine.disconnect import unless_gone
 from llmq.api.engine.model_chain import MODEL_HEADER
 from llmq.api.engine.reuse import Ask
@@ -251,20 +251,15 @@ class ResponsesServing:
         placed = await serving.place(job_ask, ask.rank, ask.time_left)
         if not isinstance(placed, Held):
             return placed
-        ticket, reservation, plan = placed
         incoming = request.headers.get("traceparent")
         spec = serving.job_spec(job_ask, ask.submitted, ask.wait, incoming)
-        run = plan.lead(await serving.submit(spec, ticket, reservation))
-        job = ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
-        job.keeper = Keeper(self.records, self._stored(record.job_id, ask), ask.req.stores)
-        headers = {
-            "x-request-id": RESPONSE_PREFIX + record.job_id,
-            MODEL_HEADER: model,
-            **reservation.headers,
-            **plan.headers,
-            **ask.headers,
-        }
-        return await answer_or_move_on(serving, job, model, ask.req.stream, more, headers=headers)
+
+        def kept(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
+            job: ResponseRun = job_ask.make_job(run, reservation, ticket)
+            job.keeper = Keeper(self.records, self._stored(record.job_id, ask), ask.req.stores)
+            return job
+
+        return await queue_and_answer(serving, job_ask, placed, spec, kept)
 
     def _job_ask(
         self,
@@ -277,12 +272,6 @@ class ResponsesServing:
         more: bool,
     ) -> Ask:
         """The attempt as the response cache and the quota (`Serving.place`) see it."""
-        serving = self.serving
-
-        def make_job(run: JobRun, reservation: Reservation, ticket: Ticket) -> ResponseRun:
-            # a cached or joined answer is never stored as a response (no `keeper`)
-            return ResponseRun(serving, run, reservation, record, ask.estimate, ticket=ticket)
-
         # a hit or a join names what was omitted as this request's own answer would
         headers = {
             "x-request-id": RESPONSE_PREFIX + record.job_id,
@@ -299,7 +288,8 @@ class ResponsesServing:
             estimate=ask.estimate,
             max_tokens=ask.max_tokens,
             user="",
-            make_job=make_job,
+            # a cached or joined answer is never stored as a response (no `keeper`)
+            make_job=ResponseRun.maker(self.serving, record, ask.estimate),
             more=more,
             headers=headers,
         )

@@ -7,11 +7,14 @@ versions they were tested with (`GATE`; `llmq._fast` says how the gate works).
 - a KV watcher's subscription (`watcher_caught_up`), to end a scan only once every entry the
   server delivered was handled, and (`delete_watcher_consumer`) to delete a scan's consumer
   at once;
-- the server's INFO (`server_info`), to name a missing client certificate.
+- the server's INFO (`server_info`), to name a missing client certificate;
+- a round trip to the server (`round_trip`) whose PONG future is never cancelled: nats-py
+  2.16's `flush` cancels it when its timeout passes, and the PONG that comes later then
+  stops the client's read loop (`InvalidStateError`: connected, and deaf).
 
 Shut, each takes nats-py's public path: its own header code, a subscription callback, the
 watcher's end-of-initial-values marker, a scan's consumer left to the server's inactivity
-threshold, and a refusal message without the INFO's hint.
+threshold, a refusal message without the INFO's hint, and `flush` for a round trip.
 
 ## Headers
 
@@ -277,3 +280,42 @@ def outbound_bytes(nc: Client) -> int:
         return pending
     size: int = transport.get_write_buffer_size()
     return pending + size
+
+
+# --- round trips ----------------------------------------------------------------------------
+
+_LINK_POLL = 0.25
+"""Seconds between looks at the link while a round trip waits (a reconnect drops nats-py's
+PONG futures unanswered)."""
+
+
+async def round_trip(nc: Client, timeout: float) -> bool:
+    """True once the server answered a PING sent now: it answers after writing us everything
+    it queued for this connection before, so every message it held then has been read (and,
+    on the inbox's direct delivery, routed). False after `timeout` seconds, or as soon as
+    the link is down. Never raises.
+
+    Open, the PING's future is put in nats-py's own PONG list and never cancelled (a late
+    PONG resolves it harmlessly); shut, nats-py's `flush`, whose timeout cancels it (see the
+    module's docstring: a PONG later than `timeout` stops the read loop)."""
+    if timeout <= 0 or not nc.is_connected:
+        return False
+    if not GATE.open:
+        try:
+            await nc.flush(timeout=timeout)  # type: ignore[arg-type]
+        except Exception:
+            return False
+        return True
+    loop = asyncio.get_running_loop()
+    pong: asyncio.Future[bool] = loop.create_future()
+    try:
+        await nc._send_ping(pong)
+    except Exception:
+        return False
+    end = loop.time() + timeout
+    while not pong.done():
+        left = end - loop.time()
+        if left <= 0 or not nc.is_connected:
+            return False
+        await asyncio.wait((pong,), timeout=min(left, _LINK_POLL))
+    return True

@@ -4,13 +4,13 @@ environment or, for the processes that take it, as a `--name` command-line flag 
 
 from llmq.schemas.settings.base import Group, Leaf, leaves, setting
 from llmq.schemas.settings.cache import CacheSettings
+from llmq.schemas.settings.connection import ConnectionSettings
 from llmq.schemas.settings.console import ConsoleSettings
 from llmq.schemas.settings.edge import EdgeSettings
 from llmq.schemas.settings.root import Settings
 from llmq.schemas.settings.service import (
     ApiSettings,
     BatchSettings,
-    ConnectionSettings,
     ObservabilitySettings,
     ProtocolSettings,
 )

@@ -11,12 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmq.schemas.settings.base import route
 from llmq.schemas.settings.cache import CacheSettings
+from llmq.schemas.settings.connection import ConnectionSettings
 from llmq.schemas.settings.console import ConsoleSettings
 from llmq.schemas.settings.edge import EdgeSettings
 from llmq.schemas.settings.service import (
     ApiSettings,
     BatchSettings,
-    ConnectionSettings,
     ObservabilitySettings,
     ProtocolSettings,
 )

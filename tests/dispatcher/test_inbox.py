@@ -9,6 +9,7 @@ import contextlib
 import pytest
 from nats.aio.msg import Msg
 
+from llmq._fast import configure as configure_fast_paths
 from llmq.dispatcher.connection import connect, disconnect
 from llmq.dispatcher.inbox import FRAME_OVERHEAD, Mailbox, ReplyInbox, Signal
 from tests.stack import unique, wait_for
@@ -225,3 +226,37 @@ async def test_stopping_the_inbox_is_quiet_and_bounded_when_nats_is_away(own_nat
     assert nc.is_closed
     await closed.stop()
     assert closed._sub is None
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_caught_up_returns_once_every_frame_nats_held_is_in_its_mailbox(
+    on: bool,
+    nats_server,  # type: ignore[no-untyped-def]
+) -> None:
+    """What a job's silence is judged after (dispatcher/reply_machine.py, `CHECK`): frames
+    that queued in NATS behind other bytes while the api read slowly are all in their
+    mailbox when `caught_up` returns, with the shortcuts on or off."""
+    configure_fast_paths(on)
+    nc = await connect(nats_server.url, "test-inbox-caught-up")
+    sender = await connect(nats_server.url, "test-inbox-caught-up-sender")
+    inbox = ReplyInbox(nc, unique("i"))
+    await inbox.start()
+    await nc.flush()  # NATS has the subscription before the first frame
+    try:
+        box = inbox.open("job")
+        for _ in range(2_000):  # 20 MB
+            await sender.publish(
+                inbox.subject("job"), b"c" * 10_000, headers={"Llmq-Frame": "chunk"}
+            )
+        # nats-py writes a flush's PING ahead of the publishes still in its buffer: flushed
+        # until the buffer is empty, then once more, NATS holds them all for `nc`
+        async with asyncio.timeout(60):
+            while sender.pending_data_size:
+                await sender.flush()
+            await sender.flush()
+        await inbox.caught_up(60.0)
+        assert box.buffered == 2_000
+    finally:
+        await inbox.stop()
+        await disconnect(sender)
+        await disconnect(nc)

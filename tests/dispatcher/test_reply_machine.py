@@ -9,6 +9,7 @@ import pytest
 
 from llmq.dispatcher.inbox import Signal
 from llmq.dispatcher.reply_machine import (
+    CHECK,
     CONTINUE,
     DECODE,
     FIRST_CHUNK,
@@ -69,6 +70,8 @@ STREAM_CASES: dict[str, list[Step]] = {
     "silence before the first chunk gives the job back": [
         ("frame", ACC, 0, TAKEN),
         ("wait", 10.0, SILENCE),
+        ("tick", CHECK),  # read what NATS holds for the api first
+        ("wait", 10.5, 0.0),  # nothing came: judge now
         ("tick", GIVEN_BACK),
         ("wait", 13.0, 87.0),  # not accepted any more: only the deadline bounds it
         ("frame", ACC, 0, TAKEN),  # the next worker, numbering from 0 again
@@ -78,6 +81,8 @@ STREAM_CASES: dict[str, list[Step]] = {
         ("frame", ACC, 0, TAKEN),
         ("frame", CHUNK, 1, FIRST_CHUNK),
         ("wait", 150.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 150.5, 0.0),
         ("tick", "worker_lost"),
     ],
     "under way, the end (max_deadline) bounds it": [
@@ -95,7 +100,44 @@ STREAM_CASES: dict[str, list[Step]] = {
         ("frame", ACC, 0, TAKEN),
         ("frame", CHUNK, 1, FIRST_CHUNK),
         ("wait", 196.0, SILENCE),  # silence ends first: 3 s of 4 left
+        ("tick", CHECK),
+        ("wait", 196.5, 0.0),
         ("tick", "worker_lost"),  # even if the clock reads past the end by now
+    ],
+    "a silence is judged only after the api read what NATS held for it": [
+        ("frame", ACC, 0, TAKEN),
+        ("frame", CHUNK, 1, FIRST_CHUNK),
+        ("wait", 150.0, SILENCE),
+        ("tick", CHECK),
+        # seen on a loaded machine: the chunk had queued in NATS behind other streams'
+        # bytes while the api read slowly; it comes with the check, the stream goes on
+        ("frame", CHUNK, 2, RELAY),
+        ("wait", 151.0, SILENCE),  # a whole silence again, not a judgement at once
+        ("tick", CHECK),
+        ("frame", PING, 3, CONTINUE),
+        ("wait", 155.0, SILENCE),
+    ],
+    "a check that outlasts the end: the end decides": [
+        ("frame", ACC, 0, TAKEN),
+        ("frame", CHUNK, 1, FIRST_CHUNK),
+        ("wait", 196.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 200.5, "deadline_exceeded"),
+    ],
+    "checked close to the end: the silence is judged at once, not the end awaited": [
+        ("frame", ACC, 0, TAKEN),
+        ("frame", CHUNK, 1, FIRST_CHUNK),
+        ("wait", 196.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 199.0, 0.0),
+        ("tick", "worker_lost"),
+    ],
+    "before the first chunk, a frame during the check keeps the worker": [
+        ("frame", ACC, 0, TAKEN),
+        ("wait", 10.0, SILENCE),
+        ("tick", CHECK),
+        ("frame", PING, 1, CONTINUE),  # no give-back: the worker only queued behind others
+        ("frame", CHUNK, 2, FIRST_CHUNK),
     ],
     "a sequence gap": [
         ("frame", ACC, 0, TAKEN),
@@ -112,6 +154,8 @@ STREAM_CASES: dict[str, list[Step]] = {
     "a slow worker's first chunk after its silence takes the job back": [
         ("frame", ACC, 0, TAKEN),
         ("wait", 10.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 10.5, 0.0),
         ("tick", GIVEN_BACK),
         ("frame", CHUNK, 1, FIRST_CHUNK),  # the same worker, numbering on: not a loss
         ("frame", CHUNK, 2, RELAY),
@@ -120,6 +164,8 @@ STREAM_CASES: dict[str, list[Step]] = {
     "after its silence, a gap in the slow worker's numbering is still a loss": [
         ("frame", ACC, 0, TAKEN),
         ("wait", 10.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 10.5, 0.0),
         ("tick", GIVEN_BACK),
         ("frame", CHUNK, 2, "frames_lost"),
     ],
@@ -127,6 +173,8 @@ STREAM_CASES: dict[str, list[Step]] = {
         ("frame", ACC, 0, TAKEN),
         ("frame", PING, 1, CONTINUE),
         ("wait", 10.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 10.5, 0.0),
         ("tick", GIVEN_BACK),
         ("frame", ACC, 0, TAKEN, 2),  # JetStream's next delivery
         ("frame", CHUNK, 2, CONTINUE),  # the first one woke up: let pass, never relayed
@@ -158,6 +206,8 @@ STREAM_CASES: dict[str, list[Step]] = {
         ("signal", Signal.MISSING, 10.0, CONTINUE),
         ("frame", ACC, 0, TAKEN),
         ("wait", 11.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 11.5, 0.0),
         ("tick", GIVEN_BACK),
         ("wait", 14.0, 86.0),  # accepted cleared the missing bound
     ],
@@ -184,6 +234,8 @@ WHOLE_CASES: dict[str, list[Step]] = {
     "a whole job's silent worker gives it back": [
         ("frame", ACC, 0, TAKEN),
         ("wait", 5.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 5.5, 0.0),
         ("tick", GIVEN_BACK),  # no chunk relayed yet: the job goes back to the queue
         ("wait", 8.0, 92.0),
     ],
@@ -193,6 +245,8 @@ WHOLE_CASES: dict[str, list[Step]] = {
         ("wait", 0.0, 100.0),
         ("frame", ACC, 0, TAKEN),
         ("wait", 0.1, SILENCE),
+        ("tick", CHECK),
+        ("wait", 0.6, 0.0),
         ("tick", GIVEN_BACK),
         ("wait", 3.1, 96.9),
         ("frame", DONE, 1, DECODE),
@@ -200,9 +254,13 @@ WHOLE_CASES: dict[str, list[Step]] = {
     "a whole job's slow worker pings after its silence: it holds the job again": [
         ("frame", ACC, 0, TAKEN),
         ("wait", 0.1, SILENCE),
+        ("tick", CHECK),
+        ("wait", 0.6, 0.0),
         ("tick", GIVEN_BACK),
         ("frame", PING, 1, RESUMED),
         ("wait", 150.0, SILENCE),  # under way again: the end and silence bound it
+        ("tick", CHECK),
+        ("wait", 150.5, 0.0),
         ("tick", GIVEN_BACK),  # silent once more
         ("frame", PING, 2, RESUMED),
         ("frame", DONE, 3, DECODE),
@@ -210,6 +268,8 @@ WHOLE_CASES: dict[str, list[Step]] = {
     "a whole job's slow worker may give the job back when it resumes": [
         ("frame", ACC, 0, TAKEN),
         ("wait", 0.1, SILENCE),
+        ("tick", CHECK),
+        ("wait", 0.6, 0.0),
         ("tick", GIVEN_BACK),
         ("requeue", 1, GIVEN_BACK),
         ("frame", DONE, 2, "frames_lost"),  # it said it let go: nothing more comes from it
@@ -223,10 +283,14 @@ WHOLE_CASES: dict[str, list[Step]] = {
         # frames kept coming, numbered on from its own `accepted`
         ("frame", ACC, 0, TAKEN),
         ("wait", 0.1, SILENCE),
+        ("tick", CHECK),
+        ("wait", 0.6, 0.0),
         ("tick", GIVEN_BACK),
         ("frame", PING, 1, RESUMED),
         ("frame", ACC, 0, TAKEN, 2),
         ("wait", 1.0, SILENCE),
+        ("tick", CHECK),
+        ("wait", 1.5, 0.0),
         ("tick", GIVEN_BACK),
         ("frame", DONE, 2, CONTINUE),  # the first delivery's answer: let pass
         ("frame", PING, 1, RESUMED, 2),
@@ -298,6 +362,15 @@ def test_which_deadline_passed_is_named(stream: bool, steps: list[Step], message
         answer = machine.wait(step[1]) if step[0] == "wait" else machine.frame(step[1], step[2])
     assert isinstance(answer, Failed)
     assert (answer.status, answer.error.message) == (504, message)
+
+
+def test_a_check_may_take_until_the_bound_that_ends_the_job() -> None:
+    machine = ReplyMachine(DEADLINE, END, SILENCE, stream=True)
+    assert machine.left(40.0) == 60.0  # the deadline, until under way
+    machine.frame(ACC, 0)
+    assert machine.left(40.0) == 60.0
+    machine.frame(CHUNK, 1)
+    assert machine.left(40.0) == 160.0  # then the end (max_deadline)
 
 
 def test_without_a_max_deadline_the_end_is_the_deadline() -> None:

@@ -44,6 +44,12 @@ def _request(port: int, model: str, kb: int, key: str = "") -> bytes:
     ).encode() + body
 
 
+HEAD_WAIT = 150.0
+"""Seconds a request waits for its response head, which comes with its first chunk: beside
+two busy loops the echo worker (4 at a time) got through 2-3 of the 150 jobs a second, so
+the last head came after 60 s or more; past the api's 120 s deadline it would be a 504."""
+
+
 async def _open_unread(
     port: int, payload: bytes
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -55,7 +61,7 @@ async def _open_unread(
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
     writer.write(payload)
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_WAIT)
     if not head.startswith(b"HTTP/1.1 200"):
         raise AssertionError(head + await asyncio.wait_for(reader.read(1_000), 10))
     writer.transport.pause_reading()  # type: ignore[attr-defined]

@@ -158,3 +158,45 @@ async def test_any_dict_encodes_as_nats_py_does(value: dict[str, str]) -> None:
 def test_the_encoded_block_is_nats_py_s() -> None:
     block = encode_headers({"Llmq-Frame": "chunk", "Llmq-Seq": "3"})
     assert bytes(block) == b"NATS/1.0\r\nLlmq-Frame: chunk\r\nLlmq-Seq: 3\r\n\r\n"
+
+
+async def test_a_round_trip_that_times_out_leaves_the_client_reading(nats_server) -> None:  # type: ignore[no-untyped-def]
+    """nats-py 2.16's `flush` cancels its PONG future when its timeout passes, and the PONG
+    that comes later stops the client's read loop (connected, and deaf). `round_trip` gives
+    up waiting without cancelling: the PONG that comes later is harmless."""
+    nc = await connect(nats_server.url, "round-trip")
+    sender = await connect(nats_server.url, "round-trip-sender")
+    subject = unique("rt")
+    got: list[bytes] = []
+
+    async def received(msg: Any) -> None:
+        got.append(msg.data)
+
+    await nc.subscribe(subject, cb=received)
+    await nc.flush()
+    try:
+        for _ in range(2_000):  # 20 MB queued for `nc`: its PONG comes after them
+            await sender.publish(subject, b"y" * 10_000)
+        # nats-py writes a flush's PING ahead of what it still buffers: flushed until the
+        # buffer is empty, then once more, NATS holds it all for `nc`
+        async with asyncio.timeout(60):
+            while sender.pending_data_size:
+                await sender.flush()
+            await sender.flush()
+        assert await headers.round_trip(nc, 0.001) is False
+        for _ in range(1_000):
+            if len(got) == 2_000:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the late PONG has been read by now
+        await sender.publish(subject, b"after")
+        async with asyncio.timeout(60):
+            while sender.pending_data_size:
+                await sender.flush()
+            await sender.flush()
+        assert await headers.round_trip(nc, 10.0) is True
+        assert got[-1] == b"after" and len(got) == 2_001
+        assert not nc._reading_task.done()  # type: ignore[union-attr]
+    finally:
+        await disconnect(sender)
+        await disconnect(nc)

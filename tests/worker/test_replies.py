@@ -16,6 +16,7 @@ from llmq.embedded import EmbeddedNats
 from llmq.schemas import frames, names
 from llmq.schemas.frames import Done
 from llmq.schemas.openai import Usage
+from llmq.worker import outbound as outbound_module
 from llmq.worker.replies import FrameSender, drive
 
 
@@ -232,3 +233,40 @@ async def test_a_final_frame_is_written_before_the_sender_goes_on(
     await sub.unsubscribe()
     await nc.close()
     assert [(m.headers or {})[names.H_FRAME] for m in received] == [frames.ACCEPTED, frames.DONE]
+
+
+async def test_a_ping_while_a_chunk_waits_for_backpressure_is_numbered_before_it(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen beside two busy loops: a chunk waited for NATS to take the bytes before it
+    (`Outbound.settle`) with its number already given, the keep-alive's ping went out
+    meanwhile with the next one, and the api saw a gap (502 `frames_lost`). A frame is
+    numbered only once it may go: the ping takes the number, the chunk the one after."""
+    nc = await nats.connect(nats_server.url)
+    received: list[Msg] = []
+    sub = await nc.subscribe("_INBOX.replies-order.>", cb=_append(received))
+    sender = FrameSender(nc, "_INBOX.replies-order.j1", "w1")
+    await sender.accepted(1)
+    gate = asyncio.Event()
+
+    async def congested() -> None:  # NATS is slow to take what is pending
+        await gate.wait()
+
+    monkeypatch.setattr(sender._out, "settle", congested)
+    monkeypatch.setattr(outbound_module.fast_nats, "outbound_bytes", lambda _nc: 1 << 30)
+    chunk = asyncio.create_task(sender.chunk(b'{"n":1}'))
+    await asyncio.sleep(0.05)
+    assert not chunk.done()  # held back by the congestion
+    await asyncio.wait_for(sender.ping(), 5)  # a few bytes: not held behind it
+    gate.set()
+    await asyncio.wait_for(chunk, 5)
+    await nc.flush()
+    await _until(lambda: len(received) == 3)
+    await sub.unsubscribe()
+    await nc.close()
+    heads = [(m.headers or {}) for m in received]
+    assert [(h[names.H_FRAME], h[names.H_SEQ]) for h in heads] == [
+        (frames.ACCEPTED, "0"),
+        (frames.PING, "1"),
+        (frames.CHUNK, "2"),
+    ]

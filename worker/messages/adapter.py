@@ -23,18 +23,10 @@ from llmq.worker.backends.base import Backend, BackendError, Call, Out, ReplyTo
 from llmq.worker.messages.events import MessageEvents
 from llmq.worker.messages.to_chat import Unsupported, chat_request
 from llmq.worker.replies import FrameSender, drive
-from llmq.worker.responses_api.adapter import Started
+from llmq.worker.responses_api.adapter import Started, not_for_chat, read_request
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def read_request(body: bytes) -> dict[str, Any]:
-    """The job's body as JSON; msgspec.ValidationError when it is not a Messages request."""
-    request = _decoder.decode(body)
-    if not isinstance(request.get("model"), str):
-        raise msgspec.ValidationError("a message request needs a `model`")
-    return request
 
 
 def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
@@ -44,13 +36,7 @@ def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
         chat = chat_request(request)
         return msgspec.convert(chat, ChatCompletionRequest), _encoder.encode(chat)
     except Unsupported as exc:
-        raise BackendError(
-            str(exc),
-            status=400,
-            type="invalid_request_error",
-            code="unsupported_parameter",
-            param=exc.param,
-        ) from None
+        raise not_for_chat(str(exc), exc.param) from None
     except msgspec.ValidationError as exc:
         raise BackendError(
             f"the request has no chat form: {exc}",
@@ -72,7 +58,7 @@ async def run_message(
     """Serve one Messages job through `backend.chat`; answers the usage. A streamed job
     folds the backend's chunks into events as they come; a whole one asks the backend for
     its whole reply (`ReplyTo.whole`, as chat does) and translates that once."""
-    request = read_request(body)
+    request = read_request(body, "message")
     chat, chat_body = chat_of(request)
     stream = bool(request.get("stream"))
     fold = MessageEvents(f"msg_{job.id}", request["model"])

@@ -33,12 +33,24 @@ its point of no return there (the runner acks it); a whole one is acked when it 
 worker that dies before then leaves it to another."""
 
 
-def read_request(body: bytes) -> dict[str, Any]:
-    """The job's body as JSON; msgspec.ValidationError when it is not a Responses request."""
+def read_request(body: bytes, kind: str = "response") -> dict[str, Any]:
+    """The job's body as JSON; msgspec.ValidationError when it is not a request of `kind`
+    (`response`; `message`: `worker/messages`)."""
     request = _decoder.decode(body)
     if not isinstance(request.get("model"), str):
-        raise msgspec.ValidationError("a response request needs a `model`")
+        raise msgspec.ValidationError(f"a {kind} request needs a `model`")
     return request
+
+
+def not_for_chat(message: str, param: str) -> BackendError:
+    """A field the translation to chat cannot honour (its `Unsupported`): a 400 naming it."""
+    return BackendError(
+        message,
+        status=400,
+        type="invalid_request_error",
+        code="unsupported_parameter",
+        param=param,
+    )
 
 
 def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
@@ -47,13 +59,7 @@ def chat_of(request: dict[str, Any]) -> tuple[ChatCompletionRequest, bytes]:
     try:
         chat = chat_request(request)
     except Unsupported as exc:
-        raise BackendError(
-            str(exc),
-            status=400,
-            type="invalid_request_error",
-            code="unsupported_parameter",
-            param=exc.param,
-        ) from None
+        raise not_for_chat(str(exc), exc.param) from None
     return msgspec.convert(chat, ChatCompletionRequest), _encoder.encode(chat)
 
 
