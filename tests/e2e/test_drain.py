@@ -41,7 +41,10 @@ def _listening(port: int) -> bool:
 SLOW = 30.0
 """The drain bound and the ack wait of the sigterm test: what a wrong drain would cost (the
 worker waiting for its bound, a job waiting for its redelivery). The test's bounds sit far
-below it and far above the ~1 s a right drain takes on a loaded machine."""
+below it and far above the ~5 s a right drain takes on a loaded machine."""
+FIRST_WORDS = 50
+"""The in-flight job: ~5 s at 0.1 s a word, to outlast what the test starts before its
+SIGTERM (another worker, seen by the api), also on a loaded machine (~1 s was too short)."""
 
 
 async def test_worker_sigterm_finishes_in_flight_and_hands_queued_jobs_on(stack) -> None:  # type: ignore[no-untyped-def]
@@ -54,8 +57,8 @@ async def test_worker_sigterm_finishes_in_flight_and_hands_queued_jobs_on(stack)
     await wait_for(lambda: api.runtime.registry.workers_for(model), timeout=15)
     url = f"{api.url}/v1/chat/completions"
     async with httpx.AsyncClient(timeout=2 * SLOW) as client:
-        # ~1 s on `leaving`, which keeps asking for a second job (it has a free slot)
-        first = asyncio.create_task(client.post(url, json=_chat(model, 10)))
+        # ~5 s on `leaving`, which keeps asking for a second job (it has a free slot)
+        first = asyncio.create_task(client.post(url, json=_chat(model, FIRST_WORDS)))
         await wait_for(lambda: any(w.in_flight for w in api.runtime.registry.workers_for(model)))
         # `staying` serves a second model too, and is kept busy with it meanwhile
         other = unique("drain")
@@ -76,8 +79,8 @@ async def test_worker_sigterm_finishes_in_flight_and_hands_queued_jobs_on(stack)
         results = [await first, await second, *(await asyncio.gather(*queued))]
         all_done = time.monotonic() - signalled
     assert all(r.status_code == 200 for r in results), [r.text for r in results]
-    assert results[0].json()["choices"][0]["message"]["content"] == _words(10)
-    # the in-flight job needed ~1 s: it exited when that ended, not at its drain bound
+    assert results[0].json()["choices"][0]["message"]["content"] == _words(FIRST_WORDS)
+    # the in-flight job needed ~5 s: it exited when that ended, not at its drain bound
     assert exited < SLOW / 2, exited
     assert staying.outcomes == {"ok": 3}  # its own job and both queued ones
     # ~1 s for `second`, then 2 x 0.3 s: no job waited for a redelivery (ack wait SLOW)
