@@ -365,7 +365,7 @@ async def test_deleting_a_tenant_purges_its_entries(  # type: ignore[no-untyped-
     scope = await TenantStore(redis).scope(tenant)
     pattern = names.cache_scope_pattern(scope)
     assert [k async for k in redis.scan_iter(match=pattern)]
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=60) as http:  # httpx's 5 s: short on a busy machine
         resp = await http.delete(
             f"{api.url}/admin/tenants/{tenant}", headers={"authorization": f"Bearer {ADMIN}"}
         )
