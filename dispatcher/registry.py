@@ -256,7 +256,7 @@ class WorkerRegistry:
         missing = [m for m in models if self.model_info(m) is None and self.workers_for(m)]
         if missing and self._catalog is not None:
             reads = [self._read_entry(self._catalog, names.model_kv_key(m)) for m in missing]
-            await asyncio.gather(*reads)
+            await asyncio.gather(*reads, return_exceptions=True)  # one stopped: left missing
 
     def _read_entry(self, catalog: KeyValue, key: str) -> asyncio.Future[None]:
         """The read of `key`'s catalog entry, shared by every caller waiting for it."""
