@@ -44,7 +44,7 @@ from llmq.api.engine.serving import Serving
 from llmq.api.errors import ApiError
 from llmq.api.model_table import ModelTable
 from llmq.api.runtime import Runtime
-from llmq.api.tenancy import TenantStore
+from llmq.api.tenancy import QuotaBackendDown, TenantStore
 from llmq.api.tenancy.client import connect_with
 from llmq.dispatcher.dispatch import JobRun
 from llmq.schemas.admission import JobUsage, Refusal, Reservation
@@ -84,13 +84,18 @@ class ResponseCache:
             return NOTHING
         return CachePlan(self, serving, ask, base)
 
-    async def scope(self, tenant: str) -> str:
+    async def scope(self, tenant: str) -> str | None:
+        """None while the tenant store does not answer: the request goes on without the
+        cache, as a failed lookup does (the quota's own rule decides whether it is served)."""
         if not tenant:
             return "_"
         kept = self._scopes.get(tenant)
         if kept is not None and kept[1] > time.monotonic():
             return kept[0]
-        scope = await self.tenants.scope(tenant)
+        try:
+            scope = await self.tenants.scope(tenant)
+        except QuotaBackendDown:
+            return None
         if len(self._scopes) > 10_000:
             self._scopes.clear()
         self._scopes[tenant] = (scope, time.monotonic() + SCOPE_TTL)
@@ -166,7 +171,11 @@ class CachePlan:
         if self.choice is NEVER or self.body is None:
             return None
         ask = self.ask
-        self.scope = await self.cache.scope(ask.record.tenant)
+        scope = await self.cache.scope(ask.record.tenant)
+        if scope is None:
+            self.headers[STATUS_HEADER] = ask.record.cache = SKIP
+            return None
+        self.scope = scope
         self.digest = cache_key(self.scope, ask.model, self.body)
         flights, key = self.cache.flights, (self.digest, ask.stream)
         if self.choice.lookup:
