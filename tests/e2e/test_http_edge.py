@@ -33,7 +33,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmq.embedded import free_port
 from tests.stack import Process, unique, wait_serving
 
 DEADLINE = 2.0
@@ -88,14 +87,14 @@ class Edge:
 
 
 async def start_api(stack, model: str) -> Api:  # type: ignore[no-untyped-def]
-    port = free_port()
-    proc = stack.process(
-        "api", "--port", str(port), header_timeout=DEADLINE, body_timeout=DEADLINE,
-        max_connections=MAX_CONNECTIONS, request_log=False,
+    """An api process on a free port (`stack.api_process`: started again on another port
+    when the one found was taken first), once it lists `model`."""
+    proc = await stack.api_process(
+        header_timeout=DEADLINE, body_timeout=DEADLINE, max_connections=MAX_CONNECTIONS,
+        request_log=False,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    await wait_serving(url, model, timeout=60)
-    return Api(proc, url, model)
+    await wait_serving(proc.url, model, timeout=60)
+    return Api(proc, proc.url, model)
 
 
 @pytest.fixture
