@@ -1,5 +1,7 @@
 -- llmq lease booking: make a lease-admitted job's reservation record, once, so that
--- release.lua books it exactly as it books a job reserved by quota.lua.
+-- release.lua books it exactly as it books a job reserved by quota.lua. It runs only in
+-- lease_book.py's fold, right before release.lua in the same call: the record is handed
+-- to it as a table (field -> value), never written to Redis.
 --
 -- A job admitted from a lease (docs/routing.md, "Leased budget") made no Redis call: its
 -- requests, TPM tokens and slot were charged with the lease. What quota.lua would have
@@ -8,7 +10,7 @@
 -- tokens with the real ones (TPM too) and books usage and the ledger. The marker KEYS[2]
 -- makes it once per job: the relaying api and the usage booker may both call it.
 --
--- KEYS[1] reservation hash (this job)  KEYS[2] booked marker  KEYS[3] price table
+-- KEYS[1] reservation hash (this job; not written)  KEYS[2] booked marker  KEYS[3] price table
 -- KEYS[4..6] tenant rate, day, month   KEYS[7..9] the key's rate, day, month
 -- KEYS[10] tenant in-flight set  KEYS[11] the key's
 -- KEYS[12] the job's budget lease record, when its lease held day, month and spend: while
@@ -16,18 +18,18 @@
 -- in it, for the reaper); once it is gone (given back), they are added as without one
 -- ARGV[1] job id  ARGV[2] model  ARGV[3] prompt tokens  ARGV[4] key id ('' = none)
 -- ARGV[5] end user  ARGV[6] tenant ms per token (0 = no TPM)  ARGV[7] the key's
--- ARGV[8] day expiry (ms)  ARGV[9] month expiry (ms)  ARGV[10] record ttl (ms)
+-- ARGV[8] day expiry (ms)  ARGV[9] month expiry (ms)  ARGV[10] marker ttl (ms)
 -- ARGV[11] admitted at (unix ms)  ARGV[12] output tokens held (max_tokens)
 -- ARGV[13] the lease slot the job held ('-': none): taken out of both in-flight sets on
 -- every call (a slot serves one job only, so taking it out twice is harmless)
 --
--- Returns 1 when the record was written, 0 when the job was booked before.
+-- Returns the record, or nil when the job was booked before.
 
 if ARGV[13] ~= '-' then
   redis.call('ZREM', KEYS[10], ARGV[13])
   if ARGV[4] ~= '' then redis.call('ZREM', KEYS[11], ARGV[13]) end
 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[10]) then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[10]) then return nil end
 local model = ARGV[2]
 local prompt, out = tonumber(ARGV[3]), tonumber(ARGV[12])
 local need = prompt + out
@@ -72,6 +74,6 @@ if ARGV[4] ~= '' then
   if not leased then hold(KEYS[8], KEYS[9]) end
   held_in('k', KEYS[7], ARGV[7], KEYS[8], KEYS[9])
 end
-redis.call('HSET', KEYS[1], unpack(rec))
-redis.call('PEXPIRE', KEYS[1], ARGV[10])
-return 1
+local record = {}
+for i = 1, #rec, 2 do record[rec[i]] = rec[i + 1] end
+return record

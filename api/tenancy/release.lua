@@ -23,6 +23,8 @@
 -- Returns '<released 0|1>|<cost_usd>|<reserved tokens>'.
 
 local job = ARGV[1]
+-- <record> (a lease booking's fold, lease_book.py, reads the record lease_book.lua made
+-- in the same call instead)
 -- Always free the slot, even without a reservation record (nothing else can hold it).
 redis.call('ZREM', KEYS[2], job)
 
@@ -34,6 +36,7 @@ if not r[1] then
 end
 redis.call('DEL', KEYS[1])
 if r[13] then redis.call('ZREM', r[13], job) end
+-- </record>
 
 local prompt = tonumber(ARGV[2])
 local completion = tonumber(ARGV[3])
