@@ -25,9 +25,11 @@ from typing import Final, NamedTuple
 SEEN_STARTING: Final = 30.0
 """Seconds a started job counts against the free slots at most (a heartbeat older than
 this is a dead worker's)."""
-MARGIN: Final = 0.05
+MARGIN: Final = 0.005
 """Seconds a job must have started before a heartbeat, and ended after it, to count as
-in flight at it."""
+in flight at it: more than a `done` frame takes to reach the api (the worker counts a job
+until a little after it sends it) and than two hosts' clocks differ. Short: a job of a busy
+model that was in flight at a heartbeat ends within milliseconds of it."""
 
 
 class LiveRoom(NamedTuple):
