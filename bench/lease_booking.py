@@ -13,7 +13,6 @@ the script ran per booking (`INFO commandstats`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import statistics
 import subprocess
