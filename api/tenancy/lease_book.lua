@@ -11,7 +11,8 @@
 -- makes it once per job: the relaying api and the usage booker may both call it.
 --
 -- KEYS[1] reservation hash (this job; not written)  KEYS[2] booked marker  KEYS[3] price table
--- KEYS[4..6] tenant rate, day, month   KEYS[7..9] the key's rate, day, month
+-- KEYS[4..6] tenant rate, day, month   KEYS[7..9] the key's rate, day, month (the day and
+-- month are release.lua's to add to: they are the record's)
 -- KEYS[10] tenant in-flight set  KEYS[11] the key's
 -- KEYS[12] the job's budget lease record, when its lease held day, month and spend: while
 -- it is there, the job's tokens and spend are in the counters already (counted as booked
@@ -48,13 +49,12 @@ local usd = g17(cost)
 local rec = {'model', model, 'need', need, 'in_price', g17(in_price),
   'out_price', g17(out_price), 'cin_price', g17(cin_price), 'cw_price', g17(cw_price),
   'cost', usd, 'at', ARGV[11], 'key', ARGV[4], 'user', ARGV[5]}
-local function hold(day, month)
-  if redis.call('HINCRBY', day, 'tok', need) == need then
-    redis.call('PEXPIREAT', day, ARGV[8])
-  end
-  local month_new = redis.call('HINCRBY', month, 'tok', need) == need
-  if cost > 0 then redis.call('HINCRBYFLOAT', month, 'usd', usd) end
-  if month_new then redis.call('PEXPIREAT', month, ARGV[9]) end
+-- The hold (`need` tokens and `cost` on the admission's day and month) is not added here:
+-- release.lua, next in the call, adds it with the job's difference from it, one increment
+-- a counter (the record's `hold`: the counters' expiries when they are made)
+local function hold(prefix)
+  local n = #rec
+  rec[n + 1], rec[n + 2] = prefix .. 'hold', {ARGV[8], ARGV[9]}
 end
 local function held_in(prefix, rate, tok_t, day, month)
   local n = #rec
@@ -68,10 +68,10 @@ if leased then
   redis.call('HINCRBY', KEYS[12], 'btok', need)
   if cost > 0 then redis.call('HINCRBYFLOAT', KEYS[12], 'busd', usd) end
 end
-if not leased then hold(KEYS[5], KEYS[6]) end
+if not leased then hold('') end
 held_in('', KEYS[4], ARGV[6], KEYS[5], KEYS[6])
 if ARGV[4] ~= '' then
-  if not leased then hold(KEYS[8], KEYS[9]) end
+  if not leased then hold('k') end
   held_in('k', KEYS[7], ARGV[7], KEYS[8], KEYS[9])
 end
 local record = {}

@@ -60,6 +60,7 @@ def folded_script() -> str:
     if block is None or fields is None:
         raise RuntimeError("release.lua: no <record> block reading the reservation hash")
     names_ = [name.strip().strip("'") for name in fields.group(1).split(",")]
+    names_ += ["hold", "khold"]  # r[18], r[19]: holds lease_book.lua left to release.lua
     read = _HELD % ", ".join(f"held['{name}']" for name in names_ if name)
     folded_release = release[: block.start()] + read + release[block.end() :]
     return _FOLD % (text.joinpath("lease_book.lua").read_text(), folded_release)
