@@ -4,11 +4,12 @@
 -- to it as a table (field -> value), never written to Redis.
 --
 -- A job admitted from a lease (docs/routing.md, "Leased budget") made no Redis call: its
--- requests, TPM tokens and slot were charged with the lease. What quota.lua would have
--- added for it to the day and month counters (tokens, spend) is added here, and the
--- record release.lua reads is written; release.lua, called right after, replaces the held
--- tokens with the real ones (TPM too) and books usage and the ledger. The marker KEYS[2]
--- makes it once per job: the relaying api and the usage booker may both call it.
+-- requests, TPM tokens and slot were charged with the lease. The record release.lua reads
+-- is made here, with what quota.lua would have held for it in the day and month counters
+-- (tokens, spend: its `hold`); release.lua, called right after, adds the real tokens and
+-- spend to those counters (the hold and the difference in one increment), gives the TPM
+-- difference back and books usage and the ledger. The marker KEYS[2] makes it once per
+-- job: the relaying api and the usage booker may both call it.
 --
 -- KEYS[1] reservation hash (this job; not written)  KEYS[2] booked marker  KEYS[3] price table
 -- KEYS[4..6] tenant rate, day, month   KEYS[7..9] the key's rate, day, month (the day and
