@@ -188,7 +188,7 @@ class Serving:
                     exc.status, exc.message, exc.code, headers=reservation.headers
                 ) from None
             raise
-        run.on_taken = ticket.leave
+        run.on_taken = ticket.taken
         return run
 
     async def hold(
