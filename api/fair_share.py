@@ -118,12 +118,6 @@ class Ticket:
         self._seen: int | None = None
         self._epoch = gate.fresh.given(line[0])
 
-    def taken(self) -> None:
-        """A worker took the job (`JobRun.on_taken`): out of the queue figures, then `leave`."""
-        if not self._left:
-            self._gate.fresh.taken(self._line[0], self._epoch)
-        self.leave()
-
     def leave(self) -> None:
         if not self._left:
             self._left = True
@@ -206,7 +200,7 @@ class FairShare:
         return model in self._waiting or model in self._jobs or model in self.fresh
 
     def load(self, model: str, since: float) -> tuple[int, int]:
-        queued = self._waiting.get(model, 0) + self.fresh.count(model) - self.fresh.drained(model)
+        queued = self._waiting.get(model, 0) + self.fresh.count(model)
         running = self._jobs.running_since(model, since) if self._room_for is not None else 0
         return queued, running
 

@@ -5,11 +5,6 @@ refresh. Each ticket of the fair-share gate is counted here under the refresh ep
 given in, until its job starts (a worker took it) or a refresh that began after it
 succeeded (its job is in that refresh's `num_pending`). `queue_estimate.QueueEstimator`
 adds the count to the model's queue.
-
-The other way round, a ticket given before a refresh that counted it, whose job a worker
-took since (`taken`), is in that refresh's `num_pending` no more: `drained` counts those,
-until the next refresh, and the estimate takes them off its queue (else a burst's jobs count
-twice, queued in the last figures and running now, for up to a refresh).
 """
 
 from __future__ import annotations
@@ -22,10 +17,6 @@ class FreshTickets:
         """model -> epoch -> tickets given in that epoch whose job has not started."""
         self._totals: dict[str, int] = {}
         """model -> the sum over its epochs (read on every request)."""
-        self._counted = 0
-        """The epoch of the last refresh that succeeded."""
-        self._drained: dict[str, int] = {}
-        """model -> tickets from before it whose job a worker took since."""
 
     def new_epoch(self) -> int:
         """A refresh begins: tickets from now on belong to the next epoch."""
@@ -34,8 +25,6 @@ class FreshTickets:
 
     def counted(self, epoch: int) -> None:
         """The refresh that began at `epoch` succeeded: earlier tickets are in its figures."""
-        self._counted = epoch
-        self._drained.clear()
         for model in list(self._by_model):
             by_epoch = self._by_model[model]
             for old in [e for e in by_epoch if e < epoch]:
@@ -45,15 +34,6 @@ class FreshTickets:
 
     def count(self, model: str) -> int:
         return self._totals.get(model, 0)
-
-    def drained(self, model: str) -> int:
-        """Jobs of `model` in the last figures' queue that a worker took since (`taken`)."""
-        return self._drained.get(model, 0)
-
-    def taken(self, model: str, epoch: int) -> None:
-        """A worker took the job of a ticket given in `epoch` (call before `started`)."""
-        if epoch < self._counted:
-            self._drained[model] = self._drained.get(model, 0) + 1
 
     def __contains__(self, model: str) -> bool:
         """Some ticket of `model` counts (entries with no ticket left are removed)."""

@@ -135,9 +135,8 @@ class LocalLoad(Protocol):
         no look at the workers, when not)."""
 
     def load(self, model: str, since: float) -> tuple[int, int]:
-        """(requests admitted or waiting here and not in the queue figures yet, less those
-        in them that a worker took since; jobs of this replica running that started after
-        `since`, unix seconds)."""
+        """(requests admitted or waiting here and not in the queue figures yet, jobs of
+        this replica running that started after `since`, unix seconds)."""
 
 
 class QueueEstimator:
@@ -171,8 +170,9 @@ class QueueEstimator:
         if not queued and not running:
             return base
         rate = state.rate if state is not None else None
-        pending = max(0, (state.pending if state else 0) + queued)  # `queued` < 0: taken since
-        return estimate_wait(pending, max(0, free - running), rate or assumed)
+        return estimate_wait(
+            (state.pending if state else 0) + queued, max(0, free - running), rate or assumed
+        )
 
     def _live(self, model: str) -> tuple[int, float, float | None]:
         """The model's free slots, oldest heartbeat and assumed rate from the live workers,

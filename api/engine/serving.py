@@ -188,7 +188,7 @@ class Serving:
                     exc.status, exc.message, exc.code, headers=reservation.headers
                 ) from None
             raise
-        run.on_taken = ticket.taken
+        run.on_taken = ticket.leave
         return run
 
     async def hold(

@@ -34,21 +34,3 @@ def test_a_failed_refresh_counts_nothing_off() -> None:
     assert fresh.count("m") == 2
     fresh.counted(later)
     assert fresh.count("m") == 1
-
-
-def test_a_job_in_the_last_figures_taken_since_drains_their_queue_until_the_next() -> None:
-    """A ticket given before a refresh that counted it, whose job a worker took since, is
-    in that refresh's `num_pending` no more: drained until the next refresh counts."""
-    fresh = FreshTickets()
-    before = fresh.given("m")
-    refresh = fresh.new_epoch()
-    during = fresh.given("m")  # not in that refresh's figures: counted as fresh instead
-    fresh.counted(refresh)
-    assert (fresh.count("m"), fresh.drained("m")) == (1, 0)
-    fresh.taken("m", before)
-    fresh.started("m", before)
-    fresh.taken("m", during)
-    fresh.started("m", during)
-    assert (fresh.count("m"), fresh.drained("m")) == (0, 1)
-    fresh.counted(fresh.new_epoch())  # the next figures show the queue as it is now
-    assert fresh.drained("m") == 0
