@@ -45,8 +45,8 @@ FD_RESERVE = 256
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
 _REASONS[503] = "Service Unavailable"
 END_MID_RESPONSE = "llmq.end_mid_response"
-"""The scope extension (a callable, no arguments) that ends the request's response where it
-is, on purpose: see `end_mid_response`."""
+"""The scope extension whose `end` (a callable, no arguments) ends the request's response
+where it is, on purpose: see `end_mid_response`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +161,10 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # (not on an upgrade)
-            extensions = self.scope.setdefault("extensions", {})
-            extensions[END_MID_RESPONSE] = functools.partial(end_mid_response, cycle)
+            extensions = self.scope.get("extensions")
+            if extensions is None:
+                extensions = self.scope["extensions"] = {}
+            extensions[END_MID_RESPONSE] = {"end": functools.partial(end_mid_response, cycle)}
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -51,7 +51,7 @@ class SSEResponse(Response):
         """The server's way to end the response mid-body (`edge.END_MID_RESPONSE`), if any."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._end = scope.get("extensions", {}).get(END_MID_RESPONSE)
+        self._end = (scope.get("extensions") or {}).get(END_MID_RESPONSE, {}).get("end")
         self._writing = asyncio.current_task()
         assert self._writing is not None
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
