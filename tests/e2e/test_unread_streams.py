@@ -224,3 +224,4 @@ async def test_150_unread_streams_keep_the_api_process_small_and_it_returns(stac
     )
     assert peak < idle + 300
     assert api.proc.poll() is None and worker.proc.poll() is None
+    assert b"without completing response" not in api.log_path.read_bytes()  # cut on purpose
