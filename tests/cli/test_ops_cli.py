@@ -20,6 +20,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceVerb, control_subject
 
+from llmq import snapshot
 from llmq.cli import main
 from llmq.dispatcher.probes import queue_states
 from llmq.schemas import names
@@ -302,3 +303,18 @@ async def test_status_waits_for_an_api_replica_that_answers_late(stack, capsys) 
     assert code == 0 and len(apis) == 2, apis
     assert prompt.settings.api.instance_id in [api["instance"] for api in apis]
     assert 1.0 <= took < 30
+
+    # `llmq top` after its first refresh: it waits for the replicas that refresh saw
+    nc = await nats.connect(stack.nats_url)
+    os.kill(loaded.proc.pid, signal.SIGSTOP)
+    try:
+        look = asyncio.create_task(
+            snapshot.snapshot(nc, nc.jetstream(), 4.0, apis=[api["id"] for api in apis])
+        )
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(loaded.proc.pid, signal.SIGCONT)
+    try:
+        assert len((await look).apis) == 2
+    finally:
+        await nc.close()
