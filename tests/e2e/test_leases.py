@@ -124,9 +124,10 @@ slots stay held after its leases' end."""
 async def test_a_replica_killed_holding_leases(stack, redis) -> None:  # type: ignore[no-untyped-def]
     """An api process is killed (SIGKILL) while it holds leases and streams lease-admitted
     jobs: the worker finishes them and the other replica books each exactly once (the
-    envelope's lease ticket); no more than 24 ran at once; the dead replica's slots come
-    back at the end of the slot grace (`SLOT_GRACE`), not before, and then the tenant gets
-    all 24 again."""
+    envelope's lease ticket); no more than 24 ran at once; what the tenant still holds once
+    every job is booked is the dead replica's unused lease slots, each held until its
+    lease's end + the slot grace (`SLOT_GRACE`, short here) and no longer; they come back,
+    and then the tenant gets all 24 again."""
     model = unique("m")
     worker = await stack.worker(model=[model], capacity=64, echo_delay=0.05)
     tenant, key = await _tenant(redis, max_concurrent=24)
@@ -170,8 +171,8 @@ async def test_a_replica_killed_holding_leases(stack, redis) -> None:  # type: i
     assert await _lease_booked(redis, tenant) > 0
     # Every job is booked: what the tenant still holds is the dead replica's unused lease
     # slots, each held until its lease's end (at most a window after the kill) + the grace.
-    held = await redis.zrangebyscore(names.inflight_key(tenant), time.time() * 1000, "+inf",
-                                     withscores=True)  # fmt: skip
+    zset = names.inflight_key(tenant)
+    held = await redis.zrangebyscore(zset, time.time() * 1000, "+inf", withscores=True)
     print(f"held after the bookings, {time.time() - killed:.1f} s after the kill: {held}")
     assert all(at / 1000 <= killed + 0.5 + SLOT_GRACE + 0.1 for _, at in held), (killed, held)
     await wait_for(lambda: _none_inflight(redis, tenant), timeout=SLOT_GRACE + 10)
