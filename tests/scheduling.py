@@ -1,9 +1,8 @@
 """How the suite spreads over pytest-xdist workers (`-n auto --dist loadfile`, pyproject).
 
 The suite waits far more than it computes (servers starting, streams, deadlines): on an idle
-machine, five workers per two cores keep the cores busy (four used 72 % of a quiet 2-core
-machine's CPU, 2026-12-08); on a busy one (other work already takes the CPU), one per core,
-so that the timing bounds keep the margin they were set with.
+machine, two workers per core keep the cores busy; on a busy one (other work already takes
+the CPU), one per core, so that the timing bounds keep the margin they were set with.
 
 Files go out longest first: xdist hands whole files to whichever worker is free, in
 collection order (`--no-loadscope-reorder`), so a long file started last would leave the
@@ -66,8 +65,7 @@ SLOWEST_FIRST = (
 rest follow, those with more tests first (xdist's own order)."""
 
 IDLE = 0.6
-"""Share of the CPU that must be idle at the start for `IDLE_PER_CORE` workers per core."""
-IDLE_PER_CORE = 2.5
+"""Share of the CPU that must be idle at the start for two workers per core."""
 MOST_WORKERS = 8
 
 
@@ -89,12 +87,12 @@ def idle_share(seconds: float = 0.5) -> float:
 
 
 def auto_workers() -> int:
-    """`-n auto`: `IDLE_PER_CORE` workers per core on an idle machine, one per core on a busy
-    one (never fewer than 2)."""
+    """`-n auto`: two workers per core on an idle machine, one per core on a busy one (never
+    fewer than 2)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    per_core = IDLE_PER_CORE if idle_share() >= IDLE else 1
-    return max(2, min(MOST_WORKERS, int(per_core * cores)))
+    per_core = 2 if idle_share() >= IDLE else 1
+    return max(2, min(MOST_WORKERS, per_core * cores))
 
 
 def slowest_first(items: list[pytest.Item]) -> None:
