@@ -16,10 +16,9 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/llmq dev $(ARGS)
 
-# The sources compiled once up front: the suite starts many llmq processes, and each one
-# would compile them again where Python writes no bytecode (PYTHONDONTWRITEBYTECODE).
+# The suite compiles the sources and its test modules once before its workers start
+# (tests/bytecode.py), also where Python writes no bytecode (PYTHONDONTWRITEBYTECODE).
 test: $(STAMP) browser js
-	$(BIN)/python -m compileall -q -j 0 -x node_modules api dispatcher worker schemas llmq tests
 	$(BIN)/python -m pytest $(ARGS)
 
 # The end-to-end chat, stream, Responses, deadline and quota tests again with every library

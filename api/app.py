@@ -77,7 +77,7 @@ def _reservations(runtime: Runtime, settings: Settings) -> Reservations:
     )
     leases = None
     if tenancy.quota_leases and not is_cluster(runtime.redis):
-        leases = Leases(tenancy.quota_lease_window)
+        leases = Leases(tenancy.quota_lease_window, tenancy.quota_slot_grace)
     wait = StoreWait(runtime.redis.ping, tenancy.quota_store_wait)
     return Reservations(quota, tenancy.quota_fail_open, leases, wait)
 

@@ -9,7 +9,9 @@ requests held file descriptors for good. `EdgeProtocol` is that protocol with
   end of its headers, and `body_timeout` seconds between two reads of a body the app waits
   for (408);
 - `max_connections` open at once (a 503 to each one past it).
-Idle keep-alive connections close after uvicorn's `timeout_keep_alive`.
+Idle keep-alive connections close after uvicorn's `timeout_keep_alive`. A response the app
+ends on purpose before its last byte (a stream whose client stopped reading) closes its
+connection through the scope's `END_MID_RESPONSE` extension.
 
 Deadlines cost no timer per request: each connection notes when it began to wait (one
 `monotonic()` call per read) and one sweeper per server, running while connections are
@@ -19,6 +21,7 @@ open, closes the late ones (bench/edge.py measures the cost per request).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import time
@@ -27,7 +30,7 @@ from typing import Any, ClassVar
 
 import httptools
 import msgspec
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ FD_RESERVE = 256
 """File descriptors kept for everything but client connections (NATS, Redis, files)."""
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
 _REASONS[503] = "Service Unavailable"
+END_MID_RESPONSE = "llmq.end_mid_response"
+"""The scope extension whose `end` (a callable, no arguments) ends the request's response
+where it is, on purpose: see `end_mid_response`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,12 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = BODY
         self._since = self._now
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # (not on an upgrade)
+            extensions = self.scope.get("extensions")
+            if extensions is None:
+                extensions = self.scope["extensions"] = {}
+            extensions[END_MID_RESPONSE] = {"end": functools.partial(end_mid_response, cycle)}
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -194,6 +206,19 @@ class EdgeProtocol(HttpToolsProtocol):
             transport.write_eof()
         transport.resume_reading()  # drop what is still coming, then close
         self.loop.call_later(LINGER, transport.close)
+
+
+def end_mid_response(cycle: RequestResponseCycle) -> None:
+    """Close the connection of a response the app ends before its last byte on purpose:
+    what is written still goes out, then the client sees the body cut short (an HTTP end
+    would tell it the stream was whole). Marked disconnected, as after a close: uvicorn's
+    later sends do nothing, and it does not log the app's return as a response it forgot to
+    complete."""
+    if cycle.response_complete or cycle.disconnected:
+        return
+    cycle.disconnected = True
+    cycle.keep_alive = False
+    cycle.transport.close()
 
 
 class _Sweeper:

@@ -29,8 +29,9 @@ process only, no Redis call when it enters or leaves. Otherwise the shared count
 as above. Edge cases:
 
 - Stale heartbeats (every 2 s): the free slots lag. This replica's running jobs that
-  started since the oldest heartbeat are taken off them (a job's ticket is left a second
-  time when it ends), and its unstarted tickets bound what bypasses
+  started since the oldest heartbeat are taken off them, and those the heartbeats show in
+  flight that have ended since are given back (a job's ticket is left a second time when
+  it ends; `api/started_jobs.py`), and its unstarted tickets bound what bypasses
   the counts, so during a flood at most (replicas x free slots) jobs bypass the ledger
   before it engages, and those start at once or soon (the slots were free).
 - Local tickets are not in the shared counts: a tenant may have up to the model's free
@@ -50,7 +51,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -59,6 +59,7 @@ from redis.asyncio import Redis
 
 from llmq.api.fair_ledger import LocalLedger, Look, RedisLedger, ShareLedger
 from llmq.api.fresh_tickets import FreshTickets
+from llmq.api.started_jobs import NO_ROOM, LiveRoom, StartedJobs
 from llmq.api.tenancy.models import NORMAL_RANK
 from llmq.dispatcher.queue_estimate import free_slots
 from llmq.dispatcher.registry import WorkerRegistry
@@ -74,27 +75,25 @@ HOLD: Final = 15.0
 """Seconds a queued ticket counts in the shared counts unless its replica renews it (every
 `RENEW` seconds while it lives): a replica that dies stops holding places within this."""
 RENEW: Final = 5.0
-SEEN_STARTING: Final = 30.0
-"""Seconds a started job counts against the free slots at most (a heartbeat older than
-this is a dead worker's)."""
 
 Line = tuple[str, str, int]
 """(model, tenant, rank)"""
-Room = Callable[[str], tuple[int, float]]
-"""model -> (its free slots now, time.time() of the oldest heartbeat they come from); no
-free slot while the queue estimate shows a wait for it."""
+Room = Callable[[str], LiveRoom]
+"""model -> its slots as the live workers' heartbeats show them; no free slot while the
+queue estimate shows a wait for it."""
 
 
 def live_room(registry: WorkerRegistry, estimate: Callable[[str], float | None]) -> Room:
     """The model's free slots from the live workers' heartbeats, none while queued jobs wait."""
 
-    def room(model: str) -> tuple[int, float]:
-        if estimate(model) != 0.0:
-            return 0, 0.0
+    def room(model: str) -> LiveRoom:
         workers = registry.workers_for(model)
         if not workers:
-            return 0, 0.0
-        return free_slots(workers, model), min(w.heartbeat_at for w in workers)
+            return NO_ROOM
+        beats = [w.heartbeat_at for w in workers]
+        busy = sum(min(w.in_flight, w.capacity) for w in workers)
+        free = free_slots(workers, model) if estimate(model) == 0.0 else 0
+        return LiveRoom(free, min(beats), max(beats), busy)
 
     return room
 
@@ -144,10 +143,9 @@ class FairShare:
         self._room_for = room_for
         self._unstarted: dict[str, int] = {}
         """model -> this replica's tickets (local or shared) not yet left."""
-        self._started: dict[str, dict[int, float]] = {}
-        """model -> time.time() its jobs here started (oldest first), for those still running
-        that started after the oldest heartbeat: slots the heartbeats do not show in use."""
-        self._seen = 0
+        self._jobs = StartedJobs()
+        """Its jobs started and running: slots the heartbeats do not show in use, or show
+        in use and free now (`api/started_jobs.py`)."""
         self._waiting: dict[str, int] = {}
         """model -> this replica's requests waiting in its lines."""
         self.local = 0
@@ -186,20 +184,9 @@ class FairShare:
         """Room for one more job of `model` without a look at the shared counts."""
         if self._room_for is None or self._waiting.get(model):
             return False
-        free, oldest = self._room_for(model)
-        seen = self._unstarted.get(model, 0) + self._running_since(model, oldest)
-        return seen < free
-
-    def _running_since(self, model: str, oldest: float) -> int:
-        """This replica's running jobs of `model` that started after `oldest` (unix)."""
-        started = self._started.get(model)
-        if not started:
-            return 0
-        while started and (first := next(iter(started.items())))[1] < oldest:
-            del started[first[0]]  # in the heartbeats' in-flight counts by now
-        if not started:
-            del self._started[model]
-        return len(started)
+        room = self._room_for(model)
+        seen = self._unstarted.get(model, 0) + self._jobs.running(model, room)
+        return seen < room.free
 
     # --- this replica's load, for the queue estimate (`queue_estimate.LocalLoad`) ---------
 
@@ -210,11 +197,12 @@ class FairShare:
         self.fresh.counted(epoch)
 
     def busy(self, model: str) -> bool:
-        return model in self._waiting or model in self._started or model in self.fresh
+        return model in self._waiting or model in self._jobs or model in self.fresh
 
     def load(self, model: str, since: float) -> tuple[int, int]:
         queued = self._waiting.get(model, 0) + self.fresh.count(model)
-        return queued, self._running_since(model, since) if self._room_for is not None else 0
+        running = self._jobs.running_since(model, since) if self._room_for is not None else 0
+        return queued, running
 
     async def queued(self, model: str, tenant: str) -> int:
         """The tenant's jobs of the model queued and not started (every replica's)."""
@@ -333,9 +321,7 @@ class FairShare:
 
     def _ended(self, model: str, seen: int) -> None:
         """A job seen starting ended: its slot is free again."""
-        started = self._started.get(model)
-        if started is not None and started.pop(seen, None) is not None and not started:
-            del self._started[model]
+        self._jobs.end(model, seen)
 
     def _leave(self, line: Line, ticket: str | None) -> int | None:
         """Gives the place back; the job's mark among those seen starting, if counted."""
@@ -346,12 +332,7 @@ class FairShare:
             self._unstarted[model] -= 1
         seen: int | None = None
         if self._room_for is not None:  # it holds a slot the heartbeats may not show yet
-            now = time.time()
-            started = self._started.setdefault(model, {})
-            self._seen = seen = self._seen + 1
-            started[seen] = now
-            while (first := next(iter(started.items())))[1] < now - SEEN_STARTING:
-                del started[first[0]]
+            seen = self._jobs.start(model)
         if ticket is None:
             self._poke(model)
             return seen

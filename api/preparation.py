@@ -3,7 +3,8 @@ per-model defaults, estimate the tokens to reserve. The same for every way a req
 arrives — interactive HTTP, an async job, a batch line — so they can never disagree.
 
 Raises `Refusal` (400 bad body, 404 unknown model, 503 no live worker, 400 unsupported
-endpoint), which the HTTP edge renders; no I/O.
+endpoint), which the HTTP edge renders. No I/O, but for a durable job's model the registry's
+on-demand catalog read (`WorkerRegistry.load_catalog`), as every other path of the api does.
 """
 
 from __future__ import annotations
@@ -60,13 +61,18 @@ class RequestPreparer:
         for a worker (so a known model with no live worker is fine)."""
         return self.prepare_decoded(self.decode(kind, body), kind, body, durable=durable)
 
-    def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
-        """An async job or a batch line (the batch machinery's `Preparer` port)."""
+    async def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
+        """An async job or a batch line (the batch machinery's `Preparer` port). The model's
+        catalog entry is read from the bucket when a live worker serves it and its entry
+        has not come through the models' watch yet (just after the worker's first
+        heartbeat): its endpoints and kinds are checked against it, not against nothing."""
         if kind == "endpoint":
-            return self._durable_endpoint(body)
-        return self.prepare(kind, body, durable=True)
+            return await self._durable_endpoint(body)
+        req = self.decode(kind, body)
+        await self.registry.load_catalog((self.models.resolve(req.model),))
+        return self.prepare_decoded(req, kind, body, durable=True)
 
-    def _durable_endpoint(self, packed: bytes) -> PreparedRequest:
+    async def _durable_endpoint(self, packed: bytes) -> PreparedRequest:
         """A batch line for one of OpenAI's other endpoints (`schemas.endpoints`): its model
         must declare the endpoint; one request, no tokens reserved."""
         try:
@@ -77,6 +83,7 @@ class RequestPreparer:
         if not isinstance(fields.get("model"), str):
             raise Refusal(400, "`model` is required", "invalid_request", param="model")
         model = self.models.resolve(fields["model"])
+        await self.registry.load_catalog((model,))
         info = self.registry.model_info(model)
         if info is None or call.path not in info.endpoints:
             raise Refusal(

@@ -15,6 +15,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from llmq.api.edge import END_MID_RESPONSE
+
 DONE = b"data: [DONE]\n\n"
 
 
@@ -45,8 +47,11 @@ class SSEResponse(Response):
         self._writing: asyncio.Task[Any] | None = None
         """The writing task while it writes; the watcher cancels it only then."""
         self._left = False
+        self._end: Any = None
+        """The server's way to end the response mid-body (`edge.END_MID_RESPONSE`), if any."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._end = (scope.get("extensions") or {}).get(END_MID_RESPONSE, {}).get("end")
         self._writing = asyncio.current_task()
         assert self._writing is not None
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
@@ -75,12 +80,15 @@ class SSEResponse(Response):
                 await watcher
 
     def cut(self) -> None:
-        """End the response now, as if its client had left (it stopped reading: the
-        writer's cleanup runs and the server closes the connection)."""
+        """End the response now, as if its client had left (it stopped reading): the
+        writer's cleanup runs and the server closes the connection, the body cut short
+        (without `END_MID_RESPONSE`, uvicorn does so as for an app that forgot its end)."""
         writing = self._writing
         if writing is not None:
             self._left = True
             writing.cancel()
+            if self._end is not None:
+                self._end()
 
     def _start(self) -> Message:
         """The response start (its header list is not held while the stream is open)."""

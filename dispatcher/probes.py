@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,41 +155,45 @@ async def micro_gather(
     *,
     quiet: float = 0.2,
     expect: Collection[str] | None = None,
+    key: Callable[[Any], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask every instance of a micro service (`PING`, `INFO` or `STATS`; `service` None:
     every service) and collect the replies for at most `timeout` seconds. With `expect`
-    (the worker ids the registry knows alive) it waits until each of them answered, so a
-    slow, loaded worker is not left out; without, it stops `quiet` seconds after the last
-    reply."""
+    (the instances known alive, as `key` names a reply: by default the worker ids the
+    registry knows) it waits until each of them answered, so a slow, loaded one is not left
+    out, and then until no reply came for `quiet` seconds (0: not at all); without, it stops
+    `quiet` seconds after the last reply (`quiet` >= `timeout`: at `timeout`)."""
     inbox = nc.new_inbox()
     replies: list[dict[str, Any]] = []
     missing = set(expect or ())
+    name = key or worker_of
     arrived = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    last = loop.time()
 
     async def on_reply(msg: Msg) -> None:
+        nonlocal last
         with contextlib.suppress(ValueError):
             reply = json.loads(msg.data)
             replies.append(reply)
             if missing:
-                missing.discard(worker_of(reply))
+                missing.discard(name(reply))
+            last = loop.time()
             arrived.set()
 
     sub = await nc.subscribe(inbox, cb=on_reply)
     try:
         await nc.publish(control_subject(ServiceVerb(verb), name=service), b"", reply=inbox)
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (left := deadline - loop.time()) > 0:
-            if expect is not None and not missing:
+        while (now := loop.time()) < deadline:
+            waiting = bool(missing) if expect is not None else not replies
+            if not waiting and now - last >= quiet:
                 break
             arrived.clear()
-            settled = replies and expect is None
-            try:
-                async with asyncio.timeout(min(left, quiet) if settled else left):
+            until = deadline if waiting else min(deadline, last + quiet)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(until - now):
                     await arrived.wait()
-            except TimeoutError:
-                if settled:
-                    break
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

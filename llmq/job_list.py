@@ -124,7 +124,7 @@ async def list_jobs(
     `micro_timeout`) then queued ones (from the streams)."""
     alive = [w.id for w in await read_workers(js)]
     stats, queues = await asyncio.gather(
-        micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout, expect=alive),
+        micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout, quiet=0, expect=alive),
         queue_states(js),
     )
     running = running_jobs(stats, model)

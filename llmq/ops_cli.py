@@ -311,7 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     async def body(nc: Client, url: str) -> int:
-        snap = await snapshot.snapshot(nc, nc.jetstream(), args.timeout)
+        snap = await snapshot.snapshot(nc, nc.jetstream(), args.timeout, apis=())
         for error in snap.errors:
             print(f"llmq: {error}", file=sys.stderr)
         if args.json:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,13 +124,22 @@ def _worker_stats(replies: list[dict[str, Any]]) -> dict[str, _WorkerStats]:
     return out
 
 
+API_QUIET = 0.2
+"""Seconds a look waits for more api replicas once every one it expected answered."""
+
+
+def api_id(reply: Any) -> str:
+    """The micro service id of a PING reply (`ApiView.id`)."""
+    return str(reply.get("id", "")) if isinstance(reply, dict) else ""
+
+
 def api_views(replies: list[dict[str, Any]]) -> list[ApiView]:
     apis = []
     for reply in replies:
         meta = ApiMetadata.from_metadata(reply.get("metadata"))
         apis.append(
             ApiView(
-                id=str(reply.get("id", "")),
+                id=api_id(reply),
                 instance=meta.instance_id,
                 host=meta.host,
                 port=meta.port,
@@ -167,18 +177,31 @@ def _worker_views(
     return views
 
 
-async def snapshot(nc: Client, js: JetStreamContext, micro_timeout: float = 2.0) -> Snapshot:
-    """Workers, models, queues and api replicas, read concurrently; the workers' STATS
-    once the registry says which workers to wait for (up to `micro_timeout`)."""
+async def snapshot(
+    nc: Client,
+    js: JetStreamContext,
+    micro_timeout: float = 2.0,
+    *,
+    apis: Collection[str] | None = None,
+) -> Snapshot:
+    """Workers, models, queues and api replicas, read concurrently (up to `micro_timeout`):
+    the workers' STATS once the registry says which workers to wait for; the api replicas'
+    PINGs until every one of `apis` (micro service ids: those an earlier look saw) answered
+    and `API_QUIET` passed without another, or with `apis` None until `micro_timeout` (no
+    registry names the replicas, and a loaded one answers late). `apis=()`: none awaited."""
     errors: list[str] = []
     workers: list[WorkerInfo] = await _safe(read_workers(js), [], errors, "workers")
     alive = [w.id for w in workers]
-    stats_of = micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout, expect=alive)
+    stats_of = micro_gather(nc, "STATS", names.MICRO_SERVICE, micro_timeout, quiet=0, expect=alive)
+    quiet = micro_timeout if apis is None else API_QUIET
+    pings_of = micro_gather(
+        nc, "PING", names.API_MICRO_SERVICE, micro_timeout, quiet=quiet, expect=apis, key=api_id
+    )
     models, queues, stats, pings = await asyncio.gather(
         _safe(read_models(js), [], errors, "models"),
         _safe(queue_states(js), [], errors, "queues"),
         _safe(stats_of, [], errors, "stats"),
-        _safe(micro_gather(nc, "PING", names.API_MICRO_SERVICE, micro_timeout), [], errors, "apis"),
+        _safe(pings_of, [], errors, "apis"),
     )
     now = time.time()
     by_worker = _worker_stats(stats)

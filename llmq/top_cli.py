@@ -74,8 +74,10 @@ async def _look(
     nc: Client, timeout: float, estimator: QueueEstimator, latest: list[Snapshot]
 ) -> dict[str, float | None]:
     """One refresh of `llmq top`: the snapshot, kept in `latest` (also the estimator's view
-    of the workers), and the queue waits."""
-    snap = await snapshot.snapshot(nc, nc.jetstream(), timeout)
+    of the workers), and the queue waits. The api replicas the last refresh saw are waited
+    for (the first refresh waits `timeout` for them)."""
+    apis = [api.id for api in latest[0].apis] if latest else None
+    snap = await snapshot.snapshot(nc, nc.jetstream(), timeout, apis=apis)
     latest[:] = [snap]
     return await queue_waits(nc.jetstream(), snap, estimator)
 

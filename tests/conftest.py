@@ -15,6 +15,7 @@ import pytest
 
 from llmq._fast import configure as configure_fast_paths
 from llmq.embedded import EmbeddedNats, EmbeddedRedis, nats_cluster
+from tests import bytecode
 from tests.redis_ha import EmbeddedSentinelSet, start_redis_cluster
 from tests.scheduling import auto_workers, slowest_first
 
@@ -26,8 +27,14 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (a CI job cancelled, `timeout`) stops the run as Ctrl-C does: the fixtures'
     finalizers stop every server. A run killed outright leaves none either: the servers get
-    SIGTERM when the process that started them dies (`llmq.embedded.die_with_parent`)."""
+    SIGTERM when the process that started them dies (`llmq.embedded.die_with_parent`).
+
+    Before any worker starts, the project's bytecode is written once (tests/bytecode.py)."""
     signal.signal(signal.SIGTERM, _interrupted)
+    if hasattr(config, "workerinput"):
+        bytecode.keep_rewritten_tests()
+    else:
+        bytecode.prepare()
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -77,7 +77,7 @@ class JobServing:
             raise ApiError(
                 400, f"unsupported endpoint `{endpoint}`", "invalid_endpoint", param="endpoint"
             )
-        prepared = self.preparer.prepare_durable(kind, msgspec.json.encode(fields))
+        prepared = await self.preparer.prepare_durable(kind, msgspec.json.encode(fields))
         scope = await self.scopes.of(tenant)
         job_id = time_hex()
         reservation = await self.reservations.reserve(

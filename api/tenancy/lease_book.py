@@ -3,6 +3,7 @@ and the one script that books such a job: `lease_book.lua` then `release.lua`.""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 from redis.asyncio import Redis
@@ -22,6 +23,7 @@ _FOLD = """-- llmq lease release: lease_book.lua, then release.lua, in one atomi
 local function lease_book(KEYS, ARGV)
 %s
 end
+local held
 local function release(KEYS, ARGV)
 %s
 end
@@ -33,20 +35,35 @@ end
 for i = 3, #ARGV do
   if i - 2 <= na then ba[i - 2] = ARGV[i] else ra[i - 2 - na] = ARGV[i] end
 end
-lease_book(bk, ba)
+held = lease_book(bk, ba)
 return release(rk, ra)
+"""
+_RECORD = re.compile(r"-- <record>.*?-- </record>\n", re.S)
+_FIELDS = re.compile(r"redis\.call\('HMGET', KEYS\[1\],([^)]*)\)")
+_HELD = """-- the record lease_book.lua made (nil: the job was booked before): its slot is out of
+-- the in-flight sets already, and there is no hash to read or delete
+if not held then return '0|0' end
+local r = {%s}
 """
 
 
 def folded_script() -> str:
     """One script that books a lease-admitted job: the record (`lease_book.lua`) and the
     booking (`release.lua`) in one call, so a leased job costs one script call, as a
-    directly reserved one does. Its arguments: `fold_args`."""
+    directly reserved one does. The record goes from one to the other as a Lua table:
+    `release.lua`'s read of it (its `<record>` block) becomes a read of that table, field
+    for field. Its arguments: `fold_args`."""
     text = resources.files("llmq.api.tenancy")
-    return _FOLD % (
-        text.joinpath("lease_book.lua").read_text(),
-        text.joinpath("release.lua").read_text(),
-    )
+    release = text.joinpath("release.lua").read_text()
+    block = _RECORD.search(release)
+    fields = _FIELDS.search(block.group(0)) if block else None
+    if block is None or fields is None:
+        raise RuntimeError("release.lua: no <record> block reading the reservation hash")
+    names_ = [name.strip().strip("'") for name in fields.group(1).split(",")]
+    names_ += ["hold", "khold"]  # r[18], r[19]: holds lease_book.lua left to release.lua
+    read = _HELD % ", ".join(f"held['{name}']" for name in names_ if name)
+    folded_release = release[: block.start()] + read + release[block.end() :]
+    return _FOLD % (text.joinpath("lease_book.lua").read_text(), folded_release)
 
 
 def fold_args(

@@ -22,11 +22,11 @@ DEFAULT_WINDOW = 0.5
 MAX_WISH = 256
 """Most requests one lease asks for."""
 SLOT_GRACE = 30.0
-"""Seconds a lease's slots stay in Redis past its end: the slot of a job still running
-`SLOT_PUSH_AFTER` after its admission is pushed to the reservation lease at the next tick
-(`Leases.taken`), and a slot is taken out of Redis when its job is booked
-(`lease_book.lua`); a dead replica's unused slots come back this long after its lease
-ended."""
+"""Seconds a lease's slots stay in Redis past its end (`LLMQ_QUOTA_SLOT_GRACE`, this by
+default): the slot of a job still running `SLOT_PUSH_AFTER` after its admission is pushed
+to the reservation lease at the next tick (`Leases.taken`), and a slot is taken out of
+Redis when its job is booked (`lease_book.lua`); a dead replica's unused slots come back
+this long after its lease ended."""
 SLOT_PUSH_AFTER = 0.5
 """Seconds a leased job runs before its slot is pushed to the reservation lease: most jobs
 are booked (`Leases.done`) well before, and a slot pushed costs Redis work at every tick."""

@@ -23,6 +23,8 @@
 -- Returns '<released 0|1>|<cost_usd>|<reserved tokens>'.
 
 local job = ARGV[1]
+-- <record> (a lease booking's fold, lease_book.py, reads the record lease_book.lua made
+-- in the same call instead)
 -- Always free the slot, even without a reservation record (nothing else can hold it).
 redis.call('ZREM', KEYS[2], job)
 
@@ -34,6 +36,7 @@ if not r[1] then
 end
 redis.call('DEL', KEYS[1])
 if r[13] then redis.call('ZREM', r[13], job) end
+-- </record>
 
 local prompt = tonumber(ARGV[2])
 local completion = tonumber(ARGV[3])
@@ -59,7 +62,22 @@ local dcost = cost - tonumber(r[4])
 -- A rate is a GCRA arrival time: delta tokens move it by delta * (ms per token).
 -- One EXISTS over a scope's counters (they almost always all exist); one each only when
 -- one of them is missing.
-local function reconcile(rate, tok_t, day, month)
+-- `hold`: a lease booking's fold (lease_book.lua) left the hold out of `day` and `month`:
+-- the job's real tokens and cost go in at once, the counters made with these expiries.
+local function held_now(rate, per, day, month, hold)
+  local used = prompt + completion
+  if redis.call('HINCRBY', day, 'tok', used) == used then
+    redis.call('PEXPIREAT', day, hold[1])
+  end
+  local month_new = redis.call('HINCRBY', month, 'tok', used) == used
+  if cost ~= 0 then redis.call('HINCRBYFLOAT', month, 'usd', string.format('%.17g', cost)) end
+  if month_new then redis.call('PEXPIREAT', month, hold[2]) end
+  if delta ~= 0 and per > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBYFLOAT', rate, 'tok', string.format('%.17g', delta * per))
+  end
+end
+local function reconcile(rate, tok_t, day, month, hold)
+  if hold then return held_now(rate, tonumber(tok_t) or 0, day, month, hold) end
   if not day or (delta == 0 and dcost == 0) then return end
   local per = tonumber(tok_t) or 0
   local all
@@ -85,8 +103,8 @@ local function reconcile(rate, tok_t, day, month)
     redis.call('HINCRBYFLOAT', month, 'usd', string.format('%.17g', dcost))
   end
 end
-reconcile(r[5], r[6], r[7], r[8])
-reconcile(r[9], r[10], r[11], r[12])
+reconcile(r[5], r[6], r[7], r[8], r[18])
+reconcile(r[9], r[10], r[11], r[12], r[19])
 
 local usd = string.format('%.17g', cost)
 local failed = ARGV[4] == '1'

@@ -42,7 +42,7 @@ async def load_input(run: BatchRun) -> BatchInput:
         if kind == "endpoint":  # its path travels with the body (schemas/endpoints)
             body = pack(EndpointCall(record.endpoint, "application/json"), body)
         try:
-            prepared = ctx.preparer.prepare_durable(kind, body)
+            prepared = await ctx.preparer.prepare_durable(kind, body)
         except Refusal as exc:
             line.error = Unrun(
                 code=exc.code,

@@ -17,7 +17,7 @@ from llmq.schemas.envelope import JobKind
 
 
 class Preparer(Protocol):
-    def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
+    async def prepare_durable(self, kind: JobKind, body: bytes) -> PreparedRequest:
         """Decode and check `body` for `kind` as a job that may wait in the durable queue;
         raise `Refusal` when it cannot run."""
         ...

@@ -8,13 +8,18 @@ versions they were tested with (`GATE`; `llmq._fast` says how the gate works).
   server delivered was handled, and (`delete_watcher_consumer`) to delete a scan's consumer
   at once;
 - the server's INFO (`server_info`), to name a missing client certificate;
-- a round trip to the server (`round_trip`) whose PONG future is never cancelled: nats-py
-  2.16's `flush` cancels it when its timeout passes, and the PONG that comes later then
-  stops the client's read loop (`InvalidStateError`: connected, and deaf).
+- a round trip to the server (`round_trip`) whose PING goes out behind every publish made
+  before it and whose PONG future is never cancelled: nats-py 2.16's `flush` writes its
+  PING straight to the socket, ahead of the publishes still in its pending buffer (so its
+  PONG can come before the server read them), and cancels the future when its timeout
+  passes, and the PONG that comes later then stops the client's read loop
+  (`InvalidStateError`: connected, and deaf).
 
 Shut, each takes nats-py's public path: its own header code, a subscription callback, the
 watcher's end-of-initial-values marker, a scan's consumer left to the server's inactivity
-threshold, a refusal message without the INFO's hint, and `flush` for a round trip.
+threshold, a refusal message without the INFO's hint, and `flush` for a round trip (whose
+PING may overtake publishes still buffered: a round trip then does not prove the server has
+them).
 
 ## Headers
 
@@ -290,14 +295,17 @@ PONG futures unanswered)."""
 
 
 async def round_trip(nc: Client, timeout: float) -> bool:
-    """True once the server answered a PING sent now: it answers after writing us everything
-    it queued for this connection before, so every message it held then has been read (and,
-    on the inbox's direct delivery, routed). False after `timeout` seconds, or as soon as
-    the link is down. Never raises.
+    """True once the server answered a PING sent now: it reads a connection's bytes in
+    order, so it has every message published before the call, and it answers after writing
+    us everything it queued for this connection before, so every message it held then has
+    been read (and, on the inbox's direct delivery, routed). False after `timeout` seconds,
+    or as soon as the link is down. Never raises.
 
-    Open, the PING's future is put in nats-py's own PONG list and never cancelled (a late
-    PONG resolves it harmlessly); shut, nats-py's `flush`, whose timeout cancels it (see the
-    module's docstring: a PONG later than `timeout` stops the read loop)."""
+    Open, nats-py's pending buffer is handed to the socket first and the PING written after
+    it (nats-py's `_send_ping` writes straight to the socket, ahead of that buffer); its
+    future is put in nats-py's own PONG list and never cancelled (a late PONG resolves it
+    harmlessly). Shut, nats-py's `flush`: its PING may overtake buffered publishes, and its
+    timeout cancels the future (see the module's docstring)."""
     if timeout <= 0 or not nc.is_connected:
         return False
     if not GATE.open:
@@ -309,7 +317,8 @@ async def round_trip(nc: Client, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     pong: asyncio.Future[bool] = loop.create_future()
     try:
-        await nc._send_ping(pong)
+        _hand_pending_to_socket(nc)
+        await nc._send_ping(pong)  # no await between the two: nothing gets in between
     except Exception:
         return False
     end = loop.time() + timeout
@@ -319,3 +328,16 @@ async def round_trip(nc: Client, timeout: float) -> bool:
             return False
         await asyncio.wait((pong,), timeout=min(left, _LINK_POLL))
     return True
+
+
+def _hand_pending_to_socket(nc: Client) -> None:
+    """What nats-py's flusher task does with the pending buffer, now (it still drains the
+    socket): the transport keeps the order of its writes, so a PING written next goes out
+    behind these bytes. A PING appended to the buffer instead could be overtaken on the wire
+    by a keep-alive PING that `_send_ping` writes meanwhile, whose PONG would then resolve
+    the wrong future (nats-py matches PONGs to PINGs by order)."""
+    pending = nc._pending
+    if pending and nc._transport is not None:
+        nc._pending = []
+        nc._pending_data_size = 0
+        nc._transport.writelines(pending)

@@ -80,5 +80,15 @@ class TenancySettings(Group):
         gt=0,
         le=5,
     )
+    quota_slot_grace: float = setting(
+        30.0,
+        "Seconds a lease's unused concurrency slots stay held in Redis past the lease's end "
+        "when its replica cannot give them back (it died): the dead replica's share of "
+        "max_concurrent comes back this long after. A running job's slot is moved to its own "
+        "reservation lease well within it.",
+        commands=(),
+        ge=1,
+        le=600,
+    )
 
     _split = field_validator("trusted_tenants", "aliases", mode="before")(split_commas)

@@ -14,6 +14,7 @@ import pytest
 
 from llmq.api.fair_ledger import LocalLedger, Look, RedisLedger, ShareLedger
 from llmq.api.fair_share import FairShare, Ticket
+from llmq.api.started_jobs import MARGIN, LiveRoom
 from llmq.api.tenancy import connect
 from llmq.api.tenancy.models import PRIORITY_RANK, priority_rank
 from llmq.schemas import names
@@ -218,10 +219,11 @@ class _Room:
 
     def __init__(self, free: int) -> None:
         self.free = free
+        self.busy = 0
         self.heartbeat_at = time.time()
 
-    def __call__(self, model: str) -> tuple[int, float]:
-        return self.free, self.heartbeat_at
+    def __call__(self, model: str) -> LiveRoom:
+        return LiveRoom(self.free, self.heartbeat_at, self.heartbeat_at, self.busy)
 
 
 async def test_an_idle_model_makes_no_redis_call(redis_server: Any) -> None:
@@ -278,6 +280,41 @@ async def test_a_congested_model_uses_the_shared_counts(redis_server: Any) -> No
     ticket = await gate.enter(model, "b", 1)
     assert ticket is not None and gate.local == 2
     ticket.leave()
+    await asyncio.gather(*gate._tasks)
+    await redis.aclose()
+
+
+async def test_jobs_a_heartbeat_shows_in_flight_free_their_slots_when_they_end(
+    redis_server: Any,
+) -> None:
+    """A heartbeat that shows this replica's two jobs in flight (no free slot) holds no
+    slot once they have ended: the next two requests take the fast path again before the
+    next heartbeat, and no more than the heartbeat showed in flight."""
+    model = unique("m")
+    redis = _patient(redis_server.url)
+    room = _Room(free=2)
+    gate = FairShare(lambda m: 4, RedisLedger(redis), room_for=room)
+    first = [await gate.enter(model, "a", 1) for _ in range(2)]
+    for ticket in first:
+        assert ticket is not None
+        ticket.leave()  # started
+    await asyncio.sleep(MARGIN * 2)
+    room.heartbeat_at, room.free, room.busy = time.time(), 0, 2  # it shows them in flight
+    await asyncio.sleep(MARGIN * 2)
+    before = await _script_calls(redis)
+    shared = await gate.enter(model, "a", 1)  # they still run: no free slot
+    assert shared is not None and gate.local == 2 and await _script_calls(redis) > before
+    shared.leave()  # started after the heartbeat
+    shared.leave()  # and ended: it frees what it held, no more
+    for ticket in first:
+        ticket.leave()  # ended after the heartbeat: their slots are free
+    again = [await gate.enter(model, "a", 1) for _ in range(2)]
+    assert all(t is not None for t in again) and gate.local == 4
+    third = await gate.enter(model, "a", 1)  # more than the heartbeat showed in flight
+    assert third is not None and gate.local == 4
+    for ticket in [*again, third]:
+        assert ticket is not None
+        ticket.leave()
     await asyncio.gather(*gate._tasks)
     await redis.aclose()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceVerb, control_subject
 
+from llmq import snapshot
 from llmq.cli import main
 from llmq.dispatcher.probes import queue_states
 from llmq.schemas import names
@@ -270,4 +273,48 @@ async def test_a_slow_worker_is_waited_for_and_a_silent_one_named(stack, capsys)
     finally:
         await late.leave()
         await silent.leave()
+        await nc.close()
+
+
+async def test_status_waits_for_an_api_replica_that_answers_late(stack, capsys) -> None:  # type: ignore[no-untyped-def]
+    """No registry names the api replicas: `llmq status` collects their PING replies until
+    its `--timeout`, so a loaded replica (here a real api process, stopped for a second)
+    that answers after the other is in the table, not left out."""
+    prompt = await stack.api()
+    loaded = await stack.api_process()
+
+    async def both_answer() -> bool:
+        _, out = await llmq(capsys, "status", "--nats-url", stack.nats_url, "--json")
+        return len(json.loads(out)["apis"]) == 2
+
+    await wait_for(both_answer, timeout=30)
+    os.kill(loaded.proc.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        status = asyncio.create_task(
+            llmq(capsys, "status", "--nats-url", stack.nats_url, "--json", "--timeout", "4")
+        )
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(loaded.proc.pid, signal.SIGCONT)
+    code, out = await status
+    took = time.monotonic() - began
+    apis = json.loads(out)["apis"]
+    assert code == 0 and len(apis) == 2, apis
+    assert prompt.settings.api.instance_id in [api["instance"] for api in apis]
+    assert 1.0 <= took < 30
+
+    # `llmq top` after its first refresh: it waits for the replicas that refresh saw
+    nc = await nats.connect(stack.nats_url)
+    os.kill(loaded.proc.pid, signal.SIGSTOP)
+    try:
+        look = asyncio.create_task(
+            snapshot.snapshot(nc, nc.jetstream(), 4.0, apis=[api["id"] for api in apis])
+        )
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(loaded.proc.pid, signal.SIGCONT)
+    try:
+        assert len((await look).apis) == 2
+    finally:
         await nc.close()

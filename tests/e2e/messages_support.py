@@ -8,12 +8,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import anthropic
 import httpx
 
 from llmq.api.tenancy import LedgerEntry, Tenant, TenantStore, UsageReader, connect
+from tests.lazy import lazy
 from tests.spec.anthropic import assert_event
 from tests.stack import unique, wait_for
+
+anthropic = lazy("anthropic")  # 2 s to import: only where a test uses it
 
 
 @dataclass

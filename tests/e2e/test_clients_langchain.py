@@ -5,9 +5,6 @@ reasons: text, a tool call and its answer, structured output, reasoning."""
 from __future__ import annotations
 
 import pytest
-from langchain_core.messages import HumanMessage, ToolMessage
-from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from tests.e2e.clients import GREETING, REASONING, SUNNY, WEATHER, Served, served
@@ -15,7 +12,6 @@ from tests.e2e.clients import GREETING, REASONING, SUNNY, WEATHER, Served, serve
 __all__ = ["served"]
 
 
-@tool
 def get_weather(city: str) -> str:
     """The weather of a city."""
     return f"sunny in {city}"
@@ -28,6 +24,12 @@ class Weather(BaseModel):
 
 @pytest.mark.parametrize("responses", [False, True], ids=["chat", "responses"])
 async def test_langchain_openai(served: Served, responses: bool) -> None:
+    # imported here: langchain takes a while to import, in every xdist worker that collects it
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    weather_tool = tool(get_weather)
     llm = ChatOpenAI(
         model=served.model, base_url=f"{served.url}/v1", api_key="x",  # type: ignore[arg-type]
         max_retries=0, use_responses_api=responses,
@@ -36,12 +38,12 @@ async def test_langchain_openai(served: Served, responses: bool) -> None:
     assert said.text == GREETING
     chunks = [c async for c in llm.astream("hi")]
     assert "".join(c.text for c in chunks) == GREETING
-    with_tools = llm.bind_tools([get_weather])
+    with_tools = llm.bind_tools([weather_tool])
     question = HumanMessage("weather in Oslo?")
     asked = await with_tools.ainvoke([question])
     (call,) = asked.tool_calls  # type: ignore[attr-defined]
     assert call["name"] == "get_weather" and call["args"] == {"city": "Oslo"}
-    result = ToolMessage(content=get_weather.invoke(call["args"]), tool_call_id=call["id"])
+    result = ToolMessage(content=weather_tool.invoke(call["args"]), tool_call_id=call["id"])
     answered = await with_tools.ainvoke([question, asked, result])
     assert answered.text == SUNNY
     method = "json_schema"

@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import openai
 import pytest
-from agents import (
-    Agent,
-    OpenAIChatCompletionsModel,
-    OpenAIResponsesModel,
-    Runner,
-    function_tool,
-    set_tracing_disabled,
-)
 
 from tests.e2e.clients import BONJOUR, SUNNY, Served, served
 
 __all__ = ["served"]
-set_tracing_disabled(True)  # traces would go to OpenAI's servers
 
 
-@function_tool
 def get_weather(city: str) -> str:
     """The weather of a city."""
     return f"sunny in {city}"
@@ -29,11 +19,22 @@ def get_weather(city: str) -> str:
 
 @pytest.mark.parametrize("api", ["responses", "chat"])
 async def test_a_tool_and_a_handoff(served: Served, api: str) -> None:
+    # imported here: the SDK takes a second to import, in every xdist worker that collects it
+    from agents import (
+        Agent,
+        OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
+
+    set_tracing_disabled(True)  # traces would go to OpenAI's servers
     client = openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
     kind = OpenAIResponsesModel if api == "responses" else OpenAIChatCompletionsModel
     model = kind(model=served.model, openai_client=client)
     weather = Agent(name="weather", instructions="Answer about the weather.", model=model,
-                    tools=[get_weather])  # fmt: skip
+                    tools=[function_tool(get_weather)])  # fmt: skip
     result = await Runner.run(weather, "weather in Oslo?")
     assert result.final_output == SUNNY
     called = [i for i in result.new_items if i.type == "tool_call_output_item"]

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import pytest
 from pydantic import BaseModel
-from pydantic_ai import Agent
-from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
-from pydantic_ai.providers.openai import OpenAIProvider
 
 from tests.e2e.clients import GREETING, SUNNY, WEATHER, Served, served
 
@@ -22,6 +19,11 @@ class Weather(BaseModel):
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_pydantic_ai(served: Served, api: str) -> None:
+    # imported here: pydantic-ai takes a second to import, in every xdist worker that collects it
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
     provider = OpenAIProvider(base_url=f"{served.url}/v1", api_key="x")
     kind = OpenAIChatModel if api == "chat" else OpenAIResponsesModel
     model = kind(served.model, provider=provider)

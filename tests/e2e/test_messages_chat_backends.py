@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anthropic
 import pytest
 
 from tests.e2e.messages_support import Keyed, keyed_api, raw_stream, serving
+from tests.lazy import lazy
 from tests.spec.anthropic import assert_count, assert_message
 from tests.stack import unique
 from tests.worker.backends.fake_upstreams import (
@@ -25,6 +25,8 @@ from tests.worker.backends.fake_upstreams import (
     openai_usage,
     sse_data,
 )
+
+anthropic = lazy("anthropic")  # 2 s to import: only where a test uses it
 
 CHAT = "/v1/chat/completions"
 WEATHER = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anthropic
 import httpx
 import pytest
 import redis as sync_redis
@@ -16,9 +15,12 @@ import redis as sync_redis
 from llmq.api.tenancy import Tenant
 from llmq.schemas import names
 from tests.e2e.messages_support import Keyed, keyed_api, serving
+from tests.lazy import lazy
 from tests.spec.anthropic import assert_error
 from tests.stack import unique, wait_for
 from tests.worker.backends.fake_upstreams import FakeUpstream, openai_chat, openai_error
+
+anthropic = lazy("anthropic")  # 2 s to import: only where a test uses it
 
 USER = [{"role": "user", "content": "hi"}]
 

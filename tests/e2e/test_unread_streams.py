@@ -5,14 +5,18 @@ and echo workers:
   books what was generated and frees the tenant's slot while the connection is still open; a
   client that reads on gets what was buffered, an error event and `[DONE]`; one that does not
   has its connection closed after LLMQ_STREAM_DRAIN_TIMEOUT;
+- a cut stream ends its response on purpose: its client reads the body cut short, and the
+  api logs no "ASGI callable returned without completing response";
 - 150 unread streams of about 8 MB each on an api process: its RSS (/proc) stays under
-  +300 MB of idle and comes back near idle within 60 s of the clients closing.
+  +300 MB of idle and comes back near idle within 60 s of the clients closing (its freed
+  heap returned by the periodic malloc_trim, LLMQ_MALLOC_TRIM_INTERVAL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -144,11 +148,52 @@ async def test_an_unread_stream_is_cut_booked_and_closed(stack, redis_server) ->
     await redis.aclose()
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_a_cut_stream_is_ended_on_purpose_not_left_incomplete(stack) -> None:  # type: ignore[no-untyped-def]
+    """The cut closes the connection with the body cut short (no `[DONE]`, no end of the
+    chunked body: the client must not take it for a whole stream), and uvicorn does not
+    report it as an app that returned without completing its response."""
+    records = _Records()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(records)
+    try:
+        model = unique("big")
+        api = await stack.api(stream_buffer_bytes=65_536, stream_drain_timeout=1.0)
+        await stack.worker(model=[model], capacity=1)
+        await wait_serving(api.url, model)
+        port = api.settings.api.port
+        reader, writer = await _open_unread(
+            port, _request(port, model, _beyond_socket_buffers_kb())
+        )
+
+        async def cut() -> bool:
+            return "408" in await _ended(port)
+
+        await wait_for(cut, timeout=60)
+        await asyncio.sleep(2.0)  # past the drain timeout: the api closed it
+        tail = await _read_to_end(reader)
+        writer.close()
+    finally:
+        uvicorn_log.removeHandler(records)
+    assert b"[DONE]" not in tail and not tail.endswith(b"0\r\n\r\n")
+    assert not [m for m in records.messages if "without completing response" in m]
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 async def test_150_unread_streams_keep_the_api_process_small_and_it_returns(stack) -> None:  # type: ignore[no-untyped-def]
     model = unique("big")
     port = free_port()
-    api = stack.process("api", "--port", str(port), log_level="WARNING")
+    # freed heap goes back to the system at the next trim (LLMQ_MALLOC_TRIM_INTERVAL, 30 s
+    # by default): every 3 s here, so that the wait for it is not most of the test
+    api = stack.process("api", "--port", str(port), log_level="WARNING", malloc_trim_interval=3)
     worker = stack.process("worker", "--model", model, "--capacity", "4", "--backend", "echo")
     await wait_serving(f"http://127.0.0.1:{port}", model, timeout=60)
     await asyncio.sleep(2)
@@ -182,3 +227,4 @@ async def test_150_unread_streams_keep_the_api_process_small_and_it_returns(stac
     )
     assert peak < idle + 300
     assert api.proc.poll() is None and worker.proc.poll() is None
+    assert b"without completing response" not in api.log_path.read_bytes()  # cut on purpose

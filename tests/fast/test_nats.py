@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import nats
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -200,3 +201,33 @@ async def test_a_round_trip_that_times_out_leaves_the_client_reading(nats_server
     finally:
         await disconnect(sender)
         await disconnect(nc)
+
+
+async def test_a_round_trip_comes_back_after_every_publish_made_before_it(nats_server) -> None:  # type: ignore[no-untyped-def]
+    """nats-py 2.16's `flush` writes its PING straight to the socket, ahead of the publishes
+    still in its pending buffer: its PONG can come before the server read them. `round_trip`
+    sends the PING behind them, so once it returns the server has every one, and a
+    subscriber's own round trip on another connection finds them all delivered. (The sender
+    keeps up to 64 MB pending, not nats-py's 2 MB, so that a whole round waits in the
+    buffer: on nats-py's order the PONG then beats most of it every time.)"""
+    sender = await nats.connect(nats_server.url, name="rt-order-sender", pending_size=64 << 20)
+    receiver = await connect(nats_server.url, "rt-order-receiver")
+    subject = unique("order")
+    got = [0]
+
+    def route(msg: Any) -> None:
+        got[0] += 1
+
+    await headers.subscribe_direct(receiver, subject, route)  # counted in the read loop
+    assert await headers.round_trip(receiver, 10.0)
+    payload = b"z" * 500_000
+    try:
+        for n in range(1, 6):
+            for _ in range(40):  # 20 MB, all in the sender's pending buffer
+                await sender.publish(subject, payload)
+            assert await headers.round_trip(sender, 60.0)
+            assert await headers.round_trip(receiver, 60.0)
+            assert got[0] == 40 * n
+    finally:
+        await sender.close()
+        await disconnect(receiver)

@@ -95,6 +95,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "RESERVATION_LEASE": ("11", 11.0),
     "QUOTA_LEASES": ("false", False),
     "QUOTA_LEASE_WINDOW": ("0.25", 0.25),
+    "QUOTA_SLOT_GRACE": ("3", 3.0),
     "PING_INTERVAL": ("0.5", 0.5),
     "ACK_WAIT": ("12", 12.0),
     "MAX_DELIVER": ("5", 5),

@@ -1,16 +1,25 @@
 """The anthropic SDK's own types as the test of every Messages body and stream event llmq
 sends: each is validated with the SDK's pydantic models in strict mode (no coercion: a
-string where Anthropic sends a number fails)."""
+string where Anthropic sends a number fails). The SDK is imported at the first check (2 s
+of CPU, which every xdist worker would otherwise pay to collect the suite)."""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent
-from anthropic.types.shared import ErrorResponse
 from pydantic import TypeAdapter
 
-_EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
+if TYPE_CHECKING:
+    from anthropic.types import Message, MessageTokensCount
+    from anthropic.types.shared import ErrorResponse
+
+
+@cache
+def _event() -> TypeAdapter[Any]:
+    from anthropic.types import RawMessageStreamEvent
+
+    return TypeAdapter(RawMessageStreamEvent)
 
 
 def assert_event(event: dict[str, Any]) -> None:
@@ -19,18 +28,24 @@ def assert_event(event: dict[str, Any]) -> None:
     if event.get("type") == "ping":
         assert event == {"type": "ping"}, event
     elif event.get("type") == "error":
-        ErrorResponse.model_validate(event, strict=True)
+        assert_error(event)
     else:
-        _EVENT.validate_python(event, strict=True)
+        _event().validate_python(event, strict=True)
 
 
 def assert_message(body: dict[str, Any]) -> Message:
+    from anthropic.types import Message
+
     return Message.model_validate(body, strict=True)
 
 
 def assert_count(body: dict[str, Any]) -> MessageTokensCount:
+    from anthropic.types import MessageTokensCount
+
     return MessageTokensCount.model_validate(body, strict=True)
 
 
 def assert_error(body: dict[str, Any]) -> ErrorResponse:
+    from anthropic.types.shared import ErrorResponse
+
     return ErrorResponse.model_validate(body, strict=True)

@@ -5,16 +5,18 @@ anthropic SDK's own types, strictly."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
-from anthropic.types import Message
 
 from llmq.schemas.openai import Usage
 from llmq.worker.messages.events import MessageEvents, message_usage
 from llmq.worker.messages.to_chat import Unsupported, chat_request
 from tests.spec.anthropic import assert_event, assert_message
+
+if TYPE_CHECKING:
+    from anthropic.types import Message
 
 USER = {"role": "user", "content": "hi"}
 PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
