@@ -19,10 +19,15 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("api", "dispatcher", "worker", "schemas", "llmq", "bench", "tests")
 """The project's own Python (`make test` once compiled these in a step of its own)."""
 SKIP = re.compile(r"[/\\]node_modules[/\\]")
+PYTEST_TESTED = "9."
+"""The pytest major version whose assertion-rewrite internals `_rewrite` was tested with: on
+any other, the workers rewrite in memory (pytest's public path)."""
 
 
 def prepare() -> None:
@@ -53,6 +58,8 @@ def _compile(path: Path) -> None:
 def _rewrite(path: Path) -> None:
     """pytest's own rewrite of one test module, written where its import hook looks for it
     (pytest's internals: if they change, the workers rewrite in memory as before)."""
+    if not pytest.__version__.startswith(PYTEST_TESTED):
+        return
     try:
         from _pytest.assertion import rewrite
 
