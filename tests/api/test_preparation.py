@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import openai
 import pytest
 
 from llmq.api.model_table import ModelTable
 from llmq.api.preparation import RequestPreparer
 from llmq.api.tenancy import Quota, Tenant, TenantStore
-from llmq.dispatcher import streams
-from llmq.dispatcher.connection import disconnect
-from llmq.dispatcher.registry import WorkerRegistry
 from llmq.embedded import EmbeddedNats
 from llmq.schemas import names
 from llmq.schemas.admission import Refusal
 from llmq.schemas.endpoints import EndpointCall, pack
-from llmq.schemas.registry import ModelInfo, WorkerInfo, registry_encoder
+from llmq.schemas.registry import ModelInfo
 from llmq.schemas.settings import Settings
+from tests.dispatcher.lagging_catalog import lagging_catalog
 from tests.spec import assert_valid
 from tests.stack import unique, wait_for
 
@@ -232,22 +228,11 @@ async def test_a_durable_line_just_after_a_worker_s_first_heartbeat_is_prepared(
     time, its catalog entry not yet through the models' watch: the preparer reads the entry
     (`load_catalog`), as the interactive paths do, rather than refusing an endpoint line
     with a 404 or taking a chat line for a kind the model does not serve."""
-    nc = await nats.connect(own_nats.url)
-    js = nc.jetstream()
-    workers = await streams.workers_bucket(js, ttl=30)
-    catalog = await streams.models_bucket(js)
-    registry = WorkerRegistry(js, ttl=30)
-    await registry.start()
-    try:
-        await registry.synced.wait()
-        await registry._followers[1].stop()  # the models' watch lags: it delivers nothing
-        for model, kinds in (("moderator", ["chat"]), ("embedder", ["embedding"])):
-            entry = ModelInfo(name=model, endpoints=["/v1/moderations"], kinds=kinds)
-            await catalog.put(names.model_kv_key(model), registry_encoder.encode(entry))
-        beat = WorkerInfo(id="w", backend="openai", models=["moderator", "embedder"], capacity=1)
-        beat.heartbeat_at = time.time()
-        await workers.put("w", registry_encoder.encode(beat))  # as a worker: entries first
-        await wait_for(lambda: registry.workers_for("moderator"))
+    entries = [
+        ModelInfo(name="moderator", endpoints=["/v1/moderations"], kinds=["chat"]),
+        ModelInfo(name="embedder", endpoints=["/v1/moderations"], kinds=["embedding"]),
+    ]
+    async with lagging_catalog(own_nats.url, entries, ["moderator", "embedder"]) as registry:
         preparer = RequestPreparer(ModelTable(Settings()), registry, 256)
 
         line = pack(EndpointCall("/v1/moderations", "application/json"), b'{"model":"moderator"}')
@@ -256,6 +241,3 @@ async def test_a_durable_line_just_after_a_worker_s_first_heartbeat_is_prepared(
         with pytest.raises(Refusal) as refused:
             await preparer.prepare_durable("chat", json.dumps(_chat("embedder")).encode())
         assert refused.value.code == "unsupported_endpoint"
-    finally:
-        await registry.stop()
-        await disconnect(nc)
