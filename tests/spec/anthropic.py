@@ -10,16 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
+from tests.lazy import lazy
+
 if TYPE_CHECKING:
     from anthropic.types import Message, MessageTokensCount
     from anthropic.types.shared import ErrorResponse
 
+anthropic = lazy("anthropic")
+
 
 @cache
 def _event() -> TypeAdapter[Any]:
-    from anthropic.types import RawMessageStreamEvent
-
-    return TypeAdapter(RawMessageStreamEvent)
+    return TypeAdapter(anthropic.types.RawMessageStreamEvent)
 
 
 def assert_event(event: dict[str, Any]) -> None:
@@ -34,18 +36,12 @@ def assert_event(event: dict[str, Any]) -> None:
 
 
 def assert_message(body: dict[str, Any]) -> Message:
-    from anthropic.types import Message
-
-    return Message.model_validate(body, strict=True)
+    return anthropic.types.Message.model_validate(body, strict=True)
 
 
 def assert_count(body: dict[str, Any]) -> MessageTokensCount:
-    from anthropic.types import MessageTokensCount
-
-    return MessageTokensCount.model_validate(body, strict=True)
+    return anthropic.types.MessageTokensCount.model_validate(body, strict=True)
 
 
 def assert_error(body: dict[str, Any]) -> ErrorResponse:
-    from anthropic.types.shared import ErrorResponse
-
-    return ErrorResponse.model_validate(body, strict=True)
+    return anthropic.types.shared.ErrorResponse.model_validate(body, strict=True)
